@@ -1,0 +1,1 @@
+//! The discrete-event simulator that drives the real `sched` core on simulated hosts.

@@ -1,0 +1,1 @@
+//! The operations console (ratatui). Not built yet: see the console issue.
