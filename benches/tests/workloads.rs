@@ -1,0 +1,56 @@
+//! Checks that the benchmark workloads do what the benchmarks claim.
+#![allow(clippy::unwrap_used)]
+
+use berth_benches::{burst, churn_fleet, churn_step, config, fleet};
+use berth_sched::Input;
+
+fn burst_places_fully(n_hosts: u64) {
+    let mut s = fleet(n_hosts, config());
+    let requests = burst(2_000, 1, 42);
+    assert_eq!(requests.iter().map(|r| r.count).sum::<u32>(), 2_000);
+    for r in requests {
+        s.handle(1, Input::Submit(r)).unwrap();
+    }
+    let mut placed = 0;
+    while let Some(a) = s.poll_action() {
+        if matches!(a, berth_sched::Action::Provision { .. }) {
+            placed += 1;
+        }
+    }
+    let mut odd = Vec::new();
+    while let Some(e) = s.poll_event() {
+        if let berth_sched::Event::Request { to, .. } = &e
+            && to.is_terminal()
+        {
+            odd.push(format!("{e:?}"));
+        }
+    }
+    assert!(odd.is_empty(), "{odd:#?}");
+    let waiting: Vec<String> = s
+        .queue()
+        .into_iter()
+        .filter_map(|r| s.why(r))
+        .map(|w| w.to_string())
+        .collect();
+    assert_eq!(placed, 2_000, "waiting: {waiting:#?}");
+}
+
+#[test]
+fn the_burst_places_all_2000_vms_on_1000_hosts() {
+    burst_places_fully(1_000);
+}
+
+#[test]
+fn the_burst_places_all_2000_vms_on_10000_hosts() {
+    burst_places_fully(10_000);
+}
+
+#[test]
+fn churn_keeps_the_number_of_vms_alive() {
+    let (mut s, mut running) = churn_fleet(20, 1_000);
+    assert_eq!(s.n_vms(), 1_000);
+    for i in 0..100 {
+        churn_step(&mut s, &mut running, 10_000 + i);
+    }
+    assert_eq!(s.n_vms(), 1_000);
+}

@@ -1,0 +1,90 @@
+//! Scheduler configuration: the queue discipline, placement weights and every named limit.
+
+use crate::model::Template;
+
+/// How the queue is served.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Policy {
+    /// Strict first come, first served: nothing passes a waiting head.
+    Fcfs,
+    /// EASY backfilling: the head gets a reservation from expected durations; a later request
+    /// may start now only if it does not delay that reservation.
+    Easy,
+    /// Place anything that fits, by priority (with aging) then arrival.
+    Greedy,
+}
+
+impl Policy {
+    pub fn name(self) -> &'static str {
+        match self {
+            Policy::Fcfs => "fcfs",
+            Policy::Easy => "easy",
+            Policy::Greedy => "greedy",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Policy> {
+        [Policy::Fcfs, Policy::Easy, Policy::Greedy]
+            .into_iter()
+            .find(|p| p.name() == s)
+    }
+}
+
+/// Where the search for candidate hosts starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ScanOrder {
+    /// From the lowest host index: the fleet fills from one end (first fit; best with `pack`).
+    Lowest,
+    /// From just after the host chosen last, round robin (as kube-scheduler does; best with `spread`).
+    Rotate,
+}
+
+/// Weights of the scorers; a weight of zero turns a scorer off.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Weights {
+    pub pack: u32,
+    pub spread: u32,
+    pub locality: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    pub policy: Policy,
+    pub weights: Weights,
+    pub scan: ScanOrder,
+    /// How many feasible hosts are scored for each VM (Nomad and kube-scheduler bound this too):
+    /// the cost of a placement then grows with the log of the fleet, not with the fleet.
+    pub candidates_max: u32,
+    /// VMs provisioning at once on one host; further VMs wait for another host or a free turn.
+    pub provisioning_per_host_max: u32,
+    /// Consecutive failed probes that put a host in `Error`.
+    pub probe_failures_max: u32,
+    /// Consecutive failed provisionings (or destroys) on one host that put it in `Error`.
+    pub provision_failures_max: u32,
+    /// Replacement VMs a request may get for VMs lost or failed on the host's account.
+    pub vm_retries_max: u32,
+    /// Under `greedy`, a waiting request gains one priority level per step waited (0: no aging).
+    pub aging_step_ms: u64,
+    pub templates: Vec<Template>,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            policy: Policy::Easy,
+            weights: Weights {
+                pack: 1,
+                spread: 0,
+                locality: 1,
+            },
+            scan: ScanOrder::Lowest,
+            candidates_max: 8,
+            provisioning_per_host_max: 4,
+            probe_failures_max: 3,
+            provision_failures_max: 3,
+            vm_retries_max: 2,
+            aging_step_ms: 600_000,
+            templates: Vec::new(),
+        }
+    }
+}

@@ -1,0 +1,215 @@
+//! Placement: filter → score → select, in the style of kube-scheduler and Nomad.
+//!
+//! The capacity index finds feasible hosts in scan order; at most `candidates_max` of them are
+//! scored (plus as many that hold the template's image when locality is weighted), and the best
+//! score wins, the lowest host index breaking ties. A verdict is data (`Reason`), never an error.
+
+pub mod filter;
+pub mod score;
+
+use std::fmt;
+
+use crate::config::{Config, ScanOrder};
+use crate::fleet::{Fleet, Need, bloom_bit};
+use filter::{PIPELINE, Probe, first_failure};
+
+/// Why a host cannot take a VM now (or, for the static filters, ever).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Reason {
+    HostRemoved,
+    HostUnknown,
+    HostDraining,
+    HostMaintenance,
+    HostError,
+    Driver,
+    Labels,
+    Cpu,
+    Memory,
+    Slots,
+    ProvisioningBusy,
+}
+
+impl Reason {
+    /// How a count of hosts with this reason reads: "4 draining", "31 lack memory".
+    pub fn describe(self) -> &'static str {
+        match self {
+            Reason::HostRemoved => "removed",
+            Reason::HostUnknown => "not probed yet",
+            Reason::HostDraining => "draining",
+            Reason::HostMaintenance => "in maintenance",
+            Reason::HostError => "in error",
+            Reason::Driver => "wrong driver",
+            Reason::Labels => "lack labels",
+            Reason::Cpu => "lack vcpus",
+            Reason::Memory => "lack memory",
+            Reason::Slots => "no free slot",
+            Reason::ProvisioningBusy => "busy provisioning",
+        }
+    }
+
+    /// A short stable name for machines (the API, metrics).
+    pub fn name(self) -> &'static str {
+        match self {
+            Reason::HostRemoved => "removed",
+            Reason::HostUnknown => "unknown",
+            Reason::HostDraining => "draining",
+            Reason::HostMaintenance => "maintenance",
+            Reason::HostError => "error",
+            Reason::Driver => "driver",
+            Reason::Labels => "labels",
+            Reason::Cpu => "cpu",
+            Reason::Memory => "memory",
+            Reason::Slots => "slots",
+            Reason::ProvisioningBusy => "provisioning",
+        }
+    }
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.describe())
+    }
+}
+
+/// The filters in pipeline order, by name.
+pub fn filter_names() -> Vec<&'static str> {
+    PIPELINE.iter().map(|f| f.name).collect()
+}
+
+/// The scorers, by name.
+pub fn scorer_names() -> Vec<&'static str> {
+    score::SCORERS.iter().map(|s| s.name).collect()
+}
+
+/// Whether `host_idx` can take one more VM of `need` now, by the full pipeline.
+pub(crate) fn fits(fleet: &Fleet, host_idx: usize, need: &Need) -> bool {
+    let host = &fleet.hosts[host_idx];
+    first_failure(
+        &PIPELINE,
+        &Probe {
+            host,
+            avail: host.free(),
+            need,
+            provisioning_max: fleet.provisioning_max,
+        },
+    )
+    .is_none()
+}
+
+/// One ordered stream of feasible hosts: from `origin` to the end, then from 0 to `origin`.
+#[derive(Clone, Debug)]
+struct Stream {
+    image_bloom: u64,
+    hosts: Vec<usize>,
+    next: usize,
+    wrapped: bool,
+    done: bool,
+}
+
+impl Stream {
+    fn new(origin: usize, image_bloom: u64) -> Stream {
+        Stream {
+            image_bloom,
+            hosts: Vec::new(),
+            next: origin,
+            wrapped: false,
+            done: false,
+        }
+    }
+
+    fn fill(&mut self, fleet: &Fleet, need: &Need, origin: usize, k: usize, excluded: &[usize]) {
+        let n = fleet.hosts.len();
+        let image_bloom = self.image_bloom;
+        while self.hosts.len() < k && !self.done {
+            let to = if self.wrapped { origin } else { n };
+            let mut exact = |i: usize| {
+                fits(fleet, i, need)
+                    && (image_bloom == 0 || fleet.hosts[i].has_image(need.image))
+                    && !excluded.contains(&i)
+            };
+            match fleet
+                .index
+                .first_fit(self.next, to, need, image_bloom, &mut exact)
+            {
+                Some(i) => {
+                    self.hosts.push(i);
+                    self.next = i + 1;
+                }
+                None if !self.wrapped && origin > 0 => {
+                    self.wrapped = true;
+                    self.next = 0;
+                }
+                None => self.done = true,
+            }
+        }
+    }
+}
+
+/// The candidate hosts for the VMs of one request, kept across its VMs: after each placement
+/// only the chosen host is checked again, so placing k VMs costs about k index updates and
+/// k × candidates scores, not k full searches.
+#[derive(Clone, Debug)]
+pub(crate) struct Search {
+    origin: usize,
+    k: usize,
+    streams: Vec<Stream>,
+    excluded: Vec<usize>,
+}
+
+impl Search {
+    pub fn new(config: &Config, fleet: &Fleet, need: &Need, rotate_from: usize) -> Search {
+        let origin = match config.scan {
+            ScanOrder::Lowest => 0,
+            ScanOrder::Rotate if fleet.hosts.is_empty() => 0,
+            ScanOrder::Rotate => rotate_from % fleet.hosts.len(),
+        };
+        let mut streams = vec![Stream::new(origin, 0)];
+        if config.weights.locality > 0 {
+            streams.push(Stream::new(origin, bloom_bit(need.image)));
+        }
+        Search {
+            origin,
+            k: config.candidates_max.max(1) as usize,
+            streams,
+            excluded: Vec::new(),
+        }
+    }
+
+    /// The best candidate for one more VM, or `None` when no host fits.
+    pub fn best(&mut self, fleet: &Fleet, need: &Need, config: &Config) -> Option<usize> {
+        let mut best: Option<(u64, usize)> = None;
+        for s in &mut self.streams {
+            s.fill(fleet, need, self.origin, self.k, &self.excluded);
+            for &i in &s.hosts {
+                let score = score::total(&fleet.hosts[i], need, &config.weights);
+                let better = match best {
+                    None => true,
+                    Some((bs, bi)) => score > bs || (score == bs && i < bi),
+                };
+                if better {
+                    best = Some((score, i));
+                }
+            }
+        }
+        best.map(|(_, i)| i)
+    }
+
+    /// Leaves a host out of this search (backfilling found it would delay the reservation).
+    pub fn exclude(&mut self, host_idx: usize) {
+        for s in &mut self.streams {
+            s.hosts.retain(|&i| i != host_idx);
+        }
+        self.excluded.push(host_idx);
+    }
+
+    /// Called after a VM went to `host_idx` (or the host changed otherwise): drops it from the
+    /// candidates if it no longer fits.
+    pub fn recheck(&mut self, fleet: &Fleet, need: &Need, host_idx: usize) {
+        if fits(fleet, host_idx, need) {
+            return;
+        }
+        for s in &mut self.streams {
+            s.hosts.retain(|&i| i != host_idx);
+        }
+    }
+}

@@ -1,0 +1,1578 @@
+//! The scheduler: a sans-IO state machine. Inputs go in through `handle(now_ms, input)`;
+//! actions, events and the next timeout are pulled with `poll_*`.
+//!
+//! `handle` only applies an input; the placement pass runs at the next `poll_*` call, so a
+//! caller that feeds a batch of inputs (all arrivals and completions of one instant, or a burst
+//! of API calls) gets one pass over them. Read the views after polling.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
+
+use crate::config::{Config, Policy};
+use crate::fleet::{
+    self, Amount, Fleet, Interner, Need, SLOT_KINDS_MAX, bloom_bit, capacity_of, driver_mask,
+    label_key, new_host,
+};
+use crate::idmap::IdMap;
+use crate::input::{Failure, FailureKind, Input, InputError, ProbeReport};
+use crate::model::{
+    HostId, HostSpec, HostState, RequestId, RequestSpec, RequestState, Shape, Template, VmId,
+    VmState,
+};
+use crate::output::{Action, Cause, Event, VmSpec};
+use crate::placement::filter::{Probe, STATIC, first_failure};
+use crate::placement::{Reason, Search};
+use crate::queue::{Entry, Queue};
+
+/// The most VMs one request may ask for.
+pub const REQUEST_VMS_MAX: u32 = 100_000;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum Timer {
+    Deadline(RequestId),
+    Hold(VmId),
+}
+
+/// What a VM becomes once its destroy completes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum AfterDestroy {
+    End(VmState),
+    /// Boot failed within the retry budget: queue the same VM again.
+    Requeue,
+}
+
+#[derive(Clone, Debug)]
+pub(crate) struct Vm {
+    pub(crate) request: RequestId,
+    pub(crate) state: VmState,
+    pub(crate) host: Option<usize>,
+    /// Holds one of its host's provisioning turns (from placement until provisioned).
+    pub(crate) provisioning: bool,
+    pub(crate) after_destroy: AfterDestroy,
+    pub(crate) hold_until_ms: u64,
+    /// The key under which it sits in `Scheduler::ends` while it holds capacity.
+    pub(crate) expected_end_ms: u64,
+}
+
+/// Why a waiting request is still waiting, as the last pass found it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Wait {
+    NotConsidered,
+    NoFit,
+    GangShort { fit: u32, need: u32 },
+    Reserved { head: RequestId, start_ms: u64 },
+}
+
+#[derive(Clone, Debug)]
+pub(crate) struct Request {
+    pub(crate) spec: RequestSpec,
+    pub(crate) vm_spec: VmSpec,
+    pub(crate) need: Need,
+    pub(crate) state: RequestState,
+    pub(crate) submitted_ms: u64,
+    /// `(priority, seq)` while in the queue.
+    pub(crate) queue_key: Option<(i32, u64)>,
+    /// VMs in `Queued`, in order.
+    pub(crate) queued: Vec<VmId>,
+    /// VMs not yet ended.
+    pub(crate) live: u32,
+    /// Until its first placement a gang places all its VMs at once or none; replacements
+    /// for lost VMs are placed one by one.
+    pub(crate) gang_pending: bool,
+    pub(crate) retries_used: u32,
+    pub(crate) vms_failed: u32,
+    pub(crate) ending: Option<RequestState>,
+    pub(crate) wait: Wait,
+    /// Expected provisioning plus boot time, and expected job duration.
+    pub(crate) expected_start_ms: u64,
+    pub(crate) expected_run_ms: u64,
+}
+
+/// The head's reservation under EASY backfilling.
+#[derive(Clone, Debug)]
+pub(crate) struct Reservation {
+    head: RequestId,
+    need: Need,
+    /// When the head is expected to fit, from the expected ends of the VMs now running.
+    shadow_ms: u64,
+    /// VMs of the head's shape that will be free at the shadow time beyond what the head needs:
+    /// a backfilled VM that outlives the shadow may only use these.
+    extra: i64,
+    /// Capacity each host gets back by the shadow time.
+    freed: BTreeMap<usize, Amount>,
+}
+
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Pass {
+    /// Something freed capacity or changed the fleet since the last pass.
+    capacity_changed: bool,
+    /// Requests that got new queued VMs since the last pass.
+    arrivals: Vec<RequestId>,
+    blocked_head: Option<RequestId>,
+    reservation: Option<Reservation>,
+    /// The fleet generation at which waiting requests were last checked for "never fits".
+    checked_generation: u64,
+}
+
+/// The scheduler core. `Clone` gives an independent copy (the console's drain prediction
+/// simulates on one).
+#[derive(Clone, Debug)]
+pub struct Scheduler {
+    pub(crate) config: Config,
+    pub(crate) templates: BTreeMap<Arc<str>, Template>,
+    pub(crate) fleet: Fleet,
+    pub(crate) host_ids: BTreeMap<HostId, usize>,
+    pub(crate) host_names: BTreeMap<String, usize>,
+    pub(crate) labels: Interner,
+    pub(crate) images: Interner,
+    pub(crate) slot_kinds: Interner,
+    pub(crate) requests: IdMap<RequestId, Request>,
+    pub(crate) vms: IdMap<VmId, Vm>,
+    pub(crate) queue: Queue,
+    /// Expected end of every VM that holds capacity, for backfilling.
+    pub(crate) ends: BTreeSet<(u64, VmId)>,
+    pub(crate) timers: BTreeSet<(u64, Timer)>,
+    pub(crate) actions: VecDeque<Action>,
+    pub(crate) events: VecDeque<Event>,
+    pub(crate) next_vm: u64,
+    pub(crate) now_ms: u64,
+    pub(crate) pass: Pass,
+    pub(crate) rotate_from: usize,
+    pub(crate) fleet_generation: u64,
+    pub(crate) never_fits_cache: BTreeMap<(Need, u32), Option<String>>,
+    pub(crate) scratch: Vec<Entry>,
+}
+
+impl Scheduler {
+    pub fn new(config: Config) -> Scheduler {
+        let templates = config
+            .templates
+            .iter()
+            .map(|t| (t.name.clone(), t.clone()))
+            .collect();
+        Scheduler {
+            fleet: Fleet::new(config.provisioning_per_host_max),
+            config,
+            templates,
+            host_ids: BTreeMap::new(),
+            host_names: BTreeMap::new(),
+            labels: Interner::default(),
+            images: Interner::default(),
+            slot_kinds: Interner::default(),
+            requests: IdMap::default(),
+            vms: IdMap::default(),
+            queue: Queue::default(),
+            ends: BTreeSet::new(),
+            timers: BTreeSet::new(),
+            actions: VecDeque::new(),
+            events: VecDeque::new(),
+            next_vm: 1,
+            now_ms: 0,
+            pass: Pass::default(),
+            rotate_from: 0,
+            fleet_generation: 1,
+            never_fits_cache: BTreeMap::new(),
+            scratch: Vec::new(),
+        }
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The time of the latest input.
+    pub fn now_ms(&self) -> u64 {
+        self.now_ms
+    }
+
+    /// Applies one input at time `now_ms` (earlier times than a previous input count as that
+    /// previous time). An `Err` means the input was refused and nothing changed.
+    pub fn handle(&mut self, now_ms: u64, input: Input) -> Result<(), InputError> {
+        self.now_ms = self.now_ms.max(now_ms);
+        match input {
+            Input::Submit(spec) => self.submit(spec),
+            Input::Cancel(id) => self.cancel(id),
+            Input::AddHost(spec) => self.add_host(spec),
+            Input::RemoveHost(id) => self.remove_host(id),
+            Input::Probe { host, result } => self.probe(host, result),
+            Input::Drain(id) => self.drain(id),
+            Input::Resume(id) => self.resume(id),
+            Input::Offline(id) => self.offline(id),
+            Input::ProvisionStarted(vm) => self.provision_started(vm),
+            Input::ProvisionDone { vm, result } => self.provision_done(vm, result),
+            Input::BootDone { vm, result } => self.boot_done(vm, result),
+            Input::JobFinished { vm, passed } => self.job_finished(vm, passed),
+            Input::Release(vm) => self.release(vm),
+            Input::Extend { vm, by_ms } => self.extend(vm, by_ms),
+            Input::DestroyDone { vm, result } => self.destroy_done(vm, result),
+            Input::SetTemplate(t) => self.set_template(t),
+            Input::Tick => {
+                self.tick();
+                Ok(())
+            }
+        }
+    }
+
+    /// The next thing for a driver to do.
+    #[must_use]
+    pub fn poll_action(&mut self) -> Option<Action> {
+        self.schedule();
+        self.actions.pop_front()
+    }
+
+    /// The next state transition.
+    #[must_use]
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.schedule();
+        self.events.pop_front()
+    }
+
+    /// When to call `handle(t, Input::Tick)` next.
+    #[must_use]
+    pub fn poll_timeout(&mut self) -> Option<u64> {
+        self.schedule();
+        self.timers.first().map(|&(t, _)| t)
+    }
+
+    // ---- requests ----
+
+    fn submit(&mut self, spec: RequestSpec) -> Result<(), InputError> {
+        if self.requests.contains_key(&spec.id) {
+            return Err(InputError::DuplicateRequest(spec.id));
+        }
+        if spec.count == 0 || spec.count > REQUEST_VMS_MAX {
+            return Err(invalid(
+                "count",
+                format!("must be 1 to {REQUEST_VMS_MAX}, got {}", spec.count),
+            ));
+        }
+        let template = self
+            .templates
+            .get(spec.template.as_str())
+            .ok_or_else(|| InputError::UnknownTemplate(spec.template.clone()))?;
+        let shape = spec.shape.unwrap_or(template.default_shape);
+        if shape.vcpus == 0 {
+            return Err(invalid("vcpus", "must be at least 1".into()));
+        }
+        if shape.memory_mib == 0 || shape.memory_mib > i64::MAX as u64 / 2 {
+            return Err(invalid(
+                "memory_mib",
+                format!("must be at least 1, got {}", shape.memory_mib),
+            ));
+        }
+        if let Some(k) = &template.slot
+            && self.slot_kinds.get(k).is_none()
+            && self.slot_kinds.len() >= SLOT_KINDS_MAX
+        {
+            return Err(invalid(
+                "template",
+                format!("slot kind `{k}` would exceed {SLOT_KINDS_MAX} kinds"),
+            ));
+        }
+        let vm_spec = VmSpec {
+            template: template.name.clone(),
+            base_image: template.base_image.clone(),
+            guest_os: template.guest_os,
+            shape,
+        };
+        let expected_start_ms = template
+            .expected_provision_ms
+            .saturating_add(template.expected_boot_ms);
+        let expected_run_ms = spec.expected_run_ms.unwrap_or(template.expected_run_ms);
+        let drivers = driver_mask(&template.drivers);
+        let slot = template
+            .slot
+            .clone()
+            .map(|k| self.slot_kinds.intern(&k) as usize);
+        let image = self.images.intern(&template.base_image);
+        let mut labels: Vec<u32> = spec
+            .labels
+            .iter()
+            .map(|l| self.labels.intern(&label_key(l)))
+            .collect();
+        labels.sort_unstable();
+        labels.dedup();
+        let need = Need {
+            cpu_milli: i64::from(shape.vcpus) * 1000,
+            memory_mib: shape.memory_mib as i64,
+            slot,
+            drivers,
+            label_bloom: labels.iter().fold(0, |m, &l| m | bloom_bit(l)),
+            labels,
+            image,
+        };
+
+        let id = spec.id;
+        let now = self.now_ms;
+        let together = if spec.gang { spec.count } else { 1 };
+        if let Some(why) = self.never_fits(&need, together) {
+            let why = format!("{}: {why}", describe_need(&spec, shape));
+            self.events.push_back(Event::Request {
+                at_ms: now,
+                request: id,
+                from: None,
+                to: RequestState::Rejected,
+                cause: Cause::NeverFits(why),
+            });
+            return Ok(());
+        }
+        self.events.push_back(Event::Request {
+            at_ms: now,
+            request: id,
+            from: None,
+            to: RequestState::Waiting,
+            cause: Cause::Submitted,
+        });
+        if let Some(d) = spec.pending_deadline_ms {
+            self.timers
+                .insert((now.saturating_add(d), Timer::Deadline(id)));
+        }
+        let mut queued = Vec::with_capacity(spec.count as usize);
+        for _ in 0..spec.count {
+            let vm = self.new_vm(id, Cause::Submitted);
+            queued.push(vm);
+        }
+        let seq = self.queue.push(id, spec.priority, now);
+        self.requests.insert(
+            id,
+            Request {
+                queue_key: Some((spec.priority, seq)),
+                gang_pending: spec.gang,
+                live: spec.count,
+                spec,
+                vm_spec,
+                need,
+                state: RequestState::Waiting,
+                submitted_ms: now,
+                queued,
+                retries_used: 0,
+                vms_failed: 0,
+                ending: None,
+                wait: Wait::NotConsidered,
+                expected_start_ms,
+                expected_run_ms,
+            },
+        );
+        self.pass.arrivals.push(id);
+        Ok(())
+    }
+
+    fn new_vm(&mut self, request: RequestId, cause: Cause) -> VmId {
+        let id = VmId(self.next_vm);
+        self.next_vm += 1;
+        self.vms.insert(
+            id,
+            Vm {
+                request,
+                state: VmState::Queued,
+                host: None,
+                provisioning: false,
+                after_destroy: AfterDestroy::End(VmState::Done),
+                hold_until_ms: 0,
+                expected_end_ms: 0,
+            },
+        );
+        self.events.push_back(Event::Vm {
+            at_ms: self.now_ms,
+            vm: id,
+            request,
+            host: None,
+            from: None,
+            to: VmState::Queued,
+            cause,
+        });
+        id
+    }
+
+    /// Why no host of the fleet (in any state) could ever hold `together` VMs of `need` at
+    /// once, or `None` if some could. Cached per fleet generation.
+    fn never_fits(&mut self, need: &Need, together: u32) -> Option<String> {
+        let key = (need.clone(), together);
+        if let Some(answer) = self.never_fits_cache.get(&key) {
+            return answer.clone();
+        }
+        let mut room: i64 = 0;
+        let mut reasons: BTreeMap<Reason, u32> = BTreeMap::new();
+        let mut n_hosts = 0u32;
+        for members in self.fleet.classes.values() {
+            let Some(&first) = members.first() else {
+                continue;
+            };
+            let n = members.len() as u32;
+            n_hosts += n;
+            let host = &self.fleet.hosts[first];
+            let probe = Probe {
+                host,
+                avail: host.capacity,
+                need,
+                provisioning_max: self.fleet.provisioning_max,
+            };
+            match first_failure(&STATIC, &probe) {
+                Some(r) => *reasons.entry(r).or_default() += n,
+                None => {
+                    room = room
+                        .saturating_add(host.capacity.fit_count(need).saturating_mul(i64::from(n)))
+                }
+            }
+        }
+        let answer = if room >= i64::from(together) {
+            None
+        } else if n_hosts == 0 {
+            Some("the fleet has no hosts".to_owned())
+        } else {
+            let mut parts: Vec<String> = reasons
+                .iter()
+                .map(|(r, n)| format!("{n} {}", static_reason_text(*r)))
+                .collect();
+            if room > 0 {
+                parts.push(format!(
+                    "the hosts that could take it hold only {room} at once"
+                ));
+            }
+            Some(parts.join(", "))
+        };
+        self.never_fits_cache.insert(key, answer.clone());
+        answer
+    }
+
+    fn cancel(&mut self, id: RequestId) -> Result<(), InputError> {
+        if !self.requests.contains_key(&id) {
+            return Err(InputError::UnknownRequest(id));
+        }
+        self.end_request(id, RequestState::Cancelled, Cause::Cancelled);
+        Ok(())
+    }
+
+    /// Ends a request early (cancelled or failed): queued VMs end now, placed ones are destroyed
+    /// and end when their destroy completes.
+    fn end_request(&mut self, id: RequestId, as_state: RequestState, cause: Cause) {
+        let vm_end = match as_state {
+            RequestState::Cancelled => VmState::Cancelled,
+            _ => VmState::Failed,
+        };
+        let Some(r) = self.requests.get_mut(&id) else {
+            return;
+        };
+        if r.ending.is_some() {
+            return;
+        }
+        r.ending = Some(as_state);
+        let queued = std::mem::take(&mut r.queued);
+        if let Some((p, s)) = r.queue_key.take() {
+            self.queue.remove(p, s);
+        }
+        for vm in queued {
+            self.vm_to(vm, vm_end, cause.clone());
+            self.forget_vm(vm);
+        }
+        let mut active: Vec<VmId> = self
+            .vms
+            .iter()
+            .filter(|(_, v)| v.request == id)
+            .map(|(&vm, _)| vm)
+            .collect();
+        active.sort_unstable();
+        for vm in active {
+            self.destroy_vm(vm, AfterDestroy::End(vm_end), cause.clone());
+        }
+        self.maybe_finish(id);
+    }
+
+    /// Moves a VM that holds capacity to `Releasing` and asks its driver to destroy it.
+    fn destroy_vm(&mut self, vm: VmId, after: AfterDestroy, cause: Cause) {
+        let Some(v) = self.vms.get_mut(&vm) else {
+            return;
+        };
+        v.after_destroy = after;
+        if v.state == VmState::Releasing {
+            return;
+        }
+        let Some(host_idx) = v.host else { return };
+        self.vm_to(vm, VmState::Releasing, cause);
+        self.set_expected_end(vm, self.now_ms);
+        self.actions.push_back(Action::Destroy {
+            vm,
+            host: self.fleet.hosts[host_idx].spec.id,
+        });
+    }
+
+    /// Ends the request if nothing of it is left; otherwise refreshes Waiting/Active.
+    fn maybe_finish(&mut self, id: RequestId) {
+        let Some(r) = self.requests.get(&id) else {
+            return;
+        };
+        let now = self.now_ms;
+        if r.live == 0 && r.queued.is_empty() {
+            let to = r.ending.unwrap_or(if r.vms_failed > 0 {
+                RequestState::Failed
+            } else {
+                RequestState::Done
+            });
+            let from = r.state;
+            let cause = match to {
+                RequestState::Failed if r.ending.is_none() => Cause::RetriesExhausted,
+                RequestState::Cancelled => Cause::Cancelled,
+                _ => Cause::AllEnded,
+            };
+            if let Some((p, s)) = r.queue_key {
+                self.queue.remove(p, s);
+            }
+            self.requests.remove(&id);
+            self.events.push_back(Event::Request {
+                at_ms: now,
+                request: id,
+                from: Some(from),
+                to,
+                cause,
+            });
+            return;
+        }
+        let waiting = !r.queued.is_empty() && r.ending.is_none();
+        let to = if waiting {
+            RequestState::Waiting
+        } else {
+            RequestState::Active
+        };
+        if to != r.state {
+            let from = r.state;
+            let cause = if waiting {
+                Cause::Requeued
+            } else {
+                Cause::AllPlaced
+            };
+            if let Some(r) = self.requests.get_mut(&id) {
+                r.state = to;
+            }
+            self.events.push_back(Event::Request {
+                at_ms: now,
+                request: id,
+                from: Some(from),
+                to,
+                cause,
+            });
+        }
+    }
+
+    /// Puts a VM (new or back from a failure) in its request's queue.
+    fn enqueue_vm(&mut self, id: RequestId, vm: VmId) {
+        let now = self.now_ms;
+        let Some(r) = self.requests.get_mut(&id) else {
+            return;
+        };
+        r.queued.push(vm);
+        if r.queue_key.is_none() {
+            let seq = self.queue.push(id, r.spec.priority, now);
+            r.queue_key = Some((r.spec.priority, seq));
+        }
+        r.wait = Wait::NotConsidered;
+        self.pass.arrivals.push(id);
+        self.maybe_finish(id);
+    }
+
+    // ---- VMs ----
+
+    fn vm_to(&mut self, vm: VmId, to: VmState, cause: Cause) {
+        let Some(v) = self.vms.get_mut(&vm) else {
+            return;
+        };
+        let from = v.state;
+        v.state = to;
+        let host = v.host.map(|i| self.fleet.hosts[i].spec.id);
+        self.events.push_back(Event::Vm {
+            at_ms: self.now_ms,
+            vm,
+            request: v.request,
+            host,
+            from: Some(from),
+            to,
+            cause,
+        });
+    }
+
+    /// Drops an ended VM from the state (its request's live count goes down).
+    fn forget_vm(&mut self, vm: VmId) {
+        if let Some(v) = self.vms.remove(&vm) {
+            self.ends.remove(&(v.expected_end_ms, vm));
+            if let Some(r) = self.requests.get_mut(&v.request) {
+                r.live = r.live.saturating_sub(1);
+                if v.state == VmState::Failed || v.state == VmState::Lost {
+                    r.vms_failed += 1;
+                }
+            }
+        }
+    }
+
+    fn set_expected_end(&mut self, vm: VmId, end_ms: u64) {
+        if let Some(v) = self.vms.get_mut(&vm) {
+            self.ends.remove(&(v.expected_end_ms, vm));
+            v.expected_end_ms = end_ms;
+            self.ends.insert((end_ms, vm));
+        }
+    }
+
+    fn vm_in(
+        &self,
+        vm: VmId,
+        states: &[VmState],
+        input: &'static str,
+    ) -> Result<usize, InputError> {
+        let v = self.vms.get(&vm).ok_or(InputError::UnknownVm(vm))?;
+        match v.host {
+            Some(h) if states.contains(&v.state) => Ok(h),
+            _ => Err(InputError::WrongState {
+                what: vm.to_string(),
+                state: v.state.name(),
+                input,
+            }),
+        }
+    }
+
+    /// Frees a VM's share of its host (idempotent) and notes that capacity came back.
+    fn free_capacity(&mut self, vm: VmId) {
+        let Some(v) = self.vms.get_mut(&vm) else {
+            return;
+        };
+        let Some(host_idx) = v.host else { return };
+        let provisioning = std::mem::replace(&mut v.provisioning, false);
+        let request = v.request;
+        if let Some(r) = self.requests.get(&request) {
+            self.fleet.release(host_idx, &r.need, vm, provisioning);
+        }
+        self.ends.remove(&(v.expected_end_ms, vm));
+        self.pass.capacity_changed = true;
+        let host = &self.fleet.hosts[host_idx];
+        if host.state == HostState::Draining && host.vms.is_empty() {
+            self.host_to(host_idx, HostState::Maintenance, Cause::Drained);
+        }
+    }
+
+    fn provision_started(&mut self, vm: VmId) -> Result<(), InputError> {
+        self.vm_in(vm, &[VmState::Placed], "start provisioning")?;
+        self.vm_to(vm, VmState::Provisioning, Cause::ProvisionStarted);
+        Ok(())
+    }
+
+    fn provision_done(&mut self, vm: VmId, result: Result<(), Failure>) -> Result<(), InputError> {
+        let host_idx = self.vm_in(
+            vm,
+            &[VmState::Placed, VmState::Provisioning],
+            "finish provisioning",
+        )?;
+        match result {
+            Ok(()) => {
+                if let Some(v) = self.vms.get_mut(&vm) {
+                    v.provisioning = false;
+                }
+                self.fleet.provisioned(host_idx);
+                self.fleet.update(host_idx, |h| h.provision_failures = 0);
+                self.pass.capacity_changed = true;
+                self.vm_to(vm, VmState::Booting, Cause::Provisioned);
+            }
+            Err(failure) => {
+                self.free_capacity(vm);
+                if let Some(v) = self.vms.get_mut(&vm) {
+                    v.host = None;
+                }
+                let blame_host = failure.kind != FailureKind::Request;
+                self.retry_or_fail(vm, Cause::ProvisionFailed(failure.clone()), failure.kind);
+                if blame_host {
+                    self.count_host_failure(host_idx);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// After a failure that left the VM off any host: queue it again within the budget, or fail it.
+    fn retry_or_fail(&mut self, vm: VmId, cause: Cause, kind: FailureKind) {
+        let Some(request) = self.vms.get(&vm).map(|v| v.request) else {
+            return;
+        };
+        if kind == FailureKind::Request {
+            self.vm_to(vm, VmState::Failed, cause.clone());
+            self.forget_vm(vm);
+            self.end_request(request, RequestState::Failed, cause);
+            return;
+        }
+        let budget_left = self
+            .requests
+            .get(&request)
+            .is_some_and(|r| r.retries_used < self.config.vm_retries_max && r.ending.is_none());
+        if budget_left {
+            if let Some(r) = self.requests.get_mut(&request) {
+                r.retries_used += 1;
+            }
+            self.vm_to(vm, VmState::Queued, cause);
+            self.enqueue_vm(request, vm);
+        } else {
+            self.vm_to(vm, VmState::Failed, cause);
+            self.forget_vm(vm);
+            self.maybe_finish(request);
+        }
+    }
+
+    fn count_host_failure(&mut self, host_idx: usize) {
+        let n = self.fleet.update(host_idx, |h| {
+            h.provision_failures += 1;
+            h.provision_failures
+        });
+        let state = self.fleet.hosts[host_idx].state;
+        if n >= self.config.provision_failures_max
+            && matches!(
+                state,
+                HostState::Ready | HostState::Draining | HostState::Unknown
+            )
+        {
+            self.host_to_error(host_idx, Cause::CircuitBreaker(n));
+        }
+    }
+
+    fn boot_done(&mut self, vm: VmId, result: Result<(), Failure>) -> Result<(), InputError> {
+        let host_idx = self.vm_in(vm, &[VmState::Booting], "finish booting")?;
+        match result {
+            Ok(()) => {
+                self.vm_to(vm, VmState::Running, Cause::Booted);
+                let run = self
+                    .vms
+                    .get(&vm)
+                    .and_then(|v| self.requests.get(&v.request));
+                let end = self
+                    .now_ms
+                    .saturating_add(run.map_or(0, |r| r.expected_run_ms));
+                self.set_expected_end(vm, end);
+            }
+            Err(failure) => {
+                let request = self.vms.get(&vm).map(|v| v.request);
+                let retry = failure.kind != FailureKind::Request
+                    && request
+                        .and_then(|r| self.requests.get(&r))
+                        .is_some_and(|r| r.retries_used < self.config.vm_retries_max);
+                let after = if retry {
+                    if let Some(r) = request.and_then(|r| self.requests.get_mut(&r)) {
+                        r.retries_used += 1;
+                    }
+                    AfterDestroy::Requeue
+                } else {
+                    AfterDestroy::End(VmState::Failed)
+                };
+                let kind = failure.kind;
+                self.destroy_vm(vm, after, Cause::BootFailed(failure.clone()));
+                if kind == FailureKind::Request {
+                    if let Some(r) = request {
+                        self.end_request(r, RequestState::Failed, Cause::BootFailed(failure));
+                    }
+                } else {
+                    self.count_host_failure(host_idx);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn job_finished(&mut self, vm: VmId, passed: bool) -> Result<(), InputError> {
+        self.vm_in(vm, &[VmState::Running], "finish a job")?;
+        let hold = self
+            .vms
+            .get(&vm)
+            .and_then(|v| self.requests.get(&v.request))
+            .and_then(|r| r.spec.hold_on_failure.clone());
+        match hold {
+            Some(hold) if !passed => {
+                let until = self.now_ms.saturating_add(hold.ttl_ms);
+                if let Some(v) = self.vms.get_mut(&vm) {
+                    v.hold_until_ms = until;
+                }
+                self.vm_to(vm, VmState::Held, Cause::JobFailed);
+                self.set_expected_end(vm, until);
+                self.timers.insert((until, Timer::Hold(vm)));
+            }
+            _ => {
+                let cause = if passed {
+                    Cause::JobPassed
+                } else {
+                    Cause::JobFailed
+                };
+                self.destroy_vm(vm, AfterDestroy::End(VmState::Done), cause);
+            }
+        }
+        Ok(())
+    }
+
+    fn release(&mut self, vm: VmId) -> Result<(), InputError> {
+        self.vm_in(vm, &[VmState::Held], "release a breakpoint")?;
+        self.destroy_vm(vm, AfterDestroy::End(VmState::Done), Cause::Released);
+        Ok(())
+    }
+
+    fn extend(&mut self, vm: VmId, by_ms: u64) -> Result<(), InputError> {
+        self.vm_in(vm, &[VmState::Held], "extend a breakpoint")?;
+        let until = match self.vms.get_mut(&vm) {
+            Some(v) => {
+                v.hold_until_ms = v.hold_until_ms.saturating_add(by_ms);
+                v.hold_until_ms
+            }
+            None => return Err(InputError::UnknownVm(vm)),
+        };
+        self.set_expected_end(vm, until);
+        self.timers.insert((until, Timer::Hold(vm)));
+        Ok(())
+    }
+
+    fn destroy_done(&mut self, vm: VmId, result: Result<(), Failure>) -> Result<(), InputError> {
+        let host_idx = self.vm_in(vm, &[VmState::Releasing], "finish destroying")?;
+        match result {
+            Ok(()) => {
+                let after = self.vms.get(&vm).map(|v| v.after_destroy);
+                self.free_capacity(vm);
+                if let Some(v) = self.vms.get_mut(&vm) {
+                    v.host = None;
+                }
+                match after {
+                    Some(AfterDestroy::Requeue) => {
+                        let request = self.vms.get(&vm).map(|v| v.request);
+                        self.vm_to(vm, VmState::Queued, Cause::Destroyed);
+                        if let Some(r) = request {
+                            self.enqueue_vm(r, vm);
+                        }
+                    }
+                    Some(AfterDestroy::End(to)) => {
+                        let request = self.vms.get(&vm).map(|v| v.request);
+                        self.vm_to(vm, to, Cause::Destroyed);
+                        self.forget_vm(vm);
+                        if let Some(r) = request {
+                            self.maybe_finish(r);
+                        }
+                    }
+                    None => {}
+                }
+            }
+            Err(failure) => {
+                self.events.push_back(Event::Vm {
+                    at_ms: self.now_ms,
+                    vm,
+                    request: self.vms.get(&vm).map_or(RequestId(0), |v| v.request),
+                    host: Some(self.fleet.hosts[host_idx].spec.id),
+                    from: Some(VmState::Releasing),
+                    to: VmState::Releasing,
+                    cause: Cause::DestroyFailed(failure.clone()),
+                });
+                if failure.kind != FailureKind::Request {
+                    self.count_host_failure(host_idx);
+                }
+                // Unless the failure put the host in error (which ended the VM), try again.
+                if self
+                    .vms
+                    .get(&vm)
+                    .is_some_and(|v| v.state == VmState::Releasing)
+                {
+                    self.actions.push_back(Action::Destroy {
+                        vm,
+                        host: self.fleet.hosts[host_idx].spec.id,
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    // ---- hosts ----
+
+    fn host_idx(&self, id: HostId) -> Result<usize, InputError> {
+        fleet::host_index(&self.host_ids, id).ok_or(InputError::UnknownHost(id))
+    }
+
+    fn host_to(&mut self, host_idx: usize, to: HostState, cause: Cause) {
+        let from = self
+            .fleet
+            .update(host_idx, |h| std::mem::replace(&mut h.state, to));
+        if from != to {
+            self.pass.capacity_changed = true;
+            self.events.push_back(Event::Host {
+                at_ms: self.now_ms,
+                host: self.fleet.hosts[host_idx].spec.id,
+                from: Some(from),
+                to: Some(to),
+                cause,
+            });
+        }
+    }
+
+    fn add_host(&mut self, spec: HostSpec) -> Result<(), InputError> {
+        if self.host_ids.contains_key(&spec.id) {
+            return Err(InputError::DuplicateHost(spec.id));
+        }
+        if self.host_names.contains_key(&spec.name) {
+            return Err(InputError::DuplicateHostName(spec.name));
+        }
+        if spec.name.is_empty() {
+            return Err(invalid("name", "must not be empty".into()));
+        }
+        if spec.vcpus == 0 {
+            return Err(invalid("vcpus", "must be at least 1".into()));
+        }
+        if spec.memory_mib == 0 {
+            return Err(invalid("memory_mib", "must be at least 1".into()));
+        }
+        if spec.cpu_overcommit_milli == 0 || spec.memory_overcommit_milli == 0 {
+            return Err(invalid("overcommit", "ratios must be above zero".into()));
+        }
+        let new_kinds: BTreeSet<&str> = spec
+            .slots
+            .iter()
+            .map(|(k, _)| k.as_str())
+            .filter(|k| self.slot_kinds.get(k).is_none())
+            .collect();
+        if self.slot_kinds.len() + new_kinds.len() > SLOT_KINDS_MAX {
+            return Err(invalid(
+                "slots",
+                format!("a fleet counts at most {SLOT_KINDS_MAX} slot kinds"),
+            ));
+        }
+        let id = spec.id;
+        let name = spec.name.clone();
+        let host = new_host(
+            spec,
+            &mut self.labels,
+            &mut self.images,
+            &mut self.slot_kinds,
+        );
+        let idx = self.fleet.push(host);
+        self.host_ids.insert(id, idx);
+        self.host_names.insert(name, idx);
+        self.fleet_changed();
+        self.events.push_back(Event::Host {
+            at_ms: self.now_ms,
+            host: id,
+            from: None,
+            to: Some(HostState::Unknown),
+            cause: Cause::HostAdded,
+        });
+        Ok(())
+    }
+
+    fn fleet_changed(&mut self) {
+        self.fleet_generation += 1;
+        self.never_fits_cache.clear();
+        self.pass.capacity_changed = true;
+    }
+
+    fn remove_host(&mut self, id: HostId) -> Result<(), InputError> {
+        let idx = self.host_idx(id)?;
+        let host = &self.fleet.hosts[idx];
+        if !host.vms.is_empty() {
+            return Err(InputError::WrongState {
+                what: format!("host {}", host.spec.name),
+                state: "holding vms",
+                input: "remove it (drain or offline it first)",
+            });
+        }
+        let from = host.state;
+        let name = host.spec.name.clone();
+        self.fleet.update_static(idx, |h| h.removed = true);
+        self.host_ids.remove(&id);
+        self.host_names.remove(&name);
+        self.fleet_changed();
+        self.events.push_back(Event::Host {
+            at_ms: self.now_ms,
+            host: id,
+            from: Some(from),
+            to: None,
+            cause: Cause::HostRemoved,
+        });
+        Ok(())
+    }
+
+    fn probe(&mut self, id: HostId, result: Result<ProbeReport, String>) -> Result<(), InputError> {
+        let idx = self.host_idx(id)?;
+        let now = self.now_ms;
+        match result {
+            Ok(report) => {
+                if report.vcpus == 0 || report.memory_mib == 0 {
+                    return Err(invalid(
+                        "probe",
+                        format!("host {id} reported no vcpus or no memory"),
+                    ));
+                }
+                let capacity = capacity_of(
+                    report.vcpus,
+                    report.memory_mib,
+                    &self.fleet.hosts[idx].spec,
+                    &mut self.slot_kinds,
+                );
+                let images = &mut self.images;
+                let changed = self.fleet.update_static(idx, |h| {
+                    h.last_probe_ms = Some(now);
+                    h.probe_failures = 0;
+                    h.probed_ok = true;
+                    fleet::set_images(h, &report.images, images);
+                    std::mem::replace(&mut h.capacity, capacity) != capacity
+                });
+                if changed {
+                    self.fleet_changed();
+                }
+                self.pass.capacity_changed = true;
+                match self.fleet.hosts[idx].state {
+                    HostState::Unknown => self.host_to(idx, HostState::Ready, Cause::ProbeOk),
+                    HostState::Error => {
+                        self.fleet.update(idx, |h| h.provision_failures = 0);
+                        self.host_to(idx, HostState::Ready, Cause::ProbeOk);
+                    }
+                    _ => {}
+                }
+            }
+            Err(message) => {
+                let n = self.fleet.update(idx, |h| {
+                    h.last_probe_ms = Some(now);
+                    h.probe_failures += 1;
+                    h.probe_failures
+                });
+                let state = self.fleet.hosts[idx].state;
+                if n >= self.config.probe_failures_max
+                    && matches!(
+                        state,
+                        HostState::Unknown | HostState::Ready | HostState::Draining
+                    )
+                {
+                    self.host_to_error(idx, Cause::ProbeFailed(message));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn host_to_error(&mut self, idx: usize, cause: Cause) {
+        self.host_to(idx, HostState::Error, cause);
+        self.lose_vms(idx);
+    }
+
+    /// Every VM on the host is lost; requests get replacements within their retry budget.
+    fn lose_vms(&mut self, idx: usize) {
+        let host_id = self.fleet.hosts[idx].spec.id;
+        let mut vms = self.fleet.hosts[idx].vms.clone();
+        vms.sort_unstable();
+        for vm in vms {
+            let Some(v) = self.vms.get(&vm) else { continue };
+            let request = v.request;
+            let (state, after) = (v.state, v.after_destroy);
+            self.free_capacity(vm);
+            self.actions
+                .push_back(Action::Destroy { vm, host: host_id });
+            let ended_anyway = match (state, after) {
+                (VmState::Releasing, AfterDestroy::End(to)) => Some(to),
+                _ => None,
+            };
+            match ended_anyway {
+                Some(to) => {
+                    self.vm_to(vm, to, Cause::HostLost(host_id));
+                    self.forget_vm(vm);
+                    self.maybe_finish(request);
+                }
+                None => {
+                    self.vm_to(vm, VmState::Lost, Cause::HostLost(host_id));
+                    self.forget_vm(vm);
+                    let retry = self.requests.get(&request).is_some_and(|r| {
+                        r.retries_used < self.config.vm_retries_max && r.ending.is_none()
+                    });
+                    if retry {
+                        if let Some(r) = self.requests.get_mut(&request) {
+                            r.retries_used += 1;
+                            // The lost VM counted as failed in forget_vm; its replacement
+                            // stands in for it.
+                            r.vms_failed = r.vms_failed.saturating_sub(1);
+                            r.live += 1;
+                        }
+                        let new = self.new_vm(request, Cause::Retry { of: vm });
+                        self.enqueue_vm(request, new);
+                    } else {
+                        self.maybe_finish(request);
+                    }
+                }
+            }
+        }
+    }
+
+    fn drain(&mut self, id: HostId) -> Result<(), InputError> {
+        let idx = self.host_idx(id)?;
+        match self.fleet.hosts[idx].state {
+            HostState::Ready | HostState::Unknown => {
+                self.host_to(idx, HostState::Draining, Cause::OperatorDrain);
+                if self.fleet.hosts[idx].vms.is_empty() {
+                    self.host_to(idx, HostState::Maintenance, Cause::Drained);
+                }
+            }
+            HostState::Error => self.host_to(idx, HostState::Maintenance, Cause::OperatorDrain),
+            HostState::Draining | HostState::Maintenance => {}
+        }
+        Ok(())
+    }
+
+    fn resume(&mut self, id: HostId) -> Result<(), InputError> {
+        let idx = self.host_idx(id)?;
+        let host = &self.fleet.hosts[idx];
+        let to = match host.state {
+            HostState::Ready | HostState::Unknown => return Ok(()),
+            HostState::Error => HostState::Unknown,
+            HostState::Draining | HostState::Maintenance if host.probed_ok => HostState::Ready,
+            HostState::Draining | HostState::Maintenance => HostState::Unknown,
+        };
+        self.fleet.update(idx, |h| {
+            h.probe_failures = 0;
+            h.provision_failures = 0;
+        });
+        self.host_to(idx, to, Cause::OperatorResume);
+        Ok(())
+    }
+
+    fn offline(&mut self, id: HostId) -> Result<(), InputError> {
+        let idx = self.host_idx(id)?;
+        self.host_to(idx, HostState::Maintenance, Cause::OperatorOffline);
+        self.lose_vms(idx);
+        Ok(())
+    }
+
+    fn set_template(&mut self, t: Template) -> Result<(), InputError> {
+        if t.default_shape.vcpus == 0 || t.default_shape.memory_mib == 0 {
+            return Err(invalid(
+                "default_shape",
+                "needs at least 1 vcpu and 1 MiB".into(),
+            ));
+        }
+        if t.name.is_empty() {
+            return Err(invalid("name", "must not be empty".into()));
+        }
+        self.templates.insert(t.name.clone(), t);
+        Ok(())
+    }
+
+    // ---- timers ----
+
+    fn tick(&mut self) {
+        while let Some(&(at, timer)) = self.timers.first() {
+            if at > self.now_ms {
+                break;
+            }
+            self.timers.pop_first();
+            match timer {
+                Timer::Deadline(id) => {
+                    let waiting = self
+                        .requests
+                        .get(&id)
+                        .is_some_and(|r| r.state == RequestState::Waiting && r.ending.is_none());
+                    if waiting {
+                        self.end_request(id, RequestState::Failed, Cause::Deadline);
+                    }
+                }
+                Timer::Hold(vm) => {
+                    let expired = self
+                        .vms
+                        .get(&vm)
+                        .is_some_and(|v| v.state == VmState::Held && v.hold_until_ms <= at);
+                    if expired {
+                        self.destroy_vm(vm, AfterDestroy::End(VmState::Done), Cause::HoldExpired);
+                    }
+                }
+            }
+        }
+    }
+
+    // ---- the placement pass ----
+
+    fn schedule(&mut self) {
+        if !self.pass.capacity_changed && self.pass.arrivals.is_empty() {
+            return;
+        }
+        let full = self.pass.capacity_changed;
+        if self.pass.checked_generation != self.fleet_generation {
+            self.pass.checked_generation = self.fleet_generation;
+            self.reject_unfittable();
+        }
+        match self.config.policy {
+            Policy::Fcfs => {
+                self.serve_heads(full);
+            }
+            Policy::Easy => {
+                if let Some(head) = self.serve_heads(full) {
+                    self.backfill(head, full);
+                }
+            }
+            Policy::Greedy => self.serve_all(full),
+        }
+        self.pass.capacity_changed = false;
+        self.pass.arrivals.clear();
+    }
+
+    /// After the fleet shrank: a waiting request none of whose VMs runs yet and that no host
+    /// could ever fit any more is rejected, not left waiting forever.
+    fn reject_unfittable(&mut self) {
+        let mut order = std::mem::take(&mut self.scratch);
+        self.queue
+            .ordered(self.now_ms, self.config.aging_step_ms, &mut order);
+        for e in &order {
+            let Some(r) = self.requests.get(&e.request) else {
+                continue;
+            };
+            if r.live as usize != r.queued.len() || r.retries_used > 0 {
+                continue;
+            }
+            let together = if r.gang_pending {
+                r.queued.len() as u32
+            } else {
+                1
+            };
+            let (need, spec, shape) = (r.need.clone(), r.spec.clone(), r.vm_spec.shape);
+            if let Some(why) = self.never_fits(&need, together) {
+                let why = format!("{}: {why}", describe_need(&spec, shape));
+                self.end_request(e.request, RequestState::Rejected, Cause::NeverFits(why));
+            }
+        }
+        self.scratch = order;
+    }
+
+    /// Places heads of the queue in order until one does not fit; returns that head.
+    fn serve_heads(&mut self, full: bool) -> Option<RequestId> {
+        loop {
+            let head = self
+                .queue
+                .head(self.now_ms, self.config.aging_step_ms)?
+                .request;
+            let unchanged = !full
+                && self.pass.blocked_head == Some(head)
+                && !self.pass.arrivals.contains(&head);
+            if unchanged {
+                return Some(head);
+            }
+            self.place_request(head, None);
+            let still_waiting = self
+                .requests
+                .get(&head)
+                .is_some_and(|r| r.queue_key.is_some());
+            if still_waiting {
+                self.pass.blocked_head = Some(head);
+                return Some(head);
+            }
+        }
+    }
+
+    fn serve_all(&mut self, full: bool) {
+        let mut order = std::mem::take(&mut self.scratch);
+        if full {
+            self.queue
+                .ordered(self.now_ms, self.config.aging_step_ms, &mut order);
+        } else {
+            order.clear();
+            for &id in &self.pass.arrivals {
+                if let Some((priority, seq)) = self.requests.get(&id).and_then(|r| r.queue_key) {
+                    order.push(Entry {
+                        request: id,
+                        priority,
+                        seq,
+                        enqueued_ms: 0,
+                    });
+                }
+            }
+            order.sort_by_key(|e| e.seq);
+            order.dedup_by_key(|e| e.seq);
+        }
+        for e in &order {
+            if self.fleet.ready_free.cpu_milli <= 0 {
+                break;
+            }
+            self.place_request(e.request, None);
+        }
+        self.scratch = order;
+    }
+
+    fn backfill(&mut self, head: RequestId, full: bool) {
+        let stale = self
+            .pass
+            .reservation
+            .as_ref()
+            .is_none_or(|r| r.head != head);
+        if full || stale {
+            self.pass.reservation = self.reserve(head);
+        }
+        let Some(mut reservation) = self.pass.reservation.take() else {
+            return;
+        };
+        let mut order = std::mem::take(&mut self.scratch);
+        if full || stale {
+            self.queue
+                .ordered(self.now_ms, self.config.aging_step_ms, &mut order);
+        } else {
+            order.clear();
+            for &id in &self.pass.arrivals {
+                if let Some((priority, seq)) = self.requests.get(&id).and_then(|r| r.queue_key) {
+                    order.push(Entry {
+                        request: id,
+                        priority,
+                        seq,
+                        enqueued_ms: 0,
+                    });
+                }
+            }
+            order.sort_by_key(|e| e.seq);
+            order.dedup_by_key(|e| e.seq);
+        }
+        for e in &order {
+            if e.request == head {
+                continue;
+            }
+            if self.fleet.ready_free.cpu_milli <= 0 {
+                break;
+            }
+            self.place_request(e.request, Some(&mut reservation));
+        }
+        self.scratch = order;
+        self.pass.reservation = Some(reservation);
+    }
+
+    /// The head's reservation: walk the expected ends of running VMs until enough of the head's
+    /// shape is free on `Ready` hosts that could run it.
+    fn reserve(&mut self, head: RequestId) -> Option<Reservation> {
+        let r = self.requests.get(&head)?;
+        let need = r.need.clone();
+        let wanted = if r.gang_pending {
+            r.queued.len() as i64
+        } else {
+            (r.queued.len() as i64).min(1)
+        };
+        let eligible = |fleet: &Fleet, idx: usize| {
+            let host = &fleet.hosts[idx];
+            host.takes_new_vms()
+                && first_failure(
+                    &STATIC[..2],
+                    &Probe {
+                        host,
+                        avail: host.capacity,
+                        need: &need,
+                        provisioning_max: fleet.provisioning_max,
+                    },
+                )
+                .is_none()
+        };
+        let mut room: i64 = (0..self.fleet.hosts.len())
+            .filter(|&i| eligible(&self.fleet, i))
+            .map(|i| self.fleet.hosts[i].free().fit_count(&need))
+            .sum();
+        let mut freed: BTreeMap<usize, Amount> = BTreeMap::new();
+        let mut shadow_ms = (room >= wanted).then_some(self.now_ms);
+        for &(end_ms, vm) in &self.ends {
+            if let Some(s) = shadow_ms
+                && end_ms > s
+            {
+                break;
+            }
+            let Some(v) = self.vms.get(&vm) else { continue };
+            let (Some(idx), Some(vr)) = (v.host, self.requests.get(&v.request)) else {
+                continue;
+            };
+            if !eligible(&self.fleet, idx) {
+                continue;
+            }
+            let free = self.fleet.hosts[idx].free();
+            let before = freed.entry(idx).or_default();
+            let had = free.plus(before).fit_count(&need);
+            before.add(&vr.need);
+            let has = free.plus(before).fit_count(&need);
+            room += has - had;
+            if shadow_ms.is_none() && room >= wanted {
+                shadow_ms = Some(end_ms.max(self.now_ms));
+            }
+        }
+        let shadow_ms = shadow_ms.unwrap_or(u64::MAX);
+        if let Some(r) = self.requests.get_mut(&head) {
+            r.wait = Wait::Reserved {
+                head,
+                start_ms: shadow_ms,
+            };
+        }
+        Some(Reservation {
+            head,
+            need,
+            shadow_ms,
+            extra: (room - wanted).max(0),
+            freed,
+        })
+    }
+
+    /// Places as many queued VMs of the request as policy and capacity allow (a pending gang:
+    /// all or none). Under a reservation, a VM that would outlive the shadow time may only take
+    /// capacity the head will not need.
+    fn place_request(&mut self, id: RequestId, mut reservation: Option<&mut Reservation>) {
+        let Some(r) = self.requests.get(&id) else {
+            return;
+        };
+        if r.queued.is_empty() || r.ending.is_some() {
+            return;
+        }
+        let vms = r.queued.clone();
+        let want = vms.len();
+        let gang = r.gang_pending;
+        let need = r.need.clone();
+        let ends_by = self
+            .now_ms
+            .saturating_add(r.expected_start_ms)
+            .saturating_add(r.expected_run_ms);
+        let at_least = if gang { want as i64 } else { 1 };
+        let free_fit = self.fleet.ready_free.fit_count(&need);
+        if free_fit < at_least {
+            let wait = if gang && free_fit > 0 {
+                Wait::GangShort {
+                    fit: free_fit as u32,
+                    need: want as u32,
+                }
+            } else {
+                Wait::NoFit
+            };
+            if let Some(r) = self.requests.get_mut(&id) {
+                r.wait = wait;
+            }
+            return;
+        }
+        let limited = reservation
+            .as_ref()
+            .is_some_and(|res| ends_by > res.shadow_ms);
+        let held_for = reservation.as_ref().map(|res| (res.head, res.shadow_ms));
+        let extra_before = reservation.as_ref().map_or(0, |res| res.extra);
+
+        let mut search = Search::new(&self.config, &self.fleet, &need, self.rotate_from);
+        let mut chosen: Vec<usize> = Vec::with_capacity(want);
+        let mut refused_by_reservation = false;
+        while chosen.len() < want {
+            let Some(h) = search.best(&self.fleet, &need, &self.config) else {
+                break;
+            };
+            if limited && let Some(res) = reservation.as_deref_mut() {
+                let cost = reservation_cost(&self.fleet, res, h, &need);
+                if cost > res.extra {
+                    search.exclude(h);
+                    refused_by_reservation = true;
+                    continue;
+                }
+                res.extra -= cost;
+            }
+            self.fleet.allocate(h, &need, vms[chosen.len()]);
+            chosen.push(h);
+            search.recheck(&self.fleet, &need, h);
+        }
+
+        let placed_all = chosen.len() == want;
+        if chosen.is_empty() || (gang && !placed_all) {
+            for (&h, &vm) in chosen.iter().zip(&vms) {
+                self.fleet.release(h, &need, vm, true);
+            }
+            if let Some(res) = reservation {
+                res.extra = extra_before;
+            }
+            let wait = match held_for {
+                Some((head, start_ms)) if refused_by_reservation => {
+                    Wait::Reserved { head, start_ms }
+                }
+                _ if gang && !chosen.is_empty() => Wait::GangShort {
+                    fit: chosen.len() as u32,
+                    need: want as u32,
+                },
+                _ => Wait::NoFit,
+            };
+            if let Some(r) = self.requests.get_mut(&id) {
+                r.wait = wait;
+            }
+            return;
+        }
+
+        let now = self.now_ms;
+        let Some(r) = self.requests.get_mut(&id) else {
+            return;
+        };
+        r.queued.drain(..chosen.len());
+        r.gang_pending = false;
+        let vm_spec = r.vm_spec.clone();
+        let expected_end = now
+            .saturating_add(r.expected_start_ms)
+            .saturating_add(r.expected_run_ms);
+        for (&vm, &h) in vms.iter().zip(&chosen) {
+            if let Some(v) = self.vms.get_mut(&vm) {
+                v.host = Some(h);
+                v.provisioning = true;
+                v.expected_end_ms = expected_end;
+            }
+            self.ends.insert((expected_end, vm));
+            self.vm_to(vm, VmState::Placed, Cause::Placed);
+            self.actions.push_back(Action::Provision {
+                vm,
+                request: id,
+                host: self.fleet.hosts[h].spec.id,
+                spec: vm_spec.clone(),
+            });
+        }
+        if let Some(&last) = chosen.last() {
+            self.rotate_from = last + 1;
+        }
+        if let Some(r) = self.requests.get_mut(&id) {
+            if r.queued.is_empty() {
+                if let Some((p, s)) = r.queue_key.take() {
+                    self.queue.remove(p, s);
+                }
+            } else {
+                r.wait = Wait::NoFit;
+            }
+        }
+        self.maybe_finish(id);
+    }
+}
+
+/// How many VMs of the head's shape placing one VM of `need` on `host_idx` takes away at the
+/// shadow time.
+fn reservation_cost(fleet: &Fleet, res: &Reservation, host_idx: usize, need: &Need) -> i64 {
+    let host = &fleet.hosts[host_idx];
+    let eligible = first_failure(
+        &STATIC[..2],
+        &Probe {
+            host,
+            avail: host.capacity,
+            need: &res.need,
+            provisioning_max: fleet.provisioning_max,
+        },
+    )
+    .is_none();
+    if !eligible {
+        return 0;
+    }
+    let at_shadow = host
+        .free()
+        .plus(res.freed.get(&host_idx).unwrap_or(&Amount::default()));
+    let mut after = at_shadow;
+    after.sub(need);
+    at_shadow.fit_count(&res.need) - after.fit_count(&res.need)
+}
+
+fn invalid(field: &'static str, reason: String) -> InputError {
+    InputError::Invalid { field, reason }
+}
+
+fn static_reason_text(r: Reason) -> &'static str {
+    match r {
+        Reason::Driver => "hosts have the wrong driver",
+        Reason::Labels => "hosts lack the labels",
+        Reason::Cpu => "hosts have too few vcpus",
+        Reason::Memory => "hosts have too little memory",
+        Reason::Slots => "hosts have no such slot",
+        other => other.describe(),
+    }
+}
+
+/// "3 × 4 vcpus, 8192 MiB (gang), labels arch=aarch64"
+pub(crate) fn describe_need(spec: &RequestSpec, shape: Shape) -> String {
+    let mut s = format!(
+        "{} × {} vcpus, {} MiB of `{}`",
+        spec.count, shape.vcpus, shape.memory_mib, spec.template
+    );
+    if spec.gang && spec.count > 1 {
+        s.push_str(" as a gang");
+    }
+    if !spec.labels.is_empty() {
+        let labels: Vec<String> = spec.labels.iter().map(ToString::to_string).collect();
+        s.push_str(&format!(", labels {}", labels.join(",")));
+    }
+    s
+}

@@ -1,0 +1,278 @@
+//! Read-only views: what is where, and why a request is still waiting. They show the state as
+//! of the last `poll_*` call.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use crate::config::Policy;
+use crate::fleet::Host;
+use crate::model::{
+    DriverKind, HostId, HostState, Label, RequestId, RequestSpec, RequestState, Shape, VmId,
+    VmState,
+};
+use crate::placement::Reason;
+use crate::placement::filter::{PIPELINE, Probe, first_failure};
+use crate::scheduler::{Scheduler, Wait, describe_need};
+
+/// A host as operators see it. Capacities are after overcommit; vCPUs in thousandths.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HostView<'a> {
+    pub id: HostId,
+    pub name: &'a str,
+    pub driver: DriverKind,
+    pub state: HostState,
+    pub cpu_milli: i64,
+    pub cpu_used_milli: i64,
+    pub memory_mib: i64,
+    pub memory_used_mib: i64,
+    /// `(kind, capacity, used)` per counted slot kind the host has.
+    pub slots: Vec<(&'a str, i64, i64)>,
+    pub provisioning: u32,
+    pub n_vms: usize,
+    pub labels: &'a [Label],
+    pub last_probe_ms: Option<u64>,
+    pub probe_failures: u32,
+    pub provision_failures: u32,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VmView {
+    pub id: VmId,
+    pub request: RequestId,
+    pub state: VmState,
+    pub host: Option<HostId>,
+    /// When a held VM's breakpoint expires.
+    pub hold_until_ms: Option<u64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RequestView<'a> {
+    pub spec: &'a RequestSpec,
+    pub shape: Shape,
+    pub state: RequestState,
+    pub submitted_ms: u64,
+    /// VMs waiting to be placed.
+    pub n_queued: usize,
+    /// VMs not yet ended.
+    pub n_live: u32,
+}
+
+/// What stands between a waiting request and a host.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Blocker {
+    /// Submitted since the last pass.
+    NotYetConsidered,
+    /// Not enough free capacity on hosts that could run it (see the host counts).
+    NoFit,
+    /// A gang: only `fit` of its `need` VMs fit at once now.
+    GangShort { fit: u32, need: u32 },
+    /// Strict FCFS: it waits behind the head of the queue.
+    BehindHead(RequestId),
+    /// EASY: the head `head` is expected to start at `start_ms`; starting this request now
+    /// would delay it (for the head itself: its own expected start).
+    Reserved { head: RequestId, start_ms: u64 },
+}
+
+/// Why a request is still waiting: the blocker, and how many hosts fail which filter.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Why {
+    pub request: RequestId,
+    pub need: String,
+    pub n_waiting_vms: usize,
+    pub blocker: Blocker,
+    /// Hosts by the first filter each one fails now, most common first.
+    pub reasons: Vec<(Reason, u32)>,
+    /// Hosts that could take one of its VMs now.
+    pub hosts_fit: u32,
+    pub hosts_total: u32,
+}
+
+impl fmt::Display for Why {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} of {} wait", self.n_waiting_vms, self.need)?;
+        match self.blocker {
+            Blocker::NotYetConsidered => write!(f, " (not yet considered)")?,
+            Blocker::NoFit => {}
+            Blocker::GangShort { fit, need } => {
+                write!(f, "; a gang of {need}: only {fit} fit at once now")?
+            }
+            Blocker::BehindHead(head) => write!(f, "; behind {head} (strict fcfs)")?,
+            Blocker::Reserved { head, start_ms } if head == self.request => {
+                write!(f, "; first in line, expected to start at {start_ms} ms")?
+            }
+            Blocker::Reserved { head, start_ms } => write!(
+                f,
+                "; starting now would delay {head}, expected to start at {start_ms} ms"
+            )?,
+        }
+        write!(
+            f,
+            ": {} of {} hosts fit now",
+            self.hosts_fit, self.hosts_total
+        )?;
+        for (reason, n) in &self.reasons {
+            write!(f, ", {n} {}", reason.describe())?;
+        }
+        Ok(())
+    }
+}
+
+fn host_view<'a>(s: &'a Scheduler, h: &'a Host) -> HostView<'a> {
+    let slots = h
+        .spec
+        .slots
+        .iter()
+        .filter_map(|(kind, _)| {
+            let k = s.slot_kinds.get(kind)? as usize;
+            Some((
+                kind.as_str(),
+                *h.capacity.slots.get(k)?,
+                *h.used.slots.get(k)?,
+            ))
+        })
+        .collect();
+    HostView {
+        id: h.spec.id,
+        name: &h.spec.name,
+        driver: h.spec.driver,
+        state: h.state,
+        cpu_milli: h.capacity.cpu_milli,
+        cpu_used_milli: h.used.cpu_milli,
+        memory_mib: h.capacity.memory_mib,
+        memory_used_mib: h.used.memory_mib,
+        slots,
+        provisioning: h.provisioning,
+        n_vms: h.vms.len(),
+        labels: &h.spec.labels,
+        last_probe_ms: h.last_probe_ms,
+        probe_failures: h.probe_failures,
+        provision_failures: h.provision_failures,
+    }
+}
+
+impl Scheduler {
+    /// Every host, in the order they were added.
+    pub fn hosts(&self) -> impl Iterator<Item = HostView<'_>> {
+        self.fleet
+            .hosts
+            .iter()
+            .filter(|h| !h.removed)
+            .map(|h| host_view(self, h))
+    }
+
+    pub fn host(&self, id: HostId) -> Option<HostView<'_>> {
+        let idx = *self.host_ids.get(&id)?;
+        Some(host_view(self, &self.fleet.hosts[idx]))
+    }
+
+    pub fn host_by_name(&self, name: &str) -> Option<HostView<'_>> {
+        let idx = *self.host_names.get(name)?;
+        Some(host_view(self, &self.fleet.hosts[idx]))
+    }
+
+    pub fn vm(&self, id: VmId) -> Option<VmView> {
+        let v = self.vms.get(&id)?;
+        Some(VmView {
+            id,
+            request: v.request,
+            state: v.state,
+            host: v.host.map(|i| self.fleet.hosts[i].spec.id),
+            hold_until_ms: (v.state == VmState::Held).then_some(v.hold_until_ms),
+        })
+    }
+
+    /// Every VM that has not ended, by id.
+    pub fn vms(&self) -> Vec<VmView> {
+        let mut ids: Vec<VmId> = self.vms.keys().copied().collect();
+        ids.sort_unstable();
+        ids.into_iter().filter_map(|id| self.vm(id)).collect()
+    }
+
+    pub fn n_vms(&self) -> usize {
+        self.vms.len()
+    }
+
+    pub fn request(&self, id: RequestId) -> Option<RequestView<'_>> {
+        let r = self.requests.get(&id)?;
+        Some(RequestView {
+            spec: &r.spec,
+            shape: r.vm_spec.shape,
+            state: r.state,
+            submitted_ms: r.submitted_ms,
+            n_queued: r.queued.len(),
+            n_live: r.live,
+        })
+    }
+
+    /// Every request that has not ended, by id.
+    pub fn requests(&self) -> Vec<RequestView<'_>> {
+        let mut ids: Vec<RequestId> = self.requests.keys().copied().collect();
+        ids.sort_unstable();
+        ids.into_iter().filter_map(|id| self.request(id)).collect()
+    }
+
+    pub fn n_requests(&self) -> usize {
+        self.requests.len()
+    }
+
+    /// Waiting requests in the order they are served now.
+    pub fn queue(&self) -> Vec<RequestId> {
+        let mut order = Vec::new();
+        self.queue
+            .ordered(self.now_ms, self.config.aging_step_ms, &mut order);
+        order.into_iter().map(|e| e.request).collect()
+    }
+
+    pub fn queue_len(&self) -> usize {
+        self.queue.len()
+    }
+
+    /// Why a request is still waiting; `None` if it is not waiting. Runs every filter over
+    /// every host (O(hosts)): a view for people, not for the hot path.
+    pub fn why(&self, id: RequestId) -> Option<Why> {
+        let r = self.requests.get(&id)?;
+        if r.state != RequestState::Waiting {
+            return None;
+        }
+        let mut counts: BTreeMap<Reason, u32> = BTreeMap::new();
+        let mut hosts_fit = 0;
+        let mut hosts_total = 0;
+        for host in self.fleet.hosts.iter().filter(|h| !h.removed) {
+            hosts_total += 1;
+            let probe = Probe {
+                host,
+                avail: host.free(),
+                need: &r.need,
+                provisioning_max: self.fleet.provisioning_max,
+            };
+            match first_failure(&PIPELINE, &probe) {
+                Some(reason) => *counts.entry(reason).or_default() += 1,
+                None => hosts_fit += 1,
+            }
+        }
+        let mut reasons: Vec<(Reason, u32)> = counts.into_iter().collect();
+        reasons.sort_by_key(|&(reason, n)| (std::cmp::Reverse(n), reason));
+        let head = self
+            .queue
+            .head(self.now_ms, self.config.aging_step_ms)
+            .map(|e| e.request);
+        let blocker = match r.wait {
+            _ if self.config.policy == Policy::Fcfs && head.is_some_and(|h| h != id) => {
+                Blocker::BehindHead(head.unwrap_or(id))
+            }
+            Wait::NotConsidered => Blocker::NotYetConsidered,
+            Wait::NoFit => Blocker::NoFit,
+            Wait::GangShort { fit, need } => Blocker::GangShort { fit, need },
+            Wait::Reserved { head, start_ms } => Blocker::Reserved { head, start_ms },
+        };
+        Some(Why {
+            request: id,
+            need: describe_need(&r.spec, r.vm_spec.shape),
+            n_waiting_vms: r.queued.len(),
+            blocker,
+            reasons,
+            hosts_fit,
+            hosts_total,
+        })
+    }
+}
