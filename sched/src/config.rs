@@ -12,6 +12,10 @@ pub enum Policy {
     Easy,
     /// Place anything that fits, by priority (with aging) then arrival.
     Greedy,
+    /// AccaSim 1.1.3's "EASY backfilling" as that simulator's code behaves: the blocked head is
+    /// retried only at its reservation time and backfilling ignores the reservation. For
+    /// checking the simulator against AccaSim only; it can starve the head.
+    AccasimEasy,
 }
 
 impl Policy {
@@ -20,13 +24,19 @@ impl Policy {
             Policy::Fcfs => "fcfs",
             Policy::Easy => "easy",
             Policy::Greedy => "greedy",
+            Policy::AccasimEasy => "accasim-easy",
         }
     }
 
     pub fn parse(s: &str) -> Option<Policy> {
-        [Policy::Fcfs, Policy::Easy, Policy::Greedy]
-            .into_iter()
-            .find(|p| p.name() == s)
+        [
+            Policy::Fcfs,
+            Policy::Easy,
+            Policy::Greedy,
+            Policy::AccasimEasy,
+        ]
+        .into_iter()
+        .find(|p| p.name() == s)
     }
 }
 

@@ -100,6 +100,13 @@ impl Amount {
 
     /// How many VMs of `need` fit into this amount.
     pub fn fit_count(&self, need: &Need) -> i64 {
+        // Most hosts a search passes over have no room at all: answer those without dividing.
+        if self.cpu_milli < need.cpu_milli
+            || self.memory_mib < need.memory_mib
+            || need.slot.is_some_and(|k| self.slots[k] < 1)
+        {
+            return 0;
+        }
         let mut n = i64::MAX;
         if need.cpu_milli > 0 {
             n = n.min(self.cpu_milli.max(0) / need.cpu_milli);
@@ -138,6 +145,18 @@ pub(crate) struct Host {
 impl Host {
     pub fn free(&self) -> Amount {
         self.capacity.minus(&self.used)
+    }
+
+    /// Free capacity counted at zero where the host is over: a probe may shrink a host below
+    /// what it already holds, and that must not hide the room on other hosts in a total.
+    pub fn room(&self) -> Amount {
+        let mut free = self.free();
+        free.cpu_milli = free.cpu_milli.max(0);
+        free.memory_mib = free.memory_mib.max(0);
+        for s in &mut free.slots {
+            *s = (*s).max(0);
+        }
+        free
     }
 
     pub fn has_label(&self, id: u32) -> bool {
@@ -402,6 +421,8 @@ pub(crate) struct Fleet {
     /// Hosts grouped by what never changes with load (driver, labels, capacity): "could this
     /// request ever fit" is then answered per class, not per host.
     pub classes: BTreeMap<StaticClass, Vec<usize>>,
+    /// Counts every change to any host: equal versions mean an identical fleet.
+    pub version: u64,
 }
 
 /// The static side of a host: two hosts of one class take the same VMs when empty.
@@ -430,6 +451,7 @@ impl Fleet {
             provisioning_max,
             ready_free: Amount::default(),
             classes: BTreeMap::new(),
+            version: 0,
         }
     }
 
@@ -462,7 +484,7 @@ impl Fleet {
     pub fn push(&mut self, host: Host) -> usize {
         let idx = self.hosts.len();
         if host.takes_new_vms() {
-            self.ready_free = self.ready_free.plus(&host.free());
+            self.ready_free = self.ready_free.plus(&host.room());
         }
         self.hosts.push(host);
         self.class(idx);
@@ -477,13 +499,14 @@ impl Fleet {
 
     /// Changes one host, keeping the index and the totals in step.
     pub fn update<T>(&mut self, idx: usize, f: impl FnOnce(&mut Host) -> T) -> T {
+        self.version += 1;
         let host = &mut self.hosts[idx];
         if host.takes_new_vms() {
-            self.ready_free = self.ready_free.minus(&host.free());
+            self.ready_free = self.ready_free.minus(&host.room());
         }
         let out = f(host);
         if host.takes_new_vms() {
-            self.ready_free = self.ready_free.plus(&host.free());
+            self.ready_free = self.ready_free.plus(&host.room());
         }
         self.index
             .update(idx, &self.hosts[idx], self.provisioning_max);
@@ -497,10 +520,6 @@ impl Fleet {
             h.provisioning += 1;
             h.vms.push(vm);
         });
-    }
-
-    pub fn provisioned(&mut self, idx: usize) {
-        self.update(idx, |h| h.provisioning = h.provisioning.saturating_sub(1));
     }
 
     /// Gives one VM's share back. Idempotent per VM: a VM not on the host changes nothing.

@@ -23,7 +23,7 @@
 
 pub mod config;
 mod fleet;
-mod idmap;
+pub mod idmap;
 pub mod input;
 pub mod model;
 pub mod output;
@@ -34,6 +34,7 @@ mod views;
 
 pub use config::{Config, Policy, ScanOrder, Weights};
 pub use fleet::SLOT_KINDS_MAX;
+pub use idmap::{IdHasher, IdMap};
 pub use input::{Failure, FailureKind, Input, InputError, ProbeReport};
 pub use model::{
     DriverKind, GuestOs, Hold, HostId, HostSpec, HostState, Label, RequestId, RequestSpec,

@@ -131,8 +131,10 @@ mod tests {
         q.push(RequestId(2), 2, 1_000);
         // At 1.5 s request 1 has aged one level (step 1 s) and still trails.
         assert_eq!(ids(&q, 1_500, 1_000), vec![2, 1]);
-        // At 3 s it has aged three levels; request 2 one: 3 > 3? no, tie on 3, older first.
-        assert_eq!(ids(&q, 3_000, 1_000), vec![1, 2]);
+        // Both age at the same rate, so request 1 stays behind request 2; but at 3 s it has aged
+        // three levels and passes a priority-2 request that only just arrived (3 > 2).
+        q.push(RequestId(3), 2, 3_000);
+        assert_eq!(ids(&q, 3_000, 1_000), vec![2, 1, 3]);
     }
 
     #[test]

@@ -1,9 +1,10 @@
 //! The scheduler: a sans-IO state machine. Inputs go in through `handle(now_ms, input)`;
 //! actions, events and the next timeout are pulled with `poll_*`.
 //!
-//! `handle` only applies an input; the placement pass runs at the next `poll_*` call, so a
-//! caller that feeds a batch of inputs (all arrivals and completions of one instant, or a burst
-//! of API calls) gets one pass over them. Read the views after polling.
+//! `handle` only applies an input; the placement pass runs when `poll_action` or `poll_event`
+//! finds nothing left to hand out, so a caller that feeds a batch of inputs (all arrivals and
+//! completions of one instant, or a burst of API calls) gets one pass over them. Read the views
+//! after polling both until `None`.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
@@ -82,6 +83,8 @@ pub(crate) struct Request {
     pub(crate) retries_used: u32,
     pub(crate) vms_failed: u32,
     pub(crate) ending: Option<RequestState>,
+    /// Why it is ending early, for its final event.
+    pub(crate) ending_cause: Option<Cause>,
     pub(crate) wait: Wait,
     /// Expected provisioning plus boot time, and expected job duration.
     pub(crate) expected_start_ms: u64,
@@ -112,6 +115,11 @@ pub(crate) struct Pass {
     reservation: Option<Reservation>,
     /// The fleet generation at which waiting requests were last checked for "never fits".
     checked_generation: u64,
+    /// Placement attempts that failed in this pass: `(need, limited by a reservation, VMs
+    /// needed at once, fleet version, why)`. An attempt with the same need, at least as many
+    /// VMs and an unchanged fleet would fail the same way, so it is skipped (a deep queue of
+    /// look-alike requests then costs one search per pass, not one per request).
+    failed: Vec<(Need, bool, i64, u64, Wait)>,
 }
 
 /// The scheduler core. `Clone` gives an independent copy (the console's drain prediction
@@ -130,7 +138,8 @@ pub struct Scheduler {
     pub(crate) vms: IdMap<VmId, Vm>,
     pub(crate) queue: Queue,
     /// Expected end of every VM that holds capacity, for backfilling.
-    pub(crate) ends: BTreeSet<(u64, VmId)>,
+    /// Each entry carries the VM's host and what it takes there. Kept under `easy` only.
+    pub(crate) ends: BTreeMap<(u64, VmId), (usize, Amount)>,
     pub(crate) timers: BTreeSet<(u64, Timer)>,
     pub(crate) actions: VecDeque<Action>,
     pub(crate) events: VecDeque<Event>,
@@ -162,7 +171,7 @@ impl Scheduler {
             requests: IdMap::default(),
             vms: IdMap::default(),
             queue: Queue::default(),
-            ends: BTreeSet::new(),
+            ends: BTreeMap::new(),
             timers: BTreeSet::new(),
             actions: VecDeque::new(),
             events: VecDeque::new(),
@@ -213,24 +222,30 @@ impl Scheduler {
         }
     }
 
-    /// The next thing for a driver to do.
+    /// The next thing for a driver to do. Actions already decided come out first; only when
+    /// none is left does the placement pass run over everything fed since the last one (so a
+    /// caller that completes a destroy at once, as the zero-latency simulator does, has the
+    /// capacity back before the pass).
     #[must_use]
     pub fn poll_action(&mut self) -> Option<Action> {
-        self.schedule();
+        if self.actions.is_empty() {
+            self.schedule();
+        }
         self.actions.pop_front()
     }
 
-    /// The next state transition.
+    /// The next state transition. Like `poll_action`, runs a pending pass once none is left.
     #[must_use]
     pub fn poll_event(&mut self) -> Option<Event> {
-        self.schedule();
+        if self.events.is_empty() {
+            self.schedule();
+        }
         self.events.pop_front()
     }
 
     /// When to call `handle(t, Input::Tick)` next.
     #[must_use]
-    pub fn poll_timeout(&mut self) -> Option<u64> {
-        self.schedule();
+    pub fn poll_timeout(&self) -> Option<u64> {
         self.timers.first().map(|&(t, _)| t)
     }
 
@@ -348,6 +363,7 @@ impl Scheduler {
                 retries_used: 0,
                 vms_failed: 0,
                 ending: None,
+                ending_cause: None,
                 wait: Wait::NotConsidered,
                 expected_start_ms,
                 expected_run_ms,
@@ -457,6 +473,7 @@ impl Scheduler {
             return;
         }
         r.ending = Some(as_state);
+        r.ending_cause = Some(cause.clone());
         let queued = std::mem::take(&mut r.queued);
         if let Some((p, s)) = r.queue_key.take() {
             self.queue.remove(p, s);
@@ -509,9 +526,9 @@ impl Scheduler {
                 RequestState::Done
             });
             let from = r.state;
-            let cause = match to {
-                RequestState::Failed if r.ending.is_none() => Cause::RetriesExhausted,
-                RequestState::Cancelled => Cause::Cancelled,
+            let cause = match (&r.ending_cause, to) {
+                (Some(cause), _) => cause.clone(),
+                (None, RequestState::Failed) => Cause::RetriesExhausted,
                 _ => Cause::AllEnded,
             };
             if let Some((p, s)) = r.queue_key {
@@ -535,10 +552,12 @@ impl Scheduler {
         };
         if to != r.state {
             let from = r.state;
-            let cause = if waiting {
-                Cause::Requeued
-            } else {
-                Cause::AllPlaced
+            // A request that is ending leaves the queue because of why it ends, not because
+            // its VMs were placed.
+            let cause = match &r.ending_cause {
+                _ if waiting => Cause::Requeued,
+                Some(cause) => cause.clone(),
+                None => Cause::AllPlaced,
             };
             if let Some(r) = self.requests.get_mut(&id) {
                 r.state = to;
@@ -603,10 +622,13 @@ impl Scheduler {
     }
 
     fn set_expected_end(&mut self, vm: VmId, end_ms: u64) {
-        if let Some(v) = self.vms.get_mut(&vm) {
-            self.ends.remove(&(v.expected_end_ms, vm));
-            v.expected_end_ms = end_ms;
-            self.ends.insert((end_ms, vm));
+        let Some(v) = self.vms.get_mut(&vm) else {
+            return;
+        };
+        let entry = self.ends.remove(&(v.expected_end_ms, vm));
+        v.expected_end_ms = end_ms;
+        if let Some(entry) = entry {
+            self.ends.insert((end_ms, vm), entry);
         }
     }
 
@@ -663,9 +685,17 @@ impl Scheduler {
                 if let Some(v) = self.vms.get_mut(&vm) {
                     v.provisioning = false;
                 }
-                self.fleet.provisioned(host_idx);
-                self.fleet.update(host_idx, |h| h.provision_failures = 0);
-                self.pass.capacity_changed = true;
+                let max = self.fleet.provisioning_max;
+                let was_busy = self.fleet.update(host_idx, |h| {
+                    let was_busy = h.provisioning >= max;
+                    h.provisioning = h.provisioning.saturating_sub(1);
+                    h.provision_failures = 0;
+                    was_busy
+                });
+                // A returned provisioning turn changes a verdict only where the host had none.
+                if was_busy {
+                    self.pass.capacity_changed = true;
+                }
                 self.vm_to(vm, VmState::Booting, Cause::Provisioned);
             }
             Err(failure) => {
@@ -1178,10 +1208,11 @@ impl Scheduler {
     // ---- the placement pass ----
 
     fn schedule(&mut self) {
-        if !self.pass.capacity_changed && self.pass.arrivals.is_empty() {
+        if !self.pass.capacity_changed && self.pass.arrivals.is_empty() && !self.head_moved() {
             return;
         }
         let full = self.pass.capacity_changed;
+        self.pass.failed.clear();
         if self.pass.checked_generation != self.fleet_generation {
             self.pass.checked_generation = self.fleet_generation;
             self.reject_unfittable();
@@ -1196,9 +1227,21 @@ impl Scheduler {
                 }
             }
             Policy::Greedy => self.serve_all(full),
+            Policy::AccasimEasy => self.serve_accasim_easy(),
         }
         self.pass.capacity_changed = false;
         self.pass.arrivals.clear();
+    }
+
+    /// Under FCFS and EASY, whether the head of the queue is another than the one the last pass
+    /// left waiting: the head was cancelled or failed, or aging moved a request ahead of it.
+    /// Either may let the new head start with no change to capacity.
+    fn head_moved(&self) -> bool {
+        self.config.policy != Policy::Greedy
+            && self
+                .queue
+                .head(self.now_ms, self.config.aging_step_ms)
+                .is_some_and(|e| Some(e.request) != self.pass.blocked_head)
     }
 
     /// After the fleet shrank: a waiting request none of whose VMs runs yet and that no host
@@ -1224,6 +1267,52 @@ impl Scheduler {
                 let why = format!("{}: {why}", describe_need(&spec, shape));
                 self.end_request(e.request, RequestState::Rejected, Cause::NeverFits(why));
             }
+        }
+        self.scratch = order;
+    }
+
+    /// AccaSim 1.1.3's EASYBackfilling as that code behaves, for cross-checking the simulator
+    /// against it (see docs/simulation.md): the blocked head gets a reservation once and is
+    /// tried again only when that time has come, and meanwhile every other request that fits
+    /// starts, whether or not it delays the head. Not EASY; not for production.
+    fn serve_accasim_easy(&mut self) {
+        let head = self
+            .queue
+            .head(self.now_ms, self.config.aging_step_ms)
+            .map(|e| e.request);
+        let reserved = self
+            .pass
+            .reservation
+            .as_ref()
+            .filter(|r| Some(r.head) == head)
+            .map(|r| r.shadow_ms);
+        match (head, reserved) {
+            (Some(_), Some(at)) if self.now_ms < at => {}
+            (Some(h), Some(_)) => {
+                self.place_request(h, None);
+                let placed = self.requests.get(&h).is_none_or(|r| r.queue_key.is_none());
+                if placed {
+                    let blocked = self.serve_heads(true);
+                    self.pass.reservation = blocked.and_then(|b| self.reserve(b));
+                }
+            }
+            _ => {
+                let blocked = self.serve_heads(true);
+                self.pass.reservation = blocked.and_then(|b| self.reserve(b));
+            }
+        }
+        let blocked = self.pass.reservation.as_ref().map(|r| r.head);
+        let mut order = std::mem::take(&mut self.scratch);
+        self.queue
+            .ordered(self.now_ms, self.config.aging_step_ms, &mut order);
+        for e in &order {
+            if Some(e.request) == blocked {
+                continue;
+            }
+            if self.fleet.ready_free.cpu_milli <= 0 {
+                break;
+            }
+            self.place_request(e.request, None);
         }
         self.scratch = order;
     }
@@ -1336,43 +1425,52 @@ impl Scheduler {
         } else {
             (r.queued.len() as i64).min(1)
         };
-        let eligible = |fleet: &Fleet, idx: usize| {
+        let eligible_static = |fleet: &Fleet, idx: usize| {
             let host = &fleet.hosts[idx];
-            host.takes_new_vms()
-                && first_failure(
-                    &STATIC[..2],
-                    &Probe {
-                        host,
-                        avail: host.capacity,
-                        need: &need,
-                        provisioning_max: fleet.provisioning_max,
-                    },
-                )
-                .is_none()
+            first_failure(
+                &STATIC[..2],
+                &Probe {
+                    host,
+                    avail: host.capacity,
+                    need: &need,
+                    provisioning_max: fleet.provisioning_max,
+                },
+            )
+            .is_none()
         };
-        let mut room: i64 = (0..self.fleet.hosts.len())
-            .filter(|&i| eligible(&self.fleet, i))
-            .map(|i| self.fleet.hosts[i].free().fit_count(&need))
-            .sum();
+        let eligible = |fleet: &Fleet, idx: usize| {
+            fleet.hosts[idx].takes_new_vms() && eligible_static(fleet, idx)
+        };
+        // Driver and labels are static: check them once per class of hosts.
+        let mut room: i64 = 0;
+        for members in self.fleet.classes.values() {
+            if members
+                .first()
+                .is_some_and(|&i| eligible_static(&self.fleet, i))
+            {
+                room += members
+                    .iter()
+                    .map(|&i| &self.fleet.hosts[i])
+                    .filter(|h| h.takes_new_vms())
+                    .map(|h| h.free().fit_count(&need))
+                    .sum::<i64>();
+            }
+        }
         let mut freed: BTreeMap<usize, Amount> = BTreeMap::new();
         let mut shadow_ms = (room >= wanted).then_some(self.now_ms);
-        for &(end_ms, vm) in &self.ends {
+        for (&(end_ms, _), &(idx, used)) in &self.ends {
             if let Some(s) = shadow_ms
                 && end_ms > s
             {
                 break;
             }
-            let Some(v) = self.vms.get(&vm) else { continue };
-            let (Some(idx), Some(vr)) = (v.host, self.requests.get(&v.request)) else {
-                continue;
-            };
             if !eligible(&self.fleet, idx) {
                 continue;
             }
             let free = self.fleet.hosts[idx].free();
             let before = freed.entry(idx).or_default();
             let had = free.plus(before).fit_count(&need);
-            before.add(&vr.need);
+            *before = before.plus(&used);
             let has = free.plus(before).fit_count(&need);
             room += has - had;
             if shadow_ms.is_none() && room >= wanted {
@@ -1434,6 +1532,16 @@ impl Scheduler {
             .is_some_and(|res| ends_by > res.shadow_ms);
         let held_for = reservation.as_ref().map(|res| (res.head, res.shadow_ms));
         let extra_before = reservation.as_ref().map_or(0, |res| res.extra);
+        let version = self.fleet.version;
+        let known = self.pass.failed.iter().find(|(n, l, count, v, _)| {
+            *v == version && *l == limited && *count <= at_least && *n == need
+        });
+        if let Some(&(_, _, _, _, wait)) = known {
+            if let Some(r) = self.requests.get_mut(&id) {
+                r.wait = wait;
+            }
+            return;
+        }
 
         let mut search = Search::new(&self.config, &self.fleet, &need, self.rotate_from);
         let mut chosen: Vec<usize> = Vec::with_capacity(want);
@@ -1453,7 +1561,7 @@ impl Scheduler {
             }
             self.fleet.allocate(h, &need, vms[chosen.len()]);
             chosen.push(h);
-            search.recheck(&self.fleet, &need, h);
+            search.recheck(&self.fleet, &need, h, &self.config);
         }
 
         let placed_all = chosen.len() == want;
@@ -1474,6 +1582,9 @@ impl Scheduler {
                 },
                 _ => Wait::NoFit,
             };
+            self.pass
+                .failed
+                .push((need, limited, at_least, self.fleet.version, wait));
             if let Some(r) = self.requests.get_mut(&id) {
                 r.wait = wait;
             }
@@ -1487,6 +1598,10 @@ impl Scheduler {
         r.queued.drain(..chosen.len());
         r.gang_pending = false;
         let vm_spec = r.vm_spec.clone();
+        // Only backfilling reads expected ends; the other policies skip their upkeep.
+        let keep_ends = matches!(self.config.policy, Policy::Easy | Policy::AccasimEasy);
+        let mut used = Amount::default();
+        used.add(&r.need);
         let expected_end = now
             .saturating_add(r.expected_start_ms)
             .saturating_add(r.expected_run_ms);
@@ -1496,7 +1611,9 @@ impl Scheduler {
                 v.provisioning = true;
                 v.expected_end_ms = expected_end;
             }
-            self.ends.insert((expected_end, vm));
+            if keep_ends {
+                self.ends.insert((expected_end, vm), (h, used));
+            }
             self.vm_to(vm, VmState::Placed, Cause::Placed);
             self.actions.push_back(Action::Provision {
                 vm,

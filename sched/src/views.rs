@@ -97,6 +97,15 @@ impl fmt::Display for Why {
                 write!(f, "; a gang of {need}: only {fit} fit at once now")?
             }
             Blocker::BehindHead(head) => write!(f, "; behind {head} (strict fcfs)")?,
+            // The reservation found no time at which ready hosts would have room.
+            Blocker::Reserved { head, start_ms }
+                if head == self.request && start_ms == u64::MAX =>
+            {
+                write!(
+                    f,
+                    "; first in line, but ready hosts lack room even once every running vm ends"
+                )?
+            }
             Blocker::Reserved { head, start_ms } if head == self.request => {
                 write!(f, "; first in line, expected to start at {start_ms} ms")?
             }
@@ -260,6 +269,9 @@ impl Scheduler {
             _ if self.config.policy == Policy::Fcfs && head.is_some_and(|h| h != id) => {
                 Blocker::BehindHead(head.unwrap_or(id))
             }
+            // A pass stops early once no ready host has a vCPU free, so the requests after
+            // that point were never looked at; no host fits them now, and that is the blocker.
+            Wait::NotConsidered if hosts_fit == 0 => Blocker::NoFit,
             Wait::NotConsidered => Blocker::NotYetConsidered,
             Wait::NoFit => Blocker::NoFit,
             Wait::GangShort { fit, need } => Blocker::GangShort { fit, need },

@@ -1,1 +1,31 @@
 //! The discrete-event simulator that drives the real `sched` core on simulated hosts.
+//!
+//! A [`Simulation`] reads a trace (berth's format, SWF or Azure, through `berth-traces`),
+//! submits its requests to an unchanged `berth_sched::Scheduler`, carries the scheduler's
+//! actions out on simulated hosts with modelled latencies, and reports waits, time to running,
+//! utilisation and queue length. Memory grows with the VMs alive at once, not with the trace.
+
+mod engine;
+pub mod fleet;
+pub mod latency;
+pub mod plot;
+pub mod report;
+
+pub use engine::{SimConfig, Simulation, UNSPECIFIED_MEMORY_MIB};
+pub use fleet::Fleet;
+pub use latency::Profile;
+pub use report::{Report, Row, RunInfo, compare, comparison_table};
+
+/// What can go wrong in a simulation: the trace, the fleet, or an input the scheduler refused.
+#[derive(Debug, thiserror::Error)]
+pub enum SimError {
+    #[error(transparent)]
+    Trace(#[from] berth_traces::TraceError),
+    #[error("{source_name}: {message}")]
+    Fleet {
+        source_name: String,
+        message: String,
+    },
+    #[error("{0}")]
+    Scheduler(String),
+}

@@ -9,7 +9,7 @@ pub mod score;
 
 use std::fmt;
 
-use crate::config::{Config, ScanOrder};
+use crate::config::{Config, ScanOrder, Weights};
 use crate::fleet::{Fleet, Need, bloom_bit};
 use filter::{PIPELINE, Probe, first_failure};
 
@@ -97,10 +97,11 @@ pub(crate) fn fits(fleet: &Fleet, host_idx: usize, need: &Need) -> bool {
 }
 
 /// One ordered stream of feasible hosts: from `origin` to the end, then from 0 to `origin`.
+/// Each candidate carries its score, computed when it joins and again only when a VM lands on it.
 #[derive(Clone, Debug)]
 struct Stream {
     image_bloom: u64,
-    hosts: Vec<usize>,
+    hosts: Vec<(usize, u64)>,
     next: usize,
     wrapped: bool,
     done: bool,
@@ -117,25 +118,28 @@ impl Stream {
         }
     }
 
-    fn fill(&mut self, fleet: &Fleet, need: &Need, origin: usize, k: usize, excluded: &[usize]) {
+    fn fill(&mut self, fleet: &Fleet, need: &Need, search: &SearchParams<'_>, excluded: &[u64]) {
         let n = fleet.hosts.len();
         let image_bloom = self.image_bloom;
-        while self.hosts.len() < k && !self.done {
-            let to = if self.wrapped { origin } else { n };
+        while self.hosts.len() < search.k && !self.done {
+            let to = if self.wrapped { search.origin } else { n };
             let mut exact = |i: usize| {
                 fits(fleet, i, need)
                     && (image_bloom == 0 || fleet.hosts[i].has_image(need.image))
-                    && !excluded.contains(&i)
+                    && excluded
+                        .get(i / 64)
+                        .is_none_or(|w| w & (1 << (i % 64)) == 0)
             };
             match fleet
                 .index
                 .first_fit(self.next, to, need, image_bloom, &mut exact)
             {
                 Some(i) => {
-                    self.hosts.push(i);
+                    let score = score::total(&fleet.hosts[i], need, search.weights);
+                    self.hosts.push((i, score));
                     self.next = i + 1;
                 }
-                None if !self.wrapped && origin > 0 => {
+                None if !self.wrapped && search.origin > 0 => {
                     self.wrapped = true;
                     self.next = 0;
                 }
@@ -145,15 +149,22 @@ impl Stream {
     }
 }
 
+struct SearchParams<'a> {
+    origin: usize,
+    k: usize,
+    weights: &'a Weights,
+}
+
 /// The candidate hosts for the VMs of one request, kept across its VMs: after each placement
-/// only the chosen host is checked again, so placing k VMs costs about k index updates and
-/// k × candidates scores, not k full searches.
+/// only the chosen host is checked and scored again, so placing k VMs costs about k index
+/// updates and k comparisons over the candidates, not k full searches.
 #[derive(Clone, Debug)]
 pub(crate) struct Search {
     origin: usize,
     k: usize,
     streams: Vec<Stream>,
-    excluded: Vec<usize>,
+    /// Hosts left out, as a bit set (allocated on the first exclusion).
+    excluded: Vec<u64>,
 }
 
 impl Search {
@@ -177,11 +188,15 @@ impl Search {
 
     /// The best candidate for one more VM, or `None` when no host fits.
     pub fn best(&mut self, fleet: &Fleet, need: &Need, config: &Config) -> Option<usize> {
+        let params = SearchParams {
+            origin: self.origin,
+            k: self.k,
+            weights: &config.weights,
+        };
         let mut best: Option<(u64, usize)> = None;
         for s in &mut self.streams {
-            s.fill(fleet, need, self.origin, self.k, &self.excluded);
-            for &i in &s.hosts {
-                let score = score::total(&fleet.hosts[i], need, &config.weights);
+            s.fill(fleet, need, &params, &self.excluded);
+            for &(i, score) in &s.hosts {
                 let better = match best {
                     None => true,
                     Some((bs, bi)) => score > bs || (score == bs && i < bi),
@@ -197,19 +212,31 @@ impl Search {
     /// Leaves a host out of this search (backfilling found it would delay the reservation).
     pub fn exclude(&mut self, host_idx: usize) {
         for s in &mut self.streams {
-            s.hosts.retain(|&i| i != host_idx);
+            s.hosts.retain(|&(i, _)| i != host_idx);
         }
-        self.excluded.push(host_idx);
+        let word = host_idx / 64;
+        if self.excluded.len() <= word {
+            self.excluded.resize(word + 1, 0);
+        }
+        self.excluded[word] |= 1 << (host_idx % 64);
     }
 
-    /// Called after a VM went to `host_idx` (or the host changed otherwise): drops it from the
-    /// candidates if it no longer fits.
-    pub fn recheck(&mut self, fleet: &Fleet, need: &Need, host_idx: usize) {
-        if fits(fleet, host_idx, need) {
+    /// Called after a VM went to `host_idx`: drops the host from the candidates if it no longer
+    /// fits, or scores it again.
+    pub fn recheck(&mut self, fleet: &Fleet, need: &Need, host_idx: usize, config: &Config) {
+        if !fits(fleet, host_idx, need) {
+            for s in &mut self.streams {
+                s.hosts.retain(|&(i, _)| i != host_idx);
+            }
             return;
         }
+        let score = score::total(&fleet.hosts[host_idx], need, &config.weights);
         for s in &mut self.streams {
-            s.hosts.retain(|&i| i != host_idx);
+            for (i, sc) in &mut s.hosts {
+                if *i == host_idx {
+                    *sc = score;
+                }
+            }
         }
     }
 }

@@ -1,0 +1,664 @@
+//! The discrete-event engine: a time-ordered queue (sequence numbers break ties) that feeds the
+//! real `Scheduler` and carries out its actions on simulated hosts.
+//!
+//! At each instant the engine first applies the completions due (jobs ending, VMs provisioned),
+//! then the trace records due (arrivals, host events), then fires scheduler timers, and only
+//! then polls: destroys finish before the placement pass, so the pass sees all the capacity and
+//! all the arrivals of that instant at once, as batch simulators do.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashMap};
+use std::hash::BuildHasherDefault;
+use std::time::Instant;
+
+use berth_sched::{
+    Action, Config, DriverKind, Event, GuestOs, Hold, HostId, HostSpec, IdHasher, Input,
+    InputError, Label, Policy, ProbeReport, RequestId, RequestSpec, RequestState, Scheduler, Shape,
+    Template, VmId, VmState,
+};
+use berth_traces::{HostEvent, Outcome, Record, RecordBody, RequestRecord, TraceError};
+
+use crate::SimError;
+use crate::fleet::Fleet;
+use crate::latency::{Latency, Op, Profile};
+use crate::plot::Timeline;
+use crate::report::{Metrics, Report, RunInfo};
+
+type Map<K, V> = HashMap<K, V, BuildHasherDefault<IdHasher>>;
+
+/// Memory each VM of an auto-created template gets when its trace gives none (SWF and batch
+/// traces say nothing of memory): 1 MiB, so that memory never binds.
+pub const UNSPECIFIED_MEMORY_MIB: u64 = 1;
+
+/// How a simulation runs.
+#[derive(Clone, Debug)]
+pub struct SimConfig {
+    pub policy: Policy,
+    pub latency: Profile,
+    pub seed: u64,
+    /// Mean time between failures of each host; `None`: hosts never fail.
+    pub mtbf_ms: Option<u64>,
+    /// Mean time to repair a failed host.
+    pub mttr_ms: u64,
+    /// Mean time a developer takes to look at a held VM and release it.
+    pub dev_delay_ms: u64,
+    /// The scheduler's configuration; the policy above replaces its own.
+    pub sched: Config,
+}
+
+impl Default for SimConfig {
+    fn default() -> SimConfig {
+        SimConfig {
+            policy: Policy::Easy,
+            latency: Profile::Default,
+            seed: 1,
+            mtbf_ms: None,
+            mttr_ms: 4 * 3_600_000,
+            dev_delay_ms: 30 * 60_000,
+            sched: Config::default(),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Ev {
+    /// A dependent request whose dependencies have ended arrives.
+    Arrive(u64),
+    Provisioned(VmId),
+    Booted(VmId),
+    JobDone(VmId),
+    Destroyed(VmId),
+    DevRelease(VmId),
+    HostFail(HostId),
+    HostRepair(HostId),
+}
+
+#[derive(Clone, Debug)]
+struct ReqInfo {
+    duration_ms: u64,
+    outcome: Outcome,
+    submitted_ms: u64,
+    placed: bool,
+}
+
+#[derive(Clone, Debug)]
+struct VmInfo {
+    request: u64,
+    vcpus: u32,
+    driver: DriverKind,
+    os: GuestOs,
+    running_since_ms: Option<u64>,
+    held_since_ms: Option<u64>,
+}
+
+/// A request read from the trace that waits for earlier requests to end.
+#[derive(Clone, Debug)]
+struct Pending {
+    record: RequestRecord,
+    remaining: u32,
+}
+
+/// One simulation: a scheduler, simulated hosts, and the clock.
+pub struct Simulation {
+    sched: Scheduler,
+    config: SimConfig,
+    latency: Latency,
+    faults: Latency,
+    queue: BinaryHeap<Reverse<(u64, u64, Ev)>>,
+    seq: u64,
+    now_ms: u64,
+    requests: Map<u64, ReqInfo>,
+    vms: Map<VmId, VmInfo>,
+    pending: Map<u64, Pending>,
+    dependents: Map<u64, Vec<u64>>,
+    host_ids: BTreeMap<String, HostId>,
+    host_drivers: Map<HostId, DriverKind>,
+    next_host: u64,
+    templates: BTreeMap<String, GuestOs>,
+    fleet_vcpus: u64,
+    n_hosts: u64,
+    metrics: Metrics,
+    timeline: Timeline,
+    /// Completions for VMs the scheduler no longer knows (lost meanwhile): ignored, counted.
+    stale: u64,
+}
+
+impl Simulation {
+    pub fn new(fleet: &Fleet, config: SimConfig) -> Result<Simulation, SimError> {
+        let mut sched_config = config.sched.clone();
+        sched_config.policy = config.policy;
+        sched_config
+            .templates
+            .extend(fleet.templates.iter().cloned());
+        let templates = sched_config
+            .templates
+            .iter()
+            .map(|t| (t.name.to_string(), t.guest_os))
+            .collect();
+        let mut sim = Simulation {
+            sched: Scheduler::new(sched_config),
+            latency: Latency::new(config.latency, config.seed),
+            faults: Latency::new(Profile::Default, config.seed.wrapping_add(0x5eed)),
+            config,
+            queue: BinaryHeap::new(),
+            seq: 0,
+            now_ms: 0,
+            requests: Map::default(),
+            vms: Map::default(),
+            pending: Map::default(),
+            dependents: Map::default(),
+            host_ids: BTreeMap::new(),
+            host_drivers: Map::default(),
+            next_host: 0,
+            templates,
+            fleet_vcpus: 0,
+            n_hosts: 0,
+            metrics: Metrics::new(),
+            timeline: Timeline::new(),
+            stale: 0,
+        };
+        for spec in &fleet.hosts {
+            sim.add_host(spec.clone())?;
+        }
+        Ok(sim)
+    }
+
+    fn add_host(&mut self, mut spec: HostSpec) -> Result<(), SimError> {
+        spec.id = HostId(self.next_host);
+        self.next_host += 1;
+        let (id, name, driver) = (spec.id, spec.name.clone(), spec.driver);
+        let report = ProbeReport {
+            vcpus: spec.vcpus,
+            memory_mib: spec.memory_mib,
+            images: spec.images.clone(),
+        };
+        self.fleet_vcpus += u64::from(spec.vcpus);
+        self.n_hosts += 1;
+        let at = self.now_ms;
+        self.input(Input::AddHost(spec))
+            .map_err(|e| SimError::Scheduler(format!("adding host {name}: {e}")))?;
+        self.input(Input::Probe {
+            host: id,
+            result: Ok(report),
+        })
+        .map_err(|e| SimError::Scheduler(format!("probing host {name}: {e}")))?;
+        self.host_ids.insert(name, id);
+        self.host_drivers.insert(id, driver);
+        if let Some(mtbf) = self.config.mtbf_ms {
+            let t = at.saturating_add(self.faults.exponential_ms(mtbf));
+            self.push(t, Ev::HostFail(id));
+        }
+        Ok(())
+    }
+
+    fn push(&mut self, at_ms: u64, ev: Ev) {
+        self.seq += 1;
+        self.queue.push(Reverse((at_ms, self.seq, ev)));
+    }
+
+    fn input(&mut self, input: Input) -> Result<(), InputError> {
+        self.sched.handle(self.now_ms, input)
+    }
+
+    /// A completion for a VM; one the scheduler no longer knows was lost meanwhile.
+    fn complete(&mut self, input: Input) {
+        if self.input(input).is_err() {
+            self.stale += 1;
+        }
+    }
+
+    /// Replays `trace` to the end and reports. `progress` is called now and then with the
+    /// number of records read and the simulated time.
+    pub fn run(
+        mut self,
+        trace: &mut dyn Iterator<Item = Result<Record, TraceError>>,
+        mut info: RunInfo,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<(Report, Timeline), SimError> {
+        let started = Instant::now();
+        let mut next = trace.next().transpose()?;
+        let mut n_records = 0u64;
+        self.pump();
+        loop {
+            let t_record = next.as_ref().map(|r| r.at_ms);
+            let t_event = self.queue.peek().map(|Reverse((t, _, _))| *t);
+            let t_timer = self.sched.poll_timeout();
+            let idle = next.is_none() && self.requests.is_empty() && self.pending.is_empty();
+            let t = if idle {
+                // Nothing left but host failures and timers of ended work: the run is over.
+                None
+            } else {
+                [t_record, t_event, t_timer].into_iter().flatten().min()
+            };
+            let Some(t) = t else { break };
+            self.now_ms = self.now_ms.max(t);
+            while let Some(Reverse((at, _, ev))) = self.queue.peek().copied() {
+                if at > self.now_ms {
+                    break;
+                }
+                self.queue.pop();
+                self.metrics.events += 1;
+                self.apply(ev)?;
+            }
+            while let Some(record) = next.take_if(|r| r.at_ms <= self.now_ms) {
+                n_records += 1;
+                self.metrics.events += 1;
+                self.record(record)?;
+                next = trace.next().transpose()?;
+                if n_records.is_multiple_of(65_536) {
+                    progress(n_records, self.now_ms);
+                }
+            }
+            if t_timer.is_some_and(|tt| tt <= self.now_ms) {
+                self.metrics.events += 1;
+                let _ = self.input(Input::Tick);
+            }
+            self.pump();
+        }
+        progress(n_records, self.now_ms);
+        info.policy = self.config.policy.name().to_owned();
+        info.latency = self.config.latency.name().to_owned();
+        info.seed = self.config.seed;
+        info.hosts = self.n_hosts;
+        info.fleet_vcpus = self.fleet_vcpus;
+        info.wall_s = started.elapsed().as_secs_f64();
+        let report = self.metrics.report(info);
+        self.timeline.waits = Some(self.metrics.waits().clone());
+        Ok((report, self.timeline))
+    }
+
+    fn apply(&mut self, ev: Ev) -> Result<(), SimError> {
+        match ev {
+            Ev::Arrive(id) => {
+                if let Some(p) = self.pending.remove(&id) {
+                    self.submit(p.record)?;
+                }
+            }
+            Ev::Provisioned(vm) => self.complete(Input::ProvisionDone { vm, result: Ok(()) }),
+            Ev::Booted(vm) => self.complete(Input::BootDone { vm, result: Ok(()) }),
+            Ev::JobDone(vm) => {
+                let passed = self
+                    .vms
+                    .get(&vm)
+                    .and_then(|v| self.requests.get(&v.request))
+                    .is_none_or(|r| r.outcome == Outcome::Passed);
+                self.complete(Input::JobFinished { vm, passed });
+            }
+            Ev::Destroyed(vm) => self.complete(Input::DestroyDone { vm, result: Ok(()) }),
+            Ev::DevRelease(vm) => self.complete(Input::Release(vm)),
+            Ev::HostFail(host) => {
+                for _ in 0..self.sched.config().probe_failures_max.max(1) {
+                    let _ = self.input(Input::Probe {
+                        host,
+                        result: Err("simulated host failure".into()),
+                    });
+                }
+                let t = self
+                    .now_ms
+                    .saturating_add(self.faults.exponential_ms(self.config.mttr_ms));
+                self.push(t, Ev::HostRepair(host));
+            }
+            Ev::HostRepair(host) => {
+                self.repair(host);
+                if let Some(mtbf) = self.config.mtbf_ms {
+                    let t = self.now_ms.saturating_add(self.faults.exponential_ms(mtbf));
+                    self.push(t, Ev::HostFail(host));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn repair(&mut self, host: HostId) {
+        let Some(view) = self.sched.host(host) else {
+            return;
+        };
+        let report = ProbeReport {
+            vcpus: (view.cpu_milli / 1000).max(1) as u32,
+            memory_mib: view.memory_mib.max(1) as u64,
+            images: Vec::new(),
+        };
+        let _ = self.input(Input::Probe {
+            host,
+            result: Ok(report),
+        });
+    }
+
+    fn record(&mut self, record: Record) -> Result<(), SimError> {
+        match record.body {
+            RecordBody::Request(r) => self.arrive(r),
+            RecordBody::Host(h) => {
+                if let HostEvent::Added(spec) = h.event {
+                    let mut s =
+                        HostSpec::new(0, &h.host, driver(spec.driver), spec.vcpus, spec.memory_mib);
+                    s.slots = spec.slots.into_iter().collect();
+                    s.labels = spec
+                        .labels
+                        .into_iter()
+                        .map(|(k, v)| Label::new(k, v))
+                        .collect();
+                    return self.add_host(s);
+                }
+                let Some(&id) = self.host_ids.get(&h.host) else {
+                    return Err(SimError::Scheduler(format!(
+                        "trace host event `{}` for unknown host `{}`",
+                        h.event.name(),
+                        h.host
+                    )));
+                };
+                let _ = match h.event {
+                    HostEvent::Added(_) => Ok(()),
+                    HostEvent::Failed => {
+                        for _ in 0..self.sched.config().probe_failures_max.max(1) {
+                            let _ = self.input(Input::Probe {
+                                host: id,
+                                result: Err("host failed (trace)".into()),
+                            });
+                        }
+                        Ok(())
+                    }
+                    HostEvent::Repaired => {
+                        self.repair(id);
+                        Ok(())
+                    }
+                    HostEvent::Drained => self.input(Input::Drain(id)),
+                    HostEvent::Resumed => self.input(Input::Resume(id)),
+                    HostEvent::Removed => {
+                        let _ = self.input(Input::Offline(id));
+                        self.input(Input::RemoveHost(id))
+                    }
+                };
+                Ok(())
+            }
+            RecordBody::Cancel { request } => {
+                self.pending.remove(&request);
+                let _ = self.input(Input::Cancel(RequestId(request)));
+                Ok(())
+            }
+            RecordBody::Release { request } => {
+                let held: Vec<VmId> = self
+                    .sched
+                    .vms()
+                    .into_iter()
+                    .filter(|v| v.request == RequestId(request) && v.state == VmState::Held)
+                    .map(|v| v.id)
+                    .collect();
+                for vm in held {
+                    self.complete(Input::Release(vm));
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// A request record: submitted now, or held until the requests it follows have ended.
+    fn arrive(&mut self, record: RequestRecord) -> Result<(), SimError> {
+        let mut remaining = 0;
+        for dep in &record.after {
+            // A dependency neither live nor pending has ended already (the reader checks that
+            // `after` names earlier requests).
+            if self.requests.contains_key(dep) || self.pending.contains_key(dep) {
+                self.dependents.entry(*dep).or_default().push(record.id);
+                remaining += 1;
+            }
+        }
+        if remaining == 0 {
+            return self.submit(record);
+        }
+        self.pending
+            .insert(record.id, Pending { record, remaining });
+        Ok(())
+    }
+
+    fn submit(&mut self, r: RequestRecord) -> Result<(), SimError> {
+        if !self.templates.contains_key(&r.template) {
+            let mut t = Template::new(
+                &r.template,
+                Shape {
+                    vcpus: r.vcpus.max(1),
+                    memory_mib: UNSPECIFIED_MEMORY_MIB,
+                },
+            );
+            if self.config.latency == Profile::Default {
+                t.expected_provision_ms =
+                    crate::latency::median_ms(Op::Provision, DriverKind::Sim, GuestOs::Linux);
+                t.expected_boot_ms =
+                    crate::latency::median_ms(Op::Boot, DriverKind::Sim, GuestOs::Linux);
+            }
+            self.input(Input::SetTemplate(t))
+                .map_err(|e| SimError::Scheduler(format!("template `{}`: {e}", r.template)))?;
+            self.templates.insert(r.template.clone(), GuestOs::Linux);
+        }
+        let memory_mib = match r.memory_mib {
+            Some(m) => m,
+            None => self
+                .sched
+                .config()
+                .templates
+                .iter()
+                .find(|t| *t.name == *r.template)
+                .map_or(UNSPECIFIED_MEMORY_MIB, |t| t.default_shape.memory_mib),
+        };
+        let spec = RequestSpec {
+            id: RequestId(r.id),
+            template: r.template.clone(),
+            count: r.count,
+            shape: Some(Shape {
+                vcpus: r.vcpus,
+                memory_mib,
+            }),
+            labels: r.labels.iter().map(|(k, v)| Label::new(k, v)).collect(),
+            priority: r.priority,
+            gang: r.gang,
+            hold_on_failure: r.hold_on_failure.as_ref().map(|h| Hold {
+                owner: h.owner.clone(),
+                ttl_ms: h.ttl_ms,
+            }),
+            pending_deadline_ms: None,
+            expected_run_ms: Some(r.estimate_ms()),
+            requester: r.requester.clone().unwrap_or_default(),
+        };
+        self.metrics.submitted(self.now_ms, r.count);
+        self.requests.insert(
+            r.id,
+            ReqInfo {
+                duration_ms: r.duration_ms,
+                outcome: r.outcome,
+                submitted_ms: self.now_ms,
+                placed: false,
+            },
+        );
+        if self.input(Input::Submit(spec)).is_err() {
+            self.metrics.refused += 1;
+            self.request_ended(r.id);
+        }
+        Ok(())
+    }
+
+    /// Drains the scheduler: carries out actions (instant ones at once) and observes events,
+    /// until it has nothing more to say.
+    fn pump(&mut self) {
+        loop {
+            let mut progressed = false;
+            while let Some(action) = self.sched.poll_action() {
+                progressed = true;
+                self.act(action);
+            }
+            while let Some(event) = self.sched.poll_event() {
+                progressed = true;
+                self.observe(event);
+            }
+            if !progressed {
+                break;
+            }
+        }
+        let queue_len = self.sched.queue_len() as u64;
+        self.metrics.queue(self.now_ms, queue_len);
+        self.timeline.sample(self.now_ms, queue_len);
+    }
+
+    fn act(&mut self, action: Action) {
+        match action {
+            Action::Provision {
+                vm,
+                request,
+                host,
+                spec,
+            } => {
+                let driver = self
+                    .host_drivers
+                    .get(&host)
+                    .copied()
+                    .unwrap_or(DriverKind::Sim);
+                self.vms.insert(
+                    vm,
+                    VmInfo {
+                        request: request.0,
+                        vcpus: spec.shape.vcpus,
+                        driver,
+                        os: spec.guest_os,
+                        running_since_ms: None,
+                        held_since_ms: None,
+                    },
+                );
+                let took = self.latency.sample(Op::Provision, driver, spec.guest_os);
+                if took == 0 {
+                    self.complete(Input::ProvisionDone { vm, result: Ok(()) });
+                } else {
+                    self.push(self.now_ms + took, Ev::Provisioned(vm));
+                }
+            }
+            Action::Destroy { vm, .. } => {
+                let (driver, os) = self
+                    .vms
+                    .get(&vm)
+                    .map_or((DriverKind::Sim, GuestOs::Linux), |v| (v.driver, v.os));
+                let took = self.latency.sample(Op::Destroy, driver, os);
+                if took == 0 {
+                    self.complete(Input::DestroyDone { vm, result: Ok(()) });
+                } else {
+                    self.push(self.now_ms + took, Ev::Destroyed(vm));
+                }
+            }
+        }
+    }
+
+    fn after_provisioned(&mut self, vm: VmId) {
+        let Some(v) = self.vms.get(&vm) else { return };
+        let took = self.latency.sample(Op::Boot, v.driver, v.os);
+        if took == 0 {
+            self.complete(Input::BootDone { vm, result: Ok(()) });
+        } else {
+            self.push(self.now_ms + took, Ev::Booted(vm));
+        }
+    }
+
+    fn observe(&mut self, event: Event) {
+        let now = event.at_ms();
+        match event {
+            Event::Vm { vm, from, to, .. } => {
+                if from == Some(VmState::Running)
+                    && let Some(v) = self.vms.get_mut(&vm)
+                    && let Some(since) = v.running_since_ms.take()
+                {
+                    let area = u128::from(now - since) * u128::from(v.vcpus);
+                    self.metrics.running_area += area;
+                    self.timeline.running(now, -i64::from(v.vcpus));
+                }
+                if from == Some(VmState::Held)
+                    && let Some(v) = self.vms.get_mut(&vm)
+                    && let Some(since) = v.held_since_ms.take()
+                {
+                    self.metrics.held_area += u128::from(now - since) * u128::from(v.vcpus);
+                }
+                match to {
+                    VmState::Booting => self.after_provisioned(vm),
+                    VmState::Running => {
+                        let Some(v) = self.vms.get_mut(&vm) else {
+                            return;
+                        };
+                        v.running_since_ms = Some(now);
+                        let (request, vcpus) = (v.request, v.vcpus);
+                        self.timeline.running(now, i64::from(vcpus));
+                        if let Some(r) = self.requests.get(&request) {
+                            self.metrics.reached_running(now - r.submitted_ms);
+                            let done = now.saturating_add(r.duration_ms);
+                            self.push(done, Ev::JobDone(vm));
+                        }
+                    }
+                    VmState::Held => {
+                        if let Some(v) = self.vms.get_mut(&vm) {
+                            v.held_since_ms = Some(now);
+                        }
+                        let delay = self.faults.exponential_ms(self.config.dev_delay_ms);
+                        self.push(now.saturating_add(delay), Ev::DevRelease(vm));
+                    }
+                    s if s.is_terminal() => {
+                        self.vms.remove(&vm);
+                        self.metrics.ended(now);
+                    }
+                    _ => {}
+                }
+            }
+            Event::Request { request, to, .. } => {
+                let id = request.0;
+                match to {
+                    RequestState::Active => {
+                        if let Some(r) = self.requests.get_mut(&id)
+                            && !r.placed
+                        {
+                            r.placed = true;
+                            let wait = now - r.submitted_ms;
+                            self.metrics.waited(wait);
+                        }
+                    }
+                    RequestState::Waiting => {}
+                    terminal => {
+                        match terminal {
+                            RequestState::Rejected => self.metrics.rejected += 1,
+                            RequestState::Cancelled => self.metrics.cancelled += 1,
+                            RequestState::Failed => self.metrics.failed += 1,
+                            _ => {}
+                        }
+                        self.metrics.ended(now);
+                        self.request_ended(id);
+                    }
+                }
+            }
+            Event::Host { .. } => {}
+        }
+    }
+
+    /// A request ended: release the requests that waited for it.
+    fn request_ended(&mut self, id: u64) {
+        self.requests.remove(&id);
+        let Some(waiting) = self.dependents.remove(&id) else {
+            return;
+        };
+        for dependent in waiting {
+            let release = match self.pending.get_mut(&dependent) {
+                Some(p) => {
+                    p.remaining = p.remaining.saturating_sub(1);
+                    (p.remaining == 0).then_some(p.record.think_ms)
+                }
+                None => None,
+            };
+            if let Some(think_ms) = release {
+                self.push(self.now_ms.saturating_add(think_ms), Ev::Arrive(dependent));
+            }
+        }
+    }
+
+    /// A copy of the live scheduler state (for predictions that start from it).
+    pub fn scheduler(&self) -> &Scheduler {
+        &self.sched
+    }
+}
+
+fn driver(d: berth_traces::Driver) -> DriverKind {
+    match d {
+        berth_traces::Driver::Libvirt => DriverKind::Libvirt,
+        berth_traces::Driver::Parallels => DriverKind::Parallels,
+        berth_traces::Driver::Sim => DriverKind::Sim,
+    }
+}

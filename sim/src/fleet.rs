@@ -1,0 +1,336 @@
+//! Fleet files (TOML host classes and templates) and the `--hosts COUNTxCPUS[:MEMORY_MIB]` form.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use berth_sched::{DriverKind, GuestOs, HostId, HostSpec, Label, Shape, Template};
+use serde::Deserialize;
+
+use crate::SimError;
+
+/// Memory per vCPU when `--hosts` gives none.
+pub const DEFAULT_MEMORY_PER_VCPU_MIB: u64 = 4096;
+
+/// The hosts and templates a simulation starts with.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Fleet {
+    pub hosts: Vec<HostSpec>,
+    pub templates: Vec<Template>,
+}
+
+impl Fleet {
+    /// `COUNTxCPUS[:MEMORY_MIB]`: one class of identical `sim` hosts named `host-0001`, ….
+    pub fn uniform(spec: &str) -> Result<Fleet, SimError> {
+        let bad = |why: &str| SimError::Fleet {
+            source_name: "--hosts".into(),
+            message: format!(
+                "`{spec}`: {why}; expected COUNTxCPUS[:MEMORY_MIB], e.g. 100x1 or 2000x64:262144"
+            ),
+        };
+        let (count_cpus, memory) = match spec.split_once(':') {
+            Some((a, m)) => (a, Some(m)),
+            None => (spec, None),
+        };
+        let (count, cpus) = count_cpus
+            .split_once(['x', 'X'])
+            .ok_or_else(|| bad("no `x` between count and cpus"))?;
+        let count: u64 = count
+            .trim()
+            .parse()
+            .map_err(|_| bad("count is not a whole number"))?;
+        let vcpus: u32 = cpus
+            .trim()
+            .parse()
+            .map_err(|_| bad("cpus is not a whole number"))?;
+        if count == 0 || vcpus == 0 {
+            return Err(bad("count and cpus must be at least 1"));
+        }
+        let memory_mib = match memory {
+            Some(m) => m
+                .trim()
+                .parse()
+                .map_err(|_| bad("memory is not a whole number of MiB"))?,
+            None => u64::from(vcpus) * DEFAULT_MEMORY_PER_VCPU_MIB,
+        };
+        let hosts = (0..count)
+            .map(|i| {
+                HostSpec::new(
+                    i,
+                    &format!("host-{:04}", i + 1),
+                    DriverKind::Sim,
+                    vcpus,
+                    memory_mib,
+                )
+            })
+            .collect();
+        Ok(Fleet {
+            hosts,
+            templates: Vec::new(),
+        })
+    }
+
+    pub fn load(path: &Path) -> Result<Fleet, SimError> {
+        let name = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| SimError::Fleet {
+            source_name: name.clone(),
+            message: e.to_string(),
+        })?;
+        Fleet::parse(&text, &name)
+    }
+
+    pub fn parse(text: &str, source_name: &str) -> Result<Fleet, SimError> {
+        let err = |message: String| SimError::Fleet {
+            source_name: source_name.to_owned(),
+            message,
+        };
+        let file: FleetFile =
+            toml::from_str(text).map_err(|e| err(e.to_string().trim_end().to_owned()))?;
+        let mut fleet = Fleet::default();
+        let mut names = BTreeMap::new();
+        for class in &file.class {
+            let driver = DriverKind::parse(&class.driver).ok_or_else(|| {
+                err(format!(
+                    "class `{}`: unknown driver `{}`; expected libvirt, parallels or sim",
+                    class.name, class.driver
+                ))
+            })?;
+            if class.count == 0 || class.vcpus == 0 || class.memory_mib == 0 {
+                return Err(err(format!(
+                    "class `{}`: count, vcpus and memory_mib must be at least 1",
+                    class.name
+                )));
+            }
+            if names.insert(class.name.clone(), ()).is_some() {
+                return Err(err(format!("class `{}` is defined twice", class.name)));
+            }
+            let cpu_milli = ratio_milli(class.cpu_overcommit).ok_or_else(|| {
+                err(format!(
+                    "class `{}`: cpu_overcommit must be above 0",
+                    class.name
+                ))
+            })?;
+            let memory_milli = ratio_milli(class.memory_overcommit).ok_or_else(|| {
+                err(format!(
+                    "class `{}`: memory_overcommit must be above 0",
+                    class.name
+                ))
+            })?;
+            for i in 0..class.count {
+                let id = fleet.hosts.len() as u64;
+                let mut spec = HostSpec::new(
+                    id,
+                    &format!("{}-{:04}", class.name, i + 1),
+                    driver,
+                    class.vcpus,
+                    class.memory_mib,
+                );
+                spec.cpu_overcommit_milli = cpu_milli;
+                spec.memory_overcommit_milli = memory_milli;
+                spec.slots = class.slots.iter().map(|(k, v)| (k.clone(), *v)).collect();
+                spec.labels = class.labels.iter().map(|(k, v)| Label::new(k, v)).collect();
+                spec.images = class.images.clone();
+                fleet.hosts.push(spec);
+            }
+        }
+        for t in &file.template {
+            fleet.templates.push(t.to_template().map_err(err)?);
+        }
+        Ok(fleet)
+    }
+
+    pub fn total_vcpus(&self) -> u64 {
+        self.hosts.iter().map(|h| u64::from(h.vcpus)).sum()
+    }
+
+    pub fn next_host_id(&self) -> HostId {
+        HostId(self.hosts.len() as u64)
+    }
+}
+
+fn ratio_milli(ratio: f64) -> Option<u32> {
+    (ratio.is_finite() && ratio > 0.0 && ratio < 1000.0).then(|| (ratio * 1000.0).round() as u32)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FleetFile {
+    #[serde(default)]
+    class: Vec<ClassFile>,
+    #[serde(default)]
+    template: Vec<TemplateFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ClassFile {
+    name: String,
+    count: u32,
+    #[serde(default = "sim_driver")]
+    driver: String,
+    vcpus: u32,
+    memory_mib: u64,
+    #[serde(default = "one")]
+    cpu_overcommit: f64,
+    #[serde(default = "one")]
+    memory_overcommit: f64,
+    #[serde(default)]
+    slots: BTreeMap<String, u32>,
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
+    #[serde(default)]
+    images: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TemplateFile {
+    name: String,
+    #[serde(default)]
+    base_image: Option<String>,
+    #[serde(default = "linux")]
+    guest_os: String,
+    #[serde(default)]
+    drivers: Vec<String>,
+    vcpus: u32,
+    memory_mib: u64,
+    #[serde(default)]
+    slot: Option<String>,
+    #[serde(default)]
+    expected_provision_s: u64,
+    #[serde(default)]
+    expected_boot_s: u64,
+    #[serde(default = "hour")]
+    expected_run_s: u64,
+}
+
+impl TemplateFile {
+    fn to_template(&self) -> Result<Template, String> {
+        let guest_os = GuestOs::parse(&self.guest_os).ok_or_else(|| {
+            format!(
+                "template `{}`: unknown guest_os `{}`; expected linux, windows or macos",
+                self.name, self.guest_os
+            )
+        })?;
+        let drivers = self
+            .drivers
+            .iter()
+            .map(|d| {
+                DriverKind::parse(d)
+                    .ok_or_else(|| format!("template `{}`: unknown driver `{d}`", self.name))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if self.vcpus == 0 || self.memory_mib == 0 {
+            return Err(format!(
+                "template `{}`: vcpus and memory_mib must be at least 1",
+                self.name
+            ));
+        }
+        let mut t = Template::new(
+            &self.name,
+            Shape {
+                vcpus: self.vcpus,
+                memory_mib: self.memory_mib,
+            },
+        );
+        t.base_image = self.base_image.as_deref().unwrap_or(&self.name).into();
+        t.guest_os = guest_os;
+        t.drivers = drivers;
+        t.slot = self.slot.clone();
+        t.expected_provision_ms = self.expected_provision_s * 1000;
+        t.expected_boot_ms = self.expected_boot_s * 1000;
+        t.expected_run_ms = self.expected_run_s * 1000;
+        Ok(t)
+    }
+}
+
+fn sim_driver() -> String {
+    "sim".into()
+}
+fn one() -> f64 {
+    1.0
+}
+fn linux() -> String {
+    "linux".into()
+}
+fn hour() -> u64 {
+    3600
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uniform_hosts() {
+        let f = Fleet::uniform("100x1").expect("valid");
+        assert_eq!(f.hosts.len(), 100);
+        assert_eq!(f.hosts[0].vcpus, 1);
+        assert_eq!(f.hosts[0].memory_mib, DEFAULT_MEMORY_PER_VCPU_MIB);
+        let f = Fleet::uniform("3x64:262144").expect("valid");
+        assert_eq!(f.hosts[2].memory_mib, 262_144);
+        assert_eq!(f.total_vcpus(), 192);
+    }
+
+    #[test]
+    fn uniform_rejects_bad_forms_and_says_the_expected_one() {
+        for bad in ["", "100", "x4", "0x4", "10x0", "10x4:lots", "ax4"] {
+            let e = Fleet::uniform(bad).expect_err(bad).to_string();
+            assert!(e.contains("COUNTxCPUS"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn fleet_file_classes_and_templates() {
+        let text = r#"
+[[class]]
+name = "kvm"
+count = 2
+driver = "libvirt"
+vcpus = 64
+memory_mib = 262144
+cpu_overcommit = 2.0
+labels = { arch = "x86_64" }
+
+[[class]]
+name = "mac"
+count = 1
+driver = "parallels"
+vcpus = 12
+memory_mib = 65536
+slots = { macos = 2 }
+
+[[template]]
+name = "macos"
+guest_os = "macos"
+drivers = ["parallels"]
+vcpus = 4
+memory_mib = 16384
+slot = "macos"
+"#;
+        let f = Fleet::parse(text, "fleet.toml").expect("valid");
+        assert_eq!(f.hosts.len(), 3);
+        assert_eq!(f.hosts[1].name, "kvm-0002");
+        assert_eq!(f.hosts[0].cpu_overcommit_milli, 2000);
+        assert_eq!(f.hosts[2].slots, vec![("macos".to_string(), 2)]);
+        assert_eq!(f.templates[0].slot.as_deref(), Some("macos"));
+    }
+
+    #[test]
+    fn fleet_file_errors_name_the_file_and_the_key() {
+        let e = Fleet::parse(
+            "[[class]]\nname='a'\ncount=1\nvcpus=1\nmemory_mib=1\ncolour='red'\n",
+            "f.toml",
+        )
+        .expect_err("unknown key")
+        .to_string();
+        assert!(e.starts_with("f.toml: "), "{e}");
+        assert!(e.contains("colour"), "{e}");
+        let e = Fleet::parse(
+            "[[class]]\nname='a'\ncount=1\nvcpus=1\nmemory_mib=1\ndriver='xen'\n",
+            "f.toml",
+        )
+        .expect_err("bad driver")
+        .to_string();
+        assert!(e.contains("unknown driver `xen`"), "{e}");
+    }
+}

@@ -1,0 +1,442 @@
+//! What a simulation measured: the metrics collector, the report (a table for people, JSON for
+//! machines) and `compare`, which fails when a metric regresses past a threshold.
+
+use std::fmt;
+
+use hdrhistogram::Histogram;
+use serde::{Deserialize, Serialize};
+
+/// The report of one run. Times in seconds; percentiles come from an HDR histogram with three
+/// significant digits (within 0.1%); means, makespan and utilisation are exact.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    pub trace: String,
+    pub synthetic: bool,
+    pub policy: String,
+    pub latency: String,
+    pub seed: u64,
+    pub hosts: u64,
+    pub fleet_vcpus: u64,
+    /// Requests submitted to the scheduler.
+    pub requests: u64,
+    /// VMs those requests asked for.
+    pub vms: u64,
+    /// Trace records an importer left out (e.g. SWF jobs without a processor count).
+    pub skipped: u64,
+    pub rejected: u64,
+    pub cancelled: u64,
+    pub failed: u64,
+    /// Requests the scheduler refused as malformed.
+    pub refused: u64,
+    /// Submit to all VMs placed, per request.
+    pub mean_wait_s: f64,
+    pub p50_wait_s: f64,
+    pub p90_wait_s: f64,
+    pub p99_wait_s: f64,
+    pub max_wait_s: f64,
+    /// Submit to running, per VM.
+    pub mean_ttr_s: f64,
+    pub p50_ttr_s: f64,
+    pub p90_ttr_s: f64,
+    pub p99_ttr_s: f64,
+    /// First submit to last VM end.
+    pub makespan_s: f64,
+    /// Σ(time running × vCPUs) / (fleet vCPUs × makespan).
+    pub utilisation: f64,
+    pub queue_peak: u64,
+    /// Waiting requests, averaged over the makespan.
+    pub queue_mean: f64,
+    pub vms_per_hour: f64,
+    /// vCPU-hours held by VMs at breakpoints.
+    pub held_vcpu_hours: f64,
+    /// Discrete events the engine processed (trace records, simulated completions, timers).
+    pub events: u64,
+    pub wall_s: f64,
+}
+
+/// Collects the raw figures during a run.
+#[derive(Clone, Debug)]
+pub(crate) struct Metrics {
+    waits: Histogram<u64>,
+    wait_sum_ms: u128,
+    ttr: Histogram<u64>,
+    ttr_sum_ms: u128,
+    pub requests: u64,
+    pub vms: u64,
+    pub rejected: u64,
+    pub cancelled: u64,
+    pub failed: u64,
+    pub refused: u64,
+    pub first_submit_ms: Option<u64>,
+    pub last_end_ms: u64,
+    /// Σ running time × vCPUs, in vCPU-milliseconds.
+    pub running_area: u128,
+    pub held_area: u128,
+    pub queue_peak: u64,
+    queue_area: u128,
+    queue_len: u64,
+    queue_since_ms: u64,
+    pub events: u64,
+}
+
+fn histogram() -> Histogram<u64> {
+    // Three significant digits, growing as needed: bounded memory whatever the trace length.
+    match Histogram::new(3) {
+        Ok(mut h) => {
+            h.auto(true);
+            h
+        }
+        // new(3) only fails for more than five significant digits.
+        Err(e) => unreachable!("histogram with 3 significant digits: {e}"),
+    }
+}
+
+/// Records a value, growing the histogram's range as needed (auto-resize is on).
+fn record(h: &mut Histogram<u64>, value: u64) {
+    if h.record(value).is_err() {
+        h.saturating_record(value);
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        Metrics {
+            waits: histogram(),
+            wait_sum_ms: 0,
+            ttr: histogram(),
+            ttr_sum_ms: 0,
+            requests: 0,
+            vms: 0,
+            rejected: 0,
+            cancelled: 0,
+            failed: 0,
+            refused: 0,
+            first_submit_ms: None,
+            last_end_ms: 0,
+            running_area: 0,
+            held_area: 0,
+            queue_peak: 0,
+            queue_area: 0,
+            queue_len: 0,
+            queue_since_ms: 0,
+            events: 0,
+        }
+    }
+
+    pub fn submitted(&mut self, at_ms: u64, count: u32) {
+        self.requests += 1;
+        self.vms += u64::from(count);
+        if self.first_submit_ms.is_none() {
+            self.first_submit_ms = Some(at_ms);
+            self.queue_since_ms = at_ms;
+        }
+    }
+
+    pub fn waits(&self) -> &Histogram<u64> {
+        &self.waits
+    }
+
+    pub fn waited(&mut self, ms: u64) {
+        record(&mut self.waits, ms);
+        self.wait_sum_ms += u128::from(ms);
+    }
+
+    pub fn reached_running(&mut self, ms: u64) {
+        record(&mut self.ttr, ms);
+        self.ttr_sum_ms += u128::from(ms);
+    }
+
+    pub fn ended(&mut self, at_ms: u64) {
+        self.last_end_ms = self.last_end_ms.max(at_ms);
+    }
+
+    /// The number of waiting requests from `at_ms` on.
+    pub fn queue(&mut self, at_ms: u64, len: u64) {
+        if self.first_submit_ms.is_some() && at_ms > self.queue_since_ms {
+            self.queue_area += u128::from(self.queue_len) * u128::from(at_ms - self.queue_since_ms);
+            self.queue_since_ms = at_ms;
+        }
+        self.queue_len = len;
+        self.queue_peak = self.queue_peak.max(len);
+    }
+
+    pub fn report(&self, run: RunInfo) -> Report {
+        let first = self.first_submit_ms.unwrap_or(0);
+        let makespan_ms = self.last_end_ms.saturating_sub(first);
+        let n_waits = self.waits.len();
+        let n_ttr = self.ttr.len();
+        let secs = |ms: u64| ms as f64 / 1000.0;
+        let mean = |sum: u128, n: u64| {
+            if n == 0 {
+                0.0
+            } else {
+                sum as f64 / n as f64 / 1000.0
+            }
+        };
+        let pct = |h: &Histogram<u64>, p: f64| {
+            if h.is_empty() {
+                0.0
+            } else {
+                secs(h.value_at_quantile(p / 100.0))
+            }
+        };
+        let makespan_s = secs(makespan_ms);
+        let fleet_ms = u128::from(run.fleet_vcpus) * u128::from(makespan_ms);
+        Report {
+            trace: run.trace,
+            synthetic: run.synthetic,
+            policy: run.policy,
+            latency: run.latency,
+            seed: run.seed,
+            hosts: run.hosts,
+            fleet_vcpus: run.fleet_vcpus,
+            requests: self.requests,
+            vms: self.vms,
+            skipped: run.skipped,
+            rejected: self.rejected,
+            cancelled: self.cancelled,
+            failed: self.failed,
+            refused: self.refused,
+            mean_wait_s: mean(self.wait_sum_ms, n_waits),
+            p50_wait_s: pct(&self.waits, 50.0),
+            p90_wait_s: pct(&self.waits, 90.0),
+            p99_wait_s: pct(&self.waits, 99.0),
+            max_wait_s: if n_waits == 0 {
+                0.0
+            } else {
+                secs(self.waits.max())
+            },
+            mean_ttr_s: mean(self.ttr_sum_ms, n_ttr),
+            p50_ttr_s: pct(&self.ttr, 50.0),
+            p90_ttr_s: pct(&self.ttr, 90.0),
+            p99_ttr_s: pct(&self.ttr, 99.0),
+            makespan_s,
+            utilisation: if fleet_ms == 0 {
+                0.0
+            } else {
+                self.running_area as f64 / fleet_ms as f64
+            },
+            queue_peak: self.queue_peak,
+            queue_mean: if makespan_ms == 0 {
+                0.0
+            } else {
+                self.queue_area as f64 / makespan_ms as f64
+            },
+            vms_per_hour: if makespan_ms == 0 {
+                0.0
+            } else {
+                self.vms as f64 / (makespan_s / 3600.0)
+            },
+            held_vcpu_hours: self.held_area as f64 / 3_600_000.0,
+            events: self.events,
+            wall_s: run.wall_s,
+        }
+    }
+}
+
+/// What the report says about the run itself.
+#[derive(Clone, Debug, Default)]
+pub struct RunInfo {
+    pub trace: String,
+    pub synthetic: bool,
+    pub policy: String,
+    pub latency: String,
+    pub seed: u64,
+    pub hosts: u64,
+    pub fleet_vcpus: u64,
+    pub skipped: u64,
+    pub wall_s: f64,
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let synthetic = if self.synthetic { " (synthetic)" } else { "" };
+        writeln!(f, "trace      {}{synthetic}", self.trace)?;
+        writeln!(
+            f,
+            "fleet      {} hosts, {} vcpus; policy {}, latency {}, seed {}",
+            self.hosts, self.fleet_vcpus, self.policy, self.latency, self.seed
+        )?;
+        writeln!(
+            f,
+            "requests   {} ({} vms); rejected {}, cancelled {}, failed {}, refused {}, skipped {}",
+            self.requests,
+            self.vms,
+            self.rejected,
+            self.cancelled,
+            self.failed,
+            self.refused,
+            self.skipped
+        )?;
+        writeln!(
+            f,
+            "                 mean        p50        p90        p99        max"
+        )?;
+        writeln!(
+            f,
+            "wait (s)   {:>10.1} {:>10.0} {:>10.0} {:>10.0} {:>10.0}",
+            self.mean_wait_s, self.p50_wait_s, self.p90_wait_s, self.p99_wait_s, self.max_wait_s
+        )?;
+        writeln!(
+            f,
+            "to run (s) {:>10.1} {:>10.0} {:>10.0} {:>10.0}",
+            self.mean_ttr_s, self.p50_ttr_s, self.p90_ttr_s, self.p99_ttr_s
+        )?;
+        writeln!(
+            f,
+            "makespan   {:.0} s; utilisation {:.4}; {:.1} vms/h",
+            self.makespan_s, self.utilisation, self.vms_per_hour
+        )?;
+        writeln!(
+            f,
+            "queue      peak {}, mean {:.1}; breakpoints held {:.1} vcpu-hours",
+            self.queue_peak, self.queue_mean, self.held_vcpu_hours
+        )?;
+        write!(
+            f,
+            "engine     {} events in {:.3} s",
+            self.events, self.wall_s
+        )
+    }
+}
+
+/// One metric of two reports side by side.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Row {
+    pub metric: &'static str,
+    pub base: f64,
+    pub new: f64,
+    /// Relative change in percent (`None` when the base is zero).
+    pub change_pct: Option<f64>,
+    pub regressed: bool,
+}
+
+/// Whether lower or higher is better, for the metrics `compare` judges.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Better {
+    Lower,
+    Higher,
+    Neither,
+}
+
+/// Below this a wait or time-to-running is rounding, not a regression, when the base was zero.
+const ZERO_BASE_TOLERANCE_S: f64 = 1.0;
+
+/// A metric's name, how to read it from a report, and which way is better.
+type Judged = (&'static str, fn(&Report) -> f64, Better);
+
+pub fn compare(base: &Report, new: &Report, max_regression_pct: f64) -> Vec<Row> {
+    let metrics: [Judged; 15] = [
+        ("mean_wait_s", |r| r.mean_wait_s, Better::Lower),
+        ("p50_wait_s", |r| r.p50_wait_s, Better::Lower),
+        ("p90_wait_s", |r| r.p90_wait_s, Better::Lower),
+        ("p99_wait_s", |r| r.p99_wait_s, Better::Lower),
+        ("max_wait_s", |r| r.max_wait_s, Better::Lower),
+        ("mean_ttr_s", |r| r.mean_ttr_s, Better::Lower),
+        ("p50_ttr_s", |r| r.p50_ttr_s, Better::Lower),
+        ("p90_ttr_s", |r| r.p90_ttr_s, Better::Lower),
+        ("p99_ttr_s", |r| r.p99_ttr_s, Better::Lower),
+        ("utilisation", |r| r.utilisation, Better::Higher),
+        ("makespan_s", |r| r.makespan_s, Better::Neither),
+        ("queue_mean", |r| r.queue_mean, Better::Neither),
+        ("requests", |r| r.requests as f64, Better::Neither),
+        ("vms", |r| r.vms as f64, Better::Neither),
+        ("wall_s", |r| r.wall_s, Better::Neither),
+    ];
+    metrics
+        .iter()
+        .map(|&(metric, get, better)| {
+            let (b, n) = (get(base), get(new));
+            let change_pct = (b != 0.0).then(|| (n - b) / b.abs() * 100.0);
+            let regressed = match (better, change_pct) {
+                (Better::Lower, Some(c)) => c > max_regression_pct,
+                (Better::Lower, None) => n > ZERO_BASE_TOLERANCE_S,
+                (Better::Higher, Some(c)) => -c > max_regression_pct,
+                (Better::Higher, None) | (Better::Neither, _) => false,
+            };
+            Row {
+                metric,
+                base: b,
+                new: n,
+                change_pct,
+                regressed,
+            }
+        })
+        .collect()
+}
+
+/// The comparison as a table; a regressed row is marked.
+pub fn comparison_table(rows: &[Row]) -> String {
+    let mut out = format!(
+        "{:<14} {:>14} {:>14} {:>9}\n",
+        "metric", "base", "new", "change"
+    );
+    for r in rows {
+        let change = r.change_pct.map_or("-".to_owned(), |c| format!("{c:+.1}%"));
+        let mark = if r.regressed { "  REGRESSED" } else { "" };
+        out.push_str(&format!(
+            "{:<14} {:>14.3} {:>14.3} {:>9}{mark}\n",
+            r.metric, r.base, r.new, change
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(mean_wait_s: f64, utilisation: f64) -> Report {
+        let mut m = Metrics::new();
+        m.submitted(0, 1);
+        m.ended(1000);
+        let mut r = m.report(RunInfo::default());
+        r.mean_wait_s = mean_wait_s;
+        r.utilisation = utilisation;
+        r
+    }
+
+    #[test]
+    fn compare_flags_longer_waits_and_lower_utilisation() {
+        let rows = compare(&report(100.0, 0.7), &report(106.0, 0.7), 5.0);
+        assert!(
+            rows.iter()
+                .any(|r| r.metric == "mean_wait_s" && r.regressed)
+        );
+        let rows = compare(&report(100.0, 0.7), &report(104.0, 0.6), 5.0);
+        assert!(
+            !rows
+                .iter()
+                .any(|r| r.metric == "mean_wait_s" && r.regressed)
+        );
+        assert!(
+            rows.iter()
+                .any(|r| r.metric == "utilisation" && r.regressed)
+        );
+        let rows = compare(&report(100.0, 0.7), &report(50.0, 0.9), 5.0);
+        assert!(!rows.iter().any(|r| r.regressed), "{rows:?}");
+    }
+
+    #[test]
+    fn a_zero_base_regresses_only_past_the_tolerance() {
+        let rows = compare(&report(0.0, 0.7), &report(0.5, 0.7), 5.0);
+        assert!(!rows.iter().any(|r| r.regressed));
+        let rows = compare(&report(0.0, 0.7), &report(30.0, 0.7), 5.0);
+        assert!(
+            rows.iter()
+                .any(|r| r.metric == "mean_wait_s" && r.regressed)
+        );
+    }
+
+    #[test]
+    fn queue_mean_is_time_weighted() {
+        let mut m = Metrics::new();
+        m.submitted(0, 1);
+        m.queue(0, 4);
+        m.queue(500, 0);
+        m.ended(1000);
+        let r = m.report(RunInfo::default());
+        assert_eq!(r.queue_peak, 4);
+        assert!((r.queue_mean - 2.0).abs() < 1e-9, "{}", r.queue_mean);
+    }
+}

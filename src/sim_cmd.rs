@@ -1,0 +1,228 @@
+//! `berth sim run` and `berth sim compare`.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use berth_sched::Policy;
+use berth_sim::{
+    Fleet, Profile, Report, RunInfo, SimConfig, Simulation, compare, comparison_table,
+};
+use berth_traces::{Format, SwfMode, TraceReader};
+use clap::{Args, Subcommand, ValueEnum};
+
+#[derive(Subcommand)]
+pub enum SimCommand {
+    /// Replay a trace and report waits, time to running, utilisation and queue length.
+    Run(RunArgs),
+    /// Compare two JSON reports; exits with status 1 when a wait, time-to-running or
+    /// utilisation metric regressed past the threshold.
+    Compare {
+        base: PathBuf,
+        new: PathBuf,
+        /// Largest tolerated regression, in percent.
+        #[arg(long, default_value_t = 5.0)]
+        max_regression: f64,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum TraceFormat {
+    Berth,
+    Swf,
+    Azure,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum SwfModeArg {
+    /// A job of N processors becomes a gang of N one-vCPU VMs.
+    Gang,
+    /// A job of N processors becomes one VM of N vCPUs.
+    Vm,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum PolicyArg {
+    Fcfs,
+    Easy,
+    Greedy,
+    /// AccaSim 1.1.3's EASYBackfilling as its code behaves (for cross-checking only).
+    AccasimEasy,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum LatencyArg {
+    Zero,
+    Default,
+}
+
+#[derive(Args)]
+pub struct RunArgs {
+    /// The trace file (`.gz` is read transparently).
+    #[arg(long)]
+    trace: PathBuf,
+    #[arg(long, value_enum, default_value = "berth")]
+    format: TraceFormat,
+    #[arg(long, value_enum, default_value = "gang")]
+    swf_mode: SwfModeArg,
+    /// A fleet file (TOML host classes and templates).
+    #[arg(long, conflicts_with = "hosts", required_unless_present = "hosts")]
+    fleet: Option<PathBuf>,
+    /// One class of identical hosts: COUNTxCPUS[:MEMORY_MIB].
+    #[arg(long)]
+    hosts: Option<String>,
+    #[arg(long, value_enum, default_value = "easy")]
+    policy: PolicyArg,
+    #[arg(long, value_enum, default_value = "default")]
+    latency: LatencyArg,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Mean hours between failures of each host (off when absent).
+    #[arg(long)]
+    mtbf_hours: Option<f64>,
+    /// Mean hours to repair a failed host.
+    #[arg(long, default_value_t = 4.0)]
+    mttr_hours: f64,
+    /// Mean minutes before a developer releases a held VM.
+    #[arg(long, default_value_t = 30.0)]
+    dev_delay_minutes: f64,
+    /// Print the report as JSON on stdout instead of the table.
+    #[arg(long)]
+    json: bool,
+    /// Also write the JSON report to this file.
+    #[arg(long)]
+    report: Option<PathBuf>,
+    /// Draw queue length, utilisation and the wait distribution as SVG into this file.
+    #[arg(long)]
+    plot: Option<PathBuf>,
+}
+
+fn hours_ms(h: f64, what: &str) -> anyhow::Result<u64> {
+    if !(h.is_finite() && h > 0.0) {
+        bail!("{what} must be a positive number of hours, got {h}");
+    }
+    Ok((h * 3_600_000.0).round() as u64)
+}
+
+pub fn run(command: SimCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        SimCommand::Run(args) => run_sim(args),
+        SimCommand::Compare {
+            base,
+            new,
+            max_regression,
+        } => {
+            let read = |p: &PathBuf| -> anyhow::Result<Report> {
+                let text = std::fs::read_to_string(p)
+                    .with_context(|| format!("reading {}", p.display()))?;
+                serde_json::from_str(&text)
+                    .with_context(|| format!("{}: not a berth sim report", p.display()))
+            };
+            let rows = compare(&read(&base)?, &read(&new)?, max_regression);
+            print!("{}", comparison_table(&rows));
+            let regressed: Vec<&str> = rows
+                .iter()
+                .filter(|r| r.regressed)
+                .map(|r| r.metric)
+                .collect();
+            if regressed.is_empty() {
+                Ok(ExitCode::SUCCESS)
+            } else {
+                eprintln!(
+                    "berth: regressed past {max_regression}%: {}",
+                    regressed.join(", ")
+                );
+                Ok(ExitCode::from(1))
+            }
+        }
+    }
+}
+
+fn run_sim(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let fleet = match (&args.fleet, &args.hosts) {
+        (Some(path), _) => Fleet::load(path)?,
+        (None, Some(spec)) => Fleet::uniform(spec)?,
+        (None, None) => bail!("give --fleet FILE or --hosts COUNTxCPUS[:MEMORY_MIB]"),
+    };
+    let format = match args.format {
+        TraceFormat::Berth => Format::Berth,
+        TraceFormat::Azure => Format::Azure,
+        TraceFormat::Swf => Format::Swf {
+            mode: match args.swf_mode {
+                SwfModeArg::Gang => SwfMode::Gang,
+                SwfModeArg::Vm => SwfMode::Vm,
+            },
+        },
+    };
+    let config = SimConfig {
+        policy: match args.policy {
+            PolicyArg::Fcfs => Policy::Fcfs,
+            PolicyArg::Easy => Policy::Easy,
+            PolicyArg::Greedy => Policy::Greedy,
+            PolicyArg::AccasimEasy => Policy::AccasimEasy,
+        },
+        latency: match args.latency {
+            LatencyArg::Zero => Profile::Zero,
+            LatencyArg::Default => Profile::Default,
+        },
+        seed: args.seed,
+        mtbf_ms: args
+            .mtbf_hours
+            .map(|h| hours_ms(h, "--mtbf-hours"))
+            .transpose()?,
+        mttr_ms: hours_ms(args.mttr_hours, "--mttr-hours")?,
+        dev_delay_ms: hours_ms(args.dev_delay_minutes / 60.0, "--dev-delay-minutes")?,
+        ..SimConfig::default()
+    };
+    let mut reader = TraceReader::open(&args.trace, format)?;
+    let info = RunInfo {
+        trace: args.trace.file_name().map_or_else(
+            || args.trace.display().to_string(),
+            |n| n.to_string_lossy().into_owned(),
+        ),
+        synthetic: reader.header().synthetic,
+        ..RunInfo::default()
+    };
+    let sim = Simulation::new(&fleet, config)?;
+    let bar = std::io::stderr().is_terminal().then(|| {
+        let bar = indicatif::ProgressBar::new_spinner();
+        bar.set_message("replaying");
+        bar
+    });
+    let mut progress = |records: u64, now_ms: u64| {
+        if let Some(bar) = &bar {
+            bar.set_message(format!(
+                "{records} records, simulated day {:.1}",
+                now_ms as f64 / 86_400_000.0
+            ));
+            bar.tick();
+        }
+    };
+    let (mut report, timeline) = sim.run(&mut reader, info, &mut progress)?;
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    report.skipped = reader.skipped();
+    if report.skipped > 0 {
+        eprintln!(
+            "berth: warning: {}: skipped {} records without a processor count",
+            args.trace.display(),
+            report.skipped
+        );
+    }
+    if let Some(path) = &args.report {
+        let json = serde_json::to_string_pretty(&report)?;
+        std::fs::write(path, json + "\n").with_context(|| format!("writing {}", path.display()))?;
+    }
+    if let Some(path) = &args.plot {
+        berth_sim::plot::write_svg(path, &timeline, &report)
+            .map_err(|e| anyhow::anyhow!("drawing {}: {e}", path.display()))?;
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!("{report}");
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,204 @@
+//! Checks against the published traces in the shared folder beside the repository, and file round trips.
+
+use std::io::{BufRead, BufReader, Cursor};
+use std::path::{Path, PathBuf};
+
+use berth_traces::{
+    Format, Generator, Record, RecordBody, RequestRecord, SwfMode, SynthConfig, TraceReader,
+    TraceWriter,
+};
+
+const KTH: &str = "KTH-SP2-1996-2.1-cln.swf";
+const AZURE_SAMPLE: &str = "azure-v1-vmtable-sample.csv.gz";
+
+/// The shared trace `name`, or None (after saying why) when this checkout has no shared folder.
+fn shared_trace(name: &str) -> Option<PathBuf> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../shared/traces")
+        .join(name);
+    if path.is_file() {
+        Some(path)
+    } else {
+        eprintln!(
+            "skipping: {} not found (the shared traces sit beside the repository)",
+            path.display()
+        );
+        None
+    }
+}
+
+fn request(record: &Record) -> &RequestRecord {
+    match &record.body {
+        RecordBody::Request(r) => r,
+        other => panic!("importers make requests only: {other:?}"),
+    }
+}
+
+#[test]
+fn kth_sp2_imports_every_job_but_the_one_without_processors() {
+    let Some(path) = shared_trace(KTH) else {
+        return;
+    };
+    let mut reader = TraceReader::open(
+        &path,
+        Format::Swf {
+            mode: SwfMode::Gang,
+        },
+    )
+    .expect("opens");
+    assert!(!reader.header().synthetic);
+    assert!(
+        reader
+            .header()
+            .source
+            .contains("Acknowledge: Lars Malinowsky"),
+        "{}",
+        reader.header().source
+    );
+    let records: Vec<Record> = (&mut reader).collect::<Result<_, _>>().expect("valid log");
+    assert_eq!(records.len(), 28_475);
+    assert_eq!(reader.skipped(), 1);
+
+    // Job 15: `15 599850 192180 3477 4 -1 -1 4 53940 -1 1 12 12 -1 -1 -1 -1 -1`.
+    let first = request(&records[0]);
+    assert_eq!(records[0].at_ms, 599_850_000);
+    assert_eq!(
+        (first.id, first.count, first.vcpus, first.gang),
+        (15, 4, 1, true)
+    );
+    assert_eq!(
+        (first.duration_ms, first.expected_ms),
+        (3_477_000, Some(53_940_000))
+    );
+    // The log's machine has 100 processors, and no job links to a preceding one.
+    assert!(records.iter().all(|r| {
+        let r = request(r);
+        (1..=100).contains(&r.count) && r.after.is_empty()
+    }));
+    assert!(
+        !records.iter().any(|r| request(r).id == 27_313),
+        "job 27313 has no processor count"
+    );
+}
+
+#[test]
+fn kth_sp2_round_trips_through_the_berth_format() {
+    let Some(path) = shared_trace(KTH) else {
+        return;
+    };
+    let reader = TraceReader::open(&path, Format::Swf { mode: SwfMode::Vm }).expect("opens");
+    let header = reader.header().clone();
+    let records: Vec<Record> = reader.collect::<Result<_, _>>().expect("valid log");
+    assert!(records.iter().all(|r| request(r).count == 1));
+
+    let mut writer = TraceWriter::new_gzip(Vec::new(), &header).expect("in memory");
+    for r in &records {
+        writer.write(r).expect("in memory");
+    }
+    let bytes = writer.finish().expect("in memory");
+    let back = TraceReader::from_reader(Cursor::new(bytes), "kth.jsonl.gz", Format::Berth)
+        .expect("header");
+    assert_eq!(back.header(), &header);
+    let back: Vec<Record> = back.collect::<Result<_, _>>().expect("valid trace");
+    assert_eq!(back, records);
+}
+
+#[test]
+fn azure_sample_must_be_sorted_first() {
+    let Some(path) = shared_trace(AZURE_SAMPLE) else {
+        return;
+    };
+    // The sample keeps the published order, which is not by creation time: row 4 was created
+    // before row 3.
+    let error = TraceReader::open(&path, Format::Azure)
+        .expect("opens")
+        .find_map(Result::err)
+        .expect("unsorted rows are an error");
+    assert_eq!(error.line(), Some(4));
+    assert!(error.to_string().contains("field 4 (vmcreated)"), "{error}");
+
+    // Sorted as the error message says (sort -t, -k4,4n -s), it imports.
+    let file = std::fs::File::open(&path).expect("readable");
+    let text = BufReader::new(flate2::read::GzDecoder::new(file));
+    let mut rows: Vec<String> = text.lines().collect::<Result<_, _>>().expect("gzip text");
+    let created = |row: &String| -> u64 {
+        row.split(',')
+            .nth(3)
+            .and_then(|s| s.parse().ok())
+            .expect("vmcreated")
+    };
+    rows.sort_by_key(created);
+    let sorted = rows.join("\n").into_bytes();
+    let records: Vec<Record> =
+        TraceReader::from_reader(Cursor::new(sorted), "sorted", Format::Azure)
+            .expect("opens")
+            .collect::<Result<_, _>>()
+            .expect("sorted rows import");
+    assert_eq!(records.len(), 10);
+    let first = request(&records[0]);
+    // First row: created 0, deleted 2591700, 1 core, 1.75 GB, subscription VDU4C8cq....
+    assert_eq!(records[0].at_ms, 0);
+    assert_eq!(
+        (first.id, first.vcpus, first.memory_mib),
+        (1, 1, Some(1792))
+    );
+    assert_eq!(first.duration_ms, 2_591_700_000);
+    assert!(
+        first
+            .requester
+            .as_deref()
+            .is_some_and(|s| s.starts_with("VDU4C8cq"))
+    );
+    assert_eq!(records.iter().filter(|r| request(r).vcpus == 8).count(), 4);
+    assert_eq!(records.iter().map(|r| r.at_ms).max(), Some(2_290_500_000));
+}
+
+#[test]
+fn synthetic_trace_round_trips_through_a_gzip_file() {
+    let path =
+        std::env::temp_dir().join(format!("berth-traces-test-{}.jsonl.gz", std::process::id()));
+    let generator = Generator::new(SynthConfig::new(20_000, 42)).expect("valid config");
+    let header = generator.header().clone();
+    let records: Vec<Record> = generator.collect();
+    let mut writer = TraceWriter::create(&path, &header).expect("temp file");
+    for r in &records {
+        writer.write(r).expect("temp file");
+    }
+    writer.finish().expect("temp file");
+
+    let mut magic = [0u8; 2];
+    std::io::Read::read_exact(
+        &mut std::fs::File::open(&path).expect("written"),
+        &mut magic,
+    )
+    .expect("two bytes");
+    assert_eq!(magic, [0x1f, 0x8b], "a .gz name gives a gzip file");
+
+    let reader = TraceReader::open(&path, Format::Berth).expect("opens");
+    assert!(reader.header().synthetic);
+    let back: Vec<Record> = reader.collect::<Result<_, _>>().expect("valid trace");
+    std::fs::remove_file(&path).expect("temp file");
+    assert_eq!(back, records);
+}
+
+#[test]
+fn format_md_example_is_a_valid_trace() {
+    let doc = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("FORMAT.md"))
+        .expect("FORMAT.md");
+    let example = doc
+        .split("### Example")
+        .nth(1)
+        .and_then(|rest| rest.split("```json\n").nth(1))
+        .and_then(|block| block.split("```").next())
+        .expect("an example block");
+    let reader = TraceReader::from_reader(
+        Cursor::new(example.as_bytes().to_vec()),
+        "FORMAT.md",
+        Format::Berth,
+    )
+    .expect("header");
+    let records: Vec<Record> = reader.collect::<Result<_, _>>().expect("valid example");
+    assert_eq!(records.len(), 6);
+    let test = request(&records[2]);
+    assert_eq!((test.after.as_slice(), test.think_ms), (&[1][..], 5_000));
+}
