@@ -3,7 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::Cursor;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use berth_sched::Policy;
 use berth_sim::{Fleet, Profile, Report, RunInfo, SimConfig, Simulation};
@@ -34,7 +34,7 @@ fn replay(reader: &mut TraceReader, fleet: &Fleet, policy: Policy, latency: Prof
     report
 }
 
-fn replay_kth(path: &PathBuf, policy: Policy) -> Report {
+fn replay_kth(path: &Path, policy: Policy) -> Report {
     let mut reader = TraceReader::open(
         path,
         Format::Swf {
@@ -252,8 +252,7 @@ fn a_malformed_trace_line_names_the_file_and_line() {
     let sim = Simulation::new(&Fleet::uniform("1x1").unwrap(), SimConfig::default()).unwrap();
     let e = sim
         .run(&mut reader, RunInfo::default(), &mut |_, _| {})
-        .err()
-        .expect("malformed");
+        .expect_err("malformed");
     let text = e.to_string();
     assert!(text.starts_with("test.jsonl:3:"), "{text}");
     assert!(text.contains("count"), "{text}");
