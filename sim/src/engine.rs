@@ -600,7 +600,9 @@ impl Simulation {
                     _ => {}
                 }
             }
-            Event::Request { request, to, .. } => {
+            Event::Request {
+                request, to, cause, ..
+            } => {
                 let id = request.0;
                 match to {
                     RequestState::Active => {
@@ -615,7 +617,13 @@ impl Simulation {
                     RequestState::Waiting => {}
                     terminal => {
                         match terminal {
-                            RequestState::Rejected => self.metrics.rejected += 1,
+                            RequestState::Rejected => {
+                                self.metrics.rejected += 1;
+                                if self.metrics.first_rejection.is_none() {
+                                    self.metrics.first_rejection =
+                                        Some(format!("{request}: {cause}"));
+                                }
+                            }
                             RequestState::Cancelled => self.metrics.cancelled += 1,
                             RequestState::Failed => self.metrics.failed += 1,
                             _ => {}

@@ -28,6 +28,10 @@ pub struct Report {
     pub failed: u64,
     /// Requests the scheduler refused as malformed.
     pub refused: u64,
+    /// Why the first rejected request could never fit (a fleet that lacks a label or a driver
+    /// the trace needs shows here).
+    #[serde(default)]
+    pub first_rejection: Option<String>,
     /// Submit to all VMs placed, per request.
     pub mean_wait_s: f64,
     pub p50_wait_s: f64,
@@ -67,6 +71,7 @@ pub(crate) struct Metrics {
     pub cancelled: u64,
     pub failed: u64,
     pub refused: u64,
+    pub first_rejection: Option<String>,
     pub first_submit_ms: Option<u64>,
     pub last_end_ms: u64,
     /// Σ running time × vCPUs, in vCPU-milliseconds.
@@ -111,6 +116,7 @@ impl Metrics {
             cancelled: 0,
             failed: 0,
             refused: 0,
+            first_rejection: None,
             first_submit_ms: None,
             last_end_ms: 0,
             running_area: 0,
@@ -197,6 +203,7 @@ impl Metrics {
             cancelled: self.cancelled,
             failed: self.failed,
             refused: self.refused,
+            first_rejection: self.first_rejection.clone(),
             mean_wait_s: mean(self.wait_sum_ms, n_waits),
             p50_wait_s: pct(&self.waits, 50.0),
             p90_wait_s: pct(&self.waits, 90.0),
@@ -268,6 +275,9 @@ impl fmt::Display for Report {
             self.refused,
             self.skipped
         )?;
+        if let Some(why) = &self.first_rejection {
+            writeln!(f, "rejected   first: {why}")?;
+        }
         writeln!(
             f,
             "                 mean        p50        p90        p99        max"

@@ -1,0 +1,258 @@
+//! The `berth` binary as a user runs it: simulate, compare, synthesise, and bad input.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn berth(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_berth"))
+        .args(args)
+        .output()
+        .expect("the berth binary runs")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("berth-cli-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn synth(dir: &Path, vms: &str) -> PathBuf {
+    let trace = dir.join("synth.jsonl.gz");
+    let out = berth(&[
+        "trace",
+        "synth",
+        "--vms",
+        vms,
+        "--seed",
+        "5",
+        "--out",
+        trace.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    trace
+}
+
+#[test]
+fn sim_run_prints_a_json_report_with_the_documented_fields() {
+    let dir = temp_dir("json");
+    let trace = synth(&dir, "500");
+    let fleet = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/fleet-ci.toml");
+    let out = berth(&[
+        "sim",
+        "run",
+        "--trace",
+        trace.to_str().unwrap(),
+        "--fleet",
+        fleet.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for field in [
+        "requests",
+        "vms",
+        "mean_wait_s",
+        "p50_wait_s",
+        "p90_wait_s",
+        "p99_wait_s",
+        "max_wait_s",
+        "makespan_s",
+        "utilisation",
+        "events",
+        "wall_s",
+    ] {
+        assert!(report.get(field).is_some(), "missing {field} in {report}");
+    }
+    assert_eq!(report["vms"], 500);
+    assert_eq!(report["rejected"], 0, "{report}");
+    assert_eq!(report["synthetic"], true);
+}
+
+#[test]
+fn compare_fails_on_a_regression_and_passes_otherwise() {
+    let dir = temp_dir("compare");
+    let trace = synth(&dir, "3000");
+    let run = |policy: &str, fleet: &str, name: &str| {
+        let report = dir.join(name);
+        let fleet = Path::new(env!("CARGO_MANIFEST_DIR")).join(fleet);
+        let out = berth(&[
+            "sim",
+            "run",
+            "--trace",
+            trace.to_str().unwrap(),
+            "--fleet",
+            fleet.to_str().unwrap(),
+            "--policy",
+            policy,
+            "--report",
+            report.to_str().unwrap(),
+        ]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        report
+    };
+    let big = run("easy", "examples/fleet-ci.toml", "big.json");
+    let small = run("easy", "tests/fleet-small.toml", "small.json");
+    let same = berth(&[
+        "sim",
+        "compare",
+        big.to_str().unwrap(),
+        big.to_str().unwrap(),
+    ]);
+    assert!(same.status.success(), "{}", text(&same.stderr));
+    let worse = berth(&[
+        "sim",
+        "compare",
+        big.to_str().unwrap(),
+        small.to_str().unwrap(),
+    ]);
+    assert_eq!(worse.status.code(), Some(1), "{}", text(&worse.stdout));
+    assert!(
+        text(&worse.stdout).contains("REGRESSED"),
+        "{}",
+        text(&worse.stdout)
+    );
+    assert!(
+        text(&worse.stderr).contains("regressed past 5%"),
+        "{}",
+        text(&worse.stderr)
+    );
+}
+
+#[test]
+fn bad_input_names_what_and_where_without_a_panic() {
+    let dir = temp_dir("bad");
+    let trace = dir.join("bad.jsonl");
+    std::fs::write(
+        &trace,
+        "{\"berth_trace\":1,\"synthetic\":false,\"source\":\"t\"}\n{\"at_ms\":0,\"kind\":\"request\",\"id\":1}\n",
+    )
+    .unwrap();
+    let out = berth(&[
+        "sim",
+        "run",
+        "--trace",
+        trace.to_str().unwrap(),
+        "--hosts",
+        "2x2",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(err.contains("bad.jsonl:2"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+
+    let out = berth(&[
+        "sim",
+        "run",
+        "--trace",
+        trace.to_str().unwrap(),
+        "--hosts",
+        "2by2",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("COUNTxCPUS"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    let out = berth(&[
+        "sim",
+        "run",
+        "--trace",
+        "/nonexistent/t.jsonl",
+        "--hosts",
+        "2x2",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("/nonexistent/t.jsonl"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    let fleet = dir.join("fleet.toml");
+    std::fs::write(
+        &fleet,
+        "[[class]]\nname = \"a\"\ncount = 1\nvcpus = 1\nmemory_mib = 1\ncolour = 1\n",
+    )
+    .unwrap();
+    let out = berth(&[
+        "sim",
+        "run",
+        "--trace",
+        trace.to_str().unwrap(),
+        "--fleet",
+        fleet.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("fleet.toml") && err.contains("colour"),
+        "{err}"
+    );
+}
+
+#[test]
+fn convert_writes_berth_format_that_replays_like_the_original() {
+    let swf = "; tiny\n1 0 0 100 2 -1 -1 2 200 -1 1 1 1 -1 -1 -1 -1 -1\n2 10 0 50 1 -1 -1 1 60 -1 1 2 2 -1 -1 -1 -1 -1\n";
+    let dir = temp_dir("convert");
+    let src = dir.join("tiny.swf");
+    std::fs::write(&src, swf).unwrap();
+    let dst = dir.join("tiny.jsonl");
+    let out = berth(&[
+        "trace",
+        "convert",
+        src.to_str().unwrap(),
+        "--from",
+        "swf",
+        "--out",
+        dst.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let run = |args: &[&str]| {
+        let mut all = vec![
+            "sim",
+            "run",
+            "--hosts",
+            "2x1",
+            "--latency",
+            "zero",
+            "--json",
+        ];
+        all.extend_from_slice(args);
+        let out = berth(&all);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let mut v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["wall_s"] = 0.into();
+        v["trace"] = "".into();
+        v["synthetic"] = false.into();
+        v
+    };
+    let a = run(&["--trace", src.to_str().unwrap(), "--format", "swf"]);
+    let b = run(&["--trace", dst.to_str().unwrap()]);
+    assert_eq!(a, b);
+    assert_eq!(a["makespan_s"], 150.0);
+}
+
+#[test]
+fn a_fleet_that_lacks_what_the_trace_needs_says_so() {
+    let dir = temp_dir("labels");
+    let trace = synth(&dir, "200");
+    let out = berth(&[
+        "sim",
+        "run",
+        "--trace",
+        trace.to_str().unwrap(),
+        "--hosts",
+        "4x16",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("rejected   first: r1:"), "{stdout}");
+    assert!(stdout.contains("lack the labels"), "{stdout}");
+}
