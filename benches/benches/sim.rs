@@ -22,7 +22,7 @@ fn fleet() -> Fleet {
             .map_or(h.name.clone(), |(c, _)| c.to_owned());
         let n = seen.entry(class).or_default();
         *n += 1;
-        if *n % 10 == 0 {
+        if n.is_multiple_of(10) {
             kept.push(h);
         }
     }
