@@ -11,13 +11,21 @@ use crate::report::Report;
 /// Points kept at most before the series is thinned to half.
 const POINTS_MAX: usize = 4096;
 
+/// Queue length and running vCPUs over time, as averages over fixed steps. The step doubles
+/// (and neighbouring points merge) whenever the series reaches `POINTS_MAX`, so memory stays
+/// bounded whatever the trace length.
 #[derive(Clone, Debug)]
 pub struct Timeline {
-    /// `(time_ms, waiting requests, running vCPUs)`.
-    points: Vec<(u64, u64, i64)>,
+    /// `(step start ms, mean waiting requests, mean running vCPUs)`.
+    points: Vec<(u64, f64, f64)>,
     step_ms: u64,
+    /// The step being filled: its start, and the time integrals so far.
+    open_ms: Option<u64>,
+    queue_area: f64,
+    running_area: f64,
+    last_ms: u64,
+    queue: u64,
     running_vcpus: i64,
-    last_queue: u64,
     pub(crate) waits: Option<Histogram<u64>>,
 }
 
@@ -31,44 +39,84 @@ impl Timeline {
     pub fn new() -> Timeline {
         Timeline {
             points: Vec::new(),
-            step_ms: 1_000,
+            step_ms: 60_000,
+            open_ms: None,
+            queue_area: 0.0,
+            running_area: 0.0,
+            last_ms: 0,
+            queue: 0,
             running_vcpus: 0,
-            last_queue: 0,
             waits: None,
         }
     }
 
     pub fn running(&mut self, at_ms: u64, delta_vcpus: i64) {
+        self.advance(at_ms);
         self.running_vcpus += delta_vcpus;
-        self.sample(at_ms, self.last_queue);
     }
 
     pub fn sample(&mut self, at_ms: u64, queue_len: u64) {
-        self.last_queue = queue_len;
-        let due = self
-            .points
-            .last()
-            .is_none_or(|&(t, _, _)| at_ms >= t.saturating_add(self.step_ms));
-        if !due {
-            return;
-        }
-        self.points.push((at_ms, queue_len, self.running_vcpus));
-        if self.points.len() >= POINTS_MAX {
-            self.step_ms *= 2;
-            let mut kept = Vec::with_capacity(POINTS_MAX / 2 + 1);
-            for p in std::mem::take(&mut self.points) {
-                if kept
-                    .last()
-                    .is_none_or(|&(t, _, _): &(u64, u64, i64)| p.0 >= t + self.step_ms)
-                {
-                    kept.push(p);
-                }
-            }
-            self.points = kept;
-        }
+        self.advance(at_ms);
+        self.queue = queue_len;
     }
 
-    pub fn points(&self) -> &[(u64, u64, i64)] {
+    /// Accounts the values held since the last change up to `at_ms`, closing steps on the way.
+    fn advance(&mut self, at_ms: u64) {
+        let Some(mut open) = self.open_ms else {
+            self.open_ms = Some(at_ms);
+            self.last_ms = at_ms;
+            return;
+        };
+        while at_ms >= open + self.step_ms {
+            let end = open + self.step_ms;
+            self.accrue(end);
+            let step = self.step_ms as f64;
+            self.points
+                .push((open, self.queue_area / step, self.running_area / step));
+            self.queue_area = 0.0;
+            self.running_area = 0.0;
+            open = end;
+            if self.points.len() >= POINTS_MAX {
+                self.thin();
+                // A whole idle stretch closes as one step of the new size.
+                open -= (open - self.points.last().map_or(open, |p| p.0)) % self.step_ms;
+            }
+            // Skip idle stretches in one go: nothing changes until `at_ms`.
+            if at_ms >= open + 2 * self.step_ms && self.queue == 0 && self.running_vcpus == 0 {
+                open += (at_ms - open) / self.step_ms * self.step_ms;
+                self.last_ms = open;
+            }
+        }
+        self.open_ms = Some(open);
+        self.accrue(at_ms);
+    }
+
+    fn accrue(&mut self, to_ms: u64) {
+        let dt = to_ms.saturating_sub(self.last_ms) as f64;
+        self.queue_area += self.queue as f64 * dt;
+        self.running_area += self.running_vcpus.max(0) as f64 * dt;
+        self.last_ms = self.last_ms.max(to_ms);
+    }
+
+    /// Doubles the step: merges neighbouring points into their mean.
+    fn thin(&mut self) {
+        self.step_ms *= 2;
+        let merged = self
+            .points
+            .chunks(2)
+            .map(|pair| {
+                let n = pair.len() as f64;
+                (
+                    pair[0].0,
+                    pair.iter().map(|p| p.1).sum::<f64>() / n,
+                    pair.iter().map(|p| p.2).sum::<f64>() / n,
+                )
+            })
+            .collect();
+        self.points = merged;
+    }
+
+    pub fn points(&self) -> &[(u64, f64, f64)] {
         &self.points
     }
 }
@@ -82,16 +130,13 @@ pub fn write_svg(path: &Path, timeline: &Timeline, report: &Report) -> Result<()
     let hours = |t: u64| (t.saturating_sub(first)) as f64 / 3_600_000.0;
     let end_h = timeline.points.last().map_or(1.0, |p| hours(p.0)).max(1e-3);
 
-    let queue_max = timeline
-        .points
-        .iter()
-        .map(|p| p.1)
-        .max()
-        .unwrap_or(0)
-        .max(1) as f64;
+    let queue_max = timeline.points.iter().map(|p| p.1).fold(1.0, f64::max);
     let mut chart = ChartBuilder::on(&areas[0])
         .caption(
-            format!("waiting requests — {} ({})", report.trace, report.policy),
+            format!(
+                "waiting requests (mean per step) — {} ({})",
+                report.trace, report.policy
+            ),
             ("sans-serif", 18),
         )
         .margin(10)
@@ -107,7 +152,7 @@ pub fn write_svg(path: &Path, timeline: &Timeline, report: &Report) -> Result<()
         .map_err(|e| e.to_string())?;
     chart
         .draw_series(LineSeries::new(
-            timeline.points.iter().map(|p| (hours(p.0), p.1 as f64)),
+            timeline.points.iter().map(|p| (hours(p.0), p.1)),
             &BLUE,
         ))
         .map_err(|e| e.to_string())?;
@@ -115,7 +160,7 @@ pub fn write_svg(path: &Path, timeline: &Timeline, report: &Report) -> Result<()
     let fleet = report.fleet_vcpus.max(1) as f64;
     let mut chart = ChartBuilder::on(&areas[1])
         .caption(
-            "utilisation (running vCPUs / fleet vCPUs)",
+            "utilisation (running vCPUs / fleet vCPUs, mean per step)",
             ("sans-serif", 18),
         )
         .margin(10)
@@ -131,10 +176,7 @@ pub fn write_svg(path: &Path, timeline: &Timeline, report: &Report) -> Result<()
         .map_err(|e| e.to_string())?;
     chart
         .draw_series(LineSeries::new(
-            timeline
-                .points
-                .iter()
-                .map(|p| (hours(p.0), p.2.max(0) as f64 / fleet)),
+            timeline.points.iter().map(|p| (hours(p.0), p.2 / fleet)),
             &RED,
         ))
         .map_err(|e| e.to_string())?;
