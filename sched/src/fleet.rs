@@ -285,10 +285,19 @@ impl CapacityIndex {
             return;
         }
         let mut i = self.size + idx;
-        self.nodes[i] = Self::leaf(host, provisioning_max);
+        let leaf = Self::leaf(host, provisioning_max);
+        if self.nodes[i] == leaf {
+            return;
+        }
+        self.nodes[i] = leaf;
         while i > 1 {
             i /= 2;
-            self.nodes[i] = Node::join(&self.nodes[2 * i], &self.nodes[2 * i + 1]);
+            let joined = Node::join(&self.nodes[2 * i], &self.nodes[2 * i + 1]);
+            // Summaries above an unchanged one are unchanged too.
+            if self.nodes[i] == joined {
+                break;
+            }
+            self.nodes[i] = joined;
         }
     }
 

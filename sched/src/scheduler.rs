@@ -91,6 +91,39 @@ pub(crate) struct Request {
     pub(crate) expected_run_ms: u64,
 }
 
+/// What a VM gives back when it ends, kept small: the expected-ends map is updated several
+/// times in each VM's life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct EndEntry {
+    host: u32,
+    slot: Option<u8>,
+    cpu_milli: i64,
+    memory_mib: i64,
+}
+
+impl EndEntry {
+    fn of(need: &Need) -> EndEntry {
+        EndEntry {
+            host: 0,
+            slot: need.slot.map(|k| k as u8),
+            cpu_milli: need.cpu_milli,
+            memory_mib: need.memory_mib,
+        }
+    }
+
+    fn amount(&self) -> Amount {
+        let mut a = Amount {
+            cpu_milli: self.cpu_milli,
+            memory_mib: self.memory_mib,
+            ..Amount::default()
+        };
+        if let Some(k) = self.slot {
+            a.slots[usize::from(k)] = 1;
+        }
+        a
+    }
+}
+
 /// The head's reservation under EASY backfilling.
 #[derive(Clone, Debug)]
 pub(crate) struct Reservation {
@@ -101,8 +134,10 @@ pub(crate) struct Reservation {
     /// VMs of the head's shape that will be free at the shadow time beyond what the head needs:
     /// a backfilled VM that outlives the shadow may only use these.
     extra: i64,
-    /// Capacity each host gets back by the shadow time.
-    freed: BTreeMap<usize, Amount>,
+    /// Capacity each host gets back by the shadow time, by host index (sorted).
+    freed: Vec<(usize, Amount)>,
+    /// Every host that takes new VMs could also run the head.
+    all_eligible: bool,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -139,7 +174,7 @@ pub struct Scheduler {
     pub(crate) queue: Queue,
     /// Expected end of every VM that holds capacity, for backfilling.
     /// Each entry carries the VM's host and what it takes there. Kept under `easy` only.
-    pub(crate) ends: BTreeMap<(u64, VmId), (usize, Amount)>,
+    pub(crate) ends: BTreeMap<(u64, VmId), EndEntry>,
     pub(crate) timers: BTreeSet<(u64, Timer)>,
     pub(crate) actions: VecDeque<Action>,
     pub(crate) events: VecDeque<Event>,
@@ -150,6 +185,8 @@ pub struct Scheduler {
     pub(crate) fleet_generation: u64,
     pub(crate) never_fits_cache: BTreeMap<(Need, u32), Option<String>>,
     pub(crate) scratch: Vec<Entry>,
+    /// Per host, what a reservation walk has freed so far (all `None` between walks).
+    pub(crate) scratch_freed: Vec<Option<Amount>>,
 }
 
 impl Scheduler {
@@ -182,6 +219,7 @@ impl Scheduler {
             fleet_generation: 1,
             never_fits_cache: BTreeMap::new(),
             scratch: Vec::new(),
+            scratch_freed: Vec::new(),
         }
     }
 
@@ -625,6 +663,9 @@ impl Scheduler {
         let Some(v) = self.vms.get_mut(&vm) else {
             return;
         };
+        if v.expected_end_ms == end_ms {
+            return;
+        }
         let entry = self.ends.remove(&(v.expected_end_ms, vm));
         v.expected_end_ms = end_ms;
         if let Some(entry) = entry {
@@ -1443,6 +1484,7 @@ impl Scheduler {
         };
         // Driver and labels are static: check them once per class of hosts.
         let mut room: i64 = 0;
+        let mut all_eligible = true;
         for members in self.fleet.classes.values() {
             if members
                 .first()
@@ -1454,11 +1496,18 @@ impl Scheduler {
                     .filter(|h| h.takes_new_vms())
                     .map(|h| h.free().fit_count(&need))
                     .sum::<i64>();
+            } else if members.iter().any(|&i| self.fleet.hosts[i].takes_new_vms()) {
+                all_eligible = false;
             }
         }
-        let mut freed: BTreeMap<usize, Amount> = BTreeMap::new();
+        // Capacity each host gets back by the shadow time, accumulated densely (hosts recur in
+        // the walk), then kept sparse and sorted for the backfill checks.
+        let mut dense = std::mem::take(&mut self.scratch_freed);
+        dense.resize(self.fleet.hosts.len(), None);
+        let mut touched: Vec<usize> = Vec::new();
         let mut shadow_ms = (room >= wanted).then_some(self.now_ms);
-        for (&(end_ms, _), &(idx, used)) in &self.ends {
+        for (&(end_ms, _), entry) in &self.ends {
+            let (idx, used) = (entry.host as usize, entry.amount());
             if let Some(s) = shadow_ms
                 && end_ms > s
             {
@@ -1468,7 +1517,10 @@ impl Scheduler {
                 continue;
             }
             let free = self.fleet.hosts[idx].free();
-            let before = freed.entry(idx).or_default();
+            let before = dense[idx].get_or_insert_with(|| {
+                touched.push(idx);
+                Amount::default()
+            });
             let had = free.plus(before).fit_count(&need);
             *before = before.plus(&used);
             let has = free.plus(before).fit_count(&need);
@@ -1477,6 +1529,12 @@ impl Scheduler {
                 shadow_ms = Some(end_ms.max(self.now_ms));
             }
         }
+        touched.sort_unstable();
+        let freed: Vec<(usize, Amount)> = touched
+            .iter()
+            .filter_map(|&i| dense[i].take().map(|a| (i, a)))
+            .collect();
+        self.scratch_freed = dense;
         let shadow_ms = shadow_ms.unwrap_or(u64::MAX);
         if let Some(r) = self.requests.get_mut(&head) {
             r.wait = Wait::Reserved {
@@ -1490,6 +1548,7 @@ impl Scheduler {
             shadow_ms,
             extra: (room - wanted).max(0),
             freed,
+            all_eligible,
         })
     }
 
@@ -1503,45 +1562,62 @@ impl Scheduler {
         if r.queued.is_empty() || r.ending.is_some() {
             return;
         }
-        let vms = r.queued.clone();
-        let want = vms.len();
+        // Decide cheaply whether to try at all before copying anything: most attempts in a
+        // deep queue end here.
+        let want = r.queued.len();
         let gang = r.gang_pending;
-        let need = r.need.clone();
         let ends_by = self
             .now_ms
             .saturating_add(r.expected_start_ms)
             .saturating_add(r.expected_run_ms);
         let at_least = if gang { want as i64 } else { 1 };
-        let free_fit = self.fleet.ready_free.fit_count(&need);
-        if free_fit < at_least {
-            let wait = if gang && free_fit > 0 {
+        let free_fit = self.fleet.ready_free.fit_count(&r.need);
+        let limited = reservation
+            .as_ref()
+            .is_some_and(|res| ends_by > res.shadow_ms);
+        let version = self.fleet.version;
+        let known = self
+            .pass
+            .failed
+            .iter()
+            .find(|(n, l, count, v, _)| {
+                *v == version && *l == limited && *count <= at_least && *n == r.need
+            })
+            .map(|&(_, _, _, _, wait)| wait);
+        // A VM at least as large as the head's takes at least one of the head's VMs away at the
+        // shadow time on any host that could run the head; when every host could, a request
+        // that needs more VMs than the reservation spares cannot start now.
+        let spares_too_few = limited
+            && reservation.as_ref().is_some_and(|res| {
+                res.all_eligible && at_least > res.extra && covers(&r.need, &res.need)
+            });
+        let refuse = if spares_too_few {
+            reservation.as_ref().map(|res| Wait::Reserved {
+                head: res.head,
+                start_ms: res.shadow_ms,
+            })
+        } else if free_fit < at_least {
+            Some(if gang && free_fit > 0 {
                 Wait::GangShort {
                     fit: free_fit as u32,
                     need: want as u32,
                 }
             } else {
                 Wait::NoFit
-            };
+            })
+        } else {
+            known
+        };
+        if let Some(wait) = refuse {
             if let Some(r) = self.requests.get_mut(&id) {
                 r.wait = wait;
             }
             return;
         }
-        let limited = reservation
-            .as_ref()
-            .is_some_and(|res| ends_by > res.shadow_ms);
+        let vms = r.queued.clone();
+        let need = r.need.clone();
         let held_for = reservation.as_ref().map(|res| (res.head, res.shadow_ms));
         let extra_before = reservation.as_ref().map_or(0, |res| res.extra);
-        let version = self.fleet.version;
-        let known = self.pass.failed.iter().find(|(n, l, count, v, _)| {
-            *v == version && *l == limited && *count <= at_least && *n == need
-        });
-        if let Some(&(_, _, _, _, wait)) = known {
-            if let Some(r) = self.requests.get_mut(&id) {
-                r.wait = wait;
-            }
-            return;
-        }
 
         let mut search = Search::new(&self.config, &self.fleet, &need, self.rotate_from);
         let mut chosen: Vec<usize> = Vec::with_capacity(want);
@@ -1600,8 +1676,7 @@ impl Scheduler {
         let vm_spec = r.vm_spec.clone();
         // Only backfilling reads expected ends; the other policies skip their upkeep.
         let keep_ends = matches!(self.config.policy, Policy::Easy | Policy::AccasimEasy);
-        let mut used = Amount::default();
-        used.add(&r.need);
+        let used = EndEntry::of(&r.need);
         let expected_end = now
             .saturating_add(r.expected_start_ms)
             .saturating_add(r.expected_run_ms);
@@ -1612,7 +1687,13 @@ impl Scheduler {
                 v.expected_end_ms = expected_end;
             }
             if keep_ends {
-                self.ends.insert((expected_end, vm), (h, used));
+                self.ends.insert(
+                    (expected_end, vm),
+                    EndEntry {
+                        host: h as u32,
+                        ..used
+                    },
+                );
             }
             self.vm_to(vm, VmState::Placed, Cause::Placed);
             self.actions.push_back(Action::Provision {
@@ -1655,12 +1736,21 @@ fn reservation_cost(fleet: &Fleet, res: &Reservation, host_idx: usize, need: &Ne
     if !eligible {
         return 0;
     }
-    let at_shadow = host
-        .free()
-        .plus(res.freed.get(&host_idx).unwrap_or(&Amount::default()));
+    let at_shadow = host.free().plus(
+        &res.freed
+            .binary_search_by_key(&host_idx, |&(i, _)| i)
+            .map_or(Amount::default(), |k| res.freed[k].1),
+    );
     let mut after = at_shadow;
     after.sub(need);
     at_shadow.fit_count(&res.need) - after.fit_count(&res.need)
+}
+
+/// Whether one VM of `a` takes at least what one VM of `b` needs, in every dimension `b` uses.
+fn covers(a: &Need, b: &Need) -> bool {
+    a.cpu_milli >= b.cpu_milli
+        && a.memory_mib >= b.memory_mib
+        && (b.slot.is_none() || a.slot == b.slot)
 }
 
 fn invalid(field: &'static str, reason: String) -> InputError {

@@ -1,0 +1,12 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+//! The sched test suite, one binary: placement snapshots from text fixtures, every host, VM and
+//! breakpoint transition, property tests over random input sequences, and purity checks.
+
+mod breakpoints;
+mod fixture;
+mod hosts;
+mod lifecycle;
+mod properties;
+mod purity;
+mod snapshots;
+mod support;
