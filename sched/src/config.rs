@@ -73,7 +73,9 @@ pub struct Config {
     pub provision_failures_max: u32,
     /// Replacement VMs a request may get for VMs lost or failed on the host's account.
     pub vm_retries_max: u32,
-    /// Under `greedy`, a waiting request gains one priority level per step waited (0: no aging).
+    /// A waiting request gains one priority level per step waited, under every policy, so
+    /// that nothing starves behind a stream of higher priorities (0: no aging). The order is
+    /// re-evaluated at each pass; no timer fires for aging alone.
     pub aging_step_ms: u64,
     pub templates: Vec<Template>,
 }

@@ -476,7 +476,7 @@ impl Scheduler {
         } else {
             let mut parts: Vec<String> = reasons
                 .iter()
-                .map(|(r, n)| format!("{n} {}", static_reason_text(*r)))
+                .map(|(r, n)| static_reason_text(*r, *n))
                 .collect();
             if room > 0 {
                 parts.push(format!(
@@ -1757,15 +1757,17 @@ fn invalid(field: &'static str, reason: String) -> InputError {
     InputError::Invalid { field, reason }
 }
 
-fn static_reason_text(r: Reason) -> &'static str {
-    match r {
-        Reason::Driver => "hosts have the wrong driver",
-        Reason::Labels => "hosts lack the labels",
-        Reason::Cpu => "hosts have too few vcpus",
-        Reason::Memory => "hosts have too little memory",
-        Reason::Slots => "hosts have no such slot",
-        other => other.describe(),
-    }
+/// "3 hosts lack the labels", "1 host has the wrong driver".
+fn static_reason_text(r: Reason, n: u32) -> String {
+    let (one, many) = match r {
+        Reason::Driver => ("host has the wrong driver", "hosts have the wrong driver"),
+        Reason::Labels => ("host lacks the labels", "hosts lack the labels"),
+        Reason::Cpu => ("host has too few vcpus", "hosts have too few vcpus"),
+        Reason::Memory => ("host has too little memory", "hosts have too little memory"),
+        Reason::Slots => ("host has no such slot", "hosts have no such slot"),
+        other => (other.describe(), other.describe()),
+    };
+    format!("{n} {}", if n == 1 { one } else { many })
 }
 
 /// "3 × 4 vcpus, 8192 MiB (gang), labels arch=aarch64"

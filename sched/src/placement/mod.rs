@@ -2,7 +2,8 @@
 //!
 //! The capacity index finds feasible hosts in scan order; at most `candidates_max` of them are
 //! scored (plus as many that hold the template's image when locality is weighted), and the best
-//! score wins, the lowest host index breaking ties. A verdict is data (`Reason`), never an error.
+//! score wins; ties go to the host met first in scan order. A verdict is data (`Reason`), never
+//! an error.
 
 pub mod filter;
 pub mod score;
@@ -193,20 +194,25 @@ impl Search {
             k: self.k,
             weights: &config.weights,
         };
-        let mut best: Option<(u64, usize)> = None;
+        // Ties go to the host met first in scan order: the lowest index when scanning from the
+        // lowest, the next one round the ring when rotating.
+        let n = fleet.hosts.len().max(1);
+        let scan_pos = |i: usize| (i + n - self.origin % n) % n;
+        let mut best: Option<(u64, usize, usize)> = None;
         for s in &mut self.streams {
             s.fill(fleet, need, &params, &self.excluded);
             for &(i, score) in &s.hosts {
+                let pos = scan_pos(i);
                 let better = match best {
                     None => true,
-                    Some((bs, bi)) => score > bs || (score == bs && i < bi),
+                    Some((bs, bpos, _)) => score > bs || (score == bs && pos < bpos),
                 };
                 if better {
-                    best = Some((score, i));
+                    best = Some((score, pos, i));
                 }
             }
         }
-        best.map(|(_, i)| i)
+        best.map(|(_, _, i)| i)
     }
 
     /// Leaves a host out of this search (backfilling found it would delay the reservation).

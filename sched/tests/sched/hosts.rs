@@ -482,8 +482,8 @@ fn removing_the_last_host_that_could_fit_rejects_what_waits_for_it() {
     let out = w.input(Input::RemoveHost(HostId(1)));
     expect![[r#"
         h1 maintenance -> removed (host removed)
-        vm1 r1 queued -> failed (no host could ever fit it: 1 × 16 vcpus, 1024 MiB of `linux`: 1 hosts have too few vcpus)
-        r1 waiting -> rejected (no host could ever fit it: 1 × 16 vcpus, 1024 MiB of `linux`: 1 hosts have too few vcpus)
+        vm1 r1 queued -> failed (no host could ever fit it: 1 × 16 vcpus, 1024 MiB of `linux`: 1 host has too few vcpus)
+        r1 waiting -> rejected (no host could ever fit it: 1 × 16 vcpus, 1024 MiB of `linux`: 1 host has too few vcpus)
     "#]]
     .assert_eq(&out.log());
 }

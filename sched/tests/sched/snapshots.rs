@@ -74,7 +74,7 @@ fn rotate_starts_each_search_after_the_host_chosen_last() {
 }
 
 #[test]
-fn rotate_with_a_window_covering_the_fleet_breaks_ties_by_host_order() {
+fn rotate_with_a_window_covering_the_fleet_breaks_ties_round_the_ring() {
     // Rotation moves where the candidate window starts; ties among candidates go to the lowest
     // host index, so when every host is a candidate, equal scores pick h1.
     check(
@@ -88,7 +88,7 @@ fn rotate_with_a_window_covering_the_fleet_breaks_ties_by_host_order() {
         ",
         expect![[r#"
             vm1 r1 -> h1
-            vm2 r2 -> h1
+            vm2 r2 -> h2
         "#]],
     );
 }
@@ -306,7 +306,7 @@ fn a_gang_larger_than_every_slot_never_fits() {
         request r1 template=macos count=5 gang
         ",
         expect![[r#"
-            r1 rejected: no host could ever fit it: 5 × 4 vcpus, 8192 MiB of `macos` as a gang: 1 hosts have no such slot, the hosts that could take it hold only 4 at once
+            r1 rejected: no host could ever fit it: 5 × 4 vcpus, 8192 MiB of `macos` as a gang: 1 host has no such slot, the hosts that could take it hold only 4 at once
         "#]],
     );
 }
@@ -544,7 +544,7 @@ fn why_counts_hosts_by_the_first_filter_they_fail() {
             h4 ready -> draining: drained by operator
             vm3 r2 -> h5
             vm4 r2 -> h5
-            r3 rejected: no host could ever fit it: 1 × 4 vcpus, 16384 MiB of `linux`, labels pool=ci: 1 hosts have the wrong driver, 4 hosts lack the labels
+            r3 rejected: no host could ever fit it: 1 × 4 vcpus, 16384 MiB of `linux`, labels pool=ci: 1 host has the wrong driver, 4 hosts lack the labels
             r2 waits: 1 of 3 × 4 vcpus, 16384 MiB of `linux` wait: 0 of 5 hosts fit now, 2 lack vcpus, 1 draining, 1 wrong driver, 1 lack memory
         "#]],
     );
