@@ -134,8 +134,6 @@ pub(crate) struct Reservation {
     /// VMs of the head's shape that will be free at the shadow time beyond what the head needs:
     /// a backfilled VM that outlives the shadow may only use these.
     extra: i64,
-    /// Capacity each host gets back by the shadow time, by host index (sorted).
-    freed: Vec<(usize, Amount)>,
     /// Every host that takes new VMs could also run the head.
     all_eligible: bool,
 }
@@ -185,8 +183,10 @@ pub struct Scheduler {
     pub(crate) fleet_generation: u64,
     pub(crate) never_fits_cache: BTreeMap<(Need, u32), Option<String>>,
     pub(crate) scratch: Vec<Entry>,
-    /// Per host, what a reservation walk has freed so far (all `None` between walks).
-    pub(crate) scratch_freed: Vec<Option<Amount>>,
+    /// Per host, the capacity it gets back by the current reservation's shadow time.
+    pub(crate) freed_at_shadow: Vec<Option<Amount>>,
+    /// The hosts with an entry in `freed_at_shadow`.
+    pub(crate) freed_touched: Vec<usize>,
 }
 
 impl Scheduler {
@@ -219,7 +219,8 @@ impl Scheduler {
             fleet_generation: 1,
             never_fits_cache: BTreeMap::new(),
             scratch: Vec::new(),
-            scratch_freed: Vec::new(),
+            freed_at_shadow: Vec::new(),
+            freed_touched: Vec::new(),
         }
     }
 
@@ -1500,11 +1501,18 @@ impl Scheduler {
                 all_eligible = false;
             }
         }
-        // Capacity each host gets back by the shadow time, accumulated densely (hosts recur in
-        // the walk), then kept sparse and sorted for the backfill checks.
-        let mut dense = std::mem::take(&mut self.scratch_freed);
-        dense.resize(self.fleet.hosts.len(), None);
-        let mut touched: Vec<usize> = Vec::new();
+        // Capacity each host gets back by the shadow time, kept densely by host index until the
+        // next reservation (the backfill checks read it); only the hosts touched last time are
+        // reset.
+        let mut freed = std::mem::take(&mut self.freed_at_shadow);
+        let mut touched = std::mem::take(&mut self.freed_touched);
+        for &i in &touched {
+            if let Some(slot) = freed.get_mut(i) {
+                *slot = None;
+            }
+        }
+        touched.clear();
+        freed.resize(self.fleet.hosts.len(), None);
         let mut shadow_ms = (room >= wanted).then_some(self.now_ms);
         for (&(end_ms, _), entry) in &self.ends {
             let (idx, used) = (entry.host as usize, entry.amount());
@@ -1517,7 +1525,7 @@ impl Scheduler {
                 continue;
             }
             let free = self.fleet.hosts[idx].free();
-            let before = dense[idx].get_or_insert_with(|| {
+            let before = freed[idx].get_or_insert_with(|| {
                 touched.push(idx);
                 Amount::default()
             });
@@ -1529,12 +1537,8 @@ impl Scheduler {
                 shadow_ms = Some(end_ms.max(self.now_ms));
             }
         }
-        touched.sort_unstable();
-        let freed: Vec<(usize, Amount)> = touched
-            .iter()
-            .filter_map(|&i| dense[i].take().map(|a| (i, a)))
-            .collect();
-        self.scratch_freed = dense;
+        self.freed_at_shadow = freed;
+        self.freed_touched = touched;
         let shadow_ms = shadow_ms.unwrap_or(u64::MAX);
         if let Some(r) = self.requests.get_mut(&head) {
             r.wait = Wait::Reserved {
@@ -1547,7 +1551,6 @@ impl Scheduler {
             need,
             shadow_ms,
             extra: (room - wanted).max(0),
-            freed,
             all_eligible,
         })
     }
@@ -1627,7 +1630,7 @@ impl Scheduler {
                 break;
             };
             if limited && let Some(res) = reservation.as_deref_mut() {
-                let cost = reservation_cost(&self.fleet, res, h, &need);
+                let cost = reservation_cost(&self.fleet, res, &self.freed_at_shadow, h, &need);
                 if cost > res.extra {
                     search.exclude(h);
                     refused_by_reservation = true;
@@ -1721,7 +1724,13 @@ impl Scheduler {
 
 /// How many VMs of the head's shape placing one VM of `need` on `host_idx` takes away at the
 /// shadow time.
-fn reservation_cost(fleet: &Fleet, res: &Reservation, host_idx: usize, need: &Need) -> i64 {
+fn reservation_cost(
+    fleet: &Fleet,
+    res: &Reservation,
+    freed: &[Option<Amount>],
+    host_idx: usize,
+    need: &Need,
+) -> i64 {
     let host = &fleet.hosts[host_idx];
     let eligible = first_failure(
         &STATIC[..2],
@@ -1736,11 +1745,9 @@ fn reservation_cost(fleet: &Fleet, res: &Reservation, host_idx: usize, need: &Ne
     if !eligible {
         return 0;
     }
-    let at_shadow = host.free().plus(
-        &res.freed
-            .binary_search_by_key(&host_idx, |&(i, _)| i)
-            .map_or(Amount::default(), |k| res.freed[k].1),
-    );
+    let at_shadow = host
+        .free()
+        .plus(&freed.get(host_idx).copied().flatten().unwrap_or_default());
     let mut after = at_shadow;
     after.sub(need);
     at_shadow.fit_count(&res.need) - after.fit_count(&res.need)
