@@ -1,5 +1,7 @@
 //! The `berth` command line: simulate traces, convert and synthesise them.
 
+mod client_cmd;
+mod serve_cmd;
 mod sim_cmd;
 mod trace_cmd;
 
@@ -23,6 +25,16 @@ enum Command {
     /// Convert and synthesise traces.
     #[command(subcommand)]
     Trace(trace_cmd::TraceCommand),
+    /// Run the live daemon: control loop, journal, HTTP API (default: a simulated fleet).
+    Serve(serve_cmd::ServeArgs),
+    /// Ask the daemon for VMs (or show, list and cancel requests).
+    Request(client_cmd::RequestArgs),
+    /// List and show VMs, report job results, release and extend breakpoints.
+    Vm(client_cmd::VmArgs),
+    /// List, add, drain, resume, take offline and remove hosts.
+    Host(client_cmd::HostArgs),
+    /// The daemon's hosts, VMs and queue at a glance.
+    Status(client_cmd::StatusArgs),
 }
 
 fn main() -> ExitCode {
@@ -30,6 +42,11 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Sim(c) => sim_cmd::run(c),
         Command::Trace(c) => trace_cmd::run(c),
+        Command::Serve(c) => serve_cmd::run(c),
+        Command::Request(c) => client_cmd::request(c),
+        Command::Vm(c) => client_cmd::vm(c),
+        Command::Host(c) => client_cmd::host(c),
+        Command::Status(c) => client_cmd::status(c),
     };
     match result {
         Ok(code) => code,

@@ -1,1 +1,328 @@
-//! The live control plane (tokio, SQLite, HTTP API). Not built yet: see the daemon issue.
+//! berth's live control plane: one control loop owning the scheduler, a SQLite journal written
+//! before anything is acted on, recovery by replay and reconciliation with the hosts, driver
+//! workers, a host monitor, and the HTTP API under `/v1`.
+//!
+//! Only this crate knows SQLite and the tokio runtime. [`start`] brings a daemon up and returns
+//! a handle; the `berth serve` command wraps it with signal handling.
+
+pub mod api;
+pub mod config;
+mod control;
+mod fleet;
+pub mod store;
+pub mod wire;
+mod workers;
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use berth_drivers::sim::{SimWorld, SimWorldError};
+use tokio::sync::{broadcast, mpsc, watch};
+use tokio::task::JoinHandle;
+
+pub use config::{FileConfig, Role, TokenConfig};
+pub use control::ApiError;
+
+/// The database file inside the data directory.
+pub const DB_FILE: &str = "berth.db";
+/// The operator token created at first start, mode 0600.
+pub const TOKEN_FILE: &str = "token";
+/// Where the simulated hosts keep their inventory (see `berth_drivers::sim`).
+pub const SIM_INVENTORY_FILE: &str = "sim-inventory";
+/// Held locked while a daemon uses the data directory: two control loops on one journal
+/// would each replay without the other's inputs.
+pub const LOCK_FILE: &str = "lock";
+
+/// Messages waiting for the control loop before senders wait.
+const CHANNEL_CAPACITY: usize = 65_536;
+/// Events buffered for slow event-stream readers before they miss some.
+const EVENT_BUFFER: usize = 16_384;
+
+/// What can stop the daemon.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
+    #[error("database, {what}: {source}")]
+    Sql {
+        what: &'static str,
+        source: rusqlite::Error,
+    },
+    #[error("config key `{key}`: {message}")]
+    Config { key: String, message: String },
+    #[error("journal entry {seq}: {message}")]
+    Journal { seq: u64, message: String },
+    #[error(
+        "the database has schema version {found}, this berth knows up to {known}: use a newer berth"
+    )]
+    SchemaTooNew { found: u64, known: u64 },
+    #[error(transparent)]
+    Sim(#[from] SimWorldError),
+    #[error("the control loop stopped")]
+    LoopGone,
+    #[error("another daemon is using the data directory {0} (its `lock` file is locked)")]
+    DataDirBusy(PathBuf),
+}
+
+/// How to run a daemon: the parsed config plus the command line's overrides.
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub config: FileConfig,
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+}
+
+impl Options {
+    /// Resolves the data directory and listen address: command line, then config file, then
+    /// the defaults (`config::default_data_dir()`, `127.0.0.1:7878`).
+    pub fn new(
+        config: FileConfig,
+        data_dir: Option<PathBuf>,
+        listen: Option<SocketAddr>,
+    ) -> Result<Options, DaemonError> {
+        let data_dir = data_dir
+            .or_else(|| config.data_dir.clone())
+            .unwrap_or_else(config::default_data_dir);
+        let listen = match listen {
+            Some(l) => l,
+            None => config
+                .listen
+                .as_deref()
+                .unwrap_or(config::DEFAULT_LISTEN)
+                .parse()
+                .map_err(|e| DaemonError::Config {
+                    key: "listen".into(),
+                    message: format!("{e}"),
+                })?,
+        };
+        Ok(Options {
+            config,
+            data_dir,
+            listen,
+        })
+    }
+}
+
+/// A running daemon.
+pub struct Daemon {
+    addr: SocketAddr,
+    /// Locked for as long as the daemon lives (the OS releases it if the process dies).
+    _lock: std::fs::File,
+    sim: Arc<SimWorld>,
+    shutdown: watch::Sender<bool>,
+    control: JoinHandle<Result<(), DaemonError>>,
+    http: JoinHandle<()>,
+}
+
+impl Daemon {
+    /// The address the API listens on (useful with port 0).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The simulated hosts' shared state: tests and demos inject failures through it.
+    pub fn sim(&self) -> &Arc<SimWorld> {
+        &self.sim
+    }
+
+    /// Stops taking requests, lets the control loop finish its batch, and waits for both.
+    pub async fn stop(self) -> Result<(), DaemonError> {
+        let _ = self.shutdown.send(true);
+        let _ = self.http.await;
+        match self.control.await {
+            Ok(r) => r,
+            Err(_) => Err(DaemonError::LoopGone),
+        }
+    }
+
+    /// Waits until the control loop ends (it ends only on a fatal error or `stop`).
+    pub async fn wait(&mut self) -> Result<(), DaemonError> {
+        match (&mut self.control).await {
+            Ok(r) => r,
+            Err(_) => Err(DaemonError::LoopGone),
+        }
+    }
+}
+
+/// Reads the operator token of a data directory, creating it (mode 0600) if it is missing.
+pub fn ensure_token(data_dir: &Path) -> Result<String, DaemonError> {
+    let path = data_dir.join(TOKEN_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(t) if !t.trim().is_empty() => return Ok(t.trim().to_owned()),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(source) => {
+            return Err(DaemonError::Io {
+                what: format!("reading {}", path.display()),
+                source,
+            });
+        }
+    }
+    let token = random_token().map_err(|source| DaemonError::Io {
+        what: "reading /dev/urandom".into(),
+        source,
+    })?;
+    let io = |source| DaemonError::Io {
+        what: format!("writing {}", path.display()),
+        source,
+    };
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut f = opts.open(&path).map_err(io)?;
+    writeln!(f, "{token}").map_err(io)?;
+    tracing::info!(path = %path.display(), "operator token created");
+    Ok(token)
+}
+
+fn random_token() -> std::io::Result<String> {
+    use std::io::Read;
+    let mut bytes = [0u8; 32];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Brings a daemon up: opens (or creates) the data directory, replays the journal, starts the
+/// drivers, reconciles with the hosts, and listens.
+pub async fn start(opts: Options) -> Result<Daemon, DaemonError> {
+    let data_dir = &opts.data_dir;
+    std::fs::create_dir_all(data_dir).map_err(|source| DaemonError::Io {
+        what: format!("creating data directory {}", data_dir.display()),
+        source,
+    })?;
+    let lock_path = data_dir.join(LOCK_FILE);
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|source| DaemonError::Io {
+            what: format!("opening {}", lock_path.display()),
+            source,
+        })?;
+    match lock.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            return Err(DaemonError::DataDirBusy(data_dir.clone()));
+        }
+        Err(std::fs::TryLockError::Error(source)) => {
+            return Err(DaemonError::Io {
+                what: format!("locking {}", lock_path.display()),
+                source,
+            });
+        }
+    }
+    let local_token = ensure_token(data_dir)?;
+    let mut tokens = vec![api::Token {
+        name: "local".into(),
+        secret: local_token,
+        role: Role::Operator,
+    }];
+    tokens.extend(opts.config.tokens.iter().map(|t| api::Token {
+        name: t.name.clone(),
+        secret: t.token.clone(),
+        role: t.role,
+    }));
+
+    let db_path = data_dir.join(DB_FILE);
+    let store = store::Store::open(&db_path)?;
+    let wanted = serde_json::to_string(&opts.config.scheduler).unwrap_or_default();
+    let sched_section = match store.meta("scheduler")? {
+        None => {
+            store.set_meta("scheduler", &wanted)?;
+            opts.config.scheduler.clone()
+        }
+        Some(stored) => {
+            if stored != wanted {
+                // Replaying with other settings would make other decisions than the ones the
+                // journal's results answer; the journal's settings win.
+                tracing::warn!(
+                    "the [scheduler] settings differ from the ones this database was created with; using the database's"
+                );
+            }
+            serde_json::from_str(&stored).map_err(|e| DaemonError::Config {
+                key: "scheduler".into(),
+                message: format!("stored settings unreadable: {e}"),
+            })?
+        }
+    };
+    let sched_config = config::SchedSection::to_config(&sched_section)?;
+
+    let sim = SimWorld::open(
+        &data_dir.join(SIM_INVENTORY_FILE),
+        opts.config.sim.latency_scale,
+        opts.config.sim.seed,
+    )?;
+    let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
+    let (events_tx, _) = broadcast::channel(EVENT_BUFFER);
+    let workers = workers::Workers::new(
+        tx.clone(),
+        opts.config.probe.clone(),
+        opts.config.workers.driver_calls_per_host_max,
+        sim.clone(),
+    );
+    let mut control = control::Control::recover(store, sched_config, workers, events_tx.clone())?;
+    let templates = opts
+        .config
+        .templates
+        .clone()
+        .unwrap_or_else(config::default_templates);
+    let hosts = opts
+        .config
+        .hosts
+        .clone()
+        .unwrap_or_else(config::default_hosts);
+    control.start_fleet(&templates, &hosts)?;
+    control.reconcile().await?;
+
+    let reads = api::ReadPool::open(&db_path, 4)?;
+    let listener = tokio::net::TcpListener::bind(opts.listen)
+        .await
+        .map_err(|source| DaemonError::Io {
+            what: format!("listening on {}", opts.listen),
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| DaemonError::Io {
+        what: "reading the listen address".into(),
+        source,
+    })?;
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let state = api::AppState {
+        tx,
+        reads: Arc::new(reads),
+        events: events_tx,
+        tokens: Arc::new(tokens),
+        shutdown: shutdown_rx.clone(),
+    };
+    let app = api::router(state);
+    let mut http_shutdown = shutdown_rx.clone();
+    let http = tokio::spawn(async move {
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = http_shutdown.changed().await;
+            })
+            .await;
+        if let Err(error) = served {
+            tracing::error!(%error, "http server stopped");
+        }
+    });
+    let control = tokio::spawn(control.run(rx, shutdown_rx));
+    tracing::info!(%addr, data_dir = %data_dir.display(), "berth daemon listening");
+    Ok(Daemon {
+        addr,
+        _lock: lock,
+        sim,
+        shutdown,
+        control,
+        http,
+    })
+}

@@ -1,1 +1,195 @@
-//! Drivers carry out the scheduler's actions on real hypervisors (libvirt, Parallels over SSH) and on simulated hosts. Not built yet: see the open driver issues.
+//! Drivers carry out the scheduler's actions on hypervisor hosts: the async [`Driver`] trait
+//! that every kind of host implements, its error type, and the simulated driver ([`sim`]).
+//!
+//! A driver never chooses a placement: the scheduler decides, the daemon calls the driver of
+//! the host it chose. One [`Driver`] value stands for one host. See `GUIDE.md` for how to
+//! write a new one.
+
+pub mod sim;
+
+use std::fmt;
+
+use async_trait::async_trait;
+use berth_sched::{DriverKind, Failure, FailureKind, GuestOs, Shape};
+
+/// The prefix of every VM name berth creates. Reconciliation destroys VMs that carry it but
+/// that berth has no record of, and leaves every other VM on a host alone.
+pub const VM_NAME_PREFIX: &str = "berth-vm";
+
+/// The name berth gives the VM with scheduler id `n` (`berth-vm42`).
+pub fn vm_name(n: u64) -> String {
+    format!("{VM_NAME_PREFIX}{n}")
+}
+
+/// The scheduler id of a VM named by berth, or `None` for any other name.
+pub fn parse_vm_name(name: &str) -> Option<u64> {
+    let digits = name.strip_prefix(VM_NAME_PREFIX)?;
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+/// What a probe measured on a host.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HostFacts {
+    pub vcpus: u32,
+    pub memory_mib: u64,
+    /// Base images cached on the host.
+    pub images: Vec<String>,
+}
+
+/// Everything a driver needs to create one VM.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VmRecipe {
+    /// The VM's name on the host (see [`vm_name`]).
+    pub name: String,
+    pub template: String,
+    pub base_image: String,
+    pub guest_os: GuestOs,
+    pub shape: Shape,
+}
+
+/// One VM a host runs, as its `list` reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VmListing {
+    pub name: String,
+    /// Whether the guest has finished booting.
+    pub running: bool,
+}
+
+/// Where to reach a VM's graphical console.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConsoleAddress {
+    /// The host to connect to (usually reached over `ssh -L`).
+    pub host: String,
+    /// The VNC port on that host's loopback.
+    pub port: u16,
+    pub password: Option<String>,
+}
+
+impl fmt::Display for ConsoleAddress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "vnc://{}:{}", self.host, self.port)
+    }
+}
+
+/// Why a driver call failed, and whose fault it was: the scheduler retries transient
+/// failures, blames the host for host failures and fails the request for request failures.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum DriverError {
+    /// Worth trying again: a timeout, a busy host, a dropped connection.
+    #[error("transient failure on host {host}: {message}")]
+    Transient { host: String, message: String },
+    /// The host cannot do it: image missing, disk full, hypervisor down.
+    #[error("host {host} failed: {message}")]
+    Host { host: String, message: String },
+    /// The request itself is at fault (a template that cannot boot): retrying elsewhere won't help.
+    #[error("request failed on host {host}: {message}")]
+    Request { host: String, message: String },
+    /// The VM named is not on the host (for console and screenshot).
+    #[error("no vm named {name} on host {host}")]
+    NoSuchVm { host: String, name: String },
+    /// The driver cannot do this at all (a driver without screenshots, for example).
+    #[error("driver {driver} cannot {what}")]
+    Unsupported {
+        driver: DriverKind,
+        what: &'static str,
+    },
+}
+
+impl DriverError {
+    /// Whose fault the failure was, in the scheduler's terms.
+    pub fn kind(&self) -> FailureKind {
+        match self {
+            DriverError::Transient { .. } => FailureKind::Transient,
+            DriverError::Host { .. } => FailureKind::Host,
+            DriverError::Request { .. }
+            | DriverError::NoSuchVm { .. }
+            | DriverError::Unsupported { .. } => FailureKind::Request,
+        }
+    }
+
+    /// Whether trying the same call again may succeed.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, DriverError::Transient { .. })
+    }
+
+    /// The failure to feed the scheduler (`ProvisionDone`, `BootDone`, `DestroyDone`).
+    pub fn to_failure(&self) -> Failure {
+        Failure::new(self.kind(), self.to_string())
+    }
+}
+
+/// One host of some hypervisor kind. Every call may be made concurrently with others for
+/// different VMs; the daemon never runs two calls for the same VM at once.
+///
+/// Calls must be idempotent where a crash can make the daemon repeat them: `provision` of a
+/// VM that exists already succeeds (it adopts it), `boot` of a running VM returns at once, and
+/// `destroy` of a VM that is gone succeeds. That is what makes releasing capacity idempotent
+/// and recovery after `kill -9` safe.
+#[async_trait]
+pub trait Driver: Send + Sync {
+    /// The kind of hypervisor this driver drives.
+    fn kind(&self) -> DriverKind;
+
+    /// The host's name (as the operator added it).
+    fn host(&self) -> &str;
+
+    /// Measures the host: capacity and cached base images. A failure counts towards the
+    /// host's error threshold.
+    async fn probe(&self) -> Result<HostFacts, DriverError>;
+
+    /// Creates the VM (a copy-on-write disk from the base image, then the definition) and
+    /// starts it; returns once it is started.
+    async fn provision(&self, vm: &VmRecipe) -> Result<(), DriverError>;
+
+    /// Waits until the started guest has booted.
+    async fn boot(&self, name: &str) -> Result<(), DriverError>;
+
+    /// Stops the VM and deletes it with its disk.
+    async fn destroy(&self, name: &str) -> Result<(), DriverError>;
+
+    /// Every VM on the host, berth's and others' (the daemon filters by [`VM_NAME_PREFIX`]).
+    async fn list(&self) -> Result<Vec<VmListing>, DriverError>;
+
+    /// Where to reach the VM's console.
+    async fn console(&self, name: &str) -> Result<ConsoleAddress, DriverError>;
+
+    /// A PNG of the VM's screen.
+    async fn screenshot(&self, name: &str) -> Result<Vec<u8>, DriverError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vm_names_round_trip() {
+        assert_eq!(vm_name(42), "berth-vm42");
+        assert_eq!(parse_vm_name("berth-vm42"), Some(42));
+        assert_eq!(parse_vm_name("berth-vm"), None);
+        assert_eq!(parse_vm_name("berth-vm4x"), None);
+        assert_eq!(parse_vm_name("other-vm4"), None);
+    }
+
+    #[test]
+    fn errors_map_onto_failure_kinds() {
+        let e = DriverError::Transient {
+            host: "h1".into(),
+            message: "timeout".into(),
+        };
+        assert_eq!(e.kind(), FailureKind::Transient);
+        assert!(e.is_transient());
+        let e = DriverError::Host {
+            host: "h1".into(),
+            message: "disk full".into(),
+        };
+        assert_eq!(e.to_failure().kind, FailureKind::Host);
+        let e = DriverError::Request {
+            host: "h1".into(),
+            message: "no bootloader".into(),
+        };
+        assert_eq!(e.kind(), FailureKind::Request);
+    }
+}

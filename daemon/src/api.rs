@@ -1,0 +1,819 @@
+//! The HTTP API (axum, JSON) under `/v1`, with bearer-token auth. Changes go to the control
+//! loop as inputs and are answered once journaled; reads come from SQLite on the API's own
+//! connections, or from the scheduler through a query to the loop. Bad input gets a 4xx with
+//! `{"error": "...", "field": "..."}` and changes nothing.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path as UrlPath, Query as UrlQuery, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use berth_sched::REQUEST_VMS_MAX;
+use futures_util::StreamExt;
+use rusqlite::Connection;
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::json;
+use subtle::ConstantTimeEq;
+use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio_stream::wrappers::BroadcastStream;
+
+use crate::DaemonError;
+use crate::config::Role;
+use crate::control::{Actor, Answer, ApiError, Msg, Query};
+use crate::store::{self, VmFilter};
+use crate::wire::{WireHold, WireHost, WireInput, WireRequest, check_name};
+
+/// How long a breakpoint lasts when the request does not say: a working day.
+const HOLD_TTL_DEFAULT_MS: u64 = 8 * 3_600_000;
+/// Requests listed when no limit is given.
+const REQUEST_LIST_DEFAULT: u64 = 1000;
+/// Waiting requests `GET /v1/queue` shows when no limit is given: each costs a why-waiting
+/// evaluation over every host inside the control loop.
+const QUEUE_LIST_DEFAULT: usize = 100;
+/// The most waiting requests one `GET /v1/queue` shows.
+const QUEUE_LIST_MAX: usize = 1000;
+
+/// A bearer token and what it may do.
+#[derive(Clone)]
+pub struct Token {
+    pub name: String,
+    pub secret: String,
+    pub role: Role,
+}
+
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Token")
+            .field("name", &self.name)
+            .field("role", &self.role)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A few read connections, so listing never waits behind the control loop's writes (WAL lets
+/// readers and the writer run at once).
+pub struct ReadPool {
+    conns: Vec<Mutex<Connection>>,
+    next: AtomicUsize,
+}
+
+impl ReadPool {
+    pub fn open(path: &Path, n: usize) -> Result<ReadPool, DaemonError> {
+        let conns = (0..n.max(1))
+            .map(|_| store::connect(path).map(Mutex::new))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(ReadPool {
+            conns,
+            next: AtomicUsize::new(0),
+        })
+    }
+
+    /// Runs a read on a blocking thread.
+    async fn read<T: Send + 'static>(
+        self: &Arc<Self>,
+        f: impl FnOnce(&Connection) -> Result<T, DaemonError> + Send + 'static,
+    ) -> Result<T, ApiError> {
+        let pool = self.clone();
+        let joined = tokio::task::spawn_blocking(move || {
+            let i = pool.next.fetch_add(1, Ordering::Relaxed) % pool.conns.len();
+            let conn = pool.conns[i].lock().unwrap_or_else(|e| e.into_inner());
+            f(&conn)
+        })
+        .await;
+        match joined {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "read failed");
+                Err(ApiError::new(500, e.to_string()))
+            }
+            Err(_) => Err(ApiError::new(500, "read task failed")),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct AppState {
+    pub(crate) tx: mpsc::Sender<Msg>,
+    pub(crate) reads: Arc<ReadPool>,
+    pub(crate) events: broadcast::Sender<Arc<str>>,
+    pub(crate) tokens: Arc<Vec<Token>>,
+    pub(crate) shutdown: tokio::sync::watch::Receiver<bool>,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let body = match &self.field {
+            Some(field) => json!({"error": self.error, "field": field}),
+            None => json!({"error": self.error}),
+        };
+        (status, axum::Json(body)).into_response()
+    }
+}
+
+type ApiResult = Result<Response, ApiError>;
+
+fn ok_json(status: StatusCode, body: serde_json::Value) -> ApiResult {
+    Ok((status, axum::Json(body)).into_response())
+}
+
+/// Checks the bearer token; `operator` routes need the operator role.
+fn auth(state: &AppState, headers: &HeaderMap, operator: bool) -> Result<Actor, ApiError> {
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .ok_or_else(|| ApiError::new(401, "missing bearer token (Authorization: Bearer TOKEN)"))?;
+    // Compare against every token in constant time, so timing tells nothing about which
+    // prefix matched.
+    let mut found: Option<&Token> = None;
+    for t in state.tokens.iter() {
+        if bool::from(t.secret.as_bytes().ct_eq(given.as_bytes())) {
+            found = Some(t);
+        }
+    }
+    let token = found.ok_or_else(|| ApiError::new(401, "unknown token"))?;
+    if operator && token.role != Role::Operator {
+        return Err(ApiError::new(
+            403,
+            format!(
+                "token `{}` is read-only: this needs an operator token",
+                token.name
+            ),
+        ));
+    }
+    Ok(Actor {
+        who: token.name.clone(),
+        role: token.role,
+    })
+}
+
+/// Parses a JSON body; errors name the field. An empty body reads as `{}`.
+fn parse<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
+    let text: &[u8] = if body.iter().all(u8::is_ascii_whitespace) {
+        b"{}"
+    } else {
+        body
+    };
+    let mut de = serde_json::Deserializer::from_slice(text);
+    serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let inner = e.inner();
+        if inner.is_syntax() || inner.is_eof() || inner.is_io() {
+            return ApiError::new(400, format!("invalid JSON body: {inner}"));
+        }
+        let path = e.path().to_string();
+        let message = inner.to_string();
+        // serde names a missing or unknown field only in its message: take it from there.
+        let field = if path == "." || path == "?" || path.is_empty() {
+            message
+                .split('`')
+                .nth(1)
+                .map(str::to_owned)
+                .unwrap_or_default()
+        } else {
+            path
+        };
+        if field.is_empty() {
+            ApiError::new(400, format!("invalid JSON body: {message}"))
+        } else {
+            ApiError::field(400, &field, message)
+        }
+    })
+}
+
+async fn send_input(state: &AppState, input: WireInput, actor: Actor) -> Result<u64, ApiError> {
+    let (reply, rx) = oneshot::channel();
+    state
+        .tx
+        .send(Msg::Apply {
+            input,
+            actor: Some(actor),
+            reply: Some(reply),
+        })
+        .await
+        .map_err(|_| ApiError::new(503, "the daemon is shutting down"))?;
+    rx.await
+        .map_err(|_| ApiError::new(503, "the daemon is shutting down"))?
+}
+
+async fn query(state: &AppState, q: Query) -> Result<Answer, ApiError> {
+    let (reply, rx) = oneshot::channel();
+    state
+        .tx
+        .send(Msg::Query { query: q, reply })
+        .await
+        .map_err(|_| ApiError::new(503, "the daemon is shutting down"))?;
+    rx.await
+        .map_err(|_| ApiError::new(503, "the daemon is shutting down"))
+}
+
+async fn query_json(state: &AppState, q: Query) -> Result<serde_json::Value, ApiError> {
+    match query(state, q).await? {
+        Answer::Json(v) => Ok(v),
+        _ => Err(ApiError::new(
+            500,
+            "unexpected answer from the control loop",
+        )),
+    }
+}
+
+/// Accepts `12`, `vm12` and `berth-vm12`.
+fn parse_vm_id(s: &str) -> Result<u64, ApiError> {
+    let digits = s
+        .strip_prefix(berth_drivers::VM_NAME_PREFIX)
+        .or_else(|| s.strip_prefix("vm"))
+        .unwrap_or(s);
+    digits.parse().map_err(|_| {
+        ApiError::field(
+            400,
+            "vm",
+            format!("`{s}` is not a vm id (12, vm12 or berth-vm12)"),
+        )
+    })
+}
+
+/// Accepts `7` and `r7`.
+fn parse_request_id(s: &str) -> Result<u64, ApiError> {
+    s.strip_prefix('r').unwrap_or(s).parse().map_err(|_| {
+        ApiError::field(
+            400,
+            "request",
+            format!("`{s}` is not a request id (7 or r7)"),
+        )
+    })
+}
+
+async fn host_id(state: &AppState, name: &str) -> Result<u64, ApiError> {
+    match query(state, Query::HostId(name.to_owned())).await? {
+        Answer::HostId(Some(id)) => Ok(id),
+        _ => Err(ApiError::field(
+            404,
+            "host",
+            format!("no host named `{name}`"),
+        )),
+    }
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/v1/status", get(status))
+        .route("/v1/requests", post(submit).get(list_requests))
+        .route("/v1/requests/{id}", get(get_request).delete(cancel))
+        .route("/v1/vms", get(list_vms))
+        .route("/v1/vms/{id}", get(get_vm))
+        .route("/v1/vms/{id}/result", post(vm_result))
+        .route("/v1/vms/{id}/release", post(vm_release))
+        .route("/v1/vms/{id}/extend", post(vm_extend))
+        .route("/v1/vms/{id}/console", get(vm_console))
+        .route("/v1/vms/{id}/screenshot", get(vm_screenshot))
+        .route("/v1/queue", get(queue))
+        .route("/v1/whoami", get(whoami))
+        .route("/v1/hosts", get(list_hosts).post(add_host))
+        .route("/v1/hosts/{name}", axum::routing::delete(remove_host))
+        .route("/v1/hosts/{name}/{op}", post(host_op))
+        .route("/v1/events", get(events))
+        .route("/v1/audit", get(audit))
+        .fallback(|| async { ApiError::new(404, "no such route") })
+        .with_state(state)
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+async fn status(State(state): State<AppState>, headers: HeaderMap) -> ApiResult {
+    auth(&state, &headers, false)?;
+    let mut live = query_json(&state, Query::Status).await?;
+    let counts = state.reads.read(store::vm_counts).await?;
+    live["vms_by_state"] = json!(counts);
+    ok_json(StatusCode::OK, live)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SubmitBody {
+    template: String,
+    count: u32,
+    cpus: Option<u32>,
+    memory_mib: Option<u64>,
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
+    #[serde(default)]
+    priority: i32,
+    #[serde(default)]
+    gang: bool,
+    #[serde(default)]
+    hold_on_failure: bool,
+    hold_owner: Option<String>,
+    hold_ttl_s: Option<u64>,
+    pending_deadline_s: Option<u64>,
+    expected_run_s: Option<u64>,
+    requester: Option<String>,
+}
+
+async fn submit(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> ApiResult {
+    let actor = auth(&state, &headers, true)?;
+    let b: SubmitBody = parse(&body)?;
+    check_name("template", &b.template).map_err(ApiError::from)?;
+    if b.count == 0 || b.count > REQUEST_VMS_MAX {
+        return Err(ApiError::field(
+            400,
+            "count",
+            format!("must be 1 to {REQUEST_VMS_MAX}, got {}", b.count),
+        ));
+    }
+    if b.cpus == Some(0) {
+        return Err(ApiError::field(400, "cpus", "must be at least 1"));
+    }
+    if b.memory_mib == Some(0) {
+        return Err(ApiError::field(400, "memory_mib", "must be at least 1"));
+    }
+    if b.hold_ttl_s == Some(0) {
+        return Err(ApiError::field(400, "hold_ttl_s", "must be at least 1"));
+    }
+    if !b.hold_on_failure && (b.hold_owner.is_some() || b.hold_ttl_s.is_some()) {
+        return Err(ApiError::field(
+            400,
+            "hold_on_failure",
+            "hold_owner and hold_ttl_s need hold_on_failure: true",
+        ));
+    }
+    let requester = b.requester.unwrap_or_else(|| actor.who.clone());
+    let request = WireRequest {
+        id: 0,
+        template: b.template,
+        count: b.count,
+        vcpus: b.cpus,
+        memory_mib: b.memory_mib,
+        labels: b.labels,
+        priority: b.priority,
+        gang: b.gang,
+        hold: b.hold_on_failure.then(|| WireHold {
+            owner: b.hold_owner.unwrap_or_else(|| requester.clone()),
+            ttl_ms: b
+                .hold_ttl_s
+                .map_or(HOLD_TTL_DEFAULT_MS, |s| s.saturating_mul(1000)),
+        }),
+        pending_deadline_ms: b.pending_deadline_s.map(|s| s.saturating_mul(1000)),
+        expected_run_ms: b.expected_run_s.map(|s| s.saturating_mul(1000)),
+        requester,
+    };
+    let id = send_input(&state, WireInput::Submit { request }, actor).await?;
+    let row = state
+        .reads
+        .read(move |c| store::get_request(c, id))
+        .await?
+        .ok_or_else(|| ApiError::new(500, "request committed but not found"))?;
+    ok_json(StatusCode::CREATED, json!(row))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RequestListQuery {
+    state: Option<String>,
+    limit: Option<u64>,
+}
+
+async fn list_requests(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    q: Result<UrlQuery<RequestListQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult {
+    auth(&state, &headers, false)?;
+    let UrlQuery(q) = q.map_err(|e| ApiError::field(400, "query", e.body_text()))?;
+    let limit = q.limit.unwrap_or(REQUEST_LIST_DEFAULT);
+    let rows = state
+        .reads
+        .read(move |c| store::list_requests(c, q.state.as_deref(), limit))
+        .await?;
+    ok_json(StatusCode::OK, json!({"requests": rows}))
+}
+
+async fn get_request(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    UrlPath(id): UrlPath<String>,
+) -> ApiResult {
+    auth(&state, &headers, false)?;
+    let id = parse_request_id(&id)?;
+    let row = state
+        .reads
+        .read(move |c| store::get_request(c, id))
+        .await?
+        .ok_or_else(|| ApiError::field(404, "request", format!("no request r{id}")))?;
+    let vms = state
+        .reads
+        .read(move |c| {
+            store::list_vms(
+                c,
+                &VmFilter {
+                    request: Some(id),
+                    ..VmFilter::default()
+                },
+            )
+        })
+        .await?;
+    let why = query_json(&state, Query::Why(id)).await?;
+    let mut body = json!(row);
+    body["vms"] = json!(vms);
+    body["why"] = why;
+    ok_json(StatusCode::OK, body)
+}
+
+async fn cancel(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    UrlPath(id): UrlPath<String>,
+) -> ApiResult {
+    let actor = auth(&state, &headers, true)?;
+    let id = parse_request_id(&id)?;
+    send_input(&state, WireInput::Cancel { request: id }, actor).await?;
+    let row = state.reads.read(move |c| store::get_request(c, id)).await?;
+    ok_json(StatusCode::OK, json!(row))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct VmListQuery {
+    state: Option<String>,
+    request: Option<String>,
+    host: Option<String>,
+    #[serde(default)]
+    live: bool,
+    limit: Option<u64>,
+}
+
+const VM_STATES: &[&str] = &[
+    "queued",
+    "placed",
+    "provisioning",
+    "booting",
+    "running",
+    "held",
+    "releasing",
+    "done",
+    "failed",
+    "lost",
+    "cancelled",
+];
+
+async fn list_vms(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    q: Result<UrlQuery<VmListQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult {
+    auth(&state, &headers, false)?;
+    let UrlQuery(q) = q.map_err(|e| ApiError::field(400, "query", e.body_text()))?;
+    if let Some(s) = &q.state
+        && !VM_STATES.contains(&s.as_str())
+    {
+        return Err(ApiError::field(
+            400,
+            "state",
+            format!("unknown vm state `{s}`; one of {}", VM_STATES.join(", ")),
+        ));
+    }
+    let request = q.request.as_deref().map(parse_request_id).transpose()?;
+    let filter = VmFilter {
+        state: q.state,
+        request,
+        host: q.host,
+        live: q.live,
+        limit: q.limit,
+    };
+    let body = state
+        .reads
+        .read(move |c| {
+            // Written on the blocking thread: a list of 100,000 VMs is ~15 MB of JSON.
+            let mut out = Vec::with_capacity(1 << 16);
+            out.extend_from_slice(b"{\"vms\":");
+            let n = store::write_vms_json(c, &filter, &mut out)?;
+            out.extend_from_slice(format!(",\"count\":{n}}}").as_bytes());
+            Ok(out)
+        })
+        .await?;
+    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
+}
+
+async fn get_vm(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    UrlPath(id): UrlPath<String>,
+) -> ApiResult {
+    auth(&state, &headers, false)?;
+    let id = parse_vm_id(&id)?;
+    let (row, history) = state
+        .reads
+        .read(move |c| Ok((store::get_vm(c, id)?, store::vm_history(c, id)?)))
+        .await?;
+    let row = row.ok_or_else(|| ApiError::field(404, "vm", format!("no vm {id}")))?;
+    let mut body = json!(row);
+    body["history"] = json!(history);
+    ok_json(StatusCode::OK, body)
+}
+
+async fn vm_after(state: &AppState, id: u64) -> ApiResult {
+    let row = state.reads.read(move |c| store::get_vm(c, id)).await?;
+    ok_json(StatusCode::OK, json!(row))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ResultBody {
+    passed: bool,
+}
+
+async fn vm_result(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    UrlPath(id): UrlPath<String>,
+    body: Bytes,
+) -> ApiResult {
+    let actor = auth(&state, &headers, true)?;
+    let id = parse_vm_id(&id)?;
+    let b: ResultBody = parse(&body)?;
+    send_input(
+        &state,
+        WireInput::JobFinished {
+            vm: id,
+            passed: b.passed,
+        },
+        actor,
+    )
+    .await?;
+    vm_after(&state, id).await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EmptyBody {}
+
+async fn vm_release(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    UrlPath(id): UrlPath<String>,
+    body: Bytes,
+) -> ApiResult {
+    let actor = auth(&state, &headers, true)?;
+    let id = parse_vm_id(&id)?;
+    let _: EmptyBody = parse(&body)?;
+    send_input(&state, WireInput::Release { vm: id }, actor).await?;
+    vm_after(&state, id).await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ExtendBody {
+    seconds: u64,
+}
+
+async fn vm_extend(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    UrlPath(id): UrlPath<String>,
+    body: Bytes,
+) -> ApiResult {
+    let actor = auth(&state, &headers, true)?;
+    let id = parse_vm_id(&id)?;
+    let b: ExtendBody = parse(&body)?;
+    if b.seconds == 0 {
+        return Err(ApiError::field(400, "seconds", "must be at least 1"));
+    }
+    send_input(
+        &state,
+        WireInput::Extend {
+            vm: id,
+            by_ms: b.seconds.saturating_mul(1000),
+        },
+        actor,
+    )
+    .await?;
+    vm_after(&state, id).await
+}
+
+async fn vm_console(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    UrlPath(id): UrlPath<String>,
+) -> ApiResult {
+    auth(&state, &headers, false)?;
+    let id = parse_vm_id(&id)?;
+    let Answer::VmDriver(Some((driver, name))) = query(&state, Query::VmDriver(id)).await? else {
+        return Err(ApiError::field(
+            404,
+            "vm",
+            format!("vm {id} is not on a host now"),
+        ));
+    };
+    let addr = driver
+        .console(&name)
+        .await
+        .map_err(|e| ApiError::new(502, e.to_string()))?;
+    ok_json(
+        StatusCode::OK,
+        json!({
+            "vm": id,
+            "name": name,
+            "host": addr.host,
+            "port": addr.port,
+            "password": addr.password,
+            "address": addr.to_string(),
+            "ssh": format!("ssh -L {port}:localhost:{port} {host}", port = addr.port, host = addr.host),
+        }),
+    )
+}
+
+async fn vm_screenshot(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    UrlPath(id): UrlPath<String>,
+) -> ApiResult {
+    auth(&state, &headers, false)?;
+    let id = parse_vm_id(&id)?;
+    let Answer::VmDriver(Some((driver, name))) = query(&state, Query::VmDriver(id)).await? else {
+        return Err(ApiError::field(
+            404,
+            "vm",
+            format!("vm {id} is not on a host now"),
+        ));
+    };
+    let png = driver.screenshot(&name).await.map_err(|e| match e {
+        berth_drivers::DriverError::Unsupported { .. } => ApiError::new(501, e.to_string()),
+        other => ApiError::new(502, other.to_string()),
+    })?;
+    Ok(([(header::CONTENT_TYPE, "image/png")], png).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct QueueQuery {
+    limit: Option<usize>,
+}
+
+/// Waiting requests in the order they are served, each with why it waits.
+async fn queue(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    q: Result<UrlQuery<QueueQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult {
+    auth(&state, &headers, false)?;
+    let UrlQuery(q) = q.map_err(|e| ApiError::field(400, "query", e.body_text()))?;
+    let limit = q.limit.unwrap_or(QUEUE_LIST_DEFAULT).min(QUEUE_LIST_MAX);
+    let entries = query_json(&state, Query::Queue(limit)).await?;
+    let entries: Vec<(u64, serde_json::Value)> = entries
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| Some((e["id"].as_u64()?, e["why"].clone())))
+        .collect();
+    let ids: Vec<u64> = entries.iter().map(|(id, _)| *id).collect();
+    let rows = state
+        .reads
+        .read(move |c| {
+            ids.iter()
+                .map(|&id| store::get_request(c, id))
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .await?;
+    let queue: Vec<serde_json::Value> = rows
+        .into_iter()
+        .zip(entries)
+        .filter_map(|(row, (_, why))| {
+            let mut v = json!(row?);
+            v["why"] = why;
+            Some(v)
+        })
+        .collect();
+    ok_json(StatusCode::OK, json!({"queue": queue}))
+}
+
+/// Who the token belongs to and what it may do.
+async fn whoami(State(state): State<AppState>, headers: HeaderMap) -> ApiResult {
+    let actor = auth(&state, &headers, false)?;
+    ok_json(
+        StatusCode::OK,
+        json!({"name": actor.who, "role": actor.role.name()}),
+    )
+}
+
+async fn list_hosts(State(state): State<AppState>, headers: HeaderMap) -> ApiResult {
+    auth(&state, &headers, false)?;
+    let hosts = query_json(&state, Query::Hosts).await?;
+    ok_json(StatusCode::OK, json!({"hosts": hosts}))
+}
+
+async fn add_host(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> ApiResult {
+    let actor = auth(&state, &headers, true)?;
+    let mut host: WireHost = parse(&body)?;
+    host.id = 0;
+    host.validate().map_err(ApiError::from)?;
+    let id = send_input(&state, WireInput::AddHost { host }, actor).await?;
+    let hosts = query_json(&state, Query::Hosts).await?;
+    let host = hosts
+        .as_array()
+        .and_then(|a| a.iter().find(|h| h["id"] == json!(id)).cloned())
+        .unwrap_or(json!({"id": id}));
+    ok_json(StatusCode::CREATED, host)
+}
+
+async fn host_op(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    UrlPath((name, op)): UrlPath<(String, String)>,
+    body: Bytes,
+) -> ApiResult {
+    let actor = auth(&state, &headers, true)?;
+    let _: EmptyBody = parse(&body)?;
+    let make = match op.as_str() {
+        "drain" => |host| WireInput::Drain { host },
+        "resume" => |host| WireInput::Resume { host },
+        "offline" => |host| WireInput::Offline { host },
+        other => {
+            return Err(ApiError::field(
+                404,
+                "op",
+                format!("unknown host operation `{other}`: drain, resume or offline"),
+            ));
+        }
+    };
+    let id = host_id(&state, &name).await?;
+    send_input(&state, make(id), actor).await?;
+    let hosts = query_json(&state, Query::Hosts).await?;
+    let host = hosts
+        .as_array()
+        .and_then(|a| a.iter().find(|h| h["id"] == json!(id)).cloned())
+        .unwrap_or(json!({"id": id}));
+    ok_json(StatusCode::OK, host)
+}
+
+async fn remove_host(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    UrlPath(name): UrlPath<String>,
+) -> ApiResult {
+    let actor = auth(&state, &headers, true)?;
+    let id = host_id(&state, &name).await?;
+    send_input(&state, WireInput::RemoveHost { host: id }, actor).await?;
+    ok_json(
+        StatusCode::OK,
+        json!({"id": id, "name": name, "removed": true}),
+    )
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AuditQuery {
+    limit: Option<u64>,
+}
+
+async fn audit(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    q: Result<UrlQuery<AuditQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult {
+    auth(&state, &headers, true)?;
+    let UrlQuery(q) = q.map_err(|e| ApiError::field(400, "query", e.body_text()))?;
+    let limit = q.limit.unwrap_or(REQUEST_LIST_DEFAULT);
+    let rows = state
+        .reads
+        .read(move |c| store::list_audit(c, limit))
+        .await?;
+    ok_json(StatusCode::OK, json!({"audit": rows}))
+}
+
+/// Server-sent events: one `data:` line of JSON per state change. A reader that falls too far
+/// behind gets a `lagged` event saying how many it missed.
+async fn events(State(state): State<AppState>, headers: HeaderMap) -> ApiResult {
+    auth(&state, &headers, false)?;
+    let rx = state.events.subscribe();
+    let mut shutdown = state.shutdown.clone();
+    let stream = BroadcastStream::new(rx)
+        .map(|item| {
+            Ok::<_, Infallible>(match item {
+                Ok(text) => SseEvent::default().data(&*text),
+                Err(tokio_stream::wrappers::errors::BroadcastStreamRecvError::Lagged(n)) => {
+                    SseEvent::default()
+                        .event("lagged")
+                        .data(json!({"missed": n}).to_string())
+                }
+            })
+        })
+        // End the stream at shutdown, or graceful shutdown would wait for readers forever.
+        .take_until(async move {
+            let _ = shutdown.wait_for(|s| *s).await;
+        });
+    Ok(Sse::new(stream)
+        .keep_alive(KeepAlive::default())
+        .into_response())
+}

@@ -1,0 +1,408 @@
+//! The daemon's TOML configuration, and the embedded default: a simulated fleet of 16 hosts
+//! with the templates `linux`, `windows` and `macos`. Unknown keys are errors that name the key.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use berth_sched::{Config as SchedulerConfig, Policy, ScanOrder, Weights};
+use serde::{Deserialize, Serialize};
+
+use crate::DaemonError;
+use crate::wire::{WireHost, WireTemplate};
+
+/// Where the daemon listens when nothing says otherwise: loopback only, port 7878.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7878";
+
+/// The data directory when nothing says otherwise: `$XDG_DATA_HOME/berth`, else
+/// `$HOME/.local/share/berth`, else `./berth-data`.
+pub fn default_data_dir() -> PathBuf {
+    if let Some(x) = std::env::var_os("XDG_DATA_HOME").filter(|s| !s.is_empty()) {
+        return PathBuf::from(x).join("berth");
+    }
+    if let Some(h) = std::env::var_os("HOME").filter(|s| !s.is_empty()) {
+        return PathBuf::from(h).join(".local/share/berth");
+    }
+    PathBuf::from("berth-data")
+}
+
+/// The whole configuration file. Every section is optional.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub listen: Option<String>,
+    pub data_dir: Option<PathBuf>,
+    #[serde(default)]
+    pub scheduler: SchedSection,
+    #[serde(default)]
+    pub probe: ProbeSection,
+    #[serde(default)]
+    pub sim: SimSection,
+    #[serde(default)]
+    pub workers: WorkerSection,
+    #[serde(default)]
+    pub tokens: Vec<TokenConfig>,
+    /// `None`: the embedded templates.
+    pub templates: Option<Vec<WireTemplate>>,
+    /// `None`: the embedded simulated fleet.
+    pub hosts: Option<Vec<WireHost>>,
+}
+
+/// Scheduling policy and limits (see `berth_sched::Config`).
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SchedSection {
+    pub policy: String,
+    pub scan: String,
+    pub weight_pack: u32,
+    pub weight_spread: u32,
+    pub weight_locality: u32,
+    pub candidates_max: u32,
+    pub provisioning_per_host_max: u32,
+    pub probe_failures_max: u32,
+    pub provision_failures_max: u32,
+    pub vm_retries_max: u32,
+    pub aging_step_ms: u64,
+}
+
+impl Default for SchedSection {
+    fn default() -> SchedSection {
+        let c = SchedulerConfig::default();
+        SchedSection {
+            policy: c.policy.name().to_owned(),
+            scan: match c.scan {
+                ScanOrder::Lowest => "lowest",
+                ScanOrder::Rotate => "rotate",
+            }
+            .to_owned(),
+            weight_pack: c.weights.pack,
+            weight_spread: c.weights.spread,
+            weight_locality: c.weights.locality,
+            candidates_max: c.candidates_max,
+            provisioning_per_host_max: c.provisioning_per_host_max,
+            probe_failures_max: c.probe_failures_max,
+            provision_failures_max: c.provision_failures_max,
+            vm_retries_max: c.vm_retries_max,
+            aging_step_ms: c.aging_step_ms,
+        }
+    }
+}
+
+impl SchedSection {
+    /// The scheduler's configuration, without templates (those are journaled inputs).
+    pub fn to_config(&self) -> Result<SchedulerConfig, DaemonError> {
+        let policy = Policy::parse(&self.policy).ok_or_else(|| DaemonError::Config {
+            key: "scheduler.policy".into(),
+            message: format!("expected fcfs, easy or greedy, got `{}`", self.policy),
+        })?;
+        let scan = match self.scan.as_str() {
+            "lowest" => ScanOrder::Lowest,
+            "rotate" => ScanOrder::Rotate,
+            other => {
+                return Err(DaemonError::Config {
+                    key: "scheduler.scan".into(),
+                    message: format!("expected lowest or rotate, got `{other}`"),
+                });
+            }
+        };
+        Ok(SchedulerConfig {
+            policy,
+            weights: Weights {
+                pack: self.weight_pack,
+                spread: self.weight_spread,
+                locality: self.weight_locality,
+            },
+            scan,
+            candidates_max: self.candidates_max,
+            provisioning_per_host_max: self.provisioning_per_host_max,
+            probe_failures_max: self.probe_failures_max,
+            provision_failures_max: self.provision_failures_max,
+            vm_retries_max: self.vm_retries_max,
+            aging_step_ms: self.aging_step_ms,
+            templates: Vec::new(),
+        })
+    }
+}
+
+/// The host monitor.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProbeSection {
+    pub interval_ms: u64,
+    pub timeout_ms: u64,
+    /// After start, failed probes are not reported for this long, so hosts are not declared
+    /// dead for the daemon's own downtime.
+    pub startup_grace_ms: u64,
+}
+
+impl Default for ProbeSection {
+    fn default() -> ProbeSection {
+        ProbeSection {
+            interval_ms: 10_000,
+            timeout_ms: 5_000,
+            startup_grace_ms: 30_000,
+        }
+    }
+}
+
+/// The simulated hosts.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SimSection {
+    /// Multiplies every modelled latency (1.0: a Linux guest boots in about 20 s).
+    pub latency_scale: f64,
+    pub seed: u64,
+}
+
+impl Default for SimSection {
+    fn default() -> SimSection {
+        SimSection {
+            latency_scale: 1.0,
+            seed: 1,
+        }
+    }
+}
+
+/// Driver workers.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WorkerSection {
+    /// Driver calls (provision, destroy) running at once on one host.
+    pub driver_calls_per_host_max: usize,
+}
+
+impl Default for WorkerSection {
+    fn default() -> WorkerSection {
+        WorkerSection {
+            driver_calls_per_host_max: 8,
+        }
+    }
+}
+
+/// What a token may do.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum Role {
+    /// Read everything, change nothing.
+    ReadOnly,
+    /// Everything: submit, cancel, results, breakpoints, hosts.
+    Operator,
+}
+
+impl Role {
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::ReadOnly => "read-only",
+            Role::Operator => "operator",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenConfig {
+    /// Who holds it, for the audit log.
+    pub name: String,
+    pub token: String,
+    pub role: Role,
+}
+
+/// Reads and checks a configuration file.
+pub fn load(path: &Path) -> Result<FileConfig, DaemonError> {
+    let text = std::fs::read_to_string(path).map_err(|source| DaemonError::Io {
+        what: format!("reading config {}", path.display()),
+        source,
+    })?;
+    parse(&text).map_err(|e| match e {
+        DaemonError::Config { key, message } => DaemonError::Config {
+            key,
+            message: format!("{message} (in {})", path.display()),
+        },
+        other => other,
+    })
+}
+
+/// Parses configuration text; errors name the key.
+pub fn parse(text: &str) -> Result<FileConfig, DaemonError> {
+    let de = toml::Deserializer::parse(text).map_err(|e| DaemonError::Config {
+        key: String::new(),
+        message: e.to_string(),
+    })?;
+    let config: FileConfig =
+        serde_path_to_error::deserialize(de).map_err(|e| DaemonError::Config {
+            key: e.path().to_string(),
+            message: e.inner().to_string(),
+        })?;
+    config.scheduler.to_config()?;
+    if let Some(listen) = &config.listen {
+        listen
+            .parse::<SocketAddr>()
+            .map_err(|e| DaemonError::Config {
+                key: "listen".into(),
+                message: format!("`{listen}`: {e}"),
+            })?;
+    }
+    if !(config.sim.latency_scale >= 0.0 && config.sim.latency_scale.is_finite()) {
+        return Err(DaemonError::Config {
+            key: "sim.latency_scale".into(),
+            message: "must be a finite number at least 0".into(),
+        });
+    }
+    if let Some(hosts) = &config.hosts {
+        let mut names = std::collections::BTreeSet::new();
+        for (i, h) in hosts.iter().enumerate() {
+            h.validate().map_err(|e| DaemonError::Config {
+                key: format!("hosts[{i}].{}", e.field),
+                message: e.message,
+            })?;
+            if !names.insert(h.name.as_str()) {
+                return Err(DaemonError::Config {
+                    key: format!("hosts[{i}].name"),
+                    message: format!("a host named `{}` is listed twice", h.name),
+                });
+            }
+        }
+    }
+    if let Some(templates) = &config.templates {
+        let mut names = std::collections::BTreeSet::new();
+        for (i, t) in templates.iter().enumerate() {
+            t.to_template().map_err(|e| DaemonError::Config {
+                key: format!("templates[{i}].{}", e.field),
+                message: e.message,
+            })?;
+            if !names.insert(t.name.as_str()) {
+                return Err(DaemonError::Config {
+                    key: format!("templates[{i}].name"),
+                    message: format!("a template named `{}` is listed twice", t.name),
+                });
+            }
+        }
+    }
+    if config.workers.driver_calls_per_host_max == 0 {
+        return Err(DaemonError::Config {
+            key: "workers.driver_calls_per_host_max".into(),
+            message: "must be at least 1".into(),
+        });
+    }
+    Ok(config)
+}
+
+/// The embedded templates: `linux`, `windows` and `macos` (one VM per `macos` slot).
+pub fn default_templates() -> Vec<WireTemplate> {
+    let t = |name: &str, os: &str, vcpus, memory_mib, slot: Option<&str>, boot_ms| WireTemplate {
+        name: name.to_owned(),
+        base_image: None,
+        guest_os: os.to_owned(),
+        drivers: Vec::new(),
+        vcpus,
+        memory_mib,
+        slot: slot.map(str::to_owned),
+        expected_provision_ms: 3_000,
+        expected_boot_ms: boot_ms,
+        expected_run_ms: 1_800_000,
+    };
+    vec![
+        t("linux", "linux", 2, 4096, None, 20_000),
+        t("windows", "windows", 4, 8192, None, 60_000),
+        t("macos", "macos", 4, 8192, Some("macos"), 45_000),
+    ]
+}
+
+/// The embedded fleet: 16 simulated hosts of mixed sizes (6 small and 6 large x86_64 Linux
+/// servers, 4 Macs with two macOS slots each).
+pub fn default_hosts() -> Vec<WireHost> {
+    let mut hosts = Vec::new();
+    let mut add = |name: String, vcpus, memory_mib, cpu_over, arch: &str, mac: bool| {
+        let mut labels = BTreeMap::new();
+        labels.insert("arch".to_owned(), arch.to_owned());
+        let mut slots = BTreeMap::new();
+        if mac {
+            slots.insert("macos".to_owned(), 2);
+        }
+        hosts.push(WireHost {
+            id: 0,
+            name,
+            driver: "sim".into(),
+            vcpus,
+            memory_mib,
+            slots,
+            cpu_overcommit_milli: cpu_over,
+            memory_overcommit_milli: 1000,
+            labels,
+            images: if mac {
+                vec!["macos".into()]
+            } else {
+                vec!["linux".into(), "windows".into()]
+            },
+            options: BTreeMap::new(),
+        });
+    };
+    for i in 1..=6 {
+        add(format!("sim-small-{i}"), 16, 65_536, 1000, "x86_64", false);
+    }
+    for i in 1..=6 {
+        add(format!("sim-large-{i}"), 64, 262_144, 2000, "x86_64", false);
+    }
+    for i in 1..=4 {
+        add(format!("sim-mac-{i}"), 12, 32_768, 1000, "aarch64", true);
+    }
+    hosts
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let err = parse("[probe]\ninterval_msec = 3\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("probe"), "{err}");
+        assert!(err.contains("interval_msec"), "{err}");
+    }
+
+    #[test]
+    fn wrong_values_are_named() {
+        let err = parse("[scheduler]\npolicy = \"best\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("scheduler.policy"), "{err}");
+        let err = parse("listen = \"nowhere\"\n").unwrap_err().to_string();
+        assert!(err.contains("listen"), "{err}");
+    }
+
+    #[test]
+    fn hosts_and_templates_are_checked_with_their_index() {
+        let host = |name: &str, driver: &str| {
+            format!(
+                "[[hosts]]\nname = \"{name}\"\ndriver = \"{driver}\"\nvcpus = 4\nmemory_mib = 1024\n"
+            )
+        };
+        let err = parse(&(host("a", "sim") + &host("b", "xen")))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("hosts[1].driver"), "{err}");
+        let err = parse(&(host("a", "sim") + &host("a", "sim")))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("hosts[1].name"), "{err}");
+        let err =
+            parse("[[templates]]\nname = \"t\"\nguest_os = \"beos\"\nvcpus = 1\nmemory_mib = 1\n")
+                .unwrap_err()
+                .to_string();
+        assert!(err.contains("templates[0].guest_os"), "{err}");
+        let err = parse("[[hosts]]\nname = \"a\"\ndriver = \"sim\"\nvcpu = 4\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("hosts[0]") && err.contains("vcpu"), "{err}");
+    }
+
+    #[test]
+    fn the_embedded_fleet_has_sixteen_hosts() {
+        assert_eq!(default_hosts().len(), 16);
+        assert_eq!(default_templates().len(), 3);
+        let c = parse("").unwrap();
+        assert!(c.hosts.is_none());
+    }
+}

@@ -1,0 +1,792 @@
+//! The control loop: the one task that owns the `Scheduler`. API handlers, driver workers and
+//! probes send it messages; it takes them in batches, applies each input, polls the scheduler
+//! empty, writes the batch's inputs and the state they changed in one transaction, and only
+//! then acts: actions go to the driver workers, events to the event stream, answers to callers.
+//!
+//! Recovery replays the journal batch by batch into a fresh scheduler (the scheduler is
+//! deterministic and the placement pass runs at the same polls, so the state is the same),
+//! then reconciles with what each host's driver reports (see `reconcile`).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use berth_drivers::{Driver, VmRecipe, parse_vm_name, vm_name};
+use berth_sched::{
+    Action, Blocker, Event, HostId, HostState, InputError, RequestId, Scheduler, Template, VmId,
+    VmState,
+};
+use serde::Serialize;
+use serde_json::json;
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+use crate::DaemonError;
+use crate::config::Role;
+use crate::store::{AuditRow, Commit, Store};
+use crate::wire::{FieldError, WireHost, WireInput, WireTemplate};
+use crate::workers::{VmOp, Workers};
+
+/// The most messages taken into one batch (one transaction).
+pub(crate) const BATCH_MAX: usize = 4096;
+
+/// Who asked, for the audit table.
+#[derive(Clone, Debug)]
+pub(crate) struct Actor {
+    pub who: String,
+    pub role: Role,
+}
+
+/// Why an input or query was refused, as the API reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ApiError {
+    pub status: u16,
+    pub error: String,
+    pub field: Option<String>,
+}
+
+impl ApiError {
+    pub fn new(status: u16, error: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            error: error.into(),
+            field: None,
+        }
+    }
+
+    pub fn field(status: u16, field: &str, error: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            error: error.into(),
+            field: Some(field.to_owned()),
+        }
+    }
+}
+
+impl From<FieldError> for ApiError {
+    fn from(e: FieldError) -> ApiError {
+        ApiError::field(400, &e.field, e.message)
+    }
+}
+
+impl From<InputError> for ApiError {
+    fn from(e: InputError) -> ApiError {
+        let msg = e.to_string();
+        match e {
+            InputError::UnknownHost(_)
+            | InputError::UnknownRequest(_)
+            | InputError::UnknownVm(_) => ApiError::new(404, msg),
+            InputError::UnknownTemplate(_) => ApiError::field(400, "template", msg),
+            InputError::DuplicateHost(_) | InputError::DuplicateHostName(_) => {
+                ApiError::field(409, "name", msg)
+            }
+            InputError::DuplicateRequest(_) => ApiError::new(409, msg),
+            InputError::Invalid { field, .. } => ApiError::field(400, field, msg),
+            InputError::WrongState { .. } => ApiError::new(409, msg),
+        }
+    }
+}
+
+/// A read that needs the scheduler itself (the rest is read from SQLite).
+#[derive(Debug)]
+pub(crate) enum Query {
+    Hosts,
+    HostId(String),
+    Why(u64),
+    Status,
+    /// The driver and host of a live VM, for its console.
+    VmDriver(u64),
+    /// The first waiting requests in the order they are served, with why each waits.
+    Queue(usize),
+}
+
+pub(crate) enum Answer {
+    Json(serde_json::Value),
+    HostId(Option<u64>),
+    VmDriver(Option<(Arc<dyn Driver>, String)>),
+}
+
+pub(crate) enum Msg {
+    Apply {
+        input: WireInput,
+        actor: Option<Actor>,
+        reply: Option<oneshot::Sender<Result<u64, ApiError>>>,
+    },
+    Query {
+        query: Query,
+        reply: oneshot::Sender<Answer>,
+    },
+    /// What a host runs (its berth VMs' ids), listed after it came back from error: those the
+    /// scheduler does not have there are orphans (their destroy failed while it was away).
+    Listed { host: HostId, vms: Vec<u64> },
+}
+
+impl Msg {
+    /// An input from a worker or probe: nobody waits for an answer.
+    pub(crate) fn internal(input: WireInput) -> Msg {
+        Msg::Apply {
+            input,
+            actor: None,
+            reply: None,
+        }
+    }
+}
+
+/// Milliseconds since the Unix epoch: the scheduler's clock in the daemon.
+fn wall_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Polls the scheduler until it has nothing more to say. Live and replay call this same
+/// function at the same points, so replay runs the same placement passes.
+pub(crate) fn drain(s: &mut Scheduler) -> (Vec<Action>, Vec<Event>) {
+    let mut actions = Vec::new();
+    let mut events = Vec::new();
+    loop {
+        let a = s.poll_action();
+        let e = s.poll_event();
+        if a.is_none() && e.is_none() {
+            break;
+        }
+        actions.extend(a);
+        events.extend(e);
+    }
+    (actions, events)
+}
+
+pub(crate) struct Control {
+    pub(crate) s: Scheduler,
+    store: Store,
+    batch: u64,
+    next_request: u64,
+    next_host: u64,
+    last_ms: u64,
+    pub(crate) workers: Workers,
+    events_tx: broadcast::Sender<Arc<str>>,
+    templates: BTreeMap<String, Template>,
+    /// Hosts by id with their specs, for rebuilding drivers.
+    hosts: BTreeMap<u64, WireHost>,
+}
+
+/// Applies one journaled input to the scheduler, keeping the daemon's side tables current.
+fn apply_journaled(
+    s: &mut Scheduler,
+    at_ms: u64,
+    input: &WireInput,
+    templates: &mut BTreeMap<String, Template>,
+    hosts: &mut BTreeMap<u64, WireHost>,
+) -> Result<(), ApiError> {
+    let sched_input = input.to_input()?;
+    s.handle(at_ms, sched_input)?;
+    match input {
+        WireInput::SetTemplate { template } => {
+            if let Ok(t) = template.to_template() {
+                templates.insert(template.name.clone(), t);
+            }
+        }
+        WireInput::AddHost { host } => {
+            hosts.insert(host.id, host.clone());
+        }
+        WireInput::RemoveHost { host } => {
+            hosts.remove(host);
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+impl Control {
+    /// Opens the store and replays its journal into a fresh scheduler.
+    pub(crate) fn recover(
+        store: Store,
+        config: berth_sched::Config,
+        workers: Workers,
+        events_tx: broadcast::Sender<Arc<str>>,
+    ) -> Result<Control, DaemonError> {
+        let mut s = Scheduler::new(config);
+        let mut templates = BTreeMap::new();
+        let mut hosts = BTreeMap::new();
+        let batches = store.journal()?;
+        let mut last_ms = 0;
+        let mut diverged = 0u64;
+        let n_batches = batches.len();
+        for (batch, at_ms, inputs) in batches {
+            for input in &inputs {
+                if let Err(e) = apply_journaled(&mut s, at_ms, input, &mut templates, &mut hosts) {
+                    diverged += 1;
+                    tracing::warn!(batch, input = input.name(), error = %e.error, "journaled input refused on replay");
+                }
+            }
+            let _ = drain(&mut s);
+            last_ms = last_ms.max(at_ms);
+        }
+        if diverged > 0 {
+            tracing::error!(diverged, "replay refused inputs the live run accepted");
+        }
+        let (batch, last_request, last_host) = store.last_ids()?;
+        tracing::info!(
+            batches = n_batches,
+            requests = s.n_requests(),
+            vms = s.n_vms(),
+            "journal replayed"
+        );
+        Ok(Control {
+            s,
+            store,
+            batch,
+            next_request: last_request + 1,
+            next_host: last_host + 1,
+            last_ms,
+            workers,
+            events_tx,
+            templates,
+            hosts,
+        })
+    }
+
+    fn now(&mut self) -> u64 {
+        // Never backwards: the scheduler takes the latest time it has seen anyway, and the
+        // journal should say so too.
+        self.last_ms = self.last_ms.max(wall_ms());
+        self.last_ms
+    }
+
+    /// Starts the drivers of every known host, then applies the configured templates and
+    /// hosts that the journal does not hold yet.
+    pub(crate) fn start_fleet(
+        &mut self,
+        templates: &[WireTemplate],
+        hosts: &[WireHost],
+    ) -> Result<(), DaemonError> {
+        let known: Vec<WireHost> = self.hosts.values().cloned().collect();
+        for h in &known {
+            self.workers.add_host(h);
+        }
+        let mut msgs = Vec::new();
+        for t in templates {
+            let changed = match (self.templates.get(&t.name), t.to_template()) {
+                (Some(old), Ok(new)) => *old != new,
+                (None, _) | (_, Err(_)) => true,
+            };
+            if changed {
+                msgs.push(Msg::internal(WireInput::SetTemplate {
+                    template: t.clone(),
+                }));
+            }
+        }
+        for h in hosts {
+            if !self.hosts.values().any(|k| k.name == h.name) {
+                msgs.push(Msg::internal(WireInput::AddHost { host: h.clone() }));
+            }
+        }
+        if !msgs.is_empty() {
+            self.process(msgs)?;
+        }
+        Ok(())
+    }
+
+    /// Compares the recovered state with what each host runs, and repairs the difference:
+    ///
+    /// - a VM in `placed` or `provisioning` is provisioned again (drivers adopt a VM that
+    ///   exists already), one in `releasing` is destroyed again (gone is fine);
+    /// - a `booting` VM that exists is waited for again; one that is missing gets a failed
+    ///   boot (`BootDone` with a host failure), so the scheduler destroys and retries it
+    ///   within the request's budget;
+    /// - a `running` VM that is missing gets `JobFinished { passed: false }` (and a release,
+    ///   if its request holds failed VMs at a breakpoint), a `held` one a release: the
+    ///   scheduler has no input for "this one VM is gone", and these end it without blaming
+    ///   the host (see the daemon's notes on the missing `VmLost` input);
+    /// - a `berth-vm*` VM that berth does not record on that host is an orphan and destroyed.
+    ///
+    /// A host whose `list` fails is taken to run what is recorded: its in-flight calls are
+    /// made again, nothing is declared missing, and its probes decide its fate.
+    pub(crate) async fn reconcile(&mut self) -> Result<(), DaemonError> {
+        let mut live_by_host: BTreeMap<HostId, Vec<(VmId, VmState, RequestId)>> = BTreeMap::new();
+        for v in self.s.vms() {
+            if let Some(h) = v.host {
+                live_by_host
+                    .entry(h)
+                    .or_default()
+                    .push((v.id, v.state, v.request));
+            }
+        }
+        let host_ids: Vec<HostId> = self.s.hosts().map(|h| h.id).collect();
+        let mut inputs = Vec::new();
+        let (mut adopted, mut orphans, mut missing, mut resumed) = (0u64, 0u64, 0u64, 0u64);
+        for host in host_ids {
+            let Some(driver) = self.workers.driver(host) else {
+                continue;
+            };
+            // A host that cannot be listed keeps its VMs as recorded (its probes decide its
+            // fate), but the calls in flight at the crash are still made again.
+            let present: Option<BTreeSet<u64>> = match driver.list().await {
+                Ok(listing) => Some(
+                    listing
+                        .iter()
+                        .filter_map(|l| parse_vm_name(&l.name))
+                        .collect(),
+                ),
+                Err(e) => {
+                    tracing::warn!(host = %host, error = %e, "cannot list vms: left as recorded");
+                    None
+                }
+            };
+            let recorded = live_by_host.remove(&host).unwrap_or_default();
+            let ours: BTreeSet<u64> = recorded
+                .iter()
+                .filter(|(_, state, _)| *state != VmState::Queued)
+                .map(|(vm, _, _)| vm.0)
+                .collect();
+            for n in present.iter().flat_map(|p| p.difference(&ours)) {
+                orphans += 1;
+                tracing::info!(vm = %vm_name(*n), host = %host, "orphan found");
+                self.workers.send(VmId(*n), host, VmOp::DestroyOrphan);
+            }
+            for (vm, state, request) in recorded {
+                let here = present.as_ref().is_none_or(|p| p.contains(&vm.0));
+                match state {
+                    VmState::Placed | VmState::Provisioning => {
+                        resumed += 1;
+                        if let Some(recipe) = self.recipe(vm, request) {
+                            self.workers.send(vm, host, VmOp::Provision(recipe));
+                        }
+                    }
+                    VmState::Booting if here => {
+                        resumed += 1;
+                        self.workers.send(vm, host, VmOp::Boot);
+                    }
+                    VmState::Booting => {
+                        missing += 1;
+                        inputs.push(WireInput::BootDone {
+                            vm: vm.0,
+                            result: Err(crate::wire::WireFailure {
+                                kind: crate::wire::WireFailureKind::Host,
+                                message: "vm missing when the daemon restarted".into(),
+                            }),
+                        });
+                    }
+                    VmState::Running | VmState::Held if here => adopted += 1,
+                    VmState::Running => {
+                        missing += 1;
+                        inputs.push(WireInput::JobFinished {
+                            vm: vm.0,
+                            passed: false,
+                        });
+                        let holds = self
+                            .s
+                            .request(request)
+                            .is_some_and(|r| r.spec.hold_on_failure.is_some());
+                        if holds {
+                            inputs.push(WireInput::Release { vm: vm.0 });
+                        }
+                    }
+                    VmState::Held => {
+                        missing += 1;
+                        inputs.push(WireInput::Release { vm: vm.0 });
+                    }
+                    VmState::Releasing => {
+                        resumed += 1;
+                        self.workers.send(vm, host, VmOp::Destroy);
+                    }
+                    _ => {}
+                }
+            }
+        }
+        tracing::info!(
+            adopted,
+            orphans,
+            missing,
+            resumed,
+            "reconciled with the hosts"
+        );
+        if !inputs.is_empty() {
+            self.process(inputs.into_iter().map(Msg::internal).collect())?;
+        }
+        Ok(())
+    }
+
+    /// Destroys the listed VMs that the scheduler does not have on `host`.
+    fn destroy_orphans(&mut self, host: HostId, vms: &[u64]) {
+        for &n in vms {
+            let ours = self
+                .s
+                .vm(VmId(n))
+                .is_some_and(|v| v.host == Some(host) && v.state != VmState::Queued);
+            if !ours {
+                tracing::info!(vm = %vm_name(n), host = %host, "orphan found");
+                self.workers.send(VmId(n), host, VmOp::DestroyOrphan);
+            }
+        }
+    }
+
+    fn recipe(&self, vm: VmId, request: RequestId) -> Option<VmRecipe> {
+        let r = self.s.request(request)?;
+        let t = self.templates.get(&r.spec.template)?;
+        Some(VmRecipe {
+            name: vm_name(vm.0),
+            template: t.name.to_string(),
+            base_image: t.base_image.to_string(),
+            guest_os: t.guest_os,
+            shape: r.shape,
+        })
+    }
+
+    /// Runs until `shutdown` fires or every sender is gone.
+    pub(crate) async fn run(
+        mut self,
+        mut rx: mpsc::Receiver<Msg>,
+        mut shutdown: tokio::sync::watch::Receiver<bool>,
+    ) -> Result<(), DaemonError> {
+        loop {
+            let sleep = self.s.poll_timeout().map(|t| {
+                let now = wall_ms();
+                Duration::from_millis(t.saturating_sub(now))
+            });
+            let first = tokio::select! {
+                m = rx.recv() => match m {
+                    Some(m) => Some(m),
+                    None => return Ok(()),
+                },
+                () = async {
+                    match sleep {
+                        Some(d) => tokio::time::sleep(d).await,
+                        None => std::future::pending().await,
+                    }
+                } => None,
+                _ = shutdown.changed() => return Ok(()),
+            };
+            let mut msgs: Vec<Msg> = first.into_iter().collect();
+            while msgs.len() < BATCH_MAX {
+                match rx.try_recv() {
+                    Ok(m) => msgs.push(m),
+                    Err(_) => break,
+                }
+            }
+            self.process(msgs)?;
+        }
+    }
+
+    /// One batch: apply, poll, commit, then act. A failed commit is fatal: the scheduler has
+    /// moved on in memory, and only a restart (which replays the journal) brings the two back
+    /// together.
+    pub(crate) fn process(&mut self, msgs: Vec<Msg>) -> Result<(), DaemonError> {
+        let now = self.now();
+        let mut commit = Commit {
+            batch: self.batch + 1,
+            at_ms: now,
+            ..Commit::default()
+        };
+        let mut replies = Vec::new();
+        let mut queries = Vec::new();
+        let mut listings = Vec::new();
+        if self.s.poll_timeout().is_some_and(|t| t <= now) {
+            let _ = self.apply(now, WireInput::Tick, &mut commit);
+        }
+        for m in msgs {
+            match m {
+                Msg::Apply {
+                    input,
+                    actor,
+                    reply,
+                } => {
+                    let action = input.name();
+                    let target = target_of(&input);
+                    let internal = actor.is_none() && reply.is_none();
+                    let result = self.apply(now, input, &mut commit);
+                    if let Err(e) = &result
+                        && internal
+                    {
+                        tracing::debug!(input = action, error = %e.error, "input refused");
+                    }
+                    if let Some(actor) = actor {
+                        commit.audits.push(AuditRow {
+                            at_ms: now,
+                            who: actor.who,
+                            role: actor.role.name().to_owned(),
+                            action: action.to_owned(),
+                            target: match &result {
+                                Ok(id) if target.is_empty() => id.to_string(),
+                                _ => target,
+                            },
+                            outcome: match &result {
+                                Ok(_) => "ok".to_owned(),
+                                Err(e) => format!("refused: {}", e.error),
+                            },
+                        });
+                    }
+                    if let Some(reply) = reply {
+                        replies.push((reply, result));
+                    }
+                }
+                Msg::Query { query, reply } => queries.push((query, reply)),
+                Msg::Listed { host, vms } => listings.push((host, vms)),
+            }
+        }
+        let (actions, events) = drain(&mut self.s);
+        commit.events = events;
+        if !commit.inputs.is_empty() || !commit.audits.is_empty() {
+            // The commit waits for the disk; on a multi-threaded runtime, let the other
+            // workers take this thread's tasks meanwhile.
+            let multi = tokio::runtime::Handle::try_current()
+                .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+            if multi {
+                tokio::task::block_in_place(|| self.store.commit(&commit))?;
+            } else {
+                self.store.commit(&commit)?;
+            }
+            self.batch = commit.batch;
+        }
+        // Effects, only now that the batch is on disk.
+        for input in &commit.inputs {
+            match input {
+                WireInput::AddHost { host } => self.workers.add_host(host),
+                WireInput::RemoveHost { host } => self.workers.remove_host(HostId(*host)),
+                _ => {}
+            }
+        }
+        for event in &commit.events {
+            match event {
+                Event::Host {
+                    host,
+                    to: Some(HostState::Unknown),
+                    from: Some(_),
+                    ..
+                } => self.workers.kick(*host),
+                Event::Host {
+                    host,
+                    to: Some(HostState::Ready),
+                    from: Some(HostState::Error | HostState::Unknown),
+                    ..
+                } => self.workers.list_later(*host),
+                _ => {}
+            }
+            if self.events_tx.receiver_count() > 0 {
+                let text = event_json(&self.s, event).to_string();
+                let _ = self.events_tx.send(text.into());
+            }
+        }
+        for action in actions {
+            self.workers.dispatch(action);
+        }
+        for (reply, result) in replies {
+            let _ = reply.send(result);
+        }
+        for (host, vms) in listings {
+            self.destroy_orphans(host, &vms);
+        }
+        for (query, reply) in queries {
+            let _ = reply.send(self.answer(query));
+        }
+        Ok(())
+    }
+
+    /// Assigns ids, applies the input, and journals it if the scheduler took it.
+    fn apply(
+        &mut self,
+        now: u64,
+        mut input: WireInput,
+        commit: &mut Commit,
+    ) -> Result<u64, ApiError> {
+        let id = match &mut input {
+            WireInput::Submit { request } => {
+                let t = self.templates.get(&request.template).ok_or_else(|| {
+                    ApiError::field(
+                        400,
+                        "template",
+                        format!("unknown template `{}`", request.template),
+                    )
+                })?;
+                // A request that gives only one of vcpus and memory takes the other from
+                // its template, so that the journal holds the resolved shape.
+                if request.vcpus.is_some() || request.memory_mib.is_some() {
+                    request.vcpus.get_or_insert(t.default_shape.vcpus);
+                    request.memory_mib.get_or_insert(t.default_shape.memory_mib);
+                }
+                request.id = self.next_request;
+                request.id
+            }
+            WireInput::AddHost { host } => {
+                host.id = self.next_host;
+                host.id
+            }
+            WireInput::Cancel { request } => *request,
+            WireInput::Release { vm }
+            | WireInput::Extend { vm, .. }
+            | WireInput::JobFinished { vm, .. } => *vm,
+            WireInput::Drain { host }
+            | WireInput::Resume { host }
+            | WireInput::Offline { host }
+            | WireInput::RemoveHost { host } => *host,
+            _ => 0,
+        };
+        apply_journaled(
+            &mut self.s,
+            now,
+            &input,
+            &mut self.templates,
+            &mut self.hosts,
+        )?;
+        match &input {
+            WireInput::Submit { .. } => self.next_request += 1,
+            WireInput::AddHost { .. } => self.next_host += 1,
+            _ => {}
+        }
+        commit.inputs.push(input);
+        Ok(id)
+    }
+
+    /// Why a request waits, as the API shows it (`null` when it does not wait).
+    fn why_json(&self, id: RequestId) -> serde_json::Value {
+        let Some(w) = self.s.why(id) else {
+            return serde_json::Value::Null;
+        };
+        let blocker = match w.blocker {
+            Blocker::NotYetConsidered => json!({"kind": "not_yet_considered"}),
+            Blocker::NoFit => json!({"kind": "no_fit"}),
+            Blocker::GangShort { fit, need } => {
+                json!({"kind": "gang_short", "fit": fit, "need": need})
+            }
+            Blocker::BehindHead(r) => json!({"kind": "behind_head", "head": r.0}),
+            Blocker::Reserved { head, start_ms } => {
+                json!({"kind": "reserved", "head": head.0, "start_ms": start_ms})
+            }
+        };
+        json!({
+            "summary": w.to_string(),
+            "need": w.need,
+            "waiting_vms": w.n_waiting_vms,
+            "blocker": blocker,
+            "reasons": w.reasons.iter().map(|(r, n)| json!({
+                "reason": r.describe(), "hosts": n
+            })).collect::<Vec<_>>(),
+            "hosts_fit": w.hosts_fit,
+            "hosts_total": w.hosts_total,
+        })
+    }
+
+    fn answer(&self, query: Query) -> Answer {
+        match query {
+            Query::Hosts => Answer::Json(serde_json::Value::Array(
+                self.s.hosts().map(|h| host_json(&h)).collect(),
+            )),
+            Query::HostId(name) => Answer::HostId(self.s.host_by_name(&name).map(|h| h.id.0)),
+            Query::Queue(n) => Answer::Json(serde_json::Value::Array(
+                self.s
+                    .queue()
+                    .into_iter()
+                    .take(n)
+                    .map(|id| json!({"id": id.0, "why": self.why_json(id)}))
+                    .collect(),
+            )),
+            Query::Why(id) => Answer::Json(self.why_json(RequestId(id))),
+            Query::Status => {
+                let mut hosts: BTreeMap<&str, u32> = BTreeMap::new();
+                for h in self.s.hosts() {
+                    *hosts.entry(h.state.name()).or_default() += 1;
+                }
+                let mut vms: BTreeMap<&str, u32> = BTreeMap::new();
+                for v in self.s.vms() {
+                    *vms.entry(v.state.name()).or_default() += 1;
+                }
+                Answer::Json(json!({
+                    "hosts": hosts,
+                    "live_vms": vms,
+                    "live_requests": self.s.n_requests(),
+                    "queue_len": self.s.queue_len(),
+                    "journal_batches": self.batch,
+                    "now_ms": self.s.now_ms(),
+                }))
+            }
+            Query::VmDriver(id) => Answer::VmDriver(
+                self.s
+                    .vm(VmId(id))
+                    .and_then(|v| v.host)
+                    .and_then(|h| self.workers.driver(h).map(|d| (d, vm_name(id)))),
+            ),
+        }
+    }
+}
+
+fn target_of(input: &WireInput) -> String {
+    match input {
+        WireInput::Submit { request } => format!("template {}", request.template),
+        WireInput::AddHost { host } => format!("host {}", host.name),
+        WireInput::Cancel { request } => format!("r{request}"),
+        WireInput::Drain { host }
+        | WireInput::Resume { host }
+        | WireInput::Offline { host }
+        | WireInput::RemoveHost { host } => format!("h{host}"),
+        WireInput::Release { vm }
+        | WireInput::Extend { vm, .. }
+        | WireInput::JobFinished { vm, .. } => vm_name(*vm),
+        _ => String::new(),
+    }
+}
+
+#[derive(Serialize)]
+struct SlotJson<'a> {
+    kind: &'a str,
+    capacity: i64,
+    used: i64,
+}
+
+pub(crate) fn host_json(h: &berth_sched::HostView<'_>) -> serde_json::Value {
+    json!({
+        "id": h.id.0,
+        "name": h.name,
+        "driver": h.driver.name(),
+        "state": h.state.name(),
+        "vcpus_milli": h.cpu_milli,
+        "vcpus_used_milli": h.cpu_used_milli,
+        "memory_mib": h.memory_mib,
+        "memory_used_mib": h.memory_used_mib,
+        "slots": h.slots.iter().map(|&(kind, capacity, used)| SlotJson { kind, capacity, used }).collect::<Vec<_>>(),
+        "provisioning": h.provisioning,
+        "vms": h.n_vms,
+        "labels": h.labels.iter().map(|l| l.to_string()).collect::<Vec<_>>(),
+        "last_probe_ms": h.last_probe_ms,
+        "probe_failures": h.probe_failures,
+        "provision_failures": h.provision_failures,
+    })
+}
+
+/// An event as the event stream sends it.
+pub(crate) fn event_json(s: &Scheduler, e: &Event) -> serde_json::Value {
+    match e {
+        Event::Vm {
+            at_ms,
+            vm,
+            request,
+            host,
+            from,
+            to,
+            cause,
+        } => json!({
+            "kind": "vm", "at_ms": at_ms, "vm": vm.0, "name": vm_name(vm.0),
+            "request": request.0, "host": host.and_then(|h| s.host(h)).map(|h| h.name.to_owned()),
+            "from": from.map(VmState::name), "to": to.name(), "cause": cause.to_string(),
+        }),
+        Event::Request {
+            at_ms,
+            request,
+            from,
+            to,
+            cause,
+        } => json!({
+            "kind": "request", "at_ms": at_ms, "request": request.0,
+            "from": from.map(|f| f.name()), "to": to.name(), "cause": cause.to_string(),
+        }),
+        Event::Host {
+            at_ms,
+            host,
+            from,
+            to,
+            cause,
+        } => json!({
+            "kind": "host", "at_ms": at_ms, "host": host.0,
+            "name": s.host(*host).map(|h| h.name.to_owned()),
+            "from": from.map(|f| f.name()), "to": to.map(|t| t.name()), "cause": cause.to_string(),
+        }),
+    }
+}

@@ -1,0 +1,796 @@
+//! The SQLite database: the journal of every input, and the state tables (hosts, templates,
+//! requests, VMs, a per-VM history, the audit log) kept in the same transaction as the
+//! journal rows that changed them. Schema changes are numbered migrations (`PRAGMA
+//! user_version`); see `SCHEMA.md` for the tables.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use berth_sched::{Event, VmState};
+use rusqlite::{Connection, OptionalExtension, params};
+use serde::Serialize;
+
+use crate::DaemonError;
+use crate::wire::{WireHost, WireInput, WireRequest};
+
+/// Each migration takes the schema from its index to the next version.
+const MIGRATIONS: &[&str] = &[
+    // 1: the first schema.
+    "
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    CREATE TABLE journal (
+        seq INTEGER PRIMARY KEY,
+        batch INTEGER NOT NULL,
+        at_ms INTEGER NOT NULL,
+        input TEXT NOT NULL
+    );
+    CREATE INDEX journal_batch ON journal(batch);
+    CREATE TABLE hosts (
+        id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL,
+        driver TEXT NOT NULL,
+        spec TEXT NOT NULL,
+        state TEXT NOT NULL,
+        cause TEXT NOT NULL,
+        added_ms INTEGER NOT NULL,
+        updated_ms INTEGER NOT NULL,
+        removed_ms INTEGER
+    );
+    CREATE TABLE templates (
+        name TEXT PRIMARY KEY,
+        spec TEXT NOT NULL,
+        updated_ms INTEGER NOT NULL
+    );
+    CREATE TABLE requests (
+        id INTEGER PRIMARY KEY,
+        template TEXT NOT NULL,
+        count INTEGER NOT NULL,
+        spec TEXT NOT NULL,
+        state TEXT NOT NULL,
+        cause TEXT NOT NULL,
+        submitted_ms INTEGER NOT NULL,
+        updated_ms INTEGER NOT NULL
+    );
+    CREATE INDEX requests_state ON requests(state);
+    CREATE TABLE vms (
+        id INTEGER PRIMARY KEY,
+        request INTEGER NOT NULL,
+        host INTEGER,
+        state TEXT NOT NULL,
+        cause TEXT NOT NULL,
+        created_ms INTEGER NOT NULL,
+        updated_ms INTEGER NOT NULL
+    );
+    CREATE INDEX vms_request ON vms(request);
+    CREATE INDEX vms_state ON vms(state);
+    CREATE INDEX vms_host ON vms(host);
+    CREATE TABLE vm_history (
+        id INTEGER PRIMARY KEY,
+        vm INTEGER NOT NULL,
+        at_ms INTEGER NOT NULL,
+        from_state TEXT,
+        to_state TEXT NOT NULL,
+        host INTEGER,
+        cause TEXT NOT NULL
+    );
+    CREATE INDEX vm_history_vm ON vm_history(vm);
+    CREATE TABLE audit (
+        id INTEGER PRIMARY KEY,
+        at_ms INTEGER NOT NULL,
+        who TEXT NOT NULL,
+        role TEXT NOT NULL,
+        action TEXT NOT NULL,
+        target TEXT NOT NULL,
+        outcome TEXT NOT NULL
+    );
+    ",
+];
+
+/// One operator action, for the audit table.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct AuditRow {
+    pub at_ms: u64,
+    pub who: String,
+    pub role: String,
+    pub action: String,
+    pub target: String,
+    pub outcome: String,
+}
+
+/// What one pass of the control loop writes, in one transaction.
+#[derive(Debug, Default)]
+pub struct Commit {
+    pub batch: u64,
+    pub at_ms: u64,
+    pub inputs: Vec<WireInput>,
+    pub events: Vec<Event>,
+    pub audits: Vec<AuditRow>,
+}
+
+fn sql(what: &'static str) -> impl Fn(rusqlite::Error) -> DaemonError {
+    move |source| DaemonError::Sql { what, source }
+}
+
+/// Opens a connection with the settings every connection shares.
+pub fn connect(path: &Path) -> Result<Connection, DaemonError> {
+    let conn = Connection::open(path).map_err(sql("opening the database"))?;
+    conn.busy_timeout(std::time::Duration::from_secs(10))
+        .map_err(sql("setting the busy timeout"))?;
+    conn.pragma_update(None, "journal_mode", "WAL")
+        .map_err(sql("turning on WAL"))?;
+    // FULL: a commit is on disk before the daemon acts on it, even across a power cut.
+    conn.pragma_update(None, "synchronous", "FULL")
+        .map_err(sql("setting synchronous"))?;
+    Ok(conn)
+}
+
+/// The writer: owned by the control loop.
+pub struct Store {
+    conn: Connection,
+}
+
+impl Store {
+    pub fn open(path: &Path) -> Result<Store, DaemonError> {
+        let mut conn = connect(path)?;
+        migrate(&mut conn)?;
+        Ok(Store { conn })
+    }
+
+    pub fn conn(&self) -> &Connection {
+        &self.conn
+    }
+
+    pub fn meta(&self, key: &str) -> Result<Option<String>, DaemonError> {
+        self.conn
+            .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+            .optional()
+            .map_err(sql("reading meta"))
+    }
+
+    pub fn set_meta(&self, key: &str, value: &str) -> Result<(), DaemonError> {
+        self.conn
+            .execute(
+                "INSERT INTO meta (key, value) VALUES (?1, ?2)
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                params![key, value],
+            )
+            .map_err(sql("writing meta"))?;
+        Ok(())
+    }
+
+    /// Every journaled batch in order: `(batch, at_ms, inputs)`.
+    pub fn journal(&self) -> Result<Vec<(u64, u64, Vec<WireInput>)>, DaemonError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT batch, at_ms, input, seq FROM journal ORDER BY seq")
+            .map_err(sql("reading the journal"))?;
+        let mut rows = stmt.query([]).map_err(sql("reading the journal"))?;
+        let mut batches: Vec<(u64, u64, Vec<WireInput>)> = Vec::new();
+        while let Some(row) = rows.next().map_err(sql("reading the journal"))? {
+            let batch: i64 = row.get(0).map_err(sql("reading the journal"))?;
+            let at_ms: i64 = row.get(1).map_err(sql("reading the journal"))?;
+            let text: String = row.get(2).map_err(sql("reading the journal"))?;
+            let seq: i64 = row.get(3).map_err(sql("reading the journal"))?;
+            let input: WireInput =
+                serde_json::from_str(&text).map_err(|e| DaemonError::Journal {
+                    seq: seq as u64,
+                    message: e.to_string(),
+                })?;
+            match batches.last_mut() {
+                Some((b, _, inputs)) if *b == batch as u64 => inputs.push(input),
+                _ => batches.push((batch as u64, at_ms as u64, vec![input])),
+            }
+        }
+        Ok(batches)
+    }
+
+    /// The highest batch, request and host numbers used so far.
+    pub fn last_ids(&self) -> Result<(u64, u64, u64), DaemonError> {
+        let max = |q: &str| -> Result<u64, DaemonError> {
+            let v: Option<i64> = self
+                .conn
+                .query_row(q, [], |r| r.get(0))
+                .map_err(sql("reading ids"))?;
+            Ok(v.unwrap_or(0) as u64)
+        };
+        Ok((
+            max("SELECT max(batch) FROM journal")?,
+            max("SELECT max(id) FROM requests")?,
+            max("SELECT max(id) FROM hosts")?,
+        ))
+    }
+
+    /// Writes one batch: its inputs to the journal, its events to the state tables, its audit
+    /// rows; all or nothing.
+    pub fn commit(&mut self, c: &Commit) -> Result<(), DaemonError> {
+        let tx = self.conn.transaction().map_err(sql("starting a commit"))?;
+        {
+            let mut journal = tx
+                .prepare_cached("INSERT INTO journal (batch, at_ms, input) VALUES (?1, ?2, ?3)")
+                .map_err(sql("journaling"))?;
+            let mut new_requests: BTreeMap<u64, &WireRequest> = BTreeMap::new();
+            let mut new_hosts: BTreeMap<u64, &WireHost> = BTreeMap::new();
+            for input in &c.inputs {
+                let text = serde_json::to_string(input).map_err(|e| DaemonError::Journal {
+                    seq: 0,
+                    message: e.to_string(),
+                })?;
+                journal
+                    .execute(params![c.batch as i64, c.at_ms as i64, text])
+                    .map_err(sql("journaling"))?;
+                match input {
+                    WireInput::Submit { request } => {
+                        new_requests.insert(request.id, request);
+                    }
+                    WireInput::AddHost { host } => {
+                        new_hosts.insert(host.id, host);
+                    }
+                    WireInput::SetTemplate { template } => {
+                        let spec = serde_json::to_string(template).unwrap_or_default();
+                        tx.prepare_cached(
+                            "INSERT INTO templates (name, spec, updated_ms) VALUES (?1, ?2, ?3)
+                             ON CONFLICT (name) DO UPDATE SET spec = excluded.spec,
+                             updated_ms = excluded.updated_ms",
+                        )
+                        .and_then(|mut s| s.execute(params![template.name, spec, c.at_ms as i64]))
+                        .map_err(sql("writing a template"))?;
+                    }
+                    _ => {}
+                }
+            }
+            let mut vm_insert = tx
+                .prepare_cached(
+                    "INSERT INTO vms (id, request, host, state, cause, created_ms, updated_ms)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)",
+                )
+                .map_err(sql("writing vms"))?;
+            let mut vm_update = tx
+                .prepare_cached(
+                    "UPDATE vms SET host = ?2, state = ?3, cause = ?4, updated_ms = ?5 WHERE id = ?1",
+                )
+                .map_err(sql("writing vms"))?;
+            let mut history = tx
+                .prepare_cached(
+                    "INSERT INTO vm_history (vm, at_ms, from_state, to_state, host, cause)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                )
+                .map_err(sql("writing vm history"))?;
+            let mut req_insert = tx
+                .prepare_cached(
+                    "INSERT INTO requests (id, template, count, spec, state, cause, submitted_ms,
+                     updated_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7)",
+                )
+                .map_err(sql("writing requests"))?;
+            let mut req_update = tx
+                .prepare_cached(
+                    "UPDATE requests SET state = ?2, cause = ?3, updated_ms = ?4 WHERE id = ?1",
+                )
+                .map_err(sql("writing requests"))?;
+            let mut host_insert = tx
+                .prepare_cached(
+                    "INSERT INTO hosts (id, name, driver, spec, state, cause, added_ms, updated_ms)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7)",
+                )
+                .map_err(sql("writing hosts"))?;
+            let mut host_update = tx
+                .prepare_cached(
+                    "UPDATE hosts SET state = ?2, cause = ?3, updated_ms = ?4,
+                     removed_ms = CASE WHEN ?2 = 'removed' THEN ?4 ELSE removed_ms END
+                     WHERE id = ?1",
+                )
+                .map_err(sql("writing hosts"))?;
+            for event in &c.events {
+                match event {
+                    Event::Vm {
+                        at_ms,
+                        vm,
+                        request,
+                        host,
+                        from,
+                        to,
+                        cause,
+                    } => {
+                        let host = host.map(|h| h.0 as i64);
+                        let cause = cause.to_string();
+                        if from.is_none() {
+                            vm_insert
+                                .execute(params![
+                                    vm.0 as i64,
+                                    request.0 as i64,
+                                    host,
+                                    to.name(),
+                                    cause,
+                                    *at_ms as i64
+                                ])
+                                .map_err(sql("writing vms"))?;
+                        } else {
+                            vm_update
+                                .execute(params![
+                                    vm.0 as i64,
+                                    host,
+                                    to.name(),
+                                    cause,
+                                    *at_ms as i64
+                                ])
+                                .map_err(sql("writing vms"))?;
+                        }
+                        history
+                            .execute(params![
+                                vm.0 as i64,
+                                *at_ms as i64,
+                                from.map(VmState::name),
+                                to.name(),
+                                host,
+                                cause
+                            ])
+                            .map_err(sql("writing vm history"))?;
+                    }
+                    Event::Request {
+                        at_ms,
+                        request,
+                        from,
+                        to,
+                        cause,
+                    } => {
+                        if from.is_none() {
+                            let Some(spec) = new_requests.get(&request.0) else {
+                                continue;
+                            };
+                            let text = serde_json::to_string(spec).unwrap_or_default();
+                            req_insert
+                                .execute(params![
+                                    request.0 as i64,
+                                    spec.template,
+                                    spec.count,
+                                    text,
+                                    to.name(),
+                                    cause.to_string(),
+                                    *at_ms as i64
+                                ])
+                                .map_err(sql("writing requests"))?;
+                        } else {
+                            req_update
+                                .execute(params![
+                                    request.0 as i64,
+                                    to.name(),
+                                    cause.to_string(),
+                                    *at_ms as i64
+                                ])
+                                .map_err(sql("writing requests"))?;
+                        }
+                    }
+                    Event::Host {
+                        at_ms,
+                        host,
+                        from,
+                        to,
+                        cause,
+                    } => {
+                        let state = to.map_or("removed", |s| s.name());
+                        if from.is_none() {
+                            let Some(spec) = new_hosts.get(&host.0) else {
+                                continue;
+                            };
+                            let text = serde_json::to_string(spec).unwrap_or_default();
+                            host_insert
+                                .execute(params![
+                                    host.0 as i64,
+                                    spec.name,
+                                    spec.driver,
+                                    text,
+                                    state,
+                                    cause.to_string(),
+                                    *at_ms as i64
+                                ])
+                                .map_err(sql("writing hosts"))?;
+                        } else {
+                            host_update
+                                .execute(params![
+                                    host.0 as i64,
+                                    state,
+                                    cause.to_string(),
+                                    *at_ms as i64
+                                ])
+                                .map_err(sql("writing hosts"))?;
+                        }
+                    }
+                }
+            }
+            let mut audit = tx
+                .prepare_cached(
+                    "INSERT INTO audit (at_ms, who, role, action, target, outcome)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                )
+                .map_err(sql("writing the audit log"))?;
+            for a in &c.audits {
+                audit
+                    .execute(params![
+                        a.at_ms as i64,
+                        a.who,
+                        a.role,
+                        a.action,
+                        a.target,
+                        a.outcome
+                    ])
+                    .map_err(sql("writing the audit log"))?;
+            }
+        }
+        tx.commit().map_err(sql("committing"))?;
+        Ok(())
+    }
+}
+
+fn migrate(conn: &mut Connection) -> Result<(), DaemonError> {
+    let version: i64 = conn
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .map_err(sql("reading the schema version"))?;
+    if version as usize > MIGRATIONS.len() {
+        return Err(DaemonError::SchemaTooNew {
+            found: version as u64,
+            known: MIGRATIONS.len() as u64,
+        });
+    }
+    for (i, step) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+        let tx = conn.transaction().map_err(sql("migrating"))?;
+        tx.execute_batch(step).map_err(sql("migrating"))?;
+        tx.pragma_update(None, "user_version", (i + 1) as i64)
+            .map_err(sql("migrating"))?;
+        tx.commit().map_err(sql("migrating"))?;
+        tracing::info!(version = i + 1, "database schema migrated");
+    }
+    Ok(())
+}
+
+// ---- reads, on the API's own connections ----
+
+/// A VM as the API lists it.
+#[derive(Clone, Debug, Serialize)]
+pub struct VmRow {
+    pub id: u64,
+    pub name: String,
+    pub request: u64,
+    pub host: Option<String>,
+    pub state: String,
+    pub cause: String,
+    pub created_ms: u64,
+    pub updated_ms: u64,
+}
+
+/// Filters for listing VMs.
+#[derive(Clone, Debug, Default)]
+pub struct VmFilter {
+    pub state: Option<String>,
+    pub request: Option<u64>,
+    pub host: Option<String>,
+    /// Only VMs that have not ended.
+    pub live: bool,
+    pub limit: Option<u64>,
+}
+
+const VM_COLUMNS: &str = "v.id, v.request, h.name, v.state, v.cause, v.created_ms, v.updated_ms
+     FROM vms v LEFT JOIN hosts h ON h.id = v.host";
+
+fn vm_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<VmRow> {
+    let id: i64 = r.get(0)?;
+    Ok(VmRow {
+        id: id as u64,
+        name: berth_drivers::vm_name(id as u64),
+        request: r.get::<_, i64>(1)? as u64,
+        host: r.get(2)?,
+        state: r.get(3)?,
+        cause: r.get(4)?,
+        created_ms: r.get::<_, i64>(5)? as u64,
+        updated_ms: r.get::<_, i64>(6)? as u64,
+    })
+}
+
+/// The query and arguments for a filtered VM listing, with `columns` selected.
+fn vm_query(columns: &str, f: &VmFilter) -> (String, Vec<rusqlite::types::Value>) {
+    let mut q = format!("SELECT {columns} WHERE 1=1");
+    let mut args: Vec<rusqlite::types::Value> = Vec::new();
+    if let Some(s) = &f.state {
+        q.push_str(" AND v.state = ?");
+        args.push(s.clone().into());
+    }
+    if f.live {
+        q.push_str(" AND v.state NOT IN ('done', 'failed', 'lost', 'cancelled')");
+    }
+    if let Some(r) = f.request {
+        q.push_str(" AND v.request = ?");
+        args.push((r as i64).into());
+    }
+    if let Some(h) = &f.host {
+        q.push_str(" AND v.host IN (SELECT id FROM hosts WHERE name = ?)");
+        args.push(h.clone().into());
+    }
+    q.push_str(" ORDER BY v.id");
+    if let Some(l) = f.limit {
+        q.push_str(" LIMIT ?");
+        args.push((l.min(i64::MAX as u64) as i64).into());
+    }
+    (q, args)
+}
+
+pub fn list_vms(conn: &Connection, f: &VmFilter) -> Result<Vec<VmRow>, DaemonError> {
+    let (q, args) = vm_query(VM_COLUMNS, f);
+    let mut stmt = conn.prepare_cached(&q).map_err(sql("listing vms"))?;
+    let rows = stmt
+        .query_map(rusqlite::params_from_iter(args), vm_row)
+        .map_err(sql("listing vms"))?;
+    rows.collect::<Result<Vec<_>, _>>()
+        .map_err(sql("listing vms"))
+}
+
+/// Writes the filtered VMs as a JSON array (the objects `VmRow` serialises to) straight from
+/// the rows into `out`, and returns how many: listing 100,000 VMs makes no row structs and
+/// joins no tables (host names come from one small lookup).
+pub fn write_vms_json(
+    conn: &Connection,
+    f: &VmFilter,
+    out: &mut Vec<u8>,
+) -> Result<usize, DaemonError> {
+    use std::io::Write;
+    let mut hosts: BTreeMap<i64, Vec<u8>> = BTreeMap::new();
+    {
+        let mut stmt = conn
+            .prepare_cached("SELECT id, name FROM hosts")
+            .map_err(sql("listing vms"))?;
+        let mut rows = stmt.query([]).map_err(sql("listing vms"))?;
+        while let Some(r) = rows.next().map_err(sql("listing vms"))? {
+            let name: String = r.get(1).map_err(sql("listing vms"))?;
+            hosts.insert(
+                r.get(0).map_err(sql("listing vms"))?,
+                serde_json::to_vec(&name).unwrap_or_else(|_| b"null".to_vec()),
+            );
+        }
+    }
+    let (q, args) = vm_query(
+        "v.id, v.request, v.host, v.state, v.cause, v.created_ms, v.updated_ms FROM vms v",
+        f,
+    );
+    let mut stmt = conn.prepare_cached(&q).map_err(sql("listing vms"))?;
+    let mut rows = stmt
+        .query(rusqlite::params_from_iter(args))
+        .map_err(sql("listing vms"))?;
+    let mut n = 0;
+    out.push(b'[');
+    let io = |e: std::io::Error| DaemonError::Io {
+        what: "writing a vm list".into(),
+        source: e,
+    };
+    while let Some(r) = rows.next().map_err(sql("listing vms"))? {
+        let get_i64 = |i| r.get::<_, i64>(i).map_err(sql("listing vms"));
+        let id = get_i64(0)?;
+        let host: Option<i64> = r.get(2).map_err(sql("listing vms"))?;
+        let state = r.get_ref(3).and_then(|v| Ok(v.as_str()?.to_owned()));
+        let state = state.map_err(sql("listing vms"))?;
+        let cause = r.get_ref(4).and_then(|v| Ok(v.as_str()?.to_owned()));
+        let cause = cause.map_err(sql("listing vms"))?;
+        if n > 0 {
+            out.push(b',');
+        }
+        write!(
+            out,
+            "{{\"id\":{id},\"name\":\"{}{id}\",\"request\":{},\"host\":",
+            berth_drivers::VM_NAME_PREFIX,
+            get_i64(1)?
+        )
+        .map_err(io)?;
+        match host.and_then(|h| hosts.get(&h)) {
+            Some(name) => out.extend_from_slice(name),
+            None => out.extend_from_slice(b"null"),
+        }
+        // States are plain words; causes are free text and need escaping.
+        write!(out, ",\"state\":\"{state}\",\"cause\":").map_err(io)?;
+        serde_json::to_writer(&mut *out, &cause).map_err(|e| DaemonError::Io {
+            what: "writing a vm list".into(),
+            source: e.into(),
+        })?;
+        write!(
+            out,
+            ",\"created_ms\":{},\"updated_ms\":{}}}",
+            get_i64(5)?,
+            get_i64(6)?
+        )
+        .map_err(io)?;
+        n += 1;
+    }
+    out.push(b']');
+    Ok(n)
+}
+
+pub fn get_vm(conn: &Connection, id: u64) -> Result<Option<VmRow>, DaemonError> {
+    conn.query_row(
+        &format!("SELECT {VM_COLUMNS} WHERE v.id = ?1"),
+        [id as i64],
+        vm_row,
+    )
+    .optional()
+    .map_err(sql("reading a vm"))
+}
+
+/// One step of a VM's life.
+#[derive(Clone, Debug, Serialize)]
+pub struct HistoryRow {
+    pub at_ms: u64,
+    pub from: Option<String>,
+    pub to: String,
+    pub host: Option<String>,
+    pub cause: String,
+}
+
+pub fn vm_history(conn: &Connection, id: u64) -> Result<Vec<HistoryRow>, DaemonError> {
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT x.at_ms, x.from_state, x.to_state, h.name, x.cause FROM vm_history x
+             LEFT JOIN hosts h ON h.id = x.host WHERE x.vm = ?1 ORDER BY x.id",
+        )
+        .map_err(sql("reading vm history"))?;
+    let rows = stmt
+        .query_map([id as i64], |r| {
+            Ok(HistoryRow {
+                at_ms: r.get::<_, i64>(0)? as u64,
+                from: r.get(1)?,
+                to: r.get(2)?,
+                host: r.get(3)?,
+                cause: r.get(4)?,
+            })
+        })
+        .map_err(sql("reading vm history"))?;
+    rows.collect::<Result<Vec<_>, _>>()
+        .map_err(sql("reading vm history"))
+}
+
+/// A request as the API shows it.
+#[derive(Clone, Debug, Serialize)]
+pub struct RequestRow {
+    pub id: u64,
+    pub template: String,
+    pub count: u32,
+    pub state: String,
+    pub cause: String,
+    pub submitted_ms: u64,
+    pub updated_ms: u64,
+    pub spec: serde_json::Value,
+}
+
+fn request_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RequestRow> {
+    let spec: String = r.get(7)?;
+    Ok(RequestRow {
+        id: r.get::<_, i64>(0)? as u64,
+        template: r.get(1)?,
+        count: r.get(2)?,
+        state: r.get(3)?,
+        cause: r.get(4)?,
+        submitted_ms: r.get::<_, i64>(5)? as u64,
+        updated_ms: r.get::<_, i64>(6)? as u64,
+        spec: serde_json::from_str(&spec).unwrap_or(serde_json::Value::Null),
+    })
+}
+
+const REQUEST_COLUMNS: &str =
+    "id, template, count, state, cause, submitted_ms, updated_ms, spec FROM requests";
+
+pub fn get_request(conn: &Connection, id: u64) -> Result<Option<RequestRow>, DaemonError> {
+    conn.query_row(
+        &format!("SELECT {REQUEST_COLUMNS} WHERE id = ?1"),
+        [id as i64],
+        request_row,
+    )
+    .optional()
+    .map_err(sql("reading a request"))
+}
+
+pub fn list_requests(
+    conn: &Connection,
+    state: Option<&str>,
+    limit: u64,
+) -> Result<Vec<RequestRow>, DaemonError> {
+    let mut stmt = conn
+        .prepare_cached(&format!(
+            "SELECT {REQUEST_COLUMNS} WHERE (?1 IS NULL OR state = ?1) ORDER BY id DESC LIMIT ?2"
+        ))
+        .map_err(sql("listing requests"))?;
+    let rows = stmt
+        .query_map(
+            params![state, limit.min(i64::MAX as u64) as i64],
+            request_row,
+        )
+        .map_err(sql("listing requests"))?;
+    rows.collect::<Result<Vec<_>, _>>()
+        .map_err(sql("listing requests"))
+}
+
+pub fn list_audit(conn: &Connection, limit: u64) -> Result<Vec<AuditRow>, DaemonError> {
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT at_ms, who, role, action, target, outcome FROM audit ORDER BY id DESC LIMIT ?1",
+        )
+        .map_err(sql("reading the audit log"))?;
+    let rows = stmt
+        .query_map([limit.min(i64::MAX as u64) as i64], |r| {
+            Ok(AuditRow {
+                at_ms: r.get::<_, i64>(0)? as u64,
+                who: r.get(1)?,
+                role: r.get(2)?,
+                action: r.get(3)?,
+                target: r.get(4)?,
+                outcome: r.get(5)?,
+            })
+        })
+        .map_err(sql("reading the audit log"))?;
+    rows.collect::<Result<Vec<_>, _>>()
+        .map_err(sql("reading the audit log"))
+}
+
+/// VM counts by state.
+pub fn vm_counts(conn: &Connection) -> Result<BTreeMap<String, u64>, DaemonError> {
+    let mut stmt = conn
+        .prepare_cached("SELECT state, count(*) FROM vms GROUP BY state")
+        .map_err(sql("counting vms"))?;
+    let rows = stmt
+        .query_map([], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))
+        })
+        .map_err(sql("counting vms"))?;
+    rows.collect::<Result<BTreeMap<_, _>, _>>()
+        .map_err(sql("counting vms"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::WireInput;
+    use berth_sched::{Cause, RequestId, RequestState};
+
+    #[test]
+    fn batches_survive_reopening_and_migrations_run_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("berth.db");
+        {
+            let mut store = Store::open(&path).unwrap();
+            let request = WireRequest {
+                id: 1,
+                template: "linux".into(),
+                count: 2,
+                vcpus: None,
+                memory_mib: None,
+                labels: BTreeMap::new(),
+                priority: 0,
+                gang: false,
+                hold: None,
+                pending_deadline_ms: None,
+                expected_run_ms: None,
+                requester: "ci".into(),
+            };
+            store
+                .commit(&Commit {
+                    batch: 1,
+                    at_ms: 1000,
+                    inputs: vec![WireInput::Submit { request }, WireInput::Tick],
+                    events: vec![Event::Request {
+                        at_ms: 1000,
+                        request: RequestId(1),
+                        from: None,
+                        to: RequestState::Waiting,
+                        cause: Cause::Submitted,
+                    }],
+                    audits: Vec::new(),
+                })
+                .unwrap();
+        }
+        let store = Store::open(&path).unwrap();
+        let version: i64 = store
+            .conn()
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(version as usize, MIGRATIONS.len());
+        let journal = store.journal().unwrap();
+        assert_eq!(journal.len(), 1);
+        assert_eq!(journal[0].0, 1);
+        assert_eq!(journal[0].2.len(), 2);
+        assert_eq!(store.last_ids().unwrap(), (1, 1, 0));
+        let row = get_request(store.conn(), 1).unwrap().unwrap();
+        assert_eq!((row.state.as_str(), row.count), ("waiting", 2));
+    }
+}

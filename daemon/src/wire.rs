@@ -1,0 +1,480 @@
+//! Serializable forms of the scheduler's inputs, owned by the daemon (`sched` types are not
+//! `Serialize`): what the journal stores, what the API and the config file accept, and the
+//! conversions to and from `berth_sched` types.
+
+use std::collections::BTreeMap;
+
+use berth_sched::{
+    DriverKind, Failure, FailureKind, GuestOs, Hold, HostId, HostSpec, Input, Label, ProbeReport,
+    RequestId, RequestSpec, Shape, Template, VmId,
+};
+use serde::{Deserialize, Serialize};
+
+/// A field that failed validation, for a 4xx answer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FieldError {
+    pub field: String,
+    pub message: String,
+}
+
+impl FieldError {
+    pub fn new(field: &str, message: impl Into<String>) -> FieldError {
+        FieldError {
+            field: field.to_owned(),
+            message: message.into(),
+        }
+    }
+}
+
+/// A host as added (config file, API, journal).
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct WireHost {
+    /// Chosen by the daemon; ignored in the config file and the API.
+    #[serde(default)]
+    pub id: u64,
+    pub name: String,
+    pub driver: String,
+    pub vcpus: u32,
+    pub memory_mib: u64,
+    #[serde(default)]
+    pub slots: BTreeMap<String, u32>,
+    #[serde(default = "milli_one")]
+    pub cpu_overcommit_milli: u32,
+    #[serde(default = "milli_one")]
+    pub memory_overcommit_milli: u32,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub images: Vec<String>,
+    /// Driver-specific settings (connection URI, SSH destination, ...).
+    #[serde(default)]
+    pub options: BTreeMap<String, String>,
+}
+
+fn milli_one() -> u32 {
+    1000
+}
+
+/// The longest host or template name.
+pub const NAME_LEN_MAX: usize = 128;
+
+/// Checks a name used in inventories and URLs: letters, digits, `-`, `_` and `.`.
+pub fn check_name(field: &str, name: &str) -> Result<(), FieldError> {
+    if name.is_empty() || name.len() > NAME_LEN_MAX {
+        return Err(FieldError::new(
+            field,
+            format!("must be 1 to {NAME_LEN_MAX} characters"),
+        ));
+    }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+    {
+        return Err(FieldError::new(
+            field,
+            "may hold only letters, digits, `-`, `_` and `.`",
+        ));
+    }
+    Ok(())
+}
+
+impl WireHost {
+    pub fn validate(&self) -> Result<DriverKind, FieldError> {
+        check_name("name", &self.name)?;
+        let driver = DriverKind::parse(&self.driver).ok_or_else(|| {
+            FieldError::new("driver", format!("unknown driver `{}`", self.driver))
+        })?;
+        crate::fleet::check_driver(driver, self)?;
+        if self.vcpus == 0 {
+            return Err(FieldError::new("vcpus", "must be at least 1"));
+        }
+        if self.memory_mib == 0 {
+            return Err(FieldError::new("memory_mib", "must be at least 1"));
+        }
+        if self.cpu_overcommit_milli == 0 {
+            return Err(FieldError::new("cpu_overcommit_milli", "must be above 0"));
+        }
+        if self.memory_overcommit_milli == 0 {
+            return Err(FieldError::new(
+                "memory_overcommit_milli",
+                "must be above 0",
+            ));
+        }
+        Ok(driver)
+    }
+
+    pub fn to_spec(&self) -> Result<HostSpec, FieldError> {
+        let driver = self.validate()?;
+        Ok(HostSpec {
+            id: HostId(self.id),
+            name: self.name.clone(),
+            driver,
+            vcpus: self.vcpus,
+            memory_mib: self.memory_mib,
+            slots: self.slots.iter().map(|(k, &n)| (k.clone(), n)).collect(),
+            cpu_overcommit_milli: self.cpu_overcommit_milli,
+            memory_overcommit_milli: self.memory_overcommit_milli,
+            labels: self
+                .labels
+                .iter()
+                .map(|(k, v)| Label::new(k.clone(), v.clone()))
+                .collect(),
+            images: self.images.clone(),
+        })
+    }
+}
+
+/// A template (config file, journal).
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct WireTemplate {
+    pub name: String,
+    /// Defaults to the template's name.
+    #[serde(default)]
+    pub base_image: Option<String>,
+    pub guest_os: String,
+    #[serde(default)]
+    pub drivers: Vec<String>,
+    pub vcpus: u32,
+    pub memory_mib: u64,
+    #[serde(default)]
+    pub slot: Option<String>,
+    #[serde(default)]
+    pub expected_provision_ms: u64,
+    #[serde(default)]
+    pub expected_boot_ms: u64,
+    #[serde(default = "hour_ms")]
+    pub expected_run_ms: u64,
+}
+
+fn hour_ms() -> u64 {
+    3_600_000
+}
+
+impl WireTemplate {
+    pub fn to_template(&self) -> Result<Template, FieldError> {
+        check_name("name", &self.name)?;
+        let guest_os = GuestOs::parse(&self.guest_os).ok_or_else(|| {
+            FieldError::new(
+                "guest_os",
+                format!("expected linux, windows or macos, got `{}`", self.guest_os),
+            )
+        })?;
+        let drivers = self
+            .drivers
+            .iter()
+            .map(|d| {
+                DriverKind::parse(d)
+                    .ok_or_else(|| FieldError::new("drivers", format!("unknown driver `{d}`")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if self.vcpus == 0 || self.memory_mib == 0 {
+            return Err(FieldError::new(
+                "vcpus",
+                "vcpus and memory_mib must be at least 1",
+            ));
+        }
+        Ok(Template {
+            name: self.name.as_str().into(),
+            base_image: self.base_image.as_deref().unwrap_or(&self.name).into(),
+            guest_os,
+            drivers,
+            default_shape: Shape {
+                vcpus: self.vcpus,
+                memory_mib: self.memory_mib,
+            },
+            slot: self.slot.clone(),
+            expected_provision_ms: self.expected_provision_ms,
+            expected_boot_ms: self.expected_boot_ms,
+            expected_run_ms: self.expected_run_ms,
+        })
+    }
+}
+
+/// A breakpoint request.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct WireHold {
+    pub owner: String,
+    pub ttl_ms: u64,
+}
+
+/// A request as journaled: every field resolved (the shape against its template).
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+pub struct WireRequest {
+    pub id: u64,
+    pub template: String,
+    pub count: u32,
+    pub vcpus: Option<u32>,
+    pub memory_mib: Option<u64>,
+    pub labels: BTreeMap<String, String>,
+    pub priority: i32,
+    pub gang: bool,
+    pub hold: Option<WireHold>,
+    pub pending_deadline_ms: Option<u64>,
+    pub expected_run_ms: Option<u64>,
+    pub requester: String,
+}
+
+impl WireRequest {
+    pub fn to_spec(&self) -> RequestSpec {
+        RequestSpec {
+            id: RequestId(self.id),
+            template: self.template.clone(),
+            count: self.count,
+            shape: match (self.vcpus, self.memory_mib) {
+                (Some(vcpus), Some(memory_mib)) => Some(Shape { vcpus, memory_mib }),
+                _ => None,
+            },
+            labels: self
+                .labels
+                .iter()
+                .map(|(k, v)| Label::new(k.clone(), v.clone()))
+                .collect(),
+            priority: self.priority,
+            gang: self.gang,
+            hold_on_failure: self.hold.as_ref().map(|h| Hold {
+                owner: h.owner.clone(),
+                ttl_ms: h.ttl_ms,
+            }),
+            pending_deadline_ms: self.pending_deadline_ms,
+            expected_run_ms: self.expected_run_ms,
+            requester: self.requester.clone(),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum WireFailureKind {
+    Transient,
+    Host,
+    Request,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+pub struct WireFailure {
+    pub kind: WireFailureKind,
+    pub message: String,
+}
+
+impl From<&Failure> for WireFailure {
+    fn from(f: &Failure) -> WireFailure {
+        WireFailure {
+            kind: match f.kind {
+                FailureKind::Transient => WireFailureKind::Transient,
+                FailureKind::Host => WireFailureKind::Host,
+                FailureKind::Request => WireFailureKind::Request,
+            },
+            message: f.message.clone(),
+        }
+    }
+}
+
+impl WireFailure {
+    fn to_failure(&self) -> Failure {
+        Failure::new(
+            match self.kind {
+                WireFailureKind::Transient => FailureKind::Transient,
+                WireFailureKind::Host => FailureKind::Host,
+                WireFailureKind::Request => FailureKind::Request,
+            },
+            self.message.clone(),
+        )
+    }
+}
+
+fn result_of(r: &Result<(), WireFailure>) -> Result<(), Failure> {
+    r.as_ref().map(|_| ()).map_err(WireFailure::to_failure)
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+pub struct WireProbe {
+    pub vcpus: u32,
+    pub memory_mib: u64,
+    pub images: Vec<String>,
+}
+
+/// One input as journaled. Hosts carry their driver options, so a restart can rebuild drivers.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(tag = "input", rename_all = "snake_case")]
+pub enum WireInput {
+    Submit {
+        request: WireRequest,
+    },
+    Cancel {
+        request: u64,
+    },
+    AddHost {
+        host: WireHost,
+    },
+    RemoveHost {
+        host: u64,
+    },
+    Probe {
+        host: u64,
+        result: Result<WireProbe, String>,
+    },
+    Drain {
+        host: u64,
+    },
+    Resume {
+        host: u64,
+    },
+    Offline {
+        host: u64,
+    },
+    ProvisionStarted {
+        vm: u64,
+    },
+    ProvisionDone {
+        vm: u64,
+        result: Result<(), WireFailure>,
+    },
+    BootDone {
+        vm: u64,
+        result: Result<(), WireFailure>,
+    },
+    JobFinished {
+        vm: u64,
+        passed: bool,
+    },
+    Release {
+        vm: u64,
+    },
+    Extend {
+        vm: u64,
+        by_ms: u64,
+    },
+    DestroyDone {
+        vm: u64,
+        result: Result<(), WireFailure>,
+    },
+    SetTemplate {
+        template: WireTemplate,
+    },
+    Tick,
+}
+
+impl WireInput {
+    /// The scheduler's input. Fails only for hosts and templates that do not validate.
+    pub fn to_input(&self) -> Result<Input, FieldError> {
+        Ok(match self {
+            WireInput::Submit { request } => Input::Submit(request.to_spec()),
+            WireInput::Cancel { request } => Input::Cancel(RequestId(*request)),
+            WireInput::AddHost { host } => Input::AddHost(host.to_spec()?),
+            WireInput::RemoveHost { host } => Input::RemoveHost(HostId(*host)),
+            WireInput::Probe { host, result } => Input::Probe {
+                host: HostId(*host),
+                result: result.as_ref().map_err(Clone::clone).map(|p| ProbeReport {
+                    vcpus: p.vcpus,
+                    memory_mib: p.memory_mib,
+                    images: p.images.clone(),
+                }),
+            },
+            WireInput::Drain { host } => Input::Drain(HostId(*host)),
+            WireInput::Resume { host } => Input::Resume(HostId(*host)),
+            WireInput::Offline { host } => Input::Offline(HostId(*host)),
+            WireInput::ProvisionStarted { vm } => Input::ProvisionStarted(VmId(*vm)),
+            WireInput::ProvisionDone { vm, result } => Input::ProvisionDone {
+                vm: VmId(*vm),
+                result: result_of(result),
+            },
+            WireInput::BootDone { vm, result } => Input::BootDone {
+                vm: VmId(*vm),
+                result: result_of(result),
+            },
+            WireInput::JobFinished { vm, passed } => Input::JobFinished {
+                vm: VmId(*vm),
+                passed: *passed,
+            },
+            WireInput::Release { vm } => Input::Release(VmId(*vm)),
+            WireInput::Extend { vm, by_ms } => Input::Extend {
+                vm: VmId(*vm),
+                by_ms: *by_ms,
+            },
+            WireInput::DestroyDone { vm, result } => Input::DestroyDone {
+                vm: VmId(*vm),
+                result: result_of(result),
+            },
+            WireInput::SetTemplate { template } => Input::SetTemplate(template.to_template()?),
+            WireInput::Tick => Input::Tick,
+        })
+    }
+
+    /// A short name for logs and the audit table.
+    pub fn name(&self) -> &'static str {
+        match self {
+            WireInput::Submit { .. } => "submit",
+            WireInput::Cancel { .. } => "cancel",
+            WireInput::AddHost { .. } => "add_host",
+            WireInput::RemoveHost { .. } => "remove_host",
+            WireInput::Probe { .. } => "probe",
+            WireInput::Drain { .. } => "drain",
+            WireInput::Resume { .. } => "resume",
+            WireInput::Offline { .. } => "offline",
+            WireInput::ProvisionStarted { .. } => "provision_started",
+            WireInput::ProvisionDone { .. } => "provision_done",
+            WireInput::BootDone { .. } => "boot_done",
+            WireInput::JobFinished { .. } => "job_finished",
+            WireInput::Release { .. } => "release",
+            WireInput::Extend { .. } => "extend",
+            WireInput::DestroyDone { .. } => "destroy_done",
+            WireInput::SetTemplate { .. } => "set_template",
+            WireInput::Tick => "tick",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn inputs_round_trip_through_json() {
+        let inputs = vec![
+            WireInput::Submit {
+                request: WireRequest {
+                    id: 3,
+                    template: "linux".into(),
+                    count: 2,
+                    vcpus: Some(4),
+                    memory_mib: Some(8192),
+                    labels: BTreeMap::from([("arch".into(), "x86_64".into())]),
+                    priority: 5,
+                    gang: true,
+                    hold: Some(WireHold {
+                        owner: "dev".into(),
+                        ttl_ms: 60_000,
+                    }),
+                    pending_deadline_ms: None,
+                    expected_run_ms: Some(1000),
+                    requester: "ci".into(),
+                },
+            },
+            WireInput::ProvisionDone {
+                vm: 7,
+                result: Err(WireFailure {
+                    kind: WireFailureKind::Host,
+                    message: "disk full".into(),
+                }),
+            },
+            WireInput::Probe {
+                host: 1,
+                result: Ok(WireProbe {
+                    vcpus: 8,
+                    memory_mib: 1024,
+                    images: vec!["linux".into()],
+                }),
+            },
+            WireInput::Tick,
+        ];
+        for input in inputs {
+            let json = serde_json::to_string(&input).unwrap();
+            let back: WireInput = serde_json::from_str(&json).unwrap();
+            assert_eq!(back, input, "{json}");
+            back.to_input().unwrap();
+        }
+    }
+}

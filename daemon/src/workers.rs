@@ -1,0 +1,354 @@
+//! Driver workers and the host monitor: they carry out the scheduler's actions on each host's
+//! driver with bounded concurrency, probe hosts periodically, and report every outcome to the
+//! control loop as an input. A slow host only holds up its own workers.
+//!
+//! Each VM on a host has one task that runs its driver calls in order (provision, boot,
+//! destroy), so a destroy never overtakes the provisioning it undoes, which would leave an
+//! orphan behind.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use berth_drivers::sim::SimWorld;
+use berth_drivers::{Driver, DriverError, VmRecipe, vm_name};
+use berth_sched::{Action, HostId, VmId};
+use tokio::sync::{Notify, Semaphore, mpsc};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::config::ProbeSection;
+use crate::control::Msg;
+use crate::wire::{WireFailure, WireHost, WireInput, WireProbe};
+
+/// One driver call for one VM.
+#[derive(Debug)]
+pub(crate) enum VmOp {
+    Provision(VmRecipe),
+    /// Wait for the boot of a VM provisioned before a restart.
+    Boot,
+    Destroy,
+    /// Destroy a VM berth has no record of (found at reconciliation): no input to report.
+    DestroyOrphan,
+}
+
+struct HostWorker {
+    driver: Arc<dyn Driver>,
+    permits: Arc<Semaphore>,
+    probe: JoinHandle<()>,
+    /// Wakes the probe loop for a probe now, reported even if nothing changed.
+    kick: Arc<Notify>,
+}
+
+pub(crate) struct Workers {
+    tx: mpsc::Sender<Msg>,
+    hosts: HashMap<HostId, HostWorker>,
+    vms: HashMap<(VmId, HostId), mpsc::UnboundedSender<VmOp>>,
+    probe: ProbeSection,
+    grace_until: Instant,
+    calls_per_host_max: usize,
+    sim: Arc<SimWorld>,
+    dispatched: u64,
+}
+
+impl Workers {
+    pub(crate) fn new(
+        tx: mpsc::Sender<Msg>,
+        probe: ProbeSection,
+        calls_per_host_max: usize,
+        sim: Arc<SimWorld>,
+    ) -> Workers {
+        let grace_until = Instant::now() + Duration::from_millis(probe.startup_grace_ms);
+        Workers {
+            tx,
+            hosts: HashMap::new(),
+            vms: HashMap::new(),
+            probe,
+            grace_until,
+            calls_per_host_max,
+            sim,
+            dispatched: 0,
+        }
+    }
+
+    /// Builds the host's driver and starts probing it.
+    pub(crate) fn add_host(&mut self, host: &WireHost) {
+        let id = HostId(host.id);
+        let driver = match crate::fleet::build_driver(host, &self.sim) {
+            Ok(d) => d,
+            Err(e) => {
+                // Hosts are checked when added, so this is a host journaled by a daemon that
+                // had a driver this one lacks: it stays without workers.
+                tracing::error!(host = %host.name, error = %e.message, "cannot build the host's driver");
+                return;
+            }
+        };
+        let kick = Arc::new(Notify::new());
+        let probe = tokio::spawn(probe_loop(
+            id,
+            driver.clone(),
+            self.tx.clone(),
+            self.probe.clone(),
+            self.grace_until,
+            kick.clone(),
+        ));
+        if let Some(old) = self.hosts.insert(
+            id,
+            HostWorker {
+                driver,
+                permits: Arc::new(Semaphore::new(self.calls_per_host_max)),
+                probe,
+                kick,
+            },
+        ) {
+            old.probe.abort();
+        }
+    }
+
+    pub(crate) fn remove_host(&mut self, id: HostId) {
+        if let Some(w) = self.hosts.remove(&id) {
+            w.probe.abort();
+        }
+    }
+
+    /// Asks for a probe of the host now (after a resume, which needs a fresh probe).
+    pub(crate) fn kick(&self, id: HostId) {
+        if let Some(w) = self.hosts.get(&id) {
+            w.kick.notify_one();
+        }
+    }
+
+    /// Lists the host's VMs in the background and reports them (`Msg::Listed`).
+    pub(crate) fn list_later(&self, id: HostId) {
+        let Some(w) = self.hosts.get(&id) else {
+            return;
+        };
+        let (driver, tx) = (w.driver.clone(), self.tx.clone());
+        tokio::spawn(async move {
+            match driver.list().await {
+                Ok(listing) => {
+                    let vms = listing
+                        .iter()
+                        .filter_map(|l| berth_drivers::parse_vm_name(&l.name))
+                        .collect();
+                    let _ = tx.send(Msg::Listed { host: id, vms }).await;
+                }
+                Err(e) => tracing::warn!(host = %id, error = %e, "cannot list vms"),
+            }
+        });
+    }
+
+    pub(crate) fn driver(&self, id: HostId) -> Option<Arc<dyn Driver>> {
+        self.hosts.get(&id).map(|w| w.driver.clone())
+    }
+
+    /// Hands one of the scheduler's actions to its host's workers.
+    pub(crate) fn dispatch(&mut self, action: Action) {
+        match action {
+            Action::Provision { vm, host, spec, .. } => {
+                let recipe = VmRecipe {
+                    name: vm_name(vm.0),
+                    template: spec.template.to_string(),
+                    base_image: spec.base_image.to_string(),
+                    guest_os: spec.guest_os,
+                    shape: spec.shape,
+                };
+                self.send(vm, host, VmOp::Provision(recipe));
+            }
+            Action::Destroy { vm, host } => self.send(vm, host, VmOp::Destroy),
+        }
+    }
+
+    pub(crate) fn send(&mut self, vm: VmId, host: HostId, op: VmOp) {
+        self.dispatched += 1;
+        // Now and then, forget the channels of tasks that have finished.
+        if self.dispatched.is_multiple_of(4096) {
+            self.vms.retain(|_, tx| !tx.is_closed());
+        }
+        let op = match self.vms.get(&(vm, host)) {
+            Some(tx) => match tx.send(op) {
+                Ok(()) => return,
+                Err(mpsc::error::SendError(op)) => op,
+            },
+            None => op,
+        };
+        let Some(w) = self.hosts.get(&host) else {
+            tracing::warn!(vm = %vm, host = %host, "action for a host without a driver");
+            return;
+        };
+        let (tx, rx) = mpsc::unbounded_channel();
+        // The receiver is alive until the task below ends; this send cannot fail.
+        let _ = tx.send(op);
+        self.vms.insert((vm, host), tx);
+        tokio::spawn(vm_task(
+            vm,
+            w.driver.clone(),
+            w.permits.clone(),
+            rx,
+            self.tx.clone(),
+        ));
+    }
+}
+
+fn failure(e: &DriverError) -> WireFailure {
+    WireFailure::from(&e.to_failure())
+}
+
+async fn report(tx: &mpsc::Sender<Msg>, input: WireInput) -> bool {
+    tx.send(Msg::internal(input)).await.is_ok()
+}
+
+/// Runs one VM's driver calls in order; ends after its destroy, or after a failed
+/// provisioning (which leaves nothing on the host), once the calls queued by then are done.
+/// Closing the channel first means no call can be queued to a task that is about to end:
+/// the sender sees it closed and starts a new task.
+async fn vm_task(
+    vm: VmId,
+    driver: Arc<dyn Driver>,
+    permits: Arc<Semaphore>,
+    mut rx: mpsc::UnboundedReceiver<VmOp>,
+    tx: mpsc::Sender<Msg>,
+) {
+    let name = vm_name(vm.0);
+    let mut next: Option<VmOp> = None;
+    loop {
+        let op = match next.take() {
+            Some(op) => op,
+            None => match rx.recv().await {
+                Some(op) => op,
+                None => return,
+            },
+        };
+        match op {
+            VmOp::Provision(recipe) => {
+                report(&tx, WireInput::ProvisionStarted { vm: vm.0 }).await;
+                let result = {
+                    let _permit = permits.acquire().await;
+                    driver.provision(&recipe).await
+                };
+                if let Err(e) = &result {
+                    tracing::warn!(vm = %vm, host = driver.host(), error = %e, "provisioning failed");
+                }
+                let ok = result.is_ok();
+                report(
+                    &tx,
+                    WireInput::ProvisionDone {
+                        vm: vm.0,
+                        result: result.map_err(|e| failure(&e)),
+                    },
+                )
+                .await;
+                if ok {
+                    next = Some(VmOp::Boot);
+                } else {
+                    // Done with this VM here; ops already queued (a destroy after a cancel)
+                    // still run, later ones go to a new task.
+                    rx.close();
+                }
+            }
+            VmOp::Boot => {
+                // A destroy that arrives while the guest boots cuts the boot short.
+                tokio::select! {
+                    result = driver.boot(&name) => {
+                        report(&tx, WireInput::BootDone {
+                            vm: vm.0,
+                            result: result.map_err(|e| failure(&e)),
+                        }).await;
+                    }
+                    op = rx.recv() => match op {
+                        Some(op) => next = Some(op),
+                        None => return,
+                    },
+                }
+            }
+            VmOp::Destroy | VmOp::DestroyOrphan => {
+                let orphan = matches!(op, VmOp::DestroyOrphan);
+                let result = {
+                    let _permit = permits.acquire().await;
+                    driver.destroy(&name).await
+                };
+                let ok = result.is_ok();
+                if orphan {
+                    match &result {
+                        Ok(()) => {
+                            tracing::info!(vm = %vm, host = driver.host(), "orphan destroyed")
+                        }
+                        Err(e) => {
+                            tracing::warn!(vm = %vm, host = driver.host(), error = %e, "cannot destroy orphan")
+                        }
+                    }
+                } else {
+                    report(
+                        &tx,
+                        WireInput::DestroyDone {
+                            vm: vm.0,
+                            result: result.map_err(|e| failure(&e)),
+                        },
+                    )
+                    .await;
+                }
+                // A failed destroy stays open: the scheduler sends the destroy again.
+                if ok || orphan {
+                    rx.close();
+                }
+            }
+        }
+    }
+}
+
+/// Probes one host every interval and reports the result; during the start-up grace period
+/// failures are not reported, so the daemon's own downtime does not count against hosts.
+async fn probe_loop(
+    host: HostId,
+    driver: Arc<dyn Driver>,
+    tx: mpsc::Sender<Msg>,
+    probe: ProbeSection,
+    grace_until: Instant,
+    kick: Arc<Notify>,
+) {
+    let interval = Duration::from_millis(probe.interval_ms.max(1));
+    let timeout = Duration::from_millis(probe.timeout_ms.max(1));
+    let mut last_ok: Option<WireProbe> = None;
+    let mut first = true;
+    loop {
+        let mut forced = first;
+        if !first {
+            tokio::select! {
+                () = tokio::time::sleep(interval) => {}
+                () = kick.notified() => forced = true,
+            }
+        }
+        first = false;
+        let result = match tokio::time::timeout(timeout, driver.probe()).await {
+            Ok(Ok(facts)) => Ok(WireProbe {
+                vcpus: facts.vcpus,
+                memory_mib: facts.memory_mib,
+                images: facts.images,
+            }),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err(format!("probe timed out after {} ms", probe.timeout_ms)),
+        };
+        match &result {
+            Err(message) if Instant::now() < grace_until => {
+                tracing::info!(host = %host, error = %message, "probe failed within the start-up grace period");
+                continue;
+            }
+            Err(message) => tracing::warn!(host = %host, error = %message, "probe failed"),
+            // An unchanged successful probe is not news: the journal need not grow with it.
+            Ok(p) if !forced && last_ok.as_ref() == Some(p) => continue,
+            Ok(_) => {}
+        }
+        last_ok = result.as_ref().ok().cloned();
+        if !report(
+            &tx,
+            WireInput::Probe {
+                host: host.0,
+                result,
+            },
+        )
+        .await
+        {
+            return;
+        }
+    }
+}

@@ -1,0 +1,570 @@
+//! The simulated driver: in-memory hosts that provision, boot and destroy VMs with modelled
+//! latency (the simulator's latency models, scaled), keep an inventory of the VMs they run,
+//! and fail when told to.
+//!
+//! Simulated hosts live inside the process that drives them, so a crashed daemon would take
+//! their inventory with it and recovery would have nothing to reconcile against. A [`SimWorld`]
+//! opened with a path therefore keeps its inventory in an append-only file (one line per VM
+//! created, booted or destroyed); reopening the file after `kill -9` gives back exactly the VMs
+//! the hosts ran, as a real hypervisor would.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use berth_sched::{DriverKind, GuestOs};
+use berth_sim::latency::{Latency, Op, Profile};
+
+use crate::{ConsoleAddress, Driver, DriverError, HostFacts, VmListing, VmRecipe, parse_vm_name};
+
+/// A 1×1 grey PNG: the simulated screen.
+const SCREEN_PNG: &[u8] = &[
+    0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a, 0x00, 0x00, 0x00, 0x0d, 0x49, 0x48, 0x44, 0x52,
+    0x00, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00, 0x01, 0x08, 0x00, 0x00, 0x00, 0x00, 0x3a, 0x7e, 0x9b,
+    0x55, 0x00, 0x00, 0x00, 0x0a, 0x49, 0x44, 0x41, 0x54, 0x78, 0x9c, 0x63, 0x68, 0x00, 0x00, 0x00,
+    0x82, 0x00, 0x81, 0x77, 0xcd, 0x72, 0xb6, 0x00, 0x00, 0x00, 0x00, 0x49, 0x45, 0x4e, 0x44, 0xae,
+    0x42, 0x60, 0x82,
+];
+
+/// The first VNC port of simulated consoles.
+const VNC_PORT_BASE: u16 = 5900;
+
+/// Which driver call an injected failure hits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum SimOp {
+    Probe,
+    Provision,
+    Boot,
+    Destroy,
+}
+
+/// What an injected failure looks like to the caller.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SimFault {
+    Transient,
+    Host,
+    Request,
+}
+
+/// Why a simulated world could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum SimWorldError {
+    #[error("reading simulated inventory {path}: {source}")]
+    Read { path: PathBuf, source: io::Error },
+    #[error("writing simulated inventory {path}: {source}")]
+    Write { path: PathBuf, source: io::Error },
+    #[error("simulated inventory {path}, line {line}: {message}")]
+    Parse {
+        path: PathBuf,
+        line: usize,
+        message: String,
+    },
+}
+
+#[derive(Clone, Debug, Default)]
+struct SimVm {
+    booted: bool,
+    /// Its guest, for the boot-time model; unknown for VMs read back from the inventory file.
+    os: Option<GuestOs>,
+}
+
+#[derive(Debug, Default)]
+struct HostInventory {
+    vms: BTreeMap<String, SimVm>,
+    /// Unreachable: every call fails as transient.
+    down: bool,
+    /// Injected failures still to come, per call.
+    faults: BTreeMap<SimOp, Vec<SimFault>>,
+}
+
+#[derive(Debug)]
+struct WorldState {
+    hosts: BTreeMap<String, HostInventory>,
+    log: Option<(PathBuf, File)>,
+    latency: Latency,
+}
+
+/// The state every simulated host of one daemon shares: inventories, injected failures, the
+/// latency model and the optional inventory file.
+#[derive(Debug)]
+pub struct SimWorld {
+    state: Mutex<WorldState>,
+    /// Multiplies every modelled latency: 1.0 is realistic (Linux boots in ~20 s), 0.0 instant.
+    latency_scale: f64,
+}
+
+impl SimWorld {
+    /// A world that keeps its inventory in memory only.
+    pub fn in_memory(latency_scale: f64, seed: u64) -> Arc<SimWorld> {
+        Arc::new(SimWorld {
+            state: Mutex::new(WorldState {
+                hosts: BTreeMap::new(),
+                log: None,
+                latency: Latency::new(Profile::Default, seed),
+            }),
+            latency_scale: latency_scale.max(0.0),
+        })
+    }
+
+    /// A world whose inventory survives the process in `path` (created if missing).
+    pub fn open(
+        path: &Path,
+        latency_scale: f64,
+        seed: u64,
+    ) -> Result<Arc<SimWorld>, SimWorldError> {
+        let mut hosts: BTreeMap<String, HostInventory> = BTreeMap::new();
+        match File::open(path) {
+            Ok(file) => {
+                for (i, line) in BufReader::new(file).lines().enumerate() {
+                    let line = line.map_err(|source| SimWorldError::Read {
+                        path: path.to_owned(),
+                        source,
+                    })?;
+                    apply_log_line(&mut hosts, &line).map_err(|message| SimWorldError::Parse {
+                        path: path.to_owned(),
+                        line: i + 1,
+                        message,
+                    })?;
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(source) => {
+                return Err(SimWorldError::Read {
+                    path: path.to_owned(),
+                    source,
+                });
+            }
+        }
+        // Compact: rewrite the file with only what exists now, then append from there.
+        let write_err = |source| SimWorldError::Write {
+            path: path.to_owned(),
+            source,
+        };
+        let tmp = path.with_extension("tmp");
+        {
+            let mut out = io::BufWriter::new(File::create(&tmp).map_err(write_err)?);
+            for (host, inv) in &hosts {
+                for (name, vm) in &inv.vms {
+                    writeln!(out, "+\t{host}\t{name}").map_err(write_err)?;
+                    if vm.booted {
+                        writeln!(out, "b\t{host}\t{name}").map_err(write_err)?;
+                    }
+                }
+            }
+            out.flush().map_err(write_err)?;
+        }
+        fs::rename(&tmp, path).map_err(write_err)?;
+        let file = OpenOptions::new()
+            .append(true)
+            .open(path)
+            .map_err(write_err)?;
+        Ok(Arc::new(SimWorld {
+            state: Mutex::new(WorldState {
+                hosts,
+                log: Some((path.to_owned(), file)),
+                latency: Latency::new(Profile::Default, seed),
+            }),
+            latency_scale: latency_scale.max(0.0),
+        }))
+    }
+
+    fn lock(&self) -> MutexGuard<'_, WorldState> {
+        // A panic while holding the lock leaves plain data behind, still consistent per line.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A driver for the simulated host `name` with the given capacity.
+    pub fn host(
+        self: &Arc<SimWorld>,
+        name: &str,
+        vcpus: u32,
+        memory_mib: u64,
+        images: Vec<String>,
+    ) -> SimHost {
+        self.lock().hosts.entry(name.to_owned()).or_default();
+        SimHost {
+            world: self.clone(),
+            name: name.to_owned(),
+            facts: HostFacts {
+                vcpus,
+                memory_mib,
+                images,
+            },
+        }
+    }
+
+    /// Makes the next `times` calls of `op` on `host` fail with `fault`.
+    pub fn inject(&self, host: &str, op: SimOp, fault: SimFault, times: usize) {
+        let mut st = self.lock();
+        let faults = st
+            .hosts
+            .entry(host.to_owned())
+            .or_default()
+            .faults
+            .entry(op)
+            .or_default();
+        faults.extend(std::iter::repeat_n(fault, times));
+    }
+
+    /// Takes a host off the network (every call fails as transient) or brings it back.
+    pub fn set_down(&self, host: &str, down: bool) {
+        self.lock().hosts.entry(host.to_owned()).or_default().down = down;
+    }
+
+    /// The names of the VMs a host runs now.
+    pub fn inventory(&self, host: &str) -> Vec<String> {
+        self.lock()
+            .hosts
+            .get(host)
+            .map(|h| h.vms.keys().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Every host's VMs: `(host, vm name)`.
+    pub fn all_vms(&self) -> Vec<(String, String)> {
+        self.lock()
+            .hosts
+            .iter()
+            .flat_map(|(h, inv)| inv.vms.keys().map(move |v| (h.clone(), v.clone())))
+            .collect()
+    }
+
+    /// Puts a VM on a host behind berth's back (tests use it to make orphans).
+    pub fn plant(&self, host: &str, name: &str) {
+        let mut st = self.lock();
+        st.hosts.entry(host.to_owned()).or_default().vms.insert(
+            name.to_owned(),
+            SimVm {
+                booted: true,
+                os: None,
+            },
+        );
+        log(&mut st, '+', host, name);
+        log(&mut st, 'b', host, name);
+    }
+
+    /// Removes a VM behind berth's back (tests use it to make VMs go missing).
+    pub fn vanish(&self, host: &str, name: &str) {
+        let mut st = self.lock();
+        if let Some(inv) = st.hosts.get_mut(host) {
+            inv.vms.remove(name);
+        }
+        log(&mut st, '-', host, name);
+    }
+
+    fn delay(&self, op: Op, os: GuestOs) -> Duration {
+        if self.latency_scale == 0.0 {
+            return Duration::ZERO;
+        }
+        let ms = self.lock().latency.sample(op, DriverKind::Sim, os);
+        Duration::from_secs_f64(ms as f64 * self.latency_scale / 1000.0)
+    }
+
+    /// Fails the call if the host is down or a failure was injected for it.
+    fn check(&self, host: &str, op: SimOp) -> Result<(), DriverError> {
+        let mut st = self.lock();
+        let inv = st.hosts.entry(host.to_owned()).or_default();
+        let err = |fault: SimFault, message: &str| {
+            let (host, message) = (host.to_owned(), message.to_owned());
+            match fault {
+                SimFault::Transient => DriverError::Transient { host, message },
+                SimFault::Host => DriverError::Host { host, message },
+                SimFault::Request => DriverError::Request { host, message },
+            }
+        };
+        if inv.down {
+            return Err(err(SimFault::Transient, "host unreachable (simulated)"));
+        }
+        if let Some(faults) = inv.faults.get_mut(&op)
+            && !faults.is_empty()
+        {
+            let fault = faults.remove(0);
+            return Err(err(fault, "injected failure (simulated)"));
+        }
+        Ok(())
+    }
+}
+
+/// Applies one inventory line (`+`, `b` or `-`, tab, host, tab, VM name).
+fn apply_log_line(hosts: &mut BTreeMap<String, HostInventory>, line: &str) -> Result<(), String> {
+    if line.is_empty() {
+        return Ok(());
+    }
+    let mut parts = line.split('\t');
+    let (Some(op), Some(host), Some(name), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(format!("expected `op<TAB>host<TAB>vm`, got {line:?}"));
+    };
+    let inv = hosts.entry(host.to_owned()).or_default();
+    match op {
+        "+" => {
+            inv.vms.entry(name.to_owned()).or_default();
+        }
+        "b" => {
+            if let Some(vm) = inv.vms.get_mut(name) {
+                vm.booted = true;
+            }
+        }
+        "-" => {
+            inv.vms.remove(name);
+        }
+        other => return Err(format!("unknown op {other:?}")),
+    }
+    Ok(())
+}
+
+fn log(st: &mut WorldState, op: char, host: &str, name: &str) {
+    if let Some((path, file)) = &mut st.log {
+        // One write per line with O_APPEND: a line is whole or absent after a kill.
+        let line = format!("{op}\t{host}\t{name}\n");
+        if let Err(error) = file.write_all(line.as_bytes()) {
+            tracing::error!(path = %path.display(), %error, "cannot write simulated inventory");
+        }
+    }
+}
+
+/// One simulated host.
+#[derive(Debug, Clone)]
+pub struct SimHost {
+    world: Arc<SimWorld>,
+    name: String,
+    facts: HostFacts,
+}
+
+impl SimHost {
+    pub fn world(&self) -> &Arc<SimWorld> {
+        &self.world
+    }
+}
+
+#[async_trait]
+impl Driver for SimHost {
+    fn kind(&self) -> DriverKind {
+        DriverKind::Sim
+    }
+
+    fn host(&self) -> &str {
+        &self.name
+    }
+
+    async fn probe(&self) -> Result<HostFacts, DriverError> {
+        self.world.check(&self.name, SimOp::Probe)?;
+        Ok(self.facts.clone())
+    }
+
+    async fn provision(&self, vm: &VmRecipe) -> Result<(), DriverError> {
+        self.world.check(&self.name, SimOp::Provision)?;
+        {
+            let mut st = self.world.lock();
+            let inv = st.hosts.entry(self.name.clone()).or_default();
+            if inv.vms.contains_key(&vm.name) {
+                // Made by an earlier attempt that the daemon did not see finish: adopt it.
+                return Ok(());
+            }
+            // The disk exists from the first moment, so a crash mid-provision leaves a VM behind.
+            inv.vms.insert(
+                vm.name.clone(),
+                SimVm {
+                    booted: false,
+                    os: Some(vm.guest_os),
+                },
+            );
+            log(&mut st, '+', &self.name, &vm.name);
+        }
+        tokio::time::sleep(self.world.delay(Op::Provision, vm.guest_os)).await;
+        Ok(())
+    }
+
+    async fn boot(&self, name: &str) -> Result<(), DriverError> {
+        self.world.check(&self.name, SimOp::Boot)?;
+        let found = {
+            let st = self.world.lock();
+            st.hosts
+                .get(&self.name)
+                .and_then(|inv| inv.vms.get(name))
+                .map(|vm| (vm.booted, vm.os.unwrap_or(GuestOs::Linux)))
+        };
+        let os = match found {
+            None => {
+                return Err(DriverError::Host {
+                    host: self.name.clone(),
+                    message: format!("vm {name} is gone"),
+                });
+            }
+            Some((true, _)) => return Ok(()),
+            Some((false, os)) => os,
+        };
+        tokio::time::sleep(self.world.delay(Op::Boot, os)).await;
+        let mut st = self.world.lock();
+        let vm = st
+            .hosts
+            .get_mut(&self.name)
+            .and_then(|inv| inv.vms.get_mut(name));
+        match vm {
+            Some(vm) => {
+                vm.booted = true;
+                log(&mut st, 'b', &self.name, name);
+                Ok(())
+            }
+            None => Err(DriverError::Host {
+                host: self.name.clone(),
+                message: format!("vm {name} vanished while booting"),
+            }),
+        }
+    }
+
+    async fn destroy(&self, name: &str) -> Result<(), DriverError> {
+        self.world.check(&self.name, SimOp::Destroy)?;
+        tokio::time::sleep(self.world.delay(Op::Destroy, GuestOs::Linux)).await;
+        let mut st = self.world.lock();
+        let existed = st
+            .hosts
+            .get_mut(&self.name)
+            .is_some_and(|inv| inv.vms.remove(name).is_some());
+        if existed {
+            log(&mut st, '-', &self.name, name);
+        }
+        Ok(())
+    }
+
+    async fn list(&self) -> Result<Vec<VmListing>, DriverError> {
+        self.world.check(&self.name, SimOp::Probe)?;
+        let st = self.world.lock();
+        Ok(st
+            .hosts
+            .get(&self.name)
+            .map(|inv| {
+                inv.vms
+                    .iter()
+                    .map(|(name, vm)| VmListing {
+                        name: name.clone(),
+                        running: vm.booted,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
+    async fn console(&self, name: &str) -> Result<ConsoleAddress, DriverError> {
+        let exists = self
+            .world
+            .lock()
+            .hosts
+            .get(&self.name)
+            .is_some_and(|inv| inv.vms.contains_key(name));
+        if !exists {
+            return Err(DriverError::NoSuchVm {
+                host: self.name.clone(),
+                name: name.to_owned(),
+            });
+        }
+        let n = parse_vm_name(name).unwrap_or(0);
+        Ok(ConsoleAddress {
+            host: self.name.clone(),
+            port: VNC_PORT_BASE + (n % 1000) as u16,
+            password: None,
+        })
+    }
+
+    async fn screenshot(&self, name: &str) -> Result<Vec<u8>, DriverError> {
+        self.console(name).await?;
+        Ok(SCREEN_PNG.to_vec())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use berth_sched::Shape;
+
+    fn recipe(n: u64) -> VmRecipe {
+        VmRecipe {
+            name: crate::vm_name(n),
+            template: "linux".into(),
+            base_image: "linux".into(),
+            guest_os: GuestOs::Linux,
+            shape: Shape {
+                vcpus: 2,
+                memory_mib: 4096,
+            },
+        }
+    }
+
+    #[tokio::test]
+    async fn provision_boot_destroy_keep_the_inventory() {
+        let world = SimWorld::in_memory(0.0, 1);
+        let host = world.host("h1", 8, 32768, vec![]);
+        host.provision(&recipe(1)).await.unwrap();
+        assert_eq!(
+            host.list().await.unwrap(),
+            vec![VmListing {
+                name: "berth-vm1".into(),
+                running: false
+            }]
+        );
+        host.boot("berth-vm1").await.unwrap();
+        assert!(host.list().await.unwrap()[0].running);
+        // Idempotent: provisioning again adopts, booting again returns at once.
+        host.provision(&recipe(1)).await.unwrap();
+        host.boot("berth-vm1").await.unwrap();
+        host.destroy("berth-vm1").await.unwrap();
+        host.destroy("berth-vm1").await.unwrap();
+        assert!(host.list().await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn injected_failures_say_whose_fault() {
+        let world = SimWorld::in_memory(0.0, 1);
+        let host = world.host("h1", 8, 32768, vec![]);
+        world.inject("h1", SimOp::Provision, SimFault::Host, 1);
+        let err = host.provision(&recipe(1)).await.unwrap_err();
+        assert_eq!(err.kind(), berth_sched::FailureKind::Host);
+        host.provision(&recipe(1)).await.unwrap();
+        world.set_down("h1", true);
+        assert!(host.probe().await.unwrap_err().is_transient());
+        world.set_down("h1", false);
+        assert_eq!(host.probe().await.unwrap().vcpus, 8);
+    }
+
+    #[tokio::test]
+    async fn latency_is_modelled_and_scaled() {
+        let world = SimWorld::in_memory(0.001, 1);
+        let host = world.host("h1", 8, 32768, vec![]);
+        let start = std::time::Instant::now();
+        host.provision(&recipe(1)).await.unwrap();
+        host.boot("berth-vm1").await.unwrap();
+        // About 3 s + 20 s modelled, scaled by 1/1000.
+        let took = start.elapsed();
+        assert!(took >= Duration::from_millis(5), "{took:?}");
+        assert!(took < Duration::from_secs(2), "{took:?}");
+    }
+
+    #[tokio::test]
+    async fn inventory_file_survives_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sim-inventory");
+        {
+            let world = SimWorld::open(&path, 0.0, 1).unwrap();
+            let host = world.host("h1", 8, 32768, vec![]);
+            host.provision(&recipe(1)).await.unwrap();
+            host.provision(&recipe(2)).await.unwrap();
+            host.boot("berth-vm2").await.unwrap();
+            host.destroy("berth-vm1").await.unwrap();
+        }
+        let world = SimWorld::open(&path, 0.0, 1).unwrap();
+        let host = world.host("h1", 8, 32768, vec![]);
+        assert_eq!(
+            host.list().await.unwrap(),
+            vec![VmListing {
+                name: "berth-vm2".into(),
+                running: true
+            }]
+        );
+        assert_eq!(world.all_vms(), vec![("h1".into(), "berth-vm2".into())]);
+    }
+}
