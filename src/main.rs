@@ -1,6 +1,7 @@
 //! The `berth` command line: simulate traces, convert and synthesise them.
 
 mod client_cmd;
+mod console_cmd;
 mod serve_cmd;
 mod sim_cmd;
 mod trace_cmd;
@@ -35,6 +36,8 @@ enum Command {
     Host(client_cmd::HostArgs),
     /// The daemon's hosts, VMs and queue at a glance.
     Status(client_cmd::StatusArgs),
+    /// The operations console: hosts, queue, VMs and breakpoints, with drain, VNC and release keys.
+    Console(console_cmd::ConsoleArgs),
 }
 
 fn main() -> ExitCode {
@@ -47,6 +50,7 @@ fn main() -> ExitCode {
         Command::Vm(c) => client_cmd::vm(c),
         Command::Host(c) => client_cmd::host(c),
         Command::Status(c) => client_cmd::status(c),
+        Command::Console(c) => console_cmd::run(c),
     };
     match result {
         Ok(code) => code,

@@ -1,0 +1,1252 @@
+//! The console's state and its update function: `App::update(Event) -> Vec<Command>`. Pure: no
+//! terminal, no network, no clock reads (time arrives as `Event::Tick`), so key scripts test it.
+
+use std::cmp::Ordering;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
+
+use crate::event::{Command, ConnState, Event, Role};
+use crate::keymap::{self, KeyAction, Screen};
+use crate::model::{
+    Action, ConsoleInfo, Detail, DrainPrediction, EventRow, Snapshot, Target, duration, mib,
+    vm_name,
+};
+use crate::vnc::SshEnv;
+
+/// Events kept for the events screen.
+pub const EVENTS_MAX: usize = 10_000;
+/// Queue-length samples kept for the sparkline.
+pub const QUEUE_HISTORY_MAX: usize = 240;
+/// After this long without fresh data the header says "stale".
+pub const STALE_AFTER_MS: u64 = 5_000;
+/// Rows the frame takes that are not table rows (header, tabs, footer, borders, column titles).
+const CHROME_ROWS: u16 = 6;
+/// How much `E` extends a breakpoint by default.
+const EXTEND_DEFAULT_S: u64 = 3600;
+
+/// How the console was started.
+#[derive(Clone, Debug, Default)]
+pub struct Options {
+    /// No actions at all: the Shift-letter keys do not exist.
+    pub read_only: bool,
+    /// Set when the console runs inside an SSH session.
+    pub ssh: Option<SshEnv>,
+    /// What the header names as the source (`http://127.0.0.1:7878`, `demo`).
+    pub source_label: String,
+    /// False when `NO_COLOR` is set.
+    pub color: bool,
+}
+
+/// A sortable value of one cell.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum SortKey {
+    Num(i64),
+    Text(String),
+}
+
+/// A table screen's position, filter, sort and marks.
+#[derive(Clone, Debug, Default)]
+pub struct TableState {
+    /// Position in `view`.
+    pub selected: usize,
+    /// First visible position in `view`.
+    pub offset: usize,
+    pub filter: String,
+    pub sort_col: usize,
+    pub sort_reverse: bool,
+    /// Row keys (host names, request and VM ids), kept across refreshes.
+    pub marks: BTreeSet<String>,
+    /// Indices into the snapshot's rows, filtered and sorted.
+    pub view: Vec<usize>,
+}
+
+/// What a drain forecast looks like in the dialog.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Forecast {
+    NotAsked,
+    Pending,
+    Ready(DrainPrediction),
+    Unavailable(String),
+}
+
+/// A confirmation dialog for an action that changes things.
+#[derive(Clone, Debug)]
+pub struct Confirm {
+    pub kind: KeyAction,
+    pub title: String,
+    /// Row keys of the targets.
+    pub targets: Vec<String>,
+    /// The targets as the dialog names them (`sim-small-1`, `r7`, `berth-vm12`).
+    pub labels: Vec<String>,
+    pub consequence: String,
+    /// The name the operator must type before Enter confirms (take offline).
+    pub type_to_confirm: Option<String>,
+    pub typed: String,
+    pub forecast: Forecast,
+    pub extend_s: u64,
+}
+
+/// A window over the screens.
+#[derive(Clone, Debug)]
+pub enum Popup {
+    Help {
+        scroll: usize,
+    },
+    Confirm(Confirm),
+    /// The VNC hint inside an SSH session.
+    Vnc {
+        info: ConsoleInfo,
+        ssh_command: String,
+        url: String,
+    },
+    Screenshot {
+        vm: u64,
+        status: Option<Result<(), String>>,
+    },
+}
+
+/// A line being typed in the footer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Input {
+    Filter,
+    Command(String),
+}
+
+/// The detail view of a host, request or VM.
+#[derive(Clone, Debug)]
+pub struct DetailState {
+    pub target: Target,
+    pub content: Option<Result<Detail, String>>,
+    pub scroll: usize,
+}
+
+/// Figures for the overview, computed once per snapshot.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Summary {
+    /// Per host class: (class, hosts, cpu used milli, cpu milli, memory used, memory).
+    pub classes: Vec<ClassCapacity>,
+    pub hosts_by_state: Vec<(String, u64)>,
+    pub vms_by_state: Vec<(String, u64)>,
+    pub queue_len: u64,
+    pub oldest_wait_ms: Option<u64>,
+    pub n_breakpoints: u64,
+}
+
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ClassCapacity {
+    pub class: String,
+    pub n_hosts: u64,
+    pub cpu_used_milli: u64,
+    pub cpu_milli: u64,
+    pub memory_used_mib: u64,
+    pub memory_mib: u64,
+}
+
+/// The whole console state.
+#[derive(Clone, Debug)]
+pub struct App {
+    pub opts: Options,
+    pub read_only: bool,
+    pub screen: Screen,
+    pub snap: Snapshot,
+    pub summary: Summary,
+    /// The local clock (ms since the Unix epoch), from ticks.
+    pub now_ms: u64,
+    /// The local clock when the last snapshot arrived.
+    pub data_at_ms: Option<u64>,
+    pub conn: ConnState,
+    pub stream_up: bool,
+    pub events: VecDeque<EventRow>,
+    pub queue_history: VecDeque<u64>,
+    pub tables: BTreeMap<Screen, TableState>,
+    pub popup: Option<Popup>,
+    pub input: Option<Input>,
+    pub detail: Option<DetailState>,
+    /// A one-line message in the footer.
+    pub flash: Option<String>,
+    pub width: u16,
+    pub height: u16,
+    /// Set when something visible changed; the runtime draws and clears it.
+    pub dirty: bool,
+    /// Actions sent and not yet answered.
+    pending_actions: usize,
+    /// Lower-case row text per screen, built at the first filter keystroke after new data so
+    /// typing a filter over 100,000 rows does not format every row again.
+    search_cache: BTreeMap<Screen, Vec<String>>,
+}
+
+impl App {
+    pub fn new(opts: Options, now_ms: u64, width: u16, height: u16) -> App {
+        let mut tables = BTreeMap::new();
+        for s in Screen::ALL {
+            if s != Screen::Overview {
+                tables.insert(s, TableState::default());
+            }
+        }
+        App {
+            read_only: opts.read_only,
+            opts,
+            screen: Screen::Overview,
+            snap: Snapshot::default(),
+            summary: Summary::default(),
+            now_ms,
+            data_at_ms: None,
+            conn: ConnState::Connecting,
+            stream_up: false,
+            events: VecDeque::new(),
+            queue_history: VecDeque::new(),
+            tables,
+            popup: None,
+            input: None,
+            detail: None,
+            flash: None,
+            width,
+            height,
+            dirty: true,
+            pending_actions: 0,
+            search_cache: BTreeMap::new(),
+        }
+    }
+
+    /// The daemon's clock now, estimated from the last snapshot and the local clock.
+    pub fn server_now_ms(&self) -> u64 {
+        match self.data_at_ms {
+            Some(at) => self.snap.now_ms + self.now_ms.saturating_sub(at),
+            None => self.now_ms,
+        }
+    }
+
+    /// How long the data has been stale, if it is.
+    pub fn stale_ms(&self) -> Option<u64> {
+        let age = self.now_ms.saturating_sub(self.data_at_ms?);
+        (age > STALE_AFTER_MS).then_some(age)
+    }
+
+    /// The visible table rows: height less the chrome.
+    pub fn page_rows(&self) -> usize {
+        usize::from(self.height.saturating_sub(CHROME_ROWS).max(1))
+    }
+
+    pub fn table(&self, screen: Screen) -> Option<&TableState> {
+        self.tables.get(&screen)
+    }
+
+    /// The one update function.
+    pub fn update(&mut self, event: Event) -> Vec<Command> {
+        self.dirty = true;
+        match event {
+            Event::Key(k) => self.key(k),
+            Event::Resize { width, height } => {
+                self.width = width;
+                self.height = height;
+                for s in Screen::ALL {
+                    self.scroll_into_view(s);
+                }
+                vec![]
+            }
+            Event::Tick { now_ms } => {
+                self.now_ms = now_ms;
+                vec![]
+            }
+            Event::Data(snap) => {
+                self.set_data(*snap);
+                vec![]
+            }
+            Event::Stream(row) => {
+                self.push_event(row);
+                // The events screen is the only one that changes at once.
+                self.dirty = self.screen == Screen::Events || self.detail.is_some();
+                vec![]
+            }
+            Event::Connection(c) => {
+                self.conn = c;
+                vec![]
+            }
+            Event::StreamUp(up) => {
+                self.stream_up = up;
+                vec![]
+            }
+            Event::Role(r) => {
+                if r == Role::ReadOnly && !self.read_only {
+                    self.read_only = true;
+                    self.flash = Some("this token is read-only: actions are off".into());
+                    if matches!(self.popup, Some(Popup::Confirm(_))) {
+                        self.popup = None;
+                    }
+                }
+                vec![]
+            }
+            Event::Detail(d) => {
+                if let Some(det) = &mut self.detail {
+                    let same = match &*d {
+                        Ok(x) => x.target == det.target,
+                        Err(_) => det.content.is_none(),
+                    };
+                    if same {
+                        det.content = Some(*d);
+                    }
+                }
+                vec![]
+            }
+            Event::Prediction { hosts, result } => {
+                if let Some(Popup::Confirm(c)) = &mut self.popup
+                    && c.kind == KeyAction::Drain
+                    && c.targets == hosts
+                {
+                    c.forecast = match result {
+                        Ok(Some(p)) => Forecast::Ready(p),
+                        Ok(None) => {
+                            Forecast::Unavailable("the daemon cannot forecast drains yet".into())
+                        }
+                        Err(e) => Forecast::Unavailable(e),
+                    };
+                }
+                vec![]
+            }
+            Event::ActionDone { action, result } => {
+                self.pending_actions = self.pending_actions.saturating_sub(1);
+                let text = match &result {
+                    Ok(()) => format!("{}: done", action.describe()),
+                    Err(e) => format!("{}: failed: {e}", action.describe()),
+                };
+                self.flash = Some(text.clone());
+                // A token the daemon calls read-only: stop offering what it will refuse.
+                if let Err(e) = &result
+                    && e.contains(": 403: ")
+                    && !self.read_only
+                {
+                    self.read_only = true;
+                    self.flash = Some(format!("{text} · this token is read-only: actions are off"));
+                }
+                let at_ms = self.server_now_ms();
+                self.push_event(EventRow {
+                    at_ms,
+                    kind: "action".into(),
+                    subject: action_subject(&action),
+                    text,
+                });
+                if self.pending_actions == 0 {
+                    vec![Command::Refresh]
+                } else {
+                    vec![]
+                }
+            }
+            Event::Console(result) => self.console_answer(result),
+            Event::Notice(text) => {
+                self.flash = Some(text);
+                vec![]
+            }
+            Event::Screenshot { vm, result } => {
+                if let Some(Popup::Screenshot { vm: v, status }) = &mut self.popup
+                    && *v == vm
+                {
+                    *status = Some(result);
+                }
+                vec![]
+            }
+        }
+    }
+
+    fn set_data(&mut self, snap: Snapshot) {
+        // Keep each table's selection on the same row across the refresh.
+        let keep: Vec<(Screen, Option<String>)> = self
+            .tables
+            .keys()
+            .map(|&s| (s, self.selected_key(s)))
+            .collect();
+        self.snap = snap;
+        self.search_cache.clear();
+        self.data_at_ms = Some(self.now_ms);
+        self.summary = summarize(&self.snap);
+        self.queue_history.push_back(self.snap.queue.len() as u64);
+        while self.queue_history.len() > QUEUE_HISTORY_MAX {
+            self.queue_history.pop_front();
+        }
+        for (s, key) in keep {
+            self.rebuild_view(s);
+            if let Some(key) = key
+                && let Some(pos) = self.position_of(s, &key)
+                && let Some(t) = self.tables.get_mut(&s)
+            {
+                t.selected = pos;
+            }
+            self.scroll_into_view(s);
+        }
+    }
+
+    fn push_event(&mut self, row: EventRow) {
+        self.events.push_front(row);
+        while self.events.len() > EVENTS_MAX {
+            self.events.pop_back();
+        }
+        self.search_cache.remove(&Screen::Events);
+        if self.screen == Screen::Events {
+            self.rebuild_view(Screen::Events);
+        }
+    }
+
+    // ---- keys ----
+
+    fn key(&mut self, k: KeyEvent) -> Vec<Command> {
+        if k.kind == crossterm::event::KeyEventKind::Release {
+            self.dirty = false;
+            return vec![];
+        }
+        if k.code == KeyCode::Char('c') && k.modifiers.contains(KeyModifiers::CONTROL) {
+            return vec![Command::Quit];
+        }
+        if self.popup.is_some() {
+            return self.popup_key(k);
+        }
+        if self.input.is_some() {
+            return self.input_key(k);
+        }
+        let screen = self.screen;
+        let Some(action) = keymap::lookup(&k, screen, self.read_only) else {
+            self.dirty = false;
+            return vec![];
+        };
+        self.flash = None;
+        self.act(action)
+    }
+
+    fn act(&mut self, action: KeyAction) -> Vec<Command> {
+        use KeyAction as A;
+        if self.detail.is_some() {
+            match action {
+                A::Up => {
+                    if let Some(d) = &mut self.detail {
+                        d.scroll = d.scroll.saturating_sub(1);
+                    }
+                    return vec![];
+                }
+                A::Down => {
+                    if let Some(d) = &mut self.detail {
+                        d.scroll += 1;
+                    }
+                    return vec![];
+                }
+                A::Back => {
+                    self.detail = None;
+                    return vec![];
+                }
+                A::Vnc | A::Screenshot => {
+                    if let Some(DetailState {
+                        target: Target::Vm(vm),
+                        ..
+                    }) = &self.detail
+                    {
+                        let vm = *vm;
+                        return self.vm_key(action, vm);
+                    }
+                    return vec![];
+                }
+                A::Go(_) | A::Quit | A::Help | A::CommandBar | A::Refresh => {}
+                _ => return vec![],
+            }
+        }
+        match action {
+            A::Help => {
+                self.popup = Some(Popup::Help { scroll: 0 });
+                vec![]
+            }
+            A::CommandBar => {
+                self.input = Some(Input::Command(String::new()));
+                vec![]
+            }
+            A::Filter => {
+                if self.tables.contains_key(&self.screen) {
+                    self.input = Some(Input::Filter);
+                }
+                vec![]
+            }
+            A::Up => self.move_by(-1),
+            A::Down => self.move_by(1),
+            A::PageUp => self.move_by(-(self.page_rows() as i64)),
+            A::PageDown => self.move_by(self.page_rows() as i64),
+            A::Top => self.move_by(i64::MIN / 2),
+            A::Bottom => self.move_by(i64::MAX / 2),
+            A::Enter => self.open_detail(),
+            A::Back => {
+                let screen = self.screen;
+                if let Some(t) = self.tables.get_mut(&screen) {
+                    if !t.filter.is_empty() {
+                        t.filter.clear();
+                        self.rebuild_view(screen);
+                    } else {
+                        t.marks.clear();
+                    }
+                }
+                vec![]
+            }
+            A::Mark => {
+                let screen = self.screen;
+                if screen == Screen::Events {
+                    return vec![];
+                }
+                if let Some(key) = self.selected_key(screen)
+                    && let Some(t) = self.tables.get_mut(&screen)
+                    && !t.marks.remove(&key)
+                {
+                    t.marks.insert(key);
+                }
+                self.move_by(1)
+            }
+            A::SortNext | A::SortPrev | A::SortReverse => {
+                let screen = self.screen;
+                let n = columns(screen).len();
+                if let Some(t) = self.tables.get_mut(&screen) {
+                    match action {
+                        A::SortNext => t.sort_col = (t.sort_col + 1) % n,
+                        A::SortPrev => t.sort_col = (t.sort_col + n - 1) % n,
+                        _ => t.sort_reverse = !t.sort_reverse,
+                    }
+                }
+                self.rebuild_view(screen);
+                self.flash = Some(self.sort_label(screen));
+                vec![]
+            }
+            A::Refresh => vec![Command::Refresh],
+            A::Go(s) => {
+                self.detail = None;
+                self.screen = s;
+                self.rebuild_view(s);
+                vec![]
+            }
+            A::Quit => vec![Command::Quit],
+            A::Vnc | A::Screenshot => match self.selected_vm() {
+                Some(vm) => self.vm_key(action, vm),
+                None => vec![],
+            },
+            A::Drain | A::Resume | A::Offline | A::Cancel | A::Release | A::Extend => {
+                self.open_confirm(action)
+            }
+        }
+    }
+
+    fn vm_key(&mut self, action: KeyAction, vm: u64) -> Vec<Command> {
+        if action == KeyAction::Vnc {
+            self.flash = Some(format!("asking for the console of {}", vm_name(vm)));
+            vec![Command::FetchConsole(vm)]
+        } else {
+            self.popup = Some(Popup::Screenshot { vm, status: None });
+            vec![Command::FetchScreenshot(vm)]
+        }
+    }
+
+    fn console_answer(&mut self, result: Result<ConsoleInfo, String>) -> Vec<Command> {
+        match result {
+            Err(e) => {
+                self.flash = Some(format!("no console: {e}"));
+                vec![]
+            }
+            Ok(info) => match &self.opts.ssh {
+                Some(ssh) => {
+                    let (ssh_command, url) = crate::vnc::ssh_hint(ssh, &info);
+                    let copy = format!("{ssh_command}\n{url}");
+                    self.popup = Some(Popup::Vnc {
+                        info,
+                        ssh_command,
+                        url,
+                    });
+                    vec![Command::Copy(copy)]
+                }
+                None => {
+                    self.flash = Some(format!("opening a viewer on {}", info.vnc_url()));
+                    vec![Command::LaunchViewer {
+                        host: info.host,
+                        port: info.port,
+                    }]
+                }
+            },
+        }
+    }
+
+    fn popup_key(&mut self, k: KeyEvent) -> Vec<Command> {
+        let Some(popup) = &mut self.popup else {
+            return vec![];
+        };
+        match popup {
+            Popup::Help { scroll } => {
+                match k.code {
+                    KeyCode::Char('j') | KeyCode::Down => *scroll += 1,
+                    KeyCode::Char('k') | KeyCode::Up => *scroll = scroll.saturating_sub(1),
+                    KeyCode::Esc | KeyCode::Char('?') | KeyCode::Char('q') | KeyCode::Enter => {
+                        self.popup = None
+                    }
+                    _ => {}
+                }
+                vec![]
+            }
+            Popup::Vnc { .. } | Popup::Screenshot { .. } => {
+                if matches!(
+                    k.code,
+                    KeyCode::Esc | KeyCode::Enter | KeyCode::Char('q') | KeyCode::Char('s')
+                ) {
+                    self.popup = None;
+                }
+                vec![]
+            }
+            Popup::Confirm(c) => {
+                if k.code == KeyCode::Esc {
+                    self.popup = None;
+                    self.flash = Some("cancelled: nothing changed".into());
+                    return vec![];
+                }
+                if let Some(name) = &c.type_to_confirm {
+                    match k.code {
+                        KeyCode::Char(ch) => c.typed.push(ch),
+                        KeyCode::Backspace => {
+                            c.typed.pop();
+                        }
+                        KeyCode::Enter if c.typed == *name => return self.confirmed(),
+                        _ => {}
+                    }
+                    return vec![];
+                }
+                match k.code {
+                    KeyCode::Char('y') | KeyCode::Enter => self.confirmed(),
+                    KeyCode::Char('n') | KeyCode::Char('q') => {
+                        self.popup = None;
+                        self.flash = Some("cancelled: nothing changed".into());
+                        vec![]
+                    }
+                    KeyCode::Char('+') if c.kind == KeyAction::Extend => {
+                        c.extend_s += EXTEND_DEFAULT_S;
+                        c.consequence = extend_consequence(c.extend_s);
+                        vec![]
+                    }
+                    KeyCode::Char('-') if c.kind == KeyAction::Extend => {
+                        c.extend_s = c
+                            .extend_s
+                            .saturating_sub(EXTEND_DEFAULT_S)
+                            .max(EXTEND_DEFAULT_S);
+                        c.consequence = extend_consequence(c.extend_s);
+                        vec![]
+                    }
+                    _ => {
+                        self.dirty = false;
+                        vec![]
+                    }
+                }
+            }
+        }
+    }
+
+    fn confirmed(&mut self) -> Vec<Command> {
+        let Some(Popup::Confirm(c)) = self.popup.take() else {
+            return vec![];
+        };
+        let actions: Vec<Action> = c
+            .targets
+            .iter()
+            .filter_map(|t| match c.kind {
+                KeyAction::Drain => Some(Action::Drain(t.clone())),
+                KeyAction::Resume => Some(Action::Resume(t.clone())),
+                KeyAction::Offline => Some(Action::Offline(t.clone())),
+                KeyAction::Cancel => parse_request_key(t).map(Action::Cancel),
+                KeyAction::Release => parse_vm_key(t).map(Action::Release),
+                KeyAction::Extend => parse_vm_key(t).map(|vm| Action::Extend {
+                    vm,
+                    seconds: c.extend_s,
+                }),
+                _ => None,
+            })
+            .collect();
+        if let Some(t) = self.tables.get_mut(&self.screen) {
+            t.marks.clear();
+        }
+        self.pending_actions += actions.len();
+        self.flash = Some(format!("{}: sent", c.title));
+        actions.into_iter().map(Command::Perform).collect()
+    }
+
+    fn open_confirm(&mut self, kind: KeyAction) -> Vec<Command> {
+        if self.read_only {
+            return vec![];
+        }
+        let screen = self.screen;
+        // The marked rows, else the selected one.
+        let mut targets: Vec<String> = match self.tables.get(&screen) {
+            Some(t) if !t.marks.is_empty() => t.marks.iter().cloned().collect(),
+            _ => self.selected_key(screen).into_iter().collect(),
+        };
+        if screen == Screen::Vms && matches!(kind, KeyAction::Release | KeyAction::Extend) {
+            // On the VMs screen only held VMs have a breakpoint to release or extend.
+            let held: BTreeSet<String> = self
+                .snap
+                .vms
+                .iter()
+                .filter(|v| v.state == "held")
+                .map(|v| v.id.to_string())
+                .collect();
+            targets.retain(|t| held.contains(t));
+        }
+        if kind == KeyAction::Offline && targets.len() > 1 {
+            // Taking hosts offline stops their VMs: one at a time, by name.
+            targets = self.selected_key(screen).into_iter().collect();
+        }
+        if targets.is_empty() {
+            self.flash = Some("nothing to act on: select or mark a row".into());
+            return vec![];
+        }
+        let n = targets.len();
+        let shown = |prefix: &str| -> Vec<String> {
+            targets.iter().map(|t| format!("{prefix}{t}")).collect()
+        };
+        let (title, consequence, labels) = match kind {
+            KeyAction::Drain => (
+                format!("drain {}", plural(n, "host")),
+                "no new VMs are placed there; running VMs finish, then the host is idle".to_owned(),
+                targets.clone(),
+            ),
+            KeyAction::Resume => (
+                format!("resume {}", plural(n, "host")),
+                "the hosts take new VMs again".to_owned(),
+                targets.clone(),
+            ),
+            KeyAction::Offline => (
+                "take 1 host offline".to_owned(),
+                "the host stops at once: its VMs are lost and their requests retried elsewhere"
+                    .to_owned(),
+                targets.clone(),
+            ),
+            KeyAction::Cancel => (
+                format!("cancel {}", plural(n, "request")),
+                "waiting VMs are dropped and running ones destroyed; requesters see `cancelled`"
+                    .to_owned(),
+                shown("r"),
+            ),
+            KeyAction::Release => (
+                format!("release {}", plural(n, "breakpoint")),
+                "the held VMs are destroyed; anyone attached loses the session".to_owned(),
+                targets
+                    .iter()
+                    .map(|t| parse_vm_key(t).map_or(t.clone(), vm_name))
+                    .collect(),
+            ),
+            KeyAction::Extend => (
+                format!("extend {}", plural(n, "breakpoint")),
+                extend_consequence(EXTEND_DEFAULT_S),
+                targets
+                    .iter()
+                    .map(|t| parse_vm_key(t).map_or(t.clone(), vm_name))
+                    .collect(),
+            ),
+            _ => return vec![],
+        };
+        let forecast = if kind == KeyAction::Drain {
+            Forecast::Pending
+        } else {
+            Forecast::NotAsked
+        };
+        let type_to_confirm = (kind == KeyAction::Offline).then(|| targets[0].clone());
+        let cmds = if kind == KeyAction::Drain {
+            vec![Command::PredictDrain(targets.clone())]
+        } else {
+            vec![]
+        };
+        self.popup = Some(Popup::Confirm(Confirm {
+            kind,
+            title,
+            targets,
+            labels,
+            consequence,
+            type_to_confirm,
+            typed: String::new(),
+            forecast,
+            extend_s: EXTEND_DEFAULT_S,
+        }));
+        cmds
+    }
+
+    fn input_key(&mut self, k: KeyEvent) -> Vec<Command> {
+        let screen = self.screen;
+        match self.input.clone() {
+            Some(Input::Filter) => {
+                match k.code {
+                    KeyCode::Esc => {
+                        self.input = None;
+                        if let Some(t) = self.tables.get_mut(&screen) {
+                            t.filter.clear();
+                        }
+                    }
+                    KeyCode::Enter => self.input = None,
+                    KeyCode::Backspace => {
+                        if let Some(t) = self.tables.get_mut(&screen) {
+                            t.filter.pop();
+                        }
+                    }
+                    KeyCode::Char(c) => {
+                        if let Some(t) = self.tables.get_mut(&screen) {
+                            t.filter.push(c);
+                        }
+                    }
+                    _ => return vec![],
+                }
+                if let Some(t) = self.tables.get_mut(&screen) {
+                    t.selected = 0;
+                    t.offset = 0;
+                }
+                self.rebuild_view(screen);
+                vec![]
+            }
+            Some(Input::Command(mut text)) => match k.code {
+                KeyCode::Esc => {
+                    self.input = None;
+                    vec![]
+                }
+                KeyCode::Enter => {
+                    self.input = None;
+                    let t = text.trim();
+                    let action = if t == "q" || t == "q!" {
+                        Some(KeyAction::Quit)
+                    } else {
+                        keymap::command(t, self.read_only)
+                    };
+                    match action {
+                        Some(a) => self.act(a),
+                        None => {
+                            self.flash = Some(format!("no command `{t}`: press ? for the list"));
+                            vec![]
+                        }
+                    }
+                }
+                KeyCode::Tab => {
+                    if let Some(first) = keymap::complete(text.trim(), self.read_only).first() {
+                        text = (*first).to_owned();
+                    }
+                    self.input = Some(Input::Command(text));
+                    vec![]
+                }
+                KeyCode::Backspace => {
+                    text.pop();
+                    self.input = Some(Input::Command(text));
+                    vec![]
+                }
+                KeyCode::Char(c) => {
+                    text.push(c);
+                    self.input = Some(Input::Command(text));
+                    vec![]
+                }
+                _ => vec![],
+            },
+            None => vec![],
+        }
+    }
+
+    // ---- tables ----
+
+    fn move_by(&mut self, delta: i64) -> Vec<Command> {
+        let screen = self.screen;
+        if let Some(t) = self.tables.get_mut(&screen) {
+            let n = t.view.len() as i64;
+            let pos = (t.selected as i64)
+                .saturating_add(delta)
+                .clamp(0, (n - 1).max(0));
+            t.selected = pos as usize;
+        }
+        self.scroll_into_view(screen);
+        vec![]
+    }
+
+    fn scroll_into_view(&mut self, screen: Screen) {
+        let page = self.page_rows();
+        if let Some(t) = self.tables.get_mut(&screen) {
+            t.selected = t.selected.min(t.view.len().saturating_sub(1));
+            if t.selected < t.offset {
+                t.offset = t.selected;
+            } else if t.selected >= t.offset + page {
+                t.offset = t.selected + 1 - page;
+            }
+            t.offset = t.offset.min(t.view.len().saturating_sub(1));
+        }
+    }
+
+    fn rebuild_view(&mut self, screen: Screen) {
+        let Some(t) = self.tables.get(&screen) else {
+            return;
+        };
+        let n = self.n_rows(screen);
+        let filter = t.filter.to_lowercase();
+        let (col, reverse) = (t.sort_col, t.sort_reverse);
+        let mut view: Vec<usize> = if filter.is_empty() {
+            (0..n).collect()
+        } else {
+            if self.search_cache.get(&screen).is_none_or(|c| c.len() != n) {
+                let texts = (0..n)
+                    .map(|i| self.cells(screen, i).join("\u{1f}").to_lowercase())
+                    .collect();
+                self.search_cache.insert(screen, texts);
+            }
+            match self.search_cache.get(&screen) {
+                Some(texts) => (0..n).filter(|&i| texts[i].contains(&filter)).collect(),
+                None => (0..n).collect(),
+            }
+        };
+        // Sort 0 is the source's own order (queue order, newest event first).
+        if col != 0 {
+            view.sort_by_cached_key(|&i| self.sort_key(screen, i, col));
+        }
+        if reverse {
+            view.reverse();
+        }
+        if let Some(t) = self.tables.get_mut(&screen) {
+            t.view = view;
+        }
+        self.scroll_into_view(screen);
+    }
+
+    fn sort_label(&self, screen: Screen) -> String {
+        let Some(t) = self.tables.get(&screen) else {
+            return String::new();
+        };
+        let name = columns(screen).get(t.sort_col).copied().unwrap_or("?");
+        let dir = if t.sort_reverse {
+            "descending"
+        } else {
+            "ascending"
+        };
+        if t.sort_col == 0 {
+            format!("sorted in source order ({dir})")
+        } else {
+            format!("sorted by {} ({dir})", name.to_lowercase())
+        }
+    }
+
+    pub fn n_rows(&self, screen: Screen) -> usize {
+        match screen {
+            Screen::Overview => 0,
+            Screen::Hosts => self.snap.hosts.len(),
+            Screen::Queue => self.snap.queue.len(),
+            Screen::Vms => self.snap.vms.len(),
+            Screen::Breakpoints => self.snap.breakpoints.len(),
+            Screen::Events => self.events.len(),
+        }
+    }
+
+    /// The key that identifies a row across refreshes (and names it in marks).
+    pub fn row_key(&self, screen: Screen, idx: usize) -> Option<String> {
+        Some(match screen {
+            Screen::Overview => return None,
+            Screen::Hosts => self.snap.hosts.get(idx)?.name.clone(),
+            Screen::Queue => self.snap.queue.get(idx)?.id.to_string(),
+            Screen::Vms => self.snap.vms.get(idx)?.id.to_string(),
+            Screen::Breakpoints => self.snap.breakpoints.get(idx)?.vm.to_string(),
+            Screen::Events => {
+                let e = self.events.get(idx)?;
+                format!("{}:{}:{}", e.at_ms, e.subject, e.text)
+            }
+        })
+    }
+
+    pub fn selected_index(&self, screen: Screen) -> Option<usize> {
+        let t = self.tables.get(&screen)?;
+        t.view.get(t.selected).copied()
+    }
+
+    pub fn selected_key(&self, screen: Screen) -> Option<String> {
+        self.row_key(screen, self.selected_index(screen)?)
+    }
+
+    fn position_of(&self, screen: Screen, key: &str) -> Option<usize> {
+        let t = self.tables.get(&screen)?;
+        t.view
+            .iter()
+            .position(|&i| self.row_key(screen, i).as_deref() == Some(key))
+    }
+
+    fn selected_vm(&self) -> Option<u64> {
+        let idx = self.selected_index(self.screen)?;
+        match self.screen {
+            Screen::Vms => self.snap.vms.get(idx).map(|v| v.id),
+            Screen::Breakpoints => self.snap.breakpoints.get(idx).map(|b| b.vm),
+            _ => None,
+        }
+    }
+
+    fn open_detail(&mut self) -> Vec<Command> {
+        let Some(idx) = self.selected_index(self.screen) else {
+            return vec![];
+        };
+        let target = match self.screen {
+            Screen::Hosts => self
+                .snap
+                .hosts
+                .get(idx)
+                .map(|h| Target::Host(h.name.clone())),
+            Screen::Queue => self.snap.queue.get(idx).map(|r| Target::Request(r.id)),
+            Screen::Vms => self.snap.vms.get(idx).map(|v| Target::Vm(v.id)),
+            Screen::Breakpoints => self.snap.breakpoints.get(idx).map(|b| Target::Vm(b.vm)),
+            Screen::Events => {
+                let e = self.events.get(idx);
+                e.and_then(|e| match e.kind.as_str() {
+                    "host" => Some(Target::Host(e.subject.clone())),
+                    "request" => parse_request_key(&e.subject).map(Target::Request),
+                    "vm" => e
+                        .subject
+                        .strip_prefix("berth-vm")
+                        .and_then(|d| d.parse().ok())
+                        .map(Target::Vm),
+                    _ => None,
+                })
+            }
+            Screen::Overview => None,
+        };
+        let Some(target) = target else {
+            return vec![];
+        };
+        self.detail = Some(DetailState {
+            target: target.clone(),
+            content: None,
+            scroll: 0,
+        });
+        vec![Command::FetchDetail(target)]
+    }
+
+    /// Text cells of one row, as drawn and as the filter searches them.
+    pub fn cells(&self, screen: Screen, idx: usize) -> Vec<String> {
+        let now = self.server_now_ms();
+        match screen {
+            Screen::Overview => vec![],
+            Screen::Hosts => {
+                let Some(h) = self.snap.hosts.get(idx) else {
+                    return vec![];
+                };
+                vec![
+                    h.name.clone(),
+                    format!("{} {}", crate::model::host_glyph(&h.state), h.state),
+                    h.class.clone(),
+                    h.driver.clone(),
+                    format!("{}/{}", milli(h.cpu_used_milli), milli(h.cpu_milli)),
+                    format!("{}/{}", mib(h.memory_used_mib), mib(h.memory_mib)),
+                    h.n_vms.to_string(),
+                    h.labels.join(","),
+                    h.last_probe_ms.map_or("never".into(), |t| {
+                        format!("{} ago", duration(now.saturating_sub(t)))
+                    }),
+                ]
+            }
+            Screen::Queue => {
+                let Some(r) = self.snap.queue.get(idx) else {
+                    return vec![];
+                };
+                vec![
+                    format!("r{}", r.id),
+                    r.requester.clone(),
+                    r.shape(),
+                    duration(now.saturating_sub(r.submitted_ms)),
+                    r.priority.to_string(),
+                    r.why.as_ref().map_or("-".into(), |w| w.summary.clone()),
+                ]
+            }
+            Screen::Vms => {
+                let Some(v) = self.snap.vms.get(idx) else {
+                    return vec![];
+                };
+                vec![
+                    v.name.clone(),
+                    format!("r{}", v.request),
+                    v.template.clone(),
+                    v.host.clone().unwrap_or_else(|| "-".into()),
+                    format!("{} {}", crate::model::vm_glyph(&v.state), v.state),
+                    duration(now.saturating_sub(v.created_ms)),
+                ]
+            }
+            Screen::Breakpoints => {
+                let Some(b) = self.snap.breakpoints.get(idx) else {
+                    return vec![];
+                };
+                vec![
+                    b.name.clone(),
+                    b.owner.clone(),
+                    b.host.clone().unwrap_or_else(|| "-".into()),
+                    duration(now.saturating_sub(b.held_since_ms)),
+                    b.expires_ms.map_or("?".into(), |e| {
+                        if e > now {
+                            duration(e - now)
+                        } else {
+                            "expiring".into()
+                        }
+                    }),
+                    "v: vnc  s: screenshot".into(),
+                ]
+            }
+            Screen::Events => {
+                let Some(e) = self.events.get(idx) else {
+                    return vec![];
+                };
+                vec![
+                    clock(e.at_ms),
+                    e.kind.clone(),
+                    e.subject.clone(),
+                    e.text.clone(),
+                ]
+            }
+        }
+    }
+
+    fn sort_key(&self, screen: Screen, idx: usize, col: usize) -> SortKey {
+        let now = self.server_now_ms();
+        let num = |n: u64| SortKey::Num(i64::try_from(n).unwrap_or(i64::MAX));
+        match (screen, col) {
+            (Screen::Hosts, 4) => self.snap.hosts.get(idx).map_or(num(0), |h| {
+                num(h.cpu_used_milli.saturating_mul(1000) / h.cpu_milli.max(1))
+            }),
+            (Screen::Hosts, 5) => self.snap.hosts.get(idx).map_or(num(0), |h| {
+                num(h.memory_used_mib.saturating_mul(1000) / h.memory_mib.max(1))
+            }),
+            (Screen::Hosts, 6) => num(self.snap.hosts.get(idx).map_or(0, |h| h.n_vms)),
+            (Screen::Queue, 0) => num(self.snap.queue.get(idx).map_or(0, |r| r.id)),
+            (Screen::Queue, 3) => num(self
+                .snap
+                .queue
+                .get(idx)
+                .map_or(0, |r| now.saturating_sub(r.submitted_ms))),
+            (Screen::Queue, 4) => SortKey::Num(self.snap.queue.get(idx).map_or(0, |r| r.priority)),
+            (Screen::Vms, 0) => num(self.snap.vms.get(idx).map_or(0, |v| v.id)),
+            (Screen::Vms, 1) => num(self.snap.vms.get(idx).map_or(0, |v| v.request)),
+            (Screen::Vms, 5) => num(self
+                .snap
+                .vms
+                .get(idx)
+                .map_or(0, |v| now.saturating_sub(v.created_ms))),
+            (Screen::Breakpoints, 3) => num(self
+                .snap
+                .breakpoints
+                .get(idx)
+                .map_or(0, |b| now.saturating_sub(b.held_since_ms))),
+            (Screen::Breakpoints, 4) => num(self
+                .snap
+                .breakpoints
+                .get(idx)
+                .and_then(|b| b.expires_ms)
+                .unwrap_or(u64::MAX)),
+            (Screen::Events, 0) => num(self.events.get(idx).map_or(0, |e| e.at_ms)),
+            _ => SortKey::Text(
+                self.cells(screen, idx)
+                    .into_iter()
+                    .nth(col)
+                    .unwrap_or_default(),
+            ),
+        }
+    }
+}
+
+impl Ord for ClassCapacity {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.class.cmp(&other.class)
+    }
+}
+impl PartialOrd for ClassCapacity {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Eq for ClassCapacity {}
+
+/// The column titles of a table screen.
+pub fn columns(screen: Screen) -> &'static [&'static str] {
+    match screen {
+        Screen::Overview => &[],
+        Screen::Hosts => &[
+            "HOST", "STATE", "CLASS", "DRIVER", "CPU", "MEMORY", "VMS", "LABELS", "PROBED",
+        ],
+        Screen::Queue => &[
+            "REQUEST",
+            "REQUESTER",
+            "SHAPE",
+            "WAITED",
+            "PRIO",
+            "WHY WAITING",
+        ],
+        Screen::Vms => &["VM", "REQUEST", "TEMPLATE", "HOST", "STATE", "AGE"],
+        Screen::Breakpoints => &["VM", "OWNER", "HOST", "HELD FOR", "TIME LEFT", "CONSOLE"],
+        Screen::Events => &["TIME", "KIND", "SUBJECT", "WHAT"],
+    }
+}
+
+fn summarize(s: &Snapshot) -> Summary {
+    let mut classes: BTreeMap<&str, ClassCapacity> = BTreeMap::new();
+    let mut hosts_by_state: BTreeMap<&str, u64> = BTreeMap::new();
+    for h in &s.hosts {
+        *hosts_by_state.entry(&h.state).or_default() += 1;
+        let c = classes.entry(&h.class).or_insert_with(|| ClassCapacity {
+            class: h.class.clone(),
+            ..ClassCapacity::default()
+        });
+        c.n_hosts += 1;
+        // Hosts that take no VMs offer no capacity.
+        if h.state == "ready" {
+            c.cpu_milli += h.cpu_milli;
+            c.memory_mib += h.memory_mib;
+        }
+        c.cpu_used_milli += h.cpu_used_milli;
+        c.memory_used_mib += h.memory_used_mib;
+    }
+    let mut vms_by_state: BTreeMap<&str, u64> = BTreeMap::new();
+    for v in &s.vms {
+        *vms_by_state.entry(&v.state).or_default() += 1;
+    }
+    Summary {
+        classes: classes.into_values().collect(),
+        hosts_by_state: hosts_by_state
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect(),
+        vms_by_state: vms_by_state
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect(),
+        queue_len: s.queue.len() as u64,
+        oldest_wait_ms: s.oldest_wait_ms(),
+        n_breakpoints: s.breakpoints.len() as u64,
+    }
+}
+
+fn extend_consequence(seconds: u64) -> String {
+    format!(
+        "each hold lasts {} longer (+/- to change)",
+        duration(seconds * 1000)
+    )
+}
+
+fn plural(n: usize, what: &str) -> String {
+    if n == 1 {
+        format!("1 {what}")
+    } else {
+        format!("{n} {what}s")
+    }
+}
+
+fn parse_request_key(s: &str) -> Option<u64> {
+    s.strip_prefix('r').unwrap_or(s).parse().ok()
+}
+
+fn parse_vm_key(s: &str) -> Option<u64> {
+    s.strip_prefix("berth-vm").unwrap_or(s).parse().ok()
+}
+
+fn action_subject(a: &Action) -> String {
+    match a {
+        Action::Drain(h) | Action::Resume(h) | Action::Offline(h) => h.clone(),
+        Action::Cancel(r) => format!("r{r}"),
+        Action::Release(v) | Action::Extend { vm: v, .. } => vm_name(*v),
+    }
+}
+
+/// `12.5` from milli-units, `8` when whole.
+pub fn milli(m: u64) -> String {
+    if m.is_multiple_of(1000) {
+        (m / 1000).to_string()
+    } else {
+        format!("{:.1}", m as f64 / 1000.0)
+    }
+}
+
+/// `14:02:31` (UTC) of a time in ms since the Unix epoch.
+pub fn clock(ms: u64) -> String {
+    let s = (ms / 1000) % 86_400;
+    format!("{:02}:{:02}:{:02}", s / 3600, (s % 3600) / 60, s % 60)
+}

@@ -1,0 +1,258 @@
+//! Fixed fleets for snapshot tests, key-script tests and the frame-time benchmark: the same
+//! inputs always draw the same screens.
+
+use crate::model::{
+    Breakpoint, DrainPrediction, Host, Request, Snapshot, Vm, WaitStats, Why, host_class, vm_name,
+};
+
+/// The fixed clock of fixtures: 2026-05-01 12:00:00 UTC.
+pub const NOW_MS: u64 = 1_777_636_800_000;
+
+fn host(name: &str, state: &str, cpus: u64, used: u64, mem_g: u64, used_g: u64, vms: u64) -> Host {
+    let labels = vec!["arch=x86_64".to_owned()];
+    Host {
+        class: host_class(name, &labels),
+        name: name.into(),
+        driver: "sim".into(),
+        state: state.into(),
+        cpu_milli: cpus * 1000,
+        cpu_used_milli: used * 1000,
+        memory_mib: mem_g * 1024,
+        memory_used_mib: used_g * 1024,
+        n_vms: vms,
+        labels,
+        last_probe_ms: Some(NOW_MS - 12_000),
+    }
+}
+
+/// A small fleet with something in every state: six hosts, a queue, VMs and two breakpoints.
+pub fn small() -> Snapshot {
+    let hosts = vec![
+        host("sim-small-1", "ready", 16, 12, 64, 40, 3),
+        host("sim-small-2", "draining", 16, 4, 64, 8, 1),
+        host("sim-small-3", "ready", 16, 0, 64, 0, 0),
+        host("sim-large-1", "ready", 128, 96, 256, 200, 12),
+        host("sim-large-2", "error", 128, 0, 256, 0, 0),
+        host("sim-mac-1", "maintenance", 12, 0, 32, 0, 0),
+    ];
+    let why = |s: &str, reasons: &[(&str, u64)]| {
+        Some(Why {
+            summary: s.into(),
+            reasons: reasons.iter().map(|(r, n)| ((*r).to_owned(), *n)).collect(),
+        })
+    };
+    let queue = vec![
+        Request {
+            id: 41,
+            requester: "ci-linux".into(),
+            template: "linux".into(),
+            count: 4,
+            vcpus: Some(8),
+            memory_mib: Some(16_384),
+            priority: 5,
+            submitted_ms: NOW_MS - 754_000,
+            state: "waiting".into(),
+            why: why(
+                "gang of 4: only 2 fit now",
+                &[("too few free vcpus", 3), ("draining", 1)],
+            ),
+        },
+        Request {
+            id: 42,
+            requester: "ci-mac".into(),
+            template: "macos".into(),
+            count: 1,
+            vcpus: Some(4),
+            memory_mib: Some(8192),
+            priority: 0,
+            submitted_ms: NOW_MS - 3_700_000,
+            state: "waiting".into(),
+            why: why(
+                "no host fits: no macos slot free",
+                &[("no free macos slot", 1)],
+            ),
+        },
+        Request {
+            id: 43,
+            requester: "nightly".into(),
+            template: "windows".into(),
+            count: 2,
+            vcpus: Some(4),
+            memory_mib: Some(8192),
+            priority: -1,
+            submitted_ms: NOW_MS - 30_000,
+            state: "waiting".into(),
+            why: why("behind r41 at the head of the queue", &[]),
+        },
+    ];
+    let vm = |id: u64, req: u64, t: &str, host: Option<&str>, state: &str, age_s: u64| Vm {
+        id,
+        name: vm_name(id),
+        request: req,
+        template: t.into(),
+        host: host.map(str::to_owned),
+        state: state.into(),
+        created_ms: NOW_MS - age_s * 1000,
+        updated_ms: NOW_MS - age_s * 500,
+    };
+    let vms = vec![
+        vm(101, 30, "linux", Some("sim-small-1"), "running", 1800),
+        vm(102, 30, "linux", Some("sim-small-1"), "running", 1800),
+        vm(103, 31, "windows", Some("sim-small-1"), "booting", 40),
+        vm(104, 32, "linux", Some("sim-small-2"), "held", 7200),
+        vm(105, 33, "linux", Some("sim-large-1"), "provisioning", 12),
+        vm(106, 34, "linux", Some("sim-large-1"), "held", 600),
+        vm(107, 41, "linux", None, "queued", 754),
+    ];
+    let breakpoints = vec![
+        Breakpoint {
+            vm: 104,
+            name: vm_name(104),
+            owner: "alice".into(),
+            host: Some("sim-small-2".into()),
+            held_since_ms: NOW_MS - 3_600_000,
+            expires_ms: Some(NOW_MS + 4 * 3_600_000),
+        },
+        Breakpoint {
+            vm: 106,
+            name: vm_name(106),
+            owner: "bob".into(),
+            host: Some("sim-large-1".into()),
+            held_since_ms: NOW_MS - 300_000,
+            expires_ms: Some(NOW_MS + 600_000),
+        },
+    ];
+    Snapshot {
+        now_ms: NOW_MS,
+        hosts,
+        queue,
+        vms,
+        breakpoints,
+    }
+}
+
+/// A forecast for draining `hosts`.
+pub fn prediction(hosts: &[String]) -> DrainPrediction {
+    DrainPrediction {
+        hosts: hosts.to_vec(),
+        horizon_ms: 3_600_000,
+        without: WaitStats {
+            mean_wait_ms: 62_000,
+            p95_wait_ms: 240_000,
+            max_wait_ms: 754_000,
+            still_waiting: 0,
+        },
+        with: WaitStats {
+            mean_wait_ms: 185_000,
+            p95_wait_ms: 900_000,
+            max_wait_ms: 1_500_000,
+            still_waiting: 2,
+        },
+    }
+}
+
+/// A big fleet: `n_hosts` hosts in a few classes and `n_vms` VMs spread over them, with a
+/// queue of one request per 100 VMs. Deterministic.
+pub fn large(n_hosts: usize, n_vms: usize) -> Snapshot {
+    let classes = ["small", "large", "mac", "arm"];
+    let states = [
+        "ready",
+        "ready",
+        "ready",
+        "ready",
+        "draining",
+        "error",
+        "maintenance",
+    ];
+    let hosts: Vec<Host> = (0..n_hosts)
+        .map(|i| {
+            let class = classes[i % classes.len()];
+            let mut h = host(
+                &format!("{class}-{i}"),
+                states[i % states.len()],
+                64,
+                (i % 64) as u64,
+                256,
+                (i % 256) as u64,
+                (i % 20) as u64,
+            );
+            h.class = class.into();
+            h
+        })
+        .collect();
+    let vm_states = [
+        "running",
+        "running",
+        "running",
+        "booting",
+        "provisioning",
+        "held",
+        "queued",
+    ];
+    let vms: Vec<Vm> = (0..n_vms)
+        .map(|i| {
+            let id = i as u64 + 1;
+            Vm {
+                id,
+                name: vm_name(id),
+                request: id / 4,
+                template: "linux".into(),
+                host: Some(hosts[i % n_hosts.max(1)].name.clone()),
+                state: vm_states[i % vm_states.len()].into(),
+                created_ms: NOW_MS - (i as u64 % 7200) * 1000,
+                updated_ms: NOW_MS - (i as u64 % 3600) * 1000,
+            }
+        })
+        .collect();
+    let queue = (0..n_vms / 100)
+        .map(|i| Request {
+            id: 1_000_000 + i as u64,
+            requester: format!("ci-{}", i % 7),
+            template: "linux".into(),
+            count: 1 + (i % 4) as u64,
+            vcpus: Some(4),
+            memory_mib: Some(8192),
+            priority: (i % 3) as i64,
+            submitted_ms: NOW_MS - (i as u64 % 600) * 1000,
+            state: "waiting".into(),
+            why: Some(Why {
+                summary: "no host fits".into(),
+                reasons: vec![],
+            }),
+        })
+        .collect();
+    let breakpoints = vms
+        .iter()
+        .filter(|v| v.state == "held")
+        .map(|v| Breakpoint {
+            vm: v.id,
+            name: v.name.clone(),
+            owner: "ops".into(),
+            host: v.host.clone(),
+            held_since_ms: v.updated_ms,
+            expires_ms: Some(v.updated_ms + 8 * 3_600_000),
+        })
+        .collect();
+    Snapshot {
+        now_ms: NOW_MS,
+        hosts,
+        queue,
+        vms,
+        breakpoints,
+    }
+}
+
+/// A small PNG "screen" (a gradient with a bar), for screenshot previews without a VM.
+pub fn screenshot_png() -> Vec<u8> {
+    let img = image::RgbImage::from_fn(64, 40, |x, y| {
+        if (16..24).contains(&y) {
+            image::Rgb([240, 240, 240])
+        } else {
+            image::Rgb([(x * 4) as u8, (y * 6) as u8, 128])
+        }
+    });
+    let mut out = std::io::Cursor::new(Vec::new());
+    // Encoding an in-memory RGB image as PNG cannot fail; an empty Vec would show as an error.
+    let _ = image::DynamicImage::ImageRgb8(img).write_to(&mut out, image::ImageFormat::Png);
+    out.into_inner()
+}

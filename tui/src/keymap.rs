@@ -1,0 +1,502 @@
+//! The keymap as data: one table from which key handling, the `?` help and the `:` command bar
+//! are all generated, so they cannot disagree.
+
+use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
+
+/// The screens, in the order of their number keys.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Screen {
+    Overview,
+    Hosts,
+    Queue,
+    Vms,
+    Breakpoints,
+    Events,
+}
+
+impl Screen {
+    pub const ALL: [Screen; 6] = [
+        Screen::Overview,
+        Screen::Hosts,
+        Screen::Queue,
+        Screen::Vms,
+        Screen::Breakpoints,
+        Screen::Events,
+    ];
+
+    pub fn title(self) -> &'static str {
+        match self {
+            Screen::Overview => "overview",
+            Screen::Hosts => "hosts",
+            Screen::Queue => "queue",
+            Screen::Vms => "vms",
+            Screen::Breakpoints => "breakpoints",
+            Screen::Events => "events",
+        }
+    }
+}
+
+/// What a key does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeyAction {
+    Help,
+    CommandBar,
+    Filter,
+    Up,
+    Down,
+    Top,
+    Bottom,
+    PageUp,
+    PageDown,
+    Enter,
+    Back,
+    Mark,
+    SortNext,
+    SortPrev,
+    SortReverse,
+    Refresh,
+    Go(Screen),
+    Vnc,
+    Screenshot,
+    Quit,
+    Drain,
+    Resume,
+    Offline,
+    Cancel,
+    Release,
+    Extend,
+}
+
+/// Where a binding applies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scope {
+    Everywhere,
+    On(&'static [Screen]),
+}
+
+impl Scope {
+    pub fn contains(self, screen: Screen) -> bool {
+        match self {
+            Scope::Everywhere => true,
+            Scope::On(s) => s.contains(&screen),
+        }
+    }
+}
+
+/// A key as the table writes it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Key {
+    Char(char),
+    Ctrl(char),
+    Code(KeyCode),
+}
+
+impl Key {
+    pub fn label(self) -> String {
+        match self {
+            Key::Char(' ') => "Space".into(),
+            Key::Char(c) => c.to_string(),
+            Key::Ctrl(c) => format!("Ctrl-{c}"),
+            Key::Code(KeyCode::Up) => "↑".into(),
+            Key::Code(KeyCode::Down) => "↓".into(),
+            Key::Code(KeyCode::PageUp) => "PgUp".into(),
+            Key::Code(KeyCode::PageDown) => "PgDn".into(),
+            Key::Code(KeyCode::Home) => "Home".into(),
+            Key::Code(KeyCode::End) => "End".into(),
+            Key::Code(KeyCode::Enter) => "Enter".into(),
+            Key::Code(KeyCode::Esc) => "Esc".into(),
+            Key::Code(other) => format!("{other:?}"),
+        }
+    }
+
+    fn matches(self, ev: &KeyEvent) -> bool {
+        match (self, ev.code) {
+            // Terminals disagree on whether Shift comes with an upper-case letter: the char
+            // alone decides.
+            (Key::Char(c), KeyCode::Char(e)) => {
+                c == e
+                    && !ev
+                        .modifiers
+                        .intersects(KeyModifiers::CONTROL | KeyModifiers::ALT)
+            }
+            (Key::Ctrl(c), KeyCode::Char(e)) => {
+                c == e && ev.modifiers.contains(KeyModifiers::CONTROL)
+            }
+            (Key::Code(c), e) => c == e,
+            _ => false,
+        }
+    }
+}
+
+/// One row of the keymap.
+#[derive(Clone, Copy, Debug)]
+pub struct Binding {
+    pub keys: &'static [Key],
+    pub action: KeyAction,
+    /// The name in the `:` command bar, if it has one.
+    pub command: Option<&'static str>,
+    pub help: &'static str,
+    pub scope: Scope,
+    /// Changes the fleet: confirmed in a dialog, absent in read-only mode.
+    pub changes: bool,
+}
+
+const HOSTS: &[Screen] = &[Screen::Hosts];
+const QUEUE: &[Screen] = &[Screen::Queue];
+const VM_SCREENS: &[Screen] = &[Screen::Vms, Screen::Breakpoints];
+const BREAKPOINTS: &[Screen] = &[Screen::Breakpoints, Screen::Vms];
+const TABLES: &[Screen] = &[
+    Screen::Hosts,
+    Screen::Queue,
+    Screen::Vms,
+    Screen::Breakpoints,
+    Screen::Events,
+];
+
+const fn b(
+    keys: &'static [Key],
+    action: KeyAction,
+    command: Option<&'static str>,
+    help: &'static str,
+    scope: Scope,
+) -> Binding {
+    Binding {
+        keys,
+        action,
+        command,
+        help,
+        scope,
+        changes: false,
+    }
+}
+
+const fn change(
+    key: &'static [Key],
+    action: KeyAction,
+    command: &'static str,
+    help: &'static str,
+    scope: &'static [Screen],
+) -> Binding {
+    Binding {
+        keys: key,
+        action,
+        command: Some(command),
+        help,
+        scope: Scope::On(scope),
+        changes: true,
+    }
+}
+
+use KeyAction as A;
+use Scope::Everywhere as ALL;
+
+/// The keymap.
+pub const KEYMAP: &[Binding] = &[
+    b(
+        &[Key::Char('?')],
+        A::Help,
+        Some("help"),
+        "show this help",
+        ALL,
+    ),
+    b(
+        &[Key::Char(':')],
+        A::CommandBar,
+        None,
+        "command bar (screens, actions)",
+        ALL,
+    ),
+    b(
+        &[Key::Char('/')],
+        A::Filter,
+        Some("filter"),
+        "filter the rows",
+        Scope::On(TABLES),
+    ),
+    b(
+        &[Key::Char('k'), Key::Code(KeyCode::Up)],
+        A::Up,
+        None,
+        "up",
+        ALL,
+    ),
+    b(
+        &[Key::Char('j'), Key::Code(KeyCode::Down)],
+        A::Down,
+        None,
+        "down",
+        ALL,
+    ),
+    b(
+        &[Key::Char('g'), Key::Code(KeyCode::Home)],
+        A::Top,
+        None,
+        "first row",
+        ALL,
+    ),
+    b(
+        &[Key::Char('G'), Key::Code(KeyCode::End)],
+        A::Bottom,
+        None,
+        "last row",
+        ALL,
+    ),
+    b(
+        &[Key::Code(KeyCode::PageUp), Key::Ctrl('b')],
+        A::PageUp,
+        None,
+        "page up",
+        ALL,
+    ),
+    b(
+        &[Key::Code(KeyCode::PageDown), Key::Ctrl('f')],
+        A::PageDown,
+        None,
+        "page down",
+        ALL,
+    ),
+    b(
+        &[Key::Code(KeyCode::Enter)],
+        A::Enter,
+        None,
+        "open the details",
+        Scope::On(TABLES),
+    ),
+    b(
+        &[Key::Code(KeyCode::Esc)],
+        A::Back,
+        None,
+        "back, close, clear the filter",
+        ALL,
+    ),
+    b(
+        &[Key::Char(' ')],
+        A::Mark,
+        None,
+        "mark the row for a bulk action",
+        Scope::On(TABLES),
+    ),
+    b(
+        &[Key::Char('>')],
+        A::SortNext,
+        Some("sort"),
+        "sort by the next column",
+        Scope::On(TABLES),
+    ),
+    b(
+        &[Key::Char('<')],
+        A::SortPrev,
+        None,
+        "sort by the previous column",
+        Scope::On(TABLES),
+    ),
+    b(
+        &[Key::Char('i')],
+        A::SortReverse,
+        Some("reverse"),
+        "reverse the sort",
+        Scope::On(TABLES),
+    ),
+    b(
+        &[Key::Ctrl('r')],
+        A::Refresh,
+        Some("refresh"),
+        "fetch now",
+        ALL,
+    ),
+    b(
+        &[Key::Char('1')],
+        A::Go(Screen::Overview),
+        Some("overview"),
+        "overview screen",
+        ALL,
+    ),
+    b(
+        &[Key::Char('2')],
+        A::Go(Screen::Hosts),
+        Some("hosts"),
+        "hosts screen",
+        ALL,
+    ),
+    b(
+        &[Key::Char('3')],
+        A::Go(Screen::Queue),
+        Some("queue"),
+        "queue screen (why waiting)",
+        ALL,
+    ),
+    b(
+        &[Key::Char('4')],
+        A::Go(Screen::Vms),
+        Some("vms"),
+        "VMs screen",
+        ALL,
+    ),
+    b(
+        &[Key::Char('5')],
+        A::Go(Screen::Breakpoints),
+        Some("breakpoints"),
+        "breakpoints screen",
+        ALL,
+    ),
+    b(
+        &[Key::Char('6')],
+        A::Go(Screen::Events),
+        Some("events"),
+        "events screen",
+        ALL,
+    ),
+    b(
+        &[Key::Char('v')],
+        A::Vnc,
+        Some("vnc"),
+        "VNC: ssh -L hint and copy, or a local viewer",
+        Scope::On(VM_SCREENS),
+    ),
+    b(
+        &[Key::Char('s')],
+        A::Screenshot,
+        Some("screenshot"),
+        "screenshot preview",
+        Scope::On(VM_SCREENS),
+    ),
+    b(
+        &[Key::Char('q'), Key::Ctrl('c')],
+        A::Quit,
+        Some("quit"),
+        "quit",
+        ALL,
+    ),
+    change(
+        &[Key::Char('D')],
+        A::Drain,
+        "drain",
+        "drain the marked hosts (forecast shown)",
+        HOSTS,
+    ),
+    change(
+        &[Key::Char('R')],
+        A::Resume,
+        "resume",
+        "resume the marked hosts",
+        HOSTS,
+    ),
+    change(
+        &[Key::Char('O')],
+        A::Offline,
+        "offline",
+        "take the host offline (type its name)",
+        HOSTS,
+    ),
+    change(
+        &[Key::Char('X')],
+        A::Cancel,
+        "cancel",
+        "cancel the marked requests",
+        QUEUE,
+    ),
+    change(
+        &[Key::Char('B')],
+        A::Release,
+        "release",
+        "release the marked breakpoints",
+        BREAKPOINTS,
+    ),
+    change(
+        &[Key::Char('E')],
+        A::Extend,
+        "extend",
+        "extend the marked breakpoints",
+        BREAKPOINTS,
+    ),
+];
+
+/// The bindings that exist in this mode.
+pub fn bindings(read_only: bool) -> impl Iterator<Item = &'static Binding> {
+    KEYMAP.iter().filter(move |b| !(read_only && b.changes))
+}
+
+/// The action a key has on a screen, if any.
+pub fn lookup(ev: &KeyEvent, screen: Screen, read_only: bool) -> Option<KeyAction> {
+    bindings(read_only)
+        .find(|b| b.scope.contains(screen) && b.keys.iter().any(|k| k.matches(ev)))
+        .map(|b| b.action)
+}
+
+/// Command-bar names starting with `prefix`, in table order; `q` is an alias of `quit`.
+pub fn complete(prefix: &str, read_only: bool) -> Vec<&'static str> {
+    bindings(read_only)
+        .filter_map(|b| b.command)
+        .filter(|c| c.starts_with(prefix))
+        .collect()
+}
+
+/// The action of a command-bar entry: an exact name, else the only name it is a prefix of.
+pub fn command(text: &str, read_only: bool) -> Option<KeyAction> {
+    let text = text.trim();
+    if text.is_empty() {
+        return None;
+    }
+    let by_name = |name: &str| {
+        bindings(read_only)
+            .find(|b| b.command == Some(name))
+            .map(|b| b.action)
+    };
+    if let Some(a) = by_name(text) {
+        return Some(a);
+    }
+    match complete(text, read_only).as_slice() {
+        [only] => by_name(only),
+        _ => None,
+    }
+}
+
+/// Help lines: keys, what they do, and where.
+pub fn help_lines(read_only: bool) -> Vec<(String, &'static str, String)> {
+    bindings(read_only)
+        .map(|b| {
+            let keys = b
+                .keys
+                .iter()
+                .map(|k| k.label())
+                .collect::<Vec<_>>()
+                .join(" ");
+            let scope = match b.scope {
+                Scope::Everywhere => String::new(),
+                Scope::On(s) if s == TABLES => "tables".to_owned(),
+                Scope::On(s) => s.iter().map(|s| s.title()).collect::<Vec<_>>().join(","),
+            };
+            (keys, b.help, scope)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(c: char) -> KeyEvent {
+        KeyEvent::new(KeyCode::Char(c), KeyModifiers::NONE)
+    }
+
+    #[test]
+    fn shift_letters_match_with_or_without_the_shift_flag() {
+        let shifted = KeyEvent::new(KeyCode::Char('D'), KeyModifiers::SHIFT);
+        assert_eq!(lookup(&shifted, Screen::Hosts, false), Some(A::Drain));
+        assert_eq!(lookup(&key('D'), Screen::Hosts, false), Some(A::Drain));
+        assert_eq!(lookup(&key('D'), Screen::Hosts, true), None);
+        assert_eq!(lookup(&key('D'), Screen::Queue, false), None);
+    }
+
+    #[test]
+    fn every_command_name_is_unique_and_completes() {
+        let names: Vec<_> = KEYMAP.iter().filter_map(|b| b.command).collect();
+        for n in &names {
+            assert_eq!(names.iter().filter(|m| *m == n).count(), 1, "{n}");
+            assert!(command(n, false).is_some(), "{n}");
+        }
+        assert_eq!(command("hos", false), Some(A::Go(Screen::Hosts)));
+        assert_eq!(command("re", false), None, "ambiguous");
+        assert_eq!(command("drain", true), None);
+    }
+}

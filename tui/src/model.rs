@@ -1,0 +1,313 @@
+//! What the console shows: plain data read from a source (hosts, queue, VMs, breakpoints,
+//! events, details), with no drawing and no I/O.
+
+/// The daemon's view of the fleet at one moment.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Snapshot {
+    /// The daemon's clock when the snapshot was taken (ms since the Unix epoch).
+    pub now_ms: u64,
+    pub hosts: Vec<Host>,
+    /// Waiting requests, in queue order.
+    pub queue: Vec<Request>,
+    /// VMs that have not ended.
+    pub vms: Vec<Vm>,
+    pub breakpoints: Vec<Breakpoint>,
+}
+
+impl Snapshot {
+    /// The longest wait in the queue, in ms.
+    pub fn oldest_wait_ms(&self) -> Option<u64> {
+        self.queue
+            .iter()
+            .map(|r| self.now_ms.saturating_sub(r.submitted_ms))
+            .max()
+    }
+}
+
+/// A host as listed.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Host {
+    pub name: String,
+    pub driver: String,
+    /// `ready`, `draining`, `maintenance`, `error` or `unknown`.
+    pub state: String,
+    /// The capacity class (the `class` label, else the name without its trailing number).
+    pub class: String,
+    pub cpu_milli: u64,
+    pub cpu_used_milli: u64,
+    pub memory_mib: u64,
+    pub memory_used_mib: u64,
+    pub n_vms: u64,
+    pub labels: Vec<String>,
+    pub last_probe_ms: Option<u64>,
+}
+
+/// The class of a host: its `class` label, else its name without a trailing `-N`.
+pub fn host_class(name: &str, labels: &[String]) -> String {
+    if let Some(c) = labels.iter().find_map(|l| l.strip_prefix("class=")) {
+        return c.to_owned();
+    }
+    let trimmed = name.trim_end_matches(|c: char| c.is_ascii_digit());
+    let trimmed = trimmed.trim_end_matches(['-', '_', '.']);
+    if trimmed.is_empty() {
+        name.to_owned()
+    } else {
+        trimmed.to_owned()
+    }
+}
+
+/// Why a request waits, as the scheduler explains it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Why {
+    pub summary: String,
+    /// Reasons hosts turned the request down, with how many hosts gave each.
+    pub reasons: Vec<(String, u64)>,
+}
+
+/// A request waiting in the queue.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Request {
+    pub id: u64,
+    pub requester: String,
+    pub template: String,
+    pub count: u64,
+    pub vcpus: Option<u64>,
+    pub memory_mib: Option<u64>,
+    pub priority: i64,
+    pub submitted_ms: u64,
+    pub state: String,
+    pub why: Option<Why>,
+}
+
+impl Request {
+    /// `3× linux 4c/8G`.
+    pub fn shape(&self) -> String {
+        let mut s = format!("{}× {}", self.count, self.template);
+        if let (Some(c), Some(m)) = (self.vcpus, self.memory_mib) {
+            s.push_str(&format!(" {c}c/{}", mib(m)));
+        }
+        s
+    }
+}
+
+/// A VM that has not ended.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Vm {
+    pub id: u64,
+    pub name: String,
+    pub request: u64,
+    pub template: String,
+    pub host: Option<String>,
+    pub state: String,
+    pub created_ms: u64,
+    pub updated_ms: u64,
+}
+
+/// A VM held after a failure so someone can look at it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Breakpoint {
+    pub vm: u64,
+    pub name: String,
+    pub owner: String,
+    pub host: Option<String>,
+    pub held_since_ms: u64,
+    /// When the hold ends by itself, if known.
+    pub expires_ms: Option<u64>,
+}
+
+/// One line of the event log: a state change or an operator action.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EventRow {
+    pub at_ms: u64,
+    /// `vm`, `request`, `host`, `action` or `stream`.
+    pub kind: String,
+    /// What it concerns (`berth-vm12`, `r7`, `sim-small-1`).
+    pub subject: String,
+    pub text: String,
+}
+
+/// What a detail view is about.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Target {
+    Host(String),
+    Request(u64),
+    Vm(u64),
+}
+
+impl Target {
+    pub fn label(&self) -> String {
+        match self {
+            Target::Host(h) => format!("host {h}"),
+            Target::Request(r) => format!("request r{r}"),
+            Target::Vm(v) => format!("vm {}", vm_name(*v)),
+        }
+    }
+
+    /// The subject string event rows use for this target.
+    pub fn subject(&self) -> String {
+        match self {
+            Target::Host(h) => h.clone(),
+            Target::Request(r) => format!("r{r}"),
+            Target::Vm(v) => vm_name(*v),
+        }
+    }
+}
+
+/// The name the daemon and drivers give a VM.
+pub fn vm_name(id: u64) -> String {
+    format!("berth-vm{id}")
+}
+
+/// One step in a detail view's history.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TimelineEntry {
+    pub at_ms: u64,
+    pub text: String,
+}
+
+/// How to reach a VM's graphical console.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ConsoleInfo {
+    pub vm: u64,
+    pub host: String,
+    pub port: u16,
+    pub password: Option<String>,
+}
+
+impl ConsoleInfo {
+    pub fn vnc_url(&self) -> String {
+        format!("vnc://{}:{}", self.host, self.port)
+    }
+}
+
+/// A detail view's content, as the source gives it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Detail {
+    pub target: Target,
+    pub fields: Vec<(String, String)>,
+    pub timeline: Vec<TimelineEntry>,
+    /// The console panel: an address, or why there is none.
+    pub console: Option<Result<ConsoleInfo, String>>,
+}
+
+/// The queue wait over one simulated run.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WaitStats {
+    pub mean_wait_ms: u64,
+    pub p95_wait_ms: u64,
+    pub max_wait_ms: u64,
+    /// Requests still waiting at the end of the horizon.
+    pub still_waiting: u64,
+}
+
+/// The simulator's forecast of a drain: queue wait with and without it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DrainPrediction {
+    pub hosts: Vec<String>,
+    pub horizon_ms: u64,
+    pub without: WaitStats,
+    pub with: WaitStats,
+}
+
+/// A change the operator asked for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    Drain(String),
+    Resume(String),
+    Offline(String),
+    Cancel(u64),
+    Release(u64),
+    Extend { vm: u64, seconds: u64 },
+}
+
+impl Action {
+    pub fn describe(&self) -> String {
+        match self {
+            Action::Drain(h) => format!("drain {h}"),
+            Action::Resume(h) => format!("resume {h}"),
+            Action::Offline(h) => format!("offline {h}"),
+            Action::Cancel(r) => format!("cancel r{r}"),
+            Action::Release(v) => format!("release {}", vm_name(*v)),
+            Action::Extend { vm, seconds } => {
+                format!("extend {} by {}", vm_name(*vm), duration(seconds * 1000))
+            }
+        }
+    }
+}
+
+/// `512M`, `8G`, `1.5T`.
+pub fn mib(m: u64) -> String {
+    if m >= 1024 * 1024 && m.is_multiple_of(1024 * 1024) {
+        format!("{}T", m / (1024 * 1024))
+    } else if m >= 1024 && m.is_multiple_of(1024) {
+        format!("{}G", m / 1024)
+    } else if m >= 1024 {
+        format!("{:.1}G", m as f64 / 1024.0)
+    } else {
+        format!("{m}M")
+    }
+}
+
+/// A compact duration: `45s`, `12m`, `3h05m`, `2d04h`.
+pub fn duration(ms: u64) -> String {
+    let s = ms / 1000;
+    if s < 60 {
+        format!("{s}s")
+    } else if s < 3600 {
+        format!("{}m{:02}s", s / 60, s % 60)
+    } else if s < 86_400 {
+        format!("{}h{:02}m", s / 3600, (s % 3600) / 60)
+    } else {
+        format!("{}d{:02}h", s / 86_400, (s % 86_400) / 3600)
+    }
+}
+
+/// The word and glyph for a host state: colour never carries it alone.
+pub fn host_glyph(state: &str) -> &'static str {
+    match state {
+        "ready" => "●",
+        "draining" => "◐",
+        "maintenance" => "○",
+        "error" => "✖",
+        _ => "?",
+    }
+}
+
+/// The glyph for a VM state.
+pub fn vm_glyph(state: &str) -> &'static str {
+    match state {
+        "queued" => "…",
+        "placed" | "provisioning" | "booting" => "◔",
+        "running" => "▶",
+        "held" => "‖",
+        "releasing" => "◌",
+        "done" => "✓",
+        "failed" | "lost" => "✖",
+        "cancelled" => "−",
+        _ => "?",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classes_come_from_the_label_or_the_name() {
+        assert_eq!(host_class("sim-small-12", &[]), "sim-small");
+        assert_eq!(host_class("mac7", &[]), "mac");
+        assert_eq!(host_class("42", &[]), "42");
+        assert_eq!(host_class("x-1", &["class=big".into()]), "big");
+    }
+
+    #[test]
+    fn sizes_and_durations_read_short() {
+        assert_eq!(mib(512), "512M");
+        assert_eq!(mib(8192), "8G");
+        assert_eq!(mib(1536), "1.5G");
+        assert_eq!(duration(45_000), "45s");
+        assert_eq!(duration(125_000), "2m05s");
+        assert_eq!(duration(3_900_000), "1h05m");
+        assert_eq!(duration(90_000_000), "1d01h");
+    }
+}

@@ -1,0 +1,776 @@
+//! Drawing: a pure function of the `App` (and the screenshot being shown) onto a ratatui frame.
+//! Tables build rows only for what is on screen, so 100,000 VMs cost what 30 do.
+
+use ratatui::Frame;
+use ratatui::layout::{Constraint, Layout, Rect};
+use ratatui::style::{Color, Modifier, Style};
+use ratatui::text::{Line, Span, Text};
+use ratatui::widgets::{Block, Borders, Clear, LineGauge, Paragraph, Row, Sparkline, Table, Wrap};
+use ratatui_image::protocol::StatefulProtocol;
+use ratatui_image::{Resize, StatefulImage};
+
+use crate::app::{App, Confirm, Forecast, Input, Popup, clock, columns, milli};
+use crate::event::ConnState;
+use crate::keymap::{self, KeyAction, Screen};
+use crate::model::{WaitStats, duration, host_glyph, mib, vm_glyph};
+
+/// Styles, or none of them under `NO_COLOR` (meaning is always in words and glyphs too).
+#[derive(Clone, Copy)]
+struct Theme {
+    color: bool,
+}
+
+impl Theme {
+    fn fg(self, c: Color) -> Style {
+        if self.color {
+            Style::default().fg(c)
+        } else {
+            Style::default()
+        }
+    }
+
+    fn bold(self) -> Style {
+        Style::default().add_modifier(Modifier::BOLD)
+    }
+
+    fn selected(self) -> Style {
+        Style::default().add_modifier(Modifier::REVERSED)
+    }
+
+    fn dim(self) -> Style {
+        if self.color {
+            Style::default().fg(Color::DarkGray)
+        } else {
+            Style::default()
+        }
+    }
+
+    fn host_state(self, state: &str) -> Style {
+        self.fg(match state {
+            "ready" => Color::Green,
+            "draining" => Color::Yellow,
+            "maintenance" => Color::Blue,
+            "error" => Color::Red,
+            _ => Color::Gray,
+        })
+    }
+
+    fn vm_state(self, state: &str) -> Style {
+        self.fg(match state {
+            "running" => Color::Green,
+            "held" => Color::Magenta,
+            "failed" | "lost" => Color::Red,
+            "queued" => Color::Yellow,
+            _ => Color::Cyan,
+        })
+    }
+}
+
+/// Draws the whole console. `image` is the decoded screenshot, when one is shown.
+pub fn draw(f: &mut Frame, app: &App, image: Option<&mut StatefulProtocol>) {
+    let theme = Theme {
+        color: app.opts.color,
+    };
+    let area = f.area();
+    let [header, tabs, body, footer] = Layout::vertical([
+        Constraint::Length(1),
+        Constraint::Length(1),
+        Constraint::Fill(1),
+        Constraint::Length(1),
+    ])
+    .areas(area);
+    draw_header(f, app, theme, header);
+    draw_tabs(f, app, theme, tabs);
+    if app.detail.is_some() {
+        draw_detail(f, app, theme, body);
+    } else {
+        match app.screen {
+            Screen::Overview => draw_overview(f, app, theme, body),
+            s => draw_table(f, app, theme, s, body),
+        }
+    }
+    draw_footer(f, app, theme, footer);
+    match &app.popup {
+        None => {}
+        Some(Popup::Help { scroll }) => draw_help(f, app, theme, *scroll, area),
+        Some(Popup::Confirm(c)) => draw_confirm(f, theme, c, area),
+        Some(Popup::Vnc {
+            info,
+            ssh_command,
+            url,
+        }) => {
+            let mut lines = vec![
+                Line::from("On your own machine, run:"),
+                Line::from(Span::styled(ssh_command.clone(), theme.bold())),
+                Line::from("then open:"),
+                Line::from(Span::styled(url.clone(), theme.bold())),
+            ];
+            if let Some(p) = &info.password {
+                lines.push(Line::from(format!("password: {p}")));
+            }
+            lines.push(Line::from(""));
+            lines.push(Line::from(
+                "Both lines were sent to your clipboard (OSC 52).",
+            ));
+            lines.push(Line::from(Span::styled("Esc: close", theme.dim())));
+            popup(
+                f,
+                area,
+                76,
+                lines.len() as u16 + 2,
+                &format!(" VNC: {} ", crate::model::vm_name(info.vm)),
+                Text::from(lines),
+            );
+        }
+        Some(Popup::Screenshot { vm, status }) => {
+            let title = format!(" screenshot: {} (Esc: close) ", crate::model::vm_name(*vm));
+            let w = area.width.saturating_sub(4).max(20);
+            let h = area.height.saturating_sub(4).max(6);
+            let rect = centered(area, w, h);
+            f.render_widget(Clear, rect);
+            let block = Block::default().borders(Borders::ALL).title(title);
+            let inner = block.inner(rect);
+            f.render_widget(block, rect);
+            match (status, image) {
+                (Some(Ok(())), Some(img)) => {
+                    f.render_stateful_widget(
+                        StatefulImage::default().resize(Resize::Scale(None)),
+                        inner,
+                        img,
+                    );
+                }
+                (Some(Err(e)), _) => f.render_widget(
+                    Paragraph::new(format!("✖ no screenshot: {e}")).wrap(Wrap { trim: true }),
+                    inner,
+                ),
+                _ => f.render_widget(Paragraph::new("… fetching the screenshot"), inner),
+            }
+        }
+    }
+}
+
+fn conn_text(app: &App) -> (String, Color) {
+    let stale = app.stale_ms().map(|ms| format!("stale for {}s", ms / 1000));
+    match &app.conn {
+        ConnState::Connecting => ("… connecting".into(), Color::Yellow),
+        ConnState::Live => match stale {
+            None => ("● live".into(), Color::Green),
+            Some(s) => (format!("◌ {s}"), Color::Yellow),
+        },
+        ConnState::Reconnecting { attempt, .. } => {
+            let mut t = format!("↻ reconnecting (try {attempt})");
+            if let Some(s) = stale {
+                t.push_str(&format!(", {s}"));
+            }
+            (t, Color::Red)
+        }
+    }
+}
+
+fn draw_header(f: &mut Frame, app: &App, theme: Theme, area: Rect) {
+    let (conn, color) = conn_text(app);
+    let mut spans = vec![
+        Span::styled("berth", theme.bold()),
+        Span::raw(" · "),
+        Span::styled(conn, theme.fg(color).add_modifier(Modifier::BOLD)),
+    ];
+    if !app.stream_up && app.conn == ConnState::Live {
+        spans.push(Span::styled(" (no event stream)", theme.dim()));
+    }
+    if app.read_only {
+        spans.push(Span::raw(" · "));
+        spans.push(Span::styled("READ-ONLY", theme.bold()));
+    }
+    spans.push(Span::raw(" · "));
+    spans.push(Span::raw(app.opts.source_label.clone()));
+    let clock_text = format!(" {} UTC", clock(app.now_ms));
+    let [left, right] = Layout::horizontal([
+        Constraint::Fill(1),
+        Constraint::Length(clock_text.chars().count() as u16),
+    ])
+    .areas(area);
+    f.render_widget(Paragraph::new(Line::from(spans)), left);
+    f.render_widget(Paragraph::new(clock_text), right);
+}
+
+fn draw_tabs(f: &mut Frame, app: &App, theme: Theme, area: Rect) {
+    let mut spans = Vec::new();
+    for (i, s) in Screen::ALL.iter().enumerate() {
+        let label = format!("{} {}", i + 1, s.title());
+        if *s == app.screen {
+            spans.push(Span::styled(format!("[{label}]"), theme.selected()));
+        } else {
+            spans.push(Span::raw(format!(" {label} ")));
+        }
+        spans.push(Span::raw(" "));
+    }
+    f.render_widget(Paragraph::new(Line::from(spans)), area);
+}
+
+fn draw_footer(f: &mut Frame, app: &App, theme: Theme, area: Rect) {
+    let line = match &app.input {
+        Some(Input::Filter) => {
+            let filter = app
+                .table(app.screen)
+                .map(|t| t.filter.clone())
+                .unwrap_or_default();
+            Line::from(vec![
+                Span::styled("/", theme.bold()),
+                Span::raw(filter),
+                Span::raw("█  Enter: keep  Esc: clear"),
+            ])
+        }
+        Some(Input::Command(text)) => {
+            let matches = keymap::complete(text.trim(), app.read_only).join(" ");
+            Line::from(vec![
+                Span::styled(":", theme.bold()),
+                Span::raw(text.clone()),
+                Span::raw("█  "),
+                Span::styled(matches, theme.dim()),
+            ])
+        }
+        None => match &app.flash {
+            Some(msg) => Line::from(Span::styled(msg.clone(), theme.bold())),
+            None => match &app.conn {
+                ConnState::Reconnecting { error, .. } => {
+                    Line::from(Span::styled(format!("✖ {error}"), theme.bold()))
+                }
+                _ => Line::from(Span::styled(hints(app), theme.dim())),
+            },
+        },
+    };
+    let mut right = String::new();
+    if app.input.is_none()
+        && app.detail.is_none()
+        && let Some(t) = app.table(app.screen)
+    {
+        right = format!(" {}/{}", (t.selected + 1).min(t.view.len()), t.view.len());
+        if t.view.len() != app.n_rows(app.screen) {
+            right.push_str(&format!(" of {}", app.n_rows(app.screen)));
+        }
+        if !t.marks.is_empty() {
+            right.push_str(&format!(" · {} marked", t.marks.len()));
+        }
+        if !t.filter.is_empty() {
+            right.push_str(&format!(" · /{}", t.filter));
+        }
+    }
+    let [left_area, right_area] = Layout::horizontal([
+        Constraint::Fill(1),
+        Constraint::Length(right.chars().count() as u16),
+    ])
+    .areas(area);
+    f.render_widget(Paragraph::new(line), left_area);
+    f.render_widget(Paragraph::new(right), right_area);
+}
+
+/// The footer's key hints: the bindings of this screen, from the keymap.
+fn hints(app: &App) -> String {
+    let mut parts = vec!["? help".to_owned(), ": cmd".to_owned()];
+    if app.detail.is_some() {
+        parts.push("Esc back".into());
+        return parts.join("  ");
+    }
+    for b in keymap::bindings(app.read_only) {
+        let show = b.changes
+            || matches!(
+                b.action,
+                KeyAction::Filter | KeyAction::Vnc | KeyAction::Enter
+            );
+        if show
+            && let keymap::Scope::On(s) = b.scope
+            && s.contains(&app.screen)
+        {
+            let key = b.keys.first().map(|k| k.label()).unwrap_or_default();
+            let name = b.command.unwrap_or(match b.action {
+                KeyAction::Enter => "open",
+                _ => "",
+            });
+            parts.push(format!("{key} {name}"));
+        }
+    }
+    parts.join("  ")
+}
+
+fn draw_overview(f: &mut Frame, app: &App, theme: Theme, area: Rect) {
+    let s = &app.summary;
+    let [top, spark] = Layout::vertical([Constraint::Fill(1), Constraint::Length(5)]).areas(area);
+    let [left, right] =
+        Layout::horizontal([Constraint::Percentage(58), Constraint::Percentage(42)]).areas(top);
+
+    // Capacity by host class: one CPU and one memory gauge per class.
+    let block = Block::default()
+        .borders(Borders::ALL)
+        .title(" capacity by host class (ready hosts) ");
+    let inner = block.inner(left);
+    f.render_widget(block, left);
+    let rows_max = usize::from(inner.height);
+    let mut y = inner.y;
+    let per_class = if s.classes.len() * 2 <= rows_max {
+        2
+    } else {
+        1
+    };
+    for c in &s.classes {
+        if y + per_class as u16 > inner.y + inner.height {
+            break;
+        }
+        let cpu = ratio(c.cpu_used_milli, c.cpu_milli);
+        let label = format!(
+            "{:<10.10} cpu {:>5}/{:<5}",
+            c.class,
+            milli(c.cpu_used_milli),
+            milli(c.cpu_milli)
+        );
+        f.render_widget(
+            gauge(theme, label, cpu),
+            Rect::new(inner.x, y, inner.width, 1),
+        );
+        y += 1;
+        if per_class == 2 {
+            let mem = ratio(c.memory_used_mib, c.memory_mib);
+            let label = format!(
+                "{:<10.10} mem {:>5}/{:<5}",
+                if c.n_hosts == 1 {
+                    "1 host".to_owned()
+                } else {
+                    format!("{} hosts", c.n_hosts)
+                },
+                mib(c.memory_used_mib),
+                mib(c.memory_mib)
+            );
+            f.render_widget(
+                gauge(theme, label, mem),
+                Rect::new(inner.x, y, inner.width, 1),
+            );
+            y += 1;
+        }
+    }
+    if s.classes.is_empty() {
+        f.render_widget(Paragraph::new("no hosts"), inner);
+    }
+
+    let mut lines = vec![Line::from(Span::styled("hosts", theme.bold()))];
+    for (state, n) in &s.hosts_by_state {
+        lines.push(Line::from(vec![
+            Span::styled(
+                format!(" {} {:<12}", host_glyph(state), state),
+                theme.host_state(state),
+            ),
+            Span::raw(format!("{n:>7}")),
+        ]));
+    }
+    lines.push(Line::from(Span::styled("queue", theme.bold())));
+    lines.push(Line::from(format!(" requests waiting {:>6}", s.queue_len)));
+    lines.push(Line::from(format!(
+        " oldest wait      {:>6}",
+        s.oldest_wait_ms.map_or("-".into(), duration)
+    )));
+    lines.push(Line::from(vec![
+        Span::styled("breakpoints held ", theme.bold()),
+        Span::raw(format!("{:>6}", s.n_breakpoints)),
+    ]));
+    lines.push(Line::from(Span::styled("vms", theme.bold())));
+    for (state, n) in &s.vms_by_state {
+        lines.push(Line::from(vec![
+            Span::styled(
+                format!(" {} {:<12}", vm_glyph(state), state),
+                theme.vm_state(state),
+            ),
+            Span::raw(format!("{n:>7}")),
+        ]));
+    }
+    f.render_widget(
+        Paragraph::new(lines).block(Block::default().borders(Borders::ALL).title(" fleet ")),
+        right,
+    );
+
+    let data: Vec<u64> = app.queue_history.iter().copied().collect();
+    let width = usize::from(spark.width.saturating_sub(2));
+    let shown = &data[data.len().saturating_sub(width)..];
+    let max = shown.iter().copied().max().unwrap_or(0);
+    f.render_widget(
+        Sparkline::default()
+            .block(Block::default().borders(Borders::ALL).title(format!(
+                " queue length, last {} refreshes (max {max}) ",
+                shown.len()
+            )))
+            .data(shown)
+            .style(theme.fg(Color::Cyan)),
+        spark,
+    );
+}
+
+fn ratio(used: u64, total: u64) -> f64 {
+    if total == 0 {
+        0.0
+    } else {
+        (used as f64 / total as f64).clamp(0.0, 1.0)
+    }
+}
+
+fn gauge(theme: Theme, label: String, r: f64) -> LineGauge<'static> {
+    let pct = (r * 100.0).round() as u64;
+    let color = if r > 0.9 {
+        Color::Red
+    } else if r > 0.7 {
+        Color::Yellow
+    } else {
+        Color::Green
+    };
+    LineGauge::default()
+        .ratio(r)
+        .label(format!("{label} {pct:>3}%"))
+        .filled_style(theme.fg(color))
+        .unfilled_style(theme.dim())
+        .filled_symbol("█")
+        .unfilled_symbol("░")
+}
+
+fn draw_table(f: &mut Frame, app: &App, theme: Theme, screen: Screen, area: Rect) {
+    let Some(t) = app.table(screen) else {
+        return;
+    };
+    let titles = columns(screen);
+    let page = usize::from(area.height.saturating_sub(3).max(1));
+    // The stored offset keeps the selection in view for the page size the app knows; clamp
+    // it again for this area.
+    let mut offset = t.offset.min(t.selected);
+    if t.selected >= offset + page {
+        offset = t.selected + 1 - page;
+    }
+    let end = (offset + page).min(t.view.len());
+    let visible = &t.view[offset.min(end)..end];
+    let mut widths: Vec<usize> = titles.iter().map(|s| s.chars().count()).collect();
+    let mut rows = Vec::with_capacity(visible.len());
+    for (pos, &idx) in visible.iter().enumerate() {
+        let cells = app.cells(screen, idx);
+        for (w, c) in widths.iter_mut().zip(&cells) {
+            *w = (*w).max(c.chars().count());
+        }
+        let key = app.row_key(screen, idx).unwrap_or_default();
+        let cursor = if offset + pos == t.selected {
+            "›"
+        } else {
+            " "
+        };
+        let mark = if t.marks.contains(&key) { "✔" } else { " " };
+        let state_col = state_column(screen);
+        let mut row_cells: Vec<ratatui::widgets::Cell> = Vec::with_capacity(cells.len() + 1);
+        row_cells.push(format!("{cursor}{mark}").into());
+        for (i, c) in cells.into_iter().enumerate() {
+            let style = match (state_col, screen) {
+                (Some(sc), Screen::Hosts) if sc == i => {
+                    theme.host_state(c.split(' ').nth(1).unwrap_or(""))
+                }
+                (Some(sc), _) if sc == i => theme.vm_state(c.split(' ').nth(1).unwrap_or("")),
+                _ => Style::default(),
+            };
+            row_cells.push(ratatui::widgets::Cell::from(c).style(style));
+        }
+        let mut row = Row::new(row_cells);
+        if offset + pos == t.selected {
+            row = row.style(theme.selected());
+        }
+        rows.push(row);
+    }
+    // Columns that do not fit are left out from the right (the filter still searches them);
+    // the last shown column takes what is left, truncated.
+    let mut constraints = vec![Constraint::Length(2)];
+    let mut room = usize::from(area.width.saturating_sub(2)).saturating_sub(3);
+    let last = widths.len().saturating_sub(1);
+    for (i, w) in widths.iter().enumerate() {
+        let w = (*w).min(40);
+        if i == last || w + 1 >= room {
+            if room >= 6 || i == 0 {
+                constraints.push(Constraint::Fill(1));
+            }
+            break;
+        }
+        constraints.push(Constraint::Length(w as u16));
+        room -= w + 1;
+    }
+    let sort = if t.sort_col == 0 && !t.sort_reverse {
+        String::new()
+    } else {
+        format!(
+            " · by {} {}",
+            titles
+                .get(t.sort_col)
+                .copied()
+                .unwrap_or("?")
+                .to_lowercase(),
+            if t.sort_reverse { "↓" } else { "↑" }
+        )
+    };
+    let header_cells: Vec<ratatui::widgets::Cell> = std::iter::once(" ".into())
+        .chain(titles.iter().map(|s| (*s).into()))
+        .collect();
+    let table = Table::new(rows, constraints)
+        .header(Row::new(header_cells).style(theme.bold()))
+        .column_spacing(1)
+        .block(Block::default().borders(Borders::ALL).title(format!(
+            " {} ({}){sort} ",
+            screen.title(),
+            t.view.len()
+        )));
+    f.render_widget(table, area);
+    if t.view.is_empty() {
+        let msg = if t.filter.is_empty() {
+            format!("no {}", screen.title())
+        } else {
+            format!("nothing matches /{}", t.filter)
+        };
+        let inner = Rect::new(area.x + 2, area.y + 2, area.width.saturating_sub(4), 1);
+        f.render_widget(Paragraph::new(msg), inner);
+    }
+}
+
+fn state_column(screen: Screen) -> Option<usize> {
+    match screen {
+        Screen::Hosts => Some(1),
+        Screen::Vms => Some(4),
+        _ => None,
+    }
+}
+
+fn draw_detail(f: &mut Frame, app: &App, theme: Theme, area: Rect) {
+    let Some(d) = &app.detail else {
+        return;
+    };
+    let title = format!(" {} (Esc: back) ", d.target.label());
+    let detail = match &d.content {
+        None => {
+            f.render_widget(
+                Paragraph::new("… loading")
+                    .block(Block::default().borders(Borders::ALL).title(title)),
+                area,
+            );
+            return;
+        }
+        Some(Err(e)) => {
+            f.render_widget(
+                Paragraph::new(format!("✖ {e}"))
+                    .wrap(Wrap { trim: true })
+                    .block(Block::default().borders(Borders::ALL).title(title)),
+                area,
+            );
+            return;
+        }
+        Some(Ok(d)) => d,
+    };
+    let has_console = detail.console.is_some();
+    let [top, bottom] = Layout::vertical([
+        Constraint::Length((detail.fields.len() as u16 + 2).min(area.height / 2)),
+        Constraint::Fill(1),
+    ])
+    .areas(area);
+    let [fields_area, console_area] = if has_console {
+        Layout::horizontal([Constraint::Fill(1), Constraint::Length(38)]).areas(top)
+    } else {
+        Layout::horizontal([Constraint::Fill(1), Constraint::Length(0)]).areas(top)
+    };
+    let key_w = detail
+        .fields
+        .iter()
+        .map(|(k, _)| k.chars().count())
+        .max()
+        .unwrap_or(0);
+    let lines: Vec<Line> = detail
+        .fields
+        .iter()
+        .map(|(k, v)| {
+            Line::from(vec![
+                Span::styled(format!("{k:<key_w$} "), theme.bold()),
+                Span::raw(v.clone()),
+            ])
+        })
+        .collect();
+    f.render_widget(
+        Paragraph::new(lines).block(Block::default().borders(Borders::ALL).title(title)),
+        fields_area,
+    );
+    if let Some(c) = &detail.console {
+        let lines = match c {
+            Ok(info) => vec![
+                Line::from(format!("vnc  {}", info.vnc_url())),
+                Line::from(if info.password.is_some() {
+                    "password set (shown with v)"
+                } else {
+                    "no password"
+                }),
+                Line::from(Span::styled("v: connect  s: screenshot", theme.dim())),
+            ],
+            Err(e) => vec![Line::from(format!("✖ {e}"))],
+        };
+        f.render_widget(
+            Paragraph::new(lines)
+                .wrap(Wrap { trim: true })
+                .block(Block::default().borders(Borders::ALL).title(" console ")),
+            console_area,
+        );
+    }
+    // The history: the source's timeline and the live events about this target, in time order.
+    let subject = d.target.subject();
+    let mut entries: Vec<(u64, String)> = detail
+        .timeline
+        .iter()
+        .map(|t| (t.at_ms, t.text.clone()))
+        .collect();
+    entries.extend(
+        app.events
+            .iter()
+            .filter(|e| e.subject == subject)
+            .map(|e| (e.at_ms, format!("{}: {}", e.kind, e.text))),
+    );
+    entries.sort_by_key(|e| e.0);
+    entries.dedup();
+    let lines: Vec<Line> = entries
+        .iter()
+        .skip(d.scroll)
+        .map(|(at, text)| {
+            Line::from(vec![
+                Span::styled(format!("{}  ", clock(*at)), theme.dim()),
+                Span::raw(text.clone()),
+            ])
+        })
+        .collect();
+    f.render_widget(
+        Paragraph::new(lines).block(
+            Block::default()
+                .borders(Borders::ALL)
+                .title(format!(" history ({}) ", entries.len())),
+        ),
+        bottom,
+    );
+}
+
+fn draw_help(f: &mut Frame, app: &App, theme: Theme, scroll: usize, area: Rect) {
+    let mut lines = Vec::new();
+    for (keys, help, scope) in keymap::help_lines(app.read_only) {
+        let scope = if scope.is_empty() {
+            String::new()
+        } else {
+            format!("  [{scope}]")
+        };
+        lines.push(Line::from(vec![
+            Span::styled(format!("{keys:<14}"), theme.bold()),
+            Span::raw(help),
+            Span::styled(scope, theme.dim()),
+        ]));
+    }
+    let title = if app.read_only {
+        " keys · read-only: no actions (j/k scroll, Esc close) "
+    } else {
+        " keys · Shift-letters change things, always asked first (j/k, Esc) "
+    };
+    let h = (lines.len() as u16 + 2).min(area.height.saturating_sub(2));
+    let text: Vec<Line> = lines.into_iter().skip(scroll).collect();
+    popup(f, area, 78, h, title, Text::from(text));
+}
+
+fn stats_line(label: &str, s: &WaitStats) -> Line<'static> {
+    Line::from(format!(
+        " {label:<14}{:>8}{:>8}{:>8}{:>9}",
+        duration(s.mean_wait_ms),
+        duration(s.p95_wait_ms),
+        duration(s.max_wait_ms),
+        s.still_waiting
+    ))
+}
+
+fn draw_confirm(f: &mut Frame, theme: Theme, c: &Confirm, area: Rect) {
+    let mut lines = vec![
+        Line::from(vec![
+            Span::styled("targets: ", theme.bold()),
+            Span::raw(c.labels.join(", ")),
+        ]),
+        Line::from(vec![
+            Span::styled("effect:  ", theme.bold()),
+            Span::raw(c.consequence.clone()),
+        ]),
+    ];
+    if c.kind == KeyAction::Drain {
+        lines.push(Line::from(""));
+        match &c.forecast {
+            Forecast::NotAsked => {}
+            Forecast::Pending => lines.push(Line::from("forecast: … simulating")),
+            Forecast::Unavailable(why) => {
+                lines.push(Line::from(format!("forecast: unavailable ({why})")));
+            }
+            Forecast::Ready(p) => {
+                lines.push(Line::from(Span::styled(
+                    format!(
+                        "forecast, next {} (simulated on a copy):",
+                        duration(p.horizon_ms)
+                    ),
+                    theme.bold(),
+                )));
+                lines.push(Line::from(format!(
+                    " {:<14}{:>8}{:>8}{:>8}{:>9}",
+                    "queue wait", "mean", "p95", "max", "waiting"
+                )));
+                lines.push(stats_line("without drain", &p.without));
+                lines.push(stats_line("with drain", &p.with));
+            }
+        }
+    }
+    lines.push(Line::from(""));
+    let verb = c.title.split(' ').next().unwrap_or("confirm").to_owned();
+    if let Some(name) = &c.type_to_confirm {
+        lines.push(Line::from(format!(
+            "type the host name ({name}) and press Enter:"
+        )));
+        let ok = c.typed == *name;
+        lines.push(Line::from(vec![
+            Span::raw("> "),
+            Span::styled(c.typed.clone(), theme.bold()),
+            Span::raw("█"),
+            Span::raw(if ok { "  ✓ matches" } else { "" }),
+        ]));
+        lines.push(Line::from(Span::styled("Esc: cancel", theme.dim())));
+    } else {
+        lines.push(Line::from(vec![
+            Span::styled(format!("y/Enter: {verb}"), theme.bold()),
+            Span::raw("    n/Esc: cancel"),
+            Span::raw(if c.kind == KeyAction::Extend {
+                "    +/-: 1h more/less"
+            } else {
+                ""
+            }),
+        ]));
+    }
+    let h = lines.len() as u16 + 2;
+    popup(
+        f,
+        area,
+        74,
+        h,
+        &format!(" {}? ", c.title),
+        Text::from(lines),
+    );
+}
+
+fn centered(area: Rect, w: u16, h: u16) -> Rect {
+    let w = w.min(area.width);
+    let h = h.min(area.height);
+    Rect::new(
+        area.x + (area.width - w) / 2,
+        area.y + (area.height - h) / 2,
+        w,
+        h,
+    )
+}
+
+fn popup(f: &mut Frame, area: Rect, w: u16, h: u16, title: &str, text: Text<'static>) {
+    let rect = centered(area, w, h);
+    f.render_widget(Clear, rect);
+    f.render_widget(
+        Paragraph::new(text).wrap(Wrap { trim: false }).block(
+            Block::default()
+                .borders(Borders::ALL)
+                .title(title.to_owned()),
+        ),
+        rect,
+    );
+}

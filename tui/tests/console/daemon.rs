@@ -1,0 +1,159 @@
+//! The HTTP source against a real daemon (embedded, simulated fleet): the JSON shapes it reads,
+//! the actions it sends, the event stream, and read-only tokens.
+
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use berth_daemon::{FileConfig, Options, Role, TokenConfig};
+use berth_tui::event::Event;
+use berth_tui::model::{Action, Target};
+use berth_tui::{HttpSource, Source, SourceError};
+
+const READ_ONLY_TOKEN: &str = "read-only-token-for-tests";
+
+struct TestDaemon {
+    url: String,
+    token: String,
+    _rt: tokio::runtime::Runtime,
+    _dir: tempfile::TempDir,
+}
+
+fn start() -> TestDaemon {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let mut config = FileConfig::default();
+    config.sim.latency_scale = 0.001;
+    config.tokens.push(TokenConfig {
+        name: "viewer".into(),
+        token: READ_ONLY_TOKEN.into(),
+        role: Role::ReadOnly,
+    });
+    let opts = Options::new(
+        config,
+        Some(dir.path().to_owned()),
+        Some("127.0.0.1:0".parse().unwrap()),
+    )
+    .unwrap();
+    let daemon = rt.block_on(berth_daemon::start(opts)).unwrap();
+    let url = format!("http://{}", daemon.addr());
+    let token = berth_daemon::ensure_token(dir.path()).unwrap();
+    // The daemon runs until the runtime is dropped with the test.
+    std::mem::forget(daemon);
+    TestDaemon {
+        url,
+        token,
+        _rt: rt,
+        _dir: dir,
+    }
+}
+
+fn wait<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "timed out: {what}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn http_source_reads_acts_and_streams_against_the_daemon() {
+    let d = start();
+    let mut src = HttpSource::new(&d.url, Some(d.token.clone()));
+    let snap = src.snapshot().unwrap();
+    assert_eq!(snap.hosts.len(), 16);
+    assert!(snap.now_ms > 1_700_000_000_000, "a wall-clock time");
+    let small = snap.hosts.iter().find(|h| h.name == "sim-small-1").unwrap();
+    assert_eq!(small.class, "sim-small");
+    assert!(small.cpu_milli > 0 && small.memory_mib > 0);
+
+    let (tx, rx) = mpsc::channel();
+    src.subscribe(tx);
+    wait("the event stream", || {
+        rx.try_recv()
+            .ok()
+            .and_then(|e| matches!(e, Event::StreamUp(true)).then_some(()))
+    });
+
+    // A request, so there is a VM to see.
+    let body = serde_json::json!({"template": "linux", "count": 1});
+    ureq::post(&format!("{}/v1/requests", d.url))
+        .set("Authorization", &format!("Bearer {}", d.token))
+        .send_json(body)
+        .unwrap();
+    let vm = wait("a VM", || src.snapshot().unwrap().vms.first().cloned());
+    assert_eq!(vm.template, "linux");
+    let detail = src.detail(&Target::Vm(vm.id)).unwrap();
+    assert!(!detail.timeline.is_empty());
+    assert!(detail.console.is_some());
+    let detail = src.detail(&Target::Request(vm.request)).unwrap();
+    assert!(detail.fields.iter().any(|(k, _)| k == "requester"));
+
+    src.perform(&Action::Drain("sim-small-1".into())).unwrap();
+    let snap = src.snapshot().unwrap();
+    let state = &snap
+        .hosts
+        .iter()
+        .find(|h| h.name == "sim-small-1")
+        .unwrap()
+        .state;
+    assert!(state == "draining" || state == "maintenance", "{state}");
+    wait("the drain on the stream", || match rx.try_recv() {
+        Ok(Event::Stream(row)) if row.kind == "host" && row.subject == "sim-small-1" => Some(()),
+        _ => None,
+    });
+    src.perform(&Action::Resume("sim-small-1".into())).unwrap();
+    let detail = src.detail(&Target::Host("sim-small-1".into())).unwrap();
+    assert!(
+        detail
+            .fields
+            .iter()
+            .any(|(k, v)| k == "state" && v == "ready")
+    );
+
+    // A forecast or a clean "cannot", never an error.
+    let forecast = src.predict_drain(&["sim-small-2".into()]);
+    assert!(forecast.is_ok(), "{forecast:?}");
+    // `/v1/whoami` may not exist yet: then the role is unknown, never read-only.
+    assert_ne!(src.role(), Some(berth_tui::event::Role::ReadOnly));
+    // Screenshots: an image, or a clear "not supported".
+    match src.screenshot(vm.id) {
+        Ok(bytes) => assert!(!bytes.is_empty()),
+        Err(e) => assert!(
+            matches!(e, SourceError::Unsupported(_) | SourceError::Status { .. }),
+            "{e}"
+        ),
+    }
+}
+
+#[test]
+fn read_only_tokens_cannot_act() {
+    let d = start();
+    let mut src = HttpSource::new(&d.url, Some(READ_ONLY_TOKEN.into()));
+    assert_eq!(src.snapshot().unwrap().hosts.len(), 16);
+    // With `/v1/whoami` the console knows before the first action; without, at the first 403.
+    let role = src.role();
+    assert!(
+        role.is_none() || role == Some(berth_tui::event::Role::ReadOnly),
+        "{role:?}"
+    );
+    let err = src
+        .perform(&Action::Drain("sim-small-1".into()))
+        .unwrap_err();
+    assert!(
+        matches!(err, SourceError::Status { status: 403, .. }),
+        "{err}"
+    );
+}
+
+#[test]
+fn an_absent_daemon_is_transient() {
+    let mut src = HttpSource::new("http://127.0.0.1:9", None);
+    let err = src.snapshot().unwrap_err();
+    assert!(err.is_transient(), "{err}");
+}

@@ -1,0 +1,422 @@
+//! Key scripts on the update function: the drain flow, confirm and cancel, read-only mode,
+//! filters, marks, the command bar and VNC.
+
+use berth_tui::app::{Forecast, Popup};
+use berth_tui::event::{Command, ConnState, Event, Role};
+use berth_tui::fixture::{self, NOW_MS};
+use berth_tui::keymap::{self, Screen};
+use berth_tui::model::{Action, ConsoleInfo};
+use berth_tui::vnc::SshEnv;
+use crossterm::event::KeyCode;
+
+use crate::{app, code, key, keys, render};
+
+fn hosts(a: &berth_tui::App) -> Vec<String> {
+    let t = a.table(Screen::Hosts).unwrap();
+    t.view
+        .iter()
+        .map(|&i| a.snap.hosts[i].name.clone())
+        .collect()
+}
+
+#[test]
+fn drain_of_marked_hosts_forecasts_then_confirms() {
+    let mut a = app(80, 24, false);
+    assert!(keys(&mut a, "2").is_empty());
+    // Space marks and moves down: mark the first two hosts.
+    assert!(keys(&mut a, "  ").is_empty());
+    let marks = &a.table(Screen::Hosts).unwrap().marks;
+    assert_eq!(marks.len(), 2);
+    let cmds = keys(&mut a, "D");
+    let targets = vec!["sim-small-1".to_owned(), "sim-small-2".to_owned()];
+    assert_eq!(cmds, [Command::PredictDrain(targets.clone())]);
+    let Some(Popup::Confirm(c)) = &a.popup else {
+        panic!("no dialog")
+    };
+    assert_eq!(c.labels, targets);
+    assert_eq!(c.forecast, Forecast::Pending);
+    assert!(c.consequence.contains("no new VMs"));
+    a.update(Event::Prediction {
+        hosts: targets.clone(),
+        result: Ok(Some(fixture::prediction(&targets))),
+    });
+    let Some(Popup::Confirm(c)) = &a.popup else {
+        panic!("no dialog")
+    };
+    assert!(matches!(c.forecast, Forecast::Ready(_)));
+    let screen = render(&a);
+    assert!(screen.contains("with drain"), "{screen}");
+    let cmds = keys(&mut a, "y");
+    assert_eq!(
+        cmds,
+        [
+            Command::Perform(Action::Drain("sim-small-1".into())),
+            Command::Perform(Action::Drain("sim-small-2".into())),
+        ]
+    );
+    assert!(a.popup.is_none());
+    assert!(a.table(Screen::Hosts).unwrap().marks.is_empty());
+    let first = a.update(Event::ActionDone {
+        action: Action::Drain("sim-small-1".into()),
+        result: Ok(()),
+    });
+    assert!(first.is_empty(), "refresh only after the last answer");
+    let last = a.update(Event::ActionDone {
+        action: Action::Drain("sim-small-2".into()),
+        result: Err("403: read-only token".into()),
+    });
+    assert_eq!(last, [Command::Refresh]);
+    assert!(a.flash.as_deref().unwrap().contains("failed: 403"));
+    assert_eq!(a.events[0].kind, "action");
+}
+
+#[test]
+fn drain_without_marks_takes_the_selected_host() {
+    let mut a = app(80, 24, false);
+    let cmds = keys(&mut a, "2jjD");
+    assert_eq!(cmds, [Command::PredictDrain(vec!["sim-small-3".into()])]);
+}
+
+#[test]
+fn a_late_forecast_for_other_hosts_is_ignored() {
+    let mut a = app(80, 24, false);
+    keys(&mut a, "2D");
+    a.update(Event::Prediction {
+        hosts: vec!["other".into()],
+        result: Ok(Some(fixture::prediction(&["other".into()]))),
+    });
+    let Some(Popup::Confirm(c)) = &a.popup else {
+        panic!("no dialog")
+    };
+    assert_eq!(c.forecast, Forecast::Pending);
+}
+
+#[test]
+fn escape_and_n_cancel_without_commands() {
+    let mut a = app(80, 24, false);
+    keys(&mut a, "2D");
+    assert!(a.update(code(KeyCode::Esc)).is_empty());
+    assert!(a.popup.is_none());
+    assert_eq!(a.flash.as_deref(), Some("cancelled: nothing changed"));
+    keys(&mut a, "R");
+    assert!(keys(&mut a, "n").is_empty());
+    assert!(a.popup.is_none());
+}
+
+#[test]
+fn offline_needs_the_typed_host_name() {
+    let mut a = app(80, 24, false);
+    keys(&mut a, "2jjO");
+    // `y` is just a letter here.
+    assert!(keys(&mut a, "y").is_empty());
+    assert!(a.update(code(KeyCode::Enter)).is_empty(), "wrong name");
+    a.update(code(KeyCode::Backspace));
+    keys(&mut a, "sim-small-3");
+    assert_eq!(
+        a.update(code(KeyCode::Enter)),
+        [Command::Perform(Action::Offline("sim-small-3".into()))]
+    );
+}
+
+#[test]
+fn read_only_has_no_actions_at_all() {
+    let mut a = app(80, 24, true);
+    for script in ["2D", "2R", "2O", "3X", "5B", "5E"] {
+        assert!(keys(&mut a, script).is_empty(), "{script}");
+        assert!(a.popup.is_none(), "{script}");
+    }
+    keys(&mut a, "?");
+    let help = render(&a);
+    assert!(!help.contains("drain the marked"), "{help}");
+    assert!(!help.contains("Shift-letters"), "{help}");
+    assert!(help.contains("read-only"), "{help}");
+    a.update(code(KeyCode::Esc));
+    keys(&mut a, ":drain");
+    assert!(a.update(code(KeyCode::Enter)).is_empty());
+    assert!(a.flash.as_deref().unwrap().starts_with("no command"));
+    assert!(
+        keymap::help_lines(true)
+            .iter()
+            .all(|(_, h, _)| !h.contains("drain"))
+    );
+}
+
+#[test]
+fn a_read_only_token_turns_actions_off() {
+    let mut a = app(80, 24, false);
+    keys(&mut a, "2D");
+    a.update(Event::Role(Role::ReadOnly));
+    assert!(a.popup.is_none(), "the open dialog closes");
+    assert!(keys(&mut a, "D").is_empty());
+    assert!(render(&a).contains("READ-ONLY"));
+}
+
+#[test]
+fn filter_narrows_and_escape_clears() {
+    let mut a = app(80, 24, false);
+    keys(&mut a, "2/LARGE");
+    assert_eq!(hosts(&a), ["sim-large-1", "sim-large-2"]);
+    a.update(code(KeyCode::Enter));
+    assert!(a.input.is_none());
+    assert_eq!(hosts(&a).len(), 2, "the filter stays after Enter");
+    // Actions act on the filtered rows.
+    assert_eq!(
+        keys(&mut a, "D"),
+        [Command::PredictDrain(vec!["sim-large-1".into()])]
+    );
+    a.update(code(KeyCode::Esc));
+    a.update(code(KeyCode::Esc));
+    assert_eq!(hosts(&a).len(), 6);
+    keys(&mut a, "/error");
+    assert_eq!(hosts(&a), ["sim-large-2"], "state words are searchable");
+    a.update(code(KeyCode::Esc));
+    assert_eq!(hosts(&a).len(), 6);
+}
+
+#[test]
+fn marks_toggle_and_survive_a_refresh() {
+    let mut a = app(80, 24, false);
+    keys(&mut a, "2 ");
+    keys(&mut a, "k ");
+    assert!(
+        a.table(Screen::Hosts).unwrap().marks.is_empty(),
+        "toggled off"
+    );
+    keys(&mut a, "jj ");
+    a.update(Event::Data(Box::new(fixture::small())));
+    let t = a.table(Screen::Hosts).unwrap();
+    assert_eq!(t.marks.iter().collect::<Vec<_>>(), ["sim-large-1"]);
+    assert_eq!(
+        a.selected_key(Screen::Hosts).as_deref(),
+        Some("sim-large-2")
+    );
+    a.update(code(KeyCode::Esc));
+    assert!(a.table(Screen::Hosts).unwrap().marks.is_empty());
+}
+
+#[test]
+fn selection_follows_its_row_when_rows_move() {
+    let mut a = app(80, 24, false);
+    keys(&mut a, "2jjj");
+    assert_eq!(
+        a.selected_key(Screen::Hosts).as_deref(),
+        Some("sim-large-1")
+    );
+    let mut snap = fixture::small();
+    snap.hosts.reverse();
+    a.update(Event::Data(Box::new(snap)));
+    assert_eq!(
+        a.selected_key(Screen::Hosts).as_deref(),
+        Some("sim-large-1")
+    );
+}
+
+#[test]
+fn navigation_keys_clamp() {
+    let mut a = app(80, 24, false);
+    keys(&mut a, "4G");
+    assert_eq!(a.table(Screen::Vms).unwrap().selected, 6);
+    keys(&mut a, "jjj");
+    assert_eq!(a.table(Screen::Vms).unwrap().selected, 6);
+    a.update(code(KeyCode::PageUp));
+    assert_eq!(a.table(Screen::Vms).unwrap().selected, 0);
+    a.update(code(KeyCode::PageDown));
+    assert_eq!(a.table(Screen::Vms).unwrap().selected, 6);
+    keys(&mut a, "g");
+    assert_eq!(a.table(Screen::Vms).unwrap().selected, 0);
+}
+
+#[test]
+fn sort_keys_cycle_columns_and_reverse() {
+    let mut a = app(80, 24, false);
+    keys(&mut a, "3>>>");
+    let order = |a: &berth_tui::App| -> Vec<u64> {
+        let t = a.table(Screen::Queue).unwrap();
+        t.view.iter().map(|&i| a.snap.queue[i].id).collect()
+    };
+    // Column 3 is WAITED: shortest first.
+    assert_eq!(order(&a), [43, 41, 42]);
+    keys(&mut a, "i");
+    assert_eq!(order(&a), [42, 41, 43]);
+    assert!(a.flash.as_deref().unwrap().contains("waited"));
+}
+
+#[test]
+fn command_bar_switches_screens_and_quits() {
+    let mut a = app(80, 24, false);
+    keys(&mut a, ":que");
+    a.update(code(KeyCode::Enter));
+    assert_eq!(a.screen, Screen::Queue);
+    keys(&mut a, ":ev");
+    a.update(code(KeyCode::Tab));
+    a.update(code(KeyCode::Enter));
+    assert_eq!(a.screen, Screen::Events);
+    keys(&mut a, ":q");
+    assert_eq!(a.update(code(KeyCode::Enter)), [Command::Quit]);
+    assert_eq!(keys(&mut a, "q"), [Command::Quit]);
+}
+
+#[test]
+fn cancel_release_and_extend_are_confirmed() {
+    let mut a = app(80, 24, false);
+    keys(&mut a, "3X");
+    assert_eq!(keys(&mut a, "y"), [Command::Perform(Action::Cancel(41))]);
+    keys(&mut a, "5B");
+    assert_eq!(
+        a.update(code(KeyCode::Enter)),
+        [Command::Perform(Action::Release(104))]
+    );
+    keys(&mut a, "5jE++-");
+    assert_eq!(
+        keys(&mut a, "y"),
+        [Command::Perform(Action::Extend {
+            vm: 106,
+            seconds: 7200
+        })]
+    );
+}
+
+#[test]
+fn release_on_the_vms_screen_only_takes_held_vms() {
+    let mut a = app(80, 24, false);
+    // vm101 is running: nothing to release.
+    assert!(keys(&mut a, "4B").is_empty());
+    assert!(a.popup.is_none());
+    keys(&mut a, "jjjB");
+    assert_eq!(keys(&mut a, "y"), [Command::Perform(Action::Release(104))]);
+}
+
+#[test]
+fn vnc_in_ssh_shows_and_copies_the_tunnel() {
+    let mut a = app(80, 24, false);
+    a.opts.ssh = SshEnv::from_vars(Some("10.1.1.1 5000 192.0.2.7 22"), None, Some("ops".into()));
+    assert_eq!(keys(&mut a, "4v"), [Command::FetchConsole(101)]);
+    let cmds = a.update(Event::Console(Ok(ConsoleInfo {
+        vm: 101,
+        host: "127.0.0.1".into(),
+        port: 5901,
+        password: None,
+    })));
+    assert_eq!(
+        cmds,
+        [Command::Copy(
+            "ssh -N -L 5901:127.0.0.1:5901 ops@192.0.2.7\nvnc://localhost:5901".into()
+        )]
+    );
+    assert!(render(&a).contains("ssh -N -L 5901:127.0.0.1:5901 ops@192.0.2.7"));
+}
+
+#[test]
+fn vnc_outside_ssh_launches_a_viewer() {
+    let mut a = app(80, 24, false);
+    keys(&mut a, "5v");
+    let cmds = a.update(Event::Console(Ok(ConsoleInfo {
+        vm: 104,
+        host: "127.0.0.1".into(),
+        port: 5904,
+        password: None,
+    })));
+    assert_eq!(
+        cmds,
+        [Command::LaunchViewer {
+            host: "127.0.0.1".into(),
+            port: 5904
+        }]
+    );
+}
+
+#[test]
+fn screenshot_popup_reports_failures() {
+    let mut a = app(80, 24, false);
+    assert_eq!(keys(&mut a, "4s"), [Command::FetchScreenshot(101)]);
+    a.update(Event::Screenshot {
+        vm: 101,
+        result: Err("this daemon has no screenshot endpoint yet".into()),
+    });
+    assert!(render(&a).contains("no screenshot endpoint"));
+    a.update(code(KeyCode::Esc));
+    assert!(a.popup.is_none());
+}
+
+#[test]
+fn enter_opens_details_and_escape_returns() {
+    let mut a = app(80, 24, false);
+    keys(&mut a, "3");
+    assert_eq!(
+        a.update(code(KeyCode::Enter)),
+        [Command::FetchDetail(berth_tui::model::Target::Request(41))]
+    );
+    assert!(a.detail.is_some());
+    // Actions do not apply inside a detail view.
+    assert!(keys(&mut a, "X").is_empty());
+    a.update(code(KeyCode::Esc));
+    assert!(a.detail.is_none());
+    assert_eq!(a.screen, Screen::Queue);
+}
+
+#[test]
+fn header_tells_live_stale_and_reconnecting_in_words() {
+    let mut a = app(80, 24, false);
+    assert!(render(&a).contains("● live"));
+    a.update(Event::Tick {
+        now_ms: NOW_MS + 9_000,
+    });
+    assert!(render(&a).contains("◌ stale for 9s"));
+    a.update(Event::Connection(ConnState::Reconnecting {
+        attempt: 2,
+        error: "refused".into(),
+    }));
+    assert!(render(&a).contains("↻ reconnecting (try 2), stale for 9s"));
+    a.update(Event::Data(Box::new(fixture::small())));
+    a.update(Event::Connection(ConnState::Live));
+    assert!(render(&a).contains("● live"));
+}
+
+#[test]
+fn stream_events_redraw_only_where_they_show() {
+    let mut a = app(80, 24, false);
+    a.dirty = false;
+    a.update(Event::Stream(berth_tui::model::EventRow {
+        at_ms: NOW_MS,
+        kind: "vm".into(),
+        subject: "berth-vm1".into(),
+        text: "x".into(),
+    }));
+    assert!(!a.dirty, "the overview does not show single events");
+    keys(&mut a, "6");
+    a.update(key('j'));
+    a.dirty = false;
+    a.update(Event::Stream(berth_tui::model::EventRow {
+        at_ms: NOW_MS,
+        kind: "vm".into(),
+        subject: "berth-vm2".into(),
+        text: "y".into(),
+    }));
+    assert!(a.dirty);
+}
+
+#[test]
+fn memory_source_applies_actions() {
+    use berth_tui::Source;
+    let mut s = berth_tui::MemorySource::new(fixture::small());
+    s.perform(&Action::Drain("sim-small-3".into())).unwrap();
+    s.perform(&Action::Cancel(41)).unwrap();
+    let snap = s.snapshot().unwrap();
+    assert_eq!(snap.hosts[2].state, "draining");
+    assert!(snap.queue.iter().all(|r| r.id != 41));
+    assert_eq!(s.performed.lock().unwrap().len(), 2);
+    assert_eq!(s.predict_drain(&[]).unwrap(), None);
+}
+
+#[test]
+fn a_403_answer_turns_actions_off() {
+    let mut a = app(80, 24, false);
+    keys(&mut a, "2Dy");
+    a.update(Event::ActionDone {
+        action: Action::Drain("sim-small-1".into()),
+        result: Err("POST /v1/hosts/sim-small-1/drain: 403: token `viewer` is read-only".into()),
+    });
+    assert!(a.read_only);
+    assert!(a.flash.as_deref().unwrap().contains("actions are off"));
+    assert!(keys(&mut a, "D").is_empty());
+}

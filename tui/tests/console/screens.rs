@@ -1,0 +1,196 @@
+//! Every screen as text at 80×24 and 120×40, with the fixed clock and the small fleet.
+
+use berth_tui::event::{ConnState, Event};
+use berth_tui::fixture::{self, NOW_MS};
+use berth_tui::model::{ConsoleInfo, Detail, Target, TimelineEntry};
+use crossterm::event::KeyCode;
+
+use crate::{app, code, key, keys, render};
+
+const SIZES: [(u16, u16); 2] = [(80, 24), (120, 40)];
+
+fn check(name: &str, setup: impl Fn(&mut berth_tui::App)) {
+    for (w, h) in SIZES {
+        let mut a = app(w, h, false);
+        setup(&mut a);
+        insta::assert_snapshot!(format!("{name}_{w}x{h}"), render(&a));
+    }
+}
+
+#[test]
+fn overview() {
+    check("overview", |_| {});
+}
+
+#[test]
+fn hosts() {
+    check("hosts", |a| {
+        keys(a, "2 j ");
+    });
+}
+
+#[test]
+fn queue_with_why_waiting() {
+    check("queue", |a| {
+        keys(a, "3");
+    });
+}
+
+#[test]
+fn vms() {
+    check("vms", |a| {
+        keys(a, "4G");
+    });
+}
+
+#[test]
+fn breakpoints() {
+    check("breakpoints", |a| {
+        keys(a, "5");
+    });
+}
+
+#[test]
+fn events() {
+    check("events", |a| {
+        keys(a, "6");
+    });
+}
+
+#[test]
+fn vm_detail_with_history_and_console() {
+    check("detail_vm", |a| {
+        keys(a, "4");
+        a.update(code(KeyCode::Enter));
+        a.update(Event::Detail(Box::new(Ok(Detail {
+            target: Target::Vm(101),
+            fields: vec![
+                ("state".into(), "running".into()),
+                ("request".into(), "r30".into()),
+                ("host".into(), "sim-small-1".into()),
+            ],
+            timeline: vec![
+                TimelineEntry {
+                    at_ms: NOW_MS - 1_800_000,
+                    text: "- → queued (submitted)".into(),
+                },
+                TimelineEntry {
+                    at_ms: NOW_MS - 1_790_000,
+                    text: "queued → placed on sim-small-1".into(),
+                },
+            ],
+            console: Some(Ok(ConsoleInfo {
+                vm: 101,
+                host: "127.0.0.1".into(),
+                port: 5901,
+                password: None,
+            })),
+        }))));
+    });
+}
+
+#[test]
+fn help_generated_from_the_keymap() {
+    check("help", |a| {
+        keys(a, "?");
+    });
+}
+
+#[test]
+fn drain_dialog_with_forecast() {
+    check("confirm_drain", |a| {
+        keys(a, "2  D");
+        let hosts = vec!["sim-small-1".to_owned(), "sim-small-2".to_owned()];
+        a.update(Event::Prediction {
+            result: Ok(Some(fixture::prediction(&hosts))),
+            hosts,
+        });
+    });
+}
+
+#[test]
+fn drain_dialog_without_forecast() {
+    check("confirm_drain_unavailable", |a| {
+        keys(a, "2D");
+        a.update(Event::Prediction {
+            hosts: vec!["sim-small-1".into()],
+            result: Ok(None),
+        });
+    });
+}
+
+#[test]
+fn offline_dialog_asks_for_the_name() {
+    check("confirm_offline", |a| {
+        keys(a, "2jjOsim-small");
+    });
+}
+
+#[test]
+fn read_only_hosts() {
+    for (w, h) in SIZES {
+        let mut a = app(w, h, true);
+        keys(&mut a, "2D");
+        insta::assert_snapshot!(format!("read_only_hosts_{w}x{h}"), render(&a));
+    }
+}
+
+#[test]
+fn reconnecting_and_stale_header() {
+    check("reconnecting", |a| {
+        a.update(Event::Connection(ConnState::Reconnecting {
+            attempt: 3,
+            error: "connection refused".into(),
+        }));
+        a.update(Event::Tick {
+            now_ms: NOW_MS + 42_000,
+        });
+    });
+}
+
+#[test]
+fn filter_typing() {
+    check("filter", |a| {
+        keys(a, "2/large");
+    });
+}
+
+#[test]
+fn command_bar() {
+    check("command_bar", |a| {
+        a.update(key(':'));
+        keys(a, "b");
+    });
+}
+
+#[test]
+fn screenshot_preview_in_half_blocks() {
+    for (w, h) in SIZES {
+        let mut a = app(w, h, false);
+        keys(&mut a, "4s");
+        a.update(Event::Screenshot {
+            vm: 101,
+            result: Ok(()),
+        });
+        let picker = berth_tui::ratatui_image::picker::Picker::halfblocks();
+        let mut img =
+            berth_tui::run::decode_screenshot(&picker, &fixture::screenshot_png()).unwrap();
+        let backend = ratatui::backend::TestBackend::new(w, h);
+        let mut terminal = ratatui::Terminal::new(backend).unwrap();
+        terminal
+            .draw(|f| berth_tui::ui::draw(f, &a, Some(&mut img)))
+            .unwrap();
+        let buf = terminal.backend().buffer();
+        let painted = buf
+            .content()
+            .iter()
+            .filter(|c| {
+                c.bg != ratatui::style::Color::Reset || c.fg != ratatui::style::Color::Reset
+            })
+            .count();
+        assert!(
+            painted > 200,
+            "the image is drawn in half blocks ({painted} cells)"
+        );
+    }
+}
