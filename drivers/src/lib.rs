@@ -5,6 +5,9 @@
 //! the host it chose. One [`Driver`] value stands for one host. See `GUIDE.md` for how to
 //! write a new one.
 
+#[cfg(feature = "libvirt")]
+pub mod libvirt;
+pub mod parallels;
 pub mod sim;
 
 use std::fmt;

@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Installs what the Parallels driver's live tests need (drivers/tests/parallels.rs): the OpenSSH
+# server they start on loopback and inside network namespaces, the OpenSSH client the driver
+# drives, iproute2 for the namespaces, and Python 3 for the prlctl/prlsrvctl stand-ins. Run as
+# root; safe to run again (it installs only what is missing).
+#
+# The tests start their own sshd with their own configuration and keys; nothing here starts
+# or configures a system sshd. sshd needs its privilege-separation directory, which an init
+# system would make: there is none on the CI machines.
+set -euo pipefail
+
+PACKAGES=(openssh-server openssh-client iproute2 python3)
+
+log() { printf 'ssh-setup: %s\n' "$*" >&2; }
+
+if [ "$(id -u)" -ne 0 ]; then
+    log "must run as root (it installs packages)"
+    exit 1
+fi
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+    if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed'; then
+        missing+=("$p")
+    fi
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+    log "installing ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+mkdir -p /run/sshd
+chmod 0755 /run/sshd
+
+# Report what the tests will find, so a CI log shows why a test ran or skipped.
+for tool in /usr/sbin/sshd ssh ssh-keygen ip python3; do
+    if ! command -v "$tool" >/dev/null 2>&1; then
+        log "missing after install: $tool"
+        exit 1
+    fi
+done
+ssh -V
+ip -V
+python3 --version
+# Network namespaces need root and a kernel that allows them (some containers do not).
+probe_ns="berth-ssh-setup-$$"
+if ip netns add "$probe_ns" 2>/dev/null; then
+    ip netns del "$probe_ns"
+    log "network namespaces work"
+else
+    log "network namespaces are not available here: the cut-link test will skip"
+fi

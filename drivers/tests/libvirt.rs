@@ -1,0 +1,444 @@
+//! The libvirt driver against libvirt itself: its test driver (`test:///default`, always, no
+//! daemon needed) and real QEMU guests at `qemu:///system` where libvirtd answers.
+//!
+//! The live test reads:
+//! - `BERTH_LIBVIRT_URI` (default `qemu:///system`);
+//! - `BERTH_GUEST_IMAGE`: the tiny guest's base image that `ci/build-guest.sh` builds (default
+//!   `target/guest/tiny.qcow2` in the workspace);
+//! - `BERTH_LIBVIRT_DOMAIN_TYPE`: `kvm` or `qemu` (default `qemu`, which needs no working KVM);
+//! - `BERTH_LIVE_TESTS=require`: fail instead of skipping when libvirtd or the image is missing
+//!   (CI sets it, so that a broken setup cannot pass as a skip).
+#![cfg(feature = "libvirt")]
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use berth_drivers::libvirt::{DomainType, LibvirtConfig, LibvirtHost};
+use berth_drivers::{Driver, DriverError, VmRecipe, vm_name};
+use berth_sched::{GuestOs, Shape};
+use virt::connect::Connect;
+use virt::storage_vol::StorageVol;
+
+const TEST_URI: &str = "test:///default";
+/// The directory of the storage pool the test driver starts with.
+const TEST_POOL_DIR: &str = "/default-pool";
+const BASE: &str = "tiny";
+const MARKER: &str = "BERTH-GUEST-UP";
+const PNG_SIGNATURE: &[u8] = b"\x89PNG\r\n\x1a\n";
+
+fn recipe(n: u64, base_image: &str) -> VmRecipe {
+    VmRecipe {
+        name: vm_name(n),
+        template: "tiny-linux".into(),
+        base_image: base_image.into(),
+        guest_os: GuestOs::Linux,
+        shape: Shape {
+            vcpus: 1,
+            memory_mib: 256,
+        },
+    }
+}
+
+/// A driver on `test:///default`, plus a connection of the test's own. The test driver keeps
+/// its state only while a connection to it is open, and shares it between the connections of
+/// one process; the test's connection seeds the base image and looks behind the driver's back.
+fn test_host(tune: impl FnOnce(&mut LibvirtConfig)) -> (Connect, LibvirtHost) {
+    let conn = Connect::open(Some(TEST_URI)).expect("test driver opens");
+    let pool = conn
+        .lookup_storage_pool_by_name("default-pool")
+        .expect("test driver has default-pool");
+    let xml = format!(
+        "<volume><name>{BASE}.qcow2</name><capacity unit='MiB'>64</capacity>\
+         <target><format type='qcow2'/></target></volume>"
+    );
+    if pool
+        .lookup_storage_vol_by_name(&format!("{BASE}.qcow2"))
+        .is_err()
+    {
+        StorageVol::create_xml(&pool, &xml, 0).expect("base image volume");
+    }
+    let mut config = LibvirtConfig::new(TEST_URI, TEST_POOL_DIR);
+    config.domain_type = DomainType::Test;
+    tune(&mut config);
+    (conn, LibvirtHost::new("t1", config))
+}
+
+fn volume_exists(conn: &Connect, file: &str) -> bool {
+    let pool = conn
+        .lookup_storage_pool_by_name("default-pool")
+        .expect("default-pool");
+    pool.lookup_storage_vol_by_name(file).is_ok()
+}
+
+fn assert_host_error(e: &DriverError, needle: &str) {
+    match e {
+        DriverError::Host { host, message } => {
+            assert_eq!(host, "t1");
+            assert!(message.contains(needle), "{message:?} lacks {needle:?}");
+        }
+        other => panic!("expected a host error about {needle:?}, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn test_driver_probe_reports_node_versions_and_base_images() {
+    let (_conn, host) = test_host(|_| {});
+    // An overlay in the directory must not count as a base image.
+    host.provision(&recipe(2_001, BASE))
+        .await
+        .expect("provision");
+    let details = host.probe_details().await.expect("probe");
+    assert!(details.facts.vcpus > 0);
+    assert!(details.facts.memory_mib > 0);
+    assert_eq!(details.facts.images, vec![BASE.to_owned()]);
+    assert!(details.hypervisor.eq_ignore_ascii_case("test"));
+    assert!(
+        details
+            .libvirt_version
+            .starts_with(|c: char| c.is_ascii_digit())
+    );
+    assert!(details.free_disk_mib > 0);
+    assert_eq!(host.probe().await.expect("probe"), details.facts);
+    host.destroy(&vm_name(2_001)).await.expect("destroy");
+}
+
+#[tokio::test]
+async fn test_driver_lifecycle_is_idempotent_and_leaves_nothing_behind() {
+    let (conn, host) = test_host(|_| {});
+    let vm = recipe(2_002, BASE);
+    host.provision(&vm).await.expect("provision");
+
+    let overlay = format!("{}.qcow2", vm.name);
+    assert!(volume_exists(&conn, &overlay));
+    let pool = conn
+        .lookup_storage_pool_by_name("default-pool")
+        .expect("default-pool");
+    let vol_xml = pool
+        .lookup_storage_vol_by_name(&overlay)
+        .and_then(|v| v.xml_desc(0))
+        .expect("overlay xml");
+    assert!(
+        vol_xml.contains(&format!("<path>{TEST_POOL_DIR}/{BASE}.qcow2</path>")),
+        "the overlay is backed by the base image: {vol_xml}"
+    );
+
+    // Provisioning again (a daemon repeating a call after a crash) adopts the VM.
+    host.provision(&vm).await.expect("provision again");
+    host.boot(&vm.name).await.expect("boot");
+
+    let listed = host.list().await.expect("list");
+    assert!(listed.iter().any(|l| l.name == vm.name && l.running));
+    // Every domain is listed, berth's or not: the test driver's own `test` domain too.
+    assert!(listed.iter().any(|l| l.name == "test"));
+
+    // The test driver gives every domain VNC port -1 (it runs no VNC server), so the console
+    // is "not yet" rather than an address.
+    match host.console(&vm.name).await {
+        Ok(address) => assert!(address.port > 0),
+        Err(DriverError::Transient { message, .. }) => assert!(message.contains("vnc port")),
+        Err(other) => panic!("console: {other:?}"),
+    }
+    let png = host.screenshot(&vm.name).await.expect("screenshot");
+    assert!(png.starts_with(PNG_SIGNATURE));
+
+    host.destroy(&vm.name).await.expect("destroy");
+    assert!(!volume_exists(&conn, &overlay));
+    let listed = host.list().await.expect("list");
+    assert!(!listed.iter().any(|l| l.name == vm.name));
+    host.destroy(&vm.name).await.expect("destroy is idempotent");
+    assert_eq!(
+        host.console(&vm.name).await,
+        Err(DriverError::NoSuchVm {
+            host: "t1".into(),
+            name: vm.name.clone()
+        })
+    );
+}
+
+#[tokio::test]
+async fn test_driver_missing_base_image_is_a_host_error_and_leaves_nothing() {
+    let (conn, host) = test_host(|_| {});
+    let vm = recipe(2_003, "no-such-image");
+    let e = host.provision(&vm).await.expect_err("no base image");
+    assert_host_error(&e, "base image no-such-image is missing");
+    assert_host_error(&e, "/default-pool/no-such-image.qcow2");
+    assert!(conn.lookup_domain_by_name(&vm.name).is_err());
+    assert!(!volume_exists(&conn, &format!("{}.qcow2", vm.name)));
+}
+
+#[tokio::test]
+async fn test_driver_name_clash_is_a_host_error_and_spares_the_other_domain() {
+    let (conn, host) = test_host(|_| {});
+    let name = vm_name(2_004);
+    let foreign = format!(
+        "<domain type='test'><name>{name}</name><memory unit='MiB'>64</memory>\
+         <os><type>hvm</type></os></domain>"
+    );
+    let dom = conn.define_domain_xml(&foreign).expect("foreign domain");
+    let e = host
+        .provision(&recipe(2_004, BASE))
+        .await
+        .expect_err("clash");
+    assert_host_error(&e, "name clash");
+    assert!(conn.lookup_domain_by_name(&name).is_ok(), "left alone");
+    dom.undefine().expect("cleanup");
+}
+
+#[tokio::test]
+async fn test_driver_disk_full_is_a_host_error() {
+    let (conn, host) = test_host(|c| c.min_free_disk_mib = u64::MAX / 2);
+    let vm = recipe(2_005, BASE);
+    let e = host.provision(&vm).await.expect_err("disk full");
+    assert_host_error(&e, "disk full");
+    assert!(conn.lookup_domain_by_name(&vm.name).is_err());
+}
+
+#[tokio::test]
+async fn test_driver_refuses_names_berth_does_not_own() {
+    let (_conn, host) = test_host(|_| {});
+    let mut vm = recipe(2_006, BASE);
+    vm.name = "test".into();
+    match host.provision(&vm).await {
+        Err(DriverError::Request { message, .. }) => {
+            assert!(message.contains("not a berth vm name"))
+        }
+        other => panic!("expected a request error, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn unreachable_libvirt_is_a_host_error_that_names_the_uri() {
+    let uri = "qemu+unix:///system?socket=/nonexistent/berth-test/libvirt-sock";
+    let host = LibvirtHost::new("t1", LibvirtConfig::new(uri, "/nonexistent"));
+    let e = host.probe().await.expect_err("unreachable");
+    assert_host_error(&e, "libvirt unreachable at qemu+unix:///system");
+    assert_host_error(&e, "is libvirtd running");
+}
+
+/// Why the live test cannot run here, if it cannot.
+fn live_setup() -> Result<(String, PathBuf), String> {
+    let uri = std::env::var("BERTH_LIBVIRT_URI").unwrap_or_else(|_| "qemu:///system".into());
+    match Connect::open(Some(&uri)) {
+        Ok(conn) => drop(conn),
+        Err(e) => {
+            return Err(format!(
+                "libvirtd is not reachable at {uri} ({}); run ci/libvirt-setup.sh as root",
+                e.message()
+            ));
+        }
+    }
+    let image = std::env::var_os("BERTH_GUEST_IMAGE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/guest/tiny.qcow2")
+        });
+    if !image.is_file() {
+        return Err(format!(
+            "no guest image at {}; run ci/build-guest.sh target/guest (or set BERTH_GUEST_IMAGE)",
+            image.display()
+        ));
+    }
+    Ok((uri, image))
+}
+
+/// Skips (with the reason) unless CI requires live tests, in which case it fails.
+fn live_or_skip(test: &str) -> Option<(String, PathBuf)> {
+    match live_setup() {
+        Ok(setup) => Some(setup),
+        Err(why) if std::env::var("BERTH_LIVE_TESTS").as_deref() == Ok("require") => {
+            panic!("{test}: BERTH_LIVE_TESTS=require but {why}")
+        }
+        Err(why) => {
+            eprintln!("{test}: skipped: {why}");
+            None
+        }
+    }
+}
+
+fn qemu_img_backing_file(path: &str) -> String {
+    let out = std::process::Command::new("qemu-img")
+        .args(["info", "--output=json", "-U", path])
+        .output()
+        .expect("qemu-img runs");
+    assert!(out.status.success(), "qemu-img info {path}: {out:?}");
+    let info = String::from_utf8_lossy(&out.stdout).into_owned();
+    let key = "\"backing-filename\": \"";
+    let start = info
+        .find(key)
+        .map(|i| i + key.len())
+        .expect("has a backing file");
+    info[start..].split('"').next().expect("quoted").to_owned()
+}
+
+/// A real libvirt host whose image directory is a fresh temporary directory holding the tiny
+/// guest as base image `tiny`.
+struct LiveHost {
+    uri: String,
+    dir: tempfile::TempDir,
+    base_path: String,
+    host: LibvirtHost,
+}
+
+impl LiveHost {
+    fn new(uri: String, image: &Path) -> LiveHost {
+        // The guest's QEMU runs as another user: it must be able to reach the directory.
+        let dir = tempfile::Builder::new()
+            .prefix("berth-libvirt-test")
+            .tempdir_in("/var/tmp")
+            .expect("temp dir");
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
+            .expect("chmod");
+        let image_dir = dir.path().to_str().expect("utf-8 path").to_owned();
+        let base_path = format!("{image_dir}/{BASE}.qcow2");
+        std::fs::copy(image, &base_path).expect("copy the guest image");
+        let mut config = LibvirtConfig::new(&uri, &image_dir);
+        config.domain_type = std::env::var("BERTH_LIBVIRT_DOMAIN_TYPE")
+            .unwrap_or_else(|_| "qemu".into())
+            .parse()
+            .expect("BERTH_LIBVIRT_DOMAIN_TYPE");
+        config.boot_marker = Some(MARKER.into());
+        config.boot_timeout_ms = 180_000;
+        config.min_free_disk_mib = 64;
+        let host = LibvirtHost::new("t1", config);
+        LiveHost {
+            uri,
+            dir,
+            base_path,
+            host,
+        }
+    }
+}
+
+/// Whatever a test leaves behind when it fails midway goes with it: domains whose disks are
+/// in the temporary directory, and the transient pool the driver started on it.
+impl Drop for LiveHost {
+    fn drop(&mut self) {
+        let Ok(conn) = Connect::open(Some(&self.uri)) else {
+            return;
+        };
+        let dir = self.dir.path().to_str().unwrap_or_default().to_owned();
+        for dom in conn.list_all_domains(0).unwrap_or_default() {
+            if dom.xml_desc(0).is_ok_and(|xml| xml.contains(&dir)) {
+                let _ = dom.destroy();
+                let _ = dom.undefine();
+            }
+        }
+        if let Ok(pool) = conn.lookup_storage_pool_by_target_path(&dir) {
+            let _ = pool.destroy();
+        }
+    }
+}
+
+#[tokio::test]
+async fn qemu_boots_a_tiny_guest_from_an_overlay_and_destroy_removes_it() {
+    let Some((uri, image)) = live_or_skip("qemu_boots_a_tiny_guest_from_an_overlay") else {
+        return;
+    };
+    let live = LiveHost::new(uri, &image);
+    let (host, base_path) = (&live.host, &live.base_path);
+
+    let facts = host.probe_details().await.expect("probe");
+    assert_eq!(facts.facts.images, vec![BASE.to_owned()]);
+    assert!(facts.facts.vcpus > 0 && facts.facts.memory_mib > 0);
+    eprintln!(
+        "libvirt {} on {} {}",
+        facts.libvirt_version, facts.hypervisor, facts.hypervisor_version
+    );
+
+    // A name far from the ids a daemon on this host would use.
+    let n = 3_000_000_000 + u64::from(std::process::id());
+    let vm = recipe(n, BASE);
+    let start = Instant::now();
+    host.provision(&vm).await.expect("provision");
+    let provisioned = start.elapsed();
+
+    let overlay = host.overlay_path(&vm.name);
+    assert_eq!(
+        &qemu_img_backing_file(&overlay),
+        base_path,
+        "the disk is an overlay"
+    );
+    let overlay_size = std::fs::metadata(&overlay).expect("overlay").len();
+    let base_size = std::fs::metadata(base_path).expect("base").len();
+    assert!(overlay_size < base_size, "not a copy: {overlay_size} bytes");
+
+    host.boot(&vm.name).await.expect("boot");
+    let booted = start.elapsed();
+    // boot() waited for the marker; check it independently, since "running" proves nothing.
+    let log = std::fs::read_to_string(host.serial_log_path(&vm.name)).expect("serial log");
+    assert!(log.contains(MARKER), "serial log: {log:?}");
+    // The same log through libvirt, as boot() reads it on remote hosts.
+    let remote_log = host
+        .serial_log(&vm.name)
+        .await
+        .expect("serial log via libvirt");
+    assert!(
+        String::from_utf8_lossy(&remote_log).contains(MARKER),
+        "serial log via libvirt: {remote_log:?}"
+    );
+    eprintln!("provisioned in {provisioned:?}, marker after {booted:?}");
+
+    let console = host.console(&vm.name).await.expect("console");
+    assert!(console.port >= 5900, "{console:?}");
+    assert_eq!(console.host, "localhost");
+    assert_eq!(console.password.as_deref().map(str::len), Some(8));
+
+    let png_bytes = host.screenshot(&vm.name).await.expect("screenshot");
+    let decoder = png::Decoder::new(std::io::Cursor::new(png_bytes));
+    let info = decoder.read_info().expect("a png").info().clone();
+    assert!(info.width >= 320 && info.height >= 200, "{info:?}");
+
+    host.destroy(&vm.name).await.expect("destroy");
+    let listed = host.list().await.expect("list");
+    assert!(!listed.iter().any(|l| l.name == vm.name));
+    assert!(!Path::new(&overlay).exists(), "overlay removed");
+    assert!(
+        !Path::new(&host.serial_log_path(&vm.name)).exists(),
+        "serial log removed"
+    );
+    assert!(Path::new(base_path).exists(), "base image kept");
+    host.destroy(&vm.name).await.expect("destroy is idempotent");
+}
+
+#[tokio::test]
+async fn qemu_guests_provisioned_at_once_with_a_probe_all_boot_and_go() {
+    let Some((uri, image)) = live_or_skip("qemu_guests_provisioned_at_once") else {
+        return;
+    };
+    let live = LiveHost::new(uri, &image);
+    // Concurrent volume creation makes libvirt refuse pool rescans: nothing may fail for it.
+    let first = 3_100_000_000 + u64::from(std::process::id()) * 10;
+    let names: Vec<String> = (0..3).map(|i| vm_name(first + i)).collect();
+    let mut tasks = Vec::new();
+    for i in 0..3 {
+        let host = live.host.clone();
+        tasks.push(tokio::spawn(async move {
+            let vm = recipe(first + i, BASE);
+            host.provision(&vm).await?;
+            host.boot(&vm.name).await
+        }));
+    }
+    let probe = live.host.probe().await.expect("probe while provisioning");
+    assert_eq!(probe.images, vec![BASE.to_owned()]);
+    for task in tasks {
+        task.await.expect("task").expect("provision and boot");
+    }
+    for name in &names {
+        let log = std::fs::read_to_string(live.host.serial_log_path(name)).expect("serial log");
+        assert!(log.contains(MARKER), "{name}: {log:?}");
+    }
+    let mut destroys = Vec::new();
+    for name in names.clone() {
+        let host = live.host.clone();
+        destroys.push(tokio::spawn(async move { host.destroy(&name).await }));
+    }
+    for d in destroys {
+        d.await.expect("task").expect("destroy");
+    }
+    let listed = live.host.list().await.expect("list");
+    for name in &names {
+        assert!(!listed.iter().any(|l| &l.name == name), "{name} listed");
+        assert!(!Path::new(&live.host.overlay_path(name)).exists());
+    }
+}

@@ -1,0 +1,392 @@
+//! A real `sshd` for the Parallels driver's tests, with stand-ins for `prlctl`, `prlsrvctl` and
+//! macOS's `sysctl` (`tests/fixtures/`) on its logins' `PATH`, on loopback or inside a network
+//! namespace reached over a veth pair. Kept apart from the tests so that other test suites
+//! (the daemon's, through `berth serve`) can include it with `#[path]` and drive Mac hosts too.
+//!
+//! [`Fixture::start`] returns `None`, saying why, when `sshd`, `ssh`, `ssh-keygen` or `python3`
+//! is missing, unless `BERTH_LIVE_TESTS=require` is set: then it panics, so that a broken
+//! setup cannot pass as a skip.
+// Test setup: a failure to make keys or files should stop the test where it happened.
+#![allow(clippy::unwrap_used, dead_code)]
+
+use std::fs;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use berth_drivers::parallels::{ParallelsConfig, ParallelsHost};
+use serde_json::json;
+
+pub const HOST: &str = "mac1";
+pub const TEMPLATE: &str = "macos-14";
+
+/// `drivers/tests/fixtures`, found from this file's own place, so that it is right also when
+/// another crate's tests include this module.
+pub fn fixtures_dir() -> PathBuf {
+    let here = Path::new(file!());
+    let manifest_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+    // `file!()` is relative to the directory rustc ran in: the workspace root (an ancestor
+    // of the crate being tested).
+    manifest_dir
+        .ancestors()
+        .map(|a| a.join(here))
+        .find(|p| p.is_file())
+        .and_then(|p| Some(p.parent()?.parent()?.join("fixtures")))
+        .unwrap_or_else(|| manifest_dir.join("tests/fixtures"))
+}
+
+/// Skips the test (returning `None`) with a reason, or fails it under `BERTH_LIVE_TESTS=require`.
+pub fn skip<T>(why: &str) -> Option<T> {
+    if std::env::var("BERTH_LIVE_TESTS").as_deref() == Ok("require") {
+        panic!("BERTH_LIVE_TESTS=require, but {why}");
+    }
+    println!("skipping: {why}");
+    eprintln!("skipping: {why}");
+    None
+}
+
+pub fn find_program(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/usr/local/sbin", "/sbin"].map(PathBuf::from))
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+}
+
+pub fn run(cmd: &mut Command) -> String {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+pub fn is_root() -> bool {
+    run(Command::new("id").arg("-u")).trim() == "0"
+}
+
+pub fn keygen(path: &Path) -> String {
+    run(Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", "berth-test", "-f"])
+        .arg(path));
+    let public = fs::read_to_string(path.with_extension("pub")).unwrap();
+    // `TYPE KEY COMMENT`: known_hosts wants the first two.
+    public
+        .split_whitespace()
+        .take(2)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+pub fn free_port(ip: &str) -> u16 {
+    let listener = TcpListener::bind((ip, 0)).unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+/// The stand-ins' state: a Mac with 10 CPUs and 32 GiB, two macOS templates and one VM that is
+/// not berth's.
+pub fn initial_state() -> serde_json::Value {
+    let template = |uuid: &str| {
+        json!({"uuid": uuid, "status": "stopped", "template": true, "os": "macosx",
+               "cpus": 4, "memsize": 8192, "vnc": {"mode": "off"}})
+    };
+    json!({
+        "host": {"cpus": 10, "memsize_mib": 32768, "version": "Desktop 20.1.0 (55659)"},
+        "vms": {
+            "macos-14": template("{00000000-0000-4000-8000-000000000014}"),
+            "macos-15": template("{00000000-0000-4000-8000-000000000015}"),
+            "someone-else": {"uuid": "{00000000-0000-4000-8000-0000000000ee}",
+                             "status": "running", "template": false, "os": "win-11",
+                             "cpus": 2, "memsize": 4096,
+                             "vnc": {"mode": "manual", "port": 5901, "address": "127.0.0.1"}},
+        }
+    })
+}
+
+/// A network namespace with a veth pair to it: `outer` on our side, `inner` in the namespace.
+pub struct NetNs {
+    pub name: String,
+    pub outer: String,
+    pub inner: String,
+    pub inner_ip: String,
+}
+
+impl NetNs {
+    pub fn create() -> Result<NetNs, String> {
+        let pid = std::process::id();
+        let octet = pid % 250 + 1;
+        let ns = NetNs {
+            name: format!("berth-prl-{pid}"),
+            outer: format!("bprl{}a", pid % 1_000_000),
+            inner: format!("bprl{}b", pid % 1_000_000),
+            inner_ip: format!("10.213.{octet}.2"),
+        };
+        let outer_ip = format!("10.213.{octet}.1/30");
+        let ip = |args: &[&str]| -> Result<(), String> {
+            let out = Command::new("ip")
+                .args(args)
+                .output()
+                .map_err(|e| format!("cannot run ip: {e}"))?;
+            if out.status.success() {
+                Ok(())
+            } else {
+                Err(format!(
+                    "`ip {}` failed: {}",
+                    args.join(" "),
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ))
+            }
+        };
+        ip(&["netns", "add", &ns.name])?;
+        // From here on, dropping `ns` removes what was made.
+        let inner_cidr = format!("{}/30", ns.inner_ip);
+        ip(&[
+            "link", "add", &ns.outer, "type", "veth", "peer", "name", &ns.inner, "netns", &ns.name,
+        ])?;
+        ip(&["addr", "add", &outer_ip, "dev", &ns.outer])?;
+        ip(&["link", "set", &ns.outer, "up"])?;
+        ip(&["netns", "exec", &ns.name, "ip", "link", "set", "lo", "up"])?;
+        ip(&[
+            "netns",
+            "exec",
+            &ns.name,
+            "ip",
+            "addr",
+            "add",
+            &inner_cidr,
+            "dev",
+            &ns.inner,
+        ])?;
+        ip(&[
+            "netns", "exec", &ns.name, "ip", "link", "set", &ns.inner, "up",
+        ])?;
+        Ok(ns)
+    }
+
+    /// Cuts (or restores) the link from inside the namespace, as a pulled cable would.
+    pub fn set_link(&self, up: bool) {
+        run(Command::new("ip").args([
+            "netns",
+            "exec",
+            &self.name,
+            "ip",
+            "link",
+            "set",
+            &self.inner,
+            if up { "up" } else { "down" },
+        ]));
+    }
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        let quiet = |args: &[&str]| {
+            let _ = Command::new("ip").args(args).stderr(Stdio::null()).status();
+        };
+        quiet(&["link", "del", &self.outer]);
+        quiet(&["netns", "del", &self.name]);
+    }
+}
+
+/// A running sshd whose logins find the stand-ins, and everything the driver needs to reach it.
+pub struct Fixture {
+    pub dir: tempfile::TempDir,
+    pub listen_ip: String,
+    pub port: u16,
+    pub user: String,
+    pub sshd: Child,
+    /// Declared after `sshd`, so the namespace goes after the daemon inside it is killed.
+    pub netns: Option<NetNs>,
+}
+
+impl Fixture {
+    /// sshd on loopback.
+    pub fn start() -> Option<Fixture> {
+        Fixture::start_in(None)
+    }
+
+    /// sshd inside `netns`, listening on its address there (loopback without one).
+    pub fn start_in(netns: Option<NetNs>) -> Option<Fixture> {
+        let Some(sshd) = find_program("sshd") else {
+            return skip("sshd is not installed (ci/ssh-setup.sh installs openssh-server)");
+        };
+        for tool in ["ssh", "ssh-keygen"] {
+            if find_program(tool).is_none() {
+                return skip(&format!("{tool} is not installed"));
+            }
+        }
+        if find_program("python3").is_none() {
+            return skip("python3 (for the prlctl stand-in) is not installed");
+        }
+        // Short: the control socket's path must fit a Unix socket address.
+        let dir = tempfile::Builder::new()
+            .prefix("bprl")
+            .tempdir_in("/tmp")
+            .unwrap();
+        let d = dir.path();
+        keygen(&d.join("host_key"));
+        keygen(&d.join("user_key"));
+        let user = run(Command::new("id").arg("-un")).trim().to_owned();
+        let listen_ip = netns
+            .as_ref()
+            .map_or("127.0.0.1".to_owned(), |n| n.inner_ip.clone());
+        let port = if netns.is_some() {
+            2222
+        } else {
+            free_port(&listen_ip)
+        };
+        let state = d.join("state.json");
+        fs::write(&state, initial_state().to_string()).unwrap();
+        // Every login runs this wrapper (a forced command), which puts the stand-ins first on
+        // PATH after the login shell's startup files had their say, then runs what was asked.
+        let login = d.join("login.sh");
+        fs::write(
+            &login,
+            format!(
+                "#!/bin/sh\nPATH={}:/usr/local/bin:/usr/bin:/bin\nPRL_STANDIN_STATE={}\n\
+                 export PATH PRL_STANDIN_STATE\nexec /bin/sh -c \"$SSH_ORIGINAL_COMMAND\"\n",
+                fixtures_dir().display(),
+                state.display()
+            ),
+        )
+        .unwrap();
+        fs::set_permissions(&login, fs::Permissions::from_mode(0o755)).unwrap();
+        let user_pub = fs::read_to_string(d.join("user_key.pub")).unwrap();
+        fs::write(
+            d.join("authorized_keys"),
+            format!("command=\"{}\" {}\n", login.display(), user_pub.trim()),
+        )
+        .unwrap();
+        fs::write(
+            d.join("sshd_config"),
+            format!(
+                "Port {port}\nListenAddress {listen_ip}\nHostKey {hk}\nPidFile {pid}\n\
+                 AuthorizedKeysFile {ak}\nStrictModes no\n\
+                 PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\n\
+                 PermitRootLogin prohibit-password\nMaxSessions 64\nMaxStartups 64\n\
+                 LogLevel VERBOSE\n",
+                hk = d.join("host_key").display(),
+                pid = d.join("sshd.pid").display(),
+                ak = d.join("authorized_keys").display(),
+            ),
+        )
+        .unwrap();
+        // The driver's own client settings: no operator ~/.ssh/config to interfere.
+        fs::write(d.join("ssh_config"), "").unwrap();
+        if is_root() {
+            // sshd's privilege-separation directory; no init system made it.
+            fs::create_dir_all("/run/sshd").unwrap();
+        }
+        let mut cmd = match &netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", &ns.name]).arg(&sshd);
+                c
+            }
+            None => Command::new(&sshd),
+        };
+        cmd.args(["-D", "-e", "-f"])
+            .arg(d.join("sshd_config"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(d.join("sshd.log")).unwrap());
+        let child = cmd.spawn().unwrap();
+        let mut fx = Fixture {
+            dir,
+            listen_ip,
+            port,
+            user,
+            sshd: child,
+            netns,
+        };
+        fx.wait_listening();
+        Some(fx)
+    }
+
+    fn wait_listening(&mut self) {
+        let addr: SocketAddr = format!("{}:{}", self.listen_ip, self.port).parse().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+                return;
+            }
+            if let Some(status) = self.sshd.try_wait().unwrap() {
+                panic!("sshd exited with {status}: {}", self.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "sshd did not listen on {addr}: {}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.dir.path().join("sshd.log")).unwrap_or_default()
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// A known_hosts file that holds `key` for the fixture's sshd.
+    pub fn known_hosts_with(&self, name: &str, key: &str) -> PathBuf {
+        let path = self.path(name);
+        let host = if self.port == 22 {
+            self.listen_ip.clone()
+        } else {
+            format!("[{}]:{}", self.listen_ip, self.port)
+        };
+        fs::write(&path, format!("{host} {key}\n")).unwrap();
+        path
+    }
+
+    pub fn config(&self) -> ParallelsConfig {
+        let host_pub = fs::read_to_string(self.path("host_key.pub")).unwrap();
+        let key = host_pub
+            .split_whitespace()
+            .take(2)
+            .collect::<Vec<_>>()
+            .join(" ");
+        let known_hosts = self.known_hosts_with("known_hosts", &key);
+        let mut c =
+            ParallelsConfig::new(&format!("{}@{}:{}", self.user, self.listen_ip, self.port))
+                .unwrap();
+        c.known_hosts = Some(known_hosts);
+        c.identity = Some(self.path("user_key"));
+        c.ssh_config = Some(self.path("ssh_config"));
+        c.control_dir = Some(self.dir.path().to_owned());
+        c.prl_dir = Some(fixtures_dir().display().to_string());
+        c.connect_timeout_ms = 3_000;
+        c.command_timeout_ms = 4_000;
+        c.boot_timeout_ms = 5_000;
+        c
+    }
+
+    pub fn driver(&self) -> ParallelsHost {
+        ParallelsHost::new(HOST, self.config())
+    }
+
+    pub fn state(&self) -> serde_json::Value {
+        serde_json::from_str(&fs::read_to_string(self.path("state.json")).unwrap()).unwrap()
+    }
+
+    pub fn set_state(&self, state: &serde_json::Value) {
+        fs::write(self.path("state.json"), state.to_string()).unwrap();
+    }
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        // Only the sshd this fixture started; `-D` keeps it our direct child.
+        let _ = self.sshd.kill();
+        let _ = self.sshd.wait();
+    }
+}
