@@ -236,7 +236,17 @@ impl Scheduler {
     /// Applies one input at time `now_ms` (earlier times than a previous input count as that
     /// previous time). An `Err` means the input was refused and nothing changed.
     pub fn handle(&mut self, now_ms: u64, input: Input) -> Result<(), InputError> {
+        let before_ms = self.now_ms;
         self.now_ms = self.now_ms.max(now_ms);
+        let result = self.apply(input);
+        if result.is_err() {
+            // A refused input changes nothing, not even the clock.
+            self.now_ms = before_ms;
+        }
+        result
+    }
+
+    fn apply(&mut self, input: Input) -> Result<(), InputError> {
         match input {
             Input::Submit(spec) => self.submit(spec),
             Input::Cancel(id) => self.cancel(id),

@@ -516,3 +516,17 @@ fn events_carry_the_time_of_their_input() {
     assert_eq!(out.events[0].at_ms(), 1_234);
     assert_eq!(w.s.now_ms(), 1_234);
 }
+
+#[test]
+fn a_refused_input_does_not_move_the_clock() {
+    let mut s = berth_sched::Scheduler::new(berth_sched::Config::default());
+    s.handle(10, berth_sched::Input::Tick).unwrap();
+    let e = s
+        .handle(500, berth_sched::Input::Cancel(berth_sched::RequestId(9)))
+        .unwrap_err();
+    assert_eq!(
+        e,
+        berth_sched::InputError::UnknownRequest(berth_sched::RequestId(9))
+    );
+    assert_eq!(s.now_ms(), 10);
+}
