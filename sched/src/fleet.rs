@@ -318,40 +318,62 @@ impl CapacityIndex {
         n_hosts <= self.size
     }
 
-    /// The first host index in `[from, to)` whose summary may fit and for which `exact` holds.
-    pub fn first_fit(
+    /// Up to `want` host indices in `[from, to)`, in order, whose summaries may fit and for
+    /// which `exact` holds, appended to `out`. One traversal finds them all: O(want + log n)
+    /// when the summaries prune well, not `want` descents from the root.
+    #[allow(clippy::too_many_arguments)]
+    pub fn collect(
         &self,
         from: usize,
         to: usize,
         need: &Need,
         image_bloom: u64,
+        want: usize,
         exact: &mut dyn FnMut(usize) -> bool,
-    ) -> Option<usize> {
-        self.descend(1, 0, self.size, from, to, need, image_bloom, exact)
+        out: &mut Vec<usize>,
+    ) {
+        let stop = out.len() + want;
+        let mut walk = Walk {
+            from,
+            to,
+            need,
+            image_bloom,
+            stop,
+            exact,
+            out,
+        };
+        self.descend(1, 0, self.size, &mut walk);
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn descend(
-        &self,
-        node: usize,
-        lo: usize,
-        hi: usize,
-        from: usize,
-        to: usize,
-        need: &Need,
-        image_bloom: u64,
-        exact: &mut dyn FnMut(usize) -> bool,
-    ) -> Option<usize> {
-        if hi <= from || lo >= to || !self.nodes[node].may_fit(need, image_bloom) {
-            return None;
+    fn descend(&self, node: usize, lo: usize, hi: usize, walk: &mut Walk<'_, '_>) {
+        if walk.out.len() >= walk.stop
+            || hi <= walk.from
+            || lo >= walk.to
+            || !self.nodes[node].may_fit(walk.need, walk.image_bloom)
+        {
+            return;
         }
         if hi - lo == 1 {
-            return exact(lo).then_some(lo);
+            if (walk.exact)(lo) {
+                walk.out.push(lo);
+            }
+            return;
         }
         let mid = (lo + hi) / 2;
-        self.descend(2 * node, lo, mid, from, to, need, image_bloom, exact)
-            .or_else(|| self.descend(2 * node + 1, mid, hi, from, to, need, image_bloom, exact))
+        self.descend(2 * node, lo, mid, walk);
+        self.descend(2 * node + 1, mid, hi, walk);
     }
+}
+
+/// The state of one `collect` traversal.
+struct Walk<'a, 'e> {
+    from: usize,
+    to: usize,
+    need: &'a Need,
+    image_bloom: u64,
+    stop: usize,
+    exact: &'e mut dyn FnMut(usize) -> bool,
+    out: &'a mut Vec<usize>,
 }
 
 /// Builds the internal host from its spec.
@@ -579,7 +601,7 @@ mod tests {
     }
 
     #[test]
-    fn first_fit_skips_full_hosts_and_respects_the_range() {
+    fn collect_skips_full_hosts_and_respects_the_range() {
         let mut labels = Interner::default();
         let mut images = Interner::default();
         let mut slots = Interner::default();
@@ -600,11 +622,17 @@ mod tests {
         let mut index = CapacityIndex::new();
         index.rebuild(&hosts, 4);
         let n = need(2);
-        let mut any = |_| true;
-        assert_eq!(index.first_fit(0, 5, &n, 0, &mut any), Some(1));
-        assert_eq!(index.first_fit(2, 5, &n, 0, &mut any), Some(3));
-        assert_eq!(index.first_fit(0, 1, &n, 0, &mut any), None);
-        let mut not_three = |i| i != 3;
-        assert_eq!(index.first_fit(2, 5, &n, 0, &mut not_three), Some(4));
+        let first = |from, to, exact: &mut dyn FnMut(usize) -> bool| {
+            let mut out = Vec::new();
+            index.collect(from, to, &n, 0, 1, exact, &mut out);
+            out.first().copied()
+        };
+        assert_eq!(first(0, 5, &mut |_| true), Some(1));
+        assert_eq!(first(2, 5, &mut |_| true), Some(3));
+        assert_eq!(first(0, 1, &mut |_| true), None);
+        assert_eq!(first(2, 5, &mut |i| i != 3), Some(4));
+        let mut all = Vec::new();
+        index.collect(0, 5, &n, 0, 3, &mut |_| true, &mut all);
+        assert_eq!(all, vec![1, 3, 4], "h2 has one vcpu free, the need is two");
     }
 }

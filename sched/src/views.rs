@@ -7,8 +7,8 @@ use std::fmt;
 use crate::config::Policy;
 use crate::fleet::Host;
 use crate::model::{
-    DriverKind, HostId, HostState, Label, RequestId, RequestSpec, RequestState, Shape, VmId,
-    VmState,
+    DriverKind, HostId, HostState, Label, RequestId, RequestSpec, RequestState, Shape, Template,
+    VmId, VmState,
 };
 use crate::placement::Reason;
 use crate::placement::filter::{PIPELINE, Probe, first_failure};
@@ -43,6 +43,9 @@ pub struct VmView {
     pub host: Option<HostId>,
     /// When a held VM's breakpoint expires.
     pub hold_until_ms: Option<u64>,
+    /// When the scheduler expects it to end: placement (or boot, once running) plus the
+    /// expected provisioning, boot and run times; 0 while it is queued.
+    pub expected_end_ms: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -187,6 +190,7 @@ impl Scheduler {
             state: v.state,
             host: v.host.map(|i| self.fleet.hosts[i].spec.id),
             hold_until_ms: (v.state == VmState::Held).then_some(v.hold_until_ms),
+            expected_end_ms: v.expected_end_ms,
         })
     }
 
@@ -195,6 +199,11 @@ impl Scheduler {
         let mut ids: Vec<VmId> = self.vms.keys().copied().collect();
         ids.sort_unstable();
         ids.into_iter().filter_map(|id| self.vm(id)).collect()
+    }
+
+    /// A template by name, as last set.
+    pub fn template(&self, name: &str) -> Option<&Template> {
+        self.templates.get(name)
     }
 
     pub fn n_vms(&self) -> usize {

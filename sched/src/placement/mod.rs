@@ -122,6 +122,7 @@ impl Stream {
     fn fill(&mut self, fleet: &Fleet, need: &Need, search: &SearchParams<'_>, excluded: &[u64]) {
         let n = fleet.hosts.len();
         let image_bloom = self.image_bloom;
+        let mut found = Vec::new();
         while self.hosts.len() < search.k && !self.done {
             let to = if self.wrapped { search.origin } else { n };
             let mut exact = |i: usize| {
@@ -131,20 +132,30 @@ impl Stream {
                         .get(i / 64)
                         .is_none_or(|w| w & (1 << (i % 64)) == 0)
             };
-            match fleet
-                .index
-                .first_fit(self.next, to, need, image_bloom, &mut exact)
-            {
-                Some(i) => {
-                    let score = score::total(&fleet.hosts[i], need, search.weights);
-                    self.hosts.push((i, score));
-                    self.next = i + 1;
-                }
-                None if !self.wrapped && search.origin > 0 => {
+            let want = search.k - self.hosts.len();
+            found.clear();
+            fleet.index.collect(
+                self.next,
+                to,
+                need,
+                image_bloom,
+                want,
+                &mut exact,
+                &mut found,
+            );
+            for &i in &found {
+                let score = score::total(&fleet.hosts[i], need, search.weights);
+                self.hosts.push((i, score));
+                self.next = i + 1;
+            }
+            if found.len() < want {
+                // Nothing more fits in this part of the ring.
+                if !self.wrapped && search.origin > 0 {
                     self.wrapped = true;
                     self.next = 0;
+                } else {
+                    self.done = true;
                 }
-                None => self.done = true,
             }
         }
     }
