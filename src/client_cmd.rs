@@ -458,27 +458,11 @@ enum HostAction {
     /// Hosts with their state and capacity.
     List,
     /// Add a host; it is probed and becomes ready with no restart.
-    Add {
-        name: String,
-        #[arg(long)]
-        driver: String,
-        #[arg(long)]
-        vcpus: u32,
-        #[arg(long)]
-        memory_mib: u64,
-        /// A counted slot (KIND=N, e.g. macos=2; repeatable).
-        #[arg(long = "slot")]
-        slots: Vec<String>,
-        /// A label (KEY=VALUE; repeatable).
-        #[arg(long = "label")]
-        labels: Vec<String>,
-        /// A driver option (KEY=VALUE; repeatable).
-        #[arg(long = "option")]
-        options: Vec<String>,
-        /// vCPU overcommit in thousandths (2000: two vCPUs per core).
-        #[arg(long, default_value_t = 1000)]
-        cpu_overcommit_milli: u32,
-    },
+    ///
+    /// libvirt: `--driver libvirt --uri qemu:///system [--image-dir DIR] [--domain-type qemu]`;
+    /// Parallels: `--driver parallels --ssh USER@HOST[:PORT]`. Their vCPUs and memory come from
+    /// the host's probe unless given (then they cap it).
+    Add(Box<HostAddArgs>),
     /// No new VMs; becomes maintenance when empty.
     Drain { name: String },
     /// Back into service.
@@ -487,6 +471,44 @@ enum HostAction {
     Offline { name: String },
     /// Remove a host that holds no VMs.
     Remove { name: String },
+}
+
+#[derive(Args)]
+struct HostAddArgs {
+    name: String,
+    /// sim, libvirt or parallels.
+    #[arg(long)]
+    driver: String,
+    /// Required for sim hosts.
+    #[arg(long)]
+    vcpus: Option<u32>,
+    /// Required for sim hosts.
+    #[arg(long)]
+    memory_mib: Option<u64>,
+    /// libvirt: the libvirt URI (qemu:///system, qemu+ssh://USER@HOST/system).
+    #[arg(long)]
+    uri: Option<String>,
+    /// libvirt: the directory of base images and overlays on the host.
+    #[arg(long)]
+    image_dir: Option<String>,
+    /// libvirt: kvm or qemu (emulation, for hosts without working KVM).
+    #[arg(long)]
+    domain_type: Option<String>,
+    /// parallels: where to log in, USER@HOST[:PORT].
+    #[arg(long)]
+    ssh: Option<String>,
+    /// A counted slot (KIND=N, e.g. macos=2; repeatable).
+    #[arg(long = "slot")]
+    slots: Vec<String>,
+    /// A label (KEY=VALUE; repeatable).
+    #[arg(long = "label")]
+    labels: Vec<String>,
+    /// A driver option (KEY=VALUE; repeatable).
+    #[arg(long = "option")]
+    options: Vec<String>,
+    /// vCPU overcommit in thousandths (2000: two vCPUs per core).
+    #[arg(long, default_value_t = 1000)]
+    cpu_overcommit_milli: u32,
 }
 
 fn print_hosts(v: &Value) {
@@ -522,16 +544,21 @@ pub fn host(args: HostArgs) -> anyhow::Result<ExitCode> {
             let v = c.call("GET", "/v1/hosts", None)?;
             Ok(c.print(&v, print_hosts))
         }
-        HostAction::Add {
-            name,
-            driver,
-            vcpus,
-            memory_mib,
-            slots,
-            labels,
-            options,
-            cpu_overcommit_milli,
-        } => {
+        HostAction::Add(add) => {
+            let HostAddArgs {
+                name,
+                driver,
+                vcpus,
+                memory_mib,
+                uri,
+                image_dir,
+                domain_type,
+                ssh,
+                slots,
+                labels,
+                options,
+                cpu_overcommit_milli,
+            } = *add;
             let slots = slots
                 .iter()
                 .map(|x| {
@@ -546,15 +573,39 @@ pub fn host(args: HostArgs) -> anyhow::Result<ExitCode> {
                 .iter()
                 .map(|x| key_value("--label", x).map(|(k, v)| (k, json!(v))))
                 .collect::<anyhow::Result<serde_json::Map<String, Value>>>()?;
-            let options = options
+            let mut options = options
                 .iter()
                 .map(|x| key_value("--option", x).map(|(k, v)| (k, json!(v))))
                 .collect::<anyhow::Result<serde_json::Map<String, Value>>>()?;
-            let body = json!({
-                "name": name, "driver": driver, "vcpus": vcpus, "memory_mib": memory_mib,
+            // The shorthands for the common driver options, each for its own driver only.
+            for (flag, key, value, for_driver) in [
+                ("--uri", "uri", uri, "libvirt"),
+                ("--image-dir", "image_dir", image_dir, "libvirt"),
+                ("--domain-type", "domain_type", domain_type, "libvirt"),
+                ("--ssh", "ssh", ssh, "parallels"),
+            ] {
+                let Some(value) = value else { continue };
+                if driver != for_driver {
+                    bail!("{flag} is for --driver {for_driver} hosts, not {driver}");
+                }
+                if options.insert(key.to_owned(), json!(value)).is_some() {
+                    bail!("{flag} and --option {key}=... both set `{key}`: give one");
+                }
+            }
+            if driver == "sim" && (vcpus.is_none() || memory_mib.is_none()) {
+                bail!("a sim host needs --vcpus N and --memory-mib N");
+            }
+            let mut body = json!({
+                "name": name, "driver": driver,
                 "slots": slots, "labels": labels, "options": options,
                 "cpu_overcommit_milli": cpu_overcommit_milli,
             });
+            if let Some(v) = vcpus {
+                body["vcpus"] = json!(v);
+            }
+            if let Some(m) = memory_mib {
+                body["memory_mib"] = json!(m);
+            }
             let v = c.call("POST", "/v1/hosts", Some(body))?;
             Ok(c.print(&v, one))
         }
@@ -600,5 +651,98 @@ pub fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
             s(&v["queue_len"])
         );
         println!("all vms   {}", v["vms_by_state"]);
+    }))
+}
+
+#[derive(Args)]
+pub struct HookArgs {
+    #[command(flatten)]
+    conn: Conn,
+    #[command(subcommand)]
+    action: HookAction,
+}
+
+#[derive(Subcommand)]
+enum HookAction {
+    /// Recent hook runs, newest first: exit code, duration and the end of stderr.
+    Log {
+        /// Only this hook's runs.
+        #[arg(long)]
+        hook: Option<String>,
+        /// Only runs that did not succeed.
+        #[arg(long)]
+        failed: bool,
+        #[arg(long, default_value_t = 50)]
+        limit: u64,
+    },
+}
+
+pub fn hook(args: HookArgs) -> anyhow::Result<ExitCode> {
+    let c = args.conn.client()?;
+    let HookAction::Log {
+        hook,
+        failed,
+        limit,
+    } = args.action;
+    let mut path = format!("/v1/hooks/runs?limit={limit}");
+    if let Some(h) = &hook {
+        // Percent-encoded: default names look like `hooks[0]`.
+        let encoded: String = h
+            .bytes()
+            .map(|b| match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => {
+                    char::from(b).to_string()
+                }
+                other => format!("%{other:02X}"),
+            })
+            .collect();
+        path.push_str(&format!("&hook={encoded}"));
+    }
+    let v = c.call("GET", &path, None)?;
+    let v = if failed {
+        let runs: Vec<Value> = v["runs"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|r| r["outcome"] != "ok")
+            .cloned()
+            .collect();
+        json!({ "runs": runs })
+    } else {
+        v
+    };
+    Ok(c.print(&v, |v| {
+        let rows: Vec<Vec<String>> = v["runs"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|r| {
+                let tail = r["stderr_tail"].as_str().unwrap_or("").trim();
+                let last = tail.lines().last().unwrap_or("");
+                vec![
+                    s(&r["id"]),
+                    s(&r["hook"]),
+                    s(&r["event"]),
+                    match (&r["vm"], &r["host"]) {
+                        (Value::Number(n), _) => format!("berth-vm{n}"),
+                        (_, Value::String(h)) => h.clone(),
+                        _ => r["request"]
+                            .as_u64()
+                            .map_or_else(|| "-".into(), |n| format!("r{n}")),
+                    },
+                    s(&r["attempt"]),
+                    s(&r["outcome"]),
+                    s(&r["exit_code"]),
+                    format!("{} ms", s(&r["duration_ms"])),
+                    last.chars().take(60).collect(),
+                ]
+            })
+            .collect();
+        table(
+            &[
+                "id", "hook", "event", "target", "attempt", "outcome", "exit", "took", "stderr",
+            ],
+            &rows,
+        );
     }))
 }

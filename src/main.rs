@@ -2,6 +2,7 @@
 
 mod client_cmd;
 mod console_cmd;
+mod demo_cmd;
 mod serve_cmd;
 mod sim_cmd;
 mod trace_cmd;
@@ -34,10 +35,14 @@ enum Command {
     Vm(client_cmd::VmArgs),
     /// List, add, drain, resume, take offline and remove hosts.
     Host(client_cmd::HostArgs),
+    /// The hook run log.
+    Hook(client_cmd::HookArgs),
     /// The daemon's hosts, VMs and queue at a glance.
     Status(client_cmd::StatusArgs),
     /// The operations console: hosts, queue, VMs and breakpoints, with drain, VNC and release keys.
     Console(console_cmd::ConsoleArgs),
+    /// An embedded daemon on simulated hosts fed by a synthetic CI workload, with the console on it.
+    Demo(demo_cmd::DemoArgs),
 }
 
 fn main() -> ExitCode {
@@ -50,7 +55,9 @@ fn main() -> ExitCode {
         Command::Vm(c) => client_cmd::vm(c),
         Command::Host(c) => client_cmd::host(c),
         Command::Status(c) => client_cmd::status(c),
+        Command::Hook(c) => client_cmd::hook(c),
         Command::Console(c) => console_cmd::run(c),
+        Command::Demo(c) => demo_cmd::run(c),
     };
     match result {
         Ok(code) => code,

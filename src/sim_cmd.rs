@@ -96,6 +96,10 @@ pub struct RunArgs {
     /// Draw queue length, utilisation and the wait distribution as SVG into this file.
     #[arg(long)]
     plot: Option<PathBuf>,
+    /// Write every placement (time, VM, request, host) as JSON lines into this file, to
+    /// compare a replay with the live run it recorded.
+    #[arg(long)]
+    placements: Option<PathBuf>,
 }
 
 fn hours_ms(h: f64, what: &str) -> anyhow::Result<u64> {
@@ -184,7 +188,10 @@ fn run_sim(args: RunArgs) -> anyhow::Result<ExitCode> {
         synthetic: reader.header().synthetic,
         ..RunInfo::default()
     };
-    let sim = Simulation::new(&fleet, config)?;
+    let mut sim = Simulation::new(&fleet, config)?;
+    if args.placements.is_some() {
+        sim.log_placements();
+    }
     let bar = std::io::stderr().is_terminal().then(|| {
         let bar = indicatif::ProgressBar::new_spinner();
         bar.set_message("replaying");
@@ -214,6 +221,14 @@ fn run_sim(args: RunArgs) -> anyhow::Result<ExitCode> {
     if let Some(path) = &args.report {
         let json = serde_json::to_string_pretty(&report)?;
         std::fs::write(path, json + "\n").with_context(|| format!("writing {}", path.display()))?;
+    }
+    if let (Some(path), Some(log)) = (&args.placements, &timeline.placements) {
+        let mut text = String::new();
+        for p in log {
+            text.push_str(&serde_json::to_string(p)?);
+            text.push('\n');
+        }
+        std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
     }
     if let Some(path) = &args.plot {
         berth_sim::plot::write_svg(path, &timeline, &report)

@@ -1,4 +1,4 @@
-//! `berth trace convert` and `berth trace synth`.
+//! `berth trace convert`, `berth trace synth` and `berth trace export`.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -33,6 +33,23 @@ pub enum TraceCommand {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Write a daemon's journal as a trace (and its fleet), for `berth sim run`.
+    Export {
+        /// The daemon's database (`DATA_DIR/berth.db`).
+        #[arg(long)]
+        db: PathBuf,
+        /// Start here: milliseconds since the Unix epoch, a UTC time
+        /// (`2026-03-01T08:00:00Z`), or a duration before now (`90m`, `6h`, `2d`).
+        #[arg(long)]
+        since: Option<String>,
+        /// Output file (`.gz` compresses); standard output when absent.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Also write the fleet at the start (hosts with overcommit and images, templates) as
+        /// a fleet file for `berth sim run --fleet`.
+        #[arg(long)]
+        fleet_out: Option<PathBuf>,
+    },
 }
 
 pub fn run(command: TraceCommand) -> anyhow::Result<ExitCode> {
@@ -63,6 +80,27 @@ pub fn run(command: TraceCommand) -> anyhow::Result<ExitCode> {
                     reader.skipped()
                 );
             }
+            eprintln!("berth: wrote {n} records");
+            Ok(ExitCode::SUCCESS)
+        }
+        TraceCommand::Export {
+            db,
+            since,
+            out,
+            fleet_out,
+        } => {
+            if !db.exists() {
+                anyhow::bail!("{}: no such database", db.display());
+            }
+            let since_ms = since.as_deref().map(parse_since).transpose()?;
+            let export = berth_daemon::export::export(&db, since_ms)
+                .with_context(|| format!("exporting the journal of {}", db.display()))?;
+            if let Some(path) = &fleet_out {
+                std::fs::write(path, &export.fleet_toml)
+                    .with_context(|| format!("writing {}", path.display()))?;
+            }
+            let mut records = export.records.into_iter().map(Ok);
+            let n = write_all(out.as_ref(), &export.header, &mut records)?;
             eprintln!("berth: wrote {n} records");
             Ok(ExitCode::SUCCESS)
         }
@@ -103,4 +141,73 @@ fn write_all(
         }
     }
     Ok(n)
+}
+
+/// `--since`: milliseconds since the Unix epoch, `YYYY-MM-DDTHH:MM:SSZ` (UTC), or a duration
+/// before now (`90s`, `30m`, `6h`, `2d`).
+fn parse_since(text: &str) -> anyhow::Result<u64> {
+    let bad = || {
+        anyhow::anyhow!(
+            "--since `{text}`: expected milliseconds since the Unix epoch, a UTC time such as 2026-03-01T08:00:00Z, or a duration such as 6h"
+        )
+    };
+    if let Ok(ms) = text.parse::<u64>() {
+        return Ok(ms);
+    }
+    let unit_ms = match text.chars().last() {
+        Some('s') => Some(1_000),
+        Some('m') => Some(60_000),
+        Some('h') => Some(3_600_000),
+        Some('d') => Some(86_400_000),
+        _ => None,
+    };
+    if let Some(unit) = unit_ms
+        && let Ok(n) = text[..text.len() - 1].parse::<u64>()
+    {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        return Ok(now.saturating_sub(n.saturating_mul(unit)));
+    }
+    // YYYY-MM-DDTHH:MM:SSZ
+    let t = text.strip_suffix('Z').ok_or_else(bad)?;
+    let (date, time) = t.split_once('T').ok_or_else(bad)?;
+    let num = |s: &str| s.parse::<i64>().map_err(|_| bad());
+    let d: Vec<&str> = date.split('-').collect();
+    let c: Vec<&str> = time.split(':').collect();
+    if d.len() != 3 || c.len() != 3 {
+        return Err(bad());
+    }
+    let (y, m, day) = (num(d[0])?, num(d[1])?, num(d[2])?);
+    let (hh, mm, ss) = (num(c[0])?, num(c[1])?, num(c[2])?);
+    if !(1..=12).contains(&m) || !(1..=31).contains(&day) || hh > 23 || mm > 59 || ss > 60 {
+        return Err(bad());
+    }
+    // Days from the civil date (Howard Hinnant's algorithm).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let secs = days * 86_400 + hh * 3600 + mm * 60 + ss;
+    u64::try_from(secs * 1000).map_err(|_| bad())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_since;
+
+    #[test]
+    fn since_takes_epoch_ms_utc_times_and_durations() {
+        assert_eq!(parse_since("1700000000000").ok(), Some(1_700_000_000_000));
+        assert_eq!(
+            parse_since("2023-11-14T22:13:20Z").ok(),
+            Some(1_700_000_000_000)
+        );
+        assert_eq!(parse_since("1970-01-01T00:00:00Z").ok(), Some(0));
+        assert!(parse_since("6h").is_ok());
+        assert!(parse_since("yesterday").is_err());
+    }
 }

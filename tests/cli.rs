@@ -4,6 +4,8 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+mod replay;
+
 fn berth(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_berth"))
         .args(args)
@@ -255,4 +257,40 @@ fn a_fleet_that_lacks_what_the_trace_needs_says_so() {
     let stdout = text(&out.stdout);
     assert!(stdout.contains("rejected   first: r1:"), "{stdout}");
     assert!(stdout.contains("lack the labels"), "{stdout}");
+}
+
+#[test]
+fn demo_without_a_console_runs_the_workload_and_cleans_up() {
+    let out = berth(&[
+        "demo",
+        "--no-console",
+        "--for",
+        "4",
+        "--rate",
+        "20",
+        "--time-scale",
+        "600",
+        "--latency-scale",
+        "0.001",
+    ]);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", text(&out.stderr));
+    assert!(stdout.contains("daemon on http://127.0.0.1:"), "{stdout}");
+    // About 80 requests in 4 s at 20 a second; some tests wait for their builds.
+    let submitted: u64 = stdout
+        .split("berth demo: ")
+        .nth(2)
+        .and_then(|s| s.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no count in {stdout}"));
+    assert!(submitted >= 20, "{stdout}");
+
+    // Without a terminal the console is refused with what to do instead.
+    let out = berth(&["demo"]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("--no-console"),
+        "{}",
+        text(&out.stderr)
+    );
 }

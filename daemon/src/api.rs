@@ -32,6 +32,8 @@ use crate::control::{Actor, Answer, ApiError, Msg, Query};
 use crate::store::{self, VmFilter};
 use crate::wire::{WireHold, WireHost, WireInput, WireRequest, check_name};
 
+mod predict;
+
 /// How long a breakpoint lasts when the request does not say: a working day.
 const HOLD_TTL_DEFAULT_MS: u64 = 8 * 3_600_000;
 /// Requests listed when no limit is given.
@@ -78,7 +80,7 @@ impl ReadPool {
     }
 
     /// Runs a read on a blocking thread.
-    async fn read<T: Send + 'static>(
+    pub(crate) async fn read<T: Send + 'static>(
         self: &Arc<Self>,
         f: impl FnOnce(&Connection) -> Result<T, DaemonError> + Send + 'static,
     ) -> Result<T, ApiError> {
@@ -127,7 +129,11 @@ fn ok_json(status: StatusCode, body: serde_json::Value) -> ApiResult {
 }
 
 /// Checks the bearer token; `operator` routes need the operator role.
-fn auth(state: &AppState, headers: &HeaderMap, operator: bool) -> Result<Actor, ApiError> {
+pub(crate) fn auth(
+    state: &AppState,
+    headers: &HeaderMap,
+    operator: bool,
+) -> Result<Actor, ApiError> {
     let given = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -284,6 +290,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/hosts/{name}/{op}", post(host_op))
         .route("/v1/events", get(events))
         .route("/v1/audit", get(audit))
+        .route("/v1/predict/drain", post(predict::drain))
         .fallback(|| async { ApiError::new(404, "no such route") })
         .with_state(state)
 }
@@ -492,13 +499,19 @@ async fn list_vms(
         live: q.live,
         limit: q.limit,
     };
+    let holds = if filter.state.as_deref().is_none_or(|s| s == "held") {
+        let held = state.reads.read(store::held_vm_ids).await?;
+        hold_rows(&state, held).await?
+    } else {
+        BTreeMap::new()
+    };
     let body = state
         .reads
         .read(move |c| {
             // Written on the blocking thread: a list of 100,000 VMs is ~15 MB of JSON.
             let mut out = Vec::with_capacity(1 << 16);
             out.extend_from_slice(b"{\"vms\":");
-            let n = store::write_vms_json(c, &filter, &mut out)?;
+            let n = store::write_vms_json(c, &filter, &holds, &mut out)?;
             out.extend_from_slice(format!(",\"count\":{n}}}").as_bytes());
             Ok(out)
         })
@@ -518,6 +531,7 @@ async fn get_vm(
         .read(move |c| Ok((store::get_vm(c, id)?, store::vm_history(c, id)?)))
         .await?;
     let row = row.ok_or_else(|| ApiError::field(404, "vm", format!("no vm {id}")))?;
+    let row = with_hold(&state, row).await?;
     let mut body = json!(row);
     body["history"] = json!(history);
     ok_json(StatusCode::OK, body)
@@ -525,7 +539,39 @@ async fn get_vm(
 
 async fn vm_after(state: &AppState, id: u64) -> ApiResult {
     let row = state.reads.read(move |c| store::get_vm(c, id)).await?;
+    let row = match row {
+        Some(r) => Some(with_hold(state, r).await?),
+        None => None,
+    };
     ok_json(StatusCode::OK, json!(row))
+}
+
+/// The breakpoints of these VMs, from the scheduler (the database does not keep extensions).
+async fn hold_rows(
+    state: &AppState,
+    ids: Vec<u64>,
+) -> Result<BTreeMap<u64, store::HoldRow>, ApiError> {
+    if ids.is_empty() {
+        return Ok(BTreeMap::new());
+    }
+    match query(state, Query::Holds(ids)).await? {
+        Answer::Holds(holds) => Ok(holds
+            .into_iter()
+            .map(|(id, (owner, expires_ms))| (id, store::HoldRow { owner, expires_ms }))
+            .collect()),
+        _ => Err(ApiError::new(
+            500,
+            "unexpected answer from the control loop",
+        )),
+    }
+}
+
+/// A VM row with its breakpoint, if it is held.
+async fn with_hold(state: &AppState, mut row: store::VmRow) -> Result<store::VmRow, ApiError> {
+    if row.state == "held" {
+        row.hold = hold_rows(state, vec![row.id]).await?.remove(&row.id);
+    }
+    Ok(row)
 }
 
 #[derive(Deserialize)]
@@ -607,7 +653,7 @@ async fn vm_console(
     headers: HeaderMap,
     UrlPath(id): UrlPath<String>,
 ) -> ApiResult {
-    auth(&state, &headers, false)?;
+    let actor = auth(&state, &headers, false)?;
     let id = parse_vm_id(&id)?;
     let Answer::VmDriver(Some((driver, name))) = query(&state, Query::VmDriver(id)).await? else {
         return Err(ApiError::field(
@@ -616,10 +662,33 @@ async fn vm_console(
             format!("vm {id} is not on a host now"),
         ));
     };
-    let addr = driver
+    let mut addr = driver
         .console(&name)
         .await
         .map_err(|e| ApiError::new(502, e.to_string()))?;
+    // The VNC password opens the VM's screen and keyboard: operators only, and on record.
+    if actor.role != Role::Operator {
+        addr.password = None;
+    } else if addr.password.is_some() {
+        let row = store::AuditRow {
+            at_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
+            who: actor.who,
+            role: actor.role.name().to_owned(),
+            action: "console_password".to_owned(),
+            target: name.clone(),
+            outcome: "ok".to_owned(),
+        };
+        state
+            .tx
+            .send(Msg::Audit(row))
+            .await
+            .map_err(|_| ApiError::new(503, "the daemon is shutting down"))?;
+        // The loop answers queries after committing the batch that holds the messages sent
+        // before them: once this is answered, the audit row is on disk.
+        query(&state, Query::HostId(String::new())).await?;
+    }
     ok_json(
         StatusCode::OK,
         json!({

@@ -41,7 +41,12 @@ pub struct FileConfig {
     #[serde(default)]
     pub workers: WorkerSection,
     #[serde(default)]
+    pub drivers: DriversSection,
+    #[serde(default)]
     pub tokens: Vec<TokenConfig>,
+    /// Commands run on events (see `hooks`).
+    #[serde(default)]
+    pub hooks: Vec<crate::hooks::HookConfig>,
     /// `None`: the embedded templates.
     pub templates: Option<Vec<WireTemplate>>,
     /// `None`: the embedded simulated fleet.
@@ -169,14 +174,28 @@ impl Default for SimSection {
 pub struct WorkerSection {
     /// Driver calls (provision, destroy) running at once on one host.
     pub driver_calls_per_host_max: usize,
+    /// Hook processes running at once; more wait their turn in the hook queue.
+    pub hooks_at_once_max: usize,
 }
 
 impl Default for WorkerSection {
     fn default() -> WorkerSection {
         WorkerSection {
             driver_calls_per_host_max: 8,
+            hooks_at_once_max: 4,
         }
     }
+}
+
+/// Defaults for the driver options hosts leave out (see `fleet::DriverDefaults`).
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DriversSection {
+    /// The known_hosts file Parallels hosts check host keys against (strictly); default
+    /// `DATA_DIR/known_hosts`.
+    pub known_hosts: Option<PathBuf>,
+    /// The image directory on libvirt hosts; default the driver's (`/var/lib/berth/images`).
+    pub image_dir: Option<String>,
 }
 
 /// What a token may do.
@@ -277,6 +296,18 @@ pub fn parse(text: &str) -> Result<FileConfig, DaemonError> {
                 });
             }
         }
+    }
+    for (i, h) in config.hooks.iter().enumerate() {
+        h.check().map_err(|(field, message)| DaemonError::Config {
+            key: format!("hooks[{i}].{field}"),
+            message,
+        })?;
+    }
+    if config.workers.hooks_at_once_max == 0 {
+        return Err(DaemonError::Config {
+            key: "workers.hooks_at_once_max".into(),
+            message: "must be at least 1".into(),
+        });
     }
     if config.workers.driver_calls_per_host_max == 0 {
         return Err(DaemonError::Config {

@@ -97,12 +97,21 @@ pub(crate) enum Query {
     VmDriver(u64),
     /// The first waiting requests in the order they are served, with why each waits.
     Queue(usize),
+    /// A copy of the scheduler, for forecasts run off the loop.
+    Scheduler,
+    /// The breakpoints of these VMs (those still held): owner and expiry, extensions included.
+    Holds(Vec<u64>),
+    /// Sets the metrics' gauges from the scheduler's state (a scrape).
+    SampleMetrics,
 }
 
 pub(crate) enum Answer {
     Json(serde_json::Value),
     HostId(Option<u64>),
     VmDriver(Option<(Arc<dyn Driver>, String)>),
+    Scheduler(Box<Scheduler>),
+    Holds(BTreeMap<u64, (String, u64)>),
+    Sampled,
 }
 
 pub(crate) enum Msg {
@@ -118,6 +127,9 @@ pub(crate) enum Msg {
     /// What a host runs (its berth VMs' ids), listed after it came back from error: those the
     /// scheduler does not have there are orphans (their destroy failed while it was away).
     Listed { host: HostId, vms: Vec<u64> },
+    /// An operator read worth recording (a console password handed out): written to the audit
+    /// table with the next batch.
+    Audit(AuditRow),
 }
 
 impl Msg {
@@ -167,10 +179,12 @@ pub(crate) struct Control {
     templates: BTreeMap<String, Template>,
     /// Hosts by id with their specs, for rebuilding drivers.
     hosts: BTreeMap<u64, WireHost>,
+    /// Metrics and hooks, told of every committed event (set by `start`).
+    pub(crate) observers: Option<crate::hooks::Observers>,
 }
 
 /// Applies one journaled input to the scheduler, keeping the daemon's side tables current.
-fn apply_journaled(
+pub(crate) fn apply_journaled(
     s: &mut Scheduler,
     at_ms: u64,
     input: &WireInput,
@@ -242,6 +256,7 @@ impl Control {
             events_tx,
             templates,
             hosts,
+            observers: None,
         })
     }
 
@@ -521,6 +536,7 @@ impl Control {
                 }
                 Msg::Query { query, reply } => queries.push((query, reply)),
                 Msg::Listed { host, vms } => listings.push((host, vms)),
+                Msg::Audit(row) => commit.audits.push(row),
             }
         }
         let (actions, events) = drain(&mut self.s);
@@ -564,6 +580,9 @@ impl Control {
             if self.events_tx.receiver_count() > 0 {
                 let text = event_json(&self.s, event).to_string();
                 let _ = self.events_tx.send(text.into());
+            }
+            if let Some(o) = &self.observers {
+                o.observe(&self.s, event);
             }
         }
         for action in actions {
@@ -698,6 +717,23 @@ impl Control {
                     "now_ms": self.s.now_ms(),
                 }))
             }
+            Query::Scheduler => Answer::Scheduler(Box::new(self.s.clone())),
+            Query::SampleMetrics => {
+                if let Some(o) = &self.observers {
+                    o.metrics.sample(&self.s, wall_ms());
+                }
+                Answer::Sampled
+            }
+            Query::Holds(ids) => Answer::Holds(
+                ids.into_iter()
+                    .filter_map(|id| {
+                        let v = self.s.vm(VmId(id))?;
+                        let until = v.hold_until_ms?;
+                        let owner = self.s.request(v.request)?.spec.hold_on_failure.as_ref()?;
+                        Some((id, (owner.owner.clone(), until)))
+                    })
+                    .collect(),
+            ),
             Query::VmDriver(id) => Answer::VmDriver(
                 self.s
                     .vm(VmId(id))

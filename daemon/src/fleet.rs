@@ -1,16 +1,119 @@
 //! Building a host's driver from its description: the one place that knows which driver kinds
 //! this daemon can run and which options each takes. A new driver is added here (see the
 //! drivers crate's `GUIDE.md`).
+//!
+//! Daemon-wide defaults fill the options a host leaves out when its driver is built, and are
+//! never journaled: a changed `[drivers]` section applies to every host at the next start.
 
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use berth_drivers::Driver;
+use async_trait::async_trait;
+use berth_drivers::parallels::{ConfigError, ParallelsConfig, ParallelsHost};
 use berth_drivers::sim::SimWorld;
+use berth_drivers::{ConsoleAddress, Driver, DriverError, HostFacts, VmListing, VmRecipe};
 use berth_sched::DriverKind;
 
+use crate::config::DriversSection;
 use crate::wire::{FieldError, WireHost};
 
-/// Checks that this daemon can drive hosts of `kind` with these options.
+/// The known_hosts file in the data directory that Parallels hosts check host keys against
+/// unless their options or the `[drivers]` section name another.
+pub const KNOWN_HOSTS_FILE: &str = "known_hosts";
+/// The directory in the data directory that holds the SSH control sockets of Parallels hosts.
+pub const SSH_CONTROL_DIR: &str = "ssh";
+
+/// What hosts get for the driver options they leave out.
+#[derive(Clone, Debug)]
+pub(crate) struct DriverDefaults {
+    /// Parallels: the known_hosts file (checked strictly).
+    pub known_hosts: PathBuf,
+    /// Parallels: where SSH control sockets live.
+    pub control_dir: PathBuf,
+    /// libvirt: the image directory on each host, if the `[drivers]` section names one (the
+    /// driver's own default otherwise).
+    pub image_dir: Option<String>,
+}
+
+impl DriverDefaults {
+    pub(crate) fn new(data_dir: &Path, section: &DriversSection) -> DriverDefaults {
+        DriverDefaults {
+            known_hosts: section
+                .known_hosts
+                .clone()
+                .unwrap_or_else(|| data_dir.join(KNOWN_HOSTS_FILE)),
+            control_dir: data_dir.join(SSH_CONTROL_DIR),
+            image_dir: section.image_dir.clone(),
+        }
+    }
+
+    /// The host's options with the defaults of its driver kind filled in.
+    fn options(&self, kind: DriverKind, host: &WireHost) -> BTreeMap<String, String> {
+        let mut options = host.options.clone();
+        let mut default = |key: &str, value: String| {
+            options.entry(key.to_owned()).or_insert(value);
+        };
+        match kind {
+            DriverKind::Sim => {}
+            DriverKind::Libvirt => {
+                if let Some(dir) = &self.image_dir {
+                    default("image_dir", dir.clone());
+                }
+            }
+            DriverKind::Parallels => {
+                default("known_hosts", self.known_hosts.display().to_string());
+                default("control_dir", self.control_dir.display().to_string());
+            }
+        }
+        options
+    }
+}
+
+/// Whether hosts of `kind` take their vCPUs and memory from their first probe when the host
+/// leaves them out (configured values then cap what the probe reports).
+pub(crate) fn capacity_from_probe(kind: DriverKind) -> bool {
+    matches!(kind, DriverKind::Libvirt | DriverKind::Parallels)
+}
+
+/// The counted slots a host of `kind` gets when it names none: two `macos` slots for every
+/// Parallels host (Apple's licence allows two macOS guests per Mac).
+pub(crate) fn default_slots(kind: DriverKind) -> BTreeMap<String, u32> {
+    match kind {
+        DriverKind::Parallels => berth_drivers::parallels::host_slots(),
+        DriverKind::Sim | DriverKind::Libvirt => BTreeMap::new(),
+    }
+}
+
+fn parallels_error(e: ConfigError) -> FieldError {
+    let field = match &e {
+        ConfigError::UnknownOption { option, .. } | ConfigError::BadValue { option, .. } => {
+            format!("options.{option}")
+        }
+        ConfigError::MissingOption { option } => format!("options.{option}"),
+    };
+    FieldError::new(&field, e.to_string())
+}
+
+#[cfg(feature = "libvirt")]
+fn libvirt_config(
+    options: &BTreeMap<String, String>,
+) -> Result<berth_drivers::libvirt::LibvirtConfig, FieldError> {
+    berth_drivers::libvirt::LibvirtConfig::from_options(options)
+        .map_err(|e| FieldError::new(&format!("options.{}", e.key), e.to_string()))
+}
+
+#[cfg(not(feature = "libvirt"))]
+fn no_libvirt() -> FieldError {
+    FieldError::new(
+        "driver",
+        "this berth was built without the libvirt driver: rebuild it with \
+         `cargo build --release --features libvirt` (needs libvirt-dev and pkg-config)",
+    )
+}
+
+/// Checks that this daemon can drive hosts of `kind` with these options. Building a driver
+/// connects nothing, so an unreachable host is a failed probe later, not an error here.
 pub(crate) fn check_driver(kind: DriverKind, host: &WireHost) -> Result<(), FieldError> {
     match kind {
         DriverKind::Sim => match host.options.keys().next() {
@@ -20,10 +123,13 @@ pub(crate) fn check_driver(kind: DriverKind, host: &WireHost) -> Result<(), Fiel
             )),
             None => Ok(()),
         },
-        DriverKind::Libvirt | DriverKind::Parallels => Err(FieldError::new(
-            "driver",
-            format!("driver `{kind}` is not built into this daemon yet"),
-        )),
+        #[cfg(feature = "libvirt")]
+        DriverKind::Libvirt => libvirt_config(&host.options).map(|_| ()),
+        #[cfg(not(feature = "libvirt"))]
+        DriverKind::Libvirt => Err(no_libvirt()),
+        DriverKind::Parallels => ParallelsConfig::from_options(&host.options)
+            .map(|_| ())
+            .map_err(parallels_error),
     }
 }
 
@@ -31,18 +137,198 @@ pub(crate) fn check_driver(kind: DriverKind, host: &WireHost) -> Result<(), Fiel
 pub(crate) fn build_driver(
     host: &WireHost,
     sim: &Arc<SimWorld>,
+    defaults: &DriverDefaults,
 ) -> Result<Arc<dyn Driver>, FieldError> {
     let kind = host.validate()?;
-    match kind {
-        DriverKind::Sim => Ok(Arc::new(sim.host(
-            &host.name,
-            host.vcpus,
-            host.memory_mib,
-            host.images.clone(),
-        ))),
-        DriverKind::Libvirt | DriverKind::Parallels => {
-            check_driver(kind, host)?;
-            Err(FieldError::new("driver", format!("no driver for `{kind}`")))
+    let options = defaults.options(kind, host);
+    let driver: Arc<dyn Driver> = match kind {
+        DriverKind::Sim => {
+            return Ok(Arc::new(sim.host(
+                &host.name,
+                host.vcpus,
+                host.memory_mib,
+                host.images.clone(),
+            )));
         }
+        #[cfg(feature = "libvirt")]
+        DriverKind::Libvirt => Arc::new(berth_drivers::libvirt::LibvirtHost::new(
+            host.name.as_str(),
+            libvirt_config(&options)?,
+        )),
+        #[cfg(not(feature = "libvirt"))]
+        DriverKind::Libvirt => return Err(no_libvirt()),
+        DriverKind::Parallels => {
+            let config = ParallelsConfig::from_options(&options).map_err(parallels_error)?;
+            if let Some(dir) = &config.control_dir {
+                create_private_dir(dir).map_err(|e| {
+                    FieldError::new(
+                        "options.control_dir",
+                        format!("cannot create {}: {e}", dir.display()),
+                    )
+                })?;
+            }
+            Arc::new(ParallelsHost::new(&host.name, config))
+        }
+    };
+    if host.vcpus == 0 && host.memory_mib == 0 {
+        return Ok(driver);
+    }
+    Ok(Arc::new(Capped {
+        inner: driver,
+        vcpus: (host.vcpus > 0).then_some(host.vcpus),
+        memory_mib: (host.memory_mib > 0).then_some(host.memory_mib),
+    }))
+}
+
+/// Makes a directory only its owner may enter (it holds SSH control sockets).
+fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        builder.mode(0o700);
+    }
+    builder.create(dir)
+}
+
+/// A driver whose probe reports at most the configured vCPUs and memory: a host shared with
+/// other work gives berth only part of itself.
+struct Capped {
+    inner: Arc<dyn Driver>,
+    vcpus: Option<u32>,
+    memory_mib: Option<u64>,
+}
+
+#[async_trait]
+impl Driver for Capped {
+    fn kind(&self) -> DriverKind {
+        self.inner.kind()
+    }
+
+    fn host(&self) -> &str {
+        self.inner.host()
+    }
+
+    async fn probe(&self) -> Result<HostFacts, DriverError> {
+        let mut facts = self.inner.probe().await?;
+        if let Some(v) = self.vcpus {
+            facts.vcpus = facts.vcpus.min(v);
+        }
+        if let Some(m) = self.memory_mib {
+            facts.memory_mib = facts.memory_mib.min(m);
+        }
+        Ok(facts)
+    }
+
+    async fn provision(&self, vm: &VmRecipe) -> Result<(), DriverError> {
+        self.inner.provision(vm).await
+    }
+
+    async fn boot(&self, name: &str) -> Result<(), DriverError> {
+        self.inner.boot(name).await
+    }
+
+    async fn destroy(&self, name: &str) -> Result<(), DriverError> {
+        self.inner.destroy(name).await
+    }
+
+    async fn list(&self) -> Result<Vec<VmListing>, DriverError> {
+        self.inner.list().await
+    }
+
+    async fn console(&self, name: &str) -> Result<ConsoleAddress, DriverError> {
+        self.inner.console(name).await
+    }
+
+    async fn screenshot(&self, name: &str) -> Result<Vec<u8>, DriverError> {
+        self.inner.screenshot(name).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn host(driver: &str, options: &[(&str, &str)]) -> WireHost {
+        WireHost {
+            id: 1,
+            name: "h1".into(),
+            driver: driver.into(),
+            vcpus: 0,
+            memory_mib: 0,
+            slots: BTreeMap::new(),
+            cpu_overcommit_milli: 1000,
+            memory_overcommit_milli: 1000,
+            labels: BTreeMap::new(),
+            images: Vec::new(),
+            options: options
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn parallels_options_are_checked_and_name_the_option() {
+        let h = host("parallels", &[("ssh", "ci@mac1:22")]);
+        assert_eq!(check_driver(DriverKind::Parallels, &h), Ok(()));
+        let e = check_driver(DriverKind::Parallels, &host("parallels", &[])).unwrap_err();
+        assert_eq!(e.field, "options.ssh");
+        let h = host("parallels", &[("ssh", "ci@mac1"), ("colour", "red")]);
+        let e = check_driver(DriverKind::Parallels, &h).unwrap_err();
+        assert_eq!(e.field, "options.colour");
+        assert!(e.message.contains("colour"), "{}", e.message);
+    }
+
+    #[test]
+    fn parallels_hosts_get_the_data_directory_defaults() {
+        let defaults = DriverDefaults::new(Path::new("/data"), &DriversSection::default());
+        let o = defaults.options(
+            DriverKind::Parallels,
+            &host("parallels", &[("ssh", "ci@mac1")]),
+        );
+        assert_eq!(o["known_hosts"], "/data/known_hosts");
+        assert_eq!(o["control_dir"], "/data/ssh");
+        let o = defaults.options(
+            DriverKind::Parallels,
+            &host("parallels", &[("ssh", "ci@mac1"), ("known_hosts", "/k")]),
+        );
+        assert_eq!(o["known_hosts"], "/k");
+        assert_eq!(default_slots(DriverKind::Parallels)["macos"], 2);
+    }
+
+    #[cfg(not(feature = "libvirt"))]
+    #[test]
+    fn libvirt_without_the_feature_says_how_to_rebuild() {
+        let h = host("libvirt", &[("uri", "qemu:///system")]);
+        let e = check_driver(DriverKind::Libvirt, &h).unwrap_err();
+        assert_eq!(e.field, "driver");
+        assert!(
+            e.message
+                .contains("cargo build --release --features libvirt"),
+            "{}",
+            e.message
+        );
+    }
+
+    #[cfg(feature = "libvirt")]
+    #[test]
+    fn libvirt_options_are_checked_and_name_the_option() {
+        let h = host(
+            "libvirt",
+            &[("uri", "qemu:///system"), ("domain_type", "qemu")],
+        );
+        assert_eq!(check_driver(DriverKind::Libvirt, &h), Ok(()));
+        let e = check_driver(DriverKind::Libvirt, &host("libvirt", &[])).unwrap_err();
+        assert_eq!(e.field, "options.uri");
+        let h = host(
+            "libvirt",
+            &[("uri", "qemu:///system"), ("domain_type", "xen")],
+        );
+        assert_eq!(
+            check_driver(DriverKind::Libvirt, &h).unwrap_err().field,
+            "options.domain_type"
+        );
     }
 }

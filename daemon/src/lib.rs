@@ -8,7 +8,12 @@
 pub mod api;
 pub mod config;
 mod control;
+pub mod demo;
+pub mod export;
 mod fleet;
+pub mod hooks;
+pub mod metrics;
+mod obs_api;
 pub mod store;
 pub mod wire;
 mod workers;
@@ -114,6 +119,9 @@ pub struct Daemon {
     /// Locked for as long as the daemon lives (the OS releases it if the process dies).
     _lock: std::fs::File,
     sim: Arc<SimWorld>,
+    /// The control loop's inbox and event stream, for in-process feeders (the demo).
+    tx: mpsc::Sender<control::Msg>,
+    events: broadcast::Sender<Arc<str>>,
     shutdown: watch::Sender<bool>,
     control: JoinHandle<Result<(), DaemonError>>,
     http: JoinHandle<()>,
@@ -269,6 +277,7 @@ pub async fn start(opts: Options) -> Result<Daemon, DaemonError> {
         opts.config.probe.clone(),
         opts.config.workers.driver_calls_per_host_max,
         sim.clone(),
+        fleet::DriverDefaults::new(data_dir, &opts.config.drivers),
     );
     let mut control = control::Control::recover(store, sched_config, workers, events_tx.clone())?;
     let templates = opts
@@ -281,6 +290,16 @@ pub async fn start(opts: Options) -> Result<Daemon, DaemonError> {
         .hosts
         .clone()
         .unwrap_or_else(config::default_hosts);
+    let metrics = Arc::new(metrics::Metrics::new());
+    control.observers = Some(hooks::Observers {
+        metrics: metrics.clone(),
+        hooks: hooks::Hooks::start(
+            &opts.config.hooks,
+            opts.config.workers.hooks_at_once_max,
+            &db_path,
+            metrics.clone(),
+        )?,
+    });
     control.start_fleet(&templates, &hosts)?;
     control.reconcile().await?;
 
@@ -296,6 +315,7 @@ pub async fn start(opts: Options) -> Result<Daemon, DaemonError> {
         source,
     })?;
     let (shutdown, shutdown_rx) = watch::channel(false);
+    let (loop_tx, loop_events) = (tx.clone(), events_tx.clone());
     let state = api::AppState {
         tx,
         reads: Arc::new(reads),
@@ -303,7 +323,15 @@ pub async fn start(opts: Options) -> Result<Daemon, DaemonError> {
         tokens: Arc::new(tokens),
         shutdown: shutdown_rx.clone(),
     };
-    let app = api::router(state);
+    let app = api::router(state.clone())
+        .merge(obs_api::router(obs_api::ObsState {
+            app: state,
+            metrics: metrics.clone(),
+        }))
+        .layer(axum::middleware::from_fn_with_state(
+            metrics,
+            obs_api::count_requests,
+        ));
     let mut http_shutdown = shutdown_rx.clone();
     let http = tokio::spawn(async move {
         let served = axum::serve(listener, app)
@@ -321,6 +349,8 @@ pub async fn start(opts: Options) -> Result<Daemon, DaemonError> {
         addr,
         _lock: lock,
         sim,
+        tx: loop_tx,
+        events: loop_events,
         shutdown,
         control,
         http,

@@ -84,6 +84,55 @@ const MIGRATIONS: &[&str] = &[
         outcome TEXT NOT NULL
     );
     ",
+    // 2: the hook run log, and accounting views over the VM history (docs/observability.md).
+    "
+    CREATE TABLE hook_runs (
+        id INTEGER PRIMARY KEY,
+        hook TEXT NOT NULL,
+        event TEXT NOT NULL,
+        vm INTEGER,
+        host TEXT,
+        request INTEGER,
+        attempt INTEGER NOT NULL,
+        started_ms INTEGER NOT NULL,
+        duration_ms INTEGER NOT NULL,
+        exit_code INTEGER,
+        outcome TEXT NOT NULL,
+        stderr_tail TEXT NOT NULL
+    );
+    CREATE INDEX hook_runs_hook ON hook_runs(hook);
+    CREATE INDEX vm_history_to_state ON vm_history(to_state, vm);
+    CREATE VIEW vm_usage AS
+    SELECT v.id AS vm, v.request AS request, r.template AS template,
+        coalesce(json_extract(r.spec, '$.requester'), '') AS requester,
+        h.name AS host,
+        coalesce(json_extract(r.spec, '$.vcpus'), json_extract(t.spec, '$.vcpus'), 0) AS vcpus,
+        s.running_ms AS running_ms,
+        coalesce(e.ended_ms, CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)) AS ended_ms,
+        e.ended_ms IS NULL AS live,
+        (coalesce(e.ended_ms, CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)) - s.running_ms)
+            / 3600000.0 AS hours
+    FROM vms v
+    JOIN requests r ON r.id = v.request
+    LEFT JOIN templates t ON t.name = r.template
+    LEFT JOIN hosts h ON h.id = v.host
+    JOIN (SELECT vm, min(at_ms) AS running_ms FROM vm_history WHERE to_state = 'running'
+          GROUP BY vm) s ON s.vm = v.id
+    LEFT JOIN (SELECT vm, min(at_ms) AS ended_ms FROM vm_history
+               WHERE to_state IN ('releasing', 'done', 'failed', 'lost', 'cancelled')
+               GROUP BY vm) e ON e.vm = v.id;
+    CREATE VIEW vm_hours_by_template AS
+    SELECT template, count(*) AS vms, sum(hours) AS vm_hours, sum(hours * vcpus) AS vcpu_hours
+    FROM vm_usage GROUP BY template;
+    CREATE VIEW vm_hours_by_requester AS
+    SELECT requester, count(*) AS vms, sum(hours) AS vm_hours, sum(hours * vcpus) AS vcpu_hours
+    FROM vm_usage GROUP BY requester;
+    CREATE VIEW vm_hours_by_day AS
+    SELECT date(running_ms / 1000, 'unixepoch') AS day,
+        CAST(strftime('%s', date(running_ms / 1000, 'unixepoch')) AS INTEGER) AS day_s,
+        template, count(*) AS vms, sum(hours) AS vm_hours, sum(hours * vcpus) AS vcpu_hours
+    FROM vm_usage GROUP BY day, template;
+    ",
 ];
 
 /// One operator action, for the audit table.
@@ -449,11 +498,23 @@ pub struct VmRow {
     pub id: u64,
     pub name: String,
     pub request: u64,
+    /// Its request's template.
+    pub template: Option<String>,
     pub host: Option<String>,
     pub state: String,
     pub cause: String,
     pub created_ms: u64,
     pub updated_ms: u64,
+    /// The breakpoint of a held VM (the scheduler knows it; see `HoldRow`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hold: Option<HoldRow>,
+}
+
+/// A held VM's breakpoint: whose it is and when it expires (extensions included).
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct HoldRow {
+    pub owner: String,
+    pub expires_ms: u64,
 }
 
 /// Filters for listing VMs.
@@ -467,8 +528,9 @@ pub struct VmFilter {
     pub limit: Option<u64>,
 }
 
-const VM_COLUMNS: &str = "v.id, v.request, h.name, v.state, v.cause, v.created_ms, v.updated_ms
-     FROM vms v LEFT JOIN hosts h ON h.id = v.host";
+const VM_COLUMNS: &str =
+    "v.id, v.request, h.name, v.state, v.cause, v.created_ms, v.updated_ms, r.template
+     FROM vms v LEFT JOIN hosts h ON h.id = v.host LEFT JOIN requests r ON r.id = v.request";
 
 fn vm_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<VmRow> {
     let id: i64 = r.get(0)?;
@@ -481,6 +543,8 @@ fn vm_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<VmRow> {
         cause: r.get(4)?,
         created_ms: r.get::<_, i64>(5)? as u64,
         updated_ms: r.get::<_, i64>(6)? as u64,
+        template: r.get(7)?,
+        hold: None,
     })
 }
 
@@ -522,11 +586,13 @@ pub fn list_vms(conn: &Connection, f: &VmFilter) -> Result<Vec<VmRow>, DaemonErr
 }
 
 /// Writes the filtered VMs as a JSON array (the objects `VmRow` serialises to) straight from
-/// the rows into `out`, and returns how many: listing 100,000 VMs makes no row structs and
-/// joins no tables (host names come from one small lookup).
+/// the rows into `out`, and returns how many: listing 100,000 VMs makes no row structs, host
+/// names come from one small lookup, and templates by the request's primary key. `holds`
+/// gives the breakpoints of held VMs (by VM id), which the scheduler knows.
 pub fn write_vms_json(
     conn: &Connection,
     f: &VmFilter,
+    holds: &BTreeMap<u64, HoldRow>,
     out: &mut Vec<u8>,
 ) -> Result<usize, DaemonError> {
     use std::io::Write;
@@ -545,7 +611,8 @@ pub fn write_vms_json(
         }
     }
     let (q, args) = vm_query(
-        "v.id, v.request, v.host, v.state, v.cause, v.created_ms, v.updated_ms FROM vms v",
+        "v.id, v.request, v.host, v.state, v.cause, v.created_ms, v.updated_ms, r.template
+         FROM vms v LEFT JOIN requests r ON r.id = v.request",
         f,
     );
     let mut stmt = conn.prepare_cached(&q).map_err(sql("listing vms"))?;
@@ -571,11 +638,23 @@ pub fn write_vms_json(
         }
         write!(
             out,
-            "{{\"id\":{id},\"name\":\"{}{id}\",\"request\":{},\"host\":",
+            "{{\"id\":{id},\"name\":\"{}{id}\",\"request\":{},\"template\":",
             berth_drivers::VM_NAME_PREFIX,
             get_i64(1)?
         )
         .map_err(io)?;
+        let template = r.get_ref(7).map_err(sql("listing vms"))?;
+        match template
+            .as_str_or_null()
+            .map_err(|e| sql("listing vms")(e.into()))?
+        {
+            Some(t) => serde_json::to_writer(&mut *out, t).map_err(|e| DaemonError::Io {
+                what: "writing a vm list".into(),
+                source: e.into(),
+            })?,
+            None => out.extend_from_slice(b"null"),
+        }
+        out.extend_from_slice(b",\"host\":");
         match host.and_then(|h| hosts.get(&h)) {
             Some(name) => out.extend_from_slice(name),
             None => out.extend_from_slice(b"null"),
@@ -588,15 +667,35 @@ pub fn write_vms_json(
         })?;
         write!(
             out,
-            ",\"created_ms\":{},\"updated_ms\":{}}}",
+            ",\"created_ms\":{},\"updated_ms\":{}",
             get_i64(5)?,
             get_i64(6)?
         )
         .map_err(io)?;
+        if let Some(hold) = holds.get(&(id as u64)) {
+            out.extend_from_slice(b",\"hold\":");
+            serde_json::to_writer(&mut *out, hold).map_err(|e| DaemonError::Io {
+                what: "writing a vm list".into(),
+                source: e.into(),
+            })?;
+        }
+        out.push(b'}');
         n += 1;
     }
     out.push(b']');
     Ok(n)
+}
+
+/// The ids of the VMs held at a breakpoint now (few: each one waits for a person).
+pub fn held_vm_ids(conn: &Connection) -> Result<Vec<u64>, DaemonError> {
+    let mut stmt = conn
+        .prepare_cached("SELECT id FROM vms WHERE state = 'held' ORDER BY id")
+        .map_err(sql("listing held vms"))?;
+    let rows = stmt
+        .query_map([], |r| Ok(r.get::<_, i64>(0)? as u64))
+        .map_err(sql("listing held vms"))?;
+    rows.collect::<Result<Vec<_>, _>>()
+        .map_err(sql("listing held vms"))
 }
 
 pub fn get_vm(conn: &Connection, id: u64) -> Result<Option<VmRow>, DaemonError> {

@@ -35,8 +35,13 @@ pub struct WireHost {
     pub id: u64,
     pub name: String,
     pub driver: String,
+    /// 0 or left out: from the host's probe (libvirt and Parallels hosts only); otherwise
+    /// for those drivers a cap on what the probe reports.
+    #[serde(default)]
     pub vcpus: u32,
+    #[serde(default)]
     pub memory_mib: u64,
+    /// Left out for a Parallels host: `macos = 2`.
     #[serde(default)]
     pub slots: BTreeMap<String, u32>,
     #[serde(default = "milli_one")]
@@ -86,11 +91,13 @@ impl WireHost {
             FieldError::new("driver", format!("unknown driver `{}`", self.driver))
         })?;
         crate::fleet::check_driver(driver, self)?;
-        if self.vcpus == 0 {
-            return Err(FieldError::new("vcpus", "must be at least 1"));
-        }
-        if self.memory_mib == 0 {
-            return Err(FieldError::new("memory_mib", "must be at least 1"));
+        if !crate::fleet::capacity_from_probe(driver) {
+            if self.vcpus == 0 {
+                return Err(FieldError::new("vcpus", "must be at least 1"));
+            }
+            if self.memory_mib == 0 {
+                return Err(FieldError::new("memory_mib", "must be at least 1"));
+            }
         }
         if self.cpu_overcommit_milli == 0 {
             return Err(FieldError::new("cpu_overcommit_milli", "must be above 0"));
@@ -106,13 +113,20 @@ impl WireHost {
 
     pub fn to_spec(&self) -> Result<HostSpec, FieldError> {
         let driver = self.validate()?;
+        let slots = if self.slots.is_empty() {
+            crate::fleet::default_slots(driver)
+        } else {
+            self.slots.clone()
+        };
         Ok(HostSpec {
             id: HostId(self.id),
             name: self.name.clone(),
             driver,
-            vcpus: self.vcpus,
-            memory_mib: self.memory_mib,
-            slots: self.slots.iter().map(|(k, &n)| (k.clone(), n)).collect(),
+            // A host whose capacity comes from its probe stays unknown, and gets no VMs,
+            // until the probe replaces these placeholders.
+            vcpus: self.vcpus.max(1),
+            memory_mib: self.memory_mib.max(1),
+            slots: slots.into_iter().collect(),
             cpu_overcommit_milli: self.cpu_overcommit_milli,
             memory_overcommit_milli: self.memory_overcommit_milli,
             labels: self
@@ -430,6 +444,20 @@ impl WireInput {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn probed_hosts_may_leave_capacity_out_and_parallels_hosts_get_macos_slots() {
+        let host: WireHost = serde_json::from_value(serde_json::json!({
+            "name": "mac1", "driver": "parallels", "options": {"ssh": "ci@mac1"}
+        }))
+        .unwrap();
+        let spec = host.to_spec().unwrap();
+        assert_eq!((spec.vcpus, spec.memory_mib), (1, 1));
+        assert_eq!(spec.slots, vec![("macos".to_owned(), 2)]);
+        let sim: WireHost =
+            serde_json::from_value(serde_json::json!({"name": "s1", "driver": "sim"})).unwrap();
+        assert_eq!(sim.validate().unwrap_err().field, "vcpus");
+    }
 
     #[test]
     fn inputs_round_trip_through_json() {

@@ -19,6 +19,7 @@ use tokio::time::Instant;
 
 use crate::config::ProbeSection;
 use crate::control::Msg;
+use crate::fleet::DriverDefaults;
 use crate::wire::{WireFailure, WireHost, WireInput, WireProbe};
 
 /// One driver call for one VM.
@@ -48,6 +49,7 @@ pub(crate) struct Workers {
     grace_until: Instant,
     calls_per_host_max: usize,
     sim: Arc<SimWorld>,
+    defaults: DriverDefaults,
     dispatched: u64,
 }
 
@@ -57,6 +59,7 @@ impl Workers {
         probe: ProbeSection,
         calls_per_host_max: usize,
         sim: Arc<SimWorld>,
+        defaults: DriverDefaults,
     ) -> Workers {
         let grace_until = Instant::now() + Duration::from_millis(probe.startup_grace_ms);
         Workers {
@@ -67,6 +70,7 @@ impl Workers {
             grace_until,
             calls_per_host_max,
             sim,
+            defaults,
             dispatched: 0,
         }
     }
@@ -74,7 +78,7 @@ impl Workers {
     /// Builds the host's driver and starts probing it.
     pub(crate) fn add_host(&mut self, host: &WireHost) {
         let id = HostId(host.id);
-        let driver = match crate::fleet::build_driver(host, &self.sim) {
+        let driver = match crate::fleet::build_driver(host, &self.sim, &self.defaults) {
             Ok(d) => d,
             Err(e) => {
                 // Hosts are checked when added, so this is a host journaled by a daemon that

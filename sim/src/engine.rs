@@ -60,6 +60,23 @@ impl Default for SimConfig {
     }
 }
 
+/// What a run from a copied state foresees for the requests it started with (see
+/// [`Simulation::from_scheduler`]): their queue waits, submit to placement.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Forecast {
+    /// How far ahead it looked.
+    pub horizon_ms: u64,
+    /// Requests that were waiting at the start.
+    pub n_waiting: u64,
+    /// Over the requests waiting at the start; one still waiting at the horizon counts as
+    /// having waited until then (so a drain that strands requests shows as a longer wait).
+    pub mean_wait_ms: u64,
+    pub p95_wait_ms: u64,
+    pub max_wait_ms: u64,
+    /// Requests still waiting at the horizon.
+    pub still_waiting: u64,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Ev {
     /// A dependent request whose dependencies have ended arrives.
@@ -163,6 +180,220 @@ impl Simulation {
         Ok(sim)
     }
 
+    /// A simulation that starts from an existing scheduler's state (a copy of a live daemon's,
+    /// say), at that scheduler's time, with no trace: waiting requests wait on, VMs in flight
+    /// finish provisioning and booting with modelled latency, running VMs end when the
+    /// scheduler expects them to, held VMs are released after the developer delay, and VMs
+    /// placed later run for their request's expected run time. Every job passes.
+    /// `config.sched` and `config.policy` are ignored: the scheduler keeps its own.
+    pub fn from_scheduler(sched: Scheduler, config: SimConfig) -> Simulation {
+        let now_ms = sched.now_ms();
+        let mut sim = Simulation {
+            latency: Latency::new(config.latency, config.seed),
+            faults: Latency::new(Profile::Default, config.seed.wrapping_add(0x5eed)),
+            config,
+            queue: BinaryHeap::new(),
+            seq: 0,
+            now_ms,
+            requests: Map::default(),
+            vms: Map::default(),
+            pending: Map::default(),
+            dependents: Map::default(),
+            host_ids: BTreeMap::new(),
+            host_drivers: Map::default(),
+            next_host: 0,
+            templates: BTreeMap::new(),
+            fleet_vcpus: 0,
+            n_hosts: 0,
+            metrics: Metrics::new(),
+            timeline: Timeline::new(),
+            stale: 0,
+            sched,
+        };
+        sim.config.policy = sim.sched.config().policy;
+        for h in sim.sched.hosts() {
+            sim.host_ids.insert(h.name.to_owned(), h.id);
+            sim.host_drivers.insert(h.id, h.driver);
+            sim.next_host = sim.next_host.max(h.id.0 + 1);
+            sim.fleet_vcpus += (h.cpu_milli.max(0) / 1000) as u64;
+            sim.n_hosts += 1;
+        }
+        let mut guest_os: BTreeMap<u64, (GuestOs, u32)> = BTreeMap::new();
+        for r in sim.sched.requests() {
+            let template = sim.sched.template(&r.spec.template);
+            if let Some(t) = template {
+                sim.templates.insert(t.name.to_string(), t.guest_os);
+            }
+            let duration_ms = r
+                .spec
+                .expected_run_ms
+                .or(template.map(|t| t.expected_run_ms))
+                .unwrap_or(0);
+            let os = template.map_or(GuestOs::Linux, |t| t.guest_os);
+            guest_os.insert(r.spec.id.0, (os, r.shape.vcpus));
+            sim.metrics.submitted(r.submitted_ms, r.spec.count);
+            sim.requests.insert(
+                r.spec.id.0,
+                ReqInfo {
+                    duration_ms,
+                    outcome: Outcome::Passed,
+                    submitted_ms: r.submitted_ms,
+                    placed: r.state != RequestState::Waiting,
+                },
+            );
+        }
+        for v in sim.sched.vms() {
+            let Some(host) = v.host else { continue };
+            let driver = sim
+                .host_drivers
+                .get(&host)
+                .copied()
+                .unwrap_or(DriverKind::Sim);
+            let (os, vcpus) = guest_os
+                .get(&v.request.0)
+                .copied()
+                .unwrap_or((GuestOs::Linux, 1));
+            let running = v.state == VmState::Running;
+            let held = v.state == VmState::Held;
+            sim.vms.insert(
+                v.id,
+                VmInfo {
+                    request: v.request.0,
+                    vcpus,
+                    driver,
+                    os,
+                    running_since_ms: running.then_some(now_ms),
+                    held_since_ms: held.then_some(now_ms),
+                },
+            );
+            if running {
+                sim.timeline.running(now_ms, i64::from(vcpus));
+            }
+            let (at_ms, ev) = match v.state {
+                VmState::Placed | VmState::Provisioning => (
+                    now_ms + sim.latency.sample(Op::Provision, driver, os),
+                    Ev::Provisioned(v.id),
+                ),
+                VmState::Booting => (
+                    now_ms + sim.latency.sample(Op::Boot, driver, os),
+                    Ev::Booted(v.id),
+                ),
+                VmState::Running => (v.expected_end_ms.max(now_ms), Ev::JobDone(v.id)),
+                VmState::Held => (
+                    now_ms.saturating_add(sim.faults.exponential_ms(sim.config.dev_delay_ms)),
+                    Ev::DevRelease(v.id),
+                ),
+                VmState::Releasing => (
+                    now_ms + sim.latency.sample(Op::Destroy, driver, os),
+                    Ev::Destroyed(v.id),
+                ),
+                _ => continue,
+            };
+            sim.push(at_ms, ev);
+        }
+        if let Some(mtbf) = sim.config.mtbf_ms {
+            let mut hosts: Vec<HostId> = sim.host_drivers.keys().copied().collect();
+            hosts.sort_unstable();
+            for id in hosts {
+                let t = now_ms.saturating_add(sim.faults.exponential_ms(mtbf));
+                sim.push(t, Ev::HostFail(id));
+            }
+        }
+        sim
+    }
+
+    /// Feeds one input to the scheduler now (e.g. `Input::Drain` before a forecast).
+    pub fn handle(&mut self, input: Input) -> Result<(), InputError> {
+        self.input(input)
+    }
+
+    /// The simulated time.
+    pub fn now_ms(&self) -> u64 {
+        self.now_ms
+    }
+
+    /// Runs with no trace until `until_ms` (or until nothing is left to happen), and stops
+    /// there; it can be called again with a later time.
+    pub fn run_until(&mut self, until_ms: u64) -> Result<(), SimError> {
+        self.pump();
+        loop {
+            let t_event = self.queue.peek().map(|Reverse((t, _, _))| *t);
+            let t_timer = self.sched.poll_timeout();
+            let Some(t) = [t_event, t_timer].into_iter().flatten().min() else {
+                break;
+            };
+            if t > until_ms {
+                break;
+            }
+            self.now_ms = self.now_ms.max(t);
+            self.apply_due()?;
+            if t_timer.is_some_and(|tt| tt <= self.now_ms) {
+                self.metrics.events += 1;
+                let _ = self.input(Input::Tick);
+            }
+            self.pump();
+        }
+        self.now_ms = self.now_ms.max(until_ms);
+        Ok(())
+    }
+
+    /// Starts from the current state, runs `horizon_ms` ahead and reports the waits of the
+    /// requests that were waiting at the start. Arrivals during the run (none, from a copied
+    /// state) are counted too.
+    pub fn forecast(mut self, horizon_ms: u64) -> Result<Forecast, SimError> {
+        let start_ms = self.now_ms;
+        let n_waiting = self.requests.values().filter(|r| !r.placed).count() as u64;
+        let until_ms = start_ms.saturating_add(horizon_ms);
+        self.run_until(until_ms)?;
+        let mut waits = self.metrics.waits().clone();
+        let mut still_waiting = 0u64;
+        let mut ids: Vec<u64> = self.requests.keys().copied().collect();
+        ids.sort_unstable();
+        for id in ids {
+            let Some(r) = self.requests.get(&id) else {
+                continue;
+            };
+            if r.placed {
+                continue;
+            }
+            let waited = until_ms.saturating_sub(r.submitted_ms);
+            still_waiting += 1;
+            if waits.record(waited).is_err() {
+                waits.saturating_record(waited);
+            }
+        }
+        let n = waits.len();
+        Ok(Forecast {
+            horizon_ms,
+            n_waiting,
+            mean_wait_ms: if n == 0 {
+                0
+            } else {
+                waits.mean().round() as u64
+            },
+            p95_wait_ms: if n == 0 {
+                0
+            } else {
+                waits.value_at_quantile(0.95)
+            },
+            max_wait_ms: if n == 0 { 0 } else { waits.max() },
+            still_waiting,
+        })
+    }
+
+    /// Applies the simulated completions due by now.
+    fn apply_due(&mut self) -> Result<(), SimError> {
+        while let Some(Reverse((at, _, ev))) = self.queue.peek().copied() {
+            if at > self.now_ms {
+                break;
+            }
+            self.queue.pop();
+            self.metrics.events += 1;
+            self.apply(ev)?;
+        }
+        Ok(())
+    }
+
     fn add_host(&mut self, mut spec: HostSpec) -> Result<(), SimError> {
         spec.id = HostId(self.next_host);
         self.next_host += 1;
@@ -232,14 +463,7 @@ impl Simulation {
             };
             let Some(t) = t else { break };
             self.now_ms = self.now_ms.max(t);
-            while let Some(Reverse((at, _, ev))) = self.queue.peek().copied() {
-                if at > self.now_ms {
-                    break;
-                }
-                self.queue.pop();
-                self.metrics.events += 1;
-                self.apply(ev)?;
-            }
+            self.apply_due()?;
             while let Some(record) = next.take_if(|r| r.at_ms <= self.now_ms) {
                 n_records += 1;
                 self.metrics.events += 1;
@@ -505,6 +729,17 @@ impl Simulation {
                 host,
                 spec,
             } => {
+                if let Some(log) = &mut self.timeline.placements {
+                    log.push(crate::plot::Placement {
+                        at_ms: self.now_ms,
+                        vm: vm.0,
+                        request: request.0,
+                        host: self
+                            .sched
+                            .host(host)
+                            .map_or_else(String::new, |h| h.name.to_owned()),
+                    });
+                }
                 let driver = self
                     .host_drivers
                     .get(&host)
@@ -655,6 +890,11 @@ impl Simulation {
                 self.push(self.now_ms.saturating_add(think_ms), Ev::Arrive(dependent));
             }
         }
+    }
+
+    /// Records every placement in the timeline `run` returns (`Timeline::placements`).
+    pub fn log_placements(&mut self) {
+        self.timeline.placements = Some(Vec::new());
     }
 
     /// A copy of the live scheduler state (for predictions that start from it).

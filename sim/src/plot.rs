@@ -27,6 +27,18 @@ pub struct Timeline {
     queue: u64,
     running_vcpus: i64,
     pub(crate) waits: Option<Histogram<u64>>,
+    /// Every placement, when asked for (`Simulation::log_placements`): it grows with the
+    /// trace, so it is off by default.
+    pub placements: Option<Vec<Placement>>,
+}
+
+/// A VM placed on a host, for comparing a replay with the run it recorded.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Placement {
+    pub at_ms: u64,
+    pub vm: u64,
+    pub request: u64,
+    pub host: String,
 }
 
 impl Default for Timeline {
@@ -47,6 +59,7 @@ impl Timeline {
             queue: 0,
             running_vcpus: 0,
             waits: None,
+            placements: None,
         }
     }
 

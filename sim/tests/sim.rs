@@ -257,3 +257,80 @@ fn a_malformed_trace_line_names_the_file_and_line() {
     assert!(text.starts_with("test.jsonl:3:"), "{text}");
     assert!(text.contains("count"), "{text}");
 }
+
+#[test]
+fn a_forecast_from_a_copied_state_sees_a_drain_lengthen_the_waits() {
+    use berth_sched::{
+        Config, DriverKind, HostSpec, Input, ProbeReport, RequestSpec, Scheduler, Shape, Template,
+    };
+    // Two 4-vCPU hosts, 8 one-vCPU jobs of 10 minutes running, 8 more waiting.
+    let mut s = Scheduler::new(Config::default());
+    let mut t = Template::new(
+        "linux",
+        Shape {
+            vcpus: 1,
+            memory_mib: 1024,
+        },
+    );
+    t.expected_run_ms = 600_000;
+    s.handle(0, Input::SetTemplate(t)).unwrap();
+    for (id, name) in [(1, "h1"), (2, "h2")] {
+        s.handle(
+            0,
+            Input::AddHost(HostSpec::new(id, name, DriverKind::Sim, 4, 16_384)),
+        )
+        .unwrap();
+        let report = ProbeReport {
+            vcpus: 4,
+            memory_mib: 16_384,
+            images: Vec::new(),
+        };
+        s.handle(
+            0,
+            Input::Probe {
+                host: berth_sched::HostId(id),
+                result: Ok(report),
+            },
+        )
+        .unwrap();
+    }
+    let mut sim = Simulation::from_scheduler(s, SimConfig::default());
+    for id in 1..=16 {
+        sim.handle(Input::Submit(RequestSpec::new(id, "linux", 1)))
+            .unwrap();
+    }
+    // Everything starts (or queues) in the first minute; copy the state there.
+    sim.run_until(60_000).unwrap();
+    let state = sim.scheduler().clone();
+    assert_eq!(state.queue_len(), 8);
+    let config = SimConfig {
+        seed: 7,
+        ..SimConfig::default()
+    };
+    let without = Simulation::from_scheduler(state.clone(), config.clone())
+        .forecast(3_600_000)
+        .unwrap();
+    let mut drained = Simulation::from_scheduler(state.clone(), config.clone());
+    drained
+        .handle(Input::Drain(berth_sched::HostId(2)))
+        .unwrap();
+    let with = drained.forecast(3_600_000).unwrap();
+    assert_eq!((without.n_waiting, with.n_waiting), (8, 8));
+    assert_eq!((without.still_waiting, with.still_waiting), (0, 0));
+    // Without the drain the 8 waiting jobs start when the first 8 end (about 10 min after
+    // they started); with one host they need two rounds on it.
+    assert!(without.max_wait_ms >= 500_000, "{without:?}");
+    assert!(
+        with.mean_wait_ms > without.mean_wait_ms,
+        "{with:?} vs {without:?}"
+    );
+    assert!(
+        with.max_wait_ms > without.max_wait_ms + 400_000,
+        "{with:?} vs {without:?}"
+    );
+    // Same state and seed: the same forecast.
+    let again = Simulation::from_scheduler(state, config)
+        .forecast(3_600_000)
+        .unwrap();
+    assert_eq!(again, without);
+}

@@ -1,0 +1,531 @@
+//! Hooks: commands the daemon runs when the scheduler reports an event (`vm.held`,
+//! `host.error`, `request.rejected`, or a pattern such as `vm.*`). Each runs as argv without a
+//! shell, the event as JSON on stdin and `BERTH_EVENT`, `BERTH_VM_ID`, `BERTH_HOST` in its
+//! environment, in its own process group (killed whole at its timeout), retried with doubling
+//! backoff, at most `workers.hooks_at_once_max` at once. Every attempt is a row of
+//! `hook_runs`.
+//!
+//! The control loop only enqueues (`try_send` on a bounded queue): a slow, hanging or failing
+//! hook never delays scheduling; when the queue is full the event is dropped for hooks and
+//! counted (`berth_hook_events_dropped_total`).
+
+use std::path::Path;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use berth_sched::{Event, Scheduler};
+use rusqlite::{Connection, params};
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::{Semaphore, mpsc};
+
+use crate::DaemonError;
+use crate::metrics::Metrics;
+
+/// Events waiting for a hook before new ones are dropped.
+pub const HOOK_QUEUE_MAX: usize = 10_000;
+/// The end of a hook's standard error kept in its run row.
+pub const STDERR_TAIL_MAX_BYTES: usize = 4096;
+/// How long to wait for a killed hook's pipes to close.
+const PIPE_GRACE_MS: u64 = 1000;
+
+/// Every event name, by kind: `vm.` + the state a VM entered, `request.` + the state a request
+/// entered, `host.` + the state a host entered (`host.removed` when it left the fleet).
+pub const EVENT_NAMES: &[&str] = &[
+    "vm.queued",
+    "vm.placed",
+    "vm.provisioning",
+    "vm.booting",
+    "vm.running",
+    "vm.held",
+    "vm.releasing",
+    "vm.done",
+    "vm.failed",
+    "vm.lost",
+    "vm.cancelled",
+    "request.waiting",
+    "request.active",
+    "request.done",
+    "request.failed",
+    "request.rejected",
+    "request.cancelled",
+    "host.unknown",
+    "host.ready",
+    "host.draining",
+    "host.maintenance",
+    "host.error",
+    "host.removed",
+];
+
+/// The name of an event, one of [`EVENT_NAMES`].
+pub fn event_name(e: &Event) -> String {
+    match e {
+        Event::Vm { to, .. } => format!("vm.{}", to.name()),
+        Event::Request { to, .. } => format!("request.{}", to.name()),
+        Event::Host { to, .. } => format!("host.{}", to.map_or("removed", |s| s.name())),
+    }
+}
+
+/// One configured hook (`[[hooks]]` in the config file).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HookConfig {
+    /// For the run log and metrics; defaults to `hooks[INDEX]`.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// An event name, `KIND.*` (`vm.*`, `request.*`, `host.*`) or `*`.
+    pub on: String,
+    /// The program and its arguments; no shell.
+    pub command: Vec<String>,
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Attempts after the first when a run fails or times out.
+    #[serde(default)]
+    pub retries_max: u32,
+    /// Wait before the first retry; doubles for each further one.
+    #[serde(default = "default_backoff_ms")]
+    pub backoff_ms: u64,
+}
+
+fn default_timeout_ms() -> u64 {
+    30_000
+}
+
+fn default_backoff_ms() -> u64 {
+    1_000
+}
+
+/// Whether `pattern` (an event name, `KIND.*` or `*`) matches the event `name`.
+pub fn matches(pattern: &str, name: &str) -> bool {
+    match pattern.strip_suffix('*') {
+        Some(prefix) => name.starts_with(prefix),
+        None => pattern == name,
+    }
+}
+
+impl HookConfig {
+    /// Checks the pattern and command; the error names the field.
+    pub fn check(&self) -> Result<(), (&'static str, String)> {
+        let known = self.on == "*"
+            || ["vm.*", "request.*", "host.*"].contains(&self.on.as_str())
+            || EVENT_NAMES.contains(&self.on.as_str());
+        if !known {
+            return Err((
+                "on",
+                format!(
+                    "unknown event `{}`: an event name ({}), `vm.*`, `request.*`, `host.*` or `*`",
+                    self.on,
+                    EVENT_NAMES.join(", ")
+                ),
+            ));
+        }
+        if self.command.first().is_none_or(|p| p.is_empty()) {
+            return Err(("command", "needs at least the program to run".into()));
+        }
+        if self.timeout_ms == 0 {
+            return Err(("timeout_ms", "must be at least 1".into()));
+        }
+        Ok(())
+    }
+}
+
+/// A hook as the runner keeps it.
+#[derive(Debug)]
+struct Hook {
+    name: String,
+    config: HookConfig,
+}
+
+/// One event for one hook.
+#[derive(Debug)]
+struct Job {
+    hook: usize,
+    event: String,
+    payload: Vec<u8>,
+    vm: Option<u64>,
+    host: Option<String>,
+    request: Option<u64>,
+}
+
+/// One attempt, as stored in `hook_runs` and shown by `GET /v1/hooks/runs`.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct HookRun {
+    pub id: u64,
+    pub hook: String,
+    pub event: String,
+    pub vm: Option<u64>,
+    pub host: Option<String>,
+    pub request: Option<u64>,
+    pub attempt: u32,
+    pub started_ms: u64,
+    pub duration_ms: u64,
+    /// `None` when it was killed by a signal, timed out or could not start.
+    pub exit_code: Option<i32>,
+    /// `ok`, `failed`, `timeout` or `error` (could not start).
+    pub outcome: String,
+    pub stderr_tail: String,
+}
+
+/// What the control loop tells of every committed event.
+pub(crate) struct Observers {
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) hooks: Hooks,
+}
+
+impl Observers {
+    pub(crate) fn observe(&self, s: &Scheduler, event: &Event) {
+        self.metrics.on_event(s, event);
+        self.hooks.enqueue(s, event);
+    }
+}
+
+/// The hook runner's handle, owned by the control loop.
+pub(crate) struct Hooks {
+    hooks: Arc<Vec<Hook>>,
+    tx: mpsc::Sender<Job>,
+    metrics: Arc<Metrics>,
+}
+
+impl Hooks {
+    /// Starts the runner: a dispatcher task and at most `at_once_max` hook processes at once,
+    /// writing runs on their own database connection.
+    pub(crate) fn start(
+        configs: &[HookConfig],
+        at_once_max: usize,
+        db_path: &Path,
+        metrics: Arc<Metrics>,
+    ) -> Result<Hooks, DaemonError> {
+        let hooks: Arc<Vec<Hook>> = Arc::new(
+            configs
+                .iter()
+                .enumerate()
+                .map(|(i, c)| Hook {
+                    name: c.name.clone().unwrap_or_else(|| format!("hooks[{i}]")),
+                    config: c.clone(),
+                })
+                .collect(),
+        );
+        let (tx, mut rx) = mpsc::channel::<Job>(HOOK_QUEUE_MAX);
+        if !hooks.is_empty() {
+            let conn = Arc::new(Mutex::new(crate::store::connect(db_path)?));
+            let permits = Arc::new(Semaphore::new(at_once_max.max(1)));
+            let hooks = hooks.clone();
+            let metrics = metrics.clone();
+            tokio::spawn(async move {
+                while let Some(job) = rx.recv().await {
+                    let Ok(permit) = permits.clone().acquire_owned().await else {
+                        break;
+                    };
+                    let (hooks, conn, metrics) = (hooks.clone(), conn.clone(), metrics.clone());
+                    tokio::spawn(async move {
+                        run_job(&hooks[job.hook], &job, &conn, &metrics).await;
+                        drop(permit);
+                    });
+                }
+            });
+        }
+        Ok(Hooks { hooks, tx, metrics })
+    }
+
+    /// Hands `event` to every hook whose pattern matches it. Never waits.
+    pub(crate) fn enqueue(&self, s: &Scheduler, event: &Event) {
+        if self.hooks.is_empty() {
+            return;
+        }
+        let name = event_name(event);
+        let mut body: Option<Vec<u8>> = None;
+        for (i, h) in self.hooks.iter().enumerate() {
+            if !matches(&h.config.on, &name) {
+                continue;
+            }
+            let payload = body
+                .get_or_insert_with(|| {
+                    let mut p = crate::control::event_json(s, event);
+                    p["event"] = serde_json::Value::String(name.clone());
+                    serde_json::to_vec(&p).unwrap_or_default()
+                })
+                .clone();
+            let (vm, host, request) = match event {
+                Event::Vm {
+                    vm, host, request, ..
+                } => (
+                    Some(vm.0),
+                    host.and_then(|h| s.host(h)).map(|h| h.name.to_owned()),
+                    Some(request.0),
+                ),
+                Event::Request { request, .. } => (None, None, Some(request.0)),
+                Event::Host { host, .. } => (None, s.host(*host).map(|h| h.name.to_owned()), None),
+            };
+            let job = Job {
+                hook: i,
+                event: name.clone(),
+                payload,
+                vm,
+                host,
+                request,
+            };
+            if self.tx.try_send(job).is_err() {
+                self.metrics.hooks_dropped.inc();
+                tracing::warn!(hook = %h.name, event = %name, "hook queue full: event dropped");
+            }
+        }
+    }
+}
+
+fn wall_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Runs one job with its retries, recording every attempt.
+async fn run_job(hook: &Hook, job: &Job, conn: &Arc<Mutex<Connection>>, metrics: &Metrics) {
+    let c = &hook.config;
+    for attempt in 0..=c.retries_max {
+        if attempt > 0 {
+            let factor = 1u64 << (attempt - 1).min(20);
+            tokio::time::sleep(Duration::from_millis(c.backoff_ms.saturating_mul(factor))).await;
+        }
+        let run = run_once(hook, job, attempt).await;
+        let ok = run.outcome == "ok";
+        metrics
+            .hook_runs
+            .get_or_create(&vec![
+                ("hook".to_owned(), hook.name.clone()),
+                ("outcome".to_owned(), run.outcome.clone()),
+            ])
+            .inc();
+        if !ok {
+            metrics
+                .hook_failures
+                .get_or_create(&vec![("hook".to_owned(), hook.name.clone())])
+                .inc();
+            tracing::warn!(hook = %hook.name, event = %job.event, attempt, outcome = %run.outcome, exit_code = ?run.exit_code, "hook run failed");
+        }
+        let conn = conn.clone();
+        let stored = tokio::task::spawn_blocking(move || {
+            let conn = conn.lock().unwrap_or_else(|e| e.into_inner());
+            insert_run(&conn, &run)
+        })
+        .await;
+        match stored {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => {
+                tracing::error!(hook = %hook.name, %error, "cannot record a hook run")
+            }
+            Err(_) => tracing::error!(hook = %hook.name, "hook run recorder failed"),
+        }
+        if ok {
+            return;
+        }
+    }
+}
+
+/// One attempt: spawn, feed stdin, wait up to the timeout, kill the process group past it.
+async fn run_once(hook: &Hook, job: &Job, attempt: u32) -> HookRun {
+    let c = &hook.config;
+    let started_ms = wall_ms();
+    let started = Instant::now();
+    let mut run = HookRun {
+        id: 0,
+        hook: hook.name.clone(),
+        event: job.event.clone(),
+        vm: job.vm,
+        host: job.host.clone(),
+        request: job.request,
+        attempt,
+        started_ms,
+        duration_ms: 0,
+        exit_code: None,
+        outcome: "error".into(),
+        stderr_tail: String::new(),
+    };
+    // `HookConfig::check` (at config load) made sure the command has a program.
+    let mut cmd = tokio::process::Command::new(&c.command[0]);
+    cmd.args(&c.command[1..])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .env("BERTH_EVENT", &job.event)
+        .process_group(0)
+        .kill_on_drop(true);
+    if let Some(vm) = job.vm {
+        cmd.env("BERTH_VM_ID", vm.to_string())
+            .env("BERTH_VM_NAME", berth_drivers::vm_name(vm));
+    }
+    if let Some(host) = &job.host {
+        cmd.env("BERTH_HOST", host);
+    }
+    if let Some(r) = job.request {
+        cmd.env("BERTH_REQUEST_ID", r.to_string());
+    }
+    let mut child = match cmd.spawn() {
+        Ok(child) => child,
+        Err(e) => {
+            run.stderr_tail = format!("cannot start `{}`: {e}", c.command[0]);
+            return run;
+        }
+    };
+    let pid = child.id();
+    if let Some(mut stdin) = child.stdin.take() {
+        let payload = job.payload.clone();
+        // A hook that does not read its stdin must not block us: write from a task.
+        tokio::spawn(async move {
+            let _ = stdin.write_all(&payload).await;
+            let _ = stdin.write_all(b"\n").await;
+        });
+    }
+    let stderr = child.stderr.take().map(|mut err| {
+        tokio::spawn(async move {
+            let mut tail: Vec<u8> = Vec::new();
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = err.read(&mut buf).await {
+                if n == 0 {
+                    break;
+                }
+                tail.extend_from_slice(&buf[..n]);
+                if tail.len() > STDERR_TAIL_MAX_BYTES {
+                    tail.drain(..tail.len() - STDERR_TAIL_MAX_BYTES);
+                }
+            }
+            tail
+        })
+    });
+    let waited = tokio::time::timeout(Duration::from_millis(c.timeout_ms), child.wait()).await;
+    match waited {
+        Ok(Ok(status)) => {
+            run.exit_code = status.code();
+            run.outcome = if status.success() { "ok" } else { "failed" }.into();
+        }
+        Ok(Err(e)) => run.stderr_tail = format!("waiting for the hook: {e}"),
+        Err(_) => {
+            if let Some(pid) = pid.and_then(|p| i32::try_from(p).ok()) {
+                // The hook leads its own process group: kill everything it started.
+                let _ = nix::sys::signal::killpg(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+            let _ = child.kill().await;
+            run.outcome = "timeout".into();
+        }
+    }
+    run.duration_ms = started.elapsed().as_millis() as u64;
+    if let Some(task) = stderr
+        && let Ok(Ok(tail)) = tokio::time::timeout(Duration::from_millis(PIPE_GRACE_MS), task).await
+    {
+        let text = String::from_utf8_lossy(&tail).into_owned();
+        if run.stderr_tail.is_empty() {
+            run.stderr_tail = text;
+        } else {
+            run.stderr_tail.push('\n');
+            run.stderr_tail.push_str(&text);
+        }
+    }
+    if run.outcome == "timeout" {
+        run.stderr_tail
+            .push_str(&format!("\n(killed after {} ms)", c.timeout_ms));
+    }
+    run
+}
+
+fn insert_run(conn: &Connection, r: &HookRun) -> Result<(), DaemonError> {
+    conn.prepare_cached(
+        "INSERT INTO hook_runs (hook, event, vm, host, request, attempt, started_ms, duration_ms,
+         exit_code, outcome, stderr_tail) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+    )
+    .and_then(|mut s| {
+        s.execute(params![
+            r.hook,
+            r.event,
+            r.vm.map(|v| v as i64),
+            r.host,
+            r.request.map(|v| v as i64),
+            r.attempt,
+            r.started_ms as i64,
+            r.duration_ms as i64,
+            r.exit_code,
+            r.outcome,
+            r.stderr_tail
+        ])
+    })
+    .map_err(|source| DaemonError::Sql {
+        what: "recording a hook run",
+        source,
+    })?;
+    Ok(())
+}
+
+/// Filters for listing hook runs.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunFilter {
+    pub hook: Option<String>,
+    pub outcome: Option<String>,
+    pub event: Option<String>,
+    pub limit: Option<u64>,
+}
+
+/// Hook runs, newest first.
+pub fn list_runs(conn: &Connection, f: &RunFilter) -> Result<Vec<HookRun>, DaemonError> {
+    let sql = |source| DaemonError::Sql {
+        what: "listing hook runs",
+        source,
+    };
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT id, hook, event, vm, host, request, attempt, started_ms, duration_ms,
+             exit_code, outcome, stderr_tail FROM hook_runs
+             WHERE (?1 IS NULL OR hook = ?1) AND (?2 IS NULL OR outcome = ?2)
+             AND (?3 IS NULL OR event = ?3) ORDER BY id DESC LIMIT ?4",
+        )
+        .map_err(sql)?;
+    let limit = f.limit.unwrap_or(100).min(i64::MAX as u64) as i64;
+    let rows = stmt
+        .query_map(params![f.hook, f.outcome, f.event, limit], |r| {
+            Ok(HookRun {
+                id: r.get::<_, i64>(0)? as u64,
+                hook: r.get(1)?,
+                event: r.get(2)?,
+                vm: r.get::<_, Option<i64>>(3)?.map(|v| v as u64),
+                host: r.get(4)?,
+                request: r.get::<_, Option<i64>>(5)?.map(|v| v as u64),
+                attempt: r.get(6)?,
+                started_ms: r.get::<_, i64>(7)? as u64,
+                duration_ms: r.get::<_, i64>(8)? as u64,
+                exit_code: r.get(9)?,
+                outcome: r.get(10)?,
+                stderr_tail: r.get(11)?,
+            })
+        })
+        .map_err(sql)?;
+    rows.collect::<Result<Vec<_>, _>>().map_err(sql)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn patterns_match_names_and_kinds() {
+        assert!(matches("vm.held", "vm.held"));
+        assert!(!matches("vm.held", "vm.done"));
+        assert!(matches("vm.*", "vm.done"));
+        assert!(!matches("vm.*", "host.error"));
+        assert!(matches("*", "request.rejected"));
+        let mut c = HookConfig {
+            name: None,
+            on: "vm.hold".into(),
+            command: vec!["true".into()],
+            timeout_ms: 1,
+            retries_max: 0,
+            backoff_ms: 0,
+        };
+        assert_eq!(c.check().map_err(|e| e.0), Err("on"));
+        c.on = "host.*".into();
+        assert_eq!(c.check(), Ok(()));
+        c.command.clear();
+        assert_eq!(c.check().map_err(|e| e.0), Err("command"));
+    }
+}

@@ -1,0 +1,472 @@
+//! Prometheus metrics (`GET /metrics`, OpenMetrics text through `prometheus-client`): what the
+//! control loop sees happen (transitions, waits, provisioning and boot latency), what the
+//! scheduler holds when scraped (VMs and hosts by state, capacity, breakpoints), hook runs and
+//! API requests. `docs/observability.md` lists every metric; `dashboards/berth.json` uses them.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+use berth_sched::{Event, HostState, RequestState, Scheduler, VmId, VmState};
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+type Labels = Vec<(String, String)>;
+type GaugeF = Gauge<f64, std::sync::atomic::AtomicU64>;
+
+/// Wait and time-to-running buckets: 1 s to about 9 hours, doubling.
+fn wait_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(1.0, 2.0, 16))
+}
+
+/// Provisioning and boot buckets: 0.25 s to about 34 minutes, doubling.
+fn latency_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.25, 2.0, 14))
+}
+
+fn labels(pairs: &[(&str, &str)]) -> Labels {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
+}
+
+/// The class of a host for dashboards: its `class` label, else its `pool` label, else its name
+/// without a trailing `-NUMBER` (`kvm-x86-0001` → `kvm-x86`, as the simulator names classes).
+pub fn host_class(name: &str, host_labels: &[berth_sched::Label]) -> String {
+    for key in ["class", "pool"] {
+        if let Some(l) = host_labels.iter().find(|l| l.key == key) {
+            return l.value.clone();
+        }
+    }
+    match name.rsplit_once('-') {
+        Some((stem, n)) if !stem.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) => {
+            stem.to_owned()
+        }
+        _ => name.to_owned(),
+    }
+}
+
+/// Every metric berth exports.
+pub struct Metrics {
+    registry: Registry,
+    vms: Family<Labels, Gauge>,
+    vm_transitions: Family<Labels, Counter>,
+    request_transitions: Family<Labels, Counter>,
+    queue_length: Gauge,
+    queued_vms: Gauge,
+    wait: Histogram,
+    time_to_running: Histogram,
+    provision: Family<Labels, Histogram>,
+    boot: Family<Labels, Histogram>,
+    host_vcpus: Family<Labels, GaugeF>,
+    host_vcpus_allocated: Family<Labels, GaugeF>,
+    host_memory: Family<Labels, Gauge>,
+    host_memory_allocated: Family<Labels, Gauge>,
+    host_slots: Family<Labels, Gauge>,
+    host_slots_allocated: Family<Labels, Gauge>,
+    hosts: Family<Labels, Gauge>,
+    breakpoints: Gauge,
+    breakpoint_age_max: GaugeF,
+    breakpoint_age_sum: GaugeF,
+    pub(crate) hook_runs: Family<Labels, Counter>,
+    pub(crate) hook_failures: Family<Labels, Counter>,
+    pub(crate) hooks_dropped: Counter,
+    api_requests: Family<Labels, Counter>,
+    /// When each live VM entered its current state, for provisioning and boot latency and
+    /// breakpoint age. Lost at a restart: VMs in flight then are not timed.
+    since: Mutex<BTreeMap<VmId, u64>>,
+}
+
+impl Default for Metrics {
+    fn default() -> Metrics {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut r = Registry::default();
+        let m = Metrics {
+            vms: Family::default(),
+            vm_transitions: Family::default(),
+            request_transitions: Family::default(),
+            queue_length: Gauge::default(),
+            queued_vms: Gauge::default(),
+            wait: wait_histogram(),
+            time_to_running: wait_histogram(),
+            provision: Family::new_with_constructor(latency_histogram),
+            boot: Family::new_with_constructor(latency_histogram),
+            host_vcpus: Family::default(),
+            host_vcpus_allocated: Family::default(),
+            host_memory: Family::default(),
+            host_memory_allocated: Family::default(),
+            host_slots: Family::default(),
+            host_slots_allocated: Family::default(),
+            hosts: Family::default(),
+            breakpoints: Gauge::default(),
+            breakpoint_age_max: GaugeF::default(),
+            breakpoint_age_sum: GaugeF::default(),
+            hook_runs: Family::default(),
+            hook_failures: Family::default(),
+            hooks_dropped: Counter::default(),
+            api_requests: Family::default(),
+            since: Mutex::new(BTreeMap::new()),
+            registry: Registry::default(),
+        };
+        r.register("berth_vms", "Live VMs by state", m.vms.clone());
+        r.register(
+            "berth_vm_transitions",
+            "VM state changes by the state entered",
+            m.vm_transitions.clone(),
+        );
+        r.register(
+            "berth_request_transitions",
+            "Request state changes by the state entered",
+            m.request_transitions.clone(),
+        );
+        r.register(
+            "berth_queue_length",
+            "Requests waiting to be placed",
+            m.queue_length.clone(),
+        );
+        r.register(
+            "berth_queued_vms",
+            "VMs waiting to be placed",
+            m.queued_vms.clone(),
+        );
+        r.register(
+            "berth_request_wait_seconds",
+            "Time from a request's submission until all its VMs were placed",
+            m.wait.clone(),
+        );
+        r.register(
+            "berth_time_to_running_seconds",
+            "Time from a request's submission until one of its VMs was running",
+            m.time_to_running.clone(),
+        );
+        r.register(
+            "berth_provision_seconds",
+            "Provisioning latency by host and template",
+            m.provision.clone(),
+        );
+        r.register(
+            "berth_boot_seconds",
+            "Boot latency by host and template",
+            m.boot.clone(),
+        );
+        r.register(
+            "berth_host_vcpus",
+            "vCPUs a host offers, overcommit included",
+            m.host_vcpus.clone(),
+        );
+        r.register(
+            "berth_host_vcpus_allocated",
+            "vCPUs allocated to VMs on a host",
+            m.host_vcpus_allocated.clone(),
+        );
+        r.register(
+            "berth_host_memory_bytes",
+            "Memory a host offers, overcommit included",
+            m.host_memory.clone(),
+        );
+        r.register(
+            "berth_host_memory_allocated_bytes",
+            "Memory allocated to VMs on a host",
+            m.host_memory_allocated.clone(),
+        );
+        r.register(
+            "berth_host_slots",
+            "Counted slots a host offers (such as macos)",
+            m.host_slots.clone(),
+        );
+        r.register(
+            "berth_host_slots_allocated",
+            "Counted slots in use on a host",
+            m.host_slots_allocated.clone(),
+        );
+        r.register("berth_hosts", "Hosts by state", m.hosts.clone());
+        r.register(
+            "berth_breakpoints_held",
+            "VMs held at a breakpoint",
+            m.breakpoints.clone(),
+        );
+        r.register(
+            "berth_breakpoint_age_max_seconds",
+            "How long the oldest breakpoint has been held",
+            m.breakpoint_age_max.clone(),
+        );
+        r.register(
+            "berth_breakpoint_age_sum_seconds",
+            "Summed age of the breakpoints held (divide by berth_breakpoints_held for the mean)",
+            m.breakpoint_age_sum.clone(),
+        );
+        r.register(
+            "berth_hook_runs",
+            "Hook runs (each attempt) by hook and outcome",
+            m.hook_runs.clone(),
+        );
+        r.register(
+            "berth_hook_failures",
+            "Hook runs that failed, timed out or could not start, by hook",
+            m.hook_failures.clone(),
+        );
+        r.register(
+            "berth_hook_events_dropped",
+            "Events not handed to hooks because the hook queue was full",
+            m.hooks_dropped.clone(),
+        );
+        r.register(
+            "berth_api_requests",
+            "HTTP API requests by route, method and status",
+            m.api_requests.clone(),
+        );
+        Metrics { registry: r, ..m }
+    }
+
+    /// Counts one answered API request.
+    pub fn api_request(&self, route: &str, method: &str, status: u16) {
+        self.api_requests
+            .get_or_create(&labels(&[
+                ("route", route),
+                ("method", method),
+                ("status", &status.to_string()),
+            ]))
+            .inc();
+    }
+
+    /// Takes in one of the scheduler's events, right after the batch holding it committed.
+    pub(crate) fn on_event(&self, s: &Scheduler, event: &Event) {
+        match event {
+            Event::Vm {
+                at_ms,
+                vm,
+                request,
+                host,
+                from,
+                to,
+                ..
+            } => {
+                self.vm_transitions
+                    .get_or_create(&labels(&[("state", to.name())]))
+                    .inc();
+                let mut since = self.since.lock().unwrap_or_else(|e| e.into_inner());
+                let entered = since.remove(vm);
+                let timed = |family: &Family<Labels, Histogram>| {
+                    let (Some(t0), Some(h)) = (entered, host.and_then(|h| s.host(h))) else {
+                        return;
+                    };
+                    let template = s
+                        .request(*request)
+                        .map_or_else(String::new, |r| r.spec.template.clone());
+                    family
+                        .get_or_create(&labels(&[("host", h.name), ("template", &template)]))
+                        .observe(at_ms.saturating_sub(t0) as f64 / 1000.0);
+                };
+                match (from, to) {
+                    (Some(VmState::Provisioning), VmState::Booting) => timed(&self.provision),
+                    (Some(VmState::Booting), VmState::Running) => timed(&self.boot),
+                    _ => {}
+                }
+                if *to == VmState::Running
+                    && let Some(r) = s.request(*request)
+                {
+                    self.time_to_running
+                        .observe(at_ms.saturating_sub(r.submitted_ms) as f64 / 1000.0);
+                }
+                if !to.is_terminal() {
+                    since.insert(*vm, *at_ms);
+                }
+            }
+            Event::Request {
+                at_ms,
+                request,
+                from,
+                to,
+                ..
+            } => {
+                self.request_transitions
+                    .get_or_create(&labels(&[("state", to.name())]))
+                    .inc();
+                if *to == RequestState::Active
+                    && *from == Some(RequestState::Waiting)
+                    && let Some(r) = s.request(*request)
+                {
+                    self.wait
+                        .observe(at_ms.saturating_sub(r.submitted_ms) as f64 / 1000.0);
+                }
+            }
+            Event::Host { .. } => {}
+        }
+    }
+
+    /// Sets the gauges from the scheduler's state (called by the control loop at a scrape).
+    pub(crate) fn sample(&self, s: &Scheduler, now_ms: u64) {
+        let mut by_state: BTreeMap<&str, i64> = BTreeMap::new();
+        let (mut held, mut age_max, mut age_sum) = (0i64, 0f64, 0f64);
+        let since = self.since.lock().unwrap_or_else(|e| e.into_inner());
+        let mut queued = 0i64;
+        for v in s.vms() {
+            *by_state.entry(v.state.name()).or_default() += 1;
+            if v.state == VmState::Queued {
+                queued += 1;
+            }
+            if v.state == VmState::Held {
+                held += 1;
+                // After a restart the entry time is unknown: take it from the expiry and the
+                // breakpoint's time-to-live (an extension makes it look younger).
+                let entered = since.get(&v.id).copied().or_else(|| {
+                    let ttl = s.request(v.request)?.spec.hold_on_failure.as_ref()?.ttl_ms;
+                    Some(v.hold_until_ms?.saturating_sub(ttl))
+                });
+                let age = now_ms.saturating_sub(entered.unwrap_or(now_ms)) as f64 / 1000.0;
+                age_max = age_max.max(age);
+                age_sum += age;
+            }
+        }
+        drop(since);
+        self.vms.clear();
+        for state in [
+            VmState::Queued,
+            VmState::Placed,
+            VmState::Provisioning,
+            VmState::Booting,
+            VmState::Running,
+            VmState::Held,
+            VmState::Releasing,
+        ] {
+            let n = by_state.get(state.name()).copied().unwrap_or(0);
+            self.vms
+                .get_or_create(&labels(&[("state", state.name())]))
+                .set(n);
+        }
+        self.queue_length.set(s.queue_len() as i64);
+        self.queued_vms.set(queued);
+        self.breakpoints.set(held);
+        self.breakpoint_age_max.set(age_max);
+        self.breakpoint_age_sum.set(age_sum);
+
+        let mut hosts: BTreeMap<&str, i64> = [
+            HostState::Unknown,
+            HostState::Ready,
+            HostState::Draining,
+            HostState::Maintenance,
+            HostState::Error,
+        ]
+        .iter()
+        .map(|h| (h.name(), 0))
+        .collect();
+        for family in [&self.host_memory, &self.host_memory_allocated] {
+            family.clear();
+        }
+        self.host_vcpus.clear();
+        self.host_vcpus_allocated.clear();
+        self.host_slots.clear();
+        self.host_slots_allocated.clear();
+        for h in s.hosts() {
+            *hosts.entry(h.state.name()).or_default() += 1;
+            let class = host_class(h.name, h.labels);
+            let l = labels(&[("host", h.name), ("class", &class)]);
+            self.host_vcpus
+                .get_or_create(&l)
+                .set(h.cpu_milli as f64 / 1000.0);
+            self.host_vcpus_allocated
+                .get_or_create(&l)
+                .set(h.cpu_used_milli as f64 / 1000.0);
+            self.host_memory
+                .get_or_create(&l)
+                .set(h.memory_mib.saturating_mul(1 << 20));
+            self.host_memory_allocated
+                .get_or_create(&l)
+                .set(h.memory_used_mib.saturating_mul(1 << 20));
+            for &(kind, capacity, used) in &h.slots {
+                let l = labels(&[("host", h.name), ("class", &class), ("kind", kind)]);
+                self.host_slots.get_or_create(&l).set(capacity);
+                self.host_slots_allocated.get_or_create(&l).set(used);
+            }
+        }
+        self.hosts.clear();
+        for (state, n) in hosts {
+            self.hosts
+                .get_or_create(&labels(&[("state", state)]))
+                .set(n);
+        }
+    }
+
+    /// The registry as OpenMetrics text.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+
+    /// The registry in Prometheus' classic text format (0.0.4), for clients that do not ask
+    /// for OpenMetrics (`curl`, `promtool check metrics`).
+    pub fn encode_classic(&self) -> String {
+        to_classic(&self.encode())
+    }
+}
+
+/// Rewrites OpenMetrics text as Prometheus' classic text format: a counter's metadata names
+/// the `_total` series its samples use, and `# UNIT` and `# EOF` go.
+pub fn to_classic(open_metrics: &str) -> String {
+    let counters: std::collections::BTreeSet<&str> = open_metrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(open_metrics.len());
+    for line in open_metrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let meta = ["# HELP ", "# TYPE "]
+            .into_iter()
+            .find_map(|p| line.strip_prefix(p).map(|rest| (p, rest)));
+        if let Some((prefix, rest)) = meta {
+            let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+            if counters.contains(name) {
+                out.push_str(&format!("{prefix}{name}_total {tail}\n"));
+                continue;
+            }
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_classes_come_from_labels_or_names() {
+        let pool = [berth_sched::Label::new("pool", "gpu")];
+        assert_eq!(host_class("kvm-x86-0001", &[]), "kvm-x86");
+        assert_eq!(host_class("sim-mac-3", &[]), "sim-mac");
+        assert_eq!(host_class("builder", &[]), "builder");
+        assert_eq!(host_class("kvm-x86-0001", &pool), "gpu");
+    }
+
+    #[test]
+    fn classic_text_names_counters_by_their_total_series() {
+        let m = Metrics::new();
+        m.api_request("/v1/vms/{id}", "GET", 404);
+        let classic = m.encode_classic();
+        assert!(
+            classic.contains("# TYPE berth_api_requests_total counter\n"),
+            "{classic}"
+        );
+        assert!(
+            classic.contains("# HELP berth_api_requests_total "),
+            "{classic}"
+        );
+        assert!(!classic.contains("# EOF"), "{classic}");
+        assert!(m.encode().ends_with("# EOF\n"));
+    }
+}

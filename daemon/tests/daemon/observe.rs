@@ -1,0 +1,432 @@
+//! Hooks with real scripts, `/metrics` checked by `promtool`, the dashboard's metric names,
+//! and the accounting views.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use super::{TestDaemon, berth_binary, vm_ids};
+
+fn script(dir: &Path, name: &str, body: &str) -> String {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.join(name);
+    std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path.display().to_string()
+}
+
+fn runs(d: &TestDaemon, hook: &str) -> Vec<Value> {
+    d.ok("GET", &format!("/v1/hooks/runs?hook={hook}&limit=50"), None)["runs"]
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+fn pid_alive(pid: &str) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .unwrap_or_default()
+            .contains(") Z ")
+}
+
+#[test]
+fn hooks_get_the_event_time_out_retry_and_never_hold_up_scheduling() {
+    let dir = tempfile::tempdir().unwrap();
+    let scripts = tempfile::tempdir().unwrap();
+    let out = scripts.path().join("out");
+    std::fs::create_dir(&out).unwrap();
+    let writer = script(
+        scripts.path(),
+        "write-payload",
+        r#"cat > "$1/payload-$BERTH_VM_ID.json"; env | grep '^BERTH_' | sort > "$1/env-$BERTH_VM_ID""#,
+    );
+    // A child in the same process group: the timeout must kill it too.
+    let sleeper = script(
+        scripts.path(),
+        "sleep-long",
+        r#"sleep 60 & echo $! >> "$1/sleep-pids"; wait"#,
+    );
+    let failer = script(
+        scripts.path(),
+        "fail",
+        r#"echo "cannot page anyone about $BERTH_EVENT" >&2; exit 3"#,
+    );
+    let out_s = out.display().to_string();
+    let config = format!(
+        r#"{base}
+[workers]
+hooks_at_once_max = 2
+
+[[hooks]]
+name = "payload"
+on = "vm.held"
+command = ["{writer}", "{out_s}"]
+
+[[hooks]]
+name = "slow"
+on = "vm.running"
+command = ["{sleeper}", "{out_s}"]
+timeout_ms = 300
+
+[[hooks]]
+name = "pager"
+on = "request.*"
+command = ["{failer}"]
+retries_max = 2
+backoff_ms = 50
+"#,
+        base = super::CONFIG
+    );
+    let config = config.replace("request.*", "request.rejected");
+    let d = TestDaemon::start(dir.path(), &config);
+
+    // Four VMs reach running while the `slow` hooks hang two at a time: scheduling goes on.
+    let r = d.ok(
+        "POST",
+        "/v1/requests",
+        Some(json!({"template": "linux", "count": 4, "hold_on_failure": true})),
+    );
+    let id = r["id"].as_u64().unwrap();
+    d.wait_for("all four vms running", |d| {
+        let r = d.ok("GET", &format!("/v1/requests/{id}"), None);
+        r["vms"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|v| v["state"] == "running")
+    });
+    let vms = vm_ids(&d.ok("GET", &format!("/v1/requests/{id}"), None));
+    let held = vms[0];
+    d.ok(
+        "POST",
+        &format!("/v1/vms/{held}/result"),
+        Some(json!({"passed": false})),
+    );
+    // A request no host could ever fit is rejected: `pager` fails three times.
+    let (status, rejected) = d.call(
+        "POST",
+        "/v1/requests",
+        Some(json!({"template": "linux", "count": 1, "cpus": 4096})),
+    );
+    assert_eq!(status, 201, "{rejected}");
+    assert_eq!(rejected["state"], "rejected", "{rejected}");
+
+    let payload_path = out.join(format!("payload-{held}.json"));
+    let env_path = out.join(format!("env-{held}"));
+    d.wait_for("the payload hook ran", |_| {
+        std::fs::read_to_string(&env_path).is_ok_and(|t| t.contains("BERTH_VM_ID"))
+    });
+    let payload: Value =
+        serde_json::from_str(&std::fs::read_to_string(&payload_path).unwrap()).unwrap();
+    assert_eq!(payload["event"], "vm.held");
+    assert_eq!(payload["vm"], held);
+    assert_eq!(payload["to"], "held");
+    assert_eq!(payload["request"], id);
+    let env = std::fs::read_to_string(&env_path).unwrap();
+    assert!(env.contains("BERTH_EVENT=vm.held\n"), "{env}");
+    assert!(env.contains(&format!("BERTH_VM_ID={held}\n")), "{env}");
+    assert!(env.contains("BERTH_HOST=sim-"), "{env}");
+
+    d.wait_for("the pager hook ran three times", |d| {
+        runs(d, "pager").len() == 3
+    });
+    let pager = runs(&d, "pager");
+    let attempts: BTreeSet<u64> = pager
+        .iter()
+        .map(|r| r["attempt"].as_u64().unwrap())
+        .collect();
+    assert_eq!(attempts, BTreeSet::from([0, 1, 2]));
+    for r in &pager {
+        assert_eq!(r["outcome"], "failed", "{r}");
+        assert_eq!(r["exit_code"], 3, "{r}");
+        assert_eq!(r["event"], "request.rejected", "{r}");
+        assert!(
+            r["stderr_tail"]
+                .as_str()
+                .unwrap()
+                .contains("cannot page anyone about request.rejected"),
+            "{r}"
+        );
+    }
+    // Backoff: the retries are at least 50 and 100 ms apart.
+    let mut starts: Vec<u64> = pager
+        .iter()
+        .map(|r| r["started_ms"].as_u64().unwrap())
+        .collect();
+    starts.sort_unstable();
+    assert!(starts[1] - starts[0] >= 50, "{starts:?}");
+    assert!(starts[2] - starts[1] >= 100, "{starts:?}");
+
+    d.wait_for("the four slow hooks timed out", |d| {
+        runs(d, "slow")
+            .iter()
+            .filter(|r| r["outcome"] == "timeout")
+            .count()
+            == 4
+    });
+    for r in runs(&d, "slow") {
+        let ms = r["duration_ms"].as_u64().unwrap();
+        assert!((300..5000).contains(&ms), "{r}");
+        assert_eq!(r["exit_code"], Value::Null, "{r}");
+        assert_eq!(r["outcome"], "timeout", "{r}");
+        assert!(r["vm"].as_u64().is_some(), "{r}");
+    }
+    // The whole process group went: the scripts' `sleep 60` children are gone.
+    std::thread::sleep(Duration::from_millis(200));
+    let pids = std::fs::read_to_string(out.join("sleep-pids")).unwrap();
+    for pid in pids.split_whitespace() {
+        assert!(!pid_alive(pid), "sleep {pid} survived its hook's timeout");
+    }
+    let ok = runs(&d, "payload");
+    assert_eq!(ok.len(), 1, "{ok:?}");
+    assert_eq!(ok[0]["outcome"], "ok");
+    assert_eq!(ok[0]["exit_code"], 0);
+
+    // The metrics count the runs and failures.
+    let text = metrics_text(&d);
+    assert!(
+        text.contains(r#"berth_hook_failures_total{hook="pager"} 3"#),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"berth_hook_runs_total{hook="slow",outcome="timeout"} 4"#),
+        "{text}"
+    );
+
+    // `berth hook log` shows the same runs.
+    let cli = Command::new(berth_binary())
+        .args([
+            "hook", "log", "--hook", "pager", "--url", &d.url, "--token", &d.token,
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&cli.stdout);
+    assert!(
+        cli.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&cli.stderr)
+    );
+    let rows = stdout
+        .lines()
+        .filter(|l| l.contains("pager  request.rejected"))
+        .count();
+    assert_eq!(rows, 3, "{stdout}");
+    assert!(stdout.contains("failed"), "{stdout}");
+    d.stop();
+}
+
+#[test]
+fn a_hook_config_with_an_unknown_event_is_refused_naming_the_key() {
+    let err = berth_daemon::config::parse("[[hooks]]\non = \"vm.hold\"\ncommand = [\"true\"]\n")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("hooks[0].on"), "{err}");
+    assert!(err.contains("vm.held"), "{err}");
+    let err = berth_daemon::config::parse("[[hooks]]\non = \"vm.*\"\ncommand = []\n")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("hooks[0].command"), "{err}");
+}
+
+fn metrics_text(d: &TestDaemon) -> String {
+    ureq::get(&format!("{}/metrics", d.url))
+        .set("Authorization", &format!("Bearer {}", d.token))
+        .call()
+        .unwrap()
+        .into_string()
+        .unwrap()
+}
+
+/// The metric names a `/metrics` text exports (samples and declared families).
+fn exported(text: &str) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    for line in text.lines() {
+        let name = match line.strip_prefix("# TYPE ") {
+            Some(rest) => rest.split_whitespace().next(),
+            None if line.starts_with('#') => None,
+            None => line.split(['{', ' ']).next(),
+        };
+        if let Some(n) = name.filter(|n| !n.is_empty()) {
+            names.insert(n.to_owned());
+            for suffix in ["_bucket", "_sum", "_count", "_total"] {
+                names.insert(format!("{n}{suffix}"));
+            }
+        }
+    }
+    names
+}
+
+/// Every `berth_*` metric name in the dashboard's queries.
+fn dashboard_metrics() -> BTreeSet<String> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../dashboards/berth.json");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let dash: Value = serde_json::from_str(&text).unwrap();
+    let mut exprs = Vec::new();
+    fn walk(v: &Value, out: &mut Vec<String>) {
+        match v {
+            Value::Object(m) => {
+                for (k, v) in m {
+                    if k == "expr" {
+                        out.extend(v.as_str().map(str::to_owned));
+                    } else {
+                        walk(v, out);
+                    }
+                }
+            }
+            Value::Array(a) => a.iter().for_each(|v| walk(v, out)),
+            _ => {}
+        }
+    }
+    walk(&dash, &mut exprs);
+    assert!(exprs.len() >= 6, "too few queries in {}", path.display());
+    let mut names = BTreeSet::new();
+    for e in exprs {
+        let bytes = e.as_bytes();
+        let mut i = 0;
+        while let Some(at) = e[i..].find("berth_") {
+            let start = i + at;
+            let mut end = start;
+            while end < bytes.len() && (bytes[end].is_ascii_alphanumeric() || bytes[end] == b'_') {
+                end += 1;
+            }
+            names.insert(e[start..end].to_owned());
+            i = end;
+        }
+    }
+    names
+}
+
+#[test]
+fn metrics_pass_promtool_cover_the_dashboard_and_accounting_views_add_up() {
+    let dir = tempfile::tempdir().unwrap();
+    // A hook that always fails, so that the hook families have samples.
+    let config = format!(
+        "{}\n[[hooks]]\nname = \"false\"\non = \"vm.done\"\ncommand = [\"false\"]\n",
+        super::CONFIG
+    );
+    let d = TestDaemon::start(dir.path(), &config);
+    let r = d.ok(
+        "POST",
+        "/v1/requests",
+        Some(json!({"template": "linux", "count": 3, "requester": "ci-east", "hold_on_failure": true})),
+    );
+    let id = r["id"].as_u64().unwrap();
+    d.wait_for("three vms running", |d| {
+        d.ok("GET", &format!("/v1/requests/{id}"), None)["vms"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|v| v["state"] == "running")
+    });
+    let vms = vm_ids(&d.ok("GET", &format!("/v1/requests/{id}"), None));
+    d.ok(
+        "POST",
+        &format!("/v1/vms/{}/result", vms[0]),
+        Some(json!({"passed": true})),
+    );
+    d.ok(
+        "POST",
+        &format!("/v1/vms/{}/result", vms[1]),
+        Some(json!({"passed": false})),
+    );
+    d.call("GET", "/v1/vms/999999", None);
+    d.wait_for("the hook on vm.done ran", |d| runs(d, "false").len() == 1);
+
+    let text = metrics_text(&d);
+    for needle in [
+        r#"berth_vms{state="held"} 1"#,
+        r#"berth_vms{state="running"} 1"#,
+        "berth_queue_length 0",
+        "berth_breakpoints_held 1",
+        "berth_time_to_running_seconds_count 3",
+        "berth_request_wait_seconds_count",
+        r#"berth_provision_seconds_count{host="sim-"#,
+        r#"template="linux"}"#,
+        r#"berth_hosts{state="ready"} 16"#,
+        r#"berth_host_vcpus{host="sim-large-1",class="sim-large"} 128.0"#,
+        r#"berth_api_requests_total{route="/v1/vms/{id}",method="GET",status="404"} 1"#,
+        r#"route="/v1/requests",method="POST",status="201"} 1"#,
+    ] {
+        assert!(text.contains(needle), "missing {needle} in\n{text}");
+    }
+
+    // The dashboard queries only what is exported.
+    let names = exported(&text);
+    let missing: Vec<String> = dashboard_metrics()
+        .into_iter()
+        .filter(|n| !names.contains(n))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "the dashboard queries unexported metrics: {missing:?}"
+    );
+
+    // promtool, where it is installed (CI installs it and requires this check).
+    let promtool = Command::new("promtool").arg("--version").output();
+    match promtool {
+        Ok(o) if o.status.success() => {
+            let mut child = Command::new("promtool")
+                .args(["check", "metrics"])
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            use std::io::Write;
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(text.as_bytes())
+                .unwrap();
+            let o = child.wait_with_output().unwrap();
+            assert!(
+                o.status.success(),
+                "promtool check metrics failed:\n{}{}\n{text}",
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            );
+        }
+        _ => {
+            assert!(
+                std::env::var("BERTH_LIVE_TESTS").as_deref() != Ok("require"),
+                "promtool is required (BERTH_LIVE_TESTS=require) but not installed"
+            );
+            eprintln!(
+                "skipping promtool check: promtool not found (Debian's `prometheus` package ships it)"
+            );
+        }
+    }
+
+    // The accounting views see the three VMs of `ci-east` on the `linux` template.
+    let conn = rusqlite::Connection::open(dir.path().join("berth.db")).unwrap();
+    let (vms_n, hours): (i64, f64) = conn
+        .query_row(
+            "SELECT vms, vm_hours FROM vm_hours_by_requester WHERE requester = 'ci-east'",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!(vms_n, 3);
+    assert!(hours > 0.0 && hours < 1.0, "{hours}");
+    let (template, vcpu_hours): (String, f64) = conn
+        .query_row(
+            "SELECT template, vcpu_hours FROM vm_hours_by_template",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!(template, "linux");
+    assert!(
+        (vcpu_hours - 2.0 * hours).abs() < 1e-3,
+        "{vcpu_hours} vs {hours}"
+    );
+    let days: i64 = conn
+        .query_row("SELECT count(*) FROM vm_hours_by_day", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(days, 1);
+    d.stop();
+}

@@ -1,0 +1,380 @@
+//! Parallels hosts through the daemon: a real `sshd` started by the test (the drivers crate's
+//! `sshd_fixture`) whose logins find the `prlctl`/`prlsrvctl` stand-in, added as `parallels`
+//! hosts of a daemon and driven over its HTTP API.
+//!
+//! Each test skips, saying why, when sshd, ssh-keygen or python3 is missing, and the cut-link
+//! test also without root or `ip` (network namespaces); with `BERTH_LIVE_TESTS=require` they
+//! fail instead.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::TestDaemon;
+use crate::sshd_fixture::{Fixture, NetNs, TEMPLATE, find_program, is_root, keygen, skip};
+
+/// Probes every 200 ms; a probe may take 8 s (it runs three commands, each bounded by the
+/// host's `command_timeout_ms`); three failures in a row put a host in error.
+const PROBE_INTERVAL_MS: u64 = 200;
+const PROBE_TIMEOUT_MS: u64 = 8_000;
+const PROBE_FAILURES_MAX: u64 = 3;
+/// How long one prlctl call may take on the cut-link test's host: a hung call on a dead link
+/// ends after this; generous enough for a busy CI machine.
+const COMMAND_TIMEOUT_MS: u64 = 3_000;
+
+/// The daemon's configuration with one Parallels host per `(name, options)`, and a `macos`
+/// template made from the stand-in's `macos-14` template VM.
+fn config(hosts: &[(&str, BTreeMap<String, String>)]) -> String {
+    let mut c = format!(
+        "[sim]\nlatency_scale = 0.001\n\n\
+         [scheduler]\nprobe_failures_max = {PROBE_FAILURES_MAX}\n\n\
+         [probe]\ninterval_ms = {PROBE_INTERVAL_MS}\ntimeout_ms = {PROBE_TIMEOUT_MS}\n\
+         startup_grace_ms = 0\n\n\
+         [[tokens]]\nname = \"viewer\"\ntoken = \"viewer-token-0123456789\"\nrole = \"read-only\"\n\n\
+         [[templates]]\nname = \"macos\"\nguest_os = \"macos\"\nbase_image = \"{TEMPLATE}\"\n\
+         vcpus = 2\nmemory_mib = 4096\nslot = \"macos\"\n"
+    );
+    for (name, options) in hosts {
+        c.push_str(&format!(
+            "\n[[hosts]]\nname = \"{name}\"\ndriver = \"parallels\"\n[hosts.options]\n"
+        ));
+        for (k, v) in options {
+            // A JSON string of plain text is a TOML basic string.
+            c.push_str(&format!("{k} = {}\n", json!(v)));
+        }
+    }
+    c
+}
+
+/// The driver options that reach the fixture's sshd, with timeouts short enough that a cut
+/// link shows within seconds.
+fn options(fx: &Fixture) -> BTreeMap<String, String> {
+    let mut o = fx.config().to_options();
+    o.insert("connect_timeout_ms".into(), "2000".into());
+    o.insert("command_timeout_ms".into(), COMMAND_TIMEOUT_MS.to_string());
+    o.insert("boot_timeout_ms".into(), "20000".into());
+    o
+}
+
+fn berth_vms(fx: &Fixture) -> Vec<String> {
+    let state = fx.state();
+    let mut names: Vec<String> = state["vms"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .filter(|n| n.starts_with("berth-vm"))
+        .cloned()
+        .collect();
+    names.sort();
+    names
+}
+
+fn host_json(d: &TestDaemon, name: &str) -> Value {
+    d.ok("GET", "/v1/hosts", None)["hosts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h["name"] == name)
+        .cloned()
+        .unwrap_or(Value::Null)
+}
+
+fn request_vms(d: &TestDaemon, request: u64) -> Vec<Value> {
+    d.ok("GET", &format!("/v1/requests/{request}"), None)["vms"]
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+fn submit(d: &TestDaemon, count: u32) -> u64 {
+    let r = d.ok(
+        "POST",
+        "/v1/requests",
+        Some(json!({"template": "macos", "count": count})),
+    );
+    r["id"].as_u64().unwrap()
+}
+
+/// Polls for up to `limit`.
+fn wait_within(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if f() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("timed out after {limit:?} waiting for {what}");
+}
+
+/// The daemon's event stream, collected in the background.
+struct Events {
+    lines: Arc<Mutex<Vec<String>>>,
+    _reader: JoinHandle<()>,
+}
+
+impl Events {
+    fn subscribe(d: &TestDaemon) -> Events {
+        let resp = ureq::get(&format!("{}/v1/events", d.url))
+            .set("Authorization", &format!("Bearer {}", d.token))
+            .call()
+            .unwrap();
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let sink = lines.clone();
+        let reader = std::thread::spawn(move || {
+            use std::io::BufRead;
+            let mut r = std::io::BufReader::new(resp.into_reader());
+            let mut line = String::new();
+            while r.read_line(&mut line).unwrap_or(0) > 0 {
+                sink.lock().unwrap().push(std::mem::take(&mut line));
+            }
+        });
+        Events {
+            lines,
+            _reader: reader,
+        }
+    }
+
+    fn all(&self) -> Vec<Value> {
+        self.lines
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|l| l.strip_prefix("data:"))
+            .filter_map(|l| serde_json::from_str(l.trim()).ok())
+            .collect()
+    }
+}
+
+#[test]
+fn parallels_vms_are_provisioned_destroyed_and_found_again_after_a_restart() {
+    let Some(fx) = Fixture::start() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(&[("mac1", options(&fx))]);
+    let d = TestDaemon::start(dir.path(), &config);
+
+    // Capacity and slots come from the probe and the driver: the spec gave neither.
+    d.wait_for("mac1 ready", |d| d.host_state("mac1") == "ready");
+    let h = host_json(&d, "mac1");
+    assert_eq!(h["vcpus_milli"], 10_000, "{h}");
+    assert_eq!(h["memory_mib"], 32_768, "{h}");
+    assert_eq!(h["slots"][0]["kind"], "macos", "{h}");
+    assert_eq!(h["slots"][0]["capacity"], 2, "{h}");
+
+    let r = submit(&d, 2);
+    d.wait_for("two macOS vms running", |d| {
+        let vms = request_vms(d, r);
+        vms.len() == 2 && vms.iter().all(|v| v["state"] == "running")
+    });
+    let ids: Vec<u64> = request_vms(&d, r)
+        .iter()
+        .map(|v| v["id"].as_u64().unwrap())
+        .collect();
+    let names: Vec<String> = ids.iter().map(|id| format!("berth-vm{id}")).collect();
+    assert_eq!(berth_vms(&fx), names);
+    let state = fx.state();
+    for n in &names {
+        assert_eq!(state["vms"][n]["linked_from"], TEMPLATE, "{state}");
+        assert_eq!(state["vms"][n]["status"], "running", "{state}");
+    }
+    // Two macOS guests per Mac: a third waits.
+    let third = submit(&d, 1);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(request_vms(&d, third)[0]["state"], "queued");
+    d.ok("DELETE", &format!("/v1/requests/{third}"), None);
+
+    // The console: an operator gets the VNC password berth set, and that is audited.
+    let c = d.ok("GET", &format!("/v1/vms/{}/console", ids[0]), None);
+    assert_eq!(
+        c["password"],
+        fx.state()["vms"][&names[0]]["vnc"]["password"],
+        "{c}"
+    );
+    let audit = d.ok("GET", "/v1/audit", None);
+    assert!(
+        audit["audit"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["action"] == "console_password" && a["target"] == names[0].as_str()),
+        "{audit}"
+    );
+    let (status, c) = crate::call(
+        &d.url,
+        Some("viewer-token-0123456789"),
+        "GET",
+        &format!("/v1/vms/{}/console", ids[0]),
+        None,
+    );
+    // A read-only token sees where the console is, not its password.
+    assert_eq!(status, 200, "{c}");
+    assert!(c["port"].as_u64().is_some(), "{c}");
+    assert!(c["password"].is_null(), "{c}");
+
+    // A VM berth has no record of appears while the daemon is down.
+    d.stop();
+    let mut state = fx.state();
+    state["vms"]["berth-vm999"] = json!({"uuid": "{999}", "status": "running",
+        "template": false, "os": "macosx", "cpus": 2, "memsize": 4096,
+        "vnc": {"mode": "off"}});
+    fx.set_state(&state);
+
+    let d = TestDaemon::start(dir.path(), &config);
+    // Reconciliation adopted the running VMs and destroys the orphan; others' VMs stay.
+    for id in &ids {
+        assert_eq!(d.vm_state(*id), "running");
+    }
+    d.wait_for("the orphan destroyed", |_| berth_vms(&fx) == names);
+    assert!(fx.state()["vms"].get("someone-else").is_some());
+
+    for id in &ids {
+        d.ok(
+            "POST",
+            &format!("/v1/vms/{id}/result"),
+            Some(json!({"passed": true})),
+        );
+    }
+    d.wait_for("both destroyed on the Mac", |_| berth_vms(&fx).is_empty());
+    d.wait_for("both done", |d| {
+        ids.iter().all(|id| d.vm_state(*id) == "done")
+    });
+    assert!(fx.state()["vms"].get("someone-else").is_some());
+}
+
+#[test]
+fn a_parallels_host_whose_key_changed_is_refused_naming_the_host() {
+    let Some(fx) = Fixture::start() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let d = TestDaemon::start(dir.path(), &config(&[]));
+    let events = Events::subscribe(&d);
+
+    // The daemon's default known_hosts file (in its data directory) holds another key for
+    // the Mac's address, as after a reinstall or an attack.
+    let other_key = keygen(&fx.path("other_host_key"));
+    let known_hosts = dir.path().join("known_hosts");
+    std::fs::write(
+        &known_hosts,
+        format!("[{}]:{} {other_key}\n", fx.listen_ip, fx.port),
+    )
+    .unwrap();
+    let mut opts = options(&fx);
+    opts.remove("known_hosts");
+    // Through the CLI's request shape: capacity left to the probe.
+    let added = d.ok(
+        "POST",
+        "/v1/hosts",
+        Some(json!({"name": "mac-rekeyed", "driver": "parallels", "options": opts})),
+    );
+    assert_eq!(added["state"], "unknown", "{added}");
+    d.wait_for("mac-rekeyed in error", |d| {
+        d.host_state("mac-rekeyed") == "error"
+    });
+    let event = events
+        .all()
+        .into_iter()
+        .find(|e| e["kind"] == "host" && e["name"] == "mac-rekeyed" && e["to"] == "error")
+        .expect("an event for the host going to error");
+    let cause = event["cause"].as_str().unwrap();
+    assert!(cause.contains("mac-rekeyed"), "{cause}");
+    assert!(cause.contains("host key"), "{cause}");
+    assert!(cause.contains("refusing"), "{cause}");
+    // Never accepted: the file holds only the key it had.
+    let kh = std::fs::read_to_string(&known_hosts).unwrap();
+    assert_eq!(kh.lines().count(), 1, "{kh}");
+
+    // Bad options are a 400 naming the option, before anything is journaled.
+    let (status, e) = d.call(
+        "POST",
+        "/v1/hosts",
+        Some(json!({"name": "mac9", "driver": "parallels", "options": {"ssh": "ci@mac9", "colour": "red"}})),
+    );
+    assert_eq!(
+        (status, e["field"].as_str()),
+        (400, Some("options.colour")),
+        "{e}"
+    );
+    let (status, e) = d.call(
+        "POST",
+        "/v1/hosts",
+        Some(json!({"name": "mac9", "driver": "parallels"})),
+    );
+    assert_eq!(
+        (status, e["field"].as_str()),
+        (400, Some("options.ssh")),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_parallels_host_with_a_cut_link_goes_to_error_and_its_vms_are_retried_elsewhere() {
+    if find_program("ip").is_none() {
+        skip::<()>("ip (iproute2) is not installed");
+        return;
+    }
+    if !is_root() {
+        skip::<()>("network namespaces need root");
+        return;
+    }
+    let ns = match NetNs::create() {
+        Ok(ns) => ns,
+        Err(why) => {
+            skip::<()>(&format!("cannot make a network namespace: {why}"));
+            return;
+        }
+    };
+    let Some(fx) = Fixture::start_in(Some(ns)) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let d = TestDaemon::start(dir.path(), &config(&[("mac1", options(&fx))]));
+    d.wait_for("mac1 ready", |d| d.host_state("mac1") == "ready");
+    let r = submit(&d, 1);
+    d.wait_for("the vm running on mac1", |d| {
+        let vms = request_vms(d, r);
+        vms[0]["state"] == "running" && vms[0]["host"] == "mac1"
+    });
+    let first = request_vms(&d, r)[0]["id"].as_u64().unwrap();
+    let first_name = format!("berth-vm{first}");
+    assert_eq!(berth_vms(&fx), vec![first_name.clone()]);
+
+    // Somewhere else to go: a simulated Mac that holds the template.
+    d.ok(
+        "POST",
+        "/v1/hosts",
+        Some(
+            json!({"name": "sim-mac", "driver": "sim", "vcpus": 12, "memory_mib": 32768,
+                    "slots": {"macos": 2}, "images": [TEMPLATE]}),
+        ),
+    );
+    d.wait_for("sim-mac ready", |d| d.host_state("sim-mac") == "ready");
+
+    fx.netns.as_ref().unwrap().set_link(false);
+    let cut = Instant::now();
+    // Each failed probe ends within the probe timeout, then the next starts an interval
+    // later; a second of slack for a busy machine.
+    let threshold = Duration::from_millis(
+        PROBE_FAILURES_MAX * (PROBE_TIMEOUT_MS + PROBE_INTERVAL_MS) + PROBE_INTERVAL_MS + 1_000,
+    );
+    wait_within("mac1 in error", threshold, || {
+        d.host_state("mac1") == "error"
+    });
+    eprintln!("mac1 in error {:?} after the link was cut", cut.elapsed());
+    assert_eq!(d.vm_state(first), "lost");
+    d.wait_for("the request's replacement running on sim-mac", |d| {
+        request_vms(d, r)
+            .iter()
+            .any(|v| v["id"] != first && v["state"] == "running" && v["host"] == "sim-mac")
+    });
+
+    fx.netns.as_ref().unwrap().set_link(true);
+    wait_within("mac1 ready again", Duration::from_secs(60), || {
+        d.host_state("mac1") == "ready"
+    });
+    // The lost VM could not be destroyed while the link was down; now it is.
+    wait_within("the lost vm destroyed", Duration::from_secs(30), || {
+        berth_vms(&fx).is_empty()
+    });
+}

@@ -1,0 +1,409 @@
+//! Real QEMU guests through `berth serve` (issue 6): the `berth` binary built with the
+//! `libvirt` feature runs with one libvirt host at `qemu:///system` (domain type `qemu`, so no
+//! KVM is needed) and boots the tiny guest of `ci/build-guest.sh`, whose init prints
+//! `BERTH-GUEST-UP` on its serial console.
+//!
+//! Through the HTTP API: two VMs are requested and must print the marker in their serial
+//! logs (a "running" state alone proves nothing), a screenshot must come back as a PNG, a
+//! failed job of a request with `hold_on_failure` must keep its domain running until it is
+//! released, and every domain must be gone with its overlay at the end.
+//!
+//! Reads `BERTH_LIBVIRT_URI` (default `qemu:///system`), `BERTH_GUEST_IMAGE` (default
+//! `target/guest/tiny.qcow2` in the workspace) and `BERTH_LIVE_TESTS=require` (fail instead of
+//! skipping when libvirtd or the image is missing). The daemon owns every `berth-vm*` domain
+//! at that URI while it runs (it destroys those it has no record of at start), so nothing else
+//! may run berth VMs there meanwhile.
+// Test code: a failure should stop the test where it happened.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::Read;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+const MARKER: &str = "BERTH-GUEST-UP";
+const PNG_SIGNATURE: &[u8] = b"\x89PNG\r\n\x1a\n";
+/// Two guests booting at once under TCG on two shared cores take about half a minute.
+const BOOT_WAIT: Duration = Duration::from_secs(300);
+
+fn skip(why: &str) {
+    if std::env::var("BERTH_LIVE_TESTS").as_deref() == Ok("require") {
+        panic!("BERTH_LIVE_TESTS=require, but {why}");
+    }
+    println!("skipping: {why}");
+    eprintln!("skipping: {why}");
+}
+
+/// The libvirt URI and the guest image, or why the test cannot run here.
+fn live() -> Result<(String, PathBuf), String> {
+    let uri = std::env::var("BERTH_LIBVIRT_URI").unwrap_or_else(|_| "qemu:///system".into());
+    let image = std::env::var_os("BERTH_GUEST_IMAGE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target/guest/tiny.qcow2"));
+    if !image.is_file() {
+        return Err(format!(
+            "no guest image at {} (ci/build-guest.sh target/guest builds it; BERTH_GUEST_IMAGE \
+             points elsewhere)",
+            image.display()
+        ));
+    }
+    match Command::new("virsh")
+        .args(["-c", &uri, "version"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output()
+    {
+        Err(e) => Err(format!(
+            "cannot run virsh: {e} (ci/libvirt-setup.sh installs it)"
+        )),
+        Ok(out) if !out.status.success() => Err(format!(
+            "libvirtd does not answer at {uri}: {} (ci/libvirt-setup.sh starts it)",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )),
+        Ok(_) => Ok((uri, image)),
+    }
+}
+
+fn virsh(uri: &str, args: &[&str]) -> Option<String> {
+    let out = Command::new("virsh")
+        .args(["-c", uri])
+        .args(args)
+        .stderr(Stdio::null())
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+/// The domain's state (`running`, `shut off`), or `None` when there is no such domain.
+fn domstate(uri: &str, name: &str) -> Option<String> {
+    virsh(uri, &["domstate", name])
+}
+
+/// A `berth serve` process with its directories; dropping it stops the daemon and removes
+/// whatever a failed test left on the host.
+struct Serve {
+    child: Child,
+    uri: String,
+    url: String,
+    token: String,
+    data: tempfile::TempDir,
+    images: tempfile::TempDir,
+}
+
+impl Serve {
+    fn start(uri: &str, image: &Path) -> Serve {
+        // QEMU runs as another user: it must reach the image directory and read the base.
+        let images = tempfile::Builder::new()
+            .prefix("berth-e2e-images")
+            .tempdir_in("/var/tmp")
+            .unwrap();
+        std::fs::set_permissions(images.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let base = images.path().join("tiny.qcow2");
+        std::fs::copy(image, &base).unwrap();
+        std::fs::set_permissions(&base, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let data = tempfile::tempdir().unwrap();
+        let config = format!(
+            r#"
+[probe]
+interval_ms = 1000
+timeout_ms = 60000
+startup_grace_ms = 0
+
+[[templates]]
+name = "tiny"
+guest_os = "linux"
+base_image = "tiny"
+drivers = ["libvirt"]
+vcpus = 1
+memory_mib = 256
+expected_boot_ms = 10000
+
+[[hosts]]
+name = "local"
+driver = "libvirt"
+# CI machines have two cores: three 1-vCPU guests share them.
+cpu_overcommit_milli = 4000
+[hosts.options]
+uri = "{uri}"
+image_dir = "{dir}"
+domain_type = "qemu"
+boot_marker = "{MARKER}"
+boot_timeout_ms = "240000"
+min_free_disk_mib = "64"
+"#,
+            dir = images.path().display()
+        );
+        let config_path = data.path().join("config.toml");
+        std::fs::write(&config_path, config).unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new(env!("CARGO_BIN_EXE_berth"))
+            .arg("serve")
+            .arg("--config")
+            .arg(&config_path)
+            .arg("--data-dir")
+            .arg(data.path().join("data"))
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(data.path().join("serve.log")).unwrap())
+            .spawn()
+            .unwrap();
+        let url = format!("http://127.0.0.1:{port}");
+        let mut serve = Serve {
+            child,
+            uri: uri.to_owned(),
+            url,
+            token: String::new(),
+            data,
+            images,
+        };
+        serve.wait_healthy();
+        serve.token = std::fs::read_to_string(serve.data.path().join("data/token"))
+            .unwrap()
+            .trim()
+            .to_owned();
+        serve
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.data.path().join("serve.log")).unwrap_or_default()
+    }
+
+    fn wait_healthy(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            if ureq::get(&format!("{}/healthz", self.url)).call().is_ok() {
+                return;
+            }
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!("berth serve exited with {status}: {}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("berth serve never became healthy: {}", self.log());
+    }
+
+    fn request(&self, method: &str, path: &str, body: Option<Value>) -> ureq::Response {
+        let req = ureq::request(method, &format!("{}{path}", self.url))
+            .set("Authorization", &format!("Bearer {}", self.token));
+        let resp = match body {
+            Some(b) => req.send_json(b),
+            None => req.call(),
+        };
+        match resp {
+            Ok(r) => r,
+            Err(ureq::Error::Status(code, r)) => panic!(
+                "{method} {path}: {code} {}\n{}",
+                r.into_string().unwrap_or_default(),
+                self.log()
+            ),
+            Err(e) => panic!("{method} {path}: {e}\n{}", self.log()),
+        }
+    }
+
+    fn ok(&self, method: &str, path: &str, body: Option<Value>) -> Value {
+        self.request(method, path, body).into_json().unwrap()
+    }
+
+    fn wait_for(&self, what: &str, limit: Duration, mut f: impl FnMut(&Serve) -> bool) {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if f(self) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        panic!(
+            "timed out after {limit:?} waiting for {what}\n{}",
+            self.log()
+        );
+    }
+
+    fn vm(&self, id: u64) -> Value {
+        self.ok("GET", &format!("/v1/vms/{id}"), None)
+    }
+
+    fn request_vms(&self, request: u64) -> Vec<Value> {
+        self.ok("GET", &format!("/v1/requests/{request}"), None)["vms"]
+            .as_array()
+            .unwrap()
+            .clone()
+    }
+
+    fn file(&self, name: &str) -> PathBuf {
+        self.images.path().join(name)
+    }
+
+    /// Stops the daemon as an operator would (SIGTERM) and waits for it.
+    fn stop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if self.child.try_wait().ok().flatten().is_some() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        self.stop();
+        // Domains whose disks are in this test's image directory, then the transient pool the
+        // driver started on it.
+        let dir = self.images.path().display().to_string();
+        let names = virsh(&self.uri, &["list", "--all", "--name"]).unwrap_or_default();
+        for name in names.lines().filter(|n| n.starts_with("berth-vm")) {
+            if virsh(&self.uri, &["dumpxml", name]).is_some_and(|x| x.contains(&dir)) {
+                let _ = virsh(&self.uri, &["destroy", name]);
+                let _ = virsh(&self.uri, &["undefine", name]);
+            }
+        }
+        let pool: String = dir
+            .trim_matches('/')
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+            .collect();
+        let _ = virsh(&self.uri, &["pool-destroy", &format!("berth-{pool}")]);
+    }
+}
+
+#[test]
+fn berth_serve_boots_real_guests_holds_a_failed_one_and_cleans_up() {
+    let (uri, image) = match live() {
+        Ok(l) => l,
+        Err(why) => return skip(&why),
+    };
+    let started = Instant::now();
+    let mut serve = Serve::start(&uri, &image);
+
+    // The host's capacity comes from its probe (the config gives none).
+    serve.wait_for("the libvirt host ready", Duration::from_secs(60), |s| {
+        s.ok("GET", "/v1/hosts", None)["hosts"][0]["state"] == "ready"
+    });
+    let host = &serve.ok("GET", "/v1/hosts", None)["hosts"][0];
+    assert_eq!(host["driver"], "libvirt", "{host}");
+    assert!(host["vcpus_milli"].as_i64().unwrap() >= 1000, "{host}");
+
+    let r = serve.ok(
+        "POST",
+        "/v1/requests",
+        Some(json!({"template": "tiny", "count": 2})),
+    );
+    let r = r["id"].as_u64().unwrap();
+    serve.wait_for("two guests running", BOOT_WAIT, |s| {
+        let vms = s.request_vms(r);
+        vms.len() == 2 && vms.iter().all(|v| v["state"] == "running")
+    });
+    let ids: Vec<u64> = serve
+        .request_vms(r)
+        .iter()
+        .map(|v| v["id"].as_u64().unwrap())
+        .collect();
+    for id in &ids {
+        let name = format!("berth-vm{id}");
+        // The daemon waited for the marker; check it independently in the serial log.
+        let log =
+            std::fs::read_to_string(serve.file(&format!("{name}.serial.log"))).unwrap_or_default();
+        assert!(log.contains(MARKER), "{name}'s serial log: {log:?}");
+        assert_eq!(domstate(&uri, &name).as_deref(), Some("running"));
+        // Its disk is an overlay, not a copy.
+        let overlay = std::fs::metadata(serve.file(&format!("{name}.qcow2"))).unwrap();
+        let base = std::fs::metadata(serve.file("tiny.qcow2")).unwrap();
+        assert!(
+            overlay.len() < base.len(),
+            "{name}: {} bytes",
+            overlay.len()
+        );
+    }
+    eprintln!(
+        "two guests printed {MARKER} {:?} after start",
+        started.elapsed()
+    );
+
+    let resp = serve.request("GET", &format!("/v1/vms/{}/screenshot", ids[0]), None);
+    assert_eq!(resp.header("content-type"), Some("image/png"));
+    let mut png = Vec::new();
+    resp.into_reader().read_to_end(&mut png).unwrap();
+    assert!(png.starts_with(PNG_SIGNATURE), "{} bytes", png.len());
+    assert!(png.len() > 100, "{} bytes", png.len());
+
+    let console = serve.ok("GET", &format!("/v1/vms/{}/console", ids[0]), None);
+    assert!(console["port"].as_u64().unwrap() >= 5900, "{console}");
+    assert_eq!(
+        console["password"].as_str().map(str::len),
+        Some(8),
+        "{console}"
+    );
+
+    // A failed job of a request that holds failures: the VM stays up until released.
+    let held = serve.ok(
+        "POST",
+        "/v1/requests",
+        Some(json!({"template": "tiny", "count": 1, "hold_on_failure": true})),
+    );
+    let held = held["id"].as_u64().unwrap();
+    serve.wait_for("the third guest running", BOOT_WAIT, |s| {
+        s.request_vms(held)[0]["state"] == "running"
+    });
+    let h = serve.request_vms(held)[0]["id"].as_u64().unwrap();
+    let h_name = format!("berth-vm{h}");
+    serve.ok(
+        "POST",
+        &format!("/v1/vms/{h}/result"),
+        Some(json!({"passed": false})),
+    );
+    assert_eq!(serve.vm(h)["state"], "held");
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(serve.vm(h)["state"], "held");
+    assert_eq!(domstate(&uri, &h_name).as_deref(), Some("running"));
+    let log =
+        std::fs::read_to_string(serve.file(&format!("{h_name}.serial.log"))).unwrap_or_default();
+    assert!(log.contains(MARKER), "{h_name}'s serial log: {log:?}");
+
+    serve.ok("POST", &format!("/v1/vms/{h}/release"), Some(json!({})));
+    for id in &ids {
+        serve.ok(
+            "POST",
+            &format!("/v1/vms/{id}/result"),
+            Some(json!({"passed": true})),
+        );
+    }
+    let all: Vec<u64> = ids.iter().copied().chain([h]).collect();
+    serve.wait_for("every domain gone", Duration::from_secs(120), |_| {
+        all.iter()
+            .all(|id| domstate(&uri, &format!("berth-vm{id}")).is_none())
+    });
+    for id in &all {
+        let name = format!("berth-vm{id}");
+        assert!(
+            !serve.file(&format!("{name}.qcow2")).exists(),
+            "{name}'s overlay"
+        );
+        assert!(
+            !serve.file(&format!("{name}.serial.log")).exists(),
+            "{name}'s serial log"
+        );
+    }
+    serve.wait_for("every vm ended", Duration::from_secs(30), |s| {
+        all.iter()
+            .all(|id| matches!(s.vm(*id)["state"].as_str(), Some("done" | "failed")))
+    });
+    assert!(serve.file("tiny.qcow2").exists(), "the base image is kept");
+    serve.stop();
+    eprintln!("whole run {:?}", started.elapsed());
+}
