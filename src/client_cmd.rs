@@ -1,7 +1,7 @@
 //! The client commands over the daemon's HTTP API: `berth request`, `berth vm ...`,
 //! `berth host ...` and `berth status`. Human tables by default, `--json` for scripts.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -37,59 +37,65 @@ struct Client {
     json: bool,
 }
 
+/// The daemon's URL and a token, each from the first that has one: the flag, `BERTH_URL` /
+/// `BERTH_TOKEN`, the config file (its `listen`; its first operator token), the defaults
+/// (127.0.0.1:7878; the data directory's token file).
+pub fn endpoint(
+    url: Option<&str>,
+    token: Option<&str>,
+    config: Option<&Path>,
+    data_dir: Option<&Path>,
+) -> anyhow::Result<(String, Option<String>)> {
+    let config = match config {
+        Some(p) => Some(
+            berth_daemon::config::load(p)
+                .with_context(|| format!("reading config {}", p.display()))?,
+        ),
+        None => None,
+    };
+    let from_env = |name: &str| std::env::var(name).ok().filter(|s| !s.is_empty());
+    let url = url
+        .map(str::to_owned)
+        .or_else(|| from_env("BERTH_URL"))
+        .or_else(|| {
+            config
+                .as_ref()
+                .and_then(|c| c.listen.as_ref())
+                .map(|l| format!("http://{l}"))
+        })
+        .unwrap_or_else(|| format!("http://{}", berth_daemon::config::DEFAULT_LISTEN));
+    let configured = config.as_ref().and_then(|c| {
+        c.tokens
+            .iter()
+            .find(|t| t.role == berth_daemon::Role::Operator)
+            .map(|t| t.token.clone())
+    });
+    let token = token
+        .map(str::to_owned)
+        .or_else(|| from_env("BERTH_TOKEN"))
+        .or(configured)
+        .or_else(|| {
+            let dir = data_dir
+                .map(Path::to_path_buf)
+                .or_else(|| config.as_ref().and_then(|c| c.data_dir.clone()))
+                .unwrap_or_else(berth_daemon::config::default_data_dir);
+            std::fs::read_to_string(dir.join(berth_daemon::TOKEN_FILE))
+                .ok()
+                .map(|t| t.trim().to_owned())
+        });
+    Ok((url.trim_end_matches('/').to_owned(), token))
+}
+
 impl Conn {
     fn client(&self) -> anyhow::Result<Client> {
-        let config = match &self.config {
-            Some(p) => Some(
-                berth_daemon::config::load(p)
-                    .with_context(|| format!("reading config {}", p.display()))?,
-            ),
-            None => None,
-        };
-        let url = self
-            .url
-            .clone()
-            .or_else(|| std::env::var("BERTH_URL").ok().filter(|s| !s.is_empty()))
-            .or_else(|| {
-                config
-                    .as_ref()
-                    .and_then(|c| c.listen.as_ref())
-                    .map(|l| format!("http://{l}"))
-            })
-            .unwrap_or_else(|| format!("http://{}", berth_daemon::config::DEFAULT_LISTEN));
-        let token = match self
-            .token
-            .clone()
-            .or_else(|| std::env::var("BERTH_TOKEN").ok().filter(|s| !s.is_empty()))
-        {
-            Some(t) => Some(t),
-            // The config file's first operator token, then the data directory's token file.
-            None if config.as_ref().is_some_and(|c| {
-                c.tokens
-                    .iter()
-                    .any(|t| t.role == berth_daemon::Role::Operator)
-            }) =>
-            {
-                config.as_ref().and_then(|c| {
-                    c.tokens
-                        .iter()
-                        .find(|t| t.role == berth_daemon::Role::Operator)
-                        .map(|t| t.token.clone())
-                })
-            }
-            None => {
-                let dir = self
-                    .data_dir
-                    .clone()
-                    .or_else(|| config.as_ref().and_then(|c| c.data_dir.clone()))
-                    .unwrap_or_else(berth_daemon::config::default_data_dir);
-                std::fs::read_to_string(dir.join(berth_daemon::TOKEN_FILE))
-                    .ok()
-                    .map(|t| t.trim().to_owned())
-            }
-        };
+        let (url, token) = endpoint(
+            self.url.as_deref(),
+            self.token.as_deref(),
+            self.config.as_deref(),
+            self.data_dir.as_deref(),
+        )?;
         Ok(Client {
-            url: url.trim_end_matches('/').to_owned(),
+            url,
             token,
             agent: ureq::AgentBuilder::new()
                 .timeout(Duration::from_secs(60))

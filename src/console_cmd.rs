@@ -30,46 +30,17 @@ pub struct ConsoleArgs {
 }
 
 pub fn run(args: ConsoleArgs) -> anyhow::Result<ExitCode> {
-    let config = match &args.config {
-        Some(p) => Some(
-            berth_daemon::config::load(p)
-                .with_context(|| format!("reading config {}", p.display()))?,
-        ),
-        None => None,
-    };
-    let url = args
-        .url
-        .clone()
-        .or_else(|| std::env::var("BERTH_URL").ok().filter(|s| !s.is_empty()))
-        .or_else(|| {
-            config
-                .as_ref()
-                .and_then(|c| c.listen.as_ref())
-                .map(|l| format!("http://{l}"))
-        })
-        .unwrap_or_else(|| format!("http://{}", berth_daemon::config::DEFAULT_LISTEN));
-    let token = match args
-        .token
-        .clone()
-        .or_else(|| std::env::var("BERTH_TOKEN").ok().filter(|s| !s.is_empty()))
-    {
-        Some(t) => Some(t),
-        None => {
-            let dir = args
-                .data_dir
-                .clone()
-                .or_else(|| config.as_ref().and_then(|c| c.data_dir.clone()))
-                .unwrap_or_else(berth_daemon::config::default_data_dir);
-            std::fs::read_to_string(dir.join(berth_daemon::TOKEN_FILE))
-                .ok()
-                .map(|t| t.trim().to_owned())
-        }
-    };
+    let (url, token) = crate::client_cmd::endpoint(
+        args.url.as_deref(),
+        args.token.as_deref(),
+        args.config.as_deref(),
+        args.data_dir.as_deref(),
+    )?;
     if !std::io::IsTerminal::is_terminal(&std::io::stdout()) {
         anyhow::bail!("the console needs a terminal: run it in one (or use `berth status`)");
     }
     berth_tui::run_console(berth_tui::ConsoleOptions {
-        url: url.trim_end_matches('/').to_owned(),
+        url,
         token,
         read_only: args.read_only,
         refresh_ms: args.refresh_ms,
