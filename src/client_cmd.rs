@@ -1,6 +1,7 @@
 //! The client commands over the daemon's HTTP API: `berth request`, `berth vm ...`,
 //! `berth host ...` and `berth status`. Human tables by default, `--json` for scripts.
 
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -107,6 +108,18 @@ impl Conn {
 
 impl Client {
     fn call(&self, method: &str, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
+        self.send(method, path, body)?
+            .into_json::<Value>()
+            .with_context(|| format!("reading the answer of {method} {}{path}", self.url))
+    }
+
+    /// The daemon's answer, whatever its content type, or an error that says what went wrong.
+    fn send(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+    ) -> anyhow::Result<ureq::Response> {
         let url = format!("{}{path}", self.url);
         let mut req = self.agent.request(method, &url);
         if let Some(t) = &self.token {
@@ -117,9 +130,7 @@ impl Client {
             None => req.call(),
         };
         match resp {
-            Ok(r) => r
-                .into_json::<Value>()
-                .with_context(|| format!("reading the answer of {method} {url}")),
+            Ok(r) => Ok(r),
             Err(ureq::Error::Status(code, r)) => {
                 let body: Value = r.into_json().unwrap_or(Value::Null);
                 let msg = body["error"].as_str().unwrap_or("no message");
@@ -363,6 +374,13 @@ enum VmAction {
     },
     /// Where the VM's console is, and the ssh command to reach it.
     Console { vm: String },
+    /// The end of the VM's serial console log, as the guest wrote it.
+    Serial {
+        vm: String,
+        /// How much of the end of the log to show.
+        #[arg(long, default_value_t = 65536)]
+        tail_bytes: usize,
+    },
 }
 
 pub fn vm(args: VmArgs) -> anyhow::Result<ExitCode> {
@@ -447,6 +465,18 @@ pub fn vm(args: VmArgs) -> anyhow::Result<ExitCode> {
                 println!("{}", s(&v["address"]));
                 println!("{}", s(&v["ssh"]));
             }))
+        }
+        VmAction::Serial { vm, tail_bytes } => {
+            let path = format!("/v1/vms/{vm}/serial?tail_bytes={tail_bytes}");
+            let mut log = Vec::new();
+            c.send("GET", &path, None)?
+                .into_reader()
+                .read_to_end(&mut log)
+                .with_context(|| format!("reading the serial log of vm {vm}"))?;
+            std::io::stdout()
+                .write_all(&log)
+                .context("writing the serial log")?;
+            Ok(ExitCode::SUCCESS)
         }
     }
 }

@@ -1,12 +1,13 @@
 //! Real QEMU guests through `berth serve` (issue 6): the `berth` binary built with the
-//! `libvirt` feature runs with one libvirt host at `qemu:///system` (domain type `qemu`, so no
-//! KVM is needed) and boots the tiny guest of `ci/build-guest.sh`, whose init prints
-//! `BERTH-GUEST-UP` on its serial console.
+//! `libvirt` feature runs with one libvirt host at `qemu:///system` and a template that asks
+//! for domain type `qemu` (so no KVM is needed), and boots the tiny guest of
+//! `ci/build-guest.sh`, whose init prints `BERTH-GUEST-UP` on its serial console.
 //!
 //! Through the HTTP API: two VMs are requested and must print the marker in their serial
-//! logs (a "running" state alone proves nothing), a screenshot must come back as a PNG, a
-//! failed job of a request with `hold_on_failure` must keep its domain running until it is
-//! released, and every domain must be gone with its overlay at the end.
+//! logs (a "running" state alone proves nothing) and be `qemu` domains, a screenshot must come
+//! back as a PNG, a failed job of a request with `hold_on_failure` must keep its domain running
+//! until it is released, its serial log must be readable through the API and `berth vm
+//! serial`, and every domain must be gone with its overlay at the end.
 //!
 //! Reads `BERTH_LIBVIRT_URI` (default `qemu:///system`), `BERTH_GUEST_IMAGE` (default
 //! `target/guest/tiny.qcow2` in the workspace) and `BERTH_LIVE_TESTS=require` (fail instead of
@@ -122,6 +123,8 @@ drivers = ["libvirt"]
 vcpus = 1
 memory_mib = 256
 expected_boot_ms = 10000
+# The template asks for emulation; the host's default domain type (kvm) would hang here.
+domain_type = "qemu"
 
 [[hosts]]
 name = "local"
@@ -131,7 +134,6 @@ cpu_overcommit_milli = 4000
 [hosts.options]
 uri = "{uri}"
 image_dir = "{dir}"
-domain_type = "qemu"
 boot_marker = "{MARKER}"
 boot_timeout_ms = "240000"
 min_free_disk_mib = "64"
@@ -321,6 +323,11 @@ fn berth_serve_boots_real_guests_holds_a_failed_one_and_cleans_up() {
             std::fs::read_to_string(serve.file(&format!("{name}.serial.log"))).unwrap_or_default();
         assert!(log.contains(MARKER), "{name}'s serial log: {log:?}");
         assert_eq!(domstate(&uri, &name).as_deref(), Some("running"));
+        let xml = virsh(&uri, &["dumpxml", &name]).unwrap_or_default();
+        assert!(
+            xml.contains("<domain type='qemu'"),
+            "{name} has the template's domain type: {xml}"
+        );
         // Its disk is an overlay, not a copy.
         let overlay = std::fs::metadata(serve.file(&format!("{name}.qcow2"))).unwrap();
         let base = std::fs::metadata(serve.file("tiny.qcow2")).unwrap();
@@ -374,6 +381,34 @@ fn berth_serve_boots_real_guests_holds_a_failed_one_and_cleans_up() {
     let log =
         std::fs::read_to_string(serve.file(&format!("{h_name}.serial.log"))).unwrap_or_default();
     assert!(log.contains(MARKER), "{h_name}'s serial log: {log:?}");
+    // The developer reads the held guest's serial log through the API and the CLI.
+    let resp = serve.request("GET", &format!("/v1/vms/{h}/serial"), None);
+    assert_eq!(
+        resp.header("content-type"),
+        Some("text/plain; charset=utf-8")
+    );
+    let whole: usize = resp.header("x-berth-log-bytes").unwrap().parse().unwrap();
+    let api_log = resp.into_string().unwrap();
+    assert!(
+        api_log.contains(MARKER),
+        "serial log through the API: {api_log:?}"
+    );
+    assert_eq!(api_log.len(), whole);
+    let tail = serve
+        .request("GET", &format!("/v1/vms/{h}/serial?tail_bytes=8"), None)
+        .into_string()
+        .unwrap();
+    assert_eq!(tail, api_log[api_log.len() - 8..]);
+    let cli = Command::new(env!("CARGO_BIN_EXE_berth"))
+        .args(["vm", "serial", &h.to_string(), "--url", &serve.url])
+        .env("BERTH_TOKEN", &serve.token)
+        .output()
+        .unwrap();
+    assert!(cli.status.success(), "{cli:?}");
+    assert!(
+        String::from_utf8_lossy(&cli.stdout).contains(MARKER),
+        "berth vm serial: {cli:?}"
+    );
 
     serve.ok("POST", &format!("/v1/vms/{h}/release"), Some(json!({})));
     for id in &ids {

@@ -36,6 +36,10 @@ mod predict;
 
 /// How long a breakpoint lasts when the request does not say: a working day.
 const HOLD_TTL_DEFAULT_MS: u64 = 8 * 3_600_000;
+/// The end of a serial log served when the request does not say how much.
+const SERIAL_TAIL_DEFAULT: usize = 1 << 20;
+/// The most of a serial log one answer carries.
+const SERIAL_TAIL_MAX: usize = 16 << 20;
 /// Requests listed when no limit is given.
 const REQUEST_LIST_DEFAULT: u64 = 1000;
 /// Waiting requests `GET /v1/queue` shows when no limit is given: each costs a why-waiting
@@ -283,6 +287,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/vms/{id}/extend", post(vm_extend))
         .route("/v1/vms/{id}/console", get(vm_console))
         .route("/v1/vms/{id}/screenshot", get(vm_screenshot))
+        .route("/v1/vms/{id}/serial", get(vm_serial))
         .route("/v1/queue", get(queue))
         .route("/v1/whoami", get(whoami))
         .route("/v1/hosts", get(list_hosts).post(add_host))
@@ -648,6 +653,29 @@ async fn vm_extend(
     vm_after(&state, id).await
 }
 
+/// The driver of the host VM `id` is on, and the VM's name there.
+async fn vm_on_host(
+    state: &AppState,
+    id: u64,
+) -> Result<(Arc<dyn berth_drivers::Driver>, String), ApiError> {
+    match query(state, Query::VmDriver(id)).await? {
+        Answer::VmDriver(Some(found)) => Ok(found),
+        _ => Err(ApiError::field(
+            404,
+            "vm",
+            format!("vm {id} is not on a host now"),
+        )),
+    }
+}
+
+/// A driver's failure to show a VM: 501 when the driver cannot do it at all, else 502.
+fn driver_failure(e: berth_drivers::DriverError) -> ApiError {
+    match e {
+        berth_drivers::DriverError::Unsupported { .. } => ApiError::new(501, e.to_string()),
+        other => ApiError::new(502, other.to_string()),
+    }
+}
+
 async fn vm_console(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -655,13 +683,7 @@ async fn vm_console(
 ) -> ApiResult {
     let actor = auth(&state, &headers, false)?;
     let id = parse_vm_id(&id)?;
-    let Answer::VmDriver(Some((driver, name))) = query(&state, Query::VmDriver(id)).await? else {
-        return Err(ApiError::field(
-            404,
-            "vm",
-            format!("vm {id} is not on a host now"),
-        ));
-    };
+    let (driver, name) = vm_on_host(&state, id).await?;
     let mut addr = driver
         .console(&name)
         .await
@@ -710,18 +732,52 @@ async fn vm_screenshot(
 ) -> ApiResult {
     auth(&state, &headers, false)?;
     let id = parse_vm_id(&id)?;
-    let Answer::VmDriver(Some((driver, name))) = query(&state, Query::VmDriver(id)).await? else {
-        return Err(ApiError::field(
-            404,
-            "vm",
-            format!("vm {id} is not on a host now"),
-        ));
-    };
-    let png = driver.screenshot(&name).await.map_err(|e| match e {
-        berth_drivers::DriverError::Unsupported { .. } => ApiError::new(501, e.to_string()),
-        other => ApiError::new(502, other.to_string()),
-    })?;
+    let (driver, name) = vm_on_host(&state, id).await?;
+    let png = driver.screenshot(&name).await.map_err(driver_failure)?;
     Ok(([(header::CONTENT_TYPE, "image/png")], png).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SerialQuery {
+    tail_bytes: Option<usize>,
+}
+
+/// The end of a VM's serial console log as plain bytes: the last `tail_bytes` (default
+/// [`SERIAL_TAIL_DEFAULT`], at most [`SERIAL_TAIL_MAX`]). `X-Berth-Log-Bytes` gives the whole
+/// log's length, so a client can tell it was cut.
+async fn vm_serial(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    UrlPath(id): UrlPath<String>,
+    q: Result<UrlQuery<SerialQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult {
+    auth(&state, &headers, false)?;
+    let id = parse_vm_id(&id)?;
+    let UrlQuery(q) = q.map_err(|e| ApiError::field(400, "query", e.body_text()))?;
+    let tail = q.tail_bytes.unwrap_or(SERIAL_TAIL_DEFAULT);
+    if tail == 0 || tail > SERIAL_TAIL_MAX {
+        return Err(ApiError::field(
+            400,
+            "tail_bytes",
+            format!("must be between 1 and {SERIAL_TAIL_MAX}"),
+        ));
+    }
+    let (driver, name) = vm_on_host(&state, id).await?;
+    let mut log = driver.serial_log(&name).await.map_err(driver_failure)?;
+    let total = log.len();
+    log.drain(..total.saturating_sub(tail));
+    Ok((
+        [
+            (header::CONTENT_TYPE, "text/plain; charset=utf-8".to_owned()),
+            (
+                header::HeaderName::from_static("x-berth-log-bytes"),
+                total.to_string(),
+            ),
+        ],
+        log,
+    )
+        .into_response())
 }
 
 #[derive(Deserialize)]

@@ -331,6 +331,7 @@ pub fn default_templates() -> Vec<WireTemplate> {
         expected_provision_ms: 3_000,
         expected_boot_ms: boot_ms,
         expected_run_ms: 1_800_000,
+        domain_type: None,
     };
     vec![
         t("linux", "linux", 2, 4096, None, 20_000),
@@ -423,6 +424,20 @@ mod tests {
                 .unwrap_err()
                 .to_string();
         assert!(err.contains("templates[0].guest_os"), "{err}");
+        let template = |domain_type: &str| {
+            format!(
+                "[[templates]]\nname = \"t\"\nguest_os = \"linux\"\nvcpus = 1\nmemory_mib = 1\n\
+                 domain_type = \"{domain_type}\"\n"
+            )
+        };
+        let err = parse(&template("xen")).unwrap_err().to_string();
+        assert!(
+            err.contains("templates[0].domain_type") && err.contains("xen"),
+            "{err}"
+        );
+        let config = parse(&template("qemu")).expect("a template asking for qemu");
+        let t = &config.templates.expect("templates")[0];
+        assert_eq!(t.domain_type(), Ok(Some(berth_drivers::DomainType::Qemu)));
         let err = parse("[[hosts]]\nname = \"a\"\ndriver = \"sim\"\nvcpu = 4\n")
             .unwrap_err()
             .to_string();

@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use berth_drivers::{Driver, VmRecipe, parse_vm_name, vm_name};
+use berth_drivers::{DomainType, Driver, VmRecipe, parse_vm_name, vm_name};
 use berth_sched::{
     Action, Blocker, Event, HostId, HostState, InputError, RequestId, Scheduler, Template, VmId,
     VmState,
@@ -176,11 +176,28 @@ pub(crate) struct Control {
     last_ms: u64,
     pub(crate) workers: Workers,
     events_tx: broadcast::Sender<Arc<str>>,
-    templates: BTreeMap<String, Template>,
+    templates: BTreeMap<String, KnownTemplate>,
     /// Hosts by id with their specs, for rebuilding drivers.
     hosts: BTreeMap<u64, WireHost>,
     /// Metrics and hooks, told of every committed event (set by `start`).
     pub(crate) observers: Option<crate::hooks::Observers>,
+}
+
+/// A template as the daemon keeps it beside the scheduler: what placement needs, and what
+/// only drivers need.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct KnownTemplate {
+    pub(crate) template: Template,
+    pub(crate) domain_type: Option<DomainType>,
+}
+
+impl KnownTemplate {
+    fn from_wire(t: &WireTemplate) -> Result<KnownTemplate, FieldError> {
+        Ok(KnownTemplate {
+            template: t.to_template()?,
+            domain_type: t.domain_type()?,
+        })
+    }
 }
 
 /// Applies one journaled input to the scheduler, keeping the daemon's side tables current.
@@ -188,14 +205,14 @@ pub(crate) fn apply_journaled(
     s: &mut Scheduler,
     at_ms: u64,
     input: &WireInput,
-    templates: &mut BTreeMap<String, Template>,
+    templates: &mut BTreeMap<String, KnownTemplate>,
     hosts: &mut BTreeMap<u64, WireHost>,
 ) -> Result<(), ApiError> {
     let sched_input = input.to_input()?;
     s.handle(at_ms, sched_input)?;
     match input {
         WireInput::SetTemplate { template } => {
-            if let Ok(t) = template.to_template() {
+            if let Ok(t) = KnownTemplate::from_wire(template) {
                 templates.insert(template.name.clone(), t);
             }
         }
@@ -280,7 +297,7 @@ impl Control {
         }
         let mut msgs = Vec::new();
         for t in templates {
-            let changed = match (self.templates.get(&t.name), t.to_template()) {
+            let changed = match (self.templates.get(&t.name), KnownTemplate::from_wire(t)) {
                 (Some(old), Ok(new)) => *old != new,
                 (None, _) | (_, Err(_)) => true,
             };
@@ -437,14 +454,37 @@ impl Control {
 
     fn recipe(&self, vm: VmId, request: RequestId) -> Option<VmRecipe> {
         let r = self.s.request(request)?;
-        let t = self.templates.get(&r.spec.template)?;
+        let known = self.templates.get(&*r.spec.template)?;
+        let t = &known.template;
         Some(VmRecipe {
             name: vm_name(vm.0),
             template: t.name.to_string(),
             base_image: t.base_image.to_string(),
             guest_os: t.guest_os,
             shape: r.shape,
+            domain_type: known.domain_type,
         })
+    }
+
+    /// Hands one of the scheduler's actions to its host's workers.
+    fn dispatch(&mut self, action: Action) {
+        match action {
+            Action::Provision { vm, host, spec, .. } => {
+                let recipe = VmRecipe {
+                    name: vm_name(vm.0),
+                    template: spec.template.to_string(),
+                    base_image: spec.base_image.to_string(),
+                    guest_os: spec.guest_os,
+                    shape: spec.shape,
+                    domain_type: self
+                        .templates
+                        .get(&*spec.template)
+                        .and_then(|t| t.domain_type),
+                };
+                self.workers.send(vm, host, VmOp::Provision(recipe));
+            }
+            Action::Destroy { vm, host } => self.workers.send(vm, host, VmOp::Destroy),
+        }
     }
 
     /// Runs until `shutdown` fires or every sender is gone.
@@ -586,7 +626,7 @@ impl Control {
             }
         }
         for action in actions {
-            self.workers.dispatch(action);
+            self.dispatch(action);
         }
         for (reply, result) in replies {
             let _ = reply.send(result);
@@ -609,13 +649,17 @@ impl Control {
     ) -> Result<u64, ApiError> {
         let id = match &mut input {
             WireInput::Submit { request } => {
-                let t = self.templates.get(&request.template).ok_or_else(|| {
-                    ApiError::field(
-                        400,
-                        "template",
-                        format!("unknown template `{}`", request.template),
-                    )
-                })?;
+                let t = self
+                    .templates
+                    .get(&request.template)
+                    .map(|k| &k.template)
+                    .ok_or_else(|| {
+                        ApiError::field(
+                            400,
+                            "template",
+                            format!("unknown template `{}`", request.template),
+                        )
+                    })?;
                 // A request that gives only one of vcpus and memory takes the other from
                 // its template, so that the journal holds the resolved shape.
                 if request.vcpus.is_some() || request.memory_mib.is_some() {

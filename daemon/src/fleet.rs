@@ -244,6 +244,10 @@ impl Driver for Capped {
     async fn screenshot(&self, name: &str) -> Result<Vec<u8>, DriverError> {
         self.inner.screenshot(name).await
     }
+
+    async fn serial_log(&self, name: &str) -> Result<Vec<u8>, DriverError> {
+        self.inner.serial_log(name).await
+    }
 }
 
 #[cfg(test)]

@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 
+use berth_drivers::DomainType;
 use berth_sched::{
     DriverKind, Failure, FailureKind, GuestOs, Hold, HostId, HostSpec, Input, Label, ProbeReport,
     RequestId, RequestSpec, Shape, Template, VmId,
@@ -160,6 +161,10 @@ pub struct WireTemplate {
     pub expected_boot_ms: u64,
     #[serde(default = "hour_ms")]
     pub expected_run_ms: u64,
+    /// The libvirt domain type its VMs ask for (`kvm` or `qemu`); unset, each libvirt
+    /// host's `domain_type` option decides. Other drivers ignore it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub domain_type: Option<String>,
 }
 
 fn hour_ms() -> u64 {
@@ -167,8 +172,21 @@ fn hour_ms() -> u64 {
 }
 
 impl WireTemplate {
+    /// The domain type the template asks for, checked.
+    pub fn domain_type(&self) -> Result<Option<DomainType>, FieldError> {
+        self.domain_type
+            .as_deref()
+            .map(|d| {
+                d.parse().map_err(|e: berth_drivers::UnknownDomainType| {
+                    FieldError::new("domain_type", e.to_string())
+                })
+            })
+            .transpose()
+    }
+
     pub fn to_template(&self) -> Result<Template, FieldError> {
         check_name("name", &self.name)?;
+        self.domain_type()?;
         let guest_os = GuestOs::parse(&self.guest_os).ok_or_else(|| {
             FieldError::new(
                 "guest_os",

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use berth_drivers::sim::SimWorld;
 use berth_drivers::{Driver, DriverError, VmRecipe, vm_name};
-use berth_sched::{Action, HostId, VmId};
+use berth_sched::{HostId, VmId};
 use tokio::sync::{Notify, Semaphore, mpsc};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -144,23 +144,6 @@ impl Workers {
 
     pub(crate) fn driver(&self, id: HostId) -> Option<Arc<dyn Driver>> {
         self.hosts.get(&id).map(|w| w.driver.clone())
-    }
-
-    /// Hands one of the scheduler's actions to its host's workers.
-    pub(crate) fn dispatch(&mut self, action: Action) {
-        match action {
-            Action::Provision { vm, host, spec, .. } => {
-                let recipe = VmRecipe {
-                    name: vm_name(vm.0),
-                    template: spec.template.to_string(),
-                    base_image: spec.base_image.to_string(),
-                    guest_os: spec.guest_os,
-                    shape: spec.shape,
-                };
-                self.send(vm, host, VmOp::Provision(recipe));
-            }
-            Action::Destroy { vm, host } => self.send(vm, host, VmOp::Destroy),
-        }
     }
 
     pub(crate) fn send(&mut self, vm: VmId, host: HostId, op: VmOp) {

@@ -62,6 +62,7 @@ async fn main() -> anyhow::Result<()> {
                     vcpus: 1,
                     memory_mib: 256,
                 },
+                domain_type: None,
             };
             let t = Instant::now();
             host.provision(&vm).await?;

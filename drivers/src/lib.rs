@@ -11,6 +11,7 @@ pub mod parallels;
 pub mod sim;
 
 use std::fmt;
+use std::str::FromStr;
 
 use async_trait::async_trait;
 use berth_sched::{DriverKind, Failure, FailureKind, GuestOs, Shape};
@@ -42,6 +43,51 @@ pub struct HostFacts {
     pub images: Vec<String>,
 }
 
+/// The libvirt domain type of a template's VMs: hardware virtualisation or emulation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum DomainType {
+    /// KVM: hardware virtualisation (needs `/dev/kvm` that works).
+    Kvm,
+    /// QEMU's emulator (TCG): slow, but runs anywhere.
+    Qemu,
+    /// libvirt's test driver (`test:///default`), for berth's own tests.
+    Test,
+}
+
+impl DomainType {
+    pub fn name(self) -> &'static str {
+        match self {
+            DomainType::Kvm => "kvm",
+            DomainType::Qemu => "qemu",
+            DomainType::Test => "test",
+        }
+    }
+}
+
+impl fmt::Display for DomainType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A domain type name that is not `kvm`, `qemu` or `test`.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("unknown libvirt domain type {0:?}: expected kvm, qemu or test")]
+pub struct UnknownDomainType(pub String);
+
+impl FromStr for DomainType {
+    type Err = UnknownDomainType;
+
+    fn from_str(s: &str) -> Result<DomainType, UnknownDomainType> {
+        match s {
+            "kvm" => Ok(DomainType::Kvm),
+            "qemu" => Ok(DomainType::Qemu),
+            "test" => Ok(DomainType::Test),
+            other => Err(UnknownDomainType(other.to_owned())),
+        }
+    }
+}
+
 /// Everything a driver needs to create one VM.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct VmRecipe {
@@ -51,6 +97,9 @@ pub struct VmRecipe {
     pub base_image: String,
     pub guest_os: GuestOs,
     pub shape: Shape,
+    /// The libvirt domain type the template asks for; `None` leaves it to the host's
+    /// configuration. Drivers of other hypervisors ignore it.
+    pub domain_type: Option<DomainType>,
 }
 
 /// One VM a host runs, as its `list` reports it.
@@ -161,6 +210,16 @@ pub trait Driver: Send + Sync {
 
     /// A PNG of the VM's screen.
     async fn screenshot(&self, name: &str) -> Result<Vec<u8>, DriverError>;
+
+    /// What the VM has written on its serial console so far. Drivers that keep no serial log
+    /// say so with [`DriverError::Unsupported`].
+    async fn serial_log(&self, name: &str) -> Result<Vec<u8>, DriverError> {
+        let _ = name;
+        Err(DriverError::Unsupported {
+            driver: self.kind(),
+            what: "keep a serial log",
+        })
+    }
 }
 
 #[cfg(test)]

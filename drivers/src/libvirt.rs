@@ -20,7 +20,6 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -34,6 +33,7 @@ use virt::storage_vol::StorageVol;
 use virt::stream::Stream;
 
 use crate::{ConsoleAddress, Driver, DriverError, HostFacts, VmListing, VmRecipe, parse_vm_name};
+pub use crate::{DomainType, UnknownDomainType};
 
 /// The file name extension of base images and overlays in the image directory.
 pub const IMAGE_EXT: &str = ".qcow2";
@@ -50,51 +50,6 @@ const VNC_PASSWORD_LEN: usize = 8;
 
 /// How often `boot` looks at the domain and its serial log.
 const BOOT_POLL_MS: u64 = 250;
-
-/// The domain type a template's VMs get: hardware virtualisation or emulation.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub enum DomainType {
-    /// KVM: hardware virtualisation (needs `/dev/kvm` that works).
-    Kvm,
-    /// QEMU's emulator (TCG): slow, but runs anywhere.
-    Qemu,
-    /// libvirt's test driver (`test:///default`), for berth's own tests.
-    Test,
-}
-
-impl DomainType {
-    pub fn name(self) -> &'static str {
-        match self {
-            DomainType::Kvm => "kvm",
-            DomainType::Qemu => "qemu",
-            DomainType::Test => "test",
-        }
-    }
-}
-
-impl fmt::Display for DomainType {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-/// A domain type name that is not `kvm`, `qemu` or `test`.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("unknown libvirt domain type {0:?}: expected kvm, qemu or test")]
-pub struct UnknownDomainType(pub String);
-
-impl FromStr for DomainType {
-    type Err = UnknownDomainType;
-
-    fn from_str(s: &str) -> Result<DomainType, UnknownDomainType> {
-        match s {
-            "kvm" => Ok(DomainType::Kvm),
-            "qemu" => Ok(DomainType::Qemu),
-            "test" => Ok(DomainType::Test),
-            other => Err(UnknownDomainType(other.to_owned())),
-        }
-    }
-}
 
 /// How a VM's network card is connected.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -116,9 +71,10 @@ pub struct LibvirtConfig {
     /// logs. A libvirt storage pool with this target path is used if one exists; otherwise the
     /// driver starts a transient `dir` pool on it.
     pub image_dir: String,
-    /// The domain type of templates not named in `template_domain_types`.
+    /// The domain type of VMs whose template asks for none (see [`Self::domain_type_for`]).
     pub domain_type: DomainType,
-    /// Per-template domain types (a template that needs KVM, or one emulated on purpose).
+    /// This host's domain type for some templates, over what they ask for (a host whose KVM
+    /// does not work emulates them).
     pub template_domain_types: BTreeMap<String, DomainType>,
     /// The host name a console viewer connects to (through `ssh -L`); defaults to the host of
     /// the URI, or `localhost` for a local URI.
@@ -161,8 +117,8 @@ impl LibvirtConfig {
     /// |---|---|
     /// | `uri` | the libvirt URI |
     /// | `image_dir` | the image directory on the host (default [`DEFAULT_IMAGE_DIR`]) |
-    /// | `domain_type` | `kvm` or `qemu` for every template (default `kvm`) |
-    /// | `domain_type.TEMPLATE` | `kvm` or `qemu` for one template |
+    /// | `domain_type` | `kvm` or `qemu` for templates that ask for neither (default `kvm`) |
+    /// | `domain_type.TEMPLATE` | `kvm` or `qemu` for one template, over what it asks for |
     /// | `network` | `user`, `none` or `network:NAME` (default `user`) |
     /// | `console_host` | the host name console viewers connect to |
     /// | `boot_marker` | the line a booted guest prints on its serial console |
@@ -225,11 +181,15 @@ impl LibvirtConfig {
         Ok(config)
     }
 
-    /// The domain type for VMs of `template`.
-    pub fn domain_type_for(&self, template: &str) -> DomainType {
+    /// The domain type for VMs of `template` that asks for `asked`: this host's own choice
+    /// for the template (`domain_type.TEMPLATE`) when it has one, so that a host whose KVM
+    /// does not work can emulate a template that asks for KVM; else what the template asks
+    /// for; else the host's `domain_type`.
+    pub fn domain_type_for(&self, template: &str, asked: Option<DomainType>) -> DomainType {
         self.template_domain_types
             .get(template)
             .copied()
+            .or(asked)
             .unwrap_or(self.domain_type)
     }
 }
@@ -323,16 +283,6 @@ impl LibvirtHost {
     /// The path of VM `name`'s serial console log on the host.
     pub fn serial_log_path(&self, name: &str) -> String {
         join(&self.inner.config.image_dir, &serial_log_file(name))
-    }
-
-    /// VM `name`'s serial console output so far, read through libvirt, so that it works for
-    /// remote hosts too; empty before the guest has written anything.
-    pub async fn serial_log(&self, name: &str) -> Result<Vec<u8>, DriverError> {
-        let name = name.to_owned();
-        self.run("serial log", move |inner, conn| {
-            inner.serial_log(conn, &name)
-        })
-        .await
     }
 
     /// Measures the host, with the versions and free disk space that [`HostFacts`] leaves out.
@@ -469,6 +419,16 @@ impl Driver for LibvirtHost {
         })
         .await
     }
+
+    /// Read through libvirt, so that it works for remote hosts too; empty before the guest
+    /// has written anything.
+    async fn serial_log(&self, name: &str) -> Result<Vec<u8>, DriverError> {
+        let name = name.to_owned();
+        self.run("serial log", move |inner, conn| {
+            inner.serial_log(conn, &name)
+        })
+        .await
+    }
 }
 
 impl LibvirtHost {
@@ -490,14 +450,34 @@ impl Inner {
         {
             return Ok(conn.clone());
         }
-        let conn = Connect::open(Some(&self.config.uri)).map_err(|e| DriverError::Host {
-            host: self.host.clone(),
-            message: format!(
-                "libvirt unreachable at {}: {} (is libvirtd running there, and for \
-                 qemu+ssh can this user log in to the host?)",
-                self.config.uri,
-                e.message()
-            ),
+        let uri = connect_uri(&self.config.uri);
+        let conn = Connect::open(Some(&uri)).map_err(|e| {
+            let uri = &self.config.uri;
+            // ssh's warnings come as a banner of lines: one line reads better in a log.
+            let why = e
+                .message()
+                .lines()
+                .map(|l| l.trim_matches(|c: char| c == '@' || c.is_whitespace()))
+                .filter(|l| !l.is_empty())
+                .collect::<Vec<_>>()
+                .join(" ");
+            let message = if why.to_ascii_lowercase().contains("host key") {
+                format!(
+                    "libvirt at {uri}: the SSH host key of {} was not accepted: {why} (berth \
+                     never accepts an unknown or changed key: check it, then put it in the \
+                     known_hosts file this connection uses)",
+                    uri_host(uri).unwrap_or("the host")
+                )
+            } else {
+                format!(
+                    "libvirt unreachable at {uri}: {why} (is libvirtd running there, and for \
+                     qemu+ssh can this user log in to the host?)"
+                )
+            };
+            DriverError::Host {
+                host: self.host.clone(),
+                message,
+            }
         })?;
         let conn = Arc::new(conn);
         *slot = Some(conn.clone());
@@ -759,7 +739,7 @@ impl Inner {
             .map_err(|e| self.classify(&format!("creating the overlay {overlay}"), e))?;
         let overlay_path = vol.path().unwrap_or(overlay_path);
 
-        let domain_type = self.config.domain_type_for(&vm.template);
+        let domain_type = self.config.domain_type_for(&vm.template, vm.domain_type);
         let password = vnc_password()
             .map_err(|e| self.host_error(format!("drawing a vnc password from the OS: {e}")))?;
         let xml = domain_xml(&DomainSpec {
@@ -1049,6 +1029,20 @@ pub fn uri_host(uri: &str) -> Option<&str> {
         None => host_port.split(':').next().unwrap_or(""),
     };
     (!host.is_empty()).then_some(host)
+}
+
+/// The URI to open: `uri`, with `no_tty=1` added to one that runs the `ssh` command and does
+/// not say, so that ssh runs in batch mode and a daemon never waits at a password, passphrase
+/// or host-key prompt. The libssh and libssh2 transports never prompt without a callback.
+fn connect_uri(uri: &str) -> std::borrow::Cow<'_, str> {
+    let scheme = uri.split_once("://").map_or("", |(scheme, _)| scheme);
+    let query = uri.split_once('?').map(|(_, q)| q);
+    let says = query.is_some_and(|q| q.split('&').any(|p| p.starts_with("no_tty=")));
+    if !scheme.ends_with("+ssh") || says {
+        return uri.into();
+    }
+    let sep = if query.is_some() { '&' } else { '?' };
+    format!("{uri}{sep}no_tty=1").into()
 }
 
 /// Whether files on the host are files here (no host in the URI).
@@ -1428,6 +1422,30 @@ mod tests {
     }
 
     #[test]
+    fn ssh_uris_never_prompt() {
+        assert_eq!(
+            connect_uri("qemu+ssh://ci@kvm7/system"),
+            "qemu+ssh://ci@kvm7/system?no_tty=1"
+        );
+        assert_eq!(
+            connect_uri("qemu+ssh://ci@kvm7:2222/system?keyfile=/k"),
+            "qemu+ssh://ci@kvm7:2222/system?keyfile=/k&no_tty=1"
+        );
+        // What the operator wrote stands.
+        assert_eq!(
+            connect_uri("qemu+ssh://kvm7/system?no_tty=0"),
+            "qemu+ssh://kvm7/system?no_tty=0"
+        );
+        for uri in [
+            "qemu:///system",
+            "qemu+libssh2://kvm7/system?known_hosts=/k",
+            "test:///default",
+        ] {
+            assert_eq!(connect_uri(uri), uri);
+        }
+    }
+
+    #[test]
     fn versions_and_pool_names() {
         assert_eq!(version_string(9_000_000), "9.0.0");
         assert_eq!(version_string(7_002_022), "7.2.22");
@@ -1449,8 +1467,23 @@ mod tests {
         config
             .template_domain_types
             .insert("slow".into(), DomainType::Qemu);
-        assert_eq!(config.domain_type_for("slow"), DomainType::Qemu);
-        assert_eq!(config.domain_type_for("fast"), DomainType::Kvm);
+        // The host's choice for a template wins over the template's; the template's over
+        // the host's default.
+        assert_eq!(config.domain_type_for("slow", None), DomainType::Qemu);
+        assert_eq!(
+            config.domain_type_for("slow", Some(DomainType::Kvm)),
+            DomainType::Qemu
+        );
+        assert_eq!(config.domain_type_for("fast", None), DomainType::Kvm);
+        assert_eq!(
+            config.domain_type_for("fast", Some(DomainType::Qemu)),
+            DomainType::Qemu
+        );
+        config.domain_type = DomainType::Qemu;
+        assert_eq!(
+            config.domain_type_for("fast", Some(DomainType::Kvm)),
+            DomainType::Kvm
+        );
     }
 
     #[test]
@@ -1472,8 +1505,8 @@ mod tests {
         .expect("valid options");
         assert_eq!(c.uri, "qemu+ssh://ci@kvm7/system");
         assert_eq!(c.image_dir, DEFAULT_IMAGE_DIR);
-        assert_eq!(c.domain_type_for("linux"), DomainType::Qemu);
-        assert_eq!(c.domain_type_for("win11"), DomainType::Kvm);
+        assert_eq!(c.domain_type_for("linux", None), DomainType::Qemu);
+        assert_eq!(c.domain_type_for("win11", None), DomainType::Kvm);
         assert_eq!(c.network, Network::Libvirt("default".into()));
         assert_eq!(c.boot_marker.as_deref(), Some("READY"));
         assert_eq!(c.min_free_disk_mib, 2048);

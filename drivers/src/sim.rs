@@ -492,6 +492,7 @@ mod tests {
                 vcpus: 2,
                 memory_mib: 4096,
             },
+            domain_type: None,
         }
     }
 

@@ -8,7 +8,13 @@
 //! - `BERTH_LIBVIRT_DOMAIN_TYPE`: `kvm` or `qemu` (default `qemu`, which needs no working KVM);
 //! - `BERTH_LIVE_TESTS=require`: fail instead of skipping when libvirtd or the image is missing
 //!   (CI sets it, so that a broken setup cannot pass as a skip).
+//!
+//! The remote-URI tests reach the same libvirtd as a remote host would be reached: through a
+//! real `sshd` on loopback (`sshd_fixture`), with `qemu+ssh://` (the system OpenSSH client) and
+//! `qemu+libssh2://`, and host keys checked against the test's own known_hosts files.
 #![cfg(feature = "libvirt")]
+
+mod sshd_fixture;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -37,6 +43,7 @@ fn recipe(n: u64, base_image: &str) -> VmRecipe {
             vcpus: 1,
             memory_mib: 256,
         },
+        domain_type: None,
     }
 }
 
@@ -154,6 +161,45 @@ async fn test_driver_lifecycle_is_idempotent_and_leaves_nothing_behind() {
             name: vm.name.clone()
         })
     );
+}
+
+/// The domain type VM `n` gets when its template asks for `asked`: provisioned, read from
+/// the domain's XML, destroyed.
+async fn domain_type_given(
+    conn: &Connect,
+    host: &LibvirtHost,
+    n: u64,
+    asked: Option<DomainType>,
+) -> String {
+    let mut vm = recipe(n, BASE);
+    vm.domain_type = asked;
+    host.provision(&vm).await.expect("provision");
+    let xml = conn
+        .lookup_domain_by_name(&vm.name)
+        .and_then(|d| d.xml_desc(0))
+        .expect("domain xml");
+    host.destroy(&vm.name).await.expect("destroy");
+    let start = xml.find("type='").expect("a type attribute") + "type='".len();
+    xml[start..].split('\'').next().expect("quoted").to_owned()
+}
+
+#[tokio::test]
+async fn test_driver_domain_type_comes_from_the_template_unless_the_host_overrides_it() {
+    // The test driver takes any domain type, so the domain's XML shows which one won.
+    let (conn, host) = test_host(|c| c.domain_type = DomainType::Kvm);
+    let given = domain_type_given(&conn, &host, 2_006, None).await;
+    assert_eq!(given, "kvm", "the host's default");
+    let given = domain_type_given(&conn, &host, 2_006, Some(DomainType::Qemu)).await;
+    assert_eq!(given, "qemu", "the template's choice");
+
+    // The host's own choice for the template wins over what the template asks for.
+    let (conn, host) = test_host(|c| {
+        c.domain_type = DomainType::Kvm;
+        c.template_domain_types
+            .insert("tiny-linux".into(), DomainType::Test);
+    });
+    let given = domain_type_given(&conn, &host, 2_007, Some(DomainType::Kvm)).await;
+    assert_eq!(given, "test", "the host's override");
 }
 
 #[tokio::test]
@@ -441,4 +487,167 @@ async fn qemu_guests_provisioned_at_once_with_a_probe_all_boot_and_go() {
         assert!(!listed.iter().any(|l| &l.name == name), "{name} listed");
         assert!(!Path::new(&live.host.overlay_path(name)).exists());
     }
+}
+
+/// How libvirt reaches the fixture's sshd.
+#[derive(Clone, Copy, Debug)]
+enum Transport {
+    /// `qemu+ssh://`: libvirt runs the system `ssh` client.
+    Ssh,
+    /// `qemu+libssh2://`: libvirt speaks SSH itself.
+    Libssh2,
+}
+
+/// A URI for this machine's `qemu:///system` through the fixture's sshd, trusting the host
+/// keys in `known_hosts`. For `qemu+ssh`, libvirt's `command` parameter points at a wrapper
+/// that gives `ssh` the test's own client configuration, as `~/.ssh/config` would an
+/// operator's.
+fn ssh_uri(fx: &sshd_fixture::Fixture, transport: Transport, known_hosts: &Path) -> String {
+    let key = fx.path("user_key");
+    let authority = format!("{}@{}:{}", fx.user, fx.listen_ip, fx.port);
+    match transport {
+        Transport::Ssh => {
+            let config = known_hosts.with_extension("ssh_config");
+            std::fs::write(
+                &config,
+                format!(
+                    "UserKnownHostsFile {}\nStrictHostKeyChecking yes\nIdentitiesOnly yes\n",
+                    known_hosts.display()
+                ),
+            )
+            .expect("ssh config");
+            let wrapper = known_hosts.with_extension("ssh");
+            std::fs::write(
+                &wrapper,
+                format!("#!/bin/sh\nexec ssh -F {} \"$@\"\n", config.display()),
+            )
+            .expect("ssh wrapper");
+            std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755))
+                .expect("chmod");
+            format!(
+                "qemu+ssh://{authority}/system?keyfile={}&command={}",
+                key.display(),
+                wrapper.display()
+            )
+        }
+        Transport::Libssh2 => format!(
+            "qemu+libssh2://{authority}/system?keyfile={}&known_hosts={}&sshauth=privkey",
+            key.display(),
+            known_hosts.display()
+        ),
+    }
+}
+
+/// The fixture's host key, as known_hosts lists it.
+fn host_key(fx: &sshd_fixture::Fixture) -> String {
+    let public = std::fs::read_to_string(fx.path("host_key.pub")).expect("host key");
+    public
+        .split_whitespace()
+        .take(2)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[tokio::test]
+async fn qemu_over_ssh_boots_a_tiny_guest_and_destroy_removes_it() {
+    let Some((local_uri, image)) = live_or_skip("qemu_over_ssh_boots_a_tiny_guest") else {
+        return;
+    };
+    let Some(fx) = sshd_fixture::Fixture::start() else {
+        return;
+    };
+    let known_hosts = fx.known_hosts_with("known_hosts", &host_key(&fx));
+    let uri = ssh_uri(&fx, Transport::Ssh, &known_hosts);
+    let live = LiveHost::new(uri, &image);
+    let host = &live.host;
+
+    let facts = host.probe_details().await.expect("probe over ssh");
+    assert_eq!(facts.facts.images, vec![BASE.to_owned()]);
+    assert!(facts.hypervisor.eq_ignore_ascii_case("qemu"), "{facts:?}");
+
+    let n = 3_200_000_000 + u64::from(std::process::id());
+    let vm = recipe(n, BASE);
+    let start = Instant::now();
+    host.provision(&vm).await.expect("provision over ssh");
+    let overlay = host.overlay_path(&vm.name);
+    assert_eq!(
+        qemu_img_backing_file(&overlay),
+        live.base_path,
+        "an overlay"
+    );
+    // A remote host's serial log is not a file here: boot reads it through libvirt.
+    host.boot(&vm.name).await.expect("boot over ssh");
+    let log = host
+        .serial_log(&vm.name)
+        .await
+        .expect("serial log over ssh");
+    assert!(
+        String::from_utf8_lossy(&log).contains(MARKER),
+        "serial log: {log:?}"
+    );
+    eprintln!("over ssh: marker after {:?}", start.elapsed());
+
+    let console = host.console(&vm.name).await.expect("console");
+    assert_eq!(console.host, fx.listen_ip, "the URI's host, for ssh -L");
+    assert!(console.port >= 5900, "{console:?}");
+    let png = host
+        .screenshot(&vm.name)
+        .await
+        .expect("screenshot over ssh");
+    assert!(png.starts_with(PNG_SIGNATURE));
+
+    host.destroy(&vm.name).await.expect("destroy over ssh");
+    assert!(!Path::new(&overlay).exists(), "overlay removed");
+    let local = Connect::open(Some(&local_uri)).expect("local libvirt");
+    assert!(
+        local.lookup_domain_by_name(&vm.name).is_err(),
+        "domain gone"
+    );
+    // Every call above went through sshd, not around it.
+    let sshd_log = fx.log();
+    assert!(
+        sshd_log.contains(&format!("Accepted publickey for {}", fx.user)),
+        "sshd log: {sshd_log}"
+    );
+}
+
+#[tokio::test]
+async fn a_changed_or_unknown_ssh_host_key_is_a_host_error_naming_the_host() {
+    let Some((_, _)) = live_or_skip("a_changed_or_unknown_ssh_host_key") else {
+        return;
+    };
+    let Some(fx) = sshd_fixture::Fixture::start() else {
+        return;
+    };
+    let other = sshd_fixture::keygen(&fx.path("other_key"));
+    let changed = fx.known_hosts_with("changed_known_hosts", &other);
+    let unknown = fx.known_hosts_with("unknown_known_hosts", "");
+    std::fs::write(&unknown, "").expect("empty known_hosts");
+    let cases = [
+        (Transport::Ssh, &changed),
+        (Transport::Ssh, &unknown),
+        (Transport::Libssh2, &changed),
+        (Transport::Libssh2, &unknown),
+    ];
+    for (transport, known_hosts) in cases {
+        let uri = ssh_uri(&fx, transport, known_hosts);
+        let mut config = LibvirtConfig::new(&uri, "/var/lib/berth/images");
+        config.call_timeout_ms = 30_000;
+        let host = LibvirtHost::new("t1", config);
+        let e = host.probe().await.expect_err("a key berth cannot trust");
+        let case = format!("{transport:?} with {}", known_hosts.display());
+        eprintln!("{case}: {e}");
+        match &e {
+            DriverError::Host { message, .. } => {
+                assert!(message.contains("host key"), "{case}: {message}");
+                assert!(message.contains(&fx.listen_ip), "{case}: {message}");
+            }
+            other => panic!("{case}: expected a host error, got {other:?}"),
+        }
+    }
+    assert!(
+        !fx.log().contains("Accepted publickey"),
+        "nobody logged in: {}",
+        fx.log()
+    );
 }

@@ -28,6 +28,7 @@ fn recipe(n: u64, template: &str, vcpus: u32, memory_mib: u64) -> VmRecipe {
         base_image: template.to_owned(),
         guest_os: GuestOs::Macos,
         shape: Shape { vcpus, memory_mib },
+        domain_type: None,
     }
 }
 

@@ -314,6 +314,13 @@ fn breakpoints_hold_extend_release_and_show_the_console() {
     let mut bytes = Vec::new();
     std::io::Read::read_to_end(&mut png.into_reader(), &mut bytes).unwrap();
     assert!(bytes.starts_with(b"\x89PNG"));
+    // Simulated guests have no serial console: the answer says the driver cannot.
+    let (status, body) = d.call("GET", &format!("/v1/vms/{vm}/serial"), None);
+    assert_eq!(status, 501, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("serial log"),
+        "{body}"
+    );
     d.ok("POST", &format!("/v1/vms/{vm}/release"), None);
     d.wait_for("vm done", |d| d.vm_state(vm) == "done");
     // Released twice: the second is refused, and changes nothing.
@@ -568,6 +575,15 @@ fn bad_input_gets_a_4xx_naming_the_field_and_changes_nothing() {
         ("POST", "/v1/vms/1/extend", r#"{}"#, 400, Some("seconds")),
         ("GET", "/v1/vms/424242/console", "", 404, Some("vm")),
         ("GET", "/v1/vms/424242/screenshot", "", 404, Some("vm")),
+        ("GET", "/v1/vms/424242/serial", "", 404, Some("vm")),
+        (
+            "GET",
+            "/v1/vms/1/serial?tail_bytes=0",
+            "",
+            400,
+            Some("tail_bytes"),
+        ),
+        ("GET", "/v1/vms/1/serial?lines=3", "", 400, Some("query")),
         ("GET", "/v1/queue?limit=-1", "", 400, Some("query")),
         ("GET", "/v1/audit?limit=x", "", 400, Some("query")),
         (
