@@ -7,7 +7,7 @@
 //! deterministic and the placement pass runs at the same polls, so the state is the same),
 //! then reconciles with what each host's driver reports (see `reconcile`).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -130,6 +130,9 @@ pub(crate) enum Msg {
     /// An operator read worth recording (a console password handed out): written to the audit
     /// table with the next batch.
     Audit(AuditRow),
+    /// A host answered its probe with what it said last time. Nothing changed, so nothing is
+    /// journaled; the time is kept so that operators see the host is still being probed.
+    ProbeAnswered { host: HostId },
 }
 
 impl Msg {
@@ -181,6 +184,8 @@ pub(crate) struct Control {
     hosts: BTreeMap<u64, WireHost>,
     /// Metrics and hooks, told of every committed event (set by `start`).
     pub(crate) observers: Option<crate::hooks::Observers>,
+    /// When each host last answered a probe that changed nothing (see `Msg::ProbeAnswered`).
+    probe_answered: HashMap<u64, u64>,
 }
 
 /// A template as the daemon keeps it beside the scheduler: what placement needs, and what
@@ -274,6 +279,7 @@ impl Control {
             templates,
             hosts,
             observers: None,
+            probe_answered: HashMap::new(),
         })
     }
 
@@ -577,6 +583,9 @@ impl Control {
                 Msg::Query { query, reply } => queries.push((query, reply)),
                 Msg::Listed { host, vms } => listings.push((host, vms)),
                 Msg::Audit(row) => commit.audits.push(row),
+                Msg::ProbeAnswered { host } => {
+                    self.probe_answered.insert(host.0, now);
+                }
             }
         }
         let (actions, events) = drain(&mut self.s);
@@ -597,7 +606,10 @@ impl Control {
         for input in &commit.inputs {
             match input {
                 WireInput::AddHost { host } => self.workers.add_host(host),
-                WireInput::RemoveHost { host } => self.workers.remove_host(HostId(*host)),
+                WireInput::RemoveHost { host } => {
+                    self.workers.remove_host(HostId(*host));
+                    self.probe_answered.remove(host);
+                }
                 _ => {}
             }
         }
@@ -731,7 +743,10 @@ impl Control {
     fn answer(&self, query: Query) -> Answer {
         match query {
             Query::Hosts => Answer::Json(serde_json::Value::Array(
-                self.s.hosts().map(|h| host_json(&h)).collect(),
+                self.s
+                    .hosts()
+                    .map(|h| host_json(&h, self.probe_answered.get(&h.id.0).copied()))
+                    .collect(),
             )),
             Query::HostId(name) => Answer::HostId(self.s.host_by_name(&name).map(|h| h.id.0)),
             Query::Queue(n) => Answer::Json(serde_json::Value::Array(
@@ -811,7 +826,12 @@ struct SlotJson<'a> {
     used: i64,
 }
 
-pub(crate) fn host_json(h: &berth_sched::HostView<'_>) -> serde_json::Value {
+/// A host as the API shows it. `probe_answered` is when it last answered a probe that changed
+/// nothing (the scheduler only hears of probes that change something).
+pub(crate) fn host_json(
+    h: &berth_sched::HostView<'_>,
+    probe_answered: Option<u64>,
+) -> serde_json::Value {
     json!({
         "id": h.id.0,
         "name": h.name,
@@ -825,7 +845,7 @@ pub(crate) fn host_json(h: &berth_sched::HostView<'_>) -> serde_json::Value {
         "provisioning": h.provisioning,
         "vms": h.n_vms,
         "labels": h.labels.iter().map(|l| l.to_string()).collect::<Vec<_>>(),
-        "last_probe_ms": h.last_probe_ms,
+        "last_probe_ms": h.last_probe_ms.max(probe_answered),
         "probe_failures": h.probe_failures,
         "provision_failures": h.provision_failures,
     })

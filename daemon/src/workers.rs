@@ -321,8 +321,14 @@ async fn probe_loop(
                 continue;
             }
             Err(message) => tracing::warn!(host = %host, error = %message, "probe failed"),
-            // An unchanged successful probe is not news: the journal need not grow with it.
-            Ok(p) if !forced && last_ok.as_ref() == Some(p) => continue,
+            // An unchanged successful probe is not news: the journal need not grow with it,
+            // but the operator's view of when the host last answered should.
+            Ok(p) if !forced && last_ok.as_ref() == Some(p) => {
+                if tx.send(Msg::ProbeAnswered { host }).await.is_err() {
+                    return;
+                }
+                continue;
+            }
             Ok(_) => {}
         }
         last_ok = result.as_ref().ok().cloned();

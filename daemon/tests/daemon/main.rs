@@ -380,6 +380,36 @@ fn hosts_are_added_drained_resumed_taken_offline_and_removed() {
 }
 
 #[test]
+fn a_host_shows_when_it_last_answered_even_when_nothing_changed() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = TestDaemon::start(dir.path(), CONFIG);
+    d.wait_for("host ready", |d| d.host_state("sim-small-1") == "ready");
+    let last_probe = |d: &TestDaemon| {
+        d.ok("GET", "/v1/hosts", None)["hosts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|h| h["name"] == "sim-small-1")
+            .and_then(|h| h["last_probe_ms"].as_u64())
+            .expect("probed")
+    };
+    let probes_journaled = || -> i64 {
+        let conn = rusqlite::Connection::open(dir.path().join("berth.db")).unwrap();
+        conn.query_row(
+            "SELECT count(*) FROM journal WHERE input LIKE '%\"probe\"%'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap()
+    };
+    let (first, journaled) = (last_probe(&d), probes_journaled());
+    assert!(journaled > 0, "the first probes are journaled");
+    // Probes every 100 ms answer the same: the time moves on, the journal does not grow.
+    d.wait_for("a later probe shown", |d| last_probe(d) >= first + 300);
+    assert_eq!(probes_journaled(), journaled);
+}
+
+#[test]
 fn auth_needs_a_token_read_only_cannot_change_and_operators_are_audited() {
     let dir = tempfile::tempdir().unwrap();
     let d = TestDaemon::start(dir.path(), CONFIG);
