@@ -318,6 +318,13 @@ pub struct Generator {
 
 impl Generator {
     pub fn new(config: SynthConfig) -> Result<Self, SynthError> {
+        if config.vms == 0 {
+            return Err(SynthError {
+                field: "vms",
+                value: 0.0,
+                expected: "at least 1",
+            });
+        }
         let rate_ok =
             config.peak_changes_per_hour.is_finite() && config.peak_changes_per_hour > 0.0;
         if !rate_ok {
@@ -566,7 +573,7 @@ mod tests {
 
     #[test]
     fn output_is_a_valid_trace_with_exactly_the_asked_vms() {
-        for vms in [0, 1, 54, 55, 56, 20_000] {
+        for vms in [1, 54, 55, 56, 20_000] {
             let bytes = write(SynthConfig::new(vms, 3));
             let reader = BerthReader::new(bytes.as_slice(), "synth").expect("header");
             assert!(reader.header().synthetic);
@@ -652,6 +659,13 @@ mod tests {
 
     #[test]
     fn rejects_out_of_range_config() {
+        let e = Generator::new(SynthConfig::new(0, 1))
+            .err()
+            .expect("no vms");
+        assert_eq!(
+            e.to_string(),
+            "synthetic workload: `vms` is 0; expected at least 1"
+        );
         let bad = SynthConfig {
             failure_rate: 1.5,
             ..SynthConfig::default()
