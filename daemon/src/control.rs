@@ -328,13 +328,9 @@ impl Control {
     ///
     /// - a VM in `placed` or `provisioning` is provisioned again (drivers adopt a VM that
     ///   exists already), one in `releasing` is destroyed again (gone is fine);
-    /// - a `booting` VM that exists is waited for again; one that is missing gets a failed
-    ///   boot (`BootDone` with a host failure), so the scheduler destroys and retries it
-    ///   within the request's budget;
-    /// - a `running` VM that is missing gets `JobFinished { passed: false }` (and a release,
-    ///   if its request holds failed VMs at a breakpoint), a `held` one a release: the
-    ///   scheduler has no input for "this one VM is gone", and these end it without blaming
-    ///   the host (see the daemon's notes on the missing `VmLost` input);
+    /// - a `booting`, `running` or `held` VM that exists is adopted (a booting one is waited
+    ///   for again); one that is missing is lost (`VmLost`): the scheduler ends it as `lost`
+    ///   and replaces it within its request's retry budget, without blaming the host;
     /// - a `berth-vm*` VM that berth does not record on that host is an orphan and destroyed.
     ///
     /// A host whose `list` fails is taken to run what is recorded: its in-flight calls are
@@ -394,34 +390,11 @@ impl Control {
                         resumed += 1;
                         self.workers.send(vm, host, VmOp::Boot);
                     }
-                    VmState::Booting => {
-                        missing += 1;
-                        inputs.push(WireInput::BootDone {
-                            vm: vm.0,
-                            result: Err(crate::wire::WireFailure {
-                                kind: crate::wire::WireFailureKind::Host,
-                                message: "vm missing when the daemon restarted".into(),
-                            }),
-                        });
-                    }
                     VmState::Running | VmState::Held if here => adopted += 1,
-                    VmState::Running => {
+                    VmState::Booting | VmState::Running | VmState::Held => {
                         missing += 1;
-                        inputs.push(WireInput::JobFinished {
-                            vm: vm.0,
-                            passed: false,
-                        });
-                        let holds = self
-                            .s
-                            .request(request)
-                            .is_some_and(|r| r.spec.hold_on_failure.is_some());
-                        if holds {
-                            inputs.push(WireInput::Release { vm: vm.0 });
-                        }
-                    }
-                    VmState::Held => {
-                        missing += 1;
-                        inputs.push(WireInput::Release { vm: vm.0 });
+                        tracing::warn!(vm = %vm_name(vm.0), host = %host, state = state.name(), "vm missing from its host: lost");
+                        inputs.push(WireInput::VmLost { vm: vm.0 });
                     }
                     VmState::Releasing => {
                         resumed += 1;
@@ -814,7 +787,8 @@ fn target_of(input: &WireInput) -> String {
         | WireInput::RemoveHost { host } => format!("h{host}"),
         WireInput::Release { vm }
         | WireInput::Extend { vm, .. }
-        | WireInput::JobFinished { vm, .. } => vm_name(*vm),
+        | WireInput::JobFinished { vm, .. }
+        | WireInput::VmLost { vm } => vm_name(*vm),
         _ => String::new(),
     }
 }

@@ -209,6 +209,12 @@ pub fn export(db: &Path, since_ms: Option<u64>) -> Result<Export, DaemonError> {
                         }
                     }
                 }
+                WireInput::VmLost { vm } => {
+                    // Its replacement's job stands for it.
+                    if let Some(acc) = vm_request.get(vm).and_then(|r| requests.get_mut(r)) {
+                        acc.running.remove(vm);
+                    }
+                }
                 WireInput::JobFinished { vm, passed } => {
                     if let Some(acc) = vm_request.get(vm).and_then(|r| requests.get_mut(r))
                         && let Some(since) = acc.running.remove(vm)

@@ -383,6 +383,10 @@ pub enum WireInput {
         vm: u64,
         result: Result<(), WireFailure>,
     },
+    /// A booted VM was missing from its host.
+    VmLost {
+        vm: u64,
+    },
     SetTemplate {
         template: WireTemplate,
     },
@@ -430,6 +434,7 @@ impl WireInput {
                 vm: VmId(*vm),
                 result: result_of(result),
             },
+            WireInput::VmLost { vm } => Input::VmLost(VmId(*vm)),
             WireInput::SetTemplate { template } => Input::SetTemplate(template.to_template()?),
             WireInput::Tick => Input::Tick,
         })
@@ -453,6 +458,7 @@ impl WireInput {
             WireInput::Release { .. } => "release",
             WireInput::Extend { .. } => "extend",
             WireInput::DestroyDone { .. } => "destroy_done",
+            WireInput::VmLost { .. } => "vm_lost",
             WireInput::SetTemplate { .. } => "set_template",
             WireInput::Tick => "tick",
         }

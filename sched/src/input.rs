@@ -45,6 +45,10 @@ pub enum Input {
         vm: VmId,
         result: Result<(), Failure>,
     },
+    /// A booted VM vanished from its host (missing when the daemon looked, or deleted behind
+    /// berth's back): it is lost and replaced within its request's retry budget, like the VMs
+    /// of a failed host, without blaming the host. A VM that was being released just ends.
+    VmLost(VmId),
     /// Add or replace a template.
     SetTemplate(Template),
     /// Time passed: fire due timers (request deadlines, breakpoint expiry, aging).

@@ -288,7 +288,8 @@ pub enum VmState {
     Done,
     /// Provisioning or boot failed past the retry budget, or the request failed.
     Failed,
-    /// Its host went to `Error` or offline; the request may retry it.
+    /// Its host went to `Error` or offline, or it vanished from its host; the request may retry
+    /// it.
     Lost,
     Cancelled,
 }

@@ -96,6 +96,8 @@ pub enum Cause {
     DestroyFailed(Failure),
     /// Its host went to `Error` or was taken offline.
     HostLost(HostId),
+    /// It vanished from its host (`Input::VmLost`).
+    Vanished,
     Cancelled,
     /// Still waiting at its pending deadline.
     Deadline,
@@ -136,6 +138,7 @@ impl fmt::Display for Cause {
             Cause::BootFailed(e) => write!(f, "boot failed: {e}"),
             Cause::DestroyFailed(e) => write!(f, "destroy failed: {e}"),
             Cause::HostLost(h) => write!(f, "host {h} lost"),
+            Cause::Vanished => f.write_str("vanished from its host"),
             Cause::Cancelled => f.write_str("cancelled"),
             Cause::Deadline => f.write_str("pending deadline passed"),
             Cause::NeverFits(why) => write!(f, "no host could ever fit it: {why}"),

@@ -263,6 +263,7 @@ impl Scheduler {
             Input::Release(vm) => self.release(vm),
             Input::Extend { vm, by_ms } => self.extend(vm, by_ms),
             Input::DestroyDone { vm, result } => self.destroy_done(vm, result),
+            Input::VmLost(vm) => self.vm_lost(vm),
             Input::SetTemplate(t) => self.set_template(t),
             Input::Tick => {
                 self.tick();
@@ -1133,44 +1134,67 @@ impl Scheduler {
         let mut vms = self.fleet.hosts[idx].vms.clone();
         vms.sort_unstable();
         for vm in vms {
-            let Some(v) = self.vms.get(&vm) else { continue };
-            let request = v.request;
-            let (state, after) = (v.state, v.after_destroy);
-            self.free_capacity(vm);
-            self.actions
-                .push_back(Action::Destroy { vm, host: host_id });
-            let ended_anyway = match (state, after) {
-                (VmState::Releasing, AfterDestroy::End(to)) => Some(to),
-                _ => None,
-            };
-            match ended_anyway {
-                Some(to) => {
-                    self.vm_to(vm, to, Cause::HostLost(host_id));
-                    self.forget_vm(vm);
-                    self.maybe_finish(request);
-                }
-                None => {
-                    self.vm_to(vm, VmState::Lost, Cause::HostLost(host_id));
-                    self.forget_vm(vm);
-                    let retry = self.requests.get(&request).is_some_and(|r| {
-                        r.retries_used < self.config.vm_retries_max && r.ending.is_none()
-                    });
-                    if retry {
-                        if let Some(r) = self.requests.get_mut(&request) {
-                            r.retries_used += 1;
-                            // The lost VM counted as failed in forget_vm; its replacement
-                            // stands in for it.
-                            r.vms_failed = r.vms_failed.saturating_sub(1);
-                            r.live += 1;
-                        }
-                        let new = self.new_vm(request, Cause::Retry { of: vm });
-                        self.enqueue_vm(request, new);
-                    } else {
-                        self.maybe_finish(request);
+            self.lose_vm(vm, Cause::HostLost(host_id));
+        }
+    }
+
+    /// A VM is gone from its host: destroyed there to be sure (gone is fine), ended as lost
+    /// and replaced within its request's retry budget; one being released just ends.
+    fn lose_vm(&mut self, vm: VmId, cause: Cause) {
+        let Some(v) = self.vms.get(&vm) else { return };
+        let Some(host_idx) = v.host else { return };
+        let host_id = self.fleet.hosts[host_idx].spec.id;
+        let request = v.request;
+        let (state, after) = (v.state, v.after_destroy);
+        self.free_capacity(vm);
+        self.actions
+            .push_back(Action::Destroy { vm, host: host_id });
+        let ended_anyway = match (state, after) {
+            (VmState::Releasing, AfterDestroy::End(to)) => Some(to),
+            _ => None,
+        };
+        match ended_anyway {
+            Some(to) => {
+                self.vm_to(vm, to, cause);
+                self.forget_vm(vm);
+                self.maybe_finish(request);
+            }
+            None => {
+                self.vm_to(vm, VmState::Lost, cause);
+                self.forget_vm(vm);
+                let retry = self.requests.get(&request).is_some_and(|r| {
+                    r.retries_used < self.config.vm_retries_max && r.ending.is_none()
+                });
+                if retry {
+                    if let Some(r) = self.requests.get_mut(&request) {
+                        r.retries_used += 1;
+                        // The lost VM counted as failed in forget_vm; its replacement
+                        // stands in for it.
+                        r.vms_failed = r.vms_failed.saturating_sub(1);
+                        r.live += 1;
                     }
+                    let new = self.new_vm(request, Cause::Retry { of: vm });
+                    self.enqueue_vm(request, new);
+                } else {
+                    self.maybe_finish(request);
                 }
             }
         }
+    }
+
+    fn vm_lost(&mut self, vm: VmId) -> Result<(), InputError> {
+        self.vm_in(
+            vm,
+            &[
+                VmState::Booting,
+                VmState::Running,
+                VmState::Held,
+                VmState::Releasing,
+            ],
+            "lose a vm",
+        )?;
+        self.lose_vm(vm, Cause::Vanished);
+        Ok(())
     }
 
     fn drain(&mut self, id: HostId) -> Result<(), InputError> {

@@ -810,7 +810,7 @@ fn a_restart_replays_the_journal_to_the_same_state() {
 }
 
 #[test]
-fn reconciliation_destroys_orphans_and_ends_missing_vms() {
+fn reconciliation_destroys_orphans_and_replaces_missing_vms() {
     let dir = tempfile::tempdir().unwrap();
     let d = TestDaemon::start(dir.path(), CONFIG);
     let r = d.ok(
@@ -841,9 +841,18 @@ fn reconciliation_destroys_orphans_and_ends_missing_vms() {
         world.plant(&host, "someone-elses-vm");
     }
     let d = TestDaemon::start(dir.path(), CONFIG);
-    d.wait_for("missing vm ended", |d| {
-        let s = d.vm_state(gone);
-        s == "done" || s == "failed" || s == "lost"
+    // The missing VM is lost, not failed: the host is not blamed and a replacement runs.
+    d.wait_for("missing vm lost", |d| d.vm_state(gone) == "lost");
+    let v = d.ok("GET", &format!("/v1/vms/{gone}"), None);
+    assert_eq!(v["cause"], "vanished from its host", "{v}");
+    d.wait_for("a replacement running", |d| {
+        d.ok("GET", &format!("/v1/requests/{id}"), None)["vms"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|v| v["state"] == "running")
+            .count()
+            == 2
     });
     assert_eq!(d.vm_state(kept), "running");
     d.stop();

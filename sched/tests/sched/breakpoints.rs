@@ -47,6 +47,29 @@ fn held_vm() -> World {
 }
 
 #[test]
+fn a_held_vm_that_vanished_is_lost_and_its_hold_ends_with_it() {
+    let mut w = held_vm();
+    let out = w.at(2_000).input(Input::VmLost(VmId(1)));
+    expect![[r#"
+        vm1 r1@h1 held -> lost (vanished from its host)
+        vm2 r1 new -> queued (retry of vm1)
+        r1 active -> waiting (a vm went back to the queue)
+        vm2 r1@h1 queued -> placed (placed)
+        r1 waiting -> active (all vms placed)
+    "#]]
+    .assert_eq(&out.log());
+    // Like the held VMs of a failed host, it is replaced within the retry budget.
+    assert_eq!(w.host(1).n_vms, 1);
+    // Its hold timer firing later finds nothing to do.
+    let out = w.tick_at(1_000 + HOUR_MS);
+    assert!(
+        out.events
+            .iter()
+            .all(|e| !matches!(e, Event::Vm { vm: VmId(1), .. }))
+    );
+}
+
+#[test]
 fn a_failed_job_is_held_until_released() {
     let mut w = held_vm();
     let v = w.s.vm(VmId(1)).unwrap();

@@ -425,6 +425,65 @@ fn offline_loses_the_vms_at_once() {
 }
 
 #[test]
+fn a_vm_that_vanished_is_lost_and_replaced_without_blaming_its_host() {
+    let mut w = two_hosts_running_r1();
+    let out = w.at(50).input(Input::VmLost(VmId(1)));
+    assert_eq!(
+        out.events[0],
+        Event::Vm {
+            at_ms: 50,
+            vm: VmId(1),
+            request: RequestId(1),
+            host: Some(HostId(1)),
+            from: Some(VmState::Running),
+            to: VmState::Lost,
+            cause: Cause::Vanished,
+        }
+    );
+    // Destroyed to be sure (gone is fine for a driver), replaced, and on the same host: it is
+    // not to blame.
+    assert_eq!(out.destroys(), vec![(VmId(1), HostId(1))]);
+    assert_eq!(out.provisions(), vec![(VmId(3), HostId(1))]);
+    assert_eq!(w.host(1).state, HostState::Ready);
+    assert_eq!(w.host(1).provision_failures, 0);
+    assert_eq!(w.vm_state(VmId(2)), Some(VmState::Running));
+    // Once lost, it is unknown: a late completion or a second loss is refused.
+    assert_eq!(
+        w.try_input(Input::VmLost(VmId(1))).err(),
+        Some(InputError::UnknownVm(VmId(1)))
+    );
+    // A VM not yet on a host cannot vanish from one.
+    let out = w.submit(RequestSpec::new(2, "linux", 1));
+    let (queued, _) = out.provisions()[0];
+    assert!(matches!(
+        w.try_input(Input::VmLost(queued)),
+        Err(InputError::WrongState { .. })
+    ));
+}
+
+#[test]
+fn vanished_vms_beyond_the_retry_budget_fail_their_request() {
+    let mut w = two_hosts_running_r1();
+    // vm_retries_max is 2: two replacements, then the request fails.
+    let mut vm = VmId(1);
+    for replacement in [3, 4] {
+        let out = w.input(Input::VmLost(vm));
+        assert_eq!(out.provisions()[0].0, VmId(replacement));
+        vm = VmId(replacement);
+        w.bring_up(vm);
+    }
+    let out = w.input(Input::VmLost(vm));
+    assert!(out.provisions().is_empty(), "no third replacement");
+    let out = w.finish(VmId(2));
+    expect![[r#"
+        vm2 r1@h1 running -> releasing (job passed)
+        vm2 r1 releasing -> done (destroyed)
+        r1 active -> failed (retry budget exhausted)
+    "#]]
+    .assert_eq(&out.log());
+}
+
+#[test]
 fn a_host_is_removed_only_when_it_holds_no_vms() {
     let mut w = two_hosts_running_r1();
     assert_eq!(

@@ -10,7 +10,7 @@ use std::fmt::Write as _;
 use berth_sched::{
     Blocker, Cause, Config, DriverKind, Event, Failure, FailureKind, Hold, HostSpec, Input, Label,
     Policy, ProbeReport, RequestId, RequestSpec, RequestState, ScanOrder, Scheduler, Shape,
-    Template, VmState, Weights,
+    Template, VmState, VmView, Weights,
 };
 use proptest::prelude::*;
 
@@ -47,6 +47,10 @@ pub enum Op {
     Step {
         pick: usize,
         outcome: u8,
+    },
+    /// The `pick`-th VM that is on a host vanishes from it (refused unless it has booted).
+    Vanish {
+        pick: usize,
     },
     ProbeFail {
         host: usize,
@@ -193,6 +197,7 @@ fn op() -> impl Strategy<Value = Op> {
         3 => add_host(),
         6 => submit,
         14 => (any::<usize>(), any::<u8>()).prop_map(|(pick, outcome)| Op::Step { pick, outcome }),
+        1 => any::<usize>().prop_map(|pick| Op::Vanish { pick }),
         1 => any::<usize>().prop_map(|host| Op::ProbeFail { host }),
         1 => (any::<usize>(), 0u8..8).prop_map(|(host, images)| Op::ProbeOk { host, images }),
         1 => any::<usize>().prop_map(|host| Op::Drain { host }),
@@ -304,6 +309,17 @@ impl Run {
         (!self.hosts.is_empty()).then(|| &self.hosts[i % self.hosts.len()])
     }
 
+    /// The `pick`-th VM that is on a host (placed or further), if any.
+    fn vm_on_host(&self, pick: usize) -> Option<VmView> {
+        let on_hosts: Vec<_> = self
+            .s
+            .vms()
+            .into_iter()
+            .filter(|v| v.state != VmState::Queued)
+            .collect();
+        (!on_hosts.is_empty()).then(|| on_hosts[pick % on_hosts.len()])
+    }
+
     /// The input an op stands for in the current state (`None`: nothing to do).
     fn input_for(&mut self, op: &Op) -> Option<Input> {
         Some(match *op {
@@ -374,16 +390,7 @@ impl Run {
                 Input::Submit(spec)
             }
             Op::Step { pick, outcome } => {
-                let on_hosts: Vec<_> = self
-                    .s
-                    .vms()
-                    .into_iter()
-                    .filter(|v| v.state != VmState::Queued)
-                    .collect();
-                if on_hosts.is_empty() {
-                    return None;
-                }
-                let v = on_hosts[pick % on_hosts.len()];
+                let v = self.vm_on_host(pick)?;
                 let vm = v.id;
                 let o = outcome % 8;
                 match v.state {
@@ -414,6 +421,7 @@ impl Run {
                     _ => Input::BootDone { vm, result: Ok(()) },
                 }
             }
+            Op::Vanish { pick } => Input::VmLost(self.vm_on_host(pick)?.id),
             Op::ProbeFail { host } => Input::Probe {
                 host: self.host_at(host)?.id,
                 result: Err("unreachable".into()),
