@@ -138,6 +138,10 @@ pub struct ProbeSection {
     /// After start, failed probes are not reported for this long, so hosts are not declared
     /// dead for the daemon's own downtime.
     pub startup_grace_ms: u64,
+    /// How often a host that answers its probes is also listed, so that VMs deleted behind
+    /// berth's back are noticed (lost and replaced) and strays destroyed; 0: only at start
+    /// and when a host comes back from error.
+    pub list_interval_ms: u64,
 }
 
 impl Default for ProbeSection {
@@ -146,6 +150,7 @@ impl Default for ProbeSection {
             interval_ms: 10_000,
             timeout_ms: 5_000,
             startup_grace_ms: 30_000,
+            list_interval_ms: 60_000,
         }
     }
 }

@@ -124,9 +124,14 @@ pub(crate) enum Msg {
         query: Query,
         reply: oneshot::Sender<Answer>,
     },
-    /// What a host runs (its berth VMs' ids), listed after it came back from error: those the
-    /// scheduler does not have there are orphans (their destroy failed while it was away).
-    Listed { host: HostId, vms: Vec<u64> },
+    /// What a host runs (its berth VMs' ids), listed from `started_ms` on: those the scheduler
+    /// does not have there are orphans (a destroy that failed while it was away), and booted
+    /// VMs it has there that are missing were lost (see `Control::lose_missing`).
+    Listed {
+        host: HostId,
+        vms: Vec<u64>,
+        started_ms: u64,
+    },
     /// An operator read worth recording (a console password handed out): written to the audit
     /// table with the next batch.
     Audit(AuditRow),
@@ -186,6 +191,10 @@ pub(crate) struct Control {
     pub(crate) observers: Option<crate::hooks::Observers>,
     /// When each host last answered a probe that changed nothing (see `Msg::ProbeAnswered`).
     probe_answered: HashMap<u64, u64>,
+    /// When each live VM was started on its host (went to `booting`), for telling a VM that
+    /// vanished from one that a listing started before it existed. VMs from before a restart
+    /// have none: they were there before any listing since.
+    started_ms: HashMap<u64, u64>,
 }
 
 /// A template as the daemon keeps it beside the scheduler: what placement needs, and what
@@ -280,6 +289,7 @@ impl Control {
             hosts,
             observers: None,
             probe_answered: HashMap::new(),
+            started_ms: HashMap::new(),
         })
     }
 
@@ -415,6 +425,38 @@ impl Control {
             self.process(inputs.into_iter().map(Msg::internal).collect())?;
         }
         Ok(())
+    }
+
+    /// Loses the booted VMs the scheduler has on `host` that a listing started at `started_ms`
+    /// did not show. Only VMs started on the host before the listing began count: one started
+    /// since may simply not have been there yet. `booting` VMs are left to their boot call,
+    /// `releasing` ones to their destroy.
+    fn lose_missing(
+        &mut self,
+        now: u64,
+        host: HostId,
+        listed: &[u64],
+        started_ms: u64,
+        commit: &mut Commit,
+    ) {
+        let Some(h) = self.s.host(host) else { return };
+        let listed: BTreeSet<u64> = listed.iter().copied().collect();
+        let missing: Vec<VmId> = h
+            .vms
+            .iter()
+            .copied()
+            .filter(|vm| !listed.contains(&vm.0))
+            .filter(|vm| self.started_ms.get(&vm.0).is_none_or(|&t| t < started_ms))
+            .filter(|&vm| {
+                self.s
+                    .vm(vm)
+                    .is_some_and(|v| matches!(v.state, VmState::Running | VmState::Held))
+            })
+            .collect();
+        for vm in missing {
+            tracing::warn!(vm = %vm_name(vm.0), host = %host, "vm missing from its host: lost");
+            let _ = self.apply(now, WireInput::VmLost { vm: vm.0 }, commit);
+        }
     }
 
     /// Destroys the listed VMs that the scheduler does not have on `host`.
@@ -554,7 +596,14 @@ impl Control {
                     }
                 }
                 Msg::Query { query, reply } => queries.push((query, reply)),
-                Msg::Listed { host, vms } => listings.push((host, vms)),
+                Msg::Listed {
+                    host,
+                    vms,
+                    started_ms,
+                } => {
+                    self.lose_missing(now, host, &vms, started_ms, &mut commit);
+                    listings.push((host, vms));
+                }
                 Msg::Audit(row) => commit.audits.push(row),
                 Msg::ProbeAnswered { host } => {
                     self.probe_answered.insert(host.0, now);
@@ -600,6 +649,17 @@ impl Control {
                     from: Some(HostState::Error | HostState::Unknown),
                     ..
                 } => self.workers.list_later(*host),
+                Event::Vm {
+                    vm,
+                    to: VmState::Booting,
+                    at_ms,
+                    ..
+                } => {
+                    self.started_ms.insert(vm.0, *at_ms);
+                }
+                Event::Vm { vm, to, .. } if to.is_terminal() => {
+                    self.started_ms.remove(&vm.0);
+                }
                 _ => {}
             }
             if self.events_tx.receiver_count() > 0 {

@@ -128,16 +128,10 @@ impl Workers {
             return;
         };
         let (driver, tx) = (w.driver.clone(), self.tx.clone());
+        let timeout = Duration::from_millis(self.probe.timeout_ms.max(1));
         tokio::spawn(async move {
-            match driver.list().await {
-                Ok(listing) => {
-                    let vms = listing
-                        .iter()
-                        .filter_map(|l| berth_drivers::parse_vm_name(&l.name))
-                        .collect();
-                    let _ = tx.send(Msg::Listed { host: id, vms }).await;
-                }
-                Err(e) => tracing::warn!(host = %id, error = %e, "cannot list vms"),
+            if let Some(listed) = list_host(id, driver.as_ref(), timeout).await {
+                let _ = tx.send(listed).await;
             }
         });
     }
@@ -283,8 +277,34 @@ async fn vm_task(
     }
 }
 
+/// Lists a host's berth VMs (`Msg::Listed`), or logs why it could not.
+async fn list_host(host: HostId, driver: &dyn Driver, timeout: Duration) -> Option<Msg> {
+    let started_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    match tokio::time::timeout(timeout, driver.list()).await {
+        Ok(Ok(listing)) => Some(Msg::Listed {
+            host,
+            vms: listing
+                .iter()
+                .filter_map(|l| berth_drivers::parse_vm_name(&l.name))
+                .collect(),
+            started_ms,
+        }),
+        Ok(Err(e)) => {
+            tracing::warn!(host = %host, error = %e, "cannot list vms");
+            None
+        }
+        Err(_) => {
+            tracing::warn!(host = %host, timeout_ms = timeout.as_millis() as u64, "listing vms timed out");
+            None
+        }
+    }
+}
+
 /// Probes one host every interval and reports the result; during the start-up grace period
 /// failures are not reported, so the daemon's own downtime does not count against hosts.
+/// A host that answers is also listed every `list_interval_ms`.
 async fn probe_loop(
     host: HostId,
     driver: Arc<dyn Driver>,
@@ -297,6 +317,8 @@ async fn probe_loop(
     let timeout = Duration::from_millis(probe.timeout_ms.max(1));
     let mut last_ok: Option<WireProbe> = None;
     let mut first = true;
+    // Recovery lists every host at start.
+    let mut listed_at = Instant::now();
     loop {
         let mut forced = first;
         if !first {
@@ -315,6 +337,16 @@ async fn probe_loop(
             Ok(Err(e)) => Err(e.to_string()),
             Err(_) => Err(format!("probe timed out after {} ms", probe.timeout_ms)),
         };
+        let list_due = probe.list_interval_ms > 0
+            && listed_at.elapsed() >= Duration::from_millis(probe.list_interval_ms);
+        if result.is_ok() && list_due {
+            listed_at = Instant::now();
+            if let Some(listed) = list_host(host, driver.as_ref(), timeout).await
+                && tx.send(listed).await.is_err()
+            {
+                return;
+            }
+        }
         match &result {
             Err(message) if Instant::now() < grace_until => {
                 tracing::info!(host = %host, error = %message, "probe failed within the start-up grace period");

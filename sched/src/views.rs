@@ -29,6 +29,8 @@ pub struct HostView<'a> {
     pub slots: Vec<(&'a str, i64, i64)>,
     pub provisioning: u32,
     pub n_vms: usize,
+    /// Its VMs (placed or further, not yet ended), in no particular order.
+    pub vms: &'a [VmId],
     pub labels: &'a [Label],
     pub last_probe_ms: Option<u64>,
     pub probe_failures: u32,
@@ -155,6 +157,7 @@ fn host_view<'a>(s: &'a Scheduler, h: &'a Host) -> HostView<'a> {
         slots,
         provisioning: h.provisioning,
         n_vms: h.vms.len(),
+        vms: &h.vms,
         labels: &h.spec.labels,
         last_probe_ms: h.last_probe_ms,
         probe_failures: h.probe_failures,

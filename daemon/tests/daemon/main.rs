@@ -865,6 +865,56 @@ fn reconciliation_destroys_orphans_and_replaces_missing_vms() {
 }
 
 #[test]
+fn a_vm_deleted_behind_the_daemons_back_is_noticed_while_it_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = CONFIG.replace(
+        "startup_grace_ms = 0",
+        "startup_grace_ms = 0\nlist_interval_ms = 200",
+    );
+    let d = TestDaemon::start(dir.path(), &config);
+    let r = d.ok(
+        "POST",
+        "/v1/requests",
+        Some(json!({"template": "linux", "count": 2, "hold_on_failure": true})),
+    );
+    let id = r["id"].as_u64().unwrap();
+    let running = |d: &TestDaemon| -> Vec<(u64, String)> {
+        d.ok("GET", &format!("/v1/requests/{id}"), None)["vms"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|v| v["state"] == "running")
+            .map(|v| {
+                (
+                    v["id"].as_u64().unwrap(),
+                    v["host"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect()
+    };
+    d.wait_for("two running", |d| running(d).len() == 2);
+    let vms = running(&d);
+    let ((gone, host), (kept, _)) = (vms[0].clone(), vms[1].clone());
+    // Someone deletes a running VM on its host and leaves a stray with berth's prefix.
+    d.sim().vanish(&host, &format!("berth-vm{gone}"));
+    d.sim().plant(&host, "berth-vm77777");
+    d.wait_for("the deleted vm lost", |d| d.vm_state(gone) == "lost");
+    assert_eq!(
+        d.ok("GET", &format!("/v1/vms/{gone}"), None)["cause"],
+        "vanished from its host"
+    );
+    d.wait_for("a replacement running", |d| running(d).len() == 2);
+    d.wait_for("the stray destroyed", |d| {
+        !d.sim()
+            .inventory(&host)
+            .contains(&"berth-vm77777".to_owned())
+    });
+    assert_eq!(d.vm_state(kept), "running");
+    // Not a host failure: the host stays ready.
+    assert_eq!(d.host_state(&host), "ready");
+}
+
+#[test]
 fn a_host_that_stops_answering_goes_to_error_and_its_vms_are_retried_elsewhere() {
     use berth_drivers::sim::{SimFault, SimOp};
     let dir = tempfile::tempdir().unwrap();
