@@ -527,7 +527,8 @@ struct HostAddArgs {
     /// libvirt: the directory of base images and overlays on the host.
     #[arg(long)]
     image_dir: Option<String>,
-    /// libvirt: kvm or qemu (emulation, for hosts without working KVM).
+    /// libvirt: kvm or qemu for templates that do not choose (qemu: emulation, for hosts
+    /// without working KVM).
     #[arg(long)]
     domain_type: Option<String>,
     /// parallels: where to log in, USER@HOST[:PORT].

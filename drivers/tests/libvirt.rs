@@ -23,6 +23,7 @@ use std::time::Instant;
 use berth_drivers::libvirt::{DomainType, LibvirtConfig, LibvirtHost};
 use berth_drivers::{Driver, DriverError, VmRecipe, vm_name};
 use berth_sched::{GuestOs, Shape};
+use sshd_fixture::LibvirtSsh;
 use virt::connect::Connect;
 use virt::storage_vol::StorageVol;
 
@@ -489,65 +490,6 @@ async fn qemu_guests_provisioned_at_once_with_a_probe_all_boot_and_go() {
     }
 }
 
-/// How libvirt reaches the fixture's sshd.
-#[derive(Clone, Copy, Debug)]
-enum Transport {
-    /// `qemu+ssh://`: libvirt runs the system `ssh` client.
-    Ssh,
-    /// `qemu+libssh2://`: libvirt speaks SSH itself.
-    Libssh2,
-}
-
-/// A URI for this machine's `qemu:///system` through the fixture's sshd, trusting the host
-/// keys in `known_hosts`. For `qemu+ssh`, libvirt's `command` parameter points at a wrapper
-/// that gives `ssh` the test's own client configuration, as `~/.ssh/config` would an
-/// operator's.
-fn ssh_uri(fx: &sshd_fixture::Fixture, transport: Transport, known_hosts: &Path) -> String {
-    let key = fx.path("user_key");
-    let authority = format!("{}@{}:{}", fx.user, fx.listen_ip, fx.port);
-    match transport {
-        Transport::Ssh => {
-            let config = known_hosts.with_extension("ssh_config");
-            std::fs::write(
-                &config,
-                format!(
-                    "UserKnownHostsFile {}\nStrictHostKeyChecking yes\nIdentitiesOnly yes\n",
-                    known_hosts.display()
-                ),
-            )
-            .expect("ssh config");
-            let wrapper = known_hosts.with_extension("ssh");
-            std::fs::write(
-                &wrapper,
-                format!("#!/bin/sh\nexec ssh -F {} \"$@\"\n", config.display()),
-            )
-            .expect("ssh wrapper");
-            std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755))
-                .expect("chmod");
-            format!(
-                "qemu+ssh://{authority}/system?keyfile={}&command={}",
-                key.display(),
-                wrapper.display()
-            )
-        }
-        Transport::Libssh2 => format!(
-            "qemu+libssh2://{authority}/system?keyfile={}&known_hosts={}&sshauth=privkey",
-            key.display(),
-            known_hosts.display()
-        ),
-    }
-}
-
-/// The fixture's host key, as known_hosts lists it.
-fn host_key(fx: &sshd_fixture::Fixture) -> String {
-    let public = std::fs::read_to_string(fx.path("host_key.pub")).expect("host key");
-    public
-        .split_whitespace()
-        .take(2)
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
 #[tokio::test]
 async fn qemu_over_ssh_boots_a_tiny_guest_and_destroy_removes_it() {
     let Some((local_uri, image)) = live_or_skip("qemu_over_ssh_boots_a_tiny_guest") else {
@@ -556,8 +498,8 @@ async fn qemu_over_ssh_boots_a_tiny_guest_and_destroy_removes_it() {
     let Some(fx) = sshd_fixture::Fixture::start() else {
         return;
     };
-    let known_hosts = fx.known_hosts_with("known_hosts", &host_key(&fx));
-    let uri = ssh_uri(&fx, Transport::Ssh, &known_hosts);
+    let known_hosts = fx.known_hosts_with("known_hosts", &fx.host_key());
+    let uri = fx.libvirt_uri(LibvirtSsh::Ssh, &known_hosts);
     let live = LiveHost::new(uri, &image);
     let host = &live.host;
 
@@ -624,13 +566,13 @@ async fn a_changed_or_unknown_ssh_host_key_is_a_host_error_naming_the_host() {
     let unknown = fx.known_hosts_with("unknown_known_hosts", "");
     std::fs::write(&unknown, "").expect("empty known_hosts");
     let cases = [
-        (Transport::Ssh, &changed),
-        (Transport::Ssh, &unknown),
-        (Transport::Libssh2, &changed),
-        (Transport::Libssh2, &unknown),
+        (LibvirtSsh::Ssh, &changed),
+        (LibvirtSsh::Ssh, &unknown),
+        (LibvirtSsh::Libssh2, &changed),
+        (LibvirtSsh::Libssh2, &unknown),
     ];
     for (transport, known_hosts) in cases {
-        let uri = ssh_uri(&fx, transport, known_hosts);
+        let uri = fx.libvirt_uri(transport, known_hosts);
         let mut config = LibvirtConfig::new(&uri, "/var/lib/berth/images");
         config.call_timeout_ms = 30_000;
         let host = LibvirtHost::new("t1", config);

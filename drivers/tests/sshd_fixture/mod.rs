@@ -109,6 +109,15 @@ pub fn initial_state() -> serde_json::Value {
     })
 }
 
+/// How libvirt reaches the fixture's sshd.
+#[derive(Clone, Copy, Debug)]
+pub enum LibvirtSsh {
+    /// `qemu+ssh://`: libvirt runs the system `ssh` client.
+    Ssh,
+    /// `qemu+libssh2://`: libvirt speaks SSH itself.
+    Libssh2,
+}
+
 /// A network namespace with a veth pair to it: `outer` on our side, `inner` in the namespace.
 pub struct NetNs {
     pub name: String,
@@ -348,14 +357,57 @@ impl Fixture {
         path
     }
 
-    pub fn config(&self) -> ParallelsConfig {
+    /// The sshd's host key, as known_hosts lists it.
+    pub fn host_key(&self) -> String {
         let host_pub = fs::read_to_string(self.path("host_key.pub")).unwrap();
-        let key = host_pub
+        host_pub
             .split_whitespace()
             .take(2)
             .collect::<Vec<_>>()
-            .join(" ");
-        let known_hosts = self.known_hosts_with("known_hosts", &key);
+            .join(" ")
+    }
+
+    /// A libvirt URI for this machine's `qemu:///system` through the sshd, trusting the host
+    /// keys in `known_hosts`, as a remote libvirt host is reached. For `qemu+ssh`, libvirt's
+    /// `command` parameter points at a wrapper that gives `ssh` the test's own client
+    /// configuration, as `~/.ssh/config` would an operator's.
+    pub fn libvirt_uri(&self, transport: LibvirtSsh, known_hosts: &Path) -> String {
+        let key = self.path("user_key");
+        let authority = format!("{}@{}:{}", self.user, self.listen_ip, self.port);
+        match transport {
+            LibvirtSsh::Ssh => {
+                let config = known_hosts.with_extension("ssh_config");
+                fs::write(
+                    &config,
+                    format!(
+                        "UserKnownHostsFile {}\nStrictHostKeyChecking yes\nIdentitiesOnly yes\n",
+                        known_hosts.display()
+                    ),
+                )
+                .unwrap();
+                let wrapper = known_hosts.with_extension("ssh");
+                fs::write(
+                    &wrapper,
+                    format!("#!/bin/sh\nexec ssh -F {} \"$@\"\n", config.display()),
+                )
+                .unwrap();
+                fs::set_permissions(&wrapper, fs::Permissions::from_mode(0o755)).unwrap();
+                format!(
+                    "qemu+ssh://{authority}/system?keyfile={}&command={}",
+                    key.display(),
+                    wrapper.display()
+                )
+            }
+            LibvirtSsh::Libssh2 => format!(
+                "qemu+libssh2://{authority}/system?keyfile={}&known_hosts={}&sshauth=privkey",
+                key.display(),
+                known_hosts.display()
+            ),
+        }
+    }
+
+    pub fn config(&self) -> ParallelsConfig {
+        let known_hosts = self.known_hosts_with("known_hosts", &self.host_key());
         let mut c =
             ParallelsConfig::new(&format!("{}@{}:{}", self.user, self.listen_ip, self.port))
                 .unwrap();
