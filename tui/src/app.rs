@@ -24,6 +24,11 @@ pub const STALE_AFTER_MS: u64 = 5_000;
 const CHROME_ROWS: u16 = 6;
 /// How much `E` extends a breakpoint by default.
 const EXTEND_DEFAULT_S: u64 = 3600;
+/// Rows the frame takes around the serial log's lines: the popup's margin and its borders.
+const SERIAL_CHROME_ROWS: u16 = 6;
+/// The keys a VM offers, where a VM's console is shown. Short enough for the breakpoints
+/// table's last column at 80 columns.
+pub const VM_KEY_HINTS: &str = "v: vnc  s: screen  l: log";
 
 /// How the console was started.
 #[derive(Clone, Debug, Default)]
@@ -103,6 +108,15 @@ pub enum Popup {
     Screenshot {
         vm: u64,
         status: Option<Result<(), String>>,
+    },
+    /// The end of a VM's serial log.
+    SerialLog {
+        vm: u64,
+        /// The log's lines, cleaned for the terminal, or why there is none; `None` while
+        /// fetching.
+        status: Option<Result<Vec<String>, String>>,
+        /// Lines scrolled back from the newest: 0 keeps the end of the log at the bottom.
+        back: usize,
     },
 }
 
@@ -228,6 +242,11 @@ impl App {
         usize::from(self.height.saturating_sub(CHROME_ROWS).max(1))
     }
 
+    /// The serial log lines the popup shows at once.
+    pub fn serial_rows(&self) -> usize {
+        usize::from(self.height.saturating_sub(SERIAL_CHROME_ROWS).max(1))
+    }
+
     pub fn table(&self, screen: Screen) -> Option<&TableState> {
         self.tables.get(&screen)
     }
@@ -345,6 +364,26 @@ impl App {
                 }
                 vec![]
             }
+            Event::SerialLog { vm, result } => {
+                if let Some(Popup::SerialLog {
+                    vm: v,
+                    status,
+                    back,
+                }) = &mut self.popup
+                    && *v == vm
+                {
+                    // Cleaned here too: whatever the source, guest bytes never reach the
+                    // terminal raw.
+                    *status = Some(result.map(|text| {
+                        crate::model::clean_serial(&text)
+                            .lines()
+                            .map(str::to_owned)
+                            .collect()
+                    }));
+                    *back = 0;
+                }
+                vec![]
+            }
         }
     }
 
@@ -431,7 +470,7 @@ impl App {
                     self.detail = None;
                     return vec![];
                 }
-                A::Vnc | A::Screenshot => {
+                A::Vnc | A::Screenshot | A::SerialLog => {
                     if let Some(DetailState {
                         target: Target::Vm(vm),
                         ..
@@ -515,7 +554,7 @@ impl App {
                 vec![]
             }
             A::Quit => vec![Command::Quit],
-            A::Vnc | A::Screenshot => match self.selected_vm() {
+            A::Vnc | A::Screenshot | A::SerialLog => match self.selected_vm() {
                 Some(vm) => self.vm_key(action, vm),
                 None => vec![],
             },
@@ -526,12 +565,23 @@ impl App {
     }
 
     fn vm_key(&mut self, action: KeyAction, vm: u64) -> Vec<Command> {
-        if action == KeyAction::Vnc {
-            self.flash = Some(format!("asking for the console of {}", vm_name(vm)));
-            vec![Command::FetchConsole(vm)]
-        } else {
-            self.popup = Some(Popup::Screenshot { vm, status: None });
-            vec![Command::FetchScreenshot(vm)]
+        match action {
+            KeyAction::Vnc => {
+                self.flash = Some(format!("asking for the console of {}", vm_name(vm)));
+                vec![Command::FetchConsole(vm)]
+            }
+            KeyAction::SerialLog => {
+                self.popup = Some(Popup::SerialLog {
+                    vm,
+                    status: None,
+                    back: 0,
+                });
+                vec![Command::FetchSerialLog(vm)]
+            }
+            _ => {
+                self.popup = Some(Popup::Screenshot { vm, status: None });
+                vec![Command::FetchScreenshot(vm)]
+            }
         }
     }
 
@@ -564,6 +614,7 @@ impl App {
     }
 
     fn popup_key(&mut self, k: KeyEvent) -> Vec<Command> {
+        let page = self.serial_rows();
         let Some(popup) = &mut self.popup else {
             return vec![];
         };
@@ -585,6 +636,36 @@ impl App {
                     KeyCode::Esc | KeyCode::Enter | KeyCode::Char('q') | KeyCode::Char('s')
                 ) {
                     self.popup = None;
+                }
+                vec![]
+            }
+            Popup::SerialLog { vm, status, back } => {
+                let n = match status {
+                    Some(Ok(lines)) => lines.len(),
+                    _ => 0,
+                };
+                // Scrolled all the way back, the first line is at the top of the popup.
+                let back_max = n.saturating_sub(page);
+                let ctrl = k.modifiers.contains(KeyModifiers::CONTROL);
+                match k.code {
+                    KeyCode::Char('k') | KeyCode::Up => *back = (*back + 1).min(back_max),
+                    KeyCode::Char('j') | KeyCode::Down => *back = back.saturating_sub(1),
+                    KeyCode::PageUp => *back = (*back + page).min(back_max),
+                    KeyCode::Char('b') if ctrl => *back = (*back + page).min(back_max),
+                    KeyCode::PageDown => *back = back.saturating_sub(page),
+                    KeyCode::Char('f') if ctrl => *back = back.saturating_sub(page),
+                    KeyCode::Char('g') | KeyCode::Home => *back = back_max,
+                    KeyCode::Char('G') | KeyCode::End => *back = 0,
+                    KeyCode::Char('r') => {
+                        let vm = *vm;
+                        *status = None;
+                        *back = 0;
+                        return vec![Command::FetchSerialLog(vm)];
+                    }
+                    KeyCode::Esc | KeyCode::Enter | KeyCode::Char('q') | KeyCode::Char('l') => {
+                        self.popup = None
+                    }
+                    _ => self.dirty = false,
                 }
                 vec![]
             }
@@ -1070,7 +1151,7 @@ impl App {
                             "expiring".into()
                         }
                     }),
-                    "v: vnc  s: screenshot".into(),
+                    VM_KEY_HINTS.into(),
                 ]
             }
             Screen::Events => {

@@ -60,6 +60,11 @@ pub enum Event {
         vm: u64,
         result: Result<(), String>,
     },
+    /// The end of a VM's serial log, as the source gives it, or why there is none.
+    SerialLog {
+        vm: u64,
+        result: Result<String, String>,
+    },
     /// A message for the footer from the runtime (a viewer started, nothing to copy with).
     Notice(String),
 }
@@ -83,4 +88,6 @@ pub enum Command {
         port: u16,
     },
     FetchScreenshot(u64),
+    /// Fetch the end of a VM's serial log (for `l`).
+    FetchSerialLog(u64),
 }

@@ -256,3 +256,34 @@ pub fn screenshot_png() -> Vec<u8> {
     let _ = image::DynamicImage::ImageRgb8(img).write_to(&mut out, image::ImageFormat::Png);
     out.into_inner()
 }
+
+/// A short boot log as a Linux guest writes it on its serial console: CR LF line ends and
+/// systemd's coloured status words, so what the console shows has been cleaned.
+pub fn serial_log(vm: u64) -> String {
+    let name = vm_name(vm);
+    let ok = "[\u{1b}[0;32m  OK  \u{1b}[0m]";
+    [
+        "SeaBIOS (version 1.16.3-debian-1.16.3-2)".to_owned(),
+        "Booting from Hard Disk...".to_owned(),
+        "[    0.000000] Linux version 6.8.0-45-generic (buildd@lcy02-amd64-115)".to_owned(),
+        "[    0.000000] Command line: BOOT_IMAGE=/vmlinuz-6.8.0-45-generic root=LABEL=cloudimg-rootfs ro console=ttyS0".to_owned(),
+        "[    0.412093] smpboot: Allowing 4 CPUs, 0 hotplug CPUs".to_owned(),
+        "[    1.902114] EXT4-fs (vda1): mounted filesystem with ordered data mode".to_owned(),
+        "[    2.310552] systemd[1]: Detected virtualization kvm.".to_owned(),
+        format!("[    2.311020] systemd[1]: Hostname set to <{name}>."),
+        format!("{ok} Started systemd-journald.service - Journal Service."),
+        format!("{ok} Reached target local-fs.target - Local File Systems."),
+        "         Starting systemd-networkd.service - Network Configuration...".to_owned(),
+        format!("{ok} Started systemd-networkd.service - Network Configuration."),
+        format!("{ok} Reached target network-online.target - Network is Online."),
+        "         Starting cloud-init.service - Cloud-init: Network Stage...".to_owned(),
+        format!("{ok} Finished cloud-init.service - Cloud-init: Network Stage."),
+        format!("{ok} Started ssh.service - OpenBSD Secure Shell server."),
+        "[   14.020118] cloud-init[812]: Cloud-init v. 24.1 finished. Up 14.02 seconds".to_owned(),
+        String::new(),
+        format!("Ubuntu 24.04 LTS {name} ttyS0"),
+        String::new(),
+        format!("{name} login: "),
+    ]
+    .join("\r\n")
+}

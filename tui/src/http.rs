@@ -3,7 +3,7 @@
 //! fallback or to "unavailable", never to an error the operator cannot act on.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read};
 use std::sync::mpsc::Sender;
 use std::time::Duration;
 
@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use crate::event::{Event, Role};
 use crate::model::{
     Action, Breakpoint, ConsoleInfo, Detail, DrainPrediction, EventRow, Host, Request, Snapshot,
-    Target, TimelineEntry, Vm, WaitStats, Why, host_class,
+    Target, TimelineEntry, Vm, WaitStats, Why, bytes, clean_serial, host_class,
 };
 use crate::source::{Source, SourceError};
 
@@ -28,6 +28,9 @@ const REQUEST_LIST_MAX: u64 = 5000;
 const STREAM_BACKOFF_MAX_MS: u64 = 10_000;
 /// A silent event stream is presumed dead after this (the daemon sends keep-alives).
 const STREAM_READ_TIMEOUT_S: u64 = 45;
+/// How much of the end of a serial log the console asks for: pages of boot output, and
+/// quick to send over a slow link.
+pub const SERIAL_TAIL_BYTES: usize = 64 * 1024;
 
 /// The daemon's HTTP API.
 pub struct HttpSource {
@@ -83,6 +86,23 @@ impl HttpSource {
 
     fn get(&self, path: &str) -> Result<Value, SourceError> {
         self.call("GET", path, None)
+    }
+
+    /// A `GET` whose answer is not JSON (a PNG, a log). A 501 (the VM's driver cannot) is
+    /// `Unsupported` with the daemon's words, and so is a daemon without the route
+    /// (`no_route` says so); a VM not on a host stays a 404 `Status`.
+    fn get_raw(&self, path: &str, no_route: &str) -> Result<ureq::Response, SourceError> {
+        self.request("GET", path)
+            .call()
+            .map_err(|e| match self.error(format!("GET {path}"), e) {
+                SourceError::Status {
+                    status: 501,
+                    message,
+                    ..
+                } => SourceError::Unsupported(message),
+                e if not_found(&e) => SourceError::Unsupported(no_route.to_owned()),
+                e => e,
+            })
     }
 
     fn error(&self, what: String, e: ureq::Error) -> SourceError {
@@ -530,36 +550,33 @@ impl Source for HttpSource {
 
     fn screenshot(&mut self, vm: u64) -> Result<Vec<u8>, SourceError> {
         let path = format!("/v1/vms/{vm}/screenshot");
-        match self.request("GET", &path).call() {
-            Ok(r) => {
-                let mut bytes = Vec::new();
-                std::io::Read::read_to_end(&mut r.into_reader(), &mut bytes).map_err(|e| {
-                    SourceError::Shape {
-                        what: format!("GET {path}"),
-                        message: e.to_string(),
-                    }
-                })?;
-                Ok(bytes)
-            }
-            Err(e) => {
-                let e = self.error(format!("GET {path}"), e);
-                if let SourceError::Status {
-                    status: 501,
-                    message,
-                    ..
-                } = &e
-                {
-                    return Err(SourceError::Unsupported(message.clone()));
-                }
-                if not_found(&e) {
-                    Err(SourceError::Unsupported(
-                        "this daemon has no screenshot endpoint yet".into(),
-                    ))
-                } else {
-                    Err(e)
-                }
-            }
-        }
+        let r = self.get_raw(&path, "this daemon has no screenshot endpoint yet")?;
+        let mut png = Vec::new();
+        r.into_reader()
+            .read_to_end(&mut png)
+            .map_err(|e| SourceError::Shape {
+                what: format!("GET {path}"),
+                message: e.to_string(),
+            })?;
+        Ok(png)
+    }
+
+    fn serial_log(&mut self, vm: u64) -> Result<String, SourceError> {
+        let path = format!("/v1/vms/{vm}/serial?tail_bytes={SERIAL_TAIL_BYTES}");
+        let r = self.get_raw(&path, "this daemon has no serial log endpoint yet")?;
+        let total_bytes = r
+            .header("x-berth-log-bytes")
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        let mut tail = Vec::new();
+        // Never more than asked for, whatever the other end sends.
+        r.into_reader()
+            .take(SERIAL_TAIL_BYTES as u64)
+            .read_to_end(&mut tail)
+            .map_err(|e| SourceError::Shape {
+                what: format!("GET {path}"),
+                message: e.to_string(),
+            })?;
+        Ok(serial_text(vm, &tail, total_bytes))
     }
 
     fn role(&mut self) -> Option<Role> {
@@ -582,6 +599,25 @@ impl Source for HttpSource {
             // No stream: the header says so and snapshots still come on the timer.
             let _ = failed.send(Event::StreamUp(false));
         }
+    }
+}
+
+/// The text of a serial log's `tail` out of `total_bytes`. When the log was longer, the
+/// tail's first line (cut, perhaps inside a character or an escape sequence) gives way to a
+/// line saying how much is not shown.
+pub fn serial_text(vm: u64, tail: &[u8], total_bytes: Option<u64>) -> String {
+    let len = tail.len() as u64;
+    match total_bytes {
+        Some(total) if total > len => {
+            let start = tail.iter().position(|&b| b == b'\n').map_or(0, |i| i + 1);
+            let shown = &tail[start..];
+            format!(
+                "… {} before this not shown (berth vm serial {vm} --tail-bytes N shows more)\n{}",
+                bytes(total - shown.len() as u64),
+                clean_serial(&String::from_utf8_lossy(shown))
+            )
+        }
+        _ => clean_serial(&String::from_utf8_lossy(tail)),
     }
 }
 
@@ -646,6 +682,136 @@ fn stream_events(url: &str, token: Option<&str>, tx: &Sender<Event>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Write;
+    use std::net::TcpListener;
+    use std::sync::mpsc;
+
+    /// A local server that answers one request with `status`, `headers` and `body`, and
+    /// sends back the request's head (request line and headers).
+    fn answer_once(status: &str, headers: &str, body: Vec<u8>) -> (String, mpsc::Receiver<String>) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let mut response = format!(
+            "HTTP/1.1 {status}\r\n{headers}Content-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        )
+        .into_bytes();
+        response.extend(body);
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let (stream, _) = listener.accept().unwrap();
+            let mut reader = BufReader::new(stream);
+            let mut head = String::new();
+            loop {
+                let mut line = String::new();
+                reader.read_line(&mut line).unwrap();
+                if line.trim_end().is_empty() {
+                    break;
+                }
+                head.push_str(&line);
+            }
+            tx.send(head).unwrap();
+            reader.into_inner().write_all(&response).unwrap();
+        });
+        (url, rx)
+    }
+
+    #[test]
+    fn serial_log_asks_for_a_bounded_tail_and_cleans_it() {
+        // The tail starts inside a line (and inside a UTF-8 character): that line goes.
+        let cut = b"\x9c\xe2 cut in the middle\r\n";
+        let mut shown = b"[\x1b[0;32m  OK  \x1b[0m] Started ssh\r\n".to_vec();
+        shown.extend(b"\x1b]0;owned\x07\x1b[2Jlogin: \xff\n");
+        // 2 MiB came before what is shown, the cut line included.
+        let total = 2 * 1024 * 1024 + shown.len();
+        let (url, head) = answer_once(
+            "200 OK",
+            &format!("Content-Type: text/plain; charset=utf-8\r\nX-Berth-Log-Bytes: {total}\r\n"),
+            [cut.as_slice(), &shown].concat(),
+        );
+        let mut src = HttpSource::new(&url, Some("secret".into()));
+        let text = src.serial_log(7).unwrap();
+        let head = head.recv().unwrap();
+        assert!(
+            head.starts_with("GET /v1/vms/7/serial?tail_bytes=65536 HTTP/1.1\r\n"),
+            "{head}"
+        );
+        assert!(
+            head.to_lowercase().contains("authorization: bearer secret"),
+            "{head}"
+        );
+        assert_eq!(
+            text,
+            "… 2M before this not shown (berth vm serial 7 --tail-bytes N shows more)\n\
+             [  OK  ] Started ssh\n\
+             login: \u{fffd}\n"
+        );
+    }
+
+    #[test]
+    fn a_whole_serial_log_has_no_cut_line() {
+        let (url, _head) = answer_once(
+            "200 OK",
+            "X-Berth-Log-Bytes: 12\r\n",
+            b"boot\r\nlogin: ".to_vec(),
+        );
+        let text = HttpSource::new(&url, None).serial_log(7).unwrap();
+        assert_eq!(text, "boot\nlogin: ");
+    }
+
+    #[test]
+    fn serial_log_reads_no_more_than_it_asked_for() {
+        let body = vec![b'a'; SERIAL_TAIL_BYTES * 2];
+        let (url, _head) = answer_once("200 OK", "", body);
+        let text = HttpSource::new(&url, None).serial_log(7).unwrap();
+        assert_eq!(text.len(), SERIAL_TAIL_BYTES);
+    }
+
+    #[test]
+    fn serial_log_errors_say_why() {
+        let json = "Content-Type: application/json\r\n";
+        let cases = [
+            (
+                "501 Not Implemented",
+                r#"{"error": "driver sim cannot keep a serial log"}"#,
+            ),
+            (
+                "404 Not Found",
+                r#"{"error": "vm 7 is not on a host now", "field": "vm"}"#,
+            ),
+            ("404 Not Found", r#"{"error": "no such route"}"#),
+            ("502 Bad Gateway", r#"{"error": "host h1 did not answer"}"#),
+        ];
+        let mut errors = Vec::new();
+        for (status, body) in cases {
+            let (url, _head) = answer_once(status, json, body.as_bytes().to_vec());
+            errors.push(HttpSource::new(&url, None).serial_log(7).unwrap_err());
+        }
+        assert!(
+            matches!(&errors[0], SourceError::Unsupported(m) if m == "driver sim cannot keep a serial log"),
+            "{}",
+            errors[0]
+        );
+        assert!(
+            matches!(&errors[1], SourceError::Status { status: 404, message, .. } if message == "vm 7 is not on a host now"),
+            "{}",
+            errors[1]
+        );
+        assert!(
+            matches!(&errors[2], SourceError::Unsupported(m) if m == "this daemon has no serial log endpoint yet"),
+            "{}",
+            errors[2]
+        );
+        assert!(
+            matches!(&errors[3], SourceError::Status { status: 502, .. }),
+            "{}",
+            errors[3]
+        );
+        assert_eq!(
+            errors[3].to_string(),
+            "GET /v1/vms/7/serial?tail_bytes=65536: 502: host h1 did not answer"
+        );
+    }
 
     #[test]
     fn daemon_shapes_parse() {

@@ -58,6 +58,7 @@ pub enum KeyAction {
     Go(Screen),
     Vnc,
     Screenshot,
+    SerialLog,
     Quit,
     Drain,
     Resume,
@@ -358,6 +359,13 @@ pub const KEYMAP: &[Binding] = &[
         A::Screenshot,
         Some("screenshot"),
         "screenshot preview",
+        Scope::On(VM_SCREENS),
+    ),
+    b(
+        &[Key::Char('l')],
+        A::SerialLog,
+        Some("serial"),
+        "serial log: the guest's console output",
         Scope::On(VM_SCREENS),
     ),
     b(

@@ -248,6 +248,110 @@ pub fn mib(m: u64) -> String {
     }
 }
 
+/// A byte count read short: `900B`, `64K`, `1.5M`.
+pub fn bytes(n: u64) -> String {
+    const UNITS: [&str; 4] = ["B", "K", "M", "G"];
+    let (mut unit, mut scale) = (0, 1u64);
+    while unit + 1 < UNITS.len() && n >= scale * 1024 {
+        scale *= 1024;
+        unit += 1;
+    }
+    if n.is_multiple_of(scale) {
+        format!("{}{}", n / scale, UNITS[unit])
+    } else {
+        format!("{:.1}{}", n as f64 / scale as f64, UNITS[unit])
+    }
+}
+
+/// Columns between tab stops in a serial log.
+const TAB_COLUMNS: usize = 8;
+
+/// A guest's serial output made safe to draw: escape sequences (CSI, OSC, DCS and the rest,
+/// in their 7-bit and 8-bit forms) and control characters are removed, tabs become spaces,
+/// and a carriage return or backspace moves back along the line the way a terminal would, so
+/// a progress bar shows as its last state. A guest controls these bytes: written raw, they
+/// could clear the operator's screen, move the cursor, retitle the window or set the
+/// clipboard (OSC 52).
+pub fn clean_serial(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut line: Vec<char> = Vec::new();
+    let mut col: usize = 0;
+    let mut chars = text.chars().peekable();
+    let put = |line: &mut Vec<char>, col: &mut usize, c: char| {
+        match line.get_mut(*col) {
+            Some(slot) => *slot = c,
+            None => line.push(c),
+        }
+        *col += 1;
+    };
+    while let Some(c) = chars.next() {
+        match c {
+            '\n' => {
+                out.extend(line.drain(..));
+                out.push('\n');
+                col = 0;
+            }
+            '\r' => col = 0,
+            '\u{8}' => col = col.saturating_sub(1),
+            '\t' => {
+                let stop = (col / TAB_COLUMNS + 1) * TAB_COLUMNS;
+                while col < stop {
+                    put(&mut line, &mut col, ' ');
+                }
+            }
+            '\u{1b}' => skip_escape(&mut chars),
+            // The 8-bit forms of CSI and of the string controls (DCS, SOS, OSC, PM, APC).
+            '\u{9b}' => skip_csi(&mut chars),
+            '\u{90}' | '\u{98}' | '\u{9d}' | '\u{9e}' | '\u{9f}' => skip_string(&mut chars),
+            c if c.is_control() => {}
+            c => put(&mut line, &mut col, c),
+        }
+    }
+    out.extend(line);
+    out
+}
+
+type Chars<'a> = std::iter::Peekable<std::str::Chars<'a>>;
+
+/// Skips what follows an ESC: a CSI or string control, or a short sequence (`ESC c`,
+/// `ESC ( B`). A newline is never part of a sequence, so a broken one cannot hide lines.
+fn skip_escape(chars: &mut Chars) {
+    match chars.peek() {
+        Some('[') => {
+            chars.next();
+            skip_csi(chars);
+        }
+        Some(']' | 'P' | 'X' | '^' | '_') => {
+            chars.next();
+            skip_string(chars);
+        }
+        _ => {
+            while chars.next_if(|c| (' '..='/').contains(c)).is_some() {}
+            chars.next_if(|c| ('0'..='~').contains(c));
+        }
+    }
+}
+
+/// Skips a CSI's parameter and intermediate bytes and its final byte.
+fn skip_csi(chars: &mut Chars) {
+    while chars.next_if(|c| (' '..='?').contains(c)).is_some() {}
+    chars.next_if(|c| ('@'..='~').contains(c));
+}
+
+/// Skips a control string up to its terminator (BEL, `ESC \` or ST), or to the end of the line.
+fn skip_string(chars: &mut Chars) {
+    while let Some(c) = chars.next_if(|c| *c != '\n') {
+        match c {
+            '\u{7}' | '\u{9c}' => return,
+            '\u{1b}' => {
+                chars.next_if_eq(&'\\');
+                return;
+            }
+            _ => {}
+        }
+    }
+}
+
 /// A compact duration: `45s`, `12m`, `3h05m`, `2d04h`.
 pub fn duration(ms: u64) -> String {
     let s = ms / 1000;
@@ -309,5 +413,45 @@ mod tests {
         assert_eq!(duration(125_000), "2m05s");
         assert_eq!(duration(3_900_000), "1h05m");
         assert_eq!(duration(90_000_000), "1d01h");
+        assert_eq!(bytes(900), "900B");
+        assert_eq!(bytes(65_536), "64K");
+        assert_eq!(bytes(1536), "1.5K");
+        assert_eq!(bytes(3 * 1024 * 1024 / 2), "1.5M");
+        assert_eq!(bytes(16 * 1024 * 1024), "16M");
+    }
+
+    #[test]
+    fn serial_output_loses_escapes_and_controls_but_keeps_its_text() {
+        let raw = concat!(
+            "\u{1b}[2J\u{1b}[H\u{1b}[0;32m  OK  \u{1b}[0m Started ssh\r\n",
+            "\u{1b}]0;owned title\u{7}\u{1b}]52;c;Y3VybCBldmlsIHwgc2g=\u{1b}\\clip\n",
+            "\u{1b}P1$qm\u{1b}\\dcs \u{9b}31mc1\u{9b}0m \u{9d}8;;http://x\u{9c}link\n",
+            "\u{1b}(B\u{1b}7\u{1b}csaved\u{1b}8\u{0}\u{7}\u{7f}\u{85}\n",
+            "progress  10%\rprogress 100%\n",
+            "abc\u{8}\u{8}XY\n",
+            "a\tb\ttab\n",
+            "unterminated \u{1b}]0;title\n",
+            "next line\n",
+        );
+        assert_eq!(
+            clean_serial(raw),
+            concat!(
+                "  OK   Started ssh\n",
+                "clip\n",
+                "dcs c1 link\n",
+                "saved\n",
+                "progress 100%\n",
+                "aXY\n",
+                "a       b       tab\n",
+                "unterminated \n",
+                "next line\n",
+            )
+        );
+        assert!(
+            !clean_serial(raw)
+                .chars()
+                .any(|c| c.is_control() && c != '\n')
+        );
+        assert_eq!(clean_serial("plain ✓ text\n"), "plain ✓ text\n");
     }
 }

@@ -283,6 +283,10 @@ fn worker(mut source: Box<dyn Source>, rx: &Receiver<Command>, tx: &Sender<Msg>,
                     result: Err(e.to_string()),
                 }),
             },
+            Some(Command::FetchSerialLog(vm)) => send(Event::SerialLog {
+                vm,
+                result: source.serial_log(vm).map_err(|e| e.to_string()),
+            }),
             // Handled by the main loop.
             Some(Command::Quit | Command::Copy(_) | Command::LaunchViewer { .. }) => true,
         };
@@ -343,6 +347,22 @@ mod tests {
         assert!(matches!(next_event(&rx), Event::Connection(_)));
         match next_event(&rx) {
             Event::Screenshot { result: Err(e), .. } => assert!(e.contains("no screenshot")),
+            other => panic!("{other:?}"),
+        }
+        wtx.send(Command::FetchSerialLog(101)).unwrap();
+        match next_event(&rx) {
+            Event::SerialLog {
+                vm: 101,
+                result: Ok(log),
+            } => assert!(log.contains("berth-vm101 login:"), "{log}"),
+            other => panic!("{other:?}"),
+        }
+        wtx.send(Command::FetchSerialLog(107)).unwrap();
+        match next_event(&rx) {
+            Event::SerialLog {
+                vm: 107,
+                result: Err(e),
+            } => assert!(e.contains("not on a host"), "{e}"),
             other => panic!("{other:?}"),
         }
         drop(wtx);

@@ -46,6 +46,9 @@ pub trait Source: Send {
     fn console(&mut self, vm: u64) -> Result<ConsoleInfo, SourceError>;
     /// A PNG of the VM's screen.
     fn screenshot(&mut self, vm: u64) -> Result<Vec<u8>, SourceError>;
+    /// The end of the VM's serial console log, as text safe to draw (see
+    /// [`crate::model::clean_serial`]): the guest wrote these bytes, escape sequences and all.
+    fn serial_log(&mut self, vm: u64) -> Result<String, SourceError>;
     /// What the token may do, if the source can tell.
     fn role(&mut self) -> Option<Role>;
     /// Starts sending live events (`Event::Stream`, `Event::StreamUp`) to `tx`.
@@ -180,6 +183,18 @@ impl Source for MemorySource {
         self.screenshot_png
             .clone()
             .ok_or_else(|| SourceError::Unsupported(format!("no screenshot of vm {vm}")))
+    }
+
+    /// A canned boot log for a VM on a host, as a libvirt guest with `console=ttyS0` writes it.
+    fn serial_log(&mut self, vm: u64) -> Result<String, SourceError> {
+        match self.snap.vms.iter().find(|v| v.id == vm) {
+            Some(v) if v.host.is_some() => {
+                Ok(crate::model::clean_serial(&crate::fixture::serial_log(vm)))
+            }
+            _ => Err(SourceError::Unsupported(format!(
+                "vm {vm} is not on a host now"
+            ))),
+        }
     }
 
     fn role(&mut self) -> Option<Role> {

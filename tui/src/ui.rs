@@ -9,7 +9,7 @@ use ratatui::widgets::{Block, Borders, Clear, LineGauge, Paragraph, Row, Sparkli
 use ratatui_image::protocol::StatefulProtocol;
 use ratatui_image::{Resize, StatefulImage};
 
-use crate::app::{App, Confirm, Forecast, Input, Popup, clock, columns, milli};
+use crate::app::{App, Confirm, Forecast, Input, Popup, VM_KEY_HINTS, clock, columns, milli};
 use crate::event::ConnState;
 use crate::keymap::{self, KeyAction, Screen};
 use crate::model::{WaitStats, duration, host_glyph, mib, vm_glyph};
@@ -146,7 +146,68 @@ pub fn draw(f: &mut Frame, app: &App, image: Option<&mut StatefulProtocol>) {
                 _ => f.render_widget(Paragraph::new("… fetching the screenshot"), inner),
             }
         }
+        Some(Popup::SerialLog { vm, status, back }) => {
+            draw_serial_log(f, theme, *vm, status.as_ref(), *back, area);
+        }
     }
+}
+
+/// The end of a serial log, newest line at the bottom, `back` lines scrolled back. Lines are
+/// cut at the popup's edge rather than wrapped, so one scroll step is one line of the log.
+fn draw_serial_log(
+    f: &mut Frame,
+    theme: Theme,
+    vm: u64,
+    status: Option<&Result<Vec<String>, String>>,
+    back: usize,
+    area: Rect,
+) {
+    let name = crate::model::vm_name(vm);
+    // The same frame as the screenshot's; `App::serial_rows` counts on it.
+    let w = area.width.saturating_sub(4).max(20);
+    let h = area.height.saturating_sub(4).max(6);
+    let rect = centered(area, w, h);
+    f.render_widget(Clear, rect);
+    let rows = usize::from(rect.height.saturating_sub(2));
+    let scrolls = matches!(status, Some(Ok(lines)) if lines.len() > rows);
+    let (title, body) = match status {
+        None => (
+            format!(" serial log: {name} "),
+            Paragraph::new("… fetching the serial log"),
+        ),
+        Some(Err(e)) => (
+            format!(" serial log: {name} "),
+            Paragraph::new(format!("✖ no serial log: {e}")).wrap(Wrap { trim: true }),
+        ),
+        Some(Ok(lines)) if lines.is_empty() => (
+            format!(" serial log: {name} · empty "),
+            Paragraph::new("the guest has written nothing on its serial console yet"),
+        ),
+        Some(Ok(lines)) => {
+            let n = lines.len();
+            let end = n - back.min(n.saturating_sub(rows));
+            let start = end.saturating_sub(rows);
+            let shown: Vec<Line> = lines[start..end]
+                .iter()
+                .map(|l| Line::from(l.clone()))
+                .collect();
+            (
+                format!(" serial log: {name} · lines {}–{end} of {n} ", start + 1),
+                Paragraph::new(shown),
+            )
+        }
+    };
+    let keys = if scrolls {
+        " j/k PgUp/PgDn: scroll  r: fetch again  Esc: close "
+    } else {
+        " r: fetch again  Esc: close "
+    };
+    let keys = Line::from(Span::styled(keys, theme.dim()));
+    let block = Block::default()
+        .borders(Borders::ALL)
+        .title(title)
+        .title_bottom(keys);
+    f.render_widget(body.block(block), rect);
 }
 
 fn conn_text(app: &App) -> (String, Color) {
@@ -599,7 +660,7 @@ fn draw_detail(f: &mut Frame, app: &App, theme: Theme, area: Rect) {
                 } else {
                     "no password"
                 }),
-                Line::from(Span::styled("v: connect  s: screenshot", theme.dim())),
+                Line::from(Span::styled(VM_KEY_HINTS, theme.dim())),
             ],
             Err(e) => vec![Line::from(format!("✖ {e}"))],
         };

@@ -1,13 +1,17 @@
 //! The HTTP source against a real daemon (embedded, simulated fleet): the JSON shapes it reads,
-//! the actions it sends, the event stream, and read-only tokens.
+//! the actions it sends, the event stream, read-only tokens, and what it says when a driver
+//! keeps no serial log.
 
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use berth_daemon::{FileConfig, Options, Role, TokenConfig};
-use berth_tui::event::Event;
+use berth_tui::event::{Command, Event};
+use berth_tui::keymap::Screen;
 use berth_tui::model::{Action, Target};
 use berth_tui::{HttpSource, Source, SourceError};
+
+use crate::{keys, render};
 
 const READ_ONLY_TOKEN: &str = "read-only-token-for-tests";
 
@@ -129,6 +133,61 @@ fn http_source_reads_acts_and_streams_against_the_daemon() {
             "{e}"
         ),
     }
+}
+
+#[test]
+fn serial_log_on_simulated_hosts_says_why_there_is_none() {
+    let d = start();
+    let mut src = HttpSource::new(&d.url, Some(d.token.clone()));
+    let body = serde_json::json!({"template": "linux", "count": 1});
+    ureq::post(&format!("{}/v1/requests", d.url))
+        .set("Authorization", &format!("Bearer {}", d.token))
+        .send_json(body)
+        .unwrap();
+    let snap = wait("a VM on a host", || {
+        let snap = src.snapshot().unwrap();
+        snap.vms.iter().any(|v| v.host.is_some()).then_some(snap)
+    });
+    let vm = snap.vms.iter().find(|v| v.host.is_some()).unwrap().id;
+    let err = src.serial_log(vm).unwrap_err();
+    assert!(
+        matches!(&err, SourceError::Unsupported(m) if m == "driver sim cannot keep a serial log"),
+        "{err}"
+    );
+    // Read-only tokens may read serial logs: the same answer, not a 403.
+    let mut viewer = HttpSource::new(&d.url, Some(READ_ONLY_TOKEN.into()));
+    let err = viewer.serial_log(vm).unwrap_err();
+    assert!(matches!(&err, SourceError::Unsupported(_)), "{err}");
+    let err = src.serial_log(999_999).unwrap_err();
+    assert!(
+        matches!(&err, SourceError::Status { status: 404, message, .. } if message.contains("not on a host")),
+        "{err}"
+    );
+
+    // The console, on the daemon's own data, shows the daemon's reason.
+    let mut app = berth_tui::App::new(berth_tui::Options::default(), snap.now_ms, 80, 24);
+    app.update(Event::Data(Box::new(snap.clone())));
+    keys(&mut app, "4");
+    let pos = app
+        .table(Screen::Vms)
+        .unwrap()
+        .view
+        .iter()
+        .position(|&i| snap.vms[i].id == vm)
+        .unwrap();
+    for _ in 0..pos {
+        keys(&mut app, "j");
+    }
+    assert_eq!(keys(&mut app, "l"), [Command::FetchSerialLog(vm)]);
+    app.update(Event::SerialLog {
+        vm,
+        result: src.serial_log(vm).map_err(|e| e.to_string()),
+    });
+    let screen = render(&app);
+    assert!(
+        screen.contains("✖ no serial log: driver sim cannot keep a serial log"),
+        "{screen}"
+    );
 }
 
 #[test]

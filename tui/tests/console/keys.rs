@@ -1,5 +1,5 @@
 //! Key scripts on the update function: the drain flow, confirm and cancel, read-only mode,
-//! filters, marks, the command bar and VNC.
+//! filters, marks, the command bar, VNC, screenshots and serial logs.
 
 use berth_tui::app::{Forecast, Popup};
 use berth_tui::event::{Command, ConnState, Event, Role};
@@ -336,6 +336,196 @@ fn screenshot_popup_reports_failures() {
     assert!(render(&a).contains("no screenshot endpoint"));
     a.update(code(KeyCode::Esc));
     assert!(a.popup.is_none());
+}
+
+/// The title line of the serial log popup, as drawn.
+fn serial_title(a: &berth_tui::App) -> String {
+    let screen = render(a);
+    screen
+        .lines()
+        .find(|l| l.contains("serial log:"))
+        .unwrap_or_default()
+        .to_owned()
+}
+
+#[test]
+fn serial_log_key_fetches_scrolls_fetches_again_and_closes() {
+    let mut a = app(80, 24, false);
+    assert_eq!(keys(&mut a, "4l"), [Command::FetchSerialLog(101)]);
+    assert!(matches!(
+        a.popup,
+        Some(Popup::SerialLog {
+            vm: 101,
+            status: None,
+            ..
+        })
+    ));
+    assert!(render(&a).contains("… fetching the serial log"));
+    // An answer about another VM is not this popup's.
+    a.update(Event::SerialLog {
+        vm: 102,
+        result: Ok("other\n".into()),
+    });
+    assert!(render(&a).contains("… fetching the serial log"));
+    let log: String = (1..=40).map(|i| format!("line {i}\r\n")).collect();
+    a.update(Event::SerialLog {
+        vm: 101,
+        result: Ok(log),
+    });
+    // 24 rows less the margins and borders: 18 lines, the newest at the bottom.
+    assert!(serial_title(&a).contains("berth-vm101 · lines 23–40 of 40"));
+    let screen = render(&a);
+    assert!(screen.contains("│line 40 "), "{screen}");
+    assert!(!screen.contains("line 22 "), "{screen}");
+    // While the popup is open its keys are its own: `q` closes it, not the console.
+    keys(&mut a, "kkk");
+    assert!(serial_title(&a).contains("lines 20–37 of 40"));
+    keys(&mut a, "j");
+    assert!(serial_title(&a).contains("lines 21–38 of 40"));
+    keys(&mut a, "g");
+    assert!(serial_title(&a).contains("lines 1–18 of 40"));
+    keys(&mut a, "k");
+    assert!(serial_title(&a).contains("lines 1–18 of 40"), "clamped");
+    keys(&mut a, "G");
+    assert!(serial_title(&a).contains("lines 23–40 of 40"));
+    a.update(code(KeyCode::PageUp));
+    assert!(serial_title(&a).contains("lines 5–22 of 40"));
+    a.update(code(KeyCode::Down));
+    assert!(serial_title(&a).contains("lines 6–23 of 40"));
+    a.update(code(KeyCode::PageDown));
+    assert!(serial_title(&a).contains("lines 23–40 of 40"));
+    a.update(code(KeyCode::Up));
+    assert_eq!(keys(&mut a, "r"), [Command::FetchSerialLog(101)]);
+    assert!(render(&a).contains("… fetching the serial log"));
+    a.update(Event::SerialLog {
+        vm: 101,
+        result: Ok("only line\n".into()),
+    });
+    assert!(serial_title(&a).contains("lines 1–1 of 1"));
+    a.update(code(KeyCode::Esc));
+    assert!(a.popup.is_none());
+    for close in [key('l'), key('q'), code(KeyCode::Esc), code(KeyCode::Enter)] {
+        keys(&mut a, "l");
+        assert!(a.popup.is_some());
+        assert!(a.update(close.clone()).is_empty(), "{close:?}");
+        assert!(a.popup.is_none(), "{close:?}");
+    }
+}
+
+#[test]
+fn serial_log_from_a_breakpoint_a_detail_view_and_the_command_bar() {
+    let mut a = app(80, 24, true);
+    // Read-only tokens may read serial logs.
+    assert_eq!(keys(&mut a, "5l"), [Command::FetchSerialLog(104)]);
+    a.update(code(KeyCode::Esc));
+    keys(&mut a, "4");
+    a.update(code(KeyCode::Enter));
+    assert!(a.detail.is_some());
+    assert_eq!(keys(&mut a, "l"), [Command::FetchSerialLog(101)]);
+    a.update(code(KeyCode::Esc));
+    assert!(a.popup.is_none());
+    assert!(
+        a.detail.is_some(),
+        "closing the popup keeps the detail view"
+    );
+    a.update(code(KeyCode::Esc));
+    keys(&mut a, "j:serial");
+    assert_eq!(
+        a.update(code(KeyCode::Enter)),
+        [Command::FetchSerialLog(102)]
+    );
+}
+
+#[test]
+fn serial_log_needs_a_selected_vm() {
+    let mut a = app(80, 24, false);
+    for script in ["1l", "2l", "3l", "6l"] {
+        assert!(keys(&mut a, script).is_empty(), "{script}");
+        assert!(a.popup.is_none(), "{script}");
+    }
+    keys(&mut a, "4/no-such-vm");
+    a.update(code(KeyCode::Enter));
+    assert!(a.table(Screen::Vms).unwrap().view.is_empty());
+    assert!(keys(&mut a, "l").is_empty());
+    assert!(a.popup.is_none());
+}
+
+#[test]
+fn serial_log_popup_reports_why_there_is_none() {
+    let mut a = app(80, 24, false);
+    keys(&mut a, "4l");
+    a.update(Event::SerialLog {
+        vm: 101,
+        result: Err("driver sim cannot keep a serial log".into()),
+    });
+    assert!(render(&a).contains("✖ no serial log: driver sim cannot keep a serial log"));
+    assert!(keys(&mut a, "kjg").is_empty(), "nothing to scroll");
+    a.update(code(KeyCode::Esc));
+    assert!(a.popup.is_none());
+}
+
+#[test]
+fn serial_log_escape_sequences_never_reach_the_terminal() {
+    let mut a = app(80, 24, false);
+    keys(&mut a, "4l");
+    // What a hostile or confused guest may write: clear the screen, move the cursor, retitle
+    // the window, set the clipboard (OSC 52), 8-bit CSI, a DCS query, bells and NULs.
+    let raw = concat!(
+        "\u{1b}[2J\u{1b}[H\u{1b}[0;32m  OK  \u{1b}[0m Started ssh\r\n",
+        "\u{1b}]0;owned\u{7}\u{1b}]52;c;ZWNobyBvd25lZA==\u{1b}\\after osc\r\n",
+        "\u{9b}31mred\u{9b}0m \u{1b}P$q\"p\u{1b}\\after dcs\u{0}\u{7}\r\n",
+        "\u{1b}[10;10H\u{1b}[?1049h\u{1b}[6nmoved\tand tabbed\r\n",
+    );
+    a.update(Event::SerialLog {
+        vm: 101,
+        result: Ok(raw.into()),
+    });
+    let screen = render(&a);
+    for line in [
+        "│  OK   Started ssh ",
+        "│after osc ",
+        "│red after dcs ",
+        "│moved   and tabbed ",
+    ] {
+        assert!(screen.contains(line), "{line:?} in\n{screen}");
+    }
+    for residue in [
+        "[2J", "[H", "32m", "owned", "52;c", "ZWNo", "31m", "$q", "1049", "[6n",
+    ] {
+        assert!(!screen.contains(residue), "{residue:?} in\n{screen}");
+    }
+    let Some(Popup::SerialLog {
+        status: Some(Ok(lines)),
+        ..
+    }) = &a.popup
+    else {
+        panic!("no log")
+    };
+    assert!(
+        lines
+            .iter()
+            .flat_map(|l| l.chars())
+            .all(|c| !c.is_control()),
+        "{lines:?}"
+    );
+}
+
+#[test]
+fn memory_source_serial_log_for_vms_on_hosts() {
+    use berth_tui::{Source, SourceError};
+    let mut s = berth_tui::MemorySource::new(fixture::small());
+    let log = s.serial_log(101).unwrap();
+    assert!(log.contains("berth-vm101 login:"), "{log}");
+    assert!(log.contains("[  OK  ] Started ssh.service"), "{log}");
+    assert!(!log.contains(['\u{1b}', '\r']), "{log:?}");
+    // vm107 waits in the queue; vm999 does not exist.
+    for vm in [107, 999] {
+        let err = s.serial_log(vm).unwrap_err();
+        assert!(
+            matches!(&err, SourceError::Unsupported(m) if m.contains("not on a host")),
+            "{err}"
+        );
+    }
 }
 
 #[test]

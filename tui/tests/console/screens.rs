@@ -1,8 +1,9 @@
 //! Every screen as text at 80×24 and 120×40, with the fixed clock and the small fleet.
 
-use berth_tui::event::{ConnState, Event};
+use berth_tui::event::{Command, ConnState, Event};
 use berth_tui::fixture::{self, NOW_MS};
 use berth_tui::model::{ConsoleInfo, Detail, Target, TimelineEntry};
+use berth_tui::{MemorySource, Source};
 use crossterm::event::KeyCode;
 
 use crate::{app, code, key, keys, render};
@@ -160,6 +161,29 @@ fn command_bar() {
     check("command_bar", |a| {
         a.update(key(':'));
         keys(a, "b");
+    });
+}
+
+#[test]
+fn serial_log_with_the_fixture_boot_log() {
+    check("serial_log", |a| {
+        assert_eq!(keys(a, "4l"), [Command::FetchSerialLog(101)]);
+        let mut src = MemorySource::new(fixture::small());
+        a.update(Event::SerialLog {
+            vm: 101,
+            result: src.serial_log(101).map_err(|e| e.to_string()),
+        });
+    });
+}
+
+#[test]
+fn serial_log_unsupported() {
+    check("serial_log_unsupported", |a| {
+        keys(a, "4l");
+        a.update(Event::SerialLog {
+            vm: 101,
+            result: Err("driver sim cannot keep a serial log".into()),
+        });
     });
 }
 
