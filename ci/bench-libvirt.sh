@@ -5,7 +5,8 @@
 #   2. request-to-marker time of the tiny guest: provision + boot until BERTH-GUEST-UP appears
 #      on the serial console, for 1 VM and for 4 VMs at once.
 # Needs ci/libvirt-setup.sh and ci/build-guest.sh first. Usage:
-#   ci/bench-libvirt.sh [GUEST_DIR]   (default target/guest; RUNS=5, URI=qemu:///system)
+#   ci/bench-libvirt.sh [GUEST_DIR]   (default target/guest; RUNS=5, URI=qemu:///system,
+#   REMOTE_URI unset: see the last section)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 GUEST_DIR=${1:-target/guest}
@@ -52,3 +53,19 @@ for count in 1 4; do
     printf '%s vm(s): per-vm median %s s, all-at-marker median %s s\n' \
         "$count" "$(median < "$WORK/per-vm")" "$(median < "$WORK/all")"
 done
+
+# The same host reached through SSH: with REMOTE_URI set (for example
+# qemu+ssh://root@127.0.0.1:22/system, a libvirtd behind an sshd), one VM's request-to-marker
+# time at URI and at REMOTE_URI, run alternately so that both see the same machine load.
+if [ -n "${REMOTE_URI:-}" ]; then
+    echo "== request to marker, 1 VM: $URI against REMOTE_URI ($RUNS runs each, alternating)"
+    : > "$WORK/local" && : > "$WORK/remote"
+    for _ in $(seq "$RUNS"); do
+        for where in local remote; do
+            if [ "$where" = local ]; then u=$URI; else u=$REMOTE_URI; fi
+            "$BIN" 1 "$GUEST_DIR/tiny.qcow2" "$u" > "$WORK/out"
+            sed -n 's/^all .* at marker: \([0-9.]*\) s$/\1/p' "$WORK/out" >> "$WORK/$where"
+        done
+    done
+    printf 'local median %s s, over ssh median %s s\n' "$(median < "$WORK/local")" "$(median < "$WORK/remote")"
+fi
