@@ -441,7 +441,14 @@ impl App {
         if self.input.is_some() {
             return self.input_key(k);
         }
-        let screen = self.screen;
+        // A VM's detail view takes the VM keys whichever screen it was opened from.
+        let screen = match &self.detail {
+            Some(DetailState {
+                target: Target::Vm(_),
+                ..
+            }) => Screen::Vms,
+            _ => self.screen,
+        };
         let Some(action) = keymap::lookup(&k, screen, self.read_only) else {
             self.dirty = false;
             return vec![];

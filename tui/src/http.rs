@@ -31,6 +31,8 @@ const STREAM_READ_TIMEOUT_S: u64 = 45;
 /// How much of the end of a serial log the console asks for: pages of boot output, and
 /// quick to send over a slow link.
 pub const SERIAL_TAIL_BYTES: usize = 64 * 1024;
+/// The largest screenshot the console reads: a 4K screen as an uncompressed PNG, with room.
+const SCREENSHOT_BYTES_MAX: u64 = 64 << 20;
 
 /// The daemon's HTTP API.
 pub struct HttpSource {
@@ -553,6 +555,7 @@ impl Source for HttpSource {
         let r = self.get_raw(&path, "this daemon has no screenshot endpoint yet")?;
         let mut png = Vec::new();
         r.into_reader()
+            .take(SCREENSHOT_BYTES_MAX)
             .read_to_end(&mut png)
             .map_err(|e| SourceError::Shape {
                 what: format!("GET {path}"),

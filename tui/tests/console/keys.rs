@@ -437,6 +437,29 @@ fn serial_log_from_a_breakpoint_a_detail_view_and_the_command_bar() {
 }
 
 #[test]
+fn a_vm_detail_opened_from_the_events_screen_takes_the_vm_keys() {
+    let mut a = app(80, 24, false);
+    a.update(Event::Stream(berth_tui::model::EventRow {
+        at_ms: NOW_MS,
+        kind: "vm".into(),
+        subject: "berth-vm103".into(),
+        text: "booting -> running".into(),
+    }));
+    keys(&mut a, "6");
+    a.update(code(KeyCode::Enter));
+    assert!(a.detail.is_some(), "the event opens its vm");
+    assert_eq!(keys(&mut a, "l"), [Command::FetchSerialLog(103)]);
+    a.update(code(KeyCode::Esc));
+    assert_eq!(keys(&mut a, "s"), [Command::FetchScreenshot(103)]);
+    a.update(code(KeyCode::Esc));
+    assert_eq!(keys(&mut a, "v"), [Command::FetchConsole(103)]);
+    // Back on the events list, they are not keys there.
+    a.update(code(KeyCode::Esc));
+    assert!(a.detail.is_none());
+    assert!(keys(&mut a, "l").is_empty());
+}
+
+#[test]
 fn serial_log_needs_a_selected_vm() {
     let mut a = app(80, 24, false);
     for script in ["1l", "2l", "3l", "6l"] {
