@@ -82,6 +82,32 @@ struct TemplateOut {
     expected_run_s: u64,
 }
 
+/// A request as a trace record under `id`: its shape (the template's where it gives none),
+/// labels, priority, gang and estimate, running `duration_ms`; it passes and holds nothing.
+pub(crate) fn request_record(
+    id: u64,
+    w: &WireRequest,
+    template: Option<&WireTemplate>,
+    duration_ms: u64,
+) -> RequestRecord {
+    let mut r = RequestRecord::new(
+        id,
+        w.template.clone(),
+        w.vcpus.or(template.map(|t| t.vcpus)).unwrap_or(1).max(1),
+        duration_ms,
+    );
+    r.count = w.count;
+    r.memory_mib = w.memory_mib.or(template.map(|t| t.memory_mib));
+    r.labels = w.labels.clone();
+    r.priority = w.priority;
+    r.gang = w.gang;
+    r.expected_ms = w
+        .expected_run_ms
+        .or(template.map(|t| t.expected_run_ms))
+        .filter(|&e| e != r.duration_ms);
+    r
+}
+
 fn driver(name: &str) -> Driver {
     match name {
         "libvirt" => Driver::Libvirt,
@@ -298,22 +324,7 @@ pub fn export(db: &Path, since_ms: Option<u64>) -> Result<Export, DaemonError> {
             .map(|&since| last_ms.saturating_sub(since))
             .max()
             .unwrap_or(0);
-        let template = templates.get(&w.template);
-        let mut r = RequestRecord::new(
-            id,
-            w.template.clone(),
-            w.vcpus.or(template.map(|t| t.vcpus)).unwrap_or(1).max(1),
-            acc.ran_ms.max(still),
-        );
-        r.count = w.count;
-        r.memory_mib = w.memory_mib.or(template.map(|t| t.memory_mib));
-        r.labels = w.labels.clone();
-        r.priority = w.priority;
-        r.gang = w.gang;
-        r.expected_ms = w
-            .expected_run_ms
-            .or(template.map(|t| t.expected_run_ms))
-            .filter(|&e| e != r.duration_ms);
+        let mut r = request_record(id, &w, templates.get(&w.template), acc.ran_ms.max(still));
         r.outcome = if acc.failed {
             Outcome::Failed
         } else {

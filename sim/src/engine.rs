@@ -75,6 +75,19 @@ pub struct Forecast {
     pub max_wait_ms: u64,
     /// Requests still waiting at the horizon.
     pub still_waiting: u64,
+    /// The requests that arrived during the run (see [`Simulation::forecast_with_arrivals`]).
+    pub arrivals: WaitForecast,
+}
+
+/// The queue waits of one group of requests in a forecast, submit to placement; one still
+/// waiting at the horizon counts as having waited until then.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WaitForecast {
+    pub n: u64,
+    pub mean_wait_ms: u64,
+    pub p95_wait_ms: u64,
+    pub max_wait_ms: u64,
+    pub still_waiting: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -138,6 +151,8 @@ pub struct Simulation {
     timeline: Timeline,
     /// Completions for VMs the scheduler no longer knows (lost meanwhile): ignored, counted.
     stale: u64,
+    /// During a forecast: each request's wait, by id, as it is placed.
+    placed_waits: Option<BTreeMap<u64, u64>>,
 }
 
 impl Simulation {
@@ -173,6 +188,7 @@ impl Simulation {
             metrics: Metrics::new(),
             timeline: Timeline::new(),
             stale: 0,
+            placed_waits: None,
         };
         for spec in &fleet.hosts {
             sim.add_host(spec.clone())?;
@@ -208,6 +224,7 @@ impl Simulation {
             metrics: Metrics::new(),
             timeline: Timeline::new(),
             stale: 0,
+            placed_waits: None,
             sched,
         };
         sim.config.policy = sim.sched.config().policy;
@@ -315,11 +332,23 @@ impl Simulation {
     /// Runs with no trace until `until_ms` (or until nothing is left to happen), and stops
     /// there; it can be called again with a later time.
     pub fn run_until(&mut self, until_ms: u64) -> Result<(), SimError> {
+        self.advance(&mut std::iter::empty(), until_ms)
+    }
+
+    /// Runs until `until_ms`, feeding the records of `trace` as they fall due; records after
+    /// `until_ms` are left unread.
+    fn advance(
+        &mut self,
+        trace: &mut dyn Iterator<Item = Result<Record, TraceError>>,
+        until_ms: u64,
+    ) -> Result<(), SimError> {
+        let mut next = trace.next().transpose()?;
         self.pump();
         loop {
+            let t_record = next.as_ref().map(|r| r.at_ms);
             let t_event = self.queue.peek().map(|Reverse((t, _, _))| *t);
             let t_timer = self.sched.poll_timeout();
-            let Some(t) = [t_event, t_timer].into_iter().flatten().min() else {
+            let Some(t) = [t_record, t_event, t_timer].into_iter().flatten().min() else {
                 break;
             };
             if t > until_ms {
@@ -327,6 +356,11 @@ impl Simulation {
             }
             self.now_ms = self.now_ms.max(t);
             self.apply_due()?;
+            while let Some(record) = next.take_if(|r| r.at_ms <= self.now_ms) {
+                self.metrics.events += 1;
+                self.record(record)?;
+                next = trace.next().transpose()?;
+            }
             if t_timer.is_some_and(|tt| tt <= self.now_ms) {
                 self.metrics.events += 1;
                 let _ = self.input(Input::Tick);
@@ -338,47 +372,90 @@ impl Simulation {
     }
 
     /// Starts from the current state, runs `horizon_ms` ahead and reports the waits of the
-    /// requests that were waiting at the start. Arrivals during the run (none, from a copied
-    /// state) are counted too.
-    pub fn forecast(mut self, horizon_ms: u64) -> Result<Forecast, SimError> {
+    /// requests that were waiting at the start.
+    pub fn forecast(self, horizon_ms: u64) -> Result<Forecast, SimError> {
+        self.forecast_with_arrivals(horizon_ms, Vec::new())
+    }
+
+    /// Like [`Self::forecast`], with `arrivals` submitted at their times during the run (those
+    /// outside it are ignored): their waits are reported apart, in [`Forecast::arrivals`].
+    /// Their ids must not be those of requests the scheduler holds.
+    pub fn forecast_with_arrivals(
+        mut self,
+        horizon_ms: u64,
+        mut arrivals: Vec<Record>,
+    ) -> Result<Forecast, SimError> {
         let start_ms = self.now_ms;
-        let n_waiting = self.requests.values().filter(|r| !r.placed).count() as u64;
         let until_ms = start_ms.saturating_add(horizon_ms);
-        self.run_until(until_ms)?;
-        let mut waits = self.metrics.waits().clone();
-        let mut still_waiting = 0u64;
-        let mut ids: Vec<u64> = self.requests.keys().copied().collect();
-        ids.sort_unstable();
-        for id in ids {
-            let Some(r) = self.requests.get(&id) else {
-                continue;
-            };
-            if r.placed {
-                continue;
-            }
-            let waited = until_ms.saturating_sub(r.submitted_ms);
-            still_waiting += 1;
-            if waits.record(waited).is_err() {
-                waits.saturating_record(waited);
+        let mut waiting_now: Vec<u64> = self
+            .requests
+            .iter()
+            .filter(|(_, r)| !r.placed)
+            .map(|(&id, _)| id)
+            .collect();
+        waiting_now.sort_unstable();
+        arrivals.retain(|r| (start_ms..until_ms).contains(&r.at_ms));
+        arrivals.sort_by_key(|r| r.at_ms);
+        let mut arrived = Vec::new();
+        for r in &arrivals {
+            if let RecordBody::Request(q) = &r.body {
+                if self.requests.contains_key(&q.id) {
+                    return Err(SimError::Scheduler(format!(
+                        "forecast arrival r{} has the id of a request the scheduler holds",
+                        q.id
+                    )));
+                }
+                arrived.push((q.id, r.at_ms));
             }
         }
-        let n = waits.len();
+        self.placed_waits = Some(BTreeMap::new());
+        self.advance(&mut arrivals.into_iter().map(Ok), until_ms)?;
+        let waiting_now = self.waits_of(waiting_now.iter().map(|&id| (id, 0)), until_ms);
+        let arrivals = self.waits_of(arrived.into_iter(), until_ms);
         Ok(Forecast {
             horizon_ms,
-            n_waiting,
-            mean_wait_ms: if n == 0 {
-                0
-            } else {
-                waits.mean().round() as u64
-            },
-            p95_wait_ms: if n == 0 {
-                0
-            } else {
-                waits.value_at_quantile(0.95)
-            },
-            max_wait_ms: if n == 0 { 0 } else { waits.max() },
-            still_waiting,
+            n_waiting: waiting_now.n,
+            mean_wait_ms: waiting_now.mean_wait_ms,
+            p95_wait_ms: waiting_now.p95_wait_ms,
+            max_wait_ms: waiting_now.max_wait_ms,
+            still_waiting: waiting_now.still_waiting,
+            arrivals,
         })
+    }
+
+    /// The waits of the requests `(id, submitted at)` at the end of a forecast run to
+    /// `until_ms` (a submit time of 0: the one the simulation knows).
+    fn waits_of(&self, ids: impl Iterator<Item = (u64, u64)>, until_ms: u64) -> WaitForecast {
+        let placed = self.placed_waits.as_ref();
+        let mut waits = crate::report::histogram();
+        let (mut n, mut still_waiting) = (0, 0);
+        for (id, at_ms) in ids {
+            n += 1;
+            if let Some(&w) = placed.and_then(|p| p.get(&id)) {
+                crate::report::record(&mut waits, w);
+                continue;
+            }
+            let submitted_ms = match (self.requests.get(&id), self.pending.get(&id)) {
+                (Some(r), _) if !r.placed => r.submitted_ms,
+                (None, Some(_)) => at_ms,
+                // Ended without being placed (rejected, cancelled): no wait to speak of.
+                _ => continue,
+            };
+            still_waiting += 1;
+            crate::report::record(&mut waits, until_ms.saturating_sub(submitted_ms));
+        }
+        let some = !waits.is_empty();
+        WaitForecast {
+            n,
+            mean_wait_ms: if some { waits.mean().round() as u64 } else { 0 },
+            p95_wait_ms: if some {
+                waits.value_at_quantile(0.95)
+            } else {
+                0
+            },
+            max_wait_ms: if some { waits.max() } else { 0 },
+            still_waiting,
+        }
     }
 
     /// Applies the simulated completions due by now.
@@ -847,6 +924,9 @@ impl Simulation {
                             r.placed = true;
                             let wait = now - r.submitted_ms;
                             self.metrics.waited(wait);
+                            if let Some(p) = &mut self.placed_waits {
+                                p.insert(id, wait);
+                            }
                         }
                     }
                     RequestState::Waiting => {}

@@ -11,7 +11,7 @@ pub mod latency;
 pub mod plot;
 pub mod report;
 
-pub use engine::{Forecast, SimConfig, Simulation, UNSPECIFIED_MEMORY_MIB};
+pub use engine::{Forecast, SimConfig, Simulation, UNSPECIFIED_MEMORY_MIB, WaitForecast};
 pub use fleet::Fleet;
 pub use latency::Profile;
 pub use report::{Report, Row, RunInfo, compare, comparison_table};

@@ -84,7 +84,7 @@ pub(crate) struct Metrics {
     pub events: u64,
 }
 
-fn histogram() -> Histogram<u64> {
+pub(crate) fn histogram() -> Histogram<u64> {
     // Three significant digits, growing as needed: bounded memory whatever the trace length.
     match Histogram::new(3) {
         Ok(mut h) => {
@@ -97,7 +97,7 @@ fn histogram() -> Histogram<u64> {
 }
 
 /// Records a value, growing the histogram's range as needed (auto-resize is on).
-fn record(h: &mut Histogram<u64>, value: u64) {
+pub(crate) fn record(h: &mut Histogram<u64>, value: u64) {
     if h.record(value).is_err() {
         h.saturating_record(value);
     }

@@ -258,12 +258,12 @@ fn a_malformed_trace_line_names_the_file_and_line() {
     assert!(text.contains("count"), "{text}");
 }
 
-#[test]
-fn a_forecast_from_a_copied_state_sees_a_drain_lengthen_the_waits() {
+/// Two 4-vCPU hosts, 8 one-vCPU jobs of 10 minutes running, 8 more waiting: the scheduler's
+/// state one minute in.
+fn two_busy_hosts() -> berth_sched::Scheduler {
     use berth_sched::{
         Config, DriverKind, HostSpec, Input, ProbeReport, RequestSpec, Scheduler, Shape, Template,
     };
-    // Two 4-vCPU hosts, 8 one-vCPU jobs of 10 minutes running, 8 more waiting.
     let mut s = Scheduler::new(Config::default());
     let mut t = Template::new(
         "linux",
@@ -303,6 +303,13 @@ fn a_forecast_from_a_copied_state_sees_a_drain_lengthen_the_waits() {
     sim.run_until(60_000).unwrap();
     let state = sim.scheduler().clone();
     assert_eq!(state.queue_len(), 8);
+    state
+}
+
+#[test]
+fn a_forecast_from_a_copied_state_sees_a_drain_lengthen_the_waits() {
+    use berth_sched::Input;
+    let state = two_busy_hosts();
     let config = SimConfig {
         seed: 7,
         ..SimConfig::default()
@@ -333,4 +340,68 @@ fn a_forecast_from_a_copied_state_sees_a_drain_lengthen_the_waits() {
         .forecast(3_600_000)
         .unwrap();
     assert_eq!(again, without);
+}
+
+#[test]
+fn a_forecast_with_arrivals_reports_their_waits_apart() {
+    use berth_sched::Input;
+    use berth_traces::{Record, RecordBody, RequestRecord};
+    let state = two_busy_hosts();
+    let now = state.now_ms();
+    // Eight more jobs like those, arriving five minutes from now; one after the horizon.
+    let arrival = |id: u64, at_ms: u64| Record {
+        at_ms,
+        body: RecordBody::Request(RequestRecord::new(id, "linux", 1, 600_000)),
+    };
+    let mut arrivals: Vec<Record> = (0..8).map(|i| arrival(1_000 + i, now + 300_000)).collect();
+    arrivals.push(arrival(2_000, now + 7_200_000));
+    let config = SimConfig {
+        seed: 7,
+        ..SimConfig::default()
+    };
+    let forecast = |drain: bool, arrivals: Vec<Record>| {
+        let mut sim = Simulation::from_scheduler(state.clone(), config.clone());
+        if drain {
+            sim.handle(Input::Drain(berth_sched::HostId(2))).unwrap();
+        }
+        sim.forecast_with_arrivals(3_600_000, arrivals).unwrap()
+    };
+    let without = forecast(false, arrivals.clone());
+    let with = forecast(true, arrivals.clone());
+    assert_eq!(
+        (without.arrivals.n, with.arrivals.n),
+        (8, 8),
+        "the late one is left out"
+    );
+    // The waiting requests come first under fcfs: the arrivals wait for a second round.
+    assert!(without.arrivals.mean_wait_ms > 0, "{without:?}");
+    assert!(
+        with.arrivals.mean_wait_ms > without.arrivals.mean_wait_ms,
+        "{with:?} vs {without:?}"
+    );
+    assert!(
+        with.arrivals.max_wait_ms > without.arrivals.max_wait_ms,
+        "{with:?} vs {without:?}"
+    );
+    // Half an hour ahead, on one host, some of them are still waiting at the horizon.
+    let mut drained = Simulation::from_scheduler(state.clone(), config.clone());
+    drained
+        .handle(Input::Drain(berth_sched::HostId(2)))
+        .unwrap();
+    let short = drained
+        .forecast_with_arrivals(1_800_000, arrivals.clone())
+        .unwrap();
+    assert_eq!(short.arrivals.n, 8);
+    assert!(short.arrivals.still_waiting > 0, "{short:?}");
+    // The requests waiting now are reported as before, apart from the arrivals.
+    let plain = Simulation::from_scheduler(state.clone(), config.clone())
+        .forecast(3_600_000)
+        .unwrap();
+    assert_eq!(without.n_waiting, plain.n_waiting);
+    assert_eq!(plain.arrivals, berth_sim::WaitForecast::default());
+    // An arrival with the id of a request the scheduler holds is refused, not merged.
+    let e = Simulation::from_scheduler(state.clone(), config.clone())
+        .forecast_with_arrivals(3_600_000, vec![arrival(3, now + 1)])
+        .unwrap_err();
+    assert!(e.to_string().contains("r3"), "{e}");
 }

@@ -1,18 +1,27 @@
 //! `POST /v1/predict/drain`: what draining some hosts would do to the queue. The control loop
 //! hands out a copy of its scheduler; off the loop, the simulator runs two copies of it ahead
-//! (as is, and with the hosts drained) with the same seed and no new arrivals, and the answer
-//! compares the queue waits of the requests waiting now.
+//! (as is, and with the hosts drained) with the same seed, and the answer compares the queue
+//! waits of the requests waiting now, and of the arrivals the run assumes: by default the
+//! requests of the last `horizon_s`, submitted again one horizon later (the next hour looks
+//! like the last one), with the shapes they asked for and the time their jobs ran.
+
+use std::collections::BTreeMap;
 
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use berth_sched::{HostId, Input, Scheduler};
-use berth_sim::{Forecast, Profile, SimConfig, SimError, Simulation};
+use berth_sim::{Forecast, Profile, SimConfig, SimError, Simulation, WaitForecast};
+use berth_traces::Record;
+use rusqlite::{Connection, params};
 use serde::Deserialize;
 use serde_json::json;
 
 use super::{ApiResult, AppState, auth, ok_json, parse, query};
+use crate::DaemonError;
 use crate::control::{Answer, ApiError, Query};
+use crate::export::request_record;
+use crate::wire::{WireRequest, WireTemplate};
 
 /// How far ahead a forecast looks when the caller does not say: an hour.
 const HORIZON_DEFAULT_S: u64 = 3600;
@@ -23,12 +32,18 @@ const HORIZON_MAX_S: u64 = 7 * 24 * 3600;
 const HOSTS_MAX: usize = 10_000;
 /// Both runs use this seed, so they differ only by the drain.
 const FORECAST_SEED: u64 = 1;
+/// Replayed arrivals get ids from here on, apart from every request the scheduler holds.
+const ARRIVAL_ID_BASE: u64 = 1 << 62;
+/// How long a job is taken to run when neither its request nor its template says.
+const RUN_DEFAULT_MS: u64 = 3_600_000;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct DrainBody {
     hosts: Vec<String>,
     horizon_s: Option<u64>,
+    /// `recent` (the default): the last horizon's requests again; `none`: no arrivals.
+    arrivals: Option<String>,
 }
 
 pub(super) async fn drain(
@@ -68,7 +83,27 @@ pub(super) async fn drain(
         ids.push(host.id);
     }
     let horizon_ms = horizon_s * 1000;
-    let joined = tokio::task::spawn_blocking(move || forecast_drain(*s, &ids, horizon_ms)).await;
+    let source = b.arrivals.as_deref().unwrap_or("recent");
+    let arrivals = match source {
+        "recent" => {
+            let now_ms = s.now_ms();
+            state
+                .reads
+                .read(move |c| recent_arrivals(c, now_ms, horizon_ms))
+                .await?
+        }
+        "none" => Vec::new(),
+        other => {
+            return Err(ApiError::field(
+                400,
+                "arrivals",
+                format!("expected recent or none, got `{other}`"),
+            ));
+        }
+    };
+    let n_arrivals = arrivals.len();
+    let joined =
+        tokio::task::spawn_blocking(move || forecast_drain(*s, &ids, horizon_ms, arrivals)).await;
     let (without, with) = match joined {
         Ok(Ok(both)) => both,
         Ok(Err(e)) => return Err(ApiError::new(500, format!("forecast failed: {e}"))),
@@ -81,6 +116,12 @@ pub(super) async fn drain(
             "horizon_ms": horizon_ms,
             "without": stats_json(&without),
             "with": stats_json(&with),
+            "arrivals": {
+                "source": source,
+                "requests": n_arrivals,
+                "without": waits_json(&without.arrivals),
+                "with": waits_json(&with.arrivals),
+            },
         }),
     )
 }
@@ -94,12 +135,149 @@ fn stats_json(f: &Forecast) -> serde_json::Value {
     })
 }
 
-/// Runs `s` ahead by `horizon_ms` twice, as is and with `hosts` drained, and returns both
-/// forecasts (without, with). A host that is draining already, or out of service, stays so.
+fn waits_json(w: &WaitForecast) -> serde_json::Value {
+    json!({
+        "mean_wait_ms": w.mean_wait_ms,
+        "p95_wait_ms": w.p95_wait_ms,
+        "max_wait_ms": w.max_wait_ms,
+        "still_waiting": w.still_waiting,
+    })
+}
+
+/// The requests submitted in the `horizon_ms` before `now_ms` (except those rejected or
+/// cancelled), as arrivals one horizon later. Each runs as long as its longest-running VM did
+/// (at least its estimate while one still runs), or its estimate if none ran yet.
+fn recent_arrivals(
+    c: &Connection,
+    now_ms: u64,
+    horizon_ms: u64,
+) -> Result<Vec<Record>, DaemonError> {
+    let from_ms = now_ms.saturating_sub(horizon_ms);
+    let sql = |what: &'static str| move |source| DaemonError::Sql { what, source };
+    let mut templates: BTreeMap<String, WireTemplate> = BTreeMap::new();
+    let mut stmt = c
+        .prepare("SELECT spec FROM templates")
+        .map_err(sql("reading templates for a forecast"))?;
+    let rows = stmt
+        .query_map([], |r| r.get::<_, String>(0))
+        .map_err(sql("reading templates for a forecast"))?;
+    for spec in rows {
+        if let Ok(t) = serde_json::from_str::<WireTemplate>(
+            &spec.map_err(sql("reading templates for a forecast"))?,
+        ) {
+            templates.insert(t.name.clone(), t);
+        }
+    }
+    // Ids grow with submit times: walk back from the newest until the window is left.
+    let mut window: Vec<(u64, WireRequest, u64)> = Vec::new();
+    let mut stmt = c
+        .prepare("SELECT id, spec, submitted_ms, state FROM requests ORDER BY id DESC")
+        .map_err(sql("reading requests for a forecast"))?;
+    let mut rows = stmt
+        .query([])
+        .map_err(sql("reading requests for a forecast"))?;
+    while let Some(row) = rows
+        .next()
+        .map_err(sql("reading requests for a forecast"))?
+    {
+        let (id, spec, submitted_ms, state): (i64, String, i64, String) = (
+            row.get(0).map_err(sql("reading requests for a forecast"))?,
+            row.get(1).map_err(sql("reading requests for a forecast"))?,
+            row.get(2).map_err(sql("reading requests for a forecast"))?,
+            row.get(3).map_err(sql("reading requests for a forecast"))?,
+        );
+        let submitted_ms = submitted_ms.max(0) as u64;
+        if submitted_ms < from_ms {
+            break;
+        }
+        if submitted_ms >= now_ms || state == "rejected" || state == "cancelled" {
+            continue;
+        }
+        if let Ok(w) = serde_json::from_str::<WireRequest>(&spec) {
+            window.push((id as u64, w, submitted_ms));
+        }
+    }
+    let Some(first) = window.iter().map(|(id, _, _)| *id).min() else {
+        return Ok(Vec::new());
+    };
+    // How long each request's VMs ran: from `running` to the job's end, or until now.
+    let mut ran: BTreeMap<u64, (u64, bool)> = BTreeMap::new();
+    let mut since: BTreeMap<u64, (u64, u64)> = BTreeMap::new();
+    let mut stmt = c
+        .prepare(
+            "SELECT v.request, h.vm, h.at_ms, h.to_state FROM vms v
+             JOIN vm_history h ON h.vm = v.id WHERE v.request >= ?1 ORDER BY h.id",
+        )
+        .map_err(sql("reading vm history for a forecast"))?;
+    let mut rows = stmt
+        .query(params![first as i64])
+        .map_err(sql("reading vm history for a forecast"))?;
+    while let Some(row) = rows
+        .next()
+        .map_err(sql("reading vm history for a forecast"))?
+    {
+        let (request, vm, at_ms, to): (i64, i64, i64, String) = (
+            row.get(0)
+                .map_err(sql("reading vm history for a forecast"))?,
+            row.get(1)
+                .map_err(sql("reading vm history for a forecast"))?,
+            row.get(2)
+                .map_err(sql("reading vm history for a forecast"))?,
+            row.get(3)
+                .map_err(sql("reading vm history for a forecast"))?,
+        );
+        let (request, vm, at_ms) = (request as u64, vm as u64, at_ms.max(0) as u64);
+        match to.as_str() {
+            "running" => {
+                since.entry(vm).or_insert((request, at_ms));
+            }
+            "releasing" | "held" | "done" | "failed" | "lost" | "cancelled" => {
+                if let Some((request, start)) = since.remove(&vm) {
+                    let e = ran.entry(request).or_insert((0, false));
+                    e.0 = e.0.max(at_ms.saturating_sub(start));
+                }
+            }
+            _ => {}
+        }
+    }
+    for (request, start) in since.into_values() {
+        let e = ran.entry(request).or_insert((0, false));
+        e.0 = e.0.max(now_ms.saturating_sub(start));
+        e.1 = true;
+    }
+    let mut arrivals = Vec::with_capacity(window.len());
+    for (id, w, submitted_ms) in window.into_iter().rev() {
+        let template = templates.get(&w.template);
+        let expected = w
+            .expected_run_ms
+            .or(template.map(|t| t.expected_run_ms))
+            .unwrap_or(RUN_DEFAULT_MS);
+        let duration_ms = match ran.get(&id) {
+            Some(&(ms, false)) => ms,
+            Some(&(ms, true)) => ms.max(expected),
+            None => expected,
+        };
+        arrivals.push(Record {
+            at_ms: submitted_ms + horizon_ms,
+            body: berth_traces::RecordBody::Request(request_record(
+                ARRIVAL_ID_BASE + id,
+                &w,
+                template,
+                duration_ms,
+            )),
+        });
+    }
+    Ok(arrivals)
+}
+
+/// Runs `s` ahead by `horizon_ms` twice, as is and with `hosts` drained, with the same
+/// `arrivals`, and returns both forecasts (without, with). A host that is draining already,
+/// or out of service, stays so.
 pub(crate) fn forecast_drain(
     s: Scheduler,
     hosts: &[HostId],
     horizon_ms: u64,
+    arrivals: Vec<Record>,
 ) -> Result<(Forecast, Forecast), SimError> {
     let config = SimConfig {
         latency: Profile::Default,
@@ -112,7 +290,8 @@ pub(crate) fn forecast_drain(
         // Refused only for a host that is not taking VMs anyway: the same both ways.
         let _ = drained.handle(Input::Drain(host));
     }
-    let without = Simulation::from_scheduler(s, config).forecast(horizon_ms)?;
-    let with = drained.forecast(horizon_ms)?;
+    let without = Simulation::from_scheduler(s, config)
+        .forecast_with_arrivals(horizon_ms, arrivals.clone())?;
+    let with = drained.forecast_with_arrivals(horizon_ms, arrivals)?;
     Ok((without, with))
 }

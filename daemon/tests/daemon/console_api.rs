@@ -107,6 +107,27 @@ fn a_drain_that_removes_capacity_forecasts_longer_waits() {
         "{p}"
     );
     assert!(stat(&p, "with", "p95_wait_ms") >= stat(&p, "without", "p95_wait_ms"));
+    // By default the next hour brings what the last one did: the 16 requests again, one
+    // horizon later. They wait behind the queue, longer still with h2 drained.
+    let arrivals = &p["arrivals"];
+    assert_eq!(arrivals["source"], "recent", "{p}");
+    assert_eq!(arrivals["requests"], 16, "{p}");
+    assert!(
+        stat(arrivals, "with", "mean_wait_ms") > stat(arrivals, "without", "mean_wait_ms"),
+        "{p}"
+    );
+    // Without arrivals, the requests waiting now are forecast alone.
+    let alone = d.ok(
+        "POST",
+        "/v1/predict/drain",
+        Some(json!({"hosts": ["h2"], "arrivals": "none"})),
+    );
+    assert_eq!(alone["arrivals"]["requests"], 0, "{alone}");
+    assert_eq!(stat(&alone["arrivals"], "with", "mean_wait_ms"), 0);
+    assert_eq!(
+        stat(&alone, "without", "still_waiting"),
+        stat(&p, "without", "still_waiting")
+    );
     // The same state and seed give the same forecast; nothing was drained for real.
     let again = d.ok(
         "POST",
@@ -130,6 +151,16 @@ fn a_drain_that_removes_capacity_forecasts_longer_waits() {
         Some(json!({"hosts": ["h1", "nope"]})),
     );
     assert_eq!((status, e["field"].as_str()), (404, Some("host")), "{e}");
+    let (status, e) = d.call(
+        "POST",
+        "/v1/predict/drain",
+        Some(json!({"hosts": ["h1"], "arrivals": "tomorrow"})),
+    );
+    assert_eq!(
+        (status, e["field"].as_str()),
+        (400, Some("arrivals")),
+        "{e}"
+    );
     let (status, e) = d.call("POST", "/v1/predict/drain", Some(json!({"hosts": []})));
     assert_eq!((status, e["field"].as_str()), (400, Some("hosts")), "{e}");
     let (status, e) = d.call(
