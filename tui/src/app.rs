@@ -98,7 +98,8 @@ pub enum Popup {
     Help {
         scroll: usize,
     },
-    Confirm(Confirm),
+    /// Boxed: with its forecast it is many times the size of the other popups.
+    Confirm(Box<Confirm>),
     /// The VNC hint inside an SSH session.
     Vnc {
         info: ConsoleInfo,
@@ -835,7 +836,7 @@ impl App {
         } else {
             vec![]
         };
-        self.popup = Some(Popup::Confirm(Confirm {
+        self.popup = Some(Popup::Confirm(Box::new(Confirm {
             kind,
             title,
             targets,
@@ -845,7 +846,7 @@ impl App {
             typed: String::new(),
             forecast,
             extend_s: EXTEND_DEFAULT_S,
-        }));
+        })));
         cmds
     }
 

@@ -2,7 +2,8 @@
 //! inputs always draw the same screens.
 
 use crate::model::{
-    Breakpoint, DrainPrediction, Host, Request, Snapshot, Vm, WaitStats, Why, host_class, vm_name,
+    ArrivalForecast, Breakpoint, DrainPrediction, Host, Request, Snapshot, Vm, WaitStats, Why,
+    host_class, vm_name,
 };
 
 /// The fixed clock of fixtures: 2026-05-01 12:00:00 UTC.
@@ -131,7 +132,8 @@ pub fn small() -> Snapshot {
     }
 }
 
-/// A forecast for draining `hosts`.
+/// A forecast for draining `hosts`, with the last hour's requests replayed: they wait far
+/// longer with the drain than the queue does.
 pub fn prediction(hosts: &[String]) -> DrainPrediction {
     DrainPrediction {
         hosts: hosts.to_vec(),
@@ -148,6 +150,21 @@ pub fn prediction(hosts: &[String]) -> DrainPrediction {
             max_wait_ms: 1_500_000,
             still_waiting: 2,
         },
+        arrivals: Some(ArrivalForecast {
+            requests: 16,
+            without: WaitStats {
+                mean_wait_ms: 95_000,
+                p95_wait_ms: 420_000,
+                max_wait_ms: 610_000,
+                still_waiting: 0,
+            },
+            with: WaitStats {
+                mean_wait_ms: 540_000,
+                p95_wait_ms: 1_980_000,
+                max_wait_ms: 2_700_000,
+                still_waiting: 3,
+            },
+        }),
     }
 }
 

@@ -11,8 +11,8 @@ use serde_json::{Value, json};
 
 use crate::event::{Event, Role};
 use crate::model::{
-    Action, Breakpoint, ConsoleInfo, Detail, DrainPrediction, EventRow, Host, Request, Snapshot,
-    Target, TimelineEntry, Vm, WaitStats, Why, bytes, clean_serial, host_class,
+    Action, ArrivalForecast, Breakpoint, ConsoleInfo, Detail, DrainPrediction, EventRow, Host,
+    Request, Snapshot, Target, TimelineEntry, Vm, WaitStats, Why, bytes, clean_serial, host_class,
 };
 use crate::source::{Source, SourceError};
 
@@ -317,6 +317,21 @@ pub fn parse_prediction(v: &Value) -> Option<DrainPrediction> {
             .map(|a| a.iter().map(s).collect())
             .unwrap_or_default(),
         horizon_ms: u(&v["horizon_ms"]),
+        without: parse_stats(&v["without"]),
+        with: parse_stats(&v["with"]),
+        arrivals: parse_arrivals(&v["arrivals"]),
+    })
+}
+
+/// The `arrivals` block of a drain forecast. Daemons before it send none; a block that
+/// replayed no requests says nothing either.
+fn parse_arrivals(v: &Value) -> Option<ArrivalForecast> {
+    let requests = u(&v["requests"]);
+    if requests == 0 || !v["with"].is_object() || !v["without"].is_object() {
+        return None;
+    }
+    Some(ArrivalForecast {
+        requests,
         without: parse_stats(&v["without"]),
         with: parse_stats(&v["with"]),
     })
@@ -845,13 +860,81 @@ mod tests {
         }));
         assert_eq!(e.subject, "berth-vm3");
         assert_eq!(e.text, "booting → running (boot done) on sim-small-1");
-        let p = parse_prediction(&json!({
+    }
+
+    fn waits(
+        mean_wait_ms: u64,
+        p95_wait_ms: u64,
+        max_wait_ms: u64,
+        still_waiting: u64,
+    ) -> WaitStats {
+        WaitStats {
+            mean_wait_ms,
+            p95_wait_ms,
+            max_wait_ms,
+            still_waiting,
+        }
+    }
+
+    #[test]
+    fn drain_forecasts_read_their_replayed_arrivals() {
+        let body = r#"{"hosts": ["h2"], "horizon_ms": 3600000,
+            "without": {"mean_wait_ms": 1, "p95_wait_ms": 2, "max_wait_ms": 3, "still_waiting": 0},
+            "with": {"mean_wait_ms": 4, "p95_wait_ms": 5, "max_wait_ms": 6, "still_waiting": 1},
+            "arrivals": {"source": "recent", "requests": 16,
+                "without": {"mean_wait_ms": 7, "p95_wait_ms": 8, "max_wait_ms": 9, "still_waiting": 0},
+                "with": {"mean_wait_ms": 10, "p95_wait_ms": 11, "max_wait_ms": 12, "still_waiting": 2}}}"#;
+        let (url, head) = answer_once(
+            "200 OK",
+            "Content-Type: application/json\r\n",
+            body.as_bytes().to_vec(),
+        );
+        let p = HttpSource::new(&url, None)
+            .predict_drain(&["h2".into()])
+            .unwrap()
+            .unwrap();
+        assert!(head.recv().unwrap().starts_with("POST /v1/predict/drain "));
+        assert_eq!(
+            p,
+            DrainPrediction {
+                hosts: vec!["h2".into()],
+                horizon_ms: 3_600_000,
+                without: waits(1, 2, 3, 0),
+                with: waits(4, 5, 6, 1),
+                arrivals: Some(ArrivalForecast {
+                    requests: 16,
+                    without: waits(7, 8, 9, 0),
+                    with: waits(10, 11, 12, 2),
+                }),
+            }
+        );
+    }
+
+    #[test]
+    fn drain_forecasts_without_arrivals_forecast_the_queue_alone() {
+        let queue = json!({
             "hosts": ["a"], "horizon_ms": 3_600_000,
             "without": {"mean_wait_ms": 1000, "p95_wait_ms": 2000, "max_wait_ms": 3000, "still_waiting": 0},
             "with": {"mean_wait_ms": 4000, "p95_wait_ms": 5000, "max_wait_ms": 6000, "still_waiting": 1}
-        }))
-        .unwrap();
-        assert_eq!(p.with.still_waiting, 1);
+        });
+        // A daemon from before replayed arrivals sends no block.
+        let p = parse_prediction(&queue).unwrap();
+        assert_eq!(p.without, waits(1000, 2000, 3000, 0));
+        assert_eq!(p.with, waits(4000, 5000, 6000, 1));
+        assert_eq!(p.arrivals, None);
+        // Nothing to replay (asked for none, or nothing submitted in the last horizon): the
+        // zeros of an empty run are no forecast.
+        for source in ["none", "recent"] {
+            let mut v = queue.clone();
+            v["arrivals"] = json!({
+                "source": source, "requests": 0,
+                "without": {"mean_wait_ms": 0, "p95_wait_ms": 0, "max_wait_ms": 0, "still_waiting": 0},
+                "with": {"mean_wait_ms": 0, "p95_wait_ms": 0, "max_wait_ms": 0, "still_waiting": 0}
+            });
+            let p = parse_prediction(&v).unwrap();
+            assert_eq!(p.arrivals, None, "{source}");
+            assert_eq!(p.with, waits(4000, 5000, 6000, 1));
+        }
         assert_eq!(parse_prediction(&json!({"error": "x"})), None);
     }
 }

@@ -200,11 +200,25 @@ pub struct WaitStats {
     pub still_waiting: u64,
 }
 
-/// The simulator's forecast of a drain: queue wait with and without it.
+/// The simulator's forecast of a drain: queue wait with and without it, for the requests
+/// waiting now and for the arrivals the run assumed.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DrainPrediction {
     pub hosts: Vec<String>,
     pub horizon_ms: u64,
+    /// The requests waiting now.
+    pub without: WaitStats,
+    pub with: WaitStats,
+    /// The requests of the last horizon, submitted again over the next one. `None` when
+    /// there were none to replay, or when the daemon forecasts the queue alone.
+    pub arrivals: Option<ArrivalForecast>,
+}
+
+/// The queue wait of the arrivals a forecast replays, with and without the drain.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ArrivalForecast {
+    /// How many requests were replayed.
+    pub requests: u64,
     pub without: WaitStats,
     pub with: WaitStats,
 }

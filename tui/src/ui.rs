@@ -12,7 +12,7 @@ use ratatui_image::{Resize, StatefulImage};
 use crate::app::{App, Confirm, Forecast, Input, Popup, VM_KEY_HINTS, clock, columns, milli};
 use crate::event::ConnState;
 use crate::keymap::{self, KeyAction, Screen};
-use crate::model::{WaitStats, duration, host_glyph, mib, vm_glyph};
+use crate::model::{DrainPrediction, WaitStats, duration, host_glyph, mib, vm_glyph};
 
 /// Styles, or none of them under `NO_COLOR` (meaning is always in words and glyphs too).
 #[derive(Clone, Copy)]
@@ -730,15 +730,62 @@ fn draw_help(f: &mut Frame, app: &App, theme: Theme, scroll: usize, area: Rect) 
     popup(f, area, 78, h, title, Text::from(text));
 }
 
-fn stats_line(label: &str, s: &WaitStats) -> Line<'static> {
-    Line::from(format!(
-        " {label:<14}{:>8}{:>8}{:>8}{:>9}",
-        duration(s.mean_wait_ms),
-        duration(s.p95_wait_ms),
-        duration(s.max_wait_ms),
-        s.still_waiting
-    ))
+/// Width of the label column of a forecast table.
+const FORECAST_LABEL_WIDTH: usize = 14;
+
+/// A forecast table's rows: the header, then without and with the drain for each group of
+/// requests. A lone group (the queue, when the daemon replayed no arrivals) has no heading;
+/// under headings the rows are indented.
+fn forecast_table(groups: &[(String, &WaitStats, &WaitStats)]) -> Vec<Line<'static>> {
+    let indent = if groups.len() > 1 { "  " } else { "" };
+    let w = FORECAST_LABEL_WIDTH + indent.len();
+    let mut lines = vec![Line::from(format!(
+        " {:<w$}{:>8}{:>8}{:>8}{:>9}",
+        "queue wait", "mean", "p95", "max", "waiting"
+    ))];
+    for (heading, without, with) in groups {
+        if groups.len() > 1 {
+            lines.push(Line::from(format!(" {heading}")));
+        }
+        for (label, s) in [("without drain", without), ("with drain", with)] {
+            lines.push(Line::from(format!(
+                " {:<w$}{:>8}{:>8}{:>8}{:>9}",
+                format!("{indent}{label}"),
+                duration(s.mean_wait_ms),
+                duration(s.p95_wait_ms),
+                duration(s.max_wait_ms),
+                s.still_waiting
+            )));
+        }
+    }
+    lines
 }
+
+fn forecast_lines(theme: Theme, p: &DrainPrediction) -> Vec<Line<'static>> {
+    let horizon = duration(p.horizon_ms);
+    let mut groups = vec![("requests waiting now".to_owned(), &p.without, &p.with)];
+    if let Some(a) = &p.arrivals {
+        let noun = if a.requests == 1 {
+            "request"
+        } else {
+            "requests"
+        };
+        groups.push((
+            format!("next {horizon} like the last ({} {noun})", a.requests),
+            &a.without,
+            &a.with,
+        ));
+    }
+    let mut lines = vec![Line::from(Span::styled(
+        format!("forecast, next {horizon} (simulated on a copy):"),
+        theme.bold(),
+    ))];
+    lines.extend(forecast_table(&groups));
+    lines
+}
+
+/// Width of a confirmation dialog, borders included.
+const CONFIRM_WIDTH: u16 = 74;
 
 fn draw_confirm(f: &mut Frame, theme: Theme, c: &Confirm, area: Rect) {
     let mut lines = vec![
@@ -759,21 +806,7 @@ fn draw_confirm(f: &mut Frame, theme: Theme, c: &Confirm, area: Rect) {
             Forecast::Unavailable(why) => {
                 lines.push(Line::from(format!("forecast: unavailable ({why})")));
             }
-            Forecast::Ready(p) => {
-                lines.push(Line::from(Span::styled(
-                    format!(
-                        "forecast, next {} (simulated on a copy):",
-                        duration(p.horizon_ms)
-                    ),
-                    theme.bold(),
-                )));
-                lines.push(Line::from(format!(
-                    " {:<14}{:>8}{:>8}{:>8}{:>9}",
-                    "queue wait", "mean", "p95", "max", "waiting"
-                )));
-                lines.push(stats_line("without drain", &p.without));
-                lines.push(stats_line("with drain", &p.with));
-            }
+            Forecast::Ready(p) => lines.extend(forecast_lines(theme, p)),
         }
     }
     lines.push(Line::from(""));
@@ -801,15 +834,15 @@ fn draw_confirm(f: &mut Frame, theme: Theme, c: &Confirm, area: Rect) {
             }),
         ]));
     }
-    let h = lines.len() as u16 + 2;
-    popup(
-        f,
-        area,
-        74,
-        h,
-        &format!(" {}? ", c.title),
-        Text::from(lines),
-    );
+    // Long lines (the effect) wrap: count the rows they take, or the last lines (what to
+    // press) fall off the bottom of the dialog.
+    let inner_w = CONFIRM_WIDTH.min(area.width).saturating_sub(2);
+    let text = Text::from(lines);
+    let rows = Paragraph::new(text.clone())
+        .wrap(Wrap { trim: false })
+        .line_count(inner_w);
+    let h = u16::try_from(rows).unwrap_or(u16::MAX).saturating_add(2);
+    popup(f, area, CONFIRM_WIDTH, h, &format!(" {}? ", c.title), text);
 }
 
 fn centered(area: Rect, w: u16, h: u16) -> Rect {

@@ -120,9 +120,16 @@ fn http_source_reads_acts_and_streams_against_the_daemon() {
             .any(|(k, v)| k == "state" && v == "ready")
     );
 
-    // A forecast or a clean "cannot", never an error.
-    let forecast = src.predict_drain(&["sim-small-2".into()]);
-    assert!(forecast.is_ok(), "{forecast:?}");
+    // The forecast replays the last hour's requests: the one submitted above.
+    let forecast = src.predict_drain(&["sim-small-2".into()]).unwrap().unwrap();
+    assert_eq!(forecast.hosts, ["sim-small-2"]);
+    assert_eq!(forecast.horizon_ms, 3_600_000);
+    let arrivals = forecast
+        .arrivals
+        .expect("the last hour's request, replayed");
+    assert_eq!(arrivals.requests, 1, "{arrivals:?}");
+    // The fleet is nearly idle: it is placed with sim-small-2 drained or not.
+    assert_eq!(arrivals.with.still_waiting, 0, "{arrivals:?}");
     // `/v1/whoami` may not exist yet: then the role is unknown, never read-only.
     assert_ne!(src.role(), Some(berth_tui::event::Role::ReadOnly));
     // Screenshots: an image, or a clear "not supported".
@@ -208,6 +215,11 @@ fn read_only_tokens_cannot_act() {
         matches!(err, SourceError::Status { status: 403, .. }),
         "{err}"
     );
+    // A forecast changes nothing, so read-only tokens may ask. Nothing was submitted in the
+    // last hour: there are no arrivals to replay, only the (empty) queue.
+    let forecast = src.predict_drain(&["sim-small-1".into()]).unwrap().unwrap();
+    assert_eq!(forecast.arrivals, None, "{forecast:?}");
+    assert_eq!(forecast.with.still_waiting, 0, "{forecast:?}");
 }
 
 #[test]

@@ -110,6 +110,22 @@ fn drain_dialog_with_forecast() {
 }
 
 #[test]
+fn drain_dialog_with_forecast_of_the_queue_alone() {
+    // A daemon that replays no arrivals (none submitted lately, or one from before them):
+    // the table of the requests waiting now, as it always was.
+    check("confirm_drain_queue_alone", |a| {
+        keys(a, "2  D");
+        let hosts = vec!["sim-small-1".to_owned(), "sim-small-2".to_owned()];
+        let mut p = fixture::prediction(&hosts);
+        p.arrivals = None;
+        a.update(Event::Prediction {
+            result: Ok(Some(p)),
+            hosts,
+        });
+    });
+}
+
+#[test]
 fn drain_dialog_without_forecast() {
     check("confirm_drain_unavailable", |a| {
         keys(a, "2D");
