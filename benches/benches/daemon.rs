@@ -199,6 +199,28 @@ fn state_changes_per_second() -> (f64, Bench) {
     (50_000.0 / elapsed, b)
 }
 
+/// `POST /v1/predict/drain` of 20 of the 200 hosts, an hour ahead, on the daemon that holds
+/// 10,000 running VMs: with the last hour's requests (its five 2,000-VM requests) replayed, and
+/// without arrivals, alternately. Returns the seconds of each (recent, none).
+fn forecasts(b: &Bench) -> (Vec<f64>, Vec<f64>) {
+    let hosts: Vec<String> = (0..20).map(|i| format!("h{i}")).collect();
+    let (mut recent, mut none) = (Vec::new(), Vec::new());
+    for _ in 0..5 {
+        for (arrivals, times) in [("recent", &mut recent), ("none", &mut none)] {
+            let start = Instant::now();
+            let p = b.call(
+                "POST",
+                "/v1/predict/drain",
+                Some(json!({"hosts": hosts, "arrivals": arrivals})),
+            );
+            times.push(start.elapsed().as_secs_f64());
+            let expected = if arrivals == "recent" { 5 } else { 0 };
+            assert_eq!(p["arrivals"]["requests"], expected, "{p}");
+        }
+    }
+    (recent, none)
+}
+
 /// Stops a daemon holding 10,000 running VMs and starts it again on the same directory:
 /// journal replay plus reconciliation with 200 hosts. Returns (seconds, journaled inputs).
 fn recovery(mut b: Bench) -> (f64, u64) {
@@ -247,9 +269,13 @@ fn main() {
     let mut rates = Vec::new();
     let mut recoveries = Vec::new();
     let mut inputs = 0;
+    let mut forecast_times = (Vec::new(), Vec::new());
     for _ in 0..3 {
         let (rate, b) = state_changes_per_second();
         rates.push(rate);
+        if forecast_times.0.is_empty() {
+            forecast_times = forecasts(&b);
+        }
         let (t, n) = recovery(b);
         recoveries.push(t);
         inputs = n;
@@ -258,6 +284,12 @@ fn main() {
         "control loop: VM state changes per second, journal on: median {:.0} (runs {:?})",
         median(rates.clone()),
         rates.iter().map(|r| format!("{r:.0}")).collect::<Vec<_>>()
+    );
+    println!(
+        "forecast: drain 20 of 200 hosts an hour ahead, 10,000 VMs running: median {:.3} s \
+         replaying the last hour's 10,000 VMs, {:.3} s without arrivals",
+        median(forecast_times.0),
+        median(forecast_times.1)
     );
     println!(
         "recovery: restart with 10,000 running VMs ({inputs} journaled inputs, 200 hosts listed): median {:.3} s",
