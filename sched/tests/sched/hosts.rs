@@ -387,6 +387,19 @@ fn draining_a_host_in_error_puts_it_in_maintenance() {
     assert!(w.input(probe_fail(1)).events.is_empty());
 }
 
+/// r1's first VM, running on h1, lost at t=50.
+fn r1_vm1_lost(cause: Cause) -> Event {
+    Event::Vm {
+        at_ms: 50,
+        vm: VmId(1),
+        request: RequestId(1),
+        host: Some(HostId(1)),
+        from: Some(VmState::Running),
+        to: VmState::Lost,
+        cause,
+    }
+}
+
 #[test]
 fn offline_loses_the_vms_at_once() {
     let mut w = two_hosts_running_r1();
@@ -401,18 +414,7 @@ fn offline_loses_the_vms_at_once() {
             cause: Cause::OperatorOffline,
         }
     );
-    assert_eq!(
-        out.events[1],
-        Event::Vm {
-            at_ms: 50,
-            vm: VmId(1),
-            request: RequestId(1),
-            host: Some(HostId(1)),
-            from: Some(VmState::Running),
-            to: VmState::Lost,
-            cause: Cause::HostLost(HostId(1)),
-        }
-    );
+    assert_eq!(out.events[1], r1_vm1_lost(Cause::HostLost(HostId(1))));
     assert_eq!(
         out.destroys(),
         vec![(VmId(1), HostId(1)), (VmId(2), HostId(1))]
@@ -428,18 +430,7 @@ fn offline_loses_the_vms_at_once() {
 fn a_vm_that_vanished_is_lost_and_replaced_without_blaming_its_host() {
     let mut w = two_hosts_running_r1();
     let out = w.at(50).input(Input::VmLost(VmId(1)));
-    assert_eq!(
-        out.events[0],
-        Event::Vm {
-            at_ms: 50,
-            vm: VmId(1),
-            request: RequestId(1),
-            host: Some(HostId(1)),
-            from: Some(VmState::Running),
-            to: VmState::Lost,
-            cause: Cause::Vanished,
-        }
-    );
+    assert_eq!(out.events[0], r1_vm1_lost(Cause::Vanished));
     // Destroyed to be sure (gone is fine for a driver), replaced, and on the same host: it is
     // not to blame.
     assert_eq!(out.destroys(), vec![(VmId(1), HostId(1))]);
