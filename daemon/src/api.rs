@@ -238,6 +238,16 @@ async fn query_json(state: &AppState, q: Query) -> Result<serde_json::Value, Api
 }
 
 /// Accepts `12`, `vm12` and `berth-vm12`.
+/// A route's query parameters as axum hands them over: parsed after `auth`, so that a caller
+/// without a token learns nothing from them.
+pub(crate) type Params<T> = Result<UrlQuery<T>, axum::extract::rejection::QueryRejection>;
+
+/// The query parameters, or a 400 naming `query`.
+pub(crate) fn params<T>(q: Params<T>) -> Result<T, ApiError> {
+    q.map(|UrlQuery(q)| q)
+        .map_err(|e| ApiError::field(400, "query", e.body_text()))
+}
+
 fn parse_vm_id(s: &str) -> Result<u64, ApiError> {
     let digits = s
         .strip_prefix(berth_drivers::VM_NAME_PREFIX)
@@ -400,10 +410,10 @@ struct RequestListQuery {
 async fn list_requests(
     State(state): State<AppState>,
     headers: HeaderMap,
-    q: Result<UrlQuery<RequestListQuery>, axum::extract::rejection::QueryRejection>,
+    q: Params<RequestListQuery>,
 ) -> ApiResult {
     auth(&state, &headers, false)?;
-    let UrlQuery(q) = q.map_err(|e| ApiError::field(400, "query", e.body_text()))?;
+    let q = params(q)?;
     let limit = q.limit.unwrap_or(REQUEST_LIST_DEFAULT);
     let rows = state
         .reads
@@ -483,10 +493,10 @@ const VM_STATES: &[&str] = &[
 async fn list_vms(
     State(state): State<AppState>,
     headers: HeaderMap,
-    q: Result<UrlQuery<VmListQuery>, axum::extract::rejection::QueryRejection>,
+    q: Params<VmListQuery>,
 ) -> ApiResult {
     auth(&state, &headers, false)?;
-    let UrlQuery(q) = q.map_err(|e| ApiError::field(400, "query", e.body_text()))?;
+    let q = params(q)?;
     if let Some(s) = &q.state
         && !VM_STATES.contains(&s.as_str())
     {
@@ -750,11 +760,11 @@ async fn vm_serial(
     State(state): State<AppState>,
     headers: HeaderMap,
     UrlPath(id): UrlPath<String>,
-    q: Result<UrlQuery<SerialQuery>, axum::extract::rejection::QueryRejection>,
+    q: Params<SerialQuery>,
 ) -> ApiResult {
     auth(&state, &headers, false)?;
     let id = parse_vm_id(&id)?;
-    let UrlQuery(q) = q.map_err(|e| ApiError::field(400, "query", e.body_text()))?;
+    let q = params(q)?;
     let tail = q.tail_bytes.unwrap_or(SERIAL_TAIL_DEFAULT);
     if tail == 0 || tail > SERIAL_TAIL_MAX {
         return Err(ApiError::field(
@@ -790,10 +800,10 @@ struct QueueQuery {
 async fn queue(
     State(state): State<AppState>,
     headers: HeaderMap,
-    q: Result<UrlQuery<QueueQuery>, axum::extract::rejection::QueryRejection>,
+    q: Params<QueueQuery>,
 ) -> ApiResult {
     auth(&state, &headers, false)?;
-    let UrlQuery(q) = q.map_err(|e| ApiError::field(400, "query", e.body_text()))?;
+    let q = params(q)?;
     let limit = q.limit.unwrap_or(QUEUE_LIST_DEFAULT).min(QUEUE_LIST_MAX);
     let entries = query_json(&state, Query::Queue(limit)).await?;
     let entries: Vec<(u64, serde_json::Value)> = entries
@@ -905,10 +915,10 @@ struct AuditQuery {
 async fn audit(
     State(state): State<AppState>,
     headers: HeaderMap,
-    q: Result<UrlQuery<AuditQuery>, axum::extract::rejection::QueryRejection>,
+    q: Params<AuditQuery>,
 ) -> ApiResult {
     auth(&state, &headers, true)?;
-    let UrlQuery(q) = q.map_err(|e| ApiError::field(400, "query", e.body_text()))?;
+    let q = params(q)?;
     let limit = q.limit.unwrap_or(REQUEST_LIST_DEFAULT);
     let rows = state
         .reads

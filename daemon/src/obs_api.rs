@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{MatchedPath, Query as UrlQuery, Request, State};
+use axum::extract::{MatchedPath, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -13,7 +13,7 @@ use axum::routing::get;
 use serde_json::json;
 use tokio::sync::oneshot;
 
-use crate::api::{AppState, auth};
+use crate::api::{AppState, Params, auth, params};
 use crate::control::{ApiError, Msg, Query};
 use crate::hooks::{RunFilter, list_runs};
 use crate::metrics::Metrics;
@@ -86,10 +86,10 @@ async fn metrics(State(state): State<ObsState>, headers: HeaderMap) -> Result<Re
 async fn hook_runs(
     State(state): State<ObsState>,
     headers: HeaderMap,
-    q: Result<UrlQuery<RunFilter>, axum::extract::rejection::QueryRejection>,
+    q: Params<RunFilter>,
 ) -> Result<Response, ApiError> {
     auth(&state.app, &headers, false)?;
-    let UrlQuery(mut f) = q.map_err(|e| ApiError::field(400, "query", e.body_text()))?;
+    let mut f = params(q)?;
     f.limit = Some(f.limit.unwrap_or(100).min(HOOK_RUNS_LIST_MAX));
     let runs = state.app.reads.read(move |c| list_runs(c, &f)).await?;
     Ok((StatusCode::OK, axum::Json(json!({"runs": runs}))).into_response())
