@@ -1418,7 +1418,9 @@ impl Scheduler {
         }
     }
 
-    fn serve_all(&mut self, full: bool) {
+    /// The requests a pass serves, in the scratch buffer: the whole queue in service order
+    /// (`full`), or only those that got new queued VMs since the last pass, oldest first.
+    fn pass_order(&mut self, full: bool) -> Vec<Entry> {
         let mut order = std::mem::take(&mut self.scratch);
         if full {
             self.queue
@@ -1438,6 +1440,11 @@ impl Scheduler {
             order.sort_by_key(|e| e.seq);
             order.dedup_by_key(|e| e.seq);
         }
+        order
+    }
+
+    fn serve_all(&mut self, full: bool) {
+        let order = self.pass_order(full);
         for e in &order {
             if self.fleet.ready_free.cpu_milli <= 0 {
                 break;
@@ -1459,25 +1466,7 @@ impl Scheduler {
         let Some(mut reservation) = self.pass.reservation.take() else {
             return;
         };
-        let mut order = std::mem::take(&mut self.scratch);
-        if full || stale {
-            self.queue
-                .ordered(self.now_ms, self.config.aging_step_ms, &mut order);
-        } else {
-            order.clear();
-            for &id in &self.pass.arrivals {
-                if let Some((priority, seq)) = self.requests.get(&id).and_then(|r| r.queue_key) {
-                    order.push(Entry {
-                        request: id,
-                        priority,
-                        seq,
-                        enqueued_ms: 0,
-                    });
-                }
-            }
-            order.sort_by_key(|e| e.seq);
-            order.dedup_by_key(|e| e.seq);
-        }
+        let order = self.pass_order(full || stale);
         for e in &order {
             if e.request == head {
                 continue;
