@@ -23,22 +23,11 @@ if [ "$(id -u)" -ne 0 ]; then
     exit 1
 fi
 
-missing=()
-for p in "${PACKAGES[@]}"; do
-    if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed'; then
-        missing+=("$p")
-    fi
-done
-if [ "${#missing[@]}" -gt 0 ]; then
-    log "installing ${missing[*]}"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
-    extra=()
-    if printf '%s\n' "${missing[@]}" | grep -qx qemu-system-x86; then
-        extra+=("$QEMU_UTILS_PIN")
-    fi
-    apt-get install -y -qq --no-install-recommends --allow-downgrades "${missing[@]}" "${extra[@]}"
+pin=()
+if ! dpkg-query -W -f='${Status}' qemu-system-x86 2>/dev/null | grep -q 'install ok installed'; then
+    pin=("$QEMU_UTILS_PIN")
 fi
+"$(dirname "$0")/install-missing.sh" "${PACKAGES[@]}" -- "${pin[@]}"
 
 # Without udev, /dev/kvm keeps mode 0600 root:root, while Debian's udev rule makes it 0660
 # root:kvm. libvirt checks it as the qemu user (a member of kvm): unreadable, it judges its cached
