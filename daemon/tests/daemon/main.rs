@@ -109,6 +109,22 @@ impl TestDaemon {
         self.daemon.as_ref().unwrap().sim()
     }
 
+    /// The running VMs of `request`, as `(id, host)`.
+    fn running_vms(&self, request: u64) -> Vec<(u64, String)> {
+        self.ok("GET", &format!("/v1/requests/{request}"), None)["vms"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|v| v["state"] == "running")
+            .map(|v| {
+                (
+                    v["id"].as_u64().unwrap(),
+                    v["host"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect()
+    }
+
     fn vm_state(&self, vm: u64) -> String {
         self.ok("GET", &format!("/v1/vms/{vm}"), None)["state"]
             .as_str()
@@ -845,15 +861,7 @@ fn reconciliation_destroys_orphans_and_replaces_missing_vms() {
     d.wait_for("missing vm lost", |d| d.vm_state(gone) == "lost");
     let v = d.ok("GET", &format!("/v1/vms/{gone}"), None);
     assert_eq!(v["cause"], "vanished from its host", "{v}");
-    d.wait_for("a replacement running", |d| {
-        d.ok("GET", &format!("/v1/requests/{id}"), None)["vms"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|v| v["state"] == "running")
-            .count()
-            == 2
-    });
+    d.wait_for("a replacement running", |d| d.running_vms(id).len() == 2);
     assert_eq!(d.vm_state(kept), "running");
     d.stop();
     let world =
@@ -878,22 +886,8 @@ fn a_vm_deleted_behind_the_daemons_back_is_noticed_while_it_runs() {
         Some(json!({"template": "linux", "count": 2, "hold_on_failure": true})),
     );
     let id = r["id"].as_u64().unwrap();
-    let running = |d: &TestDaemon| -> Vec<(u64, String)> {
-        d.ok("GET", &format!("/v1/requests/{id}"), None)["vms"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|v| v["state"] == "running")
-            .map(|v| {
-                (
-                    v["id"].as_u64().unwrap(),
-                    v["host"].as_str().unwrap().to_owned(),
-                )
-            })
-            .collect()
-    };
-    d.wait_for("two running", |d| running(d).len() == 2);
-    let vms = running(&d);
+    d.wait_for("two running", |d| d.running_vms(id).len() == 2);
+    let vms = d.running_vms(id);
     let ((gone, host), (kept, _)) = (vms[0].clone(), vms[1].clone());
     // Someone deletes a running VM on its host and leaves a stray with berth's prefix.
     d.sim().vanish(&host, &format!("berth-vm{gone}"));
@@ -903,7 +897,7 @@ fn a_vm_deleted_behind_the_daemons_back_is_noticed_while_it_runs() {
         d.ok("GET", &format!("/v1/vms/{gone}"), None)["cause"],
         "vanished from its host"
     );
-    d.wait_for("a replacement running", |d| running(d).len() == 2);
+    d.wait_for("a replacement running", |d| d.running_vms(id).len() == 2);
     d.wait_for("the stray destroyed", |d| {
         !d.sim()
             .inventory(&host)
