@@ -60,27 +60,21 @@ impl Default for SimConfig {
     }
 }
 
-/// What a run from a copied state foresees for the requests it started with (see
-/// [`Simulation::from_scheduler`]): their queue waits, submit to placement.
+/// What a run from a copied state foresees (see [`Simulation::from_scheduler`]): queue waits,
+/// submit to placement.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Forecast {
     /// How far ahead it looked.
     pub horizon_ms: u64,
-    /// Requests that were waiting at the start.
-    pub n_waiting: u64,
-    /// Over the requests waiting at the start; one still waiting at the horizon counts as
-    /// having waited until then (so a drain that strands requests shows as a longer wait).
-    pub mean_wait_ms: u64,
-    pub p95_wait_ms: u64,
-    pub max_wait_ms: u64,
-    /// Requests still waiting at the horizon.
-    pub still_waiting: u64,
+    /// The requests that were waiting at the start.
+    pub waiting: WaitForecast,
     /// The requests that arrived during the run (see [`Simulation::forecast_with_arrivals`]).
     pub arrivals: WaitForecast,
 }
 
 /// The queue waits of one group of requests in a forecast, submit to placement; one still
-/// waiting at the horizon counts as having waited until then.
+/// waiting at the horizon counts as having waited until then (so a drain that strands
+/// requests shows as a longer wait).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct WaitForecast {
     pub n: u64,
@@ -394,7 +388,7 @@ impl Simulation {
             .map(|(&id, _)| id)
             .collect();
         waiting_now.sort_unstable();
-        arrivals.retain(|r| (start_ms..until_ms).contains(&r.at_ms));
+        arrivals.retain(|r| (start_ms..=until_ms).contains(&r.at_ms));
         arrivals.sort_by_key(|r| r.at_ms);
         let mut arrived = Vec::new();
         for r in &arrivals {
@@ -410,16 +404,10 @@ impl Simulation {
         }
         self.placed_waits = Some(BTreeMap::new());
         self.advance(&mut arrivals.into_iter().map(Ok), until_ms)?;
-        let waiting_now = self.waits_of(waiting_now.iter().map(|&id| (id, 0)), until_ms);
-        let arrivals = self.waits_of(arrived.into_iter(), until_ms);
         Ok(Forecast {
             horizon_ms,
-            n_waiting: waiting_now.n,
-            mean_wait_ms: waiting_now.mean_wait_ms,
-            p95_wait_ms: waiting_now.p95_wait_ms,
-            max_wait_ms: waiting_now.max_wait_ms,
-            still_waiting: waiting_now.still_waiting,
-            arrivals,
+            waiting: self.waits_of(waiting_now.into_iter().map(|id| (id, 0)), until_ms),
+            arrivals: self.waits_of(arrived.into_iter(), until_ms),
         })
     }
 

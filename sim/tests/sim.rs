@@ -315,17 +315,20 @@ fn a_forecast_from_a_copied_state_sees_a_drain_lengthen_the_waits() {
         .handle(Input::Drain(berth_sched::HostId(2)))
         .unwrap();
     let with = drained.forecast(3_600_000).unwrap();
-    assert_eq!((without.n_waiting, with.n_waiting), (8, 8));
-    assert_eq!((without.still_waiting, with.still_waiting), (0, 0));
+    assert_eq!((without.waiting.n, with.waiting.n), (8, 8));
+    assert_eq!(
+        (without.waiting.still_waiting, with.waiting.still_waiting),
+        (0, 0)
+    );
     // Without the drain the 8 waiting jobs start when the first 8 end (about 10 min after
     // they started); with one host they need two rounds on it.
-    assert!(without.max_wait_ms >= 500_000, "{without:?}");
+    assert!(without.waiting.max_wait_ms >= 500_000, "{without:?}");
     assert!(
-        with.mean_wait_ms > without.mean_wait_ms,
+        with.waiting.mean_wait_ms > without.waiting.mean_wait_ms,
         "{with:?} vs {without:?}"
     );
     assert!(
-        with.max_wait_ms > without.max_wait_ms + 400_000,
+        with.waiting.max_wait_ms > without.waiting.max_wait_ms + 400_000,
         "{with:?} vs {without:?}"
     );
     // Same state and seed: the same forecast.
@@ -390,7 +393,7 @@ fn a_forecast_with_arrivals_reports_their_waits_apart() {
     let plain = Simulation::from_scheduler(state.clone(), config.clone())
         .forecast(3_600_000)
         .unwrap();
-    assert_eq!(without.n_waiting, plain.n_waiting);
+    assert_eq!(without.waiting.n, plain.waiting.n);
     assert_eq!(plain.arrivals, berth_sim::WaitForecast::default());
     // An arrival with the id of a request the scheduler holds is refused, not merged.
     let e = Simulation::from_scheduler(state.clone(), config.clone())

@@ -114,8 +114,8 @@ pub(super) async fn drain(
         json!({
             "hosts": b.hosts,
             "horizon_ms": horizon_ms,
-            "without": stats_json(&without),
-            "with": stats_json(&with),
+            "without": waits_json(&without.waiting),
+            "with": waits_json(&with.waiting),
             "arrivals": {
                 "source": source,
                 "requests": n_arrivals,
@@ -124,15 +124,6 @@ pub(super) async fn drain(
             },
         }),
     )
-}
-
-fn stats_json(f: &Forecast) -> serde_json::Value {
-    json!({
-        "mean_wait_ms": f.mean_wait_ms,
-        "p95_wait_ms": f.p95_wait_ms,
-        "max_wait_ms": f.max_wait_ms,
-        "still_waiting": f.still_waiting,
-    })
 }
 
 fn waits_json(w: &WaitForecast) -> serde_json::Value {
@@ -144,8 +135,8 @@ fn waits_json(w: &WaitForecast) -> serde_json::Value {
     })
 }
 
-/// The requests submitted in the `horizon_ms` before `now_ms` (except those rejected or
-/// cancelled), as arrivals one horizon later. Each runs as long as its longest-running VM did
+/// The requests submitted from `horizon_ms` before `now_ms` up to `now_ms` (except those
+/// rejected or cancelled), as arrivals one horizon later. Each runs as long as its longest-running VM did
 /// (at least its estimate while one still runs), or its estimate if none ran yet.
 fn recent_arrivals(
     c: &Connection,
@@ -190,7 +181,7 @@ fn recent_arrivals(
         if submitted_ms < from_ms {
             break;
         }
-        if submitted_ms >= now_ms || state == "rejected" || state == "cancelled" {
+        if submitted_ms > now_ms || state == "rejected" || state == "cancelled" {
             continue;
         }
         if let Ok(w) = serde_json::from_str::<WireRequest>(&spec) {
