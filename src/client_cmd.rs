@@ -783,3 +783,64 @@ pub fn hook(args: HookArgs) -> anyhow::Result<ExitCode> {
         );
     }))
 }
+
+#[derive(Args)]
+pub struct OrphanArgs {
+    #[command(flatten)]
+    conn: Conn,
+    #[command(subcommand)]
+    action: OrphanAction,
+}
+
+#[derive(Subcommand)]
+enum OrphanAction {
+    /// VMs found on the hosts that berth keeps instead of destroying, and why.
+    List,
+    /// Destroy a kept orphan (`berth-vm12`, `vm12` or `12`).
+    Destroy {
+        vm: String,
+        /// Do not ask for confirmation (needed when standard input is not a terminal).
+        #[arg(long)]
+        yes: bool,
+    },
+}
+
+pub fn orphan(args: OrphanArgs) -> anyhow::Result<ExitCode> {
+    let c = args.conn.client()?;
+    match args.action {
+        OrphanAction::List => {
+            let v = c.call("GET", "/v1/orphans", None)?;
+            Ok(c.print(&v, |v| {
+                let rows: Vec<Vec<String>> = v["orphans"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|o| vec![s(&o["name"]), s(&o["host"]), s(&o["reason"])])
+                    .collect();
+                table(&["vm", "host", "kept because"], &rows);
+            }))
+        }
+        OrphanAction::Destroy { vm, yes } => {
+            if !yes && !confirm(&format!("destroy {vm}, a VM berth has no request for?"))? {
+                bail!("not confirmed: nothing destroyed (pass --yes to skip the question)");
+            }
+            let v = c.call("POST", &format!("/v1/orphans/{vm}/destroy"), None)?;
+            Ok(c.print(&v, |v| println!("{} {}", s(&v["name"]), s(&v["state"]))))
+        }
+    }
+}
+
+/// Asks a yes/no question on the terminal; `false` without one.
+fn confirm(question: &str) -> anyhow::Result<bool> {
+    use std::io::IsTerminal;
+    if !std::io::stdin().is_terminal() {
+        return Ok(false);
+    }
+    eprint!("{question} [y/N] ");
+    std::io::stderr().flush().context("writing the question")?;
+    let mut answer = String::new();
+    std::io::stdin()
+        .read_line(&mut answer)
+        .context("reading the answer")?;
+    Ok(matches!(answer.trim(), "y" | "Y" | "yes"))
+}

@@ -37,6 +37,8 @@ enum Command {
     Host(client_cmd::HostArgs),
     /// The hook run log.
     Hook(client_cmd::HookArgs),
+    /// VMs found on the hosts that berth keeps rather than destroys: list, destroy.
+    Orphan(client_cmd::OrphanArgs),
     /// The daemon's hosts, VMs and queue at a glance.
     Status(client_cmd::StatusArgs),
     /// The operations console: hosts, queue, VMs and breakpoints, with drain, VNC and release keys.
@@ -56,6 +58,7 @@ fn main() -> ExitCode {
         Command::Host(c) => client_cmd::host(c),
         Command::Status(c) => client_cmd::status(c),
         Command::Hook(c) => client_cmd::hook(c),
+        Command::Orphan(c) => client_cmd::orphan(c),
         Command::Console(c) => console_cmd::run(c),
         Command::Demo(c) => demo_cmd::run(c),
     };

@@ -21,6 +21,13 @@ pub struct ServeArgs {
     /// The address to listen on (default 127.0.0.1:7878).
     #[arg(long)]
     listen: Option<SocketAddr>,
+    /// Start even though the journal cannot account for the VMs on the hosts (a lost or new
+    /// database on a running fleet), keeping every such VM as a kept orphan (`berth orphan`).
+    #[arg(long, conflicts_with = "destroy_orphans")]
+    adopt_orphans: bool,
+    /// Start even though the journal cannot account for the VMs on the hosts, destroying them.
+    #[arg(long)]
+    destroy_orphans: bool,
 }
 
 pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
@@ -37,8 +44,13 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             .with_context(|| format!("reading config {}", path.display()))?,
         None => berth_daemon::FileConfig::default(),
     };
-    let opts = berth_daemon::Options::new(config, args.data_dir, args.listen)
+    let mut opts = berth_daemon::Options::new(config, args.data_dir, args.listen)
         .context("resolving the daemon's options")?;
+    opts.orphans = match (args.adopt_orphans, args.destroy_orphans) {
+        (true, _) => berth_daemon::OrphanStart::Adopt,
+        (_, true) => berth_daemon::OrphanStart::Destroy,
+        _ => berth_daemon::OrphanStart::Refuse,
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

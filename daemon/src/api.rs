@@ -305,6 +305,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/hosts/{name}/{op}", post(host_op))
         .route("/v1/events", get(events))
         .route("/v1/audit", get(audit))
+        .route("/v1/orphans", get(list_orphans))
+        .route("/v1/orphans/{vm}/destroy", post(destroy_orphan))
         .route("/v1/predict/drain", post(predict::drain))
         .fallback(|| async { ApiError::new(404, "no such route") })
         .with_state(state)
@@ -925,6 +927,37 @@ async fn audit(
         .read(move |c| store::list_audit(c, limit))
         .await?;
     ok_json(StatusCode::OK, json!({"audit": rows}))
+}
+
+/// The VMs berth found on its hosts and keeps rather than destroys (see `Control::judge_orphans`).
+async fn list_orphans(State(state): State<AppState>, headers: HeaderMap) -> ApiResult {
+    auth(&state, &headers, false)?;
+    let rows = state.reads.read(store::list_orphans).await?;
+    ok_json(StatusCode::OK, json!({"orphans": rows}))
+}
+
+/// Destroys a kept orphan: the operator's word that it is not needed.
+async fn destroy_orphan(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    UrlPath(id): UrlPath<String>,
+    body: Bytes,
+) -> ApiResult {
+    let actor = auth(&state, &headers, true)?;
+    let vm = parse_vm_id(&id)?;
+    let _: EmptyBody = parse(&body)?;
+    let (reply, rx) = oneshot::channel();
+    let gone = || ApiError::new(503, "the daemon is shutting down");
+    state
+        .tx
+        .send(Msg::DestroyOrphan { vm, actor, reply })
+        .await
+        .map_err(|_| gone())?;
+    rx.await.map_err(|_| gone())??;
+    ok_json(
+        StatusCode::OK,
+        json!({"vm": vm, "name": berth_drivers::vm_name(vm), "state": "destroying"}),
+    )
 }
 
 /// Server-sent events: one `data:` line of JSON per state change. A reader that falls too far

@@ -41,6 +41,8 @@ pub struct FileConfig {
     #[serde(default)]
     pub workers: WorkerSection,
     #[serde(default)]
+    pub recovery: RecoverySection,
+    #[serde(default)]
     pub drivers: DriversSection,
     #[serde(default)]
     pub tokens: Vec<TokenConfig>,
@@ -188,6 +190,24 @@ impl Default for WorkerSection {
         WorkerSection {
             driver_calls_per_host_max: 8,
             hooks_at_once_max: 4,
+        }
+    }
+}
+
+/// What reconciliation may clean up on its own.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RecoverySection {
+    /// Orphans of this journal (VMs it created and ended, still on a host: a destroy that
+    /// failed while the host was away) destroyed at one reconciliation of one listing. When
+    /// more turn up at once, something else is wrong, and all of them are kept and reported.
+    pub orphans_destroy_max: usize,
+}
+
+impl Default for RecoverySection {
+    fn default() -> RecoverySection {
+        RecoverySection {
+            orphans_destroy_max: 5,
         }
     }
 }

@@ -22,7 +22,8 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::DaemonError;
 use crate::config::Role;
-use crate::store::{AuditRow, Commit, Store};
+use crate::datadir::OrphanStart;
+use crate::store::{AuditRow, Commit, OrphanRow, Store};
 use crate::wire::{FieldError, WireHost, WireInput, WireTemplate};
 use crate::workers::{VmOp, Workers};
 
@@ -135,6 +136,22 @@ pub(crate) enum Msg {
     /// An operator read worth recording (a console password handed out): written to the audit
     /// table with the next batch.
     Audit(AuditRow),
+    /// VMs found on hosts at reconciliation that the scheduler does not have there, and kept
+    /// orphans no longer listed, judged under the start's orphan policy.
+    Orphans {
+        found: Vec<(HostId, u64)>,
+        gone: Vec<u64>,
+        policy: OrphanStart,
+    },
+    /// A driver worker finished destroying an orphan (or gave up): a listing may judge it
+    /// again.
+    OrphanDestroyDone { vm: u64 },
+    /// An operator destroys a kept orphan.
+    DestroyOrphan {
+        vm: u64,
+        actor: Actor,
+        reply: oneshot::Sender<Result<u64, ApiError>>,
+    },
     /// A host answered its probe with what it said last time. Nothing changed, so nothing is
     /// journaled; the time is kept so that operators see the host is still being probed.
     ProbeAnswered { host: HostId },
@@ -195,6 +212,17 @@ pub(crate) struct Control {
     /// vanished from one that a listing started before it existed. VMs from before a restart
     /// have none: they were there before any listing since.
     started_ms: HashMap<u64, u64>,
+    /// VMs found on hosts that berth keeps instead of destroying, by VM number (see
+    /// `judge_orphans`); persisted in the `orphans` table.
+    kept: BTreeMap<u64, OrphanRow>,
+    /// Orphans whose destroy is under way: a listing taken meanwhile still shows them.
+    orphans_destroying: BTreeSet<u64>,
+    /// What this start does with VMs the journal cannot account for (set by `start`).
+    pub(crate) orphan_start: OrphanStart,
+    /// `recovery.orphans_destroy_max` (set by `start`).
+    pub(crate) orphans_destroy_max: usize,
+    /// The database was lost and this start began a new journal (set by `start`): audited.
+    pub(crate) database_lost: bool,
 }
 
 /// A template as the daemon keeps it beside the scheduler: what placement needs, and what
@@ -270,6 +298,7 @@ impl Control {
             tracing::error!(diverged, "replay refused inputs the live run accepted");
         }
         let (batch, last_request, last_host) = store.last_ids()?;
+        let kept = store.orphans()?.into_iter().map(|o| (o.vm, o)).collect();
         tracing::info!(
             batches = n_batches,
             requests = s.n_requests(),
@@ -290,6 +319,11 @@ impl Control {
             observers: None,
             probe_answered: HashMap::new(),
             started_ms: HashMap::new(),
+            kept,
+            orphans_destroying: BTreeSet::new(),
+            orphan_start: OrphanStart::default(),
+            orphans_destroy_max: crate::config::RecoverySection::default().orphans_destroy_max,
+            database_lost: false,
         })
     }
 
@@ -341,7 +375,9 @@ impl Control {
     /// - a `booting`, `running` or `held` VM that exists is adopted (a booting one is waited
     ///   for again); one that is missing is lost (`VmLost`): the scheduler ends it as `lost`
     ///   and replaces it within its request's retry budget, without blaming the host;
-    /// - a `berth-vm*` VM that berth does not record on that host is an orphan and destroyed.
+    /// - a `berth-vm*` VM that berth does not record on that host is an orphan, judged by
+    ///   `judge_orphans`; on a journal that never created a VM, any orphan stops the start
+    ///   unless the operator chose what to do with them (`OrphanStart`).
     ///
     /// A host whose `list` fails is taken to run what is recorded: its in-flight calls are
     /// made again, nothing is declared missing, and its probes decide its fate.
@@ -357,7 +393,8 @@ impl Control {
         }
         let host_ids: Vec<HostId> = self.s.hosts().map(|h| h.id).collect();
         let mut inputs = Vec::new();
-        let (mut adopted, mut orphans, mut missing, mut resumed) = (0u64, 0u64, 0u64, 0u64);
+        let (mut found, mut gone) = (Vec::new(), Vec::new());
+        let (mut adopted, mut missing, mut resumed) = (0u64, 0u64, 0u64);
         for host in host_ids {
             let Some(driver) = self.workers.driver(host) else {
                 continue;
@@ -382,10 +419,10 @@ impl Control {
                 .filter(|(_, state, _)| *state != VmState::Queued)
                 .map(|(vm, _, _)| vm.0)
                 .collect();
-            for n in present.iter().flat_map(|p| p.difference(&ours)) {
-                orphans += 1;
-                tracing::info!(vm = %vm_name(*n), host = %host, "orphan found");
-                self.workers.send(VmId(*n), host, VmOp::DestroyOrphan);
+            if let Some(present) = &present {
+                let (f, g) = self.orphans_in_listing(host, present, &ours);
+                found.extend(f.into_iter().map(|n| (host, n)));
+                gone.extend(g);
             }
             for (vm, state, request) in recorded {
                 let here = present.as_ref().is_none_or(|p| p.contains(&vm.0));
@@ -416,15 +453,205 @@ impl Control {
         }
         tracing::info!(
             adopted,
-            orphans,
+            orphans = found.len(),
             missing,
             resumed,
             "reconciled with the hosts"
         );
-        if !inputs.is_empty() {
-            self.process(inputs.into_iter().map(Msg::internal).collect())?;
+        if self.orphan_start == OrphanStart::Refuse
+            && self.s.next_vm_id() == VmId(1)
+            && !found.is_empty()
+        {
+            let mut per_host: BTreeMap<String, usize> = BTreeMap::new();
+            for (h, _) in &found {
+                *per_host.entry(self.host_name(*h)).or_default() += 1;
+            }
+            let hosts: Vec<String> = per_host.iter().map(|(h, n)| format!("{h}: {n}")).collect();
+            return Err(DaemonError::UnaccountedVms {
+                count: found.len(),
+                hosts: hosts.join(", "),
+            });
         }
+        let mut msgs: Vec<Msg> = inputs.into_iter().map(Msg::internal).collect();
+        if self.database_lost {
+            msgs.push(Msg::Audit(AuditRow {
+                at_ms: self.now(),
+                who: format!("berth serve {}", self.orphan_start.flag()),
+                role: "daemon".into(),
+                action: "database_recreated".into(),
+                target: String::new(),
+                outcome: "the database was missing or empty; a new journal began".into(),
+            }));
+        }
+        msgs.push(Msg::Orphans {
+            found,
+            gone,
+            policy: self.orphan_start,
+        });
+        self.process(msgs)?;
         Ok(())
+    }
+
+    fn host_name(&self, host: HostId) -> String {
+        self.hosts
+            .get(&host.0)
+            .map_or_else(|| host.to_string(), |h| h.name.clone())
+    }
+
+    /// From one host's listing: the `berth-vm*` VMs there that are neither `ours` (recorded on
+    /// that host) nor kept already, and the kept orphans of that host that are gone from it.
+    fn orphans_in_listing(
+        &self,
+        host: HostId,
+        listed: &BTreeSet<u64>,
+        ours: &BTreeSet<u64>,
+    ) -> (Vec<u64>, Vec<u64>) {
+        let name = self.host_name(host);
+        let found = listed
+            .iter()
+            .filter(|n| {
+                !ours.contains(n)
+                    && !self.kept.contains_key(n)
+                    && !self.orphans_destroying.contains(n)
+            })
+            .copied()
+            .collect();
+        let gone = self
+            .kept
+            .values()
+            .filter(|o| o.host == name && !listed.contains(&o.vm))
+            .map(|o| o.vm)
+            .collect();
+        (found, gone)
+    }
+
+    /// Decides what becomes of orphans: VMs on hosts that the scheduler does not have there.
+    /// Returns those to destroy once the batch is committed; the rest are kept, recorded and
+    /// reported, never destroyed without an operator. Under `OrphanStart::Refuse` (the rule
+    /// at every listing):
+    ///
+    /// - a VM this journal created (its number is below the next VM id) and ended is a destroy
+    ///   that failed while its host was away: destroyed, as long as no more than
+    ///   `orphans_destroy_max` turn up at once; past that, something else is wrong (a database
+    ///   restored from an old backup?) and all of them are kept;
+    /// - a VM this journal never created (another berth's, or from a lost database) is kept.
+    ///
+    /// Either way new VMs are numbered past every orphan, so none takes an orphan's name.
+    fn judge_orphans(
+        &mut self,
+        now: u64,
+        found: Vec<(HostId, u64)>,
+        policy: OrphanStart,
+        commit: &mut Commit,
+    ) -> Vec<(HostId, u64)> {
+        if found.is_empty() {
+            return Vec::new();
+        }
+        let next = self.s.next_vm_id().0;
+        let mut destroy: Vec<(HostId, u64)> = Vec::new();
+        // With why each is kept.
+        let mut keep: Vec<(HostId, u64, String)> = Vec::new();
+        let who = match policy {
+            OrphanStart::Refuse => "berth".to_owned(),
+            p => format!("berth serve {}", p.flag()),
+        };
+        match policy {
+            OrphanStart::Destroy => destroy = found.clone(),
+            OrphanStart::Adopt => {
+                keep = found
+                    .iter()
+                    .map(|&(h, n)| (h, n, "kept at start (--adopt-orphans)".to_owned()))
+                    .collect();
+            }
+            OrphanStart::Refuse => {
+                let (ours, foreign): (Vec<_>, Vec<_>) = found.iter().partition(|(_, n)| *n < next);
+                keep.extend(
+                    foreign
+                        .into_iter()
+                        .map(|(h, n)| (h, n, "not created by this journal".to_owned())),
+                );
+                if ours.len() <= self.orphans_destroy_max {
+                    destroy = ours;
+                } else {
+                    let reason = format!(
+                        "{} orphans found at once, more than recovery.orphans_destroy_max ({})",
+                        ours.len(),
+                        self.orphans_destroy_max
+                    );
+                    keep.extend(ours.into_iter().map(|(h, n)| (h, n, reason.clone())));
+                }
+            }
+        }
+        if let Some(&(_, last)) = found.iter().max_by_key(|(_, n)| *n)
+            && last >= next
+        {
+            let _ = self.apply(now, WireInput::ReserveVmIds { vm: last }, commit);
+        }
+        for (host, n, reason) in keep {
+            let row = OrphanRow {
+                vm: n,
+                name: vm_name(n),
+                host: self.host_name(host),
+                found_ms: now,
+                reason,
+            };
+            tracing::warn!(vm = %row.name, host = %row.host, reason = %row.reason, "orphan kept");
+            commit.audits.push(AuditRow {
+                at_ms: now,
+                who: who.clone(),
+                role: "daemon".into(),
+                action: "orphan_keep".into(),
+                target: format!("{} on {}", row.name, row.host),
+                outcome: row.reason.clone(),
+            });
+            commit.orphans_kept.push(row.clone());
+            self.kept.insert(n, row);
+        }
+        for &(host, n) in &destroy {
+            tracing::info!(vm = %vm_name(n), host = %host, "orphan destroyed");
+            commit.audits.push(AuditRow {
+                at_ms: now,
+                who: who.clone(),
+                role: "daemon".into(),
+                action: "orphan_destroy".into(),
+                target: format!("{} on {}", vm_name(n), self.host_name(host)),
+                outcome: "ok".into(),
+            });
+        }
+        destroy
+    }
+
+    /// Forgets kept orphans that are gone from their hosts.
+    fn forget_orphans(&mut self, gone: Vec<u64>, commit: &mut Commit) {
+        for vm in gone {
+            if let Some(o) = self.kept.remove(&vm) {
+                tracing::info!(vm = %o.name, host = %o.host, "kept orphan gone from its host");
+                commit.orphans_gone.push(vm);
+            }
+        }
+    }
+
+    /// An operator's destroy of a kept orphan: forgotten with this batch, destroyed after it.
+    fn destroy_kept(&mut self, vm: u64) -> Result<(HostId, u64), ApiError> {
+        let o = self.kept.get(&vm).ok_or_else(|| {
+            ApiError::field(404, "vm", format!("{} is not a kept orphan", vm_name(vm)))
+        })?;
+        let host = self
+            .hosts
+            .values()
+            .find(|h| h.name == o.host)
+            .map(|h| HostId(h.id))
+            .ok_or_else(|| {
+                ApiError::new(
+                    409,
+                    format!(
+                        "{} is on host {}, which is no longer in the fleet",
+                        o.name, o.host
+                    ),
+                )
+            })?;
+        self.kept.remove(&vm);
+        Ok((host, vm))
     }
 
     /// Loses the booted VMs the scheduler has on `host` that a listing started at `started_ms`
@@ -456,20 +683,6 @@ impl Control {
         for vm in missing {
             tracing::warn!(vm = %vm_name(vm.0), host = %host, "vm missing from its host: lost");
             let _ = self.apply(now, WireInput::VmLost { vm: vm.0 }, commit);
-        }
-    }
-
-    /// Destroys the listed VMs that the scheduler does not have on `host`.
-    fn destroy_orphans(&mut self, host: HostId, vms: &[u64]) {
-        for &n in vms {
-            let ours = self
-                .s
-                .vm(VmId(n))
-                .is_some_and(|v| v.host == Some(host) && v.state != VmState::Queued);
-            if !ours {
-                tracing::info!(vm = %vm_name(n), host = %host, "orphan found");
-                self.workers.send(VmId(n), host, VmOp::DestroyOrphan);
-            }
         }
     }
 
@@ -555,7 +768,7 @@ impl Control {
         };
         let mut replies = Vec::new();
         let mut queries = Vec::new();
-        let mut listings = Vec::new();
+        let mut orphan_destroys = Vec::new();
         if self.s.poll_timeout().is_some_and(|t| t <= now) {
             let _ = self.apply(now, WireInput::Tick, &mut commit);
         }
@@ -602,7 +815,51 @@ impl Control {
                     started_ms,
                 } => {
                     self.lose_missing(now, host, &vms, started_ms, &mut commit);
-                    listings.push((host, vms));
+                    let listed: BTreeSet<u64> = vms.iter().copied().collect();
+                    let ours: BTreeSet<u64> = self
+                        .s
+                        .host(host)
+                        .map(|h| h.vms.iter().map(|v| v.0).collect())
+                        .unwrap_or_default();
+                    let (found, gone) = self.orphans_in_listing(host, &listed, &ours);
+                    self.forget_orphans(gone, &mut commit);
+                    let found = found.into_iter().map(|n| (host, n)).collect();
+                    orphan_destroys.extend(self.judge_orphans(
+                        now,
+                        found,
+                        OrphanStart::Refuse,
+                        &mut commit,
+                    ));
+                }
+                Msg::Orphans {
+                    found,
+                    gone,
+                    policy,
+                } => {
+                    self.forget_orphans(gone, &mut commit);
+                    orphan_destroys.extend(self.judge_orphans(now, found, policy, &mut commit));
+                }
+                Msg::OrphanDestroyDone { vm } => {
+                    self.orphans_destroying.remove(&vm);
+                }
+                Msg::DestroyOrphan { vm, actor, reply } => {
+                    let result = self.destroy_kept(vm);
+                    commit.audits.push(AuditRow {
+                        at_ms: now,
+                        who: actor.who,
+                        role: actor.role.name().to_owned(),
+                        action: "orphan_destroy".into(),
+                        target: vm_name(vm),
+                        outcome: match &result {
+                            Ok(_) => "ok".to_owned(),
+                            Err(e) => format!("refused: {}", e.error),
+                        },
+                    });
+                    if let Ok(d) = &result {
+                        commit.orphans_gone.push(vm);
+                        orphan_destroys.push(*d);
+                    }
+                    replies.push((reply, result.map(|(_, vm)| vm)));
                 }
                 Msg::Audit(row) => commit.audits.push(row),
                 Msg::ProbeAnswered { host } => {
@@ -612,7 +869,11 @@ impl Control {
         }
         let (actions, events) = drain(&mut self.s);
         commit.events = events;
-        if !commit.inputs.is_empty() || !commit.audits.is_empty() {
+        if !commit.inputs.is_empty()
+            || !commit.audits.is_empty()
+            || !commit.orphans_kept.is_empty()
+            || !commit.orphans_gone.is_empty()
+        {
             // The commit waits for the disk; on a multi-threaded runtime, let the other
             // workers take this thread's tasks meanwhile.
             let multi = tokio::runtime::Handle::try_current()
@@ -676,8 +937,9 @@ impl Control {
         for (reply, result) in replies {
             let _ = reply.send(result);
         }
-        for (host, vms) in listings {
-            self.destroy_orphans(host, &vms);
+        for (host, n) in orphan_destroys {
+            self.orphans_destroying.insert(n);
+            self.workers.send(VmId(n), host, VmOp::DestroyOrphan);
         }
         for (query, reply) in queries {
             let _ = reply.send(self.answer(query));
@@ -806,6 +1068,7 @@ impl Control {
                     "live_requests": self.s.n_requests(),
                     "queue_len": self.s.queue_len(),
                     "journal_batches": self.batch,
+                    "orphans_kept": self.kept.len(),
                     "now_ms": self.s.now_ms(),
                 }))
             }

@@ -8,6 +8,7 @@
 pub mod api;
 pub mod config;
 mod control;
+pub mod datadir;
 pub mod demo;
 pub mod export;
 mod fleet;
@@ -29,6 +30,7 @@ use tokio::task::JoinHandle;
 
 pub use config::{FileConfig, Role, TokenConfig};
 pub use control::ApiError;
+pub use datadir::OrphanStart;
 
 /// The database file inside the data directory.
 pub const DB_FILE: &str = "berth.db";
@@ -36,9 +38,6 @@ pub const DB_FILE: &str = "berth.db";
 pub const TOKEN_FILE: &str = "token";
 /// Where the simulated hosts keep their inventory (see `berth_drivers::sim`).
 pub const SIM_INVENTORY_FILE: &str = "sim-inventory";
-/// Held locked while a daemon uses the data directory: two control loops on one journal
-/// would each replay without the other's inputs.
-pub const LOCK_FILE: &str = "lock";
 
 /// Messages waiting for the control loop before senders wait.
 const CHANNEL_CAPACITY: usize = 65_536;
@@ -70,8 +69,34 @@ pub enum DaemonError {
     Sim(#[from] SimWorldError),
     #[error("the control loop stopped")]
     LoopGone,
-    #[error("another daemon is using the data directory {0} (its `lock` file is locked)")]
+    #[error("another daemon is using the data directory {0} (it is locked)")]
     DataDirBusy(PathBuf),
+    #[error(
+        "{} is missing or empty, but this data directory was initialised ({} is there): \
+         starting on an empty journal would take every VM on the hosts for an orphan. \
+         Restore the database from a backup, or start with --adopt-orphans (keep the VMs found \
+         on the hosts) or --destroy-orphans (destroy them)",
+        db.display(), marker.display()
+    )]
+    DatabaseLost { db: PathBuf, marker: PathBuf },
+    #[error(
+        "{} belongs to data directory {db_id}, but {} says {marker_id}: was another database \
+         copied in? Put this directory's own database back, or delete the marker to keep this one",
+        db.display(), marker.display()
+    )]
+    DatabaseMismatch {
+        db: PathBuf,
+        marker: PathBuf,
+        marker_id: String,
+        db_id: String,
+    },
+    #[error(
+        "this journal has never created a VM, but the hosts run {count} berth VMs ({hosts}): \
+         the database cannot account for them (a new or emptied database on a running fleet?). \
+         Restore the database, or start with --adopt-orphans to keep them or --destroy-orphans \
+         to destroy them"
+    )]
+    UnaccountedVms { count: usize, hosts: String },
 }
 
 /// How to run a daemon: the parsed config plus the command line's overrides.
@@ -80,6 +105,8 @@ pub struct Options {
     pub config: FileConfig,
     pub data_dir: PathBuf,
     pub listen: SocketAddr,
+    /// What to do with VMs on the hosts that the journal cannot account for.
+    pub orphans: OrphanStart,
 }
 
 impl Options {
@@ -109,6 +136,7 @@ impl Options {
             config,
             data_dir,
             listen,
+            orphans: OrphanStart::default(),
         })
     }
 }
@@ -117,7 +145,7 @@ impl Options {
 pub struct Daemon {
     addr: SocketAddr,
     /// Locked for as long as the daemon lives (the OS releases it if the process dies).
-    _lock: std::fs::File,
+    _data_dir: datadir::DataDir,
     sim: Arc<SimWorld>,
     /// The control loop's inbox and event stream, for in-process feeders (the demo).
     tx: mpsc::Sender<control::Msg>,
@@ -179,20 +207,13 @@ pub fn ensure_token(data_dir: &Path) -> Result<String, DaemonError> {
         what: format!("writing {}", path.display()),
         source,
     };
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        opts.mode(0o600);
-    }
-    let mut f = opts.open(&path).map_err(io)?;
+    let mut f = datadir::private_file(&path).map_err(io)?;
     writeln!(f, "{token}").map_err(io)?;
     tracing::info!(path = %path.display(), "operator token created");
     Ok(token)
 }
 
-fn random_token() -> std::io::Result<String> {
+pub(crate) fn random_token() -> std::io::Result<String> {
     use std::io::Read;
     let mut bytes = [0u8; 32];
     std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
@@ -203,32 +224,7 @@ fn random_token() -> std::io::Result<String> {
 /// drivers, reconciles with the hosts, and listens.
 pub async fn start(opts: Options) -> Result<Daemon, DaemonError> {
     let data_dir = &opts.data_dir;
-    std::fs::create_dir_all(data_dir).map_err(|source| DaemonError::Io {
-        what: format!("creating data directory {}", data_dir.display()),
-        source,
-    })?;
-    let lock_path = data_dir.join(LOCK_FILE);
-    let lock = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_path)
-        .map_err(|source| DaemonError::Io {
-            what: format!("opening {}", lock_path.display()),
-            source,
-        })?;
-    match lock.try_lock() {
-        Ok(()) => {}
-        Err(std::fs::TryLockError::WouldBlock) => {
-            return Err(DaemonError::DataDirBusy(data_dir.clone()));
-        }
-        Err(std::fs::TryLockError::Error(source)) => {
-            return Err(DaemonError::Io {
-                what: format!("locking {}", lock_path.display()),
-                source,
-            });
-        }
-    }
+    let (dir, store) = datadir::open(data_dir, opts.orphans)?;
     let local_token = ensure_token(data_dir)?;
     let mut tokens = vec![api::Token {
         name: "local".into(),
@@ -242,7 +238,6 @@ pub async fn start(opts: Options) -> Result<Daemon, DaemonError> {
     }));
 
     let db_path = data_dir.join(DB_FILE);
-    let store = store::Store::open(&db_path)?;
     let wanted = serde_json::to_string(&opts.config.scheduler).unwrap_or_default();
     let sched_section = match store.meta("scheduler")? {
         None => {
@@ -280,6 +275,9 @@ pub async fn start(opts: Options) -> Result<Daemon, DaemonError> {
         fleet::DriverDefaults::new(data_dir, &opts.config.drivers),
     );
     let mut control = control::Control::recover(store, sched_config, workers, events_tx.clone())?;
+    control.orphan_start = opts.orphans;
+    control.orphans_destroy_max = opts.config.recovery.orphans_destroy_max;
+    control.database_lost = dir.database_lost;
     let templates = opts
         .config
         .templates
@@ -347,7 +345,7 @@ pub async fn start(opts: Options) -> Result<Daemon, DaemonError> {
     tracing::info!(%addr, data_dir = %data_dir.display(), "berth daemon listening");
     Ok(Daemon {
         addr,
-        _lock: lock,
+        _data_dir: dir,
         sim,
         tx: loop_tx,
         events: loop_events,

@@ -133,7 +133,19 @@ const MIGRATIONS: &[&str] = &[
         template, count(*) AS vms, sum(hours) AS vm_hours, sum(hours * vcpus) AS vcpu_hours
     FROM vm_usage GROUP BY day, template;
     ",
+    // 3: VMs found on hosts that berth kept rather than destroyed (see `Control::judge_orphans`).
+    "
+    CREATE TABLE orphans (
+        vm INTEGER PRIMARY KEY,
+        host TEXT NOT NULL,
+        found_ms INTEGER NOT NULL,
+        reason TEXT NOT NULL
+    );
+    ",
 ];
+
+/// The `meta` key holding the data directory's identity (see `datadir`).
+pub const META_DATA_DIR_ID: &str = "data_dir_id";
 
 /// One operator action, for the audit table.
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
@@ -146,6 +158,18 @@ pub struct AuditRow {
     pub outcome: String,
 }
 
+/// A VM found on a host that berth keeps instead of destroying: it is not berth's to clean
+/// up until an operator says so.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct OrphanRow {
+    pub vm: u64,
+    pub name: String,
+    /// The host's name.
+    pub host: String,
+    pub found_ms: u64,
+    pub reason: String,
+}
+
 /// What one pass of the control loop writes, in one transaction.
 #[derive(Debug, Default)]
 pub struct Commit {
@@ -154,6 +178,9 @@ pub struct Commit {
     pub inputs: Vec<WireInput>,
     pub events: Vec<Event>,
     pub audits: Vec<AuditRow>,
+    /// Orphans newly kept, and kept ones that are gone (destroyed, or no longer listed).
+    pub orphans_kept: Vec<OrphanRow>,
+    pub orphans_gone: Vec<u64>,
 }
 
 fn sql(what: &'static str) -> impl Fn(rusqlite::Error) -> DaemonError {
@@ -205,6 +232,18 @@ impl Store {
             )
             .map_err(sql("writing meta"))?;
         Ok(())
+    }
+
+    /// Whether the journal holds anything at all.
+    pub fn has_journal(&self) -> Result<bool, DaemonError> {
+        self.conn
+            .query_row("SELECT EXISTS (SELECT 1 FROM journal)", [], |r| r.get(0))
+            .map_err(sql("reading the journal"))
+    }
+
+    /// The orphans kept so far, by VM number.
+    pub fn orphans(&self) -> Result<Vec<OrphanRow>, DaemonError> {
+        list_orphans(&self.conn)
     }
 
     /// Every journaled batch in order: `(batch, at_ms, inputs)`.
@@ -462,6 +501,21 @@ impl Store {
                         a.outcome
                     ])
                     .map_err(sql("writing the audit log"))?;
+            }
+            for o in &c.orphans_kept {
+                tx.prepare_cached(
+                    "INSERT OR REPLACE INTO orphans (vm, host, found_ms, reason)
+                     VALUES (?1, ?2, ?3, ?4)",
+                )
+                .and_then(|mut st| {
+                    st.execute(params![o.vm as i64, o.host, o.found_ms as i64, o.reason])
+                })
+                .map_err(sql("writing orphans"))?;
+            }
+            for vm in &c.orphans_gone {
+                tx.prepare_cached("DELETE FROM orphans WHERE vm = ?1")
+                    .and_then(|mut st| st.execute(params![*vm as i64]))
+                    .map_err(sql("writing orphans"))?;
             }
         }
         tx.commit().map_err(sql("committing"))?;
@@ -800,6 +854,27 @@ pub fn list_requests(
         .map_err(sql("listing requests"))
 }
 
+/// The orphans berth keeps on its hosts, by VM number.
+pub fn list_orphans(conn: &Connection) -> Result<Vec<OrphanRow>, DaemonError> {
+    let mut stmt = conn
+        .prepare("SELECT vm, host, found_ms, reason FROM orphans ORDER BY vm")
+        .map_err(sql("reading orphans"))?;
+    let rows = stmt
+        .query_map([], |r| {
+            let vm = r.get::<_, i64>(0)? as u64;
+            Ok(OrphanRow {
+                vm,
+                name: berth_drivers::vm_name(vm),
+                host: r.get(1)?,
+                found_ms: r.get::<_, i64>(2)? as u64,
+                reason: r.get(3)?,
+            })
+        })
+        .map_err(sql("reading orphans"))?;
+    rows.collect::<Result<_, _>>()
+        .map_err(sql("reading orphans"))
+}
+
 pub fn list_audit(conn: &Connection, limit: u64) -> Result<Vec<AuditRow>, DaemonError> {
     let mut stmt = conn
         .prepare_cached(
@@ -874,7 +949,7 @@ mod tests {
                         to: RequestState::Waiting,
                         cause: Cause::Submitted,
                     }],
-                    audits: Vec::new(),
+                    ..Commit::default()
                 })
                 .unwrap();
         }

@@ -387,6 +387,10 @@ pub enum WireInput {
     VmLost {
         vm: u64,
     },
+    /// New VMs are numbered past `vm`: orphans up to it were kept (see `Input::ReserveVmIds`).
+    ReserveVmIds {
+        vm: u64,
+    },
     SetTemplate {
         template: WireTemplate,
     },
@@ -435,6 +439,7 @@ impl WireInput {
                 result: result_of(result),
             },
             WireInput::VmLost { vm } => Input::VmLost(VmId(*vm)),
+            WireInput::ReserveVmIds { vm } => Input::ReserveVmIds(VmId(*vm)),
             WireInput::SetTemplate { template } => Input::SetTemplate(template.to_template()?),
             WireInput::Tick => Input::Tick,
         })
@@ -459,6 +464,7 @@ impl WireInput {
             WireInput::Extend { .. } => "extend",
             WireInput::DestroyDone { .. } => "destroy_done",
             WireInput::VmLost { .. } => "vm_lost",
+            WireInput::ReserveVmIds { .. } => "reserve_vm_ids",
             WireInput::SetTemplate { .. } => "set_template",
             WireInput::Tick => "tick",
         }

@@ -258,6 +258,7 @@ async fn vm_task(
                             tracing::warn!(vm = %vm, host = driver.host(), error = %e, "cannot destroy orphan")
                         }
                     }
+                    let _ = tx.send(Msg::OrphanDestroyDone { vm: vm.0 }).await;
                 } else {
                     report(
                         &tx,

@@ -49,6 +49,10 @@ pub enum Input {
     /// berth's back): it is lost and replaced within its request's retry budget, like the VMs
     /// of a failed host, without blaming the host. A VM that was being released just ends.
     VmLost(VmId),
+    /// VM ids up to and including this one belong to VMs the scheduler has no record of (kept
+    /// orphans, found on hosts after a journal was lost): new VMs are numbered past it, so no
+    /// new VM takes an orphan's name. Ids already past it are left as they are.
+    ReserveVmIds(VmId),
     /// Add or replace a template.
     SetTemplate(Template),
     /// Time passed: fire due timers (request deadlines, breakpoint expiry, aging).

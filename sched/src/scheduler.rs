@@ -264,6 +264,14 @@ impl Scheduler {
             Input::Extend { vm, by_ms } => self.extend(vm, by_ms),
             Input::DestroyDone { vm, result } => self.destroy_done(vm, result),
             Input::VmLost(vm) => self.vm_lost(vm),
+            Input::ReserveVmIds(VmId(last)) => {
+                let next = last.checked_add(1).ok_or(InputError::Invalid {
+                    field: "vm",
+                    reason: "no VM id is left past it".into(),
+                })?;
+                self.next_vm = self.next_vm.max(next);
+                Ok(())
+            }
             Input::SetTemplate(t) => self.set_template(t),
             Input::Tick => {
                 self.tick();

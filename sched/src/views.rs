@@ -209,6 +209,11 @@ impl Scheduler {
         self.templates.get(name)
     }
 
+    /// The id the next VM will get: every VM this scheduler ever created has a lower one.
+    pub fn next_vm_id(&self) -> VmId {
+        VmId(self.next_vm)
+    }
+
     pub fn n_vms(&self) -> usize {
         self.vms.len()
     }

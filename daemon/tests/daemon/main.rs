@@ -18,6 +18,7 @@ use serde_json::{Value, json};
 
 mod console_api;
 mod observe;
+mod orphans;
 mod parallels;
 #[path = "../../../drivers/tests/sshd_fixture/mod.rs"]
 mod sshd_fixture;
@@ -47,31 +48,41 @@ struct TestDaemon {
 
 impl TestDaemon {
     fn start(dir: &Path, config: &str) -> TestDaemon {
+        TestDaemon::try_start(dir, config, berth_daemon::OrphanStart::Refuse).unwrap()
+    }
+
+    /// Starts a daemon whose start may fail (a refused data directory).
+    fn try_start(
+        dir: &Path,
+        config: &str,
+        orphans: berth_daemon::OrphanStart,
+    ) -> Result<TestDaemon, berth_daemon::DaemonError> {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
             .build()
             .unwrap();
         let config: FileConfig = berth_daemon::config::parse(config).unwrap();
-        let opts = Options::new(
+        let mut opts = Options::new(
             config,
             Some(dir.to_owned()),
             Some("127.0.0.1:0".parse().unwrap()),
         )
         .unwrap();
-        let daemon = rt.block_on(berth_daemon::start(opts)).unwrap();
+        opts.orphans = orphans;
+        let daemon = rt.block_on(berth_daemon::start(opts))?;
         let url = format!("http://{}", daemon.addr());
         let token = std::fs::read_to_string(dir.join("token"))
             .unwrap()
             .trim()
             .to_owned();
-        TestDaemon {
+        Ok(TestDaemon {
             rt,
             daemon: Some(daemon),
             dir: dir.to_owned(),
             url,
             token,
-        }
+        })
     }
 
     fn stop(mut self) {
@@ -846,6 +857,12 @@ fn reconciliation_destroys_orphans_and_replaces_missing_vms() {
     let host = r["vms"][0]["host"].as_str().unwrap().to_owned();
     let gone = r["vms"][0]["id"].as_u64().unwrap();
     let kept = r["vms"][1]["id"].as_u64().unwrap();
+    let other = if host == "sim-small-1" {
+        "sim-small-2"
+    } else {
+        "sim-small-1"
+    }
+    .to_owned();
     d.stop();
     {
         // Behind the daemon's back: one VM vanishes, an unknown one appears, and a VM that is
@@ -855,6 +872,8 @@ fn reconciliation_destroys_orphans_and_replaces_missing_vms() {
         world.vanish(&host, &format!("berth-vm{gone}"));
         world.plant(&host, "berth-vm99999");
         world.plant(&host, "someone-elses-vm");
+        // A VM of this journal on a host it was never recorded on: a destroy that failed.
+        world.plant(&other, &format!("berth-vm{gone}"));
     }
     let d = TestDaemon::start(dir.path(), CONFIG);
     // The missing VM is lost, not failed: the host is not blamed and a replacement runs.
@@ -863,13 +882,27 @@ fn reconciliation_destroys_orphans_and_replaces_missing_vms() {
     assert_eq!(v["cause"], "vanished from its host", "{v}");
     d.wait_for("a replacement running", |d| d.running_vms(id).len() == 2);
     assert_eq!(d.vm_state(kept), "running");
+    d.wait_for("the stray destroyed", |d| {
+        !d.sim()
+            .inventory(&other)
+            .contains(&format!("berth-vm{gone}"))
+    });
+    let orphans = d.ok("GET", "/v1/orphans", None);
+    assert_eq!(orphans["orphans"][0]["name"], "berth-vm99999", "{orphans}");
+    assert_eq!(
+        orphans["orphans"][0]["reason"],
+        "not created by this journal"
+    );
     d.stop();
     let world =
         berth_drivers::sim::SimWorld::open(&dir.path().join("sim-inventory"), 0.0, 1).unwrap();
     let inv = world.inventory(&host);
-    assert!(!inv.contains(&"berth-vm99999".to_owned()), "{inv:?}");
+    // berth-vm99999 was never created by this journal: kept and reported, not destroyed.
+    assert!(inv.contains(&"berth-vm99999".to_owned()), "{inv:?}");
     assert!(inv.contains(&"someone-elses-vm".to_owned()), "{inv:?}");
     assert!(inv.contains(&format!("berth-vm{kept}")), "{inv:?}");
+    let stray = world.inventory(&other);
+    assert!(!stray.contains(&format!("berth-vm{gone}")), "{stray:?}");
 }
 
 #[test]
@@ -898,11 +931,24 @@ fn a_vm_deleted_behind_the_daemons_back_is_noticed_while_it_runs() {
         "vanished from its host"
     );
     d.wait_for("a replacement running", |d| d.running_vms(id).len() == 2);
-    d.wait_for("the stray destroyed", |d| {
-        !d.sim()
+    // The stray was never created by this journal: kept and reported, and new VMs are
+    // numbered past it so that none takes its name.
+    d.wait_for("the stray kept", |d| {
+        d.ok("GET", "/v1/orphans", None)["orphans"][0]["name"] == "berth-vm77777"
+    });
+    assert!(
+        d.sim()
             .inventory(&host)
             .contains(&"berth-vm77777".to_owned())
-    });
+    );
+    let r = d.ok(
+        "POST",
+        "/v1/requests",
+        Some(json!({"template": "linux", "count": 1})),
+    );
+    let next = r["id"].as_u64().unwrap();
+    d.wait_for("the next vm running", |d| d.running_vms(next).len() == 1);
+    assert!(d.running_vms(next)[0].0 > 77777);
     assert_eq!(d.vm_state(kept), "running");
     // Not a host failure: the host stays ready.
     assert_eq!(d.host_state(&host), "ready");

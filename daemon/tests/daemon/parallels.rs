@@ -223,10 +223,15 @@ fn parallels_vms_are_provisioned_destroyed_and_found_again_after_a_restart() {
     fx.set_state(&state);
 
     let d = TestDaemon::start(dir.path(), &config);
-    // Reconciliation adopted the running VMs and destroys the orphan; others' VMs stay.
+    // Reconciliation adopted the running VMs and keeps the orphan, which this journal never
+    // created, until an operator destroys it; others' VMs stay.
     for id in &ids {
         assert_eq!(d.vm_state(*id), "running");
     }
+    let orphans = d.ok("GET", "/v1/orphans", None);
+    assert_eq!(orphans["orphans"][0]["name"], "berth-vm999", "{orphans}");
+    assert_eq!(berth_vms(&fx).len(), names.len() + 1);
+    d.ok("POST", "/v1/orphans/berth-vm999/destroy", None);
     d.wait_for("the orphan destroyed", |_| berth_vms(&fx) == names);
     assert!(fx.state()["vms"].get("someone-else").is_some());
 

@@ -530,3 +530,27 @@ fn a_refused_input_does_not_move_the_clock() {
     );
     assert_eq!(s.now_ms(), 10);
 }
+
+#[test]
+fn reserved_vm_ids_number_new_vms_past_them() {
+    let mut w = one_host();
+    assert_eq!(w.s.next_vm_id(), VmId(1));
+    w.at(1).input(Input::ReserveVmIds(VmId(41)));
+    assert_eq!(w.s.next_vm_id(), VmId(42));
+    // A lower reservation changes nothing: ids never go back.
+    w.at(2).input(Input::ReserveVmIds(VmId(7)));
+    assert_eq!(w.s.next_vm_id(), VmId(42));
+    let out = w.at(3).input(Input::Submit(RequestSpec::new(1, "linux", 1)));
+    assert!(
+        matches!(out.actions[..], [Action::Provision { vm: VmId(42), .. }]),
+        "{:?}",
+        out.actions
+    );
+    assert_eq!(w.s.next_vm_id(), VmId(43));
+    let refused = w.s.handle(4, Input::ReserveVmIds(VmId(u64::MAX)));
+    assert!(
+        matches!(refused, Err(InputError::Invalid { field: "vm", .. })),
+        "{refused:?}"
+    );
+    assert_eq!(w.s.next_vm_id(), VmId(43));
+}
