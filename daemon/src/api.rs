@@ -29,6 +29,10 @@ use tokio_stream::wrappers::BroadcastStream;
 use crate::DaemonError;
 use crate::config::Role;
 use crate::control::{Actor, Answer, ApiError, Msg, Query};
+use crate::limits::{
+    AUDIT_LIST_DEFAULT, LIST_ROWS_MAX, QUEUE_LIST_DEFAULT, QUEUE_LIST_MAX, REQUEST_LIST_DEFAULT,
+    VM_LIST_DEFAULT, list_limit,
+};
 use crate::store::{self, VmFilter};
 use crate::wire::{WireHold, WireHost, WireInput, WireRequest, check_name};
 
@@ -40,13 +44,6 @@ const HOLD_TTL_DEFAULT_MS: u64 = 8 * 3_600_000;
 const SERIAL_TAIL_DEFAULT: usize = 1 << 20;
 /// The most of a serial log one answer carries.
 const SERIAL_TAIL_MAX: usize = 16 << 20;
-/// Requests listed when no limit is given.
-const REQUEST_LIST_DEFAULT: u64 = 1000;
-/// Waiting requests `GET /v1/queue` shows when no limit is given: each costs a why-waiting
-/// evaluation over every host inside the control loop.
-const QUEUE_LIST_DEFAULT: usize = 100;
-/// The most waiting requests one `GET /v1/queue` shows.
-const QUEUE_LIST_MAX: usize = 1000;
 
 /// A bearer token and what it may do.
 #[derive(Clone)]
@@ -113,6 +110,8 @@ pub struct AppState {
     pub(crate) events: broadcast::Sender<Arc<str>>,
     pub(crate) tokens: Arc<Vec<Token>>,
     pub(crate) shutdown: tokio::sync::watch::Receiver<bool>,
+    /// The tokens (by name) with a forecast running: one each, `FORECASTS_AT_ONCE_MAX` in all.
+    pub(crate) forecasts: Arc<Mutex<std::collections::BTreeSet<String>>>,
 }
 
 impl IntoResponse for ApiError {
@@ -407,8 +406,32 @@ async fn submit(State(state): State<AppState>, headers: HeaderMap, body: Bytes) 
 struct RequestListQuery {
     state: Option<String>,
     limit: Option<u64>,
+    /// Only requests older than this one (the previous page's `next_before`).
+    before: Option<String>,
 }
 
+const REQUEST_STATES: &[&str] = &[
+    "waiting",
+    "active",
+    "done",
+    "failed",
+    "rejected",
+    "cancelled",
+];
+
+/// Refuses a state filter that no row can have, naming the ones there are.
+fn check_state(field: &str, s: Option<&str>, states: &[&str]) -> Result<(), ApiError> {
+    match s {
+        Some(s) if !states.contains(&s) => Err(ApiError::field(
+            400,
+            field,
+            format!("unknown state `{s}`; one of {}", states.join(", ")),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Requests, newest first, a page at a time: `next_before` (when present) asks for the next.
 async fn list_requests(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -416,12 +439,20 @@ async fn list_requests(
 ) -> ApiResult {
     auth(&state, &headers, false)?;
     let q = params(q)?;
-    let limit = q.limit.unwrap_or(REQUEST_LIST_DEFAULT);
+    check_state("state", q.state.as_deref(), REQUEST_STATES)?;
+    let limit = list_limit(q.limit, REQUEST_LIST_DEFAULT, LIST_ROWS_MAX)?;
+    let before = q.before.as_deref().map(parse_request_id).transpose()?;
     let rows = state
         .reads
-        .read(move |c| store::list_requests(c, q.state.as_deref(), limit))
+        .read(move |c| store::list_requests(c, q.state.as_deref(), before, limit))
         .await?;
-    ok_json(StatusCode::OK, json!({"requests": rows}))
+    let next = (rows.len() as u64 == limit)
+        .then(|| rows.last().map(|r| r.id))
+        .flatten();
+    ok_json(
+        StatusCode::OK,
+        json!({"requests": rows, "next_before": next}),
+    )
 }
 
 async fn get_request(
@@ -476,6 +507,8 @@ struct VmListQuery {
     #[serde(default)]
     live: bool,
     limit: Option<u64>,
+    /// Only VMs numbered above this one (the previous page's `next_after`).
+    after: Option<String>,
 }
 
 const VM_STATES: &[&str] = &[
@@ -499,22 +532,17 @@ async fn list_vms(
 ) -> ApiResult {
     auth(&state, &headers, false)?;
     let q = params(q)?;
-    if let Some(s) = &q.state
-        && !VM_STATES.contains(&s.as_str())
-    {
-        return Err(ApiError::field(
-            400,
-            "state",
-            format!("unknown vm state `{s}`; one of {}", VM_STATES.join(", ")),
-        ));
-    }
+    check_state("state", q.state.as_deref(), VM_STATES)?;
     let request = q.request.as_deref().map(parse_request_id).transpose()?;
+    let limit = list_limit(q.limit, VM_LIST_DEFAULT, LIST_ROWS_MAX)?;
+    let after = q.after.as_deref().map(parse_vm_id).transpose()?;
     let filter = VmFilter {
         state: q.state,
         request,
         host: q.host,
         live: q.live,
-        limit: q.limit,
+        after,
+        limit: Some(limit),
     };
     let holds = if filter.state.as_deref().is_none_or(|s| s == "held") {
         let held = state.reads.read(store::held_vm_ids).await?;
@@ -528,8 +556,12 @@ async fn list_vms(
             // Written on the blocking thread: a list of 100,000 VMs is ~15 MB of JSON.
             let mut out = Vec::with_capacity(1 << 16);
             out.extend_from_slice(b"{\"vms\":");
-            let n = store::write_vms_json(c, &filter, &holds, &mut out)?;
-            out.extend_from_slice(format!(",\"count\":{n}}}").as_bytes());
+            let (n, last) = store::write_vms_json(c, &filter, &holds, &mut out)?;
+            let next = match last {
+                Some(id) if n as u64 == limit => id.to_string(),
+                _ => "null".to_owned(),
+            };
+            out.extend_from_slice(format!(",\"count\":{n},\"next_after\":{next}}}").as_bytes());
             Ok(out)
         })
         .await?;
@@ -806,7 +838,11 @@ async fn queue(
 ) -> ApiResult {
     auth(&state, &headers, false)?;
     let q = params(q)?;
-    let limit = q.limit.unwrap_or(QUEUE_LIST_DEFAULT).min(QUEUE_LIST_MAX);
+    let limit = list_limit(
+        q.limit.map(|l| l as u64),
+        QUEUE_LIST_DEFAULT as u64,
+        QUEUE_LIST_MAX as u64,
+    )? as usize;
     let entries = query_json(&state, Query::Queue(limit)).await?;
     let entries: Vec<(u64, serde_json::Value)> = entries
         .as_array()
@@ -912,6 +948,8 @@ async fn remove_host(
 #[serde(deny_unknown_fields)]
 struct AuditQuery {
     limit: Option<u64>,
+    /// Only rows older than this one (the previous page's `next_before`).
+    before: Option<u64>,
 }
 
 async fn audit(
@@ -921,12 +959,14 @@ async fn audit(
 ) -> ApiResult {
     auth(&state, &headers, true)?;
     let q = params(q)?;
-    let limit = q.limit.unwrap_or(REQUEST_LIST_DEFAULT);
-    let rows = state
+    let limit = list_limit(q.limit, AUDIT_LIST_DEFAULT, LIST_ROWS_MAX)?;
+    let before = q.before;
+    let (rows, last_id) = state
         .reads
-        .read(move |c| store::list_audit(c, limit))
+        .read(move |c| store::list_audit(c, before, limit))
         .await?;
-    ok_json(StatusCode::OK, json!({"audit": rows}))
+    let next = (rows.len() as u64 == limit).then_some(last_id).flatten();
+    ok_json(StatusCode::OK, json!({"audit": rows, "next_before": next}))
 }
 
 /// The VMs berth found on its hosts and keeps rather than destroys (see `Control::judge_orphans`).

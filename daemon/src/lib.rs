@@ -13,6 +13,7 @@ pub mod demo;
 pub mod export;
 mod fleet;
 pub mod hooks;
+pub mod limits;
 pub mod metrics;
 mod obs_api;
 pub mod store;
@@ -320,6 +321,7 @@ pub async fn start(opts: Options) -> Result<Daemon, DaemonError> {
         events: events_tx,
         tokens: Arc::new(tokens),
         shutdown: shutdown_rx.clone(),
+        forecasts: Arc::default(),
     };
     let app = api::router(state.clone())
         .merge(obs_api::router(obs_api::ObsState {

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -16,10 +16,10 @@ use tokio::sync::oneshot;
 use crate::api::{AppState, Params, auth, params};
 use crate::control::{ApiError, Msg, Query};
 use crate::hooks::{RunFilter, list_runs};
+use crate::limits::{HOOK_RUNS_LIST_DEFAULT, LIST_ROWS_MAX, list_limit};
 use crate::metrics::Metrics;
 
 /// The most hook runs one `GET /v1/hooks/runs` returns.
-const HOOK_RUNS_LIST_MAX: u64 = 10_000;
 
 #[derive(Clone)]
 pub(crate) struct ObsState {
@@ -44,9 +44,19 @@ pub(crate) async fn count_requests(
         .extensions()
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
-    let method = req.method().as_str().to_owned();
+    // Labels come from fixed sets: a client inventing methods or paths cannot add series.
+    let method = match *req.method() {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::DELETE => "DELETE",
+        Method::PUT => "PUT",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        Method::PATCH => "PATCH",
+        _ => "other",
+    };
     let resp = next.run(req).await;
-    metrics.api_request(&route, &method, resp.status().as_u16());
+    metrics.api_request(&route, method, resp.status().as_u16());
     resp
 }
 
@@ -90,7 +100,7 @@ async fn hook_runs(
 ) -> Result<Response, ApiError> {
     auth(&state.app, &headers, false)?;
     let mut f = params(q)?;
-    f.limit = Some(f.limit.unwrap_or(100).min(HOOK_RUNS_LIST_MAX));
+    f.limit = Some(list_limit(f.limit, HOOK_RUNS_LIST_DEFAULT, LIST_ROWS_MAX)?);
     let runs = state.app.reads.read(move |c| list_runs(c, &f)).await?;
     Ok((StatusCode::OK, axum::Json(json!({"runs": runs}))).into_response())
 }

@@ -579,6 +579,8 @@ pub struct VmFilter {
     pub host: Option<String>,
     /// Only VMs that have not ended.
     pub live: bool,
+    /// Only VMs numbered above this one (a page's cursor).
+    pub after: Option<u64>,
     pub limit: Option<u64>,
 }
 
@@ -621,6 +623,10 @@ fn vm_query(columns: &str, f: &VmFilter) -> (String, Vec<rusqlite::types::Value>
         q.push_str(" AND v.host IN (SELECT id FROM hosts WHERE name = ?)");
         args.push(h.clone().into());
     }
+    if let Some(a) = f.after {
+        q.push_str(" AND v.id > ?");
+        args.push((a.min(i64::MAX as u64) as i64).into());
+    }
     q.push_str(" ORDER BY v.id");
     if let Some(l) = f.limit {
         q.push_str(" LIMIT ?");
@@ -648,7 +654,7 @@ pub fn write_vms_json(
     f: &VmFilter,
     holds: &BTreeMap<u64, HoldRow>,
     out: &mut Vec<u8>,
-) -> Result<usize, DaemonError> {
+) -> Result<(usize, Option<u64>), DaemonError> {
     use std::io::Write;
     let mut hosts: BTreeMap<i64, Vec<u8>> = BTreeMap::new();
     {
@@ -674,6 +680,7 @@ pub fn write_vms_json(
         .query(rusqlite::params_from_iter(args))
         .map_err(sql("listing vms"))?;
     let mut n = 0;
+    let mut last = None;
     out.push(b'[');
     let io = |e: std::io::Error| DaemonError::Io {
         what: "writing a vm list".into(),
@@ -735,9 +742,10 @@ pub fn write_vms_json(
         }
         out.push(b'}');
         n += 1;
+        last = Some(id as u64);
     }
     out.push(b']');
-    Ok(n)
+    Ok((n, last))
 }
 
 /// The ids of the VMs held at a breakpoint now (few: each one waits for a person).
@@ -837,16 +845,19 @@ pub fn get_request(conn: &Connection, id: u64) -> Result<Option<RequestRow>, Dae
 pub fn list_requests(
     conn: &Connection,
     state: Option<&str>,
+    before: Option<u64>,
     limit: u64,
 ) -> Result<Vec<RequestRow>, DaemonError> {
     let mut stmt = conn
         .prepare_cached(&format!(
-            "SELECT {REQUEST_COLUMNS} WHERE (?1 IS NULL OR state = ?1) ORDER BY id DESC LIMIT ?2"
+            "SELECT {REQUEST_COLUMNS} WHERE (?1 IS NULL OR state = ?1) AND id < ?3
+             ORDER BY id DESC LIMIT ?2"
         ))
         .map_err(sql("listing requests"))?;
+    let before = before.map_or(i64::MAX, |b| b.min(i64::MAX as u64) as i64);
     let rows = stmt
         .query_map(
-            params![state, limit.min(i64::MAX as u64) as i64],
+            params![state, limit.min(i64::MAX as u64) as i64, before],
             request_row,
         )
         .map_err(sql("listing requests"))?;
@@ -875,26 +886,43 @@ pub fn list_orphans(conn: &Connection) -> Result<Vec<OrphanRow>, DaemonError> {
         .map_err(sql("reading orphans"))
 }
 
-pub fn list_audit(conn: &Connection, limit: u64) -> Result<Vec<AuditRow>, DaemonError> {
+/// Audit rows older than `before` (all when `None`), newest first, with the last row's id
+/// (the next page's cursor).
+pub fn list_audit(
+    conn: &Connection,
+    before: Option<u64>,
+    limit: u64,
+) -> Result<(Vec<AuditRow>, Option<u64>), DaemonError> {
     let mut stmt = conn
         .prepare_cached(
-            "SELECT at_ms, who, role, action, target, outcome FROM audit ORDER BY id DESC LIMIT ?1",
+            "SELECT at_ms, who, role, action, target, outcome, id FROM audit WHERE id < ?2
+             ORDER BY id DESC LIMIT ?1",
         )
         .map_err(sql("reading the audit log"))?;
+    let before = before.map_or(i64::MAX, |b| b.min(i64::MAX as u64) as i64);
+    let mut last = None;
     let rows = stmt
-        .query_map([limit.min(i64::MAX as u64) as i64], |r| {
-            Ok(AuditRow {
-                at_ms: r.get::<_, i64>(0)? as u64,
-                who: r.get(1)?,
-                role: r.get(2)?,
-                action: r.get(3)?,
-                target: r.get(4)?,
-                outcome: r.get(5)?,
-            })
+        .query_map(params![limit.min(i64::MAX as u64) as i64, before], |r| {
+            Ok((
+                AuditRow {
+                    at_ms: r.get::<_, i64>(0)? as u64,
+                    who: r.get(1)?,
+                    role: r.get(2)?,
+                    action: r.get(3)?,
+                    target: r.get(4)?,
+                    outcome: r.get(5)?,
+                },
+                r.get::<_, i64>(6)? as u64,
+            ))
         })
         .map_err(sql("reading the audit log"))?;
-    rows.collect::<Result<Vec<_>, _>>()
-        .map_err(sql("reading the audit log"))
+    let mut out = Vec::new();
+    for row in rows {
+        let (a, id) = row.map_err(sql("reading the audit log"))?;
+        last = Some(id);
+        out.push(a);
+    }
+    Ok((out, last))
 }
 
 /// VM counts by state.

@@ -147,6 +147,18 @@ pub struct Simulation {
     stale: u64,
     /// During a forecast: each request's wait, by id, as it is placed.
     placed_waits: Option<BTreeMap<u64, u64>>,
+    /// What a run may cost (see [`Budget`]), and the steps taken so far.
+    budget: Budget,
+    steps: u64,
+}
+
+/// A bound on a run's cost, for runs made on someone's behalf (the daemon's forecasts): at most
+/// `steps_max` instants processed, and a stop as soon as `cancel` is set (the client left).
+/// A run over its budget ends with [`SimError::OverBudget`] or [`SimError::Cancelled`].
+#[derive(Clone, Debug, Default)]
+pub struct Budget {
+    pub steps_max: Option<u64>,
+    pub cancel: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
 }
 
 impl Simulation {
@@ -183,6 +195,8 @@ impl Simulation {
             timeline: Timeline::new(),
             stale: 0,
             placed_waits: None,
+            budget: Budget::default(),
+            steps: 0,
         };
         for spec in &fleet.hosts {
             sim.add_host(spec.clone())?;
@@ -219,6 +233,8 @@ impl Simulation {
             timeline: Timeline::new(),
             stale: 0,
             placed_waits: None,
+            budget: Budget::default(),
+            steps: 0,
             sched,
         };
         sim.config.policy = sim.sched.config().policy;
@@ -313,6 +329,11 @@ impl Simulation {
         sim
     }
 
+    /// Bounds what the rest of the run may cost.
+    pub fn set_budget(&mut self, budget: Budget) {
+        self.budget = budget;
+    }
+
     /// Feeds one input to the scheduler now (e.g. `Input::Drain` before a forecast).
     pub fn handle(&mut self, input: Input) -> Result<(), InputError> {
         self.input(input)
@@ -347,6 +368,20 @@ impl Simulation {
             };
             if t > until_ms {
                 break;
+            }
+            self.steps += 1;
+            if self.budget.steps_max.is_some_and(|max| self.steps > max) {
+                return Err(SimError::OverBudget {
+                    steps: self.steps - 1,
+                });
+            }
+            if self
+                .budget
+                .cancel
+                .as_ref()
+                .is_some_and(|c| c.load(std::sync::atomic::Ordering::Relaxed))
+            {
+                return Err(SimError::Cancelled);
             }
             self.now_ms = self.now_ms.max(t);
             self.apply_due()?;

@@ -11,7 +11,7 @@ pub mod latency;
 pub mod plot;
 pub mod report;
 
-pub use engine::{Forecast, SimConfig, Simulation, UNSPECIFIED_MEMORY_MIB, WaitForecast};
+pub use engine::{Budget, Forecast, SimConfig, Simulation, UNSPECIFIED_MEMORY_MIB, WaitForecast};
 pub use fleet::Fleet;
 pub use latency::Profile;
 pub use report::{Report, Row, RunInfo, compare, comparison_table};
@@ -28,4 +28,8 @@ pub enum SimError {
     },
     #[error("{0}")]
     Scheduler(String),
+    #[error("stopped after {steps} steps, its budget")]
+    OverBudget { steps: u64 },
+    #[error("cancelled")]
+    Cancelled,
 }

@@ -401,3 +401,39 @@ fn a_forecast_with_arrivals_reports_their_waits_apart() {
         .unwrap_err();
     assert!(e.to_string().contains("r3"), "{e}");
 }
+
+#[test]
+fn a_budget_stops_a_run_at_its_step_limit_or_when_cancelled() {
+    use berth_sim::{Budget, SimError};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let state = two_busy_hosts();
+    let mut sim = Simulation::from_scheduler(state.clone(), SimConfig::default());
+    sim.set_budget(Budget {
+        steps_max: Some(3),
+        cancel: None,
+    });
+    match sim.forecast(3_600_000) {
+        Err(SimError::OverBudget { steps }) => assert_eq!(steps, 3),
+        other => panic!("{other:?}"),
+    }
+    // A budget it stays within changes nothing.
+    let mut sim = Simulation::from_scheduler(state.clone(), SimConfig::default());
+    sim.set_budget(Budget {
+        steps_max: Some(1_000_000),
+        cancel: None,
+    });
+    let within = sim.forecast(3_600_000).unwrap();
+    let free = Simulation::from_scheduler(state.clone(), SimConfig::default())
+        .forecast(3_600_000)
+        .unwrap();
+    assert_eq!(within, free);
+    let cancel = Arc::new(AtomicBool::new(true));
+    let mut sim = Simulation::from_scheduler(state, SimConfig::default());
+    sim.set_budget(Budget {
+        steps_max: None,
+        cancel: Some(cancel.clone()),
+    });
+    assert!(matches!(sim.forecast(3_600_000), Err(SimError::Cancelled)));
+    assert!(cancel.load(Ordering::Relaxed));
+}

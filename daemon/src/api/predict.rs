@@ -5,13 +5,15 @@
 //! requests of the last `horizon_s`, submitted again one horizon later (the next hour looks
 //! like the last one), with the shapes they asked for and the time their jobs ran.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use berth_sched::{HostId, Input, Scheduler};
-use berth_sim::{Forecast, Profile, SimConfig, SimError, Simulation, WaitForecast};
+use berth_sim::{Budget, Forecast, Profile, SimConfig, SimError, Simulation, WaitForecast};
 use berth_traces::Record;
 use rusqlite::{Connection, params};
 use serde::Deserialize;
@@ -21,15 +23,12 @@ use super::{ApiResult, AppState, auth, ok_json, parse, query};
 use crate::DaemonError;
 use crate::control::{Answer, ApiError, Query};
 use crate::export::request_record;
+use crate::limits::{
+    FORECAST_EVENTS_MAX, FORECAST_HORIZON_DEFAULT_S, FORECAST_HORIZON_MAX_S, FORECAST_HOSTS_MAX,
+    FORECASTS_AT_ONCE_MAX,
+};
 use crate::wire::{WireRequest, WireTemplate};
 
-/// How far ahead a forecast looks when the caller does not say: an hour.
-const HORIZON_DEFAULT_S: u64 = 3600;
-/// The furthest a forecast may look: a week (beyond that, new arrivals, which it leaves out,
-/// matter more than the state it starts from).
-const HORIZON_MAX_S: u64 = 7 * 24 * 3600;
-/// The hosts one forecast may drain.
-const HOSTS_MAX: usize = 10_000;
 /// Both runs use this seed, so they differ only by the drain.
 const FORECAST_SEED: u64 = 1;
 /// Replayed arrivals get ids from here on, apart from every request the scheduler holds.
@@ -52,23 +51,28 @@ pub(super) async fn drain(
     body: Bytes,
 ) -> ApiResult {
     // A forecast changes nothing: read-only tokens may ask.
-    auth(&state, &headers, false)?;
+    let actor = auth(&state, &headers, false)?;
     let b: DrainBody = parse(&body)?;
-    if b.hosts.is_empty() || b.hosts.len() > HOSTS_MAX {
+    if b.hosts.is_empty() || b.hosts.len() > FORECAST_HOSTS_MAX {
         return Err(ApiError::field(
             400,
             "hosts",
-            format!("name 1 to {HOSTS_MAX} hosts, got {}", b.hosts.len()),
+            format!(
+                "name 1 to {FORECAST_HOSTS_MAX} hosts, got {}",
+                b.hosts.len()
+            ),
         ));
     }
-    let horizon_s = b.horizon_s.unwrap_or(HORIZON_DEFAULT_S);
-    if horizon_s == 0 || horizon_s > HORIZON_MAX_S {
+    let horizon_s = b.horizon_s.unwrap_or(FORECAST_HORIZON_DEFAULT_S);
+    if horizon_s == 0 || horizon_s > FORECAST_HORIZON_MAX_S {
         return Err(ApiError::field(
             400,
             "horizon_s",
-            format!("must be 1 to {HORIZON_MAX_S} seconds, got {horizon_s}"),
+            format!("must be 1 to {FORECAST_HORIZON_MAX_S} seconds, got {horizon_s}"),
         ));
     }
+    // Taken before the scheduler is copied: the copy is the expensive part of a deep queue.
+    let slot = ForecastSlot::take(&state.forecasts, &actor.who)?;
     let Answer::Scheduler(s) = query(&state, Query::Scheduler).await? else {
         return Err(ApiError::new(
             500,
@@ -102,10 +106,26 @@ pub(super) async fn drain(
         }
     };
     let n_arrivals = arrivals.len();
+    let budget = Budget {
+        steps_max: Some(FORECAST_EVENTS_MAX),
+        cancel: Some(slot.cancel.clone()),
+    };
     let joined =
-        tokio::task::spawn_blocking(move || forecast_drain(*s, &ids, horizon_ms, arrivals)).await;
+        tokio::task::spawn_blocking(move || forecast_drain(*s, &ids, horizon_ms, arrivals, budget))
+            .await;
+    drop(slot);
     let (without, with) = match joined {
         Ok(Ok(both)) => both,
+        Ok(Err(SimError::OverBudget { steps })) => {
+            return Err(ApiError::field(
+                422,
+                "horizon_s",
+                format!(
+                    "the forecast stopped after {steps} simulated steps, its budget: \
+                     the queue is too deep to look {horizon_s} s ahead; ask for a shorter horizon_s"
+                ),
+            ));
+        }
         Ok(Err(e)) => return Err(ApiError::new(500, format!("forecast failed: {e}"))),
         Err(_) => return Err(ApiError::new(500, "forecast task failed")),
     };
@@ -261,6 +281,50 @@ fn recent_arrivals(
     Ok(arrivals)
 }
 
+/// A running forecast's place: one per token, `FORECASTS_AT_ONCE_MAX` in all. Dropping it
+/// (the answer is written, or the client left and axum dropped the handler) frees the place
+/// and cancels the runs, which stop at their next step.
+struct ForecastSlot {
+    running: Arc<Mutex<BTreeSet<String>>>,
+    token: String,
+    cancel: Arc<AtomicBool>,
+}
+
+impl ForecastSlot {
+    fn take(
+        forecasts: &Arc<Mutex<BTreeSet<String>>>,
+        token: &str,
+    ) -> Result<ForecastSlot, ApiError> {
+        let mut running = forecasts.lock().unwrap_or_else(|e| e.into_inner());
+        if running.contains(token) {
+            return Err(ApiError::new(
+                429,
+                format!("token {token} has a forecast running already: wait for its answer"),
+            ));
+        }
+        if running.len() >= FORECASTS_AT_ONCE_MAX {
+            return Err(ApiError::new(
+                429,
+                format!("{FORECASTS_AT_ONCE_MAX} forecasts are running already: try again shortly"),
+            ));
+        }
+        running.insert(token.to_owned());
+        Ok(ForecastSlot {
+            running: forecasts.clone(),
+            token: token.to_owned(),
+            cancel: Arc::default(),
+        })
+    }
+}
+
+impl Drop for ForecastSlot {
+    fn drop(&mut self) {
+        self.cancel.store(true, Ordering::Relaxed);
+        let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+        running.remove(&self.token);
+    }
+}
+
 /// Runs `s` ahead by `horizon_ms` twice, as is and with `hosts` drained, with the same
 /// `arrivals`, and returns both forecasts (without, with). A host that is draining already,
 /// or out of service, stays so.
@@ -269,6 +333,7 @@ pub(crate) fn forecast_drain(
     hosts: &[HostId],
     horizon_ms: u64,
     arrivals: Vec<Record>,
+    budget: Budget,
 ) -> Result<(Forecast, Forecast), SimError> {
     let config = SimConfig {
         latency: Profile::Default,
@@ -277,12 +342,39 @@ pub(crate) fn forecast_drain(
         ..SimConfig::default()
     };
     let mut drained = Simulation::from_scheduler(s.clone(), config.clone());
+    drained.set_budget(budget.clone());
     for &host in hosts {
         // Refused only for a host that is not taking VMs anyway: the same both ways.
         let _ = drained.handle(Input::Drain(host));
     }
-    let without = Simulation::from_scheduler(s, config)
-        .forecast_with_arrivals(horizon_ms, arrivals.clone())?;
+    let mut as_is = Simulation::from_scheduler(s, config);
+    as_is.set_budget(budget);
+    let without = as_is.forecast_with_arrivals(horizon_ms, arrivals.clone())?;
     let with = drained.forecast_with_arrivals(horizon_ms, arrivals)?;
     Ok((without, with))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_forecast_per_token_and_a_few_in_all() {
+        let running = Arc::default();
+        let a = ForecastSlot::take(&running, "a").unwrap();
+        let again = ForecastSlot::take(&running, "a").err().unwrap();
+        assert_eq!(again.status, 429);
+        assert!(again.error.contains("token a"), "{}", again.error);
+        let b = ForecastSlot::take(&running, "b").unwrap();
+        assert_eq!(FORECASTS_AT_ONCE_MAX, 2);
+        let full = ForecastSlot::take(&running, "c").err().unwrap();
+        assert_eq!(full.status, 429);
+        // Dropping a slot (the client left) cancels its runs and frees the place.
+        let cancel = a.cancel.clone();
+        drop(a);
+        assert!(cancel.load(Ordering::Relaxed));
+        let c = ForecastSlot::take(&running, "c").unwrap();
+        drop((b, c));
+        assert!(running.lock().unwrap().is_empty());
+    }
 }

@@ -540,7 +540,9 @@ fn reserved_vm_ids_number_new_vms_past_them() {
     // A lower reservation changes nothing: ids never go back.
     w.at(2).input(Input::ReserveVmIds(VmId(7)));
     assert_eq!(w.s.next_vm_id(), VmId(42));
-    let out = w.at(3).input(Input::Submit(RequestSpec::new(1, "linux", 1)));
+    let out = w
+        .at(3)
+        .input(Input::Submit(RequestSpec::new(1, "linux", 1)));
     assert!(
         matches!(out.actions[..], [Action::Provision { vm: VmId(42), .. }]),
         "{:?}",

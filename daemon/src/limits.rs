@@ -1,0 +1,45 @@
+//! Every limit a client of the API meets, in one place, each with its unit last. A limit with
+//! a default also has a maximum: no client, read-only or anonymous, can make one answer cost
+//! more than these allow.
+
+/// Rows one list answer carries at most (`limit` on every list route); page on with the
+/// answer's cursor (`next_before` or `next_after`).
+pub const LIST_ROWS_MAX: u64 = 100_000;
+/// Requests (newest first) listed when no `limit` is given.
+pub const REQUEST_LIST_DEFAULT: u64 = 1000;
+/// Audit rows (newest first) listed when no `limit` is given.
+pub const AUDIT_LIST_DEFAULT: u64 = 1000;
+/// Hook runs listed when no `limit` is given.
+pub const HOOK_RUNS_LIST_DEFAULT: u64 = 100;
+/// VMs listed when no `limit` is given: the most, so that the console sees a whole fleet.
+pub const VM_LIST_DEFAULT: u64 = LIST_ROWS_MAX;
+/// Waiting requests `GET /v1/queue` shows when no limit is given: each costs a why-waiting
+/// evaluation over every host inside the control loop.
+pub const QUEUE_LIST_DEFAULT: usize = 100;
+/// The most waiting requests one `GET /v1/queue` shows.
+pub const QUEUE_LIST_MAX: usize = 1000;
+/// How far ahead a forecast looks when the caller does not say: an hour.
+pub const FORECAST_HORIZON_DEFAULT_S: u64 = 3600;
+/// The furthest a forecast may look: a day (beyond that, arrivals it can only guess matter
+/// more than the state it starts from).
+pub const FORECAST_HORIZON_MAX_S: u64 = 24 * 3600;
+/// Simulated events one forecast run may take (it makes two); a deeper queue or a longer
+/// horizon is refused with a 422 rather than left to run for minutes.
+pub const FORECAST_EVENTS_MAX: u64 = 2_000_000;
+/// Forecasts running at once, across all clients (each takes a core while it runs).
+pub const FORECASTS_AT_ONCE_MAX: usize = 2;
+/// The hosts one forecast may drain.
+pub const FORECAST_HOSTS_MAX: usize = 10_000;
+
+/// Checks a `limit` query parameter: `default` when absent, else 1 to `max`.
+pub fn list_limit(limit: Option<u64>, default: u64, max: u64) -> Result<u64, crate::ApiError> {
+    match limit {
+        None => Ok(default),
+        Some(l) if (1..=max).contains(&l) => Ok(l),
+        Some(l) => Err(crate::ApiError::field(
+            400,
+            "limit",
+            format!("must be 1 to {max}, got {l}"),
+        )),
+    }
+}
