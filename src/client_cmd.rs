@@ -158,15 +158,31 @@ impl Client {
     }
 }
 
+/// The widest a table cell prints, in characters; longer text ends in `…` (`--json` has all).
+const CELL_CHARS_MAX: usize = 64;
+
 /// Prints rows as left-aligned columns.
 fn table(headers: &[&str], rows: &[Vec<String>]) {
-    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
-    for r in rows {
+    let cut = |c: &str| -> String {
+        if c.chars().count() > CELL_CHARS_MAX {
+            let mut t: String = c.chars().take(CELL_CHARS_MAX - 1).collect();
+            t.push('…');
+            t
+        } else {
+            c.to_owned()
+        }
+    };
+    let rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| r.iter().map(|c| cut(c)).collect())
+        .collect();
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
+    for r in &rows {
         for (w, c) in widths.iter_mut().zip(r) {
-            *w = (*w).max(c.len());
+            *w = (*w).max(c.chars().count());
         }
     }
-    let line = |cells: Vec<String>| {
+    let line = |cells: &[String]| {
         let parts: Vec<String> = cells
             .iter()
             .zip(&widths)
@@ -174,9 +190,9 @@ fn table(headers: &[&str], rows: &[Vec<String>]) {
             .collect();
         println!("{}", parts.join("  ").trim_end());
     };
-    line(headers.iter().map(|h| h.to_uppercase()).collect());
-    for r in rows {
-        line(r.clone());
+    line(&headers.iter().map(|h| h.to_uppercase()).collect::<Vec<_>>());
+    for r in &rows {
+        line(r);
     }
 }
 

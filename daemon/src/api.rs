@@ -356,11 +356,11 @@ async fn submit(State(state): State<AppState>, headers: HeaderMap, body: Bytes) 
             format!("must be 1 to {REQUEST_VMS_MAX}, got {}", b.count),
         ));
     }
-    if b.cpus == Some(0) {
-        return Err(ApiError::field(400, "cpus", "must be at least 1"));
+    if let Some(c) = b.cpus {
+        crate::wire::in_range("cpus", c.into(), berth_sched::limits::VCPUS_MAX.into())?;
     }
-    if b.memory_mib == Some(0) {
-        return Err(ApiError::field(400, "memory_mib", "must be at least 1"));
+    if let Some(m) = b.memory_mib {
+        crate::wire::in_range("memory_mib", m, berth_sched::limits::MEMORY_MIB_MAX)?;
     }
     if b.hold_ttl_s == Some(0) {
         return Err(ApiError::field(400, "hold_ttl_s", "must be at least 1"));
@@ -371,6 +371,13 @@ async fn submit(State(state): State<AppState>, headers: HeaderMap, body: Bytes) 
             "hold_on_failure",
             "hold_owner and hold_ttl_s need hold_on_failure: true",
         ));
+    }
+    crate::wire::check_labels("labels", &b.labels)?;
+    if let Some(r) = &b.requester {
+        crate::wire::check_text("requester", r)?;
+    }
+    if let Some(o) = &b.hold_owner {
+        crate::wire::check_text("hold_owner", o)?;
     }
     let requester = b.requester.unwrap_or_else(|| actor.who.clone());
     let request = WireRequest {
@@ -890,7 +897,7 @@ async fn add_host(State(state): State<AppState>, headers: HeaderMap, body: Bytes
     let actor = auth(&state, &headers, true)?;
     let mut host: WireHost = parse(&body)?;
     host.id = 0;
-    host.validate().map_err(ApiError::from)?;
+    host.validate_new().map_err(ApiError::from)?;
     let id = send_input(&state, WireInput::AddHost { host }, actor).await?;
     let hosts = query_json(&state, Query::Hosts).await?;
     let host = hosts

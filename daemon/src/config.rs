@@ -43,6 +43,8 @@ pub struct FileConfig {
     #[serde(default)]
     pub recovery: RecoverySection,
     #[serde(default)]
+    pub server: ServerSection,
+    #[serde(default)]
     pub drivers: DriversSection,
     #[serde(default)]
     pub tokens: Vec<TokenConfig>,
@@ -194,6 +196,28 @@ impl Default for WorkerSection {
     }
 }
 
+/// The HTTP server's connections: how many at once, and how long one may dawdle.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerSection {
+    /// Connections open at once; past it a new connection is answered 503 and closed. Each
+    /// takes a file descriptor: keep it below the process's limit (`ulimit -n`).
+    pub connections_max: usize,
+    /// How long a connection may take to send a request's headers, and how long it may sit
+    /// idle between requests, before it is closed: slow or silent clients cannot hold
+    /// connections for long.
+    pub header_read_timeout_ms: u64,
+}
+
+impl Default for ServerSection {
+    fn default() -> ServerSection {
+        ServerSection {
+            connections_max: 4096,
+            header_read_timeout_ms: 10_000,
+        }
+    }
+}
+
 /// What reconciliation may clean up on its own.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -295,7 +319,7 @@ pub fn parse(text: &str) -> Result<FileConfig, DaemonError> {
     if let Some(hosts) = &config.hosts {
         let mut names = std::collections::BTreeSet::new();
         for (i, h) in hosts.iter().enumerate() {
-            h.validate().map_err(|e| DaemonError::Config {
+            h.validate_new().map_err(|e| DaemonError::Config {
                 key: format!("hosts[{i}].{}", e.field),
                 message: e.message,
             })?;

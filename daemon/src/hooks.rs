@@ -29,6 +29,9 @@ pub const HOOK_QUEUE_MAX: usize = 10_000;
 pub const STDERR_TAIL_MAX_BYTES: usize = 4096;
 /// How long to wait for a killed hook's pipes to close.
 const PIPE_GRACE_MS: u64 = 1000;
+/// The most of a hook's standard error read at all: past it the pipe is closed, so a hook
+/// (or what it left running) that floods it costs no more CPU.
+pub const STDERR_READ_MAX_BYTES: usize = 1 << 20;
 
 /// Every event name, by kind: `vm.` + the state a VM entered, `request.` + the state a request
 /// entered, `host.` + the state a host entered (`host.removed` when it left the fleet).
@@ -380,6 +383,7 @@ async fn run_once(hook: &Hook, job: &Job, attempt: u32) -> HookRun {
         tokio::spawn(async move {
             let mut tail: Vec<u8> = Vec::new();
             let mut buf = [0u8; 4096];
+            let mut read = 0usize;
             while let Ok(n) = err.read(&mut buf).await {
                 if n == 0 {
                     break;
@@ -387,6 +391,11 @@ async fn run_once(hook: &Hook, job: &Job, attempt: u32) -> HookRun {
                 tail.extend_from_slice(&buf[..n]);
                 if tail.len() > STDERR_TAIL_MAX_BYTES {
                     tail.drain(..tail.len() - STDERR_TAIL_MAX_BYTES);
+                }
+                read += n;
+                if read >= STDERR_READ_MAX_BYTES {
+                    tail.extend_from_slice(b"\n(standard error cut after 1 MiB)");
+                    break;
                 }
             }
             tail
@@ -400,27 +409,38 @@ async fn run_once(hook: &Hook, job: &Job, attempt: u32) -> HookRun {
         }
         Ok(Err(e)) => run.stderr_tail = format!("waiting for the hook: {e}"),
         Err(_) => {
-            if let Some(pid) = pid.and_then(|p| i32::try_from(p).ok()) {
-                // The hook leads its own process group: kill everything it started.
-                let _ = nix::sys::signal::killpg(
-                    nix::unistd::Pid::from_raw(pid),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
-            }
             let _ = child.kill().await;
             run.outcome = "timeout".into();
         }
     }
+    // The hook leads its own process group: whatever it started and left running goes with
+    // it, whether it ended or was killed (a child that made a session of its own escapes
+    // this; only a cgroup would hold it).
+    if let Some(pid) = pid.and_then(|p| i32::try_from(p).ok()) {
+        let _ = nix::sys::signal::killpg(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
     run.duration_ms = started.elapsed().as_millis() as u64;
-    if let Some(task) = stderr
-        && let Ok(Ok(tail)) = tokio::time::timeout(Duration::from_millis(PIPE_GRACE_MS), task).await
-    {
-        let text = String::from_utf8_lossy(&tail).into_owned();
-        if run.stderr_tail.is_empty() {
-            run.stderr_tail = text;
-        } else {
-            run.stderr_tail.push('\n');
-            run.stderr_tail.push_str(&text);
+    if let Some(mut task) = stderr {
+        let tail = match tokio::time::timeout(Duration::from_millis(PIPE_GRACE_MS), &mut task).await
+        {
+            Ok(Ok(tail)) => Some(tail),
+            _ => {
+                // Someone outside the group still holds the pipe: stop reading it.
+                task.abort();
+                None
+            }
+        };
+        if let Some(tail) = tail {
+            let text = String::from_utf8_lossy(&tail).into_owned();
+            if run.stderr_tail.is_empty() {
+                run.stderr_tail = text;
+            } else {
+                run.stderr_tail.push('\n');
+                run.stderr_tail.push_str(&text);
+            }
         }
     }
     if run.outcome == "timeout" {

@@ -16,6 +16,7 @@ pub mod hooks;
 pub mod limits;
 pub mod metrics;
 mod obs_api;
+mod serve;
 pub mod store;
 pub mod wire;
 mod workers;
@@ -332,17 +333,12 @@ pub async fn start(opts: Options) -> Result<Daemon, DaemonError> {
             metrics,
             obs_api::count_requests,
         ));
-    let mut http_shutdown = shutdown_rx.clone();
-    let http = tokio::spawn(async move {
-        let served = axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = http_shutdown.changed().await;
-            })
-            .await;
-        if let Err(error) = served {
-            tracing::error!(%error, "http server stopped");
-        }
-    });
+    let http = tokio::spawn(serve::serve(
+        listener,
+        app,
+        opts.config.server.clone(),
+        shutdown_rx.clone(),
+    ));
     let control = tokio::spawn(control.run(rx, shutdown_rx));
     tracing::info!(%addr, data_dir = %data_dir.display(), "berth daemon listening");
     Ok(Daemon {

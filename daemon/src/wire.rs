@@ -66,6 +66,43 @@ fn milli_one() -> u32 {
 pub const NAME_LEN_MAX: usize = 128;
 
 /// Checks a name used in inventories and URLs: letters, digits, `-`, `_` and `.`.
+/// The longest free text (a requester, a breakpoint's owner, a label's key or value), in
+/// characters.
+pub const TEXT_CHARS_MAX: usize = 256;
+
+/// Checks free text people will read in tables and logs: 1 to [`TEXT_CHARS_MAX`] characters,
+/// none of them a control character (which could rewrite an operator's terminal) or a
+/// bidirectional override (which could make text read as something else).
+pub fn check_text(field: &str, text: &str) -> Result<(), FieldError> {
+    let n = text.chars().count();
+    if n == 0 || n > TEXT_CHARS_MAX {
+        return Err(FieldError::new(
+            field,
+            format!("must be 1 to {TEXT_CHARS_MAX} characters, got {n}"),
+        ));
+    }
+    let bidi = |c: char| matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}');
+    if let Some(c) = text.chars().find(|&c| c.is_control() || bidi(c)) {
+        return Err(FieldError::new(
+            field,
+            format!(
+                "may not hold control or bidirectional-override characters (found U+{:04X})",
+                u32::from(c)
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks every key and value of a label map (`field` names the map).
+pub fn check_labels(field: &str, labels: &BTreeMap<String, String>) -> Result<(), FieldError> {
+    for (k, v) in labels {
+        check_text(&format!("{field} key"), k)?;
+        check_text(&format!("{field}.{k}"), v)?;
+    }
+    Ok(())
+}
+
 pub fn check_name(field: &str, name: &str) -> Result<(), FieldError> {
     if name.is_empty() || name.len() > NAME_LEN_MAX {
         return Err(FieldError::new(
@@ -92,22 +129,45 @@ impl WireHost {
             FieldError::new("driver", format!("unknown driver `{}`", self.driver))
         })?;
         crate::fleet::check_driver(driver, self)?;
-        if !crate::fleet::capacity_from_probe(driver) {
-            if self.vcpus == 0 {
-                return Err(FieldError::new("vcpus", "must be at least 1"));
-            }
-            if self.memory_mib == 0 {
-                return Err(FieldError::new("memory_mib", "must be at least 1"));
+        use berth_sched::limits::{
+            MEMORY_MIB_MAX, OVERCOMMIT_MILLI_MAX, SLOTS_PER_HOST_MAX, VCPUS_MAX,
+        };
+        // Hosts whose probe measures them may leave their capacity out (0).
+        let measured = crate::fleet::capacity_from_probe(driver);
+        if !(measured && self.vcpus == 0) {
+            in_range("vcpus", self.vcpus.into(), VCPUS_MAX.into())?;
+        }
+        if !(measured && self.memory_mib == 0) {
+            in_range("memory_mib", self.memory_mib, MEMORY_MIB_MAX)?;
+        }
+        in_range(
+            "cpu_overcommit_milli",
+            self.cpu_overcommit_milli.into(),
+            OVERCOMMIT_MILLI_MAX.into(),
+        )?;
+        in_range(
+            "memory_overcommit_milli",
+            self.memory_overcommit_milli.into(),
+            OVERCOMMIT_MILLI_MAX.into(),
+        )?;
+        for (kind, n) in &self.slots {
+            if *n > SLOTS_PER_HOST_MAX {
+                return Err(FieldError::new(
+                    &format!("slots.{kind}"),
+                    format!("at most {SLOTS_PER_HOST_MAX} per host, got {n}"),
+                ));
             }
         }
-        if self.cpu_overcommit_milli == 0 {
-            return Err(FieldError::new("cpu_overcommit_milli", "must be above 0"));
-        }
-        if self.memory_overcommit_milli == 0 {
-            return Err(FieldError::new(
-                "memory_overcommit_milli",
-                "must be above 0",
-            ));
+        Ok(driver)
+    }
+
+    /// [`Self::validate`], plus the rules for text that a new host (from the API or the
+    /// config) must keep; the journal's hosts passed them when they were added.
+    pub fn validate_new(&self) -> Result<DriverKind, FieldError> {
+        let driver = self.validate()?;
+        check_labels("labels", &self.labels)?;
+        for kind in self.slots.keys() {
+            check_name("slots", kind)?;
         }
         Ok(driver)
     }
@@ -138,6 +198,15 @@ impl WireHost {
             images: self.images.clone(),
         })
     }
+}
+
+/// Checks that `value` of `field` is 1 to `max` (the scheduler's limits, named in
+/// `berth_sched::limits`).
+pub fn in_range(field: &str, value: u64, max: u64) -> Result<(), FieldError> {
+    berth_sched::limits::check_range("value", value, max).map_err(|e| match e {
+        berth_sched::InputError::Invalid { reason, .. } => FieldError::new(field, reason),
+        other => FieldError::new(field, other.to_string()),
+    })
 }
 
 /// A template (config file, journal).

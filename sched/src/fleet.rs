@@ -183,11 +183,12 @@ pub(crate) fn capacity_of(
     for (kind, n) in &spec.slots {
         let k = slot_kinds.intern(kind) as usize;
         if k < SLOT_KINDS_MAX {
-            slots[k] += i64::from(*n);
+            slots[k] = slots[k].saturating_add(i64::from(*n));
         }
     }
     Amount {
-        cpu_milli: i64::from(vcpus) * i64::from(spec.cpu_overcommit_milli),
+        // Within `crate::limits` this cannot overflow; saturating keeps it so past them too.
+        cpu_milli: i64::from(vcpus).saturating_mul(i64::from(spec.cpu_overcommit_milli)),
         memory_mib: (u128::from(memory_mib) * u128::from(spec.memory_overcommit_milli) / 1000)
             .min(i64::MAX as u128) as i64,
         slots,

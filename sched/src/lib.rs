@@ -25,6 +25,7 @@ pub mod config;
 mod fleet;
 pub mod idmap;
 pub mod input;
+pub mod limits;
 pub mod model;
 pub mod output;
 pub mod placement;

@@ -324,15 +324,7 @@ impl Scheduler {
             .get(spec.template.as_str())
             .ok_or_else(|| InputError::UnknownTemplate(spec.template.clone()))?;
         let shape = spec.shape.unwrap_or(template.default_shape);
-        if shape.vcpus == 0 {
-            return Err(invalid("vcpus", "must be at least 1".into()));
-        }
-        if shape.memory_mib == 0 || shape.memory_mib > i64::MAX as u64 / 2 {
-            return Err(invalid(
-                "memory_mib",
-                format!("must be at least 1, got {}", shape.memory_mib),
-            ));
-        }
+        crate::limits::check_shape(shape)?;
         if let Some(k) = &template.slot
             && self.slot_kinds.get(k).is_none()
             && self.slot_kinds.len() >= SLOT_KINDS_MAX
@@ -998,15 +990,7 @@ impl Scheduler {
         if spec.name.is_empty() {
             return Err(invalid("name", "must not be empty".into()));
         }
-        if spec.vcpus == 0 {
-            return Err(invalid("vcpus", "must be at least 1".into()));
-        }
-        if spec.memory_mib == 0 {
-            return Err(invalid("memory_mib", "must be at least 1".into()));
-        }
-        if spec.cpu_overcommit_milli == 0 || spec.memory_overcommit_milli == 0 {
-            return Err(invalid("overcommit", "ratios must be above zero".into()));
-        }
+        crate::limits::check_host(&spec)?;
         let new_kinds: BTreeSet<&str> = spec
             .slots
             .iter()
@@ -1078,12 +1062,12 @@ impl Scheduler {
         let now = self.now_ms;
         match result {
             Ok(report) => {
-                if report.vcpus == 0 || report.memory_mib == 0 {
-                    return Err(invalid(
+                crate::limits::check_measured(report.vcpus, report.memory_mib).map_err(|e| {
+                    invalid(
                         "probe",
-                        format!("host {id} reported no vcpus or no memory"),
-                    ));
-                }
+                        format!("host {id} reported a capacity out of range: {e}"),
+                    )
+                })?;
                 let capacity = capacity_of(
                     report.vcpus,
                     report.memory_mib,
@@ -1245,12 +1229,7 @@ impl Scheduler {
     }
 
     fn set_template(&mut self, t: Template) -> Result<(), InputError> {
-        if t.default_shape.vcpus == 0 || t.default_shape.memory_mib == 0 {
-            return Err(invalid(
-                "default_shape",
-                "needs at least 1 vcpu and 1 MiB".into(),
-            ));
-        }
+        crate::limits::check_shape(t.default_shape)?;
         if t.name.is_empty() {
             return Err(invalid("name", "must not be empty".into()));
         }

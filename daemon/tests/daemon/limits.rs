@@ -146,3 +146,186 @@ fn invented_methods_and_paths_add_no_metric_series() {
     }
     assert_eq!(series(&d), before);
 }
+
+/// Whether the server closed `s` (reads end) within `wait`.
+fn closed_within(s: &mut std::net::TcpStream, wait: std::time::Duration) -> bool {
+    use std::io::Read;
+    s.set_read_timeout(Some(wait)).unwrap();
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
+            Err(_) => return false,
+        }
+    }
+}
+
+#[test]
+fn slow_silent_and_idle_connections_cannot_starve_a_client() {
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+    use std::time::{Duration, Instant};
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!("{CONFIG}\n[server]\nheader_read_timeout_ms = 1500\n");
+    let d = TestDaemon::start(dir.path(), &config);
+    let addr = d.url.trim_start_matches("http://").to_owned();
+    let open = || TcpStream::connect(&addr).unwrap();
+    // 1,000 connections: silent ones, slowloris ones that send half a header, and idle
+    // keep-alive ones that made one request and stay.
+    let mut silent: Vec<TcpStream> = (0..400).map(|_| open()).collect();
+    let mut slow: Vec<TcpStream> = (0..300)
+        .map(|_| {
+            let mut s = open();
+            s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+                .unwrap();
+            s
+        })
+        .collect();
+    let mut idle: Vec<TcpStream> = (0..300)
+        .map(|_| {
+            let mut s = open();
+            s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+                .unwrap();
+            let mut buf = [0u8; 256];
+            let n = s.read(&mut buf).unwrap();
+            assert!(buf[..n].starts_with(b"HTTP/1.1 200"), "{:?}", &buf[..n]);
+            s
+        })
+        .collect();
+    // A normal client is still answered at once.
+    let mut took = Vec::new();
+    for _ in 0..9 {
+        let t = Instant::now();
+        let (status, _) = d.call("GET", "/v1/status", None);
+        took.push(t.elapsed());
+        assert_eq!(status, 200);
+    }
+    took.sort();
+    assert!(took[4] < Duration::from_millis(100), "{took:?}");
+    // The slowloris ones trickle on; all three kinds are closed after the header timeout.
+    for s in &mut slow {
+        let _ = s.write_all(b"X-Slow: 1\r\n");
+    }
+    let deadline = Duration::from_millis(4000);
+    for s in silent.iter_mut().chain(&mut slow).chain(&mut idle) {
+        assert!(
+            closed_within(s, deadline),
+            "a connection outlived the header timeout"
+        );
+    }
+}
+
+#[test]
+fn past_the_connection_limit_a_client_is_told_so_at_once() {
+    use std::io::Read;
+    use std::net::TcpStream;
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!("{CONFIG}\n[server]\nconnections_max = 16\n");
+    let d = TestDaemon::start(dir.path(), &config);
+    let addr = d.url.trim_start_matches("http://").to_owned();
+    let held: Vec<TcpStream> = (0..16)
+        .map(|_| TcpStream::connect(&addr).unwrap())
+        .collect();
+    // Give the accept loop time to take all sixteen.
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let mut extra = TcpStream::connect(&addr).unwrap();
+    extra
+        .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    let mut answer = String::new();
+    let _ = extra.read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(answer.contains("server.connections_max"), "{answer}");
+    drop(held);
+    // Once they are gone, clients are served again.
+    d.wait_for("a free connection", |d| {
+        crate::call(&d.url, None, "GET", "/healthz", None).0 == 200
+    });
+}
+
+#[test]
+fn capacities_and_text_are_checked_against_named_maxima() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = TestDaemon::start(dir.path(), CONFIG);
+    let host = |extra: Value| {
+        let mut h = json!({"name": "hbig", "driver": "sim", "vcpus": 8, "memory_mib": 1024});
+        for (k, v) in extra.as_object().unwrap() {
+            h[k] = v.clone();
+        }
+        d.call("POST", "/v1/hosts", Some(h))
+    };
+    for (extra, field) in [
+        (
+            json!({"vcpus": 4294967295u64, "cpu_overcommit_milli": 4294967295u64}),
+            "vcpus",
+        ),
+        (
+            json!({"cpu_overcommit_milli": 4294967295u64}),
+            "cpu_overcommit_milli",
+        ),
+        (json!({"memory_mib": 1u64 << 40}), "memory_mib"),
+        (json!({"slots": {"macos": 4294967295u64}}), "slots.macos"),
+        (json!({"labels": {"team": "a\u{1b}[2Jb"}}), "labels.team"),
+        (json!({"labels": {"team": "x".repeat(257)}}), "labels.team"),
+    ] {
+        let (status, e) = host(extra.clone());
+        assert_eq!(
+            (status, e["field"].as_str()),
+            (400, Some(field)),
+            "{extra}: {e}"
+        );
+    }
+    assert!(
+        d.ok("GET", "/v1/hosts", None)["hosts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|h| h["name"] != "hbig")
+    );
+    let submit = |extra: Value| {
+        let mut r = json!({"template": "linux", "count": 1});
+        for (k, v) in extra.as_object().unwrap() {
+            r[k] = v.clone();
+        }
+        d.call("POST", "/v1/requests", Some(r))
+    };
+    for (extra, field) in [
+        (json!({"memory_mib": 4611686018427387904u64}), "memory_mib"),
+        (json!({"cpus": 100000}), "cpus"),
+        (json!({"requester": "x".repeat(1 << 20)}), "requester"),
+        (json!({"requester": "ci\u{0}"}), "requester"),
+        (
+            json!({"hold_on_failure": true, "hold_owner": "evil\u{202e}txt"}),
+            "hold_owner",
+        ),
+        (json!({"labels": {"k": ""}}), "labels.k"),
+    ] {
+        let (status, e) = submit(extra.clone());
+        assert_eq!(
+            (status, e["field"].as_str()),
+            (400, Some(field)),
+            "{extra}: {e}"
+        );
+        assert!(e["error"].as_str().unwrap().len() < 200, "{e}");
+    }
+    // Text at the limit is taken, and the CLI's tables stay printable.
+    let long = "é".repeat(256);
+    let (status, r) = submit(json!({"labels": {"team": long}, "requester": long}));
+    assert_eq!(status, 201, "{r}");
+    let out = std::process::Command::new(crate::berth_binary())
+        .args(["vm", "list", "--data-dir"])
+        .arg(dir.path())
+        .env("BERTH_URL", &d.url)
+        .env_remove("BERTH_TOKEN")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.lines().all(|l| l.chars().count() < 400), "{text}");
+}

@@ -430,3 +430,43 @@ fn metrics_pass_promtool_cover_the_dashboard_and_accounting_views_add_up() {
     assert_eq!(days, 1);
     d.stop();
 }
+
+#[test]
+fn what_a_hook_leaves_running_ends_with_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let scripts = tempfile::tempdir().unwrap();
+    let out = scripts.path().display().to_string();
+    // Exits at once, leaving a sleeper and a child that floods standard error behind.
+    let leaver = script(
+        scripts.path(),
+        "leave",
+        r#"sleep 300 & echo $! >> "$1/left-pids"; cat /dev/zero >&2 & echo $! >> "$1/left-pids"; exit 0"#,
+    );
+    let config = format!(
+        r#"{base}
+[[hooks]]
+name = "leaver"
+on = "vm.running"
+command = ["{leaver}", "{out}"]
+"#,
+        base = super::CONFIG
+    );
+    let d = TestDaemon::start(dir.path(), &config);
+    d.ok(
+        "POST",
+        "/v1/requests",
+        Some(json!({"template": "linux", "count": 3})),
+    );
+    d.wait_for("three runs recorded", |d| runs(d, "leaver").len() == 3);
+    for run in runs(&d, "leaver") {
+        assert_eq!(run["outcome"], "ok", "{run}");
+        assert!(
+            run["stderr_tail"].as_str().unwrap().len() <= 4096 + 64,
+            "{run}"
+        );
+    }
+    let pids = std::fs::read_to_string(scripts.path().join("left-pids")).unwrap();
+    let pids: Vec<&str> = pids.lines().collect();
+    assert_eq!(pids.len(), 6, "{pids:?}");
+    d.wait_for("every child gone", |_| !pids.iter().any(|p| pid_alive(p)));
+}

@@ -573,6 +573,9 @@ fn refused_host_inputs_name_what_was_wrong() {
     no_cpu.vcpus = 0;
     let mut no_overcommit = host(4, 8, 32);
     no_overcommit.cpu_overcommit_milli = 0;
+    let mut overflowing = host(6, 8, 32);
+    overflowing.vcpus = u32::MAX;
+    overflowing.cpu_overcommit_milli = u32::MAX;
     let mut too_many_slot_kinds = host(5, 8, 32);
     too_many_slot_kinds.slots = ["a", "b", "c", "d", "e"]
         .iter()
@@ -591,14 +594,21 @@ fn refused_host_inputs_name_what_was_wrong() {
             Input::AddHost(no_cpu),
             InputError::Invalid {
                 field: "vcpus",
-                reason: "must be at least 1".into(),
+                reason: "must be 1 to 65536, got 0".into(),
             },
         ),
         (
             Input::AddHost(no_overcommit),
             InputError::Invalid {
-                field: "overcommit",
-                reason: "ratios must be above zero".into(),
+                field: "cpu_overcommit_milli",
+                reason: "must be 1 to 100000, got 0".into(),
+            },
+        ),
+        (
+            Input::AddHost(overflowing),
+            InputError::Invalid {
+                field: "vcpus",
+                reason: format!("must be 1 to 65536, got {}", u32::MAX),
             },
         ),
         (
@@ -620,7 +630,7 @@ fn refused_host_inputs_name_what_was_wrong() {
             },
             InputError::Invalid {
                 field: "probe",
-                reason: "host h1 reported no vcpus or no memory".into(),
+                reason: "host h1 reported a capacity out of range: field `vcpus`: must be 1 to 65536, got 0".into(),
             },
         ),
         (Input::Drain(HostId(9)), InputError::UnknownHost(HostId(9))),

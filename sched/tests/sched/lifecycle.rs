@@ -401,7 +401,7 @@ fn refused_request_and_vm_inputs_name_what_was_wrong() {
             Input::Submit(zero_cpu),
             InputError::Invalid {
                 field: "vcpus",
-                reason: "must be at least 1".into(),
+                reason: "must be 1 to 65536, got 0".into(),
             },
         ),
         (
@@ -454,8 +454,8 @@ fn refused_request_and_vm_inputs_name_what_was_wrong() {
                 },
             )),
             InputError::Invalid {
-                field: "default_shape",
-                reason: "needs at least 1 vcpu and 1 MiB".into(),
+                field: "vcpus",
+                reason: "must be 1 to 65536, got 0".into(),
             },
         ),
     ];
