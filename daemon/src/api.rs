@@ -182,13 +182,19 @@ fn parse<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
         }
         let path = e.path().to_string();
         let message = inner.to_string();
-        // serde names a missing or unknown field only in its message: take it from there.
+        // serde names a missing or unknown field only in its message: take it from there, and
+        // only when it says so (a body of `123` is no field's fault).
+        let named = message.starts_with("missing field") || message.starts_with("unknown field");
         let field = if path == "." || path == "?" || path.is_empty() {
-            message
-                .split('`')
-                .nth(1)
-                .map(str::to_owned)
-                .unwrap_or_default()
+            if named {
+                message
+                    .split('`')
+                    .nth(1)
+                    .map(str::to_owned)
+                    .unwrap_or_default()
+            } else {
+                String::new()
+            }
         } else {
             path
         };
@@ -500,9 +506,15 @@ async fn cancel(
 ) -> ApiResult {
     let actor = auth(&state, &headers, true)?;
     let id = parse_request_id(&id)?;
-    send_input(&state, WireInput::Cancel { request: id }, actor).await?;
+    let sent = send_input(&state, WireInput::Cancel { request: id }, actor).await;
     let row = state.reads.read(move |c| store::get_request(c, id)).await?;
-    ok_json(StatusCode::OK, json!(row))
+    match (sent, row) {
+        (Ok(_), row) => ok_json(StatusCode::OK, json!(row)),
+        // Cancelling what has ended already is done: answer with how it ended, as a retry of
+        // a cancel whose answer was lost would want to hear.
+        (Err(e), Some(row)) if e.status == 404 => ok_json(StatusCode::OK, json!(row)),
+        (Err(e), _) => Err(e),
+    }
 }
 
 #[derive(Deserialize)]

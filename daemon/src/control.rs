@@ -73,9 +73,9 @@ impl From<InputError> for ApiError {
     fn from(e: InputError) -> ApiError {
         let msg = e.to_string();
         match e {
-            InputError::UnknownHost(_)
-            | InputError::UnknownRequest(_)
-            | InputError::UnknownVm(_) => ApiError::new(404, msg),
+            InputError::UnknownHost(_) => ApiError::field(404, "host", msg),
+            InputError::UnknownRequest(_) => ApiError::field(404, "request", msg),
+            InputError::UnknownVm(_) => ApiError::field(404, "vm", msg),
             InputError::UnknownTemplate(_) => ApiError::field(400, "template", msg),
             InputError::DuplicateHost(_) | InputError::DuplicateHostName(_) => {
                 ApiError::field(409, "name", msg)

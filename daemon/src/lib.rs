@@ -191,7 +191,22 @@ impl Daemon {
 pub fn ensure_token(data_dir: &Path) -> Result<String, DaemonError> {
     let path = data_dir.join(TOKEN_FILE);
     match std::fs::read_to_string(&path) {
-        Ok(t) if !t.trim().is_empty() => return Ok(t.trim().to_owned()),
+        Ok(t) if !t.trim().is_empty() => {
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt;
+                if let Ok(m) = std::fs::metadata(&path)
+                    && m.permissions().mode() & 0o077 != 0
+                {
+                    tracing::warn!(
+                        path = %path.display(),
+                        mode = format!("{:o}", m.permissions().mode() & 0o777),
+                        "the operator token can be read by other users; chmod 600 it"
+                    );
+                }
+            }
+            return Ok(t.trim().to_owned());
+        }
         Ok(_) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(source) => {

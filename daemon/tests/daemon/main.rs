@@ -298,6 +298,9 @@ fn requests_run_end_and_explain_why_they_wait() {
         d.ok("GET", "/v1/vms?live=true", None)["count"] == 0
     });
     let _ = live;
+    // Cancelling again is done already: the answer says how the request ended.
+    let again = d.ok("DELETE", &format!("/v1/requests/{big_id}"), None);
+    assert_eq!(again["state"], "cancelled", "{again}");
     let listed = d.ok("GET", &format!("/v1/vms?request={id}&state=done"), None);
     assert_eq!(listed["count"], 2);
 }
@@ -593,7 +596,8 @@ fn bad_input_gets_a_4xx_naming_the_field_and_changes_nothing() {
         ),
         ("GET", "/v1/requests/xyz", "", 400, Some("request")),
         ("GET", "/v1/requests/424242", "", 404, Some("request")),
-        ("DELETE", "/v1/requests/424242", "", 404, None),
+        ("DELETE", "/v1/requests/424242", "", 404, Some("request")),
+        ("POST", "/v1/requests", "123", 400, None),
         ("GET", "/v1/requests?limit=many", "", 400, Some("query")),
         ("GET", "/v1/vms?state=sleeping", "", 400, Some("state")),
         ("GET", "/v1/vms?request=abc", "", 400, Some("request")),
@@ -613,9 +617,9 @@ fn bad_input_gets_a_4xx_naming_the_field_and_changes_nothing() {
             "/v1/vms/424242/result",
             r#"{"passed": true}"#,
             404,
-            None,
+            Some("vm"),
         ),
-        ("POST", "/v1/vms/424242/release", "", 404, None),
+        ("POST", "/v1/vms/424242/release", "", 404, Some("vm")),
         (
             "POST",
             "/v1/vms/1/release",
