@@ -112,6 +112,8 @@ pub struct AppState {
     pub(crate) shutdown: tokio::sync::watch::Receiver<bool>,
     /// The tokens (by name) with a forecast running: one each, `FORECASTS_AT_ONCE_MAX` in all.
     pub(crate) forecasts: Arc<Mutex<std::collections::BTreeSet<String>>>,
+    /// Whether writes are taken (see `disk`).
+    pub(crate) health: Arc<crate::disk::Health>,
 }
 
 impl IntoResponse for ApiError {
@@ -317,8 +319,12 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-async fn healthz() -> &'static str {
-    "ok\n"
+/// `ok`, or `degraded: why` while writes are refused (reads still answer, so it stays 200).
+async fn healthz(State(state): State<AppState>) -> String {
+    match state.health.degraded() {
+        None => "ok\n".to_owned(),
+        Some(why) => format!("degraded: {why}\n"),
+    }
 }
 
 async fn status(State(state): State<AppState>, headers: HeaderMap) -> ApiResult {
@@ -326,6 +332,9 @@ async fn status(State(state): State<AppState>, headers: HeaderMap) -> ApiResult 
     let mut live = query_json(&state, Query::Status).await?;
     let counts = state.reads.read(store::vm_counts).await?;
     live["vms_by_state"] = json!(counts);
+    let degraded = state.health.degraded();
+    live["writable"] = json!(degraded.is_none());
+    live["degraded"] = json!(degraded);
     ok_json(StatusCode::OK, live)
 }
 

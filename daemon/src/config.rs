@@ -45,6 +45,8 @@ pub struct FileConfig {
     #[serde(default)]
     pub server: ServerSection,
     #[serde(default)]
+    pub disk: DiskSection,
+    #[serde(default)]
     pub drivers: DriversSection,
     #[serde(default)]
     pub tokens: Vec<TokenConfig>,
@@ -215,6 +217,22 @@ impl Default for ServerSection {
             connections_max: 4096,
             header_read_timeout_ms: 10_000,
         }
+    }
+}
+
+/// The database's disk.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DiskSection {
+    /// Below this much free space on the database's disk, API writes are refused (507) before
+    /// they are applied; the room left is for what the fleet reports meanwhile (VMs booting
+    /// and ending), so the journal never stops for them. 0 turns the check off.
+    pub free_min_mib: u64,
+}
+
+impl Default for DiskSection {
+    fn default() -> DiskSection {
+        DiskSection { free_min_mib: 64 }
     }
 }
 

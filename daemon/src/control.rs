@@ -23,12 +23,15 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use crate::DaemonError;
 use crate::config::Role;
 use crate::datadir::OrphanStart;
+use crate::disk::DiskWatch;
 use crate::store::{AuditRow, Commit, OrphanRow, Store};
 use crate::wire::{FieldError, WireHost, WireInput, WireTemplate};
 use crate::workers::{VmOp, Workers};
 
 /// The most messages taken into one batch (one transaction).
 pub(crate) const BATCH_MAX: usize = 4096;
+/// How often a batch that could not be written is tried again.
+const UNWRITTEN_RETRY_MS: u64 = 1000;
 
 /// Who asked, for the audit table.
 #[derive(Clone, Debug)]
@@ -223,6 +226,32 @@ pub(crate) struct Control {
     pub(crate) orphans_destroy_max: usize,
     /// The database was lost and this start began a new journal (set by `start`): audited.
     pub(crate) database_lost: bool,
+    /// The database's disk (set by `start`): writes refused while it is short of room.
+    pub(crate) disk: DiskWatch,
+    /// A batch applied in memory that could not be written yet, with what waits for it.
+    unwritten: Option<Unwritten>,
+}
+
+/// An API caller waiting for its input's outcome, and that outcome.
+type Reply = (
+    oneshot::Sender<Result<u64, ApiError>>,
+    Result<u64, ApiError>,
+);
+
+/// What a batch does once it is on disk: nothing of it happens before.
+struct Effects {
+    commit: Commit,
+    actions: Vec<Action>,
+    replies: Vec<Reply>,
+    queries: Vec<(Query, oneshot::Sender<Answer>)>,
+    orphan_destroys: Vec<(HostId, u64)>,
+}
+
+/// A batch whose commit failed for the disk's sake: it is retried until it is written, and the
+/// messages that arrive meanwhile wait behind it (API writes are refused with a 507 instead).
+struct Unwritten {
+    effects: Effects,
+    held: Vec<Msg>,
 }
 
 /// A template as the daemon keeps it beside the scheduler: what placement needs, and what
@@ -324,6 +353,8 @@ impl Control {
             orphan_start: OrphanStart::default(),
             orphans_destroy_max: crate::config::RecoverySection::default().orphans_destroy_max,
             database_lost: false,
+            disk: DiskWatch::new(std::path::Path::new("."), 0),
+            unwritten: None,
         })
     }
 
@@ -728,10 +759,15 @@ impl Control {
         mut shutdown: tokio::sync::watch::Receiver<bool>,
     ) -> Result<(), DaemonError> {
         loop {
-            let sleep = self.s.poll_timeout().map(|t| {
+            let mut sleep = self.s.poll_timeout().map(|t| {
                 let now = wall_ms();
                 Duration::from_millis(t.saturating_sub(now))
             });
+            if self.unwritten.is_some() {
+                // Retry the unwritten batch at least this often.
+                let retry = Duration::from_millis(UNWRITTEN_RETRY_MS);
+                sleep = Some(sleep.map_or(retry, |d| d.min(retry)));
+            }
             let first = tokio::select! {
                 m = rx.recv() => match m {
                     Some(m) => Some(m),
@@ -756,10 +792,16 @@ impl Control {
         }
     }
 
-    /// One batch: apply, poll, commit, then act. A failed commit is fatal: the scheduler has
-    /// moved on in memory, and only a restart (which replays the journal) brings the two back
-    /// together.
+    /// One batch: apply, poll, commit, then act. A commit that fails for the disk's sake
+    /// (full, failing) is kept with its effects and retried (see `Unwritten`); any other
+    /// failed commit is fatal: the scheduler has moved on in memory, and only a restart
+    /// (which replays the journal) brings the two back together.
     pub(crate) fn process(&mut self, msgs: Vec<Msg>) -> Result<(), DaemonError> {
+        if self.unwritten.is_some() {
+            self.hold(msgs);
+            return self.retry_unwritten();
+        }
+        let refused = self.refuse_writes_if_short();
         let now = self.now();
         let mut commit = Commit {
             batch: self.batch + 1,
@@ -774,6 +816,15 @@ impl Control {
         }
         for m in msgs {
             match m {
+                // Short of room: an API write is refused before it is applied.
+                Msg::Apply {
+                    reply: Some(reply), ..
+                }
+                | Msg::DestroyOrphan { reply, .. }
+                    if let Some(e) = &refused =>
+                {
+                    let _ = reply.send(Err(e.clone()));
+                }
                 Msg::Apply {
                     input,
                     actor,
@@ -869,23 +920,159 @@ impl Control {
         }
         let (actions, events) = drain(&mut self.s);
         commit.events = events;
-        if !commit.inputs.is_empty()
-            || !commit.audits.is_empty()
-            || !commit.orphans_kept.is_empty()
-            || !commit.orphans_gone.is_empty()
-        {
-            // The commit waits for the disk; on a multi-threaded runtime, let the other
-            // workers take this thread's tasks meanwhile.
-            let multi = tokio::runtime::Handle::try_current()
-                .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
-            if multi {
-                tokio::task::block_in_place(|| self.store.commit(&commit))?;
-            } else {
-                self.store.commit(&commit)?;
+        let effects = Effects {
+            commit,
+            actions,
+            replies,
+            queries,
+            orphan_destroys,
+        };
+        match self.write(&effects.commit) {
+            Ok(()) => {
+                self.act(effects);
+                Ok(())
             }
-            self.batch = commit.batch;
+            Err(e) if crate::disk::is_disk_trouble(&e) => {
+                tracing::error!(error = %e, "the batch cannot be written: writes wait until it can be");
+                self.disk.failing = Some(e.to_string());
+                self.unwritten = Some(Unwritten {
+                    effects,
+                    held: Vec::new(),
+                });
+                self.note_health();
+                Ok(())
+            }
+            Err(e) => Err(e),
         }
-        // Effects, only now that the batch is on disk.
+    }
+
+    /// Writes a batch's commit, if it holds anything.
+    fn write(&mut self, commit: &Commit) -> Result<(), DaemonError> {
+        if commit.inputs.is_empty()
+            && commit.audits.is_empty()
+            && commit.orphans_kept.is_empty()
+            && commit.orphans_gone.is_empty()
+        {
+            return Ok(());
+        }
+        // The commit waits for the disk; on a multi-threaded runtime, let the other workers
+        // take this thread's tasks meanwhile.
+        let multi = tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+        if multi {
+            tokio::task::block_in_place(|| self.store.commit(commit))?;
+        } else {
+            self.store.commit(commit)?;
+        }
+        self.batch = commit.batch;
+        Ok(())
+    }
+
+    /// While a batch is unwritten: reads are answered from memory, API writes are refused,
+    /// and everything else waits behind the batch.
+    fn hold(&mut self, msgs: Vec<Msg>) {
+        let (refused, _) = self.disk.check();
+        let refused =
+            refused.unwrap_or_else(|| ApiError::new(507, "the database cannot be written"));
+        let mut held = Vec::new();
+        for m in msgs {
+            match m {
+                Msg::Query { query, reply } => {
+                    let _ = reply.send(self.answer(query));
+                }
+                Msg::Apply {
+                    reply: Some(reply), ..
+                }
+                | Msg::DestroyOrphan { reply, .. } => {
+                    let _ = reply.send(Err(refused.clone()));
+                }
+                other => held.push(other),
+            }
+        }
+        if let Some(u) = &mut self.unwritten {
+            u.held.extend(held);
+        }
+    }
+
+    /// Tries the unwritten batch again; once it is written, its effects happen and the
+    /// messages held behind it are processed.
+    fn retry_unwritten(&mut self) -> Result<(), DaemonError> {
+        let Some(u) = self.unwritten.take() else {
+            return Ok(());
+        };
+        match self.write(&u.effects.commit) {
+            Ok(()) => {
+                tracing::info!(
+                    held = u.held.len(),
+                    "the unwritten batch is written: writes resume"
+                );
+                self.disk.failing = None;
+                self.disk.remeasure();
+                self.note_health();
+                self.act(u.effects);
+                if u.held.is_empty() {
+                    Ok(())
+                } else {
+                    self.process(u.held)
+                }
+            }
+            Err(e) if crate::disk::is_disk_trouble(&e) => {
+                self.disk.failing = Some(e.to_string());
+                self.unwritten = Some(u);
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Whether API writes are refused now (short of room), noting a change.
+    fn refuse_writes_if_short(&mut self) -> Option<ApiError> {
+        let (refused, changed) = self.disk.check();
+        if changed {
+            self.announce_health();
+        }
+        refused
+    }
+
+    /// Re-reads the disk's state and announces a change.
+    fn note_health(&mut self) {
+        let (_, changed) = self.disk.check();
+        if changed {
+            self.announce_health();
+        }
+    }
+
+    /// Logs the disk's state and tells event-stream readers and the metrics.
+    fn announce_health(&self) {
+        let degraded = self.disk.health.degraded();
+        match &degraded {
+            Some(why) => tracing::error!(why = %why, "writes refused"),
+            None => tracing::info!("writes taken again"),
+        }
+        if let Some(o) = &self.observers {
+            o.metrics.set_writable(degraded.is_none());
+        }
+        if self.events_tx.receiver_count() > 0 {
+            let text = json!({
+                "kind": "daemon",
+                "at_ms": wall_ms(),
+                "writable": degraded.is_none(),
+                "why": degraded,
+            })
+            .to_string();
+            let _ = self.events_tx.send(text.into());
+        }
+    }
+
+    /// A written batch's effects: drivers, events, observers, answers.
+    fn act(&mut self, effects: Effects) {
+        let Effects {
+            commit,
+            actions,
+            replies,
+            queries,
+            orphan_destroys,
+        } = effects;
         for input in &commit.inputs {
             match input {
                 WireInput::AddHost { host } => self.workers.add_host(host),
@@ -944,7 +1131,6 @@ impl Control {
         for (query, reply) in queries {
             let _ = reply.send(self.answer(query));
         }
-        Ok(())
     }
 
     /// Assigns ids, applies the input, and journals it if the scheduler took it.

@@ -10,6 +10,7 @@ pub mod config;
 mod control;
 pub mod datadir;
 pub mod demo;
+pub mod disk;
 pub mod export;
 mod fleet;
 pub mod hooks;
@@ -295,6 +296,8 @@ pub async fn start(opts: Options) -> Result<Daemon, DaemonError> {
     control.orphan_start = opts.orphans;
     control.orphans_destroy_max = opts.config.recovery.orphans_destroy_max;
     control.database_lost = dir.database_lost;
+    control.disk = disk::DiskWatch::new(data_dir, opts.config.disk.free_min_mib);
+    let health = control.disk.health.clone();
     let templates = opts
         .config
         .templates
@@ -338,6 +341,7 @@ pub async fn start(opts: Options) -> Result<Daemon, DaemonError> {
         tokens: Arc::new(tokens),
         shutdown: shutdown_rx.clone(),
         forecasts: Arc::default(),
+        health,
     };
     let app = api::router(state.clone())
         .merge(obs_api::router(obs_api::ObsState {

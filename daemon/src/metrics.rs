@@ -70,6 +70,7 @@ pub struct Metrics {
     host_slots_allocated: Family<Labels, Gauge>,
     hosts: Family<Labels, Gauge>,
     breakpoints: Gauge,
+    writable: Gauge,
     breakpoint_age_max: GaugeF,
     breakpoint_age_sum: GaugeF,
     pub(crate) hook_runs: Family<Labels, Counter>,
@@ -108,6 +109,7 @@ impl Metrics {
             host_slots_allocated: Family::default(),
             hosts: Family::default(),
             breakpoints: Gauge::default(),
+            writable: Gauge::default(),
             breakpoint_age_max: GaugeF::default(),
             breakpoint_age_sum: GaugeF::default(),
             hook_runs: Family::default(),
@@ -220,11 +222,22 @@ impl Metrics {
             m.hooks_dropped.clone(),
         );
         r.register(
+            "berth_database_writable",
+            "1 while the daemon takes writes; 0 while its database's disk is short of room or failing",
+            m.writable.clone(),
+        );
+        m.writable.set(1);
+        r.register(
             "berth_api_requests",
             "HTTP API requests by route, method and status",
             m.api_requests.clone(),
         );
         Metrics { registry: r, ..m }
+    }
+
+    /// Whether the daemon takes writes (see `disk`).
+    pub fn set_writable(&self, writable: bool) {
+        self.writable.set(i64::from(writable));
     }
 
     /// Counts one answered API request.

@@ -17,6 +17,7 @@ use berth_daemon::{Daemon, FileConfig, Options};
 use serde_json::{Value, json};
 
 mod console_api;
+mod disk;
 mod limits;
 mod observe;
 mod orphans;
