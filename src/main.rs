@@ -45,6 +45,16 @@ enum Command {
     Demo(demo_cmd::DemoArgs),
 }
 
+/// The provenance every simulation report starts from: this binary's version and commit
+/// (`build.rs`), digests still empty.
+pub(crate) fn build_provenance() -> berth_sim::Provenance {
+    berth_sim::Provenance {
+        berth_version: env!("CARGO_PKG_VERSION").to_owned(),
+        commit: env!("BERTH_COMMIT").to_owned(),
+        ..berth_sim::Provenance::default()
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {

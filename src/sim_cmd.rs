@@ -6,8 +6,9 @@ use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use berth_sched::Policy;
+use berth_sim::provenance::{self, Tap};
 use berth_sim::{
-    Fleet, Profile, Report, RunInfo, SimConfig, Simulation, compare, comparison_table,
+    Fleet, Profile, Provenance, Report, RunInfo, SimConfig, Simulation, compare, comparison_table,
 };
 use berth_traces::{Format, SwfMode, TraceReader};
 use clap::{Args, Subcommand, ValueEnum};
@@ -179,6 +180,7 @@ fn run_sim(args: RunArgs) -> anyhow::Result<ExitCode> {
         dev_delay_ms: hours_ms(args.dev_delay_minutes / 60.0, "--dev-delay-minutes")?,
         ..SimConfig::default()
     };
+    let settings_sha256 = provenance::settings_sha256(&config);
     let mut reader = TraceReader::open(&args.trace, format)?;
     let info = RunInfo {
         trace: args.trace.file_name().map_or_else(
@@ -206,7 +208,18 @@ fn run_sim(args: RunArgs) -> anyhow::Result<ExitCode> {
             bar.tick();
         }
     };
-    let (mut report, timeline) = sim.run(&mut reader, info, &mut progress)?;
+    let mut tap = Tap::new(&mut reader);
+    let (mut report, timeline) = sim.run(&mut tap, info, &mut progress)?;
+    report.provenance = Provenance {
+        horizon_ms: tap.horizon_ms(),
+        trace_sha256: provenance::trace_file_sha256(&args.trace)?,
+        fleet_sha256: match (&args.fleet, &args.hosts) {
+            (Some(path), _) => provenance::fleet_file_sha256(path)?,
+            (None, spec) => provenance::uniform_fleet_sha256(spec.as_deref().unwrap_or_default()),
+        },
+        settings_sha256,
+        ..crate::build_provenance()
+    };
     if let Some(bar) = bar {
         bar.finish_and_clear();
     }

@@ -9,11 +9,13 @@ mod engine;
 pub mod fleet;
 pub mod latency;
 pub mod plot;
+pub mod provenance;
 pub mod report;
 
 pub use engine::{Forecast, SimConfig, Simulation, UNSPECIFIED_MEMORY_MIB, WaitForecast};
 pub use fleet::Fleet;
 pub use latency::Profile;
+pub use provenance::Provenance;
 pub use report::{Report, Row, RunInfo, compare, comparison_table};
 
 /// What can go wrong in a simulation: the trace, the fleet, or an input the scheduler refused.

@@ -56,6 +56,9 @@ pub struct Report {
     /// Discrete events the engine processed (trace records, simulated completions, timers).
     pub events: u64,
     pub wall_s: f64,
+    /// berth's version and commit, and digests of the trace, fleet and settings.
+    #[serde(default)]
+    pub provenance: crate::Provenance,
 }
 
 /// Collects the raw figures during a run.
@@ -237,6 +240,7 @@ impl Metrics {
             held_vcpu_hours: self.held_area as f64 / 3_600_000.0,
             events: self.events,
             wall_s: run.wall_s,
+            provenance: crate::Provenance::default(),
         }
     }
 }
