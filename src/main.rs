@@ -1,6 +1,7 @@
 //! The `berth` command line: simulate traces, convert and synthesise them.
 
 mod client_cmd;
+mod compare_cmd;
 mod console_cmd;
 mod demo_cmd;
 mod serve_cmd;

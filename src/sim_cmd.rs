@@ -1,4 +1,4 @@
-//! `berth sim run` and `berth sim compare`.
+//! `berth sim run`; `berth sim compare` is in `compare_cmd.rs`.
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -7,9 +7,7 @@ use std::process::ExitCode;
 use anyhow::{Context, bail};
 use berth_sched::Policy;
 use berth_sim::provenance::{self, Tap};
-use berth_sim::{
-    Fleet, Profile, Provenance, Report, RunInfo, SimConfig, Simulation, compare, comparison_table,
-};
+use berth_sim::{Fleet, Profile, Provenance, RunInfo, SimConfig, Simulation};
 use berth_traces::{Format, SwfMode, TraceReader};
 use clap::{Args, Subcommand, ValueEnum};
 
@@ -17,15 +15,10 @@ use clap::{Args, Subcommand, ValueEnum};
 pub enum SimCommand {
     /// Replay a trace and report waits, time to running, utilisation and queue length.
     Run(RunArgs),
-    /// Compare two JSON reports; exits with status 1 when a wait, time-to-running or
-    /// utilisation metric regressed past the threshold.
-    Compare {
-        base: PathBuf,
-        new: PathBuf,
-        /// Largest tolerated regression, in percent.
-        #[arg(long, default_value_t = 5.0)]
-        max_regression: f64,
-    },
+    /// Compare reports of two configurations (one or several a side, one per seed); exits
+    /// with status 1 on a regression and 2 when the comparison is invalid.
+    #[command(after_help = crate::compare_cmd::AFTER_HELP)]
+    Compare(crate::compare_cmd::CompareArgs),
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -113,34 +106,7 @@ fn hours_ms(h: f64, what: &str) -> anyhow::Result<u64> {
 pub fn run(command: SimCommand) -> anyhow::Result<ExitCode> {
     match command {
         SimCommand::Run(args) => run_sim(args),
-        SimCommand::Compare {
-            base,
-            new,
-            max_regression,
-        } => {
-            let read = |p: &PathBuf| -> anyhow::Result<Report> {
-                let text = std::fs::read_to_string(p)
-                    .with_context(|| format!("reading {}", p.display()))?;
-                serde_json::from_str(&text)
-                    .with_context(|| format!("{}: not a berth sim report", p.display()))
-            };
-            let rows = compare(&read(&base)?, &read(&new)?, max_regression);
-            print!("{}", comparison_table(&rows));
-            let regressed: Vec<&str> = rows
-                .iter()
-                .filter(|r| r.regressed)
-                .map(|r| r.metric)
-                .collect();
-            if regressed.is_empty() {
-                Ok(ExitCode::SUCCESS)
-            } else {
-                eprintln!(
-                    "berth: regressed past {max_regression}%: {}",
-                    regressed.join(", ")
-                );
-                Ok(ExitCode::from(1))
-            }
-        }
+        SimCommand::Compare(args) => crate::compare_cmd::run(args),
     }
 }
 

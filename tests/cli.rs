@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+mod compare;
 mod replay;
 
 fn berth(args: &[&str]) -> Output {
@@ -123,11 +124,25 @@ fn compare_fails_on_a_regression_and_passes_otherwise() {
         big.to_str().unwrap(),
     ]);
     assert!(same.status.success(), "{}", text(&same.stderr));
+    // Another fleet is an invalid comparison unless asked for.
+    let unlike = berth(&[
+        "sim",
+        "compare",
+        big.to_str().unwrap(),
+        small.to_str().unwrap(),
+    ]);
+    assert_eq!(unlike.status.code(), Some(2), "{}", text(&unlike.stdout));
+    assert!(
+        text(&unlike.stderr).contains("fleet differs"),
+        "{}",
+        text(&unlike.stderr)
+    );
     let worse = berth(&[
         "sim",
         "compare",
         big.to_str().unwrap(),
         small.to_str().unwrap(),
+        "--allow-different",
     ]);
     assert_eq!(worse.status.code(), Some(1), "{}", text(&worse.stdout));
     assert!(
