@@ -6,6 +6,7 @@ mod console_cmd;
 mod demo_cmd;
 mod serve_cmd;
 mod sim_cmd;
+mod sweep_cmd;
 mod trace_cmd;
 
 use std::process::ExitCode;

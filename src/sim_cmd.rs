@@ -1,4 +1,4 @@
-//! `berth sim run`; `berth sim compare` is in `compare_cmd.rs`.
+//! `berth sim run`; `berth sim compare` and `berth sim sweep` are in their own modules.
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -19,6 +19,9 @@ pub enum SimCommand {
     /// with status 1 on a regression and 2 when the comparison is invalid.
     #[command(after_help = crate::compare_cmd::AFTER_HELP)]
     Compare(crate::compare_cmd::CompareArgs),
+    /// Run the cross product of traces, fleets, policies, settings and seeds in a sweep spec,
+    /// on every core or one shard at a time; `merge` combines shards into one table.
+    Sweep(crate::sweep_cmd::SweepArgs),
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -107,6 +110,7 @@ pub fn run(command: SimCommand) -> anyhow::Result<ExitCode> {
     match command {
         SimCommand::Run(args) => run_sim(args),
         SimCommand::Compare(args) => crate::compare_cmd::run(args),
+        SimCommand::Sweep(args) => crate::sweep_cmd::run(args),
     }
 }
 

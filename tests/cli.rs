@@ -6,6 +6,7 @@ use std::process::{Command, Output};
 
 mod compare;
 mod replay;
+mod sweep;
 
 fn berth(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_berth"))

@@ -13,6 +13,7 @@ pub mod plot;
 pub mod provenance;
 pub mod report;
 pub mod stats;
+pub mod sweep;
 
 pub use engine::{Forecast, SimConfig, Simulation, UNSPECIFIED_MEMORY_MIB, WaitForecast};
 pub use fleet::Fleet;
