@@ -8,7 +8,7 @@ use anyhow::{Context, bail};
 use berth_sched::Policy;
 use berth_sim::provenance::{self, Tap};
 use berth_sim::{Fleet, Profile, Provenance, RunInfo, SimConfig, Simulation};
-use berth_traces::{Format, SwfMode, TraceReader};
+use berth_traces::{Format, SwfMode};
 use clap::{Args, Subcommand, ValueEnum};
 
 #[derive(Subcommand)]
@@ -151,7 +151,7 @@ fn run_sim(args: RunArgs) -> anyhow::Result<ExitCode> {
         ..SimConfig::default()
     };
     let settings_sha256 = provenance::settings_sha256(&config);
-    let mut reader = TraceReader::open(&args.trace, format)?;
+    let (mut reader, trace_hash) = provenance::open_hashed(&args.trace, format)?;
     let info = RunInfo {
         trace: args.trace.file_name().map_or_else(
             || args.trace.display().to_string(),
@@ -182,7 +182,7 @@ fn run_sim(args: RunArgs) -> anyhow::Result<ExitCode> {
     let (mut report, timeline) = sim.run(&mut tap, info, &mut progress)?;
     report.provenance = Provenance {
         horizon_ms: tap.horizon_ms(),
-        trace_sha256: provenance::trace_file_sha256(&args.trace)?,
+        trace_sha256: trace_hash.finish(),
         fleet_sha256: match (&args.fleet, &args.hosts) {
             (Some(path), _) => provenance::fleet_file_sha256(path)?,
             (None, spec) => provenance::uniform_fleet_sha256(spec.as_deref().unwrap_or_default()),

@@ -14,7 +14,9 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::path::Path;
 
 use berth_sched::{Config, ScanOrder, Weights};
-use berth_traces::{Record, TraceError, TraceHeader, TraceWriter};
+use std::sync::{Arc, Mutex};
+
+use berth_traces::{Format, Record, TraceError, TraceHeader, TraceReader, TraceWriter};
 use flate2::bufread::MultiGzDecoder;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -71,6 +73,60 @@ pub fn trace_file_sha256(path: &Path) -> Result<String, TraceError> {
     let mut hasher = Sha256::new();
     std::io::copy(&mut source, &mut hasher).map_err(|e| io_error(&name, e))?;
     Ok(hex(&hasher.finalize()))
+}
+
+/// Opens a trace file for reading and hashes its content (decompressed) as it is read, so that
+/// a replay reads and decompresses it once. [`TraceHash::finish`] gives the digest when the
+/// reader has reached the end; it equals [`trace_file_sha256`].
+pub fn open_hashed(path: &Path, format: Format) -> Result<(TraceReader, TraceHash), TraceError> {
+    let name = path.display().to_string();
+    let file = File::open(path).map_err(|e| io_error(&name, e))?;
+    let mut input = BufReader::with_capacity(64 << 10, file);
+    let start = input.fill_buf().map_err(|e| io_error(&name, e))?;
+    let source: Box<dyn Read + Send> = if start.starts_with(&GZIP_MAGIC) {
+        Box::new(MultiGzDecoder::new(input))
+    } else {
+        Box::new(input)
+    };
+    let hasher = Arc::new(Mutex::new(Sha256::new()));
+    let hashing = HashingRead {
+        inner: source,
+        hasher: Arc::clone(&hasher),
+    };
+    let reader =
+        TraceReader::from_reader(BufReader::with_capacity(64 << 10, hashing), name, format)?;
+    Ok((reader, TraceHash(hasher)))
+}
+
+/// The digest of a trace being read by [`open_hashed`].
+pub struct TraceHash(Arc<Mutex<Sha256>>);
+
+impl TraceHash {
+    pub fn finish(self) -> String {
+        // The lock is only held for an update, which cannot panic: a poisoned lock still holds
+        // a usable hasher.
+        let hasher = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        hex(&hasher.clone().finalize())
+    }
+}
+
+struct HashingRead {
+    inner: Box<dyn Read + Send>,
+    hasher: Arc<Mutex<Sha256>>,
+}
+
+impl Read for HashingRead {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .update(&buf[..n]);
+        Ok(n)
+    }
 }
 
 /// SHA-256 of a fleet file's bytes.
@@ -230,6 +286,10 @@ mod tests {
         );
     }
 
+    fn records_in(config: &SynthConfig) -> usize {
+        Generator::new(config.clone()).unwrap().count()
+    }
+
     #[test]
     fn a_synthetic_trace_hashes_like_its_file_plain_or_gzip() {
         let dir = std::env::temp_dir().join(format!("berth-provenance-{}", std::process::id()));
@@ -250,6 +310,9 @@ mod tests {
             assert_eq!(tap.horizon_ms(), last);
             let tapped = tap.finish().unwrap();
             assert_eq!(tapped, Some(trace_file_sha256(&path).unwrap()), "{name}");
+            let (reader, hash) = open_hashed(&path, Format::Berth).unwrap();
+            assert_eq!(reader.count(), records_in(&config));
+            assert_eq!(tapped, Some(hash.finish()), "{name}");
         }
     }
 
