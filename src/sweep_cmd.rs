@@ -26,8 +26,9 @@ pub struct SweepArgs {
     /// of a job array, an Indexed Job or a CI matrix its own I, then merge.
     #[arg(long, value_name = "I/N")]
     shard: Option<String>,
-    /// Where to write `shard-I-of-N.jsonl` and, for a whole sweep, `sweep.md`, `sweep.csv` and
-    /// `sweep.json`.
+    /// Where to write `shard-I-of-N.jsonl`, each run's report under `runs/` (one directory per
+    /// configuration, as `sim compare` takes a side) and, for a whole sweep, `sweep.md`,
+    /// `sweep.csv` and `sweep.json`.
     #[arg(long, required = true)]
     out: Option<PathBuf>,
 }
@@ -91,6 +92,7 @@ fn run_sweep(
         );
     })?;
     let path = sweep::write_shard(out, &spec, shard, &build, &runs)?;
+    sweep::write_reports(out, &runs)?;
     eprintln!(
         "berth: {mine} runs in {:.2} s; wrote {}",
         started.elapsed().as_secs_f64(),

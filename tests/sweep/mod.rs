@@ -121,6 +121,29 @@ fn shards_merge_to_the_tables_of_the_whole_sweep_on_any_number_of_threads() {
     let traces = json["groups"][0]["trace_sha256"].as_array().unwrap();
     assert_eq!(traces.len(), 3);
     assert_ne!(traces[0], traces[1]);
+    // Each configuration's reports are one directory: a side for `sim compare`.
+    let side = |policy: &str| one.join("runs/ci/small").join(policy).join("default");
+    assert!(side("easy").join("seed-3.json").is_file());
+    let compared = berth(&[
+        "sim",
+        "compare",
+        side("fcfs").to_str().unwrap(),
+        side("easy").to_str().unwrap(),
+    ]);
+    let compared_table = text(&compared.stdout);
+    assert!(
+        matches!(compared.status.code(), Some(0 | 1)),
+        "{compared_table}{}",
+        text(&compared.stderr)
+    );
+    assert!(
+        compared_table.contains("3 reports (seed 1, 2, 3)"),
+        "{compared_table}"
+    );
+    assert!(
+        compared_table.contains("Welch's t-test"),
+        "{compared_table}"
+    );
     let csv = read(one.join("sweep.csv"));
     assert!(
         csv.starts_with("trace,fleet,policy,settings,metric,n,mean,stddev,ci95_low,ci95_high\n")

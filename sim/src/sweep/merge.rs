@@ -70,10 +70,10 @@ pub fn merge(dir: &Path) -> Result<Merged, SweepError> {
         if groups.len() > 1 {
             let listing: Vec<String> = groups
                 .iter()
-                .map(|(k, files)| format!("{k}: {}", files.join(", ")))
+                .map(|(k, files)| format!("{k}: {}", listed(files)))
                 .collect();
             return Err(SweepError::Merge(format!(
-                "the shards come from different {what}: {}",
+                "the shards come from different {what}: {}; merge the shards of one sweep only (move the others away, or give each sweep its own --out)",
                 listing.join("; ")
             )));
         }
@@ -174,8 +174,10 @@ fn find_shards(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), SweepError> {
         message: e.to_string(),
     };
     for entry in std::fs::read_dir(dir).map_err(io)? {
-        let path = entry.map_err(io)?.path();
-        if path.is_dir() {
+        let entry = entry.map_err(io)?;
+        let path = entry.path();
+        // Symbolic links to directories are not followed: they could loop.
+        if entry.file_type().map_err(io)?.is_dir() {
             find_shards(&path, out)?;
         } else if path
             .file_name()

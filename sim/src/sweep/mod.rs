@@ -291,6 +291,31 @@ pub fn write_shard(
     Ok(path)
 }
 
+/// Writes each run's report as `dir/runs/TRACE/FLEET/POLICY/SETTINGS/seed-N.json`, so that one
+/// configuration's seeds are one directory, as `berth sim compare` takes a side.
+pub fn write_reports(dir: &Path, runs: &[RunLine]) -> Result<(), SweepError> {
+    for r in runs {
+        let run_dir = dir
+            .join("runs")
+            .join(&r.trace)
+            .join(&r.fleet)
+            .join(&r.policy)
+            .join(&r.settings);
+        std::fs::create_dir_all(&run_dir).map_err(|e| SweepError::Io {
+            path: run_dir.display().to_string(),
+            message: e.to_string(),
+        })?;
+        let path = run_dir.join(format!("seed-{}.json", r.seed));
+        let text = serde_json::to_string_pretty(&r.report)
+            .map_err(|e| SweepError::Merge(format!("serialising run {}: {e}", r.run)))?;
+        std::fs::write(&path, text + "\n").map_err(|e| SweepError::Io {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        })?;
+    }
+    Ok(())
+}
+
 fn json_line<T: Serialize>(value: &T) -> Result<String, SweepError> {
     let mut line = serde_json::to_string(value)
         .map_err(|e| SweepError::Merge(format!("serialising a shard line: {e}")))?;
