@@ -104,12 +104,8 @@ fn run_sweep(
         );
         return Ok(ExitCode::SUCCESS);
     }
-    let merged = Merged {
-        spec_sha256: spec.sha256.clone(),
-        berth_version: build.berth_version.clone(),
-        commit: build.commit.clone(),
-        runs,
-    };
+    // The tables come from the shard file read back, exactly as `merge` makes them.
+    let merged = sweep::merge_files(&[path])?;
     write_tables(out, &merged)
 }
 

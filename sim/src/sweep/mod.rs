@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use berth_traces::{Generator, TraceReader};
 use serde::{Deserialize, Serialize};
 
-pub use merge::{Merged, merge, write_tables};
+pub use merge::{Merged, merge, merge_files, write_tables};
 pub use spec::{FleetSpec, RunKey, SettingsSpec, Spec, TraceSource, TraceSpec};
 
 use crate::provenance::{self, Tap};
