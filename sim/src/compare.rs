@@ -277,50 +277,67 @@ pub fn differences(base: &[Labeled], new: &[Labeled]) -> Vec<String> {
             ));
         }
     }
+    // Compared by digest; the names only help a person find the runs.
     let axes: [Axis; 3] = [
-        ("trace", |r| {
-            format!("{} (sha256 {})", r.trace, short(&r.provenance.trace_sha256))
-        }),
-        ("fleet", |r| {
-            format!(
-                "{} hosts, {} vcpus (sha256 {})",
-                r.hosts,
-                r.fleet_vcpus,
-                short(&r.provenance.fleet_sha256)
-            )
-        }),
-        ("horizon", |r| format!("{} ms", r.provenance.horizon_ms)),
+        (
+            "trace",
+            |r| r.provenance.trace_sha256.clone(),
+            |r| format!("{} (sha256 {})", r.trace, short(&r.provenance.trace_sha256)),
+        ),
+        (
+            "fleet",
+            |r| r.provenance.fleet_sha256.clone(),
+            |r| {
+                format!(
+                    "{} hosts, {} vcpus (sha256 {})",
+                    r.hosts,
+                    r.fleet_vcpus,
+                    short(&r.provenance.fleet_sha256)
+                )
+            },
+        ),
+        (
+            "horizon",
+            |r| r.provenance.horizon_ms.to_string(),
+            |r| format!("{} ms", r.provenance.horizon_ms),
+        ),
     ];
-    for (what, key) in axes {
-        let (b, n) = (group(base, key), group(new, key));
-        let b_keys: Vec<&String> = b.keys().collect();
-        let n_keys: Vec<&String> = n.keys().collect();
-        if b_keys != n_keys {
-            let only = |mine: &BTreeMap<String, Vec<String>>,
+    for (what, id, show) in axes {
+        let (b, n) = (group(base, id), group(new, id));
+        if b.keys().ne(n.keys()) {
+            let only = |side: &[Labeled],
+                        mine: &BTreeMap<String, Vec<String>>,
                         theirs: &BTreeMap<String, Vec<String>>| {
-                let only: BTreeMap<String, Vec<String>> = mine
+                let parts: Vec<String> = mine
                     .iter()
                     .filter(|(k, _)| !theirs.contains_key(*k))
-                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .map(|(k, names)| {
+                        let shown = side
+                            .iter()
+                            .find(|l| id(&l.report) == *k)
+                            .map(|l| show(&l.report))
+                            .unwrap_or_default();
+                        format!("{shown} in {}", names.join(", "))
+                    })
                     .collect();
-                if only.is_empty() {
+                if parts.is_empty() {
                     "nothing else".to_owned()
                 } else {
-                    listing(&only)
+                    parts.join("; ")
                 }
             };
             out.push(format!(
                 "{what} differs: base has {}; new has {}",
-                only(&b, &n),
-                only(&n, &b)
+                only(base, &b, &n),
+                only(new, &n, &b)
             ));
         }
     }
     out
 }
 
-/// A property both sides must share, and how to show it.
-type Axis = (&'static str, fn(&Report) -> String);
+/// A property both sides must share: its name, its identity, and how to show it.
+type Axis = (&'static str, fn(&Report) -> String, fn(&Report) -> String);
 
 /// File names grouped by a key of their report, in key order.
 fn group(reports: &[Labeled], key: fn(&Report) -> String) -> BTreeMap<String, Vec<String>> {
@@ -550,5 +567,9 @@ mod tests {
         let d = differences(&base, &[old]);
         assert!(d.iter().any(|m| m.contains("no trace, fleet")), "{d:?}");
         assert!(differences(&base, &base).is_empty());
+        // The same trace under another file name is the same trace.
+        let mut renamed = report(1, 1.0, 0.5);
+        renamed.report.trace = "copy.jsonl.gz".into();
+        assert!(differences(&base, &[renamed]).is_empty());
     }
 }
