@@ -144,6 +144,43 @@ fn shards_merge_to_the_tables_of_the_whole_sweep_on_any_number_of_threads() {
         compared_table.contains("Welch's t-test"),
         "{compared_table}"
     );
+    // A sweep's run is the `sim run` of the same trace: same report, same digests.
+    let trace = dir.join("ci-2.jsonl.gz");
+    let synth = berth(&[
+        "trace",
+        "synth",
+        "--vms",
+        "400",
+        "--seed",
+        "2",
+        "--out",
+        trace.to_str().unwrap(),
+    ]);
+    assert!(synth.status.success(), "{}", text(&synth.stderr));
+    let fleet = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fleet-small.toml");
+    let single = berth(&[
+        "sim",
+        "run",
+        "--trace",
+        trace.to_str().unwrap(),
+        "--fleet",
+        fleet.to_str().unwrap(),
+        "--policy",
+        "easy",
+        "--seed",
+        "2",
+        "--json",
+    ]);
+    assert!(single.status.success(), "{}", text(&single.stderr));
+    let mut single: serde_json::Value = serde_json::from_slice(&single.stdout).unwrap();
+    let mut swept: serde_json::Value =
+        serde_json::from_str(&read(side("easy").join("seed-2.json"))).unwrap();
+    for r in [&mut single, &mut swept] {
+        r["wall_s"] = 0.into();
+        r["trace"] = "".into();
+    }
+    assert_eq!(single, swept);
+
     let csv = read(one.join("sweep.csv"));
     assert!(
         csv.starts_with("trace,fleet,policy,settings,metric,n,mean,stddev,ci95_low,ci95_high\n")
