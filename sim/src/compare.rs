@@ -214,22 +214,36 @@ impl Comparison {
     }
 }
 
-/// A side's mean, with its 95% interval's half-width when there are several reports.
+/// A side's mean, with its 95% interval's half-width when there are several reports, both to
+/// the same decimals.
 fn side(s: &Summary) -> String {
+    let whole = |v: f64| v == v.trunc();
+    let d = if whole(s.mean) && s.ci95_half_width.is_none_or(whole) {
+        0
+    } else {
+        decimals(s.mean)
+    };
     match s.ci95_half_width {
-        Some(hw) => format!("{}±{}", fmt_value(s.mean), fmt_value(hw)),
-        None => fmt_value(s.mean),
+        Some(hw) => format!("{:.d$}±{:.d$}", s.mean, hw),
+        None => format!("{:.d$}", s.mean),
+    }
+}
+
+/// Decimals enough for about four significant digits, none past a thousand.
+fn decimals(v: f64) -> usize {
+    let a = v.abs();
+    if a >= 1000.0 {
+        0
+    } else if a >= 1.0 {
+        3
+    } else {
+        4
     }
 }
 
 fn fmt_value(v: f64) -> String {
-    if v.abs() >= 1000.0 || v == v.trunc() {
-        format!("{v:.0}")
-    } else if v.abs() >= 1.0 {
-        format!("{v:.3}")
-    } else {
-        format!("{v:.4}")
-    }
+    let d = if v == v.trunc() { 0 } else { decimals(v) };
+    format!("{v:.d$}")
 }
 
 /// What makes the two sides unlike, each named with the files that show it: another trace,
