@@ -197,13 +197,17 @@ fn merge_refuses_duplicates_and_gaps_naming_them() {
     let spec = spec(&dir);
     let sharded = dir.join("sharded");
     for i in 0..3 {
-        sweep(&spec, &sharded, &["--shard", &format!("{i}/3")]);
+        sweep(
+            &spec,
+            &sharded,
+            &["--shard", &format!("{i}/3"), "--jobs", "1"],
+        );
     }
     assert!(merge(&sharded).status.success());
 
     // A whole run's shard file beside the shards: every run twice.
     let whole = dir.join("whole");
-    sweep(&spec, &whole, &[]);
+    sweep(&spec, &whole, &["--jobs", "1"]);
     std::fs::create_dir_all(sharded.join("again")).unwrap();
     std::fs::copy(
         whole.join("shard-0-of-1.jsonl"),
@@ -233,7 +237,7 @@ fn merge_refuses_duplicates_and_gaps_naming_them() {
     // Shards of another spec are not merged with these.
     let other = dir.join("other.toml");
     std::fs::write(&other, read(spec.clone()).replace("vms = 400", "vms = 300")).unwrap();
-    sweep(&other, &sharded, &["--shard", "1/3"]);
+    sweep(&other, &sharded, &["--shard", "1/3", "--jobs", "1"]);
     let out = merge(&sharded);
     assert_eq!(out.status.code(), Some(1));
     assert!(
