@@ -1,10 +1,12 @@
 //! The `berth` command line: simulate traces, convert and synthesise them.
 
 mod client_cmd;
+mod compare_cmd;
 mod console_cmd;
 mod demo_cmd;
 mod serve_cmd;
 mod sim_cmd;
+mod sweep_cmd;
 mod trace_cmd;
 
 use std::process::ExitCode;
@@ -45,6 +47,16 @@ enum Command {
     Console(console_cmd::ConsoleArgs),
     /// An embedded daemon on simulated hosts fed by a synthetic CI workload, with the console on it.
     Demo(demo_cmd::DemoArgs),
+}
+
+/// The provenance every simulation report starts from: this binary's version and commit
+/// (`build.rs`), digests still empty.
+pub(crate) fn build_provenance() -> berth_sim::Provenance {
+    berth_sim::Provenance {
+        berth_version: env!("CARGO_PKG_VERSION").to_owned(),
+        commit: env!("BERTH_COMMIT").to_owned(),
+        ..berth_sim::Provenance::default()
+    }
 }
 
 fn main() -> ExitCode {

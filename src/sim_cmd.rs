@@ -1,4 +1,4 @@
-//! `berth sim run` and `berth sim compare`.
+//! `berth sim run`; `berth sim compare` and `berth sim sweep` are in their own modules.
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -6,25 +6,22 @@ use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use berth_sched::Policy;
-use berth_sim::{
-    Fleet, Profile, Report, RunInfo, SimConfig, Simulation, compare, comparison_table,
-};
-use berth_traces::{Format, SwfMode, TraceReader};
+use berth_sim::provenance::{self, Tap};
+use berth_sim::{Fleet, Profile, Provenance, RunInfo, SimConfig, Simulation};
+use berth_traces::{Format, SwfMode};
 use clap::{Args, Subcommand, ValueEnum};
 
 #[derive(Subcommand)]
 pub enum SimCommand {
     /// Replay a trace and report waits, time to running, utilisation and queue length.
     Run(RunArgs),
-    /// Compare two JSON reports; exits with status 1 when a wait, time-to-running or
-    /// utilisation metric regressed past the threshold.
-    Compare {
-        base: PathBuf,
-        new: PathBuf,
-        /// Largest tolerated regression, in percent.
-        #[arg(long, default_value_t = 5.0)]
-        max_regression: f64,
-    },
+    /// Compare reports of two configurations (one or several a side, one per seed); exits
+    /// with status 1 on a regression and 2 when the comparison is invalid.
+    #[command(after_help = crate::compare_cmd::AFTER_HELP)]
+    Compare(crate::compare_cmd::CompareArgs),
+    /// Run the cross product of traces, fleets, policies, settings and seeds in a sweep spec,
+    /// on every core or one shard at a time; `merge` combines shards into one table.
+    Sweep(crate::sweep_cmd::SweepArgs),
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -112,34 +109,8 @@ fn hours_ms(h: f64, what: &str) -> anyhow::Result<u64> {
 pub fn run(command: SimCommand) -> anyhow::Result<ExitCode> {
     match command {
         SimCommand::Run(args) => run_sim(args),
-        SimCommand::Compare {
-            base,
-            new,
-            max_regression,
-        } => {
-            let read = |p: &PathBuf| -> anyhow::Result<Report> {
-                let text = std::fs::read_to_string(p)
-                    .with_context(|| format!("reading {}", p.display()))?;
-                serde_json::from_str(&text)
-                    .with_context(|| format!("{}: not a berth sim report", p.display()))
-            };
-            let rows = compare(&read(&base)?, &read(&new)?, max_regression);
-            print!("{}", comparison_table(&rows));
-            let regressed: Vec<&str> = rows
-                .iter()
-                .filter(|r| r.regressed)
-                .map(|r| r.metric)
-                .collect();
-            if regressed.is_empty() {
-                Ok(ExitCode::SUCCESS)
-            } else {
-                eprintln!(
-                    "berth: regressed past {max_regression}%: {}",
-                    regressed.join(", ")
-                );
-                Ok(ExitCode::from(1))
-            }
-        }
+        SimCommand::Compare(args) => crate::compare_cmd::run(args),
+        SimCommand::Sweep(args) => crate::sweep_cmd::run(args),
     }
 }
 
@@ -179,7 +150,8 @@ fn run_sim(args: RunArgs) -> anyhow::Result<ExitCode> {
         dev_delay_ms: hours_ms(args.dev_delay_minutes / 60.0, "--dev-delay-minutes")?,
         ..SimConfig::default()
     };
-    let mut reader = TraceReader::open(&args.trace, format)?;
+    let settings_sha256 = provenance::settings_sha256(&config);
+    let (mut reader, trace_hash) = provenance::open_hashed(&args.trace, format)?;
     let info = RunInfo {
         trace: args.trace.file_name().map_or_else(
             || args.trace.display().to_string(),
@@ -206,7 +178,18 @@ fn run_sim(args: RunArgs) -> anyhow::Result<ExitCode> {
             bar.tick();
         }
     };
-    let (mut report, timeline) = sim.run(&mut reader, info, &mut progress)?;
+    let mut tap = Tap::new(&mut reader);
+    let (mut report, timeline) = sim.run(&mut tap, info, &mut progress)?;
+    report.provenance = Provenance {
+        horizon_ms: tap.horizon_ms(),
+        trace_sha256: trace_hash.finish(),
+        fleet_sha256: match (&args.fleet, &args.hosts) {
+            (Some(path), _) => provenance::fleet_file_sha256(path)?,
+            (None, spec) => provenance::uniform_fleet_sha256(spec.as_deref().unwrap_or_default()),
+        },
+        settings_sha256,
+        ..crate::build_provenance()
+    };
     if let Some(bar) = bar {
         bar.finish_and_clear();
     }

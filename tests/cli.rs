@@ -4,7 +4,9 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+mod compare;
 mod replay;
+mod sweep;
 
 fn berth(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_berth"))
@@ -73,6 +75,23 @@ fn sim_run_prints_a_json_report_with_the_documented_fields() {
     assert_eq!(report["vms"], 500);
     assert_eq!(report["rejected"], 0, "{report}");
     assert_eq!(report["synthetic"], true);
+
+    // Provenance: the version, a commit (or "unknown" without git), and digests that anyone
+    // can check: the trace's is `zcat -f TRACE | sha256sum`, the fleet's `sha256sum FLEET`.
+    let p = &report["provenance"];
+    assert_eq!(p["berth_version"], env!("CARGO_PKG_VERSION"), "{p}");
+    let commit = p["commit"].as_str().unwrap();
+    assert!(commit == "unknown" || commit.len() == 40, "{p}");
+    for digest in ["trace_sha256", "fleet_sha256", "settings_sha256"] {
+        let d = p[digest].as_str().unwrap();
+        assert!(
+            d.len() == 64 && d.bytes().all(|b| b.is_ascii_hexdigit()),
+            "{p}"
+        );
+    }
+    let fleet_sha256 = berth_sim::provenance::sha256_hex(&std::fs::read(&fleet).unwrap());
+    assert_eq!(p["fleet_sha256"], fleet_sha256.as_str());
+    assert!(p["horizon_ms"].as_u64().unwrap() > 0, "{p}");
 }
 
 #[test]
@@ -106,11 +125,25 @@ fn compare_fails_on_a_regression_and_passes_otherwise() {
         big.to_str().unwrap(),
     ]);
     assert!(same.status.success(), "{}", text(&same.stderr));
+    // Another fleet is an invalid comparison unless asked for.
+    let unlike = berth(&[
+        "sim",
+        "compare",
+        big.to_str().unwrap(),
+        small.to_str().unwrap(),
+    ]);
+    assert_eq!(unlike.status.code(), Some(2), "{}", text(&unlike.stdout));
+    assert!(
+        text(&unlike.stderr).contains("fleet differs"),
+        "{}",
+        text(&unlike.stderr)
+    );
     let worse = berth(&[
         "sim",
         "compare",
         big.to_str().unwrap(),
         small.to_str().unwrap(),
+        "--allow-different",
     ]);
     assert_eq!(worse.status.code(), Some(1), "{}", text(&worse.stdout));
     assert!(
@@ -233,6 +266,8 @@ fn convert_writes_berth_format_that_replays_like_the_original() {
         v["wall_s"] = 0.into();
         v["trace"] = "".into();
         v["synthetic"] = false.into();
+        // The digest is of the file's bytes, which differ between formats.
+        v["provenance"]["trace_sha256"] = "".into();
         v
     };
     let a = run(&["--trace", src.to_str().unwrap(), "--format", "swf"]);

@@ -5,16 +5,21 @@
 //! actions out on simulated hosts with modelled latencies, and reports waits, time to running,
 //! utilisation and queue length. Memory grows with the VMs alive at once, not with the trace.
 
+pub mod compare;
 mod engine;
 pub mod fleet;
 pub mod latency;
 pub mod plot;
+pub mod provenance;
 pub mod report;
+pub mod stats;
+pub mod sweep;
 
 pub use engine::{Budget, Forecast, SimConfig, Simulation, UNSPECIFIED_MEMORY_MIB, WaitForecast};
 pub use fleet::Fleet;
 pub use latency::Profile;
-pub use report::{Report, Row, RunInfo, compare, comparison_table};
+pub use provenance::Provenance;
+pub use report::{Report, RunInfo};
 
 /// What can go wrong in a simulation: the trace, the fleet, or an input the scheduler refused.
 #[derive(Debug, thiserror::Error)]

@@ -1,5 +1,5 @@
-//! What a simulation measured: the metrics collector, the report (a table for people, JSON for
-//! machines) and `compare`, which fails when a metric regresses past a threshold.
+//! What a simulation measured: the metrics collector and the report (a table for people, JSON
+//! for machines); `compare.rs` judges reports against each other.
 
 use std::fmt;
 
@@ -56,6 +56,9 @@ pub struct Report {
     /// Discrete events the engine processed (trace records, simulated completions, timers).
     pub events: u64,
     pub wall_s: f64,
+    /// berth's version and commit, and digests of the trace, fleet and settings.
+    #[serde(default)]
+    pub provenance: crate::Provenance,
 }
 
 /// Collects the raw figures during a run.
@@ -237,6 +240,7 @@ impl Metrics {
             held_vcpu_hours: self.held_area as f64 / 3_600_000.0,
             events: self.events,
             wall_s: run.wall_s,
+            provenance: crate::Provenance::default(),
         }
     }
 }
@@ -310,133 +314,9 @@ impl fmt::Display for Report {
     }
 }
 
-/// One metric of two reports side by side.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Row {
-    pub metric: &'static str,
-    pub base: f64,
-    pub new: f64,
-    /// Relative change in percent (`None` when the base is zero).
-    pub change_pct: Option<f64>,
-    pub regressed: bool,
-}
-
-/// Whether lower or higher is better, for the metrics `compare` judges.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Better {
-    Lower,
-    Higher,
-    Neither,
-}
-
-/// Below this a wait or time-to-running is rounding, not a regression, when the base was zero.
-const ZERO_BASE_TOLERANCE_S: f64 = 1.0;
-
-/// A metric's name, how to read it from a report, and which way is better.
-type Judged = (&'static str, fn(&Report) -> f64, Better);
-
-pub fn compare(base: &Report, new: &Report, max_regression_pct: f64) -> Vec<Row> {
-    let metrics: [Judged; 15] = [
-        ("mean_wait_s", |r| r.mean_wait_s, Better::Lower),
-        ("p50_wait_s", |r| r.p50_wait_s, Better::Lower),
-        ("p90_wait_s", |r| r.p90_wait_s, Better::Lower),
-        ("p99_wait_s", |r| r.p99_wait_s, Better::Lower),
-        ("max_wait_s", |r| r.max_wait_s, Better::Lower),
-        ("mean_ttr_s", |r| r.mean_ttr_s, Better::Lower),
-        ("p50_ttr_s", |r| r.p50_ttr_s, Better::Lower),
-        ("p90_ttr_s", |r| r.p90_ttr_s, Better::Lower),
-        ("p99_ttr_s", |r| r.p99_ttr_s, Better::Lower),
-        ("utilisation", |r| r.utilisation, Better::Higher),
-        ("makespan_s", |r| r.makespan_s, Better::Neither),
-        ("queue_mean", |r| r.queue_mean, Better::Neither),
-        ("requests", |r| r.requests as f64, Better::Neither),
-        ("vms", |r| r.vms as f64, Better::Neither),
-        ("wall_s", |r| r.wall_s, Better::Neither),
-    ];
-    metrics
-        .iter()
-        .map(|&(metric, get, better)| {
-            let (b, n) = (get(base), get(new));
-            let change_pct = (b != 0.0).then(|| (n - b) / b.abs() * 100.0);
-            let regressed = match (better, change_pct) {
-                (Better::Lower, Some(c)) => c > max_regression_pct,
-                (Better::Lower, None) => n > ZERO_BASE_TOLERANCE_S,
-                (Better::Higher, Some(c)) => -c > max_regression_pct,
-                (Better::Higher, None) | (Better::Neither, _) => false,
-            };
-            Row {
-                metric,
-                base: b,
-                new: n,
-                change_pct,
-                regressed,
-            }
-        })
-        .collect()
-}
-
-/// The comparison as a table; a regressed row is marked.
-pub fn comparison_table(rows: &[Row]) -> String {
-    let mut out = format!(
-        "{:<14} {:>14} {:>14} {:>9}\n",
-        "metric", "base", "new", "change"
-    );
-    for r in rows {
-        let change = r.change_pct.map_or("-".to_owned(), |c| format!("{c:+.1}%"));
-        let mark = if r.regressed { "  REGRESSED" } else { "" };
-        out.push_str(&format!(
-            "{:<14} {:>14.3} {:>14.3} {:>9}{mark}\n",
-            r.metric, r.base, r.new, change
-        ));
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn report(mean_wait_s: f64, utilisation: f64) -> Report {
-        let mut m = Metrics::new();
-        m.submitted(0, 1);
-        m.ended(1000);
-        let mut r = m.report(RunInfo::default());
-        r.mean_wait_s = mean_wait_s;
-        r.utilisation = utilisation;
-        r
-    }
-
-    #[test]
-    fn compare_flags_longer_waits_and_lower_utilisation() {
-        let rows = compare(&report(100.0, 0.7), &report(106.0, 0.7), 5.0);
-        assert!(
-            rows.iter()
-                .any(|r| r.metric == "mean_wait_s" && r.regressed)
-        );
-        let rows = compare(&report(100.0, 0.7), &report(104.0, 0.6), 5.0);
-        assert!(
-            !rows
-                .iter()
-                .any(|r| r.metric == "mean_wait_s" && r.regressed)
-        );
-        assert!(
-            rows.iter()
-                .any(|r| r.metric == "utilisation" && r.regressed)
-        );
-        let rows = compare(&report(100.0, 0.7), &report(50.0, 0.9), 5.0);
-        assert!(!rows.iter().any(|r| r.regressed), "{rows:?}");
-    }
-
-    #[test]
-    fn a_zero_base_regresses_only_past_the_tolerance() {
-        let rows = compare(&report(0.0, 0.7), &report(0.5, 0.7), 5.0);
-        assert!(!rows.iter().any(|r| r.regressed));
-        let rows = compare(&report(0.0, 0.7), &report(30.0, 0.7), 5.0);
-        assert!(
-            rows.iter()
-                .any(|r| r.metric == "mean_wait_s" && r.regressed)
-        );
-    }
 
     #[test]
     fn queue_mean_is_time_weighted() {

@@ -1,0 +1,620 @@
+//! The sweep spec: a TOML file naming traces, fleets, policies, scheduler settings and seeds,
+//! whose cross product is the sweep's runs. Every error names the spec file, the line and the
+//! key; fleets and synthetic-trace settings are checked before anything runs.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use berth_sched::{Policy, ScanOrder, Weights};
+use berth_traces::{Format, Generator, SynthConfig};
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::SweepError;
+use crate::{Fleet, Profile, SimConfig, provenance};
+
+/// A parsed and checked spec.
+#[derive(Clone, Debug)]
+pub struct Spec {
+    /// The spec file as given, for messages.
+    pub name: String,
+    /// SHA-256 of the spec file's bytes: shards of one sweep carry it, so that merge can
+    /// refuse shards of another.
+    pub sha256: String,
+    pub seeds: Vec<u64>,
+    pub policies: Vec<Policy>,
+    pub traces: Vec<TraceSpec>,
+    pub fleets: Vec<FleetSpec>,
+    pub settings: Vec<SettingsSpec>,
+}
+
+#[derive(Clone, Debug)]
+pub struct TraceSpec {
+    pub name: String,
+    pub source: TraceSource,
+}
+
+#[derive(Clone, Debug)]
+pub enum TraceSource {
+    File {
+        path: PathBuf,
+        format: Format,
+        sha256: String,
+    },
+    /// A synthetic CI workload; its seed is the run's unless the spec fixes one.
+    Synth {
+        config: SynthConfig,
+        fixed_seed: Option<u64>,
+    },
+}
+
+#[derive(Clone, Debug)]
+pub struct FleetSpec {
+    pub name: String,
+    pub fleet: Fleet,
+    pub sha256: String,
+}
+
+#[derive(Clone, Debug)]
+pub struct SettingsSpec {
+    pub name: String,
+    /// Everything but the policy and the seed, which each run sets.
+    pub config: SimConfig,
+}
+
+/// One run of the sweep: indices into the spec's lists, the policy and the seed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RunKey {
+    /// Position in the cross product, from 0.
+    pub index: usize,
+    pub trace: usize,
+    pub fleet: usize,
+    pub policy: Policy,
+    pub settings: usize,
+    pub seed: u64,
+}
+
+impl Spec {
+    /// The cross product in a fixed order: traces, then fleets, policies, settings and seeds
+    /// (innermost), each in the spec's order, so that a configuration's seeds are neighbours.
+    pub fn runs(&self) -> Vec<RunKey> {
+        let mut runs = Vec::new();
+        for trace in 0..self.traces.len() {
+            for fleet in 0..self.fleets.len() {
+                for &policy in &self.policies {
+                    for settings in 0..self.settings.len() {
+                        for &seed in &self.seeds {
+                            runs.push(RunKey {
+                                index: runs.len(),
+                                trace,
+                                fleet,
+                                policy,
+                                settings,
+                                seed,
+                            });
+                        }
+                    }
+                }
+            }
+        }
+        runs
+    }
+
+    /// `trace/fleet/policy/settings/seed N`, for messages.
+    pub fn label(&self, key: &RunKey) -> String {
+        format!(
+            "{}/{}/{}/{}/seed {}",
+            self.traces[key.trace].name,
+            self.fleets[key.fleet].name,
+            key.policy.name(),
+            self.settings[key.settings].name,
+            key.seed
+        )
+    }
+
+    pub fn load(path: &Path) -> Result<Spec, SweepError> {
+        let name = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| SweepError::Io {
+            path: name.clone(),
+            message: e.to_string(),
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Spec::parse(&text, &name, base)
+    }
+
+    /// Parses `text` (called `name` in errors); relative paths are relative to `base`.
+    pub fn parse(text: &str, name: &str, base: &Path) -> Result<Spec, SweepError> {
+        let at = |span: std::ops::Range<usize>, message: String| SweepError::Spec {
+            spec: name.to_owned(),
+            line: Some(line_of(text, span.start)),
+            message,
+        };
+        let file: SpecFile = toml::from_str(text).map_err(|e| SweepError::Spec {
+            spec: name.to_owned(),
+            line: e.span().map(|s| line_of(text, s.start)),
+            message: e.message().trim_end().to_owned(),
+        })?;
+        let no_line = |message: String| SweepError::Spec {
+            spec: name.to_owned(),
+            line: None,
+            message,
+        };
+
+        let seeds = file.seeds.get_ref().clone();
+        if seeds.is_empty() {
+            return Err(at(
+                file.seeds.span(),
+                "`seeds` is empty; give at least one".into(),
+            ));
+        }
+        let mut seen = BTreeSet::new();
+        for s in &seeds {
+            if !seen.insert(s) {
+                return Err(at(file.seeds.span(), format!("`seeds` has {s} twice")));
+            }
+        }
+
+        let policies = match &file.policies {
+            None => vec![Policy::Easy],
+            Some(list) => {
+                if list.get_ref().is_empty() {
+                    return Err(at(list.span(), "`policies` is empty".into()));
+                }
+                let mut policies = Vec::new();
+                for p in list.get_ref() {
+                    let policy = Policy::parse(p.get_ref()).ok_or_else(|| {
+                        at(
+                            p.span(),
+                            format!(
+                                "`policies`: unknown policy `{}`; expected fcfs, easy, greedy or accasim-easy",
+                                p.get_ref()
+                            ),
+                        )
+                    })?;
+                    if policies.contains(&policy) {
+                        return Err(at(
+                            p.span(),
+                            format!("`policies` has `{}` twice", p.get_ref()),
+                        ));
+                    }
+                    policies.push(policy);
+                }
+                policies
+            }
+        };
+
+        if file.trace.is_empty() {
+            return Err(no_line("no `[[trace]]`; give at least one".into()));
+        }
+        if file.fleet.is_empty() {
+            return Err(no_line("no `[[fleet]]`; give at least one".into()));
+        }
+
+        let mut names = Names::default();
+        let mut traces = Vec::new();
+        for entry in &file.trace {
+            let e = entry.get_ref();
+            names.check("trace", &e.name, &at)?;
+            let source = match (&e.path, &e.synth) {
+                (Some(p), None) => {
+                    let format = match &e.format {
+                        None => Format::Berth,
+                        Some(f) => f.get_ref().parse().map_err(|m: String| {
+                            at(
+                                f.span(),
+                                format!("trace `{}`: `format`: {m}", e.name.get_ref()),
+                            )
+                        })?,
+                    };
+                    let path = base.join(p.get_ref());
+                    let sha256 = provenance::trace_file_sha256(&path).map_err(|err| {
+                        at(
+                            p.span(),
+                            format!("trace `{}`: `path`: {err}", e.name.get_ref()),
+                        )
+                    })?;
+                    TraceSource::File {
+                        path,
+                        format,
+                        sha256,
+                    }
+                }
+                (None, Some(s)) => {
+                    if let Some(f) = &e.format {
+                        return Err(at(
+                            f.span(),
+                            format!(
+                                "trace `{}`: `format` is for trace files, not `synth`",
+                                e.name.get_ref()
+                            ),
+                        ));
+                    }
+                    let synth = s.get_ref();
+                    let defaults = SynthConfig::default();
+                    let config = SynthConfig {
+                        vms: synth.vms,
+                        seed: synth.seed.unwrap_or(0),
+                        peak_changes_per_hour: synth
+                            .peak_changes_per_hour
+                            .unwrap_or(defaults.peak_changes_per_hour),
+                        failure_rate: synth.failure_rate.unwrap_or(defaults.failure_rate),
+                        hold_share: synth.hold_share.unwrap_or(defaults.hold_share),
+                        top_level_share: synth.top_level_share.unwrap_or(defaults.top_level_share),
+                    };
+                    Generator::new(config.clone()).map_err(|err| {
+                        at(
+                            s.span(),
+                            format!("trace `{}`: `synth`: {err}", e.name.get_ref()),
+                        )
+                    })?;
+                    TraceSource::Synth {
+                        config,
+                        fixed_seed: synth.seed,
+                    }
+                }
+                _ => {
+                    return Err(at(
+                        entry.span(),
+                        format!(
+                            "trace `{}`: give either `path` (a trace file) or `synth` (a synthetic CI workload)",
+                            e.name.get_ref()
+                        ),
+                    ));
+                }
+            };
+            traces.push(TraceSpec {
+                name: e.name.get_ref().clone(),
+                source,
+            });
+        }
+
+        let mut fleets = Vec::new();
+        for entry in &file.fleet {
+            let e = entry.get_ref();
+            names.check("fleet", &e.name, &at)?;
+            let (fleet, sha256) = match (&e.path, &e.hosts) {
+                (Some(p), None) => {
+                    let path = base.join(p.get_ref());
+                    let fleet = Fleet::load(&path).map_err(|err| {
+                        at(p.span(), format!("fleet `{}`: {err}", e.name.get_ref()))
+                    })?;
+                    let sha256 = provenance::fleet_file_sha256(&path).map_err(|err| {
+                        at(p.span(), format!("fleet `{}`: {err}", e.name.get_ref()))
+                    })?;
+                    (fleet, sha256)
+                }
+                (None, Some(h)) => {
+                    let fleet = Fleet::uniform(h.get_ref()).map_err(|err| {
+                        at(
+                            h.span(),
+                            format!("fleet `{}`: `hosts`: {err}", e.name.get_ref()),
+                        )
+                    })?;
+                    (fleet, provenance::uniform_fleet_sha256(h.get_ref()))
+                }
+                _ => {
+                    return Err(at(
+                        entry.span(),
+                        format!(
+                            "fleet `{}`: give either `path` (a fleet file) or `hosts` (COUNTxCPUS[:MEMORY_MIB])",
+                            e.name.get_ref()
+                        ),
+                    ));
+                }
+            };
+            fleets.push(FleetSpec {
+                name: e.name.get_ref().clone(),
+                fleet,
+                sha256,
+            });
+        }
+
+        let mut settings = Vec::new();
+        if file.settings.is_empty() {
+            settings.push(SettingsSpec {
+                name: "default".into(),
+                config: SimConfig::default(),
+            });
+        }
+        for entry in &file.settings {
+            names.check("settings", &entry.name, &at)?;
+            settings.push(SettingsSpec {
+                name: entry.name.get_ref().clone(),
+                config: entry.config(&at)?,
+            });
+        }
+
+        Ok(Spec {
+            name: name.to_owned(),
+            sha256: provenance::sha256_hex(text.as_bytes()),
+            seeds,
+            policies,
+            traces,
+            fleets,
+            settings,
+        })
+    }
+}
+
+/// The 1-based line of a byte offset.
+fn line_of(text: &str, offset: usize) -> usize {
+    text.get(..offset)
+        .map_or(0, |before| before.matches('\n').count())
+        + 1
+}
+
+/// Names seen per axis: each unique, and plain enough for file names, CSV and Markdown.
+#[derive(Default)]
+struct Names(BTreeSet<(&'static str, String)>);
+
+impl Names {
+    fn check(
+        &mut self,
+        axis: &'static str,
+        name: &Spanned<String>,
+        at: &dyn Fn(std::ops::Range<usize>, String) -> SweepError,
+    ) -> Result<(), SweepError> {
+        let n = name.get_ref();
+        let plain = !n.is_empty()
+            && n.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+        if !plain {
+            return Err(at(
+                name.span(),
+                format!("{axis} name `{n}`: use letters, digits, `.`, `_` and `-` only"),
+            ));
+        }
+        if !self.0.insert((axis, n.clone())) {
+            return Err(at(name.span(), format!("{axis} `{n}` is defined twice")));
+        }
+        Ok(())
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SpecFile {
+    seeds: Spanned<Vec<u64>>,
+    policies: Option<Spanned<Vec<Spanned<String>>>>,
+    #[serde(default)]
+    trace: Vec<Spanned<TraceEntry>>,
+    #[serde(default)]
+    fleet: Vec<Spanned<FleetEntry>>,
+    #[serde(default)]
+    settings: Vec<SettingsEntry>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TraceEntry {
+    name: Spanned<String>,
+    path: Option<Spanned<String>>,
+    format: Option<Spanned<String>>,
+    synth: Option<Spanned<SynthEntry>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SynthEntry {
+    vms: u64,
+    seed: Option<u64>,
+    peak_changes_per_hour: Option<f64>,
+    failure_rate: Option<f64>,
+    hold_share: Option<f64>,
+    top_level_share: Option<f64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FleetEntry {
+    name: Spanned<String>,
+    path: Option<Spanned<String>>,
+    hosts: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SettingsEntry {
+    name: Spanned<String>,
+    latency: Option<Spanned<String>>,
+    mtbf_hours: Option<Spanned<f64>>,
+    mttr_hours: Option<Spanned<f64>>,
+    dev_delay_minutes: Option<Spanned<f64>>,
+    scan: Option<Spanned<String>>,
+    weights: Option<WeightsEntry>,
+    candidates_max: Option<Spanned<u32>>,
+    provisioning_per_host_max: Option<Spanned<u32>>,
+    probe_failures_max: Option<Spanned<u32>>,
+    provision_failures_max: Option<Spanned<u32>>,
+    vm_retries_max: Option<u32>,
+    aging_step_ms: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WeightsEntry {
+    pack: Option<u32>,
+    spread: Option<u32>,
+    locality: Option<u32>,
+}
+
+impl SettingsEntry {
+    fn config(
+        &self,
+        at: &dyn Fn(std::ops::Range<usize>, String) -> SweepError,
+    ) -> Result<SimConfig, SweepError> {
+        let name = self.name.get_ref();
+        let mut config = SimConfig::default();
+        if let Some(l) = &self.latency {
+            config.latency = match l.get_ref().as_str() {
+                "zero" => Profile::Zero,
+                "default" => Profile::Default,
+                other => {
+                    return Err(at(
+                        l.span(),
+                        format!(
+                            "settings `{name}`: `latency`: unknown `{other}`; expected zero or default"
+                        ),
+                    ));
+                }
+            };
+        }
+        let hours_ms = |v: &Spanned<f64>, key: &str, per_hour: f64| {
+            let h = *v.get_ref();
+            if h.is_finite() && h > 0.0 {
+                Ok((h / per_hour * 3_600_000.0).round() as u64)
+            } else {
+                Err(at(
+                    v.span(),
+                    format!("settings `{name}`: `{key}` must be a positive number, got {h}"),
+                ))
+            }
+        };
+        if let Some(v) = &self.mtbf_hours {
+            config.mtbf_ms = Some(hours_ms(v, "mtbf_hours", 1.0)?);
+        }
+        if let Some(v) = &self.mttr_hours {
+            config.mttr_ms = hours_ms(v, "mttr_hours", 1.0)?;
+        }
+        if let Some(v) = &self.dev_delay_minutes {
+            config.dev_delay_ms = hours_ms(v, "dev_delay_minutes", 60.0)?;
+        }
+        let sched = &mut config.sched;
+        if let Some(s) = &self.scan {
+            sched.scan = match s.get_ref().as_str() {
+                "lowest" => ScanOrder::Lowest,
+                "rotate" => ScanOrder::Rotate,
+                other => {
+                    return Err(at(
+                        s.span(),
+                        format!(
+                            "settings `{name}`: `scan`: unknown `{other}`; expected lowest or rotate"
+                        ),
+                    ));
+                }
+            };
+        }
+        if let Some(w) = &self.weights {
+            let Weights {
+                pack,
+                spread,
+                locality,
+            } = sched.weights;
+            sched.weights = Weights {
+                pack: w.pack.unwrap_or(pack),
+                spread: w.spread.unwrap_or(spread),
+                locality: w.locality.unwrap_or(locality),
+            };
+        }
+        let at_least_one = |v: &Spanned<u32>, key: &str| {
+            if *v.get_ref() >= 1 {
+                Ok(*v.get_ref())
+            } else {
+                Err(at(
+                    v.span(),
+                    format!("settings `{name}`: `{key}` must be at least 1"),
+                ))
+            }
+        };
+        if let Some(v) = &self.candidates_max {
+            sched.candidates_max = at_least_one(v, "candidates_max")?;
+        }
+        if let Some(v) = &self.provisioning_per_host_max {
+            sched.provisioning_per_host_max = at_least_one(v, "provisioning_per_host_max")?;
+        }
+        if let Some(v) = &self.probe_failures_max {
+            sched.probe_failures_max = at_least_one(v, "probe_failures_max")?;
+        }
+        if let Some(v) = &self.provision_failures_max {
+            sched.provision_failures_max = at_least_one(v, "provision_failures_max")?;
+        }
+        if let Some(v) = self.vm_retries_max {
+            sched.vm_retries_max = v;
+        }
+        if let Some(v) = self.aging_step_ms {
+            sched.aging_step_ms = v;
+        }
+        Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Spec, SweepError> {
+        Spec::parse(text, "spec.toml", Path::new("."))
+    }
+
+    fn err(text: &str) -> String {
+        parse(text).unwrap_err().to_string()
+    }
+
+    const MINIMAL: &str = "seeds = [1, 2]\n[[trace]]\nname = \"ci\"\nsynth = { vms = 50 }\n[[fleet]]\nname = \"small\"\nhosts = \"4x16\"\n";
+
+    #[test]
+    fn the_cross_product_has_seeds_innermost() {
+        let text = format!(
+            "policies = [\"fcfs\", \"easy\"]\n{MINIMAL}[[settings]]\nname = \"a\"\n[[settings]]\nname = \"b\"\nscan = \"rotate\"\n"
+        );
+        let spec = parse(&text).unwrap();
+        let runs = spec.runs();
+        assert_eq!(runs.len(), 2 * 2 * 2);
+        assert_eq!(spec.label(&runs[0]), "ci/small/fcfs/a/seed 1");
+        assert_eq!(spec.label(&runs[1]), "ci/small/fcfs/a/seed 2");
+        assert_eq!(spec.label(&runs[2]), "ci/small/fcfs/b/seed 1");
+        assert_eq!(spec.label(&runs[7]), "ci/small/easy/b/seed 2");
+        assert_eq!(spec.settings[1].config.sched.scan, ScanOrder::Rotate);
+    }
+
+    #[test]
+    fn the_example_spec_parses() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/sweep-ci.toml");
+        let spec = Spec::load(&path).unwrap();
+        assert_eq!(spec.runs().len(), 30);
+        assert_eq!(spec.fleets[0].fleet.hosts.len(), 66);
+    }
+
+    #[test]
+    fn errors_name_the_file_line_and_key() {
+        let e = err(&MINIMAL.replace("vms = 50", "vms = 50, colour = 1"));
+        assert!(e.starts_with("spec.toml:4:") && e.contains("colour"), "{e}");
+        let e = err(&format!("policies = [\"easy\", \"fifo\"]\n{MINIMAL}"));
+        assert!(e.starts_with("spec.toml:1:") && e.contains("`fifo`"), "{e}");
+        let e = err(&MINIMAL.replace("4x16", "4by16"));
+        assert!(
+            e.starts_with("spec.toml:7:") && e.contains("COUNTxCPUS"),
+            "{e}"
+        );
+        let e = err(&MINIMAL.replace("vms = 50", "vms = 0"));
+        assert!(e.starts_with("spec.toml:4:") && e.contains("`vms`"), "{e}");
+        let e = err(&MINIMAL.replace("synth = { vms = 50 }", "path = \"/nonexistent.jsonl\""));
+        assert!(
+            e.starts_with("spec.toml:4:") && e.contains("/nonexistent.jsonl"),
+            "{e}"
+        );
+        let e = err(&MINIMAL.replace("seeds = [1, 2]", "seeds = [1, 1]"));
+        assert!(e.starts_with("spec.toml:1:") && e.contains("twice"), "{e}");
+        let e = err(&format!(
+            "{MINIMAL}[[fleet]]\nname = \"small\"\nhosts = \"1x1\"\n"
+        ));
+        assert!(
+            e.starts_with("spec.toml:9:") && e.contains("fleet `small` is defined twice"),
+            "{e}"
+        );
+        let e = err(&format!(
+            "{MINIMAL}[[settings]]\nname = \"s\"\nmtbf_hours = -1.0\n"
+        ));
+        assert!(
+            e.starts_with("spec.toml:10:") && e.contains("mtbf_hours"),
+            "{e}"
+        );
+        let e = err("seeds = [1]\n[[fleet]]\nname = \"f\"\nhosts = \"1x1\"\n");
+        assert!(e.contains("no `[[trace]]`"), "{e}");
+        let e = err(&MINIMAL.replace("synth = { vms = 50 }", ""));
+        assert!(
+            e.starts_with("spec.toml:2:") && e.contains("either `path`"),
+            "{e}"
+        );
+    }
+}
