@@ -311,6 +311,8 @@ pub struct Generator {
     rng: Pcg64,
     clock_ms: u64,
     next_id: u64,
+    /// The number of the next change, for the requests' `change` id (`c1`, `c2`, …).
+    next_change: u64,
     vms_left: u64,
     queue: VecDeque<Record>,
     fates: Vec<Fate>,
@@ -369,6 +371,7 @@ impl Generator {
             config,
             clock_ms: 0,
             next_id: 1,
+            next_change: 1,
             queue: VecDeque::new(),
         })
     }
@@ -407,6 +410,8 @@ impl Generator {
             (1, author, hold)
         };
 
+        let change = format!("c{}", self.next_change);
+        self.next_change += 1;
         self.fates.clear();
         for idx in 0..self.platform.len() {
             if self.vms_left == 0 {
@@ -449,6 +454,7 @@ impl Generator {
             };
             request.hold_on_failure = hold.clone();
             request.requester = Some(requester.clone());
+            request.change = Some(change.clone());
             if let Some(dep) = after {
                 request.after = vec![dep];
                 request.think_ms = uniform_between(&mut self.rng, THINK_MS);
@@ -651,8 +657,8 @@ mod tests {
         let bytes = write(SynthConfig::new(2, 1));
         expect_test::expect![[r#"
             {"berth_trace":1,"synthetic":true,"source":"berth synthetic CI workload v1: seed 1, 2 VMs, peak 14 changes/h, failure rate 0.05, hold share 0.1, top-level share 0.02"}
-            {"at_ms":471032,"kind":"request","id":1,"count":1,"vcpus":8,"memory_mib":16384,"template":"linux","labels":{"arch":"x86_64"},"duration_ms":1262437,"expected_ms":1500000,"requester":"dev-295"}
-            {"at_ms":471032,"kind":"request","id":2,"count":1,"vcpus":8,"memory_mib":16384,"template":"linux","labels":{"arch":"x86_64"},"duration_ms":2257095,"expected_ms":1500000,"requester":"dev-295"}
+            {"at_ms":471032,"kind":"request","id":1,"count":1,"vcpus":8,"memory_mib":16384,"template":"linux","labels":{"arch":"x86_64"},"duration_ms":1262437,"expected_ms":1500000,"requester":"dev-295","change":"c1"}
+            {"at_ms":471032,"kind":"request","id":2,"count":1,"vcpus":8,"memory_mib":16384,"template":"linux","labels":{"arch":"x86_64"},"duration_ms":2257095,"expected_ms":1500000,"requester":"dev-295","change":"c1"}
         "#]]
         .assert_eq(&String::from_utf8_lossy(&bytes));
     }
