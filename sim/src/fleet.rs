@@ -147,6 +147,21 @@ impl Fleet {
     }
 }
 
+/// The host class a host belongs to, from its name: the fleet file names a class's hosts
+/// `<class>-0001`, `<class>-0002`, … and `--hosts` names them `host-0001`, …, so the class is
+/// the name without a trailing `-<digits>`; a name without one is a class of its own (a host
+/// a trace adds by a bare name).
+pub fn class_of(host_name: &str) -> &str {
+    match host_name.rsplit_once('-') {
+        Some((class, n))
+            if !class.is_empty() && !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) =>
+        {
+            class
+        }
+        _ => host_name,
+    }
+}
+
 fn ratio_milli(ratio: f64) -> Option<u32> {
     (ratio.is_finite() && ratio > 0.0 && ratio < 1000.0).then(|| (ratio * 1000.0).round() as u32)
 }
@@ -259,6 +274,17 @@ fn hour() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_host_class_is_its_name_without_the_number() {
+        assert_eq!(class_of("kvm-x86-0012"), "kvm-x86");
+        assert_eq!(class_of("host-0001"), "host");
+        assert_eq!(class_of("mac-01"), "mac");
+        assert_eq!(class_of("kvm-x86"), "kvm-x86");
+        assert_eq!(class_of("builder"), "builder");
+        assert_eq!(class_of("-7"), "-7");
+        assert_eq!(class_of("a-"), "a-");
+    }
 
     #[test]
     fn uniform_hosts() {
