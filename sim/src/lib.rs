@@ -10,6 +10,7 @@ pub mod breakdown;
 mod engine;
 pub mod fleet;
 pub mod latency;
+pub mod load;
 pub mod plot;
 pub mod report;
 
@@ -17,6 +18,7 @@ pub use breakdown::{ChangeReport, ChangeSizeReport, ClassReport, GroupReport};
 pub use engine::{Forecast, SimConfig, Simulation, UNSPECIFIED_MEMORY_MIB, WaitForecast};
 pub use fleet::Fleet;
 pub use latency::Profile;
+pub use load::{LoadSizing, size_for_load};
 pub use report::{Report, Row, RunInfo, compare, comparison_table};
 
 /// What can go wrong in a simulation: the trace, the fleet, or an input the scheduler refused.
