@@ -3,6 +3,7 @@
 mod client_cmd;
 mod console_cmd;
 mod demo_cmd;
+mod plot_cmd;
 mod serve_cmd;
 mod sim_cmd;
 mod trace_cmd;

@@ -1,4 +1,4 @@
-//! `berth sim run` and `berth sim compare`.
+//! `berth sim run`, `berth sim compare` and `berth sim plot`.
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -25,6 +25,9 @@ pub enum SimCommand {
         #[arg(long, default_value_t = 5.0)]
         max_regression: f64,
     },
+    /// Draw JSON reports into one SVG: wait and time-to-running CDFs (log axes), the queue
+    /// and each host class's utilisation over time, one line per report.
+    Plot(crate::plot_cmd::PlotArgs),
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -93,7 +96,8 @@ pub struct RunArgs {
     /// Also write the JSON report to this file.
     #[arg(long)]
     report: Option<PathBuf>,
-    /// Draw queue length, utilisation and the wait distribution as SVG into this file.
+    /// Draw the wait and time-to-running CDFs, the queue and each host class's utilisation
+    /// over time as SVG into this file (`berth sim plot` overlays several runs).
     #[arg(long)]
     plot: Option<PathBuf>,
     /// Write every placement (time, VM, request, host) as JSON lines into this file, to
@@ -112,6 +116,7 @@ fn hours_ms(h: f64, what: &str) -> anyhow::Result<u64> {
 pub fn run(command: SimCommand) -> anyhow::Result<ExitCode> {
     match command {
         SimCommand::Run(args) => run_sim(args),
+        SimCommand::Plot(args) => crate::plot_cmd::run(args),
         SimCommand::Compare {
             base,
             new,
@@ -231,7 +236,11 @@ fn run_sim(args: RunArgs) -> anyhow::Result<ExitCode> {
         std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
     }
     if let Some(path) = &args.plot {
-        berth_sim::plot::write_svg(path, &timeline, &report)
+        let run = berth_sim::plot::Run {
+            label: format!("{} ({})", report.trace, report.policy),
+            report: &report,
+        };
+        berth_sim::plot::write_svg(path, &[run])
             .map_err(|e| anyhow::anyhow!("drawing {}: {e}", path.display()))?;
     }
     if args.json {

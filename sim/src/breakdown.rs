@@ -101,7 +101,8 @@ pub struct ChangeSizeReport {
 /// What a VM holds of its host class, from placement to the end of its destroy.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) struct Holding {
-    pub class: usize,
+    /// Its host's class; `None` for a host the breakdown does not know.
+    pub class: Option<usize>,
     pub vcpus: u32,
     pub memory_mib: u64,
     /// Whether it takes one counted slot.
@@ -153,8 +154,8 @@ impl ClassStats {
 struct Group {
     name: String,
     requests: u64,
-    waits: Histogram<u64>,
-    ttr: Histogram<u64>,
+    waits: Histogram<u32>,
+    ttr: Histogram<u32>,
 }
 
 /// Rows keyed by name, at most [`GROUPS_MAX`] of them plus [`OTHER`].
@@ -318,7 +319,7 @@ impl Breakdown {
 
     /// A VM was placed: it holds its share of its class until [`Self::release`].
     pub fn hold(&mut self, now_ms: u64, hold: Holding) {
-        let Some(c) = self.classes.get_mut(hold.class) else {
+        let Some(c) = hold.class.and_then(|i| self.classes.get_mut(i)) else {
             return;
         };
         c.held_cpu_milli += u64::from(hold.vcpus) * 1000;
@@ -328,7 +329,7 @@ impl Breakdown {
     }
 
     pub fn release(&mut self, now_ms: u64, hold: Holding) {
-        let Some(c) = self.classes.get_mut(hold.class) else {
+        let Some(c) = hold.class.and_then(|i| self.classes.get_mut(i)) else {
             return;
         };
         c.held_cpu_milli = c
@@ -339,15 +340,15 @@ impl Breakdown {
         c.update_full(now_ms);
     }
 
-    pub fn started_running(&mut self, class: usize) {
-        if let Some(c) = self.classes.get_mut(class) {
+    pub fn started_running(&mut self, class: Option<usize>) {
+        if let Some(c) = class.and_then(|i| self.classes.get_mut(i)) {
             c.vms_started += 1;
         }
     }
 
     /// A VM of `hold` ran for `ms`.
     pub fn ran(&mut self, hold: Holding, ms: u64) {
-        if let Some(c) = self.classes.get_mut(hold.class) {
+        if let Some(c) = hold.class.and_then(|i| self.classes.get_mut(i)) {
             c.running_area += u128::from(ms) * u128::from(hold.vcpus);
             if hold.slot {
                 c.slot_area += u128::from(ms);
@@ -492,8 +493,9 @@ pub fn bounded_slowdown(wait_ms: u64, run_ms: u64) -> f64 {
     (response / run_ms.max(SLOWDOWN_TAU_MS) as f64).max(1.0)
 }
 
-/// Two significant digits, growing as needed: a few kilobytes for a row of a breakdown.
-fn coarse_histogram() -> Histogram<u64> {
+/// Two significant digits and 32-bit counts, growing as needed: about 8 KB for a row of a
+/// breakdown whose waits reach days.
+fn coarse_histogram() -> Histogram<u32> {
     match Histogram::new(2) {
         Ok(mut h) => {
             h.auto(true);
@@ -505,7 +507,7 @@ fn coarse_histogram() -> Histogram<u64> {
 }
 
 /// The value at quantile `q` in seconds; 0 for an empty histogram. `q` = 1 is the maximum.
-fn secs_at(h: &Histogram<u64>, q: f64) -> f64 {
+fn secs_at<T: hdrhistogram::Counter>(h: &Histogram<T>, q: f64) -> f64 {
     if h.is_empty() {
         0.0
     } else if q >= 1.0 {
@@ -572,7 +574,7 @@ mod tests {
         let mut b = Breakdown::new();
         let class = b.host_added("mac", 24, 24_000, 131_072, 2);
         let vm = Holding {
-            class,
+            class: Some(class),
             vcpus: 4,
             memory_mib: 16_384,
             slot: true,

@@ -305,7 +305,8 @@ impl Simulation {
                 },
             );
             if running {
-                sim.timeline.running(now_ms, i64::from(vcpus));
+                sim.timeline
+                    .running(now_ms, holding.class, i64::from(vcpus));
             }
             let (at_ms, ev) = match v.state {
                 VmState::Placed | VmState::Provisioning => (
@@ -348,7 +349,7 @@ impl Simulation {
             .as_ref()
             .and_then(|r| self.sched.template(&r.spec.template));
         Holding {
-            class: self.host_class.get(&host).copied().unwrap_or(usize::MAX),
+            class: self.host_class.get(&host).copied(),
             vcpus,
             memory_mib: r.map_or(0, |r| r.shape.memory_mib),
             slot: template.is_some_and(|t| t.slot.is_some()),
@@ -602,10 +603,16 @@ impl Simulation {
         info.fleet_vcpus = self.fleet_vcpus;
         info.wall_s = started.elapsed().as_secs_f64();
         let (first_ms, last_ms) = self.metrics.span_ms();
-        let report = self
+        let mut report = self
             .metrics
             .report(info, self.breakdown.report(first_ms, last_ms));
-        self.timeline.waits = Some(self.metrics.waits().clone());
+        let class_vcpus: Vec<u64> = report.classes.iter().map(|c| c.vcpus).collect();
+        report.series = Some(self.timeline.series(
+            report.fleet_vcpus,
+            &class_vcpus,
+            self.metrics.waits(),
+            self.metrics.ttr(),
+        ));
         Ok((report, self.timeline))
     }
 
@@ -877,7 +884,7 @@ impl Simulation {
                     .copied()
                     .unwrap_or(DriverKind::Sim);
                 let holding = Holding {
-                    class: self.host_class.get(&host).copied().unwrap_or(usize::MAX),
+                    class: self.host_class.get(&host).copied(),
                     vcpus: spec.shape.vcpus,
                     memory_mib: spec.shape.memory_mib,
                     slot: self
@@ -941,7 +948,8 @@ impl Simulation {
                     let area = u128::from(now - since) * u128::from(v.vcpus);
                     self.metrics.running_area += area;
                     self.breakdown.ran(v.holding, now - since);
-                    self.timeline.running(now, -i64::from(v.vcpus));
+                    self.timeline
+                        .running(now, v.holding.class, -i64::from(v.vcpus));
                 }
                 if from == Some(VmState::Held)
                     && let Some(v) = self.vms.get_mut(&vm)
@@ -956,9 +964,9 @@ impl Simulation {
                             return;
                         };
                         v.running_since_ms = Some(now);
-                        let (request, vcpus) = (v.request, v.vcpus);
-                        self.breakdown.started_running(v.holding.class);
-                        self.timeline.running(now, i64::from(vcpus));
+                        let (request, vcpus, class) = (v.request, v.vcpus, v.holding.class);
+                        self.breakdown.started_running(class);
+                        self.timeline.running(now, class, i64::from(vcpus));
                         if let Some(r) = self.requests.get(&request) {
                             self.metrics.reached_running(now - r.submitted_ms);
                             self.breakdown.reached_running(r.rows, now - r.submitted_ms);

@@ -7,6 +7,7 @@ use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 
 use crate::breakdown::{Breakdowns, ChangeReport, ClassReport, GroupReport};
+use crate::plot::Series;
 
 /// The report of one run. Times in seconds; percentiles come from an HDR histogram with three
 /// significant digits (within 0.1%); means, makespan and utilisation are exact.
@@ -74,6 +75,9 @@ pub struct Report {
     /// Change turnaround, for traces whose requests name their `change`.
     #[serde(default)]
     pub changes: ChangeReport,
+    /// What `berth sim plot` draws: CDFs and the timeline, downsampled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub series: Option<Series>,
 }
 
 /// Collects the raw figures during a run.
@@ -115,7 +119,7 @@ pub(crate) fn histogram() -> Histogram<u64> {
 }
 
 /// Records a value, growing the histogram's range as needed (auto-resize is on).
-pub(crate) fn record(h: &mut Histogram<u64>, value: u64) {
+pub(crate) fn record<T: hdrhistogram::Counter>(h: &mut Histogram<T>, value: u64) {
     if h.record(value).is_err() {
         h.saturating_record(value);
     }
@@ -158,6 +162,10 @@ impl Metrics {
 
     pub fn waits(&self) -> &Histogram<u64> {
         &self.waits
+    }
+
+    pub fn ttr(&self) -> &Histogram<u64> {
+        &self.ttr
     }
 
     pub fn waited(&mut self, ms: u64) {
@@ -266,6 +274,7 @@ impl Metrics {
             templates: breakdowns.templates,
             requesters: breakdowns.requesters,
             changes: breakdowns.changes,
+            series: None,
         }
     }
 }
