@@ -9,18 +9,11 @@ use berth_sched::Policy;
 use berth_sim::{Fleet, Profile, Report, RunInfo, SimConfig, Simulation};
 use berth_traces::{Format, SwfMode, TraceReader};
 
+#[path = "../../traces/tests/shared_traces/mod.rs"]
+mod shared_traces;
+
 fn kth() -> Option<PathBuf> {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../shared/traces/KTH-SP2-1996-2.1-cln.swf");
-    if path.exists() {
-        Some(path)
-    } else {
-        eprintln!(
-            "skipping: {} is not there (the shared traces sit beside the repository)",
-            path.display()
-        );
-        None
-    }
+    shared_traces::shared_trace("KTH-SP2-1996-2.1-cln.swf")
 }
 
 fn replay(reader: &mut TraceReader, fleet: &Fleet, policy: Policy, latency: Profile) -> Report {
