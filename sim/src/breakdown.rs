@@ -285,8 +285,8 @@ impl Breakdown {
         let c = &mut self.classes[idx];
         c.hosts += 1;
         c.vcpus += u64::from(vcpus);
-        c.cpu_milli += cpu_milli;
-        c.memory_mib += memory_mib;
+        c.cpu_milli = c.cpu_milli.saturating_add(cpu_milli);
+        c.memory_mib = c.memory_mib.saturating_add(memory_mib);
         c.slots += slots;
         idx
     }
@@ -323,7 +323,7 @@ impl Breakdown {
             return;
         };
         c.held_cpu_milli += u64::from(hold.vcpus) * 1000;
-        c.held_memory_mib += hold.memory_mib;
+        c.held_memory_mib = c.held_memory_mib.saturating_add(hold.memory_mib);
         c.held_slots += u64::from(hold.slot);
         c.update_full(now_ms);
     }
@@ -369,7 +369,7 @@ impl Breakdown {
                     open: 0,
                 }),
         };
-        open.vms += u64::from(count);
+        open.vms = open.vms.saturating_add(u64::from(count));
         open.open += 1;
     }
 

@@ -290,7 +290,7 @@ impl Simulation {
                 .unwrap_or((GuestOs::Linux, 1));
             let running = v.state == VmState::Running;
             let held = v.state == VmState::Held;
-            let holding = sim.holding(host, &v.request, vcpus);
+            let holding = sim.holding(host, v.request, vcpus);
             sim.breakdown.hold(now_ms, holding);
             sim.vms.insert(
                 v.id,
@@ -343,8 +343,8 @@ impl Simulation {
 
     /// What a VM of `request` with `vcpus` on `host` holds of its class (for VMs found placed
     /// in a copied scheduler).
-    fn holding(&self, host: HostId, request: &RequestId, vcpus: u32) -> Holding {
-        let r = self.sched.request(*request);
+    fn holding(&self, host: HostId, request: RequestId, vcpus: u32) -> Holding {
+        let r = self.sched.request(request);
         let template = r
             .as_ref()
             .and_then(|r| self.sched.template(&r.spec.template));
@@ -517,7 +517,9 @@ impl Simulation {
             class_of(&spec.name),
             spec.vcpus,
             u64::from(spec.vcpus) * u64::from(spec.cpu_overcommit_milli),
-            spec.memory_mib * u64::from(spec.memory_overcommit_milli) / 1000,
+            spec.memory_mib
+                .saturating_mul(u64::from(spec.memory_overcommit_milli))
+                / 1000,
             spec.slots.iter().map(|s| u64::from(s.1)).sum(),
         );
         self.host_class.insert(id, class);

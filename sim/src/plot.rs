@@ -84,6 +84,41 @@ pub struct Series {
     pub class_utilisation: Vec<Vec<f64>>,
 }
 
+impl Series {
+    /// Checks what a plot relies on, for reports read from files: every number finite and
+    /// not negative. Names the first field that is not.
+    pub fn check(&self) -> Result<(), String> {
+        let bad = |field: &str| {
+            Err(format!(
+                "`series.{field}` holds a negative or non-finite number"
+            ))
+        };
+        let fine = |x: &f64| x.is_finite() && *x >= 0.0;
+        if !fine(&self.bucket_h) {
+            return bad("bucket_h");
+        }
+        for (field, cdf) in [("wait_cdf", &self.wait_cdf), ("ttr_cdf", &self.ttr_cdf)] {
+            if !cdf.iter().flatten().all(fine) {
+                return bad(field);
+            }
+        }
+        for (field, values) in [
+            ("queue_mean", &self.queue_mean),
+            ("queue_min", &self.queue_min),
+            ("queue_max", &self.queue_max),
+            ("utilisation", &self.utilisation),
+        ] {
+            if !values.iter().all(fine) {
+                return bad(field);
+            }
+        }
+        if !self.class_utilisation.iter().flatten().all(fine) {
+            return bad("class_utilisation");
+        }
+        Ok(())
+    }
+}
+
 impl Default for Timeline {
     fn default() -> Timeline {
         Timeline::new()
@@ -321,6 +356,7 @@ pub fn write_svg(path: &Path, runs: &[Run]) -> Result<(), String> {
                 r.label
             )
         })?;
+        series.check().map_err(|e| format!("{}: {e}", r.label))?;
         drawn.push((&r.label, r.report, series));
     }
     if drawn.is_empty() {
@@ -667,6 +703,22 @@ mod tests {
         assert_eq!(s.wait_cdf[0][1], 0.4);
         assert_eq!(s.wait_cdf.last().map(|p| p[1]), Some(1.0));
         assert!(s.wait_cdf.len() < 100);
+    }
+
+    #[test]
+    fn a_series_with_a_bad_number_is_refused_by_name() {
+        let mut s = Series {
+            bucket_h: 0.5,
+            queue_mean: vec![1.0, 2.0],
+            ..Series::default()
+        };
+        assert_eq!(s.check(), Ok(()));
+        s.queue_mean[1] = f64::NAN;
+        let e = s.check().expect_err("NaN");
+        assert!(e.contains("series.queue_mean"), "{e}");
+        s.queue_mean[1] = 1.0;
+        s.wait_cdf = vec![[-1.0, 0.5]];
+        assert!(s.check().is_err());
     }
 
     #[test]
