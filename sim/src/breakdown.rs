@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 
-use crate::report::{histogram, record};
+use crate::hist::{histogram, record};
 
 /// Bounded slowdown's threshold τ: a job shorter than this counts as this long, so that a short
 /// wait for a one-second job does not dominate the mean (Feitelson, Rudolph, Schwiegelshohn,

@@ -458,12 +458,12 @@ impl Simulation {
     /// `until_ms` (a submit time of 0: the one the simulation knows).
     fn waits_of(&self, ids: impl Iterator<Item = (u64, u64)>, until_ms: u64) -> WaitForecast {
         let placed = self.placed_waits.as_ref();
-        let mut waits = crate::report::histogram();
+        let mut waits = crate::hist::histogram();
         let (mut n, mut still_waiting) = (0, 0);
         for (id, at_ms) in ids {
             n += 1;
             if let Some(&w) = placed.and_then(|p| p.get(&id)) {
-                crate::report::record(&mut waits, w);
+                crate::hist::record(&mut waits, w);
                 continue;
             }
             let submitted_ms = match (self.requests.get(&id), self.pending.get(&id)) {
@@ -473,7 +473,7 @@ impl Simulation {
                 _ => continue,
             };
             still_waiting += 1;
-            crate::report::record(&mut waits, until_ms.saturating_sub(submitted_ms));
+            crate::hist::record(&mut waits, until_ms.saturating_sub(submitted_ms));
         }
         let some = !waits.is_empty();
         WaitForecast {

@@ -9,10 +9,12 @@
 pub mod breakdown;
 mod engine;
 pub mod fleet;
+mod hist;
 pub mod latency;
 pub mod load;
 pub mod plot;
 pub mod report;
+pub mod series;
 
 pub use breakdown::{ChangeReport, ChangeSizeReport, ClassReport, GroupReport};
 pub use engine::{Forecast, SimConfig, Simulation, UNSPECIFIED_MEMORY_MIB, WaitForecast};

@@ -7,7 +7,8 @@ use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 
 use crate::breakdown::{Breakdowns, ChangeReport, ClassReport, GroupReport};
-use crate::plot::Series;
+use crate::hist::{histogram, record};
+use crate::series::Series;
 
 /// The report of one run. Times in seconds; percentiles come from an HDR histogram with three
 /// significant digits (within 0.1%); means, makespan and utilisation are exact.
@@ -104,25 +105,6 @@ pub(crate) struct Metrics {
     queue_len: u64,
     queue_since_ms: u64,
     pub events: u64,
-}
-
-pub(crate) fn histogram() -> Histogram<u64> {
-    // Three significant digits, growing as needed: bounded memory whatever the trace length.
-    match Histogram::new(3) {
-        Ok(mut h) => {
-            h.auto(true);
-            h
-        }
-        // new(3) only fails for more than five significant digits.
-        Err(e) => unreachable!("histogram with 3 significant digits: {e}"),
-    }
-}
-
-/// Records a value, growing the histogram's range as needed (auto-resize is on).
-pub(crate) fn record<T: hdrhistogram::Counter>(h: &mut Histogram<T>, value: u64) {
-    if h.record(value).is_err() {
-        h.saturating_record(value);
-    }
 }
 
 impl Metrics {
