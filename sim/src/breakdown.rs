@@ -25,7 +25,13 @@ pub const FULL_SHARE: f64 = 0.95;
 /// [`OTHER`], so that memory stays bounded whatever the trace holds.
 pub const GROUPS_MAX: usize = 256;
 
-/// The row shared by templates or requesters past [`GROUPS_MAX`].
+/// Host classes that get a row of their own; hosts of later classes share the class
+/// [`OTHER`], so that a fleet named host by host (one class each) stays a few rows and a plot
+/// of a few panels.
+pub const CLASSES_MAX: usize = 16;
+
+/// The row shared by templates or requesters past [`GROUPS_MAX`], and by host classes past
+/// [`CLASSES_MAX`].
 pub const OTHER: &str = "(other)";
 
 /// The requester row of requests that name none.
@@ -270,6 +276,11 @@ impl Breakdown {
         memory_mib: u64,
         slots: u64,
     ) -> usize {
+        let class = if self.class_index.contains_key(class) || self.classes.len() < CLASSES_MAX {
+            class
+        } else {
+            OTHER
+        };
         let idx = match self.class_index.get(class) {
             Some(&i) => i,
             None => {
@@ -543,6 +554,20 @@ mod tests {
         assert_eq!(other.map(|g| g.requests), Some(5));
         assert_eq!(r.templates.len(), 1);
         assert_eq!(r.templates[0].requests, GROUPS_MAX as u64 + 5);
+    }
+
+    #[test]
+    fn classes_past_the_cap_share_one_row() {
+        let mut b = Breakdown::new();
+        for i in 0..CLASSES_MAX + 3 {
+            b.host_added(&format!("h{i}"), 4, 4_000, 8_192, 0);
+        }
+        b.host_added("h0", 4, 4_000, 8_192, 0);
+        let r = b.report(0, 1);
+        assert_eq!(r.classes.len(), CLASSES_MAX + 1);
+        let other = r.classes.iter().find(|c| c.name == OTHER).map(|c| c.hosts);
+        assert_eq!(other, Some(3));
+        assert_eq!(r.classes[0].hosts, 2);
     }
 
     #[test]
