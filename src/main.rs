@@ -4,6 +4,7 @@ mod client_cmd;
 mod compare_cmd;
 mod console_cmd;
 mod demo_cmd;
+mod plot_cmd;
 mod serve_cmd;
 mod sim_cmd;
 mod sweep_cmd;

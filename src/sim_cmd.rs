@@ -1,4 +1,5 @@
-//! `berth sim run`; `berth sim compare` and `berth sim sweep` are in their own modules.
+//! `berth sim run`; `berth sim compare`, `berth sim sweep` and `berth sim plot` are in their
+//! own modules.
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -22,6 +23,9 @@ pub enum SimCommand {
     /// Run the cross product of traces, fleets, policies, settings and seeds in a sweep spec,
     /// on every core or one shard at a time; `merge` combines shards into one table.
     Sweep(crate::sweep_cmd::SweepArgs),
+    /// Draw JSON reports into one SVG: wait and time-to-running CDFs (log axes), the queue
+    /// and each host class's utilisation over time, one line per report.
+    Plot(crate::plot_cmd::PlotArgs),
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -90,7 +94,8 @@ pub struct RunArgs {
     /// Also write the JSON report to this file.
     #[arg(long)]
     report: Option<PathBuf>,
-    /// Draw queue length, utilisation and the wait distribution as SVG into this file.
+    /// Draw the wait and time-to-running CDFs, the queue and each host class's utilisation
+    /// over time as SVG into this file (`berth sim plot` overlays several runs).
     #[arg(long)]
     plot: Option<PathBuf>,
     /// Write every placement (time, VM, request, host) as JSON lines into this file, to
@@ -111,6 +116,7 @@ pub fn run(command: SimCommand) -> anyhow::Result<ExitCode> {
         SimCommand::Run(args) => run_sim(args),
         SimCommand::Compare(args) => crate::compare_cmd::run(args),
         SimCommand::Sweep(args) => crate::sweep_cmd::run(args),
+        SimCommand::Plot(args) => crate::plot_cmd::run(args),
     }
 }
 
@@ -214,7 +220,11 @@ fn run_sim(args: RunArgs) -> anyhow::Result<ExitCode> {
         std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
     }
     if let Some(path) = &args.plot {
-        berth_sim::plot::write_svg(path, &timeline, &report)
+        let run = berth_sim::plot::Run {
+            label: format!("{} ({})", report.trace, report.policy),
+            report: &report,
+        };
+        berth_sim::plot::write_svg(path, &[run])
             .map_err(|e| anyhow::anyhow!("drawing {}: {e}", path.display()))?;
     }
     if args.json {

@@ -27,8 +27,16 @@ pub enum TraceCommand {
     Synth {
         #[arg(long)]
         vms: u64,
+        /// Seeds what the changes ask for and when they arrive.
         #[arg(long, default_value_t = 1)]
         seed: u64,
+        /// Size the arrival rate for this fleet file (with --load).
+        #[arg(long, requires = "load")]
+        fleet: Option<PathBuf>,
+        /// The load of the fleet's busiest pool over the trace (by vCPUs, memory or slots,
+        /// whichever binds), e.g. 0.85; the header records it.
+        #[arg(long, requires = "fleet")]
+        load: Option<f64>,
         /// Output file (`.gz` compresses); standard output when absent.
         #[arg(long)]
         out: Option<PathBuf>,
@@ -104,15 +112,68 @@ pub fn run(command: TraceCommand) -> anyhow::Result<ExitCode> {
             eprintln!("berth: wrote {n} records");
             Ok(ExitCode::SUCCESS)
         }
-        TraceCommand::Synth { vms, seed, out } => {
-            let generator = Generator::new(SynthConfig::new(vms, seed))?;
-            let header = generator.header().clone();
+        TraceCommand::Synth {
+            vms,
+            seed,
+            fleet,
+            load,
+            out,
+        } => {
+            let mut config = SynthConfig::new(vms, seed);
+            let mut note = None;
+            if let (Some(path), Some(load)) = (&fleet, load) {
+                let (sized, text) = size_for_load(path, &config, load)?;
+                config.peak_changes_per_hour = sized;
+                note = Some(text);
+            }
+            let generator = Generator::new(config)?;
+            let mut header = generator.header().clone();
+            if let Some(note) = note {
+                header.source.push_str("; ");
+                header.source.push_str(&note);
+            }
             let mut records = generator.map(Ok);
             let n = write_all(out.as_ref(), &header, &mut records)?;
             eprintln!("berth: wrote {n} records ({vms} vms, synthetic)");
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// The peak rate at which the busiest pool of the fleet at `path` runs at `load`, and a note
+/// for the header saying so.
+fn size_for_load(
+    path: &std::path::Path,
+    config: &SynthConfig,
+    load: f64,
+) -> anyhow::Result<(f64, String)> {
+    let fleet = berth_sim::Fleet::load(path)?;
+    let sized = berth_sim::size_for_load(&fleet, config, load)
+        .with_context(|| format!("sizing the workload for {}", path.display()))?;
+    if sized.unfit_requests > 0 {
+        eprintln!(
+            "berth: warning: {}: no class runs {} of the workload's requests; the simulator will reject them",
+            path.display(),
+            sized.unfit_requests
+        );
+    }
+    let fleet_name = path.file_name().map_or_else(
+        || path.display().to_string(),
+        |n| n.to_string_lossy().into_owned(),
+    );
+    let note = format!(
+        "sized for load {:.3} on {fleet_name}: busiest pool {} by {}, {} changes over {:.1} days",
+        sized.load,
+        sized.pool,
+        sized.resource,
+        sized.n_changes,
+        sized.span_ms as f64 / 86_400_000.0
+    );
+    eprintln!(
+        "berth: {note}; peak {:.2} changes/h",
+        sized.peak_changes_per_hour
+    );
+    Ok((sized.peak_changes_per_hour, note))
 }
 
 fn write_all(

@@ -69,9 +69,27 @@ fn sim_run_prints_a_json_report_with_the_documented_fields() {
         "utilisation",
         "events",
         "wall_s",
+        "bounded_slowdown_mean",
+        "bounded_slowdown_p90",
+        "classes",
+        "templates",
+        "requesters",
+        "changes",
+        "series",
     ] {
         assert!(report.get(field).is_some(), "missing {field} in {report}");
     }
+    let classes: Vec<&str> = report["classes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(classes, ["kvm-x86", "kvm-arm", "mac-arm", "mac-x86"]);
+    assert!(
+        report["changes"]["changes"].as_u64().unwrap() > 0,
+        "{report}"
+    );
     assert_eq!(report["vms"], 500);
     assert_eq!(report["rejected"], 0, "{report}");
     assert_eq!(report["synthetic"], true);
@@ -325,6 +343,115 @@ fn demo_without_a_console_runs_the_workload_and_cleans_up() {
     assert!(!out.status.success());
     assert!(
         text(&out.stderr).contains("--no-console"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn synth_sizes_its_rate_for_a_fleet_and_says_so_in_the_header() {
+    let dir = temp_dir("load");
+    let trace = dir.join("loaded.jsonl");
+    let fleet = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/fleet-ci-small.toml");
+    let out = berth(&[
+        "trace",
+        "synth",
+        "--vms",
+        "3000",
+        "--fleet",
+        fleet.to_str().unwrap(),
+        "--load",
+        "0.85",
+        "--out",
+        trace.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let header = std::fs::read_to_string(&trace).unwrap();
+    let header = header.lines().next().unwrap();
+    assert!(
+        header.contains("sized for load 0.850 on fleet-ci-small.toml: busiest pool"),
+        "{header}"
+    );
+    // --load needs --fleet, and a load must be positive.
+    let out = berth(&["trace", "synth", "--vms", "10", "--load", "0.5"]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("--fleet"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = berth(&[
+        "trace",
+        "synth",
+        "--vms",
+        "10",
+        "--fleet",
+        fleet.to_str().unwrap(),
+        "--load",
+        "0",
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("not a positive load"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn sim_plot_overlays_reports_with_a_legend() {
+    let dir = temp_dir("plot");
+    let trace = synth(&dir, "1000");
+    let fleet = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fleet-small.toml");
+    let mut reports = Vec::new();
+    for policy in ["fcfs", "greedy"] {
+        let report = dir.join(format!("{policy}.json"));
+        let out = berth(&[
+            "sim",
+            "run",
+            "--trace",
+            trace.to_str().unwrap(),
+            "--fleet",
+            fleet.to_str().unwrap(),
+            "--policy",
+            policy,
+            "--report",
+            report.to_str().unwrap(),
+        ]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        reports.push(report);
+    }
+    let svg = dir.join("both.svg");
+    let out = berth(&[
+        "sim",
+        "plot",
+        reports[0].to_str().unwrap(),
+        reports[1].to_str().unwrap(),
+        "--out",
+        svg.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let drawn = std::fs::read_to_string(&svg).unwrap();
+    for needle in ["fcfs", "greedy", "time to running", "utilisation of"] {
+        assert!(drawn.contains(needle), "{needle} missing from the plot");
+    }
+
+    // A report without plot data says what to do.
+    let mut bare: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&reports[0]).unwrap()).unwrap();
+    bare.as_object_mut().unwrap().remove("series");
+    let bare_path = dir.join("bare.json");
+    std::fs::write(&bare_path, bare.to_string()).unwrap();
+    let out = berth(&[
+        "sim",
+        "plot",
+        bare_path.to_str().unwrap(),
+        "--out",
+        svg.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("bare: the report carries no plot data"),
         "{}",
         text(&out.stderr)
     );

@@ -480,10 +480,13 @@ mod tests {
         let mut m = Metrics::new();
         m.submitted(0, 1);
         m.ended(1000);
-        let mut r = m.report(RunInfo {
-            seed,
-            ..RunInfo::default()
-        });
+        let mut r = m.report(
+            RunInfo {
+                seed,
+                ..RunInfo::default()
+            },
+            crate::breakdown::Breakdowns::default(),
+        );
         r.mean_wait_s = mean_wait_s;
         r.utilisation = utilisation;
         r.provenance.trace_sha256 = "t".repeat(64);

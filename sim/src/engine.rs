@@ -19,7 +19,8 @@ use berth_sched::{
 use berth_traces::{HostEvent, Outcome, Record, RecordBody, RequestRecord, TraceError};
 
 use crate::SimError;
-use crate::fleet::Fleet;
+use crate::breakdown::{Breakdown, Holding, RequestRows};
+use crate::fleet::{Fleet, class_of};
 use crate::latency::{Latency, Op, Profile};
 use crate::plot::Timeline;
 use crate::report::{Metrics, Report, RunInfo};
@@ -103,6 +104,8 @@ struct ReqInfo {
     outcome: Outcome,
     submitted_ms: u64,
     placed: bool,
+    rows: RequestRows,
+    change: Option<String>,
 }
 
 #[derive(Clone, Debug)]
@@ -113,6 +116,8 @@ struct VmInfo {
     os: GuestOs,
     running_since_ms: Option<u64>,
     held_since_ms: Option<u64>,
+    /// What it holds of its host class, from placement to the end of its destroy.
+    holding: Holding,
 }
 
 /// A request read from the trace that waits for earlier requests to end.
@@ -142,6 +147,9 @@ pub struct Simulation {
     fleet_vcpus: u64,
     n_hosts: u64,
     metrics: Metrics,
+    breakdown: Breakdown,
+    /// Each host's class, an index into the breakdown's classes.
+    host_class: Map<HostId, usize>,
     timeline: Timeline,
     /// Completions for VMs the scheduler no longer knows (lost meanwhile): ignored, counted.
     stale: u64,
@@ -192,6 +200,8 @@ impl Simulation {
             fleet_vcpus: 0,
             n_hosts: 0,
             metrics: Metrics::new(),
+            breakdown: Breakdown::new(),
+            host_class: Map::default(),
             timeline: Timeline::new(),
             stale: 0,
             placed_waits: None,
@@ -230,6 +240,8 @@ impl Simulation {
             fleet_vcpus: 0,
             n_hosts: 0,
             metrics: Metrics::new(),
+            breakdown: Breakdown::new(),
+            host_class: Map::default(),
             timeline: Timeline::new(),
             stale: 0,
             placed_waits: None,
@@ -244,6 +256,14 @@ impl Simulation {
             sim.next_host = sim.next_host.max(h.id.0 + 1);
             sim.fleet_vcpus += (h.cpu_milli.max(0) / 1000) as u64;
             sim.n_hosts += 1;
+            let class = sim.breakdown.host_added(
+                class_of(h.name),
+                (h.cpu_milli.max(0) / 1000) as u32,
+                h.cpu_milli.max(0) as u64,
+                h.memory_mib.max(0) as u64,
+                h.slots.iter().map(|s| s.1.max(0) as u64).sum(),
+            );
+            sim.host_class.insert(h.id, class);
         }
         let mut guest_os: BTreeMap<u64, (GuestOs, u32)> = BTreeMap::new();
         for r in sim.sched.requests() {
@@ -259,6 +279,8 @@ impl Simulation {
             let os = template.map_or(GuestOs::Linux, |t| t.guest_os);
             guest_os.insert(r.spec.id.0, (os, r.shape.vcpus));
             sim.metrics.submitted(r.submitted_ms, r.spec.count);
+            let requester = Some(r.spec.requester.as_str()).filter(|s| !s.is_empty());
+            let rows = sim.breakdown.submitted(&r.spec.template, requester);
             sim.requests.insert(
                 r.spec.id.0,
                 ReqInfo {
@@ -266,6 +288,8 @@ impl Simulation {
                     outcome: Outcome::Passed,
                     submitted_ms: r.submitted_ms,
                     placed: r.state != RequestState::Waiting,
+                    rows,
+                    change: None,
                 },
             );
         }
@@ -282,6 +306,8 @@ impl Simulation {
                 .unwrap_or((GuestOs::Linux, 1));
             let running = v.state == VmState::Running;
             let held = v.state == VmState::Held;
+            let holding = sim.holding(host, v.request, vcpus);
+            sim.breakdown.hold(now_ms, holding);
             sim.vms.insert(
                 v.id,
                 VmInfo {
@@ -291,10 +317,12 @@ impl Simulation {
                     os,
                     running_since_ms: running.then_some(now_ms),
                     held_since_ms: held.then_some(now_ms),
+                    holding,
                 },
             );
             if running {
-                sim.timeline.running(now_ms, i64::from(vcpus));
+                sim.timeline
+                    .running(now_ms, holding.class, i64::from(vcpus));
             }
             let (at_ms, ev) = match v.state {
                 VmState::Placed | VmState::Provisioning => (
@@ -332,6 +360,21 @@ impl Simulation {
     /// Bounds what the rest of the run may cost.
     pub fn set_budget(&mut self, budget: Budget) {
         self.budget = budget;
+    }
+
+    /// What a VM of `request` with `vcpus` on `host` holds of its class (for VMs found placed
+    /// in a copied scheduler).
+    fn holding(&self, host: HostId, request: RequestId, vcpus: u32) -> Holding {
+        let r = self.sched.request(request);
+        let template = r
+            .as_ref()
+            .and_then(|r| self.sched.template(&r.spec.template));
+        Holding {
+            class: self.host_class.get(&host).copied(),
+            vcpus,
+            memory_mib: r.map_or(0, |r| r.shape.memory_mib),
+            slot: template.is_some_and(|t| t.slot.is_some()),
+        }
     }
 
     /// Feeds one input to the scheduler now (e.g. `Input::Drain` before a forecast).
@@ -450,12 +493,12 @@ impl Simulation {
     /// `until_ms` (a submit time of 0: the one the simulation knows).
     fn waits_of(&self, ids: impl Iterator<Item = (u64, u64)>, until_ms: u64) -> WaitForecast {
         let placed = self.placed_waits.as_ref();
-        let mut waits = crate::report::histogram();
+        let mut waits = crate::hist::histogram();
         let (mut n, mut still_waiting) = (0, 0);
         for (id, at_ms) in ids {
             n += 1;
             if let Some(&w) = placed.and_then(|p| p.get(&id)) {
-                crate::report::record(&mut waits, w);
+                crate::hist::record(&mut waits, w);
                 continue;
             }
             let submitted_ms = match (self.requests.get(&id), self.pending.get(&id)) {
@@ -465,7 +508,7 @@ impl Simulation {
                 _ => continue,
             };
             still_waiting += 1;
-            crate::report::record(&mut waits, until_ms.saturating_sub(submitted_ms));
+            crate::hist::record(&mut waits, until_ms.saturating_sub(submitted_ms));
         }
         let some = !waits.is_empty();
         WaitForecast {
@@ -505,6 +548,16 @@ impl Simulation {
         };
         self.fleet_vcpus += u64::from(spec.vcpus);
         self.n_hosts += 1;
+        let class = self.breakdown.host_added(
+            class_of(&spec.name),
+            spec.vcpus,
+            u64::from(spec.vcpus) * u64::from(spec.cpu_overcommit_milli),
+            spec.memory_mib
+                .saturating_mul(u64::from(spec.memory_overcommit_milli))
+                / 1000,
+            spec.slots.iter().map(|s| u64::from(s.1)).sum(),
+        );
+        self.host_class.insert(id, class);
         let at = self.now_ms;
         self.input(Input::AddHost(spec))
             .map_err(|e| SimError::Scheduler(format!("adding host {name}: {e}")))?;
@@ -586,8 +639,17 @@ impl Simulation {
         info.hosts = self.n_hosts;
         info.fleet_vcpus = self.fleet_vcpus;
         info.wall_s = started.elapsed().as_secs_f64();
-        let report = self.metrics.report(info);
-        self.timeline.waits = Some(self.metrics.waits().clone());
+        let (first_ms, last_ms) = self.metrics.span_ms();
+        let mut report = self
+            .metrics
+            .report(info, self.breakdown.report(first_ms, last_ms));
+        let class_vcpus: Vec<u64> = report.classes.iter().map(|c| c.vcpus).collect();
+        report.series = Some(self.timeline.series(
+            report.fleet_vcpus,
+            &class_vcpus,
+            self.metrics.waits(),
+            self.metrics.ttr(),
+        ));
         Ok((report, self.timeline))
     }
 
@@ -695,7 +757,11 @@ impl Simulation {
                 Ok(())
             }
             RecordBody::Cancel { request } => {
-                self.pending.remove(&request);
+                if let Some(p) = self.pending.remove(&request)
+                    && let Some(change) = &p.record.change
+                {
+                    self.breakdown.change_request_ended(change, self.now_ms);
+                }
                 let _ = self.input(Input::Cancel(RequestId(request)));
                 Ok(())
             }
@@ -717,6 +783,10 @@ impl Simulation {
 
     /// A request record: submitted now, or held until the requests it follows have ended.
     fn arrive(&mut self, record: RequestRecord) -> Result<(), SimError> {
+        if let Some(change) = &record.change {
+            self.breakdown
+                .change_read(change, self.now_ms, record.count);
+        }
         let mut remaining = 0;
         for dep in &record.after {
             // A dependency neither live nor pending has ended already (the reader checks that
@@ -783,6 +853,9 @@ impl Simulation {
             requester: r.requester.clone().unwrap_or_default(),
         };
         self.metrics.submitted(self.now_ms, r.count);
+        let rows = self
+            .breakdown
+            .submitted(&r.template, r.requester.as_deref());
         self.requests.insert(
             r.id,
             ReqInfo {
@@ -790,6 +863,8 @@ impl Simulation {
                 outcome: r.outcome,
                 submitted_ms: self.now_ms,
                 placed: false,
+                rows,
+                change: r.change,
             },
         );
         if self.input(Input::Submit(spec)).is_err() {
@@ -845,6 +920,16 @@ impl Simulation {
                     .get(&host)
                     .copied()
                     .unwrap_or(DriverKind::Sim);
+                let holding = Holding {
+                    class: self.host_class.get(&host).copied(),
+                    vcpus: spec.shape.vcpus,
+                    memory_mib: spec.shape.memory_mib,
+                    slot: self
+                        .sched
+                        .template(&spec.template)
+                        .is_some_and(|t| t.slot.is_some()),
+                };
+                self.breakdown.hold(self.now_ms, holding);
                 self.vms.insert(
                     vm,
                     VmInfo {
@@ -854,6 +939,7 @@ impl Simulation {
                         os: spec.guest_os,
                         running_since_ms: None,
                         held_since_ms: None,
+                        holding,
                     },
                 );
                 let took = self.latency.sample(Op::Provision, driver, spec.guest_os);
@@ -898,7 +984,9 @@ impl Simulation {
                 {
                     let area = u128::from(now - since) * u128::from(v.vcpus);
                     self.metrics.running_area += area;
-                    self.timeline.running(now, -i64::from(v.vcpus));
+                    self.breakdown.ran(v.holding, now - since);
+                    self.timeline
+                        .running(now, v.holding.class, -i64::from(v.vcpus));
                 }
                 if from == Some(VmState::Held)
                     && let Some(v) = self.vms.get_mut(&vm)
@@ -913,10 +1001,12 @@ impl Simulation {
                             return;
                         };
                         v.running_since_ms = Some(now);
-                        let (request, vcpus) = (v.request, v.vcpus);
-                        self.timeline.running(now, i64::from(vcpus));
+                        let (request, vcpus, class) = (v.request, v.vcpus, v.holding.class);
+                        self.breakdown.started_running(class);
+                        self.timeline.running(now, class, i64::from(vcpus));
                         if let Some(r) = self.requests.get(&request) {
                             self.metrics.reached_running(now - r.submitted_ms);
+                            self.breakdown.reached_running(r.rows, now - r.submitted_ms);
                             let done = now.saturating_add(r.duration_ms);
                             self.push(done, Ev::JobDone(vm));
                         }
@@ -929,7 +1019,9 @@ impl Simulation {
                         self.push(now.saturating_add(delay), Ev::DevRelease(vm));
                     }
                     s if s.is_terminal() => {
-                        self.vms.remove(&vm);
+                        if let Some(v) = self.vms.remove(&vm) {
+                            self.breakdown.release(now, v.holding);
+                        }
                         self.metrics.ended(now);
                     }
                     _ => {}
@@ -947,6 +1039,7 @@ impl Simulation {
                             r.placed = true;
                             let wait = now - r.submitted_ms;
                             self.metrics.waited(wait);
+                            self.breakdown.waited(r.rows, wait, r.duration_ms);
                             if let Some(p) = &mut self.placed_waits {
                                 p.insert(id, wait);
                             }
@@ -977,7 +1070,11 @@ impl Simulation {
 
     /// A request ended: release the requests that waited for it.
     fn request_ended(&mut self, id: u64) {
-        self.requests.remove(&id);
+        if let Some(r) = self.requests.remove(&id)
+            && let Some(change) = &r.change
+        {
+            self.breakdown.change_request_ended(change, self.now_ms);
+        }
         let Some(waiting) = self.dependents.remove(&id) else {
             return;
         };

@@ -147,6 +147,22 @@ impl Fleet {
     }
 }
 
+/// The host class a host belongs to, from its name: the fleet file names a class's hosts
+/// `<class>-0001`, `<class>-0002`, … and `--hosts` names them `host-0001`, …, so the class is
+/// the name without its trailing `-<digits>` groups (all of them: a fleet exported from a live
+/// daemon names its one-host classes after the hosts, as in `kvm-x86-0012-0001`). A name
+/// without one is a class of its own (a host a trace adds by a bare name).
+pub fn class_of(host_name: &str) -> &str {
+    let mut class = host_name;
+    while let Some((rest, n)) = class.rsplit_once('-') {
+        if rest.is_empty() || n.is_empty() || !n.bytes().all(|b| b.is_ascii_digit()) {
+            break;
+        }
+        class = rest;
+    }
+    class
+}
+
 fn ratio_milli(ratio: f64) -> Option<u32> {
     (ratio.is_finite() && ratio > 0.0 && ratio < 1000.0).then(|| (ratio * 1000.0).round() as u32)
 }
@@ -259,6 +275,19 @@ fn hour() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_host_class_is_its_name_without_the_number() {
+        assert_eq!(class_of("kvm-x86-0012"), "kvm-x86");
+        assert_eq!(class_of("host-0001"), "host");
+        assert_eq!(class_of("mac-01"), "mac");
+        assert_eq!(class_of("kvm-x86"), "kvm-x86");
+        assert_eq!(class_of("builder"), "builder");
+        assert_eq!(class_of("-7"), "-7");
+        assert_eq!(class_of("a-"), "a-");
+        assert_eq!(class_of("kvm-x86-0012-0001"), "kvm-x86");
+        assert_eq!(class_of("7-0001"), "7");
+    }
 
     #[test]
     fn uniform_hosts() {

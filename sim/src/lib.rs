@@ -3,21 +3,28 @@
 //! A [`Simulation`] reads a trace (berth's format, SWF or Azure, through `berth-traces`),
 //! submits its requests to an unchanged `berth_sched::Scheduler`, carries the scheduler's
 //! actions out on simulated hosts with modelled latencies, and reports waits, time to running,
-//! utilisation and queue length. Memory grows with the VMs alive at once, not with the trace.
+//! utilisation and queue length, and breaks them down by host class, template, requester and
+//! change. Memory grows with the VMs alive at once, not with the trace.
 
+pub mod breakdown;
 pub mod compare;
 mod engine;
 pub mod fleet;
+mod hist;
 pub mod latency;
+pub mod load;
 pub mod plot;
 pub mod provenance;
 pub mod report;
+pub mod series;
 pub mod stats;
 pub mod sweep;
 
+pub use breakdown::{ChangeReport, ChangeSizeReport, ClassReport, GroupReport};
 pub use engine::{Budget, Forecast, SimConfig, Simulation, UNSPECIFIED_MEMORY_MIB, WaitForecast};
 pub use fleet::Fleet;
 pub use latency::Profile;
+pub use load::{LoadSizing, size_for_load};
 pub use provenance::Provenance;
 pub use report::{Report, RunInfo};
 

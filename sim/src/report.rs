@@ -6,6 +6,10 @@ use std::fmt;
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 
+use crate::breakdown::{Breakdowns, ChangeReport, ClassReport, GroupReport};
+use crate::hist::{histogram, record};
+use crate::series::Series;
+
 /// The report of one run. Times in seconds; percentiles come from an HDR histogram with three
 /// significant digits (within 0.1%); means, makespan and utilisation are exact.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -59,6 +63,25 @@ pub struct Report {
     /// berth's version and commit, and digests of the trace, fleet and settings.
     #[serde(default)]
     pub provenance: crate::Provenance,
+    /// Bounded slowdown per request, `max(1, (wait + run) / max(run, 10 s))`: mean and p90.
+    #[serde(default)]
+    pub bounded_slowdown_mean: f64,
+    #[serde(default)]
+    pub bounded_slowdown_p90: f64,
+    /// Per host class, in the fleet's order.
+    #[serde(default)]
+    pub classes: Vec<ClassReport>,
+    /// Per template and per requester, most requests first.
+    #[serde(default)]
+    pub templates: Vec<GroupReport>,
+    #[serde(default)]
+    pub requesters: Vec<GroupReport>,
+    /// Change turnaround, for traces whose requests name their `change`.
+    #[serde(default)]
+    pub changes: ChangeReport,
+    /// What `berth sim plot` draws: CDFs and the timeline, downsampled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub series: Option<Series>,
 }
 
 /// Collects the raw figures during a run.
@@ -85,25 +108,6 @@ pub(crate) struct Metrics {
     queue_len: u64,
     queue_since_ms: u64,
     pub events: u64,
-}
-
-pub(crate) fn histogram() -> Histogram<u64> {
-    // Three significant digits, growing as needed: bounded memory whatever the trace length.
-    match Histogram::new(3) {
-        Ok(mut h) => {
-            h.auto(true);
-            h
-        }
-        // new(3) only fails for more than five significant digits.
-        Err(e) => unreachable!("histogram with 3 significant digits: {e}"),
-    }
-}
-
-/// Records a value, growing the histogram's range as needed (auto-resize is on).
-pub(crate) fn record(h: &mut Histogram<u64>, value: u64) {
-    if h.record(value).is_err() {
-        h.saturating_record(value);
-    }
 }
 
 impl Metrics {
@@ -145,6 +149,10 @@ impl Metrics {
         &self.waits
     }
 
+    pub fn ttr(&self) -> &Histogram<u64> {
+        &self.ttr
+    }
+
     pub fn waited(&mut self, ms: u64) {
         record(&mut self.waits, ms);
         self.wait_sum_ms += u128::from(ms);
@@ -169,7 +177,12 @@ impl Metrics {
         self.queue_peak = self.queue_peak.max(len);
     }
 
-    pub fn report(&self, run: RunInfo) -> Report {
+    /// The first submit and the last end: the window the makespan spans.
+    pub fn span_ms(&self) -> (u64, u64) {
+        (self.first_submit_ms.unwrap_or(0), self.last_end_ms)
+    }
+
+    pub fn report(&self, run: RunInfo, breakdowns: Breakdowns) -> Report {
         let first = self.first_submit_ms.unwrap_or(0);
         let makespan_ms = self.last_end_ms.saturating_sub(first);
         let n_waits = self.waits.len();
@@ -241,6 +254,13 @@ impl Metrics {
             events: self.events,
             wall_s: run.wall_s,
             provenance: crate::Provenance::default(),
+            bounded_slowdown_mean: breakdowns.bounded_slowdown_mean,
+            bounded_slowdown_p90: breakdowns.bounded_slowdown_p90,
+            classes: breakdowns.classes,
+            templates: breakdowns.templates,
+            requesters: breakdowns.requesters,
+            changes: breakdowns.changes,
+            series: None,
         }
     }
 }
@@ -306,11 +326,105 @@ impl fmt::Display for Report {
             "queue      peak {}, mean {:.1}; breakpoints held {:.1} vcpu-hours",
             self.queue_peak, self.queue_mean, self.held_vcpu_hours
         )?;
+        self.write_breakdowns(f)?;
         write!(
             f,
             "engine     {} events in {:.3} s",
             self.events, self.wall_s
         )
+    }
+}
+
+/// Template and requester rows the table shows at most; `--json` has them all.
+const GROUP_ROWS_SHOWN: usize = 10;
+
+impl Report {
+    fn write_breakdowns(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "slowdown   bounded (tau 10 s): mean {:.2}, p90 {:.2}",
+            self.bounded_slowdown_mean, self.bounded_slowdown_p90
+        )?;
+        if !self.classes.is_empty() {
+            writeln!(
+                f,
+                "class                 hosts    vcpus  vcpu util  slot util      vms/h    full"
+            )?;
+            for c in &self.classes {
+                let slots = c
+                    .slot_utilisation
+                    .map_or("-".to_owned(), |u| format!("{u:.3}"));
+                writeln!(
+                    f,
+                    "  {:<18} {:>6} {:>8} {:>10.3} {:>10} {:>10.1} {:>6.1}%",
+                    c.name,
+                    c.hosts,
+                    c.vcpus,
+                    c.utilisation,
+                    slots,
+                    c.vms_per_hour,
+                    c.full_share * 100.0
+                )?;
+            }
+        }
+        for (what, rows) in [
+            ("template", &self.templates),
+            ("requester", &self.requesters),
+        ] {
+            if rows.is_empty() {
+                continue;
+            }
+            let shown = if rows.len() > GROUP_ROWS_SHOWN {
+                format!(" ({GROUP_ROWS_SHOWN} of {})", rows.len())
+            } else {
+                String::new()
+            };
+            writeln!(
+                f,
+                "{:<22}{:>6}  wait p50/p90/p99/max (s)         to run p50/p90 (s)",
+                format!("{what}{shown}"),
+                "reqs"
+            )?;
+            for g in rows.iter().take(GROUP_ROWS_SHOWN) {
+                writeln!(
+                    f,
+                    "  {:<18} {:>7} {:>7.0} {:>7.0} {:>7.0} {:>7.0}    {:>7.0} {:>7.0}",
+                    g.name,
+                    g.requests,
+                    g.p50_wait_s,
+                    g.p90_wait_s,
+                    g.p99_wait_s,
+                    g.max_wait_s,
+                    g.p50_ttr_s,
+                    g.p90_ttr_s
+                )?;
+            }
+        }
+        let c = &self.changes;
+        if c.changes > 0 || c.incomplete > 0 {
+            writeln!(
+                f,
+                "changes    {} complete, {} incomplete; turnaround (s) p50/p90/p99",
+                c.changes, c.incomplete
+            )?;
+            writeln!(
+                f,
+                "  {:<18} {:>7} {:>7.0} {:>7.0} {:>7.0}",
+                "all", c.changes, c.p50_turnaround_s, c.p90_turnaround_s, c.p99_turnaround_s
+            )?;
+            for s in &c.by_size {
+                writeln!(
+                    f,
+                    "  {:<18} {:>7} {:>7.0} {:>7.0} {:>7.0}",
+                    format!("{} vms", s.vms),
+                    s.changes,
+                    s.p50_turnaround_s,
+                    s.p90_turnaround_s,
+                    s.p99_turnaround_s
+                )?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -325,7 +439,7 @@ mod tests {
         m.queue(0, 4);
         m.queue(500, 0);
         m.ended(1000);
-        let r = m.report(RunInfo::default());
+        let r = m.report(RunInfo::default(), Breakdowns::default());
         assert_eq!(r.queue_peak, 4);
         assert!((r.queue_mean - 2.0).abs() < 1e-9, "{}", r.queue_mean);
     }

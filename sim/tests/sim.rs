@@ -9,18 +9,11 @@ use berth_sched::Policy;
 use berth_sim::{Fleet, Profile, Report, RunInfo, SimConfig, Simulation};
 use berth_traces::{Format, SwfMode, TraceReader};
 
+#[path = "../../traces/tests/shared_traces/mod.rs"]
+mod shared_traces;
+
 fn kth() -> Option<PathBuf> {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../shared/traces/KTH-SP2-1996-2.1-cln.swf");
-    if path.exists() {
-        Some(path)
-    } else {
-        eprintln!(
-            "skipping: {} is not there (the shared traces sit beside the repository)",
-            path.display()
-        );
-        None
-    }
+    shared_traces::shared_trace("KTH-SP2-1996-2.1-cln.swf")
 }
 
 fn replay(reader: &mut TraceReader, fleet: &Fleet, policy: Policy, latency: Profile) -> Report {
@@ -436,4 +429,150 @@ fn a_budget_stops_a_run_at_its_step_limit_or_when_cancelled() {
     });
     assert!(matches!(sim.forecast(3_600_000), Err(SimError::Cancelled)));
     assert!(cancel.load(Ordering::Relaxed));
+}
+
+/// Two one-host classes: `kvm` (2 vCPUs, for `linux`) and `mac` (4 vCPUs, one macOS slot).
+const TWO_CLASSES: &str = r#"
+[[class]]
+name = "kvm"
+count = 1
+vcpus = 2
+memory_mib = 8192
+labels = { os = "linux" }
+
+[[class]]
+name = "mac"
+count = 1
+vcpus = 4
+memory_mib = 16384
+slots = { macos = 1 }
+labels = { os = "mac" }
+
+[[template]]
+name = "macos"
+guest_os = "macos"
+vcpus = 2
+memory_mib = 4096
+slot = "macos"
+"#;
+
+fn close(what: &str, got: f64, want: f64) {
+    // Breakdown percentiles have two significant digits: within 1%.
+    assert!(
+        (got - want).abs() <= want.abs() * 0.01 + 1e-9,
+        "{what}: got {got}, want {want}"
+    );
+}
+
+#[test]
+fn breakdowns_by_class_template_requester_and_change_add_up_by_hand() {
+    // kvm: r1 runs 0–100 s; r2 waits for it and runs 100–150 s.
+    // mac: r3 runs 10–50 s in the one slot; r4 arrives at 20 s and runs 50–55 s.
+    let lines = [
+        r#"{"at_ms":0,"kind":"request","id":1,"count":1,"vcpus":2,"template":"linux","labels":{"os":"linux"},"duration_ms":100000,"requester":"alice","change":"A"}"#,
+        r#"{"at_ms":0,"kind":"request","id":2,"count":1,"vcpus":2,"template":"linux","labels":{"os":"linux"},"duration_ms":50000,"requester":"bob","change":"A"}"#,
+        r#"{"at_ms":10000,"kind":"request","id":3,"count":1,"vcpus":2,"template":"macos","labels":{"os":"mac"},"duration_ms":40000,"requester":"alice","change":"B"}"#,
+        r#"{"at_ms":20000,"kind":"request","id":4,"count":1,"vcpus":1,"template":"macos","labels":{"os":"mac"},"duration_ms":5000,"requester":"bob","change":"B"}"#,
+    ];
+    let fleet = Fleet::parse(TWO_CLASSES, "two.toml").unwrap();
+    // Greedy, so that r2 waiting for kvm does not hold the Mac requests back.
+    let r = replay(
+        &mut berth_trace(&lines),
+        &fleet,
+        Policy::Greedy,
+        Profile::Zero,
+    );
+    assert_eq!((r.requests, r.rejected), (4, 0));
+    close("makespan", r.makespan_s, 150.0);
+
+    let [kvm, mac] = r.classes.as_slice() else {
+        panic!("two classes: {:?}", r.classes);
+    };
+    assert_eq!((kvm.name.as_str(), kvm.hosts, kvm.vcpus), ("kvm", 1, 2));
+    // 2 vCPUs × (100 + 50) s over 2 vCPUs × 150 s; both vCPUs held the whole time.
+    close("kvm utilisation", kvm.utilisation, 1.0);
+    assert_eq!(kvm.slot_utilisation, None);
+    close("kvm full", kvm.full_s, 150.0);
+    close("kvm vms/h", kvm.vms_per_hour, 2.0 / (150.0 / 3600.0));
+    // (2 × 40 + 1 × 5) vCPU-s over 4 × 150; the slot is used 45 of 150 s and full as long.
+    assert_eq!((mac.name.as_str(), mac.slots), ("mac", 1));
+    close("mac utilisation", mac.utilisation, 85.0 / 600.0);
+    close(
+        "mac slot utilisation",
+        mac.slot_utilisation.unwrap(),
+        45.0 / 150.0,
+    );
+    close("mac full", mac.full_s, 45.0);
+    close("mac full share", mac.full_share, 0.3);
+
+    // Waits: r1 0, r2 100 s, r3 0, r4 30 s; latency is zero, so time to running is the same.
+    let row = |rows: &[berth_sim::GroupReport], name: &str| {
+        rows.iter()
+            .find(|g| g.name == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("no row {name}: {rows:?}"))
+    };
+    let linux = row(&r.templates, "linux");
+    assert_eq!(linux.requests, 2);
+    close("linux p50", linux.p50_wait_s, 0.0);
+    close("linux p90", linux.p90_wait_s, 100.0);
+    close("linux max", linux.max_wait_s, 100.0);
+    close("linux ttr p90", linux.p90_ttr_s, 100.0);
+    let macos = row(&r.templates, "macos");
+    close("macos p99", macos.p99_wait_s, 30.0);
+    let alice = row(&r.requesters, "alice");
+    assert_eq!(alice.requests, 2);
+    close("alice max", alice.max_wait_s, 0.0);
+    let bob = row(&r.requesters, "bob");
+    close("bob p50", bob.p50_wait_s, 30.0);
+    close("bob max", bob.max_wait_s, 100.0);
+
+    // Bounded slowdown: 1, (100 + 50) / 50 = 3, 1, (30 + 5) / 10 = 3.5.
+    close("slowdown mean", r.bounded_slowdown_mean, 8.5 / 4.0);
+    close("slowdown p90", r.bounded_slowdown_p90, 3.5);
+
+    // Change A: 0 → 150 s; change B: 10 → 55 s; both under 10 VMs.
+    let c = &r.changes;
+    assert_eq!((c.changes, c.incomplete), (2, 0));
+    close("turnaround p50", c.p50_turnaround_s, 45.0);
+    close("turnaround p99", c.p99_turnaround_s, 150.0);
+    let sizes: Vec<(&str, u64)> = c
+        .by_size
+        .iter()
+        .map(|s| (s.vms.as_str(), s.changes))
+        .collect();
+    assert_eq!(sizes, vec![("<10", 2), ("10-199", 0), (">=200", 0)]);
+
+    let table = r.to_string();
+    for needle in ["kvm", "slot util", "bob", "turnaround", "bounded"] {
+        assert!(table.contains(needle), "{needle} missing:\n{table}");
+    }
+}
+
+#[test]
+fn every_synthetic_change_completes_and_is_counted_once() {
+    let generator = berth_traces::Generator::new(berth_traces::SynthConfig::new(5_000, 2)).unwrap();
+    let records: Vec<_> = generator.collect();
+    let mut changes = std::collections::BTreeSet::new();
+    for record in &records {
+        if let berth_traces::RecordBody::Request(q) = &record.body {
+            changes.insert(q.change.clone().unwrap());
+        }
+    }
+    let fleet = Fleet::uniform("60x64:262144").unwrap();
+    let (r, _) = Simulation::new(&fleet, SimConfig::default())
+        .unwrap()
+        .run(
+            &mut records.into_iter().map(Ok),
+            RunInfo::default(),
+            &mut |_, _| {},
+        )
+        .unwrap();
+    assert_eq!(r.changes.incomplete, 0);
+    assert_eq!(r.changes.changes, changes.len() as u64);
+    let by_size: u64 = r.changes.by_size.iter().map(|s| s.changes).sum();
+    assert_eq!(by_size, r.changes.changes);
+    assert_eq!(r.classes.len(), 1);
+    let n: u64 = r.requesters.iter().map(|g| g.requests).sum();
+    assert_eq!(n, r.requests);
 }

@@ -1,7 +1,9 @@
 //! Trace formats: berth's own line format, importers for SWF and Azure VM traces, and the synthetic CI workload generator.
 //!
 //! Every reader streams: it holds one line at a time (plus, for berth traces and SWF logs, the
-//! set of request ids seen, stored as runs of consecutive ids). Time is integer milliseconds
+//! set of request ids seen, stored as runs of consecutive ids), except the Azure importer, which
+//! must sort the published table and holds one bounded run of rows, spilling the rest to
+//! temporary files. Time is integer milliseconds
 //! everywhere. `sched` is not a dependency: the simulator turns [`Record`]s into scheduler
 //! inputs. FORMAT.md in this crate describes the formats and the importers' mappings.
 //!
@@ -57,7 +59,7 @@ pub enum Format {
     Berth,
     /// Standard Workload Format, the Parallel Workloads Archive's logs.
     Swf { mode: SwfMode },
-    /// Azure Public Dataset V1 `vmtable.csv`, sorted by creation time.
+    /// Azure Public Dataset V1 `vmtable.csv`, in any order (the reader sorts it).
     Azure,
 }
 

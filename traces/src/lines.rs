@@ -67,6 +67,11 @@ impl<R: BufRead> Lines<R> {
         &self.name
     }
 
+    /// The 1-based number of the current line.
+    pub(crate) fn line_no(&self) -> u64 {
+        self.line_no
+    }
+
     /// An error about the current line.
     pub(crate) fn malformed(
         &self,

@@ -96,6 +96,10 @@ pub struct RequestRecord {
     /// Who asked (a user, a developer, a CI project); for accounting only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub requester: Option<String>,
+    /// The staged change this request belongs to (a Gerrit change, a pull request), so that
+    /// reports can give each change's turnaround; free text, like `requester`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub change: Option<String>,
     /// Earlier requests this one waits for. It arrives `think_ms` after the last of them has
     /// ended (all its VMs finished), but never before its own record has been read. Writers put
     /// such a record at or before its dependencies' latest submit time, so that a faster
@@ -124,6 +128,7 @@ impl RequestRecord {
             outcome: Outcome::Passed,
             hold_on_failure: None,
             requester: None,
+            change: None,
             after: Vec::new(),
             think_ms: 0,
         }

@@ -1,31 +1,19 @@
 //! Checks against the published traces in the shared folder beside the repository, and file round trips.
 
 use std::io::{BufRead, BufReader, Cursor};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use berth_traces::{
     Format, Generator, Record, RecordBody, RequestRecord, SwfMode, SynthConfig, TraceReader,
     TraceWriter,
 };
 
+mod shared_traces;
+
+use shared_traces::shared_trace;
+
 const KTH: &str = "KTH-SP2-1996-2.1-cln.swf";
 const AZURE_SAMPLE: &str = "azure-v1-vmtable-sample.csv.gz";
-
-/// The shared trace `name`, or None (after saying why) when this checkout has no shared folder.
-fn shared_trace(name: &str) -> Option<PathBuf> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../shared/traces")
-        .join(name);
-    if path.is_file() {
-        Some(path)
-    } else {
-        eprintln!(
-            "skipping: {} not found (the shared traces sit beside the repository)",
-            path.display()
-        );
-        None
-    }
-}
 
 fn request(record: &Record) -> &RequestRecord {
     match &record.body {
@@ -104,37 +92,21 @@ fn kth_sp2_round_trips_through_the_berth_format() {
 }
 
 #[test]
-fn azure_sample_must_be_sorted_first() {
+fn azure_sample_loads_as_shipped_in_creation_order() {
     let Some(path) = shared_trace(AZURE_SAMPLE) else {
         return;
     };
-    // The sample keeps the published order, which is not by creation time: row 4 was created
-    // before row 3.
-    let error = TraceReader::open(&path, Format::Azure)
+    // The sample keeps the published order, which is not by creation time (row 4 was created
+    // before row 3); the importer sorts it.
+    let records: Vec<Record> = TraceReader::open(&path, Format::Azure)
         .expect("opens")
-        .find_map(Result::err)
-        .expect("unsorted rows are an error");
-    assert_eq!(error.line(), Some(4));
-    assert!(error.to_string().contains("field 4 (vmcreated)"), "{error}");
-
-    // Sorted as the error message says (sort -t, -k4,4n -s), it imports.
-    let file = std::fs::File::open(&path).expect("readable");
-    let text = BufReader::new(flate2::read::GzDecoder::new(file));
-    let mut rows: Vec<String> = text.lines().collect::<Result<_, _>>().expect("gzip text");
-    let created = |row: &String| -> u64 {
-        row.split(',')
-            .nth(3)
-            .and_then(|s| s.parse().ok())
-            .expect("vmcreated")
-    };
-    rows.sort_by_key(created);
-    let sorted = rows.join("\n").into_bytes();
-    let records: Vec<Record> =
-        TraceReader::from_reader(Cursor::new(sorted), "sorted", Format::Azure)
-            .expect("opens")
-            .collect::<Result<_, _>>()
-            .expect("sorted rows import");
+        .collect::<Result<_, _>>()
+        .expect("the rows import as shipped");
     assert_eq!(records.len(), 10);
+    assert!(records.windows(2).all(|w| w[0].at_ms <= w[1].at_ms));
+    // Ids are row numbers: the rows created at 0 come first, in file order.
+    let ids: Vec<u64> = records.iter().map(|r| request(r).id).collect();
+    assert_eq!(ids, vec![1, 2, 4, 5, 6, 8, 10, 3, 9, 7]);
     let first = request(&records[0]);
     // First row: created 0, deleted 2591700, 1 core, 1.75 GB, subscription VDU4C8cq....
     assert_eq!(records[0].at_ms, 0);
@@ -151,6 +123,31 @@ fn azure_sample_must_be_sorted_first() {
     );
     assert_eq!(records.iter().filter(|r| request(r).vcpus == 8).count(), 4);
     assert_eq!(records.iter().map(|r| r.at_ms).max(), Some(2_290_500_000));
+
+    // Sorted beforehand, as older berth asked, it imports the same.
+    let file = std::fs::File::open(&path).expect("readable");
+    let text = BufReader::new(flate2::read::GzDecoder::new(file));
+    let rows: Vec<String> = text.lines().collect::<Result<_, _>>().expect("gzip text");
+    let mut sorted: Vec<(u64, &String)> = rows
+        .iter()
+        .map(|row| {
+            let created = row.split(',').nth(3).and_then(|s| s.parse().ok());
+            (created.expect("vmcreated"), row)
+        })
+        .collect();
+    sorted.sort_by_key(|(created, _)| *created);
+    let sorted: Vec<&str> = sorted.iter().map(|(_, row)| row.as_str()).collect();
+    let again: Vec<Record> = TraceReader::from_reader(
+        Cursor::new(sorted.join("\n").into_bytes()),
+        "sorted",
+        Format::Azure,
+    )
+    .expect("opens")
+    .collect::<Result<_, _>>()
+    .expect("sorted rows import");
+    let at: Vec<u64> = records.iter().map(|r| r.at_ms).collect();
+    let at_again: Vec<u64> = again.iter().map(|r| r.at_ms).collect();
+    assert_eq!(at, at_again);
 }
 
 #[test]

@@ -513,7 +513,10 @@ mod tests {
     fn reports_read_back_bit_for_bit() {
         // serde_json without `float_roundtrip` parsed this as 13923.31529905914: a merged sweep
         // then differed from the whole one in the last digit.
-        let mut report = crate::report::Metrics::new().report(crate::RunInfo::default());
+        let mut report = crate::report::Metrics::new().report(
+            crate::RunInfo::default(),
+            crate::breakdown::Breakdowns::default(),
+        );
         report.mean_wait_s = 13_923.315_299_059_139;
         report.utilisation = 0.072_667_266_316_560_91;
         let text = serde_json::to_string(&report).unwrap();

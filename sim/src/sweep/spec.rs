@@ -572,7 +572,7 @@ mod tests {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/sweep-ci.toml");
         let spec = Spec::load(&path).unwrap();
         assert_eq!(spec.runs().len(), 30);
-        assert_eq!(spec.fleets[0].fleet.hosts.len(), 66);
+        assert_eq!(spec.fleets[0].fleet.hosts.len(), 65);
     }
 
     #[test]
