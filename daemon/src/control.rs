@@ -326,6 +326,14 @@ impl Control {
         if diverged > 0 {
             tracing::error!(diverged, "replay refused inputs the live run accepted");
         }
+        // A VM the state tables hold but the journal never created means journal rows are
+        // gone: new VMs would take numbers that are in use. Say so rather than fail later on
+        // a duplicate key.
+        let table_vm = store.last_vm()?;
+        let next_vm = s.next_vm_id().0;
+        if table_vm >= next_vm {
+            return Err(DaemonError::JournalBehindState { table_vm, next_vm });
+        }
         let (batch, last_request, last_host) = store.last_ids()?;
         let kept = store.orphans()?.into_iter().map(|o| (o.vm, o)).collect();
         tracing::info!(

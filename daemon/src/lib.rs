@@ -72,6 +72,12 @@ pub enum DaemonError {
     Sim(#[from] SimWorldError),
     #[error("the control loop stopped")]
     LoopGone,
+    #[error(
+        "the journal and the state tables disagree: the vms table holds berth-vm{table_vm}, \
+         but replaying the journal numbers the next VM {next_vm} (journal rows were lost?); \
+         restore the database from a backup"
+    )]
+    JournalBehindState { table_vm: u64, next_vm: u64 },
     #[error("another daemon is using the data directory {0} (it is locked)")]
     DataDirBusy(PathBuf),
     #[error(

@@ -272,6 +272,15 @@ impl Store {
         Ok(batches)
     }
 
+    /// The highest VM number the state tables hold (0 when none).
+    pub fn last_vm(&self) -> Result<u64, DaemonError> {
+        let v: Option<i64> = self
+            .conn
+            .query_row("SELECT max(id) FROM vms", [], |r| r.get(0))
+            .map_err(sql("reading ids"))?;
+        Ok(v.unwrap_or(0) as u64)
+    }
+
     /// The highest batch, request and host numbers used so far.
     pub fn last_ids(&self) -> Result<(u64, u64, u64), DaemonError> {
         let max = |q: &str| -> Result<u64, DaemonError> {

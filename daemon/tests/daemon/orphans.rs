@@ -301,3 +301,32 @@ fn copy_dir(from: &Path, to: &Path) {
         }
     }
 }
+
+#[test]
+fn a_journal_missing_rows_is_named_not_met_with_a_duplicate_key() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    fleet_with_running_vms(dir, 2);
+    // Someone deletes the end of the journal: the VMs' rows remain in the state tables.
+    let conn = rusqlite::Connection::open(dir.join("berth.db")).unwrap();
+    let last: i64 = conn
+        .query_row(
+            "SELECT min(seq) FROM journal WHERE input LIKE '%\"submit\"%'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    conn.execute("DELETE FROM journal WHERE seq >= ?1", [last])
+        .unwrap();
+    drop(conn);
+    let err = TestDaemon::try_start(dir, CONFIG, OrphanStart::Refuse)
+        .err()
+        .unwrap();
+    match &err {
+        DaemonError::JournalBehindState { table_vm, next_vm } => {
+            assert_eq!((*table_vm, *next_vm), (2, 1), "{err}");
+        }
+        other => panic!("{other}"),
+    }
+    assert!(err.to_string().contains("restore the database"), "{err}");
+}
