@@ -147,7 +147,7 @@ fn list_100k() -> Vec<f64> {
         std::io::copy(&mut r.into_reader(), &mut body).unwrap();
         times.push(start.elapsed().as_secs_f64());
         assert!(
-            body.ends_with(b",\"count\":100000}"),
+            body.ends_with(b",\"count\":100000,\"next_after\":null}"),
             "listed {:?}",
             &body[body.len() - 30..]
         );

@@ -464,13 +464,14 @@ async fn list_requests(
     check_state("state", q.state.as_deref(), REQUEST_STATES)?;
     let limit = list_limit(q.limit, REQUEST_LIST_DEFAULT, LIST_ROWS_MAX)?;
     let before = q.before.as_deref().map(parse_request_id).transpose()?;
-    let rows = state
+    let mut rows = state
         .reads
-        .read(move |c| store::list_requests(c, q.state.as_deref(), before, limit))
+        .read(move |c| store::list_requests(c, q.state.as_deref(), before, limit + 1))
         .await?;
-    let next = (rows.len() as u64 == limit)
-        .then(|| rows.last().map(|r| r.id))
-        .flatten();
+    // One more than the page was read, to know whether there is a next one.
+    let more = rows.len() as u64 > limit;
+    rows.truncate(limit as usize);
+    let next = more.then(|| rows.last().map(|r| r.id)).flatten();
     ok_json(
         StatusCode::OK,
         json!({"requests": rows, "next_before": next}),
@@ -570,7 +571,8 @@ async fn list_vms(
         host: q.host,
         live: q.live,
         after,
-        limit: Some(limit),
+        // One more than the page, to know whether there is a next one.
+        limit: Some(limit + 1),
     };
     let holds = if filter.state.as_deref().is_none_or(|s| s == "held") {
         let held = state.reads.read(store::held_vm_ids).await?;
@@ -584,11 +586,8 @@ async fn list_vms(
             // Written on the blocking thread: a list of 100,000 VMs is ~15 MB of JSON.
             let mut out = Vec::with_capacity(1 << 16);
             out.extend_from_slice(b"{\"vms\":");
-            let (n, last) = store::write_vms_json(c, &filter, &holds, &mut out)?;
-            let next = match last {
-                Some(id) if n as u64 == limit => id.to_string(),
-                _ => "null".to_owned(),
-            };
+            let (n, next) = store::write_vms_json(c, &filter, &holds, &mut out, limit as usize)?;
+            let next = next.map_or_else(|| "null".to_owned(), |id| id.to_string());
             out.extend_from_slice(format!(",\"count\":{n},\"next_after\":{next}}}").as_bytes());
             Ok(out)
         })
@@ -989,11 +988,10 @@ async fn audit(
     let q = params(q)?;
     let limit = list_limit(q.limit, AUDIT_LIST_DEFAULT, LIST_ROWS_MAX)?;
     let before = q.before;
-    let (rows, last_id) = state
+    let (rows, next) = state
         .reads
         .read(move |c| store::list_audit(c, before, limit))
         .await?;
-    let next = (rows.len() as u64 == limit).then_some(last_id).flatten();
     ok_json(StatusCode::OK, json!({"audit": rows, "next_before": next}))
 }
 

@@ -663,6 +663,7 @@ pub fn write_vms_json(
     f: &VmFilter,
     holds: &BTreeMap<u64, HoldRow>,
     out: &mut Vec<u8>,
+    shown_max: usize,
 ) -> Result<(usize, Option<u64>), DaemonError> {
     use std::io::Write;
     let mut hosts: BTreeMap<i64, Vec<u8>> = BTreeMap::new();
@@ -698,6 +699,11 @@ pub fn write_vms_json(
     while let Some(r) = rows.next().map_err(sql("listing vms"))? {
         let get_i64 = |i| r.get::<_, i64>(i).map_err(sql("listing vms"));
         let id = get_i64(0)?;
+        if n == shown_max {
+            // One row past the page: there is more, and the page's last row is the cursor.
+            out.push(b']');
+            return Ok((n, last));
+        }
         let host: Option<i64> = r.get(2).map_err(sql("listing vms"))?;
         let state = r.get_ref(3).and_then(|v| Ok(v.as_str()?.to_owned()));
         let state = state.map_err(sql("listing vms"))?;
@@ -754,7 +760,7 @@ pub fn write_vms_json(
         last = Some(id as u64);
     }
     out.push(b']');
-    Ok((n, last))
+    Ok((n, None))
 }
 
 /// The ids of the VMs held at a breakpoint now (few: each one waits for a person).
@@ -895,8 +901,8 @@ pub fn list_orphans(conn: &Connection) -> Result<Vec<OrphanRow>, DaemonError> {
         .map_err(sql("reading orphans"))
 }
 
-/// Audit rows older than `before` (all when `None`), newest first, with the last row's id
-/// (the next page's cursor).
+/// Audit rows older than `before` (all when `None`), newest first, at most `limit`, with the
+/// next page's cursor when there are more.
 pub fn list_audit(
     conn: &Connection,
     before: Option<u64>,
@@ -910,28 +916,35 @@ pub fn list_audit(
         .map_err(sql("reading the audit log"))?;
     let before = before.map_or(i64::MAX, |b| b.min(i64::MAX as u64) as i64);
     let mut last = None;
+    // One more than the page, to know whether there is a next one.
     let rows = stmt
-        .query_map(params![limit.min(i64::MAX as u64) as i64, before], |r| {
-            Ok((
-                AuditRow {
-                    at_ms: r.get::<_, i64>(0)? as u64,
-                    who: r.get(1)?,
-                    role: r.get(2)?,
-                    action: r.get(3)?,
-                    target: r.get(4)?,
-                    outcome: r.get(5)?,
-                },
-                r.get::<_, i64>(6)? as u64,
-            ))
-        })
+        .query_map(
+            params![limit.saturating_add(1).min(i64::MAX as u64) as i64, before],
+            |r| {
+                Ok((
+                    AuditRow {
+                        at_ms: r.get::<_, i64>(0)? as u64,
+                        who: r.get(1)?,
+                        role: r.get(2)?,
+                        action: r.get(3)?,
+                        target: r.get(4)?,
+                        outcome: r.get(5)?,
+                    },
+                    r.get::<_, i64>(6)? as u64,
+                ))
+            },
+        )
         .map_err(sql("reading the audit log"))?;
     let mut out = Vec::new();
     for row in rows {
         let (a, id) = row.map_err(sql("reading the audit log"))?;
+        if out.len() as u64 == limit {
+            return Ok((out, last));
+        }
         last = Some(id);
         out.push(a);
     }
-    Ok((out, last))
+    Ok((out, None))
 }
 
 /// VM counts by state.
