@@ -6,7 +6,8 @@
 //! completions of one instant, or a burst of API calls) gets one pass over them. Read the views
 //! after polling both until `None`.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, VecDeque};
 use std::sync::Arc;
 
 use crate::config::{Config, Policy};
@@ -23,7 +24,7 @@ use crate::model::{
 use crate::output::{Action, Cause, Event, VmSpec};
 use crate::placement::filter::{Probe, STATIC, first_failure};
 use crate::placement::{Reason, Search};
-use crate::queue::{Entry, Queue};
+use crate::queue::{Entry, Kind, Queue, ServiceKey, Wait};
 
 /// The most VMs one request may ask for.
 pub const REQUEST_VMS_MAX: u32 = 100_000;
@@ -55,15 +56,6 @@ pub(crate) struct Vm {
     pub(crate) expected_end_ms: u64,
 }
 
-/// Why a waiting request is still waiting, as the last pass found it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Wait {
-    NotConsidered,
-    NoFit,
-    GangShort { fit: u32, need: u32 },
-    Reserved { head: RequestId, start_ms: u64 },
-}
-
 #[derive(Clone, Debug)]
 pub(crate) struct Request {
     pub(crate) spec: RequestSpec,
@@ -85,7 +77,6 @@ pub(crate) struct Request {
     pub(crate) ending: Option<RequestState>,
     /// Why it is ending early, for its final event.
     pub(crate) ending_cause: Option<Cause>,
-    pub(crate) wait: Wait,
     /// Expected provisioning plus boot time, and expected job duration.
     pub(crate) expected_start_ms: u64,
     pub(crate) expected_run_ms: u64,
@@ -122,6 +113,16 @@ impl EndEntry {
         }
         a
     }
+}
+
+/// What one `place_request` did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Attempt {
+    /// At least one VM was placed: the fleet changed.
+    Placed,
+    /// Nothing was placed. `lasting`: no request of its group can start for the rest of this
+    /// walk either (capacity only shrinks within a walk).
+    Failed { lasting: bool },
 }
 
 /// The head's reservation under EASY backfilling.
@@ -187,6 +188,8 @@ pub struct Scheduler {
     pub(crate) freed_at_shadow: Vec<Option<Amount>>,
     /// The hosts with an entry in `freed_at_shadow`.
     pub(crate) freed_touched: Vec<usize>,
+    /// Passes walk every waiting request one by one (see `Scheduler::reference`).
+    pub(crate) reference_walk: bool,
 }
 
 impl Scheduler {
@@ -221,6 +224,19 @@ impl Scheduler {
             scratch: Vec::new(),
             freed_at_shadow: Vec::new(),
             freed_touched: Vec::new(),
+            reference_walk: false,
+        }
+    }
+
+    /// A scheduler whose passes walk every waiting request one by one, in service order, as
+    /// berth did before waiting requests were grouped by kind. It decides exactly as
+    /// `Scheduler::new` does, at a cost that grows with the queue's length: it is the reference
+    /// the tests compare the grouped walk against (`tests/sched/equivalence.rs`), not for use.
+    #[doc(hidden)]
+    pub fn reference(config: Config) -> Scheduler {
+        Scheduler {
+            reference_walk: true,
+            ..Scheduler::new(config)
         }
     }
 
@@ -397,7 +413,13 @@ impl Scheduler {
             let vm = self.new_vm(id, Cause::Submitted);
             queued.push(vm);
         }
-        let seq = self.queue.push(id, spec.priority, now);
+        let kind = Kind {
+            priority: spec.priority,
+            need: need.clone(),
+            together,
+            duration_ms: expected_start_ms.saturating_add(expected_run_ms),
+        };
+        let seq = self.queue.push(id, kind, now);
         self.requests.insert(
             id,
             Request {
@@ -414,7 +436,6 @@ impl Scheduler {
                 vms_failed: 0,
                 ending: None,
                 ending_cause: None,
-                wait: Wait::NotConsidered,
                 expected_start_ms,
                 expected_run_ms,
             },
@@ -630,10 +651,9 @@ impl Scheduler {
         };
         r.queued.push(vm);
         if r.queue_key.is_none() {
-            let seq = self.queue.push(id, r.spec.priority, now);
+            let seq = self.queue.push(id, kind_of(r), now);
             r.queue_key = Some((r.spec.priority, seq));
         }
-        r.wait = Wait::NotConsidered;
         self.pass.arrivals.push(id);
         self.maybe_finish(id);
     }
@@ -1321,11 +1341,28 @@ impl Scheduler {
     }
 
     /// After the fleet shrank: a waiting request none of whose VMs runs yet and that no host
-    /// could ever fit any more is rejected, not left waiting forever.
+    /// could ever fit any more is rejected, not left waiting forever. Whether a request could
+    /// ever fit depends only on its kind, so only the members of groups that cannot are looked
+    /// at (the reference looks at every waiting request).
     fn reject_unfittable(&mut self) {
+        let (now, step) = (self.now_ms, self.config.aging_step_ms);
         let mut order = std::mem::take(&mut self.scratch);
-        self.queue
-            .ordered(self.now_ms, self.config.aging_step_ms, &mut order);
+        if self.reference_walk {
+            self.queue.ordered(now, step, &mut order);
+        } else {
+            order.clear();
+            let kinds: Vec<(u64, Need, u32)> = self
+                .queue
+                .groups()
+                .map(|(id, g)| (id, g.kind.need.clone(), g.kind.together))
+                .collect();
+            for (group, need, together) in kinds {
+                if self.never_fits(&need, together).is_some() {
+                    order.extend(self.queue.members(group));
+                }
+            }
+            order.sort_by_key(|e| Reverse(Queue::key(e, now, step)));
+        }
         for e in &order {
             let Some(r) = self.requests.get(&e.request) else {
                 continue;
@@ -1378,19 +1415,7 @@ impl Scheduler {
             }
         }
         let blocked = self.pass.reservation.as_ref().map(|r| r.head);
-        let mut order = std::mem::take(&mut self.scratch);
-        self.queue
-            .ordered(self.now_ms, self.config.aging_step_ms, &mut order);
-        for e in &order {
-            if Some(e.request) == blocked {
-                continue;
-            }
-            if self.fleet.ready_free.cpu_milli <= 0 {
-                break;
-            }
-            self.place_request(e.request, None);
-        }
-        self.scratch = order;
+        self.walk_queue(blocked, None);
     }
 
     /// Places heads of the queue in order until one does not fit; returns that head.
@@ -1418,42 +1443,105 @@ impl Scheduler {
         }
     }
 
-    /// The requests a pass serves, in the scratch buffer: the whole queue in service order
-    /// (`full`), or only those that got new queued VMs since the last pass, oldest first.
-    fn pass_order(&mut self, full: bool) -> Vec<Entry> {
-        let mut order = std::mem::take(&mut self.scratch);
-        if full {
-            self.queue
-                .ordered(self.now_ms, self.config.aging_step_ms, &mut order);
-        } else {
-            order.clear();
-            for &id in &self.pass.arrivals {
-                if let Some((priority, seq)) = self.requests.get(&id).and_then(|r| r.queue_key) {
-                    order.push(Entry {
-                        request: id,
-                        priority,
-                        seq,
-                        enqueued_ms: 0,
-                    });
+    /// Serves every waiting request but `skip`, in service order, until no ready host has a
+    /// vCPU free: what calling `place_request` on each in turn does (and what the reference
+    /// walk does), at a cost that follows the groups and the placements, not the queue's length.
+    ///
+    /// Between two placements the fleet stands still, so the members of one group fare alike;
+    /// and within a walk capacity only shrinks. The walk therefore merges the groups by the
+    /// service key of each one's next member and tries only that member. A group whose member
+    /// failed for good (`lasting`) leaves the walk. One that only the reservation's accounting
+    /// refused is parked: after the next placement it goes on from its first member served after
+    /// that placement (the members in between would have met the same fleet and failed alike).
+    fn walk_queue(&mut self, skip: Option<RequestId>, mut reservation: Option<&mut Reservation>) {
+        let (now, step) = (self.now_ms, self.config.aging_step_ms);
+        if self.reference_walk {
+            let mut order = std::mem::take(&mut self.scratch);
+            self.queue.ordered(now, step, &mut order);
+            for e in &order {
+                if Some(e.request) == skip {
+                    continue;
                 }
+                if self.fleet.ready_free.cpu_milli <= 0 {
+                    break;
+                }
+                self.place_request(e.request, reservation.as_deref_mut());
             }
-            order.sort_by_key(|e| e.seq);
-            order.dedup_by_key(|e| e.seq);
+            self.scratch = order;
+            return;
         }
-        order
-    }
-
-    fn serve_all(&mut self, full: bool) {
-        let order = self.pass_order(full);
-        for e in &order {
+        let mut next: BinaryHeap<(ServiceKey, Entry)> = self
+            .queue
+            .groups()
+            .filter_map(|(_, g)| g.members.values().next())
+            .map(|e| (Queue::key(e, now, step), *e))
+            .collect();
+        let mut parked: Vec<u64> = Vec::new();
+        while let Some((key, e)) = next.pop() {
+            if Some(e.request) == skip {
+                if let Some(m) = self.queue.next_in_group(&e) {
+                    next.push((Queue::key(&m, now, step), m));
+                }
+                continue;
+            }
             if self.fleet.ready_free.cpu_milli <= 0 {
                 break;
             }
-            self.place_request(e.request, None);
+            match self.place_request(e.request, reservation.as_deref_mut()) {
+                Attempt::Placed => {
+                    parked.push(e.group);
+                    for group in parked.drain(..) {
+                        if let Some(m) = self.queue.first_after(group, key, now, step) {
+                            next.push((Queue::key(&m, now, step), m));
+                        }
+                    }
+                }
+                Attempt::Failed { lasting: true } => {}
+                Attempt::Failed { lasting: false } => parked.push(e.group),
+            }
+        }
+    }
+
+    /// The requests that got new queued VMs since the last pass, oldest first, but `skip`:
+    /// a pass after arrivals alone tries only them.
+    fn serve_arrivals(
+        &mut self,
+        skip: Option<RequestId>,
+        mut reservation: Option<&mut Reservation>,
+    ) {
+        let mut order = std::mem::take(&mut self.scratch);
+        order.clear();
+        for &id in &self.pass.arrivals {
+            let queued = self.requests.get(&id).and_then(|r| r.queue_key);
+            if let Some(&e) = queued.and_then(|(p, s)| self.queue.get(p, s)) {
+                order.push(e);
+            }
+        }
+        order.sort_by_key(|e| e.seq);
+        order.dedup_by_key(|e| e.seq);
+        for e in &order {
+            if Some(e.request) == skip {
+                continue;
+            }
+            if self.fleet.ready_free.cpu_milli <= 0 {
+                break;
+            }
+            self.place_request(e.request, reservation.as_deref_mut());
         }
         self.scratch = order;
     }
 
+    /// Greedy: every waiting request that fits starts, in service order.
+    fn serve_all(&mut self, full: bool) {
+        if full {
+            self.walk_queue(None, None);
+        } else {
+            self.serve_arrivals(None, None);
+        }
+    }
+
+    /// EASY: the blocked head keeps its reservation; the others start now if they do not
+    /// delay it.
     fn backfill(&mut self, head: RequestId, full: bool) {
         let stale = self
             .pass
@@ -1466,17 +1554,11 @@ impl Scheduler {
         let Some(mut reservation) = self.pass.reservation.take() else {
             return;
         };
-        let order = self.pass_order(full || stale);
-        for e in &order {
-            if e.request == head {
-                continue;
-            }
-            if self.fleet.ready_free.cpu_milli <= 0 {
-                break;
-            }
-            self.place_request(e.request, Some(&mut reservation));
+        if full || stale {
+            self.walk_queue(Some(head), Some(&mut reservation));
+        } else {
+            self.serve_arrivals(Some(head), Some(&mut reservation));
         }
-        self.scratch = order;
         self.pass.reservation = Some(reservation);
     }
 
@@ -1563,12 +1645,13 @@ impl Scheduler {
         self.freed_at_shadow = freed;
         self.freed_touched = touched;
         let shadow_ms = shadow_ms.unwrap_or(u64::MAX);
-        if let Some(r) = self.requests.get_mut(&head) {
-            r.wait = Wait::Reserved {
+        self.set_wait(
+            head,
+            Wait::Reserved {
                 head,
                 start_ms: shadow_ms,
-            };
-        }
+            },
+        );
         Some(Reservation {
             head,
             need,
@@ -1581,12 +1664,16 @@ impl Scheduler {
     /// Places as many queued VMs of the request as policy and capacity allow (a pending gang:
     /// all or none). Under a reservation, a VM that would outlive the shadow time may only take
     /// capacity the head will not need.
-    fn place_request(&mut self, id: RequestId, mut reservation: Option<&mut Reservation>) {
+    fn place_request(
+        &mut self,
+        id: RequestId,
+        mut reservation: Option<&mut Reservation>,
+    ) -> Attempt {
         let Some(r) = self.requests.get(&id) else {
-            return;
+            return Attempt::Failed { lasting: false };
         };
         if r.queued.is_empty() || r.ending.is_some() {
-            return;
+            return Attempt::Failed { lasting: false };
         }
         // Decide cheaply whether to try at all before copying anything: most attempts in a
         // deep queue end here.
@@ -1601,6 +1688,10 @@ impl Scheduler {
         let limited = reservation
             .as_ref()
             .is_some_and(|res| ends_by > res.shadow_ms);
+        // Within one walk capacity only shrinks, so a request that does not fit now fits no
+        // better later in the walk; only the reservation's accounting can change its mind (a
+        // host that fills up may stop counting against the head).
+        let lasting = !limited;
         let version = self.fleet.version;
         let known = self
             .pass
@@ -1635,10 +1726,8 @@ impl Scheduler {
             known
         };
         if let Some(wait) = refuse {
-            if let Some(r) = self.requests.get_mut(&id) {
-                r.wait = wait;
-            }
-            return;
+            self.set_wait(id, wait);
+            return Attempt::Failed { lasting };
         }
         let vms = r.queued.clone();
         let need = r.need.clone();
@@ -1687,15 +1776,13 @@ impl Scheduler {
             self.pass
                 .failed
                 .push((need, limited, at_least, self.fleet.version, wait));
-            if let Some(r) = self.requests.get_mut(&id) {
-                r.wait = wait;
-            }
-            return;
+            self.set_wait(id, wait);
+            return Attempt::Failed { lasting };
         }
 
         let now = self.now_ms;
         let Some(r) = self.requests.get_mut(&id) else {
-            return;
+            return Attempt::Placed;
         };
         r.queued.drain(..chosen.len());
         r.gang_pending = false;
@@ -1737,11 +1824,19 @@ impl Scheduler {
                 if let Some((p, s)) = r.queue_key.take() {
                     self.queue.remove(p, s);
                 }
-            } else {
-                r.wait = Wait::NoFit;
+            } else if let Some((p, s)) = r.queue_key {
+                self.queue.set_wait(p, s, Wait::NoFit);
             }
         }
         self.maybe_finish(id);
+        Attempt::Placed
+    }
+
+    /// Records why a waiting request (and so every request of its group) still waits.
+    fn set_wait(&mut self, id: RequestId, wait: Wait) {
+        if let Some((priority, seq)) = self.requests.get(&id).and_then(|r| r.queue_key) {
+            self.queue.set_wait(priority, seq, wait);
+        }
     }
 }
 
@@ -1781,6 +1876,20 @@ fn covers(a: &Need, b: &Need) -> bool {
     a.cpu_milli >= b.cpu_milli
         && a.memory_mib >= b.memory_mib
         && (b.slot.is_none() || a.slot == b.slot)
+}
+
+/// The kind a waiting request is grouped under in the queue.
+fn kind_of(r: &Request) -> Kind {
+    Kind {
+        priority: r.spec.priority,
+        need: r.need.clone(),
+        together: if r.gang_pending {
+            r.queued.len() as u32
+        } else {
+            1
+        },
+        duration_ms: r.expected_start_ms.saturating_add(r.expected_run_ms),
+    }
 }
 
 fn invalid(field: &'static str, reason: String) -> InputError {
