@@ -226,12 +226,15 @@ impl Queue {
         g.members.range(e.seq + 1..).next().map(|(_, m)| *m)
     }
 
-    /// The first member of group `group` served after position `key`. A group's service keys
-    /// fall as its sequence numbers rise (one level, oldest first), so the members served after
-    /// `key` are a suffix of the group: bisect the sequence numbers for where it starts.
+    /// The first member of group `group`, from sequence number `from` on, that is served after
+    /// position `key`. A group's service keys fall as its sequence numbers rise (one level,
+    /// oldest first), so the members served after `key` are a suffix of the group: gallop from
+    /// `from` to a member past `key`, then bisect back to where the suffix starts. Usually the
+    /// member at `from` already is.
     pub fn first_after(
         &self,
         group: u64,
+        from: u64,
         key: ServiceKey,
         now_ms: u64,
         aging_step_ms: u64,
@@ -245,14 +248,25 @@ impl Queue {
                 .map(|(_, m)| *m)
                 .filter(|m| Self::key(m, now_ms, aging_step_ms) < key)
         };
-        let (&first, _) = members.first_key_value()?;
-        let (&last, _) = members.last_key_value()?;
-        if let Some(m) = after_from(first) {
+        if let Some(m) = after_from(from) {
             return Some(m);
+        }
+        let (&last, _) = members.last_key_value()?;
+        if last < from {
+            return None;
         }
         after_from(last)?;
         // From `lo` the first member is served before `key`; from `hi` it is served after.
-        let (mut lo, mut hi) = (first, last);
+        let (mut lo, mut hi) = (from, last);
+        let mut step = 1u64;
+        while let Some(probe) = lo.checked_add(step).filter(|&p| p < hi) {
+            if after_from(probe).is_some() {
+                hi = probe;
+                break;
+            }
+            lo = probe;
+            step = step.saturating_mul(2);
+        }
         while hi - lo > 1 {
             let mid = lo + (hi - lo) / 2;
             if after_from(mid).is_some() {
@@ -387,8 +401,14 @@ mod tests {
             for (pos, at) in order.iter().enumerate() {
                 let key = Queue::key(at, now, step);
                 for &g in &groups {
-                    let expected = order[pos + 1..].iter().find(|e| e.group == g).copied();
-                    assert_eq!(q.first_after(g, key, now, step), expected, "after {at:?}");
+                    for from in [0, at.seq / 2, at.seq, at.seq + 7, 1_000] {
+                        let expected = order[pos + 1..]
+                            .iter()
+                            .find(|e| e.group == g && e.seq >= from)
+                            .copied();
+                        let found = q.first_after(g, from, key, now, step);
+                        assert_eq!(found, expected, "after {at:?} from {from}");
+                    }
                 }
             }
         }

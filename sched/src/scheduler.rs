@@ -23,7 +23,7 @@ use crate::model::{
 };
 use crate::output::{Action, Cause, Event, VmSpec};
 use crate::placement::filter::{Probe, STATIC, first_failure};
-use crate::placement::{Reason, Search};
+use crate::placement::{Reason, Search, fits};
 use crate::queue::{Entry, Kind, Queue, ServiceKey, Wait};
 
 /// The most VMs one request may ask for.
@@ -154,6 +154,11 @@ pub(crate) struct Pass {
     /// VMs and an unchanged fleet would fail the same way, so it is skipped (a deep queue of
     /// look-alike requests then costs one search per pass, not one per request).
     failed: Vec<(Need, bool, i64, u64, Wait)>,
+    /// Needs for which no host had room for one VM when an attempt last looked. That stays
+    /// true until a host changes and fits one, so each poll checks only the hosts changed since
+    /// the last (`recheck_no_room`), and an attempt for such a need is refused without a search.
+    /// Across passes this is what keeps a pass after one VM ended from searching for every kind.
+    no_room: Vec<Need>,
 }
 
 /// The scheduler core. `Clone` gives an independent copy (the console's drain prediction
@@ -188,6 +193,8 @@ pub struct Scheduler {
     pub(crate) freed_at_shadow: Vec<Option<Amount>>,
     /// The hosts with an entry in `freed_at_shadow`.
     pub(crate) freed_touched: Vec<usize>,
+    /// Per host, whether it takes new VMs and could run the head (scratch for `reserve`).
+    pub(crate) eligible_for_head: Vec<bool>,
     /// Passes walk every waiting request one by one (see `Scheduler::reference`).
     pub(crate) reference_walk: bool,
 }
@@ -224,6 +231,7 @@ impl Scheduler {
             scratch: Vec::new(),
             freed_at_shadow: Vec::new(),
             freed_touched: Vec::new(),
+            eligible_for_head: Vec::new(),
             reference_walk: false,
         }
     }
@@ -1304,6 +1312,7 @@ impl Scheduler {
     // ---- the placement pass ----
 
     fn schedule(&mut self) {
+        self.recheck_no_room();
         if !self.pass.capacity_changed && self.pass.arrivals.is_empty() && !self.head_moved() {
             return;
         }
@@ -1327,6 +1336,28 @@ impl Scheduler {
         }
         self.pass.capacity_changed = false;
         self.pass.arrivals.clear();
+    }
+
+    /// Drops from `no_room` every need that a host changed since the last check now has room for.
+    fn recheck_no_room(&mut self) {
+        let mut changed = std::mem::take(&mut self.fleet.changed);
+        if !self.pass.no_room.is_empty() && !changed.is_empty() {
+            changed.sort_unstable();
+            changed.dedup();
+            let fleet = &self.fleet;
+            self.pass
+                .no_room
+                .retain(|need| !changed.iter().any(|&h| fits(fleet, h, need)));
+        }
+        changed.clear();
+        self.fleet.changed = changed;
+    }
+
+    /// Notes that no host has room for one VM of `need` now (see `Pass::no_room`).
+    fn note_no_room(&mut self, need: &Need) {
+        if !self.pass.no_room.contains(need) {
+            self.pass.no_room.push(need.clone());
+        }
     }
 
     /// Under FCFS and EASY, whether the head of the queue is another than the one the last pass
@@ -1476,7 +1507,8 @@ impl Scheduler {
             .filter_map(|(_, g)| g.members.values().next())
             .map(|e| (Queue::key(e, now, step), *e))
             .collect();
-        let mut parked: Vec<u64> = Vec::new();
+        // Parked groups, each with the sequence number of the member that failed.
+        let mut parked: Vec<(u64, u64)> = Vec::new();
         while let Some((key, e)) = next.pop() {
             if Some(e.request) == skip {
                 if let Some(m) = self.queue.next_in_group(&e) {
@@ -1489,15 +1521,17 @@ impl Scheduler {
             }
             match self.place_request(e.request, reservation.as_deref_mut()) {
                 Attempt::Placed => {
-                    parked.push(e.group);
-                    for group in parked.drain(..) {
-                        if let Some(m) = self.queue.first_after(group, key, now, step) {
+                    if let Some(m) = self.queue.next_in_group(&e) {
+                        next.push((Queue::key(&m, now, step), m));
+                    }
+                    for (group, seq) in parked.drain(..) {
+                        if let Some(m) = self.queue.first_after(group, seq, key, now, step) {
                             next.push((Queue::key(&m, now, step), m));
                         }
                     }
                 }
                 Attempt::Failed { lasting: true } => {}
-                Attempt::Failed { lasting: false } => parked.push(e.group),
+                Attempt::Failed { lasting: false } => parked.push((e.group, e.seq)),
             }
         }
     }
@@ -1585,25 +1619,28 @@ impl Scheduler {
             )
             .is_none()
         };
-        let eligible = |fleet: &Fleet, idx: usize| {
-            fleet.hosts[idx].takes_new_vms() && eligible_static(fleet, idx)
-        };
-        // Driver and labels are static: check them once per class of hosts.
+        // Driver and labels are static: check them once per class of hosts, and note per host
+        // whether it takes new VMs and could run the head, for the walk over expected ends.
+        let mut eligible = std::mem::take(&mut self.eligible_for_head);
+        eligible.clear();
+        eligible.resize(self.fleet.hosts.len(), false);
         let mut room: i64 = 0;
         let mut all_eligible = true;
         for members in self.fleet.classes.values() {
-            if members
+            let could_run = members
                 .first()
-                .is_some_and(|&i| eligible_static(&self.fleet, i))
-            {
-                room += members
-                    .iter()
-                    .map(|&i| &self.fleet.hosts[i])
-                    .filter(|h| h.takes_new_vms())
-                    .map(|h| h.free().fit_count(&need))
-                    .sum::<i64>();
-            } else if members.iter().any(|&i| self.fleet.hosts[i].takes_new_vms()) {
-                all_eligible = false;
+                .is_some_and(|&i| eligible_static(&self.fleet, i));
+            for &i in members {
+                let host = &self.fleet.hosts[i];
+                if !host.takes_new_vms() {
+                    continue;
+                }
+                if could_run {
+                    eligible[i] = true;
+                    room += host.free().fit_count(&need);
+                } else {
+                    all_eligible = false;
+                }
             }
         }
         // Capacity each host gets back by the shadow time, kept densely by host index until the
@@ -1626,7 +1663,7 @@ impl Scheduler {
             {
                 break;
             }
-            if !eligible(&self.fleet, idx) {
+            if !eligible[idx] {
                 continue;
             }
             let free = self.fleet.hosts[idx].free();
@@ -1644,6 +1681,7 @@ impl Scheduler {
         }
         self.freed_at_shadow = freed;
         self.freed_touched = touched;
+        self.eligible_for_head = eligible;
         let shadow_ms = shadow_ms.unwrap_or(u64::MAX);
         self.set_wait(
             head,
@@ -1704,6 +1742,12 @@ impl Scheduler {
         // A VM at least as large as the head's takes at least one of the head's VMs away at the
         // shadow time on any host that could run the head; when every host could, a request
         // that needs more VMs than the reservation spares cannot start now.
+        // No host has room for one VM: the ready hosts' total says so, or the index's root
+        // summary (a bound on every host), or it was so when last looked at and no host that
+        // changed since has room (the reference walk does not keep that note).
+        let no_room = free_fit == 0
+            || !self.fleet.index.may_fit_somewhere(&r.need)
+            || (!self.reference_walk && self.pass.no_room.contains(&r.need));
         let spares_too_few = limited
             && reservation.as_ref().is_some_and(|res| {
                 res.all_eligible && at_least > res.extra && covers(&r.need, &res.need)
@@ -1722,10 +1766,16 @@ impl Scheduler {
             } else {
                 Wait::NoFit
             })
+        } else if no_room {
+            Some(Wait::NoFit)
         } else {
             known
         };
         if let Some(wait) = refuse {
+            if no_room {
+                let need = r.need.clone();
+                self.note_no_room(&need);
+            }
             self.set_wait(id, wait);
             return Attempt::Failed { lasting };
         }
@@ -1756,6 +1806,9 @@ impl Scheduler {
         }
 
         let placed_all = chosen.len() == want;
+        if chosen.is_empty() && !refused_by_reservation {
+            self.note_no_room(&need);
+        }
         if chosen.is_empty() || (gang && !placed_all) {
             for (&h, &vm) in chosen.iter().zip(&vms) {
                 self.fleet.release(h, &need, vm, true);
