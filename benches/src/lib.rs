@@ -280,9 +280,18 @@ impl LoadedQueue {
     const N_HOSTS: u64 = 40;
 
     pub fn new(n_waiting: u64) -> LoadedQueue {
+        LoadedQueue::on(Scheduler::new, n_waiting)
+    }
+
+    /// The same on the reference scheduler, whose passes walk the whole queue one by one.
+    pub fn reference(n_waiting: u64) -> LoadedQueue {
+        LoadedQueue::on(Scheduler::reference, n_waiting)
+    }
+
+    fn on(scheduler: fn(Config) -> Scheduler, n_waiting: u64) -> LoadedQueue {
         let mut config = config();
         config.policy = berth_sched::Policy::Easy;
-        let mut s = Scheduler::new(config);
+        let mut s = scheduler(config);
         for i in 0..Self::N_HOSTS {
             let arch = if i % 4 == 3 { "aarch64" } else { "x86_64" };
             let mut spec =

@@ -74,3 +74,14 @@ fn the_loaded_queue_keeps_its_depth_and_places_as_vms_end() {
         assert_eq!(q.s.queue_len() as u64, n_waiting);
     }
 }
+
+/// The loaded queue places the same VMs step by step on the reference walk.
+#[test]
+fn the_loaded_queue_places_alike_on_the_reference_walk() {
+    let mut grouped = berth_benches::LoadedQueue::new(300);
+    let mut reference = berth_benches::LoadedQueue::reference(300);
+    let a: Vec<usize> = (0..300).map(|_| grouped.step()).collect();
+    let b: Vec<usize> = (0..300).map(|_| reference.step()).collect();
+    assert_eq!(a, b);
+    assert_eq!(grouped.s.queue(), reference.s.queue());
+}

@@ -40,8 +40,8 @@ pub(crate) struct Kind {
     pub need: Need,
     /// VMs that must be placed at once: a pending gang's size, otherwise 1.
     pub together: u32,
-    /// Expected provisioning, boot and run time: whether its VMs would outlive EASY's
-    /// reservation.
+    /// Under EASY, expected provisioning, boot and run time: whether its VMs would outlive the
+    /// reservation. Zero under the other policies, which do not look at it.
     pub duration_ms: u64,
 }
 
@@ -227,19 +227,25 @@ impl Queue {
     }
 
     /// The first member of group `group`, from sequence number `from` on, that is served after
-    /// position `key`. A group's service keys fall as its sequence numbers rise (one level,
-    /// oldest first), so the members served after `key` are a suffix of the group: gallop from
-    /// `from` to a member past `key`, then bisect back to where the suffix starts. Usually the
-    /// member at `from` already is.
+    /// `at`. Within one priority level that is the first member with a larger sequence number.
+    /// Across levels, a group's service keys fall as its sequence numbers rise (one level,
+    /// oldest first), so the members served after `at` are a suffix of the group: gallop from
+    /// `from` to a member past `at`, then bisect back to where the suffix starts.
     pub fn first_after(
         &self,
         group: u64,
         from: u64,
-        key: ServiceKey,
+        at: &Entry,
         now_ms: u64,
         aging_step_ms: u64,
     ) -> Option<Entry> {
-        let members = &self.groups.get(&group)?.members;
+        let g = self.groups.get(&group)?;
+        if g.kind.priority == at.priority {
+            let from = from.max(at.seq.saturating_add(1));
+            return g.members.range(from..).next().map(|(_, m)| *m);
+        }
+        let key = Self::key(at, now_ms, aging_step_ms);
+        let members = &g.members;
         // The first member at or after sequence number `seq`, if it is served after `key`.
         let after_from = |seq: u64| {
             members
@@ -399,14 +405,13 @@ mod tests {
             q.ordered(now, step, &mut order);
             let groups: Vec<u64> = q.groups().map(|(id, _)| id).collect();
             for (pos, at) in order.iter().enumerate() {
-                let key = Queue::key(at, now, step);
                 for &g in &groups {
                     for from in [0, at.seq / 2, at.seq, at.seq + 7, 1_000] {
                         let expected = order[pos + 1..]
                             .iter()
                             .find(|e| e.group == g && e.seq >= from)
                             .copied();
-                        let found = q.first_after(g, from, key, now, step);
+                        let found = q.first_after(g, from, at, now, step);
                         assert_eq!(found, expected, "after {at:?} from {from}");
                     }
                 }

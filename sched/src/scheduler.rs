@@ -5,6 +5,12 @@
 //! finds nothing left to hand out, so a caller that feeds a batch of inputs (all arrivals and
 //! completions of one instant, or a burst of API calls) gets one pass over them. Read the views
 //! after polling both until `None`.
+//!
+//! A pass costs what changed, not the queue's length. After arrivals alone it tries only the
+//! arrivals. After capacity came back it walks the queue by groups of one kind (`walk_queue`):
+//! only each group's next member is tried, a group that found no room leaves the pass, and a
+//! need no host had room for is not searched again until a host that changed has room
+//! (`Pass::no_room`). `Scheduler::reference` keeps the one-by-one walk the tests compare with.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, VecDeque};
@@ -425,7 +431,7 @@ impl Scheduler {
             priority: spec.priority,
             need: need.clone(),
             together,
-            duration_ms: expected_start_ms.saturating_add(expected_run_ms),
+            duration_ms: kind_duration(self.config.policy, expected_start_ms, expected_run_ms),
         };
         let seq = self.queue.push(id, kind, now);
         self.requests.insert(
@@ -659,7 +665,7 @@ impl Scheduler {
         };
         r.queued.push(vm);
         if r.queue_key.is_none() {
-            let seq = self.queue.push(id, kind_of(r), now);
+            let seq = self.queue.push(id, kind_of(r, self.config.policy), now);
             r.queue_key = Some((r.spec.priority, seq));
         }
         self.pass.arrivals.push(id);
@@ -1507,9 +1513,9 @@ impl Scheduler {
             .filter_map(|(_, g)| g.members.values().next())
             .map(|e| (Queue::key(e, now, step), *e))
             .collect();
-        // Parked groups, each with the sequence number of the member that failed.
+        // Parked groups, each with the sequence number after the member that failed.
         let mut parked: Vec<(u64, u64)> = Vec::new();
-        while let Some((key, e)) = next.pop() {
+        while let Some((_, e)) = next.pop() {
             if Some(e.request) == skip {
                 if let Some(m) = self.queue.next_in_group(&e) {
                     next.push((Queue::key(&m, now, step), m));
@@ -1524,14 +1530,14 @@ impl Scheduler {
                     if let Some(m) = self.queue.next_in_group(&e) {
                         next.push((Queue::key(&m, now, step), m));
                     }
-                    for (group, seq) in parked.drain(..) {
-                        if let Some(m) = self.queue.first_after(group, seq, key, now, step) {
+                    for (group, from) in parked.drain(..) {
+                        if let Some(m) = self.queue.first_after(group, from, &e, now, step) {
                             next.push((Queue::key(&m, now, step), m));
                         }
                     }
                 }
                 Attempt::Failed { lasting: true } => {}
-                Attempt::Failed { lasting: false } => parked.push((e.group, e.seq)),
+                Attempt::Failed { lasting: false } => parked.push((e.group, e.seq + 1)),
             }
         }
     }
@@ -1932,7 +1938,7 @@ fn covers(a: &Need, b: &Need) -> bool {
 }
 
 /// The kind a waiting request is grouped under in the queue.
-fn kind_of(r: &Request) -> Kind {
+fn kind_of(r: &Request, policy: Policy) -> Kind {
     Kind {
         priority: r.spec.priority,
         need: r.need.clone(),
@@ -1941,7 +1947,16 @@ fn kind_of(r: &Request) -> Kind {
         } else {
             1
         },
-        duration_ms: r.expected_start_ms.saturating_add(r.expected_run_ms),
+        duration_ms: kind_duration(policy, r.expected_start_ms, r.expected_run_ms),
+    }
+}
+
+/// The expected duration a kind carries: only EASY's backfilling looks at it, so under the
+/// other policies requests that differ only in it share a group.
+fn kind_duration(policy: Policy, expected_start_ms: u64, expected_run_ms: u64) -> u64 {
+    match policy {
+        Policy::Easy => expected_start_ms.saturating_add(expected_run_ms),
+        Policy::Fcfs | Policy::Greedy | Policy::AccasimEasy => 0,
     }
 }
 
