@@ -212,6 +212,10 @@ impl Queue {
         self.groups.iter().map(|(&id, g)| (id, g))
     }
 
+    pub fn groups_mut(&mut self) -> impl Iterator<Item = &mut Group> {
+        self.groups.values_mut()
+    }
+
     /// The members of group `group`, in arrival order.
     pub fn members(&self, group: u64) -> impl Iterator<Item = Entry> + '_ {
         self.groups

@@ -1507,12 +1507,31 @@ impl Scheduler {
             self.scratch = order;
             return;
         }
-        let mut next: BinaryHeap<(ServiceKey, Entry)> = self
-            .queue
-            .groups()
-            .filter_map(|(_, g)| g.members.values().next())
-            .map(|e| (Queue::key(e, now, step), *e))
-            .collect();
+        // A group that the free capacity of all ready hosts together cannot hold, or whose need
+        // no host has room for, stays out of the walk: capacity only shrinks within it. Its
+        // verdict is what `place_request` would say (the head's group keeps the reservation's).
+        let free = self.fleet.ready_free;
+        let mut next: BinaryHeap<(ServiceKey, Entry)> = BinaryHeap::new();
+        for g in self.queue.groups_mut() {
+            let Some(&first) = g.members.values().next() else {
+                continue;
+            };
+            let fit = free.fit_count(&g.kind.need);
+            let together = i64::from(g.kind.together);
+            let no_room = !self.reference_walk && self.pass.no_room.contains(&g.kind.need);
+            if fit >= together && !no_room {
+                next.push((Queue::key(&first, now, step), first));
+            } else if Some(first.request) != skip {
+                g.wait = if together > 1 && fit > 0 && !no_room {
+                    Wait::GangShort {
+                        fit: fit as u32,
+                        need: g.kind.together,
+                    }
+                } else {
+                    Wait::NoFit
+                };
+            }
+        }
         // Parked groups, each with the sequence number after the member that failed.
         let mut parked: Vec<(u64, u64)> = Vec::new();
         while let Some((_, e)) = next.pop() {
