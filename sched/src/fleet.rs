@@ -527,6 +527,7 @@ impl Fleet {
             self.ready_free = self.ready_free.plus(&host.room());
         }
         self.hosts.push(host);
+        self.changed.push(idx);
         self.class(idx);
         if self.index.holds(self.hosts.len()) {
             self.index

@@ -1518,7 +1518,7 @@ impl Scheduler {
             };
             let fit = free.fit_count(&g.kind.need);
             let together = i64::from(g.kind.together);
-            let no_room = !self.reference_walk && self.pass.no_room.contains(&g.kind.need);
+            let no_room = self.pass.no_room.contains(&g.kind.need);
             if fit >= together && !no_room {
                 next.push((Queue::key(&first, now, step), first));
             } else if Some(first.request) != skip {
