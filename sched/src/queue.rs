@@ -32,8 +32,10 @@ pub(crate) struct Entry {
 pub(crate) type ServiceKey = (i64, Reverse<u64>);
 
 /// Everything a pass looks at to decide whether a waiting request can start now, apart from
-/// the request's identity. Fixed while the request waits: a request that leaves the queue and
-/// comes back is queued again under its kind of then.
+/// the request's identity. Fixed while the request waits: priority, need and duration never
+/// change, and a pending gang's size cannot (none of its VMs runs, so none comes back; its
+/// first placement takes them all and it leaves the queue). A request that leaves the queue
+/// and comes back is queued again under its kind of then.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) struct Kind {
     pub priority: i32,
