@@ -258,3 +258,166 @@ pub fn churn_step(
     running.push_back(start_one(s, next_id));
     while s.poll_event().is_some() {}
 }
+
+/// A loaded fleet with a queue of constant depth, for the cost of a pass against the queue's
+/// length: 40 hosts (30 x86_64, 10 aarch64; 64 vCPUs ×2, 256 GiB) full of 6-vCPU VMs with
+/// 2 vCPUs left over on each, and `n_waiting` requests behind them of four kinds in turn:
+/// 6-vCPU Linux for either architecture, 8-vCPU Windows and 16-vCPU Linux. Each step one running
+/// VM (the oldest) ends, the pass places what fits (EASY), the placed VMs run, and every placed
+/// request is submitted again, so the queue keeps its depth and its mix.
+pub struct LoadedQueue {
+    pub s: Scheduler,
+    running: std::collections::VecDeque<berth_sched::VmId>,
+    /// The kind of each request id, to submit a placed request's kind again.
+    kinds: std::collections::BTreeMap<berth_sched::RequestId, usize>,
+    next_id: u64,
+    now_ms: u64,
+    /// Submit a placed request's kind again (not while filling the fleet).
+    refill: bool,
+}
+
+impl LoadedQueue {
+    const N_HOSTS: u64 = 40;
+
+    pub fn new(n_waiting: u64) -> LoadedQueue {
+        LoadedQueue::on(Scheduler::new, n_waiting)
+    }
+
+    /// The same on the reference scheduler, whose passes walk the whole queue one by one.
+    pub fn reference(n_waiting: u64) -> LoadedQueue {
+        LoadedQueue::on(Scheduler::reference, n_waiting)
+    }
+
+    fn on(scheduler: fn(Config) -> Scheduler, n_waiting: u64) -> LoadedQueue {
+        let mut config = config();
+        config.policy = berth_sched::Policy::Easy;
+        let mut s = scheduler(config);
+        for i in 0..Self::N_HOSTS {
+            let arch = if i % 4 == 3 { "aarch64" } else { "x86_64" };
+            let mut spec =
+                HostSpec::new(i, &format!("kvm-{i:05}"), DriverKind::Libvirt, 64, 262_144);
+            spec.cpu_overcommit_milli = 2000;
+            spec.labels = vec![Label::new("arch", arch)];
+            let report = ProbeReport {
+                vcpus: 64,
+                memory_mib: 262_144,
+                images: vec!["linux".into(), "windows".into()],
+            };
+            for input in [
+                Input::AddHost(spec),
+                Input::Probe {
+                    host: HostId(i),
+                    result: Ok(report),
+                },
+            ] {
+                if let Err(e) = s.handle(0, input) {
+                    panic!("loaded fleet: {e}");
+                }
+            }
+        }
+        let mut q = LoadedQueue {
+            s,
+            running: std::collections::VecDeque::new(),
+            kinds: std::collections::BTreeMap::new(),
+            next_id: 1,
+            now_ms: 0,
+            refill: false,
+        };
+        // 21 VMs of 6 vCPUs and 12 GiB fill a host's 128 vCPUs to 2 and its memory to 4 GiB.
+        for host in 0..Self::N_HOSTS {
+            let arch = if host % 4 == 3 { 1 } else { 0 };
+            for _ in 0..21 {
+                q.submit(arch);
+            }
+            q.place_and_run();
+        }
+        for i in 0..n_waiting {
+            q.submit((i % 4) as usize);
+        }
+        q.refill = true;
+        q.place_and_run();
+        q
+    }
+
+    /// Submits one request of kind `kind` (0, 1: 6-vCPU Linux on x86_64, aarch64; 2: 8-vCPU
+    /// Windows; 3: 16-vCPU Linux).
+    fn submit(&mut self, kind: usize) {
+        let (template, vcpus, arch) = [
+            ("linux", 6, Some("x86_64")),
+            ("linux", 6, Some("aarch64")),
+            ("windows", 8, None),
+            ("linux", 16, None),
+        ][kind % 4];
+        let id = self.next_id;
+        self.next_id += 1;
+        let mut spec = RequestSpec::new(id, template, 1);
+        spec.shape = Some(Shape {
+            vcpus,
+            memory_mib: u64::from(vcpus) * 2048,
+        });
+        if let Some(arch) = arch {
+            spec.labels = vec![Label::new("arch", arch)];
+        }
+        self.kinds.insert(spec.id, kind);
+        if let Err(e) = self.s.handle(self.now_ms, Input::Submit(spec)) {
+            panic!("loaded queue: {e}");
+        }
+    }
+
+    /// Polls the scheduler, carries every placed VM to running and submits each placed
+    /// request's kind again; returns the VMs placed.
+    fn place_and_run(&mut self) -> usize {
+        let mut total = 0;
+        // Provisioning turns are few per host: a VM that provisions frees one for the next pass.
+        loop {
+            let n = self.place_and_run_once();
+            if n == 0 {
+                return total;
+            }
+            total += n;
+        }
+    }
+
+    fn place_and_run_once(&mut self) -> usize {
+        let mut placed = Vec::new();
+        while let Some(a) = self.s.poll_action() {
+            if let Action::Provision { vm, request, .. } = a {
+                placed.push((vm, request));
+            }
+        }
+        while self.s.poll_event().is_some() {}
+        for &(vm, request) in &placed {
+            for input in [
+                Input::ProvisionDone { vm, result: Ok(()) },
+                Input::BootDone { vm, result: Ok(()) },
+            ] {
+                if let Err(e) = self.s.handle(self.now_ms, input) {
+                    panic!("loaded queue: {e}");
+                }
+            }
+            self.running.push_back(vm);
+            if let Some(kind) = self.kinds.remove(&request)
+                && self.refill
+            {
+                self.submit(kind);
+            }
+        }
+        placed.len()
+    }
+
+    /// One second later the oldest running VM ends; returns the VMs the pass placed.
+    pub fn step(&mut self) -> usize {
+        self.now_ms += 1_000;
+        if let Some(vm) = self.running.pop_front() {
+            for input in [
+                Input::JobFinished { vm, passed: true },
+                Input::DestroyDone { vm, result: Ok(()) },
+            ] {
+                if let Err(e) = self.s.handle(self.now_ms, input) {
+                    panic!("loaded queue: {e}");
+                }
+            }
+        }
+        self.place_and_run()
+    }
+}

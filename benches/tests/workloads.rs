@@ -54,3 +54,34 @@ fn churn_keeps_the_number_of_vms_alive() {
     }
     assert_eq!(s.n_vms(), 1_000);
 }
+
+/// The loaded queue keeps its depth, places VMs as running ones end, and leaves a queue of
+/// every kind waiting.
+#[test]
+fn the_loaded_queue_keeps_its_depth_and_places_as_vms_end() {
+    for n_waiting in [100, 1_000] {
+        let mut q = berth_benches::LoadedQueue::new(n_waiting);
+        assert_eq!(q.s.queue_len() as u64, n_waiting);
+        assert!(
+            q.s.hosts().all(|h| h.cpu_milli - h.cpu_used_milli == 2_000),
+            "every host has 2 vCPUs left"
+        );
+        let placed: usize = (0..500).map(|_| q.step()).sum();
+        assert!(
+            placed >= 250,
+            "{n_waiting} waiting: {placed} placed in 500 steps"
+        );
+        assert_eq!(q.s.queue_len() as u64, n_waiting);
+    }
+}
+
+/// The loaded queue places the same VMs step by step on the reference walk.
+#[test]
+fn the_loaded_queue_places_alike_on_the_reference_walk() {
+    let mut grouped = berth_benches::LoadedQueue::new(300);
+    let mut reference = berth_benches::LoadedQueue::reference(300);
+    let a: Vec<usize> = (0..300).map(|_| grouped.step()).collect();
+    let b: Vec<usize> = (0..300).map(|_| reference.step()).collect();
+    assert_eq!(a, b);
+    assert_eq!(grouped.s.queue(), reference.s.queue());
+}

@@ -315,6 +315,12 @@ impl CapacityIndex {
         }
     }
 
+    /// Whether some host may take one VM of `need` by the root's summary: when not, no host
+    /// can (the summary is a bound); when so, one may.
+    pub fn may_fit_somewhere(&self, need: &Need) -> bool {
+        self.nodes[1].may_fit(need, 0)
+    }
+
     pub fn holds(&self, n_hosts: usize) -> bool {
         n_hosts <= self.size
     }
@@ -455,6 +461,8 @@ pub(crate) struct Fleet {
     pub classes: BTreeMap<StaticClass, Vec<usize>>,
     /// Counts every change to any host: equal versions mean an identical fleet.
     pub version: u64,
+    /// The hosts changed since the scheduler last took this list (with repeats).
+    pub changed: Vec<usize>,
 }
 
 /// The static side of a host: two hosts of one class take the same VMs when empty.
@@ -484,6 +492,7 @@ impl Fleet {
             ready_free: Amount::default(),
             classes: BTreeMap::new(),
             version: 0,
+            changed: Vec::new(),
         }
     }
 
@@ -519,6 +528,7 @@ impl Fleet {
             self.ready_free = self.ready_free.plus(&host.room());
         }
         self.hosts.push(host);
+        self.changed.push(idx);
         self.class(idx);
         if self.index.holds(self.hosts.len()) {
             self.index
@@ -532,6 +542,7 @@ impl Fleet {
     /// Changes one host, keeping the index and the totals in step.
     pub fn update<T>(&mut self, idx: usize, f: impl FnOnce(&mut Host) -> T) -> T {
         self.version += 1;
+        self.changed.push(idx);
         let host = &mut self.hosts[idx];
         if host.takes_new_vms() {
             self.ready_free = self.ready_free.minus(&host.room());

@@ -1,59 +1,160 @@
-//! The queue of waiting requests: one FIFO per priority level, merged by effective priority.
+//! The queue of waiting requests: one FIFO per priority level, merged by effective priority,
+//! and the same requests again in groups of one kind each.
 //!
 //! Aging adds one level per `aging_step_ms` waited. Within a level the oldest request has aged
 //! the most, so each level is already in effective-priority order and the whole queue is a
 //! k-way merge of the level heads (k = distinct priorities, usually one or two).
+//!
+//! A group holds the waiting requests of one [`Kind`] (priority, what one VM needs, how many
+//! VMs must start together, expected duration) in arrival order. Its members are a sub-sequence
+//! of one level, so they too are in service order, and merging the group heads by service key
+//! gives the whole queue again. Members of one kind fare alike in a pass: a pass tries a group
+//! instead of walking each request (see `Scheduler::walk_queue`). A deep queue of CI requests
+//! holds a few dozen kinds, whatever its length.
 
 use std::cmp::Reverse;
 use std::collections::BTreeMap;
 
+use crate::fleet::Need;
 use crate::model::RequestId;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) struct Entry {
     pub request: RequestId,
     pub priority: i32,
     pub seq: u64,
     pub enqueued_ms: u64,
+    /// The id of its group.
+    pub group: u64,
+}
+
+/// Where an entry stands in the service order: a larger key is served first.
+pub(crate) type ServiceKey = (i64, Reverse<u64>);
+
+/// Everything a pass looks at to decide whether a waiting request can start now, apart from
+/// the request's identity. Fixed while the request waits: priority, need and duration never
+/// change, and a pending gang's size cannot (none of its VMs runs, so none comes back; its
+/// first placement takes them all and it leaves the queue). A request that leaves the queue
+/// and comes back is queued again under its kind of then.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct Kind {
+    pub priority: i32,
+    pub need: Need,
+    /// VMs that must be placed at once: a pending gang's size, otherwise 1.
+    pub together: u32,
+    /// Under EASY, expected provisioning, boot and run time: whether its VMs would outlive the
+    /// reservation. Zero under the other policies, which do not look at it.
+    pub duration_ms: u64,
+}
+
+/// Why a waiting request is still waiting, as the last pass that tried one of its group found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Wait {
+    NotConsidered,
+    NoFit,
+    GangShort { fit: u32, need: u32 },
+    Reserved { head: RequestId, start_ms: u64 },
+}
+
+/// The waiting requests of one kind, by sequence number (arrival order).
+#[derive(Clone, Debug)]
+pub(crate) struct Group {
+    pub kind: Kind,
+    pub members: BTreeMap<u64, Entry>,
+    /// What the last attempt for one of its members found; every member shares it.
+    pub wait: Wait,
 }
 
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Queue {
     levels: BTreeMap<Reverse<i32>, BTreeMap<u64, Entry>>,
+    groups: BTreeMap<u64, Group>,
+    group_ids: BTreeMap<Kind, u64>,
     next_seq: u64,
+    next_group: u64,
     len: usize,
 }
 
 impl Queue {
-    pub fn push(&mut self, request: RequestId, priority: i32, enqueued_ms: u64) -> u64 {
+    pub fn push(&mut self, request: RequestId, kind: Kind, enqueued_ms: u64) -> u64 {
         let seq = self.next_seq;
         self.next_seq += 1;
-        self.levels.entry(Reverse(priority)).or_default().insert(
+        let priority = kind.priority;
+        let group = match self.group_ids.get(&kind) {
+            Some(&id) => id,
+            None => {
+                let id = self.next_group;
+                self.next_group += 1;
+                self.group_ids.insert(kind.clone(), id);
+                self.groups.insert(
+                    id,
+                    Group {
+                        kind,
+                        members: BTreeMap::new(),
+                        wait: Wait::NotConsidered,
+                    },
+                );
+                id
+            }
+        };
+        let entry = Entry {
+            request,
+            priority,
             seq,
-            Entry {
-                request,
-                priority,
-                seq,
-                enqueued_ms,
-            },
-        );
+            enqueued_ms,
+            group,
+        };
+        self.levels
+            .entry(Reverse(priority))
+            .or_default()
+            .insert(seq, entry);
+        if let Some(g) = self.groups.get_mut(&group) {
+            g.members.insert(seq, entry);
+        }
         self.len += 1;
         seq
     }
 
     pub fn remove(&mut self, priority: i32, seq: u64) {
-        if let Some(level) = self.levels.get_mut(&Reverse(priority))
-            && level.remove(&seq).is_some()
-        {
-            self.len -= 1;
-            if level.is_empty() {
-                self.levels.remove(&Reverse(priority));
+        let Some(level) = self.levels.get_mut(&Reverse(priority)) else {
+            return;
+        };
+        let Some(entry) = level.remove(&seq) else {
+            return;
+        };
+        self.len -= 1;
+        if level.is_empty() {
+            self.levels.remove(&Reverse(priority));
+        }
+        if let Some(g) = self.groups.get_mut(&entry.group) {
+            g.members.remove(&seq);
+            if g.members.is_empty() {
+                self.group_ids.remove(&g.kind);
+                self.groups.remove(&entry.group);
             }
         }
     }
 
     pub fn len(&self) -> usize {
         self.len
+    }
+
+    pub fn get(&self, priority: i32, seq: u64) -> Option<&Entry> {
+        self.levels.get(&Reverse(priority))?.get(&seq)
+    }
+
+    /// The verdict shared by the waiting request queued as `(priority, seq)`.
+    pub fn wait(&self, priority: i32, seq: u64) -> Wait {
+        self.get(priority, seq)
+            .and_then(|e| self.groups.get(&e.group))
+            .map_or(Wait::NotConsidered, |g| g.wait)
+    }
+
+    pub fn set_wait(&mut self, priority: i32, seq: u64, wait: Wait) {
+        let group = self.get(priority, seq).map(|e| e.group);
+        if let Some(g) = group.and_then(|id| self.groups.get_mut(&id)) {
+            g.wait = wait;
+        }
     }
 
     fn effective(e: &Entry, now_ms: u64, aging_step_ms: u64) -> i64 {
@@ -64,12 +165,17 @@ impl Queue {
         i64::from(e.priority) + age
     }
 
+    /// Where `e` stands in the service order now.
+    pub fn key(e: &Entry, now_ms: u64, aging_step_ms: u64) -> ServiceKey {
+        (Self::effective(e, now_ms, aging_step_ms), Reverse(e.seq))
+    }
+
     /// The request served first now.
     pub fn head(&self, now_ms: u64, aging_step_ms: u64) -> Option<Entry> {
         self.levels
             .values()
             .filter_map(|l| l.values().next())
-            .max_by_key(|e| (Self::effective(e, now_ms, aging_step_ms), Reverse(e.seq)))
+            .max_by_key(|e| Self::key(e, now_ms, aging_step_ms))
             .copied()
     }
 
@@ -87,10 +193,10 @@ impl Queue {
             .map(|l| l.values().peekable())
             .collect();
         loop {
-            let mut best: Option<(usize, (i64, Reverse<u64>))> = None;
+            let mut best: Option<(usize, ServiceKey)> = None;
             for (i, it) in iters.iter_mut().enumerate() {
                 if let Some(e) = it.peek() {
-                    let key = (Self::effective(e, now_ms, aging_step_ms), Reverse(e.seq));
+                    let key = Self::key(e, now_ms, aging_step_ms);
                     if best.is_none_or(|(_, k)| key > k) {
                         best = Some((i, key));
                     }
@@ -102,11 +208,114 @@ impl Queue {
             }
         }
     }
+
+    /// The groups with their ids, in the order they were first made.
+    pub fn groups(&self) -> impl Iterator<Item = (u64, &Group)> {
+        self.groups.iter().map(|(&id, g)| (id, g))
+    }
+
+    pub fn groups_mut(&mut self) -> impl Iterator<Item = &mut Group> {
+        self.groups.values_mut()
+    }
+
+    /// The members of group `group`, in arrival order.
+    pub fn members(&self, group: u64) -> impl Iterator<Item = Entry> + '_ {
+        self.groups
+            .get(&group)
+            .into_iter()
+            .flat_map(|g| g.members.values().copied())
+    }
+
+    /// The member of `e`'s group served next after `e`.
+    pub fn next_in_group(&self, e: &Entry) -> Option<Entry> {
+        let g = self.groups.get(&e.group)?;
+        g.members.range(e.seq + 1..).next().map(|(_, m)| *m)
+    }
+
+    /// The first member of group `group`, from sequence number `from` on, that is served after
+    /// `at`. Within one priority level that is the first member with a larger sequence number.
+    /// Across levels, a group's service keys fall as its sequence numbers rise (one level,
+    /// oldest first), so the members served after `at` are a suffix of the group: gallop from
+    /// `from` to a member past `at`, then bisect back to where the suffix starts.
+    pub fn first_after(
+        &self,
+        group: u64,
+        from: u64,
+        at: &Entry,
+        now_ms: u64,
+        aging_step_ms: u64,
+    ) -> Option<Entry> {
+        let g = self.groups.get(&group)?;
+        if g.kind.priority == at.priority {
+            let from = from.max(at.seq.saturating_add(1));
+            return g.members.range(from..).next().map(|(_, m)| *m);
+        }
+        let key = Self::key(at, now_ms, aging_step_ms);
+        let members = &g.members;
+        // The first member at or after sequence number `seq`, if it is served after `key`.
+        let after_from = |seq: u64| {
+            members
+                .range(seq..)
+                .next()
+                .map(|(_, m)| *m)
+                .filter(|m| Self::key(m, now_ms, aging_step_ms) < key)
+        };
+        if let Some(m) = after_from(from) {
+            return Some(m);
+        }
+        let (&last, _) = members.last_key_value()?;
+        if last < from {
+            return None;
+        }
+        after_from(last)?;
+        // From `lo` the first member is served before `key`; from `hi` it is served after.
+        let (mut lo, mut hi) = (from, last);
+        let mut step = 1u64;
+        while let Some(probe) = lo.checked_add(step).filter(|&p| p < hi) {
+            if after_from(probe).is_some() {
+                hi = probe;
+                break;
+            }
+            lo = probe;
+            step = step.saturating_mul(2);
+        }
+        while hi - lo > 1 {
+            let mid = lo + (hi - lo) / 2;
+            if after_from(mid).is_some() {
+                hi = mid;
+            } else {
+                lo = mid;
+            }
+        }
+        after_from(hi)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn kind(priority: i32, cpus: i64) -> Kind {
+        Kind {
+            priority,
+            need: Need {
+                cpu_milli: cpus * 1000,
+                memory_mib: 1,
+                slot: None,
+                drivers: 0xff,
+                labels: Vec::new(),
+                label_bloom: 0,
+                image: 0,
+            },
+            together: 1,
+            duration_ms: 0,
+        }
+    }
+
+    /// Queues request `id` at `priority`, of the one-vCPU kind.
+    fn push(q: &mut Queue, id: u64, priority: i32, at_ms: u64) -> u64 {
+        q.push(RequestId(id), kind(priority, 1), at_ms)
+    }
 
     fn ids(q: &Queue, now: u64, step: u64) -> Vec<u64> {
         let mut out = Vec::new();
@@ -117,9 +326,9 @@ mod tests {
     #[test]
     fn higher_priority_first_then_arrival() {
         let mut q = Queue::default();
-        q.push(RequestId(1), 0, 0);
-        q.push(RequestId(2), 5, 10);
-        q.push(RequestId(3), 0, 20);
+        push(&mut q, 1, 0, 0);
+        push(&mut q, 2, 5, 10);
+        push(&mut q, 3, 0, 20);
         assert_eq!(ids(&q, 30, 0), vec![2, 1, 3]);
         assert_eq!(q.head(30, 0).map(|e| e.request.0), Some(2));
     }
@@ -127,24 +336,92 @@ mod tests {
     #[test]
     fn aging_lets_an_old_low_priority_request_pass() {
         let mut q = Queue::default();
-        q.push(RequestId(1), 0, 0);
-        q.push(RequestId(2), 2, 1_000);
+        push(&mut q, 1, 0, 0);
+        push(&mut q, 2, 2, 1_000);
         // At 1.5 s request 1 has aged one level (step 1 s) and still trails.
         assert_eq!(ids(&q, 1_500, 1_000), vec![2, 1]);
         // Both age at the same rate, so request 1 stays behind request 2; but at 3 s it has aged
         // three levels and passes a priority-2 request that only just arrived (3 > 2).
-        q.push(RequestId(3), 2, 3_000);
+        push(&mut q, 3, 2, 3_000);
         assert_eq!(ids(&q, 3_000, 1_000), vec![2, 1, 3]);
     }
 
     #[test]
-    fn remove_keeps_the_count() {
+    fn remove_keeps_the_count_and_drops_empty_groups() {
         let mut q = Queue::default();
-        let a = q.push(RequestId(1), 0, 0);
-        q.push(RequestId(2), 1, 0);
+        let a = push(&mut q, 1, 0, 0);
+        push(&mut q, 2, 1, 0);
         q.remove(0, a);
         q.remove(0, a);
         assert_eq!(q.len(), 1);
         assert_eq!(ids(&q, 0, 0), vec![2]);
+        assert_eq!(q.groups().count(), 1);
+    }
+
+    /// A queue of three priorities and three shapes, arriving over time.
+    fn mixed() -> Queue {
+        let mut q = Queue::default();
+        for i in 0..60u64 {
+            let priority = [0, 2, -1][(i % 3) as usize];
+            let cpus = [1, 2, 4][((i / 3) % 3) as usize];
+            q.push(RequestId(i), kind(priority, cpus), i * 250);
+        }
+        q
+    }
+
+    #[test]
+    fn merging_the_group_heads_gives_the_service_order() {
+        let q = mixed();
+        for (now, step) in [(15_000, 0), (15_000, 1_000), (40_000, 700), (40_000, 5_000)] {
+            let mut order = Vec::new();
+            q.ordered(now, step, &mut order);
+            let mut merged = Vec::new();
+            let mut heads: Vec<Option<Entry>> = q
+                .groups()
+                .map(|(_, g)| g.members.values().next().copied())
+                .collect();
+            while let Some(i) = (0..heads.len())
+                .filter(|&i| heads[i].is_some())
+                .max_by_key(|&i| heads[i].map(|e| Queue::key(&e, now, step)))
+            {
+                let Some(e) = heads[i] else { break };
+                merged.push(e);
+                heads[i] = q.next_in_group(&e);
+            }
+            assert_eq!(merged, order, "now {now}, step {step}");
+        }
+    }
+
+    #[test]
+    fn first_after_finds_the_first_member_served_later() {
+        let mut q = mixed();
+        // Holes in the sequence numbers, as placements leave them.
+        for seq in [4, 5, 13, 31, 32, 33] {
+            let p = q
+                .levels
+                .values()
+                .find_map(|l| l.get(&seq))
+                .map(|e| e.priority);
+            if let Some(p) = p {
+                q.remove(p, seq);
+            }
+        }
+        for (now, step) in [(15_000, 0), (40_000, 700), (40_000, 5_000)] {
+            let mut order = Vec::new();
+            q.ordered(now, step, &mut order);
+            let groups: Vec<u64> = q.groups().map(|(id, _)| id).collect();
+            for (pos, at) in order.iter().enumerate() {
+                for &g in &groups {
+                    for from in [0, at.seq / 2, at.seq, at.seq + 7, 1_000] {
+                        let expected = order[pos + 1..]
+                            .iter()
+                            .find(|e| e.group == g && e.seq >= from)
+                            .copied();
+                        let found = q.first_after(g, from, at, now, step);
+                        assert_eq!(found, expected, "after {at:?} from {from}");
+                    }
+                }
+            }
+        }
     }
 }

@@ -5,8 +5,15 @@
 //! finds nothing left to hand out, so a caller that feeds a batch of inputs (all arrivals and
 //! completions of one instant, or a burst of API calls) gets one pass over them. Read the views
 //! after polling both until `None`.
+//!
+//! A pass costs what changed, not the queue's length. After arrivals alone it tries only the
+//! arrivals. After capacity came back it walks the queue by groups of one kind (`walk_queue`):
+//! only each group's next member is tried, a group that found no room leaves the pass, and a
+//! need no host had room for is not searched again until a host that changed has room
+//! (`Pass::no_room`). `Scheduler::reference` keeps the one-by-one walk the tests compare with.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, VecDeque};
 use std::sync::Arc;
 
 use crate::config::{Config, Policy};
@@ -22,8 +29,8 @@ use crate::model::{
 };
 use crate::output::{Action, Cause, Event, VmSpec};
 use crate::placement::filter::{Probe, STATIC, first_failure};
-use crate::placement::{Reason, Search};
-use crate::queue::{Entry, Queue};
+use crate::placement::{Reason, Search, fits};
+use crate::queue::{Entry, Kind, Queue, ServiceKey, Wait};
 
 /// The most VMs one request may ask for.
 pub const REQUEST_VMS_MAX: u32 = 100_000;
@@ -55,15 +62,6 @@ pub(crate) struct Vm {
     pub(crate) expected_end_ms: u64,
 }
 
-/// Why a waiting request is still waiting, as the last pass found it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Wait {
-    NotConsidered,
-    NoFit,
-    GangShort { fit: u32, need: u32 },
-    Reserved { head: RequestId, start_ms: u64 },
-}
-
 #[derive(Clone, Debug)]
 pub(crate) struct Request {
     pub(crate) spec: RequestSpec,
@@ -85,7 +83,6 @@ pub(crate) struct Request {
     pub(crate) ending: Option<RequestState>,
     /// Why it is ending early, for its final event.
     pub(crate) ending_cause: Option<Cause>,
-    pub(crate) wait: Wait,
     /// Expected provisioning plus boot time, and expected job duration.
     pub(crate) expected_start_ms: u64,
     pub(crate) expected_run_ms: u64,
@@ -124,6 +121,16 @@ impl EndEntry {
     }
 }
 
+/// What one `place_request` did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Attempt {
+    /// At least one VM was placed: the fleet changed.
+    Placed,
+    /// Nothing was placed. `lasting`: no request of its group can start for the rest of this
+    /// walk either (capacity only shrinks within a walk).
+    Failed { lasting: bool },
+}
+
 /// The head's reservation under EASY backfilling.
 #[derive(Clone, Debug)]
 pub(crate) struct Reservation {
@@ -153,6 +160,11 @@ pub(crate) struct Pass {
     /// VMs and an unchanged fleet would fail the same way, so it is skipped (a deep queue of
     /// look-alike requests then costs one search per pass, not one per request).
     failed: Vec<(Need, bool, i64, u64, Wait)>,
+    /// Needs for which no host had room for one VM when an attempt last looked. That stays
+    /// true until a host changes and fits one, so each poll checks only the hosts changed since
+    /// the last (`recheck_no_room`), and an attempt for such a need is refused without a search.
+    /// Across passes this is what keeps a pass after one VM ended from searching for every kind.
+    no_room: Vec<Need>,
 }
 
 /// The scheduler core. `Clone` gives an independent copy (the console's drain prediction
@@ -187,6 +199,10 @@ pub struct Scheduler {
     pub(crate) freed_at_shadow: Vec<Option<Amount>>,
     /// The hosts with an entry in `freed_at_shadow`.
     pub(crate) freed_touched: Vec<usize>,
+    /// Per host, whether it takes new VMs and could run the head (scratch for `reserve`).
+    pub(crate) eligible_for_head: Vec<bool>,
+    /// Passes walk every waiting request one by one (see `Scheduler::reference`).
+    pub(crate) reference_walk: bool,
 }
 
 impl Scheduler {
@@ -221,6 +237,20 @@ impl Scheduler {
             scratch: Vec::new(),
             freed_at_shadow: Vec::new(),
             freed_touched: Vec::new(),
+            eligible_for_head: Vec::new(),
+            reference_walk: false,
+        }
+    }
+
+    /// A scheduler whose passes walk every waiting request one by one, in service order, as
+    /// berth did before waiting requests were grouped by kind. It decides exactly as
+    /// `Scheduler::new` does, at a cost that grows with the queue's length: it is the reference
+    /// the tests compare the grouped walk against (`tests/sched/equivalence.rs`), not for use.
+    #[doc(hidden)]
+    pub fn reference(config: Config) -> Scheduler {
+        Scheduler {
+            reference_walk: true,
+            ..Scheduler::new(config)
         }
     }
 
@@ -397,7 +427,13 @@ impl Scheduler {
             let vm = self.new_vm(id, Cause::Submitted);
             queued.push(vm);
         }
-        let seq = self.queue.push(id, spec.priority, now);
+        let kind = Kind {
+            priority: spec.priority,
+            need: need.clone(),
+            together,
+            duration_ms: kind_duration(self.config.policy, expected_start_ms, expected_run_ms),
+        };
+        let seq = self.queue.push(id, kind, now);
         self.requests.insert(
             id,
             Request {
@@ -414,7 +450,6 @@ impl Scheduler {
                 vms_failed: 0,
                 ending: None,
                 ending_cause: None,
-                wait: Wait::NotConsidered,
                 expected_start_ms,
                 expected_run_ms,
             },
@@ -630,10 +665,9 @@ impl Scheduler {
         };
         r.queued.push(vm);
         if r.queue_key.is_none() {
-            let seq = self.queue.push(id, r.spec.priority, now);
+            let seq = self.queue.push(id, kind_of(r, self.config.policy), now);
             r.queue_key = Some((r.spec.priority, seq));
         }
-        r.wait = Wait::NotConsidered;
         self.pass.arrivals.push(id);
         self.maybe_finish(id);
     }
@@ -1271,6 +1305,7 @@ impl Scheduler {
     // ---- the placement pass ----
 
     fn schedule(&mut self) {
+        self.recheck_no_room();
         if !self.pass.capacity_changed && self.pass.arrivals.is_empty() && !self.head_moved() {
             return;
         }
@@ -1296,6 +1331,28 @@ impl Scheduler {
         self.pass.arrivals.clear();
     }
 
+    /// Drops from `no_room` every need that a host changed since the last check now has room for.
+    fn recheck_no_room(&mut self) {
+        let mut changed = std::mem::take(&mut self.fleet.changed);
+        if !self.pass.no_room.is_empty() && !changed.is_empty() {
+            changed.sort_unstable();
+            changed.dedup();
+            let fleet = &self.fleet;
+            self.pass
+                .no_room
+                .retain(|need| !changed.iter().any(|&h| fits(fleet, h, need)));
+        }
+        changed.clear();
+        self.fleet.changed = changed;
+    }
+
+    /// Notes that no host has room for one VM of `need` now (see `Pass::no_room`).
+    fn note_no_room(&mut self, need: &Need) {
+        if !self.pass.no_room.contains(need) {
+            self.pass.no_room.push(need.clone());
+        }
+    }
+
     /// Under FCFS and EASY, whether the head of the queue is another than the one the last pass
     /// left waiting: the head was cancelled or failed, or aging moved a request ahead of it.
     /// Either may let the new head start with no change to capacity.
@@ -1308,11 +1365,28 @@ impl Scheduler {
     }
 
     /// After the fleet shrank: a waiting request none of whose VMs runs yet and that no host
-    /// could ever fit any more is rejected, not left waiting forever.
+    /// could ever fit any more is rejected, not left waiting forever. Whether a request could
+    /// ever fit depends only on its kind, so only the members of groups that cannot are looked
+    /// at (the reference looks at every waiting request).
     fn reject_unfittable(&mut self) {
+        let (now, step) = (self.now_ms, self.config.aging_step_ms);
         let mut order = std::mem::take(&mut self.scratch);
-        self.queue
-            .ordered(self.now_ms, self.config.aging_step_ms, &mut order);
+        if self.reference_walk {
+            self.queue.ordered(now, step, &mut order);
+        } else {
+            order.clear();
+            let kinds: Vec<(u64, Need, u32)> = self
+                .queue
+                .groups()
+                .map(|(id, g)| (id, g.kind.need.clone(), g.kind.together))
+                .collect();
+            for (group, need, together) in kinds {
+                if self.never_fits(&need, together).is_some() {
+                    order.extend(self.queue.members(group));
+                }
+            }
+            order.sort_by_key(|e| Reverse(Queue::key(e, now, step)));
+        }
         for e in &order {
             let Some(r) = self.requests.get(&e.request) else {
                 continue;
@@ -1365,19 +1439,7 @@ impl Scheduler {
             }
         }
         let blocked = self.pass.reservation.as_ref().map(|r| r.head);
-        let mut order = std::mem::take(&mut self.scratch);
-        self.queue
-            .ordered(self.now_ms, self.config.aging_step_ms, &mut order);
-        for e in &order {
-            if Some(e.request) == blocked {
-                continue;
-            }
-            if self.fleet.ready_free.cpu_milli <= 0 {
-                break;
-            }
-            self.place_request(e.request, None);
-        }
-        self.scratch = order;
+        self.walk_queue(blocked, None);
     }
 
     /// Places heads of the queue in order until one does not fit; returns that head.
@@ -1405,42 +1467,127 @@ impl Scheduler {
         }
     }
 
-    /// The requests a pass serves, in the scratch buffer: the whole queue in service order
-    /// (`full`), or only those that got new queued VMs since the last pass, oldest first.
-    fn pass_order(&mut self, full: bool) -> Vec<Entry> {
-        let mut order = std::mem::take(&mut self.scratch);
-        if full {
-            self.queue
-                .ordered(self.now_ms, self.config.aging_step_ms, &mut order);
-        } else {
-            order.clear();
-            for &id in &self.pass.arrivals {
-                if let Some((priority, seq)) = self.requests.get(&id).and_then(|r| r.queue_key) {
-                    order.push(Entry {
-                        request: id,
-                        priority,
-                        seq,
-                        enqueued_ms: 0,
-                    });
+    /// Serves every waiting request but `skip`, in service order, until no ready host has a
+    /// vCPU free: what calling `place_request` on each in turn does (and what the reference
+    /// walk does), at a cost that follows the groups and the placements, not the queue's length.
+    ///
+    /// Between two placements the fleet stands still, so the members of one group fare alike;
+    /// and within a walk capacity only shrinks. The walk therefore merges the groups by the
+    /// service key of each one's next member and tries only that member. A group whose member
+    /// failed for good (`lasting`) leaves the walk. One that only the reservation's accounting
+    /// refused is parked: after the next placement it goes on from its first member served after
+    /// that placement (the members in between would have met the same fleet and failed alike).
+    fn walk_queue(&mut self, skip: Option<RequestId>, mut reservation: Option<&mut Reservation>) {
+        let (now, step) = (self.now_ms, self.config.aging_step_ms);
+        if self.reference_walk {
+            let mut order = std::mem::take(&mut self.scratch);
+            self.queue.ordered(now, step, &mut order);
+            for e in &order {
+                if Some(e.request) == skip {
+                    continue;
                 }
+                if self.fleet.ready_free.cpu_milli <= 0 {
+                    break;
+                }
+                self.place_request(e.request, reservation.as_deref_mut());
             }
-            order.sort_by_key(|e| e.seq);
-            order.dedup_by_key(|e| e.seq);
+            self.scratch = order;
+            return;
         }
-        order
-    }
-
-    fn serve_all(&mut self, full: bool) {
-        let order = self.pass_order(full);
-        for e in &order {
+        // A group that the free capacity of all ready hosts together cannot hold, or whose need
+        // no host has room for, stays out of the walk: capacity only shrinks within it. Its
+        // verdict is what `place_request` would say (the head's group keeps the reservation's).
+        let free = self.fleet.ready_free;
+        let mut next: BinaryHeap<(ServiceKey, Entry)> = BinaryHeap::new();
+        for g in self.queue.groups_mut() {
+            let Some(&first) = g.members.values().next() else {
+                continue;
+            };
+            let fit = free.fit_count(&g.kind.need);
+            let together = i64::from(g.kind.together);
+            let no_room = self.pass.no_room.contains(&g.kind.need);
+            if fit >= together && !no_room {
+                next.push((Queue::key(&first, now, step), first));
+            } else if Some(first.request) != skip {
+                g.wait = if together > 1 && fit > 0 && !no_room {
+                    Wait::GangShort {
+                        fit: fit as u32,
+                        need: g.kind.together,
+                    }
+                } else {
+                    Wait::NoFit
+                };
+            }
+        }
+        // Parked groups, each with the sequence number after the member that failed.
+        let mut parked: Vec<(u64, u64)> = Vec::new();
+        while let Some((_, e)) = next.pop() {
+            if Some(e.request) == skip {
+                if let Some(m) = self.queue.next_in_group(&e) {
+                    next.push((Queue::key(&m, now, step), m));
+                }
+                continue;
+            }
             if self.fleet.ready_free.cpu_milli <= 0 {
                 break;
             }
-            self.place_request(e.request, None);
+            match self.place_request(e.request, reservation.as_deref_mut()) {
+                Attempt::Placed => {
+                    if let Some(m) = self.queue.next_in_group(&e) {
+                        next.push((Queue::key(&m, now, step), m));
+                    }
+                    for (group, from) in parked.drain(..) {
+                        if let Some(m) = self.queue.first_after(group, from, &e, now, step) {
+                            next.push((Queue::key(&m, now, step), m));
+                        }
+                    }
+                }
+                Attempt::Failed { lasting: true } => {}
+                Attempt::Failed { lasting: false } => parked.push((e.group, e.seq + 1)),
+            }
+        }
+    }
+
+    /// The requests that got new queued VMs since the last pass, oldest first, but `skip`:
+    /// a pass after arrivals alone tries only them.
+    fn serve_arrivals(
+        &mut self,
+        skip: Option<RequestId>,
+        mut reservation: Option<&mut Reservation>,
+    ) {
+        let mut order = std::mem::take(&mut self.scratch);
+        order.clear();
+        for &id in &self.pass.arrivals {
+            let queued = self.requests.get(&id).and_then(|r| r.queue_key);
+            if let Some(&e) = queued.and_then(|(p, s)| self.queue.get(p, s)) {
+                order.push(e);
+            }
+        }
+        order.sort_by_key(|e| e.seq);
+        order.dedup_by_key(|e| e.seq);
+        for e in &order {
+            if Some(e.request) == skip {
+                continue;
+            }
+            if self.fleet.ready_free.cpu_milli <= 0 {
+                break;
+            }
+            self.place_request(e.request, reservation.as_deref_mut());
         }
         self.scratch = order;
     }
 
+    /// Greedy: every waiting request that fits starts, in service order.
+    fn serve_all(&mut self, full: bool) {
+        if full {
+            self.walk_queue(None, None);
+        } else {
+            self.serve_arrivals(None, None);
+        }
+    }
+
+    /// EASY: the blocked head keeps its reservation; the others start now if they do not
+    /// delay it.
     fn backfill(&mut self, head: RequestId, full: bool) {
         let stale = self
             .pass
@@ -1453,17 +1600,11 @@ impl Scheduler {
         let Some(mut reservation) = self.pass.reservation.take() else {
             return;
         };
-        let order = self.pass_order(full || stale);
-        for e in &order {
-            if e.request == head {
-                continue;
-            }
-            if self.fleet.ready_free.cpu_milli <= 0 {
-                break;
-            }
-            self.place_request(e.request, Some(&mut reservation));
+        if full || stale {
+            self.walk_queue(Some(head), Some(&mut reservation));
+        } else {
+            self.serve_arrivals(Some(head), Some(&mut reservation));
         }
-        self.scratch = order;
         self.pass.reservation = Some(reservation);
     }
 
@@ -1490,25 +1631,28 @@ impl Scheduler {
             )
             .is_none()
         };
-        let eligible = |fleet: &Fleet, idx: usize| {
-            fleet.hosts[idx].takes_new_vms() && eligible_static(fleet, idx)
-        };
-        // Driver and labels are static: check them once per class of hosts.
+        // Driver and labels are static: check them once per class of hosts, and note per host
+        // whether it takes new VMs and could run the head, for the walk over expected ends.
+        let mut eligible = std::mem::take(&mut self.eligible_for_head);
+        eligible.clear();
+        eligible.resize(self.fleet.hosts.len(), false);
         let mut room: i64 = 0;
         let mut all_eligible = true;
         for members in self.fleet.classes.values() {
-            if members
+            let could_run = members
                 .first()
-                .is_some_and(|&i| eligible_static(&self.fleet, i))
-            {
-                room += members
-                    .iter()
-                    .map(|&i| &self.fleet.hosts[i])
-                    .filter(|h| h.takes_new_vms())
-                    .map(|h| h.free().fit_count(&need))
-                    .sum::<i64>();
-            } else if members.iter().any(|&i| self.fleet.hosts[i].takes_new_vms()) {
-                all_eligible = false;
+                .is_some_and(|&i| eligible_static(&self.fleet, i));
+            for &i in members {
+                let host = &self.fleet.hosts[i];
+                if !host.takes_new_vms() {
+                    continue;
+                }
+                if could_run {
+                    eligible[i] = true;
+                    room += host.free().fit_count(&need);
+                } else {
+                    all_eligible = false;
+                }
             }
         }
         // Capacity each host gets back by the shadow time, kept densely by host index until the
@@ -1531,7 +1675,7 @@ impl Scheduler {
             {
                 break;
             }
-            if !eligible(&self.fleet, idx) {
+            if !eligible[idx] {
                 continue;
             }
             let free = self.fleet.hosts[idx].free();
@@ -1549,13 +1693,15 @@ impl Scheduler {
         }
         self.freed_at_shadow = freed;
         self.freed_touched = touched;
+        self.eligible_for_head = eligible;
         let shadow_ms = shadow_ms.unwrap_or(u64::MAX);
-        if let Some(r) = self.requests.get_mut(&head) {
-            r.wait = Wait::Reserved {
+        self.set_wait(
+            head,
+            Wait::Reserved {
                 head,
                 start_ms: shadow_ms,
-            };
-        }
+            },
+        );
         Some(Reservation {
             head,
             need,
@@ -1568,12 +1714,16 @@ impl Scheduler {
     /// Places as many queued VMs of the request as policy and capacity allow (a pending gang:
     /// all or none). Under a reservation, a VM that would outlive the shadow time may only take
     /// capacity the head will not need.
-    fn place_request(&mut self, id: RequestId, mut reservation: Option<&mut Reservation>) {
+    fn place_request(
+        &mut self,
+        id: RequestId,
+        mut reservation: Option<&mut Reservation>,
+    ) -> Attempt {
         let Some(r) = self.requests.get(&id) else {
-            return;
+            return Attempt::Failed { lasting: false };
         };
         if r.queued.is_empty() || r.ending.is_some() {
-            return;
+            return Attempt::Failed { lasting: false };
         }
         // Decide cheaply whether to try at all before copying anything: most attempts in a
         // deep queue end here.
@@ -1588,6 +1738,10 @@ impl Scheduler {
         let limited = reservation
             .as_ref()
             .is_some_and(|res| ends_by > res.shadow_ms);
+        // Within one walk capacity only shrinks, so a request that does not fit now fits no
+        // better later in the walk; only the reservation's accounting can change its mind (a
+        // host that fills up may stop counting against the head).
+        let lasting = !limited;
         let version = self.fleet.version;
         let known = self
             .pass
@@ -1600,6 +1754,12 @@ impl Scheduler {
         // A VM at least as large as the head's takes at least one of the head's VMs away at the
         // shadow time on any host that could run the head; when every host could, a request
         // that needs more VMs than the reservation spares cannot start now.
+        // No host has room for one VM: the ready hosts' total says so, or the index's root
+        // summary (a bound on every host), or it was so when last looked at and no host that
+        // changed since has room (the reference walk does not keep that note).
+        let no_room = free_fit == 0
+            || !self.fleet.index.may_fit_somewhere(&r.need)
+            || (!self.reference_walk && self.pass.no_room.contains(&r.need));
         let spares_too_few = limited
             && reservation.as_ref().is_some_and(|res| {
                 res.all_eligible && at_least > res.extra && covers(&r.need, &res.need)
@@ -1618,14 +1778,18 @@ impl Scheduler {
             } else {
                 Wait::NoFit
             })
+        } else if no_room {
+            Some(Wait::NoFit)
         } else {
             known
         };
         if let Some(wait) = refuse {
-            if let Some(r) = self.requests.get_mut(&id) {
-                r.wait = wait;
+            if no_room {
+                let need = r.need.clone();
+                self.note_no_room(&need);
             }
-            return;
+            self.set_wait(id, wait);
+            return Attempt::Failed { lasting };
         }
         let vms = r.queued.clone();
         let need = r.need.clone();
@@ -1654,6 +1818,9 @@ impl Scheduler {
         }
 
         let placed_all = chosen.len() == want;
+        if chosen.is_empty() && !refused_by_reservation {
+            self.note_no_room(&need);
+        }
         if chosen.is_empty() || (gang && !placed_all) {
             for (&h, &vm) in chosen.iter().zip(&vms) {
                 self.fleet.release(h, &need, vm, true);
@@ -1674,15 +1841,13 @@ impl Scheduler {
             self.pass
                 .failed
                 .push((need, limited, at_least, self.fleet.version, wait));
-            if let Some(r) = self.requests.get_mut(&id) {
-                r.wait = wait;
-            }
-            return;
+            self.set_wait(id, wait);
+            return Attempt::Failed { lasting };
         }
 
         let now = self.now_ms;
         let Some(r) = self.requests.get_mut(&id) else {
-            return;
+            return Attempt::Placed;
         };
         r.queued.drain(..chosen.len());
         r.gang_pending = false;
@@ -1724,11 +1889,19 @@ impl Scheduler {
                 if let Some((p, s)) = r.queue_key.take() {
                     self.queue.remove(p, s);
                 }
-            } else {
-                r.wait = Wait::NoFit;
+            } else if let Some((p, s)) = r.queue_key {
+                self.queue.set_wait(p, s, Wait::NoFit);
             }
         }
         self.maybe_finish(id);
+        Attempt::Placed
+    }
+
+    /// Records why a waiting request (and so every request of its group) still waits.
+    fn set_wait(&mut self, id: RequestId, wait: Wait) {
+        if let Some((priority, seq)) = self.requests.get(&id).and_then(|r| r.queue_key) {
+            self.queue.set_wait(priority, seq, wait);
+        }
     }
 }
 
@@ -1768,6 +1941,29 @@ fn covers(a: &Need, b: &Need) -> bool {
     a.cpu_milli >= b.cpu_milli
         && a.memory_mib >= b.memory_mib
         && (b.slot.is_none() || a.slot == b.slot)
+}
+
+/// The kind a waiting request is grouped under in the queue.
+fn kind_of(r: &Request, policy: Policy) -> Kind {
+    Kind {
+        priority: r.spec.priority,
+        need: r.need.clone(),
+        together: if r.gang_pending {
+            r.queued.len() as u32
+        } else {
+            1
+        },
+        duration_ms: kind_duration(policy, r.expected_start_ms, r.expected_run_ms),
+    }
+}
+
+/// The expected duration a kind carries: only EASY's backfilling looks at it, so under the
+/// other policies requests that differ only in it share a group.
+fn kind_duration(policy: Policy, expected_start_ms: u64, expected_run_ms: u64) -> u64 {
+    match policy {
+        Policy::Easy => expected_start_ms.saturating_add(expected_run_ms),
+        Policy::Fcfs | Policy::Greedy | Policy::AccasimEasy => 0,
+    }
 }
 
 fn invalid(field: &'static str, reason: String) -> InputError {

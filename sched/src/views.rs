@@ -12,7 +12,8 @@ use crate::model::{
 };
 use crate::placement::Reason;
 use crate::placement::filter::{PIPELINE, Probe, first_failure};
-use crate::scheduler::{Scheduler, Wait, describe_need};
+use crate::queue::Wait;
+use crate::scheduler::{Scheduler, describe_need};
 
 /// A host as operators see it. Capacities are after overcommit; vCPUs in thousandths.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -282,7 +283,10 @@ impl Scheduler {
             .queue
             .head(self.now_ms, self.config.aging_step_ms)
             .map(|e| e.request);
-        let blocker = match r.wait {
+        let wait = r
+            .queue_key
+            .map_or(Wait::NotConsidered, |(p, s)| self.queue.wait(p, s));
+        let blocker = match wait {
             _ if self.config.policy == Policy::Fcfs && head.is_some_and(|h| h != id) => {
                 Blocker::BehindHead(head.unwrap_or(id))
             }

@@ -3,6 +3,7 @@
 //! breakpoint transition, property tests over random input sequences, and purity checks.
 
 mod breakpoints;
+mod equivalence;
 mod fixture;
 mod hosts;
 mod lifecycle;

@@ -19,15 +19,16 @@ use crate::support::{GIB, linux, macos};
 /// The configuration knobs a case varies.
 #[derive(Clone, Debug)]
 pub struct Knobs {
-    policy: u8,
-    rotate: bool,
-    weights: (u32, u32, u32),
-    provisioning_per_host_max: u32,
-    vm_retries_max: u32,
-    probe_failures_max: u32,
-    provision_failures_max: u32,
-    candidates_max: u32,
-    aging_step_ms: u64,
+    /// fcfs, easy, greedy, accasim-easy (`knobs()` draws the first three).
+    pub(crate) policy: u8,
+    pub(crate) rotate: bool,
+    pub(crate) weights: (u32, u32, u32),
+    pub(crate) provisioning_per_host_max: u32,
+    pub(crate) vm_retries_max: u32,
+    pub(crate) probe_failures_max: u32,
+    pub(crate) provision_failures_max: u32,
+    pub(crate) candidates_max: u32,
+    pub(crate) aging_step_ms: u64,
 }
 
 #[derive(Clone, Debug)]
@@ -82,16 +83,16 @@ pub enum Op {
 /// A request as an op makes it.
 #[derive(Clone, Copy, Debug)]
 pub struct Sub {
-    template: u8,
-    count: u32,
-    gang: bool,
-    priority: i32,
-    vcpus: Option<u32>,
-    memory_gib: Option<u64>,
-    arm: bool,
-    hold: bool,
-    deadline_s: Option<u64>,
-    run_s: Option<u64>,
+    pub(crate) template: u8,
+    pub(crate) count: u32,
+    pub(crate) gang: bool,
+    pub(crate) priority: i32,
+    pub(crate) vcpus: Option<u32>,
+    pub(crate) memory_gib: Option<u64>,
+    pub(crate) arm: bool,
+    pub(crate) hold: bool,
+    pub(crate) deadline_s: Option<u64>,
+    pub(crate) run_s: Option<u64>,
 }
 
 impl Sub {
@@ -112,7 +113,7 @@ impl Sub {
     }
 }
 
-fn knobs() -> impl Strategy<Value = Knobs> {
+pub(crate) fn knobs() -> impl Strategy<Value = Knobs> {
     (
         0u8..3,
         any::<bool>(),
@@ -139,7 +140,7 @@ fn knobs() -> impl Strategy<Value = Knobs> {
         )
 }
 
-fn add_host() -> impl Strategy<Value = Op> {
+pub(crate) fn add_host() -> impl Strategy<Value = Op> {
     (
         0u8..3,
         1u32..=16,
@@ -164,7 +165,7 @@ fn add_host() -> impl Strategy<Value = Op> {
         )
 }
 
-fn op() -> impl Strategy<Value = Op> {
+pub(crate) fn op() -> impl Strategy<Value = Op> {
     let submit = (
         0u8..3,
         1u32..=6,
@@ -227,9 +228,14 @@ fn windows() -> Template {
 const TEMPLATES: [&str; 3] = ["linux", "macos", "windows"];
 const IMAGES: [&str; 3] = ["linux-base", "macos-base", "windows-base"];
 
-fn config_of(k: &Knobs) -> Config {
+pub(crate) fn config_of(k: &Knobs) -> Config {
     Config {
-        policy: [Policy::Fcfs, Policy::Easy, Policy::Greedy][usize::from(k.policy % 3)],
+        policy: [
+            Policy::Fcfs,
+            Policy::Easy,
+            Policy::Greedy,
+            Policy::AccasimEasy,
+        ][usize::from(k.policy % 4)],
         weights: Weights {
             pack: k.weights.0,
             spread: k.weights.1,
@@ -270,7 +276,7 @@ fn failure(outcome: u8) -> Failure {
 
 /// One run of a case: the scheduler, what was fed to it, and the decision log.
 #[derive(Clone)]
-struct Run {
+pub(crate) struct Run {
     s: Scheduler,
     checks: bool,
     now_ms: u64,
@@ -279,7 +285,7 @@ struct Run {
     next_host: u64,
     next_request: u64,
     /// Every input with its result, then every action and event it led to, as Debug text.
-    log: String,
+    pub(crate) log: String,
     /// The last state each request's events put it in.
     states: BTreeMap<RequestId, RequestState>,
     /// The terminal events each request got (there must be exactly one by the end).
@@ -289,9 +295,18 @@ struct Run {
 }
 
 impl Run {
-    fn new(config: Config, checks: bool) -> Run {
+    pub(crate) fn new(config: Config, checks: bool) -> Run {
+        Run::on(Scheduler::new(config), checks)
+    }
+
+    /// A run on the reference scheduler (every pass walks the whole queue one by one).
+    pub(crate) fn reference(config: Config, checks: bool) -> Run {
+        Run::on(Scheduler::reference(config), checks)
+    }
+
+    fn on(s: Scheduler, checks: bool) -> Run {
         Run {
-            s: Scheduler::new(config),
+            s,
             checks,
             now_ms: 0,
             hosts: Vec::new(),
@@ -454,7 +469,7 @@ impl Run {
         })
     }
 
-    fn apply(&mut self, op: &Op) {
+    pub(crate) fn apply(&mut self, op: &Op) {
         let Some(input) = self.input_for(op) else {
             return;
         };
@@ -720,13 +735,13 @@ impl Run {
 }
 
 /// FNV-1a, for a short name of a long log in failure messages.
-fn digest(log: &str) -> u64 {
+pub(crate) fn digest(log: &str) -> u64 {
     log.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
         (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
     })
 }
 
-fn first_difference(a: &str, b: &str) -> String {
+pub(crate) fn first_difference(a: &str, b: &str) -> String {
     match a
         .lines()
         .zip(b.lines())
@@ -784,7 +799,7 @@ fn proptest_config_long() -> ProptestConfig {
     config
 }
 
-fn proptest_config() -> ProptestConfig {
+pub(crate) fn proptest_config() -> ProptestConfig {
     let mut config = ProptestConfig {
         // Failures are pinned below as named tests, not in a file next to the sources.
         failure_persistence: None,
