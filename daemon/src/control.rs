@@ -980,8 +980,10 @@ impl Control {
     /// and everything else waits behind the batch.
     fn hold(&mut self, msgs: Vec<Msg>) {
         let (refused, _) = self.disk.check();
-        let refused =
-            refused.unwrap_or_else(|| ApiError::new(507, "the database cannot be written"));
+        let refused = ApiError::new(
+            507,
+            refused.unwrap_or_else(|| "the database cannot be written".to_owned()),
+        );
         let mut held = Vec::new();
         for m in msgs {
             match m {
@@ -1039,7 +1041,7 @@ impl Control {
         if changed {
             self.announce_health();
         }
-        refused
+        refused.map(|why| ApiError::new(507, why))
     }
 
     /// Re-reads the disk's state and announces a change.

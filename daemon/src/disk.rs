@@ -9,7 +9,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::DaemonError;
-use crate::control::ApiError;
 
 /// How often the free space is measured at most.
 const MEASURE_EVERY_MS: u64 = 1000;
@@ -73,9 +72,9 @@ impl DiskWatch {
         Some(free)
     }
 
-    /// Why API writes are refused now, if they are; updates the shared health, and says
-    /// whether that changed (for a log line and an event).
-    pub(crate) fn check(&mut self) -> (Option<ApiError>, bool) {
+    /// Why API writes are refused now, if they are (the text of their 507); updates the
+    /// shared health, and says whether that changed (for a log line and an event).
+    pub(crate) fn check(&mut self) -> (Option<String>, bool) {
         let why = if let Some(e) = &self.failing {
             Some(format!(
                 "the database in {} cannot be written ({e}): writes are refused until it can; \
@@ -94,7 +93,7 @@ impl DiskWatch {
             }
         };
         let changed = self.health.set(why.clone());
-        (why.map(|w| ApiError::new(507, w)), changed)
+        (why, changed)
     }
 
     /// Forgets the last measurement, so that the next check measures again.
