@@ -237,6 +237,13 @@ pub struct RequestArgs {
     /// A host label every VM's host must carry (KEY=VALUE; repeatable).
     #[arg(long = "label")]
     labels: Vec<String>,
+    /// The staged change this request belongs to (a Gerrit change, a pull request): reports
+    /// and exported traces group requests by it.
+    #[arg(long)]
+    change: Option<String>,
+    /// Who asks, when not the token's name (a CI coordinator naming its user or team).
+    #[arg(long)]
+    requester: Option<String>,
     #[command(flatten)]
     conn: Conn,
 }
@@ -305,6 +312,12 @@ pub fn request(args: RequestArgs) -> anyhow::Result<ExitCode> {
             }
             if let Some(m) = args.memory_mib {
                 body["memory_mib"] = json!(m);
+            }
+            if let Some(change) = &args.change {
+                body["change"] = json!(change);
+            }
+            if let Some(requester) = &args.requester {
+                body["requester"] = json!(requester);
             }
             let v = c.call("POST", "/v1/requests", Some(body))?;
             Ok(c.print(&v, |v| {

@@ -354,6 +354,8 @@ struct SubmitBody {
     #[serde(default)]
     hold_on_failure: bool,
     hold_owner: Option<String>,
+    /// The staged change this request belongs to.
+    change: Option<String>,
     hold_ttl_s: Option<u64>,
     pending_deadline_s: Option<u64>,
     expected_run_s: Option<u64>,
@@ -394,6 +396,9 @@ async fn submit(State(state): State<AppState>, headers: HeaderMap, body: Bytes) 
     if let Some(o) = &b.hold_owner {
         crate::wire::check_text("hold_owner", o)?;
     }
+    if let Some(c) = &b.change {
+        crate::wire::check_text("change", c)?;
+    }
     let requester = b.requester.unwrap_or_else(|| actor.who.clone());
     let request = WireRequest {
         id: 0,
@@ -413,6 +418,7 @@ async fn submit(State(state): State<AppState>, headers: HeaderMap, body: Bytes) 
         pending_deadline_ms: b.pending_deadline_s.map(|s| s.saturating_mul(1000)),
         expected_run_ms: b.expected_run_s.map(|s| s.saturating_mul(1000)),
         requester,
+        change: b.change,
     };
     let id = send_input(&state, WireInput::Submit { request }, actor).await?;
     let row = state

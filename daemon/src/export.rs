@@ -105,6 +105,8 @@ pub(crate) fn request_record(
         .expected_run_ms
         .or(template.map(|t| t.expected_run_ms))
         .filter(|&e| e != r.duration_ms);
+    r.requester = Some(w.requester.clone()).filter(|q| !q.is_empty());
+    r.change = w.change.clone();
     r
 }
 

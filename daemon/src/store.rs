@@ -986,6 +986,7 @@ mod tests {
                 pending_deadline_ms: None,
                 expected_run_ms: None,
                 requester: "ci".into(),
+                change: None,
             };
             store
                 .commit(&Commit {

@@ -316,6 +316,10 @@ pub struct WireRequest {
     pub pending_deadline_ms: Option<u64>,
     pub expected_run_ms: Option<u64>,
     pub requester: String,
+    /// The staged change the request belongs to (a Gerrit change, a pull request), if the
+    /// caller said: reports and traces group requests by it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub change: Option<String>,
 }
 
 impl WireRequest {
@@ -578,6 +582,7 @@ mod tests {
                     pending_deadline_ms: None,
                     expected_run_ms: Some(1000),
                     requester: "ci".into(),
+                    change: None,
                 },
             },
             WireInput::ProvisionDone {

@@ -329,3 +329,30 @@ fn capacities_and_text_are_checked_against_named_maxima() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.lines().all(|l| l.chars().count() < 400), "{text}");
 }
+
+#[test]
+fn a_requests_change_is_kept_and_exported_for_replay() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = TestDaemon::start(dir.path(), CONFIG);
+    let r = d.ok(
+        "POST",
+        "/v1/requests",
+        Some(json!({"template": "linux", "count": 2, "change": "I8f3a/2", "requester": "team-a"})),
+    );
+    assert_eq!(r["spec"]["change"], "I8f3a/2", "{r}");
+    let id = r["id"].as_u64().unwrap();
+    d.wait_for("running", |d| d.running_vms(id).len() == 2);
+    d.stop();
+    let export = berth_daemon::export::export(&dir.path().join("berth.db"), None).unwrap();
+    let requests: Vec<&berth_traces::RequestRecord> = export
+        .records
+        .iter()
+        .filter_map(|r| match &r.body {
+            berth_traces::RecordBody::Request(q) => Some(q),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(requests.len(), 1);
+    assert_eq!(requests[0].change.as_deref(), Some("I8f3a/2"));
+    assert_eq!(requests[0].requester.as_deref(), Some("team-a"));
+}
