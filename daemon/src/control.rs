@@ -22,8 +22,8 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::DaemonError;
 use crate::config::Role;
-use crate::datadir::OrphanStart;
 use crate::disk::DiskWatch;
+use crate::orphan_start::OrphanStart;
 use crate::store::{AuditRow, Commit, OrphanRow, Store};
 use crate::wire::{FieldError, WireHost, WireInput, WireTemplate};
 use crate::workers::{VmOp, Workers};

@@ -7,36 +7,12 @@ use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+pub use crate::orphan_start::OrphanStart;
 use crate::store::{META_DATA_DIR_ID, Store};
 use crate::{DB_FILE, DaemonError};
 
 /// The marker file: the data directory's identity, also kept in the database's `meta` table.
 pub const MARKER_FILE: &str = "berth.id";
-
-/// What a start may do with VMs on the hosts that the journal cannot account for (an empty
-/// or lost database, or VMs another berth created). Without a choice, berth keeps them.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum OrphanStart {
-    /// Keep them and say so; refuse to start on a journal that never created a VM while the
-    /// hosts run berth VMs.
-    #[default]
-    Refuse,
-    /// `--adopt-orphans`: keep every VM found, recorded as kept orphans, and start.
-    Adopt,
-    /// `--destroy-orphans`: destroy every VM found that the journal does not have, and start.
-    Destroy,
-}
-
-impl OrphanStart {
-    /// The command-line flag that chose it, for the audit log.
-    pub fn flag(self) -> &'static str {
-        match self {
-            OrphanStart::Refuse => "",
-            OrphanStart::Adopt => "--adopt-orphans",
-            OrphanStart::Destroy => "--destroy-orphans",
-        }
-    }
-}
 
 /// An open data directory: locked until this value is dropped.
 pub(crate) struct DataDir {

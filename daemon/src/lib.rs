@@ -17,6 +17,7 @@ pub mod hooks;
 pub mod limits;
 pub mod metrics;
 mod obs_api;
+mod orphan_start;
 mod serve;
 pub mod store;
 pub mod wire;
