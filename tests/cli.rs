@@ -15,6 +15,23 @@ fn berth(args: &[&str]) -> Output {
         .expect("the berth binary runs")
 }
 
+/// Runs `sim run` and writes the report to `dir/name`.
+fn sim_report(dir: &Path, name: &str, trace: &Path, args: &[&str]) -> PathBuf {
+    let path = dir.join(name);
+    let mut all = vec![
+        "sim",
+        "run",
+        "--trace",
+        trace.to_str().unwrap(),
+        "--report",
+        path.to_str().unwrap(),
+    ];
+    all.extend_from_slice(args);
+    let out = berth(&all);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    path
+}
+
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
@@ -117,22 +134,9 @@ fn compare_fails_on_a_regression_and_passes_otherwise() {
     let dir = temp_dir("compare");
     let trace = synth(&dir, "3000");
     let run = |policy: &str, fleet: &str, name: &str| {
-        let report = dir.join(name);
         let fleet = Path::new(env!("CARGO_MANIFEST_DIR")).join(fleet);
-        let out = berth(&[
-            "sim",
-            "run",
-            "--trace",
-            trace.to_str().unwrap(),
-            "--fleet",
-            fleet.to_str().unwrap(),
-            "--policy",
-            policy,
-            "--report",
-            report.to_str().unwrap(),
-        ]);
-        assert!(out.status.success(), "{}", text(&out.stderr));
-        report
+        let args = ["--fleet", fleet.to_str().unwrap(), "--policy", policy];
+        sim_report(&dir, name, &trace, &args)
     };
     let big = run("easy", "examples/fleet-ci.toml", "big.json");
     let small = run("easy", "tests/fleet-small.toml", "small.json");
@@ -405,21 +409,8 @@ fn sim_plot_overlays_reports_with_a_legend() {
     let fleet = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fleet-small.toml");
     let mut reports = Vec::new();
     for policy in ["fcfs", "greedy"] {
-        let report = dir.join(format!("{policy}.json"));
-        let out = berth(&[
-            "sim",
-            "run",
-            "--trace",
-            trace.to_str().unwrap(),
-            "--fleet",
-            fleet.to_str().unwrap(),
-            "--policy",
-            policy,
-            "--report",
-            report.to_str().unwrap(),
-        ]);
-        assert!(out.status.success(), "{}", text(&out.stderr));
-        reports.push(report);
+        let args = ["--fleet", fleet.to_str().unwrap(), "--policy", policy];
+        reports.push(sim_report(&dir, &format!("{policy}.json"), &trace, &args));
     }
     let svg = dir.join("both.svg");
     let out = berth(&[

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::{berth, temp_dir, text};
+use super::{berth, sim_report as report, temp_dir, text};
 
 fn synth(dir: &Path, vms: &str, seed: &str) -> PathBuf {
     let trace = dir.join(format!("synth-{vms}-{seed}.jsonl.gz"));
@@ -19,23 +19,6 @@ fn synth(dir: &Path, vms: &str, seed: &str) -> PathBuf {
     ]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     trace
-}
-
-/// Runs `sim run` and writes the report to `dir/name`.
-fn report(dir: &Path, name: &str, trace: &Path, args: &[&str]) -> PathBuf {
-    let path = dir.join(name);
-    let mut all = vec![
-        "sim",
-        "run",
-        "--trace",
-        trace.to_str().unwrap(),
-        "--report",
-        path.to_str().unwrap(),
-    ];
-    all.extend_from_slice(args);
-    let out = berth(&all);
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    path
 }
 
 fn fleet() -> String {
