@@ -184,10 +184,13 @@ fn run_sim(args: RunArgs) -> anyhow::Result<ExitCode> {
             bar.tick();
         }
     };
-    let mut tap = Tap::new(&mut reader);
-    let (mut report, timeline) = sim.run(&mut tap, info, &mut progress)?;
+    let ((mut report, timeline), horizon_ms) = berth_traces::read_ahead(&mut reader, |records| {
+        let mut tap = Tap::new(records);
+        let run = sim.run(&mut tap, info, &mut progress)?;
+        anyhow::Ok((run, tap.horizon_ms()))
+    })?;
     report.provenance = Provenance {
-        horizon_ms: tap.horizon_ms(),
+        horizon_ms,
         trace_sha256: trace_hash.finish(),
         fleet_sha256: match (&args.fleet, &args.hosts) {
             (Some(path), _) => provenance::fleet_file_sha256(path)?,

@@ -31,6 +31,7 @@ mod error;
 mod ids;
 mod lines;
 mod num;
+pub mod read_ahead;
 pub mod record;
 pub mod swf;
 pub mod synth;
@@ -45,6 +46,7 @@ use flate2::bufread::MultiGzDecoder;
 pub use azure::AzureReader;
 pub use berth::{BerthReader, TraceWriter};
 pub use error::TraceError;
+pub use read_ahead::read_ahead;
 pub use record::{
     Driver, Hold, HostEvent, HostRecord, HostSpec, Outcome, Record, RecordBody, RequestRecord,
     TraceHeader,
