@@ -9,22 +9,24 @@ use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{Path as UrlPath, Query as UrlQuery, State};
+use axum::extract::{FromRef, FromRequestParts, Path as UrlPath, Query as UrlQuery, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use berth_api as api;
 use berth_sched::REQUEST_VMS_MAX;
 use futures_util::StreamExt;
 use rusqlite::Connection;
-use serde::Deserialize;
 use serde::de::DeserializeOwned;
-use serde_json::json;
+use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio_stream::wrappers::BroadcastStream;
+use utoipa::IntoParams;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::DaemonError;
 use crate::config::Role;
@@ -119,9 +121,9 @@ pub struct AppState {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        let body = match &self.field {
-            Some(field) => json!({"error": self.error, "field": field}),
-            None => json!({"error": self.error}),
+        let body = api::ErrorBody {
+            error: self.error,
+            field: self.field,
         };
         (status, axum::Json(body)).into_response()
     }
@@ -129,16 +131,43 @@ impl IntoResponse for ApiError {
 
 type ApiResult = Result<Response, ApiError>;
 
-fn ok_json(status: StatusCode, body: serde_json::Value) -> ApiResult {
+/// An answer of the API's types (`berth_api`), the only kind the daemon sends as JSON.
+fn ok_json<T: Serialize>(status: StatusCode, body: &T) -> ApiResult {
     Ok((status, axum::Json(body)).into_response())
 }
 
+/// A caller with a known token, of any role. Routes take it (or [`Operator`]) as their first
+/// argument, so a route cannot forget to check: the router walk in the tests proves every
+/// `/v1` route but `/healthz` asks for one.
+pub(crate) struct Reader(pub(crate) Actor);
+
+/// A caller with an operator token: every route that changes something takes one.
+pub(crate) struct Operator(pub(crate) Actor);
+
+impl<S: Send + Sync> FromRequestParts<S> for Reader
+where
+    AppState: FromRef<S>,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Reader, ApiError> {
+        auth(&AppState::from_ref(state), &parts.headers, false).map(Reader)
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Operator
+where
+    AppState: FromRef<S>,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Operator, ApiError> {
+        auth(&AppState::from_ref(state), &parts.headers, true).map(Operator)
+    }
+}
+
 /// Checks the bearer token; `operator` routes need the operator role.
-pub(crate) fn auth(
-    state: &AppState,
-    headers: &HeaderMap,
-    operator: bool,
-) -> Result<Actor, ApiError> {
+fn auth(state: &AppState, headers: &HeaderMap, operator: bool) -> Result<Actor, ApiError> {
     let given = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -234,19 +263,8 @@ async fn query(state: &AppState, q: Query) -> Result<Answer, ApiError> {
         .map_err(|_| ApiError::new(503, "the daemon is shutting down"))
 }
 
-async fn query_json(state: &AppState, q: Query) -> Result<serde_json::Value, ApiError> {
-    match query(state, q).await? {
-        Answer::Json(v) => Ok(v),
-        _ => Err(ApiError::new(
-            500,
-            "unexpected answer from the control loop",
-        )),
-    }
-}
-
-/// Accepts `12`, `vm12` and `berth-vm12`.
-/// A route's query parameters as axum hands them over: parsed after `auth`, so that a caller
-/// without a token learns nothing from them.
+/// A route's query parameters as axum hands them over: parsed after the token is checked, so
+/// that a caller without one learns nothing from them.
 pub(crate) type Params<T> = Result<UrlQuery<T>, axum::extract::rejection::QueryRejection>;
 
 /// The query parameters, or a 400 naming `query`.
@@ -255,6 +273,7 @@ pub(crate) fn params<T>(q: Params<T>) -> Result<T, ApiError> {
         .map_err(|e| ApiError::field(400, "query", e.body_text()))
 }
 
+/// Accepts `12`, `vm12` and `berth-vm12`.
 fn parse_vm_id(s: &str) -> Result<u64, ApiError> {
     let digits = s
         .strip_prefix(berth_drivers::VM_NAME_PREFIX)
@@ -291,35 +310,65 @@ async fn host_id(state: &AppState, name: &str) -> Result<u64, ApiError> {
     }
 }
 
-pub fn router(state: AppState) -> Router {
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/v1/status", get(status))
-        .route("/v1/requests", post(submit).get(list_requests))
-        .route("/v1/requests/{id}", get(get_request).delete(cancel))
-        .route("/v1/vms", get(list_vms))
-        .route("/v1/vms/{id}", get(get_vm))
-        .route("/v1/vms/{id}/result", post(vm_result))
-        .route("/v1/vms/{id}/release", post(vm_release))
-        .route("/v1/vms/{id}/extend", post(vm_extend))
-        .route("/v1/vms/{id}/console", get(vm_console))
-        .route("/v1/vms/{id}/screenshot", get(vm_screenshot))
-        .route("/v1/vms/{id}/serial", get(vm_serial))
-        .route("/v1/queue", get(queue))
-        .route("/v1/whoami", get(whoami))
-        .route("/v1/hosts", get(list_hosts).post(add_host))
-        .route("/v1/hosts/{name}", axum::routing::delete(remove_host))
-        .route("/v1/hosts/{name}/{op}", post(host_op))
-        .route("/v1/events", get(events))
-        .route("/v1/audit", get(audit))
-        .route("/v1/orphans", get(list_orphans))
-        .route("/v1/orphans/{vm}/destroy", post(destroy_orphan))
-        .route("/v1/predict/drain", post(predict::drain))
-        .fallback(|| async { ApiError::new(404, "no such route") })
-        .with_state(state)
+fn unexpected() -> ApiError {
+    ApiError::new(500, "unexpected answer from the control loop")
+}
+
+async fn hosts(state: &AppState) -> Result<Vec<api::HostRow>, ApiError> {
+    match query(state, Query::Hosts).await? {
+        Answer::Hosts(hosts) => Ok(hosts),
+        _ => Err(unexpected()),
+    }
+}
+
+/// The host numbered `id` as the API shows it.
+async fn host_row(state: &AppState, id: u64) -> Result<api::HostRow, ApiError> {
+    hosts(state)
+        .await?
+        .into_iter()
+        .find(|h| h.id == id)
+        .ok_or_else(|| ApiError::field(404, "host", format!("host h{id} is gone")))
+}
+
+async fn why(state: &AppState, id: u64) -> Result<Option<api::Why>, ApiError> {
+    match query(state, Query::Why(id)).await? {
+        Answer::Why(why) => Ok(why.map(|w| *w)),
+        _ => Err(unexpected()),
+    }
+}
+
+/// Every route of the API, each with its documentation (see `routes` for the whole router).
+pub(crate) fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(healthz))
+        .routes(routes!(status))
+        .routes(routes!(submit, list_requests))
+        .routes(routes!(get_request, cancel))
+        .routes(routes!(list_vms))
+        .routes(routes!(get_vm))
+        .routes(routes!(vm_result))
+        .routes(routes!(vm_release))
+        .routes(routes!(vm_extend))
+        .routes(routes!(vm_console))
+        .routes(routes!(vm_screenshot))
+        .routes(routes!(vm_serial))
+        .routes(routes!(queue))
+        .routes(routes!(whoami))
+        .routes(routes!(list_hosts, add_host))
+        .routes(routes!(remove_host))
+        .routes(routes!(drain_host))
+        .routes(routes!(resume_host))
+        .routes(routes!(offline_host))
+        .routes(routes!(events))
+        .routes(routes!(audit))
+        .routes(routes!(list_orphans))
+        .routes(routes!(destroy_orphan))
+        .routes(routes!(predict::drain))
 }
 
 /// `ok`, or `degraded: why` while writes are refused (reads still answer, so it stays 200).
+#[utoipa::path(get, path = "/healthz", tag = "daemon", security(()),
+    responses((status = 200, description = "`ok`, or `degraded: why` while writes are refused", body = String, content_type = "text/plain")))]
 async fn healthz(State(state): State<AppState>) -> String {
     match state.health.degraded() {
         None => "ok\n".to_owned(),
@@ -327,44 +376,45 @@ async fn healthz(State(state): State<AppState>) -> String {
     }
 }
 
-async fn status(State(state): State<AppState>, headers: HeaderMap) -> ApiResult {
-    auth(&state, &headers, false)?;
-    let mut live = query_json(&state, Query::Status).await?;
+#[utoipa::path(get, path = "/v1/status", tag = "daemon", responses((status = 200, body = api::Status)))]
+async fn status(Reader(_): Reader, State(state): State<AppState>) -> ApiResult {
+    let Answer::Status(live) = query(&state, Query::Status).await? else {
+        return Err(unexpected());
+    };
     let counts = state.reads.read(store::vm_counts).await?;
-    live["vms_by_state"] = json!(counts);
     let degraded = state.health.degraded();
-    live["writable"] = json!(degraded.is_none());
-    live["degraded"] = json!(degraded);
-    ok_json(StatusCode::OK, live)
+    let vms_by_state = counts
+        .into_iter()
+        .map(|(name, n)| {
+            name.parse::<api::VmState>()
+                .map(|s| (s, n))
+                .map_err(|e| ApiError::new(500, format!("the vms table holds a state {e}")))
+        })
+        .collect::<Result<_, _>>()?;
+    let body = api::Status {
+        api_version: api::API_VERSION.to_owned(),
+        hosts: live.hosts,
+        live_vms: live.vms,
+        vms_by_state,
+        live_requests: live.live_requests,
+        queue_len: live.queue_len,
+        journal_batches: live.journal_batches,
+        orphans_kept: live.orphans_kept,
+        now_ms: live.now_ms,
+        writable: degraded.is_none(),
+        degraded,
+    };
+    ok_json(StatusCode::OK, &body)
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct SubmitBody {
-    template: String,
-    count: u32,
-    cpus: Option<u32>,
-    memory_mib: Option<u64>,
-    #[serde(default)]
-    labels: BTreeMap<String, String>,
-    #[serde(default)]
-    priority: i32,
-    #[serde(default)]
-    gang: bool,
-    #[serde(default)]
-    hold_on_failure: bool,
-    hold_owner: Option<String>,
-    /// The staged change this request belongs to.
-    change: Option<String>,
-    hold_ttl_s: Option<u64>,
-    pending_deadline_s: Option<u64>,
-    expected_run_s: Option<u64>,
-    requester: Option<String>,
-}
-
-async fn submit(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> ApiResult {
-    let actor = auth(&state, &headers, true)?;
-    let b: SubmitBody = parse(&body)?;
+#[utoipa::path(post, path = "/v1/requests", tag = "requests", request_body = api::SubmitRequest,
+    responses((status = 201, body = api::RequestRow)))]
+async fn submit(
+    Operator(actor): Operator,
+    State(state): State<AppState>,
+    body: Bytes,
+) -> ApiResult {
+    let b: api::SubmitRequest = parse(&body)?;
     check_name("template", &b.template).map_err(ApiError::from)?;
     if b.count == 0 || b.count > REQUEST_VMS_MAX {
         return Err(ApiError::field(
@@ -426,48 +476,50 @@ async fn submit(State(state): State<AppState>, headers: HeaderMap, body: Bytes) 
         .read(move |c| store::get_request(c, id))
         .await?
         .ok_or_else(|| ApiError::new(500, "request committed but not found"))?;
-    ok_json(StatusCode::CREATED, json!(row))
+    ok_json(StatusCode::CREATED, &row)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct RequestListQuery {
+    /// Only requests in this state.
     state: Option<String>,
+    /// Rows on the page (at most `LIST_ROWS_MAX`).
     limit: Option<u64>,
     /// Only requests older than this one (the previous page's `next_before`).
     before: Option<String>,
 }
 
-const REQUEST_STATES: &[&str] = &[
-    "waiting",
-    "active",
-    "done",
-    "failed",
-    "rejected",
-    "cancelled",
-];
-
 /// Refuses a state filter that no row can have, naming the ones there are.
-fn check_state(field: &str, s: Option<&str>, states: &[&str]) -> Result<(), ApiError> {
+fn check_state<T: std::str::FromStr + std::fmt::Display>(
+    field: &str,
+    s: Option<&str>,
+    all: &[T],
+) -> Result<(), ApiError> {
     match s {
-        Some(s) if !states.contains(&s) => Err(ApiError::field(
+        Some(s) if s.parse::<T>().is_err() => Err(ApiError::field(
             400,
             field,
-            format!("unknown state `{s}`; one of {}", states.join(", ")),
+            format!(
+                "unknown state `{s}`; one of {}",
+                all.iter().map(T::to_string).collect::<Vec<_>>().join(", ")
+            ),
         )),
         _ => Ok(()),
     }
 }
 
 /// Requests, newest first, a page at a time: `next_before` (when present) asks for the next.
+#[utoipa::path(get, path = "/v1/requests", tag = "requests", params(RequestListQuery),
+    responses((status = 200, body = api::RequestPage)))]
 async fn list_requests(
+    Reader(_): Reader,
     State(state): State<AppState>,
-    headers: HeaderMap,
     q: Params<RequestListQuery>,
 ) -> ApiResult {
-    auth(&state, &headers, false)?;
     let q = params(q)?;
-    check_state("state", q.state.as_deref(), REQUEST_STATES)?;
+    check_state("state", q.state.as_deref(), api::RequestState::ALL)?;
     let limit = list_limit(q.limit, REQUEST_LIST_DEFAULT, LIST_ROWS_MAX)?;
     let before = q.before.as_deref().map(parse_request_id).transpose()?;
     let mut rows = state
@@ -477,19 +529,24 @@ async fn list_requests(
     // One more than the page was read, to know whether there is a next one.
     let more = rows.len() as u64 > limit;
     rows.truncate(limit as usize);
-    let next = more.then(|| rows.last().map(|r| r.id)).flatten();
+    let next_before = more.then(|| rows.last().map(|r| r.id)).flatten();
     ok_json(
         StatusCode::OK,
-        json!({"requests": rows, "next_before": next}),
+        &api::RequestPage {
+            requests: rows,
+            next_before,
+        },
     )
 }
 
+#[utoipa::path(get, path = "/v1/requests/{id}", tag = "requests",
+    params(("id" = String, Path, description = "`7` or `r7`")),
+    responses((status = 200, body = api::RequestDetail)))]
 async fn get_request(
+    Reader(_): Reader,
     State(state): State<AppState>,
-    headers: HeaderMap,
     UrlPath(id): UrlPath<String>,
 ) -> ApiResult {
-    auth(&state, &headers, false)?;
     let id = parse_request_id(&id)?;
     let row = state
         .reads
@@ -508,66 +565,67 @@ async fn get_request(
             )
         })
         .await?;
-    let why = query_json(&state, Query::Why(id)).await?;
-    let mut body = json!(row);
-    body["vms"] = json!(vms);
-    body["why"] = why;
-    ok_json(StatusCode::OK, body)
+    let why = why(&state, id).await?;
+    ok_json(
+        StatusCode::OK,
+        &api::RequestDetail {
+            request: row,
+            vms,
+            why,
+        },
+    )
 }
 
+/// Cancels a request; cancelling one that has ended already answers how it ended.
+#[utoipa::path(delete, path = "/v1/requests/{id}", tag = "requests",
+    params(("id" = String, Path, description = "`7` or `r7`")),
+    responses((status = 200, body = api::RequestRow)))]
 async fn cancel(
+    Operator(actor): Operator,
     State(state): State<AppState>,
-    headers: HeaderMap,
     UrlPath(id): UrlPath<String>,
 ) -> ApiResult {
-    let actor = auth(&state, &headers, true)?;
     let id = parse_request_id(&id)?;
     let sent = send_input(&state, WireInput::Cancel { request: id }, actor).await;
     let row = state.reads.read(move |c| store::get_request(c, id)).await?;
     match (sent, row) {
-        (Ok(_), row) => ok_json(StatusCode::OK, json!(row)),
+        (Ok(_), Some(row)) => ok_json(StatusCode::OK, &row),
+        (Ok(_), None) => Err(ApiError::field(404, "request", format!("no request r{id}"))),
         // Cancelling what has ended already is done: answer with how it ended, as a retry of
         // a cancel whose answer was lost would want to hear.
-        (Err(e), Some(row)) if e.status == 404 => ok_json(StatusCode::OK, json!(row)),
+        (Err(e), Some(row)) if e.status == 404 => ok_json(StatusCode::OK, &row),
         (Err(e), _) => Err(e),
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct VmListQuery {
+    /// Only VMs in this state.
     state: Option<String>,
+    /// Only the VMs of this request (`7` or `r7`).
     request: Option<String>,
+    /// Only VMs on this host.
     host: Option<String>,
+    /// Only VMs that have not ended.
     #[serde(default)]
     live: bool,
+    /// Rows on the page (at most `LIST_ROWS_MAX`).
     limit: Option<u64>,
     /// Only VMs numbered above this one (the previous page's `next_after`).
     after: Option<String>,
 }
 
-const VM_STATES: &[&str] = &[
-    "queued",
-    "placed",
-    "provisioning",
-    "booting",
-    "running",
-    "held",
-    "releasing",
-    "done",
-    "failed",
-    "lost",
-    "cancelled",
-];
-
+#[utoipa::path(get, path = "/v1/vms", tag = "vms", params(VmListQuery),
+    responses((status = 200, body = api::VmPage)))]
 async fn list_vms(
+    Reader(_): Reader,
     State(state): State<AppState>,
-    headers: HeaderMap,
     q: Params<VmListQuery>,
 ) -> ApiResult {
-    auth(&state, &headers, false)?;
     let q = params(q)?;
-    check_state("state", q.state.as_deref(), VM_STATES)?;
+    check_state("state", q.state.as_deref(), api::VmState::ALL)?;
     let request = q.request.as_deref().map(parse_request_id).transpose()?;
     let limit = list_limit(q.limit, VM_LIST_DEFAULT, LIST_ROWS_MAX)?;
     let after = q.after.as_deref().map(parse_vm_id).transpose()?;
@@ -589,7 +647,8 @@ async fn list_vms(
     let body = state
         .reads
         .read(move |c| {
-            // Written on the blocking thread: a list of 100,000 VMs is ~15 MB of JSON.
+            // Written on the blocking thread, row by row, as `api::VmPage` serialises: a list
+            // of 100,000 VMs is ~15 MB of JSON, and no list of rows is kept on the way.
             let mut out = Vec::with_capacity(1 << 16);
             out.extend_from_slice(b"{\"vms\":");
             let (n, next) = store::write_vms_json(c, &filter, &holds, &mut out, limit as usize)?;
@@ -601,76 +660,68 @@ async fn list_vms(
     Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
 }
 
+#[utoipa::path(get, path = "/v1/vms/{id}", tag = "vms",
+    params(("id" = String, Path, description = "`12`, `vm12` or `berth-vm12`")),
+    responses((status = 200, body = api::VmDetail)))]
 async fn get_vm(
+    Reader(_): Reader,
     State(state): State<AppState>,
-    headers: HeaderMap,
     UrlPath(id): UrlPath<String>,
 ) -> ApiResult {
-    auth(&state, &headers, false)?;
     let id = parse_vm_id(&id)?;
     let (row, history) = state
         .reads
         .read(move |c| Ok((store::get_vm(c, id)?, store::vm_history(c, id)?)))
         .await?;
     let row = row.ok_or_else(|| ApiError::field(404, "vm", format!("no vm {id}")))?;
-    let row = with_hold(&state, row).await?;
-    let mut body = json!(row);
-    body["history"] = json!(history);
-    ok_json(StatusCode::OK, body)
+    let vm = with_hold(&state, row).await?;
+    ok_json(StatusCode::OK, &api::VmDetail { vm, history })
 }
 
+/// The VM as it is after a change to it.
 async fn vm_after(state: &AppState, id: u64) -> ApiResult {
-    let row = state.reads.read(move |c| store::get_vm(c, id)).await?;
-    let row = match row {
-        Some(r) => Some(with_hold(state, r).await?),
-        None => None,
-    };
-    ok_json(StatusCode::OK, json!(row))
+    let row = state
+        .reads
+        .read(move |c| store::get_vm(c, id))
+        .await?
+        .ok_or_else(|| ApiError::field(404, "vm", format!("no vm {id}")))?;
+    ok_json(StatusCode::OK, &with_hold(state, row).await?)
 }
 
 /// The breakpoints of these VMs, from the scheduler (the database does not keep extensions).
-async fn hold_rows(
-    state: &AppState,
-    ids: Vec<u64>,
-) -> Result<BTreeMap<u64, store::HoldRow>, ApiError> {
+async fn hold_rows(state: &AppState, ids: Vec<u64>) -> Result<BTreeMap<u64, api::Hold>, ApiError> {
     if ids.is_empty() {
         return Ok(BTreeMap::new());
     }
     match query(state, Query::Holds(ids)).await? {
         Answer::Holds(holds) => Ok(holds
             .into_iter()
-            .map(|(id, (owner, expires_ms))| (id, store::HoldRow { owner, expires_ms }))
+            .map(|(id, (owner, expires_ms))| (id, api::Hold { owner, expires_ms }))
             .collect()),
-        _ => Err(ApiError::new(
-            500,
-            "unexpected answer from the control loop",
-        )),
+        _ => Err(unexpected()),
     }
 }
 
 /// A VM row with its breakpoint, if it is held.
-async fn with_hold(state: &AppState, mut row: store::VmRow) -> Result<store::VmRow, ApiError> {
-    if row.state == "held" {
+async fn with_hold(state: &AppState, mut row: api::VmRow) -> Result<api::VmRow, ApiError> {
+    if row.state == api::VmState::Held {
         row.hold = hold_rows(state, vec![row.id]).await?.remove(&row.id);
     }
     Ok(row)
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ResultBody {
-    passed: bool,
-}
-
+/// Reports how a VM's job ended.
+#[utoipa::path(post, path = "/v1/vms/{id}/result", tag = "vms", request_body = api::JobResult,
+    params(("id" = String, Path, description = "`12`, `vm12` or `berth-vm12`")),
+    responses((status = 200, body = api::VmRow)))]
 async fn vm_result(
+    Operator(actor): Operator,
     State(state): State<AppState>,
-    headers: HeaderMap,
     UrlPath(id): UrlPath<String>,
     body: Bytes,
 ) -> ApiResult {
-    let actor = auth(&state, &headers, true)?;
     let id = parse_vm_id(&id)?;
-    let b: ResultBody = parse(&body)?;
+    let b: api::JobResult = parse(&body)?;
     send_input(
         &state,
         WireInput::JobFinished {
@@ -683,38 +734,34 @@ async fn vm_result(
     vm_after(&state, id).await
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct EmptyBody {}
-
+/// Ends a breakpoint: the held VM is destroyed.
+#[utoipa::path(post, path = "/v1/vms/{id}/release", tag = "vms", request_body = api::Empty,
+    params(("id" = String, Path, description = "`12`, `vm12` or `berth-vm12`")),
+    responses((status = 200, body = api::VmRow)))]
 async fn vm_release(
+    Operator(actor): Operator,
     State(state): State<AppState>,
-    headers: HeaderMap,
     UrlPath(id): UrlPath<String>,
     body: Bytes,
 ) -> ApiResult {
-    let actor = auth(&state, &headers, true)?;
     let id = parse_vm_id(&id)?;
-    let _: EmptyBody = parse(&body)?;
+    let _: api::Empty = parse(&body)?;
     send_input(&state, WireInput::Release { vm: id }, actor).await?;
     vm_after(&state, id).await
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ExtendBody {
-    seconds: u64,
-}
-
+/// Gives a breakpoint more time.
+#[utoipa::path(post, path = "/v1/vms/{id}/extend", tag = "vms", request_body = api::Extend,
+    params(("id" = String, Path, description = "`12`, `vm12` or `berth-vm12`")),
+    responses((status = 200, body = api::VmRow)))]
 async fn vm_extend(
+    Operator(actor): Operator,
     State(state): State<AppState>,
-    headers: HeaderMap,
     UrlPath(id): UrlPath<String>,
     body: Bytes,
 ) -> ApiResult {
-    let actor = auth(&state, &headers, true)?;
     let id = parse_vm_id(&id)?;
-    let b: ExtendBody = parse(&body)?;
+    let b: api::Extend = parse(&body)?;
     if b.seconds == 0 {
         return Err(ApiError::field(400, "seconds", "must be at least 1"));
     }
@@ -753,12 +800,15 @@ fn driver_failure(e: berth_drivers::DriverError) -> ApiError {
     }
 }
 
+/// Where the VM's graphical console listens; its password only for operators, and audited.
+#[utoipa::path(get, path = "/v1/vms/{id}/console", tag = "vms",
+    params(("id" = String, Path, description = "`12`, `vm12` or `berth-vm12`")),
+    responses((status = 200, body = api::ConsoleAddress)))]
 async fn vm_console(
+    Reader(actor): Reader,
     State(state): State<AppState>,
-    headers: HeaderMap,
     UrlPath(id): UrlPath<String>,
 ) -> ApiResult {
-    let actor = auth(&state, &headers, false)?;
     let id = parse_vm_id(&id)?;
     let (driver, name) = vm_on_host(&state, id).await?;
     let mut addr = driver
@@ -788,48 +838,57 @@ async fn vm_console(
         // before them: once this is answered, the audit row is on disk.
         query(&state, Query::HostId(String::new())).await?;
     }
-    ok_json(
-        StatusCode::OK,
-        json!({
-            "vm": id,
-            "name": name,
-            "host": addr.host,
-            "port": addr.port,
-            "password": addr.password,
-            "address": addr.to_string(),
-            "ssh": format!("ssh -L {port}:localhost:{port} {host}", port = addr.port, host = addr.host),
-        }),
-    )
+    let body = api::ConsoleAddress {
+        vm: id,
+        name,
+        address: addr.to_string(),
+        ssh: format!(
+            "ssh -L {port}:localhost:{port} {host}",
+            port = addr.port,
+            host = addr.host
+        ),
+        host: addr.host,
+        port: addr.port,
+        password: addr.password,
+    };
+    ok_json(StatusCode::OK, &body)
 }
 
+/// The VM's screen as a PNG image.
+#[utoipa::path(get, path = "/v1/vms/{id}/screenshot", tag = "vms",
+    params(("id" = String, Path, description = "`12`, `vm12` or `berth-vm12`")),
+    responses((status = 200, description = "The screen", content_type = "image/png", body = Vec<u8>)))]
 async fn vm_screenshot(
+    Reader(_): Reader,
     State(state): State<AppState>,
-    headers: HeaderMap,
     UrlPath(id): UrlPath<String>,
 ) -> ApiResult {
-    auth(&state, &headers, false)?;
     let id = parse_vm_id(&id)?;
     let (driver, name) = vm_on_host(&state, id).await?;
     let png = driver.screenshot(&name).await.map_err(driver_failure)?;
     Ok(([(header::CONTENT_TYPE, "image/png")], png).into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct SerialQuery {
+    /// How much of the log's end to send, in bytes.
     tail_bytes: Option<usize>,
 }
 
 /// The end of a VM's serial console log as plain bytes: the last `tail_bytes` (default
 /// [`SERIAL_TAIL_DEFAULT`], at most [`SERIAL_TAIL_MAX`]). `X-Berth-Log-Bytes` gives the whole
 /// log's length, so a client can tell it was cut.
+#[utoipa::path(get, path = "/v1/vms/{id}/serial", tag = "vms",
+    params(("id" = String, Path, description = "`12`, `vm12` or `berth-vm12`"), SerialQuery),
+    responses((status = 200, description = "The log's end; `X-Berth-Log-Bytes` gives its whole length", content_type = "text/plain", body = String)))]
 async fn vm_serial(
+    Reader(_): Reader,
     State(state): State<AppState>,
-    headers: HeaderMap,
     UrlPath(id): UrlPath<String>,
     q: Params<SerialQuery>,
 ) -> ApiResult {
-    auth(&state, &headers, false)?;
     let id = parse_vm_id(&id)?;
     let q = params(q)?;
     let tail = q.tail_bytes.unwrap_or(SERIAL_TAIL_DEFAULT);
@@ -857,32 +916,31 @@ async fn vm_serial(
         .into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct QueueQuery {
+    /// Entries on the page (at most `QUEUE_LIST_MAX`).
     limit: Option<usize>,
 }
 
 /// Waiting requests in the order they are served, each with why it waits.
+#[utoipa::path(get, path = "/v1/queue", tag = "requests", params(QueueQuery),
+    responses((status = 200, body = api::Queue)))]
 async fn queue(
+    Reader(_): Reader,
     State(state): State<AppState>,
-    headers: HeaderMap,
     q: Params<QueueQuery>,
 ) -> ApiResult {
-    auth(&state, &headers, false)?;
     let q = params(q)?;
     let limit = list_limit(
         q.limit.map(|l| l as u64),
         QUEUE_LIST_DEFAULT as u64,
         QUEUE_LIST_MAX as u64,
     )? as usize;
-    let entries = query_json(&state, Query::Queue(limit)).await?;
-    let entries: Vec<(u64, serde_json::Value)> = entries
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|e| Some((e["id"].as_u64()?, e["why"].clone())))
-        .collect();
+    let Answer::Queue(entries) = query(&state, Query::Queue(limit)).await? else {
+        return Err(unexpected());
+    };
     let ids: Vec<u64> = entries.iter().map(|(id, _)| *id).collect();
     let rows = state
         .reads
@@ -892,132 +950,171 @@ async fn queue(
                 .collect::<Result<Vec<_>, _>>()
         })
         .await?;
-    let queue: Vec<serde_json::Value> = rows
+    let queue = rows
         .into_iter()
         .zip(entries)
-        .filter_map(|(row, (_, why))| {
-            let mut v = json!(row?);
-            v["why"] = why;
-            Some(v)
-        })
+        .filter_map(|(row, (_, why))| Some(api::QueueEntry { request: row?, why }))
         .collect();
-    ok_json(StatusCode::OK, json!({"queue": queue}))
+    ok_json(StatusCode::OK, &api::Queue { queue })
 }
 
 /// Who the token belongs to and what it may do.
-async fn whoami(State(state): State<AppState>, headers: HeaderMap) -> ApiResult {
-    let actor = auth(&state, &headers, false)?;
+#[utoipa::path(get, path = "/v1/whoami", tag = "daemon", responses((status = 200, body = api::WhoAmI)))]
+async fn whoami(Reader(actor): Reader) -> ApiResult {
     ok_json(
         StatusCode::OK,
-        json!({"name": actor.who, "role": actor.role.name()}),
+        &api::WhoAmI {
+            name: actor.who,
+            role: actor.role,
+        },
     )
 }
 
-async fn list_hosts(State(state): State<AppState>, headers: HeaderMap) -> ApiResult {
-    auth(&state, &headers, false)?;
-    let hosts = query_json(&state, Query::Hosts).await?;
-    ok_json(StatusCode::OK, json!({"hosts": hosts}))
+#[utoipa::path(get, path = "/v1/hosts", tag = "hosts", responses((status = 200, body = api::HostList)))]
+async fn list_hosts(Reader(_): Reader, State(state): State<AppState>) -> ApiResult {
+    let hosts = hosts(&state).await?;
+    ok_json(StatusCode::OK, &api::HostList { hosts })
 }
 
-async fn add_host(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> ApiResult {
-    let actor = auth(&state, &headers, true)?;
-    let mut host: WireHost = parse(&body)?;
-    host.id = 0;
-    host.validate_new().map_err(ApiError::from)?;
-    let id = send_input(&state, WireInput::AddHost { host }, actor).await?;
-    let hosts = query_json(&state, Query::Hosts).await?;
-    let host = hosts
-        .as_array()
-        .and_then(|a| a.iter().find(|h| h["id"] == json!(id)).cloned())
-        .unwrap_or(json!({"id": id}));
-    ok_json(StatusCode::CREATED, host)
-}
-
-async fn host_op(
+#[utoipa::path(post, path = "/v1/hosts", tag = "hosts", request_body = api::NewHost,
+    responses((status = 201, body = api::HostRow)))]
+async fn add_host(
+    Operator(actor): Operator,
     State(state): State<AppState>,
-    headers: HeaderMap,
-    UrlPath((name, op)): UrlPath<(String, String)>,
     body: Bytes,
 ) -> ApiResult {
-    let actor = auth(&state, &headers, true)?;
-    let _: EmptyBody = parse(&body)?;
-    let make = match op.as_str() {
-        "drain" => |host| WireInput::Drain { host },
-        "resume" => |host| WireInput::Resume { host },
-        "offline" => |host| WireInput::Offline { host },
-        other => {
-            return Err(ApiError::field(
-                404,
-                "op",
-                format!("unknown host operation `{other}`: drain, resume or offline"),
-            ));
-        }
-    };
-    let id = host_id(&state, &name).await?;
-    send_input(&state, make(id), actor).await?;
-    let hosts = query_json(&state, Query::Hosts).await?;
-    let host = hosts
-        .as_array()
-        .and_then(|a| a.iter().find(|h| h["id"] == json!(id)).cloned())
-        .unwrap_or(json!({"id": id}));
-    ok_json(StatusCode::OK, host)
+    let new: api::NewHost = parse(&body)?;
+    let host = WireHost::from(new);
+    host.validate_new().map_err(ApiError::from)?;
+    let id = send_input(&state, WireInput::AddHost { host }, actor).await?;
+    ok_json(StatusCode::CREATED, &host_row(&state, id).await?)
 }
 
-async fn remove_host(
+/// Drains, resumes or takes offline the host `name`, and answers it as it is then.
+async fn host_op(
+    actor: Actor,
+    state: &AppState,
+    name: &str,
+    body: &Bytes,
+    make: fn(u64) -> WireInput,
+) -> ApiResult {
+    let _: api::Empty = parse(body)?;
+    let id = host_id(state, name).await?;
+    send_input(state, make(id), actor).await?;
+    ok_json(StatusCode::OK, &host_row(state, id).await?)
+}
+
+/// No new VMs on the host; it goes to maintenance when its last VM ends.
+#[utoipa::path(post, path = "/v1/hosts/{name}/drain", tag = "hosts", request_body = api::Empty,
+    params(("name" = String, Path)), responses((status = 200, body = api::HostRow)))]
+async fn drain_host(
+    Operator(actor): Operator,
     State(state): State<AppState>,
-    headers: HeaderMap,
+    UrlPath(name): UrlPath<String>,
+    body: Bytes,
+) -> ApiResult {
+    host_op(actor, &state, &name, &body, |host| WireInput::Drain {
+        host,
+    })
+    .await
+}
+
+/// The host takes new VMs again.
+#[utoipa::path(post, path = "/v1/hosts/{name}/resume", tag = "hosts", request_body = api::Empty,
+    params(("name" = String, Path)), responses((status = 200, body = api::HostRow)))]
+async fn resume_host(
+    Operator(actor): Operator,
+    State(state): State<AppState>,
+    UrlPath(name): UrlPath<String>,
+    body: Bytes,
+) -> ApiResult {
+    host_op(actor, &state, &name, &body, |host| WireInput::Resume {
+        host,
+    })
+    .await
+}
+
+/// The host is out of service now: its VMs are lost (their requests may retry them).
+#[utoipa::path(post, path = "/v1/hosts/{name}/offline", tag = "hosts", request_body = api::Empty,
+    params(("name" = String, Path)), responses((status = 200, body = api::HostRow)))]
+async fn offline_host(
+    Operator(actor): Operator,
+    State(state): State<AppState>,
+    UrlPath(name): UrlPath<String>,
+    body: Bytes,
+) -> ApiResult {
+    host_op(actor, &state, &name, &body, |host| WireInput::Offline {
+        host,
+    })
+    .await
+}
+
+#[utoipa::path(delete, path = "/v1/hosts/{name}", tag = "hosts", params(("name" = String, Path)),
+    responses((status = 200, body = api::HostRemoved)))]
+async fn remove_host(
+    Operator(actor): Operator,
+    State(state): State<AppState>,
     UrlPath(name): UrlPath<String>,
 ) -> ApiResult {
-    let actor = auth(&state, &headers, true)?;
     let id = host_id(&state, &name).await?;
     send_input(&state, WireInput::RemoveHost { host: id }, actor).await?;
     ok_json(
         StatusCode::OK,
-        json!({"id": id, "name": name, "removed": true}),
+        &api::HostRemoved {
+            id,
+            name,
+            removed: true,
+        },
     )
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct AuditQuery {
+    /// Rows on the page (at most `LIST_ROWS_MAX`).
     limit: Option<u64>,
     /// Only rows older than this one (the previous page's `next_before`).
     before: Option<u64>,
 }
 
+/// Operator actions, newest first (operators only: it names who did what).
+#[utoipa::path(get, path = "/v1/audit", tag = "daemon", params(AuditQuery),
+    responses((status = 200, body = api::AuditPage)))]
 async fn audit(
+    Operator(_): Operator,
     State(state): State<AppState>,
-    headers: HeaderMap,
     q: Params<AuditQuery>,
 ) -> ApiResult {
-    auth(&state, &headers, true)?;
     let q = params(q)?;
     let limit = list_limit(q.limit, AUDIT_LIST_DEFAULT, LIST_ROWS_MAX)?;
     let before = q.before;
-    let (rows, next) = state
+    let (audit, next_before) = state
         .reads
         .read(move |c| store::list_audit(c, before, limit))
         .await?;
-    ok_json(StatusCode::OK, json!({"audit": rows, "next_before": next}))
+    ok_json(StatusCode::OK, &api::AuditPage { audit, next_before })
 }
 
 /// The VMs berth found on its hosts and keeps rather than destroys (see `Control::judge_orphans`).
-async fn list_orphans(State(state): State<AppState>, headers: HeaderMap) -> ApiResult {
-    auth(&state, &headers, false)?;
-    let rows = state.reads.read(store::list_orphans).await?;
-    ok_json(StatusCode::OK, json!({"orphans": rows}))
+#[utoipa::path(get, path = "/v1/orphans", tag = "vms", responses((status = 200, body = api::OrphanList)))]
+async fn list_orphans(Reader(_): Reader, State(state): State<AppState>) -> ApiResult {
+    let orphans = state.reads.read(store::list_orphans).await?;
+    ok_json(StatusCode::OK, &api::OrphanList { orphans })
 }
 
 /// Destroys a kept orphan: the operator's word that it is not needed.
+#[utoipa::path(post, path = "/v1/orphans/{vm}/destroy", tag = "vms", request_body = api::Empty,
+    params(("vm" = String, Path, description = "`12`, `vm12` or `berth-vm12`")),
+    responses((status = 200, body = api::OrphanDestroying)))]
 async fn destroy_orphan(
+    Operator(actor): Operator,
     State(state): State<AppState>,
-    headers: HeaderMap,
     UrlPath(id): UrlPath<String>,
     body: Bytes,
 ) -> ApiResult {
-    let actor = auth(&state, &headers, true)?;
     let vm = parse_vm_id(&id)?;
-    let _: EmptyBody = parse(&body)?;
+    let _: api::Empty = parse(&body)?;
     let (reply, rx) = oneshot::channel();
     let gone = || ApiError::new(503, "the daemon is shutting down");
     state
@@ -1028,24 +1125,30 @@ async fn destroy_orphan(
     rx.await.map_err(|_| gone())??;
     ok_json(
         StatusCode::OK,
-        json!({"vm": vm, "name": berth_drivers::vm_name(vm), "state": "destroying"}),
+        &api::OrphanDestroying {
+            vm,
+            name: berth_drivers::vm_name(vm),
+            state: "destroying".to_owned(),
+        },
     )
 }
 
-/// Server-sent events: one `data:` line of JSON per state change. A reader that falls too far
-/// behind gets a `lagged` event saying how many it missed.
-async fn events(State(state): State<AppState>, headers: HeaderMap) -> ApiResult {
-    auth(&state, &headers, false)?;
+/// Server-sent events: one `data:` line of JSON (an `Event`) per state change. A reader that
+/// falls too far behind gets an event named `lagged` (a `Lagged`) saying how many it missed.
+#[utoipa::path(get, path = "/v1/events", tag = "daemon",
+    responses((status = 200, description = "Server-sent events, each `data:` an `Event`; `event: lagged` carries a `Lagged`", content_type = "text/event-stream", body = api::Event)))]
+async fn events(Reader(_): Reader, State(state): State<AppState>) -> ApiResult {
     let rx = state.events.subscribe();
     let mut shutdown = state.shutdown.clone();
     let stream = BroadcastStream::new(rx)
         .map(|item| {
             Ok::<_, Infallible>(match item {
                 Ok(text) => SseEvent::default().data(&*text),
-                Err(tokio_stream::wrappers::errors::BroadcastStreamRecvError::Lagged(n)) => {
+                Err(tokio_stream::wrappers::errors::BroadcastStreamRecvError::Lagged(missed)) => {
+                    let lagged = serde_json::to_string(&api::Lagged { missed });
                     SseEvent::default()
                         .event("lagged")
-                        .data(json!({"missed": n}).to_string())
+                        .data(lagged.unwrap_or_default())
                 }
             })
         })

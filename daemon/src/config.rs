@@ -265,24 +265,8 @@ pub struct DriversSection {
     pub image_dir: Option<String>,
 }
 
-/// What a token may do.
-#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
-#[serde(rename_all = "kebab-case")]
-pub enum Role {
-    /// Read everything, change nothing.
-    ReadOnly,
-    /// Everything: submit, cancel, results, breakpoints, hosts.
-    Operator,
-}
-
-impl Role {
-    pub fn name(self) -> &'static str {
-        match self {
-            Role::ReadOnly => "read-only",
-            Role::Operator => "operator",
-        }
-    }
-}
+/// What a token may do (the API's names: `read-only`, `operator`).
+pub use berth_api::Role;
 
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -13,14 +13,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use berth_drivers::{DomainType, Driver, VmRecipe, parse_vm_name, vm_name};
 use berth_sched::{
-    Action, Blocker, Event, HostId, HostState, InputError, RequestId, Scheduler, Template, VmId,
-    VmState,
+    Action, Event, HostId, HostState, InputError, RequestId, Scheduler, Template, VmId, VmState,
 };
-use serde::Serialize;
-use serde_json::json;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::DaemonError;
+use crate::answers;
 use crate::config::Role;
 use crate::disk::DiskWatch;
 use crate::orphan_start::OrphanStart;
@@ -110,12 +108,28 @@ pub(crate) enum Query {
 }
 
 pub(crate) enum Answer {
-    Json(serde_json::Value),
+    Hosts(Vec<berth_api::HostRow>),
+    /// Waiting requests in order of service, each with why it waits.
+    Queue(Vec<(u64, Option<berth_api::Why>)>),
+    Why(Option<Box<berth_api::Why>>),
+    Status(LiveStatus),
     HostId(Option<u64>),
     VmDriver(Option<(Arc<dyn Driver>, String)>),
     Scheduler(Box<Scheduler>),
     Holds(BTreeMap<u64, (String, u64)>),
     Sampled,
+}
+
+/// The scheduler's side of `GET /v1/status` (the API adds the database's counts and health).
+#[derive(Debug, Default)]
+pub(crate) struct LiveStatus {
+    pub(crate) hosts: BTreeMap<berth_api::HostState, u64>,
+    pub(crate) vms: BTreeMap<berth_api::VmState, u64>,
+    pub(crate) live_requests: u64,
+    pub(crate) queue_len: u64,
+    pub(crate) journal_batches: u64,
+    pub(crate) orphans_kept: u64,
+    pub(crate) now_ms: u64,
 }
 
 pub(crate) enum Msg {
@@ -1063,13 +1077,12 @@ impl Control {
             o.metrics.set_writable(degraded.is_none());
         }
         if self.events_tx.receiver_count() > 0 {
-            let text = json!({
-                "kind": "daemon",
-                "at_ms": wall_ms(),
-                "writable": degraded.is_none(),
-                "why": degraded,
-            })
-            .to_string();
+            let event = berth_api::Event::Daemon(berth_api::DaemonEvent {
+                at_ms: wall_ms(),
+                writable: degraded.is_none(),
+                why: degraded,
+            });
+            let text = serde_json::to_string(&event).unwrap_or_default();
             let _ = self.events_tx.send(text.into());
         }
     }
@@ -1121,8 +1134,8 @@ impl Control {
                 _ => {}
             }
             if self.events_tx.receiver_count() > 0 {
-                let text = event_json(&self.s, event).to_string();
-                let _ = self.events_tx.send(text.into());
+                let text = serde_json::to_string(&answers::event(&self.s, event));
+                let _ = self.events_tx.send(text.unwrap_or_default().into());
             }
             if let Some(o) = &self.observers {
                 o.observe(&self.s, event);
@@ -1202,71 +1215,43 @@ impl Control {
         Ok(id)
     }
 
-    /// Why a request waits, as the API shows it (`null` when it does not wait).
-    fn why_json(&self, id: RequestId) -> serde_json::Value {
-        let Some(w) = self.s.why(id) else {
-            return serde_json::Value::Null;
-        };
-        let blocker = match w.blocker {
-            Blocker::NotYetConsidered => json!({"kind": "not_yet_considered"}),
-            Blocker::NoFit => json!({"kind": "no_fit"}),
-            Blocker::GangShort { fit, need } => {
-                json!({"kind": "gang_short", "fit": fit, "need": need})
-            }
-            Blocker::BehindHead(r) => json!({"kind": "behind_head", "head": r.0}),
-            Blocker::Reserved { head, start_ms } => {
-                json!({"kind": "reserved", "head": head.0, "start_ms": start_ms})
-            }
-        };
-        json!({
-            "summary": w.to_string(),
-            "need": w.need,
-            "waiting_vms": w.n_waiting_vms,
-            "blocker": blocker,
-            "reasons": w.reasons.iter().map(|(r, n)| json!({
-                "reason": r.describe(), "hosts": n
-            })).collect::<Vec<_>>(),
-            "hosts_fit": w.hosts_fit,
-            "hosts_total": w.hosts_total,
-        })
-    }
-
     fn answer(&self, query: Query) -> Answer {
         match query {
-            Query::Hosts => Answer::Json(serde_json::Value::Array(
+            Query::Hosts => Answer::Hosts(
                 self.s
                     .hosts()
-                    .map(|h| host_json(&h, self.probe_answered.get(&h.id.0).copied()))
+                    .map(|h| answers::host_row(&h, self.probe_answered.get(&h.id.0).copied()))
                     .collect(),
-            )),
+            ),
             Query::HostId(name) => Answer::HostId(self.s.host_by_name(&name).map(|h| h.id.0)),
-            Query::Queue(n) => Answer::Json(serde_json::Value::Array(
+            Query::Queue(n) => Answer::Queue(
                 self.s
                     .queue()
                     .into_iter()
                     .take(n)
-                    .map(|id| json!({"id": id.0, "why": self.why_json(id)}))
+                    .map(|id| (id.0, answers::why(&self.s, id)))
                     .collect(),
-            )),
-            Query::Why(id) => Answer::Json(self.why_json(RequestId(id))),
+            ),
+            Query::Why(id) => Answer::Why(answers::why(&self.s, RequestId(id)).map(Box::new)),
             Query::Status => {
-                let mut hosts: BTreeMap<&str, u32> = BTreeMap::new();
+                let mut status = LiveStatus {
+                    live_requests: self.s.n_requests() as u64,
+                    queue_len: self.s.queue_len() as u64,
+                    journal_batches: self.batch,
+                    orphans_kept: self.kept.len() as u64,
+                    now_ms: self.s.now_ms(),
+                    ..LiveStatus::default()
+                };
                 for h in self.s.hosts() {
-                    *hosts.entry(h.state.name()).or_default() += 1;
+                    *status
+                        .hosts
+                        .entry(answers::host_state(h.state))
+                        .or_default() += 1;
                 }
-                let mut vms: BTreeMap<&str, u32> = BTreeMap::new();
                 for v in self.s.vms() {
-                    *vms.entry(v.state.name()).or_default() += 1;
+                    *status.vms.entry(answers::vm_state(v.state)).or_default() += 1;
                 }
-                Answer::Json(json!({
-                    "hosts": hosts,
-                    "live_vms": vms,
-                    "live_requests": self.s.n_requests(),
-                    "queue_len": self.s.queue_len(),
-                    "journal_batches": self.batch,
-                    "orphans_kept": self.kept.len(),
-                    "now_ms": self.s.now_ms(),
-                }))
+                Answer::Status(status)
             }
             Query::Scheduler => Answer::Scheduler(Box::new(self.s.clone())),
             Query::SampleMetrics => {
@@ -1309,77 +1294,5 @@ fn target_of(input: &WireInput) -> String {
         | WireInput::JobFinished { vm, .. }
         | WireInput::VmLost { vm } => vm_name(*vm),
         _ => String::new(),
-    }
-}
-
-#[derive(Serialize)]
-struct SlotJson<'a> {
-    kind: &'a str,
-    capacity: i64,
-    used: i64,
-}
-
-/// A host as the API shows it. `probe_answered` is when it last answered a probe that changed
-/// nothing (the scheduler only hears of probes that change something).
-pub(crate) fn host_json(
-    h: &berth_sched::HostView<'_>,
-    probe_answered: Option<u64>,
-) -> serde_json::Value {
-    json!({
-        "id": h.id.0,
-        "name": h.name,
-        "driver": h.driver.name(),
-        "state": h.state.name(),
-        "vcpus_milli": h.cpu_milli,
-        "vcpus_used_milli": h.cpu_used_milli,
-        "memory_mib": h.memory_mib,
-        "memory_used_mib": h.memory_used_mib,
-        "slots": h.slots.iter().map(|&(kind, capacity, used)| SlotJson { kind, capacity, used }).collect::<Vec<_>>(),
-        "provisioning": h.provisioning,
-        "vms": h.n_vms,
-        "labels": h.labels.iter().map(|l| l.to_string()).collect::<Vec<_>>(),
-        "last_probe_ms": h.last_probe_ms.max(probe_answered),
-        "probe_failures": h.probe_failures,
-        "provision_failures": h.provision_failures,
-    })
-}
-
-/// An event as the event stream sends it.
-pub(crate) fn event_json(s: &Scheduler, e: &Event) -> serde_json::Value {
-    match e {
-        Event::Vm {
-            at_ms,
-            vm,
-            request,
-            host,
-            from,
-            to,
-            cause,
-        } => json!({
-            "kind": "vm", "at_ms": at_ms, "vm": vm.0, "name": vm_name(vm.0),
-            "request": request.0, "host": host.and_then(|h| s.host(h)).map(|h| h.name.to_owned()),
-            "from": from.map(VmState::name), "to": to.name(), "cause": cause.to_string(),
-        }),
-        Event::Request {
-            at_ms,
-            request,
-            from,
-            to,
-            cause,
-        } => json!({
-            "kind": "request", "at_ms": at_ms, "request": request.0,
-            "from": from.map(|f| f.name()), "to": to.name(), "cause": cause.to_string(),
-        }),
-        Event::Host {
-            at_ms,
-            host,
-            from,
-            to,
-            cause,
-        } => json!({
-            "kind": "host", "at_ms": at_ms, "host": host.0,
-            "name": s.host(*host).map(|h| h.name.to_owned()),
-            "from": from.map(|f| f.name()), "to": to.map(|t| t.name()), "cause": cause.to_string(),
-        }),
     }
 }

@@ -151,24 +151,18 @@ struct Job {
     request: Option<u64>,
 }
 
-/// One attempt, as stored in `hook_runs` and shown by `GET /v1/hooks/runs`.
-#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
-pub struct HookRun {
-    pub id: u64,
-    pub hook: String,
-    pub event: String,
-    pub vm: Option<u64>,
-    pub host: Option<String>,
-    pub request: Option<u64>,
-    pub attempt: u32,
-    pub started_ms: u64,
-    pub duration_ms: u64,
-    /// `None` when it was killed by a signal, timed out or could not start.
-    pub exit_code: Option<i32>,
-    /// `ok`, `failed`, `timeout` or `error` (could not start).
-    pub outcome: String,
-    pub stderr_tail: String,
+/// What a hook reads on its standard input: the event as the event stream sends it, and the
+/// name it was matched by (`vm.running`, `host.error`, ...).
+#[derive(Serialize)]
+struct HookPayload<'a> {
+    #[serde(flatten)]
+    event: berth_api::Event,
+    #[serde(rename = "event")]
+    name: &'a str,
 }
+
+/// One attempt, as stored in `hook_runs` and shown by `GET /v1/hooks/runs`.
+pub use berth_api::HookRun;
 
 /// What the control loop tells of every committed event.
 pub(crate) struct Observers {
@@ -244,9 +238,11 @@ impl Hooks {
             }
             let payload = body
                 .get_or_insert_with(|| {
-                    let mut p = crate::control::event_json(s, event);
-                    p["event"] = serde_json::Value::String(name.clone());
-                    serde_json::to_vec(&p).unwrap_or_default()
+                    let payload = HookPayload {
+                        event: crate::answers::event(s, event),
+                        name: &name,
+                    };
+                    serde_json::to_vec(&payload).unwrap_or_default()
                 })
                 .clone();
             let (vm, host, request) = match event {
@@ -478,12 +474,17 @@ fn insert_run(conn: &Connection, r: &HookRun) -> Result<(), DaemonError> {
 }
 
 /// Filters for listing hook runs.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct RunFilter {
+    /// Only runs of this hook.
     pub hook: Option<String>,
+    /// Only runs that ended so: `ok`, `failed`, `timeout` or `error`.
     pub outcome: Option<String>,
+    /// Only runs for this event (`vm.running`, ...).
     pub event: Option<String>,
+    /// Rows on the page.
     pub limit: Option<u64>,
 }
 

@@ -5,6 +5,7 @@
 //! Only this crate knows SQLite and the tokio runtime. [`start`] brings a daemon up and returns
 //! a handle; the `berth serve` command wraps it with signal handling.
 
+mod answers;
 pub mod api;
 pub mod config;
 mod control;
@@ -18,9 +19,11 @@ pub mod limits;
 pub mod metrics;
 mod obs_api;
 mod orphan_start;
+mod routes;
 mod serve;
 pub mod store;
 pub mod wire;
+pub use routes::{openapi, openapi_json_text};
 mod workers;
 
 use std::io::Write;
@@ -350,15 +353,7 @@ pub async fn start(opts: Options) -> Result<Daemon, DaemonError> {
         forecasts: Arc::default(),
         health,
     };
-    let app = api::router(state.clone())
-        .merge(obs_api::router(obs_api::ObsState {
-            app: state,
-            metrics: metrics.clone(),
-        }))
-        .layer(axum::middleware::from_fn_with_state(
-            metrics,
-            obs_api::count_requests,
-        ));
+    let app = routes::app(state, metrics);
     let http = tokio::spawn(serve::serve(
         listener,
         app,

@@ -37,17 +37,10 @@ fn labels(pairs: &[(&str, &str)]) -> Labels {
 /// The class of a host for dashboards: its `class` label, else its `pool` label, else its name
 /// without a trailing `-NUMBER` (`kvm-x86-0001` → `kvm-x86`, as the simulator names classes).
 pub fn host_class(name: &str, host_labels: &[berth_sched::Label]) -> String {
-    for key in ["class", "pool"] {
-        if let Some(l) = host_labels.iter().find(|l| l.key == key) {
-            return l.value.clone();
-        }
-    }
-    match name.rsplit_once('-') {
-        Some((stem, n)) if !stem.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) => {
-            stem.to_owned()
-        }
-        _ => name.to_owned(),
-    }
+    let labels = host_labels
+        .iter()
+        .map(|l| (l.key.as_str(), l.value.as_str()));
+    berth_api::host_class(name, labels).to_owned()
 }
 
 /// Every metric berth exports.

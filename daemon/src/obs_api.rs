@@ -4,16 +4,15 @@
 
 use std::sync::Arc;
 
-use axum::Router;
-use axum::extract::{MatchedPath, Request, State};
+use axum::extract::{FromRef, MatchedPath, Request, State};
 use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use serde_json::json;
 use tokio::sync::oneshot;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-use crate::api::{AppState, Params, auth, params};
+use crate::api::{AppState, Params, Reader, params};
 use crate::control::{ApiError, Msg, Query};
 use crate::hooks::{RunFilter, list_runs};
 use crate::limits::{HOOK_RUNS_LIST_DEFAULT, LIST_ROWS_MAX, list_limit};
@@ -27,11 +26,17 @@ pub(crate) struct ObsState {
     pub(crate) metrics: Arc<Metrics>,
 }
 
-pub(crate) fn router(state: ObsState) -> Router {
-    Router::new()
-        .route("/metrics", get(metrics))
-        .route("/v1/hooks/runs", get(hook_runs))
-        .with_state(state)
+impl FromRef<ObsState> for AppState {
+    fn from_ref(state: &ObsState) -> AppState {
+        state.app.clone()
+    }
+}
+
+/// The observability routes, each with its documentation.
+pub(crate) fn routes() -> OpenApiRouter<ObsState> {
+    OpenApiRouter::new()
+        .routes(routes!(metrics))
+        .routes(routes!(hook_runs))
 }
 
 /// Counts each request by its route pattern (`/v1/vms/{id}`, not the id), method and status.
@@ -60,8 +65,14 @@ pub(crate) async fn count_requests(
     resp
 }
 
-async fn metrics(State(state): State<ObsState>, headers: HeaderMap) -> Result<Response, ApiError> {
-    auth(&state.app, &headers, false)?;
+/// Prometheus metrics: OpenMetrics when asked for, else the classic text format.
+#[utoipa::path(get, path = "/metrics", tag = "daemon",
+    responses((status = 200, description = "Metrics in Prometheus' text formats", content_type = "text/plain", body = String)))]
+async fn metrics(
+    Reader(_): Reader,
+    State(state): State<ObsState>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
     let (reply, rx) = oneshot::channel();
     state
         .app
@@ -93,14 +104,17 @@ async fn metrics(State(state): State<ObsState>, headers: HeaderMap) -> Result<Re
     Ok((StatusCode::OK, [(header::CONTENT_TYPE, content_type)], body).into_response())
 }
 
+/// Hook runs, newest first.
+#[utoipa::path(get, path = "/v1/hooks/runs", tag = "daemon", params(RunFilter),
+    responses((status = 200, body = berth_api::HookRuns)))]
 async fn hook_runs(
+    Reader(_): Reader,
     State(state): State<ObsState>,
-    headers: HeaderMap,
     q: Params<RunFilter>,
 ) -> Result<Response, ApiError> {
-    auth(&state.app, &headers, false)?;
     let mut f = params(q)?;
     f.limit = Some(list_limit(f.limit, HOOK_RUNS_LIST_DEFAULT, LIST_ROWS_MAX)?);
     let runs = state.app.reads.read(move |c| list_runs(c, &f)).await?;
-    Ok((StatusCode::OK, axum::Json(json!({"runs": runs}))).into_response())
+    let body = berth_api::HookRuns { runs };
+    Ok((StatusCode::OK, axum::Json(body)).into_response())
 }

@@ -6,9 +6,9 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
+pub use berth_api::{AuditRow, HistoryRow, Hold, OrphanRow, RequestRow, VmRow};
 use berth_sched::{Event, VmState};
 use rusqlite::{Connection, OptionalExtension, params};
-use serde::Serialize;
 
 use crate::DaemonError;
 use crate::wire::{WireHost, WireInput, WireRequest};
@@ -146,29 +146,6 @@ const MIGRATIONS: &[&str] = &[
 
 /// The `meta` key holding the data directory's identity (see `datadir`).
 pub const META_DATA_DIR_ID: &str = "data_dir_id";
-
-/// One operator action, for the audit table.
-#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
-pub struct AuditRow {
-    pub at_ms: u64,
-    pub who: String,
-    pub role: String,
-    pub action: String,
-    pub target: String,
-    pub outcome: String,
-}
-
-/// A VM found on a host that berth keeps instead of destroying: it is not berth's to clean
-/// up until an operator says so.
-#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
-pub struct OrphanRow {
-    pub vm: u64,
-    pub name: String,
-    /// The host's name.
-    pub host: String,
-    pub found_ms: u64,
-    pub reason: String,
-}
 
 /// What one pass of the control loop writes, in one transaction.
 #[derive(Debug, Default)]
@@ -555,31 +532,6 @@ fn migrate(conn: &mut Connection) -> Result<(), DaemonError> {
 
 // ---- reads, on the API's own connections ----
 
-/// A VM as the API lists it.
-#[derive(Clone, Debug, Serialize)]
-pub struct VmRow {
-    pub id: u64,
-    pub name: String,
-    pub request: u64,
-    /// Its request's template.
-    pub template: Option<String>,
-    pub host: Option<String>,
-    pub state: String,
-    pub cause: String,
-    pub created_ms: u64,
-    pub updated_ms: u64,
-    /// The breakpoint of a held VM (the scheduler knows it; see `HoldRow`).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub hold: Option<HoldRow>,
-}
-
-/// A held VM's breakpoint: whose it is and when it expires (extensions included).
-#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
-pub struct HoldRow {
-    pub owner: String,
-    pub expires_ms: u64,
-}
-
 /// Filters for listing VMs.
 #[derive(Clone, Debug, Default)]
 pub struct VmFilter {
@@ -597,6 +549,24 @@ const VM_COLUMNS: &str =
     "v.id, v.request, h.name, v.state, v.cause, v.created_ms, v.updated_ms, r.template
      FROM vms v LEFT JOIN hosts h ON h.id = v.host LEFT JOIN requests r ON r.id = v.request";
 
+/// Column `i` as one of the API's named enums (a state): a name the API does not know is an
+/// error naming it, not a row shown with a state no client can read.
+fn named<T: std::str::FromStr<Err = berth_api::UnknownName>>(
+    r: &rusqlite::Row<'_>,
+    i: usize,
+) -> rusqlite::Result<T> {
+    parse_named(i, &r.get::<_, String>(i)?)
+}
+
+fn parse_named<T: std::str::FromStr<Err = berth_api::UnknownName>>(
+    i: usize,
+    text: &str,
+) -> rusqlite::Result<T> {
+    text.parse().map_err(|e: berth_api::UnknownName| {
+        rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, Box::new(e))
+    })
+}
+
 fn vm_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<VmRow> {
     let id: i64 = r.get(0)?;
     Ok(VmRow {
@@ -604,7 +574,7 @@ fn vm_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<VmRow> {
         name: berth_drivers::vm_name(id as u64),
         request: r.get::<_, i64>(1)? as u64,
         host: r.get(2)?,
-        state: r.get(3)?,
+        state: named(r, 3)?,
         cause: r.get(4)?,
         created_ms: r.get::<_, i64>(5)? as u64,
         updated_ms: r.get::<_, i64>(6)? as u64,
@@ -654,29 +624,27 @@ pub fn list_vms(conn: &Connection, f: &VmFilter) -> Result<Vec<VmRow>, DaemonErr
         .map_err(sql("listing vms"))
 }
 
-/// Writes the filtered VMs as a JSON array (the objects `VmRow` serialises to) straight from
-/// the rows into `out`, and returns how many: listing 100,000 VMs makes no row structs, host
-/// names come from one small lookup, and templates by the request's primary key. `holds`
-/// gives the breakpoints of held VMs (by VM id), which the scheduler knows.
+/// Writes the filtered VMs as a JSON array of `VmRow`s straight from the rows into `out`, and
+/// returns how many, and the cursor of the next page when `shown_max` cut it: host names come
+/// from one small lookup, templates by the request's primary key, and no list of rows is
+/// kept. `holds` gives the breakpoints of held VMs (by VM id), which the scheduler knows.
 pub fn write_vms_json(
     conn: &Connection,
     f: &VmFilter,
-    holds: &BTreeMap<u64, HoldRow>,
+    holds: &BTreeMap<u64, Hold>,
     out: &mut Vec<u8>,
     shown_max: usize,
 ) -> Result<(usize, Option<u64>), DaemonError> {
-    use std::io::Write;
-    let mut hosts: BTreeMap<i64, Vec<u8>> = BTreeMap::new();
+    let mut hosts: BTreeMap<i64, String> = BTreeMap::new();
     {
         let mut stmt = conn
             .prepare_cached("SELECT id, name FROM hosts")
             .map_err(sql("listing vms"))?;
         let mut rows = stmt.query([]).map_err(sql("listing vms"))?;
         while let Some(r) = rows.next().map_err(sql("listing vms"))? {
-            let name: String = r.get(1).map_err(sql("listing vms"))?;
             hosts.insert(
                 r.get(0).map_err(sql("listing vms"))?,
-                serde_json::to_vec(&name).unwrap_or_else(|_| b"null".to_vec()),
+                r.get(1).map_err(sql("listing vms"))?,
             );
         }
     }
@@ -692,72 +660,35 @@ pub fn write_vms_json(
     let mut n = 0;
     let mut last = None;
     out.push(b'[');
-    let io = |e: std::io::Error| DaemonError::Io {
-        what: "writing a vm list".into(),
-        source: e,
-    };
     while let Some(r) = rows.next().map_err(sql("listing vms"))? {
-        let get_i64 = |i| r.get::<_, i64>(i).map_err(sql("listing vms"));
-        let id = get_i64(0)?;
         if n == shown_max {
             // One row past the page: there is more, and the page's last row is the cursor.
             out.push(b']');
             return Ok((n, last));
         }
+        let id = r.get::<_, i64>(0).map_err(sql("listing vms"))? as u64;
         let host: Option<i64> = r.get(2).map_err(sql("listing vms"))?;
-        let state = r.get_ref(3).and_then(|v| Ok(v.as_str()?.to_owned()));
-        let state = state.map_err(sql("listing vms"))?;
-        let cause = r.get_ref(4).and_then(|v| Ok(v.as_str()?.to_owned()));
-        let cause = cause.map_err(sql("listing vms"))?;
+        let row = VmRow {
+            id,
+            name: berth_drivers::vm_name(id),
+            request: r.get::<_, i64>(1).map_err(sql("listing vms"))? as u64,
+            template: r.get(7).map_err(sql("listing vms"))?,
+            host: host.and_then(|h| hosts.get(&h).cloned()),
+            state: named(r, 3).map_err(sql("listing vms"))?,
+            cause: r.get(4).map_err(sql("listing vms"))?,
+            created_ms: r.get::<_, i64>(5).map_err(sql("listing vms"))? as u64,
+            updated_ms: r.get::<_, i64>(6).map_err(sql("listing vms"))? as u64,
+            hold: holds.get(&id).cloned(),
+        };
         if n > 0 {
             out.push(b',');
         }
-        write!(
-            out,
-            "{{\"id\":{id},\"name\":\"{}{id}\",\"request\":{},\"template\":",
-            berth_drivers::VM_NAME_PREFIX,
-            get_i64(1)?
-        )
-        .map_err(io)?;
-        let template = r.get_ref(7).map_err(sql("listing vms"))?;
-        match template
-            .as_str_or_null()
-            .map_err(|e| sql("listing vms")(e.into()))?
-        {
-            Some(t) => serde_json::to_writer(&mut *out, t).map_err(|e| DaemonError::Io {
-                what: "writing a vm list".into(),
-                source: e.into(),
-            })?,
-            None => out.extend_from_slice(b"null"),
-        }
-        out.extend_from_slice(b",\"host\":");
-        match host.and_then(|h| hosts.get(&h)) {
-            Some(name) => out.extend_from_slice(name),
-            None => out.extend_from_slice(b"null"),
-        }
-        // States are plain words; causes are free text and need escaping.
-        write!(out, ",\"state\":\"{state}\",\"cause\":").map_err(io)?;
-        serde_json::to_writer(&mut *out, &cause).map_err(|e| DaemonError::Io {
+        serde_json::to_writer(&mut *out, &row).map_err(|e| DaemonError::Io {
             what: "writing a vm list".into(),
             source: e.into(),
         })?;
-        write!(
-            out,
-            ",\"created_ms\":{},\"updated_ms\":{}",
-            get_i64(5)?,
-            get_i64(6)?
-        )
-        .map_err(io)?;
-        if let Some(hold) = holds.get(&(id as u64)) {
-            out.extend_from_slice(b",\"hold\":");
-            serde_json::to_writer(&mut *out, hold).map_err(|e| DaemonError::Io {
-                what: "writing a vm list".into(),
-                source: e.into(),
-            })?;
-        }
-        out.push(b'}');
         n += 1;
-        last = Some(id as u64);
+        last = Some(id);
     }
     out.push(b']');
     Ok((n, None))
@@ -785,16 +716,6 @@ pub fn get_vm(conn: &Connection, id: u64) -> Result<Option<VmRow>, DaemonError> 
     .map_err(sql("reading a vm"))
 }
 
-/// One step of a VM's life.
-#[derive(Clone, Debug, Serialize)]
-pub struct HistoryRow {
-    pub at_ms: u64,
-    pub from: Option<String>,
-    pub to: String,
-    pub host: Option<String>,
-    pub cause: String,
-}
-
 pub fn vm_history(conn: &Connection, id: u64) -> Result<Vec<HistoryRow>, DaemonError> {
     let mut stmt = conn
         .prepare_cached(
@@ -806,8 +727,11 @@ pub fn vm_history(conn: &Connection, id: u64) -> Result<Vec<HistoryRow>, DaemonE
         .query_map([id as i64], |r| {
             Ok(HistoryRow {
                 at_ms: r.get::<_, i64>(0)? as u64,
-                from: r.get(1)?,
-                to: r.get(2)?,
+                from: r
+                    .get::<_, Option<String>>(1)?
+                    .map(|f| parse_named(1, &f))
+                    .transpose()?,
+                to: named(r, 2)?,
                 host: r.get(3)?,
                 cause: r.get(4)?,
             })
@@ -817,30 +741,19 @@ pub fn vm_history(conn: &Connection, id: u64) -> Result<Vec<HistoryRow>, DaemonE
         .map_err(sql("reading vm history"))
 }
 
-/// A request as the API shows it.
-#[derive(Clone, Debug, Serialize)]
-pub struct RequestRow {
-    pub id: u64,
-    pub template: String,
-    pub count: u32,
-    pub state: String,
-    pub cause: String,
-    pub submitted_ms: u64,
-    pub updated_ms: u64,
-    pub spec: serde_json::Value,
-}
-
 fn request_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RequestRow> {
     let spec: String = r.get(7)?;
     Ok(RequestRow {
         id: r.get::<_, i64>(0)? as u64,
         template: r.get(1)?,
         count: r.get(2)?,
-        state: r.get(3)?,
+        state: named(r, 3)?,
         cause: r.get(4)?,
         submitted_ms: r.get::<_, i64>(5)? as u64,
         updated_ms: r.get::<_, i64>(6)? as u64,
-        spec: serde_json::from_str(&spec).unwrap_or(serde_json::Value::Null),
+        spec: serde_json::from_str(&spec).map_err(|e| {
+            rusqlite::Error::FromSqlConversionFailure(7, rusqlite::types::Type::Text, Box::new(e))
+        })?,
     })
 }
 
@@ -1016,6 +929,6 @@ mod tests {
         assert_eq!(journal[0].2.len(), 2);
         assert_eq!(store.last_ids().unwrap(), (1, 1, 0));
         let row = get_request(store.conn(), 1).unwrap().unwrap();
-        assert_eq!((row.state.as_str(), row.count), ("waiting", 2));
+        assert_eq!((row.state.name(), row.count), ("waiting", 2));
     }
 }

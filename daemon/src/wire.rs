@@ -62,6 +62,25 @@ fn milli_one() -> u32 {
     1000
 }
 
+impl From<berth_api::NewHost> for WireHost {
+    /// A host added through the API; the daemon numbers it.
+    fn from(h: berth_api::NewHost) -> WireHost {
+        WireHost {
+            id: 0,
+            name: h.name,
+            driver: h.driver,
+            vcpus: h.vcpus,
+            memory_mib: h.memory_mib,
+            slots: h.slots,
+            cpu_overcommit_milli: h.cpu_overcommit_milli,
+            memory_overcommit_milli: h.memory_overcommit_milli,
+            labels: h.labels,
+            images: h.images,
+            options: h.options,
+        }
+    }
+}
+
 /// The longest host or template name.
 pub const NAME_LEN_MAX: usize = 128;
 

@@ -257,6 +257,15 @@ pub enum HostState {
 }
 
 impl HostState {
+    /// Every state, in order.
+    pub const ALL: &'static [HostState] = &[
+        HostState::Unknown,
+        HostState::Ready,
+        HostState::Draining,
+        HostState::Maintenance,
+        HostState::Error,
+    ];
+
     pub fn name(self) -> &'static str {
         match self {
             HostState::Unknown => "unknown",
@@ -295,6 +304,21 @@ pub enum VmState {
 }
 
 impl VmState {
+    /// Every state, in order.
+    pub const ALL: &'static [VmState] = &[
+        VmState::Queued,
+        VmState::Placed,
+        VmState::Provisioning,
+        VmState::Booting,
+        VmState::Running,
+        VmState::Held,
+        VmState::Releasing,
+        VmState::Done,
+        VmState::Failed,
+        VmState::Lost,
+        VmState::Cancelled,
+    ];
+
     pub fn name(self) -> &'static str {
         match self {
             VmState::Queued => "queued",
@@ -353,6 +377,16 @@ pub enum RequestState {
 }
 
 impl RequestState {
+    /// Every state, in order.
+    pub const ALL: &'static [RequestState] = &[
+        RequestState::Waiting,
+        RequestState::Active,
+        RequestState::Done,
+        RequestState::Failed,
+        RequestState::Rejected,
+        RequestState::Cancelled,
+    ];
+
     pub fn name(self) -> &'static str {
         match self {
             RequestState::Waiting => "waiting",

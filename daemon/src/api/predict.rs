@@ -11,15 +11,14 @@ use std::sync::{Arc, Mutex};
 
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
+use berth_api as api;
 use berth_sched::{HostId, Input, Scheduler};
 use berth_sim::{Budget, Forecast, Profile, SimConfig, SimError, Simulation, WaitForecast};
 use berth_traces::Record;
 use rusqlite::{Connection, params};
-use serde::Deserialize;
-use serde_json::json;
 
-use super::{ApiResult, AppState, auth, ok_json, parse, query};
+use super::{ApiResult, AppState, Reader, ok_json, parse, query};
 use crate::DaemonError;
 use crate::control::{Answer, ApiError, Query};
 use crate::export::request_record;
@@ -36,23 +35,16 @@ const ARRIVAL_ID_BASE: u64 = 1 << 62;
 /// How long a job is taken to run when neither its request nor its template says.
 const RUN_DEFAULT_MS: u64 = 3_600_000;
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct DrainBody {
-    hosts: Vec<String>,
-    horizon_s: Option<u64>,
-    /// `recent` (the default): the last horizon's requests again; `none`: no arrivals.
-    arrivals: Option<String>,
-}
-
+/// What draining some hosts would do to waits over the next `horizon_s`. It changes
+/// nothing, so read-only tokens may ask (one forecast at a time each).
+#[utoipa::path(post, path = "/v1/predict/drain", tag = "hosts", request_body = api::DrainQuestion,
+    responses((status = 200, body = api::DrainForecast)))]
 pub(super) async fn drain(
+    Reader(actor): Reader,
     State(state): State<AppState>,
-    headers: HeaderMap,
     body: Bytes,
 ) -> ApiResult {
-    // A forecast changes nothing: read-only tokens may ask.
-    let actor = auth(&state, &headers, false)?;
-    let b: DrainBody = parse(&body)?;
+    let b: api::DrainQuestion = parse(&body)?;
     if b.hosts.is_empty() || b.hosts.len() > FORECAST_HOSTS_MAX {
         return Err(ApiError::field(
             400,
@@ -129,30 +121,28 @@ pub(super) async fn drain(
         Ok(Err(e)) => return Err(ApiError::new(500, format!("forecast failed: {e}"))),
         Err(_) => return Err(ApiError::new(500, "forecast task failed")),
     };
-    ok_json(
-        StatusCode::OK,
-        json!({
-            "hosts": b.hosts,
-            "horizon_ms": horizon_ms,
-            "without": waits_json(&without.waiting),
-            "with": waits_json(&with.waiting),
-            "arrivals": {
-                "source": source,
-                "requests": n_arrivals,
-                "without": waits_json(&without.arrivals),
-                "with": waits_json(&with.arrivals),
-            },
-        }),
-    )
+    let body = api::DrainForecast {
+        hosts: b.hosts,
+        horizon_ms,
+        without: waits(&without.waiting),
+        with: waits(&with.waiting),
+        arrivals: api::ArrivalsForecast {
+            source: source.to_owned(),
+            requests: n_arrivals as u64,
+            without: waits(&without.arrivals),
+            with: waits(&with.arrivals),
+        },
+    };
+    ok_json(StatusCode::OK, &body)
 }
 
-fn waits_json(w: &WaitForecast) -> serde_json::Value {
-    json!({
-        "mean_wait_ms": w.mean_wait_ms,
-        "p95_wait_ms": w.p95_wait_ms,
-        "max_wait_ms": w.max_wait_ms,
-        "still_waiting": w.still_waiting,
-    })
+fn waits(w: &WaitForecast) -> api::WaitStats {
+    api::WaitStats {
+        mean_wait_ms: w.mean_wait_ms,
+        p95_wait_ms: w.p95_wait_ms,
+        max_wait_ms: w.max_wait_ms,
+        still_waiting: w.still_waiting,
+    }
 }
 
 /// The requests submitted from `horizon_ms` before `now_ms` up to `now_ms` (except those

@@ -1,0 +1,342 @@
+//! What the daemon answers, route by route.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::{HostState, RequestState, Role, VmState};
+
+/// `GET /v1/whoami`: who the token belongs to and what it may do.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct WhoAmI {
+    pub name: String,
+    pub role: Role,
+}
+
+/// `GET /v1/status`: counts, and whether the daemon takes writes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Status {
+    /// The API's version (`berth_api::API_VERSION`).
+    pub api_version: String,
+    /// Hosts by state.
+    pub hosts: BTreeMap<HostState, u64>,
+    /// Live VMs (the scheduler's) by state.
+    pub live_vms: BTreeMap<VmState, u64>,
+    /// Every VM in the database by state, ended ones included.
+    pub vms_by_state: BTreeMap<VmState, u64>,
+    pub live_requests: u64,
+    pub queue_len: u64,
+    pub journal_batches: u64,
+    /// VMs found on hosts that berth keeps rather than destroys (`GET /v1/orphans`).
+    pub orphans_kept: u64,
+    /// The scheduler's clock (ms since the epoch).
+    pub now_ms: u64,
+    /// Whether changes are taken; `false` while the disk is full.
+    pub writable: bool,
+    /// Why changes are refused, when they are.
+    pub degraded: Option<String>,
+}
+
+/// A breakpoint request: who owns a failed VM kept for debugging, and for how long.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HoldSpec {
+    pub owner: String,
+    pub ttl_ms: u64,
+}
+
+/// A request as submitted, every field resolved (the shape against its template).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct RequestSpec {
+    pub id: u64,
+    pub template: String,
+    pub count: u32,
+    pub vcpus: Option<u32>,
+    pub memory_mib: Option<u64>,
+    pub labels: BTreeMap<String, String>,
+    pub priority: i32,
+    pub gang: bool,
+    pub hold: Option<HoldSpec>,
+    pub pending_deadline_ms: Option<u64>,
+    pub expected_run_ms: Option<u64>,
+    pub requester: String,
+    /// The staged change the request belongs to (a Gerrit change, a pull request), if the
+    /// caller said.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub change: Option<String>,
+}
+
+/// A request (`GET /v1/requests`, the answer to a submit or a cancel).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct RequestRow {
+    pub id: u64,
+    pub template: String,
+    pub count: u32,
+    pub state: RequestState,
+    pub cause: String,
+    pub submitted_ms: u64,
+    pub updated_ms: u64,
+    pub spec: RequestSpec,
+}
+
+/// `GET /v1/requests`: a page of requests, newest first.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct RequestPage {
+    pub requests: Vec<RequestRow>,
+    /// Ask with `before=` this for the next page; `null` when nothing follows.
+    pub next_before: Option<u64>,
+}
+
+/// `GET /v1/requests/{id}`: a request, its VMs and why it waits.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct RequestDetail {
+    #[serde(flatten)]
+    pub request: RequestRow,
+    pub vms: Vec<VmRow>,
+    /// `null` unless the request waits.
+    pub why: Option<Why>,
+}
+
+/// What holds a waiting request back.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Blocker {
+    /// No pass has looked at it yet.
+    NotYetConsidered,
+    /// No host could take one of its VMs.
+    NoFit,
+    /// A gang: fewer VMs fit at once than must start together.
+    GangShort { fit: u64, need: u64 },
+    /// A request ahead of it is served first.
+    BehindHead { head: u64 },
+    /// EASY backfilling: the head's reservation starts at `start_ms`.
+    Reserved { head: u64, start_ms: u64 },
+}
+
+/// How many hosts turned a request down for one reason.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ReasonCount {
+    pub reason: String,
+    pub hosts: u64,
+}
+
+/// Why a request waits, as the scheduler explains it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Why {
+    pub summary: String,
+    /// What one VM needs, in words.
+    pub need: String,
+    pub waiting_vms: u64,
+    pub blocker: Blocker,
+    pub reasons: Vec<ReasonCount>,
+    pub hosts_fit: u64,
+    pub hosts_total: u64,
+}
+
+/// A waiting request in the order of service, with why it waits.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct QueueEntry {
+    #[serde(flatten)]
+    pub request: RequestRow,
+    pub why: Option<Why>,
+}
+
+/// `GET /v1/queue`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Queue {
+    pub queue: Vec<QueueEntry>,
+}
+
+/// A held VM's breakpoint: whose it is and when it expires (extensions included).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Hold {
+    pub owner: String,
+    pub expires_ms: u64,
+}
+
+/// A VM (`GET /v1/vms`, and the answers of the VM routes).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct VmRow {
+    pub id: u64,
+    pub name: String,
+    pub request: u64,
+    /// Its request's template.
+    pub template: Option<String>,
+    /// The host's name, once placed.
+    pub host: Option<String>,
+    pub state: VmState,
+    pub cause: String,
+    pub created_ms: u64,
+    pub updated_ms: u64,
+    /// The breakpoint of a held VM.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hold: Option<Hold>,
+}
+
+/// `GET /v1/vms`: a page of VMs by number.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct VmPage {
+    pub vms: Vec<VmRow>,
+    pub count: u64,
+    /// Ask with `after=` this for the next page; `null` when nothing follows.
+    pub next_after: Option<u64>,
+}
+
+/// One step of a VM's life.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct HistoryRow {
+    pub at_ms: u64,
+    pub from: Option<VmState>,
+    pub to: VmState,
+    pub host: Option<String>,
+    pub cause: String,
+}
+
+/// `GET /v1/vms/{id}`: a VM and its history.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct VmDetail {
+    #[serde(flatten)]
+    pub vm: VmRow,
+    pub history: Vec<HistoryRow>,
+}
+
+/// `GET /v1/vms/{id}/console`: where a VM's graphical console listens.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ConsoleAddress {
+    pub vm: u64,
+    pub name: String,
+    pub host: String,
+    pub port: u16,
+    pub password: Option<String>,
+    /// `host:port`.
+    pub address: String,
+    /// An `ssh -L` command that brings the console to this machine.
+    pub ssh: String,
+}
+
+/// One kind of slot on a host.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct SlotRow {
+    pub kind: String,
+    pub capacity: i64,
+    pub used: i64,
+}
+
+/// A host (`GET /v1/hosts`, and the answers of the host routes).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct HostRow {
+    pub id: u64,
+    pub name: String,
+    pub driver: String,
+    pub state: HostState,
+    /// vCPUs in thousandths, overcommit included.
+    pub vcpus_milli: u64,
+    pub vcpus_used_milli: u64,
+    pub memory_mib: u64,
+    pub memory_used_mib: u64,
+    pub slots: Vec<SlotRow>,
+    /// VMs being provisioned on it now.
+    pub provisioning: u64,
+    pub vms: u64,
+    /// `key=value`.
+    pub labels: Vec<String>,
+    /// When it last answered a probe.
+    pub last_probe_ms: Option<u64>,
+    pub probe_failures: u64,
+    pub provision_failures: u64,
+}
+
+impl HostRow {
+    /// Its class (see [`crate::host_class`]).
+    pub fn class(&self) -> &str {
+        crate::host_class(
+            &self.name,
+            self.labels.iter().filter_map(|l| l.split_once('=')),
+        )
+    }
+}
+
+/// `GET /v1/hosts`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct HostList {
+    pub hosts: Vec<HostRow>,
+}
+
+/// `DELETE /v1/hosts/{name}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct HostRemoved {
+    pub id: u64,
+    pub name: String,
+    pub removed: bool,
+}
+
+/// One operator action.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct AuditRow {
+    pub at_ms: u64,
+    pub who: String,
+    pub role: String,
+    pub action: String,
+    pub target: String,
+    pub outcome: String,
+}
+
+/// `GET /v1/audit`: a page of operator actions, newest first.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct AuditPage {
+    pub audit: Vec<AuditRow>,
+    /// Ask with `before=` this for the next page; `null` when nothing follows.
+    pub next_before: Option<u64>,
+}
+
+/// A VM found on a host that berth keeps instead of destroying.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct OrphanRow {
+    pub vm: u64,
+    pub name: String,
+    /// The host's name.
+    pub host: String,
+    pub found_ms: u64,
+    pub reason: String,
+}
+
+/// `GET /v1/orphans`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct OrphanList {
+    pub orphans: Vec<OrphanRow>,
+}
+
+/// `POST /v1/orphans/{vm}/destroy`: the destroy has begun.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct OrphanDestroying {
+    pub vm: u64,
+    pub name: String,
+    /// Always `destroying`.
+    pub state: String,
+}
+
+/// One attempt of a hook.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct HookRun {
+    pub id: u64,
+    pub hook: String,
+    pub event: String,
+    pub vm: Option<u64>,
+    pub host: Option<String>,
+    pub request: Option<u64>,
+    pub attempt: u32,
+    pub started_ms: u64,
+    pub duration_ms: u64,
+    /// `null` when it was killed by a signal, timed out or could not start.
+    pub exit_code: Option<i32>,
+    /// `ok`, `failed`, `timeout` or `error` (could not start).
+    pub outcome: String,
+    pub stderr_tail: String,
+}
+
+/// `GET /v1/hooks/runs`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct HookRuns {
+    pub runs: Vec<HookRun>,
+}

@@ -1,0 +1,192 @@
+//! The scheduler's views as the API's types (`berth_api`): hosts, why a request waits, events.
+//! Everything the daemon says about its state goes through here or through `store`'s rows.
+
+use berth_api as api;
+use berth_drivers::vm_name;
+use berth_sched::{Blocker, Event, HostView, Scheduler};
+
+pub(crate) fn host_state(s: berth_sched::HostState) -> api::HostState {
+    use berth_sched::HostState as S;
+    match s {
+        S::Unknown => api::HostState::Unknown,
+        S::Ready => api::HostState::Ready,
+        S::Draining => api::HostState::Draining,
+        S::Maintenance => api::HostState::Maintenance,
+        S::Error => api::HostState::Error,
+    }
+}
+
+pub(crate) fn vm_state(s: berth_sched::VmState) -> api::VmState {
+    use berth_sched::VmState as S;
+    match s {
+        S::Queued => api::VmState::Queued,
+        S::Placed => api::VmState::Placed,
+        S::Provisioning => api::VmState::Provisioning,
+        S::Booting => api::VmState::Booting,
+        S::Running => api::VmState::Running,
+        S::Held => api::VmState::Held,
+        S::Releasing => api::VmState::Releasing,
+        S::Done => api::VmState::Done,
+        S::Failed => api::VmState::Failed,
+        S::Lost => api::VmState::Lost,
+        S::Cancelled => api::VmState::Cancelled,
+    }
+}
+
+pub(crate) fn request_state(s: berth_sched::RequestState) -> api::RequestState {
+    use berth_sched::RequestState as S;
+    match s {
+        S::Waiting => api::RequestState::Waiting,
+        S::Active => api::RequestState::Active,
+        S::Done => api::RequestState::Done,
+        S::Failed => api::RequestState::Failed,
+        S::Rejected => api::RequestState::Rejected,
+        S::Cancelled => api::RequestState::Cancelled,
+    }
+}
+
+/// A count the scheduler keeps signed (it never goes below zero).
+fn unsigned(n: i64) -> u64 {
+    u64::try_from(n).unwrap_or(0)
+}
+
+/// A host as the API shows it. `probe_answered` is when it last answered a probe that changed
+/// nothing (the scheduler only hears of probes that change something).
+pub(crate) fn host_row(h: &HostView<'_>, probe_answered: Option<u64>) -> api::HostRow {
+    api::HostRow {
+        id: h.id.0,
+        name: h.name.to_owned(),
+        driver: h.driver.name().to_owned(),
+        state: host_state(h.state),
+        vcpus_milli: unsigned(h.cpu_milli),
+        vcpus_used_milli: unsigned(h.cpu_used_milli),
+        memory_mib: unsigned(h.memory_mib),
+        memory_used_mib: unsigned(h.memory_used_mib),
+        slots: h
+            .slots
+            .iter()
+            .map(|&(kind, capacity, used)| api::SlotRow {
+                kind: kind.to_owned(),
+                capacity,
+                used,
+            })
+            .collect(),
+        provisioning: h.provisioning.into(),
+        vms: h.n_vms as u64,
+        labels: h.labels.iter().map(|l| l.to_string()).collect(),
+        last_probe_ms: h.last_probe_ms.max(probe_answered),
+        probe_failures: h.probe_failures.into(),
+        provision_failures: h.provision_failures.into(),
+    }
+}
+
+/// Why a request waits (`None` when it does not).
+pub(crate) fn why(s: &Scheduler, id: berth_sched::RequestId) -> Option<api::Why> {
+    let w = s.why(id)?;
+    let blocker = match w.blocker {
+        Blocker::NotYetConsidered => api::Blocker::NotYetConsidered,
+        Blocker::NoFit => api::Blocker::NoFit,
+        Blocker::GangShort { fit, need } => api::Blocker::GangShort {
+            fit: fit.into(),
+            need: need.into(),
+        },
+        Blocker::BehindHead(r) => api::Blocker::BehindHead { head: r.0 },
+        Blocker::Reserved { head, start_ms } => api::Blocker::Reserved {
+            head: head.0,
+            start_ms,
+        },
+    };
+    Some(api::Why {
+        summary: w.to_string(),
+        need: w.need.clone(),
+        waiting_vms: w.n_waiting_vms as u64,
+        blocker,
+        reasons: w
+            .reasons
+            .iter()
+            .map(|(r, n)| api::ReasonCount {
+                reason: r.describe().to_owned(),
+                hosts: (*n).into(),
+            })
+            .collect(),
+        hosts_fit: w.hosts_fit.into(),
+        hosts_total: w.hosts_total.into(),
+    })
+}
+
+/// An event as the event stream (and hooks) send it.
+pub(crate) fn event(s: &Scheduler, e: &Event) -> api::Event {
+    let host_name = |h: berth_sched::HostId| s.host(h).map(|h| h.name.to_owned());
+    match e {
+        Event::Vm {
+            at_ms,
+            vm,
+            request,
+            host,
+            from,
+            to,
+            cause,
+        } => api::Event::Vm(api::VmEvent {
+            at_ms: *at_ms,
+            vm: vm.0,
+            name: vm_name(vm.0),
+            request: request.0,
+            host: host.and_then(host_name),
+            from: from.map(vm_state),
+            to: vm_state(*to),
+            cause: cause.to_string(),
+        }),
+        Event::Request {
+            at_ms,
+            request,
+            from,
+            to,
+            cause,
+        } => api::Event::Request(api::RequestEvent {
+            at_ms: *at_ms,
+            request: request.0,
+            from: from.map(request_state),
+            to: request_state(*to),
+            cause: cause.to_string(),
+        }),
+        Event::Host {
+            at_ms,
+            host,
+            from,
+            to,
+            cause,
+        } => api::Event::Host(api::HostEvent {
+            at_ms: *at_ms,
+            host: host.0,
+            name: host_name(*host),
+            from: from.map(host_state),
+            to: to.map(host_state),
+            cause: cause.to_string(),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The scheduler's state names are the API's: a state added on one side only fails here.
+    #[test]
+    fn state_names_agree_with_the_scheduler() {
+        for s in berth_sched::VmState::ALL {
+            assert_eq!(vm_state(*s).name(), s.name());
+        }
+        for s in berth_sched::RequestState::ALL {
+            assert_eq!(request_state(*s).name(), s.name());
+        }
+        for s in berth_sched::HostState::ALL {
+            assert_eq!(host_state(*s).name(), s.name());
+        }
+        assert_eq!(berth_sched::VmState::ALL.len(), api::VmState::ALL.len());
+        assert_eq!(
+            berth_sched::RequestState::ALL.len(),
+            api::RequestState::ALL.len()
+        );
+        assert_eq!(berth_sched::HostState::ALL.len(), api::HostState::ALL.len());
+    }
+}

@@ -1,0 +1,113 @@
+//! The HTTP surface in one place: the API's routes and the observability routes in one router,
+//! and the OpenAPI document generated from those same routes, so a route cannot be served
+//! without being documented (`GET /v1/openapi.json`, `docs/openapi.json`).
+
+use std::sync::{Arc, OnceLock};
+
+use axum::Router;
+use axum::http::header;
+use axum::response::IntoResponse;
+use utoipa::openapi::OpenApi as Document;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::api::{self, AppState, Reader};
+use crate::control::ApiError;
+use crate::metrics::Metrics;
+use crate::obs_api::{self, ObsState};
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "berth",
+        version = "1",
+        description = "berth's control plane: requests for CI virtual machines, their VMs, \
+            the hosts they run on, and the daemon. Every route but `/healthz` takes a bearer \
+            token; routes that change something take an operator's. Errors answer an \
+            `ErrorBody` naming the field at fault.",
+        license(name = "Apache-2.0", identifier = "Apache-2.0"),
+    ),
+    modifiers(&BearerAuth),
+    security(("bearer" = [])),
+    components(schemas(berth_api::ErrorBody, berth_api::Lagged, berth_api::Event)),
+    tags(
+        (name = "requests", description = "Requests for VMs and the queue they wait in"),
+        (name = "vms", description = "VMs, their breakpoints, consoles and logs"),
+        (name = "hosts", description = "Hosts and their service states"),
+        (name = "daemon", description = "The daemon: status, events, audit, metrics"),
+    )
+)]
+struct ApiDoc;
+
+/// The bearer token every route but `/healthz` asks for.
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, doc: &mut Document) {
+        let components = doc.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+/// Both route sets, with the document's own route.
+fn parts() -> (OpenApiRouter<AppState>, OpenApiRouter<ObsState>) {
+    (
+        api::routes().routes(routes!(openapi_json)),
+        obs_api::routes(),
+    )
+}
+
+/// The OpenAPI 3.1 document of every route served.
+pub fn openapi() -> Document {
+    let (app, obs) = parts();
+    let mut doc = ApiDoc::openapi();
+    doc.merge(app.split_for_parts().1);
+    doc.merge(obs.split_for_parts().1);
+    doc
+}
+
+/// [`openapi`] as pretty JSON, as `docs/openapi.json` holds it.
+pub fn openapi_json_text() -> &'static str {
+    static TEXT: OnceLock<String> = OnceLock::new();
+    TEXT.get_or_init(|| {
+        let mut text = openapi()
+            .to_pretty_json()
+            .unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"));
+        text.push('\n');
+        text
+    })
+}
+
+/// This document.
+#[utoipa::path(get, path = "/v1/openapi.json", tag = "daemon",
+    responses((status = 200, description = "The OpenAPI 3.1 document of this API", body = Object)))]
+async fn openapi_json(Reader(_): Reader) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        openapi_json_text(),
+    )
+}
+
+/// The daemon's whole router: every route, a 404 naming no route for the rest, and the
+/// request counter around them all.
+pub(crate) fn app(state: AppState, metrics: Arc<Metrics>) -> Router {
+    let (app, obs) = parts();
+    let obs_state = ObsState {
+        app: state.clone(),
+        metrics: metrics.clone(),
+    };
+    app.split_for_parts()
+        .0
+        .with_state(state)
+        .merge(obs.split_for_parts().0.with_state(obs_state))
+        .fallback(|| async { ApiError::new(404, "no such route") })
+        .layer(axum::middleware::from_fn_with_state(
+            metrics,
+            obs_api::count_requests,
+        ))
+}
