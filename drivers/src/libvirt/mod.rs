@@ -45,9 +45,7 @@ pub use connection::uri_host;
 use connection::{Connection, uri_is_local};
 use screenshot::PNG_SIGNATURE;
 pub use screenshot::{PpmError, ppm_to_png};
-use xml::{
-    DESCRIPTION_TAG, DomainSpec, domain_xml, overlay_xml, parse_domain, pool_target_path, pool_xml,
-};
+use xml::{DESCRIPTION_TAG, DomainSpec, domain_xml, overlay_xml, pool_target_path, pool_xml};
 
 use crate::{ConsoleAddress, Driver, DriverError, HostFacts, VmListing, VmRecipe, parse_vm_name};
 pub use crate::{DomainType, UnknownDomainType};
@@ -343,7 +341,10 @@ impl Inner {
         let pool = match found {
             Some(pool) => pool,
             None => {
-                match conn.create_storage_pool_xml(&pool_xml(&pool_name(dir), dir), 0) {
+                let xml = pool_xml(&pool_name(dir), dir).map_err(|e| {
+                    self.host_error(format!("writing the definition of a pool on {dir}: {e}"))
+                })?;
+                match conn.create_storage_pool_xml(&xml, 0) {
                     Ok(pool) => pool,
                     // Another process on the host (a second driver, a test) started it first.
                     Err(e) => conn
@@ -527,14 +528,19 @@ impl Inner {
                 .delete(0)
                 .map_err(|e| self.classify(&format!("removing the stale overlay {overlay}"), e))?;
         }
-        let vol = StorageVol::create_xml(&pool, &overlay_xml(&overlay, base_bytes, &base_path), 0)
+        let vol_xml = overlay_xml(&overlay, base_bytes, &base_path).map_err(|e| {
+            self.host_error(format!(
+                "writing the definition of the overlay {overlay}: {e}"
+            ))
+        })?;
+        let vol = StorageVol::create_xml(&pool, &vol_xml, 0)
             .map_err(|e| self.classify(&format!("creating the overlay {overlay}"), e))?;
         let overlay_path = vol.path().unwrap_or(overlay_path);
 
         let domain_type = self.config.domain_type_for(&vm.template, vm.domain_type);
         let password = vnc_password()
             .map_err(|e| self.host_error(format!("drawing a vnc password from the OS: {e}")))?;
-        let xml = domain_xml(&DomainSpec {
+        let written = domain_xml(&DomainSpec {
             name,
             template: &vm.template,
             base_image: &vm.base_image,
@@ -546,6 +552,13 @@ impl Inner {
             vnc_password: &password,
             network: &self.config.network,
         });
+        let xml = match written {
+            Ok(xml) => xml,
+            Err(e) => {
+                let _ = vol.delete(0);
+                return Err(self.host_error(format!("writing the definition of vm {name}: {e}")));
+            }
+        };
         let dom = match conn.define_domain_xml(&xml) {
             Ok(dom) => dom,
             Err(e) => {
@@ -572,10 +585,9 @@ impl Inner {
             .map_err(|e| self.classify(&format!("reading the definition of {name}"), e))?;
         // Compare file names too: libvirt may have canonicalised the directory (symlinks).
         let overlay_name = format!("/{}", overlay_file(name));
-        let ours = parse_domain(&xml).is_ok_and(|d| {
+        let ours = xml::Domain::from_xml(&xml).is_ok_and(|d| {
             d.description.contains(DESCRIPTION_TAG)
-                && d.disks
-                    .iter()
+                && d.disk_files()
                     .any(|p| p == overlay_path || p.ends_with(&overlay_name))
         });
         if !ours {
@@ -702,13 +714,13 @@ impl Inner {
         let xml = dom
             .xml_desc(virt::sys::VIR_DOMAIN_XML_SECURE)
             .map_err(|e| self.classify(&format!("reading the definition of {name}"), e))?;
-        let parsed = parse_domain(&xml).map_err(|e| {
+        let parsed = xml::Domain::from_xml(&xml).map_err(|e| {
             self.host_error(format!(
                 "libvirt gave an unreadable definition of {name}: {e}"
             ))
         })?;
         let vnc = parsed
-            .vnc
+            .vnc()
             .ok_or_else(|| self.host_error(format!("vm {name} has no vnc console")))?;
         let port = vnc
             .port
