@@ -1,4 +1,10 @@
-//! Screenshots: libvirt hands QEMU's screen over as a PPM, berth serves PNG.
+//! Screenshots: libvirt hands a screen over as a PNG or as a binary PPM, depending on the
+//! hypervisor's version (libvirt 9.0 with QEMU 7.2 gives PNG); berth serves PNG. The `image`
+//! crate reads the PPM and writes the PNG.
+
+use image::codecs::png::PngEncoder;
+use image::codecs::pnm::PnmDecoder;
+use image::{DynamicImage, ImageDecoder, ImageError};
 
 /// The first bytes of every PNG file.
 pub(super) const PNG_SIGNATURE: &[u8] = b"\x89PNG\r\n\x1a\n";
@@ -9,108 +15,97 @@ pub enum PpmError {
     #[error("not a binary ppm (P6) image")]
     NotPpm,
     #[error("bad ppm header: {0}")]
-    Header(&'static str),
+    Header(#[source] ImageError),
+    #[error("ppm image has no pixels ({width}x{height})")]
+    Empty { width: u32, height: u32 },
     #[error("ppm pixel data is {got} bytes, expected {expected}")]
-    Truncated { got: usize, expected: usize },
+    Truncated { got: usize, expected: u64 },
+    #[error("bad ppm pixel data: {0}")]
+    Pixels(#[source] ImageError),
     #[error("encoding png: {0}")]
-    Png(#[from] png::EncodingError),
+    Png(#[source] ImageError),
 }
 
-/// Converts a binary PPM (`P6`, what QEMU's screendump writes) into a PNG.
+/// Converts a binary PPM (`P6`, what QEMU's screendump writes) into an 8-bit RGB PNG.
 pub fn ppm_to_png(ppm: &[u8]) -> Result<Vec<u8>, PpmError> {
-    let rest = ppm.strip_prefix(b"P6").ok_or(PpmError::NotPpm)?;
-    let mut pos = 0;
-    let mut fields = [0usize; 3];
-    for field in &mut fields {
-        // Whitespace and `#` comments may separate the header fields.
-        loop {
-            match rest.get(pos) {
-                Some(b) if b.is_ascii_whitespace() => pos += 1,
-                Some(b'#') => {
-                    while rest.get(pos).is_some_and(|b| *b != b'\n') {
-                        pos += 1;
-                    }
-                }
-                _ => break,
-            }
-        }
-        let start = pos;
-        while rest.get(pos).is_some_and(u8::is_ascii_digit) {
-            pos += 1;
-        }
-        let digits =
-            std::str::from_utf8(&rest[start..pos]).map_err(|_| PpmError::Header("not ascii"))?;
-        *field = digits
-            .parse()
-            .map_err(|_| PpmError::Header("missing number"))?;
+    // The decoder would take any PNM (greymaps, bitmaps, PAM), but QEMU writes P6: anything
+    // else means libvirt sent what berth does not expect.
+    if !ppm.starts_with(b"P6") {
+        return Err(PpmError::NotPpm);
     }
-    let [width, height, maxval] = fields;
-    if !rest.get(pos).is_some_and(u8::is_ascii_whitespace) {
-        return Err(PpmError::Header("no whitespace after maxval"));
+    // The header alone first: it says how many bytes of pixels must follow, so a cut-off image
+    // is refused, with both sizes, before anything is allocated for the size its header claims.
+    let header_only = PnmDecoder::new(ppm).map_err(PpmError::Header)?;
+    let expected = header_only.total_bytes();
+    let (pixels, header) = header_only.into_inner();
+    let (width, height) = (header.width(), header.height());
+    if width == 0 || height == 0 {
+        return Err(PpmError::Empty { width, height });
     }
-    pos += 1;
-    if width == 0 || height == 0 || maxval == 0 || maxval > 65535 {
-        return Err(PpmError::Header("zero size or bad maxval"));
-    }
-    let bytes_per_sample = if maxval > 255 { 2 } else { 1 };
-    let expected = width
-        .checked_mul(height)
-        .and_then(|n| n.checked_mul(3 * bytes_per_sample))
-        .ok_or(PpmError::Header("image too large"))?;
-    let data = &rest[pos..];
-    if data.len() < expected {
+    if (pixels.len() as u64) < expected {
         return Err(PpmError::Truncated {
-            got: data.len(),
+            got: pixels.len(),
             expected,
         });
     }
-    let scale = |v: usize| -> u8 { u8::try_from(v * 255 / maxval).unwrap_or(u8::MAX) };
-    let rgb: Vec<u8> = if bytes_per_sample == 1 {
-        data[..expected]
-            .iter()
-            .map(|v| scale(usize::from(*v)))
-            .collect()
-    } else {
-        data[..expected]
-            .chunks_exact(2)
-            .map(|v| scale(usize::from(u16::from_be_bytes([v[0], v[1]]))))
-            .collect()
-    };
-    let w = u32::try_from(width).map_err(|_| PpmError::Header("image too wide"))?;
-    let h = u32::try_from(height).map_err(|_| PpmError::Header("image too tall"))?;
-    let mut out = Vec::new();
-    {
-        let mut encoder = png::Encoder::new(&mut out, w, h);
-        encoder.set_color(png::ColorType::Rgb);
-        encoder.set_depth(png::BitDepth::Eight);
-        let mut writer = encoder.write_header()?;
-        writer.write_image_data(&rgb)?;
-        writer.finish()?;
-    }
-    Ok(out)
+    let decoder = PnmDecoder::new(ppm).map_err(PpmError::Header)?;
+    // A maxval above 255 gives 16-bit samples; a screen needs no more than 8.
+    let rgb = DynamicImage::from_decoder(decoder)
+        .map_err(PpmError::Pixels)?
+        .into_rgb8();
+    let mut png = Vec::new();
+    rgb.write_with_encoder(PngEncoder::new(&mut png))
+        .map_err(PpmError::Png)?;
+    Ok(png)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// Decodes a PNG back into its size and 8-bit RGB pixels.
+    fn decode(png: &[u8]) -> (u32, u32, Vec<u8>) {
+        assert!(png.starts_with(PNG_SIGNATURE));
+        let image = image::load_from_memory_with_format(png, image::ImageFormat::Png)
+            .expect("a png that decodes");
+        assert_eq!(image.color(), image::ColorType::Rgb8);
+        (image.width(), image.height(), image.into_rgb8().into_raw())
+    }
+
     #[test]
     fn ppm_converts_to_png() {
         let mut ppm = b"P6\n# made by hand\n2 1\n255\n".to_vec();
         ppm.extend_from_slice(&[255, 0, 0, 0, 0, 255]);
-        let png_bytes = ppm_to_png(&ppm).expect("converts");
-        assert!(png_bytes.starts_with(PNG_SIGNATURE));
-        let decoder = png::Decoder::new(std::io::Cursor::new(png_bytes));
-        let mut reader = decoder.read_info().expect("png header");
-        let mut buf = vec![0; reader.output_buffer_size().expect("size")];
-        let info = reader.next_frame(&mut buf).expect("png frame");
-        assert_eq!((info.width, info.height), (2, 1));
-        assert_eq!(&buf[..6], &[255, 0, 0, 0, 0, 255]);
+        let png = ppm_to_png(&ppm).expect("converts");
+        assert_eq!(decode(&png), (2, 1, vec![255, 0, 0, 0, 0, 255]));
+    }
+
+    #[test]
+    fn samples_are_scaled_to_eight_bits() {
+        // maxval 15: 15 is full, 0 is none.
+        let mut ppm = b"P6 1 2 15\n".to_vec();
+        ppm.extend_from_slice(&[15, 0, 15, 0, 15, 0]);
+        assert_eq!(
+            decode(&ppm_to_png(&ppm).expect("converts")),
+            (1, 2, vec![255, 0, 255, 0, 255, 0])
+        );
+        // maxval 65535: two bytes a sample, big-endian.
+        let mut ppm = b"P6 1 1 65535\n".to_vec();
+        ppm.extend_from_slice(&[0xff, 0xff, 0, 0, 0x80, 0x00]);
+        let (w, h, rgb) = decode(&ppm_to_png(&ppm).expect("converts"));
+        assert_eq!((w, h, rgb[0], rgb[1]), (1, 1, 255, 0));
+        assert!((127..=128).contains(&rgb[2]), "{rgb:?}");
     }
 
     #[test]
     fn bad_ppm_is_an_error_value() {
         assert!(matches!(ppm_to_png(b"GIF89a"), Err(PpmError::NotPpm)));
+        assert!(matches!(ppm_to_png(b""), Err(PpmError::NotPpm)));
+        // A greymap is a PNM, but not what QEMU sends.
+        assert!(matches!(
+            ppm_to_png(b"P5 1 1 255\n\x00"),
+            Err(PpmError::NotPpm)
+        ));
         assert!(matches!(
             ppm_to_png(b"P6 2 2 255\n\x00\x00"),
             Err(PpmError::Truncated {
@@ -118,6 +113,61 @@ mod tests {
                 expected: 12
             })
         ));
-        assert!(matches!(ppm_to_png(b"P6 x"), Err(PpmError::Header(_))));
+        for header in [
+            &b"P6 x"[..],
+            b"P6",
+            b"P6 2 2",
+            b"P6 2 2 0\n",
+            b"P6 2 2 70000\n",
+            b"P6 -2 2 255\n",
+            b"P6 99999999999 1 255\n",
+            b"P6 2 \xff 255\n",
+        ] {
+            let got = ppm_to_png(header);
+            assert!(
+                matches!(got, Err(PpmError::Header(_))),
+                "{:?}: {got:?}",
+                String::from_utf8_lossy(header)
+            );
+        }
+        assert!(matches!(
+            ppm_to_png(b"P6 0 3 255\n"),
+            Err(PpmError::Empty {
+                width: 0,
+                height: 3
+            })
+        ));
+        // A header that claims a huge screen over a few bytes is refused before anything is
+        // allocated for it.
+        assert!(matches!(
+            ppm_to_png(b"P6 65535 65535 255\n\x00\x00\x00"),
+            Err(PpmError::Truncated {
+                got: 3,
+                expected: 12_884_508_675
+            })
+        ));
+        let message = ppm_to_png(b"P6 2 2 255\n\x00\x00")
+            .expect_err("truncated")
+            .to_string();
+        assert_eq!(message, "ppm pixel data is 2 bytes, expected 12");
+    }
+
+    #[test]
+    fn every_cut_of_a_good_ppm_is_an_error_not_a_panic() {
+        let mut ppm = b"P6\n# comment\n3 2\n255\n".to_vec();
+        ppm.extend((0..18u8).map(|v| v * 14));
+        assert!(ppm_to_png(&ppm).is_ok());
+        for len in 0..ppm.len() {
+            assert!(ppm_to_png(&ppm[..len]).is_err(), "first {len} bytes");
+        }
+        // Every byte of the header replaced by a few others: converts or says why.
+        let header_len = ppm.len() - 18;
+        for i in 0..header_len {
+            for b in [b'0', b'9', b' ', b'#', b'\n', 0, 0xff] {
+                let mut bad = ppm.clone();
+                bad[i] = b;
+                let _ = ppm_to_png(&bad);
+            }
+        }
     }
 }
