@@ -1,6 +1,6 @@
 //! The simulated driver: in-memory hosts that provision, boot and destroy VMs with modelled
-//! latency (the simulator's latency models, scaled), keep an inventory of the VMs they run,
-//! and fail when told to.
+//! latency (`berth_latency`'s models, which the simulator uses too, scaled), keep an inventory
+//! of the VMs they run, and fail when told to.
 //!
 //! Simulated hosts live inside the process that drives them, so a crashed daemon would take
 //! their inventory with it and recovery would have nothing to reconcile against. A [`SimWorld`]
@@ -16,8 +16,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use berth_latency::{Latency, Op, Profile};
 use berth_sched::{DriverKind, GuestOs};
-use berth_sim::latency::{Latency, Op, Profile};
 
 use crate::{ConsoleAddress, Driver, DriverError, HostFacts, VmListing, VmRecipe, parse_vm_name};
 

@@ -11,6 +11,7 @@ use std::collections::{BTreeMap, BinaryHeap, HashMap};
 use std::hash::BuildHasherDefault;
 use std::time::Instant;
 
+use berth_latency::{Latency, Op, Profile};
 use berth_sched::{
     Action, Config, DriverKind, Event, GuestOs, Hold, HostId, HostSpec, IdHasher, Input,
     InputError, Label, Policy, ProbeReport, RequestId, RequestSpec, RequestState, Scheduler, Shape,
@@ -21,7 +22,6 @@ use berth_traces::{HostEvent, Outcome, Record, RecordBody, RequestRecord, TraceE
 use crate::SimError;
 use crate::breakdown::{Breakdown, Holding, RequestRows};
 use crate::fleet::{Fleet, class_of};
-use crate::latency::{Latency, Op, Profile};
 use crate::plot::Timeline;
 use crate::report::{Metrics, Report, RunInfo};
 
@@ -815,9 +815,9 @@ impl Simulation {
             );
             if self.config.latency == Profile::Default {
                 t.expected_provision_ms =
-                    crate::latency::median_ms(Op::Provision, DriverKind::Sim, GuestOs::Linux);
+                    berth_latency::median_ms(Op::Provision, DriverKind::Sim, GuestOs::Linux);
                 t.expected_boot_ms =
-                    crate::latency::median_ms(Op::Boot, DriverKind::Sim, GuestOs::Linux);
+                    berth_latency::median_ms(Op::Boot, DriverKind::Sim, GuestOs::Linux);
             }
             self.input(Input::SetTemplate(t))
                 .map_err(|e| SimError::Scheduler(format!("template `{}`: {e}", r.template)))?;

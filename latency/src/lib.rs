@@ -1,5 +1,9 @@
 //! Latency models for simulated hosts: how long provisioning, boot and destroy take, by driver
 //! and guest OS, drawn from seeded distributions; and the zero profile for batch-trace checks.
+//!
+//! The simulator and the simulated driver both draw from these models, so a simulated host in a
+//! live daemon takes the times a replay assumes. The crate stays small for the drivers' sake:
+//! it needs the scheduler's driver and guest OS kinds and a seeded generator, nothing more.
 
 use berth_sched::{DriverKind, GuestOs};
 use rand_core::{Rng, SeedableRng};
