@@ -1,14 +1,16 @@
 //! The client commands over the daemon's HTTP API: `berth request`, `berth vm ...`,
 //! `berth host ...` and `berth status`. Human tables by default, `--json` for scripts.
 
-use std::io::{Read, Write};
+use std::collections::BTreeMap;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::Duration;
 
 use anyhow::{Context, bail};
+use berth_api as api;
+use berth_client::VmQuery;
 use clap::{Args, Subcommand};
-use serde_json::{Value, json};
+use serde::Serialize;
 
 /// Where the daemon is and how to prove who we are.
 #[derive(Args, Clone)]
@@ -31,10 +33,9 @@ pub struct Conn {
     json: bool,
 }
 
+/// The daemon's client, and how to print its answers.
 struct Client {
-    url: String,
-    token: Option<String>,
-    agent: ureq::Agent,
+    api: berth_client::Client,
     json: bool,
 }
 
@@ -96,59 +97,26 @@ impl Conn {
             self.data_dir.as_deref(),
         )?;
         Ok(Client {
-            url,
-            token,
-            agent: ureq::AgentBuilder::new()
-                .timeout(Duration::from_secs(60))
-                .build(),
+            api: berth_client::Client::new(&url, token),
             json: self.json,
         })
     }
 }
 
 impl Client {
-    fn call(&self, method: &str, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
-        self.send(method, path, body)?
-            .into_json::<Value>()
-            .with_context(|| format!("reading the answer of {method} {}{path}", self.url))
-    }
-
-    /// The daemon's answer, whatever its content type, or an error that says what went wrong.
-    fn send(
-        &self,
-        method: &str,
-        path: &str,
-        body: Option<Value>,
-    ) -> anyhow::Result<ureq::Response> {
-        let url = format!("{}{path}", self.url);
-        let mut req = self.agent.request(method, &url);
-        if let Some(t) = &self.token {
-            req = req.set("Authorization", &format!("Bearer {t}"));
-        }
-        let resp = match body {
-            Some(b) => req.send_json(b),
-            None => req.call(),
-        };
-        match resp {
-            Ok(r) => Ok(r),
-            Err(ureq::Error::Status(code, r)) => {
-                let body: Value = r.into_json().unwrap_or(Value::Null);
-                let msg = body["error"].as_str().unwrap_or("no message");
-                match body["field"].as_str() {
-                    Some(f) => bail!("{method} {path}: {code}: {msg} (field `{f}`)"),
-                    None => bail!("{method} {path}: {code}: {msg}"),
-                }
+    /// An answer, or an error that says what went wrong (and, when the daemon is not there,
+    /// what to check).
+    fn answer<T>(&self, got: Result<T, berth_client::ClientError>) -> anyhow::Result<T> {
+        got.map_err(|e| match e {
+            berth_client::ClientError::Unreachable { .. } => {
+                anyhow::anyhow!("{e} (is `berth serve` running at {}?)", self.api.url())
             }
-            Err(e) => Err(e).with_context(|| {
-                format!(
-                    "cannot reach the daemon at {} (is `berth serve` running?)",
-                    self.url
-                )
-            }),
-        }
+            other => anyhow::Error::new(other),
+        })
     }
 
-    fn print(&self, v: &Value, table: impl FnOnce(&Value)) -> ExitCode {
+    /// The answer as the API's JSON with `--json`, else as `table` prints it.
+    fn print<T: Serialize>(&self, v: &T, table: impl FnOnce(&T)) -> ExitCode {
         if self.json {
             println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
         } else {
@@ -156,6 +124,20 @@ impl Client {
         }
         ExitCode::SUCCESS
     }
+}
+
+/// A request id as given (`7` or `r7`).
+fn request_id(s: &str) -> anyhow::Result<u64> {
+    api::request_id(s).with_context(|| format!("`{s}` is not a request id (7 or r7)"))
+}
+
+/// A VM id as given (`12`, `vm12` or `berth-vm12`).
+fn vm_id(s: &str) -> anyhow::Result<u64> {
+    api::vm_id(s).with_context(|| format!("`{s}` is not a vm id (12, vm12 or berth-vm12)"))
+}
+
+fn or_dash(v: Option<&str>) -> String {
+    v.unwrap_or("-").to_owned()
 }
 
 /// The widest a table cell prints, in characters; longer text ends in `…` (`--json` has all).
@@ -193,14 +175,6 @@ fn table(headers: &[&str], rows: &[Vec<String>]) {
     line(&headers.iter().map(|h| h.to_uppercase()).collect::<Vec<_>>());
     for r in &rows {
         line(r);
-    }
-}
-
-fn s(v: &Value) -> String {
-    match v {
-        Value::Null => "-".into(),
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
     }
 }
 
@@ -265,28 +239,26 @@ pub fn request(args: RequestArgs) -> anyhow::Result<ExitCode> {
     let c = args.conn.client()?;
     match args.action {
         Some(RequestAction::Show { id }) => {
-            let v = c.call("GET", &format!("/v1/requests/{id}"), None)?;
+            let v = c.answer(c.api.request(request_id(&id)?))?;
             Ok(c.print(&v, print_request))
         }
         Some(RequestAction::Cancel { id }) => {
-            let v = c.call("DELETE", &format!("/v1/requests/{id}"), None)?;
-            Ok(c.print(&v, |v| println!("r{} {}", s(&v["id"]), s(&v["state"]))))
+            let v = c.answer(c.api.cancel(request_id(&id)?))?;
+            Ok(c.print(&v, |v| println!("r{} {}", v.id, v.state)))
         }
         Some(RequestAction::List { state }) => {
-            let q = state.map(|s| format!("?state={s}")).unwrap_or_default();
-            let v = c.call("GET", &format!("/v1/requests{q}"), None)?;
+            let v = c.answer(c.api.requests(state.as_deref(), None, None))?;
             Ok(c.print(&v, |v| {
-                let rows: Vec<Vec<String>> = v["requests"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
+                let rows: Vec<Vec<String>> = v
+                    .requests
+                    .iter()
                     .map(|r| {
                         vec![
-                            format!("r{}", s(&r["id"])),
-                            s(&r["template"]),
-                            s(&r["count"]),
-                            s(&r["state"]),
-                            s(&r["cause"]),
+                            format!("r{}", r.id),
+                            r.template.clone(),
+                            r.count.to_string(),
+                            r.state.to_string(),
+                            r.cause.clone(),
                         ]
                     })
                     .collect();
@@ -300,60 +272,49 @@ pub fn request(args: RequestArgs) -> anyhow::Result<ExitCode> {
             let labels = args
                 .labels
                 .iter()
-                .map(|l| key_value("--label", l).map(|(k, v)| (k, json!(v))))
-                .collect::<anyhow::Result<serde_json::Map<String, Value>>>()?;
-            let mut body = json!({
-                "template": template, "count": count, "gang": args.gang,
-                "hold_on_failure": args.hold_on_failure, "priority": args.priority,
-                "labels": labels,
-            });
-            if let Some(cpus) = args.cpus {
-                body["cpus"] = json!(cpus);
-            }
-            if let Some(m) = args.memory_mib {
-                body["memory_mib"] = json!(m);
-            }
-            if let Some(change) = &args.change {
-                body["change"] = json!(change);
-            }
-            if let Some(requester) = &args.requester {
-                body["requester"] = json!(requester);
-            }
-            let v = c.call("POST", "/v1/requests", Some(body))?;
-            Ok(c.print(&v, |v| {
-                println!("r{} {} ({})", s(&v["id"]), s(&v["state"]), s(&v["cause"]))
-            }))
+                .map(|l| key_value("--label", l))
+                .collect::<anyhow::Result<BTreeMap<String, String>>>()?;
+            let body = api::SubmitRequest {
+                template,
+                count,
+                cpus: args.cpus,
+                memory_mib: args.memory_mib,
+                labels,
+                priority: args.priority,
+                gang: args.gang,
+                hold_on_failure: args.hold_on_failure,
+                change: args.change,
+                requester: args.requester,
+                ..api::SubmitRequest::default()
+            };
+            let v = c.answer(c.api.submit(&body))?;
+            Ok(c.print(&v, |v| println!("r{} {} ({})", v.id, v.state, v.cause)))
         }
     }
 }
 
-fn print_request(v: &Value) {
+fn print_request(v: &api::RequestDetail) {
+    let r = &v.request;
     println!(
         "r{}  {} x{}  {}  ({})",
-        s(&v["id"]),
-        s(&v["template"]),
-        s(&v["count"]),
-        s(&v["state"]),
-        s(&v["cause"])
+        r.id, r.template, r.count, r.state, r.cause
     );
-    if let Some(summary) = v["why"]["summary"].as_str() {
-        println!("waiting: {summary}");
+    if let Some(why) = &v.why {
+        println!("waiting: {}", why.summary);
     }
-    print_vms(&v["vms"]);
+    print_vms(&v.vms);
 }
 
-fn print_vms(vms: &Value) {
+fn print_vms(vms: &[api::VmRow]) {
     let rows: Vec<Vec<String>> = vms
-        .as_array()
-        .into_iter()
-        .flatten()
+        .iter()
         .map(|r| {
             vec![
-                s(&r["name"]),
-                format!("r{}", s(&r["request"])),
-                s(&r["host"]),
-                s(&r["state"]),
-                s(&r["cause"]),
+                r.name.clone(),
+                format!("r{}", r.request),
+                or_dash(r.host.as_deref()),
+                r.state.to_string(),
+                r.cause.clone(),
             ]
         })
         .collect();
@@ -414,6 +375,7 @@ enum VmAction {
 
 pub fn vm(args: VmArgs) -> anyhow::Result<ExitCode> {
     let c = args.conn.client()?;
+    let one = |v: &api::VmRow| println!("{} {}", v.name, v.state);
     match args.action {
         VmAction::List {
             state,
@@ -422,52 +384,39 @@ pub fn vm(args: VmArgs) -> anyhow::Result<ExitCode> {
             live,
             limit,
         } => {
-            let mut q = Vec::new();
-            if let Some(x) = state {
-                q.push(format!("state={x}"));
-            }
-            if let Some(x) = request {
-                q.push(format!("request={x}"));
-            }
-            if let Some(x) = host {
-                q.push(format!("host={x}"));
-            }
-            if live {
-                q.push("live=true".into());
-            }
-            if let Some(x) = limit {
-                q.push(format!("limit={x}"));
-            }
-            let q = if q.is_empty() {
-                String::new()
-            } else {
-                format!("?{}", q.join("&"))
+            let q = VmQuery {
+                state,
+                request: request.as_deref().map(request_id).transpose()?,
+                host,
+                live,
+                limit,
+                after: None,
             };
-            let v = c.call("GET", &format!("/v1/vms{q}"), None)?;
-            Ok(c.print(&v, |v| print_vms(&v["vms"])))
+            let v = c.answer(c.api.vms(&q))?;
+            Ok(c.print(&v, |v| print_vms(&v.vms)))
         }
         VmAction::Show { vm } => {
-            let v = c.call("GET", &format!("/v1/vms/{vm}"), None)?;
+            let v = c.answer(c.api.vm(vm_id(&vm)?))?;
             Ok(c.print(&v, |v| {
+                let vm = &v.vm;
                 println!(
                     "{}  r{}  {}  {}  ({})",
-                    s(&v["name"]),
-                    s(&v["request"]),
-                    s(&v["host"]),
-                    s(&v["state"]),
-                    s(&v["cause"])
+                    vm.name,
+                    vm.request,
+                    or_dash(vm.host.as_deref()),
+                    vm.state,
+                    vm.cause
                 );
-                let rows: Vec<Vec<String>> = v["history"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
+                let rows: Vec<Vec<String>> = v
+                    .history
+                    .iter()
                     .map(|h| {
                         vec![
-                            s(&h["at_ms"]),
-                            s(&h["from"]),
-                            s(&h["to"]),
-                            s(&h["host"]),
-                            s(&h["cause"]),
+                            h.at_ms.to_string(),
+                            or_dash(h.from.map(|f| f.name())),
+                            h.to.to_string(),
+                            or_dash(h.host.as_deref()),
+                            h.cause.clone(),
                         ]
                     })
                     .collect();
@@ -475,35 +424,28 @@ pub fn vm(args: VmArgs) -> anyhow::Result<ExitCode> {
             }))
         }
         VmAction::Result { vm, outcome } => {
-            let body = json!({"passed": outcome == "passed"});
-            let v = c.call("POST", &format!("/v1/vms/{vm}/result"), Some(body))?;
-            Ok(c.print(&v, |v| println!("{} {}", s(&v["name"]), s(&v["state"]))))
+            let v = c.answer(c.api.vm_result(vm_id(&vm)?, outcome == "passed"))?;
+            Ok(c.print(&v, one))
         }
         VmAction::Release { vm } => {
-            let v = c.call("POST", &format!("/v1/vms/{vm}/release"), Some(json!({})))?;
-            Ok(c.print(&v, |v| println!("{} {}", s(&v["name"]), s(&v["state"]))))
+            let v = c.answer(c.api.release(vm_id(&vm)?))?;
+            Ok(c.print(&v, one))
         }
         VmAction::Extend { vm, seconds } => {
-            let body = json!({ "seconds": seconds });
-            let v = c.call("POST", &format!("/v1/vms/{vm}/extend"), Some(body))?;
-            Ok(c.print(&v, |v| println!("{} {}", s(&v["name"]), s(&v["state"]))))
+            let v = c.answer(c.api.extend(vm_id(&vm)?, seconds))?;
+            Ok(c.print(&v, one))
         }
         VmAction::Console { vm } => {
-            let v = c.call("GET", &format!("/v1/vms/{vm}/console"), None)?;
+            let v = c.answer(c.api.console(vm_id(&vm)?))?;
             Ok(c.print(&v, |v| {
-                println!("{}", s(&v["address"]));
-                println!("{}", s(&v["ssh"]));
+                println!("{}", v.address);
+                println!("{}", v.ssh);
             }))
         }
         VmAction::Serial { vm, tail_bytes } => {
-            let path = format!("/v1/vms/{vm}/serial?tail_bytes={tail_bytes}");
-            let mut log = Vec::new();
-            c.send("GET", &path, None)?
-                .into_reader()
-                .read_to_end(&mut log)
-                .with_context(|| format!("reading the serial log of vm {vm}"))?;
+            let log = c.answer(c.api.serial(vm_id(&vm)?, tail_bytes))?;
             std::io::stdout()
-                .write_all(&log)
+                .write_all(&log.bytes)
                 .context("writing the serial log")?;
             Ok(ExitCode::SUCCESS)
         }
@@ -577,20 +519,18 @@ struct HostAddArgs {
     cpu_overcommit_milli: u32,
 }
 
-fn print_hosts(v: &Value) {
-    let rows: Vec<Vec<String>> = v["hosts"]
-        .as_array()
-        .into_iter()
-        .flatten()
+fn print_hosts(v: &api::HostList) {
+    let rows: Vec<Vec<String>> = v
+        .hosts
+        .iter()
         .map(|h| {
-            let cpu = |k: &str| h[k].as_i64().unwrap_or(0) / 1000;
             vec![
-                s(&h["name"]),
-                s(&h["driver"]),
-                s(&h["state"]),
-                format!("{}/{}", cpu("vcpus_used_milli"), cpu("vcpus_milli")),
-                format!("{}/{}", s(&h["memory_used_mib"]), s(&h["memory_mib"])),
-                s(&h["vms"]),
+                h.name.clone(),
+                h.driver.clone(),
+                h.state.to_string(),
+                format!("{}/{}", h.vcpus_used_milli / 1000, h.vcpus_milli / 1000),
+                format!("{}/{}", h.memory_used_mib, h.memory_mib),
+                h.vms.to_string(),
             ]
         })
         .collect();
@@ -602,12 +542,12 @@ fn print_hosts(v: &Value) {
 
 pub fn host(args: HostArgs) -> anyhow::Result<ExitCode> {
     let c = args.conn.client()?;
-    let one = |v: &Value| {
-        println!("{} {}", s(&v["name"]), s(&v["state"]));
-    };
+    let one = |v: &api::HostRow| println!("{} {}", v.name, v.state);
     match args.action {
         HostAction::List => {
-            let v = c.call("GET", "/v1/hosts", None)?;
+            let v = api::HostList {
+                hosts: c.answer(c.api.hosts())?,
+            };
             Ok(c.print(&v, print_hosts))
         }
         HostAction::Add(add) => {
@@ -632,17 +572,17 @@ pub fn host(args: HostArgs) -> anyhow::Result<ExitCode> {
                     let n: u32 = n
                         .parse()
                         .with_context(|| format!("--slot `{x}`: the count is not a number"))?;
-                    Ok((k, json!(n)))
+                    Ok((k, n))
                 })
-                .collect::<anyhow::Result<serde_json::Map<String, Value>>>()?;
+                .collect::<anyhow::Result<BTreeMap<String, u32>>>()?;
             let labels = labels
                 .iter()
-                .map(|x| key_value("--label", x).map(|(k, v)| (k, json!(v))))
-                .collect::<anyhow::Result<serde_json::Map<String, Value>>>()?;
+                .map(|x| key_value("--label", x))
+                .collect::<anyhow::Result<BTreeMap<String, String>>>()?;
             let mut options = options
                 .iter()
-                .map(|x| key_value("--option", x).map(|(k, v)| (k, json!(v))))
-                .collect::<anyhow::Result<serde_json::Map<String, Value>>>()?;
+                .map(|x| key_value("--option", x))
+                .collect::<anyhow::Result<BTreeMap<String, String>>>()?;
             // The shorthands for the common driver options, each for its own driver only.
             for (flag, key, value, for_driver) in [
                 ("--uri", "uri", uri, "libvirt"),
@@ -654,46 +594,43 @@ pub fn host(args: HostArgs) -> anyhow::Result<ExitCode> {
                 if driver != for_driver {
                     bail!("{flag} is for --driver {for_driver} hosts, not {driver}");
                 }
-                if options.insert(key.to_owned(), json!(value)).is_some() {
+                if options.insert(key.to_owned(), value).is_some() {
                     bail!("{flag} and --option {key}=... both set `{key}`: give one");
                 }
             }
             if driver == "sim" && (vcpus.is_none() || memory_mib.is_none()) {
                 bail!("a sim host needs --vcpus N and --memory-mib N");
             }
-            let mut body = json!({
-                "name": name, "driver": driver,
-                "slots": slots, "labels": labels, "options": options,
-                "cpu_overcommit_milli": cpu_overcommit_milli,
-            });
-            if let Some(v) = vcpus {
-                body["vcpus"] = json!(v);
-            }
-            if let Some(m) = memory_mib {
-                body["memory_mib"] = json!(m);
-            }
-            let v = c.call("POST", "/v1/hosts", Some(body))?;
+            let body = api::NewHost {
+                name,
+                driver,
+                vcpus: vcpus.unwrap_or(0),
+                memory_mib: memory_mib.unwrap_or(0),
+                slots,
+                cpu_overcommit_milli,
+                memory_overcommit_milli: 1000,
+                labels,
+                images: Vec::new(),
+                options,
+            };
+            let v = c.answer(c.api.add_host(&body))?;
             Ok(c.print(&v, one))
         }
         HostAction::Drain { name } => {
-            let v = c.call("POST", &format!("/v1/hosts/{name}/drain"), Some(json!({})))?;
+            let v = c.answer(c.api.host_op(&name, "drain"))?;
             Ok(c.print(&v, one))
         }
         HostAction::Resume { name } => {
-            let v = c.call("POST", &format!("/v1/hosts/{name}/resume"), Some(json!({})))?;
+            let v = c.answer(c.api.host_op(&name, "resume"))?;
             Ok(c.print(&v, one))
         }
         HostAction::Offline { name } => {
-            let v = c.call(
-                "POST",
-                &format!("/v1/hosts/{name}/offline"),
-                Some(json!({})),
-            )?;
+            let v = c.answer(c.api.host_op(&name, "offline"))?;
             Ok(c.print(&v, one))
         }
         HostAction::Remove { name } => {
-            let v = c.call("DELETE", &format!("/v1/hosts/{name}"), None)?;
-            Ok(c.print(&v, |v| println!("{} removed", s(&v["name"]))))
+            let v = c.answer(c.api.remove_host(&name))?;
+            Ok(c.print(&v, |v| println!("{} removed", v.name)))
         }
     }
 }
@@ -706,18 +643,28 @@ pub struct StatusArgs {
 
 pub fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
     let c = args.conn.client()?;
-    let v = c.call("GET", "/v1/status", None)?;
+    let v = c.answer(c.api.status())?;
     Ok(c.print(&v, |v| {
-        println!("daemon    {}", c.url);
-        println!("hosts     {}", v["hosts"]);
-        println!("live vms  {}", v["live_vms"]);
-        println!(
-            "requests  {} live, queue {}",
-            s(&v["live_requests"]),
-            s(&v["queue_len"])
-        );
-        println!("all vms   {}", v["vms_by_state"]);
+        println!("daemon    {}", c.api.url());
+        println!("hosts     {}", by_state(&v.hosts));
+        println!("live vms  {}", by_state(&v.live_vms));
+        println!("requests  {} live, queue {}", v.live_requests, v.queue_len);
+        println!("all vms   {}", by_state(&v.vms_by_state));
+        if let Some(why) = &v.degraded {
+            println!("writes    refused: {why}");
+        }
     }))
+}
+
+/// `ready 3, draining 1`.
+fn by_state<K: std::fmt::Display>(m: &BTreeMap<K, u64>) -> String {
+    if m.is_empty() {
+        return "none".to_owned();
+    }
+    m.iter()
+        .map(|(k, n)| format!("{k} {n}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 #[derive(Args)]
@@ -750,56 +697,30 @@ pub fn hook(args: HookArgs) -> anyhow::Result<ExitCode> {
         failed,
         limit,
     } = args.action;
-    let mut path = format!("/v1/hooks/runs?limit={limit}");
-    if let Some(h) = &hook {
-        // Percent-encoded: default names look like `hooks[0]`.
-        let encoded: String = h
-            .bytes()
-            .map(|b| match b {
-                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => {
-                    char::from(b).to_string()
-                }
-                other => format!("%{other:02X}"),
-            })
-            .collect();
-        path.push_str(&format!("&hook={encoded}"));
+    let mut v = c.answer(c.api.hook_runs(hook.as_deref(), None, Some(limit)))?;
+    if failed {
+        v.runs.retain(|r| r.outcome != "ok");
     }
-    let v = c.call("GET", &path, None)?;
-    let v = if failed {
-        let runs: Vec<Value> = v["runs"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter(|r| r["outcome"] != "ok")
-            .cloned()
-            .collect();
-        json!({ "runs": runs })
-    } else {
-        v
-    };
     Ok(c.print(&v, |v| {
-        let rows: Vec<Vec<String>> = v["runs"]
-            .as_array()
-            .into_iter()
-            .flatten()
+        let rows: Vec<Vec<String>> = v
+            .runs
+            .iter()
             .map(|r| {
-                let tail = r["stderr_tail"].as_str().unwrap_or("").trim();
-                let last = tail.lines().last().unwrap_or("");
+                let last = r.stderr_tail.trim().lines().last().unwrap_or("");
                 vec![
-                    s(&r["id"]),
-                    s(&r["hook"]),
-                    s(&r["event"]),
-                    match (&r["vm"], &r["host"]) {
-                        (Value::Number(n), _) => format!("berth-vm{n}"),
-                        (_, Value::String(h)) => h.clone(),
-                        _ => r["request"]
-                            .as_u64()
-                            .map_or_else(|| "-".into(), |n| format!("r{n}")),
+                    r.id.to_string(),
+                    r.hook.clone(),
+                    r.event.clone(),
+                    match (r.vm, &r.host, r.request) {
+                        (Some(vm), _, _) => format!("berth-vm{vm}"),
+                        (None, Some(h), _) => h.clone(),
+                        (None, None, Some(req)) => format!("r{req}"),
+                        (None, None, None) => "-".into(),
                     },
-                    s(&r["attempt"]),
-                    s(&r["outcome"]),
-                    s(&r["exit_code"]),
-                    format!("{} ms", s(&r["duration_ms"])),
+                    r.attempt.to_string(),
+                    r.outcome.clone(),
+                    r.exit_code.map_or_else(|| "-".into(), |c| c.to_string()),
+                    format!("{} ms", r.duration_ms),
                     last.chars().take(60).collect(),
                 ]
             })
@@ -838,23 +759,23 @@ pub fn orphan(args: OrphanArgs) -> anyhow::Result<ExitCode> {
     let c = args.conn.client()?;
     match args.action {
         OrphanAction::List => {
-            let v = c.call("GET", "/v1/orphans", None)?;
+            let v = c.answer(c.api.orphans())?;
             Ok(c.print(&v, |v| {
-                let rows: Vec<Vec<String>> = v["orphans"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .map(|o| vec![s(&o["name"]), s(&o["host"]), s(&o["reason"])])
+                let rows: Vec<Vec<String>> = v
+                    .orphans
+                    .iter()
+                    .map(|o| vec![o.name.clone(), o.host.clone(), o.reason.clone()])
                     .collect();
                 table(&["vm", "host", "kept because"], &rows);
             }))
         }
         OrphanAction::Destroy { vm, yes } => {
+            let id = vm_id(&vm)?;
             if !yes && !confirm(&format!("destroy {vm}, a VM berth has no request for?"))? {
                 bail!("not confirmed: nothing destroyed (pass --yes to skip the question)");
             }
-            let v = c.call("POST", &format!("/v1/orphans/{vm}/destroy"), None)?;
-            Ok(c.print(&v, |v| println!("{} {}", s(&v["name"]), s(&v["state"]))))
+            let v = c.answer(c.api.destroy_orphan(id))?;
+            Ok(c.print(&v, |v| println!("{} {}", v.name, v.state)))
         }
     }
 }

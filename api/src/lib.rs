@@ -30,6 +30,20 @@ pub struct ErrorBody {
     pub field: Option<String>,
 }
 
+/// A VM id as the API takes it in paths: `12`, `vm12` or `berth-vm12` (its name on hosts).
+pub fn vm_id(s: &str) -> Option<u64> {
+    let digits = s
+        .strip_prefix("berth-vm")
+        .or_else(|| s.strip_prefix("vm"))
+        .unwrap_or(s);
+    digits.parse().ok()
+}
+
+/// A request id as the API takes it in paths: `7` or `r7`.
+pub fn request_id(s: &str) -> Option<u64> {
+    s.strip_prefix('r').unwrap_or(s).parse().ok()
+}
+
 /// The class a host belongs to, for grouping in the console, the metrics and reports: its
 /// `class` (else `pool`) label if it has one, else its name without a trailing `-N` number
 /// (`kvm-x86-0001` → `kvm-x86`), else its name.
@@ -61,6 +75,17 @@ pub fn host_class<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ids_read_in_every_spelling() {
+        assert_eq!(vm_id("12"), Some(12));
+        assert_eq!(vm_id("vm12"), Some(12));
+        assert_eq!(vm_id("berth-vm12"), Some(12));
+        assert_eq!(vm_id("berth-12"), None);
+        assert_eq!(request_id("r7"), Some(7));
+        assert_eq!(request_id("7"), Some(7));
+        assert_eq!(request_id("x7"), None);
+    }
 
     #[test]
     fn host_classes_come_from_labels_then_names() {

@@ -170,6 +170,12 @@ pub(crate) fn event(s: &Scheduler, e: &Event) -> api::Event {
 mod tests {
     use super::*;
 
+    /// The API reads back the names VMs have on hosts.
+    #[test]
+    fn vm_names_are_vm_ids_to_the_api() {
+        assert_eq!(api::vm_id(&vm_name(12)), Some(12));
+    }
+
     /// The scheduler's state names are the API's: a state added on one side only fails here.
     #[test]
     fn state_names_agree_with_the_scheduler() {

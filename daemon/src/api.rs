@@ -275,11 +275,7 @@ pub(crate) fn params<T>(q: Params<T>) -> Result<T, ApiError> {
 
 /// Accepts `12`, `vm12` and `berth-vm12`.
 fn parse_vm_id(s: &str) -> Result<u64, ApiError> {
-    let digits = s
-        .strip_prefix(berth_drivers::VM_NAME_PREFIX)
-        .or_else(|| s.strip_prefix("vm"))
-        .unwrap_or(s);
-    digits.parse().map_err(|_| {
+    api::vm_id(s).ok_or_else(|| {
         ApiError::field(
             400,
             "vm",
@@ -290,7 +286,7 @@ fn parse_vm_id(s: &str) -> Result<u64, ApiError> {
 
 /// Accepts `7` and `r7`.
 fn parse_request_id(s: &str) -> Result<u64, ApiError> {
-    s.strip_prefix('r').unwrap_or(s).parse().map_err(|_| {
+    api::request_id(s).ok_or_else(|| {
         ApiError::field(
             400,
             "request",

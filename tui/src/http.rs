@@ -1,29 +1,21 @@
-//! The daemon as a source: its HTTP API under `/v1` (bearer token) and its server-sent event
-//! stream, which reconnects by itself. Endpoints the daemon does not have yet degrade to a
-//! fallback or to "unavailable", never to an error the operator cannot act on.
+//! The daemon as a source: its HTTP API under `/v1` through `berth_client` (typed answers,
+//! read strictly: a missing field or an unknown state is an error naming the route and the
+//! field) and its server-sent event stream, which reconnects by itself, sending the last event
+//! id back and waiting as long as the daemon asked.
 
-use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read};
 use std::sync::mpsc::Sender;
 use std::time::Duration;
 
-use serde_json::{Value, json};
+use berth_api as api;
+use berth_client::{Client, ClientError, StreamItem, VmQuery};
 
 use crate::event::{Event, Role};
 use crate::model::{
     Action, ArrivalForecast, Breakpoint, ConsoleInfo, Detail, DrainPrediction, EventRow, Host,
-    Request, Snapshot, Target, TimelineEntry, Vm, WaitStats, Why, bytes, clean_serial, host_class,
+    Request, Snapshot, Target, TimelineEntry, Vm, WaitStats, Why, bytes, clean_serial,
 };
 use crate::source::{Source, SourceError};
 
-/// Waiting requests whose why-waiting is fetched one by one when the daemon has no `/v1/queue`.
-const WHY_FETCH_MAX: usize = 25;
-/// Requests of held VMs read per snapshot when VM rows carry no `hold` (the rest next time).
-const HOLD_FETCH_MAX: usize = 50;
-/// Request templates remembered before the cache starts over.
-const TEMPLATE_CACHE_MAX: usize = 200_000;
-/// Requests read to find the queue and VM templates without `/v1/queue`.
-const REQUEST_LIST_MAX: u64 = 5000;
 /// The event stream's longest wait between reconnects.
 const STREAM_BACKOFF_MAX_MS: u64 = 10_000;
 /// A silent event stream is presumed dead after this (the daemon sends keep-alives).
@@ -36,395 +28,214 @@ const SCREENSHOT_BYTES_MAX: u64 = 64 << 20;
 
 /// The daemon's HTTP API.
 pub struct HttpSource {
-    url: String,
-    token: Option<String>,
-    agent: ureq::Agent,
-    /// Set once the daemon answered 404 for `/v1/queue`.
-    no_queue_route: bool,
-    /// Template and hold settings (owner, ttl) of requests with held VMs.
-    hold_cache: BTreeMap<u64, (String, Option<(String, u64)>)>,
-    /// Templates of requests seen (request id to template).
-    template_cache: BTreeMap<u64, String>,
+    client: Client,
+}
+
+impl From<ClientError> for SourceError {
+    fn from(e: ClientError) -> SourceError {
+        match e {
+            ClientError::Unreachable { url, message } => SourceError::Unreachable { url, message },
+            // The driver of the VM cannot do it at all: the daemon's words say which.
+            ClientError::Status {
+                status: 501, error, ..
+            } => SourceError::Unsupported(error),
+            ClientError::Status {
+                route,
+                status,
+                error,
+                ..
+            } => SourceError::Status {
+                what: route,
+                status,
+                message: error,
+            },
+            ClientError::Shape { route, message } => SourceError::Shape {
+                what: route,
+                message,
+            },
+        }
+    }
 }
 
 impl HttpSource {
     pub fn new(url: &str, token: Option<String>) -> HttpSource {
         HttpSource {
-            url: url.trim_end_matches('/').to_owned(),
-            token,
-            agent: ureq::AgentBuilder::new()
-                .timeout_connect(Duration::from_secs(3))
-                .timeout(Duration::from_secs(60))
-                .build(),
-            no_queue_route: false,
-            hold_cache: BTreeMap::new(),
-            template_cache: BTreeMap::new(),
+            client: Client::new(url, token),
         }
     }
 
-    fn request(&self, method: &str, path: &str) -> ureq::Request {
-        let mut req = self.agent.request(method, &format!("{}{path}", self.url));
-        if let Some(t) = &self.token {
-            req = req.set("Authorization", &format!("Bearer {t}"));
-        }
-        req
+    /// Who the token belongs to, read strictly.
+    pub fn whoami(&self) -> Result<api::WhoAmI, SourceError> {
+        Ok(self.client.whoami()?)
     }
-
-    fn call(&self, method: &str, path: &str, body: Option<Value>) -> Result<Value, SourceError> {
-        let req = self.request(method, path);
-        let resp = match body {
-            Some(b) => req.send_json(b),
-            None => req.call(),
-        };
-        let what = format!("{method} {path}");
-        match resp {
-            Ok(r) => r.into_json::<Value>().map_err(|e| SourceError::Shape {
-                what,
-                message: e.to_string(),
-            }),
-            Err(e) => Err(self.error(what, e)),
-        }
-    }
-
-    fn get(&self, path: &str) -> Result<Value, SourceError> {
-        self.call("GET", path, None)
-    }
-
-    /// A `GET` whose answer is not JSON (a PNG, a log). A 501 (the VM's driver cannot) is
-    /// `Unsupported` with the daemon's words, and so is a daemon without the route
-    /// (`no_route` says so); a VM not on a host stays a 404 `Status`.
-    fn get_raw(&self, path: &str, no_route: &str) -> Result<ureq::Response, SourceError> {
-        self.request("GET", path)
-            .call()
-            .map_err(|e| match self.error(format!("GET {path}"), e) {
-                SourceError::Status {
-                    status: 501,
-                    message,
-                    ..
-                } => SourceError::Unsupported(message),
-                e if not_found(&e) => SourceError::Unsupported(no_route.to_owned()),
-                e => e,
-            })
-    }
-
-    fn error(&self, what: String, e: ureq::Error) -> SourceError {
-        match e {
-            ureq::Error::Status(status, r) => {
-                let body: Value = r.into_json().unwrap_or(Value::Null);
-                SourceError::Status {
-                    what,
-                    status,
-                    message: body["error"].as_str().unwrap_or("no message").to_owned(),
-                }
-            }
-            ureq::Error::Transport(t) => SourceError::Unreachable {
-                url: self.url.clone(),
-                message: t.to_string(),
-            },
-        }
-    }
-
-    fn queue_fallback(&self) -> Result<(Vec<Request>, BTreeMap<u64, String>), SourceError> {
-        let v = self.get(&format!("/v1/requests?limit={REQUEST_LIST_MAX}"))?;
-        let rows = array(&v, "requests", "GET /v1/requests")?;
-        let mut templates = BTreeMap::new();
-        let mut queue = Vec::new();
-        for r in rows {
-            let req = parse_request(r);
-            templates.insert(req.id, req.template.clone());
-            if req.state == "waiting" {
-                queue.push(req);
-            }
-        }
-        // The list is newest first; the queue is served oldest first.
-        queue.sort_by_key(|r| (std::cmp::Reverse(r.priority), r.id));
-        for r in queue.iter_mut().take(WHY_FETCH_MAX) {
-            if let Ok(d) = self.get(&format!("/v1/requests/{}", r.id)) {
-                r.why = parse_why(&d["why"]);
-            }
-        }
-        Ok((queue, templates))
-    }
-}
-
-fn array<'a>(v: &'a Value, key: &str, what: &str) -> Result<&'a Vec<Value>, SourceError> {
-    v[key].as_array().ok_or_else(|| SourceError::Shape {
-        what: what.to_owned(),
-        message: format!("no `{key}` list"),
-    })
-}
-
-fn not_found(e: &SourceError) -> bool {
-    matches!(e, SourceError::Status { status: 404, message, .. } if message == "no such route")
-}
-
-fn u(v: &Value) -> u64 {
-    v.as_u64().unwrap_or(0)
-}
-
-fn s(v: &Value) -> String {
-    v.as_str().unwrap_or("").to_owned()
 }
 
 /// A host from `GET /v1/hosts`.
-pub fn parse_host(v: &Value) -> Host {
-    let name = s(&v["name"]);
-    let labels: Vec<String> = v["labels"]
-        .as_array()
-        .map(|a| a.iter().map(s).collect())
-        .unwrap_or_default();
+pub fn host(h: api::HostRow) -> Host {
     Host {
-        class: host_class(&name, &labels),
-        name,
-        driver: s(&v["driver"]),
-        state: s(&v["state"]),
-        cpu_milli: u(&v["vcpus_milli"]),
-        cpu_used_milli: u(&v["vcpus_used_milli"]),
-        memory_mib: u(&v["memory_mib"]),
-        memory_used_mib: u(&v["memory_used_mib"]),
-        n_vms: u(&v["vms"]),
-        labels,
-        last_probe_ms: v["last_probe_ms"].as_u64(),
+        class: h.class().to_owned(),
+        name: h.name,
+        driver: h.driver,
+        state: h.state.name().to_owned(),
+        cpu_milli: h.vcpus_milli,
+        cpu_used_milli: h.vcpus_used_milli,
+        memory_mib: h.memory_mib,
+        memory_used_mib: h.memory_used_mib,
+        n_vms: h.vms,
+        labels: h.labels,
+        last_probe_ms: h.last_probe_ms,
     }
 }
 
-/// A request row (`GET /v1/requests`, `/v1/queue`), its spec carrying the shape.
-pub fn parse_request(v: &Value) -> Request {
-    let spec = &v["spec"];
+/// A request row (`GET /v1/queue`, `/v1/requests/{id}`), with why it waits.
+pub fn request(r: api::RequestRow, why: Option<api::Why>) -> Request {
     Request {
-        id: u(&v["id"]),
-        requester: s(&spec["requester"]),
-        template: s(&v["template"]),
-        count: u(&v["count"]),
-        vcpus: spec["vcpus"].as_u64(),
-        memory_mib: spec["memory_mib"].as_u64(),
-        priority: spec["priority"].as_i64().unwrap_or(0),
-        submitted_ms: u(&v["submitted_ms"]),
-        state: s(&v["state"]),
-        why: parse_why(&v["why"]),
+        id: r.id,
+        requester: r.spec.requester,
+        template: r.template,
+        count: r.count.into(),
+        vcpus: r.spec.vcpus.map(u64::from),
+        memory_mib: r.spec.memory_mib,
+        priority: r.spec.priority.into(),
+        submitted_ms: r.submitted_ms,
+        state: r.state.name().to_owned(),
+        why: why.map(|w| Why {
+            summary: w.summary,
+            reasons: w.reasons.into_iter().map(|r| (r.reason, r.hosts)).collect(),
+        }),
     }
-}
-
-/// The `why` object of a request; `null` when the request does not wait.
-pub fn parse_why(v: &Value) -> Option<Why> {
-    let summary = v["summary"].as_str()?.to_owned();
-    let reasons = v["reasons"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .map(|r| (s(&r["reason"]), u(&r["hosts"])))
-                .collect()
-        })
-        .unwrap_or_default();
-    Some(Why { summary, reasons })
 }
 
 /// A VM row from `GET /v1/vms`.
-pub fn parse_vm(v: &Value, templates: &BTreeMap<u64, String>) -> Vm {
-    let request = u(&v["request"]);
+pub fn vm(v: &api::VmRow) -> Vm {
     Vm {
-        id: u(&v["id"]),
-        name: s(&v["name"]),
-        request,
-        template: v["template"]
-            .as_str()
-            .map(str::to_owned)
-            .or_else(|| templates.get(&request).cloned())
-            .unwrap_or_else(|| "?".into()),
-        host: v["host"].as_str().map(str::to_owned),
-        state: s(&v["state"]),
-        created_ms: u(&v["created_ms"]),
-        updated_ms: u(&v["updated_ms"]),
+        id: v.id,
+        name: v.name.clone(),
+        request: v.request,
+        template: v.template.clone().unwrap_or_else(|| "?".into()),
+        host: v.host.clone(),
+        state: v.state.name().to_owned(),
+        created_ms: v.created_ms,
+        updated_ms: v.updated_ms,
     }
 }
 
-/// A breakpoint from a held VM: its `hold` object if the daemon sends one, else the request's
-/// hold settings (which miss extensions).
-fn parse_breakpoint(v: &Value, holds: &BTreeMap<u64, (String, u64)>) -> Breakpoint {
-    let vm = parse_vm(v, &BTreeMap::new());
-    let (owner, expires_ms) = if v["hold"].is_object() {
-        (s(&v["hold"]["owner"]), v["hold"]["expires_ms"].as_u64())
-    } else if let Some((owner, ttl)) = holds.get(&vm.request) {
-        (owner.clone(), Some(vm.updated_ms + ttl))
-    } else {
-        ("?".into(), None)
-    };
+/// A held VM's breakpoint (the daemon sends `hold` with every held VM).
+fn breakpoint(v: &api::VmRow) -> Breakpoint {
     Breakpoint {
-        vm: vm.id,
-        name: vm.name,
-        owner,
-        host: vm.host,
-        held_since_ms: vm.updated_ms,
-        expires_ms,
+        vm: v.id,
+        name: v.name.clone(),
+        owner: v
+            .hold
+            .as_ref()
+            .map_or_else(|| "?".into(), |h| h.owner.clone()),
+        host: v.host.clone(),
+        held_since_ms: v.updated_ms,
+        expires_ms: v.hold.as_ref().map(|h| h.expires_ms),
     }
 }
 
 /// One event of the stream as an event row.
-pub fn parse_event(v: &Value) -> EventRow {
-    let kind = s(&v["kind"]);
-    let arrow = |v: &Value| {
-        let from = v["from"].as_str().unwrap_or("-");
-        let to = v["to"].as_str().unwrap_or("-");
-        let cause = s(&v["cause"]);
+pub fn event_row(e: &api::Event) -> EventRow {
+    fn arrow(from: Option<&str>, to: Option<&str>, cause: &str) -> String {
+        let (from, to) = (from.unwrap_or("-"), to.unwrap_or("-"));
         if cause.is_empty() {
             format!("{from} → {to}")
         } else {
             format!("{from} → {to} ({cause})")
         }
-    };
-    let (subject, text) = match kind.as_str() {
-        "vm" => {
-            let mut t = arrow(v);
-            if let Some(h) = v["host"].as_str() {
+    }
+    let (kind, subject, text) = match e {
+        api::Event::Vm(v) => {
+            let mut t = arrow(v.from.map(|s| s.name()), Some(v.to.name()), &v.cause);
+            if let Some(h) = &v.host {
                 t.push_str(&format!(" on {h}"));
             }
-            (s(&v["name"]), t)
+            ("vm", v.name.clone(), t)
         }
-        "request" => (format!("r{}", u(&v["request"])), arrow(v)),
-        "host" => (
-            v["name"]
-                .as_str()
-                .map_or_else(|| format!("h{}", u(&v["host"])), str::to_owned),
-            arrow(v),
+        api::Event::Request(r) => (
+            "request",
+            format!("r{}", r.request),
+            arrow(r.from.map(|s| s.name()), Some(r.to.name()), &r.cause),
         ),
-        _ => (String::new(), v.to_string()),
+        api::Event::Host(h) => (
+            "host",
+            h.name.clone().unwrap_or_else(|| format!("h{}", h.host)),
+            arrow(h.from.map(|s| s.name()), h.to.map(|s| s.name()), &h.cause),
+        ),
+        api::Event::Daemon(d) => (
+            "daemon",
+            "daemon".to_owned(),
+            match &d.why {
+                None => "writes taken".to_owned(),
+                Some(why) => format!("writes refused: {why}"),
+            },
+        ),
     };
     EventRow {
-        at_ms: u(&v["at_ms"]),
-        kind,
+        at_ms: e.at_ms(),
+        kind: kind.to_owned(),
         subject,
         text,
     }
 }
 
-fn parse_stats(v: &Value) -> WaitStats {
+fn stats(w: api::WaitStats) -> WaitStats {
     WaitStats {
-        mean_wait_ms: u(&v["mean_wait_ms"]),
-        p95_wait_ms: u(&v["p95_wait_ms"]),
-        max_wait_ms: u(&v["max_wait_ms"]),
-        still_waiting: u(&v["still_waiting"]),
+        mean_wait_ms: w.mean_wait_ms,
+        p95_wait_ms: w.p95_wait_ms,
+        max_wait_ms: w.max_wait_ms,
+        still_waiting: w.still_waiting,
     }
 }
 
-/// The answer of `POST /v1/predict/drain`.
-pub fn parse_prediction(v: &Value) -> Option<DrainPrediction> {
-    if !v["with"].is_object() || !v["without"].is_object() {
-        return None;
+/// The answer of `POST /v1/predict/drain`. A run that replayed no arrivals says nothing of
+/// them: the zeros of an empty run are no forecast.
+pub fn prediction(p: api::DrainForecast) -> DrainPrediction {
+    let a = p.arrivals;
+    DrainPrediction {
+        hosts: p.hosts,
+        horizon_ms: p.horizon_ms,
+        without: stats(p.without),
+        with: stats(p.with),
+        arrivals: (a.requests > 0).then(|| ArrivalForecast {
+            requests: a.requests,
+            without: stats(a.without),
+            with: stats(a.with),
+        }),
     }
-    Some(DrainPrediction {
-        hosts: v["hosts"]
-            .as_array()
-            .map(|a| a.iter().map(s).collect())
-            .unwrap_or_default(),
-        horizon_ms: u(&v["horizon_ms"]),
-        without: parse_stats(&v["without"]),
-        with: parse_stats(&v["with"]),
-        arrivals: parse_arrivals(&v["arrivals"]),
-    })
 }
 
-/// The `arrivals` block of a drain forecast. Daemons before it send none; a block that
-/// replayed no requests says nothing either.
-fn parse_arrivals(v: &Value) -> Option<ArrivalForecast> {
-    let requests = u(&v["requests"]);
-    if requests == 0 || !v["with"].is_object() || !v["without"].is_object() {
-        return None;
-    }
-    Some(ArrivalForecast {
-        requests,
-        without: parse_stats(&v["without"]),
-        with: parse_stats(&v["with"]),
-    })
-}
-
-fn host_path(name: &str, op: &str) -> String {
-    // Host names hold only letters, digits, `-`, `_` and `.`: nothing to escape.
-    format!("/v1/hosts/{name}/{op}")
+fn text_or_dash(v: Option<&str>) -> String {
+    v.unwrap_or("-").to_owned()
 }
 
 impl Source for HttpSource {
     fn snapshot(&mut self) -> Result<Snapshot, SourceError> {
-        let status = self.get("/v1/status")?;
-        let hosts_v = self.get("/v1/hosts")?;
-        let hosts = array(&hosts_v, "hosts", "GET /v1/hosts")?
-            .iter()
-            .map(parse_host)
+        let status = self.client.status()?;
+        let hosts = self.client.hosts()?.into_iter().map(host).collect();
+        let queue = self
+            .client
+            .queue(None)?
+            .queue
+            .into_iter()
+            .map(|e| request(e.request, e.why))
             .collect();
-        let mut queue_and_templates = None;
-        if !self.no_queue_route {
-            match self.get("/v1/queue") {
-                Ok(v) => {
-                    let queue: Vec<Request> = array(&v, "queue", "GET /v1/queue")?
-                        .iter()
-                        .map(parse_request)
-                        .collect();
-                    queue_and_templates = Some((queue, BTreeMap::new()));
-                }
-                Err(e) if not_found(&e) => self.no_queue_route = true,
-                Err(e) => return Err(e),
-            }
-        }
-        let (queue, mut templates) = match queue_and_templates {
-            Some(q) => q,
-            None => self.queue_fallback()?,
-        };
-        for r in &queue {
-            templates.insert(r.id, r.template.clone());
-        }
-        let vms_v = self.get("/v1/vms?live=true")?;
-        let vm_rows = array(&vms_v, "vms", "GET /v1/vms")?;
-        // VM rows name their request, not its template: learn templates from the request list
-        // (requests never change, so they stay known) when a VM's request is new.
-        if self.template_cache.len() > TEMPLATE_CACHE_MAX {
-            self.template_cache.clear();
-        }
-        for (&r, t) in &templates {
-            self.template_cache.insert(r, t.clone());
-        }
-        let unknown = vm_rows.iter().any(|v| {
-            v["template"].is_null() && !self.template_cache.contains_key(&u(&v["request"]))
-        });
-        if unknown && let Ok(list) = self.get(&format!("/v1/requests?limit={REQUEST_LIST_MAX}")) {
-            for r in list["requests"].as_array().into_iter().flatten() {
-                self.template_cache.insert(u(&r["id"]), s(&r["template"]));
-            }
-        }
-        for (&r, t) in &self.template_cache {
-            templates.entry(r).or_insert_with(|| t.clone());
-        }
-        // Hold settings of the held VMs' requests, when the VM rows do not carry them.
-        // Requests never change once submitted, so what was read stays in the cache.
-        let mut fetched = 0;
-        for v in vm_rows
-            .iter()
-            .filter(|v| v["state"] == "held" && !v["hold"].is_object())
-        {
-            let r = u(&v["request"]);
-            if self.hold_cache.contains_key(&r) || fetched >= HOLD_FETCH_MAX {
-                continue;
-            }
-            fetched += 1;
-            if let Ok(req) = self.get(&format!("/v1/requests/{r}")) {
-                let hold = &req["spec"]["hold"];
-                let entry = hold["ttl_ms"].as_u64().map(|ttl| (s(&hold["owner"]), ttl));
-                self.hold_cache.insert(r, (s(&req["template"]), entry));
-            }
-        }
-        let mut holds = BTreeMap::new();
-        for (&r, (template, hold)) in &self.hold_cache {
-            templates.entry(r).or_insert_with(|| template.clone());
-            if let Some(h) = hold {
-                holds.insert(r, h.clone());
-            }
-        }
-        let vms = vm_rows.iter().map(|v| parse_vm(v, &templates)).collect();
+        let vm_rows = self
+            .client
+            .vms(&VmQuery {
+                live: true,
+                ..VmQuery::default()
+            })?
+            .vms;
+        let vms = vm_rows.iter().map(vm).collect();
         let breakpoints = vm_rows
             .iter()
-            .filter(|v| v["state"] == "held")
-            .map(|v| parse_breakpoint(v, &holds))
+            .filter(|v| v.state == api::VmState::Held)
+            .map(breakpoint)
             .collect();
         Ok(Snapshot {
-            now_ms: u(&status["now_ms"]),
+            now_ms: status.now_ms,
             hosts,
             queue,
             vms,
@@ -438,35 +249,35 @@ impl Source for HttpSource {
         let mut console = None;
         match target {
             Target::Host(name) => {
-                let v = self.get("/v1/hosts")?;
-                let h = array(&v, "hosts", "GET /v1/hosts")?
-                    .iter()
-                    .find(|h| h["name"] == json!(name))
+                let h = self
+                    .client
+                    .hosts()?
+                    .into_iter()
+                    .find(|h| &h.name == name)
                     .ok_or_else(|| SourceError::Unsupported(format!("no host named {name}")))?;
-                for key in [
-                    "state",
-                    "driver",
-                    "vms",
-                    "provisioning",
-                    "probe_failures",
-                    "provision_failures",
-                ] {
-                    fields.push((key.replace('_', " "), value_text(&h[key])));
-                }
-                let vms = self.get(&format!("/v1/vms?live=true&host={name}"))?;
-                let names: Vec<String> = vms["vms"]
-                    .as_array()
-                    .map(|a| a.iter().map(|v| s(&v["name"])).collect())
-                    .unwrap_or_default();
+                fields.push(("state".into(), h.state.name().to_owned()));
+                fields.push(("driver".into(), h.driver.clone()));
+                fields.push(("vms".into(), h.vms.to_string()));
+                fields.push(("provisioning".into(), h.provisioning.to_string()));
+                fields.push(("probe failures".into(), h.probe_failures.to_string()));
+                fields.push((
+                    "provision failures".into(),
+                    h.provision_failures.to_string(),
+                ));
+                let vms = self.client.vms(&VmQuery {
+                    live: true,
+                    host: Some(name.clone()),
+                    ..VmQuery::default()
+                })?;
+                let names: Vec<String> = vms.vms.into_iter().map(|v| v.name).collect();
                 fields.push(("live vms".into(), names.join(" ")));
             }
             Target::Request(id) => {
-                let r = self.get(&format!("/v1/requests/{id}"))?;
-                let req = parse_request(&r);
-                fields.push((
-                    "state".into(),
-                    format!("{} ({})", req.state, s(&r["cause"])),
-                ));
+                let d = self.client.request(*id)?;
+                let cause = d.request.cause.clone();
+                let updated_ms = d.request.updated_ms;
+                let req = request(d.request, d.why);
+                fields.push(("state".into(), format!("{} ({cause})", req.state)));
                 fields.push(("requester".into(), req.requester.clone()));
                 fields.push(("shape".into(), req.shape()));
                 fields.push(("priority".into(), req.priority.to_string()));
@@ -480,36 +291,35 @@ impl Source for HttpSource {
                     at_ms: req.submitted_ms,
                     text: "submitted".into(),
                 });
-                for v in r["vms"].as_array().into_iter().flatten() {
+                for v in &d.vms {
                     timeline.push(TimelineEntry {
-                        at_ms: u(&v["updated_ms"]),
-                        text: format!("{} {} ({})", s(&v["name"]), s(&v["state"]), s(&v["cause"])),
+                        at_ms: v.updated_ms,
+                        text: format!("{} {} ({})", v.name, v.state, v.cause),
                     });
                 }
                 timeline.push(TimelineEntry {
-                    at_ms: u(&r["updated_ms"]),
+                    at_ms: updated_ms,
                     text: format!("now {}", req.state),
                 });
                 timeline.sort_by_key(|t| t.at_ms);
             }
             Target::Vm(id) => {
-                let v = self.get(&format!("/v1/vms/{id}"))?;
-                fields.push(("state".into(), s(&v["state"])));
-                fields.push(("request".into(), format!("r{}", u(&v["request"]))));
-                fields.push(("host".into(), value_text(&v["host"])));
-                fields.push(("cause".into(), s(&v["cause"])));
-                for h in v["history"].as_array().into_iter().flatten() {
+                let d = self.client.vm(*id)?;
+                fields.push(("state".into(), d.vm.state.name().to_owned()));
+                fields.push(("request".into(), format!("r{}", d.vm.request)));
+                fields.push(("host".into(), text_or_dash(d.vm.host.as_deref())));
+                fields.push(("cause".into(), d.vm.cause.clone()));
+                for h in &d.history {
                     let mut text =
-                        format!("{} → {}", h["from"].as_str().unwrap_or("-"), s(&h["to"]));
-                    if let Some(host) = h["host"].as_str() {
+                        format!("{} → {}", h.from.map_or("-", |s| s.name()), h.to.name());
+                    if let Some(host) = &h.host {
                         text.push_str(&format!(" on {host}"));
                     }
-                    let cause = s(&h["cause"]);
-                    if !cause.is_empty() {
-                        text.push_str(&format!(" ({cause})"));
+                    if !h.cause.is_empty() {
+                        text.push_str(&format!(" ({})", h.cause));
                     }
                     timeline.push(TimelineEntry {
-                        at_ms: u(&h["at_ms"]),
+                        at_ms: h.at_ms,
                         text,
                     });
                 }
@@ -525,94 +335,59 @@ impl Source for HttpSource {
     }
 
     fn perform(&mut self, action: &Action) -> Result<(), SourceError> {
-        let empty = Some(json!({}));
+        let c = &self.client;
         match action {
-            Action::Drain(h) => self.call("POST", &host_path(h, "drain"), empty),
-            Action::Resume(h) => self.call("POST", &host_path(h, "resume"), empty),
-            Action::Offline(h) => self.call("POST", &host_path(h, "offline"), empty),
-            Action::Cancel(r) => self.call("DELETE", &format!("/v1/requests/{r}"), None),
-            Action::Release(vm) => self.call("POST", &format!("/v1/vms/{vm}/release"), empty),
-            Action::Extend { vm, seconds } => self.call(
-                "POST",
-                &format!("/v1/vms/{vm}/extend"),
-                Some(json!({ "seconds": seconds })),
-            ),
+            Action::Drain(h) => c.host_op(h, "drain").map(drop),
+            Action::Resume(h) => c.host_op(h, "resume").map(drop),
+            Action::Offline(h) => c.host_op(h, "offline").map(drop),
+            Action::Cancel(r) => c.cancel(*r).map(drop),
+            Action::Release(vm) => c.release(*vm).map(drop),
+            Action::Extend { vm, seconds } => c.extend(*vm, *seconds).map(drop),
         }
-        .map(|_| ())
+        .map_err(SourceError::from)
     }
 
     fn predict_drain(&mut self, hosts: &[String]) -> Result<Option<DrainPrediction>, SourceError> {
-        match self.call("POST", "/v1/predict/drain", Some(json!({ "hosts": hosts }))) {
-            Ok(v) => Ok(parse_prediction(&v)),
-            Err(e) if not_found(&e) => Ok(None),
-            Err(e) => Err(e),
-        }
+        let question = api::DrainQuestion {
+            hosts: hosts.to_vec(),
+            horizon_s: None,
+            arrivals: None,
+        };
+        Ok(Some(prediction(self.client.predict_drain(&question)?)))
     }
 
     fn console(&mut self, vm: u64) -> Result<ConsoleInfo, SourceError> {
-        let v = self.get(&format!("/v1/vms/{vm}/console"))?;
+        let c = self.client.console(vm)?;
         Ok(ConsoleInfo {
             vm,
-            host: s(&v["host"]),
-            port: v["port"]
-                .as_u64()
-                .and_then(|p| u16::try_from(p).ok())
-                .ok_or_else(|| SourceError::Shape {
-                    what: format!("GET /v1/vms/{vm}/console"),
-                    message: "no port".into(),
-                })?,
-            password: v["password"].as_str().map(str::to_owned),
+            host: c.host,
+            port: c.port,
+            password: c.password,
         })
     }
 
     fn screenshot(&mut self, vm: u64) -> Result<Vec<u8>, SourceError> {
-        let path = format!("/v1/vms/{vm}/screenshot");
-        let r = self.get_raw(&path, "this daemon has no screenshot endpoint yet")?;
-        let mut png = Vec::new();
-        r.into_reader()
-            .take(SCREENSHOT_BYTES_MAX)
-            .read_to_end(&mut png)
-            .map_err(|e| SourceError::Shape {
-                what: format!("GET {path}"),
-                message: e.to_string(),
-            })?;
-        Ok(png)
+        Ok(self.client.screenshot(vm, SCREENSHOT_BYTES_MAX)?)
     }
 
     fn serial_log(&mut self, vm: u64) -> Result<String, SourceError> {
-        let path = format!("/v1/vms/{vm}/serial?tail_bytes={SERIAL_TAIL_BYTES}");
-        let r = self.get_raw(&path, "this daemon has no serial log endpoint yet")?;
-        let total_bytes = r
-            .header("x-berth-log-bytes")
-            .and_then(|v| v.trim().parse::<u64>().ok());
-        let mut tail = Vec::new();
-        // Never more than asked for, whatever the other end sends.
-        r.into_reader()
-            .take(SERIAL_TAIL_BYTES as u64)
-            .read_to_end(&mut tail)
-            .map_err(|e| SourceError::Shape {
-                what: format!("GET {path}"),
-                message: e.to_string(),
-            })?;
-        Ok(serial_text(vm, &tail, total_bytes))
+        let tail = self.client.serial(vm, SERIAL_TAIL_BYTES)?;
+        Ok(serial_text(vm, &tail.bytes, tail.total_bytes))
     }
 
     fn role(&mut self) -> Option<Role> {
-        let v = self.get("/v1/whoami").ok()?;
-        match v["role"].as_str()? {
-            "read-only" | "read_only" => Some(Role::ReadOnly),
-            "operator" => Some(Role::Operator),
-            _ => None,
-        }
+        Some(match self.client.whoami().ok()?.role {
+            api::Role::ReadOnly => Role::ReadOnly,
+            api::Role::Operator => Role::Operator,
+        })
     }
 
     fn subscribe(&mut self, tx: Sender<Event>) {
-        let url = format!("{}/v1/events", self.url);
-        let token = self.token.clone();
+        let client = self.client.clone();
         let failed = tx.clone();
         let spawned = std::thread::Builder::new()
             .name("berth-events".into())
-            .spawn(move || stream_events(&url, token.as_deref(), &tx));
+            .spawn(move || stream_events(&client, &tx));
         if spawned.is_err() {
             // No stream: the header says so and snapshots still come on the timer.
             let _ = failed.send(Event::StreamUp(false));
@@ -639,60 +414,49 @@ pub fn serial_text(vm: u64, tail: &[u8], total_bytes: Option<u64>) -> String {
     }
 }
 
-fn value_text(v: &Value) -> String {
-    match v {
-        Value::Null => "-".into(),
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
-    }
-}
-
-/// Reads the event stream until the console goes away, reconnecting with backoff.
-fn stream_events(url: &str, token: Option<&str>, tx: &Sender<Event>) {
-    let agent = ureq::AgentBuilder::new()
-        .timeout_connect(Duration::from_secs(3))
-        .timeout_read(Duration::from_secs(STREAM_READ_TIMEOUT_S))
-        .build();
+/// Reads the event stream until the console goes away, reconnecting with backoff (or after
+/// the daemon's `retry:`), and sending the last event id back.
+fn stream_events(client: &Client, tx: &Sender<Event>) {
     let mut backoff_ms = 500;
+    let mut last_id: Option<String> = None;
     loop {
-        let mut req = agent.get(url).set("Accept", "text/event-stream");
-        if let Some(t) = token {
-            req = req.set("Authorization", &format!("Bearer {t}"));
-        }
-        if let Ok(resp) = req.call() {
+        let mut retry_ms = None;
+        if let Ok(mut events) = client.events(
+            last_id.as_deref(),
+            Duration::from_secs(STREAM_READ_TIMEOUT_S),
+        ) {
             backoff_ms = 500;
             if tx.send(Event::StreamUp(true)).is_err() {
                 return;
             }
-            let mut event_name = String::new();
-            for line in BufReader::new(resp.into_reader()).lines() {
-                let Ok(line) = line else { break };
-                if let Some(name) = line.strip_prefix("event:") {
-                    event_name = name.trim().to_owned();
-                } else if let Some(data) = line.strip_prefix("data:") {
-                    let v: Value = serde_json::from_str(data.trim()).unwrap_or(Value::Null);
-                    let row = if event_name == "lagged" {
-                        EventRow {
-                            at_ms: 0,
-                            kind: "stream".into(),
-                            subject: String::new(),
-                            text: format!("missed {} events (console too slow)", u(&v["missed"])),
-                        }
-                    } else {
-                        parse_event(&v)
-                    };
-                    if tx.send(Event::Stream(row)).is_err() {
-                        return;
-                    }
-                } else if line.is_empty() {
-                    event_name.clear();
+            for item in events.by_ref() {
+                let row = match item {
+                    Ok(StreamItem::Event(e)) => event_row(&e),
+                    Ok(StreamItem::Lagged(l)) => EventRow {
+                        at_ms: 0,
+                        kind: "stream".into(),
+                        subject: String::new(),
+                        text: format!("missed {} events (console too slow)", l.missed),
+                    },
+                    // An event this console cannot read: say so rather than guess.
+                    Err(e) => EventRow {
+                        at_ms: 0,
+                        kind: "stream".into(),
+                        subject: String::new(),
+                        text: e.to_string(),
+                    },
+                };
+                if tx.send(Event::Stream(row)).is_err() {
+                    return;
                 }
             }
+            last_id = events.last_id().map(str::to_owned);
+            retry_ms = events.retry_ms();
         }
         if tx.send(Event::StreamUp(false)).is_err() {
             return;
         }
-        std::thread::sleep(Duration::from_millis(backoff_ms));
+        std::thread::sleep(Duration::from_millis(retry_ms.unwrap_or(backoff_ms)));
         backoff_ms = (backoff_ms * 2).min(STREAM_BACKOFF_MAX_MS);
     }
 }
@@ -700,7 +464,7 @@ fn stream_events(url: &str, token: Option<&str>, tx: &Sender<Event>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::Write;
+    use std::io::{BufRead, BufReader, Write};
     use std::net::TcpListener;
     use std::sync::mpsc;
 
@@ -797,7 +561,6 @@ mod tests {
                 "404 Not Found",
                 r#"{"error": "vm 7 is not on a host now", "field": "vm"}"#,
             ),
-            ("404 Not Found", r#"{"error": "no such route"}"#),
             ("502 Bad Gateway", r#"{"error": "host h1 did not answer"}"#),
         ];
         let mut errors = Vec::new();
@@ -816,50 +579,14 @@ mod tests {
             errors[1]
         );
         assert!(
-            matches!(&errors[2], SourceError::Unsupported(m) if m == "this daemon has no serial log endpoint yet"),
+            matches!(&errors[2], SourceError::Status { status: 502, .. }),
             "{}",
             errors[2]
         );
-        assert!(
-            matches!(&errors[3], SourceError::Status { status: 502, .. }),
-            "{}",
-            errors[3]
-        );
         assert_eq!(
-            errors[3].to_string(),
+            errors[2].to_string(),
             "GET /v1/vms/7/serial?tail_bytes=65536: 502: host h1 did not answer"
         );
-    }
-
-    #[test]
-    fn daemon_shapes_parse() {
-        let h = parse_host(&json!({
-            "id": 1, "name": "sim-large-2", "driver": "sim", "state": "draining",
-            "vcpus_milli": 128000, "vcpus_used_milli": 8000, "memory_mib": 262144,
-            "memory_used_mib": 16384, "slots": [], "provisioning": 0, "vms": 2,
-            "labels": ["arch=x86_64"], "last_probe_ms": 5, "probe_failures": 0,
-            "provision_failures": 0
-        }));
-        assert_eq!(h.class, "sim-large");
-        assert_eq!(h.cpu_milli, 128_000);
-        assert_eq!(h.state, "draining");
-        let r = parse_request(&json!({
-            "id": 7, "template": "linux", "count": 3, "state": "waiting", "cause": "",
-            "submitted_ms": 10, "updated_ms": 11,
-            "spec": {"requester": "ci", "vcpus": 4, "memory_mib": 8192, "priority": 2},
-            "why": {"summary": "no host fits", "reasons": [{"reason": "too little memory", "hosts": 3}]}
-        }));
-        assert_eq!(r.shape(), "3× linux 4c/8G");
-        assert_eq!(
-            r.why.unwrap().reasons,
-            [("too little memory".to_owned(), 3)]
-        );
-        let e = parse_event(&json!({
-            "kind": "vm", "at_ms": 1, "vm": 3, "name": "berth-vm3", "request": 1,
-            "host": "sim-small-1", "from": "booting", "to": "running", "cause": "boot done"
-        }));
-        assert_eq!(e.subject, "berth-vm3");
-        assert_eq!(e.text, "booting → running (boot done) on sim-small-1");
     }
 
     fn waits(
@@ -911,30 +638,69 @@ mod tests {
     }
 
     #[test]
-    fn drain_forecasts_without_arrivals_forecast_the_queue_alone() {
-        let queue = json!({
-            "hosts": ["a"], "horizon_ms": 3_600_000,
-            "without": {"mean_wait_ms": 1000, "p95_wait_ms": 2000, "max_wait_ms": 3000, "still_waiting": 0},
-            "with": {"mean_wait_ms": 4000, "p95_wait_ms": 5000, "max_wait_ms": 6000, "still_waiting": 1}
-        });
-        // A daemon from before replayed arrivals sends no block.
-        let p = parse_prediction(&queue).unwrap();
-        assert_eq!(p.without, waits(1000, 2000, 3000, 0));
-        assert_eq!(p.with, waits(4000, 5000, 6000, 1));
-        assert_eq!(p.arrivals, None);
-        // Nothing to replay (asked for none, or nothing submitted in the last horizon): the
-        // zeros of an empty run are no forecast.
+    fn typed_answers_become_the_consoles_rows() {
+        let h: api::HostRow = serde_json::from_value(serde_json::json!({
+            "id": 1, "name": "sim-large-2", "driver": "sim", "state": "draining",
+            "vcpus_milli": 128000, "vcpus_used_milli": 8000, "memory_mib": 262144,
+            "memory_used_mib": 16384, "slots": [], "provisioning": 0, "vms": 2,
+            "labels": ["arch=x86_64"], "last_probe_ms": 5, "probe_failures": 0,
+            "provision_failures": 0
+        }))
+        .unwrap();
+        let h = host(h);
+        assert_eq!(h.class, "sim-large");
+        assert_eq!(h.cpu_milli, 128_000);
+        assert_eq!(h.state, "draining");
+        let e = event_row(&api::Event::Vm(api::VmEvent {
+            at_ms: 1,
+            vm: 3,
+            name: "berth-vm3".into(),
+            request: 1,
+            host: Some("sim-small-1".into()),
+            from: Some(api::VmState::Booting),
+            to: api::VmState::Running,
+            cause: "boot done".into(),
+        }));
+        assert_eq!(e.subject, "berth-vm3");
+        assert_eq!(e.text, "booting → running (boot done) on sim-small-1");
+    }
+
+    #[test]
+    fn a_forecast_that_replayed_nothing_has_no_arrivals() {
+        let stats = |n| api::WaitStats {
+            mean_wait_ms: n,
+            p95_wait_ms: n,
+            max_wait_ms: n,
+            still_waiting: 0,
+        };
         for source in ["none", "recent"] {
-            let mut v = queue.clone();
-            v["arrivals"] = json!({
-                "source": source, "requests": 0,
-                "without": {"mean_wait_ms": 0, "p95_wait_ms": 0, "max_wait_ms": 0, "still_waiting": 0},
-                "with": {"mean_wait_ms": 0, "p95_wait_ms": 0, "max_wait_ms": 0, "still_waiting": 0}
+            let p = prediction(api::DrainForecast {
+                hosts: vec!["a".into()],
+                horizon_ms: 3_600_000,
+                without: stats(1000),
+                with: stats(4000),
+                arrivals: api::ArrivalsForecast {
+                    source: source.into(),
+                    requests: 0,
+                    without: stats(0),
+                    with: stats(0),
+                },
             });
-            let p = parse_prediction(&v).unwrap();
             assert_eq!(p.arrivals, None, "{source}");
-            assert_eq!(p.with, waits(4000, 5000, 6000, 1));
+            assert_eq!(p.with, waits(4000, 4000, 4000, 0));
         }
-        assert_eq!(parse_prediction(&json!({"error": "x"})), None);
+    }
+
+    #[test]
+    fn an_answer_missing_a_field_is_an_error_naming_it() {
+        let (url, _head) = answer_once(
+            "200 OK",
+            "Content-Type: application/json\r\n",
+            br#"{"name": "local"}"#.to_vec(),
+        );
+        let err = HttpSource::new(&url, None).whoami().unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("GET /v1/whoami"), "{msg}");
+        assert!(msg.contains("missing field `role`"), "{msg}");
     }
 }

@@ -42,18 +42,11 @@ pub struct Host {
     pub last_probe_ms: Option<u64>,
 }
 
-/// The class of a host: its `class` label, else its name without a trailing `-N`.
+/// The class of a host, by the API's one rule (`berth_api::host_class`): its `class` label,
+/// else its `pool` label, else its name without a trailing `-N`.
 pub fn host_class(name: &str, labels: &[String]) -> String {
-    if let Some(c) = labels.iter().find_map(|l| l.strip_prefix("class=")) {
-        return c.to_owned();
-    }
-    let trimmed = name.trim_end_matches(|c: char| c.is_ascii_digit());
-    let trimmed = trimmed.trim_end_matches(['-', '_', '.']);
-    if trimmed.is_empty() {
-        name.to_owned()
-    } else {
-        trimmed.to_owned()
-    }
+    let labels = labels.iter().filter_map(|l| l.split_once('='));
+    berth_api::host_class(name, labels).to_owned()
 }
 
 /// Why a request waits, as the scheduler explains it.
@@ -413,7 +406,9 @@ mod tests {
     #[test]
     fn classes_come_from_the_label_or_the_name() {
         assert_eq!(host_class("sim-small-12", &[]), "sim-small");
-        assert_eq!(host_class("mac7", &[]), "mac");
+        assert_eq!(host_class("mac-7", &[]), "mac");
+        assert_eq!(host_class("mac7", &[]), "mac7");
+        assert_eq!(host_class("x-1", &["pool=gpu".into()]), "gpu");
         assert_eq!(host_class("42", &[]), "42");
         assert_eq!(host_class("x-1", &["class=big".into()]), "big");
     }
