@@ -52,7 +52,7 @@ pub struct FileConfig {
     pub tokens: Vec<TokenConfig>,
     /// Commands run on events (see `hooks`).
     #[serde(default)]
-    pub hooks: Vec<crate::hooks::HookConfig>,
+    pub hooks: Vec<HookConfig>,
     /// `None`: the embedded templates.
     pub templates: Option<Vec<WireTemplate>>,
     /// `None`: the embedded simulated fleet.
@@ -430,6 +430,89 @@ pub fn default_hosts() -> Vec<WireHost> {
         add(format!("sim-mac-{i}"), 12, 32_768, 1000, "aarch64", true);
     }
     hosts
+}
+
+/// Every event name, by kind: `vm.` + the state a VM entered, `request.` + the state a request
+/// entered, `host.` + the state a host entered (`host.removed` when it left the fleet).
+pub const EVENT_NAMES: &[&str] = &[
+    "vm.queued",
+    "vm.placed",
+    "vm.provisioning",
+    "vm.booting",
+    "vm.running",
+    "vm.held",
+    "vm.releasing",
+    "vm.done",
+    "vm.failed",
+    "vm.lost",
+    "vm.cancelled",
+    "request.waiting",
+    "request.active",
+    "request.done",
+    "request.failed",
+    "request.rejected",
+    "request.cancelled",
+    "host.unknown",
+    "host.ready",
+    "host.draining",
+    "host.maintenance",
+    "host.error",
+    "host.removed",
+];
+
+/// One configured hook (`[[hooks]]` in the config file).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HookConfig {
+    /// For the run log and metrics; defaults to `hooks[INDEX]`.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// An event name, `KIND.*` (`vm.*`, `request.*`, `host.*`) or `*`.
+    pub on: String,
+    /// The program and its arguments; no shell.
+    pub command: Vec<String>,
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Attempts after the first when a run fails or times out.
+    #[serde(default)]
+    pub retries_max: u32,
+    /// Wait before the first retry; doubles for each further one.
+    #[serde(default = "default_backoff_ms")]
+    pub backoff_ms: u64,
+}
+
+fn default_timeout_ms() -> u64 {
+    30_000
+}
+
+fn default_backoff_ms() -> u64 {
+    1_000
+}
+
+impl HookConfig {
+    /// Checks the pattern and command; the error names the field.
+    pub fn check(&self) -> Result<(), (&'static str, String)> {
+        let known = self.on == "*"
+            || ["vm.*", "request.*", "host.*"].contains(&self.on.as_str())
+            || EVENT_NAMES.contains(&self.on.as_str());
+        if !known {
+            return Err((
+                "on",
+                format!(
+                    "unknown event `{}`: an event name ({}), `vm.*`, `request.*`, `host.*` or `*`",
+                    self.on,
+                    EVENT_NAMES.join(", ")
+                ),
+            ));
+        }
+        if self.command.first().is_none_or(|p| p.is_empty()) {
+            return Err(("command", "needs at least the program to run".into()));
+        }
+        if self.timeout_ms == 0 {
+            return Err(("timeout_ms", "must be at least 1".into()));
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]

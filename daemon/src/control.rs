@@ -24,7 +24,7 @@ use crate::disk::DiskWatch;
 use crate::orphan_start::OrphanStart;
 use crate::store::{AuditRow, Commit, OrphanRow, Store};
 use crate::wire::{FieldError, WireHost, WireInput, WireTemplate};
-use crate::workers::{VmOp, Workers};
+use crate::workers::{Report, VmOp, Workers};
 
 /// The most messages taken into one batch (one transaction).
 pub(crate) const BATCH_MAX: usize = 4096;
@@ -172,6 +172,25 @@ pub(crate) enum Msg {
     /// A host answered its probe with what it said last time. Nothing changed, so nothing is
     /// journaled; the time is kept so that operators see the host is still being probed.
     ProbeAnswered { host: HostId },
+}
+
+impl From<Report> for Msg {
+    fn from(r: Report) -> Msg {
+        match r {
+            Report::Input(input) => Msg::internal(input),
+            Report::Listed {
+                host,
+                vms,
+                started_ms,
+            } => Msg::Listed {
+                host,
+                vms,
+                started_ms,
+            },
+            Report::OrphanDestroyDone { vm } => Msg::OrphanDestroyDone { vm },
+            Report::ProbeAnswered { host } => Msg::ProbeAnswered { host },
+        }
+    }
 }
 
 impl Msg {
@@ -775,9 +794,12 @@ impl Control {
     }
 
     /// Runs until `shutdown` fires or every sender is gone.
+    /// The loop: messages from the API (`rx`) and reports from the workers (`reports`), in
+    /// batches, until shutdown or until the API side is gone.
     pub(crate) async fn run(
         mut self,
         mut rx: mpsc::Receiver<Msg>,
+        mut reports: mpsc::Receiver<Report>,
         mut shutdown: tokio::sync::watch::Receiver<bool>,
     ) -> Result<(), DaemonError> {
         loop {
@@ -795,6 +817,8 @@ impl Control {
                     Some(m) => Some(m),
                     None => return Ok(()),
                 },
+                // The workers hold a sender as long as the loop does: this never ends first.
+                Some(r) = reports.recv() => Some(Msg::from(r)),
                 () = async {
                     match sleep {
                         Some(d) => tokio::time::sleep(d).await,
@@ -807,7 +831,10 @@ impl Control {
             while msgs.len() < BATCH_MAX {
                 match rx.try_recv() {
                     Ok(m) => msgs.push(m),
-                    Err(_) => break,
+                    Err(_) => match reports.try_recv() {
+                        Ok(r) => msgs.push(Msg::from(r)),
+                        Err(_) => break,
+                    },
                 }
             }
             self.process(msgs)?;

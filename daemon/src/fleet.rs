@@ -10,13 +10,17 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use berth_drivers::parallels::{ConfigError, ParallelsConfig, ParallelsHost};
+use berth_drivers::parallels::{ParallelsConfig, ParallelsHost};
 use berth_drivers::sim::SimWorld;
 use berth_drivers::{ConsoleAddress, Driver, DriverError, HostFacts, VmListing, VmRecipe};
 use berth_sched::DriverKind;
 
 use crate::config::DriversSection;
-use crate::wire::{FieldError, WireHost};
+#[cfg(feature = "libvirt")]
+use crate::wire::libvirt_config;
+#[cfg(not(feature = "libvirt"))]
+use crate::wire::no_libvirt;
+use crate::wire::{FieldError, WireHost, parallels_error};
 
 /// The known_hosts file in the data directory that Parallels hosts check host keys against
 /// unless their options or the `[drivers]` section name another.
@@ -67,69 +71,6 @@ impl DriverDefaults {
             }
         }
         options
-    }
-}
-
-/// Whether hosts of `kind` take their vCPUs and memory from their first probe when the host
-/// leaves them out (configured values then cap what the probe reports).
-pub(crate) fn capacity_from_probe(kind: DriverKind) -> bool {
-    matches!(kind, DriverKind::Libvirt | DriverKind::Parallels)
-}
-
-/// The counted slots a host of `kind` gets when it names none: two `macos` slots for every
-/// Parallels host (Apple's licence allows two macOS guests per Mac).
-pub(crate) fn default_slots(kind: DriverKind) -> BTreeMap<String, u32> {
-    match kind {
-        DriverKind::Parallels => berth_drivers::parallels::host_slots(),
-        DriverKind::Sim | DriverKind::Libvirt => BTreeMap::new(),
-    }
-}
-
-fn parallels_error(e: ConfigError) -> FieldError {
-    let field = match &e {
-        ConfigError::UnknownOption { option, .. } | ConfigError::BadValue { option, .. } => {
-            format!("options.{option}")
-        }
-        ConfigError::MissingOption { option } => format!("options.{option}"),
-    };
-    FieldError::new(&field, e.to_string())
-}
-
-#[cfg(feature = "libvirt")]
-fn libvirt_config(
-    options: &BTreeMap<String, String>,
-) -> Result<berth_drivers::libvirt::LibvirtConfig, FieldError> {
-    berth_drivers::libvirt::LibvirtConfig::from_options(options)
-        .map_err(|e| FieldError::new(&format!("options.{}", e.key), e.to_string()))
-}
-
-#[cfg(not(feature = "libvirt"))]
-fn no_libvirt() -> FieldError {
-    FieldError::new(
-        "driver",
-        "this berth was built without the libvirt driver: rebuild it with \
-         `cargo build --release --features libvirt` (needs libvirt-dev and pkg-config)",
-    )
-}
-
-/// Checks that this daemon can drive hosts of `kind` with these options. Building a driver
-/// connects nothing, so an unreachable host is a failed probe later, not an error here.
-pub(crate) fn check_driver(kind: DriverKind, host: &WireHost) -> Result<(), FieldError> {
-    match kind {
-        DriverKind::Sim => match host.options.keys().next() {
-            Some(k) => Err(FieldError::new(
-                "options",
-                format!("the sim driver takes no options, got `{k}`"),
-            )),
-            None => Ok(()),
-        },
-        #[cfg(feature = "libvirt")]
-        DriverKind::Libvirt => libvirt_config(&host.options).map(|_| ()),
-        #[cfg(not(feature = "libvirt"))]
-        DriverKind::Libvirt => Err(no_libvirt()),
-        DriverKind::Parallels => ParallelsConfig::from_options(&host.options)
-            .map(|_| ())
-            .map_err(parallels_error),
     }
 }
 
@@ -253,6 +194,7 @@ impl Driver for Capped {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wire::{check_driver, default_slots};
 
     fn host(driver: &str, options: &[(&str, &str)]) -> WireHost {
         WireHost {

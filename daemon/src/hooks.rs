@@ -21,6 +21,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{Semaphore, mpsc};
 
 use crate::DaemonError;
+pub use crate::config::{EVENT_NAMES, HookConfig};
 use crate::metrics::Metrics;
 
 /// Events waiting for a hook before new ones are dropped.
@@ -33,34 +34,6 @@ const PIPE_GRACE_MS: u64 = 1000;
 /// (or what it left running) that floods it costs no more CPU.
 pub const STDERR_READ_MAX_BYTES: usize = 1 << 20;
 
-/// Every event name, by kind: `vm.` + the state a VM entered, `request.` + the state a request
-/// entered, `host.` + the state a host entered (`host.removed` when it left the fleet).
-pub const EVENT_NAMES: &[&str] = &[
-    "vm.queued",
-    "vm.placed",
-    "vm.provisioning",
-    "vm.booting",
-    "vm.running",
-    "vm.held",
-    "vm.releasing",
-    "vm.done",
-    "vm.failed",
-    "vm.lost",
-    "vm.cancelled",
-    "request.waiting",
-    "request.active",
-    "request.done",
-    "request.failed",
-    "request.rejected",
-    "request.cancelled",
-    "host.unknown",
-    "host.ready",
-    "host.draining",
-    "host.maintenance",
-    "host.error",
-    "host.removed",
-];
-
 /// The name of an event, one of [`EVENT_NAMES`].
 pub fn event_name(e: &Event) -> String {
     match e {
@@ -70,66 +43,11 @@ pub fn event_name(e: &Event) -> String {
     }
 }
 
-/// One configured hook (`[[hooks]]` in the config file).
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct HookConfig {
-    /// For the run log and metrics; defaults to `hooks[INDEX]`.
-    #[serde(default)]
-    pub name: Option<String>,
-    /// An event name, `KIND.*` (`vm.*`, `request.*`, `host.*`) or `*`.
-    pub on: String,
-    /// The program and its arguments; no shell.
-    pub command: Vec<String>,
-    #[serde(default = "default_timeout_ms")]
-    pub timeout_ms: u64,
-    /// Attempts after the first when a run fails or times out.
-    #[serde(default)]
-    pub retries_max: u32,
-    /// Wait before the first retry; doubles for each further one.
-    #[serde(default = "default_backoff_ms")]
-    pub backoff_ms: u64,
-}
-
-fn default_timeout_ms() -> u64 {
-    30_000
-}
-
-fn default_backoff_ms() -> u64 {
-    1_000
-}
-
 /// Whether `pattern` (an event name, `KIND.*` or `*`) matches the event `name`.
 pub fn matches(pattern: &str, name: &str) -> bool {
     match pattern.strip_suffix('*') {
         Some(prefix) => name.starts_with(prefix),
         None => pattern == name,
-    }
-}
-
-impl HookConfig {
-    /// Checks the pattern and command; the error names the field.
-    pub fn check(&self) -> Result<(), (&'static str, String)> {
-        let known = self.on == "*"
-            || ["vm.*", "request.*", "host.*"].contains(&self.on.as_str())
-            || EVENT_NAMES.contains(&self.on.as_str());
-        if !known {
-            return Err((
-                "on",
-                format!(
-                    "unknown event `{}`: an event name ({}), `vm.*`, `request.*`, `host.*` or `*`",
-                    self.on,
-                    EVENT_NAMES.join(", ")
-                ),
-            ));
-        }
-        if self.command.first().is_none_or(|p| p.is_empty()) {
-            return Err(("command", "needs at least the program to run".into()));
-        }
-        if self.timeout_ms == 0 {
-            return Err(("timeout_ms", "must be at least 1".into()));
-        }
-        Ok(())
     }
 }
 

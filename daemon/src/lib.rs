@@ -294,9 +294,10 @@ pub async fn start(opts: Options) -> Result<Daemon, DaemonError> {
         opts.config.sim.seed,
     )?;
     let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
+    let (reports_tx, reports) = mpsc::channel(CHANNEL_CAPACITY);
     let (events_tx, _) = broadcast::channel(EVENT_BUFFER);
     let workers = workers::Workers::new(
-        tx.clone(),
+        reports_tx,
         opts.config.probe.clone(),
         opts.config.workers.driver_calls_per_host_max,
         sim.clone(),
@@ -360,7 +361,7 @@ pub async fn start(opts: Options) -> Result<Daemon, DaemonError> {
         opts.config.server.clone(),
         shutdown_rx.clone(),
     ));
-    let control = tokio::spawn(control.run(rx, shutdown_rx));
+    let control = tokio::spawn(control.run(rx, reports, shutdown_rx));
     tracing::info!(%addr, data_dir = %data_dir.display(), "berth daemon listening");
     Ok(Daemon {
         addr,

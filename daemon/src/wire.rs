@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 
 use berth_drivers::DomainType;
+use berth_drivers::parallels::{ConfigError, ParallelsConfig};
 use berth_sched::{
     DriverKind, Failure, FailureKind, GuestOs, Hold, HostId, HostSpec, Input, Label, ProbeReport,
     RequestId, RequestSpec, Shape, Template, VmId,
@@ -147,12 +148,12 @@ impl WireHost {
         let driver = DriverKind::parse(&self.driver).ok_or_else(|| {
             FieldError::new("driver", format!("unknown driver `{}`", self.driver))
         })?;
-        crate::fleet::check_driver(driver, self)?;
+        check_driver(driver, self)?;
         use berth_sched::limits::{
             MEMORY_MIB_MAX, OVERCOMMIT_MILLI_MAX, SLOTS_PER_HOST_MAX, VCPUS_MAX,
         };
         // Hosts whose probe measures them may leave their capacity out (0).
-        let measured = crate::fleet::capacity_from_probe(driver);
+        let measured = capacity_from_probe(driver);
         if !(measured && self.vcpus == 0) {
             in_range("vcpus", self.vcpus.into(), VCPUS_MAX.into())?;
         }
@@ -194,7 +195,7 @@ impl WireHost {
     pub fn to_spec(&self) -> Result<HostSpec, FieldError> {
         let driver = self.validate()?;
         let slots = if self.slots.is_empty() {
-            crate::fleet::default_slots(driver)
+            default_slots(driver)
         } else {
             self.slots.clone()
         };
@@ -560,6 +561,71 @@ impl WireInput {
             WireInput::SetTemplate { .. } => "set_template",
             WireInput::Tick => "tick",
         }
+    }
+}
+
+// ---- what each driver kind asks of a host ----
+
+/// Whether hosts of `kind` take their vCPUs and memory from their first probe when the host
+/// leaves them out (configured values then cap what the probe reports).
+pub(crate) fn capacity_from_probe(kind: DriverKind) -> bool {
+    matches!(kind, DriverKind::Libvirt | DriverKind::Parallels)
+}
+
+/// The counted slots a host of `kind` gets when it names none: two `macos` slots for every
+/// Parallels host (Apple's licence allows two macOS guests per Mac).
+pub(crate) fn default_slots(kind: DriverKind) -> BTreeMap<String, u32> {
+    match kind {
+        DriverKind::Parallels => berth_drivers::parallels::host_slots(),
+        DriverKind::Sim | DriverKind::Libvirt => BTreeMap::new(),
+    }
+}
+
+pub(crate) fn parallels_error(e: ConfigError) -> FieldError {
+    let field = match &e {
+        ConfigError::UnknownOption { option, .. } | ConfigError::BadValue { option, .. } => {
+            format!("options.{option}")
+        }
+        ConfigError::MissingOption { option } => format!("options.{option}"),
+    };
+    FieldError::new(&field, e.to_string())
+}
+
+#[cfg(feature = "libvirt")]
+pub(crate) fn libvirt_config(
+    options: &BTreeMap<String, String>,
+) -> Result<berth_drivers::libvirt::LibvirtConfig, FieldError> {
+    berth_drivers::libvirt::LibvirtConfig::from_options(options)
+        .map_err(|e| FieldError::new(&format!("options.{}", e.key), e.to_string()))
+}
+
+#[cfg(not(feature = "libvirt"))]
+pub(crate) fn no_libvirt() -> FieldError {
+    FieldError::new(
+        "driver",
+        "this berth was built without the libvirt driver: rebuild it with \
+         `cargo build --release --features libvirt` (needs libvirt-dev and pkg-config)",
+    )
+}
+
+/// Checks that this daemon can drive hosts of `kind` with these options. Building a driver
+/// connects nothing, so an unreachable host is a failed probe later, not an error here.
+pub(crate) fn check_driver(kind: DriverKind, host: &WireHost) -> Result<(), FieldError> {
+    match kind {
+        DriverKind::Sim => match host.options.keys().next() {
+            Some(k) => Err(FieldError::new(
+                "options",
+                format!("the sim driver takes no options, got `{k}`"),
+            )),
+            None => Ok(()),
+        },
+        #[cfg(feature = "libvirt")]
+        DriverKind::Libvirt => libvirt_config(&host.options).map(|_| ()),
+        #[cfg(not(feature = "libvirt"))]
+        DriverKind::Libvirt => Err(no_libvirt()),
+        DriverKind::Parallels => ParallelsConfig::from_options(&host.options)
+            .map(|_| ())
+            .map_err(parallels_error),
     }
 }
 

@@ -18,7 +18,6 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::config::ProbeSection;
-use crate::control::Msg;
 use crate::fleet::DriverDefaults;
 use crate::wire::{WireFailure, WireHost, WireInput, WireProbe};
 
@@ -41,8 +40,25 @@ struct HostWorker {
     kick: Arc<Notify>,
 }
 
+/// What workers tell the control loop, in their own words (the loop makes each an input).
+#[derive(Debug)]
+pub(crate) enum Report {
+    /// A driver call ended, or a probe found a change: an input for the scheduler.
+    Input(WireInput),
+    /// What a host runs (its berth VMs' ids), listed from `started_ms` on.
+    Listed {
+        host: HostId,
+        vms: Vec<u64>,
+        started_ms: u64,
+    },
+    /// A worker finished destroying an orphan (or gave up).
+    OrphanDestroyDone { vm: u64 },
+    /// A host answered its probe with what it said last time.
+    ProbeAnswered { host: HostId },
+}
+
 pub(crate) struct Workers {
-    tx: mpsc::Sender<Msg>,
+    tx: mpsc::Sender<Report>,
     hosts: HashMap<HostId, HostWorker>,
     vms: HashMap<(VmId, HostId), mpsc::UnboundedSender<VmOp>>,
     probe: ProbeSection,
@@ -55,7 +71,7 @@ pub(crate) struct Workers {
 
 impl Workers {
     pub(crate) fn new(
-        tx: mpsc::Sender<Msg>,
+        tx: mpsc::Sender<Report>,
         probe: ProbeSection,
         calls_per_host_max: usize,
         sim: Arc<SimWorld>,
@@ -122,7 +138,7 @@ impl Workers {
         }
     }
 
-    /// Lists the host's VMs in the background and reports them (`Msg::Listed`).
+    /// Lists the host's VMs in the background and reports them (`Report::Listed`).
     pub(crate) fn list_later(&self, id: HostId) {
         let Some(w) = self.hosts.get(&id) else {
             return;
@@ -175,8 +191,8 @@ fn failure(e: &DriverError) -> WireFailure {
     WireFailure::from(&e.to_failure())
 }
 
-async fn report(tx: &mpsc::Sender<Msg>, input: WireInput) -> bool {
-    tx.send(Msg::internal(input)).await.is_ok()
+async fn report(tx: &mpsc::Sender<Report>, input: WireInput) -> bool {
+    tx.send(Report::Input(input)).await.is_ok()
 }
 
 /// Runs one VM's driver calls in order; ends after its destroy, or after a failed
@@ -188,7 +204,7 @@ async fn vm_task(
     driver: Arc<dyn Driver>,
     permits: Arc<Semaphore>,
     mut rx: mpsc::UnboundedReceiver<VmOp>,
-    tx: mpsc::Sender<Msg>,
+    tx: mpsc::Sender<Report>,
 ) {
     let name = vm_name(vm.0);
     let mut next: Option<VmOp> = None;
@@ -258,7 +274,7 @@ async fn vm_task(
                             tracing::warn!(vm = %vm, host = driver.host(), error = %e, "cannot destroy orphan")
                         }
                     }
-                    let _ = tx.send(Msg::OrphanDestroyDone { vm: vm.0 }).await;
+                    let _ = tx.send(Report::OrphanDestroyDone { vm: vm.0 }).await;
                 } else {
                     report(
                         &tx,
@@ -278,13 +294,13 @@ async fn vm_task(
     }
 }
 
-/// Lists a host's berth VMs (`Msg::Listed`), or logs why it could not.
-async fn list_host(host: HostId, driver: &dyn Driver, timeout: Duration) -> Option<Msg> {
+/// Lists a host's berth VMs (`Report::Listed`), or logs why it could not.
+async fn list_host(host: HostId, driver: &dyn Driver, timeout: Duration) -> Option<Report> {
     let started_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);
     match tokio::time::timeout(timeout, driver.list()).await {
-        Ok(Ok(listing)) => Some(Msg::Listed {
+        Ok(Ok(listing)) => Some(Report::Listed {
             host,
             vms: listing
                 .iter()
@@ -309,7 +325,7 @@ async fn list_host(host: HostId, driver: &dyn Driver, timeout: Duration) -> Opti
 async fn probe_loop(
     host: HostId,
     driver: Arc<dyn Driver>,
-    tx: mpsc::Sender<Msg>,
+    tx: mpsc::Sender<Report>,
     probe: ProbeSection,
     grace_until: Instant,
     kick: Arc<Notify>,
@@ -357,7 +373,7 @@ async fn probe_loop(
             // An unchanged successful probe is not news: the journal need not grow with it,
             // but the operator's view of when the host last answered should.
             Ok(p) if !forced && last_ok.as_ref() == Some(p) => {
-                if tx.send(Msg::ProbeAnswered { host }).await.is_err() {
+                if tx.send(Report::ProbeAnswered { host }).await.is_err() {
                     return;
                 }
                 continue;
