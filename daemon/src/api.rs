@@ -30,7 +30,7 @@ use utoipa_axum::routes;
 
 use crate::DaemonError;
 use crate::config::Role;
-use crate::control::{Actor, Answer, ApiError, Msg, Query};
+use crate::control::{Actor, Answer, Msg, Query, Refusal, RefusalKind};
 use crate::limits::{
     AUDIT_LIST_DEFAULT, LIST_ROWS_MAX, QUEUE_LIST_DEFAULT, QUEUE_LIST_MAX, REQUEST_LIST_DEFAULT,
     VM_LIST_DEFAULT, list_limit,
@@ -116,6 +116,55 @@ pub struct AppState {
     pub(crate) forecasts: Arc<Mutex<std::collections::BTreeSet<String>>>,
     /// Whether writes are taken (see `disk`).
     pub(crate) health: Arc<crate::disk::Health>,
+}
+
+/// An error answer: its HTTP status, what went wrong, and the field at fault when one is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ApiError {
+    pub status: u16,
+    pub error: String,
+    pub field: Option<String>,
+}
+
+impl ApiError {
+    pub fn new(status: u16, error: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            error: error.into(),
+            field: None,
+        }
+    }
+
+    pub fn field(status: u16, field: &str, error: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            error: error.into(),
+            field: Some(field.to_owned()),
+        }
+    }
+}
+
+/// The control loop's refusals as HTTP: the one place that chooses their statuses.
+impl From<Refusal> for ApiError {
+    fn from(r: Refusal) -> ApiError {
+        let status = match r.kind {
+            RefusalKind::Invalid => 400,
+            RefusalKind::NotFound => 404,
+            RefusalKind::Conflict => 409,
+            RefusalKind::Unwritable => 507,
+        };
+        ApiError {
+            status,
+            error: r.message,
+            field: r.field,
+        }
+    }
+}
+
+impl From<crate::wire::FieldError> for ApiError {
+    fn from(e: crate::wire::FieldError) -> ApiError {
+        ApiError::field(400, &e.field, e.message)
+    }
 }
 
 impl IntoResponse for ApiError {
@@ -248,8 +297,10 @@ async fn send_input(state: &AppState, input: WireInput, actor: Actor) -> Result<
         })
         .await
         .map_err(|_| ApiError::new(503, "the daemon is shutting down"))?;
-    rx.await
-        .map_err(|_| ApiError::new(503, "the daemon is shutting down"))?
+    let done = rx
+        .await
+        .map_err(|_| ApiError::new(503, "the daemon is shutting down"))?;
+    done.map_err(ApiError::from)
 }
 
 async fn query(state: &AppState, q: Query) -> Result<Answer, ApiError> {

@@ -38,52 +38,94 @@ pub(crate) struct Actor {
     pub role: Role,
 }
 
-/// Why an input or query was refused, as the API reports it.
+/// What hears of the loop's committed work. Metrics and hooks implement it; the loop knows
+/// nothing else of them.
+pub(crate) trait Observer: Send {
+    /// A state change, once its batch is written.
+    fn event(&self, s: &Scheduler, event: &Event);
+    /// Whether changes are written now (the disk).
+    fn writable(&self, _writable: bool) {}
+    /// A scrape: gauges from the scheduler's state now.
+    fn sample(&self, _s: &Scheduler, _now_ms: u64) {}
+}
+
+/// What kind of refusal: the domain's words, which the API maps to HTTP statuses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RefusalKind {
+    /// The input is malformed or out of range.
+    Invalid,
+    /// It names something that does not exist.
+    NotFound,
+    /// It does not fit the state things are in (a duplicate, a wrong state).
+    Conflict,
+    /// Changes cannot be written now (the disk is full or failing).
+    Unwritable,
+}
+
+/// Why the control loop refused an input (and changed nothing), naming the field at fault
+/// when one is.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ApiError {
-    pub status: u16,
-    pub error: String,
+pub struct Refusal {
+    pub kind: RefusalKind,
+    pub message: String,
     pub field: Option<String>,
 }
 
-impl ApiError {
-    pub fn new(status: u16, error: impl Into<String>) -> ApiError {
-        ApiError {
-            status,
-            error: error.into(),
-            field: None,
+impl Refusal {
+    fn new(kind: RefusalKind, field: Option<&str>, message: impl Into<String>) -> Refusal {
+        Refusal {
+            kind,
+            message: message.into(),
+            field: field.map(str::to_owned),
         }
     }
 
-    pub fn field(status: u16, field: &str, error: impl Into<String>) -> ApiError {
-        ApiError {
-            status,
-            error: error.into(),
-            field: Some(field.to_owned()),
+    pub fn invalid(field: &str, message: impl Into<String>) -> Refusal {
+        Refusal::new(RefusalKind::Invalid, Some(field), message)
+    }
+
+    pub fn not_found(field: &str, message: impl Into<String>) -> Refusal {
+        Refusal::new(RefusalKind::NotFound, Some(field), message)
+    }
+
+    pub fn conflict(field: Option<&str>, message: impl Into<String>) -> Refusal {
+        Refusal::new(RefusalKind::Conflict, field, message)
+    }
+
+    pub fn unwritable(message: impl Into<String>) -> Refusal {
+        Refusal::new(RefusalKind::Unwritable, None, message)
+    }
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.field {
+            Some(field) => write!(f, "{} (field `{field}`)", self.message),
+            None => f.write_str(&self.message),
         }
     }
 }
 
-impl From<FieldError> for ApiError {
-    fn from(e: FieldError) -> ApiError {
-        ApiError::field(400, &e.field, e.message)
+impl From<FieldError> for Refusal {
+    fn from(e: FieldError) -> Refusal {
+        Refusal::invalid(&e.field, e.message)
     }
 }
 
-impl From<InputError> for ApiError {
-    fn from(e: InputError) -> ApiError {
+impl From<InputError> for Refusal {
+    fn from(e: InputError) -> Refusal {
         let msg = e.to_string();
         match e {
-            InputError::UnknownHost(_) => ApiError::field(404, "host", msg),
-            InputError::UnknownRequest(_) => ApiError::field(404, "request", msg),
-            InputError::UnknownVm(_) => ApiError::field(404, "vm", msg),
-            InputError::UnknownTemplate(_) => ApiError::field(400, "template", msg),
+            InputError::UnknownHost(_) => Refusal::not_found("host", msg),
+            InputError::UnknownRequest(_) => Refusal::not_found("request", msg),
+            InputError::UnknownVm(_) => Refusal::not_found("vm", msg),
+            InputError::UnknownTemplate(_) => Refusal::invalid("template", msg),
             InputError::DuplicateHost(_) | InputError::DuplicateHostName(_) => {
-                ApiError::field(409, "name", msg)
+                Refusal::conflict(Some("name"), msg)
             }
-            InputError::DuplicateRequest(_) => ApiError::new(409, msg),
-            InputError::Invalid { field, .. } => ApiError::field(400, field, msg),
-            InputError::WrongState { .. } => ApiError::new(409, msg),
+            InputError::DuplicateRequest(_) => Refusal::conflict(None, msg),
+            InputError::Invalid { field, .. } => Refusal::invalid(field, msg),
+            InputError::WrongState { .. } => Refusal::conflict(None, msg),
         }
     }
 }
@@ -136,7 +178,7 @@ pub(crate) enum Msg {
     Apply {
         input: WireInput,
         actor: Option<Actor>,
-        reply: Option<oneshot::Sender<Result<u64, ApiError>>>,
+        reply: Option<oneshot::Sender<Result<u64, Refusal>>>,
     },
     Query {
         query: Query,
@@ -167,7 +209,7 @@ pub(crate) enum Msg {
     DestroyOrphan {
         vm: u64,
         actor: Actor,
-        reply: oneshot::Sender<Result<u64, ApiError>>,
+        reply: oneshot::Sender<Result<u64, Refusal>>,
     },
     /// A host answered its probe with what it said last time. Nothing changed, so nothing is
     /// journaled; the time is kept so that operators see the host is still being probed.
@@ -241,7 +283,8 @@ pub(crate) struct Control {
     /// Hosts by id with their specs, for rebuilding drivers.
     hosts: BTreeMap<u64, WireHost>,
     /// Metrics and hooks, told of every committed event (set by `start`).
-    pub(crate) observers: Option<crate::hooks::Observers>,
+    /// What hears of committed work (metrics, hooks).
+    pub(crate) observers: Vec<Box<dyn Observer>>,
     /// When each host last answered a probe that changed nothing (see `Msg::ProbeAnswered`).
     probe_answered: HashMap<u64, u64>,
     /// When each live VM was started on its host (went to `booting`), for telling a VM that
@@ -266,10 +309,7 @@ pub(crate) struct Control {
 }
 
 /// An API caller waiting for its input's outcome, and that outcome.
-type Reply = (
-    oneshot::Sender<Result<u64, ApiError>>,
-    Result<u64, ApiError>,
-);
+type Reply = (oneshot::Sender<Result<u64, Refusal>>, Result<u64, Refusal>);
 
 /// What a batch does once it is on disk: nothing of it happens before.
 struct Effects {
@@ -311,7 +351,7 @@ pub(crate) fn apply_journaled(
     input: &WireInput,
     templates: &mut BTreeMap<String, KnownTemplate>,
     hosts: &mut BTreeMap<u64, WireHost>,
-) -> Result<(), ApiError> {
+) -> Result<(), Refusal> {
     let sched_input = input.to_input()?;
     s.handle(at_ms, sched_input)?;
     match input {
@@ -350,7 +390,7 @@ impl Control {
             for input in &inputs {
                 if let Err(e) = apply_journaled(&mut s, at_ms, input, &mut templates, &mut hosts) {
                     diverged += 1;
-                    tracing::warn!(batch, input = input.name(), error = %e.error, "journaled input refused on replay");
+                    tracing::warn!(batch, input = input.name(), error = %e.message, "journaled input refused on replay");
                 }
             }
             let _ = drain(&mut s);
@@ -386,7 +426,7 @@ impl Control {
             events_tx,
             templates,
             hosts,
-            observers: None,
+            observers: Vec::new(),
             probe_answered: HashMap::new(),
             started_ms: HashMap::new(),
             kept,
@@ -704,9 +744,9 @@ impl Control {
     }
 
     /// An operator's destroy of a kept orphan: forgotten with this batch, destroyed after it.
-    fn destroy_kept(&mut self, vm: u64) -> Result<(HostId, u64), ApiError> {
+    fn destroy_kept(&mut self, vm: u64) -> Result<(HostId, u64), Refusal> {
         let o = self.kept.get(&vm).ok_or_else(|| {
-            ApiError::field(404, "vm", format!("{} is not a kept orphan", vm_name(vm)))
+            Refusal::not_found("vm", format!("{} is not a kept orphan", vm_name(vm)))
         })?;
         let host = self
             .hosts
@@ -714,8 +754,8 @@ impl Control {
             .find(|h| h.name == o.host)
             .map(|h| HostId(h.id))
             .ok_or_else(|| {
-                ApiError::new(
-                    409,
+                Refusal::conflict(
+                    None,
                     format!(
                         "{} is on host {}, which is no longer in the fleet",
                         o.name, o.host
@@ -886,7 +926,7 @@ impl Control {
                     if let Err(e) = &result
                         && internal
                     {
-                        tracing::debug!(input = action, error = %e.error, "input refused");
+                        tracing::debug!(input = action, error = %e.message, "input refused");
                     }
                     if let Some(actor) = actor {
                         commit.audits.push(AuditRow {
@@ -900,7 +940,7 @@ impl Control {
                             },
                             outcome: match &result {
                                 Ok(_) => "ok".to_owned(),
-                                Err(e) => format!("refused: {}", e.error),
+                                Err(e) => format!("refused: {}", e.message),
                             },
                         });
                     }
@@ -952,7 +992,7 @@ impl Control {
                         target: vm_name(vm),
                         outcome: match &result {
                             Ok(_) => "ok".to_owned(),
-                            Err(e) => format!("refused: {}", e.error),
+                            Err(e) => format!("refused: {}", e.message),
                         },
                     });
                     if let Ok(d) = &result {
@@ -1021,8 +1061,7 @@ impl Control {
     /// and everything else waits behind the batch.
     fn hold(&mut self, msgs: Vec<Msg>) {
         let (refused, _) = self.disk.check();
-        let refused = ApiError::new(
-            507,
+        let refused = Refusal::unwritable(
             refused.unwrap_or_else(|| "the database cannot be written".to_owned()),
         );
         let mut held = Vec::new();
@@ -1077,12 +1116,12 @@ impl Control {
     }
 
     /// Whether API writes are refused now (short of room), noting a change.
-    fn refuse_writes_if_short(&mut self) -> Option<ApiError> {
+    fn refuse_writes_if_short(&mut self) -> Option<Refusal> {
         let (refused, changed) = self.disk.check();
         if changed {
             self.announce_health();
         }
-        refused.map(|why| ApiError::new(507, why))
+        refused.map(Refusal::unwritable)
     }
 
     /// Re-reads the disk's state and announces a change.
@@ -1100,8 +1139,8 @@ impl Control {
             Some(why) => tracing::error!(why = %why, "writes refused"),
             None => tracing::info!("writes taken again"),
         }
-        if let Some(o) = &self.observers {
-            o.metrics.set_writable(degraded.is_none());
+        for o in &self.observers {
+            o.writable(degraded.is_none());
         }
         if self.events_tx.receiver_count() > 0 {
             let event = berth_api::Event::Daemon(berth_api::DaemonEvent {
@@ -1164,8 +1203,8 @@ impl Control {
                 let text = serde_json::to_string(&answers::event(&self.s, event));
                 let _ = self.events_tx.send(text.unwrap_or_default().into());
             }
-            if let Some(o) = &self.observers {
-                o.observe(&self.s, event);
+            for o in &self.observers {
+                o.event(&self.s, event);
             }
         }
         for action in actions {
@@ -1189,7 +1228,7 @@ impl Control {
         now: u64,
         mut input: WireInput,
         commit: &mut Commit,
-    ) -> Result<u64, ApiError> {
+    ) -> Result<u64, Refusal> {
         let id = match &mut input {
             WireInput::Submit { request } => {
                 let t = self
@@ -1197,8 +1236,7 @@ impl Control {
                     .get(&request.template)
                     .map(|k| &k.template)
                     .ok_or_else(|| {
-                        ApiError::field(
-                            400,
+                        Refusal::invalid(
                             "template",
                             format!("unknown template `{}`", request.template),
                         )
@@ -1282,8 +1320,8 @@ impl Control {
             }
             Query::Scheduler => Answer::Scheduler(Box::new(self.s.clone())),
             Query::SampleMetrics => {
-                if let Some(o) = &self.observers {
-                    o.metrics.sample(&self.s, wall_ms());
+                for o in &self.observers {
+                    o.sample(&self.s, wall_ms());
                 }
                 Answer::Sampled
             }

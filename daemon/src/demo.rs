@@ -372,7 +372,7 @@ impl Feeder {
                 true
             }
             Ok(Err(e)) => {
-                tracing::warn!(error = %e.error, template = %r.template, "demo request refused");
+                tracing::warn!(error = %e.message, template = %r.template, "demo request refused");
                 self.stats.refused.fetch_add(1, Ordering::Relaxed);
                 true
             }

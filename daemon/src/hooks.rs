@@ -83,15 +83,9 @@ struct HookPayload<'a> {
 pub use berth_api::HookRun;
 
 /// What the control loop tells of every committed event.
-pub(crate) struct Observers {
-    pub(crate) metrics: Arc<Metrics>,
-    pub(crate) hooks: Hooks,
-}
-
-impl Observers {
-    pub(crate) fn observe(&self, s: &Scheduler, event: &Event) {
-        self.metrics.on_event(s, event);
-        self.hooks.enqueue(s, event);
+impl crate::control::Observer for Hooks {
+    fn event(&self, s: &Scheduler, event: &Event) {
+        self.enqueue(s, event);
     }
 }
 

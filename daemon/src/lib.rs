@@ -35,8 +35,9 @@ use berth_drivers::sim::{SimWorld, SimWorldError};
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio::task::JoinHandle;
 
+pub use api::ApiError;
 pub use config::{FileConfig, Role, TokenConfig};
-pub use control::ApiError;
+pub use control::{Refusal, RefusalKind};
 pub use datadir::OrphanStart;
 
 /// The database file inside the data directory.
@@ -320,15 +321,13 @@ pub async fn start(opts: Options) -> Result<Daemon, DaemonError> {
         .clone()
         .unwrap_or_else(config::default_hosts);
     let metrics = Arc::new(metrics::Metrics::new());
-    control.observers = Some(hooks::Observers {
-        metrics: metrics.clone(),
-        hooks: hooks::Hooks::start(
-            &opts.config.hooks,
-            opts.config.workers.hooks_at_once_max,
-            &db_path,
-            metrics.clone(),
-        )?,
-    });
+    let hooks = hooks::Hooks::start(
+        &opts.config.hooks,
+        opts.config.workers.hooks_at_once_max,
+        &db_path,
+        metrics.clone(),
+    )?;
+    control.observers = vec![Box::new(metrics.clone()), Box::new(hooks)];
     control.start_fleet(&templates, &hosts)?;
     control.reconcile().await?;
 

@@ -31,13 +31,14 @@ pub const FORECASTS_AT_ONCE_MAX: usize = 2;
 /// The hosts one forecast may drain.
 pub const FORECAST_HOSTS_MAX: usize = 10_000;
 
+use crate::wire::FieldError;
+
 /// Checks a `limit` query parameter: `default` when absent, else 1 to `max`.
-pub fn list_limit(limit: Option<u64>, default: u64, max: u64) -> Result<u64, crate::ApiError> {
+pub fn list_limit(limit: Option<u64>, default: u64, max: u64) -> Result<u64, FieldError> {
     match limit {
         None => Ok(default),
         Some(l) if (1..=max).contains(&l) => Ok(l),
-        Some(l) => Err(crate::ApiError::field(
-            400,
+        Some(l) => Err(FieldError::new(
             "limit",
             format!("must be 1 to {max}, got {l}"),
         )),

@@ -43,6 +43,20 @@ pub fn host_class(name: &str, host_labels: &[berth_sched::Label]) -> String {
     berth_api::host_class(name, labels).to_owned()
 }
 
+impl crate::control::Observer for std::sync::Arc<Metrics> {
+    fn event(&self, s: &Scheduler, event: &Event) {
+        self.on_event(s, event);
+    }
+
+    fn writable(&self, writable: bool) {
+        self.set_writable(writable);
+    }
+
+    fn sample(&self, s: &Scheduler, now_ms: u64) {
+        Metrics::sample(self, s, now_ms);
+    }
+}
+
 /// Every metric berth exports.
 pub struct Metrics {
     registry: Registry,

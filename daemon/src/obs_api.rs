@@ -12,8 +12,9 @@ use tokio::sync::oneshot;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use crate::api::ApiError;
 use crate::api::{AppState, Params, Reader, params};
-use crate::control::{ApiError, Msg, Query};
+use crate::control::{Msg, Query};
 use crate::hooks::{RunFilter, list_runs};
 use crate::limits::{HOOK_RUNS_LIST_DEFAULT, LIST_ROWS_MAX, list_limit};
 use crate::metrics::Metrics;

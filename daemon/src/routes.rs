@@ -13,8 +13,8 @@ use utoipa::{Modify, OpenApi};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use crate::api::ApiError;
 use crate::api::{self, AppState, Reader};
-use crate::control::ApiError;
 use crate::metrics::Metrics;
 use crate::obs_api::{self, ObsState};
 

@@ -18,9 +18,10 @@ use berth_sim::{Budget, Forecast, Profile, SimConfig, SimError, Simulation, Wait
 use berth_traces::Record;
 use rusqlite::{Connection, params};
 
+use super::ApiError;
 use super::{ApiResult, AppState, Reader, ok_json, parse, query};
 use crate::DaemonError;
-use crate::control::{Answer, ApiError, Query};
+use crate::control::{Answer, Query};
 use crate::export::request_record;
 use crate::limits::{
     FORECAST_EVENTS_MAX, FORECAST_HORIZON_DEFAULT_S, FORECAST_HORIZON_MAX_S, FORECAST_HOSTS_MAX,
