@@ -16,6 +16,7 @@ mod hosts;
 mod lifecycle;
 mod pass;
 mod place;
+pub(crate) mod policy;
 mod requests;
 mod reservation;
 mod state;
@@ -47,6 +48,7 @@ impl Scheduler {
             .collect();
         Scheduler {
             fleet: Fleet::new(config.provisioning_per_host_max),
+            reads: policy::of(config.policy).reads,
             config,
             templates,
             host_ids: BTreeMap::new(),

@@ -3,11 +3,11 @@
 
 use std::cmp::Reverse;
 
+use super::policy;
 use super::requests::describe_need;
 use super::state::Scheduler;
-use crate::config::Policy;
 use crate::fleet::Need;
-use crate::model::{RequestId, RequestState};
+use crate::model::RequestState;
 use crate::output::Cause;
 use crate::placement::fits;
 use crate::queue::Queue;
@@ -26,18 +26,7 @@ impl Scheduler {
             self.pass.checked_generation = self.fleet_generation;
             self.reject_unfittable();
         }
-        match self.config.policy {
-            Policy::Fcfs => {
-                self.serve_heads(full);
-            }
-            Policy::Easy => {
-                if let Some(head) = self.serve_heads(full) {
-                    self.backfill(head, full);
-                }
-            }
-            Policy::Greedy => self.serve_all(full),
-            Policy::AccasimEasy => self.serve_accasim_easy(),
-        }
+        (policy::of(self.config.policy).serve)(self, full);
         self.pass.capacity_changed = false;
         self.pass.arrivals.clear();
     }
@@ -57,11 +46,11 @@ impl Scheduler {
         self.fleet.changed = changed;
     }
 
-    /// Under FCFS and EASY, whether the head of the queue is another than the one the last pass
-    /// left waiting: the head was cancelled or failed, or aging moved a request ahead of it.
-    /// Either may let the new head start with no change to capacity.
+    /// Under a policy that serves the head first, whether the head of the queue is another than
+    /// the one the last pass left waiting: the head was cancelled or failed, or aging moved a
+    /// request ahead of it. Either may let the new head start with no change to capacity.
     fn head_moved(&self) -> bool {
-        self.config.policy != Policy::Greedy
+        policy::of(self.config.policy).head_first
             && self
                 .queue
                 .head(self.now_ms, self.config.aging_step_ms)
@@ -110,70 +99,5 @@ impl Scheduler {
             }
         }
         self.scratch = order;
-    }
-
-    /// Greedy: every waiting request that fits starts, in service order.
-    fn serve_all(&mut self, full: bool) {
-        if full {
-            self.walk_queue(None, None);
-        } else {
-            self.serve_arrivals(None, None);
-        }
-    }
-
-    /// EASY: the blocked head keeps its reservation; the others start now if they do not
-    /// delay it.
-    fn backfill(&mut self, head: RequestId, full: bool) {
-        let stale = self
-            .pass
-            .reservation
-            .as_ref()
-            .is_none_or(|r| r.head != head);
-        if full || stale {
-            self.pass.reservation = self.reserve(head);
-        }
-        let Some(mut reservation) = self.pass.reservation.take() else {
-            return;
-        };
-        if full || stale {
-            self.walk_queue(Some(head), Some(&mut reservation));
-        } else {
-            self.serve_arrivals(Some(head), Some(&mut reservation));
-        }
-        self.pass.reservation = Some(reservation);
-    }
-
-    /// AccaSim 1.1.3's EASYBackfilling as that code behaves, for cross-checking the simulator
-    /// against it (see docs/simulation.md): the blocked head gets a reservation once and is
-    /// tried again only when that time has come, and meanwhile every other request that fits
-    /// starts, whether or not it delays the head. Not EASY; not for production.
-    fn serve_accasim_easy(&mut self) {
-        let head = self
-            .queue
-            .head(self.now_ms, self.config.aging_step_ms)
-            .map(|e| e.request);
-        let reserved = self
-            .pass
-            .reservation
-            .as_ref()
-            .filter(|r| Some(r.head) == head)
-            .map(|r| r.shadow_ms);
-        match (head, reserved) {
-            (Some(_), Some(at)) if self.now_ms < at => {}
-            (Some(h), Some(_)) => {
-                self.place_request(h, None);
-                let placed = self.requests.get(&h).is_none_or(|r| r.queue_key.is_none());
-                if placed {
-                    let blocked = self.serve_heads(true);
-                    self.pass.reservation = blocked.and_then(|b| self.reserve(b));
-                }
-            }
-            _ => {
-                let blocked = self.serve_heads(true);
-                self.pass.reservation = blocked.and_then(|b| self.reserve(b));
-            }
-        }
-        let blocked = self.pass.reservation.as_ref().map(|r| r.head);
-        self.walk_queue(blocked, None);
     }
 }

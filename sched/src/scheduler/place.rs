@@ -3,7 +3,6 @@
 
 use super::reservation::{covers, reservation_cost};
 use super::state::{EndEntry, Reservation, Scheduler};
-use crate::config::Policy;
 use crate::fleet::Need;
 use crate::model::{RequestId, VmState};
 use crate::output::{Action, Cause};
@@ -163,7 +162,7 @@ impl Scheduler {
         r.gang_pending = false;
         let vm_spec = r.vm_spec.clone();
         // Only backfilling reads expected ends; the other policies skip their upkeep.
-        let keep_ends = matches!(self.config.policy, Policy::Easy | Policy::AccasimEasy);
+        let keep_ends = self.reads.expected_ends;
         let used = EndEntry::of(&r.need);
         let expected_end = now
             .saturating_add(r.expected_start_ms)

@@ -3,8 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use super::state::{AfterDestroy, Request, Scheduler, Timer};
-use crate::config::Policy;
+use super::state::{AfterDestroy, Reads, Request, Scheduler, Timer};
 use crate::fleet::{Need, SLOT_KINDS_MAX, bloom_bit, driver_mask, label_key};
 use crate::input::InputError;
 use crate::model::{RequestId, RequestSpec, RequestState, Shape, Template, VmId, VmState};
@@ -109,7 +108,7 @@ impl Scheduler {
             priority: spec.priority,
             need: need.clone(),
             together,
-            duration_ms: kind_duration(self.config.policy, expected_start_ms, expected_run_ms),
+            duration_ms: kind_duration(self.reads, expected_start_ms, expected_run_ms),
         };
         let seq = self.queue.push(id, kind, now);
         self.requests.insert(
@@ -298,7 +297,7 @@ impl Scheduler {
         };
         r.queued.push(vm);
         if r.queue_key.is_none() {
-            let seq = self.queue.push(id, kind_of(r, self.config.policy), now);
+            let seq = self.queue.push(id, kind_of(r, self.reads), now);
             r.queue_key = Some((r.spec.priority, seq));
         }
         self.pass.arrivals.push(id);
@@ -323,7 +322,7 @@ impl Scheduler {
 }
 
 /// The kind a waiting request is grouped under in the queue.
-fn kind_of(r: &Request, policy: Policy) -> Kind {
+fn kind_of(r: &Request, reads: Reads) -> Kind {
     Kind {
         priority: r.spec.priority,
         need: r.need.clone(),
@@ -332,16 +331,17 @@ fn kind_of(r: &Request, policy: Policy) -> Kind {
         } else {
             1
         },
-        duration_ms: kind_duration(policy, r.expected_start_ms, r.expected_run_ms),
+        duration_ms: kind_duration(reads, r.expected_start_ms, r.expected_run_ms),
     }
 }
 
-/// The expected duration a kind carries: only EASY's backfilling looks at it, so under the
-/// other policies requests that differ only in it share a group.
-fn kind_duration(policy: Policy, expected_start_ms: u64, expected_run_ms: u64) -> u64 {
-    match policy {
-        Policy::Easy => expected_start_ms.saturating_add(expected_run_ms),
-        Policy::Fcfs | Policy::Greedy | Policy::AccasimEasy => 0,
+/// The expected duration a kind carries: only a policy that reads durations (EASY's
+/// backfilling) looks at it, so under the others requests that differ only in it share a group.
+fn kind_duration(reads: Reads, expected_start_ms: u64, expected_run_ms: u64) -> u64 {
+    if reads.durations {
+        expected_start_ms.saturating_add(expected_run_ms)
+    } else {
+        0
     }
 }
 

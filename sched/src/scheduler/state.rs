@@ -133,11 +133,24 @@ pub(crate) struct Pass {
     pub(super) no_room: Vec<Need>,
 }
 
+/// What a queue policy reads beyond the queue. What the configured one does not read is not
+/// kept up (the expected ends) or not told apart (requests that differ only in duration).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Reads {
+    /// The expected end of every VM that holds capacity (`Scheduler::ends`), for reservations.
+    pub expected_ends: bool,
+    /// Requests' expected durations: requests that differ only in them are served differently,
+    /// so they wait in different groups.
+    pub durations: bool,
+}
+
 /// The scheduler core. `Clone` gives an independent copy (the console's drain prediction
 /// simulates on one).
 #[derive(Clone, Debug)]
 pub struct Scheduler {
     pub(crate) config: Config,
+    /// What the configured policy reads beyond the queue.
+    pub(crate) reads: Reads,
     pub(crate) templates: BTreeMap<Arc<str>, Template>,
     pub(crate) fleet: Fleet,
     pub(crate) host_ids: BTreeMap<HostId, usize>,
@@ -149,7 +162,8 @@ pub struct Scheduler {
     pub(crate) vms: IdMap<VmId, Vm>,
     pub(crate) queue: Queue,
     /// Expected end of every VM that holds capacity, for backfilling.
-    /// Each entry carries the VM's host and what it takes there. Kept under `easy` only.
+    /// Each entry carries the VM's host and what it takes there. Kept only when the policy
+    /// reads it (`Reads::expected_ends`).
     pub(crate) ends: BTreeMap<(u64, VmId), EndEntry>,
     pub(crate) timers: BTreeSet<(u64, Timer)>,
     pub(crate) actions: VecDeque<Action>,
