@@ -4,7 +4,6 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use crate::config::Policy;
 use crate::fleet::Host;
 use crate::model::{
     DriverKind, HostId, HostState, Label, RequestId, RequestSpec, RequestState, Shape, Template,
@@ -13,7 +12,7 @@ use crate::model::{
 use crate::placement::Reason;
 use crate::placement::filter::{PIPELINE, Probe, first_failure};
 use crate::queue::Wait;
-use crate::scheduler::{Scheduler, describe_need};
+use crate::scheduler::{Scheduler, describe_need, policy};
 
 /// A host as operators see it. Capacities are after overcommit; vCPUs in thousandths.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -287,7 +286,7 @@ impl Scheduler {
             .queue_key
             .map_or(Wait::NotConsidered, |(p, s)| self.queue.wait(p, s));
         let blocker = match wait {
-            _ if self.config.policy == Policy::Fcfs && head.is_some_and(|h| h != id) => {
+            _ if policy::of(self.config.policy).head_blocks && head.is_some_and(|h| h != id) => {
                 Blocker::BehindHead(head.unwrap_or(id))
             }
             // A pass stops early once no ready host has a vCPU free, so the requests after

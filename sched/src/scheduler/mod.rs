@@ -1,0 +1,174 @@
+//! The scheduler: a sans-IO state machine. Inputs go in through `handle(now_ms, input)`;
+//! actions, events and the next timeout are pulled with `poll_*`.
+//!
+//! `handle` only applies an input; the placement pass runs when `poll_action` or `poll_event`
+//! finds nothing left to hand out, so a caller that feeds a batch of inputs (all arrivals and
+//! completions of one instant, or a burst of API calls) gets one pass over them. Read the views
+//! after polling both until `None`.
+//!
+//! A pass costs what changed, not the queue's length. After arrivals alone it tries only the
+//! arrivals. After capacity came back it walks the queue by groups of one kind (`walk_queue`):
+//! only each group's next member is tried, a group that found no room leaves the pass, and a
+//! need no host had room for is not searched again until a host that changed has room
+//! (`Pass::no_room`). `Scheduler::reference` keeps the one-by-one walk the tests compare with.
+
+mod hosts;
+mod lifecycle;
+mod pass;
+mod place;
+pub(crate) mod policy;
+mod requests;
+mod reservation;
+mod state;
+mod timers;
+mod vms;
+mod walk;
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use crate::config::Config;
+use crate::fleet::{Fleet, Interner};
+use crate::idmap::IdMap;
+use crate::input::{Input, InputError};
+use crate::model::VmId;
+use crate::output::{Action, Event};
+use crate::queue::Queue;
+
+pub use requests::REQUEST_VMS_MAX;
+pub(crate) use requests::describe_need;
+use state::Pass;
+pub use state::Scheduler;
+
+impl Scheduler {
+    pub fn new(config: Config) -> Scheduler {
+        let templates = config
+            .templates
+            .iter()
+            .map(|t| (t.name.clone(), t.clone()))
+            .collect();
+        Scheduler {
+            fleet: Fleet::new(config.provisioning_per_host_max),
+            reads: policy::of(config.policy).reads,
+            config,
+            templates,
+            host_ids: BTreeMap::new(),
+            host_names: BTreeMap::new(),
+            labels: Interner::default(),
+            images: Interner::default(),
+            slot_kinds: Interner::default(),
+            requests: IdMap::default(),
+            vms: IdMap::default(),
+            queue: Queue::default(),
+            ends: BTreeMap::new(),
+            timers: BTreeSet::new(),
+            actions: VecDeque::new(),
+            events: VecDeque::new(),
+            next_vm: 1,
+            now_ms: 0,
+            pass: Pass::default(),
+            rotate_from: 0,
+            fleet_generation: 1,
+            never_fits_cache: BTreeMap::new(),
+            scratch: Vec::new(),
+            freed_at_shadow: Vec::new(),
+            freed_touched: Vec::new(),
+            eligible_for_head: Vec::new(),
+            reference_walk: false,
+        }
+    }
+
+    /// A scheduler whose passes walk every waiting request one by one, in service order, as
+    /// berth did before waiting requests were grouped by kind. It decides exactly as
+    /// `Scheduler::new` does, at a cost that grows with the queue's length: it is the reference
+    /// the tests compare the grouped walk against (`tests/sched/equivalence.rs`), not for use.
+    #[doc(hidden)]
+    pub fn reference(config: Config) -> Scheduler {
+        Scheduler {
+            reference_walk: true,
+            ..Scheduler::new(config)
+        }
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The time of the latest input.
+    pub fn now_ms(&self) -> u64 {
+        self.now_ms
+    }
+
+    /// Applies one input at time `now_ms` (earlier times than a previous input count as that
+    /// previous time). An `Err` means the input was refused and nothing changed.
+    pub fn handle(&mut self, now_ms: u64, input: Input) -> Result<(), InputError> {
+        let before_ms = self.now_ms;
+        self.now_ms = self.now_ms.max(now_ms);
+        let result = self.apply(input);
+        if result.is_err() {
+            // A refused input changes nothing, not even the clock.
+            self.now_ms = before_ms;
+        }
+        result
+    }
+
+    fn apply(&mut self, input: Input) -> Result<(), InputError> {
+        match input {
+            Input::Submit(spec) => self.submit(spec),
+            Input::Cancel(id) => self.cancel(id),
+            Input::AddHost(spec) => self.add_host(spec),
+            Input::RemoveHost(id) => self.remove_host(id),
+            Input::Probe { host, result } => self.probe(host, result),
+            Input::Drain(id) => self.drain(id),
+            Input::Resume(id) => self.resume(id),
+            Input::Offline(id) => self.offline(id),
+            Input::ProvisionStarted(vm) => self.provision_started(vm),
+            Input::ProvisionDone { vm, result } => self.provision_done(vm, result),
+            Input::BootDone { vm, result } => self.boot_done(vm, result),
+            Input::JobFinished { vm, passed } => self.job_finished(vm, passed),
+            Input::Release(vm) => self.release(vm),
+            Input::Extend { vm, by_ms } => self.extend(vm, by_ms),
+            Input::DestroyDone { vm, result } => self.destroy_done(vm, result),
+            Input::VmLost(vm) => self.vm_lost(vm),
+            Input::ReserveVmIds(VmId(last)) => {
+                let next = last.checked_add(1).ok_or(InputError::Invalid {
+                    field: "vm",
+                    reason: "no VM id is left past it".into(),
+                })?;
+                self.next_vm = self.next_vm.max(next);
+                Ok(())
+            }
+            Input::SetTemplate(t) => self.set_template(t),
+            Input::Tick => {
+                self.tick();
+                Ok(())
+            }
+        }
+    }
+
+    /// The next thing for a driver to do. Actions already decided come out first; only when
+    /// none is left does the placement pass run over everything fed since the last one (so a
+    /// caller that completes a destroy at once, as the zero-latency simulator does, has the
+    /// capacity back before the pass).
+    #[must_use]
+    pub fn poll_action(&mut self) -> Option<Action> {
+        if self.actions.is_empty() {
+            self.schedule();
+        }
+        self.actions.pop_front()
+    }
+
+    /// The next state transition. Like `poll_action`, runs a pending pass once none is left.
+    #[must_use]
+    pub fn poll_event(&mut self) -> Option<Event> {
+        if self.events.is_empty() {
+            self.schedule();
+        }
+        self.events.pop_front()
+    }
+
+    /// When to call `handle(t, Input::Tick)` next.
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<u64> {
+        self.timers.first().map(|&(t, _)| t)
+    }
+}

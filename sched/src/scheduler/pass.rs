@@ -1,0 +1,103 @@
+//! The placement pass: run when something changed since the last, it rejects what can no
+//! longer fit and lets the queue policy serve the queue.
+
+use std::cmp::Reverse;
+
+use super::policy;
+use super::requests::describe_need;
+use super::state::Scheduler;
+use crate::fleet::Need;
+use crate::model::RequestState;
+use crate::output::Cause;
+use crate::placement::fits;
+use crate::queue::Queue;
+
+impl Scheduler {
+    /// Runs a pass if anything changed since the last: capacity came back or the fleet changed
+    /// (the whole queue is walked), requests arrived (only they are tried), or the head moved.
+    pub(super) fn schedule(&mut self) {
+        self.recheck_no_room();
+        if !self.pass.capacity_changed && self.pass.arrivals.is_empty() && !self.head_moved() {
+            return;
+        }
+        let full = self.pass.capacity_changed;
+        self.pass.failed.clear();
+        if self.pass.checked_generation != self.fleet_generation {
+            self.pass.checked_generation = self.fleet_generation;
+            self.reject_unfittable();
+        }
+        (policy::of(self.config.policy).serve)(self, full);
+        self.pass.capacity_changed = false;
+        self.pass.arrivals.clear();
+    }
+
+    /// Drops from `no_room` every need that a host changed since the last check now has room for.
+    fn recheck_no_room(&mut self) {
+        let mut changed = std::mem::take(&mut self.fleet.changed);
+        if !self.pass.no_room.is_empty() && !changed.is_empty() {
+            changed.sort_unstable();
+            changed.dedup();
+            let fleet = &self.fleet;
+            self.pass
+                .no_room
+                .retain(|need| !changed.iter().any(|&h| fits(fleet, h, need)));
+        }
+        changed.clear();
+        self.fleet.changed = changed;
+    }
+
+    /// Under a policy that serves the head first, whether the head of the queue is another than
+    /// the one the last pass left waiting: the head was cancelled or failed, or aging moved a
+    /// request ahead of it. Either may let the new head start with no change to capacity.
+    fn head_moved(&self) -> bool {
+        policy::of(self.config.policy).head_first
+            && self
+                .queue
+                .head(self.now_ms, self.config.aging_step_ms)
+                .is_some_and(|e| Some(e.request) != self.pass.blocked_head)
+    }
+
+    /// After the fleet shrank: a waiting request none of whose VMs runs yet and that no host
+    /// could ever fit any more is rejected, not left waiting forever. Whether a request could
+    /// ever fit depends only on its kind, so only the members of groups that cannot are looked
+    /// at (the reference looks at every waiting request).
+    fn reject_unfittable(&mut self) {
+        let (now, step) = (self.now_ms, self.config.aging_step_ms);
+        let mut order = std::mem::take(&mut self.scratch);
+        if self.reference_walk {
+            self.queue.ordered(now, step, &mut order);
+        } else {
+            order.clear();
+            let kinds: Vec<(u64, Need, u32)> = self
+                .queue
+                .groups()
+                .map(|(id, g)| (id, g.kind.need.clone(), g.kind.together))
+                .collect();
+            for (group, need, together) in kinds {
+                if self.never_fits(&need, together).is_some() {
+                    order.extend(self.queue.members(group));
+                }
+            }
+            order.sort_by_key(|e| Reverse(Queue::key(e, now, step)));
+        }
+        for e in &order {
+            let Some(r) = self.requests.get(&e.request) else {
+                continue;
+            };
+            if r.live as usize != r.queued.len() || r.retries_used > 0 {
+                continue;
+            }
+            let together = if r.gang_pending {
+                r.queued.len() as u32
+            } else {
+                1
+            };
+            let (need, spec, shape) = (r.need.clone(), r.spec.clone(), r.vm_spec.shape);
+            if let Some(why) = self.never_fits(&need, together) {
+                let why = format!("{}: {why}", describe_need(&spec, shape));
+                self.end_request(e.request, RequestState::Rejected, Cause::NeverFits(why));
+            }
+        }
+        self.scratch = order;
+    }
+}
