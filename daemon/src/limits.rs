@@ -28,6 +28,9 @@ pub const FORECAST_HORIZON_MAX_S: u64 = 24 * 3600;
 pub const FORECAST_EVENTS_MAX: u64 = 2_000_000;
 /// Forecasts running at once, across all clients (each takes a core while it runs).
 pub const FORECASTS_AT_ONCE_MAX: usize = 2;
+/// The largest request body the API reads; a larger one is refused with a 413 before it is
+/// parsed. The largest real body (a host with its options and labels) is a few KiB.
+pub const BODY_BYTES_MAX: usize = 1 << 20;
 /// The hosts one forecast may drain.
 pub const FORECAST_HOSTS_MAX: usize = 10_000;
 

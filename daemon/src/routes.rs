@@ -15,6 +15,7 @@ use utoipa_axum::routes;
 
 use crate::api::ApiError;
 use crate::api::{self, AppState, Reader};
+use crate::limits::BODY_BYTES_MAX;
 use crate::metrics::Metrics;
 use crate::obs_api::{self, ObsState};
 
@@ -106,6 +107,7 @@ pub(crate) fn app(state: AppState, metrics: Arc<Metrics>) -> Router {
         .with_state(state)
         .merge(obs.split_for_parts().0.with_state(obs_state))
         .fallback(|| async { ApiError::new(404, "no such route") })
+        .layer(axum::extract::DefaultBodyLimit::max(BODY_BYTES_MAX))
         .layer(axum::middleware::from_fn_with_state(
             metrics,
             obs_api::count_requests,

@@ -246,3 +246,16 @@ fn the_document_passes_a_standard_validator() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn a_body_over_the_cap_is_refused_unread() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = TestDaemon::start(dir.path(), CONFIG);
+    let huge = format!(
+        "{{\"template\": \"linux\", \"count\": 1, \"requester\": \"{}\"}}",
+        "x".repeat(berth_daemon::limits::BODY_BYTES_MAX)
+    );
+    let (status, _) = call_raw(&d.url, &d.token, "POST", "/v1/requests", &huge);
+    assert_eq!(status, 413);
+    assert_eq!(d.ok("GET", "/v1/requests", None)["requests"], json!([]));
+}
