@@ -30,8 +30,12 @@ pub struct Status {
     pub journal_batches: u64,
     /// VMs found on hosts that berth keeps rather than destroys (`GET /v1/orphans`).
     pub orphans_kept: u64,
-    /// The scheduler's clock (ms since the epoch).
+    /// The scheduler's clock (ms since the epoch): the time of the last thing that happened,
+    /// so it stands still while the daemon is idle.
     pub now_ms: u64,
+    /// The daemon's wall clock when it answered (ms since the epoch): what durations shown to
+    /// people (waited, held for) count up to.
+    pub server_ms: u64,
     /// Whether changes are taken; `false` while the disk is full.
     pub writable: bool,
     /// Why changes are refused, when they are.

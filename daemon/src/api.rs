@@ -448,6 +448,9 @@ async fn status(Reader(_): Reader, State(state): State<AppState>) -> ApiResult {
         journal_batches: live.journal_batches,
         orphans_kept: live.orphans_kept,
         now_ms: live.now_ms,
+        server_ms: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64),
         writable: degraded.is_none(),
         degraded,
     };

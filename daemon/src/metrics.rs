@@ -80,6 +80,9 @@ pub struct Metrics {
     writable: Gauge,
     breakpoint_age_max: GaugeF,
     breakpoint_age_sum: GaugeF,
+    queue_oldest_wait: GaugeF,
+    queue_wait_p50: GaugeF,
+    queue_wait_p90: GaugeF,
     pub(crate) hook_runs: Family<Labels, Counter>,
     pub(crate) hook_failures: Family<Labels, Counter>,
     pub(crate) hooks_dropped: Counter,
@@ -119,6 +122,9 @@ impl Metrics {
             writable: Gauge::default(),
             breakpoint_age_max: GaugeF::default(),
             breakpoint_age_sum: GaugeF::default(),
+            queue_oldest_wait: GaugeF::default(),
+            queue_wait_p50: GaugeF::default(),
+            queue_wait_p90: GaugeF::default(),
             hook_runs: Family::default(),
             hook_failures: Family::default(),
             hooks_dropped: Counter::default(),
@@ -207,6 +213,22 @@ impl Metrics {
             "berth_breakpoint_age_max_seconds",
             "How long the oldest breakpoint has been held",
             m.breakpoint_age_max.clone(),
+        );
+        r.register(
+            "berth_queue_oldest_wait_seconds",
+            "How long the request waiting longest has waited so far (0 with an empty queue): \
+             a stuck queue shows here before any request is placed",
+            m.queue_oldest_wait.clone(),
+        );
+        r.register(
+            "berth_queue_wait_p50_seconds",
+            "The median wait so far of the requests still waiting",
+            m.queue_wait_p50.clone(),
+        );
+        r.register(
+            "berth_queue_wait_p90_seconds",
+            "The 90th percentile of the waits so far of the requests still waiting",
+            m.queue_wait_p90.clone(),
         );
         r.register(
             "berth_breakpoint_age_sum_seconds",
@@ -323,6 +345,29 @@ impl Metrics {
         }
     }
 
+    /// The waits so far of the requests still waiting: the oldest, and quantiles.
+    fn sample_queue_waits(&self, s: &Scheduler, now_ms: u64) {
+        let mut waits: Vec<u64> = s
+            .queue()
+            .into_iter()
+            .filter_map(|id| s.request(id))
+            .map(|r| now_ms.saturating_sub(r.submitted_ms))
+            .collect();
+        waits.sort_unstable();
+        let quantile = |q: f64| -> f64 {
+            match waits.len() {
+                0 => 0.0,
+                n => {
+                    let i = ((q * n as f64).ceil() as usize).clamp(1, n) - 1;
+                    waits[i] as f64 / 1000.0
+                }
+            }
+        };
+        self.queue_oldest_wait.set(quantile(1.0));
+        self.queue_wait_p50.set(quantile(0.5));
+        self.queue_wait_p90.set(quantile(0.9));
+    }
+
     /// Sets the gauges from the scheduler's state (called by the control loop at a scrape).
     pub(crate) fn sample(&self, s: &Scheduler, now_ms: u64) {
         let mut by_state: BTreeMap<&str, i64> = BTreeMap::new();
@@ -368,6 +413,7 @@ impl Metrics {
         self.breakpoints.set(held);
         self.breakpoint_age_max.set(age_max);
         self.breakpoint_age_sum.set(age_sum);
+        self.sample_queue_waits(s, now_ms);
 
         let mut hosts: BTreeMap<&str, i64> = [
             HostState::Unknown,

@@ -232,6 +232,14 @@ impl App {
         }
     }
 
+    /// How far the daemon's clock is ahead of this machine's (negative: behind), when they
+    /// differ by more than a second; durations count on the daemon's clock.
+    pub fn clock_skew_ms(&self) -> Option<i64> {
+        let at = self.data_at_ms?;
+        let skew = self.snap.now_ms as i64 - at as i64;
+        (skew.abs() > 1000).then_some(skew)
+    }
+
     /// How long the data has been stale, if it is.
     pub fn stale_ms(&self) -> Option<u64> {
         let age = self.now_ms.saturating_sub(self.data_at_ms?);

@@ -235,7 +235,8 @@ impl Source for HttpSource {
             .map(breakpoint)
             .collect();
         Ok(Snapshot {
-            now_ms: status.now_ms,
+            // The daemon's wall clock, not its scheduler's (which stands still while idle).
+            now_ms: status.server_ms,
             hosts,
             queue,
             vms,

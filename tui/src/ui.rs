@@ -244,7 +244,10 @@ fn draw_header(f: &mut Frame, app: &App, theme: Theme, area: Rect) {
     }
     spans.push(Span::raw(" · "));
     spans.push(Span::raw(app.opts.source_label.clone()));
-    let clock_text = format!(" {} UTC", clock(app.now_ms));
+    let mut clock_text = format!(" {} UTC", clock(app.now_ms));
+    if let Some(skew) = app.clock_skew_ms() {
+        clock_text = format!(" daemon {:+}s ·{clock_text}", skew / 1000);
+    }
     let [left, right] = Layout::horizontal([
         Constraint::Fill(1),
         Constraint::Length(clock_text.chars().count() as u16),

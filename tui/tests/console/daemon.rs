@@ -228,3 +228,57 @@ fn an_absent_daemon_is_transient() {
     let err = src.snapshot().unwrap_err();
     assert!(err.is_transient(), "{err}");
 }
+
+/// On an idle daemon the scheduler's clock stands still; what the console shows waited keeps
+/// counting on the daemon's wall clock, and so does the oldest-wait metric.
+#[test]
+fn waits_keep_counting_while_the_daemon_is_idle() {
+    let d = start();
+    let mut src = HttpSource::new(&d.url, Some(d.token.clone()));
+    // More than the fleet holds at once: the rest waits, and nothing else happens.
+    let body = serde_json::json!({"template": "linux", "count": 1000, "cpus": 16});
+    ureq::post(&format!("{}/v1/requests", d.url))
+        .set("Authorization", &format!("Bearer {}", d.token))
+        .send_json(body)
+        .unwrap();
+    let first = wait("a waiting request", || {
+        let s = src.snapshot().unwrap();
+        (!s.queue.is_empty()).then_some(s)
+    });
+    let submitted_ms = first.queue[0].submitted_ms;
+    let idle = Duration::from_millis(2500);
+    std::thread::sleep(idle);
+    let snap = src.snapshot().unwrap();
+    let waited_ms = snap.now_ms - snap.queue[0].submitted_ms;
+    assert!(
+        waited_ms >= 2500,
+        "waited {waited_ms} ms after {idle:?} idle"
+    );
+    assert_eq!(snap.queue[0].submitted_ms, submitted_ms);
+    // The console shows it, in the queue's WAITED column.
+    let mut app = berth_tui::App::new(berth_tui::Options::default(), snap.now_ms, 120, 40);
+    app.update(Event::Data(Box::new(snap.clone())));
+    keys(&mut app, "3");
+    let screen = render(&app);
+    assert!(screen.contains("WAITED"), "{screen}");
+    let secs = waited_ms / 1000;
+    assert!(
+        screen.contains(&format!("{secs}s")),
+        "{secs}s not on\n{screen}"
+    );
+    // The metric sees the stuck queue before any request of it is placed.
+    let text = ureq::get(&format!("{}/metrics", d.url))
+        .set("Authorization", &format!("Bearer {}", d.token))
+        .call()
+        .unwrap()
+        .into_string()
+        .unwrap();
+    let oldest: f64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("berth_queue_oldest_wait_seconds "))
+        .expect("the oldest wait is exported")
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(oldest >= 2.5, "berth_queue_oldest_wait_seconds {oldest}");
+}
