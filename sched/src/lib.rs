@@ -44,4 +44,4 @@ pub use model::{
 pub use output::{Action, Cause, Event, VmSpec};
 pub use placement::Reason;
 pub use scheduler::{REQUEST_VMS_MAX, Scheduler};
-pub use views::{Blocker, HostView, RequestView, VmView, Why};
+pub use views::{Blocker, HostView, RequestView, VmView, Why, human_duration};

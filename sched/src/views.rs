@@ -90,44 +90,70 @@ pub struct Why {
     /// Hosts that could take one of its VMs now.
     pub hosts_fit: u32,
     pub hosts_total: u32,
+    /// The scheduler's clock when it was asked, for the times the summary gives.
+    pub now_ms: u64,
 }
 
+/// A duration for people: `45s`, `3m12s`, `2h05m`, `3d04h`.
+pub fn human_duration(ms: u64) -> String {
+    let s = ms / 1000;
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m{:02}s", s / 60, s % 60),
+        3600..86_400 => format!("{}h{:02}m", s / 3600, s % 3600 / 60),
+        _ => format!("{}d{:02}h", s / 86_400, s % 86_400 / 3600),
+    }
+}
+
+/// When something is expected, for people: `in 3m12s (14:05:09 UTC)`; the clock time is the
+/// time of day of `at_ms` as milliseconds since the Unix epoch.
+fn expected_at(at_ms: u64, now_ms: u64) -> String {
+    let t = at_ms / 1000 % 86_400;
+    let clock = format!("{:02}:{:02}:{:02} UTC", t / 3600, t % 3600 / 60, t % 60);
+    if at_ms <= now_ms {
+        format!("now ({clock})")
+    } else {
+        format!("in {} ({clock})", human_duration(at_ms - now_ms))
+    }
+}
+
+/// The reason leads, so that a narrow column still shows it: why, then how many hosts fit
+/// and what the others lack, then what waits.
 impl fmt::Display for Why {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} of {} wait", self.n_waiting_vms, self.need)?;
         match self.blocker {
-            Blocker::NotYetConsidered => write!(f, " (not yet considered)")?,
-            Blocker::NoFit => {}
+            Blocker::NotYetConsidered => write!(f, "not yet considered")?,
+            Blocker::NoFit => write!(f, "no room")?,
             Blocker::GangShort { fit, need } => {
-                write!(f, "; a gang of {need}: only {fit} fit at once now")?
+                write!(f, "a gang of {need}: only {fit} fit at once")?
             }
-            Blocker::BehindHead(head) => write!(f, "; behind {head} (strict fcfs)")?,
+            Blocker::BehindHead(head) => write!(f, "behind {head} (strict fcfs)")?,
             // The reservation found no time at which ready hosts would have room.
             Blocker::Reserved { head, start_ms }
                 if head == self.request && start_ms == u64::MAX =>
             {
                 write!(
                     f,
-                    "; first in line, but ready hosts lack room even once every running vm ends"
+                    "first in line, but no room even once every running vm ends"
                 )?
             }
-            Blocker::Reserved { head, start_ms } if head == self.request => {
-                write!(f, "; first in line, expected to start at {start_ms} ms")?
-            }
+            Blocker::Reserved { head, start_ms } if head == self.request => write!(
+                f,
+                "first in line, to start {}",
+                expected_at(start_ms, self.now_ms)
+            )?,
             Blocker::Reserved { head, start_ms } => write!(
                 f,
-                "; starting now would delay {head}, expected to start at {start_ms} ms"
+                "would delay {head}, due to start {}",
+                expected_at(start_ms, self.now_ms)
             )?,
         }
-        write!(
-            f,
-            ": {} of {} hosts fit now",
-            self.hosts_fit, self.hosts_total
-        )?;
-        for (reason, n) in &self.reasons {
-            write!(f, ", {n} {}", reason.describe())?;
+        write!(f, " · {}/{} hosts fit", self.hosts_fit, self.hosts_total)?;
+        for (i, (reason, n)) in self.reasons.iter().enumerate() {
+            let sep = if i == 0 { ": " } else { ", " };
+            write!(f, "{sep}{n} {}", reason.describe())?;
         }
-        Ok(())
+        write!(f, " · {} of {} wait", self.n_waiting_vms, self.need)
     }
 }
 
@@ -305,6 +331,7 @@ impl Scheduler {
             reasons,
             hosts_fit,
             hosts_total,
+            now_ms: self.now_ms,
         })
     }
 }

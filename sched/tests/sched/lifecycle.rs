@@ -360,7 +360,7 @@ fn the_pass_runs_at_the_next_poll_over_everything_fed_since() {
     );
     assert_eq!(
         w.s.why(RequestId(1)).unwrap().to_string(),
-        "1 of 1 × 2 vcpus, 4096 MiB of `linux` wait (not yet considered): 1 of 1 hosts fit now"
+        "not yet considered · 1/1 hosts fit · 1 of 1 × 2 vcpus, 4096 MiB of `linux` wait"
     );
     let out = w.poll();
     assert_eq!(

@@ -188,7 +188,7 @@ fn templates_run_only_on_their_drivers() {
             vm2 r1 -> kvm1
             vm3 r2 -> prl1
             vm4 r3 -> kvm1
-            r3 waits: 2 of 3 × 4 vcpus, 4096 MiB of `linux` wait; first in line, expected to start at 3600000 ms: 0 of 2 hosts fit now, 1 wrong driver, 1 lack vcpus
+            r3 waits: first in line, to start in 1h00m (01:00:00 UTC) · 0/2 hosts fit: 1 wrong driver, 1 lack vcpus · 2 of 3 × 4 vcpus, 4096 MiB of `linux` wait
         "#]],
     );
 }
@@ -226,7 +226,7 @@ fn cpu_overcommit_stretches_vcpus() {
             vm4 r1 -> h1
             vm5 r1 -> h1
             vm6 r1 -> h1
-            r2 waits: 2 of 2 × 2 vcpus, 1024 MiB of `linux` wait: 0 of 2 hosts fit now, 2 lack vcpus
+            r2 waits: no room · 0/2 hosts fit: 2 lack vcpus · 2 of 2 × 2 vcpus, 1024 MiB of `linux` wait
         "#]],
     );
 }
@@ -244,7 +244,7 @@ fn memory_overcommit_stretches_memory() {
             vm1 r1 -> h1
             vm2 r1 -> h1
             vm3 r1 -> h1
-            r1 waits: 1 of 4 × 1 vcpus, 8192 MiB of `linux` wait: 0 of 1 hosts fit now, 1 lack memory
+            r1 waits: no room · 0/1 hosts fit: 1 lack memory · 1 of 4 × 1 vcpus, 8192 MiB of `linux` wait
         "#]],
     );
 }
@@ -290,7 +290,7 @@ fn two_macos_guests_per_mac() {
             vm4 r1 -> mac2
             vm6 r2 -> mac1
             vm7 r2 -> mac1
-            r1 waits: 1 of 5 × 4 vcpus, 8192 MiB of `macos` wait: 0 of 3 hosts fit now, 3 no free slot
+            r1 waits: no room · 0/3 hosts fit: 3 no free slot · 1 of 5 × 4 vcpus, 8192 MiB of `macos` wait
         "#]],
     );
 }
@@ -378,7 +378,7 @@ fn a_gang_larger_than_the_fleet_is_rejected_with_the_room_it_has() {
             vm2 r2 -> h1
             vm3 r2 -> h2
             vm4 r2 -> h2
-            r2 waits: 1 of 5 × 4 vcpus, 4096 MiB of `linux` wait; first in line, expected to start at 3600000 ms: 0 of 2 hosts fit now, 2 lack vcpus
+            r2 waits: first in line, to start in 1h00m (01:00:00 UTC) · 0/2 hosts fit: 2 lack vcpus · 1 of 5 × 4 vcpus, 4096 MiB of `linux` wait
         "#]],
     );
 }
@@ -403,8 +403,8 @@ fn higher_priority_goes_first() {
             > finish r1
             vm3 r3 -> h1
             r1 done
-            r2 waits: 1 of 1 × 4 vcpus, 4096 MiB of `linux` wait: 0 of 1 hosts fit now, 1 lack vcpus
-            r4 waits: 1 of 1 × 4 vcpus, 4096 MiB of `linux` wait: 0 of 1 hosts fit now, 1 lack vcpus
+            r2 waits: no room · 0/1 hosts fit: 1 lack vcpus · 1 of 1 × 4 vcpus, 4096 MiB of `linux` wait
+            r4 waits: no room · 0/1 hosts fit: 1 lack vcpus · 1 of 1 × 4 vcpus, 4096 MiB of `linux` wait
         "#]],
     );
 }
@@ -430,7 +430,7 @@ fn aging_lets_an_old_request_pass_a_newer_higher_priority_one() {
             > finish r1
             vm2 r2 -> h1
             r1 done
-            r3 waits: 1 of 1 × 4 vcpus, 4096 MiB of `linux` wait: 0 of 1 hosts fit now, 1 lack vcpus
+            r3 waits: no room · 0/1 hosts fit: 1 lack vcpus · 1 of 1 × 4 vcpus, 4096 MiB of `linux` wait
         "#]],
     );
 }
@@ -474,8 +474,8 @@ fn easy_backfills_a_short_job_but_not_one_that_delays_the_head() {
         expect![[r#"
             vm1 r1 -> h1
             vm3 r3 -> h1
-            r2 waits: 1 of 1 × 8 vcpus, 4096 MiB of `linux` wait; first in line, expected to start at 100000 ms: 0 of 1 hosts fit now, 1 lack vcpus
-            r4 waits: 1 of 1 × 2 vcpus, 4096 MiB of `linux` wait; starting now would delay r2, expected to start at 100000 ms: 1 of 1 hosts fit now
+            r2 waits: first in line, to start in 1m40s (00:01:40 UTC) · 0/1 hosts fit: 1 lack vcpus · 1 of 1 × 8 vcpus, 4096 MiB of `linux` wait
+            r4 waits: would delay r2, due to start in 1m40s (00:01:40 UTC) · 1/1 hosts fit · 1 of 1 × 2 vcpus, 4096 MiB of `linux` wait
         "#]],
     );
 }
@@ -495,7 +495,7 @@ fn easy_backfills_a_long_job_on_capacity_the_head_does_not_need() {
         expect![[r#"
             vm1 r1 -> h1
             vm3 r3 -> h2
-            r2 waits: 1 of 1 × 8 vcpus, 4096 MiB of `linux` wait; first in line, expected to start at 100000 ms: 0 of 2 hosts fit now, 2 lack vcpus
+            r2 waits: first in line, to start in 1m40s (00:01:40 UTC) · 0/2 hosts fit: 2 lack vcpus · 1 of 1 × 8 vcpus, 4096 MiB of `linux` wait
         "#]],
     );
 }
@@ -516,7 +516,7 @@ fn greedy_places_whatever_fits() {
             vm1 r1 -> h1
             vm3 r3 -> h1
             vm4 r4 -> h1
-            r2 waits: 1 of 1 × 8 vcpus, 4096 MiB of `linux` wait: 0 of 1 hosts fit now, 1 lack vcpus
+            r2 waits: no room · 0/1 hosts fit: 1 lack vcpus · 1 of 1 × 8 vcpus, 4096 MiB of `linux` wait
         "#]],
     );
 }
@@ -545,7 +545,7 @@ fn why_counts_hosts_by_the_first_filter_they_fail() {
             vm3 r2 -> h5
             vm4 r2 -> h5
             r3 rejected: no host could ever fit it: 1 × 4 vcpus, 16384 MiB of `linux`, labels pool=ci: 1 host has the wrong driver, 4 hosts lack the labels
-            r2 waits: 1 of 3 × 4 vcpus, 16384 MiB of `linux` wait: 0 of 5 hosts fit now, 2 lack vcpus, 1 draining, 1 wrong driver, 1 lack memory
+            r2 waits: no room · 0/5 hosts fit: 2 lack vcpus, 1 draining, 1 wrong driver, 1 lack memory · 1 of 3 × 4 vcpus, 16384 MiB of `linux` wait
         "#]],
     );
 }
@@ -591,7 +591,7 @@ fn draining_the_only_fitting_host_leaves_requests_waiting_not_rejected() {
             > drain h1
             h1 ready -> draining: drained by operator
             > why
-            r2 waits: 1 of 1 × 4 vcpus, 4096 MiB of `linux` wait; first in line, but ready hosts lack room even once every running vm ends: 0 of 2 hosts fit now, 1 draining, 1 lack vcpus
+            r2 waits: first in line, but no room even once every running vm ends · 0/2 hosts fit: 1 draining, 1 lack vcpus · 1 of 1 × 4 vcpus, 4096 MiB of `linux` wait
             > start r1
             > finish r1
             h1 draining -> maintenance: last vm ended while draining
@@ -622,8 +622,8 @@ fn fcfs_serves_the_next_head_when_the_head_is_cancelled() {
             big ready -> draining: drained by operator
             big draining -> maintenance: last vm ended while draining
             > why
-            r1 waits: 1 of 1 × 16 vcpus, 4096 MiB of `linux` wait: 0 of 2 hosts fit now, 1 in maintenance, 1 lack vcpus
-            r2 waits: 1 of 1 × 2 vcpus, 4096 MiB of `linux` wait; behind r1 (strict fcfs): 1 of 2 hosts fit now, 1 in maintenance
+            r1 waits: no room · 0/2 hosts fit: 1 in maintenance, 1 lack vcpus · 1 of 1 × 16 vcpus, 4096 MiB of `linux` wait
+            r2 waits: behind r1 (strict fcfs) · 1/2 hosts fit: 1 in maintenance · 1 of 1 × 2 vcpus, 4096 MiB of `linux` wait
             > cancel r1
             vm2 r2 -> h1
             r1 cancelled: cancelled
@@ -664,11 +664,11 @@ fn fcfs_serves_a_request_that_aging_moved_to_the_head() {
             > finish r1
             r1 done
             > why
-            r3 waits: 1 of 1 × 16 vcpus, 4096 MiB of `linux` wait: 0 of 2 hosts fit now, 1 in maintenance, 1 lack vcpus
-            r2 waits: 1 of 1 × 2 vcpus, 4096 MiB of `linux` wait; behind r3 (strict fcfs): 1 of 2 hosts fit now, 1 in maintenance
+            r3 waits: no room · 0/2 hosts fit: 1 in maintenance, 1 lack vcpus · 1 of 1 × 16 vcpus, 4096 MiB of `linux` wait
+            r2 waits: behind r3 (strict fcfs) · 1/2 hosts fit: 1 in maintenance · 1 of 1 × 2 vcpus, 4096 MiB of `linux` wait
             > at 1800000 ms
             vm2 r2 -> h1
-            r3 waits: 1 of 1 × 16 vcpus, 4096 MiB of `linux` wait: 0 of 2 hosts fit now, 1 in maintenance, 1 lack vcpus
+            r3 waits: no room · 0/2 hosts fit: 1 in maintenance, 1 lack vcpus · 1 of 1 × 16 vcpus, 4096 MiB of `linux` wait
         "#]],
     );
 }
@@ -685,7 +685,7 @@ fn easy_counts_provisioning_and_boot_in_the_expected_start() {
         ",
         expect![[r#"
             vm1 r1 -> h1
-            r2 waits: 1 of 1 × 4 vcpus, 4096 MiB of `linux` wait; first in line, expected to start at 190000 ms: 0 of 1 hosts fit now, 1 lack vcpus
+            r2 waits: first in line, to start in 3m10s (00:03:10 UTC) · 0/1 hosts fit: 1 lack vcpus · 1 of 1 × 4 vcpus, 4096 MiB of `linux` wait
         "#]],
     );
 }
