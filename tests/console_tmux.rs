@@ -1,6 +1,6 @@
 //! End to end: the real `berth console` in tmux against a real `berth serve`, draining a host
-//! with keys and checking through the API that it drains. Gated on a probe (tmux present, the
-//! binary has `serve` and `console`); a skipped run says why.
+//! with keys and checking through the API that it drains. Without tmux it skips, saying why
+//! (or fails under `BERTH_LIVE_TESTS=require`).
 
 // Test helpers outside `#[test]` functions panic on purpose.
 #![allow(clippy::unwrap_used)]
@@ -11,21 +11,6 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 const BERTH: &str = env!("CARGO_BIN_EXE_berth");
-
-/// Why the test cannot run here, if it cannot.
-fn probe() -> Option<String> {
-    let tmux = Command::new("tmux").arg("-V").output();
-    if !tmux.is_ok_and(|o| o.status.success()) {
-        return Some("tmux is not installed".into());
-    }
-    for sub in ["serve", "console"] {
-        let out = Command::new(BERTH).args([sub, "--help"]).output();
-        if !out.is_ok_and(|o| o.status.success()) {
-            return Some(format!("this berth has no `{sub}` command yet"));
-        }
-    }
-    None
-}
 
 /// Kills what it holds when the test ends, pass or fail.
 struct Cleanup {
@@ -116,9 +101,12 @@ fn start_daemon(dir: &Path) -> (Child, String) {
 
 #[test]
 fn console_drains_a_host_with_keys() {
-    if let Some(why) = probe() {
-        eprintln!("skipping the console end-to-end test: {why}");
-        return;
+    if !Command::new("tmux")
+        .arg("-V")
+        .output()
+        .is_ok_and(|o| o.status.success())
+    {
+        return berth_testkit::skip_or_fail("tmux is not installed");
     }
     let dir = std::env::temp_dir().join(format!("berth-console-e2e-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);

@@ -11,7 +11,7 @@
 //!
 //! A second test adds a remote libvirt host to a running daemon with `berth host add --driver
 //! libvirt --uri qemu+ssh://...`: the same libvirtd, reached through a real sshd on loopback
-//! (the drivers' `sshd_fixture`) with its host key checked, runs a guest to its marker.
+//! (`berth_testkit::sshd`) with its host key checked, runs a guest to its marker.
 //!
 //! Reads `BERTH_LIBVIRT_URI` (default `qemu:///system`), `BERTH_GUEST_IMAGE` (default
 //! `target/guest/tiny.qcow2` in the workspace) and `BERTH_LIVE_TESTS=require` (fail instead of
@@ -28,50 +28,14 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use berth_testkit::LiveLibvirt;
+use berth_testkit::sshd::{Fixture, LibvirtSsh};
 use serde_json::{Value, json};
 
 const MARKER: &str = "BERTH-GUEST-UP";
 const PNG_SIGNATURE: &[u8] = b"\x89PNG\r\n\x1a\n";
 /// Two guests booting at once under TCG on two shared cores take about half a minute.
 const BOOT_WAIT: Duration = Duration::from_secs(300);
-
-fn skip(why: &str) {
-    if std::env::var("BERTH_LIVE_TESTS").as_deref() == Ok("require") {
-        panic!("BERTH_LIVE_TESTS=require, but {why}");
-    }
-    println!("skipping: {why}");
-    eprintln!("skipping: {why}");
-}
-
-/// The libvirt URI and the guest image, or why the test cannot run here.
-fn live() -> Result<(String, PathBuf), String> {
-    let uri = std::env::var("BERTH_LIBVIRT_URI").unwrap_or_else(|_| "qemu:///system".into());
-    let image = std::env::var_os("BERTH_GUEST_IMAGE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target/guest/tiny.qcow2"));
-    if !image.is_file() {
-        return Err(format!(
-            "no guest image at {} (ci/build-guest.sh target/guest builds it; BERTH_GUEST_IMAGE \
-             points elsewhere)",
-            image.display()
-        ));
-    }
-    match Command::new("virsh")
-        .args(["-c", &uri, "version"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .output()
-    {
-        Err(e) => Err(format!(
-            "cannot run virsh: {e} (ci/libvirt-setup.sh installs it)"
-        )),
-        Ok(out) if !out.status.success() => Err(format!(
-            "libvirtd does not answer at {uri}: {} (ci/libvirt-setup.sh starts it)",
-            String::from_utf8_lossy(&out.stderr).trim()
-        )),
-        Ok(_) => Ok((uri, image)),
-    }
-}
 
 /// Holds the machine-wide lock of these tests: a daemon destroys the `berth-vm*` domains it
 /// has no record of, and every daemon numbers its VMs from 1, so two may not share a libvirtd.
@@ -313,9 +277,8 @@ impl Drop for Serve {
 
 #[test]
 fn berth_serve_boots_real_guests_holds_a_failed_one_and_cleans_up() {
-    let (uri, image) = match live() {
-        Ok(l) => l,
-        Err(why) => return skip(&why),
+    let Some(LiveLibvirt { uri, image }) = berth_testkit::live_libvirt() else {
+        return;
     };
     let _lock = libvirtd_to_ourselves();
     let started = Instant::now();
@@ -471,25 +434,21 @@ fn berth_serve_boots_real_guests_holds_a_failed_one_and_cleans_up() {
     eprintln!("whole run {:?}", started.elapsed());
 }
 
-#[path = "../drivers/tests/sshd_fixture/mod.rs"]
-mod sshd_fixture;
-
 /// A remote libvirt host, as operators add one: `berth host add --driver libvirt --uri
 /// qemu+ssh://...` on a running daemon. The "remote" libvirtd is this machine's, reached through
 /// a real sshd on loopback with its host key checked, so everything the driver does (probe,
 /// overlay, definition, serial log, destroy) crosses SSH.
 #[test]
 fn berth_host_add_runs_a_guest_on_a_libvirt_host_over_ssh() {
-    let (uri, image) = match live() {
-        Ok(l) => l,
-        Err(why) => return skip(&why),
+    let Some(LiveLibvirt { uri, image }) = berth_testkit::live_libvirt() else {
+        return;
     };
-    let Some(fx) = sshd_fixture::Fixture::start() else {
+    let Some(fx) = Fixture::start() else {
         return;
     };
     let _lock = libvirtd_to_ourselves();
     let known_hosts = fx.known_hosts_with("known_hosts", &fx.host_key());
-    let ssh_uri = fx.libvirt_uri(sshd_fixture::LibvirtSsh::Ssh, &known_hosts);
+    let ssh_uri = fx.libvirt_uri(LibvirtSsh::Ssh, &known_hosts);
     let serve = Serve::start_with(&uri, &image, |_| "hosts = []\n".to_owned());
 
     let berth = |args: &[&str]| {

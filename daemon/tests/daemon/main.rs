@@ -1,7 +1,7 @@
 //! The daemon end to end: a real daemon on loopback with a real SQLite file in a temporary
 //! directory, driven over HTTP. The crash test runs `berth serve` as a child process and kills
 //! it with SIGKILL in the middle of a burst. `parallels` drives Mac hosts through a real `sshd`
-//! with the drivers crate's `prlctl` stand-in.
+//! with the `prlctl` stand-in (`berth_testkit::sshd`).
 
 // Helpers outside `#[test]` functions panic on failure by design: they are the test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -22,8 +22,6 @@ mod limits;
 mod observe;
 mod orphans;
 mod parallels;
-#[path = "../../../drivers/tests/sshd_fixture/mod.rs"]
-mod sshd_fixture;
 
 const CONFIG: &str = r#"
 [sim]

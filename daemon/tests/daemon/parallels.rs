@@ -1,6 +1,6 @@
-//! Parallels hosts through the daemon: a real `sshd` started by the test (the drivers crate's
-//! `sshd_fixture`) whose logins find the `prlctl`/`prlsrvctl` stand-in, added as `parallels`
-//! hosts of a daemon and driven over its HTTP API.
+//! Parallels hosts through the daemon: a real `sshd` started by the test
+//! (`berth_testkit::sshd`) whose logins find the `prlctl`/`prlsrvctl` stand-in, added as
+//! `parallels` hosts of a daemon and driven over its HTTP API.
 //!
 //! Each test skips, saying why, when sshd, ssh-keygen or python3 is missing, and the cut-link
 //! test also without root or `ip` (network namespaces); with `BERTH_LIVE_TESTS=require` they
@@ -11,10 +11,10 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use berth_testkit::sshd::{Fixture, TEMPLATE, keygen};
 use serde_json::{Value, json};
 
 use crate::TestDaemon;
-use crate::sshd_fixture::{Fixture, NetNs, TEMPLATE, find_program, is_root, keygen, skip};
 
 /// Probes every 200 ms; a probe may take 8 s (it runs three commands, each bounded by the
 /// host's `command_timeout_ms`); three failures in a row put a host in error.
@@ -52,7 +52,7 @@ fn config(hosts: &[(&str, BTreeMap<String, String>)]) -> String {
 /// The driver options that reach the fixture's sshd, with timeouts short enough that a cut
 /// link shows within seconds.
 fn options(fx: &Fixture) -> BTreeMap<String, String> {
-    let mut o = fx.config().to_options();
+    let mut o = fx.options();
     o.insert("connect_timeout_ms".into(), "2000".into());
     o.insert("command_timeout_ms".into(), COMMAND_TIMEOUT_MS.to_string());
     o.insert("boot_timeout_ms".into(), "20000".into());
@@ -315,22 +315,7 @@ fn a_parallels_host_whose_key_changed_is_refused_naming_the_host() {
 
 #[test]
 fn a_parallels_host_with_a_cut_link_goes_to_error_and_its_vms_are_retried_elsewhere() {
-    if find_program("ip").is_none() {
-        skip::<()>("ip (iproute2) is not installed");
-        return;
-    }
-    if !is_root() {
-        skip::<()>("network namespaces need root");
-        return;
-    }
-    let ns = match NetNs::create() {
-        Ok(ns) => ns,
-        Err(why) => {
-            skip::<()>(&format!("cannot make a network namespace: {why}"));
-            return;
-        }
-    };
-    let Some(fx) = Fixture::start_in(Some(ns)) else {
+    let Some(fx) = Fixture::start_in_netns() else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
