@@ -25,7 +25,7 @@
 use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use berth_testkit::LiveLibvirt;
@@ -67,12 +67,13 @@ fn domstate(uri: &str, name: &str) -> Option<String> {
 /// A `berth serve` process with its directories; dropping it stops the daemon and removes
 /// whatever a failed test left on the host.
 struct Serve {
-    child: Child,
+    daemon: berth_testkit::Serve,
     uri: String,
     url: String,
     token: String,
-    data: tempfile::TempDir,
     images: tempfile::TempDir,
+    /// Holds the daemon's directory; declared last, so it goes after the daemon stopped.
+    _data: tempfile::TempDir,
 }
 
 impl Serve {
@@ -131,58 +132,23 @@ domain_type = "qemu"
 "#,
             hosts = hosts(images.path())
         );
-        let config_path = data.path().join("config.toml");
-        std::fs::write(&config_path, config).unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = Command::new(env!("CARGO_BIN_EXE_berth"))
-            .arg("serve")
-            .arg("--config")
-            .arg(&config_path)
-            .arg("--data-dir")
-            .arg(data.path().join("data"))
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(data.path().join("serve.log")).unwrap())
-            .spawn()
-            .unwrap();
-        let url = format!("http://127.0.0.1:{port}");
-        let mut serve = Serve {
-            child,
+        let daemon = berth_testkit::Serve::start(
+            Path::new(env!("CARGO_BIN_EXE_berth")),
+            data.path(),
+            &config,
+        );
+        Serve {
             uri: uri.to_owned(),
-            url,
-            token: String::new(),
-            data,
+            url: daemon.url.clone(),
+            token: daemon.token.clone(),
+            daemon,
             images,
-        };
-        serve.wait_healthy();
-        serve.token = std::fs::read_to_string(serve.data.path().join("data/token"))
-            .unwrap()
-            .trim()
-            .to_owned();
-        serve
+            _data: data,
+        }
     }
 
     fn log(&self) -> String {
-        std::fs::read_to_string(self.data.path().join("serve.log")).unwrap_or_default()
-    }
-
-    fn wait_healthy(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while Instant::now() < deadline {
-            if ureq::get(&format!("{}/healthz", self.url)).call().is_ok() {
-                return;
-            }
-            if let Some(status) = self.child.try_wait().unwrap() {
-                panic!("berth serve exited with {status}: {}", self.log());
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        panic!("berth serve never became healthy: {}", self.log());
+        self.daemon.log()
     }
 
     fn request(&self, method: &str, path: &str, body: Option<Value>) -> ureq::Response {
@@ -238,18 +204,7 @@ domain_type = "qemu"
 
     /// Stops the daemon as an operator would (SIGTERM) and waits for it.
     fn stop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            if self.child.try_wait().ok().flatten().is_some() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.daemon.terminate();
     }
 }
 

@@ -1,6 +1,6 @@
 //! What berth's tests share: the rule for tests that need something of the machine, the
-//! published traces, libvirtd with the tiny guest, and a real `sshd` with stand-ins for
-//! Parallels' tools ([`sshd`]).
+//! published traces, a real `sshd` with stand-ins for Parallels' tools ([`sshd`]), a `berth
+//! serve` process ([`serve`]) and a client for the daemon's API and event stream ([`api`]).
 //!
 //! The rule for live tests: a test whose setup is missing here (no `sshd`, no libvirtd, no
 //! published trace) calls [`skip_or_fail`], which says so on stderr as `SKIP <test>: <why>` and
@@ -12,12 +12,18 @@
 // Test support: a failed setup step should fail the test where it happened.
 #![allow(clippy::unwrap_used)]
 
+pub mod api;
+pub mod serve;
 pub mod sshd;
 
 use std::fmt::Display;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub use api::{Api, EventStream};
+pub use serve::Serve;
 
 /// Whether live tests must run (`BERTH_LIVE_TESTS=require`) rather than skip.
 pub fn live_tests_required() -> bool {
@@ -78,6 +84,25 @@ pub fn find_program(name: &str) -> Option<PathBuf> {
 pub fn free_port(ip: &str) -> u16 {
     let listener = TcpListener::bind((ip, 0)).unwrap();
     listener.local_addr().unwrap().port()
+}
+
+/// Calls `f` until it returns a value, and returns that; fails the test naming `what` after
+/// `limit`. Polls often at first and then less, so that a quick condition is seen at once and a
+/// slow one costs little.
+pub fn wait_for<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + limit;
+    let mut pause = Duration::from_millis(5);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(200));
+    }
 }
 
 /// A libvirtd that runs real guests, and the tiny guest's image: what the live libvirt tests
@@ -147,5 +172,15 @@ mod tests {
             std::thread::current().name(),
             Some("tests::the_test_harness_names_the_thread_after_the_test")
         );
+    }
+
+    #[test]
+    fn wait_for_returns_the_first_value() {
+        let mut n = 0;
+        let v = wait_for("three calls", Duration::from_secs(5), || {
+            n += 1;
+            (n == 3).then_some(n)
+        });
+        assert_eq!(v, 3);
     }
 }

@@ -98,54 +98,35 @@ fn submit(d: &TestDaemon, count: u32) -> u64 {
     r["id"].as_u64().unwrap()
 }
 
-/// Polls for up to `limit`.
+/// Waits up to `limit` for `f` to hold.
 fn wait_within(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
-        if f() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("timed out after {limit:?} waiting for {what}");
+    berth_testkit::wait_for(what, limit, || f().then_some(()));
 }
 
 /// The daemon's event stream, collected in the background.
 struct Events {
-    lines: Arc<Mutex<Vec<String>>>,
+    seen: Arc<Mutex<Vec<Value>>>,
     _reader: JoinHandle<()>,
 }
 
 impl Events {
     fn subscribe(d: &TestDaemon) -> Events {
-        let resp = ureq::get(&format!("{}/v1/events", d.url))
-            .set("Authorization", &format!("Bearer {}", d.token))
-            .call()
-            .unwrap();
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let sink = lines.clone();
+        let stream = d.api().events();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let sink = seen.clone();
         let reader = std::thread::spawn(move || {
-            use std::io::BufRead;
-            let mut r = std::io::BufReader::new(resp.into_reader());
-            let mut line = String::new();
-            while r.read_line(&mut line).unwrap_or(0) > 0 {
-                sink.lock().unwrap().push(std::mem::take(&mut line));
+            for event in stream {
+                sink.lock().unwrap().push(event);
             }
         });
         Events {
-            lines,
+            seen,
             _reader: reader,
         }
     }
 
     fn all(&self) -> Vec<Value> {
-        self.lines
-            .lock()
-            .unwrap()
-            .iter()
-            .filter_map(|l| l.strip_prefix("data:"))
-            .filter_map(|l| serde_json::from_str(l.trim()).ok())
-            .collect()
+        self.seen.lock().unwrap().clone()
     }
 }
 
