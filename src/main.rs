@@ -1,4 +1,13 @@
-//! The `berth` command line: simulate traces, convert and synthesise them.
+//! The `berth` binary, the one command of berth, a fleet scheduler for CI virtual machines:
+//! - `sim run|compare|sweep|plot`: replay traces through the scheduler on simulated hosts, and
+//!   compare, sweep and plot the reports;
+//! - `trace convert|synth|export`: convert published traces, synthesise CI workloads, export
+//!   the daemon's journal as a trace;
+//! - `serve`: the live daemon (control loop, SQLite journal, HTTP API);
+//! - `request`, `vm`, `host`, `hook`, `orphan`, `status`: clients of the daemon's API;
+//! - `console`: the operations console on a running daemon;
+//! - `demo`: an embedded daemon on simulated hosts, fed a synthetic CI workload, with the
+//!   console on it.
 
 mod client_cmd;
 mod compare_cmd;

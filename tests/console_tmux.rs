@@ -1,60 +1,28 @@
 //! End to end: the real `berth console` in tmux against a real `berth serve`, draining a host
-//! with keys and checking through the API that it drains. Gated on a probe (tmux present, the
-//! binary has `serve` and `console`); a skipped run says why.
+//! with keys and checking through the API that it drains. Without tmux it skips, saying why
+//! (or fails under `BERTH_LIVE_TESTS=require`).
 
 // Test helpers outside `#[test]` functions panic on purpose.
 #![allow(clippy::unwrap_used)]
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use berth_testkit::{Api, Serve, skip_or_fail, wait_for};
 
 const BERTH: &str = env!("CARGO_BIN_EXE_berth");
 
-/// Why the test cannot run here, if it cannot.
-fn probe() -> Option<String> {
-    let tmux = Command::new("tmux").arg("-V").output();
-    if !tmux.is_ok_and(|o| o.status.success()) {
-        return Some("tmux is not installed".into());
-    }
-    for sub in ["serve", "console"] {
-        let out = Command::new(BERTH).args([sub, "--help"]).output();
-        if !out.is_ok_and(|o| o.status.success()) {
-            return Some(format!("this berth has no `{sub}` command yet"));
-        }
-    }
-    None
+/// Kills the tmux server the test started when it ends, pass or fail.
+struct Tmux {
+    socket: String,
 }
 
-/// Kills what it holds when the test ends, pass or fail.
-struct Cleanup {
-    daemon: Option<Child>,
-    tmux_socket: String,
-    dir: PathBuf,
-}
-
-impl Drop for Cleanup {
+impl Drop for Tmux {
     fn drop(&mut self) {
         let _ = Command::new("tmux")
-            .args(["-L", &self.tmux_socket, "kill-server"])
+            .args(["-L", &self.socket, "kill-server"])
             .output();
-        if let Some(mut d) = self.daemon.take() {
-            let _ = d.kill();
-            let _ = d.wait();
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let start = Instant::now();
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
     }
 }
 
@@ -75,13 +43,11 @@ fn send(socket: &str, keys: &[&str]) {
     assert!(status.success());
 }
 
-fn host_state(url: &str, token: &str, name: &str) -> Option<String> {
-    let v: serde_json::Value = ureq::get(&format!("{url}/v1/hosts"))
-        .set("Authorization", &format!("Bearer {token}"))
-        .call()
-        .ok()?
-        .into_json()
-        .ok()?;
+fn host_state(api: &Api, name: &str) -> Option<String> {
+    let (status, v) = api.call("GET", "/v1/hosts", None);
+    if status != 200 {
+        return None;
+    }
     v["hosts"]
         .as_array()?
         .iter()
@@ -90,57 +56,27 @@ fn host_state(url: &str, token: &str, name: &str) -> Option<String> {
         .map(str::to_owned)
 }
 
-fn start_daemon(dir: &Path) -> (Child, String) {
-    let mut child = Command::new(BERTH)
-        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(dir)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Some(url) = line.split("listening on ").nth(1) {
-                let _ = tx.send(url.trim().to_owned());
-            }
-        }
-    });
-    let url = rx
-        .recv_timeout(Duration::from_secs(60))
-        .expect("the daemon never said where it listens");
-    (child, url)
-}
-
 #[test]
 fn console_drains_a_host_with_keys() {
-    if let Some(why) = probe() {
-        eprintln!("skipping the console end-to-end test: {why}");
-        return;
+    if !Command::new("tmux")
+        .arg("-V")
+        .output()
+        .is_ok_and(|o| o.status.success())
+    {
+        return skip_or_fail("tmux is not installed");
     }
-    let dir = std::env::temp_dir().join(format!("berth-console-e2e-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    // The embedded fleet of simulated hosts: an empty config.
+    let dir = tempfile::tempdir().unwrap();
+    let serve = Serve::start(Path::new(BERTH), dir.path(), "");
+    let api = serve.api();
+    let (url, token) = (&serve.url, &serve.token);
     let socket = format!("berth-console-e2e-{}", std::process::id());
-    let mut cleanup = Cleanup {
-        daemon: None,
-        tmux_socket: socket.clone(),
-        dir: dir.clone(),
+    let _tmux = Tmux {
+        socket: socket.clone(),
     };
-    let (daemon, url) = start_daemon(&dir);
-    cleanup.daemon = Some(daemon);
-    let token = wait_for("the token file", Duration::from_secs(30), || {
-        std::fs::read_to_string(dir.join("token"))
-            .ok()
-            .map(|t| t.trim().to_owned())
-            .filter(|t| !t.is_empty())
+    wait_for("sim-small-1 ready", Duration::from_secs(30), || {
+        host_state(&api, "sim-small-1").filter(|s| s == "ready")
     });
-    assert_eq!(
-        host_state(&url, &token, "sim-small-1").as_deref(),
-        Some("ready")
-    );
 
     let cmd = format!("NO_COLOR=1 {BERTH} console --url {url} --token {token}");
     let status = Command::new("tmux")
@@ -174,7 +110,7 @@ fn console_drains_a_host_with_keys() {
     assert!(dialog.contains("forecast"), "{dialog}");
     send(&socket, &["y"]);
     wait_for("the host to drain", Duration::from_secs(20), || {
-        host_state(&url, &token, "sim-small-1").filter(|s| s == "draining" || s == "maintenance")
+        host_state(&api, "sim-small-1").filter(|s| s == "draining" || s == "maintenance")
     });
     wait_for("the console to show it", Duration::from_secs(20), || {
         let s = capture(&socket);

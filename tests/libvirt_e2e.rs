@@ -11,7 +11,7 @@
 //!
 //! A second test adds a remote libvirt host to a running daemon with `berth host add --driver
 //! libvirt --uri qemu+ssh://...`: the same libvirtd, reached through a real sshd on loopback
-//! (the drivers' `sshd_fixture`) with its host key checked, runs a guest to its marker.
+//! (`berth_testkit::sshd`) with its host key checked, runs a guest to its marker.
 //!
 //! Reads `BERTH_LIBVIRT_URI` (default `qemu:///system`), `BERTH_GUEST_IMAGE` (default
 //! `target/guest/tiny.qcow2` in the workspace) and `BERTH_LIVE_TESTS=require` (fail instead of
@@ -25,53 +25,17 @@
 use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use berth_testkit::LiveLibvirt;
+use berth_testkit::sshd::{Fixture, LibvirtSsh};
 use serde_json::{Value, json};
 
 const MARKER: &str = "BERTH-GUEST-UP";
 const PNG_SIGNATURE: &[u8] = b"\x89PNG\r\n\x1a\n";
 /// Two guests booting at once under TCG on two shared cores take about half a minute.
 const BOOT_WAIT: Duration = Duration::from_secs(300);
-
-fn skip(why: &str) {
-    if std::env::var("BERTH_LIVE_TESTS").as_deref() == Ok("require") {
-        panic!("BERTH_LIVE_TESTS=require, but {why}");
-    }
-    println!("skipping: {why}");
-    eprintln!("skipping: {why}");
-}
-
-/// The libvirt URI and the guest image, or why the test cannot run here.
-fn live() -> Result<(String, PathBuf), String> {
-    let uri = std::env::var("BERTH_LIBVIRT_URI").unwrap_or_else(|_| "qemu:///system".into());
-    let image = std::env::var_os("BERTH_GUEST_IMAGE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target/guest/tiny.qcow2"));
-    if !image.is_file() {
-        return Err(format!(
-            "no guest image at {} (ci/build-guest.sh target/guest builds it; BERTH_GUEST_IMAGE \
-             points elsewhere)",
-            image.display()
-        ));
-    }
-    match Command::new("virsh")
-        .args(["-c", &uri, "version"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .output()
-    {
-        Err(e) => Err(format!(
-            "cannot run virsh: {e} (ci/libvirt-setup.sh installs it)"
-        )),
-        Ok(out) if !out.status.success() => Err(format!(
-            "libvirtd does not answer at {uri}: {} (ci/libvirt-setup.sh starts it)",
-            String::from_utf8_lossy(&out.stderr).trim()
-        )),
-        Ok(_) => Ok((uri, image)),
-    }
-}
 
 /// Holds the machine-wide lock of these tests: a daemon destroys the `berth-vm*` domains it
 /// has no record of, and every daemon numbers its VMs from 1, so two may not share a libvirtd.
@@ -103,12 +67,13 @@ fn domstate(uri: &str, name: &str) -> Option<String> {
 /// A `berth serve` process with its directories; dropping it stops the daemon and removes
 /// whatever a failed test left on the host.
 struct Serve {
-    child: Child,
+    daemon: berth_testkit::Serve,
     uri: String,
     url: String,
     token: String,
-    data: tempfile::TempDir,
     images: tempfile::TempDir,
+    /// Holds the daemon's directory; declared last, so it goes after the daemon stopped.
+    _data: tempfile::TempDir,
 }
 
 impl Serve {
@@ -167,58 +132,23 @@ domain_type = "qemu"
 "#,
             hosts = hosts(images.path())
         );
-        let config_path = data.path().join("config.toml");
-        std::fs::write(&config_path, config).unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = Command::new(env!("CARGO_BIN_EXE_berth"))
-            .arg("serve")
-            .arg("--config")
-            .arg(&config_path)
-            .arg("--data-dir")
-            .arg(data.path().join("data"))
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(data.path().join("serve.log")).unwrap())
-            .spawn()
-            .unwrap();
-        let url = format!("http://127.0.0.1:{port}");
-        let mut serve = Serve {
-            child,
+        let daemon = berth_testkit::Serve::start(
+            Path::new(env!("CARGO_BIN_EXE_berth")),
+            data.path(),
+            &config,
+        );
+        Serve {
             uri: uri.to_owned(),
-            url,
-            token: String::new(),
-            data,
+            url: daemon.url.clone(),
+            token: daemon.token.clone(),
+            daemon,
             images,
-        };
-        serve.wait_healthy();
-        serve.token = std::fs::read_to_string(serve.data.path().join("data/token"))
-            .unwrap()
-            .trim()
-            .to_owned();
-        serve
+            _data: data,
+        }
     }
 
     fn log(&self) -> String {
-        std::fs::read_to_string(self.data.path().join("serve.log")).unwrap_or_default()
-    }
-
-    fn wait_healthy(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while Instant::now() < deadline {
-            if ureq::get(&format!("{}/healthz", self.url)).call().is_ok() {
-                return;
-            }
-            if let Some(status) = self.child.try_wait().unwrap() {
-                panic!("berth serve exited with {status}: {}", self.log());
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        panic!("berth serve never became healthy: {}", self.log());
+        self.daemon.log()
     }
 
     fn request(&self, method: &str, path: &str, body: Option<Value>) -> ureq::Response {
@@ -274,18 +204,7 @@ domain_type = "qemu"
 
     /// Stops the daemon as an operator would (SIGTERM) and waits for it.
     fn stop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            if self.child.try_wait().ok().flatten().is_some() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.daemon.terminate();
     }
 }
 
@@ -313,9 +232,8 @@ impl Drop for Serve {
 
 #[test]
 fn berth_serve_boots_real_guests_holds_a_failed_one_and_cleans_up() {
-    let (uri, image) = match live() {
-        Ok(l) => l,
-        Err(why) => return skip(&why),
+    let Some(LiveLibvirt { uri, image }) = berth_testkit::live_libvirt() else {
+        return;
     };
     let _lock = libvirtd_to_ourselves();
     let started = Instant::now();
@@ -471,25 +389,21 @@ fn berth_serve_boots_real_guests_holds_a_failed_one_and_cleans_up() {
     eprintln!("whole run {:?}", started.elapsed());
 }
 
-#[path = "../drivers/tests/sshd_fixture/mod.rs"]
-mod sshd_fixture;
-
 /// A remote libvirt host, as operators add one: `berth host add --driver libvirt --uri
 /// qemu+ssh://...` on a running daemon. The "remote" libvirtd is this machine's, reached through
 /// a real sshd on loopback with its host key checked, so everything the driver does (probe,
 /// overlay, definition, serial log, destroy) crosses SSH.
 #[test]
 fn berth_host_add_runs_a_guest_on_a_libvirt_host_over_ssh() {
-    let (uri, image) = match live() {
-        Ok(l) => l,
-        Err(why) => return skip(&why),
+    let Some(LiveLibvirt { uri, image }) = berth_testkit::live_libvirt() else {
+        return;
     };
-    let Some(fx) = sshd_fixture::Fixture::start() else {
+    let Some(fx) = Fixture::start() else {
         return;
     };
     let _lock = libvirtd_to_ourselves();
     let known_hosts = fx.known_hosts_with("known_hosts", &fx.host_key());
-    let ssh_uri = fx.libvirt_uri(sshd_fixture::LibvirtSsh::Ssh, &known_hosts);
+    let ssh_uri = fx.libvirt_uri(LibvirtSsh::Ssh, &known_hosts);
     let serve = Serve::start_with(&uri, &image, |_| "hosts = []\n".to_owned());
 
     let berth = |args: &[&str]| {

@@ -10,20 +10,19 @@
 //!   (CI sets it, so that a broken setup cannot pass as a skip).
 //!
 //! The remote-URI tests reach the same libvirtd as a remote host would be reached: through a
-//! real `sshd` on loopback (`sshd_fixture`), with `qemu+ssh://` (the system OpenSSH client) and
-//! `qemu+libssh2://`, and host keys checked against the test's own known_hosts files.
+//! real `sshd` on loopback (`berth_testkit::sshd`), with `qemu+ssh://` (the system OpenSSH
+//! client) and `qemu+libssh2://`, and host keys checked against the test's own known_hosts files.
 #![cfg(feature = "libvirt")]
 
-mod sshd_fixture;
-
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Instant;
 
 use berth_drivers::libvirt::{DomainType, LibvirtConfig, LibvirtHost};
 use berth_drivers::{Driver, DriverError, VmRecipe, vm_name};
 use berth_sched::{GuestOs, Shape};
-use sshd_fixture::LibvirtSsh;
+use berth_testkit::LiveLibvirt;
+use berth_testkit::sshd::{self, Fixture, LibvirtSsh};
 use virt::connect::Connect;
 use virt::storage_vol::StorageVol;
 
@@ -263,46 +262,6 @@ async fn unreachable_libvirt_is_a_host_error_that_names_the_uri() {
     assert_host_error(&e, "is libvirtd running");
 }
 
-/// Why the live test cannot run here, if it cannot.
-fn live_setup() -> Result<(String, PathBuf), String> {
-    let uri = std::env::var("BERTH_LIBVIRT_URI").unwrap_or_else(|_| "qemu:///system".into());
-    match Connect::open(Some(&uri)) {
-        Ok(conn) => drop(conn),
-        Err(e) => {
-            return Err(format!(
-                "libvirtd is not reachable at {uri} ({}); run ci/libvirt-setup.sh as root",
-                e.message()
-            ));
-        }
-    }
-    let image = std::env::var_os("BERTH_GUEST_IMAGE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/guest/tiny.qcow2")
-        });
-    if !image.is_file() {
-        return Err(format!(
-            "no guest image at {}; run ci/build-guest.sh target/guest (or set BERTH_GUEST_IMAGE)",
-            image.display()
-        ));
-    }
-    Ok((uri, image))
-}
-
-/// Skips (with the reason) unless CI requires live tests, in which case it fails.
-fn live_or_skip(test: &str) -> Option<(String, PathBuf)> {
-    match live_setup() {
-        Ok(setup) => Some(setup),
-        Err(why) if std::env::var("BERTH_LIVE_TESTS").as_deref() == Ok("require") => {
-            panic!("{test}: BERTH_LIVE_TESTS=require but {why}")
-        }
-        Err(why) => {
-            eprintln!("{test}: skipped: {why}");
-            None
-        }
-    }
-}
-
 fn qemu_img_backing_file(path: &str) -> String {
     let out = std::process::Command::new("qemu-img")
         .args(["info", "--output=json", "-U", path])
@@ -379,7 +338,7 @@ impl Drop for LiveHost {
 
 #[tokio::test]
 async fn qemu_boots_a_tiny_guest_from_an_overlay_and_destroy_removes_it() {
-    let Some((uri, image)) = live_or_skip("qemu_boots_a_tiny_guest_from_an_overlay") else {
+    let Some(LiveLibvirt { uri, image }) = berth_testkit::live_libvirt() else {
         return;
     };
     let live = LiveHost::new(uri, &image);
@@ -451,7 +410,7 @@ async fn qemu_boots_a_tiny_guest_from_an_overlay_and_destroy_removes_it() {
 
 #[tokio::test]
 async fn qemu_guests_provisioned_at_once_with_a_probe_all_boot_and_go() {
-    let Some((uri, image)) = live_or_skip("qemu_guests_provisioned_at_once") else {
+    let Some(LiveLibvirt { uri, image }) = berth_testkit::live_libvirt() else {
         return;
     };
     let live = LiveHost::new(uri, &image);
@@ -493,10 +452,14 @@ async fn qemu_guests_provisioned_at_once_with_a_probe_all_boot_and_go() {
 
 #[tokio::test]
 async fn qemu_over_ssh_boots_a_tiny_guest_and_destroy_removes_it() {
-    let Some((local_uri, image)) = live_or_skip("qemu_over_ssh_boots_a_tiny_guest") else {
+    let Some(LiveLibvirt {
+        uri: local_uri,
+        image,
+    }) = berth_testkit::live_libvirt()
+    else {
         return;
     };
-    let Some(fx) = sshd_fixture::Fixture::start() else {
+    let Some(fx) = Fixture::start() else {
         return;
     };
     let known_hosts = fx.known_hosts_with("known_hosts", &fx.host_key());
@@ -556,13 +519,13 @@ async fn qemu_over_ssh_boots_a_tiny_guest_and_destroy_removes_it() {
 
 #[tokio::test]
 async fn a_changed_or_unknown_ssh_host_key_is_a_host_error_naming_the_host() {
-    let Some((_, _)) = live_or_skip("a_changed_or_unknown_ssh_host_key") else {
+    if berth_testkit::live_libvirt().is_none() {
+        return;
+    }
+    let Some(fx) = Fixture::start() else {
         return;
     };
-    let Some(fx) = sshd_fixture::Fixture::start() else {
-        return;
-    };
-    let other = sshd_fixture::keygen(&fx.path("other_key"));
+    let other = sshd::keygen(&fx.path("other_key"));
     let changed = fx.known_hosts_with("changed_known_hosts", &other);
     let unknown = fx.known_hosts_with("unknown_known_hosts", "");
     std::fs::write(&unknown, "").expect("empty known_hosts");

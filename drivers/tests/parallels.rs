@@ -1,7 +1,7 @@
 //! The Parallels driver against a real `sshd`: the tests start their own sshd (generated host
 //! and user keys, its own configuration, on loopback or inside a network namespace they create)
 //! whose logins find stand-ins for `prlctl`, `prlsrvctl` and macOS's `sysctl` first on their
-//! `PATH` (`tests/fixtures/`, put there by a forced command in `authorized_keys`). The
+//! `PATH`, put there by a forced command in `authorized_keys` (`berth_testkit::sshd`). The
 //! stand-ins keep their VMs in a JSON state file that the tests read and write directly.
 //!
 //! Each test skips, saying why, when `sshd` or `ssh-keygen` is missing, and the cut-link test
@@ -10,16 +10,24 @@
 //! broken setup cannot pass as a skip.
 #![allow(clippy::unwrap_used)]
 
-mod sshd_fixture;
-
 use std::fs;
 use std::time::{Duration, Instant};
 
-use berth_drivers::parallels::ParallelsHost;
+use berth_drivers::parallels::{ParallelsConfig, ParallelsHost};
 use berth_drivers::{Driver, DriverError, VmListing, VmRecipe, vm_name};
 use berth_sched::{FailureKind, GuestOs, Shape};
+use berth_testkit::sshd::{Fixture, HOST, TEMPLATE, keygen};
 use serde_json::json;
-use sshd_fixture::{Fixture, HOST, NetNs, TEMPLATE, find_program, is_root, keygen, skip};
+
+/// The driver's settings for the fixture's sshd, read from its options as the daemon reads a
+/// `[[hosts]]` entry.
+fn config(fx: &Fixture) -> ParallelsConfig {
+    ParallelsConfig::from_options(&fx.options()).unwrap()
+}
+
+fn driver(fx: &Fixture) -> ParallelsHost {
+    ParallelsHost::new(HOST, config(fx))
+}
 
 fn recipe(n: u64, template: &str, vcpus: u32, memory_mib: u64) -> VmRecipe {
     VmRecipe {
@@ -41,7 +49,7 @@ fn names(list: &[VmListing]) -> Vec<&str> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn provision_list_and_destroy_through_sshd() {
     let Some(fx) = Fixture::start() else { return };
-    let host = fx.driver();
+    let host = driver(&fx);
 
     let facts = host.probe().await.unwrap();
     assert_eq!(facts.vcpus, 10);
@@ -86,7 +94,7 @@ async fn provision_list_and_destroy_through_sshd() {
     ));
 
     // A second driver value, as after a daemon restart, sees the same VMs: reconciliation's input.
-    let restarted = fx.driver();
+    let restarted = driver(&fx);
     assert_eq!(names(&restarted.list().await.unwrap()), names(&list));
     // Provisioning again adopts the VM instead of failing or making a second one.
     restarted.provision(&a).await.unwrap();
@@ -123,7 +131,7 @@ async fn provision_list_and_destroy_through_sshd() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failures_say_whose_fault_and_leave_nothing_behind() {
     let Some(fx) = Fixture::start() else { return };
-    let host = fx.driver();
+    let host = driver(&fx);
 
     // A template this Mac does not hold is the host's fault (another host may have it).
     let e = host
@@ -179,9 +187,9 @@ async fn changed_or_unknown_host_key_is_refused_naming_the_host() {
     let Some(fx) = Fixture::start() else { return };
     let other_key = keygen(&fx.path("other_host_key"));
 
-    let mut config = fx.config();
-    config.known_hosts = Some(fx.known_hosts_with("known_hosts_changed", &other_key));
-    let host = ParallelsHost::new(HOST, config);
+    let mut changed = config(&fx);
+    changed.known_hosts = Some(fx.known_hosts_with("known_hosts_changed", &other_key));
+    let host = ParallelsHost::new(HOST, changed);
     let e = host.probe().await.unwrap_err();
     let msg = e.to_string();
     assert_eq!(e.kind(), FailureKind::Host, "{msg}");
@@ -192,10 +200,10 @@ async fn changed_or_unknown_host_key_is_refused_naming_the_host() {
     let kh = fs::read_to_string(fx.path("known_hosts_changed")).unwrap();
     assert_eq!(kh.lines().count(), 1, "{kh}");
 
-    let mut config = fx.config();
-    config.known_hosts = Some(fx.path("known_hosts_empty"));
+    let mut empty = config(&fx);
+    empty.known_hosts = Some(fx.path("known_hosts_empty"));
     fs::write(fx.path("known_hosts_empty"), "").unwrap();
-    let host = ParallelsHost::new(HOST, config);
+    let host = ParallelsHost::new(HOST, empty);
     let e = host.probe().await.unwrap_err();
     assert_eq!(e.kind(), FailureKind::Host, "{e}");
     assert!(e.to_string().contains("host key"), "{e}");
@@ -205,30 +213,15 @@ async fn changed_or_unknown_host_key_is_refused_naming_the_host() {
     );
 
     // The right key works.
-    assert_eq!(fx.driver().probe().await.unwrap().vcpus, 10);
+    assert_eq!(driver(&fx).probe().await.unwrap().vcpus, 10);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cut_link_fails_probes_within_the_timeout_and_restored_link_recovers() {
-    if find_program("ip").is_none() {
-        skip::<()>("ip (iproute2) is not installed");
-        return;
-    }
-    if !is_root() {
-        skip::<()>("network namespaces need root");
-        return;
-    }
-    let ns = match NetNs::create() {
-        Ok(ns) => ns,
-        Err(why) => {
-            skip::<()>(&format!("cannot make a network namespace: {why}"));
-            return;
-        }
-    };
-    let Some(fx) = Fixture::start_in(Some(ns)) else {
+    let Some(fx) = Fixture::start_in_netns() else {
         return;
     };
-    let host = fx.driver();
+    let host = driver(&fx);
     let config = host.config().clone();
     host.probe().await.unwrap();
 

@@ -9,11 +9,10 @@ use berth_sched::Policy;
 use berth_sim::{Fleet, Profile, Report, RunInfo, SimConfig, Simulation};
 use berth_traces::{Format, SwfMode, TraceReader};
 
-#[path = "../../traces/tests/shared_traces/mod.rs"]
-mod shared_traces;
-
+/// The KTH SP2 log from the shared folder beside the repository, or `None` after saying why
+/// not.
 fn kth() -> Option<PathBuf> {
-    shared_traces::shared_trace("KTH-SP2-1996-2.1-cln.swf")
+    berth_testkit::shared_trace("KTH-SP2-1996-2.1-cln.swf")
 }
 
 fn replay(reader: &mut TraceReader, fleet: &Fleet, policy: Policy, latency: Profile) -> Report {

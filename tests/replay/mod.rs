@@ -4,9 +4,9 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use berth_testkit::{Api, Serve, wait_for};
 use serde_json::{Value, json};
 
 use super::{berth, text};
@@ -58,36 +58,12 @@ vcpus = 8
 memory_mib = 32768
 "#;
 
-struct Serve(Child);
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn api(url: &str, token: &str, method: &str, path: &str, body: Option<Value>) -> Value {
-    let req = ureq::request(method, &format!("{url}{path}"))
-        .set("Authorization", &format!("Bearer {token}"));
-    let resp = match body {
-        Some(b) => req.send_json(b),
-        None => req.call(),
-    };
-    resp.unwrap_or_else(|e| panic!("{method} {path}: {e}"))
-        .into_json()
-        .unwrap()
+    Api::new(url, Some(token)).ok(method, path, body)
 }
 
 fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < deadline {
-        if f() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    panic!("timed out waiting for {what}");
+    wait_for(what, Duration::from_secs(30), || f().then_some(()));
 }
 
 fn read_lines(path: &Path) -> Vec<Value> {
@@ -103,33 +79,8 @@ fn read_lines(path: &Path) -> Vec<Value> {
 fn a_live_run_exported_and_replayed_places_and_waits_the_same() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    std::fs::write(d.join("config.toml"), CONFIG).unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let url = format!("http://127.0.0.1:{port}");
-    let serve = Serve(
-        Command::new(env!("CARGO_BIN_EXE_berth"))
-            .args(["serve", "--config"])
-            .arg(d.join("config.toml"))
-            .arg("--data-dir")
-            .arg(d.join("data"))
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    wait_until("the daemon to answer", || {
-        ureq::get(&format!("{url}/healthz")).call().is_ok()
-    });
-    let token = std::fs::read_to_string(d.join("data/token"))
-        .unwrap()
-        .trim()
-        .to_owned();
+    let serve = Serve::start(Path::new(env!("CARGO_BIN_EXE_berth")), d, CONFIG);
+    let (url, token) = (serve.url.clone(), serve.token.clone());
     wait_until("three ready hosts", || {
         api(&url, &token, "GET", "/v1/hosts", None)["hosts"]
             .as_array()

@@ -1,16 +1,14 @@
-//! Checks against the published traces in the shared folder beside the repository, and file round trips.
+//! Checks against the published traces in the shared folder beside the repository (they skip,
+//! saying so, where it is missing), and file round trips.
 
 use std::io::{BufRead, BufReader, Cursor};
 use std::path::Path;
 
+use berth_testkit::shared_trace;
 use berth_traces::{
     Format, Generator, Record, RecordBody, RequestRecord, SwfMode, SynthConfig, TraceReader,
     TraceWriter,
 };
-
-mod shared_traces;
-
-use shared_traces::shared_trace;
 
 const KTH: &str = "KTH-SP2-1996-2.1-cln.swf";
 const AZURE_SAMPLE: &str = "azure-v1-vmtable-sample.csv.gz";

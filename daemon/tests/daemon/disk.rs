@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use berth_testkit::skip_or_fail;
 use serde_json::json;
 
 use crate::{CONFIG, TestDaemon};
@@ -31,11 +32,17 @@ impl Tmpfs {
                 dir,
                 _parent: parent,
             }),
-            Ok(o) => crate::sshd_fixture::skip(&format!(
-                "cannot mount a tmpfs (needs root): {}",
-                String::from_utf8_lossy(&o.stderr).trim()
-            )),
-            Err(e) => crate::sshd_fixture::skip(&format!("cannot run mount: {e}")),
+            Ok(o) => {
+                skip_or_fail(format_args!(
+                    "cannot mount a tmpfs (needs root): {}",
+                    String::from_utf8_lossy(&o.stderr).trim()
+                ));
+                None
+            }
+            Err(e) => {
+                skip_or_fail(format_args!("cannot run mount: {e}"));
+                None
+            }
         }
     }
 }

@@ -1,19 +1,19 @@
 //! The daemon end to end: a real daemon on loopback with a real SQLite file in a temporary
 //! directory, driven over HTTP. The crash test runs `berth serve` as a child process and kills
 //! it with SIGKILL in the middle of a burst. `parallels` drives Mac hosts through a real `sshd`
-//! with the drivers crate's `prlctl` stand-in.
+//! with the `prlctl` stand-in (`berth_testkit::sshd`).
 
 // Helpers outside `#[test]` functions panic on failure by design: they are the test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use berth_daemon::{Daemon, FileConfig, Options};
+use berth_testkit::{Api, Serve};
 use serde_json::{Value, json};
 
 mod console_api;
@@ -23,8 +23,6 @@ mod limits;
 mod observe;
 mod orphans;
 mod parallels;
-#[path = "../../../drivers/tests/sshd_fixture/mod.rs"]
-mod sshd_fixture;
 
 const CONFIG: &str = r#"
 [sim]
@@ -94,29 +92,22 @@ impl TestDaemon {
         }
     }
 
+    /// A client with the operator token.
+    fn api(&self) -> Api {
+        Api::new(&self.url, Some(&self.token))
+    }
+
     fn call(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
-        call(&self.url, Some(&self.token), method, path, body)
+        self.api().call(method, path, body)
     }
 
     fn ok(&self, method: &str, path: &str, body: Option<Value>) -> Value {
-        let (status, v) = self.call(method, path, body);
-        assert!(
-            (200..300).contains(&status),
-            "{method} {path}: {status} {v}"
-        );
-        v
+        self.api().ok(method, path, body)
     }
 
     /// Polls until `f` holds, or fails after 30 s (generous: CI machines are busy).
     fn wait_for(&self, what: &str, mut f: impl FnMut(&TestDaemon) -> bool) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            if f(self) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        panic!("timed out waiting for {what}");
+        berth_testkit::wait_for(what, Duration::from_secs(30), || f(self).then_some(()));
     }
 
     fn sim(&self) -> &Arc<berth_drivers::sim::SimWorld> {
@@ -173,19 +164,7 @@ fn call(
     path: &str,
     body: Option<Value>,
 ) -> (u16, Value) {
-    let mut req = ureq::request(method, &format!("{url}{path}"));
-    if let Some(t) = token {
-        req = req.set("Authorization", &format!("Bearer {t}"));
-    }
-    let resp = match body {
-        Some(b) => req.send_json(b),
-        None => req.call(),
-    };
-    match resp {
-        Ok(r) => (r.status(), r.into_json().unwrap_or(Value::Null)),
-        Err(ureq::Error::Status(code, r)) => (code, r.into_json().unwrap_or(Value::Null)),
-        Err(e) => panic!("{method} {path}: {e}"),
-    }
+    Api::new(url, token).call(method, path, body)
 }
 
 fn call_raw(url: &str, token: &str, method: &str, path: &str, body: &str) -> (u16, Value) {
@@ -728,23 +707,18 @@ fn bad_input_gets_a_4xx_naming_the_field_and_changes_nothing() {
 fn the_event_stream_sends_state_changes() {
     let dir = tempfile::tempdir().unwrap();
     let d = TestDaemon::start(dir.path(), CONFIG);
-    let resp = ureq::get(&format!("{}/v1/events", d.url))
-        .set("Authorization", &format!("Bearer {}", d.token))
-        .call()
-        .unwrap();
-    assert_eq!(resp.header("content-type"), Some("text/event-stream"));
-    let lines = Arc::new(Mutex::new(Vec::<String>::new()));
-    let sink = lines.clone();
+    // Opening the stream checks that it is `text/event-stream`.
+    let stream = d.api().events();
     let reader = std::thread::spawn(move || {
-        let mut r = BufReader::new(resp.into_reader());
-        let mut line = String::new();
-        while r.read_line(&mut line).unwrap_or(0) > 0 {
-            let running = line.contains("\"to\":\"running\"");
-            sink.lock().unwrap().push(std::mem::take(&mut line));
+        let mut events = Vec::new();
+        for e in stream {
+            let running = e["to"] == "running";
+            events.push(e);
             if running {
-                return;
+                break;
             }
         }
+        events
     });
     d.ok(
         "POST",
@@ -752,12 +726,7 @@ fn the_event_stream_sends_state_changes() {
         Some(json!({"template": "linux", "count": 1})),
     );
     d.wait_for("a running event", |_| reader.is_finished());
-    let lines = lines.lock().unwrap();
-    let events: Vec<Value> = lines
-        .iter()
-        .filter_map(|l| l.strip_prefix("data:"))
-        .map(|l| serde_json::from_str(l.trim()).unwrap())
-        .collect();
+    let events = reader.join().unwrap();
     assert!(
         events
             .iter()
@@ -1115,39 +1084,6 @@ fn berth_binary() -> PathBuf {
     bin
 }
 
-fn spawn_serve(dir: &Path, port: u16) -> Child {
-    Command::new(berth_binary())
-        .args(["serve", "--config"])
-        .arg(dir.join("config.toml"))
-        .arg("--data-dir")
-        .arg(dir.join("data"))
-        .args(["--listen", &format!("127.0.0.1:{port}")])
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap()
-}
-
-fn wait_healthy(url: &str) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < deadline {
-        if ureq::get(&format!("{url}/healthz")).call().is_ok() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    panic!("daemon at {url} never became healthy");
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// SIGKILLs one crash test makes: `BERTH_SOAK_KILLS` if set (`ci/soak-crash.sh` sets 20),
 /// else 3.
 fn soak_kills() -> usize {
@@ -1160,19 +1096,12 @@ fn soak_kills() -> usize {
 #[test]
 fn sigkill_in_the_middle_of_a_burst_loses_and_duplicates_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("config.toml"),
+    let mut serve = Serve::start(
+        &berth_binary(),
+        dir.path(),
         "[sim]\nlatency_scale = 0.01\n[probe]\ninterval_ms = 200\nstartup_grace_ms = 5000\n",
-    )
-    .unwrap();
-    let port = free_port();
-    let url = format!("http://127.0.0.1:{port}");
-    let mut child = spawn_serve(dir.path(), port);
-    wait_healthy(&url);
-    let token = std::fs::read_to_string(dir.path().join("data/token"))
-        .unwrap()
-        .trim()
-        .to_owned();
+    );
+    let (url, token) = (serve.url.clone(), serve.token.clone());
     let kills = soak_kills();
     let accepted = Arc::new(Mutex::new(Vec::<u64>::new()));
     let started = Instant::now();
@@ -1234,20 +1163,18 @@ fn sigkill_in_the_middle_of_a_burst_loses_and_duplicates_nothing() {
         while accepted.lock().unwrap().len() < kill_at && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(1));
         }
-        child.kill().unwrap(); // SIGKILL
-        child.wait().unwrap();
+        serve.kill();
         for c in clients {
             c.join().unwrap();
         }
-        child = spawn_serve(dir.path(), port);
-        wait_healthy(&url);
+        serve.restart();
         check_accepted(&url, &token, &accepted.lock().unwrap());
     }
     let accepted = accepted.lock().unwrap().len();
     // Let recovery settle, then stop cleanly and compare the hosts with the records.
     std::thread::sleep(Duration::from_millis(1500));
-    sigterm(&mut child);
-    assert_no_orphans(&dir.path().join("data"));
+    assert!(serve.terminate(), "the daemon did not stop on SIGTERM");
+    assert_no_orphans(&serve.data_dir());
     println!(
         "crash soak: {kills} SIGKILLs, {accepted} acknowledged requests, 0 lost, 0 duplicated, \
          0 orphans, in {:.1} s",
@@ -1298,26 +1225,6 @@ fn check_accepted(url: &str, token: &str, accepted: &[u64]) {
         if r["state"] != "cancelled" {
             assert!(n >= count, "request r{id} of {count} has {n} vms");
         }
-    }
-}
-
-/// Stops a child with SIGTERM through `kill(1)`, so the daemon shuts down cleanly.
-fn sigterm(child: &mut Child) {
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if child.try_wait().unwrap().is_some() {
-            return;
-        }
-        if Instant::now() > deadline {
-            child.kill().unwrap();
-            panic!("daemon did not stop on SIGTERM");
-        }
-        std::thread::sleep(Duration::from_millis(20));
     }
 }
 

@@ -1,6 +1,6 @@
-//! Parallels hosts through the daemon: a real `sshd` started by the test (the drivers crate's
-//! `sshd_fixture`) whose logins find the `prlctl`/`prlsrvctl` stand-in, added as `parallels`
-//! hosts of a daemon and driven over its HTTP API.
+//! Parallels hosts through the daemon: a real `sshd` started by the test
+//! (`berth_testkit::sshd`) whose logins find the `prlctl`/`prlsrvctl` stand-in, added as
+//! `parallels` hosts of a daemon and driven over its HTTP API.
 //!
 //! Each test skips, saying why, when sshd, ssh-keygen or python3 is missing, and the cut-link
 //! test also without root or `ip` (network namespaces); with `BERTH_LIVE_TESTS=require` they
@@ -11,10 +11,10 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use berth_testkit::sshd::{Fixture, TEMPLATE, keygen};
 use serde_json::{Value, json};
 
 use crate::TestDaemon;
-use crate::sshd_fixture::{Fixture, NetNs, TEMPLATE, find_program, is_root, keygen, skip};
 
 /// Probes every 200 ms; a probe may take 8 s (it runs three commands, each bounded by the
 /// host's `command_timeout_ms`); three failures in a row put a host in error.
@@ -52,7 +52,7 @@ fn config(hosts: &[(&str, BTreeMap<String, String>)]) -> String {
 /// The driver options that reach the fixture's sshd, with timeouts short enough that a cut
 /// link shows within seconds.
 fn options(fx: &Fixture) -> BTreeMap<String, String> {
-    let mut o = fx.config().to_options();
+    let mut o = fx.options();
     o.insert("connect_timeout_ms".into(), "2000".into());
     o.insert("command_timeout_ms".into(), COMMAND_TIMEOUT_MS.to_string());
     o.insert("boot_timeout_ms".into(), "20000".into());
@@ -98,54 +98,35 @@ fn submit(d: &TestDaemon, count: u32) -> u64 {
     r["id"].as_u64().unwrap()
 }
 
-/// Polls for up to `limit`.
+/// Waits up to `limit` for `f` to hold.
 fn wait_within(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
-        if f() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("timed out after {limit:?} waiting for {what}");
+    berth_testkit::wait_for(what, limit, || f().then_some(()));
 }
 
 /// The daemon's event stream, collected in the background.
 struct Events {
-    lines: Arc<Mutex<Vec<String>>>,
+    seen: Arc<Mutex<Vec<Value>>>,
     _reader: JoinHandle<()>,
 }
 
 impl Events {
     fn subscribe(d: &TestDaemon) -> Events {
-        let resp = ureq::get(&format!("{}/v1/events", d.url))
-            .set("Authorization", &format!("Bearer {}", d.token))
-            .call()
-            .unwrap();
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let sink = lines.clone();
+        let stream = d.api().events();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let sink = seen.clone();
         let reader = std::thread::spawn(move || {
-            use std::io::BufRead;
-            let mut r = std::io::BufReader::new(resp.into_reader());
-            let mut line = String::new();
-            while r.read_line(&mut line).unwrap_or(0) > 0 {
-                sink.lock().unwrap().push(std::mem::take(&mut line));
+            for event in stream {
+                sink.lock().unwrap().push(event);
             }
         });
         Events {
-            lines,
+            seen,
             _reader: reader,
         }
     }
 
     fn all(&self) -> Vec<Value> {
-        self.lines
-            .lock()
-            .unwrap()
-            .iter()
-            .filter_map(|l| l.strip_prefix("data:"))
-            .filter_map(|l| serde_json::from_str(l.trim()).ok())
-            .collect()
+        self.seen.lock().unwrap().clone()
     }
 }
 
@@ -315,22 +296,7 @@ fn a_parallels_host_whose_key_changed_is_refused_naming_the_host() {
 
 #[test]
 fn a_parallels_host_with_a_cut_link_goes_to_error_and_its_vms_are_retried_elsewhere() {
-    if find_program("ip").is_none() {
-        skip::<()>("ip (iproute2) is not installed");
-        return;
-    }
-    if !is_root() {
-        skip::<()>("network namespaces need root");
-        return;
-    }
-    let ns = match NetNs::create() {
-        Ok(ns) => ns,
-        Err(why) => {
-            skip::<()>(&format!("cannot make a network namespace: {why}"));
-            return;
-        }
-    };
-    let Some(fx) = Fixture::start_in(Some(ns)) else {
+    let Some(fx) = Fixture::start_in_netns() else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();

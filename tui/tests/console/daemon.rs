@@ -3,7 +3,7 @@
 //! keeps no serial log.
 
 use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use berth_daemon::{FileConfig, Options, Role, TokenConfig};
 use berth_tui::event::{Command, Event};
@@ -51,18 +51,8 @@ fn start() -> TestDaemon {
     }
 }
 
-fn wait<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let start = Instant::now();
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "timed out: {what}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+fn wait<T>(what: &str, f: impl FnMut() -> Option<T>) -> T {
+    berth_testkit::wait_for(what, Duration::from_secs(20), f)
 }
 
 #[test]

@@ -1,60 +1,35 @@
-//! A real `sshd` for the Parallels driver's tests, with stand-ins for `prlctl`, `prlsrvctl` and
-//! macOS's `sysctl` (`tests/fixtures/`) on its logins' `PATH`, on loopback or inside a network
-//! namespace reached over a veth pair. Kept apart from the tests so that other test suites
-//! (the daemon's, through `berth serve`) can include it with `#[path]` and drive Mac hosts too.
+//! A real `sshd` for Parallels hosts, with stand-ins for `prlctl`, `prlsrvctl` and macOS's
+//! `sysctl` (`fixtures/` in this crate) first on its logins' `PATH`, on loopback or inside a
+//! network namespace reached over a veth pair. The drivers' tests drive it with the Parallels
+//! driver, the daemon's through `berth serve`, and the libvirt tests reach libvirtd through it as
+//! a remote host is reached.
 //!
-//! [`Fixture::start`] returns `None`, saying why, when `sshd`, `ssh`, `ssh-keygen` or `python3`
-//! is missing, unless `BERTH_LIVE_TESTS=require` is set: then it panics, so that a broken
-//! setup cannot pass as a skip.
-// Test setup: a failure to make keys or files should stop the test where it happened.
-#![allow(clippy::unwrap_used, dead_code)]
+//! [`Fixture::start`] returns `None` after [`skip_or_fail`] when `sshd`, `ssh`, `ssh-keygen` or
+//! `python3` is missing, and [`Fixture::start_in_netns`] also without root or `ip`.
 
+use std::collections::BTreeMap;
 use std::fs;
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use berth_drivers::parallels::{ParallelsConfig, ParallelsHost};
 use serde_json::json;
 
+use crate::{find_program, free_port, skip_or_fail};
+
+/// The host name the tests give the Mac.
 pub const HOST: &str = "mac1";
+/// A template VM of the stand-ins' Mac.
 pub const TEMPLATE: &str = "macos-14";
 
-/// `drivers/tests/fixtures`, found from this file's own place, so that it is right also when
-/// another crate's tests include this module.
+/// The stand-ins for Parallels' tools.
 pub fn fixtures_dir() -> PathBuf {
-    let here = Path::new(file!());
-    let manifest_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
-    // `file!()` is relative to the directory rustc ran in: the workspace root (an ancestor
-    // of the crate being tested).
-    manifest_dir
-        .ancestors()
-        .map(|a| a.join(here))
-        .find(|p| p.is_file())
-        .and_then(|p| Some(p.parent()?.parent()?.join("fixtures")))
-        .unwrap_or_else(|| manifest_dir.join("tests/fixtures"))
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures")
 }
 
-/// Skips the test (returning `None`) with a reason, or fails it under `BERTH_LIVE_TESTS=require`.
-pub fn skip<T>(why: &str) -> Option<T> {
-    if std::env::var("BERTH_LIVE_TESTS").as_deref() == Ok("require") {
-        panic!("BERTH_LIVE_TESTS=require, but {why}");
-    }
-    println!("skipping: {why}");
-    eprintln!("skipping: {why}");
-    None
-}
-
-pub fn find_program(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(["/usr/sbin", "/usr/local/sbin", "/sbin"].map(PathBuf::from))
-        .map(|d| d.join(name))
-        .find(|p| p.is_file())
-}
-
+/// Runs `cmd`, which must succeed, and returns its stdout.
 pub fn run(cmd: &mut Command) -> String {
     let out = cmd
         .output()
@@ -67,10 +42,13 @@ pub fn run(cmd: &mut Command) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
+/// Whether the tests run as root (network namespaces need it).
 pub fn is_root() -> bool {
     run(Command::new("id").arg("-u")).trim() == "0"
 }
 
+/// Makes an ed25519 key pair at `path` and `path.pub`; returns the public key as known_hosts
+/// lists it (`TYPE KEY`).
 pub fn keygen(path: &Path) -> String {
     run(Command::new("ssh-keygen")
         .args(["-q", "-t", "ed25519", "-N", "", "-C", "berth-test", "-f"])
@@ -82,11 +60,6 @@ pub fn keygen(path: &Path) -> String {
         .take(2)
         .collect::<Vec<_>>()
         .join(" ")
-}
-
-pub fn free_port(ip: &str) -> u16 {
-    let listener = TcpListener::bind((ip, 0)).unwrap();
-    listener.local_addr().unwrap().port()
 }
 
 /// The stand-ins' state: a Mac with 10 CPUs and 32 GiB, two macOS templates and one VM that is
@@ -127,6 +100,7 @@ pub struct NetNs {
 }
 
 impl NetNs {
+    /// The namespace and its link, or why they cannot be made here.
     pub fn create() -> Result<NetNs, String> {
         let pid = std::process::id();
         let octet = pid % 250 + 1;
@@ -215,24 +189,50 @@ pub struct Fixture {
 }
 
 impl Fixture {
-    /// sshd on loopback.
+    /// sshd on loopback, or `None` after [`skip_or_fail`].
     pub fn start() -> Option<Fixture> {
         Fixture::start_in(None)
     }
 
-    /// sshd inside `netns`, listening on its address there (loopback without one).
-    pub fn start_in(netns: Option<NetNs>) -> Option<Fixture> {
-        let Some(sshd) = find_program("sshd") else {
-            return skip("sshd is not installed (ci/ssh-setup.sh installs openssh-server)");
-        };
-        for tool in ["ssh", "ssh-keygen"] {
-            if find_program(tool).is_none() {
-                return skip(&format!("{tool} is not installed"));
+    /// sshd inside a network namespace of its own, so that a test can cut its link; or `None`
+    /// after [`skip_or_fail`] (no `ip`, not root, or no namespace could be made).
+    pub fn start_in_netns() -> Option<Fixture> {
+        if find_program("ip").is_none() {
+            skip_or_fail("ip (iproute2) is not installed");
+            return None;
+        }
+        if !is_root() {
+            skip_or_fail("network namespaces need root");
+            return None;
+        }
+        match NetNs::create() {
+            Ok(ns) => Fixture::start_in(Some(ns)),
+            Err(why) => {
+                skip_or_fail(format_args!("cannot make a network namespace: {why}"));
+                None
             }
         }
-        if find_program("python3").is_none() {
-            return skip("python3 (for the prlctl stand-in) is not installed");
+    }
+
+    /// sshd inside `netns`, listening on its address there (loopback without one).
+    fn start_in(netns: Option<NetNs>) -> Option<Fixture> {
+        let needed = [
+            (
+                "sshd",
+                "sshd is not installed (ci/ssh-setup.sh installs openssh-server)",
+            ),
+            ("ssh", "ssh is not installed"),
+            ("ssh-keygen", "ssh-keygen is not installed"),
+            (
+                "python3",
+                "python3 (for the prlctl stand-in) is not installed",
+            ),
+        ];
+        if let Some((_, why)) = needed.iter().find(|(tool, _)| find_program(tool).is_none()) {
+            skip_or_fail(why);
+            return None;
         }
+        let sshd = find_program("sshd").unwrap();
         // Short: the control socket's path must fit a Unix socket address.
         let dir = tempfile::Builder::new()
             .prefix("bprl")
@@ -406,30 +406,37 @@ impl Fixture {
         }
     }
 
-    pub fn config(&self) -> ParallelsConfig {
+    /// The Parallels driver's options that reach this sshd and its stand-ins, as a
+    /// `[[hosts]]` entry of the daemon's config holds them (`ParallelsConfig::from_options`
+    /// reads them), with timeouts short enough for tests.
+    pub fn options(&self) -> BTreeMap<String, String> {
         let known_hosts = self.known_hosts_with("known_hosts", &self.host_key());
-        let mut c =
-            ParallelsConfig::new(&format!("{}@{}:{}", self.user, self.listen_ip, self.port))
-                .unwrap();
-        c.known_hosts = Some(known_hosts);
-        c.identity = Some(self.path("user_key"));
-        c.ssh_config = Some(self.path("ssh_config"));
-        c.control_dir = Some(self.dir.path().to_owned());
-        c.prl_dir = Some(fixtures_dir().display().to_string());
-        c.connect_timeout_ms = 3_000;
-        c.command_timeout_ms = 4_000;
-        c.boot_timeout_ms = 5_000;
-        c
+        let path = |p: &Path| p.display().to_string();
+        [
+            (
+                "ssh",
+                format!("{}@{}:{}", self.user, self.listen_ip, self.port),
+            ),
+            ("known_hosts", path(&known_hosts)),
+            ("identity", path(&self.path("user_key"))),
+            ("ssh_config", path(&self.path("ssh_config"))),
+            ("control_dir", path(self.dir.path())),
+            ("prl_dir", path(&fixtures_dir())),
+            ("connect_timeout_ms", "3000".to_owned()),
+            ("command_timeout_ms", "4000".to_owned()),
+            ("boot_timeout_ms", "5000".to_owned()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect()
     }
 
-    pub fn driver(&self) -> ParallelsHost {
-        ParallelsHost::new(HOST, self.config())
-    }
-
+    /// The stand-ins' state: the Mac and its VMs.
     pub fn state(&self) -> serde_json::Value {
         serde_json::from_str(&fs::read_to_string(self.path("state.json")).unwrap()).unwrap()
     }
 
+    /// Replaces the stand-ins' state, behind the driver's back.
     pub fn set_state(&self, state: &serde_json::Value) {
         fs::write(self.path("state.json"), state.to_string()).unwrap();
     }
