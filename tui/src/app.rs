@@ -1118,6 +1118,7 @@ impl App {
                     h.driver.clone(),
                     format!("{}/{}", milli(h.cpu_used_milli), milli(h.cpu_milli)),
                     format!("{}/{}", mib(h.memory_used_mib), mib(h.memory_mib)),
+                    h.slots_text(),
                     h.n_vms.to_string(),
                     h.labels.join(","),
                     h.last_probe_ms.map_or("never".into(), |t| {
@@ -1194,7 +1195,14 @@ impl App {
             (Screen::Hosts, 5) => self.snap.hosts.get(idx).map_or(num(0), |h| {
                 num(h.memory_used_mib.saturating_mul(1000) / h.memory_mib.max(1))
             }),
-            (Screen::Hosts, 6) => num(self.snap.hosts.get(idx).map_or(0, |h| h.n_vms)),
+            (Screen::Hosts, 6) => self.snap.hosts.get(idx).map_or(num(0), |h| {
+                let (used, capacity) = h
+                    .slots
+                    .iter()
+                    .fold((0i64, 0i64), |(u, c), s| (u + s.used, c + s.capacity));
+                SortKey::Num(used.saturating_mul(1000) / capacity.max(1))
+            }),
+            (Screen::Hosts, 7) => num(self.snap.hosts.get(idx).map_or(0, |h| h.n_vms)),
             (Screen::Queue, 0) => num(self.snap.queue.get(idx).map_or(0, |r| r.id)),
             (Screen::Queue, 3) => num(self
                 .snap
@@ -1248,7 +1256,7 @@ pub fn columns(screen: Screen) -> &'static [&'static str] {
     match screen {
         Screen::Overview => &[],
         Screen::Hosts => &[
-            "HOST", "STATE", "CLASS", "DRIVER", "CPU", "MEMORY", "VMS", "LABELS", "PROBED",
+            "HOST", "STATE", "CLASS", "DRIVER", "CPU", "MEMORY", "SLOTS", "VMS", "LABELS", "PROBED",
         ],
         Screen::Queue => &[
             "REQUEST",

@@ -2,8 +2,8 @@
 //! inputs always draw the same screens.
 
 use crate::model::{
-    ArrivalForecast, Breakpoint, DrainPrediction, Host, Request, Snapshot, Vm, WaitStats, Why,
-    host_class, vm_name,
+    ArrivalForecast, Breakpoint, DrainPrediction, Host, Request, Slot, Snapshot, Vm, WaitStats,
+    Why, host_class, vm_name,
 };
 
 /// The fixed clock of fixtures: 2026-05-01 12:00:00 UTC.
@@ -23,6 +23,16 @@ fn host(name: &str, state: &str, cpus: u64, used: u64, mem_g: u64, used_g: u64, 
         n_vms: vms,
         labels,
         last_probe_ms: Some(NOW_MS - 12_000),
+        // Macs take two macOS guests each.
+        slots: if name.contains("mac") {
+            vec![Slot {
+                kind: "macos".into(),
+                capacity: 2,
+                used: i64::try_from(vms.min(2)).unwrap_or(2),
+            }]
+        } else {
+            Vec::new()
+        },
     }
 }
 

@@ -12,7 +12,7 @@ use berth_client::{Client, ClientError, StreamItem, VmQuery};
 use crate::event::{Event, Role};
 use crate::model::{
     Action, ArrivalForecast, Breakpoint, ConsoleInfo, Detail, DrainPrediction, EventRow, Host,
-    Request, Snapshot, Target, TimelineEntry, Vm, WaitStats, Why, bytes, clean_serial,
+    Request, Slot, Snapshot, Target, TimelineEntry, Vm, WaitStats, Why, bytes, clean_serial,
 };
 use crate::source::{Source, SourceError};
 
@@ -84,6 +84,15 @@ pub fn host(h: api::HostRow) -> Host {
         n_vms: h.vms,
         labels: h.labels,
         last_probe_ms: h.last_probe_ms,
+        slots: h
+            .slots
+            .into_iter()
+            .map(|s| Slot {
+                kind: s.kind,
+                capacity: s.capacity,
+                used: s.used,
+            })
+            .collect(),
     }
 }
 

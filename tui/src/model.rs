@@ -40,6 +40,30 @@ pub struct Host {
     pub n_vms: u64,
     pub labels: Vec<String>,
     pub last_probe_ms: Option<u64>,
+    /// Counted slots by kind (`macos`: two guests per Mac).
+    pub slots: Vec<Slot>,
+}
+
+/// One kind of counted slot on a host.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Slot {
+    pub kind: String,
+    pub capacity: i64,
+    pub used: i64,
+}
+
+impl Host {
+    /// `macos 1/2`, kinds joined by commas; `-` for a host without slots.
+    pub fn slots_text(&self) -> String {
+        if self.slots.is_empty() {
+            return "-".into();
+        }
+        self.slots
+            .iter()
+            .map(|s| format!("{} {}/{}", s.kind, s.used, s.capacity))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
 }
 
 /// The class of a host, by the API's one rule (`berth_api::host_class`): its `class` label,

@@ -26,6 +26,9 @@ pub enum Reason {
     Labels,
     Cpu,
     Memory,
+    /// The host has no slot of the kind the template takes.
+    NoSlotKind,
+    /// The host's slots of that kind are all taken.
     Slots,
     ProvisioningBusy,
 }
@@ -43,7 +46,8 @@ impl Reason {
             Reason::Labels => "lack labels",
             Reason::Cpu => "lack vcpus",
             Reason::Memory => "lack memory",
-            Reason::Slots => "no free slot",
+            Reason::NoSlotKind => "no slot of that kind",
+            Reason::Slots => "slots full",
             Reason::ProvisioningBusy => "busy provisioning",
         }
     }
@@ -60,6 +64,7 @@ impl Reason {
             Reason::Labels => "labels",
             Reason::Cpu => "cpu",
             Reason::Memory => "memory",
+            Reason::NoSlotKind => "slot_kind",
             Reason::Slots => "slots",
             Reason::ProvisioningBusy => "provisioning",
         }

@@ -356,7 +356,7 @@ fn static_reason_text(r: Reason, n: u32) -> String {
         Reason::Labels => ("host lacks the labels", "hosts lack the labels"),
         Reason::Cpu => ("host has too few vcpus", "hosts have too few vcpus"),
         Reason::Memory => ("host has too little memory", "hosts have too little memory"),
-        Reason::Slots => ("host has no such slot", "hosts have no such slot"),
+        Reason::NoSlotKind | Reason::Slots => ("host has no such slot", "hosts have no such slot"),
         other => (other.describe(), other.describe()),
     };
     format!("{n} {}", if n == 1 { one } else { many })

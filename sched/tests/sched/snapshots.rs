@@ -290,7 +290,7 @@ fn two_macos_guests_per_mac() {
             vm4 r1 -> mac2
             vm6 r2 -> mac1
             vm7 r2 -> mac1
-            r1 waits: no room · 0/3 hosts fit: 3 no free slot · 1 of 5 × 4 vcpus, 8192 MiB of `macos` wait
+            r1 waits: no room · 0/3 hosts fit: 2 slots full, 1 no slot of that kind · 1 of 5 × 4 vcpus, 8192 MiB of `macos` wait
         "#]],
     );
 }

@@ -7,9 +7,15 @@ pub const NAME: &str = "slots";
 
 pub(crate) const FILTER: Filter = Filter { name: NAME, check };
 
+/// A host with no slot of the kind at all says so apart from one whose slots are taken: the
+/// first will never run the VM, the second will when a slot frees.
 fn check(p: &Probe<'_>) -> Option<Reason> {
-    match p.need.slot {
-        Some(k) if p.avail.slots[k] < 1 => Some(Reason::Slots),
-        _ => None,
+    let k = p.need.slot?;
+    if p.host.capacity.slots[k] < 1 {
+        Some(Reason::NoSlotKind)
+    } else if p.avail.slots[k] < 1 {
+        Some(Reason::Slots)
+    } else {
+        None
     }
 }
