@@ -94,8 +94,11 @@ pub enum Cause {
     ProvisionFailed(Failure),
     BootFailed(Failure),
     DestroyFailed(Failure),
-    /// Its host went to `Error` or was taken offline.
-    HostLost(HostId),
+    /// Its host (named, for people) went to `Error` or was taken offline.
+    HostLost {
+        host: HostId,
+        name: String,
+    },
     /// It vanished from its host (`Input::VmLost`).
     Vanished,
     Cancelled,
@@ -137,7 +140,7 @@ impl fmt::Display for Cause {
             Cause::ProvisionFailed(e) => write!(f, "provisioning failed: {e}"),
             Cause::BootFailed(e) => write!(f, "boot failed: {e}"),
             Cause::DestroyFailed(e) => write!(f, "destroy failed: {e}"),
-            Cause::HostLost(h) => write!(f, "host {h} lost"),
+            Cause::HostLost { name, .. } => write!(f, "host {name} lost"),
             Cause::Vanished => f.write_str("vanished from its host"),
             Cause::Cancelled => f.write_str("cancelled"),
             Cause::Deadline => f.write_str("pending deadline passed"),

@@ -251,11 +251,18 @@ impl Scheduler {
 
     /// Every VM on the host is lost; requests get replacements within their retry budget.
     fn lose_vms(&mut self, idx: usize) {
-        let host_id = self.fleet.hosts[idx].spec.id;
-        let mut vms = self.fleet.hosts[idx].vms.clone();
+        let host = &self.fleet.hosts[idx];
+        let (host_id, name) = (host.spec.id, host.spec.name.clone());
+        let mut vms = host.vms.clone();
         vms.sort_unstable();
         for vm in vms {
-            self.lose_vm(vm, Cause::HostLost(host_id));
+            self.lose_vm(
+                vm,
+                Cause::HostLost {
+                    host: host_id,
+                    name: name.clone(),
+                },
+            );
         }
     }
 

@@ -414,7 +414,11 @@ fn offline_loses_the_vms_at_once() {
             cause: Cause::OperatorOffline,
         }
     );
-    assert_eq!(out.events[1], r1_vm1_lost(Cause::HostLost(HostId(1))));
+    let lost = Cause::HostLost {
+        host: HostId(1),
+        name: "h1".into(),
+    };
+    assert_eq!(out.events[1], r1_vm1_lost(lost));
     assert_eq!(
         out.destroys(),
         vec![(VmId(1), HostId(1)), (VmId(2), HostId(1))]
