@@ -90,6 +90,8 @@ pub struct Confirm {
     pub typed: String,
     pub forecast: Forecast,
     pub extend_s: u64,
+    /// What else the operator should know before confirming (breakpoints that pin a drain).
+    pub note: Option<String>,
 }
 
 /// A window over the screens.
@@ -838,6 +840,11 @@ impl App {
         } else {
             Forecast::NotAsked
         };
+        let note = match kind {
+            KeyAction::Drain => self.holds_pinning(&targets),
+            KeyAction::Extend => self.draining_hosts_of(&targets),
+            _ => None,
+        };
         let type_to_confirm = (kind == KeyAction::Offline).then(|| targets[0].clone());
         let cmds = if kind == KeyAction::Drain {
             vec![Command::PredictDrain(targets.clone())]
@@ -854,8 +861,67 @@ impl App {
             typed: String::new(),
             forecast,
             extend_s: EXTEND_DEFAULT_S,
+            note,
         })));
         cmds
+    }
+
+    /// The breakpoints on these hosts, which a drain waits for: who holds each and when it
+    /// expires on its own.
+    fn holds_pinning(&self, hosts: &[String]) -> Option<String> {
+        let now = self.server_now_ms();
+        let held: Vec<String> = self
+            .snap
+            .breakpoints
+            .iter()
+            .filter(|b| b.host.as_ref().is_some_and(|h| hosts.contains(h)))
+            .map(|b| {
+                let expires = b.expires_ms.map_or_else(
+                    || "no expiry known".to_owned(),
+                    |t| format!("expires in {}", duration(t.saturating_sub(now))),
+                );
+                format!(
+                    "{} on {} held by {} ({expires})",
+                    b.name,
+                    b.host.as_deref().unwrap_or("?"),
+                    b.owner
+                )
+            })
+            .collect();
+        (!held.is_empty()).then(|| {
+            let them = if held.len() == 1 { "it" } else { "them" };
+            format!(
+                "the drain waits for {}: {}; release {them} on the breakpoints screen (B) to \
+                 finish sooner",
+                plural(held.len(), "breakpoint"),
+                held.join("; ")
+            )
+        })
+    }
+
+    /// The draining hosts of these held VMs (row keys), which a longer hold keeps busy.
+    fn draining_hosts_of(&self, vms: &[String]) -> Option<String> {
+        let draining: BTreeSet<&str> = self
+            .snap
+            .breakpoints
+            .iter()
+            .filter(|b| vms.iter().any(|t| parse_vm_key(t) == Some(b.vm)))
+            .filter_map(|b| b.host.as_deref())
+            .filter(|h| {
+                self.snap
+                    .hosts
+                    .iter()
+                    .any(|x| x.name == *h && x.state == "draining")
+            })
+            .collect();
+        (!draining.is_empty()).then(|| {
+            let verb = if draining.len() == 1 { "is" } else { "are" };
+            let hosts: Vec<&str> = draining.into_iter().collect();
+            format!(
+                "{} {verb} draining: a longer hold keeps the drain from finishing",
+                hosts.join(", ")
+            )
+        })
     }
 
     fn input_key(&mut self, k: KeyEvent) -> Vec<Command> {

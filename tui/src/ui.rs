@@ -801,6 +801,12 @@ fn draw_confirm(f: &mut Frame, theme: Theme, c: &Confirm, area: Rect) {
             Span::raw(c.consequence.clone()),
         ]),
     ];
+    if let Some(note) = &c.note {
+        lines.push(Line::from(vec![
+            Span::styled("note:    ", theme.bold()),
+            Span::raw(note.clone()),
+        ]));
+    }
     if c.kind == KeyAction::Drain {
         lines.push(Line::from(""));
         match &c.forecast {

@@ -277,6 +277,27 @@ fn cancel_release_and_extend_are_confirmed() {
 }
 
 #[test]
+fn drains_and_extends_name_the_breakpoints_that_pin_a_draining_host() {
+    let mut a = app(80, 24, false);
+    // sim-small-2 drains while alice holds berth-vm104 there.
+    keys(&mut a, "5E");
+    let Some(Popup::Confirm(c)) = &a.popup else {
+        panic!("no dialog")
+    };
+    assert_eq!(
+        c.note.as_deref(),
+        Some("sim-small-2 is draining: a longer hold keeps the drain from finishing")
+    );
+    keys(&mut a, "n");
+    // bob's berth-vm106 is on a ready host: nothing to say.
+    keys(&mut a, "5jE");
+    let Some(Popup::Confirm(c)) = &a.popup else {
+        panic!("no dialog")
+    };
+    assert_eq!(c.note, None);
+}
+
+#[test]
 fn release_on_the_vms_screen_only_takes_held_vms() {
     let mut a = app(80, 24, false);
     // vm101 is running: nothing to release.
