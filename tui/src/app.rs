@@ -761,6 +761,59 @@ impl App {
         actions.into_iter().map(Command::Perform).collect()
     }
 
+    /// A `:` command: `drain` acts where it applies (the hosts screen), on the selected or
+    /// marked rows; `drain sim-large-3` goes there and acts on that row alone. A command
+    /// given on a screen it does not act on is refused, naming where it does.
+    fn run_command(&mut self, text: &str) -> Vec<Command> {
+        let t = text.trim();
+        if t == "q" || t == "q!" {
+            return self.act(KeyAction::Quit);
+        }
+        let (word, arg) = match t.split_once(char::is_whitespace) {
+            Some((w, a)) => (w, Some(a.trim()).filter(|a| !a.is_empty())),
+            None => (t, None),
+        };
+        let Some(b) = keymap::command_binding(word, self.read_only) else {
+            self.flash = Some(format!("no command `{word}`: press ? for the list"));
+            return vec![];
+        };
+        let name = b.command.unwrap_or(word);
+        let home = match b.scope {
+            keymap::Scope::On(screens) => screens.first().copied(),
+            keymap::Scope::Everywhere => None,
+        };
+        let Some(arg) = arg else {
+            if !b.scope.contains(self.screen) {
+                let where_ = home.map_or("another screen", |s| s.title());
+                self.flash = Some(format!(
+                    "`:{name}` acts on {where_}: go there, or name one (:{name} NAME)"
+                ));
+                return vec![];
+            }
+            return self.act(b.action);
+        };
+        let Some(screen) = home else {
+            self.flash = Some(format!("`:{name}` takes no target"));
+            return vec![];
+        };
+        let key = match screen {
+            Screen::Hosts => Some(arg.to_owned()),
+            Screen::Queue => parse_request_key(arg).map(|id| id.to_string()),
+            Screen::Vms | Screen::Breakpoints => parse_vm_key(arg).map(|id| id.to_string()),
+            Screen::Overview | Screen::Events => None,
+        };
+        self.act(KeyAction::Go(screen));
+        let Some(pos) = key.as_deref().and_then(|k| self.position_of(screen, k)) else {
+            self.flash = Some(format!("`:{name}`: no `{arg}` on {}", screen.title()));
+            return vec![];
+        };
+        if let Some(t) = self.tables.get_mut(&screen) {
+            t.selected = pos;
+            t.marks.clear();
+        }
+        self.act(b.action)
+    }
+
     fn open_confirm(&mut self, kind: KeyAction) -> Vec<Command> {
         if self.read_only {
             return vec![];
@@ -962,19 +1015,7 @@ impl App {
                 }
                 KeyCode::Enter => {
                     self.input = None;
-                    let t = text.trim();
-                    let action = if t == "q" || t == "q!" {
-                        Some(KeyAction::Quit)
-                    } else {
-                        keymap::command(t, self.read_only)
-                    };
-                    match action {
-                        Some(a) => self.act(a),
-                        None => {
-                            self.flash = Some(format!("no command `{t}`: press ? for the list"));
-                            vec![]
-                        }
-                    }
+                    self.run_command(&text)
                 }
                 KeyCode::Tab => {
                     if let Some(first) = keymap::complete(text.trim(), self.read_only).first() {

@@ -441,17 +441,18 @@ pub fn complete(prefix: &str, read_only: bool) -> Vec<&'static str> {
 
 /// The action of a command-bar entry: an exact name, else the only name it is a prefix of.
 pub fn command(text: &str, read_only: bool) -> Option<KeyAction> {
+    command_binding(text, read_only).map(|b| b.action)
+}
+
+/// The binding a `:` command names (in full, or by a prefix only it has).
+pub fn command_binding(text: &str, read_only: bool) -> Option<&'static Binding> {
     let text = text.trim();
     if text.is_empty() {
         return None;
     }
-    let by_name = |name: &str| {
-        bindings(read_only)
-            .find(|b| b.command == Some(name))
-            .map(|b| b.action)
-    };
-    if let Some(a) = by_name(text) {
-        return Some(a);
+    let by_name = |name: &str| bindings(read_only).find(|b| b.command == Some(name));
+    if let Some(b) = by_name(text) {
+        return Some(b);
     }
     match complete(text, read_only).as_slice() {
         [only] => by_name(only),

@@ -835,7 +835,7 @@ fn draw_confirm(f: &mut Frame, theme: Theme, c: &Confirm, area: Rect) {
     } else {
         lines.push(Line::from(vec![
             Span::styled(format!("y/Enter: {verb}"), theme.bold()),
-            Span::raw("    n/Esc: cancel"),
+            Span::raw("    n/Esc: back"),
             Span::raw(if c.kind == KeyAction::Extend {
                 "    +/-: 1h more/less"
             } else {

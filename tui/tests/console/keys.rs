@@ -297,6 +297,49 @@ fn drains_and_extends_name_the_breakpoints_that_pin_a_draining_host() {
     assert_eq!(c.note, None);
 }
 
+/// Types `:text` and Enter.
+fn command(a: &mut berth_tui::App, text: &str) -> Vec<Command> {
+    keys(a, &format!(":{text}"));
+    a.update(code(KeyCode::Enter))
+}
+
+fn confirm_targets(a: &berth_tui::App) -> Option<Vec<String>> {
+    match &a.popup {
+        Some(Popup::Confirm(c)) => Some(c.targets.clone()),
+        _ => None,
+    }
+}
+
+#[test]
+fn commands_act_where_they_apply_or_on_the_target_they_name() {
+    let mut a = app(80, 24, false);
+    // On the VMs screen, `:drain` has no host to act on: it says where it applies.
+    keys(&mut a, "4");
+    command(&mut a, "drain");
+    assert_eq!(confirm_targets(&a), None);
+    let flash = a.flash.clone().unwrap_or_default();
+    assert!(flash.contains("acts on hosts"), "{flash}");
+    // Named, it goes to the host and asks about that one alone.
+    command(&mut a, "drain sim-small-3");
+    assert_eq!(a.screen, Screen::Hosts);
+    assert_eq!(confirm_targets(&a), Some(vec!["sim-small-3".to_owned()]));
+    let screen = render(&a);
+    assert!(screen.contains("y/Enter: drain    n/Esc: back"), "{screen}");
+    keys(&mut a, "n");
+    // Requests and VMs by the names people use.
+    command(&mut a, "cancel r41");
+    assert_eq!(confirm_targets(&a), Some(vec!["41".to_owned()]));
+    keys(&mut a, "n");
+    command(&mut a, "release berth-vm104");
+    assert_eq!(confirm_targets(&a), Some(vec!["104".to_owned()]));
+    keys(&mut a, "n");
+    // A name that is not there is said so, and nothing is asked.
+    command(&mut a, "drain sim-nosuch-9");
+    assert_eq!(confirm_targets(&a), None);
+    let flash = a.flash.clone().unwrap_or_default();
+    assert!(flash.contains("no `sim-nosuch-9` on hosts"), "{flash}");
+}
+
 #[test]
 fn release_on_the_vms_screen_only_takes_held_vms() {
     let mut a = app(80, 24, false);
