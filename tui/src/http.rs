@@ -320,13 +320,14 @@ impl Source for HttpSource {
                 fields.push(("host".into(), text_or_dash(d.vm.host.as_deref())));
                 fields.push(("cause".into(), d.vm.cause.clone()));
                 for h in &d.history {
+                    // As the event stream words the same change.
                     let mut text =
                         format!("{} → {}", h.from.map_or("-", |s| s.name()), h.to.name());
-                    if let Some(host) = &h.host {
-                        text.push_str(&format!(" on {host}"));
-                    }
                     if !h.cause.is_empty() {
                         text.push_str(&format!(" ({})", h.cause));
+                    }
+                    if let Some(host) = &h.host {
+                        text.push_str(&format!(" on {host}"));
                     }
                     timeline.push(TimelineEntry {
                         at_ms: h.at_ms,

@@ -674,17 +674,19 @@ fn draw_detail(f: &mut Frame, app: &App, theme: Theme, area: Rect) {
             console_area,
         );
     }
-    // The history: the source's timeline and the live events about this target, in time order.
+    // The history: the source's timeline, then the live events about this target that came
+    // after it (those before are in the timeline already), in time order.
     let subject = d.target.subject();
     let mut entries: Vec<(u64, String)> = detail
         .timeline
         .iter()
         .map(|t| (t.at_ms, t.text.clone()))
         .collect();
+    let known_until = entries.iter().map(|e| e.0).max().unwrap_or(0);
     entries.extend(
         app.events
             .iter()
-            .filter(|e| e.subject == subject)
+            .filter(|e| e.subject == subject && e.at_ms > known_until)
             .map(|e| (e.at_ms, format!("{}: {}", e.kind, e.text))),
     );
     entries.sort_by_key(|e| e.0);

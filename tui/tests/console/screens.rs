@@ -234,3 +234,46 @@ fn screenshot_preview_in_half_blocks() {
         );
     }
 }
+
+/// Live events already in the source's timeline are not shown twice; later ones extend it.
+#[test]
+fn detail_history_shows_each_change_once() {
+    let mut a = crate::app(120, 40, false);
+    keys(&mut a, "4");
+    a.update(code(KeyCode::Enter));
+    let change = |at_ms: u64, text: &str| berth_tui::model::EventRow {
+        at_ms,
+        kind: "vm".into(),
+        subject: "berth-vm101".into(),
+        text: text.into(),
+    };
+    // The stream saw the placement, and then the boot, which the timeline does not hold yet.
+    a.update(Event::Stream(change(
+        NOW_MS - 1_790_000,
+        "queued → placed (placed) on sim-small-1",
+    )));
+    a.update(Event::Stream(change(
+        NOW_MS - 1_700_000,
+        "placed → booting (provisioned) on sim-small-1",
+    )));
+    a.update(Event::Detail(Box::new(Ok(Detail {
+        target: Target::Vm(101),
+        fields: vec![("state".into(), "placed".into())],
+        timeline: vec![
+            TimelineEntry {
+                at_ms: NOW_MS - 1_800_000,
+                text: "- → queued (submitted)".into(),
+            },
+            TimelineEntry {
+                at_ms: NOW_MS - 1_790_000,
+                text: "queued → placed (placed) on sim-small-1".into(),
+            },
+        ],
+        console: None,
+    }))));
+    let screen = render(&a);
+    // The fixture's stream also saw the boot end, later still.
+    assert!(screen.contains("history (4)"), "{screen}");
+    assert_eq!(screen.matches("queued → placed").count(), 1, "{screen}");
+    assert!(screen.contains("placed → booting"), "{screen}");
+}
