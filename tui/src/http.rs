@@ -267,6 +267,33 @@ impl Source for HttpSource {
                     .ok_or_else(|| SourceError::Unsupported(format!("no host named {name}")))?;
                 fields.push(("state".into(), h.state.name().to_owned()));
                 fields.push(("driver".into(), h.driver.clone()));
+                fields.push((
+                    "vcpus".into(),
+                    format!(
+                        "{} of {} used",
+                        h.vcpus_used_milli / 1000,
+                        h.vcpus_milli / 1000
+                    ),
+                ));
+                fields.push((
+                    "memory".into(),
+                    format!(
+                        "{} of {} used",
+                        crate::model::mib(h.memory_used_mib),
+                        crate::model::mib(h.memory_mib)
+                    ),
+                ));
+                let slots: Vec<String> = h
+                    .slots
+                    .iter()
+                    .map(|s| format!("{} {}/{}", s.kind, s.used, s.capacity))
+                    .collect();
+                if !slots.is_empty() {
+                    fields.push(("slots".into(), slots.join(", ")));
+                }
+                if !h.labels.is_empty() {
+                    fields.push(("labels".into(), h.labels.join(" ")));
+                }
                 fields.push(("vms".into(), h.vms.to_string()));
                 fields.push(("provisioning".into(), h.provisioning.to_string()));
                 fields.push(("probe failures".into(), h.probe_failures.to_string()));
@@ -317,6 +344,21 @@ impl Source for HttpSource {
                 let d = self.client.vm(*id)?;
                 fields.push(("state".into(), d.vm.state.name().to_owned()));
                 fields.push(("request".into(), format!("r{}", d.vm.request)));
+                fields.push(("template".into(), text_or_dash(d.vm.template.as_deref())));
+                // The size the request asked for, else its template's.
+                if let Ok(r) = self.client.request(d.vm.request) {
+                    let size = match (r.request.spec.vcpus, r.request.spec.memory_mib) {
+                        (Some(c), Some(m)) => format!("{c} vcpus, {}", crate::model::mib(m)),
+                        _ => "the template's".to_owned(),
+                    };
+                    fields.push(("size".into(), size));
+                }
+                if let Some(h) = &d.vm.hold {
+                    fields.push((
+                        "held by".into(),
+                        format!("{} until {} UTC", h.owner, crate::app::clock(h.expires_ms)),
+                    ));
+                }
                 fields.push(("host".into(), text_or_dash(d.vm.host.as_deref())));
                 fields.push(("cause".into(), d.vm.cause.clone()));
                 for h in &d.history {

@@ -85,6 +85,22 @@ fn http_source_reads_acts_and_streams_against_the_daemon() {
     let detail = src.detail(&Target::Vm(vm.id)).unwrap();
     assert!(!detail.timeline.is_empty());
     assert!(detail.console.is_some());
+    let field = |d: &berth_tui::model::Detail, k: &str| {
+        d.fields
+            .iter()
+            .find(|(key, _)| key == k)
+            .map(|(_, v)| v.clone())
+    };
+    assert_eq!(field(&detail, "template").as_deref(), Some("linux"));
+    assert_eq!(field(&detail, "size").as_deref(), Some("the template's"));
+    let host = src.detail(&Target::Host("sim-small-1".into())).unwrap();
+    for k in ["vcpus", "memory", "labels"] {
+        assert!(
+            field(&host, k).is_some(),
+            "host detail without {k}: {:?}",
+            host.fields
+        );
+    }
     let detail = src.detail(&Target::Request(vm.request)).unwrap();
     assert!(detail.fields.iter().any(|(k, _)| k == "requester"));
 
