@@ -274,7 +274,7 @@ pub const KEYMAP: &[Binding] = &[
         &[Key::Char(' ')],
         A::Mark,
         None,
-        "mark the row for a bulk action",
+        "mark or unmark the row for a bulk action, and move down",
         Scope::On(TABLES),
     ),
     b(
