@@ -82,6 +82,10 @@ pub struct RequestRow {
     pub submitted_ms: u64,
     pub updated_ms: u64,
     pub spec: RequestSpec,
+    /// What a request that is still `active` ends as once its VMs are released: a cancelled
+    /// request answers `active` with `ending: cancelled` until its last VM is gone. `null`
+    /// otherwise.
+    pub ending: Option<RequestState>,
 }
 
 /// `GET /v1/requests`: a page of requests, newest first.

@@ -142,6 +142,9 @@ const MIGRATIONS: &[&str] = &[
         reason TEXT NOT NULL
     );
     ",
+    // 2: what a request that is still active ends as once its VMs are released (a cancel
+    // answers `active` with `ending = cancelled` until then).
+    "ALTER TABLE requests ADD COLUMN ending TEXT;",
 ];
 
 /// The `meta` key holding the data directory's identity (see `datadir`).
@@ -299,6 +302,14 @@ impl Store {
                     WireInput::AddHost { host } => {
                         new_hosts.insert(host.id, host);
                     }
+                    WireInput::Cancel { request } => {
+                        tx.prepare_cached(
+                            "UPDATE requests SET ending = 'cancelled'
+                             WHERE id = ?1 AND state IN ('waiting', 'active')",
+                        )
+                        .and_then(|mut s| s.execute([*request as i64]))
+                        .map_err(sql("writing a cancel"))?;
+                    }
                     WireInput::SetTemplate { template } => {
                         let spec = serde_json::to_string(template).unwrap_or_default();
                         tx.prepare_cached(
@@ -337,7 +348,9 @@ impl Store {
                 .map_err(sql("writing requests"))?;
             let mut req_update = tx
                 .prepare_cached(
-                    "UPDATE requests SET state = ?2, cause = ?3, updated_ms = ?4 WHERE id = ?1",
+                    "UPDATE requests SET state = ?2, cause = ?3, updated_ms = ?4,
+                     ending = CASE WHEN ?2 IN ('waiting', 'active') THEN ending END
+                     WHERE id = ?1",
                 )
                 .map_err(sql("writing requests"))?;
             let mut host_insert = tx
@@ -788,11 +801,15 @@ fn request_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RequestRow> {
         spec: serde_json::from_str(&spec).map_err(|e| {
             rusqlite::Error::FromSqlConversionFailure(7, rusqlite::types::Type::Text, Box::new(e))
         })?,
+        ending: r
+            .get::<_, Option<String>>(8)?
+            .map(|text| parse_named(8, &text))
+            .transpose()?,
     })
 }
 
 const REQUEST_COLUMNS: &str =
-    "id, template, count, state, cause, submitted_ms, updated_ms, spec FROM requests";
+    "id, template, count, state, cause, submitted_ms, updated_ms, spec, ending FROM requests";
 
 pub fn get_request(conn: &Connection, id: u64) -> Result<Option<RequestRow>, DaemonError> {
     conn.query_row(

@@ -267,7 +267,16 @@ fn requests_run_end_and_explain_why_they_wait() {
     // Cancel both: nothing of them stays.
     for id in [big_id, filler_id] {
         let r = d.ok("DELETE", &format!("/v1/requests/{id}"), None);
-        assert!(r["state"] == "cancelled" || r["state"] == "active", "{r}");
+        // Either ended at once (nothing was placed), or still active while its VMs are
+        // released: then it says what it ends as.
+        match r["state"].as_str() {
+            Some("cancelled") => assert!(r["ending"].is_null(), "{r}"),
+            Some("active") => assert_eq!(r["ending"], "cancelled", "{r}"),
+            _ => panic!("a cancel answered {r}"),
+        }
+        if id == filler_id {
+            assert_eq!(r["state"], "active", "the filler has VMs to release: {r}");
+        }
     }
     d.wait_for("both cancelled", |d| {
         [big_id, filler_id]
@@ -282,6 +291,7 @@ fn requests_run_end_and_explain_why_they_wait() {
     // Cancelling again is done already: the answer says how the request ended.
     let again = d.ok("DELETE", &format!("/v1/requests/{big_id}"), None);
     assert_eq!(again["state"], "cancelled", "{again}");
+    assert!(again["ending"].is_null(), "{again}");
     let listed = d.ok("GET", &format!("/v1/vms?request={id}&state=done"), None);
     assert_eq!(listed["count"], 2);
 }
