@@ -22,7 +22,7 @@ use crate::answers;
 use crate::config::Role;
 use crate::disk::DiskWatch;
 use crate::orphan_start::OrphanStart;
-use crate::store::{AuditRow, Commit, OrphanRow, Store};
+use crate::store::{AuditRow, Commit, OrphanRow, RepairedRequest, Store};
 use crate::wire::{FieldError, WireHost, WireInput, WireTemplate};
 use crate::workers::{Report, VmOp, Workers};
 
@@ -371,10 +371,64 @@ pub(crate) fn apply_journaled(
     Ok(())
 }
 
+/// Requests the journal submitted whose `requests` row is gone (deleted by hand, or a restore
+/// of the wrong file), by number; replay fills in how each stands (`follow_lost_rows`). Empty
+/// when the table has a row for every submit, which one count tells.
+fn lost_request_rows(
+    store: &Store,
+    batches: &[(u64, u64, Vec<WireInput>)],
+) -> Result<BTreeMap<u64, RepairedRequest>, DaemonError> {
+    let submits = || {
+        batches.iter().flat_map(|(_, at_ms, inputs)| {
+            inputs.iter().filter_map(move |i| match i {
+                WireInput::Submit { request } => Some((*at_ms, request)),
+                _ => None,
+            })
+        })
+    };
+    let table = store.request_ids()?;
+    if table.len() == submits().count() {
+        return Ok(BTreeMap::new());
+    }
+    let table: BTreeSet<u64> = table.into_iter().collect();
+    Ok(submits()
+        .filter(|(_, r)| !table.contains(&r.id))
+        .map(|(at_ms, r)| {
+            let row = RepairedRequest {
+                spec: r.clone(),
+                state: berth_sched::RequestState::Waiting,
+                cause: String::new(),
+                submitted_ms: at_ms,
+                updated_ms: at_ms,
+            };
+            (r.id, row)
+        })
+        .collect())
+}
+
+/// Brings the lost rows up to date with a replayed batch's request events.
+fn follow_lost_rows(lost: &mut BTreeMap<u64, RepairedRequest>, events: &[Event]) {
+    for event in events {
+        if let Event::Request {
+            at_ms,
+            request,
+            to,
+            cause,
+            ..
+        } = event
+            && let Some(row) = lost.get_mut(&request.0)
+        {
+            row.state = *to;
+            row.cause = cause.to_string();
+            row.updated_ms = *at_ms;
+        }
+    }
+}
+
 impl Control {
     /// Opens the store and replays its journal into a fresh scheduler.
     pub(crate) fn recover(
-        store: Store,
+        mut store: Store,
         config: berth_sched::Config,
         workers: Workers,
         events_tx: broadcast::Sender<Arc<str>>,
@@ -383,6 +437,7 @@ impl Control {
         let mut templates = BTreeMap::new();
         let mut hosts = BTreeMap::new();
         let batches = store.journal()?;
+        let mut lost = lost_request_rows(&store, &batches)?;
         let mut last_ms = 0;
         let mut diverged = 0u64;
         let n_batches = batches.len();
@@ -393,7 +448,10 @@ impl Control {
                     tracing::warn!(batch, input = input.name(), error = %e.message, "journaled input refused on replay");
                 }
             }
-            let _ = drain(&mut s);
+            let (_, events) = drain(&mut s);
+            if !lost.is_empty() {
+                follow_lost_rows(&mut lost, &events);
+            }
             last_ms = last_ms.max(at_ms);
         }
         if diverged > 0 {
@@ -406,6 +464,20 @@ impl Control {
         let next_vm = s.next_vm_id().0;
         if table_vm >= next_vm {
             return Err(DaemonError::JournalBehindState { table_vm, next_vm });
+        }
+        if !lost.is_empty() {
+            let rows: Vec<RepairedRequest> = lost.into_values().collect();
+            let ids: Vec<String> = rows
+                .iter()
+                .take(10)
+                .map(|r| format!("r{}", r.spec.id))
+                .collect();
+            tracing::warn!(
+                rows = rows.len(),
+                first = %ids.join(" "),
+                "the requests table lost rows the journal holds: written again from the journal"
+            );
+            store.repair_requests(&rows)?;
         }
         let (batch, last_request, last_host) = store.last_ids()?;
         let kept = store.orphans()?.into_iter().map(|o| (o.vm, o)).collect();

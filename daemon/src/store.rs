@@ -147,6 +147,16 @@ const MIGRATIONS: &[&str] = &[
     "ALTER TABLE requests ADD COLUMN ending TEXT;",
 ];
 
+/// A `requests` row rebuilt from the journal (see `Store::repair_requests`).
+#[derive(Debug)]
+pub struct RepairedRequest {
+    pub spec: WireRequest,
+    pub state: berth_sched::RequestState,
+    pub cause: String,
+    pub submitted_ms: u64,
+    pub updated_ms: u64,
+}
+
 /// The `meta` key holding the data directory's identity (see `datadir`).
 pub const META_DATA_DIR_ID: &str = "data_dir_id";
 
@@ -250,6 +260,50 @@ impl Store {
             }
         }
         Ok(batches)
+    }
+
+    /// The request numbers the `requests` table holds, in order.
+    pub fn request_ids(&self) -> Result<Vec<u64>, DaemonError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT id FROM requests ORDER BY id")
+            .map_err(sql("reading request ids"))?;
+        let rows = stmt
+            .query_map([], |r| r.get::<_, i64>(0))
+            .map_err(sql("reading request ids"))?;
+        rows.map(|r| r.map(|id| id as u64))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(sql("reading request ids"))
+    }
+
+    /// Writes `requests` rows again that the journal holds but the table lost, as the journal's
+    /// replay left them; all or nothing.
+    pub fn repair_requests(&mut self, rows: &[RepairedRequest]) -> Result<(), DaemonError> {
+        let tx = self.conn.transaction().map_err(sql("repairing requests"))?;
+        {
+            let mut insert = tx
+                .prepare_cached(
+                    "INSERT INTO requests (id, template, count, spec, state, cause, submitted_ms,
+                     updated_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                )
+                .map_err(sql("repairing requests"))?;
+            for r in rows {
+                let spec = serde_json::to_string(&r.spec).unwrap_or_default();
+                insert
+                    .execute(params![
+                        r.spec.id as i64,
+                        r.spec.template,
+                        r.spec.count,
+                        spec,
+                        r.state.name(),
+                        r.cause,
+                        r.submitted_ms as i64,
+                        r.updated_ms as i64
+                    ])
+                    .map_err(sql("repairing requests"))?;
+            }
+        }
+        tx.commit().map_err(sql("repairing requests"))
     }
 
     /// The highest VM number the state tables hold (0 when none).

@@ -330,3 +330,61 @@ fn a_journal_missing_rows_is_named_not_met_with_a_duplicate_key() {
     }
     assert!(err.to_string().contains("restore the database"), "{err}");
 }
+
+#[test]
+fn requests_rows_deleted_by_hand_are_written_again_from_the_journal() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let d = TestDaemon::start(dir, CONFIG);
+    let running = d.ok(
+        "POST",
+        "/v1/requests",
+        Some(json!({"template": "linux", "count": 2})),
+    )["id"]
+        .as_u64()
+        .unwrap();
+    let cancelled = d.ok(
+        "POST",
+        "/v1/requests",
+        Some(json!({"template": "linux", "count": 1})),
+    )["id"]
+        .as_u64()
+        .unwrap();
+    d.wait_for("all running", |d| d.running_vms(running).len() == 2);
+    d.ok("DELETE", &format!("/v1/requests/{cancelled}"), None);
+    d.wait_for("cancelled", |d| {
+        d.ok("GET", &format!("/v1/requests/{cancelled}"), None)["state"] == "cancelled"
+    });
+    let before: Vec<_> = [running, cancelled]
+        .iter()
+        .map(|id| d.ok("GET", &format!("/v1/requests/{id}"), None))
+        .collect();
+    d.stop();
+
+    let conn = rusqlite::Connection::open(dir.join("berth.db")).unwrap();
+    assert_eq!(conn.execute("DELETE FROM requests", []).unwrap(), 2);
+    drop(conn);
+    let d = TestDaemon::start(dir, CONFIG);
+    for (id, was) in [running, cancelled].iter().zip(&before) {
+        let now = d.ok("GET", &format!("/v1/requests/{id}"), None);
+        for field in [
+            "state",
+            "template",
+            "count",
+            "cause",
+            "submitted_ms",
+            "spec",
+        ] {
+            assert_eq!(now[field], was[field], "r{id} {field}: {now} against {was}");
+        }
+    }
+    // New requests take numbers past the repaired ones.
+    let next = d.ok(
+        "POST",
+        "/v1/requests",
+        Some(json!({"template": "linux", "count": 1})),
+    )["id"]
+        .as_u64()
+        .unwrap();
+    assert!(next > cancelled, "r{next} after r{cancelled}");
+}
