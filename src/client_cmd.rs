@@ -933,6 +933,12 @@ struct HostAddArgs {
     /// vCPU overcommit in thousandths (2000: two vCPUs per core).
     #[arg(long, default_value_t = 1000)]
     cpu_overcommit_milli: u32,
+    /// Memory overcommit in thousandths (1000: none).
+    #[arg(long, default_value_t = 1000)]
+    memory_overcommit_milli: u32,
+    /// A base image the host already holds (repeatable): placement prefers such hosts.
+    #[arg(long = "image")]
+    images: Vec<String>,
 }
 
 fn hosts_text(hosts: &[api::HostRow], wide: bool) -> String {
@@ -1027,6 +1033,8 @@ pub fn host(args: HostArgs) -> anyhow::Result<ExitCode> {
                 labels,
                 options,
                 cpu_overcommit_milli,
+                memory_overcommit_milli,
+                images,
             } = *add;
             let slots = slots
                 .iter()
@@ -1075,9 +1083,9 @@ pub fn host(args: HostArgs) -> anyhow::Result<ExitCode> {
                 memory_mib: memory_mib.unwrap_or(0),
                 slots,
                 cpu_overcommit_milli,
-                memory_overcommit_milli: 1000,
+                memory_overcommit_milli,
                 labels,
-                images: Vec::new(),
+                images,
                 options,
             };
             let v = c.answer(c.api.add_host(&body))?;

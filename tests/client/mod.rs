@@ -422,3 +422,54 @@ fn lists_show_people_columns_and_scripts_exact_values() {
     assert_eq!(lines.len(), 2, "{}", text(&out.stdout));
     assert!(lines.iter().all(|e| e["kind"] == "request"));
 }
+
+#[test]
+fn watch_redraws_a_list_until_interrupted() {
+    let dir = tempfile::tempdir().unwrap();
+    let serve = serve(dir.path());
+    let out = cli(
+        &serve,
+        &[
+            "host",
+            "add",
+            "kvm-3",
+            "--driver",
+            "sim",
+            "--vcpus",
+            "8",
+            "--memory-mib",
+            "32768",
+            "--memory-overcommit-milli",
+            "1500",
+            "--image",
+            "linux",
+        ],
+    );
+    assert_eq!(code(&out), 0, "{}", text(&out.stderr));
+    let mut child = command(&serve, &["host", "list", "--watch", "1"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut headers = 0;
+    let mut seen_new_host = false;
+    // Two drawings, a second apart, each with its header and every host.
+    while headers < 2 {
+        let line = lines.next().unwrap().unwrap();
+        headers += usize::from(line.starts_with("HOST "));
+        seen_new_host |= line.starts_with("kvm-3 ");
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(seen_new_host);
+    let v = serve.api().ok("GET", "/v1/hosts", None);
+    let added = v["hosts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h["name"] == "kvm-3")
+        .unwrap();
+    // 8 vCPUs at no CPU overcommit; 32 GiB at 1.5.
+    assert_eq!(added["memory_mib"], 49152, "{added}");
+}
