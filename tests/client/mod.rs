@@ -473,3 +473,42 @@ fn watch_redraws_a_list_until_interrupted() {
     // 8 vCPUs at no CPU overcommit; 32 GiB at 1.5.
     assert_eq!(added["memory_mib"], 49152, "{added}");
 }
+
+#[test]
+fn events_follow_reads_on_across_a_restart_of_the_daemon() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut serve = serve(dir.path());
+    let mut child = command(
+        &serve,
+        &["events", "--follow", "--kind", "request", "--count", "1"],
+    )
+    .stdin(Stdio::null())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert!(serve.terminate(), "berth serve stopped cleanly");
+    serve.restart();
+    // The follower reconnects (within its 2 s retry); then a request's first event ends it.
+    let got = berth_testkit::wait_for(
+        "the follower to see a request",
+        std::time::Duration::from_secs(30),
+        || {
+            let out = cli(&serve, &["request", "--template", "linux", "--count", "1"]);
+            assert_eq!(code(&out), 0, "{}", text(&out.stderr));
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            child.try_wait().unwrap()
+        },
+    );
+    assert!(got.success());
+    let out = child.wait_with_output().unwrap();
+    let stdout = text(&out.stdout);
+    assert!(stdout.starts_with("TIME "), "{stdout}");
+    assert!(stdout.contains("new → waiting"), "{stdout}");
+    assert!(
+        text(&out.stderr).contains("reconnecting"),
+        "{}",
+        text(&out.stderr)
+    );
+}
