@@ -259,29 +259,17 @@ fn key_value(k: &str, v: &str) -> anyhow::Result<(String, String)> {
     }
 }
 
-/// A clap parser for one of an API enum's names, listing them on a mistake.
-fn states(all: &[impl std::fmt::Display]) -> PossibleValuesParser {
-    PossibleValuesParser::new(
-        all.iter()
-            .map(|s| clap::builder::PossibleValue::new(leak(s))),
-    )
-}
-
-/// State names are a few short `'static` words known up front; clap wants them `'static`.
-fn leak(s: &impl std::fmt::Display) -> &'static str {
-    Box::leak(s.to_string().into_boxed_str())
-}
-
+/// Clap parsers for the API's state names, listing them on a mistake.
 fn vm_states() -> PossibleValuesParser {
-    states(api::VmState::ALL)
+    PossibleValuesParser::new(api::VmState::ALL.iter().map(|s| s.name()))
 }
 
 fn request_states() -> PossibleValuesParser {
-    states(api::RequestState::ALL)
+    PossibleValuesParser::new(api::RequestState::ALL.iter().map(|s| s.name()))
 }
 
 fn host_states() -> PossibleValuesParser {
-    states(api::HostState::ALL)
+    PossibleValuesParser::new(api::HostState::ALL.iter().map(|s| s.name()))
 }
 
 fn duration_arg(s: &str) -> Result<u64, String> {
@@ -646,7 +634,7 @@ fn vms_table(vms: &[api::VmRow], shapes: &BTreeMap<u64, (u32, u64)>, now: u64) -
                 || "-".into(),
                 |h| {
                     format!(
-                        "{} for {}",
+                        "{}, {} left",
                         h.owner,
                         human::duration(h.expires_ms.saturating_sub(now))
                     )
