@@ -4,7 +4,8 @@
 //! - `trace convert|synth|export`: convert published traces, synthesise CI workloads, export
 //!   the daemon's journal as a trace;
 //! - `serve`: the live daemon (control loop, SQLite journal, HTTP API);
-//! - `request`, `vm`, `host`, `hook`, `orphan`, `status`: clients of the daemon's API;
+//! - `request`, `vm`, `host`, `template`, `events`, `hook`, `orphan`, `status`: clients of
+//!   the daemon's API, with the exit codes of [`exit`];
 //! - `console`: the operations console on a running daemon;
 //! - `demo`: an embedded daemon on simulated hosts, fed a synthetic CI workload, with the
 //!   console on it.
@@ -13,6 +14,9 @@ mod client_cmd;
 mod compare_cmd;
 mod console_cmd;
 mod demo_cmd;
+mod exit;
+mod human;
+mod output;
 mod plot_cmd;
 mod serve_cmd;
 mod sim_cmd;
@@ -47,6 +51,10 @@ enum Command {
     Vm(client_cmd::VmArgs),
     /// List, add, drain, resume, take offline and remove hosts.
     Host(client_cmd::HostArgs),
+    /// The templates VMs are made from, and which host classes can run them.
+    Template(client_cmd::TemplateArgs),
+    /// The daemon's state changes as they happen: VMs, requests, hosts.
+    Events(client_cmd::EventsArgs),
     /// The hook run log.
     Hook(client_cmd::HookArgs),
     /// VMs found on the hosts that berth keeps rather than destroys: list, destroy.
@@ -79,6 +87,8 @@ fn main() -> ExitCode {
         Command::Vm(c) => client_cmd::vm(c),
         Command::Host(c) => client_cmd::host(c),
         Command::Status(c) => client_cmd::status(c),
+        Command::Template(c) => client_cmd::template(c),
+        Command::Events(c) => client_cmd::events(c),
         Command::Hook(c) => client_cmd::hook(c),
         Command::Orphan(c) => client_cmd::orphan(c),
         Command::Console(c) => console_cmd::run(c),
@@ -86,9 +96,6 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(code) => code,
-        Err(e) => {
-            eprintln!("berth: {e:#}");
-            ExitCode::FAILURE
-        }
+        Err(e) => exit::report(&e),
     }
 }

@@ -348,3 +348,33 @@ pub struct HookRun {
 pub struct HookRuns {
     pub runs: Vec<HookRun>,
 }
+
+/// A template VMs are made from, as the daemon runs it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct TemplateRow {
+    pub name: String,
+    /// The base image its VMs are cloned from.
+    pub base_image: String,
+    /// `linux`, `windows` or `macos`.
+    pub guest_os: String,
+    /// The drivers that can run it; empty: any.
+    pub drivers: Vec<String>,
+    /// The default shape of one VM.
+    pub vcpus: u32,
+    pub memory_mib: u64,
+    /// The counted host slot each VM takes one of (`macos`), if any.
+    pub slot: Option<String>,
+    pub expected_provision_ms: u64,
+    pub expected_boot_ms: u64,
+    pub expected_run_ms: u64,
+    /// The host classes (see [`crate::host_class`]) with a host that could run a VM of the
+    /// default shape: a driver it allows, a slot of its kind, vCPUs and memory enough when
+    /// empty. Whatever their state now.
+    pub host_classes: Vec<String>,
+}
+
+/// `GET /v1/templates`: every template, by name.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct TemplateList {
+    pub templates: Vec<TemplateRow>,
+}

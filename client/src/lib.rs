@@ -192,6 +192,10 @@ impl Client {
         Ok(self.call::<api::HostList>("GET", "/v1/hosts", None)?.hosts)
     }
 
+    pub fn templates(&self) -> Result<api::TemplateList, ClientError> {
+        self.call("GET", "/v1/templates", None)
+    }
+
     pub fn add_host(&self, host: &api::NewHost) -> Result<api::HostRow, ClientError> {
         self.call("POST", "/v1/hosts", Some(host))
     }

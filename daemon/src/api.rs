@@ -36,7 +36,7 @@ use crate::limits::{
     VM_LIST_DEFAULT, list_limit,
 };
 use crate::store::{self, VmFilter};
-use crate::wire::{WireHold, WireHost, WireInput, WireRequest, check_name};
+use crate::wire::{WireHold, WireHost, WireInput, WireRequest, WireTemplate, check_name};
 
 mod predict;
 
@@ -116,6 +116,8 @@ pub struct AppState {
     pub(crate) forecasts: Arc<Mutex<std::collections::BTreeSet<String>>>,
     /// Whether writes are taken (see `disk`).
     pub(crate) health: Arc<crate::disk::Health>,
+    /// The templates this start was configured with (`GET /v1/templates`).
+    pub(crate) templates: Arc<Vec<WireTemplate>>,
 }
 
 /// An error answer: its HTTP status, what went wrong, and the field at fault when one is.
@@ -404,6 +406,7 @@ pub(crate) fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(vm_serial))
         .routes(routes!(queue))
         .routes(routes!(whoami))
+        .routes(routes!(list_templates))
         .routes(routes!(list_hosts, add_host))
         .routes(routes!(remove_host))
         .routes(routes!(drain_host))
@@ -523,13 +526,25 @@ async fn submit(
         requester,
         change: b.change,
     };
-    let id = send_input(&state, WireInput::Submit { request }, actor).await?;
+    let id = send_input(&state, WireInput::Submit { request }, actor)
+        .await
+        .map_err(|e| with_known_templates(&state, e))?;
     let row = state
         .reads
         .read(move |c| store::get_request(c, id))
         .await?
         .ok_or_else(|| ApiError::new(500, "request committed but not found"))?;
     ok_json(StatusCode::CREATED, &row)
+}
+
+/// A refusal of an unknown template, with the names of the ones there are.
+fn with_known_templates(state: &AppState, mut e: ApiError) -> ApiError {
+    if e.field.as_deref() == Some("template") && e.error.starts_with("unknown template") {
+        let mut names: Vec<&str> = state.templates.iter().map(|t| t.name.as_str()).collect();
+        names.sort_unstable();
+        e.error = format!("{}; known templates: {}", e.error, names.join(", "));
+    }
+    e
 }
 
 #[derive(Deserialize, IntoParams)]
@@ -1029,6 +1044,51 @@ async fn whoami(Reader(actor): Reader) -> ApiResult {
 async fn list_hosts(Reader(_): Reader, State(state): State<AppState>) -> ApiResult {
     let hosts = hosts(&state).await?;
     ok_json(StatusCode::OK, &api::HostList { hosts })
+}
+
+/// Every template, by name, with the host classes that could run it.
+#[utoipa::path(get, path = "/v1/templates", tag = "requests",
+    responses((status = 200, body = api::TemplateList)))]
+async fn list_templates(Reader(_): Reader, State(state): State<AppState>) -> ApiResult {
+    let hosts = hosts(&state).await?;
+    let mut templates: Vec<api::TemplateRow> = state
+        .templates
+        .iter()
+        .map(|t| template_row(t, &hosts))
+        .collect();
+    templates.sort_by(|a, b| a.name.cmp(&b.name));
+    ok_json(StatusCode::OK, &api::TemplateList { templates })
+}
+
+/// A template as `GET /v1/templates` shows it: the classes of the hosts that could run a VM
+/// of its default shape, whatever their state (the filters' rules: driver, slot kind, size).
+fn template_row(t: &WireTemplate, hosts: &[api::HostRow]) -> api::TemplateRow {
+    let fits = |h: &api::HostRow| {
+        (t.drivers.is_empty() || t.drivers.contains(&h.driver))
+            && t.slot
+                .as_ref()
+                .is_none_or(|kind| h.slots.iter().any(|s| &s.kind == kind && s.capacity >= 1))
+            && h.vcpus_milli >= u64::from(t.vcpus) * 1000
+            && h.memory_mib >= t.memory_mib
+    };
+    let classes: std::collections::BTreeSet<&str> = hosts
+        .iter()
+        .filter(|h| fits(h))
+        .map(|h| h.class())
+        .collect();
+    api::TemplateRow {
+        name: t.name.clone(),
+        base_image: t.base_image.clone().unwrap_or_else(|| t.name.clone()),
+        guest_os: t.guest_os.clone(),
+        drivers: t.drivers.clone(),
+        vcpus: t.vcpus,
+        memory_mib: t.memory_mib,
+        slot: t.slot.clone(),
+        expected_provision_ms: t.expected_provision_ms,
+        expected_boot_ms: t.expected_boot_ms,
+        expected_run_ms: t.expected_run_ms,
+        host_classes: classes.into_iter().map(str::to_owned).collect(),
+    }
 }
 
 #[utoipa::path(post, path = "/v1/hosts", tag = "hosts", request_body = api::NewHost,

@@ -352,6 +352,7 @@ pub async fn start(opts: Options) -> Result<Daemon, DaemonError> {
         shutdown: shutdown_rx.clone(),
         forecasts: Arc::default(),
         health,
+        templates: Arc::new(templates),
     };
     let app = routes::app(state, metrics);
     let http = tokio::spawn(serve::serve(

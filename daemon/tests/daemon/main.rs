@@ -1055,7 +1055,7 @@ fn the_cli_finds_the_token_and_drives_the_daemon() {
     });
     let (ok, out, err) = berth(&["vm", "list", "--live"]);
     assert!(ok, "{err}");
-    assert!(out.starts_with("VM "), "{out}");
+    assert!(out.starts_with("NAME "), "{out}");
     assert_eq!(out.matches("running").count(), 2, "{out}");
     let vm = vm_ids(&d.ok("GET", &format!("/v1/requests/{id}"), None))[0];
     let (ok, out, err) = berth(&["vm", "result", &format!("berth-vm{vm}"), "passed"]);

@@ -1,0 +1,514 @@
+//! The client commands against a real `berth serve` on simulated hosts: every exit code the
+//! README documents, a reader that closes the pipe early, `--wait`, and the new lists.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Output, Stdio};
+
+use berth_testkit::Serve;
+
+use super::text;
+
+/// Two small simulated hosts that boot at once; `linux` fits two to a host.
+const CONFIG: &str = r#"
+[sim]
+latency_scale = 0.0
+seed = 1
+
+[probe]
+interval_ms = 200
+startup_grace_ms = 0
+
+[[templates]]
+name = "linux"
+guest_os = "linux"
+vcpus = 2
+memory_mib = 4096
+
+[[templates]]
+name = "macos"
+guest_os = "macos"
+vcpus = 4
+memory_mib = 8192
+slot = "macos"
+
+[[hosts]]
+name = "kvm-1"
+driver = "sim"
+vcpus = 4
+memory_mib = 16384
+
+[[hosts]]
+name = "kvm-2"
+driver = "sim"
+vcpus = 4
+memory_mib = 16384
+"#;
+
+fn serve(dir: &std::path::Path) -> Serve {
+    Serve::start(
+        std::path::Path::new(env!("CARGO_BIN_EXE_berth")),
+        dir,
+        CONFIG,
+    )
+}
+
+/// `berth ARGS` against the daemon, standard input closed (not a terminal).
+fn cli(serve: &Serve, args: &[&str]) -> Output {
+    command(serve, args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("the berth binary runs")
+}
+
+fn command(serve: &Serve, args: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_berth"));
+    cmd.args(args)
+        .env("BERTH_URL", &serve.url)
+        .env("BERTH_TOKEN", &serve.token);
+    cmd
+}
+
+fn code(out: &Output) -> i32 {
+    out.status.code().expect("exited, not killed")
+}
+
+#[test]
+fn every_exit_code_means_what_the_readme_says() {
+    let dir = tempfile::tempdir().unwrap();
+    let serve = serve(dir.path());
+
+    // 0: done.
+    let out = cli(&serve, &["status"]);
+    assert_eq!(code(&out), 0, "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("hosts     2 (ready 2)"),
+        "{}",
+        text(&out.stdout)
+    );
+
+    // 2: usage, clap's own and ours: a filter no row can match, a missing flag, a bad id.
+    for args in [
+        &["request", "list", "--state", "bogus"][..],
+        &["vm", "list", "--state", "bogus"],
+        &["vm", "list", "--host", "kvm-9"],
+        &["request", "--template", "linux"],
+        &["request", "show", "x7"],
+        &[
+            "request",
+            "--template",
+            "linux",
+            "--count",
+            "1",
+            "--timeout",
+            "5s",
+        ],
+    ] {
+        let out = cli(&serve, args);
+        assert_eq!(code(&out), 2, "{args:?}: {}", text(&out.stderr));
+        assert!(out.stdout.is_empty(), "{args:?}");
+    }
+    let out = cli(&serve, &["request", "list", "--state", "bogus"]);
+    assert!(
+        text(&out.stderr).contains("waiting, active"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // 3: a request rejected at once (no host could ever fit it), its row still printed.
+    let out = cli(
+        &serve,
+        &[
+            "request",
+            "--template",
+            "linux",
+            "--count",
+            "1",
+            "--cpus",
+            "512",
+        ],
+    );
+    assert_eq!(code(&out), 3, "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("rejected"),
+        "{}",
+        text(&out.stdout)
+    );
+    let out = cli(
+        &serve,
+        &[
+            "request",
+            "--template",
+            "linux",
+            "--count",
+            "1",
+            "--cpus",
+            "512",
+            "-o",
+            "json",
+        ],
+    );
+    assert_eq!(code(&out), 3);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["state"], "rejected", "{v}");
+
+    // 4: --wait gives up; the request stays. Four VMs fill both hosts, so the next waits.
+    let out = cli(
+        &serve,
+        &[
+            "request",
+            "--template",
+            "linux",
+            "--count",
+            "4",
+            "--wait",
+            "--timeout",
+            "20s",
+        ],
+    );
+    assert_eq!(code(&out), 0, "{}", text(&out.stderr));
+    let out = cli(
+        &serve,
+        &[
+            "request",
+            "--template",
+            "linux",
+            "--count",
+            "1",
+            "--wait",
+            "--timeout",
+            "2s",
+        ],
+    );
+    assert_eq!(code(&out), 4, "{}", text(&out.stderr));
+    let err = text(&out.stderr);
+    assert!(err.contains("is still waiting after 2s"), "{err}");
+    assert!(err.contains("berth request cancel r"), "{err}");
+
+    // 3 again: waiting for a request that gets cancelled meanwhile.
+    let waiter = command(
+        &serve,
+        &[
+            "request",
+            "--template",
+            "linux",
+            "--count",
+            "1",
+            "--wait",
+            "--timeout",
+            "60s",
+        ],
+    )
+    .stdin(Stdio::null())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    let id = berth_testkit::wait_for(
+        "the waited-for request",
+        std::time::Duration::from_secs(20),
+        || {
+            let v = serve.api().ok("GET", "/v1/requests?state=waiting", None);
+            v["requests"]
+                .as_array()?
+                .iter()
+                .filter_map(|r| r["id"].as_u64())
+                .max()
+                .filter(|&id| id > 4)
+        },
+    );
+    let out = cli(&serve, &["request", "cancel", &format!("r{id}")]);
+    assert_eq!(code(&out), 0, "{}", text(&out.stderr));
+    let out = waiter.wait_with_output().unwrap();
+    assert_eq!(code(&out), 3, "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("cancelled"),
+        "{}",
+        text(&out.stdout)
+    );
+
+    // 6: the daemon refused: an unknown template (the error lists the known ones), a request
+    // that does not exist.
+    let out = cli(
+        &serve,
+        &["request", "--template", "solaris", "--count", "1"],
+    );
+    assert_eq!(code(&out), 6, "{}", text(&out.stderr));
+    let err = text(&out.stderr);
+    assert!(err.contains("known templates: linux, macos"), "{err}");
+    let out = cli(&serve, &["request", "show", "r999"]);
+    assert_eq!(code(&out), 6, "{}", text(&out.stderr));
+
+    // 5: nobody listens there.
+    let port = berth_testkit::free_port("127.0.0.1");
+    let out = Command::new(env!("CARGO_BIN_EXE_berth"))
+        .args([
+            "status",
+            "--url",
+            &format!("http://127.0.0.1:{port}"),
+            "--token",
+            "x",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 5, "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("is `berth serve` running"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // `host offline` asks first: with no terminal and no --yes it is a usage error and the
+    // host stays in service; with --yes it goes.
+    let out = cli(&serve, &["host", "offline", "kvm-2"]);
+    assert_eq!(code(&out), 2, "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("pass --yes"),
+        "{}",
+        text(&out.stderr)
+    );
+    let hosts = cli(&serve, &["host", "list", "-o", "json"]);
+    let v: serde_json::Value = serde_json::from_slice(&hosts.stdout).unwrap();
+    let state = |v: &serde_json::Value| {
+        v["hosts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|h| h["name"] == "kvm-2")
+            .map(|h| h["state"].as_str().unwrap().to_owned())
+            .unwrap()
+    };
+    assert_ne!(state(&v), "maintenance", "{v}");
+    let out = cli(&serve, &["host", "offline", "kvm-2", "--yes"]);
+    assert_eq!(code(&out), 0, "{}", text(&out.stderr));
+}
+
+#[test]
+fn wait_returns_when_the_vms_run_naming_them_and_their_hosts() {
+    let dir = tempfile::tempdir().unwrap();
+    let serve = serve(dir.path());
+    let out = cli(
+        &serve,
+        &[
+            "request",
+            "--template",
+            "linux",
+            "--count",
+            "3",
+            "--hold-ttl",
+            "30m",
+            "--deadline",
+            "10m",
+            "--expected-run",
+            "5m",
+            "--change",
+            "I42",
+            "--wait",
+            "--timeout",
+            "60s",
+        ],
+    );
+    assert_eq!(code(&out), 0, "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    let running: Vec<&str> = stdout.lines().filter(|l| l.contains(" running ")).collect();
+    assert_eq!(running.len(), 3, "{stdout}");
+    for line in running {
+        assert!(line.starts_with("berth-vm"), "{stdout}");
+        assert!(line.contains("kvm-1") || line.contains("kvm-2"), "{stdout}");
+        assert!(line.contains(" 2 ") && line.contains("4G"), "{stdout}");
+    }
+    // The flags reached the API as the request's spec.
+    let v = serve.api().ok("GET", "/v1/requests/1", None);
+    assert_eq!(v["spec"]["hold"]["ttl_ms"], 1_800_000, "{v}");
+    assert_eq!(v["spec"]["pending_deadline_ms"], 600_000, "{v}");
+    assert_eq!(v["spec"]["expected_run_ms"], 300_000, "{v}");
+    assert_eq!(v["spec"]["change"], "I42", "{v}");
+
+    // The same answer as YAML, exact values.
+    let out = cli(&serve, &["request", "show", "r1", "-o", "yaml"]);
+    assert_eq!(code(&out), 0, "{}", text(&out.stderr));
+    let y = text(&out.stdout);
+    assert!(
+        y.contains("state: active") && y.contains("submitted_ms: "),
+        "{y}"
+    );
+}
+
+#[test]
+fn a_reader_that_closes_the_pipe_ends_the_list_quietly() {
+    let dir = tempfile::tempdir().unwrap();
+    let serve = serve(dir.path());
+    // 2,000 VMs, most queued: far more than a pipe holds.
+    let out = cli(
+        &serve,
+        &[
+            "request",
+            "--template",
+            "linux",
+            "--count",
+            "2000",
+            "-o",
+            "json",
+        ],
+    );
+    assert_eq!(code(&out), 0, "{}", text(&out.stderr));
+    for args in [&["vm", "list"][..], &["vm", "list", "-o", "yaml"]] {
+        let mut child = command(&serve, args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut first = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut first)
+            .unwrap();
+        // The reader is dropped here: what is left to write meets a closed pipe.
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(code(&out), 141, "{args:?}: {}", text(&out.stderr));
+        assert!(out.stderr.is_empty(), "{args:?}: {}", text(&out.stderr));
+        assert!(!first.is_empty());
+    }
+}
+
+#[test]
+fn lists_show_people_columns_and_scripts_exact_values() {
+    let dir = tempfile::tempdir().unwrap();
+    let serve = serve(dir.path());
+    let out = cli(&serve, &["template", "list"]);
+    assert_eq!(code(&out), 0, "{}", text(&out.stderr));
+    let t = text(&out.stdout);
+    assert!(t.starts_with("NAME   OS"), "{t}");
+    // No host has a macos slot: the template names no class that could run it.
+    let macos = t.lines().find(|l| l.starts_with("macos")).unwrap();
+    assert!(macos.contains("none"), "{t}");
+    let linux = t.lines().find(|l| l.starts_with("linux")).unwrap();
+    assert!(linux.contains("kvm"), "{t}");
+
+    let out = cli(
+        &serve,
+        &["request", "--template", "linux", "--count", "2", "--wait"],
+    );
+    assert_eq!(code(&out), 0, "{}", text(&out.stderr));
+    let out = cli(&serve, &["vm", "list", "-o", "wide"]);
+    let t = text(&out.stdout);
+    let header = t.lines().next().unwrap();
+    for column in ["TEMPLATE", "CPUS", "MEMORY", "AGE", "REQUEST", "CAUSE"] {
+        assert!(header.contains(column), "{t}");
+    }
+    let out = cli(&serve, &["vm", "list"]);
+    assert!(!text(&out.stdout).contains("CAUSE"));
+    let out = cli(&serve, &["vm", "list", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["count"], 2, "{v}");
+
+    // `events --count` ends after that many, filtered by kind.
+    let events = command(
+        &serve,
+        &["events", "--kind", "request", "--count", "2", "-o", "json"],
+    )
+    .stdin(Stdio::null())
+    .stdout(Stdio::piped())
+    .spawn()
+    .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let out = cli(&serve, &["request", "--template", "linux", "--count", "1"]);
+    assert_eq!(code(&out), 0, "{}", text(&out.stderr));
+    let out = events.wait_with_output().unwrap();
+    assert_eq!(code(&out), 0);
+    let lines: Vec<serde_json::Value> = text(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2, "{}", text(&out.stdout));
+    assert!(lines.iter().all(|e| e["kind"] == "request"));
+}
+
+#[test]
+fn watch_redraws_a_list_until_interrupted() {
+    let dir = tempfile::tempdir().unwrap();
+    let serve = serve(dir.path());
+    let out = cli(
+        &serve,
+        &[
+            "host",
+            "add",
+            "kvm-3",
+            "--driver",
+            "sim",
+            "--vcpus",
+            "8",
+            "--memory-mib",
+            "32768",
+            "--memory-overcommit-milli",
+            "1500",
+            "--image",
+            "linux",
+        ],
+    );
+    assert_eq!(code(&out), 0, "{}", text(&out.stderr));
+    let mut child = command(&serve, &["host", "list", "--watch", "1"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut headers = 0;
+    let mut seen_new_host = false;
+    // Two drawings, a second apart, each with its header and every host.
+    while headers < 2 {
+        let line = lines.next().unwrap().unwrap();
+        headers += usize::from(line.starts_with("HOST "));
+        seen_new_host |= line.starts_with("kvm-3 ");
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(seen_new_host);
+    let v = serve.api().ok("GET", "/v1/hosts", None);
+    let added = v["hosts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h["name"] == "kvm-3")
+        .unwrap();
+    // 8 vCPUs at no CPU overcommit; 32 GiB at 1.5.
+    assert_eq!(added["memory_mib"], 49152, "{added}");
+}
+
+#[test]
+fn events_follow_reads_on_across_a_restart_of_the_daemon() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut serve = serve(dir.path());
+    let mut child = command(
+        &serve,
+        &["events", "--follow", "--kind", "request", "--count", "1"],
+    )
+    .stdin(Stdio::null())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert!(serve.terminate(), "berth serve stopped cleanly");
+    serve.restart();
+    // The follower reconnects (within its 2 s retry); then a request's first event ends it.
+    let got = berth_testkit::wait_for(
+        "the follower to see a request",
+        std::time::Duration::from_secs(30),
+        || {
+            let out = cli(&serve, &["request", "--template", "linux", "--count", "1"]);
+            assert_eq!(code(&out), 0, "{}", text(&out.stderr));
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            child.try_wait().unwrap()
+        },
+    );
+    assert!(got.success());
+    let out = child.wait_with_output().unwrap();
+    let stdout = text(&out.stdout);
+    assert!(stdout.starts_with("TIME "), "{stdout}");
+    assert!(stdout.contains("new → waiting"), "{stdout}");
+    assert!(
+        text(&out.stderr).contains("reconnecting"),
+        "{}",
+        text(&out.stderr)
+    );
+}
