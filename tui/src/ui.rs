@@ -631,7 +631,12 @@ fn draw_detail(f: &mut Frame, app: &App, theme: Theme, area: Rect) {
     let Some(d) = &app.detail else {
         return;
     };
-    let title = detail_title(app, usize::from(area.width.saturating_sub(4)));
+    // With a console panel beside it, the fields' box (and its title) is that much narrower.
+    let panel = match &d.content {
+        Some(Ok(x)) if x.console.is_some() => 38,
+        _ => 0,
+    };
+    let title = detail_title(app, usize::from(area.width.saturating_sub(4 + panel)));
     let detail = match &d.content {
         Some(Ok(d)) => d,
         // The drill-down list comes from the snapshot: it shows while the details load.

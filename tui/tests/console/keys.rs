@@ -1155,3 +1155,34 @@ fn the_daemon_log_is_for_operators_and_follows() {
     assert!(command(&mut ro, "logs").is_empty());
     assert!(ro.flash.as_deref().unwrap().starts_with("no command"));
 }
+
+#[test]
+fn a_long_drill_down_path_is_cut_from_the_left_to_fit() {
+    use berth_tui::model::{Detail, Target};
+    let mut a = app(80, 24, false);
+    keys(&mut a, "2");
+    a.update(code(KeyCode::Enter));
+    keys(&mut a, "j");
+    a.update(code(KeyCode::Enter));
+    a.update(code(KeyCode::Enter));
+    assert_eq!(
+        a.update(code(KeyCode::Enter)),
+        [Command::FetchDetail(Target::Vm(101))]
+    );
+    a.update(Event::Detail(Box::new(Ok(Detail {
+        target: Target::Vm(101),
+        fields: vec![("state".into(), "running".into())],
+        timeline: vec![],
+        console: Some(Ok(ConsoleInfo {
+            vm: 101,
+            host: "127.0.0.1".into(),
+            port: 5901,
+            password: None,
+        })),
+    }))));
+    let screen = render(&a);
+    assert!(
+        screen.contains("┌ … › r30 › vm berth-vm101 (Esc: up) ─"),
+        "{screen}"
+    );
+}
