@@ -636,7 +636,7 @@ fn draw_detail(f: &mut Frame, app: &App, theme: Theme, area: Rect) {
         Some(Ok(x)) if x.console.is_some() => 38,
         _ => 0,
     };
-    let title = detail_title(app, usize::from(area.width.saturating_sub(4 + panel)));
+    let title = detail_title(app, usize::from(area.width.saturating_sub(panel)));
     let detail = match &d.content {
         Some(Ok(d)) => d,
         // The drill-down list comes from the snapshot: it shows while the details load.
@@ -764,7 +764,8 @@ fn draw_detail(f: &mut Frame, app: &App, theme: Theme, area: Rect) {
     );
 }
 
-/// The detail view's title: the drill-down path, cut from the left to fit `width`.
+/// The detail view's title: the drill-down path, cut from the left to fit a box `width`
+/// columns wide less its two borders.
 fn detail_title(app: &App, width: usize) -> String {
     let Some(d) = &app.detail else {
         return String::new();
@@ -774,20 +775,27 @@ fn detail_title(app: &App, width: usize) -> String {
     } else {
         "Esc: up"
     };
+    const SEP: &str = " › ";
+    // ` PATH (BACK) ` and the two corners.
+    let room = width.saturating_sub(back.len() + 5 + 2);
     let path = app.detail_path();
-    let last = d.target.label();
-    let mut shown: Vec<String> = vec![last];
-    // Earlier steps by their names, newest first, while they fit.
-    for step in path.iter().rev().skip(1) {
-        let len: usize = shown.iter().map(|s| s.chars().count() + 3).sum();
-        if len + step.chars().count() + back.len() + 8 > width {
+    let earlier = &path[..path.len().saturating_sub(1)];
+    let mut shown: Vec<String> = vec![d.target.label()];
+    let mut len = shown[0].chars().count();
+    // Earlier steps by their names, newest first, while they fit (with `… › ` before them
+    // when steps are left out).
+    for (i, step) in earlier.iter().enumerate().rev() {
+        let with = len + SEP.chars().count() + step.chars().count();
+        let cut = if i > 0 { 4 } else { 0 };
+        if with + cut > room {
             shown.push("…".into());
             break;
         }
         shown.push(step.clone());
+        len = with;
     }
     shown.reverse();
-    format!(" {} ({back}) ", shown.join(" › "))
+    format!(" {} ({back}) ", shown.join(SEP))
 }
 
 /// The rows a detail view leads to, the chosen one marked: Enter opens it.

@@ -1185,4 +1185,25 @@ fn a_long_drill_down_path_is_cut_from_the_left_to_fit() {
         screen.contains("┌ … › r30 › vm berth-vm101 (Esc: up) ─"),
         "{screen}"
     );
+    // Two steps fit beside the console panel exactly.
+    let mut a = app(80, 24, false);
+    keys(&mut a, "2");
+    a.update(code(KeyCode::Enter));
+    a.update(code(KeyCode::Enter));
+    a.update(Event::Detail(Box::new(Ok(Detail {
+        target: Target::Vm(101),
+        fields: vec![("state".into(), "running".into())],
+        timeline: vec![],
+        console: Some(Ok(ConsoleInfo {
+            vm: 101,
+            host: "127.0.0.1".into(),
+            port: 5901,
+            password: None,
+        })),
+    }))));
+    let screen = render(&a);
+    assert!(
+        screen.contains("┌ sim-small-1 › vm berth-vm101 (Esc: up) ┐┌ console"),
+        "{screen}"
+    );
 }
