@@ -10,12 +10,14 @@ pub mod answers;
 pub mod bodies;
 pub mod events;
 pub mod forecast;
+pub mod logs;
 mod states;
 
 pub use answers::*;
 pub use bodies::*;
 pub use events::{DaemonEvent, Event, HostEvent, Lagged, RequestEvent, VmEvent};
 pub use forecast::{ArrivalsForecast, DrainForecast, WaitStats};
+pub use logs::{DaemonLog, LogLine};
 pub use states::{HostState, RequestState, Role, UnknownName, VmState};
 
 /// The API's version: the `/v1` in every path, and the OpenAPI document's `info.version`.

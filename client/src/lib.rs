@@ -342,6 +342,13 @@ impl Client {
         self.call("GET", &format!("/v1/hooks/runs{q}"), None)
     }
 
+    /// The daemon's own recent log lines, oldest first (operator tokens only); `limit` keeps
+    /// the newest.
+    pub fn daemon_log(&self, limit: Option<u64>) -> Result<api::DaemonLog, ClientError> {
+        let q = query(&[("limit", limit.map(|l| l.to_string()))]);
+        self.call("GET", &format!("/v1/logs{q}"), None)
+    }
+
     /// Opens the event stream; `last_id` (from an earlier stream) goes as `Last-Event-ID`.
     /// A read waits at most `idle` (the daemon sends keep-alives well within a minute).
     pub fn events(&self, last_id: Option<&str>, idle: Duration) -> Result<Events, ClientError> {

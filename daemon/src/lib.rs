@@ -16,6 +16,7 @@ pub mod export;
 mod fleet;
 pub mod hooks;
 pub mod limits;
+pub mod logs;
 pub mod metrics;
 mod obs_api;
 mod orphan_start;

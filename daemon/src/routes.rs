@@ -58,7 +58,9 @@ impl Modify for BearerAuth {
 /// Both route sets, with the document's own route.
 fn parts() -> (OpenApiRouter<AppState>, OpenApiRouter<ObsState>) {
     (
-        api::routes().routes(routes!(openapi_json)),
+        api::routes()
+            .routes(routes!(openapi_json))
+            .routes(routes!(crate::logs::daemon_log)),
         obs_api::routes(),
     )
 }

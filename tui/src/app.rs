@@ -26,6 +26,8 @@ const CHROME_ROWS: u16 = 6;
 const EXTEND_DEFAULT_S: u64 = 3600;
 /// Rows the frame takes around the serial log's lines: the popup's margin and its borders.
 const SERIAL_CHROME_ROWS: u16 = 6;
+/// How often a followed log is fetched again.
+pub const LOG_FOLLOW_MS: u64 = 2000;
 /// The keys a VM offers, where a VM's console is shown. Short enough for the breakpoints
 /// table's last column at 80 columns.
 pub const VM_KEY_HINTS: &str = "v: vnc  s: screen  l: log";
@@ -112,15 +114,83 @@ pub enum Popup {
         vm: u64,
         status: Option<Result<(), String>>,
     },
-    /// The end of a VM's serial log.
-    SerialLog {
-        vm: u64,
-        /// The log's lines, cleaned for the terminal, or why there is none; `None` while
-        /// fetching.
-        status: Option<Result<Vec<String>, String>>,
-        /// Lines scrolled back from the newest: 0 keeps the end of the log at the bottom.
-        back: usize,
-    },
+    /// The end of a log: a VM's serial log, or the daemon's own.
+    Log(LogView),
+}
+
+/// Which log a log popup shows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogKind {
+    /// A VM's serial console.
+    Serial(u64),
+    /// The daemon's own recent log lines.
+    Daemon,
+}
+
+impl LogKind {
+    fn fetch(self) -> Command {
+        match self {
+            LogKind::Serial(vm) => Command::FetchSerialLog(vm),
+            LogKind::Daemon => Command::FetchDaemonLog,
+        }
+    }
+}
+
+/// A log popup: the lines, where the operator scrolled to, and whether it follows the end.
+#[derive(Clone, Debug)]
+pub struct LogView {
+    pub kind: LogKind,
+    /// The log's lines, cleaned for the terminal, or why there is none; `None` before the
+    /// first answer.
+    pub status: Option<Result<Vec<String>, String>>,
+    /// Lines scrolled back from the newest: 0 keeps the end of the log at the bottom.
+    pub back: usize,
+    /// Fetched again every [`LOG_FOLLOW_MS`], the end kept in view, until the operator
+    /// scrolls back or presses `f`.
+    pub follow: bool,
+    /// A fetch was asked for and not yet answered.
+    pub fetching: bool,
+    /// The local clock when the last fetch was asked for or answered: the next comes
+    /// [`LOG_FOLLOW_MS`] after, so a slow source is not asked faster than it answers.
+    pub fetched_at_ms: u64,
+}
+
+impl LogView {
+    fn new(kind: LogKind, now_ms: u64) -> LogView {
+        LogView {
+            kind,
+            status: None,
+            back: 0,
+            follow: true,
+            fetching: true,
+            fetched_at_ms: now_ms,
+        }
+    }
+
+    /// Takes an answer: a followed log shows its end; a paused one keeps the same lines in
+    /// view as the log grows below them.
+    fn answer(&mut self, result: Result<String, String>, now_ms: u64) {
+        let old_n = match &self.status {
+            Some(Ok(lines)) => Some(lines.len()),
+            _ => None,
+        };
+        // Cleaned here too: whatever the source, guest bytes never reach the terminal raw.
+        let result = result.map(|text| {
+            crate::model::clean_serial(&text)
+                .lines()
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        });
+        match (&result, old_n) {
+            (Ok(lines), Some(old_n)) if !self.follow => {
+                self.back += lines.len().saturating_sub(old_n);
+            }
+            _ => self.back = 0,
+        }
+        self.status = Some(result);
+        self.fetching = false;
+        self.fetched_at_ms = now_ms;
+    }
 }
 
 /// A line being typed in the footer.
@@ -136,6 +206,28 @@ pub struct DetailState {
     pub target: Target,
     pub content: Option<Result<Detail, String>>,
     pub scroll: usize,
+    /// The related row chosen for Enter (a host's VM, a VM's request); `None`: the first.
+    pub link: Option<Target>,
+}
+
+impl DetailState {
+    fn new(target: Target) -> DetailState {
+        DetailState {
+            target,
+            content: None,
+            scroll: 0,
+            link: None,
+        }
+    }
+}
+
+/// Whether the events screen follows the newest event or stays on a chosen one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventsFollow {
+    /// The selection sits on the newest event as events arrive.
+    Following,
+    /// The selection stays on this event (its sequence number) as events arrive.
+    Paused { seq: u64 },
 }
 
 /// Figures for the overview, computed once per snapshot.
@@ -175,11 +267,17 @@ pub struct App {
     pub conn: ConnState,
     pub stream_up: bool,
     pub events: VecDeque<EventRow>,
+    /// Events ever pushed: the event at index `i` has the sequence number `pushed - 1 - i`,
+    /// which stays its key as newer events push it down.
+    pub events_pushed: u64,
+    pub events_follow: EventsFollow,
     pub queue_history: VecDeque<u64>,
     pub tables: BTreeMap<Screen, TableState>,
     pub popup: Option<Popup>,
     pub input: Option<Input>,
     pub detail: Option<DetailState>,
+    /// The detail views a drill-down came through, oldest first: Esc returns along them.
+    pub trail: Vec<DetailState>,
     /// A one-line message in the footer.
     pub flash: Option<String>,
     pub width: u16,
@@ -212,11 +310,14 @@ impl App {
             conn: ConnState::Connecting,
             stream_up: false,
             events: VecDeque::new(),
+            events_pushed: 0,
+            events_follow: EventsFollow::Following,
             queue_history: VecDeque::new(),
             tables,
             popup: None,
             input: None,
             detail: None,
+            trail: Vec::new(),
             flash: None,
             width,
             height,
@@ -277,7 +378,7 @@ impl App {
             }
             Event::Tick { now_ms } => {
                 self.now_ms = now_ms;
-                vec![]
+                self.follow_log()
             }
             Event::Data(snap) => {
                 self.set_data(*snap);
@@ -376,25 +477,38 @@ impl App {
                 vec![]
             }
             Event::SerialLog { vm, result } => {
-                if let Some(Popup::SerialLog {
-                    vm: v,
-                    status,
-                    back,
-                }) = &mut self.popup
-                    && *v == vm
-                {
-                    // Cleaned here too: whatever the source, guest bytes never reach the
-                    // terminal raw.
-                    *status = Some(result.map(|text| {
-                        crate::model::clean_serial(&text)
-                            .lines()
-                            .map(str::to_owned)
-                            .collect()
-                    }));
-                    *back = 0;
-                }
+                self.log_answer(LogKind::Serial(vm), result);
                 vec![]
             }
+            Event::DaemonLog(result) => {
+                self.log_answer(LogKind::Daemon, result);
+                vec![]
+            }
+        }
+    }
+
+    fn log_answer(&mut self, kind: LogKind, result: Result<String, String>) {
+        match &mut self.popup {
+            Some(Popup::Log(view)) if view.kind == kind => view.answer(result, self.now_ms),
+            // An answer for a popup since closed changes nothing on screen.
+            _ => self.dirty = false,
+        }
+    }
+
+    /// Asks for a followed log again once [`LOG_FOLLOW_MS`] have passed since the last ask.
+    fn follow_log(&mut self) -> Vec<Command> {
+        let now = self.now_ms;
+        match &mut self.popup {
+            Some(Popup::Log(view))
+                if view.follow
+                    && !view.fetching
+                    && now.saturating_sub(view.fetched_at_ms) >= LOG_FOLLOW_MS =>
+            {
+                view.fetching = true;
+                view.fetched_at_ms = now;
+                vec![view.kind.fetch()]
+            }
+            _ => vec![],
         }
     }
 
@@ -427,12 +541,62 @@ impl App {
 
     fn push_event(&mut self, row: EventRow) {
         self.events.push_front(row);
+        self.events_pushed += 1;
         while self.events.len() > EVENTS_MAX {
             self.events.pop_back();
         }
         self.search_cache.remove(&Screen::Events);
+        // Off the events screen its view is rebuilt when the operator goes there.
         if self.screen == Screen::Events {
             self.rebuild_view(Screen::Events);
+        }
+    }
+
+    /// The sequence number of the event at `idx` in `events`.
+    pub fn event_seq(&self, idx: usize) -> u64 {
+        self.events_pushed.saturating_sub(idx as u64 + 1)
+    }
+
+    /// The index in `events` of the event numbered `seq`, while it is kept: also how many
+    /// newer events there are.
+    pub fn event_index(&self, seq: u64) -> Option<usize> {
+        let idx = usize::try_from(self.events_pushed.checked_sub(seq + 1)?).ok()?;
+        (idx < self.events.len()).then_some(idx)
+    }
+
+    /// Where the events selection belongs after the view changed: on the newest event when
+    /// following, else on the chosen event, with the rows on screen kept still.
+    fn place_events_selection(&mut self) {
+        let Some(t) = self.tables.get(&Screen::Events) else {
+            return;
+        };
+        let pos = match self.events_follow {
+            // The newest event has the smallest index, wherever the sort puts it.
+            EventsFollow::Following => t
+                .view
+                .iter()
+                .enumerate()
+                .min_by_key(|(_, i)| **i)
+                .map(|(pos, _)| pos),
+            EventsFollow::Paused { seq } => self
+                .event_index(seq)
+                .and_then(|idx| t.view.iter().position(|&i| i == idx)),
+        };
+        if let (Some(pos), Some(t)) = (pos, self.tables.get_mut(&Screen::Events)) {
+            if self.events_follow != EventsFollow::Following {
+                // Rows arrived above the chosen one: scroll with it, so it stays put.
+                let shift = pos as i64 - t.selected as i64;
+                t.offset = usize::try_from(t.offset as i64 + shift).unwrap_or(0);
+            }
+            t.selected = pos;
+        }
+    }
+
+    /// The events screen stops following and stays on the selected event.
+    fn pause_events(&mut self) {
+        if let Some(idx) = self.selected_index(Screen::Events) {
+            let seq = self.event_seq(idx);
+            self.events_follow = EventsFollow::Paused { seq };
         }
     }
 
@@ -472,22 +636,23 @@ impl App {
         use KeyAction as A;
         if self.detail.is_some() {
             match action {
-                A::Up => {
+                A::Up => return self.move_link(-1),
+                A::Down => return self.move_link(1),
+                A::Top => return self.move_link(i64::MIN / 2),
+                A::Bottom => return self.move_link(i64::MAX / 2),
+                A::PageUp | A::PageDown => {
+                    let page = self.page_rows() / 2;
                     if let Some(d) = &mut self.detail {
-                        d.scroll = d.scroll.saturating_sub(1);
+                        d.scroll = if action == A::PageUp {
+                            d.scroll.saturating_sub(page)
+                        } else {
+                            d.scroll + page
+                        };
                     }
                     return vec![];
                 }
-                A::Down => {
-                    if let Some(d) = &mut self.detail {
-                        d.scroll += 1;
-                    }
-                    return vec![];
-                }
-                A::Back => {
-                    self.detail = None;
-                    return vec![];
-                }
+                A::Enter => return self.open_link(),
+                A::Back => return self.detail_back(),
                 A::Vnc | A::Screenshot | A::SerialLog => {
                     if let Some(DetailState {
                         target: Target::Vm(vm),
@@ -499,7 +664,7 @@ impl App {
                     }
                     return vec![];
                 }
-                A::Go(_) | A::Quit | A::Help | A::CommandBar | A::Refresh => {}
+                A::Go(_) | A::Quit | A::Help | A::CommandBar | A::Refresh | A::DaemonLog => {}
                 _ => return vec![],
             }
         }
@@ -524,6 +689,25 @@ impl App {
             A::PageDown => self.move_by(self.page_rows() as i64),
             A::Top => self.move_by(i64::MIN / 2),
             A::Bottom => self.move_by(i64::MAX / 2),
+            A::Follow => {
+                if self.events_follow == EventsFollow::Following {
+                    self.pause_events();
+                    self.flash = Some("events paused on this row: f follows again".into());
+                } else {
+                    self.events_follow = EventsFollow::Following;
+                    self.place_events_selection();
+                    self.scroll_into_view(Screen::Events);
+                    self.flash = Some("following the newest event".into());
+                }
+                vec![]
+            }
+            A::DaemonLog => {
+                if self.read_only {
+                    return vec![];
+                }
+                self.popup = Some(Popup::Log(LogView::new(LogKind::Daemon, self.now_ms)));
+                vec![Command::FetchDaemonLog]
+            }
             A::Enter => self.open_detail(),
             A::Back => {
                 let screen = self.screen;
@@ -567,6 +751,7 @@ impl App {
             A::Refresh => vec![Command::Refresh],
             A::Go(s) => {
                 self.detail = None;
+                self.trail.clear();
                 self.screen = s;
                 self.rebuild_view(s);
                 vec![]
@@ -589,11 +774,7 @@ impl App {
                 vec![Command::FetchConsole(vm)]
             }
             KeyAction::SerialLog => {
-                self.popup = Some(Popup::SerialLog {
-                    vm,
-                    status: None,
-                    back: 0,
-                });
+                self.popup = Some(Popup::Log(LogView::new(LogKind::Serial(vm), self.now_ms)));
                 vec![Command::FetchSerialLog(vm)]
             }
             _ => {
@@ -657,28 +838,45 @@ impl App {
                 }
                 vec![]
             }
-            Popup::SerialLog { vm, status, back } => {
-                let n = match status {
+            Popup::Log(view) => {
+                let n = match &view.status {
                     Some(Ok(lines)) => lines.len(),
                     _ => 0,
                 };
                 // Scrolled all the way back, the first line is at the top of the popup.
                 let back_max = n.saturating_sub(page);
                 let ctrl = k.modifiers.contains(KeyModifiers::CONTROL);
+                // Scrolling back stops following, as `less +F` does; `f` follows again.
+                let back_by = |view: &mut LogView, lines: usize| {
+                    view.back = (view.back + lines).min(back_max);
+                    view.follow = false;
+                };
                 match k.code {
-                    KeyCode::Char('k') | KeyCode::Up => *back = (*back + 1).min(back_max),
-                    KeyCode::Char('j') | KeyCode::Down => *back = back.saturating_sub(1),
-                    KeyCode::PageUp => *back = (*back + page).min(back_max),
-                    KeyCode::Char('b') if ctrl => *back = (*back + page).min(back_max),
-                    KeyCode::PageDown => *back = back.saturating_sub(page),
-                    KeyCode::Char('f') if ctrl => *back = back.saturating_sub(page),
-                    KeyCode::Char('g') | KeyCode::Home => *back = back_max,
-                    KeyCode::Char('G') | KeyCode::End => *back = 0,
+                    KeyCode::Char('k') | KeyCode::Up => back_by(view, 1),
+                    KeyCode::Char('j') | KeyCode::Down => view.back = view.back.saturating_sub(1),
+                    KeyCode::PageUp => back_by(view, page),
+                    KeyCode::Char('b') if ctrl => back_by(view, page),
+                    KeyCode::PageDown => view.back = view.back.saturating_sub(page),
+                    KeyCode::Char('f') if ctrl => view.back = view.back.saturating_sub(page),
+                    KeyCode::Char('g') | KeyCode::Home => back_by(view, back_max),
+                    KeyCode::Char('G') | KeyCode::End => view.back = 0,
+                    KeyCode::Char('f') => {
+                        view.follow = !view.follow;
+                        if view.follow {
+                            view.back = 0;
+                            if !view.fetching {
+                                view.fetching = true;
+                                view.fetched_at_ms = self.now_ms;
+                                return vec![view.kind.fetch()];
+                            }
+                        }
+                    }
                     KeyCode::Char('r') => {
-                        let vm = *vm;
-                        *status = None;
-                        *back = 0;
-                        return vec![Command::FetchSerialLog(vm)];
+                        view.status = None;
+                        view.back = 0;
+                        view.fetching = true;
+                        view.fetched_at_ms = self.now_ms;
+                        return vec![view.kind.fetch()];
                     }
                     KeyCode::Esc | KeyCode::Enter | KeyCode::Char('q') | KeyCode::Char('l') => {
                         self.popup = None
@@ -762,13 +960,12 @@ impl App {
     }
 
     /// A `:` command: `drain` acts where it applies (the hosts screen), on the selected or
-    /// marked rows; `drain sim-large-3` goes there and acts on that row alone. A command
-    /// given on a screen it does not act on is refused, naming where it does.
+    /// marked rows; `drain sim-large-3` goes there and acts on that row alone. A screen's
+    /// command with a name opens that row's details (`:vm berth-vm33`, `:host sim-mac-1`,
+    /// `:request r7`). A command given on a screen it does not act on is refused, naming
+    /// where it does; a name of the wrong kind is refused, naming its kind.
     fn run_command(&mut self, text: &str) -> Vec<Command> {
         let t = text.trim();
-        if t == "q" || t == "q!" {
-            return self.act(KeyAction::Quit);
-        }
         let (word, arg) = match t.split_once(char::is_whitespace) {
             Some((w, a)) => (w, Some(a.trim()).filter(|a| !a.is_empty())),
             None => (t, None),
@@ -777,10 +974,18 @@ impl App {
             self.flash = Some(format!("no command `{word}`: press ? for the list"));
             return vec![];
         };
-        let name = b.command.unwrap_or(word);
-        let home = match b.scope {
-            keymap::Scope::On(screens) => screens.first().copied(),
-            keymap::Scope::Everywhere => None,
+        // Named as the operator typed it when that is a name or alias (`:vm`), else in full.
+        let name = if b.named(word) {
+            word
+        } else {
+            b.command.unwrap_or(word)
+        };
+        let home = match b.action {
+            KeyAction::Go(s) => Some(s),
+            _ => match b.scope {
+                keymap::Scope::On(screens) => screens.first().copied(),
+                keymap::Scope::Everywhere => None,
+            },
         };
         let Some(arg) = arg else {
             if !b.scope.contains(self.screen) {
@@ -792,26 +997,144 @@ impl App {
             }
             return self.act(b.action);
         };
-        let Some(screen) = home else {
+        let Some((screen, kind)) = home.and_then(|s| Some((s, TargetKind::of_screen(s)?))) else {
             self.flash = Some(format!("`:{name}` takes no target"));
             return vec![];
         };
-        let key = match screen {
-            Screen::Hosts => Some(arg.to_owned()),
-            Screen::Queue => parse_request_key(arg).map(|id| id.to_string()),
-            Screen::Vms | Screen::Breakpoints => parse_vm_key(arg).map(|id| id.to_string()),
-            Screen::Overview | Screen::Events => None,
+        let target = match self.resolve(kind, arg) {
+            Ok(t) => t,
+            Err(why) => {
+                self.flash = Some(format!("`:{name}` takes {}: {why}", kind.noun()));
+                return vec![];
+            }
+        };
+        let key = match &target {
+            Target::Host(h) => h.clone(),
+            Target::Request(r) => r.to_string(),
+            Target::Vm(v) => v.to_string(),
         };
         self.act(KeyAction::Go(screen));
-        let Some(pos) = key.as_deref().and_then(|k| self.position_of(screen, k)) else {
-            self.flash = Some(format!("`:{name}`: no `{arg}` on {}", screen.title()));
-            return vec![];
-        };
-        if let Some(t) = self.tables.get_mut(&screen) {
+        let pos = self.position_of(screen, &key);
+        if let (Some(pos), Some(t)) = (pos, self.tables.get_mut(&screen)) {
             t.selected = pos;
             t.marks.clear();
+            self.scroll_into_view(screen);
+        }
+        if let KeyAction::Go(_) = b.action {
+            // The row need not be on the screen: an ended VM or a placed request still has
+            // details.
+            self.detail = Some(DetailState::new(target.clone()));
+            return vec![Command::FetchDetail(target)];
+        }
+        if pos.is_none() {
+            self.flash = Some(format!("`:{name}`: no `{arg}` on {}", screen.title()));
+            return vec![];
         }
         self.act(b.action)
+    }
+
+    /// What a name given to a command is, for a command that takes a `kind`: the target, or
+    /// why it is not one (a host where a VM was asked for, a name that is nowhere).
+    fn resolve(&self, kind: TargetKind, arg: &str) -> Result<Target, String> {
+        let is_host = self.snap.hosts.iter().any(|h| h.name == arg);
+        // Names with their prefix say what they are; a bare number is whatever was asked.
+        let vm_named = arg
+            .strip_prefix("berth-vm")
+            .or_else(|| arg.strip_prefix("vm"))
+            .and_then(|d| d.parse::<u64>().ok());
+        let request_named = arg.strip_prefix('r').and_then(|d| d.parse::<u64>().ok());
+        let number = arg.parse::<u64>().ok();
+        let is_a = |what: &str, cmd: &str| format!("`{arg}` is {what} (:{cmd} {arg})");
+        match kind {
+            TargetKind::Host if is_host => Ok(Target::Host(arg.to_owned())),
+            TargetKind::Vm | TargetKind::Request if is_host => Err(is_a("a host", "host")),
+            TargetKind::Host | TargetKind::Request if vm_named.is_some() => Err(is_a("a VM", "vm")),
+            TargetKind::Host | TargetKind::Vm if request_named.is_some() => {
+                Err(is_a("a request", "request"))
+            }
+            TargetKind::Host => Err(format!("no host `{arg}`")),
+            TargetKind::Vm => vm_named
+                .or(number)
+                .map(Target::Vm)
+                .ok_or_else(|| format!("`{arg}` is not a VM name")),
+            TargetKind::Request => request_named
+                .or(number)
+                .map(Target::Request)
+                .ok_or_else(|| format!("`{arg}` is not a request id")),
+        }
+    }
+
+    /// The names the command bar offers for what follows `word` (hosts for `:drain`, VMs for
+    /// `:vm`), or the command names `text` begins, when it has no space yet.
+    pub fn command_candidates(&self, text: &str) -> Vec<String> {
+        let Some((word, partial)) = text.trim_start().split_once(char::is_whitespace) else {
+            return keymap::complete(text.trim(), self.read_only)
+                .into_iter()
+                .map(str::to_owned)
+                .collect();
+        };
+        let partial = partial.trim_start();
+        let Some(b) = keymap::command_binding(word, self.read_only) else {
+            return vec![];
+        };
+        let home = match b.action {
+            KeyAction::Go(s) => Some(s),
+            _ => match b.scope {
+                keymap::Scope::On(screens) => screens.first().copied(),
+                keymap::Scope::Everywhere => None,
+            },
+        };
+        let Some(kind) = home.and_then(TargetKind::of_screen) else {
+            return vec![];
+        };
+        let names: BTreeSet<String> = match kind {
+            TargetKind::Host => self.snap.hosts.iter().map(|h| h.name.clone()).collect(),
+            TargetKind::Vm => self
+                .snap
+                .vms
+                .iter()
+                .map(|v| v.id)
+                .chain(self.snap.breakpoints.iter().map(|b| b.vm))
+                .map(vm_name)
+                .collect(),
+            TargetKind::Request => self
+                .snap
+                .queue
+                .iter()
+                .map(|r| r.id)
+                .chain(self.snap.vms.iter().map(|v| v.request))
+                .map(|r| format!("r{r}"))
+                .collect(),
+        };
+        let mut names: Vec<String> = names
+            .into_iter()
+            .filter(|n| n.starts_with(partial))
+            .collect();
+        // Numbers in their natural order: r9 before r10.
+        names.sort_by(|a, b| natural_key(a).cmp(&natural_key(b)));
+        names
+    }
+
+    /// Tab in the command bar: the whole name when one fits, else as far as all that fit
+    /// agree.
+    fn complete_command(&self, text: &str) -> String {
+        let candidates = self.command_candidates(text);
+        let Some(first) = candidates.first() else {
+            return text.to_owned();
+        };
+        let common = candidates.iter().fold(first.as_str(), |acc, c| {
+            let n = acc
+                .char_indices()
+                .zip(c.chars())
+                .take_while(|((_, a), b)| a == b)
+                .count();
+            let end = acc.char_indices().nth(n).map_or(acc.len(), |(i, _)| i);
+            &acc[..end]
+        });
+        match text.trim_start().split_once(char::is_whitespace) {
+            Some((word, _)) => format!("{word} {common}"),
+            None => common.to_owned(),
+        }
     }
 
     fn open_confirm(&mut self, kind: KeyAction) -> Vec<Command> {
@@ -1018,9 +1341,7 @@ impl App {
                     self.run_command(&text)
                 }
                 KeyCode::Tab => {
-                    if let Some(first) = keymap::complete(text.trim(), self.read_only).first() {
-                        text = (*first).to_owned();
-                    }
+                    text = self.complete_command(&text);
                     self.input = Some(Input::Command(text));
                     vec![]
                 }
@@ -1052,6 +1373,9 @@ impl App {
             t.selected = pos as usize;
         }
         self.scroll_into_view(screen);
+        if screen == Screen::Events {
+            self.pause_events();
+        }
         vec![]
     }
 
@@ -1089,17 +1413,52 @@ impl App {
                 None => (0..n).collect(),
             }
         };
-        // Sort 0 is the source's own order (queue order, newest event first).
+        // Sort 0 is the source's own order (queue order, newest event first). Any other
+        // column is a total order: equal values by name or id, always ascending, so rows
+        // that tie do not trade places on each refresh.
         if col != 0 {
-            view.sort_by_cached_key(|&i| self.sort_key(screen, i, col));
-        }
-        if reverse {
+            let mut keyed: Vec<(SortKey, SortKey, usize)> = view
+                .iter()
+                .map(|&i| (self.sort_key(screen, i, col), self.tie_key(screen, i), i))
+                .collect();
+            keyed.sort_by(|a, b| {
+                let by_value = if reverse {
+                    b.0.cmp(&a.0)
+                } else {
+                    a.0.cmp(&b.0)
+                };
+                by_value.then_with(|| a.1.cmp(&b.1))
+            });
+            view = keyed.into_iter().map(|(_, _, i)| i).collect();
+        } else if reverse {
             view.reverse();
         }
         if let Some(t) = self.tables.get_mut(&screen) {
             t.view = view;
         }
+        if screen == Screen::Events {
+            self.place_events_selection();
+        }
         self.scroll_into_view(screen);
+    }
+
+    /// What breaks a tie in a sort: the host's name, the request's or VM's id, the event's
+    /// age (newest first).
+    fn tie_key(&self, screen: Screen, idx: usize) -> SortKey {
+        let num = |n: u64| SortKey::Num(i64::try_from(n).unwrap_or(i64::MAX));
+        match screen {
+            Screen::Hosts => SortKey::Text(
+                self.snap
+                    .hosts
+                    .get(idx)
+                    .map(|h| h.name.clone())
+                    .unwrap_or_default(),
+            ),
+            Screen::Queue => num(self.snap.queue.get(idx).map_or(0, |r| r.id)),
+            Screen::Vms => num(self.snap.vms.get(idx).map_or(0, |v| v.id)),
+            Screen::Breakpoints => num(self.snap.breakpoints.get(idx).map_or(0, |b| b.vm)),
+            Screen::Events | Screen::Overview => num(idx as u64),
+        }
     }
 
     fn sort_label(&self, screen: Screen) -> String {
@@ -1139,8 +1498,8 @@ impl App {
             Screen::Vms => self.snap.vms.get(idx)?.id.to_string(),
             Screen::Breakpoints => self.snap.breakpoints.get(idx)?.vm.to_string(),
             Screen::Events => {
-                let e = self.events.get(idx)?;
-                format!("{}:{}:{}", e.at_ms, e.subject, e.text)
+                self.events.get(idx)?;
+                self.event_seq(idx).to_string()
             }
         })
     }
@@ -1201,12 +1560,168 @@ impl App {
         let Some(target) = target else {
             return vec![];
         };
-        self.detail = Some(DetailState {
-            target: target.clone(),
-            content: None,
-            scroll: 0,
-        });
+        self.trail.clear();
+        self.detail = Some(DetailState::new(target.clone()));
         vec![Command::FetchDetail(target)]
+    }
+
+    // ---- drill-down ----
+
+    /// What a detail view leads to, as k9s' xray: a host to its VMs, a VM to its request and
+    /// its host, a request to its VMs. From the snapshot, so it follows each refresh.
+    pub fn links(&self, target: &Target) -> Vec<Target> {
+        match target {
+            Target::Host(h) => {
+                let mut vms: Vec<u64> = self
+                    .snap
+                    .vms
+                    .iter()
+                    .filter(|v| v.host.as_deref() == Some(h.as_str()))
+                    .map(|v| v.id)
+                    .collect();
+                vms.sort_unstable();
+                vms.into_iter().map(Target::Vm).collect()
+            }
+            Target::Request(r) => {
+                let mut vms: Vec<u64> = self
+                    .snap
+                    .vms
+                    .iter()
+                    .filter(|v| v.request == *r)
+                    .map(|v| v.id)
+                    .collect();
+                vms.sort_unstable();
+                vms.into_iter().map(Target::Vm).collect()
+            }
+            Target::Vm(id) => {
+                let host = |h: Option<&String>| h.cloned().map(Target::Host);
+                match self.snap.vms.iter().find(|v| v.id == *id) {
+                    Some(v) => std::iter::once(Target::Request(v.request))
+                        .chain(host(v.host.as_ref()))
+                        .collect(),
+                    None => self
+                        .snap
+                        .breakpoints
+                        .iter()
+                        .find(|b| b.vm == *id)
+                        .and_then(|b| host(b.host.as_ref()))
+                        .into_iter()
+                        .collect(),
+                }
+            }
+        }
+    }
+
+    /// One line about a linked host, request or VM, for the drill-down list.
+    pub fn link_text(&self, target: &Target) -> String {
+        let now = self.server_now_ms();
+        match target {
+            Target::Vm(id) => match self.snap.vms.iter().find(|v| v.id == *id) {
+                Some(v) => format!(
+                    "{}  {} {}  r{}  {}  {}",
+                    v.name,
+                    crate::model::vm_glyph(&v.state),
+                    v.state,
+                    v.request,
+                    v.template,
+                    v.host.as_deref().unwrap_or("-"),
+                ),
+                None => vm_name(*id),
+            },
+            Target::Request(r) => match self.snap.queue.iter().find(|q| q.id == *r) {
+                Some(q) => format!(
+                    "r{r}  {}  {}  waiting {}",
+                    q.requester,
+                    q.shape(),
+                    duration(now.saturating_sub(q.submitted_ms))
+                ),
+                None => {
+                    let n = self.snap.vms.iter().filter(|v| v.request == *r).count();
+                    format!("request r{r}  {}", plural(n, "live VM"))
+                }
+            },
+            Target::Host(h) => match self.snap.hosts.iter().find(|x| &x.name == h) {
+                Some(x) => format!(
+                    "host {h}  {} {}  cpu {}/{}  {}",
+                    crate::model::host_glyph(&x.state),
+                    x.state,
+                    milli(x.cpu_used_milli),
+                    milli(x.cpu_milli),
+                    plural(usize::try_from(x.n_vms).unwrap_or(usize::MAX), "VM"),
+                ),
+                None => format!("host {h}"),
+            },
+        }
+    }
+
+    /// The position of the chosen link among `links`.
+    pub fn link_position(&self, links: &[Target]) -> usize {
+        self.detail
+            .as_ref()
+            .and_then(|d| d.link.as_ref())
+            .and_then(|l| links.iter().position(|x| x == l))
+            .unwrap_or(0)
+    }
+
+    /// j/k in a detail view: the next or previous link, or the history when there are none.
+    fn move_link(&mut self, delta: i64) -> Vec<Command> {
+        let Some(d) = &self.detail else {
+            return vec![];
+        };
+        let links = self.links(&d.target);
+        let pos = self.link_position(&links) as i64;
+        let Some(d) = &mut self.detail else {
+            return vec![];
+        };
+        if links.is_empty() {
+            d.scroll = usize::try_from((d.scroll as i64).saturating_add(delta)).unwrap_or(0);
+            return vec![];
+        }
+        let n = links.len() as i64;
+        let pos = pos.saturating_add(delta).clamp(0, n - 1);
+        d.link = links.into_iter().nth(pos as usize);
+        vec![]
+    }
+
+    /// Enter in a detail view: opens the chosen link, keeping the way back.
+    fn open_link(&mut self) -> Vec<Command> {
+        let Some(d) = &self.detail else {
+            return vec![];
+        };
+        let links = self.links(&d.target);
+        let Some(next) = links.get(self.link_position(&links)).cloned() else {
+            return vec![];
+        };
+        if let Some(d) = self.detail.take() {
+            self.trail.push(d);
+        }
+        self.detail = Some(DetailState::new(next.clone()));
+        vec![Command::FetchDetail(next)]
+    }
+
+    /// Esc in a detail view: back to where the drill-down came from, fetched again, or to
+    /// the table.
+    fn detail_back(&mut self) -> Vec<Command> {
+        match self.trail.pop() {
+            Some(prev) => {
+                let target = prev.target.clone();
+                self.detail = Some(prev);
+                vec![Command::FetchDetail(target)]
+            }
+            None => {
+                self.detail = None;
+                vec![]
+            }
+        }
+    }
+
+    /// The way the drill-down came, as the title says it: `host sim-small-1 › berth-vm101`.
+    pub fn detail_path(&self) -> Vec<String> {
+        self.trail
+            .iter()
+            .chain(self.detail.as_ref())
+            .map(|d| d.target.subject())
+            .collect()
     }
 
     /// Text cells of one row, as drawn and as the filter searches them.
@@ -1430,6 +1945,41 @@ fn plural(n: usize, what: &str) -> String {
     } else {
         format!("{n} {what}s")
     }
+}
+
+/// What kind of thing a command's target is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum TargetKind {
+    Host,
+    Request,
+    Vm,
+}
+
+impl TargetKind {
+    /// The kind of row a screen lists, if its rows can be named.
+    fn of_screen(screen: Screen) -> Option<TargetKind> {
+        match screen {
+            Screen::Hosts => Some(TargetKind::Host),
+            Screen::Queue => Some(TargetKind::Request),
+            Screen::Vms | Screen::Breakpoints => Some(TargetKind::Vm),
+            Screen::Overview | Screen::Events => None,
+        }
+    }
+
+    fn noun(self) -> &'static str {
+        match self {
+            TargetKind::Host => "a host (sim-small-1)",
+            TargetKind::Request => "a request (r7)",
+            TargetKind::Vm => "a VM (berth-vm12)",
+        }
+    }
+}
+
+/// A sort key that puts `r9` before `r10`: the text before the trailing number, then it.
+fn natural_key(s: &str) -> (&str, u64) {
+    let digits = s.len() - s.trim_end_matches(|c: char| c.is_ascii_digit()).len();
+    let (head, tail) = s.split_at(s.len() - digits);
+    (head, tail.parse().unwrap_or(0))
 }
 
 fn parse_request_key(s: &str) -> Option<u64> {

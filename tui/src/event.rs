@@ -65,6 +65,8 @@ pub enum Event {
         vm: u64,
         result: Result<String, String>,
     },
+    /// The daemon's own recent log lines, one per line, or why there are none.
+    DaemonLog(Result<String, String>),
     /// A message for the footer from the runtime (a viewer started, nothing to copy with).
     Notice(String),
 }
@@ -90,4 +92,6 @@ pub enum Command {
     FetchScreenshot(u64),
     /// Fetch the end of a VM's serial log (for `l`).
     FetchSerialLog(u64),
+    /// Fetch the daemon's own recent log (for `:logs`).
+    FetchDaemonLog,
 }

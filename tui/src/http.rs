@@ -428,6 +428,11 @@ impl Source for HttpSource {
         Ok(serial_text(vm, &tail.bytes, tail.total_bytes))
     }
 
+    fn daemon_log(&mut self) -> Result<String, SourceError> {
+        let log = self.client.daemon_log(None)?;
+        Ok(log.lines.iter().map(daemon_log_line).collect())
+    }
+
     fn role(&mut self) -> Option<Role> {
         Some(match self.client.whoami().ok()?.role {
             api::Role::ReadOnly => Role::ReadOnly,
@@ -446,6 +451,18 @@ impl Source for HttpSource {
             let _ = failed.send(Event::StreamUp(false));
         }
     }
+}
+
+/// One line of the daemon's log as the console shows it: time, level, message and fields,
+/// then the module, which matters least, so it is what the popup's edge cuts first.
+pub fn daemon_log_line(l: &api::LogLine) -> String {
+    let module = l.target.strip_prefix("berth_daemon::").unwrap_or(&l.target);
+    format!(
+        "{} {:<5} {}  [{module}]\n",
+        crate::app::clock(l.at_ms),
+        l.level.to_uppercase(),
+        l.message
+    )
 }
 
 /// The text of a serial log's `tail` out of `total_bytes`. When the log was longer, the

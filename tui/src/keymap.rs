@@ -59,6 +59,10 @@ pub enum KeyAction {
     Vnc,
     Screenshot,
     SerialLog,
+    /// The events screen follows the newest event, or stays on the chosen row.
+    Follow,
+    /// The daemon's own recent log (operators).
+    DaemonLog,
     Quit,
     Drain,
     Resume,
@@ -140,10 +144,33 @@ pub struct Binding {
     pub scope: Scope,
     /// Changes the fleet: confirmed in a dialog, absent in read-only mode.
     pub changes: bool,
+    /// Other names the command bar takes for it, as k9s has (`:h` for `:hosts`).
+    pub aliases: &'static [&'static str],
+    /// Only an operator token may use it (absent in read-only mode), though it changes nothing.
+    pub operator: bool,
+}
+
+impl Binding {
+    const fn aliases(self, aliases: &'static [&'static str]) -> Binding {
+        Binding { aliases, ..self }
+    }
+
+    const fn operator(self) -> Binding {
+        Binding {
+            operator: true,
+            ..self
+        }
+    }
+
+    /// True if the command bar knows it by `name`: its command or one of its aliases.
+    pub fn named(&self, name: &str) -> bool {
+        self.command == Some(name) || self.aliases.contains(&name)
+    }
 }
 
 const HOSTS: &[Screen] = &[Screen::Hosts];
 const QUEUE: &[Screen] = &[Screen::Queue];
+const EVENTS: &[Screen] = &[Screen::Events];
 const VM_SCREENS: &[Screen] = &[Screen::Vms, Screen::Breakpoints];
 const BREAKPOINTS: &[Screen] = &[Screen::Breakpoints, Screen::Vms];
 const TABLES: &[Screen] = &[
@@ -168,6 +195,8 @@ const fn b(
         help,
         scope,
         changes: false,
+        aliases: &[],
+        operator: false,
     }
 }
 
@@ -185,6 +214,8 @@ const fn change(
         help,
         scope: Scope::On(scope),
         changes: true,
+        aliases: &[],
+        operator: false,
     }
 }
 
@@ -311,42 +342,48 @@ pub const KEYMAP: &[Binding] = &[
         Some("overview"),
         "overview screen",
         ALL,
-    ),
+    )
+    .aliases(&["o"]),
     b(
         &[Key::Char('2')],
         A::Go(Screen::Hosts),
         Some("hosts"),
         "hosts screen",
         ALL,
-    ),
+    )
+    .aliases(&["h", "host"]),
     b(
         &[Key::Char('3')],
         A::Go(Screen::Queue),
         Some("queue"),
         "queue screen (why waiting)",
         ALL,
-    ),
+    )
+    .aliases(&["q", "request", "requests", "req"]),
     b(
         &[Key::Char('4')],
         A::Go(Screen::Vms),
         Some("vms"),
         "VMs screen",
         ALL,
-    ),
+    )
+    .aliases(&["v", "vm"]),
     b(
         &[Key::Char('5')],
         A::Go(Screen::Breakpoints),
         Some("breakpoints"),
         "breakpoints screen",
         ALL,
-    ),
+    )
+    .aliases(&["b", "bp"]),
     b(
         &[Key::Char('6')],
         A::Go(Screen::Events),
         Some("events"),
         "events screen",
         ALL,
-    ),
+    )
+    .aliases(&["ev", "event"]),
     b(
         &[Key::Char('v')],
         A::Vnc,
@@ -365,16 +402,33 @@ pub const KEYMAP: &[Binding] = &[
         &[Key::Char('l')],
         A::SerialLog,
         Some("serial"),
-        "serial log: the guest's console output",
+        "serial log, followed as it grows (f: pause)",
         Scope::On(VM_SCREENS),
     ),
+    b(
+        &[Key::Char('f')],
+        A::Follow,
+        Some("follow"),
+        "follow the newest event, or stay on the chosen row",
+        Scope::On(EVENTS),
+    ),
+    b(
+        &[],
+        A::DaemonLog,
+        Some("logs"),
+        "the daemon's own recent log",
+        ALL,
+    )
+    .aliases(&["log"])
+    .operator(),
     b(
         &[Key::Char('q'), Key::Ctrl('c')],
         A::Quit,
         Some("quit"),
         "quit",
         ALL,
-    ),
+    )
+    .aliases(&["q!"]),
     change(
         &[Key::Char('D')],
         A::Drain,
@@ -421,7 +475,9 @@ pub const KEYMAP: &[Binding] = &[
 
 /// The bindings that exist in this mode.
 pub fn bindings(read_only: bool) -> impl Iterator<Item = &'static Binding> {
-    KEYMAP.iter().filter(move |b| !(read_only && b.changes))
+    KEYMAP
+        .iter()
+        .filter(move |b| !(read_only && (b.changes || b.operator)))
 }
 
 /// The action a key has on a screen, if any.
@@ -431,7 +487,7 @@ pub fn lookup(ev: &KeyEvent, screen: Screen, read_only: bool) -> Option<KeyActio
         .map(|b| b.action)
 }
 
-/// Command-bar names starting with `prefix`, in table order; `q` is an alias of `quit`.
+/// Command-bar names starting with `prefix`, in table order (aliases are not offered).
 pub fn complete(prefix: &str, read_only: bool) -> Vec<&'static str> {
     bindings(read_only)
         .filter_map(|b| b.command)
@@ -444,13 +500,13 @@ pub fn command(text: &str, read_only: bool) -> Option<KeyAction> {
     command_binding(text, read_only).map(|b| b.action)
 }
 
-/// The binding a `:` command names (in full, or by a prefix only it has).
+/// The binding a `:` command names (in full, by an alias, or by a prefix only it has).
 pub fn command_binding(text: &str, read_only: bool) -> Option<&'static Binding> {
     let text = text.trim();
     if text.is_empty() {
         return None;
     }
-    let by_name = |name: &str| bindings(read_only).find(|b| b.command == Some(name));
+    let by_name = |name: &str| bindings(read_only).find(|b| b.named(name));
     if let Some(b) = by_name(text) {
         return Some(b);
     }
@@ -464,12 +520,18 @@ pub fn command_binding(text: &str, read_only: bool) -> Option<&'static Binding> 
 pub fn help_lines(read_only: bool) -> Vec<(String, &'static str, String)> {
     bindings(read_only)
         .map(|b| {
-            let keys = b
+            let mut keys = b
                 .keys
                 .iter()
                 .map(|k| k.label())
                 .collect::<Vec<_>>()
                 .join(" ");
+            // A binding without a key is reached from the command bar.
+            if keys.is_empty()
+                && let Some(c) = b.command
+            {
+                keys = format!(":{c}");
+            }
             let scope = match b.scope {
                 Scope::Everywhere => String::new(),
                 Scope::On(s) if s == TABLES => "tables".to_owned(),
@@ -499,7 +561,10 @@ mod tests {
 
     #[test]
     fn every_command_name_is_unique_and_completes() {
-        let names: Vec<_> = KEYMAP.iter().filter_map(|b| b.command).collect();
+        let names: Vec<_> = KEYMAP
+            .iter()
+            .flat_map(|b| b.command.into_iter().chain(b.aliases.iter().copied()))
+            .collect();
         for n in &names {
             assert_eq!(names.iter().filter(|m| *m == n).count(), 1, "{n}");
             assert!(command(n, false).is_some(), "{n}");
@@ -507,5 +572,11 @@ mod tests {
         assert_eq!(command("hos", false), Some(A::Go(Screen::Hosts)));
         assert_eq!(command("re", false), None, "ambiguous");
         assert_eq!(command("drain", true), None);
+        assert_eq!(command("h", false), Some(A::Go(Screen::Hosts)));
+        assert_eq!(command("q", false), Some(A::Go(Screen::Queue)));
+        assert_eq!(command("q!", false), Some(A::Quit));
+        assert_eq!(command("ev", false), Some(A::Go(Screen::Events)));
+        assert_eq!(command("logs", false), Some(A::DaemonLog));
+        assert_eq!(command("logs", true), None, "operators only");
     }
 }

@@ -287,6 +287,9 @@ fn worker(mut source: Box<dyn Source>, rx: &Receiver<Command>, tx: &Sender<Msg>,
                 vm,
                 result: source.serial_log(vm).map_err(|e| e.to_string()),
             }),
+            Some(Command::FetchDaemonLog) => send(Event::DaemonLog(
+                source.daemon_log().map_err(|e| e.to_string()),
+            )),
             // Handled by the main loop.
             Some(Command::Quit | Command::Copy(_) | Command::LaunchViewer { .. }) => true,
         };

@@ -49,6 +49,12 @@ pub trait Source: Send {
     /// The end of the VM's serial console log, as text safe to draw (see
     /// [`crate::model::clean_serial`]): the guest wrote these bytes, escape sequences and all.
     fn serial_log(&mut self, vm: u64) -> Result<String, SourceError>;
+    /// The daemon's own recent log lines, oldest first, one per line.
+    fn daemon_log(&mut self) -> Result<String, SourceError> {
+        Err(SourceError::Unsupported(
+            "this source keeps no daemon log".into(),
+        ))
+    }
     /// What the token may do, if the source can tell.
     fn role(&mut self) -> Option<Role>;
     /// Starts sending live events (`Event::Stream`, `Event::StreamUp`) to `tx`.

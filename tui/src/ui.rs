@@ -9,7 +9,10 @@ use ratatui::widgets::{Block, Borders, Clear, LineGauge, Paragraph, Row, Sparkli
 use ratatui_image::protocol::StatefulProtocol;
 use ratatui_image::{Resize, StatefulImage};
 
-use crate::app::{App, Confirm, Forecast, Input, Popup, VM_KEY_HINTS, clock, columns, milli};
+use crate::app::{
+    App, Confirm, EventsFollow, Forecast, Input, LogKind, LogView, Popup, VM_KEY_HINTS, clock,
+    columns, milli,
+};
 use crate::event::ConnState;
 use crate::keymap::{self, KeyAction, Screen};
 use crate::model::{DrainPrediction, WaitStats, duration, host_glyph, mib, vm_glyph};
@@ -146,23 +149,26 @@ pub fn draw(f: &mut Frame, app: &App, image: Option<&mut StatefulProtocol>) {
                 _ => f.render_widget(Paragraph::new("… fetching the screenshot"), inner),
             }
         }
-        Some(Popup::SerialLog { vm, status, back }) => {
-            draw_serial_log(f, theme, *vm, status.as_ref(), *back, area);
-        }
+        Some(Popup::Log(view)) => draw_log(f, theme, view, area),
     }
 }
 
-/// The end of a serial log, newest line at the bottom, `back` lines scrolled back. Lines are
-/// cut at the popup's edge rather than wrapped, so one scroll step is one line of the log.
-fn draw_serial_log(
-    f: &mut Frame,
-    theme: Theme,
-    vm: u64,
-    status: Option<&Result<Vec<String>, String>>,
-    back: usize,
-    area: Rect,
-) {
-    let name = crate::model::vm_name(vm);
+/// The end of a log, newest line at the bottom, `back` lines scrolled back. Lines are cut at
+/// the popup's edge rather than wrapped, so one scroll step is one line of the log.
+fn draw_log(f: &mut Frame, theme: Theme, view: &LogView, area: Rect) {
+    let (status, back) = (view.status.as_ref(), view.back);
+    let (name, empty) = match view.kind {
+        LogKind::Serial(vm) => (
+            format!("serial log: {}", crate::model::vm_name(vm)),
+            "the guest has written nothing on its serial console yet",
+        ),
+        LogKind::Daemon => ("daemon log".to_owned(), "the daemon has logged nothing yet"),
+    };
+    let state = if view.follow {
+        " · following"
+    } else {
+        " · paused"
+    };
     // The same frame as the screenshot's; `App::serial_rows` counts on it.
     let w = area.width.saturating_sub(4).max(20);
     let h = area.height.saturating_sub(4).max(6);
@@ -170,19 +176,22 @@ fn draw_serial_log(
     f.render_widget(Clear, rect);
     let rows = usize::from(rect.height.saturating_sub(2));
     let scrolls = matches!(status, Some(Ok(lines)) if lines.len() > rows);
+    let what = match view.kind {
+        LogKind::Serial(_) => "serial log",
+        LogKind::Daemon => "daemon log",
+    };
     let (title, body) = match status {
         None => (
-            format!(" serial log: {name} "),
-            Paragraph::new("… fetching the serial log"),
+            format!(" {name} "),
+            Paragraph::new(format!("… fetching the {what}")),
         ),
         Some(Err(e)) => (
-            format!(" serial log: {name} "),
-            Paragraph::new(format!("✖ no serial log: {e}")).wrap(Wrap { trim: true }),
+            format!(" {name} "),
+            Paragraph::new(format!("✖ no {what}: {e}")).wrap(Wrap { trim: true }),
         ),
-        Some(Ok(lines)) if lines.is_empty() => (
-            format!(" serial log: {name} · empty "),
-            Paragraph::new("the guest has written nothing on its serial console yet"),
-        ),
+        Some(Ok(lines)) if lines.is_empty() => {
+            (format!(" {name} · empty{state} "), Paragraph::new(empty))
+        }
         Some(Ok(lines)) => {
             let n = lines.len();
             let end = n - back.min(n.saturating_sub(rows));
@@ -192,15 +201,16 @@ fn draw_serial_log(
                 .map(|l| Line::from(l.clone()))
                 .collect();
             (
-                format!(" serial log: {name} · lines {}–{end} of {n} ", start + 1),
+                format!(" {name} · lines {}–{end} of {n}{state} ", start + 1),
                 Paragraph::new(shown),
             )
         }
     };
+    let follow = if view.follow { "f: pause" } else { "f: follow" };
     let keys = if scrolls {
-        " j/k PgUp/PgDn: scroll  r: fetch again  Esc: close "
+        format!(" j/k PgUp/PgDn: scroll  {follow}  r: fetch again  Esc: close ")
     } else {
-        " r: fetch again  Esc: close "
+        format!(" {follow}  r: fetch again  Esc: close ")
     };
     let keys = Line::from(Span::styled(keys, theme.dim()));
     let block = Block::default()
@@ -285,7 +295,7 @@ fn draw_footer(f: &mut Frame, app: &App, theme: Theme, area: Rect) {
             ])
         }
         Some(Input::Command(text)) => {
-            let matches = keymap::complete(text.trim(), app.read_only).join(" ");
+            let matches = app.command_candidates(text).join(" ");
             Line::from(vec![
                 Span::styled(":", theme.bold()),
                 Span::raw(text.clone()),
@@ -331,7 +341,10 @@ fn draw_footer(f: &mut Frame, app: &App, theme: Theme, area: Rect) {
 /// The footer's key hints: the bindings of this screen, from the keymap.
 fn hints(app: &App) -> String {
     let mut parts = vec!["? help".to_owned(), ": cmd".to_owned()];
-    if app.detail.is_some() {
+    if let Some(d) = &app.detail {
+        if !app.links(&d.target).is_empty() {
+            parts.push("j/k choose  Enter open".into());
+        }
         parts.push("Esc back".into());
         return parts.join("  ");
     }
@@ -574,9 +587,10 @@ fn draw_table(f: &mut Frame, app: &App, theme: Theme, screen: Screen, area: Rect
         .header(Row::new(header_cells).style(theme.bold()))
         .column_spacing(1)
         .block(Block::default().borders(Borders::ALL).title(format!(
-            " {} ({}){sort} ",
+            " {} ({}){sort}{} ",
             screen.title(),
-            t.view.len()
+            t.view.len(),
+            follow_state(app, screen),
         )));
     f.render_widget(table, area);
     if t.view.is_empty() {
@@ -587,6 +601,21 @@ fn draw_table(f: &mut Frame, app: &App, theme: Theme, screen: Screen, area: Rect
         };
         let inner = Rect::new(area.x + 2, area.y + 2, area.width.saturating_sub(4), 1);
         f.render_widget(Paragraph::new(msg), inner);
+    }
+}
+
+/// The events screen's follow state, for its title: following the newest event, or paused
+/// on the chosen one with how many came since.
+fn follow_state(app: &App, screen: Screen) -> String {
+    if screen != Screen::Events {
+        return String::new();
+    }
+    match app.events_follow {
+        EventsFollow::Following => " · following newest".into(),
+        EventsFollow::Paused { seq } => match app.event_index(seq) {
+            Some(0) | None => " · paused (f: follow)".into(),
+            Some(n) => format!(" · paused, {n} newer (f: follow)"),
+        },
     }
 }
 
@@ -602,33 +631,57 @@ fn draw_detail(f: &mut Frame, app: &App, theme: Theme, area: Rect) {
     let Some(d) = &app.detail else {
         return;
     };
-    let title = format!(" {} (Esc: back) ", d.target.label());
+    // With a console panel beside it, the fields' box (and its title) is that much narrower.
+    let panel = match &d.content {
+        Some(Ok(x)) if x.console.is_some() => 38,
+        _ => 0,
+    };
+    let title = detail_title(app, usize::from(area.width.saturating_sub(panel)));
     let detail = match &d.content {
-        None => {
+        Some(Ok(d)) => d,
+        // The drill-down list comes from the snapshot: it shows while the details load.
+        other => {
+            let text = match other {
+                Some(Err(e)) => format!("✖ {e}"),
+                _ => "… loading".to_owned(),
+            };
+            let links = app.links(&d.target);
+            let links_h = if links.is_empty() {
+                0
+            } else {
+                (links.len() as u16 + 2).min((area.height / 3).max(3))
+            };
+            let [top, links_area] =
+                Layout::vertical([Constraint::Fill(1), Constraint::Length(links_h)]).areas(area);
             f.render_widget(
-                Paragraph::new("… loading")
-                    .block(Block::default().borders(Borders::ALL).title(title)),
-                area,
-            );
-            return;
-        }
-        Some(Err(e)) => {
-            f.render_widget(
-                Paragraph::new(format!("✖ {e}"))
+                Paragraph::new(text)
                     .wrap(Wrap { trim: true })
                     .block(Block::default().borders(Borders::ALL).title(title)),
-                area,
+                top,
             );
+            if !links.is_empty() {
+                draw_links(f, app, theme, &d.target, &links, links_area);
+            }
             return;
         }
-        Some(Ok(d)) => d,
     };
     let has_console = detail.console.is_some();
-    let [top, bottom] = Layout::vertical([
+    let links = app.links(&d.target);
+    // The drill-down list takes up to a third of the view; the history what is left.
+    let links_h = if links.is_empty() {
+        0
+    } else {
+        (links.len() as u16 + 2).min((area.height / 3).max(3))
+    };
+    let [top, links_area, bottom] = Layout::vertical([
         Constraint::Length((detail.fields.len() as u16 + 2).min(area.height / 2)),
+        Constraint::Length(links_h),
         Constraint::Fill(1),
     ])
     .areas(area);
+    if !links.is_empty() {
+        draw_links(f, app, theme, &d.target, &links, links_area);
+    }
     let [fields_area, console_area] = if has_console {
         Layout::horizontal([Constraint::Fill(1), Constraint::Length(38)]).areas(top)
     } else {
@@ -708,6 +761,78 @@ fn draw_detail(f: &mut Frame, app: &App, theme: Theme, area: Rect) {
                 .title(format!(" history ({}) ", entries.len())),
         ),
         bottom,
+    );
+}
+
+/// The detail view's title: the drill-down path, cut from the left to fit a box `width`
+/// columns wide less its two borders.
+fn detail_title(app: &App, width: usize) -> String {
+    let Some(d) = &app.detail else {
+        return String::new();
+    };
+    let back = if app.trail.is_empty() {
+        "Esc: back"
+    } else {
+        "Esc: up"
+    };
+    const SEP: &str = " › ";
+    // ` PATH (BACK) ` and the two corners.
+    let room = width.saturating_sub(back.len() + 5 + 2);
+    let path = app.detail_path();
+    let earlier = &path[..path.len().saturating_sub(1)];
+    let mut shown: Vec<String> = vec![d.target.label()];
+    let mut len = shown[0].chars().count();
+    // Earlier steps by their names, newest first, while they fit (with `… › ` before them
+    // when steps are left out).
+    for (i, step) in earlier.iter().enumerate().rev() {
+        let with = len + SEP.chars().count() + step.chars().count();
+        let cut = if i > 0 { 4 } else { 0 };
+        if with + cut > room {
+            shown.push("…".into());
+            break;
+        }
+        shown.push(step.clone());
+        len = with;
+    }
+    shown.reverse();
+    format!(" {} ({back}) ", shown.join(SEP))
+}
+
+/// The rows a detail view leads to, the chosen one marked: Enter opens it.
+fn draw_links(
+    f: &mut Frame,
+    app: &App,
+    theme: Theme,
+    target: &crate::model::Target,
+    links: &[crate::model::Target],
+    area: Rect,
+) {
+    use crate::model::Target;
+    let title = match target {
+        Target::Host(h) => format!(" VMs on {h} ({}) · Enter: open ", links.len()),
+        Target::Request(r) => format!(" VMs of r{r} ({}) · Enter: open ", links.len()),
+        Target::Vm(_) => " request and host · Enter: open ".to_owned(),
+    };
+    let chosen = app.link_position(links);
+    let rows = usize::from(area.height.saturating_sub(2)).max(1);
+    let first = chosen.saturating_sub(rows - 1);
+    let lines: Vec<Line> = links
+        .iter()
+        .enumerate()
+        .skip(first)
+        .take(rows)
+        .map(|(i, l)| {
+            let text = app.link_text(l);
+            if i == chosen {
+                Line::from(Span::styled(format!("› {text}"), theme.selected()))
+            } else {
+                Line::from(format!("  {text}"))
+            }
+        })
+        .collect();
+    f.render_widget(
+        Paragraph::new(lines).block(Block::default().borders(Borders::ALL).title(title)),
+        area,
     );
 }
 

@@ -72,6 +72,8 @@ fn every_route_asks_for_a_token_and_changes_ask_for_an_operator() {
     let operator_gets = [
         // The audit log names who did what.
         ("GET", "/v1/audit"),
+        // The daemon's log names hosts, paths and errors.
+        ("GET", "/v1/logs"),
     ];
     for (method, path) in &routes {
         let url_path = concrete(path, 1, 1);
@@ -203,6 +205,7 @@ fn every_answer_reads_strictly_into_its_type() {
     let _: api::AuditPage = strictly("GET /v1/audit", &d.ok("GET", "/v1/audit", None));
     let _: api::OrphanList = strictly("GET /v1/orphans", &d.ok("GET", "/v1/orphans", None));
     let _: api::HookRuns = strictly("GET /v1/hooks/runs", &d.ok("GET", "/v1/hooks/runs", None));
+    let _: api::DaemonLog = strictly("GET /v1/logs", &d.ok("GET", "/v1/logs?limit=5", None));
     let (status, err) = call(&d.url, Some(&d.token), "GET", "/v1/vms/nope", None);
     assert_eq!(status, 400);
     let err: api::ErrorBody = strictly("an error", &err);

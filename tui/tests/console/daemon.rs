@@ -288,3 +288,43 @@ fn waits_keep_counting_while_the_daemon_is_idle() {
         .unwrap();
     assert!(oldest >= 2.5, "berth_queue_oldest_wait_seconds {oldest}");
 }
+
+#[test]
+fn the_daemon_log_reaches_operators_and_not_read_only_tokens() {
+    // What `berth serve` does: the daemon's log lines go to the ring as well.
+    use tracing_subscriber::layer::SubscriberExt;
+    let _ = tracing::subscriber::set_global_default(
+        tracing_subscriber::registry().with(berth_daemon::logs::layer()),
+    );
+    let d = start();
+    tracing::warn!(host = "sim-small-9", "console log test: probe failed");
+    let mut src = HttpSource::new(&d.url, Some(d.token.clone()));
+    let text = src.daemon_log().unwrap();
+    let line = text
+        .lines()
+        .find(|l| l.contains("console log test"))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(
+        line.contains(" WARN  console log test: probe failed host=sim-small-9  [console::daemon]"),
+        "{line}"
+    );
+    // The daemon's own start-up lines are there too.
+    assert!(text.contains("initialising a new data directory"), "{text}");
+    let mut viewer = HttpSource::new(&d.url, Some(READ_ONLY_TOKEN.into()));
+    let err = viewer.daemon_log().unwrap_err();
+    assert!(
+        matches!(err, SourceError::Status { status: 403, .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("GET /v1/logs"), "{err}");
+    // And in the console, as an operator sees it.
+    let mut a = crate::app(80, 24, false);
+    keys(&mut a, ":logs");
+    let cmds = a.update(crate::code(crossterm::event::KeyCode::Enter));
+    assert_eq!(cmds, [Command::FetchDaemonLog]);
+    a.update(Event::DaemonLog(
+        src.daemon_log().map_err(|e| e.to_string()),
+    ));
+    let screen = render(&a);
+    assert!(screen.contains("probe failed host=sim-small-9"), "{screen}");
+}

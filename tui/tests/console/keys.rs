@@ -1,7 +1,7 @@
 //! Key scripts on the update function: the drain flow, confirm and cancel, read-only mode,
 //! filters, marks, the command bar, VNC, screenshots and serial logs.
 
-use berth_tui::app::{Forecast, Popup};
+use berth_tui::app::{Forecast, LogKind, LogView, Popup};
 use berth_tui::event::{Command, ConnState, Event, Role};
 use berth_tui::fixture::{self, NOW_MS};
 use berth_tui::keymap::{self, Screen};
@@ -251,7 +251,22 @@ fn command_bar_switches_screens_and_quits() {
     a.update(code(KeyCode::Tab));
     a.update(code(KeyCode::Enter));
     assert_eq!(a.screen, Screen::Events);
-    keys(&mut a, ":q");
+    // Aliases as k9s has them: `:q` is the queue here; `:q!` and `:quit` quit.
+    for (alias, screen) in [
+        ("h", Screen::Hosts),
+        ("q", Screen::Queue),
+        ("v", Screen::Vms),
+        ("bp", Screen::Breakpoints),
+        ("ev", Screen::Events),
+        ("o", Screen::Overview),
+    ] {
+        keys(&mut a, &format!(":{alias}"));
+        assert!(a.update(code(KeyCode::Enter)).is_empty(), "{alias}");
+        assert_eq!(a.screen, screen, "{alias}");
+    }
+    keys(&mut a, ":q!");
+    assert_eq!(a.update(code(KeyCode::Enter)), [Command::Quit]);
+    keys(&mut a, ":quit");
     assert_eq!(a.update(code(KeyCode::Enter)), [Command::Quit]);
     assert_eq!(keys(&mut a, "q"), [Command::Quit]);
 }
@@ -337,7 +352,7 @@ fn commands_act_where_they_apply_or_on_the_target_they_name() {
     command(&mut a, "drain sim-nosuch-9");
     assert_eq!(confirm_targets(&a), None);
     let flash = a.flash.clone().unwrap_or_default();
-    assert!(flash.contains("no `sim-nosuch-9` on hosts"), "{flash}");
+    assert!(flash.contains("no host `sim-nosuch-9`"), "{flash}");
 }
 
 #[test]
@@ -417,12 +432,12 @@ fn serial_log_key_fetches_scrolls_fetches_again_and_closes() {
     let mut a = app(80, 24, false);
     assert_eq!(keys(&mut a, "4l"), [Command::FetchSerialLog(101)]);
     assert!(matches!(
-        a.popup,
-        Some(Popup::SerialLog {
-            vm: 101,
+        &a.popup,
+        Some(Popup::Log(LogView {
+            kind: LogKind::Serial(101),
             status: None,
             ..
-        })
+        }))
     ));
     assert!(render(&a).contains("… fetching the serial log"));
     // An answer about another VM is not this popup's.
@@ -581,10 +596,10 @@ fn serial_log_escape_sequences_never_reach_the_terminal() {
     ] {
         assert!(!screen.contains(residue), "{residue:?} in\n{screen}");
     }
-    let Some(Popup::SerialLog {
+    let Some(Popup::Log(LogView {
         status: Some(Ok(lines)),
         ..
-    }) = &a.popup
+    })) = &a.popup
     else {
         panic!("no log")
     };
@@ -696,4 +711,499 @@ fn a_403_answer_turns_actions_off() {
     assert!(a.read_only);
     assert!(a.flash.as_deref().unwrap().contains("actions are off"));
     assert!(keys(&mut a, "D").is_empty());
+}
+
+fn event(at_ms: u64, kind: &str, subject: &str, text: &str) -> Event {
+    Event::Stream(berth_tui::model::EventRow {
+        at_ms,
+        kind: kind.into(),
+        subject: subject.into(),
+        text: text.into(),
+    })
+}
+
+fn selected_event(a: &berth_tui::App) -> String {
+    let idx = a.selected_index(Screen::Events).unwrap();
+    a.events[idx].subject.clone()
+}
+
+#[test]
+fn events_follow_the_newest_until_moved_then_stay_on_the_chosen_row() {
+    use berth_tui::app::EventsFollow;
+    let mut a = app(80, 24, false);
+    keys(&mut a, "6");
+    assert_eq!(a.events_follow, EventsFollow::Following);
+    assert_eq!(selected_event(&a), "berth-vm104", "the newest event");
+    a.update(event(NOW_MS, "vm", "berth-vm105", "placed → provisioning"));
+    assert_eq!(
+        selected_event(&a),
+        "berth-vm105",
+        "following: the new newest"
+    );
+    // Moving pauses on the row chosen; new events push the list but not the selection.
+    keys(&mut a, "jjj");
+    assert_eq!(selected_event(&a), "sim-small-2");
+    assert!(matches!(a.events_follow, EventsFollow::Paused { .. }));
+    for i in 0..5 {
+        a.update(event(
+            NOW_MS + i,
+            "vm",
+            &format!("berth-vm{}", 200 + i),
+            "x",
+        ));
+    }
+    assert_eq!(selected_event(&a), "sim-small-2");
+    let screen = render(&a);
+    assert!(screen.contains("paused, 8 newer (f: follow)"), "{screen}");
+    assert!(
+        screen.contains("›  11:59:10 host    sim-small-2"),
+        "{screen}"
+    );
+    // Enter opens the event the operator sees selected.
+    assert_eq!(
+        a.update(code(KeyCode::Enter)),
+        [Command::FetchDetail(berth_tui::model::Target::Host(
+            "sim-small-2".into()
+        ))]
+    );
+    a.update(code(KeyCode::Esc));
+    // Events that come while another screen shows keep the chosen row too.
+    keys(&mut a, "2");
+    a.update(event(NOW_MS + 9, "vm", "berth-vm300", "y"));
+    keys(&mut a, "6");
+    assert_eq!(selected_event(&a), "sim-small-2");
+    // `f` follows again, on the newest.
+    keys(&mut a, "f");
+    assert_eq!(a.events_follow, EventsFollow::Following);
+    assert_eq!(selected_event(&a), "berth-vm300");
+    a.update(event(NOW_MS + 10, "vm", "berth-vm301", "z"));
+    assert_eq!(selected_event(&a), "berth-vm301");
+    assert!(render(&a).contains("following newest"));
+    // `f` again pauses where it is.
+    keys(&mut a, "f");
+    a.update(event(NOW_MS + 11, "vm", "berth-vm302", "z"));
+    assert_eq!(selected_event(&a), "berth-vm301");
+}
+
+#[test]
+fn a_paused_event_stays_put_on_screen_as_events_arrive() {
+    let mut a = app(80, 24, false);
+    keys(&mut a, "6");
+    for i in 0..40 {
+        a.update(event(
+            NOW_MS + i,
+            "vm",
+            &format!("berth-vm{}", 400 + i),
+            "x",
+        ));
+    }
+    // Ten rows down, then twenty events above it: the row stays on the same line.
+    keys(&mut a, "jjjjjjjjjj");
+    let line_of = |a: &berth_tui::App| render(a).lines().position(|l| l.contains("› ")).unwrap();
+    let (before, chosen) = (line_of(&a), selected_event(&a));
+    for i in 0..20 {
+        a.update(event(
+            NOW_MS + 100 + i,
+            "vm",
+            &format!("berth-vm{}", 500 + i),
+            "x",
+        ));
+    }
+    assert_eq!(selected_event(&a), chosen);
+    assert_eq!(line_of(&a), before);
+}
+
+#[test]
+fn sorting_is_stable_under_refresh_with_ties_broken_by_name() {
+    let mut a = app(80, 24, false);
+    // Column 4 is CPU: three hosts use none.
+    keys(&mut a, "2>>>>");
+    assert!(a.flash.as_deref().unwrap().contains("cpu"));
+    let expected = [
+        "sim-large-2",
+        "sim-mac-1",
+        "sim-small-3",
+        "sim-small-2",
+        "sim-large-1",
+        "sim-small-1",
+    ];
+    assert_eq!(hosts(&a), expected);
+    // The daemon lists hosts in another order: the screen does not change.
+    for rotate in 1..6 {
+        let mut snap = fixture::small();
+        snap.hosts.rotate_left(rotate);
+        a.update(Event::Data(Box::new(snap)));
+        assert_eq!(hosts(&a), expected, "rotated by {rotate}");
+    }
+    // Descending: the values turn around, ties keep their names in order.
+    keys(&mut a, "i");
+    assert_eq!(
+        hosts(&a),
+        [
+            "sim-large-1",
+            "sim-small-1",
+            "sim-small-2",
+            "sim-large-2",
+            "sim-mac-1",
+            "sim-small-3",
+        ]
+    );
+    let mut snap = fixture::small();
+    snap.hosts.reverse();
+    a.update(Event::Data(Box::new(snap)));
+    assert_eq!(hosts(&a)[3..], ["sim-large-2", "sim-mac-1", "sim-small-3"]);
+}
+
+#[test]
+fn sorted_views_are_a_total_order_matching_a_plain_reference_sort() {
+    // The reference: sort the rows by (value, name) with the standard library, and compare
+    // with what the console shows, for every column and direction, under shuffles.
+    let mut a = app(120, 40, false);
+    keys(&mut a, "2");
+    let n_cols = berth_tui::app::columns(Screen::Hosts).len();
+    for col in 1..n_cols {
+        keys(&mut a, ">");
+        for seed in 0..4u64 {
+            let mut snap = fixture::small();
+            // A fixed, varied order per seed.
+            snap.hosts
+                .sort_by_key(|h| (h.name.len() as u64 * 31 + seed * 17) % 7);
+            a.update(Event::Data(Box::new(snap)));
+            let shown = hosts(&a);
+            let mut again = fixture::small();
+            again.hosts.reverse();
+            a.update(Event::Data(Box::new(again)));
+            assert_eq!(hosts(&a), shown, "column {col}, seed {seed}");
+            let mut names = shown.clone();
+            names.sort();
+            names.dedup();
+            assert_eq!(names.len(), shown.len(), "every host once");
+        }
+    }
+}
+
+#[test]
+fn drill_down_host_to_vms_to_request_and_back_along_the_path() {
+    use berth_tui::model::Target;
+    let mut a = app(80, 24, false);
+    keys(&mut a, "2");
+    assert_eq!(
+        a.update(code(KeyCode::Enter)),
+        [Command::FetchDetail(Target::Host("sim-small-1".into()))]
+    );
+    assert_eq!(
+        a.links(&Target::Host("sim-small-1".into())),
+        [Target::Vm(101), Target::Vm(102), Target::Vm(103)]
+    );
+    keys(&mut a, "j");
+    assert_eq!(
+        a.update(code(KeyCode::Enter)),
+        [Command::FetchDetail(Target::Vm(102))]
+    );
+    // A VM leads to its request first, then its host.
+    assert_eq!(
+        a.update(code(KeyCode::Enter)),
+        [Command::FetchDetail(Target::Request(30))]
+    );
+    assert_eq!(a.detail_path(), ["sim-small-1", "berth-vm102", "r30"]);
+    let screen = render(&a);
+    assert!(
+        screen.contains("sim-small-1 › berth-vm102 › request r30 (Esc: up)"),
+        "{screen}"
+    );
+    assert!(screen.contains("VMs of r30 (2)"), "{screen}");
+    // The request's VMs, and on down again.
+    keys(&mut a, "G");
+    assert_eq!(
+        a.update(code(KeyCode::Enter)),
+        [Command::FetchDetail(Target::Vm(102))]
+    );
+    // Esc returns along the path, each view fetched again, its chosen row kept.
+    assert_eq!(
+        a.update(code(KeyCode::Esc)),
+        [Command::FetchDetail(Target::Request(30))]
+    );
+    assert_eq!(
+        a.update(code(KeyCode::Esc)),
+        [Command::FetchDetail(Target::Vm(102))]
+    );
+    assert_eq!(
+        a.update(code(KeyCode::Esc)),
+        [Command::FetchDetail(Target::Host("sim-small-1".into()))]
+    );
+    assert_eq!(a.detail.as_ref().unwrap().link, Some(Target::Vm(102)));
+    assert!(a.update(code(KeyCode::Esc)).is_empty());
+    assert!(a.detail.is_none());
+    assert_eq!(a.screen, Screen::Hosts);
+    assert!(a.trail.is_empty());
+    // A VM's host link, and a host without VMs leads nowhere.
+    keys(&mut a, "4");
+    a.update(code(KeyCode::Enter));
+    keys(&mut a, "j");
+    assert_eq!(
+        a.update(code(KeyCode::Enter)),
+        [Command::FetchDetail(Target::Host("sim-small-1".into()))]
+    );
+    keys(&mut a, "2jj");
+    a.update(code(KeyCode::Enter));
+    assert!(a.links(&Target::Host("sim-small-3".into())).is_empty());
+    assert!(a.update(code(KeyCode::Enter)).is_empty());
+    // A screen key leaves the drill-down altogether.
+    keys(&mut a, "3");
+    assert!(a.detail.is_none() && a.trail.is_empty());
+}
+
+#[test]
+fn command_bar_jumps_to_details_by_name_and_refuses_the_wrong_kind() {
+    use berth_tui::model::Target;
+    let mut a = app(80, 24, false);
+    assert_eq!(
+        command(&mut a, "vm berth-vm104"),
+        [Command::FetchDetail(Target::Vm(104))]
+    );
+    assert_eq!(a.screen, Screen::Vms);
+    assert_eq!(a.selected_key(Screen::Vms).as_deref(), Some("104"));
+    assert_eq!(
+        command(&mut a, "host sim-mac-1"),
+        [Command::FetchDetail(Target::Host("sim-mac-1".into()))]
+    );
+    assert_eq!(
+        command(&mut a, "request r41"),
+        [Command::FetchDetail(Target::Request(41))]
+    );
+    assert_eq!(
+        command(&mut a, "h sim-small-2"),
+        [Command::FetchDetail(Target::Host("sim-small-2".into()))]
+    );
+    // A request that is not waiting, or a VM that ended, still has details.
+    assert_eq!(
+        command(&mut a, "request 30"),
+        [Command::FetchDetail(Target::Request(30))]
+    );
+    assert_eq!(
+        command(&mut a, "v vm9"),
+        [Command::FetchDetail(Target::Vm(9))]
+    );
+    a.update(code(KeyCode::Esc));
+    for (text, says) in [
+        ("vm sim-mac-1", "`sim-mac-1` is a host (:host sim-mac-1)"),
+        ("host berth-vm12", "`berth-vm12` is a VM (:vm berth-vm12)"),
+        ("host r7", "`r7` is a request (:request r7)"),
+        ("request berth-vm3", "`berth-vm3` is a VM"),
+        ("host sim-nosuch-1", "no host `sim-nosuch-1`"),
+        ("vm banana", "`banana` is not a VM name"),
+        ("drain berth-vm104", "`:drain` takes a host (sim-small-1)"),
+        ("cancel sim-small-1", "`sim-small-1` is a host"),
+        ("release r41", "`r41` is a request"),
+        ("events sim-small-1", "`:events` takes no target"),
+    ] {
+        a.detail = None;
+        assert!(command(&mut a, text).is_empty(), "{text}");
+        assert!(a.popup.is_none(), "{text}");
+        assert!(a.detail.is_none(), "{text}");
+        let flash = a.flash.clone().unwrap_or_default();
+        assert!(flash.contains(says), "{text}: {flash}");
+    }
+}
+
+#[test]
+fn tab_completes_command_names_and_the_names_they_take() {
+    let mut a = app(80, 24, false);
+    let tab = |a: &mut berth_tui::App, typed: &str| -> String {
+        a.input = None;
+        keys(a, &format!(":{typed}"));
+        a.update(code(KeyCode::Tab));
+        match &a.input {
+            Some(berth_tui::app::Input::Command(t)) => t.clone(),
+            other => panic!("{other:?}"),
+        }
+    };
+    assert_eq!(tab(&mut a, "ho"), "hosts");
+    assert_eq!(tab(&mut a, "host sim-m"), "host sim-mac-1");
+    assert_eq!(tab(&mut a, "host sim-s"), "host sim-small-");
+    assert_eq!(
+        a.command_candidates("host sim-s"),
+        ["sim-small-1", "sim-small-2", "sim-small-3"]
+    );
+    assert_eq!(tab(&mut a, "drain sim-l"), "drain sim-large-");
+    assert_eq!(tab(&mut a, "vm berth-vm10"), "vm berth-vm10");
+    assert_eq!(tab(&mut a, "release berth-vm106"), "release berth-vm106");
+    assert_eq!(tab(&mut a, "cancel r4"), "cancel r4");
+    assert_eq!(tab(&mut a, "cancel r42"), "cancel r42");
+    assert_eq!(
+        a.command_candidates("request r"),
+        ["r30", "r31", "r32", "r33", "r34", "r41", "r42", "r43"]
+    );
+    // Nothing to offer: the text stays.
+    assert_eq!(tab(&mut a, "host zzz"), "host zzz");
+    assert!(a.command_candidates("events x").is_empty());
+    // The completed name works.
+    a.input = None;
+    keys(&mut a, ":host sim-m");
+    a.update(code(KeyCode::Tab));
+    assert_eq!(
+        a.update(code(KeyCode::Enter)),
+        [Command::FetchDetail(berth_tui::model::Target::Host(
+            "sim-mac-1".into()
+        ))]
+    );
+}
+
+#[test]
+fn serial_log_follows_until_scrolled_back_and_f_toggles() {
+    let mut a = app(80, 24, false);
+    assert_eq!(keys(&mut a, "4l"), [Command::FetchSerialLog(101)]);
+    // No second fetch while the first is out.
+    assert!(
+        a.update(Event::Tick {
+            now_ms: NOW_MS + 5_000
+        })
+        .is_empty()
+    );
+    let log = |n: usize| -> String { (1..=n).map(|i| format!("line {i}\n")).collect() };
+    a.update(Event::SerialLog {
+        vm: 101,
+        result: Ok(log(40)),
+    });
+    assert!(serial_title(&a).contains("lines 23–40 of 40 · following"));
+    assert!(
+        a.update(Event::Tick {
+            now_ms: NOW_MS + 6_000
+        })
+        .is_empty()
+    );
+    assert_eq!(
+        a.update(Event::Tick {
+            now_ms: NOW_MS + 7_000
+        }),
+        [Command::FetchSerialLog(101)]
+    );
+    a.update(Event::SerialLog {
+        vm: 101,
+        result: Ok(log(45)),
+    });
+    assert!(serial_title(&a).contains("lines 28–45 of 45 · following"));
+    // Scrolling back pauses, and the same lines stay in view as the log grows.
+    keys(&mut a, "kk");
+    assert!(serial_title(&a).contains("lines 26–43 of 45 · paused"));
+    assert!(
+        a.update(Event::Tick {
+            now_ms: NOW_MS + 20_000
+        })
+        .is_empty()
+    );
+    assert_eq!(keys(&mut a, "r"), [Command::FetchSerialLog(101)]);
+    a.update(Event::SerialLog {
+        vm: 101,
+        result: Ok(log(45)),
+    });
+    keys(&mut a, "kk");
+    assert!(serial_title(&a).contains("lines 26–43 of 45 · paused"));
+    let Some(Popup::Log(view)) = &mut a.popup else {
+        panic!("no log")
+    };
+    view.fetching = true;
+    a.update(Event::SerialLog {
+        vm: 101,
+        result: Ok(log(50)),
+    });
+    assert!(serial_title(&a).contains("lines 26–43 of 50 · paused"));
+    // `f` follows again at once: the end, fetched now.
+    assert_eq!(keys(&mut a, "f"), [Command::FetchSerialLog(101)]);
+    assert!(serial_title(&a).contains("lines 33–50 of 50 · following"));
+    assert!(keys(&mut a, "f").is_empty());
+    assert!(serial_title(&a).contains("paused"));
+    assert!(render(&a).contains("f: follow"));
+}
+
+#[test]
+fn the_daemon_log_is_for_operators_and_follows() {
+    let mut a = app(80, 24, false);
+    assert_eq!(command(&mut a, "logs"), [Command::FetchDaemonLog]);
+    assert!(render(&a).contains("… fetching the daemon log"));
+    a.update(Event::DaemonLog(Ok(
+        "12:00:01 INFO  berth_daemon::control: placed vm=101 host=sim-small-1\n".into(),
+    )));
+    let screen = render(&a);
+    assert!(
+        screen.contains("daemon log · lines 1–1 of 1 · following"),
+        "{screen}"
+    );
+    assert!(
+        screen.contains("placed vm=101 host=sim-small-1"),
+        "{screen}"
+    );
+    assert_eq!(
+        a.update(Event::Tick {
+            now_ms: NOW_MS + 2_000
+        }),
+        [Command::FetchDaemonLog]
+    );
+    a.update(Event::DaemonLog(Err(
+        "GET /v1/logs: 403: token `viewer` is read-only".into(),
+    )));
+    assert!(render(&a).contains("✖ no daemon log: GET /v1/logs: 403"));
+    // A serial log's answer does not land in the daemon log.
+    a.update(Event::SerialLog {
+        vm: 101,
+        result: Ok("guest\n".into()),
+    });
+    assert!(render(&a).contains("✖ no daemon log"));
+    a.update(code(KeyCode::Esc));
+    assert!(a.popup.is_none());
+    let mut ro = app(80, 24, true);
+    assert!(command(&mut ro, "logs").is_empty());
+    assert!(ro.flash.as_deref().unwrap().starts_with("no command"));
+}
+
+#[test]
+fn a_long_drill_down_path_is_cut_from_the_left_to_fit() {
+    use berth_tui::model::{Detail, Target};
+    let mut a = app(80, 24, false);
+    keys(&mut a, "2");
+    a.update(code(KeyCode::Enter));
+    keys(&mut a, "j");
+    a.update(code(KeyCode::Enter));
+    a.update(code(KeyCode::Enter));
+    assert_eq!(
+        a.update(code(KeyCode::Enter)),
+        [Command::FetchDetail(Target::Vm(101))]
+    );
+    a.update(Event::Detail(Box::new(Ok(Detail {
+        target: Target::Vm(101),
+        fields: vec![("state".into(), "running".into())],
+        timeline: vec![],
+        console: Some(Ok(ConsoleInfo {
+            vm: 101,
+            host: "127.0.0.1".into(),
+            port: 5901,
+            password: None,
+        })),
+    }))));
+    let screen = render(&a);
+    assert!(
+        screen.contains("┌ … › r30 › vm berth-vm101 (Esc: up) ─"),
+        "{screen}"
+    );
+    // Two steps fit beside the console panel exactly.
+    let mut a = app(80, 24, false);
+    keys(&mut a, "2");
+    a.update(code(KeyCode::Enter));
+    a.update(code(KeyCode::Enter));
+    a.update(Event::Detail(Box::new(Ok(Detail {
+        target: Target::Vm(101),
+        fields: vec![("state".into(), "running".into())],
+        timeline: vec![],
+        console: Some(Ok(ConsoleInfo {
+            vm: 101,
+            host: "127.0.0.1".into(),
+            port: 5901,
+            password: None,
+        })),
+    }))));
+    let screen = render(&a);
+    assert!(
+        screen.contains("┌ sim-small-1 › vm berth-vm101 (Esc: up) ┐┌ console"),
+        "{screen}"
+    );
 }

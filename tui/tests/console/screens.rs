@@ -277,3 +277,120 @@ fn detail_history_shows_each_change_once() {
     assert_eq!(screen.matches("queued → placed").count(), 1, "{screen}");
     assert!(screen.contains("placed → booting"), "{screen}");
 }
+
+#[test]
+fn events_paused_on_a_chosen_row() {
+    check("events_paused", |a| {
+        keys(a, "6jj");
+        for i in 0..3u64 {
+            a.update(Event::Stream(berth_tui::model::EventRow {
+                at_ms: NOW_MS + i * 1000,
+                kind: "vm".into(),
+                subject: format!("berth-vm{}", 110 + i),
+                text: "queued → placed (placed) on sim-small-3".into(),
+            }));
+        }
+    });
+}
+
+#[test]
+fn hosts_sorted_by_cpu_descending() {
+    check("hosts_by_cpu", |a| {
+        keys(a, "2>>>>i");
+    });
+}
+
+fn host_detail(a: &mut berth_tui::App) {
+    a.update(Event::Detail(Box::new(Ok(Detail {
+        target: Target::Host("sim-small-1".into()),
+        fields: vec![
+            ("state".into(), "ready".into()),
+            ("capacity".into(), "16 vcpus, 64G".into()),
+            ("labels".into(), "arch=x86_64".into()),
+        ],
+        timeline: vec![TimelineEntry {
+            at_ms: NOW_MS - 86_400_000,
+            text: "unknown → ready (probe ok)".into(),
+        }],
+        console: None,
+    }))));
+}
+
+#[test]
+fn drill_down_a_host_lists_its_vms() {
+    check("drill_host", |a| {
+        keys(a, "2");
+        a.update(code(KeyCode::Enter));
+        host_detail(a);
+        keys(a, "j");
+    });
+}
+
+#[test]
+fn drill_down_to_a_request_through_a_host_and_a_vm() {
+    check("drill_request", |a| {
+        keys(a, "2");
+        a.update(code(KeyCode::Enter));
+        host_detail(a);
+        keys(a, "j");
+        a.update(code(KeyCode::Enter));
+        a.update(code(KeyCode::Enter));
+        a.update(Event::Detail(Box::new(Ok(Detail {
+            target: Target::Request(30),
+            fields: vec![
+                ("state".into(), "placed".into()),
+                ("requester".into(), "ci-linux".into()),
+                ("shape".into(), "2× linux 4c/8G".into()),
+            ],
+            timeline: vec![TimelineEntry {
+                at_ms: NOW_MS - 1_800_000,
+                text: "- → waiting (submitted)".into(),
+            }],
+            console: None,
+        }))));
+    });
+}
+
+#[test]
+fn command_bar_completes_host_names() {
+    check("command_bar_names", |a| {
+        keys(a, ":drain sim-");
+    });
+}
+
+#[test]
+fn command_bar_refuses_a_name_of_the_wrong_kind() {
+    check("command_bar_wrong_kind", |a| {
+        keys(a, ":vm sim-mac-1");
+        a.update(code(KeyCode::Enter));
+    });
+}
+
+#[test]
+fn serial_log_paused() {
+    check("serial_log_paused", |a| {
+        keys(a, "4l");
+        let mut src = MemorySource::new(fixture::small());
+        a.update(Event::SerialLog {
+            vm: 101,
+            result: src.serial_log(101).map_err(|e| e.to_string()),
+        });
+        keys(a, "kkk");
+    });
+}
+
+#[test]
+fn daemon_log() {
+    check("daemon_log", |a| {
+        keys(a, ":logs");
+        a.update(code(KeyCode::Enter));
+        let lines: String = [
+            "11:58:02  INFO berth_daemon::serve: listening addr=127.0.0.1:7878",
+            "11:59:10  INFO berth_daemon::control: host drained by operator host=sim-small-2 actor=alice",
+            "11:59:30  WARN berth_daemon::control: job failed, holding vm=berth-vm104 owner=alice",
+            "12:00:00  INFO berth_daemon::control: placed vm=berth-vm105 host=sim-large-1",
+        ]
+        .join("\n");
+        a.update(Event::DaemonLog(Ok(lines)));
+    });
+}
