@@ -96,6 +96,28 @@ async fn openapi_json(Reader(_): Reader) -> impl IntoResponse {
     )
 }
 
+/// A refusal (401, 403, 413, ...) may come before the request's body was read; the server then
+/// closes the connection, and a client that kept it for its next call would write into a closed
+/// socket. Saying `Connection: close` on such answers tells the client not to keep it.
+async fn close_after_refused_bodies(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let has_body = req.headers().contains_key(header::TRANSFER_ENCODING)
+        || req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .is_some_and(|v| v.as_bytes() != b"0");
+    let mut resp = next.run(req).await;
+    if has_body && (resp.status().is_client_error() || resp.status().is_server_error()) {
+        resp.headers_mut().insert(
+            header::CONNECTION,
+            header::HeaderValue::from_static("close"),
+        );
+    }
+    resp
+}
+
 /// The daemon's whole router: every route, a 404 naming no route for the rest, and the
 /// request counter around them all.
 pub(crate) fn app(state: AppState, metrics: Arc<Metrics>) -> Router {
@@ -110,6 +132,7 @@ pub(crate) fn app(state: AppState, metrics: Arc<Metrics>) -> Router {
         .merge(obs.split_for_parts().0.with_state(obs_state))
         .fallback(|| async { ApiError::new(404, "no such route") })
         .layer(axum::extract::DefaultBodyLimit::max(BODY_BYTES_MAX))
+        .layer(axum::middleware::from_fn(close_after_refused_bodies))
         .layer(axum::middleware::from_fn_with_state(
             metrics,
             obs_api::count_requests,

@@ -357,3 +357,36 @@ fn a_requests_change_is_kept_and_exported_for_replay() {
     assert_eq!(requests[0].change.as_deref(), Some("I8f3a/2"));
     assert_eq!(requests[0].requester.as_deref(), Some("team-a"));
 }
+
+/// A refused call with a body is answered with `Connection: close`: the daemon did not read the
+/// body and closes the connection, so a client must not keep it for its next call (it would
+/// write into a closed socket). A refused call without a body, and an accepted one, keep it.
+#[test]
+fn a_refused_body_closes_its_connection_and_says_so() {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let d = TestDaemon::start(dir.path(), CONFIG);
+    let addr = d.url.trim_start_matches("http://").to_owned();
+    let ask = |head: &str, body: &str| {
+        let mut s = std::net::TcpStream::connect(&addr).unwrap();
+        let text = format!(
+            "{head}\r\nHost: x\r\nAuthorization: Bearer {VIEWER}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        s.write_all(text.as_bytes()).unwrap();
+        s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .unwrap();
+        let mut buf = [0u8; 4096];
+        let n = s.read(&mut buf).unwrap();
+        String::from_utf8_lossy(&buf[..n]).to_ascii_lowercase()
+    };
+    let refused = ask(
+        "POST /v1/hosts/sim-small-1/drain HTTP/1.1",
+        r#"{"reason":"x"}"#,
+    );
+    assert!(refused.starts_with("http/1.1 403"), "{refused}");
+    assert!(refused.contains("connection: close"), "{refused}");
+    let read = ask("GET /v1/hosts HTTP/1.1", "");
+    assert!(read.starts_with("http/1.1 200"), "{read}");
+    assert!(!read.contains("connection: close"), "{read}");
+}
