@@ -37,6 +37,10 @@ pub enum TraceCommand {
         /// whichever binds), e.g. 0.85; the header records it.
         #[arg(long, requires = "fleet")]
         load: Option<f64>,
+        /// Top-level changes of about 2,000 VMs each (1,980 when no build fails) that land
+        /// together at a weekday peak, after half of the trace's VMs.
+        #[arg(long, default_value_t = 0)]
+        big_changes: u32,
         /// Output file (`.gz` compresses); standard output when absent.
         #[arg(long)]
         out: Option<PathBuf>,
@@ -117,9 +121,13 @@ pub fn run(command: TraceCommand) -> anyhow::Result<ExitCode> {
             seed,
             fleet,
             load,
+            big_changes,
             out,
         } => {
-            let mut config = SynthConfig::new(vms, seed);
+            let mut config = SynthConfig {
+                big_changes,
+                ..SynthConfig::new(vms, seed)
+            };
             let mut note = None;
             if let (Some(path), Some(load)) = (&fleet, load) {
                 let (sized, text) = size_for_load(path, &config, load)?;

@@ -130,6 +130,8 @@ impl SchedSection {
             provision_failures_max: self.provision_failures_max,
             vm_retries_max: self.vm_retries_max,
             aging_step_ms: self.aging_step_ms,
+            // The daemon's settings for accounts come with its own change (issue 15).
+            fair_share: None,
             templates: Vec::new(),
         })
     }

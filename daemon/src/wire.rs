@@ -366,6 +366,7 @@ impl WireRequest {
             pending_deadline_ms: self.pending_deadline_ms,
             expected_run_ms: self.expected_run_ms,
             requester: self.requester.clone(),
+            account: None,
         }
     }
 }

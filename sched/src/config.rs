@@ -57,6 +57,35 @@ pub struct Weights {
     pub locality: u32,
 }
 
+/// An account (a team or project) with its weight in fair share.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Account {
+    pub name: String,
+    /// Its share of the fleet relative to the other accounts' weights.
+    pub weight: u32,
+}
+
+/// Fair share between accounts: the queue serves the account furthest below its share first
+/// (the lowest decayed usage per unit of weight), then priority with aging, then arrival.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FairShare {
+    /// Usage (vCPU-seconds and slot-seconds of VMs holding capacity) halves in this time.
+    pub half_life_ms: u64,
+    /// The weight of an account the list does not name.
+    pub default_weight: u32,
+    pub accounts: Vec<Account>,
+}
+
+impl Default for FairShare {
+    fn default() -> FairShare {
+        FairShare {
+            half_life_ms: 3_600_000,
+            default_weight: 1,
+            accounts: Vec::new(),
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
     pub policy: Policy,
@@ -77,6 +106,8 @@ pub struct Config {
     /// that nothing starves behind a stream of higher priorities (0: no aging). The order is
     /// re-evaluated at each pass; no timer fires for aging alone.
     pub aging_step_ms: u64,
+    /// Fair share between accounts; `None` serves by priority with aging, then arrival.
+    pub fair_share: Option<FairShare>,
     pub templates: Vec<Template>,
 }
 
@@ -96,6 +127,7 @@ impl Default for Config {
             provision_failures_max: 3,
             vm_retries_max: 2,
             aging_step_ms: 600_000,
+            fair_share: None,
             templates: Vec::new(),
         }
     }

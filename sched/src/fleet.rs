@@ -32,6 +32,11 @@ impl Interner {
     pub fn len(&self) -> usize {
         self.names.len()
     }
+
+    /// The string of id `id` (empty for an id never handed out).
+    pub fn name(&self, id: u32) -> &str {
+        self.names.get(id as usize).map_or("", String::as_str)
+    }
 }
 
 /// One bit of a 64-bit summary mask for an interned id. Masks only prune the index's search

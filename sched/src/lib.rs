@@ -33,7 +33,7 @@ mod queue;
 mod scheduler;
 mod views;
 
-pub use config::{Config, Policy, ScanOrder, Weights};
+pub use config::{Account, Config, FairShare, Policy, ScanOrder, Weights};
 pub use fleet::SLOT_KINDS_MAX;
 pub use idmap::{IdHasher, IdMap};
 pub use input::{Failure, FailureKind, Input, InputError, ProbeReport};
@@ -43,5 +43,5 @@ pub use model::{
 };
 pub use output::{Action, Cause, Event, VmSpec};
 pub use placement::Reason;
-pub use scheduler::{REQUEST_VMS_MAX, Scheduler};
+pub use scheduler::{AccountView, REQUEST_VMS_MAX, Scheduler};
 pub use views::{Blocker, HostView, RequestView, VmView, Why, human_duration};

@@ -221,9 +221,16 @@ pub struct RequestSpec {
     /// The requester's estimate of how long each VM's job runs (for backfilling).
     pub expected_run_ms: Option<u64>,
     pub requester: String,
+    /// The account (team or project) it is charged to for fair share; `None`: the requester.
+    pub account: Option<String>,
 }
 
 impl RequestSpec {
+    /// The account it is charged to: its own, or else its requester.
+    pub fn account_name(&self) -> &str {
+        self.account.as_deref().unwrap_or(&self.requester)
+    }
+
     /// A plain request: default shape, no labels, priority 0, not a gang, no breakpoint.
     pub fn new(id: u64, template: &str, count: u32) -> RequestSpec {
         RequestSpec {
@@ -238,6 +245,7 @@ impl RequestSpec {
             pending_deadline_ms: None,
             expected_run_ms: None,
             requester: String::new(),
+            account: None,
         }
     }
 }

@@ -21,6 +21,8 @@ use crate::model::RequestId;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) struct Entry {
     pub request: RequestId,
+    /// Its account under fair share (0 for every request without).
+    pub account: u32,
     pub priority: i32,
     pub seq: u64,
     pub enqueued_ms: u64,
@@ -28,8 +30,12 @@ pub(crate) struct Entry {
     pub group: u64,
 }
 
-/// Where an entry stands in the service order: a larger key is served first.
-pub(crate) type ServiceKey = (i64, Reverse<u64>);
+/// Where an entry stands in the service order: a larger key is served first. Its account's
+/// fair-share rank (lower first), then its effective priority, then arrival.
+pub(crate) type ServiceKey = (Reverse<u32>, i64, Reverse<u64>);
+
+/// A level of the queue: requests of one account and one priority, in arrival order.
+pub(crate) type Level = (u32, i32);
 
 /// Everything a pass looks at to decide whether a waiting request can start now, apart from
 /// the request's identity. Fixed while the request waits: priority, need and duration never
@@ -38,6 +44,9 @@ pub(crate) type ServiceKey = (i64, Reverse<u64>);
 /// and comes back is queued again under its kind of then.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) struct Kind {
+    /// Its account under fair share (0 for every request without): members of one group must
+    /// share their rank in the service order.
+    pub account: u32,
     pub priority: i32,
     pub need: Need,
     /// VMs that must be placed at once: a pending gang's size, otherwise 1.
@@ -67,7 +76,9 @@ pub(crate) struct Group {
 
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Queue {
-    levels: BTreeMap<Reverse<i32>, BTreeMap<u64, Entry>>,
+    levels: BTreeMap<(u32, Reverse<i32>), BTreeMap<u64, Entry>>,
+    /// Per account, its fair-share rank for this pass (empty without fair share).
+    ranks: Vec<u32>,
     groups: BTreeMap<u64, Group>,
     group_ids: BTreeMap<Kind, u64>,
     next_seq: u64,
@@ -79,7 +90,7 @@ impl Queue {
     pub fn push(&mut self, request: RequestId, kind: Kind, enqueued_ms: u64) -> u64 {
         let seq = self.next_seq;
         self.next_seq += 1;
-        let priority = kind.priority;
+        let (account, priority) = (kind.account, kind.priority);
         let group = match self.group_ids.get(&kind) {
             Some(&id) => id,
             None => {
@@ -99,13 +110,14 @@ impl Queue {
         };
         let entry = Entry {
             request,
+            account,
             priority,
             seq,
             enqueued_ms,
             group,
         };
         self.levels
-            .entry(Reverse(priority))
+            .entry((account, Reverse(priority)))
             .or_default()
             .insert(seq, entry);
         if let Some(g) = self.groups.get_mut(&group) {
@@ -115,8 +127,8 @@ impl Queue {
         seq
     }
 
-    pub fn remove(&mut self, priority: i32, seq: u64) {
-        let Some(level) = self.levels.get_mut(&Reverse(priority)) else {
+    pub fn remove(&mut self, (account, priority): Level, seq: u64) {
+        let Some(level) = self.levels.get_mut(&(account, Reverse(priority))) else {
             return;
         };
         let Some(entry) = level.remove(&seq) else {
@@ -124,7 +136,7 @@ impl Queue {
         };
         self.len -= 1;
         if level.is_empty() {
-            self.levels.remove(&Reverse(priority));
+            self.levels.remove(&(account, Reverse(priority)));
         }
         if let Some(g) = self.groups.get_mut(&entry.group) {
             g.members.remove(&seq);
@@ -139,19 +151,25 @@ impl Queue {
         self.len
     }
 
-    pub fn get(&self, priority: i32, seq: u64) -> Option<&Entry> {
-        self.levels.get(&Reverse(priority))?.get(&seq)
+    pub fn get(&self, (account, priority): Level, seq: u64) -> Option<&Entry> {
+        self.levels.get(&(account, Reverse(priority)))?.get(&seq)
+    }
+
+    /// Sets the accounts' fair-share ranks the service order reads from now on.
+    pub fn set_ranks(&mut self, ranks: &[u32]) {
+        self.ranks.clear();
+        self.ranks.extend_from_slice(ranks);
     }
 
     /// The verdict shared by the waiting request queued as `(priority, seq)`.
-    pub fn wait(&self, priority: i32, seq: u64) -> Wait {
-        self.get(priority, seq)
+    pub fn wait(&self, level: Level, seq: u64) -> Wait {
+        self.get(level, seq)
             .and_then(|e| self.groups.get(&e.group))
             .map_or(Wait::NotConsidered, |g| g.wait)
     }
 
-    pub fn set_wait(&mut self, priority: i32, seq: u64, wait: Wait) {
-        let group = self.get(priority, seq).map(|e| e.group);
+    pub fn set_wait(&mut self, level: Level, seq: u64, wait: Wait) {
+        let group = self.get(level, seq).map(|e| e.group);
         if let Some(g) = group.and_then(|id| self.groups.get_mut(&id)) {
             g.wait = wait;
         }
@@ -166,8 +184,13 @@ impl Queue {
     }
 
     /// Where `e` stands in the service order now.
-    pub fn key(e: &Entry, now_ms: u64, aging_step_ms: u64) -> ServiceKey {
-        (Self::effective(e, now_ms, aging_step_ms), Reverse(e.seq))
+    pub fn key(&self, e: &Entry, now_ms: u64, aging_step_ms: u64) -> ServiceKey {
+        let rank = self.ranks.get(e.account as usize).copied().unwrap_or(0);
+        (
+            Reverse(rank),
+            Self::effective(e, now_ms, aging_step_ms),
+            Reverse(e.seq),
+        )
     }
 
     /// The request served first now.
@@ -175,7 +198,7 @@ impl Queue {
         self.levels
             .values()
             .filter_map(|l| l.values().next())
-            .max_by_key(|e| Self::key(e, now_ms, aging_step_ms))
+            .max_by_key(|e| self.key(e, now_ms, aging_step_ms))
             .copied()
     }
 
@@ -196,7 +219,7 @@ impl Queue {
             let mut best: Option<(usize, ServiceKey)> = None;
             for (i, it) in iters.iter_mut().enumerate() {
                 if let Some(e) = it.peek() {
-                    let key = Self::key(e, now_ms, aging_step_ms);
+                    let key = self.key(e, now_ms, aging_step_ms);
                     if best.is_none_or(|(_, k)| key > k) {
                         best = Some((i, key));
                     }
@@ -233,7 +256,7 @@ impl Queue {
     }
 
     /// The first member of group `group`, from sequence number `from` on, that is served after
-    /// `at`. Within one priority level that is the first member with a larger sequence number.
+    /// `at`. Within one level (account and priority) that is the first member with a larger sequence number.
     /// Across levels, a group's service keys fall as its sequence numbers rise (one level,
     /// oldest first), so the members served after `at` are a suffix of the group: gallop from
     /// `from` to a member past `at`, then bisect back to where the suffix starts.
@@ -246,11 +269,11 @@ impl Queue {
         aging_step_ms: u64,
     ) -> Option<Entry> {
         let g = self.groups.get(&group)?;
-        if g.kind.priority == at.priority {
+        if g.kind.priority == at.priority && g.kind.account == at.account {
             let from = from.max(at.seq.saturating_add(1));
             return g.members.range(from..).next().map(|(_, m)| *m);
         }
-        let key = Self::key(at, now_ms, aging_step_ms);
+        let key = self.key(at, now_ms, aging_step_ms);
         let members = &g.members;
         // The first member at or after sequence number `seq`, if it is served after `key`.
         let after_from = |seq: u64| {
@@ -258,7 +281,7 @@ impl Queue {
                 .range(seq..)
                 .next()
                 .map(|(_, m)| *m)
-                .filter(|m| Self::key(m, now_ms, aging_step_ms) < key)
+                .filter(|m| self.key(m, now_ms, aging_step_ms) < key)
         };
         if let Some(m) = after_from(from) {
             return Some(m);
@@ -297,6 +320,7 @@ mod tests {
 
     fn kind(priority: i32, cpus: i64) -> Kind {
         Kind {
+            account: 0,
             priority,
             need: Need {
                 cpu_milli: cpus * 1000,
@@ -351,8 +375,8 @@ mod tests {
         let mut q = Queue::default();
         let a = push(&mut q, 1, 0, 0);
         push(&mut q, 2, 1, 0);
-        q.remove(0, a);
-        q.remove(0, a);
+        q.remove((0, 0), a);
+        q.remove((0, 0), a);
         assert_eq!(q.len(), 1);
         assert_eq!(ids(&q, 0, 0), vec![2]);
         assert_eq!(q.groups().count(), 1);
@@ -364,8 +388,18 @@ mod tests {
         for i in 0..60u64 {
             let priority = [0, 2, -1][(i % 3) as usize];
             let cpus = [1, 2, 4][((i / 3) % 3) as usize];
-            q.push(RequestId(i), kind(priority, cpus), i * 250);
+            let account = ((i / 9) % 2) as u32;
+            q.push(
+                RequestId(i),
+                Kind {
+                    account,
+                    ..kind(priority, cpus)
+                },
+                i * 250,
+            );
         }
+        // The second account is served first, as fair share would have it.
+        q.set_ranks(&[1, 0]);
         q
     }
 
@@ -382,7 +416,7 @@ mod tests {
                 .collect();
             while let Some(i) = (0..heads.len())
                 .filter(|&i| heads[i].is_some())
-                .max_by_key(|&i| heads[i].map(|e| Queue::key(&e, now, step)))
+                .max_by_key(|&i| heads[i].map(|e| q.key(&e, now, step)))
             {
                 let Some(e) = heads[i] else { break };
                 merged.push(e);
@@ -401,7 +435,7 @@ mod tests {
                 .levels
                 .values()
                 .find_map(|l| l.get(&seq))
-                .map(|e| e.priority);
+                .map(|e| (e.account, e.priority));
             if let Some(p) = p {
                 q.remove(p, seq);
             }

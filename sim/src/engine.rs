@@ -851,6 +851,7 @@ impl Simulation {
             pending_deadline_ms: None,
             expected_run_ms: Some(r.estimate_ms()),
             requester: r.requester.clone().unwrap_or_default(),
+            account: r.account.clone(),
         };
         self.metrics.submitted(self.now_ms, r.count);
         let rows = self

@@ -13,7 +13,7 @@ use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::Path;
 
-use berth_sched::{Config, ScanOrder, Weights};
+use berth_sched::{Account, Config, FairShare, ScanOrder, Weights};
 use std::sync::{Arc, Mutex};
 
 use berth_traces::{Format, Record, TraceError, TraceHeader, TraceReader, TraceWriter};
@@ -171,6 +171,7 @@ pub fn settings_text(config: &SimConfig) -> String {
         provision_failures_max,
         vm_retries_max,
         aging_step_ms,
+        fair_share,
         templates,
     } = sched;
     let scan = match scan {
@@ -187,6 +188,19 @@ pub fn settings_text(config: &SimConfig) -> String {
         policy.name(),
         latency.name(),
     );
+    if let Some(FairShare {
+        half_life_ms,
+        default_weight,
+        accounts,
+    }) = fair_share
+    {
+        text.push_str(&format!(
+            "fair_share.half_life_ms={half_life_ms}\nfair_share.default_weight={default_weight}\n"
+        ));
+        for Account { name, weight } in accounts {
+            text.push_str(&format!("fair_share.account={name:?}:{weight}\n"));
+        }
+    }
     // Templates of the fleet file are covered by the fleet's digest; these are extra ones.
     for t in templates {
         text.push_str(&format!("template={t:?}\n"));

@@ -655,6 +655,7 @@ mod tests {
         build.expected_ms = Some(2_000_000);
         build.requester = Some("dev-3".into());
         build.change = Some("I8473b959".into());
+        build.account = Some("qt-base".into());
         let mut test = RequestRecord::new(2, "linux", 4, 600_000);
         test.after = vec![1];
         test.think_ms = 5_000;
@@ -773,7 +774,7 @@ mod tests {
         check_error(
             r#"{"at_ms":0,"kind":"request","id":1,"cont":4,"vcpus":1,"template":"t","duration_ms":1}"#,
             expect![
-                "trace.jsonl:2: unknown field `cont`, expected one of `id`, `count`, `vcpus`, `memory_mib`, `template`, `labels`, `priority`, `gang`, `duration_ms`, `expected_ms`, `outcome`, `hold_on_failure`, `requester`, `change`, `after`, `think_ms` (column 41)"
+                "trace.jsonl:2: unknown field `cont`, expected one of `id`, `count`, `vcpus`, `memory_mib`, `template`, `labels`, `priority`, `gang`, `duration_ms`, `expected_ms`, `outcome`, `hold_on_failure`, `requester`, `change`, `account`, `after`, `think_ms` (column 41)"
             ],
         );
         check_error(
@@ -964,6 +965,7 @@ mod tests {
             "hold_on_failure",
             "requester",
             "change",
+            "account",
             "after",
             "think_ms",
             "host",

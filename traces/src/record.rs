@@ -100,6 +100,9 @@ pub struct RequestRecord {
     /// reports can give each change's turnaround; free text, like `requester`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub change: Option<String>,
+    /// The account (team or project) charged for it under fair share; absent: the requester.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub account: Option<String>,
     /// Earlier requests this one waits for. It arrives `think_ms` after the last of them has
     /// ended (all its VMs finished), but never before its own record has been read. Writers put
     /// such a record at or before its dependencies' latest submit time, so that a faster
@@ -129,6 +132,7 @@ impl RequestRecord {
             hold_on_failure: None,
             requester: None,
             change: None,
+            account: None,
             after: Vec::new(),
             think_ms: 0,
         }

@@ -73,7 +73,16 @@ const TOP_LEVEL_MODULES: (u64, u64) = (20, 45);
 const N_DEVELOPERS: u64 = 300;
 
 /// The requester of top-level changes: an integration bot, which never asks for breakpoints.
+/// It is also their account.
 const INTEGRATION_REQUESTER: &str = "integration";
+
+/// Teams the developers belong to, for fair share (assumption): developer `dev-N` works in
+/// team `team-K`, K = (N - 1) mod N_TEAMS + 1, so each team holds 25 developers.
+const N_TEAMS: u64 = 12;
+
+/// Modules a big change (`SynthConfig::big_changes`) moves: 36 modules × 55 configurations
+/// = 1,980 VMs when no build fails, the "2,000-VM change" of DESIGN.md.
+const BIG_CHANGE_MODULES: u64 = 36;
 
 /// How long a breakpoint is kept for its owner (assumption: an afternoon's look).
 const HOLD_TTL_MS: u64 = 2 * HOUR_MS;
@@ -110,6 +119,9 @@ pub struct SynthConfig {
     pub hold_share: f64,
     /// Share of changes to the top-level repository (thousands of VMs each), 0 to 1.
     pub top_level_share: f64,
+    /// Top-level changes of about 2,000 VMs each that land together at a weekday peak: at the
+    /// first change arriving in a peak hour after half of the trace's VMs, and the next ones.
+    pub big_changes: u32,
 }
 
 impl SynthConfig {
@@ -131,6 +143,7 @@ impl Default for SynthConfig {
             failure_rate: DEFAULT_FAILURE_RATE,
             hold_share: DEFAULT_HOLD_SHARE,
             top_level_share: DEFAULT_TOP_LEVEL_SHARE,
+            big_changes: 0,
         }
     }
 }
@@ -326,6 +339,7 @@ pub struct Generator {
     next_id: u64,
     /// The number of the next change, for the requests' `change` id (`c1`, `c2`, …).
     next_change: u64,
+    big_changes_left: u32,
     vms_left: u64,
     queue: VecDeque<Record>,
     fates: Vec<Fate>,
@@ -372,9 +386,14 @@ impl Generator {
                 config.failure_rate,
                 config.hold_share,
                 config.top_level_share
-            ),
+            ) + &if config.big_changes > 0 {
+                format!(", big changes {}", config.big_changes)
+            } else {
+                String::new()
+            },
         );
         let platform = platform();
+        let big_changes_left = config.big_changes;
         Ok(Generator {
             rng: Pcg64::seed_from_u64(config.seed),
             arrival_rng: Pcg64::seed_from_u64(config.seed ^ ARRIVAL_SEED_SALT),
@@ -387,6 +406,7 @@ impl Generator {
             clock_ms: 0,
             next_id: 1,
             next_change: 1,
+            big_changes_left,
             queue: VecDeque::new(),
         })
     }
@@ -416,16 +436,32 @@ impl Generator {
     fn generate_change(&mut self) {
         let at_ms = self.next_arrival();
         let top_level = chance(&mut self.rng, self.config.top_level_share);
-        let (modules, requester, hold) = if top_level {
+        // A big change replaces the change drawn here; the draws stay the same, so the rest
+        // of the trace does not move.
+        let at_peak = hour_share((at_ms / HOUR_MS) as usize % WEEK_HOURS) >= 1.0;
+        let big = self.big_changes_left > 0
+            && self.vms_left <= self.config.vms / 2
+            && (at_peak || self.big_changes_left < self.config.big_changes);
+        let (modules, requester, account, hold) = if top_level {
             let modules = uniform_between(&mut self.rng, TOP_LEVEL_MODULES);
-            (modules, INTEGRATION_REQUESTER.to_owned(), None)
+            let bot = INTEGRATION_REQUESTER.to_owned();
+            (modules, bot.clone(), bot, None)
         } else {
-            let author = format!("dev-{}", uniform_between(&mut self.rng, (1, N_DEVELOPERS)));
+            let n = uniform_between(&mut self.rng, (1, N_DEVELOPERS));
+            let author = format!("dev-{n}");
+            let team = format!("team-{}", (n - 1) % N_TEAMS + 1);
             let hold = chance(&mut self.rng, self.config.hold_share).then(|| Hold {
                 owner: author.clone(),
                 ttl_ms: HOLD_TTL_MS,
             });
-            (1, author, hold)
+            (1, author, team, hold)
+        };
+        let (modules, requester, account, hold) = if big {
+            self.big_changes_left -= 1;
+            let bot = INTEGRATION_REQUESTER.to_owned();
+            (BIG_CHANGE_MODULES, bot.clone(), bot, None)
+        } else {
+            (modules, requester, account, hold)
         };
 
         let change = format!("c{}", self.next_change);
@@ -472,6 +508,7 @@ impl Generator {
             };
             request.hold_on_failure = hold.clone();
             request.requester = Some(requester.clone());
+            request.account = Some(account.clone());
             request.change = Some(change.clone());
             if let Some(dep) = after {
                 request.after = vec![dep];
@@ -587,6 +624,58 @@ mod tests {
                 other => panic!("synth makes requests only: {other:?}"),
             })
             .collect()
+    }
+
+    #[test]
+    fn big_changes_land_together_at_a_peak_hour_and_leave_the_rest_alone() {
+        let plain = requests(SynthConfig::new(20_000, 3));
+        let big = requests(SynthConfig {
+            big_changes: 2,
+            ..SynthConfig::new(20_000, 3)
+        });
+        let changes = |rs: &[(u64, RequestRecord)]| {
+            let mut vms: BTreeMap<String, (u64, u64, String)> = BTreeMap::new();
+            for (at_ms, r) in rs {
+                let e = vms.entry(r.change.clone().unwrap_or_default()).or_insert((
+                    *at_ms,
+                    0,
+                    r.account.clone().unwrap_or_default(),
+                ));
+                e.1 += u64::from(r.count);
+            }
+            vms
+        };
+        let before = changes(&plain);
+        // The big changes are the ones that differ from the plain trace's (the last change
+        // differs too, cut short elsewhere).
+        let mut bigs: Vec<(u64, u64, String)> = changes(&big)
+            .into_iter()
+            .filter(|(id, c)| c.1 >= 1_500 && before.get(id) != Some(c))
+            .map(|(_, c)| c)
+            .collect();
+        bigs.sort();
+        assert_eq!(bigs.len(), 2, "{bigs:?}");
+        for (at_ms, n, account) in &bigs {
+            assert!(*n <= 36 * 55, "{n}");
+            assert_eq!(account, "integration");
+            let hour = (*at_ms / HOUR_MS) as usize % WEEK_HOURS;
+            assert!(hour_share(hour) >= 1.0, "{at_ms}");
+        }
+        // Arrival times come from their own stream: the same changes arrive at the same times.
+        let times = |rs: &[(u64, RequestRecord)]| {
+            let mut t: Vec<u64> = rs.iter().map(|(at, _)| *at).collect();
+            t.dedup();
+            t
+        };
+        let (a, b) = (times(&plain), times(&big));
+        let n = a.len().min(b.len());
+        assert_eq!(a[..n / 3], b[..n / 3]);
+        // Every ordinary change has a team as its account.
+        assert!(
+            big.iter()
+                .filter(|(_, r)| r.requester.as_deref() != Some("integration"))
+                .all(|(_, r)| r.account.as_deref().is_some_and(|a| a.starts_with("team-")))
+        );
     }
 
     fn write(config: SynthConfig) -> Vec<u8> {
@@ -746,8 +835,8 @@ mod tests {
         let bytes = write(SynthConfig::new(2, 1));
         expect_test::expect![[r#"
             {"berth_trace":1,"synthetic":true,"source":"berth synthetic CI workload v1: seed 1, 2 VMs, peak 14 changes/h, failure rate 0.05, hold share 0.1, top-level share 0.02"}
-            {"at_ms":2678625,"kind":"request","id":1,"count":1,"vcpus":8,"memory_mib":16384,"template":"linux","labels":{"arch":"x86_64"},"duration_ms":726821,"expected_ms":1500000,"requester":"dev-6","change":"c1"}
-            {"at_ms":2678625,"kind":"request","id":2,"count":1,"vcpus":8,"memory_mib":16384,"template":"linux","labels":{"arch":"x86_64"},"duration_ms":1079264,"expected_ms":1500000,"requester":"dev-6","change":"c1"}
+            {"at_ms":2678625,"kind":"request","id":1,"count":1,"vcpus":8,"memory_mib":16384,"template":"linux","labels":{"arch":"x86_64"},"duration_ms":726821,"expected_ms":1500000,"requester":"dev-6","change":"c1","account":"team-6"}
+            {"at_ms":2678625,"kind":"request","id":2,"count":1,"vcpus":8,"memory_mib":16384,"template":"linux","labels":{"arch":"x86_64"},"duration_ms":1079264,"expected_ms":1500000,"requester":"dev-6","change":"c1","account":"team-6"}
         "#]]
         .assert_eq(&String::from_utf8_lossy(&bytes));
     }

@@ -218,7 +218,10 @@ impl Scheduler {
         let provisioning = std::mem::replace(&mut v.provisioning, false);
         let request = v.request;
         if let Some(r) = self.requests.get(&request) {
-            self.fleet.release(host_idx, &r.need, vm, provisioning);
+            let released = self.fleet.release(host_idx, &r.need, vm, provisioning);
+            if released && let Some(fair) = self.fair.as_mut() {
+                fair.charge(r.account, &r.need, -1, self.now_ms);
+            }
         }
         self.ends.remove(&(v.expected_end_ms, vm));
         self.pass.capacity_changed = true;

@@ -39,6 +39,17 @@ pub(crate) use requests::describe_need;
 use state::Pass;
 pub use state::Scheduler;
 
+/// An account's standing under fair share (`Scheduler::accounts`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct AccountView {
+    pub name: String,
+    pub weight: u32,
+    /// Decayed usage, in vCPU-seconds.
+    pub usage_vcpu_s: f64,
+    /// Where it stands in the order the queue serves accounts: 0 first.
+    pub rank: u32,
+}
+
 impl Scheduler {
     pub fn new(config: Config) -> Scheduler {
         let templates = config
@@ -49,6 +60,7 @@ impl Scheduler {
         Scheduler {
             fleet: Fleet::new(config.provisioning_per_host_max),
             reads: policy::of(config.policy).reads,
+            fair: config.fair_share.as_ref().map(policy::fair::Fair::new),
             config,
             templates,
             host_ids: BTreeMap::new(),
@@ -91,6 +103,23 @@ impl Scheduler {
 
     pub fn config(&self) -> &Config {
         &self.config
+    }
+
+    /// Under fair share, every account seen with its weight, decayed usage (vCPU-seconds, a
+    /// slot counting as a vCPU) and rank in the order the queue serves them (0 first, as of
+    /// the last pass); empty without fair share.
+    pub fn accounts(&self) -> Vec<AccountView> {
+        let Some(fair) = self.fair.as_ref() else {
+            return Vec::new();
+        };
+        (0..fair.accounts.len() as u32)
+            .map(|id| AccountView {
+                name: fair.name(id).to_owned(),
+                weight: fair.accounts[id as usize].weight,
+                usage_vcpu_s: fair.usage_at(id, self.now_ms),
+                rank: fair.ranks[id as usize],
+            })
+            .collect()
     }
 
     /// The time of the latest input.

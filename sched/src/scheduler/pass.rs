@@ -10,13 +10,13 @@ use crate::fleet::Need;
 use crate::model::RequestState;
 use crate::output::Cause;
 use crate::placement::fits;
-use crate::queue::Queue;
 
 impl Scheduler {
     /// Runs a pass if anything changed since the last: capacity came back or the fleet changed
     /// (the whole queue is walked), requests arrived (only they are tried), or the head moved.
     pub(super) fn schedule(&mut self) {
         self.recheck_no_room();
+        self.rank_accounts();
         if !self.pass.capacity_changed && self.pass.arrivals.is_empty() && !self.head_moved() {
             return;
         }
@@ -29,6 +29,14 @@ impl Scheduler {
         (policy::of(self.config.policy).serve)(self, full);
         self.pass.capacity_changed = false;
         self.pass.arrivals.clear();
+    }
+
+    /// Under fair share, orders the accounts as of now for this pass.
+    fn rank_accounts(&mut self) {
+        if let Some(fair) = self.fair.as_mut() {
+            fair.rank(self.now_ms);
+            self.queue.set_ranks(&fair.ranks);
+        }
     }
 
     /// Drops from `no_room` every need that a host changed since the last check now has room for.
@@ -78,7 +86,8 @@ impl Scheduler {
                     order.extend(self.queue.members(group));
                 }
             }
-            order.sort_by_key(|e| Reverse(Queue::key(e, now, step)));
+            let queue = &self.queue;
+            order.sort_by_key(|e| Reverse(queue.key(e, now, step)));
         }
         for e in &order {
             let Some(r) = self.requests.get(&e.request) else {

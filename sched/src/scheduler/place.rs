@@ -161,6 +161,7 @@ impl Scheduler {
         r.queued.drain(..chosen.len());
         r.gang_pending = false;
         let vm_spec = r.vm_spec.clone();
+        let account = r.account;
         // Only backfilling reads expected ends; the other policies skip their upkeep.
         let keep_ends = self.reads.expected_ends;
         let used = EndEntry::of(&r.need);
@@ -192,6 +193,9 @@ impl Scheduler {
         }
         if let Some(&last) = chosen.last() {
             self.rotate_from = last + 1;
+        }
+        if let Some(fair) = self.fair.as_mut() {
+            fair.charge(account, &need, chosen.len() as i64, now);
         }
         if let Some(r) = self.requests.get_mut(&id) {
             if r.queued.is_empty() {

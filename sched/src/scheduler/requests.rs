@@ -104,7 +104,12 @@ impl Scheduler {
             let vm = self.new_vm(id, Cause::Submitted);
             queued.push(vm);
         }
+        let account = self
+            .fair
+            .as_mut()
+            .map_or(0, |f| f.account(spec.account_name()));
         let kind = Kind {
+            account,
             priority: spec.priority,
             need: need.clone(),
             together,
@@ -114,7 +119,8 @@ impl Scheduler {
         self.requests.insert(
             id,
             Request {
-                queue_key: Some((spec.priority, seq)),
+                queue_key: Some(((account, spec.priority), seq)),
+                account,
                 gang_pending: spec.gang,
                 live: spec.count,
                 spec,
@@ -298,7 +304,7 @@ impl Scheduler {
         r.queued.push(vm);
         if r.queue_key.is_none() {
             let seq = self.queue.push(id, kind_of(r, self.reads), now);
-            r.queue_key = Some((r.spec.priority, seq));
+            r.queue_key = Some(((r.account, r.spec.priority), seq));
         }
         self.pass.arrivals.push(id);
         self.maybe_finish(id);
@@ -306,8 +312,8 @@ impl Scheduler {
 
     /// Records why a waiting request (and so every request of its group) still waits.
     pub(super) fn set_wait(&mut self, id: RequestId, wait: Wait) {
-        if let Some((priority, seq)) = self.requests.get(&id).and_then(|r| r.queue_key) {
-            self.queue.set_wait(priority, seq, wait);
+        if let Some((level, seq)) = self.requests.get(&id).and_then(|r| r.queue_key) {
+            self.queue.set_wait(level, seq, wait);
         }
     }
 
@@ -324,6 +330,7 @@ impl Scheduler {
 /// The kind a waiting request is grouped under in the queue.
 fn kind_of(r: &Request, reads: Reads) -> Kind {
     Kind {
+        account: r.account,
         priority: r.spec.priority,
         need: r.need.clone(),
         together: if r.gang_pending {

@@ -8,7 +8,8 @@ use crate::fleet::{Amount, Fleet, Interner, Need};
 use crate::idmap::IdMap;
 use crate::model::{HostId, RequestId, RequestSpec, RequestState, Template, VmId, VmState};
 use crate::output::{Action, Cause, Event, VmSpec};
-use crate::queue::{Entry, Queue, Wait};
+use crate::queue::{Entry, Level, Queue, Wait};
+use crate::scheduler::policy::fair::Fair;
 
 /// Something due at a time: a waiting request's deadline, or the end of a breakpoint's hold.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -45,8 +46,10 @@ pub(crate) struct Request {
     pub(crate) need: Need,
     pub(crate) state: RequestState,
     pub(crate) submitted_ms: u64,
-    /// `(priority, seq)` while in the queue.
-    pub(crate) queue_key: Option<(i32, u64)>,
+    /// `((account, priority), seq)` while in the queue.
+    pub(crate) queue_key: Option<(Level, u64)>,
+    /// Its account's id under fair share (0 without).
+    pub(crate) account: u32,
     /// VMs in `Queued`, in order.
     pub(crate) queued: Vec<VmId>,
     /// VMs not yet ended.
@@ -181,6 +184,8 @@ pub struct Scheduler {
     pub(crate) freed_touched: Vec<usize>,
     /// Per host, whether it takes new VMs and could run the head (scratch for `reserve`).
     pub(crate) eligible_for_head: Vec<bool>,
+    /// Accounts and their usage under fair share (`None` without).
+    pub(crate) fair: Option<Fair>,
     /// Passes walk every waiting request one by one (see `Scheduler::reference`).
     pub(crate) reference_walk: bool,
 }

@@ -6,7 +6,7 @@ use std::collections::BinaryHeap;
 use super::place::Attempt;
 use super::state::{Reservation, Scheduler};
 use crate::model::RequestId;
-use crate::queue::{Entry, Queue, ServiceKey, Wait};
+use crate::queue::{Entry, ServiceKey, Wait};
 
 impl Scheduler {
     /// Places heads of the queue in order until one does not fit; returns that head.
@@ -69,7 +69,7 @@ impl Scheduler {
         // no host has room for, stays out of the walk: capacity only shrinks within it. Its
         // verdict is what `place_request` would say (the head's group keeps the reservation's).
         let free = self.fleet.ready_free;
-        let mut next: BinaryHeap<(ServiceKey, Entry)> = BinaryHeap::new();
+        let mut heads: Vec<Entry> = Vec::new();
         for g in self.queue.groups_mut() {
             let Some(&first) = g.members.values().next() else {
                 continue;
@@ -78,7 +78,7 @@ impl Scheduler {
             let together = i64::from(g.kind.together);
             let no_room = self.pass.no_room.contains(&g.kind.need);
             if fit >= together && !no_room {
-                next.push((Queue::key(&first, now, step), first));
+                heads.push(first);
             } else if Some(first.request) != skip {
                 g.wait = if together > 1 && fit > 0 && !no_room {
                     Wait::GangShort {
@@ -90,12 +90,16 @@ impl Scheduler {
                 };
             }
         }
+        let mut next: BinaryHeap<(ServiceKey, Entry)> = heads
+            .into_iter()
+            .map(|e| (self.queue.key(&e, now, step), e))
+            .collect();
         // Parked groups, each with the sequence number after the member that failed.
         let mut parked: Vec<(u64, u64)> = Vec::new();
         while let Some((_, e)) = next.pop() {
             if Some(e.request) == skip {
                 if let Some(m) = self.queue.next_in_group(&e) {
-                    next.push((Queue::key(&m, now, step), m));
+                    next.push((self.queue.key(&m, now, step), m));
                 }
                 continue;
             }
@@ -105,11 +109,11 @@ impl Scheduler {
             match self.place_request(e.request, reservation.as_deref_mut()) {
                 Attempt::Placed => {
                     if let Some(m) = self.queue.next_in_group(&e) {
-                        next.push((Queue::key(&m, now, step), m));
+                        next.push((self.queue.key(&m, now, step), m));
                     }
                     for (group, from) in parked.drain(..) {
                         if let Some(m) = self.queue.first_after(group, from, &e, now, step) {
-                            next.push((Queue::key(&m, now, step), m));
+                            next.push((self.queue.key(&m, now, step), m));
                         }
                     }
                 }

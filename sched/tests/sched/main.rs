@@ -4,6 +4,7 @@
 
 mod breakpoints;
 mod equivalence;
+mod fair;
 mod fixture;
 mod hosts;
 mod lifecycle;

@@ -8,9 +8,9 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use berth_sched::{
-    Blocker, Cause, Config, DriverKind, Event, Failure, FailureKind, Hold, HostSpec, Input, Label,
-    Policy, ProbeReport, RequestId, RequestSpec, RequestState, ScanOrder, Scheduler, Shape,
-    Template, VmState, VmView, Weights,
+    Account, Blocker, Cause, Config, DriverKind, Event, Failure, FailureKind, FairShare, Hold,
+    HostSpec, Input, Label, Policy, ProbeReport, RequestId, RequestSpec, RequestState, ScanOrder,
+    Scheduler, Shape, Template, VmState, VmView, Weights,
 };
 use proptest::prelude::*;
 
@@ -29,6 +29,8 @@ pub struct Knobs {
     pub(crate) provision_failures_max: u32,
     pub(crate) candidates_max: u32,
     pub(crate) aging_step_ms: u64,
+    /// Fair share between three accounts (weights 1, 2, 3) with this half-life; `None`: off.
+    pub(crate) fair_half_life_ms: Option<u64>,
 }
 
 #[derive(Clone, Debug)]
@@ -124,18 +126,22 @@ pub(crate) fn knobs() -> impl Strategy<Value = Knobs> {
         1u32..=4,
         1u32..=8,
         prop_oneof![Just(0u64), Just(60_000), Just(600_000)],
+        prop::option::of(prop_oneof![Just(1u64), Just(60_000), Just(3_600_000)]),
     )
         .prop_map(
-            |(policy, rotate, weights, prov, retries, probes, breaker, candidates, aging)| Knobs {
-                policy,
-                rotate,
-                weights,
-                provisioning_per_host_max: prov,
-                vm_retries_max: retries,
-                probe_failures_max: probes,
-                provision_failures_max: breaker,
-                candidates_max: candidates,
-                aging_step_ms: aging,
+            |(policy, rotate, weights, prov, retries, probes, breaker, candidates, aging, fair)| {
+                Knobs {
+                    policy,
+                    rotate,
+                    weights,
+                    provisioning_per_host_max: prov,
+                    vm_retries_max: retries,
+                    probe_failures_max: probes,
+                    provision_failures_max: breaker,
+                    candidates_max: candidates,
+                    aging_step_ms: aging,
+                    fair_half_life_ms: fair,
+                }
             },
         )
 }
@@ -252,6 +258,16 @@ pub(crate) fn config_of(k: &Knobs) -> Config {
         provision_failures_max: k.provision_failures_max,
         vm_retries_max: k.vm_retries_max,
         aging_step_ms: k.aging_step_ms,
+        fair_share: k.fair_half_life_ms.map(|half_life_ms| FairShare {
+            half_life_ms,
+            default_weight: 1,
+            accounts: (1..=3)
+                .map(|w| Account {
+                    name: format!("team-{w}"),
+                    weight: w,
+                })
+                .collect(),
+        }),
         templates: vec![linux(), macos(), windows()],
     }
 }
@@ -402,6 +418,10 @@ impl Run {
                 }
                 spec.pending_deadline_ms = deadline_s.map(|s| s * 1_000);
                 spec.expected_run_ms = run_s.map(|s| s * 1_000);
+                // Three accounts of different weights, and a fourth unnamed one (the
+                // requester's, at the default weight).
+                spec.requester = "ci".into();
+                spec.account = (!id.is_multiple_of(4)).then(|| format!("team-{}", id % 4));
                 Input::Submit(spec)
             }
             Op::Step { pick, outcome } => {
@@ -862,6 +882,7 @@ fn knobs_default() -> Knobs {
         provision_failures_max: 3,
         candidates_max: 8,
         aging_step_ms: 600_000,
+        fair_half_life_ms: None,
     }
 }
 

@@ -5,7 +5,7 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
-use berth_sched::{Policy, ScanOrder, Weights};
+use berth_sched::{Account, FairShare, Policy, ScanOrder, Weights};
 use berth_traces::{Format, Generator, SynthConfig};
 use serde::Deserialize;
 use toml::Spanned;
@@ -240,6 +240,7 @@ impl Spec {
                         failure_rate: synth.failure_rate.unwrap_or(defaults.failure_rate),
                         hold_share: synth.hold_share.unwrap_or(defaults.hold_share),
                         top_level_share: synth.top_level_share.unwrap_or(defaults.top_level_share),
+                        big_changes: synth.big_changes.unwrap_or(0),
                     };
                     Generator::new(config.clone()).map_err(|err| {
                         at(
@@ -402,6 +403,7 @@ struct SynthEntry {
     failure_rate: Option<f64>,
     hold_share: Option<f64>,
     top_level_share: Option<f64>,
+    big_changes: Option<u32>,
 }
 
 #[derive(Deserialize)]
@@ -428,6 +430,24 @@ struct SettingsEntry {
     provision_failures_max: Option<Spanned<u32>>,
     vm_retries_max: Option<u32>,
     aging_step_ms: Option<u64>,
+    fair_share: Option<FairShareEntry>,
+}
+
+/// Fair share between accounts: `fair_share = { half_life_minutes = 60, accounts = [...] }`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FairShareEntry {
+    half_life_minutes: Option<Spanned<f64>>,
+    default_weight: Option<Spanned<u32>>,
+    #[serde(default)]
+    accounts: Vec<AccountEntry>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AccountEntry {
+    name: String,
+    weight: Spanned<u32>,
 }
 
 #[derive(Deserialize)]
@@ -533,6 +553,31 @@ impl SettingsEntry {
         }
         if let Some(v) = self.aging_step_ms {
             sched.aging_step_ms = v;
+        }
+        if let Some(f) = &self.fair_share {
+            let mut fair = FairShare::default();
+            if let Some(h) = &f.half_life_minutes {
+                let minutes = *h.get_ref();
+                if !(minutes.is_finite() && minutes > 0.0) {
+                    return Err(at(
+                        h.span(),
+                        format!(
+                            "settings `{name}`: `fair_share.half_life_minutes` must be a positive number, got {minutes}"
+                        ),
+                    ));
+                }
+                fair.half_life_ms = (minutes * 60_000.0).round() as u64;
+            }
+            if let Some(w) = &f.default_weight {
+                fair.default_weight = at_least_one(w, "fair_share.default_weight")?;
+            }
+            for a in &f.accounts {
+                fair.accounts.push(Account {
+                    name: a.name.clone(),
+                    weight: at_least_one(&a.weight, "fair_share.accounts.weight")?,
+                });
+            }
+            sched.fair_share = Some(fair);
         }
         Ok(config)
     }

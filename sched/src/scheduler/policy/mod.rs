@@ -4,6 +4,7 @@
 
 mod accasim_easy;
 mod easy;
+pub(crate) mod fair;
 mod fcfs;
 mod greedy;
 
