@@ -2,14 +2,32 @@
 //! submit/finish churn with 100,000 VMs alive.
 
 use berth_benches::{burst, churn_fleet, churn_step, config, drain, fleet};
-use berth_sched::Input;
+use berth_sched::{Config, FairShare, Input, RequestSpec};
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 
 fn placement(c: &mut Criterion) {
-    let mut group = c.benchmark_group("placement/burst_2000");
+    burst_onto(c, "placement/burst_2000", config(), burst(2_000, 1, 42));
+    // The same burst from 8 accounts with fair share on: the queue's account order must not
+    // make placement noticeably slower.
+    let fair = Config {
+        fair_share: Some(FairShare::default()),
+        ..config()
+    };
+    let requests: Vec<RequestSpec> = burst(2_000, 1, 42)
+        .into_iter()
+        .map(|mut r| {
+            r.account = Some(format!("team-{}", r.id.0 % 8));
+            r
+        })
+        .collect();
+    burst_onto(c, "placement/burst_2000_fair_share", fair, requests);
+}
+
+/// Places `requests` (2,000 VMs) onto fresh fleets of 1,000 and 10,000 hosts.
+fn burst_onto(c: &mut Criterion, name: &str, config: Config, requests: Vec<RequestSpec>) {
+    let mut group = c.benchmark_group(name);
     for n_hosts in [1_000u64, 10_000] {
-        let base = fleet(n_hosts, config());
-        let requests = burst(2_000, 1, 42);
+        let base = fleet(n_hosts, config.clone());
         group.bench_function(format!("hosts_{n_hosts}"), |b| {
             b.iter_batched(
                 || (base.clone(), requests.clone()),

@@ -269,7 +269,7 @@ const fn column(
     }
 }
 
-const COLUMNS: [Column; 22] = [
+const COLUMNS: [Column; 31] = [
     column("requests", None, 0, |r| r.requests as f64),
     column("vms", None, 0, |r| r.vms as f64),
     column("rejected", Some("rejected"), 1, |r| r.rejected as f64),
@@ -294,7 +294,40 @@ const COLUMNS: [Column; 22] = [
     column("vms_per_hour", None, 1, |r| r.vms_per_hour),
     column("held_vcpu_hours", None, 1, |r| r.held_vcpu_hours),
     column("events", None, 0, |r| r.events as f64),
+    // Change turnaround, all changes and by size class (`<10`, `10-199`, `>=200` VMs); 0 when
+    // the trace names no changes or a class has none.
+    column("changes", None, 0, |r| r.changes.changes as f64),
+    column("p50_turnaround_s", None, 0, |r| r.changes.p50_turnaround_s),
+    column("p90_turnaround_s", None, 0, |r| r.changes.p90_turnaround_s),
+    column("p90_turnaround_lt10_s", None, 0, |r| change_p90(r, 0)),
+    column("p50_turnaround_10_199_s", None, 0, |r| change_p50(r, 1)),
+    column(
+        "p90_turnaround_10_199_s",
+        Some("p90 turnaround 10-199 VMs (s)"),
+        0,
+        |r| change_p90(r, 1),
+    ),
+    column("p50_turnaround_ge200_s", None, 0, |r| change_p50(r, 2)),
+    column(
+        "p90_turnaround_ge200_s",
+        Some("p90 turnaround >=200 VMs (s)"),
+        0,
+        |r| change_p90(r, 2),
+    ),
+    column("changes_incomplete", None, 0, |r| {
+        r.changes.incomplete as f64
+    }),
 ];
+
+/// The p90 change turnaround of size class `i` (of `CHANGE_SIZE_NAMES`).
+fn change_p90(r: &Report, i: usize) -> f64 {
+    r.changes.by_size.get(i).map_or(0.0, |s| s.p90_turnaround_s)
+}
+
+/// The p50 change turnaround of size class `i` (of `CHANGE_SIZE_NAMES`).
+fn change_p50(r: &Report, i: usize) -> f64 {
+    r.changes.by_size.get(i).map_or(0.0, |s| s.p50_turnaround_s)
+}
 
 /// One configuration over its seeds.
 #[derive(Serialize)]

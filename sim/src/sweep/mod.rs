@@ -213,9 +213,18 @@ fn run_one(spec: &Spec, key: &RunKey, build: &Provenance) -> Result<RunLine, Swe
             report.skipped = reader.skipped();
             (report, horizon_ms, sha256.clone())
         }
-        TraceSource::Synth { config, fixed_seed } => {
+        TraceSource::Synth {
+            config,
+            fixed_seed,
+            load,
+        } => {
             let mut config = config.clone();
             config.seed = fixed_seed.unwrap_or(key.seed);
+            if let Some(load) = load {
+                let sized = crate::size_for_load(&fleet.fleet, &config, *load)
+                    .map_err(|e| fail(e.to_string()))?;
+                config.peak_changes_per_hour = sized.peak_changes_per_hour;
+            }
             let generator = Generator::new(config).map_err(|e| fail(e.to_string()))?;
             let header = generator.header().clone();
             info.synthetic = header.synthetic;

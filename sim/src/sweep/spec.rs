@@ -41,10 +41,13 @@ pub enum TraceSource {
         format: Format,
         sha256: String,
     },
-    /// A synthetic CI workload; its seed is the run's unless the spec fixes one.
+    /// A synthetic CI workload; its seed is the run's unless the spec fixes one. With a
+    /// `load`, its arrival rate is sized for each run's fleet and seed, as `trace synth --load`
+    /// sizes it.
     Synth {
         config: SynthConfig,
         fixed_seed: Option<u64>,
+        load: Option<f64>,
     },
 }
 
@@ -230,6 +233,26 @@ impl Spec {
                         ));
                     }
                     let synth = s.get_ref();
+                    if let Some(load) = &synth.load {
+                        let name = e.name.get_ref();
+                        if synth.peak_changes_per_hour.is_some() {
+                            return Err(at(
+                                load.span(),
+                                format!(
+                                    "trace `{name}`: give either `synth.load` or `synth.peak_changes_per_hour`, not both"
+                                ),
+                            ));
+                        }
+                        let value = *load.get_ref();
+                        if !(value.is_finite() && value > 0.0 && value <= 1.0) {
+                            return Err(at(
+                                load.span(),
+                                format!(
+                                    "trace `{name}`: `synth.load` must be above 0 and at most 1, got {value}"
+                                ),
+                            ));
+                        }
+                    }
                     let defaults = SynthConfig::default();
                     let config = SynthConfig {
                         vms: synth.vms,
@@ -251,6 +274,7 @@ impl Spec {
                     TraceSource::Synth {
                         config,
                         fixed_seed: synth.seed,
+                        load: synth.load.as_ref().map(|l| *l.get_ref()),
                     }
                 }
                 _ => {
@@ -404,6 +428,8 @@ struct SynthEntry {
     hold_share: Option<f64>,
     top_level_share: Option<f64>,
     big_changes: Option<u32>,
+    /// The load of the run's fleet's busiest pool, as `trace synth --load`.
+    load: Option<Spanned<f64>>,
 }
 
 #[derive(Deserialize)]
@@ -661,5 +687,29 @@ mod tests {
             e.starts_with("spec.toml:2:") && e.contains("either `path`"),
             "{e}"
         );
+        let e = err(&MINIMAL.replace("vms = 50", "vms = 50, load = 1.5"));
+        assert!(
+            e.starts_with("spec.toml:4:") && e.contains("`synth.load`") && e.contains("1.5"),
+            "{e}"
+        );
+        let e = err(&MINIMAL.replace(
+            "vms = 50",
+            "vms = 50, load = 0.5, peak_changes_per_hour = 3.0",
+        ));
+        assert!(
+            e.starts_with("spec.toml:4:") && e.contains("not both"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn the_fair_share_example_spec_parses() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/sweep-fair.toml");
+        let spec = Spec::load(&path).unwrap();
+        assert_eq!(spec.runs().len(), 5 * 3);
+        assert!(matches!(
+            spec.traces[0].source,
+            TraceSource::Synth { load: Some(_), .. }
+        ));
     }
 }
