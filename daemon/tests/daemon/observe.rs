@@ -465,3 +465,53 @@ command = ["{leaver}", "{out}"]
     assert_eq!(pids.len(), 6, "{pids:?}");
     d.wait_for("every child gone", |_| !pids.iter().any(|p| pid_alive(p)));
 }
+
+/// A `host.*` hook hears of hosts that change state, not of every host at every start: a
+/// restart that finds each host as the journal left it fires nothing.
+#[test]
+fn a_restart_fires_no_host_hooks_for_hosts_that_did_not_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let scripts = tempfile::tempdir().unwrap();
+    let log = scripts.path().join("host-events");
+    let logger = script(
+        scripts.path(),
+        "log-host",
+        r#"echo "$BERTH_EVENT $BERTH_HOST" >> "$1""#,
+    );
+    let config = format!(
+        "{base}\n[[hooks]]\nname = \"hosts\"\non = \"host.*\"\ncommand = [\"{logger}\", \"{log}\"]\n",
+        base = super::CONFIG,
+        log = log.display()
+    );
+    let lines = || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+    let all_ready = |d: &TestDaemon| {
+        d.ok("GET", "/v1/hosts", None)["hosts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|h| h["state"] == "ready")
+    };
+    let d = TestDaemon::start(dir.path(), &config);
+    d.wait_for("hosts ready", all_ready);
+    d.wait_for("first hook runs done", |d| {
+        runs(d, "hosts").len() == lines().len() && !lines().is_empty()
+    });
+    let first = lines();
+    assert!(
+        first.iter().any(|l| l == "host.ready sim-small-1"),
+        "{first:?}"
+    );
+    d.stop();
+    let d = TestDaemon::start(dir.path(), &config);
+    d.wait_for("hosts ready again", all_ready);
+    // Let any hook the start fired run (they run within milliseconds here).
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(lines(), first, "hooks fired by the restart");
+    d.stop();
+}
