@@ -74,6 +74,7 @@ named!(
         Ready = "ready",
         Draining = "draining",
         Maintenance = "maintenance",
+        Offline = "offline",
         Error = "error",
     }
 );

@@ -12,6 +12,7 @@ pub(crate) fn host_state(s: berth_sched::HostState) -> api::HostState {
         S::Ready => api::HostState::Ready,
         S::Draining => api::HostState::Draining,
         S::Maintenance => api::HostState::Maintenance,
+        S::Offline => api::HostState::Offline,
         S::Error => api::HostState::Error,
     }
 }

@@ -458,6 +458,7 @@ pub const EVENT_NAMES: &[&str] = &[
     "host.ready",
     "host.draining",
     "host.maintenance",
+    "host.offline",
     "host.error",
     "host.removed",
 ];

@@ -415,16 +415,7 @@ impl Metrics {
         self.breakpoint_age_sum.set(age_sum);
         self.sample_queue_waits(s, now_ms);
 
-        let mut hosts: BTreeMap<&str, i64> = [
-            HostState::Unknown,
-            HostState::Ready,
-            HostState::Draining,
-            HostState::Maintenance,
-            HostState::Error,
-        ]
-        .iter()
-        .map(|h| (h.name(), 0))
-        .collect();
+        let mut hosts: BTreeMap<&str, i64> = HostState::ALL.iter().map(|h| (h.name(), 0)).collect();
         for family in [&self.host_memory, &self.host_memory_allocated] {
             family.clear();
         }

@@ -258,8 +258,11 @@ pub enum HostState {
     Ready,
     /// No new VMs; becomes `Maintenance` when its last VM ends.
     Draining,
-    /// Out of service by an operator.
+    /// Out of service after an operator's drain (its last VM ended).
     Maintenance,
+    /// Taken out of service at once by an operator (its VMs were lost); distinct from
+    /// `Maintenance` so an operator can tell a drained host from a pulled one.
+    Offline,
     /// Failed probes or provisioning too many times in a row; its VMs were lost.
     Error,
 }
@@ -271,6 +274,7 @@ impl HostState {
         HostState::Ready,
         HostState::Draining,
         HostState::Maintenance,
+        HostState::Offline,
         HostState::Error,
     ];
 
@@ -280,6 +284,7 @@ impl HostState {
             HostState::Ready => "ready",
             HostState::Draining => "draining",
             HostState::Maintenance => "maintenance",
+            HostState::Offline => "offline",
             HostState::Error => "error",
         }
     }

@@ -403,6 +403,7 @@ pub fn host_glyph(state: &str) -> &'static str {
         "ready" => "●",
         "draining" => "◐",
         "maintenance" => "○",
+        "offline" => "⊘",
         "error" => "✖",
         _ => "?",
     }

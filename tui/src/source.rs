@@ -151,7 +151,7 @@ impl Source for MemorySource {
         match action {
             Action::Drain(h) => set_host(&mut self.snap, h, "draining"),
             Action::Resume(h) => set_host(&mut self.snap, h, "ready"),
-            Action::Offline(h) => set_host(&mut self.snap, h, "maintenance"),
+            Action::Offline(h) => set_host(&mut self.snap, h, "offline"),
             Action::Cancel(r) => self.snap.queue.retain(|q| q.id != *r),
             Action::Release(v) => {
                 self.snap.breakpoints.retain(|b| b.vm != *v);

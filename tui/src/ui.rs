@@ -52,7 +52,7 @@ impl Theme {
         self.fg(match state {
             "ready" => Color::Green,
             "draining" => Color::Yellow,
-            "maintenance" => Color::Blue,
+            "maintenance" | "offline" => Color::Blue,
             "error" => Color::Red,
             _ => Color::Gray,
         })

@@ -387,7 +387,7 @@ fn hosts_are_added_drained_resumed_taken_offline_and_removed() {
     );
     assert_eq!(
         d.ok("POST", "/v1/hosts/rack-9/offline", None)["state"],
-        "maintenance"
+        "offline"
     );
     d.wait_for("host empty", |d| {
         d.ok("GET", "/v1/hosts", None)["hosts"]

@@ -180,7 +180,7 @@ impl Scheduler {
                 }
             }
             HostState::Error => self.host_to(idx, HostState::Maintenance, Cause::OperatorDrain),
-            HostState::Draining | HostState::Maintenance => {}
+            HostState::Draining | HostState::Maintenance | HostState::Offline => {}
         }
         Ok(())
     }
@@ -191,8 +191,10 @@ impl Scheduler {
         let to = match host.state {
             HostState::Ready | HostState::Unknown => return Ok(()),
             HostState::Error => HostState::Unknown,
-            HostState::Draining | HostState::Maintenance if host.probed_ok => HostState::Ready,
-            HostState::Draining | HostState::Maintenance => HostState::Unknown,
+            HostState::Draining | HostState::Maintenance | HostState::Offline if host.probed_ok => {
+                HostState::Ready
+            }
+            HostState::Draining | HostState::Maintenance | HostState::Offline => HostState::Unknown,
         };
         self.fleet.update(idx, |h| {
             h.probe_failures = 0;
@@ -204,7 +206,7 @@ impl Scheduler {
 
     pub(super) fn offline(&mut self, id: HostId) -> Result<(), InputError> {
         let idx = self.host_idx(id)?;
-        self.host_to(idx, HostState::Maintenance, Cause::OperatorOffline);
+        self.host_to(idx, HostState::Offline, Cause::OperatorOffline);
         self.lose_vms(idx);
         Ok(())
     }

@@ -158,7 +158,7 @@ fn lost_vms_beyond_the_retry_budget_fail_the_request() {
 
     let out = w.at(5).input(Input::Offline(HostId(1)));
     expect![[r#"
-        h1 ready -> maintenance (taken offline by operator)
+        h1 ready -> offline (taken offline by operator)
         vm1 r1@h1 running -> lost (host h1 lost)
         vm3 r1 new -> queued (retry of vm1)
         r1 active -> waiting (a vm went back to the queue)
@@ -410,7 +410,7 @@ fn offline_loses_the_vms_at_once() {
             at_ms: 50,
             host: HostId(1),
             from: Some(HostState::Ready),
-            to: Some(HostState::Maintenance),
+            to: Some(HostState::Offline),
             cause: Cause::OperatorOffline,
         }
     );
@@ -428,6 +428,11 @@ fn offline_loses_the_vms_at_once() {
         vec![(VmId(3), HostId(2)), (VmId(4), HostId(2))]
     );
     assert_eq!(w.host(1).n_vms, 0);
+    // A drain leaves an offline host offline; a resume brings it back (it answered probes).
+    w.at(60).input(Input::Drain(HostId(1)));
+    assert_eq!(w.host(1).state, HostState::Offline);
+    w.at(70).input(Input::Resume(HostId(1)));
+    assert_eq!(w.host(1).state, HostState::Ready);
 }
 
 #[test]

@@ -709,7 +709,7 @@ fn offline_loses_vms_and_their_replacements_go_elsewhere() {
             > offline h1
             vm3 r1 -> h2
             vm4 r1 -> h2
-            h1 ready -> maintenance: taken offline by operator
+            h1 ready -> offline: taken offline by operator
             vm1 lost: host h1 lost
             vm2 lost: host h1 lost
         "#]],

@@ -17,6 +17,7 @@ fn check(p: &Probe<'_>) -> Option<Reason> {
         HostState::Unknown => Some(Reason::HostUnknown),
         HostState::Draining => Some(Reason::HostDraining),
         HostState::Maintenance => Some(Reason::HostMaintenance),
+        HostState::Offline => Some(Reason::HostOffline),
         HostState::Error => Some(Reason::HostError),
     }
 }
