@@ -1416,6 +1416,10 @@ pub fn events(args: EventsArgs) -> anyhow::Result<ExitCode> {
         for item in stream.by_ref() {
             let event = match item.map_err(anyhow::Error::new)? {
                 StreamItem::Event(e) => e,
+                StreamItem::Lagged(l) if l.daemon_restarted => {
+                    eprintln!("berth: the daemon restarted; events from before are not shown");
+                    continue;
+                }
                 StreamItem::Lagged(l) => {
                     eprintln!("berth: fell behind the daemon: {} events missed", l.missed);
                     continue;

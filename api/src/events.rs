@@ -73,10 +73,15 @@ pub struct DaemonEvent {
     pub why: Option<String>,
 }
 
-/// The `lagged` event: how many events a slow reader missed.
+/// The `lagged` event: how many events a reader missed (too slow, or reconnected with a
+/// `Last-Event-ID` older than the events the daemon keeps). After it, read the state afresh.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Lagged {
     pub missed: u64,
+    /// The reader's `Last-Event-ID` is from an earlier run of the daemon: how many it missed is
+    /// unknown (`missed` is 0).
+    #[serde(default)]
+    pub daemon_restarted: bool,
 }
 
 #[cfg(test)]

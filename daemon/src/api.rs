@@ -22,7 +22,7 @@ use rusqlite::Connection;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
-use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::BroadcastStream;
 use utoipa::IntoParams;
 use utoipa_axum::router::OpenApiRouter;
@@ -31,6 +31,7 @@ use utoipa_axum::routes;
 use crate::DaemonError;
 use crate::config::Role;
 use crate::control::{Actor, Answer, Msg, Query, Refusal, RefusalKind};
+use crate::feed::{Feed, Resume, Stamped};
 use crate::limits::{
     AUDIT_LIST_DEFAULT, LIST_ROWS_MAX, QUEUE_LIST_DEFAULT, QUEUE_LIST_MAX, REQUEST_LIST_DEFAULT,
     VM_LIST_DEFAULT, list_limit,
@@ -109,7 +110,7 @@ impl ReadPool {
 pub struct AppState {
     pub(crate) tx: mpsc::Sender<Msg>,
     pub(crate) reads: Arc<ReadPool>,
-    pub(crate) events: broadcast::Sender<Arc<str>>,
+    pub(crate) events: Arc<crate::feed::Feed>,
     pub(crate) tokens: Arc<Vec<Token>>,
     pub(crate) shutdown: tokio::sync::watch::Receiver<bool>,
     /// The tokens (by name) with a forecast running: one each, `FORECASTS_AT_ONCE_MAX` in all.
@@ -1248,25 +1249,56 @@ async fn destroy_orphan(
     )
 }
 
-/// Server-sent events: one `data:` line of JSON (an `Event`) per state change. A reader that
-/// falls too far behind gets an event named `lagged` (a `Lagged`) saying how many it missed.
+/// Server-sent events: one `data:` line of JSON (an `Event`) per state change, each with an
+/// `id`. A reader that reconnects with `Last-Event-ID` first gets the events it missed (the
+/// daemon keeps the last 10,000); one that fell too far behind, or whose id is from an earlier
+/// run of the daemon, gets an event named `lagged` (a `Lagged`) and should read the state
+/// afresh.
 #[utoipa::path(get, path = "/v1/events", tag = "daemon",
-    responses((status = 200, description = "Server-sent events, each `data:` an `Event`; `event: lagged` carries a `Lagged`", content_type = "text/event-stream", body = api::Event)))]
-async fn events(Reader(_): Reader, State(state): State<AppState>) -> ApiResult {
-    let rx = state.events.subscribe();
+    params(("Last-Event-ID" = Option<String>, Header, description = "The `id` of the last event read, to resume after it")),
+    responses((status = 200, description = "Server-sent events, each `data:` an `Event` with an `id`; `event: lagged` carries a `Lagged`", content_type = "text/event-stream", body = api::Event)))]
+async fn events(Reader(_): Reader, State(state): State<AppState>, headers: HeaderMap) -> ApiResult {
+    let last_id = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim);
+    let feed = state.events.clone();
+    let (resume, replay, rx) = feed.subscribe(last_id);
+    let lagged = |missed: u64, daemon_restarted: bool| {
+        let lagged = serde_json::to_string(&api::Lagged {
+            missed,
+            daemon_restarted,
+        });
+        SseEvent::default()
+            .event("lagged")
+            .data(lagged.unwrap_or_default())
+    };
+    let first = match resume {
+        Resume::Whole => None,
+        Resume::Missed(missed) => Some(lagged(missed, false)),
+        Resume::Restarted => Some(lagged(0, true)),
+    };
+    let replayed_to = replay.last().map_or(0, |s| s.seq);
+    let stamp =
+        move |feed: &Feed, s: &Stamped| SseEvent::default().id(feed.id(s.seq)).data(&*s.text);
+    let head: Vec<SseEvent> = first
+        .into_iter()
+        .chain(replay.iter().map(|s| stamp(&feed, s)))
+        .collect();
+    let live_feed = feed.clone();
     let mut shutdown = state.shutdown.clone();
-    let stream = BroadcastStream::new(rx)
-        .map(|item| {
-            Ok::<_, Infallible>(match item {
-                Ok(text) => SseEvent::default().data(&*text),
-                Err(tokio_stream::wrappers::errors::BroadcastStreamRecvError::Lagged(missed)) => {
-                    let lagged = serde_json::to_string(&api::Lagged { missed });
-                    SseEvent::default()
-                        .event("lagged")
-                        .data(lagged.unwrap_or_default())
-                }
-            })
+    let live = BroadcastStream::new(rx).filter_map(move |item| {
+        std::future::ready(match item {
+            Ok(s) if s.seq <= replayed_to => None,
+            Ok(s) => Some(stamp(&live_feed, &s)),
+            Err(tokio_stream::wrappers::errors::BroadcastStreamRecvError::Lagged(missed)) => {
+                Some(lagged(missed, false))
+            }
         })
+    });
+    let stream = futures_util::stream::iter(head)
+        .chain(live)
+        .map(Ok::<_, Infallible>)
         // End the stream at shutdown, or graceful shutdown would wait for readers forever.
         .take_until(async move {
             let _ = shutdown.wait_for(|s| *s).await;

@@ -15,12 +15,13 @@ use berth_drivers::{DomainType, Driver, VmRecipe, parse_vm_name, vm_name};
 use berth_sched::{
     Action, Event, HostId, HostState, InputError, RequestId, Scheduler, Template, VmId, VmState,
 };
-use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 
 use crate::DaemonError;
 use crate::answers;
 use crate::config::Role;
 use crate::disk::DiskWatch;
+use crate::feed::Feed;
 use crate::orphan_start::OrphanStart;
 use crate::store::{AuditRow, Commit, OrphanRow, RepairedRequest, Store};
 use crate::wire::{FieldError, WireHost, WireInput, WireTemplate};
@@ -247,7 +248,7 @@ impl Msg {
 }
 
 /// Milliseconds since the Unix epoch: the scheduler's clock in the daemon.
-fn wall_ms() -> u64 {
+pub(crate) fn wall_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
@@ -278,7 +279,7 @@ pub(crate) struct Control {
     next_host: u64,
     last_ms: u64,
     pub(crate) workers: Workers,
-    events_tx: broadcast::Sender<Arc<str>>,
+    feed: Arc<Feed>,
     templates: BTreeMap<String, KnownTemplate>,
     /// Hosts by id with their specs, for rebuilding drivers.
     hosts: BTreeMap<u64, WireHost>,
@@ -431,7 +432,7 @@ impl Control {
         mut store: Store,
         config: berth_sched::Config,
         workers: Workers,
-        events_tx: broadcast::Sender<Arc<str>>,
+        feed: Arc<Feed>,
     ) -> Result<Control, DaemonError> {
         let mut s = Scheduler::new(config);
         let mut templates = BTreeMap::new();
@@ -495,7 +496,7 @@ impl Control {
             next_host: last_host + 1,
             last_ms,
             workers,
-            events_tx,
+            feed,
             templates,
             hosts,
             observers: Vec::new(),
@@ -1214,14 +1215,14 @@ impl Control {
         for o in &self.observers {
             o.writable(degraded.is_none());
         }
-        if self.events_tx.receiver_count() > 0 {
+        if self.feed.watched() {
             let event = berth_api::Event::Daemon(berth_api::DaemonEvent {
                 at_ms: wall_ms(),
                 writable: degraded.is_none(),
                 why: degraded,
             });
             let text = serde_json::to_string(&event).unwrap_or_default();
-            let _ = self.events_tx.send(text.into());
+            self.feed.publish(text.into());
         }
     }
 
@@ -1271,9 +1272,9 @@ impl Control {
                 }
                 _ => {}
             }
-            if self.events_tx.receiver_count() > 0 {
+            if self.feed.watched() {
                 let text = serde_json::to_string(&answers::event(&self.s, event));
-                let _ = self.events_tx.send(text.unwrap_or_default().into());
+                self.feed.publish(text.unwrap_or_default().into());
             }
             for o in &self.observers {
                 o.event(&self.s, event);

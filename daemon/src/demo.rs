@@ -22,6 +22,7 @@ use tokio::time::Instant;
 
 use crate::config::{FileConfig, SimSection, default_templates};
 use crate::control::Msg;
+use crate::feed::Stamped;
 use crate::wire::{WireHold, WireHost, WireInput, WireRequest};
 use crate::{Daemon, DaemonError, Options};
 
@@ -184,7 +185,7 @@ pub async fn demo(opts: DemoOptions) -> Result<Demo, DaemonError> {
     let token = crate::ensure_token(dir.path())?;
     let stats = Arc::new(DemoStats::default());
     let feeder = Feeder::new(&opts, daemon.tx.clone(), stats.clone())?;
-    let events = daemon.events.subscribe();
+    let events = daemon.events.follow();
     let feeder = tokio::spawn(feeder.run(events, opts.requests_per_s));
     Ok(Demo {
         daemon: Some(daemon),
@@ -263,7 +264,7 @@ impl Feeder {
         Duration::from_millis(ms / u64::from(self.time_scale))
     }
 
-    async fn run(mut self, mut events: broadcast::Receiver<Arc<str>>, requests_per_s: f64) {
+    async fn run(mut self, mut events: broadcast::Receiver<Stamped>, requests_per_s: f64) {
         let period = Duration::from_secs_f64(1.0 / requests_per_s.clamp(0.01, 1000.0));
         let mut tick = tokio::time::interval(period);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -276,7 +277,7 @@ impl Feeder {
                     }
                 }
                 event = events.recv() => match event {
-                    Ok(text) => self.observe(&text),
+                    Ok(event) => self.observe(&event.text),
                     // Missed events leave some jobs running until the demo stops: harmless.
                     Err(broadcast::error::RecvError::Lagged(n)) => {
                         tracing::warn!(missed = n, "demo feeder fell behind the event stream");

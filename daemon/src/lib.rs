@@ -13,6 +13,7 @@ pub mod datadir;
 pub mod demo;
 pub mod disk;
 pub mod export;
+mod feed;
 mod fleet;
 pub mod hooks;
 pub mod limits;
@@ -33,7 +34,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use berth_drivers::sim::{SimWorld, SimWorldError};
-use tokio::sync::{broadcast, mpsc, watch};
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 pub use api::ApiError;
@@ -50,8 +51,6 @@ pub const SIM_INVENTORY_FILE: &str = "sim-inventory";
 
 /// Messages waiting for the control loop before senders wait.
 const CHANNEL_CAPACITY: usize = 65_536;
-/// Events buffered for slow event-stream readers before they miss some.
-const EVENT_BUFFER: usize = 16_384;
 
 /// What can stop the daemon.
 #[derive(Debug, thiserror::Error)]
@@ -164,7 +163,7 @@ pub struct Daemon {
     sim: Arc<SimWorld>,
     /// The control loop's inbox and event stream, for in-process feeders (the demo).
     tx: mpsc::Sender<control::Msg>,
-    events: broadcast::Sender<Arc<str>>,
+    events: Arc<feed::Feed>,
     shutdown: watch::Sender<bool>,
     control: JoinHandle<Result<(), DaemonError>>,
     http: JoinHandle<()>,
@@ -297,7 +296,7 @@ pub async fn start(opts: Options) -> Result<Daemon, DaemonError> {
     )?;
     let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
     let (reports_tx, reports) = mpsc::channel(CHANNEL_CAPACITY);
-    let (events_tx, _) = broadcast::channel(EVENT_BUFFER);
+    let events_tx = feed::Feed::new(control::wall_ms());
     let workers = workers::Workers::new(
         reports_tx,
         opts.config.probe.clone(),

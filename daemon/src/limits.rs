@@ -33,6 +33,11 @@ pub const FORECASTS_AT_ONCE_MAX: usize = 2;
 pub const BODY_BYTES_MAX: usize = 1 << 20;
 /// The hosts one forecast may drain.
 pub const FORECAST_HOSTS_MAX: usize = 10_000;
+/// Events the daemon keeps for event-stream readers that reconnect with `Last-Event-ID` (once
+/// anyone has read the stream).
+pub const EVENTS_KEPT_MAX: usize = 10_000;
+/// Events a live event-stream reader may fall behind before it is told it lagged.
+pub const EVENTS_BUFFERED_MAX: usize = 16_384;
 
 use crate::wire::FieldError;
 

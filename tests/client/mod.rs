@@ -523,3 +523,61 @@ fn events_follow_reads_on_across_a_restart_of_the_daemon() {
         text(&out.stderr)
     );
 }
+
+/// A reader that reconnects with `Last-Event-ID` gets the events it missed, once and in order;
+/// one whose id is from an earlier run of the daemon is told the daemon restarted.
+#[test]
+fn the_event_stream_resumes_after_the_last_event_id() {
+    use berth_api::Event;
+    use berth_client::{Client, StreamItem};
+    use std::time::Duration;
+    let dir = tempfile::tempdir().unwrap();
+    let serve = serve(dir.path());
+    let client = Client::new(&serve.url, Some(serve.token.clone()));
+    let submit = || {
+        let out = cli(&serve, &["request", "--template", "linux", "--count", "1"]);
+        assert_eq!(code(&out), 0, "{}", text(&out.stderr));
+    };
+    let request_events = |item: Option<Result<StreamItem, _>>| match item {
+        Some(Ok(StreamItem::Event(Event::Request(e)))) => Some(e),
+        Some(Ok(_)) => None,
+        other => panic!("the stream ended: {other:?}"),
+    };
+    let mut stream = client.events(None, Duration::from_secs(10)).unwrap();
+    submit();
+    let first = loop {
+        if let Some(e) = request_events(stream.next()) {
+            break e;
+        }
+    };
+    assert_eq!((first.request, first.from), (1, None), "{first:?}");
+    let last_id = stream.last_id().unwrap().to_owned();
+    drop(stream);
+    // While nobody reads: the first request goes on, a second arrives.
+    submit();
+    let mut stream = client
+        .events(Some(&last_id), Duration::from_secs(10))
+        .unwrap();
+    let mut seen = Vec::new();
+    while !seen
+        .iter()
+        .any(|e: &berth_api::RequestEvent| e.request == 2)
+    {
+        if let Some(e) = request_events(stream.next()) {
+            seen.push(e);
+        }
+    }
+    assert!(
+        !seen.iter().any(|e| e.request == 1 && e.from.is_none()),
+        "the event before Last-Event-ID came again: {seen:?}"
+    );
+    assert!(
+        seen.iter().any(|e| e.request == 2 && e.from.is_none()),
+        "{seen:?}"
+    );
+    let mut stream = client.events(Some("1-1"), Duration::from_secs(10)).unwrap();
+    match stream.next() {
+        Some(Ok(StreamItem::Lagged(l))) => assert!(l.daemon_restarted, "{l:?}"),
+        other => panic!("expected lagged: {other:?}"),
+    }
+}

@@ -506,7 +506,11 @@ fn stream_events(client: &Client, tx: &Sender<Event>) {
                         at_ms: 0,
                         kind: "stream".into(),
                         subject: String::new(),
-                        text: format!("missed {} events (console too slow)", l.missed),
+                        text: if l.daemon_restarted {
+                            "the daemon restarted; earlier events are not shown".to_owned()
+                        } else {
+                            format!("missed {} events", l.missed)
+                        },
                     },
                     // An event this console cannot read: say so rather than guess.
                     Err(e) => EventRow {
