@@ -10,6 +10,13 @@
 //! - `demo`: an embedded daemon on simulated hosts, fed a synthetic CI workload, with the
 //!   console on it.
 
+/// mimalloc rather than the system allocator: glibc keeps what each thread freed in that
+/// thread's arena, so after a flood of large answers (lists of 100,000 rows, forecasts) on the
+/// daemon's many threads its resident memory stayed near the peak for good; mimalloc returns
+/// freed pages to the system.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod client_cmd;
 mod compare_cmd;
 mod console_cmd;

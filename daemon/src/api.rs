@@ -33,8 +33,8 @@ use crate::config::Role;
 use crate::control::{Actor, Answer, Msg, Query, Refusal, RefusalKind};
 use crate::feed::{Feed, Resume, Stamped};
 use crate::limits::{
-    AUDIT_LIST_DEFAULT, LIST_ROWS_MAX, QUEUE_LIST_DEFAULT, QUEUE_LIST_MAX, REQUEST_LIST_DEFAULT,
-    VM_LIST_DEFAULT, list_limit,
+    AUDIT_LIST_DEFAULT, LIST_ANSWERS_AT_ONCE_MAX, LIST_ROWS_MAX, QUEUE_LIST_DEFAULT,
+    QUEUE_LIST_MAX, REQUEST_LIST_DEFAULT, VM_LIST_DEFAULT, list_limit,
 };
 use crate::store::{self, VmFilter};
 use crate::wire::{WireHold, WireHost, WireInput, WireRequest, WireTemplate, check_name};
@@ -70,6 +70,9 @@ impl std::fmt::Debug for Token {
 pub struct ReadPool {
     conns: Vec<Mutex<Connection>>,
     next: AtomicUsize,
+    /// Long lists built at once (`LIST_ANSWERS_AT_ONCE_MAX`): each of 100,000 rows takes tens
+    /// of MiB while it is built, so a flood of them queues here instead of piling up memory.
+    lists: tokio::sync::Semaphore,
 }
 
 impl ReadPool {
@@ -80,7 +83,16 @@ impl ReadPool {
         Ok(ReadPool {
             conns,
             next: AtomicUsize::new(0),
+            lists: tokio::sync::Semaphore::new(LIST_ANSWERS_AT_ONCE_MAX),
         })
+    }
+
+    /// A place among the long lists being built; held until the answer is written.
+    pub(crate) async fn list_place(&self) -> Result<tokio::sync::SemaphorePermit<'_>, ApiError> {
+        self.lists
+            .acquire()
+            .await
+            .map_err(|_| ApiError::new(503, "the daemon is shutting down"))
     }
 
     /// Runs a read on a blocking thread.
@@ -591,6 +603,7 @@ async fn list_requests(
     check_state("state", q.state.as_deref(), api::RequestState::ALL)?;
     let limit = list_limit(q.limit, REQUEST_LIST_DEFAULT, LIST_ROWS_MAX)?;
     let before = q.before.as_deref().map(parse_request_id).transpose()?;
+    let _place = state.reads.list_place().await?;
     let mut rows = state
         .reads
         .read(move |c| store::list_requests(c, q.state.as_deref(), before, limit + 1))
@@ -698,6 +711,7 @@ async fn list_vms(
     let request = q.request.as_deref().map(parse_request_id).transpose()?;
     let limit = list_limit(q.limit, VM_LIST_DEFAULT, LIST_ROWS_MAX)?;
     let after = q.after.as_deref().map(parse_vm_id).transpose()?;
+    let _place = state.reads.list_place().await?;
     let filter = VmFilter {
         state: q.state,
         request,
@@ -1205,6 +1219,7 @@ async fn audit(
     let q = params(q)?;
     let limit = list_limit(q.limit, AUDIT_LIST_DEFAULT, LIST_ROWS_MAX)?;
     let before = q.before;
+    let _place = state.reads.list_place().await?;
     let (audit, next_before) = state
         .reads
         .read(move |c| store::list_audit(c, before, limit))

@@ -142,8 +142,11 @@ pub(crate) enum Query {
     VmDriver(u64),
     /// The first waiting requests in the order they are served, with why each waits.
     Queue(usize),
-    /// A copy of the scheduler, for forecasts run off the loop.
-    Scheduler,
+    /// A copy of the scheduler, for forecasts run off the loop, unless more than this many
+    /// requests wait (then only their number: the copy alone would cost too much).
+    Scheduler {
+        waiting_max: usize,
+    },
     /// The breakpoints of these VMs (those still held): owner and expiry, extensions included.
     Holds(Vec<u64>),
     /// Sets the metrics' gauges from the scheduler's state (a scrape).
@@ -159,6 +162,8 @@ pub(crate) enum Answer {
     HostId(Option<u64>),
     VmDriver(Option<(Arc<dyn Driver>, String)>),
     Scheduler(Box<Scheduler>),
+    /// More requests wait than a `Query::Scheduler` allowed: this many.
+    TooManyWaiting(usize),
     Holds(BTreeMap<u64, (String, u64)>),
     Sampled,
 }
@@ -1391,7 +1396,10 @@ impl Control {
                 }
                 Answer::Status(status)
             }
-            Query::Scheduler => Answer::Scheduler(Box::new(self.s.clone())),
+            Query::Scheduler { waiting_max } if self.s.queue_len() > waiting_max => {
+                Answer::TooManyWaiting(self.s.queue_len())
+            }
+            Query::Scheduler { .. } => Answer::Scheduler(Box::new(self.s.clone())),
             Query::SampleMetrics => {
                 for o in &self.observers {
                     o.sample(&self.s, wall_ms());

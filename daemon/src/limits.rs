@@ -26,8 +26,14 @@ pub const FORECAST_HORIZON_MAX_S: u64 = 24 * 3600;
 /// Simulated events one forecast run may take (it makes two); a deeper queue or a longer
 /// horizon is refused with a 422 rather than left to run for minutes.
 pub const FORECAST_EVENTS_MAX: u64 = 2_000_000;
-/// Forecasts running at once, across all clients (each takes a core while it runs).
-pub const FORECASTS_AT_ONCE_MAX: usize = 2;
+/// Forecasts running at once, across all clients: each takes a core while it runs, and on a
+/// deep queue hundreds of MiB (two copies of the scheduler, the replayed arrivals).
+pub const FORECASTS_AT_ONCE_MAX: usize = 1;
+/// Requests one forecast replays: those waiting plus those arriving again. Memory follows
+/// them (a copy of the scheduler holding them, for each of the two runs): a few KiB each.
+pub const FORECAST_REQUESTS_MAX: usize = 50_000;
+/// Long lists (requests, VMs, audit) built at once, across all clients; others wait their turn.
+pub const LIST_ANSWERS_AT_ONCE_MAX: usize = 2;
 /// The largest request body the API reads; a larger one is refused with a 413 before it is
 /// parsed. The largest real body (a host with its options and labels) is a few KiB.
 pub const BODY_BYTES_MAX: usize = 1 << 20;

@@ -25,7 +25,7 @@ use crate::control::{Answer, Query};
 use crate::export::request_record;
 use crate::limits::{
     FORECAST_EVENTS_MAX, FORECAST_HORIZON_DEFAULT_S, FORECAST_HORIZON_MAX_S, FORECAST_HOSTS_MAX,
-    FORECASTS_AT_ONCE_MAX,
+    FORECAST_REQUESTS_MAX, FORECASTS_AT_ONCE_MAX,
 };
 use crate::wire::{WireRequest, WireTemplate};
 
@@ -66,11 +66,16 @@ pub(super) async fn drain(
     }
     // Taken before the scheduler is copied: the copy is the expensive part of a deep queue.
     let slot = ForecastSlot::take(&state.forecasts, &actor.who)?;
-    let Answer::Scheduler(s) = query(&state, Query::Scheduler).await? else {
-        return Err(ApiError::new(
-            500,
-            "unexpected answer from the control loop",
-        ));
+    let waiting_max = FORECAST_REQUESTS_MAX;
+    let s = match query(&state, Query::Scheduler { waiting_max }).await? {
+        Answer::Scheduler(s) => s,
+        Answer::TooManyWaiting(waiting) => return Err(too_many(waiting, 0)),
+        _ => {
+            return Err(ApiError::new(
+                500,
+                "unexpected answer from the control loop",
+            ));
+        }
     };
     let mut ids = Vec::with_capacity(b.hosts.len());
     for name in &b.hosts {
@@ -99,6 +104,7 @@ pub(super) async fn drain(
         }
     };
     let n_arrivals = arrivals.len();
+    forecast_size(s.queue_len(), n_arrivals)?;
     let budget = Budget {
         steps_max: Some(FORECAST_EVENTS_MAX),
         cancel: Some(slot.cancel.clone()),
@@ -135,6 +141,29 @@ pub(super) async fn drain(
         },
     };
     ok_json(StatusCode::OK, &body)
+}
+
+/// Refuses a forecast that would replay more than `FORECAST_REQUESTS_MAX` requests: its memory
+/// follows them.
+fn forecast_size(waiting: usize, arrivals: usize) -> Result<(), ApiError> {
+    if waiting + arrivals <= FORECAST_REQUESTS_MAX {
+        return Ok(());
+    }
+    Err(too_many(waiting, arrivals))
+}
+
+/// The refusal of a forecast that would replay `waiting` + `arrivals` requests, too many.
+fn too_many(waiting: usize, arrivals: usize) -> ApiError {
+    ApiError::field(
+        422,
+        "horizon_s",
+        format!(
+            "a forecast replays at most {FORECAST_REQUESTS_MAX} requests and this one would \
+             replay {} ({waiting} waiting, {arrivals} arriving again from the last horizon_s): \
+             ask for a shorter horizon_s, or arrivals \"none\"",
+            waiting + arrivals
+        ),
+    )
 }
 
 fn waits(w: &WaitForecast) -> api::WaitStats {
@@ -296,7 +325,9 @@ impl ForecastSlot {
         if running.len() >= FORECASTS_AT_ONCE_MAX {
             return Err(ApiError::new(
                 429,
-                format!("{FORECASTS_AT_ONCE_MAX} forecasts are running already: try again shortly"),
+                format!(
+                    "the daemon runs {FORECASTS_AT_ONCE_MAX} forecast(s) at once and one is running: try again shortly"
+                ),
             ));
         }
         running.insert(token.to_owned());
@@ -318,7 +349,8 @@ impl Drop for ForecastSlot {
 
 /// Runs `s` ahead by `horizon_ms` twice, as is and with `hosts` drained, with the same
 /// `arrivals`, and returns both forecasts (without, with). A host that is draining already,
-/// or out of service, stays so.
+/// or out of service, stays so. The two runs go one after the other, so a forecast holds one
+/// simulation at a time: on a deep queue each takes hundreds of MiB.
 pub(crate) fn forecast_drain(
     s: Scheduler,
     hosts: &[HostId],
@@ -332,15 +364,15 @@ pub(crate) fn forecast_drain(
         mtbf_ms: None,
         ..SimConfig::default()
     };
-    let mut drained = Simulation::from_scheduler(s.clone(), config.clone());
-    drained.set_budget(budget.clone());
+    let mut as_is = Simulation::from_scheduler(s.clone(), config.clone());
+    as_is.set_budget(budget.clone());
+    let without = as_is.forecast_with_arrivals(horizon_ms, arrivals.clone())?;
+    let mut drained = Simulation::from_scheduler(s, config);
+    drained.set_budget(budget);
     for &host in hosts {
         // Refused only for a host that is not taking VMs anyway: the same both ways.
         let _ = drained.handle(Input::Drain(host));
     }
-    let mut as_is = Simulation::from_scheduler(s, config);
-    as_is.set_budget(budget);
-    let without = as_is.forecast_with_arrivals(horizon_ms, arrivals.clone())?;
     let with = drained.forecast_with_arrivals(horizon_ms, arrivals)?;
     Ok((without, with))
 }
@@ -350,14 +382,22 @@ mod tests {
     use super::*;
 
     #[test]
-    fn one_forecast_per_token_and_a_few_in_all() {
+    fn a_forecast_of_too_many_requests_is_refused_naming_them() {
+        assert!(forecast_size(FORECAST_REQUESTS_MAX, 0).is_ok());
+        assert!(forecast_size(FORECAST_REQUESTS_MAX - 10, 10).is_ok());
+        let e = forecast_size(FORECAST_REQUESTS_MAX, 1).unwrap_err();
+        assert_eq!((e.status, e.field.as_deref()), (422, Some("horizon_s")));
+        assert!(e.error.contains("50000 waiting, 1 arriving"), "{}", e.error);
+    }
+
+    #[test]
+    fn one_forecast_per_token_and_at_most_the_limit_in_all() {
         let running = Arc::default();
         let a = ForecastSlot::take(&running, "a").unwrap();
         let again = ForecastSlot::take(&running, "a").err().unwrap();
         assert_eq!(again.status, 429);
         assert!(again.error.contains("token a"), "{}", again.error);
-        let b = ForecastSlot::take(&running, "b").unwrap();
-        assert_eq!(FORECASTS_AT_ONCE_MAX, 2);
+        assert_eq!(FORECASTS_AT_ONCE_MAX, 1);
         let full = ForecastSlot::take(&running, "c").err().unwrap();
         assert_eq!(full.status, 429);
         // Dropping a slot (the client left) cancels its runs and frees the place.
@@ -365,7 +405,7 @@ mod tests {
         drop(a);
         assert!(cancel.load(Ordering::Relaxed));
         let c = ForecastSlot::take(&running, "c").unwrap();
-        drop((b, c));
+        drop(c);
         assert!(running.lock().unwrap().is_empty());
     }
 }
