@@ -31,6 +31,9 @@ pub const FORECASTS_AT_ONCE_MAX: usize = 2;
 /// The largest request body the API reads; a larger one is refused with a 413 before it is
 /// parsed. The largest real body (a host with its options and labels) is a few KiB.
 pub const BODY_BYTES_MAX: usize = 1 << 20;
+/// Pulses one `GET /v1/pulses` answer carries at most (a day at a 20 s period; an hour at
+/// the shortest period); page on with the answer's `next_since_ms`.
+pub const PULSE_ROWS_MAX: u64 = 4320;
 /// The hosts one forecast may drain.
 pub const FORECAST_HOSTS_MAX: usize = 10_000;
 
