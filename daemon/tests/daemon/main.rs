@@ -23,6 +23,7 @@ mod limits;
 mod observe;
 mod orphans;
 mod parallels;
+mod prometheus;
 mod pulses;
 
 const CONFIG: &str = r#"
