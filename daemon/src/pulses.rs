@@ -137,33 +137,30 @@ pub fn list(
         .query_map(
             params![sql_int(since_ms), sql_int(limit.saturating_add(1))],
             |r| {
-                Ok((
-                    r.get::<_, i64>(0)?,
-                    r.get::<_, i64>(1)?,
-                    r.get::<_, i64>(2)?,
-                    r.get::<_, i64>(3)?,
-                    r.get::<_, String>(4)?,
-                ))
+                let classes: String = r.get(4)?;
+                let classes = serde_json::from_str(&classes).map_err(|e| {
+                    rusqlite::Error::FromSqlConversionFailure(
+                        4,
+                        rusqlite::types::Type::Text,
+                        Box::new(e),
+                    )
+                })?;
+                let int = |i: usize| -> rusqlite::Result<u64> {
+                    Ok(u64::try_from(r.get::<_, i64>(i)?).unwrap_or(0))
+                };
+                Ok(Pulse {
+                    at_ms: int(0)?,
+                    waiting_requests: int(1)?,
+                    waiting_vms: int(2)?,
+                    running_vms: int(3)?,
+                    classes,
+                })
             },
         )
         .map_err(sql("reading pulses"))?;
-    let mut pulses = Vec::new();
-    for row in rows {
-        let (at_ms, waiting_requests, waiting_vms, running_vms, classes) =
-            row.map_err(sql("reading a pulse"))?;
-        let at_ms = u64::try_from(at_ms).unwrap_or(0);
-        let classes = serde_json::from_str(&classes).map_err(|e| DaemonError::Journal {
-            seq: 0,
-            message: format!("the pulse at {at_ms} ms has unreadable classes: {e}"),
-        })?;
-        pulses.push(Pulse {
-            at_ms,
-            waiting_requests: u64::try_from(waiting_requests).unwrap_or(0),
-            waiting_vms: u64::try_from(waiting_vms).unwrap_or(0),
-            running_vms: u64::try_from(running_vms).unwrap_or(0),
-            classes,
-        });
-    }
+    let mut pulses = rows
+        .collect::<Result<Vec<Pulse>, _>>()
+        .map_err(sql("reading a pulse"))?;
     let limit = usize::try_from(limit).unwrap_or(usize::MAX);
     if pulses.len() > limit {
         pulses.truncate(limit);
@@ -417,6 +414,16 @@ mod tests {
         let (n, oldest) = count(&conn);
         assert_eq!(n, kept_ms / period_ms + 1);
         assert_eq!(oldest, start + 29 * 3_600_000 + 50 * 60_000 - kept_ms);
+    }
+
+    #[test]
+    fn an_unreadable_row_is_an_error_that_says_so() {
+        let (_dir, mut conn) = open();
+        write(&mut conn, &pulse(1000), u64::MAX).unwrap();
+        conn.execute("UPDATE pulses SET classes = 'not json'", [])
+            .unwrap();
+        let e = list(&conn, 0, 10).unwrap_err().to_string();
+        assert!(e.contains("reading a pulse"), "{e}");
     }
 
     #[test]
