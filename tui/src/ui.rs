@@ -692,8 +692,8 @@ fn pulse_rows(app: &App, tall: bool) -> Vec<PulseRow> {
 }
 
 /// The last hour of the daemon's pulses: one sparkline per row on a shared time axis, each
-/// column a slice of the hour, `·` where no pulse was taken (the daemon was down, or the
-/// class had no host in service).
+/// column a slice of the hour; after the hour's first pulse, `·` where none was taken (the
+/// daemon was down) or the row had nothing to plot (the class had no host in service).
 fn draw_pulses(f: &mut Frame, app: &App, theme: Theme, rows: Vec<PulseRow>, area: Rect) {
     let end_ms = app.server_now_ms();
     let block = Block::default().borders(Borders::ALL).title(format!(
@@ -710,6 +710,15 @@ fn draw_pulses(f: &mut Frame, app: &App, theme: Theme, rows: Vec<PulseRow>, area
     }
     let cols = inner.width - PULSE_LABEL_COLS;
     let bottom = inner.y + inner.height - 1;
+    let first_sampled = time_bins(
+        &app.snap.pulses,
+        end_ms,
+        PULSE_WINDOW_MS,
+        usize::from(cols),
+        |_| Some(0),
+    )
+    .iter()
+    .position(Option::is_some);
     let mut y = inner.y;
     for row in rows {
         let height = row.height.min(bottom.saturating_sub(y));
@@ -734,14 +743,20 @@ fn draw_pulses(f: &mut Frame, app: &App, theme: Theme, rows: Vec<PulseRow>, area
             Paragraph::new(label),
             Rect::new(inner.x, y, PULSE_LABEL_COLS, height),
         );
-        let bars: Vec<SparklineBar> = bins.iter().map(|&b| SparklineBar::from(b)).collect();
+        // Before the first sample of the hour the plot stays blank; after it, `·` marks the
+        // slices without one.
+        let first = first_sampled.unwrap_or(bins.len()) as u16;
+        let bars: Vec<SparklineBar> = bins[usize::from(first)..]
+            .iter()
+            .map(|&b| SparklineBar::from(b))
+            .collect();
         f.render_widget(
             Sparkline::default()
                 .data(bars)
                 .max(max)
                 .absent_value_symbol("·")
                 .style(theme.fg(Color::Cyan)),
-            Rect::new(inner.x + PULSE_LABEL_COLS, y, cols, height),
+            Rect::new(inner.x + PULSE_LABEL_COLS + first, y, cols - first, height),
         );
         y += height;
     }

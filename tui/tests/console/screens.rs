@@ -40,6 +40,16 @@ fn overview() {
 }
 
 #[test]
+fn overview_of_a_daemon_sampling_for_ten_minutes() {
+    // The plots start where the daemon's pulses do: blank before, the samples after.
+    check("overview_ten_minutes", |a| {
+        let mut snap = fixture::small();
+        snap.pulses.retain(|p| p.at_ms > NOW_MS - 600_000);
+        a.update(Event::Data(Box::new(snap)));
+    });
+}
+
+#[test]
 fn hosts() {
     check("hosts", |a| {
         keys(a, "2 j ");
