@@ -379,7 +379,7 @@ fn hints(app: &App) -> String {
 /// fleet (120×40 has it, 80×24 does not).
 const ONCALL_HEIGHT_MIN: u16 = 30;
 /// Columns of an overview plot's labels, left of the plotted time.
-const PULSE_LABEL_COLS: u16 = 20;
+const PULSE_LABEL_COLS: u16 = 21;
 
 fn draw_overview(f: &mut Frame, app: &App, theme: Theme, area: Rect) {
     let tall = area.height >= ONCALL_HEIGHT_MIN;
@@ -631,7 +631,7 @@ fn pulse_rows(app: &App, tall: bool) -> Vec<PulseRow> {
     let latest = pulses.last();
     let mut rows = vec![PulseRow {
         label: format!(
-            "queue {:>4} waiting",
+            "queue {:>5} waiting",
             latest.map_or("-".to_owned(), |p| p.waiting_requests.to_string())
         ),
         value: Box::new(|p| Some(p.waiting_requests)),
@@ -653,7 +653,7 @@ fn pulse_rows(app: &App, tall: bool) -> Vec<PulseRow> {
         let name = class.to_owned();
         rows.push(PulseRow {
             label: format!(
-                "{class:<10.10} cpu {}",
+                "{class:<10.10} cpu  {}",
                 pct(now(class).and_then(|c| c.vcpu_utilisation()))
             ),
             value: Box::new(move |p| {
@@ -671,7 +671,7 @@ fn pulse_rows(app: &App, tall: bool) -> Vec<PulseRow> {
             let name = class.to_owned();
             rows.push(PulseRow {
                 label: format!(
-                    "{:<10.10} slot{}",
+                    "{:<10.10} slot {}",
                     "",
                     pct(now(class).and_then(|c| c.slot_utilisation()))
                 ),
@@ -737,7 +737,7 @@ fn draw_pulses(f: &mut Frame, app: &App, theme: Theme, rows: Vec<PulseRow>, area
             .unwrap_or_else(|| bins.iter().flatten().copied().max().unwrap_or(0).max(1));
         let mut label = vec![Line::from(row.label.clone())];
         if height > 1 && row.max.is_none() {
-            label.push(Line::from(format!("{:>19}", format!("max {max}"))));
+            label.push(Line::from(format!("{:>20}", format!("max {max}"))));
         }
         f.render_widget(
             Paragraph::new(label),
