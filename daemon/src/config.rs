@@ -240,15 +240,20 @@ impl Default for DiskSection {
     }
 }
 
+/// The shortest pulse period: each sample asks the control loop twice.
+pub const PULSE_PERIOD_MS_MIN: u64 = 1000;
+/// The longest time pulses may be kept (30 days: about 260,000 rows at the default period).
+pub const PULSE_KEPT_HOURS_MAX: u64 = 30 * 24;
+
 /// The time series of queue length, running VMs and utilisation (see `pulses`).
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PulsesSection {
     /// How often a sample is taken, in wall-clock milliseconds; at least
-    /// `pulses::PERIOD_MS_MIN`.
+    /// [`PULSE_PERIOD_MS_MIN`].
     pub period_ms: u64,
     /// How long samples are kept; older ones are deleted as new ones are written. From 1 to
-    /// `pulses::KEPT_HOURS_MAX`.
+    /// [`PULSE_KEPT_HOURS_MAX`].
     pub kept_hours: u64,
 }
 
@@ -379,23 +384,21 @@ pub fn parse(text: &str) -> Result<FileConfig, DaemonError> {
             message,
         })?;
     }
-    if config.pulses.period_ms < crate::pulses::PERIOD_MS_MIN {
+    if config.pulses.period_ms < PULSE_PERIOD_MS_MIN {
         return Err(DaemonError::Config {
             key: "pulses.period_ms".into(),
             message: format!(
                 "must be at least {}, got {}",
-                crate::pulses::PERIOD_MS_MIN,
-                config.pulses.period_ms
+                PULSE_PERIOD_MS_MIN, config.pulses.period_ms
             ),
         });
     }
-    if !(1..=crate::pulses::KEPT_HOURS_MAX).contains(&config.pulses.kept_hours) {
+    if !(1..=PULSE_KEPT_HOURS_MAX).contains(&config.pulses.kept_hours) {
         return Err(DaemonError::Config {
             key: "pulses.kept_hours".into(),
             message: format!(
                 "must be 1 to {}, got {}",
-                crate::pulses::KEPT_HOURS_MAX,
-                config.pulses.kept_hours
+                PULSE_KEPT_HOURS_MAX, config.pulses.kept_hours
             ),
         });
     }

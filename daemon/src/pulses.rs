@@ -24,10 +24,6 @@ use crate::config::PulsesSection;
 use crate::control::{Answer, LiveStatus, Query};
 use crate::limits::{PULSE_ROWS_MAX, list_limit};
 
-/// The shortest sampling period: each sample asks the control loop twice.
-pub const PERIOD_MS_MIN: u64 = 1000;
-/// The longest time samples may be kept (30 days: about 260,000 rows at the default period).
-pub const KEPT_HOURS_MAX: u64 = 30 * 24;
 /// How far back `GET /v1/pulses` looks when `since_ms` is not given: an hour.
 pub const SINCE_DEFAULT_MS: u64 = 3_600_000;
 
