@@ -11,6 +11,7 @@ pub mod bodies;
 pub mod events;
 pub mod forecast;
 pub mod logs;
+pub mod pulses;
 mod states;
 
 pub use answers::*;
@@ -18,6 +19,7 @@ pub use bodies::*;
 pub use events::{DaemonEvent, Event, HostEvent, Lagged, RequestEvent, VmEvent};
 pub use forecast::{ArrivalsForecast, DrainForecast, WaitStats};
 pub use logs::{DaemonLog, LogLine};
+pub use pulses::{ClassPulse, Pulse, PulseList, SlotPulse};
 pub use states::{HostState, RequestState, Role, UnknownName, VmState};
 
 /// The API's version: the `/v1` in every path, and the OpenAPI document's `info.version`.

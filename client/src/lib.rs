@@ -349,6 +349,13 @@ impl Client {
         self.call("GET", &format!("/v1/logs{q}"), None)
     }
 
+    /// Pulses taken after `since_ms` (the last hour when `None`), oldest first; an answer cut
+    /// at its row limit says where to go on in `next_since_ms`.
+    pub fn pulses(&self, since_ms: Option<u64>) -> Result<api::PulseList, ClientError> {
+        let q = query(&[("since_ms", since_ms.map(|s| s.to_string()))]);
+        self.call("GET", &format!("/v1/pulses{q}"), None)
+    }
+
     /// Opens the event stream; `last_id` (from an earlier stream) goes as `Last-Event-ID`.
     /// A read waits at most `idle` (the daemon sends keep-alives well within a minute).
     pub fn events(&self, last_id: Option<&str>, idle: Duration) -> Result<Events, ClientError> {

@@ -131,6 +131,8 @@ pub struct AppState {
     pub(crate) health: Arc<crate::disk::Health>,
     /// The templates this start was configured with (`GET /v1/templates`).
     pub(crate) templates: Arc<Vec<WireTemplate>>,
+    /// How pulses are sampled and kept (`GET /v1/pulses`).
+    pub(crate) pulses: crate::config::PulsesSection,
 }
 
 /// An error answer: its HTTP status, what went wrong, and the field at fault when one is.
@@ -318,7 +320,7 @@ async fn send_input(state: &AppState, input: WireInput, actor: Actor) -> Result<
     done.map_err(ApiError::from)
 }
 
-async fn query(state: &AppState, q: Query) -> Result<Answer, ApiError> {
+pub(crate) async fn query(state: &AppState, q: Query) -> Result<Answer, ApiError> {
     let (reply, rx) = oneshot::channel();
     state
         .tx

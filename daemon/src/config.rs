@@ -49,6 +49,8 @@ pub struct FileConfig {
     #[serde(default)]
     pub drivers: DriversSection,
     #[serde(default)]
+    pub pulses: PulsesSection,
+    #[serde(default)]
     pub tokens: Vec<TokenConfig>,
     /// Commands run on events (see `hooks`).
     #[serde(default)]
@@ -238,6 +240,32 @@ impl Default for DiskSection {
     }
 }
 
+/// The shortest pulse period: each sample asks the control loop twice.
+pub const PULSE_PERIOD_MS_MIN: u64 = 1000;
+/// The longest time pulses may be kept (30 days: about 260,000 rows at the default period).
+pub const PULSE_KEPT_HOURS_MAX: u64 = 30 * 24;
+
+/// The time series of queue length, running VMs and utilisation (see `pulses`).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PulsesSection {
+    /// How often a sample is taken, in wall-clock milliseconds; at least
+    /// [`PULSE_PERIOD_MS_MIN`].
+    pub period_ms: u64,
+    /// How long samples are kept; older ones are deleted as new ones are written. From 1 to
+    /// [`PULSE_KEPT_HOURS_MAX`].
+    pub kept_hours: u64,
+}
+
+impl Default for PulsesSection {
+    fn default() -> PulsesSection {
+        PulsesSection {
+            period_ms: 10_000,
+            kept_hours: 24,
+        }
+    }
+}
+
 /// What reconciliation may clean up on its own.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -355,6 +383,24 @@ pub fn parse(text: &str) -> Result<FileConfig, DaemonError> {
             key: format!("hooks[{i}].{field}"),
             message,
         })?;
+    }
+    if config.pulses.period_ms < PULSE_PERIOD_MS_MIN {
+        return Err(DaemonError::Config {
+            key: "pulses.period_ms".into(),
+            message: format!(
+                "must be at least {}, got {}",
+                PULSE_PERIOD_MS_MIN, config.pulses.period_ms
+            ),
+        });
+    }
+    if !(1..=PULSE_KEPT_HOURS_MAX).contains(&config.pulses.kept_hours) {
+        return Err(DaemonError::Config {
+            key: "pulses.kept_hours".into(),
+            message: format!(
+                "must be 1 to {}, got {}",
+                PULSE_KEPT_HOURS_MAX, config.pulses.kept_hours
+            ),
+        });
     }
     if config.workers.hooks_at_once_max == 0 {
         return Err(DaemonError::Config {

@@ -21,6 +21,7 @@ pub mod logs;
 pub mod metrics;
 mod obs_api;
 mod orphan_start;
+pub mod pulses;
 mod routes;
 mod serve;
 pub mod store;
@@ -167,6 +168,7 @@ pub struct Daemon {
     shutdown: watch::Sender<bool>,
     control: JoinHandle<Result<(), DaemonError>>,
     http: JoinHandle<()>,
+    pulses: JoinHandle<()>,
 }
 
 impl Daemon {
@@ -184,6 +186,7 @@ impl Daemon {
     pub async fn stop(self) -> Result<(), DaemonError> {
         let _ = self.shutdown.send(true);
         let _ = self.http.await;
+        let _ = self.pulses.await;
         match self.control.await {
             Ok(r) => r,
             Err(_) => Err(DaemonError::LoopGone),
@@ -353,7 +356,14 @@ pub async fn start(opts: Options) -> Result<Daemon, DaemonError> {
         forecasts: Arc::default(),
         health,
         templates: Arc::new(templates),
+        pulses: opts.config.pulses.clone(),
     };
+    let pulses = tokio::spawn(pulses::run(
+        state.clone(),
+        db_path.clone(),
+        opts.config.pulses.clone(),
+        shutdown_rx.clone(),
+    ));
     let app = routes::app(state, metrics);
     let http = tokio::spawn(serve::serve(
         listener,
@@ -372,5 +382,6 @@ pub async fn start(opts: Options) -> Result<Daemon, DaemonError> {
         shutdown,
         control,
         http,
+        pulses,
     })
 }

@@ -37,6 +37,9 @@ pub const LIST_ANSWERS_AT_ONCE_MAX: usize = 2;
 /// The largest request body the API reads; a larger one is refused with a 413 before it is
 /// parsed. The largest real body (a host with its options and labels) is a few KiB.
 pub const BODY_BYTES_MAX: usize = 1 << 20;
+/// Pulses one `GET /v1/pulses` answer carries at most (a day at a 20 s period; an hour at
+/// the shortest period); page on with the answer's `next_since_ms`.
+pub const PULSE_ROWS_MAX: u64 = 4320;
 /// The hosts one forecast may drain.
 pub const FORECAST_HOSTS_MAX: usize = 10_000;
 /// Events the daemon keeps for event-stream readers that reconnect with `Last-Event-ID` (once

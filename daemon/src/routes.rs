@@ -60,7 +60,8 @@ fn parts() -> (OpenApiRouter<AppState>, OpenApiRouter<ObsState>) {
     (
         api::routes()
             .routes(routes!(openapi_json))
-            .routes(routes!(crate::logs::daemon_log)),
+            .routes(routes!(crate::logs::daemon_log))
+            .routes(routes!(crate::pulses::list_pulses)),
         obs_api::routes(),
     )
 }

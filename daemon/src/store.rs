@@ -145,6 +145,17 @@ const MIGRATIONS: &[&str] = &[
     // 2: what a request that is still active ends as once its VMs are released (a cancel
     // answers `active` with `ending = cancelled` until then).
     "ALTER TABLE requests ADD COLUMN ending TEXT;",
+    // 5: pulses, a bounded time series sampled on a wall-clock period (see `pulses`); the
+    // classes of a sample as JSON (`berth_api::ClassPulse`).
+    "
+    CREATE TABLE pulses (
+        at_ms INTEGER PRIMARY KEY,
+        waiting_requests INTEGER NOT NULL,
+        waiting_vms INTEGER NOT NULL,
+        running_vms INTEGER NOT NULL,
+        classes TEXT NOT NULL
+    );
+    ",
 ];
 
 /// A `requests` row rebuilt from the journal (see `Store::repair_requests`).

@@ -16,8 +16,6 @@ use crate::vnc::SshEnv;
 
 /// Events kept for the events screen.
 pub const EVENTS_MAX: usize = 10_000;
-/// Queue-length samples kept for the sparkline.
-pub const QUEUE_HISTORY_MAX: usize = 240;
 /// After this long without fresh data the header says "stale".
 pub const STALE_AFTER_MS: u64 = 5_000;
 /// Rows the frame takes that are not table rows (header, tabs, footer, borders, column titles).
@@ -271,7 +269,6 @@ pub struct App {
     /// which stays its key as newer events push it down.
     pub events_pushed: u64,
     pub events_follow: EventsFollow,
-    pub queue_history: VecDeque<u64>,
     pub tables: BTreeMap<Screen, TableState>,
     pub popup: Option<Popup>,
     pub input: Option<Input>,
@@ -312,7 +309,6 @@ impl App {
             events: VecDeque::new(),
             events_pushed: 0,
             events_follow: EventsFollow::Following,
-            queue_history: VecDeque::new(),
             tables,
             popup: None,
             input: None,
@@ -523,10 +519,6 @@ impl App {
         self.search_cache.clear();
         self.data_at_ms = Some(self.now_ms);
         self.summary = summarize(&self.snap);
-        self.queue_history.push_back(self.snap.queue.len() as u64);
-        while self.queue_history.len() > QUEUE_HISTORY_MAX {
-            self.queue_history.pop_front();
-        }
         for (s, key) in keep {
             self.rebuild_view(s);
             if let Some(key) = key

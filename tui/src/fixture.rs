@@ -133,13 +133,78 @@ pub fn small() -> Snapshot {
             expires_ms: Some(NOW_MS + 600_000),
         },
     ];
+    let pulses = pulses(&hosts);
     Snapshot {
         now_ms: NOW_MS,
         hosts,
         queue,
         vms,
         breakpoints,
+        pulses,
     }
+}
+
+/// The pulses a daemon would have taken of a fleet of `hosts` over the last hour, every 10 s,
+/// with a gap of five minutes (a daemon restart) 40 minutes ago: the queue grows and drains
+/// in waves, each class's use follows it and ends at what the hosts hold now, and hosts in
+/// maintenance were in service until a minute ago.
+pub fn pulses(hosts: &[Host]) -> Vec<berth_api::Pulse> {
+    let period_ms = 10_000;
+    let mut classes: Vec<&str> = hosts.iter().map(|h| h.class.as_str()).collect();
+    classes.sort_unstable();
+    classes.dedup();
+    (0..360u64)
+        .filter(|i| !(120..150).contains(i))
+        .map(|i| {
+            // A triangle wave with a 15-minute period, 0 to 6 requests, at 3 in the end.
+            let phase = (i + 25) % 90;
+            let waiting = if phase < 45 {
+                phase / 7
+            } else {
+                (90 - phase) / 7
+            };
+            let in_service = |h: &Host| {
+                h.state == "ready" || h.state == "draining" || (h.state == "maintenance" && i < 354)
+            };
+            berth_api::Pulse {
+                at_ms: NOW_MS - (359 - i) * period_ms,
+                waiting_requests: waiting,
+                waiting_vms: waiting * 2,
+                running_vms: 10 + i / 30,
+                classes: classes
+                    .iter()
+                    .map(|&class| {
+                        let of_class: Vec<&Host> =
+                            hosts.iter().filter(|h| h.class == class).collect();
+                        let serving: Vec<&Host> =
+                            of_class.iter().copied().filter(|h| in_service(h)).collect();
+                        let vcpus_milli: u64 = serving.iter().map(|h| h.cpu_milli).sum();
+                        let used_now: u64 = serving.iter().map(|h| h.cpu_used_milli).sum();
+                        let slots: Vec<berth_api::SlotPulse> = serving
+                            .iter()
+                            .flat_map(|h| &h.slots)
+                            .map(|s| {
+                                let capacity = u64::try_from(s.capacity).unwrap_or(0);
+                                berth_api::SlotPulse {
+                                    kind: s.kind.clone(),
+                                    capacity,
+                                    used: capacity * waiting / 6,
+                                }
+                            })
+                            .collect();
+                        berth_api::ClassPulse {
+                            class: class.to_owned(),
+                            hosts: of_class.len() as u64,
+                            hosts_in_service: serving.len() as u64,
+                            vcpus_milli,
+                            vcpus_used_milli: (used_now * (4 + waiting) / 7).min(vcpus_milli),
+                            slots,
+                        }
+                    })
+                    .collect(),
+            }
+        })
+        .collect()
 }
 
 /// A forecast for draining `hosts`, with the last hour's requests replayed: they wait far
@@ -266,6 +331,7 @@ pub fn large(n_hosts: usize, n_vms: usize) -> Snapshot {
         queue,
         vms,
         breakpoints,
+        pulses: Vec::new(),
     }
 }
 

@@ -29,6 +29,41 @@ const SCREENSHOT_BYTES_MAX: u64 = 64 << 20;
 /// The daemon's HTTP API.
 pub struct HttpSource {
     client: Client,
+    /// The pulses of the last hour, kept between snapshots so each asks only for new ones.
+    pulses: Vec<api::Pulse>,
+}
+
+/// Pages of pulses one snapshot reads at most (an hour fits in one at any period).
+const PULSE_PAGES_MAX: usize = 4;
+
+impl HttpSource {
+    /// Brings the kept pulses up to `now_ms` (the daemon's clock) and drops those older than
+    /// an hour. A daemon without pulses (older than the route) leaves the plot empty.
+    fn fetch_pulses(&mut self, now_ms: u64) -> Result<(), SourceError> {
+        let start_ms = now_ms.saturating_sub(crate::model::PULSE_WINDOW_MS);
+        // A kept pulse from the daemon's future: its clock went back, or it is another daemon.
+        if self.pulses.last().is_some_and(|p| p.at_ms > now_ms) {
+            self.pulses.clear();
+        }
+        let mut since = self
+            .pulses
+            .last()
+            .map_or(start_ms, |p| p.at_ms.max(start_ms));
+        for _ in 0..PULSE_PAGES_MAX {
+            let page = match self.client.pulses(Some(since)) {
+                Ok(page) => page,
+                Err(ClientError::Status { status: 404, .. }) => return Ok(()),
+                Err(e) => return Err(e.into()),
+            };
+            self.pulses.extend(page.pulses);
+            match page.next_since_ms {
+                Some(next) if next > since => since = next,
+                _ => break,
+            }
+        }
+        self.pulses.retain(|p| p.at_ms > start_ms);
+        Ok(())
+    }
 }
 
 impl From<ClientError> for SourceError {
@@ -61,6 +96,7 @@ impl HttpSource {
     pub fn new(url: &str, token: Option<String>) -> HttpSource {
         HttpSource {
             client: Client::new(url, token),
+            pulses: Vec::new(),
         }
     }
 
@@ -243,6 +279,7 @@ impl Source for HttpSource {
             .filter(|v| v.state == api::VmState::Held)
             .map(breakpoint)
             .collect();
+        self.fetch_pulses(status.server_ms)?;
         Ok(Snapshot {
             // The daemon's wall clock, not its scheduler's (which stands still while idle).
             now_ms: status.server_ms,
@@ -250,6 +287,7 @@ impl Source for HttpSource {
             queue,
             vms,
             breakpoints,
+            pulses: self.pulses.clone(),
         })
     }
 

@@ -12,6 +12,49 @@ pub struct Snapshot {
     /// VMs that have not ended.
     pub vms: Vec<Vm>,
     pub breakpoints: Vec<Breakpoint>,
+    /// The daemon's pulses of the last hour, oldest first (`GET /v1/pulses`): what the
+    /// overview plots, so the plots need no history of the console's own.
+    pub pulses: Vec<berth_api::Pulse>,
+}
+
+/// The window of pulses the console keeps and plots: an hour.
+pub const PULSE_WINDOW_MS: u64 = 3_600_000;
+
+/// Pulses put into `n` equal bins of time ending at `end_ms` and spanning `window_ms`, oldest
+/// bin first: each bin holds the largest value of the pulses taken in it, or `None` when none
+/// was (the daemon was down, or not yet sampling). A pulse at `end_ms` falls in the last bin.
+pub fn time_bins(
+    pulses: &[berth_api::Pulse],
+    end_ms: u64,
+    window_ms: u64,
+    n: usize,
+    value: impl Fn(&berth_api::Pulse) -> Option<u64>,
+) -> Vec<Option<u64>> {
+    let mut bins = vec![None; n];
+    if n == 0 || window_ms == 0 {
+        return bins;
+    }
+    let start_ms = end_ms.saturating_sub(window_ms);
+    for p in pulses {
+        if p.at_ms <= start_ms || p.at_ms > end_ms {
+            continue;
+        }
+        let Some(v) = value(p) else { continue };
+        // Bin i covers (start + i·w/n, start + (i+1)·w/n].
+        let offset = u128::from(p.at_ms - start_ms - 1);
+        let i = (offset * n as u128 / u128::from(window_ms)) as usize;
+        let slot = &mut bins[i.min(n - 1)];
+        *slot = Some(slot.map_or(v, |old: u64| old.max(v)));
+    }
+    bins
+}
+
+impl EventRow {
+    /// Whether the row is an operator's doing: an action from this console, or a host change
+    /// the daemon says an operator made (drained, resumed or taken offline by operator).
+    pub fn is_operator_action(&self) -> bool {
+        self.kind == "action" || self.text.contains("by operator")
+    }
 }
 
 impl Snapshot {
@@ -436,6 +479,40 @@ mod tests {
         assert_eq!(host_class("x-1", &["pool=gpu".into()]), "gpu");
         assert_eq!(host_class("42", &[]), "42");
         assert_eq!(host_class("x-1", &["class=big".into()]), "big");
+    }
+
+    fn pulse(at_ms: u64, waiting: u64) -> berth_api::Pulse {
+        berth_api::Pulse {
+            at_ms,
+            waiting_requests: waiting,
+            waiting_vms: 0,
+            running_vms: 0,
+            classes: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn pulses_fall_in_time_bins_by_their_time_not_their_order() {
+        // An hour in 6 bins of 10 minutes ending at 60m; a gap from 20m to 40m.
+        let m = 60_000;
+        let pulses = [
+            pulse(0, 9),      // at the window's start: outside it
+            pulse(m, 1),      // bin 0
+            pulse(5 * m, 4),  // bin 0, the larger
+            pulse(10 * m, 2), // the end of bin 0
+            pulse(10 * m + 1, 3),
+            pulse(45 * m, 7),
+            pulse(60 * m, 5), // at the end: the last bin
+            pulse(61 * m, 8), // after the end: left out
+        ];
+        let bins = time_bins(&pulses, 60 * m, 60 * m, 6, |p| Some(p.waiting_requests));
+        assert_eq!(bins, [Some(4), Some(3), None, None, Some(7), Some(5)]);
+        assert_eq!(time_bins(&pulses, 60 * m, 60 * m, 0, |_| Some(1)), []);
+        assert_eq!(
+            time_bins(&pulses, 60 * m, 60 * m, 2, |p| (p.waiting_requests > 4)
+                .then_some(p.waiting_requests)),
+            [None, Some(7)]
+        );
     }
 
     #[test]

@@ -1,11 +1,15 @@
 //! Drawing: a pure function of the `App` (and the screenshot being shown) onto a ratatui frame.
 //! Tables build rows only for what is on screen, so 100,000 VMs cost what 30 do.
 
+use std::collections::BTreeMap;
+
 use ratatui::Frame;
 use ratatui::layout::{Constraint, Layout, Rect};
 use ratatui::style::{Color, Modifier, Style};
 use ratatui::text::{Line, Span, Text};
-use ratatui::widgets::{Block, Borders, Clear, LineGauge, Paragraph, Row, Sparkline, Table, Wrap};
+use ratatui::widgets::{
+    Block, Borders, Clear, LineGauge, Paragraph, Row, Sparkline, SparklineBar, Table, Wrap,
+};
 use ratatui_image::protocol::StatefulProtocol;
 use ratatui_image::{Resize, StatefulImage};
 
@@ -15,7 +19,9 @@ use crate::app::{
 };
 use crate::event::ConnState;
 use crate::keymap::{self, KeyAction, Screen};
-use crate::model::{DrainPrediction, WaitStats, duration, host_glyph, mib, vm_glyph};
+use crate::model::{
+    DrainPrediction, PULSE_WINDOW_MS, WaitStats, duration, host_glyph, mib, time_bins, vm_glyph,
+};
 
 /// Styles, or none of them under `NO_COLOR` (meaning is always in words and glyphs too).
 #[derive(Clone, Copy)]
@@ -369,18 +375,57 @@ fn hints(app: &App) -> String {
     parts.join("  ")
 }
 
+/// The overview's height from which on-call panels fill the space below the gauges and the
+/// fleet (120×40 has it, 80×24 does not).
+const ONCALL_HEIGHT_MIN: u16 = 30;
+/// Columns of an overview plot's labels, left of the plotted time.
+const PULSE_LABEL_COLS: u16 = 21;
+
 fn draw_overview(f: &mut Frame, app: &App, theme: Theme, area: Rect) {
-    let s = &app.summary;
-    let [top, spark] = Layout::vertical([Constraint::Fill(1), Constraint::Length(5)]).areas(area);
+    let tall = area.height >= ONCALL_HEIGHT_MIN;
+    let plot_rows = pulse_rows(app, tall);
+    // The plots take what they need, but leave the gauges and the fleet ten rows.
+    let rows_height: u16 = plot_rows.iter().map(|r| r.height).sum();
+    let plot_height = (rows_height + 3).min(area.height.saturating_sub(10));
+    let [top, plots] =
+        Layout::vertical([Constraint::Fill(1), Constraint::Length(plot_height)]).areas(area);
     let [left, right] =
         Layout::horizontal([Constraint::Percentage(58), Constraint::Percentage(42)]).areas(top);
+    let fleet = fleet_lines(app, theme);
+    if tall {
+        let gauges = app.summary.classes.len() as u16 * 2 + 2;
+        let errors = app.snap.hosts.iter().filter(|h| h.state == "error").count() as u16;
+        let [gauge_area, waits_area, errors_area] = Layout::vertical([
+            Constraint::Length(gauges),
+            Constraint::Fill(1),
+            Constraint::Length(errors.clamp(1, 5) + 2),
+        ])
+        .areas(left);
+        let [fleet_area, actions_area] = Layout::vertical([
+            Constraint::Length(fleet.len() as u16 + 2),
+            Constraint::Fill(1),
+        ])
+        .areas(right);
+        draw_capacity(f, app, theme, gauge_area);
+        draw_oldest_waits(f, app, waits_area);
+        draw_hosts_in_error(f, app, theme, errors_area);
+        draw_fleet(f, fleet, fleet_area);
+        draw_operator_actions(f, app, actions_area);
+    } else {
+        draw_capacity(f, app, theme, left);
+        draw_fleet(f, fleet, right);
+    }
+    draw_pulses(f, app, theme, plot_rows, plots);
+}
 
-    // Capacity by host class: one CPU and one memory gauge per class.
+/// Capacity by host class: one CPU and one memory gauge per class.
+fn draw_capacity(f: &mut Frame, app: &App, theme: Theme, area: Rect) {
+    let s = &app.summary;
     let block = Block::default()
         .borders(Borders::ALL)
         .title(" capacity by host class (ready hosts) ");
-    let inner = block.inner(left);
-    f.render_widget(block, left);
+    let inner = block.inner(area);
+    f.render_widget(block, area);
     let rows_max = usize::from(inner.height);
     let mut y = inner.y;
     let per_class = if s.classes.len() * 2 <= rows_max {
@@ -426,7 +471,11 @@ fn draw_overview(f: &mut Frame, app: &App, theme: Theme, area: Rect) {
     if s.classes.is_empty() {
         f.render_widget(Paragraph::new("no hosts"), inner);
     }
+}
 
+/// Hosts, queue, breakpoints and VMs by state.
+fn fleet_lines(app: &App, theme: Theme) -> Vec<Line<'static>> {
+    let s = &app.summary;
     let mut lines = vec![Line::from(Span::styled("hosts", theme.bold()))];
     for (state, n) in &s.hosts_by_state {
         lines.push(Line::from(vec![
@@ -457,24 +506,281 @@ fn draw_overview(f: &mut Frame, app: &App, theme: Theme, area: Rect) {
             Span::raw(format!("{n:>7}")),
         ]));
     }
+    lines
+}
+
+fn draw_fleet(f: &mut Frame, lines: Vec<Line<'static>>, area: Rect) {
     f.render_widget(
         Paragraph::new(lines).block(Block::default().borders(Borders::ALL).title(" fleet ")),
-        right,
+        area,
     );
+}
 
-    let data: Vec<u64> = app.queue_history.iter().copied().collect();
-    let width = usize::from(spark.width.saturating_sub(2));
-    let shown = &data[data.len().saturating_sub(width)..];
-    let max = shown.iter().copied().max().unwrap_or(0);
+/// The requests that have waited longest, with why.
+fn draw_oldest_waits(f: &mut Frame, app: &App, area: Rect) {
+    let now = app.server_now_ms();
+    let mut waiting: Vec<_> = app.snap.queue.iter().collect();
+    waiting.sort_by_key(|r| (r.submitted_ms, r.id));
+    let lines: Vec<Line> = if waiting.is_empty() {
+        vec![Line::from("nothing waits")]
+    } else {
+        waiting
+            .iter()
+            .map(|r| {
+                let why = r.why.as_ref().map_or("", |w| w.summary.as_str());
+                Line::from(format!(
+                    "r{:<5} {:>6}  {:<18.18} {why}",
+                    r.id,
+                    duration(now.saturating_sub(r.submitted_ms)),
+                    r.shape()
+                ))
+            })
+            .collect()
+    };
     f.render_widget(
-        Sparkline::default()
-            .block(Block::default().borders(Borders::ALL).title(format!(
-                " queue length, last {} refreshes (max {max}) ",
-                shown.len()
-            )))
-            .data(shown)
-            .style(theme.fg(Color::Cyan)),
-        spark,
+        Paragraph::new(lines).block(
+            Block::default()
+                .borders(Borders::ALL)
+                .title(" oldest waits "),
+        ),
+        area,
+    );
+}
+
+/// Hosts in error, with when they last answered a probe.
+fn draw_hosts_in_error(f: &mut Frame, app: &App, theme: Theme, area: Rect) {
+    let now = app.server_now_ms();
+    let errors: Vec<_> = app
+        .snap
+        .hosts
+        .iter()
+        .filter(|h| h.state == "error")
+        .collect();
+    let lines: Vec<Line> = if errors.is_empty() {
+        vec![Line::from("none")]
+    } else {
+        errors
+            .iter()
+            .map(|h| {
+                let probe = h
+                    .last_probe_ms
+                    .map_or("never answered a probe".to_owned(), |at| {
+                        format!("last answered {} ago", duration(now.saturating_sub(at)))
+                    });
+                Line::from(vec![
+                    Span::styled(
+                        format!("{} {:<16}", host_glyph("error"), h.name),
+                        theme.host_state("error"),
+                    ),
+                    Span::raw(format!(" {:<10.10} {probe}", h.class)),
+                ])
+            })
+            .collect()
+    };
+    f.render_widget(
+        Paragraph::new(lines).block(
+            Block::default()
+                .borders(Borders::ALL)
+                .title(format!(" hosts in error ({}) ", errors.len())),
+        ),
+        area,
+    );
+}
+
+/// The operators' recent doings the console saw, newest first.
+fn draw_operator_actions(f: &mut Frame, app: &App, area: Rect) {
+    let lines: Vec<Line> = app
+        .events
+        .iter()
+        .filter(|e| e.is_operator_action())
+        .take(usize::from(area.height.saturating_sub(2)))
+        .map(|e| Line::from(format!("{} {} {}", clock(e.at_ms), e.subject, e.text)))
+        .collect();
+    let lines = if lines.is_empty() {
+        vec![Line::from("none since the console started")]
+    } else {
+        lines
+    };
+    f.render_widget(
+        Paragraph::new(lines).wrap(Wrap { trim: false }).block(
+            Block::default()
+                .borders(Borders::ALL)
+                .title(" recent operator actions "),
+        ),
+        area,
+    );
+}
+
+/// What a row of the pulse plots reads from a pulse (`None`: nothing to plot in it).
+type PulseValue = Box<dyn Fn(&berth_api::Pulse) -> Option<u64>>;
+
+/// One row of the pulse plots: its label, what it plots from a pulse, and its scale.
+struct PulseRow {
+    label: String,
+    value: PulseValue,
+    /// The value at the top of the row; `None`: the largest plotted.
+    max: Option<u64>,
+    /// Rows of the terminal it takes.
+    height: u16,
+}
+
+/// The rows the overview plots: the queue, then each class's vCPU use and, for a class with
+/// slots, its fullest slot kind's use (in percent).
+fn pulse_rows(app: &App, tall: bool) -> Vec<PulseRow> {
+    let pulses = &app.snap.pulses;
+    let latest = pulses.last();
+    let mut rows = vec![PulseRow {
+        label: format!(
+            "queue {:>5} waiting",
+            latest.map_or("-".to_owned(), |p| p.waiting_requests.to_string())
+        ),
+        value: Box::new(|p| Some(p.waiting_requests)),
+        max: None,
+        height: if tall { 3 } else { 1 },
+    }];
+    // Every class of the hour, and whether it had slots in it: a class whose hosts left
+    // service keeps its rows, blank from then on.
+    let mut classes: BTreeMap<&str, bool> = BTreeMap::new();
+    for p in pulses {
+        for c in &p.classes {
+            *classes.entry(&c.class).or_default() |= !c.slots.is_empty();
+        }
+    }
+    let now = |class: &str| latest.and_then(|p| p.classes.iter().find(|c| c.class == class));
+    let pct = |v: Option<f64>| v.map_or("   -".to_owned(), |r| format!("{:>3.0}%", r * 100.0));
+    let percent = |r: Option<f64>| r.map(|r| (r * 100.0).round() as u64);
+    for (class, has_slots) in classes {
+        let name = class.to_owned();
+        rows.push(PulseRow {
+            label: format!(
+                "{class:<10.10} cpu  {}",
+                pct(now(class).and_then(|c| c.vcpu_utilisation()))
+            ),
+            value: Box::new(move |p| {
+                percent(
+                    p.classes
+                        .iter()
+                        .find(|c| c.class == name)?
+                        .vcpu_utilisation(),
+                )
+            }),
+            max: Some(100),
+            height: 1,
+        });
+        if has_slots {
+            let name = class.to_owned();
+            rows.push(PulseRow {
+                label: format!(
+                    "{:<10.10} slot {}",
+                    "",
+                    pct(now(class).and_then(|c| c.slot_utilisation()))
+                ),
+                value: Box::new(move |p| {
+                    percent(
+                        p.classes
+                            .iter()
+                            .find(|c| c.class == name)?
+                            .slot_utilisation(),
+                    )
+                }),
+                max: Some(100),
+                height: 1,
+            });
+        }
+    }
+    rows
+}
+
+/// The last hour of the daemon's pulses: one sparkline per row on a shared time axis, each
+/// column a slice of the hour; after the hour's first pulse, `·` where none was taken (the
+/// daemon was down) or the row had nothing to plot (the class had no host in service).
+fn draw_pulses(f: &mut Frame, app: &App, theme: Theme, rows: Vec<PulseRow>, area: Rect) {
+    let end_ms = app.server_now_ms();
+    let block = Block::default().borders(Borders::ALL).title(format!(
+        " last hour, from the daemon's pulses ({}) ",
+        match app.snap.pulses.len() {
+            0 => "none yet".to_owned(),
+            n => format!("{n} samples"),
+        }
+    ));
+    let inner = block.inner(area);
+    f.render_widget(block, area);
+    if inner.height < 2 || inner.width <= PULSE_LABEL_COLS + 4 {
+        return;
+    }
+    let cols = inner.width - PULSE_LABEL_COLS;
+    let bottom = inner.y + inner.height - 1;
+    let first_sampled = time_bins(
+        &app.snap.pulses,
+        end_ms,
+        PULSE_WINDOW_MS,
+        usize::from(cols),
+        |_| Some(0),
+    )
+    .iter()
+    .position(Option::is_some);
+    let mut y = inner.y;
+    for row in rows {
+        let height = row.height.min(bottom.saturating_sub(y));
+        if height == 0 {
+            break;
+        }
+        let bins = time_bins(
+            &app.snap.pulses,
+            end_ms,
+            PULSE_WINDOW_MS,
+            usize::from(cols),
+            &row.value,
+        );
+        let max = row
+            .max
+            .unwrap_or_else(|| bins.iter().flatten().copied().max().unwrap_or(0).max(1));
+        let mut label = vec![Line::from(row.label.clone())];
+        if height > 1 && row.max.is_none() {
+            label.push(Line::from(format!("{:>20}", format!("max {max}"))));
+        }
+        f.render_widget(
+            Paragraph::new(label),
+            Rect::new(inner.x, y, PULSE_LABEL_COLS, height),
+        );
+        // Before the first sample of the hour the plot stays blank; after it, `·` marks the
+        // slices without one.
+        let first = first_sampled.unwrap_or(bins.len()) as u16;
+        let bars: Vec<SparklineBar> = bins[usize::from(first)..]
+            .iter()
+            .map(|&b| SparklineBar::from(b))
+            .collect();
+        f.render_widget(
+            Sparkline::default()
+                .data(bars)
+                .max(max)
+                .absent_value_symbol("·")
+                .style(theme.fg(Color::Cyan)),
+            Rect::new(inner.x + PULSE_LABEL_COLS + first, y, cols - first, height),
+        );
+        y += height;
+    }
+    // The time axis: an hour ago, half an hour ago, now.
+    let mut axis = vec![' '; usize::from(cols)];
+    let mut put = |at: usize, text: &str| {
+        for (i, ch) in text.chars().enumerate() {
+            if let Some(slot) = axis.get_mut(at + i) {
+                *slot = ch;
+            }
+        }
+    };
+    let cols = usize::from(cols);
+    put(0, "-60m");
+    put((cols / 2).saturating_sub(2), "-30m");
+    put(cols.saturating_sub(3), "now");
+    f.render_widget(
+        Paragraph::new(Line::from(axis.into_iter().collect::<String>()).style(theme.dim())),
+        Rect::new(
+            inner.x + PULSE_LABEL_COLS,
+            bottom,
+            inner.width - PULSE_LABEL_COLS,
+            1,
+        ),
     );
 }
 

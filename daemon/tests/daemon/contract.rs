@@ -206,6 +206,16 @@ fn every_answer_reads_strictly_into_its_type() {
     let _: api::OrphanList = strictly("GET /v1/orphans", &d.ok("GET", "/v1/orphans", None));
     let _: api::HookRuns = strictly("GET /v1/hooks/runs", &d.ok("GET", "/v1/hooks/runs", None));
     let _: api::DaemonLog = strictly("GET /v1/logs", &d.ok("GET", "/v1/logs?limit=5", None));
+    d.wait_for("a pulse", |d| {
+        d.ok("GET", "/v1/pulses?since_ms=0", None)["pulses"]
+            .as_array()
+            .is_some_and(|p| !p.is_empty())
+    });
+    let pulses: api::PulseList = strictly(
+        "GET /v1/pulses",
+        &d.ok("GET", "/v1/pulses?since_ms=0", None),
+    );
+    assert!(!pulses.pulses[0].classes.is_empty(), "{pulses:?}");
     let (status, err) = call(&d.url, Some(&d.token), "GET", "/v1/vms/nope", None);
     assert_eq!(status, 400);
     let err: api::ErrorBody = strictly("an error", &err);

@@ -23,6 +23,8 @@ mod limits;
 mod observe;
 mod orphans;
 mod parallels;
+mod prometheus;
+mod pulses;
 
 const CONFIG: &str = r#"
 [sim]

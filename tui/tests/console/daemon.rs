@@ -27,6 +27,7 @@ fn start() -> TestDaemon {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let mut config = FileConfig::default();
     config.sim.latency_scale = 0.001;
+    config.pulses.period_ms = 1000;
     config.tokens.push(TokenConfig {
         name: "viewer".into(),
         token: READ_ONLY_TOKEN.into(),
@@ -53,6 +54,65 @@ fn start() -> TestDaemon {
 
 fn wait<T>(what: &str, f: impl FnMut() -> Option<T>) -> T {
     berth_testkit::wait_for(what, Duration::from_secs(20), f)
+}
+
+#[test]
+fn the_overview_plots_the_daemons_pulses_and_a_new_console_has_them_at_once() {
+    let d = start();
+    let mut src = HttpSource::new(&d.url, Some(d.token.clone()));
+    let snap = wait("three pulses", || {
+        let s = src.snapshot().unwrap();
+        (s.pulses.len() >= 3).then_some(s)
+    });
+    // Each snapshot asks only for pulses newer than the last it has: none twice, in order.
+    for pair in snap.pulses.windows(2) {
+        assert!(pair[0].at_ms < pair[1].at_ms, "{:?}", snap.pulses);
+    }
+    assert!(
+        snap.pulses
+            .iter()
+            .all(|p| p.at_ms + 3_600_000 > snap.now_ms)
+    );
+    assert!(
+        snap.pulses
+            .last()
+            .unwrap()
+            .classes
+            .iter()
+            .any(|c| c.class == "sim-small" && c.hosts_in_service > 0),
+        "{:?}",
+        snap.pulses.last()
+    );
+    // A console started now (a new source) reads the same history in its first snapshot.
+    let fresh = HttpSource::new(&d.url, Some(READ_ONLY_TOKEN.into()))
+        .snapshot()
+        .unwrap();
+    assert!(
+        fresh.pulses.starts_with(&snap.pulses),
+        "{} pulses before, {} in the new console's first snapshot",
+        snap.pulses.len(),
+        fresh.pulses.len()
+    );
+    // And draws them on the overview's time axis.
+    let mut app = berth_tui::App::new(
+        berth_tui::Options {
+            read_only: true,
+            ssh: None,
+            source_label: d.url.clone(),
+            color: false,
+        },
+        fresh.now_ms,
+        120,
+        40,
+    );
+    app.update(Event::Data(Box::new(fresh)));
+    let screen = render(&app);
+    assert!(
+        screen.contains("last hour, from the daemon's pulses"),
+        "{screen}"
+    );
+    assert!(screen.contains("sim-small  cpu"), "{screen}");
+    assert!(screen.contains("-60m"), "{screen}");
 }
 
 #[test]

@@ -2,7 +2,7 @@
 
 use berth_tui::event::{Command, ConnState, Event};
 use berth_tui::fixture::{self, NOW_MS};
-use berth_tui::model::{ConsoleInfo, Detail, Target, TimelineEntry};
+use berth_tui::model::{ConsoleInfo, Detail, EventRow, Target, TimelineEntry};
 use berth_tui::{MemorySource, Source};
 use crossterm::event::KeyCode;
 
@@ -20,7 +20,33 @@ fn check(name: &str, setup: impl Fn(&mut berth_tui::App)) {
 
 #[test]
 fn overview() {
-    check("overview", |_| {});
+    // The plots come from the fixture's hour of pulses (with a five-minute gap 40 minutes
+    // ago); at 120×40 the space below shows the oldest waits, the host in error and the
+    // operators' actions among the events.
+    check("overview", |a| {
+        a.update(Event::Stream(EventRow {
+            at_ms: NOW_MS - 5_000,
+            kind: "host".into(),
+            subject: "sim-mac-1".into(),
+            text: "ready → maintenance (taken offline by operator)".into(),
+        }));
+        a.update(Event::Stream(EventRow {
+            at_ms: NOW_MS - 2_000,
+            kind: "action".into(),
+            subject: "r43".into(),
+            text: "cancel r43: done".into(),
+        }));
+    });
+}
+
+#[test]
+fn overview_of_a_daemon_sampling_for_ten_minutes() {
+    // The plots start where the daemon's pulses do: blank before, the samples after.
+    check("overview_ten_minutes", |a| {
+        let mut snap = fixture::small();
+        snap.pulses.retain(|p| p.at_ms > NOW_MS - 600_000);
+        a.update(Event::Data(Box::new(snap)));
+    });
 }
 
 #[test]
