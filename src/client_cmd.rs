@@ -334,6 +334,10 @@ pub struct RequestArgs {
     /// and exported traces group requests by it.
     #[arg(long)]
     change: Option<String>,
+    /// The account (team or project) charged for it under fair share (default: the
+    /// requester).
+    #[arg(long)]
+    account: Option<String>,
     /// Who asks, when not the token's name (a CI coordinator naming its user or team).
     #[arg(long)]
     requester: Option<String>,
@@ -446,6 +450,7 @@ fn submit(c: &Client, args: RequestArgs) -> anyhow::Result<ExitCode> {
         pending_deadline_s: args.deadline.map(secs),
         expected_run_s: args.expected_run.map(secs),
         change: args.change,
+        account: args.account,
         requester: args.requester,
     };
     // The event stream opens before the submit, so that no change of the new request is
@@ -550,6 +555,7 @@ fn request_text(v: &api::RequestDetail, c: &Client) -> String {
     if let Some(change) = &r.spec.change {
         out.push_str(&format!(", change {change}"));
     }
+    out.push_str(&format!(", account {}", r.spec.account));
     out.push('\n');
     if let Some(why) = &v.why {
         out.push_str(&format!("waiting: {}\n", why.summary));
@@ -584,6 +590,7 @@ fn requests_text(rows: &[api::RequestRow], c: &Client) -> String {
         ("AGE", false),
         ("REQUESTER", true),
         ("CHANGE", true),
+        ("ACCOUNT", true),
         ("PRIORITY", true),
         ("CAUSE", false),
     ]);
@@ -598,6 +605,7 @@ fn requests_text(rows: &[api::RequestRow], c: &Client) -> String {
             human::age(now, r.submitted_ms),
             r.spec.requester.clone(),
             or_dash(r.spec.change.as_deref()),
+            r.spec.account.clone(),
             r.spec.priority.to_string(),
             r.cause.clone(),
         ]);

@@ -69,6 +69,9 @@ pub struct RequestSpec {
     /// caller said.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub change: Option<String>,
+    /// The account (team or project) charged for it under fair share: the one the submit
+    /// named, else the requester.
+    pub account: String,
 }
 
 /// A request (`GET /v1/requests`, the answer to a submit or a cancel).

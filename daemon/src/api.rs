@@ -505,6 +505,9 @@ async fn submit(
     if let Some(c) = &b.change {
         crate::wire::check_text("change", c)?;
     }
+    if let Some(a) = &b.account {
+        crate::wire::check_text("account", a)?;
+    }
     let requester = b.requester.unwrap_or_else(|| actor.who.clone());
     let request = WireRequest {
         id: 0,
@@ -525,6 +528,7 @@ async fn submit(
         expected_run_ms: b.expected_run_s.map(|s| s.saturating_mul(1000)),
         requester,
         change: b.change,
+        account: b.account,
     };
     let id = send_input(&state, WireInput::Submit { request }, actor)
         .await

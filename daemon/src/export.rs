@@ -107,6 +107,7 @@ pub(crate) fn request_record(
         .filter(|&e| e != r.duration_ms);
     r.requester = Some(w.requester.clone()).filter(|q| !q.is_empty());
     r.change = w.change.clone();
+    r.account = w.account.clone();
     r
 }
 

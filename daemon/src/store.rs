@@ -145,6 +145,15 @@ const MIGRATIONS: &[&str] = &[
     // 2: what a request that is still active ends as once its VMs are released (a cancel
     // answers `active` with `ending = cancelled` until then).
     "ALTER TABLE requests ADD COLUMN ending TEXT;",
+    // 5: each request's staged change and account (the requester when it named none) as
+    // columns, so that changes are listed and accounts counted without reading every spec.
+    "
+    ALTER TABLE requests ADD COLUMN change TEXT;
+    ALTER TABLE requests ADD COLUMN account TEXT;
+    UPDATE requests SET change = json_extract(spec, '$.change'),
+        account = coalesce(json_extract(spec, '$.account'), json_extract(spec, '$.requester'));
+    CREATE INDEX requests_change ON requests(change, id) WHERE change IS NOT NULL;
+    ",
 ];
 
 /// A `requests` row rebuilt from the journal (see `Store::repair_requests`).
@@ -284,7 +293,7 @@ impl Store {
             let mut insert = tx
                 .prepare_cached(
                     "INSERT INTO requests (id, template, count, spec, state, cause, submitted_ms,
-                     updated_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                     updated_ms, change, account) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
                 )
                 .map_err(sql("repairing requests"))?;
             for r in rows {
@@ -298,7 +307,9 @@ impl Store {
                         r.state.name(),
                         r.cause,
                         r.submitted_ms as i64,
-                        r.updated_ms as i64
+                        r.updated_ms as i64,
+                        r.spec.change,
+                        r.spec.account_name()
                     ])
                     .map_err(sql("repairing requests"))?;
             }
@@ -397,7 +408,7 @@ impl Store {
             let mut req_insert = tx
                 .prepare_cached(
                     "INSERT INTO requests (id, template, count, spec, state, cause, submitted_ms,
-                     updated_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7)",
+                     updated_ms, change, account) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, ?8, ?9)",
                 )
                 .map_err(sql("writing requests"))?;
             let mut req_update = tx
@@ -486,7 +497,9 @@ impl Store {
                                     text,
                                     to.name(),
                                     cause.to_string(),
-                                    *at_ms as i64
+                                    *at_ms as i64,
+                                    spec.change,
+                                    spec.account_name()
                                 ])
                                 .map_err(sql("writing requests"))?;
                         } else {
@@ -852,9 +865,15 @@ fn request_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RequestRow> {
         cause: r.get(4)?,
         submitted_ms: r.get::<_, i64>(5)? as u64,
         updated_ms: r.get::<_, i64>(6)? as u64,
-        spec: serde_json::from_str(&spec).map_err(|e| {
-            rusqlite::Error::FromSqlConversionFailure(7, rusqlite::types::Type::Text, Box::new(e))
-        })?,
+        spec: serde_json::from_str::<WireRequest>(&spec)
+            .map_err(|e| {
+                rusqlite::Error::FromSqlConversionFailure(
+                    7,
+                    rusqlite::types::Type::Text,
+                    Box::new(e),
+                )
+            })?
+            .to_api(),
         ending: r
             .get::<_, Option<String>>(8)?
             .map(|text| parse_named(8, &text))
@@ -1046,7 +1065,8 @@ mod tests {
                 pending_deadline_ms: None,
                 expected_run_ms: None,
                 requester: "ci".into(),
-                change: None,
+                change: Some("I42".into()),
+                account: None,
             };
             store
                 .commit(&Commit {
@@ -1077,5 +1097,76 @@ mod tests {
         assert_eq!(store.last_ids().unwrap(), (1, 1, 0));
         let row = get_request(store.conn(), 1).unwrap().unwrap();
         assert_eq!((row.state.name(), row.count), ("waiting", 2));
+        // A request that named no account is charged to its requester.
+        assert_eq!(row.spec.account, "ci");
+        let columns: (Option<String>, String) = store
+            .conn()
+            .query_row(
+                "SELECT change, account FROM requests WHERE id = 1",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        assert_eq!(columns, (Some("I42".into()), "ci".into()));
+    }
+
+    /// A database from before accounts gets its requests' change and account columns from
+    /// their specs: the account is the requester where the spec names none.
+    #[test]
+    fn migration_5_fills_change_and_account_from_old_specs() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("berth.db");
+        {
+            let mut conn = connect(&path).unwrap();
+            let tx = conn.transaction().unwrap();
+            for step in &MIGRATIONS[..4] {
+                tx.execute_batch(step).unwrap();
+            }
+            tx.pragma_update(None, "user_version", 4).unwrap();
+            tx.commit().unwrap();
+            let spec = |change: Option<&str>, account: Option<&str>| {
+                let mut v = serde_json::json!({
+                    "id": 1, "template": "linux", "count": 1, "vcpus": null, "memory_mib": null,
+                    "labels": {}, "priority": 0, "gang": false, "hold": null,
+                    "pending_deadline_ms": null, "expected_run_ms": null, "requester": "ana"
+                });
+                if let Some(c) = change {
+                    v["change"] = c.into();
+                }
+                if let Some(a) = account {
+                    v["account"] = a.into();
+                }
+                v.to_string()
+            };
+            for (id, text) in [
+                (1, spec(Some("I1"), None)),
+                (2, spec(None, Some("qt-base"))),
+            ] {
+                conn.execute(
+                    "INSERT INTO requests (id, template, count, spec, state, cause, submitted_ms,
+                     updated_ms) VALUES (?1, 'linux', 1, ?2, 'waiting', 'submitted', 1, 1)",
+                    params![id, text],
+                )
+                .unwrap();
+            }
+        }
+        let store = Store::open(&path).unwrap();
+        let mut stmt = store
+            .conn()
+            .prepare("SELECT change, account FROM requests ORDER BY id")
+            .unwrap();
+        let rows: Vec<(Option<String>, String)> = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(
+            rows,
+            vec![(Some("I1".into()), "ana".into()), (None, "qt-base".into())]
+        );
+        assert_eq!(
+            get_request(store.conn(), 2).unwrap().unwrap().spec.account,
+            "qt-base"
+        );
     }
 }

@@ -302,6 +302,8 @@ fn wait_returns_when_the_vms_run_naming_them_and_their_hosts() {
             "5m",
             "--change",
             "I42",
+            "--account",
+            "qt-base",
             "--wait",
             "--timeout",
             "60s",
@@ -322,6 +324,16 @@ fn wait_returns_when_the_vms_run_naming_them_and_their_hosts() {
     assert_eq!(v["spec"]["pending_deadline_ms"], 600_000, "{v}");
     assert_eq!(v["spec"]["expected_run_ms"], 300_000, "{v}");
     assert_eq!(v["spec"]["change"], "I42", "{v}");
+    assert_eq!(v["spec"]["account"], "qt-base", "{v}");
+    let out = cli(&serve, &["request", "show", "r1"]);
+    let shown = text(&out.stdout);
+    assert!(shown.contains("change I42, account qt-base"), "{shown}");
+    let out = cli(&serve, &["request", "list", "-o", "wide"]);
+    let listed = text(&out.stdout);
+    assert!(
+        listed.contains("ACCOUNT") && listed.contains("qt-base"),
+        "{listed}"
+    );
 
     // The same answer as YAML, exact values.
     let out = cli(&serve, &["request", "show", "r1", "-o", "yaml"]);

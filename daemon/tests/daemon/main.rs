@@ -560,6 +560,27 @@ fn bad_input_gets_a_4xx_naming_the_field_and_changes_nothing() {
         (
             "POST",
             "/v1/requests",
+            r#"{"template": "linux", "count": 1, "account": ""}"#,
+            400,
+            Some("account"),
+        ),
+        (
+            "POST",
+            "/v1/requests",
+            r#"{"template": "linux", "count": 1, "account": "qt\u001b[2Jbase"}"#,
+            400,
+            Some("account"),
+        ),
+        (
+            "POST",
+            "/v1/requests",
+            r#"{"template": "linux", "count": 1, "change": "\u202eI42"}"#,
+            400,
+            Some("change"),
+        ),
+        (
+            "POST",
+            "/v1/requests",
             r#"{"template": "linux", "count": 1, "cpus": 0}"#,
             400,
             Some("cpus"),
