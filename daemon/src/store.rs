@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-pub use berth_api::{AuditRow, HistoryRow, Hold, OrphanRow, RequestRow, VmRow};
+pub use berth_api::{AuditRow, ChangeRow, HistoryRow, Hold, OrphanRow, RequestRow, VmRow};
 use berth_sched::{Event, VmState};
 use rusqlite::{Connection, OptionalExtension, params};
 
@@ -915,6 +915,140 @@ pub fn list_requests(
         .map_err(sql("listing requests"))?;
     rows.collect::<Result<Vec<_>, _>>()
         .map_err(sql("listing requests"))
+}
+
+/// The requests' totals per change, with the account of each change's first request.
+const CHANGE_COLUMNS: &str = "
+    SELECT g.change, r.account, g.n, g.first_id, g.wanted, g.first_ms, g.last_ms, g.live
+    FROM (SELECT change, count(*) AS n, min(id) AS first_id, sum(count) AS wanted,
+              min(submitted_ms) AS first_ms, max(updated_ms) AS last_ms,
+              sum(state IN ('waiting', 'active')) AS live
+          FROM requests WHERE change IS NOT NULL";
+
+/// A change's row from the totals of its requests (`CHANGE_COLUMNS`) and the counts of its
+/// VMs by state; `now_ms` is what an open change's turnaround counts to.
+fn change_row(
+    conn: &Connection,
+    r: &rusqlite::Row<'_>,
+    now_ms: u64,
+) -> Result<ChangeRow, DaemonError> {
+    let get = |i: usize| -> Result<i64, DaemonError> {
+        r.get::<_, Option<i64>>(i)
+            .map(Option::unwrap_or_default)
+            .map_err(sql("listing changes"))
+    };
+    let change: String = r.get(0).map_err(sql("listing changes"))?;
+    let first_ms = get(5)? as u64;
+    let live = get(7)? > 0;
+    let ended_ms = (!live).then_some(get(6)? as u64);
+    let mut row = ChangeRow {
+        account: r
+            .get::<_, Option<String>>(1)
+            .map_err(sql("listing changes"))?
+            .unwrap_or_default(),
+        n_requests: get(2)? as u64,
+        first_request: get(3)? as u64,
+        vms_wanted: get(4)? as u64,
+        vms_waiting: 0,
+        vms_starting: 0,
+        vms_running: 0,
+        vms_done: 0,
+        vms_failed: 0,
+        vms_cancelled: 0,
+        first_arrival_ms: first_ms,
+        ended_ms,
+        turnaround_ms: ended_ms.unwrap_or(now_ms).saturating_sub(first_ms),
+        change,
+    };
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT v.state, count(*) FROM vms v WHERE v.request IN
+             (SELECT id FROM requests WHERE change = ?1) GROUP BY v.state",
+        )
+        .map_err(sql("counting a change's vms"))?;
+    let mut rows = stmt
+        .query([&row.change])
+        .map_err(sql("counting a change's vms"))?;
+    while let Some(v) = rows.next().map_err(sql("counting a change's vms"))? {
+        let state: berth_api::VmState = named(v, 0).map_err(sql("counting a change's vms"))?;
+        let n = v.get::<_, i64>(1).map_err(sql("counting a change's vms"))? as u64;
+        use berth_api::VmState as S;
+        let slot = match state {
+            S::Queued => &mut row.vms_waiting,
+            S::Placed | S::Provisioning | S::Booting => &mut row.vms_starting,
+            S::Running | S::Held => &mut row.vms_running,
+            S::Releasing | S::Done => &mut row.vms_done,
+            S::Failed | S::Lost => &mut row.vms_failed,
+            S::Cancelled => &mut row.vms_cancelled,
+        };
+        *slot += n;
+    }
+    Ok(row)
+}
+
+/// Changes whose first request is older than `before` (all when `None`), newest first, at
+/// most `limit`. Each costs one grouped read of its requests' VMs.
+pub fn list_changes(
+    conn: &Connection,
+    before: Option<u64>,
+    limit: u64,
+    now_ms: u64,
+) -> Result<Vec<ChangeRow>, DaemonError> {
+    let mut stmt = conn
+        .prepare_cached(&format!(
+            "{CHANGE_COLUMNS} GROUP BY change HAVING min(id) < ?1) g
+             JOIN requests r ON r.id = g.first_id ORDER BY g.first_id DESC LIMIT ?2"
+        ))
+        .map_err(sql("listing changes"))?;
+    let before = before.map_or(i64::MAX, |b| b.min(i64::MAX as u64) as i64);
+    let mut rows = stmt
+        .query(params![before, limit.min(i64::MAX as u64) as i64])
+        .map_err(sql("listing changes"))?;
+    let mut out = Vec::new();
+    while let Some(r) = rows.next().map_err(sql("listing changes"))? {
+        out.push(change_row(conn, r, now_ms)?);
+    }
+    Ok(out)
+}
+
+/// One change, `None` when no request named it.
+pub fn get_change(
+    conn: &Connection,
+    change: &str,
+    now_ms: u64,
+) -> Result<Option<ChangeRow>, DaemonError> {
+    let mut stmt = conn
+        .prepare_cached(&format!(
+            "{CHANGE_COLUMNS} AND change = ?1 GROUP BY change) g
+             JOIN requests r ON r.id = g.first_id"
+        ))
+        .map_err(sql("reading a change"))?;
+    let mut rows = stmt.query([change]).map_err(sql("reading a change"))?;
+    match rows.next().map_err(sql("reading a change"))? {
+        Some(r) => Ok(Some(change_row(conn, r, now_ms)?)),
+        None => Ok(None),
+    }
+}
+
+/// The requests of a change, oldest first, at most `limit`.
+pub fn change_requests(
+    conn: &Connection,
+    change: &str,
+    limit: u64,
+) -> Result<Vec<RequestRow>, DaemonError> {
+    let mut stmt = conn
+        .prepare_cached(&format!(
+            "SELECT {REQUEST_COLUMNS} WHERE change = ?1 ORDER BY id LIMIT ?2"
+        ))
+        .map_err(sql("reading a change's requests"))?;
+    let rows = stmt
+        .query_map(
+            params![change, limit.min(i64::MAX as u64) as i64],
+            request_row,
+        )
+        .map_err(sql("reading a change's requests"))?;
+    rows.collect::<Result<Vec<_>, _>>()
+        .map_err(sql("reading a change's requests"))
 }
 
 /// The orphans berth keeps on its hosts, by VM number.

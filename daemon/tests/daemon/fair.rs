@@ -126,3 +126,86 @@ fn fair_share_settings_stay_with_the_database() {
         .unwrap();
     assert_eq!(serde_json::from_str::<Value>(&again).unwrap(), stored);
 }
+
+/// A change's VMs by where they stand, its account and turnaround; the list pages newest
+/// first with a cursor; a change id with a `/` works percent-encoded; an unknown one is a 404
+/// naming `change`.
+#[test]
+fn changes_count_their_vms_and_page_newest_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = TestDaemon::start(dir.path(), ONE_SLOT);
+    d.wait_for("the host to be ready", |d| d.host_state("sim-1") == "ready");
+    let submit = |change: &str, account: &str, count: u32| -> u64 {
+        d.ok(
+            "POST",
+            "/v1/requests",
+            Some(
+                json!({"template": "linux", "count": count, "change": change,
+                "account": account}),
+            ),
+        )["id"]
+            .as_u64()
+            .unwrap()
+    };
+    let first = submit("I1/2", "qt-base", 1);
+    d.wait_for("I1/2's VM to run", |d| d.running_vms(first).len() == 1);
+    submit("I1/2", "someone-else", 2);
+    submit("I2", "qt-declarative", 1);
+    // A request without a change is in no change.
+    d.ok(
+        "POST",
+        "/v1/requests",
+        Some(json!({"template": "linux", "count": 1})),
+    );
+    let c = d.ok("GET", "/v1/changes/I1%2F2", None);
+    assert_eq!(c["change"], "I1/2", "{c}");
+    assert_eq!(c["account"], "qt-base", "the first request's account: {c}");
+    assert_eq!(c["n_requests"], 2, "{c}");
+    assert_eq!(c["first_request"], first, "{c}");
+    assert_eq!(c["vms_wanted"], 3, "{c}");
+    assert_eq!(c["vms_running"], 1, "{c}");
+    assert_eq!(c["vms_waiting"], 2, "{c}");
+    assert_eq!(c["vms_done"], 0, "{c}");
+    assert_eq!(c["ended_ms"], Value::Null, "{c}");
+    assert_eq!(c["requests"].as_array().unwrap().len(), 2, "{c}");
+    let first_ms = c["first_arrival_ms"].as_u64().unwrap();
+    assert!(c["turnaround_ms"].as_u64().unwrap() > 0, "{c}");
+
+    // Newest first, one a page, then the cursor leads to the next and the end.
+    let p1 = d.ok("GET", "/v1/changes?limit=1", None);
+    assert_eq!(p1["changes"][0]["change"], "I2", "{p1}");
+    let before = p1["next_before"].as_u64().unwrap();
+    let p2 = d.ok("GET", &format!("/v1/changes?limit=1&before={before}"), None);
+    assert_eq!(p2["changes"][0]["change"], "I1/2", "{p2}");
+    assert_eq!(p2["next_before"], Value::Null, "{p2}");
+    let (status, err) = d.call("GET", "/v1/changes?limit=0", None);
+    assert_eq!(
+        (status, err["field"].as_str()),
+        (400, Some("limit")),
+        "{err}"
+    );
+    let (status, err) = d.call("GET", "/v1/changes/nope", None);
+    assert_eq!(
+        (status, err["field"].as_str()),
+        (404, Some("change")),
+        "{err}"
+    );
+
+    // Cancelled, every request of I2 ends: its turnaround stops at the end.
+    let i2 = d.ok("GET", "/v1/changes/I2", None)["first_request"]
+        .as_u64()
+        .unwrap();
+    d.ok("DELETE", &format!("/v1/requests/{i2}"), None);
+    d.wait_for("I2 to end", |d| {
+        d.ok("GET", "/v1/changes/I2", None)["ended_ms"].is_u64()
+    });
+    let c2 = d.ok("GET", "/v1/changes/I2", None);
+    assert_eq!(c2["vms_cancelled"], 1, "{c2}");
+    let ended = c2["ended_ms"].as_u64().unwrap();
+    assert_eq!(
+        c2["turnaround_ms"].as_u64().unwrap(),
+        ended - c2["first_arrival_ms"].as_u64().unwrap()
+    );
+    assert!(first_ms <= c2["first_arrival_ms"].as_u64().unwrap());
+    d.stop();
+}
