@@ -209,3 +209,50 @@ fn changes_count_their_vms_and_page_newest_first() {
     assert!(first_ms <= c2["first_arrival_ms"].as_u64().unwrap());
     d.stop();
 }
+
+/// `/metrics` gives each configured account its usage and weight, and folds accounts that
+/// clients invent past the cap into `account="other"`.
+#[test]
+fn metrics_show_configured_accounts_and_fold_invented_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = TestDaemon::start(dir.path(), &format!("{ONE_SLOT}{FAIR}"));
+    d.wait_for("the host to be ready", |d| d.host_state("sim-1") == "ready");
+    let running = submit(&d, "big");
+    d.wait_for("big's VM to run", |d| d.running_vms(running).len() == 1);
+    let invented = berth_daemon::metrics::ACCOUNT_SERIES_OTHERS_MAX + 5;
+    for i in 0..invented {
+        submit(&d, &format!("made-up-{i:02}"));
+    }
+    let text = ureq::get(&format!("{}/metrics", d.url))
+        .set("Authorization", &format!("Bearer {}", d.token))
+        .call()
+        .unwrap()
+        .into_string()
+        .unwrap();
+    let series: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("berth_account_usage_vcpu_seconds{"))
+        .collect();
+    // big and small (configured), the capped others, and `other`.
+    assert_eq!(
+        series.len(),
+        2 + berth_daemon::metrics::ACCOUNT_SERIES_OTHERS_MAX + 1,
+        "{text}"
+    );
+    assert!(
+        text.contains("berth_account_weight{account=\"small\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("berth_account_weight{account=\"other\"} 5"),
+        "five folded accounts of weight 1: {text}"
+    );
+    let big: f64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("berth_account_usage_vcpu_seconds{account=\"big\"} "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(big > 0.0, "big's running VM counts: {text}");
+    d.stop();
+}
