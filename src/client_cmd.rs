@@ -1,4 +1,4 @@
-//! The client commands over the daemon's HTTP API: `berth request`, `vm`, `host`, `template`,
+//! The client commands over the daemon's HTTP API: `berth request`, `change`, `vm`, `host`, `template`,
 //! `events`, `hook`, `orphan` and `status`. Tables for people by default (`-o wide` for more
 //! columns, `--watch` to redraw), the API's values for scripts (`-o json|yaml`); exit codes as
 //! [`crate::exit`] documents them.
@@ -334,6 +334,10 @@ pub struct RequestArgs {
     /// and exported traces group requests by it.
     #[arg(long)]
     change: Option<String>,
+    /// The account (team or project) charged for it under fair share (default: the
+    /// requester).
+    #[arg(long)]
+    account: Option<String>,
     /// Who asks, when not the token's name (a CI coordinator naming its user or team).
     #[arg(long)]
     requester: Option<String>,
@@ -446,6 +450,7 @@ fn submit(c: &Client, args: RequestArgs) -> anyhow::Result<ExitCode> {
         pending_deadline_s: args.deadline.map(secs),
         expected_run_s: args.expected_run.map(secs),
         change: args.change,
+        account: args.account,
         requester: args.requester,
     };
     // The event stream opens before the submit, so that no change of the new request is
@@ -550,6 +555,7 @@ fn request_text(v: &api::RequestDetail, c: &Client) -> String {
     if let Some(change) = &r.spec.change {
         out.push_str(&format!(", change {change}"));
     }
+    out.push_str(&format!(", account {}", r.spec.account));
     out.push('\n');
     if let Some(why) = &v.why {
         out.push_str(&format!("waiting: {}\n", why.summary));
@@ -584,6 +590,7 @@ fn requests_text(rows: &[api::RequestRow], c: &Client) -> String {
         ("AGE", false),
         ("REQUESTER", true),
         ("CHANGE", true),
+        ("ACCOUNT", true),
         ("PRIORITY", true),
         ("CAUSE", false),
     ]);
@@ -598,6 +605,7 @@ fn requests_text(rows: &[api::RequestRow], c: &Client) -> String {
             human::age(now, r.submitted_ms),
             r.spec.requester.clone(),
             or_dash(r.spec.change.as_deref()),
+            r.spec.account.clone(),
             r.spec.priority.to_string(),
             r.cause.clone(),
         ]);
@@ -1626,4 +1634,125 @@ fn confirm_or_stop(question: &str, not_done: &str) -> anyhow::Result<()> {
     } else {
         bail!("not confirmed: {not_done}")
     }
+}
+
+#[derive(Args)]
+pub struct ChangeArgs {
+    #[command(flatten)]
+    conn: Conn,
+    #[command(subcommand)]
+    action: ChangeAction,
+}
+
+#[derive(Subcommand)]
+enum ChangeAction {
+    /// Staged changes, newest first: their VMs by where they stand, and turnaround so far.
+    List {
+        /// At most this many (the daemon's default: 100).
+        #[arg(long)]
+        limit: Option<u64>,
+        #[command(flatten)]
+        watch: Watch,
+    },
+    /// One change (its id as its requests named it) with its requests.
+    Show { id: String },
+}
+
+pub fn change(args: ChangeArgs) -> anyhow::Result<ExitCode> {
+    let c = args.conn.client()?;
+    match args.action {
+        ChangeAction::List { limit, watch } => c.list(
+            watch,
+            || c.answer(c.api.changes(limit, None)),
+            |v| changes_table(&v.changes, human::now_ms()).render(c.wide()),
+        ),
+        ChangeAction::Show { id } => {
+            let v = c.answer(c.api.change(&id))?;
+            c.show(&v, |v| change_text(v, &c))?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// `open` while a request of the change waits or runs, else `ended`.
+fn change_state(r: &api::ChangeRow) -> &'static str {
+    if r.ended_ms.is_some() {
+        "ended"
+    } else {
+        "open"
+    }
+}
+
+fn changes_table(rows: &[api::ChangeRow], now: u64) -> Table {
+    let mut t = Table::new(&[
+        ("CHANGE", false),
+        ("ACCOUNT", false),
+        ("STATE", false),
+        ("WANTED", false),
+        ("WAITING", false),
+        ("STARTING", true),
+        ("RUNNING", false),
+        ("DONE", false),
+        ("FAILED", false),
+        ("CANCELLED", true),
+        ("REQUESTS", true),
+        ("FIRST ARRIVAL", false),
+        ("TURNAROUND", false),
+    ]);
+    for r in rows {
+        t.row(vec![
+            r.change.clone(),
+            r.account.clone(),
+            change_state(r).to_owned(),
+            r.vms_wanted.to_string(),
+            r.vms_waiting.to_string(),
+            r.vms_starting.to_string(),
+            r.vms_running.to_string(),
+            r.vms_done.to_string(),
+            r.vms_failed.to_string(),
+            r.vms_cancelled.to_string(),
+            r.n_requests.to_string(),
+            human::instant(r.first_arrival_ms, now),
+            human::duration(r.turnaround_ms),
+        ]);
+    }
+    t
+}
+
+fn change_text(v: &api::ChangeDetail, c: &Client) -> String {
+    let r = &v.change;
+    let now = human::now_ms();
+    let mut out = format!(
+        "change {}  account {}  {}\n",
+        r.change,
+        r.account,
+        change_state(r)
+    );
+    out.push_str(&format!(
+        "first arrival {} ({} ago), turnaround {}{}\n",
+        human::instant(r.first_arrival_ms, now),
+        human::age(now, r.first_arrival_ms),
+        human::duration(r.turnaround_ms),
+        if r.ended_ms.is_some() { "" } else { " so far" }
+    ));
+    out.push_str(&format!(
+        "VMs: {} wanted, {} waiting, {} starting, {} running, {} done, {} failed, {} cancelled\n",
+        r.vms_wanted,
+        r.vms_waiting,
+        r.vms_starting,
+        r.vms_running,
+        r.vms_done,
+        r.vms_failed,
+        r.vms_cancelled
+    ));
+    if (v.requests.len() as u64) < r.n_requests {
+        out.push_str(&format!(
+            "(the first {} of its {} requests)\n",
+            v.requests.len(),
+            r.n_requests
+        ));
+    }
+    out.push('\n');
+    out.push_str(&requests_text(&v.requests, c));
+    out
 }

@@ -4,7 +4,7 @@
 //! - `trace convert|synth|export`: convert published traces, synthesise CI workloads, export
 //!   the daemon's journal as a trace;
 //! - `serve`: the live daemon (control loop, SQLite journal, HTTP API);
-//! - `request`, `vm`, `host`, `template`, `events`, `hook`, `orphan`, `status`: clients of
+//! - `request`, `change`, `vm`, `host`, `template`, `events`, `hook`, `orphan`, `status`: clients of
 //!   the daemon's API, with the exit codes of [`exit`];
 //! - `console`: the operations console on a running daemon;
 //! - `demo`: an embedded daemon on simulated hosts, fed a synthetic CI workload, with the
@@ -54,6 +54,8 @@ enum Command {
     Serve(serve_cmd::ServeArgs),
     /// Ask the daemon for VMs (or show, list and cancel requests).
     Request(client_cmd::RequestArgs),
+    /// Staged changes: their VMs by where they stand, and their turnaround.
+    Change(client_cmd::ChangeArgs),
     /// List and show VMs, report job results, release and extend breakpoints.
     Vm(client_cmd::VmArgs),
     /// List, add, drain, resume, take offline and remove hosts.
@@ -91,6 +93,7 @@ fn main() -> ExitCode {
         Command::Trace(c) => trace_cmd::run(c),
         Command::Serve(c) => serve_cmd::run(c),
         Command::Request(c) => client_cmd::request(c),
+        Command::Change(c) => client_cmd::change(c),
         Command::Vm(c) => client_cmd::vm(c),
         Command::Host(c) => client_cmd::host(c),
         Command::Status(c) => client_cmd::status(c),

@@ -69,6 +69,9 @@ pub struct RequestSpec {
     /// caller said.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub change: Option<String>,
+    /// The account (team or project) charged for it under fair share: the one the submit
+    /// named, else the requester.
+    pub account: String,
 }
 
 /// A request (`GET /v1/requests`, the answer to a submit or a cancel).
@@ -377,4 +380,53 @@ pub struct TemplateRow {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct TemplateList {
     pub templates: Vec<TemplateRow>,
+}
+
+/// A staged change: every request that named it, and where their VMs stand.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ChangeRow {
+    /// The change's id, as its requests named it.
+    pub change: String,
+    /// The account of its first request.
+    pub account: String,
+    /// Requests that named it.
+    pub n_requests: u64,
+    /// Its first request's id (the cursor of `GET /v1/changes`).
+    pub first_request: u64,
+    /// VMs its requests asked for.
+    pub vms_wanted: u64,
+    /// VMs queued for a host.
+    pub vms_waiting: u64,
+    /// VMs placed, provisioning or booting.
+    pub vms_starting: u64,
+    /// VMs running, or held at a breakpoint.
+    pub vms_running: u64,
+    /// VMs released or done.
+    pub vms_done: u64,
+    /// VMs failed or lost.
+    pub vms_failed: u64,
+    pub vms_cancelled: u64,
+    /// When its first request arrived (ms since the epoch).
+    pub first_arrival_ms: u64,
+    /// When its last request ended; `null` while one is waiting or active.
+    pub ended_ms: Option<u64>,
+    /// From first arrival to the end, or to the daemon's clock when the answer was made while
+    /// the change is still open.
+    pub turnaround_ms: u64,
+}
+
+/// `GET /v1/changes`: a page of changes, newest first (by first request).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ChangePage {
+    pub changes: Vec<ChangeRow>,
+    /// Ask with `before=` this for the next page; `null` when nothing follows.
+    pub next_before: Option<u64>,
+}
+
+/// `GET /v1/changes/{id}`: a change and its requests, oldest first.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ChangeDetail {
+    #[serde(flatten)]
+    pub change: ChangeRow,
+    pub requests: Vec<RequestRow>,
 }

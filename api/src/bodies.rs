@@ -33,6 +33,10 @@ pub struct SubmitRequest {
     /// The staged change this request belongs to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub change: Option<String>,
+    /// The account (team or project) charged for it under fair share; the requester when
+    /// left out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub account: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hold_ttl_s: Option<u64>,
     /// Rejected if not placed by then.

@@ -237,6 +237,24 @@ impl Client {
         self.call("GET", &format!("/v1/requests/{id}"), None)
     }
 
+    /// Staged changes, newest first by first request; `before` is a page's `next_before`.
+    pub fn changes(
+        &self,
+        limit: Option<u64>,
+        before: Option<u64>,
+    ) -> Result<api::ChangePage, ClientError> {
+        let q = query(&[
+            ("limit", limit.map(|l| l.to_string())),
+            ("before", before.map(|b| b.to_string())),
+        ]);
+        self.call("GET", &format!("/v1/changes{q}"), None)
+    }
+
+    /// A change (its id as requests named it: any text) with its requests.
+    pub fn change(&self, id: &str) -> Result<api::ChangeDetail, ClientError> {
+        self.call("GET", &format!("/v1/changes/{}", escape(id)), None)
+    }
+
     pub fn cancel(&self, id: u64) -> Result<api::RequestRow, ClientError> {
         self.call("DELETE", &format!("/v1/requests/{id}"), None)
     }

@@ -33,8 +33,9 @@ use crate::config::Role;
 use crate::control::{Actor, Answer, Msg, Query, Refusal, RefusalKind};
 use crate::feed::{Feed, Resume, Stamped};
 use crate::limits::{
-    AUDIT_LIST_DEFAULT, LIST_ANSWERS_AT_ONCE_MAX, LIST_ROWS_MAX, QUEUE_LIST_DEFAULT,
-    QUEUE_LIST_MAX, REQUEST_LIST_DEFAULT, VM_LIST_DEFAULT, list_limit,
+    AUDIT_LIST_DEFAULT, CHANGE_LIST_DEFAULT, CHANGE_LIST_MAX, CHANGE_REQUESTS_MAX,
+    LIST_ANSWERS_AT_ONCE_MAX, LIST_ROWS_MAX, QUEUE_LIST_DEFAULT, QUEUE_LIST_MAX,
+    REQUEST_LIST_DEFAULT, VM_LIST_DEFAULT, list_limit,
 };
 use crate::store::{self, VmFilter};
 use crate::wire::{WireHold, WireHost, WireInput, WireRequest, WireTemplate, check_name};
@@ -411,6 +412,8 @@ pub(crate) fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(status))
         .routes(routes!(submit, list_requests))
         .routes(routes!(get_request, cancel))
+        .routes(routes!(list_changes))
+        .routes(routes!(get_change))
         .routes(routes!(list_vms))
         .routes(routes!(get_vm))
         .routes(routes!(vm_result))
@@ -520,6 +523,9 @@ async fn submit(
     if let Some(c) = &b.change {
         crate::wire::check_text("change", c)?;
     }
+    if let Some(a) = &b.account {
+        crate::wire::check_text("account", a)?;
+    }
     let requester = b.requester.unwrap_or_else(|| actor.who.clone());
     let request = WireRequest {
         id: 0,
@@ -540,6 +546,7 @@ async fn submit(
         expected_run_ms: b.expected_run_s.map(|s| s.saturating_mul(1000)),
         requester,
         change: b.change,
+        account: b.account,
     };
     let id = send_input(&state, WireInput::Submit { request }, actor)
         .await
@@ -656,6 +663,98 @@ async fn get_request(
             request: row,
             vms,
             why,
+        },
+    )
+}
+
+/// The daemon's wall clock (ms since the epoch): what an open change's turnaround counts to.
+fn wall_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+struct ChangeListQuery {
+    /// Rows on the page (100 unless asked, at most `CHANGE_LIST_MAX`).
+    limit: Option<u64>,
+    /// Only changes whose first request is older than this one (the previous page's
+    /// `next_before`).
+    before: Option<String>,
+}
+
+/// Staged changes (the `change` requests name), newest first by first request, each with its
+/// VMs by where they stand and its turnaround so far; `next_before` pages on.
+#[utoipa::path(get, path = "/v1/changes", tag = "requests", params(ChangeListQuery),
+    responses((status = 200, body = api::ChangePage)))]
+async fn list_changes(
+    Reader(_): Reader,
+    State(state): State<AppState>,
+    q: Params<ChangeListQuery>,
+) -> ApiResult {
+    let q = params(q)?;
+    let limit = list_limit(q.limit, CHANGE_LIST_DEFAULT, CHANGE_LIST_MAX)?;
+    let before = q
+        .before
+        .as_deref()
+        .map(|b| {
+            parse_request_id(b).map_err(|_| {
+                ApiError::field(
+                    400,
+                    "before",
+                    format!("`{b}` is not a request id (7 or r7)"),
+                )
+            })
+        })
+        .transpose()?;
+    let now_ms = wall_ms();
+    let mut rows = state
+        .reads
+        .read(move |c| store::list_changes(c, before, limit + 1, now_ms))
+        .await?;
+    // One more than the page was read, to know whether there is a next one.
+    let more = rows.len() as u64 > limit;
+    rows.truncate(limit as usize);
+    let next_before = more.then(|| rows.last().map(|r| r.first_request)).flatten();
+    ok_json(
+        StatusCode::OK,
+        &api::ChangePage {
+            changes: rows,
+            next_before,
+        },
+    )
+}
+
+/// A staged change with its requests, oldest first (the first `CHANGE_REQUESTS_MAX`).
+#[utoipa::path(get, path = "/v1/changes/{id}", tag = "requests",
+    params(("id" = String, Path, description = "the change's id as its requests named it, percent-encoded")),
+    responses((status = 200, body = api::ChangeDetail)))]
+async fn get_change(
+    Reader(_): Reader,
+    State(state): State<AppState>,
+    UrlPath(id): UrlPath<String>,
+) -> ApiResult {
+    crate::wire::check_text("change", &id)?;
+    let now_ms = wall_ms();
+    let (row, requests) = state
+        .reads
+        .read(move |c| {
+            let row = store::get_change(c, &id, now_ms)?;
+            let requests = match &row {
+                Some(_) => store::change_requests(c, &id, CHANGE_REQUESTS_MAX)?,
+                None => Vec::new(),
+            };
+            Ok(row.map(|r| (r, requests)).ok_or(id))
+        })
+        .await?
+        .map_err(|id| ApiError::field(404, "change", format!("no request names change `{id}`")))?;
+    ok_json(
+        StatusCode::OK,
+        &api::ChangeDetail {
+            change: row,
+            requests,
         },
     )
 }

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use berth_sched::{Config as SchedulerConfig, Policy, ScanOrder, Weights};
+use berth_sched::{Account, Config as SchedulerConfig, FairShare, Policy, ScanOrder, Weights};
 use serde::{Deserialize, Serialize};
 
 use crate::DaemonError;
@@ -34,6 +34,8 @@ pub struct FileConfig {
     pub data_dir: Option<PathBuf>,
     #[serde(default)]
     pub scheduler: SchedSection,
+    /// Fair share between accounts; off when the section is left out.
+    pub fair_share: Option<FairShareSection>,
     #[serde(default)]
     pub probe: ProbeSection,
     #[serde(default)]
@@ -132,11 +134,125 @@ impl SchedSection {
             provision_failures_max: self.provision_failures_max,
             vm_retries_max: self.vm_retries_max,
             aging_step_ms: self.aging_step_ms,
-            // The daemon's settings for accounts come with its own change (issue 15).
             fair_share: None,
             templates: Vec::new(),
         })
     }
+}
+
+/// The longest half-life of usage under fair share: a year, in minutes.
+pub const HALF_LIFE_MINUTES_MAX: u64 = 365 * 24 * 60;
+/// The largest weight of an account under fair share.
+pub const ACCOUNT_WEIGHT_MAX: u32 = 1_000_000;
+/// The most accounts `[[fair_share.accounts]]` may list.
+pub const ACCOUNTS_MAX: usize = 10_000;
+
+/// `[fair_share]`: the queue serves the account furthest below its share first (the lowest
+/// decayed usage per unit of weight), then priority with aging, then arrival. Fixed when the
+/// database is created, like `[scheduler]`.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct FairShareSection {
+    /// Usage (vCPU-seconds, a slot counting as a vCPU) halves in this many minutes.
+    #[serde(default = "hour_minutes")]
+    pub half_life_minutes: u64,
+    /// The weight of an account `accounts` does not list.
+    #[serde(default = "one")]
+    pub default_weight: u32,
+    #[serde(default)]
+    pub accounts: Vec<AccountConfig>,
+}
+
+/// One `[[fair_share.accounts]]`: an account (team or project) and its weight.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct AccountConfig {
+    pub name: String,
+    pub weight: u32,
+}
+
+fn hour_minutes() -> u64 {
+    60
+}
+
+fn one() -> u32 {
+    1
+}
+
+impl FairShareSection {
+    /// The scheduler's fair-share settings; errors name the key.
+    pub fn to_fair_share(&self) -> Result<FairShare, DaemonError> {
+        let bad = |key: String, message: String| DaemonError::Config { key, message };
+        if !(1..=HALF_LIFE_MINUTES_MAX).contains(&self.half_life_minutes) {
+            return Err(bad(
+                "fair_share.half_life_minutes".into(),
+                format!(
+                    "must be 1 to {HALF_LIFE_MINUTES_MAX} (a year), got {}",
+                    self.half_life_minutes
+                ),
+            ));
+        }
+        let weight_ok = |w: u32| (1..=ACCOUNT_WEIGHT_MAX).contains(&w);
+        if !weight_ok(self.default_weight) {
+            return Err(bad(
+                "fair_share.default_weight".into(),
+                format!(
+                    "must be 1 to {ACCOUNT_WEIGHT_MAX}, got {}",
+                    self.default_weight
+                ),
+            ));
+        }
+        if self.accounts.len() > ACCOUNTS_MAX {
+            return Err(bad(
+                "fair_share.accounts".into(),
+                format!(
+                    "at most {ACCOUNTS_MAX} accounts, got {}",
+                    self.accounts.len()
+                ),
+            ));
+        }
+        let mut names = std::collections::BTreeSet::new();
+        for (i, a) in self.accounts.iter().enumerate() {
+            crate::wire::check_text("name", &a.name)
+                .map_err(|e| bad(format!("fair_share.accounts[{i}].{}", e.field), e.message))?;
+            if !names.insert(a.name.as_str()) {
+                return Err(bad(
+                    format!("fair_share.accounts[{i}].name"),
+                    format!("an account named `{}` is listed twice", a.name),
+                ));
+            }
+            if !weight_ok(a.weight) {
+                return Err(bad(
+                    format!("fair_share.accounts[{i}].weight"),
+                    format!("must be 1 to {ACCOUNT_WEIGHT_MAX}, got {}", a.weight),
+                ));
+            }
+        }
+        Ok(FairShare {
+            half_life_ms: self.half_life_minutes * 60_000,
+            default_weight: self.default_weight,
+            accounts: self
+                .accounts
+                .iter()
+                .map(|a| Account {
+                    name: a.name.clone(),
+                    weight: a.weight,
+                })
+                .collect(),
+        })
+    }
+}
+
+/// The scheduler's whole configuration (templates aside) from its two sections.
+pub fn scheduler_config(
+    scheduler: &SchedSection,
+    fair_share: Option<&FairShareSection>,
+) -> Result<SchedulerConfig, DaemonError> {
+    let mut c = scheduler.to_config()?;
+    c.fair_share = fair_share
+        .map(FairShareSection::to_fair_share)
+        .transpose()?;
+    Ok(c)
 }
 
 /// The host monitor.
@@ -333,7 +449,7 @@ pub fn parse(text: &str) -> Result<FileConfig, DaemonError> {
             key: e.path().to_string(),
             message: e.inner().to_string(),
         })?;
-    config.scheduler.to_config()?;
+    scheduler_config(&config.scheduler, config.fair_share.as_ref())?;
     if let Some(listen) = &config.listen {
         listen
             .parse::<SocketAddr>()
@@ -625,6 +741,64 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("hosts[0]") && err.contains("vcpu"), "{err}");
+    }
+
+    #[test]
+    fn fair_share_maps_to_the_scheduler_and_bad_values_are_named() {
+        let c = parse(
+            "[fair_share]\nhalf_life_minutes = 30\ndefault_weight = 2\n\
+             [[fair_share.accounts]]\nname = \"qt-base\"\nweight = 3\n",
+        )
+        .unwrap();
+        let s = scheduler_config(&c.scheduler, c.fair_share.as_ref()).unwrap();
+        let fair = s.fair_share.expect("fair share on");
+        assert_eq!((fair.half_life_ms, fair.default_weight), (1_800_000, 2));
+        assert_eq!(
+            fair.accounts,
+            vec![Account {
+                name: "qt-base".into(),
+                weight: 3
+            }]
+        );
+        // Left out, it is off; an empty section takes the defaults.
+        let off = parse("").unwrap();
+        assert!(off.fair_share.is_none());
+        let s = scheduler_config(&off.scheduler, None).unwrap();
+        assert!(s.fair_share.is_none());
+        let empty = parse("[fair_share]\n").unwrap();
+        let fair = empty.fair_share.unwrap().to_fair_share().unwrap();
+        assert_eq!((fair.half_life_ms, fair.default_weight), (3_600_000, 1));
+
+        let account = |name: &str, weight: u32| {
+            format!("[[fair_share.accounts]]\nname = \"{name}\"\nweight = {weight}\n")
+        };
+        for (text, key) in [
+            (
+                "[fair_share]\nhalf_life_minutes = 0\n".to_owned(),
+                "fair_share.half_life_minutes",
+            ),
+            (
+                "[fair_share]\ndefault_weight = 0\n".to_owned(),
+                "fair_share.default_weight",
+            ),
+            ("[fair_share]\nhalf_life = 3\n".to_owned(), "half_life"),
+            (
+                account("a", 1) + &account("a", 2),
+                "fair_share.accounts[1].name",
+            ),
+            (
+                account("a", 1) + &account("", 2),
+                "fair_share.accounts[1].name",
+            ),
+            (account("a", 0), "fair_share.accounts[0].weight"),
+            (
+                "[[fair_share.accounts]]\nname = \"a\"\n".to_owned(),
+                "fair_share.accounts[0]",
+            ),
+        ] {
+            let err = parse(&text).unwrap_err().to_string();
+            assert!(err.contains(key), "{text}: {err}");
+        }
     }
 
     #[test]

@@ -348,6 +348,7 @@ impl Feeder {
             expected_run_ms: Some((r.estimate_ms() / u64::from(self.time_scale)).max(1)),
             requester: r.requester.clone().unwrap_or_else(|| "demo".into()),
             change: r.change.clone(),
+            account: r.account.clone(),
         };
         let (reply, answer) = oneshot::channel();
         let msg = Msg::Apply {

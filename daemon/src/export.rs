@@ -107,6 +107,7 @@ pub(crate) fn request_record(
         .filter(|&e| e != r.duration_ms);
     r.requester = Some(w.requester.clone()).filter(|q| !q.is_empty());
     r.change = w.change.clone();
+    r.account = w.account.clone();
     r
 }
 
@@ -149,7 +150,14 @@ pub fn export(db: &Path, since_ms: Option<u64>) -> Result<Export, DaemonError> {
         })?,
         None => SchedSection::default(),
     };
-    let mut s = Scheduler::new(section.to_config()?);
+    let fair_share = match store.meta(crate::META_FAIR_SHARE)? {
+        Some(text) => crate::stored_fair_share(&text)?,
+        None => None,
+    };
+    let mut s = Scheduler::new(crate::config::scheduler_config(
+        &section,
+        fair_share.as_ref(),
+    )?);
     let mut templates_sched = BTreeMap::new();
     let mut hosts_by_id: BTreeMap<u64, WireHost> = BTreeMap::new();
     let mut templates: BTreeMap<String, WireTemplate> = BTreeMap::new();

@@ -252,6 +252,47 @@ pub(crate) fn random_token() -> std::io::Result<String> {
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
+/// The `meta` key holding the `[fair_share]` settings the database was made with (JSON; `null`
+/// when fair share is off).
+pub const META_FAIR_SHARE: &str = "fair_share";
+
+/// The fair-share settings replay must use: the ones stored with the database, as for
+/// `[scheduler]` (other settings would make other decisions than the ones the journal's
+/// results answer). A database without them predates fair share, and its journal was made
+/// without it; a new one stores `wanted`.
+fn pinned_fair_share(
+    store: &store::Store,
+    wanted: Option<&config::FairShareSection>,
+) -> Result<Option<config::FairShareSection>, DaemonError> {
+    let wanted_text = serde_json::to_string(&wanted).unwrap_or_default();
+    let stored = match store.meta(META_FAIR_SHARE)? {
+        Some(text) => text,
+        None => {
+            let text = if store.has_journal()? {
+                "null".to_owned()
+            } else {
+                wanted_text.clone()
+            };
+            store.set_meta(META_FAIR_SHARE, &text)?;
+            text
+        }
+    };
+    if stored != wanted_text {
+        tracing::warn!(
+            "the [fair_share] settings differ from the ones this database was created with; using the database's"
+        );
+    }
+    stored_fair_share(&stored)
+}
+
+/// The `[fair_share]` settings as `meta` stores them.
+pub fn stored_fair_share(text: &str) -> Result<Option<config::FairShareSection>, DaemonError> {
+    serde_json::from_str(text).map_err(|e| DaemonError::Config {
+        key: "fair_share".into(),
+        message: format!("stored settings unreadable: {e}"),
+    })
+}
+
 /// Brings a daemon up: opens (or creates) the data directory, replays the journal, starts the
 /// drivers, reconciles with the hosts, and listens.
 pub async fn start(opts: Options) -> Result<Daemon, DaemonError> {
@@ -290,7 +331,8 @@ pub async fn start(opts: Options) -> Result<Daemon, DaemonError> {
             })?
         }
     };
-    let sched_config = config::SchedSection::to_config(&sched_section)?;
+    let fair_share = pinned_fair_share(&store, opts.config.fair_share.as_ref())?;
+    let sched_config = config::scheduler_config(&sched_section, fair_share.as_ref())?;
 
     let sim = SimWorld::open(
         &data_dir.join(SIM_INVENTORY_FILE),

@@ -7,6 +7,12 @@
 pub const LIST_ROWS_MAX: u64 = 100_000;
 /// Requests (newest first) listed when no `limit` is given.
 pub const REQUEST_LIST_DEFAULT: u64 = 1000;
+/// Changes (newest first) listed when no `limit` is given.
+pub const CHANGE_LIST_DEFAULT: u64 = 100;
+/// The most changes one `GET /v1/changes` lists: each costs a grouped read of its VMs.
+pub const CHANGE_LIST_MAX: u64 = 10_000;
+/// The most requests `GET /v1/changes/{id}` shows of one change (the oldest first).
+pub const CHANGE_REQUESTS_MAX: u64 = 10_000;
 /// Audit rows (newest first) listed when no `limit` is given.
 pub const AUDIT_LIST_DEFAULT: u64 = 1000;
 /// Hook runs listed when no `limit` is given.

@@ -15,6 +15,12 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 type Labels = Vec<(String, String)>;
+
+/// Accounts the configuration does not list that get series of their own; the rest are summed
+/// under [`ACCOUNT_OTHER`].
+pub const ACCOUNT_SERIES_OTHERS_MAX: usize = 20;
+/// The `account` label of the accounts folded together.
+pub const ACCOUNT_OTHER: &str = "other";
 type GaugeF = Gauge<f64, std::sync::atomic::AtomicU64>;
 
 /// Wait and time-to-running buckets: 1 s to about 9 hours, doubling.
@@ -87,6 +93,8 @@ pub struct Metrics {
     pub(crate) hook_failures: Family<Labels, Counter>,
     pub(crate) hooks_dropped: Counter,
     api_requests: Family<Labels, Counter>,
+    account_usage: Family<Labels, GaugeF>,
+    account_weight: Family<Labels, Gauge>,
     /// When each live VM entered its current state, for provisioning and boot latency and
     /// breakpoint age. Lost at a restart: VMs in flight then are not timed.
     since: Mutex<BTreeMap<VmId, u64>>,
@@ -129,6 +137,8 @@ impl Metrics {
             hook_failures: Family::default(),
             hooks_dropped: Counter::default(),
             api_requests: Family::default(),
+            account_usage: Family::default(),
+            account_weight: Family::default(),
             since: Mutex::new(BTreeMap::new()),
             registry: Registry::default(),
         };
@@ -260,6 +270,19 @@ impl Metrics {
             "berth_api_requests",
             "HTTP API requests by route, method and status",
             m.api_requests.clone(),
+        );
+        r.register(
+            "berth_account_usage_vcpu_seconds",
+            "Under fair share, an account's decayed usage (vCPU-seconds, a slot counting as a \
+             vCPU): the configured accounts, the most using others up to a cap, the rest summed \
+             as account=\"other\"",
+            m.account_usage.clone(),
+        );
+        r.register(
+            "berth_account_weight",
+            "Under fair share, an account's weight (account=\"other\": the sum of the weights \
+             it folds in)",
+            m.account_weight.clone(),
         );
         Metrics { registry: r, ..m }
     }
@@ -451,6 +474,52 @@ impl Metrics {
                 .get_or_create(&labels(&[("state", state)]))
                 .set(n);
         }
+        self.sample_accounts(s);
+    }
+
+    /// Per account, decayed usage and weight: every configured account, and of the others
+    /// (which clients name as they like) the [`ACCOUNT_SERIES_OTHERS_MAX`] using most, the rest
+    /// summed under `account="other"`, so that no client can grow the number of series.
+    fn sample_accounts(&self, s: &Scheduler) {
+        self.account_usage.clear();
+        self.account_weight.clear();
+        let configured: std::collections::BTreeSet<&str> = s
+            .config()
+            .fair_share
+            .iter()
+            .flat_map(|f| f.accounts.iter().map(|a| a.name.as_str()))
+            .collect();
+        let accounts = s.accounts();
+        let (mut shown, mut others): (Vec<_>, Vec<_>) = accounts
+            .iter()
+            .partition(|a| configured.contains(a.name.as_str()));
+        // The most using first, then by name: a fixed choice for a given state.
+        others.sort_by(|a, b| {
+            b.usage_vcpu_s
+                .total_cmp(&a.usage_vcpu_s)
+                .then_with(|| a.name.cmp(&b.name))
+        });
+        let folded = others.split_off(others.len().min(ACCOUNT_SERIES_OTHERS_MAX));
+        shown.extend(others);
+        // An account that is itself named `other` shares the folded series.
+        let mut series: BTreeMap<&str, (f64, i64)> = BTreeMap::new();
+        for a in &shown {
+            let e = series.entry(a.name.as_str()).or_default();
+            e.0 += a.usage_vcpu_s;
+            e.1 += i64::from(a.weight);
+        }
+        if !folded.is_empty() {
+            let e = series.entry(ACCOUNT_OTHER).or_default();
+            for a in &folded {
+                e.0 += a.usage_vcpu_s;
+                e.1 += i64::from(a.weight);
+            }
+        }
+        for (name, (usage, weight)) in series {
+            let l = labels(&[("account", name)]);
+            self.account_usage.get_or_create(&l).set(usage);
+            self.account_weight.get_or_create(&l).set(weight);
+        }
     }
 
     /// The registry as OpenMetrics text.
@@ -508,6 +577,108 @@ mod tests {
         assert_eq!(host_class("sim-mac-3", &[]), "sim-mac");
         assert_eq!(host_class("builder", &[]), "builder");
         assert_eq!(host_class("kvm-x86-0001", &pool), "gpu");
+    }
+
+    /// Clients that invent accounts cannot grow the series: the configured accounts and the
+    /// most using others up to the cap get their own, the rest are summed as `other`.
+    #[test]
+    fn account_series_are_capped_and_the_rest_fold_into_other() {
+        use berth_sched::{Account, Config, FairShare, Input, ProbeReport};
+        let host = crate::config::default_hosts()
+            .into_iter()
+            .find(|h| h.name == "sim-large-1")
+            .unwrap();
+        let mut spec = host.to_spec().unwrap();
+        spec.id = berth_sched::HostId(1);
+        let template = crate::config::default_templates()[0].to_template().unwrap();
+        let mut s = Scheduler::new(Config {
+            fair_share: Some(FairShare {
+                half_life_ms: 3_600_000,
+                default_weight: 2,
+                accounts: vec![
+                    Account {
+                        name: "qt-base".into(),
+                        weight: 5,
+                    },
+                    Account {
+                        name: "qt-idle".into(),
+                        weight: 3,
+                    },
+                ],
+            }),
+            // Every VM starts at once, so every account holds the same.
+            provisioning_per_host_max: 100,
+            ..Config::default()
+        });
+        s.handle(0, Input::SetTemplate(template)).unwrap();
+        s.handle(0, Input::AddHost(spec)).unwrap();
+        s.handle(
+            0,
+            Input::Probe {
+                host: berth_sched::HostId(1),
+                result: Ok(ProbeReport {
+                    vcpus: 64,
+                    memory_mib: 262_144,
+                    images: vec!["linux".into()],
+                }),
+            },
+        )
+        .unwrap();
+        let invented = ACCOUNT_SERIES_OTHERS_MAX + 10;
+        let accounts: Vec<String> = std::iter::once("qt-base".to_owned())
+            .chain((0..invented).map(|i| format!("made-up-{i:02}")))
+            .collect();
+        for (i, account) in accounts.iter().enumerate() {
+            let mut r = berth_sched::RequestSpec::new(i as u64 + 1, "linux", 1);
+            r.account = Some(account.clone());
+            s.handle(0, Input::Submit(r)).unwrap();
+        }
+        while s.poll_action().is_some() {}
+        while s.poll_event().is_some() {}
+        s.handle(60_000, Input::Tick).unwrap();
+        let m = Metrics::new();
+        m.sample(&s, 60_000);
+        let text = m.encode();
+        let series: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("berth_account_weight{"))
+            .collect();
+        // The two configured, the capped others, and `other`.
+        assert_eq!(series.len(), 2 + ACCOUNT_SERIES_OTHERS_MAX + 1, "{text}");
+        assert!(
+            text.contains("berth_account_weight{account=\"qt-base\"} 5"),
+            "{text}"
+        );
+        // Configured but idle, it is shown all the same.
+        assert!(
+            text.contains("berth_account_weight{account=\"qt-idle\"} 3"),
+            "{text}"
+        );
+        // The ten folded accounts' default weights add up.
+        assert!(
+            text.contains("berth_account_weight{account=\"other\"} 20"),
+            "{text}"
+        );
+        let usage = |account: &str| -> f64 {
+            let prefix = format!("berth_account_usage_vcpu_seconds{{account=\"{account}\"}} ");
+            text.lines()
+                .find_map(|l| l.strip_prefix(&prefix))
+                .unwrap_or_else(|| panic!("no usage for {account}: {text}"))
+                .parse()
+                .unwrap()
+        };
+        // A running 2-vCPU VM for about a minute: about 120 vCPU-seconds, a little decayed.
+        let base = usage("qt-base");
+        assert!(base > 100.0 && base <= 120.0, "{base}");
+        assert_eq!(usage("qt-idle"), 0.0);
+        // Equal usage: the first by name get series, the last ten are summed.
+        assert_eq!(usage("made-up-19"), base);
+        assert!(!text.contains("made-up-20"), "{text}");
+        assert!((usage("other") - 10.0 * base).abs() < 1e-6, "{text}");
+        // Without fair share, no account series at all.
+        let plain = Metrics::new();
+        plain.sample(&Scheduler::new(Config::default()), 0);
+        assert!(!plain.encode().contains("berth_account_weight{"));
     }
 
     #[test]

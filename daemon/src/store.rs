@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-pub use berth_api::{AuditRow, HistoryRow, Hold, OrphanRow, RequestRow, VmRow};
+pub use berth_api::{AuditRow, ChangeRow, HistoryRow, Hold, OrphanRow, RequestRow, VmRow};
 use berth_sched::{Event, VmState};
 use rusqlite::{Connection, OptionalExtension, params};
 
@@ -142,7 +142,7 @@ const MIGRATIONS: &[&str] = &[
         reason TEXT NOT NULL
     );
     ",
-    // 2: what a request that is still active ends as once its VMs are released (a cancel
+    // 4: what a request that is still active ends as once its VMs are released (a cancel
     // answers `active` with `ending = cancelled` until then).
     "ALTER TABLE requests ADD COLUMN ending TEXT;",
     // 5: pulses, a bounded time series sampled on a wall-clock period (see `pulses`); the
@@ -155,6 +155,15 @@ const MIGRATIONS: &[&str] = &[
         running_vms INTEGER NOT NULL,
         classes TEXT NOT NULL
     );
+    ",
+    // 6: each request's staged change and account (the requester when it named none) as
+    // columns, so that changes are listed and accounts counted without reading every spec.
+    "
+    ALTER TABLE requests ADD COLUMN change TEXT;
+    ALTER TABLE requests ADD COLUMN account TEXT;
+    UPDATE requests SET change = json_extract(spec, '$.change'),
+        account = coalesce(json_extract(spec, '$.account'), json_extract(spec, '$.requester'));
+    CREATE INDEX requests_change ON requests(change, id) WHERE change IS NOT NULL;
     ",
 ];
 
@@ -295,7 +304,7 @@ impl Store {
             let mut insert = tx
                 .prepare_cached(
                     "INSERT INTO requests (id, template, count, spec, state, cause, submitted_ms,
-                     updated_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                     updated_ms, change, account) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
                 )
                 .map_err(sql("repairing requests"))?;
             for r in rows {
@@ -309,7 +318,9 @@ impl Store {
                         r.state.name(),
                         r.cause,
                         r.submitted_ms as i64,
-                        r.updated_ms as i64
+                        r.updated_ms as i64,
+                        r.spec.change,
+                        r.spec.account_name()
                     ])
                     .map_err(sql("repairing requests"))?;
             }
@@ -408,7 +419,7 @@ impl Store {
             let mut req_insert = tx
                 .prepare_cached(
                     "INSERT INTO requests (id, template, count, spec, state, cause, submitted_ms,
-                     updated_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7)",
+                     updated_ms, change, account) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, ?8, ?9)",
                 )
                 .map_err(sql("writing requests"))?;
             let mut req_update = tx
@@ -497,7 +508,9 @@ impl Store {
                                     text,
                                     to.name(),
                                     cause.to_string(),
-                                    *at_ms as i64
+                                    *at_ms as i64,
+                                    spec.change,
+                                    spec.account_name()
                                 ])
                                 .map_err(sql("writing requests"))?;
                         } else {
@@ -863,9 +876,15 @@ fn request_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RequestRow> {
         cause: r.get(4)?,
         submitted_ms: r.get::<_, i64>(5)? as u64,
         updated_ms: r.get::<_, i64>(6)? as u64,
-        spec: serde_json::from_str(&spec).map_err(|e| {
-            rusqlite::Error::FromSqlConversionFailure(7, rusqlite::types::Type::Text, Box::new(e))
-        })?,
+        spec: serde_json::from_str::<WireRequest>(&spec)
+            .map_err(|e| {
+                rusqlite::Error::FromSqlConversionFailure(
+                    7,
+                    rusqlite::types::Type::Text,
+                    Box::new(e),
+                )
+            })?
+            .to_api(),
         ending: r
             .get::<_, Option<String>>(8)?
             .map(|text| parse_named(8, &text))
@@ -907,6 +926,140 @@ pub fn list_requests(
         .map_err(sql("listing requests"))?;
     rows.collect::<Result<Vec<_>, _>>()
         .map_err(sql("listing requests"))
+}
+
+/// The requests' totals per change, with the account of each change's first request.
+const CHANGE_COLUMNS: &str = "
+    SELECT g.change, r.account, g.n, g.first_id, g.wanted, g.first_ms, g.last_ms, g.live
+    FROM (SELECT change, count(*) AS n, min(id) AS first_id, sum(count) AS wanted,
+              min(submitted_ms) AS first_ms, max(updated_ms) AS last_ms,
+              sum(state IN ('waiting', 'active')) AS live
+          FROM requests WHERE change IS NOT NULL";
+
+/// A change's row from the totals of its requests (`CHANGE_COLUMNS`) and the counts of its
+/// VMs by state; `now_ms` is what an open change's turnaround counts to.
+fn change_row(
+    conn: &Connection,
+    r: &rusqlite::Row<'_>,
+    now_ms: u64,
+) -> Result<ChangeRow, DaemonError> {
+    let get = |i: usize| -> Result<i64, DaemonError> {
+        r.get::<_, Option<i64>>(i)
+            .map(Option::unwrap_or_default)
+            .map_err(sql("listing changes"))
+    };
+    let change: String = r.get(0).map_err(sql("listing changes"))?;
+    let first_ms = get(5)? as u64;
+    let live = get(7)? > 0;
+    let ended_ms = (!live).then_some(get(6)? as u64);
+    let mut row = ChangeRow {
+        account: r
+            .get::<_, Option<String>>(1)
+            .map_err(sql("listing changes"))?
+            .unwrap_or_default(),
+        n_requests: get(2)? as u64,
+        first_request: get(3)? as u64,
+        vms_wanted: get(4)? as u64,
+        vms_waiting: 0,
+        vms_starting: 0,
+        vms_running: 0,
+        vms_done: 0,
+        vms_failed: 0,
+        vms_cancelled: 0,
+        first_arrival_ms: first_ms,
+        ended_ms,
+        turnaround_ms: ended_ms.unwrap_or(now_ms).saturating_sub(first_ms),
+        change,
+    };
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT v.state, count(*) FROM vms v WHERE v.request IN
+             (SELECT id FROM requests WHERE change = ?1) GROUP BY v.state",
+        )
+        .map_err(sql("counting a change's vms"))?;
+    let mut rows = stmt
+        .query([&row.change])
+        .map_err(sql("counting a change's vms"))?;
+    while let Some(v) = rows.next().map_err(sql("counting a change's vms"))? {
+        let state: berth_api::VmState = named(v, 0).map_err(sql("counting a change's vms"))?;
+        let n = v.get::<_, i64>(1).map_err(sql("counting a change's vms"))? as u64;
+        use berth_api::VmState as S;
+        let slot = match state {
+            S::Queued => &mut row.vms_waiting,
+            S::Placed | S::Provisioning | S::Booting => &mut row.vms_starting,
+            S::Running | S::Held => &mut row.vms_running,
+            S::Releasing | S::Done => &mut row.vms_done,
+            S::Failed | S::Lost => &mut row.vms_failed,
+            S::Cancelled => &mut row.vms_cancelled,
+        };
+        *slot += n;
+    }
+    Ok(row)
+}
+
+/// Changes whose first request is older than `before` (all when `None`), newest first, at
+/// most `limit`. Each costs one grouped read of its requests' VMs.
+pub fn list_changes(
+    conn: &Connection,
+    before: Option<u64>,
+    limit: u64,
+    now_ms: u64,
+) -> Result<Vec<ChangeRow>, DaemonError> {
+    let mut stmt = conn
+        .prepare_cached(&format!(
+            "{CHANGE_COLUMNS} GROUP BY change HAVING min(id) < ?1) g
+             JOIN requests r ON r.id = g.first_id ORDER BY g.first_id DESC LIMIT ?2"
+        ))
+        .map_err(sql("listing changes"))?;
+    let before = before.map_or(i64::MAX, |b| b.min(i64::MAX as u64) as i64);
+    let mut rows = stmt
+        .query(params![before, limit.min(i64::MAX as u64) as i64])
+        .map_err(sql("listing changes"))?;
+    let mut out = Vec::new();
+    while let Some(r) = rows.next().map_err(sql("listing changes"))? {
+        out.push(change_row(conn, r, now_ms)?);
+    }
+    Ok(out)
+}
+
+/// One change, `None` when no request named it.
+pub fn get_change(
+    conn: &Connection,
+    change: &str,
+    now_ms: u64,
+) -> Result<Option<ChangeRow>, DaemonError> {
+    let mut stmt = conn
+        .prepare_cached(&format!(
+            "{CHANGE_COLUMNS} AND change = ?1 GROUP BY change) g
+             JOIN requests r ON r.id = g.first_id"
+        ))
+        .map_err(sql("reading a change"))?;
+    let mut rows = stmt.query([change]).map_err(sql("reading a change"))?;
+    match rows.next().map_err(sql("reading a change"))? {
+        Some(r) => Ok(Some(change_row(conn, r, now_ms)?)),
+        None => Ok(None),
+    }
+}
+
+/// The requests of a change, oldest first, at most `limit`.
+pub fn change_requests(
+    conn: &Connection,
+    change: &str,
+    limit: u64,
+) -> Result<Vec<RequestRow>, DaemonError> {
+    let mut stmt = conn
+        .prepare_cached(&format!(
+            "SELECT {REQUEST_COLUMNS} WHERE change = ?1 ORDER BY id LIMIT ?2"
+        ))
+        .map_err(sql("reading a change's requests"))?;
+    let rows = stmt
+        .query_map(
+            params![change, limit.min(i64::MAX as u64) as i64],
+            request_row,
+        )
+        .map_err(sql("reading a change's requests"))?;
+    rows.collect::<Result<Vec<_>, _>>()
+        .map_err(sql("reading a change's requests"))
 }
 
 /// The orphans berth keeps on its hosts, by VM number.
@@ -1057,7 +1210,8 @@ mod tests {
                 pending_deadline_ms: None,
                 expected_run_ms: None,
                 requester: "ci".into(),
-                change: None,
+                change: Some("I42".into()),
+                account: None,
             };
             store
                 .commit(&Commit {
@@ -1088,5 +1242,76 @@ mod tests {
         assert_eq!(store.last_ids().unwrap(), (1, 1, 0));
         let row = get_request(store.conn(), 1).unwrap().unwrap();
         assert_eq!((row.state.name(), row.count), ("waiting", 2));
+        // A request that named no account is charged to its requester.
+        assert_eq!(row.spec.account, "ci");
+        let columns: (Option<String>, String) = store
+            .conn()
+            .query_row(
+                "SELECT change, account FROM requests WHERE id = 1",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        assert_eq!(columns, (Some("I42".into()), "ci".into()));
+    }
+
+    /// A database from before accounts gets its requests' change and account columns from
+    /// their specs: the account is the requester where the spec names none.
+    #[test]
+    fn migration_5_fills_change_and_account_from_old_specs() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("berth.db");
+        {
+            let mut conn = connect(&path).unwrap();
+            let tx = conn.transaction().unwrap();
+            for step in &MIGRATIONS[..4] {
+                tx.execute_batch(step).unwrap();
+            }
+            tx.pragma_update(None, "user_version", 4).unwrap();
+            tx.commit().unwrap();
+            let spec = |change: Option<&str>, account: Option<&str>| {
+                let mut v = serde_json::json!({
+                    "id": 1, "template": "linux", "count": 1, "vcpus": null, "memory_mib": null,
+                    "labels": {}, "priority": 0, "gang": false, "hold": null,
+                    "pending_deadline_ms": null, "expected_run_ms": null, "requester": "ana"
+                });
+                if let Some(c) = change {
+                    v["change"] = c.into();
+                }
+                if let Some(a) = account {
+                    v["account"] = a.into();
+                }
+                v.to_string()
+            };
+            for (id, text) in [
+                (1, spec(Some("I1"), None)),
+                (2, spec(None, Some("qt-base"))),
+            ] {
+                conn.execute(
+                    "INSERT INTO requests (id, template, count, spec, state, cause, submitted_ms,
+                     updated_ms) VALUES (?1, 'linux', 1, ?2, 'waiting', 'submitted', 1, 1)",
+                    params![id, text],
+                )
+                .unwrap();
+            }
+        }
+        let store = Store::open(&path).unwrap();
+        let mut stmt = store
+            .conn()
+            .prepare("SELECT change, account FROM requests ORDER BY id")
+            .unwrap();
+        let rows: Vec<(Option<String>, String)> = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(
+            rows,
+            vec![(Some("I1".into()), "ana".into()), (None, "qt-base".into())]
+        );
+        assert_eq!(
+            get_request(store.conn(), 2).unwrap().unwrap().spec.account,
+            "qt-base"
+        );
     }
 }

@@ -340,9 +340,41 @@ pub struct WireRequest {
     /// caller said: reports and traces group requests by it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub change: Option<String>,
+    /// The account (team or project) charged for it under fair share, if the caller said;
+    /// the requester otherwise (journals written before accounts have none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub account: Option<String>,
 }
 
 impl WireRequest {
+    /// The account it is charged to: its own, else its requester (as the scheduler reads it).
+    pub fn account_name(&self) -> &str {
+        self.account.as_deref().unwrap_or(&self.requester)
+    }
+
+    /// The API's form of the request as submitted, its account resolved.
+    pub fn to_api(&self) -> berth_api::RequestSpec {
+        berth_api::RequestSpec {
+            id: self.id,
+            template: self.template.clone(),
+            count: self.count,
+            vcpus: self.vcpus,
+            memory_mib: self.memory_mib,
+            labels: self.labels.clone(),
+            priority: self.priority,
+            gang: self.gang,
+            hold: self.hold.as_ref().map(|h| berth_api::HoldSpec {
+                owner: h.owner.clone(),
+                ttl_ms: h.ttl_ms,
+            }),
+            pending_deadline_ms: self.pending_deadline_ms,
+            expected_run_ms: self.expected_run_ms,
+            requester: self.requester.clone(),
+            change: self.change.clone(),
+            account: self.account_name().to_owned(),
+        }
+    }
+
     pub fn to_spec(&self) -> RequestSpec {
         RequestSpec {
             id: RequestId(self.id),
@@ -366,7 +398,7 @@ impl WireRequest {
             pending_deadline_ms: self.pending_deadline_ms,
             expected_run_ms: self.expected_run_ms,
             requester: self.requester.clone(),
-            account: None,
+            account: self.account.clone(),
         }
     }
 }
@@ -668,7 +700,8 @@ mod tests {
                     pending_deadline_ms: None,
                     expected_run_ms: Some(1000),
                     requester: "ci".into(),
-                    change: None,
+                    change: Some("I8473b959".into()),
+                    account: Some("qt-base".into()),
                 },
             },
             WireInput::ProvisionDone {
@@ -692,7 +725,11 @@ mod tests {
             let json = serde_json::to_string(&input).unwrap();
             let back: WireInput = serde_json::from_str(&json).unwrap();
             assert_eq!(back, input, "{json}");
-            back.to_input().unwrap();
+            let sched = back.to_input().unwrap();
+            if let (WireInput::Submit { request }, Input::Submit(spec)) = (&back, &sched) {
+                assert_eq!(spec.account_name(), request.account_name());
+                assert_eq!(spec.account.as_deref(), Some("qt-base"));
+            }
         }
     }
 }

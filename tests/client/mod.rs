@@ -313,6 +313,8 @@ fn wait_returns_when_the_vms_run_naming_them_and_their_hosts() {
             "5m",
             "--change",
             "I42",
+            "--account",
+            "qt-base",
             "--wait",
             "--timeout",
             "60s",
@@ -333,6 +335,16 @@ fn wait_returns_when_the_vms_run_naming_them_and_their_hosts() {
     assert_eq!(v["spec"]["pending_deadline_ms"], 600_000, "{v}");
     assert_eq!(v["spec"]["expected_run_ms"], 300_000, "{v}");
     assert_eq!(v["spec"]["change"], "I42", "{v}");
+    assert_eq!(v["spec"]["account"], "qt-base", "{v}");
+    let out = cli(&serve, &["request", "show", "r1"]);
+    let shown = text(&out.stdout);
+    assert!(shown.contains("change I42, account qt-base"), "{shown}");
+    let out = cli(&serve, &["request", "list", "-o", "wide"]);
+    let listed = text(&out.stdout);
+    assert!(
+        listed.contains("ACCOUNT") && listed.contains("qt-base"),
+        "{listed}"
+    );
 
     // The same answer as YAML, exact values.
     let out = cli(&serve, &["request", "show", "r1", "-o", "yaml"]);
@@ -580,4 +592,77 @@ fn the_event_stream_resumes_after_the_last_event_id() {
         Some(Ok(StreamItem::Lagged(l))) => assert!(l.daemon_restarted, "{l:?}"),
         other => panic!("expected lagged: {other:?}"),
     }
+}
+
+#[test]
+fn change_list_and_show_speak_of_changes_for_people_and_scripts() {
+    let dir = tempfile::tempdir().unwrap();
+    let serve = serve(dir.path());
+    for (change, account, count) in [
+        ("I7/1", "qt-base", "2"),
+        ("I7/1", "qt-base", "1"),
+        ("I8", "qt-tools", "1"),
+    ] {
+        let out = cli(
+            &serve,
+            &[
+                "request",
+                "--template",
+                "linux",
+                "--count",
+                count,
+                "--change",
+                change,
+                "--account",
+                account,
+            ],
+        );
+        assert_eq!(code(&out), 0, "{}", text(&out.stderr));
+    }
+    let out = cli(&serve, &["change", "list"]);
+    assert_eq!(code(&out), 0, "{}", text(&out.stderr));
+    let t = text(&out.stdout);
+    assert!(t.starts_with("CHANGE"), "{t}");
+    // Newest first: I8 above I7/1; people see the first arrival as a clock time.
+    let lines: Vec<&str> = t.lines().collect();
+    assert!(
+        lines[1].starts_with("I8 ") && lines[2].starts_with("I7/1 "),
+        "{t}"
+    );
+    assert!(
+        lines[2].contains("qt-base") && lines[2].contains("UTC"),
+        "{t}"
+    );
+    assert!(!t.contains("STARTING"), "{t}");
+    let wide = text(&cli(&serve, &["change", "list", "-o", "wide"]).stdout);
+    assert!(
+        wide.contains("STARTING") && wide.contains("REQUESTS"),
+        "{wide}"
+    );
+
+    // Scripts get the exact values.
+    let out = cli(&serve, &["change", "show", "I7/1", "-o", "json"]);
+    assert_eq!(code(&out), 0, "{}", text(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["change"], "I7/1", "{v}");
+    assert_eq!(v["vms_wanted"], 3, "{v}");
+    assert_eq!(v["n_requests"], 2, "{v}");
+    assert!(
+        v["first_arrival_ms"].as_u64().unwrap() > 1_000_000_000_000,
+        "{v}"
+    );
+    let out = cli(&serve, &["change", "show", "I7/1"]);
+    let shown = text(&out.stdout);
+    assert!(
+        shown.starts_with("change I7/1  account qt-base") && shown.contains("3 wanted"),
+        "{shown}"
+    );
+    assert!(shown.contains("r1") && shown.contains("r2"), "{shown}");
+
+    // No such change: refused by the daemon (6), naming it.
+    let out = cli(&serve, &["change", "show", "nope"]);
+    assert_eq!(code(&out), 6, "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("nope"), "{}", text(&out.stderr));
+    let out = cli(&serve, &["change", "list", "--limit", "0"]);
+    assert_eq!(code(&out), 6, "{}", text(&out.stderr));
 }

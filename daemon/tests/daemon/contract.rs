@@ -12,6 +12,8 @@ fn concrete(path: &str, vm: u64, request: u64) -> String {
         "{id}",
         &if path.starts_with("/v1/requests") {
             request.to_string()
+        } else if path.starts_with("/v1/changes") {
+            "c1".to_owned()
         } else {
             vm.to_string()
         },
@@ -202,6 +204,11 @@ fn every_answer_reads_strictly_into_its_type() {
             Some(json!({"passed": true})),
         ),
     );
+    let changes: api::ChangePage = strictly("GET /v1/changes", &d.ok("GET", "/v1/changes", None));
+    assert_eq!(changes.changes.len(), 1, "{changes:?}");
+    let change: api::ChangeDetail =
+        strictly("GET /v1/changes/{id}", &d.ok("GET", "/v1/changes/c1", None));
+    assert_eq!((change.change.vms_wanted, change.requests.len()), (2, 1));
     let _: api::AuditPage = strictly("GET /v1/audit", &d.ok("GET", "/v1/audit", None));
     let _: api::OrphanList = strictly("GET /v1/orphans", &d.ok("GET", "/v1/orphans", None));
     let _: api::HookRuns = strictly("GET /v1/hooks/runs", &d.ok("GET", "/v1/hooks/runs", None));

@@ -332,17 +332,44 @@ fn capacities_and_text_are_checked_against_named_maxima() {
 }
 
 #[test]
-fn a_requests_change_is_kept_and_exported_for_replay() {
+fn a_requests_change_and_account_are_kept_replayed_and_exported() {
     let dir = tempfile::tempdir().unwrap();
     let d = TestDaemon::start(dir.path(), CONFIG);
     let r = d.ok(
         "POST",
         "/v1/requests",
-        Some(json!({"template": "linux", "count": 2, "change": "I8f3a/2", "requester": "team-a"})),
+        Some(
+            json!({"template": "linux", "count": 2, "change": "I8f3a/2", "requester": "team-a",
+            "account": "qt-base"}),
+        ),
     );
     assert_eq!(r["spec"]["change"], "I8f3a/2", "{r}");
+    assert_eq!(r["spec"]["account"], "qt-base", "{r}");
     let id = r["id"].as_u64().unwrap();
+    // Without an account, the request is charged to its requester.
+    let other = d.ok(
+        "POST",
+        "/v1/requests",
+        Some(json!({"template": "linux", "count": 1, "requester": "ana"})),
+    );
+    assert_eq!(other["spec"]["account"], "ana", "{other}");
+    assert!(other["spec"].get("change").is_none(), "{other}");
     d.wait_for("running", |d| d.running_vms(id).len() == 2);
+    d.stop();
+    // A restart replays the journal: both survive, in the rows and in the scheduler.
+    let d = TestDaemon::start(dir.path(), CONFIG);
+    let again = d.ok("GET", &format!("/v1/requests/{id}"), None);
+    assert_eq!(again["spec"]["account"], "qt-base", "{again}");
+    assert_eq!(again["spec"]["change"], "I8f3a/2", "{again}");
+    let listed = d.ok("GET", "/v1/requests", None);
+    let first = listed["requests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["id"] == id)
+        .cloned()
+        .unwrap();
+    assert_eq!(first["spec"]["account"], "qt-base", "{listed}");
     d.stop();
     let export = berth_daemon::export::export(&dir.path().join("berth.db"), None).unwrap();
     let requests: Vec<&berth_traces::RequestRecord> = export
@@ -353,9 +380,14 @@ fn a_requests_change_is_kept_and_exported_for_replay() {
             _ => None,
         })
         .collect();
-    assert_eq!(requests.len(), 1);
+    assert_eq!(requests.len(), 2);
     assert_eq!(requests[0].change.as_deref(), Some("I8f3a/2"));
     assert_eq!(requests[0].requester.as_deref(), Some("team-a"));
+    assert_eq!(requests[0].account.as_deref(), Some("qt-base"));
+    assert_eq!(
+        requests[1].account, None,
+        "the requester's account is left implicit"
+    );
 }
 
 /// A refused call with a body is answered with `Connection: close`: the daemon did not read the

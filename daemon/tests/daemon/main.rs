@@ -19,6 +19,7 @@ use serde_json::{Value, json};
 mod console_api;
 mod contract;
 mod disk;
+mod fair;
 mod limits;
 mod observe;
 mod orphans;
@@ -558,6 +559,27 @@ fn bad_input_gets_a_4xx_naming_the_field_and_changes_nothing() {
             r#"{"template": "beos", "count": 1}"#,
             400,
             Some("template"),
+        ),
+        (
+            "POST",
+            "/v1/requests",
+            r#"{"template": "linux", "count": 1, "account": ""}"#,
+            400,
+            Some("account"),
+        ),
+        (
+            "POST",
+            "/v1/requests",
+            r#"{"template": "linux", "count": 1, "account": "qt\u001b[2Jbase"}"#,
+            400,
+            Some("account"),
+        ),
+        (
+            "POST",
+            "/v1/requests",
+            r#"{"template": "linux", "count": 1, "change": "\u202eI42"}"#,
+            400,
+            Some("change"),
         ),
         (
             "POST",
