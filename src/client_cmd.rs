@@ -937,6 +937,30 @@ struct HostAddArgs {
     images: Vec<String>,
 }
 
+/// What a draining host waits for, for people: `2 VMs left, empty in ~1h02m (15:04:00 UTC);
+/// berth-vm3 held by alice until 15:04:00 UTC`.
+fn drain_text(d: &api::DrainStatus, now: u64) -> String {
+    let n = d.blockers.len();
+    let mut text = format!("{n} VM{} left", if n == 1 { "" } else { "s" });
+    match d.eta_ms {
+        Some(eta) => text.push_str(&format!(
+            ", empty in ~{} ({})",
+            human::duration(eta.saturating_sub(now)),
+            human::instant(eta, now)
+        )),
+        None if n > 0 => text.push_str(", no estimate of when it is empty"),
+        None => {}
+    }
+    for b in d.blockers.iter().filter(|b| b.held_by.is_some()) {
+        let owner = b.held_by.as_deref().unwrap_or("?");
+        let until = b.held_until_ms.map_or_else(String::new, |u| {
+            format!(" until {}", human::instant(u, now))
+        });
+        text.push_str(&format!("; {} held by {owner}{until}", b.name));
+    }
+    text
+}
+
 fn hosts_text(hosts: &[api::HostRow], wide: bool) -> String {
     let now = human::now_ms();
     let mut t = Table::new(&[
@@ -948,6 +972,7 @@ fn hosts_text(hosts: &[api::HostRow], wide: bool) -> String {
         ("MEMORY", false),
         ("SLOTS", false),
         ("VMS", false),
+        ("DRAIN", false),
         ("LABELS", true),
         ("PROBED", true),
         ("FAILURES", true),
@@ -975,6 +1000,13 @@ fn hosts_text(hosts: &[api::HostRow], wide: bool) -> String {
                 slots.join(", ")
             },
             h.vms.to_string(),
+            match h.drain.as_ref().map(|d| d.eta_ms) {
+                None => "-".into(),
+                Some(Some(eta)) => {
+                    format!("empty in ~{}", human::duration(eta.saturating_sub(now)))
+                }
+                Some(None) => "no estimate".into(),
+            },
             if h.labels.is_empty() {
                 "-".into()
             } else {
@@ -1002,7 +1034,13 @@ fn milli(m: u64) -> String {
 
 pub fn host(args: HostArgs) -> anyhow::Result<ExitCode> {
     let c = args.conn.client()?;
-    let one = |v: &api::HostRow| format!("{} {}\n", v.name, v.state);
+    let one = |v: &api::HostRow| {
+        let now = human::now_ms();
+        match &v.drain {
+            Some(d) => format!("{} {}: {}\n", v.name, v.state, drain_text(d, now)),
+            None => format!("{} {}\n", v.name, v.state),
+        }
+    };
     match args.action {
         HostAction::List { state, watch } => c.list(
             watch,

@@ -256,6 +256,34 @@ pub struct HostRow {
     pub last_probe_ms: Option<u64>,
     pub probe_failures: u64,
     pub provision_failures: u64,
+    /// While it drains: what keeps it from maintenance, and when it should get there.
+    pub drain: Option<DrainStatus>,
+}
+
+/// What a draining host waits for: its VMs, the held ones with who holds them and until when.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct DrainStatus {
+    /// When its last VM should be gone: the latest of its VMs' hold expiries and expected ends
+    /// (a VM on it ends at its hold's expiry if held, else when expected). `null` when a VM has
+    /// no expected end yet.
+    pub eta_ms: Option<u64>,
+    /// Its VMs, held ones first, then by expected end.
+    pub blockers: Vec<DrainBlocker>,
+}
+
+/// One VM a draining host waits for.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct DrainBlocker {
+    pub vm: u64,
+    pub name: String,
+    pub request: u64,
+    pub state: VmState,
+    /// Who holds it at a breakpoint, when held.
+    pub held_by: Option<String>,
+    /// When its breakpoint expires, when held.
+    pub held_until_ms: Option<u64>,
+    /// When the scheduler expects it to end (`null` before it has an estimate).
+    pub expected_end_ms: Option<u64>,
 }
 
 impl HostRow {

@@ -109,13 +109,13 @@ fn one_run_per_sample(group: &mut BenchmarkGroup<'_, WallTime>, run: Duration) {
 /// Slow simulated hosts, so that the burst measures acceptance, not the hosts.
 const QUIET: &str = "[sim]\nlatency_scale = 1.0\n[probe]\ninterval_ms = 60000\n";
 
-/// 2,000 one-VM requests from 16 concurrent clients; the time until the last is answered
-/// (each answer comes after its batch is committed).
-fn burst_of_requests() -> Duration {
+/// 2,000 one-VM requests from `n_clients` concurrent clients; the time until the last is
+/// answered (each answer comes after its batch is committed).
+fn burst_of_requests(n_clients: usize) -> Duration {
     let b = Bench::start(QUIET);
     let next = Arc::new(AtomicUsize::new(0));
     let start = Instant::now();
-    let clients: Vec<_> = (0..16)
+    let clients: Vec<_> = (0..n_clients)
         .map(|_| {
             // A connection of its own, as separate CI coordinators would have.
             let api = Api::new(&b.api.url, b.api.token.as_deref());
@@ -155,9 +155,13 @@ fn burst_in_one_request() -> Duration {
 fn bursts(c: &mut Criterion) {
     let mut group = c.benchmark_group("daemon/burst");
     one_run_per_sample(&mut group, Duration::from_millis(200));
-    group.bench_function("requests_2000_one_vm_16_clients", |b| {
-        b.iter_custom(|runs| (0..runs).map(|_| burst_of_requests()).sum());
-    });
+    group.throughput(Throughput::Elements(2000));
+    for n_clients in [16, 32] {
+        group.bench_function(format!("requests_2000_one_vm_{n_clients}_clients"), |b| {
+            b.iter_custom(|runs| (0..runs).map(|_| burst_of_requests(n_clients)).sum());
+        });
+    }
+    group.throughput(Throughput::Elements(1));
     one_run_per_sample(&mut group, Duration::from_millis(10));
     group.bench_function("one_request_2000_vms", |b| {
         b.iter_custom(|runs| (0..runs).map(|_| burst_in_one_request()).sum());

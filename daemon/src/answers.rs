@@ -53,7 +53,11 @@ fn unsigned(n: i64) -> u64 {
 
 /// A host as the API shows it. `probe_answered` is when it last answered a probe that changed
 /// nothing (the scheduler only hears of probes that change something).
-pub(crate) fn host_row(h: &HostView<'_>, probe_answered: Option<u64>) -> api::HostRow {
+pub(crate) fn host_row(
+    s: &Scheduler,
+    h: &HostView<'_>,
+    probe_answered: Option<u64>,
+) -> api::HostRow {
     api::HostRow {
         id: h.id.0,
         name: h.name.to_owned(),
@@ -78,7 +82,40 @@ pub(crate) fn host_row(h: &HostView<'_>, probe_answered: Option<u64>) -> api::Ho
         last_probe_ms: h.last_probe_ms.max(probe_answered),
         probe_failures: h.probe_failures.into(),
         provision_failures: h.provision_failures.into(),
+        drain: (h.state == berth_sched::HostState::Draining).then(|| drain_status(s, h)),
     }
+}
+
+/// What a draining host waits for: each VM's hold (owner, expiry) or expected end, and the
+/// latest of those as its ETA.
+fn drain_status(s: &Scheduler, h: &HostView<'_>) -> api::DrainStatus {
+    let mut blockers: Vec<api::DrainBlocker> = h
+        .vms
+        .iter()
+        .filter_map(|&id| s.vm(id))
+        .map(|v| {
+            let held_by = v
+                .hold_until_ms
+                .and_then(|_| s.request(v.request))
+                .and_then(|r| r.spec.hold_on_failure.as_ref().map(|h| h.owner.clone()));
+            api::DrainBlocker {
+                vm: v.id.0,
+                name: vm_name(v.id.0),
+                request: v.request.0,
+                state: vm_state(v.state),
+                held_by,
+                held_until_ms: v.hold_until_ms,
+                expected_end_ms: (v.expected_end_ms > 0).then_some(v.expected_end_ms),
+            }
+        })
+        .collect();
+    blockers.sort_by_key(|b| (b.held_until_ms.is_none(), b.expected_end_ms, b.vm));
+    let eta_ms = blockers
+        .iter()
+        .map(|b| b.held_until_ms.or(b.expected_end_ms))
+        .try_fold(0, |latest, end| end.map(|e| latest.max(e)))
+        .filter(|_| !blockers.is_empty());
+    api::DrainStatus { eta_ms, blockers }
 }
 
 /// Why a request waits (`None` when it does not).

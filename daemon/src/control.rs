@@ -1363,7 +1363,9 @@ impl Control {
             Query::Hosts => Answer::Hosts(
                 self.s
                     .hosts()
-                    .map(|h| answers::host_row(&h, self.probe_answered.get(&h.id.0).copied()))
+                    .map(|h| {
+                        answers::host_row(&self.s, &h, self.probe_answered.get(&h.id.0).copied())
+                    })
                     .collect(),
             ),
             Query::HostId(name) => Answer::HostId(self.s.host_by_name(&name).map(|h| h.id.0)),

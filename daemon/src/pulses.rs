@@ -311,6 +311,7 @@ mod tests {
             last_probe_ms: None,
             probe_failures: 0,
             provision_failures: 0,
+            drain: None,
         }
     }
 

@@ -666,3 +666,52 @@ fn change_list_and_show_speak_of_changes_for_people_and_scripts() {
     let out = cli(&serve, &["change", "list", "--limit", "0"]);
     assert_eq!(code(&out), 6, "{}", text(&out.stderr));
 }
+
+/// `host drain` says what the host waits for: its VMs, the held ones by owner and expiry, and
+/// when it should be empty; `host list` shows the estimate.
+#[test]
+fn host_drain_names_the_breakpoint_it_waits_for() {
+    let dir = tempfile::tempdir().unwrap();
+    let serve = serve(dir.path());
+    let out = cli(
+        &serve,
+        &[
+            "request",
+            "--template",
+            "linux",
+            "--count",
+            "1",
+            "--hold-owner",
+            "alice",
+            "--wait",
+            "--timeout",
+            "30s",
+            "-o",
+            "json",
+        ],
+    );
+    assert_eq!(code(&out), 0, "{}", text(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let vm = v["vms"][0]["name"].as_str().unwrap().to_owned();
+    let host = v["vms"][0]["host"].as_str().unwrap().to_owned();
+    let out = cli(&serve, &["vm", "result", &vm, "failed"]);
+    assert_eq!(code(&out), 0, "{}", text(&out.stderr));
+    let out = cli(&serve, &["host", "drain", &host]);
+    assert_eq!(code(&out), 0, "{}", text(&out.stderr));
+    let said = text(&out.stdout);
+    assert!(
+        said.starts_with(&format!("{host} draining: 1 VM left, empty in ~")),
+        "{said}"
+    );
+    assert!(
+        said.contains(&format!("{vm} held by alice until ")),
+        "{said}"
+    );
+    let table = text(&cli(&serve, &["host", "list"]).stdout);
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with(&host) && l.contains("empty in ~")),
+        "{table}"
+    );
+}

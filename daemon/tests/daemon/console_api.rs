@@ -326,3 +326,64 @@ fn the_demo_daemon_starts_and_its_workload_flows() {
     rt.block_on(demo.stop()).unwrap();
     assert!(!data_dir.exists());
 }
+
+/// A draining host says what it waits for: a held VM with its owner and expiry, and an ETA no
+/// earlier than that expiry; once the hold is released the host reaches maintenance and the
+/// drain status is gone.
+#[test]
+fn a_draining_host_names_the_breakpoint_that_holds_it_and_when_it_ends() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = TestDaemon::start(dir.path(), super::CONFIG);
+    let r = d.ok(
+        "POST",
+        "/v1/requests",
+        Some(
+            json!({"template": "linux", "count": 1, "hold_on_failure": true,
+                    "hold_owner": "alice", "hold_ttl_s": 600}),
+        ),
+    );
+    let id = r["id"].as_u64().unwrap();
+    d.wait_for("vm running", |d| {
+        d.ok("GET", &format!("/v1/requests/{id}"), None)["vms"][0]["state"] == "running"
+    });
+    let vm = vm_ids(&d.ok("GET", &format!("/v1/requests/{id}"), None))[0];
+    let host = d.ok("GET", &format!("/v1/vms/{vm}"), None)["host"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let held = d.ok(
+        "POST",
+        &format!("/v1/vms/{vm}/result"),
+        Some(json!({"passed": false})),
+    );
+    let expires = held["hold"]["expires_ms"].as_u64().unwrap();
+    let drained = d.ok("POST", &format!("/v1/hosts/{host}/drain"), None);
+    assert_eq!(drained["state"], "draining", "{drained}");
+    let drain = &drained["drain"];
+    assert_eq!(drain["eta_ms"], expires, "{drained}");
+    let blocker = &drain["blockers"][0];
+    assert_eq!(blocker["vm"], vm, "{drained}");
+    assert_eq!(blocker["state"], "held", "{drained}");
+    assert_eq!(blocker["held_by"], "alice", "{drained}");
+    assert_eq!(blocker["held_until_ms"], expires, "{drained}");
+    // Another host, not draining, has no drain status.
+    let hosts = d.ok("GET", "/v1/hosts", None);
+    let other = hosts["hosts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h["name"] != host.as_str())
+        .unwrap();
+    assert!(other["drain"].is_null(), "{other}");
+
+    d.ok("POST", &format!("/v1/vms/{vm}/release"), None);
+    d.wait_for("host in maintenance", |d| {
+        d.ok("GET", "/v1/hosts", None)["hosts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|h| {
+                h["name"] == host.as_str() && h["state"] == "maintenance" && h["drain"].is_null()
+            })
+    });
+}
