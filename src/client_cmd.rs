@@ -559,6 +559,10 @@ fn request_text(v: &api::RequestDetail, c: &Client) -> String {
     out.push('\n');
     if let Some(why) = &v.why {
         out.push_str(&format!("waiting: {}\n", why.summary));
+        for r in &why.reasons {
+            let hosts = if r.hosts == 1 { "host " } else { "hosts" };
+            out.push_str(&format!("  {:>5} {hosts} {}\n", r.hosts, r.with_hosts()));
+        }
     }
     if !v.vms.is_empty() {
         // The shape shown is the request's, else its template's (when the daemon says).

@@ -130,6 +130,24 @@ pub enum Blocker {
 pub struct ReasonCount {
     pub reason: String,
     pub hosts: u64,
+    /// The first few of those hosts (three at most), by name.
+    #[serde(default)]
+    pub named: Vec<String>,
+}
+
+impl ReasonCount {
+    /// The reason with the hosts it names: `lack memory: sim-small-1, sim-small-2, …`.
+    pub fn with_hosts(&self) -> String {
+        if self.named.is_empty() {
+            return self.reason.clone();
+        }
+        let more = if (self.named.len() as u64) < self.hosts {
+            ", …"
+        } else {
+            ""
+        };
+        format!("{}: {}{more}", self.reason, self.named.join(", "))
+    }
 }
 
 /// Why a request waits, as the scheduler explains it.

@@ -145,6 +145,7 @@ pub(crate) fn why(s: &Scheduler, id: berth_sched::RequestId) -> Option<api::Why>
             .map(|(r, n)| api::ReasonCount {
                 reason: r.describe().to_owned(),
                 hosts: (*n).into(),
+                named: w.named.get(r).cloned().unwrap_or_default(),
             })
             .collect(),
         hosts_fit: w.hosts_fit.into(),

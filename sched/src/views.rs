@@ -78,6 +78,9 @@ pub enum Blocker {
     Reserved { head: RequestId, start_ms: u64 },
 }
 
+/// Hosts a why-waiting names per reason (the rest are counted).
+pub const WHY_HOSTS_NAMED: usize = 3;
+
 /// Why a request is still waiting: the blocker, and how many hosts fail which filter.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Why {
@@ -87,6 +90,8 @@ pub struct Why {
     pub blocker: Blocker,
     /// Hosts by the first filter each one fails now, most common first.
     pub reasons: Vec<(Reason, u32)>,
+    /// Per reason, the first `WHY_HOSTS_NAMED` hosts (in fleet order) that give it, by name.
+    pub named: BTreeMap<Reason, Vec<String>>,
     /// Hosts that could take one of its VMs now.
     pub hosts_fit: u32,
     pub hosts_total: u32,
@@ -287,6 +292,7 @@ impl Scheduler {
             return None;
         }
         let mut counts: BTreeMap<Reason, u32> = BTreeMap::new();
+        let mut named: BTreeMap<Reason, Vec<String>> = BTreeMap::new();
         let mut hosts_fit = 0;
         let mut hosts_total = 0;
         for host in self.fleet.hosts.iter().filter(|h| !h.removed) {
@@ -298,7 +304,13 @@ impl Scheduler {
                 provisioning_max: self.fleet.provisioning_max,
             };
             match first_failure(&PIPELINE, &probe) {
-                Some(reason) => *counts.entry(reason).or_default() += 1,
+                Some(reason) => {
+                    *counts.entry(reason).or_default() += 1;
+                    let names = named.entry(reason).or_default();
+                    if names.len() < WHY_HOSTS_NAMED {
+                        names.push(host.spec.name.clone());
+                    }
+                }
                 None => hosts_fit += 1,
             }
         }
@@ -329,6 +341,7 @@ impl Scheduler {
             n_waiting_vms: r.queued.len(),
             blocker,
             reasons,
+            named,
             hosts_fit,
             hosts_total,
             now_ms: self.now_ms,

@@ -715,3 +715,20 @@ fn host_drain_names_the_breakpoint_it_waits_for() {
         "{table}"
     );
 }
+
+#[test]
+fn request_show_names_the_hosts_behind_each_reason_it_waits() {
+    let dir = tempfile::tempdir().unwrap();
+    let serve = serve(dir.path());
+    // Two `linux` fit on each host: the fifth waits for vCPUs on both.
+    let out = cli(&serve, &["request", "--template", "linux", "--count", "5"]);
+    assert_eq!(code(&out), 0, "{}", text(&out.stderr));
+    let out = cli(&serve, &["request", "show", "r1"]);
+    assert_eq!(code(&out), 0, "{}", text(&out.stderr));
+    let shown = text(&out.stdout);
+    assert!(shown.contains("waiting: "), "{shown}");
+    assert!(
+        shown.contains("2 hosts lack vcpus: kvm-1, kvm-2\n"),
+        "{shown}"
+    );
+}

@@ -146,7 +146,11 @@ pub fn request(r: api::RequestRow, why: Option<api::Why>) -> Request {
         state: r.state.name().to_owned(),
         why: why.map(|w| Why {
             summary: w.summary,
-            reasons: w.reasons.into_iter().map(|r| (r.reason, r.hosts)).collect(),
+            reasons: w
+                .reasons
+                .into_iter()
+                .map(|r| (r.with_hosts(), r.hosts))
+                .collect(),
         }),
     }
 }

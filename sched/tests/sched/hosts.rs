@@ -212,6 +212,10 @@ fn consecutive_provisioning_failures_trip_the_circuit_breaker() {
     assert!(out.provisions().is_empty());
     let why = w.s.why(RequestId(1)).unwrap();
     assert_eq!(why.reasons, vec![(Reason::HostError, 1)]);
+    assert_eq!(
+        why.named[&Reason::HostError],
+        vec![w.host(1).name.to_owned()]
+    );
 }
 
 #[test]

@@ -670,6 +670,14 @@ impl Run {
                             assert_eq!(why.n_waiting_vms, view.n_queued);
                             assert!(view.n_queued > 0, "{id} waits for nothing");
                             assert_eq!(why.hosts_total as usize, hosts.len());
+                            for (reason, n) in &why.reasons {
+                                let named = why.named.get(reason).map_or(0, Vec::len);
+                                assert_eq!(
+                                    named,
+                                    (*n as usize).min(berth_sched::WHY_HOSTS_NAMED),
+                                    "{id}: {reason:?} counts {n} hosts but names {named}"
+                                );
+                            }
                         }
                         RequestState::Active => {
                             assert_eq!(in_queue, 0, "{id} is active but queued");
