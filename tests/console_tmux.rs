@@ -319,6 +319,12 @@ fn console_at_80x24_counts_a_wait_on_an_idle_daemon_and_names_a_drains_blocker()
         s.contains("VMs on sim-small-1 (1)").then_some(s)
     });
     assert!(host.contains(&format!("berth-vm{vm}  ‖ held")), "{host}");
+    // Its details say what the drain waits for, and until when.
+    let held = format!("berth-vm{vm} held by alice until");
+    wait_for("the host's drain blockers", Duration::from_secs(10), || {
+        let s = capture(&socket);
+        (s.contains("waits for") && s.contains(&held)).then_some(())
+    });
     send(&socket, &["Enter"]);
     wait_for("the VM's details", Duration::from_secs(10), || {
         let s = capture(&socket);

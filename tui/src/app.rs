@@ -1931,7 +1931,7 @@ fn extend_consequence(seconds: u64) -> String {
     )
 }
 
-fn plural(n: usize, what: &str) -> String {
+pub(crate) fn plural(n: usize, what: &str) -> String {
     if n == 1 {
         format!("1 {what}")
     } else {

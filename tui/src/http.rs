@@ -155,6 +155,48 @@ pub fn request(r: api::RequestRow, why: Option<api::Why>) -> Request {
     }
 }
 
+/// Blockers of a drain a host's detail lists; the rest are counted.
+const DRAIN_BLOCKERS_SHOWN: usize = 5;
+
+/// What a draining host waits for, as detail fields: how many VMs are left and when it should
+/// be empty, then its VMs (held ones first, as the daemon orders them) with who holds each and
+/// until when, or when each is expected to end.
+fn drain_fields(d: &api::DrainStatus) -> Vec<(String, String)> {
+    let n = d.blockers.len();
+    let mut summary = format!("{} left", crate::app::plural(n, "VM"));
+    match d.eta_ms {
+        Some(eta) => summary.push_str(&format!(", empty by {} UTC", crate::app::clock(eta))),
+        None if n > 0 => summary.push_str(", no estimate of when it is empty"),
+        None => {}
+    }
+    let mut fields = vec![("drain".to_owned(), summary)];
+    for b in d.blockers.iter().take(DRAIN_BLOCKERS_SHOWN) {
+        let what = match (&b.held_by, b.held_until_ms, b.expected_end_ms) {
+            (Some(owner), Some(until), _) => format!(
+                "{} held by {owner} until {} UTC",
+                b.name,
+                crate::app::clock(until)
+            ),
+            (Some(owner), None, _) => format!("{} held by {owner}", b.name),
+            (None, _, Some(end)) => format!(
+                "{} {}, expected to end {} UTC",
+                b.name,
+                b.state.name(),
+                crate::app::clock(end)
+            ),
+            (None, _, None) => format!("{} {}", b.name, b.state.name()),
+        };
+        fields.push(("  waits for".to_owned(), what));
+    }
+    if n > DRAIN_BLOCKERS_SHOWN {
+        fields.push((
+            "  waits for".to_owned(),
+            format!("… and {} more", n - DRAIN_BLOCKERS_SHOWN),
+        ));
+    }
+    fields
+}
+
 /// A VM row from `GET /v1/vms`.
 pub fn vm(v: &api::VmRow) -> Vm {
     Vm {
@@ -308,6 +350,10 @@ impl Source for HttpSource {
                     .find(|h| &h.name == name)
                     .ok_or_else(|| SourceError::Unsupported(format!("no host named {name}")))?;
                 fields.push(("state".into(), h.state.name().to_owned()));
+                // What a drain waits for comes first: at 80×24 the box shows only the top.
+                if let Some(d) = &h.drain {
+                    fields.extend(drain_fields(d));
+                }
                 fields.push(("driver".into(), h.driver.clone()));
                 fields.push((
                     "vcpus".into(),
@@ -779,6 +825,49 @@ mod tests {
         }));
         assert_eq!(e.subject, "berth-vm3");
         assert_eq!(e.text, "booting → running (boot done) on sim-small-1");
+    }
+
+    #[test]
+    fn a_draining_hosts_detail_names_its_holds_and_when_it_empties() {
+        let blocker = |vm: u64, held: Option<(&str, u64)>, end: Option<u64>| api::DrainBlocker {
+            vm,
+            name: format!("berth-vm{vm}"),
+            request: 1,
+            state: api::VmState::Running,
+            held_by: held.map(|h| h.0.to_owned()),
+            held_until_ms: held.map(|h| h.1),
+            expected_end_ms: end,
+        };
+        // 14:00:00 UTC on some day, and later.
+        let t = 1_796_392_800_000;
+        let mut blockers = vec![blocker(3, Some(("alice", t + 3_600_000)), None)];
+        blockers.extend((4..10).map(|vm| blocker(vm, None, Some(t + 60_000))));
+        let d = api::DrainStatus {
+            eta_ms: Some(t + 3_600_000),
+            blockers,
+        };
+        let fields = drain_fields(&d);
+        let text: Vec<String> = fields.iter().map(|(k, v)| format!("{k}: {v}")).collect();
+        assert_eq!(
+            text,
+            [
+                "drain: 7 VMs left, empty by 15:00:00 UTC",
+                "  waits for: berth-vm3 held by alice until 15:00:00 UTC",
+                "  waits for: berth-vm4 running, expected to end 14:01:00 UTC",
+                "  waits for: berth-vm5 running, expected to end 14:01:00 UTC",
+                "  waits for: berth-vm6 running, expected to end 14:01:00 UTC",
+                "  waits for: berth-vm7 running, expected to end 14:01:00 UTC",
+                "  waits for: … and 2 more",
+            ]
+        );
+        let empty = api::DrainStatus {
+            eta_ms: None,
+            blockers: vec![blocker(3, None, None)],
+        };
+        assert_eq!(
+            drain_fields(&empty)[0].1,
+            "1 VM left, no estimate of when it is empty"
+        );
     }
 
     #[test]
