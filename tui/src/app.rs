@@ -92,6 +92,8 @@ pub struct Confirm {
     pub extend_s: u64,
     /// What else the operator should know before confirming (breakpoints that pin a drain).
     pub note: Option<String>,
+    /// For a drain: the held VMs on its hosts, which `r` releases with the drain.
+    pub held: Vec<u64>,
 }
 
 /// A window over the screens.
@@ -896,6 +898,16 @@ impl App {
                 }
                 match k.code {
                     KeyCode::Char('y') | KeyCode::Enter => self.confirmed(),
+                    KeyCode::Char('r') if c.kind == KeyAction::Drain && !c.held.is_empty() => {
+                        let held = c.held.clone();
+                        let mut cmds = self.confirmed();
+                        self.pending_actions += held.len();
+                        cmds.extend(
+                            held.into_iter()
+                                .map(|vm| Command::Perform(Action::Release(vm))),
+                        );
+                        cmds
+                    }
                     KeyCode::Char('n') | KeyCode::Char('q') => {
                         self.popup = None;
                         self.flash = Some("cancelled: nothing changed".into());
@@ -1213,6 +1225,11 @@ impl App {
             KeyAction::Extend => self.draining_hosts_of(&targets),
             _ => None,
         };
+        let held = if kind == KeyAction::Drain {
+            self.held_on(&targets)
+        } else {
+            vec![]
+        };
         let type_to_confirm = (kind == KeyAction::Offline).then(|| targets[0].clone());
         let cmds = if kind == KeyAction::Drain {
             vec![Command::PredictDrain(targets.clone())]
@@ -1230,8 +1247,19 @@ impl App {
             forecast,
             extend_s: EXTEND_DEFAULT_S,
             note,
+            held,
         })));
         cmds
+    }
+
+    /// The held VMs on these hosts.
+    fn held_on(&self, hosts: &[String]) -> Vec<u64> {
+        self.snap
+            .breakpoints
+            .iter()
+            .filter(|b| b.host.as_ref().is_some_and(|h| hosts.contains(h)))
+            .map(|b| b.vm)
+            .collect()
     }
 
     /// The breakpoints on these hosts, which a drain waits for: who holds each and when it
@@ -1259,8 +1287,7 @@ impl App {
         (!held.is_empty()).then(|| {
             let them = if held.len() == 1 { "it" } else { "them" };
             format!(
-                "the drain waits for {}: {}; release {them} on the breakpoints screen (B) to \
-                 finish sooner",
+                "the drain waits for {}: {}; r drains and releases {them} now",
                 plural(held.len(), "breakpoint"),
                 held.join("; ")
             )

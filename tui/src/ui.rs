@@ -1268,6 +1268,14 @@ fn draw_confirm(f: &mut Frame, theme: Theme, c: &Confirm, area: Rect) {
     } else {
         lines.push(Line::from(vec![
             Span::styled(format!("y/Enter: {verb}"), theme.bold()),
+            Span::raw(if c.held.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    "    r: {verb} and release {}",
+                    crate::app::plural(c.held.len(), "held VM")
+                )
+            }),
             Span::raw("    n/Esc: back"),
             Span::raw(if c.kind == KeyAction::Extend {
                 "    +/-: 1h more/less"

@@ -312,6 +312,37 @@ fn drains_and_extends_name_the_breakpoints_that_pin_a_draining_host() {
     assert_eq!(c.note, None);
 }
 
+#[test]
+fn a_drain_dialog_offers_to_release_the_breakpoints_that_pin_it() {
+    let mut a = app(80, 24, false);
+    keys(&mut a, "n");
+    command(&mut a, "drain sim-small-2");
+    let Some(Popup::Confirm(c)) = &a.popup else {
+        panic!("no dialog")
+    };
+    assert_eq!(c.held, [104]);
+    let note = c.note.as_deref().unwrap_or_default();
+    assert!(
+        note.contains("berth-vm104 on sim-small-2 held by alice") && note.contains("r drains"),
+        "{note}"
+    );
+    assert_eq!(
+        keys(&mut a, "r"),
+        [
+            Command::Perform(Action::Drain("sim-small-2".into())),
+            Command::Perform(Action::Release(104)),
+        ]
+    );
+    // Without a hold there, `r` does nothing.
+    command(&mut a, "drain sim-small-1");
+    let Some(Popup::Confirm(c)) = &a.popup else {
+        panic!("no dialog")
+    };
+    assert!(c.held.is_empty());
+    assert_eq!(keys(&mut a, "r"), []);
+    assert!(a.popup.is_some());
+}
+
 /// Types `:text` and Enter.
 fn command(a: &mut berth_tui::App, text: &str) -> Vec<Command> {
     keys(a, &format!(":{text}"));
