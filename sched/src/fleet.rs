@@ -470,12 +470,14 @@ pub(crate) struct Fleet {
     pub changed: Vec<usize>,
 }
 
-/// The static side of a host: two hosts of one class take the same VMs when empty.
+/// The static side of a host: two hosts of one class take the same VMs when empty. A host
+/// never probed has no known capacity yet, so it is a class of its own kind.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) struct StaticClass {
     driver: DriverKind,
     labels: Vec<u32>,
     capacity: Amount,
+    pub probed: bool,
 }
 
 impl StaticClass {
@@ -484,6 +486,7 @@ impl StaticClass {
             driver: host.spec.driver,
             labels: host.labels.clone(),
             capacity: host.capacity,
+            probed: host.probed_ok,
         }
     }
 }

@@ -133,9 +133,9 @@ impl Scheduler {
                 let changed = self.fleet.update_static(idx, |h| {
                     h.last_probe_ms = Some(now);
                     h.probe_failures = 0;
-                    h.probed_ok = true;
+                    let first = !std::mem::replace(&mut h.probed_ok, true);
                     fleet::set_images(h, &report.images, images);
-                    std::mem::replace(&mut h.capacity, capacity) != capacity
+                    std::mem::replace(&mut h.capacity, capacity) != capacity || first
                 });
                 if changed {
                     self.fleet_changed();

@@ -9,7 +9,7 @@ use crate::input::InputError;
 use crate::model::{RequestId, RequestSpec, RequestState, Shape, Template, VmId, VmState};
 use crate::output::{Cause, Event, VmSpec};
 use crate::placement::Reason;
-use crate::placement::filter::{Probe, STATIC, first_failure};
+use crate::placement::filter::{KNOWN_UNPROBED, Probe, STATIC, first_failure};
 use crate::queue::{Kind, Wait};
 
 /// The most VMs one request may ask for.
@@ -151,7 +151,7 @@ impl Scheduler {
         let mut room: i64 = 0;
         let mut reasons: BTreeMap<Reason, u32> = BTreeMap::new();
         let mut n_hosts = 0u32;
-        for members in self.fleet.classes.values() {
+        for (class, members) in &self.fleet.classes {
             let Some(&first) = members.first() else {
                 continue;
             };
@@ -164,6 +164,15 @@ impl Scheduler {
                 need,
                 provisioning_max: self.fleet.provisioning_max,
             };
+            // A host not yet probed has no known capacity: if its driver and labels suit, it
+            // may take any number, and its first probe decides (the fleet changes then).
+            if !class.probed {
+                match first_failure(&KNOWN_UNPROBED, &probe) {
+                    Some(r) => *reasons.entry(r).or_default() += n,
+                    None => room = i64::MAX,
+                }
+                continue;
+            }
             match first_failure(&STATIC, &probe) {
                 Some(r) => *reasons.entry(r).or_default() += n,
                 None => {

@@ -75,6 +75,40 @@ fn an_added_host_is_unknown_until_a_probe_says_ready() {
     );
 }
 
+/// A daemon adds its configured hosts with a placeholder capacity (1 vCPU, 1 MiB: the probe
+/// measures the real one): a request that arrives before the first probe waits for it, and
+/// only the measured capacity decides whether it could ever fit.
+#[test]
+fn a_request_before_the_first_probe_waits_for_the_capacity_the_probe_measures() {
+    let mut w = World::new(config());
+    let mut spec = host(1, 1, 0);
+    spec.memory_mib = 1;
+    w.input(Input::AddHost(spec.clone()));
+    let out = w.submit(RequestSpec::new(1, "linux", 1));
+    assert_eq!(
+        w.s.request(RequestId(1)).unwrap().state,
+        RequestState::Waiting
+    );
+    assert!(out.provisions().is_empty());
+    // A request no probe can help (a slot the host is not configured with) is refused at once.
+    let out = w.submit(RequestSpec::new(2, "macos", 1));
+    assert!(
+        crate::support::log(&out.events).contains("r2 new -> rejected"),
+        "{}",
+        crate::support::log(&out.events)
+    );
+
+    let mut measured = spec.clone();
+    (measured.vcpus, measured.memory_mib) = (8, 1024);
+    let out = w.at(10).input(probe_ok(&measured));
+    assert!(out.provisions().is_empty(), "{out:?}");
+    let log = crate::support::log(&out.events);
+    assert!(
+        log.contains("r1 waiting -> rejected (no host could ever fit it"),
+        "1 GiB cannot take 4 GiB: {log}"
+    );
+}
+
 #[test]
 fn failed_probes_put_the_host_in_error_and_its_vms_are_lost_and_replaced() {
     let mut w = two_hosts_running_r1();

@@ -46,6 +46,10 @@ pub(crate) const STATIC: [Filter; 5] = [
     slots::FILTER,
 ];
 
+/// The static filters that hold before a host's first probe: what it is configured as (its
+/// driver, labels and slots), not what it measures.
+pub(crate) const KNOWN_UNPROBED: [Filter; 3] = [driver::FILTER, labels::FILTER, slots::FILTER];
+
 pub(crate) fn first_failure(filters: &[Filter], probe: &Probe<'_>) -> Option<Reason> {
     filters.iter().find_map(|f| (f.check)(probe))
 }
