@@ -801,6 +801,9 @@ pub fn vm(args: VmArgs) -> anyhow::Result<ExitCode> {
                     .shapes(&BTreeSet::from([v.vm.request]))
                     .unwrap_or_default();
                 let mut out = vms_table(std::slice::from_ref(&v.vm), &shapes, now).render(true);
+                if let Some(detail) = &v.vm.detail {
+                    out.push_str(&format!("now: {detail}\n"));
+                }
                 out.push('\n');
                 let mut t = Table::new(&[
                     ("AT", false),

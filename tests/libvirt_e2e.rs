@@ -64,6 +64,26 @@ fn domstate(uri: &str, name: &str) -> Option<String> {
     virsh(uri, &["domstate", name])
 }
 
+/// The config of the one libvirt host `local` at `uri`, its images in `images`.
+fn local_host(uri: &str, images: &Path) -> String {
+    format!(
+        r#"
+[[hosts]]
+name = "local"
+driver = "libvirt"
+# CI machines have two cores: three 1-vCPU guests share them.
+cpu_overcommit_milli = 4000
+[hosts.options]
+uri = "{uri}"
+image_dir = "{images}"
+boot_marker = "{MARKER}"
+boot_timeout_ms = "240000"
+min_free_disk_mib = "64"
+"#,
+        images = images.display()
+    )
+}
+
 /// A `berth serve` process with its directories; dropping it stops the daemon and removes
 /// whatever a failed test left on the host.
 struct Serve {
@@ -79,24 +99,7 @@ struct Serve {
 impl Serve {
     /// A daemon with one libvirt host at `uri` from its config file.
     fn start(uri: &str, image: &Path) -> Serve {
-        Serve::start_with(uri, image, |images| {
-            format!(
-                r#"
-[[hosts]]
-name = "local"
-driver = "libvirt"
-# CI machines have two cores: three 1-vCPU guests share them.
-cpu_overcommit_milli = 4000
-[hosts.options]
-uri = "{uri}"
-image_dir = "{images}"
-boot_marker = "{MARKER}"
-boot_timeout_ms = "240000"
-min_free_disk_mib = "64"
-"#,
-                images = images.display()
-            )
-        })
+        Serve::start_with(uri, image, |images| local_host(uri, images))
     }
 
     /// A daemon whose config file ends with `hosts(image_dir)`; `uri` is where the test looks
@@ -181,8 +184,11 @@ domain_type = "qemu"
             }
             std::thread::sleep(Duration::from_millis(250));
         }
+        // What the daemon thinks of its hosts and requests says why, beside its log.
+        let hosts = self.ok("GET", "/v1/hosts", None);
+        let requests = self.ok("GET", "/v1/requests", None);
         panic!(
-            "timed out after {limit:?} waiting for {what}\n{}",
+            "timed out after {limit:?} waiting for {what}\nhosts: {hosts}\nrequests: {requests}\n{}",
             self.log()
         );
     }
@@ -478,5 +484,127 @@ fn berth_host_add_runs_a_guest_on_a_libvirt_host_over_ssh() {
     assert!(
         sshd_log.contains(&format!("Accepted publickey for {}", fx.user)),
         "every call crossed sshd: {sshd_log}"
+    );
+}
+
+/// An HTTP image store on loopback that serves the files in `dir` slowly (64 KiB every 30
+/// ms, about 2 MB/s), so that a pull of the tiny guest takes seconds and its progress shows.
+fn slow_http_store(dir: PathBuf) -> String {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            let dir = dir.clone();
+            std::thread::spawn(move || {
+                let mut line = String::new();
+                let mut reader = BufReader::new(conn.try_clone().unwrap());
+                reader.read_line(&mut line).unwrap_or_default();
+                // The rest of the head, up to the empty line.
+                let mut header = String::new();
+                while reader.read_line(&mut header).unwrap_or(0) > 2 {
+                    header.clear();
+                }
+                let path = line.split_whitespace().nth(1).unwrap_or("/");
+                let Ok(body) = std::fs::read(dir.join(path.trim_start_matches('/'))) else {
+                    let _ = conn.write_all(
+                        b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                    );
+                    return;
+                };
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    body.len()
+                );
+                if conn.write_all(head.as_bytes()).is_err() {
+                    return;
+                }
+                for chunk in body.chunks(64 * 1024) {
+                    if conn.write_all(chunk).is_err() {
+                        return;
+                    }
+                    std::thread::sleep(Duration::from_millis(30));
+                }
+            });
+        }
+    });
+    url
+}
+
+#[test]
+fn berth_serve_pulls_a_missing_base_image_from_a_store_and_shows_its_progress() {
+    let Some(LiveLibvirt { uri, image }) = berth_testkit::live_libvirt() else {
+        return;
+    };
+    let _lock = libvirtd_to_ourselves();
+    // The store holds `pulled`, which the host's image directory lacks.
+    let store = tempfile::tempdir().unwrap();
+    let bytes = std::fs::read(&image).unwrap();
+    std::fs::write(store.path().join("pulled.qcow2"), &bytes).unwrap();
+    let digest = berth_drivers::images::Sha256Digest::of(&bytes);
+    std::fs::write(
+        store.path().join("pulled.qcow2.sha256"),
+        format!("{digest}  pulled.qcow2\n"),
+    )
+    .unwrap();
+    let store_url = slow_http_store(store.path().to_owned());
+    let serve = Serve::start_with(&uri, &image, |images| {
+        format!(
+            r#"
+[drivers]
+image_store = "{store_url}"
+
+{host}
+[[templates]]
+name = "pulled"
+guest_os = "linux"
+base_image = "pulled"
+drivers = ["libvirt"]
+vcpus = 1
+memory_mib = 256
+expected_boot_ms = 10000
+domain_type = "qemu"
+"#,
+            host = local_host(&uri, images)
+        )
+    });
+    assert!(!serve.file("pulled.qcow2").exists());
+    let r = serve.ok(
+        "POST",
+        "/v1/requests",
+        Some(json!({"template": "pulled", "count": 2})),
+    );
+    let r = r["id"].as_u64().unwrap();
+    // While the image travels, a VM's detail says how far it has come.
+    let mut seen = Vec::new();
+    serve.wait_for("a pull in progress", Duration::from_secs(60), |s| {
+        for v in s.request_vms(r) {
+            let d = s.vm(v["id"].as_u64().unwrap());
+            if let Some(detail) = d["detail"].as_str() {
+                seen.push(detail.to_owned());
+            }
+        }
+        seen.iter().any(|d| d.starts_with("pulling pulled.qcow2 "))
+    });
+    let vm = serve.request_vms(r)[0]["id"].as_u64().unwrap();
+    serve.wait_for("both guests running", BOOT_WAIT, |s| {
+        s.request_vms(r).iter().all(|v| v["state"] == "running")
+    });
+    // The pulled image is the store's, byte for byte, and both VMs' overlays sit on it.
+    let pulled = std::fs::read(serve.file("pulled.qcow2")).unwrap();
+    assert_eq!(berth_drivers::images::Sha256Digest::of(&pulled), digest);
+    assert!(!serve.file("pulled.qcow2.pulling").exists());
+    // Pulled once: the daemon logged one pull for the two VMs.
+    let log = serve.log();
+    assert_eq!(
+        log.matches("pulling a base image").count(),
+        1,
+        "{seen:?}\n{log}"
+    );
+    serve.ok(
+        "POST",
+        &format!("/v1/vms/{vm}/result"),
+        Some(json!({"passed": true})),
     );
 }

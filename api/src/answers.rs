@@ -201,6 +201,10 @@ pub struct VmRow {
     /// The breakpoint of a held VM.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hold: Option<Hold>,
+    /// What a provisioning VM waits for now, when the daemon knows (`pulling linux.qcow2
+    /// 41%`); given by `GET /v1/vms/{id}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
 }
 
 /// `GET /v1/vms`: a page of VMs by number.

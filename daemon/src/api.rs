@@ -134,6 +134,8 @@ pub struct AppState {
     pub(crate) templates: Arc<Vec<WireTemplate>>,
     /// How pulses are sampled and kept (`GET /v1/pulses`).
     pub(crate) pulses: crate::config::PulsesSection,
+    /// The drivers' pulls of base images, for what a provisioning VM waits for.
+    pub(crate) pulls: berth_drivers::images::Pulls,
 }
 
 /// An error answer: its HTTP status, what went wrong, and the field at fault when one is.
@@ -860,7 +862,8 @@ async fn get_vm(
         .read(move |c| Ok((store::get_vm(c, id)?, store::vm_history(c, id)?)))
         .await?;
     let row = row.ok_or_else(|| ApiError::field(404, "vm", format!("no vm {id}")))?;
-    let vm = with_hold(&state, row).await?;
+    let mut vm = with_hold(&state, row).await?;
+    vm.detail = pull_detail(&state, &vm);
     ok_json(StatusCode::OK, &api::VmDetail { vm, history })
 }
 
@@ -886,6 +889,21 @@ async fn hold_rows(state: &AppState, ids: Vec<u64>) -> Result<BTreeMap<u64, api:
             .collect()),
         _ => Err(unexpected()),
     }
+}
+
+/// What a provisioning VM waits for: the pull of its template's base image to its host, while
+/// one runs (`pulling linux.qcow2 41%`).
+fn pull_detail(state: &AppState, vm: &api::VmRow) -> Option<String> {
+    if vm.state != api::VmState::Provisioning {
+        return None;
+    }
+    let template = state
+        .templates
+        .iter()
+        .find(|t| Some(&t.name) == vm.template.as_ref())?;
+    let base = template.base_image.as_deref().unwrap_or(&template.name);
+    let progress = state.pulls.progress(vm.host.as_deref()?, base)?;
+    Some(progress.to_string())
 }
 
 /// A VM row with its breakpoint, if it is held.

@@ -409,6 +409,11 @@ pub struct DriversSection {
     pub known_hosts: Option<PathBuf>,
     /// The image directory on libvirt hosts; default the driver's (`/var/lib/berth/images`).
     pub image_dir: Option<String>,
+    /// Where libvirt hosts pull base images they lack from: a directory (a network mount
+    /// works) or an `http://` URL holding `NAME.qcow2` and `NAME.qcow2.sha256`. A host's own
+    /// `image_store` option overrides it; without either, a missing base image is the host's
+    /// error.
+    pub image_store: Option<String>,
 }
 
 /// What a token may do (the API's names: `read-only`, `operator`).
@@ -456,6 +461,14 @@ pub fn parse(text: &str) -> Result<FileConfig, DaemonError> {
             .map_err(|e| DaemonError::Config {
                 key: "listen".into(),
                 message: format!("`{listen}`: {e}"),
+            })?;
+    }
+    if let Some(store) = &config.drivers.image_store {
+        store
+            .parse::<berth_drivers::images::ImageStore>()
+            .map_err(|e| DaemonError::Config {
+                key: "drivers.image_store".into(),
+                message: e.message,
             })?;
     }
     if !(config.sim.latency_scale >= 0.0 && config.sim.latency_scale.is_finite()) {
@@ -701,6 +714,14 @@ mod tests {
         assert!(err.contains("scheduler.policy"), "{err}");
         let err = parse("listen = \"nowhere\"\n").unwrap_err().to_string();
         assert!(err.contains("listen"), "{err}");
+        let err = parse("[drivers]\nimage_store = \"images\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("drivers.image_store") && err.contains("absolute directory"),
+            "{err}"
+        );
+        parse("[drivers]\nimage_store = \"http://mirror:8080/images\"\n").expect("a store");
     }
 
     #[test]

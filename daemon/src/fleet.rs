@@ -38,6 +38,10 @@ pub(crate) struct DriverDefaults {
     /// libvirt: the image directory on each host, if the `[drivers]` section names one (the
     /// driver's own default otherwise).
     pub image_dir: Option<String>,
+    /// libvirt: the image store hosts pull missing base images from.
+    pub image_store: Option<String>,
+    /// The board every driver reports its pulls of base images on, which the API reads.
+    pub pulls: berth_drivers::images::Pulls,
 }
 
 impl DriverDefaults {
@@ -49,6 +53,8 @@ impl DriverDefaults {
                 .unwrap_or_else(|| data_dir.join(KNOWN_HOSTS_FILE)),
             control_dir: data_dir.join(SSH_CONTROL_DIR),
             image_dir: section.image_dir.clone(),
+            image_store: section.image_store.clone(),
+            pulls: berth_drivers::images::Pulls::default(),
         }
     }
 
@@ -63,6 +69,9 @@ impl DriverDefaults {
             DriverKind::Libvirt => {
                 if let Some(dir) = &self.image_dir {
                     default("image_dir", dir.clone());
+                }
+                if let Some(store) = &self.image_store {
+                    default("image_store", store.clone());
                 }
             }
             DriverKind::Parallels => {
@@ -92,9 +101,10 @@ pub(crate) fn build_driver(
             )));
         }
         #[cfg(feature = "libvirt")]
-        DriverKind::Libvirt => Arc::new(berth_drivers::libvirt::LibvirtHost::new(
+        DriverKind::Libvirt => Arc::new(berth_drivers::libvirt::LibvirtHost::with_pulls(
             host.name.as_str(),
             libvirt_config(&options)?,
+            defaults.pulls.clone(),
         )),
         #[cfg(not(feature = "libvirt"))]
         DriverKind::Libvirt => return Err(no_libvirt()),

@@ -342,12 +342,14 @@ pub async fn start(opts: Options) -> Result<Daemon, DaemonError> {
     let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
     let (reports_tx, reports) = mpsc::channel(CHANNEL_CAPACITY);
     let events_tx = feed::Feed::new(control::wall_ms());
+    let driver_defaults = fleet::DriverDefaults::new(data_dir, &opts.config.drivers);
+    let pulls = driver_defaults.pulls.clone();
     let workers = workers::Workers::new(
         reports_tx,
         opts.config.probe.clone(),
         opts.config.workers.driver_calls_per_host_max,
         sim.clone(),
-        fleet::DriverDefaults::new(data_dir, &opts.config.drivers),
+        driver_defaults,
     );
     let mut control = control::Control::recover(store, sched_config, workers, events_tx.clone())?;
     control.orphan_start = opts.orphans;
@@ -399,6 +401,7 @@ pub async fn start(opts: Options) -> Result<Daemon, DaemonError> {
         health,
         templates: Arc::new(templates),
         pulses: opts.config.pulses.clone(),
+        pulls,
     };
     let pulses = tokio::spawn(pulses::run(
         state.clone(),

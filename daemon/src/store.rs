@@ -671,6 +671,7 @@ fn vm_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<VmRow> {
         updated_ms: r.get::<_, i64>(6)? as u64,
         template: r.get(7)?,
         hold: None,
+        detail: None,
     })
 }
 
@@ -1169,6 +1170,7 @@ mod tests {
                 created_ms: 1,
                 updated_ms: 2,
                 hold: held.then(|| hold.clone()),
+                detail: None,
             };
             let borrowed = VmRowRef {
                 id: 12,

@@ -5,6 +5,7 @@
 //! the host it chose. One [`Driver`] value stands for one host. See `GUIDE.md` for how to
 //! write a new one.
 
+pub mod images;
 #[cfg(feature = "libvirt")]
 pub mod libvirt;
 pub mod parallels;

@@ -18,6 +18,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::Instant;
 
+use berth_drivers::images::{ImageStore, Sha256Digest};
 use berth_drivers::libvirt::{DomainType, LibvirtConfig, LibvirtHost};
 use berth_drivers::{Driver, DriverError, VmRecipe, vm_name};
 use berth_sched::{GuestOs, Shape};
@@ -288,6 +289,11 @@ struct LiveHost {
 
 impl LiveHost {
     fn new(uri: String, image: &Path) -> LiveHost {
+        LiveHost::tuned(uri, image, |_| {})
+    }
+
+    /// A live host whose configuration `tune` changes before its driver is made.
+    fn tuned(uri: String, image: &Path, tune: impl FnOnce(&mut LibvirtConfig)) -> LiveHost {
         // The guest's QEMU runs as another user: it must be able to reach the directory.
         let dir = tempfile::Builder::new()
             .prefix("berth-libvirt-test")
@@ -306,6 +312,7 @@ impl LiveHost {
         config.boot_marker = Some(MARKER.into());
         config.boot_timeout_ms = 180_000;
         config.min_free_disk_mib = 64;
+        tune(&mut config);
         let host = LibvirtHost::new("t1", config);
         LiveHost {
             uri,
@@ -464,7 +471,11 @@ async fn qemu_over_ssh_boots_a_tiny_guest_and_destroy_removes_it() {
     };
     let known_hosts = fx.known_hosts_with("known_hosts", &fx.host_key());
     let uri = fx.libvirt_uri(LibvirtSsh::Ssh, &known_hosts);
-    let live = LiveHost::new(uri, &image);
+    let store = image_store(&image, &["pulled"], &[]);
+    let store_path = store.path().to_owned();
+    let live = LiveHost::tuned(uri, &image, |c| {
+        c.image_store = Some(ImageStore::Dir(store_path));
+    });
     let host = &live.host;
 
     let facts = host.probe_details().await.expect("probe over ssh");
@@ -501,6 +512,12 @@ async fn qemu_over_ssh_boots_a_tiny_guest_and_destroy_removes_it() {
         .await
         .expect("screenshot over ssh");
     assert!(png.starts_with(PNG_SIGNATURE));
+
+    // A base image the remote host lacks travels over the same connection.
+    host.pull("pulled").await.expect("pull over ssh");
+    let pulled = std::fs::read(live.dir.path().join("pulled.qcow2")).expect("pulled image");
+    let want = std::fs::read(&image).expect("guest image");
+    assert_eq!(Sha256Digest::of(&pulled), Sha256Digest::of(&want));
 
     host.destroy(&vm.name).await.expect("destroy over ssh");
     assert!(!Path::new(&overlay).exists(), "overlay removed");
@@ -556,4 +573,105 @@ async fn a_changed_or_unknown_ssh_host_key_is_a_host_error_naming_the_host() {
         "nobody logged in: {}",
         fx.log()
     );
+}
+
+/// An image store (a directory) holding the tiny guest as `NAME.qcow2` for each name, with a
+/// digest file each: the right one, or one of other bytes for the names in `corrupt`.
+fn image_store(image: &Path, names: &[&str], corrupt: &[&str]) -> tempfile::TempDir {
+    let store = tempfile::tempdir().expect("store dir");
+    let bytes = std::fs::read(image).expect("guest image");
+    let good = Sha256Digest::of(&bytes).to_string();
+    let bad = Sha256Digest::of(b"other bytes").to_string();
+    for name in names {
+        let file = format!("{name}.qcow2");
+        std::fs::write(store.path().join(&file), &bytes).expect("image");
+        let digest = if corrupt.contains(name) { &bad } else { &good };
+        std::fs::write(
+            store.path().join(format!("{file}.sha256")),
+            format!("{digest}  {file}\n"),
+        )
+        .expect("digest");
+    }
+    store
+}
+
+#[tokio::test]
+async fn qemu_pulls_a_missing_base_image_once_verified_and_boots_from_it() {
+    let Some(LiveLibvirt { uri, image }) = berth_testkit::live_libvirt() else {
+        return;
+    };
+    // `corrupt` has a digest that its bytes do not match.
+    let store = image_store(&image, &["pulled", "stale", "corrupt"], &["corrupt"]);
+    let store_path = store.path().to_owned();
+    let live = LiveHost::tuned(uri, &image, |c| {
+        c.image_store = Some(ImageStore::Dir(store_path));
+    });
+    let dir = live.dir.path().to_owned();
+    let want = Sha256Digest::of(&std::fs::read(&image).expect("guest image"));
+
+    // Three VMs of an image the host lacks, at once: one pull, and all three boot from it.
+    let first = 3_300_000_000 + u64::from(std::process::id()) * 10;
+    let mut tasks = Vec::new();
+    for i in 0..3 {
+        let host = live.host.clone();
+        tasks.push(tokio::spawn(async move {
+            let vm = recipe(first + i, "pulled");
+            host.provision(&vm).await?;
+            host.boot(&vm.name).await
+        }));
+    }
+    for task in tasks {
+        task.await.expect("task").expect("provision and boot");
+    }
+    let pulled = std::fs::read(dir.join("pulled.qcow2")).expect("the pulled image");
+    assert_eq!(
+        Sha256Digest::of(&pulled),
+        want,
+        "the pulled bytes are the image"
+    );
+    assert!(!dir.join("pulled.qcow2.pulling").exists(), "marker left");
+    for i in 0..3 {
+        let overlay = live.host.overlay_path(&vm_name(first + i));
+        assert_eq!(
+            qemu_img_backing_file(&overlay),
+            dir.join("pulled.qcow2").to_str().unwrap()
+        );
+    }
+    let facts = live.host.probe().await.expect("probe");
+    assert!(facts.images.contains(&"pulled".to_owned()), "{facts:?}");
+
+    // An image whose bytes do not match its digest is never used, and nothing of it stays.
+    let e = live
+        .host
+        .provision(&recipe(first + 5, "corrupt"))
+        .await
+        .expect_err("a corrupt image");
+    match &e {
+        DriverError::Request { message, .. } => {
+            assert!(message.contains("does not match its digest"), "{message}")
+        }
+        other => panic!("expected the request's error, got {other:?}"),
+    }
+    assert!(!dir.join("corrupt.qcow2").exists(), "corrupt image left");
+    assert!(!dir.join("corrupt.qcow2.pulling").exists(), "marker left");
+
+    // A pull cut short left a partial image and its marker: the next pull starts again.
+    std::fs::write(dir.join("stale.qcow2"), b"the first megabyte of something").expect("w");
+    std::fs::write(dir.join("stale.qcow2.pulling"), b"").expect("w");
+    let facts = live.host.probe().await.expect("probe");
+    assert!(!facts.images.contains(&"stale".to_owned()), "{facts:?}");
+    live.host
+        .provision(&recipe(first + 6, "stale"))
+        .await
+        .expect("provision after a cut-short pull");
+    let stale = std::fs::read(dir.join("stale.qcow2")).expect("the pulled image");
+    assert_eq!(Sha256Digest::of(&stale), want);
+    assert!(!dir.join("stale.qcow2.pulling").exists(), "marker left");
+
+    for i in [0, 1, 2, 6] {
+        live.host
+            .destroy(&vm_name(first + i))
+            .await
+            .expect("destroy");
+    }
 }

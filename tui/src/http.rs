@@ -431,6 +431,9 @@ impl Source for HttpSource {
             Target::Vm(id) => {
                 let d = self.client.vm(*id)?;
                 fields.push(("state".into(), d.vm.state.name().to_owned()));
+                if let Some(detail) = &d.vm.detail {
+                    fields.push(("now".into(), detail.clone()));
+                }
                 fields.push(("request".into(), format!("r{}", d.vm.request)));
                 fields.push(("template".into(), text_or_dash(d.vm.template.as_deref())));
                 // The size the request asked for, else its template's.

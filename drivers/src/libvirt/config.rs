@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 
+use crate::images::ImageStore;
 use crate::{DomainType, UnknownDomainType};
 
 /// How a VM's network card is connected.
@@ -44,6 +45,11 @@ pub struct LibvirtConfig {
     pub min_free_disk_mib: u64,
     /// The longest one libvirt call may take before it counts as a transient failure.
     pub call_timeout_ms: u64,
+    /// Where base images the host lacks are pulled from; without one, a missing base image is
+    /// the host's error.
+    pub image_store: Option<ImageStore>,
+    /// The longest one pull of a base image may take.
+    pub pull_timeout_ms: u64,
 }
 
 impl LibvirtConfig {
@@ -61,6 +67,8 @@ impl LibvirtConfig {
             boot_timeout_ms: 300_000,
             min_free_disk_mib: 1024,
             call_timeout_ms: 120_000,
+            image_store: None,
+            pull_timeout_ms: 3_600_000,
         }
     }
 
@@ -76,7 +84,8 @@ impl LibvirtConfig {
     /// | `network` | `user`, `none` or `network:NAME` (default `user`) |
     /// | `console_host` | the host name console viewers connect to |
     /// | `boot_marker` | the line a booted guest prints on its serial console |
-    /// | `boot_timeout_ms`, `min_free_disk_mib`, `call_timeout_ms` | numbers |
+    /// | `image_store` | where missing base images are pulled from: a directory or `http://` URL |
+    /// | `boot_timeout_ms`, `min_free_disk_mib`, `call_timeout_ms`, `pull_timeout_ms` | numbers |
     pub fn from_options(options: &BTreeMap<String, String>) -> Result<LibvirtConfig, OptionError> {
         let uri = options
             .get("uri")
@@ -121,6 +130,13 @@ impl LibvirtConfig {
                 "boot_timeout_ms" => config.boot_timeout_ms = number(key, value)?,
                 "min_free_disk_mib" => config.min_free_disk_mib = number(key, value)?,
                 "call_timeout_ms" => config.call_timeout_ms = number(key, value)?,
+                "pull_timeout_ms" => config.pull_timeout_ms = number(key, value)?,
+                "image_store" => {
+                    config.image_store =
+                        Some(value.parse().map_err(|e: crate::images::ImageError| {
+                            OptionError::new(key, &e.message)
+                        })?);
+                }
                 other => match other.strip_prefix("domain_type.") {
                     Some(template) if !template.is_empty() => {
                         let t = value.parse().map_err(|e: UnknownDomainType| {
@@ -227,6 +243,16 @@ mod tests {
         assert_eq!(c.network, Network::Libvirt("default".into()));
         assert_eq!(c.boot_marker.as_deref(), Some("READY"));
         assert_eq!(c.min_free_disk_mib, 2048);
+        assert_eq!(c.image_store, None);
+        let c = LibvirtConfig::from_options(&opts(&[
+            ("uri", "qemu:///system"),
+            ("image_store", "http://mirror:8080/images"),
+        ]))
+        .expect("valid options");
+        assert_eq!(
+            c.image_store,
+            Some(ImageStore::Http("http://mirror:8080/images".into()))
+        );
 
         let err = |pairs: &[(&str, &str)]| LibvirtConfig::from_options(&opts(pairs)).map(|_| ());
         assert_eq!(err(&[]).map_err(|e| e.key), Err("uri".into()));
@@ -241,6 +267,10 @@ mod tests {
         assert_eq!(
             err(&[("uri", "qemu:///system"), ("image_dir", "images")]).map_err(|e| e.key),
             Err("image_dir".into())
+        );
+        assert_eq!(
+            err(&[("uri", "qemu:///system"), ("image_store", "images")]).map_err(|e| e.key),
+            Err("image_store".into())
         );
         assert_eq!(
             err(&[("uri", "qemu:///system"), ("boot_timeout_ms", "soon")]).map_err(|e| e.key),

@@ -7,10 +7,14 @@
 //! a libvirt `dir` storage pool (found by its path, or started as a transient pool), and an
 //! overlay is a pool volume with a `<backingStore>`, which libvirt creates with
 //! `qemu-img create -f qcow2 -b BASE -F qcow2` on the host itself. That way a remote host needs
-//! nothing but libvirtd, and no base image is ever copied.
+//! nothing but libvirtd. A base image the host lacks is pulled from the host's image store
+//! (see [`crate::images`]) through libvirt's volume upload, so a `qemu+ssh://` host gets it the
+//! same way; its digest is checked as it goes, and a pull cut short is never used.
 //!
 //! Files in the image directory:
 //! - `NAME.qcow2`: the base image `NAME` (what [`Driver::probe`] reports and templates name);
+//! - `NAME.qcow2.pulling`: present while `NAME.qcow2` is being pulled; a base image beside it is
+//!   partial, so it is neither reported nor used, and the next pull starts it again;
 //! - `berth-vmN.qcow2`: the overlay of VM `berth-vmN`;
 //! - `berth-vmN.serial.log`: its serial console, as virtlogd writes it.
 //!
@@ -45,13 +49,23 @@ pub use connection::uri_host;
 use connection::{Connection, uri_is_local};
 use screenshot::PNG_SIGNATURE;
 pub use screenshot::{PpmError, ppm_to_png};
-use xml::{DESCRIPTION_TAG, DomainSpec, domain_xml, overlay_xml, pool_target_path, pool_xml};
+use xml::{
+    DESCRIPTION_TAG, DomainSpec, domain_xml, file_volume_xml, overlay_xml, pool_target_path,
+    pool_xml,
+};
 
+use crate::images::{ImageSource, Pulls};
 use crate::{ConsoleAddress, Driver, DriverError, HostFacts, VmListing, VmRecipe, parse_vm_name};
 pub use crate::{DomainType, UnknownDomainType};
 
 /// The file name extension of base images and overlays in the image directory.
 pub const IMAGE_EXT: &str = ".qcow2";
+
+/// The suffix of the marker beside a base image being pulled.
+pub const PULLING_EXT: &str = ".pulling";
+
+/// How much of an image one upload call sends.
+const PULL_CHUNK: usize = 1 << 20;
 
 /// The file name extension of serial console logs in the image directory.
 pub const SERIAL_LOG_EXT: &str = ".serial.log";
@@ -84,6 +98,8 @@ struct Inner {
     /// Held while finding or starting the image pool, so that concurrent first calls do not
     /// all try to start it.
     pool_setup: Mutex<()>,
+    /// The pulls of base images, shared with the other hosts' drivers of the daemon.
+    pulls: Pulls,
 }
 
 /// The driver of one libvirt host.
@@ -104,6 +120,12 @@ impl fmt::Debug for LibvirtHost {
 impl LibvirtHost {
     /// A driver for host `name` at `config.uri`. It connects on the first call.
     pub fn new(name: impl Into<String>, config: LibvirtConfig) -> LibvirtHost {
+        LibvirtHost::with_pulls(name, config, Pulls::default())
+    }
+
+    /// A driver that reports its pulls of base images on `pulls`, the board the daemon reads
+    /// to show a provisioning VM's progress.
+    pub fn with_pulls(name: impl Into<String>, config: LibvirtConfig, pulls: Pulls) -> LibvirtHost {
         // libvirt prints every error to stderr unless told otherwise; the driver returns them
         // as values instead, so silence the printing once for the process.
         static QUIET: std::sync::Once = std::sync::Once::new();
@@ -115,6 +137,7 @@ impl LibvirtHost {
                 host,
                 config,
                 pool_setup: Mutex::new(()),
+                pulls,
             }),
         }
     }
@@ -198,6 +221,9 @@ impl Driver for LibvirtHost {
     }
 
     async fn provision(&self, vm: &VmRecipe) -> Result<(), DriverError> {
+        if self.inner.config.image_store.is_some() {
+            self.pull(&vm.base_image).await?;
+        }
         let vm = vm.clone();
         self.run("provision", move |inner, conn| inner.provision(conn, &vm))
             .await
@@ -280,6 +306,33 @@ impl Driver for LibvirtHost {
 }
 
 impl LibvirtHost {
+    /// Brings base image `base` to the host from its image store unless it is there: one pull
+    /// per image and host at a time (a provisioning that finds one running waits for it, then
+    /// uses its image), bounded by the pull timeout rather than the call timeout.
+    pub async fn pull(&self, base: &str) -> Result<(), DriverError> {
+        let inner = self.inner.clone();
+        let base = base.to_owned();
+        let task = tokio::task::spawn_blocking(move || {
+            let conn = inner.connection.get()?;
+            inner.pull(&conn, &base)
+        });
+        let limit = Duration::from_millis(self.inner.config.pull_timeout_ms);
+        match tokio::time::timeout(limit, task).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(join)) => Err(DriverError::Host {
+                host: self.inner.host.clone(),
+                message: format!("pulling a base image failed unexpectedly: {join}"),
+            }),
+            Err(_) => Err(DriverError::Transient {
+                host: self.inner.host.clone(),
+                message: format!(
+                    "pulling a base image took longer than {} ms (pull_timeout_ms)",
+                    self.inner.config.pull_timeout_ms
+                ),
+            }),
+        }
+    }
+
     fn request_error(&self, message: String) -> DriverError {
         DriverError::Request {
             host: self.inner.host.clone(),
@@ -452,8 +505,10 @@ impl Inner {
         let volumes = pool
             .list_volumes()
             .map_err(|e| self.classify("listing the image directory", e))?;
+        // A base image beside its pull marker is partial: not there yet.
         let mut images: Vec<String> = volumes
             .iter()
+            .filter(|file| !volumes.contains(&format!("{file}{PULLING_EXT}")))
             .filter_map(|file| base_image_name(file))
             .map(str::to_owned)
             .collect();
@@ -473,6 +528,163 @@ impl Inner {
             hypervisor_version: version_string(hypervisor_version),
             free_disk_mib: free / (1024 * 1024),
         })
+    }
+
+    /// See [`LibvirtHost::pull`]; runs on a blocking thread.
+    fn pull(&self, conn: &Connect, base: &str) -> Result<(), DriverError> {
+        let file = format!("{base}{IMAGE_EXT}");
+        let marker_file = format!("{file}{PULLING_EXT}");
+        let pool = self.pool(conn)?;
+        let turn = self.pulls.turn(&self.host, base);
+        let held = turn.hold();
+        match self.volume(&pool, &marker_file, true)? {
+            // A pull cut short (the daemon stopped, the host lost power): its image is partial.
+            Some(marker) => {
+                if let Some(partial) = self.volume(&pool, &file, false)? {
+                    partial.delete(0).map_err(|e| {
+                        self.classify(&format!("removing the partial image {file}"), e)
+                    })?;
+                }
+                marker
+                    .delete(0)
+                    .map_err(|e| self.classify(&format!("removing {marker_file}"), e))?;
+            }
+            None => {
+                if self.volume(&pool, &file, false)?.is_some() {
+                    return Ok(());
+                }
+            }
+        }
+        let Some(store) = &self.config.image_store else {
+            return Ok(());
+        };
+        let source = store.open(&file).map_err(|e| DriverError::Request {
+            host: self.host.clone(),
+            message: format!("pulling base image {base}: {e}"),
+        })?;
+        let free = pool
+            .info()
+            .map_err(|e| self.classify("reading free space in the image directory", e))?
+            .available;
+        let needed = source.size + self.config.min_free_disk_mib * 1024 * 1024;
+        if free < needed {
+            return Err(self.host_error(format!(
+                "disk full: pulling {file} ({} MiB) would leave less than {} MiB free in {} \
+                 ({} MiB free)",
+                source.size / (1024 * 1024),
+                self.config.min_free_disk_mib,
+                self.config.image_dir,
+                free / (1024 * 1024)
+            )));
+        }
+        let create = |name: &str, bytes: u64| {
+            let xml = file_volume_xml(name, bytes).map_err(|e| {
+                self.host_error(format!("writing the definition of volume {name}: {e}"))
+            })?;
+            StorageVol::create_xml(&pool, &xml, 0)
+                .map_err(|e| self.classify(&format!("creating {name}"), e))
+        };
+        let marker = create(&marker_file, 0)?;
+        let image = match create(&file, source.size) {
+            Ok(image) => image,
+            Err(e) => {
+                let _ = marker.delete(0);
+                return Err(e);
+            }
+        };
+        let started = Instant::now();
+        tracing::info!(
+            host = %self.host,
+            image = %file,
+            bytes = source.size,
+            store = %store,
+            "pulling a base image"
+        );
+        let sent = self.upload(conn, &image, source, |done, total| {
+            held.report(&file, done, total)
+        });
+        if let Err(e) = sent {
+            // Never leave a partial image that could be used.
+            let _ = image.delete(0);
+            let _ = marker.delete(0);
+            return Err(e);
+        }
+        marker
+            .delete(0)
+            .map_err(|e| self.classify(&format!("removing {marker_file}"), e))?;
+        if let Err(e) = pool.refresh(0) {
+            tracing::debug!(host = %self.host, error = %e, "pool refresh failed");
+        }
+        tracing::info!(
+            host = %self.host,
+            image = %file,
+            ms = started.elapsed().as_millis() as u64,
+            "pulled a base image, digest verified"
+        );
+        Ok(())
+    }
+
+    /// Sends `source` into volume `image` through a libvirt stream, checking its digest before
+    /// the stream is finished: a mismatch aborts it.
+    fn upload(
+        &self,
+        conn: &Connect,
+        image: &StorageVol,
+        mut source: ImageSource,
+        progress: impl Fn(u64, u64),
+    ) -> Result<(), DriverError> {
+        use std::io::Read;
+        let file = source.file.clone();
+        let total = source.size;
+        let stream = Stream::new(conn, 0)
+            .map_err(|e| self.classify(&format!("opening a stream for {file}"), e))?;
+        image
+            .upload(&stream, 0, total, 0)
+            .map_err(|e| self.classify(&format!("starting the upload of {file}"), e))?;
+        let mut buf = vec![0u8; PULL_CHUNK];
+        let mut done = 0u64;
+        progress(0, total);
+        loop {
+            let n = match source.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) => {
+                    let _ = stream.abort();
+                    return Err(DriverError::Transient {
+                        host: self.host.clone(),
+                        message: format!("reading {file} from the image store: {e}"),
+                    });
+                }
+            };
+            let mut chunk = &buf[..n];
+            while !chunk.is_empty() {
+                match stream.send(chunk) {
+                    Ok(sent) if sent > 0 => chunk = &chunk[sent as usize..],
+                    Ok(_) => {
+                        let _ = stream.abort();
+                        return Err(self.host_error(format!(
+                            "the upload of {file} stopped taking data at {done} bytes"
+                        )));
+                    }
+                    Err(e) => {
+                        let _ = stream.abort();
+                        return Err(self.classify(&format!("uploading {file}"), e));
+                    }
+                }
+            }
+            done += n as u64;
+            progress(done, total);
+        }
+        if let Err(e) = source.verify() {
+            let _ = stream.abort();
+            return Err(DriverError::Request {
+                host: self.host.clone(),
+                message: format!("pulling base image {file}: {e}"),
+            });
+        }
+        stream
+            .finish()
+            .map_err(|e| self.classify(&format!("finishing the upload of {file}"), e))
     }
 
     fn provision(&self, conn: &Connect, vm: &VmRecipe) -> Result<(), DriverError> {
@@ -786,6 +998,7 @@ fn read_stream(stream: &Stream) -> Result<Vec<u8>, VirtError> {
 
 /// The name of the base image stored in `file`, or `None` for overlays, logs and other files.
 fn base_image_name(file: &str) -> Option<&str> {
+    // `NAME.qcow2.pulling` does not end in the image extension: never an image.
     let stem = file.strip_suffix(IMAGE_EXT)?;
     if stem.is_empty() || parse_vm_name(stem).is_some() {
         return None;

@@ -500,6 +500,20 @@ pub(super) fn overlay_xml(
     })
 }
 
+/// The storage volume XML of a plain file of `capacity_bytes` that berth fills itself (a base
+/// image being pulled, or the marker that says one is).
+pub(super) fn file_volume_xml(file: &str, capacity_bytes: u64) -> Result<String, WriteError> {
+    write_indented(&Volume {
+        name: file.to_owned(),
+        capacity: Bytes::new(capacity_bytes),
+        allocation: Bytes::new(0),
+        target: VolumeTarget {
+            format: Format { kind: "raw".into() },
+        },
+        backing_store: None,
+    })
+}
+
 /// A storage pool definition (`<pool>`): the image directory.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename = "pool")]

@@ -1,0 +1,475 @@
+//! Base images that travel to the hosts that need them: an image store (a directory, which may
+//! be a network mount, or an `http://` URL) holds each base image beside its SHA-256 digest, and
+//! a board of pulls keeps one pull per image per host at a time and says how far each has come.
+//!
+//! In a store, base image file `linux.qcow2` comes with `linux.qcow2.sha256`, whose first word is
+//! the image's SHA-256 digest in hex (what `sha256sum linux.qcow2 > linux.qcow2.sha256` writes).
+//! A driver that pulls an image reads it through [`ImageSource`], which hashes what it hands
+//! out; [`ImageSource::verify`] then says whether the bytes were the image the digest names.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::io::Read;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use sha2::{Digest as _, Sha256};
+
+/// The suffix of the digest file beside each image in a store.
+pub const DIGEST_SUFFIX: &str = ".sha256";
+
+/// Where base images come from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ImageStore {
+    /// A directory on the machine the daemon runs on (a network mount works).
+    Dir(PathBuf),
+    /// An HTTP server: `URL/linux.qcow2` and `URL/linux.qcow2.sha256`.
+    Http(String),
+}
+
+/// Something wrong with an image store or an image in it, naming which.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("image store {store}: {message}")]
+pub struct ImageError {
+    pub store: String,
+    pub message: String,
+}
+
+impl std::str::FromStr for ImageStore {
+    type Err = ImageError;
+
+    /// `/srv/images` (an absolute directory) or `http://mirror:8080/images`.
+    fn from_str(s: &str) -> Result<ImageStore, ImageError> {
+        let fail = |message: &str| ImageError {
+            store: s.to_owned(),
+            message: message.to_owned(),
+        };
+        if s.starts_with('/') {
+            return Ok(ImageStore::Dir(PathBuf::from(s)));
+        }
+        if let Some(rest) = s.strip_prefix("http://") {
+            if rest.trim_end_matches('/').is_empty() {
+                return Err(fail("names no server"));
+            }
+            return Ok(ImageStore::Http(s.trim_end_matches('/').to_owned()));
+        }
+        if s.starts_with("https://") {
+            return Err(fail(
+                "https is not supported yet: serve the store over http on a trusted network, \
+                 or mount it as a directory",
+            ));
+        }
+        Err(fail("expected an absolute directory or an http:// URL"))
+    }
+}
+
+impl fmt::Display for ImageStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ImageStore::Dir(dir) => write!(f, "{}", dir.display()),
+            ImageStore::Http(url) => f.write_str(url),
+        }
+    }
+}
+
+impl ImageStore {
+    fn error(&self, message: String) -> ImageError {
+        ImageError {
+            store: self.to_string(),
+            message,
+        }
+    }
+
+    /// Image `file` (`linux.qcow2`) with its size and digest, ready to read.
+    pub fn open(&self, file: &str) -> Result<ImageSource, ImageError> {
+        if file.is_empty() || file.contains('/') || file.starts_with('.') {
+            return Err(self.error(format!("{file:?} is not an image file name")));
+        }
+        let digest_file = format!("{file}{DIGEST_SUFFIX}");
+        let (digest_text, size, reader): (String, u64, Box<dyn Read + Send>) = match self {
+            ImageStore::Dir(dir) => {
+                let digest_text = std::fs::read_to_string(dir.join(&digest_file))
+                    .map_err(|e| self.error(format!("cannot read {digest_file}: {e}")))?;
+                let f = std::fs::File::open(dir.join(file))
+                    .map_err(|e| self.error(format!("cannot open {file}: {e}")))?;
+                let size = f
+                    .metadata()
+                    .map_err(|e| self.error(format!("cannot read the size of {file}: {e}")))?
+                    .len();
+                (digest_text, size, Box::new(f))
+            }
+            ImageStore::Http(url) => {
+                let digest_text = http_get(&format!("{url}/{digest_file}"))
+                    .map_err(|e| self.error(format!("{digest_file}: {e}")))?
+                    .into_string()
+                    .map_err(|e| self.error(format!("reading {digest_file}: {e}")))?;
+                let answer = http_get(&format!("{url}/{file}"))
+                    .map_err(|e| self.error(format!("{file}: {e}")))?;
+                let size = answer
+                    .header("Content-Length")
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+                    .ok_or_else(|| {
+                        self.error(format!("{file}: the server sent no Content-Length"))
+                    })?;
+                (digest_text, size, answer.into_reader())
+            }
+        };
+        let digest = Sha256Digest::parse(digest_text.split_whitespace().next().unwrap_or(""))
+            .ok_or_else(|| {
+                self.error(format!(
+                    "{digest_file} does not start with a SHA-256 digest (64 hex digits)"
+                ))
+            })?;
+        Ok(ImageSource {
+            store: self.to_string(),
+            file: file.to_owned(),
+            size,
+            digest,
+            reader,
+            hasher: Sha256::new(),
+            read: 0,
+        })
+    }
+}
+
+/// How long a store's HTTP server may keep berth waiting for the next bytes.
+const HTTP_TIMEOUT_S: u64 = 60;
+
+fn http_get(url: &str) -> Result<ureq::Response, String> {
+    ureq::AgentBuilder::new()
+        .timeout_connect(std::time::Duration::from_secs(HTTP_TIMEOUT_S))
+        .timeout_read(std::time::Duration::from_secs(HTTP_TIMEOUT_S))
+        .build()
+        .get(url)
+        .call()
+        .map_err(|e| match e {
+            ureq::Error::Status(code, _) => format!("the server answered {code}"),
+            other => other.to_string(),
+        })
+}
+
+/// A SHA-256 digest.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Sha256Digest([u8; 32]);
+
+impl Sha256Digest {
+    /// From 64 hex digits.
+    pub fn parse(hex: &str) -> Option<Sha256Digest> {
+        if hex.len() != 64 {
+            return None;
+        }
+        let mut out = [0u8; 32];
+        for (i, byte) in out.iter_mut().enumerate() {
+            *byte = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
+        }
+        Some(Sha256Digest(out))
+    }
+
+    /// The digest of `bytes`.
+    pub fn of(bytes: &[u8]) -> Sha256Digest {
+        Sha256Digest(Sha256::digest(bytes).into())
+    }
+}
+
+impl fmt::Display for Sha256Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for b in self.0 {
+            write!(f, "{b:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for Sha256Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{self}")
+    }
+}
+
+/// An image being read from its store, hashed as it goes.
+pub struct ImageSource {
+    store: String,
+    pub file: String,
+    /// Its size in bytes, as the store says.
+    pub size: u64,
+    /// The digest the store gives for it.
+    pub digest: Sha256Digest,
+    reader: Box<dyn Read + Send>,
+    hasher: Sha256,
+    read: u64,
+}
+
+impl fmt::Debug for ImageSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ImageSource")
+            .field("store", &self.store)
+            .field("file", &self.file)
+            .field("size", &self.size)
+            .finish()
+    }
+}
+
+impl Read for ImageSource {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.reader.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.read += n as u64;
+        Ok(n)
+    }
+}
+
+impl ImageSource {
+    /// After every byte was read: whether they were as many as the store said and hash to
+    /// its digest.
+    pub fn verify(self) -> Result<(), ImageError> {
+        let fail = |message: String| ImageError {
+            store: self.store.clone(),
+            message,
+        };
+        if self.read != self.size {
+            return Err(fail(format!(
+                "{} gave {} bytes, not the {} it announced",
+                self.file, self.read, self.size
+            )));
+        }
+        let got = Sha256Digest(self.hasher.clone().finalize().into());
+        if got != self.digest {
+            return Err(fail(format!(
+                "{} does not match its digest: {}{DIGEST_SUFFIX} says {}, its bytes hash to \
+                 {got}",
+                self.file, self.file, self.digest
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// How far one pull has come.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PullProgress {
+    /// The file being pulled (`linux.qcow2`).
+    pub file: String,
+    pub done_bytes: u64,
+    pub total_bytes: u64,
+}
+
+impl PullProgress {
+    /// Whole percent done.
+    pub fn percent(&self) -> u64 {
+        (u128::from(self.done_bytes) * 100 / u128::from(self.total_bytes.max(1))).min(100) as u64
+    }
+}
+
+impl fmt::Display for PullProgress {
+    /// `pulling linux.qcow2 41%`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "pulling {} {}%", self.file, self.percent())
+    }
+}
+
+/// One image on one host: the turn that keeps its pulls one at a time, and the running pull's
+/// progress.
+#[derive(Debug, Default)]
+struct Slot {
+    turn: Mutex<()>,
+    progress: Mutex<Option<PullProgress>>,
+}
+
+/// The pulls of a daemon's drivers: one at a time per base image and host, however many VMs
+/// wait for it, and each one's progress for those who ask. Keyed by host and base image name
+/// (what templates name), so the daemon finds a VM's pull from its template alone. Cheap to
+/// clone (one shared board).
+#[derive(Clone, Debug, Default)]
+pub struct Pulls {
+    slots: Arc<Mutex<SlotsByImage>>,
+}
+
+/// One slot per (host, base image name).
+type SlotsByImage = BTreeMap<(String, String), Arc<Slot>>;
+
+impl Pulls {
+    fn slot(&self, host: &str, base: &str) -> Arc<Slot> {
+        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        slots
+            .entry((host.to_owned(), base.to_owned()))
+            .or_default()
+            .clone()
+    }
+
+    /// The turn to pull base image `base` to `host`; [`PullTurn::hold`] waits for it.
+    pub fn turn(&self, host: &str, base: &str) -> PullTurn {
+        PullTurn {
+            slot: self.slot(host, base),
+        }
+    }
+
+    /// The pulls running on `host`.
+    pub fn on_host(&self, host: &str) -> Vec<PullProgress> {
+        let slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        slots
+            .iter()
+            .filter(|((h, _), _)| h == host)
+            .filter_map(|(_, slot)| {
+                slot.progress
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clone()
+            })
+            .collect()
+    }
+
+    /// The progress of a pull of base image `base` to `host`, while one runs.
+    pub fn progress(&self, host: &str, base: &str) -> Option<PullProgress> {
+        let slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        let slot = slots.get(&(host.to_owned(), base.to_owned()))?;
+        slot.progress
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+/// The turn to pull one image to one host.
+pub struct PullTurn {
+    slot: Arc<Slot>,
+}
+
+impl PullTurn {
+    /// Holds the turn: blocks while another pull of the same image to the same host runs.
+    pub fn hold(&self) -> HeldTurn<'_> {
+        HeldTurn {
+            _turn: self.slot.turn.lock().unwrap_or_else(|e| e.into_inner()),
+            slot: &self.slot,
+        }
+    }
+}
+
+/// A held turn: the pull it guards reports progress through it; dropping it ends the pull's
+/// progress report.
+pub struct HeldTurn<'a> {
+    _turn: MutexGuard<'a, ()>,
+    slot: &'a Slot,
+}
+
+impl HeldTurn<'_> {
+    /// Reports `done` of `total` bytes of `file` pulled.
+    pub fn report(&self, file: &str, done_bytes: u64, total_bytes: u64) {
+        *self.slot.progress.lock().unwrap_or_else(|e| e.into_inner()) = Some(PullProgress {
+            file: file.to_owned(),
+            done_bytes,
+            total_bytes,
+        });
+    }
+}
+
+impl Drop for HeldTurn<'_> {
+    fn drop(&mut self) {
+        *self.slot.progress.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store_with(file: &str, bytes: &[u8], digest: &str) -> (tempfile::TempDir, ImageStore) {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(file), bytes).unwrap();
+        std::fs::write(
+            dir.path().join(format!("{file}{DIGEST_SUFFIX}")),
+            format!("{digest}  {file}\n"),
+        )
+        .unwrap();
+        let store = ImageStore::Dir(dir.path().to_owned());
+        (dir, store)
+    }
+
+    fn read_all(mut s: ImageSource) -> Result<Vec<u8>, ImageError> {
+        let mut out = Vec::new();
+        s.read_to_end(&mut out).unwrap();
+        s.verify().map(|()| out)
+    }
+
+    #[test]
+    fn stores_parse_and_name_what_is_wrong() {
+        assert_eq!(
+            "/srv/images".parse(),
+            Ok(ImageStore::Dir("/srv/images".into()))
+        );
+        assert_eq!(
+            "http://mirror:8080/images/".parse(),
+            Ok(ImageStore::Http("http://mirror:8080/images".into()))
+        );
+        for bad in ["images", "http://", "ftp://x", ""] {
+            let e = bad.parse::<ImageStore>().unwrap_err();
+            assert_eq!(e.store, bad);
+        }
+        let e = "https://x/images".parse::<ImageStore>().unwrap_err();
+        assert!(e.message.contains("https is not supported"), "{e}");
+    }
+
+    #[test]
+    fn an_image_that_matches_its_digest_reads_whole() {
+        let bytes = b"qcow2 pretend bytes".repeat(1000);
+        let digest = Sha256Digest::of(&bytes).to_string();
+        let (_dir, store) = store_with("linux.qcow2", &bytes, &digest);
+        let s = store.open("linux.qcow2").unwrap();
+        assert_eq!(s.size, bytes.len() as u64);
+        assert_eq!(read_all(s).unwrap(), bytes);
+    }
+
+    #[test]
+    fn a_corrupt_image_or_digest_is_caught_and_named() {
+        let bytes = b"the image".to_vec();
+        let other = Sha256Digest::of(b"another image").to_string();
+        let (_dir, store) = store_with("linux.qcow2", &bytes, &other);
+        let e = read_all(store.open("linux.qcow2").unwrap()).unwrap_err();
+        assert!(
+            e.message.contains("linux.qcow2 does not match its digest"),
+            "{e}"
+        );
+        let (_dir, store) = store_with("linux.qcow2", &bytes, "not-hex");
+        let e = store.open("linux.qcow2").unwrap_err();
+        assert!(
+            e.message.contains("linux.qcow2.sha256 does not start"),
+            "{e}"
+        );
+        let e = store.open("macos.qcow2").unwrap_err();
+        assert!(e.message.contains("macos.qcow2.sha256"), "{e}");
+        let e = store.open("../etc/passwd").unwrap_err();
+        assert!(e.message.contains("not an image file name"), "{e}");
+    }
+
+    #[test]
+    fn pulls_take_turns_per_image_and_host_and_report_progress() {
+        let pulls = Pulls::default();
+        let a = pulls.turn("h1", "linux");
+        let held = a.hold();
+        held.report("linux.qcow2", 41, 100);
+        let p = pulls.progress("h1", "linux").unwrap();
+        assert_eq!(p.to_string(), "pulling linux.qcow2 41%");
+        assert_eq!(pulls.on_host("h1").len(), 1);
+        assert!(pulls.on_host("h2").is_empty());
+        // Another image, or another host, does not wait.
+        let other = pulls.turn("h2", "linux");
+        drop(other.hold());
+        // The same image to the same host waits for the first pull.
+        let waiting = {
+            let pulls = pulls.clone();
+            std::thread::spawn(move || {
+                let t = pulls.turn("h1", "linux");
+                let _h = t.hold();
+                std::time::Instant::now()
+            })
+        };
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        let released = std::time::Instant::now();
+        drop(held);
+        let got = waiting.join().unwrap();
+        assert!(
+            got >= released,
+            "the second pull began before the first ended"
+        );
+        assert_eq!(pulls.progress("h1", "linux"), None);
+    }
+}
