@@ -1719,6 +1719,72 @@ pub fn change(args: ChangeArgs) -> anyhow::Result<ExitCode> {
     }
 }
 
+#[derive(Args)]
+pub struct AccountArgs {
+    #[command(flatten)]
+    conn: Conn,
+    #[command(subcommand)]
+    action: AccountAction,
+}
+
+#[derive(Subcommand)]
+enum AccountAction {
+    /// Accounts in the order the queue serves them: weight, entitled share, share of recent
+    /// usage, and the vCPUs their VMs hold. Empty without `[fair_share]`.
+    List {
+        #[command(flatten)]
+        watch: Watch,
+    },
+}
+
+pub fn account(args: AccountArgs) -> anyhow::Result<ExitCode> {
+    let c = args.conn.client()?;
+    match args.action {
+        AccountAction::List { watch } => c.list(
+            watch,
+            || c.answer(c.api.accounts()),
+            |v| {
+                if !v.fair_share {
+                    return "fair share is off (no [fair_share] in the daemon's config): the \
+                            queue serves by priority and arrival"
+                        .to_owned();
+                }
+                let mut out = accounts_table(&v.accounts).render(c.wide());
+                if v.folded > 0 {
+                    out.push_str(&format!("\n(`other` sums {} accounts)", v.folded));
+                }
+                out
+            },
+        ),
+    }
+}
+
+fn accounts_table(rows: &[api::AccountRow]) -> Table {
+    let mut t = Table::new(&[
+        ("RANK", false),
+        ("ACCOUNT", false),
+        ("WEIGHT", false),
+        ("SHARE", false),
+        ("USED", false),
+        ("HOLDING", false),
+        ("WAITING", false),
+        ("USAGE", true),
+    ]);
+    for r in rows {
+        t.row(vec![
+            r.rank.map_or("-".to_owned(), |n| (n + 1).to_string()),
+            r.account.clone(),
+            r.weight.to_string(),
+            format!("{:.0}%", r.share * 100.0),
+            format!("{:.0}%", r.usage_share * 100.0),
+            format!("{} vCPUs", milli(r.holding_vcpus_milli.max(0) as u64)),
+            r.waiting_requests.to_string(),
+            format!("{:.0} vCPU·s", r.usage_vcpu_s),
+        ]);
+    }
+    t
+}
+
 /// `open` while a request of the change waits or runs, else `ended`.
 fn change_state(r: &api::ChangeRow) -> &'static str {
     if r.ended_ms.is_some() {

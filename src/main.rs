@@ -56,6 +56,8 @@ enum Command {
     Request(client_cmd::RequestArgs),
     /// Staged changes: their VMs by where they stand, and their turnaround.
     Change(client_cmd::ChangeArgs),
+    /// Accounts under fair share: weight and share against recent usage, what each holds.
+    Account(client_cmd::AccountArgs),
     /// List and show VMs, report job results, release and extend breakpoints.
     Vm(client_cmd::VmArgs),
     /// List, add, drain, resume, take offline and remove hosts.
@@ -94,6 +96,7 @@ fn main() -> ExitCode {
         Command::Serve(c) => serve_cmd::run(c),
         Command::Request(c) => client_cmd::request(c),
         Command::Change(c) => client_cmd::change(c),
+        Command::Account(c) => client_cmd::account(c),
         Command::Vm(c) => client_cmd::vm(c),
         Command::Host(c) => client_cmd::host(c),
         Command::Status(c) => client_cmd::status(c),

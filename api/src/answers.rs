@@ -432,6 +432,41 @@ pub struct TemplateList {
     pub templates: Vec<TemplateRow>,
 }
 
+/// An account (team or project) under fair share: its weight and the share it is entitled
+/// to, against the share of recent usage it has had.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct AccountRow {
+    /// The account; `other` sums the accounts past the list's cap.
+    pub account: String,
+    /// Its weight (for `other`, the sum of theirs).
+    pub weight: u64,
+    /// Its weight over the weights of the active accounts, those holding capacity, waiting or
+    /// with recent usage (0 to 1): what fair share steers it towards.
+    pub share: f64,
+    /// Decayed usage (vCPU-seconds, a slot counting as a vCPU; halves every half-life).
+    pub usage_vcpu_s: f64,
+    /// Its decayed usage over everyone's (0 to 1). Above `share`: it has had more than its
+    /// share lately, so its requests come after those of accounts below theirs.
+    pub usage_share: f64,
+    /// What its VMs hold now, in milli-vCPUs (a slot counts as 1,000).
+    pub holding_vcpus_milli: i64,
+    /// Its requests waiting in the queue.
+    pub waiting_requests: u64,
+    /// Where it stands in the order the queue serves accounts (0 first); `null` for `other`.
+    pub rank: Option<u32>,
+}
+
+/// `GET /v1/accounts`: the configured accounts and the most using others, in the order the
+/// queue serves them; the rest summed as `other`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct AccountList {
+    /// Whether fair share is on (`[fair_share]`); without it the list is empty.
+    pub fair_share: bool,
+    pub accounts: Vec<AccountRow>,
+    /// Accounts summed into `other`.
+    pub folded: u64,
+}
+
 /// A staged change: every request that named it, and where their VMs stand.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct ChangeRow {

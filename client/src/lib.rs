@@ -250,6 +250,11 @@ impl Client {
         self.call("GET", &format!("/v1/changes{q}"), None)
     }
 
+    /// Accounts under fair share, in the order the queue serves them.
+    pub fn accounts(&self) -> Result<api::AccountList, ClientError> {
+        self.call("GET", "/v1/accounts", None)
+    }
+
     /// A change (its id as requests named it: any text) with its requests.
     pub fn change(&self, id: &str) -> Result<api::ChangeDetail, ClientError> {
         self.call("GET", &format!("/v1/changes/{}", escape(id)), None)

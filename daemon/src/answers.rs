@@ -205,6 +205,98 @@ pub(crate) fn event(s: &Scheduler, e: &Event) -> api::Event {
     }
 }
 
+/// The most accounts outside the configured ones that `GET /v1/accounts` and `/metrics` name
+/// one by one (the most using); the rest are summed under [`ACCOUNT_OTHER`], so that clients,
+/// which name accounts as they like, cannot grow either.
+pub const ACCOUNTS_OTHERS_MAX: usize = 20;
+
+/// The `account` of the accounts summed together.
+pub const ACCOUNT_OTHER: &str = "other";
+
+/// Accounts under fair share as the API shows them: every configured account, and of the
+/// others the [`ACCOUNTS_OTHERS_MAX`] using most, the rest summed as [`ACCOUNT_OTHER`]; in the
+/// order the queue serves them (`other` last); usage as of `now_ms` (the wall clock).
+pub(crate) fn accounts(s: &Scheduler, now_ms: u64) -> api::AccountList {
+    let configured: std::collections::BTreeSet<&str> = s
+        .config()
+        .fair_share
+        .iter()
+        .flat_map(|f| f.accounts.iter().map(|a| a.name.as_str()))
+        .collect();
+    let all = s.accounts(now_ms);
+    let (mut shown, mut others): (Vec<_>, Vec<_>) = all
+        .iter()
+        .partition(|a| configured.contains(a.name.as_str()) && a.name != ACCOUNT_OTHER);
+    let n_configured = shown.len();
+    // The most using first, then by name: a fixed choice for a given state.
+    others.sort_by(|a, b| {
+        b.usage_vcpu_s
+            .total_cmp(&a.usage_vcpu_s)
+            .then_with(|| a.name.cmp(&b.name))
+    });
+    let mut folded = Vec::new();
+    for a in others {
+        if a.name != ACCOUNT_OTHER && shown.len() - n_configured < ACCOUNTS_OTHERS_MAX {
+            shown.push(a);
+        } else {
+            folded.push(a);
+        }
+    }
+    shown.sort_by(|a, b| a.rank.cmp(&b.rank).then_with(|| a.name.cmp(&b.name)));
+    // An account counts towards the shares while it holds capacity, waits, or has used any
+    // lately (a vCPU-second or more, decayed).
+    let active = |a: &berth_sched::AccountView| {
+        a.holding_milli > 0 || a.waiting > 0 || a.usage_vcpu_s >= 1.0
+    };
+    let weights: f64 = all
+        .iter()
+        .filter(|a| active(a))
+        .map(|a| f64::from(a.weight))
+        .sum();
+    let usage: f64 = all.iter().map(|a| a.usage_vcpu_s).sum();
+    let fraction = |x: f64, of: f64| if of > 0.0 { x / of } else { 0.0 };
+    let mut rows: Vec<api::AccountRow> = shown
+        .iter()
+        .map(|a| api::AccountRow {
+            account: a.name.clone(),
+            weight: u64::from(a.weight),
+            share: if active(a) {
+                fraction(f64::from(a.weight), weights)
+            } else {
+                0.0
+            },
+            usage_vcpu_s: a.usage_vcpu_s,
+            usage_share: fraction(a.usage_vcpu_s, usage),
+            holding_vcpus_milli: a.holding_milli,
+            waiting_requests: a.waiting as u64,
+            rank: Some(a.rank),
+        })
+        .collect();
+    if !folded.is_empty() {
+        let active_weight: f64 = folded
+            .iter()
+            .filter(|a| active(a))
+            .map(|a| f64::from(a.weight))
+            .sum();
+        let used: f64 = folded.iter().map(|a| a.usage_vcpu_s).sum();
+        rows.push(api::AccountRow {
+            account: ACCOUNT_OTHER.to_owned(),
+            weight: folded.iter().map(|a| u64::from(a.weight)).sum(),
+            share: fraction(active_weight, weights),
+            usage_vcpu_s: used,
+            usage_share: fraction(used, usage),
+            holding_vcpus_milli: folded.iter().map(|a| a.holding_milli).sum(),
+            waiting_requests: folded.iter().map(|a| a.waiting as u64).sum(),
+            rank: None,
+        });
+    }
+    api::AccountList {
+        fair_share: s.config().fair_share.is_some(),
+        accounts: rows,
+        folded: folded.len() as u64,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -415,6 +415,7 @@ pub(crate) fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(submit, list_requests))
         .routes(routes!(get_request, cancel))
         .routes(routes!(list_changes))
+        .routes(routes!(list_accounts))
         .routes(routes!(get_change))
         .routes(routes!(list_vms))
         .routes(routes!(get_vm))
@@ -1172,6 +1173,18 @@ async fn whoami(Reader(actor): Reader) -> ApiResult {
             role: actor.role,
         },
     )
+}
+
+/// Accounts under fair share, in the order the queue serves them: each one's weight and
+/// entitled share against its share of recent usage, and what it holds now. Every configured
+/// account and the most using others; the rest summed as `other`.
+#[utoipa::path(get, path = "/v1/accounts", tag = "requests",
+    responses((status = 200, body = api::AccountList)))]
+async fn list_accounts(Reader(_): Reader, State(state): State<AppState>) -> ApiResult {
+    match query(&state, Query::Accounts).await? {
+        Answer::Accounts(list) => ok_json(StatusCode::OK, &list),
+        _ => Err(unexpected()),
+    }
 }
 
 #[utoipa::path(get, path = "/v1/hosts", tag = "hosts", responses((status = 200, body = api::HostList)))]

@@ -151,6 +151,8 @@ pub(crate) enum Query {
     Holds(Vec<u64>),
     /// Sets the metrics' gauges from the scheduler's state (a scrape).
     SampleMetrics,
+    /// Accounts under fair share, capped (see `answers::accounts`).
+    Accounts,
 }
 
 pub(crate) enum Answer {
@@ -166,6 +168,7 @@ pub(crate) enum Answer {
     TooManyWaiting(usize),
     Holds(BTreeMap<u64, (String, u64)>),
     Sampled,
+    Accounts(berth_api::AccountList),
 }
 
 /// The scheduler's side of `GET /v1/status` (the API adds the database's counts and health).
@@ -1402,6 +1405,7 @@ impl Control {
                 Answer::TooManyWaiting(self.s.queue_len())
             }
             Query::Scheduler { .. } => Answer::Scheduler(Box::new(self.s.clone())),
+            Query::Accounts => Answer::Accounts(answers::accounts(&self.s, wall_ms())),
             Query::SampleMetrics => {
                 for o in &self.observers {
                     o.sample(&self.s, wall_ms());

@@ -16,11 +16,9 @@ use prometheus_client::registry::Registry;
 
 type Labels = Vec<(String, String)>;
 
-/// Accounts the configuration does not list that get series of their own; the rest are summed
-/// under [`ACCOUNT_OTHER`].
-pub const ACCOUNT_SERIES_OTHERS_MAX: usize = 20;
-/// The `account` label of the accounts folded together.
-pub const ACCOUNT_OTHER: &str = "other";
+/// Accounts the configuration does not list that get series of their own (the most using);
+/// the rest are summed under `account="other"`, as `GET /v1/accounts` sums them.
+pub use crate::answers::{ACCOUNT_OTHER, ACCOUNTS_OTHERS_MAX as ACCOUNT_SERIES_OTHERS_MAX};
 type GaugeF = Gauge<f64, std::sync::atomic::AtomicU64>;
 
 /// Wait and time-to-running buckets: 1 s to about 9 hours, doubling.
@@ -95,6 +93,9 @@ pub struct Metrics {
     api_requests: Family<Labels, Counter>,
     account_usage: Family<Labels, GaugeF>,
     account_weight: Family<Labels, Gauge>,
+    account_holding: Family<Labels, GaugeF>,
+    account_share: Family<Labels, GaugeF>,
+    account_usage_share: Family<Labels, GaugeF>,
     /// When each live VM entered its current state, for provisioning and boot latency and
     /// breakpoint age. Lost at a restart: VMs in flight then are not timed.
     since: Mutex<BTreeMap<VmId, u64>>,
@@ -139,6 +140,9 @@ impl Metrics {
             api_requests: Family::default(),
             account_usage: Family::default(),
             account_weight: Family::default(),
+            account_holding: Family::default(),
+            account_share: Family::default(),
+            account_usage_share: Family::default(),
             since: Mutex::new(BTreeMap::new()),
             registry: Registry::default(),
         };
@@ -283,6 +287,24 @@ impl Metrics {
             "Under fair share, an account's weight (account=\"other\": the sum of the weights \
              it folds in)",
             m.account_weight.clone(),
+        );
+        r.register(
+            "berth_account_holding_vcpus",
+            "Under fair share, the vCPUs an account's VMs hold now (a slot counting as a vCPU; \
+             account=\"other\": the sum of those it folds in)",
+            m.account_holding.clone(),
+        );
+        r.register(
+            "berth_account_share",
+            "Under fair share, the share an account is entitled to: its weight over the weights \
+             of the accounts holding capacity, waiting or with recent usage (0 to 1)",
+            m.account_share.clone(),
+        );
+        r.register(
+            "berth_account_usage_share",
+            "Under fair share, an account's decayed usage over everyone's (0 to 1): above its \
+             berth_account_share, its requests come after those of accounts below theirs",
+            m.account_usage_share.clone(),
         );
         Metrics { registry: r, ..m }
     }
@@ -474,51 +496,30 @@ impl Metrics {
                 .get_or_create(&labels(&[("state", state)]))
                 .set(n);
         }
-        self.sample_accounts(s);
+        self.sample_accounts(s, now_ms);
     }
 
-    /// Per account, decayed usage and weight: every configured account, and of the others
-    /// (which clients name as they like) the [`ACCOUNT_SERIES_OTHERS_MAX`] using most, the rest
-    /// summed under `account="other"`, so that no client can grow the number of series.
-    fn sample_accounts(&self, s: &Scheduler) {
+    /// Per account, decayed usage, weight and holding: the accounts `GET /v1/accounts` names
+    /// (see [`answers::accounts`]), so that no client can grow the number of series.
+    fn sample_accounts(&self, s: &Scheduler, now_ms: u64) {
         self.account_usage.clear();
         self.account_weight.clear();
-        let configured: std::collections::BTreeSet<&str> = s
-            .config()
-            .fair_share
-            .iter()
-            .flat_map(|f| f.accounts.iter().map(|a| a.name.as_str()))
-            .collect();
-        let accounts = s.accounts();
-        let (mut shown, mut others): (Vec<_>, Vec<_>) = accounts
-            .iter()
-            .partition(|a| configured.contains(a.name.as_str()));
-        // The most using first, then by name: a fixed choice for a given state.
-        others.sort_by(|a, b| {
-            b.usage_vcpu_s
-                .total_cmp(&a.usage_vcpu_s)
-                .then_with(|| a.name.cmp(&b.name))
-        });
-        let folded = others.split_off(others.len().min(ACCOUNT_SERIES_OTHERS_MAX));
-        shown.extend(others);
-        // An account that is itself named `other` shares the folded series.
-        let mut series: BTreeMap<&str, (f64, i64)> = BTreeMap::new();
-        for a in &shown {
-            let e = series.entry(a.name.as_str()).or_default();
-            e.0 += a.usage_vcpu_s;
-            e.1 += i64::from(a.weight);
-        }
-        if !folded.is_empty() {
-            let e = series.entry(ACCOUNT_OTHER).or_default();
-            for a in &folded {
-                e.0 += a.usage_vcpu_s;
-                e.1 += i64::from(a.weight);
-            }
-        }
-        for (name, (usage, weight)) in series {
-            let l = labels(&[("account", name)]);
-            self.account_usage.get_or_create(&l).set(usage);
-            self.account_weight.get_or_create(&l).set(weight);
+        self.account_holding.clear();
+        self.account_share.clear();
+        self.account_usage_share.clear();
+        for a in crate::answers::accounts(s, now_ms).accounts {
+            let l = labels(&[("account", &a.account)]);
+            self.account_usage.get_or_create(&l).set(a.usage_vcpu_s);
+            self.account_weight
+                .get_or_create(&l)
+                .set(i64::try_from(a.weight).unwrap_or(i64::MAX));
+            self.account_holding
+                .get_or_create(&l)
+                .set(a.holding_vcpus_milli as f64 / 1000.0);
+            self.account_share.get_or_create(&l).set(a.share);
+            self.account_usage_share
+                .get_or_create(&l)
+                .set(a.usage_share);
         }
     }
 

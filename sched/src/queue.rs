@@ -127,6 +127,16 @@ impl Queue {
         seq
     }
 
+    /// Per account (fair share's id), how many requests wait: a walk over the levels, not
+    /// over the requests.
+    pub fn waiting_by_account(&self) -> BTreeMap<u32, usize> {
+        let mut out = BTreeMap::new();
+        for ((account, _), level) in &self.levels {
+            *out.entry(*account).or_default() += level.len();
+        }
+        out
+    }
+
     pub fn remove(&mut self, (account, priority): Level, seq: u64) {
         let Some(level) = self.levels.get_mut(&(account, Reverse(priority))) else {
             return;

@@ -667,6 +667,66 @@ fn change_list_and_show_speak_of_changes_for_people_and_scripts() {
     assert_eq!(code(&out), 6, "{}", text(&out.stderr));
 }
 
+/// `account list` shows fair share's standing of each account, in the order of service; without
+/// `[fair_share]` it says fair share is off.
+#[test]
+fn account_list_shows_each_accounts_share_against_its_usage() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = cli(&serve(&dir.path().join("plain")), &["account", "list"]);
+    assert_eq!(code(&out), 0, "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).starts_with("fair share is off"),
+        "{}",
+        text(&out.stdout)
+    );
+
+    let config = format!(
+        "{CONFIG}\n[fair_share]\nhalf_life_minutes = 60\ndefault_weight = 1\n\
+         \n[[fair_share.accounts]]\nname = \"qt-base\"\nweight = 3\n"
+    );
+    let serve = Serve::start(
+        std::path::Path::new(env!("CARGO_BIN_EXE_berth")),
+        &dir.path().join("fair"),
+        &config,
+    );
+    // qt-base fills both hosts (four 2-vCPU VMs); dev-anna's request waits behind them.
+    for (account, count) in [("qt-base", "4"), ("dev-anna", "1")] {
+        let mut args = vec!["request", "--template", "linux", "--count", count];
+        args.extend(["--account", account]);
+        if account == "qt-base" {
+            args.push("--wait");
+        }
+        let out = cli(&serve, &args);
+        assert_eq!(code(&out), 0, "{}", text(&out.stderr));
+    }
+    let out = cli(&serve, &["account", "list"]);
+    assert_eq!(code(&out), 0, "{}", text(&out.stderr));
+    let t = text(&out.stdout);
+    let lines: Vec<&str> = t.lines().collect();
+    assert!(lines[0].starts_with("RANK  ACCOUNT"), "{t}");
+    // dev-anna has used nothing, so it is served first; qt-base holds all 8 vCPUs.
+    assert!(lines[1].starts_with("1     dev-anna"), "{t}");
+    assert!(
+        lines[2].starts_with("2     qt-base") && lines[2].contains("8 vCPUs"),
+        "{t}"
+    );
+    let out = cli(&serve, &["account", "list", "-o", "json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let base = &v["accounts"][1];
+    assert_eq!(
+        (
+            &base["account"],
+            &base["weight"],
+            &base["holding_vcpus_milli"]
+        ),
+        (&"qt-base".into(), &3.into(), &8000.into()),
+        "{v}"
+    );
+    // Both accounts are active: weights 3 and 1.
+    assert_eq!(base["share"], 0.75, "{v}");
+    assert_eq!(v["accounts"][0]["waiting_requests"], 1, "{v}");
+}
+
 /// `host drain` says what the host waits for: its VMs, the held ones by owner and expiry, and
 /// when it should be empty; `host list` shows the estimate.
 #[test]

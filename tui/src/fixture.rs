@@ -141,6 +141,34 @@ pub fn small() -> Snapshot {
         vms,
         breakpoints,
         pulses,
+        accounts: vec![
+            account("qt-base", 3, 0.5, 0.62, 112_000, 2, 0),
+            account("release", 4, 0.33, 0.25, 32_000, 0, 1),
+            account("dev-anna", 1, 0.17, 0.13, 8_000, 1, 2),
+        ],
+    }
+}
+
+/// An account under fair share: entitled `share` against `used` (shares of 1), what it holds
+/// and how many of its requests wait, at `rank` in the order of service.
+fn account(
+    name: &str,
+    weight: u64,
+    share: f64,
+    used: f64,
+    holding_milli: i64,
+    waiting: u64,
+    rank: u32,
+) -> berth_api::AccountRow {
+    berth_api::AccountRow {
+        account: name.to_owned(),
+        weight,
+        share,
+        usage_vcpu_s: used * 1e6,
+        usage_share: used,
+        holding_vcpus_milli: holding_milli,
+        waiting_requests: waiting,
+        rank: Some(rank),
     }
 }
 
@@ -332,6 +360,7 @@ pub fn large(n_hosts: usize, n_vms: usize) -> Snapshot {
         vms,
         breakpoints,
         pulses: Vec::new(),
+        accounts: Vec::new(),
     }
 }
 

@@ -326,6 +326,7 @@ impl Source for HttpSource {
             .map(breakpoint)
             .collect();
         self.fetch_pulses(status.server_ms)?;
+        let accounts = self.client.accounts()?.accounts;
         Ok(Snapshot {
             // The daemon's wall clock, not its scheduler's (which stands still while idle).
             now_ms: status.server_ms,
@@ -334,6 +335,7 @@ impl Source for HttpSource {
             vms,
             breakpoints,
             pulses: self.pulses.clone(),
+            accounts,
         })
     }
 

@@ -15,6 +15,9 @@ pub struct Snapshot {
     /// The daemon's pulses of the last hour, oldest first (`GET /v1/pulses`): what the
     /// overview plots, so the plots need no history of the console's own.
     pub pulses: Vec<berth_api::Pulse>,
+    /// Accounts under fair share in the order the queue serves them (`GET /v1/accounts`);
+    /// empty without fair share.
+    pub accounts: Vec<berth_api::AccountRow>,
 }
 
 /// The window of pulses the console keeps and plots: an hour.

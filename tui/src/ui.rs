@@ -392,15 +392,22 @@ fn draw_overview(f: &mut Frame, app: &App, theme: Theme, area: Rect) {
     let [left, right] =
         Layout::horizontal([Constraint::Percentage(58), Constraint::Percentage(42)]).areas(top);
     let fleet = fleet_lines(app, theme);
+    let gauges = app.summary.classes.len() as u16 * 2 + 2;
+    // Under fair share, a row per account (the first few in the order of service).
+    let accounts = match app.snap.accounts.len() as u16 {
+        0 => 0,
+        n => n.min(ACCOUNT_ROWS_MAX) + 2,
+    };
     if tall {
-        let gauges = app.summary.classes.len() as u16 * 2 + 2;
         let errors = app.snap.hosts.iter().filter(|h| h.state == "error").count() as u16;
-        let [gauge_area, waits_area, errors_area] = Layout::vertical([
+        let [gauge_area, accounts_area, waits_area, errors_area] = Layout::vertical([
             Constraint::Length(gauges),
+            Constraint::Length(accounts),
             Constraint::Fill(1),
             Constraint::Length(errors.clamp(1, 5) + 2),
         ])
         .areas(left);
+        draw_accounts(f, app, theme, accounts_area);
         let [fleet_area, actions_area] = Layout::vertical([
             Constraint::Length(fleet.len() as u16 + 2),
             Constraint::Fill(1),
@@ -412,10 +419,63 @@ fn draw_overview(f: &mut Frame, app: &App, theme: Theme, area: Rect) {
         draw_fleet(f, fleet, fleet_area);
         draw_operator_actions(f, app, actions_area);
     } else {
-        draw_capacity(f, app, theme, left);
+        // The capacity gauges keep their rows; the accounts take what is left below them.
+        let [gauge_area, accounts_area] = Layout::vertical([
+            Constraint::Min(gauges.min(left.height)),
+            Constraint::Max(accounts),
+        ])
+        .areas(left);
+        draw_capacity(f, app, theme, gauge_area);
+        draw_accounts(f, app, theme, accounts_area);
         draw_fleet(f, fleet, right);
     }
     draw_pulses(f, app, theme, plot_rows, plots);
+}
+
+/// The most accounts the overview lists (`berth account list` has them all).
+const ACCOUNT_ROWS_MAX: u16 = 6;
+
+/// Accounts under fair share in the order the queue serves them: each one's share of recent
+/// usage against the share it is entitled to (the bar fills to its usage; yellow past its
+/// share), and the vCPUs it holds.
+fn draw_accounts(f: &mut Frame, app: &App, theme: Theme, area: Rect) {
+    if area.height < 3 || app.snap.accounts.is_empty() {
+        return;
+    }
+    let block = Block::default()
+        .borders(Borders::ALL)
+        .title(" accounts: used / entitled share ");
+    let inner = block.inner(area);
+    f.render_widget(block, area);
+    let rows = app.snap.accounts.len();
+    let shown = usize::from(inner.height).min(rows);
+    for (i, a) in app.snap.accounts.iter().take(shown).enumerate() {
+        let y = inner.y + i as u16;
+        if i + 1 == shown && shown < rows {
+            let more = format!("… {} more: berth account list", rows - shown + 1);
+            f.render_widget(
+                Paragraph::new(more).style(theme.dim()),
+                Rect::new(inner.x, y, inner.width, 1),
+            );
+            break;
+        }
+        let over = a.usage_share > a.share;
+        let label = format!(
+            "{:<10.10} {:>3.0}%/{:>3.0}% {:>4} cpu",
+            a.account,
+            a.usage_share * 100.0,
+            a.share * 100.0,
+            milli(a.holding_vcpus_milli.max(0) as u64)
+        );
+        let bar = LineGauge::default()
+            .ratio(a.usage_share.clamp(0.0, 1.0))
+            .label(label)
+            .filled_style(theme.fg(if over { Color::Yellow } else { Color::Green }))
+            .unfilled_style(theme.dim())
+            .filled_symbol("█")
+            .unfilled_symbol("░");
+        f.render_widget(bar, Rect::new(inner.x, y, inner.width, 1));
+    }
 }
 
 /// Capacity by host class: one CPU and one memory gauge per class.

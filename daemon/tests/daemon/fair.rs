@@ -210,10 +210,10 @@ fn changes_count_their_vms_and_page_newest_first() {
     d.stop();
 }
 
-/// `/metrics` gives each configured account its usage and weight, and folds accounts that
-/// clients invent past the cap into `account="other"`.
+/// `/metrics` and `GET /v1/accounts` give each configured account its usage and weight, and
+/// fold accounts that clients invent past the cap into `account="other"`.
 #[test]
-fn metrics_show_configured_accounts_and_fold_invented_ones() {
+fn metrics_and_the_api_show_configured_accounts_and_fold_invented_ones() {
     let dir = tempfile::tempdir().unwrap();
     let d = TestDaemon::start(dir.path(), &format!("{ONE_SLOT}{FAIR}"));
     d.wait_for("the host to be ready", |d| d.host_state("sim-1") == "ready");
@@ -254,5 +254,40 @@ fn metrics_show_configured_accounts_and_fold_invented_ones() {
         .parse()
         .unwrap();
     assert!(big > 0.0, "big's running VM counts: {text}");
+
+    // `GET /v1/accounts` names the same accounts, in the order the queue serves them.
+    let list = d.ok("GET", "/v1/accounts", None);
+    assert_eq!(list["fair_share"], true);
+    assert_eq!(list["folded"], 5, "{list}");
+    let rows = list["accounts"].as_array().unwrap();
+    assert_eq!(
+        rows.len(),
+        2 + berth_daemon::metrics::ACCOUNT_SERIES_OTHERS_MAX + 1
+    );
+    let row = |name: &str| rows.iter().find(|r| r["account"] == name).unwrap().clone();
+    let (big, small, other) = (row("big"), row("small"), row("other"));
+    assert_eq!(big["holding_vcpus_milli"], 2000, "{big}");
+    assert_eq!(big["usage_share"], 1.0, "only big has run anything: {big}");
+    // Active: big (it holds a VM) and the 25 invented accounts (each waits); small is idle.
+    let share = big["share"].as_f64().unwrap();
+    assert!((share - 1.0 / 26.0).abs() < 1e-9, "{big}");
+    assert_eq!(
+        (small["share"].as_f64(), small["waiting_requests"].as_u64()),
+        (Some(0.0), Some(0))
+    );
+    assert_eq!(other["rank"], serde_json::Value::Null);
+    assert_eq!(
+        (other["weight"].as_u64(), other["waiting_requests"].as_u64()),
+        (Some(5), Some(5))
+    );
+    // Served first: the accounts that have used nothing; big, which has, comes after them.
+    let ranks: Vec<&str> = rows
+        .iter()
+        .map(|r| r["account"].as_str().unwrap())
+        .collect();
+    assert!(
+        ranks.iter().position(|a| *a == "big") > ranks.iter().position(|a| *a == "made-up-00"),
+        "{ranks:?}"
+    );
     d.stop();
 }

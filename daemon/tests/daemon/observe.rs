@@ -302,9 +302,11 @@ fn dashboard_metrics() -> BTreeSet<String> {
 #[test]
 fn metrics_pass_promtool_cover_the_dashboard_and_accounting_views_add_up() {
     let dir = tempfile::tempdir().unwrap();
-    // A hook that always fails, so that the hook families have samples.
+    // A hook that always fails, so that the hook families have samples; fair share, so that
+    // the account families have.
     let config = format!(
-        "{}\n[[hooks]]\nname = \"false\"\non = \"vm.done\"\ncommand = [\"false\"]\n",
+        "{}\n[[hooks]]\nname = \"false\"\non = \"vm.done\"\ncommand = [\"false\"]\n\
+         \n[fair_share]\nhalf_life_minutes = 60\ndefault_weight = 1\n",
         super::CONFIG
     );
     let d = TestDaemon::start(dir.path(), &config);

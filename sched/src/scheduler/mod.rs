@@ -46,6 +46,10 @@ pub struct AccountView {
     pub weight: u32,
     /// Decayed usage, in vCPU-seconds.
     pub usage_vcpu_s: f64,
+    /// What its VMs hold now, in milli-vCPUs (a slot counts as 1,000).
+    pub holding_milli: i64,
+    /// Its requests waiting in the queue.
+    pub waiting: usize,
     /// Where it stands in the order the queue serves accounts: 0 first.
     pub rank: u32,
 }
@@ -106,17 +110,23 @@ impl Scheduler {
     }
 
     /// Under fair share, every account seen with its weight, decayed usage (vCPU-seconds, a
-    /// slot counting as a vCPU) and rank in the order the queue serves them (0 first, as of
-    /// the last pass); empty without fair share.
-    pub fn accounts(&self) -> Vec<AccountView> {
+    /// slot counting as a vCPU) as of `now_ms` (the scheduler's clock if later: it moves only
+    /// with inputs, so a caller passes the wall clock to see usage accrue while nothing
+    /// happens) and rank in the order the queue serves them (0 first, as of the last pass);
+    /// empty without fair share.
+    pub fn accounts(&self, now_ms: u64) -> Vec<AccountView> {
+        let now_ms = now_ms.max(self.now_ms);
         let Some(fair) = self.fair.as_ref() else {
             return Vec::new();
         };
+        let waiting = self.queue.waiting_by_account();
         (0..fair.accounts.len() as u32)
             .map(|id| AccountView {
+                waiting: waiting.get(&id).copied().unwrap_or(0),
                 name: fair.name(id).to_owned(),
                 weight: fair.accounts[id as usize].weight,
-                usage_vcpu_s: fair.usage_at(id, self.now_ms),
+                usage_vcpu_s: fair.usage_at(id, now_ms),
+                holding_milli: fair.accounts[id as usize].holding_milli,
                 rank: fair.ranks[id as usize],
             })
             .collect()
