@@ -7,7 +7,7 @@
 //! all the arrivals of that instant at once, as batch simulators do.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
 use std::hash::BuildHasherDefault;
 use std::time::Instant;
 
@@ -155,6 +155,9 @@ pub struct Simulation {
     stale: u64,
     /// During a forecast: each request's wait, by id, as it is placed.
     placed_waits: Option<BTreeMap<u64, u64>>,
+    /// During a start estimate: the requests not yet placed among those watched, and when
+    /// each watched one was placed (see [`Simulation::run_to_starts`]).
+    watch: Option<(BTreeSet<u64>, BTreeMap<u64, u64>)>,
     /// What a run may cost (see [`Budget`]), and the steps taken so far.
     budget: Budget,
     steps: u64,
@@ -205,6 +208,7 @@ impl Simulation {
             timeline: Timeline::new(),
             stale: 0,
             placed_waits: None,
+            watch: None,
             budget: Budget::default(),
             steps: 0,
         };
@@ -245,6 +249,7 @@ impl Simulation {
             timeline: Timeline::new(),
             stale: 0,
             placed_waits: None,
+            watch: None,
             budget: Budget::default(),
             steps: 0,
             sched,
@@ -412,6 +417,9 @@ impl Simulation {
             if t > until_ms {
                 break;
             }
+            if self.watch.as_ref().is_some_and(|(left, _)| left.is_empty()) {
+                break;
+            }
             self.steps += 1;
             if self.budget.steps_max.is_some_and(|max| self.steps > max) {
                 return Err(SimError::OverBudget {
@@ -487,6 +495,32 @@ impl Simulation {
             waiting: self.waits_of(waiting_now.into_iter().map(|id| (id, 0)), until_ms),
             arrivals: self.waits_of(arrived.into_iter(), until_ms),
         })
+    }
+
+    /// Runs with no trace until every request of `watch` has started (all its VMs placed),
+    /// `until_ms` has come, or `steps_max` more instants were processed, whichever is first.
+    /// Returns when each watched request started and the time the run reached: a request
+    /// missing from the answer starts later than that, if at all.
+    pub(crate) fn run_to_starts(
+        &mut self,
+        watch: BTreeSet<u64>,
+        until_ms: u64,
+        steps_max: u64,
+    ) -> Result<(BTreeMap<u64, u64>, u64), SimError> {
+        self.watch = Some((watch, BTreeMap::new()));
+        self.budget.steps_max = Some(self.steps.saturating_add(steps_max));
+        let reached_ms = match self.advance(&mut std::iter::empty(), until_ms) {
+            Ok(()) => until_ms,
+            Err(SimError::OverBudget { .. }) => self.now_ms,
+            Err(e) => return Err(e),
+        };
+        let (_, placed) = self.watch.take().unwrap_or_default();
+        Ok((placed, reached_ms))
+    }
+
+    /// Simulated instants processed so far.
+    pub(crate) fn steps(&self) -> u64 {
+        self.steps
     }
 
     /// The waits of the requests `(id, submitted at)` at the end of a forecast run to
@@ -1043,6 +1077,11 @@ impl Simulation {
                             self.breakdown.waited(r.rows, wait, r.duration_ms);
                             if let Some(p) = &mut self.placed_waits {
                                 p.insert(id, wait);
+                            }
+                            if let Some((left, placed)) = &mut self.watch
+                                && left.remove(&id)
+                            {
+                                placed.insert(id, now);
                             }
                         }
                     }

@@ -9,6 +9,7 @@
 pub mod breakdown;
 pub mod compare;
 mod engine;
+pub mod eta;
 pub mod fleet;
 mod hist;
 pub mod load;
@@ -22,6 +23,7 @@ pub mod sweep;
 pub use berth_latency::Profile;
 pub use breakdown::{ChangeReport, ChangeSizeReport, ClassReport, GroupReport};
 pub use engine::{Budget, Forecast, SimConfig, Simulation, UNSPECIFIED_MEMORY_MIB, WaitForecast};
+pub use eta::{Eta, EtaConfig, Starts, estimate_starts};
 pub use fleet::Fleet;
 pub use load::{LoadSizing, size_for_load};
 pub use provenance::Provenance;
