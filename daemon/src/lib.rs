@@ -399,6 +399,7 @@ pub async fn start(opts: Options) -> Result<Daemon, DaemonError> {
         health,
         templates: Arc::new(templates),
         pulses: opts.config.pulses.clone(),
+        eta: Arc::default(),
     };
     let pulses = tokio::spawn(pulses::run(
         state.clone(),
