@@ -13,6 +13,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use berth_sched::{RequestId, RequestState, Scheduler};
+use serde::{Deserialize, Serialize};
 
 use crate::{Profile, SimConfig, SimError, Simulation};
 
@@ -115,6 +116,214 @@ pub fn estimate_starts(
         steps: (sim.steps() - steps_before).min(config.steps_max),
         starts,
     })
+}
+
+/// How good the estimate is, measured in a simulation: at each submit whose request then
+/// waits (or at a sample of them), the estimator runs on a copy of the simulation's scheduler,
+/// and its prediction is held against when the request actually started.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct EtaReport {
+    /// Submits whose request waited (was not placed in the instant it arrived).
+    pub waiting_submits: u64,
+    /// One in this many of them was estimated: 1 at first, doubled (and every other sample
+    /// dropped) each time the samples outgrow the cap, so they spread over the whole run.
+    pub sample_every: u64,
+    /// Estimated requests that then started: the figures below are over these.
+    pub samples: u64,
+    /// Of those, requests whose estimate stopped (at its horizon or budget) before they started:
+    /// "later than", left out of the errors.
+    pub past_bounds: u64,
+    /// |predicted − actual start|, median and p90, in seconds.
+    pub median_abs_error_s: f64,
+    pub p90_abs_error_s: f64,
+    /// predicted − actual start, median, in seconds: positive when estimates come late.
+    pub median_signed_error_s: f64,
+    /// |predicted − actual start| / actual wait, median and p90, over the samples that waited
+    /// at least a second.
+    pub median_rel_error: f64,
+    pub p90_rel_error: f64,
+    /// Actual wait of the samples, median, in seconds (the scale of the errors above).
+    pub median_wait_s: f64,
+    /// Wall-clock time the estimates took, in seconds.
+    pub wall_s: f64,
+}
+
+/// One line of the report's table: `eta        error median 3m12s (14% of the wait), p90 ...`.
+impl std::fmt::Display for EtaReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.samples == 0 {
+            return write!(
+                f,
+                "eta        no estimate measured ({} waiting submits)",
+                self.waiting_submits
+            );
+        }
+        write!(
+            f,
+            "eta        error at submit: median {:.0} s ({:.1}% of the wait; median wait {:.0} s), \
+             p90 {:.0} s ({:.1}%); bias {:+.0} s; {} samples, 1 in {} of {} waiting submits, \
+             {} past the bounds; {:.1} s",
+            self.median_abs_error_s,
+            self.median_rel_error * 100.0,
+            self.median_wait_s,
+            self.p90_abs_error_s,
+            self.p90_rel_error * 100.0,
+            self.median_signed_error_s,
+            self.samples,
+            self.sample_every,
+            self.waiting_submits,
+            self.past_bounds,
+            self.wall_s
+        )
+    }
+}
+
+/// One estimated submit.
+#[derive(Clone, Copy, Debug)]
+struct Sample {
+    submitted_ms: u64,
+    predicted: Eta,
+    started_ms: Option<u64>,
+}
+
+/// Runs the estimator at the submits of a simulation and keeps at most `samples_max` of them.
+#[derive(Debug)]
+pub(crate) struct EtaSampler {
+    config: EtaConfig,
+    samples_max: usize,
+    every: u64,
+    /// Waiting submits seen, each numbered in turn.
+    seen: u64,
+    /// By the waiting submit's number.
+    samples: BTreeMap<u64, Sample>,
+    /// Requests not yet started, by id, with their number.
+    pending: BTreeMap<u64, u64>,
+    wall: std::time::Duration,
+}
+
+impl EtaSampler {
+    pub(crate) fn new(samples_max: usize, latency: Profile) -> EtaSampler {
+        EtaSampler {
+            config: EtaConfig {
+                horizon_ms: SAMPLE_HORIZON_MS,
+                steps_max: SAMPLE_STEPS_MAX,
+                latency,
+            },
+            samples_max: samples_max.max(1),
+            every: 1,
+            seen: 0,
+            samples: BTreeMap::new(),
+            pending: BTreeMap::new(),
+            wall: std::time::Duration::ZERO,
+        }
+    }
+
+    /// Request `id`, submitted at `submitted_ms`, still waits after its instant's pass:
+    /// estimated from `sched` if its number is sampled.
+    pub(crate) fn waiting_submit(&mut self, id: u64, submitted_ms: u64, sched: &Scheduler) {
+        let number = self.seen;
+        self.seen += 1;
+        if !number.is_multiple_of(self.every) {
+            return;
+        }
+        let started = std::time::Instant::now();
+        let estimate = estimate_starts(sched.clone(), Some(&[RequestId(id)]), self.config);
+        self.wall += started.elapsed();
+        let Some(predicted) = estimate.ok().and_then(|s| s.of(RequestId(id))) else {
+            return;
+        };
+        self.samples.insert(
+            number,
+            Sample {
+                submitted_ms,
+                predicted,
+                started_ms: None,
+            },
+        );
+        self.pending.insert(id, number);
+        if self.samples.len() > self.samples_max {
+            self.every *= 2;
+            let every = self.every;
+            self.samples.retain(|n, _| n.is_multiple_of(every));
+            self.pending.retain(|_, n| n.is_multiple_of(every));
+        }
+    }
+
+    /// Request `id` started (all its VMs placed) at `at_ms`.
+    pub(crate) fn started(&mut self, id: u64, at_ms: u64) {
+        if let Some(n) = self.pending.remove(&id)
+            && let Some(s) = self.samples.get_mut(&n)
+        {
+            s.started_ms = Some(at_ms);
+        }
+    }
+
+    /// Request `id` ended; one that never started leaves the samples.
+    pub(crate) fn ended(&mut self, id: u64) {
+        if let Some(n) = self.pending.remove(&id) {
+            self.samples.remove(&n);
+        }
+    }
+
+    /// Wall-clock time the estimates took so far, in seconds.
+    pub(crate) fn wall_s(&self) -> f64 {
+        self.wall.as_secs_f64()
+    }
+
+    pub(crate) fn report(&self) -> EtaReport {
+        let mut abs = Vec::new();
+        let mut signed = Vec::new();
+        let mut rel = Vec::new();
+        let mut waits = Vec::new();
+        let mut past_bounds = 0;
+        for s in self.samples.values() {
+            let Some(actual) = s.started_ms else { continue };
+            let predicted = match s.predicted {
+                Eta::At(at) => at,
+                Eta::After(_) => {
+                    past_bounds += 1;
+                    continue;
+                }
+            };
+            let error = predicted as i64 - actual as i64;
+            let wait = actual.saturating_sub(s.submitted_ms);
+            abs.push(error.unsigned_abs() as f64 / 1000.0);
+            signed.push(error as f64 / 1000.0);
+            waits.push(wait as f64 / 1000.0);
+            if wait >= 1000 {
+                rel.push(error.unsigned_abs() as f64 / wait as f64);
+            }
+        }
+        let samples = abs.len() as u64 + past_bounds;
+        EtaReport {
+            waiting_submits: self.seen,
+            sample_every: self.every,
+            samples,
+            past_bounds,
+            median_abs_error_s: quantile(&mut abs, 0.5),
+            p90_abs_error_s: quantile(&mut abs, 0.9),
+            median_signed_error_s: quantile(&mut signed, 0.5),
+            median_rel_error: quantile(&mut rel, 0.5),
+            p90_rel_error: quantile(&mut rel, 0.9),
+            median_wait_s: quantile(&mut waits, 0.5),
+            wall_s: self.wall.as_secs_f64(),
+        }
+    }
+}
+
+/// How far ahead an estimate made in a simulation looks, and the instants it may take: the
+/// daemon's bounds.
+const SAMPLE_HORIZON_MS: u64 = 24 * 3_600_000;
+const SAMPLE_STEPS_MAX: u64 = 200_000;
+
+/// The `q` quantile of `xs` by nearest rank (0 when empty).
+fn quantile(xs: &mut [f64], q: f64) -> f64 {
+    if xs.is_empty() {
+        return 0.0;
+    }
+    xs.sort_by(f64::total_cmp);
+    let rank = ((q * xs.len() as f64).ceil() as usize).clamp(1, xs.len());
+    xs[rank - 1]
 }
 
 #[cfg(test)]
@@ -224,6 +433,48 @@ mod tests {
         let starts = estimate_starts(s, Some(&[RequestId(3), RequestId(2)]), ZERO).unwrap();
         assert_eq!(starts.of(RequestId(3)), Some(Eta::At(35 * MINUTE_MS)));
         assert_eq!(starts.of(RequestId(2)), None);
+    }
+
+    #[test]
+    fn the_sampler_keeps_at_most_its_cap_spread_over_the_run_and_scores_them() {
+        // One vCPU, every request 10 minutes: the n-th waiting submit (all at 0) starts at
+        // n × 10 min, as estimated.
+        let mut s = scheduler(Policy::Fcfs, 1);
+        submit(&mut s, 0, 1, 1, 10 * MINUTE_MS);
+        poll(&mut s);
+        let mut sampler = EtaSampler::new(4, Profile::Zero);
+        for id in 2..=11 {
+            submit(&mut s, 0, id, 1, 10 * MINUTE_MS);
+            poll(&mut s);
+            sampler.waiting_submit(id, 0, &s);
+        }
+        // Ten waiting submits, a cap of four: one in four kept (numbers 0, 4, 8).
+        assert_eq!(sampler.every, 4);
+        assert_eq!(
+            sampler.samples.keys().copied().collect::<Vec<_>>(),
+            [0, 4, 8]
+        );
+        // They start 5 minutes late each (a slower world than expected), and one is cancelled.
+        for id in [2, 6] {
+            let estimated = (id - 1) * 10 * MINUTE_MS;
+            sampler.started(id, estimated + 5 * MINUTE_MS);
+        }
+        sampler.ended(10);
+        let r = sampler.report();
+        assert_eq!((r.waiting_submits, r.sample_every, r.samples), (10, 4, 2));
+        assert_eq!(r.median_abs_error_s, 300.0);
+        assert_eq!(r.median_signed_error_s, -300.0);
+        // Waits of 15 and 55 minutes: errors of a third and of 1/11.
+        assert!((r.median_rel_error - 5.0 / 55.0).abs() < 1e-9, "{r:?}");
+        assert!((r.p90_rel_error - 5.0 / 15.0).abs() < 1e-9, "{r:?}");
+    }
+
+    #[test]
+    fn quantiles_are_nearest_rank() {
+        let mut xs = vec![5.0, 1.0, 3.0, 2.0, 4.0];
+        assert_eq!(quantile(&mut xs, 0.5), 3.0);
+        assert_eq!(quantile(&mut xs, 0.9), 5.0);
+        assert_eq!(quantile(&mut [], 0.5), 0.0);
     }
 
     #[test]
