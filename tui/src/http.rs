@@ -144,6 +144,9 @@ pub fn request(r: api::RequestRow, why: Option<api::Why>) -> Request {
         priority: r.spec.priority.into(),
         submitted_ms: r.submitted_ms,
         state: r.state.name().to_owned(),
+        position: r.position,
+        eta_ms: r.eta_ms,
+        eta_after_ms: r.eta_after_ms,
         why: why.map(|w| Why {
             summary: w.summary,
             reasons: w
