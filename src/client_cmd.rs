@@ -557,6 +557,10 @@ fn request_text(v: &api::RequestDetail, c: &Client) -> String {
     }
     out.push_str(&format!(", account {}", r.spec.account));
     out.push('\n');
+    if let Some(line) = position_line(r, now) {
+        out.push_str(&line);
+        out.push('\n');
+    }
     if let Some(why) = &v.why {
         out.push_str(&format!("waiting: {}\n", why.summary));
         for r in &why.reasons {
@@ -582,6 +586,22 @@ fn request_text(v: &api::RequestDetail, c: &Client) -> String {
     out
 }
 
+/// Where a waiting request stands and when it is expected to start: `position 12 of 340,
+/// starts in ~4m (estimate)`; `None` unless it waits.
+fn position_line(r: &api::RequestRow, now: u64) -> Option<String> {
+    if r.state != api::RequestState::Waiting {
+        return None;
+    }
+    let Some((position, len)) = r.position.zip(r.queue_len) else {
+        return Some("position not known yet (estimated every few seconds)".to_owned());
+    };
+    let starts = match human::eta(r.eta_ms, r.eta_after_ms, now) {
+        Some(when) => format!(", starts {when} (estimate)"),
+        None => String::new(),
+    };
+    Some(format!("position {position} of {len}{starts}"))
+}
+
 fn requests_text(rows: &[api::RequestRow], c: &Client) -> String {
     let now = human::now_ms();
     let mut t = Table::new(&[
@@ -591,6 +611,8 @@ fn requests_text(rows: &[api::RequestRow], c: &Client) -> String {
         ("CPUS", true),
         ("MEMORY", true),
         ("STATE", false),
+        ("POS", false),
+        ("ETA", false),
         ("AGE", false),
         ("REQUESTER", true),
         ("CHANGE", true),
@@ -606,6 +628,8 @@ fn requests_text(rows: &[api::RequestRow], c: &Client) -> String {
             r.spec.vcpus.map_or_else(|| "-".into(), |v| v.to_string()),
             r.spec.memory_mib.map_or_else(|| "-".into(), human::mib),
             r.state.to_string(),
+            r.position.map_or_else(|| "-".into(), |p| p.to_string()),
+            human::eta_cell(r.eta_ms, r.eta_after_ms, now),
             human::age(now, r.submitted_ms),
             r.spec.requester.clone(),
             or_dash(r.spec.change.as_deref()),
@@ -1856,6 +1880,11 @@ fn change_text(v: &api::ChangeDetail, c: &Client) -> String {
         r.vms_failed,
         r.vms_cancelled
     ));
+    if let Some(when) = human::eta(r.eta_ms, r.eta_after_ms, now) {
+        out.push_str(&format!(
+            "its last waiting request starts {when} (estimate)\n"
+        ));
+    }
     if (v.requests.len() as u64) < r.n_requests {
         out.push_str(&format!(
             "(the first {} of its {} requests)\n",

@@ -24,6 +24,46 @@ pub fn duration(ms: u64) -> String {
     }
 }
 
+/// A rough duration for an estimate: `<1m`, `~4m`, `~2h05m`, `~3d04h` (minutes at most; an
+/// estimate is not good to the second).
+pub fn about(ms: u64) -> String {
+    let m = ms / 60_000;
+    if m == 0 {
+        "<1m".to_owned()
+    } else if m < 60 {
+        format!("~{m}m")
+    } else if m < 24 * 60 {
+        format!("~{}h{:02}m", m / 60, m % 60)
+    } else {
+        format!("~{}d{:02}h", m / 1440, (m % 1440) / 60)
+    }
+}
+
+/// When a waiting request is expected to start, from `eta_ms` (an estimate) or `after_ms` (the
+/// estimate stopped first), at `now_ms`: `in ~4m`, `now`, `later than in ~1d00h`; `None`
+/// without either.
+pub fn eta(eta_ms: Option<u64>, after_ms: Option<u64>, now_ms: u64) -> Option<String> {
+    match (eta_ms, after_ms) {
+        (_, Some(after)) => Some(format!(
+            "later than in {}",
+            about(after.saturating_sub(now_ms))
+        )),
+        (Some(at), None) if at <= now_ms => Some("now".to_owned()),
+        (Some(at), None) => Some(format!("in {}", about(at - now_ms))),
+        (None, None) => None,
+    }
+}
+
+/// The same, short, for a table's column: `~4m`, `now`, `>~1d00h`, `-`.
+pub fn eta_cell(eta_ms: Option<u64>, after_ms: Option<u64>, now_ms: u64) -> String {
+    match (eta_ms, after_ms) {
+        (_, Some(after)) => format!(">{}", about(after.saturating_sub(now_ms))),
+        (Some(at), None) if at <= now_ms => "now".to_owned(),
+        (Some(at), None) => about(at - now_ms),
+        (None, None) => "-".to_owned(),
+    }
+}
+
 /// How long ago `then_ms` was at `now_ms` (`0s` when the clocks disagree the other way).
 /// Whole seconds at least (`0s`, `12s`, `3m12s`).
 pub fn age(now_ms: u64, then_ms: u64) -> String {
@@ -140,6 +180,28 @@ mod tests {
         assert_eq!(duration(3 * 86_400_000 + 4 * 3_600_000), "3d04h");
         assert_eq!(age(10_000, 20_000), "0s");
         assert_eq!(age(65_500, 0), "1m05s");
+    }
+
+    #[test]
+    fn estimates_read_to_the_minute() {
+        assert_eq!(about(59_999), "<1m");
+        assert_eq!(about(4 * 60_000 + 59_000), "~4m");
+        assert_eq!(about(2 * 3_600_000 + 5 * 60_000), "~2h05m");
+        assert_eq!(about(3 * 86_400_000 + 4 * 3_600_000), "~3d04h");
+        let now = 1_000_000;
+        assert_eq!(
+            eta(Some(now + 240_000), None, now).as_deref(),
+            Some("in ~4m")
+        );
+        assert_eq!(eta(Some(now - 1), None, now).as_deref(), Some("now"));
+        assert_eq!(
+            eta(None, Some(now + 86_400_000), now).as_deref(),
+            Some("later than in ~1d00h")
+        );
+        assert_eq!(eta(None, None, now), None);
+        assert_eq!(eta_cell(Some(now + 240_000), None, now), "~4m");
+        assert_eq!(eta_cell(None, Some(now + 60_000), now), ">~1m");
+        assert_eq!(eta_cell(None, None, now), "-");
     }
 
     #[test]

@@ -102,6 +102,10 @@ pub struct RunArgs {
     /// compare a replay with the live run it recorded.
     #[arg(long)]
     placements: Option<PathBuf>,
+    /// Measure the estimated start of at most this many submits (spread over the run) against
+    /// their actual start, for the report's `eta` line; 0: none.
+    #[arg(long, default_value_t = berth_sim::ETA_SAMPLES_DEFAULT)]
+    eta_samples: usize,
 }
 
 fn hours_ms(h: f64, what: &str) -> anyhow::Result<u64> {
@@ -154,6 +158,7 @@ fn run_sim(args: RunArgs) -> anyhow::Result<ExitCode> {
             .transpose()?,
         mttr_ms: hours_ms(args.mttr_hours, "--mttr-hours")?,
         dev_delay_ms: hours_ms(args.dev_delay_minutes / 60.0, "--dev-delay-minutes")?,
+        eta_samples_max: args.eta_samples,
         ..SimConfig::default()
     };
     let settings_sha256 = provenance::settings_sha256(&config);

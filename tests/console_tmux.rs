@@ -289,6 +289,20 @@ fn console_at_80x24_counts_a_wait_on_an_idle_daemon_and_names_a_drains_blocker()
         waited >= 20 && waited <= elapsed + 1,
         "WAITED {waited}s after {elapsed}s:\n{screen}"
     );
+    // It is first in the queue, and expected to start once the breakpoint is released.
+    assert!(screen.contains("REQUEST POS ETA"), "{screen}");
+    let row: Vec<&str> = screen
+        .lines()
+        .find(|l| l.contains(&format!("r{r2} ")))
+        .unwrap()
+        .split_whitespace()
+        .skip_while(|w| *w != format!("r{r2}"))
+        .collect();
+    assert_eq!(row[1], "1", "POS of r{r2}:\n{screen}");
+    assert!(
+        row[2].starts_with('~') || row[2] == "<1m" || row[2] == "now",
+        "ETA of r{r2}:\n{screen}"
+    );
 
     // Drain the host: the dialog names the breakpoint that pins it, and who holds it.
     send(&socket, &["2"]);

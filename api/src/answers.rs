@@ -89,6 +89,23 @@ pub struct RequestRow {
     /// request answers `active` with `ending: cancelled` until its last VM is gone. `null`
     /// otherwise.
     pub ending: Option<RequestState>,
+    /// A waiting request's place in the order the queue is served, 1 first, as of the last
+    /// estimate (made at most a few seconds ago); `null` unless it waits, and until the first
+    /// estimate made since it arrived.
+    #[serde(default)]
+    pub position: Option<u64>,
+    /// Requests waiting, as of the same estimate as `position`.
+    #[serde(default)]
+    pub queue_len: Option<u64>,
+    /// When it is expected to start (all its VMs placed; ms since the epoch): the scheduler's
+    /// state run forward with expected durations and no new arrivals. `null` without an
+    /// estimate, or when the estimate stopped before it started (see `eta_after_ms`).
+    #[serde(default)]
+    pub eta_ms: Option<u64>,
+    /// The estimate stopped (at its horizon or its budget) with the request still waiting: it
+    /// is expected to start later than this (ms since the epoch).
+    #[serde(default)]
+    pub eta_after_ms: Option<u64>,
 }
 
 /// `GET /v1/requests`: a page of requests, newest first.
@@ -498,6 +515,14 @@ pub struct ChangeRow {
     /// From first arrival to the end, or to the daemon's clock when the answer was made while
     /// the change is still open.
     pub turnaround_ms: u64,
+    /// When its waiting request that starts last is expected to start (ms since the epoch;
+    /// see `RequestRow::eta_ms`); `null` when none waits or none has an estimate yet, or when
+    /// one starts later than the estimate looked (`eta_after_ms`).
+    #[serde(default)]
+    pub eta_ms: Option<u64>,
+    /// One of its waiting requests is expected to start later than this (ms since the epoch).
+    #[serde(default)]
+    pub eta_after_ms: Option<u64>,
 }
 
 /// `GET /v1/changes`: a page of changes, newest first (by first request).

@@ -46,6 +46,8 @@ fn engine(c: &mut Criterion) {
                     let config = SimConfig {
                         policy,
                         latency: Profile::Default,
+                        // The replay alone: no estimates of starts.
+                        eta_samples_max: 0,
                         ..SimConfig::default()
                     };
                     let sim = match Simulation::new(&fleet, config) {

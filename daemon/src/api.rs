@@ -40,6 +40,7 @@ use crate::limits::{
 use crate::store::{self, VmFilter};
 use crate::wire::{WireHold, WireHost, WireInput, WireRequest, WireTemplate, check_name};
 
+mod eta;
 mod predict;
 
 /// How long a breakpoint lasts when the request does not say: a working day.
@@ -136,6 +137,8 @@ pub struct AppState {
     pub(crate) pulses: crate::config::PulsesSection,
     /// The drivers' pulls of base images, for what a provisioning VM waits for.
     pub(crate) pulls: berth_drivers::images::Pulls,
+    /// Queue positions and estimated starts, made again at most every `ETA_REFRESH_MS`.
+    pub(crate) eta: Arc<eta::EtaTable>,
 }
 
 /// An error answer: its HTTP status, what went wrong, and the field at fault when one is.
@@ -624,6 +627,7 @@ async fn list_requests(
     let more = rows.len() as u64 > limit;
     rows.truncate(limit as usize);
     let next_before = more.then(|| rows.last().map(|r| r.id)).flatten();
+    state.eta.fill(&state, &mut rows).await;
     ok_json(
         StatusCode::OK,
         &api::RequestPage {
@@ -642,11 +646,12 @@ async fn get_request(
     UrlPath(id): UrlPath<String>,
 ) -> ApiResult {
     let id = parse_request_id(&id)?;
-    let row = state
+    let mut row = state
         .reads
         .read(move |c| store::get_request(c, id))
         .await?
         .ok_or_else(|| ApiError::field(404, "request", format!("no request r{id}")))?;
+    state.eta.fill(&state, std::slice::from_mut(&mut row)).await;
     let vms = state
         .reads
         .read(move |c| {
@@ -721,6 +726,21 @@ async fn list_changes(
     let more = rows.len() as u64 > limit;
     rows.truncate(limit as usize);
     let next_before = more.then(|| rows.last().map(|r| r.first_request)).flatten();
+    if rows.iter().any(|r| r.vms_waiting > 0) {
+        let mut waiting = state.reads.read(store::waiting_change_requests).await?;
+        state.eta.fill(&state, &mut waiting).await;
+        let mut by_change: BTreeMap<String, Vec<api::RequestRow>> = BTreeMap::new();
+        for r in waiting {
+            if let Some(change) = r.spec.change.clone() {
+                by_change.entry(change).or_default().push(r);
+            }
+        }
+        for row in &mut rows {
+            if let Some(requests) = by_change.get(&row.change) {
+                eta::EtaTable::change(row, requests);
+            }
+        }
+    }
     ok_json(
         StatusCode::OK,
         &api::ChangePage {
@@ -741,7 +761,7 @@ async fn get_change(
 ) -> ApiResult {
     crate::wire::check_text("change", &id)?;
     let now_ms = wall_ms();
-    let (row, requests) = state
+    let (mut row, mut requests) = state
         .reads
         .read(move |c| {
             let row = store::get_change(c, &id, now_ms)?;
@@ -753,6 +773,8 @@ async fn get_change(
         })
         .await?
         .map_err(|id| ApiError::field(404, "change", format!("no request names change `{id}`")))?;
+    state.eta.fill(&state, &mut requests).await;
+    eta::EtaTable::change(&mut row, &requests);
     ok_json(
         StatusCode::OK,
         &api::ChangeDetail {
@@ -1155,10 +1177,16 @@ async fn queue(
                 .collect::<Result<Vec<_>, _>>()
         })
         .await?;
-    let queue = rows
+    let (mut found, whys): (Vec<api::RequestRow>, Vec<Option<api::Why>>) = rows
         .into_iter()
         .zip(entries)
-        .filter_map(|(row, (_, why))| Some(api::QueueEntry { request: row?, why }))
+        .filter_map(|(row, (_, why))| Some((row?, why)))
+        .unzip();
+    state.eta.fill(&state, &mut found).await;
+    let queue = found
+        .into_iter()
+        .zip(whys)
+        .map(|(request, why)| api::QueueEntry { request, why })
         .collect();
     ok_json(StatusCode::OK, &api::Queue { queue })
 }

@@ -402,6 +402,7 @@ pub async fn start(opts: Options) -> Result<Daemon, DaemonError> {
         templates: Arc::new(templates),
         pulses: opts.config.pulses.clone(),
         pulls,
+        eta: Arc::default(),
     };
     let pulses = tokio::spawn(pulses::run(
         state.clone(),

@@ -38,6 +38,18 @@ pub const FORECASTS_AT_ONCE_MAX: usize = 1;
 /// Requests one forecast replays: those waiting plus those arriving again. Memory follows
 /// them (a copy of the scheduler holding them, for each of the two runs): a few KiB each.
 pub const FORECAST_REQUESTS_MAX: usize = 50_000;
+/// How long the table of queue positions and estimated starts is kept before a reader that
+/// needs it has it made again: at most one estimate per this period, whoever asks.
+pub const ETA_REFRESH_MS: u64 = 5_000;
+/// How far ahead an estimate of starts looks: a request not started by then is "later than"
+/// that.
+pub const ETA_HORIZON_MS: u64 = 24 * 3_600_000;
+/// Simulated instants one estimate of starts may take; requests still waiting when it stops
+/// are "later than" where it got.
+pub const ETA_STEPS_MAX: u64 = 200_000;
+/// Waiting requests past which no estimate is made (positions and starts are left out): the
+/// copy of the scheduler costs a few KiB per request.
+pub const ETA_REQUESTS_MAX: usize = FORECAST_REQUESTS_MAX;
 /// Long lists (requests, VMs, audit) built at once, across all clients; others wait their turn.
 pub const LIST_ANSWERS_AT_ONCE_MAX: usize = 2;
 /// The largest request body the API reads; a larger one is refused with a 413 before it is

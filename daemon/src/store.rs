@@ -890,6 +890,10 @@ fn request_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RequestRow> {
             .get::<_, Option<String>>(8)?
             .map(|text| parse_named(8, &text))
             .transpose()?,
+        position: None,
+        queue_len: None,
+        eta_ms: None,
+        eta_after_ms: None,
     })
 }
 
@@ -971,6 +975,8 @@ fn change_row(
         ended_ms,
         turnaround_ms: ended_ms.unwrap_or(now_ms).saturating_sub(first_ms),
         change,
+        eta_ms: None,
+        eta_after_ms: None,
     };
     let mut stmt = conn
         .prepare_cached(
@@ -1061,6 +1067,20 @@ pub fn change_requests(
         .map_err(sql("reading a change's requests"))?;
     rows.collect::<Result<Vec<_>, _>>()
         .map_err(sql("reading a change's requests"))
+}
+
+/// The waiting requests that name a change, oldest first (no more than the queue holds).
+pub fn waiting_change_requests(conn: &Connection) -> Result<Vec<RequestRow>, DaemonError> {
+    let mut stmt = conn
+        .prepare_cached(&format!(
+            "SELECT {REQUEST_COLUMNS} WHERE state = 'waiting' AND change IS NOT NULL ORDER BY id"
+        ))
+        .map_err(sql("reading the waiting requests of changes"))?;
+    let rows = stmt
+        .query_map([], request_row)
+        .map_err(sql("reading the waiting requests of changes"))?;
+    rows.collect::<Result<Vec<_>, _>>()
+        .map_err(sql("reading the waiting requests of changes"))
 }
 
 /// The orphans berth keeps on its hosts, by VM number.

@@ -44,4 +44,6 @@ pub use model::{
 pub use output::{Action, Cause, Event, VmSpec};
 pub use placement::Reason;
 pub use scheduler::{AccountView, REQUEST_VMS_MAX, Scheduler};
-pub use views::{Blocker, HostView, RequestView, VmView, WHY_HOSTS_NAMED, Why, human_duration};
+pub use views::{
+    Blocker, HostView, Positions, RequestView, VmView, WHY_HOSTS_NAMED, Why, human_duration,
+};

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use crate::fleet::Host;
+use crate::idmap::IdMap;
 use crate::model::{
     DriverKind, HostId, HostState, Label, RequestId, RequestSpec, RequestState, Shape, Template,
     VmId, VmState,
@@ -76,6 +77,21 @@ pub enum Blocker {
     /// EASY: the head `head` is expected to start at `start_ms`; starting this request now
     /// would delay it (for the head itself: its own expected start).
     Reserved { head: RequestId, start_ms: u64 },
+}
+
+/// Where the waiting requests stand in the order they are served (`Scheduler::positions`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Positions {
+    /// Requests waiting.
+    pub queue_len: usize,
+    by_request: IdMap<RequestId, u32>,
+}
+
+impl Positions {
+    /// Request `id`'s place in the order of service, 1 first; `None` if it is not waiting.
+    pub fn of(&self, id: RequestId) -> Option<u32> {
+        self.by_request.get(&id).copied()
+    }
 }
 
 /// Hosts a why-waiting names per reason (the rest are counted).
@@ -282,6 +298,22 @@ impl Scheduler {
 
     pub fn queue_len(&self) -> usize {
         self.queue.len()
+    }
+
+    /// Where each waiting request stands in the order the queue is served now (fair share's
+    /// account order first when configured, then effective priority, then arrival), as of the
+    /// last pass. Costs a merge of the queue, O(n log levels): build it once for many lookups.
+    pub fn positions(&self) -> Positions {
+        let order = self.queue();
+        let by_request = order
+            .iter()
+            .enumerate()
+            .map(|(i, &id)| (id, i as u32 + 1))
+            .collect();
+        Positions {
+            queue_len: order.len(),
+            by_request,
+        }
     }
 
     /// Why a request is still waiting; `None` if it is not waiting. Runs every filter over

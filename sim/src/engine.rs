@@ -7,7 +7,7 @@
 //! all the arrivals of that instant at once, as batch simulators do.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
 use std::hash::BuildHasherDefault;
 use std::time::Instant;
 
@@ -21,6 +21,7 @@ use berth_traces::{HostEvent, Outcome, Record, RecordBody, RequestRecord, TraceE
 
 use crate::SimError;
 use crate::breakdown::{Breakdown, Holding, RequestRows};
+use crate::eta::EtaSampler;
 use crate::fleet::{Fleet, class_of};
 use crate::plot::Timeline;
 use crate::report::{Metrics, Report, RunInfo};
@@ -45,6 +46,9 @@ pub struct SimConfig {
     pub dev_delay_ms: u64,
     /// The scheduler's configuration; the policy above replaces its own.
     pub sched: Config,
+    /// At most this many submits have their estimated start measured against their actual
+    /// start (`Report::eta`); 0: none. It changes nothing the run decides.
+    pub eta_samples_max: usize,
 }
 
 impl Default for SimConfig {
@@ -57,9 +61,13 @@ impl Default for SimConfig {
             mttr_ms: 4 * 3_600_000,
             dev_delay_ms: 30 * 60_000,
             sched: Config::default(),
+            eta_samples_max: ETA_SAMPLES_DEFAULT,
         }
     }
 }
+
+/// Submits whose estimated start a run measures unless told otherwise (`SimConfig`).
+pub const ETA_SAMPLES_DEFAULT: usize = 500;
 
 /// What a run from a copied state foresees (see [`Simulation::from_scheduler`]): queue waits,
 /// submit to placement.
@@ -155,6 +163,13 @@ pub struct Simulation {
     stale: u64,
     /// During a forecast: each request's wait, by id, as it is placed.
     placed_waits: Option<BTreeMap<u64, u64>>,
+    /// During a start estimate: the requests not yet placed among those watched, and when
+    /// each watched one was placed (see [`Simulation::run_to_starts`]).
+    watch: Option<(BTreeSet<u64>, BTreeMap<u64, u64>)>,
+    /// Measures the estimated starts of a run's submits (not of a run from a copy).
+    eta: Option<EtaSampler>,
+    /// Requests submitted since the last poll, for `eta`.
+    eta_arrivals: Vec<u64>,
     /// What a run may cost (see [`Budget`]), and the steps taken so far.
     budget: Budget,
     steps: u64,
@@ -205,9 +220,18 @@ impl Simulation {
             timeline: Timeline::new(),
             stale: 0,
             placed_waits: None,
+            watch: None,
+            eta: None,
+            eta_arrivals: Vec::new(),
             budget: Budget::default(),
             steps: 0,
         };
+        if sim.config.eta_samples_max > 0 {
+            sim.eta = Some(EtaSampler::new(
+                sim.config.eta_samples_max,
+                sim.config.latency,
+            ));
+        }
         for spec in &fleet.hosts {
             sim.add_host(spec.clone())?;
         }
@@ -245,6 +269,9 @@ impl Simulation {
             timeline: Timeline::new(),
             stale: 0,
             placed_waits: None,
+            watch: None,
+            eta: None,
+            eta_arrivals: Vec::new(),
             budget: Budget::default(),
             steps: 0,
             sched,
@@ -412,6 +439,9 @@ impl Simulation {
             if t > until_ms {
                 break;
             }
+            if self.watch.as_ref().is_some_and(|(left, _)| left.is_empty()) {
+                break;
+            }
             self.steps += 1;
             if self.budget.steps_max.is_some_and(|max| self.steps > max) {
                 return Err(SimError::OverBudget {
@@ -487,6 +517,32 @@ impl Simulation {
             waiting: self.waits_of(waiting_now.into_iter().map(|id| (id, 0)), until_ms),
             arrivals: self.waits_of(arrived.into_iter(), until_ms),
         })
+    }
+
+    /// Runs with no trace until every request of `watch` has started (all its VMs placed),
+    /// `until_ms` has come, or `steps_max` more instants were processed, whichever is first.
+    /// Returns when each watched request started and the time the run reached: a request
+    /// missing from the answer starts later than that, if at all.
+    pub(crate) fn run_to_starts(
+        &mut self,
+        watch: BTreeSet<u64>,
+        until_ms: u64,
+        steps_max: u64,
+    ) -> Result<(BTreeMap<u64, u64>, u64), SimError> {
+        self.watch = Some((watch, BTreeMap::new()));
+        self.budget.steps_max = Some(self.steps.saturating_add(steps_max));
+        let reached_ms = match self.advance(&mut std::iter::empty(), until_ms) {
+            Ok(()) => until_ms,
+            Err(SimError::OverBudget { .. }) => self.now_ms,
+            Err(e) => return Err(e),
+        };
+        let (_, placed) = self.watch.take().unwrap_or_default();
+        Ok((placed, reached_ms))
+    }
+
+    /// Simulated instants processed so far.
+    pub(crate) fn steps(&self) -> u64 {
+        self.steps
     }
 
     /// The waits of the requests `(id, submitted at)` at the end of a forecast run to
@@ -631,6 +687,7 @@ impl Simulation {
                 let _ = self.input(Input::Tick);
             }
             self.pump();
+            self.estimate_arrivals();
         }
         progress(n_records, self.now_ms);
         info.policy = self.config.policy.name().to_owned();
@@ -638,11 +695,14 @@ impl Simulation {
         info.seed = self.config.seed;
         info.hosts = self.n_hosts;
         info.fleet_vcpus = self.fleet_vcpus;
-        info.wall_s = started.elapsed().as_secs_f64();
+        // The replay's own time: the estimates of starts are timed apart (`Report::eta`).
+        let estimating = self.eta.as_ref().map_or(0.0, |e| e.wall_s());
+        info.wall_s = (started.elapsed().as_secs_f64() - estimating).max(0.0);
         let (first_ms, last_ms) = self.metrics.span_ms();
         let mut report = self
             .metrics
             .report(info, self.breakdown.report(first_ms, last_ms));
+        report.eta = self.eta.as_ref().map(EtaSampler::report);
         let class_vcpus: Vec<u64> = report.classes.iter().map(|c| c.vcpus).collect();
         report.series = Some(self.timeline.series(
             report.fleet_vcpus,
@@ -871,6 +931,8 @@ impl Simulation {
         if self.input(Input::Submit(spec)).is_err() {
             self.metrics.refused += 1;
             self.request_ended(r.id);
+        } else if self.eta.is_some() {
+            self.eta_arrivals.push(r.id);
         }
         Ok(())
     }
@@ -895,6 +957,21 @@ impl Simulation {
         let queue_len = self.sched.queue_len() as u64;
         self.metrics.queue(self.now_ms, queue_len);
         self.timeline.sample(self.now_ms, queue_len);
+    }
+
+    /// Runs the estimator for the requests submitted in this instant that still wait after
+    /// its pass (see `EtaSampler`), from the scheduler as it stands now.
+    fn estimate_arrivals(&mut self) {
+        let Some(eta) = self.eta.as_mut() else {
+            return;
+        };
+        for id in self.eta_arrivals.drain(..) {
+            if let Some(r) = self.requests.get(&id)
+                && !r.placed
+            {
+                eta.waiting_submit(id, r.submitted_ms, &self.sched);
+            }
+        }
     }
 
     fn act(&mut self, action: Action) {
@@ -1044,6 +1121,14 @@ impl Simulation {
                             if let Some(p) = &mut self.placed_waits {
                                 p.insert(id, wait);
                             }
+                            if let Some(eta) = &mut self.eta {
+                                eta.started(id, now);
+                            }
+                            if let Some((left, placed)) = &mut self.watch
+                                && left.remove(&id)
+                            {
+                                placed.insert(id, now);
+                            }
                         }
                     }
                     RequestState::Waiting => {}
@@ -1071,6 +1156,9 @@ impl Simulation {
 
     /// A request ended: release the requests that waited for it.
     fn request_ended(&mut self, id: u64) {
+        if let Some(eta) = &mut self.eta {
+            eta.ended(id);
+        }
         if let Some(r) = self.requests.remove(&id)
             && let Some(change) = &r.change
         {

@@ -9,6 +9,7 @@
 pub mod breakdown;
 pub mod compare;
 mod engine;
+pub mod eta;
 pub mod fleet;
 mod hist;
 pub mod load;
@@ -21,7 +22,11 @@ pub mod sweep;
 
 pub use berth_latency::Profile;
 pub use breakdown::{ChangeReport, ChangeSizeReport, ClassReport, GroupReport};
-pub use engine::{Budget, Forecast, SimConfig, Simulation, UNSPECIFIED_MEMORY_MIB, WaitForecast};
+pub use engine::{
+    Budget, ETA_SAMPLES_DEFAULT, Forecast, SimConfig, Simulation, UNSPECIFIED_MEMORY_MIB,
+    WaitForecast,
+};
+pub use eta::{Eta, EtaConfig, EtaReport, Starts, estimate_starts};
 pub use fleet::Fleet;
 pub use load::{LoadSizing, size_for_load};
 pub use provenance::Provenance;

@@ -155,6 +155,8 @@ pub fn settings_text(config: &SimConfig) -> String {
         mttr_ms,
         dev_delay_ms,
         sched,
+        // Measuring estimated starts changes nothing the run decides.
+        eta_samples_max: _,
     } = config;
     let Config {
         // The simulation's policy replaces the scheduler config's own.

@@ -79,6 +79,10 @@ pub struct Report {
     /// Change turnaround, for traces whose requests name their `change`.
     #[serde(default)]
     pub changes: ChangeReport,
+    /// How good the estimated starts were: predicted at submit against actual (see
+    /// `SimConfig::eta_samples_max`); absent when not measured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eta: Option<crate::eta::EtaReport>,
     /// What `berth sim plot` draws: CDFs and the timeline, downsampled.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub series: Option<Series>,
@@ -254,6 +258,7 @@ impl Metrics {
             events: self.events,
             wall_s: run.wall_s,
             provenance: crate::Provenance::default(),
+            eta: None,
             bounded_slowdown_mean: breakdowns.bounded_slowdown_mean,
             bounded_slowdown_p90: breakdowns.bounded_slowdown_p90,
             classes: breakdowns.classes,
@@ -326,6 +331,9 @@ impl fmt::Display for Report {
             "queue      peak {}, mean {:.1}; breakpoints held {:.1} vcpu-hours",
             self.queue_peak, self.queue_mean, self.held_vcpu_hours
         )?;
+        if let Some(eta) = &self.eta {
+            writeln!(f, "{eta}")?;
+        }
         self.write_breakdowns(f)?;
         write!(
             f,

@@ -203,11 +203,58 @@ fn the_same_trace_and_seed_give_the_same_report() {
             .run(&mut records, RunInfo::default(), &mut |_, _| {})
             .unwrap();
         r.wall_s = 0.0;
+        if let Some(eta) = &mut r.eta {
+            eta.wall_s = 0.0;
+        }
         serde_json::to_string(&r).unwrap()
     };
     let a = run(11);
     assert_eq!(a, run(11));
     assert_ne!(a, run(12), "another seed draws other latencies");
+}
+
+/// Estimating starts at submits runs on copies: the run decides the same with or without it,
+/// and the report gains only its `eta` figures, from at most the samples asked for.
+#[test]
+fn measuring_estimated_starts_changes_nothing_else_and_keeps_to_its_cap() {
+    let run = |eta_samples_max| {
+        let generator =
+            berth_traces::Generator::new(berth_traces::SynthConfig::new(3_000, 7)).unwrap();
+        let mut records = generator.map(Ok);
+        let config = SimConfig {
+            eta_samples_max,
+            ..SimConfig::default()
+        };
+        let fleet = Fleet::parse(
+            &std::fs::read_to_string(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../examples/fleet-ci-small.toml"
+            ))
+            .unwrap(),
+            "fleet-ci-small.toml",
+        )
+        .unwrap();
+        let (mut r, _) = Simulation::new(&fleet, config)
+            .unwrap()
+            .run(&mut records, RunInfo::default(), &mut |_, _| {})
+            .unwrap();
+        r.wall_s = 0.0;
+        r
+    };
+    let without = run(0);
+    let mut with = run(40);
+    assert!(without.eta.is_none());
+    assert_eq!(without.rejected, 0);
+    let eta = with.eta.take().unwrap();
+    assert_eq!(
+        serde_json::to_string(&without).unwrap(),
+        serde_json::to_string(&with).unwrap()
+    );
+    assert!(eta.waiting_submits > 100, "{eta:?}");
+    assert!(eta.samples > 0 && eta.samples <= 40, "{eta:?}");
+    assert!(eta.sample_every > 1, "{eta:?}");
+    assert!(eta.median_abs_error_s <= eta.p90_abs_error_s, "{eta:?}");
+    assert!(eta.median_rel_error.is_finite(), "{eta:?}");
 }
 
 #[test]

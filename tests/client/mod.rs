@@ -792,3 +792,55 @@ fn request_show_names_the_hosts_behind_each_reason_it_waits() {
         "{shown}"
     );
 }
+
+#[test]
+fn request_and_change_show_where_a_waiting_request_stands_and_when_it_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    let serve = serve(dir.path());
+    // Four `linux` VMs fill both hosts; the fifth waits, first in the queue.
+    let out = cli(
+        &serve,
+        &[
+            "request",
+            "--template",
+            "linux",
+            "--count",
+            "5",
+            "--change",
+            "C1",
+            "--expected-run",
+            "10m",
+        ],
+    );
+    assert_eq!(code(&out), 0, "{}", text(&out.stderr));
+    let out = cli(&serve, &["request", "show", "r1"]);
+    assert_eq!(code(&out), 0, "{}", text(&out.stderr));
+    let shown = text(&out.stdout);
+    // It starts when the first of the four running VMs is expected to end: in ten minutes.
+    assert!(
+        shown.contains("position 1 of 1, starts in ~9m (estimate)\n")
+            || shown.contains("position 1 of 1, starts in ~10m (estimate)\n"),
+        "{shown}"
+    );
+
+    let out = cli(&serve, &["request", "list"]);
+    let listed = text(&out.stdout);
+    let mut lines = listed.lines();
+    let header = lines.next().unwrap();
+    assert!(
+        header.contains(" POS ") && header.contains(" ETA "),
+        "{listed}"
+    );
+    let row: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
+    assert_eq!(row[0], "r1", "{listed}");
+    assert!(row.contains(&"waiting") && row.contains(&"1"), "{listed}");
+    assert!(row.iter().any(|c| *c == "~9m" || *c == "~10m"), "{listed}");
+
+    let out = cli(&serve, &["change", "show", "C1"]);
+    let shown = text(&out.stdout);
+    assert!(
+        shown.contains("its last waiting request starts in ~9m (estimate)")
+            || shown.contains("its last waiting request starts in ~10m (estimate)"),
+        "{shown}"
+    );
+}

@@ -1773,6 +1773,8 @@ impl App {
                 };
                 vec![
                     format!("r{}", r.id),
+                    r.position.map_or_else(|| "-".into(), |p| p.to_string()),
+                    r.eta_text(now),
                     r.requester.clone(),
                     r.shape(),
                     duration(now.saturating_sub(r.submitted_ms)),
@@ -1845,12 +1847,26 @@ impl App {
             }),
             (Screen::Hosts, 7) => num(self.snap.hosts.get(idx).map_or(0, |h| h.n_vms)),
             (Screen::Queue, 0) => num(self.snap.queue.get(idx).map_or(0, |r| r.id)),
-            (Screen::Queue, 3) => num(self
+            // Requests without a position (arrived since the estimate) last.
+            (Screen::Queue, 1) => num(self
+                .snap
+                .queue
+                .get(idx)
+                .map_or(u64::MAX, |r| r.position.unwrap_or(u64::MAX))),
+            // By when they start; "later than" after every estimate, none last.
+            (Screen::Queue, 2) => num(self.snap.queue.get(idx).map_or(u64::MAX, |r| {
+                match (r.eta_ms, r.eta_after_ms) {
+                    (_, Some(after)) => after.saturating_add(1 << 40),
+                    (Some(at), None) => at,
+                    (None, None) => u64::MAX,
+                }
+            })),
+            (Screen::Queue, 5) => num(self
                 .snap
                 .queue
                 .get(idx)
                 .map_or(0, |r| now.saturating_sub(r.submitted_ms))),
-            (Screen::Queue, 4) => SortKey::Num(self.snap.queue.get(idx).map_or(0, |r| r.priority)),
+            (Screen::Queue, 6) => SortKey::Num(self.snap.queue.get(idx).map_or(0, |r| r.priority)),
             (Screen::Vms, 0) => num(self.snap.vms.get(idx).map_or(0, |v| v.id)),
             (Screen::Vms, 1) => num(self.snap.vms.get(idx).map_or(0, |v| v.request)),
             (Screen::Vms, 5) => num(self
@@ -1901,6 +1917,8 @@ pub fn columns(screen: Screen) -> &'static [&'static str] {
         ],
         Screen::Queue => &[
             "REQUEST",
+            "POS",
+            "ETA",
             "REQUESTER",
             "SHAPE",
             "WAITED",

@@ -67,6 +67,9 @@ pub fn small() -> Snapshot {
                 "gang of 4: only 2 fit now",
                 &[("too few free vcpus", 3), ("draining", 1)],
             ),
+            position: Some(1),
+            eta_ms: Some(NOW_MS + 252_000),
+            eta_after_ms: None,
         },
         Request {
             id: 42,
@@ -82,6 +85,9 @@ pub fn small() -> Snapshot {
                 "no host fits: no macos slot free",
                 &[("no free macos slot", 1)],
             ),
+            position: Some(2),
+            eta_ms: Some(NOW_MS + 4_380_000),
+            eta_after_ms: None,
         },
         Request {
             id: 43,
@@ -94,6 +100,9 @@ pub fn small() -> Snapshot {
             submitted_ms: NOW_MS - 30_000,
             state: "waiting".into(),
             why: why("behind r41 at the head of the queue", &[]),
+            position: Some(3),
+            eta_ms: None,
+            eta_after_ms: Some(NOW_MS + 86_400_000),
         },
     ];
     let vm = |id: u64, req: u64, t: &str, host: Option<&str>, state: &str, age_s: u64| Vm {
@@ -339,6 +348,9 @@ pub fn large(n_hosts: usize, n_vms: usize) -> Snapshot {
                 summary: "no host fits".into(),
                 reasons: vec![],
             }),
+            position: Some(i as u64 + 1),
+            eta_ms: Some(NOW_MS + i as u64 * 60_000),
+            eta_after_ms: None,
         })
         .collect();
     let breakpoints = vms

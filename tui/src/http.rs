@@ -144,6 +144,9 @@ pub fn request(r: api::RequestRow, why: Option<api::Why>) -> Request {
         priority: r.spec.priority.into(),
         submitted_ms: r.submitted_ms,
         state: r.state.name().to_owned(),
+        position: r.position,
+        eta_ms: r.eta_ms,
+        eta_after_ms: r.eta_after_ms,
         why: why.map(|w| Why {
             summary: w.summary,
             reasons: w
@@ -153,6 +156,28 @@ pub fn request(r: api::RequestRow, why: Option<api::Why>) -> Request {
                 .collect(),
         }),
     }
+}
+
+/// A waiting request's place in the queue and expected start, as detail fields:
+/// `position 3 of 40`, `starts ~14:05:09 UTC (estimate)`.
+fn position_fields(r: &Request, queue_len: Option<u64>) -> Vec<(String, String)> {
+    let Some(position) = r.position else {
+        return Vec::new();
+    };
+    let of = queue_len.map_or_else(String::new, |n| format!(" of {n}"));
+    let mut fields = vec![("position".to_owned(), format!("{position}{of}"))];
+    let starts = match (r.eta_ms, r.eta_after_ms) {
+        (_, Some(after)) => Some(format!(
+            "later than {} UTC (past the estimate)",
+            crate::app::clock(after)
+        )),
+        (Some(at), None) => Some(format!("~{} UTC (estimate)", crate::app::clock(at))),
+        (None, None) => None,
+    };
+    if let Some(starts) = starts {
+        fields.push(("starts".to_owned(), starts));
+    }
+    fields
 }
 
 /// Blockers of a drain a host's detail lists; the rest are counted.
@@ -403,11 +428,13 @@ impl Source for HttpSource {
                 let d = self.client.request(*id)?;
                 let cause = d.request.cause.clone();
                 let updated_ms = d.request.updated_ms;
+                let queue_len = d.request.queue_len;
                 let req = request(d.request, d.why);
                 fields.push(("state".into(), format!("{} ({cause})", req.state)));
                 fields.push(("requester".into(), req.requester.clone()));
                 fields.push(("shape".into(), req.shape()));
                 fields.push(("priority".into(), req.priority.to_string()));
+                fields.extend(position_fields(&req, queue_len));
                 if let Some(w) = &req.why {
                     fields.push(("why waiting".into(), w.summary.clone()));
                     for (reason, n) in &w.reasons {

@@ -140,9 +140,25 @@ pub struct Request {
     pub submitted_ms: u64,
     pub state: String,
     pub why: Option<Why>,
+    /// Its place in the order of service, 1 first, as the daemon last estimated.
+    pub position: Option<u64>,
+    /// When it is expected to start (ms since the epoch), or, past the estimate's bounds,
+    /// a time it starts later than.
+    pub eta_ms: Option<u64>,
+    pub eta_after_ms: Option<u64>,
 }
 
 impl Request {
+    /// When it is expected to start, at `now_ms`: `~4m`, `<1m`, `now`, `>~1d00h`, `-`.
+    pub fn eta_text(&self, now_ms: u64) -> String {
+        match (self.eta_ms, self.eta_after_ms) {
+            (_, Some(after)) => format!(">{}", about(after.saturating_sub(now_ms))),
+            (Some(at), None) if at <= now_ms => "now".to_owned(),
+            (Some(at), None) => about(at - now_ms),
+            (None, None) => "-".to_owned(),
+        }
+    }
+
     /// `3× linux 4c/8G`.
     pub fn shape(&self) -> String {
         let mut s = format!("{}× {}", self.count, self.template);
@@ -430,6 +446,20 @@ fn skip_string(chars: &mut Chars) {
 }
 
 /// A compact duration: `45s`, `12m`, `3h05m`, `2d04h`.
+/// A rough duration for an estimate, to the minute: `<1m`, `~4m`, `~2h05m`, `~3d04h`.
+pub fn about(ms: u64) -> String {
+    let m = ms / 60_000;
+    if m == 0 {
+        "<1m".to_owned()
+    } else if m < 60 {
+        format!("~{m}m")
+    } else if m < 24 * 60 {
+        format!("~{}h{:02}m", m / 60, m % 60)
+    } else {
+        format!("~{}d{:02}h", m / 1440, (m % 1440) / 60)
+    }
+}
+
 pub fn duration(ms: u64) -> String {
     let s = ms / 1000;
     if s < 60 {

@@ -19,6 +19,7 @@ use serde_json::{Value, json};
 mod console_api;
 mod contract;
 mod disk;
+mod eta;
 mod fair;
 mod limits;
 mod observe;

@@ -8,6 +8,7 @@ mod fair;
 mod fixture;
 mod hosts;
 mod lifecycle;
+mod positions;
 mod properties;
 mod purity;
 mod snapshots;

@@ -269,7 +269,7 @@ const fn column(
     }
 }
 
-const COLUMNS: [Column; 31] = [
+const COLUMNS: [Column; 34] = [
     column("requests", None, 0, |r| r.requests as f64),
     column("vms", None, 0, |r| r.vms as f64),
     column("rejected", Some("rejected"), 1, |r| r.rejected as f64),
@@ -316,6 +316,17 @@ const COLUMNS: [Column; 31] = [
     ),
     column("changes_incomplete", None, 0, |r| {
         r.changes.incomplete as f64
+    }),
+    // How far the estimated starts were from the actual ones (`Report::eta`); 0 when the run
+    // measured none.
+    column("eta_median_abs_error_s", None, 0, |r| {
+        r.eta.as_ref().map_or(0.0, |e| e.median_abs_error_s)
+    }),
+    column("eta_p90_abs_error_s", None, 0, |r| {
+        r.eta.as_ref().map_or(0.0, |e| e.p90_abs_error_s)
+    }),
+    column("eta_median_rel_error", None, 4, |r| {
+        r.eta.as_ref().map_or(0.0, |e| e.median_rel_error)
     }),
 ];
 

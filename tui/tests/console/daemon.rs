@@ -321,6 +321,22 @@ fn waits_keep_counting_while_the_daemon_is_idle() {
         "waited {waited_ms} ms after {idle:?} idle"
     );
     assert_eq!(snap.queue[0].submitted_ms, submitted_ms);
+    // It is first in the queue, and its detail says when it should start.
+    assert_eq!(snap.queue[0].position, Some(1));
+    let detail = src.detail(&Target::Request(snap.queue[0].id)).unwrap();
+    let field = |k: &str| {
+        detail
+            .fields
+            .iter()
+            .find(|(key, _)| key == k)
+            .map(|(_, v)| v.clone())
+    };
+    assert_eq!(field("position").as_deref(), Some("1 of 1"), "{detail:?}");
+    let starts = field("starts").unwrap_or_default();
+    assert!(
+        starts.ends_with("UTC (estimate)") || starts.ends_with("UTC (past the estimate)"),
+        "{starts}"
+    );
     // The console shows it, in the queue's WAITED column.
     let mut app = berth_tui::App::new(berth_tui::Options::default(), snap.now_ms, 120, 40);
     app.update(Event::Data(Box::new(snap.clone())));

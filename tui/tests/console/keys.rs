@@ -229,12 +229,16 @@ fn navigation_keys_clamp() {
 #[test]
 fn sort_keys_cycle_columns_and_reverse() {
     let mut a = app(80, 24, false);
-    keys(&mut a, "3>>>");
     let order = |a: &berth_tui::App| -> Vec<u64> {
         let t = a.table(Screen::Queue).unwrap();
         t.view.iter().map(|&i| a.snap.queue[i].id).collect()
     };
-    // Column 3 is WAITED: shortest first.
+    // Column 2 is ETA: soonest first, "later than" after every estimate; reversed, last first.
+    keys(&mut a, "3>>i");
+    assert_eq!(order(&a), [43, 42, 41]);
+    assert!(a.flash.as_deref().unwrap().contains("eta"));
+    keys(&mut a, "i>>>");
+    // Column 5 is WAITED: shortest first.
     assert_eq!(order(&a), [43, 41, 42]);
     keys(&mut a, "i");
     assert_eq!(order(&a), [42, 41, 43]);
