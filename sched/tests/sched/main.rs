@@ -10,5 +10,6 @@ mod hosts;
 mod lifecycle;
 mod properties;
 mod purity;
+mod quota;
 mod snapshots;
 mod support;
