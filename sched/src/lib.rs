@@ -46,7 +46,9 @@ pub use model::{
 };
 pub use output::{Action, Cause, Event, VmSpec};
 pub use placement::Reason;
-pub use scheduler::{AccountView, QuotaResourceView, QuotaView, REQUEST_VMS_MAX, Scheduler};
+pub use scheduler::{
+    AccountView, QuotaResourceView, QuotaView, REQUEST_VMS_MAX, Scheduler, host_class,
+};
 pub use views::{
     Blocker, HostView, QuotaWait, RequestView, VmView, WHY_HOSTS_NAMED, Why, human_duration,
 };

@@ -34,6 +34,7 @@ use crate::model::VmId;
 use crate::output::{Action, Event};
 use crate::queue::Queue;
 
+pub use policy::quota::host_class;
 pub use requests::REQUEST_VMS_MAX;
 pub(crate) use requests::describe_need;
 use state::Pass;
