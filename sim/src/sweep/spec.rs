@@ -782,7 +782,7 @@ mod tests {
     fn the_quota_example_spec_parses() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/sweep-quota.toml");
         let spec = Spec::load(&path).unwrap();
-        assert_eq!(spec.runs().len(), 5 * 3);
+        assert_eq!(spec.runs().len(), 5 * 4);
         let quotas = &spec.settings[2].config.sched.quotas;
         assert_eq!(quotas.len(), 4);
         assert_eq!(quotas[0].account, berth_sched::QUOTA_EVERY_ACCOUNT);
