@@ -248,6 +248,10 @@ impl Queue {
         self.groups.iter().map(|(&id, g)| (id, g))
     }
 
+    pub fn group(&self, id: u64) -> Option<&Group> {
+        self.groups.get(&id)
+    }
+
     pub fn groups_mut(&mut self) -> impl Iterator<Item = &mut Group> {
         self.groups.values_mut()
     }

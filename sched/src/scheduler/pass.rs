@@ -18,10 +18,10 @@ impl Scheduler {
     pub(super) fn schedule(&mut self) {
         self.recheck_no_room();
         self.rank_accounts();
-        self.reclaim_quotas();
         if !self.pass.capacity_changed && self.pass.arrivals.is_empty() && !self.head_moved() {
             return;
         }
+        self.reclaim_quotas();
         let full = self.pass.capacity_changed;
         self.pass.failed.clear();
         if self.pass.checked_generation != self.fleet_generation {
@@ -31,6 +31,9 @@ impl Scheduler {
         (policy::of(self.config.policy).serve)(self, full);
         self.pass.capacity_changed = false;
         self.pass.arrivals.clear();
+        // A claimant that started in this pass may leave its class to borrowers: when one did,
+        // the next poll walks the queue again.
+        self.reclaim_quotas();
     }
 
     /// Under fair share, orders the accounts as of now for this pass.
@@ -53,8 +56,8 @@ impl Scheduler {
             self.runs_on_class_generation = self.fleet_generation;
             self.runs_on_class.clear();
         }
-        let mut wanted: Vec<(u32, u32, Need)> = Vec::new();
-        for (_, g) in self.queue.groups() {
+        let mut wanted: Vec<(u32, u32, u64)> = Vec::new();
+        for (group, g) in self.queue.groups() {
             // Its oldest member has waited since before now. Only the queue's contents decide
             // (not the verdicts, which a walk that stops early leaves unset), so both walks
             // reclaim alike.
@@ -69,13 +72,13 @@ impl Scheduler {
             let account = g.kind.quota_account;
             for class in 0..q.n_classes() {
                 if q.within_guarantee(account, class, &g.kind.need) {
-                    wanted.push((class, account, g.kind.need.clone()));
+                    wanted.push((class, account, group));
                 }
             }
         }
         let mut pairs = Vec::with_capacity(wanted.len());
-        for (class, account, need) in wanted {
-            if self.runs_on_class(need, class) {
+        for (class, account, group) in wanted {
+            if self.runs_on_class(group, class) {
                 pairs.push((class, account));
             }
         }
@@ -86,13 +89,17 @@ impl Scheduler {
         }
     }
 
-    /// Whether some host of quota class `class` could ever run a VM of `need` (static filters
-    /// on empty hosts), learnt once per fleet change.
-    fn runs_on_class(&mut self, need: Need, class: u32) -> bool {
-        let key = (need, class);
+    /// Whether some host of quota class `class` could ever run a VM of the queue's group
+    /// `group` (static filters on empty hosts), learnt once per group and fleet change (a
+    /// group's id is never given to another kind).
+    fn runs_on_class(&mut self, group: u64, class: u32) -> bool {
+        let key = (group, class);
         if let Some(&runs) = self.runs_on_class.get(&key) {
             return runs;
         }
+        let Some(need) = self.queue.group(group).map(|g| g.kind.need.clone()) else {
+            return false;
+        };
         let fleet = &self.fleet;
         let runs = self.quotas.as_ref().is_some_and(|q| {
             q.class_hosts[class as usize].iter().any(|&i| {
@@ -103,7 +110,7 @@ impl Scheduler {
                         &Probe {
                             host,
                             avail: host.capacity,
-                            need: &key.0,
+                            need: &need,
                             provisioning_max: fleet.provisioning_max,
                         },
                     )

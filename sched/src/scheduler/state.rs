@@ -191,8 +191,9 @@ pub struct Scheduler {
     pub(crate) fair: Option<Fair>,
     /// Quotas per account and host class (`None` without).
     pub(crate) quotas: Option<Quotas>,
-    /// Whether a need could run on a quota's class, per fleet generation (`reclaim_quotas`).
-    pub(crate) runs_on_class: BTreeMap<(Need, u32), bool>,
+    /// Whether a queue group's need could run on a quota's class, per fleet generation
+    /// (`reclaim_quotas`).
+    pub(crate) runs_on_class: BTreeMap<(u64, u32), bool>,
     pub(crate) runs_on_class_generation: u64,
     /// Passes walk every waiting request one by one (see `Scheduler::reference`).
     pub(crate) reference_walk: bool,
