@@ -28,12 +28,15 @@ impl Scheduler {
             self.pass.checked_generation = self.fleet_generation;
             self.reject_unfittable();
         }
+        let version = self.fleet.version;
         (policy::of(self.config.policy).serve)(self, full);
         self.pass.capacity_changed = false;
         self.pass.arrivals.clear();
         // A claimant that started in this pass may leave its class to borrowers: when one did,
-        // the next poll walks the queue again.
-        self.reclaim_quotas();
+        // the next poll walks the queue again. (A pass that placed nothing changed no claim.)
+        if self.fleet.version != version {
+            self.reclaim_quotas();
+        }
     }
 
     /// Under fair share, orders the accounts as of now for this pass.
