@@ -140,6 +140,9 @@ pub enum Blocker {
     BehindHead { head: u64 },
     /// EASY backfilling: the head's reservation starts at `start_ms`.
     Reserved { head: u64, start_ms: u64 },
+    /// Hosts had room, but its account's quota on their class lets it have none of it: the
+    /// quota's reasons (one per class) say which and how far.
+    Quota { account: String },
 }
 
 /// How many hosts turned a request down for one reason.

@@ -133,6 +133,12 @@ pub(crate) fn why(s: &Scheduler, id: berth_sched::RequestId) -> Option<api::Why>
             head: head.0,
             start_ms,
         },
+        Blocker::Quota => api::Blocker::Quota {
+            account: s
+                .request(id)
+                .map(|r| r.spec.account_name().to_owned())
+                .unwrap_or_default(),
+        },
     };
     Some(api::Why {
         summary: w.to_string(),
@@ -147,6 +153,12 @@ pub(crate) fn why(s: &Scheduler, id: berth_sched::RequestId) -> Option<api::Why>
                 hosts: (*n).into(),
                 named: w.named.get(r).cloned().unwrap_or_default(),
             })
+            // Hosts with room that the account's quota keeps it from, one reason per class.
+            .chain(w.quota.iter().map(|q| api::ReasonCount {
+                reason: q.text.clone(),
+                hosts: q.hosts.into(),
+                named: q.named.clone(),
+            }))
             .collect(),
         hosts_fit: w.hosts_fit.into(),
         hosts_total: w.hosts_total.into(),

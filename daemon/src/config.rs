@@ -5,7 +5,9 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use berth_sched::{Account, Config as SchedulerConfig, FairShare, Policy, ScanOrder, Weights};
+use berth_sched::{
+    Account, Config as SchedulerConfig, FairShare, Policy, Quota, QuotaAmounts, ScanOrder, Weights,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::DaemonError;
@@ -36,6 +38,9 @@ pub struct FileConfig {
     pub scheduler: SchedSection,
     /// Fair share between accounts; off when the section is left out.
     pub fair_share: Option<FairShareSection>,
+    /// Quotas per account and host class (`[[quotas]]`); none when left out.
+    #[serde(default)]
+    pub quotas: Vec<QuotaConfig>,
     #[serde(default)]
     pub probe: ProbeSection,
     #[serde(default)]
@@ -135,6 +140,7 @@ impl SchedSection {
             vm_retries_max: self.vm_retries_max,
             aging_step_ms: self.aging_step_ms,
             fair_share: None,
+            quotas: Vec::new(),
             templates: Vec::new(),
         })
     }
@@ -241,6 +247,99 @@ impl FairShareSection {
                 .collect(),
         })
     }
+}
+
+/// The most entries `[[quotas]]` may list.
+pub const QUOTAS_MAX: usize = 10_000;
+
+/// One `[[quotas]]` entry: what `account` is guaranteed of host class `class`, and how far past
+/// that it may borrow while no other account waits under its own guarantee there. Fixed when
+/// the database is created, like `[fair_share]`.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct QuotaConfig {
+    /// The account, or `*` for each account without an entry of its own for the class.
+    pub account: String,
+    /// The host class: a host's `class` label, else its `pool` label, else its name without a
+    /// trailing `-N` (the class the console and the metrics show).
+    pub class: String,
+    /// What the account may always hold there; a resource left out is not bounded.
+    #[serde(default)]
+    pub guarantee: QuotaAmountsConfig,
+    /// How much more it may hold while nobody reclaims it; a resource left out may be
+    /// borrowed without bound.
+    #[serde(default)]
+    pub borrowing_limit: QuotaAmountsConfig,
+}
+
+/// Amounts of a host class: vCPUs, memory and VMs that take a counted slot.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct QuotaAmountsConfig {
+    pub vcpus: Option<u64>,
+    pub memory_mib: Option<u64>,
+    pub slots: Option<u64>,
+}
+
+impl From<QuotaAmountsConfig> for QuotaAmounts {
+    fn from(a: QuotaAmountsConfig) -> QuotaAmounts {
+        QuotaAmounts {
+            vcpus: a.vcpus,
+            memory_mib: a.memory_mib,
+            slots: a.slots,
+        }
+    }
+}
+
+/// The scheduler's quotas from `[[quotas]]`; errors name the entry and the key.
+pub fn quotas_config(quotas: &[QuotaConfig]) -> Result<Vec<Quota>, DaemonError> {
+    let bad = |key: String, message: String| DaemonError::Config { key, message };
+    if quotas.len() > QUOTAS_MAX {
+        return Err(bad(
+            "quotas".into(),
+            format!("at most {QUOTAS_MAX} entries, got {}", quotas.len()),
+        ));
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    let mut out = Vec::with_capacity(quotas.len());
+    for (i, q) in quotas.iter().enumerate() {
+        crate::wire::check_text("account", &q.account)
+            .and_then(|()| crate::wire::check_text("class", &q.class))
+            .map_err(|e| bad(format!("quotas[{i}].{}", e.field), e.message))?;
+        if !seen.insert((q.account.as_str(), q.class.as_str())) {
+            return Err(bad(
+                format!("quotas[{i}]"),
+                format!(
+                    "account `{}` has a second quota on class `{}`",
+                    q.account, q.class
+                ),
+            ));
+        }
+        for (part, a) in [
+            ("guarantee", &q.guarantee),
+            ("borrowing_limit", &q.borrowing_limit),
+        ] {
+            for (key, v) in [
+                ("vcpus", a.vcpus),
+                ("memory_mib", a.memory_mib),
+                ("slots", a.slots),
+            ] {
+                if v.is_some_and(|v| v > i64::MAX as u64 / 1000) {
+                    return Err(bad(
+                        format!("quotas[{i}].{part}.{key}"),
+                        format!("{} is too large", v.unwrap_or_default()),
+                    ));
+                }
+            }
+        }
+        out.push(Quota {
+            account: q.account.clone(),
+            class: q.class.clone(),
+            guarantee: q.guarantee.into(),
+            borrowing_limit: q.borrowing_limit.into(),
+        });
+    }
+    Ok(out)
 }
 
 /// The scheduler's whole configuration (templates aside) from its two sections.
@@ -455,6 +554,7 @@ pub fn parse(text: &str) -> Result<FileConfig, DaemonError> {
             message: e.inner().to_string(),
         })?;
     scheduler_config(&config.scheduler, config.fair_share.as_ref())?;
+    quotas_config(&config.quotas)?;
     if let Some(listen) = &config.listen {
         listen
             .parse::<SocketAddr>()
@@ -815,6 +915,57 @@ mod tests {
             (
                 "[[fair_share.accounts]]\nname = \"a\"\n".to_owned(),
                 "fair_share.accounts[0]",
+            ),
+        ] {
+            let err = parse(&text).unwrap_err().to_string();
+            assert!(err.contains(key), "{text}: {err}");
+        }
+    }
+
+    #[test]
+    fn quotas_map_to_the_scheduler_and_bad_entries_are_named() {
+        let c = parse(
+            "[[quotas]]\naccount = \"qt-base\"\nclass = \"kvm-x86\"\n\
+             guarantee = { vcpus = 64, memory_mib = 262144 }\nborrowing_limit = { vcpus = 32 }\n\
+             [[quotas]]\naccount = \"*\"\nclass = \"mac-arm\"\nguarantee = { slots = 4 }\n",
+        )
+        .unwrap();
+        let q = quotas_config(&c.quotas).unwrap();
+        assert_eq!(q.len(), 2);
+        assert_eq!(q[0].account, "qt-base");
+        assert_eq!(
+            q[0].guarantee,
+            QuotaAmounts {
+                vcpus: Some(64),
+                memory_mib: Some(262_144),
+                slots: None
+            }
+        );
+        assert_eq!(q[0].borrowing_limit.vcpus, Some(32));
+        assert_eq!(q[1].account, berth_sched::QUOTA_EVERY_ACCOUNT);
+        assert_eq!(q[1].borrowing_limit, QuotaAmounts::default());
+        let entry = |account: &str, class: &str, rest: &str| {
+            format!("[[quotas]]\naccount = \"{account}\"\nclass = \"{class}\"\n{rest}")
+        };
+        for (text, key) in [
+            (
+                entry("a", "kvm", "guarantee = { vcpus = -1 }\n"),
+                "quotas[0].guarantee.vcpus",
+            ),
+            (entry("a", "kvm", "") + &entry("a", "kvm", ""), "quotas[1]"),
+            (entry("a", "", ""), "quotas[0].class"),
+            (entry("", "kvm", ""), "quotas[0].account"),
+            (
+                entry("a", "kvm", "guarantee = { cpus = 2 }\n"),
+                "quotas[0].guarantee",
+            ),
+            (
+                entry(
+                    "a",
+                    "kvm",
+                    "borrowing_limit = { vcpus = 18446744073709551615 }\n",
+                ),
+                "quotas[0].borrowing_limit.vcpus",
             ),
         ] {
             let err = parse(&text).unwrap_err().to_string();

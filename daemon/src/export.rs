@@ -154,10 +154,13 @@ pub fn export(db: &Path, since_ms: Option<u64>) -> Result<Export, DaemonError> {
         Some(text) => crate::stored_fair_share(&text)?,
         None => None,
     };
-    let mut s = Scheduler::new(crate::config::scheduler_config(
-        &section,
-        fair_share.as_ref(),
-    )?);
+    let quotas = match store.meta(crate::META_QUOTAS)? {
+        Some(text) => crate::stored_quotas(&text)?,
+        None => Vec::new(),
+    };
+    let mut config = crate::config::scheduler_config(&section, fair_share.as_ref())?;
+    config.quotas = crate::config::quotas_config(&quotas)?;
+    let mut s = Scheduler::new(config);
     let mut templates_sched = BTreeMap::new();
     let mut hosts_by_id: BTreeMap<u64, WireHost> = BTreeMap::new();
     let mut templates: BTreeMap<String, WireTemplate> = BTreeMap::new();

@@ -285,6 +285,44 @@ fn pinned_fair_share(
     stored_fair_share(&stored)
 }
 
+/// The `meta` key holding the `[[quotas]]` the database was made with (JSON; `[]` for none).
+pub const META_QUOTAS: &str = "quotas";
+
+/// The quotas replay must use: the ones stored with the database, as for `[fair_share]`. A
+/// database without them predates quotas, and its journal was made without any.
+fn pinned_quotas(
+    store: &store::Store,
+    wanted: &[config::QuotaConfig],
+) -> Result<Vec<config::QuotaConfig>, DaemonError> {
+    let wanted_text = serde_json::to_string(wanted).unwrap_or_default();
+    let stored = match store.meta(META_QUOTAS)? {
+        Some(text) => text,
+        None => {
+            let text = if store.has_journal()? {
+                "[]".to_owned()
+            } else {
+                wanted_text.clone()
+            };
+            store.set_meta(META_QUOTAS, &text)?;
+            text
+        }
+    };
+    if stored != wanted_text {
+        tracing::warn!(
+            "the [[quotas]] differ from the ones this database was created with; using the database's"
+        );
+    }
+    stored_quotas(&stored)
+}
+
+/// The `[[quotas]]` as `meta` stores them.
+pub fn stored_quotas(text: &str) -> Result<Vec<config::QuotaConfig>, DaemonError> {
+    serde_json::from_str(text).map_err(|e| DaemonError::Config {
+        key: "quotas".into(),
+        message: format!("stored settings unreadable: {e}"),
+    })
+}
+
 /// The `[fair_share]` settings as `meta` stores them.
 pub fn stored_fair_share(text: &str) -> Result<Option<config::FairShareSection>, DaemonError> {
     serde_json::from_str(text).map_err(|e| DaemonError::Config {
@@ -332,7 +370,8 @@ pub async fn start(opts: Options) -> Result<Daemon, DaemonError> {
         }
     };
     let fair_share = pinned_fair_share(&store, opts.config.fair_share.as_ref())?;
-    let sched_config = config::scheduler_config(&sched_section, fair_share.as_ref())?;
+    let mut sched_config = config::scheduler_config(&sched_section, fair_share.as_ref())?;
+    sched_config.quotas = config::quotas_config(&pinned_quotas(&store, &opts.config.quotas)?)?;
 
     let sim = SimWorld::open(
         &data_dir.join(SIM_INVENTORY_FILE),

@@ -96,6 +96,9 @@ pub struct Metrics {
     account_holding: Family<Labels, GaugeF>,
     account_share: Family<Labels, GaugeF>,
     account_usage_share: Family<Labels, GaugeF>,
+    quota_used: Family<Labels, GaugeF>,
+    quota_guarantee: Family<Labels, GaugeF>,
+    quota_borrowing_limit: Family<Labels, GaugeF>,
     /// When each live VM entered its current state, for provisioning and boot latency and
     /// breakpoint age. Lost at a restart: VMs in flight then are not timed.
     since: Mutex<BTreeMap<VmId, u64>>,
@@ -143,6 +146,9 @@ impl Metrics {
             account_holding: Family::default(),
             account_share: Family::default(),
             account_usage_share: Family::default(),
+            quota_used: Family::default(),
+            quota_guarantee: Family::default(),
+            quota_borrowing_limit: Family::default(),
             since: Mutex::new(BTreeMap::new()),
             registry: Registry::default(),
         };
@@ -305,6 +311,24 @@ impl Metrics {
             "Under fair share, an account's decayed usage over everyone's (0 to 1): above its \
              berth_account_share, its requests come after those of accounts below theirs",
             m.account_usage_share.clone(),
+        );
+        r.register(
+            "berth_quota_used",
+            "Under quotas, what an account's VMs hold of a host class, per resource (vcpus, \
+             memory_mib, slots): the accounts quotas name, the most holding others up to a cap, \
+             the rest summed as account=\"other\"",
+            m.quota_used.clone(),
+        );
+        r.register(
+            "berth_quota_guarantee",
+            "Under quotas, what an account is guaranteed of a host class, per bounded resource",
+            m.quota_guarantee.clone(),
+        );
+        r.register(
+            "berth_quota_borrowing_limit",
+            "Under quotas, how far past its guarantee an account may borrow on a host class, per \
+             resource whose borrowing is bounded",
+            m.quota_borrowing_limit.clone(),
         );
         Metrics { registry: r, ..m }
     }
@@ -497,6 +521,83 @@ impl Metrics {
                 .set(n);
         }
         self.sample_accounts(s, now_ms);
+        self.sample_quotas(s);
+    }
+
+    /// Per account, class and resource, what the account holds, its guarantee and its
+    /// borrowing limit (a bound left out has no series). The accounts the quotas name get their
+    /// own series; of the others (covered by a quota for every account, and named by clients
+    /// as they like) the [`ACCOUNT_SERIES_OTHERS_MAX`] holding most, the rest summed per class
+    /// under `account="other"`.
+    fn sample_quotas(&self, s: &Scheduler) {
+        self.quota_used.clear();
+        self.quota_guarantee.clear();
+        self.quota_borrowing_limit.clear();
+        let named: std::collections::BTreeSet<&str> = s
+            .config()
+            .quotas
+            .iter()
+            .map(|q| q.account.as_str())
+            .collect();
+        let quotas = s.quotas();
+        let held = |q: &berth_sched::QuotaView| q.resources.iter().map(|r| r.used).sum::<f64>();
+        let mut others: BTreeMap<&str, f64> = BTreeMap::new();
+        for q in quotas
+            .iter()
+            .filter(|q| !named.contains(q.account.as_str()))
+        {
+            *others.entry(q.account.as_str()).or_default() += held(q);
+        }
+        let mut ranked: Vec<(&str, f64)> = others.into_iter().collect();
+        // The most holding first, then by name: a fixed choice for a given state.
+        ranked.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(b.0)));
+        let shown: std::collections::BTreeSet<&str> = ranked
+            .iter()
+            .take(ACCOUNT_SERIES_OTHERS_MAX)
+            .map(|a| a.0)
+            .collect();
+        // (account, class, resource) -> (used, guarantee, borrowing limit); sums for `other`.
+        type Sums = (f64, Option<f64>, Option<f64>);
+        let mut series: BTreeMap<(&str, &str, &str), Sums> = BTreeMap::new();
+        let add = |a: Option<f64>, b: Option<f64>| match (a, b) {
+            (Some(x), Some(y)) => Some(x + y),
+            _ => None,
+        };
+        for q in &quotas {
+            let account =
+                if named.contains(q.account.as_str()) || shown.contains(q.account.as_str()) {
+                    q.account.as_str()
+                } else {
+                    ACCOUNT_OTHER
+                };
+            for r in &q.resources {
+                match series.entry((account, q.class.as_str(), r.resource)) {
+                    std::collections::btree_map::Entry::Vacant(e) => {
+                        e.insert((r.used, r.guarantee, r.borrowing_limit));
+                    }
+                    std::collections::btree_map::Entry::Occupied(mut e) => {
+                        let (u, g, b) = e.get_mut();
+                        *u += r.used;
+                        *g = add(*g, r.guarantee);
+                        *b = add(*b, r.borrowing_limit);
+                    }
+                }
+            }
+        }
+        for ((account, class, resource), (used, guarantee, limit)) in series {
+            let l = labels(&[
+                ("account", account),
+                ("class", class),
+                ("resource", resource),
+            ]);
+            self.quota_used.get_or_create(&l).set(used);
+            if let Some(g) = guarantee {
+                self.quota_guarantee.get_or_create(&l).set(g);
+            }
+            if let Some(b) = limit {
+                self.quota_borrowing_limit.get_or_create(&l).set(b);
+            }
+        }
     }
 
     /// Per account, decayed usage, weight and holding: the accounts `GET /v1/accounts` names
@@ -578,6 +679,113 @@ mod tests {
         assert_eq!(host_class("sim-mac-3", &[]), "sim-mac");
         assert_eq!(host_class("builder", &[]), "builder");
         assert_eq!(host_class("kvm-x86-0001", &pool), "gpu");
+    }
+
+    /// Per account, class and resource: what it holds, its guarantee and its borrowing limit;
+    /// accounts a quota for every account covers are capped like fair share's.
+    #[test]
+    fn quota_series_give_use_guarantee_and_borrowing_limit() {
+        use berth_sched::{Config, Input, ProbeReport, QUOTA_EVERY_ACCOUNT, Quota, QuotaAmounts};
+        let host = crate::config::default_hosts()
+            .into_iter()
+            .find(|h| h.name == "sim-large-1")
+            .unwrap();
+        let mut spec = host.to_spec().unwrap();
+        spec.id = berth_sched::HostId(1);
+        let class = host_class(&spec.name, &spec.labels);
+        let template = crate::config::default_templates()[0].to_template().unwrap();
+        let quota = |account: &str, vcpus: u64, borrow: Option<u64>| Quota {
+            account: account.into(),
+            class: class.clone(),
+            guarantee: QuotaAmounts {
+                vcpus: Some(vcpus),
+                memory_mib: Some(65_536),
+                slots: None,
+            },
+            borrowing_limit: QuotaAmounts {
+                vcpus: borrow,
+                ..QuotaAmounts::default()
+            },
+        };
+        let mut s = Scheduler::new(Config {
+            quotas: vec![
+                quota("qt-base", 8, Some(4)),
+                quota(QUOTA_EVERY_ACCOUNT, 2, Some(0)),
+            ],
+            provisioning_per_host_max: 100,
+            ..Config::default()
+        });
+        s.handle(0, Input::SetTemplate(template)).unwrap();
+        s.handle(0, Input::AddHost(spec)).unwrap();
+        s.handle(
+            0,
+            Input::Probe {
+                host: berth_sched::HostId(1),
+                result: Ok(ProbeReport {
+                    vcpus: 64,
+                    memory_mib: 262_144,
+                    images: vec!["linux".into()],
+                }),
+            },
+        )
+        .unwrap();
+        let invented = ACCOUNT_SERIES_OTHERS_MAX + 5;
+        let accounts: Vec<String> = ["qt-base", "qt-base"]
+            .into_iter()
+            .map(str::to_owned)
+            .chain((0..invented).map(|i| format!("made-up-{i:02}")))
+            .collect();
+        for (i, account) in accounts.iter().enumerate() {
+            let mut r = berth_sched::RequestSpec::new(i as u64 + 1, "linux", 1);
+            r.account = Some(account.clone());
+            s.handle(0, Input::Submit(r)).unwrap();
+        }
+        while s.poll_action().is_some() {}
+        while s.poll_event().is_some() {}
+        let m = Metrics::new();
+        m.sample(&s, 0);
+        let text = m.encode();
+        let value = |name: &str, account: &str, resource: &str| -> Option<f64> {
+            let prefix = format!(
+                "{name}{{account=\"{account}\",class=\"{class}\",resource=\"{resource}\"}} "
+            );
+            text.lines()
+                .find_map(|l| l.strip_prefix(&prefix))
+                .map(|v| v.parse().unwrap())
+        };
+        // Two 2-vCPU VMs of qt-base, within its guarantee of 8 and a borrowing limit of 4.
+        assert_eq!(
+            value("berth_quota_used", "qt-base", "vcpus"),
+            Some(4.0),
+            "{text}"
+        );
+        assert_eq!(
+            value("berth_quota_guarantee", "qt-base", "vcpus"),
+            Some(8.0)
+        );
+        assert_eq!(
+            value("berth_quota_guarantee", "qt-base", "memory_mib"),
+            Some(65_536.0)
+        );
+        assert_eq!(
+            value("berth_quota_borrowing_limit", "qt-base", "vcpus"),
+            Some(4.0)
+        );
+        // No bound, no series.
+        assert_eq!(value("berth_quota_guarantee", "qt-base", "slots"), None);
+        assert_eq!(
+            value("berth_quota_borrowing_limit", "qt-base", "memory_mib"),
+            None
+        );
+        // The others: capped, the rest summed.
+        assert_eq!(value("berth_quota_used", "made-up-00", "vcpus"), Some(2.0));
+        assert!(!text.contains("made-up-24"), "{text}");
+        assert_eq!(value("berth_quota_used", "other", "vcpus"), Some(10.0));
+        assert_eq!(value("berth_quota_guarantee", "other", "vcpus"), Some(10.0));
+        // Without quotas, no quota series at all.
+        let plain = Metrics::new();
+        plain.sample(&Scheduler::new(Config::default()), 0);
+        assert!(!plain.encode().contains("berth_quota_used{"));
     }
 
     /// Clients that invent accounts cannot grow the series: the configured accounts and the

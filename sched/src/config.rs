@@ -86,6 +86,38 @@ impl Default for FairShare {
     }
 }
 
+/// Amounts of one host class, each optional: a resource left out is not bounded.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct QuotaAmounts {
+    pub vcpus: Option<u64>,
+    pub memory_mib: Option<u64>,
+    /// VMs that take a counted slot (such as a macOS licence), of any kind.
+    pub slots: Option<u64>,
+}
+
+/// A quota that borrows (Kueue's nominal quota and borrowing limit): what an account is
+/// guaranteed of a host class, and how far past that it may borrow while no other account
+/// waits for capacity it is guaranteed there. See `scheduler::policy::quota` for the rule.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Quota {
+    /// The account, or [`QUOTA_EVERY_ACCOUNT`] for each account without a quota of its own
+    /// on the class.
+    pub account: String,
+    /// The host class: a host's `class` label, else its `pool` label, else its name without
+    /// a trailing `-N` number (`kvm-x86-0001` is of class `kvm-x86`).
+    pub class: String,
+    /// What the account's VMs may always hold on the class. A resource left out is not
+    /// bounded by this quota (so never borrowed).
+    pub guarantee: QuotaAmounts,
+    /// How much past its guarantee the account may hold while nobody reclaims it; a resource
+    /// left out may be borrowed without bound.
+    pub borrowing_limit: QuotaAmounts,
+}
+
+/// The account name a quota gives to stand for every account without a quota of its own on
+/// its class (each such account gets the quota for itself, not a share of one).
+pub const QUOTA_EVERY_ACCOUNT: &str = "*";
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
     pub policy: Policy,
@@ -108,6 +140,8 @@ pub struct Config {
     pub aging_step_ms: u64,
     /// Fair share between accounts; `None` serves by priority with aging, then arrival.
     pub fair_share: Option<FairShare>,
+    /// Quotas per account and host class; empty: none (nothing is bounded by account).
+    pub quotas: Vec<Quota>,
     pub templates: Vec<Template>,
 }
 
@@ -128,6 +162,7 @@ impl Default for Config {
             vm_retries_max: 2,
             aging_step_ms: 600_000,
             fair_share: None,
+            quotas: Vec::new(),
             templates: Vec::new(),
         }
     }

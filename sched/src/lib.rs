@@ -33,7 +33,10 @@ mod queue;
 mod scheduler;
 mod views;
 
-pub use config::{Account, Config, FairShare, Policy, ScanOrder, Weights};
+pub use config::{
+    Account, Config, FairShare, Policy, QUOTA_EVERY_ACCOUNT, Quota, QuotaAmounts, ScanOrder,
+    Weights,
+};
 pub use fleet::SLOT_KINDS_MAX;
 pub use idmap::{IdHasher, IdMap};
 pub use input::{Failure, FailureKind, Input, InputError, ProbeReport};
@@ -43,7 +46,10 @@ pub use model::{
 };
 pub use output::{Action, Cause, Event, VmSpec};
 pub use placement::Reason;
-pub use scheduler::{AccountView, REQUEST_VMS_MAX, Scheduler};
+pub use scheduler::{
+    AccountView, QuotaResourceView, QuotaView, REQUEST_VMS_MAX, Scheduler, host_class,
+};
 pub use views::{
-    Blocker, HostView, Positions, RequestView, VmView, WHY_HOSTS_NAMED, Why, human_duration,
+    Blocker, HostView, Positions, QuotaWait, RequestView, VmView, WHY_HOSTS_NAMED, Why,
+    human_duration,
 };

@@ -47,6 +47,9 @@ pub(crate) struct Kind {
     /// Its account under fair share (0 for every request without): members of one group must
     /// share their rank in the service order.
     pub account: u32,
+    /// Its account under quotas (0 for every request without): members of one group must
+    /// meet the same quotas.
+    pub quota_account: u32,
     pub priority: i32,
     pub need: Need,
     /// VMs that must be placed at once: a pending gang's size, otherwise 1.
@@ -61,8 +64,16 @@ pub(crate) struct Kind {
 pub(crate) enum Wait {
     NotConsidered,
     NoFit,
-    GangShort { fit: u32, need: u32 },
-    Reserved { head: RequestId, start_ms: u64 },
+    GangShort {
+        fit: u32,
+        need: u32,
+    },
+    Reserved {
+        head: RequestId,
+        start_ms: u64,
+    },
+    /// Hosts had room, but its account's quota on their class let it have none.
+    Quota,
 }
 
 /// The waiting requests of one kind, by sequence number (arrival order).
@@ -247,6 +258,10 @@ impl Queue {
         self.groups.iter().map(|(&id, g)| (id, g))
     }
 
+    pub fn group(&self, id: u64) -> Option<&Group> {
+        self.groups.get(&id)
+    }
+
     pub fn groups_mut(&mut self) -> impl Iterator<Item = &mut Group> {
         self.groups.values_mut()
     }
@@ -331,6 +346,7 @@ mod tests {
     fn kind(priority: i32, cpus: i64) -> Kind {
         Kind {
             account: 0,
+            quota_account: 0,
             priority,
             need: Need {
                 cpu_milli: cpus * 1000,

@@ -77,6 +77,23 @@ pub enum Blocker {
     /// EASY: the head `head` is expected to start at `start_ms`; starting this request now
     /// would delay it (for the head itself: its own expected start).
     Reserved { head: RequestId, start_ms: u64 },
+    /// Hosts had room, but its account's quota on their class lets it have none of it (see
+    /// `Why::quota`).
+    Quota,
+}
+
+/// Hosts that could take one of a waiting request's VMs but for its account's quota on their
+/// class: one per class.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QuotaWait {
+    pub account: String,
+    pub class: String,
+    /// What binds, in words: `account qt-base at its kvm quota 8/8 vCPUs, borrowing 0 of 0
+    /// allowed`.
+    pub text: String,
+    pub hosts: u32,
+    /// The first `WHY_HOSTS_NAMED` of those hosts (in fleet order), by name.
+    pub named: Vec<String>,
 }
 
 /// Where the waiting requests stand in the order they are served (`Scheduler::positions`).
@@ -108,6 +125,9 @@ pub struct Why {
     pub reasons: Vec<(Reason, u32)>,
     /// Per reason, the first `WHY_HOSTS_NAMED` hosts (in fleet order) that give it, by name.
     pub named: BTreeMap<Reason, Vec<String>>,
+    /// Hosts with room that its account's quota keeps it from, per class (not counted in
+    /// `reasons` nor `hosts_fit`).
+    pub quota: Vec<QuotaWait>,
     /// Hosts that could take one of its VMs now.
     pub hosts_fit: u32,
     pub hosts_total: u32,
@@ -145,6 +165,10 @@ impl fmt::Display for Why {
         match self.blocker {
             Blocker::NotYetConsidered => write!(f, "not yet considered")?,
             Blocker::NoFit => write!(f, "no room")?,
+            Blocker::Quota => match self.quota.first() {
+                Some(q) => write!(f, "quota: {}", q.text)?,
+                None => write!(f, "quota")?,
+            },
             Blocker::GangShort { fit, need } => {
                 write!(f, "a gang of {need}: only {fit} fit at once")?
             }
@@ -173,6 +197,14 @@ impl fmt::Display for Why {
         for (i, (reason, n)) in self.reasons.iter().enumerate() {
             let sep = if i == 0 { ": " } else { ", " };
             write!(f, "{sep}{n} {}", reason.describe())?;
+        }
+        for (i, q) in self.quota.iter().enumerate() {
+            let sep = if i == 0 && self.reasons.is_empty() {
+                ": "
+            } else {
+                ", "
+            };
+            write!(f, "{sep}{} over {}'s {} quota", q.hosts, q.account, q.class)?;
         }
         write!(f, " · {} of {} wait", self.n_waiting_vms, self.need)
     }
@@ -327,7 +359,11 @@ impl Scheduler {
         let mut named: BTreeMap<Reason, Vec<String>> = BTreeMap::new();
         let mut hosts_fit = 0;
         let mut hosts_total = 0;
-        for host in self.fleet.hosts.iter().filter(|h| !h.removed) {
+        let mut quota: BTreeMap<u32, QuotaWait> = BTreeMap::new();
+        for (host_idx, host) in self.fleet.hosts.iter().enumerate() {
+            if host.removed {
+                continue;
+            }
             hosts_total += 1;
             let probe = Probe {
                 host,
@@ -343,7 +379,29 @@ impl Scheduler {
                         names.push(host.spec.name.clone());
                     }
                 }
-                None => hosts_fit += 1,
+                None => {
+                    let refused = self.quotas.as_ref().and_then(|q| {
+                        let class = q.class_of(host_idx)?;
+                        let why = q.admits(r.quota_account, class, &r.need, 0).err()?;
+                        Some((class, q.explain(r.quota_account, class, why)))
+                    });
+                    match refused {
+                        Some((class, refusal)) => {
+                            let w = quota.entry(class).or_insert_with(|| QuotaWait {
+                                text: refusal.to_string(),
+                                account: refusal.account,
+                                class: refusal.class,
+                                hosts: 0,
+                                named: Vec::new(),
+                            });
+                            w.hosts += 1;
+                            if w.named.len() < WHY_HOSTS_NAMED {
+                                w.named.push(host.spec.name.clone());
+                            }
+                        }
+                        None => hosts_fit += 1,
+                    }
+                }
             }
         }
         let mut reasons: Vec<(Reason, u32)> = counts.into_iter().collect();
@@ -366,6 +424,7 @@ impl Scheduler {
             Wait::NoFit => Blocker::NoFit,
             Wait::GangShort { fit, need } => Blocker::GangShort { fit, need },
             Wait::Reserved { head, start_ms } => Blocker::Reserved { head, start_ms },
+            Wait::Quota => Blocker::Quota,
         };
         Some(Why {
             request: id,
@@ -374,6 +433,7 @@ impl Scheduler {
             blocker,
             reasons,
             named,
+            quota: quota.into_values().collect(),
             hosts_fit,
             hosts_total,
             now_ms: self.now_ms,

@@ -13,7 +13,7 @@ use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::Path;
 
-use berth_sched::{Account, Config, FairShare, ScanOrder, Weights};
+use berth_sched::{Account, Config, FairShare, Quota, QuotaAmounts, ScanOrder, Weights};
 use std::sync::{Arc, Mutex};
 
 use berth_traces::{Format, Record, TraceError, TraceHeader, TraceReader, TraceWriter};
@@ -174,6 +174,7 @@ pub fn settings_text(config: &SimConfig) -> String {
         vm_retries_max,
         aging_step_ms,
         fair_share,
+        quotas,
         templates,
     } = sched;
     let scan = match scan {
@@ -202,6 +203,23 @@ pub fn settings_text(config: &SimConfig) -> String {
         for Account { name, weight } in accounts {
             text.push_str(&format!("fair_share.account={name:?}:{weight}\n"));
         }
+    }
+    for Quota {
+        account,
+        class,
+        guarantee,
+        borrowing_limit,
+    } in quotas
+    {
+        let show = |a: &QuotaAmounts| {
+            let one = |v: Option<u64>| v.map_or("-".to_owned(), |v| v.to_string());
+            format!("{}/{}/{}", one(a.vcpus), one(a.memory_mib), one(a.slots))
+        };
+        text.push_str(&format!(
+            "quota={account:?}:{class:?}:{}:{}\n",
+            show(guarantee),
+            show(borrowing_limit)
+        ));
     }
     // Templates of the fleet file are covered by the fleet's digest; these are extra ones.
     for t in templates {

@@ -27,6 +27,7 @@ mod orphans;
 mod parallels;
 mod prometheus;
 mod pulses;
+mod quota;
 
 const CONFIG: &str = r#"
 [sim]

@@ -69,6 +69,10 @@ impl Scheduler {
             &mut self.slot_kinds,
         );
         let idx = self.fleet.push(host);
+        if let Some(q) = self.quotas.as_mut() {
+            let host = &self.fleet.hosts[idx].spec;
+            q.host_added(idx, &host.name, &host.labels);
+        }
         self.host_ids.insert(id, idx);
         self.host_names.insert(name, idx);
         self.fleet_changed();
@@ -223,6 +227,9 @@ impl Scheduler {
             let released = self.fleet.release(host_idx, &r.need, vm, provisioning);
             if released && let Some(fair) = self.fair.as_mut() {
                 fair.charge(r.account, &r.need, -1, self.now_ms);
+            }
+            if released && let Some(q) = self.quotas.as_mut() {
+                q.charge(r.quota_account, host_idx, &r.need, -1);
             }
         }
         self.ends.remove(&(v.expected_end_ms, vm));

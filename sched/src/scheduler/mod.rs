@@ -34,6 +34,7 @@ use crate::model::VmId;
 use crate::output::{Action, Event};
 use crate::queue::Queue;
 
+pub use policy::quota::host_class;
 pub use requests::REQUEST_VMS_MAX;
 pub(crate) use requests::describe_need;
 use state::Pass;
@@ -54,6 +55,24 @@ pub struct AccountView {
     pub rank: u32,
 }
 
+/// An account's quota on a host class and what its VMs hold there (`Scheduler::quotas`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct QuotaView {
+    pub account: String,
+    pub class: String,
+    /// Per resource (`vcpus`, `memory_mib`, `slots`): held now, the guarantee and the borrowing
+    /// limit (`None`: not bounded), in vCPUs, MiB and slot VMs.
+    pub resources: Vec<QuotaResourceView>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct QuotaResourceView {
+    pub resource: &'static str,
+    pub used: f64,
+    pub guarantee: Option<f64>,
+    pub borrowing_limit: Option<f64>,
+}
+
 impl Scheduler {
     pub fn new(config: Config) -> Scheduler {
         let templates = config
@@ -65,6 +84,9 @@ impl Scheduler {
             fleet: Fleet::new(config.provisioning_per_host_max),
             reads: policy::of(config.policy).reads,
             fair: config.fair_share.as_ref().map(policy::fair::Fair::new),
+            quotas: policy::quota::Quotas::new(&config.quotas),
+            runs_on_class: BTreeMap::new(),
+            runs_on_class_generation: 0,
             config,
             templates,
             host_ids: BTreeMap::new(),
@@ -130,6 +152,44 @@ impl Scheduler {
                 rank: fair.ranks[id as usize],
             })
             .collect()
+    }
+
+    /// Under quotas, every account and class with a quota (an account the quotas name, or any
+    /// account seen where a quota holds for every account) with what its VMs hold there, by
+    /// account then class in first-seen order; empty without quotas.
+    pub fn quotas(&self) -> Vec<QuotaView> {
+        use policy::quota::RESOURCES;
+        let Some(q) = self.quotas.as_ref() else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for account in 0..q.n_accounts() {
+            for class in 0..q.n_classes() {
+                let Some(b) = q.bounds(account, class) else {
+                    continue;
+                };
+                let used = q.used(account, class);
+                let natural = |i: usize, v: i64| {
+                    if i == 0 { v as f64 / 1000.0 } else { v as f64 }
+                };
+                let resources = RESOURCES
+                    .iter()
+                    .enumerate()
+                    .map(|(i, r)| QuotaResourceView {
+                        resource: r.name(),
+                        used: natural(i, used[i]),
+                        guarantee: b.guarantee[i].map(|v| natural(i, v)),
+                        borrowing_limit: b.borrowing[i].map(|v| natural(i, v)),
+                    })
+                    .collect();
+                out.push(QuotaView {
+                    account: q.account_name(account).to_owned(),
+                    class: q.class_name(class).to_owned(),
+                    resources,
+                });
+            }
+        }
+        out
     }
 
     /// The time of the latest input.

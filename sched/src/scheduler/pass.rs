@@ -9,6 +9,7 @@ use super::state::Scheduler;
 use crate::fleet::Need;
 use crate::model::RequestState;
 use crate::output::Cause;
+use crate::placement::filter::{Probe, STATIC, first_failure};
 use crate::placement::fits;
 
 impl Scheduler {
@@ -20,15 +21,22 @@ impl Scheduler {
         if !self.pass.capacity_changed && self.pass.arrivals.is_empty() && !self.head_moved() {
             return;
         }
+        self.reclaim_quotas();
         let full = self.pass.capacity_changed;
         self.pass.failed.clear();
         if self.pass.checked_generation != self.fleet_generation {
             self.pass.checked_generation = self.fleet_generation;
             self.reject_unfittable();
         }
+        let version = self.fleet.version;
         (policy::of(self.config.policy).serve)(self, full);
         self.pass.capacity_changed = false;
         self.pass.arrivals.clear();
+        // A claimant that started in this pass may leave its class to borrowers: when one did,
+        // the next poll walks the queue again. (A pass that placed nothing changed no claim.)
+        if self.fleet.version != version {
+            self.reclaim_quotas();
+        }
     }
 
     /// Under fair share, orders the accounts as of now for this pass.
@@ -37,6 +45,83 @@ impl Scheduler {
             fair.rank(self.now_ms);
             self.queue.set_ranks(&fair.ranks);
         }
+    }
+
+    /// Under quotas, decides which classes are reclaimed for this pass: those on which an
+    /// account waits within its guarantee with a request that was not placed when it came (see
+    /// `policy::quota`). When a class stops being reclaimed, borrowers may start again, so the
+    /// whole queue is walked.
+    fn reclaim_quotas(&mut self) {
+        let Some(q) = self.quotas.as_ref() else {
+            return;
+        };
+        if self.runs_on_class_generation != self.fleet_generation {
+            self.runs_on_class_generation = self.fleet_generation;
+            self.runs_on_class.clear();
+        }
+        let mut wanted: Vec<(u32, u32, u64)> = Vec::new();
+        for (group, g) in self.queue.groups() {
+            // Its oldest member has waited since before now. Only the queue's contents decide
+            // (not the verdicts, which a walk that stops early leaves unset), so both walks
+            // reclaim alike.
+            let waited = g
+                .members
+                .values()
+                .next()
+                .is_some_and(|e| e.enqueued_ms < self.now_ms);
+            if !waited {
+                continue;
+            }
+            let account = g.kind.quota_account;
+            for class in 0..q.n_classes() {
+                if q.within_guarantee(account, class, &g.kind.need) {
+                    wanted.push((class, account, group));
+                }
+            }
+        }
+        let mut pairs = Vec::with_capacity(wanted.len());
+        for (class, account, group) in wanted {
+            if self.runs_on_class(group, class) {
+                pairs.push((class, account));
+            }
+        }
+        if let Some(q) = self.quotas.as_mut()
+            && q.set_reclaimed(pairs)
+        {
+            self.pass.capacity_changed = true;
+        }
+    }
+
+    /// Whether some host of quota class `class` could ever run a VM of the queue's group
+    /// `group` (static filters on empty hosts), learnt once per group and fleet change (a
+    /// group's id is never given to another kind).
+    fn runs_on_class(&mut self, group: u64, class: u32) -> bool {
+        let key = (group, class);
+        if let Some(&runs) = self.runs_on_class.get(&key) {
+            return runs;
+        }
+        let Some(need) = self.queue.group(group).map(|g| g.kind.need.clone()) else {
+            return false;
+        };
+        let fleet = &self.fleet;
+        let runs = self.quotas.as_ref().is_some_and(|q| {
+            q.class_hosts[class as usize].iter().any(|&i| {
+                let host = &fleet.hosts[i];
+                !host.removed
+                    && first_failure(
+                        &STATIC,
+                        &Probe {
+                            host,
+                            avail: host.capacity,
+                            need: &need,
+                            provisioning_max: fleet.provisioning_max,
+                        },
+                    )
+                    .is_none()
+            })
+        });
+        self.runs_on_class.insert(key, runs);
+        runs
     }
 
     /// Drops from `no_room` every need that a host changed since the last check now has room for.

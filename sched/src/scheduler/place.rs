@@ -102,16 +102,41 @@ impl Scheduler {
         }
         let vms = r.queued.clone();
         let need = r.need.clone();
+        let quota_account = r.quota_account;
         let held_for = reservation.as_ref().map(|res| (res.head, res.shadow_ms));
         let extra_before = reservation.as_ref().map_or(0, |res| res.extra);
 
         let mut search = Search::new(&self.config, &self.fleet, &need, self.rotate_from);
         let mut chosen: Vec<usize> = Vec::with_capacity(want);
         let mut refused_by_reservation = false;
+        // Classes whose quota let the account have none more in this attempt, and the VMs
+        // chosen so far per class (a gang's VMs count before any of them is charged).
+        let mut refused_by_quota = false;
+        let mut on_class: Vec<(u32, i64)> = Vec::new();
         while chosen.len() < want {
             let Some(h) = search.best(&self.fleet, &need, &self.config) else {
                 break;
             };
+            if let Some(q) = self.quotas.as_ref()
+                && let Some(class) = q.class_of(h)
+            {
+                let pending = on_class
+                    .iter()
+                    .find(|&&(c, _)| c == class)
+                    .map_or(0, |&(_, n)| n);
+                if q.admits(quota_account, class, &need, pending).is_err() {
+                    // Holdings only grow within an attempt: no host of the class will do.
+                    for &i in &q.class_hosts[class as usize] {
+                        search.exclude(i);
+                    }
+                    refused_by_quota = true;
+                    continue;
+                }
+                match on_class.iter_mut().find(|(c, _)| *c == class) {
+                    Some((_, n)) => *n += 1,
+                    None => on_class.push((class, 1)),
+                }
+            }
             if limited && let Some(res) = reservation.as_deref_mut() {
                 let cost = reservation_cost(&self.fleet, res, &self.freed_at_shadow, h, &need);
                 if cost > res.extra {
@@ -127,7 +152,7 @@ impl Scheduler {
         }
 
         let placed_all = chosen.len() == want;
-        if chosen.is_empty() && !refused_by_reservation {
+        if chosen.is_empty() && !refused_by_reservation && !refused_by_quota {
             self.note_no_room(&need);
         }
         if chosen.is_empty() || (gang && !placed_all) {
@@ -141,15 +166,20 @@ impl Scheduler {
                 Some((head, start_ms)) if refused_by_reservation => {
                     Wait::Reserved { head, start_ms }
                 }
+                _ if refused_by_quota => Wait::Quota,
                 _ if gang && !chosen.is_empty() => Wait::GangShort {
                     fit: chosen.len() as u32,
                     need: want as u32,
                 },
                 _ => Wait::NoFit,
             };
-            self.pass
-                .failed
-                .push((need, limited, at_least, self.fleet.version, wait));
+            // What the quota refused is the account's, not the need's: another account's
+            // request of the same need may well start.
+            if !refused_by_quota {
+                self.pass
+                    .failed
+                    .push((need, limited, at_least, self.fleet.version, wait));
+            }
             self.set_wait(id, wait);
             return Attempt::Failed { lasting };
         }
@@ -196,6 +226,11 @@ impl Scheduler {
         }
         if let Some(fair) = self.fair.as_mut() {
             fair.charge(account, &need, chosen.len() as i64, now);
+        }
+        if let Some(q) = self.quotas.as_mut() {
+            for &h in &chosen {
+                q.charge(quota_account, h, &need, 1);
+            }
         }
         if let Some(r) = self.requests.get_mut(&id) {
             if r.queued.is_empty() {

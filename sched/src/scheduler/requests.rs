@@ -108,8 +108,13 @@ impl Scheduler {
             .fair
             .as_mut()
             .map_or(0, |f| f.account(spec.account_name()));
+        let quota_account = self
+            .quotas
+            .as_mut()
+            .map_or(0, |q| q.account(spec.account_name()));
         let kind = Kind {
             account,
+            quota_account,
             priority: spec.priority,
             need: need.clone(),
             together,
@@ -121,6 +126,7 @@ impl Scheduler {
             Request {
                 queue_key: Some(((account, spec.priority), seq)),
                 account,
+                quota_account,
                 gang_pending: spec.gang,
                 live: spec.count,
                 spec,
@@ -319,6 +325,14 @@ impl Scheduler {
         self.maybe_finish(id);
     }
 
+    /// Whether a waiting request's last attempt was refused by its account's quota.
+    pub(crate) fn waits_for_quota(&self, id: RequestId) -> bool {
+        self.requests
+            .get(&id)
+            .and_then(|r| r.queue_key)
+            .is_some_and(|(level, seq)| matches!(self.queue.wait(level, seq), Wait::Quota))
+    }
+
     /// Records why a waiting request (and so every request of its group) still waits.
     pub(super) fn set_wait(&mut self, id: RequestId, wait: Wait) {
         if let Some((level, seq)) = self.requests.get(&id).and_then(|r| r.queue_key) {
@@ -340,6 +354,7 @@ impl Scheduler {
 fn kind_of(r: &Request, reads: Reads) -> Kind {
     Kind {
         account: r.account,
+        quota_account: r.quota_account,
         priority: r.spec.priority,
         need: r.need.clone(),
         together: if r.gang_pending {

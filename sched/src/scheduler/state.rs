@@ -10,6 +10,7 @@ use crate::model::{HostId, RequestId, RequestSpec, RequestState, Template, VmId,
 use crate::output::{Action, Cause, Event, VmSpec};
 use crate::queue::{Entry, Level, Queue, Wait};
 use crate::scheduler::policy::fair::Fair;
+use crate::scheduler::policy::quota::Quotas;
 
 /// Something due at a time: a waiting request's deadline, or the end of a breakpoint's hold.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -50,6 +51,8 @@ pub(crate) struct Request {
     pub(crate) queue_key: Option<(Level, u64)>,
     /// Its account's id under fair share (0 without).
     pub(crate) account: u32,
+    /// Its account's id under quotas (0 without).
+    pub(crate) quota_account: u32,
     /// VMs in `Queued`, in order.
     pub(crate) queued: Vec<VmId>,
     /// VMs not yet ended.
@@ -186,6 +189,12 @@ pub struct Scheduler {
     pub(crate) eligible_for_head: Vec<bool>,
     /// Accounts and their usage under fair share (`None` without).
     pub(crate) fair: Option<Fair>,
+    /// Quotas per account and host class (`None` without).
+    pub(crate) quotas: Option<Quotas>,
+    /// Whether a queue group's need could run on a quota's class, per fleet generation
+    /// (`reclaim_quotas`).
+    pub(crate) runs_on_class: BTreeMap<(u64, u32), bool>,
+    pub(crate) runs_on_class_generation: u64,
     /// Passes walk every waiting request one by one (see `Scheduler::reference`).
     pub(crate) reference_walk: bool,
 }

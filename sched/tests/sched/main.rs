@@ -11,5 +11,6 @@ mod lifecycle;
 mod positions;
 mod properties;
 mod purity;
+mod quota;
 mod snapshots;
 mod support;

@@ -9,8 +9,9 @@ use std::fmt::Write as _;
 
 use berth_sched::{
     Account, Blocker, Cause, Config, DriverKind, Event, Failure, FailureKind, FairShare, Hold,
-    HostSpec, Input, Label, Policy, ProbeReport, RequestId, RequestSpec, RequestState, ScanOrder,
-    Scheduler, Shape, Template, VmState, VmView, Weights,
+    HostSpec, Input, Label, Policy, ProbeReport, QUOTA_EVERY_ACCOUNT, Quota, QuotaAmounts,
+    RequestId, RequestSpec, RequestState, ScanOrder, Scheduler, Shape, Template, VmState, VmView,
+    Weights,
 };
 use proptest::prelude::*;
 
@@ -31,6 +32,10 @@ pub struct Knobs {
     pub(crate) aging_step_ms: u64,
     /// Fair share between three accounts (weights 1, 2, 3) with this half-life; `None`: off.
     pub(crate) fair_half_life_ms: Option<u64>,
+    /// Quotas on the classes of hosts h1 to h12 (one class each): every account is guaranteed
+    /// this many vCPUs and may borrow this many more, `team-1` twice the guarantee with no
+    /// bound on borrowing; `None`: off.
+    pub(crate) quota_vcpus: Option<(u64, u64)>,
 }
 
 #[derive(Clone, Debug)]
@@ -127,9 +132,22 @@ pub(crate) fn knobs() -> impl Strategy<Value = Knobs> {
         1u32..=8,
         prop_oneof![Just(0u64), Just(60_000), Just(600_000)],
         prop::option::of(prop_oneof![Just(1u64), Just(60_000), Just(3_600_000)]),
+        prop::option::of((0u64..=8, 0u64..=8)),
     )
         .prop_map(
-            |(policy, rotate, weights, prov, retries, probes, breaker, candidates, aging, fair)| {
+            |(
+                policy,
+                rotate,
+                weights,
+                prov,
+                retries,
+                probes,
+                breaker,
+                candidates,
+                aging,
+                fair,
+                quota_vcpus,
+            )| {
                 Knobs {
                     policy,
                     rotate,
@@ -141,6 +159,7 @@ pub(crate) fn knobs() -> impl Strategy<Value = Knobs> {
                     candidates_max: candidates,
                     aging_step_ms: aging,
                     fair_half_life_ms: fair,
+                    quota_vcpus,
                 }
             },
         )
@@ -268,6 +287,38 @@ pub(crate) fn config_of(k: &Knobs) -> Config {
                 })
                 .collect(),
         }),
+        quotas: k
+            .quota_vcpus
+            .map(|(guarantee, borrow)| {
+                (1..=12)
+                    .flat_map(|h| {
+                        let class = format!("h{h}");
+                        let every = Quota {
+                            account: QUOTA_EVERY_ACCOUNT.into(),
+                            class: class.clone(),
+                            guarantee: QuotaAmounts {
+                                vcpus: Some(guarantee),
+                                ..QuotaAmounts::default()
+                            },
+                            borrowing_limit: QuotaAmounts {
+                                vcpus: Some(borrow),
+                                ..QuotaAmounts::default()
+                            },
+                        };
+                        let team = Quota {
+                            account: "team-1".into(),
+                            class,
+                            guarantee: QuotaAmounts {
+                                vcpus: Some(2 * guarantee),
+                                ..QuotaAmounts::default()
+                            },
+                            borrowing_limit: QuotaAmounts::default(),
+                        };
+                        [every, team]
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
         templates: vec![linux(), macos(), windows()],
     }
 }
@@ -639,6 +690,34 @@ impl Run {
             let used_macs = h.slots.iter().map(|s| s.2).sum::<i64>();
             assert_eq!(macs, used_macs, "{}: macos slots", h.name);
         }
+        // (c) no account holds more of a class than its guarantee plus borrowing limit, and
+        // what it holds is the sum of its VMs there (hosts here are each a class of their own).
+        for q in s.quotas() {
+            let host = hosts.iter().find(|h| h.name == q.class);
+            let held: i64 = vms
+                .iter()
+                .filter(|v| v.host.is_some() && v.host == host.map(|h| h.id))
+                .filter_map(|v| s.request(v.request))
+                .filter(|r| r.spec.account_name() == q.account)
+                .map(|r| i64::from(r.shape.vcpus))
+                .sum();
+            let vcpus = &q.resources[0];
+            assert_eq!(vcpus.resource, "vcpus");
+            assert_eq!(
+                vcpus.used, held as f64,
+                "{} on {}: held",
+                q.account, q.class
+            );
+            if let (Some(g), Some(b)) = (vcpus.guarantee, vcpus.borrowing_limit) {
+                assert!(
+                    vcpus.used <= g + b,
+                    "{} on {}: {} vcpus past {g} + {b}",
+                    q.account,
+                    q.class,
+                    vcpus.used
+                );
+            }
+        }
         for v in &vms {
             assert_eq!(
                 v.host.is_some(),
@@ -891,6 +970,7 @@ fn knobs_default() -> Knobs {
         candidates_max: 8,
         aging_step_ms: 600_000,
         fair_half_life_ms: None,
+        quota_vcpus: None,
     }
 }
 

@@ -5,7 +5,7 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
-use berth_sched::{Account, FairShare, Policy, ScanOrder, Weights};
+use berth_sched::{Account, FairShare, Policy, Quota, QuotaAmounts, ScanOrder, Weights};
 use berth_traces::{Format, Generator, SynthConfig};
 use serde::Deserialize;
 use toml::Spanned;
@@ -343,6 +343,25 @@ impl Spec {
         }
         for entry in &file.settings {
             names.check("settings", &entry.name, &at)?;
+            // A quota on a class no fleet has bounds nothing: most likely a typo.
+            for (i, q) in entry.quotas.iter().enumerate() {
+                let class = q.class.get_ref();
+                let known = fleets.iter().any(|f| {
+                    f.fleet
+                        .hosts
+                        .iter()
+                        .any(|h| berth_sched::host_class(&h.name, &h.labels) == class)
+                });
+                if !known {
+                    return Err(at(
+                        q.class.span(),
+                        format!(
+                            "settings `{}`: `quotas[{i}].class`: no fleet of this spec has a host of class `{class}`",
+                            entry.name.get_ref()
+                        ),
+                    ));
+                }
+            }
             settings.push(SettingsSpec {
                 name: entry.name.get_ref().clone(),
                 config: entry.config(&at)?,
@@ -457,6 +476,39 @@ struct SettingsEntry {
     vm_retries_max: Option<u32>,
     aging_step_ms: Option<u64>,
     fair_share: Option<FairShareEntry>,
+    #[serde(default)]
+    quotas: Vec<QuotaEntry>,
+}
+
+/// A quota, the shape of the daemon's `[[quotas]]`: `quotas = [{ account = "*", class =
+/// "kvm-x86", guarantee = { vcpus = 98 }, borrowing_limit = { vcpus = 0 } }]`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct QuotaEntry {
+    account: Spanned<String>,
+    class: Spanned<String>,
+    #[serde(default)]
+    guarantee: QuotaAmountsEntry,
+    #[serde(default)]
+    borrowing_limit: QuotaAmountsEntry,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct QuotaAmountsEntry {
+    vcpus: Option<u64>,
+    memory_mib: Option<u64>,
+    slots: Option<u64>,
+}
+
+impl From<&QuotaAmountsEntry> for QuotaAmounts {
+    fn from(a: &QuotaAmountsEntry) -> QuotaAmounts {
+        QuotaAmounts {
+            vcpus: a.vcpus,
+            memory_mib: a.memory_mib,
+            slots: a.slots,
+        }
+    }
 }
 
 /// Fair share between accounts: `fair_share = { half_life_minutes = 60, accounts = [...] }`.
@@ -605,6 +657,30 @@ impl SettingsEntry {
             }
             sched.fair_share = Some(fair);
         }
+        let mut seen = BTreeSet::new();
+        for (i, q) in self.quotas.iter().enumerate() {
+            let (account, class) = (q.account.get_ref(), q.class.get_ref());
+            if account.is_empty() {
+                return Err(at(
+                    q.account.span(),
+                    format!("settings `{name}`: `quotas[{i}].account` must not be empty"),
+                ));
+            }
+            if !seen.insert((account.clone(), class.clone())) {
+                return Err(at(
+                    q.class.span(),
+                    format!(
+                        "settings `{name}`: `quotas[{i}]`: account `{account}` has a second quota on class `{class}`"
+                    ),
+                ));
+            }
+            sched.quotas.push(Quota {
+                account: account.clone(),
+                class: class.clone(),
+                guarantee: (&q.guarantee).into(),
+                borrowing_limit: (&q.borrowing_limit).into(),
+            });
+        }
         Ok(config)
     }
 }
@@ -700,6 +776,49 @@ mod tests {
             e.starts_with("spec.toml:4:") && e.contains("not both"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn the_quota_example_spec_parses() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/sweep-quota.toml");
+        let spec = Spec::load(&path).unwrap();
+        assert_eq!(spec.runs().len(), 5 * 4);
+        let quotas = &spec.settings[2].config.sched.quotas;
+        assert_eq!(quotas.len(), 4);
+        assert_eq!(quotas[0].account, berth_sched::QUOTA_EVERY_ACCOUNT);
+        assert_eq!(quotas[0].guarantee.vcpus, Some(98));
+        assert_eq!(quotas[0].borrowing_limit, QuotaAmounts::default());
+        assert!(spec.settings[1].config.sched.quotas.is_empty());
+        // Quotas are part of what a run's settings digest covers.
+        assert_ne!(
+            provenance::settings_sha256(&spec.settings[1].config),
+            provenance::settings_sha256(&spec.settings[2].config)
+        );
+    }
+
+    #[test]
+    fn bad_quotas_are_named_with_their_line() {
+        let e = err(&format!(
+            "{MINIMAL}[[settings]]\nname = \"q\"\nquotas = [{{ account = \"*\", class = \"kvm\" }}]\n"
+        ));
+        assert!(
+            e.starts_with("spec.toml:10:")
+                && e.contains("`quotas[0].class`")
+                && e.contains("`kvm`"),
+            "{e}"
+        );
+        let twice = "quotas = [{ account = \"a\", class = \"host\" }, { account = \"a\", class = \"host\" }]";
+        let e = err(&format!("{MINIMAL}[[settings]]\nname = \"q\"\n{twice}\n"));
+        assert!(e.contains("second quota on class `host`"), "{e}");
+        let e = err(&format!(
+            "{MINIMAL}[[settings]]\nname = \"q\"\nquotas = [{{ account = \"a\", class = \"host\", guarantee = {{ vcpus = -2 }} }}]\n"
+        ));
+        assert!(e.contains("spec.toml:10"), "{e}");
+        let ok = parse(&format!(
+            "{MINIMAL}[[settings]]\nname = \"q\"\nquotas = [{{ account = \"a\", class = \"host\", guarantee = {{ vcpus = 2 }} }}]\n"
+        ))
+        .unwrap();
+        assert_eq!(ok.settings[0].config.sched.quotas[0].class, "host");
     }
 
     #[test]

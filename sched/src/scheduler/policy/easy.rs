@@ -1,7 +1,8 @@
 //! `easy`, EASY backfilling: heads of the queue start in order; the first that waits gets a
 //! reservation from the expected ends of the VMs now running, and a later request starts now
 //! only if it does not delay that reservation (it ends first, or uses capacity the head will
-//! not need).
+//! not need). A head that only its account's quota holds back gets no reservation (capacity
+//! coming back would not let it start): the others are then served as they fit.
 
 use super::QueuePolicy;
 use crate::model::RequestId;
@@ -19,6 +20,15 @@ pub(crate) const POLICY: QueuePolicy = QueuePolicy {
 
 fn serve(s: &mut Scheduler, full: bool) {
     if let Some(head) = s.serve_heads(full) {
+        if s.waits_for_quota(head) {
+            s.pass.reservation = None;
+            if full {
+                s.walk_queue(Some(head), None);
+            } else {
+                s.serve_arrivals(Some(head), None);
+            }
+            return;
+        }
         backfill(s, head, full);
     }
 }

@@ -7,6 +7,7 @@ mod easy;
 pub(crate) mod fair;
 mod fcfs;
 mod greedy;
+pub(crate) mod quota;
 
 use crate::config::Policy;
 use crate::scheduler::state::{Reads, Scheduler};
