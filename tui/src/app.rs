@@ -288,6 +288,8 @@ pub struct App {
     /// Lower-case row text per screen, built at the first filter keystroke after new data so
     /// typing a filter over 100,000 rows does not format every row again.
     search_cache: BTreeMap<Screen, Vec<String>>,
+    /// How the queue screen groups its rows (`c` turns to the next).
+    pub queue_grouping: Grouping,
 }
 
 impl App {
@@ -322,6 +324,7 @@ impl App {
             dirty: true,
             pending_actions: 0,
             search_cache: BTreeMap::new(),
+            queue_grouping: Grouping::None,
         }
     }
 
@@ -740,6 +743,19 @@ impl App {
                 }
                 self.rebuild_view(screen);
                 self.flash = Some(self.sort_label(screen));
+                vec![]
+            }
+            A::Group => {
+                self.queue_grouping = self.queue_grouping.next();
+                self.search_cache.remove(&Screen::Queue);
+                self.rebuild_view(Screen::Queue);
+                self.flash = Some(match self.queue_grouping {
+                    Grouping::None => "queue not grouped".to_owned(),
+                    g => format!(
+                        "queue grouped by {} (its first request's place in the order first)",
+                        g.noun()
+                    ),
+                });
                 vec![]
             }
             A::Refresh => vec![Command::Refresh],
@@ -1411,6 +1427,35 @@ impl App {
         }
     }
 
+    /// The queue's group of row `idx`: its change (`-` for none) or its account.
+    pub fn queue_group(&self, idx: usize) -> String {
+        let Some(r) = self.snap.queue.get(idx) else {
+            return String::new();
+        };
+        match self.queue_grouping {
+            Grouping::Change => r.change.clone().unwrap_or_else(|| "-".into()),
+            Grouping::Account | Grouping::None => r.account.clone(),
+        }
+    }
+
+    /// `view` with the rows of each group together: the groups in the order their first row
+    /// has in `view`, each group's rows in that order too.
+    fn grouped(&self, view: Vec<usize>) -> Vec<usize> {
+        let mut first: BTreeMap<String, usize> = BTreeMap::new();
+        let keyed: Vec<(usize, usize, usize)> = view
+            .iter()
+            .enumerate()
+            .map(|(pos, &idx)| {
+                let n = first.len();
+                let group = *first.entry(self.queue_group(idx)).or_insert(n);
+                (group, pos, idx)
+            })
+            .collect();
+        let mut keyed = keyed;
+        keyed.sort_unstable();
+        keyed.into_iter().map(|(_, _, idx)| idx).collect()
+    }
+
     fn rebuild_view(&mut self, screen: Screen) {
         let Some(t) = self.tables.get(&screen) else {
             return;
@@ -1452,6 +1497,9 @@ impl App {
         } else if reverse {
             view.reverse();
         }
+        if screen == Screen::Queue && self.queue_grouping != Grouping::None {
+            view = self.grouped(view);
+        }
         if let Some(t) = self.tables.get_mut(&screen) {
             t.view = view;
         }
@@ -1484,7 +1532,7 @@ impl App {
         let Some(t) = self.tables.get(&screen) else {
             return String::new();
         };
-        let name = columns(screen).get(t.sort_col).copied().unwrap_or("?");
+        let name = self.titles(screen).get(t.sort_col).copied().unwrap_or("?");
         let dir = if t.sort_reverse {
             "descending"
         } else {
@@ -1771,11 +1819,15 @@ impl App {
                 let Some(r) = self.snap.queue.get(idx) else {
                     return vec![];
                 };
+                let who = match self.queue_grouping {
+                    Grouping::None => r.requester.clone(),
+                    _ => self.queue_group(idx),
+                };
                 vec![
                     format!("r{}", r.id),
                     r.position.map_or_else(|| "-".into(), |p| p.to_string()),
                     r.eta_text(now),
-                    r.requester.clone(),
+                    who,
                     r.shape(),
                     duration(now.saturating_sub(r.submitted_ms)),
                     r.priority.to_string(),
@@ -1907,6 +1959,51 @@ impl PartialOrd for ClassCapacity {
     }
 }
 impl Eq for ClassCapacity {}
+
+/// How the queue screen groups its rows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Grouping {
+    None,
+    Change,
+    Account,
+}
+
+impl Grouping {
+    fn next(self) -> Grouping {
+        match self {
+            Grouping::None => Grouping::Change,
+            Grouping::Change => Grouping::Account,
+            Grouping::Account => Grouping::None,
+        }
+    }
+
+    fn noun(self) -> &'static str {
+        match self {
+            Grouping::None => "nothing",
+            Grouping::Change => "change",
+            Grouping::Account => "account",
+        }
+    }
+}
+
+impl App {
+    /// The column titles of a table screen as shown now: a grouped queue's fourth column is
+    /// the group (CHANGE or ACCOUNT) instead of the requester.
+    pub fn titles(&self, screen: Screen) -> Vec<&'static str> {
+        let mut titles = columns(screen).to_vec();
+        if screen == Screen::Queue {
+            let group = match self.queue_grouping {
+                Grouping::None => None,
+                Grouping::Change => Some("CHANGE"),
+                Grouping::Account => Some("ACCOUNT"),
+            };
+            if let (Some(g), Some(t)) = (group, titles.get_mut(3)) {
+                *t = g;
+            }
+        }
+        titles
+    }
+}
 
 /// The column titles of a table screen.
 pub fn columns(screen: Screen) -> &'static [&'static str] {

@@ -55,6 +55,8 @@ pub fn small() -> Snapshot {
     let queue = vec![
         Request {
             id: 41,
+            account: "qt-base".into(),
+            change: Some("I7".into()),
             requester: "ci-linux".into(),
             template: "linux".into(),
             count: 4,
@@ -73,6 +75,8 @@ pub fn small() -> Snapshot {
         },
         Request {
             id: 42,
+            account: "release".into(),
+            change: Some("R2".into()),
             requester: "ci-mac".into(),
             template: "macos".into(),
             count: 1,
@@ -91,6 +95,8 @@ pub fn small() -> Snapshot {
         },
         Request {
             id: 43,
+            account: "qt-base".into(),
+            change: Some("I7".into()),
             requester: "nightly".into(),
             template: "windows".into(),
             count: 2,
@@ -336,6 +342,8 @@ pub fn large(n_hosts: usize, n_vms: usize) -> Snapshot {
     let queue = (0..n_vms / 100)
         .map(|i| Request {
             id: 1_000_000 + i as u64,
+            account: format!("ci-{}", i % 7),
+            change: Some(format!("I{}", i / 20)),
             requester: format!("ci-{}", i % 7),
             template: "linux".into(),
             count: 1 + (i % 4) as u64,

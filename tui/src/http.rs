@@ -136,6 +136,8 @@ pub fn host(h: api::HostRow) -> Host {
 pub fn request(r: api::RequestRow, why: Option<api::Why>) -> Request {
     Request {
         id: r.id,
+        account: r.spec.account.clone(),
+        change: r.spec.change.clone(),
         requester: r.spec.requester,
         template: r.template,
         count: r.count.into(),

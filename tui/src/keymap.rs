@@ -54,6 +54,8 @@ pub enum KeyAction {
     SortNext,
     SortPrev,
     SortReverse,
+    /// The queue screen groups its rows by change, by account, or not (in turn).
+    Group,
     Refresh,
     Go(Screen),
     Vnc,
@@ -328,6 +330,13 @@ pub const KEYMAP: &[Binding] = &[
         Some("reverse"),
         "reverse the sort",
         Scope::On(TABLES),
+    ),
+    b(
+        &[Key::Char('c')],
+        A::Group,
+        Some("group"),
+        "group the queue by change, then by account, then not",
+        Scope::On(QUEUE),
     ),
     b(
         &[Key::Ctrl('r')],

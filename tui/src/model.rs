@@ -132,6 +132,10 @@ pub struct Why {
 pub struct Request {
     pub id: u64,
     pub requester: String,
+    /// The account charged for it (its requester unless it named one).
+    pub account: String,
+    /// The staged change it belongs to, if it named one.
+    pub change: Option<String>,
     pub template: String,
     pub count: u64,
     pub vcpus: Option<u64>,

@@ -15,7 +15,7 @@ use ratatui_image::{Resize, StatefulImage};
 
 use crate::app::{
     App, Confirm, EventsFollow, Forecast, Input, LogKind, LogView, Popup, VM_KEY_HINTS, clock,
-    columns, milli,
+    milli,
 };
 use crate::event::ConnState;
 use crate::keymap::{self, KeyAction, Screen};
@@ -874,7 +874,7 @@ fn draw_table(f: &mut Frame, app: &App, theme: Theme, screen: Screen, area: Rect
     let Some(t) = app.table(screen) else {
         return;
     };
-    let titles = columns(screen);
+    let titles = app.titles(screen);
     let page = usize::from(area.height.saturating_sub(3).max(1));
     // The stored offset keeps the selection in view for the page size the app knows; clamp
     // it again for this area.

@@ -64,6 +64,33 @@ fn queue_with_why_waiting() {
 }
 
 #[test]
+fn queue_grouped_by_change_then_by_account() {
+    // `c` groups: r41 and r43 of change I7 come together, before R2's r42 (I7's first
+    // request is first in line); again, by account; a third time, back to queue order.
+    check("queue_by_change", |a| {
+        keys(a, "3c");
+    });
+    check("queue_by_account", |a| {
+        keys(a, "3cc");
+    });
+    for (w, h) in SIZES {
+        let mut a = app(w, h, false);
+        keys(&mut a, "3ccc");
+        let mut b = app(w, h, false);
+        keys(&mut b, "3");
+        // All but the status line, which says the grouping is off.
+        let table = |a: &berth_tui::App| {
+            let text = render(a);
+            text.lines()
+                .take(usize::from(h) - 1)
+                .collect::<Vec<_>>()
+                .join("\n")
+        };
+        assert_eq!(table(&a), table(&b));
+    }
+}
+
+#[test]
 fn vms() {
     check("vms", |a| {
         keys(a, "4G");
