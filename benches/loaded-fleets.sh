@@ -20,7 +20,8 @@ measure() {
     i=0
     while [ "$i" -lt "$RUNS" ]; do
         /usr/bin/time -f "%e %M" -o "$WORK/time" \
-            "$BERTH" sim run --trace "$trace" --fleet "$fleet" --policy "$policy" > /dev/null
+            "$BERTH" sim run --trace "$trace" --fleet "$fleet" --policy "$policy" \
+            --eta-samples 0 > /dev/null
         cat "$WORK/time" >> "$WORK/times"
         i=$((i + 1))
     done

@@ -1833,6 +1833,7 @@ fn changes_table(rows: &[api::ChangeRow], now: u64) -> Table {
         ("REQUESTS", true),
         ("FIRST ARRIVAL", false),
         ("TURNAROUND", false),
+        ("ETA", false),
     ]);
     for r in rows {
         t.row(vec![
@@ -1849,6 +1850,7 @@ fn changes_table(rows: &[api::ChangeRow], now: u64) -> Table {
             r.n_requests.to_string(),
             human::instant(r.first_arrival_ms, now),
             human::duration(r.turnaround_ms),
+            human::eta_cell(r.eta_ms, r.eta_after_ms, now),
         ]);
     }
     t

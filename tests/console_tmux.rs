@@ -328,11 +328,13 @@ fn console_at_80x24_counts_a_wait_on_an_idle_daemon_and_names_a_drains_blocker()
 
     // Drill down: the host's VMs, the held one's request, and back.
     send(&socket, &["Enter"]);
+    // A capture may catch the panel's title drawn before its rows: wait for both.
+    let row = format!("berth-vm{vm}  ‖ held");
     let host = wait_for("the host's VMs", Duration::from_secs(10), || {
         let s = capture(&socket);
-        s.contains("VMs on sim-small-1 (1)").then_some(s)
+        (s.contains("VMs on sim-small-1 (1)") && s.contains(&row)).then_some(s)
     });
-    assert!(host.contains(&format!("berth-vm{vm}  ‖ held")), "{host}");
+    assert!(host.contains(&row), "{host}");
     // Its details say what the drain waits for, and until when.
     let held = format!("berth-vm{vm} held by alice until");
     wait_for("the host's drain blockers", Duration::from_secs(10), || {

@@ -836,6 +836,13 @@ fn request_and_change_show_where_a_waiting_request_stands_and_when_it_starts() {
     assert!(row.contains(&"waiting") && row.contains(&"1"), "{listed}");
     assert!(row.iter().any(|c| *c == "~9m" || *c == "~10m"), "{listed}");
 
+    // The change list gives the change's ETA in its last column.
+    let out = cli(&serve, &["change", "list"]);
+    let listed = text(&out.stdout);
+    let c1 = listed.lines().find(|l| l.starts_with("C1 ")).unwrap();
+    let eta = c1.split_whitespace().last().unwrap();
+    assert!(eta == "~9m" || eta == "~10m", "{listed}");
+
     let out = cli(&serve, &["change", "show", "C1"]);
     let shown = text(&out.stdout);
     assert!(

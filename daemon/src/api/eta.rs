@@ -132,18 +132,45 @@ impl EtaTable {
         let waiting = rows
             .iter()
             .filter(|r| r.state == api::RequestState::Waiting && r.position.is_some());
-        for r in waiting {
-            match (r.eta_ms, r.eta_after_ms) {
-                (_, Some(after)) => {
-                    change.eta_after_ms = change.eta_after_ms.max(Some(after));
-                }
-                (Some(at), None) => change.eta_ms = change.eta_ms.max(Some(at)),
-                (None, None) => {}
-            }
+        (change.eta_ms, change.eta_after_ms) =
+            last_start(waiting.map(|r| (r.eta_ms, r.eta_after_ms)));
+    }
+}
+
+/// The last of some requests' estimated starts `(eta_ms, eta_after_ms)`: the latest estimate,
+/// or, past one request's "later than", the latest "later than" alone.
+fn last_start(
+    starts: impl Iterator<Item = (Option<u64>, Option<u64>)>,
+) -> (Option<u64>, Option<u64>) {
+    let (mut eta, mut after) = (None, None);
+    for s in starts {
+        match s {
+            (_, Some(a)) => after = after.max(Some(a)),
+            (Some(at), None) => eta = eta.max(Some(at)),
+            (None, None) => {}
         }
-        // Past one request's "later than", the change as a whole starts later too.
-        if change.eta_after_ms.is_some() {
-            change.eta_ms = None;
-        }
+    }
+    if after.is_some() {
+        eta = None;
+    }
+    (eta, after)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_change_starts_when_its_last_waiting_request_does() {
+        let starts = [(Some(5_000), None), (Some(9_000), None), (None, None)];
+        assert_eq!(last_start(starts.into_iter()), (Some(9_000), None));
+        // One past the estimate's bounds: the change starts later than that, whatever the rest.
+        let starts = [
+            (Some(5_000), None),
+            (None, Some(7_000)),
+            (Some(9_000), None),
+        ];
+        assert_eq!(last_start(starts.into_iter()), (None, Some(7_000)));
+        assert_eq!(last_start(std::iter::empty()), (None, None));
     }
 }
