@@ -415,6 +415,21 @@ pub async fn start(opts: Options) -> Result<Daemon, DaemonError> {
     )?;
     control.observers = vec![Box::new(metrics.clone()), Box::new(hooks)];
     control.start_fleet(&templates, &hosts)?;
+    // Hosts join through the API too, so a quota on a class no host has yet is not an error;
+    // but it is most likely a typo, so say so.
+    for q in &control.s.config().quotas {
+        let known = control
+            .s
+            .hosts()
+            .any(|h| berth_sched::host_class(h.name, h.labels) == q.class);
+        if !known {
+            tracing::warn!(
+                account = %q.account,
+                class = %q.class,
+                "a quota names a host class no host belongs to; it bounds nothing until one joins"
+            );
+        }
+    }
     control.reconcile().await?;
 
     let reads = api::ReadPool::open(&db_path, 4)?;

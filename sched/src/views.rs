@@ -167,7 +167,8 @@ impl fmt::Display for Why {
             Blocker::NoFit => write!(f, "no room")?,
             Blocker::Quota => match self.quota.first() {
                 Some(q) => write!(f, "quota: {}", q.text)?,
-                None => write!(f, "quota")?,
+                // Room it was refused by quota has gone to others since.
+                None => write!(f, "no room (refused by its account's quota when there was)")?,
             },
             Blocker::GangShort { fit, need } => {
                 write!(f, "a gang of {need}: only {fit} fit at once")?

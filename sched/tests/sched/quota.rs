@@ -216,6 +216,14 @@ fn borrowing_stops_while_another_account_waits_under_its_guarantee_and_resumes_a
             Blocker::NoFit
         };
         assert_eq!(why.blocker, blocker, "{why}");
+        if n < 4 {
+            // b took the room the quota kept from a: no host has room to name now.
+            assert!(
+                why.to_string()
+                    .starts_with("no room (refused by its account's quota when there was)"),
+                "{why}"
+            );
+        }
     }
     assert!(b.iter().all(|id| f.started.contains_key(id)), "b got all 4");
     // Nobody waits under a guarantee any more: the next free vCPU may be borrowed again.
