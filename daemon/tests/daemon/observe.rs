@@ -306,7 +306,9 @@ fn metrics_pass_promtool_cover_the_dashboard_and_accounting_views_add_up() {
     // the account families have.
     let config = format!(
         "{}\n[[hooks]]\nname = \"false\"\non = \"vm.done\"\ncommand = [\"false\"]\n\
-         \n[fair_share]\nhalf_life_minutes = 60\ndefault_weight = 1\n",
+         \n[fair_share]\nhalf_life_minutes = 60\ndefault_weight = 1\n\
+         \n[[quotas]]\naccount = \"*\"\nclass = \"sim-large\"\nguarantee = {{ vcpus = 64 }}\n\
+         \n[[quotas]]\naccount = \"*\"\nclass = \"sim-small\"\nguarantee = {{ vcpus = 16 }}\n",
         super::CONFIG
     );
     let d = TestDaemon::start(dir.path(), &config);

@@ -215,7 +215,9 @@ fn prometheus_scrapes_berth_serve_and_every_dashboard_query_has_data() {
     let config = format!(
         "{CONFIG}\n[[tokens]]\nname = \"prometheus\"\ntoken = \"{SCRAPE_TOKEN}\"\nrole = \"read-only\"\n\
          \n[[hooks]]\nname = \"false\"\non = \"vm.done\"\ncommand = [\"false\"]\n\
-         \n[fair_share]\nhalf_life_minutes = 60\ndefault_weight = 1\n"
+         \n[fair_share]\nhalf_life_minutes = 60\ndefault_weight = 1\n\
+         \n[[quotas]]\naccount = \"*\"\nclass = \"sim-large\"\nguarantee = {{ vcpus = 64 }}\n\
+         \n[[quotas]]\naccount = \"*\"\nclass = \"sim-small\"\nguarantee = {{ vcpus = 16 }}\n"
     );
     let serve = Serve::start(&berth_binary(), &dir.path().join("serve"), &config);
     let prom_dir = dir.path().join("prometheus");
