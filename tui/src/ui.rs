@@ -394,7 +394,7 @@ fn draw_overview(f: &mut Frame, app: &App, theme: Theme, area: Rect) {
     let fleet = fleet_lines(app, theme);
     let gauges = app.summary.classes.len() as u16 * 2 + 2;
     // Under fair share, a row per account (the first few in the order of service).
-    let accounts = match app.snap.accounts.len() as u16 {
+    let accounts = match active_accounts(app).count() as u16 {
         0 => 0,
         n => n.min(ACCOUNT_ROWS_MAX) + 2,
     };
@@ -432,6 +432,15 @@ fn draw_overview(f: &mut Frame, app: &App, theme: Theme, area: Rect) {
     draw_pulses(f, app, theme, plot_rows, plots);
 }
 
+/// The accounts the overview lists: those entitled to a share now (holding capacity, waiting
+/// or with recent usage), in the order of service; idle ones are left to `berth account list`.
+fn active_accounts(app: &App) -> impl Iterator<Item = &berth_api::AccountRow> {
+    app.snap
+        .accounts
+        .iter()
+        .filter(|a| a.share > 0.0 || a.usage_share > 0.0)
+}
+
 /// The most accounts the overview lists (`berth account list` has them all).
 const ACCOUNT_ROWS_MAX: u16 = 6;
 
@@ -439,7 +448,8 @@ const ACCOUNT_ROWS_MAX: u16 = 6;
 /// usage against the share it is entitled to (the bar fills to its usage; yellow past its
 /// share), and the vCPUs it holds.
 fn draw_accounts(f: &mut Frame, app: &App, theme: Theme, area: Rect) {
-    if area.height < 3 || app.snap.accounts.is_empty() {
+    let accounts: Vec<&berth_api::AccountRow> = active_accounts(app).collect();
+    if area.height < 3 || accounts.is_empty() {
         return;
     }
     let block = Block::default()
@@ -447,9 +457,9 @@ fn draw_accounts(f: &mut Frame, app: &App, theme: Theme, area: Rect) {
         .title(" accounts: used / entitled share ");
     let inner = block.inner(area);
     f.render_widget(block, area);
-    let rows = app.snap.accounts.len();
+    let rows = accounts.len();
     let shown = usize::from(inner.height).min(rows);
-    for (i, a) in app.snap.accounts.iter().take(shown).enumerate() {
+    for (i, a) in accounts.iter().take(shown).enumerate() {
         let y = inner.y + i as u16;
         if i + 1 == shown && shown < rows {
             let more = format!("… {} more: berth account list", rows - shown + 1);
