@@ -406,6 +406,11 @@ pub struct WorkerSection {
     pub driver_calls_per_host_max: usize,
     /// Hook processes running at once; more wait their turn in the hook queue.
     pub hooks_at_once_max: usize,
+    /// A cgroup directory (v2, or a v1 hierarchy such as `/sys/fs/cgroup/pids/berth`) where
+    /// each hook attempt gets a group of its own, killed whole when the attempt ends: unlike a
+    /// process group, it also holds what a hook started in a session of its own. Without it,
+    /// hooks run in process groups.
+    pub hooks_cgroup: Option<PathBuf>,
 }
 
 impl Default for WorkerSection {
@@ -413,6 +418,7 @@ impl Default for WorkerSection {
         WorkerSection {
             driver_calls_per_host_max: 8,
             hooks_at_once_max: 4,
+            hooks_cgroup: None,
         }
     }
 }

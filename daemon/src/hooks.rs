@@ -21,6 +21,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{Semaphore, mpsc};
 
 use crate::DaemonError;
+use crate::cgroup::HookCgroups;
 pub use crate::config::{EVENT_NAMES, HookConfig};
 use crate::metrics::Metrics;
 
@@ -102,6 +103,7 @@ impl Hooks {
     pub(crate) fn start(
         configs: &[HookConfig],
         at_once_max: usize,
+        cgroups: Option<Arc<HookCgroups>>,
         db_path: &Path,
         metrics: Arc<Metrics>,
     ) -> Result<Hooks, DaemonError> {
@@ -127,8 +129,9 @@ impl Hooks {
                         break;
                     };
                     let (hooks, conn, metrics) = (hooks.clone(), conn.clone(), metrics.clone());
+                    let cgroups = cgroups.clone();
                     tokio::spawn(async move {
-                        run_job(&hooks[job.hook], &job, &conn, &metrics).await;
+                        run_job(&hooks[job.hook], &job, cgroups.as_deref(), &conn, &metrics).await;
                         drop(permit);
                     });
                 }
@@ -191,14 +194,20 @@ fn wall_ms() -> u64 {
 }
 
 /// Runs one job with its retries, recording every attempt.
-async fn run_job(hook: &Hook, job: &Job, conn: &Arc<Mutex<Connection>>, metrics: &Metrics) {
+async fn run_job(
+    hook: &Hook,
+    job: &Job,
+    cgroups: Option<&HookCgroups>,
+    conn: &Arc<Mutex<Connection>>,
+    metrics: &Metrics,
+) {
     let c = &hook.config;
     for attempt in 0..=c.retries_max {
         if attempt > 0 {
             let factor = 1u64 << (attempt - 1).min(20);
             tokio::time::sleep(Duration::from_millis(c.backoff_ms.saturating_mul(factor))).await;
         }
-        let run = run_once(hook, job, attempt).await;
+        let run = run_once(hook, job, cgroups, attempt).await;
         let ok = run.outcome == "ok";
         metrics
             .hook_runs
@@ -233,8 +242,9 @@ async fn run_job(hook: &Hook, job: &Job, conn: &Arc<Mutex<Connection>>, metrics:
     }
 }
 
-/// One attempt: spawn, feed stdin, wait up to the timeout, kill the process group past it.
-async fn run_once(hook: &Hook, job: &Job, attempt: u32) -> HookRun {
+/// One attempt: spawn, feed stdin, wait up to the timeout, kill the process group (and the
+/// attempt's cgroup, with `hooks_cgroup`) past it.
+async fn run_once(hook: &Hook, job: &Job, cgroups: Option<&HookCgroups>, attempt: u32) -> HookRun {
     let c = &hook.config;
     let started_ms = wall_ms();
     let started = Instant::now();
@@ -252,9 +262,20 @@ async fn run_once(hook: &Hook, job: &Job, attempt: u32) -> HookRun {
         outcome: "error".into(),
         stderr_tail: String::new(),
     };
+    let group = match cgroups.map(HookCgroups::group).transpose() {
+        Ok(group) => group,
+        Err(e) => {
+            run.stderr_tail = format!("cannot make a cgroup for the hook: {e}");
+            return run;
+        }
+    };
+    let argv = match &group {
+        Some(g) => g.wrap(&c.command),
+        None => c.command.clone(),
+    };
     // `HookConfig::check` (at config load) made sure the command has a program.
-    let mut cmd = tokio::process::Command::new(&c.command[0]);
-    cmd.args(&c.command[1..])
+    let mut cmd = tokio::process::Command::new(&argv[0]);
+    cmd.args(&argv[1..])
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -275,6 +296,9 @@ async fn run_once(hook: &Hook, job: &Job, attempt: u32) -> HookRun {
         Ok(child) => child,
         Err(e) => {
             run.stderr_tail = format!("cannot start `{}`: {e}", c.command[0]);
+            if let Some(g) = group {
+                let _ = g.kill_all().await;
+            }
             return run;
         }
     };
@@ -322,13 +346,18 @@ async fn run_once(hook: &Hook, job: &Job, attempt: u32) -> HookRun {
         }
     }
     // The hook leads its own process group: whatever it started and left running goes with
-    // it, whether it ended or was killed (a child that made a session of its own escapes
-    // this; only a cgroup would hold it).
+    // it, whether it ended or was killed. A child that made a session of its own escapes
+    // that; the attempt's cgroup, when there is one, holds it too.
     if let Some(pid) = pid.and_then(|p| i32::try_from(p).ok()) {
         let _ = nix::sys::signal::killpg(
             nix::unistd::Pid::from_raw(pid),
             nix::sys::signal::Signal::SIGKILL,
         );
+    }
+    if let Some(g) = group
+        && let Err(e) = g.kill_all().await
+    {
+        tracing::warn!(hook = %hook.name, error = %e, "a hook's cgroup would not empty");
     }
     run.duration_ms = started.elapsed().as_millis() as u64;
     if let Some(mut task) = stderr {

@@ -7,6 +7,7 @@
 
 mod answers;
 pub mod api;
+mod cgroup;
 pub mod config;
 mod control;
 pub mod datadir;
@@ -407,9 +408,14 @@ pub async fn start(opts: Options) -> Result<Daemon, DaemonError> {
         .clone()
         .unwrap_or_else(config::default_hosts);
     let metrics = Arc::new(metrics::Metrics::new());
+    let cgroups = match &opts.config.workers.hooks_cgroup {
+        Some(dir) => Some(Arc::new(cgroup::HookCgroups::open(dir)?)),
+        None => None,
+    };
     let hooks = hooks::Hooks::start(
         &opts.config.hooks,
         opts.config.workers.hooks_at_once_max,
+        cgroups,
         &db_path,
         metrics.clone(),
     )?;

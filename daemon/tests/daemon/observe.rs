@@ -32,6 +32,96 @@ fn pid_alive(pid: &str) -> bool {
             .contains(") Z ")
 }
 
+/// A cgroup directory tests may make groups in: a fresh one under the unified (v2) hierarchy,
+/// removed when dropped. `None` where there is none or it is not writable.
+struct TestCgroup(std::path::PathBuf);
+
+impl TestCgroup {
+    fn make() -> Option<TestCgroup> {
+        ["/sys/fs/cgroup/unified", "/sys/fs/cgroup"]
+            .iter()
+            .map(Path::new)
+            .filter(|root| root.join("cgroup.controllers").is_file())
+            .find_map(|root| {
+                let dir = root.join(format!("berth-test-{}", std::process::id()));
+                std::fs::create_dir(&dir).ok().map(|()| TestCgroup(dir))
+            })
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+/// A hook that timed out, having started a child in a session of its own (`setsid`): with
+/// `hooks_cgroup` the child goes with it; without, only its process group does, and the
+/// child survives (which is why the cgroup is there).
+#[test]
+fn a_hook_in_a_cgroup_takes_what_it_started_in_its_own_session_with_it() {
+    let Some(cgroup) = TestCgroup::make() else {
+        berth_testkit::skip_or_fail(
+            "no writable cgroup v2 hierarchy (/sys/fs/cgroup/unified or /sys/fs/cgroup) to \
+             run hooks in",
+        );
+        return;
+    };
+    let scripts = tempfile::tempdir().unwrap();
+    let escaper = script(
+        scripts.path(),
+        "escape",
+        r#"setsid sleep 600 & echo $! >> "$1/escaped"; sleep 600"#,
+    );
+    let escaped = |with_cgroup: bool| -> String {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().display().to_string();
+        let workers = if with_cgroup {
+            format!("[workers]\nhooks_cgroup = \"{}\"\n", cgroup.0.display())
+        } else {
+            String::new()
+        };
+        let config = format!(
+            "{base}\n{workers}\n[[hooks]]\nname = \"escape\"\non = \"vm.running\"\n\
+             command = [\"{escaper}\", \"{out}\"]\ntimeout_ms = 300\n",
+            base = super::CONFIG
+        );
+        let d = TestDaemon::start(&dir.path().join("data"), &config);
+        d.ok(
+            "POST",
+            "/v1/requests",
+            Some(json!({"template": "linux", "count": 1})),
+        );
+        d.wait_for("the hook timed out", |d| {
+            runs(d, "escape").iter().any(|r| r["outcome"] == "timeout")
+        });
+        std::thread::sleep(Duration::from_millis(200));
+        let pid = std::fs::read_to_string(dir.path().join("escaped")).unwrap();
+        d.stop();
+        pid.trim().to_owned()
+    };
+    let kept = escaped(false);
+    let survived = pid_alive(&kept);
+    let _ = Command::new("kill").args(["-9", &kept]).status();
+    assert!(
+        survived,
+        "without a cgroup the setsid child {kept} should outlive its hook's process group"
+    );
+    let held = escaped(true);
+    assert!(
+        !pid_alive(&held),
+        "the setsid child {held} survived its hook's cgroup"
+    );
+    // Every attempt's group was removed.
+    let left: Vec<_> = std::fs::read_dir(&cgroup.0)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().is_dir())
+        .map(|e| e.file_name())
+        .collect();
+    assert!(left.is_empty(), "groups left behind: {left:?}");
+}
+
 #[test]
 fn hooks_get_the_event_time_out_retry_and_never_hold_up_scheduling() {
     let dir = tempfile::tempdir().unwrap();
