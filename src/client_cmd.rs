@@ -29,6 +29,10 @@ pub struct Conn {
     /// A bearer token (also BERTH_TOKEN; default: the token file in the data directory).
     #[arg(long, global = true)]
     token: Option<String>,
+    /// For an https:// daemon: trust only the CA certificates in this PEM file (also
+    /// BERTH_CA_FILE; default: the public roots).
+    #[arg(long, global = true)]
+    ca_file: Option<PathBuf>,
     /// The daemon's config file, for its address and data directory.
     #[arg(long, global = true)]
     config: Option<PathBuf>,
@@ -62,6 +66,15 @@ struct Watch {
 struct Client {
     api: berth_client::Client,
     format: Format,
+}
+
+/// The CA file to trust for an `https://` daemon: the flag, else `BERTH_CA_FILE`.
+pub fn ca_file(flag: Option<PathBuf>) -> Option<PathBuf> {
+    flag.or_else(|| {
+        std::env::var_os("BERTH_CA_FILE")
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    })
 }
 
 /// The daemon's URL and a token, each from the first that has one: the flag, `BERTH_URL` /
@@ -121,8 +134,12 @@ impl Conn {
             self.config.as_deref(),
             self.data_dir.as_deref(),
         )?;
+        let mut api = berth_client::Client::new(&url, token);
+        if let Some(ca) = ca_file(self.ca_file.clone()) {
+            api = api.trusting(&ca)?;
+        }
         Ok(Client {
-            api: berth_client::Client::new(&url, token),
+            api,
             format: if self.json { Format::Json } else { self.output },
         })
     }
@@ -134,6 +151,13 @@ impl Client {
     fn answer<T>(&self, got: Result<T, berth_client::ClientError>) -> anyhow::Result<T> {
         got.map_err(|e| {
             let hint = match e {
+                berth_client::ClientError::Unreachable { ref message, .. }
+                    if message.contains("certificate") =>
+                {
+                    "the daemon's TLS certificate was refused; if a private CA signed it, trust \
+                     that CA with --ca-file (or BERTH_CA_FILE)"
+                        .to_owned()
+                }
                 berth_client::ClientError::Unreachable { .. } => {
                     format!("is `berth serve` running at {}?", self.api.url())
                 }

@@ -15,6 +15,10 @@ pub struct ConsoleArgs {
     /// A bearer token (also BERTH_TOKEN; default: the token file in the data directory).
     #[arg(long)]
     token: Option<String>,
+    /// For an https:// daemon: trust only the CA certificates in this PEM file (also
+    /// BERTH_CA_FILE; default: the public roots).
+    #[arg(long)]
+    ca_file: Option<PathBuf>,
     /// The daemon's config file, for its address and data directory.
     #[arg(long)]
     config: Option<PathBuf>,
@@ -42,6 +46,7 @@ pub fn run(args: ConsoleArgs) -> anyhow::Result<ExitCode> {
     berth_tui::run_console(berth_tui::ConsoleOptions {
         url,
         token,
+        ca_file: crate::client_cmd::ca_file(args.ca_file),
         read_only: args.read_only,
         refresh_ms: args.refresh_ms,
     })

@@ -69,6 +69,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         berth_tui::run_console(berth_tui::ConsoleOptions {
             url: url.clone(),
             token: Some(demo.token().to_owned()),
+            ca_file: None,
             read_only: args.read_only,
             refresh_ms: berth_tui::REFRESH_DEFAULT_MS,
         })

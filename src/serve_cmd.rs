@@ -66,7 +66,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         let mut daemon = berth_daemon::start(opts)
             .await
             .context("starting the daemon")?;
-        eprintln!("berth: listening on http://{}", daemon.addr());
+        eprintln!("berth: listening on {}", daemon.url());
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .context("installing the SIGTERM handler")?;
         tokio::select! {

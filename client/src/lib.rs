@@ -9,6 +9,8 @@
 pub mod sse;
 
 use std::io::{BufRead, BufReader, Read};
+use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use berth_api as api;
@@ -48,6 +50,36 @@ pub struct Client {
     url: String,
     token: Option<String>,
     agent: ureq::Agent,
+    /// For `https://` daemons whose certificate a CA file vouches for (`trusting`); the
+    /// public roots otherwise.
+    tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+/// A client's TLS settings that trust only the CA certificates (PEM) in `ca`.
+fn tls_trusting(ca: &Path) -> Result<rustls::ClientConfig, String> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let text = std::fs::read(ca).map_err(|e| format!("{}: {e}", ca.display()))?;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(&text) {
+        let cert = cert.map_err(|e| format!("{}: {e}", ca.display()))?;
+        roots
+            .add(cert)
+            .map_err(|e| format!("{}: {e}", ca.display()))?;
+    }
+    if roots.is_empty() {
+        return Err(format!("{}: no CERTIFICATE in it", ca.display()));
+    }
+    // ring, as the daemon (see its `serve::tls`).
+    #[allow(deprecated)]
+    let provider = rustls::crypto::ring::default_provider();
+    Ok(
+        rustls::ClientConfig::builder_with_provider(Arc::new(provider))
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+    )
 }
 
 /// Filters of `GET /v1/vms`.
@@ -100,11 +132,33 @@ impl Client {
         Client {
             url: url.trim_end_matches('/').to_owned(),
             token,
-            agent: ureq::AgentBuilder::new()
-                .timeout_connect(Duration::from_secs(3))
-                .timeout(Duration::from_secs(120))
-                .build(),
+            agent: Client::agent(None),
+            tls: None,
         }
+    }
+
+    fn agent(tls: Option<&Arc<rustls::ClientConfig>>) -> ureq::Agent {
+        let mut b = ureq::AgentBuilder::new()
+            .timeout_connect(Duration::from_secs(3))
+            .timeout(Duration::from_secs(120));
+        if let Some(tls) = tls {
+            b = b.tls_config(tls.clone());
+        }
+        b.build()
+    }
+
+    /// The same client trusting only the CA certificates (PEM) in `ca` for an `https://`
+    /// daemon: a private CA, or the daemon's own self-signed certificate. An error names the
+    /// file and what is wrong with it.
+    pub fn trusting(mut self, ca: &Path) -> Result<Client, ClientError> {
+        let tls = tls_trusting(ca).map_err(|message| ClientError::Unreachable {
+            url: self.url.clone(),
+            message: format!("the CA file: {message}"),
+        })?;
+        let tls = Arc::new(tls);
+        self.agent = Client::agent(Some(&tls));
+        self.tls = Some(tls);
+        Ok(self)
     }
 
     pub fn url(&self) -> &str {
@@ -382,10 +436,13 @@ impl Client {
     /// Opens the event stream; `last_id` (from an earlier stream) goes as `Last-Event-ID`.
     /// A read waits at most `idle` (the daemon sends keep-alives well within a minute).
     pub fn events(&self, last_id: Option<&str>, idle: Duration) -> Result<Events, ClientError> {
-        let agent = ureq::AgentBuilder::new()
+        let mut agent = ureq::AgentBuilder::new()
             .timeout_connect(Duration::from_secs(3))
-            .timeout_read(idle)
-            .build();
+            .timeout_read(idle);
+        if let Some(tls) = &self.tls {
+            agent = agent.tls_config(tls.clone());
+        }
+        let agent = agent.build();
         let mut req = agent
             .get(&format!("{}/v1/events", self.url))
             .set("Accept", "text/event-stream");

@@ -434,6 +434,11 @@ pub struct ServerSection {
     /// idle between requests, before it is closed: slow or silent clients cannot hold
     /// connections for long.
     pub header_read_timeout_ms: u64,
+    /// TLS: the certificate chain (PEM) the daemon presents; with `tls_key`, the API is served
+    /// over https only. The TLS handshake is bounded by `header_read_timeout_ms` too.
+    pub tls_cert: Option<PathBuf>,
+    /// TLS: the certificate's private key (PEM: PKCS#8, PKCS#1 or SEC1).
+    pub tls_key: Option<PathBuf>,
 }
 
 impl Default for ServerSection {
@@ -441,6 +446,8 @@ impl Default for ServerSection {
         ServerSection {
             connections_max: 4096,
             header_read_timeout_ms: 10_000,
+            tls_cert: None,
+            tls_key: None,
         }
     }
 }

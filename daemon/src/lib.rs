@@ -160,6 +160,8 @@ impl Options {
 /// A running daemon.
 pub struct Daemon {
     addr: SocketAddr,
+    /// `https` with `[server] tls_cert`, else `http`.
+    scheme: &'static str,
     /// Locked for as long as the daemon lives (the OS releases it if the process dies).
     _data_dir: datadir::DataDir,
     sim: Arc<SimWorld>,
@@ -176,6 +178,11 @@ impl Daemon {
     /// The address the API listens on (useful with port 0).
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The API's base URL: `https://ADDR` with TLS, else `http://ADDR`.
+    pub fn url(&self) -> String {
+        format!("{}://{}", self.scheme, self.addr)
     }
 
     /// The simulated hosts' shared state: tests and demos inject failures through it.
@@ -335,6 +342,8 @@ pub fn stored_fair_share(text: &str) -> Result<Option<config::FairShareSection>,
 /// Brings a daemon up: opens (or creates) the data directory, replays the journal, starts the
 /// drivers, reconciles with the hosts, and listens.
 pub async fn start(opts: Options) -> Result<Daemon, DaemonError> {
+    // A bad certificate or key is a config error, found before anything else is touched.
+    let tls = serve::tls(&opts.config.server)?;
     let data_dir = &opts.data_dir;
     let (dir, store) = datadir::open(data_dir, opts.orphans)?;
     let local_token = ensure_token(data_dir)?;
@@ -471,16 +480,19 @@ pub async fn start(opts: Options) -> Result<Daemon, DaemonError> {
         shutdown_rx.clone(),
     ));
     let app = routes::app(state, metrics);
+    let scheme = if tls.is_some() { "https" } else { "http" };
     let http = tokio::spawn(serve::serve(
         listener,
         app,
         opts.config.server.clone(),
+        tls,
         shutdown_rx.clone(),
     ));
     let control = tokio::spawn(control.run(rx, reports, shutdown_rx));
     tracing::info!(%addr, data_dir = %data_dir.display(), "berth daemon listening");
     Ok(Daemon {
         addr,
+        scheme,
         _data_dir: dir,
         sim,
         tx: loop_tx,

@@ -851,3 +851,145 @@ fn request_and_change_show_where_a_waiting_request_stands_and_when_it_starts() {
         "{shown}"
     );
 }
+
+/// A private CA and a certificate it signed for 127.0.0.1, made with `openssl` in `dir`:
+/// (CA certificate, server certificate, server key).
+fn private_ca(dir: &std::path::Path) -> Option<[std::path::PathBuf; 3]> {
+    let openssl = berth_testkit::find_program("openssl")?;
+    let run = |args: &[&str]| {
+        let out = Command::new(&openssl)
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            text(&out.stderr)
+        );
+    };
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    run(&[
+        &["req", "-x509"][..],
+        &ec,
+        &["-days", "2", "-subj", "/CN=berth test CA"],
+        &["-keyout", "ca.key", "-out", "ca.pem"],
+    ]
+    .concat());
+    run(&[
+        &["req"][..],
+        &ec,
+        &[
+            "-subj",
+            "/CN=localhost",
+            "-keyout",
+            "key.pem",
+            "-out",
+            "srv.csr",
+        ],
+    ]
+    .concat());
+    std::fs::write(
+        dir.join("ext"),
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n",
+    )
+    .unwrap();
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "srv.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-out",
+        "cert.pem",
+        "-extfile",
+        "ext",
+    ]);
+    Some(["ca.pem", "cert.pem", "key.pem"].map(|f| dir.join(f)))
+}
+
+/// A daemon with `[server] tls_cert` serves https only: the CLI trusts its private CA with
+/// `--ca-file` (or BERTH_CA_FILE), and without it is refused with a hint naming the flag.
+#[test]
+fn the_cli_reaches_a_daemon_over_tls_trusting_its_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some([ca, cert, key]) = private_ca(dir.path()) else {
+        berth_testkit::skip_or_fail("openssl is not installed, so no certificate for the test");
+        return;
+    };
+    let port = berth_testkit::free_port("127.0.0.1");
+    let config = format!(
+        "{CONFIG}\n[server]\ntls_cert = \"{}\"\ntls_key = \"{}\"\n",
+        cert.display(),
+        key.display()
+    );
+    std::fs::write(dir.path().join("config.toml"), config).unwrap();
+    let data = dir.path().join("data");
+    let mut serve = Command::new(env!("CARGO_BIN_EXE_berth"))
+        .args(["serve", "--config"])
+        .arg(dir.path().join("config.toml"))
+        .arg("--data-dir")
+        .arg(&data)
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let url = format!("https://127.0.0.1:{port}");
+    let status_at = |url: &str, extra: &[&str]| {
+        let token = std::fs::read_to_string(data.join("token")).unwrap_or_default();
+        Command::new(env!("CARGO_BIN_EXE_berth"))
+            .args(["status", "--url", url, "--token", token.trim()])
+            .args(extra)
+            .env_remove("BERTH_CA_FILE")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let status = |extra: &[&str]| status_at(&url, extra);
+    let ca_flag = ["--ca-file", ca.to_str().unwrap()];
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while code(&status(&ca_flag)) != 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the daemon never answered over TLS"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let out = status(&ca_flag);
+    assert!(text(&out.stdout).contains(&url), "{}", text(&out.stdout));
+
+    // Without the CA: refused (5, unreachable), saying what to do.
+    let out = status(&[]);
+    assert_eq!(code(&out), 5, "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("certificate was refused")
+            && text(&out.stderr).contains("--ca-file"),
+        "{}",
+        text(&out.stderr)
+    );
+    // Plain http to the TLS port gets no answer; a file with no certificate is named.
+    let out = status_at(&format!("http://127.0.0.1:{port}"), &[]);
+    assert_eq!(code(&out), 5, "{}", text(&out.stderr));
+    let out = status(&["--ca-file", key.to_str().unwrap()]);
+    assert!(
+        text(&out.stderr).contains("key.pem: no CERTIFICATE"),
+        "{}",
+        text(&out.stderr)
+    );
+    let _ = serve.kill();
+    let _ = serve.wait();
+}

@@ -94,8 +94,13 @@ impl From<ClientError> for SourceError {
 
 impl HttpSource {
     pub fn new(url: &str, token: Option<String>) -> HttpSource {
+        HttpSource::with_client(Client::new(url, token))
+    }
+
+    /// A source on a client made already (one that trusts a CA file, say).
+    pub fn with_client(client: Client) -> HttpSource {
         HttpSource {
-            client: Client::new(url, token),
+            client,
             pulses: Vec::new(),
         }
     }

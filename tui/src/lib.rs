@@ -33,6 +33,8 @@ pub struct ConsoleOptions {
     /// The daemon's URL, e.g. `http://127.0.0.1:7878`.
     pub url: String,
     pub token: Option<String>,
+    /// For an `https://` daemon: trust only the CA certificates in this PEM file.
+    pub ca_file: Option<std::path::PathBuf>,
     /// Hide every action that changes things.
     pub read_only: bool,
     /// How often to fetch a snapshot (ms); big fleets are fetched less often by themselves.
@@ -49,7 +51,11 @@ pub fn no_color() -> bool {
 
 /// Runs the console against a daemon until the operator quits.
 pub fn run_console(opts: ConsoleOptions) -> Result<(), ConsoleError> {
-    let source = HttpSource::new(&opts.url, opts.token.clone());
+    let mut client = berth_client::Client::new(&opts.url, opts.token.clone());
+    if let Some(ca) = &opts.ca_file {
+        client = client.trusting(ca)?;
+    }
+    let source = HttpSource::with_client(client);
     let app_opts = Options {
         read_only: opts.read_only,
         ssh: vnc::SshEnv::detect(),

@@ -26,6 +26,8 @@ pub enum ConsoleError {
     Terminal(#[from] std::io::Error),
     #[error("cannot start the {0} thread: {1}")]
     Thread(&'static str, std::io::Error),
+    #[error("{0}")]
+    Client(#[from] berth_client::ClientError),
 }
 
 /// Messages to the main loop.
