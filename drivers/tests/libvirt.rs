@@ -575,6 +575,78 @@ async fn a_changed_or_unknown_ssh_host_key_is_a_host_error_naming_the_host() {
     );
 }
 
+#[tokio::test]
+async fn qemu_evicts_only_unused_base_images_to_pull_within_the_budget() {
+    let Some(LiveLibvirt { uri, image }) = berth_testkit::live_libvirt() else {
+        return;
+    };
+    let store = image_store(&image, &["third", "fourth"], &[]);
+    let store_path = store.path().to_owned();
+    // Room for two images of the guest's size and a half: the third needs one gone.
+    let image_bytes = std::fs::metadata(&image).expect("guest image").len();
+    let budget_mib = (image_bytes * 5 / 2).div_ceil(1024 * 1024);
+    let live = LiveHost::tuned(uri, &image, |c| {
+        c.image_store = Some(ImageStore::Dir(store_path));
+        c.image_budget_mib = Some(budget_mib);
+    });
+    let dir = live.dir.path().to_owned();
+    // Two images in the pool: the base image, which a live VM will run from, and a spare.
+    std::fs::copy(&image, dir.join("spare.qcow2")).expect("copy the spare image");
+
+    let first = 3_400_000_000 + u64::from(std::process::id()) * 10;
+    live.host
+        .provision(&recipe(first, BASE))
+        .await
+        .expect("a vm from the base image");
+    live.host
+        .provision(&recipe(first + 1, "third"))
+        .await
+        .expect("a vm from a pulled image, once the spare is evicted");
+    assert!(!dir.join("spare.qcow2").exists(), "the unused image stays");
+    assert!(
+        Path::new(&live.base_path).exists(),
+        "an image in use was evicted"
+    );
+    assert!(dir.join("third.qcow2").exists(), "the pulled image");
+    // Each provisioning marked its image used.
+    assert!(dir.join(format!("{BASE}.qcow2.used")).exists());
+    assert!(dir.join("third.qcow2.used").exists());
+    let facts = live.host.probe().await.expect("probe");
+    assert_eq!(facts.images, vec!["third".to_owned(), BASE.to_owned()]);
+
+    // Both images back live VMs now: a fourth cannot fit, and nothing is removed for it.
+    let e = live
+        .host
+        .provision(&recipe(first + 2, "fourth"))
+        .await
+        .expect_err("no room");
+    match &e {
+        DriverError::Host { message, .. } => {
+            for part in [
+                "fourth",
+                &format!("image budget of {budget_mib} MiB"),
+                "image_budget_mib",
+                &format!("{BASE} "),
+                "third ",
+            ] {
+                assert!(message.contains(part), "{part:?} not in {message}");
+            }
+        }
+        other => panic!("expected the host's error, got {other:?}"),
+    }
+    assert!(Path::new(&live.base_path).exists());
+    assert!(dir.join("third.qcow2").exists());
+    assert!(
+        !dir.join("fourth.qcow2").exists(),
+        "nothing of the refused pull"
+    );
+    assert!(!dir.join("fourth.qcow2.pulling").exists(), "marker left");
+
+    for n in [first, first + 1] {
+        live.host.destroy(&vm_name(n)).await.expect("destroy");
+    }
+}
+
 /// An image store (a directory) holding the tiny guest as `NAME.qcow2` for each name, with a
 /// digest file each: the right one, or one of other bytes for the names in `corrupt`.
 fn image_store(image: &Path, names: &[&str], corrupt: &[&str]) -> tempfile::TempDir {
