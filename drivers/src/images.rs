@@ -267,6 +267,25 @@ impl fmt::Display for PullProgress {
     }
 }
 
+/// How one pull of a base image to a host ended, for metrics and hooks.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PullOutcome {
+    pub host: String,
+    /// The base image's name (`linux` for `linux.qcow2`).
+    pub image: String,
+    /// Bytes brought to the host: the image's size when it succeeded, what was sent before it
+    /// failed otherwise.
+    pub bytes: u64,
+    /// From the decision to pull (after the image was found missing) to its end.
+    pub seconds: f64,
+    /// Why it failed, or `None` when the image arrived with its digest checked.
+    pub error: Option<String>,
+}
+
+/// What the daemon runs as each pull ends (on the driver's blocking thread, so it must be
+/// quick: count, enqueue).
+pub type PullObserver = Arc<dyn Fn(&PullOutcome) + Send + Sync>;
+
 /// One image on one host: the turn that keeps its pulls one at a time, and the running pull's
 /// progress.
 #[derive(Debug, Default)]
@@ -279,9 +298,16 @@ struct Slot {
 /// wait for it, and each one's progress for those who ask. Keyed by host and base image name
 /// (what templates name), so the daemon finds a VM's pull from its template alone. Cheap to
 /// clone (one shared board).
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Default)]
 pub struct Pulls {
     slots: Arc<Mutex<SlotsByImage>>,
+    observers: Arc<Mutex<Vec<PullObserver>>>,
+}
+
+impl fmt::Debug for Pulls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Pulls").finish_non_exhaustive()
+    }
 }
 
 /// One slot per (host, base image name).
@@ -294,6 +320,26 @@ impl Pulls {
             .entry((host.to_owned(), base.to_owned()))
             .or_default()
             .clone()
+    }
+
+    /// Runs `observer` as each later pull ends, with how it ended.
+    pub fn observe(&self, observer: PullObserver) {
+        self.observers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(observer);
+    }
+
+    /// Tells the observers how a pull ended; drivers call it once per pull they start.
+    pub fn finished(&self, outcome: &PullOutcome) {
+        let observers = self
+            .observers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        for observe in observers {
+            observe(outcome);
+        }
     }
 
     /// The turn to pull base image `base` to `host`; [`PullTurn::hold`] waits for it.
@@ -469,6 +515,25 @@ pub fn evictions(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn observers_hear_how_each_pull_ended() {
+        let pulls = Pulls::default();
+        let heard = Arc::new(Mutex::new(Vec::new()));
+        let sink = heard.clone();
+        pulls.observe(Arc::new(move |o: &PullOutcome| {
+            sink.lock().expect("lock").push(o.clone());
+        }));
+        let outcome = PullOutcome {
+            host: "h1".into(),
+            image: "linux".into(),
+            bytes: 42,
+            seconds: 0.5,
+            error: None,
+        };
+        pulls.clone().finished(&outcome);
+        assert_eq!(*heard.lock().expect("lock"), vec![outcome]);
+    }
 
     fn held(name: &str, mib: u64, last_used_s: u64, in_use: bool) -> HeldImage {
         HeldImage {

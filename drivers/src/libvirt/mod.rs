@@ -58,7 +58,7 @@ use xml::{
     pool_target_path, pool_xml,
 };
 
-use crate::images::{HeldImage, ImageSource, Pulls, evictions};
+use crate::images::{HeldImage, HeldTurn, ImageSource, ImageStore, PullOutcome, Pulls, evictions};
 use crate::{ConsoleAddress, Driver, DriverError, HostFacts, VmListing, VmRecipe, parse_vm_name};
 pub use crate::{DomainType, UnknownDomainType};
 
@@ -590,6 +590,34 @@ impl Inner {
         let Some(store) = &self.config.image_store else {
             return Ok(());
         };
+        let started = Instant::now();
+        let sent = std::cell::Cell::new(0);
+        let pulled = self.transfer(conn, &pool, base, store, &held, &sent);
+        self.pulls.finished(&PullOutcome {
+            host: self.host.clone(),
+            image: base.to_owned(),
+            bytes: sent.get(),
+            seconds: started.elapsed().as_secs_f64(),
+            error: pulled.as_ref().err().map(ToString::to_string),
+        });
+        pulled?;
+        *self.lock_promised().entry(base.to_owned()).or_default() += 1;
+        Ok(())
+    }
+
+    /// The part of [`Self::pull`] that brings the image from `store`, counting the bytes sent
+    /// in `sent`.
+    fn transfer(
+        &self,
+        conn: &Connect,
+        pool: &StoragePool,
+        base: &str,
+        store: &ImageStore,
+        held: &HeldTurn<'_>,
+        sent: &std::cell::Cell<u64>,
+    ) -> Result<(), DriverError> {
+        let file = format!("{base}{IMAGE_EXT}");
+        let marker_file = format!("{file}{PULLING_EXT}");
         let source = store.open(&file).map_err(|e| DriverError::Request {
             host: self.host.clone(),
             message: format!("pulling base image {base}: {e}"),
@@ -613,14 +641,14 @@ impl Inner {
             let xml = file_volume_xml(name, bytes).map_err(|e| {
                 self.host_error(format!("writing the definition of volume {name}: {e}"))
             })?;
-            StorageVol::create_xml(&pool, &xml, 0)
+            StorageVol::create_xml(pool, &xml, 0)
                 .map_err(|e| self.classify(&format!("creating {name}"), e))
         };
         // Room is made and the image's volume created under the promise lock: a second
         // eviction then sees this image (full size, beside its marker) as in use.
         let promised = self.lock_promised();
         if let Some(budget_mib) = self.config.image_budget_mib {
-            self.make_room(conn, &pool, base, source.size, budget_mib, &promised)?;
+            self.make_room(conn, pool, base, source.size, budget_mib, &promised)?;
         }
         let marker = create(&marker_file, 0)?;
         let image = match create(&file, source.size) {
@@ -639,10 +667,11 @@ impl Inner {
             store = %store,
             "pulling a base image"
         );
-        let sent = self.upload(conn, &image, source, |done, total| {
+        let uploaded = self.upload(conn, &image, source, |done, total| {
+            sent.set(done);
             held.report(&file, done, total)
         });
-        if let Err(e) = sent {
+        if let Err(e) = uploaded {
             // Never leave a partial image that could be used.
             let _ = image.delete(0);
             let _ = marker.delete(0);
@@ -660,7 +689,6 @@ impl Inner {
             ms = started.elapsed().as_millis() as u64,
             "pulled a base image, digest verified"
         );
-        *self.lock_promised().entry(base.to_owned()).or_default() += 1;
         Ok(())
     }
 
