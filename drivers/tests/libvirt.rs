@@ -582,16 +582,25 @@ async fn qemu_evicts_only_unused_base_images_to_pull_within_the_budget() {
     };
     let store = image_store(&image, &["third", "fourth"], &[]);
     let store_path = store.path().to_owned();
-    // Room for two images of the guest's size and a half: the third needs one gone.
+    // Room for three images of the guest's size and a half: the third needs one gone.
     let image_bytes = std::fs::metadata(&image).expect("guest image").len();
-    let budget_mib = (image_bytes * 5 / 2).div_ceil(1024 * 1024);
+    let budget_mib = (image_bytes * 7 / 2).div_ceil(1024 * 1024);
     let live = LiveHost::tuned(uri, &image, |c| {
         c.image_store = Some(ImageStore::Dir(store_path));
         c.image_budget_mib = Some(budget_mib);
     });
     let dir = live.dir.path().to_owned();
-    // Two images in the pool: the base image, which a live VM will run from, and a spare.
-    std::fs::copy(&image, dir.join("spare.qcow2")).expect("copy the spare image");
+    // Three images in the pool: the base image, which a live VM will run from, and two spares,
+    // `older` last written an hour before `newer` (neither was ever used, so that is their
+    // last use).
+    std::fs::copy(&image, dir.join("newer.qcow2")).expect("copy a spare image");
+    std::fs::copy(&image, dir.join("older.qcow2")).expect("copy a spare image");
+    let hour_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+    std::fs::File::options()
+        .write(true)
+        .open(dir.join("older.qcow2"))
+        .and_then(|f| f.set_modified(hour_ago))
+        .expect("age the older spare");
 
     let first = 3_400_000_000 + u64::from(std::process::id()) * 10;
     live.host
@@ -601,8 +610,15 @@ async fn qemu_evicts_only_unused_base_images_to_pull_within_the_budget() {
     live.host
         .provision(&recipe(first + 1, "third"))
         .await
-        .expect("a vm from a pulled image, once the spare is evicted");
-    assert!(!dir.join("spare.qcow2").exists(), "the unused image stays");
+        .expect("a vm from a pulled image, once a spare is evicted");
+    assert!(
+        !dir.join("older.qcow2").exists(),
+        "the least recently used spare stays"
+    );
+    assert!(
+        dir.join("newer.qcow2").exists(),
+        "more than needed was evicted"
+    );
     assert!(
         Path::new(&live.base_path).exists(),
         "an image in use was evicted"
@@ -612,12 +628,19 @@ async fn qemu_evicts_only_unused_base_images_to_pull_within_the_budget() {
     assert!(dir.join(format!("{BASE}.qcow2.used")).exists());
     assert!(dir.join("third.qcow2.used").exists());
     let facts = live.host.probe().await.expect("probe");
-    assert_eq!(facts.images, vec!["third".to_owned(), BASE.to_owned()]);
+    assert_eq!(
+        facts.images,
+        vec!["newer".to_owned(), "third".to_owned(), BASE.to_owned()]
+    );
 
-    // Both images back live VMs now: a fourth cannot fit, and nothing is removed for it.
+    // With a VM on every image, a fourth cannot fit, and nothing is removed for it.
+    live.host
+        .provision(&recipe(first + 2, "newer"))
+        .await
+        .expect("a vm from the other spare");
     let e = live
         .host
-        .provision(&recipe(first + 2, "fourth"))
+        .provision(&recipe(first + 3, "fourth"))
         .await
         .expect_err("no room");
     match &e {
@@ -628,6 +651,7 @@ async fn qemu_evicts_only_unused_base_images_to_pull_within_the_budget() {
                 "image_budget_mib",
                 &format!("{BASE} "),
                 "third ",
+                "newer ",
             ] {
                 assert!(message.contains(part), "{part:?} not in {message}");
             }
@@ -636,13 +660,14 @@ async fn qemu_evicts_only_unused_base_images_to_pull_within_the_budget() {
     }
     assert!(Path::new(&live.base_path).exists());
     assert!(dir.join("third.qcow2").exists());
+    assert!(dir.join("newer.qcow2").exists());
     assert!(
         !dir.join("fourth.qcow2").exists(),
         "nothing of the refused pull"
     );
     assert!(!dir.join("fourth.qcow2.pulling").exists(), "marker left");
 
-    for n in [first, first + 1] {
+    for n in [first, first + 1, first + 2] {
         live.host.destroy(&vm_name(n)).await.expect("destroy");
     }
 }
