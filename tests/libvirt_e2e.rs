@@ -602,6 +602,21 @@ domain_type = "qemu"
         1,
         "{seen:?}\n{log}"
     );
+    // The metrics count it: one pull that succeeded, the image's bytes, its time.
+    let metrics = serve
+        .request("GET", "/metrics", None)
+        .into_string()
+        .unwrap();
+    for line in [
+        r#"berth_image_pulls_total{host="local",outcome="ok"} 1"#.to_owned(),
+        format!(
+            r#"berth_image_pull_bytes_total{{host="local"}} {}"#,
+            bytes.len()
+        ),
+        r#"berth_image_pull_seconds_count{host="local",outcome="ok"} 1"#.to_owned(),
+    ] {
+        assert!(metrics.contains(&line), "{line} not in\n{metrics}");
+    }
     serve.ok(
         "POST",
         &format!("/v1/vms/{vm}/result"),

@@ -749,6 +749,8 @@ pub const EVENT_NAMES: &[&str] = &[
     "host.offline",
     "host.error",
     "host.removed",
+    "image.pulled",
+    "image.pull_failed",
 ];
 
 /// One configured hook (`[[hooks]]` in the config file).
@@ -758,7 +760,7 @@ pub struct HookConfig {
     /// For the run log and metrics; defaults to `hooks[INDEX]`.
     #[serde(default)]
     pub name: Option<String>,
-    /// An event name, `KIND.*` (`vm.*`, `request.*`, `host.*`) or `*`.
+    /// An event name, `KIND.*` (`vm.*`, `request.*`, `host.*`, `image.*`) or `*`.
     pub on: String,
     /// The program and its arguments; no shell.
     pub command: Vec<String>,
@@ -784,13 +786,13 @@ impl HookConfig {
     /// Checks the pattern and command; the error names the field.
     pub fn check(&self) -> Result<(), (&'static str, String)> {
         let known = self.on == "*"
-            || ["vm.*", "request.*", "host.*"].contains(&self.on.as_str())
+            || ["vm.*", "request.*", "host.*", "image.*"].contains(&self.on.as_str())
             || EVENT_NAMES.contains(&self.on.as_str());
         if !known {
             return Err((
                 "on",
                 format!(
-                    "unknown event `{}`: an event name ({}), `vm.*`, `request.*`, `host.*` or `*`",
+                    "unknown event `{}`: an event name ({}), `vm.*`, `request.*`, `host.*`, `image.*` or `*`",
                     self.on,
                     EVENT_NAMES.join(", ")
                 ),

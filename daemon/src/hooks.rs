@@ -90,7 +90,8 @@ impl crate::control::Observer for Hooks {
     }
 }
 
-/// The hook runner's handle, owned by the control loop.
+/// The hook runner's handle, owned by the control loop; a clone hears the drivers' pulls.
+#[derive(Clone)]
 pub(crate) struct Hooks {
     hooks: Arc<Vec<Hook>>,
     tx: mpsc::Sender<Job>,
@@ -184,6 +185,65 @@ impl Hooks {
                 tracing::warn!(hook = %h.name, event = %name, "hook queue full: event dropped");
             }
         }
+    }
+}
+
+/// What a hook reads on its standard input for `image.pulled` and `image.pull_failed`.
+#[derive(Serialize)]
+struct PullPayload<'a> {
+    event: &'a str,
+    kind: &'static str,
+    at_ms: u64,
+    host: &'a str,
+    image: &'a str,
+    bytes: u64,
+    seconds: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<&'a str>,
+}
+
+impl Hooks {
+    /// Hands the end of a pull of a base image (`image.pulled` or `image.pull_failed`) to
+    /// every hook whose pattern matches it. Never waits: drivers call it from their threads.
+    pub(crate) fn enqueue_pull(&self, pull: &berth_drivers::images::PullOutcome) {
+        let name = pull_event_name(pull);
+        let payload = PullPayload {
+            event: name,
+            kind: "image",
+            at_ms: wall_ms(),
+            host: &pull.host,
+            image: &pull.image,
+            bytes: pull.bytes,
+            seconds: pull.seconds,
+            error: pull.error.as_deref(),
+        };
+        let body = serde_json::to_vec(&payload).unwrap_or_default();
+        for (i, h) in self.hooks.iter().enumerate() {
+            if !matches(&h.config.on, name) {
+                continue;
+            }
+            let job = Job {
+                hook: i,
+                event: name.to_owned(),
+                payload: body.clone(),
+                vm: None,
+                host: Some(pull.host.clone()),
+                request: None,
+            };
+            if self.tx.try_send(job).is_err() {
+                self.metrics.hooks_dropped.inc();
+                tracing::warn!(hook = %h.name, event = %name, "hook queue full: event dropped");
+            }
+        }
+    }
+}
+
+/// `image.pulled` or `image.pull_failed`, one of [`EVENT_NAMES`].
+pub fn pull_event_name(pull: &berth_drivers::images::PullOutcome) -> &'static str {
+    if pull.error.is_none() {
+        "image.pulled"
+    } else {
+        "image.pull_failed"
     }
 }
 
@@ -489,5 +549,63 @@ mod tests {
         assert_eq!(c.check(), Ok(()));
         c.command.clear();
         assert_eq!(c.check().map_err(|e| e.0), Err("command"));
+    }
+
+    #[tokio::test]
+    async fn pulls_reach_image_hooks_as_pulled_or_pull_failed() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let db = dir.path().join("berth.db");
+        crate::store::Store::open(&db).expect("database");
+        let out = dir.path().join("image.jsonl");
+        let not = dir.path().join("vm.jsonl");
+        let hook = |on: &str, file: &Path| HookConfig {
+            name: Some(on.into()),
+            on: on.into(),
+            command: vec![
+                "sh".into(),
+                "-c".into(),
+                format!("cat >> '{}'; echo >> '{}'", file.display(), file.display()),
+            ],
+            timeout_ms: 10_000,
+            retries_max: 0,
+            backoff_ms: 0,
+        };
+        let hooks = Hooks::start(
+            &[hook("image.*", &out), hook("vm.*", &not)],
+            1,
+            &db,
+            Arc::new(Metrics::new()),
+        )
+        .expect("hooks");
+        let pull = |error: Option<&str>| berth_drivers::images::PullOutcome {
+            host: "kvm-07".into(),
+            image: "linux".into(),
+            bytes: 4096,
+            seconds: 1.5,
+            error: error.map(str::to_owned),
+        };
+        hooks.enqueue_pull(&pull(None));
+        hooks.enqueue_pull(&pull(Some("digest mismatch")));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let lines = loop {
+            let text = std::fs::read_to_string(&out).unwrap_or_default();
+            let lines: Vec<serde_json::Value> = text
+                .lines()
+                .filter(|l| !l.is_empty())
+                .map(|l| serde_json::from_str(l).expect("json"))
+                .collect();
+            if lines.len() == 2 || Instant::now() > deadline {
+                break lines;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        let events: Vec<&str> = lines.iter().filter_map(|l| l["event"].as_str()).collect();
+        assert_eq!(events, ["image.pulled", "image.pull_failed"], "{lines:?}");
+        assert_eq!(lines[0]["host"], "kvm-07");
+        assert_eq!(lines[0]["image"], "linux");
+        assert_eq!(lines[0]["bytes"], 4096);
+        assert!(lines[0].get("error").is_none());
+        assert_eq!(lines[1]["error"], "digest mismatch");
+        assert!(!not.exists(), "a vm.* hook ran for a pull");
     }
 }

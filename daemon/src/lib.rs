@@ -428,6 +428,11 @@ pub async fn start(opts: Options) -> Result<Daemon, DaemonError> {
         &db_path,
         metrics.clone(),
     )?;
+    let (pull_metrics, pull_hooks) = (metrics.clone(), hooks.clone());
+    pulls.observe(Arc::new(move |pull| {
+        pull_metrics.image_pull(pull);
+        pull_hooks.enqueue_pull(pull);
+    }));
     control.observers = vec![Box::new(metrics.clone()), Box::new(hooks)];
     control.start_fleet(&templates, &hosts)?;
     // Hosts join through the API too, so a quota on a class no host has yet is not an error;

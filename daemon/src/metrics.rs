@@ -27,6 +27,12 @@ fn wait_histogram() -> Histogram {
 }
 
 /// Provisioning and boot buckets: 0.25 s to about 34 minutes, doubling.
+/// Buckets for pulls of base images: 10 ms (a small image on the same machine) to about
+/// 90 minutes (100 GB over a slow link).
+fn pull_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.01, 2.0, 20))
+}
+
 fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.25, 2.0, 14))
 }
@@ -91,6 +97,9 @@ pub struct Metrics {
     pub(crate) hook_failures: Family<Labels, Counter>,
     pub(crate) hooks_dropped: Counter,
     api_requests: Family<Labels, Counter>,
+    image_pulls: Family<Labels, Counter>,
+    image_pull_bytes: Family<Labels, Counter>,
+    image_pull_seconds: Family<Labels, Histogram>,
     account_usage: Family<Labels, GaugeF>,
     account_weight: Family<Labels, Gauge>,
     account_holding: Family<Labels, GaugeF>,
@@ -141,6 +150,9 @@ impl Metrics {
             hook_failures: Family::default(),
             hooks_dropped: Counter::default(),
             api_requests: Family::default(),
+            image_pulls: Family::default(),
+            image_pull_bytes: Family::default(),
+            image_pull_seconds: Family::new_with_constructor(pull_histogram),
             account_usage: Family::default(),
             account_weight: Family::default(),
             account_holding: Family::default(),
@@ -330,7 +342,36 @@ impl Metrics {
              resource whose borrowing is bounded",
             m.quota_borrowing_limit.clone(),
         );
+        r.register(
+            "berth_image_pulls",
+            "Pulls of base images from the image store by host and outcome (ok, failed)",
+            m.image_pulls.clone(),
+        );
+        r.register(
+            "berth_image_pull_bytes",
+            "Bytes of base images sent to hosts by pulls, failed ones included up to where they \
+             stopped",
+            m.image_pull_bytes.clone(),
+        );
+        r.register(
+            "berth_image_pull_seconds",
+            "How long pulls of base images took, by host and outcome",
+            m.image_pull_seconds.clone(),
+        );
         Metrics { registry: r, ..m }
+    }
+
+    /// Counts one pull of a base image that ended, as a driver reported it.
+    pub fn image_pull(&self, pull: &berth_drivers::images::PullOutcome) {
+        let outcome = if pull.error.is_none() { "ok" } else { "failed" };
+        let by = labels(&[("host", &pull.host), ("outcome", outcome)]);
+        self.image_pulls.get_or_create(&by).inc();
+        self.image_pull_seconds
+            .get_or_create(&by)
+            .observe(pull.seconds);
+        self.image_pull_bytes
+            .get_or_create(&labels(&[("host", &pull.host)]))
+            .inc_by(pull.bytes);
     }
 
     /// Whether the daemon takes writes (see `disk`).
@@ -888,6 +929,37 @@ mod tests {
         let plain = Metrics::new();
         plain.sample(&Scheduler::new(Config::default()), 0);
         assert!(!plain.encode().contains("berth_account_weight{"));
+    }
+
+    #[test]
+    fn pulls_count_by_host_and_outcome_with_bytes_and_seconds() {
+        let m = Metrics::new();
+        let pull = |host: &str, bytes: u64, seconds: f64, error: Option<&str>| {
+            berth_drivers::images::PullOutcome {
+                host: host.into(),
+                image: "linux".into(),
+                bytes,
+                seconds,
+                error: error.map(str::to_owned),
+            }
+        };
+        m.image_pull(&pull("h1", 1000, 0.5, None));
+        m.image_pull(&pull("h1", 500, 2.0, None));
+        m.image_pull(&pull("h1", 100, 0.02, Some("digest mismatch")));
+        m.image_pull(&pull("h2", 7, 30.0, None));
+        let text = m.encode();
+        for line in [
+            "berth_image_pulls_total{host=\"h1\",outcome=\"ok\"} 2",
+            "berth_image_pulls_total{host=\"h1\",outcome=\"failed\"} 1",
+            "berth_image_pulls_total{host=\"h2\",outcome=\"ok\"} 1",
+            "berth_image_pull_bytes_total{host=\"h1\"} 1600",
+            "berth_image_pull_bytes_total{host=\"h2\"} 7",
+            "berth_image_pull_seconds_sum{host=\"h1\",outcome=\"ok\"} 2.5",
+            "berth_image_pull_seconds_count{host=\"h1\",outcome=\"ok\"} 2",
+            "berth_image_pull_seconds_count{host=\"h1\",outcome=\"failed\"} 1",
+        ] {
+            assert!(text.contains(line), "{line} not in:\n{text}");
+        }
     }
 
     #[test]

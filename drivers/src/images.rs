@@ -267,6 +267,25 @@ impl fmt::Display for PullProgress {
     }
 }
 
+/// How one pull of a base image to a host ended, for metrics and hooks.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PullOutcome {
+    pub host: String,
+    /// The base image's name (`linux` for `linux.qcow2`).
+    pub image: String,
+    /// Bytes brought to the host: the image's size when it succeeded, what was sent before it
+    /// failed otherwise.
+    pub bytes: u64,
+    /// From the decision to pull (after the image was found missing) to its end.
+    pub seconds: f64,
+    /// Why it failed, or `None` when the image arrived with its digest checked.
+    pub error: Option<String>,
+}
+
+/// What the daemon runs as each pull ends (on the driver's blocking thread, so it must be
+/// quick: count, enqueue).
+pub type PullObserver = Arc<dyn Fn(&PullOutcome) + Send + Sync>;
+
 /// One image on one host: the turn that keeps its pulls one at a time, and the running pull's
 /// progress.
 #[derive(Debug, Default)]
@@ -279,9 +298,16 @@ struct Slot {
 /// wait for it, and each one's progress for those who ask. Keyed by host and base image name
 /// (what templates name), so the daemon finds a VM's pull from its template alone. Cheap to
 /// clone (one shared board).
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Default)]
 pub struct Pulls {
     slots: Arc<Mutex<SlotsByImage>>,
+    observers: Arc<Mutex<Vec<PullObserver>>>,
+}
+
+impl fmt::Debug for Pulls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Pulls").finish_non_exhaustive()
+    }
 }
 
 /// One slot per (host, base image name).
@@ -294,6 +320,26 @@ impl Pulls {
             .entry((host.to_owned(), base.to_owned()))
             .or_default()
             .clone()
+    }
+
+    /// Runs `observer` as each later pull ends, with how it ended.
+    pub fn observe(&self, observer: PullObserver) {
+        self.observers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(observer);
+    }
+
+    /// Tells the observers how a pull ended; drivers call it once per pull they start.
+    pub fn finished(&self, outcome: &PullOutcome) {
+        let observers = self
+            .observers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        for observe in observers {
+            observe(outcome);
+        }
     }
 
     /// The turn to pull base image `base` to `host`; [`PullTurn::hold`] waits for it.
@@ -368,9 +414,206 @@ impl Drop for HeldTurn<'_> {
     }
 }
 
+/// A base image held on a host, as eviction sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HeldImage {
+    /// The image's name (`linux` for `linux.qcow2`).
+    pub name: String,
+    /// What it takes on the host's disk.
+    pub bytes: u64,
+    /// When it was last used, in seconds since the Unix epoch: the last time a VM was
+    /// provisioned from it, or else when it arrived on the host.
+    pub last_used_s: u64,
+    /// Whether it must stay: it backs an overlay or a VM's disk, is being pulled, or a
+    /// provisioning is about to use it.
+    pub in_use: bool,
+}
+
+/// A pull that does not fit in a host's image budget even with every unused image gone.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OverBudget {
+    /// The image being pulled.
+    pub image: String,
+    pub image_bytes: u64,
+    pub budget_bytes: u64,
+    /// The images that must stay, with their sizes, by name.
+    pub in_use: Vec<(String, u64)>,
+}
+
+impl fmt::Display for OverBudget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let used: u64 = self.in_use.iter().map(|(_, bytes)| bytes).sum();
+        write!(
+            f,
+            "{} ({} MiB) does not fit in the image budget of {} MiB (image_budget_mib): \
+             images in use take {} MiB",
+            self.image,
+            mib_ceil(self.image_bytes),
+            self.budget_bytes / MIB,
+            mib_ceil(used)
+        )?;
+        if self.in_use.is_empty() {
+            return Ok(());
+        }
+        let list: Vec<String> = self
+            .in_use
+            .iter()
+            .map(|(name, bytes)| format!("{name} {} MiB", mib_ceil(*bytes)))
+            .collect();
+        write!(f, " ({})", list.join(", "))
+    }
+}
+
+impl std::error::Error for OverBudget {}
+
+const MIB: u64 = 1024 * 1024;
+
+fn mib_ceil(bytes: u64) -> u64 {
+    bytes.div_ceil(MIB)
+}
+
+/// Which held images to remove so that `image` (`image_bytes`) fits beside the rest within
+/// `budget_bytes`: the least recently used of those not in use, oldest first (ties by name),
+/// and no more than needed. Nothing when it fits already. When it cannot fit even with every
+/// unused image gone, nothing is removed and the answer says what is in use.
+pub fn evictions(
+    held: &[HeldImage],
+    image: &str,
+    image_bytes: u64,
+    budget_bytes: u64,
+) -> Result<Vec<String>, OverBudget> {
+    let mut total = held
+        .iter()
+        .fold(image_bytes, |sum, h| sum.saturating_add(h.bytes));
+    let mut unused: Vec<&HeldImage> = held.iter().filter(|h| !h.in_use).collect();
+    unused.sort_by(|a, b| (a.last_used_s, &a.name).cmp(&(b.last_used_s, &b.name)));
+    let mut evict = Vec::new();
+    for h in unused {
+        if total <= budget_bytes {
+            break;
+        }
+        total -= h.bytes;
+        evict.push(h.name.clone());
+    }
+    if total > budget_bytes {
+        let mut in_use: Vec<(String, u64)> = held
+            .iter()
+            .filter(|h| h.in_use)
+            .map(|h| (h.name.clone(), h.bytes))
+            .collect();
+        in_use.sort();
+        return Err(OverBudget {
+            image: image.to_owned(),
+            image_bytes,
+            budget_bytes,
+            in_use,
+        });
+    }
+    Ok(evict)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn observers_hear_how_each_pull_ended() {
+        let pulls = Pulls::default();
+        let heard = Arc::new(Mutex::new(Vec::new()));
+        let sink = heard.clone();
+        pulls.observe(Arc::new(move |o: &PullOutcome| {
+            sink.lock().expect("lock").push(o.clone());
+        }));
+        let outcome = PullOutcome {
+            host: "h1".into(),
+            image: "linux".into(),
+            bytes: 42,
+            seconds: 0.5,
+            error: None,
+        };
+        pulls.clone().finished(&outcome);
+        assert_eq!(*heard.lock().expect("lock"), vec![outcome]);
+    }
+
+    fn held(name: &str, mib: u64, last_used_s: u64, in_use: bool) -> HeldImage {
+        HeldImage {
+            name: name.into(),
+            bytes: mib * MIB,
+            last_used_s,
+            in_use,
+        }
+    }
+
+    #[test]
+    fn nothing_is_evicted_when_the_image_fits() {
+        let images = [held("a", 100, 1, false), held("b", 100, 2, false)];
+        assert_eq!(evictions(&images, "c", 100 * MIB, 300 * MIB), Ok(vec![]));
+        assert_eq!(evictions(&[], "c", 100 * MIB, 100 * MIB), Ok(vec![]));
+    }
+
+    #[test]
+    fn the_least_recently_used_unused_images_go_first_and_no_more_than_needed() {
+        let images = [
+            held("new", 100, 30, false),
+            held("old", 100, 10, false),
+            held("live", 100, 5, true),
+            held("mid", 100, 20, false),
+        ];
+        // 400 held + 100 incoming in 300: two must go, the oldest unused ones.
+        assert_eq!(
+            evictions(&images, "c", 100 * MIB, 300 * MIB),
+            Ok(vec!["old".to_owned(), "mid".to_owned()])
+        );
+        // One is enough when the budget is larger.
+        assert_eq!(
+            evictions(&images, "c", 100 * MIB, 400 * MIB),
+            Ok(vec!["old".to_owned()])
+        );
+        // Equal last use: by name, so the choice is the same every time.
+        let tied = [held("b", 100, 7, false), held("a", 100, 7, false)];
+        assert_eq!(
+            evictions(&tied, "c", 100 * MIB, 200 * MIB),
+            Ok(vec!["a".to_owned()])
+        );
+    }
+
+    #[test]
+    fn an_image_in_use_is_never_evicted_even_if_it_is_the_oldest() {
+        let images = [held("live", 500, 1, true), held("spare", 50, 99, false)];
+        assert_eq!(
+            evictions(&images, "c", 100 * MIB, 600 * MIB),
+            Ok(vec!["spare".to_owned()])
+        );
+    }
+
+    #[test]
+    fn a_pull_that_cannot_fit_evicts_nothing_and_names_budget_image_and_what_is_in_use() {
+        let images = [
+            held("live", 300, 1, true),
+            held("spare", 100, 2, false),
+            held("build", 200, 3, true),
+        ];
+        let e = evictions(&images, "win11", 150 * MIB, 600 * MIB).expect_err("cannot fit");
+        assert_eq!(
+            e.in_use,
+            vec![
+                ("build".to_owned(), 200 * MIB),
+                ("live".to_owned(), 300 * MIB)
+            ]
+        );
+        assert_eq!(
+            e.to_string(),
+            "win11 (150 MiB) does not fit in the image budget of 600 MiB (image_budget_mib): \
+             images in use take 500 MiB (build 200 MiB, live 300 MiB)"
+        );
+        // An image larger than the budget on an empty host.
+        let e = evictions(&[], "huge", 2048 * MIB, 1024 * MIB).expect_err("too large");
+        assert_eq!(
+            e.to_string(),
+            "huge (2048 MiB) does not fit in the image budget of 1024 MiB (image_budget_mib): \
+             images in use take 0 MiB"
+        );
+    }
 
     fn store_with(file: &str, bytes: &[u8], digest: &str) -> (tempfile::TempDir, ImageStore) {
         let dir = tempfile::tempdir().unwrap();

@@ -50,6 +50,10 @@ pub struct LibvirtConfig {
     pub image_store: Option<ImageStore>,
     /// The longest one pull of a base image may take.
     pub pull_timeout_ms: u64,
+    /// The most the base images in the image directory may take on disk. Before a pull that
+    /// would go past it, the least recently used base images that back no overlay or VM are
+    /// removed; without one, nothing is ever removed.
+    pub image_budget_mib: Option<u64>,
 }
 
 impl LibvirtConfig {
@@ -69,6 +73,7 @@ impl LibvirtConfig {
             call_timeout_ms: 120_000,
             image_store: None,
             pull_timeout_ms: 3_600_000,
+            image_budget_mib: None,
         }
     }
 
@@ -85,6 +90,7 @@ impl LibvirtConfig {
     /// | `console_host` | the host name console viewers connect to |
     /// | `boot_marker` | the line a booted guest prints on its serial console |
     /// | `image_store` | where missing base images are pulled from: a directory or `http://` URL |
+    /// | `image_budget_mib` | the most base images may take; unused ones are evicted to stay under it |
     /// | `boot_timeout_ms`, `min_free_disk_mib`, `call_timeout_ms`, `pull_timeout_ms` | numbers |
     pub fn from_options(options: &BTreeMap<String, String>) -> Result<LibvirtConfig, OptionError> {
         let uri = options
@@ -131,6 +137,7 @@ impl LibvirtConfig {
                 "min_free_disk_mib" => config.min_free_disk_mib = number(key, value)?,
                 "call_timeout_ms" => config.call_timeout_ms = number(key, value)?,
                 "pull_timeout_ms" => config.pull_timeout_ms = number(key, value)?,
+                "image_budget_mib" => config.image_budget_mib = Some(number(key, value)?),
                 "image_store" => {
                     config.image_store =
                         Some(value.parse().map_err(|e: crate::images::ImageError| {
@@ -234,6 +241,7 @@ mod tests {
             ("network", "network:default"),
             ("boot_marker", "READY"),
             ("min_free_disk_mib", "2048"),
+            ("image_budget_mib", "20480"),
         ]))
         .expect("valid options");
         assert_eq!(c.uri, "qemu+ssh://ci@kvm7/system");
@@ -243,6 +251,7 @@ mod tests {
         assert_eq!(c.network, Network::Libvirt("default".into()));
         assert_eq!(c.boot_marker.as_deref(), Some("READY"));
         assert_eq!(c.min_free_disk_mib, 2048);
+        assert_eq!(c.image_budget_mib, Some(20480));
         assert_eq!(c.image_store, None);
         let c = LibvirtConfig::from_options(&opts(&[
             ("uri", "qemu:///system"),
@@ -275,6 +284,10 @@ mod tests {
         assert_eq!(
             err(&[("uri", "qemu:///system"), ("boot_timeout_ms", "soon")]).map_err(|e| e.key),
             Err("boot_timeout_ms".into())
+        );
+        assert_eq!(
+            err(&[("uri", "qemu:///system"), ("image_budget_mib", "-1")]).map_err(|e| e.key),
+            Err("image_budget_mib".into())
         );
     }
 }

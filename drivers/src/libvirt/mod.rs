@@ -15,6 +15,9 @@
 //! - `NAME.qcow2`: the base image `NAME` (what [`Driver::probe`] reports and templates name);
 //! - `NAME.qcow2.pulling`: present while `NAME.qcow2` is being pulled; a base image beside it is
 //!   partial, so it is neither reported nor used, and the next pull starts it again;
+//! - `NAME.qcow2.used`: an empty file made anew each time a VM is provisioned from `NAME.qcow2`,
+//!   so its modification time says when the image was last used (what eviction under
+//!   [`LibvirtConfig::image_budget_mib`] orders by);
 //! - `berth-vmN.qcow2`: the overlay of VM `berth-vmN`;
 //! - `berth-vmN.serial.log`: its serial console, as virtlogd writes it.
 //!
@@ -31,6 +34,7 @@ mod connection;
 mod screenshot;
 mod xml;
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -50,11 +54,11 @@ use connection::{Connection, uri_is_local};
 use screenshot::PNG_SIGNATURE;
 pub use screenshot::{PpmError, ppm_to_png};
 use xml::{
-    DESCRIPTION_TAG, DomainSpec, domain_xml, file_volume_xml, overlay_xml, pool_target_path,
-    pool_xml,
+    DESCRIPTION_TAG, DomainSpec, VolumeFacts, domain_xml, file_volume_xml, overlay_xml,
+    pool_target_path, pool_xml,
 };
 
-use crate::images::{ImageSource, Pulls};
+use crate::images::{HeldImage, HeldTurn, ImageSource, ImageStore, PullOutcome, Pulls, evictions};
 use crate::{ConsoleAddress, Driver, DriverError, HostFacts, VmListing, VmRecipe, parse_vm_name};
 pub use crate::{DomainType, UnknownDomainType};
 
@@ -63,6 +67,10 @@ pub const IMAGE_EXT: &str = ".qcow2";
 
 /// The suffix of the marker beside a base image being pulled.
 pub const PULLING_EXT: &str = ".pulling";
+
+/// The suffix of the file beside a base image whose modification time says when a VM was
+/// last provisioned from it.
+pub const USED_EXT: &str = ".used";
 
 /// How much of an image one upload call sends.
 const PULL_CHUNK: usize = 1 << 20;
@@ -100,6 +108,11 @@ struct Inner {
     pool_setup: Mutex<()>,
     /// The pulls of base images, shared with the other hosts' drivers of the daemon.
     pulls: Pulls,
+    /// Base images that provisionings in flight have been promised (by a pull that found or
+    /// brought them) and not yet made an overlay of, with how many. Eviction holds this lock
+    /// from looking at the image directory to creating the pulled image's volume, and never
+    /// removes an image named here, so an image a provisioning is about to use stays.
+    promised: Mutex<BTreeMap<String, usize>>,
 }
 
 /// The driver of one libvirt host.
@@ -138,6 +151,7 @@ impl LibvirtHost {
                 config,
                 pool_setup: Mutex::new(()),
                 pulls,
+                promised: Mutex::new(BTreeMap::new()),
             }),
         }
     }
@@ -221,12 +235,19 @@ impl Driver for LibvirtHost {
     }
 
     async fn provision(&self, vm: &VmRecipe) -> Result<(), DriverError> {
-        if self.inner.config.image_store.is_some() {
-            self.pull(&vm.base_image).await?;
-        }
+        let promise = if self.inner.config.image_store.is_some() {
+            Some(self.pull_promised(&vm.base_image).await?)
+        } else {
+            None
+        };
         let vm = vm.clone();
-        self.run("provision", move |inner, conn| inner.provision(conn, &vm))
-            .await
+        self.run("provision", move |inner, conn| {
+            let done = inner.provision(conn, &vm);
+            // The overlay exists now (or never will): it protects the image from here on.
+            drop(promise);
+            done
+        })
+        .await
     }
 
     async fn boot(&self, name: &str) -> Result<(), DriverError> {
@@ -310,11 +331,19 @@ impl LibvirtHost {
     /// per image and host at a time (a provisioning that finds one running waits for it, then
     /// uses its image), bounded by the pull timeout rather than the call timeout.
     pub async fn pull(&self, base: &str) -> Result<(), DriverError> {
+        self.pull_promised(base).await.map(drop)
+    }
+
+    /// [`Self::pull`], and the image promised to the caller: eviction leaves it alone until
+    /// the answer is dropped.
+    async fn pull_promised(&self, base: &str) -> Result<Promise, DriverError> {
         let inner = self.inner.clone();
         let base = base.to_owned();
         let task = tokio::task::spawn_blocking(move || {
             let conn = inner.connection.get()?;
-            inner.pull(&conn, &base)
+            inner.pull(&conn, &base)?;
+            // If the caller gave up waiting, dropping this answer ends the promise.
+            Ok(Promise { inner, image: base })
         });
         let limit = Duration::from_millis(self.inner.config.pull_timeout_ms);
         match tokio::time::timeout(limit, task).await {
@@ -550,7 +579,10 @@ impl Inner {
                     .map_err(|e| self.classify(&format!("removing {marker_file}"), e))?;
             }
             None => {
+                // Under the promise lock, so that no eviction removes it in between.
+                let mut promised = self.lock_promised();
                 if self.volume(&pool, &file, false)?.is_some() {
+                    *promised.entry(base.to_owned()).or_default() += 1;
                     return Ok(());
                 }
             }
@@ -558,6 +590,34 @@ impl Inner {
         let Some(store) = &self.config.image_store else {
             return Ok(());
         };
+        let started = Instant::now();
+        let sent = std::cell::Cell::new(0);
+        let pulled = self.transfer(conn, &pool, base, store, &held, &sent);
+        self.pulls.finished(&PullOutcome {
+            host: self.host.clone(),
+            image: base.to_owned(),
+            bytes: sent.get(),
+            seconds: started.elapsed().as_secs_f64(),
+            error: pulled.as_ref().err().map(ToString::to_string),
+        });
+        pulled?;
+        *self.lock_promised().entry(base.to_owned()).or_default() += 1;
+        Ok(())
+    }
+
+    /// The part of [`Self::pull`] that brings the image from `store`, counting the bytes sent
+    /// in `sent`.
+    fn transfer(
+        &self,
+        conn: &Connect,
+        pool: &StoragePool,
+        base: &str,
+        store: &ImageStore,
+        held: &HeldTurn<'_>,
+        sent: &std::cell::Cell<u64>,
+    ) -> Result<(), DriverError> {
+        let file = format!("{base}{IMAGE_EXT}");
+        let marker_file = format!("{file}{PULLING_EXT}");
         let source = store.open(&file).map_err(|e| DriverError::Request {
             host: self.host.clone(),
             message: format!("pulling base image {base}: {e}"),
@@ -581,9 +641,15 @@ impl Inner {
             let xml = file_volume_xml(name, bytes).map_err(|e| {
                 self.host_error(format!("writing the definition of volume {name}: {e}"))
             })?;
-            StorageVol::create_xml(&pool, &xml, 0)
+            StorageVol::create_xml(pool, &xml, 0)
                 .map_err(|e| self.classify(&format!("creating {name}"), e))
         };
+        // Room is made and the image's volume created under the promise lock: a second
+        // eviction then sees this image (full size, beside its marker) as in use.
+        let promised = self.lock_promised();
+        if let Some(budget_mib) = self.config.image_budget_mib {
+            self.make_room(conn, pool, base, source.size, budget_mib, &promised)?;
+        }
         let marker = create(&marker_file, 0)?;
         let image = match create(&file, source.size) {
             Ok(image) => image,
@@ -592,6 +658,7 @@ impl Inner {
                 return Err(e);
             }
         };
+        drop(promised);
         let started = Instant::now();
         tracing::info!(
             host = %self.host,
@@ -600,10 +667,11 @@ impl Inner {
             store = %store,
             "pulling a base image"
         );
-        let sent = self.upload(conn, &image, source, |done, total| {
+        let uploaded = self.upload(conn, &image, source, |done, total| {
+            sent.set(done);
             held.report(&file, done, total)
         });
-        if let Err(e) = sent {
+        if let Err(e) = uploaded {
             // Never leave a partial image that could be used.
             let _ = image.delete(0);
             let _ = marker.delete(0);
@@ -622,6 +690,130 @@ impl Inner {
             "pulled a base image, digest verified"
         );
         Ok(())
+    }
+
+    fn lock_promised(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, usize>> {
+        // The map is whole after every statement that changes it, so a panic elsewhere
+        // cannot leave it half-changed.
+        self.promised.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Removes the least recently used base images that nothing uses until `base`
+    /// (`bytes`) fits within `budget_mib` beside the rest (see [`evictions`]); fails, removing
+    /// nothing, when it cannot fit. An image is in use when an overlay in the pool or a disk
+    /// of any domain on the host names its file, when it is being pulled (its marker is
+    /// there), or when it is `promised` to a provisioning in flight.
+    fn make_room(
+        &self,
+        conn: &Connect,
+        pool: &StoragePool,
+        base: &str,
+        bytes: u64,
+        budget_mib: u64,
+        promised: &BTreeMap<String, usize>,
+    ) -> Result<(), DriverError> {
+        let dir = &self.config.image_dir;
+        let volumes = pool
+            .list_all_volumes(0)
+            .map_err(|e| self.classify(&format!("listing {dir}"), e))?;
+        let mut facts = BTreeMap::new();
+        for vol in &volumes {
+            let name = vol
+                .name()
+                .map_err(|e| self.classify(&format!("reading a volume name in {dir}"), e))?;
+            let xml = vol
+                .xml_desc(0)
+                .map_err(|e| self.classify(&format!("reading the definition of {name}"), e))?;
+            let read = VolumeFacts::from_xml(&xml).map_err(|e| {
+                self.host_error(format!("reading the definition of {name} in {dir}: {e}"))
+            })?;
+            facts.insert(name, (vol, read));
+        }
+        // Files named by an overlay or a domain's disk, by file name: a path spelt another
+        // way (a symlinked directory) still protects the image.
+        let mut named: BTreeSet<String> = facts
+            .values()
+            .filter_map(|(_, f)| f.backing_path())
+            .map(|path| file_name(path).to_owned())
+            .collect();
+        let domains = conn
+            .list_all_domains(0)
+            .map_err(|e| self.classify("listing the host's vms", e))?;
+        for dom in &domains {
+            let xml = dom
+                .xml_desc(0)
+                .map_err(|e| self.classify("reading the definition of a vm", e))?;
+            let parsed = xml::Domain::from_xml(&xml).map_err(|e| {
+                let name = dom.name().unwrap_or_default();
+                self.host_error(format!(
+                    "cannot tell whether vm {name} uses a base image, so none is evicted: \
+                     reading its definition: {e}"
+                ))
+            })?;
+            named.extend(parsed.disk_files().map(|path| file_name(path).to_owned()));
+        }
+        let incoming = format!("{base}{IMAGE_EXT}");
+        let mut held = Vec::new();
+        for (file, (_, f)) in &facts {
+            let Some(name) = base_image_name(file) else {
+                continue;
+            };
+            if *file == incoming {
+                continue;
+            }
+            let pulling = facts.contains_key(&format!("{file}{PULLING_EXT}"));
+            let last_used_s = facts
+                .get(&format!("{file}{USED_EXT}"))
+                .and_then(|(_, used)| used.mtime_s())
+                .or_else(|| f.mtime_s())
+                .unwrap_or(0);
+            held.push(HeldImage {
+                name: name.to_owned(),
+                bytes: f.disk_bytes(pulling),
+                last_used_s,
+                in_use: pulling || named.contains(file) || promised.contains_key(name),
+            });
+        }
+        let evict = evictions(&held, base, bytes, budget_mib * 1024 * 1024)
+            .map_err(|e| self.host_error(format!("pulling base image {base} into {dir}: {e}")))?;
+        for name in evict {
+            let file = format!("{name}{IMAGE_EXT}");
+            let used = format!("{file}{USED_EXT}");
+            if let Some((vol, f)) = facts.get(&file) {
+                vol.delete(0).map_err(|e| {
+                    self.classify(&format!("evicting the unused base image {file}"), e)
+                })?;
+                tracing::info!(
+                    host = %self.host,
+                    image = %file,
+                    bytes = f.disk_bytes(false),
+                    incoming = %incoming,
+                    budget_mib,
+                    "evicted an unused base image"
+                );
+            }
+            if let Some((vol, _)) = facts.get(&used) {
+                let _ = vol.delete(0);
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes `FILE.used` anew, so that its modification time is now: the image was used.
+    /// Only eviction's order depends on it, so a failure is logged, not returned.
+    fn mark_used(&self, pool: &StoragePool, base_file: &str) {
+        let used = format!("{base_file}{USED_EXT}");
+        let remade = || -> Result<(), String> {
+            if let Some(old) = self.volume(pool, &used, false).map_err(|e| e.to_string())? {
+                old.delete(0).map_err(|e| e.to_string())?;
+            }
+            let xml = file_volume_xml(&used, 0).map_err(|e| e.to_string())?;
+            StorageVol::create_xml(pool, &xml, 0).map_err(|e| e.to_string())?;
+            Ok(())
+        };
+        if let Err(error) = remade() {
+            tracing::debug!(host = %self.host, file = %used, %error, "marking an image used failed");
+        }
     }
 
     /// Sends `source` into volume `image` through a libvirt stream, checking its digest before
@@ -747,6 +939,9 @@ impl Inner {
         })?;
         let vol = StorageVol::create_xml(&pool, &vol_xml, 0)
             .map_err(|e| self.classify(&format!("creating the overlay {overlay}"), e))?;
+        if self.config.image_budget_mib.is_some() {
+            self.mark_used(&pool, &base_file);
+        }
         let overlay_path = vol.path().unwrap_or(overlay_path);
 
         let domain_type = self.config.domain_type_for(&vm.template, vm.domain_type);
@@ -994,6 +1189,29 @@ fn read_stream(stream: &Stream) -> Result<Vec<u8>, VirtError> {
             Ok(n) => out.extend_from_slice(&buf[..n.min(buf.len())]),
         }
     }
+}
+
+/// An image a pull found or brought, promised to a provisioning until this is dropped.
+struct Promise {
+    inner: Arc<Inner>,
+    image: String,
+}
+
+impl Drop for Promise {
+    fn drop(&mut self) {
+        let mut promised = self.inner.lock_promised();
+        if let Some(n) = promised.get_mut(&self.image) {
+            *n -= 1;
+            if *n == 0 {
+                promised.remove(&self.image);
+            }
+        }
+    }
+}
+
+/// The last component of a path on the host.
+fn file_name(path: &str) -> &str {
+    path.rsplit('/').next().unwrap_or(path)
 }
 
 /// The name of the base image stored in `file`, or `None` for overlays, logs and other files.

@@ -514,6 +514,74 @@ pub(super) fn file_volume_xml(file: &str, capacity_bytes: u64) -> Result<String,
     })
 }
 
+/// What eviction reads from a volume's definition as libvirt gives it back
+/// (`virStorageVolGetXMLDesc`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+pub(super) struct VolumeFacts {
+    #[serde(default)]
+    pub(super) capacity: Option<Bytes>,
+    #[serde(default)]
+    pub(super) allocation: Option<Bytes>,
+    #[serde(default)]
+    pub(super) target: Option<VolumeFactsTarget>,
+    #[serde(rename = "backingStore", default)]
+    pub(super) backing_store: Option<VolumeFactsBacking>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+pub(super) struct VolumeFactsTarget {
+    #[serde(default)]
+    pub(super) timestamps: Option<Timestamps>,
+}
+
+/// `<timestamps><mtime>1700000000.123456789</mtime>...`: files in `dir` pools have them.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+pub(super) struct Timestamps {
+    #[serde(default)]
+    pub(super) mtime: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+pub(super) struct VolumeFactsBacking {
+    #[serde(default)]
+    pub(super) path: Option<String>,
+}
+
+impl VolumeFacts {
+    pub(super) fn from_xml(xml: &str) -> Result<VolumeFacts, ReadError> {
+        quick_xml::de::from_str(xml)
+    }
+
+    /// When the file was last written, in whole seconds since the Unix epoch, if libvirt says.
+    pub(super) fn mtime_s(&self) -> Option<u64> {
+        let mtime = self
+            .target
+            .as_ref()?
+            .timestamps
+            .as_ref()?
+            .mtime
+            .as_deref()?;
+        mtime.split('.').next()?.trim().parse().ok()
+    }
+
+    /// The path of the image it is an overlay of, if it is one.
+    pub(super) fn backing_path(&self) -> Option<&str> {
+        self.backing_store.as_ref()?.path.as_deref()
+    }
+
+    /// Bytes it takes on disk: at least its capacity when `filling` (a raw image being
+    /// uploaded takes all of it by the end).
+    pub(super) fn disk_bytes(&self, filling: bool) -> u64 {
+        let allocation = self.allocation.as_ref().map_or(0, |b| b.amount);
+        let capacity = self.capacity.as_ref().map_or(0, |b| b.amount);
+        if filling {
+            allocation.max(capacity)
+        } else {
+            allocation
+        }
+    }
+}
+
 /// A storage pool definition (`<pool>`): the image directory.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename = "pool")]
@@ -561,6 +629,51 @@ fn write_indented<T: Serialize>(value: &T) -> Result<String, WriteError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn volume_facts_read_size_last_write_and_backing_file() {
+        let xml = r#"<volume type='file'>
+  <name>berth-vm1.qcow2</name>
+  <key>/var/lib/berth/images/berth-vm1.qcow2</key>
+  <capacity unit='bytes'>67108864</capacity>
+  <allocation unit='bytes'>200704</allocation>
+  <physical unit='bytes'>196616</physical>
+  <target>
+    <path>/var/lib/berth/images/berth-vm1.qcow2</path>
+    <format type='qcow2'/>
+    <permissions><mode>0600</mode><owner>0</owner><group>0</group></permissions>
+    <timestamps>
+      <atime>1733460000.123456789</atime>
+      <mtime>1733460001.5</mtime>
+      <ctime>1733460001.5</ctime>
+    </timestamps>
+    <compat>1.1</compat>
+    <clusterSize unit='B'>65536</clusterSize>
+    <features/>
+  </target>
+  <backingStore>
+    <path>/var/lib/berth/images/linux.qcow2</path>
+    <format type='qcow2'/>
+  </backingStore>
+</volume>"#;
+        let facts = VolumeFacts::from_xml(xml).expect("a volume");
+        assert_eq!(facts.mtime_s(), Some(1_733_460_001));
+        assert_eq!(
+            facts.backing_path(),
+            Some("/var/lib/berth/images/linux.qcow2")
+        );
+        assert_eq!(facts.disk_bytes(false), 200_704);
+        assert_eq!(facts.disk_bytes(true), 67_108_864);
+        // What the test driver gives: no timestamps, no backing file.
+        let bare = VolumeFacts::from_xml(
+            "<volume><name>linux.qcow2</name><capacity unit='bytes'>10</capacity>\
+             <allocation unit='bytes'>10</allocation><target><path>/x</path></target></volume>",
+        )
+        .expect("a volume");
+        assert_eq!(bare.mtime_s(), None);
+        assert_eq!(bare.backing_path(), None);
+        assert_eq!(bare.disk_bytes(false), 10);
+    }
 
     fn spec<'a>(network: &'a Network, os: GuestOs, domain_type: DomainType) -> DomainSpec<'a> {
         DomainSpec {
