@@ -573,6 +573,7 @@ mod tests {
         let hooks = Hooks::start(
             &[hook("image.*", &out), hook("vm.*", &not)],
             1,
+            None,
             &db,
             Arc::new(Metrics::new()),
         )
