@@ -449,7 +449,6 @@ fn skip_string(chars: &mut Chars) {
     }
 }
 
-/// A compact duration: `45s`, `12m`, `3h05m`, `2d04h`.
 /// A rough duration for an estimate, to the minute: `<1m`, `~4m`, `~2h05m`, `~3d04h`.
 pub fn about(ms: u64) -> String {
     let m = ms / 60_000;
@@ -464,6 +463,7 @@ pub fn about(ms: u64) -> String {
     }
 }
 
+/// A compact duration: `45s`, `12m`, `3h05m`, `2d04h`.
 pub fn duration(ms: u64) -> String {
     let s = ms / 1000;
     if s < 60 {
