@@ -526,6 +526,10 @@ pub struct DriversSection {
     /// `image_store` option overrides it; without either, a missing base image is the host's
     /// error.
     pub image_store: Option<String>,
+    /// The most the base images on each libvirt host may take (MiB): unused ones are evicted,
+    /// least recently used first, to make room for a pull. A host's own `image_budget_mib`
+    /// option overrides it; without either, images are never evicted.
+    pub image_budget_mib: Option<u64>,
 }
 
 /// What a token may do (the API's names: `read-only`, `operator`).

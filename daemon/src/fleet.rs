@@ -40,6 +40,8 @@ pub(crate) struct DriverDefaults {
     pub image_dir: Option<String>,
     /// libvirt: the image store hosts pull missing base images from.
     pub image_store: Option<String>,
+    /// libvirt: the disk budget of each host's base images, unless the host gives its own.
+    pub image_budget_mib: Option<u64>,
     /// The board every driver reports its pulls of base images on, which the API reads.
     pub pulls: berth_drivers::images::Pulls,
 }
@@ -54,6 +56,7 @@ impl DriverDefaults {
             control_dir: data_dir.join(SSH_CONTROL_DIR),
             image_dir: section.image_dir.clone(),
             image_store: section.image_store.clone(),
+            image_budget_mib: section.image_budget_mib,
             pulls: berth_drivers::images::Pulls::default(),
         }
     }
@@ -72,6 +75,9 @@ impl DriverDefaults {
                 }
                 if let Some(store) = &self.image_store {
                     default("image_store", store.clone());
+                }
+                if let Some(budget) = self.image_budget_mib {
+                    default("image_budget_mib", budget.to_string());
                 }
             }
             DriverKind::Parallels => {
@@ -252,6 +258,30 @@ mod tests {
         );
         assert_eq!(o["known_hosts"], "/k");
         assert_eq!(default_slots(DriverKind::Parallels)["macos"], 2);
+    }
+
+    #[test]
+    fn libvirt_hosts_take_the_drivers_section_defaults_unless_they_give_their_own() {
+        let section = DriversSection {
+            image_store: Some("http://mirror:8080/images".into()),
+            image_budget_mib: Some(20_480),
+            ..DriversSection::default()
+        };
+        let defaults = DriverDefaults::new(Path::new("/data"), &section);
+        let o = defaults.options(
+            DriverKind::Libvirt,
+            &host("libvirt", &[("uri", "qemu:///system")]),
+        );
+        assert_eq!(o["image_store"], "http://mirror:8080/images");
+        assert_eq!(o["image_budget_mib"], "20480");
+        let o = defaults.options(
+            DriverKind::Libvirt,
+            &host(
+                "libvirt",
+                &[("uri", "qemu:///system"), ("image_budget_mib", "512")],
+            ),
+        );
+        assert_eq!(o["image_budget_mib"], "512");
     }
 
     #[cfg(not(feature = "libvirt"))]
