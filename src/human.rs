@@ -24,20 +24,9 @@ pub fn duration(ms: u64) -> String {
     }
 }
 
-/// A rough duration for an estimate: `<1m`, `~4m`, `~2h05m`, `~3d04h` (minutes at most; an
-/// estimate is not good to the second).
-pub fn about(ms: u64) -> String {
-    let m = ms / 60_000;
-    if m == 0 {
-        "<1m".to_owned()
-    } else if m < 60 {
-        format!("~{m}m")
-    } else if m < 24 * 60 {
-        format!("~{}h{:02}m", m / 60, m % 60)
-    } else {
-        format!("~{}d{:02}h", m / 1440, (m % 1440) / 60)
-    }
-}
+/// A rough duration for an estimate: `<1m`, `~4m`, `~2h05m`, `~3d04h` (the console's, so both
+/// say it alike); the same, short, for a table's column.
+pub use berth_tui::model::{about, eta_cell};
 
 /// When a waiting request is expected to start, from `eta_ms` (an estimate) or `after_ms` (the
 /// estimate stopped first), at `now_ms`: `in ~4m`, `now`, `later than in ~1d00h`; `None`
@@ -51,16 +40,6 @@ pub fn eta(eta_ms: Option<u64>, after_ms: Option<u64>, now_ms: u64) -> Option<St
         (Some(at), None) if at <= now_ms => Some("now".to_owned()),
         (Some(at), None) => Some(format!("in {}", about(at - now_ms))),
         (None, None) => None,
-    }
-}
-
-/// The same, short, for a table's column: `~4m`, `now`, `>~1d00h`, `-`.
-pub fn eta_cell(eta_ms: Option<u64>, after_ms: Option<u64>, now_ms: u64) -> String {
-    match (eta_ms, after_ms) {
-        (_, Some(after)) => format!(">{}", about(after.saturating_sub(now_ms))),
-        (Some(at), None) if at <= now_ms => "now".to_owned(),
-        (Some(at), None) => about(at - now_ms),
-        (None, None) => "-".to_owned(),
     }
 }
 

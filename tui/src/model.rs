@@ -155,12 +155,7 @@ pub struct Request {
 impl Request {
     /// When it is expected to start, at `now_ms`: `~4m`, `<1m`, `now`, `>~1d00h`, `-`.
     pub fn eta_text(&self, now_ms: u64) -> String {
-        match (self.eta_ms, self.eta_after_ms) {
-            (_, Some(after)) => format!(">{}", about(after.saturating_sub(now_ms))),
-            (Some(at), None) if at <= now_ms => "now".to_owned(),
-            (Some(at), None) => about(at - now_ms),
-            (None, None) => "-".to_owned(),
-        }
+        eta_cell(self.eta_ms, self.eta_after_ms, now_ms)
     }
 
     /// `3× linux 4c/8G`.
@@ -446,6 +441,18 @@ fn skip_string(chars: &mut Chars) {
             }
             _ => {}
         }
+    }
+}
+
+/// When a waiting request is expected to start, short for a table's column, from `eta_ms` (an
+/// estimate) or `after_ms` (the estimate stopped first), at `now_ms`: `~4m`, `now`, `>~1d00h`,
+/// `-` without either. The CLI's tables say it the same way.
+pub fn eta_cell(eta_ms: Option<u64>, after_ms: Option<u64>, now_ms: u64) -> String {
+    match (eta_ms, after_ms) {
+        (_, Some(after)) => format!(">{}", about(after.saturating_sub(now_ms))),
+        (Some(at), None) if at <= now_ms => "now".to_owned(),
+        (Some(at), None) => about(at - now_ms),
+        (None, None) => "-".to_owned(),
     }
 }
 
