@@ -91,8 +91,13 @@ fn a_live_run_exported_and_replayed_places_and_waits_the_same() {
             == 3
     });
 
+    let running =
+        |vm: u64| api(&url, &token, "GET", &format!("/v1/vms/{vm}"), None)["state"] == "running";
     // kvm-1 (4 vCPUs), kvm-2 (8 at overcommit 0.5: 4) and kvm-3 (8) hold eight two-vCPU VMs;
-    // then a gang of two and three single VMs wait for jobs to end.
+    // then a gang of two and three single VMs wait for jobs to end. Each of the eight runs
+    // before the next is sent: placed in one pass, several would share an expected end, while
+    // the replay places each at its own arrival, and EASY's room beside the gang's
+    // reservation (so the backfill of the last requests) would differ.
     let mut requests = Vec::new();
     for i in 0..8 {
         let requester = if i % 2 == 0 { "ci-east" } else { "dev-17" };
@@ -104,6 +109,7 @@ fn a_live_run_exported_and_replayed_places_and_waits_the_same() {
             Some(json!({"template": "linux", "count": 1, "requester": requester})),
         );
         requests.push(r["id"].as_u64().unwrap());
+        wait_until("the vm to run", || running(i + 1));
     }
     let gang = api(
         &url,
@@ -123,8 +129,6 @@ fn a_live_run_exported_and_replayed_places_and_waits_the_same() {
         );
         requests.push(r["id"].as_u64().unwrap());
     }
-    let running =
-        |vm: u64| api(&url, &token, "GET", &format!("/v1/vms/{vm}"), None)["state"] == "running";
     // Jobs end one by one, 300 ms apart; the first fails.
     for vm in 1..=8u64 {
         wait_until("the vm to run", || running(vm));
