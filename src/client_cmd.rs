@@ -1031,6 +1031,7 @@ fn hosts_text(hosts: &[api::HostRow], wide: bool) -> String {
         ("SLOTS", false),
         ("VMS", false),
         ("DRAIN", false),
+        ("IMAGES", true),
         ("LABELS", true),
         ("PROBED", true),
         ("FAILURES", true),
@@ -1065,6 +1066,7 @@ fn hosts_text(hosts: &[api::HostRow], wide: bool) -> String {
                 }
                 Some(None) => "no estimate".into(),
             },
+            images_cell(h),
             if h.labels.is_empty() {
                 "-".into()
             } else {
@@ -1079,6 +1081,20 @@ fn hosts_text(hosts: &[api::HostRow], wide: bool) -> String {
         ]);
     }
     t.render(wide)
+}
+
+/// A host's images in a list: their names, and the pulls running to it (`linux,win11 +1↓`).
+fn images_cell(h: &api::HostRow) -> String {
+    let names: Vec<&str> = h.images.iter().map(|i| i.name.as_str()).collect();
+    let mut cell = if names.is_empty() {
+        "-".to_owned()
+    } else {
+        names.join(",")
+    };
+    if !h.pulls.is_empty() {
+        cell.push_str(&format!(" +{}↓", h.pulls.len()));
+    }
+    cell
 }
 
 /// One host for people: its state and capacity, then its images, image disk and pulls.

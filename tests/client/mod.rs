@@ -1038,6 +1038,16 @@ fn image_commands_push_show_and_evict_with_the_documented_exit_codes() {
     });
     let shown = text(&cli(&serve, &["host", "show", "kvm-1"]).stdout);
     assert!(shown.contains("image disk: no budget set"), "{shown}");
+    let wide = text(&cli(&serve, &["host", "list", "-o", "wide"]).stdout);
+    assert!(
+        wide.lines().next().unwrap_or("").contains("IMAGES"),
+        "{wide}"
+    );
+    assert!(
+        wide.lines()
+            .any(|l| l.starts_with("kvm-1 ") && l.contains(" linux ")),
+        "{wide}"
+    );
     let out = cli(&serve, &["image", "show", "linux", "-o", "json"]);
     assert_eq!(code(&out), 0, "{}", text(&out.stderr));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
