@@ -383,13 +383,12 @@ pub(super) async fn push_image(
             to_start.push((h.id, h.name.clone(), driver.clone()));
         }
     }
-    audit(
-        &state,
-        actor,
-        "image_push",
-        format!("image {name} to {}", answer.started.join(", ")),
-    )
-    .await?;
+    let to = if answer.started.is_empty() {
+        "no host (held or pulling already)".to_owned()
+    } else {
+        answer.started.join(", ")
+    };
+    audit(&state, actor, "image_push", format!("image {name} to {to}")).await?;
     for (id, host, driver) in to_start {
         let (state, image) = (state.clone(), name.clone());
         tokio::spawn(async move {
