@@ -248,10 +248,14 @@ impl ParallelsConfig {
                     "expected a directory path (relative paths are from the login's home)",
                 ));
             }
-            config.template_dir = dir.trim_end_matches('/').to_owned();
-            if config.template_dir.is_empty() {
-                config.template_dir = "/".to_owned();
-            }
+            // The Mac's shell gets the path quoted, so it would not expand `~/`; relative paths
+            // are from the home directory anyway.
+            let dir = dir.strip_prefix("~/").unwrap_or(dir);
+            config.template_dir = match dir.trim_end_matches('/') {
+                "" if dir.starts_with('/') => "/".to_owned(),
+                "" => ".".to_owned(),
+                trimmed => trimmed.to_owned(),
+            };
         }
         if let Some(jump) = options.get("jump") {
             config.jump_hosts = jump
@@ -1339,6 +1343,9 @@ mod tests {
             Some(ImageStore::Dir(PathBuf::from("/srv/templates")))
         );
         assert_eq!(c.template_dir, "/Volumes/vms/templates");
+        let c = ParallelsConfig::from_options(&opts(&[("ssh", "m"), ("template_dir", "~/t/")]))
+            .unwrap();
+        assert_eq!(c.template_dir, "t");
         let e = ParallelsConfig::from_options(&opts(&[("ssh", "m"), ("image_store", "templates")]))
             .unwrap_err();
         assert!(
