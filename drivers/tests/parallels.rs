@@ -19,7 +19,7 @@ use berth_drivers::images::{PullOutcome, Pulls, Sha256Digest};
 use berth_drivers::parallels::{ParallelsConfig, ParallelsHost};
 use berth_drivers::{Driver, DriverError, VmListing, VmRecipe, vm_name};
 use berth_sched::{FailureKind, GuestOs, Shape};
-use berth_testkit::sshd::{Fixture, HOST, TEMPLATE, keygen};
+use berth_testkit::sshd::{Fixture, HOST, TEMPLATE, bundle_config, bundle_disk, keygen};
 use serde_json::json;
 
 /// The driver's settings for the fixture's sshd, read from its options as the daemon reads a
@@ -267,68 +267,11 @@ async fn cut_link_fails_probes_within_the_timeout_and_restored_link_recovers() {
 // template directory is one in the fixture's, which the tests look into directly (the sshd
 // logs in as the user running them).
 
-/// A template bundle as Parallels lays one out: `config.pvs` naming the VM and marking it a
-/// template, and a disk.
-fn bundle_config(name: &str, uuid: &str) -> String {
-    format!(
-        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<ParallelsVirtualMachine schemaVersion=\"1.0\">\n\
-         <Identification dyn_lists=\"\">\n<VmUuid>{uuid}</VmUuid>\n<VmName>{name}</VmName>\n\
-         </Identification>\n<Settings dyn_lists=\"\">\n<General dyn_lists=\"\">\n\
-         <IsTemplate>1</IsTemplate>\n</General>\n</Settings>\n<Hardware dyn_lists=\"\">\n\
-         <Cpu dyn_lists=\"\">\n<Number>4</Number>\n</Cpu>\n<Memory dyn_lists=\"\">\n\
-         <RAM>8192</RAM>\n</Memory>\n</Hardware>\n</ParallelsVirtualMachine>\n"
-    )
-}
-
-/// The disk of the test template: 6 MiB that differ from byte to byte, so that a copy cut or
-/// shifted anywhere shows.
-fn disk_bytes() -> Vec<u8> {
-    (0..6u32 << 20)
-        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
-        .collect()
-}
-
 const PULLED: &str = "macos-16";
 
-/// An image store holding template [`PULLED`] (`macos-16.pvm.tar` and its digest), with the
-/// archive's bytes; `None` after the skip rule when `tar` or `shasum` (which the Mac has) is
-/// missing here.
+/// An image store holding template [`PULLED`], and its archive's bytes.
 fn store_with_template(fx: &Fixture) -> Option<(std::path::PathBuf, Vec<u8>)> {
-    for tool in ["tar", "shasum"] {
-        if berth_testkit::find_program(tool).is_none() {
-            berth_testkit::skip_or_fail(format_args!(
-                "{tool} is not installed (the Mac's side of a pull runs it)"
-            ));
-            return None;
-        }
-    }
-    let src = fx.path("bundle-src");
-    let bundle = src.join(format!("{PULLED}.pvm"));
-    fs::create_dir_all(bundle.join("harddisk.hdd")).unwrap();
-    fs::write(
-        bundle.join("config.pvs"),
-        bundle_config(PULLED, "{00000000-0000-4000-8000-000000000016}"),
-    )
-    .unwrap();
-    fs::write(bundle.join("harddisk.hdd/disk.hds"), disk_bytes()).unwrap();
-    let store = fx.path("store");
-    fs::create_dir_all(&store).unwrap();
-    let archive = store.join(format!("{PULLED}.pvm.tar"));
-    berth_testkit::sshd::run(
-        std::process::Command::new("tar")
-            .arg("-cf")
-            .arg(&archive)
-            .arg("-C")
-            .arg(&src)
-            .arg(format!("{PULLED}.pvm")),
-    );
-    let bytes = fs::read(&archive).unwrap();
-    fs::write(
-        store.join(format!("{PULLED}.pvm.tar.sha256")),
-        format!("{}  {PULLED}.pvm.tar\n", Sha256Digest::of(&bytes)),
-    )
-    .unwrap();
-    Some((store, bytes))
+    fx.template_store(PULLED)
 }
 
 /// A driver that pulls from `store` into the fixture's `templates` directory, reporting on
@@ -435,7 +378,7 @@ async fn a_missing_template_is_pulled_once_for_two_vms_and_both_clone_it() {
     }
     assert_eq!(
         fs::read(bundle.join("harddisk.hdd/disk.hds")).unwrap(),
-        disk_bytes()
+        bundle_disk()
     );
     // Neither the archive nor the marker is left.
     assert_eq!(template_dir(&fx), vec!["macos-16.pvm"]);
@@ -510,7 +453,7 @@ async fn what_an_interrupted_pull_left_is_removed_and_not_used() {
         bundle_config(PULLED, "{00000000-0000-4000-8000-000000000016}"),
     )
     .unwrap();
-    fs::write(bundle.join("harddisk.hdd/disk.hds"), &disk_bytes()[..1000]).unwrap();
+    fs::write(bundle.join("harddisk.hdd/disk.hds"), &bundle_disk()[..1000]).unwrap();
     fs::write(bundle.join("stale"), "left by the cut pull").unwrap();
     let pulls = Pulls::default();
     let heard = outcomes(&pulls);
@@ -529,7 +472,7 @@ async fn what_an_interrupted_pull_left_is_removed_and_not_used() {
     assert!(!bundle.join("stale").exists());
     assert_eq!(
         fs::read(bundle.join("harddisk.hdd/disk.hds")).unwrap(),
-        disk_bytes()
+        bundle_disk()
     );
     assert_eq!(template_dir(&fx), vec!["macos-16.pvm"]);
     assert_eq!(fx.state()["vms"]["berth-vm4"]["linked_from"], PULLED);
