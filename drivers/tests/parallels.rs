@@ -532,3 +532,83 @@ async fn a_pull_is_idempotent_when_the_template_is_there() {
             .exists()
     );
 }
+
+/// An HTTP image store that sends the first half of `archive` and then nothing more, as a store
+/// whose link stalled: a pull from it can only time out. Returns its URL.
+fn stalling_store(archive: Vec<u8>, digest: String) -> String {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            let mut request_line = String::new();
+            let mut reader = BufReader::new(conn.try_clone().unwrap());
+            reader.read_line(&mut request_line).unwrap();
+            loop {
+                let mut header = String::new();
+                if reader.read_line(&mut header).unwrap() == 0 || header == "\r\n" {
+                    break;
+                }
+            }
+            if request_line.contains(".sha256 ") {
+                let body = format!("{digest}  {PULLED}.pvm.tar\n");
+                let _ = write!(
+                    conn,
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+                    body.len()
+                );
+                continue;
+            }
+            let _ = write!(
+                conn,
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n",
+                archive.len()
+            );
+            let _ = conn.write_all(&archive[..archive.len() / 2]);
+            let _ = conn.flush();
+            // Silent for longer than the pull may take, then gone: the driver's reader of the
+            // store (a blocking thread, which the test's runtime waits for) ends then.
+            std::thread::sleep(Duration::from_secs(5));
+        }
+    });
+    url
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pull_that_times_out_removes_its_partial_copy() {
+    let Some(fx) = Fixture::start() else { return };
+    let Some((_, archive)) = store_with_template(&fx) else {
+        return;
+    };
+    let digest = Sha256Digest::of(&archive).to_string();
+    let url = stalling_store(archive, digest);
+    let mut options = fx.options();
+    options.insert("image_store".into(), url);
+    options.insert(
+        "template_dir".into(),
+        fx.path("templates").display().to_string(),
+    );
+    options.insert("pull_timeout_ms".into(), "3000".into());
+    let pulls = Pulls::default();
+    let heard = outcomes(&pulls);
+    let host = ParallelsHost::with_pulls(
+        HOST,
+        ParallelsConfig::from_options(&options).unwrap(),
+        pulls.clone(),
+    );
+
+    let e = host
+        .provision(&recipe(6, PULLED, 2, 4096))
+        .await
+        .unwrap_err();
+    assert!(e.is_transient(), "{e}");
+    assert!(e.to_string().contains("pull_timeout_ms"), "{e}");
+    // Half an archive was on the Mac: it and the marker are gone, nothing was registered.
+    assert_eq!(template_dir(&fx), Vec::<String>::new());
+    assert!(fx.state()["vms"].get(PULLED).is_none());
+    let heard = heard.lock().unwrap().clone();
+    assert_eq!(heard.len(), 1, "{heard:?}");
+    assert!(heard[0].error.is_some(), "{heard:?}");
+    assert_eq!(pulls.progress(HOST, PULLED), None);
+}

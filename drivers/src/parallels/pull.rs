@@ -16,8 +16,8 @@
 //! probe reports it and a pull leaves it alone.
 
 use std::io::Read;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use openssh::{Session, Stdio};
@@ -75,23 +75,23 @@ impl ParallelsHost {
         let started = Instant::now();
         let sent = AtomicU64::new(0);
         let registering = AtomicBool::new(false);
+        let writing_in = OnceLock::new();
         let limit = Duration::from_millis(self.config.pull_timeout_ms);
-        let work = self.pull_from(&store, template, &held, &sent, &registering);
-        let (pulled, dir) = match tokio::time::timeout(limit, work).await {
+        let work = self.pull_from(&store, template, &held, &sent, &registering, &writing_in);
+        let pulled = match tokio::time::timeout(limit, work).await {
             Ok(done) => done,
-            Err(_) => (
-                Err(self.transient(format!(
-                    "pulling template {template} took longer than {} ms (pull_timeout_ms)",
-                    self.config.pull_timeout_ms
-                ))),
-                None,
-            ),
+            Err(_) => Err(self.transient(format!(
+                "pulling template {template} took longer than {} ms (pull_timeout_ms)",
+                self.config.pull_timeout_ms
+            ))),
         };
         // Never leave a partial copy that could be used. Once `prlctl register` was asked, the
         // bundle may be registered: it stays, and the next pull finds the template or, if it
         // is not registered after all, removes it by its marker.
-        if pulled.is_err() && !registering.load(Ordering::SeqCst) {
-            self.remove_leftovers(dir.as_deref(), template).await;
+        if let (Err(_), Some(dir)) = (&pulled, writing_in.get())
+            && !registering.load(Ordering::SeqCst)
+        {
+            self.remove_leftovers(dir, template).await;
         }
         self.pulls.finished(&PullOutcome {
             host: self.name.clone(),
@@ -103,8 +103,8 @@ impl ParallelsHost {
         pulled
     }
 
-    /// The pull itself, once the template was found missing; also returns the template
-    /// directory once known, for the cleanup of a failure.
+    /// The pull itself, once the template was found missing. Once it may write into the
+    /// template directory it puts the directory in `writing_in`, for the cleanup of a failure.
     async fn pull_from(
         &self,
         store: &ImageStore,
@@ -112,34 +112,26 @@ impl ParallelsHost {
         held: &HeldTurn<'_>,
         sent: &AtomicU64,
         registering: &AtomicBool,
-    ) -> (Result<(), DriverError>, Option<String>) {
-        let found = match self.leftovers(template).await {
-            Ok(found) => found,
-            Err(e) => return (Err(e), None),
-        };
-        let dir = found.dir.clone();
+        writing_in: &OnceLock<String>,
+    ) -> Result<(), DriverError> {
+        let found = self.leftovers(template).await?;
+        let dir = found.dir;
         if found.marker {
             tracing::info!(host = %self.name, template, dir = %dir,
                 "removing what a pull cut short left");
-            if let Err(e) = self.remove_leftovers_or_fail(&dir, template).await {
-                // Nothing of this pull was written yet: the leftovers stay for the next one.
-                return (Err(e), None);
-            }
+            // Should this fail, the leftovers stay, with their marker, for the next pull.
+            self.remove_leftovers_or_fail(&dir, template).await?;
         } else if found.bundle {
             // Not berth's (no marker): never replaced.
-            return (
-                Err(self.host_err(format!(
-                    "template {template} is not registered, but {dir}/{template}{BUNDLE_EXT} is \
-                     there without berth's pull marker: register it (`prlctl register \
-                     {dir}/{template}{BUNDLE_EXT}`) or remove it"
-                ))),
-                None,
-            );
+            return Err(self.host_err(format!(
+                "template {template} is not registered, but {dir}/{template}{BUNDLE_EXT} is \
+                 there without berth's pull marker: register it (`prlctl register \
+                 {dir}/{template}{BUNDLE_EXT}`) or remove it"
+            )));
         }
-        let result = self
-            .transfer(store, template, &dir, held, sent, registering)
-            .await;
-        (result, Some(dir))
+        let dir = writing_in.get_or_init(|| dir);
+        self.transfer(store, template, dir, held, sent, registering)
+            .await
     }
 
     /// Copies the archive from `store`, checks it on the Mac, unpacks and registers it.
@@ -296,8 +288,7 @@ impl ParallelsHost {
 
     /// [`Self::remove_leftovers_or_fail`] after a failed pull: best effort, as the pull's own
     /// error is what the caller reports, and the marker makes the next pull finish the job.
-    async fn remove_leftovers(&self, dir: Option<&str>, template: &str) {
-        let Some(dir) = dir else { return };
+    async fn remove_leftovers(&self, dir: &str, template: &str) {
         if let Err(error) = self.remove_leftovers_or_fail(dir, template).await {
             tracing::warn!(host = %self.name, template, %error,
                 "cannot remove what a failed pull left; the next pull will");
