@@ -521,10 +521,11 @@ pub struct DriversSection {
     pub known_hosts: Option<PathBuf>,
     /// The image directory on libvirt hosts; default the driver's (`/var/lib/berth/images`).
     pub image_dir: Option<String>,
-    /// Where libvirt hosts pull base images they lack from: a directory (a network mount
-    /// works) or an `http://` URL holding `NAME.qcow2` and `NAME.qcow2.sha256`. A host's own
-    /// `image_store` option overrides it; without either, a missing base image is the host's
-    /// error.
+    /// Where libvirt and Parallels hosts pull base images they lack from: a directory (a
+    /// network mount works) or an `http://` URL holding `NAME.qcow2` and `NAME.qcow2.sha256`
+    /// for libvirt, `NAME.pvm.tar` and `NAME.pvm.tar.sha256` (a template's bundle) for
+    /// Parallels. A host's own `image_store` option overrides it; without either, a missing
+    /// base image is the host's error.
     pub image_store: Option<String>,
     /// The most the base images on each libvirt host may take (MiB): unused ones are evicted,
     /// least recently used first, to make room for a pull. A host's own `image_budget_mib`

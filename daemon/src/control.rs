@@ -1110,7 +1110,7 @@ impl Control {
         }
         let (actions, events) = drain(&mut self.s);
         commit.events = events;
-        let effects = Effects {
+        let mut effects = Effects {
             commit,
             actions,
             replies,
@@ -1125,11 +1125,18 @@ impl Control {
             Err(e) if crate::disk::is_disk_trouble(&e) => {
                 tracing::error!(error = %e, "the batch cannot be written: writes wait until it can be");
                 self.disk.failing = Some(e.to_string());
+                let queries = std::mem::take(&mut effects.queries);
                 self.unwritten = Some(Unwritten {
                     effects,
                     held: Vec::new(),
                 });
                 self.note_health();
+                // Reads are answered from memory while the batch waits, as `hold` answers
+                // those that come later: a read that came in this batch must not wait for the
+                // disk (its caller may be the one who would free it).
+                for (query, reply) in queries {
+                    let _ = reply.send(self.answer(query));
+                }
                 Ok(())
             }
             Err(e) => Err(e),

@@ -38,7 +38,8 @@ pub(crate) struct DriverDefaults {
     /// libvirt: the image directory on each host, if the `[drivers]` section names one (the
     /// driver's own default otherwise).
     pub image_dir: Option<String>,
-    /// libvirt: the image store hosts pull missing base images from.
+    /// libvirt and Parallels: the image store hosts pull missing base images (templates, on
+    /// Parallels) from.
     pub image_store: Option<String>,
     /// libvirt: the disk budget of each host's base images, unless the host gives its own.
     pub image_budget_mib: Option<u64>,
@@ -83,6 +84,9 @@ impl DriverDefaults {
             DriverKind::Parallels => {
                 default("known_hosts", self.known_hosts.display().to_string());
                 default("control_dir", self.control_dir.display().to_string());
+                if let Some(store) = &self.image_store {
+                    default("image_store", store.clone());
+                }
             }
         }
         options
@@ -124,7 +128,11 @@ pub(crate) fn build_driver(
                     )
                 })?;
             }
-            Arc::new(ParallelsHost::new(&host.name, config))
+            Arc::new(ParallelsHost::with_pulls(
+                &host.name,
+                config,
+                defaults.pulls.clone(),
+            ))
         }
     };
     if host.vcpus == 0 && host.memory_mib == 0 {
@@ -270,6 +278,32 @@ mod tests {
         );
         assert_eq!(o["known_hosts"], "/k");
         assert_eq!(default_slots(DriverKind::Parallels)["macos"], 2);
+    }
+
+    #[test]
+    fn parallels_hosts_take_the_drivers_section_image_store_unless_they_give_their_own() {
+        let section = DriversSection {
+            image_store: Some("http://mirror:8080/images".into()),
+            image_budget_mib: Some(20_480),
+            ..DriversSection::default()
+        };
+        let defaults = DriverDefaults::new(Path::new("/data"), &section);
+        let o = defaults.options(
+            DriverKind::Parallels,
+            &host("parallels", &[("ssh", "ci@mac1")]),
+        );
+        assert_eq!(o["image_store"], "http://mirror:8080/images");
+        // The budget is libvirt's: Parallels hosts evict nothing and would refuse the option.
+        assert!(!o.contains_key("image_budget_mib"));
+        let o = defaults.options(
+            DriverKind::Parallels,
+            &host(
+                "parallels",
+                &[("ssh", "ci@mac1"), ("image_store", "/srv/t")],
+            ),
+        );
+        assert_eq!(o["image_store"], "/srv/t");
+        ParallelsConfig::from_options(&o).expect("options a parallels host takes");
     }
 
     #[test]

@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::io::Read;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
 use sha2::{Digest as _, Sha256};
 
@@ -325,10 +325,12 @@ pub struct PullOutcome {
 pub type PullObserver = Arc<dyn Fn(&PullOutcome) + Send + Sync>;
 
 /// One image on one host: the turn that keeps its pulls one at a time, and the running pull's
-/// progress.
+/// progress. The turn is an async-aware lock so that a driver whose pull is async (Parallels,
+/// over SSH) can hold it across awaits, while a blocking one (libvirt) waits on it from its
+/// blocking thread.
 #[derive(Debug, Default)]
 struct Slot {
-    turn: Mutex<()>,
+    turn: tokio::sync::Mutex<()>,
     progress: Mutex<Option<PullProgress>>,
 }
 
@@ -486,9 +488,18 @@ pub struct PullTurn {
 
 impl PullTurn {
     /// Holds the turn: blocks while another pull of the same image to the same host runs.
+    /// For blocking threads only (it must not be called from async code).
     pub fn hold(&self) -> HeldTurn<'_> {
         HeldTurn {
-            _turn: self.slot.turn.lock().unwrap_or_else(|e| e.into_inner()),
+            _turn: self.slot.turn.blocking_lock(),
+            slot: &self.slot,
+        }
+    }
+
+    /// [`Self::hold`] for async code: waits without blocking a thread.
+    pub async fn hold_async(&self) -> HeldTurn<'_> {
+        HeldTurn {
+            _turn: self.slot.turn.lock().await,
             slot: &self.slot,
         }
     }
@@ -497,7 +508,7 @@ impl PullTurn {
 /// A held turn: the pull it guards reports progress through it; dropping it ends the pull's
 /// progress report.
 pub struct HeldTurn<'a> {
-    _turn: MutexGuard<'a, ()>,
+    _turn: tokio::sync::MutexGuard<'a, ()>,
     slot: &'a Slot,
 }
 
@@ -865,5 +876,34 @@ mod tests {
             "the second pull began before the first ended"
         );
         assert_eq!(pulls.progress("h1", "linux"), None);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_async_pull_waits_for_the_turn_a_blocking_pull_holds() {
+        let pulls = Pulls::default();
+        let (held_tx, held_rx) = std::sync::mpsc::channel();
+        let released = {
+            let pulls = pulls.clone();
+            std::thread::spawn(move || {
+                let t = pulls.turn("mac1", "macos-16");
+                let h = t.hold();
+                h.report("macos-16.pvm.tar", 1, 2);
+                held_tx.send(()).unwrap();
+                std::thread::sleep(std::time::Duration::from_millis(100));
+                let at = std::time::Instant::now();
+                drop(h);
+                at
+            })
+        };
+        held_rx.recv().unwrap();
+        let turn = pulls.turn("mac1", "macos-16");
+        let held = turn.hold_async().await;
+        let got = std::time::Instant::now();
+        assert!(got >= released.join().unwrap(), "both pulls held the turn");
+        held.report("macos-16.pvm.tar", 2, 2);
+        assert_eq!(
+            pulls.progress("mac1", "macos-16").map(|p| p.percent()),
+            Some(100)
+        );
     }
 }

@@ -149,9 +149,9 @@ pub enum DriverError {
         driver: DriverKind,
         what: &'static str,
     },
-    /// The host keeps no image store, so base images neither travel to it nor leave it through
-    /// berth: its driver does not pull, or no store is configured for it.
-    #[error("host {host} keeps no image store: {why}")]
+    /// The host takes no pulls or evictions on request: no image store is configured for it,
+    /// or its driver does not do them (it may still pull what a VM needs).
+    #[error("host {host} cannot pull or evict base images on request: {why}")]
     NoImageStore { host: String, why: String },
     /// A base image that must stay: named by the VMs, overlays or pulls that use it.
     #[error("base image {image} on host {host} is in use by {}", users.join(", "))]
@@ -239,9 +239,9 @@ pub trait Driver: Send + Sync {
         })
     }
 
-    /// Where the host pulls missing base images from (its image store, as configured), or
-    /// `None` when it keeps none: then [`Driver::pull_image`] and [`Driver::evict_image`]
-    /// answer [`DriverError::NoImageStore`].
+    /// Where the host pulls base images from on request (its image store, as configured), or
+    /// `None` when it takes no such pulls: then [`Driver::pull_image`] and
+    /// [`Driver::evict_image`] answer [`DriverError::NoImageStore`].
     fn image_store(&self) -> Option<String> {
         None
     }
@@ -263,11 +263,14 @@ pub trait Driver: Send + Sync {
         Err(self.no_image_store())
     }
 
-    /// The error of image calls on a host that keeps no image store.
+    /// The error of image calls on a host that takes none.
     fn no_image_store(&self) -> DriverError {
         DriverError::NoImageStore {
             host: self.host().to_owned(),
-            why: format!("{} hosts do not pull base images", self.kind()),
+            why: format!(
+                "the {} driver does not pull or evict on request",
+                self.kind()
+            ),
         }
     }
 }

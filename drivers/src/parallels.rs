@@ -8,8 +8,10 @@
 //! file: an unknown or changed key is an error naming the host, never an automatic accept.
 //!
 //! VMs are linked clones of a template VM (the recipe's `base_image` names the template),
-//! so a probe reports the templates present as the host's cached images. Apple's licence
-//! allows two macOS guests per Mac: [`host_slots`] gives the slot count a host spec carries.
+//! so a probe reports the templates present as the host's cached images. A template the Mac
+//! lacks is pulled from the host's image store, if it has one, over the same SSH connection
+//! (`pull`, in the `pull` submodule). Apple's licence allows two macOS guests per Mac:
+//! [`host_slots`] gives the slot count a host spec carries.
 //!
 //! Everything that comes back from the host is parsed strictly: output of an unexpected shape
 //! is an error that quotes what came back, so a changed tool version shows up as a clear
@@ -29,7 +31,12 @@ use openssh::{ControlPersist, KnownHosts, Session, SessionBuilder};
 use serde::Deserialize;
 use tokio::sync::Mutex;
 
+use crate::images::{ImageStore, Pulls};
 use crate::{ConsoleAddress, Driver, DriverError, HostFacts, VmListing, VmRecipe, parse_vm_name};
+
+mod pull;
+
+pub use pull::{ARCHIVE_EXT, PULLING_EXT};
 
 /// How many macOS guests one Mac may run at once (Apple's licence for macOS guests).
 pub const MACOS_SLOTS: u32 = 2;
@@ -103,7 +110,24 @@ pub const OPTIONS: &[(&str, &str)] = &[
         "prl_dir",
         "the directory of prlctl and prlsrvctl on the Mac (default /usr/local/bin; empty: PATH)",
     ),
+    (
+        "image_store",
+        "where missing templates are pulled from: a directory or http:// URL holding NAME.pvm.tar \
+         and NAME.pvm.tar.sha256 (default: none, a missing template is the host's error)",
+    ),
+    (
+        "template_dir",
+        "where pulled templates are unpacked on the Mac (default Parallels/berth-templates, from \
+         the login's home)",
+    ),
+    (
+        "pull_timeout_ms",
+        "how long one pull of a template may take (default 3600000)",
+    ),
 ];
+
+/// Where pulled templates go on the Mac, from the login's home directory.
+pub const TEMPLATE_DIR_DEFAULT: &str = "Parallels/berth-templates";
 
 /// A Parallels host's settings were wrong.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -144,6 +168,13 @@ pub struct ParallelsConfig {
     /// `PATH`. A command run over SSH on macOS gets a `PATH` without `/usr/local/bin`, where
     /// Parallels puts them, hence the default.
     pub prl_dir: Option<String>,
+    /// Where templates the Mac lacks are pulled from; `None`: a missing template is the host's
+    /// error.
+    pub image_store: Option<ImageStore>,
+    /// The directory on the Mac that pulled template bundles are unpacked into (relative paths
+    /// are from the login's home).
+    pub template_dir: String,
+    pub pull_timeout_ms: u64,
 }
 
 impl ParallelsConfig {
@@ -165,6 +196,9 @@ impl ParallelsConfig {
             vnc_port_base: 5901,
             vnc_ports: 100,
             prl_dir: Some(PRL_DIR_DEFAULT.to_owned()),
+            image_store: None,
+            template_dir: TEMPLATE_DIR_DEFAULT.to_owned(),
+            pull_timeout_ms: 3_600_000,
         })
     }
 
@@ -197,6 +231,31 @@ impl ParallelsConfig {
         if let Some(dir) = options.get("prl_dir") {
             // Empty: find the tools on the login's PATH.
             config.prl_dir = (!dir.is_empty()).then(|| dir.trim_end_matches('/').to_owned());
+        }
+        if let Some(store) = options.get("image_store") {
+            let parsed = store
+                .parse::<ImageStore>()
+                .map_err(|e| bad_value("image_store", store, &e.message))?;
+            config.image_store = Some(parsed);
+        }
+        if let Some(dir) = options.get("template_dir") {
+            // Passed to the Mac's shell as one quoted word; a newline would break the answers
+            // berth reads back, and a leading `-` would read as an option.
+            if dir.is_empty() || dir.starts_with('-') || dir.chars().any(char::is_control) {
+                return Err(bad_value(
+                    "template_dir",
+                    dir,
+                    "expected a directory path (relative paths are from the login's home)",
+                ));
+            }
+            // The Mac's shell gets the path quoted, so it would not expand `~/`; relative paths
+            // are from the home directory anyway.
+            let dir = dir.strip_prefix("~/").unwrap_or(dir);
+            config.template_dir = match dir.trim_end_matches('/') {
+                "" if dir.starts_with('/') => "/".to_owned(),
+                "" => ".".to_owned(),
+                trimmed => trimmed.to_owned(),
+            };
         }
         if let Some(jump) = options.get("jump") {
             config.jump_hosts = jump
@@ -232,6 +291,9 @@ impl ParallelsConfig {
         if let Some(n) = number("boot_timeout_ms", 100, day_ms)? {
             config.boot_timeout_ms = n;
         }
+        if let Some(n) = number("pull_timeout_ms", 1_000, 7 * day_ms)? {
+            config.pull_timeout_ms = n;
+        }
         // The bounds keep base + count inside the u16 port range.
         if let Some(n) = number("vnc_port_base", 1024, 60_000)? {
             config.vnc_port_base = n as u16;
@@ -263,6 +325,7 @@ impl ParallelsConfig {
             ("connect_timeout_ms", self.connect_timeout_ms),
             ("command_timeout_ms", self.command_timeout_ms),
             ("boot_timeout_ms", self.boot_timeout_ms),
+            ("pull_timeout_ms", self.pull_timeout_ms),
             ("vnc_port_base", u64::from(self.vnc_port_base)),
             ("vnc_ports", u64::from(self.vnc_ports)),
         ] {
@@ -272,6 +335,10 @@ impl ParallelsConfig {
             "prl_dir".to_owned(),
             self.prl_dir.clone().unwrap_or_default(),
         );
+        if let Some(store) = &self.image_store {
+            o.insert("image_store".to_owned(), store.to_string());
+        }
+        o.insert("template_dir".to_owned(), self.template_dir.clone());
         o
     }
 
@@ -366,6 +433,8 @@ pub struct ParallelsHost {
     /// The VNC passwords berth set, by VM. Parallels does not report them back, so a daemon
     /// restarted after provisioning offers the console without its password.
     vnc_passwords: StdMutex<BTreeMap<String, String>>,
+    /// The pulls of templates, shared with the other hosts' drivers of the daemon.
+    pulls: Pulls,
 }
 
 impl fmt::Debug for ParallelsHost {
@@ -438,12 +507,19 @@ impl RunError {
 impl ParallelsHost {
     /// A driver for the host called `name` (as the operator added it).
     pub fn new(name: &str, config: ParallelsConfig) -> ParallelsHost {
+        ParallelsHost::with_pulls(name, config, Pulls::default())
+    }
+
+    /// A driver that reports its pulls of templates on `pulls`, the board the daemon reads to
+    /// show a provisioning VM's progress.
+    pub fn with_pulls(name: &str, config: ParallelsConfig, pulls: Pulls) -> ParallelsHost {
         ParallelsHost {
             name: name.to_owned(),
             config,
             session: Mutex::new(Connection::default()),
             vnc_ports: Mutex::new(()),
             vnc_passwords: StdMutex::new(BTreeMap::new()),
+            pulls,
         }
     }
 
@@ -611,11 +687,22 @@ impl ParallelsHost {
 
     /// Runs `program args..` on the host and returns its standard output.
     async fn run_bytes(&self, program: &str, args: &[&str]) -> Result<Vec<u8>, RunError> {
+        let limit = Duration::from_millis(self.config.command_timeout_ms);
+        self.run_bytes_within(program, args, limit).await
+    }
+
+    /// [`Self::run_bytes`] with its own time limit, for commands whose time grows with what
+    /// they handle (hashing or unpacking a template).
+    async fn run_bytes_within(
+        &self,
+        program: &str,
+        args: &[&str],
+        limit: Duration,
+    ) -> Result<Vec<u8>, RunError> {
         let command = describe_command(program, args);
         let session = self.session().await.map_err(RunError::Transport)?;
         let mut cmd = Session::to_command(session.clone(), self.tool(program));
         cmd.args(args);
-        let limit = Duration::from_millis(self.config.command_timeout_ms);
         let output = match tokio::time::timeout(limit, cmd.output()).await {
             Err(_) => {
                 // A hung command usually means a dead link: start over with a new connection.
@@ -625,15 +712,28 @@ impl ParallelsHost {
                     limit.as_millis()
                 ))));
             }
-            Ok(Err(error)) => {
-                self.reset(&session).await;
+            Ok(output) => output,
+        };
+        self.judge(&session, command, output).await
+    }
+
+    /// What a command that ran on `session` came to: its standard output, or how it failed.
+    async fn judge(
+        &self,
+        session: &Arc<Session>,
+        command: String,
+        output: Result<std::process::Output, openssh::Error>,
+    ) -> Result<Vec<u8>, RunError> {
+        let output = match output {
+            Err(error) => {
+                self.reset(session).await;
                 return Err(RunError::Transport(self.transient(format!(
                     "`{command}`: the ssh connection to {} was lost ({})",
                     self.config.destination(),
                     error_chain(&error)
                 ))));
             }
-            Ok(Ok(output)) => output,
+            Ok(output) => output,
         };
         let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
         if !output.status.success() {
@@ -641,9 +741,10 @@ impl ParallelsHost {
             // ssh exits with 255 when the connection failed; a remote command may too, so ask
             // the control master whether it is still alive.
             if code == Some(255) {
+                let limit = Duration::from_millis(self.config.command_timeout_ms);
                 let alive = tokio::time::timeout(limit, session.check()).await;
                 if !matches!(alive, Ok(Ok(()))) {
-                    self.reset(&session).await;
+                    self.reset(session).await;
                     return Err(RunError::Transport(self.transient(format!(
                         "`{command}`: the ssh connection to {} failed: {}",
                         self.config.destination(),
@@ -723,10 +824,16 @@ impl ParallelsHost {
         }
     }
 
-    /// Makes the VM: a linked clone of the template, then [`finish`](Self::finish).
+    /// Makes the VM: a linked clone of the template (pulled first when the Mac lacks it and
+    /// an image store is configured), then [`finish`](Self::finish).
     async fn create(&self, vm: &VmRecipe) -> Result<(), DriverError> {
         let templates = self.list_templates().await?;
-        if !templates.iter().any(|t| t == &vm.base_image) {
+        let present = templates.iter().any(|t| t == &vm.base_image);
+        if !present && self.config.image_store.is_some() {
+            // One pull per template and host: a provisioning that finds one running waits for
+            // it, then finds the template there.
+            self.pull(&vm.base_image).await?;
+        } else if !present {
             return Err(self.host_err(format!(
                 "template vm {} is not on this host (templates: {})",
                 vm.base_image,
@@ -1221,6 +1328,38 @@ mod tests {
     }
 
     #[test]
+    fn image_store_options_are_checked() {
+        let c = ParallelsConfig::from_options(&opts(&[("ssh", "mac")])).unwrap();
+        assert_eq!(c.image_store, None);
+        assert_eq!(c.template_dir, TEMPLATE_DIR_DEFAULT);
+        let c = ParallelsConfig::from_options(&opts(&[
+            ("ssh", "mac"),
+            ("image_store", "/srv/templates"),
+            ("template_dir", "/Volumes/vms/templates/"),
+        ]))
+        .unwrap();
+        assert_eq!(
+            c.image_store,
+            Some(ImageStore::Dir(PathBuf::from("/srv/templates")))
+        );
+        assert_eq!(c.template_dir, "/Volumes/vms/templates");
+        let c = ParallelsConfig::from_options(&opts(&[("ssh", "m"), ("template_dir", "~/t/")]))
+            .unwrap();
+        assert_eq!(c.template_dir, "t");
+        let e = ParallelsConfig::from_options(&opts(&[("ssh", "m"), ("image_store", "templates")]))
+            .unwrap_err();
+        assert!(
+            e.to_string().contains("image_store") && e.to_string().contains("absolute"),
+            "{e}"
+        );
+        for bad in ["", "-rf", "a\nb"] {
+            let e = ParallelsConfig::from_options(&opts(&[("ssh", "m"), ("template_dir", bad)]))
+                .unwrap_err();
+            assert!(e.to_string().contains("template_dir"), "{e}");
+        }
+    }
+
+    #[test]
     fn list_output_is_parsed_strictly() {
         let out = r#"[{"uuid": "{1}", "status": "running", "ip_configured": "-", "name": "berth-vm1"},
                       {"uuid": "{2}", "status": "stopped", "ip_configured": "-", "name": "other"}]"#;
@@ -1307,6 +1446,9 @@ mod tests {
         c.jump_hosts = vec!["a".into(), "b".into()];
         c.command_timeout_ms = 1234;
         c.prl_dir = None;
+        c.image_store = Some(ImageStore::Http("http://mirror:8080/templates".into()));
+        c.template_dir = "/Volumes/vms/templates".into();
+        c.pull_timeout_ms = 60_000;
         assert_eq!(ParallelsConfig::from_options(&c.to_options()).unwrap(), c);
         let d = ParallelsConfig::new("mac").unwrap();
         assert_eq!(ParallelsConfig::from_options(&d.to_options()).unwrap(), d);

@@ -11,12 +11,15 @@
 #![allow(clippy::unwrap_used)]
 
 use std::fs;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use berth_drivers::images::{PullOutcome, Pulls, Sha256Digest};
 use berth_drivers::parallels::{ParallelsConfig, ParallelsHost};
 use berth_drivers::{Driver, DriverError, VmListing, VmRecipe, vm_name};
 use berth_sched::{FailureKind, GuestOs, Shape};
-use berth_testkit::sshd::{Fixture, HOST, TEMPLATE, keygen};
+use berth_testkit::sshd::{Fixture, HOST, TEMPLATE, bundle_config, bundle_disk, keygen};
 use serde_json::json;
 
 /// The driver's settings for the fixture's sshd, read from its options as the daemon reads a
@@ -258,4 +261,354 @@ async fn cut_link_fails_probes_within_the_timeout_and_restored_link_recovers() {
     // VMs work again too.
     host.provision(&recipe(1, TEMPLATE, 2, 4096)).await.unwrap();
     host.destroy("berth-vm1").await.unwrap();
+}
+
+// Pulls of templates from an image store. The store is a directory on this machine; the Mac's
+// template directory is one in the fixture's, which the tests look into directly (the sshd
+// logs in as the user running them).
+
+const PULLED: &str = "macos-16";
+
+/// An image store holding template [`PULLED`], and its archive's bytes.
+fn store_with_template(fx: &Fixture) -> Option<(std::path::PathBuf, Vec<u8>)> {
+    fx.template_store(PULLED)
+}
+
+/// A driver that pulls from `store` into the fixture's `templates` directory, reporting on
+/// `pulls`.
+fn pulling_driver(fx: &Fixture, store: &std::path::Path, pulls: &Pulls) -> ParallelsHost {
+    let mut options = fx.options();
+    options.insert("image_store".into(), store.display().to_string());
+    options.insert(
+        "template_dir".into(),
+        fx.path("templates").display().to_string(),
+    );
+    let config = ParallelsConfig::from_options(&options).unwrap();
+    ParallelsHost::with_pulls(HOST, config, pulls.clone())
+}
+
+/// Every pull that ends, as the daemon's metrics and hooks hear them.
+fn outcomes(pulls: &Pulls) -> Arc<Mutex<Vec<PullOutcome>>> {
+    let heard = Arc::new(Mutex::new(Vec::new()));
+    let sink = heard.clone();
+    pulls.observe(Arc::new(move |o: &PullOutcome| {
+        sink.lock().unwrap().push(o.clone())
+    }));
+    heard
+}
+
+/// What the Mac's template directory holds, sorted.
+fn template_dir(fx: &Fixture) -> Vec<String> {
+    let mut names: Vec<String> = match fs::read_dir(fx.path("templates")) {
+        Ok(entries) => entries
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect(),
+        Err(_) => Vec::new(),
+    };
+    names.sort();
+    names
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_template_is_pulled_once_for_two_vms_and_both_clone_it() {
+    let Some(fx) = Fixture::start() else { return };
+    let Some((store, archive)) = store_with_template(&fx) else {
+        return;
+    };
+    let pulls = Pulls::default();
+    let heard = outcomes(&pulls);
+    let host = pulling_driver(&fx, &store, &pulls);
+    assert!(
+        !host
+            .probe()
+            .await
+            .unwrap()
+            .images
+            .contains(&PULLED.to_owned())
+    );
+
+    // Watch the board as the daemon does for a provisioning VM's detail.
+    let stop = Arc::new(AtomicBool::new(false));
+    let watcher = {
+        let (pulls, stop) = (pulls.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut seen = Vec::new();
+            while !stop.load(Ordering::SeqCst) {
+                seen.extend(pulls.progress(HOST, PULLED));
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            seen
+        })
+    };
+    let (a, b) = (recipe(1, PULLED, 2, 4096), recipe(2, PULLED, 3, 6144));
+    let (ra, rb) = tokio::join!(host.provision(&a), host.provision(&b));
+    stop.store(true, Ordering::SeqCst);
+    let seen = watcher.join().unwrap();
+    ra.unwrap();
+    rb.unwrap();
+
+    // One pull, whole, however many VMs waited for it.
+    let heard = heard.lock().unwrap().clone();
+    assert_eq!(heard.len(), 1, "{heard:?}");
+    assert_eq!(heard[0].error, None);
+    assert_eq!(
+        (heard[0].host.as_str(), heard[0].image.as_str()),
+        (HOST, PULLED)
+    );
+    assert_eq!(heard[0].bytes, archive.len() as u64);
+    // Its progress was on the board while it ran, and is gone now.
+    assert!(!seen.is_empty(), "no progress was reported");
+    assert!(
+        seen.iter()
+            .all(|p| p.file == "macos-16.pvm.tar" && p.total_bytes == archive.len() as u64),
+        "{seen:?}"
+    );
+    assert!(seen.iter().any(|p| p.percent() == 100), "{seen:?}");
+    assert_eq!(pulls.progress(HOST, PULLED), None);
+
+    // Registered from the unpacked bundle, and both VMs are linked clones of it.
+    let state = fx.state();
+    let template = &state["vms"][PULLED];
+    assert_eq!(template["template"], true);
+    let bundle = fx.path("templates").join("macos-16.pvm");
+    assert_eq!(template["home"], json!(bundle.display().to_string()));
+    for vm in ["berth-vm1", "berth-vm2"] {
+        assert_eq!(state["vms"][vm]["linked_from"], PULLED, "{vm}");
+        assert_eq!(state["vms"][vm]["status"], "running", "{vm}");
+    }
+    assert_eq!(
+        fs::read(bundle.join("harddisk.hdd/disk.hds")).unwrap(),
+        bundle_disk()
+    );
+    // Neither the archive nor the marker is left.
+    assert_eq!(template_dir(&fx), vec!["macos-16.pvm"]);
+    assert!(
+        host.probe()
+            .await
+            .unwrap()
+            .images
+            .contains(&PULLED.to_owned())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_store_copy_is_refused_naming_image_and_digest_and_leaves_nothing() {
+    let Some(fx) = Fixture::start() else { return };
+    let Some((store, archive)) = store_with_template(&fx) else {
+        return;
+    };
+    // One byte of the disk changed after the digest was taken.
+    let digest = Sha256Digest::of(&archive).to_string();
+    let mut corrupt = archive.clone();
+    let middle = corrupt.len() / 2;
+    corrupt[middle] ^= 0x01;
+    fs::write(store.join("macos-16.pvm.tar"), &corrupt).unwrap();
+    let pulls = Pulls::default();
+    let heard = outcomes(&pulls);
+    let host = pulling_driver(&fx, &store, &pulls);
+
+    let e = host
+        .provision(&recipe(3, PULLED, 2, 4096))
+        .await
+        .unwrap_err();
+    let msg = e.to_string();
+    assert_eq!(e.kind(), FailureKind::Request, "{msg}");
+    assert!(
+        msg.contains("macos-16.pvm.tar") && msg.contains(&digest),
+        "{msg}"
+    );
+    assert!(msg.contains(HOST), "{msg}");
+    // Nothing registered, nothing cloned, nothing left in the template directory.
+    let state = fx.state();
+    assert!(state["vms"].get(PULLED).is_none(), "{state}");
+    assert!(state["vms"].get("berth-vm3").is_none(), "{state}");
+    assert_eq!(template_dir(&fx), Vec::<String>::new());
+    let heard = heard.lock().unwrap().clone();
+    assert_eq!(heard.len(), 1, "{heard:?}");
+    assert!(
+        heard[0]
+            .error
+            .as_deref()
+            .is_some_and(|m| m.contains(&digest)),
+        "{heard:?}"
+    );
+    assert_eq!(pulls.progress(HOST, PULLED), None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_an_interrupted_pull_left_is_removed_and_not_used() {
+    let Some(fx) = Fixture::start() else { return };
+    let Some((store, archive)) = store_with_template(&fx) else {
+        return;
+    };
+    // A pull cut short by a crash while it unpacked: its marker, half the archive, and a
+    // bundle that looks whole enough to register but is not what the store holds.
+    let dir = fx.path("templates");
+    let bundle = dir.join("macos-16.pvm");
+    fs::create_dir_all(bundle.join("harddisk.hdd")).unwrap();
+    fs::write(dir.join("macos-16.pvm.tar.pulling"), "").unwrap();
+    fs::write(dir.join("macos-16.pvm.tar"), &archive[..archive.len() / 2]).unwrap();
+    fs::write(
+        bundle.join("config.pvs"),
+        bundle_config(PULLED, "{00000000-0000-4000-8000-000000000016}"),
+    )
+    .unwrap();
+    fs::write(bundle.join("harddisk.hdd/disk.hds"), &bundle_disk()[..1000]).unwrap();
+    fs::write(bundle.join("stale"), "left by the cut pull").unwrap();
+    let pulls = Pulls::default();
+    let heard = outcomes(&pulls);
+    let host = pulling_driver(&fx, &store, &pulls);
+    // A partial copy is never reported as a template.
+    assert!(
+        !host
+            .probe()
+            .await
+            .unwrap()
+            .images
+            .contains(&PULLED.to_owned())
+    );
+
+    host.provision(&recipe(4, PULLED, 2, 4096)).await.unwrap();
+    assert!(!bundle.join("stale").exists());
+    assert_eq!(
+        fs::read(bundle.join("harddisk.hdd/disk.hds")).unwrap(),
+        bundle_disk()
+    );
+    assert_eq!(template_dir(&fx), vec!["macos-16.pvm"]);
+    assert_eq!(fx.state()["vms"]["berth-vm4"]["linked_from"], PULLED);
+    assert_eq!(heard.lock().unwrap().len(), 1);
+
+    // A bundle there without berth's marker is someone else's: refused, never replaced.
+    let foreign = dir.join("macos-17.pvm");
+    fs::create_dir_all(&foreign).unwrap();
+    fs::write(
+        foreign.join("config.pvs"),
+        bundle_config("macos-17", "{17}"),
+    )
+    .unwrap();
+    let e = host
+        .provision(&recipe(5, "macos-17", 2, 4096))
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), FailureKind::Host, "{e}");
+    assert!(
+        e.to_string().contains("macos-17.pvm") && e.to_string().contains("prlctl register"),
+        "{e}"
+    );
+    assert!(foreign.join("config.pvs").exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pull_is_idempotent_when_the_template_is_there() {
+    let Some(fx) = Fixture::start() else { return };
+    let Some((store, _)) = store_with_template(&fx) else {
+        return;
+    };
+    let pulls = Pulls::default();
+    let heard = outcomes(&pulls);
+    let host = pulling_driver(&fx, &store, &pulls);
+
+    // A template the Mac holds already (not in the store at all) pulls nothing.
+    host.pull(TEMPLATE).await.unwrap();
+    host.provision(&recipe(1, TEMPLATE, 2, 4096)).await.unwrap();
+    assert!(heard.lock().unwrap().is_empty());
+    assert_eq!(template_dir(&fx), Vec::<String>::new());
+
+    host.pull(PULLED).await.unwrap();
+    host.pull(PULLED).await.unwrap();
+    host.provision(&recipe(2, PULLED, 2, 4096)).await.unwrap();
+    assert_eq!(heard.lock().unwrap().len(), 1);
+    // A crash between registering and removing the marker: the template is whole (registered
+    // only after its digest matched), so it is kept and nothing is pulled again.
+    let marker = fx.path("templates").join("macos-16.pvm.tar.pulling");
+    fs::write(&marker, "").unwrap();
+    host.pull(PULLED).await.unwrap();
+    host.provision(&recipe(3, PULLED, 2, 4096)).await.unwrap();
+    assert_eq!(heard.lock().unwrap().len(), 1);
+    assert_eq!(fx.state()["vms"][PULLED]["template"], true);
+    assert!(
+        fx.path("templates")
+            .join("macos-16.pvm/config.pvs")
+            .exists()
+    );
+}
+
+/// An HTTP image store that sends the first half of `archive` and then nothing more, as a store
+/// whose link stalled: a pull from it can only time out. Returns its URL.
+fn stalling_store(archive: Vec<u8>, digest: String) -> String {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            let mut request_line = String::new();
+            let mut reader = BufReader::new(conn.try_clone().unwrap());
+            reader.read_line(&mut request_line).unwrap();
+            loop {
+                let mut header = String::new();
+                if reader.read_line(&mut header).unwrap() == 0 || header == "\r\n" {
+                    break;
+                }
+            }
+            if request_line.contains(".sha256 ") {
+                let body = format!("{digest}  {PULLED}.pvm.tar\n");
+                let _ = write!(
+                    conn,
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+                    body.len()
+                );
+                continue;
+            }
+            let _ = write!(
+                conn,
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n",
+                archive.len()
+            );
+            let _ = conn.write_all(&archive[..archive.len() / 2]);
+            let _ = conn.flush();
+            // Silent for longer than the pull may take, then gone: the driver's reader of the
+            // store (a blocking thread, which the test's runtime waits for) ends then.
+            std::thread::sleep(Duration::from_secs(5));
+        }
+    });
+    url
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pull_that_times_out_removes_its_partial_copy() {
+    let Some(fx) = Fixture::start() else { return };
+    let Some((_, archive)) = store_with_template(&fx) else {
+        return;
+    };
+    let digest = Sha256Digest::of(&archive).to_string();
+    let url = stalling_store(archive, digest);
+    let mut options = fx.options();
+    options.insert("image_store".into(), url);
+    options.insert(
+        "template_dir".into(),
+        fx.path("templates").display().to_string(),
+    );
+    options.insert("pull_timeout_ms".into(), "3000".into());
+    let pulls = Pulls::default();
+    let heard = outcomes(&pulls);
+    let host = ParallelsHost::with_pulls(
+        HOST,
+        ParallelsConfig::from_options(&options).unwrap(),
+        pulls.clone(),
+    );
+
+    let e = host
+        .provision(&recipe(6, PULLED, 2, 4096))
+        .await
+        .unwrap_err();
+    assert!(e.is_transient(), "{e}");
+    assert!(e.to_string().contains("pull_timeout_ms"), "{e}");
+    // Half an archive was on the Mac: it and the marker are gone, nothing was registered.
+    assert_eq!(template_dir(&fx), Vec::<String>::new());
+    assert!(fx.state()["vms"].get(PULLED).is_none());
+    let heard = heard.lock().unwrap().clone();
+    assert_eq!(heard.len(), 1, "{heard:?}");
+    assert!(heard[0].error.is_some(), "{heard:?}");
+    assert_eq!(pulls.progress(HOST, PULLED), None);
 }

@@ -5,6 +5,9 @@ use std::io::{BufRead, BufReader, Read};
 
 use serde_json::Value;
 
+/// How long one call may wait for its whole answer: far past any answer a test asks for.
+pub const CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
+
 /// The daemon at `url`, asked with `token` (or with none, to see the refusal).
 #[derive(Clone, Debug)]
 pub struct Api {
@@ -31,9 +34,10 @@ impl Api {
     }
 
     /// The status and the JSON body (`null` when there is none) of `method path`; fails the test
-    /// only when the daemon cannot be reached.
+    /// only when the daemon cannot be reached or does not answer within `CALL_TIMEOUT` (a
+    /// daemon that stops answering fails the test, naming the call, instead of hanging it).
     pub fn call(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
-        let req = self.request(method, path);
+        let req = self.request(method, path).timeout(CALL_TIMEOUT);
         let resp = match body {
             Some(b) => req.send_json(b),
             None => req.call(),

@@ -82,6 +82,26 @@ pub fn initial_state() -> serde_json::Value {
     })
 }
 
+/// A template bundle's `config.pvs` as Parallels writes one: VM `name`, marked a template.
+pub fn bundle_config(name: &str, uuid: &str) -> String {
+    format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<ParallelsVirtualMachine schemaVersion=\"1.0\">\n\
+         <Identification dyn_lists=\"\">\n<VmUuid>{uuid}</VmUuid>\n<VmName>{name}</VmName>\n\
+         </Identification>\n<Settings dyn_lists=\"\">\n<General dyn_lists=\"\">\n\
+         <IsTemplate>1</IsTemplate>\n</General>\n</Settings>\n<Hardware dyn_lists=\"\">\n\
+         <Cpu dyn_lists=\"\">\n<Number>4</Number>\n</Cpu>\n<Memory dyn_lists=\"\">\n\
+         <RAM>8192</RAM>\n</Memory>\n</Hardware>\n</ParallelsVirtualMachine>\n"
+    )
+}
+
+/// The disk of the test templates: 6 MiB that differ from byte to byte, so that a copy cut or
+/// shifted anywhere shows.
+pub fn bundle_disk() -> Vec<u8> {
+    (0..6u32 << 20)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect()
+}
+
 /// How libvirt reaches the fixture's sshd.
 #[derive(Clone, Copy, Debug)]
 pub enum LibvirtSsh {
@@ -429,6 +449,52 @@ impl Fixture {
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))
         .collect()
+    }
+
+    /// An image store (the directory `store` in the fixture's) holding template `name` as a
+    /// Parallels host pulls it: `NAME.pvm.tar`, the bundle `NAME.pvm` (its `config.pvs` and a
+    /// disk of [`bundle_disk`]), and `NAME.pvm.tar.sha256`. Returns the store and the archive's
+    /// bytes, or `None` after [`skip_or_fail`] when `tar` or `shasum` (which a pull runs on the
+    /// Mac, and macOS has) is missing here.
+    pub fn template_store(&self, name: &str) -> Option<(PathBuf, Vec<u8>)> {
+        for tool in ["tar", "shasum"] {
+            if find_program(tool).is_none() {
+                skip_or_fail(format_args!(
+                    "{tool} is not installed (a template pull runs it on the Mac; \
+                     ci/ssh-setup.sh installs it)"
+                ));
+                return None;
+            }
+        }
+        let src = self.path("bundle-src");
+        let bundle = src.join(format!("{name}.pvm"));
+        fs::create_dir_all(bundle.join("harddisk.hdd")).unwrap();
+        fs::write(
+            bundle.join("config.pvs"),
+            bundle_config(name, "{00000000-0000-4000-8000-000000000016}"),
+        )
+        .unwrap();
+        fs::write(bundle.join("harddisk.hdd/disk.hds"), bundle_disk()).unwrap();
+        let store = self.path("store");
+        fs::create_dir_all(&store).unwrap();
+        let file = format!("{name}.pvm.tar");
+        run(Command::new("tar")
+            .arg("-cf")
+            .arg(store.join(&file))
+            .arg("-C")
+            .arg(&src)
+            .arg(format!("{name}.pvm")));
+        let sum = run(Command::new("shasum")
+            .args(["-a", "256"])
+            .arg(store.join(&file)));
+        let digest = sum.split_whitespace().next().unwrap().to_owned();
+        fs::write(
+            store.join(format!("{file}.sha256")),
+            format!("{digest}  {file}\n"),
+        )
+        .unwrap();
+        let bytes = fs::read(store.join(&file)).unwrap();
+        Some((store, bytes))
     }
 
     /// The stand-ins' state: the Mac and its VMs.

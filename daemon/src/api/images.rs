@@ -305,7 +305,8 @@ fn push_targets<'a>(
                     409,
                     "hosts",
                     format!(
-                        "these hosts keep no image store, so nothing can be pulled to them: {}",
+                        "these hosts take no pulls on request (no image store, or a driver \
+                         that pulls only what a VM needs): {}",
                         no_store.join(", ")
                     ),
                 ));
@@ -340,7 +341,7 @@ fn push_targets<'a>(
                 return Err(ApiError::field(
                     409,
                     "driver",
-                    format!("no ready {kind} host keeps an image store"),
+                    format!("no ready {kind} host takes pulls on request"),
                 ));
             }
             Ok(targets)
@@ -530,6 +531,6 @@ mod tests {
         let e = refused(&hosts, &push(&[], Some("xen")));
         assert!(e.error.contains("unknown driver `xen`"), "{}", e.error);
         let e = refused(&hosts, &push(&[], Some("libvirt")));
-        assert_eq!(e.error, "no ready libvirt host keeps an image store");
+        assert_eq!(e.error, "no ready libvirt host takes pulls on request");
     }
 }

@@ -349,3 +349,79 @@ fn a_parallels_host_with_a_cut_link_goes_to_error_and_its_vms_are_retried_elsewh
         berth_vms(&fx).is_empty()
     });
 }
+
+/// A Mac that lacks a template pulls it from the image store in `[drivers]`, once for the two
+/// VMs that need it; the VMs waiting for it show the pull as their detail, and the pull reaches
+/// the metrics.
+#[test]
+fn a_parallels_host_pulls_a_missing_template_once_and_shows_it_as_the_vms_detail() {
+    let Some(fx) = Fixture::start() else { return };
+    let Some((store, _)) = fx.template_store("macos-16") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut opts = options(&fx);
+    opts.insert(
+        "template_dir".into(),
+        fx.path("templates").display().to_string(),
+    );
+    let mut config = config(&[("mac1", opts)]);
+    config.push_str(&format!(
+        "\n[[templates]]\nname = \"macos16\"\nguest_os = \"macos\"\nbase_image = \"macos-16\"\n\
+         vcpus = 2\nmemory_mib = 4096\nslot = \"macos\"\n\n[drivers]\nimage_store = {}\n",
+        json!(store.display().to_string())
+    ));
+    let d = TestDaemon::start(dir.path(), &config);
+    d.wait_for("mac1 ready", |d| d.host_state("mac1") == "ready");
+
+    let r = d.ok(
+        "POST",
+        "/v1/requests",
+        Some(json!({"template": "macos16", "count": 2})),
+    )["id"]
+        .as_u64()
+        .unwrap();
+    let mut details = Vec::new();
+    wait_within(
+        "two vms of the pulled template running",
+        Duration::from_secs(60),
+        || {
+            let vms = request_vms(&d, r);
+            for v in &vms {
+                if let Some(id) = v["id"].as_u64() {
+                    let vm = d.ok("GET", &format!("/v1/vms/{id}"), None);
+                    if let Some(detail) = vm["detail"].as_str() {
+                        details.push(detail.to_owned());
+                    }
+                }
+            }
+            vms.len() == 2 && vms.iter().all(|v| v["state"] == "running")
+        },
+    );
+    assert!(
+        details
+            .iter()
+            .any(|d| d.starts_with("pulling macos-16.pvm.tar ") && d.ends_with('%')),
+        "{details:?}"
+    );
+    let state = fx.state();
+    assert_eq!(state["vms"]["macos-16"]["template"], true, "{state}");
+    for name in berth_vms(&fx) {
+        assert_eq!(state["vms"][&name]["linked_from"], "macos-16", "{state}");
+    }
+    let metrics = ureq::get(&format!("{}/metrics", d.url))
+        .set("Authorization", &format!("Bearer {}", d.token))
+        .call()
+        .unwrap()
+        .into_string()
+        .unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("berth_image_pulls_total{")
+                && l.contains("host=\"mac1\"")
+                && l.contains("outcome=\"ok\"")
+                && l.ends_with(" 1")),
+        "{metrics}"
+    );
+}

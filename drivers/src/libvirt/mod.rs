@@ -392,7 +392,9 @@ impl LibvirtHost {
         }
         Err(DriverError::NoImageStore {
             host: self.inner.host.clone(),
-            why: "set image_store in its options or in the [drivers] section".to_owned(),
+            why: "it keeps no image store (set image_store in its options or in the [drivers] \
+                  section)"
+                .to_owned(),
         })
     }
 
