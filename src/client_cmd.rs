@@ -1,5 +1,5 @@
-//! The client commands over the daemon's HTTP API: `berth request`, `change`, `vm`, `host`, `template`,
-//! `events`, `hook`, `orphan` and `status`. Tables for people by default (`-o wide` for more
+//! The client commands over the daemon's HTTP API: `berth request`, `change`, `vm`, `host`,
+//! `image`, `template`, `events`, `hook`, `orphan` and `status`. Tables for people by default (`-o wide` for more
 //! columns, `--watch` to redraw), the API's values for scripts (`-o json|yaml`); exit codes as
 //! [`crate::exit`] documents them.
 
@@ -926,6 +926,9 @@ enum HostAction {
         #[command(flatten)]
         watch: Watch,
     },
+    /// One host: state, capacity, the base images it holds (size, last use), its image disk
+    /// against its budget, and the pulls running to it.
+    Show { name: String },
     /// Add a host; it is probed and becomes ready with no restart.
     ///
     /// libvirt: `--driver libvirt --uri qemu:///system [--image-dir DIR] [--domain-type qemu]`;
@@ -1028,6 +1031,7 @@ fn hosts_text(hosts: &[api::HostRow], wide: bool) -> String {
         ("SLOTS", false),
         ("VMS", false),
         ("DRAIN", false),
+        ("IMAGES", true),
         ("LABELS", true),
         ("PROBED", true),
         ("FAILURES", true),
@@ -1062,6 +1066,7 @@ fn hosts_text(hosts: &[api::HostRow], wide: bool) -> String {
                 }
                 Some(None) => "no estimate".into(),
             },
+            images_cell(h),
             if h.labels.is_empty() {
                 "-".into()
             } else {
@@ -1076,6 +1081,86 @@ fn hosts_text(hosts: &[api::HostRow], wide: bool) -> String {
         ]);
     }
     t.render(wide)
+}
+
+/// A host's images in a list: their names, and the pulls running to it (`linux,win11 +1↓`).
+fn images_cell(h: &api::HostRow) -> String {
+    let names: Vec<&str> = h.images.iter().map(|i| i.name.as_str()).collect();
+    let mut cell = if names.is_empty() {
+        "-".to_owned()
+    } else {
+        names.join(",")
+    };
+    if !h.pulls.is_empty() {
+        cell.push_str(&format!(" +{}↓", h.pulls.len()));
+    }
+    cell
+}
+
+/// One host for people: its state and capacity, then its images, image disk and pulls.
+fn host_text(h: &api::HostRow, now: u64) -> String {
+    let mut text = format!(
+        "{} ({}, {}) {}\ncpus {}/{}, memory {}/{}, {} VMs\n",
+        h.name,
+        h.driver,
+        h.class(),
+        h.state,
+        milli(h.vcpus_used_milli),
+        milli(h.vcpus_milli),
+        human::mib(h.memory_used_mib),
+        human::mib(h.memory_mib),
+        h.vms
+    );
+    if let Some(d) = &h.drain {
+        text.push_str(&format!("draining: {}\n", drain_text(d, now)));
+    }
+    match &h.image_disk {
+        Some(d) => text.push_str(&format!(
+            "image disk {} of {} budget\n",
+            bytes(d.used_bytes),
+            bytes(d.budget_bytes)
+        )),
+        None => text.push_str("image disk: no budget set\n"),
+    }
+    if h.images.is_empty() {
+        text.push_str("images: none\n");
+    } else {
+        let mut t = Table::new(&[
+            ("IMAGE", false),
+            ("SIZE", false),
+            ("LAST USED", false),
+            ("IN USE", false),
+        ]);
+        for i in &h.images {
+            t.row(vec![
+                i.name.clone(),
+                i.bytes.map_or_else(|| "-".into(), bytes),
+                i.last_used_ms
+                    .map_or_else(|| "-".into(), |at| format!("{} ago", human::age(now, at))),
+                match i.in_use {
+                    Some(true) => "yes".into(),
+                    Some(false) => "no".into(),
+                    None => "-".into(),
+                },
+            ]);
+        }
+        text.push_str(&t.render(false));
+    }
+    for p in &h.pulls {
+        text.push_str(&format!(
+            "pulling {} {}% ({} of {})\n",
+            p.file,
+            p.percent,
+            bytes(p.done_bytes),
+            bytes(p.total_bytes)
+        ));
+    }
+    text
+}
+
+/// A size in bytes for people: `512M`, `1.5G` (MiB rounded up, so a small image is never 0M).
+fn bytes(b: u64) -> String {
+    human::mib(b.div_ceil(1 << 20))
 }
 
 /// `12.5` from thousandths, `8` when whole.
@@ -1108,6 +1193,11 @@ pub fn host(args: HostArgs) -> anyhow::Result<ExitCode> {
             },
             |v| hosts_text(&v.hosts, c.wide()),
         ),
+        HostAction::Show { name } => {
+            let v = c.answer(c.api.host(&name))?;
+            c.show(&v, |v| host_text(v, human::now_ms()))?;
+            Ok(ExitCode::SUCCESS)
+        }
         HostAction::Add(add) => {
             let HostAddArgs {
                 name,
@@ -1641,6 +1731,206 @@ pub fn hook(args: HookArgs) -> anyhow::Result<ExitCode> {
             t.render(c.wide())
         },
     )
+}
+
+#[derive(Args)]
+pub struct ImageArgs {
+    #[command(subcommand)]
+    action: ImageAction,
+    #[command(flatten)]
+    conn: Conn,
+}
+
+#[derive(Subcommand)]
+enum ImageAction {
+    /// Base images known to the image store, to a template or to a host: digest and size from
+    /// the store, the hosts holding each, the pulls running.
+    List {
+        #[command(flatten)]
+        watch: Watch,
+    },
+    /// One image: its digest, the templates made from it, each host holding it (size, last use,
+    /// the VMs made from it there) and its pulls.
+    Show { name: String },
+    /// Pull an image ahead of demand onto the named hosts, or onto every ready host of a driver
+    /// that keeps an image store (`--driver libvirt`). Returns once the pulls have started.
+    Push {
+        name: String,
+        /// A host to pull it onto (repeatable).
+        #[arg(
+            long = "host",
+            required_unless_present = "driver",
+            conflicts_with = "driver"
+        )]
+        hosts: Vec<String>,
+        /// Every ready host of this driver with an image store.
+        #[arg(long)]
+        driver: Option<String>,
+    },
+    /// Remove an image from a host. Refused, naming what uses it, while a VM or an overlay is
+    /// made from it or a pull of it runs.
+    Evict {
+        name: String,
+        /// The host to remove it from.
+        #[arg(long)]
+        host: String,
+    },
+}
+
+fn images_text(v: &api::ImageList, wide: bool) -> String {
+    let mut t = Table::new(&[
+        ("IMAGE", false),
+        ("SIZE", false),
+        ("DIGEST", false),
+        ("HOSTS", false),
+        ("PULLING", false),
+        ("TEMPLATES", true),
+        ("HELD ON", true),
+    ]);
+    for i in &v.images {
+        let digest = match (&i.digest, wide) {
+            (Some(d), true) => d.clone(),
+            (Some(d), false) => d.chars().take(12).collect(),
+            (None, _) => "-".into(),
+        };
+        let pulling: Vec<String> = i
+            .pulls
+            .iter()
+            .map(|p| format!("{} {}%", p.host, p.percent))
+            .collect();
+        let held_on: Vec<&str> = i.hosts.iter().map(|h| h.host.as_str()).collect();
+        t.row(vec![
+            i.name.clone(),
+            i.bytes.map_or_else(|| "-".into(), bytes),
+            digest,
+            i.hosts.len().to_string(),
+            if pulling.is_empty() {
+                "-".into()
+            } else {
+                pulling.join(", ")
+            },
+            if i.templates.is_empty() {
+                "-".into()
+            } else {
+                i.templates.join(",")
+            },
+            if held_on.is_empty() {
+                "-".into()
+            } else {
+                held_on.join(",")
+            },
+        ]);
+    }
+    let store = match &v.store {
+        Some(s) => format!("image store: {s}\n"),
+        None => "image store: none set ([drivers] image_store)\n".to_owned(),
+    };
+    format!("{store}{}", t.render(wide))
+}
+
+fn image_text(i: &api::ImageRow, now: u64) -> String {
+    let mut text = format!("{}\n", i.name);
+    match (&i.digest, i.bytes, &i.store_error) {
+        (Some(d), Some(b), _) => text.push_str(&format!("store: {} sha256 {d}\n", bytes(b))),
+        (_, _, Some(e)) => text.push_str(&format!("store: {e}\n")),
+        _ => text.push_str("store: -\n"),
+    }
+    text.push_str(&format!(
+        "templates: {}\n",
+        if i.templates.is_empty() {
+            "none".to_owned()
+        } else {
+            i.templates.join(", ")
+        }
+    ));
+    if i.hosts.is_empty() {
+        text.push_str("held on no host\n");
+    } else {
+        let mut t = Table::new(&[
+            ("HOST", false),
+            ("SIZE", false),
+            ("LAST USED", false),
+            ("IN USE", false),
+            ("VMS", false),
+        ]);
+        for h in &i.hosts {
+            t.row(vec![
+                h.host.clone(),
+                h.bytes.map_or_else(|| "-".into(), bytes),
+                h.last_used_ms
+                    .map_or_else(|| "-".into(), |at| format!("{} ago", human::age(now, at))),
+                match h.in_use {
+                    Some(true) => "yes".into(),
+                    Some(false) => "no".into(),
+                    None => "-".into(),
+                },
+                if h.vms.is_empty() {
+                    "-".into()
+                } else {
+                    h.vms.join(",")
+                },
+            ]);
+        }
+        text.push_str(&t.render(false));
+    }
+    for p in &i.pulls {
+        text.push_str(&format!(
+            "pulling to {}: {}% ({} of {})\n",
+            p.host,
+            p.percent,
+            bytes(p.done_bytes),
+            bytes(p.total_bytes)
+        ));
+    }
+    text
+}
+
+fn push_text(v: &api::PushStarted) -> String {
+    let list = |hosts: &[String]| {
+        if hosts.is_empty() {
+            "none".to_owned()
+        } else {
+            hosts.join(", ")
+        }
+    };
+    let mut text = format!("{}: pulls started on {}\n", v.image, list(&v.started));
+    if !v.held.is_empty() {
+        text.push_str(&format!("already held on {}\n", list(&v.held)));
+    }
+    if !v.pulling.is_empty() {
+        text.push_str(&format!("already pulling on {}\n", list(&v.pulling)));
+    }
+    text
+}
+
+pub fn image(args: ImageArgs) -> anyhow::Result<ExitCode> {
+    let c = args.conn.client()?;
+    match args.action {
+        ImageAction::List { watch } => c.list(
+            watch,
+            || c.answer(c.api.images()),
+            |v| images_text(v, c.wide()),
+        ),
+        ImageAction::Show { name } => {
+            let v = c.answer(c.api.image(&name))?;
+            c.show(&v, |v| image_text(v, human::now_ms()))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        ImageAction::Push {
+            name,
+            hosts,
+            driver,
+        } => {
+            let v = c.answer(c.api.push_image(&name, &api::ImagePush { hosts, driver }))?;
+            c.show(&v, push_text)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        ImageAction::Evict { name, host } => {
+            let v = c.answer(c.api.evict_image(&name, &host))?;
+            c.show(&v, |v| format!("{} evicted from {}\n", v.image, v.host))?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
 }
 
 #[derive(Args)]

@@ -60,8 +60,10 @@ enum Command {
     Account(client_cmd::AccountArgs),
     /// List and show VMs, report job results, release and extend breakpoints.
     Vm(client_cmd::VmArgs),
-    /// List, add, drain, resume, take offline and remove hosts.
+    /// List, show, add, drain, resume, take offline and remove hosts.
     Host(client_cmd::HostArgs),
+    /// Base images: where they are, pulls ahead of demand, evictions.
+    Image(client_cmd::ImageArgs),
     /// The templates VMs are made from, and which host classes can run them.
     Template(client_cmd::TemplateArgs),
     /// The daemon's state changes as they happen: VMs, requests, hosts.
@@ -99,6 +101,7 @@ fn main() -> ExitCode {
         Command::Account(c) => client_cmd::account(c),
         Command::Vm(c) => client_cmd::vm(c),
         Command::Host(c) => client_cmd::host(c),
+        Command::Image(c) => client_cmd::image(c),
         Command::Status(c) => client_cmd::status(c),
         Command::Template(c) => client_cmd::template(c),
         Command::Events(c) => client_cmd::events(c),

@@ -300,6 +300,114 @@ pub struct HostRow {
     pub provision_failures: u64,
     /// While it drains: what keeps it from maintenance, and when it should get there.
     pub drain: Option<DrainStatus>,
+    /// The base images it holds, by name.
+    #[serde(default)]
+    pub images: Vec<HostImage>,
+    /// What its base images take of its image budget, when one is set (`image_budget_mib`)
+    /// and its driver counts them.
+    #[serde(default)]
+    pub image_disk: Option<ImageDisk>,
+    /// Pulls of base images to it running now.
+    #[serde(default)]
+    pub pulls: Vec<ImagePull>,
+}
+
+/// A base image a host holds. What the driver does not know (a simulated or Parallels host
+/// counts no bytes) is `null`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct HostImage {
+    /// The image's name (`linux`, what templates name as `base_image`).
+    pub name: String,
+    /// Bytes it takes on the host's disk.
+    pub bytes: Option<u64>,
+    /// When a VM was last made from it, or else when it arrived (ms since the epoch).
+    pub last_used_ms: Option<u64>,
+    /// Whether it must stay: a VM's disk or an overlay is made from it, it is being pulled, or
+    /// a provisioning is about to use it.
+    pub in_use: Option<bool>,
+}
+
+/// What a host's base images take of its image budget.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ImageDisk {
+    pub used_bytes: u64,
+    pub budget_bytes: u64,
+}
+
+/// A pull of a base image to a host, running now.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ImagePull {
+    pub host: String,
+    /// The image's name (`linux`).
+    pub image: String,
+    /// The file being sent (`linux.qcow2`).
+    pub file: String,
+    pub done_bytes: u64,
+    pub total_bytes: u64,
+    /// Whole percent done.
+    pub percent: u64,
+}
+
+/// One host holding a base image.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ImageHolder {
+    pub host: String,
+    /// Bytes it takes there, when the host's driver counts them.
+    pub bytes: Option<u64>,
+    /// When it was last used there (ms since the epoch), when the driver knows.
+    pub last_used_ms: Option<u64>,
+    /// Whether it must stay there, when the driver can tell.
+    pub in_use: Option<bool>,
+    /// The live VMs there made from it, by name.
+    pub vms: Vec<String>,
+}
+
+/// A base image known to the image store, to a template or to a host
+/// (`GET /v1/images`, `GET /v1/images/{name}`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ImageRow {
+    /// The image's name (`linux`).
+    pub name: String,
+    /// Its SHA-256 digest (hex) as the image store gives it; `null` without a store, or when
+    /// the store does not hold it (`store_error` says why).
+    pub digest: Option<String>,
+    /// Its size in the store.
+    pub bytes: Option<u64>,
+    /// Why the store could not describe it.
+    pub store_error: Option<String>,
+    /// The templates whose VMs are made from it.
+    pub templates: Vec<String>,
+    /// The hosts holding it, by name.
+    pub hosts: Vec<ImageHolder>,
+    /// Its pulls running now.
+    pub pulls: Vec<ImagePull>,
+}
+
+/// `GET /v1/images`: every known base image, by name.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ImageList {
+    /// The daemon's image store (`[drivers] image_store`), when one is set.
+    pub store: Option<String>,
+    pub images: Vec<ImageRow>,
+}
+
+/// `POST /v1/images/{name}/push`: the pulls started, and the hosts that needed none.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct PushStarted {
+    pub image: String,
+    /// Hosts a pull was started on; follow them in `GET /v1/images/{name}`.
+    pub started: Vec<String>,
+    /// Hosts that hold it already.
+    pub held: Vec<String>,
+    /// Hosts where a pull of it was running already.
+    pub pulling: Vec<String>,
+}
+
+/// `POST /v1/images/{name}/evict`: the image is gone from the host.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ImageEvicted {
+    pub image: String,
+    pub host: String,
 }
 
 /// What a draining host waits for: its VMs, the held ones with who holds them and until when.

@@ -113,3 +113,25 @@ pub struct DrainQuestion {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub arrivals: Option<String>,
 }
+
+/// `POST /v1/images/{name}/push`: pull a base image ahead of demand, onto the named hosts or
+/// onto every ready host of a driver whose hosts take pulls on request (`Driver::image_store`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ImagePush {
+    /// The hosts, by name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hosts: Vec<String>,
+    /// Instead of `hosts`: every ready host of this driver (`libvirt`) that takes pulls on
+    /// request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub driver: Option<String>,
+}
+
+/// `POST /v1/images/{name}/evict`: remove a base image from a host.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ImageEvict {
+    /// The host, by name.
+    pub host: String,
+}

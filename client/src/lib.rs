@@ -260,6 +260,35 @@ impl Client {
         self.call("POST", &path, Some(&api::Empty {}))
     }
 
+    pub fn host(&self, name: &str) -> Result<api::HostRow, ClientError> {
+        self.call("GET", &format!("/v1/hosts/{}", escape(name)), None)
+    }
+
+    pub fn images(&self) -> Result<api::ImageList, ClientError> {
+        self.call("GET", "/v1/images", None)
+    }
+
+    pub fn image(&self, name: &str) -> Result<api::ImageRow, ClientError> {
+        self.call("GET", &format!("/v1/images/{}", escape(name)), None)
+    }
+
+    pub fn push_image(
+        &self,
+        name: &str,
+        push: &api::ImagePush,
+    ) -> Result<api::PushStarted, ClientError> {
+        let path = format!("/v1/images/{}/push", escape(name));
+        self.call("POST", &path, Some(push))
+    }
+
+    pub fn evict_image(&self, name: &str, host: &str) -> Result<api::ImageEvicted, ClientError> {
+        let path = format!("/v1/images/{}/evict", escape(name));
+        let body = api::ImageEvict {
+            host: host.to_owned(),
+        };
+        self.call("POST", &path, Some(&body))
+    }
+
     pub fn remove_host(&self, name: &str) -> Result<api::HostRemoved, ClientError> {
         self.call("DELETE", &format!("/v1/hosts/{}", escape(name)), None)
     }

@@ -83,6 +83,19 @@ pub(crate) fn host_row(
         probe_failures: h.probe_failures.into(),
         provision_failures: h.provision_failures.into(),
         drain: (h.state == berth_sched::HostState::Draining).then(|| drain_status(s, h)),
+        // Names only: the API adds what the driver counted (`api::images`).
+        images: h
+            .images
+            .iter()
+            .map(|&name| api::HostImage {
+                name: name.to_owned(),
+                bytes: None,
+                last_used_ms: None,
+                in_use: None,
+            })
+            .collect(),
+        image_disk: None,
+        pulls: Vec::new(),
     }
 }
 

@@ -41,6 +41,7 @@ use crate::store::{self, VmFilter};
 use crate::wire::{WireHold, WireHost, WireInput, WireRequest, WireTemplate, check_name};
 
 mod eta;
+mod images;
 mod predict;
 
 /// How long a breakpoint lasts when the request does not say: a working day.
@@ -135,8 +136,11 @@ pub struct AppState {
     pub(crate) templates: Arc<Vec<WireTemplate>>,
     /// How pulses are sampled and kept (`GET /v1/pulses`).
     pub(crate) pulses: crate::config::PulsesSection,
-    /// The drivers' pulls of base images, for what a provisioning VM waits for.
+    /// The drivers' pulls of base images, for what a provisioning VM waits for, and what each
+    /// host's driver last counted of its images.
     pub(crate) pulls: berth_drivers::images::Pulls,
+    /// The daemon's image store (`[drivers] image_store`), when one is set.
+    pub(crate) image_store: Option<berth_drivers::images::ImageStore>,
     /// Queue positions and estimated starts, made again at most every `ETA_REFRESH_MS`.
     pub(crate) eta: Arc<eta::EtaTable>,
 }
@@ -389,7 +393,12 @@ fn unexpected() -> ApiError {
 
 async fn hosts(state: &AppState) -> Result<Vec<api::HostRow>, ApiError> {
     match query(state, Query::Hosts).await? {
-        Answer::Hosts(hosts) => Ok(hosts),
+        Answer::Hosts(mut hosts) => {
+            for h in &mut hosts {
+                images::add_to_host(state, h);
+            }
+            Ok(hosts)
+        }
         _ => Err(unexpected()),
     }
 }
@@ -432,7 +441,7 @@ pub(crate) fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(whoami))
         .routes(routes!(list_templates))
         .routes(routes!(list_hosts, add_host))
-        .routes(routes!(remove_host))
+        .routes(routes!(get_host, remove_host))
         .routes(routes!(drain_host))
         .routes(routes!(resume_host))
         .routes(routes!(offline_host))
@@ -441,6 +450,10 @@ pub(crate) fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(list_orphans))
         .routes(routes!(destroy_orphan))
         .routes(routes!(predict::drain))
+        .routes(routes!(images::list_images))
+        .routes(routes!(images::get_image))
+        .routes(routes!(images::push_image))
+        .routes(routes!(images::evict_image))
 }
 
 /// `ok`, or `degraded: why` while writes are refused (reads still answer, so it stays 200).
@@ -1337,6 +1350,18 @@ async fn offline_host(
         host,
     })
     .await
+}
+
+/// One host, with its images, image disk and pulls.
+#[utoipa::path(get, path = "/v1/hosts/{name}", tag = "hosts", params(("name" = String, Path)),
+    responses((status = 200, body = api::HostRow)))]
+async fn get_host(
+    Reader(_): Reader,
+    State(state): State<AppState>,
+    UrlPath(name): UrlPath<String>,
+) -> ApiResult {
+    let id = host_id(&state, &name).await?;
+    ok_json(StatusCode::OK, &host_row(&state, id).await?)
 }
 
 #[utoipa::path(delete, path = "/v1/hosts/{name}", tag = "hosts", params(("name" = String, Path)),

@@ -153,6 +153,25 @@ pub(crate) enum Query {
     SampleMetrics,
     /// Accounts under fair share, capped (see `answers::accounts`).
     Accounts,
+    /// Every host with its driver, its base images and the live VMs made from each, for the
+    /// image routes.
+    ImageHosts,
+    /// Probes the host numbered so now (its images changed).
+    Kick(u64),
+}
+
+/// A host as the image routes see it.
+pub(crate) struct ImageHost {
+    pub(crate) id: u64,
+    pub(crate) name: String,
+    /// Its driver's kind (`libvirt`).
+    pub(crate) kind: String,
+    pub(crate) state: berth_api::HostState,
+    pub(crate) driver: Option<Arc<dyn Driver>>,
+    /// The base images it holds, as its last probe said, by name.
+    pub(crate) images: Vec<String>,
+    /// Its live VMs' names by the base image they are made from.
+    pub(crate) vms_by_image: BTreeMap<String, Vec<String>>,
 }
 
 pub(crate) enum Answer {
@@ -169,6 +188,7 @@ pub(crate) enum Answer {
     Holds(BTreeMap<u64, (String, u64)>),
     Sampled,
     Accounts(berth_api::AccountList),
+    ImageHosts(Vec<ImageHost>),
 }
 
 /// The scheduler's side of `GET /v1/status` (the API adds the database's counts and health).
@@ -1368,6 +1388,36 @@ impl Control {
         Ok(id)
     }
 
+    /// See [`Query::ImageHosts`].
+    fn image_hosts(&self) -> Vec<ImageHost> {
+        self.s
+            .hosts()
+            .map(|h| {
+                let mut vms_by_image: BTreeMap<String, Vec<String>> = BTreeMap::new();
+                for &vm in h.vms {
+                    let image = self
+                        .s
+                        .vm(vm)
+                        .and_then(|v| self.s.request(v.request))
+                        .and_then(|r| self.templates.get(&*r.spec.template))
+                        .map(|t| t.template.base_image.to_string());
+                    if let Some(image) = image {
+                        vms_by_image.entry(image).or_default().push(vm_name(vm.0));
+                    }
+                }
+                ImageHost {
+                    id: h.id.0,
+                    name: h.name.to_owned(),
+                    kind: h.driver.name().to_owned(),
+                    state: answers::host_state(h.state),
+                    driver: self.workers.driver(h.id),
+                    images: h.images.iter().map(|&i| i.to_owned()).collect(),
+                    vms_by_image,
+                }
+            })
+            .collect()
+    }
+
     fn answer(&self, query: Query) -> Answer {
         match query {
             Query::Hosts => Answer::Hosts(
@@ -1429,6 +1479,11 @@ impl Control {
                     })
                     .collect(),
             ),
+            Query::ImageHosts => Answer::ImageHosts(self.image_hosts()),
+            Query::Kick(id) => {
+                self.workers.kick(HostId(id));
+                Answer::Sampled
+            }
             Query::VmDriver(id) => Answer::VmDriver(
                 self.s
                     .vm(VmId(id))

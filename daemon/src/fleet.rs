@@ -213,6 +213,18 @@ impl Driver for Capped {
     async fn serial_log(&self, name: &str) -> Result<Vec<u8>, DriverError> {
         self.inner.serial_log(name).await
     }
+
+    fn image_store(&self) -> Option<String> {
+        self.inner.image_store()
+    }
+
+    async fn pull_image(&self, image: &str) -> Result<(), DriverError> {
+        self.inner.pull_image(image).await
+    }
+
+    async fn evict_image(&self, image: &str) -> Result<(), DriverError> {
+        self.inner.evict_image(image).await
+    }
 }
 
 #[cfg(test)]

@@ -165,6 +165,8 @@ pub struct Daemon {
     /// Locked for as long as the daemon lives (the OS releases it if the process dies).
     _data_dir: datadir::DataDir,
     sim: Arc<SimWorld>,
+    /// The drivers' board of pulls and image holdings.
+    pulls: berth_drivers::images::Pulls,
     /// The control loop's inbox and event stream, for in-process feeders (the demo).
     tx: mpsc::Sender<control::Msg>,
     events: Arc<feed::Feed>,
@@ -188,6 +190,12 @@ impl Daemon {
     /// The simulated hosts' shared state: tests and demos inject failures through it.
     pub fn sim(&self) -> &Arc<SimWorld> {
         &self.sim
+    }
+
+    /// The drivers' board of pulls of base images: tests hold a turn on it to stand for a pull
+    /// in flight.
+    pub fn pulls(&self) -> &berth_drivers::images::Pulls {
+        &self.pulls
     }
 
     /// Stops taking requests, lets the control loop finish its batch, and waits for both.
@@ -475,7 +483,13 @@ pub async fn start(opts: Options) -> Result<Daemon, DaemonError> {
         health,
         templates: Arc::new(templates),
         pulses: opts.config.pulses.clone(),
-        pulls,
+        pulls: pulls.clone(),
+        image_store: opts
+            .config
+            .drivers
+            .image_store
+            .as_deref()
+            .and_then(|s| s.parse().ok()),
         eta: Arc::default(),
     };
     let pulses = tokio::spawn(pulses::run(
@@ -500,6 +514,7 @@ pub async fn start(opts: Options) -> Result<Daemon, DaemonError> {
         scheme,
         _data_dir: dir,
         sim,
+        pulls,
         tx: loop_tx,
         events: loop_events,
         shutdown,

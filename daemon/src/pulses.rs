@@ -312,6 +312,9 @@ mod tests {
             probe_failures: 0,
             provision_failures: 0,
             drain: None,
+            images: Vec::new(),
+            image_disk: None,
+            pulls: Vec::new(),
         }
     }
 

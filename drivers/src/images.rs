@@ -6,6 +6,10 @@
 //! the image's SHA-256 digest in hex (what `sha256sum linux.qcow2 > linux.qcow2.sha256` writes).
 //! A driver that pulls an image reads it through [`ImageSource`], which hashes what it hands
 //! out; [`ImageSource::verify`] then says whether the bytes were the image the digest names.
+//!
+//! The same board keeps what each host's driver last found in its image directory
+//! ([`Holdings`]: each image's size, last use and whether it is in use, and the host's budget),
+//! so the daemon can show it without asking the host on every read.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -14,6 +18,10 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use sha2::{Digest as _, Sha256};
+
+/// The extension of a base image's file in a store and on libvirt hosts: image `linux` is
+/// `linux.qcow2`.
+pub const IMAGE_FILE_EXT: &str = ".qcow2";
 
 /// The suffix of the digest file beside each image in a store.
 pub const DIGEST_SUFFIX: &str = ".sha256";
@@ -78,6 +86,36 @@ impl ImageStore {
             store: self.to_string(),
             message,
         }
+    }
+
+    /// The image files (`linux.qcow2`) the store holds with a digest beside them, by name:
+    /// read from a directory store, `None` from an HTTP one (a server lists nothing).
+    pub fn list(&self) -> Result<Option<Vec<String>>, ImageError> {
+        let ImageStore::Dir(dir) = self else {
+            return Ok(None);
+        };
+        let entries = std::fs::read_dir(dir)
+            .map_err(|e| self.error(format!("cannot list the directory: {e}")))?;
+        let mut files = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(|e| self.error(format!("cannot list the directory: {e}")))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if let Some(file) = name.strip_suffix(DIGEST_SUFFIX)
+                && !file.is_empty()
+                && !file.starts_with('.')
+                && dir.join(file).is_file()
+            {
+                files.push(file.to_owned());
+            }
+        }
+        files.sort();
+        Ok(Some(files))
+    }
+
+    /// The size and digest the store gives for image `file`, without reading the image.
+    pub fn describe(&self, file: &str) -> Result<(u64, Sha256Digest), ImageError> {
+        let source = self.open(file)?;
+        Ok((source.size, source.digest))
     }
 
     /// Image `file` (`linux.qcow2`) with its size and digest, ready to read.
@@ -304,6 +342,35 @@ struct Slot {
 pub struct Pulls {
     slots: Arc<Mutex<SlotsByImage>>,
     observers: Arc<Mutex<Vec<PullObserver>>>,
+    /// What each host's driver last found in its image directory, by host name.
+    held: Arc<Mutex<BTreeMap<String, Holdings>>>,
+}
+
+/// What a driver last found in a host's image directory.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Holdings {
+    /// Its base images, by name.
+    pub images: Vec<HeldImage>,
+    /// Its image budget (`image_budget_mib`), when one is set.
+    pub budget_bytes: Option<u64>,
+}
+
+impl Holdings {
+    /// Bytes its base images take on disk.
+    pub fn used_bytes(&self) -> u64 {
+        self.images
+            .iter()
+            .fold(0, |sum, h| sum.saturating_add(h.bytes))
+    }
+}
+
+/// One pull running now, as the board lists it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RunningPull {
+    pub host: String,
+    /// The base image's name (`linux`).
+    pub image: String,
+    pub progress: PullProgress,
 }
 
 impl fmt::Debug for Pulls {
@@ -349,6 +416,43 @@ impl Pulls {
         PullTurn {
             slot: self.slot(host, base),
         }
+    }
+
+    /// Records what `host`'s driver found in its image directory (each probe does).
+    pub fn record_held(&self, host: &str, holdings: Holdings) {
+        self.held
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(host.to_owned(), holdings);
+    }
+
+    /// What `host`'s driver last found in its image directory, if it keeps count.
+    pub fn held(&self, host: &str) -> Option<Holdings> {
+        self.held
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(host)
+            .cloned()
+    }
+
+    /// Every pull running now, by host then image.
+    pub fn running(&self) -> Vec<RunningPull> {
+        let slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        slots
+            .iter()
+            .filter_map(|((host, image), slot)| {
+                let progress = slot
+                    .progress
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clone()?;
+                Some(RunningPull {
+                    host: host.clone(),
+                    image: image.clone(),
+                    progress,
+                })
+            })
+            .collect()
     }
 
     /// The pulls running on `host`.
@@ -642,6 +746,53 @@ mod tests {
         let mut out = Vec::new();
         s.read_to_end(&mut out).unwrap();
         s.verify().map(|()| out)
+    }
+
+    #[test]
+    fn a_directory_store_lists_the_images_with_a_digest_and_describes_one() {
+        let bytes = b"image bytes".to_vec();
+        let digest = Sha256Digest::of(&bytes).to_string();
+        let (dir, store) = store_with("linux.qcow2", &bytes, &digest);
+        // No digest beside it: not an image of the store.
+        std::fs::write(dir.path().join("stray.qcow2"), b"x").unwrap();
+        assert_eq!(store.list().unwrap(), Some(vec!["linux.qcow2".to_owned()]));
+        let (size, got) = store.describe("linux.qcow2").unwrap();
+        assert_eq!((size, got.to_string()), (bytes.len() as u64, digest));
+        let e = store.describe("stray.qcow2").unwrap_err();
+        assert!(e.message.contains("stray.qcow2.sha256"), "{e}");
+        let http = ImageStore::Http("http://mirror:8080/images".into());
+        assert_eq!(http.list().unwrap(), None);
+    }
+
+    #[test]
+    fn the_board_lists_running_pulls_and_keeps_each_hosts_holdings() {
+        let pulls = Pulls::default();
+        assert!(pulls.running().is_empty());
+        let turn = pulls.turn("h1", "linux");
+        let held = turn.hold();
+        held.report("linux.qcow2", 5, 10);
+        let running = pulls.running();
+        assert_eq!(running.len(), 1);
+        assert_eq!(
+            (running[0].host.as_str(), running[0].image.as_str()),
+            ("h1", "linux")
+        );
+        assert_eq!(running[0].progress.percent(), 50);
+        drop(held);
+        assert!(pulls.running().is_empty());
+        assert_eq!(pulls.held("h1"), None);
+        let holdings = Holdings {
+            images: vec![HeldImage {
+                name: "linux".into(),
+                bytes: 3 * MIB,
+                last_used_s: 7,
+                in_use: true,
+            }],
+            budget_bytes: Some(10 * MIB),
+        };
+        pulls.record_held("h1", holdings.clone());
+        assert_eq!(pulls.held("h1"), Some(holdings));
+        assert_eq!(pulls.held("h1").unwrap().used_bytes(), 3 * MIB);
     }
 
     #[test]

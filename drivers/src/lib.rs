@@ -149,6 +149,20 @@ pub enum DriverError {
         driver: DriverKind,
         what: &'static str,
     },
+    /// The host takes no pulls or evictions on request: no image store is configured for it,
+    /// or its driver does not do them (it may still pull what a VM needs).
+    #[error("host {host} cannot pull or evict base images on request: {why}")]
+    NoImageStore { host: String, why: String },
+    /// A base image that must stay: named by the VMs, overlays or pulls that use it.
+    #[error("base image {image} on host {host} is in use by {}", users.join(", "))]
+    ImageInUse {
+        host: String,
+        image: String,
+        users: Vec<String>,
+    },
+    /// The host holds no base image of that name.
+    #[error("host {host} holds no base image {image}")]
+    NoSuchImage { host: String, image: String },
 }
 
 impl DriverError {
@@ -159,7 +173,10 @@ impl DriverError {
             DriverError::Host { .. } => FailureKind::Host,
             DriverError::Request { .. }
             | DriverError::NoSuchVm { .. }
-            | DriverError::Unsupported { .. } => FailureKind::Request,
+            | DriverError::Unsupported { .. }
+            | DriverError::NoImageStore { .. }
+            | DriverError::ImageInUse { .. }
+            | DriverError::NoSuchImage { .. } => FailureKind::Request,
         }
     }
 
@@ -221,6 +238,41 @@ pub trait Driver: Send + Sync {
             what: "keep a serial log",
         })
     }
+
+    /// Where the host pulls base images from on request (its image store, as configured), or
+    /// `None` when it takes no such pulls: then [`Driver::pull_image`] and
+    /// [`Driver::evict_image`] answer [`DriverError::NoImageStore`].
+    fn image_store(&self) -> Option<String> {
+        None
+    }
+
+    /// Brings base image `image` (`linux`) to the host from its image store ahead of demand,
+    /// unless it is there; returns once it is there, its digest checked. One pull per image
+    /// and host at a time: a pull already running is waited for, not repeated.
+    async fn pull_image(&self, image: &str) -> Result<(), DriverError> {
+        let _ = image;
+        Err(self.no_image_store())
+    }
+
+    /// Removes base image `image` from the host. Refused with [`DriverError::ImageInUse`],
+    /// naming what uses it, while a VM's disk or an overlay is made from it, it is being
+    /// pulled, or a provisioning is about to use it; [`DriverError::NoSuchImage`] when the
+    /// host does not hold it.
+    async fn evict_image(&self, image: &str) -> Result<(), DriverError> {
+        let _ = image;
+        Err(self.no_image_store())
+    }
+
+    /// The error of image calls on a host that takes none.
+    fn no_image_store(&self) -> DriverError {
+        DriverError::NoImageStore {
+            host: self.host().to_owned(),
+            why: format!(
+                "the {} driver does not pull or evict on request",
+                self.kind()
+            ),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -253,6 +305,16 @@ mod tests {
             host: "h1".into(),
             message: "no bootloader".into(),
         };
+        assert_eq!(e.kind(), FailureKind::Request);
+        let e = DriverError::ImageInUse {
+            host: "h1".into(),
+            image: "linux".into(),
+            users: vec!["vm berth-vm3".into(), "a pull".into()],
+        };
+        assert_eq!(
+            e.to_string(),
+            "base image linux on host h1 is in use by vm berth-vm3, a pull"
+        );
         assert_eq!(e.kind(), FailureKind::Request);
     }
 }

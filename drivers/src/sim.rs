@@ -7,6 +7,9 @@
 //! opened with a path therefore keeps its inventory in an append-only file (one line per VM
 //! created, booted or destroyed); reopening the file after `kill -9` gives back exactly the VMs
 //! the hosts ran, as a real hypervisor would.
+//!
+//! A simulated host keeps a simulated image store: pulling an image ahead of demand adds its
+//! name to the host's images at once, and evicting removes it unless a VM made from it is there.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
@@ -29,6 +32,9 @@ const SCREEN_PNG: &[u8] = &[
     0x82, 0x00, 0x81, 0x77, 0xcd, 0x72, 0xb6, 0x00, 0x00, 0x00, 0x00, 0x49, 0x45, 0x4e, 0x44, 0xae,
     0x42, 0x60, 0x82,
 ];
+
+/// What simulated hosts name as their image store.
+pub const SIM_IMAGE_STORE: &str = "simulated";
 
 /// The first VNC port of simulated consoles.
 const VNC_PORT_BASE: u16 = 5900;
@@ -70,6 +76,8 @@ struct SimVm {
     booted: bool,
     /// Its guest, for the boot-time model; unknown for VMs read back from the inventory file.
     os: Option<GuestOs>,
+    /// The base image it was made from; unknown for VMs read back from the inventory file.
+    image: Option<String>,
 }
 
 #[derive(Debug, Default)]
@@ -79,6 +87,8 @@ struct HostInventory {
     down: bool,
     /// Injected failures still to come, per call.
     faults: BTreeMap<SimOp, Vec<SimFault>>,
+    /// The base images it holds, once a driver for it was made (its configured images then).
+    images: Option<std::collections::BTreeSet<String>>,
 }
 
 #[derive(Debug)]
@@ -185,7 +195,12 @@ impl SimWorld {
         memory_mib: u64,
         images: Vec<String>,
     ) -> SimHost {
-        self.lock().hosts.entry(name.to_owned()).or_default();
+        let mut st = self.lock();
+        let inv = st.hosts.entry(name.to_owned()).or_default();
+        if inv.images.is_none() {
+            inv.images = Some(images.iter().cloned().collect());
+        }
+        drop(st);
         SimHost {
             world: self.clone(),
             name: name.to_owned(),
@@ -241,6 +256,7 @@ impl SimWorld {
             SimVm {
                 booted: true,
                 os: None,
+                image: None,
             },
         );
         log(&mut st, '+', host, name);
@@ -354,7 +370,17 @@ impl Driver for SimHost {
 
     async fn probe(&self) -> Result<HostFacts, DriverError> {
         self.world.check(&self.name, SimOp::Probe)?;
-        Ok(self.facts.clone())
+        let mut facts = self.facts.clone();
+        if let Some(images) = self
+            .world
+            .lock()
+            .hosts
+            .get(&self.name)
+            .and_then(|inv| inv.images.as_ref())
+        {
+            facts.images = images.iter().cloned().collect();
+        }
+        Ok(facts)
     }
 
     async fn provision(&self, vm: &VmRecipe) -> Result<(), DriverError> {
@@ -372,6 +398,7 @@ impl Driver for SimHost {
                 SimVm {
                     booted: false,
                     os: Some(vm.guest_os),
+                    image: Some(vm.base_image.clone()),
                 },
             );
             log(&mut st, '+', &self.name, &vm.name);
@@ -475,6 +502,48 @@ impl Driver for SimHost {
         self.console(name).await?;
         Ok(SCREEN_PNG.to_vec())
     }
+
+    fn image_store(&self) -> Option<String> {
+        Some(SIM_IMAGE_STORE.to_owned())
+    }
+
+    async fn pull_image(&self, image: &str) -> Result<(), DriverError> {
+        self.world.check(&self.name, SimOp::Probe)?;
+        let mut st = self.world.lock();
+        let inv = st.hosts.entry(self.name.clone()).or_default();
+        inv.images
+            .get_or_insert_with(Default::default)
+            .insert(image.to_owned());
+        Ok(())
+    }
+
+    async fn evict_image(&self, image: &str) -> Result<(), DriverError> {
+        self.world.check(&self.name, SimOp::Probe)?;
+        let mut st = self.world.lock();
+        let inv = st.hosts.entry(self.name.clone()).or_default();
+        let users: Vec<String> = inv
+            .vms
+            .iter()
+            .filter(|(_, vm)| vm.image.as_deref() == Some(image))
+            .map(|(name, _)| format!("vm {name}"))
+            .collect();
+        let images = inv.images.get_or_insert_with(Default::default);
+        if !images.contains(image) {
+            return Err(DriverError::NoSuchImage {
+                host: self.name.clone(),
+                image: image.to_owned(),
+            });
+        }
+        if !users.is_empty() {
+            return Err(DriverError::ImageInUse {
+                host: self.name.clone(),
+                image: image.to_owned(),
+                users,
+            });
+        }
+        images.remove(image);
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -530,6 +599,35 @@ mod tests {
         assert!(host.probe().await.unwrap_err().is_transient());
         world.set_down("h1", false);
         assert_eq!(host.probe().await.unwrap().vcpus, 8);
+    }
+
+    #[tokio::test]
+    async fn images_are_pulled_and_evicted_unless_a_vm_uses_them() {
+        let world = SimWorld::in_memory(0.0, 1);
+        let host = world.host("h1", 8, 32768, vec!["linux".into()]);
+        assert_eq!(host.image_store().as_deref(), Some(SIM_IMAGE_STORE));
+        host.pull_image("win11").await.unwrap();
+        assert_eq!(host.probe().await.unwrap().images, vec!["linux", "win11"]);
+        host.provision(&recipe(1)).await.unwrap();
+        let e = host.evict_image("linux").await.unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "base image linux on host h1 is in use by vm berth-vm1"
+        );
+        host.evict_image("win11").await.unwrap();
+        assert_eq!(
+            host.evict_image("win11").await.unwrap_err(),
+            DriverError::NoSuchImage {
+                host: "h1".into(),
+                image: "win11".into()
+            }
+        );
+        host.destroy("berth-vm1").await.unwrap();
+        host.evict_image("linux").await.unwrap();
+        assert!(host.probe().await.unwrap().images.is_empty());
+        // A new driver for the same host keeps what the host holds.
+        let again = world.host("h1", 8, 32768, vec!["linux".into()]);
+        assert!(again.probe().await.unwrap().images.is_empty());
     }
 
     #[tokio::test]

@@ -241,6 +241,107 @@ async fn test_driver_disk_full_is_a_host_error() {
     assert!(conn.lookup_domain_by_name(&vm.name).is_err());
 }
 
+/// Adds an unused base image volume `NAME.qcow2` to the test driver's pool.
+fn seed_image(conn: &Connect, name: &str) {
+    let pool = conn
+        .lookup_storage_pool_by_name("default-pool")
+        .expect("default-pool");
+    if pool
+        .lookup_storage_vol_by_name(&format!("{name}.qcow2"))
+        .is_ok()
+    {
+        return;
+    }
+    let xml = format!(
+        "<volume><name>{name}.qcow2</name><capacity unit='MiB'>16</capacity>\
+         <target><format type='qcow2'/></target></volume>"
+    );
+    StorageVol::create_xml(&pool, &xml, 0).expect("image volume");
+}
+
+#[tokio::test]
+async fn test_driver_evicts_an_unused_image_and_refuses_one_in_use_naming_its_users() {
+    let store = tempfile::tempdir().expect("store dir");
+    let store_dir = store.path().to_owned();
+    let (conn, _) = test_host(|_| {});
+    let pulls = berth_drivers::images::Pulls::default();
+    let mut config = LibvirtConfig::new(TEST_URI, TEST_POOL_DIR);
+    config.domain_type = DomainType::Test;
+    config.image_store = Some(ImageStore::Dir(store_dir.clone()));
+    let host = LibvirtHost::with_pulls("t1", config, pulls.clone());
+    assert_eq!(host.image_store(), Some(store_dir.display().to_string()));
+    seed_image(&conn, "spare");
+    let vm = recipe(2_101, BASE);
+    host.provision(&vm).await.expect("provision");
+
+    // The image the VM's overlay is made from stays, and the refusal names the overlay.
+    match host.evict_image(BASE).await {
+        Err(DriverError::ImageInUse { host, image, users }) => {
+            assert_eq!((host.as_str(), image.as_str()), ("t1", BASE));
+            assert_eq!(users, [format!("overlay {}.qcow2", vm.name)]);
+        }
+        other => panic!("expected the image in use, got {other:?}"),
+    }
+    assert!(volume_exists(&conn, &format!("{BASE}.qcow2")));
+
+    // What the probe counted is on the board: the base image in use, the spare not.
+    let facts = host.probe().await.expect("probe");
+    assert!(facts.images.contains(&"spare".to_owned()), "{facts:?}");
+    let held = pulls.held("t1").expect("the probe counted the images");
+    let in_use = |name: &str| {
+        held.images
+            .iter()
+            .find(|h| h.name == name)
+            .map(|h| h.in_use)
+    };
+    assert_eq!((in_use(BASE), in_use("spare")), (Some(true), Some(false)));
+    assert_eq!(held.budget_bytes, None);
+
+    // An unused image goes, and then it is not there to evict.
+    host.evict_image("spare").await.expect("evict the spare");
+    assert!(!volume_exists(&conn, "spare.qcow2"));
+    assert!(
+        !host
+            .probe()
+            .await
+            .expect("probe")
+            .images
+            .contains(&"spare".to_owned())
+    );
+    assert_eq!(
+        host.evict_image("spare").await,
+        Err(DriverError::NoSuchImage {
+            host: "t1".into(),
+            image: "spare".into()
+        })
+    );
+
+    // So does the base image once its VM is gone.
+    host.destroy(&vm.name).await.expect("destroy");
+    host.evict_image(BASE).await.expect("evict the base image");
+    assert!(!volume_exists(&conn, &format!("{BASE}.qcow2")));
+}
+
+#[tokio::test]
+async fn test_driver_without_an_image_store_neither_pulls_nor_evicts() {
+    let (conn, host) = test_host(|_| {});
+    seed_image(&conn, "spare");
+    assert_eq!(host.image_store(), None);
+    for e in [
+        host.pull_image("spare").await.expect_err("no store"),
+        host.evict_image("spare").await.expect_err("no store"),
+    ] {
+        match e {
+            DriverError::NoImageStore { host, why } => {
+                assert_eq!(host, "t1");
+                assert!(why.contains("image_store"), "{why}");
+            }
+            other => panic!("expected no image store, got {other:?}"),
+        }
+    }
+    assert!(volume_exists(&conn, "spare.qcow2"));
+}
+
 #[tokio::test]
 async fn test_driver_refuses_names_berth_does_not_own() {
     let (_conn, host) = test_host(|_| {});

@@ -33,6 +33,8 @@ pub struct HostView<'a> {
     /// Its VMs (placed or further, not yet ended), in no particular order.
     pub vms: &'a [VmId],
     pub labels: &'a [Label],
+    /// The base images it holds, as its last probe (or its spec, before one) said, by name.
+    pub images: Vec<&'a str>,
     pub last_probe_ms: Option<u64>,
     pub probe_failures: u32,
     pub provision_failures: u32,
@@ -239,6 +241,11 @@ fn host_view<'a>(s: &'a Scheduler, h: &'a Host) -> HostView<'a> {
         n_vms: h.vms.len(),
         vms: &h.vms,
         labels: &h.spec.labels,
+        images: {
+            let mut names: Vec<&str> = h.images.iter().map(|&id| s.images.name(id)).collect();
+            names.sort_unstable();
+            names
+        },
         last_probe_ms: h.last_probe_ms,
         probe_failures: h.probe_failures,
         provision_failures: h.provision_failures,

@@ -993,3 +993,74 @@ fn the_cli_reaches_a_daemon_over_tls_trusting_its_ca() {
     let _ = serve.kill();
     let _ = serve.wait();
 }
+
+#[test]
+fn image_commands_push_show_and_evict_with_the_documented_exit_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    let serve = serve(dir.path());
+
+    let out = cli(&serve, &["image", "list"]);
+    assert_eq!(code(&out), 0, "{}", text(&out.stderr));
+    let table = text(&out.stdout);
+    assert!(table.starts_with("image store: none set"), "{table}");
+    assert!(table.lines().any(|l| l.starts_with("linux ")), "{table}");
+
+    // 2: neither hosts nor a driver; 6: what the daemon refuses, named.
+    let out = cli(&serve, &["image", "push", "linux"]);
+    assert_eq!(code(&out), 2, "{}", text(&out.stderr));
+    let out = cli(&serve, &["image", "push", "linux", "--host", "kvm-9"]);
+    assert_eq!(code(&out), 6, "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("no host named kvm-9"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = cli(&serve, &["image", "show", "solaris"]);
+    assert_eq!(code(&out), 6, "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("`solaris`"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = cli(&serve, &["host", "show", "kvm-9"]);
+    assert_eq!(code(&out), 6, "{}", text(&out.stderr));
+
+    // 0: the pull starts, and the host then holds the image.
+    let out = cli(&serve, &["image", "push", "linux", "--host", "kvm-1"]);
+    assert_eq!(code(&out), 0, "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "linux: pulls started on kvm-1\n");
+    berth_testkit::wait_for("linux on kvm-1", std::time::Duration::from_secs(30), || {
+        let out = cli(&serve, &["host", "show", "kvm-1"]);
+        text(&out.stdout)
+            .lines()
+            .any(|l| l.starts_with("linux "))
+            .then_some(())
+    });
+    let shown = text(&cli(&serve, &["host", "show", "kvm-1"]).stdout);
+    assert!(shown.contains("image disk: no budget set"), "{shown}");
+    let wide = text(&cli(&serve, &["host", "list", "-o", "wide"]).stdout);
+    assert!(
+        wide.lines().next().unwrap_or("").contains("IMAGES"),
+        "{wide}"
+    );
+    assert!(
+        wide.lines()
+            .any(|l| l.starts_with("kvm-1 ") && l.contains(" linux ")),
+        "{wide}"
+    );
+    let out = cli(&serve, &["image", "show", "linux", "-o", "json"]);
+    assert_eq!(code(&out), 0, "{}", text(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["hosts"][0]["host"], "kvm-1");
+
+    let out = cli(&serve, &["image", "evict", "linux", "--host", "kvm-1"]);
+    assert_eq!(code(&out), 0, "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "linux evicted from kvm-1\n");
+    let out = cli(&serve, &["image", "evict", "linux", "--host", "kvm-1"]);
+    assert_eq!(code(&out), 6, "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("host kvm-1 holds no base image linux"),
+        "{}",
+        text(&out.stderr)
+    );
+}

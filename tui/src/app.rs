@@ -1803,12 +1803,13 @@ impl App {
                 vec![
                     h.name.clone(),
                     format!("{} {}", crate::model::host_glyph(&h.state), h.state),
-                    h.class.clone(),
                     h.driver.clone(),
                     format!("{}/{}", milli(h.cpu_used_milli), milli(h.cpu_milli)),
                     format!("{}/{}", mib(h.memory_used_mib), mib(h.memory_mib)),
                     h.slots_text(),
                     h.n_vms.to_string(),
+                    h.images_text(),
+                    h.class.clone(),
                     h.labels.join(","),
                     h.last_probe_ms.map_or("never".into(), |t| {
                         format!("{} ago", duration(now.saturating_sub(t)))
@@ -1884,20 +1885,25 @@ impl App {
         let now = self.server_now_ms();
         let num = |n: u64| SortKey::Num(i64::try_from(n).unwrap_or(i64::MAX));
         match (screen, col) {
-            (Screen::Hosts, 4) => self.snap.hosts.get(idx).map_or(num(0), |h| {
+            (Screen::Hosts, 3) => self.snap.hosts.get(idx).map_or(num(0), |h| {
                 num(h.cpu_used_milli.saturating_mul(1000) / h.cpu_milli.max(1))
             }),
-            (Screen::Hosts, 5) => self.snap.hosts.get(idx).map_or(num(0), |h| {
+            (Screen::Hosts, 4) => self.snap.hosts.get(idx).map_or(num(0), |h| {
                 num(h.memory_used_mib.saturating_mul(1000) / h.memory_mib.max(1))
             }),
-            (Screen::Hosts, 6) => self.snap.hosts.get(idx).map_or(num(0), |h| {
+            (Screen::Hosts, 5) => self.snap.hosts.get(idx).map_or(num(0), |h| {
                 let (used, capacity) = h
                     .slots
                     .iter()
                     .fold((0i64, 0i64), |(u, c), s| (u + s.used, c + s.capacity));
                 SortKey::Num(used.saturating_mul(1000) / capacity.max(1))
             }),
-            (Screen::Hosts, 7) => num(self.snap.hosts.get(idx).map_or(0, |h| h.n_vms)),
+            (Screen::Hosts, 6) => num(self.snap.hosts.get(idx).map_or(0, |h| h.n_vms)),
+            (Screen::Hosts, 7) => num(self
+                .snap
+                .hosts
+                .get(idx)
+                .map_or(0, |h| (h.images.len() + h.pulling.len()) as u64)),
             (Screen::Queue, 0) => num(self.snap.queue.get(idx).map_or(0, |r| r.id)),
             // Requests without a position (arrived since the estimate) last.
             (Screen::Queue, 1) => num(self
@@ -2010,7 +2016,8 @@ pub fn columns(screen: Screen) -> &'static [&'static str] {
     match screen {
         Screen::Overview => &[],
         Screen::Hosts => &[
-            "HOST", "STATE", "CLASS", "DRIVER", "CPU", "MEMORY", "SLOTS", "VMS", "LABELS", "PROBED",
+            "HOST", "STATE", "DRIVER", "CPU", "MEMORY", "SLOTS", "VMS", "IMG", "CLASS", "LABELS",
+            "PROBED",
         ],
         Screen::Queue => &[
             "REQUEST",

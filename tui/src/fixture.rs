@@ -33,6 +33,17 @@ fn host(name: &str, state: &str, cpus: u64, used: u64, mem_g: u64, used_g: u64, 
         } else {
             Vec::new()
         },
+        images: if name.contains("mac") {
+            vec!["macos".into()]
+        } else {
+            vec!["linux".into(), "windows".into()]
+        },
+        // One pull running, to the host that runs the most.
+        pulling: if name == "sim-large-1" {
+            vec!["win11".into()]
+        } else {
+            Vec::new()
+        },
     }
 }
 

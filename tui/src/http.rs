@@ -114,6 +114,8 @@ impl HttpSource {
 /// A host from `GET /v1/hosts`.
 pub fn host(h: api::HostRow) -> Host {
     Host {
+        images: h.images.iter().map(|i| i.name.clone()).collect(),
+        pulling: h.pulls.iter().map(|p| p.image.clone()).collect(),
         class: h.class().to_owned(),
         name: h.name,
         driver: h.driver,
@@ -135,6 +137,53 @@ pub fn host(h: api::HostRow) -> Host {
             })
             .collect(),
     }
+}
+
+/// A host's images for its detail: each with its size and whether it is in use where the
+/// driver counts them (`linux 1.1G in use, win11 4G`), the image disk against its budget, and
+/// the pulls running to it.
+pub fn image_fields(h: &api::HostRow) -> Vec<(String, String)> {
+    let images: Vec<String> = h
+        .images
+        .iter()
+        .map(|i| {
+            let mut text = i.name.clone();
+            if let Some(b) = i.bytes {
+                text.push_str(&format!(" {}", bytes(b)));
+            }
+            if i.in_use == Some(true) {
+                text.push_str(" in use");
+            }
+            text
+        })
+        .collect();
+    let mut fields = vec![(
+        "images".to_owned(),
+        if images.is_empty() {
+            "none".to_owned()
+        } else {
+            images.join(", ")
+        },
+    )];
+    if let Some(d) = &h.image_disk {
+        fields.push((
+            "image disk".into(),
+            format!(
+                "{} of {} budget",
+                bytes(d.used_bytes),
+                bytes(d.budget_bytes)
+            ),
+        ));
+    }
+    if !h.pulls.is_empty() {
+        let pulls: Vec<String> = h
+            .pulls
+            .iter()
+            .map(|p| format!("{} {}%", p.file, p.percent))
+            .collect();
+        fields.push(("pulling".into(), pulls.join(", ")));
+    }
+    fields
 }
 
 /// A request row (`GET /v1/queue`, `/v1/requests/{id}`), with why it waits.
@@ -405,6 +454,7 @@ impl Source for HttpSource {
                         crate::model::mib(h.memory_mib)
                     ),
                 ));
+                fields.extend(image_fields(&h));
                 let slots: Vec<String> = h
                     .slots
                     .iter()
@@ -848,10 +898,12 @@ mod tests {
             "provision_failures": 0
         }))
         .unwrap();
+        assert_eq!(image_fields(&h), [("images".to_owned(), "none".to_owned())]);
         let h = host(h);
         assert_eq!(h.class, "sim-large");
         assert_eq!(h.cpu_milli, 128_000);
         assert_eq!(h.state, "draining");
+        assert_eq!(h.images_text(), "-");
         let e = event_row(&api::Event::Vm(api::VmEvent {
             at_ms: 1,
             vm: 3,
@@ -864,6 +916,34 @@ mod tests {
         }));
         assert_eq!(e.subject, "berth-vm3");
         assert_eq!(e.text, "booting → running (boot done) on sim-small-1");
+    }
+
+    #[test]
+    fn a_hosts_images_read_as_a_count_in_the_table_and_a_list_in_its_detail() {
+        let h: api::HostRow = serde_json::from_value(serde_json::json!({
+            "id": 1, "name": "kvm-1", "driver": "libvirt", "state": "ready",
+            "vcpus_milli": 16000, "vcpus_used_milli": 2000, "memory_mib": 65536,
+            "memory_used_mib": 4096, "slots": [], "provisioning": 1, "vms": 1,
+            "labels": [], "last_probe_ms": 5, "probe_failures": 0,
+            "provision_failures": 0, "drain": null,
+            "images": [
+                {"name": "linux", "bytes": 1181116006, "last_used_ms": 1, "in_use": true},
+                {"name": "tiny", "bytes": 1048576, "last_used_ms": 1, "in_use": false}
+            ],
+            "image_disk": {"used_bytes": 1182164582, "budget_bytes": 21474836480u64},
+            "pulls": [{"host": "kvm-1", "image": "win11", "file": "win11.qcow2",
+                "done_bytes": 41, "total_bytes": 100, "percent": 41}]
+        }))
+        .unwrap();
+        assert_eq!(
+            image_fields(&h),
+            [
+                ("images".to_owned(), "linux 1.1G in use, tiny 1M".to_owned()),
+                ("image disk".to_owned(), "1.1G of 20G budget".to_owned()),
+                ("pulling".to_owned(), "win11.qcow2 41%".to_owned()),
+            ]
+        );
+        assert_eq!(host(h).images_text(), "2+1↓");
     }
 
     #[test]

@@ -88,6 +88,10 @@ pub struct Host {
     pub last_probe_ms: Option<u64>,
     /// Counted slots by kind (`macos`: two guests per Mac).
     pub slots: Vec<Slot>,
+    /// The base images it holds, by name.
+    pub images: Vec<String>,
+    /// The images being pulled to it now, by name.
+    pub pulling: Vec<String>,
 }
 
 /// One kind of counted slot on a host.
@@ -99,6 +103,16 @@ pub struct Slot {
 }
 
 impl Host {
+    /// The IMG column: how many base images it holds, and `+N↓` for pulls running to it
+    /// (`2+1↓`); `-` for none of either.
+    pub fn images_text(&self) -> String {
+        match (self.images.len(), self.pulling.len()) {
+            (0, 0) => "-".into(),
+            (n, 0) => n.to_string(),
+            (n, p) => format!("{n}+{p}↓"),
+        }
+    }
+
     /// `macos 1/2`, kinds joined by commas; `-` for a host without slots.
     pub fn slots_text(&self) -> String {
         if self.slots.is_empty() {

@@ -21,6 +21,7 @@ mod contract;
 mod disk;
 mod eta;
 mod fair;
+mod images;
 mod limits;
 mod observe;
 mod orphans;
@@ -113,6 +114,10 @@ impl TestDaemon {
     /// Polls until `f` holds, or fails after 30 s (generous: CI machines are busy).
     fn wait_for(&self, what: &str, mut f: impl FnMut(&TestDaemon) -> bool) {
         berth_testkit::wait_for(what, Duration::from_secs(30), || f(self).then_some(()));
+    }
+
+    fn pulls(&self) -> &berth_drivers::images::Pulls {
+        self.daemon.as_ref().unwrap().pulls()
     }
 
     fn sim(&self) -> &Arc<berth_drivers::sim::SimWorld> {

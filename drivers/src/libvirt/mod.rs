@@ -34,7 +34,7 @@ mod connection;
 mod screenshot;
 mod xml;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -58,7 +58,9 @@ use xml::{
     pool_target_path, pool_xml,
 };
 
-use crate::images::{HeldImage, HeldTurn, ImageSource, ImageStore, PullOutcome, Pulls, evictions};
+use crate::images::{
+    HeldImage, HeldTurn, Holdings, ImageSource, ImageStore, PullOutcome, Pulls, evictions,
+};
 use crate::{ConsoleAddress, Driver, DriverError, HostFacts, VmListing, VmRecipe, parse_vm_name};
 pub use crate::{DomainType, UnknownDomainType};
 
@@ -324,6 +326,26 @@ impl Driver for LibvirtHost {
         })
         .await
     }
+
+    fn image_store(&self) -> Option<String> {
+        self.inner
+            .config
+            .image_store
+            .as_ref()
+            .map(ToString::to_string)
+    }
+
+    async fn pull_image(&self, image: &str) -> Result<(), DriverError> {
+        self.check_store()?;
+        self.pull(image).await
+    }
+
+    async fn evict_image(&self, image: &str) -> Result<(), DriverError> {
+        self.check_store()?;
+        let image = image.to_owned();
+        self.run("evict", move |inner, conn| inner.evict(conn, &image))
+            .await
+    }
 }
 
 impl LibvirtHost {
@@ -360,6 +382,20 @@ impl LibvirtHost {
                 ),
             }),
         }
+    }
+
+    /// Images travel only to and from hosts with an image store: without one, an evicted
+    /// image could not come back.
+    fn check_store(&self) -> Result<(), DriverError> {
+        if self.inner.config.image_store.is_some() {
+            return Ok(());
+        }
+        Err(DriverError::NoImageStore {
+            host: self.inner.host.clone(),
+            why: "it keeps no image store (set image_store in its options or in the [drivers] \
+                  section)"
+                .to_owned(),
+        })
     }
 
     fn request_error(&self, message: String) -> DriverError {
@@ -546,6 +582,14 @@ impl Inner {
             .info()
             .map_err(|e| self.classify("reading free space in the image directory", e))?
             .available;
+        // What the images weigh and what uses them is for operators to see; a failure to
+        // tell leaves the last count shown rather than failing the probe.
+        match self.holdings(conn, &pool) {
+            Ok(holdings) => self.pulls.record_held(&self.host, holdings),
+            Err(error) => {
+                tracing::debug!(host = %self.host, %error, "counting the host's images failed")
+            }
+        }
         Ok(LibvirtFacts {
             facts: HostFacts {
                 vcpus: node.cpus,
@@ -698,26 +742,24 @@ impl Inner {
         self.promised.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Removes the least recently used base images that nothing uses until `base`
-    /// (`bytes`) fits within `budget_mib` beside the rest (see [`evictions`]); fails, removing
-    /// nothing, when it cannot fit. An image is in use when an overlay in the pool or a disk
-    /// of any domain on the host names its file, when it is being pulled (its marker is
-    /// there), or when it is `promised` to a provisioning in flight.
-    fn make_room(
+    /// Every base image in the image directory (but `skip`, the one being pulled) with its
+    /// size, last use and what uses it, and every volume there by file name. An image is in use
+    /// when an overlay in the pool or a disk of any domain on the host names its file, when it
+    /// is being pulled (its marker is there), or when it is `promised` to a provisioning in
+    /// flight.
+    fn census(
         &self,
         conn: &Connect,
         pool: &StoragePool,
-        base: &str,
-        bytes: u64,
-        budget_mib: u64,
+        skip: Option<&str>,
         promised: &BTreeMap<String, usize>,
-    ) -> Result<(), DriverError> {
+    ) -> Result<Census, DriverError> {
         let dir = &self.config.image_dir;
         let volumes = pool
             .list_all_volumes(0)
             .map_err(|e| self.classify(&format!("listing {dir}"), e))?;
         let mut facts = BTreeMap::new();
-        for vol in &volumes {
+        for vol in volumes {
             let name = vol
                 .name()
                 .map_err(|e| self.classify(&format!("reading a volume name in {dir}"), e))?;
@@ -729,13 +771,17 @@ impl Inner {
             })?;
             facts.insert(name, (vol, read));
         }
-        // Files named by an overlay or a domain's disk, by file name: a path spelt another
-        // way (a symlinked directory) still protects the image.
-        let mut named: BTreeSet<String> = facts
-            .values()
-            .filter_map(|(_, f)| f.backing_path())
-            .map(|path| file_name(path).to_owned())
-            .collect();
+        // What names each file, by file name: a path spelt another way (a symlinked
+        // directory) still protects the image.
+        let mut users: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for (file, (_, f)) in &facts {
+            if let Some(path) = f.backing_path() {
+                users
+                    .entry(file_name(path).to_owned())
+                    .or_default()
+                    .push(format!("overlay {file}"));
+            }
+        }
         let domains = conn
             .list_all_domains(0)
             .map_err(|e| self.classify("listing the host's vms", e))?;
@@ -743,60 +789,141 @@ impl Inner {
             let xml = dom
                 .xml_desc(0)
                 .map_err(|e| self.classify("reading the definition of a vm", e))?;
+            let name = dom.name().unwrap_or_default();
             let parsed = xml::Domain::from_xml(&xml).map_err(|e| {
-                let name = dom.name().unwrap_or_default();
                 self.host_error(format!(
                     "cannot tell whether vm {name} uses a base image, so none is evicted: \
                      reading its definition: {e}"
                 ))
             })?;
-            named.extend(parsed.disk_files().map(|path| file_name(path).to_owned()));
+            for path in parsed.disk_files() {
+                users
+                    .entry(file_name(path).to_owned())
+                    .or_default()
+                    .push(format!("vm {name}"));
+            }
         }
-        let incoming = format!("{base}{IMAGE_EXT}");
-        let mut held = Vec::new();
+        let mut images = Vec::new();
         for (file, (_, f)) in &facts {
             let Some(name) = base_image_name(file) else {
                 continue;
             };
-            if *file == incoming {
+            if Some(name) == skip {
                 continue;
             }
             let pulling = facts.contains_key(&format!("{file}{PULLING_EXT}"));
+            let mut used_by = users.remove(file).unwrap_or_default();
+            if pulling {
+                used_by.push("a pull".to_owned());
+            }
+            if let Some(n) = promised.get(name) {
+                used_by.push(format!("{n} provisioning(s) about to use it"));
+            }
             let last_used_s = facts
                 .get(&format!("{file}{USED_EXT}"))
                 .and_then(|(_, used)| used.mtime_s())
                 .or_else(|| f.mtime_s())
                 .unwrap_or(0);
-            held.push(HeldImage {
-                name: name.to_owned(),
-                bytes: f.disk_bytes(pulling),
-                last_used_s,
-                in_use: pulling || named.contains(file) || promised.contains_key(name),
-            });
+            images.push((
+                HeldImage {
+                    name: name.to_owned(),
+                    bytes: f.disk_bytes(pulling),
+                    last_used_s,
+                    in_use: !used_by.is_empty(),
+                },
+                used_by,
+            ));
         }
-        let evict = evictions(&held, base, bytes, budget_mib * 1024 * 1024)
-            .map_err(|e| self.host_error(format!("pulling base image {base} into {dir}: {e}")))?;
-        for name in evict {
-            let file = format!("{name}{IMAGE_EXT}");
-            let used = format!("{file}{USED_EXT}");
-            if let Some((vol, f)) = facts.get(&file) {
-                vol.delete(0).map_err(|e| {
-                    self.classify(&format!("evicting the unused base image {file}"), e)
-                })?;
-                tracing::info!(
-                    host = %self.host,
-                    image = %file,
-                    bytes = f.disk_bytes(false),
-                    incoming = %incoming,
-                    budget_mib,
-                    "evicted an unused base image"
-                );
-            }
-            if let Some((vol, _)) = facts.get(&used) {
-                let _ = vol.delete(0);
-            }
+        Ok(Census { facts, images })
+    }
+
+    /// Removes base image `name`'s file and its last-use mark.
+    fn remove_image(&self, census: &Census, name: &str, why: &str) -> Result<(), DriverError> {
+        let file = format!("{name}{IMAGE_EXT}");
+        let used = format!("{file}{USED_EXT}");
+        if let Some((vol, f)) = census.facts.get(&file) {
+            vol.delete(0)
+                .map_err(|e| self.classify(&format!("evicting the base image {file}"), e))?;
+            tracing::info!(
+                host = %self.host,
+                image = %file,
+                bytes = f.disk_bytes(false),
+                why,
+                "evicted an unused base image"
+            );
+        }
+        if let Some((vol, _)) = census.facts.get(&used) {
+            let _ = vol.delete(0);
         }
         Ok(())
+    }
+
+    /// Removes the least recently used base images that nothing uses until `base`
+    /// (`bytes`) fits within `budget_mib` beside the rest (see [`evictions`] and
+    /// [`Self::census`] for what counts as used); fails, removing nothing, when it cannot fit.
+    fn make_room(
+        &self,
+        conn: &Connect,
+        pool: &StoragePool,
+        base: &str,
+        bytes: u64,
+        budget_mib: u64,
+        promised: &BTreeMap<String, usize>,
+    ) -> Result<(), DriverError> {
+        let census = self.census(conn, pool, Some(base), promised)?;
+        let held: Vec<HeldImage> = census.images.iter().map(|(h, _)| h.clone()).collect();
+        let evict = evictions(&held, base, bytes, budget_mib * 1024 * 1024).map_err(|e| {
+            self.host_error(format!(
+                "pulling base image {base} into {}: {e}",
+                self.config.image_dir
+            ))
+        })?;
+        let why = format!("making room for {base}{IMAGE_EXT} within {budget_mib} MiB");
+        for name in evict {
+            self.remove_image(&census, &name, &why)?;
+        }
+        Ok(())
+    }
+
+    /// See [`Driver::evict_image`]; runs on a blocking thread. Under the promise lock, so that
+    /// no pull finds the image and promises it meanwhile.
+    fn evict(&self, conn: &Connect, base: &str) -> Result<(), DriverError> {
+        let pool = self.pool(conn)?;
+        let promised = self.lock_promised();
+        if self.pulls.progress(&self.host, base).is_some() {
+            return Err(DriverError::ImageInUse {
+                host: self.host.clone(),
+                image: base.to_owned(),
+                users: vec!["a pull".to_owned()],
+            });
+        }
+        let census = self.census(conn, &pool, None, &promised)?;
+        let Some((_, users)) = census.images.iter().find(|(h, _)| h.name == base) else {
+            return Err(DriverError::NoSuchImage {
+                host: self.host.clone(),
+                image: base.to_owned(),
+            });
+        };
+        if !users.is_empty() {
+            return Err(DriverError::ImageInUse {
+                host: self.host.clone(),
+                image: base.to_owned(),
+                users: users.clone(),
+            });
+        }
+        self.remove_image(&census, base, "an operator evicted it")?;
+        drop(promised);
+        Ok(())
+    }
+
+    /// What [`Self::census`] finds, as the board keeps it for the daemon to show.
+    fn holdings(&self, conn: &Connect, pool: &StoragePool) -> Result<Holdings, DriverError> {
+        let promised = self.lock_promised().clone();
+        let census = self.census(conn, pool, None, &promised)?;
+        Ok(Holdings {
+            images: census.images.into_iter().map(|(h, _)| h).collect(),
+            budget_bytes: self.config.image_budget_mib.map(|m| m * 1024 * 1024),
+        })
     }
 
     /// Makes `FILE.used` anew, so that its modification time is now: the image was used.
@@ -1192,6 +1319,14 @@ fn read_stream(stream: &Stream) -> Result<Vec<u8>, VirtError> {
 }
 
 /// An image a pull found or brought, promised to a provisioning until this is dropped.
+/// The image directory as eviction sees it (see [`Inner::census`]).
+struct Census {
+    /// Every volume, by file name, with what its definition says.
+    facts: BTreeMap<String, (StorageVol, VolumeFacts)>,
+    /// Every base image, by name, with what uses it (empty: nothing).
+    images: Vec<(HeldImage, Vec<String>)>,
+}
+
 struct Promise {
     inner: Arc<Inner>,
     image: String,

@@ -349,7 +349,7 @@ fn events_paused_on_a_chosen_row() {
 #[test]
 fn hosts_sorted_by_cpu_descending() {
     check("hosts_by_cpu", |a| {
-        keys(a, "2>>>>i");
+        keys(a, "2>>>i");
     });
 }
 
@@ -359,6 +359,8 @@ fn host_detail(a: &mut berth_tui::App) {
         fields: vec![
             ("state".into(), "ready".into()),
             ("capacity".into(), "16 vcpus, 64G".into()),
+            ("images".into(), "linux 1.1G in use, windows 9.5G".into()),
+            ("image disk".into(), "10.6G of 20G budget".into()),
             ("labels".into(), "arch=x86_64".into()),
         ],
         timeline: vec![TimelineEntry {
