@@ -165,6 +165,11 @@ pub struct FairShareSection {
     /// The weight of an account `accounts` does not list.
     #[serde(default = "one")]
     pub default_weight: u32,
+    /// A request that has waited this many minutes is served before the fair order (by
+    /// priority with aging, then arrival), whatever its account's usage: a bound on how long
+    /// fair share may pass it over. Left out: the fair order only.
+    #[serde(default)]
+    pub age_limit_minutes: Option<u64>,
     #[serde(default)]
     pub accounts: Vec<AccountConfig>,
 }
@@ -196,6 +201,14 @@ impl FairShareSection {
                     "must be 1 to {HALF_LIFE_MINUTES_MAX} (a year), got {}",
                     self.half_life_minutes
                 ),
+            ));
+        }
+        if let Some(minutes) = self.age_limit_minutes
+            && !(1..=HALF_LIFE_MINUTES_MAX).contains(&minutes)
+        {
+            return Err(bad(
+                "fair_share.age_limit_minutes".into(),
+                format!("must be 1 to {HALF_LIFE_MINUTES_MAX} (a year), got {minutes}"),
             ));
         }
         let weight_ok = |w: u32| (1..=ACCOUNT_WEIGHT_MAX).contains(&w);
@@ -237,6 +250,7 @@ impl FairShareSection {
         Ok(FairShare {
             half_life_ms: self.half_life_minutes * 60_000,
             default_weight: self.default_weight,
+            age_limit_ms: self.age_limit_minutes.map(|m| m * 60_000),
             accounts: self
                 .accounts
                 .iter()
@@ -894,6 +908,10 @@ mod tests {
         let s = scheduler_config(&c.scheduler, c.fair_share.as_ref()).unwrap();
         let fair = s.fair_share.expect("fair share on");
         assert_eq!((fair.half_life_ms, fair.default_weight), (1_800_000, 2));
+        assert_eq!(fair.age_limit_ms, None);
+        let aged = parse("[fair_share]\nage_limit_minutes = 90\n").unwrap();
+        let aged = aged.fair_share.unwrap().to_fair_share().unwrap();
+        assert_eq!(aged.age_limit_ms, Some(5_400_000));
         assert_eq!(
             fair.accounts,
             vec![Account {
@@ -921,6 +939,10 @@ mod tests {
             (
                 "[fair_share]\ndefault_weight = 0\n".to_owned(),
                 "fair_share.default_weight",
+            ),
+            (
+                "[fair_share]\nage_limit_minutes = 0\n".to_owned(),
+                "fair_share.age_limit_minutes",
             ),
             ("[fair_share]\nhalf_life = 3\n".to_owned(), "half_life"),
             (

@@ -855,6 +855,7 @@ mod tests {
                         weight: 3,
                     },
                 ],
+                age_limit_ms: None,
             }),
             // Every VM starts at once, so every account holds the same.
             provisioning_per_host_max: 100,

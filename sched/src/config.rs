@@ -74,6 +74,10 @@ pub struct FairShare {
     /// The weight of an account the list does not name.
     pub default_weight: u32,
     pub accounts: Vec<Account>,
+    /// A request that has waited this long is served before the fair order, by priority with
+    /// aging and arrival, whatever its account's usage (the part Slurm's age factor plays): a
+    /// bound on how long fair share may pass a request over. None: fair order only.
+    pub age_limit_ms: Option<u64>,
 }
 
 impl Default for FairShare {
@@ -82,6 +86,7 @@ impl Default for FairShare {
             half_life_ms: 3_600_000,
             default_weight: 1,
             accounts: Vec::new(),
+            age_limit_ms: None,
         }
     }
 }

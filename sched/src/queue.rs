@@ -30,9 +30,10 @@ pub(crate) struct Entry {
     pub group: u64,
 }
 
-/// Where an entry stands in the service order: a larger key is served first. Its account's
-/// fair-share rank (lower first), then its effective priority, then arrival.
-pub(crate) type ServiceKey = (Reverse<u32>, i64, Reverse<u64>);
+/// Where an entry stands in the service order: a larger key is served first. Whether it has
+/// waited past fair share's age limit (those first), its account's fair-share rank (lower
+/// first; no rank once past the limit), then its effective priority, then arrival.
+pub(crate) type ServiceKey = (bool, Reverse<u32>, i64, Reverse<u64>);
 
 /// A level of the queue: requests of one account and one priority, in arrival order.
 pub(crate) type Level = (u32, i32);
@@ -90,6 +91,9 @@ pub(crate) struct Queue {
     levels: BTreeMap<(u32, Reverse<i32>), BTreeMap<u64, Entry>>,
     /// Per account, its fair-share rank for this pass (empty without fair share).
     ranks: Vec<u32>,
+    /// Fair share's age limit: a request that has waited this long is served before the fair
+    /// order, by priority with aging and arrival (None: never).
+    age_limit_ms: Option<u64>,
     groups: BTreeMap<u64, Group>,
     group_ids: BTreeMap<Kind, u64>,
     next_seq: u64,
@@ -98,6 +102,14 @@ pub(crate) struct Queue {
 }
 
 impl Queue {
+    /// An empty queue under fair share's age limit (see `age_limit_ms`).
+    pub fn with_age_limit(age_limit_ms: Option<u64>) -> Queue {
+        Queue {
+            age_limit_ms,
+            ..Queue::default()
+        }
+    }
+
     pub fn push(&mut self, request: RequestId, kind: Kind, enqueued_ms: u64) -> u64 {
         let seq = self.next_seq;
         self.next_seq += 1;
@@ -204,10 +216,20 @@ impl Queue {
         i64::from(e.priority) + age
     }
 
-    /// Where `e` stands in the service order now.
+    /// Where `e` stands in the service order now. Within one level (account and priority) the
+    /// keys fall as sequence numbers rise, past the age limit or not: the older an entry, the
+    /// sooner it passes the limit.
     pub fn key(&self, e: &Entry, now_ms: u64, aging_step_ms: u64) -> ServiceKey {
-        let rank = self.ranks.get(e.account as usize).copied().unwrap_or(0);
+        let aged = self
+            .age_limit_ms
+            .is_some_and(|limit| now_ms.saturating_sub(e.enqueued_ms) >= limit);
+        let rank = if aged {
+            0
+        } else {
+            self.ranks.get(e.account as usize).copied().unwrap_or(0)
+        };
         (
+            aged,
             Reverse(rank),
             Self::effective(e, now_ms, aging_step_ms),
             Reverse(e.seq),
@@ -430,9 +452,35 @@ mod tests {
     }
 
     #[test]
+    fn past_the_age_limit_a_request_goes_before_the_fair_order_oldest_first() {
+        let mut q = mixed();
+        // At 15 s, requests 0 to 40 arrived at least 5 s ago: served first, whatever their
+        // account's rank, by priority then arrival; then the fair order of the rest.
+        q.age_limit_ms = Some(5_000);
+        let mut order = Vec::new();
+        q.ordered(15_000, 0, &mut order);
+        let aged: Vec<u64> = order[..41].iter().map(|e| e.request.0).collect();
+        let mut expected: Vec<u64> = (0..=40).collect();
+        expected.sort_by_key(|&i| (Reverse([0, 2, -1][(i % 3) as usize]), i));
+        assert_eq!(aged, expected);
+        assert!(order[41..].iter().all(|e| e.request.0 > 40));
+        // The rest in the fair order: the second account's first.
+        let first_rest = order[41].request.0;
+        assert_eq!((first_rest / 9) % 2, 1, "{first_rest}");
+    }
+
+    #[test]
     fn merging_the_group_heads_gives_the_service_order() {
-        let q = mixed();
-        for (now, step) in [(15_000, 0), (15_000, 1_000), (40_000, 700), (40_000, 5_000)] {
+        let mut q = mixed();
+        for (now, step, age) in [
+            (15_000, 0, None),
+            (15_000, 1_000, None),
+            (40_000, 700, None),
+            (40_000, 5_000, None),
+            (15_000, 0, Some(5_000)),
+            (40_000, 700, Some(12_345)),
+        ] {
+            q.age_limit_ms = age;
             let mut order = Vec::new();
             q.ordered(now, step, &mut order);
             let mut merged = Vec::new();
@@ -448,7 +496,7 @@ mod tests {
                 merged.push(e);
                 heads[i] = q.next_in_group(&e);
             }
-            assert_eq!(merged, order, "now {now}, step {step}");
+            assert_eq!(merged, order, "now {now}, step {step}, age limit {age:?}");
         }
     }
 
@@ -466,7 +514,14 @@ mod tests {
                 q.remove(p, seq);
             }
         }
-        for (now, step) in [(15_000, 0), (40_000, 700), (40_000, 5_000)] {
+        for (now, step, age) in [
+            (15_000, 0, None),
+            (40_000, 700, None),
+            (40_000, 5_000, None),
+            (15_000, 0, Some(5_000)),
+            (40_000, 700, Some(12_345)),
+        ] {
+            q.age_limit_ms = age;
             let mut order = Vec::new();
             q.ordered(now, step, &mut order);
             let groups: Vec<u64> = q.groups().map(|(id, _)| id).collect();

@@ -195,11 +195,16 @@ pub fn settings_text(config: &SimConfig) -> String {
         half_life_ms,
         default_weight,
         accounts,
+        age_limit_ms,
     }) = fair_share
     {
         text.push_str(&format!(
             "fair_share.half_life_ms={half_life_ms}\nfair_share.default_weight={default_weight}\n"
         ));
+        // Only when set, so that the digests of settings without it stay what they were.
+        if let Some(ms) = age_limit_ms {
+            text.push_str(&format!("fair_share.age_limit_ms={ms}\n"));
+        }
         for Account { name, weight } in accounts {
             text.push_str(&format!("fair_share.account={name:?}:{weight}\n"));
         }

@@ -80,6 +80,7 @@ impl Scheduler {
             .iter()
             .map(|t| (t.name.clone(), t.clone()))
             .collect();
+        let age_limit_ms = config.fair_share.as_ref().and_then(|f| f.age_limit_ms);
         Scheduler {
             fleet: Fleet::new(config.provisioning_per_host_max),
             reads: policy::of(config.policy).reads,
@@ -96,7 +97,7 @@ impl Scheduler {
             slot_kinds: Interner::default(),
             requests: IdMap::default(),
             vms: IdMap::default(),
-            queue: Queue::default(),
+            queue: Queue::with_age_limit(age_limit_ms),
             ends: BTreeMap::new(),
             timers: BTreeSet::new(),
             actions: VecDeque::new(),

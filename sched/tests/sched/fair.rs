@@ -31,6 +31,8 @@ struct Setup<'a> {
     n_hosts: u64,
     job_ms: u64,
     half_life_ms: u64,
+    /// Fair share's age limit (`FairShare::age_limit_ms`).
+    age_limit_ms: Option<u64>,
     warmup_ms: u64,
     horizon_ms: u64,
 }
@@ -43,6 +45,7 @@ fn run(setup: &Setup) -> Run {
         n_hosts,
         job_ms,
         half_life_ms,
+        age_limit_ms,
         warmup_ms,
         horizon_ms,
     } = setup;
@@ -51,6 +54,7 @@ fn run(setup: &Setup) -> Run {
         policy,
         fair_share: Some(FairShare {
             half_life_ms,
+            age_limit_ms,
             default_weight: 1,
             accounts: names
                 .iter()
@@ -159,6 +163,7 @@ fn shares_converge_to_the_weights_under_constant_demand() {
             n_hosts: 6,
             job_ms: 10 * MINUTE_MS + 7,
             half_life_ms: 30 * MINUTE_MS,
+            age_limit_ms: None,
             warmup_ms: 4 * 60 * MINUTE_MS,
             horizon_ms: 48 * 60 * MINUTE_MS,
         });
@@ -194,6 +199,7 @@ fn no_account_starves_behind_a_heavier_one() {
         n_hosts,
         job_ms,
         half_life_ms,
+        age_limit_ms: None,
         warmup_ms,
         horizon_ms: warmup_ms + 24 * 60 * MINUTE_MS,
     });
@@ -219,6 +225,53 @@ fn no_account_starves_behind_a_heavier_one() {
     );
 }
 
+/// Fair share's age limit bounds how long the fair order may pass a request over: an account
+/// of weight 1 beside one of weight 100 that always wants the whole fleet waits, without the
+/// limit, until its usage has decayed (many half-lives here); with it, a request that has waited
+/// the limit goes first once a VM ends, so within the limit plus the longest job. The heavy
+/// account's own requests wait far less than the limit (its backlog is a quarter of the fleet
+/// past what runs), so no older request passed the limit before the light one's.
+#[test]
+fn an_age_limit_bounds_the_wait_the_fair_order_imposes() {
+    let (n_hosts, job_ms) = (6u64, 10 * MINUTE_MS);
+    let age_limit_ms = 20 * MINUTE_MS;
+    let setup = |age_limit_ms| Setup {
+        policy: Policy::Easy,
+        weights: &[1, 100],
+        backlog: &[1, 30],
+        n_hosts,
+        job_ms,
+        half_life_ms: 4 * 60 * MINUTE_MS,
+        age_limit_ms,
+        warmup_ms: 24 * 60 * MINUTE_MS,
+        horizon_ms: 48 * 60 * MINUTE_MS,
+    };
+    let job_max_ms = job_ms * 3 / 2;
+    let bound_ms = age_limit_ms + job_max_ms;
+    let without = run(&setup(None));
+    assert!(
+        without.longest_wait_ms[0] > bound_ms,
+        "without the limit the light account should wait past {bound_ms} ms: {:?}",
+        without.longest_wait_ms
+    );
+    let with = run(&setup(Some(age_limit_ms)));
+    assert!(
+        with.ran_ms[0] > 0 && with.ran_ms[1] > 0,
+        "{:?}",
+        with.ran_ms
+    );
+    assert!(
+        with.longest_wait_ms[1] < age_limit_ms,
+        "the heavy account's requests should not reach the limit: {:?}",
+        with.longest_wait_ms
+    );
+    assert!(
+        with.longest_wait_ms[0] <= bound_ms,
+        "the light account waited {} ms, past the bound of {bound_ms} ms",
+        with.longest_wait_ms[0]
+    );
+}
+
 #[test]
 fn fair_share_decides_the_same_on_every_run() {
     let once = || {
@@ -229,6 +282,7 @@ fn fair_share_decides_the_same_on_every_run() {
             n_hosts: 3,
             job_ms: 7 * MINUTE_MS,
             half_life_ms: 15 * MINUTE_MS,
+            age_limit_ms: None,
             warmup_ms: 0,
             horizon_ms: 12 * 60 * MINUTE_MS,
         })

@@ -30,8 +30,9 @@ pub struct Knobs {
     pub(crate) provision_failures_max: u32,
     pub(crate) candidates_max: u32,
     pub(crate) aging_step_ms: u64,
-    /// Fair share between three accounts (weights 1, 2, 3) with this half-life; `None`: off.
-    pub(crate) fair_half_life_ms: Option<u64>,
+    /// Fair share between three accounts (weights 1, 2, 3) with this half-life and age limit;
+    /// `None`: off.
+    pub(crate) fair_half_life_ms: Option<(u64, Option<u64>)>,
     /// Quotas on the classes of hosts h1 to h12 (one class each): every account is guaranteed
     /// this many vCPUs and may borrow this many more, `team-1` twice the guarantee with no
     /// bound on borrowing; `None`: off.
@@ -131,7 +132,10 @@ pub(crate) fn knobs() -> impl Strategy<Value = Knobs> {
         1u32..=4,
         1u32..=8,
         prop_oneof![Just(0u64), Just(60_000), Just(600_000)],
-        prop::option::of(prop_oneof![Just(1u64), Just(60_000), Just(3_600_000)]),
+        prop::option::of((
+            prop_oneof![Just(1u64), Just(60_000), Just(3_600_000)],
+            prop::option::of(prop_oneof![Just(1u64), Just(30_000), Just(600_000)]),
+        )),
         prop::option::of((0u64..=8, 0u64..=8)),
     )
         .prop_map(
@@ -277,16 +281,19 @@ pub(crate) fn config_of(k: &Knobs) -> Config {
         provision_failures_max: k.provision_failures_max,
         vm_retries_max: k.vm_retries_max,
         aging_step_ms: k.aging_step_ms,
-        fair_share: k.fair_half_life_ms.map(|half_life_ms| FairShare {
-            half_life_ms,
-            default_weight: 1,
-            accounts: (1..=3)
-                .map(|w| Account {
-                    name: format!("team-{w}"),
-                    weight: w,
-                })
-                .collect(),
-        }),
+        fair_share: k
+            .fair_half_life_ms
+            .map(|(half_life_ms, age_limit_ms)| FairShare {
+                half_life_ms,
+                age_limit_ms,
+                default_weight: 1,
+                accounts: (1..=3)
+                    .map(|w| Account {
+                        name: format!("team-{w}"),
+                        weight: w,
+                    })
+                    .collect(),
+            }),
         quotas: k
             .quota_vcpus
             .map(|(guarantee, borrow)| {

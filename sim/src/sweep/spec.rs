@@ -511,11 +511,13 @@ impl From<&QuotaAmountsEntry> for QuotaAmounts {
     }
 }
 
-/// Fair share between accounts: `fair_share = { half_life_minutes = 60, accounts = [...] }`.
+/// Fair share between accounts: `fair_share = { half_life_minutes = 60, age_limit_minutes =
+/// 60, accounts = [...] }`.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FairShareEntry {
     half_life_minutes: Option<Spanned<f64>>,
+    age_limit_minutes: Option<Spanned<f64>>,
     default_weight: Option<Spanned<u32>>,
     #[serde(default)]
     accounts: Vec<AccountEntry>,
@@ -645,6 +647,18 @@ impl SettingsEntry {
                     ));
                 }
                 fair.half_life_ms = (minutes * 60_000.0).round() as u64;
+            }
+            if let Some(a) = &f.age_limit_minutes {
+                let minutes = *a.get_ref();
+                if !(minutes.is_finite() && minutes > 0.0) {
+                    return Err(at(
+                        a.span(),
+                        format!(
+                            "settings `{name}`: `fair_share.age_limit_minutes` must be a positive number, got {minutes}"
+                        ),
+                    ));
+                }
+                fair.age_limit_ms = Some((minutes * 60_000.0).round() as u64);
             }
             if let Some(w) = &f.default_weight {
                 fair.default_weight = at_least_one(w, "fair_share.default_weight")?;
@@ -793,6 +807,29 @@ mod tests {
         assert_ne!(
             provenance::settings_sha256(&spec.settings[1].config),
             provenance::settings_sha256(&spec.settings[2].config)
+        );
+    }
+
+    #[test]
+    fn the_age_limit_example_spec_parses_and_a_bad_limit_is_named() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/sweep-age.toml");
+        let spec = Spec::load(&path).unwrap();
+        assert_eq!(spec.runs().len(), 5 * 8);
+        let fair = |i: usize| spec.settings[i].config.sched.fair_share.clone();
+        assert!(fair(0).is_none());
+        assert_eq!(fair(1).unwrap().age_limit_ms, Some(30 * 60_000));
+        assert_eq!(fair(7).unwrap().age_limit_ms, Some(720 * 60_000));
+        // The limit is part of what a run's settings digest covers.
+        assert_ne!(
+            provenance::settings_sha256(&spec.settings[4].config),
+            provenance::settings_sha256(&spec.settings[5].config)
+        );
+        let e = err(&format!(
+            "{MINIMAL}[[settings]]\nname = \"a\"\nfair_share = {{ age_limit_minutes = 0 }}\n"
+        ));
+        assert!(
+            e.contains("fair_share.age_limit_minutes") && e.contains("got 0"),
+            "{e}"
         );
     }
 
