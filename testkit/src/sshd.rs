@@ -312,20 +312,7 @@ impl Fixture {
             // sshd's privilege-separation directory; no init system made it.
             fs::create_dir_all("/run/sshd").unwrap();
         }
-        let mut cmd = match &netns {
-            Some(ns) => {
-                let mut c = Command::new("ip");
-                c.args(["netns", "exec", &ns.name]).arg(&sshd);
-                c
-            }
-            None => Command::new(&sshd),
-        };
-        cmd.args(["-D", "-e", "-f"])
-            .arg(d.join("sshd_config"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(fs::File::create(d.join("sshd.log")).unwrap());
-        let child = cmd.spawn().unwrap();
+        let child = spawn_sshd(d, netns.as_ref(), &sshd);
         let mut fx = Fixture {
             dir,
             listen_ip,
@@ -336,6 +323,41 @@ impl Fixture {
         };
         fx.wait_listening();
         Some(fx)
+    }
+
+    /// The Mac goes down as in a power cut: sshd, every session it serves and every command
+    /// those run (a copy in progress included) are killed at once; files stay as they are.
+    /// [`Fixture::start_host`] brings it back.
+    pub fn stop_host(&mut self) {
+        // Each process found is stopped before its children are looked for, so that none can
+        // fork one that escapes; then all are killed together.
+        let mut tree = vec![self.sshd.id()];
+        signal("STOP", self.sshd.id());
+        loop {
+            let new: Vec<u32> = children_of(&tree)
+                .into_iter()
+                .filter(|p| !tree.contains(p))
+                .collect();
+            if new.is_empty() {
+                break;
+            }
+            for &pid in &new {
+                signal("STOP", pid);
+            }
+            tree.extend(new);
+        }
+        for &pid in &tree {
+            signal("KILL", pid);
+        }
+        let _ = self.sshd.wait();
+    }
+
+    /// The Mac back after [`Fixture::stop_host`]: the same sshd (address, port, host key) over
+    /// the same stand-ins' state.
+    pub fn start_host(&mut self) {
+        let sshd = find_program("sshd").unwrap();
+        self.sshd = spawn_sshd(self.dir.path(), self.netns.as_ref(), &sshd);
+        self.wait_listening();
     }
 
     fn wait_listening(&mut self) {
@@ -506,6 +528,66 @@ impl Fixture {
     pub fn set_state(&self, state: &serde_json::Value) {
         fs::write(self.path("state.json"), state.to_string()).unwrap();
     }
+}
+
+/// Starts `sshd` with the configuration in `dir`, inside `netns` if there is one; its log goes
+/// to `sshd.log` there (appended to, so that a restart keeps what came before).
+fn spawn_sshd(dir: &Path, netns: Option<&NetNs>, sshd: &Path) -> Child {
+    let mut cmd = match netns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", &ns.name]).arg(sshd);
+            c
+        }
+        None => Command::new(sshd),
+    };
+    let log = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("sshd.log"))
+        .unwrap();
+    cmd.args(["-D", "-e", "-f"])
+        .arg(dir.join("sshd_config"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log);
+    cmd.spawn().unwrap()
+}
+
+/// The processes whose parent is one of `parents`, read from `/proc`.
+fn children_of(parents: &[u32]) -> Vec<u32> {
+    let mut found = Vec::new();
+    for entry in fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        // `PID (COMM) STATE PPID ...`: COMM may hold spaces and parentheses, so the fields
+        // are counted from the last `)`.
+        let Ok(stat) = fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        let ppid = stat
+            .rfind(')')
+            .and_then(|i| stat[i + 1..].split_whitespace().nth(1))
+            .and_then(|p| p.parse::<u32>().ok());
+        if ppid.is_some_and(|p| parents.contains(&p)) {
+            found.push(pid);
+        }
+    }
+    found
+}
+
+/// Sends signal `name` (`STOP`, `KILL`) to `pid`; one that already exited is fine.
+fn signal(name: &str, pid: u32) {
+    let _ = Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(pid.to_string())
+        .stderr(Stdio::null())
+        .status();
 }
 
 impl Drop for Fixture {

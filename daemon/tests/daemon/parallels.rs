@@ -7,11 +7,14 @@
 //! fail instead.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::io::{BufRead, BufReader, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::Path;
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use berth_testkit::sshd::{Fixture, TEMPLATE, keygen};
+use berth_testkit::sshd::{Fixture, TEMPLATE, bundle_disk, keygen};
 use serde_json::{Value, json};
 
 use crate::TestDaemon;
@@ -423,5 +426,248 @@ fn a_parallels_host_pulls_a_missing_template_once_and_shows_it_as_the_vms_detail
                 && l.contains("outcome=\"ok\"")
                 && l.ends_with(" 1")),
         "{metrics}"
+    );
+}
+
+/// An image store served over HTTP by the test from directory `dir`, which stops half way
+/// through the first download of `stalled` until [`StallingStore::release`]; it counts the
+/// downloads of each file.
+struct StallingStore {
+    url: String,
+    downloads: Arc<Mutex<BTreeMap<String, u32>>>,
+    released: Arc<(Mutex<bool>, Condvar)>,
+}
+
+impl StallingStore {
+    fn serve(dir: &Path, stalled: &str) -> StallingStore {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let downloads = Arc::new(Mutex::new(BTreeMap::<String, u32>::new()));
+        let released = Arc::new((Mutex::new(false), Condvar::new()));
+        let (dir, stalled) = (dir.to_owned(), stalled.to_owned());
+        let (counts, gate) = (downloads.clone(), released.clone());
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(conn) = conn else { continue };
+                let (dir, stalled) = (dir.clone(), stalled.clone());
+                let (counts, gate) = (counts.clone(), gate.clone());
+                std::thread::spawn(move || {
+                    let _ = answer(conn, &dir, &stalled, &counts, &gate);
+                });
+            }
+        });
+        StallingStore {
+            url,
+            downloads,
+            released,
+        }
+    }
+
+    fn release(&self) {
+        let (released, cv) = &*self.released;
+        *released.lock().unwrap() = true;
+        cv.notify_all();
+    }
+
+    fn downloads(&self, file: &str) -> u32 {
+        self.downloads
+            .lock()
+            .unwrap()
+            .get(file)
+            .copied()
+            .unwrap_or(0)
+    }
+}
+
+/// Answers one `GET /FILE` of a [`StallingStore`], then closes the connection.
+fn answer(
+    mut conn: TcpStream,
+    dir: &Path,
+    stalled: &str,
+    counts: &Mutex<BTreeMap<String, u32>>,
+    gate: &(Mutex<bool>, Condvar),
+) -> std::io::Result<()> {
+    let mut reader = BufReader::new(conn.try_clone()?);
+    let mut line = String::new();
+    reader.read_line(&mut line)?;
+    let file = line
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or("/")
+        .trim_start_matches('/')
+        .to_owned();
+    // The headers, up to the blank line.
+    loop {
+        let mut header = String::new();
+        if reader.read_line(&mut header)? == 0 || header.trim().is_empty() {
+            break;
+        }
+    }
+    let Ok(body) = std::fs::read(dir.join(&file)) else {
+        return conn.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n");
+    };
+    let n = {
+        let mut counts = counts.lock().unwrap();
+        let n = counts.entry(file.clone()).or_insert(0);
+        *n += 1;
+        *n
+    };
+    write!(
+        conn,
+        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )?;
+    let half = if file == stalled && n == 1 {
+        body.len() / 2
+    } else {
+        body.len()
+    };
+    conn.write_all(&body[..half])?;
+    conn.flush()?;
+    let (released, cv) = gate;
+    if half < body.len() {
+        let mut released = released.lock().unwrap();
+        while !*released {
+            released = cv.wait(released).unwrap();
+        }
+    }
+    conn.write_all(&body[half..])
+}
+
+fn metrics(d: &TestDaemon) -> String {
+    ureq::get(&format!("{}/metrics", d.url))
+        .set("Authorization", &format!("Bearer {}", d.token))
+        .call()
+        .unwrap()
+        .into_string()
+        .unwrap()
+}
+
+/// The daemon's count of mac1's pulls with `outcome`.
+fn pulls(d: &TestDaemon, outcome: &str) -> u64 {
+    metrics(d)
+        .lines()
+        .find(|l| {
+            l.starts_with("berth_image_pulls_total{")
+                && l.contains("host=\"mac1\"")
+                && l.contains(&format!("outcome=\"{outcome}\""))
+        })
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The Mac restarts (sshd and everything it runs killed at once, as in a power cut) while it
+/// pulls a template, half of the archive written: the pull fails, the daemon cannot clean up
+/// while the Mac is down, so the partial archive stays beside its marker. Once the Mac is back
+/// the request's VM is retried there; its pull removes the partial copy, pulls the whole archive
+/// again and registers that, and the VM runs on it; nothing of the cut pull remains.
+#[test]
+fn a_mac_restarted_in_the_middle_of_a_pull_gets_the_whole_template_and_the_vm_is_retried() {
+    let Some(mut fx) = Fixture::start() else {
+        return;
+    };
+    let Some((store_dir, archive)) = fx.template_store("macos-16") else {
+        return;
+    };
+    let file = "macos-16.pvm.tar";
+    let store = StallingStore::serve(&store_dir, file);
+    let templates = fx.path("templates");
+    let dir = tempfile::tempdir().unwrap();
+    let mut opts = options(&fx);
+    opts.insert("template_dir".into(), templates.display().to_string());
+    let mut config = config(&[("mac1", opts)]);
+    config.push_str(&format!(
+        "\n[[templates]]\nname = \"macos16\"\nguest_os = \"macos\"\nbase_image = \"macos-16\"\n\
+         vcpus = 2\nmemory_mib = 4096\nslot = \"macos\"\n\n[drivers]\nimage_store = {}\n",
+        json!(store.url)
+    ));
+    let d = TestDaemon::start(dir.path(), &config);
+    d.wait_for("mac1 ready", |d| d.host_state("mac1") == "ready");
+
+    let r = d.ok(
+        "POST",
+        "/v1/requests",
+        Some(json!({"template": "macos16", "count": 1})),
+    )["id"]
+        .as_u64()
+        .unwrap();
+    let first = request_vms(&d, r)[0]["id"].as_u64().unwrap();
+    // The store stalls half way: on the Mac, half an archive beside the pull's marker.
+    let partial = templates.join(file);
+    let marker = templates.join(format!("{file}.pulling"));
+    let half = (archive.len() / 2) as u64;
+    d.wait_for("half the archive on the mac", |_| {
+        std::fs::metadata(&partial).is_ok_and(|m| m.len() == half)
+    });
+    assert!(marker.exists(), "no pull marker beside the partial archive");
+    let vm = d.ok("GET", &format!("/v1/vms/{first}"), None);
+    assert_eq!(vm["state"], "provisioning", "{vm}");
+    assert!(
+        vm["detail"]
+            .as_str()
+            .is_some_and(|s| s.starts_with(&format!("pulling {file} "))),
+        "{vm}"
+    );
+
+    fx.stop_host();
+    d.wait_for("mac1 in error", |d| d.host_state("mac1") == "error");
+    assert_eq!(d.vm_state(first), "lost");
+    // The rest of the archive reaches the pull, which has nowhere to write it.
+    store.release();
+    d.wait_for("the cut pull counted as failed", |d| {
+        pulls(d, "failed") == 1
+    });
+    // Nobody could remove what it left while the Mac was down.
+    assert_eq!(std::fs::metadata(&partial).unwrap().len(), half);
+    assert!(marker.exists());
+    assert!(fx.state()["vms"].get("macos-16").is_none());
+
+    fx.start_host();
+    let back = Instant::now();
+    wait_within(
+        "the request's vm running on mac1 again",
+        Duration::from_secs(60),
+        || {
+            request_vms(&d, r)
+                .iter()
+                .any(|v| v["state"] == "running" && v["host"] == "mac1")
+        },
+    );
+    eprintln!(
+        "the retried vm running {:?} after the mac came back",
+        back.elapsed()
+    );
+    let vms = request_vms(&d, r);
+    let running: Vec<&Value> = vms.iter().filter(|v| v["state"] == "running").collect();
+    assert_eq!(running.len(), 1, "{vms:?}");
+    assert_ne!(running[0]["id"], first, "{vms:?}");
+
+    // The template registered is the whole one, pulled again from the start.
+    let state = fx.state();
+    let template = &state["vms"]["macos-16"];
+    assert_eq!(template["template"], true, "{state}");
+    let home = Path::new(template["home"].as_str().unwrap());
+    assert_eq!(home, templates.join("macos-16.pvm"));
+    assert!(
+        std::fs::read(home.join("harddisk.hdd/disk.hds")).unwrap() == bundle_disk(),
+        "the registered template's disk is not the store's"
+    );
+    let name = format!("berth-vm{}", running[0]["id"]);
+    assert_eq!(state["vms"][&name]["linked_from"], "macos-16", "{state}");
+    assert_eq!(store.downloads(file), 2);
+    assert_eq!((pulls(&d, "ok"), pulls(&d, "failed")), (1, 1));
+    // Nothing half-present: the template directory holds the bundle alone.
+    let mut left: Vec<String> = std::fs::read_dir(&templates)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    left.sort();
+    assert_eq!(left, ["macos-16.pvm"]);
+    // The lost VM, which never got past its pull, left nothing on the Mac either.
+    wait_within(
+        "only the retried vm on the mac",
+        Duration::from_secs(30),
+        || berth_vms(&fx) == [name.clone()],
     );
 }
