@@ -10,7 +10,8 @@
 //! VMs are linked clones of a template VM (the recipe's `base_image` names the template),
 //! so a probe reports the templates present as the host's cached images. A template the Mac
 //! lacks is pulled from the host's image store, if it has one, over the same SSH connection
-//! (`pull`, in the `pull` submodule). Apple's licence allows two macOS guests per Mac:
+//! (`pull`, in the `pull` submodule), also ahead of demand, and evicted on request once no
+//! linked clone uses it (the `evict` submodule). Apple's licence allows two macOS guests per Mac:
 //! [`host_slots`] gives the slot count a host spec carries.
 //!
 //! Everything that comes back from the host is parsed strictly: output of an unexpected shape
@@ -34,6 +35,7 @@ use tokio::sync::Mutex;
 use crate::images::{ImageStore, Pulls};
 use crate::{ConsoleAddress, Driver, DriverError, HostFacts, VmListing, VmRecipe, parse_vm_name};
 
+mod evict;
 mod pull;
 
 pub use pull::{ARCHIVE_EXT, PULLING_EXT};
@@ -435,6 +437,8 @@ pub struct ParallelsHost {
     vnc_passwords: StdMutex<BTreeMap<String, String>>,
     /// The pulls of templates, shared with the other hosts' drivers of the daemon.
     pulls: Pulls,
+    /// The templates this driver's provisionings and pulls are using, and those it evicts.
+    template_uses: StdMutex<evict::TemplateUses>,
 }
 
 impl fmt::Debug for ParallelsHost {
@@ -520,6 +524,7 @@ impl ParallelsHost {
             vnc_ports: Mutex::new(()),
             vnc_passwords: StdMutex::new(BTreeMap::new()),
             pulls,
+            template_uses: StdMutex::new(evict::TemplateUses::default()),
         }
     }
 
@@ -861,14 +866,25 @@ impl ParallelsHost {
         result
     }
 
-    /// Shapes a stopped VM, gives it a VNC console and starts it. Run again on a VM that an
-    /// earlier, interrupted provisioning left stopped, it sets everything anew.
+    /// Shapes a stopped VM, records the template it is a linked clone of (for eviction), gives
+    /// it a VNC console and starts it. Run again on a VM that an earlier, interrupted
+    /// provisioning left stopped, it sets everything anew.
     async fn finish(&self, vm: &VmRecipe) -> Result<(), DriverError> {
         let cpus = vm.shape.vcpus.to_string();
         let memsize = vm.shape.memory_mib.to_string();
+        let description = evict::clone_description(&vm.base_image);
         self.run_host(
             "prlctl",
-            &["set", &vm.name, "--cpus", &cpus, "--memsize", &memsize],
+            &[
+                "set",
+                &vm.name,
+                "--cpus",
+                &cpus,
+                "--memsize",
+                &memsize,
+                "--description",
+                &description,
+            ],
         )
         .await?;
         let password = vnc_password()
@@ -913,6 +929,20 @@ impl ParallelsHost {
     fn passwords(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, String>> {
         // The map holds plain strings; one left by a panicking thread is still usable.
         self.vnc_passwords.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Templates travel only to and from hosts with an image store: without one, an evicted
+    /// template could not come back.
+    fn check_store(&self) -> Result<(), DriverError> {
+        if self.config.image_store.is_some() {
+            return Ok(());
+        }
+        Err(DriverError::NoImageStore {
+            host: self.name.clone(),
+            why: "it keeps no image store (set image_store in its options or in the [drivers] \
+                  section)"
+                .to_owned(),
+        })
     }
 
     fn check_recipe(&self, vm: &VmRecipe) -> Result<(), DriverError> {
@@ -1038,6 +1068,11 @@ struct PrlInfo {
     name: String,
     #[serde(rename = "Remote display")]
     remote_display: Option<RemoteDisplay>,
+    #[serde(rename = "Description", default)]
+    description: Option<String>,
+    /// The bundle's `config.pvs` (`Home path`), or the bundle itself (`Home`, older versions).
+    #[serde(rename = "Home path", alias = "Home", default)]
+    home: Option<String>,
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
@@ -1133,6 +1168,8 @@ impl Driver for ParallelsHost {
 
     async fn provision(&self, vm: &VmRecipe) -> Result<(), DriverError> {
         self.check_recipe(vm)?;
+        // No eviction takes the template while this may pull or clone it.
+        let _using = self.use_template(&vm.base_image, "a provisioning")?;
         let existing = self.list_vms().await?;
         let Some(found) = existing.iter().find(|e| e.name == vm.name) else {
             return self.create(vm).await;
@@ -1264,6 +1301,24 @@ impl Driver for ParallelsHost {
             )));
         }
         Ok(png)
+    }
+
+    fn image_store(&self) -> Option<String> {
+        self.config.image_store.as_ref().map(ToString::to_string)
+    }
+
+    /// [`ParallelsHost::pull`], ahead of demand.
+    async fn pull_image(&self, image: &str) -> Result<(), DriverError> {
+        self.check_store()?;
+        let _using = self.use_template(image, "a pull")?;
+        self.pull(image).await
+    }
+
+    /// Unregisters a pulled template nothing uses and removes its bundle (see the `evict`
+    /// module).
+    async fn evict_image(&self, image: &str) -> Result<(), DriverError> {
+        self.check_store()?;
+        self.evict(image).await
     }
 }
 

@@ -598,10 +598,30 @@ async fn a_pull_that_times_out_removes_its_partial_copy() {
         pulls.clone(),
     );
 
-    let e = host
-        .provision(&recipe(6, PULLED, 2, 4096))
-        .await
-        .unwrap_err();
+    // An eviction asked while the pull runs is refused, naming what uses the template.
+    let evicting = async {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while pulls.progress(HOST, PULLED).is_none() {
+            assert!(
+                Instant::now() < deadline,
+                "the pull never reported progress"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        host.evict_image(PULLED).await
+    };
+    let vm = recipe(6, PULLED, 2, 4096);
+    let (e, refused) = tokio::join!(host.provision(&vm), evicting);
+    match refused.unwrap_err() {
+        DriverError::ImageInUse { users, .. } => {
+            assert_eq!(
+                users,
+                vec!["a provisioning".to_owned(), "a pull".to_owned()]
+            );
+        }
+        other => panic!("expected ImageInUse, got {other}"),
+    }
+    let e = e.unwrap_err();
     assert!(e.is_transient(), "{e}");
     assert!(e.to_string().contains("pull_timeout_ms"), "{e}");
     // Half an archive was on the Mac: it and the marker are gone, nothing was registered.
@@ -611,4 +631,152 @@ async fn a_pull_that_times_out_removes_its_partial_copy() {
     assert_eq!(heard.len(), 1, "{heard:?}");
     assert!(heard[0].error.is_some(), "{heard:?}");
     assert_eq!(pulls.progress(HOST, PULLED), None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_pulls_a_template_no_vm_waits_for() {
+    let Some(fx) = Fixture::start() else { return };
+    let Some((store, archive)) = store_with_template(&fx) else {
+        return;
+    };
+    let pulls = Pulls::default();
+    let heard = outcomes(&pulls);
+    let host = pulling_driver(&fx, &store, &pulls);
+    assert_eq!(host.image_store(), Some(store.display().to_string()));
+
+    host.pull_image(PULLED).await.unwrap();
+    let heard_now = heard.lock().unwrap().clone();
+    assert_eq!(heard_now.len(), 1, "{heard_now:?}");
+    assert_eq!(heard_now[0].error, None);
+    assert_eq!(heard_now[0].bytes, archive.len() as u64);
+    assert!(
+        host.probe()
+            .await
+            .unwrap()
+            .images
+            .contains(&PULLED.to_owned())
+    );
+    assert_eq!(template_dir(&fx), vec!["macos-16.pvm"]);
+    // No VM was made for it, and a second push finds it there.
+    assert_eq!(names(&host.list().await.unwrap()), vec!["someone-else"]);
+    host.pull_image(PULLED).await.unwrap();
+    assert_eq!(heard.lock().unwrap().len(), 1);
+
+    // A template the store lacks is the request's fault, naming it; nothing is left.
+    let e = host.pull_image("macos-99").await.unwrap_err();
+    assert_eq!(e.kind(), FailureKind::Request, "{e}");
+    assert!(e.to_string().contains("macos-99"), "{e}");
+    assert_eq!(template_dir(&fx), vec!["macos-16.pvm"]);
+
+    // A host without an image store takes no pushes or evictions.
+    let plain = driver(&fx);
+    assert_eq!(plain.image_store(), None);
+    for e in [
+        plain.pull_image(PULLED).await.unwrap_err(),
+        plain.evict_image(PULLED).await.unwrap_err(),
+    ] {
+        assert!(matches!(e, DriverError::NoImageStore { .. }), "{e}");
+        assert!(e.to_string().contains("image_store"), "{e}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_eviction_waits_for_the_templates_clones_to_go_and_leaves_nothing() {
+    let Some(fx) = Fixture::start() else { return };
+    let Some((store, _)) = store_with_template(&fx) else {
+        return;
+    };
+    let pulls = Pulls::default();
+    let heard = outcomes(&pulls);
+    let host = pulling_driver(&fx, &store, &pulls);
+    host.provision(&recipe(1, PULLED, 2, 4096)).await.unwrap();
+    host.provision(&recipe(2, TEMPLATE, 2, 4096)).await.unwrap();
+    assert_eq!(
+        fx.state()["vms"]["berth-vm1"]["description"],
+        "berth: linked clone of macos-16"
+    );
+
+    // berth-vm1 is a linked clone of it; berth-vm2 (another template's) and someone else's VM
+    // are not.
+    let e = host.evict_image(PULLED).await.unwrap_err();
+    match &e {
+        DriverError::ImageInUse { image, users, .. } => {
+            assert_eq!(image, PULLED);
+            assert_eq!(users, &vec!["vm berth-vm1".to_owned()]);
+        }
+        other => panic!("expected ImageInUse, got {other}"),
+    }
+    assert_eq!(e.kind(), FailureKind::Request);
+    assert_eq!(fx.state()["vms"][PULLED]["template"], true);
+    assert_eq!(template_dir(&fx), vec!["macos-16.pvm"]);
+
+    // A berth VM that records no template (made before berth recorded it) may be a clone of
+    // any template: it keeps them all.
+    let mut state = fx.state();
+    state["vms"]["berth-vm7"] = json!({"uuid": "{7}", "status": "stopped", "template": false,
+        "os": "macosx", "cpus": 2, "memsize": 4096, "vnc": {"mode": "off"}});
+    fx.set_state(&state);
+    host.destroy("berth-vm1").await.unwrap();
+    let e = host.evict_image(PULLED).await.unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("berth-vm7 (its template is not recorded)"),
+        "{e}"
+    );
+    host.destroy("berth-vm7").await.unwrap();
+
+    // Nothing uses it now: unregistered, its bundle and marker gone.
+    host.evict_image(PULLED).await.unwrap();
+    let state = fx.state();
+    assert!(state["vms"].get(PULLED).is_none(), "{state}");
+    assert_eq!(template_dir(&fx), Vec::<String>::new());
+    assert!(
+        !host
+            .probe()
+            .await
+            .unwrap()
+            .images
+            .contains(&PULLED.to_owned())
+    );
+    assert_eq!(state["vms"]["berth-vm2"]["status"], "running");
+
+    // Gone, it is no such image; a template berth did not pull is not berth's to evict.
+    let e = host.evict_image(PULLED).await.unwrap_err();
+    assert!(matches!(e, DriverError::NoSuchImage { .. }), "{e}");
+    assert!(
+        e.to_string().contains("holds no base image macos-16"),
+        "{e}"
+    );
+    let e = host.evict_image("macos-15").await.unwrap_err();
+    assert_eq!(e.kind(), FailureKind::Request, "{e}");
+    assert!(
+        e.to_string().contains("not one berth pulled") && e.to_string().contains("template_dir"),
+        "{e}"
+    );
+    assert_eq!(fx.state()["vms"]["macos-15"]["template"], true);
+
+    // The next VM that needs it pulls it again.
+    host.provision(&recipe(3, PULLED, 2, 4096)).await.unwrap();
+    assert_eq!(heard.lock().unwrap().len(), 2);
+    assert_eq!(template_dir(&fx), vec!["macos-16.pvm"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_eviction_cut_short_is_finished_by_the_next_pull() {
+    let Some(fx) = Fixture::start() else { return };
+    let Some((store, _)) = store_with_template(&fx) else {
+        return;
+    };
+    let pulls = Pulls::default();
+    let host = pulling_driver(&fx, &store, &pulls);
+    host.pull_image(PULLED).await.unwrap();
+    // An eviction that stopped after unregistering: its marker and the bundle are left.
+    let mut state = fx.state();
+    state["vms"].as_object_mut().unwrap().remove(PULLED);
+    fx.set_state(&state);
+    fs::write(fx.path("templates").join("macos-16.pvm.tar.pulling"), "").unwrap();
+    // A pull removes them and pulls it whole, where a bundle without a marker would be refused.
+    host.pull_image(PULLED).await.unwrap();
+    assert_eq!(fx.state()["vms"][PULLED]["template"], true);
+    assert_eq!(template_dir(&fx), vec!["macos-16.pvm"]);
 }

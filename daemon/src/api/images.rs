@@ -13,6 +13,7 @@ use axum::http::StatusCode;
 use berth_api as api;
 use berth_drivers::DriverError;
 use berth_drivers::images::{IMAGE_FILE_EXT, ImageStore, RunningPull};
+use berth_drivers::parallels::ARCHIVE_EXT;
 
 use super::{ApiError, ApiResult, AppState, Operator, Reader, ok_json, parse, query, unexpected};
 use crate::control::{Actor, Answer, ImageHost, Msg, Query};
@@ -63,8 +64,8 @@ async fn image_hosts(state: &AppState) -> Result<Vec<ImageHost>, ApiError> {
     }
 }
 
-/// The image files of the daemon's store, by image name; empty without a store or from one
-/// that cannot list (HTTP).
+/// The image files of the daemon's store, by image name (libvirt's `NAME.qcow2`, Parallels'
+/// `NAME.pvm.tar`); empty without a store or from one that cannot list (HTTP).
 async fn store_images(store: Option<ImageStore>) -> Result<Vec<String>, ApiError> {
     let Some(store) = store else {
         return Ok(Vec::new());
@@ -76,22 +77,34 @@ async fn store_images(store: Option<ImageStore>) -> Result<Vec<String>, ApiError
     Ok(listed
         .unwrap_or_default()
         .iter()
-        .filter_map(|file| file.strip_suffix(IMAGE_FILE_EXT))
+        .filter_map(|file| {
+            file.strip_suffix(IMAGE_FILE_EXT)
+                .or_else(|| file.strip_suffix(ARCHIVE_EXT))
+        })
         .map(str::to_owned)
         .collect())
 }
 
-/// What the store says of image `name`: digest and size, or why it cannot say.
+/// What the store says of image `name`: digest and size, or why it cannot say. The store
+/// holds a libvirt image as `NAME.qcow2` and a Parallels template as `NAME.pvm.tar`; the
+/// first is asked first, and its error is the one told when neither is there.
 async fn describe(store: Option<ImageStore>, name: &str) -> Result<(String, u64), String> {
     let Some(store) = store else {
         return Err("no image store is set ([drivers] image_store)".to_owned());
     };
-    let file = format!("{name}{IMAGE_FILE_EXT}");
-    tokio::task::spawn_blocking(move || store.describe(&file))
-        .await
-        .map_err(|_| "describing the image failed unexpectedly".to_owned())?
-        .map(|(bytes, digest)| (digest.to_string(), bytes))
-        .map_err(|e| e.to_string())
+    let (image, archive) = (
+        format!("{name}{IMAGE_FILE_EXT}"),
+        format!("{name}{ARCHIVE_EXT}"),
+    );
+    tokio::task::spawn_blocking(move || {
+        store
+            .describe(&image)
+            .or_else(|e| store.describe(&archive).map_err(|_| e))
+    })
+    .await
+    .map_err(|_| "describing the image failed unexpectedly".to_owned())?
+    .map(|(bytes, digest)| (digest.to_string(), bytes))
+    .map_err(|e| e.to_string())
 }
 
 /// Image `name` as every source knows it.
@@ -407,9 +420,11 @@ pub(super) async fn push_image(
 /// A driver's refusal or failure to evict, as HTTP.
 fn evict_failure(e: DriverError) -> ApiError {
     match e {
-        DriverError::NoImageStore { .. } | DriverError::ImageInUse { .. } => {
-            ApiError::field(409, "image", e.to_string())
-        }
+        // A request error: the driver will not evict that image there (a Parallels template
+        // berth did not pull).
+        DriverError::NoImageStore { .. }
+        | DriverError::ImageInUse { .. }
+        | DriverError::Request { .. } => ApiError::field(409, "image", e.to_string()),
         DriverError::NoSuchImage { .. } => ApiError::field(404, "image", e.to_string()),
         DriverError::Unsupported { .. } => ApiError::new(501, e.to_string()),
         other => ApiError::new(502, other.to_string()),

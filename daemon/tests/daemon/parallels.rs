@@ -671,3 +671,75 @@ fn a_mac_restarted_in_the_middle_of_a_pull_gets_the_whole_template_and_the_vm_is
         || berth_vms(&fx) == [name.clone()],
     );
 }
+
+#[test]
+fn a_template_is_pushed_to_a_parallels_host_and_evicted_from_it() {
+    let Some(fx) = Fixture::start() else { return };
+    let Some((store, _)) = fx.template_store("macos-16") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut opts = options(&fx);
+    opts.insert(
+        "template_dir".into(),
+        fx.path("templates").display().to_string(),
+    );
+    let mut config = config(&[("mac1", opts)]);
+    config.push_str(&format!(
+        "\n[drivers]\nimage_store = {}\n",
+        json!(store.display().to_string())
+    ));
+    let d = TestDaemon::start(dir.path(), &config);
+    d.wait_for("mac1 ready", |d| d.host_state("mac1") == "ready");
+
+    // The store's template archive is an image the daemon knows, with its digest.
+    let image = d.ok("GET", "/v1/images/macos-16", None);
+    assert!(
+        image["digest"].as_str().is_some_and(|d| d.len() == 64),
+        "{image}"
+    );
+    // Pushed with no VM waiting: registered on the Mac, and the host's probe shows it.
+    let started = d.ok(
+        "POST",
+        "/v1/images/macos-16/push",
+        Some(json!({"driver": "parallels"})),
+    );
+    assert_eq!(started["started"], json!(["mac1"]));
+    wait_within("mac1 holds macos-16", Duration::from_secs(60), || {
+        host_json(&d, "mac1")["images"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|i| i["name"] == "macos-16")
+    });
+    assert_eq!(fx.state()["vms"]["macos-16"]["template"], true);
+    assert!(berth_vms(&fx).is_empty());
+
+    // A template berth did not pull is not its to evict; the pushed one goes, bundle and all.
+    let (status, e) = d.call(
+        "POST",
+        "/v1/images/macos-14/evict",
+        Some(json!({"host": "mac1"})),
+    );
+    assert_eq!(status, 409, "{e}");
+    assert!(
+        e["error"]
+            .as_str()
+            .unwrap()
+            .contains("not one berth pulled"),
+        "{e}"
+    );
+    d.ok(
+        "POST",
+        "/v1/images/macos-16/evict",
+        Some(json!({"host": "mac1"})),
+    );
+    assert!(fx.state()["vms"].get("macos-16").is_none());
+    assert_eq!(std::fs::read_dir(fx.path("templates")).unwrap().count(), 0);
+    let (status, e) = d.call(
+        "POST",
+        "/v1/images/macos-16/evict",
+        Some(json!({"host": "mac1"})),
+    );
+    assert_eq!(status, 404, "{e}");
+}

@@ -34,7 +34,7 @@ pub const ARCHIVE_EXT: &str = ".pvm.tar";
 pub const PULLING_EXT: &str = ".pulling";
 
 /// The suffix of a template's bundle.
-const BUNDLE_EXT: &str = ".pvm";
+pub(super) const BUNDLE_EXT: &str = ".pvm";
 
 /// How much of the archive goes into the SSH session at a time.
 const PULL_CHUNK: usize = 1 << 20;
@@ -44,13 +44,13 @@ const CHUNKS_AHEAD: usize = 4;
 
 /// What the Mac's template directory holds of one template, before a pull.
 #[derive(Debug, PartialEq, Eq)]
-struct Leftovers {
+pub(super) struct Leftovers {
     /// The directory as an absolute path (`prlctl register` wants one).
-    dir: String,
+    pub(super) dir: String,
     /// A pull's marker is there: what it left is partial.
-    marker: bool,
+    pub(super) marker: bool,
     /// `NAME.pvm` is there.
-    bundle: bool,
+    pub(super) bundle: bool,
 }
 
 impl ParallelsHost {
@@ -236,7 +236,7 @@ impl ParallelsHost {
     }
 
     /// Makes the template directory if need be and says what it holds of `template`.
-    async fn leftovers(&self, template: &str) -> Result<Leftovers, DriverError> {
+    pub(super) async fn leftovers(&self, template: &str) -> Result<Leftovers, DriverError> {
         let script = "mkdir -p \"$1\" && cd \"$1\" && pwd -P || exit 1; \
                       [ -e \"$2$3$4\" ] && echo marker; [ -e \"$2$5\" ] && echo bundle; exit 0";
         let out = self
@@ -265,7 +265,11 @@ impl ParallelsHost {
 
     /// Removes a pull's archive and bundle of `template` in `dir`, then its marker (last, so
     /// that a cleanup cut short is recognised too).
-    async fn remove_leftovers_or_fail(&self, dir: &str, template: &str) -> Result<(), DriverError> {
+    pub(super) async fn remove_leftovers_or_fail(
+        &self,
+        dir: &str,
+        template: &str,
+    ) -> Result<(), DriverError> {
         let script = "cd \"$1\" && rm -rf \"$2$3\" \"$2$4\" && rm -f \"$2$4$5\"";
         self.run_bytes_within(
             "sh",
