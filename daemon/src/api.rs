@@ -457,6 +457,32 @@ pub(crate) fn routes() -> OpenApiRouter<AppState> {
 }
 
 /// `ok`, or `degraded: why` while writes are refused (reads still answer, so it stays 200).
+/// Writes an operator's action to the audit table before the answer goes out.
+pub(crate) async fn write_audit(
+    state: &AppState,
+    actor: Actor,
+    action: &str,
+    target: String,
+) -> Result<(), ApiError> {
+    let row = store::AuditRow {
+        at_ms: crate::control::wall_ms(),
+        who: actor.who,
+        role: actor.role.name().to_owned(),
+        action: action.to_owned(),
+        target,
+        outcome: "ok".to_owned(),
+    };
+    state
+        .tx
+        .send(Msg::Audit(row))
+        .await
+        .map_err(|_| ApiError::new(503, "the daemon is shutting down"))?;
+    // The loop answers queries after committing the batch that holds the messages sent
+    // before them: once this is answered, the audit row is on disk.
+    query(state, Query::HostId(String::new())).await?;
+    Ok(())
+}
+
 #[utoipa::path(get, path = "/healthz", tag = "daemon", security(()),
     responses((status = 200, description = "`ok`, or `degraded: why` while writes are refused", body = String, content_type = "text/plain")))]
 async fn healthz(State(state): State<AppState>) -> String {
@@ -1059,24 +1085,7 @@ async fn vm_console(
     if actor.role != Role::Operator {
         addr.password = None;
     } else if addr.password.is_some() {
-        let row = store::AuditRow {
-            at_ms: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis() as u64),
-            who: actor.who,
-            role: actor.role.name().to_owned(),
-            action: "console_password".to_owned(),
-            target: name.clone(),
-            outcome: "ok".to_owned(),
-        };
-        state
-            .tx
-            .send(Msg::Audit(row))
-            .await
-            .map_err(|_| ApiError::new(503, "the daemon is shutting down"))?;
-        // The loop answers queries after committing the batch that holds the messages sent
-        // before them: once this is answered, the audit row is on disk.
-        query(&state, Query::HostId(String::new())).await?;
+        write_audit(&state, actor, "console_password", name.clone()).await?;
     }
     let body = api::ConsoleAddress {
         vm: id,

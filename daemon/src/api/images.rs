@@ -15,9 +15,10 @@ use berth_drivers::DriverError;
 use berth_drivers::images::{IMAGE_FILE_EXT, ImageStore, RunningPull};
 use berth_drivers::parallels::ARCHIVE_EXT;
 
-use super::{ApiError, ApiResult, AppState, Operator, Reader, ok_json, parse, query, unexpected};
-use crate::control::{Actor, Answer, ImageHost, Msg, Query};
-use crate::store::AuditRow;
+use super::{
+    ApiError, ApiResult, AppState, Operator, Reader, ok_json, parse, query, unexpected, write_audit,
+};
+use crate::control::{Answer, ImageHost, Query};
 
 /// The most hosts one push names.
 const PUSH_HOSTS_MAX: usize = 1000;
@@ -238,32 +239,6 @@ pub(super) async fn get_image(
     ok_json(StatusCode::OK, &row)
 }
 
-/// Writes an operator's image action to the audit table before the answer goes out.
-async fn audit(
-    state: &AppState,
-    actor: Actor,
-    action: &str,
-    target: String,
-) -> Result<(), ApiError> {
-    let row = AuditRow {
-        at_ms: crate::control::wall_ms(),
-        who: actor.who,
-        role: actor.role.name().to_owned(),
-        action: action.to_owned(),
-        target,
-        outcome: "ok".to_owned(),
-    };
-    state
-        .tx
-        .send(Msg::Audit(row))
-        .await
-        .map_err(|_| ApiError::new(503, "the daemon is shutting down"))?;
-    // The loop answers queries after committing the batch that holds the messages sent
-    // before them: once this is answered, the audit row is on disk.
-    query(state, Query::HostId(String::new())).await?;
-    Ok(())
-}
-
 /// The hosts a push goes to: those named, or every ready host of the driver named that keeps
 /// an image store. Refuses unknown hosts, hosts without a store and offline hosts, naming each.
 fn push_targets<'a>(
@@ -402,7 +377,7 @@ pub(super) async fn push_image(
     } else {
         answer.started.join(", ")
     };
-    audit(&state, actor, "image_push", format!("image {name} to {to}")).await?;
+    write_audit(&state, actor, "image_push", format!("image {name} to {to}")).await?;
     for (id, host, driver) in to_start {
         let (state, image) = (state.clone(), name.clone());
         tokio::spawn(async move {
@@ -476,7 +451,7 @@ pub(super) async fn evict_image(
         }));
     }
     driver.evict_image(&name).await.map_err(evict_failure)?;
-    audit(
+    write_audit(
         &state,
         actor,
         "image_evict",

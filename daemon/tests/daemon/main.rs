@@ -98,6 +98,16 @@ impl TestDaemon {
         }
     }
 
+    /// The text of `GET /metrics`.
+    fn metrics_text(&self) -> String {
+        ureq::get(&format!("{}/metrics", self.url))
+            .set("Authorization", &format!("Bearer {}", self.token))
+            .call()
+            .unwrap()
+            .into_string()
+            .unwrap()
+    }
+
     /// A client with the operator token.
     fn api(&self) -> Api {
         Api::new(&self.url, Some(&self.token))

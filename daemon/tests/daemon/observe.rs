@@ -276,7 +276,7 @@ backoff_ms = 50
     assert_eq!(ok[0]["exit_code"], 0);
 
     // The metrics count the runs and failures.
-    let text = metrics_text(&d);
+    let text = d.metrics_text();
     assert!(
         text.contains(r#"berth_hook_failures_total{hook="pager"} 3"#),
         "{text}"
@@ -319,15 +319,6 @@ fn a_hook_config_with_an_unknown_event_is_refused_naming_the_key() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("hooks[0].command"), "{err}");
-}
-
-fn metrics_text(d: &TestDaemon) -> String {
-    ureq::get(&format!("{}/metrics", d.url))
-        .set("Authorization", &format!("Bearer {}", d.token))
-        .call()
-        .unwrap()
-        .into_string()
-        .unwrap()
 }
 
 /// The metric names a `/metrics` text exports (samples and declared families).
@@ -429,7 +420,7 @@ fn metrics_pass_promtool_cover_the_dashboard_and_accounting_views_add_up() {
     d.call("GET", "/v1/vms/999999", None);
     d.wait_for("the hook on vm.done ran", |d| runs(d, "false").len() == 1);
 
-    let text = metrics_text(&d);
+    let text = d.metrics_text();
     for needle in [
         r#"berth_vms{state="held"} 1"#,
         r#"berth_vms{state="running"} 1"#,

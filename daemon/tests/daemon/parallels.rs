@@ -534,18 +534,9 @@ fn answer(
     conn.write_all(&body[half..])
 }
 
-fn metrics(d: &TestDaemon) -> String {
-    ureq::get(&format!("{}/metrics", d.url))
-        .set("Authorization", &format!("Bearer {}", d.token))
-        .call()
-        .unwrap()
-        .into_string()
-        .unwrap()
-}
-
 /// The daemon's count of mac1's pulls with `outcome`.
 fn pulls(d: &TestDaemon, outcome: &str) -> u64 {
-    metrics(d)
+    d.metrics_text()
         .lines()
         .find(|l| {
             l.starts_with("berth_image_pulls_total{")
