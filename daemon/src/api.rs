@@ -456,7 +456,6 @@ pub(crate) fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(images::evict_image))
 }
 
-/// `ok`, or `degraded: why` while writes are refused (reads still answer, so it stays 200).
 /// Writes an operator's action to the audit table before the answer goes out.
 pub(crate) async fn write_audit(
     state: &AppState,
@@ -483,6 +482,7 @@ pub(crate) async fn write_audit(
     Ok(())
 }
 
+/// `ok`, or `degraded: why` while writes are refused (reads still answer, so it stays 200).
 #[utoipa::path(get, path = "/healthz", tag = "daemon", security(()),
     responses((status = 200, description = "`ok`, or `degraded: why` while writes are refused", body = String, content_type = "text/plain")))]
 async fn healthz(State(state): State<AppState>) -> String {
