@@ -292,6 +292,12 @@ impl Fixture {
             format!("command=\"{}\" {}\n", login.display(), user_pub.trim()),
         )
         .unwrap();
+        // The Mac's login has a home of its own, as a Mac's does: its shell's startup files are
+        // the fixture's (none), not those of whoever runs the tests, which may do slow or
+        // locking work at every login (a killed login could leave them locked for every later
+        // one, on a machine shared with other fixtures).
+        let home = d.join("home");
+        fs::create_dir_all(&home).unwrap();
         fs::write(
             d.join("sshd_config"),
             format!(
@@ -299,10 +305,11 @@ impl Fixture {
                  AuthorizedKeysFile {ak}\nStrictModes no\n\
                  PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\n\
                  PermitRootLogin prohibit-password\nMaxSessions 64\nMaxStartups 64\n\
-                 LogLevel VERBOSE\n",
+                 SetEnv HOME={home}\nLogLevel VERBOSE\n",
                 hk = d.join("host_key").display(),
                 pid = d.join("sshd.pid").display(),
                 ak = d.join("authorized_keys").display(),
+                home = home.display(),
             ),
         )
         .unwrap();
