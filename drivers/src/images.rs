@@ -112,18 +112,52 @@ impl ImageStore {
         Ok(Some(files))
     }
 
-    /// The size and digest the store gives for image `file`, without reading the image.
+    /// The size and digest the store gives for image `file`, without reading the image (from
+    /// an HTTP store: its digest file and a `HEAD` of the image, no download).
     pub fn describe(&self, file: &str) -> Result<(u64, Sha256Digest), ImageError> {
-        let source = self.open(file)?;
-        Ok((source.size, source.digest))
+        let ImageStore::Http(url) = self else {
+            let source = self.open(file)?;
+            return Ok((source.size, source.digest));
+        };
+        let digest_file = self.digest_file(file)?;
+        let digest_text = http_get(&format!("{url}/{digest_file}"))
+            .map_err(|e| self.error(format!("{digest_file}: {e}")))?
+            .into_string()
+            .map_err(|e| self.error(format!("reading {digest_file}: {e}")))?;
+        let answer = http_call("HEAD", &format!("{url}/{file}"))
+            .map_err(|e| self.error(format!("{file}: {e}")))?;
+        Ok((
+            self.content_length(file, &answer)?,
+            self.digest(&digest_file, &digest_text)?,
+        ))
+    }
+
+    /// The digest file beside image `file`, once `file` is known to be a plain file name.
+    fn digest_file(&self, file: &str) -> Result<String, ImageError> {
+        if file.is_empty() || file.contains('/') || file.starts_with('.') {
+            return Err(self.error(format!("{file:?} is not an image file name")));
+        }
+        Ok(format!("{file}{DIGEST_SUFFIX}"))
+    }
+
+    fn content_length(&self, file: &str, answer: &ureq::Response) -> Result<u64, ImageError> {
+        answer
+            .header("Content-Length")
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .ok_or_else(|| self.error(format!("{file}: the server sent no Content-Length")))
+    }
+
+    fn digest(&self, digest_file: &str, text: &str) -> Result<Sha256Digest, ImageError> {
+        Sha256Digest::parse(text.split_whitespace().next().unwrap_or("")).ok_or_else(|| {
+            self.error(format!(
+                "{digest_file} does not start with a SHA-256 digest (64 hex digits)"
+            ))
+        })
     }
 
     /// Image `file` (`linux.qcow2`) with its size and digest, ready to read.
     pub fn open(&self, file: &str) -> Result<ImageSource, ImageError> {
-        if file.is_empty() || file.contains('/') || file.starts_with('.') {
-            return Err(self.error(format!("{file:?} is not an image file name")));
-        }
-        let digest_file = format!("{file}{DIGEST_SUFFIX}");
+        let digest_file = self.digest_file(file)?;
         let (digest_text, size, reader): (String, u64, Box<dyn Read + Send>) = match self {
             ImageStore::Dir(dir) => {
                 let digest_text = std::fs::read_to_string(dir.join(&digest_file))
@@ -143,21 +177,11 @@ impl ImageStore {
                     .map_err(|e| self.error(format!("reading {digest_file}: {e}")))?;
                 let answer = http_get(&format!("{url}/{file}"))
                     .map_err(|e| self.error(format!("{file}: {e}")))?;
-                let size = answer
-                    .header("Content-Length")
-                    .and_then(|v| v.trim().parse::<u64>().ok())
-                    .ok_or_else(|| {
-                        self.error(format!("{file}: the server sent no Content-Length"))
-                    })?;
+                let size = self.content_length(file, &answer)?;
                 (digest_text, size, answer.into_reader())
             }
         };
-        let digest = Sha256Digest::parse(digest_text.split_whitespace().next().unwrap_or(""))
-            .ok_or_else(|| {
-                self.error(format!(
-                    "{digest_file} does not start with a SHA-256 digest (64 hex digits)"
-                ))
-            })?;
+        let digest = self.digest(&digest_file, &digest_text)?;
         Ok(ImageSource {
             store: self.to_string(),
             file: file.to_owned(),
@@ -174,11 +198,15 @@ impl ImageStore {
 const HTTP_TIMEOUT_S: u64 = 60;
 
 fn http_get(url: &str) -> Result<ureq::Response, String> {
+    http_call("GET", url)
+}
+
+fn http_call(method: &str, url: &str) -> Result<ureq::Response, String> {
     ureq::AgentBuilder::new()
         .timeout_connect(std::time::Duration::from_secs(HTTP_TIMEOUT_S))
         .timeout_read(std::time::Duration::from_secs(HTTP_TIMEOUT_S))
         .build()
-        .get(url)
+        .request(method, url)
         .call()
         .map_err(|e| match e {
             ureq::Error::Status(code, _) => format!("the server answered {code}"),
@@ -762,6 +790,60 @@ mod tests {
         assert!(e.message.contains("stray.qcow2.sha256"), "{e}");
         let http = ImageStore::Http("http://mirror:8080/images".into());
         assert_eq!(http.list().unwrap(), None);
+    }
+
+    /// An HTTP store is described from its digest file and a `HEAD` of the image: nothing is
+    /// downloaded (an image list would otherwise start a download per image).
+    #[test]
+    fn an_http_store_describes_an_image_without_downloading_it() {
+        use std::io::{BufRead, BufReader, Write};
+        let bytes = b"image bytes".to_vec();
+        let digest = Sha256Digest::of(&bytes).to_string();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/images", listener.local_addr().unwrap());
+        let size_served = bytes.len();
+        let served = {
+            let digest = digest.clone();
+            std::thread::spawn(move || {
+                let mut asked = Vec::new();
+                for _ in 0..2 {
+                    let (stream, _) = listener.accept().unwrap();
+                    let mut reader = BufReader::new(stream.try_clone().unwrap());
+                    let mut line = String::new();
+                    reader.read_line(&mut line).unwrap();
+                    loop {
+                        let mut header = String::new();
+                        reader.read_line(&mut header).unwrap();
+                        if header.trim().is_empty() {
+                            break;
+                        }
+                    }
+                    let line = line.trim().to_owned();
+                    let (length, body) = if line.starts_with("GET /images/linux.qcow2.sha256 ") {
+                        (digest.len(), digest.clone())
+                    } else {
+                        (size_served, String::new())
+                    };
+                    write!(
+                        &stream,
+                        "HTTP/1.1 200 OK\r\nContent-Length: {length}\r\nConnection: close\r\n\r\n{body}"
+                    )
+                    .unwrap();
+                    asked.push(line);
+                }
+                asked
+            })
+        };
+        let store = ImageStore::Http(url);
+        let (size, got) = store.describe("linux.qcow2").unwrap();
+        assert_eq!((size, got.to_string()), (bytes.len() as u64, digest));
+        assert_eq!(
+            served.join().unwrap(),
+            vec![
+                "GET /images/linux.qcow2.sha256 HTTP/1.1".to_owned(),
+                "HEAD /images/linux.qcow2 HTTP/1.1".to_owned(),
+            ]
+        );
     }
 
     #[test]
