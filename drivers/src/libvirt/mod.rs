@@ -763,9 +763,14 @@ impl Inner {
             let name = vol
                 .name()
                 .map_err(|e| self.classify(&format!("reading a volume name in {dir}"), e))?;
-            let xml = vol
-                .xml_desc(0)
-                .map_err(|e| self.classify(&format!("reading the definition of {name}"), e))?;
+            let xml = match vol.xml_desc(0) {
+                Ok(xml) => xml,
+                // Deleted since the listing (a VM destroyed meanwhile): it names nothing now.
+                Err(e) if e.code().is(ErrorNumber::NoStorageVolume) => continue,
+                Err(e) => {
+                    return Err(self.classify(&format!("reading the definition of {name}"), e));
+                }
+            };
             let read = VolumeFacts::from_xml(&xml).map_err(|e| {
                 self.host_error(format!("reading the definition of {name} in {dir}: {e}"))
             })?;
@@ -786,9 +791,12 @@ impl Inner {
             .list_all_domains(0)
             .map_err(|e| self.classify("listing the host's vms", e))?;
         for dom in &domains {
-            let xml = dom
-                .xml_desc(0)
-                .map_err(|e| self.classify("reading the definition of a vm", e))?;
+            let xml = match dom.xml_desc(0) {
+                Ok(xml) => xml,
+                // Undefined since the listing: it uses no image now.
+                Err(e) if e.code().is(ErrorNumber::NoDomain) => continue,
+                Err(e) => return Err(self.classify("reading the definition of a vm", e)),
+            };
             let name = dom.name().unwrap_or_default();
             let parsed = xml::Domain::from_xml(&xml).map_err(|e| {
                 self.host_error(format!(
