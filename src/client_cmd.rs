@@ -1754,14 +1754,11 @@ enum ImageAction {
     Show { name: String },
     /// Pull an image ahead of demand onto the named hosts, or onto every ready host of a driver
     /// that keeps an image store (`--driver libvirt`). Returns once the pulls have started.
+    #[command(group(clap::ArgGroup::new("onto").required(true).args(["hosts", "driver"])))]
     Push {
         name: String,
         /// A host to pull it onto (repeatable).
-        #[arg(
-            long = "host",
-            required_unless_present = "driver",
-            conflicts_with = "driver"
-        )]
+        #[arg(long = "host", conflicts_with = "driver")]
         hosts: Vec<String>,
         /// Every ready host of this driver with an image store.
         #[arg(long)]
