@@ -1008,6 +1008,8 @@ fn image_commands_push_show_and_evict_with_the_documented_exit_codes() {
     // 2: neither hosts nor a driver; 6: what the daemon refuses, named.
     let out = cli(&serve, &["image", "push", "linux"]);
     assert_eq!(code(&out), 2, "{}", text(&out.stderr));
+    let said = text(&out.stderr);
+    assert!(said.contains("--host") && said.contains("--driver"), "{said}");
     let out = cli(&serve, &["image", "push", "linux", "--host", "kvm-9"]);
     assert_eq!(code(&out), 6, "{}", text(&out.stderr));
     assert!(
