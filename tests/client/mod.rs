@@ -1009,7 +1009,10 @@ fn image_commands_push_show_and_evict_with_the_documented_exit_codes() {
     let out = cli(&serve, &["image", "push", "linux"]);
     assert_eq!(code(&out), 2, "{}", text(&out.stderr));
     let said = text(&out.stderr);
-    assert!(said.contains("--host") && said.contains("--driver"), "{said}");
+    assert!(
+        said.contains("--host") && said.contains("--driver"),
+        "{said}"
+    );
     let out = cli(&serve, &["image", "push", "linux", "--host", "kvm-9"]);
     assert_eq!(code(&out), 6, "{}", text(&out.stderr));
     assert!(
