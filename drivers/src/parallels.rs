@@ -32,7 +32,7 @@ use openssh::{ControlPersist, KnownHosts, Session, SessionBuilder};
 use serde::Deserialize;
 use tokio::sync::Mutex;
 
-use crate::images::{ImageStore, Pulls};
+use crate::images::{ImageStore, Pulls, store_from_options};
 use crate::{ConsoleAddress, Driver, DriverError, HostFacts, VmListing, VmRecipe, parse_vm_name};
 
 mod evict;
@@ -114,8 +114,14 @@ pub const OPTIONS: &[(&str, &str)] = &[
     ),
     (
         "image_store",
-        "where missing templates are pulled from: a directory or http:// URL holding NAME.pvm.tar \
-         and NAME.pvm.tar.sha256 (default: none, a missing template is the host's error)",
+        "where missing templates are pulled from: a directory, http:// or https:// URL holding \
+         NAME.pvm.tar and NAME.pvm.tar.sha256 (default: none, a missing template is the host's \
+         error)",
+    ),
+    (
+        "image_store_ca",
+        "for an https:// image_store: a PEM file of CA certificates trusted beside the system's \
+         roots (default: the system's roots alone)",
     ),
     (
         "template_dir",
@@ -234,12 +240,9 @@ impl ParallelsConfig {
             // Empty: find the tools on the login's PATH.
             config.prl_dir = (!dir.is_empty()).then(|| dir.trim_end_matches('/').to_owned());
         }
-        if let Some(store) = options.get("image_store") {
-            let parsed = store
-                .parse::<ImageStore>()
-                .map_err(|e| bad_value("image_store", store, &e.message))?;
-            config.image_store = Some(parsed);
-        }
+        config.image_store = store_from_options(options).map_err(|(key, message)| {
+            bad_value(key, options.get(key).map_or("", String::as_str), &message)
+        })?;
         if let Some(dir) = options.get("template_dir") {
             // Passed to the Mac's shell as one quoted word; a newline would break the answers
             // berth reads back, and a leading `-` would read as an option.
@@ -339,6 +342,9 @@ impl ParallelsConfig {
         );
         if let Some(store) = &self.image_store {
             o.insert("image_store".to_owned(), store.to_string());
+            if let Some(ca) = store.ca_file() {
+                o.insert("image_store_ca".to_owned(), ca.display().to_string());
+            }
         }
         o.insert("template_dir".to_owned(), self.template_dir.clone());
         o
@@ -1407,6 +1413,47 @@ mod tests {
             e.to_string().contains("image_store") && e.to_string().contains("absolute"),
             "{e}"
         );
+        // An https:// store with the CA it trusts beside the system's roots: read at once,
+        // and given back by to_options.
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(
+            &ca,
+            "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
+        let ca_text = ca.display().to_string();
+        let with_ca = opts(&[
+            ("ssh", "m"),
+            ("image_store", "https://mirror/templates"),
+            ("image_store_ca", &ca_text),
+        ]);
+        let c = ParallelsConfig::from_options(&with_ca).unwrap();
+        assert_eq!(
+            c.image_store.as_ref().and_then(|s| s.ca_file()),
+            Some(ca.as_path())
+        );
+        assert_eq!(c.to_options()["image_store_ca"], ca_text);
+        assert_eq!(ParallelsConfig::from_options(&c.to_options()), Ok(c));
+        for bad in [
+            opts(&[("ssh", "m"), ("image_store_ca", &ca_text)]),
+            opts(&[
+                ("ssh", "m"),
+                ("image_store", "http://mirror/t"),
+                ("image_store_ca", &ca_text),
+            ]),
+            opts(&[
+                ("ssh", "m"),
+                ("image_store", "https://mirror/t"),
+                ("image_store_ca", "/no/such/ca.pem"),
+            ]),
+        ] {
+            let e = ParallelsConfig::from_options(&bad).unwrap_err();
+            assert!(
+                matches!(&e, ConfigError::BadValue { option, .. } if option == "image_store_ca"),
+                "{e}"
+            );
+        }
         for bad in ["", "-rf", "a\nb"] {
             let e = ParallelsConfig::from_options(&opts(&[("ssh", "m"), ("template_dir", bad)]))
                 .unwrap_err();
