@@ -545,9 +545,10 @@ pub struct DriversSection {
     /// system's roots (a private CA). It goes with this section's store: a host that names its
     /// own store names its own `image_store_ca` too.
     pub image_store_ca: Option<PathBuf>,
-    /// The most the base images on each libvirt host may take (MiB): unused ones are evicted,
-    /// least recently used first, to make room for a pull. A host's own `image_budget_mib`
-    /// option overrides it; without either, images are never evicted.
+    /// The most the base images on each libvirt host, and the pulled templates on each
+    /// Parallels host, may take (MiB): unused ones are evicted, least recently used first, to
+    /// make room for a pull. A host's own `image_budget_mib` option overrides it; without
+    /// either, images are evicted only by hand.
     pub image_budget_mib: Option<u64>,
 }
 

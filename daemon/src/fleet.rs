@@ -43,7 +43,8 @@ pub(crate) struct DriverDefaults {
     pub image_store: Option<String>,
     /// The CA file of an `https://` `image_store`, for the hosts that take that store.
     pub image_store_ca: Option<PathBuf>,
-    /// libvirt: the disk budget of each host's base images, unless the host gives its own.
+    /// libvirt and Parallels: the disk budget of each host's base images (pulled templates, on
+    /// Parallels), unless the host gives its own.
     pub image_budget_mib: Option<u64>,
     /// The board every driver reports its pulls of base images on, which the API reads.
     pub pulls: berth_drivers::images::Pulls,
@@ -97,6 +98,9 @@ impl DriverDefaults {
                 default("known_hosts", self.known_hosts.display().to_string());
                 default("control_dir", self.control_dir.display().to_string());
                 default_store(&mut default);
+                if let Some(budget) = self.image_budget_mib {
+                    default("image_budget_mib", budget.to_string());
+                }
             }
         }
         options
@@ -303,8 +307,9 @@ mod tests {
             &host("parallels", &[("ssh", "ci@mac1")]),
         );
         assert_eq!(o["image_store"], "http://mirror:8080/images");
-        // The budget is libvirt's: Parallels hosts evict nothing and would refuse the option.
-        assert!(!o.contains_key("image_budget_mib"));
+        // Parallels hosts keep their pulled templates within the same budget.
+        assert_eq!(o["image_budget_mib"], "20480");
+        ParallelsConfig::from_options(&o).expect("options a parallels host takes");
         let o = defaults.options(
             DriverKind::Parallels,
             &host(

@@ -132,6 +132,11 @@ pub const OPTIONS: &[(&str, &str)] = &[
         "pull_timeout_ms",
         "how long one pull of a template may take (default 3600000)",
     ),
+    (
+        "image_budget_mib",
+        "the most the templates in template_dir may take; a pull past it first evicts unused ones, \
+         least recently used first (default: none, templates go only when evicted by hand)",
+    ),
 ];
 
 /// Where pulled templates go on the Mac, from the login's home directory.
@@ -183,6 +188,10 @@ pub struct ParallelsConfig {
     /// are from the login's home).
     pub template_dir: String,
     pub pull_timeout_ms: u64,
+    /// The most the templates in `template_dir` may take on disk. Before a pull that would go
+    /// past it, the least recently used templates that no clone, pull or provisioning uses are
+    /// evicted; without one, templates go only when an operator evicts them.
+    pub image_budget_mib: Option<u64>,
 }
 
 impl ParallelsConfig {
@@ -207,6 +216,7 @@ impl ParallelsConfig {
             image_store: None,
             template_dir: TEMPLATE_DIR_DEFAULT.to_owned(),
             pull_timeout_ms: 3_600_000,
+            image_budget_mib: None,
         })
     }
 
@@ -299,6 +309,8 @@ impl ParallelsConfig {
         if let Some(n) = number("pull_timeout_ms", 1_000, 7 * day_ms)? {
             config.pull_timeout_ms = n;
         }
+        // Up to 1 PiB: far past any Mac's disk, and no overflow in bytes.
+        config.image_budget_mib = number("image_budget_mib", 1, 1 << 30)?;
         // The bounds keep base + count inside the u16 port range.
         if let Some(n) = number("vnc_port_base", 1024, 60_000)? {
             config.vnc_port_base = n as u16;
@@ -347,6 +359,9 @@ impl ParallelsConfig {
             }
         }
         o.insert("template_dir".to_owned(), self.template_dir.clone());
+        if let Some(budget) = self.image_budget_mib {
+            o.insert("image_budget_mib".to_owned(), budget.to_string());
+        }
         o
     }
 
@@ -445,6 +460,9 @@ pub struct ParallelsHost {
     pulls: Pulls,
     /// The templates this driver's provisionings and pulls are using, and those it evicts.
     template_uses: StdMutex<evict::TemplateUses>,
+    /// Held by a pull from counting the templates under `image_budget_mib` until its own is
+    /// on the pulls board at full size, so that two pulls never both count on the same room.
+    room: Mutex<()>,
 }
 
 impl fmt::Debug for ParallelsHost {
@@ -531,6 +549,7 @@ impl ParallelsHost {
             vnc_passwords: StdMutex::new(BTreeMap::new()),
             pulls,
             template_uses: StdMutex::new(evict::TemplateUses::default()),
+            room: Mutex::new(()),
         }
     }
 
@@ -855,6 +874,9 @@ impl ParallelsHost {
                 }
             )));
         }
+        if self.config.image_budget_mib.is_some() {
+            self.mark_used(&vm.base_image).await;
+        }
         let cloned = self
             .run_host(
                 "prlctl",
@@ -1164,6 +1186,16 @@ impl Driver for ParallelsHost {
         let (vcpus, memory_mib) =
             parse_sysctl(&size).map_err(|m| self.host_err(format!("`sysctl -n`: {m}")))?;
         let images = self.list_templates().await?;
+        // What the pulled templates weigh and what uses them is for operators to see; a failure
+        // to tell leaves the last count shown rather than failing the probe.
+        if self.config.image_store.is_some() {
+            match self.holdings().await {
+                Ok(holdings) => self.pulls.record_held(&self.name, holdings),
+                Err(error) => {
+                    tracing::debug!(host = %self.name, %error, "counting the host's templates failed")
+                }
+            }
+        }
         tracing::debug!(host = %self.name, version = %info.version, vcpus, memory_mib, "probed");
         Ok(HostFacts {
             vcpus,
