@@ -916,3 +916,74 @@ async fn a_pull_evicts_unused_templates_least_recently_used_first_within_the_bud
     );
     assert_eq!(template_dir(&fx), vec!["tpl-c.pvm", "tpl-d.pvm"]);
 }
+
+/// A Parallels host pulls from an `https://` store through the real TLS stack: refused, naming
+/// the store and why, while no trusted root vouches for the server's certificate; pulled whole
+/// once `image_store_ca` names the private CA that signed it; and a digest mismatch over https
+/// is refused as over http, leaving nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_template_is_pulled_over_https_only_from_a_server_its_ca_vouches_for() {
+    let Some(fx) = Fixture::start() else { return };
+    let Some((store, archive)) = store_with_template(&fx) else {
+        return;
+    };
+    let certs = tempfile::tempdir().unwrap();
+    let Some([ca, cert, key]) = berth_testkit::tls::private_ca(certs.path()) else {
+        berth_testkit::skip_or_fail("openssl is not installed, so no certificate for the store");
+        return;
+    };
+    let server = berth_testkit::tls::HttpsFiles::start(&store, &cert, &key);
+    let url = server.url();
+    let pulls = Pulls::default();
+    let https_driver = |ca: Option<&std::path::Path>| {
+        let mut options = fx.options();
+        options.insert("image_store".into(), url.clone());
+        if let Some(ca) = ca {
+            options.insert("image_store_ca".into(), ca.display().to_string());
+        }
+        options.insert(
+            "template_dir".into(),
+            fx.path("templates").display().to_string(),
+        );
+        ParallelsHost::with_pulls(
+            HOST,
+            ParallelsConfig::from_options(&options).unwrap(),
+            pulls.clone(),
+        )
+    };
+
+    let e = https_driver(None).pull_image(PULLED).await.unwrap_err();
+    assert_eq!(e.kind(), FailureKind::Request, "{e}");
+    let text = e.to_string();
+    assert!(
+        text.contains(&format!(
+            "image store {url}: macos-16.pvm.tar.sha256: the server's certificate was refused"
+        )) && text.contains("image_store_ca"),
+        "{e}"
+    );
+    assert_eq!(template_dir(&fx), Vec::<String>::new());
+
+    let trusted = https_driver(Some(&ca));
+    trusted.pull_image(PULLED).await.unwrap();
+    assert_eq!(fx.state()["vms"][PULLED]["template"], true);
+    assert_eq!(template_dir(&fx), vec!["macos-16.pvm"]);
+
+    fs::write(store.join("macos-17.pvm.tar"), &archive).unwrap();
+    fs::write(
+        store.join("macos-17.pvm.tar.sha256"),
+        format!(
+            "{}  macos-17.pvm.tar\n",
+            Sha256Digest::of(b"another archive")
+        ),
+    )
+    .unwrap();
+    let e = trusted.pull_image("macos-17").await.unwrap_err();
+    assert_eq!(e.kind(), FailureKind::Request, "{e}");
+    assert!(
+        e.to_string()
+            .contains("macos-17.pvm.tar does not match its digest"),
+        "{e}"
+    );
+    assert!(fx.state()["vms"].get("macos-17").is_none());
+    assert_eq!(template_dir(&fx), vec!["macos-16.pvm"]);
+}
