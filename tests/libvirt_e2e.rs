@@ -623,3 +623,126 @@ domain_type = "qemu"
         Some(json!({"passed": true})),
     );
 }
+
+/// `berth image push` and `berth image evict`, the real CLI against `berth serve`, on a libvirt
+/// host whose pool lacks the image: the image comes from an `https://` store that a private CA
+/// vouches for (`[drivers] image_store_ca`), arrives byte for byte with its digest checked,
+/// `berth image show` and `berth host show` list it on the host, a second push finds it held,
+/// and the eviction removes it, a second one failing with exit code 6.
+#[test]
+fn berth_image_push_pulls_into_a_libvirt_pool_over_https_and_image_evict_removes_it() {
+    let Some(LiveLibvirt { uri, image }) = berth_testkit::live_libvirt() else {
+        return;
+    };
+    let certs = tempfile::tempdir().unwrap();
+    let Some([ca, cert, key]) = berth_testkit::tls::private_ca(certs.path()) else {
+        berth_testkit::skip_or_fail("openssl is not installed, so no certificate for the store");
+        return;
+    };
+    let _lock = libvirtd_to_ourselves();
+    let store = tempfile::tempdir().unwrap();
+    std::fs::create_dir(store.path().join("images")).unwrap();
+    let bytes = std::fs::read(&image).unwrap();
+    std::fs::write(store.path().join("images/pushed.qcow2"), &bytes).unwrap();
+    let digest = berth_drivers::images::Sha256Digest::of(&bytes);
+    std::fs::write(
+        store.path().join("images/pushed.qcow2.sha256"),
+        format!("{digest}  pushed.qcow2\n"),
+    )
+    .unwrap();
+    let server = berth_testkit::tls::HttpsFiles::start(store.path(), &cert, &key);
+    let store_url = format!("{}/images", server.url());
+    let serve = Serve::start_with(&uri, &image, |images| {
+        format!(
+            "[drivers]\nimage_store = \"{store_url}\"\nimage_store_ca = \"{}\"\n{}",
+            ca.display(),
+            local_host(&uri, images)
+        )
+    });
+    serve.wait_for("the libvirt host ready", Duration::from_secs(60), |s| {
+        s.ok("GET", "/v1/hosts", None)["hosts"][0]["state"] == "ready"
+    });
+    assert!(!serve.file("pushed.qcow2").exists());
+
+    // (exit code, stdout, stderr) of the real CLI.
+    let berth = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_berth"))
+            .args(args)
+            .args(["--url", &serve.url])
+            .env("BERTH_TOKEN", &serve.token)
+            .env_remove("BERTH_CA_FILE")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let holds = |image: &str| {
+        let (code, out, err) = berth(&["host", "show", "local"]);
+        assert_eq!(code, 0, "{err}");
+        out.lines().any(|l| l.starts_with(&format!("{image} ")))
+    };
+    assert!(!holds("pushed"));
+
+    let (code, out, err) = berth(&["image", "push", "pushed", "--host", "local"]);
+    assert_eq!(
+        (code, out.as_str()),
+        (0, "pushed: pulls started on local\n"),
+        "{err}"
+    );
+    serve.wait_for(
+        "the pushed image on the host",
+        Duration::from_secs(120),
+        |_| holds("pushed"),
+    );
+    // The store's image, byte for byte, whole: no marker left, one pull that succeeded, over
+    // TLS (the server answered the digest and the image).
+    let pulled = std::fs::read(serve.file("pushed.qcow2")).unwrap();
+    assert_eq!(berth_drivers::images::Sha256Digest::of(&pulled), digest);
+    assert!(!serve.file("pushed.qcow2.pulling").exists());
+    assert!(server.served() >= 2, "the https store served nothing");
+    let metrics = serve
+        .request("GET", "/metrics", None)
+        .into_string()
+        .unwrap();
+    let ok = r#"berth_image_pulls_total{host="local",outcome="ok"} 1"#;
+    assert!(metrics.contains(ok), "{ok} not in\n{metrics}");
+
+    // `image show` has the digest from the https store and the host holding it.
+    let (code, out, err) = berth(&["image", "show", "pushed", "-o", "json"]);
+    assert_eq!(code, 0, "{err}");
+    let shown: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(shown["digest"], digest.to_string(), "{shown}");
+    assert_eq!(shown["bytes"], bytes.len() as u64, "{shown}");
+    assert_eq!(shown["store_error"], Value::Null, "{shown}");
+    assert_eq!(shown["hosts"][0]["host"], "local", "{shown}");
+    assert_eq!(shown["hosts"][0]["in_use"], false, "{shown}");
+    // Held now: a second push pulls nothing.
+    let (code, out, err) = berth(&["image", "push", "pushed", "--host", "local"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("already held on local"), "{out}");
+
+    let (code, out, err) = berth(&["image", "evict", "pushed", "--host", "local"]);
+    assert_eq!(
+        (code, out.as_str()),
+        (0, "pushed evicted from local\n"),
+        "{err}"
+    );
+    assert!(!serve.file("pushed.qcow2").exists());
+    serve.wait_for(
+        "the host no longer listing it",
+        Duration::from_secs(30),
+        |_| !holds("pushed"),
+    );
+    let (code, _, err) = berth(&["image", "evict", "pushed", "--host", "local"]);
+    assert_eq!(code, 6, "{err}");
+    assert!(
+        err.contains("host local holds no base image pushed"),
+        "{err}"
+    );
+    // The base image the VMs' template uses was never touched.
+    assert!(serve.file("tiny.qcow2").exists());
+}

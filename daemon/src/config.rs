@@ -536,15 +536,45 @@ pub struct DriversSection {
     /// The image directory on libvirt hosts; default the driver's (`/var/lib/berth/images`).
     pub image_dir: Option<String>,
     /// Where libvirt and Parallels hosts pull base images they lack from: a directory (a
-    /// network mount works) or an `http://` URL holding `NAME.qcow2` and `NAME.qcow2.sha256`
-    /// for libvirt, `NAME.pvm.tar` and `NAME.pvm.tar.sha256` (a template's bundle) for
-    /// Parallels. A host's own `image_store` option overrides it; without either, a missing
-    /// base image is the host's error.
+    /// network mount works) or an `http://` or `https://` URL holding `NAME.qcow2` and
+    /// `NAME.qcow2.sha256` for libvirt, `NAME.pvm.tar` and `NAME.pvm.tar.sha256` (a template's
+    /// bundle) for Parallels. A host's own `image_store` option overrides it; without either, a
+    /// missing base image is the host's error.
     pub image_store: Option<String>,
-    /// The most the base images on each libvirt host may take (MiB): unused ones are evicted,
-    /// least recently used first, to make room for a pull. A host's own `image_budget_mib`
-    /// option overrides it; without either, images are never evicted.
+    /// For an `https://` `image_store`: a PEM file of CA certificates trusted beside the
+    /// system's roots (a private CA). It goes with this section's store: a host that names its
+    /// own store names its own `image_store_ca` too.
+    pub image_store_ca: Option<PathBuf>,
+    /// The most the base images on each libvirt host, and the pulled templates on each
+    /// Parallels host, may take (MiB): unused ones are evicted, least recently used first, to
+    /// make room for a pull. A host's own `image_budget_mib` option overrides it; without
+    /// either, images are evicted only by hand.
     pub image_budget_mib: Option<u64>,
+}
+
+impl DriversSection {
+    /// The image store this section gives hosts (with its CA), if any; an error names the key.
+    pub fn store(&self) -> Result<Option<berth_drivers::images::ImageStore>, DaemonError> {
+        let mut options = std::collections::BTreeMap::new();
+        if let Some(store) = &self.image_store {
+            options.insert(
+                berth_drivers::images::STORE_OPTION.to_owned(),
+                store.clone(),
+            );
+        }
+        if let Some(ca) = &self.image_store_ca {
+            options.insert(
+                berth_drivers::images::CA_FILE_OPTION.to_owned(),
+                ca.display().to_string(),
+            );
+        }
+        berth_drivers::images::store_from_options(&options).map_err(|(key, message)| {
+            DaemonError::Config {
+                key: format!("drivers.{key}"),
+                message,
+            }
+        })
+    }
 }
 
 /// What a token may do (the API's names: `read-only`, `operator`).
@@ -595,14 +625,7 @@ pub fn parse(text: &str) -> Result<FileConfig, DaemonError> {
                 message: format!("`{listen}`: {e}"),
             })?;
     }
-    if let Some(store) = &config.drivers.image_store {
-        store
-            .parse::<berth_drivers::images::ImageStore>()
-            .map_err(|e| DaemonError::Config {
-                key: "drivers.image_store".into(),
-                message: e.message,
-            })?;
-    }
+    config.drivers.store()?;
     if !(config.sim.latency_scale >= 0.0 && config.sim.latency_scale.is_finite()) {
         return Err(DaemonError::Config {
             key: "sim.latency_scale".into(),
@@ -856,6 +879,28 @@ mod tests {
             "{err}"
         );
         parse("[drivers]\nimage_store = \"http://mirror:8080/images\"\n").expect("a store");
+        parse("[drivers]\nimage_store = \"https://mirror/images\"\n").expect("an https store");
+        // The CA is read at once and belongs to an https:// store.
+        for (text, says) in [
+            (
+                "[drivers]\nimage_store = \"https://mirror/images\"\nimage_store_ca = \"/no/ca.pem\"\n",
+                "/no/ca.pem",
+            ),
+            (
+                "[drivers]\nimage_store = \"http://mirror/images\"\nimage_store_ca = \"/no/ca.pem\"\n",
+                "for an https:// store only",
+            ),
+            (
+                "[drivers]\nimage_store_ca = \"/no/ca.pem\"\n",
+                "no image_store is set",
+            ),
+        ] {
+            let err = parse(text).unwrap_err().to_string();
+            assert!(
+                err.contains("drivers.image_store_ca") && err.contains(says),
+                "{err}"
+            );
+        }
     }
 
     #[test]

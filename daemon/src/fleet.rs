@@ -41,7 +41,10 @@ pub(crate) struct DriverDefaults {
     /// libvirt and Parallels: the image store hosts pull missing base images (templates, on
     /// Parallels) from.
     pub image_store: Option<String>,
-    /// libvirt: the disk budget of each host's base images, unless the host gives its own.
+    /// The CA file of an `https://` `image_store`, for the hosts that take that store.
+    pub image_store_ca: Option<PathBuf>,
+    /// libvirt and Parallels: the disk budget of each host's base images (pulled templates, on
+    /// Parallels), unless the host gives its own.
     pub image_budget_mib: Option<u64>,
     /// The board every driver reports its pulls of base images on, which the API reads.
     pub pulls: berth_drivers::images::Pulls,
@@ -57,6 +60,7 @@ impl DriverDefaults {
             control_dir: data_dir.join(SSH_CONTROL_DIR),
             image_dir: section.image_dir.clone(),
             image_store: section.image_store.clone(),
+            image_store_ca: section.image_store_ca.clone(),
             image_budget_mib: section.image_budget_mib,
             pulls: berth_drivers::images::Pulls::default(),
         }
@@ -65,8 +69,19 @@ impl DriverDefaults {
     /// The host's options with the defaults of its driver kind filled in.
     fn options(&self, kind: DriverKind, host: &WireHost) -> BTreeMap<String, String> {
         let mut options = host.options.clone();
+        // The section's CA goes with the section's store only: a host that names its own store
+        // names its own CA.
+        let own_store = host.options.contains_key("image_store");
         let mut default = |key: &str, value: String| {
             options.entry(key.to_owned()).or_insert(value);
+        };
+        let default_store = |default: &mut dyn FnMut(&str, String)| {
+            if let (Some(store), false) = (&self.image_store, own_store) {
+                default("image_store", store.clone());
+                if let Some(ca) = &self.image_store_ca {
+                    default("image_store_ca", ca.display().to_string());
+                }
+            }
         };
         match kind {
             DriverKind::Sim => {}
@@ -74,9 +89,7 @@ impl DriverDefaults {
                 if let Some(dir) = &self.image_dir {
                     default("image_dir", dir.clone());
                 }
-                if let Some(store) = &self.image_store {
-                    default("image_store", store.clone());
-                }
+                default_store(&mut default);
                 if let Some(budget) = self.image_budget_mib {
                     default("image_budget_mib", budget.to_string());
                 }
@@ -84,8 +97,9 @@ impl DriverDefaults {
             DriverKind::Parallels => {
                 default("known_hosts", self.known_hosts.display().to_string());
                 default("control_dir", self.control_dir.display().to_string());
-                if let Some(store) = &self.image_store {
-                    default("image_store", store.clone());
+                default_store(&mut default);
+                if let Some(budget) = self.image_budget_mib {
+                    default("image_budget_mib", budget.to_string());
                 }
             }
         }
@@ -293,8 +307,9 @@ mod tests {
             &host("parallels", &[("ssh", "ci@mac1")]),
         );
         assert_eq!(o["image_store"], "http://mirror:8080/images");
-        // The budget is libvirt's: Parallels hosts evict nothing and would refuse the option.
-        assert!(!o.contains_key("image_budget_mib"));
+        // Parallels hosts keep their pulled templates within the same budget.
+        assert_eq!(o["image_budget_mib"], "20480");
+        ParallelsConfig::from_options(&o).expect("options a parallels host takes");
         let o = defaults.options(
             DriverKind::Parallels,
             &host(
@@ -304,6 +319,27 @@ mod tests {
         );
         assert_eq!(o["image_store"], "/srv/t");
         ParallelsConfig::from_options(&o).expect("options a parallels host takes");
+    }
+
+    #[test]
+    fn the_drivers_sections_ca_goes_with_its_store_only() {
+        let section = DriversSection {
+            image_store: Some("https://mirror/images".into()),
+            image_store_ca: Some(PathBuf::from("/etc/berth/store-ca.pem")),
+            ..DriversSection::default()
+        };
+        let defaults = DriverDefaults::new(Path::new("/data"), &section);
+        for (kind, driver, first) in [
+            (DriverKind::Parallels, "parallels", ("ssh", "ci@mac1")),
+            (DriverKind::Libvirt, "libvirt", ("uri", "qemu:///system")),
+        ] {
+            let o = defaults.options(kind, &host(driver, &[first]));
+            assert_eq!(o["image_store"], "https://mirror/images");
+            assert_eq!(o["image_store_ca"], "/etc/berth/store-ca.pem");
+            let o = defaults.options(kind, &host(driver, &[first, ("image_store", "/srv/t")]));
+            assert_eq!(o["image_store"], "/srv/t");
+            assert!(!o.contains_key("image_store_ca"), "{o:?}");
+        }
     }
 
     #[test]

@@ -484,12 +484,8 @@ pub async fn start(opts: Options) -> Result<Daemon, DaemonError> {
         templates: Arc::new(templates),
         pulses: opts.config.pulses.clone(),
         pulls: pulls.clone(),
-        image_store: opts
-            .config
-            .drivers
-            .image_store
-            .as_deref()
-            .and_then(|s| s.parse().ok()),
+        // Checked when the configuration was read.
+        image_store: opts.config.drivers.store().ok().flatten(),
         eta: Arc::default(),
     };
     let pulses = tokio::spawn(pulses::run(

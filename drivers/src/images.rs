@@ -1,6 +1,7 @@
 //! Base images that travel to the hosts that need them: an image store (a directory, which may
-//! be a network mount, or an `http://` URL) holds each base image beside its SHA-256 digest, and
-//! a board of pulls keeps one pull per image per host at a time and says how far each has come.
+//! be a network mount, or an `http://` or `https://` URL) holds each base image beside its
+//! SHA-256 digest, and a board of pulls keeps one pull per image per host at a time and says how
+//! far each has come.
 //!
 //! In a store, base image file `linux.qcow2` comes with `linux.qcow2.sha256`, whose first word is
 //! the image's SHA-256 digest in hex (what `sha256sum linux.qcow2 > linux.qcow2.sha256` writes).
@@ -10,12 +11,17 @@
 //! The same board keeps what each host's driver last found in its image directory
 //! ([`Holdings`]: each image's size, last use and whether it is in use, and the host's budget),
 //! so the daemon can show it without asking the host on every read.
+//!
+//! An `https://` store is verified against the system's trusted roots and, when the store names
+//! one (`image_store_ca`), the CA certificates of a PEM file: a private CA needs no change to
+//! the system's trust. A certificate the roots do not vouch for fails the pull with an error that
+//! names the store and why.
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::io::Read;
-use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use sha2::{Digest as _, Sha256};
 
@@ -33,7 +39,17 @@ pub enum ImageStore {
     Dir(PathBuf),
     /// An HTTP server: `URL/linux.qcow2` and `URL/linux.qcow2.sha256`.
     Http(String),
+    /// An HTTPS server, laid out as an HTTP one, whose certificate the system's trusted roots
+    /// or the CA certificates in `ca_file` (PEM) vouch for.
+    Https {
+        url: String,
+        ca_file: Option<PathBuf>,
+    },
 }
+
+/// The name of the setting that gives an `https://` store's CA file, in the daemon's
+/// `[drivers]` section and in a host's options alike.
+pub const CA_FILE_OPTION: &str = "image_store_ca";
 
 /// Something wrong with an image store or an image in it, naming which.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -46,7 +62,8 @@ pub struct ImageError {
 impl std::str::FromStr for ImageStore {
     type Err = ImageError;
 
-    /// `/srv/images` (an absolute directory) or `http://mirror:8080/images`.
+    /// `/srv/images` (an absolute directory), `http://mirror:8080/images` or
+    /// `https://mirror/images` (trusting the system's roots; see [`ImageStore::with_ca_file`]).
     fn from_str(s: &str) -> Result<ImageStore, ImageError> {
         let fail = |message: &str| ImageError {
             store: s.to_owned(),
@@ -61,13 +78,18 @@ impl std::str::FromStr for ImageStore {
             }
             return Ok(ImageStore::Http(s.trim_end_matches('/').to_owned()));
         }
-        if s.starts_with("https://") {
-            return Err(fail(
-                "https is not supported yet: serve the store over http on a trusted network, \
-                 or mount it as a directory",
-            ));
+        if let Some(rest) = s.strip_prefix("https://") {
+            if rest.trim_end_matches('/').is_empty() {
+                return Err(fail("names no server"));
+            }
+            return Ok(ImageStore::Https {
+                url: s.trim_end_matches('/').to_owned(),
+                ca_file: None,
+            });
         }
-        Err(fail("expected an absolute directory or an http:// URL"))
+        Err(fail(
+            "expected an absolute directory or an http:// or https:// URL",
+        ))
     }
 }
 
@@ -75,12 +97,110 @@ impl fmt::Display for ImageStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             ImageStore::Dir(dir) => write!(f, "{}", dir.display()),
-            ImageStore::Http(url) => f.write_str(url),
+            ImageStore::Http(url) | ImageStore::Https { url, .. } => f.write_str(url),
         }
     }
 }
 
+/// The setting that names a host's image store, in its options and the daemon's `[drivers]`.
+pub const STORE_OPTION: &str = "image_store";
+
+/// The image store a host's driver options give (`image_store`, with `image_store_ca` for an
+/// `https://` one), if any. An error names the option at fault and what is wrong with it.
+pub fn store_from_options(
+    options: &BTreeMap<String, String>,
+) -> Result<Option<ImageStore>, (&'static str, String)> {
+    let ca = options.get(CA_FILE_OPTION).map(Path::new);
+    let Some(store) = options.get(STORE_OPTION) else {
+        return match ca {
+            Some(ca) => Err((
+                CA_FILE_OPTION,
+                format!(
+                    "{} is a CA for an https:// image store, but no {STORE_OPTION} is set",
+                    ca.display()
+                ),
+            )),
+            None => Ok(None),
+        };
+    };
+    let store: ImageStore = store
+        .parse()
+        .map_err(|e: ImageError| (STORE_OPTION, e.message))?;
+    store
+        .with_ca_file(ca)
+        .map(Some)
+        .map_err(|e| (CA_FILE_OPTION, e.message))
+}
+
 impl ImageStore {
+    /// The same store trusting the CA certificates (PEM) in `ca_file` beside the system's roots
+    /// (nothing changes for `None`). Only an `https://` store takes one; the file is read now,
+    /// so that a missing or unreadable one is an error at once, naming it.
+    pub fn with_ca_file(self, ca_file: Option<&Path>) -> Result<ImageStore, ImageError> {
+        let Some(ca) = ca_file else {
+            return Ok(self);
+        };
+        match self {
+            ImageStore::Https { url, .. } => {
+                let store = ImageStore::Https {
+                    url,
+                    ca_file: Some(ca.to_owned()),
+                };
+                read_ca_file(ca).map_err(|m| store.error(m))?;
+                Ok(store)
+            }
+            other => Err(other.error(format!(
+                "{CA_FILE_OPTION} {} is for an https:// store only",
+                ca.display()
+            ))),
+        }
+    }
+
+    /// The CA file an `https://` store trusts beside the system's roots, if it names one.
+    pub fn ca_file(&self) -> Option<&Path> {
+        match self {
+            ImageStore::Https { ca_file, .. } => ca_file.as_deref(),
+            _ => None,
+        }
+    }
+
+    /// The URL of an HTTP or HTTPS store.
+    fn url(&self) -> Option<&str> {
+        match self {
+            ImageStore::Dir(_) => None,
+            ImageStore::Http(url) | ImageStore::Https { url, .. } => Some(url),
+        }
+    }
+
+    /// The HTTP client for this store: for `https://`, verifying the server against the
+    /// system's roots and the store's CA file.
+    fn agent(&self) -> Result<ureq::Agent, ImageError> {
+        let builder = ureq::AgentBuilder::new()
+            .timeout_connect(std::time::Duration::from_secs(HTTP_TIMEOUT_S))
+            .timeout_read(std::time::Duration::from_secs(HTTP_TIMEOUT_S));
+        let builder = match self {
+            ImageStore::Https { ca_file, .. } => {
+                let tls = tls_config(ca_file.as_deref()).map_err(|m| self.error(m))?;
+                builder.tls_config(Arc::new(tls))
+            }
+            _ => builder,
+        };
+        Ok(builder.build())
+    }
+
+    /// `GET` or `HEAD` of `file` in an HTTP or HTTPS store at `url`; errors name the file.
+    fn call(
+        &self,
+        agent: &ureq::Agent,
+        method: &str,
+        url: &str,
+        file: &str,
+    ) -> Result<ureq::Response, ImageError> {
+        agent
+            .request(method, &format!("{url}/{file}"))
+            .call()
+            .map_err(|e| self.error(format!("{file}: {}", http_failure(e, self.ca_file()))))
+    }
     fn error(&self, message: String) -> ImageError {
         ImageError {
             store: self.to_string(),
@@ -113,19 +233,19 @@ impl ImageStore {
     }
 
     /// The size and digest the store gives for image `file`, without reading the image (from
-    /// an HTTP store: its digest file and a `HEAD` of the image, no download).
+    /// an HTTP or HTTPS store: its digest file and a `HEAD` of the image, no download).
     pub fn describe(&self, file: &str) -> Result<(u64, Sha256Digest), ImageError> {
-        let ImageStore::Http(url) = self else {
+        let Some(url) = self.url() else {
             let source = self.open(file)?;
             return Ok((source.size, source.digest));
         };
         let digest_file = self.digest_file(file)?;
-        let digest_text = http_get(&format!("{url}/{digest_file}"))
-            .map_err(|e| self.error(format!("{digest_file}: {e}")))?
+        let agent = self.agent()?;
+        let digest_text = self
+            .call(&agent, "GET", url, &digest_file)?
             .into_string()
             .map_err(|e| self.error(format!("reading {digest_file}: {e}")))?;
-        let answer = http_call("HEAD", &format!("{url}/{file}"))
-            .map_err(|e| self.error(format!("{file}: {e}")))?;
+        let answer = self.call(&agent, "HEAD", url, file)?;
         Ok((
             self.content_length(file, &answer)?,
             self.digest(&digest_file, &digest_text)?,
@@ -170,13 +290,13 @@ impl ImageStore {
                     .len();
                 (digest_text, size, Box::new(f))
             }
-            ImageStore::Http(url) => {
-                let digest_text = http_get(&format!("{url}/{digest_file}"))
-                    .map_err(|e| self.error(format!("{digest_file}: {e}")))?
+            ImageStore::Http(url) | ImageStore::Https { url, .. } => {
+                let agent = self.agent()?;
+                let digest_text = self
+                    .call(&agent, "GET", url, &digest_file)?
                     .into_string()
                     .map_err(|e| self.error(format!("reading {digest_file}: {e}")))?;
-                let answer = http_get(&format!("{url}/{file}"))
-                    .map_err(|e| self.error(format!("{file}: {e}")))?;
+                let answer = self.call(&agent, "GET", url, file)?;
                 let size = self.content_length(file, &answer)?;
                 (digest_text, size, answer.into_reader())
             }
@@ -197,21 +317,109 @@ impl ImageStore {
 /// How long a store's HTTP server may keep berth waiting for the next bytes.
 const HTTP_TIMEOUT_S: u64 = 60;
 
-fn http_get(url: &str) -> Result<ureq::Response, String> {
-    http_call("GET", url)
+/// What went wrong with a request to a store's server, in words: the status it answered, or,
+/// when the server's certificate was refused, why and what would make it trusted.
+fn http_failure(error: ureq::Error, ca_file: Option<&Path>) -> String {
+    let transport = match error {
+        ureq::Error::Status(code, _) => return format!("the server answered {code}"),
+        ureq::Error::Transport(t) => t,
+    };
+    let Some(tls) = tls_error(&transport) else {
+        return transport.to_string();
+    };
+    let trusted = match ca_file {
+        Some(ca) => format!(
+            "the system's trusted roots and {CA_FILE_OPTION} {}",
+            ca.display()
+        ),
+        None => "the system's trusted roots".to_owned(),
+    };
+    match tls {
+        rustls::Error::InvalidCertificate(why) => format!(
+            "the server's certificate was refused ({why}); it was checked against {trusted}: \
+             if a private CA signed it, name that CA's certificate (PEM) with {CA_FILE_OPTION}"
+        ),
+        other => format!("the TLS handshake with the server failed: {other}"),
+    }
 }
 
-fn http_call(method: &str, url: &str) -> Result<ureq::Response, String> {
-    ureq::AgentBuilder::new()
-        .timeout_connect(std::time::Duration::from_secs(HTTP_TIMEOUT_S))
-        .timeout_read(std::time::Duration::from_secs(HTTP_TIMEOUT_S))
-        .build()
-        .request(method, url)
-        .call()
-        .map_err(|e| match e {
-            ureq::Error::Status(code, _) => format!("the server answered {code}"),
-            other => other.to_string(),
-        })
+/// The TLS failure behind a transport error, if one is.
+fn tls_error(transport: &ureq::Transport) -> Option<&rustls::Error> {
+    let mut next: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(transport);
+    while let Some(e) = next {
+        if let Some(tls) = e.downcast_ref::<rustls::Error>() {
+            return Some(tls);
+        }
+        // An I/O error hides the error it wraps from `source`.
+        if let Some(inner) = e
+            .downcast_ref::<std::io::Error>()
+            .and_then(std::io::Error::get_ref)
+            && let Some(tls) = inner.downcast_ref::<rustls::Error>()
+        {
+            return Some(tls);
+        }
+        next = e.source();
+    }
+    None
+}
+
+/// The system's trusted roots (what `openssl` and `curl` trust: the distribution's bundle, or
+/// `SSL_CERT_FILE` / `SSL_CERT_DIR`), read once per process.
+fn system_roots() -> &'static [rustls::pki_types::CertificateDer<'static>] {
+    static ROOTS: OnceLock<Vec<rustls::pki_types::CertificateDer<'static>>> = OnceLock::new();
+    ROOTS.get_or_init(|| {
+        let found = rustls_native_certs::load_native_certs();
+        for error in &found.errors {
+            tracing::warn!(%error, "reading the system's trusted roots for https:// image stores");
+        }
+        found.certs
+    })
+}
+
+/// The CA certificates of a PEM file; an error names the file.
+fn read_ca_file(ca: &Path) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, String> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let name = || format!("{CA_FILE_OPTION} {}", ca.display());
+    let text = std::fs::read(ca).map_err(|e| format!("{}: {e}", name()))?;
+    let certs = CertificateDer::pem_slice_iter(&text)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("{}: {e}", name()))?;
+    if certs.is_empty() {
+        return Err(format!("{}: no CERTIFICATE in it", name()));
+    }
+    Ok(certs)
+}
+
+/// TLS settings that trust the system's roots and the certificates in `ca_file`.
+fn tls_config(ca_file: Option<&Path>) -> Result<rustls::ClientConfig, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    // A root the system lists but rustls cannot read is left out, as other TLS clients do.
+    roots.add_parsable_certificates(system_roots().iter().cloned());
+    if let Some(ca) = ca_file {
+        for cert in read_ca_file(ca)? {
+            roots
+                .add(cert)
+                .map_err(|e| format!("{CA_FILE_OPTION} {}: {e}", ca.display()))?;
+        }
+    }
+    if roots.is_empty() {
+        return Err(format!(
+            "no certificate to trust: the system has no trusted roots (install its CA \
+             certificates) and the store names no {CA_FILE_OPTION}"
+        ));
+    }
+    // ring, as the daemon's own TLS and the client's (rustls marks it deprecated for its lack
+    // of post-quantum key exchange, which TLS 1.3 with X25519 does without).
+    #[allow(deprecated)]
+    let provider = rustls::crypto::ring::default_provider();
+    Ok(
+        rustls::ClientConfig::builder_with_provider(Arc::new(provider))
+            .with_safe_default_protocol_versions()
+            .map_err(|e| format!("setting up TLS: {e}"))?
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+    )
 }
 
 /// A SHA-256 digest.
@@ -846,6 +1054,101 @@ mod tests {
         );
     }
 
+    /// An `https://` store over a real TLS server: with its CA named, the image reads whole
+    /// and verified; a certificate that no trusted root vouches for (none named, or another
+    /// CA's) is refused, naming the store and why; a digest mismatch is caught as over http.
+    #[test]
+    fn an_https_store_is_verified_against_the_ca_it_names() {
+        use std::time::Duration;
+        let dir = tempfile::tempdir().unwrap();
+        let (ca_dir, other_dir, root) = (
+            dir.path().join("ca"),
+            dir.path().join("other"),
+            dir.path().join("www"),
+        );
+        for d in [&ca_dir, &other_dir, &root.join("images")] {
+            std::fs::create_dir_all(d).unwrap();
+        }
+        let (Some([ca, cert, key]), Some([other_ca, ..])) = (
+            berth_testkit::tls::private_ca(&ca_dir),
+            berth_testkit::tls::private_ca(&other_dir),
+        ) else {
+            berth_testkit::skip_or_fail("openssl is not installed, so no certificate for the test");
+            return;
+        };
+        let bytes = b"qcow2 pretend bytes over tls".repeat(5000);
+        let images = root.join("images");
+        std::fs::write(images.join("linux.qcow2"), &bytes).unwrap();
+        std::fs::write(
+            images.join("linux.qcow2.sha256"),
+            format!("{}  linux.qcow2\n", Sha256Digest::of(&bytes)),
+        )
+        .unwrap();
+        std::fs::write(images.join("bad.qcow2"), &bytes).unwrap();
+        std::fs::write(
+            images.join("bad.qcow2.sha256"),
+            format!("{}  bad.qcow2\n", Sha256Digest::of(b"other bytes")),
+        )
+        .unwrap();
+        let server = berth_testkit::tls::HttpsFiles::start(&root, &cert, &key);
+        let url = format!("{}/images", server.url());
+        let store: ImageStore = url.parse().unwrap();
+
+        let trusted = store.clone().with_ca_file(Some(&ca)).unwrap();
+        assert_eq!(trusted.ca_file(), Some(ca.as_path()));
+        let (size, digest) = trusted.describe("linux.qcow2").unwrap();
+        assert_eq!(
+            (size, digest),
+            (bytes.len() as u64, Sha256Digest::of(&bytes))
+        );
+        assert_eq!(
+            read_all(trusted.open("linux.qcow2").unwrap()).unwrap(),
+            bytes
+        );
+        // A digest, a HEAD, a digest and the image (counted once each answer is sent).
+        let answered = 4;
+        berth_testkit::wait_for(
+            "the server to count its answers",
+            Duration::from_secs(10),
+            || (server.served() == answered).then_some(()),
+        );
+
+        // No CA named: the system's roots do not know the private CA.
+        let e = store.open("linux.qcow2").unwrap_err();
+        assert_eq!(e.store, url);
+        assert!(
+            e.message
+                .starts_with("linux.qcow2.sha256: the server's certificate was refused")
+                && e.message.contains("UnknownIssuer")
+                && e.message.contains("the system's trusted roots:")
+                && e.message
+                    .contains("name that CA's certificate (PEM) with image_store_ca"),
+            "{e}"
+        );
+        // Another CA named: refused too, and the message names the file it trusted.
+        let e = store
+            .clone()
+            .with_ca_file(Some(&other_ca))
+            .unwrap()
+            .describe("linux.qcow2")
+            .unwrap_err();
+        assert!(
+            e.message.contains("certificate was refused")
+                && e.message
+                    .contains(&format!("image_store_ca {}", other_ca.display())),
+            "{e}"
+        );
+        assert_eq!(server.served(), answered, "nothing was served untrusted");
+
+        let e = read_all(trusted.open("bad.qcow2").unwrap()).unwrap_err();
+        assert!(
+            e.message.contains("bad.qcow2 does not match its digest"),
+            "{e}"
+        );
+        let e = trusted.open("missing.qcow2").unwrap_err();
+        assert_eq!(e.message, "missing.qcow2.sha256: the server answered 404");
+    }
+
     #[test]
     fn the_board_lists_running_pulls_and_keeps_each_hosts_holdings() {
         let pulls = Pulls::default();
@@ -891,8 +1194,38 @@ mod tests {
             let e = bad.parse::<ImageStore>().unwrap_err();
             assert_eq!(e.store, bad);
         }
-        let e = "https://x/images".parse::<ImageStore>().unwrap_err();
-        assert!(e.message.contains("https is not supported"), "{e}");
+        assert_eq!(
+            "https://mirror/images/".parse(),
+            Ok(ImageStore::Https {
+                url: "https://mirror/images".into(),
+                ca_file: None
+            })
+        );
+        let e = "https://".parse::<ImageStore>().unwrap_err();
+        assert!(e.message.contains("names no server"), "{e}");
+    }
+
+    #[test]
+    fn only_an_https_store_takes_a_ca_file_and_it_must_hold_a_certificate() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.pem");
+        let https: ImageStore = "https://mirror/images".parse().unwrap();
+        // None changes nothing.
+        assert_eq!(https.clone().with_ca_file(None), Ok(https.clone()));
+        let e = https.clone().with_ca_file(Some(&ca)).unwrap_err();
+        assert!(
+            e.message.contains("image_store_ca") && e.message.contains("ca.pem"),
+            "{e}"
+        );
+        std::fs::write(&ca, "not a certificate\n").unwrap();
+        let e = https.clone().with_ca_file(Some(&ca)).unwrap_err();
+        assert!(e.message.contains("no CERTIFICATE"), "{e}");
+        assert_eq!(e.store, "https://mirror/images");
+        for other in ["http://mirror/images", "/srv/images"] {
+            let store: ImageStore = other.parse().unwrap();
+            let e = store.with_ca_file(Some(&ca)).unwrap_err();
+            assert!(e.message.contains("for an https:// store only"), "{e}");
+        }
     }
 
     #[test]

@@ -32,7 +32,7 @@ use openssh::{ControlPersist, KnownHosts, Session, SessionBuilder};
 use serde::Deserialize;
 use tokio::sync::Mutex;
 
-use crate::images::{ImageStore, Pulls};
+use crate::images::{ImageStore, Pulls, store_from_options};
 use crate::{ConsoleAddress, Driver, DriverError, HostFacts, VmListing, VmRecipe, parse_vm_name};
 
 mod evict;
@@ -114,8 +114,14 @@ pub const OPTIONS: &[(&str, &str)] = &[
     ),
     (
         "image_store",
-        "where missing templates are pulled from: a directory or http:// URL holding NAME.pvm.tar \
-         and NAME.pvm.tar.sha256 (default: none, a missing template is the host's error)",
+        "where missing templates are pulled from: a directory, http:// or https:// URL holding \
+         NAME.pvm.tar and NAME.pvm.tar.sha256 (default: none, a missing template is the host's \
+         error)",
+    ),
+    (
+        "image_store_ca",
+        "for an https:// image_store: a PEM file of CA certificates trusted beside the system's \
+         roots (default: the system's roots alone)",
     ),
     (
         "template_dir",
@@ -125,6 +131,11 @@ pub const OPTIONS: &[(&str, &str)] = &[
     (
         "pull_timeout_ms",
         "how long one pull of a template may take (default 3600000)",
+    ),
+    (
+        "image_budget_mib",
+        "the most the templates in template_dir may take; a pull past it first evicts unused ones, \
+         least recently used first (default: none, templates go only when evicted by hand)",
     ),
 ];
 
@@ -177,6 +188,10 @@ pub struct ParallelsConfig {
     /// are from the login's home).
     pub template_dir: String,
     pub pull_timeout_ms: u64,
+    /// The most the templates in `template_dir` may take on disk. Before a pull that would go
+    /// past it, the least recently used templates that no clone, pull or provisioning uses are
+    /// evicted; without one, templates go only when an operator evicts them.
+    pub image_budget_mib: Option<u64>,
 }
 
 impl ParallelsConfig {
@@ -201,6 +216,7 @@ impl ParallelsConfig {
             image_store: None,
             template_dir: TEMPLATE_DIR_DEFAULT.to_owned(),
             pull_timeout_ms: 3_600_000,
+            image_budget_mib: None,
         })
     }
 
@@ -234,12 +250,9 @@ impl ParallelsConfig {
             // Empty: find the tools on the login's PATH.
             config.prl_dir = (!dir.is_empty()).then(|| dir.trim_end_matches('/').to_owned());
         }
-        if let Some(store) = options.get("image_store") {
-            let parsed = store
-                .parse::<ImageStore>()
-                .map_err(|e| bad_value("image_store", store, &e.message))?;
-            config.image_store = Some(parsed);
-        }
+        config.image_store = store_from_options(options).map_err(|(key, message)| {
+            bad_value(key, options.get(key).map_or("", String::as_str), &message)
+        })?;
         if let Some(dir) = options.get("template_dir") {
             // Passed to the Mac's shell as one quoted word; a newline would break the answers
             // berth reads back, and a leading `-` would read as an option.
@@ -296,6 +309,8 @@ impl ParallelsConfig {
         if let Some(n) = number("pull_timeout_ms", 1_000, 7 * day_ms)? {
             config.pull_timeout_ms = n;
         }
+        // Up to 1 PiB: far past any Mac's disk, and no overflow in bytes.
+        config.image_budget_mib = number("image_budget_mib", 1, 1 << 30)?;
         // The bounds keep base + count inside the u16 port range.
         if let Some(n) = number("vnc_port_base", 1024, 60_000)? {
             config.vnc_port_base = n as u16;
@@ -339,8 +354,14 @@ impl ParallelsConfig {
         );
         if let Some(store) = &self.image_store {
             o.insert("image_store".to_owned(), store.to_string());
+            if let Some(ca) = store.ca_file() {
+                o.insert("image_store_ca".to_owned(), ca.display().to_string());
+            }
         }
         o.insert("template_dir".to_owned(), self.template_dir.clone());
+        if let Some(budget) = self.image_budget_mib {
+            o.insert("image_budget_mib".to_owned(), budget.to_string());
+        }
         o
     }
 
@@ -439,6 +460,9 @@ pub struct ParallelsHost {
     pulls: Pulls,
     /// The templates this driver's provisionings and pulls are using, and those it evicts.
     template_uses: StdMutex<evict::TemplateUses>,
+    /// Held by a pull from counting the templates under `image_budget_mib` until its own is
+    /// on the pulls board at full size, so that two pulls never both count on the same room.
+    room: Mutex<()>,
 }
 
 impl fmt::Debug for ParallelsHost {
@@ -525,6 +549,7 @@ impl ParallelsHost {
             vnc_passwords: StdMutex::new(BTreeMap::new()),
             pulls,
             template_uses: StdMutex::new(evict::TemplateUses::default()),
+            room: Mutex::new(()),
         }
     }
 
@@ -849,6 +874,9 @@ impl ParallelsHost {
                 }
             )));
         }
+        if self.config.image_budget_mib.is_some() {
+            self.mark_used(&vm.base_image).await;
+        }
         let cloned = self
             .run_host(
                 "prlctl",
@@ -1158,6 +1186,16 @@ impl Driver for ParallelsHost {
         let (vcpus, memory_mib) =
             parse_sysctl(&size).map_err(|m| self.host_err(format!("`sysctl -n`: {m}")))?;
         let images = self.list_templates().await?;
+        // What the pulled templates weigh and what uses them is for operators to see; a failure
+        // to tell leaves the last count shown rather than failing the probe.
+        if self.config.image_store.is_some() {
+            match self.holdings().await {
+                Ok(holdings) => self.pulls.record_held(&self.name, holdings),
+                Err(error) => {
+                    tracing::debug!(host = %self.name, %error, "counting the host's templates failed")
+                }
+            }
+        }
         tracing::debug!(host = %self.name, version = %info.version, vcpus, memory_mib, "probed");
         Ok(HostFacts {
             vcpus,
@@ -1407,6 +1445,47 @@ mod tests {
             e.to_string().contains("image_store") && e.to_string().contains("absolute"),
             "{e}"
         );
+        // An https:// store with the CA it trusts beside the system's roots: read at once,
+        // and given back by to_options.
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(
+            &ca,
+            "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
+        let ca_text = ca.display().to_string();
+        let with_ca = opts(&[
+            ("ssh", "m"),
+            ("image_store", "https://mirror/templates"),
+            ("image_store_ca", &ca_text),
+        ]);
+        let c = ParallelsConfig::from_options(&with_ca).unwrap();
+        assert_eq!(
+            c.image_store.as_ref().and_then(|s| s.ca_file()),
+            Some(ca.as_path())
+        );
+        assert_eq!(c.to_options()["image_store_ca"], ca_text);
+        assert_eq!(ParallelsConfig::from_options(&c.to_options()), Ok(c));
+        for bad in [
+            opts(&[("ssh", "m"), ("image_store_ca", &ca_text)]),
+            opts(&[
+                ("ssh", "m"),
+                ("image_store", "http://mirror/t"),
+                ("image_store_ca", &ca_text),
+            ]),
+            opts(&[
+                ("ssh", "m"),
+                ("image_store", "https://mirror/t"),
+                ("image_store_ca", "/no/such/ca.pem"),
+            ]),
+        ] {
+            let e = ParallelsConfig::from_options(&bad).unwrap_err();
+            assert!(
+                matches!(&e, ConfigError::BadValue { option, .. } if option == "image_store_ca"),
+                "{e}"
+            );
+        }
         for bad in ["", "-rf", "a\nb"] {
             let e = ParallelsConfig::from_options(&opts(&[("ssh", "m"), ("template_dir", bad)]))
                 .unwrap_err();

@@ -780,3 +780,210 @@ async fn an_eviction_cut_short_is_finished_by_the_next_pull() {
     assert_eq!(fx.state()["vms"][PULLED]["template"], true);
     assert_eq!(template_dir(&fx), vec!["macos-16.pvm"]);
 }
+
+/// A driver like [`pulling_driver`] whose pulled templates must fit in `budget_mib`.
+fn budgeted_driver(
+    fx: &Fixture,
+    store: &std::path::Path,
+    pulls: &Pulls,
+    budget_mib: u64,
+) -> ParallelsHost {
+    let mut options = pulling_driver(fx, store, pulls).config().to_options();
+    options.insert("image_budget_mib".into(), budget_mib.to_string());
+    let config = ParallelsConfig::from_options(&options).unwrap();
+    ParallelsHost::with_pulls(HOST, config, pulls.clone())
+}
+
+/// Sets the modification time of `file` in the Mac's template directory to `seconds` since
+/// the epoch (a template that arrived, or was last cloned, then).
+fn age(fx: &Fixture, file: &str, seconds: u64) {
+    let path = fx.path("templates").join(file);
+    let out = std::process::Command::new("touch")
+        .args(["-m", "-d", &format!("@{seconds}")])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "touch {}: {out:?}", path.display());
+}
+
+fn registered(fx: &Fixture) -> Vec<String> {
+    let state = fx.state();
+    let mut names: Vec<String> = state["vms"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .filter(|(_, vm)| vm["template"] == true)
+        .map(|(name, _)| name.clone())
+        .collect();
+    names.sort();
+    names
+}
+
+/// Under `image_budget_mib`, a pull first evicts the least recently used templates that
+/// nothing uses, and no more than needed; a template a linked clone was made from stays even if
+/// it is the oldest; a pull that cannot fit fails with libvirt's words and evicts nothing. The
+/// probe leaves the count on the board.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pull_evicts_unused_templates_least_recently_used_first_within_the_budget() {
+    let Some(fx) = Fixture::start() else { return };
+    let mut store = None;
+    for name in ["tpl-a", "tpl-b", "tpl-c", "tpl-d"] {
+        let Some((dir, _)) = fx.template_store(name) else {
+            return;
+        };
+        store = Some(dir);
+    }
+    let store = store.unwrap();
+    let pulls = Pulls::default();
+    let heard = outcomes(&pulls);
+    // Each template is a bundle of a 6 MiB disk: three fit in 19 MiB, four do not.
+    let host = budgeted_driver(&fx, &store, &pulls, 19);
+    for name in ["tpl-a", "tpl-b", "tpl-c"] {
+        host.pull_image(name).await.unwrap();
+    }
+    // tpl-a backs a linked clone; it was last used long ago, before tpl-c arrived, and tpl-b
+    // arrived last.
+    host.provision(&recipe(1, "tpl-a", 2, 4096)).await.unwrap();
+    assert!(fx.path("templates").join("tpl-a.pvm.used").exists());
+    age(&fx, "tpl-a.pvm.used", 1_600_000_000);
+    age(&fx, "tpl-c.pvm", 1_700_000_000);
+    age(&fx, "tpl-b.pvm", 1_750_000_000);
+
+    host.probe().await.unwrap();
+    let held = pulls.held(HOST).expect("the probe counted the templates");
+    assert_eq!(held.budget_bytes, Some(19 << 20));
+    let seen: Vec<(&str, bool, u64)> = held
+        .images
+        .iter()
+        .map(|h| (h.name.as_str(), h.in_use, h.last_used_s))
+        .collect();
+    assert_eq!(
+        seen,
+        vec![
+            ("tpl-a", true, 1_600_000_000),
+            ("tpl-b", false, 1_750_000_000),
+            ("tpl-c", false, 1_700_000_000)
+        ]
+    );
+    assert!(held.images.iter().all(|h| h.bytes >= 6 << 20), "{held:?}");
+
+    // tpl-d needs one to go: tpl-c, the least recently used of those nothing uses.
+    host.pull_image("tpl-d").await.unwrap();
+    assert_eq!(
+        registered(&fx),
+        vec!["macos-14", "macos-15", "tpl-a", "tpl-b", "tpl-d"],
+        "tpl-c alone was evicted"
+    );
+    assert_eq!(
+        template_dir(&fx),
+        vec!["tpl-a.pvm", "tpl-a.pvm.used", "tpl-b.pvm", "tpl-d.pvm"]
+    );
+    assert_eq!(fx.state()["vms"]["berth-vm1"]["status"], "running");
+
+    // In 10 MiB, tpl-c does not fit beside tpl-a, which its clone keeps: refused, with the
+    // words libvirt's budget uses, and nothing is evicted.
+    let tight = budgeted_driver(&fx, &store, &pulls, 10);
+    let e = tight.pull_image("tpl-c").await.unwrap_err();
+    assert_eq!(e.kind(), FailureKind::Host, "{e}");
+    let dir = fx.path("templates").display().to_string();
+    let text = e.to_string();
+    assert!(
+        text.contains(&format!("pulling template tpl-c into {dir}: tpl-c ("))
+            && text.contains(
+                "MiB) does not fit in the image budget of 10 MiB (image_budget_mib): images in \
+                 use take 7 MiB (tpl-a 7 MiB)"
+            ),
+        "{e}"
+    );
+    assert_eq!(
+        template_dir(&fx),
+        vec!["tpl-a.pvm", "tpl-a.pvm.used", "tpl-b.pvm", "tpl-d.pvm"]
+    );
+    let failed = heard.lock().unwrap().last().cloned().unwrap();
+    assert_eq!((failed.image.as_str(), failed.bytes), ("tpl-c", 0));
+    assert!(failed.error.is_some());
+
+    // Once the clone is gone, a pull within 13 MiB evicts what it needs, oldest first: tpl-a,
+    // then tpl-b; tpl-d, the newest, stays.
+    host.destroy("berth-vm1").await.unwrap();
+    budgeted_driver(&fx, &store, &pulls, 13)
+        .pull_image("tpl-c")
+        .await
+        .unwrap();
+    assert_eq!(
+        registered(&fx),
+        vec!["macos-14", "macos-15", "tpl-c", "tpl-d"]
+    );
+    assert_eq!(template_dir(&fx), vec!["tpl-c.pvm", "tpl-d.pvm"]);
+}
+
+/// A Parallels host pulls from an `https://` store through the real TLS stack: refused, naming
+/// the store and why, while no trusted root vouches for the server's certificate; pulled whole
+/// once `image_store_ca` names the private CA that signed it; and a digest mismatch over https
+/// is refused as over http, leaving nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_template_is_pulled_over_https_only_from_a_server_its_ca_vouches_for() {
+    let Some(fx) = Fixture::start() else { return };
+    let Some((store, archive)) = store_with_template(&fx) else {
+        return;
+    };
+    let certs = tempfile::tempdir().unwrap();
+    let Some([ca, cert, key]) = berth_testkit::tls::private_ca(certs.path()) else {
+        berth_testkit::skip_or_fail("openssl is not installed, so no certificate for the store");
+        return;
+    };
+    let server = berth_testkit::tls::HttpsFiles::start(&store, &cert, &key);
+    let url = server.url();
+    let pulls = Pulls::default();
+    let https_driver = |ca: Option<&std::path::Path>| {
+        let mut options = fx.options();
+        options.insert("image_store".into(), url.clone());
+        if let Some(ca) = ca {
+            options.insert("image_store_ca".into(), ca.display().to_string());
+        }
+        options.insert(
+            "template_dir".into(),
+            fx.path("templates").display().to_string(),
+        );
+        ParallelsHost::with_pulls(
+            HOST,
+            ParallelsConfig::from_options(&options).unwrap(),
+            pulls.clone(),
+        )
+    };
+
+    let e = https_driver(None).pull_image(PULLED).await.unwrap_err();
+    assert_eq!(e.kind(), FailureKind::Request, "{e}");
+    let text = e.to_string();
+    assert!(
+        text.contains(&format!(
+            "image store {url}: macos-16.pvm.tar.sha256: the server's certificate was refused"
+        )) && text.contains("image_store_ca"),
+        "{e}"
+    );
+    assert_eq!(template_dir(&fx), Vec::<String>::new());
+
+    let trusted = https_driver(Some(&ca));
+    trusted.pull_image(PULLED).await.unwrap();
+    assert_eq!(fx.state()["vms"][PULLED]["template"], true);
+    assert_eq!(template_dir(&fx), vec!["macos-16.pvm"]);
+
+    fs::write(store.join("macos-17.pvm.tar"), &archive).unwrap();
+    fs::write(
+        store.join("macos-17.pvm.tar.sha256"),
+        format!(
+            "{}  macos-17.pvm.tar\n",
+            Sha256Digest::of(b"another archive")
+        ),
+    )
+    .unwrap();
+    let e = trusted.pull_image("macos-17").await.unwrap_err();
+    assert_eq!(e.kind(), FailureKind::Request, "{e}");
+    assert!(
+        e.to_string()
+            .contains("macos-17.pvm.tar does not match its digest"),
+        "{e}"
+    );
+    assert!(fx.state()["vms"].get("macos-17").is_none());
+    assert_eq!(template_dir(&fx), vec!["macos-16.pvm"]);
+}

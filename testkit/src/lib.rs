@@ -1,6 +1,7 @@
 //! What berth's tests share: the rule for tests that need something of the machine, the
 //! published traces, a real `sshd` with stand-ins for Parallels' tools ([`sshd`]), a `berth
-//! serve` process ([`serve`]) and a client for the daemon's API and event stream ([`api`]).
+//! serve` process ([`serve`]), a client for the daemon's API and event stream ([`api`]), and a
+//! private CA with a real HTTPS file server ([`tls`]).
 //!
 //! The rule for live tests: a test whose setup is missing here (no `sshd`, no libvirtd, no
 //! published trace) calls [`skip_or_fail`], which says so on stderr as `SKIP <test>: <why>` and
@@ -15,6 +16,7 @@
 pub mod api;
 pub mod serve;
 pub mod sshd;
+pub mod tls;
 
 use std::fmt::Display;
 use std::net::TcpListener;

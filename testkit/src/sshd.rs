@@ -94,6 +94,19 @@ pub fn bundle_config(name: &str, uuid: &str) -> String {
     )
 }
 
+/// The UUID of test template `name`'s bundle: one per name, so that several templates
+/// register side by side (Parallels refuses two VMs of one UUID).
+pub fn template_uuid(name: &str) -> String {
+    // FNV-1a: stable across runs and Rust versions.
+    let hash = name.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    format!(
+        "{{00000000-0000-4000-8000-{:012x}}}",
+        hash & 0xffff_ffff_ffff
+    )
+}
+
 /// The disk of the test templates: 6 MiB that differ from byte to byte, so that a copy cut or
 /// shifted anywhere shows.
 pub fn bundle_disk() -> Vec<u8> {
@@ -500,7 +513,7 @@ impl Fixture {
         fs::create_dir_all(bundle.join("harddisk.hdd")).unwrap();
         fs::write(
             bundle.join("config.pvs"),
-            bundle_config(name, "{00000000-0000-4000-8000-000000000016}"),
+            bundle_config(name, &template_uuid(name)),
         )
         .unwrap();
         fs::write(bundle.join("harddisk.hdd/disk.hds"), bundle_disk()).unwrap();

@@ -852,80 +852,12 @@ fn request_and_change_show_where_a_waiting_request_stands_and_when_it_starts() {
     );
 }
 
-/// A private CA and a certificate it signed for 127.0.0.1, made with `openssl` in `dir`:
-/// (CA certificate, server certificate, server key).
-fn private_ca(dir: &std::path::Path) -> Option<[std::path::PathBuf; 3]> {
-    let openssl = berth_testkit::find_program("openssl")?;
-    let run = |args: &[&str]| {
-        let out = Command::new(&openssl)
-            .args(args)
-            .current_dir(dir)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "openssl {args:?}: {}",
-            text(&out.stderr)
-        );
-    };
-    let ec = [
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-    ];
-    run(&[
-        &["req", "-x509"][..],
-        &ec,
-        &["-days", "2", "-subj", "/CN=berth test CA"],
-        &["-keyout", "ca.key", "-out", "ca.pem"],
-    ]
-    .concat());
-    run(&[
-        &["req"][..],
-        &ec,
-        &[
-            "-subj",
-            "/CN=localhost",
-            "-keyout",
-            "key.pem",
-            "-out",
-            "srv.csr",
-        ],
-    ]
-    .concat());
-    std::fs::write(
-        dir.join("ext"),
-        "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n",
-    )
-    .unwrap();
-    run(&[
-        "x509",
-        "-req",
-        "-in",
-        "srv.csr",
-        "-CA",
-        "ca.pem",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-days",
-        "2",
-        "-out",
-        "cert.pem",
-        "-extfile",
-        "ext",
-    ]);
-    Some(["ca.pem", "cert.pem", "key.pem"].map(|f| dir.join(f)))
-}
-
 /// A daemon with `[server] tls_cert` serves https only: the CLI trusts its private CA with
 /// `--ca-file` (or BERTH_CA_FILE), and without it is refused with a hint naming the flag.
 #[test]
 fn the_cli_reaches_a_daemon_over_tls_trusting_its_ca() {
     let dir = tempfile::tempdir().unwrap();
-    let Some([ca, cert, key]) = private_ca(dir.path()) else {
+    let Some([ca, cert, key]) = berth_testkit::tls::private_ca(dir.path()) else {
         berth_testkit::skip_or_fail("openssl is not installed, so no certificate for the test");
         return;
     };

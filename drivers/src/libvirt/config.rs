@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::images::ImageStore;
+use crate::images::{ImageStore, store_from_options};
 use crate::{DomainType, UnknownDomainType};
 
 /// How a VM's network card is connected.
@@ -89,7 +89,8 @@ impl LibvirtConfig {
     /// | `network` | `user`, `none` or `network:NAME` (default `user`) |
     /// | `console_host` | the host name console viewers connect to |
     /// | `boot_marker` | the line a booted guest prints on its serial console |
-    /// | `image_store` | where missing base images are pulled from: a directory or `http://` URL |
+    /// | `image_store` | where missing base images are pulled from: a directory, `http://` or `https://` URL |
+    /// | `image_store_ca` | for an `https://` store: a PEM file of CA certificates trusted beside the system's roots |
     /// | `image_budget_mib` | the most base images may take; unused ones are evicted to stay under it |
     /// | `boot_timeout_ms`, `min_free_disk_mib`, `call_timeout_ms`, `pull_timeout_ms` | numbers |
     pub fn from_options(options: &BTreeMap<String, String>) -> Result<LibvirtConfig, OptionError> {
@@ -138,12 +139,8 @@ impl LibvirtConfig {
                 "call_timeout_ms" => config.call_timeout_ms = number(key, value)?,
                 "pull_timeout_ms" => config.pull_timeout_ms = number(key, value)?,
                 "image_budget_mib" => config.image_budget_mib = Some(number(key, value)?),
-                "image_store" => {
-                    config.image_store =
-                        Some(value.parse().map_err(|e: crate::images::ImageError| {
-                            OptionError::new(key, &e.message)
-                        })?);
-                }
+                // Read together, below: the CA goes with the store.
+                "image_store" | "image_store_ca" => {}
                 other => match other.strip_prefix("domain_type.") {
                     Some(template) if !template.is_empty() => {
                         let t = value.parse().map_err(|e: UnknownDomainType| {
@@ -155,6 +152,8 @@ impl LibvirtConfig {
                 },
             }
         }
+        config.image_store = store_from_options(options)
+            .map_err(|(key, message)| OptionError::new(key, &message))?;
         Ok(config)
     }
 

@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 use openssh::{Session, Stdio};
 use tokio::io::AsyncWriteExt;
 
+use super::evict::USED_EXT;
 use super::{ParallelsHost, RunError, error_chain, is_plain_name, quote};
 use crate::DriverError;
 use crate::images::{HeldTurn, ImageSource, ImageStore, PullOutcome, Sha256Digest};
@@ -159,8 +160,17 @@ impl ParallelsHost {
                 .map_err(|e| self.request_err(format!("pulling template {template}: {e}")))?
         };
         let (size, digest) = (source.size, source.digest);
-        self.run_host("sh", &["-c", ": > \"$1\"", "sh", &marker])
-            .await?;
+        {
+            // Room is made and the pull put on the board at its full size under one lock, so
+            // that the next pull's count sees this one.
+            let _room = self.room.lock().await;
+            if let Some(budget_mib) = self.config.image_budget_mib {
+                self.make_room(template, size, budget_mib).await?;
+            }
+            self.run_host("sh", &["-c", ": > \"$1\"", "sh", &marker])
+                .await?;
+            held.report(&file, 0, size);
+        }
         tracing::info!(host = %self.name, template, bytes = size, store = %store,
             "pulling a template");
         let copied = self
@@ -263,14 +273,14 @@ impl ParallelsHost {
         })
     }
 
-    /// Removes a pull's archive and bundle of `template` in `dir`, then its marker (last, so
-    /// that a cleanup cut short is recognised too).
+    /// Removes a pull's archive and bundle of `template` in `dir`, and its last-use mark, then
+    /// its marker (last, so that a cleanup cut short is recognised too).
     pub(super) async fn remove_leftovers_or_fail(
         &self,
         dir: &str,
         template: &str,
     ) -> Result<(), DriverError> {
-        let script = "cd \"$1\" && rm -rf \"$2$3\" \"$2$4\" && rm -f \"$2$4$5\"";
+        let script = "cd \"$1\" && rm -rf \"$2$3\" \"$2$4\" \"$2$3$6\" && rm -f \"$2$4$5\"";
         self.run_bytes_within(
             "sh",
             &[
@@ -282,6 +292,7 @@ impl ParallelsHost {
                 BUNDLE_EXT,
                 ARCHIVE_EXT,
                 PULLING_EXT,
+                USED_EXT,
             ],
             Duration::from_millis(self.config.pull_timeout_ms),
         )
