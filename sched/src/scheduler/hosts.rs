@@ -232,7 +232,7 @@ impl Scheduler {
                 q.charge(r.quota_account, host_idx, &r.need, -1);
             }
         }
-        self.ends.remove(&(v.expected_end_ms, vm));
+        self.drop_end(vm);
         self.pass.capacity_changed = true;
         let host = &self.fleet.hosts[host_idx];
         if host.state == HostState::Draining && host.vms.is_empty() {

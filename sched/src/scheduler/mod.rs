@@ -37,8 +37,8 @@ use crate::queue::Queue;
 pub use policy::quota::host_class;
 pub use requests::REQUEST_VMS_MAX;
 pub(crate) use requests::describe_need;
-use state::Pass;
 pub use state::Scheduler;
+use state::{HeadRoom, Pass};
 
 /// An account's standing under fair share (`Scheduler::accounts`).
 #[derive(Clone, Debug, PartialEq)]
@@ -99,6 +99,7 @@ impl Scheduler {
             vms: IdMap::default(),
             queue: Queue::with_age_limit(age_limit_ms),
             ends: BTreeMap::new(),
+            releasing: Vec::new(),
             timers: BTreeSet::new(),
             actions: VecDeque::new(),
             events: VecDeque::new(),
@@ -111,7 +112,8 @@ impl Scheduler {
             scratch: Vec::new(),
             freed_at_shadow: Vec::new(),
             freed_touched: Vec::new(),
-            eligible_for_head: Vec::new(),
+            head_room: HeadRoom::default(),
+            walk_room: Vec::new(),
             reference_walk: false,
         }
     }

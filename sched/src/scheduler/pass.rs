@@ -135,6 +135,9 @@ impl Scheduler {
                 .no_room
                 .retain(|need| !changed.iter().any(|&h| fits(fleet, h, need)));
         }
+        for &idx in &changed {
+            self.head_room.touch(idx);
+        }
         changed.clear();
         self.fleet.changed = changed;
     }

@@ -2,7 +2,7 @@
 //! all or none), refused without a search when the pass already knows it cannot fit.
 
 use super::reservation::{covers, reservation_cost};
-use super::state::{EndEntry, Reservation, Scheduler};
+use super::state::{EndEntry, Ending, Reservation, Scheduler};
 use crate::fleet::Need;
 use crate::model::{RequestId, VmState};
 use crate::output::{Action, Cause};
@@ -138,7 +138,14 @@ impl Scheduler {
                 }
             }
             if limited && let Some(res) = reservation.as_deref_mut() {
-                let cost = reservation_cost(&self.fleet, res, &self.freed_at_shadow, h, &need);
+                let cost = reservation_cost(
+                    &self.fleet,
+                    res,
+                    self.back_now(h),
+                    &self.freed_at_shadow,
+                    h,
+                    &need,
+                );
                 if cost > res.extra {
                     search.exclude(h);
                     refused_by_reservation = true;
@@ -203,6 +210,9 @@ impl Scheduler {
                 v.host = Some(h);
                 v.provisioning = true;
                 v.expected_end_ms = expected_end;
+                if keep_ends {
+                    v.ending = Ending::Expected;
+                }
             }
             if keep_ends {
                 self.ends.insert(

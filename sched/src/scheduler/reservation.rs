@@ -1,7 +1,7 @@
 //! The blocked head's reservation under backfilling: when it is expected to fit, from the
 //! expected ends of the VMs now running, and what placing a VM elsewhere would take from it.
 
-use super::state::{Reservation, Scheduler};
+use super::state::{HeadRoom, Reservation, Scheduler};
 use crate::fleet::{Amount, Fleet, Need};
 use crate::model::RequestId;
 use crate::placement::filter::{Probe, STATIC, first_failure};
@@ -18,46 +18,10 @@ impl Scheduler {
         } else {
             (r.queued.len() as i64).min(1)
         };
-        let eligible_static = |fleet: &Fleet, idx: usize| {
-            let host = &fleet.hosts[idx];
-            first_failure(
-                &STATIC[..2],
-                &Probe {
-                    host,
-                    avail: host.capacity,
-                    need: &need,
-                    provisioning_max: fleet.provisioning_max,
-                },
-            )
-            .is_none()
-        };
-        // Driver and labels are static: check them once per class of hosts, and note per host
-        // whether it takes new VMs and could run the head, for the walk over expected ends.
-        let mut eligible = std::mem::take(&mut self.eligible_for_head);
-        eligible.clear();
-        eligible.resize(self.fleet.hosts.len(), false);
-        let mut room: i64 = 0;
-        let mut all_eligible = true;
-        for members in self.fleet.classes.values() {
-            let could_run = members
-                .first()
-                .is_some_and(|&i| eligible_static(&self.fleet, i));
-            for &i in members {
-                let host = &self.fleet.hosts[i];
-                if !host.takes_new_vms() {
-                    continue;
-                }
-                if could_run {
-                    eligible[i] = true;
-                    room += host.free().fit_count(&need);
-                } else {
-                    all_eligible = false;
-                }
-            }
-        }
-        // Capacity each host gets back by the shadow time, kept densely by host index until the
-        // next reservation (the backfill checks read it); only the hosts touched last time are
-        // reset.
+        self.refresh_head_room(&need);
+        // Capacity each host gets back from expected ends by the shadow time, kept densely by
+        // host index until the next reservation (the backfill checks read it); only the hosts
+        // touched last time are reset.
         let mut freed = std::mem::take(&mut self.freed_at_shadow);
         let mut touched = std::mem::take(&mut self.freed_touched);
         for &i in &touched {
@@ -67,33 +31,42 @@ impl Scheduler {
         }
         touched.clear();
         freed.resize(self.fleet.hosts.len(), None);
+        let base = &self.head_room;
+        // Per host the walk touched: what it has free at this point of the walk, and how many
+        // of the head's shape that fits.
+        let mut walked = std::mem::take(&mut self.walk_room);
+        walked.resize(self.fleet.hosts.len(), (Amount::default(), 0));
+        let mut room = base.room;
         let mut shadow_ms = (room >= wanted).then_some(self.now_ms);
         for (&(end_ms, _), entry) in &self.ends {
-            let (idx, used) = (entry.host as usize, entry.amount());
             if let Some(s) = shadow_ms
                 && end_ms > s
             {
                 break;
             }
-            if !eligible[idx] {
+            let idx = entry.host as usize;
+            if base.fits[idx] < 0 {
                 continue;
             }
-            let free = self.fleet.hosts[idx].free();
             let before = freed[idx].get_or_insert_with(|| {
                 touched.push(idx);
+                walked[idx] = (back_now(&self.fleet, &self.releasing, idx), base.fits[idx]);
                 Amount::default()
             });
-            let had = free.plus(before).fit_count(&need);
-            *before = before.plus(&used);
-            let has = free.plus(before).fit_count(&need);
-            room += has - had;
+            entry.add_to(before);
+            let (avail, fits) = &mut walked[idx];
+            entry.add_to(avail);
+            let has = avail.fit_count(&need);
+            room += has - *fits;
+            *fits = has;
             if shadow_ms.is_none() && room >= wanted {
                 shadow_ms = Some(end_ms.max(self.now_ms));
             }
         }
+        let all_eligible = base.unable == 0;
         self.freed_at_shadow = freed;
         self.freed_touched = touched;
-        self.eligible_for_head = eligible;
+        self.walk_room = walked;
         let shadow_ms = shadow_ms.unwrap_or(u64::MAX);
         self.set_wait(
             head,
@@ -110,6 +83,86 @@ impl Scheduler {
             all_eligible,
         })
     }
+
+    /// What host `idx` has free once the VMs being destroyed on it are gone.
+    pub(super) fn back_now(&self, idx: usize) -> Amount {
+        back_now(&self.fleet, &self.releasing, idx)
+    }
+
+    /// Brings `head_room` up to date for `need`: recounted over every host when the need, the
+    /// fleet's generation or its size changed (and always in the reference scheduler), else
+    /// only on the hosts changed since the last reservation.
+    fn refresh_head_room(&mut self, need: &Need) {
+        // Hosts changed in this pass are still on the fleet's list (`recheck_no_room` takes it
+        // at the start of the next pass and notes them then, which is harmless twice).
+        for i in 0..self.fleet.changed.len() {
+            let idx = self.fleet.changed[i];
+            self.head_room.touch(idx);
+        }
+        let mut dirty = std::mem::take(&mut self.head_room.dirty);
+        let n = self.fleet.hosts.len();
+        let fresh = self.reference_walk
+            || self.head_room.need.as_ref() != Some(need)
+            || self.head_room.generation != self.fleet_generation
+            || self.head_room.fits.len() != n;
+        if fresh {
+            let room = &mut self.head_room;
+            room.need = Some(need.clone());
+            room.generation = self.fleet_generation;
+            room.fits.clear();
+            room.fits.resize(n, HeadRoom::NO_NEW_VMS);
+            room.room = 0;
+            room.unable = 0;
+            for idx in 0..n {
+                let fits = self.head_fits(idx, need);
+                self.head_room.count(idx, fits);
+            }
+        } else {
+            for &idx in &dirty {
+                let fits = self.head_fits(idx, need);
+                self.head_room.count(idx, fits);
+            }
+        }
+        for &idx in &dirty {
+            if let Some(mark) = self.head_room.marked.get_mut(idx) {
+                *mark = false;
+            }
+        }
+        dirty.clear();
+        self.head_room.dirty = dirty;
+    }
+
+    /// How many of the head's shape host `idx` fits now, once what is being destroyed on it is
+    /// gone; or why it counts for none.
+    fn head_fits(&self, idx: usize, need: &Need) -> i64 {
+        let host = &self.fleet.hosts[idx];
+        if !host.takes_new_vms() {
+            return HeadRoom::NO_NEW_VMS;
+        }
+        // Driver and labels are static: a host that fails them never runs the head.
+        let could_run = first_failure(
+            &STATIC[..2],
+            &Probe {
+                host,
+                avail: host.capacity,
+                need,
+                provisioning_max: self.fleet.provisioning_max,
+            },
+        )
+        .is_none();
+        if !could_run {
+            return HeadRoom::UNABLE;
+        }
+        self.back_now(idx).fit_count(need)
+    }
+}
+
+fn back_now(fleet: &Fleet, releasing: &[Amount], idx: usize) -> Amount {
+    let free = fleet.hosts[idx].free();
+    match releasing.get(idx) {
+        Some(back) => free.plus(back),
+        None => free,
+    }
 }
 
 /// How many VMs of the head's shape placing one VM of `need` on `host_idx` takes away at the
@@ -117,6 +170,7 @@ impl Scheduler {
 pub(super) fn reservation_cost(
     fleet: &Fleet,
     res: &Reservation,
+    back_now: Amount,
     freed: &[Option<Amount>],
     host_idx: usize,
     need: &Need,
@@ -135,9 +189,7 @@ pub(super) fn reservation_cost(
     if !eligible {
         return 0;
     }
-    let at_shadow = host
-        .free()
-        .plus(&freed.get(host_idx).copied().flatten().unwrap_or_default());
+    let at_shadow = back_now.plus(&freed.get(host_idx).copied().flatten().unwrap_or_default());
     let mut after = at_shadow;
     after.sub(need);
     at_shadow.fit_count(&res.need) - after.fit_count(&res.need)

@@ -36,8 +36,22 @@ pub(crate) struct Vm {
     pub(crate) provisioning: bool,
     pub(crate) after_destroy: AfterDestroy,
     pub(crate) hold_until_ms: u64,
-    /// The key under which it sits in `Scheduler::ends` while it holds capacity.
+    /// When it is expected to give its capacity back (the present once its destroy started).
     pub(crate) expected_end_ms: u64,
+    /// Where what it holds is counted for reservations.
+    pub(crate) ending: Ending,
+}
+
+/// Where a VM's capacity is counted for reservations (only under a policy that reads expected
+/// ends).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Ending {
+    /// Nowhere: it holds nothing, or the policy keeps no expected ends.
+    Untracked,
+    /// In `Scheduler::ends`, under its `expected_end_ms`.
+    Expected,
+    /// Being destroyed: in its host's `Scheduler::releasing`, as this entry.
+    Releasing(EndEntry),
 }
 
 #[derive(Clone, Debug)]
@@ -90,6 +104,15 @@ impl EndEntry {
         }
     }
 
+    /// Adds what it gives back to `a`.
+    pub(super) fn add_to(&self, a: &mut Amount) {
+        a.cpu_milli += self.cpu_milli;
+        a.memory_mib += self.memory_mib;
+        if let Some(k) = self.slot {
+            a.slots[usize::from(k)] += 1;
+        }
+    }
+
     pub(super) fn amount(&self) -> Amount {
         let mut a = Amount {
             cpu_milli: self.cpu_milli,
@@ -100,6 +123,57 @@ impl EndEntry {
             a.slots[usize::from(k)] = 1;
         }
         a
+    }
+}
+
+/// How many VMs of one shape (the blocked head's) each host fits now, and their sum: what a
+/// reservation starts from before it walks the expected ends. A reservation happens after
+/// every change to capacity, so this is kept up to date from the hosts changed since the last
+/// one rather than recounted over the whole fleet each time.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct HeadRoom {
+    /// The shape counted; `None` before the first reservation.
+    pub(super) need: Option<Need>,
+    /// The fleet generation it was counted at (a host added or removed recounts it).
+    pub(super) generation: u64,
+    /// Per host: VMs of the shape it fits once what is being destroyed on it is gone, or
+    /// `NO_NEW_VMS` or `UNABLE`.
+    pub(super) fits: Vec<i64>,
+    /// The sum of the counts that are not negative.
+    pub(super) room: i64,
+    /// Hosts that take new VMs but could never run the shape (driver or labels).
+    pub(super) unable: usize,
+    /// Hosts changed since the last reservation (each once, as marked in `marked`).
+    pub(super) dirty: Vec<usize>,
+    pub(super) marked: Vec<bool>,
+}
+
+impl HeadRoom {
+    /// The host takes no new VMs (not `Ready`, or removed).
+    pub(super) const NO_NEW_VMS: i64 = -1;
+    /// The host takes new VMs but never of this shape.
+    pub(super) const UNABLE: i64 = -2;
+
+    /// Notes that host `idx` changed (its capacity, its state or what is being destroyed on
+    /// it). Nothing is noted before the first reservation, which counts every host.
+    pub(super) fn touch(&mut self, idx: usize) {
+        if self.need.is_none() {
+            return;
+        }
+        if self.marked.len() <= idx {
+            self.marked.resize(idx + 1, false);
+        }
+        if !std::mem::replace(&mut self.marked[idx], true) {
+            self.dirty.push(idx);
+        }
+    }
+
+    /// Sets host `idx`'s count, keeping the sum and the count of unable hosts in step.
+    pub(super) fn count(&mut self, idx: usize, fits: i64) {
+        let old = std::mem::replace(&mut self.fits[idx], fits);
+        self.room += fits.max(0) - old.max(0);
+        self.unable += usize::from(fits == Self::UNABLE);
+        self.unable -= usize::from(old == Self::UNABLE);
     }
 }
 
@@ -171,6 +245,10 @@ pub struct Scheduler {
     /// Each entry carries the VM's host and what it takes there. Kept only when the policy
     /// reads it (`Reads::expected_ends`).
     pub(crate) ends: BTreeMap<(u64, VmId), EndEntry>,
+    /// Per host, what its VMs being destroyed give back once gone. They are due now, before
+    /// any expected end, so they need no order: a destroy moves a VM out of `ends` into this
+    /// sum rather than re-keying it at the present, which halves the upkeep of each VM's end.
+    pub(crate) releasing: Vec<Amount>,
     pub(crate) timers: BTreeSet<(u64, Timer)>,
     pub(crate) actions: VecDeque<Action>,
     pub(crate) events: VecDeque<Event>,
@@ -185,8 +263,11 @@ pub struct Scheduler {
     pub(crate) freed_at_shadow: Vec<Option<Amount>>,
     /// The hosts with an entry in `freed_at_shadow`.
     pub(crate) freed_touched: Vec<usize>,
-    /// Per host, whether it takes new VMs and could run the head (scratch for `reserve`).
-    pub(crate) eligible_for_head: Vec<bool>,
+    /// Per host, how many of the head's shape fit now, kept from one reservation to the next.
+    pub(crate) head_room: HeadRoom,
+    /// Per host touched by a reservation's walk, what it has free at that point of the walk and
+    /// how many of the head's shape that fits (scratch for `reserve`).
+    pub(crate) walk_room: Vec<(Amount, i64)>,
     /// Accounts and their usage under fair share (`None` without).
     pub(crate) fair: Option<Fair>,
     /// Quotas per account and host class (`None` without).

@@ -1,7 +1,8 @@
 //! VMs: creating one, moving it from state to state with its event, asking for its destroy,
 //! and forgetting it once it ended.
 
-use super::state::{AfterDestroy, Scheduler, Vm};
+use super::state::{AfterDestroy, Ending, Scheduler, Vm};
+use crate::fleet::Amount;
 use crate::input::InputError;
 use crate::model::{RequestId, VmId, VmState};
 use crate::output::{Action, Cause, Event};
@@ -20,6 +21,7 @@ impl Scheduler {
                 after_destroy: AfterDestroy::End(VmState::Done),
                 hold_until_ms: 0,
                 expected_end_ms: 0,
+                ending: Ending::Untracked,
             },
         );
         self.events.push_back(Event::Vm {
@@ -54,13 +56,58 @@ impl Scheduler {
 
     /// Drops an ended VM from the state (its request's live count goes down).
     pub(super) fn forget_vm(&mut self, vm: VmId) {
-        if let Some(v) = self.vms.remove(&vm) {
-            self.ends.remove(&(v.expected_end_ms, vm));
-            if let Some(r) = self.requests.get_mut(&v.request) {
-                r.live = r.live.saturating_sub(1);
-                if v.state == VmState::Failed || v.state == VmState::Lost {
-                    r.vms_failed += 1;
+        self.drop_end(vm);
+        if let Some(v) = self.vms.remove(&vm)
+            && let Some(r) = self.requests.get_mut(&v.request)
+        {
+            r.live = r.live.saturating_sub(1);
+            if v.state == VmState::Failed || v.state == VmState::Lost {
+                r.vms_failed += 1;
+            }
+        }
+    }
+
+    /// A VM that starts its destroy is due now: its expected end becomes the present, and what
+    /// it holds moves from `ends` to its host's `releasing` sum until it is gone.
+    fn start_releasing(&mut self, vm: VmId) {
+        let now = self.now_ms;
+        let Some(v) = self.vms.get_mut(&vm) else {
+            return;
+        };
+        let key = (v.expected_end_ms, vm);
+        v.expected_end_ms = now;
+        if v.ending != Ending::Expected {
+            return;
+        }
+        let Some(entry) = self.ends.remove(&key) else {
+            v.ending = Ending::Untracked;
+            return;
+        };
+        v.ending = Ending::Releasing(entry);
+        let host_idx = entry.host as usize;
+        self.head_room.touch(host_idx);
+        if self.releasing.len() <= host_idx {
+            self.releasing.resize(host_idx + 1, Amount::default());
+        }
+        self.releasing[host_idx] = self.releasing[host_idx].plus(&entry.amount());
+    }
+
+    /// Takes a VM that gives its capacity back out of the expected ends (idempotent).
+    pub(super) fn drop_end(&mut self, vm: VmId) {
+        let Some(v) = self.vms.get_mut(&vm) else {
+            return;
+        };
+        match std::mem::replace(&mut v.ending, Ending::Untracked) {
+            Ending::Untracked => {}
+            Ending::Expected => {
+                self.ends.remove(&(v.expected_end_ms, vm));
+            }
+            Ending::Releasing(entry) => {
+                let host_idx = entry.host as usize;
+                if let Some(sum) = self.releasing.get_mut(host_idx) {
+                    *sum = sum.minus(&entry.amount());
                 }
+                self.head_room.touch(host_idx);
             }
         }
     }
@@ -69,12 +116,11 @@ impl Scheduler {
         let Some(v) = self.vms.get_mut(&vm) else {
             return;
         };
-        if v.expected_end_ms == end_ms {
+        let from = std::mem::replace(&mut v.expected_end_ms, end_ms);
+        if from == end_ms || v.ending != Ending::Expected {
             return;
         }
-        let entry = self.ends.remove(&(v.expected_end_ms, vm));
-        v.expected_end_ms = end_ms;
-        if let Some(entry) = entry {
+        if let Some(entry) = self.ends.remove(&(from, vm)) {
             self.ends.insert((end_ms, vm), entry);
         }
     }
@@ -107,7 +153,7 @@ impl Scheduler {
         }
         let Some(host_idx) = v.host else { return };
         self.vm_to(vm, VmState::Releasing, cause);
-        self.set_expected_end(vm, self.now_ms);
+        self.start_releasing(vm);
         self.actions.push_back(Action::Destroy {
             vm,
             host: self.fleet.hosts[host_idx].spec.id,
