@@ -326,6 +326,7 @@ pub(crate) fn config_of(k: &Knobs) -> Config {
                     .collect()
             })
             .unwrap_or_default(),
+        images: None,
         templates: vec![linux(), macos(), windows()],
     }
 }
