@@ -5,7 +5,9 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
-use berth_sched::{Account, FairShare, Policy, Quota, QuotaAmounts, ScanOrder, Weights};
+use berth_sched::{
+    Account, FairShare, ImageMode, Images, Policy, Quota, QuotaAmounts, ScanOrder, Weights,
+};
 use berth_traces::{Format, Generator, SynthConfig};
 use serde::Deserialize;
 use toml::Spanned;
@@ -478,6 +480,9 @@ struct SettingsEntry {
     fair_share: Option<FairShareEntry>,
     #[serde(default)]
     quotas: Vec<QuotaEntry>,
+    /// How placement treats base images: `ignore` or `aware` (the fleet file says what they
+    /// weigh; without this a fleet that describes images is placed `aware`).
+    images: Option<Spanned<String>>,
 }
 
 /// A quota, the shape of the daemon's `[[quotas]]`: `quotas = [{ account = "*", class =
@@ -670,6 +675,18 @@ impl SettingsEntry {
                 });
             }
             sched.fair_share = Some(fair);
+        }
+        if let Some(m) = &self.images {
+            let mode = ImageMode::parse(m.get_ref()).ok_or_else(|| {
+                at(
+                    m.span(),
+                    format!(
+                        "settings `{name}`: `images`: unknown `{}`; expected ignore or aware",
+                        m.get_ref()
+                    ),
+                )
+            })?;
+            sched.images = Some(Images::new(mode));
         }
         let mut seen = BTreeSet::new();
         for (i, q) in self.quotas.iter().enumerate() {
