@@ -203,7 +203,11 @@ impl Scheduler {
                     .push((need, limited, at_least, self.fleet.version, wait));
             }
             self.set_wait(id, wait);
-            return Attempt::Failed { lasting };
+            // A placement later in the walk may start a pull that a request of this kind
+            // could join: one held back by images is tried again after the next placement.
+            return Attempt::Failed {
+                lasting: lasting && !refused_by_image,
+            };
         }
 
         // The pulls come out before the VMs that wait for them.

@@ -8,7 +8,10 @@ use berth_sched::{
 };
 use proptest::prelude::*;
 
-use crate::properties::{Op, add_host, config_of, knobs, op, proptest_config, run_case_with};
+use crate::properties::{
+    Op, Run, add_host, config_of, digest, first_difference, knobs, op, proptest_config,
+    run_case_with,
+};
 use crate::support::{GIB, World, host};
 
 /// Templates `a`, `b` and `c`, one vCPU and 1 GiB each, made from images `a`, `b` and `c`.
@@ -380,5 +383,32 @@ proptest! {
         config.images = Some(images);
         let all: Vec<Op> = hosts.into_iter().chain(ops).collect();
         run_case_with(config, &all);
+    }
+
+    /// The grouped pass decides as the reference walk with images too: a request held back
+    /// by images may join a pull a later placement starts.
+    #[test]
+    fn the_grouped_pass_decides_as_the_reference_with_images(
+        knobs in knobs(),
+        images in image_knobs(),
+        hosts in prop::collection::vec(add_host(), 1..5),
+        ops in prop::collection::vec(op(), 20..150),
+    ) {
+        let mut config = config_of(&knobs);
+        config.images = Some(images);
+        let all: Vec<Op> = hosts.into_iter().chain(ops).collect();
+        let mut grouped = Run::new(config.clone(), true);
+        let mut reference = Run::reference(config, false);
+        for op in &all {
+            grouped.apply(op);
+            reference.apply(op);
+        }
+        prop_assert!(
+            grouped.log == reference.log,
+            "the grouped pass decides otherwise than the reference: {:016x} vs {:016x}, {}",
+            digest(&grouped.log),
+            digest(&reference.log),
+            first_difference(&grouped.log, &reference.log)
+        );
     }
 }
