@@ -442,6 +442,87 @@ slot = "macos"
     }
 
     #[test]
+    fn fleet_file_images_sizes_bandwidths_budgets_and_the_store_limit() {
+        let text = r#"
+[images]
+store_pulls_max = 4
+
+[[class]]
+name = "kvm"
+count = 2
+vcpus = 64
+memory_mib = 262144
+pull_gbit_s = 10
+image_budget_gib = 200
+
+[[class]]
+name = "plain"
+count = 1
+vcpus = 8
+memory_mib = 16384
+
+[[template]]
+name = "linux"
+vcpus = 4
+memory_mib = 8192
+image_size_gib = 8
+
+[[template]]
+name = "linux-big"
+base_image = "linux"
+vcpus = 8
+memory_mib = 16384
+image_size_gib = 8
+"#;
+        let images = Fleet::parse(text, "fleet.toml")
+            .expect("valid")
+            .images
+            .expect("described");
+        assert_eq!(images.mode, ImageMode::Aware);
+        assert_eq!(images.store_pulls_max, 4);
+        assert_eq!(images.sizes, vec![("linux".to_owned(), 8 * 1024)]);
+        assert_eq!(
+            images.classes,
+            vec![ImageClass {
+                class: "kvm".into(),
+                pull_mbit_s: 10_000,
+                budget_mib: Some(200 * 1024),
+                store: "store".into(),
+            }]
+        );
+        // Without any image key, no images are modelled.
+        let plain = "[[class]]\nname='a'\ncount=1\nvcpus=1\nmemory_mib=1\n";
+        assert_eq!(Fleet::parse(plain, "f.toml").expect("valid").images, None);
+    }
+
+    #[test]
+    fn fleet_file_image_errors_name_the_class_or_template() {
+        for (text, want) in [
+            (
+                "[[class]]\nname='a'\ncount=1\nvcpus=1\nmemory_mib=1\npull_gbit_s=0\n",
+                "class `a`: pull_gbit_s must be a positive number",
+            ),
+            (
+                "[[class]]\nname='a'\ncount=1\nvcpus=1\nmemory_mib=1\nimage_budget_gib=-1\n",
+                "class `a`: image_budget_gib must be a positive number",
+            ),
+            (
+                "[[template]]\nname='t'\nvcpus=1\nmemory_mib=1\nimage_size_gib=nan\n",
+                "template `t`: image_size_gib must be a positive number",
+            ),
+            (
+                "[[template]]\nname='t'\nvcpus=1\nmemory_mib=1\nimage_size_gib=1\n\
+                 [[template]]\nname='u'\nbase_image='t'\nvcpus=1\nmemory_mib=1\n\
+                 image_size_gib=2\n",
+                "template `u`: base image `t` is given two sizes",
+            ),
+        ] {
+            let e = Fleet::parse(text, "f.toml").expect_err(want).to_string();
+            assert!(e.starts_with("f.toml: ") && e.contains(want), "{e}");
+        }
+    }
+
+    #[test]
     fn fleet_file_errors_name_the_file_and_the_key() {
         let e = Fleet::parse(
             "[[class]]\nname='a'\ncount=1\nvcpus=1\nmemory_mib=1\ncolour='red'\n",

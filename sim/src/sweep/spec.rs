@@ -851,6 +851,44 @@ mod tests {
     }
 
     #[test]
+    fn the_images_example_spec_parses_and_a_bad_mode_is_named() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/sweep-images.toml");
+        let spec = Spec::load(&path).unwrap();
+        assert_eq!(spec.runs().len(), 5 * 2);
+        let fleet = &spec.fleets[0].fleet;
+        assert_eq!(fleet.hosts.len(), 65);
+        // Not every host starts with every image.
+        assert!(fleet.hosts.iter().any(|h| h.images.is_empty()));
+        assert!(
+            fleet
+                .images
+                .as_ref()
+                .is_some_and(|i| i.store_pulls_max == 4)
+        );
+        let mode = |i: usize| {
+            spec.settings[i]
+                .config
+                .sched
+                .images
+                .as_ref()
+                .map(|m| m.mode)
+        };
+        assert_eq!(mode(0), Some(ImageMode::Ignore));
+        assert_eq!(mode(1), Some(ImageMode::Aware));
+        assert_ne!(
+            provenance::settings_sha256(&spec.settings[0].config),
+            provenance::settings_sha256(&spec.settings[1].config)
+        );
+        let e = err(&format!(
+            "{MINIMAL}[[settings]]\nname = \"a\"\nimages = \"smart\"\n"
+        ));
+        assert!(
+            e.contains("`images`: unknown `smart`; expected ignore or aware"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn bad_quotas_are_named_with_their_line() {
         let e = err(&format!(
             "{MINIMAL}[[settings]]\nname = \"q\"\nquotas = [{{ account = \"*\", class = \"kvm\" }}]\n"
