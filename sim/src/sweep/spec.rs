@@ -854,7 +854,7 @@ mod tests {
     fn the_images_example_spec_parses_and_a_bad_mode_is_named() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/sweep-images.toml");
         let spec = Spec::load(&path).unwrap();
-        assert_eq!(spec.runs().len(), 5 * 2);
+        assert_eq!(spec.runs().len(), 2 * 5 * 2);
         let fleet = &spec.fleets[0].fleet;
         assert_eq!(fleet.hosts.len(), 65);
         // Not every host starts with every image.
