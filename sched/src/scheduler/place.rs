@@ -174,6 +174,9 @@ impl Scheduler {
         }
 
         let placed_all = chosen.len() == want;
+        // A host passed over for its image budget had room: what failed is not a lack of room,
+        // and a pull ending there (no change to capacity) may make the difference.
+        let refused_by_image = refused_by_image || image_exclusions > 0;
         if chosen.is_empty() && !refused_by_reservation && !refused_by_quota && !refused_by_image {
             self.note_no_room(&need);
         }

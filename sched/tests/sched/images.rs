@@ -320,18 +320,22 @@ fn a_probe_that_leaves_out_an_image_in_use_does_not_take_it_from_its_vms() {
     assert_eq!(held, vec!["a".to_owned(), "b".to_owned()]);
 }
 
-/// The image settings a property case varies: mode, store limit, and per class a bandwidth
+/// The image settings a property case varies: mode, store limit, image sizes (so that budgets
+/// bind in every combination of images a host may run together), and per class a bandwidth
 /// and a budget (in MiB; `None`: unbounded).
 fn image_knobs() -> impl Strategy<Value = Images> {
+    let size = || prop_oneof![Just(0u64), Just(1_000), Just(5_000), Just(20_000)];
     (
         any::<bool>(),
         0u32..=3,
+        (size(), size(), size()),
         prop::collection::vec(
             (
                 prop_oneof![Just(100u64), Just(1000), Just(10_000)],
                 prop::option::of(prop_oneof![
                     Just(0u64),
-                    Just(3000),
+                    Just(3_000),
+                    Just(8_000),
                     Just(25_000),
                     Just(50_000)
                 ]),
@@ -340,16 +344,16 @@ fn image_knobs() -> impl Strategy<Value = Images> {
             12,
         ),
     )
-        .prop_map(|(aware, pulls_max, classes)| {
+        .prop_map(|(aware, pulls_max, (linux, macos, windows), classes)| {
             let mut images = Images::new(if aware {
                 ImageMode::Aware
             } else {
                 ImageMode::Ignore
             });
             images.sizes = vec![
-                ("linux-base".into(), 2_000),
-                ("macos-base".into(), 40_000),
-                ("windows-base".into(), 20_000),
+                ("linux-base".into(), linux),
+                ("macos-base".into(), macos),
+                ("windows-base".into(), windows),
             ];
             images.store_pulls_max = pulls_max;
             images.classes = classes
@@ -411,4 +415,111 @@ proptest! {
             first_difference(&grouped.log, &reference.log)
         );
     }
+}
+
+fn one_vcpu_libvirt_host() -> Op {
+    Op::AddHost {
+        driver: 0,
+        vcpus: 1,
+        memory_gib: 1,
+        cpu_overcommit_milli: 1000,
+        memory_overcommit_milli: 1000,
+        macos_slots: 0,
+        arm: false,
+        images: 0,
+    }
+}
+
+fn plain(template: u8, arm: bool) -> Op {
+    Op::Submit(crate::properties::Sub {
+        template,
+        count: 1,
+        gang: false,
+        priority: 0,
+        vcpus: None,
+        memory_gib: None,
+        arm,
+        hold: false,
+        deadline_s: None,
+        run_s: None,
+    })
+}
+
+/// Found by `the_grouped_pass_decides_as_the_reference_with_images`: a macOS VM passed over
+/// the only Mac because its budget could not make room beside a Linux pull in flight; the
+/// grouped walk noted "no room" for it, which a pull ending (no change to capacity) never
+/// cleared, so it waited on where the reference placed it.
+#[test]
+fn regression_grouped_and_reference_agree_when_a_budget_passes_a_host_over() {
+    let knobs = crate::properties::Knobs {
+        policy: 0,
+        rotate: false,
+        weights: (0, 0, 0),
+        provisioning_per_host_max: 1,
+        vm_retries_max: 0,
+        probe_failures_max: 1,
+        provision_failures_max: 1,
+        candidates_max: 2,
+        aging_step_ms: 0,
+        fair_half_life_ms: None,
+        quota_vcpus: None,
+    };
+    let mut images = Images::new(ImageMode::Ignore);
+    images.sizes = vec![
+        ("linux-base".into(), 20_000),
+        ("macos-base".into(), 20_000),
+        ("windows-base".into(), 0),
+    ];
+    images.classes = (1..=12)
+        .map(|i| ImageClass {
+            class: format!("h{i}"),
+            pull_mbit_s: if i == 1 { 1000 } else { 100 },
+            budget_mib: (i == 1).then_some(25_000),
+            store: "s0".into(),
+        })
+        .collect();
+    let mut config = config_of(&knobs);
+    config.images = Some(images);
+    let mut ops = vec![
+        Op::AddHost {
+            driver: 2,
+            vcpus: 4,
+            memory_gib: 8,
+            cpu_overcommit_milli: 1000,
+            memory_overcommit_milli: 1000,
+            macos_slots: 1,
+            arm: false,
+            images: 2,
+        },
+        one_vcpu_libvirt_host(),
+        plain(0, true),
+        one_vcpu_libvirt_host(),
+        plain(0, false),
+        plain(1, false),
+        Op::Step {
+            pick: 0,
+            outcome: 22,
+        },
+        one_vcpu_libvirt_host(),
+        one_vcpu_libvirt_host(),
+        Op::Cancel {
+            request: 673_805_757_584_067_159,
+        },
+        one_vcpu_libvirt_host(),
+        Op::Advance { ms: 167_773 },
+    ];
+    ops.extend(std::iter::repeat_with(one_vcpu_libvirt_host).take(9));
+    let mut grouped = Run::new(config.clone(), true);
+    let mut reference = Run::reference(config, false);
+    for op in &ops {
+        grouped.apply(op);
+        reference.apply(op);
+    }
+    assert!(
+        grouped.log == reference.log,
+        "{}\n--- grouped\n{}\n--- reference\n{}",
+        first_difference(&grouped.log, &reference.log),
+        grouped.log,
+        reference.log
+    );
 }
