@@ -141,6 +141,9 @@ impl SchedSection {
             aging_step_ms: self.aging_step_ms,
             fair_share: None,
             quotas: Vec::new(),
+            // The daemon's config does not describe image sizes and bandwidths yet: the
+            // scheduler does not model pulls here, and drivers pull on create as they need.
+            images: None,
             templates: Vec::new(),
         })
     }

@@ -931,7 +931,42 @@ impl Control {
                 self.workers.send(vm, host, VmOp::Provision(recipe));
             }
             Action::Destroy { vm, host } => self.workers.send(vm, host, VmOp::Destroy),
+            // Only a scheduler configured with images asks for these. A pull is the driver's
+            // (one per host and image; a create that needs the image waits for it there), and
+            // so is an eviction, which the driver refuses while anything uses the image: the
+            // scheduler's own model decides nothing on their outcome, so they are only logged.
+            Action::PullImage { host, image, .. } => {
+                self.image_op(host, image, ImageOp::Pull);
+            }
+            Action::EvictImage { host, image, .. } => {
+                self.image_op(host, image, ImageOp::Evict);
+            }
         }
+    }
+
+    /// Runs a pull or an eviction the scheduler asked for on its host's driver, in the
+    /// background.
+    fn image_op(&self, host: HostId, image: std::sync::Arc<str>, op: ImageOp) {
+        let Some(driver) = self.workers.driver(host) else {
+            tracing::warn!(host = %host, image = %image, "no driver for an image action");
+            return;
+        };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            tracing::warn!(host = %host, image = %image, "no runtime for an image action");
+            return;
+        };
+        runtime.spawn(async move {
+            let result = match op {
+                ImageOp::Pull => driver.pull_image(&image).await,
+                ImageOp::Evict => driver.evict_image(&image).await,
+            };
+            match result {
+                Ok(()) => tracing::info!(host = %host, image = %image, op = op.name(), "image action done"),
+                Err(error) => {
+                    tracing::warn!(host = %host, image = %image, op = op.name(), %error, "image action failed")
+                }
+            }
+        });
     }
 
     /// Runs until `shutdown` fires or every sender is gone.
@@ -1508,5 +1543,21 @@ fn target_of(input: &WireInput) -> String {
         | WireInput::JobFinished { vm, .. }
         | WireInput::VmLost { vm } => vm_name(*vm),
         _ => String::new(),
+    }
+}
+
+/// What the scheduler asked a driver to do with a base image.
+#[derive(Clone, Copy, Debug)]
+enum ImageOp {
+    Pull,
+    Evict,
+}
+
+impl ImageOp {
+    fn name(self) -> &'static str {
+        match self {
+            ImageOp::Pull => "pull",
+            ImageOp::Evict => "evict",
+        }
     }
 }

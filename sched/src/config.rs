@@ -147,7 +147,76 @@ pub struct Config {
     pub fair_share: Option<FairShare>,
     /// Quotas per account and host class; empty: none (nothing is bounded by account).
     pub quotas: Vec<Quota>,
+    /// Base images as the scheduler sees them: sizes, pull bandwidths, disk budgets and image
+    /// stores. `None`: images are where hosts say they are and cost nothing to bring (berth's
+    /// behaviour before it modelled pulls).
+    pub images: Option<Images>,
     pub templates: Vec<Template>,
+}
+
+/// Whether placement weighs what an image costs to bring to a host.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ImageMode {
+    /// Placement does not look at images: a VM goes where the configured scorers put it and
+    /// waits there for whatever pull that causes (queued at its store beyond the store's
+    /// limit). No pre-pulls. The baseline that image-aware placement is measured against.
+    Ignore,
+    /// A host holding (or already pulling) the image always wins over one that lacks it; a
+    /// pull starts only while its store has a free turn and when it is cheaper than waiting
+    /// for a host that holds the image; images are pulled ahead of queued demand.
+    Aware,
+}
+
+impl ImageMode {
+    pub fn name(self) -> &'static str {
+        match self {
+            ImageMode::Ignore => "ignore",
+            ImageMode::Aware => "aware",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<ImageMode> {
+        [ImageMode::Ignore, ImageMode::Aware]
+            .into_iter()
+            .find(|m| m.name() == s)
+    }
+}
+
+/// What hosts of one class (see [`crate::host_class`]) have for images.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ImageClass {
+    pub class: String,
+    /// The bandwidth of a pull from its store to one such host, in Mbit/s (10^6 bits).
+    pub pull_mbit_s: u64,
+    /// Disk set aside for base images on each host; `None`: not bounded.
+    pub budget_mib: Option<u64>,
+    /// The image store its hosts pull from.
+    pub store: String,
+}
+
+/// Base images in the scheduler: see `docs/scheduling.md` ("Images").
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Images {
+    pub mode: ImageMode,
+    /// Base image name and its size in MiB. An image left out costs nothing to pull and
+    /// nothing against a budget.
+    pub sizes: Vec<(String, u64)>,
+    /// Per host class; a host of a class left out pulls in no time, from no store, unbounded.
+    pub classes: Vec<ImageClass>,
+    /// Pulls one image store serves at once; further pulls wait for a turn (0: no limit).
+    pub store_pulls_max: u32,
+}
+
+impl Images {
+    /// Images in `mode` with nothing described yet.
+    pub fn new(mode: ImageMode) -> Images {
+        Images {
+            mode,
+            sizes: Vec::new(),
+            classes: Vec::new(),
+            store_pulls_max: 0,
+        }
+    }
 }
 
 impl Default for Config {
@@ -168,6 +237,7 @@ impl Default for Config {
             aging_step_ms: 600_000,
             fair_share: None,
             quotas: Vec::new(),
+            images: None,
             templates: Vec::new(),
         }
     }

@@ -24,6 +24,7 @@
 pub mod config;
 mod fleet;
 pub mod idmap;
+pub mod images;
 pub mod input;
 pub mod limits;
 pub mod model;
@@ -34,8 +35,8 @@ mod scheduler;
 mod views;
 
 pub use config::{
-    Account, Config, FairShare, Policy, QUOTA_EVERY_ACCOUNT, Quota, QuotaAmounts, ScanOrder,
-    Weights,
+    Account, Config, FairShare, ImageClass, ImageMode, Images, Policy, QUOTA_EVERY_ACCOUNT, Quota,
+    QuotaAmounts, ScanOrder, Weights,
 };
 pub use fleet::SLOT_KINDS_MAX;
 pub use idmap::{IdHasher, IdMap};
@@ -47,7 +48,8 @@ pub use model::{
 pub use output::{Action, Cause, Event, VmSpec};
 pub use placement::Reason;
 pub use scheduler::{
-    AccountView, QuotaResourceView, QuotaView, REQUEST_VMS_MAX, Scheduler, host_class,
+    AccountView, HostImagesView, PullView, QuotaResourceView, QuotaView, REQUEST_VMS_MAX,
+    Scheduler, host_class,
 };
 pub use views::{
     Blocker, HostView, Positions, QuotaWait, RequestView, VmView, WHY_HOSTS_NAMED, Why,

@@ -19,6 +19,26 @@ pub enum Action {
         vm: VmId,
         host: HostId,
     },
+    /// Bring a base image from its store to a host (only with `Config::images`). The scheduler
+    /// has booked it on the store's turns: it runs from `start_ms` to `ready_ms` by the
+    /// scheduler's model (size over the host class's bandwidth), and the VMs placed on the host
+    /// for that image come out as `Provision` at once; a driver's create waits for the image.
+    PullImage {
+        host: HostId,
+        image: Arc<str>,
+        size_mib: u64,
+        start_ms: u64,
+        ready_ms: u64,
+        /// Pulled ahead of queued demand, with no VM placed for it yet.
+        ahead: bool,
+    },
+    /// Remove an unused base image from a host to make room under its disk budget (only with
+    /// `Config::images`; never one that backs a VM or is being pulled).
+    EvictImage {
+        host: HostId,
+        image: Arc<str>,
+        size_mib: u64,
+    },
 }
 
 /// Everything a driver needs to create one VM.

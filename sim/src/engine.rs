@@ -9,6 +9,7 @@
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
 use std::hash::BuildHasherDefault;
+use std::sync::Arc;
 use std::time::Instant;
 
 use berth_latency::{Latency, Op, Profile};
@@ -173,6 +174,11 @@ pub struct Simulation {
     /// What a run may cost (see [`Budget`]), and the steps taken so far.
     budget: Budget,
     steps: u64,
+    /// Per host and base image, when a pull the scheduler started is ready: a VM placed there
+    /// for that image starts provisioning then.
+    pulls: BTreeMap<(HostId, Arc<str>), u64>,
+    /// What pulls and evictions cost in this run (`None` without images).
+    images: Option<crate::report::ImagesReport>,
 }
 
 /// A bound on a run's cost, for runs made on someone's behalf (the daemon's forecasts): at most
@@ -188,6 +194,18 @@ impl Simulation {
     pub fn new(fleet: &Fleet, config: SimConfig) -> Result<Simulation, SimError> {
         let mut sched_config = config.sched.clone();
         sched_config.policy = config.policy;
+        // The fleet file says what images weigh and cost to move; the settings say how
+        // placement treats them (aware unless they say otherwise).
+        if let Some(fleet_images) = &fleet.images {
+            let mode = sched_config
+                .images
+                .as_ref()
+                .map_or(fleet_images.mode, |i| i.mode);
+            sched_config.images = Some(berth_sched::Images {
+                mode,
+                ..fleet_images.clone()
+            });
+        }
         sched_config
             .templates
             .extend(fleet.templates.iter().cloned());
@@ -196,6 +214,7 @@ impl Simulation {
             .iter()
             .map(|t| (t.name.to_string(), t.guest_os))
             .collect();
+        let images = sim_images(&sched_config.images);
         let mut sim = Simulation {
             sched: Scheduler::new(sched_config),
             latency: Latency::new(config.latency, config.seed),
@@ -225,6 +244,8 @@ impl Simulation {
             eta_arrivals: Vec::new(),
             budget: Budget::default(),
             steps: 0,
+            pulls: BTreeMap::new(),
+            images,
         };
         if sim.config.eta_samples_max > 0 {
             sim.eta = Some(EtaSampler::new(
@@ -274,6 +295,8 @@ impl Simulation {
             eta_arrivals: Vec::new(),
             budget: Budget::default(),
             steps: 0,
+            pulls: BTreeMap::new(),
+            images: sim_images(&sched.config().images),
             sched,
         };
         sim.config.policy = sim.sched.config().policy;
@@ -703,6 +726,7 @@ impl Simulation {
             .metrics
             .report(info, self.breakdown.report(first_ms, last_ms));
         report.eta = self.eta.as_ref().map(EtaSampler::report);
+        report.images = self.images.clone();
         let class_vcpus: Vec<u64> = report.classes.iter().map(|c| c.vcpus).collect();
         report.series = Some(self.timeline.series(
             report.fleet_vcpus,
@@ -1021,10 +1045,43 @@ impl Simulation {
                     },
                 );
                 let took = self.latency.sample(Op::Provision, driver, spec.guest_os);
-                if took == 0 {
+                // A VM placed for an image its host is still pulling starts when it is there.
+                let key = (host, spec.base_image.clone());
+                let ready_ms = match self.pulls.get(&key) {
+                    Some(&ready) if ready > self.now_ms => ready,
+                    Some(_) => {
+                        self.pulls.remove(&key);
+                        self.now_ms
+                    }
+                    None => self.now_ms,
+                };
+                if took == 0 && ready_ms == self.now_ms {
                     self.complete(Input::ProvisionDone { vm, result: Ok(()) });
                 } else {
-                    self.push(self.now_ms + took, Ev::Provisioned(vm));
+                    self.push(ready_ms + took, Ev::Provisioned(vm));
+                }
+            }
+            Action::PullImage {
+                host,
+                image,
+                size_mib,
+                start_ms,
+                ready_ms,
+                ahead,
+            } => {
+                if let Some(stats) = self.images.as_mut() {
+                    stats.pulls += 1;
+                    stats.pulls_ahead += u64::from(ahead);
+                    stats.pulled_gib += size_mib as f64 / 1024.0;
+                    stats.pull_s += ready_ms.saturating_sub(start_ms) as f64 / 1000.0;
+                    stats.store_wait_s += start_ms.saturating_sub(self.now_ms) as f64 / 1000.0;
+                }
+                self.pulls.insert((host, image), ready_ms);
+            }
+            Action::EvictImage { size_mib, .. } => {
+                if let Some(stats) = self.images.as_mut() {
+                    stats.evictions += 1;
+                    stats.evicted_gib += size_mib as f64 / 1024.0;
                 }
             }
             Action::Destroy { vm, .. } => {
@@ -1198,4 +1255,12 @@ fn driver(d: berth_traces::Driver) -> DriverKind {
         berth_traces::Driver::Parallels => DriverKind::Parallels,
         berth_traces::Driver::Sim => DriverKind::Sim,
     }
+}
+
+/// The image figures a run keeps when its scheduler models images.
+fn sim_images(images: &Option<berth_sched::Images>) -> Option<crate::report::ImagesReport> {
+    images.as_ref().map(|i| crate::report::ImagesReport {
+        mode: i.mode.name().to_owned(),
+        ..crate::report::ImagesReport::default()
+    })
 }

@@ -3,7 +3,9 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use berth_sched::{DriverKind, GuestOs, HostId, HostSpec, Label, Shape, Template};
+use berth_sched::{
+    DriverKind, GuestOs, HostId, HostSpec, ImageClass, ImageMode, Images, Label, Shape, Template,
+};
 use serde::Deserialize;
 
 use crate::SimError;
@@ -16,6 +18,9 @@ pub const DEFAULT_MEMORY_PER_VCPU_MIB: u64 = 4096;
 pub struct Fleet {
     pub hosts: Vec<HostSpec>,
     pub templates: Vec<Template>,
+    /// Image sizes, classes' pull bandwidths and budgets, and the store's limit, when the
+    /// fleet file describes any (its mode is `aware`; the run's settings may say otherwise).
+    pub images: Option<Images>,
 }
 
 impl Fleet {
@@ -66,6 +71,7 @@ impl Fleet {
         Ok(Fleet {
             hosts,
             templates: Vec::new(),
+            images: None,
         })
     }
 
@@ -135,6 +141,7 @@ impl Fleet {
         for t in &file.template {
             fleet.templates.push(t.to_template().map_err(err)?);
         }
+        fleet.images = file.images().map_err(err)?;
         Ok(fleet)
     }
 
@@ -174,6 +181,88 @@ struct FleetFile {
     class: Vec<ClassFile>,
     #[serde(default)]
     template: Vec<TemplateFile>,
+    images: Option<ImagesFile>,
+}
+
+/// `[images]`: what is shared by every class's image store.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ImagesFile {
+    /// Pulls one image store serves at once (0 or absent: no limit).
+    #[serde(default)]
+    store_pulls_max: u32,
+}
+
+/// A size or bandwidth in the file's unit, to the scheduler's integer unit, if it is one.
+fn to_unit(v: f64, per: f64) -> Option<u64> {
+    (v.is_finite() && v > 0.0 && v * per < u64::MAX as f64).then(|| (v * per).round() as u64)
+}
+
+impl FleetFile {
+    /// The images the file describes: `None` when no class gives a pull bandwidth or budget, no
+    /// template an image size, and there is no `[images]` table.
+    fn images(&self) -> Result<Option<Images>, String> {
+        let mut images = Images::new(ImageMode::Aware);
+        let mut any = false;
+        if let Some(i) = &self.images {
+            images.store_pulls_max = i.store_pulls_max;
+            any = true;
+        }
+        for t in &self.template {
+            let Some(gib) = t.image_size_gib else {
+                continue;
+            };
+            let mib = to_unit(gib, 1024.0).ok_or_else(|| {
+                format!(
+                    "template `{}`: image_size_gib must be a positive number, got {gib}",
+                    t.name
+                )
+            })?;
+            let image = t.base_image.clone().unwrap_or_else(|| t.name.clone());
+            match images.sizes.iter().find(|(n, _)| *n == image) {
+                Some(&(_, known)) if known != mib => {
+                    return Err(format!(
+                        "template `{}`: base image `{image}` is given two sizes",
+                        t.name
+                    ));
+                }
+                Some(_) => {}
+                None => images.sizes.push((image, mib)),
+            }
+            any = true;
+        }
+        for c in &self.class {
+            if c.pull_gbit_s.is_none() && c.image_budget_gib.is_none() && c.image_store.is_none() {
+                continue;
+            }
+            let pull_mbit_s = match c.pull_gbit_s {
+                Some(g) => to_unit(g, 1000.0).ok_or_else(|| {
+                    format!(
+                        "class `{}`: pull_gbit_s must be a positive number, got {g}",
+                        c.name
+                    )
+                })?,
+                None => 0,
+            };
+            let budget_mib = match c.image_budget_gib {
+                Some(g) => Some(to_unit(g, 1024.0).ok_or_else(|| {
+                    format!(
+                        "class `{}`: image_budget_gib must be a positive number, got {g}",
+                        c.name
+                    )
+                })?),
+                None => None,
+            };
+            images.classes.push(ImageClass {
+                class: c.name.clone(),
+                pull_mbit_s,
+                budget_mib,
+                store: c.image_store.clone().unwrap_or_else(|| "store".to_owned()),
+            });
+            any = true;
+        }
+        Ok(any.then_some(images))
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -195,6 +284,12 @@ struct ClassFile {
     labels: BTreeMap<String, String>,
     #[serde(default)]
     images: Vec<String>,
+    /// The bandwidth of a pull from its image store to one host, in Gbit/s.
+    pull_gbit_s: Option<f64>,
+    /// Disk for base images on each host, in GiB (absent: not bounded).
+    image_budget_gib: Option<f64>,
+    /// The image store its hosts pull from (default `store`).
+    image_store: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -217,6 +312,8 @@ struct TemplateFile {
     expected_boot_s: u64,
     #[serde(default = "hour")]
     expected_run_s: u64,
+    /// The size of its base image, in GiB.
+    image_size_gib: Option<f64>,
 }
 
 impl TemplateFile {
@@ -342,6 +439,87 @@ slot = "macos"
         assert_eq!(f.hosts[0].cpu_overcommit_milli, 2000);
         assert_eq!(f.hosts[2].slots, vec![("macos".to_string(), 2)]);
         assert_eq!(f.templates[0].slot.as_deref(), Some("macos"));
+    }
+
+    #[test]
+    fn fleet_file_images_sizes_bandwidths_budgets_and_the_store_limit() {
+        let text = r#"
+[images]
+store_pulls_max = 4
+
+[[class]]
+name = "kvm"
+count = 2
+vcpus = 64
+memory_mib = 262144
+pull_gbit_s = 10
+image_budget_gib = 200
+
+[[class]]
+name = "plain"
+count = 1
+vcpus = 8
+memory_mib = 16384
+
+[[template]]
+name = "linux"
+vcpus = 4
+memory_mib = 8192
+image_size_gib = 8
+
+[[template]]
+name = "linux-big"
+base_image = "linux"
+vcpus = 8
+memory_mib = 16384
+image_size_gib = 8
+"#;
+        let images = Fleet::parse(text, "fleet.toml")
+            .expect("valid")
+            .images
+            .expect("described");
+        assert_eq!(images.mode, ImageMode::Aware);
+        assert_eq!(images.store_pulls_max, 4);
+        assert_eq!(images.sizes, vec![("linux".to_owned(), 8 * 1024)]);
+        assert_eq!(
+            images.classes,
+            vec![ImageClass {
+                class: "kvm".into(),
+                pull_mbit_s: 10_000,
+                budget_mib: Some(200 * 1024),
+                store: "store".into(),
+            }]
+        );
+        // Without any image key, no images are modelled.
+        let plain = "[[class]]\nname='a'\ncount=1\nvcpus=1\nmemory_mib=1\n";
+        assert_eq!(Fleet::parse(plain, "f.toml").expect("valid").images, None);
+    }
+
+    #[test]
+    fn fleet_file_image_errors_name_the_class_or_template() {
+        for (text, want) in [
+            (
+                "[[class]]\nname='a'\ncount=1\nvcpus=1\nmemory_mib=1\npull_gbit_s=0\n",
+                "class `a`: pull_gbit_s must be a positive number",
+            ),
+            (
+                "[[class]]\nname='a'\ncount=1\nvcpus=1\nmemory_mib=1\nimage_budget_gib=-1\n",
+                "class `a`: image_budget_gib must be a positive number",
+            ),
+            (
+                "[[template]]\nname='t'\nvcpus=1\nmemory_mib=1\nimage_size_gib=nan\n",
+                "template `t`: image_size_gib must be a positive number",
+            ),
+            (
+                "[[template]]\nname='t'\nvcpus=1\nmemory_mib=1\nimage_size_gib=1\n\
+                 [[template]]\nname='u'\nbase_image='t'\nvcpus=1\nmemory_mib=1\n\
+                 image_size_gib=2\n",
+                "template `u`: base image `t` is given two sizes",
+            ),
+        ] {
+            let e = Fleet::parse(text, "f.toml").expect_err(want).to_string();
+            assert!(e.starts_with("f.toml: ") && e.contains(want), "{e}");
+        }
     }
 
     #[test]

@@ -175,6 +175,7 @@ pub fn settings_text(config: &SimConfig) -> String {
         aging_step_ms,
         fair_share,
         quotas,
+        images,
         templates,
     } = sched;
     let scan = match scan {
@@ -225,6 +226,20 @@ pub fn settings_text(config: &SimConfig) -> String {
             show(guarantee),
             show(borrowing_limit)
         ));
+    }
+    // Only when set, so that the digests of settings without it stay what they were. What the
+    // fleet file says of images is covered by the fleet's digest.
+    if let Some(i) = images {
+        text.push_str(&format!("images={}\n", i.mode.name()));
+        for (name, mib) in &i.sizes {
+            text.push_str(&format!("images.size={name:?}:{mib}\n"));
+        }
+        for c in &i.classes {
+            text.push_str(&format!("images.class={c:?}\n"));
+        }
+        if i.store_pulls_max > 0 {
+            text.push_str(&format!("images.store_pulls_max={}\n", i.store_pulls_max));
+        }
     }
     // Templates of the fleet file are covered by the fleet's digest; these are extra ones.
     for t in templates {

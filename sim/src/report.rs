@@ -86,6 +86,25 @@ pub struct Report {
     /// What `berth sim plot` draws: CDFs and the timeline, downsampled.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub series: Option<Series>,
+    /// Pulls and evictions of base images, when the fleet or settings describe images.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub images: Option<ImagesReport>,
+}
+
+/// What moving base images cost in a run.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ImagesReport {
+    /// How placement treated images: `ignore` or `aware`.
+    pub mode: String,
+    /// Pulls started, and how many of them ahead of demand (no VM placed for them yet).
+    pub pulls: u64,
+    pub pulls_ahead: u64,
+    pub pulled_gib: f64,
+    /// Σ pull durations (size over bandwidth), and Σ time pulls waited for a store turn.
+    pub pull_s: f64,
+    pub store_wait_s: f64,
+    pub evictions: u64,
+    pub evicted_gib: f64,
 }
 
 /// Collects the raw figures during a run.
@@ -266,6 +285,7 @@ impl Metrics {
             requesters: breakdowns.requesters,
             changes: breakdowns.changes,
             series: None,
+            images: None,
         }
     }
 }

@@ -120,6 +120,48 @@ fn berth_trace(lines: &[&str]) -> TraceReader {
     TraceReader::from_reader(Cursor::new(text.into_bytes()), "test.jsonl", Format::Berth).unwrap()
 }
 
+/// One 1-vCPU host pulling at 1 Gbit/s, holding `images`; template `t` from a 1 GiB image.
+fn image_fleet(images: &str) -> Fleet {
+    Fleet::parse(
+        &format!(
+            "[[class]]\nname='h'\ncount=1\nvcpus=1\nmemory_mib=4096\nimages={images}\n\
+             pull_gbit_s=1\n[[template]]\nname='t'\nvcpus=1\nmemory_mib=1024\n\
+             image_size_gib=1\n"
+        ),
+        "images.toml",
+    )
+    .unwrap()
+}
+
+#[test]
+fn a_vm_on_a_host_without_its_image_starts_when_the_pull_is_done() {
+    let lines = [
+        r#"{"at_ms":0,"kind":"request","id":1,"count":1,"vcpus":1,"template":"t","duration_ms":100000}"#,
+        r#"{"at_ms":200000,"kind":"request","id":2,"count":1,"vcpus":1,"template":"t","duration_ms":1000}"#,
+    ];
+    // 1 GiB at 1 Gbit/s: 8.59 s before the first VM can be made; the second finds the image.
+    let r = replay(
+        &mut berth_trace(&lines),
+        &image_fleet("[]"),
+        Policy::Fcfs,
+        Profile::Zero,
+    );
+    let images = r.images.clone().unwrap();
+    assert_eq!((images.pulls, images.pulls_ahead), (1, 0));
+    assert!((images.pull_s - 8.59).abs() < 1e-9, "{images:?}");
+    assert!((images.pulled_gib - 1.0).abs() < 1e-9, "{images:?}");
+    assert!((r.mean_ttr_s - 8.59 / 2.0).abs() < 1e-6, "{}", r.mean_ttr_s);
+    // Holding the image from the start, nothing is pulled and both run at once.
+    let r = replay(
+        &mut berth_trace(&lines),
+        &image_fleet("['t']"),
+        Policy::Fcfs,
+        Profile::Zero,
+    );
+    assert_eq!(r.images.unwrap().pulls, 0);
+    assert_eq!(r.mean_ttr_s, 0.0);
+}
+
 #[test]
 fn a_dependent_request_arrives_when_its_dependency_ends() {
     // r1 runs 100 s on the only host; r2 follows r1 with a 10 s think time; r3 is independent

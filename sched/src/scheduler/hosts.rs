@@ -75,6 +75,7 @@ impl Scheduler {
         }
         self.host_ids.insert(id, idx);
         self.host_names.insert(name, idx);
+        self.images_host_added(idx);
         self.fleet_changed();
         self.events.push_back(Event::Host {
             at_ms: self.now_ms,
@@ -141,6 +142,7 @@ impl Scheduler {
                     fleet::set_images(h, &report.images, images);
                     std::mem::replace(&mut h.capacity, capacity) != capacity || first
                 });
+                self.images_probed(idx);
                 if changed {
                     self.fleet_changed();
                 }

@@ -13,6 +13,7 @@
 //! (`Pass::no_room`). `Scheduler::reference` keeps the one-by-one walk the tests compare with.
 
 mod hosts;
+mod images;
 mod lifecycle;
 mod pass;
 mod place;
@@ -34,6 +35,7 @@ use crate::model::VmId;
 use crate::output::{Action, Event};
 use crate::queue::Queue;
 
+pub use images::{HostImagesView, PullView};
 pub use policy::quota::host_class;
 pub use requests::REQUEST_VMS_MAX;
 pub(crate) use requests::describe_need;
@@ -115,7 +117,9 @@ impl Scheduler {
             head_room: HeadRoom::default(),
             walk_room: Vec::new(),
             reference_walk: false,
+            image_book: None,
         }
+        .with_images()
     }
 
     /// A scheduler whose passes walk every waiting request one by one, in service order, as

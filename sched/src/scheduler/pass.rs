@@ -32,6 +32,7 @@ impl Scheduler {
         (policy::of(self.config.policy).serve)(self, full);
         self.pass.capacity_changed = false;
         self.pass.arrivals.clear();
+        self.pull_ahead();
         // A claimant that started in this pass may leave its class to borrowers: when one did,
         // the next poll walks the queue again. (A pass that placed nothing changed no claim.)
         if self.fleet.version != version {

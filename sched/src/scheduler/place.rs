@@ -1,6 +1,7 @@
 //! Placing one request: as many of its queued VMs as capacity and a reservation allow (a gang
 //! all or none), refused without a search when the pass already knows it cannot fit.
 
+use super::images::Verdict;
 use super::reservation::{covers, reservation_cost};
 use super::state::{EndEntry, Ending, Reservation, Scheduler};
 use crate::fleet::Need;
@@ -113,10 +114,28 @@ impl Scheduler {
         // chosen so far per class (a gang's VMs count before any of them is charged).
         let mut refused_by_quota = false;
         let mut on_class: Vec<(u32, i64)> = Vec::new();
+        // With images: hosts this attempt starts a pull on, and hosts left out because their
+        // budget cannot make room (bounded, so a search never walks a whole fleet that way).
+        let mut pulls: Vec<usize> = Vec::new();
+        let mut refused_by_image = false;
+        let mut image_exclusions = 0;
         while chosen.len() < want {
             let Some(h) = search.best(&self.fleet, &need, &self.config) else {
                 break;
             };
+            let verdict = self.image_verdict(h, &need, &pulls);
+            match verdict {
+                Verdict::Ready | Verdict::Pull => {}
+                Verdict::Exclude if image_exclusions < self.config.candidates_max => {
+                    image_exclusions += 1;
+                    search.exclude(h);
+                    continue;
+                }
+                Verdict::Exclude | Verdict::Wait => {
+                    refused_by_image = true;
+                    break;
+                }
+            }
             if let Some(q) = self.quotas.as_ref()
                 && let Some(class) = q.class_of(h)
             {
@@ -153,13 +172,19 @@ impl Scheduler {
                 }
                 res.extra -= cost;
             }
+            if verdict == Verdict::Pull {
+                pulls.push(h);
+            }
             self.fleet.allocate(h, &need, vms[chosen.len()]);
             chosen.push(h);
             search.recheck(&self.fleet, &need, h, &self.config);
         }
 
         let placed_all = chosen.len() == want;
-        if chosen.is_empty() && !refused_by_reservation && !refused_by_quota {
+        // A host passed over for its image budget had room: what failed is not a lack of room,
+        // and a pull ending there (no change to capacity) may make the difference.
+        let refused_by_image = refused_by_image || image_exclusions > 0;
+        if chosen.is_empty() && !refused_by_reservation && !refused_by_quota && !refused_by_image {
             self.note_no_room(&need);
         }
         if chosen.is_empty() || (gang && !placed_all) {
@@ -182,15 +207,28 @@ impl Scheduler {
             };
             // What the quota refused is the account's, not the need's: another account's
             // request of the same need may well start.
-            if !refused_by_quota {
+            if !refused_by_quota && !refused_by_image {
                 self.pass
                     .failed
                     .push((need, limited, at_least, self.fleet.version, wait));
             }
             self.set_wait(id, wait);
-            return Attempt::Failed { lasting };
+            // A placement later in the walk may start a pull that a request of this kind
+            // could join: one held back by images is tried again after the next placement.
+            return Attempt::Failed {
+                lasting: lasting && !refused_by_image,
+            };
         }
 
+        // The pulls come out before the VMs that wait for them.
+        for &h in &pulls {
+            self.start_pull(h, need.image, false, &[]);
+        }
+        if self.image_book.is_some() {
+            for &h in &chosen {
+                self.touch_image(h, need.image);
+            }
+        }
         let now = self.now_ms;
         let Some(r) = self.requests.get_mut(&id) else {
             return Attempt::Placed;

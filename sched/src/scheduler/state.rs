@@ -17,6 +17,11 @@ use crate::scheduler::policy::quota::Quotas;
 pub(crate) enum Timer {
     Deadline(RequestId),
     Hold(VmId),
+    /// A pull of an image (interned id) to a host (index) is ready.
+    PullReady {
+        host: u32,
+        image: u32,
+    },
 }
 
 /// What a VM becomes once its destroy completes.
@@ -278,4 +283,6 @@ pub struct Scheduler {
     pub(crate) runs_on_class_generation: u64,
     /// Passes walk every waiting request one by one (see `Scheduler::reference`).
     pub(crate) reference_walk: bool,
+    /// Base images per host, pulls and image stores (`None` without `Config::images`).
+    pub(crate) image_book: Option<super::images::ImageBook>,
 }

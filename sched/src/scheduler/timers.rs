@@ -23,6 +23,7 @@ impl Scheduler {
                         self.end_request(id, RequestState::Failed, Cause::Deadline);
                     }
                 }
+                Timer::PullReady { host, image } => self.pull_ready(host as usize, image, at),
                 Timer::Hold(vm) => {
                     let expired = self
                         .vms

@@ -7,6 +7,7 @@ mod equivalence;
 mod fair;
 mod fixture;
 mod hosts;
+mod images;
 mod lifecycle;
 mod positions;
 mod properties;

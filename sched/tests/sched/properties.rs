@@ -8,10 +8,10 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use berth_sched::{
-    Account, Blocker, Cause, Config, DriverKind, Event, Failure, FailureKind, FairShare, Hold,
-    HostSpec, Input, Label, Policy, ProbeReport, QUOTA_EVERY_ACCOUNT, Quota, QuotaAmounts,
-    RequestId, RequestSpec, RequestState, ScanOrder, Scheduler, Shape, Template, VmState, VmView,
-    Weights,
+    Account, Action, Blocker, Cause, Config, DriverKind, Event, Failure, FailureKind, FairShare,
+    Hold, HostId, HostSpec, Input, Label, Policy, ProbeReport, QUOTA_EVERY_ACCOUNT, Quota,
+    QuotaAmounts, RequestId, RequestSpec, RequestState, ScanOrder, Scheduler, Shape, Template,
+    VmState, VmView, Weights,
 };
 use proptest::prelude::*;
 
@@ -326,6 +326,7 @@ pub(crate) fn config_of(k: &Knobs) -> Config {
                     .collect()
             })
             .unwrap_or_default(),
+        images: None,
         templates: vec![linux(), macos(), windows()],
     }
 }
@@ -366,6 +367,8 @@ pub(crate) struct Run {
     ends: BTreeMap<RequestId, Vec<(RequestState, Cause)>>,
     /// Gang requests (with their size) none of whose VMs has been placed yet.
     gangs_pending: BTreeMap<RequestId, u32>,
+    /// Every image pull started: its host, start and ready time (with `Config::images`).
+    pulls: Vec<(HostId, u64, u64)>,
 }
 
 impl Run {
@@ -391,6 +394,7 @@ impl Run {
             states: BTreeMap::new(),
             ends: BTreeMap::new(),
             gangs_pending: BTreeMap::new(),
+            pulls: Vec::new(),
         }
     }
 
@@ -593,6 +597,15 @@ impl Run {
         while let Some(a) = self.s.poll_action() {
             let _ = writeln!(self.log, "{a:?}");
             n_out += 1;
+            if let Action::PullImage {
+                host,
+                start_ms,
+                ready_ms,
+                ..
+            } = a
+            {
+                self.pulls.push((host, start_ms, ready_ms));
+            }
         }
         let mut placed: BTreeMap<RequestId, u32> = BTreeMap::new();
         while let Some(e) = self.s.poll_event() {
@@ -791,6 +804,80 @@ impl Run {
             "the queue holds only waiting requests"
         );
         assert_eq!(s.queue_len(), n_waiting);
+        if s.config().images.is_some() {
+            self.check_images();
+        }
+    }
+
+    /// With `Config::images`: (e) the image of every VM on a host is held or being pulled
+    /// there (so no image in use was evicted); (f) a host's images fit its budget but for one
+    /// image being pulled, unless every image it holds is in use (a probe may report more than
+    /// fits); (g) no store ever serves more pulls at once than its limit.
+    fn check_images(&self) {
+        let s = &self.s;
+        let Some(config) = s.config().images.as_ref() else {
+            return;
+        };
+        let images = s.host_images();
+        for v in s.vms() {
+            let Some(host) = v.host else { continue };
+            let image = s
+                .request(v.request)
+                .and_then(|r| s.template(&r.spec.template))
+                .map(|t| t.base_image.to_string())
+                .unwrap_or_default();
+            let on = images.iter().find(|h| h.host == host);
+            let there = on.is_some_and(|h| {
+                h.held.iter().any(|x| x.0 == image) || h.pulling.iter().any(|x| x.0 == image)
+            });
+            assert!(
+                there,
+                "{} on {host} runs from {image}, which is gone: {on:?}",
+                v.id
+            );
+        }
+        for h in &images {
+            let Some(budget) = h.budget_mib else { continue };
+            let held: u64 = h.held.iter().map(|x| x.1).sum();
+            let pulling: u64 = h.pulling.iter().map(|x| x.1).sum();
+            let largest_pull = h.pulling.iter().map(|x| x.1).max().unwrap_or(0);
+            let unused = h.held.iter().any(|x| !x.3 && x.1 > 0);
+            assert!(
+                held + pulling <= budget + largest_pull || !unused,
+                "{}: {held} MiB held and {pulling} pulling over a budget of {budget}: {h:?}",
+                h.host
+            );
+        }
+        if config.store_pulls_max == 0 {
+            return;
+        }
+        let store_of = |host: HostId| {
+            let spec = self.hosts.iter().find(|h| h.id == host)?;
+            let class = berth_sched::host_class(&spec.name, &spec.labels);
+            config
+                .classes
+                .iter()
+                .find(|c| c.class == class)
+                .map(|c| c.store.clone())
+        };
+        let mut by_store: BTreeMap<String, Vec<(u64, u64)>> = BTreeMap::new();
+        for &(host, start, ready) in &self.pulls {
+            if let Some(store) = store_of(host)
+                && ready > start
+            {
+                by_store.entry(store).or_default().push((start, ready));
+            }
+        }
+        for (store, pulls) in by_store {
+            for &(t, _) in &pulls {
+                let at_once = pulls.iter().filter(|&&(a, b)| a <= t && t < b).count();
+                assert!(
+                    at_once <= config.store_pulls_max as usize,
+                    "store {store} serves {at_once} pulls at {t} ms, over its limit of {}",
+                    config.store_pulls_max
+                );
+            }
+        }
     }
 
     /// (c) Drives everything to its end: VMs run to completion, what cannot be placed is
@@ -874,7 +961,11 @@ pub(crate) fn first_difference(a: &str, b: &str) -> String {
 /// Runs a case: every invariant after every input, then (d) the same log from a replay and from
 /// a clone taken halfway, then (c) the drain.
 fn run_case(knobs: &Knobs, ops: &[Op]) {
-    let config = config_of(knobs);
+    run_case_with(config_of(knobs), ops);
+}
+
+/// `run_case` on a configuration of its own.
+pub(crate) fn run_case_with(config: Config, ops: &[Op]) {
     let half = ops.len() / 2;
     let mut a = Run::new(config.clone(), true);
     for op in &ops[..half] {

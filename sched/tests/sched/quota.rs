@@ -110,6 +110,7 @@ impl Fleet {
                             .handle(self.now, Input::DestroyDone { vm, result: Ok(()) })
                             .unwrap();
                     }
+                    Action::PullImage { .. } | Action::EvictImage { .. } => {}
                 }
             }
             while self.s.poll_event().is_some() {

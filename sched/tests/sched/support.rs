@@ -84,7 +84,7 @@ impl Polled {
             .iter()
             .filter_map(|a| match a {
                 Action::Provision { vm, host, .. } => Some((*vm, *host)),
-                Action::Destroy { .. } => None,
+                _ => None,
             })
             .collect()
     }
@@ -95,7 +95,7 @@ impl Polled {
             .iter()
             .filter_map(|a| match a {
                 Action::Destroy { vm, host } => Some((*vm, *host)),
-                Action::Provision { .. } => None,
+                _ => None,
             })
             .collect()
     }

@@ -269,7 +269,7 @@ const fn column(
     }
 }
 
-const COLUMNS: [Column; 34] = [
+const COLUMNS: [Column; 39] = [
     column("requests", None, 0, |r| r.requests as f64),
     column("vms", None, 0, |r| r.vms as f64),
     column("rejected", Some("rejected"), 1, |r| r.rejected as f64),
@@ -327,6 +327,22 @@ const COLUMNS: [Column; 34] = [
     }),
     column("eta_median_rel_error", None, 4, |r| {
         r.eta.as_ref().map_or(0.0, |e| e.median_rel_error)
+    }),
+    // Base images moved (`Report::images`); 0 when the run models no images.
+    column("pulls", None, 1, |r| {
+        r.images.as_ref().map_or(0.0, |i| i.pulls as f64)
+    }),
+    column("pulls_ahead", None, 1, |r| {
+        r.images.as_ref().map_or(0.0, |i| i.pulls_ahead as f64)
+    }),
+    column("pulled_gib", None, 1, |r| {
+        r.images.as_ref().map_or(0.0, |i| i.pulled_gib)
+    }),
+    column("pull_s", None, 1, |r| {
+        r.images.as_ref().map_or(0.0, |i| i.pull_s)
+    }),
+    column("evictions", None, 1, |r| {
+        r.images.as_ref().map_or(0.0, |i| i.evictions as f64)
     }),
 ];
 

@@ -5,7 +5,9 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
-use berth_sched::{Account, FairShare, Policy, Quota, QuotaAmounts, ScanOrder, Weights};
+use berth_sched::{
+    Account, FairShare, ImageMode, Images, Policy, Quota, QuotaAmounts, ScanOrder, Weights,
+};
 use berth_traces::{Format, Generator, SynthConfig};
 use serde::Deserialize;
 use toml::Spanned;
@@ -478,6 +480,9 @@ struct SettingsEntry {
     fair_share: Option<FairShareEntry>,
     #[serde(default)]
     quotas: Vec<QuotaEntry>,
+    /// How placement treats base images: `ignore` or `aware` (the fleet file says what they
+    /// weigh; without this a fleet that describes images is placed `aware`).
+    images: Option<Spanned<String>>,
 }
 
 /// A quota, the shape of the daemon's `[[quotas]]`: `quotas = [{ account = "*", class =
@@ -671,6 +676,18 @@ impl SettingsEntry {
             }
             sched.fair_share = Some(fair);
         }
+        if let Some(m) = &self.images {
+            let mode = ImageMode::parse(m.get_ref()).ok_or_else(|| {
+                at(
+                    m.span(),
+                    format!(
+                        "settings `{name}`: `images`: unknown `{}`; expected ignore or aware",
+                        m.get_ref()
+                    ),
+                )
+            })?;
+            sched.images = Some(Images::new(mode));
+        }
         let mut seen = BTreeSet::new();
         for (i, q) in self.quotas.iter().enumerate() {
             let (account, class) = (q.account.get_ref(), q.class.get_ref());
@@ -829,6 +846,44 @@ mod tests {
         ));
         assert!(
             e.contains("fair_share.age_limit_minutes") && e.contains("got 0"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn the_images_example_spec_parses_and_a_bad_mode_is_named() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/sweep-images.toml");
+        let spec = Spec::load(&path).unwrap();
+        assert_eq!(spec.runs().len(), 2 * 5 * 2);
+        let fleet = &spec.fleets[0].fleet;
+        assert_eq!(fleet.hosts.len(), 65);
+        // Not every host starts with every image.
+        assert!(fleet.hosts.iter().any(|h| h.images.is_empty()));
+        assert!(
+            fleet
+                .images
+                .as_ref()
+                .is_some_and(|i| i.store_pulls_max == 4)
+        );
+        let mode = |i: usize| {
+            spec.settings[i]
+                .config
+                .sched
+                .images
+                .as_ref()
+                .map(|m| m.mode)
+        };
+        assert_eq!(mode(0), Some(ImageMode::Ignore));
+        assert_eq!(mode(1), Some(ImageMode::Aware));
+        assert_ne!(
+            provenance::settings_sha256(&spec.settings[0].config),
+            provenance::settings_sha256(&spec.settings[1].config)
+        );
+        let e = err(&format!(
+            "{MINIMAL}[[settings]]\nname = \"a\"\nimages = \"smart\"\n"
+        ));
+        assert!(
+            e.contains("`images`: unknown `smart`; expected ignore or aware"),
             "{e}"
         );
     }
