@@ -798,6 +798,18 @@ impl ParallelsHost {
             .map_err(|e| e.into_host(&self.name))
     }
 
+    /// Runs shell `script` on the host with the template directory as `$1` and `args` after
+    /// it: names reach the script as positional parameters, never parsed by the shell.
+    async fn run_in_template_dir(
+        &self,
+        script: &str,
+        args: &[&str],
+    ) -> Result<String, DriverError> {
+        let mut all = vec!["-c", script, "sh", self.config.template_dir.as_str()];
+        all.extend_from_slice(args);
+        self.run_host("sh", &all).await
+    }
+
     /// Every VM (not template) on the host: `prlctl list --all --json`.
     async fn list_vms(&self) -> Result<Vec<PrlListEntry>, DriverError> {
         let out = self

@@ -205,19 +205,7 @@ impl ParallelsHost {
                       t=$(perl -e 'print((stat shift)[9])' \"$f\") || exit 1; \
                       printf '%s\\t%s\\t%s\\n' \"$k\" \"$t\" \"$f\"; done";
         let out = self
-            .run_host(
-                "sh",
-                &[
-                    "-c",
-                    script,
-                    "sh",
-                    &self.config.template_dir,
-                    BUNDLE_EXT,
-                    ARCHIVE_EXT,
-                    PULLING_EXT,
-                    USED_EXT,
-                ],
-            )
+            .run_in_template_dir(script, &[BUNDLE_EXT, ARCHIVE_EXT, PULLING_EXT, USED_EXT])
             .await?;
         let files = parse_census(&out).ok_or_else(|| {
             self.host_err(format!(
@@ -323,18 +311,7 @@ impl ParallelsHost {
     pub(super) async fn mark_used(&self, template: &str) {
         let script = "cd \"$1\" && if [ -d \"$2$3\" ]; then touch \"$2$3$4\"; fi";
         if let Err(error) = self
-            .run_host(
-                "sh",
-                &[
-                    "-c",
-                    script,
-                    "sh",
-                    &self.config.template_dir,
-                    template,
-                    BUNDLE_EXT,
-                    USED_EXT,
-                ],
-            )
+            .run_in_template_dir(script, &[template, BUNDLE_EXT, USED_EXT])
             .await
         {
             tracing::debug!(host = %self.name, template, %error, "marking a template used failed");

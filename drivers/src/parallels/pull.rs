@@ -250,19 +250,7 @@ impl ParallelsHost {
         let script = "mkdir -p \"$1\" && cd \"$1\" && pwd -P || exit 1; \
                       [ -e \"$2$3$4\" ] && echo marker; [ -e \"$2$5\" ] && echo bundle; exit 0";
         let out = self
-            .run_host(
-                "sh",
-                &[
-                    "-c",
-                    script,
-                    "sh",
-                    &self.config.template_dir,
-                    template,
-                    ARCHIVE_EXT,
-                    PULLING_EXT,
-                    BUNDLE_EXT,
-                ],
-            )
+            .run_in_template_dir(script, &[template, ARCHIVE_EXT, PULLING_EXT, BUNDLE_EXT])
             .await?;
         parse_leftovers(&out).ok_or_else(|| {
             self.host_err(format!(

@@ -15,7 +15,7 @@ use crate::config::{ImageMode, Images};
 use crate::fleet::{Amount, Need, bloom_bit};
 use crate::images::{Held, StoreTurns, evictions, pull_ms};
 use crate::output::Action;
-use crate::placement::filter::{Probe, STATIC, first_failure};
+use crate::placement::filter::{STATIC, passes_empty};
 
 /// What one host has for images.
 #[derive(Clone, Debug, Default)]
@@ -215,11 +215,23 @@ impl Scheduler {
     /// besides those in use (queued demand, for pulls ahead of it).
     fn plan_evictions(&self, h: usize, incoming_mib: u64, keep: &[u32]) -> Option<Vec<u32>> {
         let book = self.image_book.as_ref()?;
-        let hi = &book.hosts[h];
-        let Some(budget) = hi.budget_mib else {
+        let Some(budget) = book.hosts[h].budget_mib else {
             return Some(Vec::new());
         };
-        let held: Vec<Held> = hi
+        evictions(
+            &self.held_on(h, keep),
+            book.used_mib(h),
+            incoming_mib,
+            budget,
+        )
+    }
+
+    /// The images host `h` holds, each in use when a VM there uses it or it is in `keep`.
+    fn held_on(&self, h: usize, keep: &[u32]) -> Vec<Held> {
+        let Some(book) = self.image_book.as_ref() else {
+            return Vec::new();
+        };
+        book.hosts[h]
             .held
             .iter()
             .map(|(&image, &last_use_ms)| Held {
@@ -228,8 +240,7 @@ impl Scheduler {
                 last_use_ms,
                 in_use: keep.contains(&image) || self.image_in_use(h, image),
             })
-            .collect();
-        evictions(&held, book.used_mib(h), incoming_mib, budget)
+            .collect()
     }
 
     /// Evicts images in `images` from host `h`, each with its action.
@@ -261,17 +272,7 @@ impl Scheduler {
         if book.used_mib(h) <= budget {
             return;
         }
-        let hi = &book.hosts[h];
-        let mut held: Vec<Held> = hi
-            .held
-            .iter()
-            .map(|(&image, &last_use_ms)| Held {
-                image,
-                size_mib: book.size(image),
-                last_use_ms,
-                in_use: self.image_in_use(h, image),
-            })
-            .collect();
+        let mut held = self.held_on(h, &[]);
         // Evict the unused ones least recently used first until within budget, or all of them.
         held.sort_by_key(|x| (x.last_use_ms, x.image));
         let mut used = book.used_mib(h);
@@ -459,17 +460,7 @@ impl Scheduler {
             let fleet = &self.fleet;
             let runs_it = |i: usize| {
                 let host = &fleet.hosts[i];
-                host.takes_new_vms()
-                    && first_failure(
-                        &STATIC,
-                        &Probe {
-                            host,
-                            avail: host.capacity,
-                            need: &need,
-                            provisioning_max: fleet.provisioning_max,
-                        },
-                    )
-                    .is_none()
+                host.takes_new_vms() && passes_empty(&STATIC, host, &need, fleet.provisioning_max)
             };
             let mut room: i64 = 0;
             let mut lacking = Vec::new();

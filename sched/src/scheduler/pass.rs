@@ -9,7 +9,7 @@ use super::state::Scheduler;
 use crate::fleet::Need;
 use crate::model::RequestState;
 use crate::output::Cause;
-use crate::placement::filter::{Probe, STATIC, first_failure};
+use crate::placement::filter::{STATIC, passes_empty};
 use crate::placement::fits;
 
 impl Scheduler {
@@ -108,17 +108,7 @@ impl Scheduler {
         let runs = self.quotas.as_ref().is_some_and(|q| {
             q.class_hosts[class as usize].iter().any(|&i| {
                 let host = &fleet.hosts[i];
-                !host.removed
-                    && first_failure(
-                        &STATIC,
-                        &Probe {
-                            host,
-                            avail: host.capacity,
-                            need: &need,
-                            provisioning_max: fleet.provisioning_max,
-                        },
-                    )
-                    .is_none()
+                !host.removed && passes_empty(&STATIC, host, &need, fleet.provisioning_max)
             })
         });
         self.runs_on_class.insert(key, runs);

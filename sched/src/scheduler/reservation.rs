@@ -4,7 +4,7 @@
 use super::state::{HeadRoom, Reservation, Scheduler};
 use crate::fleet::{Amount, Fleet, Need};
 use crate::model::RequestId;
-use crate::placement::filter::{Probe, STATIC, first_failure};
+use crate::placement::filter::{STATIC, passes_empty};
 use crate::queue::Wait;
 
 impl Scheduler {
@@ -140,17 +140,7 @@ impl Scheduler {
             return HeadRoom::NO_NEW_VMS;
         }
         // Driver and labels are static: a host that fails them never runs the head.
-        let could_run = first_failure(
-            &STATIC[..2],
-            &Probe {
-                host,
-                avail: host.capacity,
-                need,
-                provisioning_max: self.fleet.provisioning_max,
-            },
-        )
-        .is_none();
-        if !could_run {
+        if !passes_empty(&STATIC[..2], host, need, self.fleet.provisioning_max) {
             return HeadRoom::UNABLE;
         }
         self.back_now(idx).fit_count(need)
@@ -176,17 +166,7 @@ pub(super) fn reservation_cost(
     need: &Need,
 ) -> i64 {
     let host = &fleet.hosts[host_idx];
-    let eligible = first_failure(
-        &STATIC[..2],
-        &Probe {
-            host,
-            avail: host.capacity,
-            need: &res.need,
-            provisioning_max: fleet.provisioning_max,
-        },
-    )
-    .is_none();
-    if !eligible {
+    if !passes_empty(&STATIC[..2], host, &res.need, fleet.provisioning_max) {
         return 0;
     }
     let at_shadow = back_now.plus(&freed.get(host_idx).copied().flatten().unwrap_or_default());

@@ -53,3 +53,23 @@ pub(crate) const KNOWN_UNPROBED: [Filter; 3] = [driver::FILTER, labels::FILTER, 
 pub(crate) fn first_failure(filters: &[Filter], probe: &Probe<'_>) -> Option<Reason> {
     filters.iter().find_map(|f| (f.check)(probe))
 }
+
+/// Whether `host`, empty, passes `filters` for a VM of `need` (with `STATIC`: could it ever
+/// take one).
+pub(crate) fn passes_empty(
+    filters: &[Filter],
+    host: &Host,
+    need: &Need,
+    provisioning_max: u32,
+) -> bool {
+    first_failure(
+        filters,
+        &Probe {
+            host,
+            avail: host.capacity,
+            need,
+            provisioning_max,
+        },
+    )
+    .is_none()
+}
