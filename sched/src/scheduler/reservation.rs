@@ -50,7 +50,7 @@ impl Scheduler {
             }
             let before = freed[idx].get_or_insert_with(|| {
                 touched.push(idx);
-                walked[idx] = (back_now(&self.fleet, &self.releasing, idx), base.fits[idx]);
+                walked[idx] = (self.back_now(idx), base.fits[idx]);
                 Amount::default()
             });
             entry.add_to(before);
@@ -86,7 +86,11 @@ impl Scheduler {
 
     /// What host `idx` has free once the VMs being destroyed on it are gone.
     pub(super) fn back_now(&self, idx: usize) -> Amount {
-        back_now(&self.fleet, &self.releasing, idx)
+        let free = self.fleet.hosts[idx].free();
+        match self.releasing.get(idx) {
+            Some(back) => free.plus(back),
+            None => free,
+        }
     }
 
     /// Brings `head_room` up to date for `need`: recounted over every host when the need, the
@@ -144,14 +148,6 @@ impl Scheduler {
             return HeadRoom::UNABLE;
         }
         self.back_now(idx).fit_count(need)
-    }
-}
-
-fn back_now(fleet: &Fleet, releasing: &[Amount], idx: usize) -> Amount {
-    let free = fleet.hosts[idx].free();
-    match releasing.get(idx) {
-        Some(back) => free.plus(back),
-        None => free,
     }
 }
 
