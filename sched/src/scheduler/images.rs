@@ -463,9 +463,14 @@ impl Scheduler {
                 let host = &fleet.hosts[i];
                 host.takes_new_vms() && passes_empty(&STATIC, host, &need, fleet.provisioning_max)
             };
+            // Once the hosts seen holding the image have room for the demand, the scan stops:
+            // nothing would be pulled.
             let mut room: i64 = 0;
             let mut lacking = Vec::new();
             for i in 0..fleet.hosts.len() {
+                if room >= count as i64 {
+                    break;
+                }
                 if !runs_it(i) {
                     continue;
                 }
