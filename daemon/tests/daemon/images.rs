@@ -6,7 +6,7 @@ use std::path::Path;
 use berth_drivers::images::{DIGEST_SUFFIX, Sha256Digest};
 use serde_json::{Value, json};
 
-use crate::{TestDaemon, call};
+use crate::{CONFIG, TestDaemon, call};
 
 fn config(store: &Path) -> String {
     format!(
@@ -271,14 +271,7 @@ fn images_are_listed_pushed_and_evicted_and_refusals_name_what_refuses() {
 fn the_scheduler_evicts_past_a_class_budget_and_pulls_when_images_are_configured() {
     let fleet = |images: &str| {
         format!(
-            r#"
-[sim]
-latency_scale = 0.001
-
-[probe]
-interval_ms = 100
-timeout_ms = 1000
-startup_grace_ms = 0
+            r#"{CONFIG}
 {images}
 [drivers]
 image_store = "STORE"
