@@ -144,6 +144,9 @@ impl SchedSection {
             // The daemon's config does not describe image sizes and bandwidths yet: the
             // scheduler does not model pulls here, and drivers pull on create as they need.
             images: None,
+            // No warm pools in the daemon yet: its drivers cannot hand a VM over (rename it
+            // and give its guest the job), so only the simulator runs pools.
+            warm: Vec::new(),
             templates: Vec::new(),
         })
     }
