@@ -169,6 +169,23 @@ fn a_request_waits_for_a_warm_vm_that_boots_and_takes_it_then() {
 }
 
 #[test]
+fn a_handover_passes_a_blocked_head_even_under_fcfs() {
+    let mut w = World::new(warm_config(1).tap(|c| c.policy = berth_sched::Policy::Fcfs));
+    // h1 (class kvm, 2 vCPUs) holds the warm VM; h2 (4 vCPUs) runs a big job.
+    let warm = warm_provisions(&w.ready_host(kvm(1, 2)));
+    w.bring_up(warm[0]);
+    w.ready_host(host(2, 4, 64));
+    let (job, _) = w.submit(RequestSpec::new(1, "big", 1)).provisions()[0];
+    w.bring_up(job);
+    // The head waits for h2; the warm VM cannot make room for it (h1 is too small).
+    let out = w.at(10).submit(RequestSpec::new(2, "big", 1));
+    assert!(out.provisions().is_empty() && out.destroys().is_empty());
+    // Strict FCFS starts nothing behind the head, but a handover takes no capacity from it.
+    let out = w.at(20).submit(RequestSpec::new(3, "linux", 1));
+    assert_eq!(handovers(&out).len(), 1, "{:?}", out.actions);
+}
+
+#[test]
 fn warm_vms_make_room_for_a_waiting_request_that_nothing_else_fits() {
     // Four warm VMs of 2 vCPUs fill the 8-vCPU host.
     let (mut w, warm) = warm_world(8, 4);
