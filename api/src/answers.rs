@@ -143,6 +143,11 @@ pub enum Blocker {
     /// Hosts had room, but its account's quota on their class lets it have none of it: the
     /// quota's reasons (one per class) say which and how far.
     Quota { account: String },
+    /// Hosts had room, but not its base image, and no pull of it was started there: `reason`
+    /// is `store_busy` (the image store serves all the pulls it may at once), `holder_sooner`
+    /// (a host holding it should have room before a pull is done) or `no_disk` (hosts with
+    /// room have no image disk left for it).
+    Image { image: String, reason: String },
 }
 
 /// How many hosts turned a request down for one reason.

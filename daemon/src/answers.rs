@@ -152,6 +152,10 @@ pub(crate) fn why(s: &Scheduler, id: berth_sched::RequestId) -> Option<api::Why>
                 .map(|r| r.spec.account_name().to_owned())
                 .unwrap_or_default(),
         },
+        Blocker::Image(hold) => api::Blocker::Image {
+            image: w.image.clone().unwrap_or_default(),
+            reason: hold.name().to_owned(),
+        },
     };
     Some(api::Why {
         summary: w.to_string(),

@@ -6,7 +6,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use berth_sched::{
-    Account, Config as SchedulerConfig, FairShare, Policy, Quota, QuotaAmounts, ScanOrder, Weights,
+    Account, Config as SchedulerConfig, FairShare, ImageClass, ImageMode, Images, Policy, Quota,
+    QuotaAmounts, ScanOrder, Weights,
 };
 use serde::{Deserialize, Serialize};
 
@@ -41,6 +42,9 @@ pub struct FileConfig {
     /// Quotas per account and host class (`[[quotas]]`); none when left out.
     #[serde(default)]
     pub quotas: Vec<QuotaConfig>,
+    /// Base images in the scheduler (sizes, bandwidths, budgets); left out, placement does not
+    /// price pulls and drivers pull on create as they need.
+    pub images: Option<ImagesSection>,
     #[serde(default)]
     pub probe: ProbeSection,
     #[serde(default)]
@@ -141,8 +145,7 @@ impl SchedSection {
             aging_step_ms: self.aging_step_ms,
             fair_share: None,
             quotas: Vec::new(),
-            // The daemon's config does not describe image sizes and bandwidths yet: the
-            // scheduler does not model pulls here, and drivers pull on create as they need.
+            // `[images]`, when given, comes in `pinned_scheduler_config`.
             images: None,
             // No warm pools in the daemon yet: its drivers cannot hand a VM over (rename it
             // and give its guest the job), so only the simulator runs pools.
@@ -371,6 +374,123 @@ pub fn scheduler_config(
     c.fair_share = fair_share
         .map(FairShareSection::to_fair_share)
         .transpose()?;
+    Ok(c)
+}
+
+/// The name the scheduler books pulls from the image store under (there is one store).
+pub const IMAGE_STORE_NAME: &str = "store";
+
+/// The most base images `[images] sizes_mib` may name, and classes `[[images.classes]]` list.
+pub const IMAGES_MAX: usize = 10_000;
+
+/// `[images]`: base images as the scheduler sees them (docs/scheduling.md, "Images"). Placement
+/// prefers hosts that hold a VM's image, prices a pull against waiting for such a host, keeps
+/// to the store's limit on concurrent pulls, evicts least recently used images past a class's
+/// budget and pulls ahead of queued demand. Fixed when the database is created, like
+/// `[fair_share]`: replay must decide as the live run did.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ImagesSection {
+    /// `aware` (the above) or `ignore` (VMs go where the scorers put them and wait there for
+    /// the pulls they cause; no pulls ahead).
+    #[serde(default = "aware")]
+    pub mode: String,
+    /// Pulls the image store (`[drivers] image_store`) serves at once; further pulls wait for
+    /// a turn (0: no limit).
+    #[serde(default)]
+    pub store_pulls_max: u32,
+    /// Base image name (as templates name it) and its size in MiB. An image left out costs
+    /// nothing to pull and nothing against a budget.
+    #[serde(default)]
+    pub sizes_mib: BTreeMap<String, u64>,
+    /// Per host class; hosts of a class left out pull in no time, unbounded.
+    #[serde(default)]
+    pub classes: Vec<ImageClassConfig>,
+}
+
+/// One `[[images.classes]]`: what the hosts of a class have for images.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ImageClassConfig {
+    /// The host class: a host's `class` label, else its `pool` label, else its name without a
+    /// trailing `-N` (as for `[[quotas]]`).
+    pub class: String,
+    /// The bandwidth of one host's pull from the store, in Mbit/s.
+    pub pull_mbit_s: u64,
+    /// Disk for base images on each host, in MiB; left out: not bounded.
+    #[serde(default)]
+    pub budget_mib: Option<u64>,
+}
+
+fn aware() -> String {
+    ImageMode::Aware.name().to_owned()
+}
+
+impl ImagesSection {
+    /// The scheduler's image settings, every class pulling from `store` (a name for the
+    /// store's turns); errors name the key.
+    pub fn to_images(&self, store: &str) -> Result<Images, DaemonError> {
+        let bad = |key: String, message: String| DaemonError::Config { key, message };
+        let mode = ImageMode::parse(&self.mode).ok_or_else(|| {
+            bad(
+                "images.mode".into(),
+                format!("expected aware or ignore, got `{}`", self.mode),
+            )
+        })?;
+        if self.sizes_mib.len() > IMAGES_MAX || self.classes.len() > IMAGES_MAX {
+            return Err(bad(
+                "images".into(),
+                format!("at most {IMAGES_MAX} sizes and {IMAGES_MAX} classes"),
+            ));
+        }
+        let mut images = Images::new(mode);
+        images.store_pulls_max = self.store_pulls_max;
+        for (name, &mib) in &self.sizes_mib {
+            let key = format!("images.sizes_mib.{name}");
+            crate::wire::check_text("image", name).map_err(|e| bad(key.clone(), e.message))?;
+            if mib == 0 {
+                return Err(bad(key, "must be at least 1 MiB".into()));
+            }
+            images.sizes.push((name.clone(), mib));
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for (i, c) in self.classes.iter().enumerate() {
+            let key = |field: &str| format!("images.classes[{i}].{field}");
+            crate::wire::check_text("class", &c.class).map_err(|e| bad(key("class"), e.message))?;
+            if !seen.insert(c.class.as_str()) {
+                return Err(bad(
+                    key("class"),
+                    format!("class `{}` is listed twice", c.class),
+                ));
+            }
+            if c.pull_mbit_s == 0 {
+                return Err(bad(key("pull_mbit_s"), "must be at least 1".into()));
+            }
+            if c.budget_mib == Some(0) {
+                return Err(bad(key("budget_mib"), "must be at least 1 MiB".into()));
+            }
+            images.classes.push(ImageClass {
+                class: c.class.clone(),
+                pull_mbit_s: c.pull_mbit_s,
+                budget_mib: c.budget_mib,
+                store: store.to_owned(),
+            });
+        }
+        Ok(images)
+    }
+}
+
+/// The scheduler's whole configuration from the sections a database pins (templates aside:
+/// those are journaled inputs).
+pub fn pinned_scheduler_config(
+    scheduler: &SchedSection,
+    fair_share: Option<&FairShareSection>,
+    quotas: &[QuotaConfig],
+    images: Option<&ImagesSection>,
+) -> Result<SchedulerConfig, DaemonError> {
+    let mut c = scheduler_config(scheduler, fair_share)?;
+    c.quotas = quotas_config(quotas)?;
+    c.images = images.map(|i| i.to_images(IMAGE_STORE_NAME)).transpose()?;
     Ok(c)
 }
 
@@ -623,6 +743,9 @@ pub fn parse(text: &str) -> Result<FileConfig, DaemonError> {
         })?;
     scheduler_config(&config.scheduler, config.fair_share.as_ref())?;
     quotas_config(&config.quotas)?;
+    if let Some(images) = &config.images {
+        images.to_images(IMAGE_STORE_NAME)?;
+    }
     if let Some(listen) = &config.listen {
         listen
             .parse::<SocketAddr>()
@@ -1009,6 +1132,77 @@ mod tests {
                 "[[fair_share.accounts]]\nname = \"a\"\n".to_owned(),
                 "fair_share.accounts[0]",
             ),
+        ] {
+            let err = parse(&text).unwrap_err().to_string();
+            assert!(err.contains(key), "{text}: {err}");
+        }
+    }
+
+    #[test]
+    fn images_map_to_the_scheduler_and_bad_entries_are_named() {
+        let c = parse(
+            "[images]\nstore_pulls_max = 4\nsizes_mib = { linux = 8192, macos = 61440 }\n\
+             [[images.classes]]\nclass = \"kvm-x86\"\npull_mbit_s = 10000\nbudget_mib = 204800\n\
+             [[images.classes]]\nclass = \"mac-arm\"\npull_mbit_s = 1000\n",
+        )
+        .unwrap();
+        let s = pinned_scheduler_config(&c.scheduler, None, &[], c.images.as_ref()).unwrap();
+        let images = s.images.unwrap();
+        assert_eq!(images.mode, ImageMode::Aware, "aware unless told");
+        assert_eq!(images.store_pulls_max, 4);
+        assert_eq!(
+            images.sizes,
+            [("linux".to_owned(), 8192), ("macos".to_owned(), 61440)]
+        );
+        assert_eq!(
+            images.classes,
+            [
+                ImageClass {
+                    class: "kvm-x86".into(),
+                    pull_mbit_s: 10000,
+                    budget_mib: Some(204800),
+                    store: IMAGE_STORE_NAME.into(),
+                },
+                ImageClass {
+                    class: "mac-arm".into(),
+                    pull_mbit_s: 1000,
+                    budget_mib: None,
+                    store: IMAGE_STORE_NAME.into(),
+                },
+            ]
+        );
+        // Left out, the scheduler does not model images.
+        let off = parse("").unwrap();
+        let s = pinned_scheduler_config(&off.scheduler, None, &[], off.images.as_ref()).unwrap();
+        assert!(s.images.is_none());
+        let ignore = parse("[images]\nmode = \"ignore\"\n").unwrap();
+        let s = pinned_scheduler_config(&ignore.scheduler, None, &[], ignore.images.as_ref());
+        assert_eq!(s.unwrap().images.unwrap().mode, ImageMode::Ignore);
+
+        let class = |name: &str, rest: &str| {
+            format!("[[images.classes]]\nclass = \"{name}\"\npull_mbit_s = 1000\n{rest}")
+        };
+        for (text, key) in [
+            ("[images]\nmode = \"eager\"\n".to_owned(), "images.mode"),
+            (
+                "[images]\nsizes_mib = { linux = 0 }\n".to_owned(),
+                "images.sizes_mib.linux",
+            ),
+            (class("a", "") + &class("a", ""), "images.classes[1].class"),
+            (class("", ""), "images.classes[0].class"),
+            (
+                class("a", "budget_mib = 0\n"),
+                "images.classes[0].budget_mib",
+            ),
+            (
+                "[[images.classes]]\nclass = \"a\"\npull_mbit_s = 0\n".to_owned(),
+                "images.classes[0].pull_mbit_s",
+            ),
+            (
+                "[[images.classes]]\nclass = \"a\"\n".to_owned(),
+                "images.classes[0]",
+            ),
+            ("[images]\nbandwidth = 3\n".to_owned(), "bandwidth"),
         ] {
             let err = parse(&text).unwrap_err().to_string();
             assert!(err.contains(key), "{text}: {err}");

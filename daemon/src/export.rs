@@ -150,16 +150,25 @@ pub fn export(db: &Path, since_ms: Option<u64>) -> Result<Export, DaemonError> {
         })?,
         None => SchedSection::default(),
     };
-    let fair_share = match store.meta(crate::META_FAIR_SHARE)? {
-        Some(text) => crate::stored_fair_share(&text)?,
-        None => None,
-    };
-    let quotas = match store.meta(crate::META_QUOTAS)? {
-        Some(text) => crate::stored_quotas(&text)?,
+    let fair_share: Option<crate::config::FairShareSection> =
+        match store.meta(crate::META_FAIR_SHARE)? {
+            Some(text) => crate::stored_section(crate::META_FAIR_SHARE, &text)?,
+            None => None,
+        };
+    let quotas: Vec<crate::config::QuotaConfig> = match store.meta(crate::META_QUOTAS)? {
+        Some(text) => crate::stored_section(crate::META_QUOTAS, &text)?,
         None => Vec::new(),
     };
-    let mut config = crate::config::scheduler_config(&section, fair_share.as_ref())?;
-    config.quotas = crate::config::quotas_config(&quotas)?;
+    let images: Option<crate::config::ImagesSection> = match store.meta(crate::META_IMAGES)? {
+        Some(text) => crate::stored_section(crate::META_IMAGES, &text)?,
+        None => None,
+    };
+    let config = crate::config::pinned_scheduler_config(
+        &section,
+        fair_share.as_ref(),
+        &quotas,
+        images.as_ref(),
+    )?;
     let mut s = Scheduler::new(config);
     let mut templates_sched = BTreeMap::new();
     let mut hosts_by_id: BTreeMap<u64, WireHost> = BTreeMap::new();

@@ -272,77 +272,52 @@ pub(crate) fn random_token() -> std::io::Result<String> {
 /// when fair share is off).
 pub const META_FAIR_SHARE: &str = "fair_share";
 
-/// The fair-share settings replay must use: the ones stored with the database, as for
-/// `[scheduler]` (other settings would make other decisions than the ones the journal's
-/// results answer). A database without them predates fair share, and its journal was made
-/// without it; a new one stores `wanted`.
-fn pinned_fair_share(
-    store: &store::Store,
-    wanted: Option<&config::FairShareSection>,
-) -> Result<Option<config::FairShareSection>, DaemonError> {
-    let wanted_text = serde_json::to_string(&wanted).unwrap_or_default();
-    let stored = match store.meta(META_FAIR_SHARE)? {
-        Some(text) => text,
-        None => {
-            let text = if store.has_journal()? {
-                "null".to_owned()
-            } else {
-                wanted_text.clone()
-            };
-            store.set_meta(META_FAIR_SHARE, &text)?;
-            text
-        }
-    };
-    if stored != wanted_text {
-        tracing::warn!(
-            "the [fair_share] settings differ from the ones this database was created with; using the database's"
-        );
-    }
-    stored_fair_share(&stored)
-}
-
 /// The `meta` key holding the `[[quotas]]` the database was made with (JSON; `[]` for none).
 pub const META_QUOTAS: &str = "quotas";
 
-/// The quotas replay must use: the ones stored with the database, as for `[fair_share]`. A
-/// database without them predates quotas, and its journal was made without any.
-fn pinned_quotas(
+/// The `meta` key holding the `[images]` settings the database was made with (JSON; `null`
+/// when the scheduler does not model images).
+pub const META_IMAGES: &str = "images";
+
+/// A section of settings replay must use: the one stored with the database under `key`, as for
+/// `[scheduler]` (other settings would make other decisions than the ones the journal's results
+/// answer). A database without it predates the section, and its journal was made without it
+/// (`absent`); a new one stores `wanted`.
+fn pinned<T: serde::Serialize + serde::de::DeserializeOwned>(
     store: &store::Store,
-    wanted: &[config::QuotaConfig],
-) -> Result<Vec<config::QuotaConfig>, DaemonError> {
+    key: &str,
+    section: &str,
+    wanted: &T,
+    absent: &T,
+) -> Result<T, DaemonError> {
     let wanted_text = serde_json::to_string(wanted).unwrap_or_default();
-    let stored = match store.meta(META_QUOTAS)? {
+    let stored = match store.meta(key)? {
         Some(text) => text,
         None => {
             let text = if store.has_journal()? {
-                "[]".to_owned()
+                serde_json::to_string(absent).unwrap_or_default()
             } else {
                 wanted_text.clone()
             };
-            store.set_meta(META_QUOTAS, &text)?;
+            store.set_meta(key, &text)?;
             text
         }
     };
     if stored != wanted_text {
         tracing::warn!(
-            "the [[quotas]] differ from the ones this database was created with; using the database's"
+            "the {section} settings differ from the ones this database was created with; using the database's"
         );
     }
-    stored_quotas(&stored)
+    stored_section(key, &stored)
 }
 
-/// The `[[quotas]]` as `meta` stores them.
-pub fn stored_quotas(text: &str) -> Result<Vec<config::QuotaConfig>, DaemonError> {
+/// A section of settings as `meta` stores it under `key`.
+pub fn stored_section<T: serde::de::DeserializeOwned>(
+    key: &str,
+    text: &str,
+) -> Result<T, DaemonError> {
     serde_json::from_str(text).map_err(|e| DaemonError::Config {
-        key: "quotas".into(),
-        message: format!("stored settings unreadable: {e}"),
-    })
-}
-
-/// The `[fair_share]` settings as `meta` stores them.
-pub fn stored_fair_share(text: &str) -> Result<Option<config::FairShareSection>, DaemonError> {
-    serde_json::from_str(text).map_err(|e| DaemonError::Config {
-        key: "fair_share".into(),
+        key: key.into(),
         message: format!("stored settings unreadable: {e}"),
     })
 }
@@ -387,9 +362,28 @@ pub async fn start(opts: Options) -> Result<Daemon, DaemonError> {
             })?
         }
     };
-    let fair_share = pinned_fair_share(&store, opts.config.fair_share.as_ref())?;
-    let mut sched_config = config::scheduler_config(&sched_section, fair_share.as_ref())?;
-    sched_config.quotas = config::quotas_config(&pinned_quotas(&store, &opts.config.quotas)?)?;
+    let fair_share: Option<config::FairShareSection> = pinned(
+        &store,
+        META_FAIR_SHARE,
+        "[fair_share]",
+        &opts.config.fair_share,
+        &None,
+    )?;
+    let quotas: Vec<config::QuotaConfig> = pinned(
+        &store,
+        META_QUOTAS,
+        "[[quotas]]",
+        &opts.config.quotas,
+        &Vec::new(),
+    )?;
+    let images: Option<config::ImagesSection> =
+        pinned(&store, META_IMAGES, "[images]", &opts.config.images, &None)?;
+    let sched_config = config::pinned_scheduler_config(
+        &sched_section,
+        fair_share.as_ref(),
+        &quotas,
+        images.as_ref(),
+    )?;
 
     let sim = SimWorld::open(
         &data_dir.join(SIM_INVENTORY_FILE),

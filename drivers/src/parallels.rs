@@ -64,6 +64,12 @@ const PNG_SIGNATURE: &[u8] = b"\x89PNG\r\n\x1a\n";
 /// How often `boot` looks at the VM's state.
 const BOOT_POLL_INTERVAL_MS: u64 = 500;
 
+/// How long a probe keeps showing the last count of the pulled templates' bytes, last uses and
+/// users before counting again (three more commands on the Mac, and a `du` of every bundle).
+/// A pull or an eviction by this driver makes the next probe count at once; the decisions
+/// (making room for a pull, refusing an eviction) always count afresh.
+const CENSUS_REFRESH: Duration = Duration::from_secs(60);
+
 /// The options a `[[hosts]]` entry (or `berth host add --option key=value`) may give a
 /// Parallels host, with what each means. `ssh` is required.
 pub const OPTIONS: &[(&str, &str)] = &[
@@ -463,6 +469,8 @@ pub struct ParallelsHost {
     /// Held by a pull from counting the templates under `image_budget_mib` until its own is
     /// on the pulls board at full size, so that two pulls never both count on the same room.
     room: Mutex<()>,
+    /// When a probe counts the templates for the board next (`None`: at the next probe).
+    census_due: StdMutex<Option<Instant>>,
 }
 
 impl fmt::Debug for ParallelsHost {
@@ -550,6 +558,7 @@ impl ParallelsHost {
             pulls,
             template_uses: StdMutex::new(evict::TemplateUses::default()),
             room: Mutex::new(()),
+            census_due: StdMutex::new(None),
         }
     }
 
@@ -1200,9 +1209,12 @@ impl Driver for ParallelsHost {
         let images = self.list_templates().await?;
         // What the pulled templates weigh and what uses them is for operators to see; a failure
         // to tell leaves the last count shown rather than failing the probe.
-        if self.config.image_store.is_some() {
+        if self.config.image_store.is_some() && self.census_is_due() {
             match self.holdings().await {
-                Ok(holdings) => self.pulls.record_held(&self.name, holdings),
+                Ok(holdings) => {
+                    self.pulls.record_held(&self.name, holdings);
+                    self.set_census_due(Some(Instant::now() + CENSUS_REFRESH));
+                }
                 Err(error) => {
                     tracing::debug!(host = %self.name, %error, "counting the host's templates failed")
                 }

@@ -866,6 +866,11 @@ async fn a_pull_evicts_unused_templates_least_recently_used_first_within_the_bud
         ]
     );
     assert!(held.images.iter().all(|h| h.bytes >= 6 << 20), "{held:?}");
+    // A probe soon after shows the same count, though the Mac's files changed meanwhile:
+    // counting again waits for its refresh, or for a pull or an eviction.
+    age(&fx, "tpl-b.pvm", 1_760_000_000);
+    host.probe().await.unwrap();
+    assert_eq!(pulls.held(HOST).unwrap(), held);
 
     // tpl-d needs one to go: tpl-c, the least recently used of those nothing uses.
     host.pull_image("tpl-d").await.unwrap();
@@ -879,6 +884,19 @@ async fn a_pull_evicts_unused_templates_least_recently_used_first_within_the_bud
         vec!["tpl-a.pvm", "tpl-a.pvm.used", "tpl-b.pvm", "tpl-d.pvm"]
     );
     assert_eq!(fx.state()["vms"]["berth-vm1"]["status"], "running");
+    host.probe().await.unwrap();
+    let counted: Vec<String> = pulls
+        .held(HOST)
+        .unwrap()
+        .images
+        .into_iter()
+        .map(|h| h.name)
+        .collect();
+    assert_eq!(
+        counted,
+        ["tpl-a", "tpl-b", "tpl-d"],
+        "the pull made the probe count again"
+    );
 
     // In 10 MiB, tpl-c does not fit beside tpl-a, which its clone keeps: refused, with the
     // words libvirt's budget uses, and nothing is evicted.

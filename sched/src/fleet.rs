@@ -331,10 +331,68 @@ impl CapacityIndex {
     }
 
     /// Up to `want` host indices in `[from, to)`, in order, whose summaries may fit and for
-    /// which `exact` holds, appended to `out`. One traversal finds them all: O(want + log n)
-    /// when the summaries prune well, not `want` descents from the root.
+    /// which `exact` holds, appended to `out`. A leaf that may fit has ancestors that may fit
+    /// too (a summary bounds its subtree), so this is every such leaf in order: one walk to
+    /// the right along the tree finds them, O(log n) per host found when the summaries prune
+    /// well, without visiting the subtrees left of `from`.
     #[allow(clippy::too_many_arguments)]
     pub fn collect(
+        &self,
+        from: usize,
+        to: usize,
+        need: &Need,
+        image_bloom: u64,
+        want: usize,
+        exact: &mut dyn FnMut(usize) -> bool,
+        out: &mut Vec<usize>,
+    ) {
+        let stop = out.len() + want;
+        let to = to.min(self.size);
+        let mut pos = from;
+        while out.len() < stop && pos < to {
+            let Some(leaf) = self.next_may_fit(pos, need, image_bloom) else {
+                return;
+            };
+            if leaf >= to {
+                return;
+            }
+            if exact(leaf) {
+                out.push(leaf);
+            }
+            pos = leaf + 1;
+        }
+    }
+
+    /// The first host at or after `pos` whose leaf may fit: from `pos`'s leaf, step to the
+    /// next subtree to the right until one may fit, then go down to its leftmost leaf that
+    /// may fit (when neither child of a node does, step right from there).
+    fn next_may_fit(&self, pos: usize, need: &Need, image_bloom: u64) -> Option<usize> {
+        let mut i = self.size + pos;
+        loop {
+            if self.nodes[i].may_fit(need, image_bloom) {
+                if i >= self.size {
+                    return Some(i - self.size);
+                }
+                i *= 2;
+                continue;
+            }
+            // Climb while `i` is a right child; its parent's right sibling comes next. The
+            // root (1) is a right child of nothing: past it, no host is left.
+            while i & 1 == 1 {
+                i >>= 1;
+            }
+            if i == 0 {
+                return None;
+            }
+            i += 1;
+        }
+    }
+
+    /// The first search's shape, kept as the reference `collect` is checked against: a
+    /// recursive descent that prunes subtrees out of range or whose summary cannot fit.
+    #[cfg(test)]
+    #[allow(clippy::too_many_arguments)]
+    fn collect_reference(
         &self,
         from: usize,
         to: usize,
@@ -357,6 +415,7 @@ impl CapacityIndex {
         self.descend(1, 0, self.size, &mut walk);
     }
 
+    #[cfg(test)]
     fn descend(&self, node: usize, lo: usize, hi: usize, walk: &mut Walk<'_, '_>) {
         if walk.out.len() >= walk.stop
             || hi <= walk.from
@@ -377,7 +436,8 @@ impl CapacityIndex {
     }
 }
 
-/// The state of one `collect` traversal.
+/// The state of one reference traversal.
+#[cfg(test)]
 struct Walk<'a, 'e> {
     from: usize,
     to: usize,
@@ -654,5 +714,50 @@ mod tests {
         let mut all = Vec::new();
         index.collect(0, 5, &n, 0, 3, &mut |_| true, &mut all);
         assert_eq!(all, vec![1, 3, 4], "h2 has one vcpu free, the need is two");
+    }
+
+    proptest::proptest! {
+        /// The walk to the right finds what the recursive descent finds, in the same order,
+        /// for any fleet, range, need, count and exact check.
+        #[test]
+        fn collect_finds_what_the_reference_descent_finds(
+            free in proptest::collection::vec((0i64..5, 0i64..3, proptest::bool::ANY), 1..70),
+            from in 0usize..80,
+            len in 0usize..80,
+            cpu in 1i64..4,
+            want in 1usize..10,
+            reject in 0usize..7,
+        ) {
+            let mut labels = Interner::default();
+            let mut images = Interner::default();
+            let mut slots = Interner::default();
+            let hosts: Vec<Host> = free
+                .iter()
+                .enumerate()
+                .map(|(i, &(cpus, mem, ready))| {
+                    let mut h = new_host(
+                        HostSpec::new(i as u64, &format!("h{i}"), DriverKind::Sim, 4, 2),
+                        &mut labels,
+                        &mut images,
+                        &mut slots,
+                    );
+                    h.state = if ready { HostState::Ready } else { HostState::Draining };
+                    h.used.cpu_milli = (4 - cpus) * 1000;
+                    h.used.memory_mib = 2 - mem;
+                    h
+                })
+                .collect();
+            let mut index = CapacityIndex::new();
+            index.rebuild(&hosts, 4);
+            let mut n = need(cpu);
+            n.memory_mib = 1;
+            let to = from + len;
+            // Every `reject`-th host fails the exact check (0: none does).
+            let mut fast = vec![99];
+            index.collect(from, to, &n, 0, want, &mut |i| reject == 0 || i % reject != 0, &mut fast);
+            let mut slow = vec![99];
+            index.collect_reference(from, to, &n, 0, want, &mut |i| reject == 0 || i % reject != 0, &mut slow);
+            proptest::prop_assert_eq!(fast, slow);
+        }
     }
 }

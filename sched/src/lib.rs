@@ -47,6 +47,7 @@ pub use model::{
 };
 pub use output::{Action, Cause, Event, VmSpec};
 pub use placement::Reason;
+pub use queue::ImageHold;
 pub use scheduler::{
     AccountView, HostImagesView, PullView, QuotaResourceView, QuotaView, REQUEST_VMS_MAX,
     Scheduler, WarmPoolView, host_class,

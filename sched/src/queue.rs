@@ -75,6 +75,23 @@ pub(crate) enum Wait {
     },
     /// Hosts had room, but its account's quota on their class let it have none.
     Quota,
+    /// Hosts had room, but not its base image (interned id), and a pull there was not started
+    /// for the reason given.
+    Image {
+        image: u32,
+        hold: ImageHold,
+    },
+}
+
+/// Why a VM waits for its base image rather than pulling it to a host with room.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ImageHold {
+    /// The image store serves as many pulls as it may at once.
+    StoreBusy,
+    /// A host holding the image is expected to have room before a pull would be done.
+    HolderSooner,
+    /// The hosts with room cannot fit it on their image disk beside the images in use.
+    NoDisk,
 }
 
 /// The waiting requests of one kind, by sequence number (arrival order).

@@ -12,7 +12,7 @@ use crate::model::{
 };
 use crate::placement::Reason;
 use crate::placement::filter::{PIPELINE, Probe, first_failure};
-use crate::queue::Wait;
+use crate::queue::{ImageHold, Wait};
 use crate::scheduler::{Scheduler, describe_need, policy};
 
 /// A host as operators see it. Capacities are after overcommit; vCPUs in thousandths.
@@ -82,6 +82,29 @@ pub enum Blocker {
     /// Hosts had room, but its account's quota on their class lets it have none of it (see
     /// `Why::quota`).
     Quota,
+    /// Hosts had room, but not its base image (`Why::image`), and no pull of it was started
+    /// there.
+    Image(ImageHold),
+}
+
+impl ImageHold {
+    /// Why no pull was started, in words.
+    pub fn describe(self) -> &'static str {
+        match self {
+            ImageHold::StoreBusy => "the image store serves all the pulls it may at once",
+            ImageHold::HolderSooner => "a host holding it should have room before a pull is done",
+            ImageHold::NoDisk => "hosts with room have no image disk left for it",
+        }
+    }
+
+    /// A short stable name for machines (the API).
+    pub fn name(self) -> &'static str {
+        match self {
+            ImageHold::StoreBusy => "store_busy",
+            ImageHold::HolderSooner => "holder_sooner",
+            ImageHold::NoDisk => "no_disk",
+        }
+    }
 }
 
 /// Hosts that could take one of a waiting request's VMs but for its account's quota on their
@@ -130,6 +153,8 @@ pub struct Why {
     /// Hosts with room that its account's quota keeps it from, per class (not counted in
     /// `reasons` nor `hosts_fit`).
     pub quota: Vec<QuotaWait>,
+    /// The base image it waits for, when that is the blocker (`Blocker::Image`).
+    pub image: Option<String>,
     /// Hosts that could take one of its VMs now.
     pub hosts_fit: u32,
     pub hosts_total: u32,
@@ -175,6 +200,12 @@ impl fmt::Display for Why {
             Blocker::GangShort { fit, need } => {
                 write!(f, "a gang of {need}: only {fit} fit at once")?
             }
+            Blocker::Image(hold) => write!(
+                f,
+                "waits for base image {}: {}",
+                self.image.as_deref().unwrap_or("?"),
+                hold.describe()
+            )?,
             Blocker::BehindHead(head) => write!(f, "behind {head} (strict fcfs)")?,
             // The reservation found no time at which ready hosts would have room.
             Blocker::Reserved { head, start_ms }
@@ -433,6 +464,11 @@ impl Scheduler {
             Wait::GangShort { fit, need } => Blocker::GangShort { fit, need },
             Wait::Reserved { head, start_ms } => Blocker::Reserved { head, start_ms },
             Wait::Quota => Blocker::Quota,
+            Wait::Image { hold, .. } => Blocker::Image(hold),
+        };
+        let image = match wait {
+            Wait::Image { image, .. } => Some(self.images.name(image).to_owned()),
+            _ => None,
         };
         Some(Why {
             request: id,
@@ -442,6 +478,7 @@ impl Scheduler {
             reasons,
             named,
             quota: quota.into_values().collect(),
+            image,
             hosts_fit,
             hosts_total,
             now_ms: self.now_ms,

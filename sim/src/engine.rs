@@ -1081,7 +1081,7 @@ impl Simulation {
                 );
                 let took = self.latency.sample(Op::Provision, driver, spec.guest_os);
                 // A VM placed for an image its host is still pulling starts when it is there.
-                let key = (host, spec.base_image.clone());
+                let key = (host, spec.base_image);
                 let ready_ms = match self.pulls.get(&key) {
                     Some(&ready) if ready > self.now_ms => ready,
                     Some(_) => {

@@ -112,6 +112,11 @@ impl Timeline {
             self.last_ms = at_ms;
             return;
         };
+        // Many changes come at one instant (a gang's VMs start together): no time passed since
+        // the last, so nothing accrues and no step closes.
+        if at_ms <= self.last_ms && at_ms < open + self.step_ms {
+            return;
+        }
         while at_ms >= open + self.step_ms {
             let end = open + self.step_ms;
             self.accrue(end);

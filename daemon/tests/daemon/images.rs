@@ -6,7 +6,7 @@ use std::path::Path;
 use berth_drivers::images::{DIGEST_SUFFIX, Sha256Digest};
 use serde_json::{Value, json};
 
-use crate::{TestDaemon, call};
+use crate::{CONFIG, TestDaemon, call};
 
 fn config(store: &Path) -> String {
     format!(
@@ -261,4 +261,72 @@ fn images_are_listed_pushed_and_evicted_and_refusals_name_what_refuses() {
         .collect();
     assert!(actions.contains(&"image_push"), "{actions:?}");
     assert!(actions.contains(&"image_evict"), "{actions:?}");
+}
+
+/// With `[images]`, the scheduler's own model acts on the live fleet: a VM whose image its
+/// host lacks makes the scheduler evict what the class's budget has no room beside it (unused,
+/// least recently used first) and pull it, through the host's driver; without the section,
+/// nothing is evicted or pulled ahead of the driver's own create.
+#[test]
+fn the_scheduler_evicts_past_a_class_budget_and_pulls_when_images_are_configured() {
+    let fleet = |images: &str| {
+        format!(
+            r#"{CONFIG}
+{images}
+[drivers]
+image_store = "STORE"
+
+[[templates]]
+name = "win"
+base_image = "win11"
+guest_os = "linux"
+vcpus = 1
+memory_mib = 1024
+
+[[hosts]]
+name = "sim-1"
+driver = "sim"
+vcpus = 4
+memory_mib = 16384
+images = ["linux"]
+"#
+        )
+    };
+    let images = "
+[images]
+sizes_mib = { linux = 1024, win11 = 1024 }
+
+[[images.classes]]
+class = \"sim\"
+pull_mbit_s = 1000
+budget_mib = 1024
+";
+    for (with_images, config) in [(true, fleet(images)), (false, fleet(""))] {
+        let dir = tempfile::tempdir().unwrap();
+        let store = tempfile::tempdir().unwrap();
+        stock(store.path(), "linux", b"linux image");
+        stock(store.path(), "win11", b"windows image");
+        let config = config.replace("STORE", &store.path().display().to_string());
+        let d = TestDaemon::start(dir.path(), &config);
+        let r = d.ok(
+            "POST",
+            "/v1/requests",
+            Some(json!({"template": "win", "count": 1})),
+        );
+        let id = r["id"].as_u64().unwrap();
+        d.wait_for("the job runs", |d| d.running_vms(id).len() == 1);
+        let holding = |image: &str| holders(&d.ok("GET", &format!("/v1/images/{image}"), None));
+        if with_images {
+            d.wait_for("win11 pulled to sim-1", |_| holding("win11") == ["sim-1"]);
+            d.wait_for("linux evicted for win11's room", |_| {
+                holding("linux").is_empty()
+            });
+        } else {
+            // The simulated driver creates without pulling; nothing asks for a pull or an
+            // eviction.
+            assert_eq!(holding("linux"), ["sim-1"], "no budget, nothing evicted");
+            assert!(holding("win11").is_empty());
+        }
+        d.stop();
+    }
 }

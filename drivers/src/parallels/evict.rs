@@ -20,6 +20,7 @@
 //! in use, evicting nothing.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::time::Instant;
 
 use super::pull::BUNDLE_EXT;
 use super::{ARCHIVE_EXT, PULLING_EXT, ParallelsHost, PrlInfo, is_plain_name, parse_info, quote};
@@ -85,6 +86,17 @@ impl Drop for Evicting<'_> {
 }
 
 impl ParallelsHost {
+    /// Whether a probe should count the templates for the board now (see `CENSUS_REFRESH`).
+    pub(super) fn census_is_due(&self) -> bool {
+        let due = *self.census_due.lock().unwrap_or_else(|e| e.into_inner());
+        due.is_none_or(|at| Instant::now() >= at)
+    }
+
+    /// When the next probe's count is due; `None`: at the next probe.
+    pub(super) fn set_census_due(&self, at: Option<Instant>) {
+        *self.census_due.lock().unwrap_or_else(|e| e.into_inner()) = at;
+    }
+
     fn template_uses(&self) -> std::sync::MutexGuard<'_, TemplateUses> {
         // Plain counts; those left by a panicking thread are still usable.
         self.template_uses.lock().unwrap_or_else(|e| e.into_inner())
@@ -175,7 +187,10 @@ impl ParallelsHost {
         self.run_host("sh", &["-c", ": > \"$1\"", "sh", &marker])
             .await?;
         self.run_host("prlctl", &["unregister", template]).await?;
-        self.remove_leftovers_or_fail(&dir, template).await?;
+        let removed = self.remove_leftovers_or_fail(&dir, template).await;
+        // Whatever was removed, the board counts it again at the next probe.
+        self.set_census_due(None);
+        removed?;
         tracing::info!(host = %self.name, template, "evicted a template");
         Ok(())
     }

@@ -101,6 +101,8 @@ impl ParallelsHost {
             seconds: started.elapsed().as_secs_f64(),
             error: pulled.as_ref().err().map(ToString::to_string),
         });
+        // What the template directory holds changed (or may have): count it at the next probe.
+        self.set_census_due(None);
         pulled
     }
 

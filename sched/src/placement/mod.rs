@@ -111,6 +111,8 @@ pub(crate) fn fits(fleet: &Fleet, host_idx: usize, need: &Need) -> bool {
 struct Stream {
     image_bloom: u64,
     hosts: Vec<(usize, u64)>,
+    /// Scratch for the hosts one `collect` finds, kept to spare an allocation per refill.
+    found: Vec<usize>,
     next: usize,
     wrapped: bool,
     done: bool,
@@ -121,6 +123,7 @@ impl Stream {
         Stream {
             image_bloom,
             hosts: Vec::new(),
+            found: Vec::new(),
             next: origin,
             wrapped: false,
             done: false,
@@ -130,7 +133,7 @@ impl Stream {
     fn fill(&mut self, fleet: &Fleet, need: &Need, search: &SearchParams<'_>, excluded: &[u64]) {
         let n = fleet.hosts.len();
         let image_bloom = self.image_bloom;
-        let mut found = Vec::new();
+        let mut found = std::mem::take(&mut self.found);
         while self.hosts.len() < search.k && !self.done {
             let to = if self.wrapped { search.origin } else { n };
             let mut exact = |i: usize| {
@@ -166,6 +169,7 @@ impl Stream {
                 }
             }
         }
+        self.found = found;
     }
 }
 
@@ -215,8 +219,15 @@ impl Search {
         };
         // Ties go to the host met first in scan order: the lowest index when scanning from the
         // lowest, the next one round the ring when rotating.
-        let n = fleet.hosts.len().max(1);
-        let scan_pos = |i: usize| (i + n - self.origin % n) % n;
+        // `origin` is below the fleet's size (or 0), and so is every candidate.
+        let (origin, n) = (self.origin, fleet.hosts.len());
+        let scan_pos = |i: usize| {
+            if i >= origin {
+                i - origin
+            } else {
+                i + n - origin
+            }
+        };
         let mut best: Option<(u64, usize, usize)> = None;
         for s in &mut self.streams {
             s.fill(fleet, need, &params, &self.excluded);

@@ -16,6 +16,7 @@ use crate::fleet::{Amount, Need, bloom_bit};
 use crate::images::{Held, StoreTurns, evictions, pull_ms};
 use crate::output::Action;
 use crate::placement::filter::{STATIC, passes_empty};
+use crate::queue::ImageHold;
 
 /// What one host has for images.
 #[derive(Clone, Debug, Default)]
@@ -75,7 +76,7 @@ pub(super) enum Verdict {
     /// The host cannot hold the image (its budget cannot make room): try another.
     Exclude,
     /// Cheaper to wait for a host holding the image, or the store has no free turn.
-    Wait,
+    Wait(ImageHold),
 }
 
 impl ImageBook {
@@ -311,7 +312,7 @@ impl Scheduler {
                 .filter(|&&p| book.hosts[p].store == Some(store))
                 .count();
             if book.stores[store].free_now(self.now_ms) <= taken {
-                return Verdict::Wait;
+                return Verdict::Wait(ImageHold::StoreBusy);
             }
         }
         let price_ms = pull_ms(book.size(image), hi.mbit_s);
@@ -319,7 +320,7 @@ impl Scheduler {
             return Verdict::Pull;
         }
         match self.expected_image_wait_ms(need) {
-            Some(wait_ms) if wait_ms <= price_ms => Verdict::Wait,
+            Some(wait_ms) if wait_ms <= price_ms => Verdict::Wait(ImageHold::HolderSooner),
             _ => Verdict::Pull,
         }
     }
@@ -462,9 +463,14 @@ impl Scheduler {
                 let host = &fleet.hosts[i];
                 host.takes_new_vms() && passes_empty(&STATIC, host, &need, fleet.provisioning_max)
             };
+            // Once the hosts seen holding the image have room for the demand, the scan stops:
+            // nothing would be pulled.
             let mut room: i64 = 0;
             let mut lacking = Vec::new();
             for i in 0..fleet.hosts.len() {
+                if room >= count as i64 {
+                    break;
+                }
                 if !runs_it(i) {
                     continue;
                 }

@@ -8,7 +8,7 @@ use crate::fleet::Need;
 use crate::model::{RequestId, VmState};
 use crate::output::{Action, Cause};
 use crate::placement::Search;
-use crate::queue::Wait;
+use crate::queue::{ImageHold, Wait};
 
 /// What one `place_request` did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -117,7 +117,7 @@ impl Scheduler {
         // With images: hosts this attempt starts a pull on, and hosts left out because their
         // budget cannot make room (bounded, so a search never walks a whole fleet that way).
         let mut pulls: Vec<usize> = Vec::new();
-        let mut refused_by_image = false;
+        let mut image_hold: Option<ImageHold> = None;
         let mut image_exclusions = 0;
         while chosen.len() < want {
             let Some(h) = search.best(&self.fleet, &need, &self.config) else {
@@ -131,8 +131,12 @@ impl Scheduler {
                     search.exclude(h);
                     continue;
                 }
-                Verdict::Exclude | Verdict::Wait => {
-                    refused_by_image = true;
+                Verdict::Exclude => {
+                    image_hold = Some(ImageHold::NoDisk);
+                    break;
+                }
+                Verdict::Wait(hold) => {
+                    image_hold = Some(hold);
                     break;
                 }
             }
@@ -183,7 +187,10 @@ impl Scheduler {
         let placed_all = chosen.len() == want;
         // A host passed over for its image budget had room: what failed is not a lack of room,
         // and a pull ending there (no change to capacity) may make the difference.
-        let refused_by_image = refused_by_image || image_exclusions > 0;
+        if image_exclusions > 0 && image_hold.is_none() {
+            image_hold = Some(ImageHold::NoDisk);
+        }
+        let refused_by_image = image_hold.is_some();
         if chosen.is_empty() && !refused_by_reservation && !refused_by_quota && !refused_by_image {
             self.note_no_room(&need);
         }
@@ -199,6 +206,14 @@ impl Scheduler {
                     Wait::Reserved { head, start_ms }
                 }
                 _ if refused_by_quota => Wait::Quota,
+                _ if chosen.is_empty()
+                    && let Some(hold) = image_hold =>
+                {
+                    Wait::Image {
+                        image: need.image,
+                        hold,
+                    }
+                }
                 _ if gang && !chosen.is_empty() => Wait::GangShort {
                     fit: chosen.len() as u32,
                     need: want as u32,

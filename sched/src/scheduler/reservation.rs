@@ -68,13 +68,24 @@ impl Scheduler {
         self.freed_touched = touched;
         self.walk_room = walked;
         let shadow_ms = shadow_ms.unwrap_or(u64::MAX);
-        self.set_wait(
-            head,
-            Wait::Reserved {
+        // A head that would start now but for its base image keeps saying so.
+        let held_for_image = shadow_ms <= self.now_ms
+            && self
+                .requests
+                .get(&head)
+                .and_then(|r| r.queue_key)
+                .is_some_and(|(level, seq)| {
+                    matches!(self.queue.wait(level, seq), Wait::Image { .. })
+                });
+        if !held_for_image {
+            self.set_wait(
                 head,
-                start_ms: shadow_ms,
-            },
-        );
+                Wait::Reserved {
+                    head,
+                    start_ms: shadow_ms,
+                },
+            );
+        }
         Some(Reservation {
             head,
             need,

@@ -4,7 +4,8 @@
 //! limits kept, the same decisions on replay).
 
 use berth_sched::{
-    Action, Config, ImageClass, ImageMode, Images, Input, RequestSpec, Shape, Template,
+    Action, Blocker, Config, ImageClass, ImageHold, ImageMode, Images, Input, RequestId,
+    RequestSpec, Shape, Template,
 };
 use proptest::prelude::*;
 
@@ -172,8 +173,21 @@ fn one_full_holder(mode: ImageMode, run_ms: u64) -> (World, Vec<Action>) {
 #[test]
 fn aware_placement_waits_for_a_host_with_the_image_when_that_is_sooner_than_a_pull() {
     // The running VM ends in about 5 s, the pull would take 8.6 s: wait.
-    let (_, actions) = one_full_holder(ImageMode::Aware, 5_000);
+    let (w, actions) = one_full_holder(ImageMode::Aware, 5_000);
     assert!(provisions(&actions).is_empty(), "{actions:?}");
+    // Why-waiting names the image and why no pull was started, not a lack of room.
+    let why = w.s.why(RequestId(2)).expect("it waits");
+    assert_eq!(
+        why.blocker,
+        Blocker::Image(ImageHold::HolderSooner),
+        "{why}"
+    );
+    assert_eq!(why.image.as_deref(), Some("a"));
+    assert!(
+        why.to_string()
+            .starts_with("waits for base image a: a host holding it should have room"),
+        "{why}"
+    );
     // Ignoring images, it goes to h2 and pulls.
     let (_, actions) = one_full_holder(ImageMode::Ignore, 5_000);
     assert_eq!(provisions(&actions), vec![2]);
@@ -186,6 +200,24 @@ fn aware_placement_pulls_when_waiting_would_take_longer() {
     let (_, actions) = one_full_holder(ImageMode::Aware, 3_600_000);
     assert_eq!(provisions(&actions), vec![2]);
     assert_eq!(pulls(&actions).len(), 1);
+}
+
+#[test]
+fn a_request_held_back_by_the_stores_limit_says_so() {
+    let mut w = World::new(config(ImageMode::Aware, 1, None, 3_600_000));
+    w.ready_host(spec(1, 1, &[]));
+    w.ready_host(spec(2, 1, &[]));
+    let out = w.submit(RequestSpec::new(1, "a", 1));
+    assert_eq!(provisions(&out.actions), vec![1]);
+    let out = w.submit(RequestSpec::new(2, "a", 1));
+    assert!(provisions(&out.actions).is_empty(), "{:?}", out.actions);
+    let why = w.s.why(RequestId(2)).expect("it waits");
+    assert_eq!(why.blocker, Blocker::Image(ImageHold::StoreBusy), "{why}");
+    assert!(
+        why.to_string()
+            .contains("the image store serves all the pulls"),
+        "{why}"
+    );
 }
 
 #[test]

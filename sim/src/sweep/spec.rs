@@ -943,6 +943,36 @@ mod tests {
     }
 
     #[test]
+    fn every_example_spec_parses() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+        let mut seen = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            if name.starts_with("sweep-") && name.ends_with(".toml") {
+                let spec = Spec::load(&path).unwrap_or_else(|e| panic!("{name}: {e}"));
+                assert!(!spec.runs().is_empty(), "{name}");
+                seen += 1;
+            }
+        }
+        assert!(
+            seen >= 7,
+            "only {seen} example specs found in {}",
+            dir.display()
+        );
+    }
+
+    #[test]
+    fn the_weighted_example_gives_the_integration_account_its_share() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/sweep-weighted.toml");
+        let spec = Spec::load(&path).unwrap();
+        assert_eq!(spec.runs().len(), 5 * 3);
+        let fair = spec.settings[1].config.sched.fair_share.as_ref().unwrap();
+        assert_eq!(fair.accounts.len(), 1);
+        assert_eq!(spec.settings[2].config.sched.quotas.len(), 8);
+    }
+
+    #[test]
     fn the_fair_share_example_spec_parses() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/sweep-fair.toml");
         let spec = Spec::load(&path).unwrap();
