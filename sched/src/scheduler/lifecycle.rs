@@ -98,10 +98,12 @@ impl Scheduler {
             "finish booting"
         };
         let host_idx = self.vm_in(vm, &[VmState::Booting], input)?;
-        let warm = self
-            .vms
-            .get(&vm)
-            .is_some_and(|v| v.request == RequestId::WARM_POOL);
+        // Without pools no VM is warm: no lookup for it.
+        let warm = self.warm.is_some()
+            && self
+                .vms
+                .get(&vm)
+                .is_some_and(|v| v.request == RequestId::WARM_POOL);
         if handover && warm {
             return Err(InputError::WrongState {
                 what: vm.to_string(),
