@@ -147,6 +147,9 @@ impl SchedSection {
             quotas: Vec::new(),
             // `[images]`, when given, comes in `pinned_scheduler_config`.
             images: None,
+            // No warm pools in the daemon yet: its drivers cannot hand a VM over (rename it
+            // and give its guest the job), so only the simulator runs pools.
+            warm: Vec::new(),
             templates: Vec::new(),
         })
     }

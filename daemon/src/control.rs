@@ -941,6 +941,11 @@ impl Control {
             Action::EvictImage { host, image, .. } => {
                 self.image_op(host, image, ImageOp::Evict);
             }
+            // Only a scheduler configured with warm pools hands VMs over, and the daemon's
+            // configuration has none yet: the simulator carries handovers out, drivers do not.
+            Action::Handover { vm, warm, .. } => {
+                tracing::error!(vm = %vm, warm = %warm, "handover asked of a daemon without warm pools");
+            }
         }
     }
 

@@ -43,11 +43,16 @@ pub enum Op {
     Provision,
     Boot,
     Destroy,
+    /// A warm VM handed over to a request: renamed (`virsh domrename`, `prlctl set --name`) and
+    /// its guest given the job over a connection it already holds. No clone, no boot.
+    Handover,
 }
 
 /// The median of each operation, in ms, under the default profile. These are modelling
 /// assumptions, not measurements: a qcow2 overlay or a Parallels linked clone is created in
-/// seconds; Linux guests boot in ~20 s, Windows ~60 s, macOS ~45 s.
+/// seconds; Linux guests boot in ~20 s, Windows ~60 s, macOS ~45 s. A handover is a rename
+/// and a message to a guest that is already up: about a second (two for Parallels, whose
+/// `prlctl` calls take about that long each), far below any boot.
 pub fn median_ms(op: Op, driver: DriverKind, os: GuestOs) -> u64 {
     match (op, driver, os) {
         (Op::Provision, DriverKind::Parallels, _) => 12_000,
@@ -58,6 +63,8 @@ pub fn median_ms(op: Op, driver: DriverKind, os: GuestOs) -> u64 {
         (Op::Boot, _, GuestOs::Macos) => 45_000,
         (Op::Destroy, DriverKind::Parallels, _) => 5_000,
         (Op::Destroy, _, _) => 2_000,
+        (Op::Handover, DriverKind::Parallels, _) => 2_000,
+        (Op::Handover, _, _) => 1_000,
     }
 }
 

@@ -151,7 +151,22 @@ pub struct Config {
     /// stores. `None`: images are where hosts say they are and cost nothing to bring (berth's
     /// behaviour before it modelled pulls).
     pub images: Option<Images>,
+    /// Warm pools: VMs booted ahead of demand per template and host class (see
+    /// `docs/scheduling.md`, "Warm pools"); empty: none, and nothing else changes.
+    pub warm: Vec<Warm>,
     pub templates: Vec<Template>,
+}
+
+/// A warm pool: keep `count` VMs of `template` (no request yet) booted and idle on hosts of
+/// `class` (see [`crate::host_class`]), for requests of that template and shape to take at once.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Warm {
+    pub template: String,
+    pub class: String,
+    pub count: u32,
+    /// The shape of its VMs; `None`: the template's default. (A template asked for in two
+    /// shapes has a pool per shape.)
+    pub shape: Option<crate::model::Shape>,
 }
 
 /// Whether placement weighs what an image costs to bring to a host.
@@ -238,6 +253,7 @@ impl Default for Config {
             fair_share: None,
             quotas: Vec::new(),
             images: None,
+            warm: Vec::new(),
             templates: Vec::new(),
         }
     }

@@ -30,6 +30,11 @@ pub enum Input {
         vm: VmId,
         result: Result<(), Failure>,
     },
+    /// A driver finished handing a warm VM over to the request's VM (`Action::Handover`).
+    HandoverDone {
+        vm: VmId,
+        result: Result<(), Failure>,
+    },
     JobFinished {
         vm: VmId,
         passed: bool,

@@ -36,7 +36,7 @@ mod views;
 
 pub use config::{
     Account, Config, FairShare, ImageClass, ImageMode, Images, Policy, QUOTA_EVERY_ACCOUNT, Quota,
-    QuotaAmounts, ScanOrder, Weights,
+    QuotaAmounts, ScanOrder, Warm, Weights,
 };
 pub use fleet::SLOT_KINDS_MAX;
 pub use idmap::{IdHasher, IdMap};
@@ -50,7 +50,7 @@ pub use placement::Reason;
 pub use queue::ImageHold;
 pub use scheduler::{
     AccountView, HostImagesView, PullView, QuotaResourceView, QuotaView, REQUEST_VMS_MAX,
-    Scheduler, host_class,
+    Scheduler, WarmPoolView, host_class,
 };
 pub use views::{
     Blocker, HostView, Positions, QuotaWait, RequestView, VmView, WHY_HOSTS_NAMED, Why,

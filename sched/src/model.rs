@@ -33,6 +33,12 @@ id_type!(
     "vm"
 );
 
+impl RequestId {
+    /// The owner of warm VMs (`Config::warm`): a warm VM belongs to no request until one takes
+    /// it over. No request may have this id.
+    pub const WARM_POOL: RequestId = RequestId(u64::MAX);
+}
+
 /// Which kind of hypervisor a host runs; a template lists the kinds that can run it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum DriverKind {

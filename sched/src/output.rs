@@ -19,6 +19,15 @@ pub enum Action {
         vm: VmId,
         host: HostId,
     },
+    /// Give the warm VM `warm` (idle and booted, `RequestId::WARM_POOL`'s) to `request` as its
+    /// VM `vm`: the driver renames or relabels it and reports `Input::HandoverDone { vm }`. The
+    /// capacity it holds on `host` passes to `vm`; `warm` is gone (its event says `Handover`).
+    Handover {
+        vm: VmId,
+        warm: VmId,
+        request: RequestId,
+        host: HostId,
+    },
     /// Bring a base image from its store to a host (only with `Config::images`). The scheduler
     /// has booked it on the store's turns: it runs from `start_ms` to `ready_ms` by the
     /// scheduler's model (size over the host class's bandwidth), and the VMs placed on the host
@@ -105,6 +114,13 @@ pub enum Cause {
     ProvisionStarted,
     Provisioned,
     Booted,
+    /// A warm VM was handed over: on the warm VM's event, to the request's VM `vm`; on the
+    /// request's VM, from the warm VM `vm`.
+    Handover {
+        vm: VmId,
+    },
+    /// A warm VM is destroyed to make room for a waiting request that no warm VM fits.
+    WarmEvicted,
     JobPassed,
     JobFailed,
     /// Released by its owner or an operator.
@@ -152,6 +168,8 @@ impl fmt::Display for Cause {
             Cause::ProvisionStarted => f.write_str("provisioning started"),
             Cause::Provisioned => f.write_str("provisioned"),
             Cause::Booted => f.write_str("booted"),
+            Cause::Handover { vm } => write!(f, "warm vm handover ({vm})"),
+            Cause::WarmEvicted => f.write_str("warm vm destroyed to make room"),
             Cause::JobPassed => f.write_str("job passed"),
             Cause::JobFailed => f.write_str("job failed"),
             Cause::Released => f.write_str("released"),

@@ -14,9 +14,9 @@ use std::time::Instant;
 
 use berth_latency::{Latency, Op, Profile};
 use berth_sched::{
-    Action, Config, DriverKind, Event, GuestOs, Hold, HostId, HostSpec, IdHasher, Input,
+    Action, Cause, Config, DriverKind, Event, GuestOs, Hold, HostId, HostSpec, IdHasher, Input,
     InputError, Label, Policy, ProbeReport, RequestId, RequestSpec, RequestState, Scheduler, Shape,
-    Template, VmId, VmState,
+    Template, VmId, VmState, Warm,
 };
 use berth_traces::{HostEvent, Outcome, Record, RecordBody, RequestRecord, TraceError};
 
@@ -28,6 +28,10 @@ use crate::plot::Timeline;
 use crate::report::{Metrics, Report, RunInfo};
 
 type Map<K, V> = HashMap<K, V, BuildHasherDefault<IdHasher>>;
+
+/// A run's pool whose template is this stands for every pool the fleet file names, at its
+/// count (`warm = N` in a sweep's settings).
+pub const WARM_EVERY_POOL: &str = "*";
 
 /// Memory each VM of an auto-created template gets when its trace gives none (SWF and batch
 /// traces say nothing of memory): 1 MiB, so that memory never binds.
@@ -102,6 +106,7 @@ enum Ev {
     Booted(VmId),
     JobDone(VmId),
     Destroyed(VmId),
+    HandedOver(VmId),
     DevRelease(VmId),
     HostFail(HostId),
     HostRepair(HostId),
@@ -125,6 +130,8 @@ struct VmInfo {
     os: GuestOs,
     running_since_ms: Option<u64>,
     held_since_ms: Option<u64>,
+    /// A warm VM (no request yet): since when it holds capacity idle.
+    warm_since_ms: Option<u64>,
     /// What it holds of its host class, from placement to the end of its destroy.
     holding: Holding,
 }
@@ -206,6 +213,20 @@ impl Simulation {
                 ..fleet_images.clone()
             });
         }
+        // The fleet file names the pools; a run's `warm` setting sets all their sizes at once.
+        sched_config.warm = match sched_config.warm.as_slice() {
+            [] => fleet.warm.clone(),
+            [w] if w.template == WARM_EVERY_POOL => fleet
+                .warm
+                .iter()
+                .filter(|_| w.count > 0)
+                .map(|f| Warm {
+                    count: w.count,
+                    ..f.clone()
+                })
+                .collect(),
+            own => own.to_vec(),
+        };
         sched_config
             .templates
             .extend(fleet.templates.iter().cloned());
@@ -354,7 +375,8 @@ impl Simulation {
                 .get(&v.request.0)
                 .copied()
                 .unwrap_or((GuestOs::Linux, 1));
-            let running = v.state == VmState::Running;
+            let warm = v.request == RequestId::WARM_POOL;
+            let running = v.state == VmState::Running && !warm;
             let held = v.state == VmState::Held;
             let holding = sim.holding(host, v.request, vcpus);
             sim.breakdown.hold(now_ms, holding);
@@ -367,6 +389,7 @@ impl Simulation {
                     os,
                     running_since_ms: running.then_some(now_ms),
                     held_since_ms: held.then_some(now_ms),
+                    warm_since_ms: warm.then_some(now_ms),
                     holding,
                 },
             );
@@ -383,6 +406,9 @@ impl Simulation {
                     now_ms + sim.latency.sample(Op::Boot, driver, os),
                     Ev::Booted(v.id),
                 ),
+                // A warm VM idles until a request takes it. (A handover in flight completes as
+                // a boot does: the scheduler takes either.)
+                VmState::Running if warm => continue,
                 VmState::Running => (v.expected_end_ms.max(now_ms), Ev::JobDone(v.id)),
                 VmState::Held => (
                     now_ms.saturating_add(sim.faults.exponential_ms(sim.config.dev_delay_ms)),
@@ -722,6 +748,13 @@ impl Simulation {
         let estimating = self.eta.as_ref().map_or(0.0, |e| e.wall_s());
         info.wall_s = (started.elapsed().as_secs_f64() - estimating).max(0.0);
         let (first_ms, last_ms) = self.metrics.span_ms();
+        // Warm VMs still idle at the end idled until then.
+        for v in self.vms.values_mut() {
+            if let Some(since) = v.warm_since_ms.take() {
+                self.metrics.warm_area +=
+                    u128::from(last_ms.saturating_sub(since)) * u128::from(v.vcpus);
+            }
+        }
         let mut report = self
             .metrics
             .report(info, self.breakdown.report(first_ms, last_ms));
@@ -755,6 +788,7 @@ impl Simulation {
                 self.complete(Input::JobFinished { vm, passed });
             }
             Ev::Destroyed(vm) => self.complete(Input::DestroyDone { vm, result: Ok(()) }),
+            Ev::HandedOver(vm) => self.complete(Input::HandoverDone { vm, result: Ok(()) }),
             Ev::DevRelease(vm) => self.complete(Input::Release(vm)),
             Ev::HostFail(host) => {
                 for _ in 0..self.sched.config().probe_failures_max.max(1) {
@@ -1041,6 +1075,7 @@ impl Simulation {
                         os: spec.guest_os,
                         running_since_ms: None,
                         held_since_ms: None,
+                        warm_since_ms: (request == RequestId::WARM_POOL).then_some(self.now_ms),
                         holding,
                     },
                 );
@@ -1059,6 +1094,26 @@ impl Simulation {
                     self.complete(Input::ProvisionDone { vm, result: Ok(()) });
                 } else {
                     self.push(ready_ms + took, Ev::Provisioned(vm));
+                }
+            }
+            Action::Handover {
+                vm, warm, request, ..
+            } => {
+                // The request's VM takes the warm VM's place, and its idle time ends here.
+                let Some(mut v) = self.vms.remove(&warm) else {
+                    return;
+                };
+                if let Some(since) = v.warm_since_ms.take() {
+                    self.metrics.warm_area += u128::from(self.now_ms - since) * u128::from(v.vcpus);
+                }
+                self.metrics.handovers += 1;
+                v.request = request.0;
+                let took = self.latency.sample(Op::Handover, v.driver, v.os);
+                self.vms.insert(vm, v);
+                if took == 0 {
+                    self.complete(Input::HandoverDone { vm, result: Ok(()) });
+                } else {
+                    self.push(self.now_ms + took, Ev::HandedOver(vm));
                 }
             }
             Action::PullImage {
@@ -1112,7 +1167,31 @@ impl Simulation {
     fn observe(&mut self, event: Event) {
         let now = event.at_ms();
         match event {
-            Event::Vm { vm, from, to, .. } => {
+            Event::Vm {
+                vm,
+                from,
+                to,
+                cause,
+                ..
+            } => {
+                if let Some(v) = self.vms.get_mut(&vm)
+                    && let Some(since) = v.warm_since_ms
+                {
+                    // A warm VM idles until it is handed over (`act`) or ends.
+                    if to.is_terminal() {
+                        v.warm_since_ms = None;
+                        self.metrics.warm_area += u128::from(now - since) * u128::from(v.vcpus);
+                    } else if to == VmState::Booting {
+                        self.after_provisioned(vm);
+                        return;
+                    } else {
+                        return;
+                    }
+                }
+                if to == VmState::Booting && matches!(cause, Cause::Handover { .. }) {
+                    // Its handover completes it (`Action::Handover`), not a boot.
+                    return;
+                }
                 if from == Some(VmState::Running)
                     && let Some(v) = self.vms.get_mut(&vm)
                     && let Some(since) = v.running_since_ms.take()

@@ -5,6 +5,7 @@ use std::path::Path;
 
 use berth_sched::{
     DriverKind, GuestOs, HostId, HostSpec, ImageClass, ImageMode, Images, Label, Shape, Template,
+    Warm,
 };
 use serde::Deserialize;
 
@@ -21,6 +22,8 @@ pub struct Fleet {
     /// Image sizes, classes' pull bandwidths and budgets, and the store's limit, when the
     /// fleet file describes any (its mode is `aware`; the run's settings may say otherwise).
     pub images: Option<Images>,
+    /// Warm pools (`[[warm]]`), in file order.
+    pub warm: Vec<Warm>,
 }
 
 impl Fleet {
@@ -72,6 +75,7 @@ impl Fleet {
             hosts,
             templates: Vec::new(),
             images: None,
+            warm: Vec::new(),
         })
     }
 
@@ -142,6 +146,35 @@ impl Fleet {
             fleet.templates.push(t.to_template().map_err(err)?);
         }
         fleet.images = file.images().map_err(err)?;
+        for (i, w) in file.warm.iter().enumerate() {
+            let Some(t) = fleet.templates.iter().find(|t| *t.name == *w.template) else {
+                return Err(err(format!(
+                    "warm[{i}]: template `{}` is not a [[template]] of this file",
+                    w.template
+                )));
+            };
+            if !file.class.iter().any(|c| c.name == w.class) {
+                return Err(err(format!(
+                    "warm[{i}]: class `{}` is not a [[class]] of this file",
+                    w.class
+                )));
+            }
+            let shape = Shape {
+                vcpus: w.vcpus.unwrap_or(t.default_shape.vcpus),
+                memory_mib: w.memory_mib.unwrap_or(t.default_shape.memory_mib),
+            };
+            if shape.vcpus == 0 || shape.memory_mib == 0 {
+                return Err(err(format!(
+                    "warm[{i}]: vcpus and memory_mib must be at least 1"
+                )));
+            }
+            fleet.warm.push(Warm {
+                template: w.template.clone(),
+                class: w.class.clone(),
+                count: w.count,
+                shape: Some(shape),
+            });
+        }
         Ok(fleet)
     }
 
@@ -182,6 +215,8 @@ struct FleetFile {
     #[serde(default)]
     template: Vec<TemplateFile>,
     images: Option<ImagesFile>,
+    #[serde(default)]
+    warm: Vec<WarmFile>,
 }
 
 /// `[images]`: what is shared by every class's image store.
@@ -290,6 +325,18 @@ struct ClassFile {
     image_budget_gib: Option<f64>,
     /// The image store its hosts pull from (default `store`).
     image_store: Option<String>,
+}
+
+/// `[[warm]]`: keep `count` VMs of `template` booted and idle on hosts of `class`, in the
+/// template's default shape unless `vcpus` or `memory_mib` say otherwise.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WarmFile {
+    template: String,
+    class: String,
+    count: u32,
+    vcpus: Option<u32>,
+    memory_mib: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -439,6 +486,56 @@ slot = "macos"
         assert_eq!(f.hosts[0].cpu_overcommit_milli, 2000);
         assert_eq!(f.hosts[2].slots, vec![("macos".to_string(), 2)]);
         assert_eq!(f.templates[0].slot.as_deref(), Some("macos"));
+    }
+
+    #[test]
+    fn fleet_file_warm_pools_take_their_template_and_class_and_bad_ones_are_named() {
+        let base = r#"
+[[class]]
+name = "kvm"
+count = 2
+vcpus = 16
+memory_mib = 65536
+
+[[template]]
+name = "linux"
+vcpus = 4
+memory_mib = 8192
+"#;
+        let text = format!(
+            "{base}\n[[warm]]\ntemplate = \"linux\"\nclass = \"kvm\"\ncount = 3\n\n\
+             [[warm]]\ntemplate = \"linux\"\nclass = \"kvm\"\ncount = 1\nvcpus = 8\n"
+        );
+        let fleet = Fleet::parse(&text, "f.toml").expect("valid");
+        let shapes: Vec<(u32, u32, u64)> = fleet
+            .warm
+            .iter()
+            .map(|w| {
+                let s = w.shape.expect("a shape");
+                (w.count, s.vcpus, s.memory_mib)
+            })
+            .collect();
+        assert_eq!(shapes, vec![(3, 4, 8192), (1, 8, 8192)]);
+        for (bad, says) in [
+            (
+                "template = \"windows\"\nclass = \"kvm\"\ncount = 1",
+                "template `windows`",
+            ),
+            (
+                "template = \"linux\"\nclass = \"mac\"\ncount = 1",
+                "class `mac`",
+            ),
+            (
+                "template = \"linux\"\nclass = \"kvm\"\ncount = 1\nvcpus = 0",
+                "vcpus",
+            ),
+            ("template = \"linux\"\nclass = \"kvm\"", "count"),
+        ] {
+            let e = Fleet::parse(&format!("{base}\n[[warm]]\n{bad}\n"), "f.toml")
+                .expect_err(bad)
+                .to_string();
+            assert!(e.contains("f.toml") && e.contains(says), "{bad}: {e}");
+        }
     }
 
     #[test]

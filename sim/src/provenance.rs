@@ -176,6 +176,7 @@ pub fn settings_text(config: &SimConfig) -> String {
         fair_share,
         quotas,
         images,
+        warm,
         templates,
     } = sched;
     let scan = match scan {
@@ -240,6 +241,16 @@ pub fn settings_text(config: &SimConfig) -> String {
         if i.store_pulls_max > 0 {
             text.push_str(&format!("images.store_pulls_max={}\n", i.store_pulls_max));
         }
+    }
+    // Only when set, so that the digests of settings without pools stay what they were.
+    for w in warm {
+        let shape = w.shape.map_or("default".to_owned(), |s| {
+            format!("{}x{}", s.vcpus, s.memory_mib)
+        });
+        text.push_str(&format!(
+            "warm={:?}:{:?}:{}:{shape}\n",
+            w.template, w.class, w.count
+        ));
     }
     // Templates of the fleet file are covered by the fleet's digest; these are extra ones.
     for t in templates {

@@ -57,6 +57,12 @@ pub struct Report {
     pub vms_per_hour: f64,
     /// vCPU-hours held by VMs at breakpoints.
     pub held_vcpu_hours: f64,
+    /// vCPU-hours held by warm VMs with no request (placement to handover or destroy), and
+    /// how many requests' VMs took a warm VM; both 0 without warm pools.
+    #[serde(default)]
+    pub warm_vcpu_hours: f64,
+    #[serde(default)]
+    pub handovers: u64,
     /// Discrete events the engine processed (trace records, simulated completions, timers).
     pub events: u64,
     pub wall_s: f64,
@@ -126,6 +132,10 @@ pub(crate) struct Metrics {
     /// Σ running time × vCPUs, in vCPU-milliseconds.
     pub running_area: u128,
     pub held_area: u128,
+    /// Σ time warm VMs held capacity with no request (placement to handover or destroy) × vCPUs.
+    pub warm_area: u128,
+    /// Requests' VMs that took a warm VM.
+    pub handovers: u64,
     pub queue_peak: u64,
     queue_area: u128,
     queue_len: u64,
@@ -151,6 +161,8 @@ impl Metrics {
             last_end_ms: 0,
             running_area: 0,
             held_area: 0,
+            warm_area: 0,
+            handovers: 0,
             queue_peak: 0,
             queue_area: 0,
             queue_len: 0,
@@ -274,6 +286,8 @@ impl Metrics {
                 self.vms as f64 / (makespan_s / 3600.0)
             },
             held_vcpu_hours: self.held_area as f64 / 3_600_000.0,
+            warm_vcpu_hours: self.warm_area as f64 / 3_600_000.0,
+            handovers: self.handovers,
             events: self.events,
             wall_s: run.wall_s,
             provenance: crate::Provenance::default(),
@@ -351,6 +365,13 @@ impl fmt::Display for Report {
             "queue      peak {}, mean {:.1}; breakpoints held {:.1} vcpu-hours",
             self.queue_peak, self.queue_mean, self.held_vcpu_hours
         )?;
+        if self.handovers > 0 || self.warm_vcpu_hours > 0.0 {
+            writeln!(
+                f,
+                "warm pool  {} handovers; idle warm {:.1} vcpu-hours",
+                self.handovers, self.warm_vcpu_hours
+            )?;
+        }
         if let Some(eta) = &self.eta {
             writeln!(f, "{eta}")?;
         }

@@ -162,6 +162,100 @@ fn a_vm_on_a_host_without_its_image_starts_when_the_pull_is_done() {
     assert_eq!(r.mean_ttr_s, 0.0);
 }
 
+/// One 4-vCPU host of class `h` and a 1-vCPU template `t`, with a warm pool of `warm` VMs.
+fn warm_fleet(warm: u32) -> Fleet {
+    let pool = if warm > 0 {
+        format!("[[warm]]\ntemplate='t'\nclass='h'\ncount={warm}\n")
+    } else {
+        String::new()
+    };
+    Fleet::parse(
+        &format!(
+            "[[class]]\nname='h'\ncount=1\nvcpus=4\nmemory_mib=16384\n\
+             [[template]]\nname='t'\nvcpus=1\nmemory_mib=1024\n{pool}"
+        ),
+        "warm.toml",
+    )
+    .unwrap()
+}
+
+#[test]
+fn a_warm_vm_is_handed_over_at_once_and_its_idle_time_is_counted() {
+    let lines = [
+        r#"{"at_ms":100000,"kind":"request","id":1,"count":1,"vcpus":1,"memory_mib":1024,"template":"t","duration_ms":50000}"#,
+    ];
+    let cold = replay(
+        &mut berth_trace(&lines),
+        &warm_fleet(0),
+        Policy::Easy,
+        Profile::Default,
+    );
+    assert_eq!((cold.handovers, cold.warm_vcpu_hours), (0, 0.0));
+    assert!(
+        cold.mean_ttr_s > 10.0,
+        "provisioned and booted: {}",
+        cold.mean_ttr_s
+    );
+    let warm = replay(
+        &mut berth_trace(&lines),
+        &warm_fleet(1),
+        Policy::Easy,
+        Profile::Default,
+    );
+    assert_eq!(warm.handovers, 1);
+    assert!(
+        warm.mean_ttr_s < 5.0,
+        "a handover, no boot: {}",
+        warm.mean_ttr_s
+    );
+    // The first warm VM idled from the start to the handover at 100 s; its replacement from
+    // then to the last end (100 s plus the makespan). One vCPU each.
+    let idle_s = warm.warm_vcpu_hours * 3600.0;
+    let want_s = 100.0 + warm.makespan_s;
+    assert!(
+        (idle_s - want_s).abs() < 0.01,
+        "idle {idle_s} s, want {want_s} s"
+    );
+    // The table says it beside the time to running; a run without pools says nothing of them.
+    assert!(!cold.to_string().contains("warm pool"));
+    assert!(
+        warm.to_string().contains(&format!(
+            "warm pool  1 handovers; idle warm {:.1} vcpu-hours",
+            warm.warm_vcpu_hours
+        )),
+        "{warm}"
+    );
+}
+
+#[test]
+fn a_run_with_warm_pools_replays_alike() {
+    let run = || {
+        let generator =
+            berth_traces::Generator::new(berth_traces::SynthConfig::new(1_000, 3)).unwrap();
+        let mut records = generator.map(Ok);
+        let fleet = Fleet::load(Path::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../examples/fleet-ci-warm.toml"
+        )))
+        .unwrap();
+        let (mut r, _) = Simulation::new(&fleet, SimConfig::default())
+            .unwrap()
+            .run(&mut records, RunInfo::default(), &mut |_, _| {})
+            .unwrap();
+        r.wall_s = 0.0;
+        if let Some(eta) = &mut r.eta {
+            eta.wall_s = 0.0;
+        }
+        r
+    };
+    let a = run();
+    assert!(a.handovers > 0 && a.warm_vcpu_hours > 0.0);
+    assert_eq!(
+        serde_json::to_string(&a).unwrap(),
+        serde_json::to_string(&run()).unwrap()
+    );
+}
+
 #[test]
 fn a_dependent_request_arrives_when_its_dependency_ends() {
     // r1 runs 100 s on the only host; r2 follows r1 with a 10 s think time; r3 is independent

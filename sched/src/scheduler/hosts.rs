@@ -181,6 +181,7 @@ impl Scheduler {
         match self.fleet.hosts[idx].state {
             HostState::Ready | HostState::Unknown => {
                 self.host_to(idx, HostState::Draining, Cause::OperatorDrain);
+                self.warm_drain(idx);
                 if self.fleet.hosts[idx].vms.is_empty() {
                     self.host_to(idx, HostState::Maintenance, Cause::Drained);
                 }
@@ -233,6 +234,8 @@ impl Scheduler {
             if released && let Some(q) = self.quotas.as_mut() {
                 q.charge(r.quota_account, host_idx, &r.need, -1);
             }
+        } else if let Some(need) = self.warm_need(vm) {
+            self.fleet.release(host_idx, &need, vm, provisioning);
         }
         self.drop_end(vm);
         self.pass.capacity_changed = true;

@@ -84,13 +84,38 @@ impl Scheduler {
         }
     }
 
+    /// A VM finished booting, or (`handover`) a warm VM finished becoming this request's VM:
+    /// either way it runs now, or failed as a boot fails.
     pub(super) fn boot_done(
         &mut self,
         vm: VmId,
         result: Result<(), Failure>,
+        handover: bool,
     ) -> Result<(), InputError> {
-        let host_idx = self.vm_in(vm, &[VmState::Booting], "finish booting")?;
+        let input = if handover {
+            "finish a handover"
+        } else {
+            "finish booting"
+        };
+        let host_idx = self.vm_in(vm, &[VmState::Booting], input)?;
+        // Without pools no VM is warm: no lookup for it.
+        let warm = self.warm.is_some()
+            && self
+                .vms
+                .get(&vm)
+                .is_some_and(|v| v.request == RequestId::WARM_POOL);
+        if handover && warm {
+            return Err(InputError::WrongState {
+                what: vm.to_string(),
+                state: "warm",
+                input,
+            });
+        }
         match result {
+            Ok(()) if warm => {
+                self.vm_to(vm, VmState::Running, Cause::Booted);
+                self.warm_booted(vm);
+            }
             Ok(()) => {
                 self.vm_to(vm, VmState::Running, Cause::Booted);
                 let run = self

@@ -24,6 +24,7 @@ mod state;
 mod timers;
 mod vms;
 mod walk;
+mod warm;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
@@ -41,6 +42,7 @@ pub use requests::REQUEST_VMS_MAX;
 pub(crate) use requests::describe_need;
 pub use state::Scheduler;
 use state::{HeadRoom, Pass};
+pub use warm::WarmPoolView;
 
 /// An account's standing under fair share (`Scheduler::accounts`).
 #[derive(Clone, Debug, PartialEq)]
@@ -83,6 +85,7 @@ impl Scheduler {
             .map(|t| (t.name.clone(), t.clone()))
             .collect();
         let age_limit_ms = config.fair_share.as_ref().and_then(|f| f.age_limit_ms);
+        let warm = warm::WarmBook::new(&config.warm);
         Scheduler {
             fleet: Fleet::new(config.provisioning_per_host_max),
             reads: policy::of(config.policy).reads,
@@ -118,8 +121,10 @@ impl Scheduler {
             walk_room: Vec::new(),
             reference_walk: false,
             image_book: None,
+            warm,
         }
         .with_images()
+        .with_warm()
     }
 
     /// A scheduler whose passes walk every waiting request one by one, in service order, as
@@ -229,7 +234,8 @@ impl Scheduler {
             Input::Offline(id) => self.offline(id),
             Input::ProvisionStarted(vm) => self.provision_started(vm),
             Input::ProvisionDone { vm, result } => self.provision_done(vm, result),
-            Input::BootDone { vm, result } => self.boot_done(vm, result),
+            Input::BootDone { vm, result } => self.boot_done(vm, result, false),
+            Input::HandoverDone { vm, result } => self.boot_done(vm, result, true),
             Input::JobFinished { vm, passed } => self.job_finished(vm, passed),
             Input::Release(vm) => self.release(vm),
             Input::Extend { vm, by_ms } => self.extend(vm, by_ms),

@@ -18,9 +18,15 @@ impl Scheduler {
     pub(super) fn schedule(&mut self) {
         self.recheck_no_room();
         self.rank_accounts();
-        if !self.pass.capacity_changed && self.pass.arrivals.is_empty() && !self.head_moved() {
+        if !self.pass.capacity_changed
+            && self.pass.arrivals.is_empty()
+            && !self.head_moved()
+            && !self.warm_due()
+        {
             return;
         }
+        // A warm VM handed over takes no new capacity: it comes before the policy's walk.
+        self.hand_over_warm();
         self.reclaim_quotas();
         let full = self.pass.capacity_changed;
         self.pass.failed.clear();
@@ -33,6 +39,7 @@ impl Scheduler {
         self.pass.capacity_changed = false;
         self.pass.arrivals.clear();
         self.pull_ahead();
+        self.tend_warm();
         // A claimant that started in this pass may leave its class to borrowers: when one did,
         // the next poll walks the queue again. (A pass that placed nothing changed no claim.)
         if self.fleet.version != version {

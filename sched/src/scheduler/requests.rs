@@ -20,6 +20,9 @@ impl Scheduler {
         if self.requests.contains_key(&spec.id) {
             return Err(InputError::DuplicateRequest(spec.id));
         }
+        if spec.id == RequestId::WARM_POOL {
+            return Err(invalid("id", format!("{} is the warm pools' own", spec.id)));
+        }
         if spec.count == 0 || spec.count > REQUEST_VMS_MAX {
             return Err(invalid(
                 "count",
@@ -345,7 +348,9 @@ impl Scheduler {
         if t.name.is_empty() {
             return Err(invalid("name", "must not be empty".into()));
         }
-        self.templates.insert(t.name.clone(), t);
+        let name = t.name.clone();
+        self.templates.insert(name.clone(), t);
+        self.warm_template_set(&name);
         Ok(())
     }
 }

@@ -285,4 +285,6 @@ pub struct Scheduler {
     pub(crate) reference_walk: bool,
     /// Base images per host, pulls and image stores (`None` without `Config::images`).
     pub(crate) image_book: Option<super::images::ImageBook>,
+    /// Warm pools and their VMs (`None` without `Config::warm`).
+    pub(crate) warm: Option<super::warm::WarmBook>,
 }

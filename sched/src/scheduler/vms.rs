@@ -57,6 +57,7 @@ impl Scheduler {
     /// Drops an ended VM from the state (its request's live count goes down).
     pub(super) fn forget_vm(&mut self, vm: VmId) {
         self.drop_end(vm);
+        self.warm_forget(vm);
         if let Some(v) = self.vms.remove(&vm)
             && let Some(r) = self.requests.get_mut(&v.request)
         {

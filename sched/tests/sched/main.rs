@@ -15,3 +15,4 @@ mod purity;
 mod quota;
 mod snapshots;
 mod support;
+mod warm;

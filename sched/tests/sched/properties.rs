@@ -327,6 +327,7 @@ pub(crate) fn config_of(k: &Knobs) -> Config {
             })
             .unwrap_or_default(),
         images: None,
+        warm: Vec::new(),
         templates: vec![linux(), macos(), windows()],
     }
 }

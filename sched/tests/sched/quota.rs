@@ -110,7 +110,9 @@ impl Fleet {
                             .handle(self.now, Input::DestroyDone { vm, result: Ok(()) })
                             .unwrap();
                     }
-                    Action::PullImage { .. } | Action::EvictImage { .. } => {}
+                    Action::PullImage { .. }
+                    | Action::EvictImage { .. }
+                    | Action::Handover { .. } => {}
                 }
             }
             while self.s.poll_event().is_some() {

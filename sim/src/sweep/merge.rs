@@ -269,7 +269,7 @@ const fn column(
     }
 }
 
-const COLUMNS: [Column; 39] = [
+const COLUMNS: [Column; 41] = [
     column("requests", None, 0, |r| r.requests as f64),
     column("vms", None, 0, |r| r.vms as f64),
     column("rejected", Some("rejected"), 1, |r| r.rejected as f64),
@@ -293,6 +293,8 @@ const COLUMNS: [Column; 39] = [
     column("queue_mean", Some("queue mean"), 1, |r| r.queue_mean),
     column("vms_per_hour", None, 1, |r| r.vms_per_hour),
     column("held_vcpu_hours", None, 1, |r| r.held_vcpu_hours),
+    column("warm_vcpu_hours", None, 1, |r| r.warm_vcpu_hours),
+    column("handovers", None, 0, |r| r.handovers as f64),
     column("events", None, 0, |r| r.events as f64),
     // Change turnaround, all changes and by size class (`<10`, `10-199`, `>=200` VMs); 0 when
     // the trace names no changes or a class has none.

@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use berth_sched::{
-    Account, FairShare, ImageMode, Images, Policy, Quota, QuotaAmounts, ScanOrder, Weights,
+    Account, FairShare, ImageMode, Images, Policy, Quota, QuotaAmounts, ScanOrder, Warm, Weights,
 };
 use berth_traces::{Format, Generator, SynthConfig};
 use serde::Deserialize;
@@ -483,6 +483,8 @@ struct SettingsEntry {
     /// How placement treats base images: `ignore` or `aware` (the fleet file says what they
     /// weigh; without this a fleet that describes images is placed `aware`).
     images: Option<Spanned<String>>,
+    /// The size of every warm pool the fleet file names (0: none); absent: the file's sizes.
+    warm: Option<u32>,
 }
 
 /// A quota, the shape of the daemon's `[[quotas]]`: `quotas = [{ account = "*", class =
@@ -688,6 +690,14 @@ impl SettingsEntry {
             })?;
             sched.images = Some(Images::new(mode));
         }
+        if let Some(n) = self.warm {
+            sched.warm = vec![Warm {
+                template: crate::engine::WARM_EVERY_POOL.to_owned(),
+                class: crate::engine::WARM_EVERY_POOL.to_owned(),
+                count: n,
+                shape: None,
+            }];
+        }
         let mut seen = BTreeSet::new();
         for (i, q) in self.quotas.iter().enumerate() {
             let (account, class) = (q.account.get_ref(), q.class.get_ref());
@@ -848,6 +858,25 @@ mod tests {
             e.contains("fair_share.age_limit_minutes") && e.contains("got 0"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn the_warm_example_spec_sets_every_pool_and_each_size_has_its_digest() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/sweep-warm.toml");
+        let spec = Spec::load(&path).unwrap();
+        assert_eq!(spec.runs().len(), 5 * 6);
+        let fleet = &spec.fleets[0].fleet;
+        assert_eq!(fleet.warm.len(), 5, "a pool per Linux shape and KVM class");
+        let warm = |i: usize| spec.settings[i].config.sched.warm.clone();
+        assert_eq!(warm(0)[0].count, 0);
+        assert_eq!(warm(5)[0].count, 64);
+        assert_eq!(warm(5)[0].template, crate::engine::WARM_EVERY_POOL);
+        assert_ne!(
+            provenance::settings_sha256(&spec.settings[1].config),
+            provenance::settings_sha256(&spec.settings[2].config)
+        );
+        let e = err(&format!("{MINIMAL}[[settings]]\nname = \"a\"\nwarm = -1\n"));
+        assert!(e.contains("-1") && e.contains("expected u32"), "{e}");
     }
 
     #[test]
