@@ -49,7 +49,7 @@ pub use output::{Action, Cause, Event, VmSpec};
 pub use placement::Reason;
 pub use scheduler::{
     AccountView, HostImagesView, PullView, QuotaResourceView, QuotaView, REQUEST_VMS_MAX,
-    Scheduler, host_class,
+    SNAPSHOT_VERSION, Scheduler, SnapshotError, host_class,
 };
 pub use views::{
     Blocker, HostView, Positions, QuotaWait, RequestView, VmView, WHY_HOSTS_NAMED, Why,

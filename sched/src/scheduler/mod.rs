@@ -20,6 +20,7 @@ mod place;
 pub(crate) mod policy;
 mod requests;
 mod reservation;
+mod snapshot;
 mod state;
 mod timers;
 mod vms;
@@ -39,6 +40,7 @@ pub use images::{HostImagesView, PullView};
 pub use policy::quota::host_class;
 pub use requests::REQUEST_VMS_MAX;
 pub(crate) use requests::describe_need;
+pub use snapshot::{SNAPSHOT_VERSION, SnapshotError};
 pub use state::Scheduler;
 use state::{HeadRoom, Pass};
 

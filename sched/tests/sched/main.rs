@@ -13,5 +13,6 @@ mod positions;
 mod properties;
 mod purity;
 mod quota;
+mod restore;
 mod snapshots;
 mod support;
