@@ -29,6 +29,7 @@ mod parallels;
 mod prometheus;
 mod pulses;
 mod quota;
+mod snapshots;
 
 const CONFIG: &str = r#"
 [sim]
