@@ -33,7 +33,7 @@ use super::state::{
     AfterDestroy, EndEntry, Ending, HeadRoom, Pass, Request, Reservation, Scheduler, Timer, Vm,
 };
 use crate::config::Config;
-use crate::fleet::{Amount, Fleet, Host, Interner, Need, StaticClass};
+use crate::fleet::{Amount, Fleet, Host, Interner, Need, SLOT_KINDS_MAX, StaticClass};
 use crate::idmap::IdMap;
 use crate::images::StoreTurns;
 use crate::input::{Failure, FailureKind};
@@ -840,18 +840,39 @@ tuple!(A 0, B 1, C 2);
 
 /// A struct written field by field. The destructuring names every field, so a field added to
 /// the struct later fails to compile here until it is written too.
+///
+/// A field may name a check (`field: check`), a function that refuses a value the rest of the
+/// scheduler would index out of range with.
 macro_rules! record {
-    ($ty:ident { $($f:ident),* $(,)? }) => {
+    ($ty:ident { $($f:ident $(: $check:ident)?),* $(,)? }) => {
         impl Codec for $ty {
             fn put(&self, w: &mut Writer) {
                 let $ty { $($f),* } = self;
                 $($f.put(w);)*
             }
             fn get(r: &mut Reader<'_>) -> Result<Self, SnapshotError> {
-                Ok($ty { $($f: r.field(stringify!($f))?,)* })
+                Ok($ty { $($f: {
+                    let v = r.field(stringify!($f))?;
+                    $($check(r, stringify!($f), &v)?;)?
+                    v
+                },)* })
             }
         }
     };
+}
+
+/// A slot kind must be one the fleet can count (`SLOT_KINDS_MAX`).
+fn slot_kind<T: Copy>(r: &Reader<'_>, field: &str, slot: &Option<T>) -> Result<(), SnapshotError>
+where
+    u64: TryFrom<T>,
+{
+    match slot.map(|k| u64::try_from(k).unwrap_or(u64::MAX)) {
+        Some(k) if k >= SLOT_KINDS_MAX as u64 => Err(r.invalid(
+            field,
+            format!("slot kind {k}, past the {SLOT_KINDS_MAX} a fleet counts"),
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// An id newtype over `u64`.
@@ -946,7 +967,7 @@ record!(VmSpec {
 record!(Need {
     cpu_milli,
     memory_mib,
-    slot,
+    slot: slot_kind,
     drivers,
     labels,
     label_bloom,
@@ -1012,7 +1033,7 @@ record!(Request {
 });
 record!(EndEntry {
     host,
-    slot,
+    slot: slot_kind,
     cpu_milli,
     memory_mib,
 });
@@ -1380,6 +1401,25 @@ mod tests {
             let mut r = Reader::new(&w.bytes);
             assert_eq!(i64::get(&mut r), Ok(n));
         }
+    }
+
+    #[test]
+    fn a_slot_kind_past_what_a_fleet_counts_is_refused() {
+        let need = Need {
+            cpu_milli: 1000,
+            memory_mib: 1024,
+            slot: Some(SLOT_KINDS_MAX),
+            drivers: 1,
+            labels: vec![],
+            label_bloom: 0,
+            image: 0,
+        };
+        let mut w = Writer::default();
+        need.put(&mut w);
+        let mut r = Reader::new(&w.bytes);
+        r.path.push("need");
+        let e = Need::get(&mut r).unwrap_err();
+        assert!(e.to_string().contains("in need.slot: slot kind 4"), "{e}");
     }
 
     #[test]
