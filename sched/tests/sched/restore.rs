@@ -7,6 +7,7 @@
 use berth_sched::{Config, Input, Policy, Scheduler, SnapshotError};
 use proptest::prelude::*;
 
+use crate::equivalence::deep_queue_op;
 use crate::images::image_knobs;
 use crate::properties::{
     Knobs, Op, Run, add_host, config_of, digest, first_difference, knobs, op, proptest_config,
@@ -63,6 +64,19 @@ proptest! {
         knobs in any_policy(),
         hosts in prop::collection::vec(add_host(), 1..5),
         ops in prop::collection::vec(op(), 1..150),
+        split in any::<usize>(),
+    ) {
+        let all: Vec<Op> = hosts.into_iter().chain(ops).collect();
+        same_after_restore(config_of(&knobs), &all, split);
+    }
+
+    /// Deep queues of look-alike requests (the grouped walk's groups, EASY's reservation and
+    /// its notes from one pass to the next are all in play at the split).
+    #[test]
+    fn restore_and_replay_of_the_tail_decides_as_the_whole_run_with_deep_queues(
+        knobs in any_policy(),
+        hosts in prop::collection::vec(add_host(), 1..5),
+        ops in prop::collection::vec(deep_queue_op(), 20..200),
         split in any::<usize>(),
     ) {
         let all: Vec<Op> = hosts.into_iter().chain(ops).collect();
