@@ -1145,14 +1145,26 @@ fn soak_kills() -> usize {
         .unwrap_or(3)
 }
 
+const SOAK_CONFIG: &str =
+    "[sim]\nlatency_scale = 0.01\n[probe]\ninterval_ms = 200\nstartup_grace_ms = 5000\n";
+
 #[test]
 fn sigkill_in_the_middle_of_a_burst_loses_and_duplicates_nothing() {
+    sigkill_soak(SOAK_CONFIG);
+}
+
+/// The same with a snapshot every 50 inputs: kills land between a commit and its snapshot, and
+/// every restart starts from a snapshot.
+#[test]
+fn sigkill_in_the_middle_of_a_burst_loses_and_duplicates_nothing_with_snapshots() {
+    sigkill_soak(&format!(
+        "{SOAK_CONFIG}[recovery]\nsnapshot_every_inputs = 50\n"
+    ));
+}
+
+fn sigkill_soak(config: &str) {
     let dir = tempfile::tempdir().unwrap();
-    let mut serve = Serve::start(
-        &berth_binary(),
-        dir.path(),
-        "[sim]\nlatency_scale = 0.01\n[probe]\ninterval_ms = 200\nstartup_grace_ms = 5000\n",
-    );
+    let mut serve = Serve::start(&berth_binary(), dir.path(), config);
     let (url, token) = (serve.url.clone(), serve.token.clone());
     let kills = soak_kills();
     let accepted = Arc::new(Mutex::new(Vec::<u64>::new()));
