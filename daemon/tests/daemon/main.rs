@@ -1120,19 +1120,19 @@ fn the_cli_finds_the_token_and_drives_the_daemon() {
 
 // ---- the crash test, on a real `berth serve` process ----
 
-/// The `berth` binary, built if needed (it belongs to the workspace's root package).
+/// The `berth` binary of this tree, brought up to date (it belongs to the workspace's root
+/// package, which the daemon's tests do not build): a binary that merely exists may be older
+/// than the sources, or another tree's in a shared target directory.
 fn berth_binary() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     let target_dir = exe.parent().unwrap().parent().unwrap();
     let bin = target_dir.join("berth");
-    if !bin.exists() {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
-            .args(["build", "-p", "berth", "--bin", "berth"])
-            .status()
-            .unwrap();
-        assert!(status.success());
-    }
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(cargo)
+        .args(["build", "-p", "berth", "--bin", "berth"])
+        .status()
+        .unwrap();
+    assert!(status.success());
     bin
 }
 
