@@ -642,12 +642,17 @@ pub struct RecoverySection {
     /// failed while the host was away) destroyed at one reconciliation of one listing. When
     /// more turn up at once, something else is wrong, and all of them are kept and reported.
     pub orphans_destroy_max: usize,
+    /// Journaled inputs between two snapshots of the scheduler's state (0: none). A start
+    /// restores the newest snapshot and replays only the journal after it, so this bounds the
+    /// replay (about a microsecond per input); each snapshot costs a write of the whole state.
+    pub snapshot_every_inputs: u64,
 }
 
 impl Default for RecoverySection {
     fn default() -> RecoverySection {
         RecoverySection {
             orphans_destroy_max: 5,
+            snapshot_every_inputs: 100_000,
         }
     }
 }

@@ -335,6 +335,105 @@ pub(crate) struct Control {
     pub(crate) disk: DiskWatch,
     /// A batch applied in memory that could not be written yet, with what waits for it.
     unwritten: Option<Unwritten>,
+    /// `recovery.snapshot_every_inputs` (set by `start`; 0: never).
+    pub(crate) snapshot_every_inputs: u64,
+    /// Inputs journaled since the newest snapshot.
+    inputs_since_snapshot: u64,
+    /// Submits journaled so far (the whole journal's), kept in each snapshot.
+    submits: u64,
+}
+
+/// What the control loop keeps beside the scheduler that replay rebuilds from the journal,
+/// written with each snapshot.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct SnapshotSide {
+    templates: Vec<WireTemplate>,
+    hosts: Vec<WireHost>,
+}
+
+/// Where replay starts: a fresh scheduler, or the newest snapshot.
+struct ReplayStart {
+    s: Scheduler,
+    templates: BTreeMap<String, KnownTemplate>,
+    hosts: BTreeMap<u64, WireHost>,
+    /// The last batch the snapshot covers (0: none).
+    after_batch: u64,
+    last_ms: u64,
+    submits: u64,
+}
+
+impl ReplayStart {
+    fn fresh(config: berth_sched::Config) -> ReplayStart {
+        ReplayStart {
+            s: Scheduler::new(config),
+            templates: BTreeMap::new(),
+            hosts: BTreeMap::new(),
+            after_batch: 0,
+            last_ms: 0,
+            submits: 0,
+        }
+    }
+
+    /// The newest snapshot, restored; `None` when there is none, or when it cannot be restored
+    /// (damaged, another format or configuration), which is logged: the whole journal is then
+    /// replayed, which gives the same state at a higher cost.
+    fn from_snapshot(
+        store: &Store,
+        config: &berth_sched::Config,
+    ) -> Result<Option<ReplayStart>, DaemonError> {
+        let Some(row) = store.latest_snapshot()? else {
+            return Ok(None);
+        };
+        let restored = Scheduler::restore(config.clone(), &row.state)
+            .map_err(|e| e.to_string())
+            .and_then(|s| {
+                let side: SnapshotSide =
+                    serde_json::from_str(&row.side).map_err(|e| format!("side tables: {e}"))?;
+                let mut templates = BTreeMap::new();
+                for t in &side.templates {
+                    let known = KnownTemplate::from_wire(t)
+                        .map_err(|e| format!("template {}: {}", t.name, e.message))?;
+                    templates.insert(t.name.clone(), known);
+                }
+                let hosts = side.hosts.into_iter().map(|h| (h.id, h)).collect();
+                Ok((s, templates, hosts))
+            });
+        match restored {
+            Ok((s, templates, hosts)) => Ok(Some(ReplayStart {
+                s,
+                templates,
+                hosts,
+                after_batch: row.batch,
+                last_ms: row.at_ms,
+                submits: row.submits,
+            })),
+            Err(error) => {
+                tracing::error!(
+                    batch = row.batch,
+                    %error,
+                    "the newest snapshot cannot be restored: replaying the whole journal"
+                );
+                Ok(None)
+            }
+        }
+    }
+}
+
+/// How many submits one batch's inputs hold.
+fn count_submits_of(inputs: &[WireInput]) -> u64 {
+    inputs
+        .iter()
+        .filter(|i| matches!(i, WireInput::Submit { .. }))
+        .count() as u64
+}
+
+/// How many submits the batches hold.
+fn count_submits(batches: &[(u64, u64, Vec<WireInput>)]) -> u64 {
+    batches
+        .iter()
+        .map(|(_, _, inputs)| count_submits_of(inputs))
+        .sum()
 }
 
 /// An API caller waiting for its input's outcome, and that outcome.
@@ -362,6 +461,8 @@ struct Unwritten {
 pub(crate) struct KnownTemplate {
     pub(crate) template: Template,
     pub(crate) domain_type: Option<DomainType>,
+    /// As journaled, for snapshots.
+    pub(crate) wire: WireTemplate,
 }
 
 impl KnownTemplate {
@@ -369,6 +470,7 @@ impl KnownTemplate {
         Ok(KnownTemplate {
             template: t.to_template()?,
             domain_type: t.domain_type()?,
+            wire: t.clone(),
         })
     }
 }
@@ -455,21 +557,50 @@ fn follow_lost_rows(lost: &mut BTreeMap<u64, RepairedRequest>, events: &[Event])
 }
 
 impl Control {
-    /// Opens the store and replays its journal into a fresh scheduler.
+    /// Opens the store and brings the scheduler to the journal's end: from the newest
+    /// snapshot, replaying only the batches after it, or from a fresh scheduler, replaying the
+    /// whole journal (no snapshot, one that cannot be restored, or a `requests` table that lost
+    /// rows, which only the whole journal can write again).
     pub(crate) fn recover(
         mut store: Store,
         config: berth_sched::Config,
         workers: Workers,
         feed: Arc<Feed>,
     ) -> Result<Control, DaemonError> {
-        let mut s = Scheduler::new(config);
-        let mut templates = BTreeMap::new();
-        let mut hosts = BTreeMap::new();
-        let batches = store.journal()?;
-        let mut lost = lost_request_rows(&store, &batches)?;
-        let mut last_ms = 0;
+        let mut start = ReplayStart::from_snapshot(&store, &config)?;
+        let mut batches = store.journal_after(start.as_ref().map_or(0, |s| s.after_batch))?;
+        if let Some(st) = &start {
+            let submits = st.submits + count_submits(&batches);
+            let rows = store.n_requests()?;
+            if rows != submits {
+                tracing::warn!(
+                    rows,
+                    submits,
+                    "the requests table and the journal's submits differ: replaying the whole journal"
+                );
+                start = None;
+                batches = store.journal()?;
+            }
+        }
+        let from_snapshot = start.as_ref().map(|s| s.after_batch);
+        let ReplayStart {
+            mut s,
+            mut templates,
+            mut hosts,
+            after_batch: _,
+            mut last_ms,
+            submits,
+        } = start.unwrap_or_else(|| ReplayStart::fresh(config));
+        let submits = submits + count_submits(&batches);
+        // From a snapshot the counts agreed (checked above): no row is lost.
+        let mut lost = if from_snapshot.is_some() {
+            BTreeMap::new()
+        } else {
+            lost_request_rows(&store, &batches)?
+        };
         let mut diverged = 0u64;
         let n_batches = batches.len();
+        let n_inputs: u64 = batches.iter().map(|(_, _, i)| i.len() as u64).sum();
         for (batch, at_ms, inputs) in batches {
             for input in &inputs {
                 if let Err(e) = apply_journaled(&mut s, at_ms, input, &mut templates, &mut hosts) {
@@ -511,6 +642,7 @@ impl Control {
         let (batch, last_request, last_host) = store.last_ids()?;
         let kept = store.orphans()?.into_iter().map(|o| (o.vm, o)).collect();
         tracing::info!(
+            snapshot_batch = from_snapshot,
             batches = n_batches,
             requests = s.n_requests(),
             vms = s.n_vms(),
@@ -537,6 +669,10 @@ impl Control {
             database_lost: false,
             disk: DiskWatch::new(std::path::Path::new("."), 0),
             unwritten: None,
+            snapshot_every_inputs: crate::config::RecoverySection::default().snapshot_every_inputs,
+            // A start that replayed a long tail takes a snapshot at once (`snapshot_if_due`).
+            inputs_since_snapshot: n_inputs,
+            submits,
         })
     }
 
@@ -561,7 +697,9 @@ impl Control {
         let mut msgs = Vec::new();
         for t in templates {
             let changed = match (self.templates.get(&t.name), KnownTemplate::from_wire(t)) {
-                (Some(old), Ok(new)) => *old != new,
+                (Some(old), Ok(new)) => {
+                    old.template != new.template || old.domain_type != new.domain_type
+                }
                 (None, _) | (_, Err(_)) => true,
             };
             if changed {
@@ -1202,6 +1340,57 @@ impl Control {
             self.store.commit(commit)?;
         }
         self.batch = commit.batch;
+        self.submits += count_submits_of(&commit.inputs);
+        self.inputs_since_snapshot += commit.inputs.len() as u64;
+        if multi {
+            tokio::task::block_in_place(|| self.snapshot_if_due());
+        } else {
+            self.snapshot_if_due();
+        }
+        Ok(())
+    }
+
+    /// Writes a snapshot once `snapshot_every_inputs` inputs were journaled (or replayed at the
+    /// start) since the last. Only between batches, with the scheduler polled empty.
+    pub(crate) fn snapshot_if_due(&mut self) {
+        if self.snapshot_every_inputs == 0
+            || self.inputs_since_snapshot < self.snapshot_every_inputs
+        {
+            return;
+        }
+        self.inputs_since_snapshot = 0;
+        if let Err(error) = self.write_snapshot(self.last_ms) {
+            // The journal is the truth: without this snapshot a start replays more of it.
+            tracing::error!(batch = self.batch, %error, "writing a snapshot failed");
+        }
+    }
+
+    /// Writes a snapshot of the state after the batch just committed. The scheduler is polled
+    /// empty then (`process` drains it before the commit), as a snapshot needs.
+    fn write_snapshot(&mut self, at_ms: u64) -> Result<(), DaemonError> {
+        let state = self.s.snapshot().map_err(|e| DaemonError::Snapshot {
+            message: e.to_string(),
+        })?;
+        let side = SnapshotSide {
+            templates: self.templates.values().map(|t| t.wire.clone()).collect(),
+            hosts: self.hosts.values().cloned().collect(),
+        };
+        let side = serde_json::to_string(&side).map_err(|e| DaemonError::Snapshot {
+            message: e.to_string(),
+        })?;
+        let row = crate::store::SnapshotRow {
+            batch: self.batch,
+            at_ms,
+            submits: self.submits,
+            state,
+            side,
+        };
+        self.store.write_snapshot(&row)?;
+        tracing::debug!(
+            batch = row.batch,
+            bytes = row.state.len(),
+            "snapshot written"
+        );
         Ok(())
     }
 

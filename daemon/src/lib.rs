@@ -85,6 +85,8 @@ pub enum DaemonError {
          restore the database from a backup"
     )]
     JournalBehindState { table_vm: u64, next_vm: u64 },
+    #[error("taking a snapshot of the scheduler: {message}")]
+    Snapshot { message: String },
     #[error("another daemon is using the data directory {0} (it is locked)")]
     DataDirBusy(PathBuf),
     #[error(
@@ -405,6 +407,8 @@ pub async fn start(opts: Options) -> Result<Daemon, DaemonError> {
     let mut control = control::Control::recover(store, sched_config, workers, events_tx.clone())?;
     control.orphan_start = opts.orphans;
     control.orphans_destroy_max = opts.config.recovery.orphans_destroy_max;
+    control.snapshot_every_inputs = opts.config.recovery.snapshot_every_inputs;
+    control.snapshot_if_due();
     control.database_lost = dir.database_lost;
     control.disk = disk::DiskWatch::new(data_dir, opts.config.disk.free_min_mib);
     let health = control.disk.health.clone();

@@ -165,7 +165,37 @@ const MIGRATIONS: &[&str] = &[
         account = coalesce(json_extract(spec, '$.account'), json_extract(spec, '$.requester'));
     CREATE INDEX requests_change ON requests(change, id) WHERE change IS NOT NULL;
     ",
+    // 7: snapshots of the scheduler's state, so that a start replays only the journal after
+    // the newest (see `Control::recover`).
+    "
+    CREATE TABLE snapshots (
+        batch INTEGER PRIMARY KEY,
+        at_ms INTEGER NOT NULL,
+        submits INTEGER NOT NULL,
+        state BLOB NOT NULL,
+        side TEXT NOT NULL
+    );
+    ",
 ];
+
+/// The journal after a batch, in journal order (batch, then seq, as the batch index holds it).
+const JOURNAL_AFTER: &str =
+    "SELECT batch, at_ms, input, seq FROM journal WHERE batch > ?1 ORDER BY batch, seq";
+
+/// A snapshot row: the scheduler's state after journal batch `batch` (see `Control::recover`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct SnapshotRow {
+    /// The last journal batch it covers.
+    pub batch: u64,
+    /// The time of that batch.
+    pub at_ms: u64,
+    /// Submits journaled up to that batch, for telling whether the `requests` table lost rows.
+    pub submits: u64,
+    /// `Scheduler::snapshot`'s bytes.
+    pub state: Vec<u8>,
+    /// What the control loop keeps beside the scheduler (JSON, `control::SnapshotSide`).
+    pub side: String,
+}
 
 /// A `requests` row rebuilt from the journal (see `Store::repair_requests`).
 #[derive(Debug)]
@@ -258,11 +288,32 @@ impl Store {
 
     /// Every journaled batch in order: `(batch, at_ms, inputs)`.
     pub fn journal(&self) -> Result<Vec<(u64, u64, Vec<WireInput>)>, DaemonError> {
+        self.read_journal(
+            "SELECT batch, at_ms, input, seq FROM journal ORDER BY seq",
+            [],
+        )
+    }
+
+    /// The journaled batches after batch `after`, in order: `(batch, at_ms, inputs)`. Batches
+    /// are numbered in journal order, so this is the journal's tail, read through the batch
+    /// index without passing over the rows before it.
+    pub fn journal_after(
+        &self,
+        after: u64,
+    ) -> Result<Vec<(u64, u64, Vec<WireInput>)>, DaemonError> {
+        self.read_journal(JOURNAL_AFTER, [after as i64])
+    }
+
+    fn read_journal(
+        &self,
+        query: &str,
+        params: impl rusqlite::Params,
+    ) -> Result<Vec<(u64, u64, Vec<WireInput>)>, DaemonError> {
         let mut stmt = self
             .conn
-            .prepare("SELECT batch, at_ms, input, seq FROM journal ORDER BY seq")
+            .prepare(query)
             .map_err(sql("reading the journal"))?;
-        let mut rows = stmt.query([]).map_err(sql("reading the journal"))?;
+        let mut rows = stmt.query(params).map_err(sql("reading the journal"))?;
         let mut batches: Vec<(u64, u64, Vec<WireInput>)> = Vec::new();
         while let Some(row) = rows.next().map_err(sql("reading the journal"))? {
             let batch: i64 = row.get(0).map_err(sql("reading the journal"))?;
@@ -280,6 +331,56 @@ impl Store {
             }
         }
         Ok(batches)
+    }
+
+    /// The newest snapshot, if any.
+    pub fn latest_snapshot(&self) -> Result<Option<SnapshotRow>, DaemonError> {
+        self.conn
+            .query_row(
+                "SELECT batch, at_ms, submits, state, side FROM snapshots
+                 ORDER BY batch DESC LIMIT 1",
+                [],
+                |r| {
+                    Ok(SnapshotRow {
+                        batch: r.get::<_, i64>(0)? as u64,
+                        at_ms: r.get::<_, i64>(1)? as u64,
+                        submits: r.get::<_, i64>(2)? as u64,
+                        state: r.get(3)?,
+                        side: r.get(4)?,
+                    })
+                },
+            )
+            .optional()
+            .map_err(sql("reading the newest snapshot"))
+    }
+
+    /// Writes a snapshot and deletes the older ones (the journal they cover stays: `berth
+    /// trace export` reads all of it); all or nothing.
+    pub fn write_snapshot(&mut self, row: &SnapshotRow) -> Result<(), DaemonError> {
+        let tx = self.conn.transaction().map_err(sql("writing a snapshot"))?;
+        tx.execute(
+            "INSERT OR REPLACE INTO snapshots (batch, at_ms, submits, state, side)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![
+                row.batch as i64,
+                row.at_ms as i64,
+                row.submits as i64,
+                row.state,
+                row.side
+            ],
+        )
+        .map_err(sql("writing a snapshot"))?;
+        tx.execute("DELETE FROM snapshots WHERE batch < ?1", [row.batch as i64])
+            .map_err(sql("writing a snapshot"))?;
+        tx.commit().map_err(sql("writing a snapshot"))
+    }
+
+    /// How many rows the `requests` table holds.
+    pub fn n_requests(&self) -> Result<u64, DaemonError> {
+        self.conn
+            .query_row("SELECT count(*) FROM requests", [], |r| r.get::<_, i64>(0))
+            .map(|n| n as u64)
+            .map_err(sql("counting requests"))
     }
 
     /// The request numbers the `requests` table holds, in order.
@@ -1212,6 +1313,70 @@ mod tests {
     }
     use crate::wire::WireInput;
     use berth_sched::{Cause, RequestId, RequestState};
+
+    /// The tail of the journal after a snapshot is found through the batch index, not by
+    /// passing over the whole journal: a start after a snapshot costs what came after it.
+    #[test]
+    fn the_journal_tail_is_read_through_the_batch_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("berth.db")).unwrap();
+        let mut stmt = store
+            .conn()
+            .prepare(&format!("EXPLAIN QUERY PLAN {JOURNAL_AFTER}"))
+            .unwrap();
+        let plan: Vec<String> = stmt
+            .query_map([5], |r| r.get::<_, String>(3))
+            .unwrap()
+            .map(|r| r.unwrap())
+            .collect();
+        assert!(
+            plan.iter().any(|p| p.contains("USING INDEX journal_batch")),
+            "{plan:?}"
+        );
+        assert!(!plan.iter().any(|p| p.contains("TEMP B-TREE")), "{plan:?}");
+    }
+
+    #[test]
+    fn the_tail_and_the_newest_snapshot_are_what_a_start_reads() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(&dir.path().join("berth.db")).unwrap();
+        for batch in 1..=4u64 {
+            store
+                .commit(&Commit {
+                    batch,
+                    at_ms: batch * 10,
+                    inputs: vec![WireInput::Tick, WireInput::Cancel { request: batch }],
+                    ..Commit::default()
+                })
+                .unwrap();
+        }
+        let tail = store.journal_after(2).unwrap();
+        assert_eq!(
+            tail.iter()
+                .map(|b| (b.0, b.1, b.2.len()))
+                .collect::<Vec<_>>(),
+            vec![(3, 30, 2), (4, 40, 2)]
+        );
+        assert_eq!(store.journal_after(0).unwrap(), store.journal().unwrap());
+        assert_eq!(store.latest_snapshot().unwrap(), None);
+        let row = |batch: u64| SnapshotRow {
+            batch,
+            at_ms: batch * 10,
+            submits: 0,
+            state: vec![batch as u8; 3],
+            side: "{}".into(),
+        };
+        store.write_snapshot(&row(2)).unwrap();
+        store.write_snapshot(&row(3)).unwrap();
+        assert_eq!(store.latest_snapshot().unwrap(), Some(row(3)));
+        let n: i64 = store
+            .conn()
+            .query_row("SELECT count(*) FROM snapshots", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, 1, "older snapshots are deleted");
+        // The journal a snapshot covers stays (export reads all of it).
+        assert_eq!(store.journal().unwrap().len(), 4);
+    }
 
     #[test]
     fn batches_survive_reopening_and_migrations_run_once() {

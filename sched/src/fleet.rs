@@ -10,8 +10,8 @@ pub const SLOT_KINDS_MAX: usize = 4;
 /// Interns strings (labels, images, slot kinds) to small ids, in first-seen order.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Interner {
-    ids: BTreeMap<String, u32>,
-    names: Vec<String>,
+    pub(crate) ids: BTreeMap<String, u32>,
+    pub(crate) names: Vec<String>,
 }
 
 impl Interner {
@@ -534,9 +534,9 @@ pub(crate) struct Fleet {
 /// never probed has no known capacity yet, so it is a class of its own kind.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) struct StaticClass {
-    driver: DriverKind,
-    labels: Vec<u32>,
-    capacity: Amount,
+    pub(crate) driver: DriverKind,
+    pub(crate) labels: Vec<u32>,
+    pub(crate) capacity: Amount,
     pub probed: bool,
 }
 

@@ -21,7 +21,7 @@ pub fn pull_ms(size_mib: u64, mbit_s: u64) -> u64 {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StoreTurns {
     /// Per turn, when it is next free; empty: the store has no limit.
-    free_at_ms: Vec<u64>,
+    pub(crate) free_at_ms: Vec<u64>,
 }
 
 impl StoreTurns {

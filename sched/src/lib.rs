@@ -50,7 +50,7 @@ pub use placement::Reason;
 pub use queue::ImageHold;
 pub use scheduler::{
     AccountView, HostImagesView, PullView, QuotaResourceView, QuotaView, REQUEST_VMS_MAX,
-    Scheduler, WarmPoolView, host_class,
+    SNAPSHOT_VERSION, Scheduler, SnapshotError, WarmPoolView, host_class,
 };
 pub use views::{
     Blocker, HostView, Positions, QuotaWait, RequestView, VmView, WHY_HOSTS_NAMED, Why,

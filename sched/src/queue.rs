@@ -105,17 +105,17 @@ pub(crate) struct Group {
 
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Queue {
-    levels: BTreeMap<(u32, Reverse<i32>), BTreeMap<u64, Entry>>,
+    pub(crate) levels: BTreeMap<(u32, Reverse<i32>), BTreeMap<u64, Entry>>,
     /// Per account, its fair-share rank for this pass (empty without fair share).
-    ranks: Vec<u32>,
+    pub(crate) ranks: Vec<u32>,
     /// Fair share's age limit: a request that has waited this long is served before the fair
     /// order, by priority with aging and arrival (None: never).
-    age_limit_ms: Option<u64>,
-    groups: BTreeMap<u64, Group>,
-    group_ids: BTreeMap<Kind, u64>,
-    next_seq: u64,
-    next_group: u64,
-    len: usize,
+    pub(crate) age_limit_ms: Option<u64>,
+    pub(crate) groups: BTreeMap<u64, Group>,
+    pub(crate) group_ids: BTreeMap<Kind, u64>,
+    pub(crate) next_seq: u64,
+    pub(crate) next_group: u64,
+    pub(crate) len: usize,
 }
 
 impl Queue {

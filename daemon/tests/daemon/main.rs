@@ -29,6 +29,7 @@ mod parallels;
 mod prometheus;
 mod pulses;
 mod quota;
+mod snapshots;
 
 const CONFIG: &str = r#"
 [sim]
@@ -1119,7 +1120,8 @@ fn the_cli_finds_the_token_and_drives_the_daemon() {
 
 // ---- the crash test, on a real `berth serve` process ----
 
-/// The `berth` binary, built if needed (it belongs to the workspace's root package).
+/// The `berth` binary, built if needed (it belongs to the workspace's root package; a
+/// workspace test run builds it before this runs).
 fn berth_binary() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     let target_dir = exe.parent().unwrap().parent().unwrap();
@@ -1144,14 +1146,26 @@ fn soak_kills() -> usize {
         .unwrap_or(3)
 }
 
+const SOAK_CONFIG: &str =
+    "[sim]\nlatency_scale = 0.01\n[probe]\ninterval_ms = 200\nstartup_grace_ms = 5000\n";
+
 #[test]
 fn sigkill_in_the_middle_of_a_burst_loses_and_duplicates_nothing() {
+    sigkill_soak(SOAK_CONFIG);
+}
+
+/// The same with a snapshot every 50 inputs: kills land between a commit and its snapshot, and
+/// every restart starts from a snapshot.
+#[test]
+fn sigkill_in_the_middle_of_a_burst_loses_and_duplicates_nothing_with_snapshots() {
+    sigkill_soak(&format!(
+        "{SOAK_CONFIG}[recovery]\nsnapshot_every_inputs = 50\n"
+    ));
+}
+
+fn sigkill_soak(config: &str) {
     let dir = tempfile::tempdir().unwrap();
-    let mut serve = Serve::start(
-        &berth_binary(),
-        dir.path(),
-        "[sim]\nlatency_scale = 0.01\n[probe]\ninterval_ms = 200\nstartup_grace_ms = 5000\n",
-    );
+    let mut serve = Serve::start(&berth_binary(), dir.path(), config);
     let (url, token) = (serve.url.clone(), serve.token.clone());
     let kills = soak_kills();
     let accepted = Arc::new(Mutex::new(Vec::<u64>::new()));

@@ -333,9 +333,21 @@ fn a_journal_missing_rows_is_named_not_met_with_a_duplicate_key() {
 
 #[test]
 fn requests_rows_deleted_by_hand_are_written_again_from_the_journal() {
+    rows_deleted_by_hand_are_written_again(CONFIG, false);
+}
+
+/// With a snapshot, a start that finds rows lost replays the whole journal to write them again
+/// (the snapshot holds no ended request).
+#[test]
+fn requests_rows_deleted_by_hand_are_written_again_past_a_snapshot() {
+    let config = format!("{CONFIG}\n[recovery]\nsnapshot_every_inputs = 2\n");
+    rows_deleted_by_hand_are_written_again(&config, true);
+}
+
+fn rows_deleted_by_hand_are_written_again(config: &str, snapshots: bool) {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    let d = TestDaemon::start(dir, CONFIG);
+    let d = TestDaemon::start(dir, config);
     let running = d.ok(
         "POST",
         "/v1/requests",
@@ -362,9 +374,13 @@ fn requests_rows_deleted_by_hand_are_written_again_from_the_journal() {
     d.stop();
 
     let conn = rusqlite::Connection::open(dir.join("berth.db")).unwrap();
+    let n_snapshots: i64 = conn
+        .query_row("SELECT count(*) FROM snapshots", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(n_snapshots > 0, snapshots);
     assert_eq!(conn.execute("DELETE FROM requests", []).unwrap(), 2);
     drop(conn);
-    let d = TestDaemon::start(dir, CONFIG);
+    let d = TestDaemon::start(dir, config);
     for (id, was) in [running, cancelled].iter().zip(&before) {
         let now = d.ok("GET", &format!("/v1/requests/{id}"), None);
         for field in [

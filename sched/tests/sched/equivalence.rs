@@ -48,7 +48,7 @@ fn lookalike() -> impl Strategy<Value = Op> {
 }
 
 /// Mostly arrivals, so that the queue grows deep on a small fleet.
-fn deep_queue_op() -> impl Strategy<Value = Op> {
+pub(crate) fn deep_queue_op() -> impl Strategy<Value = Op> {
     prop_oneof![
         6 => lookalike(),
         10 => op(),

@@ -355,7 +355,7 @@ fn a_probe_that_leaves_out_an_image_in_use_does_not_take_it_from_its_vms() {
 /// The image settings a property case varies: mode, store limit, image sizes (so that budgets
 /// bind in every combination of images a host may run together), and per class a bandwidth
 /// and a budget (in MiB; `None`: unbounded).
-fn image_knobs() -> impl Strategy<Value = Images> {
+pub(crate) fn image_knobs() -> impl Strategy<Value = Images> {
     let size = || prop_oneof![Just(0u64), Just(1_000), Just(5_000), Just(20_000)];
     (
         any::<bool>(),

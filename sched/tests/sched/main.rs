@@ -13,6 +13,7 @@ mod positions;
 mod properties;
 mod purity;
 mod quota;
+mod restore;
 mod snapshots;
 mod support;
 mod warm;

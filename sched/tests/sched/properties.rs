@@ -10,8 +10,8 @@ use std::fmt::Write as _;
 use berth_sched::{
     Account, Action, Blocker, Cause, Config, DriverKind, Event, Failure, FailureKind, FairShare,
     Hold, HostId, HostSpec, Input, Label, Policy, ProbeReport, QUOTA_EVERY_ACCOUNT, Quota,
-    QuotaAmounts, RequestId, RequestSpec, RequestState, ScanOrder, Scheduler, Shape, Template,
-    VmState, VmView, Weights,
+    QuotaAmounts, RequestId, RequestSpec, RequestState, ScanOrder, Scheduler, Shape, SnapshotError,
+    Template, VmState, VmView, Weights,
 };
 use proptest::prelude::*;
 
@@ -375,6 +375,18 @@ pub(crate) struct Run {
 impl Run {
     pub(crate) fn new(config: Config, checks: bool) -> Run {
         Run::on(Scheduler::new(config), checks)
+    }
+
+    /// This run with its scheduler restored from a snapshot of this one's (taken between two
+    /// inputs, once everything was polled), under `config`, the configuration it was made with.
+    pub(crate) fn restored(&self, config: Config) -> Result<Run, SnapshotError> {
+        let bytes = self.s.snapshot()?;
+        let s = Scheduler::restore(config, &bytes)?;
+        Ok(Run { s, ..self.clone() })
+    }
+
+    pub(crate) fn scheduler(&self) -> &Scheduler {
+        &self.s
     }
 
     /// A run on the reference scheduler (every pass walks the whole queue one by one).

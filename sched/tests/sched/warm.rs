@@ -276,6 +276,11 @@ fn op() -> impl Strategy<Value = Op> {
 /// Runs the ops on a scheduler with a pool of `count`, checking the invariants after every
 /// input; returns the log of everything that came out.
 fn run(ops: &[Op], count: u32, policy: u8) -> String {
+    run_restoring(ops, count, policy, None)
+}
+
+/// `run`, with the scheduler replaced after op `restore_at` by one restored from its snapshot.
+fn run_restoring(ops: &[Op], count: u32, policy: u8, restore_at: Option<usize>) -> String {
     let mut config = warm_config(count);
     config.policy = [
         berth_sched::Policy::Fcfs,
@@ -286,7 +291,13 @@ fn run(ops: &[Op], count: u32, policy: u8) -> String {
     let (mut now, mut n_hosts, mut n_requests) = (0u64, 0u64, 0u64);
     let mut handing: BTreeSet<VmId> = BTreeSet::new();
     let mut log = String::new();
-    for op in ops {
+    for (i, op) in ops.iter().enumerate() {
+        if restore_at == Some(i) {
+            let bytes = s.snapshot().expect("a quiescent scheduler");
+            let restored = Scheduler::restore(s.config().clone(), &bytes).expect("restored");
+            assert_eq!(restored.state_digest(), s.state_digest());
+            s = restored;
+        }
         let input = match *op {
             Op::AddHost { vcpus, kvm: k } => {
                 n_hosts += 1;
@@ -394,6 +405,20 @@ proptest! {
         let first = run(&ops, count, policy);
         let second = run(&ops, count, policy);
         prop_assert_eq!(first, second);
+    }
+
+    /// A scheduler restored from a snapshot between two inputs goes on with its pools as the
+    /// one that was never interrupted.
+    #[test]
+    fn warm_pools_survive_a_snapshot_and_restore(
+        ops in prop::collection::vec(op(), 1..120),
+        count in 1u32..=4,
+        policy in 0u8..3,
+        at in any::<usize>(),
+    ) {
+        let straight = run(&ops, count, policy);
+        let restored = run_restoring(&ops, count, policy, Some(at % ops.len()));
+        prop_assert_eq!(straight, restored);
     }
 }
 

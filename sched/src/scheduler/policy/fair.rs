@@ -25,13 +25,13 @@ pub(crate) struct AccountUsage {
 /// The accounts, their usage, and the order the queue serves them in.
 #[derive(Clone, Debug)]
 pub(crate) struct Fair {
-    half_life_ms: u64,
-    default_weight: u32,
-    names: Interner,
+    pub(crate) half_life_ms: u64,
+    pub(crate) default_weight: u32,
+    pub(crate) names: Interner,
     pub accounts: Vec<AccountUsage>,
     /// Per account, where it stands: 0 is served first.
     pub ranks: Vec<u32>,
-    order: Vec<u32>,
+    pub(crate) order: Vec<u32>,
 }
 
 impl Fair {

@@ -160,15 +160,15 @@ pub(crate) enum Refused {
 /// The quotas, what each account holds per class, and which classes are reclaimed this pass.
 #[derive(Clone, Debug)]
 pub(crate) struct Quotas {
-    accounts: Interner,
-    classes: Interner,
+    pub(crate) accounts: Interner,
+    pub(crate) classes: Interner,
     /// Per class, the quota of every account without its own (`QUOTA_EVERY_ACCOUNT`).
-    every: Vec<Option<Bounds>>,
-    own: BTreeMap<(u32, u32), Bounds>,
+    pub(crate) every: Vec<Option<Bounds>>,
+    pub(crate) own: BTreeMap<(u32, u32), Bounds>,
     /// Per account, per class, what its VMs hold.
-    used: Vec<Vec<Amounts>>,
+    pub(crate) used: Vec<Vec<Amounts>>,
     /// Per host index, its class if a quota names it.
-    host_class: Vec<Option<u32>>,
+    pub(crate) host_class: Vec<Option<u32>>,
     /// Per class, its hosts by index.
     pub class_hosts: Vec<Vec<usize>>,
     /// Per class, the accounts that reclaim it this pass, ascending.
