@@ -1174,7 +1174,9 @@ impl Simulation {
                 cause,
                 ..
             } => {
-                if let Some(v) = self.vms.get_mut(&vm)
+                // Only a run with pools has warm VMs (most runs look no VM up for this).
+                if !self.sched.config().warm.is_empty()
+                    && let Some(v) = self.vms.get_mut(&vm)
                     && let Some(since) = v.warm_since_ms
                 {
                     // A warm VM idles until it is handed over (`act`) or ends.
