@@ -791,19 +791,19 @@ fn the_event_stream_sends_state_changes() {
     );
 }
 
-#[test]
-fn a_restart_replays_the_journal_to_the_same_state() {
-    let dir = tempfile::tempdir().unwrap();
-    let d = TestDaemon::start(dir.path(), CONFIG);
+/// Brings the embedded fleet into a state a restart must restore whole: `linux` Linux VMs
+/// and `macos` macOS VMs (held on failure) running, 500 Windows VMs waiting, a host draining,
+/// and one macOS VM held after a failed job; returns that VM's id.
+fn a_busy_fleet(d: &TestDaemon, linux: u64, macos: u64) -> u64 {
     d.ok(
         "POST",
         "/v1/requests",
-        Some(json!({"template": "linux", "count": 5})),
+        Some(json!({"template": "linux", "count": linux})),
     );
     d.ok(
         "POST",
         "/v1/requests",
-        Some(json!({"template": "macos", "count": 3, "hold_on_failure": true})),
+        Some(json!({"template": "macos", "count": macos, "hold_on_failure": true})),
     );
     d.ok(
         "POST",
@@ -826,6 +826,14 @@ fn a_restart_replays_the_journal_to_the_same_state() {
         &format!("/v1/vms/{held}/result"),
         Some(json!({"passed": false})),
     );
+    held
+}
+
+#[test]
+fn a_restart_replays_the_journal_to_the_same_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = TestDaemon::start(dir.path(), CONFIG);
+    let held = a_busy_fleet(&d, 5, 3);
     std::thread::sleep(Duration::from_millis(200));
     let before_hosts = d.ok("GET", "/v1/hosts", None);
     let before_vms = d.ok("GET", "/v1/vms?live=true", None);

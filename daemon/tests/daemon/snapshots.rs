@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::{CONFIG, TestDaemon, vm_ids};
+use crate::{CONFIG, TestDaemon, a_busy_fleet};
 
 /// What the API says the fleet is: every live VM's state and host, every host's state and
 /// use, and every request's state.
@@ -59,37 +59,7 @@ fn a_start_from_a_snapshot_reaches_the_state_of_a_whole_replay() {
     let config = format!("{CONFIG}\n[recovery]\nsnapshot_every_inputs = 5\n");
     let dir = tempfile::tempdir().unwrap();
     let d = TestDaemon::start(dir.path(), &config);
-    d.ok(
-        "POST",
-        "/v1/requests",
-        Some(json!({"template": "linux", "count": 4})),
-    );
-    d.ok(
-        "POST",
-        "/v1/requests",
-        Some(json!({"template": "macos", "count": 2, "hold_on_failure": true})),
-    );
-    d.ok(
-        "POST",
-        "/v1/requests",
-        Some(json!({"template": "windows", "count": 500, "cpus": 8})),
-    );
-    d.wait_for("linux and macos running", |d| {
-        [1, 2].iter().all(|id| {
-            d.ok("GET", &format!("/v1/requests/{id}"), None)["vms"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .all(|v| v["state"] == "running")
-        })
-    });
-    d.ok("POST", "/v1/hosts/sim-large-1/drain", None);
-    let held = vm_ids(&d.ok("GET", "/v1/requests/2", None))[0];
-    d.ok(
-        "POST",
-        &format!("/v1/vms/{held}/result"),
-        Some(json!({"passed": false})),
-    );
+    let held = a_busy_fleet(&d, 4, 2);
     d.ok(
         "POST",
         "/v1/requests",

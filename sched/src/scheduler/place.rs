@@ -3,7 +3,7 @@
 
 use super::images::Verdict;
 use super::reservation::{covers, reservation_cost};
-use super::state::{EndEntry, Ending, Reservation, Scheduler};
+use super::state::{EndEntry, Reservation, Scheduler};
 use crate::fleet::Need;
 use crate::model::{RequestId, VmState};
 use crate::output::{Action, Cause};
@@ -252,30 +252,12 @@ impl Scheduler {
         r.gang_pending = false;
         let vm_spec = r.vm_spec.clone();
         let account = r.account;
-        // Only backfilling reads expected ends; the other policies skip their upkeep.
-        let keep_ends = self.reads.expected_ends;
         let used = EndEntry::of(&r.need);
         let expected_end = now
             .saturating_add(r.expected_start_ms)
             .saturating_add(r.expected_run_ms);
         for (&vm, &h) in vms.iter().zip(&chosen) {
-            if let Some(v) = self.vms.get_mut(&vm) {
-                v.host = Some(h);
-                v.provisioning = true;
-                v.expected_end_ms = expected_end;
-                if keep_ends {
-                    v.ending = Ending::Expected;
-                }
-            }
-            if keep_ends {
-                self.ends.insert(
-                    (expected_end, vm),
-                    EndEntry {
-                        host: h as u32,
-                        ..used
-                    },
-                );
-            }
+            self.seat_vm(vm, h, true, expected_end, used);
             self.vm_to(vm, VmState::Placed, Cause::Placed);
             self.actions.push_back(Action::Provision {
                 vm,

@@ -1,7 +1,7 @@
 //! VMs: creating one, moving it from state to state with its event, asking for its destroy,
 //! and forgetting it once it ended.
 
-use super::state::{AfterDestroy, Ending, Scheduler, Vm};
+use super::state::{AfterDestroy, EndEntry, Ending, Scheduler, Vm};
 use crate::fleet::Amount;
 use crate::input::InputError;
 use crate::model::{RequestId, VmId, VmState};
@@ -34,6 +34,37 @@ impl Scheduler {
             cause,
         });
         id
+    }
+
+    /// Puts VM `vm` on host `h` (whose capacity it already holds), due to end at
+    /// `expected_end`; `provisioning`: it still counts against the host's provisioning turns.
+    /// Only backfilling reads expected ends: under the other policies `ends` is not kept.
+    pub(super) fn seat_vm(
+        &mut self,
+        vm: VmId,
+        h: usize,
+        provisioning: bool,
+        expected_end: u64,
+        used: EndEntry,
+    ) {
+        let keep_ends = self.reads.expected_ends;
+        if let Some(v) = self.vms.get_mut(&vm) {
+            v.host = Some(h);
+            v.provisioning = provisioning;
+            v.expected_end_ms = expected_end;
+            if keep_ends {
+                v.ending = Ending::Expected;
+            }
+        }
+        if keep_ends {
+            self.ends.insert(
+                (expected_end, vm),
+                EndEntry {
+                    host: h as u32,
+                    ..used
+                },
+            );
+        }
     }
 
     pub(super) fn vm_to(&mut self, vm: VmId, to: VmState, cause: Cause) {

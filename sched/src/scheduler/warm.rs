@@ -9,7 +9,7 @@ use std::cmp::Reverse;
 use std::collections::BTreeMap;
 
 use super::images::Verdict;
-use super::state::{AfterDestroy, EndEntry, Ending, Scheduler};
+use super::state::{AfterDestroy, EndEntry, Scheduler};
 use crate::config::Warm;
 use crate::fleet::{Amount, Need};
 use crate::model::{RequestId, Shape, VmId, VmState};
@@ -360,7 +360,6 @@ impl Scheduler {
         book.due = true;
         let h = w.host;
         let now = self.now_ms;
-        let keep_ends = self.reads.expected_ends;
         let Some(r) = self.requests.get_mut(&id) else {
             return;
         };
@@ -377,23 +376,7 @@ impl Scheduler {
         });
         self.vm_to(warm, VmState::Done, Cause::Handover { vm });
         self.vms.remove(&warm);
-        if let Some(v) = self.vms.get_mut(&vm) {
-            v.host = Some(h);
-            v.provisioning = false;
-            v.expected_end_ms = expected_end;
-            if keep_ends {
-                v.ending = Ending::Expected;
-            }
-        }
-        if keep_ends {
-            self.ends.insert(
-                (expected_end, vm),
-                EndEntry {
-                    host: h as u32,
-                    ..used
-                },
-            );
-        }
+        self.seat_vm(vm, h, false, expected_end, used);
         self.vm_to(vm, VmState::Booting, Cause::Handover { vm: warm });
         self.actions.push_back(Action::Handover {
             vm,
