@@ -13,7 +13,9 @@
 /// mimalloc rather than the system allocator: glibc keeps what each thread freed in that
 /// thread's arena, so after a flood of large answers (lists of 100,000 rows, forecasts) on the
 /// daemon's many threads its resident memory stayed near the peak for good; mimalloc returns
-/// freed pages to the system.
+/// freed pages to the system. It is built without asking for transparent huge pages: on a
+/// system that grants them on request, a KTH replay's 8 MiB of heap held 31 MiB resident in
+/// 2 MiB pages, and zeroing them took 5–16% of the run (kernel samples of `perf record`).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
