@@ -130,6 +130,14 @@ impl Stream {
         }
     }
 
+    fn reset(&mut self, origin: usize, image_bloom: u64) {
+        self.image_bloom = image_bloom;
+        self.hosts.clear();
+        self.next = origin;
+        self.wrapped = false;
+        self.done = false;
+    }
+
     fn fill(&mut self, fleet: &Fleet, need: &Need, search: &SearchParams<'_>, excluded: &[u64]) {
         let n = fleet.hosts.len();
         let image_bloom = self.image_bloom;
@@ -182,7 +190,7 @@ struct SearchParams<'a> {
 /// The candidate hosts for the VMs of one request, kept across its VMs: after each placement
 /// only the chosen host is checked and scored again, so placing k VMs costs about k index
 /// updates and k comparisons over the candidates, not k full searches.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub(crate) struct Search {
     origin: usize,
     k: usize,
@@ -193,21 +201,39 @@ pub(crate) struct Search {
 
 impl Search {
     pub fn new(config: &Config, fleet: &Fleet, need: &Need, rotate_from: usize) -> Search {
+        Search::default().renew(config, fleet, need, rotate_from)
+    }
+
+    /// A new search, in the buffers of this finished one: a pass starts one per request it
+    /// tries, and the allocations add up.
+    pub fn renew(
+        mut self,
+        config: &Config,
+        fleet: &Fleet,
+        need: &Need,
+        rotate_from: usize,
+    ) -> Search {
         let origin = match config.scan {
             ScanOrder::Lowest => 0,
             ScanOrder::Rotate if fleet.hosts.is_empty() => 0,
             ScanOrder::Rotate => rotate_from % fleet.hosts.len(),
         };
-        let mut streams = vec![Stream::new(origin, 0)];
+        let mut blooms = [Some(0), None];
         if config.weights.locality > 0 {
-            streams.push(Stream::new(origin, bloom_bit(need.image)));
+            blooms[1] = Some(bloom_bit(need.image));
         }
-        Search {
-            origin,
-            k: config.candidates_max.max(1) as usize,
-            streams,
-            excluded: Vec::new(),
+        let wanted = blooms.iter().flatten().count();
+        self.streams.truncate(wanted);
+        for (i, bloom) in blooms.into_iter().flatten().enumerate() {
+            match self.streams.get_mut(i) {
+                Some(s) => s.reset(origin, bloom),
+                None => self.streams.push(Stream::new(origin, bloom)),
+            }
         }
+        self.origin = origin;
+        self.k = config.candidates_max.max(1) as usize;
+        self.excluded.clear();
+        self
     }
 
     /// The best candidate for one more VM, or `None` when no host fits.

@@ -12,6 +12,7 @@
 //! need no host had room for is not searched again until a host that changed has room
 //! (`Pass::no_room`). `Scheduler::reference` keeps the one-by-one walk the tests compare with.
 
+mod ends;
 mod hosts;
 mod images;
 mod lifecycle;
@@ -105,7 +106,7 @@ impl Scheduler {
             requests: IdMap::default(),
             vms: IdMap::default(),
             queue: Queue::with_age_limit(age_limit_ms),
-            ends: BTreeMap::new(),
+            ends: Default::default(),
             releasing: Vec::new(),
             timers: BTreeSet::new(),
             actions: VecDeque::new(),
@@ -121,6 +122,7 @@ impl Scheduler {
             freed_touched: Vec::new(),
             head_room: HeadRoom::default(),
             walk_room: Vec::new(),
+            search_spare: Default::default(),
             reference_walk: false,
             image_book: None,
             warm,

@@ -7,7 +7,6 @@ use super::state::{EndEntry, Reservation, Scheduler};
 use crate::fleet::Need;
 use crate::model::{RequestId, VmState};
 use crate::output::{Action, Cause};
-use crate::placement::Search;
 use crate::queue::{ImageHold, Wait};
 
 /// What one `place_request` did.
@@ -107,7 +106,12 @@ impl Scheduler {
         let held_for = reservation.as_ref().map(|res| (res.head, res.shadow_ms));
         let extra_before = reservation.as_ref().map_or(0, |res| res.extra);
 
-        let mut search = Search::new(&self.config, &self.fleet, &need, self.rotate_from);
+        let mut search = std::mem::take(&mut self.search_spare).renew(
+            &self.config,
+            &self.fleet,
+            &need,
+            self.rotate_from,
+        );
         let mut chosen: Vec<usize> = Vec::with_capacity(want);
         let mut refused_by_reservation = false;
         // Classes whose quota let the account have none more in this attempt, and the VMs
@@ -183,6 +187,7 @@ impl Scheduler {
             chosen.push(h);
             search.recheck(&self.fleet, &need, h, &self.config);
         }
+        self.search_spare = search;
 
         let placed_all = chosen.len() == want;
         // A host passed over for its image budget had room: what failed is not a lack of room,

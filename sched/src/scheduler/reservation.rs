@@ -38,7 +38,7 @@ impl Scheduler {
         walked.resize(self.fleet.hosts.len(), (Amount::default(), 0));
         let mut room = base.room;
         let mut shadow_ms = (room >= wanted).then_some(self.now_ms);
-        for (&(end_ms, _), entry) in &self.ends {
+        for (end_ms, _, entry) in self.ends.iter() {
             if let Some(s) = shadow_ms
                 && end_ms > s
             {

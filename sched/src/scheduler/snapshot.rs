@@ -249,6 +249,7 @@ impl Scheduler {
             freed_touched,
             head_room: _,
             walk_room: _,
+            search_spare: _,
             fair,
             quotas,
             runs_on_class: _,
@@ -267,7 +268,7 @@ impl Scheduler {
         w.field(requests);
         w.field(vms);
         w.field(queue);
-        w.field(ends);
+        w.field(&ends.to_map());
         w.field(releasing);
         w.field(timers);
         w.field(next_vm);
@@ -395,6 +396,7 @@ impl Scheduler {
             scratch,
             head_room: _,
             walk_room,
+            search_spare,
             runs_on_class,
             runs_on_class_generation,
             ..
@@ -412,7 +414,7 @@ impl Scheduler {
             requests,
             vms,
             queue,
-            ends,
+            ends: super::ends::Ends::from_map(ends),
             releasing,
             timers,
             actions,
@@ -429,6 +431,7 @@ impl Scheduler {
             // Counts every host at the next reservation.
             head_room: HeadRoom::default(),
             walk_room,
+            search_spare,
             fair,
             quotas,
             runs_on_class,

@@ -249,7 +249,7 @@ pub struct Scheduler {
     /// Expected end of every VM that holds capacity, for backfilling.
     /// Each entry carries the VM's host and what it takes there. Kept only when the policy
     /// reads it (`Reads::expected_ends`).
-    pub(crate) ends: BTreeMap<(u64, VmId), EndEntry>,
+    pub(crate) ends: super::ends::Ends,
     /// Per host, what its VMs being destroyed give back once gone. They are due now, before
     /// any expected end, so they need no order: a destroy moves a VM out of `ends` into this
     /// sum rather than re-keying it at the present, which halves the upkeep of each VM's end.
@@ -273,6 +273,8 @@ pub struct Scheduler {
     /// Per host touched by a reservation's walk, what it has free at that point of the walk and
     /// how many of the head's shape that fits (scratch for `reserve`).
     pub(crate) walk_room: Vec<(Amount, i64)>,
+    /// The buffers of the last placement's host search, for the next one (scratch).
+    pub(crate) search_spare: crate::placement::Search,
     /// Accounts and their usage under fair share (`None` without).
     pub(crate) fair: Option<Fair>,
     /// Quotas per account and host class (`None` without).

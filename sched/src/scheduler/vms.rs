@@ -58,7 +58,8 @@ impl Scheduler {
         }
         if keep_ends {
             self.ends.insert(
-                (expected_end, vm),
+                expected_end,
+                vm,
                 EndEntry {
                     host: h as u32,
                     ..used
@@ -106,12 +107,12 @@ impl Scheduler {
         let Some(v) = self.vms.get_mut(&vm) else {
             return;
         };
-        let key = (v.expected_end_ms, vm);
+        let end_ms = v.expected_end_ms;
         v.expected_end_ms = now;
         if v.ending != Ending::Expected {
             return;
         }
-        let Some(entry) = self.ends.remove(&key) else {
+        let Some(entry) = self.ends.remove(end_ms, vm) else {
             v.ending = Ending::Untracked;
             return;
         };
@@ -132,7 +133,7 @@ impl Scheduler {
         match std::mem::replace(&mut v.ending, Ending::Untracked) {
             Ending::Untracked => {}
             Ending::Expected => {
-                self.ends.remove(&(v.expected_end_ms, vm));
+                self.ends.remove(v.expected_end_ms, vm);
             }
             Ending::Releasing(entry) => {
                 let host_idx = entry.host as usize;
@@ -152,8 +153,8 @@ impl Scheduler {
         if from == end_ms || v.ending != Ending::Expected {
             return;
         }
-        if let Some(entry) = self.ends.remove(&(from, vm)) {
-            self.ends.insert((end_ms, vm), entry);
+        if let Some(entry) = self.ends.remove(from, vm) {
+            self.ends.insert(end_ms, vm, entry);
         }
     }
 

@@ -69,7 +69,8 @@ impl Scheduler {
         // no host has room for, stays out of the walk: capacity only shrinks within it. Its
         // verdict is what `place_request` would say (the head's group keeps the reservation's).
         let free = self.fleet.ready_free;
-        let mut heads: Vec<Entry> = Vec::new();
+        let mut heads = std::mem::take(&mut self.scratch);
+        heads.clear();
         for g in self.queue.groups_mut() {
             let Some(&first) = g.members.values().next() else {
                 continue;
@@ -91,9 +92,10 @@ impl Scheduler {
             }
         }
         let mut next: BinaryHeap<(ServiceKey, Entry)> = heads
-            .into_iter()
-            .map(|e| (self.queue.key(&e, now, step), e))
+            .iter()
+            .map(|e| (self.queue.key(e, now, step), *e))
             .collect();
+        self.scratch = heads;
         // Parked groups, each with the sequence number after the member that failed.
         let mut parked: Vec<(u64, u64)> = Vec::new();
         while let Some((_, e)) = next.pop() {
