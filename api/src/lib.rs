@@ -43,6 +43,10 @@ pub fn vm_id(s: &str) -> Option<u64> {
     digits.parse().ok()
 }
 
+/// The request a warm VM belongs to (`VmRow::request`): none, a warm pool's VMs are owned by
+/// no request until one takes them (the scheduler's `RequestId::WARM_POOL`).
+pub const WARM_POOL_REQUEST: u64 = u64::MAX;
+
 /// A request id as the API takes it in paths: `7` or `r7`.
 pub fn request_id(s: &str) -> Option<u64> {
     s.strip_prefix('r').unwrap_or(s).parse().ok()

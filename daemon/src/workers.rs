@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use berth_drivers::sim::SimWorld;
-use berth_drivers::{Driver, DriverError, VmRecipe, vm_name};
+use berth_drivers::{Driver, DriverError, VmRecipe};
 use berth_sched::{HostId, VmId};
 use tokio::sync::{Notify, Semaphore, mpsc};
 use tokio::task::JoinHandle;
@@ -27,6 +27,9 @@ pub(crate) enum VmOp {
     Provision(VmRecipe),
     /// Wait for the boot of a VM provisioned before a restart.
     Boot,
+    /// Confirm that the VM's object on the host, a warm VM's that it took over, is there and
+    /// booted (`boot` of a running VM returns at once, and fails for one that is gone).
+    Handover,
     Destroy,
     /// Destroy a VM berth has no record of (found at reconciliation): no input to report.
     DestroyOrphan,
@@ -156,7 +159,15 @@ impl Workers {
         self.hosts.get(&id).map(|w| w.driver.clone())
     }
 
-    pub(crate) fn send(&mut self, vm: VmId, host: HostId, op: VmOp) {
+    /// Ends the task of a VM that no call will be made for again (a warm VM handed over: its
+    /// object is the request's VM's now, and that VM's task makes its calls).
+    pub(crate) fn forget(&mut self, vm: VmId, host: HostId) {
+        self.vms.remove(&(vm, host));
+    }
+
+    /// Queues a driver call for VM `vm`, whose object on the host is named `name` (its own
+    /// name, unless it took a warm VM's object), behind the calls already queued for it.
+    pub(crate) fn send(&mut self, vm: VmId, name: String, host: HostId, op: VmOp) {
         self.dispatched += 1;
         // Now and then, forget the channels of tasks that have finished.
         if self.dispatched.is_multiple_of(4096) {
@@ -179,6 +190,7 @@ impl Workers {
         self.vms.insert((vm, host), tx);
         tokio::spawn(vm_task(
             vm,
+            name,
             w.driver.clone(),
             w.permits.clone(),
             rx,
@@ -201,12 +213,12 @@ async fn report(tx: &mpsc::Sender<Report>, input: WireInput) -> bool {
 /// the sender sees it closed and starts a new task.
 async fn vm_task(
     vm: VmId,
+    name: String,
     driver: Arc<dyn Driver>,
     permits: Arc<Semaphore>,
     mut rx: mpsc::UnboundedReceiver<VmOp>,
     tx: mpsc::Sender<Report>,
 ) {
-    let name = vm_name(vm.0);
     let mut next: Option<VmOp> = None;
     loop {
         let op = match next.take() {
@@ -248,6 +260,24 @@ async fn vm_task(
                 tokio::select! {
                     result = driver.boot(&name) => {
                         report(&tx, WireInput::BootDone {
+                            vm: vm.0,
+                            result: result.map_err(|e| failure(&e)),
+                        }).await;
+                    }
+                    op = rx.recv() => match op {
+                        Some(op) => next = Some(op),
+                        None => return,
+                    },
+                }
+            }
+            VmOp::Handover => {
+                // A destroy that arrives meanwhile goes first: the handover is moot then.
+                tokio::select! {
+                    result = driver.boot(&name) => {
+                        if let Err(e) = &result {
+                            tracing::warn!(vm = %vm, object = %name, host = driver.host(), error = %e, "handover failed");
+                        }
+                        report(&tx, WireInput::HandoverDone {
                             vm: vm.0,
                             result: result.map_err(|e| failure(&e)),
                         }).await;
