@@ -274,6 +274,7 @@ async fn vm_task(
                 // A destroy that arrives meanwhile goes first: the handover is moot then.
                 tokio::select! {
                     result = driver.boot(&name) => {
+                        let result = result.map_err(handover_failure);
                         if let Err(e) = &result {
                             tracing::warn!(vm = %vm, object = %name, host = driver.host(), error = %e, "handover failed");
                         }
@@ -321,6 +322,19 @@ async fn vm_task(
                 }
             }
         }
+    }
+}
+
+/// A handover's failure as the scheduler should take it: a warm VM that is gone (libvirt
+/// says `NoSuchVm`, which would fail the whole request) is not the request's fault, and its VM
+/// is placed again within the request's budget.
+fn handover_failure(e: DriverError) -> DriverError {
+    match e {
+        DriverError::NoSuchVm { host, name } => DriverError::Transient {
+            host,
+            message: format!("warm vm {name} is gone"),
+        },
+        e => e,
     }
 }
 
@@ -422,5 +436,28 @@ async fn probe_loop(
         {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_warm_vm_gone_at_its_handover_is_not_the_requests_fault() {
+        let gone = handover_failure(DriverError::NoSuchVm {
+            host: "kvm-1".into(),
+            name: "berth-vm7".into(),
+        });
+        assert!(gone.is_transient(), "{gone:?}");
+        assert_eq!(
+            gone.to_string(),
+            "transient failure on host kvm-1: warm vm berth-vm7 is gone"
+        );
+        let host = DriverError::Host {
+            host: "kvm-1".into(),
+            message: "hypervisor down".into(),
+        };
+        assert_eq!(handover_failure(host.clone()), host);
     }
 }
