@@ -21,6 +21,10 @@ use crate::config::ProbeSection;
 use crate::fleet::DriverDefaults;
 use crate::wire::{WireFailure, WireHost, WireInput, WireProbe};
 
+/// One driver call for one VM, with the name of the VM's object on the host it is made for:
+/// a VM that took a warm VM's object and is placed again later has another.
+type Call = (VmOp, String);
+
 /// One driver call for one VM.
 #[derive(Debug)]
 pub(crate) enum VmOp {
@@ -63,7 +67,7 @@ pub(crate) enum Report {
 pub(crate) struct Workers {
     tx: mpsc::Sender<Report>,
     hosts: HashMap<HostId, HostWorker>,
-    vms: HashMap<(VmId, HostId), mpsc::UnboundedSender<VmOp>>,
+    vms: HashMap<(VmId, HostId), mpsc::UnboundedSender<Call>>,
     probe: ProbeSection,
     grace_until: Instant,
     calls_per_host_max: usize,
@@ -173,12 +177,12 @@ impl Workers {
         if self.dispatched.is_multiple_of(4096) {
             self.vms.retain(|_, tx| !tx.is_closed());
         }
-        let op = match self.vms.get(&(vm, host)) {
-            Some(tx) => match tx.send(op) {
+        let call = match self.vms.get(&(vm, host)) {
+            Some(tx) => match tx.send((op, name)) {
                 Ok(()) => return,
-                Err(mpsc::error::SendError(op)) => op,
+                Err(mpsc::error::SendError(call)) => call,
             },
-            None => op,
+            None => (op, name),
         };
         let Some(w) = self.hosts.get(&host) else {
             tracing::warn!(vm = %vm, host = %host, "action for a host without a driver");
@@ -186,11 +190,10 @@ impl Workers {
         };
         let (tx, rx) = mpsc::unbounded_channel();
         // The receiver is alive until the task below ends; this send cannot fail.
-        let _ = tx.send(op);
+        let _ = tx.send(call);
         self.vms.insert((vm, host), tx);
         tokio::spawn(vm_task(
             vm,
-            name,
             w.driver.clone(),
             w.permits.clone(),
             rx,
@@ -213,18 +216,17 @@ async fn report(tx: &mpsc::Sender<Report>, input: WireInput) -> bool {
 /// the sender sees it closed and starts a new task.
 async fn vm_task(
     vm: VmId,
-    name: String,
     driver: Arc<dyn Driver>,
     permits: Arc<Semaphore>,
-    mut rx: mpsc::UnboundedReceiver<VmOp>,
+    mut rx: mpsc::UnboundedReceiver<Call>,
     tx: mpsc::Sender<Report>,
 ) {
-    let mut next: Option<VmOp> = None;
+    let mut next: Option<Call> = None;
     loop {
-        let op = match next.take() {
-            Some(op) => op,
+        let (op, name) = match next.take() {
+            Some(call) => call,
             None => match rx.recv().await {
-                Some(op) => op,
+                Some(call) => call,
                 None => return,
             },
         };
@@ -248,7 +250,7 @@ async fn vm_task(
                 )
                 .await;
                 if ok {
-                    next = Some(VmOp::Boot);
+                    next = Some((VmOp::Boot, name));
                 } else {
                     // Done with this VM here; ops already queued (a destroy after a cancel)
                     // still run, later ones go to a new task.
@@ -264,8 +266,8 @@ async fn vm_task(
                             result: result.map_err(|e| failure(&e)),
                         }).await;
                     }
-                    op = rx.recv() => match op {
-                        Some(op) => next = Some(op),
+                    call = rx.recv() => match call {
+                        Some(call) => next = Some(call),
                         None => return,
                     },
                 }
@@ -283,8 +285,8 @@ async fn vm_task(
                             result: result.map_err(|e| failure(&e)),
                         }).await;
                     }
-                    op = rx.recv() => match op {
-                        Some(op) => next = Some(op),
+                    call = rx.recv() => match call {
+                        Some(call) => next = Some(call),
                         None => return,
                     },
                 }

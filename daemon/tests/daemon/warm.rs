@@ -209,6 +209,67 @@ fn restart_keeps_everything(config: &str) {
 }
 
 #[test]
+fn a_restart_in_the_middle_of_a_handover_finishes_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = TestDaemon::start(dir.path(), WARM);
+    d.wait_for("the pool filled", |d| idle_warm(d).len() == 2);
+    let warm = idle_warm(&d);
+    // The handover's confirmation never comes back: the daemon dies waiting for it.
+    d.sim().hang_boots("warm-1", 1);
+    let r = d.ok(
+        "POST",
+        "/v1/requests",
+        Some(json!({"template": "linux", "count": 1})),
+    );
+    let id = r["id"].as_u64().unwrap();
+    let vm = vm_ids_of(&d, id)[0];
+    d.wait_for("the handover under way", |d| {
+        d.ok("GET", &format!("/v1/vms/{vm}"), None)["host_object"].is_string()
+    });
+    assert_eq!(d.vm_state(vm), "booting");
+    let object = d.ok("GET", &format!("/v1/vms/{vm}"), None)["host_object"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(warm.iter().any(|&w| name(w) == object), "{object} {warm:?}");
+    let before = inventory(&d);
+    d.stop();
+
+    let d = TestDaemon::start(dir.path(), WARM);
+    // Recovery confirms the handover again: the VM runs in the warm VM's object, which was
+    // neither destroyed nor taken for an orphan, and nothing was provisioned for it.
+    d.wait_for("the request's vm running", |d| d.vm_state(vm) == "running");
+    let inv = inventory(&d);
+    assert!(inv.contains(&object), "{inv:?}");
+    assert_eq!(
+        d.ok("GET", &format!("/v1/vms/{vm}"), None)["host_object"],
+        object.as_str()
+    );
+    assert!(!inv.contains(&name(vm)), "{inv:?}");
+    for n in &before {
+        assert!(inv.contains(n), "{n} destroyed: {inv:?}");
+    }
+    let causes = history_causes(&d, vm);
+    assert_eq!(
+        causes,
+        [
+            "submitted",
+            &format!("warm vm handover (vm{})", &object["berth-vm".len()..]),
+            "booted"
+        ],
+        "one handover, confirmed after the restart"
+    );
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let orphans: Value = d.ok("GET", "/v1/orphans", None);
+    assert_eq!(orphans["orphans"], json!([]), "{orphans}");
+    assert_eq!(d.vm_state(vm), "running");
+}
+
+fn vm_ids_of(d: &TestDaemon, request: u64) -> Vec<u64> {
+    super::vm_ids(&d.ok("GET", &format!("/v1/requests/{request}"), None))
+}
+
+#[test]
 fn a_restart_with_other_warm_pools_keeps_the_databases() {
     let dir = tempfile::tempdir().unwrap();
     let d = TestDaemon::start(dir.path(), WARM);
