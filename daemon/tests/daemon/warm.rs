@@ -265,6 +265,31 @@ fn a_restart_in_the_middle_of_a_handover_finishes_it() {
     assert_eq!(d.vm_state(vm), "running");
 }
 
+#[test]
+fn a_restart_provisions_warm_vms_left_half_made_again() {
+    let dir = tempfile::tempdir().unwrap();
+    // Realistic latencies: provisioning takes seconds, and the daemon stops in the middle.
+    let slow = WARM.replace("latency_scale = 0.001", "latency_scale = 1.0");
+    let d = TestDaemon::start(dir.path(), &slow);
+    d.wait_for("the pool provisioning", |d| {
+        live(d)
+            .iter()
+            .filter(|(_, r, s)| *r == POOL && s == "provisioning")
+            .count()
+            == 2
+    });
+    let warm: Vec<u64> = live(&d).into_iter().map(|(id, _, _)| id).collect();
+    d.stop();
+
+    // Recovery provisions them again from their pool's template and shape: the same VMs come
+    // up, and no others.
+    let d = TestDaemon::start(dir.path(), WARM);
+    d.wait_for("the pool filled", |d| idle_warm(d).len() == 2);
+    assert_eq!(idle_warm(&d), warm);
+    let names: Vec<String> = warm.iter().map(|&w| name(w)).collect();
+    assert_eq!(inventory(&d), names);
+}
+
 fn vm_ids_of(d: &TestDaemon, request: u64) -> Vec<u64> {
     super::vm_ids(&d.ok("GET", &format!("/v1/requests/{request}"), None))
 }
