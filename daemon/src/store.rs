@@ -969,6 +969,18 @@ fn column_str<'r>(r: &'r rusqlite::Row<'_>, i: usize) -> Result<Option<&'r str>,
 }
 
 /// The ids of the VMs held at a breakpoint now (few: each one waits for a person).
+/// The name of VM `id`'s object on its host when that is not its own (it took a warm VM).
+pub fn host_object(conn: &Connection, id: u64) -> Result<Option<String>, DaemonError> {
+    conn.query_row(
+        "SELECT host_object FROM vms WHERE id = ?1",
+        [id as i64],
+        |r| r.get::<_, Option<String>>(0),
+    )
+    .optional()
+    .map(Option::flatten)
+    .map_err(sql("reading a vm's host object"))
+}
+
 pub fn held_vm_ids(conn: &Connection) -> Result<Vec<u64>, DaemonError> {
     let mut stmt = conn
         .prepare_cached("SELECT id FROM vms WHERE state = 'held' ORDER BY id")

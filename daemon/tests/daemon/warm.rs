@@ -290,6 +290,29 @@ fn a_restart_provisions_warm_vms_left_half_made_again() {
     assert_eq!(inventory(&d), names);
 }
 
+#[test]
+fn a_hook_is_told_the_object_a_handed_over_vm_runs_in() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("running.txt");
+    let config = format!(
+        "{WARM}\n[[hooks]]\nname = \"note\"\non = \"vm.running\"\n\
+         command = [\"sh\", \"-c\", \"echo $BERTH_VM_NAME $BERTH_VM_OBJECT >> {}\"]\n",
+        out.display()
+    );
+    let data = dir.path().join("data");
+    let d = TestDaemon::start(&data, &config);
+    let (vm, taken, _) = hand_one_over(&d);
+    let want = format!("{} {}", name(vm), name(taken));
+    d.wait_for("the hook ran for the request's vm", |_| {
+        std::fs::read_to_string(&out).is_ok_and(|t| t.lines().any(|l| l == want))
+    });
+    // A warm VM's own object is its name.
+    let text = std::fs::read_to_string(&out).unwrap();
+    let first = text.lines().next().unwrap();
+    let mut words = first.split(' ');
+    assert_eq!(words.next(), words.next(), "{text}");
+}
+
 fn vm_ids_of(d: &TestDaemon, request: u64) -> Vec<u64> {
     super::vm_ids(&d.ok("GET", &format!("/v1/requests/{request}"), None))
 }
