@@ -327,7 +327,7 @@ pub(crate) struct Control {
     /// Orphans whose destroy is under way: a listing taken meanwhile still shows them.
     orphans_destroying: BTreeSet<u64>,
     /// The VMs that run in another's object on their host (handed-over warm VMs).
-    pub(crate) objects: HostObjects,
+    objects: HostObjects,
     /// What this start does with VMs the journal cannot account for (set by `start`).
     pub(crate) orphan_start: OrphanStart,
     /// `recovery.orphans_destroy_max` (set by `start`).
@@ -1705,12 +1705,18 @@ impl Control {
             .map(|h| {
                 let mut vms_by_image: BTreeMap<String, Vec<String>> = BTreeMap::new();
                 for &vm in h.vms {
+                    // A warm VM's image is its pool's: no request names it.
                     let image = self
                         .s
                         .vm(vm)
                         .and_then(|v| self.s.request(v.request))
                         .and_then(|r| self.templates.get(&*r.spec.template))
-                        .map(|t| t.template.base_image.to_string());
+                        .map(|t| t.template.base_image.to_string())
+                        .or_else(|| {
+                            self.s
+                                .warm_vm(vm)
+                                .map(|(_, spec)| spec.base_image.to_string())
+                        });
                     if let Some(image) = image {
                         vms_by_image
                             .entry(image)

@@ -126,6 +126,19 @@ fn a_request_takes_a_warm_vm_at_once_and_the_pool_refills() {
     d.wait_for("the refill on the host", |d| {
         inventory(d).contains(&name(fresh))
     });
+    // The image routes count warm VMs and the handed-over VM (by its object) as users of
+    // their base image.
+    let image = d.ok("GET", "/v1/images/linux", None);
+    let mut users: Vec<String> = image["hosts"][0]["vms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_owned())
+        .collect();
+    users.sort();
+    let mut want = vec![name(kept[0]), name(fresh), name(taken)];
+    want.sort();
+    assert_eq!(users, want, "{image}");
     // Metrics: the pool's size and its hit.
     let text = d.metrics_text();
     let series = |prefix: &str| -> Option<String> {
