@@ -689,7 +689,7 @@ fn vms_table(vms: &[api::VmRow], shapes: &BTreeMap<u64, (u32, u64)>, now: u64) -
             shape.map_or_else(|| "-".into(), |s| s.0.to_string()),
             shape.map_or_else(|| "-".into(), |s| human::mib(s.1)),
             human::age(now, v.created_ms),
-            format!("r{}", v.request),
+            api::request_label(v.request),
             v.hold.as_ref().map_or_else(
                 || "-".into(),
                 |h| {

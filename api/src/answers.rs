@@ -214,8 +214,10 @@ pub struct Hold {
 pub struct VmRow {
     pub id: u64,
     pub name: String,
+    /// Its request; `WARM_POOL_REQUEST` for a warm VM (one of a warm pool's, owned by no
+    /// request).
     pub request: u64,
-    /// Its request's template.
+    /// Its request's template (its pool's, for a warm VM).
     pub template: Option<String>,
     /// The host's name, once placed.
     pub host: Option<String>,
@@ -223,6 +225,10 @@ pub struct VmRow {
     pub cause: String,
     pub created_ms: u64,
     pub updated_ms: u64,
+    /// The name of its object on its host when that is not `name`: a request's VM that took a
+    /// warm VM runs in the warm VM's object (`berth-vm7`), which a host's own tools show.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_object: Option<String>,
     /// The breakpoint of a held VM.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hold: Option<Hold>,

@@ -43,6 +43,19 @@ pub fn vm_id(s: &str) -> Option<u64> {
     digits.parse().ok()
 }
 
+/// The request a warm VM belongs to (`VmRow::request`): none, a warm pool's VMs are owned by
+/// no request until one takes them (the scheduler's `RequestId::WARM_POOL`).
+pub const WARM_POOL_REQUEST: u64 = u64::MAX;
+
+/// How a VM's request is shown to people: `r7`, or `warm` for a warm pool's VM.
+pub fn request_label(request: u64) -> String {
+    if request == WARM_POOL_REQUEST {
+        "warm".into()
+    } else {
+        format!("r{request}")
+    }
+}
+
 /// A request id as the API takes it in paths: `7` or `r7`.
 pub fn request_id(s: &str) -> Option<u64> {
     s.strip_prefix('r').unwrap_or(s).parse().ok()

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use berth_sched::{
     Account, Config as SchedulerConfig, FairShare, ImageClass, ImageMode, Images, Policy, Quota,
-    QuotaAmounts, ScanOrder, Weights,
+    QuotaAmounts, ScanOrder, Shape, Warm, Weights,
 };
 use serde::{Deserialize, Serialize};
 
@@ -45,6 +45,10 @@ pub struct FileConfig {
     /// Base images in the scheduler (sizes, bandwidths, budgets); left out, placement does not
     /// price pulls and drivers pull on create as they need.
     pub images: Option<ImagesSection>,
+    /// Warm pools (`[[warm]]`): VMs kept booted and idle per template and host class; none
+    /// when left out.
+    #[serde(default)]
+    pub warm: Vec<WarmConfig>,
     #[serde(default)]
     pub probe: ProbeSection,
     #[serde(default)]
@@ -147,8 +151,7 @@ impl SchedSection {
             quotas: Vec::new(),
             // `[images]`, when given, comes in `pinned_scheduler_config`.
             images: None,
-            // No warm pools in the daemon yet: its drivers cannot hand a VM over (rename it
-            // and give its guest the job), so only the simulator runs pools.
+            // `[[warm]]`, when given, comes in `pinned_scheduler_config`.
             warm: Vec::new(),
             templates: Vec::new(),
         })
@@ -480,6 +483,141 @@ impl ImagesSection {
     }
 }
 
+/// The most entries `[[warm]]` may list.
+pub const WARM_POOLS_MAX: usize = 1_000;
+/// The most VMs one `[[warm]]` pool may keep.
+pub const WARM_COUNT_MAX: u32 = 10_000;
+
+/// One `[[warm]]` entry: keep `count` VMs of `template` booted and idle on hosts of `class`,
+/// for requests of that template and shape to take at once (docs/scheduling.md, "Warm
+/// pools"). Fixed when the database is created, like `[images]`: replay must decide as the
+/// live run did.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct WarmConfig {
+    /// A template's name (one of `[[templates]]`, or of the embedded ones without them).
+    pub template: String,
+    /// The host class: a host's `class` label, else its `pool` label, else its name without a
+    /// trailing `-N` (as for `[[quotas]]`).
+    pub class: String,
+    /// How many warm VMs the pool keeps (live, booting included), 1 to `WARM_COUNT_MAX`.
+    pub count: u32,
+    /// The shape of its VMs, both or neither; left out: the template's default shape. Only
+    /// requests of the same shape take its VMs.
+    #[serde(default)]
+    pub vcpus: Option<u32>,
+    #[serde(default)]
+    pub memory_mib: Option<u64>,
+}
+
+/// The scheduler's warm pools from `[[warm]]`; errors name the entry and the key. The
+/// templates and classes they name are checked by `check_warm`, against the configured fleet.
+pub fn warm_config(warm: &[WarmConfig]) -> Result<Vec<Warm>, DaemonError> {
+    let bad = |key: String, message: String| DaemonError::Config { key, message };
+    if warm.len() > WARM_POOLS_MAX {
+        return Err(bad(
+            "warm".into(),
+            format!("at most {WARM_POOLS_MAX} entries, got {}", warm.len()),
+        ));
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    let mut out = Vec::with_capacity(warm.len());
+    for (i, w) in warm.iter().enumerate() {
+        let key = |field: &str| format!("warm[{i}].{field}");
+        crate::wire::check_text("template", &w.template)
+            .map_err(|e| bad(key("template"), e.message))?;
+        crate::wire::check_text("class", &w.class).map_err(|e| bad(key("class"), e.message))?;
+        if !(1..=WARM_COUNT_MAX).contains(&w.count) {
+            return Err(bad(
+                key("count"),
+                format!("must be 1 to {WARM_COUNT_MAX}, got {}", w.count),
+            ));
+        }
+        let shape = match (w.vcpus, w.memory_mib) {
+            (None, None) => None,
+            (Some(vcpus), Some(memory_mib)) if vcpus > 0 && memory_mib > 0 => {
+                Some(Shape { vcpus, memory_mib })
+            }
+            (Some(_), Some(_)) => {
+                return Err(bad(
+                    key(if w.vcpus == Some(0) {
+                        "vcpus"
+                    } else {
+                        "memory_mib"
+                    }),
+                    "must be at least 1".into(),
+                ));
+            }
+            (Some(_), None) | (None, Some(_)) => {
+                return Err(bad(
+                    key(if w.vcpus.is_none() { "vcpus" } else { "memory_mib" }),
+                    "vcpus and memory_mib go together: give both, or neither for the template's default shape"
+                        .into(),
+                ));
+            }
+        };
+        if !seen.insert((w.template.as_str(), w.class.as_str(), shape)) {
+            return Err(bad(
+                format!("warm[{i}]"),
+                format!(
+                    "a second pool of template `{}` in that shape on class `{}`",
+                    w.template, w.class
+                ),
+            ));
+        }
+        out.push(Warm {
+            template: w.template.clone(),
+            class: w.class.clone(),
+            count: w.count,
+            shape,
+        });
+    }
+    Ok(out)
+}
+
+/// Checks that every `[[warm]]` entry names a template and a host class of the configured
+/// fleet (`[[templates]]` and `[[hosts]]`, or the embedded ones when those are left out).
+pub fn check_warm(
+    warm: &[WarmConfig],
+    templates: &[WireTemplate],
+    hosts: &[WireHost],
+) -> Result<(), DaemonError> {
+    for (i, w) in warm.iter().enumerate() {
+        if !templates.iter().any(|t| t.name == w.template) {
+            let names: Vec<&str> = templates.iter().map(|t| t.name.as_str()).collect();
+            return Err(DaemonError::Config {
+                key: format!("warm[{i}].template"),
+                message: format!(
+                    "no template named `{}` (the templates are: {})",
+                    w.template,
+                    names.join(", ")
+                ),
+            });
+        }
+        let classes: std::collections::BTreeSet<&str> = hosts
+            .iter()
+            .map(|h| {
+                berth_api::host_class(
+                    &h.name,
+                    h.labels.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+                )
+            })
+            .collect();
+        if !classes.contains(w.class.as_str()) {
+            let names: Vec<&str> = classes.into_iter().collect();
+            return Err(DaemonError::Config {
+                key: format!("warm[{i}].class"),
+                message: format!(
+                    "no host of class `{}` (the classes are: {})",
+                    w.class,
+                    names.join(", ")
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// The scheduler's whole configuration from the sections a database pins (templates aside:
 /// those are journaled inputs).
 pub fn pinned_scheduler_config(
@@ -487,10 +625,12 @@ pub fn pinned_scheduler_config(
     fair_share: Option<&FairShareSection>,
     quotas: &[QuotaConfig],
     images: Option<&ImagesSection>,
+    warm: &[WarmConfig],
 ) -> Result<SchedulerConfig, DaemonError> {
     let mut c = scheduler_config(scheduler, fair_share)?;
     c.quotas = quotas_config(quotas)?;
     c.images = images.map(|i| i.to_images(IMAGE_STORE_NAME)).transpose()?;
+    c.warm = warm_config(warm)?;
     Ok(c)
 }
 
@@ -751,6 +891,7 @@ pub fn parse(text: &str) -> Result<FileConfig, DaemonError> {
     if let Some(images) = &config.images {
         images.to_images(IMAGE_STORE_NAME)?;
     }
+    warm_config(&config.warm)?;
     if let Some(listen) = &config.listen {
         listen
             .parse::<SocketAddr>()
@@ -831,6 +972,11 @@ pub fn parse(text: &str) -> Result<FileConfig, DaemonError> {
             key: "workers.driver_calls_per_host_max".into(),
             message: "must be at least 1".into(),
         });
+    }
+    if !config.warm.is_empty() {
+        let templates = config.templates.clone().unwrap_or_else(default_templates);
+        let hosts = config.hosts.clone().unwrap_or_else(default_hosts);
+        check_warm(&config.warm, &templates, &hosts)?;
     }
     Ok(config)
 }
@@ -1144,6 +1290,108 @@ mod tests {
     }
 
     #[test]
+    fn warm_pools_map_to_the_scheduler_and_bad_entries_are_named() {
+        let c = parse(
+            "[[warm]]\ntemplate = \"linux\"\nclass = \"sim-small\"\ncount = 3\n\
+             [[warm]]\ntemplate = \"linux\"\nclass = \"sim-small\"\ncount = 2\n\
+             vcpus = 8\nmemory_mib = 16384\n",
+        )
+        .unwrap();
+        let s = pinned_scheduler_config(&c.scheduler, None, &[], None, &c.warm).unwrap();
+        assert_eq!(
+            s.warm,
+            [
+                Warm {
+                    template: "linux".into(),
+                    class: "sim-small".into(),
+                    count: 3,
+                    shape: None,
+                },
+                Warm {
+                    template: "linux".into(),
+                    class: "sim-small".into(),
+                    count: 2,
+                    shape: Some(Shape {
+                        vcpus: 8,
+                        memory_mib: 16384
+                    }),
+                },
+            ]
+        );
+        // Left out, no pools.
+        assert!(parse("").unwrap().warm.is_empty());
+
+        let warm = |rest: &str| format!("[[warm]]\n{rest}\n");
+        let linux = "template = \"linux\"\nclass = \"sim-small\"";
+        for (text, key, says) in [
+            (
+                warm("template = \"solaris\"\nclass = \"sim-small\"\ncount = 1"),
+                "warm[0].template",
+                "no template named `solaris`",
+            ),
+            (
+                warm("template = \"linux\"\nclass = \"kvm-sparc\"\ncount = 1"),
+                "warm[0].class",
+                "no host of class `kvm-sparc`",
+            ),
+            (
+                warm(&format!("{linux}\ncount = 0")),
+                "warm[0].count",
+                "must be 1 to 10000, got 0",
+            ),
+            (
+                warm(&format!("{linux}\ncount = 4000000000")),
+                "warm[0].count",
+                "must be 1 to 10000",
+            ),
+            (
+                warm(&format!("{linux}\ncount = 1\nvcpus = 4")),
+                "warm[0].memory_mib",
+                "go together",
+            ),
+            (
+                warm(&format!("{linux}\ncount = 1\nvcpus = 0\nmemory_mib = 1024")),
+                "warm[0].vcpus",
+                "at least 1",
+            ),
+            (
+                warm(&format!("{linux}\ncount = 1")) + &warm(&format!("{linux}\ncount = 2")),
+                "warm[1]",
+                "a second pool",
+            ),
+            (
+                warm("template = \"\"\nclass = \"sim-small\"\ncount = 1"),
+                "warm[0].template",
+                "",
+            ),
+            (
+                warm(&format!("{linux}\ncount = 1\nsize = 3")),
+                "warm[0]",
+                "unknown field `size`",
+            ),
+        ] {
+            let err = parse(&text).unwrap_err().to_string();
+            assert!(err.contains(key) && err.contains(says), "{text}: {err}");
+        }
+        // A class or template of the configured fleet, not the embedded one.
+        let fleet = "[[templates]]\nname = \"ci\"\nguest_os = \"linux\"\nvcpus = 2\nmemory_mib = 2048\n\
+             [[hosts]]\nname = \"box-1\"\ndriver = \"sim\"\nvcpus = 8\nmemory_mib = 16384\n";
+        parse(&format!(
+            "{fleet}[[warm]]\ntemplate = \"ci\"\nclass = \"box\"\ncount = 2\n"
+        ))
+        .unwrap();
+        let err = parse(&format!(
+            "{fleet}[[warm]]\ntemplate = \"linux\"\nclass = \"box\"\ncount = 2\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("warm[0].template") && err.contains("the templates are: ci"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn images_map_to_the_scheduler_and_bad_entries_are_named() {
         let c = parse(
             "[images]\nstore_pulls_max = 4\nsizes_mib = { linux = 8192, macos = 61440 }\n\
@@ -1151,7 +1399,7 @@ mod tests {
              [[images.classes]]\nclass = \"mac-arm\"\npull_mbit_s = 1000\n",
         )
         .unwrap();
-        let s = pinned_scheduler_config(&c.scheduler, None, &[], c.images.as_ref()).unwrap();
+        let s = pinned_scheduler_config(&c.scheduler, None, &[], c.images.as_ref(), &[]).unwrap();
         let images = s.images.unwrap();
         assert_eq!(images.mode, ImageMode::Aware, "aware unless told");
         assert_eq!(images.store_pulls_max, 4);
@@ -1178,10 +1426,11 @@ mod tests {
         );
         // Left out, the scheduler does not model images.
         let off = parse("").unwrap();
-        let s = pinned_scheduler_config(&off.scheduler, None, &[], off.images.as_ref()).unwrap();
+        let s =
+            pinned_scheduler_config(&off.scheduler, None, &[], off.images.as_ref(), &[]).unwrap();
         assert!(s.images.is_none());
         let ignore = parse("[images]\nmode = \"ignore\"\n").unwrap();
-        let s = pinned_scheduler_config(&ignore.scheduler, None, &[], ignore.images.as_ref());
+        let s = pinned_scheduler_config(&ignore.scheduler, None, &[], ignore.images.as_ref(), &[]);
         assert_eq!(s.unwrap().images.unwrap().mode, ImageMode::Ignore);
 
         let class = |name: &str, rest: &str| {

@@ -22,6 +22,7 @@ use crate::answers;
 use crate::config::Role;
 use crate::disk::DiskWatch;
 use crate::feed::Feed;
+use crate::host_objects::HostObjects;
 use crate::orphan_start::OrphanStart;
 use crate::store::{AuditRow, Commit, OrphanRow, RepairedRequest, Store};
 use crate::wire::{FieldError, WireHost, WireInput, WireTemplate};
@@ -325,6 +326,8 @@ pub(crate) struct Control {
     kept: BTreeMap<u64, OrphanRow>,
     /// Orphans whose destroy is under way: a listing taken meanwhile still shows them.
     orphans_destroying: BTreeSet<u64>,
+    /// The VMs that run in another's object on their host (handed-over warm VMs).
+    objects: HostObjects,
     /// What this start does with VMs the journal cannot account for (set by `start`).
     pub(crate) orphan_start: OrphanStart,
     /// `recovery.orphans_destroy_max` (set by `start`).
@@ -641,6 +644,7 @@ impl Control {
         }
         let (batch, last_request, last_host) = store.last_ids()?;
         let kept = store.orphans()?.into_iter().map(|o| (o.vm, o)).collect();
+        let objects = HostObjects::new(store.host_objects()?);
         tracing::info!(
             snapshot_batch = from_snapshot,
             batches = n_batches,
@@ -664,6 +668,7 @@ impl Control {
             started_ms: HashMap::new(),
             kept,
             orphans_destroying: BTreeSet::new(),
+            objects,
             orphan_start: OrphanStart::default(),
             orphans_destroy_max: crate::config::RecoverySection::default().orphans_destroy_max,
             database_lost: false,
@@ -757,6 +762,7 @@ impl Control {
                     listing
                         .iter()
                         .filter_map(|l| parse_vm_name(&l.name))
+                        .map(|n| self.objects.owner(n))
                         .collect(),
                 ),
                 Err(e) => {
@@ -780,13 +786,27 @@ impl Control {
                 match state {
                     VmState::Placed | VmState::Provisioning => {
                         resumed += 1;
-                        if let Some(recipe) = self.recipe(vm, request) {
-                            self.workers.send(vm, host, VmOp::Provision(recipe));
+                        match self.recipe(vm, request) {
+                            Some(recipe) => {
+                                let name = recipe.name.clone();
+                                self.workers.send(vm, name, host, VmOp::Provision(recipe));
+                            }
+                            None => {
+                                tracing::error!(vm = %vm_name(vm.0), host = %host, "no template to provision the vm again");
+                            }
                         }
                     }
                     VmState::Booting if here => {
                         resumed += 1;
-                        self.workers.send(vm, host, VmOp::Boot);
+                        // A VM that took a warm VM's object is booted already: its handover
+                        // is confirmed again.
+                        let op = if self.objects.name(vm.0) == vm_name(vm.0) {
+                            VmOp::Boot
+                        } else {
+                            VmOp::Handover
+                        };
+                        let name = self.objects.name(vm.0);
+                        self.workers.send(vm, name, host, op);
                     }
                     VmState::Running | VmState::Held if here => adopted += 1,
                     VmState::Booting | VmState::Running | VmState::Held => {
@@ -796,7 +816,8 @@ impl Control {
                     }
                     VmState::Releasing => {
                         resumed += 1;
-                        self.workers.send(vm, host, VmOp::Destroy);
+                        let name = self.objects.name(vm.0);
+                        self.workers.send(vm, name, host, VmOp::Destroy);
                     }
                     _ => {}
                 }
@@ -1037,7 +1058,13 @@ impl Control {
         }
     }
 
+    /// What a placed VM is made from, to provision it again after a restart: its request's
+    /// template and shape, or its pool's for a warm VM.
     fn recipe(&self, vm: VmId, request: RequestId) -> Option<VmRecipe> {
+        if request == RequestId::WARM_POOL {
+            let (_, spec) = self.s.warm_vm(vm)?;
+            return Some(self.recipe_of(vm, spec));
+        }
         let r = self.s.request(request)?;
         let known = self.templates.get(&*r.spec.template)?;
         let t = &known.template;
@@ -1051,24 +1078,32 @@ impl Control {
         })
     }
 
+    fn recipe_of(&self, vm: VmId, spec: &berth_sched::VmSpec) -> VmRecipe {
+        VmRecipe {
+            name: vm_name(vm.0),
+            template: spec.template.to_string(),
+            base_image: spec.base_image.to_string(),
+            guest_os: spec.guest_os,
+            shape: spec.shape,
+            domain_type: self
+                .templates
+                .get(&*spec.template)
+                .and_then(|t| t.domain_type),
+        }
+    }
+
     /// Hands one of the scheduler's actions to its host's workers.
     fn dispatch(&mut self, action: Action) {
         match action {
             Action::Provision { vm, host, spec, .. } => {
-                let recipe = VmRecipe {
-                    name: vm_name(vm.0),
-                    template: spec.template.to_string(),
-                    base_image: spec.base_image.to_string(),
-                    guest_os: spec.guest_os,
-                    shape: spec.shape,
-                    domain_type: self
-                        .templates
-                        .get(&*spec.template)
-                        .and_then(|t| t.domain_type),
-                };
-                self.workers.send(vm, host, VmOp::Provision(recipe));
+                let recipe = self.recipe_of(vm, &spec);
+                let name = recipe.name.clone();
+                self.workers.send(vm, name, host, VmOp::Provision(recipe));
             }
-            Action::Destroy { vm, host } => self.workers.send(vm, host, VmOp::Destroy),
+            Action::Destroy { vm, host } => {
+                let name = self.objects.name(vm.0);
+                self.workers.send(vm, name, host, VmOp::Destroy);
+            }
             // Only a scheduler configured with images asks for these. A pull is the driver's
             // (one per host and image; a create that needs the image waits for it there), and
             // so is an eviction, which the driver refuses while anything uses the image: the
@@ -1079,10 +1114,16 @@ impl Control {
             Action::EvictImage { host, image, .. } => {
                 self.image_op(host, image, ImageOp::Evict);
             }
-            // Only a scheduler configured with warm pools hands VMs over, and the daemon's
-            // configuration has none yet: the simulator carries handovers out, drivers do not.
-            Action::Handover { vm, warm, .. } => {
-                tracing::error!(vm = %vm, warm = %warm, "handover asked of a daemon without warm pools");
+            // The request's VM takes the warm VM's object on the host as it is (a running
+            // domain cannot be renamed): the books say so from this batch on (its commit
+            // wrote the object's name), and the worker confirms that the object is there.
+            Action::Handover { vm, warm, host, .. } => {
+                let object = self.objects.name(warm.0);
+                self.objects.remove(warm.0);
+                self.objects.insert(vm.0, object.clone());
+                self.workers.forget(warm, host);
+                tracing::info!(vm = %vm_name(vm.0), warm = %vm_name(warm.0), object = %object, host = %host, "warm vm handed over");
+                self.workers.send(vm, object, host, VmOp::Handover);
             }
         }
     }
@@ -1233,6 +1274,7 @@ impl Control {
                     vms,
                     started_ms,
                 } => {
+                    let vms: Vec<u64> = vms.into_iter().map(|n| self.objects.owner(n)).collect();
                     self.lose_missing(now, host, &vms, started_ms, &mut commit);
                     let listed: BTreeSet<u64> = vms.iter().copied().collect();
                     let ours: BTreeSet<u64> = self
@@ -1288,6 +1330,36 @@ impl Control {
         }
         let (actions, events) = drain(&mut self.s);
         commit.events = events;
+        // The books of which object each VM runs in change with the batch (see `act`).
+        for event in &commit.events {
+            if let Event::Vm {
+                vm,
+                to: VmState::Queued,
+                from: Some(_),
+                ..
+            } = event
+                && self.objects.name(vm.0) != vm_name(vm.0)
+            {
+                commit.host_objects.push((vm.0, None));
+            }
+        }
+        for action in &actions {
+            match action {
+                Action::Handover { vm, warm, .. } => {
+                    commit
+                        .host_objects
+                        .push((vm.0, Some(self.objects.name(warm.0))));
+                }
+                Action::Provision {
+                    vm, request, spec, ..
+                } if *request == RequestId::WARM_POOL => {
+                    commit
+                        .warm_templates
+                        .push((vm.0, spec.template.to_string()));
+                }
+                _ => {}
+            }
+        }
         let mut effects = Effects {
             commit,
             actions,
@@ -1533,7 +1605,15 @@ impl Control {
                 }
                 Event::Vm { vm, to, .. } if to.is_terminal() => {
                     self.started_ms.remove(&vm.0);
+                    self.objects.remove(vm.0);
                 }
+                // Destroyed to be placed again: a warm VM's object it took is gone.
+                Event::Vm {
+                    vm,
+                    to: VmState::Queued,
+                    from: Some(_),
+                    ..
+                } => self.objects.remove(vm.0),
                 _ => {}
             }
             if self.feed.watched() {
@@ -1552,7 +1632,8 @@ impl Control {
         }
         for (host, n) in orphan_destroys {
             self.orphans_destroying.insert(n);
-            self.workers.send(VmId(n), host, VmOp::DestroyOrphan);
+            self.workers
+                .send(VmId(n), vm_name(n), host, VmOp::DestroyOrphan);
         }
         for (query, reply) in queries {
             let _ = reply.send(self.answer(query));
@@ -1624,14 +1705,23 @@ impl Control {
             .map(|h| {
                 let mut vms_by_image: BTreeMap<String, Vec<String>> = BTreeMap::new();
                 for &vm in h.vms {
+                    // A warm VM's image is its pool's: no request names it.
                     let image = self
                         .s
                         .vm(vm)
                         .and_then(|v| self.s.request(v.request))
                         .and_then(|r| self.templates.get(&*r.spec.template))
-                        .map(|t| t.template.base_image.to_string());
+                        .map(|t| t.template.base_image.to_string())
+                        .or_else(|| {
+                            self.s
+                                .warm_vm(vm)
+                                .map(|(_, spec)| spec.base_image.to_string())
+                        });
                     if let Some(image) = image {
-                        vms_by_image.entry(image).or_default().push(vm_name(vm.0));
+                        vms_by_image
+                            .entry(image)
+                            .or_default()
+                            .push(self.objects.name(vm.0));
                     }
                 }
                 ImageHost {
@@ -1717,7 +1807,7 @@ impl Control {
                 self.s
                     .vm(VmId(id))
                     .and_then(|v| v.host)
-                    .and_then(|h| self.workers.driver(h).map(|d| (d, vm_name(id)))),
+                    .and_then(|h| self.workers.driver(h).map(|d| (d, self.objects.name(id)))),
             ),
         }
     }

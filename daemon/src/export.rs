@@ -163,11 +163,16 @@ pub fn export(db: &Path, since_ms: Option<u64>) -> Result<Export, DaemonError> {
         Some(text) => crate::stored_section(crate::META_IMAGES, &text)?,
         None => None,
     };
+    let warm: Vec<crate::config::WarmConfig> = match store.meta(crate::META_WARM)? {
+        Some(text) => crate::stored_section(crate::META_WARM, &text)?,
+        None => Vec::new(),
+    };
     let config = crate::config::pinned_scheduler_config(
         &section,
         fair_share.as_ref(),
         &quotas,
         images.as_ref(),
+        &warm,
     )?;
     let mut s = Scheduler::new(config);
     let mut templates_sched = BTreeMap::new();

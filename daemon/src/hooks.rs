@@ -262,12 +262,32 @@ async fn run_job(
     metrics: &Metrics,
 ) {
     let c = &hook.config;
+    // A VM that took a warm VM runs in the warm VM's object on its host; its batch is
+    // committed by now, so the `vms` row says which.
+    let object = match job.vm {
+        Some(vm) => {
+            let conn = conn.clone();
+            tokio::task::spawn_blocking(move || {
+                let conn = conn.lock().unwrap_or_else(|e| e.into_inner());
+                crate::store::host_object(&conn, vm)
+            })
+            .await
+            .ok()
+            .and_then(|found| {
+                found
+                    .map_err(|error| tracing::warn!(vm, %error, "cannot read a vm's host object"))
+                    .ok()
+            })
+            .flatten()
+        }
+        None => None,
+    };
     for attempt in 0..=c.retries_max {
         if attempt > 0 {
             let factor = 1u64 << (attempt - 1).min(20);
             tokio::time::sleep(Duration::from_millis(c.backoff_ms.saturating_mul(factor))).await;
         }
-        let run = run_once(hook, job, cgroups, attempt).await;
+        let run = run_once(hook, job, object.as_deref(), cgroups, attempt).await;
         let ok = run.outcome == "ok";
         metrics
             .hook_runs
@@ -304,7 +324,13 @@ async fn run_job(
 
 /// One attempt: spawn, feed stdin, wait up to the timeout, kill the process group (and the
 /// attempt's cgroup, with `hooks_cgroup`) past it.
-async fn run_once(hook: &Hook, job: &Job, cgroups: Option<&HookCgroups>, attempt: u32) -> HookRun {
+async fn run_once(
+    hook: &Hook,
+    job: &Job,
+    object: Option<&str>,
+    cgroups: Option<&HookCgroups>,
+    attempt: u32,
+) -> HookRun {
     let c = &hook.config;
     let started_ms = wall_ms();
     let started = Instant::now();
@@ -343,8 +369,10 @@ async fn run_once(hook: &Hook, job: &Job, cgroups: Option<&HookCgroups>, attempt
         .process_group(0)
         .kill_on_drop(true);
     if let Some(vm) = job.vm {
+        let name = berth_drivers::vm_name(vm);
         cmd.env("BERTH_VM_ID", vm.to_string())
-            .env("BERTH_VM_NAME", berth_drivers::vm_name(vm));
+            .env("BERTH_VM_OBJECT", object.unwrap_or(&name))
+            .env("BERTH_VM_NAME", name);
     }
     if let Some(host) = &job.host {
         cmd.env("BERTH_HOST", host);

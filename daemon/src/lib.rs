@@ -17,6 +17,7 @@ pub mod export;
 mod feed;
 mod fleet;
 pub mod hooks;
+mod host_objects;
 pub mod limits;
 pub mod logs;
 pub mod metrics;
@@ -281,6 +282,10 @@ pub const META_QUOTAS: &str = "quotas";
 /// when the scheduler does not model images).
 pub const META_IMAGES: &str = "images";
 
+/// The `meta` key holding the `[[warm]]` pools the database was made with (JSON; `[]` for
+/// none).
+pub const META_WARM: &str = "warm";
+
 /// A section of settings replay must use: the one stored with the database under `key`, as for
 /// `[scheduler]` (other settings would make other decisions than the ones the journal's results
 /// answer). A database without it predates the section, and its journal was made without it
@@ -380,11 +385,19 @@ pub async fn start(opts: Options) -> Result<Daemon, DaemonError> {
     )?;
     let images: Option<config::ImagesSection> =
         pinned(&store, META_IMAGES, "[images]", &opts.config.images, &None)?;
+    let warm: Vec<config::WarmConfig> = pinned(
+        &store,
+        META_WARM,
+        "[[warm]]",
+        &opts.config.warm,
+        &Vec::new(),
+    )?;
     let sched_config = config::pinned_scheduler_config(
         &sched_section,
         fair_share.as_ref(),
         &quotas,
         images.as_ref(),
+        &warm,
     )?;
 
     let sim = SimWorld::open(

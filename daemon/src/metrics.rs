@@ -108,6 +108,9 @@ pub struct Metrics {
     quota_used: Family<Labels, GaugeF>,
     quota_guarantee: Family<Labels, GaugeF>,
     quota_borrowing_limit: Family<Labels, GaugeF>,
+    warm_pool_size: Family<Labels, Gauge>,
+    warm_pool_vms: Family<Labels, Gauge>,
+    warm_handovers: Family<Labels, Counter>,
     /// When each live VM entered its current state, for provisioning and boot latency and
     /// breakpoint age. Lost at a restart: VMs in flight then are not timed.
     since: Mutex<BTreeMap<VmId, u64>>,
@@ -161,6 +164,9 @@ impl Metrics {
             quota_used: Family::default(),
             quota_guarantee: Family::default(),
             quota_borrowing_limit: Family::default(),
+            warm_pool_size: Family::default(),
+            warm_pool_vms: Family::default(),
+            warm_handovers: Family::default(),
             since: Mutex::new(BTreeMap::new()),
             registry: Registry::default(),
         };
@@ -357,6 +363,24 @@ impl Metrics {
             "berth_image_pull_seconds",
             "How long pulls of base images took, by host and outcome",
             m.image_pull_seconds.clone(),
+        );
+        r.register(
+            "berth_warm_pool_size",
+            "A warm pool's configured size (its [[warm]] count), by template, host class and \
+             shape",
+            m.warm_pool_size.clone(),
+        );
+        r.register(
+            "berth_warm_pool_vms",
+            "A warm pool's VMs by template, host class, shape and state: live (placed, \
+             provisioning, booting or idle) and, of those, idle (booted, for a request to take)",
+            m.warm_pool_vms.clone(),
+        );
+        r.register(
+            "berth_warm_handovers",
+            "Requests' VMs that took a warm VM of the pool (pool hits), by template, host class \
+             and shape",
+            m.warm_handovers.clone(),
         );
         Metrics { registry: r, ..m }
     }
@@ -563,6 +587,36 @@ impl Metrics {
         }
         self.sample_accounts(s, now_ms);
         self.sample_quotas(s);
+        self.sample_warm(s);
+    }
+
+    /// Per warm pool: its size, its live and idle VMs, and its handovers so far (the
+    /// scheduler's count, which replay restores: the counter catches up with it).
+    fn sample_warm(&self, s: &Scheduler) {
+        let config = &s.config().warm;
+        for (pool, view) in s.warm_pools().iter().enumerate() {
+            let shape = config.get(pool).and_then(|w| w.shape).map_or_else(
+                || "default".to_owned(),
+                |sh| format!("{}x{}", sh.vcpus, sh.memory_mib),
+            );
+            let by = [
+                ("template", view.template.as_str()),
+                ("class", view.class.as_str()),
+                ("shape", shape.as_str()),
+            ];
+            self.warm_pool_size
+                .get_or_create(&labels(&by))
+                .set(i64::from(view.count));
+            for (state, n) in [("live", view.live), ("idle", view.idle)] {
+                let mut l = by.to_vec();
+                l.push(("state", state));
+                self.warm_pool_vms
+                    .get_or_create(&labels(&l))
+                    .set(i64::from(n));
+            }
+            let hits = self.warm_handovers.get_or_create(&labels(&by));
+            hits.inc_by(view.handovers.saturating_sub(hits.get()));
+        }
     }
 
     /// Per account, class and resource, what the account holds, its guarantee and its

@@ -176,6 +176,13 @@ const MIGRATIONS: &[&str] = &[
         side TEXT NOT NULL
     );
     ",
+    // 8: a VM's object on its host when its name there is not the VM's own: a request's VM
+    // that took a warm VM's (a handover relabels in the books; the host keeps the object).
+    // And a warm VM's template, which no request row gives.
+    "
+    ALTER TABLE vms ADD COLUMN host_object TEXT;
+    ALTER TABLE vms ADD COLUMN template TEXT;
+    ",
 ];
 
 /// The journal after a batch, in journal order (batch, then seq, as the batch index holds it).
@@ -221,6 +228,12 @@ pub struct Commit {
     /// Orphans newly kept, and kept ones that are gone (destroyed, or no longer listed).
     pub orphans_kept: Vec<OrphanRow>,
     pub orphans_gone: Vec<u64>,
+    /// VMs that took another VM's object on their host (a handover), with that object's name,
+    /// and VMs whose object so taken was destroyed for them to be placed again (`None`); in
+    /// order.
+    pub host_objects: Vec<(u64, Option<String>)>,
+    /// Warm VMs placed in this batch, with their pool's template.
+    pub warm_templates: Vec<(u64, String)>,
 }
 
 fn sql(what: &'static str) -> impl Fn(rusqlite::Error) -> DaemonError {
@@ -427,6 +440,25 @@ impl Store {
             }
         }
         tx.commit().map_err(sql("repairing requests"))
+    }
+
+    /// The VMs not yet ended that took another VM's object on their host (a handover), with
+    /// that object's name.
+    pub fn host_objects(&self) -> Result<Vec<(u64, String)>, DaemonError> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT id, host_object FROM vms WHERE host_object IS NOT NULL
+                 AND state NOT IN ('done', 'failed', 'lost', 'cancelled') ORDER BY id",
+            )
+            .map_err(sql("reading host objects"))?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((r.get::<_, i64>(0)? as u64, r.get::<_, String>(1)?))
+            })
+            .map_err(sql("reading host objects"))?;
+        rows.collect::<Result<Vec<_>, _>>()
+            .map_err(sql("reading host objects"))
     }
 
     /// The highest VM number the state tables hold (0 when none).
@@ -695,6 +727,16 @@ impl Store {
                     .and_then(|mut st| st.execute(params![*vm as i64]))
                     .map_err(sql("writing orphans"))?;
             }
+            for (vm, template) in &c.warm_templates {
+                tx.prepare_cached("UPDATE vms SET template = ?2 WHERE id = ?1")
+                    .and_then(|mut st| st.execute(params![*vm as i64, template]))
+                    .map_err(sql("writing warm vms"))?;
+            }
+            for (vm, object) in &c.host_objects {
+                tx.prepare_cached("UPDATE vms SET host_object = ?2 WHERE id = ?1")
+                    .and_then(|mut st| st.execute(params![*vm as i64, object]))
+                    .map_err(sql("writing host objects"))?;
+            }
         }
         tx.commit().map_err(sql("committing"))?;
         Ok(())
@@ -737,8 +779,8 @@ pub struct VmFilter {
     pub limit: Option<u64>,
 }
 
-const VM_COLUMNS: &str =
-    "v.id, v.request, h.name, v.state, v.cause, v.created_ms, v.updated_ms, r.template
+const VM_COLUMNS: &str = "v.id, v.request, h.name, v.state, v.cause, v.created_ms, v.updated_ms,
+     coalesce(r.template, v.template), v.host_object
      FROM vms v LEFT JOIN hosts h ON h.id = v.host LEFT JOIN requests r ON r.id = v.request";
 
 /// Column `i` as one of the API's named enums (a state): a name the API does not know is an
@@ -771,6 +813,7 @@ fn vm_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<VmRow> {
         created_ms: r.get::<_, i64>(5)? as u64,
         updated_ms: r.get::<_, i64>(6)? as u64,
         template: r.get(7)?,
+        host_object: r.get(8)?,
         hold: None,
         detail: None,
     })
@@ -831,6 +874,8 @@ struct VmRowRef<'a> {
     created_ms: u64,
     updated_ms: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
+    host_object: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     hold: Option<&'a Hold>,
 }
 
@@ -868,7 +913,8 @@ pub fn write_vms_json(
         }
     }
     let (q, args) = vm_query(
-        "v.id, v.request, v.host, v.state, v.cause, v.created_ms, v.updated_ms, r.template
+        "v.id, v.request, v.host, v.state, v.cause, v.created_ms, v.updated_ms,
+         coalesce(r.template, v.template), v.host_object
          FROM vms v LEFT JOIN requests r ON r.id = v.request",
         f,
     );
@@ -898,6 +944,7 @@ pub fn write_vms_json(
             cause: column_str(r, 4)?.unwrap_or_default(),
             created_ms: r.get::<_, i64>(5).map_err(sql("listing vms"))? as u64,
             updated_ms: r.get::<_, i64>(6).map_err(sql("listing vms"))? as u64,
+            host_object: column_str(r, 8)?,
             hold: holds.get(&id),
         };
         if n > 0 {
@@ -922,6 +969,18 @@ fn column_str<'r>(r: &'r rusqlite::Row<'_>, i: usize) -> Result<Option<&'r str>,
 }
 
 /// The ids of the VMs held at a breakpoint now (few: each one waits for a person).
+/// The name of VM `id`'s object on its host when that is not its own (it took a warm VM).
+pub fn host_object(conn: &Connection, id: u64) -> Result<Option<String>, DaemonError> {
+    conn.query_row(
+        "SELECT host_object FROM vms WHERE id = ?1",
+        [id as i64],
+        |r| r.get::<_, Option<String>>(0),
+    )
+    .optional()
+    .map(Option::flatten)
+    .map_err(sql("reading a vm's host object"))
+}
+
 pub fn held_vm_ids(conn: &Connection) -> Result<Vec<u64>, DaemonError> {
     let mut stmt = conn
         .prepare_cached("SELECT id FROM vms WHERE state = 'held' ORDER BY id")
@@ -1276,9 +1335,9 @@ mod tests {
             owner: "ana".into(),
             expires_ms: 9,
         };
-        for (template, host, held) in [
-            (Some("linux"), Some("sim-small-1"), true),
-            (None, None, false),
+        for (template, host, held, object) in [
+            (Some("linux"), Some("sim-small-1"), true, Some("berth-vm7")),
+            (None, None, false, None),
         ] {
             let owned = VmRow {
                 id: 12,
@@ -1290,6 +1349,7 @@ mod tests {
                 cause: "job \"failed\"".into(),
                 created_ms: 1,
                 updated_ms: 2,
+                host_object: object.map(str::to_owned),
                 hold: held.then(|| hold.clone()),
                 detail: None,
             };
@@ -1303,6 +1363,7 @@ mod tests {
                 cause: "job \"failed\"",
                 created_ms: 1,
                 updated_ms: 2,
+                host_object: object,
                 hold: held.then_some(&hold),
             };
             assert_eq!(

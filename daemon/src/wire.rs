@@ -494,6 +494,11 @@ pub enum WireInput {
         vm: u64,
         result: Result<(), WireFailure>,
     },
+    /// A warm VM's object on its host was handed to request VM `vm` (`Action::Handover`).
+    HandoverDone {
+        vm: u64,
+        result: Result<(), WireFailure>,
+    },
     JobFinished {
         vm: u64,
         passed: bool,
@@ -551,6 +556,10 @@ impl WireInput {
                 vm: VmId(*vm),
                 result: result_of(result),
             },
+            WireInput::HandoverDone { vm, result } => Input::HandoverDone {
+                vm: VmId(*vm),
+                result: result_of(result),
+            },
             WireInput::JobFinished { vm, passed } => Input::JobFinished {
                 vm: VmId(*vm),
                 passed: *passed,
@@ -585,6 +594,7 @@ impl WireInput {
             WireInput::ProvisionStarted { .. } => "provision_started",
             WireInput::ProvisionDone { .. } => "provision_done",
             WireInput::BootDone { .. } => "boot_done",
+            WireInput::HandoverDone { .. } => "handover_done",
             WireInput::JobFinished { .. } => "job_finished",
             WireInput::Release { .. } => "release",
             WireInput::Extend { .. } => "extend",

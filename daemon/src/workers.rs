@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use berth_drivers::sim::SimWorld;
-use berth_drivers::{Driver, DriverError, VmRecipe, vm_name};
+use berth_drivers::{Driver, DriverError, VmRecipe};
 use berth_sched::{HostId, VmId};
 use tokio::sync::{Notify, Semaphore, mpsc};
 use tokio::task::JoinHandle;
@@ -21,12 +21,19 @@ use crate::config::ProbeSection;
 use crate::fleet::DriverDefaults;
 use crate::wire::{WireFailure, WireHost, WireInput, WireProbe};
 
+/// One driver call for one VM, with the name of the VM's object on the host it is made for:
+/// a VM that took a warm VM's object and is placed again later has another.
+type Call = (VmOp, String);
+
 /// One driver call for one VM.
 #[derive(Debug)]
 pub(crate) enum VmOp {
     Provision(VmRecipe),
     /// Wait for the boot of a VM provisioned before a restart.
     Boot,
+    /// Confirm that the VM's object on the host, a warm VM's that it took over, is there and
+    /// booted (`boot` of a running VM returns at once, and fails for one that is gone).
+    Handover,
     Destroy,
     /// Destroy a VM berth has no record of (found at reconciliation): no input to report.
     DestroyOrphan,
@@ -60,7 +67,7 @@ pub(crate) enum Report {
 pub(crate) struct Workers {
     tx: mpsc::Sender<Report>,
     hosts: HashMap<HostId, HostWorker>,
-    vms: HashMap<(VmId, HostId), mpsc::UnboundedSender<VmOp>>,
+    vms: HashMap<(VmId, HostId), mpsc::UnboundedSender<Call>>,
     probe: ProbeSection,
     grace_until: Instant,
     calls_per_host_max: usize,
@@ -156,18 +163,26 @@ impl Workers {
         self.hosts.get(&id).map(|w| w.driver.clone())
     }
 
-    pub(crate) fn send(&mut self, vm: VmId, host: HostId, op: VmOp) {
+    /// Ends the task of a VM that no call will be made for again (a warm VM handed over: its
+    /// object is the request's VM's now, and that VM's task makes its calls).
+    pub(crate) fn forget(&mut self, vm: VmId, host: HostId) {
+        self.vms.remove(&(vm, host));
+    }
+
+    /// Queues a driver call for VM `vm`, whose object on the host is named `name` (its own
+    /// name, unless it took a warm VM's object), behind the calls already queued for it.
+    pub(crate) fn send(&mut self, vm: VmId, name: String, host: HostId, op: VmOp) {
         self.dispatched += 1;
         // Now and then, forget the channels of tasks that have finished.
         if self.dispatched.is_multiple_of(4096) {
             self.vms.retain(|_, tx| !tx.is_closed());
         }
-        let op = match self.vms.get(&(vm, host)) {
-            Some(tx) => match tx.send(op) {
+        let call = match self.vms.get(&(vm, host)) {
+            Some(tx) => match tx.send((op, name)) {
                 Ok(()) => return,
-                Err(mpsc::error::SendError(op)) => op,
+                Err(mpsc::error::SendError(call)) => call,
             },
-            None => op,
+            None => (op, name),
         };
         let Some(w) = self.hosts.get(&host) else {
             tracing::warn!(vm = %vm, host = %host, "action for a host without a driver");
@@ -175,7 +190,7 @@ impl Workers {
         };
         let (tx, rx) = mpsc::unbounded_channel();
         // The receiver is alive until the task below ends; this send cannot fail.
-        let _ = tx.send(op);
+        let _ = tx.send(call);
         self.vms.insert((vm, host), tx);
         tokio::spawn(vm_task(
             vm,
@@ -203,16 +218,15 @@ async fn vm_task(
     vm: VmId,
     driver: Arc<dyn Driver>,
     permits: Arc<Semaphore>,
-    mut rx: mpsc::UnboundedReceiver<VmOp>,
+    mut rx: mpsc::UnboundedReceiver<Call>,
     tx: mpsc::Sender<Report>,
 ) {
-    let name = vm_name(vm.0);
-    let mut next: Option<VmOp> = None;
+    let mut next: Option<Call> = None;
     loop {
-        let op = match next.take() {
-            Some(op) => op,
+        let (op, name) = match next.take() {
+            Some(call) => call,
             None => match rx.recv().await {
-                Some(op) => op,
+                Some(call) => call,
                 None => return,
             },
         };
@@ -236,7 +250,7 @@ async fn vm_task(
                 )
                 .await;
                 if ok {
-                    next = Some(VmOp::Boot);
+                    next = Some((VmOp::Boot, name));
                 } else {
                     // Done with this VM here; ops already queued (a destroy after a cancel)
                     // still run, later ones go to a new task.
@@ -252,8 +266,27 @@ async fn vm_task(
                             result: result.map_err(|e| failure(&e)),
                         }).await;
                     }
-                    op = rx.recv() => match op {
-                        Some(op) => next = Some(op),
+                    call = rx.recv() => match call {
+                        Some(call) => next = Some(call),
+                        None => return,
+                    },
+                }
+            }
+            VmOp::Handover => {
+                // A destroy that arrives meanwhile goes first: the handover is moot then.
+                tokio::select! {
+                    result = driver.boot(&name) => {
+                        let result = result.map_err(handover_failure);
+                        if let Err(e) = &result {
+                            tracing::warn!(vm = %vm, object = %name, host = driver.host(), error = %e, "handover failed");
+                        }
+                        report(&tx, WireInput::HandoverDone {
+                            vm: vm.0,
+                            result: result.map_err(|e| failure(&e)),
+                        }).await;
+                    }
+                    call = rx.recv() => match call {
+                        Some(call) => next = Some(call),
                         None => return,
                     },
                 }
@@ -291,6 +324,19 @@ async fn vm_task(
                 }
             }
         }
+    }
+}
+
+/// A handover's failure as the scheduler should take it: a warm VM that is gone (libvirt
+/// says `NoSuchVm`, which would fail the whole request) is not the request's fault, and its VM
+/// is placed again within the request's budget.
+fn handover_failure(e: DriverError) -> DriverError {
+    match e {
+        DriverError::NoSuchVm { host, name } => DriverError::Transient {
+            host,
+            message: format!("warm vm {name} is gone"),
+        },
+        e => e,
     }
 }
 
@@ -392,5 +438,28 @@ async fn probe_loop(
         {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_warm_vm_gone_at_its_handover_is_not_the_requests_fault() {
+        let gone = handover_failure(DriverError::NoSuchVm {
+            host: "kvm-1".into(),
+            name: "berth-vm7".into(),
+        });
+        assert!(gone.is_transient(), "{gone:?}");
+        assert_eq!(
+            gone.to_string(),
+            "transient failure on host kvm-1: warm vm berth-vm7 is gone"
+        );
+        let host = DriverError::Host {
+            host: "kvm-1".into(),
+            message: "hypervisor down".into(),
+        };
+        assert_eq!(handover_failure(host.clone()), host);
     }
 }

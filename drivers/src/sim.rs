@@ -87,6 +87,8 @@ struct HostInventory {
     down: bool,
     /// Injected failures still to come, per call.
     faults: BTreeMap<SimOp, Vec<SimFault>>,
+    /// Boots still to come that never return.
+    hung_boots: usize,
     /// The base images it holds, once a driver for it was made (its configured images then).
     images: Option<std::collections::BTreeSet<String>>,
 }
@@ -223,6 +225,16 @@ impl SimWorld {
             .entry(op)
             .or_default();
         faults.extend(std::iter::repeat_n(fault, times));
+    }
+
+    /// Makes the next `times` boots on `host` never return, as if the daemon died in the
+    /// middle of them (tests stop the daemon then, and start it again).
+    pub fn hang_boots(&self, host: &str, times: usize) {
+        self.lock()
+            .hosts
+            .entry(host.to_owned())
+            .or_default()
+            .hung_boots += times;
     }
 
     /// Takes a host off the network (every call fails as transient) or brings it back.
@@ -409,6 +421,16 @@ impl Driver for SimHost {
 
     async fn boot(&self, name: &str) -> Result<(), DriverError> {
         self.world.check(&self.name, SimOp::Boot)?;
+        let hang = {
+            let mut st = self.world.lock();
+            let inv = st.hosts.entry(self.name.clone()).or_default();
+            let hang = inv.hung_boots > 0;
+            inv.hung_boots = inv.hung_boots.saturating_sub(1);
+            hang
+        };
+        if hang {
+            std::future::pending::<()>().await;
+        }
         let found = {
             let st = self.world.lock();
             st.hosts

@@ -164,6 +164,43 @@ async fn test_driver_lifecycle_is_idempotent_and_leaves_nothing_behind() {
     );
 }
 
+/// The daemon hands a warm VM over by letting the request's VM take over its domain as it is,
+/// and confirms it with `boot` of that domain: at once for a running domain, `NoSuchVm` for one
+/// that is gone (which the daemon takes as a transient failure, and places the VM again).
+#[tokio::test]
+async fn test_driver_boot_confirms_a_running_domain_and_names_one_that_is_gone() {
+    let (conn, host) = test_host(|_| {});
+    let warm = recipe(2_003, BASE);
+    host.provision(&warm).await.expect("provision");
+    host.boot(&warm.name).await.expect("boot");
+    host.boot(&warm.name)
+        .await
+        .expect("boot of a running domain, as a handover confirms it");
+    assert!(
+        host.list()
+            .await
+            .expect("list")
+            .iter()
+            .any(|l| l.name == warm.name && l.running)
+    );
+    // Gone behind the driver's back.
+    let dom = conn
+        .lookup_domain_by_name(&warm.name)
+        .expect("the warm vm's domain");
+    dom.destroy().expect("stop it");
+    dom.undefine().expect("undefine it");
+    assert_eq!(
+        host.boot(&warm.name).await,
+        Err(DriverError::NoSuchVm {
+            host: "t1".into(),
+            name: warm.name.clone()
+        })
+    );
+    host.destroy(&warm.name)
+        .await
+        .expect("destroy what is left");
+}
+
 /// The domain type VM `n` gets when its template asks for `asked`: provisioned, read from
 /// the domain's XML, destroyed.
 async fn domain_type_given(

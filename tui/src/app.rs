@@ -1841,7 +1841,7 @@ impl App {
                 };
                 vec![
                     v.name.clone(),
-                    format!("r{}", v.request),
+                    crate::model::request_label(v.request),
                     v.template.clone(),
                     v.host.clone().unwrap_or_else(|| "-".into()),
                     format!("{} {}", crate::model::vm_glyph(&v.state), v.state),

@@ -520,8 +520,11 @@ impl Source for HttpSource {
                 if let Some(detail) = &d.vm.detail {
                     fields.push(("now".into(), detail.clone()));
                 }
-                fields.push(("request".into(), format!("r{}", d.vm.request)));
+                fields.push(("request".into(), crate::model::request_label(d.vm.request)));
                 fields.push(("template".into(), text_or_dash(d.vm.template.as_deref())));
+                if let Some(object) = &d.vm.host_object {
+                    fields.push(("host object".into(), object.clone()));
+                }
                 // The size the request asked for, else its template's.
                 if let Ok(r) = self.client.request(d.vm.request) {
                     let size = match (r.request.spec.vcpus, r.request.spec.memory_mib) {

@@ -510,6 +510,9 @@ pub fn host_glyph(state: &str) -> &'static str {
     }
 }
 
+/// How a VM's request is shown: `r7`, or `warm` for a warm pool's VM (owned by no request).
+pub use berth_api::request_label;
+
 /// The glyph for a VM state.
 pub fn vm_glyph(state: &str) -> &'static str {
     match state {
@@ -528,6 +531,12 @@ pub fn vm_glyph(state: &str) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_warm_vm_belongs_to_its_pool_not_a_request_number() {
+        assert_eq!(request_label(7), "r7");
+        assert_eq!(request_label(berth_api::WARM_POOL_REQUEST), "warm");
+    }
 
     #[test]
     fn classes_come_from_the_label_or_the_name() {

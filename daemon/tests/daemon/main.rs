@@ -30,6 +30,7 @@ mod prometheus;
 mod pulses;
 mod quota;
 mod snapshots;
+mod warm;
 
 const CONFIG: &str = r#"
 [sim]

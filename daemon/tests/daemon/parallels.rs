@@ -233,6 +233,72 @@ fn parallels_vms_are_provisioned_destroyed_and_found_again_after_a_restart() {
     assert!(fx.state()["vms"].get("someone-else").is_some());
 }
 
+/// A warm pool of one on a Mac: the request's VM runs in the warm VM's Parallels VM (its
+/// console too), a restart keeps both, and its destroy removes that VM.
+#[test]
+fn a_parallels_warm_vm_is_handed_over_and_destroyed_as_the_requests() {
+    let Some(fx) = Fixture::start() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!(
+        "{}\n[[warm]]\ntemplate = \"macos\"\nclass = \"mac1\"\ncount = 1\n",
+        config(&[("mac1", options(&fx))])
+    );
+    let d = TestDaemon::start(dir.path(), &config);
+    let warm_running = |d: &TestDaemon| -> Vec<u64> {
+        d.ok("GET", "/v1/vms?live=true", None)["vms"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|v| v["request"] == u64::MAX && v["state"] == "running")
+            .map(|v| v["id"].as_u64().unwrap())
+            .collect()
+    };
+    d.wait_for("a warm vm running", |d| warm_running(d).len() == 1);
+    let warm = warm_running(&d)[0];
+    let object = format!("berth-vm{warm}");
+    assert_eq!(berth_vms(&fx), std::slice::from_ref(&object));
+
+    let r = submit(&d, 1);
+    d.wait_for("the request's vm running", |d| {
+        request_vms(d, r)[0]["state"] == "running"
+    });
+    let vm = request_vms(&d, r)[0]["id"].as_u64().unwrap();
+    assert_eq!(d.vm_state(warm), "done");
+    let row = d.ok("GET", &format!("/v1/vms/{vm}"), None);
+    assert_eq!(row["host_object"], object.as_str(), "{row}");
+    // Its console is the warm VM's.
+    let c = d.ok("GET", &format!("/v1/vms/{vm}/console"), None);
+    assert_eq!(
+        c["password"],
+        fx.state()["vms"][&object]["vnc"]["password"],
+        "{c}"
+    );
+    // The pool refills into the Mac's second slot; nothing was made under the VM's own name.
+    d.wait_for("the pool refilled", |d| warm_running(d).len() == 1);
+    let refill = warm_running(&d)[0];
+    let mut both = vec![object.clone(), format!("berth-vm{refill}")];
+    both.sort();
+    assert_eq!(berth_vms(&fx), both);
+
+    d.stop();
+    let d = TestDaemon::start(dir.path(), &config);
+    assert_eq!(d.vm_state(vm), "running");
+    assert_eq!(warm_running(&d), [refill]);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(berth_vms(&fx), both);
+    assert_eq!(d.ok("GET", "/v1/orphans", None)["orphans"], json!([]));
+
+    d.ok(
+        "POST",
+        &format!("/v1/vms/{vm}/result"),
+        Some(json!({"passed": true})),
+    );
+    d.wait_for("its parallels vm destroyed", |_| {
+        berth_vms(&fx) == [format!("berth-vm{refill}")]
+    });
+    d.wait_for("the request's vm done", |d| d.vm_state(vm) == "done");
+}
+
 #[test]
 fn a_parallels_host_whose_key_changed_is_refused_naming_the_host() {
     let Some(fx) = Fixture::start() else { return };

@@ -165,6 +165,16 @@ impl Scheduler {
             .collect()
     }
 
+    /// The pool of warm VM `vm` (its index in `warm_pools`) and what its VMs are, if it is a
+    /// warm VM whose pool's template is known: what a daemon needs to provision it again after
+    /// a restart and to show it.
+    pub fn warm_vm(&self, vm: VmId) -> Option<(usize, &VmSpec)> {
+        let book = self.warm.as_ref()?;
+        let pool = book.vms.get(&vm)?.pool;
+        let (_, spec) = book.pools[pool].need.as_ref()?;
+        Some((pool, spec))
+    }
+
     /// What warm VM `vm` takes on its host, if it is one.
     pub(super) fn warm_need(&self, vm: VmId) -> Option<Need> {
         self.warm.as_ref()?.vms.get(&vm).map(|w| w.need.clone())
