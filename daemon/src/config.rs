@@ -511,7 +511,7 @@ pub struct WarmConfig {
 }
 
 /// The scheduler's warm pools from `[[warm]]`; errors name the entry and the key. The
-/// templates and classes they name are checked by `check_warm`, against the configured fleet.
+/// templates and classes they name are compared with the configured fleet by `warm_warnings`.
 pub fn warm_config(warm: &[WarmConfig]) -> Result<Vec<Warm>, DaemonError> {
     let bad = |key: String, message: String| DaemonError::Config { key, message };
     if warm.len() > WARM_POOLS_MAX {
@@ -575,47 +575,46 @@ pub fn warm_config(warm: &[WarmConfig]) -> Result<Vec<Warm>, DaemonError> {
     Ok(out)
 }
 
-/// Checks that every `[[warm]]` entry names a template and a host class of the configured
-/// fleet (`[[templates]]` and `[[hosts]]`, or the embedded ones when those are left out).
-pub fn check_warm(
+/// What is doubtful in the `[[warm]]` entries: a template or host class the configured fleet
+/// (`[[templates]]` and `[[hosts]]`, or the embedded ones when those are left out) does not
+/// have. Templates and hosts may also come later through the API, so these are warnings, not
+/// errors: such a pool stays empty until its template and a host of its class exist.
+pub fn warm_warnings(
     warm: &[WarmConfig],
     templates: &[WireTemplate],
     hosts: &[WireHost],
-) -> Result<(), DaemonError> {
+) -> Vec<String> {
+    let classes: std::collections::BTreeSet<&str> = hosts
+        .iter()
+        .map(|h| {
+            berth_api::host_class(
+                &h.name,
+                h.labels.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+            )
+        })
+        .collect();
+    let mut out = Vec::new();
     for (i, w) in warm.iter().enumerate() {
         if !templates.iter().any(|t| t.name == w.template) {
             let names: Vec<&str> = templates.iter().map(|t| t.name.as_str()).collect();
-            return Err(DaemonError::Config {
-                key: format!("warm[{i}].template"),
-                message: format!(
-                    "no template named `{}` (the templates are: {})",
-                    w.template,
-                    names.join(", ")
-                ),
-            });
+            out.push(format!(
+                "warm[{i}].template: no configured template named `{}` (the templates are: \
+                 {}); the pool stays empty until one is added",
+                w.template,
+                names.join(", ")
+            ));
         }
-        let classes: std::collections::BTreeSet<&str> = hosts
-            .iter()
-            .map(|h| {
-                berth_api::host_class(
-                    &h.name,
-                    h.labels.iter().map(|(k, v)| (k.as_str(), v.as_str())),
-                )
-            })
-            .collect();
         if !classes.contains(w.class.as_str()) {
-            let names: Vec<&str> = classes.into_iter().collect();
-            return Err(DaemonError::Config {
-                key: format!("warm[{i}].class"),
-                message: format!(
-                    "no host of class `{}` (the classes are: {})",
-                    w.class,
-                    names.join(", ")
-                ),
-            });
+            let names: Vec<&str> = classes.iter().copied().collect();
+            out.push(format!(
+                "warm[{i}].class: no configured host of class `{}` (the classes are: {}); \
+                 the pool stays empty until one is added",
+                w.class,
+                names.join(", ")
+            ));
         }
     }
-    Ok(())
+    out
 }
 
 /// The scheduler's whole configuration from the sections a database pins (templates aside:
@@ -976,7 +975,9 @@ pub fn parse(text: &str) -> Result<FileConfig, DaemonError> {
     if !config.warm.is_empty() {
         let templates = config.templates.clone().unwrap_or_else(default_templates);
         let hosts = config.hosts.clone().unwrap_or_else(default_hosts);
-        check_warm(&config.warm, &templates, &hosts)?;
+        for warning in warm_warnings(&config.warm, &templates, &hosts) {
+            tracing::warn!("{warning}");
+        }
     }
     Ok(config)
 }
@@ -1290,6 +1291,27 @@ mod tests {
     }
 
     #[test]
+    fn a_warm_pool_of_a_template_or_class_the_fleet_lacks_is_taken_with_a_warning() {
+        let c = parse(
+            "[[warm]]\ntemplate = \"solaris\"\nclass = \"sim-small\"\ncount = 1\n\
+             [[warm]]\ntemplate = \"linux\"\nclass = \"kvm-sparc\"\ncount = 1\n\
+             [[warm]]\ntemplate = \"linux\"\nclass = \"sim-small\"\ncount = 1\n",
+        )
+        .unwrap();
+        let warnings = warm_warnings(&c.warm, &default_templates(), &default_hosts());
+        assert_eq!(warnings.len(), 2, "{warnings:?}");
+        assert!(
+            warnings[0].starts_with("warm[0].template: no configured template named `solaris`"),
+            "{warnings:?}"
+        );
+        assert!(
+            warnings[1].starts_with("warm[1].class: no configured host of class `kvm-sparc`"),
+            "{warnings:?}"
+        );
+        assert!(warnings[1].contains("sim-small"), "{warnings:?}");
+    }
+
+    #[test]
     fn warm_pools_map_to_the_scheduler_and_bad_entries_are_named() {
         let c = parse(
             "[[warm]]\ntemplate = \"linux\"\nclass = \"sim-small\"\ncount = 3\n\
@@ -1324,16 +1346,6 @@ mod tests {
         let warm = |rest: &str| format!("[[warm]]\n{rest}\n");
         let linux = "template = \"linux\"\nclass = \"sim-small\"";
         for (text, key, says) in [
-            (
-                warm("template = \"solaris\"\nclass = \"sim-small\"\ncount = 1"),
-                "warm[0].template",
-                "no template named `solaris`",
-            ),
-            (
-                warm("template = \"linux\"\nclass = \"kvm-sparc\"\ncount = 1"),
-                "warm[0].class",
-                "no host of class `kvm-sparc`",
-            ),
             (
                 warm(&format!("{linux}\ncount = 0")),
                 "warm[0].count",
@@ -1376,18 +1388,18 @@ mod tests {
         // A class or template of the configured fleet, not the embedded one.
         let fleet = "[[templates]]\nname = \"ci\"\nguest_os = \"linux\"\nvcpus = 2\nmemory_mib = 2048\n\
              [[hosts]]\nname = \"box-1\"\ndriver = \"sim\"\nvcpus = 8\nmemory_mib = 16384\n";
-        parse(&format!(
-            "{fleet}[[warm]]\ntemplate = \"ci\"\nclass = \"box\"\ncount = 2\n"
-        ))
-        .unwrap();
-        let err = parse(&format!(
-            "{fleet}[[warm]]\ntemplate = \"linux\"\nclass = \"box\"\ncount = 2\n"
-        ))
-        .unwrap_err()
-        .to_string();
+        let warnings = |warm: &str| {
+            let c = parse(&format!("{fleet}[[warm]]\n{warm}\ncount = 2\n")).unwrap();
+            let templates = c.templates.clone().unwrap();
+            warm_warnings(&c.warm, &templates, &c.hosts.clone().unwrap())
+        };
+        assert!(warnings("template = \"ci\"\nclass = \"box\"").is_empty());
+        let w = warnings("template = \"linux\"\nclass = \"box\"");
         assert!(
-            err.contains("warm[0].template") && err.contains("the templates are: ci"),
-            "{err}"
+            w.len() == 1
+                && w[0].contains("warm[0].template")
+                && w[0].contains("the templates are: ci"),
+            "{w:?}"
         );
     }
 
