@@ -852,6 +852,11 @@ pub fn vm(args: VmArgs) -> anyhow::Result<ExitCode> {
                 if let Some(detail) = &v.vm.detail {
                     out.push_str(&format!("now: {detail}\n"));
                 }
+                if let Some(object) = &v.vm.host_object {
+                    out.push_str(&format!(
+                        "runs in: {object} on its host (a warm VM it took over)\n"
+                    ));
+                }
                 out.push('\n');
                 let mut t = Table::new(&[
                     ("AT", false),

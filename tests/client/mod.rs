@@ -1001,3 +1001,54 @@ fn image_commands_push_show_and_evict_with_the_documented_exit_codes() {
         text(&out.stderr)
     );
 }
+
+/// A warm pool's VMs are listed as the pool's (`warm` for their request), and a request that
+/// takes one shows where its VM runs: in the warm VM's object on the host.
+#[test]
+fn vm_list_and_show_tell_warm_vms_and_handed_over_ones_apart() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!("{CONFIG}\n[[warm]]\ntemplate = \"linux\"\nclass = \"kvm\"\ncount = 1\n");
+    let serve = Serve::start(
+        std::path::Path::new(env!("CARGO_BIN_EXE_berth")),
+        dir.path(),
+        &config,
+    );
+    let warm_running = || {
+        let out = cli(&serve, &["vm", "list", "--live", "-o", "wide"]);
+        text(&out.stdout)
+            .lines()
+            .any(|l| l.contains(" running ") && l.contains(" warm "))
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !warm_running() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the warm VM never ran"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let out = cli(
+        &serve,
+        &[
+            "request",
+            "--template",
+            "linux",
+            "--count",
+            "1",
+            "--wait",
+            "--timeout",
+            "60s",
+        ],
+    );
+    assert_eq!(code(&out), 0, "{}", text(&out.stderr));
+    let v = serve.api().ok("GET", "/v1/requests/1", None);
+    let vm = v["vms"][0]["name"].as_str().expect("the request's VM");
+    let out = cli(&serve, &["vm", "show", vm]);
+    assert_eq!(code(&out), 0, "{}", text(&out.stderr));
+    let shown = text(&out.stdout);
+    assert!(
+        shown.contains("runs in: berth-vm1 on its host (a warm VM it took over)"),
+        "{shown}"
+    );
+    assert!(shown.contains("warm vm handover (vm1)"), "{shown}");
+}
