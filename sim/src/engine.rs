@@ -54,6 +54,10 @@ pub struct SimConfig {
     /// At most this many submits have their estimated start measured against their actual
     /// start (`Report::eta`); 0: none. It changes nothing the run decides.
     pub eta_samples_max: usize,
+    /// The estimates of those starts foresee arrivals: the requests that arrived in the last
+    /// this long are replayed, shifted forward by it, again and again up to the estimate's
+    /// horizon (see `crate::eta::Replay`); `None`: no arrival is foreseen.
+    pub eta_replay_window_ms: Option<u64>,
 }
 
 impl Default for SimConfig {
@@ -67,6 +71,7 @@ impl Default for SimConfig {
             dev_delay_ms: 30 * 60_000,
             sched: Config::default(),
             eta_samples_max: ETA_SAMPLES_DEFAULT,
+            eta_replay_window_ms: None,
         }
     }
 }
@@ -272,6 +277,7 @@ impl Simulation {
             sim.eta = Some(EtaSampler::new(
                 sim.config.eta_samples_max,
                 sim.config.latency,
+                sim.config.eta_replay_window_ms,
             ));
         }
         for spec in &fleet.hosts {
@@ -568,19 +574,20 @@ impl Simulation {
         })
     }
 
-    /// Runs with no trace until every request of `watch` has started (all its VMs placed),
+    /// Runs with `arrivals` (ids unlike those the scheduler holds) until every request of `watch` has started (all its VMs placed),
     /// `until_ms` has come, or `steps_max` more instants were processed, whichever is first.
     /// Returns when each watched request started and the time the run reached: a request
     /// missing from the answer starts later than that, if at all.
     pub(crate) fn run_to_starts(
         &mut self,
         watch: BTreeSet<u64>,
+        arrivals: &mut dyn Iterator<Item = Result<Record, TraceError>>,
         until_ms: u64,
         steps_max: u64,
     ) -> Result<(BTreeMap<u64, u64>, u64), SimError> {
         self.watch = Some((watch, BTreeMap::new()));
         self.budget.steps_max = Some(self.steps.saturating_add(steps_max));
-        let reached_ms = match self.advance(&mut std::iter::empty(), until_ms) {
+        let reached_ms = match self.advance(arrivals, until_ms) {
             Ok(()) => until_ms,
             Err(SimError::OverBudget { .. }) => self.now_ms,
             Err(e) => return Err(e),
@@ -901,6 +908,9 @@ impl Simulation {
 
     /// A request record: submitted now, or held until the requests it follows have ended.
     fn arrive(&mut self, record: RequestRecord) -> Result<(), SimError> {
+        if let Some(eta) = &mut self.eta {
+            eta.arrived(self.now_ms, &record);
+        }
         if let Some(change) = &record.change {
             self.breakdown
                 .change_read(change, self.now_ms, record.count);
@@ -923,7 +933,9 @@ impl Simulation {
     }
 
     fn submit(&mut self, r: RequestRecord) -> Result<(), SimError> {
-        if !self.templates.contains_key(&r.template) {
+        // A run from a copied scheduler knows the templates of the requests it holds; one that
+        // the scheduler knows otherwise is kept as it is.
+        if !self.templates.contains_key(&r.template) && self.sched.template(&r.template).is_none() {
             let mut t = Template::new(
                 &r.template,
                 Shape {

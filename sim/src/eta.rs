@@ -6,13 +6,16 @@
 //!
 //! The run is bounded: it stops at a horizon or after a number of simulated instants, whichever
 //! comes first, and a request that has not started by then gets "later than" the time the run
-//! reached instead of an estimate. Requests that arrive later are not foreseen: one that
-//! arrives with a higher priority (or from an account further below its share) starts before a
-//! request that waits now, and makes that request's start later than estimated.
+//! reached instead of an estimate. Requests that arrive later are not foreseen by
+//! [`estimate_starts`]: one that arrives with a higher priority (or from an account further
+//! below its share) starts before a request that waits now, and makes that request's start
+//! later than estimated. [`estimate_starts_with_arrivals`] foresees them from the recent past
+//! (see [`Replay`]).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use berth_sched::{RequestId, RequestState, Scheduler};
+use berth_traces::{Outcome, Record, RecordBody, RequestRecord};
 use serde::{Deserialize, Serialize};
 
 use crate::{Profile, SimConfig, SimError, Simulation};
@@ -81,6 +84,16 @@ pub fn estimate_starts(
     watch: Option<&[RequestId]>,
     config: EtaConfig,
 ) -> Result<Starts, SimError> {
+    estimate_starts_with_arrivals(sched, watch, config, &Replay::default())
+}
+
+/// Like [`estimate_starts`], with the arrivals `replay` foresees submitted on the way.
+pub fn estimate_starts_with_arrivals(
+    sched: Scheduler,
+    watch: Option<&[RequestId]>,
+    config: EtaConfig,
+    replay: &Replay,
+) -> Result<Starts, SimError> {
     let from_ms = sched.now_ms();
     let watched: BTreeSet<u64> = match watch {
         Some(ids) => ids
@@ -105,7 +118,9 @@ pub fn estimate_starts(
     );
     let steps_before = sim.steps();
     let until_ms = from_ms.saturating_add(config.horizon_ms);
-    let (placed, reached_ms) = sim.run_to_starts(watched.clone(), until_ms, config.steps_max)?;
+    let mut arrivals = replay.arrivals(from_ms, until_ms);
+    let (placed, reached_ms) =
+        sim.run_to_starts(watched.clone(), &mut arrivals, until_ms, config.steps_max)?;
     let starts = watched
         .into_iter()
         .map(|id| (id, placed.get(&id).copied()))
@@ -116,6 +131,91 @@ pub fn estimate_starts(
         steps: (sim.steps() - steps_before).min(config.steps_max),
         starts,
     })
+}
+
+/// The arrivals an estimate foresees: the requests that arrived in the last `window_ms`
+/// submitted again, `window_ms` later, then again `2 × window_ms` later, and so on up to the
+/// estimate's horizon: the same accounts, shapes, priorities and expected run times, so that
+/// under fair share the accounts that keep arriving keep overtaking the request estimated. A
+/// replayed request runs for its expected run time (what the scheduler knows of it), passes, and
+/// waits for nothing.
+#[derive(Clone, Debug, Default)]
+pub struct Replay {
+    window_ms: u64,
+    /// The requests that arrived in the window, with their time, oldest first.
+    recent: VecDeque<(u64, RequestRecord)>,
+}
+
+/// Replayed requests are numbered from here, far above any trace's or daemon's ids.
+const REPLAY_ID_BASE: u64 = 1 << 62;
+
+impl Replay {
+    /// An empty replay of the arrivals of the last `window_ms` (0: none are kept).
+    pub fn new(window_ms: u64) -> Replay {
+        Replay {
+            window_ms,
+            recent: VecDeque::new(),
+        }
+    }
+
+    /// `request` arrived at `at_ms` (non-decreasing from one call to the next).
+    pub fn arrived(&mut self, at_ms: u64, request: &RequestRecord) {
+        if self.window_ms == 0 {
+            return;
+        }
+        let mut r = request.clone();
+        r.duration_ms = request.estimate_ms();
+        r.expected_ms = None;
+        r.outcome = Outcome::Passed;
+        r.hold_on_failure = None;
+        r.change = None;
+        r.after = Vec::new();
+        r.think_ms = 0;
+        self.recent.push_back((at_ms, r));
+        self.forget_before(at_ms);
+    }
+
+    /// Drops the arrivals older than the window that ends at `now_ms`.
+    fn forget_before(&mut self, now_ms: u64) {
+        while let Some(&(at, _)) = self.recent.front()
+            && at.saturating_add(self.window_ms) <= now_ms
+        {
+            self.recent.pop_front();
+        }
+    }
+
+    /// The arrivals foreseen after `from_ms` up to `until_ms`, in time order, made only as the
+    /// run reaches them.
+    fn arrivals(
+        &self,
+        from_ms: u64,
+        until_ms: u64,
+    ) -> impl Iterator<Item = Result<Record, berth_traces::TraceError>> + '_ {
+        let recent: Vec<&(u64, RequestRecord)> = self
+            .recent
+            .iter()
+            .filter(|(at, _)| at.saturating_add(self.window_ms) > from_ms)
+            .collect();
+        let window_ms = self.window_ms;
+        let rounds = if recent.is_empty() || window_ms == 0 {
+            0
+        } else {
+            until_ms.saturating_sub(from_ms) / window_ms + 1
+        };
+        (1..=rounds)
+            .flat_map(move |k| recent.clone().into_iter().map(move |r| (k, r)))
+            .enumerate()
+            .map(move |(n, (k, (at, r)))| (at + k * window_ms, n as u64, r))
+            .take_while(move |&(at, _, _)| at <= until_ms)
+            .map(|(at_ms, n, r)| {
+                let mut r = r.clone();
+                r.id = REPLAY_ID_BASE + n;
+                Ok(Record {
+                    at_ms,
+                    body: RecordBody::Request(r),
+                })
+            })
+    }
 }
 
 /// How good the estimate is, measured in a simulation: at each submit whose request then
@@ -199,10 +299,16 @@ pub(crate) struct EtaSampler {
     /// Requests not yet started, by id, with their number.
     pending: BTreeMap<u64, u64>,
     wall: std::time::Duration,
+    /// The arrivals the estimates foresee (none with a window of 0).
+    replay: Replay,
 }
 
 impl EtaSampler {
-    pub(crate) fn new(samples_max: usize, latency: Profile) -> EtaSampler {
+    pub(crate) fn new(
+        samples_max: usize,
+        latency: Profile,
+        replay_window_ms: Option<u64>,
+    ) -> EtaSampler {
         EtaSampler {
             config: EtaConfig {
                 horizon_ms: SAMPLE_HORIZON_MS,
@@ -215,7 +321,13 @@ impl EtaSampler {
             samples: BTreeMap::new(),
             pending: BTreeMap::new(),
             wall: std::time::Duration::ZERO,
+            replay: Replay::new(replay_window_ms.unwrap_or(0)),
         }
+    }
+
+    /// A request arrived at `at_ms` (whether it then waits or not).
+    pub(crate) fn arrived(&mut self, at_ms: u64, request: &RequestRecord) {
+        self.replay.arrived(at_ms, request);
     }
 
     /// Request `id`, submitted at `submitted_ms`, still waits after its instant's pass:
@@ -227,7 +339,12 @@ impl EtaSampler {
             return;
         }
         let started = std::time::Instant::now();
-        let estimate = estimate_starts(sched.clone(), Some(&[RequestId(id)]), self.config);
+        let estimate = estimate_starts_with_arrivals(
+            sched.clone(),
+            Some(&[RequestId(id)]),
+            self.config,
+            &self.replay,
+        );
         self.wall += started.elapsed();
         let Some(predicted) = estimate.ok().and_then(|s| s.of(RequestId(id))) else {
             return;
@@ -338,6 +455,17 @@ mod tests {
     /// One host of `vcpus` one-vCPU slots, and a template whose jobs are expected to run ten
     /// minutes, with no provisioning or boot time.
     fn scheduler(policy: Policy, vcpus: u32) -> Scheduler {
+        scheduler_with(
+            Config {
+                policy,
+                ..Config::default()
+            },
+            vcpus,
+        )
+    }
+
+    /// [`scheduler`] under `config` (its templates replaced).
+    fn scheduler_with(config: Config, vcpus: u32) -> Scheduler {
         let mut t = Template::new(
             "linux",
             Shape {
@@ -348,9 +476,8 @@ mod tests {
         t.drivers = vec![DriverKind::Sim];
         t.expected_run_ms = 10 * MINUTE_MS;
         let mut s = Scheduler::new(Config {
-            policy,
             templates: vec![t],
-            ..Config::default()
+            ..config
         });
         let h = HostSpec::new(1, "h1", DriverKind::Sim, vcpus, 64 * 1024);
         s.handle(0, Input::AddHost(h.clone())).unwrap();
@@ -377,6 +504,24 @@ mod tests {
         });
         spec.expected_run_ms = Some(run_ms);
         s.handle(at_ms, Input::Submit(spec)).unwrap();
+    }
+
+    /// One one-vCPU VM of `run_ms` for `account`, submitted at `at_ms`; its record too.
+    fn submit_for(
+        s: &mut Scheduler,
+        at_ms: u64,
+        id: u64,
+        account: &str,
+        run_ms: u64,
+    ) -> RequestRecord {
+        let mut spec = RequestSpec::new(id, "linux", 1);
+        spec.expected_run_ms = Some(run_ms);
+        spec.account = Some(account.to_owned());
+        s.handle(at_ms, Input::Submit(spec)).unwrap();
+        poll(s);
+        let mut r = RequestRecord::new(id, "linux", 1, run_ms);
+        r.account = Some(account.to_owned());
+        r
     }
 
     fn poll(s: &mut Scheduler) {
@@ -442,7 +587,7 @@ mod tests {
         let mut s = scheduler(Policy::Fcfs, 1);
         submit(&mut s, 0, 1, 1, 10 * MINUTE_MS);
         poll(&mut s);
-        let mut sampler = EtaSampler::new(4, Profile::Zero);
+        let mut sampler = EtaSampler::new(4, Profile::Zero, None);
         for id in 2..=11 {
             submit(&mut s, 0, id, 1, 10 * MINUTE_MS);
             poll(&mut s);
@@ -467,6 +612,74 @@ mod tests {
         // Waits of 15 and 55 minutes: errors of a third and of 1/11.
         assert!((r.median_rel_error - 5.0 / 55.0).abs() < 1e-9, "{r:?}");
         assert!((r.p90_rel_error - 5.0 / 15.0).abs() < 1e-9, "{r:?}");
+    }
+
+    #[test]
+    fn replayed_arrivals_of_an_account_below_its_share_start_first() {
+        // One vCPU under fair share (usage kept a day long). `heavy` runs r1 from 0 to 30 min
+        // and waits with r2; `light` submits r3 at 20 min, which goes before r2 at 30 min.
+        // Without arrivals r2 is estimated to start when r3 ends, at 40 min. With the last 15
+        // minutes replayed, `light` submits again at 35, 50 and 65 min. At 40 and 50 min it
+        // has used 10 and 20 minutes of the vCPU against heavy's 30 (usage barely decays in a
+        // day's half-life): its requests go first, and r2 starts at 60 min, when none waits.
+        let config = Config {
+            policy: Policy::Fcfs,
+            fair_share: Some(berth_sched::FairShare {
+                half_life_ms: 24 * 60 * MINUTE_MS,
+                ..berth_sched::FairShare::default()
+            }),
+            ..Config::default()
+        };
+        let mut s = scheduler_with(config, 1);
+        let mut replay = Replay::new(15 * MINUTE_MS);
+        let r1 = submit_for(&mut s, 0, 1, "heavy", 30 * MINUTE_MS);
+        bring_up(&mut s, 0, 1);
+        let r2 = submit_for(&mut s, 0, 2, "heavy", 10 * MINUTE_MS);
+        replay.arrived(0, &r1);
+        replay.arrived(0, &r2);
+        s.handle(20 * MINUTE_MS, Input::Tick).unwrap();
+        let r3 = submit_for(&mut s, 20 * MINUTE_MS, 3, "light", 10 * MINUTE_MS);
+        replay.arrived(20 * MINUTE_MS, &r3);
+        let watch = [RequestId(2), RequestId(3)];
+
+        let blind = estimate_starts(s.clone(), Some(&watch), ZERO).unwrap();
+        assert_eq!(blind.of(RequestId(3)), Some(Eta::At(30 * MINUTE_MS)));
+        assert_eq!(blind.of(RequestId(2)), Some(Eta::At(40 * MINUTE_MS)));
+
+        let foreseen =
+            estimate_starts_with_arrivals(s.clone(), Some(&watch), ZERO, &replay).unwrap();
+        assert_eq!(foreseen.of(RequestId(3)), Some(Eta::At(30 * MINUTE_MS)));
+        assert_eq!(foreseen.of(RequestId(2)), Some(Eta::At(60 * MINUTE_MS)));
+        // The same state and arrivals, the same estimate.
+        let again = estimate_starts_with_arrivals(s, Some(&watch), ZERO, &replay).unwrap();
+        assert_eq!(again, foreseen);
+    }
+
+    #[test]
+    fn a_replay_keeps_only_its_window_and_repeats_it_to_the_horizon() {
+        let mut replay = Replay::new(10 * MINUTE_MS);
+        for (at, id) in [(0, 1), (5, 2), (12, 3)] {
+            replay.arrived(
+                at * MINUTE_MS,
+                &RequestRecord::new(id, "linux", 1, MINUTE_MS),
+            );
+        }
+        // At 12 min the window is (2, 12]: r2 and r3, replayed at 15 and 22, 25 and 32, ...
+        let at: Vec<u64> = replay
+            .arrivals(12 * MINUTE_MS, 40 * MINUTE_MS)
+            .map(|r| r.unwrap().at_ms / MINUTE_MS)
+            .collect();
+        assert_eq!(at, [15, 22, 25, 32, 35]);
+        let ids: BTreeSet<u64> = replay
+            .arrivals(12 * MINUTE_MS, 40 * MINUTE_MS)
+            .map(|r| match r.unwrap().body {
+                RecordBody::Request(q) => q.id,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(ids.len(), 5, "fresh ids");
+        assert!(ids.iter().all(|&id| id >= REPLAY_ID_BASE));
+        assert_eq!(Replay::new(0).arrivals(0, 40 * MINUTE_MS).count(), 0);
     }
 
     #[test]

@@ -157,6 +157,7 @@ pub fn settings_text(config: &SimConfig) -> String {
         sched,
         // Measuring estimated starts changes nothing the run decides.
         eta_samples_max: _,
+        eta_replay_window_ms: _,
     } = config;
     let Config {
         // The simulation's policy replaces the scheduler config's own.

@@ -485,6 +485,9 @@ struct SettingsEntry {
     images: Option<Spanned<String>>,
     /// The size of every warm pool the fleet file names (0: none); absent: the file's sizes.
     warm: Option<u32>,
+    /// The measured estimates of starts foresee arrivals: those of the last this many minutes,
+    /// replayed (`SimConfig::eta_replay_window_ms`); 0: none.
+    eta_replay_window_minutes: Option<Spanned<f64>>,
 }
 
 /// A quota, the shape of the daemon's `[[quotas]]`: `quotas = [{ account = "*", class =
@@ -585,6 +588,13 @@ impl SettingsEntry {
         }
         if let Some(v) = &self.dev_delay_minutes {
             config.dev_delay_ms = hours_ms(v, "dev_delay_minutes", 60.0)?;
+        }
+        if let Some(v) = &self.eta_replay_window_minutes {
+            config.eta_replay_window_ms = if *v.get_ref() == 0.0 {
+                None
+            } else {
+                Some(hours_ms(v, "eta_replay_window_minutes", 60.0)?)
+            };
         }
         let sched = &mut config.sched;
         if let Some(s) = &self.scan {
@@ -815,6 +825,29 @@ mod tests {
         ));
         assert!(
             e.starts_with("spec.toml:4:") && e.contains("not both"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn the_eta_replay_window_is_a_setting() {
+        let spec = parse(&format!(
+            "{MINIMAL}[[settings]]\nname = \"a\"\neta_replay_window_minutes = 60\n\
+             [[settings]]\nname = \"b\"\neta_replay_window_minutes = 0\n\
+             [[settings]]\nname = \"c\"\n"
+        ))
+        .unwrap();
+        let windows: Vec<_> = spec
+            .settings
+            .iter()
+            .map(|s| s.config.eta_replay_window_ms)
+            .collect();
+        assert_eq!(windows, [Some(3_600_000), None, None]);
+        let e = err(&format!(
+            "{MINIMAL}[[settings]]\nname = \"s\"\neta_replay_window_minutes = -5.0\n"
+        ));
+        assert!(
+            e.starts_with("spec.toml:10:") && e.contains("eta_replay_window_minutes"),
             "{e}"
         );
     }
