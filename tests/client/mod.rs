@@ -45,10 +45,15 @@ memory_mib = 16384
 "#;
 
 fn serve(dir: &std::path::Path) -> Serve {
+    serve_with(dir, CONFIG)
+}
+
+/// A daemon with this whole configuration (`CONFIG` and more, usually).
+fn serve_with(dir: &std::path::Path, config: &str) -> Serve {
     Serve::start(
         std::path::Path::new(env!("CARGO_BIN_EXE_berth")),
         dir,
-        CONFIG,
+        config,
     )
 }
 
@@ -684,11 +689,7 @@ fn account_list_shows_each_accounts_share_against_its_usage() {
         "{CONFIG}\n[fair_share]\nhalf_life_minutes = 60\ndefault_weight = 1\n\
          \n[[fair_share.accounts]]\nname = \"qt-base\"\nweight = 3\n"
     );
-    let serve = Serve::start(
-        std::path::Path::new(env!("CARGO_BIN_EXE_berth")),
-        &dir.path().join("fair"),
-        &config,
-    );
+    let serve = serve_with(&dir.path().join("fair"), &config);
     // qt-base fills both hosts (four 2-vCPU VMs); dev-anna's request waits behind them.
     for (account, count) in [("qt-base", "4"), ("dev-anna", "1")] {
         let mut args = vec!["request", "--template", "linux", "--count", count];
@@ -1008,25 +1009,18 @@ fn image_commands_push_show_and_evict_with_the_documented_exit_codes() {
 fn vm_list_and_show_tell_warm_vms_and_handed_over_ones_apart() {
     let dir = tempfile::tempdir().unwrap();
     let config = format!("{CONFIG}\n[[warm]]\ntemplate = \"linux\"\nclass = \"kvm\"\ncount = 1\n");
-    let serve = Serve::start(
-        std::path::Path::new(env!("CARGO_BIN_EXE_berth")),
-        dir.path(),
-        &config,
+    let serve = serve_with(dir.path(), &config);
+    berth_testkit::wait_for(
+        "a running warm VM",
+        std::time::Duration::from_secs(60),
+        || {
+            let out = cli(&serve, &["vm", "list", "--live", "-o", "wide"]);
+            text(&out.stdout)
+                .lines()
+                .any(|l| l.contains(" running ") && l.contains(" warm "))
+                .then_some(())
+        },
     );
-    let warm_running = || {
-        let out = cli(&serve, &["vm", "list", "--live", "-o", "wide"]);
-        text(&out.stdout)
-            .lines()
-            .any(|l| l.contains(" running ") && l.contains(" warm "))
-    };
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while !warm_running() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the warm VM never ran"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
     let out = cli(
         &serve,
         &[
