@@ -107,7 +107,7 @@ pub(crate) fn fits(fleet: &Fleet, host_idx: usize, need: &Need) -> bool {
 
 /// One ordered stream of feasible hosts: from `origin` to the end, then from 0 to `origin`.
 /// Each candidate carries its score, computed when it joins and again only when a VM lands on it.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 struct Stream {
     image_bloom: u64,
     hosts: Vec<(usize, u64)>,
@@ -119,17 +119,6 @@ struct Stream {
 }
 
 impl Stream {
-    fn new(origin: usize, image_bloom: u64) -> Stream {
-        Stream {
-            image_bloom,
-            hosts: Vec::new(),
-            found: Vec::new(),
-            next: origin,
-            wrapped: false,
-            done: false,
-        }
-    }
-
     fn reset(&mut self, origin: usize, image_bloom: u64) {
         self.image_bloom = image_bloom;
         self.hosts.clear();
@@ -218,17 +207,14 @@ impl Search {
             ScanOrder::Rotate if fleet.hosts.is_empty() => 0,
             ScanOrder::Rotate => rotate_from % fleet.hosts.len(),
         };
-        let mut blooms = [Some(0), None];
-        if config.weights.locality > 0 {
-            blooms[1] = Some(bloom_bit(need.image));
-        }
-        let wanted = blooms.iter().flatten().count();
-        self.streams.truncate(wanted);
-        for (i, bloom) in blooms.into_iter().flatten().enumerate() {
-            match self.streams.get_mut(i) {
-                Some(s) => s.reset(origin, bloom),
-                None => self.streams.push(Stream::new(origin, bloom)),
+        // Every host, and with locality also the hosts that hold the image.
+        let locality = (config.weights.locality > 0).then(|| bloom_bit(need.image));
+        self.streams.truncate(1 + usize::from(locality.is_some()));
+        for (i, bloom) in std::iter::once(0).chain(locality).enumerate() {
+            if self.streams.len() == i {
+                self.streams.push(Stream::default());
             }
+            self.streams[i].reset(origin, bloom);
         }
         self.origin = origin;
         self.k = config.candidates_max.max(1) as usize;

@@ -49,7 +49,7 @@ impl Ends {
     }
 
     /// The entries ending at `from_ms` or later, by end and then VM.
-    pub fn from(&self, from_ms: u64) -> impl Iterator<Item = (u64, VmId, &EndEntry)> {
+    pub fn ending_from(&self, from_ms: u64) -> impl Iterator<Item = (u64, VmId, &EndEntry)> {
         self.entries(self.by_end.range(from_ms..))
     }
 
@@ -108,7 +108,7 @@ mod tests {
                 prop_assert_eq!(ends.iter().count(), reference.len());
             }
             prop_assert_eq!(ends.to_map(), reference.clone());
-            let from: Vec<_> = ends.from(3).map(|(e, v, x)| ((e, v), *x)).collect();
+            let from: Vec<_> = ends.ending_from(3).map(|(e, v, x)| ((e, v), *x)).collect();
             let want: Vec<_> = reference.range((3, VmId(0))..).map(|(k, v)| (*k, *v)).collect();
             prop_assert_eq!(from, want);
         }

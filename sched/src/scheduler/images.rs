@@ -341,7 +341,7 @@ impl Scheduler {
             .sum::<usize>()
             .max(1);
         let mut seen = 0;
-        for (end_ms, _, entry) in self.ends.from(now) {
+        for (end_ms, _, entry) in self.ends.ending_from(now) {
             let host = &self.fleet.hosts[entry.host as usize];
             if !host.takes_new_vms() || !host.has_image(need.image) {
                 continue;
