@@ -1,7 +1,9 @@
 //! What berth's tests share: the rule for tests that need something of the machine, the
 //! published traces, a real `sshd` with stand-ins for Parallels' tools ([`sshd`]), a `berth
-//! serve` process ([`serve`]), a client for the daemon's API and event stream ([`api`]), and a
-//! private CA with a real HTTPS file server ([`tls`]).
+//! serve` process ([`serve`]), a client for the daemon's API and event stream ([`api`]), a
+//! private CA with a real HTTPS file server ([`tls`]), and a real PostgreSQL: a cluster of a
+//! test's own, or a fresh database on the test server that `BERTH_TEST_POSTGRES` names
+//! ([`postgres`]).
 //!
 //! The rule for live tests: a test whose setup is missing here (no `sshd`, no libvirtd, no
 //! published trace) calls [`skip_or_fail`], which says so on stderr as `SKIP <test>: <why>` and
@@ -14,6 +16,7 @@
 #![allow(clippy::unwrap_used)]
 
 pub mod api;
+pub mod postgres;
 pub mod serve;
 pub mod sshd;
 pub mod tls;
