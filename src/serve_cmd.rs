@@ -18,6 +18,10 @@ pub struct ServeArgs {
     /// (default: $XDG_DATA_HOME/berth or ~/.local/share/berth).
     #[arg(long)]
     data_dir: Option<PathBuf>,
+    /// The store, instead of SQLite in the data directory: a PostgreSQL URL
+    /// (`postgres://USER:PASSWORD@HOST:PORT/DATABASE`; the config's `store` otherwise).
+    #[arg(long)]
+    store: Option<String>,
     /// The address to listen on (default 127.0.0.1:7878).
     #[arg(long)]
     listen: Option<SocketAddr>,
@@ -46,11 +50,14 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         )
         .with(berth_daemon::logs::layer())
         .init();
-    let config = match &args.config {
+    let mut config = match &args.config {
         Some(path) => berth_daemon::config::load(path)
             .with_context(|| format!("reading config {}", path.display()))?,
         None => berth_daemon::FileConfig::default(),
     };
+    if args.store.is_some() {
+        config.store = args.store;
+    }
     let mut opts = berth_daemon::Options::new(config, args.data_dir, args.listen)
         .context("resolving the daemon's options")?;
     opts.orphans = match (args.adopt_orphans, args.destroy_orphans) {

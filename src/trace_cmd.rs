@@ -1,7 +1,7 @@
 //! `berth trace convert`, `berth trace synth` and `berth trace export`.
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -47,9 +47,13 @@ pub enum TraceCommand {
     },
     /// Write a daemon's journal as a trace (and its fleet), for `berth sim run`.
     Export {
-        /// The daemon's database (`DATA_DIR/berth.db`).
+        /// The daemon's SQLite database (`DATA_DIR/berth.db`).
+        #[arg(long, required_unless_present = "store", conflicts_with = "store")]
+        db: Option<PathBuf>,
+        /// The daemon's PostgreSQL store instead: its `postgres://` URL, as `berth serve
+        /// --store` took it.
         #[arg(long)]
-        db: PathBuf,
+        store: Option<String>,
         /// Start here: milliseconds since the Unix epoch, a UTC time
         /// (`2026-03-01T08:00:00Z`), or a duration before now (`90m`, `6h`, `2d`).
         #[arg(long)]
@@ -97,16 +101,23 @@ pub fn run(command: TraceCommand) -> anyhow::Result<ExitCode> {
         }
         TraceCommand::Export {
             db,
+            store,
             since,
             out,
             fleet_out,
         } => {
-            if !db.exists() {
-                anyhow::bail!("{}: no such database", db.display());
-            }
+            let at = match (&db, &store) {
+                (Some(db), _) => {
+                    if !db.exists() {
+                        anyhow::bail!("{}: no such database", db.display());
+                    }
+                    berth_daemon::db::StoreAt::Sqlite(db.clone())
+                }
+                (None, url) => berth_daemon::db::StoreAt::parse(url.as_deref(), Path::new(""))?,
+            };
             let since_ms = since.as_deref().map(parse_since).transpose()?;
-            let export = berth_daemon::export::export(&db, since_ms)
-                .with_context(|| format!("exporting the journal of {}", db.display()))?;
+            let export = berth_daemon::export::export(&at, since_ms)
+                .with_context(|| format!("exporting the journal of {}", at.display()))?;
             if let Some(path) = &fleet_out {
                 std::fs::write(path, &export.fleet_toml)
                     .with_context(|| format!("writing {}", path.display()))?;

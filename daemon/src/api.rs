@@ -5,7 +5,6 @@
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
-use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -18,7 +17,6 @@ use axum::response::{IntoResponse, Response};
 use berth_api as api;
 use berth_sched::REQUEST_VMS_MAX;
 use futures_util::StreamExt;
-use rusqlite::Connection;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
@@ -71,7 +69,7 @@ impl std::fmt::Debug for Token {
 /// A few read connections, so listing never waits behind the control loop's writes (WAL lets
 /// readers and the writer run at once).
 pub struct ReadPool {
-    conns: Vec<Mutex<Connection>>,
+    conns: Vec<Mutex<crate::db::Db>>,
     next: AtomicUsize,
     /// Long lists built at once (`LIST_ANSWERS_AT_ONCE_MAX`): each of 100,000 rows takes tens
     /// of MiB while it is built, so a flood of them queues here instead of piling up memory.
@@ -79,9 +77,9 @@ pub struct ReadPool {
 }
 
 impl ReadPool {
-    pub fn open(path: &Path, n: usize) -> Result<ReadPool, DaemonError> {
+    pub fn open(at: &crate::db::StoreAt, n: usize) -> Result<ReadPool, DaemonError> {
         let conns = (0..n.max(1))
-            .map(|_| store::connect(path).map(Mutex::new))
+            .map(|_| crate::db::Db::connect(at).map(Mutex::new))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(ReadPool {
             conns,
@@ -101,17 +99,28 @@ impl ReadPool {
     /// Runs a read on a blocking thread.
     pub(crate) async fn read<T: Send + 'static>(
         self: &Arc<Self>,
-        f: impl FnOnce(&Connection) -> Result<T, DaemonError> + Send + 'static,
+        f: impl FnOnce(&mut crate::db::Db) -> Result<T, DaemonError> + Send + 'static,
     ) -> Result<T, ApiError> {
         let pool = self.clone();
         let joined = tokio::task::spawn_blocking(move || {
             let i = pool.next.fetch_add(1, Ordering::Relaxed) % pool.conns.len();
-            let conn = pool.conns[i].lock().unwrap_or_else(|e| e.into_inner());
-            f(&conn)
+            let mut conn = pool.conns[i].lock().unwrap_or_else(|e| e.into_inner());
+            // A server that restarted or a network that dropped left a dead connection.
+            if conn.is_closed() {
+                conn.reconnect()?;
+            }
+            f(&mut conn)
         })
         .await;
         match joined {
             Ok(Ok(v)) => Ok(v),
+            // A database that cannot be reached now (a PostgreSQL server restarting) is
+            // worth another try; the connection is opened again on its next use.
+            Ok(Err(e @ DaemonError::Sql { .. })) if matches!(&e, DaemonError::Sql { source, .. } if source.is_unreachable()) =>
+            {
+                tracing::warn!(error = %e, "read failed: the database cannot be reached");
+                Err(ApiError::new(503, e.to_string()))
+            }
             Ok(Err(e)) => {
                 tracing::error!(error = %e, "read failed");
                 Err(ApiError::new(500, e.to_string()))

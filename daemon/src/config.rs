@@ -35,6 +35,9 @@ pub fn default_data_dir() -> PathBuf {
 pub struct FileConfig {
     pub listen: Option<String>,
     pub data_dir: Option<PathBuf>,
+    /// Where the journal and state tables live: a `postgres://` URL (TLS when it says
+    /// `sslmode=require`), or left out for SQLite in the data directory.
+    pub store: Option<String>,
     #[serde(default)]
     pub scheduler: SchedSection,
     /// Fair share between accounts; off when the section is left out.

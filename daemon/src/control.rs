@@ -382,7 +382,7 @@ impl ReplayStart {
     /// (damaged, another format or configuration), which is logged: the whole journal is then
     /// replayed, which gives the same state at a higher cost.
     fn from_snapshot(
-        store: &Store,
+        store: &mut Store,
         config: &berth_sched::Config,
     ) -> Result<Option<ReplayStart>, DaemonError> {
         let Some(row) = store.latest_snapshot()? else {
@@ -509,7 +509,7 @@ pub(crate) fn apply_journaled(
 /// of the wrong file), by number; replay fills in how each stands (`follow_lost_rows`). Empty
 /// when the table has a row for every submit, which one count tells.
 fn lost_request_rows(
-    store: &Store,
+    store: &mut Store,
     batches: &[(u64, u64, Vec<WireInput>)],
 ) -> Result<BTreeMap<u64, RepairedRequest>, DaemonError> {
     let submits = || {
@@ -570,7 +570,7 @@ impl Control {
         workers: Workers,
         feed: Arc<Feed>,
     ) -> Result<Control, DaemonError> {
-        let mut start = ReplayStart::from_snapshot(&store, &config)?;
+        let mut start = ReplayStart::from_snapshot(&mut store, &config)?;
         let mut batches = store.journal_after(start.as_ref().map_or(0, |s| s.after_batch))?;
         if let Some(st) = &start {
             let submits = st.submits + count_submits(&batches);
@@ -599,7 +599,7 @@ impl Control {
         let mut lost = if from_snapshot.is_some() {
             BTreeMap::new()
         } else {
-            lost_request_rows(&store, &batches)?
+            lost_request_rows(&mut store, &batches)?
         };
         let mut diverged = 0u64;
         let n_batches = batches.len();

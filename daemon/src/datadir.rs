@@ -1,15 +1,18 @@
 //! The data directory: created private (0700) at a first start, locked for the daemon's
 //! life, and marked with an identity that its database records too. A later start that finds
 //! the mark but no database (deleted, emptied, or another one copied in) refuses: replaying
-//! an empty journal would take every VM on the hosts for an orphan.
+//! an empty journal would take every VM on the hosts for an orphan. With PostgreSQL the
+//! database is shared: a new data directory takes the database's identity, and one marked
+//! for a database that is now empty refuses the same way.
 
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use crate::DaemonError;
+use crate::db::StoreAt;
 pub use crate::orphan_start::OrphanStart;
 use crate::store::{META_DATA_DIR_ID, Store};
-use crate::{DB_FILE, DaemonError};
 
 /// The marker file: the data directory's identity, also kept in the database's `meta` table.
 pub const MARKER_FILE: &str = "berth.id";
@@ -23,7 +26,11 @@ pub(crate) struct DataDir {
 }
 
 /// Opens (or, at a first start, creates) the data directory and its database.
-pub(crate) fn open(dir: &Path, orphans: OrphanStart) -> Result<(DataDir, Store), DaemonError> {
+pub(crate) fn open(
+    dir: &Path,
+    at: &StoreAt,
+    orphans: OrphanStart,
+) -> Result<(DataDir, Store), DaemonError> {
     let io = |what: String| move |source| DaemonError::Io { what, source };
     let mut builder = std::fs::DirBuilder::new();
     builder.recursive(true);
@@ -50,20 +57,24 @@ pub(crate) fn open(dir: &Path, orphans: OrphanStart) -> Result<(DataDir, Store),
         }
     }
 
-    let db = dir.join(DB_FILE);
+    let db = at.display();
     let marker_path = dir.join(MARKER_FILE);
     let marker = read_marker(&marker_path)?;
-    let db_has_bytes = match std::fs::metadata(&db) {
-        Ok(m) => m.len() > 0,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
-        Err(source) => {
-            return Err(DaemonError::Io {
-                what: format!("reading {}", db.display()),
-                source,
-            });
-        }
+    let db_has_bytes = match at {
+        StoreAt::Sqlite(path) => match std::fs::metadata(path) {
+            Ok(m) => m.len() > 0,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+            Err(source) => {
+                return Err(DaemonError::Io {
+                    what: format!("reading {}", path.display()),
+                    source,
+                });
+            }
+        },
+        // A server's database is judged by its `meta` below.
+        StoreAt::Postgres(_) => true,
     };
-    let lost = |db: &Path| DaemonError::DatabaseLost {
+    let lost = |db: &str| DaemonError::DatabaseLost {
         db: db.to_owned(),
         marker: marker_path.clone(),
     };
@@ -71,8 +82,10 @@ pub(crate) fn open(dir: &Path, orphans: OrphanStart) -> Result<(DataDir, Store),
         // Refused before opening, so that a refused start leaves nothing behind.
         return Err(lost(&db));
     }
-    let store = Store::open(&db)?;
-    restrict(&db);
+    let mut store = Store::open(at)?;
+    if let StoreAt::Sqlite(path) = at {
+        restrict(path);
+    }
     let recorded = store.meta(META_DATA_DIR_ID)?;
     let mut database_lost = false;
     match (marker, recorded) {
@@ -98,7 +111,7 @@ pub(crate) fn open(dir: &Path, orphans: OrphanStart) -> Result<(DataDir, Store),
                 return Err(lost(&db));
             }
             tracing::warn!(
-                db = %db.display(),
+                db = %db,
                 flag = orphans.flag(),
                 "the database was lost: starting a new journal in this data directory"
             );

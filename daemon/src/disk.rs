@@ -108,12 +108,15 @@ pub(crate) fn is_disk_trouble(e: &DaemonError) -> bool {
     use rusqlite::ErrorCode::*;
     match e {
         DaemonError::Sql {
-            source: rusqlite::Error::SqliteFailure(f, _),
+            source: crate::db::DbError::Sqlite(rusqlite::Error::SqliteFailure(f, _)),
             ..
         } => matches!(
             f.code,
             DiskFull | SystemIoFailure | ReadOnly | CannotOpen | DatabaseBusy | DatabaseLocked
         ),
+        // A PostgreSQL server that restarts, or a network that drops, is the same kind of
+        // trouble: the batch waits, and the store connects again before the next try.
+        DaemonError::Sql { source, .. } => source.is_unreachable(),
         _ => false,
     }
 }

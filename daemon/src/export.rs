@@ -12,7 +12,6 @@
 //! simulator names such a host `NAME-0001`, and the trace's host records use that name.
 
 use std::collections::BTreeMap;
-use std::path::Path;
 
 use berth_sched::{Event, HostState, Scheduler, VmState};
 use berth_traces::{
@@ -139,10 +138,10 @@ fn class_of(h: &WireHost) -> ClassOut {
     }
 }
 
-/// Reads the journal of the database at `db` and writes what happened from `since_ms` on
+/// Reads the journal of the store at `db` and writes what happened from `since_ms` on
 /// (everything when `None`) as a trace.
-pub fn export(db: &Path, since_ms: Option<u64>) -> Result<Export, DaemonError> {
-    let store = Store::open(db)?;
+pub fn export(db: &crate::db::StoreAt, since_ms: Option<u64>) -> Result<Export, DaemonError> {
+    let mut store = Store::open(db)?;
     let section: SchedSection = match store.meta("scheduler")? {
         Some(text) => serde_json::from_str(&text).map_err(|e| DaemonError::Config {
             key: "scheduler".into(),

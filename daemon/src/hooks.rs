@@ -9,13 +9,11 @@
 //! hook never delays scheduling; when the queue is full the event is dropped for hooks and
 //! counted (`berth_hook_events_dropped_total`).
 
-use std::path::Path;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use berth_sched::{Event, Scheduler};
-use rusqlite::{Connection, params};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{Semaphore, mpsc};
@@ -105,7 +103,7 @@ impl Hooks {
         configs: &[HookConfig],
         at_once_max: usize,
         cgroups: Option<Arc<HookCgroups>>,
-        db_path: &Path,
+        store: &crate::db::StoreAt,
         metrics: Arc<Metrics>,
     ) -> Result<Hooks, DaemonError> {
         let hooks: Arc<Vec<Hook>> = Arc::new(
@@ -120,7 +118,7 @@ impl Hooks {
         );
         let (tx, mut rx) = mpsc::channel::<Job>(HOOK_QUEUE_MAX);
         if !hooks.is_empty() {
-            let conn = Arc::new(Mutex::new(crate::store::connect(db_path)?));
+            let conn = Arc::new(Mutex::new(crate::db::Db::connect(store)?));
             let permits = Arc::new(Semaphore::new(at_once_max.max(1)));
             let hooks = hooks.clone();
             let metrics = metrics.clone();
@@ -258,7 +256,7 @@ async fn run_job(
     hook: &Hook,
     job: &Job,
     cgroups: Option<&HookCgroups>,
-    conn: &Arc<Mutex<Connection>>,
+    conn: &Arc<Mutex<crate::db::Db>>,
     metrics: &Metrics,
 ) {
     let c = &hook.config;
@@ -268,8 +266,8 @@ async fn run_job(
         Some(vm) => {
             let conn = conn.clone();
             tokio::task::spawn_blocking(move || {
-                let conn = conn.lock().unwrap_or_else(|e| e.into_inner());
-                crate::store::host_object(&conn, vm)
+                let mut conn = conn.lock().unwrap_or_else(|e| e.into_inner());
+                crate::store::host_object(&mut conn, vm)
             })
             .await
             .ok()
@@ -305,8 +303,8 @@ async fn run_job(
         }
         let conn = conn.clone();
         let stored = tokio::task::spawn_blocking(move || {
-            let conn = conn.lock().unwrap_or_else(|e| e.into_inner());
-            insert_run(&conn, &run)
+            let mut conn = conn.lock().unwrap_or_else(|e| e.into_inner());
+            insert_run(&mut conn, &run)
         })
         .await;
         match stored {
@@ -475,30 +473,25 @@ async fn run_once(
     run
 }
 
-fn insert_run(conn: &Connection, r: &HookRun) -> Result<(), DaemonError> {
-    conn.prepare_cached(
+fn insert_run(db: &mut crate::db::Db, r: &HookRun) -> Result<(), DaemonError> {
+    db.execute(
         "INSERT INTO hook_runs (hook, event, vm, host, request, attempt, started_ms, duration_ms,
          exit_code, outcome, stderr_tail) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-    )
-    .and_then(|mut s| {
-        s.execute(params![
-            r.hook,
-            r.event,
-            r.vm.map(|v| v as i64),
-            r.host,
-            r.request.map(|v| v as i64),
+        crate::args![
+            &r.hook,
+            &r.event,
+            r.vm,
+            r.host.clone(),
+            r.request,
             r.attempt,
-            r.started_ms as i64,
-            r.duration_ms as i64,
+            r.started_ms,
+            r.duration_ms,
             r.exit_code,
-            r.outcome,
-            r.stderr_tail
-        ])
-    })
-    .map_err(|source| DaemonError::Sql {
-        what: "recording a hook run",
-        source,
-    })?;
+            &r.outcome,
+            &r.stderr_tail
+        ],
+    )
+    .map_err(crate::db::sql("recording a hook run"))?;
     Ok(())
 }
 
@@ -518,39 +511,47 @@ pub struct RunFilter {
 }
 
 /// Hook runs, newest first.
-pub fn list_runs(conn: &Connection, f: &RunFilter) -> Result<Vec<HookRun>, DaemonError> {
-    let sql = |source| DaemonError::Sql {
-        what: "listing hook runs",
-        source,
-    };
-    let mut stmt = conn
-        .prepare_cached(
-            "SELECT id, hook, event, vm, host, request, attempt, started_ms, duration_ms,
-             exit_code, outcome, stderr_tail FROM hook_runs
-             WHERE (?1 IS NULL OR hook = ?1) AND (?2 IS NULL OR outcome = ?2)
-             AND (?3 IS NULL OR event = ?3) ORDER BY id DESC LIMIT ?4",
-        )
-        .map_err(sql)?;
-    let limit = f.limit.unwrap_or(100).min(i64::MAX as u64) as i64;
-    let rows = stmt
-        .query_map(params![f.hook, f.outcome, f.event, limit], |r| {
+pub fn list_runs(db: &mut crate::db::Db, f: &RunFilter) -> Result<Vec<HookRun>, DaemonError> {
+    db.rows(
+        "SELECT id, hook, event, vm, host, request, attempt, started_ms, duration_ms,
+         exit_code, outcome, stderr_tail FROM hook_runs
+         WHERE (CAST(?1 AS TEXT) IS NULL OR hook = ?1)
+         AND (CAST(?2 AS TEXT) IS NULL OR outcome = ?2)
+         AND (CAST(?3 AS TEXT) IS NULL OR event = ?3) ORDER BY id DESC LIMIT ?4",
+        crate::args![
+            f.hook.clone(),
+            f.outcome.clone(),
+            f.event.clone(),
+            crate::db::Value::capped(f.limit.unwrap_or(100))
+        ],
+        |r| {
+            let small = |i: usize| -> Result<Option<i32>, crate::db::DbError> {
+                r.opt_i64(i)?
+                    .map(|v| {
+                        i32::try_from(v).map_err(|e| crate::db::DbError::Column {
+                            index: i,
+                            message: e.to_string(),
+                        })
+                    })
+                    .transpose()
+            };
             Ok(HookRun {
-                id: r.get::<_, i64>(0)? as u64,
-                hook: r.get(1)?,
-                event: r.get(2)?,
-                vm: r.get::<_, Option<i64>>(3)?.map(|v| v as u64),
-                host: r.get(4)?,
-                request: r.get::<_, Option<i64>>(5)?.map(|v| v as u64),
-                attempt: r.get(6)?,
-                started_ms: r.get::<_, i64>(7)? as u64,
-                duration_ms: r.get::<_, i64>(8)? as u64,
-                exit_code: r.get(9)?,
-                outcome: r.get(10)?,
-                stderr_tail: r.get(11)?,
+                id: r.u64(0)?,
+                hook: r.text(1)?,
+                event: r.text(2)?,
+                vm: r.opt_i64(3)?.map(|v| v as u64),
+                host: r.opt_text(4)?,
+                request: r.opt_i64(5)?.map(|v| v as u64),
+                attempt: small(6)?.unwrap_or_default().max(0) as u32,
+                started_ms: r.u64(7)?,
+                duration_ms: r.u64(8)?,
+                exit_code: small(9)?,
+                outcome: r.text(10)?,
+                stderr_tail: r.text(11)?,
             })
-        })
-        .map_err(sql)?;
-    rows.collect::<Result<Vec<_>, _>>().map_err(sql)
+        },
+    )
+    .map_err(crate::db::sql("listing hook runs"))
 }
 
 #[cfg(test)]
@@ -582,11 +583,11 @@ mod tests {
     #[tokio::test]
     async fn pulls_reach_image_hooks_as_pulled_or_pull_failed() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let db = dir.path().join("berth.db");
+        let db = crate::db::StoreAt::Sqlite(dir.path().join("berth.db"));
         crate::store::Store::open(&db).expect("database");
         let out = dir.path().join("image.jsonl");
         let not = dir.path().join("vm.jsonl");
-        let hook = |on: &str, file: &Path| HookConfig {
+        let hook = |on: &str, file: &std::path::Path| HookConfig {
             name: Some(on.into()),
             on: on.into(),
             command: vec![

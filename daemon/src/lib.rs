@@ -1,8 +1,8 @@
-//! berth's live control plane: one control loop owning the scheduler, a SQLite journal written
-//! before anything is acted on, recovery by replay and reconciliation with the hosts, driver
-//! workers, a host monitor, and the HTTP API under `/v1`.
+//! berth's live control plane: one control loop owning the scheduler, a journal (SQLite or
+//! PostgreSQL) written before anything is acted on, recovery by replay and reconciliation with
+//! the hosts, driver workers, a host monitor, and the HTTP API under `/v1`.
 //!
-//! Only this crate knows SQLite and the tokio runtime. [`start`] brings a daemon up and returns
+//! Only this crate knows SQL, PostgreSQL and the tokio runtime. [`start`] brings a daemon up and returns
 //! a handle; the `berth serve` command wraps it with signal handling.
 
 mod answers;
@@ -11,6 +11,7 @@ mod cgroup;
 pub mod config;
 mod control;
 pub mod datadir;
+pub mod db;
 pub mod demo;
 pub mod disk;
 pub mod export;
@@ -66,7 +67,7 @@ pub enum DaemonError {
     #[error("database, {what}: {source}")]
     Sql {
         what: &'static str,
-        source: rusqlite::Error,
+        source: db::DbError,
     },
     #[error("config key `{key}`: {message}")]
     Config { key: String, message: String },
@@ -95,16 +96,16 @@ pub enum DaemonError {
          starting on an empty journal would take every VM on the hosts for an orphan. \
          Restore the database from a backup, or start with --adopt-orphans (keep the VMs found \
          on the hosts) or --destroy-orphans (destroy them)",
-        db.display(), marker.display()
+        db, marker.display()
     )]
-    DatabaseLost { db: PathBuf, marker: PathBuf },
+    DatabaseLost { db: String, marker: PathBuf },
     #[error(
         "{} belongs to data directory {db_id}, but {} says {marker_id}: was another database \
          copied in? Put this directory's own database back, or delete the marker to keep this one",
-        db.display(), marker.display()
+        db, marker.display()
     )]
     DatabaseMismatch {
-        db: PathBuf,
+        db: String,
         marker: PathBuf,
         marker_id: String,
         db_id: String,
@@ -118,19 +119,31 @@ pub enum DaemonError {
     UnaccountedVms { count: usize, hosts: String },
 }
 
+impl From<db::DbError> for DaemonError {
+    fn from(source: db::DbError) -> DaemonError {
+        DaemonError::Sql {
+            what: "reading",
+            source,
+        }
+    }
+}
+
 /// How to run a daemon: the parsed config plus the command line's overrides.
 #[derive(Clone, Debug)]
 pub struct Options {
     pub config: FileConfig,
     pub data_dir: PathBuf,
+    /// The store: the config's `store` (a PostgreSQL URL), else the data directory's SQLite
+    /// file. `berth serve --store` sets the config's.
+    pub store: db::StoreAt,
     pub listen: SocketAddr,
     /// What to do with VMs on the hosts that the journal cannot account for.
     pub orphans: OrphanStart,
 }
 
 impl Options {
-    /// Resolves the data directory and listen address: command line, then config file, then
-    /// the defaults (`config::default_data_dir()`, `127.0.0.1:7878`).
+    /// Resolves the data directory, store and listen address: command line, then config file,
+    /// then the defaults (`config::default_data_dir()`, its `berth.db`, `127.0.0.1:7878`).
     pub fn new(
         config: FileConfig,
         data_dir: Option<PathBuf>,
@@ -151,9 +164,11 @@ impl Options {
                     message: format!("{e}"),
                 })?,
         };
+        let store = db::StoreAt::parse(config.store.as_deref(), &data_dir.join(DB_FILE))?;
         Ok(Options {
             config,
             data_dir,
+            store,
             listen,
             orphans: OrphanStart::default(),
         })
@@ -291,7 +306,7 @@ pub const META_WARM: &str = "warm";
 /// answer). A database without it predates the section, and its journal was made without it
 /// (`absent`); a new one stores `wanted`.
 fn pinned<T: serde::Serialize + serde::de::DeserializeOwned>(
-    store: &store::Store,
+    store: &mut store::Store,
     key: &str,
     section: &str,
     wanted: &T,
@@ -335,7 +350,7 @@ pub async fn start(opts: Options) -> Result<Daemon, DaemonError> {
     // A bad certificate or key is a config error, found before anything else is touched.
     let tls = serve::tls(&opts.config.server)?;
     let data_dir = &opts.data_dir;
-    let (dir, store) = datadir::open(data_dir, opts.orphans)?;
+    let (dir, mut store) = datadir::open(data_dir, &opts.store, opts.orphans)?;
     let local_token = ensure_token(data_dir)?;
     let mut tokens = vec![api::Token {
         name: "local".into(),
@@ -348,7 +363,6 @@ pub async fn start(opts: Options) -> Result<Daemon, DaemonError> {
         role: t.role,
     }));
 
-    let db_path = data_dir.join(DB_FILE);
     let wanted = serde_json::to_string(&opts.config.scheduler).unwrap_or_default();
     let sched_section = match store.meta("scheduler")? {
         None => {
@@ -370,23 +384,28 @@ pub async fn start(opts: Options) -> Result<Daemon, DaemonError> {
         }
     };
     let fair_share: Option<config::FairShareSection> = pinned(
-        &store,
+        &mut store,
         META_FAIR_SHARE,
         "[fair_share]",
         &opts.config.fair_share,
         &None,
     )?;
     let quotas: Vec<config::QuotaConfig> = pinned(
-        &store,
+        &mut store,
         META_QUOTAS,
         "[[quotas]]",
         &opts.config.quotas,
         &Vec::new(),
     )?;
-    let images: Option<config::ImagesSection> =
-        pinned(&store, META_IMAGES, "[images]", &opts.config.images, &None)?;
+    let images: Option<config::ImagesSection> = pinned(
+        &mut store,
+        META_IMAGES,
+        "[images]",
+        &opts.config.images,
+        &None,
+    )?;
     let warm: Vec<config::WarmConfig> = pinned(
-        &store,
+        &mut store,
         META_WARM,
         "[[warm]]",
         &opts.config.warm,
@@ -444,7 +463,7 @@ pub async fn start(opts: Options) -> Result<Daemon, DaemonError> {
         &opts.config.hooks,
         opts.config.workers.hooks_at_once_max,
         cgroups,
-        &db_path,
+        &opts.store,
         metrics.clone(),
     )?;
     let (pull_metrics, pull_hooks) = (metrics.clone(), hooks.clone());
@@ -471,7 +490,7 @@ pub async fn start(opts: Options) -> Result<Daemon, DaemonError> {
     }
     control.reconcile().await?;
 
-    let reads = api::ReadPool::open(&db_path, 4)?;
+    let reads = api::ReadPool::open(&opts.store, 4)?;
     let listener = tokio::net::TcpListener::bind(opts.listen)
         .await
         .map_err(|source| DaemonError::Io {
@@ -501,7 +520,7 @@ pub async fn start(opts: Options) -> Result<Daemon, DaemonError> {
     };
     let pulses = tokio::spawn(pulses::run(
         state.clone(),
-        db_path.clone(),
+        opts.store.clone(),
         opts.config.pulses.clone(),
         shutdown_rx.clone(),
     ));
@@ -515,7 +534,7 @@ pub async fn start(opts: Options) -> Result<Daemon, DaemonError> {
         shutdown_rx.clone(),
     ));
     let control = tokio::spawn(control.run(rx, reports, shutdown_rx));
-    tracing::info!(%addr, data_dir = %data_dir.display(), "berth daemon listening");
+    tracing::info!(%addr, data_dir = %data_dir.display(), store = %opts.store.display(), "berth daemon listening");
     Ok(Daemon {
         addr,
         scheme,

@@ -7,14 +7,12 @@
 //! runner does): a pulse is an observation, not an input, and is never replayed.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use berth_api::{ClassPulse, HostRow, HostState, Pulse, PulseList, SlotPulse, VmState};
-use rusqlite::{Connection, params};
 use serde::Deserialize;
 use tokio::sync::watch;
 
@@ -27,9 +25,7 @@ use crate::limits::{PULSE_ROWS_MAX, list_limit};
 /// How far back `GET /v1/pulses` looks when `since_ms` is not given: an hour.
 pub const SINCE_DEFAULT_MS: u64 = 3_600_000;
 
-fn sql(what: &'static str) -> impl Fn(rusqlite::Error) -> DaemonError {
-    move |source| DaemonError::Sql { what, source }
-}
+use crate::db::{Db, DbError, StoreAt, Value, sql};
 
 fn wall_ms() -> u64 {
     SystemTime::now()
@@ -89,73 +85,64 @@ pub(crate) fn sample(status: &LiveStatus, hosts: &[HostRow], at_ms: u64) -> Puls
 
 /// Writes a pulse and deletes those older than `kept_ms` before it, in one transaction: the
 /// table never holds more than the period allows, whatever happened before.
-pub fn write(conn: &mut Connection, pulse: &Pulse, kept_ms: u64) -> Result<(), DaemonError> {
+pub fn write(db: &mut Db, pulse: &Pulse, kept_ms: u64) -> Result<(), DaemonError> {
     let classes = serde_json::to_string(&pulse.classes).unwrap_or_else(|_| "[]".into());
-    let tx = conn.transaction().map_err(sql("starting a pulse write"))?;
-    tx.execute(
-        "INSERT OR REPLACE INTO pulses (at_ms, waiting_requests, waiting_vms, running_vms, classes)
-         VALUES (?1, ?2, ?3, ?4, ?5)",
-        params![
-            sql_int(pulse.at_ms),
-            sql_int(pulse.waiting_requests),
-            sql_int(pulse.waiting_vms),
-            sql_int(pulse.running_vms),
-            classes
-        ],
-    )
-    .map_err(sql("writing a pulse"))?;
-    tx.execute(
-        "DELETE FROM pulses WHERE at_ms < ?1",
-        params![sql_int(pulse.at_ms.saturating_sub(kept_ms))],
-    )
-    .map_err(sql("deleting old pulses"))?;
-    tx.commit().map_err(sql("committing a pulse"))
-}
-
-fn sql_int(v: u64) -> i64 {
-    i64::try_from(v).unwrap_or(i64::MAX)
+    db.transaction("writing a pulse", |db| {
+        db.execute(
+            "INSERT INTO pulses (at_ms, waiting_requests, waiting_vms, running_vms, classes)
+             VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT (at_ms) DO UPDATE SET waiting_requests = excluded.waiting_requests,
+             waiting_vms = excluded.waiting_vms, running_vms = excluded.running_vms,
+             classes = excluded.classes",
+            &[
+                Value::capped(pulse.at_ms),
+                Value::capped(pulse.waiting_requests),
+                Value::capped(pulse.waiting_vms),
+                Value::capped(pulse.running_vms),
+                classes.into(),
+            ],
+        )
+        .map_err(sql("writing a pulse"))?;
+        db.execute(
+            "DELETE FROM pulses WHERE at_ms < ?1",
+            &[Value::capped(pulse.at_ms.saturating_sub(kept_ms))],
+        )
+        .map_err(sql("deleting old pulses"))?;
+        Ok(())
+    })
 }
 
 /// Pulses taken after `since_ms`, oldest first, at most `limit`; with the time to ask again
 /// from when more are left.
 pub fn list(
-    conn: &Connection,
+    db: &mut Db,
     since_ms: u64,
     limit: u64,
 ) -> Result<(Vec<Pulse>, Option<u64>), DaemonError> {
-    let mut stmt = conn
-        .prepare_cached(
+    let mut pulses = db
+        .rows(
             "SELECT at_ms, waiting_requests, waiting_vms, running_vms, classes FROM pulses
              WHERE at_ms > ?1 ORDER BY at_ms LIMIT ?2",
-        )
-        .map_err(sql("reading pulses"))?;
-    let rows = stmt
-        .query_map(
-            params![sql_int(since_ms), sql_int(limit.saturating_add(1))],
+            &[
+                Value::capped(since_ms),
+                Value::capped(limit.saturating_add(1)),
+            ],
             |r| {
-                let classes: String = r.get(4)?;
-                let classes = serde_json::from_str(&classes).map_err(|e| {
-                    rusqlite::Error::FromSqlConversionFailure(
-                        4,
-                        rusqlite::types::Type::Text,
-                        Box::new(e),
-                    )
+                let classes = serde_json::from_str(r.str(4)?.unwrap_or_default()).map_err(|e| {
+                    DbError::Column {
+                        index: 4,
+                        message: e.to_string(),
+                    }
                 })?;
-                let int = |i: usize| -> rusqlite::Result<u64> {
-                    Ok(u64::try_from(r.get::<_, i64>(i)?).unwrap_or(0))
-                };
                 Ok(Pulse {
-                    at_ms: int(0)?,
-                    waiting_requests: int(1)?,
-                    waiting_vms: int(2)?,
-                    running_vms: int(3)?,
+                    at_ms: r.u64(0)?,
+                    waiting_requests: r.u64(1)?,
+                    waiting_vms: r.u64(2)?,
+                    running_vms: r.u64(3)?,
                     classes,
                 })
             },
         )
-        .map_err(sql("reading pulses"))?;
-    let mut pulses = rows
-        .collect::<Result<Vec<Pulse>, _>>()
         .map_err(sql("reading a pulse"))?;
     let limit = usize::try_from(limit).unwrap_or(usize::MAX);
     if pulses.len() > limit {
@@ -192,12 +179,12 @@ async fn take(state: &AppState) -> Result<Pulse, ApiError> {
 /// The sampler: a pulse at start, then one every `period_ms` of wall clock, until shutdown.
 pub(crate) async fn run(
     state: AppState,
-    db_path: PathBuf,
+    store: StoreAt,
     settings: PulsesSection,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let kept_ms = settings.kept_hours.saturating_mul(3_600_000);
-    let mut conn = match crate::store::connect(&db_path) {
+    let mut conn = match Db::connect(&store) {
         Ok(c) => Some(c),
         Err(e) => {
             tracing::error!(error = %e, "pulses are not sampled: opening the database failed");
@@ -335,11 +322,11 @@ mod tests {
         }
     }
 
-    fn open() -> (tempfile::TempDir, Connection) {
+    fn open() -> (tempfile::TempDir, Db) {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("berth.db");
-        drop(crate::store::Store::open(&path).unwrap());
-        let conn = crate::store::connect(&path).unwrap();
+        let at = StoreAt::Sqlite(dir.path().join("berth.db"));
+        drop(crate::store::Store::open(&at).unwrap());
+        let conn = Db::connect(&at).unwrap();
         (dir, conn)
     }
 
@@ -390,12 +377,13 @@ mod tests {
         let (_dir, mut conn) = open();
         let kept_ms = 24 * 3_600_000;
         let period_ms = 600_000;
-        let count = |c: &Connection| -> (u64, u64) {
-            c.query_row(
+        let count = |c: &mut Db| -> (u64, u64) {
+            c.row(
                 "SELECT count(*), coalesce(min(at_ms), 0) FROM pulses",
-                [],
-                |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64)),
+                &[],
+                |r| Ok((r.u64(0)?, r.u64(1)?)),
             )
+            .unwrap()
             .unwrap()
         };
         // 30 hours of samples every 10 minutes: after each write, nothing older than a day
@@ -404,14 +392,14 @@ mod tests {
         for i in 0..(30 * 6) {
             let at = start + i * period_ms;
             write(&mut conn, &pulse(at), kept_ms).unwrap();
-            let (n, oldest) = count(&conn);
+            let (n, oldest) = count(&mut conn);
             assert!(
                 oldest >= at.saturating_sub(kept_ms),
                 "row {i}: oldest {oldest}"
             );
             assert!(n <= kept_ms / period_ms + 1, "row {i}: {n} rows");
         }
-        let (n, oldest) = count(&conn);
+        let (n, oldest) = count(&mut conn);
         assert_eq!(n, kept_ms / period_ms + 1);
         assert_eq!(oldest, start + 29 * 3_600_000 + 50 * 60_000 - kept_ms);
     }
@@ -420,9 +408,9 @@ mod tests {
     fn an_unreadable_row_is_an_error_that_says_so() {
         let (_dir, mut conn) = open();
         write(&mut conn, &pulse(1000), u64::MAX).unwrap();
-        conn.execute("UPDATE pulses SET classes = 'not json'", [])
+        conn.execute("UPDATE pulses SET classes = 'not json'", &[])
             .unwrap();
-        let e = list(&conn, 0, 10).unwrap_err().to_string();
+        let e = list(&mut conn, 0, 10).unwrap_err().to_string();
         assert!(e.contains("reading a pulse"), "{e}");
     }
 
@@ -432,20 +420,20 @@ mod tests {
         for at in [1000, 2000, 3000, 4000, 5000] {
             write(&mut conn, &pulse(at), u64::MAX).unwrap();
         }
-        let (all, next) = list(&conn, 0, 10).unwrap();
+        let (all, next) = list(&mut conn, 0, 10).unwrap();
         assert_eq!(
             all.iter().map(|p| p.at_ms).collect::<Vec<_>>(),
             [1000, 2000, 3000, 4000, 5000]
         );
         assert_eq!(next, None);
         assert_eq!(all[2], pulse(3000), "a pulse reads back as written");
-        let (page, next) = list(&conn, 1000, 2).unwrap();
+        let (page, next) = list(&mut conn, 1000, 2).unwrap();
         assert_eq!(
             page.iter().map(|p| p.at_ms).collect::<Vec<_>>(),
             [2000, 3000]
         );
         assert_eq!(next, Some(3000));
-        let (rest, next) = list(&conn, 3000, 2).unwrap();
+        let (rest, next) = list(&mut conn, 3000, 2).unwrap();
         assert_eq!(
             rest.iter().map(|p| p.at_ms).collect::<Vec<_>>(),
             [4000, 5000]

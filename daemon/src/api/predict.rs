@@ -9,6 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
+use crate::db::sql;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -16,7 +17,6 @@ use berth_api as api;
 use berth_sched::{HostId, Input, Scheduler};
 use berth_sim::{Budget, Forecast, Profile, SimConfig, SimError, Simulation, WaitForecast};
 use berth_traces::Record;
-use rusqlite::{Connection, params};
 
 use super::ApiError;
 use super::{ApiResult, AppState, Reader, ok_json, parse, query};
@@ -179,98 +179,74 @@ fn waits(w: &WaitForecast) -> api::WaitStats {
 /// rejected or cancelled), as arrivals one horizon later. Each runs as long as its longest-running VM did
 /// (at least its estimate while one still runs), or its estimate if none ran yet.
 fn recent_arrivals(
-    c: &Connection,
+    c: &mut crate::db::Db,
     now_ms: u64,
     horizon_ms: u64,
 ) -> Result<Vec<Record>, DaemonError> {
     let from_ms = now_ms.saturating_sub(horizon_ms);
-    let sql = |what: &'static str| move |source| DaemonError::Sql { what, source };
-    let mut templates: BTreeMap<String, WireTemplate> = BTreeMap::new();
-    let mut stmt = c
-        .prepare("SELECT spec FROM templates")
-        .map_err(sql("reading templates for a forecast"))?;
-    let rows = stmt
-        .query_map([], |r| r.get::<_, String>(0))
-        .map_err(sql("reading templates for a forecast"))?;
-    for spec in rows {
-        if let Ok(t) = serde_json::from_str::<WireTemplate>(
-            &spec.map_err(sql("reading templates for a forecast"))?,
-        ) {
-            templates.insert(t.name.clone(), t);
-        }
-    }
+    let templates: BTreeMap<String, WireTemplate> = c
+        .rows("SELECT spec FROM templates", &[], |r| {
+            Ok(serde_json::from_str::<WireTemplate>(r.str(0)?.unwrap_or_default()).ok())
+        })
+        .map_err(sql("reading templates for a forecast"))?
+        .into_iter()
+        .flatten()
+        .map(|t| (t.name.clone(), t))
+        .collect();
     // Ids grow with submit times: walk back from the newest until the window is left.
     let mut window: Vec<(u64, WireRequest, u64)> = Vec::new();
-    let mut stmt = c
-        .prepare("SELECT id, spec, submitted_ms, state FROM requests ORDER BY id DESC")
-        .map_err(sql("reading requests for a forecast"))?;
-    let mut rows = stmt
-        .query([])
-        .map_err(sql("reading requests for a forecast"))?;
-    while let Some(row) = rows
-        .next()
-        .map_err(sql("reading requests for a forecast"))?
-    {
-        let (id, spec, submitted_ms, state): (i64, String, i64, String) = (
-            row.get(0).map_err(sql("reading requests for a forecast"))?,
-            row.get(1).map_err(sql("reading requests for a forecast"))?,
-            row.get(2).map_err(sql("reading requests for a forecast"))?,
-            row.get(3).map_err(sql("reading requests for a forecast"))?,
-        );
-        let submitted_ms = submitted_ms.max(0) as u64;
-        if submitted_ms < from_ms {
-            break;
-        }
-        if submitted_ms > now_ms || state == "rejected" || state == "cancelled" {
-            continue;
-        }
-        if let Ok(w) = serde_json::from_str::<WireRequest>(&spec) {
-            window.push((id as u64, w, submitted_ms));
-        }
-    }
+    let failed = sql("reading requests for a forecast");
+    c.each_while(
+        "SELECT id, spec, submitted_ms, state FROM requests ORDER BY id DESC",
+        &[],
+        |row| {
+            let submitted_ms = row.u64(2).map_err(&failed)?;
+            if submitted_ms < from_ms {
+                return Ok(false);
+            }
+            let state = row.str(3).map_err(&failed)?.unwrap_or_default();
+            if submitted_ms > now_ms || state == "rejected" || state == "cancelled" {
+                return Ok(true);
+            }
+            let spec = row.str(1).map_err(&failed)?.unwrap_or_default();
+            if let Ok(w) = serde_json::from_str::<WireRequest>(spec) {
+                window.push((row.u64(0).map_err(&failed)?, w, submitted_ms));
+            }
+            Ok::<bool, DaemonError>(true)
+        },
+    )?;
     let Some(first) = window.iter().map(|(id, _, _)| *id).min() else {
         return Ok(Vec::new());
     };
     // How long each request's VMs ran: from `running` to the job's end, or until now.
     let mut ran: BTreeMap<u64, (u64, bool)> = BTreeMap::new();
     let mut since: BTreeMap<u64, (u64, u64)> = BTreeMap::new();
-    let mut stmt = c
-        .prepare(
-            "SELECT v.request, h.vm, h.at_ms, h.to_state FROM vms v
-             JOIN vm_history h ON h.vm = v.id WHERE v.request >= ?1 ORDER BY h.id",
-        )
-        .map_err(sql("reading vm history for a forecast"))?;
-    let mut rows = stmt
-        .query(params![first as i64])
-        .map_err(sql("reading vm history for a forecast"))?;
-    while let Some(row) = rows
-        .next()
-        .map_err(sql("reading vm history for a forecast"))?
-    {
-        let (request, vm, at_ms, to): (i64, i64, i64, String) = (
-            row.get(0)
-                .map_err(sql("reading vm history for a forecast"))?,
-            row.get(1)
-                .map_err(sql("reading vm history for a forecast"))?,
-            row.get(2)
-                .map_err(sql("reading vm history for a forecast"))?,
-            row.get(3)
-                .map_err(sql("reading vm history for a forecast"))?,
-        );
-        let (request, vm, at_ms) = (request as u64, vm as u64, at_ms.max(0) as u64);
-        match to.as_str() {
-            "running" => {
-                since.entry(vm).or_insert((request, at_ms));
-            }
-            "releasing" | "held" | "done" | "failed" | "lost" | "cancelled" => {
-                if let Some((request, start)) = since.remove(&vm) {
-                    let e = ran.entry(request).or_insert((0, false));
-                    e.0 = e.0.max(at_ms.saturating_sub(start));
+    let failed = sql("reading vm history for a forecast");
+    c.each(
+        "SELECT v.request, h.vm, h.at_ms, h.to_state FROM vms v
+         JOIN vm_history h ON h.vm = v.id WHERE v.request >= ?1 ORDER BY h.id",
+        crate::args![first],
+        |row| {
+            let (request, vm, at_ms) = (
+                row.u64(0).map_err(&failed)?,
+                row.u64(1).map_err(&failed)?,
+                row.u64(2).map_err(&failed)?,
+            );
+            match row.str(3).map_err(&failed)?.unwrap_or_default() {
+                "running" => {
+                    since.entry(vm).or_insert((request, at_ms));
                 }
+                "releasing" | "held" | "done" | "failed" | "lost" | "cancelled" => {
+                    if let Some((request, start)) = since.remove(&vm) {
+                        let e = ran.entry(request).or_insert((0, false));
+                        e.0 = e.0.max(at_ms.saturating_sub(start));
+                    }
+                }
+                _ => {}
             }
-            _ => {}
-        }
-    }
+            Ok::<(), DaemonError>(())
+        },
+    )?;
     for (request, start) in since.into_values() {
         let e = ran.entry(request).or_insert((0, false));
         e.0 = e.0.max(now_ms.saturating_sub(start));

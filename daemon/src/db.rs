@@ -1,0 +1,768 @@
+//! The database engine under the store: SQLite (a file in the data directory, embedded, the
+//! default) or PostgreSQL (a `postgres://` URL), behind one small interface of statements,
+//! arguments and rows, so that the store's SQL is written once.
+//!
+//! Statements use SQLite's numbered placeholders (`?1`, `?2`, or `?` counted in order); for
+//! PostgreSQL they are rewritten to `$1`, `$2` once per statement and the prepared statement
+//! is kept. The SQL they share is the common subset (`ON CONFLICT ... DO UPDATE`, `CAST(... AS
+//! BIGINT)`, `CASE`); what differs (the schema, the accounting views) is written per engine
+//! where it is used, chosen with [`Db::engine`].
+//!
+//! PostgreSQL's client is blocking (`postgres`, over `tokio-postgres` on a runtime of its own),
+//! so a call on a thread of the daemon's runtime gives that thread away first (see
+//! [`blocking`]).
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use crate::DaemonError;
+
+/// Where the store is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StoreAt {
+    /// A SQLite file (the data directory's `berth.db`).
+    Sqlite(PathBuf),
+    /// A PostgreSQL database, by its connection URL.
+    Postgres(String),
+}
+
+impl StoreAt {
+    /// The store named by `--store` or the config's `store` (a `postgres://` or
+    /// `postgresql://` URL), else the SQLite file `default`.
+    pub fn parse(named: Option<&str>, default: &Path) -> Result<StoreAt, DaemonError> {
+        match named {
+            None => Ok(StoreAt::Sqlite(default.to_owned())),
+            Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+                Ok(StoreAt::Postgres(url.to_owned()))
+            }
+            Some(other) => Err(DaemonError::Config {
+                key: "store".into(),
+                message: format!(
+                    "`{}` is not a postgres:// URL (SQLite, the default, is the data \
+                     directory's berth.db and needs no setting)",
+                    redact(other)
+                ),
+            }),
+        }
+    }
+
+    /// The store as logs and errors may show it: a URL without its password.
+    pub fn display(&self) -> String {
+        match self {
+            StoreAt::Sqlite(p) => p.display().to_string(),
+            StoreAt::Postgres(url) => redact(url),
+        }
+    }
+}
+
+/// A URL with the password in its user part replaced by `***`.
+fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let (auth, tail) = match rest.find('/') {
+        Some(i) => rest.split_at(i),
+        None => (rest, ""),
+    };
+    match auth.rsplit_once('@') {
+        Some((user, host)) => match user.split_once(':') {
+            Some((name, _)) => format!("{scheme}://{name}:***@{host}{tail}"),
+            None => url.to_owned(),
+        },
+        None => url.to_owned(),
+    }
+}
+
+/// Which engine a connection speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Engine {
+    Sqlite,
+    Postgres,
+}
+
+/// What went wrong in the database.
+#[derive(Debug)]
+pub enum DbError {
+    Sqlite(rusqlite::Error),
+    Postgres(postgres::Error),
+    /// A column held what its reader did not expect.
+    Column {
+        index: usize,
+        message: String,
+    },
+}
+
+impl fmt::Display for DbError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DbError::Sqlite(e) => e.fmt(f),
+            // The server's own message (with its detail) rather than only "db error".
+            DbError::Postgres(e) => match e.as_db_error() {
+                Some(db) => write!(f, "{} ({})", db.message(), db.code().code()),
+                None => e.fmt(f),
+            },
+            DbError::Column { index, message } => write!(f, "column {index}: {message}"),
+        }
+    }
+}
+
+impl std::error::Error for DbError {}
+
+impl From<rusqlite::Error> for DbError {
+    fn from(e: rusqlite::Error) -> DbError {
+        DbError::Sqlite(e)
+    }
+}
+
+impl From<postgres::Error> for DbError {
+    fn from(e: postgres::Error) -> DbError {
+        DbError::Postgres(e)
+    }
+}
+
+impl DbError {
+    /// Whether the database could not be reached (connection lost, server shutting down or
+    /// starting, out of connections): worth retrying after reconnecting, unlike a statement
+    /// that failed on its own.
+    pub fn is_unreachable(&self) -> bool {
+        match self {
+            DbError::Postgres(e) => {
+                e.is_closed()
+                    || e.as_db_error().is_none_or(|db| {
+                        let code = db.code().code();
+                        // 08: connection exceptions; 57P: operator intervention (shutdown,
+                        // cannot connect now); 53300: too many connections.
+                        code.starts_with("08") || code.starts_with("57P") || code == "53300"
+                    })
+            }
+            _ => false,
+        }
+    }
+}
+
+/// Maps a database error to the daemon's, saying what was being done.
+pub fn sql<E: Into<DbError>>(what: &'static str) -> impl Fn(E) -> DaemonError {
+    move |source| DaemonError::Sql {
+        what,
+        source: source.into(),
+    }
+}
+
+/// An argument of a statement.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Value {
+    Null,
+    Int(i64),
+    Real(f64),
+    Text(String),
+    Blob(Vec<u8>),
+}
+
+impl From<i64> for Value {
+    fn from(v: i64) -> Value {
+        Value::Int(v)
+    }
+}
+
+impl From<u64> for Value {
+    /// The same 64 bits as a signed integer (what both engines store), so that every id
+    /// comes back as it went in, `u64::MAX` (the warm pools' request) too; a bound that must
+    /// compare as a large number is [`Value::capped`].
+    fn from(v: u64) -> Value {
+        Value::Int(v as i64)
+    }
+}
+
+impl Value {
+    /// A bound (a limit, a cursor): saturating at `i64::MAX`, so that "no bound" compares
+    /// above every row.
+    pub fn capped(v: u64) -> Value {
+        Value::Int(v.min(i64::MAX as u64) as i64)
+    }
+}
+
+impl From<u32> for Value {
+    fn from(v: u32) -> Value {
+        Value::Int(v.into())
+    }
+}
+
+impl From<i32> for Value {
+    fn from(v: i32) -> Value {
+        Value::Int(v.into())
+    }
+}
+
+impl From<f64> for Value {
+    fn from(v: f64) -> Value {
+        Value::Real(v)
+    }
+}
+
+impl From<&str> for Value {
+    fn from(v: &str) -> Value {
+        Value::Text(v.to_owned())
+    }
+}
+
+impl From<String> for Value {
+    fn from(v: String) -> Value {
+        Value::Text(v)
+    }
+}
+
+impl From<&String> for Value {
+    fn from(v: &String) -> Value {
+        Value::Text(v.clone())
+    }
+}
+
+impl From<Vec<u8>> for Value {
+    fn from(v: Vec<u8>) -> Value {
+        Value::Blob(v)
+    }
+}
+
+impl From<&[u8]> for Value {
+    fn from(v: &[u8]) -> Value {
+        Value::Blob(v.to_vec())
+    }
+}
+
+impl<T: Into<Value>> From<Option<T>> for Value {
+    fn from(v: Option<T>) -> Value {
+        v.map_or(Value::Null, Into::into)
+    }
+}
+
+/// The arguments of a statement: `args![a, b]`.
+#[macro_export]
+macro_rules! args {
+    ($($v:expr),* $(,)?) => {
+        &[$($crate::db::Value::from($v)),*][..]
+    };
+}
+
+impl rusqlite::ToSql for Value {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        use rusqlite::types::{ToSqlOutput, ValueRef};
+        Ok(ToSqlOutput::Borrowed(match self {
+            Value::Null => ValueRef::Null,
+            Value::Int(v) => ValueRef::Integer(*v),
+            Value::Real(v) => ValueRef::Real(*v),
+            Value::Text(v) => ValueRef::Text(v.as_bytes()),
+            Value::Blob(v) => ValueRef::Blob(v),
+        }))
+    }
+}
+
+impl postgres::types::ToSql for Value {
+    /// Converted to the type the server inferred for the placeholder.
+    fn to_sql(
+        &self,
+        ty: &postgres::types::Type,
+        out: &mut bytes::BytesMut,
+    ) -> Result<postgres::types::IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        use postgres::types::{IsNull, Type};
+        match self {
+            Value::Null => Ok(IsNull::Yes),
+            Value::Int(v) => match *ty {
+                Type::INT8 => v.to_sql(ty, out),
+                Type::INT4 => i32::try_from(*v)?.to_sql(ty, out),
+                Type::INT2 => i16::try_from(*v)?.to_sql(ty, out),
+                Type::FLOAT8 => (*v as f64).to_sql(ty, out),
+                Type::BOOL => (*v != 0).to_sql(ty, out),
+                _ => v.to_string().as_str().to_sql(ty, out),
+            },
+            Value::Real(v) => match *ty {
+                Type::FLOAT4 => (*v as f32).to_sql(ty, out),
+                _ => v.to_sql(ty, out),
+            },
+            Value::Text(v) => v.as_str().to_sql(ty, out),
+            Value::Blob(v) => v.as_slice().to_sql(ty, out),
+        }
+    }
+
+    fn accepts(_: &postgres::types::Type) -> bool {
+        true
+    }
+
+    postgres::types::to_sql_checked!();
+}
+
+/// A row being read: columns by index, borrowed from the engine's row.
+pub enum Row<'r> {
+    Sqlite(&'r rusqlite::Row<'r>),
+    Postgres(&'r postgres::Row),
+}
+
+fn column_error(index: usize, message: impl fmt::Display) -> DbError {
+    DbError::Column {
+        index,
+        message: message.to_string(),
+    }
+}
+
+impl Row<'_> {
+    /// An integer column that may be NULL (PostgreSQL's smaller integers and booleans
+    /// widen).
+    pub fn opt_i64(&self, i: usize) -> Result<Option<i64>, DbError> {
+        match self {
+            Row::Sqlite(r) => Ok(r.get::<_, Option<i64>>(i)?),
+            Row::Postgres(r) => {
+                use postgres::types::Type;
+                let ty = r
+                    .columns()
+                    .get(i)
+                    .map(|c| c.type_().clone())
+                    .ok_or_else(|| column_error(i, "no such column"))?;
+                Ok(match ty {
+                    Type::INT8 => r.try_get::<_, Option<i64>>(i)?,
+                    Type::INT4 => r.try_get::<_, Option<i32>>(i)?.map(i64::from),
+                    Type::INT2 => r.try_get::<_, Option<i16>>(i)?.map(i64::from),
+                    Type::BOOL => r.try_get::<_, Option<bool>>(i)?.map(i64::from),
+                    other => return Err(column_error(i, format!("{other} is not an integer"))),
+                })
+            }
+        }
+    }
+
+    /// An integer column, NULL being an error.
+    pub fn i64(&self, i: usize) -> Result<i64, DbError> {
+        self.opt_i64(i)?
+            .ok_or_else(|| column_error(i, "NULL where a number belongs"))
+    }
+
+    /// A count, time or id: an integer column read back as the unsigned number it was
+    /// written from (the same 64 bits).
+    pub fn u64(&self, i: usize) -> Result<u64, DbError> {
+        Ok(self.i64(i)? as u64)
+    }
+
+    /// A text column borrowed from the row (`None` for NULL).
+    pub fn str(&self, i: usize) -> Result<Option<&str>, DbError> {
+        match self {
+            Row::Sqlite(r) => Ok(r
+                .get_ref(i)?
+                .as_str_or_null()
+                .map_err(rusqlite::Error::from)?),
+            Row::Postgres(r) => Ok(r.try_get::<_, Option<&str>>(i)?),
+        }
+    }
+
+    /// A text column that may be NULL.
+    pub fn opt_text(&self, i: usize) -> Result<Option<String>, DbError> {
+        Ok(self.str(i)?.map(str::to_owned))
+    }
+
+    /// A text column, NULL being an error.
+    pub fn text(&self, i: usize) -> Result<String, DbError> {
+        self.opt_text(i)?
+            .ok_or_else(|| column_error(i, "NULL where text belongs"))
+    }
+
+    /// A blob (`bytea`) column.
+    pub fn bytes(&self, i: usize) -> Result<Vec<u8>, DbError> {
+        match self {
+            Row::Sqlite(r) => Ok(r.get::<_, Vec<u8>>(i)?),
+            Row::Postgres(r) => Ok(r.try_get::<_, Vec<u8>>(i)?),
+        }
+    }
+
+    /// A real column that may be NULL (integers widen).
+    pub fn opt_f64(&self, i: usize) -> Result<Option<f64>, DbError> {
+        match self {
+            Row::Sqlite(r) => Ok(r.get::<_, Option<f64>>(i)?),
+            Row::Postgres(r) => {
+                use postgres::types::Type;
+                match r.columns().get(i).map(|c| c.type_().clone()) {
+                    Some(Type::FLOAT8) => Ok(r.try_get::<_, Option<f64>>(i)?),
+                    Some(Type::FLOAT4) => Ok(r.try_get::<_, Option<f32>>(i)?.map(f64::from)),
+                    _ => Ok(self.opt_i64(i)?.map(|v| v as f64)),
+                }
+            }
+        }
+    }
+}
+
+/// A connection to the store.
+pub enum Db {
+    Sqlite(rusqlite::Connection),
+    Postgres(Box<Pg>),
+}
+
+/// A PostgreSQL connection with its prepared statements.
+pub struct Pg {
+    client: postgres::Client,
+    url: String,
+    statements: HashMap<String, postgres::Statement>,
+}
+
+/// Statements a connection keeps prepared at most (the store's are a few dozen; filters
+/// make a few more).
+const PG_STATEMENTS_MAX: usize = 512;
+
+impl Db {
+    /// Opens a connection with the settings every connection shares.
+    pub fn connect(at: &StoreAt) -> Result<Db, DaemonError> {
+        match at {
+            StoreAt::Sqlite(path) => {
+                let conn = rusqlite::Connection::open(path).map_err(sql("opening the database"))?;
+                conn.busy_timeout(std::time::Duration::from_secs(10))
+                    .map_err(sql("setting the busy timeout"))?;
+                conn.pragma_update(None, "journal_mode", "WAL")
+                    .map_err(sql("turning on WAL"))?;
+                // FULL: a commit is on disk before the daemon acts on it, even across a power
+                // cut.
+                conn.pragma_update(None, "synchronous", "FULL")
+                    .map_err(sql("setting synchronous"))?;
+                Ok(Db::Sqlite(conn))
+            }
+            StoreAt::Postgres(url) => {
+                if tokio::runtime::Handle::try_current().is_ok() && !on_multi_thread_runtime() {
+                    return Err(DaemonError::Config {
+                        key: "store".into(),
+                        message: "PostgreSQL needs the daemon's multi-threaded runtime".into(),
+                    });
+                }
+                let client =
+                    blocking(|| pg_connect(url)).map_err(sql("connecting to PostgreSQL"))?;
+                Ok(Db::Postgres(Box::new(Pg {
+                    client,
+                    url: url.clone(),
+                    statements: HashMap::new(),
+                })))
+            }
+        }
+    }
+
+    pub fn engine(&self) -> Engine {
+        match self {
+            Db::Sqlite(_) => Engine::Sqlite,
+            Db::Postgres(_) => Engine::Postgres,
+        }
+    }
+
+    /// Runs `sql` (no arguments; several statements allowed).
+    pub fn batch(&mut self, sql_text: &str) -> Result<(), DbError> {
+        match self {
+            Db::Sqlite(c) => Ok(c.execute_batch(sql_text)?),
+            Db::Postgres(pg) => Ok(blocking(|| pg.client.batch_execute(sql_text))?),
+        }
+    }
+
+    /// Runs one statement; returns the rows it changed.
+    pub fn execute(&mut self, sql_text: &str, args: &[Value]) -> Result<u64, DbError> {
+        match self {
+            Db::Sqlite(c) => {
+                let mut stmt = c.prepare_cached(sql_text)?;
+                Ok(stmt.execute(rusqlite::params_from_iter(args))? as u64)
+            }
+            Db::Postgres(pg) => blocking(|| {
+                let stmt = pg.statement(sql_text)?;
+                Ok(pg.client.execute(&stmt, &pg_args(args))?)
+            }),
+        }
+    }
+
+    /// Runs a query and hands each row to `f`, in order, without keeping them; `f`'s errors
+    /// come back as they are.
+    pub fn each<E: From<DbError>>(
+        &mut self,
+        sql_text: &str,
+        args: &[Value],
+        mut f: impl FnMut(Row<'_>) -> Result<(), E>,
+    ) -> Result<(), E> {
+        self.each_while(sql_text, args, |r| f(r).map(|()| true))
+    }
+
+    /// As [`each`](Self::each), until `f` says `false` (the rows after are not read).
+    pub fn each_while<E: From<DbError>>(
+        &mut self,
+        sql_text: &str,
+        args: &[Value],
+        mut f: impl FnMut(Row<'_>) -> Result<bool, E>,
+    ) -> Result<(), E> {
+        match self {
+            Db::Sqlite(c) => {
+                let mut stmt = c.prepare_cached(sql_text).map_err(DbError::from)?;
+                let mut rows = stmt
+                    .query(rusqlite::params_from_iter(args))
+                    .map_err(DbError::from)?;
+                while let Some(r) = rows.next().map_err(DbError::from)? {
+                    if !f(Row::Sqlite(r))? {
+                        break;
+                    }
+                }
+                Ok(())
+            }
+            Db::Postgres(pg) => blocking(|| {
+                use postgres::fallible_iterator::FallibleIterator;
+                let stmt = pg.statement(sql_text)?;
+                let mut rows = pg
+                    .client
+                    .query_raw(&stmt, args.iter())
+                    .map_err(DbError::from)?;
+                while let Some(r) = rows.next().map_err(DbError::from)? {
+                    if !f(Row::Postgres(&r))? {
+                        break;
+                    }
+                }
+                Ok(())
+            }),
+        }
+    }
+
+    /// Runs a query and reads every row with `f`.
+    pub fn rows<T>(
+        &mut self,
+        sql_text: &str,
+        args: &[Value],
+        mut f: impl FnMut(Row<'_>) -> Result<T, DbError>,
+    ) -> Result<Vec<T>, DbError> {
+        let mut out = Vec::new();
+        self.each(sql_text, args, |row| {
+            out.push(f(row)?);
+            Ok::<(), DbError>(())
+        })?;
+        Ok(out)
+    }
+
+    /// The first row of a query read with `f`, if there is one.
+    pub fn row<T>(
+        &mut self,
+        sql_text: &str,
+        args: &[Value],
+        f: impl FnMut(Row<'_>) -> Result<T, DbError>,
+    ) -> Result<Option<T>, DbError> {
+        Ok(self.rows(sql_text, args, f)?.into_iter().next())
+    }
+
+    /// Runs `f` in a transaction: committed when it returns `Ok`, rolled back otherwise.
+    /// SQLite's takes the write lock at once (`BEGIN IMMEDIATE`), so two writers wait
+    /// rather than fail at their first write.
+    pub fn transaction<T>(
+        &mut self,
+        what: &'static str,
+        f: impl FnOnce(&mut Db) -> Result<T, DaemonError>,
+    ) -> Result<T, DaemonError> {
+        // A connection the server dropped (a restart, a network cut) is opened again here,
+        // between transactions, never in the middle of one.
+        if self.is_closed() {
+            self.reconnect()?;
+        }
+        let begin = match self.engine() {
+            Engine::Sqlite => "BEGIN IMMEDIATE",
+            Engine::Postgres => "BEGIN",
+        };
+        self.batch(begin).map_err(sql(what))?;
+        match f(self) {
+            Ok(v) => {
+                self.batch("COMMIT").map_err(sql(what))?;
+                Ok(v)
+            }
+            Err(e) => {
+                if let Err(rollback) = self.batch("ROLLBACK") {
+                    tracing::warn!(error = %rollback, "rolling back a failed transaction");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Whether the connection is known to be dead (PostgreSQL; a SQLite file never is).
+    pub fn is_closed(&self) -> bool {
+        match self {
+            Db::Sqlite(_) => false,
+            Db::Postgres(pg) => pg.client.is_closed(),
+        }
+    }
+
+    /// Connects again in place (after the server restarted or the network dropped).
+    pub fn reconnect(&mut self) -> Result<(), DaemonError> {
+        if let Db::Postgres(pg) = self {
+            let client =
+                blocking(|| pg_connect(&pg.url)).map_err(sql("reconnecting to PostgreSQL"))?;
+            pg.client = client;
+            pg.statements.clear();
+        }
+        Ok(())
+    }
+}
+
+impl Pg {
+    /// The prepared statement for `sql_text`, prepared once.
+    fn statement(&mut self, sql_text: &str) -> Result<postgres::Statement, DbError> {
+        if let Some(s) = self.statements.get(sql_text) {
+            return Ok(s.clone());
+        }
+        let stmt = self.client.prepare(&placeholders(sql_text))?;
+        if self.statements.len() >= PG_STATEMENTS_MAX {
+            self.statements.clear();
+        }
+        self.statements.insert(sql_text.to_owned(), stmt.clone());
+        Ok(stmt)
+    }
+}
+
+fn pg_args(args: &[Value]) -> Vec<&(dyn postgres::types::ToSql + Sync)> {
+    args.iter()
+        .map(|a| a as &(dyn postgres::types::ToSql + Sync))
+        .collect()
+}
+
+fn pg_connect(url: &str) -> Result<postgres::Client, postgres::Error> {
+    postgres::Client::connect(url, postgres::NoTls)
+}
+
+/// SQLite's placeholders as PostgreSQL's: `?N` becomes `$N`, and a bare `?` the next number;
+/// nothing inside a quoted string or identifier changes.
+pub fn placeholders(sql_text: &str) -> String {
+    let mut out = String::with_capacity(sql_text.len() + 8);
+    let mut next = 0u32;
+    let mut quote: Option<char> = None;
+    let mut chars = sql_text.chars().peekable();
+    while let Some(c) = chars.next() {
+        match quote {
+            Some(q) => {
+                out.push(c);
+                if c == q {
+                    quote = None;
+                }
+            }
+            None if c == '\'' || c == '"' => {
+                quote = Some(c);
+                out.push(c);
+            }
+            None if c == '?' => {
+                let mut digits = String::new();
+                while let Some(d) = chars.peek().filter(|d| d.is_ascii_digit()) {
+                    digits.push(*d);
+                    chars.next();
+                }
+                out.push('$');
+                if digits.is_empty() {
+                    next += 1;
+                    out.push_str(&next.to_string());
+                } else {
+                    out.push_str(&digits);
+                }
+            }
+            None => out.push(c),
+        }
+    }
+    out
+}
+
+/// Runs `f`, which blocks (a PostgreSQL round trip), from wherever the caller is: on a thread
+/// of a multi-threaded tokio runtime it first hands the thread's other tasks to another worker
+/// (PostgreSQL's client would refuse to block a runtime's thread); elsewhere it just runs. A
+/// current-thread runtime cannot give its thread away: [`Db::connect`] refuses PostgreSQL there.
+pub fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    if on_multi_thread_runtime() {
+        tokio::task::block_in_place(f)
+    } else {
+        f()
+    }
+}
+
+fn on_multi_thread_runtime() -> bool {
+    tokio::runtime::Handle::try_current()
+        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn placeholders_are_numbered_for_postgres_outside_quotes() {
+        assert_eq!(
+            placeholders("SELECT a FROM t WHERE b = ?1 AND c IN (?2, ?1) AND d = '?'"),
+            "SELECT a FROM t WHERE b = $1 AND c IN ($2, $1) AND d = '?'"
+        );
+        assert_eq!(
+            placeholders("SELECT 1 WHERE x = ? AND y > ? LIMIT ?"),
+            "SELECT 1 WHERE x = $1 AND y > $2 LIMIT $3"
+        );
+        assert_eq!(
+            placeholders("SELECT \"a?b\" FROM t"),
+            "SELECT \"a?b\" FROM t"
+        );
+    }
+
+    #[test]
+    fn store_names_are_a_postgres_url_or_nothing() {
+        let default = Path::new("/data/berth.db");
+        assert_eq!(
+            StoreAt::parse(None, default).unwrap(),
+            StoreAt::Sqlite(default.to_owned())
+        );
+        assert_eq!(
+            StoreAt::parse(Some("postgresql://u@h/db"), default).unwrap(),
+            StoreAt::Postgres("postgresql://u@h/db".into())
+        );
+        let e = StoreAt::parse(Some("mysql://root:hunter2@h/db"), default)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("store") && e.contains("postgres://"), "{e}");
+        assert!(
+            !e.contains("hunter2"),
+            "a password leaked into an error: {e}"
+        );
+    }
+
+    #[test]
+    fn passwords_are_not_shown() {
+        let at = StoreAt::Postgres("postgres://berth:s3cret@db.example:5432/berth".into());
+        assert_eq!(at.display(), "postgres://berth:***@db.example:5432/berth");
+        let at = StoreAt::Postgres("postgres://berth@db.example/berth".into());
+        assert_eq!(at.display(), "postgres://berth@db.example/berth");
+    }
+
+    #[test]
+    fn sqlite_rows_read_through_the_shared_interface() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut db = Db::connect(&StoreAt::Sqlite(dir.path().join("t.db"))).unwrap();
+        db.batch("CREATE TABLE t (a INTEGER, b TEXT, c BLOB)")
+            .unwrap();
+        db.transaction("filling", |db| {
+            db.execute(
+                "INSERT INTO t VALUES (?1, ?2, ?3)",
+                args![7u64, "x", vec![1u8, 2]],
+            )
+            .map_err(sql("inserting"))?;
+            db.execute(
+                "INSERT INTO t VALUES (?1, ?2, ?3)",
+                args![None::<i64>, None::<String>, vec![]],
+            )
+            .map_err(sql("inserting"))?;
+            Ok(())
+        })
+        .unwrap();
+        let rows = db
+            .rows("SELECT a, b, c FROM t ORDER BY a IS NULL", &[], |r| {
+                Ok((r.opt_i64(0)?, r.opt_text(1)?, r.bytes(2)?))
+            })
+            .unwrap();
+        assert_eq!(
+            rows,
+            vec![
+                (Some(7), Some("x".into()), vec![1, 2]),
+                (None, None, vec![])
+            ]
+        );
+        // A failed transaction leaves nothing behind.
+        let r: Result<(), _> = db.transaction("failing", |db| {
+            db.execute("INSERT INTO t VALUES (8, 'y', x'')", &[])
+                .map_err(sql("inserting"))?;
+            Err(DaemonError::LoopGone)
+        });
+        assert!(r.is_err());
+        let n = db.row("SELECT count(*) FROM t", &[], |r| r.i64(0)).unwrap();
+        assert_eq!(n, Some(2));
+        let e = db.row("SELECT b FROM t WHERE a IS NULL", &[], |r| r.text(0));
+        assert!(e.unwrap_err().to_string().contains("NULL"));
+    }
+}
