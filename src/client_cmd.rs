@@ -1401,6 +1401,19 @@ pub fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
                 human::instant(v.server_ms, now)
             ),
         );
+        if let Some(l) = &v.leadership {
+            // A follower sends this call to the leader: the answer is the leader's.
+            let leader = l.leader.as_deref().unwrap_or("none at the moment");
+            let asked = if l.leader.as_deref() == Some(c.api.url()) {
+                String::new()
+            } else {
+                format!("; {} follows", c.api.url())
+            };
+            line(
+                "leader",
+                format!("{leader}  (lease epoch {}{asked})", l.epoch),
+            );
+        }
         line(
             "writes",
             match &v.degraded {

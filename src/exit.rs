@@ -13,7 +13,8 @@ pub const USAGE: u8 = 2;
 pub const REQUEST_ENDED: u8 = 3;
 /// `--wait` gave up: the VMs were not running within `--timeout`.
 pub const WAIT_TIMEOUT: u8 = 4;
-/// The daemon could not be reached.
+/// The daemon could not be reached, or said it cannot serve now (a 503: no daemon leads
+/// during a takeover, or the daemon is shutting down): worth retrying.
 pub const UNREACHABLE: u8 = 5;
 /// The daemon refused the call (a 4xx answer: bad input, no such thing, no permission).
 pub const REFUSED: u8 = 6;
@@ -58,6 +59,7 @@ pub fn code_of(e: &anyhow::Error) -> u8 {
         if let Some(c) = cause.downcast_ref::<berth_client::ClientError>() {
             return match c {
                 berth_client::ClientError::Unreachable { .. } => UNREACHABLE,
+                berth_client::ClientError::Status { status: 503, .. } => UNREACHABLE,
                 berth_client::ClientError::Status { status, .. } if (400..500).contains(status) => {
                     REFUSED
                 }

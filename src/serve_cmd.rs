@@ -69,23 +69,69 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(async move {
-        let mut daemon = berth_daemon::start(opts)
-            .await
-            .context("starting the daemon")?;
+    let outcome = runtime.block_on(async move {
+        let mut daemon = start(opts).await?;
         eprintln!("berth: listening on {}", daemon.url());
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .context("installing the SIGTERM handler")?;
         tokio::select! {
             r = daemon.wait() => {
-                r.context("the control loop stopped")?;
-                return Ok(ExitCode::FAILURE);
+                match r {
+                    Err(e) if e.is_leadership_lost() => {
+                        tracing::error!(error = %e, "no longer leading: starting again as a follower");
+                        return Ok(Outcome::Rejoin);
+                    }
+                    r => r.context("the control loop stopped")?,
+                }
+                return Ok(Outcome::Exit(ExitCode::FAILURE));
             }
             _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}
         }
         tracing::info!("shutting down");
         daemon.stop().await.context("shutting down")?;
-        Ok(ExitCode::SUCCESS)
-    })
+        Ok::<_, anyhow::Error>(Outcome::Exit(ExitCode::SUCCESS))
+    })?;
+    match outcome {
+        Outcome::Exit(code) => Ok(code),
+        Outcome::Rejoin => rejoin(),
+    }
+}
+
+/// How a run of the daemon ended.
+enum Outcome {
+    Exit(ExitCode),
+    /// It led and lost the lease: it starts again, as a follower.
+    Rejoin,
+}
+
+/// Starts the daemon; on PostgreSQL, waits for a database that does not answer yet (a daemon
+/// started with, or before, its database; or one that starts again after losing the lease
+/// while cut off from it).
+async fn start(opts: berth_daemon::Options) -> anyhow::Result<berth_daemon::Daemon> {
+    let mut waited = 0u32;
+    loop {
+        match berth_daemon::start(opts.clone()).await {
+            Err(e) if e.is_store_unreachable() => {
+                if waited == 0 || waited.is_multiple_of(30) {
+                    tracing::warn!(error = %e, "the database does not answer: waiting for it");
+                }
+                waited += 1;
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+            r => return r.context("starting the daemon"),
+        }
+    }
+}
+
+/// Replaces this process with a new run of the same command: every task and driver call of
+/// the old leader ends at once, and nothing of its state is kept (the new run follows, and
+/// reads everything from the database). The process id stays.
+fn rejoin() -> anyhow::Result<ExitCode> {
+    use std::os::unix::process::CommandExt;
+    let exe = std::env::current_exe().context("finding this program to start it again")?;
+    let error = std::process::Command::new(&exe)
+        .args(std::env::args_os().skip(1))
+        .exec();
+    Err(anyhow::Error::new(error).context(format!("starting {} again", exe.display())))
 }

@@ -40,6 +40,25 @@ pub struct Status {
     pub writable: bool,
     /// Why changes are refused, when they are.
     pub degraded: Option<String>,
+    /// Who leads, when several daemons share one PostgreSQL database; absent for a daemon that
+    /// is its database's only user (SQLite). A follower sends `GET /v1/status` to the leader,
+    /// so this is the leader's answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leadership: Option<Leadership>,
+}
+
+/// The leader lease as the answering daemon holds it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Leadership {
+    /// `leader` or `follower`.
+    pub role: String,
+    /// The leader's base URL, as it advertises it.
+    pub leader: Option<String>,
+    /// The lease's epoch: one more at every change of leader.
+    pub epoch: u64,
+    /// Times the answering daemon took the lease.
+    pub takeovers: u64,
 }
 
 /// A breakpoint request: who owns a failed VM kept for debugging, and for how long.

@@ -138,9 +138,11 @@ impl Client {
     }
 
     fn agent(tls: Option<&Arc<rustls::ClientConfig>>) -> ureq::Agent {
+        // Redirects are followed by `send`, which keeps the method, body and token.
         let mut b = ureq::AgentBuilder::new()
             .timeout_connect(Duration::from_secs(3))
-            .timeout(Duration::from_secs(120));
+            .timeout(Duration::from_secs(120))
+            .redirects(0);
         if let Some(tls) = tls {
             b = b.tls_config(tls.clone());
         }
@@ -165,8 +167,8 @@ impl Client {
         &self.url
     }
 
-    fn http(&self, method: &str, path: &str) -> ureq::Request {
-        let mut req = self.agent.request(method, &format!("{}{path}", self.url));
+    fn http(&self, method: &str, url: &str) -> ureq::Request {
+        let mut req = self.agent.request(method, url);
         if let Some(t) = &self.token {
             req = req.set("Authorization", &format!("Bearer {t}"));
         }
@@ -206,14 +208,22 @@ impl Client {
         path: &str,
         body: Option<&dyn erased::Body>,
     ) -> Result<ureq::Response, ClientError> {
-        let req = self.http(method, path);
-        let resp = match body {
-            Some(b) => req
-                .set("Content-Type", "application/json")
-                .send_string(&b.json()),
-            None => req.call(),
-        };
-        resp.map_err(|e| self.error(format!("{method} {path}"), e))
+        let mut url = format!("{}{path}", self.url);
+        for _ in 0..=REDIRECTS_MAX {
+            let req = self.http(method, &url);
+            let resp = match body {
+                Some(b) => req
+                    .set("Content-Type", "application/json")
+                    .send_string(&b.json()),
+                None => req.call(),
+            };
+            let resp = resp.map_err(|e| self.error(format!("{method} {path}"), e))?;
+            match leader_location(&resp) {
+                Some(next) => url = next,
+                None => return Ok(resp),
+            }
+        }
+        Err(too_many_redirects(&url))
     }
 
     /// A call whose answer is JSON of type `T`, read strictly.
@@ -467,23 +477,34 @@ impl Client {
     pub fn events(&self, last_id: Option<&str>, idle: Duration) -> Result<Events, ClientError> {
         let mut agent = ureq::AgentBuilder::new()
             .timeout_connect(Duration::from_secs(3))
-            .timeout_read(idle);
+            .timeout_read(idle)
+            .redirects(0);
         if let Some(tls) = &self.tls {
             agent = agent.tls_config(tls.clone());
         }
         let agent = agent.build();
-        let mut req = agent
-            .get(&format!("{}/v1/events", self.url))
-            .set("Accept", "text/event-stream");
-        if let Some(t) = &self.token {
-            req = req.set("Authorization", &format!("Bearer {t}"));
-        }
-        if let Some(id) = last_id {
-            req = req.set("Last-Event-ID", id);
-        }
-        let resp = req
-            .call()
-            .map_err(|e| self.error("GET /v1/events".to_owned(), e))?;
+        let mut url = format!("{}/v1/events", self.url);
+        let mut hops = 0;
+        let resp = loop {
+            let mut req = agent.get(&url).set("Accept", "text/event-stream");
+            if let Some(t) = &self.token {
+                req = req.set("Authorization", &format!("Bearer {t}"));
+            }
+            if let Some(id) = last_id {
+                req = req.set("Last-Event-ID", id);
+            }
+            let resp = req
+                .call()
+                .map_err(|e| self.error("GET /v1/events".to_owned(), e))?;
+            match leader_location(&resp) {
+                Some(_) if hops == REDIRECTS_MAX => return Err(too_many_redirects(&url)),
+                Some(next) => {
+                    url = next;
+                    hops += 1;
+                }
+                None => break resp,
+            }
+        };
         let mut parser = sse::Parser::default();
         parser.last_id = last_id.map(str::to_owned);
         Ok(Events {
@@ -491,6 +512,28 @@ impl Client {
             parser,
             line: String::new(),
         })
+    }
+}
+
+/// Redirects followed at most: a follower sends a call to the leader (one hop); more means
+/// daemons pointing at each other.
+const REDIRECTS_MAX: usize = 3;
+
+/// Where a follower's `307` (or a `308`) sends the call: the same method, body and token go
+/// there.
+fn leader_location(resp: &ureq::Response) -> Option<String> {
+    if !matches!(resp.status(), 307 | 308) {
+        return None;
+    }
+    resp.header("Location").map(str::to_owned)
+}
+
+fn too_many_redirects(url: &str) -> ClientError {
+    ClientError::Unreachable {
+        url: url.to_owned(),
+        message: format!(
+            "more than {REDIRECTS_MAX} redirects: do the daemons' `[ha] advertise` addresses point at each other?"
+        ),
     }
 }
 

@@ -152,6 +152,8 @@ pub struct AppState {
     pub(crate) image_store: Option<berth_drivers::images::ImageStore>,
     /// Queue positions and estimated starts, made again at most every `ETA_REFRESH_MS`.
     pub(crate) eta: Arc<eta::EtaTable>,
+    /// Whether this daemon leads: a follower sends what only the leader does there.
+    pub(crate) lease: crate::lease::Gate,
 }
 
 /// An error answer: its HTTP status, what went wrong, and the field at fault when one is.
@@ -160,6 +162,9 @@ pub struct ApiError {
     pub status: u16,
     pub error: String,
     pub field: Option<String>,
+    /// The leader's base URL, for a follower's answer to what only the leader does: the
+    /// router makes it a `307` to the same path there (see `routes`).
+    pub leader: Option<String>,
 }
 
 impl ApiError {
@@ -168,6 +173,24 @@ impl ApiError {
             status,
             error: error.into(),
             field: None,
+            leader: None,
+        }
+    }
+
+    /// A follower's answer to what only the leader does: the leader's address, or a 503 while
+    /// nobody leads (a takeover is under way).
+    pub(crate) fn not_leader(gate: &crate::lease::Gate) -> ApiError {
+        match gate.leader_address() {
+            Some(address) => ApiError {
+                status: 307,
+                error: format!("this daemon follows; the leader is {address}"),
+                field: None,
+                leader: Some(address),
+            },
+            None => ApiError::new(
+                503,
+                "no daemon leads at the moment (a takeover is under way); retry in a few seconds",
+            ),
         }
     }
 
@@ -176,6 +199,7 @@ impl ApiError {
             status,
             error: error.into(),
             field: Some(field.to_owned()),
+            leader: None,
         }
     }
 }
@@ -193,6 +217,7 @@ impl From<Refusal> for ApiError {
             status,
             error: r.message,
             field: r.field,
+            leader: None,
         }
     }
 }
@@ -210,9 +235,17 @@ impl IntoResponse for ApiError {
             error: self.error,
             field: self.field,
         };
-        (status, axum::Json(body)).into_response()
+        let mut resp = (status, axum::Json(body)).into_response();
+        if let Some(leader) = self.leader {
+            resp.extensions_mut().insert(LeaderAt(leader));
+        }
+        resp
     }
 }
+
+/// The leader's base URL on a follower's answer, for the router's redirect.
+#[derive(Clone, Debug)]
+pub(crate) struct LeaderAt(pub String);
 
 type ApiResult = Result<Response, ApiError>;
 
@@ -323,6 +356,9 @@ fn parse<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
 }
 
 async fn send_input(state: &AppState, input: WireInput, actor: Actor) -> Result<u64, ApiError> {
+    if !state.lease.may_act() {
+        return Err(ApiError::not_leader(&state.lease));
+    }
     let (reply, rx) = oneshot::channel();
     state
         .tx
@@ -340,6 +376,9 @@ async fn send_input(state: &AppState, input: WireInput, actor: Actor) -> Result<
 }
 
 pub(crate) async fn query(state: &AppState, q: Query) -> Result<Answer, ApiError> {
+    if !state.lease.may_act() {
+        return Err(ApiError::not_leader(&state.lease));
+    }
     let (reply, rx) = oneshot::channel();
     state
         .tx
@@ -472,6 +511,9 @@ pub(crate) async fn write_audit(
     action: &str,
     target: String,
 ) -> Result<(), ApiError> {
+    if !state.lease.may_act() {
+        return Err(ApiError::not_leader(&state.lease));
+    }
     let row = store::AuditRow {
         at_ms: crate::control::wall_ms(),
         who: actor.who,
@@ -493,11 +535,20 @@ pub(crate) async fn write_audit(
 
 /// `ok`, or `degraded: why` while writes are refused (reads still answer, so it stays 200).
 #[utoipa::path(get, path = "/healthz", tag = "daemon", security(()),
-    responses((status = 200, description = "`ok`, or `degraded: why` while writes are refused", body = String, content_type = "text/plain")))]
+    responses((status = 200, description = "`ok`, or `degraded: why` while writes are refused; on PostgreSQL followed by the daemon's role, `(leader, epoch N)` or `(follower; leader URL, epoch N)`", body = String, content_type = "text/plain")))]
 async fn healthz(State(state): State<AppState>) -> String {
-    match state.health.degraded() {
-        None => "ok\n".to_owned(),
-        Some(why) => format!("degraded: {why}\n"),
+    let health = match state.health.degraded() {
+        None => "ok".to_owned(),
+        Some(why) => format!("degraded: {why}"),
+    };
+    let lease = state.lease.figures();
+    match lease.role {
+        crate::lease::Role::Sole => format!("{health}\n"),
+        crate::lease::Role::Leader => format!("{health} (leader, epoch {})\n", lease.epoch),
+        crate::lease::Role::Follower => match state.lease.leader_address() {
+            Some(a) => format!("{health} (follower; leader {a}, epoch {})\n", lease.epoch),
+            None => format!("{health} (follower; no leader at the moment)\n"),
+        },
     }
 }
 
@@ -531,8 +582,24 @@ async fn status(Reader(_): Reader, State(state): State<AppState>) -> ApiResult {
             .map_or(0, |d| d.as_millis() as u64),
         writable: degraded.is_none(),
         degraded,
+        leadership: leadership(&state.lease),
     };
     ok_json(StatusCode::OK, &body)
+}
+
+/// The lease as `/v1/status` shows it; `None` for the sole daemon.
+fn leadership(gate: &crate::lease::Gate) -> Option<api::Leadership> {
+    let f = gate.figures();
+    let role = match f.role {
+        crate::lease::Role::Sole => return None,
+        role => role.name().to_owned(),
+    };
+    Some(api::Leadership {
+        role,
+        leader: f.holder.filter(|h| !h.expired).map(|h| h.address),
+        epoch: f.epoch,
+        takeovers: f.takeovers,
+    })
 }
 
 #[utoipa::path(post, path = "/v1/requests", tag = "requests", request_body = api::SubmitRequest,
@@ -1449,6 +1516,9 @@ async fn destroy_orphan(
 ) -> ApiResult {
     let vm = parse_vm_id(&id)?;
     let _: api::Empty = parse(&body)?;
+    if !state.lease.may_act() {
+        return Err(ApiError::not_leader(&state.lease));
+    }
     let (reply, rx) = oneshot::channel();
     let gone = || ApiError::new(503, "the daemon is shutting down");
     state
@@ -1476,6 +1546,10 @@ async fn destroy_orphan(
     params(("Last-Event-ID" = Option<String>, Header, description = "The `id` of the last event read, to resume after it")),
     responses((status = 200, description = "Server-sent events, each `data:` an `Event` with an `id`; `event: lagged` carries a `Lagged`", content_type = "text/event-stream", body = api::Event)))]
 async fn events(Reader(_): Reader, State(state): State<AppState>, headers: HeaderMap) -> ApiResult {
+    // Events are the leader's: a follower's stream would stay silent.
+    if !state.lease.may_act() {
+        return Err(ApiError::not_leader(&state.lease));
+    }
     let last_id = headers
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())

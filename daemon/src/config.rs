@@ -61,6 +61,8 @@ pub struct FileConfig {
     #[serde(default)]
     pub recovery: RecoverySection,
     #[serde(default)]
+    pub ha: HaSection,
+    #[serde(default)]
     pub server: ServerSection,
     #[serde(default)]
     pub disk: DiskSection,
@@ -799,6 +801,69 @@ impl Default for RecoverySection {
     }
 }
 
+/// Several daemons on one PostgreSQL database: the leader lease (see `lease`). Ignored on
+/// SQLite, where a daemon is its database's only user.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HaSection {
+    /// How long a lease lasts past its last renewal, by the database's clock.
+    pub lease_ttl_ms: u64,
+    /// How often the leader renews it (and how often a follower looks at it).
+    pub lease_renew_ms: u64,
+    /// How much sooner than the lease's expiry the leader stops acting, by its own clock:
+    /// room for the two clocks' rates to differ, and for a pause between a renewal's start and
+    /// its answer.
+    pub lease_margin_ms: u64,
+    /// The base URL other daemons send clients to while this one leads (`https://berth1:7878`);
+    /// default `http(s)://` and the listen address.
+    pub advertise: Option<String>,
+}
+
+impl Default for HaSection {
+    fn default() -> HaSection {
+        HaSection {
+            lease_ttl_ms: 5_000,
+            lease_renew_ms: 1_000,
+            lease_margin_ms: 1_000,
+            advertise: None,
+        }
+    }
+}
+
+impl HaSection {
+    fn check(&self) -> Result<(), DaemonError> {
+        let bad = |key: &str, message: String| DaemonError::Config {
+            key: format!("ha.{key}"),
+            message,
+        };
+        if self.lease_renew_ms < 10 {
+            return Err(bad(
+                "lease_renew_ms",
+                format!("must be at least 10, got {}", self.lease_renew_ms),
+            ));
+        }
+        // A leader must renew at least once before its own clock stops it.
+        if self.lease_margin_ms.saturating_add(self.lease_renew_ms) >= self.lease_ttl_ms {
+            return Err(bad(
+                "lease_ttl_ms",
+                format!(
+                    "must be more than lease_renew_ms + lease_margin_ms ({} + {}), got {}",
+                    self.lease_renew_ms, self.lease_margin_ms, self.lease_ttl_ms
+                ),
+            ));
+        }
+        if let Some(a) = &self.advertise
+            && !(a.starts_with("http://") || a.starts_with("https://"))
+        {
+            return Err(bad(
+                "advertise",
+                format!("`{a}` is not an http:// or https:// URL"),
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// Defaults for the driver options hosts leave out (see `fleet::DriverDefaults`).
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -903,6 +968,7 @@ pub fn parse(text: &str) -> Result<FileConfig, DaemonError> {
             })?;
     }
     config.drivers.store()?;
+    config.ha.check()?;
     if !(config.sim.latency_scale >= 0.0 && config.sim.latency_scale.is_finite()) {
         return Err(DaemonError::Config {
             key: "sim.latency_scale".into(),

@@ -344,6 +344,8 @@ pub(crate) struct Control {
     inputs_since_snapshot: u64,
     /// Submits journaled so far (the whole journal's), kept in each snapshot.
     submits: u64,
+    /// This daemon's right to act (the leader lease; always open on SQLite; set by `start`).
+    pub(crate) gate: crate::lease::Gate,
 }
 
 /// What the control loop keeps beside the scheduler that replay rebuilds from the journal,
@@ -678,6 +680,7 @@ impl Control {
             // A start that replayed a long tail takes a snapshot at once (`snapshot_if_due`).
             inputs_since_snapshot: n_inputs,
             submits,
+            gate: crate::lease::Gate::sole(),
         })
     }
 
@@ -1162,6 +1165,7 @@ impl Control {
         mut reports: mpsc::Receiver<Report>,
         mut shutdown: tokio::sync::watch::Receiver<bool>,
     ) -> Result<(), DaemonError> {
+        let gate = self.gate.clone();
         loop {
             let mut sleep = self.s.poll_timeout().map(|t| {
                 let now = wall_ms();
@@ -1186,6 +1190,8 @@ impl Control {
                     }
                 } => None,
                 _ = shutdown.changed() => return Ok(()),
+                // The lease ran out (by this daemon's clock) or another daemon took it.
+                () = gate.lost() => return Err(DaemonError::LeadershipLost),
             };
             let mut msgs: Vec<Msg> = first.into_iter().collect();
             while msgs.len() < BATCH_MAX {
@@ -1368,6 +1374,9 @@ impl Control {
             orphan_destroys,
         };
         match self.write(&effects.commit) {
+            // Written under this daemon's epoch, but its lease may have run out since: the next
+            // leader replays the batch and reconciles with the hosts, as after a crash here.
+            Ok(()) if !self.gate.may_act() => Err(DaemonError::LeadershipLost),
             Ok(()) => {
                 self.act(effects);
                 Ok(())
@@ -1500,6 +1509,7 @@ impl Control {
             return Ok(());
         };
         match self.write(&u.effects.commit) {
+            Ok(()) if !self.gate.may_act() => Err(DaemonError::LeadershipLost),
             Ok(()) => {
                 tracing::info!(
                     held = u.held.len(),

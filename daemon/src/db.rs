@@ -394,7 +394,9 @@ pub enum Db {
 
 /// A PostgreSQL connection with its prepared statements.
 pub struct Pg {
-    client: postgres::Client,
+    client: PgClient,
+    /// Settings made again on every reconnection (`set_session`).
+    session: Vec<String>,
     url: String,
     statements: HashMap<String, postgres::Statement>,
 }
@@ -429,7 +431,8 @@ impl Db {
                 let client =
                     blocking(|| pg_connect(url)).map_err(sql("connecting to PostgreSQL"))?;
                 Ok(Db::Postgres(Box::new(Pg {
-                    client,
+                    client: PgClient(Some(client)),
+                    session: Vec::new(),
                     url: url.clone(),
                     statements: HashMap::new(),
                 })))
@@ -584,10 +587,57 @@ impl Db {
         if let Db::Postgres(pg) = self {
             let client =
                 blocking(|| pg_connect(&pg.url)).map_err(sql("reconnecting to PostgreSQL"))?;
-            pg.client = client;
+            pg.client = PgClient(Some(client));
             pg.statements.clear();
+            for setting in pg.session.clone() {
+                blocking(|| pg.client.batch_execute(&setting))
+                    .map_err(sql("setting up the connection again"))?;
+            }
         }
         Ok(())
+    }
+
+    /// Runs `setting` (a `SET` of PostgreSQL) now and again on every reconnection; nothing on
+    /// SQLite.
+    pub fn set_session(&mut self, setting: &str) -> Result<(), DaemonError> {
+        if let Db::Postgres(pg) = self {
+            blocking(|| pg.client.batch_execute(setting))
+                .map_err(sql("setting up the connection"))?;
+            pg.session.push(setting.to_owned());
+        }
+        Ok(())
+    }
+}
+
+/// A PostgreSQL client that may be dropped anywhere: the `postgres` crate's says goodbye to
+/// the server by blocking on its own runtime, which must not happen on a thread that drives
+/// tokio tasks; there it is dropped on a thread of its own.
+struct PgClient(Option<postgres::Client>);
+
+impl std::ops::Deref for PgClient {
+    type Target = postgres::Client;
+    fn deref(&self) -> &postgres::Client {
+        // Only `drop` takes the client out.
+        self.0.as_ref().expect("a PostgreSQL client in use")
+    }
+}
+
+impl std::ops::DerefMut for PgClient {
+    fn deref_mut(&mut self) -> &mut postgres::Client {
+        self.0.as_mut().expect("a PostgreSQL client in use")
+    }
+}
+
+impl Drop for PgClient {
+    fn drop(&mut self) {
+        let Some(client) = self.0.take() else { return };
+        if tokio::runtime::Handle::try_current().is_ok() {
+            let _ = std::thread::Builder::new()
+                .name("berth-pg-close".into())
+                .spawn(move || drop(client));
+        } else {
+            drop(client);
+        }
     }
 }
 

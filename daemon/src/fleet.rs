@@ -48,6 +48,9 @@ pub(crate) struct DriverDefaults {
     pub image_budget_mib: Option<u64>,
     /// The board every driver reports its pulls of base images on, which the API reads.
     pub pulls: berth_drivers::images::Pulls,
+    /// The daemon's right to act: every driver call that changes a host waits for it to be
+    /// open (see `lease`).
+    pub gate: crate::lease::Gate,
 }
 
 impl DriverDefaults {
@@ -63,6 +66,7 @@ impl DriverDefaults {
             image_store_ca: section.image_store_ca.clone(),
             image_budget_mib: section.image_budget_mib,
             pulls: berth_drivers::images::Pulls::default(),
+            gate: crate::lease::Gate::sole(),
         }
     }
 
@@ -117,12 +121,7 @@ pub(crate) fn build_driver(
     let options = defaults.options(kind, host);
     let driver: Arc<dyn Driver> = match kind {
         DriverKind::Sim => {
-            return Ok(Arc::new(sim.host(
-                &host.name,
-                host.vcpus,
-                host.memory_mib,
-                host.images.clone(),
-            )));
+            Arc::new(sim.host(&host.name, host.vcpus, host.memory_mib, host.images.clone()))
         }
         #[cfg(feature = "libvirt")]
         DriverKind::Libvirt => Arc::new(berth_drivers::libvirt::LibvirtHost::with_pulls(
@@ -149,13 +148,16 @@ pub(crate) fn build_driver(
             ))
         }
     };
-    if host.vcpus == 0 && host.memory_mib == 0 {
+    // A simulated host is made with its capacity; others report theirs and are capped.
+    let capped = kind != DriverKind::Sim && (host.vcpus > 0 || host.memory_mib > 0);
+    if !capped && defaults.gate.is_sole() {
         return Ok(driver);
     }
-    Ok(Arc::new(Capped {
+    Ok(Arc::new(Guarded {
         inner: driver,
-        vcpus: (host.vcpus > 0).then_some(host.vcpus),
-        memory_mib: (host.memory_mib > 0).then_some(host.memory_mib),
+        vcpus: (capped && host.vcpus > 0).then_some(host.vcpus),
+        memory_mib: (capped && host.memory_mib > 0).then_some(host.memory_mib),
+        gate: defaults.gate.clone(),
     }))
 }
 
@@ -171,16 +173,30 @@ fn create_private_dir(dir: &Path) -> std::io::Result<()> {
     builder.create(dir)
 }
 
-/// A driver whose probe reports at most the configured vCPUs and memory: a host shared with
-/// other work gives berth only part of itself.
-struct Capped {
+/// A driver whose probe reports at most the configured vCPUs and memory (a host shared with
+/// other work gives berth only part of itself), and whose calls that change the host start
+/// only while the daemon may act (a leader whose lease ran out touches no host).
+struct Guarded {
     inner: Arc<dyn Driver>,
     vcpus: Option<u32>,
     memory_mib: Option<u64>,
+    gate: crate::lease::Gate,
+}
+
+impl Guarded {
+    fn may_act(&self) -> Result<(), DriverError> {
+        if self.gate.may_act() {
+            return Ok(());
+        }
+        Err(DriverError::Transient {
+            host: self.inner.host().to_owned(),
+            message: "this daemon no longer leads: no driver call".into(),
+        })
+    }
 }
 
 #[async_trait]
-impl Driver for Capped {
+impl Driver for Guarded {
     fn kind(&self) -> DriverKind {
         self.inner.kind()
     }
@@ -201,14 +217,17 @@ impl Driver for Capped {
     }
 
     async fn provision(&self, vm: &VmRecipe) -> Result<(), DriverError> {
+        self.may_act()?;
         self.inner.provision(vm).await
     }
 
     async fn boot(&self, name: &str) -> Result<(), DriverError> {
+        self.may_act()?;
         self.inner.boot(name).await
     }
 
     async fn destroy(&self, name: &str) -> Result<(), DriverError> {
+        self.may_act()?;
         self.inner.destroy(name).await
     }
 
@@ -233,10 +252,12 @@ impl Driver for Capped {
     }
 
     async fn pull_image(&self, image: &str) -> Result<(), DriverError> {
+        self.may_act()?;
         self.inner.pull_image(image).await
     }
 
     async fn evict_image(&self, image: &str) -> Result<(), DriverError> {
+        self.may_act()?;
         self.inner.evict_image(image).await
     }
 }

@@ -105,6 +105,7 @@ impl Hooks {
         cgroups: Option<Arc<HookCgroups>>,
         store: &crate::db::StoreAt,
         metrics: Arc<Metrics>,
+        gate: crate::lease::Gate,
     ) -> Result<Hooks, DaemonError> {
         let hooks: Arc<Vec<Hook>> = Arc::new(
             configs
@@ -124,6 +125,12 @@ impl Hooks {
             let metrics = metrics.clone();
             tokio::spawn(async move {
                 while let Some(job) = rx.recv().await {
+                    // A leader whose lease ran out runs no hook: the next leader may be
+                    // acting already.
+                    if !gate.may_act() {
+                        tracing::warn!(event = %job.event, "hook not run: this daemon no longer leads");
+                        continue;
+                    }
                     let Ok(permit) = permits.clone().acquire_owned().await else {
                         break;
                     };
@@ -605,6 +612,7 @@ mod tests {
             None,
             &db,
             Arc::new(Metrics::new()),
+            crate::lease::Gate::sole(),
         )
         .expect("hooks");
         let pull = |error: Option<&str>| berth_drivers::images::PullOutcome {

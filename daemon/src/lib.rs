@@ -19,6 +19,7 @@ mod feed;
 mod fleet;
 pub mod hooks;
 mod host_objects;
+pub mod lease;
 pub mod limits;
 pub mod logs;
 pub mod metrics;
@@ -117,6 +118,34 @@ pub enum DaemonError {
          to destroy them"
     )]
     UnaccountedVms { count: usize, hosts: String },
+    #[error(
+        "refused by the fence: this daemon led under lease epoch {mine}, but the lease is at \
+         epoch {found} (held by {holder}): another daemon leads now"
+    )]
+    Fenced {
+        mine: u64,
+        found: u64,
+        holder: String,
+    },
+    #[error("this daemon's lease ran out: it stopped acting, and starts again as a follower")]
+    LeadershipLost,
+}
+
+impl DaemonError {
+    /// Whether the daemon ended because another daemon leads now (or may): it should start
+    /// again as a follower rather than exit.
+    pub fn is_leadership_lost(&self) -> bool {
+        matches!(
+            self,
+            DaemonError::Fenced { .. } | DaemonError::LeadershipLost
+        )
+    }
+
+    /// Whether a PostgreSQL store did not answer (down, restarting, cut off): worth waiting
+    /// for rather than giving up.
+    pub fn is_store_unreachable(&self) -> bool {
+        matches!(self, DaemonError::Sql { source, .. } if source.is_unreachable())
+    }
 }
 
 impl From<db::DbError> for DaemonError {
@@ -192,6 +221,8 @@ pub struct Daemon {
     control: JoinHandle<Result<(), DaemonError>>,
     http: JoinHandle<()>,
     pulses: JoinHandle<()>,
+    /// The leader lease (the sole daemon's gate on SQLite).
+    gate: lease::Gate,
 }
 
 impl Daemon {
@@ -217,14 +248,23 @@ impl Daemon {
     }
 
     /// Stops taking requests, lets the control loop finish its batch, and waits for both.
+    /// A leader gives its lease up once its loop has stopped, so a follower takes over at once.
     pub async fn stop(self) -> Result<(), DaemonError> {
         let _ = self.shutdown.send(true);
         let _ = self.http.await;
         let _ = self.pulses.await;
-        match self.control.await {
+        let result = match self.control.await {
             Ok(r) => r,
             Err(_) => Err(DaemonError::LoopGone),
-        }
+        };
+        let gate = self.gate.clone();
+        let _ = tokio::task::spawn_blocking(move || gate.release()).await;
+        result
+    }
+
+    /// The leader lease as this daemon sees it.
+    pub fn lease(&self) -> &lease::Gate {
+        &self.gate
     }
 
     /// Waits until the control loop ends (it ends only on a fatal error or `stop`).
@@ -345,12 +385,14 @@ pub fn stored_section<T: serde::de::DeserializeOwned>(
 }
 
 /// Brings a daemon up: opens (or creates) the data directory, replays the journal, starts the
-/// drivers, reconciles with the hosts, and listens.
+/// drivers, reconciles with the hosts, and listens. On PostgreSQL it first claims the leader
+/// lease: a daemon that does not get it listens as a follower, and takes over (replay,
+/// drivers, reconciliation) once the lease is its.
 pub async fn start(opts: Options) -> Result<Daemon, DaemonError> {
     // A bad certificate or key is a config error, found before anything else is touched.
     let tls = serve::tls(&opts.config.server)?;
     let data_dir = &opts.data_dir;
-    let (dir, mut store) = datadir::open(data_dir, &opts.store, opts.orphans)?;
+    let (dir, store) = datadir::open(data_dir, &opts.store, opts.orphans)?;
     let local_token = ensure_token(data_dir)?;
     let mut tokens = vec![api::Token {
         name: "local".into(),
@@ -362,62 +404,33 @@ pub async fn start(opts: Options) -> Result<Daemon, DaemonError> {
         secret: t.token.clone(),
         role: t.role,
     }));
-
-    let wanted = serde_json::to_string(&opts.config.scheduler).unwrap_or_default();
-    let sched_section = match store.meta("scheduler")? {
-        None => {
-            store.set_meta("scheduler", &wanted)?;
-            opts.config.scheduler.clone()
-        }
-        Some(stored) => {
-            if stored != wanted {
-                // Replaying with other settings would make other decisions than the ones the
-                // journal's results answer; the journal's settings win.
-                tracing::warn!(
-                    "the [scheduler] settings differ from the ones this database was created with; using the database's"
-                );
-            }
-            serde_json::from_str(&stored).map_err(|e| DaemonError::Config {
-                key: "scheduler".into(),
-                message: format!("stored settings unreadable: {e}"),
-            })?
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let listener = tokio::net::TcpListener::bind(opts.listen)
+        .await
+        .map_err(|source| DaemonError::Io {
+            what: format!("listening on {}", opts.listen),
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| DaemonError::Io {
+        what: "reading the listen address".into(),
+        source,
+    })?;
+    let gate = match &opts.store {
+        db::StoreAt::Sqlite(_) => lease::Gate::sole(),
+        db::StoreAt::Postgres(_) => {
+            let address = opts
+                .config
+                .ha
+                .advertise
+                .clone()
+                .unwrap_or_else(|| format!("{scheme}://{addr}"));
+            let me = lease::Me {
+                holder: lease::holder_name(),
+                address,
+            };
+            lease::start(&opts.store, me, &opts.config.ha)?
         }
     };
-    let fair_share: Option<config::FairShareSection> = pinned(
-        &mut store,
-        META_FAIR_SHARE,
-        "[fair_share]",
-        &opts.config.fair_share,
-        &None,
-    )?;
-    let quotas: Vec<config::QuotaConfig> = pinned(
-        &mut store,
-        META_QUOTAS,
-        "[[quotas]]",
-        &opts.config.quotas,
-        &Vec::new(),
-    )?;
-    let images: Option<config::ImagesSection> = pinned(
-        &mut store,
-        META_IMAGES,
-        "[images]",
-        &opts.config.images,
-        &None,
-    )?;
-    let warm: Vec<config::WarmConfig> = pinned(
-        &mut store,
-        META_WARM,
-        "[[warm]]",
-        &opts.config.warm,
-        &Vec::new(),
-    )?;
-    let sched_config = config::pinned_scheduler_config(
-        &sched_section,
-        fair_share.as_ref(),
-        &quotas,
-        images.as_ref(),
-        &warm,
-    )?;
 
     let sim = SimWorld::open(
         &data_dir.join(SIM_INVENTORY_FILE),
@@ -427,7 +440,8 @@ pub async fn start(opts: Options) -> Result<Daemon, DaemonError> {
     let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
     let (reports_tx, reports) = mpsc::channel(CHANNEL_CAPACITY);
     let events_tx = feed::Feed::new(control::wall_ms());
-    let driver_defaults = fleet::DriverDefaults::new(data_dir, &opts.config.drivers);
+    let mut driver_defaults = fleet::DriverDefaults::new(data_dir, &opts.config.drivers);
+    driver_defaults.gate = gate.clone();
     let pulls = driver_defaults.pulls.clone();
     let workers = workers::Workers::new(
         reports_tx,
@@ -436,14 +450,8 @@ pub async fn start(opts: Options) -> Result<Daemon, DaemonError> {
         sim.clone(),
         driver_defaults,
     );
-    let mut control = control::Control::recover(store, sched_config, workers, events_tx.clone())?;
-    control.orphan_start = opts.orphans;
-    control.orphans_destroy_max = opts.config.recovery.orphans_destroy_max;
-    control.snapshot_every_inputs = opts.config.recovery.snapshot_every_inputs;
-    control.snapshot_if_due();
-    control.database_lost = dir.database_lost;
-    control.disk = disk::DiskWatch::new(data_dir, opts.config.disk.free_min_mib);
-    let health = control.disk.health.clone();
+    let disk = disk::DiskWatch::new(data_dir, opts.config.disk.free_min_mib);
+    let health = disk.health.clone();
     let templates = opts
         .config
         .templates
@@ -465,42 +473,34 @@ pub async fn start(opts: Options) -> Result<Daemon, DaemonError> {
         cgroups,
         &opts.store,
         metrics.clone(),
+        gate.clone(),
     )?;
     let (pull_metrics, pull_hooks) = (metrics.clone(), hooks.clone());
     pulls.observe(Arc::new(move |pull| {
         pull_metrics.image_pull(pull);
         pull_hooks.enqueue_pull(pull);
     }));
-    control.observers = vec![Box::new(metrics.clone()), Box::new(hooks)];
-    control.start_fleet(&templates, &hosts)?;
-    // Hosts join through the API too, so a quota on a class no host has yet is not an error;
-    // but it is most likely a typo, so say so.
-    for q in &control.s.config().quotas {
-        let known = control
-            .s
-            .hosts()
-            .any(|h| berth_sched::host_class(h.name, h.labels) == q.class);
-        if !known {
-            tracing::warn!(
-                account = %q.account,
-                class = %q.class,
-                "a quota names a host class no host belongs to; it bounds nothing until one joins"
-            );
-        }
-    }
-    control.reconcile().await?;
+    let lead = Lead {
+        opts: opts.clone(),
+        store,
+        workers,
+        feed: events_tx.clone(),
+        disk,
+        observers: vec![Box::new(metrics.clone()), Box::new(hooks)],
+        templates: templates.clone(),
+        hosts,
+        database_lost: dir.database_lost,
+        gate: gate.clone(),
+    };
+    // A leader is ready before it listens; a follower listens at once.
+    let leading = if gate.may_act() {
+        Ok(lead.take().await?)
+    } else {
+        tracing::info!(leader = ?gate.holder().map(|h| h.address), "following: another daemon holds the lease");
+        Err(lead)
+    };
 
     let reads = api::ReadPool::open(&opts.store, 4)?;
-    let listener = tokio::net::TcpListener::bind(opts.listen)
-        .await
-        .map_err(|source| DaemonError::Io {
-            what: format!("listening on {}", opts.listen),
-            source,
-        })?;
-    let addr = listener.local_addr().map_err(|source| DaemonError::Io {
-        what: "reading the listen address".into(),
-        source,
-    })?;
     let (shutdown, shutdown_rx) = watch::channel(false);
     let (loop_tx, loop_events) = (tx.clone(), events_tx.clone());
     let state = api::AppState {
@@ -517,6 +517,7 @@ pub async fn start(opts: Options) -> Result<Daemon, DaemonError> {
         // Checked when the configuration was read.
         image_store: opts.config.drivers.store().ok().flatten(),
         eta: Arc::default(),
+        lease: gate.clone(),
     };
     let pulses = tokio::spawn(pulses::run(
         state.clone(),
@@ -525,7 +526,6 @@ pub async fn start(opts: Options) -> Result<Daemon, DaemonError> {
         shutdown_rx.clone(),
     ));
     let app = routes::app(state, metrics);
-    let scheme = if tls.is_some() { "https" } else { "http" };
     let http = tokio::spawn(serve::serve(
         listener,
         app,
@@ -533,8 +533,11 @@ pub async fn start(opts: Options) -> Result<Daemon, DaemonError> {
         tls,
         shutdown_rx.clone(),
     ));
-    let control = tokio::spawn(control.run(rx, reports, shutdown_rx));
-    tracing::info!(%addr, data_dir = %data_dir.display(), store = %opts.store.display(), "berth daemon listening");
+    let control = match leading {
+        Ok(control) => tokio::spawn(control.run(rx, reports, shutdown_rx)),
+        Err(lead) => tokio::spawn(follow(lead, rx, reports, shutdown_rx)),
+    };
+    tracing::info!(%addr, data_dir = %data_dir.display(), store = %opts.store.display(), role = gate.role().name(), "berth daemon listening");
     Ok(Daemon {
         addr,
         scheme,
@@ -547,5 +550,135 @@ pub async fn start(opts: Options) -> Result<Daemon, DaemonError> {
         control,
         http,
         pulses,
+        gate,
     })
+}
+
+/// What taking the lead needs: the store and what the control loop is built from.
+struct Lead {
+    opts: Options,
+    store: store::Store,
+    workers: workers::Workers,
+    feed: Arc<feed::Feed>,
+    disk: disk::DiskWatch,
+    observers: Vec<Box<dyn control::Observer>>,
+    templates: Vec<wire::WireTemplate>,
+    hosts: Vec<wire::WireHost>,
+    database_lost: bool,
+    gate: lease::Gate,
+}
+
+impl Lead {
+    /// Replays the journal (from the newest snapshot), starts the drivers and reconciles with
+    /// the hosts: the control loop, ready to run. Every write from here on is fenced by the
+    /// lease's epoch (none on SQLite).
+    async fn take(mut self) -> Result<control::Control, DaemonError> {
+        if !self.gate.is_sole() {
+            lease::session_settings(self.store.db(), &self.opts.config.ha)?;
+            self.store.fence(self.gate.epoch());
+        }
+        let sched_config = pinned_settings(&mut self.store, &self.opts.config)?;
+        let mut control =
+            control::Control::recover(self.store, sched_config, self.workers, self.feed)?;
+        control.orphan_start = self.opts.orphans;
+        control.orphans_destroy_max = self.opts.config.recovery.orphans_destroy_max;
+        control.snapshot_every_inputs = self.opts.config.recovery.snapshot_every_inputs;
+        control.gate = self.gate;
+        control.snapshot_if_due();
+        control.database_lost = self.database_lost;
+        control.disk = self.disk;
+        control.observers = self.observers;
+        control.start_fleet(&self.templates, &self.hosts)?;
+        // Hosts join through the API too, so a quota on a class no host has yet is not an
+        // error; but it is most likely a typo, so say so.
+        for q in &control.s.config().quotas {
+            let known = control
+                .s
+                .hosts()
+                .any(|h| berth_sched::host_class(h.name, h.labels) == q.class);
+            if !known {
+                tracing::warn!(
+                    account = %q.account,
+                    class = %q.class,
+                    "a quota names a host class no host belongs to; it bounds nothing until one joins"
+                );
+            }
+        }
+        control.reconcile().await?;
+        Ok(control)
+    }
+}
+
+/// A follower's control task: waits for the lease, then takes the lead and runs the loop.
+async fn follow(
+    lead: Lead,
+    rx: mpsc::Receiver<control::Msg>,
+    reports: mpsc::Receiver<workers::Report>,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), DaemonError> {
+    let gate = lead.gate.clone();
+    tokio::select! {
+        () = gate.won() => {}
+        _ = shutdown.changed() => return Ok(()),
+    }
+    tracing::info!(
+        epoch = gate.epoch(),
+        "taking over: replaying the journal and reconciling with the hosts"
+    );
+    let control = lead.take().await?;
+    tracing::info!(epoch = gate.epoch(), "took over: leading");
+    control.run(rx, reports, shutdown).await
+}
+
+/// The scheduler's settings replay must use: the ones stored with the database (see
+/// [`pinned`]), stored now for a new one.
+fn pinned_settings(
+    store: &mut store::Store,
+    config: &FileConfig,
+) -> Result<berth_sched::Config, DaemonError> {
+    let wanted = serde_json::to_string(&config.scheduler).unwrap_or_default();
+    let sched_section = match store.meta("scheduler")? {
+        None => {
+            store.set_meta("scheduler", &wanted)?;
+            config.scheduler.clone()
+        }
+        Some(stored) => {
+            if stored != wanted {
+                // Replaying with other settings would make other decisions than the ones the
+                // journal's results answer; the journal's settings win.
+                tracing::warn!(
+                    "the [scheduler] settings differ from the ones this database was created with; using the database's"
+                );
+            }
+            serde_json::from_str(&stored).map_err(|e| DaemonError::Config {
+                key: "scheduler".into(),
+                message: format!("stored settings unreadable: {e}"),
+            })?
+        }
+    };
+    let fair_share: Option<config::FairShareSection> = pinned(
+        store,
+        META_FAIR_SHARE,
+        "[fair_share]",
+        &config.fair_share,
+        &None,
+    )?;
+    let quotas: Vec<config::QuotaConfig> = pinned(
+        store,
+        META_QUOTAS,
+        "[[quotas]]",
+        &config.quotas,
+        &Vec::new(),
+    )?;
+    let images: Option<config::ImagesSection> =
+        pinned(store, META_IMAGES, "[images]", &config.images, &None)?;
+    let warm: Vec<config::WarmConfig> =
+        pinned(store, META_WARM, "[[warm]]", &config.warm, &Vec::new())?;
+    config::pinned_scheduler_config(
+        &sched_section,
+        fair_share.as_ref(),
+        &quotas,
+        images.as_ref(),
+        &warm,
+    )
 }

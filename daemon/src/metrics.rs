@@ -88,6 +88,10 @@ pub struct Metrics {
     hosts: Family<Labels, Gauge>,
     breakpoints: Gauge,
     writable: Gauge,
+    leader: Gauge,
+    lease_epoch: Gauge,
+    lease_age: GaugeF,
+    takeovers: Counter,
     breakpoint_age_max: GaugeF,
     breakpoint_age_sum: GaugeF,
     queue_oldest_wait: GaugeF,
@@ -144,6 +148,10 @@ impl Metrics {
             hosts: Family::default(),
             breakpoints: Gauge::default(),
             writable: Gauge::default(),
+            leader: Gauge::default(),
+            lease_epoch: Gauge::default(),
+            lease_age: GaugeF::default(),
+            takeovers: Counter::default(),
             breakpoint_age_max: GaugeF::default(),
             breakpoint_age_sum: GaugeF::default(),
             queue_oldest_wait: GaugeF::default(),
@@ -295,6 +303,26 @@ impl Metrics {
         );
         m.writable.set(1);
         r.register(
+            "berth_leader",
+            "1 while this daemon leads (always on SQLite); 0 while it follows",
+            m.leader.clone(),
+        );
+        r.register(
+            "berth_lease_epoch",
+            "The leader lease's epoch as this daemon last saw it (0 on SQLite)",
+            m.lease_epoch.clone(),
+        );
+        r.register(
+            "berth_lease_age_seconds",
+            "Seconds since this daemon last renewed its lease (0 unless it leads on PostgreSQL)",
+            m.lease_age.clone(),
+        );
+        r.register(
+            "berth_lease_takeovers",
+            "Times this daemon took the leader lease",
+            m.takeovers.clone(),
+        );
+        r.register(
             "berth_api_requests",
             "HTTP API requests by route, method and status",
             m.api_requests.clone(),
@@ -401,6 +429,18 @@ impl Metrics {
     /// Whether the daemon takes writes (see `disk`).
     pub fn set_writable(&self, writable: bool) {
         self.writable.set(i64::from(writable));
+    }
+
+    /// The leader lease's figures, set when `/metrics` is read.
+    pub fn lease(&self, f: &crate::lease::LeaseFigures) {
+        self.leader
+            .set(i64::from(f.role != crate::lease::Role::Follower));
+        self.lease_epoch.set(f.epoch as i64);
+        self.lease_age.set(f.age_s.unwrap_or(0.0));
+        let counted = self.takeovers.get();
+        if f.takeovers > counted {
+            self.takeovers.inc_by(f.takeovers - counted);
+        }
     }
 
     /// Counts one answered API request.

@@ -74,18 +74,22 @@ async fn metrics(
     State(state): State<ObsState>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let (reply, rx) = oneshot::channel();
-    state
-        .app
-        .tx
-        .send(Msg::Query {
-            query: Query::SampleMetrics,
-            reply,
-        })
-        .await
-        .map_err(|_| ApiError::new(503, "the daemon is shutting down"))?;
-    rx.await
-        .map_err(|_| ApiError::new(503, "the daemon is shutting down"))?;
+    // A follower has no scheduler to sample: it exports what it has (the lease, the API).
+    if state.app.lease.may_act() {
+        let (reply, rx) = oneshot::channel();
+        state
+            .app
+            .tx
+            .send(Msg::Query {
+                query: Query::SampleMetrics,
+                reply,
+            })
+            .await
+            .map_err(|_| ApiError::new(503, "the daemon is shutting down"))?;
+        rx.await
+            .map_err(|_| ApiError::new(503, "the daemon is shutting down"))?;
+    }
+    state.metrics.lease(&state.app.lease.figures());
     // Prometheus asks for OpenMetrics; everything else gets the classic text format.
     let open_metrics = headers
         .get(header::ACCEPT)

@@ -201,6 +201,10 @@ pub(crate) async fn run(
         if *shutdown.borrow() {
             return;
         }
+        // The leader samples; a follower's pulses would be the leader's again.
+        if !state.lease.may_act() {
+            continue;
+        }
         let pulse = match take(&state).await {
             Ok(p) => p,
             Err(e) => {

@@ -119,6 +119,26 @@ async fn close_after_refused_bodies(
     resp
 }
 
+/// A follower's answer to what only the leader does, as a redirect to the same path and query
+/// at the leader: `307` keeps the method and body, so a client repeats the call there.
+async fn redirect_to_leader(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let path = req
+        .uri()
+        .path_and_query()
+        .map_or_else(|| req.uri().path().to_owned(), |p| p.as_str().to_owned());
+    let mut resp = next.run(req).await;
+    if let Some(api::LeaderAt(leader)) = resp.extensions_mut().remove::<api::LeaderAt>() {
+        let location = format!("{}{path}", leader.trim_end_matches('/'));
+        if let Ok(value) = header::HeaderValue::from_str(&location) {
+            resp.headers_mut().insert(header::LOCATION, value);
+        }
+    }
+    resp
+}
+
 /// The daemon's whole router: every route, a 404 naming no route for the rest, and the
 /// request counter around them all.
 pub(crate) fn app(state: AppState, metrics: Arc<Metrics>) -> Router {
@@ -134,6 +154,7 @@ pub(crate) fn app(state: AppState, metrics: Arc<Metrics>) -> Router {
         .fallback(|| async { ApiError::new(404, "no such route") })
         .layer(axum::extract::DefaultBodyLimit::max(BODY_BYTES_MAX))
         .layer(axum::middleware::from_fn(close_after_refused_bodies))
+        .layer(axum::middleware::from_fn(redirect_to_leader))
         .layer(axum::middleware::from_fn_with_state(
             metrics,
             obs_api::count_requests,

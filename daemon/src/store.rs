@@ -332,6 +332,19 @@ const POSTGRES_MIGRATIONS: &[&str] = &[
         template, count(*) AS vms, sum(hours) AS vm_hours, sum(hours * vcpus) AS vcpu_hours
     FROM vm_usage GROUP BY 1, 2, template;
     ",
+    // 2: the leader lease (see `lease`): one row, free until a daemon takes it.
+    "
+    CREATE TABLE lease (
+        id BIGINT PRIMARY KEY CHECK (id = 1),
+        holder TEXT NOT NULL,
+        address TEXT NOT NULL,
+        epoch BIGINT NOT NULL,
+        expires_ms BIGINT NOT NULL,
+        acquired_ms BIGINT NOT NULL
+    );
+    INSERT INTO lease (id, holder, address, epoch, expires_ms, acquired_ms)
+    VALUES (1, '', '', 0, 0, 0);
+    ",
 ];
 
 /// The journal after a batch, in journal order (batch, then seq, as the batch index holds it).
@@ -388,6 +401,9 @@ pub struct Commit {
 /// The writer: owned by the control loop.
 pub struct Store {
     db: Db,
+    /// The lease epoch this daemon leads under, checked by every write that only the leader
+    /// makes (see `lease`); `None` on SQLite, whose one daemon needs no fence.
+    fence: Option<u64>,
 }
 
 /// The journal's rows read back: `(batch, at_ms, inputs)` per batch, in order.
@@ -398,7 +414,20 @@ impl Store {
     pub fn open(at: &StoreAt) -> Result<Store, DaemonError> {
         let mut db = Db::connect(at)?;
         migrate(&mut db)?;
-        Ok(Store { db })
+        Ok(Store { db, fence: None })
+    }
+
+    /// From now on every commit and snapshot is refused unless the lease is at `epoch`.
+    pub fn fence(&mut self, epoch: u64) {
+        self.fence = Some(epoch);
+    }
+
+    /// The fence check, inside a write's transaction.
+    fn fenced(fence: Option<u64>, db: &mut Db) -> Result<(), DaemonError> {
+        match fence {
+            Some(epoch) => crate::lease::check_fence(db, epoch),
+            None => Ok(()),
+        }
     }
 
     /// The connection, for reads in tests and tools.
@@ -499,7 +528,9 @@ impl Store {
     /// trace export` reads all of it); all or nothing.
     pub fn write_snapshot(&mut self, row: &SnapshotRow) -> Result<(), DaemonError> {
         let failed = sql("writing a snapshot");
+        let fence = self.fence;
         self.db.transaction("writing a snapshot", |db| {
+            Store::fenced(fence, db)?;
             db.execute(
                 "INSERT INTO snapshots (batch, at_ms, submits, state, side)
                  VALUES (?1, ?2, ?3, ?4, ?5)
@@ -601,7 +632,11 @@ impl Store {
     /// Writes one batch: its inputs to the journal, its events to the state tables, its audit
     /// rows; all or nothing.
     pub fn commit(&mut self, c: &Commit) -> Result<(), DaemonError> {
-        self.db.transaction("committing", |db| write_commit(db, c))
+        let fence = self.fence;
+        self.db.transaction("committing", |db| {
+            Store::fenced(fence, db)?;
+            write_commit(db, c)
+        })
     }
 }
 

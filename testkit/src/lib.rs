@@ -17,6 +17,7 @@
 
 pub mod api;
 pub mod postgres;
+pub mod proxy;
 pub mod serve;
 pub mod sshd;
 pub mod tls;
