@@ -87,3 +87,38 @@ fn a_daemon_keeps_its_simulated_vms_in_the_shared_directory() {
     assert_eq!(destroyed, running);
     d.stop();
 }
+
+/// A `berth serve` process names itself in the actions log: the id a test of several daemons
+/// tells them apart by.
+#[test]
+fn a_serve_process_names_its_own_pid_in_the_actions_log() {
+    let tmp = tempfile::tempdir().unwrap();
+    let shared = tmp.path().join("shared");
+    let mut serve = berth_testkit::Serve::start(
+        &crate::berth_binary(),
+        &tmp.path().join("serve"),
+        &config(&shared),
+    );
+    let pid = serve.pid().unwrap();
+    assert_ne!(pid, std::process::id());
+    let api = serve.api();
+    let r = api.ok(
+        "POST",
+        "/v1/requests",
+        Some(json!({"template": "linux", "count": 2})),
+    );
+    let path = format!("/v1/requests/{}", r["id"].as_u64().unwrap());
+    berth_testkit::wait_for("both booted", std::time::Duration::from_secs(30), || {
+        let booted = sim_actions(&shared)
+            .iter()
+            .filter(|a| a.op == SimActionOp::Boot)
+            .count();
+        (booted == 2).then_some(())
+    });
+    let actions = sim_actions(&shared);
+    assert_eq!(actions.len(), 4, "{actions:?}");
+    assert!(actions.iter().all(|a| a.pid == pid), "{actions:?}");
+    let vms = api.ok("GET", &path, None)["vms"].as_array().unwrap().len();
+    assert_eq!(vms, 2);
+    assert!(serve.terminate(), "{}", serve.log());
+}
