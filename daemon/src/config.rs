@@ -671,6 +671,11 @@ pub struct SimSection {
     /// Multiplies every modelled latency (1.0: a Linux guest boots in about 20 s).
     pub latency_scale: f64,
     pub seed: u64,
+    /// A directory that keeps the simulated hosts' inventory for every daemon configured with
+    /// it (one file per VM, and a log of the driver actions: `berth_drivers::sim`), so that
+    /// daemons sharing one database also share their simulated hosts. Unset, each daemon keeps
+    /// its own in `DATA_DIR/sim-inventory`.
+    pub shared_inventory: Option<PathBuf>,
 }
 
 impl Default for SimSection {
@@ -678,6 +683,7 @@ impl Default for SimSection {
         SimSection {
             latency_scale: 1.0,
             seed: 1,
+            shared_inventory: None,
         }
     }
 }
@@ -975,6 +981,17 @@ pub fn parse(text: &str) -> Result<FileConfig, DaemonError> {
             message: "must be a finite number at least 0".into(),
         });
     }
+    if config
+        .sim
+        .shared_inventory
+        .as_ref()
+        .is_some_and(|dir| dir.as_os_str().is_empty())
+    {
+        return Err(DaemonError::Config {
+            key: "sim.shared_inventory".into(),
+            message: "must name a directory".into(),
+        });
+    }
     if let Some(hosts) = &config.hosts {
         let mut names = std::collections::BTreeSet::new();
         for (i, h) in hosts.iter().enumerate() {
@@ -1211,6 +1228,23 @@ mod tests {
             .to_string();
         assert!(err.contains("probe"), "{err}");
         assert!(err.contains("interval_msec"), "{err}");
+    }
+
+    #[test]
+    fn a_shared_simulated_inventory_names_a_directory() {
+        let config = parse("[sim]\nshared_inventory = \"/srv/berth-sim\"\n").unwrap();
+        assert_eq!(
+            config.sim.shared_inventory.as_deref(),
+            Some(Path::new("/srv/berth-sim"))
+        );
+        assert_eq!(parse("").unwrap().sim.shared_inventory, None);
+        let err = parse("[sim]\nshared_inventory = \"\"\n")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "config key `sim.shared_inventory`: must name a directory"
+        );
     }
 
     #[test]

@@ -175,6 +175,7 @@ pub async fn demo(opts: DemoOptions) -> Result<Demo, DaemonError> {
         sim: SimSection {
             latency_scale: opts.latency_scale,
             seed: opts.seed,
+            shared_inventory: None,
         },
         templates: Some(default_templates()),
         hosts: Some(demo_hosts()),

@@ -432,11 +432,14 @@ pub async fn start(opts: Options) -> Result<Daemon, DaemonError> {
         }
     };
 
-    let sim = SimWorld::open(
-        &data_dir.join(SIM_INVENTORY_FILE),
-        opts.config.sim.latency_scale,
-        opts.config.sim.seed,
-    )?;
+    let sim = match &opts.config.sim.shared_inventory {
+        Some(dir) => SimWorld::shared(dir, opts.config.sim.latency_scale, opts.config.sim.seed)?,
+        None => SimWorld::open(
+            &data_dir.join(SIM_INVENTORY_FILE),
+            opts.config.sim.latency_scale,
+            opts.config.sim.seed,
+        )?,
+    };
     let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
     let (reports_tx, reports) = mpsc::channel(CHANNEL_CAPACITY);
     let events_tx = feed::Feed::new(control::wall_ms());

@@ -8,6 +8,28 @@
 //! created, booted or destroyed); reopening the file after `kill -9` gives back exactly the VMs
 //! the hosts ran, as a real hypervisor would.
 //!
+//! A [`SimWorld`] made with [`SimWorld::shared`] keeps its inventory in a directory that several
+//! processes share (daemons on one database, in turn or at once), so that each sees what the
+//! others did and tests can prove from the hosts' side that no VM was made twice or lost. Only
+//! the inventory is shared: injected failures, hosts taken down, hung boots, images and the
+//! latency model stay with each process. The directory holds:
+//!
+//! - `HOST/VM`: one directory per host, one file per VM, named as the VM. Its content is one
+//!   line, `booted=BOOL created_ms=MS` (`true` or `false`; milliseconds since the Unix epoch,
+//!   wall clock). Provisioning creates it exclusively, so of two processes provisioning one name
+//!   one creates it and the other adopts it, as the driver contract asks; booting replaces it
+//!   whole, destroying removes it. Files and directories whose names start with `.` are the
+//!   hosts' lock files and files being written: readers skip them.
+//! - `actions`: one line per driver call that changed a host or found its VM already made,
+//!   `AT_MS<TAB>PID<TAB>OP<TAB>HOST<TAB>VM` with `OP` one of `provision` (made the VM), `adopt`
+//!   (a provision that found it there), `boot` (started it) and `destroy` (removed it); `AT_MS`
+//!   is the wall clock in milliseconds, `PID` the process's id. A call that found nothing to do
+//!   (booting a running VM, destroying a missing one) writes nothing, and neither do
+//!   [`SimWorld::plant`] and [`SimWorld::vanish`], which act behind berth's back. Each line is
+//!   one `write` on a file opened with `O_APPEND`, so lines of several processes never mix.
+//!
+//! `berth_testkit::sim` reads both for tests; keep the two in step.
+//!
 //! A simulated host keeps a simulated image store: pulling an image ahead of demand adds its
 //! name to the host's images at once, and evicting removes it unless a VM made from it is there.
 
@@ -23,6 +45,10 @@ use berth_latency::{Latency, Op, Profile};
 use berth_sched::{DriverKind, GuestOs};
 
 use crate::{ConsoleAddress, Driver, DriverError, HostFacts, VmListing, VmRecipe, parse_vm_name};
+
+mod shared;
+
+use shared::{Booted, Created, SharedInventory};
 
 /// A 1×1 grey PNG: the simulated screen.
 const SCREEN_PNG: &[u8] = &[
@@ -71,6 +97,9 @@ pub enum SimWorldError {
     },
 }
 
+/// A VM of an inventory kept in this process. In a shared world the VM files hold what every
+/// process knows (whether it is booted); these entries keep only the guest and image of the VMs
+/// this process made.
 #[derive(Clone, Debug, Default)]
 struct SimVm {
     booted: bool,
@@ -101,10 +130,12 @@ struct WorldState {
 }
 
 /// The state every simulated host of one daemon shares: inventories, injected failures, the
-/// latency model and the optional inventory file.
+/// latency model and the optional inventory file or shared inventory directory.
 #[derive(Debug)]
 pub struct SimWorld {
     state: Mutex<WorldState>,
+    /// The inventory several processes share, for a world made with [`SimWorld::shared`].
+    shared: Option<SharedInventory>,
     /// Multiplies every modelled latency: 1.0 is realistic (Linux boots in ~20 s), 0.0 instant.
     latency_scale: f64,
 }
@@ -118,6 +149,7 @@ impl SimWorld {
                 log: None,
                 latency: Latency::new(Profile::Default, seed),
             }),
+            shared: None,
             latency_scale: latency_scale.max(0.0),
         })
     }
@@ -180,6 +212,25 @@ impl SimWorld {
                 log: Some((path.to_owned(), file)),
                 latency: Latency::new(Profile::Default, seed),
             }),
+            shared: None,
+            latency_scale: latency_scale.max(0.0),
+        }))
+    }
+
+    /// A world whose inventory lives in the directory `dir` (created if missing), which other
+    /// processes may share; see the module's documentation for its layout.
+    pub fn shared(
+        dir: &Path,
+        latency_scale: f64,
+        seed: u64,
+    ) -> Result<Arc<SimWorld>, SimWorldError> {
+        Ok(Arc::new(SimWorld {
+            state: Mutex::new(WorldState {
+                hosts: BTreeMap::new(),
+                log: None,
+                latency: Latency::new(Profile::Default, seed),
+            }),
+            shared: Some(SharedInventory::open(dir)?),
             latency_scale: latency_scale.max(0.0),
         }))
     }
@@ -242,8 +293,18 @@ impl SimWorld {
         self.lock().hosts.entry(host.to_owned()).or_default().down = down;
     }
 
-    /// The names of the VMs a host runs now.
+    /// The names of the VMs a host runs now. In a shared world, a directory that cannot be read
+    /// is logged and reads as empty.
     pub fn inventory(&self, host: &str) -> Vec<String> {
+        if let Some(shared) = &self.shared {
+            return match shared.list(host) {
+                Ok(vms) => vms.into_iter().map(|(name, _)| name).collect(),
+                Err(error) => {
+                    tracing::error!(host, %error, "cannot read the shared simulated inventory");
+                    Vec::new()
+                }
+            };
+        }
         self.lock()
             .hosts
             .get(host)
@@ -251,8 +312,23 @@ impl SimWorld {
             .unwrap_or_default()
     }
 
-    /// Every host's VMs: `(host, vm name)`.
+    /// Every host's VMs: `(host, vm name)`. In a shared world, every host's that has a
+    /// directory; one that cannot be read is logged and left out.
     pub fn all_vms(&self) -> Vec<(String, String)> {
+        if let Some(shared) = &self.shared {
+            let hosts = shared.hosts().unwrap_or_else(|error| {
+                tracing::error!(%error, "cannot read the shared simulated inventory");
+                Vec::new()
+            });
+            return hosts
+                .into_iter()
+                .flat_map(|host| {
+                    self.inventory(&host)
+                        .into_iter()
+                        .map(move |vm| (host.clone(), vm))
+                })
+                .collect();
+        }
         self.lock()
             .hosts
             .iter()
@@ -262,6 +338,12 @@ impl SimWorld {
 
     /// Puts a VM on a host behind berth's back (tests use it to make orphans).
     pub fn plant(&self, host: &str, name: &str) {
+        if let Some(shared) = &self.shared {
+            if let Err(error) = shared.plant(host, name) {
+                tracing::error!(host, vm = name, %error, "cannot plant a simulated vm");
+            }
+            return;
+        }
         let mut st = self.lock();
         st.hosts.entry(host.to_owned()).or_default().vms.insert(
             name.to_owned(),
@@ -277,11 +359,25 @@ impl SimWorld {
 
     /// Removes a VM behind berth's back (tests use it to make VMs go missing).
     pub fn vanish(&self, host: &str, name: &str) {
+        if let Some(shared) = &self.shared {
+            if let Err(error) = shared.vanish(host, name) {
+                tracing::error!(host, vm = name, %error, "cannot remove a simulated vm");
+            }
+            self.forget(host, name);
+            return;
+        }
         let mut st = self.lock();
         if let Some(inv) = st.hosts.get_mut(host) {
             inv.vms.remove(name);
         }
         log(&mut st, '-', host, name);
+    }
+
+    /// Drops what this process knew of a VM of a shared world (its guest and image).
+    fn forget(&self, host: &str, name: &str) {
+        if let Some(inv) = self.lock().hosts.get_mut(host) {
+            inv.vms.remove(name);
+        }
     }
 
     fn delay(&self, op: Op, os: GuestOs) -> Duration {
@@ -397,7 +493,23 @@ impl Driver for SimHost {
 
     async fn provision(&self, vm: &VmRecipe) -> Result<(), DriverError> {
         self.world.check(&self.name, SimOp::Provision)?;
-        {
+        if let Some(shared) = &self.world.shared {
+            // Made by an earlier attempt, of this daemon or another: adopt it, as a real host
+            // would let any berth adopt a VM berth made.
+            if shared.create(&self.name, &vm.name)? == Created::Existed {
+                return Ok(());
+            }
+            let mut st = self.world.lock();
+            let inv = st.hosts.entry(self.name.clone()).or_default();
+            inv.vms.insert(
+                vm.name.clone(),
+                SimVm {
+                    booted: false,
+                    os: Some(vm.guest_os),
+                    image: Some(vm.base_image.clone()),
+                },
+            );
+        } else {
             let mut st = self.world.lock();
             let inv = st.hosts.entry(self.name.clone()).or_default();
             if inv.vms.contains_key(&vm.name) {
@@ -431,12 +543,23 @@ impl Driver for SimHost {
         if hang {
             std::future::pending::<()>().await;
         }
-        let found = {
-            let st = self.world.lock();
-            st.hosts
-                .get(&self.name)
-                .and_then(|inv| inv.vms.get(name))
-                .map(|vm| (vm.booted, vm.os.unwrap_or(GuestOs::Linux)))
+        let found = match &self.world.shared {
+            Some(shared) => shared.get(&self.name, name)?.map(|vm| {
+                let st = self.world.lock();
+                let os = st
+                    .hosts
+                    .get(&self.name)
+                    .and_then(|inv| inv.vms.get(name))
+                    .and_then(|vm| vm.os);
+                (vm.booted, os.unwrap_or(GuestOs::Linux))
+            }),
+            None => {
+                let st = self.world.lock();
+                st.hosts
+                    .get(&self.name)
+                    .and_then(|inv| inv.vms.get(name))
+                    .map(|vm| (vm.booted, vm.os.unwrap_or(GuestOs::Linux)))
+            }
         };
         let os = match found {
             None => {
@@ -449,6 +572,15 @@ impl Driver for SimHost {
             Some((false, os)) => os,
         };
         tokio::time::sleep(self.world.delay(Op::Boot, os)).await;
+        if let Some(shared) = &self.world.shared {
+            return match shared.boot(&self.name, name)? {
+                Booted::Now | Booted::Already => Ok(()),
+                Booted::Gone => Err(DriverError::Host {
+                    host: self.name.clone(),
+                    message: format!("vm {name} vanished while booting"),
+                }),
+            };
+        }
         let mut st = self.world.lock();
         let vm = st
             .hosts
@@ -470,6 +602,11 @@ impl Driver for SimHost {
     async fn destroy(&self, name: &str) -> Result<(), DriverError> {
         self.world.check(&self.name, SimOp::Destroy)?;
         tokio::time::sleep(self.world.delay(Op::Destroy, GuestOs::Linux)).await;
+        if let Some(shared) = &self.world.shared {
+            shared.remove(&self.name, name)?;
+            self.world.forget(&self.name, name);
+            return Ok(());
+        }
         let mut st = self.world.lock();
         let existed = st
             .hosts
@@ -483,6 +620,16 @@ impl Driver for SimHost {
 
     async fn list(&self) -> Result<Vec<VmListing>, DriverError> {
         self.world.check(&self.name, SimOp::Probe)?;
+        if let Some(shared) = &self.world.shared {
+            return Ok(shared
+                .list(&self.name)?
+                .into_iter()
+                .map(|(name, vm)| VmListing {
+                    name,
+                    running: vm.booted,
+                })
+                .collect());
+        }
         let st = self.world.lock();
         Ok(st
             .hosts
@@ -500,12 +647,15 @@ impl Driver for SimHost {
     }
 
     async fn console(&self, name: &str) -> Result<ConsoleAddress, DriverError> {
-        let exists = self
-            .world
-            .lock()
-            .hosts
-            .get(&self.name)
-            .is_some_and(|inv| inv.vms.contains_key(name));
+        let exists = match &self.world.shared {
+            Some(shared) => shared.get(&self.name, name)?.is_some(),
+            None => self
+                .world
+                .lock()
+                .hosts
+                .get(&self.name)
+                .is_some_and(|inv| inv.vms.contains_key(name)),
+        };
         if !exists {
             return Err(DriverError::NoSuchVm {
                 host: self.name.clone(),
@@ -541,11 +691,24 @@ impl Driver for SimHost {
 
     async fn evict_image(&self, image: &str) -> Result<(), DriverError> {
         self.world.check(&self.name, SimOp::Probe)?;
+        // In a shared world, the VMs the host has now; of those, this process knows the images
+        // of the ones it made.
+        let on_host = match &self.world.shared {
+            Some(shared) => Some(
+                shared
+                    .list(&self.name)?
+                    .into_iter()
+                    .map(|(name, _)| name)
+                    .collect::<std::collections::BTreeSet<_>>(),
+            ),
+            None => None,
+        };
         let mut st = self.world.lock();
         let inv = st.hosts.entry(self.name.clone()).or_default();
         let users: Vec<String> = inv
             .vms
             .iter()
+            .filter(|(name, _)| on_host.as_ref().is_none_or(|on| on.contains(*name)))
             .filter(|(_, vm)| vm.image.as_deref() == Some(image))
             .map(|(name, _)| format!("vm {name}"))
             .collect();
@@ -687,5 +850,215 @@ mod tests {
             }]
         );
         assert_eq!(world.all_vms(), vec![("h1".into(), "berth-vm2".into())]);
+    }
+
+    /// The actions of the log as `(op, host, vm)`, checking that each names this process.
+    fn actions(dir: &Path) -> Vec<(SimActionOp, String, String)> {
+        berth_testkit::sim_actions(dir)
+            .into_iter()
+            .map(|a| {
+                assert_eq!(a.pid, std::process::id());
+                (a.op, a.host, a.vm)
+            })
+            .collect()
+    }
+
+    fn act(op: SimActionOp, host: &str, vm: &str) -> (SimActionOp, String, String) {
+        (op, host.into(), vm.into())
+    }
+
+    use berth_testkit::{SimActionOp, SimVmState};
+
+    #[tokio::test]
+    async fn shared_worlds_see_each_others_vms() {
+        // Two worlds on one directory, as two daemons would have.
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (
+            SimWorld::shared(dir.path(), 0.0, 1).unwrap(),
+            SimWorld::shared(dir.path(), 0.0, 2).unwrap(),
+        );
+        let (host_a, host_b) = (
+            a.host("h1", 8, 32768, vec![]),
+            b.host("h1", 8, 32768, vec![]),
+        );
+        let started_ms = shared::now_ms();
+        host_a.provision(&recipe(1)).await.unwrap();
+        let not_running = vec![VmListing {
+            name: "berth-vm1".into(),
+            running: false,
+        }];
+        assert_eq!(host_b.list().await.unwrap(), not_running);
+
+        // Provisioning the name again makes nothing: the VM is adopted, its file untouched.
+        let before = berth_testkit::sim_inventory(dir.path());
+        let created_ms = before["h1"]["berth-vm1"].created_ms;
+        assert!(created_ms >= started_ms, "{created_ms} < {started_ms}");
+        host_b.provision(&recipe(1)).await.unwrap();
+        host_a.provision(&recipe(1)).await.unwrap();
+        assert_eq!(berth_testkit::sim_inventory(dir.path()), before);
+
+        host_b.boot("berth-vm1").await.unwrap();
+        assert!(host_a.list().await.unwrap()[0].running);
+        assert_eq!(
+            berth_testkit::sim_inventory(dir.path())["h1"]["berth-vm1"],
+            SimVmState {
+                booted: true,
+                created_ms
+            }
+        );
+        host_a.boot("berth-vm1").await.unwrap();
+        assert_eq!(host_a.console("berth-vm1").await.unwrap().port, 5901);
+
+        host_a.destroy("berth-vm1").await.unwrap();
+        assert!(host_b.list().await.unwrap().is_empty());
+        assert!(b.inventory("h1").is_empty());
+        // Gone on the other world too: booting it is an error, destroying it again is not.
+        let err = host_b.boot("berth-vm1").await.unwrap_err();
+        assert_eq!(err.to_string(), "host h1 failed: vm berth-vm1 is gone");
+        host_b.destroy("berth-vm1").await.unwrap();
+        assert_eq!(
+            host_b.console("berth-vm1").await.unwrap_err(),
+            DriverError::NoSuchVm {
+                host: "h1".into(),
+                name: "berth-vm1".into()
+            }
+        );
+
+        // Behind berth's back: seen by both, and not driver actions.
+        a.plant("h2", "berth-vm9");
+        assert_eq!(b.all_vms(), vec![("h2".into(), "berth-vm9".into())]);
+        b.vanish("h2", "berth-vm9");
+        assert!(a.all_vms().is_empty());
+
+        assert_eq!(
+            actions(dir.path()),
+            vec![
+                act(SimActionOp::Provision, "h1", "berth-vm1"),
+                act(SimActionOp::Adopt, "h1", "berth-vm1"),
+                act(SimActionOp::Adopt, "h1", "berth-vm1"),
+                act(SimActionOp::Boot, "h1", "berth-vm1"),
+                act(SimActionOp::Destroy, "h1", "berth-vm1"),
+            ]
+        );
+        let times: Vec<u64> = berth_testkit::sim_actions(dir.path())
+            .iter()
+            .map(|a| a.at_ms)
+            .collect();
+        assert!(times.is_sorted(), "{times:?}");
+        assert!(times[0] >= started_ms, "{times:?}");
+    }
+
+    #[tokio::test]
+    async fn faults_and_images_stay_with_each_world() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (
+            SimWorld::shared(dir.path(), 0.0, 1).unwrap(),
+            SimWorld::shared(dir.path(), 0.0, 1).unwrap(),
+        );
+        let (host_a, host_b) = (
+            a.host("h1", 8, 32768, vec!["linux".into()]),
+            b.host("h1", 8, 32768, vec!["linux".into()]),
+        );
+        a.set_down("h1", true);
+        assert!(
+            host_a
+                .provision(&recipe(1))
+                .await
+                .unwrap_err()
+                .is_transient()
+        );
+        host_b.provision(&recipe(1)).await.unwrap();
+        a.set_down("h1", false);
+        // b made the VM, so b knows its image; a does not, as a daemon after a takeover.
+        assert!(matches!(
+            host_b.evict_image("linux").await.unwrap_err(),
+            DriverError::ImageInUse { .. }
+        ));
+        host_a.evict_image("linux").await.unwrap();
+        assert_eq!(host_b.probe().await.unwrap().images, vec!["linux"]);
+        // Once a destroyed it, b's image is free.
+        host_a.destroy("berth-vm1").await.unwrap();
+        host_b.evict_image("linux").await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_name_that_cannot_be_a_file_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let world = SimWorld::shared(dir.path(), 0.0, 1).unwrap();
+        let err = world
+            .host("..", 8, 32768, vec![])
+            .provision(&recipe(1))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "host .. failed: simulated inventory: a shared simulated inventory cannot hold host \"..\": \
+             the name starts with `.`"
+        );
+        let mut bad = recipe(1);
+        bad.name = "a/b".into();
+        let err = world.host("h1", 8, 32768, vec![]).provision(&bad).await;
+        assert_eq!(err.unwrap_err().kind(), berth_sched::FailureKind::Request);
+        assert!(berth_testkit::sim_actions(dir.path()).is_empty());
+    }
+
+    /// Worlds on threads, each with its own files as processes would have, provisioning,
+    /// booting and destroying the same VMs at once: each VM is made once and destroyed once,
+    /// and every line of the actions log is whole.
+    #[test]
+    fn concurrent_worlds_make_each_vm_once_and_write_whole_lines() {
+        const N_WORLDS: usize = 6;
+        const N_VMS: u64 = 40;
+        let dir = tempfile::tempdir().unwrap();
+        let barrier = Arc::new(std::sync::Barrier::new(N_WORLDS));
+        let threads: Vec<_> = (0..N_WORLDS)
+            .map(|w| {
+                let (dir, barrier) = (dir.path().to_owned(), barrier.clone());
+                std::thread::spawn(move || {
+                    let world = SimWorld::shared(&dir, 0.0, w as u64).unwrap();
+                    let host = world.host("h1", 8, 32768, vec![]);
+                    let rt = tokio::runtime::Builder::new_current_thread()
+                        .enable_time()
+                        .build()
+                        .unwrap();
+                    barrier.wait();
+                    rt.block_on(async {
+                        for n in 1..=N_VMS {
+                            host.provision(&recipe(n)).await.unwrap();
+                            host.boot(&crate::vm_name(n)).await.unwrap();
+                        }
+                        for n in 1..=N_VMS {
+                            host.destroy(&crate::vm_name(n)).await.unwrap();
+                        }
+                    });
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let log = berth_testkit::sim_actions(dir.path());
+        let mut count: BTreeMap<(SimActionOp, String), usize> = BTreeMap::new();
+        for a in &log {
+            assert_eq!(a.host, "h1");
+            *count.entry((a.op, a.vm.clone())).or_default() += 1;
+        }
+        for n in 1..=N_VMS {
+            let vm = crate::vm_name(n);
+            let of = |op| count.get(&(op, vm.clone())).copied().unwrap_or(0);
+            assert_eq!(of(SimActionOp::Provision), 1, "{vm}");
+            assert_eq!(of(SimActionOp::Destroy), 1, "{vm}");
+            assert_eq!(
+                of(SimActionOp::Provision) + of(SimActionOp::Adopt),
+                N_WORLDS,
+                "{vm}"
+            );
+            // Booted once, or not at all if destroyed before its boot came.
+            assert!(of(SimActionOp::Boot) <= 1, "{vm}");
+        }
+        assert_eq!(
+            berth_testkit::sim_inventory(dir.path()),
+            BTreeMap::from([("h1".to_owned(), BTreeMap::new())])
+        );
     }
 }

@@ -1,9 +1,10 @@
 //! What berth's tests share: the rule for tests that need something of the machine, the
 //! published traces, a real `sshd` with stand-ins for Parallels' tools ([`sshd`]), a `berth
 //! serve` process ([`serve`]), a client for the daemon's API and event stream ([`api`]), a
-//! private CA with a real HTTPS file server ([`tls`]), and a real PostgreSQL: a cluster of a
+//! private CA with a real HTTPS file server ([`tls`]), a real PostgreSQL: a cluster of a
 //! test's own, or a fresh database on the test server that `BERTH_TEST_POSTGRES` names
-//! ([`postgres`]).
+//! ([`postgres`]), and readers of the inventory and actions log that simulated hosts shared by
+//! several daemons keep ([`sim`]).
 //!
 //! The rule for live tests: a test whose setup is missing here (no `sshd`, no libvirtd, no
 //! published trace) calls [`skip_or_fail`], which says so on stderr as `SKIP <test>: <why>` and
@@ -19,6 +20,7 @@ pub mod api;
 pub mod postgres;
 pub mod proxy;
 pub mod serve;
+pub mod sim;
 pub mod sshd;
 pub mod tls;
 
@@ -30,6 +32,7 @@ use std::time::{Duration, Instant};
 
 pub use api::{Api, EventStream};
 pub use serve::Serve;
+pub use sim::{SimAction, SimActionOp, SimVmState, sim_actions, sim_inventory};
 
 /// Whether live tests must run (`BERTH_LIVE_TESTS=require`) rather than skip.
 pub fn live_tests_required() -> bool {

@@ -106,6 +106,11 @@ impl Serve {
         fs::read_to_string(self.dir.join("serve.log")).unwrap_or_default()
     }
 
+    /// The process's id while it runs (the id a shared simulated inventory's actions log names).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// A client with the operator token.
     pub fn api(&self) -> Api {
         Api::new(&self.url, Some(&self.token))

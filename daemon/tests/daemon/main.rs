@@ -29,6 +29,7 @@ mod parallels;
 mod prometheus;
 mod pulses;
 mod quota;
+mod shared_inventory;
 mod snapshots;
 mod warm;
 
