@@ -116,11 +116,6 @@ impl Serve {
         Api::new(&self.url, Some(&self.token))
     }
 
-    /// The process id (`None` once it was killed or stopped).
-    pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
-    }
-
     /// Sends `signal` (`STOP`, `CONT`, ...) to the process, which stays this `Serve`'s.
     pub fn signal(&self, signal: &str) {
         let pid = self.pid().expect("berth serve is running");
