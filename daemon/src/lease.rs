@@ -415,69 +415,94 @@ fn claim_once(
     }
 }
 
-/// Reads the row and renews, takes or leaves the lease, in one transaction.
+/// The lease row as read: holder, address, epoch, expiry and the database's clock.
+type LeaseRow = (String, String, u64, i64, i64);
+
+fn read_row(db: &mut Db, lock: &str) -> Result<LeaseRow, DaemonError> {
+    db.row(
+        &format!(
+            "SELECT holder, address, epoch, expires_ms, {DB_NOW_MS} FROM lease WHERE id = 1 {lock}"
+        ),
+        &[],
+        |r| Ok((r.text(0)?, r.text(1)?, r.u64(2)?, r.i64(3)?, r.i64(4)?)),
+    )
+    .map_err(sql("reading the lease"))?
+    .ok_or_else(|| DaemonError::Config {
+        key: "store".into(),
+        message: "the database has no lease row (was it made by another berth?)".into(),
+    })
+}
+
+/// Renews, takes or leaves the lease. The locks are chosen so that the leader's own journal
+/// commits (which hold `FOR KEY SHARE` on the row, see [`check_fence`]) never hold up its
+/// renewal (an `UPDATE` of a non-key column), while a takeover (`FOR UPDATE`) waits for them;
+/// a follower only reads, and takes the lock only once the lease has expired.
 fn claim(db: &mut Db, me: &Me, ttl_ms: u64, mine: u64) -> Result<Claimed, DaemonError> {
-    let failed = sql("claiming the lease");
-    db.transaction("claiming the lease", |db| {
-        let row = db
-            .row(
+    let (holder, address, epoch, expires_ms, now_ms) = read_row(db, "")?;
+    if holder == me.holder && epoch == mine {
+        let renewed = db
+            .execute(
                 &format!(
-                    "SELECT holder, address, epoch, expires_ms, {DB_NOW_MS} FROM lease
-                     WHERE id = 1 FOR UPDATE"
+                    "UPDATE lease SET expires_ms = {DB_NOW_MS} + ?1, address = ?2
+                     WHERE id = 1 AND holder = ?3 AND epoch = ?4"
                 ),
-                &[],
-                |r| Ok((r.text(0)?, r.text(1)?, r.u64(2)?, r.i64(3)?, r.i64(4)?)),
+                crate::args![ttl_ms, me.address.as_str(), me.holder.as_str(), mine],
             )
-            .map_err(&failed)?
-            .ok_or_else(|| DaemonError::Config {
-                key: "store".into(),
-                message: "the database has no lease row (was it made by another berth?)".into(),
-            })?;
-        let (holder, address, epoch, expires_ms, now_ms) = row;
-        let expires = now_ms.saturating_add(ttl_ms as i64);
-        if holder == me.holder && epoch == mine {
-            db.execute(
-                "UPDATE lease SET expires_ms = ?1, address = ?2 WHERE id = 1",
-                crate::args![expires, me.address.as_str()],
-            )
-            .map_err(&failed)?;
+            .map_err(sql("renewing the lease"))?;
+        if renewed == 1 {
             return Ok(Claimed::Leading {
                 epoch,
                 taken: false,
             });
         }
-        if expires_ms <= now_ms && mine != u64::MAX {
-            let epoch = epoch + 1;
-            db.execute(
-                "UPDATE lease SET holder = ?1, address = ?2, epoch = ?3, expires_ms = ?4,
-                 acquired_ms = ?5 WHERE id = 1",
-                crate::args![
-                    me.holder.as_str(),
-                    me.address.as_str(),
-                    epoch,
-                    expires,
-                    now_ms
-                ],
-            )
-            .map_err(&failed)?;
-            return Ok(Claimed::Leading { epoch, taken: true });
-        }
-        Ok(Claimed::Following(Holder {
+        // Taken between the read and the renewal: see by whom.
+        return claim(db, me, ttl_ms, 0);
+    }
+    if expires_ms > now_ms || mine == u64::MAX {
+        return Ok(Claimed::Following(Holder {
             holder,
             address,
             epoch,
             expired: expires_ms <= now_ms,
             expires_in_ms: expires_ms.saturating_sub(now_ms).max(0) as u64,
-        }))
+        }));
+    }
+    db.transaction("taking the lease", |db| {
+        let (holder, address, epoch, expires_ms, now_ms) = read_row(db, "FOR UPDATE")?;
+        if expires_ms > now_ms {
+            // Another daemon was quicker.
+            return Ok(Claimed::Following(Holder {
+                holder,
+                address,
+                epoch,
+                expired: false,
+                expires_in_ms: (expires_ms - now_ms) as u64,
+            }));
+        }
+        let epoch = epoch + 1;
+        db.execute(
+            "UPDATE lease SET holder = ?1, address = ?2, epoch = ?3, expires_ms = ?4,
+             acquired_ms = ?5 WHERE id = 1",
+            crate::args![
+                me.holder.as_str(),
+                me.address.as_str(),
+                epoch,
+                now_ms.saturating_add(ttl_ms as i64),
+                now_ms
+            ],
+        )
+        .map_err(sql("taking the lease"))?;
+        Ok(Claimed::Leading { epoch, taken: true })
     })
 }
 
 /// Refuses a write unless the lease's epoch is `epoch`: the fence of every journal commit,
-/// inside its transaction. `FOR SHARE` makes a takeover wait for the commit to end.
+/// inside its transaction. `FOR KEY SHARE` makes a takeover (`FOR UPDATE`) wait for the
+/// commit to end, and lets the leader's renewals (an `UPDATE` of non-key columns) pass.
 pub(crate) fn check_fence(db: &mut Db, epoch: u64) -> Result<(), DaemonError> {
     let found = db
         .row(
-            "SELECT epoch, holder FROM lease WHERE id = 1 FOR SHARE",
+            "SELECT epoch, holder FROM lease WHERE id = 1 FOR KEY SHARE",
             &[],
             |r| Ok((r.u64(0)?, r.text(1)?)),
         )
