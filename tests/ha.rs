@@ -222,6 +222,35 @@ fn burst(
     acked
 }
 
+/// A thread that asks the daemons but `killed` what they are every 5 ms, and ends with how
+/// long after `since` one said it leads.
+fn watch_for_a_leader(
+    trio: &Trio,
+    killed: usize,
+    since: Instant,
+) -> std::thread::JoinHandle<Duration> {
+    let urls: Vec<String> = (0..3)
+        .filter(|i| *i != killed)
+        .map(|i| format!("{}/healthz", trio.daemons[i].url))
+        .collect();
+    std::thread::spawn(move || {
+        loop {
+            for url in &urls {
+                let said = ureq::get(url)
+                    .timeout(Duration::from_secs(1))
+                    .call()
+                    .ok()
+                    .and_then(|r| r.into_string().ok());
+                if said.is_some_and(|h| h.contains("(leader,")) {
+                    return since.elapsed();
+                }
+            }
+            assert!(since.elapsed() < Duration::from_secs(60), "nobody leads");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    })
+}
+
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[i.min(sorted.len() - 1)]
@@ -240,20 +269,23 @@ fn a_killed_leader_is_replaced_and_the_hosts_are_left_alone() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(20);
-    let mut takeovers = Vec::new();
+    // From the kill until a follower holds the lease, and until a request is acknowledged.
+    let (mut leases, mut takeovers) = (Vec::new(), Vec::new());
     for trial in 0..trials {
         let leader = trio.leader(None, Duration::from_secs(30));
         let follower = (leader + 1) % 3;
         let mut before: Option<BTreeMap<String, (String, SimVmState)>> = None;
         let mut killed_at: Option<Instant> = None;
         let killed = std::cell::Cell::new(None);
+        let mut watcher = None;
         let acked = burst(&trio, BURST_REQUESTS, follower, &|| killed.get(), |n| {
             if n == BURST_REQUESTS / 2 && killed_at.is_none() {
                 before = Some(trio.on_hosts());
                 trio.daemons[leader].signal("KILL");
-                killed_at = Some(Instant::now());
-                eprintln!("killed daemon {leader} at {} ms", now_ms());
+                let at = Instant::now();
+                killed_at = Some(at);
                 killed.set(Some(leader));
+                watcher = Some(watch_for_a_leader(&trio, leader, at));
             }
         });
         // Reaps it.
@@ -266,6 +298,7 @@ fn a_killed_leader_is_replaced_and_the_hosts_are_left_alone() {
             .unwrap();
         let took = first_after - killed_at;
         takeovers.push(took);
+        leases.push(watcher.unwrap().join().unwrap());
         let new_leader = trio.leader(Some(leader), Duration::from_secs(30));
         assert_ne!(new_leader, leader);
         trio.settle();
@@ -320,23 +353,30 @@ fn a_killed_leader_is_replaced_and_the_hosts_are_left_alone() {
         trio.settle();
         assert!(trio.on_hosts().is_empty(), "VMs left after the cancels");
         trio.daemons[leader].restart();
-        eprintln!("trial {trial}: takeover {took:?}");
+        eprintln!(
+            "trial {trial}: lease taken after {:?}, first request accepted after {took:?}",
+            leases.last().unwrap()
+        );
         if std::env::var_os("BERTH_HA_LOGS").is_some() {
             for d in &trio.daemons {
                 eprintln!("{}", d.log());
             }
         }
     }
-    takeovers.sort();
-    let (p50, p99, max) = (
-        percentile(&takeovers, 0.5),
-        percentile(&takeovers, 0.99),
-        *takeovers.last().unwrap(),
-    );
-    eprintln!(
-        "takeover after SIGKILL, {} trials (lease ttl {TTL:?}): p50 {p50:?}, p99 {p99:?}, max {max:?}",
-        takeovers.len()
-    );
+    for (what, times) in [
+        ("a follower holds the lease", &mut leases),
+        ("a request is accepted again", &mut takeovers),
+    ] {
+        times.sort();
+        eprintln!(
+            "SIGKILL of the leader, {} trials (lease ttl {TTL:?}): {what} after p50 {:?}, p99 {:?}, max {:?}",
+            times.len(),
+            percentile(times, 0.5),
+            percentile(times, 0.99),
+            times.last().unwrap()
+        );
+    }
+    let max = *takeovers.last().unwrap();
     // The lease runs out at most `TTL` after the kill; the rest is replay, reconciliation and
     // the client's retry. A slack for a busy machine.
     assert!(
@@ -392,10 +432,19 @@ fn a_paused_leader_stops_and_rejoins_as_a_follower() {
     // The new leader works while the old one sleeps.
     let ids = submit_and_settle(&trio, new, 20);
     trio.daemons[old].signal("CONT");
+    // Its lease thread sees the new holder; its control loop stops, and the process starts
+    // again (the same pid), as a follower.
+    let start = Instant::now();
+    while !trio.daemons[old].log().contains("no longer leading") {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the old leader did not stop:\n{}",
+            trio.daemons[old].log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     wait_follower(&trio, old, Duration::from_secs(20));
     assert_eq!(trio.daemons[old].pid(), Some(pid));
-    let log = trio.daemons[old].log();
-    assert!(log.contains("no longer leading"), "{log}");
     // Nothing on the hosts from the old leader since it was stopped.
     let acted = actions_of(&trio, pid, stopped_ms);
     assert!(acted.is_empty(), "the paused leader acted: {acted:?}");
