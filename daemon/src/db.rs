@@ -394,9 +394,45 @@ pub enum Db {
 
 /// A PostgreSQL connection with its prepared statements.
 pub struct Pg {
-    client: postgres::Client,
+    client: Client,
     url: String,
     statements: HashMap<String, postgres::Statement>,
+}
+
+/// PostgreSQL's client, closed on a thread of its own when dropped inside a tokio runtime:
+/// `postgres::Client` closes its connection by blocking on a runtime of its own, which panics
+/// on a thread that runs one (a daemon's task dropping its store as it ends, or a connection
+/// given up for a new one).
+struct Client(Option<postgres::Client>);
+
+impl std::ops::Deref for Client {
+    type Target = postgres::Client;
+    fn deref(&self) -> &postgres::Client {
+        // Only `drop` takes it out.
+        self.0.as_ref().expect("a client until dropped")
+    }
+}
+
+impl std::ops::DerefMut for Client {
+    fn deref_mut(&mut self) -> &mut postgres::Client {
+        self.0.as_mut().expect("a client until dropped")
+    }
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        let Some(client) = self.0.take() else {
+            return;
+        };
+        if tokio::runtime::Handle::try_current().is_ok() {
+            // Joined: the connection is closed when the drop returns, as it is elsewhere.
+            std::thread::scope(|s| {
+                s.spawn(move || drop(client));
+            });
+        } else {
+            drop(client);
+        }
+    }
 }
 
 /// Statements a connection keeps prepared at most (the store's are a few dozen; filters
@@ -429,7 +465,7 @@ impl Db {
                 let client =
                     blocking(|| pg_connect(url)).map_err(sql("connecting to PostgreSQL"))?;
                 Ok(Db::Postgres(Box::new(Pg {
-                    client,
+                    client: Client(Some(client)),
                     url: url.clone(),
                     statements: HashMap::new(),
                 })))
@@ -584,7 +620,7 @@ impl Db {
         if let Db::Postgres(pg) = self {
             let client =
                 blocking(|| pg_connect(&pg.url)).map_err(sql("reconnecting to PostgreSQL"))?;
-            pg.client = client;
+            pg.client = Client(Some(client));
             pg.statements.clear();
         }
         Ok(())
@@ -719,6 +755,28 @@ mod tests {
         assert_eq!(at.display(), "postgres://berth:***@db.example:5432/berth");
         let at = StoreAt::Postgres("postgres://berth@db.example/berth".into());
         assert_eq!(at.display(), "postgres://berth@db.example/berth");
+    }
+
+    /// A connection dropped on a thread of a tokio runtime (a daemon's task ending) closes
+    /// without a panic, as it does outside one.
+    #[test]
+    fn a_postgres_connection_drops_inside_a_runtime() {
+        let Some(pg) = berth_testkit::postgres::fresh_database() else {
+            return;
+        };
+        let at = StoreAt::Postgres(pg.url().to_owned());
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let db = Db::connect(&at).unwrap();
+            tokio::spawn(async move { drop(db) }).await.unwrap();
+            let mut db = Db::connect(&at).unwrap();
+            db.reconnect().unwrap();
+            assert_eq!(db.row("SELECT 1", &[], |r| r.i64(0)).unwrap(), Some(1));
+        });
     }
 
     #[test]
