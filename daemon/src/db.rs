@@ -279,6 +279,12 @@ impl postgres::types::ToSql for Value {
                 Type::FLOAT4 => (*v as f32).to_sql(ty, out),
                 _ => v.to_sql(ty, out),
             },
+            // PostgreSQL's text holds no NUL character (SQLite's does): a text from outside
+            // (a hook's standard error, a host's answer) with one is written with U+FFFD in
+            // its place rather than refused.
+            Value::Text(v) if v.contains('\0') => {
+                v.replace('\0', "\u{FFFD}").as_str().to_sql(ty, out)
+            }
             Value::Text(v) => v.as_str().to_sql(ty, out),
             Value::Blob(v) => v.as_slice().to_sql(ty, out),
         }
@@ -755,6 +761,20 @@ mod tests {
         assert_eq!(at.display(), "postgres://berth:***@db.example:5432/berth");
         let at = StoreAt::Postgres("postgres://berth@db.example/berth".into());
         assert_eq!(at.display(), "postgres://berth@db.example/berth");
+    }
+
+    /// A text with a NUL character is written on PostgreSQL (which refuses it in `text`).
+    #[test]
+    fn postgres_takes_a_text_with_a_nul() {
+        let Some(pg) = berth_testkit::postgres::fresh_database() else {
+            return;
+        };
+        let mut db = Db::connect(&StoreAt::Postgres(pg.url().to_owned())).unwrap();
+        db.batch("CREATE TABLE t (b TEXT NOT NULL)").unwrap();
+        db.execute("INSERT INTO t VALUES (?1)", args!["a\0b"])
+            .unwrap();
+        let b = db.row("SELECT b FROM t", &[], |r| r.text(0)).unwrap();
+        assert_eq!(b.as_deref(), Some("a\u{FFFD}b"));
     }
 
     /// A connection dropped on a thread of a tokio runtime (a daemon's task ending) closes
