@@ -279,6 +279,12 @@ impl postgres::types::ToSql for Value {
                 Type::FLOAT4 => (*v as f32).to_sql(ty, out),
                 _ => v.to_sql(ty, out),
             },
+            // PostgreSQL's text holds no NUL character (SQLite's does): a text from outside
+            // (a hook's standard error, a host's answer) with one is written with U+FFFD in
+            // its place rather than refused.
+            Value::Text(v) if v.contains('\0') => {
+                v.replace('\0', "\u{FFFD}").as_str().to_sql(ty, out)
+            }
             Value::Text(v) => v.as_str().to_sql(ty, out),
             Value::Blob(v) => v.as_slice().to_sql(ty, out),
         }
@@ -394,11 +400,49 @@ pub enum Db {
 
 /// A PostgreSQL connection with its prepared statements.
 pub struct Pg {
-    client: PgClient,
+    client: Client,
     /// Settings made again on every reconnection (`set_session`).
     session: Vec<String>,
     url: String,
     statements: HashMap<String, postgres::Statement>,
+}
+
+/// PostgreSQL's client, closed on a thread of its own when dropped inside a tokio runtime:
+/// `postgres::Client` closes its connection by blocking on a runtime of its own, which panics
+/// on a thread that runs one (a daemon's task dropping its store as it ends, or a connection
+/// given up for a new one).
+struct Client(Option<postgres::Client>);
+
+impl std::ops::Deref for Client {
+    type Target = postgres::Client;
+    fn deref(&self) -> &postgres::Client {
+        // Only `drop` takes it out.
+        self.0.as_ref().expect("a client until dropped")
+    }
+}
+
+impl std::ops::DerefMut for Client {
+    fn deref_mut(&mut self) -> &mut postgres::Client {
+        self.0.as_mut().expect("a client until dropped")
+    }
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        let Some(client) = self.0.take() else {
+            return;
+        };
+        if tokio::runtime::Handle::try_current().is_ok() {
+            // Not joined: closing waits for the server's goodbye, which never comes from a
+            // server the daemon is cut off from, and a daemon that lost its lease that way
+            // must not hang on its way out.
+            let _ = std::thread::Builder::new()
+                .name("berth-pg-close".into())
+                .spawn(move || drop(client));
+        } else {
+            drop(client);
+        }
+    }
 }
 
 /// Statements a connection keeps prepared at most (the store's are a few dozen; filters
@@ -431,7 +475,7 @@ impl Db {
                 let client =
                     blocking(|| pg_connect(url)).map_err(sql("connecting to PostgreSQL"))?;
                 Ok(Db::Postgres(Box::new(Pg {
-                    client: PgClient(Some(client)),
+                    client: Client(Some(client)),
                     session: Vec::new(),
                     url: url.clone(),
                     statements: HashMap::new(),
@@ -587,7 +631,7 @@ impl Db {
         if let Db::Postgres(pg) = self {
             let client =
                 blocking(|| pg_connect(&pg.url)).map_err(sql("reconnecting to PostgreSQL"))?;
-            pg.client = PgClient(Some(client));
+            pg.client = Client(Some(client));
             pg.statements.clear();
             for setting in pg.session.clone() {
                 blocking(|| pg.client.batch_execute(&setting))
@@ -606,38 +650,6 @@ impl Db {
             pg.session.push(setting.to_owned());
         }
         Ok(())
-    }
-}
-
-/// A PostgreSQL client that may be dropped anywhere: the `postgres` crate's says goodbye to
-/// the server by blocking on its own runtime, which must not happen on a thread that drives
-/// tokio tasks; there it is dropped on a thread of its own.
-struct PgClient(Option<postgres::Client>);
-
-impl std::ops::Deref for PgClient {
-    type Target = postgres::Client;
-    fn deref(&self) -> &postgres::Client {
-        // Only `drop` takes the client out.
-        self.0.as_ref().expect("a PostgreSQL client in use")
-    }
-}
-
-impl std::ops::DerefMut for PgClient {
-    fn deref_mut(&mut self) -> &mut postgres::Client {
-        self.0.as_mut().expect("a PostgreSQL client in use")
-    }
-}
-
-impl Drop for PgClient {
-    fn drop(&mut self) {
-        let Some(client) = self.0.take() else { return };
-        if tokio::runtime::Handle::try_current().is_ok() {
-            let _ = std::thread::Builder::new()
-                .name("berth-pg-close".into())
-                .spawn(move || drop(client));
-        } else {
-            drop(client);
-        }
     }
 }
 
@@ -769,6 +781,42 @@ mod tests {
         assert_eq!(at.display(), "postgres://berth:***@db.example:5432/berth");
         let at = StoreAt::Postgres("postgres://berth@db.example/berth".into());
         assert_eq!(at.display(), "postgres://berth@db.example/berth");
+    }
+
+    /// A text with a NUL character is written on PostgreSQL (which refuses it in `text`).
+    #[test]
+    fn postgres_takes_a_text_with_a_nul() {
+        let Some(pg) = berth_testkit::postgres::fresh_database() else {
+            return;
+        };
+        let mut db = Db::connect(&StoreAt::Postgres(pg.url().to_owned())).unwrap();
+        db.batch("CREATE TABLE t (b TEXT NOT NULL)").unwrap();
+        db.execute("INSERT INTO t VALUES (?1)", args!["a\0b"])
+            .unwrap();
+        let b = db.row("SELECT b FROM t", &[], |r| r.text(0)).unwrap();
+        assert_eq!(b.as_deref(), Some("a\u{FFFD}b"));
+    }
+
+    /// A connection dropped on a thread of a tokio runtime (a daemon's task ending) closes
+    /// without a panic, as it does outside one.
+    #[test]
+    fn a_postgres_connection_drops_inside_a_runtime() {
+        let Some(pg) = berth_testkit::postgres::fresh_database() else {
+            return;
+        };
+        let at = StoreAt::Postgres(pg.url().to_owned());
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let db = Db::connect(&at).unwrap();
+            tokio::spawn(async move { drop(db) }).await.unwrap();
+            let mut db = Db::connect(&at).unwrap();
+            db.reconnect().unwrap();
+            assert_eq!(db.row("SELECT 1", &[], |r| r.i64(0)).unwrap(), Some(1));
+        });
     }
 
     #[test]

@@ -464,7 +464,7 @@ async fn run_once(
             }
         };
         if let Some(tail) = tail {
-            let text = String::from_utf8_lossy(&tail).into_owned();
+            let text = tail_text(&tail);
             if run.stderr_tail.is_empty() {
                 run.stderr_tail = text;
             } else {
@@ -478,6 +478,18 @@ async fn run_once(
             .push_str(&format!("\n(killed after {} ms)", c.timeout_ms));
     }
     run
+}
+
+/// A hook's standard error as its run keeps it: invalid UTF-8 and NUL characters (which
+/// PostgreSQL's text cannot hold) as U+FFFD, then its last `STDERR_TAIL_MAX_BYTES` bytes on a
+/// character boundary, so that the bound holds for any bytes and on either engine.
+fn tail_text(bytes: &[u8]) -> String {
+    let text = String::from_utf8_lossy(bytes).replace('\0', "\u{FFFD}");
+    let mut start = text.len().saturating_sub(STDERR_TAIL_MAX_BYTES);
+    while !text.is_char_boundary(start) {
+        start += 1;
+    }
+    text[start..].to_owned()
 }
 
 fn insert_run(db: &mut crate::db::Db, r: &HookRun) -> Result<(), DaemonError> {
@@ -564,6 +576,23 @@ pub fn list_runs(db: &mut crate::db::Db, f: &RunFilter) -> Result<Vec<HookRun>, 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_stderr_tail_is_text_within_its_bound_whatever_the_bytes() {
+        let zeros = vec![0u8; STDERR_TAIL_MAX_BYTES];
+        let t = tail_text(&zeros);
+        assert!(!t.contains('\0'));
+        assert!(t.len() <= STDERR_TAIL_MAX_BYTES, "{}", t.len());
+        assert!(t.chars().all(|c| c == '\u{FFFD}'));
+        let mut mixed = vec![0xffu8; STDERR_TAIL_MAX_BYTES];
+        mixed.extend_from_slice(b"the end");
+        let t = tail_text(&mixed);
+        assert!(
+            t.ends_with("the end") && t.len() <= STDERR_TAIL_MAX_BYTES,
+            "{t}"
+        );
+        assert_eq!(tail_text(b"plain"), "plain");
+    }
 
     #[test]
     fn patterns_match_names_and_kinds() {

@@ -270,6 +270,8 @@ fn the_demo_daemon_starts_and_its_workload_flows() {
     let demo = rt.block_on(demo(opts)).unwrap();
     let (url, token) = (demo.url(), demo.token().to_owned());
     let data_dir = demo.data_dir().to_owned();
+    // The demo keeps its store in SQLite whatever the suite's store: `berth demo` is an
+    // embedded fleet with no store setting.
     assert!(data_dir.join("berth.db").exists());
     let deadline = Instant::now() + Duration::from_secs(60);
     let finished = |d: &berth_daemon::demo::Demo| {

@@ -96,6 +96,9 @@ fn healthz(d: &TestDaemon) -> String {
 fn a_full_disk_refuses_writes_keeps_reads_and_recovers_by_itself() {
     let Some(disk) = Tmpfs::mount(48) else { return };
     let data = disk.dir.join("data");
+    // On SQLite whatever the suite's store: the full disk is the one under the database file
+    // (with PostgreSQL the server's disk is its own affair).
+    crate::stores::pin_to_sqlite(&data);
     let config = format!("{CONFIG}\n[disk]\nfree_min_mib = 16\n");
     let d = TestDaemon::start(&data, &config);
     let mut acknowledged = Vec::new();
@@ -157,6 +160,7 @@ fn a_full_disk_refuses_writes_keeps_reads_and_recovers_by_itself() {
     }
     d.stop();
     let data = disk.dir.join("data2");
+    crate::stores::pin_to_sqlite(&data);
     let mut acknowledged = Vec::new();
     let config = format!("{CONFIG}\n[disk]\nfree_min_mib = 0\n");
     let d = TestDaemon::start(&data, &config);

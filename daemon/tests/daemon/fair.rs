@@ -105,26 +105,24 @@ fn fair_share_settings_stay_with_the_database() {
     let d = TestDaemon::start(dir.path(), &format!("{ONE_SLOT}{FAIR}"));
     submit(&d, "big");
     d.stop();
-    let conn = rusqlite::Connection::open(dir.path().join("berth.db")).unwrap();
-    let stored: String = conn
-        .query_row("SELECT value FROM meta WHERE key = 'fair_share'", [], |r| {
-            r.get(0)
-        })
-        .unwrap();
-    let stored: Value = serde_json::from_str(&stored).unwrap();
+    let stored_settings = || -> Value {
+        let text = crate::stores::connect(dir.path())
+            .row(
+                "SELECT value FROM meta WHERE key = 'fair_share'",
+                &[],
+                |r| r.text(0),
+            )
+            .unwrap()
+            .expect("fair_share in meta");
+        serde_json::from_str(&text).unwrap()
+    };
+    let stored = stored_settings();
     assert_eq!(stored["half_life_minutes"], 60, "{stored}");
     assert_eq!(stored["accounts"][1]["name"], "small", "{stored}");
-    drop(conn);
     // Started again without the section, the database's settings still hold.
     let d = TestDaemon::start(dir.path(), ONE_SLOT);
     d.stop();
-    let conn = rusqlite::Connection::open(dir.path().join("berth.db")).unwrap();
-    let again: String = conn
-        .query_row("SELECT value FROM meta WHERE key = 'fair_share'", [], |r| {
-            r.get(0)
-        })
-        .unwrap();
-    assert_eq!(serde_json::from_str::<Value>(&again).unwrap(), stored);
+    assert_eq!(stored_settings(), stored);
 }
 
 /// A change's VMs by where they stand, its account and turnaround; the list pages newest

@@ -371,11 +371,7 @@ fn a_requests_change_and_account_are_kept_replayed_and_exported() {
         .unwrap();
     assert_eq!(first["spec"]["account"], "qt-base", "{listed}");
     d.stop();
-    let export = berth_daemon::export::export(
-        &berth_daemon::db::StoreAt::Sqlite(dir.path().join("berth.db")),
-        None,
-    )
-    .unwrap();
+    let export = berth_daemon::export::export(&crate::stores::store_of(dir.path()), None).unwrap();
     let requests: Vec<&berth_traces::RequestRecord> = export
         .records
         .iter()

@@ -1,5 +1,6 @@
-//! The daemon end to end: a real daemon on loopback with a real SQLite file in a temporary
-//! directory, driven over HTTP. The crash test runs `berth serve` as a child process and kills
+//! The daemon end to end: a real daemon on loopback with its store in a temporary directory
+//! (a real SQLite file) or, with `BERTH_TEST_STORE=postgres`, in a fresh database on a real
+//! PostgreSQL server (`stores`), driven over HTTP. The crash test runs `berth serve` as a child process and kills
 //! it with SIGKILL in the middle of a burst. `parallels` drives Mac hosts through a real `sshd`
 //! with the `prlctl` stand-in (`berth_testkit::sshd`).
 
@@ -26,11 +27,13 @@ mod limits;
 mod observe;
 mod orphans;
 mod parallels;
+mod postgres;
 mod prometheus;
 mod pulses;
 mod quota;
 mod shared_inventory;
 mod snapshots;
+mod stores;
 mod warm;
 
 const CONFIG: &str = r#"
@@ -80,6 +83,7 @@ impl TestDaemon {
         )
         .unwrap();
         opts.orphans = orphans;
+        opts.store = stores::store_of(dir);
         let daemon = rt.block_on(berth_daemon::start(opts))?;
         let url = format!("http://{}", daemon.addr());
         let token = std::fs::read_to_string(dir.join("token"))
@@ -99,6 +103,11 @@ impl TestDaemon {
         if let Some(d) = self.daemon.take() {
             self.rt.block_on(d.stop()).unwrap();
         }
+    }
+
+    /// A connection to the daemon's store, beside the daemon (see `stores::connect`).
+    fn db(&self) -> berth_daemon::db::Db {
+        stores::connect(&self.dir)
     }
 
     /// The text of `GET /metrics`.
@@ -439,13 +448,14 @@ fn a_host_shows_when_it_last_answered_even_when_nothing_changed() {
             .expect("probed")
     };
     let probes_journaled = || -> i64 {
-        let conn = rusqlite::Connection::open(dir.path().join("berth.db")).unwrap();
-        conn.query_row(
-            "SELECT count(*) FROM journal WHERE input LIKE '%\"probe\"%'",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap()
+        d.db()
+            .row(
+                "SELECT count(*) FROM journal WHERE input LIKE '%\"probe\"%'",
+                &[],
+                |r| r.i64(0),
+            )
+            .unwrap()
+            .unwrap()
     };
     let (first, journaled) = (last_probe(&d), probes_journaled());
     assert!(journaled > 0, "the first probes are journaled");
@@ -470,12 +480,13 @@ fn auth_needs_a_token_read_only_cannot_change_and_operators_are_audited() {
     }
     // One data directory, one daemon.
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let opts = Options::new(
+    let mut opts = Options::new(
         berth_daemon::config::parse(CONFIG).unwrap(),
         Some(dir.path().to_owned()),
         Some("127.0.0.1:0".parse().unwrap()),
     )
     .unwrap();
+    opts.store = stores::store_of(dir.path());
     let second = rt.block_on(berth_daemon::start(opts));
     assert!(
         matches!(second, Err(berth_daemon::DaemonError::DataDirBusy(_))),
@@ -530,12 +541,13 @@ fn auth_needs_a_token_read_only_cannot_change_and_operators_are_audited() {
     // The read-only token reads no audit log.
     let (status, _) = call(&d.url, viewer, "GET", "/v1/audit", None);
     assert_eq!(status, 403);
-    // Rows are in the database file itself.
-    let conn = rusqlite::Connection::open(d.dir.join("berth.db")).unwrap();
-    let n: i64 = conn
-        .query_row("SELECT count(*) FROM audit WHERE who = 'local'", [], |r| {
-            r.get(0)
+    // Rows are in the store itself.
+    let n = d
+        .db()
+        .row("SELECT count(*) FROM audit WHERE who = 'local'", &[], |r| {
+            r.i64(0)
         })
+        .unwrap()
         .unwrap();
     assert!(n >= 3);
 }
@@ -750,11 +762,11 @@ fn bad_input_gets_a_4xx_naming_the_field_and_changes_nothing() {
     let hosts = hosts["hosts"].as_array().unwrap();
     assert_eq!(hosts.len(), 16);
     assert!(hosts.iter().all(|h| h["state"] == "ready"));
-    let conn = rusqlite::Connection::open(d.dir.join("berth.db")).unwrap();
-    let n: i64 = conn
-        .query_row("SELECT count(*) FROM requests", [], |r| r.get(0))
+    let n = d
+        .db()
+        .row("SELECT count(*) FROM requests", &[], |r| r.i64(0))
         .unwrap();
-    assert_eq!(n, 0);
+    assert_eq!(n, Some(0));
 }
 
 #[test]
@@ -1147,6 +1159,16 @@ fn berth_binary() -> PathBuf {
     bin
 }
 
+/// `berth serve` as a child process in `dir` (`Serve`), its store the suite's: on
+/// PostgreSQL, the database of its data directory, named in its config.
+fn serve(dir: &Path, config: &str) -> Serve {
+    // Serve's data directory, known before it starts: the store is chosen for it.
+    let data = dir.join("data");
+    let serve = Serve::start(&berth_binary(), dir, &stores::serve_config(&data, config));
+    assert_eq!(serve.data_dir(), data);
+    serve
+}
+
 /// SIGKILLs one crash test makes: `BERTH_SOAK_KILLS` if set (`ci/soak-crash.sh` sets 20),
 /// else 3.
 fn soak_kills() -> usize {
@@ -1175,7 +1197,7 @@ fn sigkill_in_the_middle_of_a_burst_loses_and_duplicates_nothing_with_snapshots(
 
 fn sigkill_soak(config: &str) {
     let dir = tempfile::tempdir().unwrap();
-    let mut serve = Serve::start(&berth_binary(), dir.path(), config);
+    let mut serve = serve(dir.path(), config);
     let (url, token) = (serve.url.clone(), serve.token.clone());
     let kills = soak_kills();
     let accepted = Arc::new(Mutex::new(Vec::<u64>::new()));
@@ -1307,18 +1329,19 @@ fn check_accepted(url: &str, token: &str, accepted: &[u64]) {
 /// is on two hosts.
 fn assert_no_orphans(data: &Path) {
     let world = berth_drivers::sim::SimWorld::open(&data.join("sim-inventory"), 0.0, 1).unwrap();
-    let conn = rusqlite::Connection::open(data.join("berth.db")).unwrap();
+    let mut db = stores::connect(data);
     let mut seen = BTreeSet::new();
     for (host, name) in world.all_vms() {
         let n = berth_drivers::parse_vm_name(&name).unwrap_or_else(|| panic!("foreign vm {name}"));
         assert!(seen.insert(n), "{name} is on two hosts");
-        let (state, on): (String, Option<String>) = conn
-            .query_row(
+        let (state, on) = db
+            .row(
                 "SELECT v.state, h.name FROM vms v LEFT JOIN hosts h ON h.id = v.host WHERE v.id = ?1",
-                [n as i64],
-                |r| Ok((r.get(0)?, r.get(1)?)),
+                berth_daemon::args![n],
+                |r| Ok((r.text(0)?, r.opt_text(1)?)),
             )
-            .unwrap_or_else(|e| panic!("{name} on {host} has no record: {e}"));
+            .unwrap_or_else(|e| panic!("{name} on {host}: {e}"))
+            .unwrap_or_else(|| panic!("{name} on {host} has no record"));
         assert_eq!(
             on.as_deref(),
             Some(host.as_str()),

@@ -482,32 +482,34 @@ fn metrics_pass_promtool_cover_the_dashboard_and_accounting_views_add_up() {
     }
 
     // The accounting views see the three VMs of `ci-east` on the `linux` template.
-    let conn = rusqlite::Connection::open(dir.path().join("berth.db")).unwrap();
-    let (vms_n, hours): (i64, f64) = conn
-        .query_row(
+    let mut db = d.db();
+    let (vms_n, hours) = db
+        .row(
             "SELECT vms, vm_hours FROM vm_hours_by_requester WHERE requester = 'ci-east'",
-            [],
-            |r| Ok((r.get(0)?, r.get(1)?)),
+            &[],
+            |r| Ok((r.i64(0)?, r.opt_f64(1)?.unwrap_or_default())),
         )
-        .unwrap();
+        .unwrap()
+        .expect("ci-east's row");
     assert_eq!(vms_n, 3);
     assert!(hours > 0.0 && hours < 1.0, "{hours}");
-    let (template, vcpu_hours): (String, f64) = conn
-        .query_row(
+    let (template, vcpu_hours) = db
+        .row(
             "SELECT template, vcpu_hours FROM vm_hours_by_template",
-            [],
-            |r| Ok((r.get(0)?, r.get(1)?)),
+            &[],
+            |r| Ok((r.text(0)?, r.opt_f64(1)?.unwrap_or_default())),
         )
-        .unwrap();
+        .unwrap()
+        .expect("a template's row");
     assert_eq!(template, "linux");
     assert!(
         (vcpu_hours - 2.0 * hours).abs() < 1e-3,
         "{vcpu_hours} vs {hours}"
     );
-    let days: i64 = conn
-        .query_row("SELECT count(*) FROM vm_hours_by_day", [], |r| r.get(0))
+    let days = db
+        .row("SELECT count(*) FROM vm_hours_by_day", &[], |r| r.i64(0))
         .unwrap();
-    assert_eq!(days, 1);
+    assert_eq!(days, Some(1));
     d.stop();
 }
 

@@ -3,13 +3,14 @@
 
 use std::path::Path;
 
-use berth_daemon::{DaemonError, OrphanStart};
+use berth_daemon::{DaemonError, OrphanStart, args};
 use serde_json::json;
 
+use crate::stores::{self, remove_database};
 use crate::{CONFIG, TestDaemon};
 
 /// A daemon that ran `count` VMs and left them running; returns the VMs' names by host.
-fn fleet_with_running_vms(dir: &Path, count: u64) -> Vec<(String, String)> {
+pub(crate) fn fleet_with_running_vms(dir: &Path, count: u64) -> Vec<(String, String)> {
     let d = TestDaemon::start(dir, CONFIG);
     let r = d.ok(
         "POST",
@@ -28,23 +29,20 @@ fn fleet_with_running_vms(dir: &Path, count: u64) -> Vec<(String, String)> {
 }
 
 /// The berth VMs on the simulated hosts, read from their inventory while no daemon runs.
-fn on_hosts(dir: &Path, vms: &[(String, String)]) -> usize {
+pub(crate) fn on_hosts(dir: &Path, vms: &[(String, String)]) -> usize {
     let world = berth_drivers::sim::SimWorld::open(&dir.join("sim-inventory"), 0.0, 1).unwrap();
     vms.iter()
         .filter(|(host, name)| world.inventory(host).contains(name))
         .count()
 }
 
-fn remove_database(dir: &Path) {
-    for f in ["berth.db", "berth.db-wal", "berth.db-shm"] {
-        let _ = std::fs::remove_file(dir.join(f));
-    }
-}
-
+/// On SQLite whatever the suite's store: it truncates and deletes the database file (the
+/// `postgres` module empties a PostgreSQL database under a data directory that knew it).
 #[test]
 fn an_emptied_or_deleted_database_destroys_nothing() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
+    stores::pin_to_sqlite(dir);
     let vms = fleet_with_running_vms(dir, 4);
 
     // Emptied in place: refused before anything is opened or listed.
@@ -247,10 +245,11 @@ fn orphans_in_bulk_are_kept_and_a_few_of_this_journals_are_destroyed() {
     let dir2 = tmp2.path();
     copy_dir(dir, dir2);
     let config = format!("{CONFIG}\n[recovery]\norphans_destroy_max = 10\n");
+    stores::share_store(dir, dir2);
     // The kept ones stay kept whatever the limit; forget them to replay the judgement.
-    let conn = rusqlite::Connection::open(dir2.join("berth.db")).unwrap();
-    conn.execute("DELETE FROM orphans", []).unwrap();
-    drop(conn);
+    stores::connect(dir2)
+        .execute("DELETE FROM orphans", &[])
+        .unwrap();
     let d = TestDaemon::start(dir2, &config);
     d.wait_for("the eight destroyed", |d| {
         ran.iter()
@@ -288,7 +287,12 @@ fn one_daemon_per_data_directory_even_without_its_files() {
         drop(TestDaemon::start(&fresh, CONFIG));
         let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode(&fresh), 0o700);
-        assert_eq!(mode(&fresh.join("berth.db")), 0o600);
+        let db_file = fresh.join(berth_daemon::DB_FILE);
+        if stores::is_sqlite(&fresh) {
+            assert_eq!(mode(&db_file), 0o600);
+        } else {
+            assert!(!db_file.exists(), "a PostgreSQL store left {db_file:?}");
+        }
         assert_eq!(mode(&fresh.join("berth.id")), 0o600);
     }
 }
@@ -308,17 +312,18 @@ fn a_journal_missing_rows_is_named_not_met_with_a_duplicate_key() {
     let dir = tmp.path();
     fleet_with_running_vms(dir, 2);
     // Someone deletes the end of the journal: the VMs' rows remain in the state tables.
-    let conn = rusqlite::Connection::open(dir.join("berth.db")).unwrap();
-    let last: i64 = conn
-        .query_row(
+    let mut db = stores::connect(dir);
+    let last = db
+        .row(
             "SELECT min(seq) FROM journal WHERE input LIKE '%\"submit\"%'",
-            [],
-            |r| r.get(0),
+            &[],
+            |r| r.i64(0),
         )
+        .unwrap()
         .unwrap();
-    conn.execute("DELETE FROM journal WHERE seq >= ?1", [last])
+    db.execute("DELETE FROM journal WHERE seq >= ?1", args![last])
         .unwrap();
-    drop(conn);
+    drop(db);
     let err = TestDaemon::try_start(dir, CONFIG, OrphanStart::Refuse)
         .err()
         .unwrap();
@@ -373,13 +378,14 @@ fn rows_deleted_by_hand_are_written_again(config: &str, snapshots: bool) {
         .collect();
     d.stop();
 
-    let conn = rusqlite::Connection::open(dir.join("berth.db")).unwrap();
-    let n_snapshots: i64 = conn
-        .query_row("SELECT count(*) FROM snapshots", [], |r| r.get(0))
+    let mut db = stores::connect(dir);
+    let n_snapshots = db
+        .row("SELECT count(*) FROM snapshots", &[], |r| r.i64(0))
+        .unwrap()
         .unwrap();
     assert_eq!(n_snapshots > 0, snapshots);
-    assert_eq!(conn.execute("DELETE FROM requests", []).unwrap(), 2);
-    drop(conn);
+    assert_eq!(db.execute("DELETE FROM requests", &[]).unwrap(), 2);
+    drop(db);
     let d = TestDaemon::start(dir, config);
     for (id, was) in [running, cancelled].iter().zip(&before) {
         let now = d.ok("GET", &format!("/v1/requests/{id}"), None);

@@ -219,7 +219,7 @@ fn prometheus_scrapes_berth_serve_and_every_dashboard_query_has_data() {
          \n[[quotas]]\naccount = \"*\"\nclass = \"sim-large\"\nguarantee = {{ vcpus = 64 }}\n\
          \n[[quotas]]\naccount = \"*\"\nclass = \"sim-small\"\nguarantee = {{ vcpus = 16 }}\n"
     );
-    let serve = Serve::start(&berth_binary(), &dir.path().join("serve"), &config);
+    let serve = serve(&dir.path().join("serve"), &config);
     let prom_dir = dir.path().join("prometheus");
     std::fs::create_dir_all(&prom_dir).unwrap();
     let target = serve.url.trim_start_matches("http://").to_owned();

@@ -106,12 +106,12 @@ fn quotas_stay_with_the_database() {
     let d = TestDaemon::start(dir.path(), CONFIG);
     submit(&d, "qt-base");
     d.stop();
-    let conn = rusqlite::Connection::open(dir.path().join("berth.db")).unwrap();
-    let stored: String = conn
-        .query_row("SELECT value FROM meta WHERE key = 'quotas'", [], |r| {
-            r.get(0)
+    let stored = crate::stores::connect(dir.path())
+        .row("SELECT value FROM meta WHERE key = 'quotas'", &[], |r| {
+            r.text(0)
         })
-        .unwrap();
+        .unwrap()
+        .expect("quotas in meta");
     let stored: serde_json::Value = serde_json::from_str(&stored).unwrap();
     assert_eq!(stored[0]["class"], "sim", "{stored}");
     assert_eq!(stored[0]["guarantee"]["vcpus"], 2, "{stored}");

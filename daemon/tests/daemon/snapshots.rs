@@ -6,6 +6,8 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use berth_daemon::args;
+use berth_daemon::db::Db;
 use serde_json::{Value, json};
 
 use crate::{CONFIG, TestDaemon, a_busy_fleet};
@@ -39,19 +41,19 @@ fn state(d: &TestDaemon) -> (BTreeMap<u64, String>, Vec<String>, BTreeMap<u64, S
     (vms, hosts, requests)
 }
 
-fn db(dir: &std::path::Path) -> rusqlite::Connection {
-    rusqlite::Connection::open(dir.join("berth.db")).unwrap()
+fn db(dir: &std::path::Path) -> Db {
+    crate::stores::connect(dir)
 }
 
 /// The newest snapshot's batch and state bytes.
 fn newest(dir: &std::path::Path) -> Option<(i64, Vec<u8>)> {
     db(dir)
-        .query_row(
+        .row(
             "SELECT batch, state FROM snapshots ORDER BY batch DESC LIMIT 1",
-            [],
-            |r| Ok((r.get(0)?, r.get(1)?)),
+            &[],
+            |r| Ok((r.i64(0)?, r.bytes(1)?)),
         )
-        .ok()
+        .unwrap()
 }
 
 #[test]
@@ -85,7 +87,7 @@ fn a_start_from_a_snapshot_reaches_the_state_of_a_whole_replay() {
     db(dir.path())
         .execute(
             "UPDATE snapshots SET state = ?1 WHERE batch = ?2",
-            rusqlite::params![damaged, batch],
+            args![damaged.clone(), batch],
         )
         .unwrap();
     let d = TestDaemon::start(dir.path(), &config);
@@ -99,12 +101,12 @@ fn a_start_from_a_snapshot_reaches_the_state_of_a_whole_replay() {
         db(dir.path())
             .execute(
                 "UPDATE snapshots SET state = ?1 WHERE batch = ?2",
-                rusqlite::params![bytes, batch],
+                args![bytes, batch],
             )
             .unwrap();
     }
     let gone = db(dir.path())
-        .execute("DELETE FROM journal WHERE batch <= ?1", [batch])
+        .execute("DELETE FROM journal WHERE batch <= ?1", args![batch])
         .unwrap();
     assert!(gone > 0);
     let d = TestDaemon::start(dir.path(), &config);

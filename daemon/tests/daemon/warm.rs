@@ -366,8 +366,9 @@ fn a_handover_whose_warm_vm_is_gone_fails_and_the_request_is_served_anyway() {
     );
     let id = r["id"].as_u64().unwrap();
     d.wait_for("the request's vm running", |d| d.running_vms(id).len() == 1);
-    // Its VM tried the vanished warm VMs, found each gone, and was provisioned on its own:
-    // it runs in an object of its own name, and its books say so.
+    // Its VM tried the vanished warm VMs and found each gone; then it was provisioned on its
+    // own (in an object of its own name), or took a warm VM the pool refilled meanwhile (in
+    // that VM's object), which a slower store's batches leave time for. Its books say which.
     let vm = d.running_vms(id)[0].0;
     let causes = history_causes(&d, vm);
     let failed = causes
@@ -375,14 +376,30 @@ fn a_handover_whose_warm_vm_is_gone_fails_and_the_request_is_served_anyway() {
         .filter(|c| c.starts_with("boot failed") && c.ends_with("is gone"))
         .count();
     assert_eq!(failed, 2, "{causes:?}");
-    assert!(
-        causes.iter().any(|c| c == "provisioning started"),
-        "{causes:?}"
-    );
     let row = d.ok("GET", &format!("/v1/vms/{vm}"), None);
-    assert_eq!(row["host_object"], Value::Null, "{row}");
+    let object = match row["host_object"].as_str() {
+        None => {
+            assert!(
+                causes.iter().any(|c| c == "provisioning started"),
+                "{causes:?}"
+            );
+            name(vm)
+        }
+        Some(refilled) => {
+            assert!(
+                warm.iter().all(|&w| name(w) != refilled),
+                "{refilled} vanished: {row}"
+            );
+            let handover = format!(
+                "warm vm handover ({})",
+                refilled.trim_start_matches("berth-")
+            );
+            assert!(causes.contains(&handover), "{handover}: {causes:?}");
+            refilled.to_owned()
+        }
+    };
     let inv = inventory(&d);
-    assert!(inv.contains(&name(vm)), "{inv:?}");
+    assert!(inv.contains(&object), "{object}: {inv:?}");
     for &w in &warm {
         assert!(!inv.contains(&name(w)), "{inv:?}");
     }
@@ -392,7 +409,5 @@ fn a_handover_whose_warm_vm_is_gone_fails_and_the_request_is_served_anyway() {
         &format!("/v1/vms/{vm}/result"),
         Some(json!({"passed": true})),
     );
-    d.wait_for("its object destroyed", |d| {
-        !inventory(d).contains(&name(vm))
-    });
+    d.wait_for("its object destroyed", |d| !inventory(d).contains(&object));
 }
