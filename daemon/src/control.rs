@@ -1167,6 +1167,16 @@ impl Control {
     ) -> Result<(), DaemonError> {
         let gate = self.gate.clone();
         loop {
+            if !gate.may_act() {
+                tracing::warn!("the lease lapsed: nothing is acted on until it is renewed");
+                tokio::select! {
+                    renewed = gate.reopened() => if !renewed {
+                        return Err(DaemonError::LeadershipLost);
+                    },
+                    _ = shutdown.changed() => return Ok(()),
+                }
+                tracing::info!("the lease is renewed: acting again");
+            }
             let mut sleep = self.s.poll_timeout().map(|t| {
                 let now = wall_ms();
                 Duration::from_millis(t.saturating_sub(now))
@@ -1190,8 +1200,9 @@ impl Control {
                     }
                 } => None,
                 _ = shutdown.changed() => return Ok(()),
-                // The lease ran out (by this daemon's clock) or another daemon took it.
-                () = gate.lost() => return Err(DaemonError::LeadershipLost),
+                // The lease ran out (by this daemon's clock) or another daemon took it: no
+                // more acting until it is renewed, or ever if another daemon took it.
+                () = gate.closed() => continue,
             };
             let mut msgs: Vec<Msg> = first.into_iter().collect();
             while msgs.len() < BATCH_MAX {
@@ -1203,7 +1214,12 @@ impl Control {
                     },
                 }
             }
-            self.process(msgs)?;
+            if let Err(e) = self.process(msgs) {
+                if e.is_leadership_lost() {
+                    gate.give_up();
+                }
+                return Err(e);
+            }
         }
     }
 
@@ -1376,7 +1392,10 @@ impl Control {
         match self.write(&effects.commit) {
             // Written under this daemon's epoch, but its lease may have run out since: the next
             // leader replays the batch and reconciles with the hosts, as after a crash here.
-            Ok(()) if !self.gate.may_act() => Err(DaemonError::LeadershipLost),
+            Ok(()) if !self.gate.may_act() => {
+                self.gate.give_up();
+                Err(DaemonError::LeadershipLost)
+            }
             Ok(()) => {
                 self.act(effects);
                 Ok(())
@@ -1509,7 +1528,10 @@ impl Control {
             return Ok(());
         };
         match self.write(&u.effects.commit) {
-            Ok(()) if !self.gate.may_act() => Err(DaemonError::LeadershipLost),
+            Ok(()) if !self.gate.may_act() => {
+                self.gate.give_up();
+                Err(DaemonError::LeadershipLost)
+            }
             Ok(()) => {
                 tracing::info!(
                     held = u.held.len(),

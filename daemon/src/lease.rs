@@ -203,9 +203,9 @@ impl Gate {
         }
     }
 
-    /// Resolves once this daemon stops leading: its own clock ran past the lease, or a claim
-    /// found another holder. Never for the sole daemon.
-    pub async fn lost(&self) {
+    /// Resolves once this daemon may not act any more: its own clock ran past the lease, or a
+    /// claim found another holder. Never for the sole daemon.
+    pub async fn closed(&self) {
         let Some(s) = &self.0 else {
             return std::future::pending().await;
         };
@@ -213,7 +213,33 @@ impl Gate {
         while self.may_act() {
             let _ = tokio::time::timeout(Duration::from_millis(50), changes.changed()).await;
         }
-        s.lost.store(true, Ordering::Release);
+    }
+
+    /// After the gate closed: waits until this daemon renews the lease it still holds (the
+    /// database answered again before anyone took it: `true`), or sees that another daemon
+    /// took it (`false`; this daemon then never leads again in this process).
+    pub async fn reopened(&self) -> bool {
+        let Some(s) = &self.0 else { return true };
+        let mut changes = s.changes.subscribe();
+        loop {
+            if self.may_act() {
+                return true;
+            }
+            if s.epoch.load(Ordering::Acquire) == 0 {
+                self.give_up();
+                return false;
+            }
+            let _ = tokio::time::timeout(Duration::from_millis(50), changes.changed()).await;
+        }
+    }
+
+    /// This daemon stops leading for good: its control loop is gone, so the lease thread
+    /// neither renews nor takes the lease again in this process.
+    pub fn give_up(&self) {
+        if let Some(s) = &self.0 {
+            s.lost.store(true, Ordering::Release);
+            s.until_us.store(0, Ordering::Release);
+        }
     }
 
     /// Stops renewing and gives the lease up (expires it now) if this daemon holds it, so a
@@ -306,6 +332,10 @@ fn run(
 ) {
     let mut failures = 0u32;
     loop {
+        // A connection the server dropped (a restart, a network cut) is opened again first.
+        if db.is_closed() {
+            let _ = db.reconnect();
+        }
         let wait = match claim_once(&shared, &mut db, &me, &ha) {
             Ok(wait) => {
                 if failures > 0 {
@@ -320,9 +350,6 @@ fn run(
                 if failures == 1 || failures.is_multiple_of(10) {
                     tracing::warn!(error = %e, failures, "claiming the lease failed");
                 }
-                if db.is_closed() {
-                    let _ = db.reconnect();
-                }
                 Duration::from_millis(ha.lease_renew_ms)
             }
         };
@@ -334,6 +361,9 @@ fn run(
     let epoch = shared.epoch.swap(0, Ordering::AcqRel);
     shared.until_us.store(0, Ordering::Release);
     if epoch != 0 && !shared.lost.load(Ordering::Acquire) {
+        if db.is_closed() {
+            let _ = db.reconnect();
+        }
         let released = db.execute(
             &format!(
                 "UPDATE lease SET expires_ms = {DB_NOW_MS} WHERE id = 1 AND holder = ?1 AND epoch = ?2"
@@ -650,6 +680,29 @@ mod tests {
         assert_eq!(b.epoch(), 2);
         b.release();
         proxy.thaw();
+    }
+
+    /// A lone daemon whose database went away for longer than its lease stops acting, and acts
+    /// again under the same epoch once the database answers and nobody took the lease.
+    #[test]
+    fn a_lapsed_lease_nobody_took_is_renewed() {
+        let Some((_db, at)) = database() else { return };
+        let StoreAt::Postgres(url) = &at else {
+            unreachable!()
+        };
+        let (head, rest) = url.rsplit_once('@').unwrap();
+        let (hostport, dbname) = rest.split_once('/').unwrap();
+        let proxy = berth_testkit::proxy::Proxy::start(hostport);
+        let through = StoreAt::Postgres(format!("{head}@127.0.0.1:{}/{dbname}", proxy.port()));
+        let a = start(&through, me("a"), &ha(1000, 100, 300)).unwrap();
+        assert!(a.may_act());
+        proxy.freeze();
+        within("a stops acting", Duration::from_secs(3), || !a.may_act());
+        std::thread::sleep(Duration::from_millis(600));
+        proxy.thaw();
+        within("a acts again", Duration::from_secs(5), || a.may_act());
+        assert_eq!(a.epoch(), 1);
+        a.release();
     }
 
     /// A commit under an epoch the lease has left is refused, and leaves nothing behind.

@@ -96,6 +96,33 @@ impl Serve {
         );
     }
 
+    /// Waits until the daemon acts: at once on SQLite; on PostgreSQL once it holds the leader
+    /// lease (a daemon started again after a crash follows until its old lease expires).
+    pub fn wait_leading(&self) {
+        let deadline = Instant::now() + START_LIMIT;
+        let agent = ureq::AgentBuilder::new()
+            .timeout(Duration::from_secs(5))
+            .build();
+        loop {
+            let said = agent
+                .get(&format!("{}/healthz", self.url))
+                .call()
+                .ok()
+                .and_then(|r| r.into_string().ok())
+                .unwrap_or_default();
+            if said.starts_with("ok") && !said.contains("(follower") {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "berth serve at {} does not lead within {START_LIMIT:?}: {said:?}\n{}",
+                self.url,
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// The daemon's data directory: its database, token and marker.
     pub fn data_dir(&self) -> PathBuf {
         self.dir.join("data")

@@ -1265,6 +1265,7 @@ fn sigkill_soak(config: &str) {
             c.join().unwrap();
         }
         serve.restart();
+        serve.wait_leading();
         check_accepted(&url, &token, &accepted.lock().unwrap());
     }
     let accepted = accepted.lock().unwrap().len();
