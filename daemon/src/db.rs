@@ -10,13 +10,15 @@
 //!
 //! PostgreSQL's client is blocking (`postgres`, over `tokio-postgres` on a runtime of its own),
 //! so a call on a thread of the daemon's runtime gives that thread away first (see
-//! [`blocking`]).
+//! [`blocking`]). TLS to the server follows the URL's `sslmode` as libpq reads it
+//! ([`crate::pg_tls`]).
 
 use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
 use crate::DaemonError;
+use crate::pg_tls::{ConnectError, PgTarget};
 
 /// Where the store is.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -34,6 +36,11 @@ impl StoreAt {
         match named {
             None => Ok(StoreAt::Sqlite(default.to_owned())),
             Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+                // Read now, so that a wrong sslmode stops the start before anything else.
+                PgTarget::parse(url).map_err(|why| DaemonError::Config {
+                    key: "store".into(),
+                    message: format!("{}: {why}", redact(url)),
+                })?;
                 Ok(StoreAt::Postgres(url.to_owned()))
             }
             Some(other) => Err(DaemonError::Config {
@@ -86,6 +93,13 @@ pub enum Engine {
 pub enum DbError {
     Sqlite(rusqlite::Error),
     Postgres(postgres::Error),
+    /// Connecting to PostgreSQL failed: the server's URL (without its password), why, and what
+    /// a refused certificate was checked against.
+    Connect {
+        at: String,
+        source: ConnectError,
+        checked_against: Option<String>,
+    },
     /// A column held what its reader did not expect.
     Column {
         index: usize,
@@ -97,17 +111,63 @@ impl fmt::Display for DbError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             DbError::Sqlite(e) => e.fmt(f),
-            // The server's own message (with its detail) rather than only "db error".
-            DbError::Postgres(e) => match e.as_db_error() {
-                Some(db) => write!(f, "{} ({})", db.message(), db.code().code()),
-                None => e.fmt(f),
-            },
+            DbError::Postgres(e) => pg_message(e, f),
+            DbError::Connect {
+                at,
+                source,
+                checked_against,
+            } => {
+                write!(f, "{at}: ")?;
+                match source {
+                    ConnectError::Tls(why) => f.write_str(why),
+                    ConnectError::Postgres(e) => {
+                        pg_message(e, f)?;
+                        match checked_against {
+                            Some(checked) if refused_certificate(e) => write!(f, " ({checked})"),
+                            _ => Ok(()),
+                        }
+                    }
+                }
+            }
             DbError::Column { index, message } => write!(f, "column {index}: {message}"),
         }
     }
 }
 
 impl std::error::Error for DbError {}
+
+/// The server's own message (with its code) rather than only "db error".
+fn pg_message(e: &postgres::Error, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+    match e.as_db_error() {
+        Some(db) => write!(f, "{} ({})", db.message(), db.code().code()),
+        None => f.write_str(&crate::pg_tls::with_causes(e)),
+    }
+}
+
+/// Whether a connection failed on the server's certificate.
+fn refused_certificate(e: &postgres::Error) -> bool {
+    let mut next: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(cause) = next {
+        let tls = cause
+            .downcast_ref::<tokio_rustls::rustls::Error>()
+            .or_else(|| {
+                // An I/O error hides the error it wraps from `source`.
+                cause
+                    .downcast_ref::<std::io::Error>()
+                    .and_then(std::io::Error::get_ref)
+                    .and_then(|inner| inner.downcast_ref::<tokio_rustls::rustls::Error>())
+            });
+        if let Some(tls) = tls {
+            return matches!(
+                tls,
+                tokio_rustls::rustls::Error::InvalidCertificate(_)
+                    | tokio_rustls::rustls::Error::NoCertificatesPresented
+            );
+        }
+        next = cause.source();
+    }
+    false
+}
 
 impl From<rusqlite::Error> for DbError {
     fn from(e: rusqlite::Error) -> DbError {
@@ -127,7 +187,13 @@ impl DbError {
     /// that failed on its own.
     pub fn is_unreachable(&self) -> bool {
         match self {
-            DbError::Postgres(e) => {
+            // A server not up yet or gone, a handshake cut short: worth another try. Settings
+            // that cannot work (an unreadable sslrootcert) are not.
+            DbError::Connect {
+                source: ConnectError::Postgres(e),
+                ..
+            }
+            | DbError::Postgres(e) => {
                 e.is_closed()
                     || e.as_db_error().is_none_or(|db| {
                         let code = db.code().code();
@@ -394,8 +460,10 @@ pub enum Db {
 
 /// A PostgreSQL connection with its prepared statements.
 pub struct Pg {
-    client: postgres::Client,
-    url: String,
+    client: PgClient,
+    target: PgTarget,
+    /// The URL without its password, for errors.
+    shown: String,
     statements: HashMap<String, postgres::Statement>,
 }
 
@@ -426,11 +494,17 @@ impl Db {
                         message: "PostgreSQL needs the daemon's multi-threaded runtime".into(),
                     });
                 }
-                let client =
-                    blocking(|| pg_connect(url)).map_err(sql("connecting to PostgreSQL"))?;
+                let shown = at.display();
+                let target = PgTarget::parse(url).map_err(|why| DaemonError::Config {
+                    key: "store".into(),
+                    message: format!("{shown}: {why}"),
+                })?;
+                let client = blocking(|| pg_connect(&target, &shown))
+                    .map_err(sql("connecting to PostgreSQL"))?;
                 Ok(Db::Postgres(Box::new(Pg {
-                    client,
-                    url: url.clone(),
+                    client: PgClient(Some(client)),
+                    target,
+                    shown,
                     statements: HashMap::new(),
                 })))
             }
@@ -582,12 +656,45 @@ impl Db {
     /// Connects again in place (after the server restarted or the network dropped).
     pub fn reconnect(&mut self) -> Result<(), DaemonError> {
         if let Db::Postgres(pg) = self {
-            let client =
-                blocking(|| pg_connect(&pg.url)).map_err(sql("reconnecting to PostgreSQL"))?;
-            pg.client = client;
+            let client = blocking(|| pg_connect(&pg.target, &pg.shown))
+                .map_err(sql("reconnecting to PostgreSQL"))?;
+            pg.client = PgClient(Some(client));
             pg.statements.clear();
         }
         Ok(())
+    }
+}
+
+/// PostgreSQL's client, closed where it may block: its own drop waits for its runtime to say
+/// goodbye to the server, which on a thread of the daemon's runtime (a task that ends, the
+/// control loop stopping) would panic unless the thread is given away first, as for every call.
+struct PgClient(Option<postgres::Client>);
+
+impl std::ops::Deref for PgClient {
+    type Target = postgres::Client;
+
+    fn deref(&self) -> &postgres::Client {
+        // Invariant: `Some` from its making until its drop, which alone takes it.
+        self.0
+            .as_ref()
+            .expect("a PostgreSQL client is there until dropped")
+    }
+}
+
+impl std::ops::DerefMut for PgClient {
+    fn deref_mut(&mut self) -> &mut postgres::Client {
+        // Invariant: as in `deref`.
+        self.0
+            .as_mut()
+            .expect("a PostgreSQL client is there until dropped")
+    }
+}
+
+impl Drop for PgClient {
+    fn drop(&mut self) {
+        if let Some(client) = self.0.take() {
+            blocking(|| drop(client));
+        }
     }
 }
 
@@ -612,8 +719,12 @@ fn pg_args(args: &[Value]) -> Vec<&(dyn postgres::types::ToSql + Sync)> {
         .collect()
 }
 
-fn pg_connect(url: &str) -> Result<postgres::Client, postgres::Error> {
-    postgres::Client::connect(url, postgres::NoTls)
+fn pg_connect(target: &PgTarget, shown: &str) -> Result<postgres::Client, DbError> {
+    target.connect().map_err(|source| DbError::Connect {
+        at: shown.to_owned(),
+        source,
+        checked_against: target.checked_against(),
+    })
 }
 
 /// SQLite's placeholders as PostgreSQL's: `?N` becomes `$N`, and a bare `?` the next number;

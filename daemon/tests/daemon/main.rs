@@ -26,6 +26,7 @@ mod limits;
 mod observe;
 mod orphans;
 mod parallels;
+mod postgres_tls;
 mod prometheus;
 mod pulses;
 mod quota;
