@@ -464,8 +464,16 @@ pub struct Pg {
     target: PgTarget,
     /// The URL without its password, for errors.
     shown: String,
+    /// Statements of [`Db::execute_later`] not sent yet, their arguments written in as
+    /// literals, `;`-separated: sent together in one round trip.
+    pending: String,
+    n_pending: usize,
     statements: HashMap<String, postgres::Statement>,
 }
+
+/// Statements [`Db::execute_later`] holds at most before it sends them (a 2,000-VM batch
+/// writes about 8,000).
+const PG_PENDING_MAX: usize = 4096;
 
 /// Statements a connection keeps prepared at most (the store's are a few dozen; filters
 /// make a few more).
@@ -505,6 +513,8 @@ impl Db {
                     client: PgClient(Some(client)),
                     target,
                     shown,
+                    pending: String::new(),
+                    n_pending: 0,
                     statements: HashMap::new(),
                 })))
             }
@@ -520,14 +530,56 @@ impl Db {
 
     /// Runs `sql` (no arguments; several statements allowed).
     pub fn batch(&mut self, sql_text: &str) -> Result<(), DbError> {
+        self.flush()?;
         match self {
             Db::Sqlite(c) => Ok(c.execute_batch(sql_text)?),
             Db::Postgres(pg) => Ok(blocking(|| pg.client.batch_execute(sql_text))?),
         }
     }
 
+    /// Runs one statement whose count of rows is not needed, at the latest before the next
+    /// statement that is not deferred, or the commit: SQLite runs it now (a call costs no
+    /// round trip); PostgreSQL sends the statements deferred so together, in one round trip
+    /// (the simple query protocol, the arguments written in as literals), rather than one
+    /// round trip each. An error shows when they are sent.
+    pub fn execute_later(&mut self, sql_text: &str, args: &[Value]) -> Result<(), DbError> {
+        match self {
+            Db::Sqlite(_) => self.execute(sql_text, args).map(|_| ()),
+            Db::Postgres(pg) => {
+                inline(sql_text, args, &mut pg.pending);
+                pg.pending.push_str(";\n");
+                pg.n_pending += 1;
+                if pg.n_pending >= PG_PENDING_MAX {
+                    self.flush()?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Sends the statements of [`Db::execute_later`] not sent yet.
+    pub fn flush(&mut self) -> Result<(), DbError> {
+        if let Db::Postgres(pg) = self
+            && !pg.pending.is_empty()
+        {
+            let text = std::mem::take(&mut pg.pending);
+            pg.n_pending = 0;
+            blocking(|| pg.client.batch_execute(&text))?;
+        }
+        Ok(())
+    }
+
+    /// Drops the statements of [`Db::execute_later`] not sent yet (a transaction rolled back).
+    fn forget_pending(&mut self) {
+        if let Db::Postgres(pg) = self {
+            pg.pending.clear();
+            pg.n_pending = 0;
+        }
+    }
+
     /// Runs one statement; returns the rows it changed.
     pub fn execute(&mut self, sql_text: &str, args: &[Value]) -> Result<u64, DbError> {
+        self.flush()?;
         match self {
             Db::Sqlite(c) => {
                 let mut stmt = c.prepare_cached(sql_text)?;
@@ -558,6 +610,7 @@ impl Db {
         args: &[Value],
         mut f: impl FnMut(Row<'_>) -> Result<bool, E>,
     ) -> Result<(), E> {
+        self.flush()?;
         match self {
             Db::Sqlite(c) => {
                 let mut stmt = c.prepare_cached(sql_text).map_err(DbError::from)?;
@@ -631,12 +684,14 @@ impl Db {
             Engine::Postgres => "BEGIN",
         };
         self.batch(begin).map_err(sql(what))?;
-        match f(self) {
+        // Deferred statements are sent before the commit; one that fails fails the transaction.
+        match f(self).and_then(|v| self.flush().map(|()| v).map_err(sql(what))) {
             Ok(v) => {
                 self.batch("COMMIT").map_err(sql(what))?;
                 Ok(v)
             }
             Err(e) => {
+                self.forget_pending();
                 if let Err(rollback) = self.batch("ROLLBACK") {
                     tracing::warn!(error = %rollback, "rolling back a failed transaction");
                 }
@@ -655,6 +710,7 @@ impl Db {
 
     /// Connects again in place (after the server restarted or the network dropped).
     pub fn reconnect(&mut self) -> Result<(), DaemonError> {
+        self.forget_pending();
         if let Db::Postgres(pg) = self {
             let client = blocking(|| pg_connect(&pg.target, &pg.shown))
                 .map_err(sql("reconnecting to PostgreSQL"))?;
@@ -731,6 +787,52 @@ fn pg_connect(target: &PgTarget, shown: &str) -> Result<postgres::Client, DbErro
 /// nothing inside a quoted string or identifier changes.
 pub fn placeholders(sql_text: &str) -> String {
     let mut out = String::with_capacity(sql_text.len() + 8);
+    rewrite_placeholders(sql_text, &mut out, |n, out| {
+        out.push('$');
+        out.push_str(&n.to_string());
+    });
+    out
+}
+
+/// `sql_text` with each placeholder replaced by its argument written as a PostgreSQL literal,
+/// appended to `out`: integers and reals as numbers, text as an escape string (`E'...'`, which
+/// reads the same whatever `standard_conforming_strings` says), blobs through `decode`. A
+/// placeholder without its argument becomes `NULL` (as an unbound parameter would be).
+fn inline(sql_text: &str, args: &[Value], out: &mut String) {
+    use std::fmt::Write;
+    rewrite_placeholders(sql_text, out, |n, out| {
+        let value = (n as usize).checked_sub(1).and_then(|i| args.get(i));
+        // Writing to a String cannot fail.
+        let _ = match value {
+            None | Some(Value::Null) => write!(out, "NULL"),
+            Some(Value::Int(v)) => write!(out, "({v}::BIGINT)"),
+            Some(Value::Real(v)) if v.is_finite() => write!(out, "({v:?}::DOUBLE PRECISION)"),
+            Some(Value::Real(v)) => write!(out, "'{v}'::DOUBLE PRECISION"),
+            Some(Value::Text(v)) => {
+                out.push_str("E'");
+                for c in v.chars() {
+                    match c {
+                        '\'' => out.push_str("''"),
+                        '\\' => out.push_str("\\\\"),
+                        c => out.push(c),
+                    }
+                }
+                write!(out, "'")
+            }
+            Some(Value::Blob(v)) => {
+                out.push_str("decode('");
+                for b in v {
+                    let _ = write!(out, "{b:02x}");
+                }
+                write!(out, "', 'hex')")
+            }
+        };
+    });
+}
+
+/// Copies `sql_text` to `out`, with `put(n, out)` in place of each placeholder (`?N`, or a bare
+/// `?` counted in order); nothing inside a quoted string or identifier changes.
+fn rewrite_placeholders(sql_text: &str, out: &mut String, mut put: impl FnMut(u32, &mut String)) {
     let mut next = 0u32;
     let mut quote: Option<char> = None;
     let mut chars = sql_text.chars().peekable();
@@ -752,18 +854,17 @@ pub fn placeholders(sql_text: &str) -> String {
                     digits.push(*d);
                     chars.next();
                 }
-                out.push('$');
-                if digits.is_empty() {
+                let n = if digits.is_empty() {
                     next += 1;
-                    out.push_str(&next.to_string());
+                    next
                 } else {
-                    out.push_str(&digits);
-                }
+                    digits.parse().unwrap_or(u32::MAX)
+                };
+                put(n, out);
             }
             None => out.push(c),
         }
     }
-    out
 }
 
 /// Runs `f`, which blocks (a PostgreSQL round trip), from wherever the caller is: on a thread
@@ -801,6 +902,104 @@ mod tests {
             placeholders("SELECT \"a?b\" FROM t"),
             "SELECT \"a?b\" FROM t"
         );
+    }
+
+    #[test]
+    fn deferred_arguments_are_written_in_as_literals() {
+        let mut out = String::new();
+        inline(
+            "UPDATE t SET a = ?2, b = ?1, c = '?3' WHERE d = ?3 AND e = ?",
+            args![-5i64, "it's a \\ ?1", vec![0u8, 255], 1.5f64],
+            &mut out,
+        );
+        assert_eq!(
+            out,
+            "UPDATE t SET a = E'it''s a \\\\ ?1', b = (-5::BIGINT), c = '?3' \
+             WHERE d = decode('00ff', 'hex') AND e = (-5::BIGINT)"
+        );
+    }
+
+    /// What `execute_later` writes reads back the same on either engine, and a transaction
+    /// that fails after it leaves nothing.
+    #[test]
+    fn deferred_statements_write_what_they_say_on_either_engine() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut ats = vec![StoreAt::Sqlite(dir.path().join("t.db"))];
+        let pg = berth_testkit::postgres::fresh_database();
+        if let Some(pg) = &pg {
+            ats.push(StoreAt::Postgres(pg.url().to_owned()));
+        }
+        let rt = tokio::runtime::Builder::new_multi_thread().build().unwrap();
+        let _in_runtime = rt.enter();
+        let texts = [
+            "it's",
+            "back\\slash",
+            "a ? mark",
+            "ünïcode \u{1f680}",
+            "",
+            "E'x'",
+        ];
+        for at in ats {
+            let mut db = Db::connect(&at).unwrap();
+            let blob = match db.engine() {
+                Engine::Sqlite => "BLOB",
+                Engine::Postgres => "BYTEA",
+            };
+            db.batch(&format!(
+                "CREATE TABLE t (n BIGINT, a TEXT, b {blob}, r DOUBLE PRECISION)"
+            ))
+            .unwrap();
+            db.transaction("filling", |db| {
+                for (i, text) in texts.iter().enumerate() {
+                    db.execute_later(
+                        "INSERT INTO t (n, a, b, r) VALUES (?1, ?2, ?3, ?4)",
+                        args![i as i64 * 10 - 20, *text, vec![i as u8, 0, 255], 0.25f64],
+                    )
+                    .map_err(sql("inserting"))?;
+                }
+                db.execute_later(
+                    "INSERT INTO t (n, a, b, r) VALUES (?1, ?2, ?3, ?4)",
+                    args![u64::MAX, None::<String>, vec![], None::<f64>],
+                )
+                .map_err(sql("inserting"))?;
+                db.execute_later("UPDATE t SET a = a || ?2 WHERE n = ?1", args![0i64, "!"])
+                    .map_err(sql("updating"))?;
+                Ok(())
+            })
+            .unwrap();
+            let rows = db
+                .rows("SELECT n, a, b, r FROM t ORDER BY n", &[], |r| {
+                    Ok((r.i64(0)?, r.opt_text(1)?, r.bytes(2)?, r.opt_f64(3)?))
+                })
+                .unwrap();
+            let mut want = vec![(-1i64, None, vec![], None)];
+            for (i, text) in texts.iter().enumerate() {
+                let text = if i == 2 {
+                    format!("{text}!")
+                } else {
+                    text.to_string()
+                };
+                want.push((
+                    i as i64 * 10 - 20,
+                    Some(text),
+                    vec![i as u8, 0, 255],
+                    Some(0.25),
+                ));
+            }
+            want.sort_by_key(|w| w.0);
+            assert_eq!(rows, want, "{at:?}");
+            // A deferred statement that fails fails the transaction, and nothing of it stays.
+            let r = db.transaction("failing", |db| {
+                db.execute_later("INSERT INTO t (n) VALUES (?1)", args![100i64])
+                    .map_err(sql("inserting"))?;
+                db.execute_later("INSERT INTO nowhere (n) VALUES (?1)", args![1i64])
+                    .map_err(sql("inserting"))?;
+                Ok(())
+            });
+            assert!(r.unwrap_err().to_string().contains("nowhere"), "{at:?}");
+            let n = db.row("SELECT count(*) FROM t", &[], |r| r.i64(0)).unwrap();
+            assert_eq!(n, Some(texts.len() as i64 + 1), "{at:?}");
+        }
     }
 
     #[test]
