@@ -468,6 +468,10 @@ pub struct Pg {
     /// literals, `;`-separated: sent together in one round trip.
     pending: String,
     n_pending: usize,
+    /// Rows of deferred `INSERT ... VALUES (...)` statements not yet in `pending`, one
+    /// multi-row insert per statement text, so that a batch's thousands of rows cost the
+    /// server a few statements rather than thousands.
+    inserts: Vec<InsertRows>,
     statements: HashMap<String, postgres::Statement>,
 }
 
@@ -515,6 +519,7 @@ impl Db {
                     shown,
                     pending: String::new(),
                     n_pending: 0,
+                    inserts: Vec::new(),
                     statements: HashMap::new(),
                 })))
             }
@@ -546,9 +551,7 @@ impl Db {
         match self {
             Db::Sqlite(_) => self.execute(sql_text, args).map(|_| ()),
             Db::Postgres(pg) => {
-                inline(sql_text, args, &mut pg.pending);
-                pg.pending.push_str(";\n");
-                pg.n_pending += 1;
+                pg.defer(sql_text, args);
                 if pg.n_pending >= PG_PENDING_MAX {
                     self.flush()?;
                 }
@@ -559,9 +562,11 @@ impl Db {
 
     /// Sends the statements of [`Db::execute_later`] not sent yet.
     pub fn flush(&mut self) -> Result<(), DbError> {
-        if let Db::Postgres(pg) = self
-            && !pg.pending.is_empty()
-        {
+        if let Db::Postgres(pg) = self {
+            pg.close_inserts(None);
+            if pg.pending.is_empty() {
+                return Ok(());
+            }
             let text = std::mem::take(&mut pg.pending);
             pg.n_pending = 0;
             blocking(|| pg.client.batch_execute(&text))?;
@@ -573,6 +578,7 @@ impl Db {
     fn forget_pending(&mut self) {
         if let Db::Postgres(pg) = self {
             pg.pending.clear();
+            pg.inserts.clear();
             pg.n_pending = 0;
         }
     }
@@ -754,7 +760,118 @@ impl Drop for PgClient {
     }
 }
 
+/// The rows of deferred inserts of one statement text: `head` (`INSERT INTO t (...) VALUES`)
+/// and the rows so far, `(...), (...)`.
+struct InsertRows {
+    table: String,
+    head: String,
+    rows: String,
+}
+
+/// What a deferred statement is, for the order it must keep.
+#[derive(Debug, PartialEq, Eq)]
+enum Shape<'s> {
+    /// `INSERT INTO table (...) VALUES (...)`, one row and nothing after it.
+    Insert {
+        table: &'s str,
+        head: &'s str,
+        row: &'s str,
+    },
+    /// Another statement on one table (`UPDATE t`, `DELETE FROM t`, an insert with `ON
+    /// CONFLICT`).
+    Touches(&'s str),
+    /// Anything else.
+    Other,
+}
+
+fn shape(sql_text: &str) -> Shape<'_> {
+    let text = sql_text.trim();
+    let mut words = text.split_whitespace();
+    let table = match (words.next(), words.next(), words.next()) {
+        (Some("INSERT"), Some("INTO"), Some(t)) | (Some("DELETE"), Some("FROM"), Some(t)) => t,
+        (Some("UPDATE"), Some(t), _) => t,
+        _ => return Shape::Other,
+    };
+    // `vms (id, ...` names the table `vms`.
+    let table = table.split('(').next().unwrap_or(table);
+    if text.starts_with("INSERT")
+        && let Some(i) = text.find(" VALUES")
+    {
+        let (head, row) = text.split_at(i + " VALUES".len());
+        let row = row.trim();
+        // One parenthesised row and nothing after it (no ON CONFLICT, no RETURNING).
+        let closes_at_end = row.starts_with('(')
+            && row.ends_with(')')
+            && row[1..row.len() - 1]
+                .chars()
+                .try_fold(0i32, |depth, c| match c {
+                    '(' => Some(depth + 1),
+                    ')' if depth == 0 => None,
+                    ')' => Some(depth - 1),
+                    _ => Some(depth),
+                })
+                == Some(0);
+        if closes_at_end && !row.contains('\'') {
+            return Shape::Insert { table, head, row };
+        }
+    }
+    Shape::Touches(table)
+}
+
 impl Pg {
+    /// Keeps a statement for the next [`Db::flush`]: a one-row insert joins the other rows of
+    /// its statement; any other statement goes after the rows inserted so far into its table
+    /// (all tables when it names none), so that every statement still sees what was written
+    /// before it. Inserts into different tables may reach the server in another order than
+    /// they were made: the store's tables have no foreign keys or triggers between them.
+    fn defer(&mut self, sql_text: &str, args: &[Value]) {
+        self.n_pending += 1;
+        match shape(sql_text) {
+            Shape::Insert { table, head, row } => {
+                if let Some(rows) = self.inserts.iter_mut().find(|r| r.head == head) {
+                    rows.rows.push_str(", ");
+                    inline(row, args, &mut rows.rows);
+                    return;
+                }
+                self.close_inserts(Some(table));
+                let mut rows = InsertRows {
+                    table: table.to_owned(),
+                    head: head.to_owned(),
+                    rows: String::new(),
+                };
+                inline(row, args, &mut rows.rows);
+                self.inserts.push(rows);
+            }
+            Shape::Touches(table) => {
+                self.close_inserts(Some(table));
+                inline(sql_text, args, &mut self.pending);
+                self.pending.push_str(";\n");
+            }
+            Shape::Other => {
+                self.close_inserts(None);
+                inline(sql_text, args, &mut self.pending);
+                self.pending.push_str(";\n");
+            }
+        }
+    }
+
+    /// Moves the rows kept for `table` (every table's for `None`) into `pending`, as one
+    /// multi-row insert per statement, in the order the statements came.
+    fn close_inserts(&mut self, table: Option<&str>) {
+        let mut kept = Vec::new();
+        for rows in std::mem::take(&mut self.inserts) {
+            if table.is_none_or(|t| t == rows.table) {
+                self.pending.push_str(&rows.head);
+                self.pending.push(' ');
+                self.pending.push_str(&rows.rows);
+                self.pending.push_str(";\n");
+            } else {
+                kept.push(rows);
+            }
+        }
+        self.inserts = kept;
+    }
+
     /// The prepared statement for `sql_text`, prepared once.
     fn statement(&mut self, sql_text: &str) -> Result<postgres::Statement, DbError> {
         if let Some(s) = self.statements.get(sql_text) {
@@ -905,6 +1022,37 @@ mod tests {
     }
 
     #[test]
+    fn deferred_statements_are_told_apart() {
+        assert_eq!(
+            shape("INSERT INTO vms (id, request) VALUES (?1, ?2)"),
+            Shape::Insert {
+                table: "vms",
+                head: "INSERT INTO vms (id, request) VALUES",
+                row: "(?1, ?2)"
+            }
+        );
+        assert_eq!(
+            shape("\n  INSERT INTO t(a) VALUES (?1, coalesce(?2, 0))\n"),
+            Shape::Insert {
+                table: "t",
+                head: "INSERT INTO t(a) VALUES",
+                row: "(?1, coalesce(?2, 0))"
+            }
+        );
+        for touches in [
+            "INSERT INTO t (name) VALUES (?1) ON CONFLICT (name) DO NOTHING",
+            "INSERT INTO t (a) VALUES (?1), (?2)",
+            "INSERT INTO t (a) VALUES (')')",
+            "UPDATE t SET a = ?2 WHERE id = ?1",
+            "DELETE FROM t WHERE id = ?1",
+        ] {
+            assert_eq!(shape(touches), Shape::Touches("t"), "{touches}");
+        }
+        assert_eq!(shape("UPDATE vms SET a = 1"), Shape::Touches("vms"));
+        assert_eq!(shape("SELECT 1"), Shape::Other);
+    }
+
+    #[test]
     fn deferred_arguments_are_written_in_as_literals() {
         let mut out = String::new();
         inline(
@@ -964,6 +1112,14 @@ mod tests {
                 .map_err(sql("inserting"))?;
                 db.execute_later("UPDATE t SET a = a || ?2 WHERE n = ?1", args![0i64, "!"])
                     .map_err(sql("updating"))?;
+                // An insert after the update, and an update of that row: still in order.
+                db.execute_later(
+                    "INSERT INTO t (n, a, b, r) VALUES (?1, ?2, ?3, ?4)",
+                    args![1000i64, "late", vec![], None::<f64>],
+                )
+                .map_err(sql("inserting"))?;
+                db.execute_later("UPDATE t SET a = a || ?2 WHERE n = ?1", args![1000i64, "!"])
+                    .map_err(sql("updating"))?;
                 Ok(())
             })
             .unwrap();
@@ -986,6 +1142,7 @@ mod tests {
                     Some(0.25),
                 ));
             }
+            want.push((1000, Some("late!".into()), vec![], None));
             want.sort_by_key(|w| w.0);
             assert_eq!(rows, want, "{at:?}");
             // A deferred statement that fails fails the transaction, and nothing of it stays.
@@ -998,7 +1155,7 @@ mod tests {
             });
             assert!(r.unwrap_err().to_string().contains("nowhere"), "{at:?}");
             let n = db.row("SELECT count(*) FROM t", &[], |r| r.i64(0)).unwrap();
-            assert_eq!(n, Some(texts.len() as i64 + 1), "{at:?}");
+            assert_eq!(n, Some(texts.len() as i64 + 2), "{at:?}");
         }
     }
 
