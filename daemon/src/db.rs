@@ -685,23 +685,35 @@ impl Db {
         if self.is_closed() {
             self.reconnect()?;
         }
-        let begin = match self.engine() {
-            Engine::Sqlite => "BEGIN IMMEDIATE",
-            Engine::Postgres => "BEGIN",
-        };
-        self.batch(begin).map_err(sql(what))?;
-        // Deferred statements are sent before the commit; one that fails fails the transaction.
-        match f(self).and_then(|v| self.flush().map(|()| v).map_err(sql(what))) {
-            Ok(v) => {
-                self.batch("COMMIT").map_err(sql(what))?;
-                Ok(v)
-            }
+        self.flush().map_err(sql(what))?;
+        match self {
+            Db::Sqlite(_) => self.batch("BEGIN IMMEDIATE").map_err(sql(what))?,
+            // Sent with the transaction's first statement that is not deferred, or with its
+            // deferred ones and the commit: a transaction of deferred writes is one round trip.
+            Db::Postgres(pg) => pg.pending.push_str("BEGIN;\n"),
+        }
+        // A deferred statement that fails fails the commit (the server skips the rest of the
+        // round trip, the COMMIT too), and the transaction is rolled back.
+        match f(self).and_then(|v| self.commit().map(|()| v).map_err(sql(what))) {
+            Ok(v) => Ok(v),
             Err(e) => {
                 self.forget_pending();
                 if let Err(rollback) = self.batch("ROLLBACK") {
                     tracing::warn!(error = %rollback, "rolling back a failed transaction");
                 }
                 Err(e)
+            }
+        }
+    }
+
+    /// Commits the transaction [`Db::transaction`] began, with the statements deferred.
+    fn commit(&mut self) -> Result<(), DbError> {
+        match self {
+            Db::Sqlite(_) => self.batch("COMMIT"),
+            Db::Postgres(pg) => {
+                pg.close_inserts(None);
+                pg.pending.push_str("COMMIT;\n");
+                self.flush()
             }
         }
     }
