@@ -19,7 +19,8 @@ pub struct ServeArgs {
     #[arg(long)]
     data_dir: Option<PathBuf>,
     /// The store, instead of SQLite in the data directory: a PostgreSQL URL
-    /// (`postgres://USER:PASSWORD@HOST:PORT/DATABASE`; the config's `store` otherwise).
+    /// (`postgres://USER:PASSWORD@HOST:PORT/DATABASE`, TLS by `?sslmode=`; the config's `store`
+    /// otherwise).
     #[arg(long)]
     store: Option<String>,
     /// The address to listen on (default 127.0.0.1:7878).

@@ -3,6 +3,10 @@
 //! of state changes, drain forecasts and a restart with 10,000 running VMs. Run with
 //! `cargo bench -p berth-benches --bench daemon`.
 //!
+//! With a PostgreSQL server in `BERTH_TEST_POSTGRES` (a URL ending in `/postgres`, as for the
+//! tests), the burst and list benchmarks run again on it (`daemon/pg/…`), each daemon on a fresh
+//! database of its own, dropped after it.
+//!
 //! Each timed run of the burst, control-loop and restart benchmarks has a fresh daemon and
 //! database, made and torn down outside the time measured; the list and forecast benchmarks ask
 //! one loaded daemon again and again. The control loop's rate is counted from the daemon's event
@@ -23,17 +27,66 @@ use criterion::{
 };
 use serde_json::json;
 
-/// A daemon in this process, on a loopback port, with its data in a temporary directory.
+/// Where a benchmark's daemon keeps its store.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Engine {
+    Sqlite,
+    Postgres,
+}
+
+impl Engine {
+    /// SQLite always; PostgreSQL too when `BERTH_TEST_POSTGRES` names a server.
+    fn available() -> Vec<Engine> {
+        let pg = std::env::var(berth_testkit::postgres::SERVER_VAR).is_ok_and(|v| !v.is_empty());
+        if !pg {
+            eprintln!(
+                "{} is not set: the daemon/pg/... benchmarks do not run",
+                berth_testkit::postgres::SERVER_VAR
+            );
+        }
+        let mut out = vec![Engine::Sqlite];
+        if pg {
+            out.push(Engine::Postgres);
+        }
+        out
+    }
+
+    /// The benchmark group's prefix: `daemon/` or `daemon/pg/`.
+    fn group(self, name: &str) -> String {
+        match self {
+            Engine::Sqlite => format!("daemon/{name}"),
+            Engine::Postgres => format!("daemon/pg/{name}"),
+        }
+    }
+}
+
+/// A daemon in this process, on a loopback port, with its data in a temporary directory and its
+/// store there (SQLite) or in a fresh PostgreSQL database.
 struct Bench {
     rt: tokio::runtime::Runtime,
     daemon: Option<Daemon>,
     api: Api,
     config: String,
     dir: tempfile::TempDir,
+    /// Dropped after the daemon has stopped (fields drop after `Drop::drop`).
+    _database: Option<berth_testkit::postgres::Database>,
 }
 
 impl Bench {
     fn start(config: &str) -> Bench {
+        Bench::start_on(Engine::Sqlite, config)
+    }
+
+    fn start_on(engine: Engine, config: &str) -> Bench {
+        let (database, config) = match engine {
+            Engine::Sqlite => (None, config.to_owned()),
+            Engine::Postgres => {
+                let db = berth_testkit::postgres::fresh_database().unwrap();
+                let config = format!("store = \"{}\"\n{config}", db.url());
+                (Some(db), config)
+            }
+        };
+        let config = config.as_str();
         let dir = tempfile::tempdir().unwrap();
         let rt = tokio::runtime::Builder::new_multi_thread()
             .enable_all()
@@ -50,6 +103,7 @@ impl Bench {
             api,
             config: config.to_owned(),
             dir,
+            _database: database,
         }
     }
 
@@ -111,8 +165,8 @@ const QUIET: &str = "[sim]\nlatency_scale = 1.0\n[probe]\ninterval_ms = 60000\n"
 
 /// 2,000 one-VM requests from `n_clients` concurrent clients; the time until the last is
 /// answered (each answer comes after its batch is committed).
-fn burst_of_requests(n_clients: usize) -> Duration {
-    let b = Bench::start(QUIET);
+fn burst_of_requests(engine: Engine, n_clients: usize) -> Duration {
+    let b = Bench::start_on(engine, QUIET);
     let next = Arc::new(AtomicUsize::new(0));
     let start = Instant::now();
     let clients: Vec<_> = (0..n_clients)
@@ -139,8 +193,8 @@ fn burst_of_requests(n_clients: usize) -> Duration {
 }
 
 /// One request of 2,000 VMs.
-fn burst_in_one_request() -> Duration {
-    let b = Bench::start(QUIET);
+fn burst_in_one_request(engine: Engine) -> Duration {
+    let b = Bench::start_on(engine, QUIET);
     let start = Instant::now();
     let r = b.api.ok(
         "POST",
@@ -153,25 +207,37 @@ fn burst_in_one_request() -> Duration {
 }
 
 fn bursts(c: &mut Criterion) {
-    let mut group = c.benchmark_group("daemon/burst");
-    one_run_per_sample(&mut group, Duration::from_millis(200));
-    group.throughput(Throughput::Elements(2000));
-    for n_clients in [16, 32] {
-        group.bench_function(format!("requests_2000_one_vm_{n_clients}_clients"), |b| {
-            b.iter_custom(|runs| (0..runs).map(|_| burst_of_requests(n_clients)).sum());
+    for engine in Engine::available() {
+        let mut group = c.benchmark_group(engine.group("burst"));
+        one_run_per_sample(&mut group, Duration::from_millis(200));
+        group.throughput(Throughput::Elements(2000));
+        for n_clients in [16, 32] {
+            group.bench_function(format!("requests_2000_one_vm_{n_clients}_clients"), |b| {
+                b.iter_custom(|runs| {
+                    (0..runs)
+                        .map(|_| burst_of_requests(engine, n_clients))
+                        .sum()
+                });
+            });
+        }
+        group.throughput(Throughput::Elements(1));
+        one_run_per_sample(&mut group, Duration::from_millis(10));
+        group.bench_function("one_request_2000_vms", |b| {
+            b.iter_custom(|runs| (0..runs).map(|_| burst_in_one_request(engine)).sum());
         });
+        group.finish();
     }
-    group.throughput(Throughput::Elements(1));
-    one_run_per_sample(&mut group, Duration::from_millis(10));
-    group.bench_function("one_request_2000_vms", |b| {
-        b.iter_custom(|runs| (0..runs).map(|_| burst_in_one_request()).sum());
-    });
-    group.finish();
+}
+
+fn list(c: &mut Criterion) {
+    for engine in Engine::available() {
+        list_on(c, engine);
+    }
 }
 
 /// `GET /v1/vms` returning 100,000 VMs (50 requests of 2,000, mostly queued), read to the end.
-fn list(c: &mut Criterion) {
-    let b = Bench::start(QUIET);
+fn list_on(c: &mut Criterion, engine: Engine) {
+    let b = Bench::start_on(engine, QUIET);
     for _ in 0..50 {
         b.api.ok(
             "POST",
@@ -181,7 +247,7 @@ fn list(c: &mut Criterion) {
     }
     let agent = ureq::AgentBuilder::new().build();
     let token = b.api.token.clone().unwrap();
-    let mut group = c.benchmark_group("daemon/list");
+    let mut group = c.benchmark_group(engine.group("list"));
     group
         .sample_size(10)
         .sampling_mode(SamplingMode::Flat)

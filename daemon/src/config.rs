@@ -35,8 +35,10 @@ pub fn default_data_dir() -> PathBuf {
 pub struct FileConfig {
     pub listen: Option<String>,
     pub data_dir: Option<PathBuf>,
-    /// Where the journal and state tables live: a `postgres://` URL (TLS when it says
-    /// `sslmode=require`), or left out for SQLite in the data directory.
+    /// Where the journal and state tables live: a `postgres://` URL, or left out for SQLite in
+    /// the data directory. TLS follows the URL's `sslmode` as libpq reads it: `disable`,
+    /// `prefer` (the default), `require`, `verify-ca` or `verify-full`, checked against
+    /// `sslrootcert=FILE` (or the system's roots); see `pg_tls`.
     pub store: Option<String>,
     #[serde(default)]
     pub scheduler: SchedSection,

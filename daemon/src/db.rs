@@ -10,13 +10,15 @@
 //!
 //! PostgreSQL's client is blocking (`postgres`, over `tokio-postgres` on a runtime of its own),
 //! so a call on a thread of the daemon's runtime gives that thread away first (see
-//! [`blocking`]).
+//! [`blocking`]). TLS to the server follows the URL's `sslmode` as libpq reads it
+//! ([`crate::pg_tls`]).
 
 use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
 use crate::DaemonError;
+use crate::pg_tls::{ConnectError, PgTarget};
 
 /// Where the store is.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -34,6 +36,11 @@ impl StoreAt {
         match named {
             None => Ok(StoreAt::Sqlite(default.to_owned())),
             Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+                // Read now, so that a wrong sslmode stops the start before anything else.
+                PgTarget::parse(url).map_err(|why| DaemonError::Config {
+                    key: "store".into(),
+                    message: format!("{}: {why}", redact(url)),
+                })?;
                 Ok(StoreAt::Postgres(url.to_owned()))
             }
             Some(other) => Err(DaemonError::Config {
@@ -86,6 +93,13 @@ pub enum Engine {
 pub enum DbError {
     Sqlite(rusqlite::Error),
     Postgres(postgres::Error),
+    /// Connecting to PostgreSQL failed: the server's URL (without its password), why, and what
+    /// a refused certificate was checked against.
+    Connect {
+        at: String,
+        source: ConnectError,
+        checked_against: Option<String>,
+    },
     /// A column held what its reader did not expect.
     Column {
         index: usize,
@@ -97,17 +111,63 @@ impl fmt::Display for DbError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             DbError::Sqlite(e) => e.fmt(f),
-            // The server's own message (with its detail) rather than only "db error".
-            DbError::Postgres(e) => match e.as_db_error() {
-                Some(db) => write!(f, "{} ({})", db.message(), db.code().code()),
-                None => e.fmt(f),
-            },
+            DbError::Postgres(e) => pg_message(e, f),
+            DbError::Connect {
+                at,
+                source,
+                checked_against,
+            } => {
+                write!(f, "{at}: ")?;
+                match source {
+                    ConnectError::Tls(why) => f.write_str(why),
+                    ConnectError::Postgres(e) => {
+                        pg_message(e, f)?;
+                        match checked_against {
+                            Some(checked) if refused_certificate(e) => write!(f, " ({checked})"),
+                            _ => Ok(()),
+                        }
+                    }
+                }
+            }
             DbError::Column { index, message } => write!(f, "column {index}: {message}"),
         }
     }
 }
 
 impl std::error::Error for DbError {}
+
+/// The server's own message (with its code) rather than only "db error".
+fn pg_message(e: &postgres::Error, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+    match e.as_db_error() {
+        Some(db) => write!(f, "{} ({})", db.message(), db.code().code()),
+        None => f.write_str(&crate::pg_tls::with_causes(e)),
+    }
+}
+
+/// Whether a connection failed on the server's certificate.
+fn refused_certificate(e: &postgres::Error) -> bool {
+    let mut next: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(cause) = next {
+        let tls = cause
+            .downcast_ref::<tokio_rustls::rustls::Error>()
+            .or_else(|| {
+                // An I/O error hides the error it wraps from `source`.
+                cause
+                    .downcast_ref::<std::io::Error>()
+                    .and_then(std::io::Error::get_ref)
+                    .and_then(|inner| inner.downcast_ref::<tokio_rustls::rustls::Error>())
+            });
+        if let Some(tls) = tls {
+            return matches!(
+                tls,
+                tokio_rustls::rustls::Error::InvalidCertificate(_)
+                    | tokio_rustls::rustls::Error::NoCertificatesPresented
+            );
+        }
+        next = cause.source();
+    }
+    false
+}
 
 impl From<rusqlite::Error> for DbError {
     fn from(e: rusqlite::Error) -> DbError {
@@ -127,7 +187,13 @@ impl DbError {
     /// that failed on its own.
     pub fn is_unreachable(&self) -> bool {
         match self {
-            DbError::Postgres(e) => {
+            // A server not up yet or gone, a handshake cut short: worth another try. Settings
+            // that cannot work (an unreadable sslrootcert) are not.
+            DbError::Connect {
+                source: ConnectError::Postgres(e),
+                ..
+            }
+            | DbError::Postgres(e) => {
                 e.is_closed()
                     || e.as_db_error().is_none_or(|db| {
                         let code = db.code().code();
@@ -403,7 +469,17 @@ pub struct Pg {
     client: Client,
     /// Settings made again on every reconnection (`set_session`).
     session: Vec<String>,
-    url: String,
+    target: PgTarget,
+    /// The URL without its password, for errors.
+    shown: String,
+    /// Statements of [`Db::execute_later`] not sent yet, their arguments written in as
+    /// literals, `;`-separated: sent together in one round trip.
+    pending: String,
+    n_pending: usize,
+    /// Rows of deferred `INSERT ... VALUES (...)` statements not yet in `pending`, one
+    /// multi-row insert per statement text, so that a batch's thousands of rows cost the
+    /// server a few statements rather than thousands.
+    inserts: Vec<InsertRows>,
     statements: HashMap<String, postgres::Statement>,
 }
 
@@ -445,6 +521,10 @@ impl Drop for Client {
     }
 }
 
+/// Statements [`Db::execute_later`] holds at most before it sends them (a 2,000-VM batch
+/// writes about 8,000).
+const PG_PENDING_MAX: usize = 4096;
+
 /// Statements a connection keeps prepared at most (the store's are a few dozen; filters
 /// make a few more).
 const PG_STATEMENTS_MAX: usize = 512;
@@ -472,12 +552,21 @@ impl Db {
                         message: "PostgreSQL needs the daemon's multi-threaded runtime".into(),
                     });
                 }
-                let client =
-                    blocking(|| pg_connect(url)).map_err(sql("connecting to PostgreSQL"))?;
+                let shown = at.display();
+                let target = PgTarget::parse(url).map_err(|why| DaemonError::Config {
+                    key: "store".into(),
+                    message: format!("{shown}: {why}"),
+                })?;
+                let client = blocking(|| pg_connect(&target, &shown))
+                    .map_err(sql("connecting to PostgreSQL"))?;
                 Ok(Db::Postgres(Box::new(Pg {
                     client: Client(Some(client)),
                     session: Vec::new(),
-                    url: url.clone(),
+                    target,
+                    shown,
+                    pending: String::new(),
+                    n_pending: 0,
+                    inserts: Vec::new(),
                     statements: HashMap::new(),
                 })))
             }
@@ -493,14 +582,57 @@ impl Db {
 
     /// Runs `sql` (no arguments; several statements allowed).
     pub fn batch(&mut self, sql_text: &str) -> Result<(), DbError> {
+        self.flush()?;
         match self {
             Db::Sqlite(c) => Ok(c.execute_batch(sql_text)?),
             Db::Postgres(pg) => Ok(blocking(|| pg.client.batch_execute(sql_text))?),
         }
     }
 
+    /// Runs one statement whose count of rows is not needed, at the latest before the next
+    /// statement that is not deferred, or the commit: SQLite runs it now (a call costs no
+    /// round trip); PostgreSQL sends the statements deferred so together, in one round trip
+    /// (the simple query protocol, the arguments written in as literals), rather than one
+    /// round trip each. An error shows when they are sent.
+    pub fn execute_later(&mut self, sql_text: &str, args: &[Value]) -> Result<(), DbError> {
+        match self {
+            Db::Sqlite(_) => self.execute(sql_text, args).map(|_| ()),
+            Db::Postgres(pg) => {
+                pg.defer(sql_text, args);
+                if pg.n_pending >= PG_PENDING_MAX {
+                    self.flush()?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Sends the statements of [`Db::execute_later`] not sent yet.
+    pub fn flush(&mut self) -> Result<(), DbError> {
+        if let Db::Postgres(pg) = self {
+            pg.close_inserts(None);
+            if pg.pending.is_empty() {
+                return Ok(());
+            }
+            let text = std::mem::take(&mut pg.pending);
+            pg.n_pending = 0;
+            blocking(|| pg.client.batch_execute(&text))?;
+        }
+        Ok(())
+    }
+
+    /// Drops the statements of [`Db::execute_later`] not sent yet (a transaction rolled back).
+    fn forget_pending(&mut self) {
+        if let Db::Postgres(pg) = self {
+            pg.pending.clear();
+            pg.inserts.clear();
+            pg.n_pending = 0;
+        }
+    }
+
     /// Runs one statement; returns the rows it changed.
     pub fn execute(&mut self, sql_text: &str, args: &[Value]) -> Result<u64, DbError> {
+        self.flush()?;
         match self {
             Db::Sqlite(c) => {
                 let mut stmt = c.prepare_cached(sql_text)?;
@@ -531,6 +663,7 @@ impl Db {
         args: &[Value],
         mut f: impl FnMut(Row<'_>) -> Result<bool, E>,
     ) -> Result<(), E> {
+        self.flush()?;
         match self {
             Db::Sqlite(c) => {
                 let mut stmt = c.prepare_cached(sql_text).map_err(DbError::from)?;
@@ -599,21 +732,35 @@ impl Db {
         if self.is_closed() {
             self.reconnect()?;
         }
-        let begin = match self.engine() {
-            Engine::Sqlite => "BEGIN IMMEDIATE",
-            Engine::Postgres => "BEGIN",
-        };
-        self.batch(begin).map_err(sql(what))?;
-        match f(self) {
-            Ok(v) => {
-                self.batch("COMMIT").map_err(sql(what))?;
-                Ok(v)
-            }
+        self.flush().map_err(sql(what))?;
+        match self {
+            Db::Sqlite(_) => self.batch("BEGIN IMMEDIATE").map_err(sql(what))?,
+            // Sent with the transaction's first statement that is not deferred, or with its
+            // deferred ones and the commit: a transaction of deferred writes is one round trip.
+            Db::Postgres(pg) => pg.pending.push_str("BEGIN;\n"),
+        }
+        // A deferred statement that fails fails the commit (the server skips the rest of the
+        // round trip, the COMMIT too), and the transaction is rolled back.
+        match f(self).and_then(|v| self.commit().map(|()| v).map_err(sql(what))) {
+            Ok(v) => Ok(v),
             Err(e) => {
+                self.forget_pending();
                 if let Err(rollback) = self.batch("ROLLBACK") {
                     tracing::warn!(error = %rollback, "rolling back a failed transaction");
                 }
                 Err(e)
+            }
+        }
+    }
+
+    /// Commits the transaction [`Db::transaction`] began, with the statements deferred.
+    fn commit(&mut self) -> Result<(), DbError> {
+        match self {
+            Db::Sqlite(_) => self.batch("COMMIT"),
+            Db::Postgres(pg) => {
+                pg.close_inserts(None);
+                pg.pending.push_str("COMMIT;\n");
+                self.flush()
             }
         }
     }
@@ -628,9 +775,10 @@ impl Db {
 
     /// Connects again in place (after the server restarted or the network dropped).
     pub fn reconnect(&mut self) -> Result<(), DaemonError> {
+        self.forget_pending();
         if let Db::Postgres(pg) = self {
-            let client =
-                blocking(|| pg_connect(&pg.url)).map_err(sql("reconnecting to PostgreSQL"))?;
+            let client = blocking(|| pg_connect(&pg.target, &pg.shown))
+                .map_err(sql("reconnecting to PostgreSQL"))?;
             pg.client = Client(Some(client));
             pg.statements.clear();
             for setting in pg.session.clone() {
@@ -653,7 +801,118 @@ impl Db {
     }
 }
 
+/// The rows of deferred inserts of one statement text: `head` (`INSERT INTO t (...) VALUES`)
+/// and the rows so far, `(...), (...)`.
+struct InsertRows {
+    table: String,
+    head: String,
+    rows: String,
+}
+
+/// What a deferred statement is, for the order it must keep.
+#[derive(Debug, PartialEq, Eq)]
+enum Shape<'s> {
+    /// `INSERT INTO table (...) VALUES (...)`, one row and nothing after it.
+    Insert {
+        table: &'s str,
+        head: &'s str,
+        row: &'s str,
+    },
+    /// Another statement on one table (`UPDATE t`, `DELETE FROM t`, an insert with `ON
+    /// CONFLICT`).
+    Touches(&'s str),
+    /// Anything else.
+    Other,
+}
+
+fn shape(sql_text: &str) -> Shape<'_> {
+    let text = sql_text.trim();
+    let mut words = text.split_whitespace();
+    let table = match (words.next(), words.next(), words.next()) {
+        (Some("INSERT"), Some("INTO"), Some(t)) | (Some("DELETE"), Some("FROM"), Some(t)) => t,
+        (Some("UPDATE"), Some(t), _) => t,
+        _ => return Shape::Other,
+    };
+    // `vms (id, ...` names the table `vms`.
+    let table = table.split('(').next().unwrap_or(table);
+    if text.starts_with("INSERT")
+        && let Some(i) = text.find(" VALUES")
+    {
+        let (head, row) = text.split_at(i + " VALUES".len());
+        let row = row.trim();
+        // One parenthesised row and nothing after it (no ON CONFLICT, no RETURNING).
+        let closes_at_end = row.starts_with('(')
+            && row.ends_with(')')
+            && row[1..row.len() - 1]
+                .chars()
+                .try_fold(0i32, |depth, c| match c {
+                    '(' => Some(depth + 1),
+                    ')' if depth == 0 => None,
+                    ')' => Some(depth - 1),
+                    _ => Some(depth),
+                })
+                == Some(0);
+        if closes_at_end && !row.contains('\'') {
+            return Shape::Insert { table, head, row };
+        }
+    }
+    Shape::Touches(table)
+}
+
 impl Pg {
+    /// Keeps a statement for the next [`Db::flush`]: a one-row insert joins the other rows of
+    /// its statement; any other statement goes after the rows inserted so far into its table
+    /// (all tables when it names none), so that every statement still sees what was written
+    /// before it. Inserts into different tables may reach the server in another order than
+    /// they were made: the store's tables have no foreign keys or triggers between them.
+    fn defer(&mut self, sql_text: &str, args: &[Value]) {
+        self.n_pending += 1;
+        match shape(sql_text) {
+            Shape::Insert { table, head, row } => {
+                if let Some(rows) = self.inserts.iter_mut().find(|r| r.head == head) {
+                    rows.rows.push_str(", ");
+                    inline(row, args, &mut rows.rows);
+                    return;
+                }
+                self.close_inserts(Some(table));
+                let mut rows = InsertRows {
+                    table: table.to_owned(),
+                    head: head.to_owned(),
+                    rows: String::new(),
+                };
+                inline(row, args, &mut rows.rows);
+                self.inserts.push(rows);
+            }
+            Shape::Touches(table) => {
+                self.close_inserts(Some(table));
+                inline(sql_text, args, &mut self.pending);
+                self.pending.push_str(";\n");
+            }
+            Shape::Other => {
+                self.close_inserts(None);
+                inline(sql_text, args, &mut self.pending);
+                self.pending.push_str(";\n");
+            }
+        }
+    }
+
+    /// Moves the rows kept for `table` (every table's for `None`) into `pending`, as one
+    /// multi-row insert per statement, in the order the statements came.
+    fn close_inserts(&mut self, table: Option<&str>) {
+        let mut kept = Vec::new();
+        for rows in std::mem::take(&mut self.inserts) {
+            if table.is_none_or(|t| t == rows.table) {
+                self.pending.push_str(&rows.head);
+                self.pending.push(' ');
+                self.pending.push_str(&rows.rows);
+                self.pending.push_str(";\n");
+            } else {
+                kept.push(rows);
+            }
+        }
+        self.inserts = kept;
+    }
+
     /// The prepared statement for `sql_text`, prepared once.
     fn statement(&mut self, sql_text: &str) -> Result<postgres::Statement, DbError> {
         if let Some(s) = self.statements.get(sql_text) {
@@ -674,14 +933,66 @@ fn pg_args(args: &[Value]) -> Vec<&(dyn postgres::types::ToSql + Sync)> {
         .collect()
 }
 
-fn pg_connect(url: &str) -> Result<postgres::Client, postgres::Error> {
-    postgres::Client::connect(url, postgres::NoTls)
+fn pg_connect(target: &PgTarget, shown: &str) -> Result<postgres::Client, DbError> {
+    target.connect().map_err(|source| DbError::Connect {
+        at: shown.to_owned(),
+        source,
+        checked_against: target.checked_against(),
+    })
 }
 
 /// SQLite's placeholders as PostgreSQL's: `?N` becomes `$N`, and a bare `?` the next number;
 /// nothing inside a quoted string or identifier changes.
 pub fn placeholders(sql_text: &str) -> String {
     let mut out = String::with_capacity(sql_text.len() + 8);
+    rewrite_placeholders(sql_text, &mut out, |n, out| {
+        out.push('$');
+        out.push_str(&n.to_string());
+    });
+    out
+}
+
+/// `sql_text` with each placeholder replaced by its argument written as a PostgreSQL literal,
+/// appended to `out`: integers and reals as numbers, text as an escape string (`E'...'`, which
+/// reads the same whatever `standard_conforming_strings` says), blobs through `decode`. A
+/// placeholder without its argument becomes `NULL` (as an unbound parameter would be).
+fn inline(sql_text: &str, args: &[Value], out: &mut String) {
+    use std::fmt::Write;
+    rewrite_placeholders(sql_text, out, |n, out| {
+        let value = (n as usize).checked_sub(1).and_then(|i| args.get(i));
+        // Writing to a String cannot fail.
+        let _ = match value {
+            None | Some(Value::Null) => write!(out, "NULL"),
+            Some(Value::Int(v)) => write!(out, "({v}::BIGINT)"),
+            Some(Value::Real(v)) if v.is_finite() => write!(out, "({v:?}::DOUBLE PRECISION)"),
+            Some(Value::Real(v)) => write!(out, "'{v}'::DOUBLE PRECISION"),
+            Some(Value::Text(v)) => {
+                out.push_str("E'");
+                for c in v.chars() {
+                    match c {
+                        '\'' => out.push_str("''"),
+                        '\\' => out.push_str("\\\\"),
+                        // As `to_sql` writes it: PostgreSQL's text holds no NUL.
+                        '\0' => out.push('\u{FFFD}'),
+                        c => out.push(c),
+                    }
+                }
+                write!(out, "'")
+            }
+            Some(Value::Blob(v)) => {
+                out.push_str("decode('");
+                for b in v {
+                    let _ = write!(out, "{b:02x}");
+                }
+                write!(out, "', 'hex')")
+            }
+        };
+    });
+}
+
+/// Copies `sql_text` to `out`, with `put(n, out)` in place of each placeholder (`?N`, or a bare
+/// `?` counted in order); nothing inside a quoted string or identifier changes.
+fn rewrite_placeholders(sql_text: &str, out: &mut String, mut put: impl FnMut(u32, &mut String)) {
     let mut next = 0u32;
     let mut quote: Option<char> = None;
     let mut chars = sql_text.chars().peekable();
@@ -703,18 +1014,17 @@ pub fn placeholders(sql_text: &str) -> String {
                     digits.push(*d);
                     chars.next();
                 }
-                out.push('$');
-                if digits.is_empty() {
+                let n = if digits.is_empty() {
                     next += 1;
-                    out.push_str(&next.to_string());
+                    next
                 } else {
-                    out.push_str(&digits);
-                }
+                    digits.parse().unwrap_or(u32::MAX)
+                };
+                put(n, out);
             }
             None => out.push(c),
         }
     }
-    out
 }
 
 /// Runs `f`, which blocks (a PostgreSQL round trip), from wherever the caller is: on a thread
@@ -752,6 +1062,144 @@ mod tests {
             placeholders("SELECT \"a?b\" FROM t"),
             "SELECT \"a?b\" FROM t"
         );
+    }
+
+    #[test]
+    fn deferred_statements_are_told_apart() {
+        assert_eq!(
+            shape("INSERT INTO vms (id, request) VALUES (?1, ?2)"),
+            Shape::Insert {
+                table: "vms",
+                head: "INSERT INTO vms (id, request) VALUES",
+                row: "(?1, ?2)"
+            }
+        );
+        assert_eq!(
+            shape("\n  INSERT INTO t(a) VALUES (?1, coalesce(?2, 0))\n"),
+            Shape::Insert {
+                table: "t",
+                head: "INSERT INTO t(a) VALUES",
+                row: "(?1, coalesce(?2, 0))"
+            }
+        );
+        for touches in [
+            "INSERT INTO t (name) VALUES (?1) ON CONFLICT (name) DO NOTHING",
+            "INSERT INTO t (a) VALUES (?1), (?2)",
+            "INSERT INTO t (a) VALUES (')')",
+            "UPDATE t SET a = ?2 WHERE id = ?1",
+            "DELETE FROM t WHERE id = ?1",
+        ] {
+            assert_eq!(shape(touches), Shape::Touches("t"), "{touches}");
+        }
+        assert_eq!(shape("UPDATE vms SET a = 1"), Shape::Touches("vms"));
+        assert_eq!(shape("SELECT 1"), Shape::Other);
+    }
+
+    #[test]
+    fn deferred_arguments_are_written_in_as_literals() {
+        let mut out = String::new();
+        inline(
+            "UPDATE t SET a = ?2, b = ?1, c = '?3' WHERE d = ?3 AND e = ?",
+            args![-5i64, "it's a \\ ?1", vec![0u8, 255], 1.5f64],
+            &mut out,
+        );
+        assert_eq!(
+            out,
+            "UPDATE t SET a = E'it''s a \\\\ ?1', b = (-5::BIGINT), c = '?3' \
+             WHERE d = decode('00ff', 'hex') AND e = (-5::BIGINT)"
+        );
+    }
+
+    /// What `execute_later` writes reads back the same on either engine, and a transaction
+    /// that fails after it leaves nothing.
+    #[test]
+    fn deferred_statements_write_what_they_say_on_either_engine() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut ats = vec![StoreAt::Sqlite(dir.path().join("t.db"))];
+        let pg = berth_testkit::postgres::fresh_database();
+        if let Some(pg) = &pg {
+            ats.push(StoreAt::Postgres(pg.url().to_owned()));
+        }
+        let rt = tokio::runtime::Builder::new_multi_thread().build().unwrap();
+        let _in_runtime = rt.enter();
+        let texts = [
+            "it's",
+            "back\\slash",
+            "a ? mark",
+            "ünïcode \u{1f680}",
+            "",
+            "E'x'",
+        ];
+        for at in ats {
+            let mut db = Db::connect(&at).unwrap();
+            let blob = match db.engine() {
+                Engine::Sqlite => "BLOB",
+                Engine::Postgres => "BYTEA",
+            };
+            db.batch(&format!(
+                "CREATE TABLE t (n BIGINT, a TEXT, b {blob}, r DOUBLE PRECISION)"
+            ))
+            .unwrap();
+            db.transaction("filling", |db| {
+                for (i, text) in texts.iter().enumerate() {
+                    db.execute_later(
+                        "INSERT INTO t (n, a, b, r) VALUES (?1, ?2, ?3, ?4)",
+                        args![i as i64 * 10 - 20, *text, vec![i as u8, 0, 255], 0.25f64],
+                    )
+                    .map_err(sql("inserting"))?;
+                }
+                db.execute_later(
+                    "INSERT INTO t (n, a, b, r) VALUES (?1, ?2, ?3, ?4)",
+                    args![u64::MAX, None::<String>, vec![], None::<f64>],
+                )
+                .map_err(sql("inserting"))?;
+                db.execute_later("UPDATE t SET a = a || ?2 WHERE n = ?1", args![0i64, "!"])
+                    .map_err(sql("updating"))?;
+                // An insert after the update, and an update of that row: still in order.
+                db.execute_later(
+                    "INSERT INTO t (n, a, b, r) VALUES (?1, ?2, ?3, ?4)",
+                    args![1000i64, "late", vec![], None::<f64>],
+                )
+                .map_err(sql("inserting"))?;
+                db.execute_later("UPDATE t SET a = a || ?2 WHERE n = ?1", args![1000i64, "!"])
+                    .map_err(sql("updating"))?;
+                Ok(())
+            })
+            .unwrap();
+            let rows = db
+                .rows("SELECT n, a, b, r FROM t ORDER BY n", &[], |r| {
+                    Ok((r.i64(0)?, r.opt_text(1)?, r.bytes(2)?, r.opt_f64(3)?))
+                })
+                .unwrap();
+            let mut want = vec![(-1i64, None, vec![], None)];
+            for (i, text) in texts.iter().enumerate() {
+                let text = if i == 2 {
+                    format!("{text}!")
+                } else {
+                    text.to_string()
+                };
+                want.push((
+                    i as i64 * 10 - 20,
+                    Some(text),
+                    vec![i as u8, 0, 255],
+                    Some(0.25),
+                ));
+            }
+            want.push((1000, Some("late!".into()), vec![], None));
+            want.sort_by_key(|w| w.0);
+            assert_eq!(rows, want, "{at:?}");
+            // A deferred statement that fails fails the transaction, and nothing of it stays.
+            let r = db.transaction("failing", |db| {
+                db.execute_later("INSERT INTO t (n) VALUES (?1)", args![100i64])
+                    .map_err(sql("inserting"))?;
+                db.execute_later("INSERT INTO nowhere (n) VALUES (?1)", args![1i64])
+                    .map_err(sql("inserting"))?;
+                Ok(())
+            });
+            assert!(r.unwrap_err().to_string().contains("nowhere"), "{at:?}");
+            let n = db.row("SELECT count(*) FROM t", &[], |r| r.i64(0)).unwrap();
+            assert_eq!(n, Some(texts.len() as i64 + 2), "{at:?}");
+        }
     }
 
     #[test]

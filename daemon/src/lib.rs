@@ -25,6 +25,7 @@ pub mod logs;
 pub mod metrics;
 mod obs_api;
 mod orphan_start;
+pub mod pg_tls;
 pub mod pulses;
 mod routes;
 mod serve;

@@ -640,7 +640,8 @@ impl Store {
     }
 }
 
-/// The statements of a commit, inside its transaction.
+/// The statements of a commit, inside its transaction; none needs another's answer, so they
+/// go to PostgreSQL together ([`Db::execute_later`]).
 fn write_commit(db: &mut Db, c: &Commit) -> Result<(), DaemonError> {
     let mut new_requests: BTreeMap<u64, &WireRequest> = BTreeMap::new();
     let mut new_hosts: BTreeMap<u64, &WireHost> = BTreeMap::new();
@@ -649,7 +650,7 @@ fn write_commit(db: &mut Db, c: &Commit) -> Result<(), DaemonError> {
             seq: 0,
             message: e.to_string(),
         })?;
-        db.execute(
+        db.execute_later(
             "INSERT INTO journal (batch, at_ms, input) VALUES (?1, ?2, ?3)",
             args![c.batch, c.at_ms, text],
         )
@@ -662,7 +663,7 @@ fn write_commit(db: &mut Db, c: &Commit) -> Result<(), DaemonError> {
                 new_hosts.insert(host.id, host);
             }
             WireInput::Cancel { request } => {
-                db.execute(
+                db.execute_later(
                     "UPDATE requests SET ending = 'cancelled'
                      WHERE id = ?1 AND state IN ('waiting', 'active')",
                     args![*request],
@@ -671,7 +672,7 @@ fn write_commit(db: &mut Db, c: &Commit) -> Result<(), DaemonError> {
             }
             WireInput::SetTemplate { template } => {
                 let spec = serde_json::to_string(template).unwrap_or_default();
-                db.execute(
+                db.execute_later(
                     "INSERT INTO templates (name, spec, updated_ms) VALUES (?1, ?2, ?3)
                      ON CONFLICT (name) DO UPDATE SET spec = excluded.spec,
                      updated_ms = excluded.updated_ms",
@@ -696,21 +697,21 @@ fn write_commit(db: &mut Db, c: &Commit) -> Result<(), DaemonError> {
                 let host = host.map(|h| h.0);
                 let cause = cause.to_string();
                 if from.is_none() {
-                    db.execute(
+                    db.execute_later(
                         "INSERT INTO vms (id, request, host, state, cause, created_ms, updated_ms)
                          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)",
                         args![vm.0, request.0, host, to.name(), &cause, *at_ms],
                     )
                     .map_err(sql("writing vms"))?;
                 } else {
-                    db.execute(
+                    db.execute_later(
                         "UPDATE vms SET host = ?2, state = ?3, cause = ?4, updated_ms = ?5
                          WHERE id = ?1",
                         args![vm.0, host, to.name(), &cause, *at_ms],
                     )
                     .map_err(sql("writing vms"))?;
                 }
-                db.execute(
+                db.execute_later(
                     "INSERT INTO vm_history (vm, at_ms, from_state, to_state, host, cause)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                     args![
@@ -736,7 +737,7 @@ fn write_commit(db: &mut Db, c: &Commit) -> Result<(), DaemonError> {
                         continue;
                     };
                     let text = serde_json::to_string(spec).unwrap_or_default();
-                    db.execute(
+                    db.execute_later(
                         "INSERT INTO requests (id, template, count, spec, state, cause,
                          submitted_ms, updated_ms, change, account)
                          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, ?8, ?9)",
@@ -754,7 +755,7 @@ fn write_commit(db: &mut Db, c: &Commit) -> Result<(), DaemonError> {
                     )
                     .map_err(sql("writing requests"))?;
                 } else {
-                    db.execute(
+                    db.execute_later(
                         "UPDATE requests SET state = ?2, cause = ?3, updated_ms = ?4,
                          ending = CASE WHEN ?2 IN ('waiting', 'active') THEN ending END
                          WHERE id = ?1",
@@ -776,7 +777,7 @@ fn write_commit(db: &mut Db, c: &Commit) -> Result<(), DaemonError> {
                         continue;
                     };
                     let text = serde_json::to_string(spec).unwrap_or_default();
-                    db.execute(
+                    db.execute_later(
                         "INSERT INTO hosts (id, name, driver, spec, state, cause, added_ms,
                          updated_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7)",
                         args![
@@ -791,7 +792,7 @@ fn write_commit(db: &mut Db, c: &Commit) -> Result<(), DaemonError> {
                     )
                     .map_err(sql("writing hosts"))?;
                 } else {
-                    db.execute(
+                    db.execute_later(
                         "UPDATE hosts SET state = ?2, cause = ?3, updated_ms = ?4,
                          removed_ms = CASE WHEN ?2 = 'removed' THEN ?4 ELSE removed_ms END
                          WHERE id = ?1",
@@ -803,7 +804,7 @@ fn write_commit(db: &mut Db, c: &Commit) -> Result<(), DaemonError> {
         }
     }
     for a in &c.audits {
-        db.execute(
+        db.execute_later(
             "INSERT INTO audit (at_ms, who, role, action, target, outcome)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             args![a.at_ms, &a.who, &a.role, &a.action, &a.target, &a.outcome],
@@ -811,7 +812,7 @@ fn write_commit(db: &mut Db, c: &Commit) -> Result<(), DaemonError> {
         .map_err(sql("writing the audit log"))?;
     }
     for o in &c.orphans_kept {
-        db.execute(
+        db.execute_later(
             "INSERT INTO orphans (vm, host, found_ms, reason) VALUES (?1, ?2, ?3, ?4)
              ON CONFLICT (vm) DO UPDATE SET host = excluded.host,
              found_ms = excluded.found_ms, reason = excluded.reason",
@@ -820,18 +821,18 @@ fn write_commit(db: &mut Db, c: &Commit) -> Result<(), DaemonError> {
         .map_err(sql("writing orphans"))?;
     }
     for vm in &c.orphans_gone {
-        db.execute("DELETE FROM orphans WHERE vm = ?1", args![*vm])
+        db.execute_later("DELETE FROM orphans WHERE vm = ?1", args![*vm])
             .map_err(sql("writing orphans"))?;
     }
     for (vm, template) in &c.warm_templates {
-        db.execute(
+        db.execute_later(
             "UPDATE vms SET template = ?2 WHERE id = ?1",
             args![*vm, template],
         )
         .map_err(sql("writing warm vms"))?;
     }
     for (vm, object) in &c.host_objects {
-        db.execute(
+        db.execute_later(
             "UPDATE vms SET host_object = ?2 WHERE id = ?1",
             args![*vm, object.clone()],
         )

@@ -127,6 +127,20 @@ fn check_database_name(name: &str) {
     );
 }
 
+/// What a [`Cluster`] is started with beyond its defaults (trust for every connection, no TLS).
+#[derive(Clone, Debug, Default)]
+pub struct ClusterSetup {
+    /// Lines for `postgresql.conf`, after the cluster's own (`ssl = on`, ...).
+    pub settings: Vec<String>,
+    /// `pg_hba.conf` in place of initdb's, line by line (`hostssl all all 127.0.0.1/32 trust`);
+    /// `None` keeps initdb's, which trusts every local and loopback connection.
+    pub hba: Option<Vec<String>>,
+    /// Files copied into the data directory, owned by the server's user and readable by it
+    /// alone (as PostgreSQL wants a key): `(name in the data directory, file to copy)`, the
+    /// name then usable in `settings` (`ssl_cert_file = 'server.crt'`).
+    pub files: Vec<(String, PathBuf)>,
+}
+
 /// A PostgreSQL cluster of the test's own, listening on a free port of 127.0.0.1 and on a Unix
 /// socket in its directory. Dropping it stops it at once (`pg_ctl stop -m immediate`) and
 /// removes its directory.
@@ -140,6 +154,9 @@ pub struct Cluster {
     /// The server while it runs: our child (through `runuser` as root), so that it is reaped
     /// when it ends, on machines without an init system too.
     server: Option<Child>,
+    /// The uid and gid the server runs as, when we are root.
+    owner: Option<(u32, u32)>,
+    setup: ClusterSetup,
 }
 
 impl Cluster {
@@ -147,6 +164,12 @@ impl Cluster {
     /// `None` after [`skip_or_fail`] when PostgreSQL is not installed or, as root, there is no
     /// `postgres` user or no `runuser` to run it as that user.
     pub fn start() -> Option<Cluster> {
+        Cluster::start_with(ClusterSetup::default())
+    }
+
+    /// As [`Cluster::start`], with settings, `pg_hba.conf` lines and files of the test's
+    /// (see [`ClusterSetup`]).
+    pub fn start_with(setup: ClusterSetup) -> Option<Cluster> {
         let Some(bin) = bin_dir() else {
             skip_or_fail(format_args!(
                 "PostgreSQL is not installed: no initdb on PATH nor in \
@@ -182,12 +205,15 @@ impl Cluster {
         }
         let mut cluster = Cluster {
             bin,
+            owner: runuser.as_ref().map(|(_, owner)| *owner),
             runuser: runuser.map(|(runuser, _)| runuser),
             dir,
             port: 0,
             server: None,
+            setup,
         };
         cluster.init();
+        cluster.install_setup();
         cluster.start_on_a_free_port();
         Some(cluster)
     }
@@ -252,6 +278,30 @@ impl Cluster {
         );
     }
 
+    /// The setup's files and `pg_hba.conf` in the data directory.
+    fn install_setup(&self) {
+        use std::os::unix::fs::PermissionsExt;
+        let data = self.data_dir();
+        let mut written = Vec::new();
+        for (name, from) in &self.setup.files {
+            let to = data.join(name);
+            fs::copy(from, &to)
+                .unwrap_or_else(|e| panic!("copying {} to {}: {e}", from.display(), to.display()));
+            written.push(to);
+        }
+        if let Some(lines) = &self.setup.hba {
+            let to = data.join("pg_hba.conf");
+            fs::write(&to, lines.join("\n") + "\n").unwrap();
+            written.push(to);
+        }
+        for path in written {
+            fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
+            if let Some((uid, gid)) = self.owner {
+                std::os::unix::fs::chown(&path, Some(uid), Some(gid)).unwrap();
+            }
+        }
+    }
+
     /// Starts the server on a port free just now; tries another when a process took that one
     /// before the server bound it.
     fn start_on_a_free_port(&mut self) {
@@ -279,9 +329,12 @@ impl Cluster {
              # Each daemon of a test holds a pool of connections, and a test may run several.\n\
              max_connections = 200\n\
              # Small: many tests may run a cluster at once.\n\
-             shared_buffers = 16MB\n",
+             shared_buffers = 16MB\n\
+             # The test's own\n\
+             {own}\n",
             port = self.port,
             socket_dir = path_str(self.dir.path()).replace('\'', "''"),
+            own = self.setup.settings.join("\n"),
         );
         // Written by us (root or the same user): the server reads it as the file's owner.
         let path = data.join("berth-test.conf");

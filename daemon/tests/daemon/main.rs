@@ -28,6 +28,7 @@ mod observe;
 mod orphans;
 mod parallels;
 mod postgres;
+mod postgres_tls;
 mod prometheus;
 mod pulses;
 mod quota;
