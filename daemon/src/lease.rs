@@ -552,6 +552,31 @@ pub(crate) fn check_fence(db: &mut Db, epoch: u64) -> Result<(), DaemonError> {
     }
 }
 
+/// The fence as a deferred statement (see `Db::execute_later`), so that a commit stays one
+/// round trip: it takes the same `FOR KEY SHARE` lock as [`check_fence`], and fails (which
+/// rolls the commit back) unless the lease is at `epoch`. [`refusal`] then says why.
+pub(crate) fn fence_later(db: &mut Db, epoch: u64) -> Result<(), DaemonError> {
+    db.execute_later(
+        // The failing branch reads the row, so that the planner cannot fold it into an error
+        // before the condition is known.
+        "SELECT CASE WHEN epoch = ?1 THEN 1 ELSE CAST('fenced by ' || holder AS BIGINT) END
+         FROM lease WHERE id = 1 FOR KEY SHARE",
+        crate::args![epoch],
+    )
+    .map_err(sql("checking the lease"))
+}
+
+/// After a commit under the fence failed: the fence's refusal when the lease has left
+/// `epoch`, `None` when it has not (the commit failed for another reason) or cannot be read.
+pub(crate) fn refusal(db: &mut Db, epoch: u64) -> Option<DaemonError> {
+    if db.is_closed() {
+        db.reconnect().ok()?;
+    }
+    check_fence(db, epoch)
+        .err()
+        .filter(|e| e.is_leadership_lost())
+}
+
 /// A holder name unique to this process: the host name, the process id and a random part.
 pub fn holder_name() -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")

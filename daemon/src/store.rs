@@ -633,10 +633,19 @@ impl Store {
     /// rows; all or nothing.
     pub fn commit(&mut self, c: &Commit) -> Result<(), DaemonError> {
         let fence = self.fence;
-        self.db.transaction("committing", |db| {
-            Store::fenced(fence, db)?;
+        let written = self.db.transaction("committing", |db| {
+            // In the same round trip as the writes: a statement that fails, and so rolls the
+            // transaction back, unless the lease is at this daemon's epoch.
+            if let Some(epoch) = fence {
+                crate::lease::fence_later(db, epoch)?;
+            }
             write_commit(db, c)
-        })
+        });
+        match (written, fence) {
+            // Refused by the fence, or failed for another reason: the lease says which.
+            (Err(e), Some(epoch)) => Err(crate::lease::refusal(&mut self.db, epoch).unwrap_or(e)),
+            (written, _) => written,
+        }
     }
 }
 
