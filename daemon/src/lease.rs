@@ -620,6 +620,18 @@ mod tests {
         Some((db, at))
     }
 
+    /// A proxy to the database at `at` that a test can freeze, and the store through it.
+    fn through_a_proxy(at: &StoreAt) -> (berth_testkit::proxy::Proxy, StoreAt) {
+        let StoreAt::Postgres(url) = at else {
+            unreachable!("PostgreSQL only")
+        };
+        let (head, rest) = url.rsplit_once('@').unwrap();
+        let (hostport, dbname) = rest.split_once('/').unwrap();
+        let proxy = berth_testkit::proxy::Proxy::start(hostport);
+        let through = StoreAt::Postgres(format!("{head}@127.0.0.1:{}/{dbname}", proxy.port()));
+        (proxy, through)
+    }
+
     /// Waits until `f` holds, for at most `limit`; returns how long it took.
     fn within(what: &str, limit: Duration, f: impl Fn() -> bool) -> Duration {
         let start = Instant::now();
@@ -671,14 +683,8 @@ mod tests {
     #[test]
     fn a_leader_cut_off_stops_acting_before_its_lease_expires() {
         let Some((_db, at)) = database() else { return };
-        let StoreAt::Postgres(url) = &at else {
-            unreachable!()
-        };
         // The leader reaches the database through a proxy that can be frozen.
-        let (head, rest) = url.rsplit_once('@').unwrap();
-        let (hostport, dbname) = rest.split_once('/').unwrap();
-        let proxy = berth_testkit::proxy::Proxy::start(hostport);
-        let through = StoreAt::Postgres(format!("{head}@127.0.0.1:{}/{dbname}", proxy.port()));
+        let (proxy, through) = through_a_proxy(&at);
         let (ttl, renew, margin) = (1000, 100, 300);
         let settings = ha(ttl, renew, margin);
         let a = start(&through, me("a"), &settings).unwrap();
@@ -712,13 +718,7 @@ mod tests {
     #[test]
     fn a_lapsed_lease_nobody_took_is_renewed() {
         let Some((_db, at)) = database() else { return };
-        let StoreAt::Postgres(url) = &at else {
-            unreachable!()
-        };
-        let (head, rest) = url.rsplit_once('@').unwrap();
-        let (hostport, dbname) = rest.split_once('/').unwrap();
-        let proxy = berth_testkit::proxy::Proxy::start(hostport);
-        let through = StoreAt::Postgres(format!("{head}@127.0.0.1:{}/{dbname}", proxy.port()));
+        let (proxy, through) = through_a_proxy(&at);
         let a = start(&through, me("a"), &ha(1000, 100, 300)).unwrap();
         assert!(a.may_act());
         proxy.freeze();

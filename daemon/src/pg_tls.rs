@@ -178,8 +178,9 @@ impl PgTarget {
         &self.verify
     }
 
-    /// Connects (blocking; see [`crate::db::blocking`]). The root certificates are read at
-    /// each connection, so that a CA file replaced on disk counts from the next reconnection.
+    /// Connects (blocking: the store calls it off the runtime's threads). The root
+    /// certificates are read at each connection, so that a CA file replaced on disk counts
+    /// from the next reconnection.
     pub fn connect(&self) -> Result<postgres::Client, ConnectError> {
         if self.mode == SslMode::Disable {
             return self

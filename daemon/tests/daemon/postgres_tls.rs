@@ -168,12 +168,12 @@ fn a_daemon_keeps_its_store_over_verified_tls() {
     };
     let url = cluster.create_database("fleet");
     let data = tempfile::tempdir().unwrap();
-    let config = format!(
-        "store = \"{url}?sslmode=verify-full&sslrootcert={}\"\n{}",
-        ca.display(),
-        crate::CONFIG
+    // The test daemon's store is chosen per data directory (see `stores`), not by the config.
+    crate::stores::pin_to_url(
+        data.path(),
+        &format!("{url}?sslmode=verify-full&sslrootcert={}", ca.display()),
     );
-    let d = crate::TestDaemon::start(data.path(), &config);
+    let d = crate::TestDaemon::start(data.path(), crate::CONFIG);
     let r = d.ok(
         "POST",
         "/v1/requests",
