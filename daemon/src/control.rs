@@ -1392,10 +1392,7 @@ impl Control {
         match self.write(&effects.commit) {
             // Written under this daemon's epoch, but its lease may have run out since: the next
             // leader replays the batch and reconciles with the hosts, as after a crash here.
-            Ok(()) if !self.gate.may_act() => {
-                self.gate.give_up();
-                Err(DaemonError::LeadershipLost)
-            }
+            Ok(()) if !self.gate.may_act() => Err(DaemonError::LeadershipLost),
             Ok(()) => {
                 self.act(effects);
                 Ok(())
@@ -1528,10 +1525,7 @@ impl Control {
             return Ok(());
         };
         match self.write(&u.effects.commit) {
-            Ok(()) if !self.gate.may_act() => {
-                self.gate.give_up();
-                Err(DaemonError::LeadershipLost)
-            }
+            Ok(()) if !self.gate.may_act() => Err(DaemonError::LeadershipLost),
             Ok(()) => {
                 tracing::info!(
                     held = u.held.len(),

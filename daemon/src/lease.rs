@@ -22,7 +22,7 @@
 //! no lease, and the gate is always open.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use crate::DaemonError;
@@ -75,6 +75,8 @@ pub struct Me {
 }
 
 struct Shared {
+    /// This daemon's holder name.
+    me: String,
     origin: Instant,
     /// Microseconds after `origin` until which this daemon may act; 0 while it does not lead.
     until_us: AtomicU64,
@@ -85,6 +87,8 @@ struct Shared {
     view: Mutex<View>,
     /// Bumped at every change of role, for tasks that wait for one.
     changes: tokio::sync::watch::Sender<u64>,
+    /// Tells the lease thread to give the lease up and end; dropped with the last gate, which
+    /// ends it too.
     stop: Mutex<Option<std::sync::mpsc::Sender<()>>>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
@@ -94,11 +98,7 @@ struct View {
     holder: Option<Holder>,
     /// When this daemon last renewed (or took) the lease.
     renewed: Option<Instant>,
-    /// When this daemon took the lease.
-    acquired: Option<Instant>,
     takeovers: u64,
-    /// Whether a claim was tried yet.
-    tried: bool,
 }
 
 /// The daemon's right to act, shared by everything that acts: cheap to clone and to ask.
@@ -161,12 +161,13 @@ impl Gate {
     }
 
     /// Where to send a client that asked this daemon for what only the leader does: the
-    /// leader's address, or `None` when nobody leads at the moment.
+    /// leader's address, or `None` when nobody leads at the moment (this daemon's own lease
+    /// lapsed, or expired with nobody taking it yet).
     pub fn leader_address(&self) -> Option<String> {
+        let s = self.0.as_ref()?;
         self.holder()
-            .filter(|h| !h.expired)
+            .filter(|h| !h.expired && h.holder != s.me)
             .map(|h| h.address)
-            .filter(|_| !self.may_act())
     }
 
     pub fn figures(&self) -> LeaseFigures {
@@ -298,6 +299,7 @@ pub fn start(at: &StoreAt, me: Me, ha: &HaSection) -> Result<Gate, DaemonError> 
     let (changes, _) = tokio::sync::watch::channel(0);
     let (stop_tx, stop_rx) = std::sync::mpsc::channel();
     let shared = Arc::new(Shared {
+        me: me.holder.clone(),
         origin: Instant::now(),
         until_us: AtomicU64::new(0),
         epoch: AtomicU64::new(0),
@@ -309,10 +311,11 @@ pub fn start(at: &StoreAt, me: Me, ha: &HaSection) -> Result<Gate, DaemonError> 
     });
     // The first claim here, so that the caller knows its role when this returns.
     crate::db::blocking(|| claim_once(&shared, &mut db, &me, ha))?;
-    let (thread_shared, ha) = (shared.clone(), ha.clone());
+    let (thread_shared, ha) = (Arc::downgrade(&shared), ha.clone());
+    let held = shared.epoch.load(Ordering::Acquire);
     let thread = std::thread::Builder::new()
         .name("berth-lease".into())
-        .spawn(move || run(thread_shared, db, me, ha, stop_rx))
+        .spawn(move || run(&thread_shared, held, db, me, ha, stop_rx))
         .map_err(|source| DaemonError::Io {
             what: "starting the lease thread".into(),
             source,
@@ -322,21 +325,34 @@ pub fn start(at: &StoreAt, me: Me, ha: &HaSection) -> Result<Gate, DaemonError> 
 }
 
 /// The lease thread: claims (or renews) every `lease_renew_ms` while leading, and right when
-/// the holder's lease will have expired while following; gives the lease up when told to stop.
+/// the holder's lease will have expired while following; gives the lease up when told to stop,
+/// or once every gate is gone (a daemon dropped, or a start that failed after the claim).
 fn run(
-    shared: Arc<Shared>,
+    shared: &Weak<Shared>,
+    mut held: u64,
     mut db: Db,
     me: Me,
     ha: HaSection,
     stop: std::sync::mpsc::Receiver<()>,
 ) {
+    // `held`: the epoch held after the last claim, unless this daemon gave leading up for
+    // good.
     let mut failures = 0u32;
     loop {
+        let Some(shared) = shared.upgrade() else {
+            break;
+        };
         // A connection the server dropped (a restart, a network cut) is opened again first.
         if db.is_closed() {
             let _ = db.reconnect();
         }
-        let wait = match claim_once(&shared, &mut db, &me, &ha) {
+        let claimed = claim_once(&shared, &mut db, &me, &ha);
+        held = match shared.lost.load(Ordering::Acquire) {
+            true => 0,
+            false => shared.epoch.load(Ordering::Acquire),
+        };
+        drop(shared);
+        let wait = match claimed {
             Ok(wait) => {
                 if failures > 0 {
                     tracing::info!(failures, "the lease is claimed again");
@@ -358,9 +374,12 @@ fn run(
             _ => break,
         }
     }
-    let epoch = shared.epoch.swap(0, Ordering::AcqRel);
-    shared.until_us.store(0, Ordering::Release);
-    if epoch != 0 && !shared.lost.load(Ordering::Acquire) {
+    if let Some(shared) = shared.upgrade() {
+        shared.epoch.store(0, Ordering::Release);
+        shared.until_us.store(0, Ordering::Release);
+    }
+    let epoch = held;
+    if epoch != 0 {
         if db.is_closed() {
             let _ = db.reconnect();
         }
@@ -394,7 +413,6 @@ fn claim_once(
     };
     let result = claim(db, me, ha.lease_ttl_ms, mine);
     let mut view = lock(&shared.view);
-    view.tried = true;
     let renew = Duration::from_millis(ha.lease_renew_ms);
     let claimed = match result {
         Ok(c) => c,
@@ -421,7 +439,6 @@ fn claim_once(
             });
             if taken {
                 view.takeovers += 1;
-                view.acquired = Some(started);
                 tracing::info!(epoch, "this daemon leads: lease taken");
             }
             drop(view);
@@ -725,11 +742,28 @@ mod tests {
         assert!(a.may_act());
         proxy.freeze();
         within("a stops acting", Duration::from_secs(3), || !a.may_act());
+        // Nobody leads meanwhile: a client is told so, not sent to this daemon itself.
+        assert_eq!(a.leader_address(), None);
         std::thread::sleep(Duration::from_millis(600));
         proxy.thaw();
         within("a acts again", Duration::from_secs(5), || a.may_act());
         assert_eq!(a.epoch(), 1);
         a.release();
+    }
+
+    /// A daemon dropped without a clean stop (a start that failed after its claim) ends its
+    /// lease thread, which gives the lease up: another daemon leads well before the TTL.
+    #[test]
+    fn the_last_gate_dropped_gives_the_lease_up() {
+        let Some((_db, at)) = database() else { return };
+        let settings = ha(5000, 100, 1000);
+        let a = start(&at, me("a"), &settings).unwrap();
+        assert!(a.may_act());
+        drop(a);
+        let b = start(&at, me("b"), &settings).unwrap();
+        within("b leads", Duration::from_secs(2), || b.may_act());
+        assert_eq!(b.epoch(), 2);
+        b.release();
     }
 
     /// A commit under an epoch the lease has left is refused, and leaves nothing behind.

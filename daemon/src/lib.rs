@@ -263,11 +263,6 @@ impl Daemon {
         result
     }
 
-    /// The leader lease as this daemon sees it.
-    pub fn lease(&self) -> &lease::Gate {
-        &self.gate
-    }
-
     /// Waits until the control loop ends (it ends only on a fatal error or `stop`).
     pub async fn wait(&mut self) -> Result<(), DaemonError> {
         match (&mut self.control).await {
@@ -419,12 +414,18 @@ pub async fn start(opts: Options) -> Result<Daemon, DaemonError> {
     let gate = match &opts.store {
         db::StoreAt::Sqlite(_) => lease::Gate::sole(),
         db::StoreAt::Postgres(_) => {
-            let address = opts
-                .config
-                .ha
-                .advertise
-                .clone()
-                .unwrap_or_else(|| format!("{scheme}://{addr}"));
+            let address = match &opts.config.ha.advertise {
+                Some(a) => a.clone(),
+                None => {
+                    if addr.ip().is_unspecified() {
+                        tracing::warn!(
+                            %addr,
+                            "listening on every address without [ha] advertise: followers send clients to {scheme}://{addr}, which reaches no other machine"
+                        );
+                    }
+                    format!("{scheme}://{addr}")
+                }
+            };
             let me = lease::Me {
                 holder: lease::holder_name(),
                 address,
