@@ -1407,7 +1407,7 @@ pub fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
             let asked = if l.leader.as_deref() == Some(c.api.url()) {
                 String::new()
             } else {
-                format!("; {} follows", c.api.url())
+                format!("; answered by the leader for {}", c.api.url())
             };
             line(
                 "leader",

@@ -208,16 +208,30 @@ impl Client {
         path: &str,
         body: Option<&dyn erased::Body>,
     ) -> Result<ureq::Response, ClientError> {
-        let mut url = format!("{}{path}", self.url);
-        for _ in 0..=REDIRECTS_MAX {
-            let req = self.http(method, &url);
-            let resp = match body {
+        self.following(&format!("{method} {path}"), path, |url| {
+            let req = self.http(method, url);
+            match body {
                 Some(b) => req
                     .set("Content-Type", "application/json")
                     .send_string(&b.json()),
                 None => req.call(),
-            };
-            let resp = resp.map_err(|e| self.error(format!("{method} {path}"), e))?;
+            }
+            .map_err(Box::new)
+        })
+    }
+
+    /// Makes a call with `call` at `path`, and again at the leader's address while a follower
+    /// answers with one (at most `REDIRECTS_MAX` times).
+    fn following(
+        &self,
+        route: &str,
+        path: &str,
+        // Boxed: ureq's error is large, and rare.
+        mut call: impl FnMut(&str) -> Result<ureq::Response, Box<ureq::Error>>,
+    ) -> Result<ureq::Response, ClientError> {
+        let mut url = format!("{}{path}", self.url);
+        for _ in 0..=REDIRECTS_MAX {
+            let resp = call(&url).map_err(|e| self.error(route.to_owned(), *e))?;
             match leader_location(&resp) {
                 Some(next) => url = next,
                 None => return Ok(resp),
@@ -483,28 +497,16 @@ impl Client {
             agent = agent.tls_config(tls.clone());
         }
         let agent = agent.build();
-        let mut url = format!("{}/v1/events", self.url);
-        let mut hops = 0;
-        let resp = loop {
-            let mut req = agent.get(&url).set("Accept", "text/event-stream");
+        let resp = self.following("GET /v1/events", "/v1/events", |url| {
+            let mut req = agent.get(url).set("Accept", "text/event-stream");
             if let Some(t) = &self.token {
                 req = req.set("Authorization", &format!("Bearer {t}"));
             }
             if let Some(id) = last_id {
                 req = req.set("Last-Event-ID", id);
             }
-            let resp = req
-                .call()
-                .map_err(|e| self.error("GET /v1/events".to_owned(), e))?;
-            match leader_location(&resp) {
-                Some(_) if hops == REDIRECTS_MAX => return Err(too_many_redirects(&url)),
-                Some(next) => {
-                    url = next;
-                    hops += 1;
-                }
-                None => break resp,
-            }
-        };
+            req.call().map_err(Box::new)
+        })?;
         let mut parser = sse::Parser::default();
         parser.last_id = last_id.map(str::to_owned);
         Ok(Events {
