@@ -36,6 +36,8 @@ fn now_ms() -> u64 {
 struct Trio {
     db: Database,
     inventory: PathBuf,
+    /// What the `request.active` hook wrote: `EVENT_ID REQUEST` a line, from every daemon.
+    hook_log: PathBuf,
     daemons: Vec<Serve>,
     _dir: tempfile::TempDir,
 }
@@ -47,6 +49,15 @@ impl Trio {
         let dir = tempfile::tempdir().unwrap();
         let inventory = dir.path().join("inventory");
         std::fs::create_dir_all(&inventory).unwrap();
+        let hook_log = dir.path().join("hook.log");
+        let hook = dir.path().join("log-request");
+        std::fs::write(
+            &hook,
+            "#!/bin/sh\necho \"$BERTH_EVENT_ID $BERTH_REQUEST_ID\" >> \"$1\"\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(&hook, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
         let mut hosts = String::new();
         for i in 1..=8 {
             hosts.push_str(&format!(
@@ -59,9 +70,12 @@ impl Trio {
                 let config = format!(
                     "store = \"{}\"\n[ha]\n{ha}\n[[tokens]]\nname = \"ci\"\ntoken = \"{TOKEN}\"\n\
                      role = \"operator\"\n[sim]\nlatency_scale = 0.02\nshared_inventory = \"{}\"\n\
-                     [recovery]\nsnapshot_every_inputs = 20000\n{hosts}",
+                     [recovery]\nsnapshot_every_inputs = 20000\n[[hooks]]\nname = \"active\"\n\
+                     on = \"request.active\"\ncommand = [\"{}\", \"{}\"]\n{hosts}",
                     store_of(i, db.url()),
-                    inventory.display()
+                    inventory.display(),
+                    hook.display(),
+                    hook_log.display()
                 );
                 Serve::start(
                     Path::new(env!("CARGO_BIN_EXE_berth")),
@@ -73,6 +87,7 @@ impl Trio {
         Some(Trio {
             db,
             inventory,
+            hook_log,
             daemons,
             _dir: dir,
         })
@@ -181,6 +196,50 @@ impl Trio {
             "live in the database, not on a host: {missing:?}"
         );
         assert_eq!(on_hosts, in_db, "a VM is on another host than recorded");
+    }
+}
+
+impl Trio {
+    /// Once the hook outbox is empty: every request of `acked` made active reached the hook
+    /// (or its run is recorded as abandoned, claimed by a leader that died before recording
+    /// its end), whichever daemon led when its event was written; no event and no request
+    /// reached it twice, over the whole test.
+    fn assert_hooks_ran_once(&self, acked: &BTreeSet<u64>) {
+        let start = Instant::now();
+        while self.sql("SELECT count(*) FROM hook_outbox") != "0" {
+            assert!(
+                start.elapsed() < SETTLE_LIMIT,
+                "hook jobs still owed after {SETTLE_LIMIT:?}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let text = std::fs::read_to_string(&self.hook_log).unwrap_or_default();
+        let (mut events, mut requests) = (BTreeSet::new(), BTreeSet::new());
+        for line in text.lines() {
+            let (event, request) = line.split_once(' ').unwrap();
+            assert!(
+                events.insert(event.to_owned()),
+                "event {event} ran its hook twice"
+            );
+            let request: u64 = request.parse().unwrap();
+            assert!(
+                requests.insert(request),
+                "request {request} became active twice"
+            );
+        }
+        let abandoned: BTreeSet<u64> = self
+            .sql("SELECT request FROM hook_runs WHERE outcome = 'abandoned'")
+            .lines()
+            .filter_map(|l| l.parse().ok())
+            .collect();
+        let unheard: Vec<_> = acked
+            .iter()
+            .filter(|r| !requests.contains(*r) && !abandoned.contains(*r))
+            .collect();
+        assert!(
+            unheard.is_empty(),
+            "request.active never reached the hook: {unheard:?}"
+        );
     }
 }
 
@@ -330,6 +389,7 @@ fn a_killed_leader_is_replaced_and_the_hosts_are_left_alone() {
                 "trial {trial}: {vm} was made again"
             );
         }
+        trio.assert_hooks_ran_once(&ids);
         // No VM was provisioned twice (a provision in flight at the kill is adopted).
         let mut provisioned = BTreeSet::new();
         for a in sim_actions(&trio.inventory) {
@@ -428,7 +488,7 @@ fn a_paused_leader_stops_and_rejoins_as_a_follower() {
         return;
     };
     let old = trio.leader(None, Duration::from_secs(30));
-    submit_and_settle(&trio, old, 5);
+    let before = submit_and_settle(&trio, old, 5);
     let pid = trio.daemons[old].pid().unwrap();
     let stopped_ms = now_ms();
     trio.daemons[old].signal("STOP");
@@ -459,6 +519,8 @@ fn a_paused_leader_stops_and_rejoins_as_a_follower() {
     trio.assert_hosts_match_the_database();
     let bad = trio.sql("SELECT count(*) FROM vms WHERE state IN ('lost', 'failed')");
     assert_eq!(bad, "0");
+    let all: BTreeSet<u64> = before.into_iter().chain(ids).chain([row.id]).collect();
+    trio.assert_hooks_ran_once(&all);
 }
 
 /// A leader cut off from the database (its connections go through a proxy that stops passing

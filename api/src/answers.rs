@@ -541,6 +541,10 @@ pub struct HookRun {
     pub id: u64,
     pub hook: String,
     pub event: String,
+    /// The event's id (`BATCH.INDEX` for the scheduler's events): a hook runs once per event
+    /// id, so its attempts share it. `null` for runs recorded before berth kept ids.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event_id: Option<String>,
     pub vm: Option<u64>,
     pub host: Option<String>,
     pub request: Option<u64>,
@@ -549,7 +553,8 @@ pub struct HookRun {
     pub duration_ms: u64,
     /// `null` when it was killed by a signal, timed out or could not start.
     pub exit_code: Option<i32>,
-    /// `ok`, `failed`, `timeout` or `error` (could not start).
+    /// `ok`, `failed`, `timeout`, `error` (could not start) or `abandoned` (claimed by a daemon
+    /// that ended before recording an end: it may or may not have run, and is not run again).
     pub outcome: String,
     pub stderr_tail: String,
 }

@@ -43,6 +43,15 @@ pub(crate) struct Actor {
 /// What hears of the loop's committed work. Metrics and hooks implement it; the loop knows
 /// nothing else of them.
 pub(crate) trait Observer: Send {
+    /// The hook runs a batch's events owe, to be written with the batch (`hooks`).
+    fn hook_jobs(
+        &self,
+        _s: &Scheduler,
+        _batch: u64,
+        _events: &[Event],
+        _out: &mut Vec<crate::store::HookJob>,
+    ) {
+    }
     /// A state change, once its batch is written.
     fn event(&self, s: &Scheduler, event: &Event);
     /// Whether changes are written now (the disk).
@@ -1381,6 +1390,9 @@ impl Control {
                 }
                 _ => {}
             }
+        }
+        for o in &self.observers {
+            o.hook_jobs(&self.s, commit.batch, &commit.events, &mut commit.hook_jobs);
         }
         let mut effects = Effects {
             commit,

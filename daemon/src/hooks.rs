@@ -1,30 +1,45 @@
 //! Hooks: commands the daemon runs when the scheduler reports an event (`vm.held`,
 //! `host.error`, `request.rejected`, or a pattern such as `vm.*`). Each runs as argv without a
-//! shell, the event as JSON on stdin and `BERTH_EVENT`, `BERTH_VM_ID`, `BERTH_HOST` in its
-//! environment, in its own process group (killed whole at its timeout), retried with doubling
-//! backoff, at most `workers.hooks_at_once_max` at once. Every attempt is a row of
-//! `hook_runs`.
+//! shell, the event as JSON on stdin and `BERTH_EVENT`, `BERTH_EVENT_ID`, `BERTH_VM_ID`,
+//! `BERTH_HOST` in its environment, in its own process group (killed whole at its timeout),
+//! retried with doubling backoff, at most `workers.hooks_at_once_max` at once. Every attempt
+//! is a row of `hook_runs`.
 //!
-//! The control loop only enqueues (`try_send` on a bounded queue): a slow, hanging or failing
-//! hook never delays scheduling; when the queue is full the event is dropped for hooks and
-//! counted (`berth_hook_events_dropped_total`).
+//! Delivery goes through the `hook_outbox` table. The control loop writes the jobs a batch's
+//! events owe in the batch's own transaction, each keyed by hook and event id (`BATCH.INDEX`):
+//! an event written is an event its hooks will hear of, whichever daemon leads next. The
+//! dispatcher claims jobs in order (under the lease's fence), runs them, and takes them out.
+//! A job claimed by a daemon that died or lost the lead before its end is recorded as
+//! `abandoned` by the next leader and not run again: a hook runs at most once per event.
+//!
+//! The control loop never waits for a hook: a slow, hanging or failing hook never delays
+//! scheduling. Past `HOOK_QUEUE_MAX` jobs owed, an event is dropped for hooks and counted
+//! (`berth_hook_events_dropped_total`), so the outbox stays bounded.
 
 use std::process::Stdio;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use berth_sched::{Event, Scheduler};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{Notify, Semaphore, mpsc};
 
 use crate::DaemonError;
 use crate::cgroup::HookCgroups;
 pub use crate::config::{EVENT_NAMES, HookConfig};
 use crate::metrics::Metrics;
+pub(crate) use crate::store::HookJob;
 
-/// Events waiting for a hook before new ones are dropped.
+/// Hook jobs owed (the outbox's rows) before new events are dropped for hooks.
 pub const HOOK_QUEUE_MAX: usize = 10_000;
+/// Pulls' ends waiting to go into the outbox before more are dropped for hooks.
+const PULLS_QUEUED_MAX: usize = 1024;
+/// How often a daemon that does not lead looks whether it does now.
+const FOLLOWER_POLL_MS: u64 = 200;
+/// How often an idle dispatcher looks at the outbox without being woken.
+const IDLE_POLL_MS: u64 = 1000;
 /// The end of a hook's standard error kept in its run row.
 pub const STDERR_TAIL_MAX_BYTES: usize = 4096;
 /// How long to wait for a killed hook's pipes to close.
@@ -57,34 +72,29 @@ struct Hook {
     config: HookConfig,
 }
 
-/// One event for one hook.
-#[derive(Debug)]
-struct Job {
-    hook: usize,
-    event: String,
-    payload: Vec<u8>,
-    vm: Option<u64>,
-    host: Option<String>,
-    request: Option<u64>,
-}
-
-/// What a hook reads on its standard input: the event as the event stream sends it, and the
-/// name it was matched by (`vm.running`, `host.error`, ...).
+/// What a hook reads on its standard input: the event as the event stream sends it, the name
+/// it was matched by (`vm.running`, `host.error`, ...) and its id.
 #[derive(Serialize)]
 struct HookPayload<'a> {
     #[serde(flatten)]
     event: berth_api::Event,
     #[serde(rename = "event")]
     name: &'a str,
+    event_id: &'a str,
 }
 
 /// One attempt, as stored in `hook_runs` and shown by `GET /v1/hooks/runs`.
 pub use berth_api::HookRun;
 
-/// What the control loop tells of every committed event.
+/// What the control loop tells of every committed batch: the hook runs its events owe, to be
+/// written with it, and, once it is written, that there is work.
 impl crate::control::Observer for Hooks {
-    fn event(&self, s: &Scheduler, event: &Event) {
-        self.enqueue(s, event);
+    fn hook_jobs(&self, s: &Scheduler, batch: u64, events: &[Event], out: &mut Vec<HookJob>) {
+        self.owed(s, batch, events, out);
+    }
+
+    fn event(&self, _s: &Scheduler, _event: &Event) {
+        self.wake.notify_one();
     }
 }
 
@@ -92,13 +102,35 @@ impl crate::control::Observer for Hooks {
 #[derive(Clone)]
 pub(crate) struct Hooks {
     hooks: Arc<Vec<Hook>>,
-    tx: mpsc::Sender<Job>,
+    /// Wakes the dispatcher: a batch was written.
+    wake: Arc<Notify>,
+    /// Pulls' ends, on their way into the outbox.
+    pulls: mpsc::Sender<HookJob>,
+    /// Runs owed and not ended, about: the outbox's rows (see `HOOK_QUEUE_MAX`).
+    backlog: Arc<AtomicUsize>,
+    /// This process, in the ids of pull events and in the outbox's claims.
+    me: Arc<str>,
+    pulls_seen: Arc<AtomicU64>,
     metrics: Arc<Metrics>,
 }
 
+/// What the dispatcher works with.
+struct Dispatch {
+    hooks: Arc<Vec<Hook>>,
+    conn: Arc<Mutex<crate::db::Db>>,
+    permits: Arc<Semaphore>,
+    at_once_max: usize,
+    cgroups: Option<Arc<HookCgroups>>,
+    metrics: Arc<Metrics>,
+    gate: crate::lease::Gate,
+    wake: Arc<Notify>,
+    backlog: Arc<AtomicUsize>,
+    me: Arc<str>,
+}
+
 impl Hooks {
-    /// Starts the runner: a dispatcher task and at most `at_once_max` hook processes at once,
-    /// writing runs on their own database connection.
+    /// Starts the runner: a dispatcher task that, once this daemon leads, runs what the outbox
+    /// holds, at most `at_once_max` hook processes at once, on its own database connection.
     pub(crate) fn start(
         configs: &[HookConfig],
         at_once_max: usize,
@@ -117,77 +149,85 @@ impl Hooks {
                 })
                 .collect(),
         );
-        let (tx, mut rx) = mpsc::channel::<Job>(HOOK_QUEUE_MAX);
-        if !hooks.is_empty() {
-            let conn = Arc::new(Mutex::new(crate::db::Db::connect(store)?));
-            let permits = Arc::new(Semaphore::new(at_once_max.max(1)));
-            let hooks = hooks.clone();
-            let metrics = metrics.clone();
-            tokio::spawn(async move {
-                while let Some(job) = rx.recv().await {
-                    // A leader whose lease ran out runs no hook: the next leader may be
-                    // acting already.
-                    if !gate.may_act() {
-                        tracing::warn!(event = %job.event, "hook not run: this daemon no longer leads");
-                        continue;
-                    }
-                    let Ok(permit) = permits.clone().acquire_owned().await else {
-                        break;
-                    };
-                    let (hooks, conn, metrics) = (hooks.clone(), conn.clone(), metrics.clone());
-                    let cgroups = cgroups.clone();
-                    tokio::spawn(async move {
-                        run_job(&hooks[job.hook], &job, cgroups.as_deref(), &conn, &metrics).await;
-                        drop(permit);
-                    });
-                }
-            });
-        }
-        Ok(Hooks { hooks, tx, metrics })
+        let (pulls, pulls_rx) = mpsc::channel::<HookJob>(PULLS_QUEUED_MAX);
+        let handle = Hooks {
+            hooks: hooks.clone(),
+            wake: Arc::new(Notify::new()),
+            pulls,
+            backlog: Arc::new(AtomicUsize::new(0)),
+            me: crate::lease::holder_name().into(),
+            pulls_seen: Arc::new(AtomicU64::new(0)),
+            metrics: metrics.clone(),
+        };
+        let d = Dispatch {
+            hooks,
+            conn: Arc::new(Mutex::new(crate::db::Db::connect(store)?)),
+            permits: Arc::new(Semaphore::new(at_once_max.max(1))),
+            at_once_max: at_once_max.max(1),
+            cgroups,
+            metrics,
+            gate,
+            wake: handle.wake.clone(),
+            backlog: handle.backlog.clone(),
+            me: handle.me.clone(),
+        };
+        tokio::spawn(d.run(pulls_rx));
+        Ok(handle)
     }
 
-    /// Hands `event` to every hook whose pattern matches it. Never waits.
-    pub(crate) fn enqueue(&self, s: &Scheduler, event: &Event) {
+    /// The jobs a written batch's events owe to the hooks whose patterns match them, each
+    /// with its event's id; past `HOOK_QUEUE_MAX` owed, an event is dropped for hooks and
+    /// counted.
+    fn owed(&self, s: &Scheduler, batch: u64, events: &[Event], out: &mut Vec<HookJob>) {
         if self.hooks.is_empty() {
             return;
         }
-        let name = event_name(event);
-        let mut body: Option<Vec<u8>> = None;
-        for (i, h) in self.hooks.iter().enumerate() {
-            if !matches(&h.config.on, &name) {
-                continue;
-            }
-            let payload = body
-                .get_or_insert_with(|| {
-                    let payload = HookPayload {
-                        event: crate::answers::event(s, event),
-                        name: &name,
-                    };
-                    serde_json::to_vec(&payload).unwrap_or_default()
-                })
-                .clone();
-            let (vm, host, request) = match event {
-                Event::Vm {
-                    vm, host, request, ..
-                } => (
-                    Some(vm.0),
-                    host.and_then(|h| s.host(h)).map(|h| h.name.to_owned()),
-                    Some(request.0),
-                ),
-                Event::Request { request, .. } => (None, None, Some(request.0)),
-                Event::Host { host, .. } => (None, s.host(*host).map(|h| h.name.to_owned()), None),
-            };
-            let job = Job {
-                hook: i,
-                event: name.clone(),
-                payload,
-                vm,
-                host,
-                request,
-            };
-            if self.tx.try_send(job).is_err() {
-                self.metrics.hooks_dropped.inc();
-                tracing::warn!(hook = %h.name, event = %name, "hook queue full: event dropped");
+        for (index, event) in events.iter().enumerate() {
+            let name = event_name(event);
+            let event_id = format!("{batch}.{index}");
+            let mut payload: Option<String> = None;
+            for h in self.hooks.iter() {
+                if !matches(&h.config.on, &name) {
+                    continue;
+                }
+                if self.backlog.load(Ordering::Relaxed) >= HOOK_QUEUE_MAX {
+                    self.metrics.hooks_dropped.inc();
+                    tracing::warn!(hook = %h.name, event = %name, "hook outbox full: event dropped");
+                    continue;
+                }
+                let payload = payload
+                    .get_or_insert_with(|| {
+                        let body = HookPayload {
+                            event: crate::answers::event(s, event),
+                            name: &name,
+                            event_id: &event_id,
+                        };
+                        serde_json::to_string(&body).unwrap_or_default()
+                    })
+                    .clone();
+                let (vm, host, request) = match event {
+                    Event::Vm {
+                        vm, host, request, ..
+                    } => (
+                        Some(vm.0),
+                        host.and_then(|h| s.host(h)).map(|h| h.name.to_owned()),
+                        Some(request.0),
+                    ),
+                    Event::Request { request, .. } => (None, None, Some(request.0)),
+                    Event::Host { host, .. } => {
+                        (None, s.host(*host).map(|h| h.name.to_owned()), None)
+                    }
+                };
+                self.backlog.fetch_add(1, Ordering::Relaxed);
+                out.push(HookJob {
+                    hook: h.name.clone(),
+                    event_id: event_id.clone(),
+                    event: name.clone(),
+                    payload,
+                    vm,
+                    host,
+                    request,
+                });
             }
         }
     }
@@ -197,6 +237,7 @@ impl Hooks {
 #[derive(Serialize)]
 struct PullPayload<'a> {
     event: &'a str,
+    event_id: &'a str,
     kind: &'static str,
     at_ms: u64,
     host: &'a str,
@@ -209,11 +250,18 @@ struct PullPayload<'a> {
 
 impl Hooks {
     /// Hands the end of a pull of a base image (`image.pulled` or `image.pull_failed`) to
-    /// every hook whose pattern matches it. Never waits: drivers call it from their threads.
+    /// every hook whose pattern matches it, through the outbox. Never waits: drivers call it
+    /// from their threads.
     pub(crate) fn enqueue_pull(&self, pull: &berth_drivers::images::PullOutcome) {
         let name = pull_event_name(pull);
+        let event_id = format!(
+            "image.{}.{}",
+            self.me,
+            self.pulls_seen.fetch_add(1, Ordering::Relaxed)
+        );
         let payload = PullPayload {
             event: name,
+            event_id: &event_id,
             kind: "image",
             at_ms: wall_ms(),
             host: &pull.host,
@@ -222,20 +270,21 @@ impl Hooks {
             seconds: pull.seconds,
             error: pull.error.as_deref(),
         };
-        let body = serde_json::to_vec(&payload).unwrap_or_default();
-        for (i, h) in self.hooks.iter().enumerate() {
+        let body = serde_json::to_string(&payload).unwrap_or_default();
+        for h in self.hooks.iter() {
             if !matches(&h.config.on, name) {
                 continue;
             }
-            let job = Job {
-                hook: i,
+            let job = HookJob {
+                hook: h.name.clone(),
+                event_id: event_id.clone(),
                 event: name.to_owned(),
                 payload: body.clone(),
                 vm: None,
                 host: Some(pull.host.clone()),
                 request: None,
             };
-            if self.tx.try_send(job).is_err() {
+            if self.pulls.try_send(job).is_err() {
                 self.metrics.hooks_dropped.inc();
                 tracing::warn!(hook = %h.name, event = %name, "hook queue full: event dropped");
             }
@@ -258,39 +307,306 @@ fn wall_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-/// Runs one job with its retries, recording every attempt.
+/// Runs `f` on the runner's connection, off the runtime's threads.
+async fn on_db<T: Send + 'static>(
+    conn: &Arc<Mutex<crate::db::Db>>,
+    f: impl FnOnce(&mut crate::db::Db) -> Result<T, DaemonError> + Send + 'static,
+) -> Result<T, DaemonError> {
+    let conn = conn.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut conn = conn.lock().unwrap_or_else(|e| e.into_inner());
+        f(&mut conn)
+    })
+    .await
+    .unwrap_or_else(|e| {
+        Err(DaemonError::Io {
+            what: "the hook runner's database task".into(),
+            source: std::io::Error::other(e.to_string()),
+        })
+    })
+}
+
+impl Dispatch {
+    /// Waits until this daemon leads, settles what an earlier leader left (`settle`), then
+    /// claims and runs the outbox's jobs in order as permits free up. Ends when the daemon
+    /// drops its handles.
+    async fn run(self, mut pulls: mpsc::Receiver<HookJob>) {
+        let d = Arc::new(self);
+        while !d.gate.may_act() {
+            tokio::select! {
+                () = tokio::time::sleep(Duration::from_millis(FOLLOWER_POLL_MS)) => {}
+                () = d.wake.notified() => {}
+            }
+        }
+        let names: Vec<String> = d.hooks.iter().map(|h| h.name.clone()).collect();
+        let (me, gate) = (d.me.clone(), d.gate.clone());
+        match on_db(&d.conn, move |db| settle(db, &names, &me, &gate)).await {
+            Ok(left) => d.backlog.store(left, Ordering::Relaxed),
+            Err(error) => tracing::error!(%error, "cannot settle the hook outbox"),
+        }
+        if d.hooks.is_empty() {
+            return;
+        }
+        loop {
+            while let Ok(job) = pulls.try_recv() {
+                d.put(job).await;
+            }
+            let free = d.permits.available_permits();
+            if free == 0 {
+                // Wait for a run to end.
+                let Ok(permit) = d.permits.acquire().await else {
+                    return;
+                };
+                drop(permit);
+                continue;
+            }
+            let claimed = if d.gate.may_act() {
+                let (me, gate) = (d.me.clone(), d.gate.clone());
+                on_db(&d.conn, move |db| claim(db, free, &me, &gate)).await
+            } else {
+                // A leader whose lease ran out claims nothing: the next leader may be acting
+                // already, and runs what is left.
+                Ok(Vec::new())
+            };
+            match claimed {
+                Ok(jobs) if jobs.is_empty() => {
+                    let running = d.at_once_max - d.permits.available_permits();
+                    d.backlog.store(running, Ordering::Relaxed);
+                    tokio::select! {
+                        () = d.wake.notified() => {}
+                        () = tokio::time::sleep(Duration::from_millis(IDLE_POLL_MS)) => {}
+                        job = pulls.recv() => match job {
+                            Some(job) => d.put(job).await,
+                            None => return,
+                        },
+                    }
+                }
+                Ok(jobs) => {
+                    for (id, job) in jobs {
+                        let Ok(permit) = d.permits.clone().acquire_owned().await else {
+                            return;
+                        };
+                        let d = d.clone();
+                        tokio::spawn(async move {
+                            d.run_claimed(id, job).await;
+                            drop(permit);
+                        });
+                    }
+                }
+                Err(error) => {
+                    if !error.is_leadership_lost() {
+                        tracing::error!(%error, "cannot claim hook jobs");
+                    }
+                    tokio::time::sleep(Duration::from_millis(IDLE_POLL_MS)).await;
+                }
+            }
+        }
+    }
+
+    /// Puts a pull's job into the outbox.
+    async fn put(&self, job: HookJob) {
+        if self.backlog.load(Ordering::Relaxed) >= HOOK_QUEUE_MAX {
+            self.metrics.hooks_dropped.inc();
+            tracing::warn!(hook = %job.hook, event = %job.event, "hook outbox full: event dropped");
+            return;
+        }
+        self.backlog.fetch_add(1, Ordering::Relaxed);
+        let put = on_db(&self.conn, move |db| {
+            crate::store::insert_hook_job(db, &job)?;
+            db.flush()
+                .map_err(crate::db::sql("writing the hook outbox"))
+        })
+        .await;
+        if let Err(error) = put {
+            tracing::error!(%error, "cannot put a pull's hook job in the outbox");
+        }
+    }
+
+    /// Runs one claimed job with its retries, then takes it out of the outbox.
+    async fn run_claimed(&self, id: u64, job: HookJob) {
+        match self.hooks.iter().find(|h| h.name == job.hook) {
+            Some(hook) => {
+                run_job(
+                    hook,
+                    &job,
+                    self.cgroups.as_deref(),
+                    &self.conn,
+                    &self.metrics,
+                    &self.gate,
+                )
+                .await
+            }
+            // `settle` dropped the jobs of hooks no longer configured before any claim.
+            None => tracing::warn!(hook = %job.hook, "a claimed job's hook is not configured"),
+        }
+        let done = on_db(&self.conn, move |db| {
+            db.execute("DELETE FROM hook_outbox WHERE id = ?1", crate::args![id])
+                .map_err(crate::db::sql("taking a job out of the hook outbox"))
+        })
+        .await;
+        if let Err(error) = done {
+            tracing::error!(%error, "cannot take a hook job out of the outbox");
+        }
+        let _ = self
+            .backlog
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+    }
+}
+
+/// The fence of a write only the leader makes (none for the sole daemon), in its transaction.
+fn fence(db: &mut crate::db::Db, gate: &crate::lease::Gate) -> Result<(), DaemonError> {
+    if gate.is_sole() {
+        Ok(())
+    } else {
+        crate::lease::fence_later(db, gate.epoch())
+    }
+}
+
+/// What a new leader does with the outbox before it claims: a job claimed by an earlier daemon
+/// (this one has claimed nothing yet) that never came back is recorded as an `abandoned` run
+/// and not run again, since it may have run; the jobs of hooks no longer configured are
+/// dropped. Returns the jobs left.
+fn settle(
+    db: &mut crate::db::Db,
+    names: &[String],
+    me: &str,
+    gate: &crate::lease::Gate,
+) -> Result<usize, DaemonError> {
+    let failed = crate::db::sql("settling the hook outbox");
+    db.transaction("settling the hook outbox", |db| {
+        fence(db, gate)?;
+        let claimed = db
+            .rows(
+                "SELECT hook, event_id, event, vm, host, request, claimed_by, claimed_ms
+                 FROM hook_outbox WHERE claimed_by IS NOT NULL AND claimed_by <> ?1 ORDER BY id",
+                crate::args![me],
+                |r| {
+                    Ok(HookRun {
+                        id: 0,
+                        hook: r.text(0)?,
+                        event_id: Some(r.text(1)?),
+                        event: r.text(2)?,
+                        vm: r.opt_i64(3)?.map(|v| v as u64),
+                        host: r.opt_text(4)?,
+                        request: r.opt_i64(5)?.map(|v| v as u64),
+                        attempt: 0,
+                        started_ms: r.opt_i64(7)?.unwrap_or(0).max(0) as u64,
+                        duration_ms: 0,
+                        exit_code: None,
+                        outcome: "abandoned".into(),
+                        stderr_tail: format!(
+                            "claimed by {}, which ended or stopped leading before recording an \
+                             end; it may have run, so it is not run again",
+                            r.text(6)?
+                        ),
+                    })
+                },
+            )
+            .map_err(&failed)?;
+        for run in &claimed {
+            tracing::warn!(hook = %run.hook, event_id = ?run.event_id, "a hook run an earlier leader claimed is recorded as abandoned");
+            insert_run(db, run)?;
+        }
+        db.execute_later(
+            "DELETE FROM hook_outbox WHERE claimed_by IS NOT NULL AND claimed_by <> ?1",
+            crate::args![me],
+        )
+        .map_err(&failed)?;
+        let held = db
+            .rows(
+                "SELECT hook, count(*) FROM hook_outbox GROUP BY hook",
+                &[],
+                |r| Ok((r.text(0)?, r.u64(1)?)),
+            )
+            .map_err(&failed)?;
+        let mut left = 0;
+        for (hook, n) in held {
+            if names.contains(&hook) {
+                left += n as usize;
+            } else {
+                tracing::warn!(%hook, jobs = n, "the hook outbox holds jobs of a hook no longer configured: dropped");
+                db.execute_later(
+                    "DELETE FROM hook_outbox WHERE hook = ?1",
+                    crate::args![&hook],
+                )
+                .map_err(&failed)?;
+            }
+        }
+        Ok(left)
+    })
+}
+
+/// Claims the outbox's oldest `n` unclaimed jobs for this daemon, under the fence.
+fn claim(
+    db: &mut crate::db::Db,
+    n: usize,
+    me: &str,
+    gate: &crate::lease::Gate,
+) -> Result<Vec<(u64, HookJob)>, DaemonError> {
+    let failed = crate::db::sql("claiming hook jobs");
+    db.transaction("claiming hook jobs", |db| {
+        fence(db, gate)?;
+        let jobs = db
+            .rows(
+                "SELECT id, hook, event_id, event, payload, vm, host, request FROM hook_outbox
+                 WHERE claimed_by IS NULL ORDER BY id LIMIT ?1",
+                crate::args![n as u64],
+                |r| {
+                    Ok((
+                        r.u64(0)?,
+                        HookJob {
+                            hook: r.text(1)?,
+                            event_id: r.text(2)?,
+                            event: r.text(3)?,
+                            payload: r.text(4)?,
+                            vm: r.opt_i64(5)?.map(|v| v as u64),
+                            host: r.opt_text(6)?,
+                            request: r.opt_i64(7)?.map(|v| v as u64),
+                        },
+                    ))
+                },
+            )
+            .map_err(&failed)?;
+        for (id, _) in &jobs {
+            db.execute_later(
+                "UPDATE hook_outbox SET claimed_by = ?2, claimed_ms = ?3 WHERE id = ?1",
+                crate::args![*id, me, wall_ms()],
+            )
+            .map_err(&failed)?;
+        }
+        Ok(jobs)
+    })
+}
+
+/// Runs one job with its retries, recording every attempt; a retry waits while this daemon
+/// does not lead, and is not made once another leads.
 async fn run_job(
     hook: &Hook,
-    job: &Job,
+    job: &HookJob,
     cgroups: Option<&HookCgroups>,
     conn: &Arc<Mutex<crate::db::Db>>,
     metrics: &Metrics,
+    gate: &crate::lease::Gate,
 ) {
     let c = &hook.config;
     // A VM that took a warm VM runs in the warm VM's object on its host; its batch is
     // committed by now, so the `vms` row says which.
     let object = match job.vm {
-        Some(vm) => {
-            let conn = conn.clone();
-            tokio::task::spawn_blocking(move || {
-                let mut conn = conn.lock().unwrap_or_else(|e| e.into_inner());
-                crate::store::host_object(&mut conn, vm)
-            })
+        Some(vm) => on_db(conn, move |db| crate::store::host_object(db, vm))
             .await
+            .map_err(|error| tracing::warn!(vm, %error, "cannot read a vm's host object"))
             .ok()
-            .and_then(|found| {
-                found
-                    .map_err(|error| tracing::warn!(vm, %error, "cannot read a vm's host object"))
-                    .ok()
-            })
-            .flatten()
-        }
+            .flatten(),
         None => None,
     };
     for attempt in 0..=c.retries_max {
         if attempt > 0 {
             let factor = 1u64 << (attempt - 1).min(20);
             tokio::time::sleep(Duration::from_millis(c.backoff_ms.saturating_mul(factor))).await;
+            if !gate.may_act() {
+                tracing::warn!(hook = %hook.name, event_id = %job.event_id, "hook not retried: this daemon no longer leads");
+                return;
+            }
         }
         let run = run_once(hook, job, object.as_deref(), cgroups, attempt).await;
         let ok = run.outcome == "ok";
@@ -308,18 +624,8 @@ async fn run_job(
                 .inc();
             tracing::warn!(hook = %hook.name, event = %job.event, attempt, outcome = %run.outcome, exit_code = ?run.exit_code, "hook run failed");
         }
-        let conn = conn.clone();
-        let stored = tokio::task::spawn_blocking(move || {
-            let mut conn = conn.lock().unwrap_or_else(|e| e.into_inner());
-            insert_run(&mut conn, &run)
-        })
-        .await;
-        match stored {
-            Ok(Ok(())) => {}
-            Ok(Err(error)) => {
-                tracing::error!(hook = %hook.name, %error, "cannot record a hook run")
-            }
-            Err(_) => tracing::error!(hook = %hook.name, "hook run recorder failed"),
+        if let Err(error) = on_db(conn, move |db| insert_run(db, &run)).await {
+            tracing::error!(hook = %hook.name, %error, "cannot record a hook run");
         }
         if ok {
             return;
@@ -331,7 +637,7 @@ async fn run_job(
 /// attempt's cgroup, with `hooks_cgroup`) past it.
 async fn run_once(
     hook: &Hook,
-    job: &Job,
+    job: &HookJob,
     object: Option<&str>,
     cgroups: Option<&HookCgroups>,
     attempt: u32,
@@ -343,6 +649,7 @@ async fn run_once(
         id: 0,
         hook: hook.name.clone(),
         event: job.event.clone(),
+        event_id: Some(job.event_id.clone()),
         vm: job.vm,
         host: job.host.clone(),
         request: job.request,
@@ -371,6 +678,7 @@ async fn run_once(
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .env("BERTH_EVENT", &job.event)
+        .env("BERTH_EVENT_ID", &job.event_id)
         .process_group(0)
         .kill_on_drop(true);
     if let Some(vm) = job.vm {
@@ -397,7 +705,7 @@ async fn run_once(
     };
     let pid = child.id();
     if let Some(mut stdin) = child.stdin.take() {
-        let payload = job.payload.clone();
+        let payload = job.payload.clone().into_bytes();
         // A hook that does not read its stdin must not block us: write from a task.
         tokio::spawn(async move {
             let _ = stdin.write_all(&payload).await;
@@ -495,7 +803,8 @@ fn tail_text(bytes: &[u8]) -> String {
 fn insert_run(db: &mut crate::db::Db, r: &HookRun) -> Result<(), DaemonError> {
     db.execute(
         "INSERT INTO hook_runs (hook, event, vm, host, request, attempt, started_ms, duration_ms,
-         exit_code, outcome, stderr_tail) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+         exit_code, outcome, stderr_tail, event_id)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
         crate::args![
             &r.hook,
             &r.event,
@@ -507,7 +816,8 @@ fn insert_run(db: &mut crate::db::Db, r: &HookRun) -> Result<(), DaemonError> {
             r.duration_ms,
             r.exit_code,
             &r.outcome,
-            &r.stderr_tail
+            &r.stderr_tail,
+            r.event_id.clone()
         ],
     )
     .map_err(crate::db::sql("recording a hook run"))?;
@@ -521,7 +831,7 @@ fn insert_run(db: &mut crate::db::Db, r: &HookRun) -> Result<(), DaemonError> {
 pub struct RunFilter {
     /// Only runs of this hook.
     pub hook: Option<String>,
-    /// Only runs that ended so: `ok`, `failed`, `timeout` or `error`.
+    /// Only runs that ended so: `ok`, `failed`, `timeout`, `error` or `abandoned`.
     pub outcome: Option<String>,
     /// Only runs for this event (`vm.running`, ...).
     pub event: Option<String>,
@@ -533,7 +843,7 @@ pub struct RunFilter {
 pub fn list_runs(db: &mut crate::db::Db, f: &RunFilter) -> Result<Vec<HookRun>, DaemonError> {
     db.rows(
         "SELECT id, hook, event, vm, host, request, attempt, started_ms, duration_ms,
-         exit_code, outcome, stderr_tail FROM hook_runs
+         exit_code, outcome, stderr_tail, event_id FROM hook_runs
          WHERE (CAST(?1 AS TEXT) IS NULL OR hook = ?1)
          AND (CAST(?2 AS TEXT) IS NULL OR outcome = ?2)
          AND (CAST(?3 AS TEXT) IS NULL OR event = ?3) ORDER BY id DESC LIMIT ?4",
@@ -567,6 +877,7 @@ pub fn list_runs(db: &mut crate::db::Db, f: &RunFilter) -> Result<Vec<HookRun>, 
                 exit_code: small(9)?,
                 outcome: r.text(10)?,
                 stderr_tail: r.text(11)?,
+                event_id: r.opt_text(12)?,
             })
         },
     )
@@ -614,6 +925,60 @@ mod tests {
         assert_eq!(c.check(), Ok(()));
         c.command.clear();
         assert_eq!(c.check().map_err(|e| e.0), Err("command"));
+    }
+
+    /// The outbox hands each job out once, oldest first; a new leader records what a gone
+    /// daemon claimed as abandoned and drops the jobs of hooks no longer configured.
+    #[test]
+    fn the_outbox_hands_a_job_out_once_and_settles_what_a_gone_daemon_left() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let at = crate::db::StoreAt::Sqlite(dir.path().join("berth.db"));
+        let mut store = crate::store::Store::open(&at).expect("database");
+        let db = store.db();
+        let job = |hook: &str, event_id: &str| HookJob {
+            hook: hook.into(),
+            event_id: event_id.into(),
+            event: "vm.running".into(),
+            payload: "{}".into(),
+            vm: Some(7),
+            host: None,
+            request: Some(3),
+        };
+        for j in [
+            job("a", "1.0"),
+            job("a", "1.1"),
+            job("gone", "1.0"),
+            job("a", "2.0"),
+        ] {
+            crate::store::insert_hook_job(db, &j).expect("insert");
+        }
+        let gate = crate::lease::Gate::sole();
+        let ids = |jobs: &[(u64, HookJob)]| -> Vec<String> {
+            jobs.iter()
+                .map(|(_, j)| format!("{} {}", j.hook, j.event_id))
+                .collect()
+        };
+        let first = claim(db, 2, "old", &gate).expect("claim");
+        assert_eq!(ids(&first), ["a 1.0", "a 1.1"]);
+        let second = claim(db, 1, "old", &gate).expect("claim");
+        assert_eq!(ids(&second), ["gone 1.0"]);
+        // The old daemon dies with three claimed; a new one settles.
+        let names = ["a".to_owned()];
+        let left = settle(db, &names, "new", &gate).expect("settle");
+        assert_eq!(left, 1, "the unclaimed job of hook a is left");
+        let runs = list_runs(db, &RunFilter::default()).expect("runs");
+        let abandoned: Vec<String> = runs
+            .iter()
+            .filter(|r| r.outcome == "abandoned")
+            .map(|r| format!("{} {}", r.hook, r.event_id.clone().unwrap_or_default()))
+            .collect();
+        assert_eq!(abandoned, ["gone 1.0", "a 1.1", "a 1.0"], "newest first");
+        assert!(runs[0].stderr_tail.contains("claimed by old"), "{runs:?}");
+        let last = claim(db, 10, "new", &gate).expect("claim");
+        assert_eq!(ids(&last), ["a 2.0"]);
+        assert!(claim(db, 10, "new", &gate).expect("claim").is_empty());
+        // Its own claims are not the new daemon's to abandon.
+        assert_eq!(settle(db, &names, "new", &gate).expect("settle"), 1);
     }
 
     #[tokio::test]

@@ -1046,3 +1046,83 @@ fn vm_list_and_show_tell_warm_vms_and_handed_over_ones_apart() {
     );
     assert!(shown.contains("warm vm handover (vm1)"), "{shown}");
 }
+
+/// A hook runs once per event, across a crash: the jobs a batch's events owe are written with
+/// the batch, so a daemon killed while its hooks are behind runs the rest once it is back; the
+/// one it was running when killed is recorded as abandoned, not run again.
+#[test]
+fn a_hook_runs_once_per_event_across_a_crash() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("hook.log");
+    let script = dir.path().join("log-event");
+    std::fs::write(
+        &script,
+        "#!/bin/sh\necho \"$BERTH_EVENT_ID $BERTH_VM_ID\" >> \"$1\"\nsleep 1\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let config = format!(
+        "{CONFIG}\n[workers]\nhooks_at_once_max = 1\n\n[[hooks]]\nname = \"log\"\n\
+         on = \"vm.running\"\ncommand = [\"{}\", \"{}\"]\n",
+        script.display(),
+        log.display()
+    );
+    let lines = || -> Vec<String> {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    };
+    let mut serve = serve_with(dir.path(), &config);
+    let out = cli(&serve, &["request", "--template", "linux", "--count", "4"]);
+    assert_eq!(code(&out), 0, "{}", text(&out.stderr));
+    // The first hook has written its line and sleeps; the other three wait their turn.
+    berth_testkit::wait_for(
+        "the first hook run",
+        std::time::Duration::from_secs(60),
+        || (!lines().is_empty()).then_some(()),
+    );
+    serve.kill();
+    let first = lines();
+    assert!(first.len() < 4, "every hook ran before the kill: {first:?}");
+    serve.restart();
+    let heard = berth_testkit::wait_for(
+        "every VM's vm.running heard",
+        std::time::Duration::from_secs(60),
+        || {
+            let heard = lines();
+            (heard.len() >= 4).then_some(heard)
+        },
+    );
+    // Let anything that would run twice do so.
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let heard_then = lines();
+    assert_eq!(heard_then, heard, "a hook ran again");
+    let mut ids: Vec<&str> = heard.iter().filter_map(|l| l.split(' ').next()).collect();
+    let mut vms: Vec<&str> = heard.iter().filter_map(|l| l.split(' ').nth(1)).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    vms.sort_unstable();
+    vms.dedup();
+    assert_eq!((ids.len(), vms.len()), (4, 4), "{heard:?}");
+    // The run the kill cut short is recorded as abandoned, under its event's id; the others
+    // ended well, each under its own.
+    let runs = serve.api().ok("GET", "/v1/hooks/runs?hook=log", None)["runs"].clone();
+    let runs = runs.as_array().unwrap();
+    let abandoned: Vec<&str> = runs
+        .iter()
+        .filter(|r| r["outcome"] == "abandoned")
+        .filter_map(|r| r["event_id"].as_str())
+        .collect();
+    let cut_short = first.last().unwrap().split(' ').next().unwrap();
+    assert_eq!(abandoned, [cut_short], "{runs:?}");
+    let ok: Vec<&str> = runs
+        .iter()
+        .filter(|r| r["outcome"] == "ok")
+        .filter_map(|r| r["event_id"].as_str())
+        .collect();
+    assert_eq!(ok.len() + abandoned.len(), 4, "{runs:?}");
+    assert!(!ok.contains(&cut_short), "{runs:?}");
+}
