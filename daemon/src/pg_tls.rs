@@ -33,6 +33,16 @@ use tokio_rustls::rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme
 
 /// How long a connection may take when the URL does not say (`connect_timeout`).
 const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// How long sent data may stay unacknowledged before the connection is given up, when the URL
+/// does not say (`tcp_user_timeout`): a server cut off by the network fails a handshake or a
+/// statement in this time rather than the system's retransmission timeout of many minutes.
+const TCP_USER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// Keepalive probes on an idle connection, when the URL does not say (`keepalives_idle`,
+/// `keepalives_interval`, `keepalives_retries`): a connection waiting for an answer from a
+/// server whose machine vanished is given up after about 10 + 3 × 5 seconds, not hours.
+const KEEPALIVES_IDLE: std::time::Duration = std::time::Duration::from_secs(10);
+const KEEPALIVES_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+const KEEPALIVES_RETRIES: u32 = 3;
 /// libpq's `sslmode`, less `allow`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SslMode {
@@ -142,6 +152,22 @@ impl PgTarget {
         // reconnection, and the lease thread with it, for the system's TCP timeout of minutes.
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(CONNECT_TIMEOUT);
+        }
+        let named = |key: &str| {
+            kept.iter()
+                .any(|pair| pair.split_once('=').map_or(*pair, |(k, _)| k) == key)
+        };
+        if !named("tcp_user_timeout") {
+            config.tcp_user_timeout(TCP_USER_TIMEOUT);
+        }
+        if !named("keepalives_idle") {
+            config.keepalives_idle(KEEPALIVES_IDLE);
+        }
+        if !named("keepalives_interval") {
+            config.keepalives_interval(KEEPALIVES_INTERVAL);
+        }
+        if !named("keepalives_retries") {
+            config.keepalives_retries(KEEPALIVES_RETRIES);
         }
         config.ssl_mode(match mode {
             SslMode::Disable => postgres::config::SslMode::Disable,
@@ -457,6 +483,22 @@ mod tests {
             Some(&std::time::Duration::from_secs(5))
         );
         assert_eq!(t.config.get_ports(), &[5433]);
+        // Dead peers are noticed in seconds unless the URL says otherwise.
+        assert_eq!(t.config.get_tcp_user_timeout(), Some(&TCP_USER_TIMEOUT));
+        assert_eq!(t.config.get_keepalives_idle(), KEEPALIVES_IDLE);
+        let t = parsed("postgres://u@h/db?tcp_user_timeout=30&keepalives_idle=60");
+        assert_eq!(
+            t.config.get_tcp_user_timeout(),
+            Some(&std::time::Duration::from_secs(30))
+        );
+        assert_eq!(
+            t.config.get_keepalives_idle(),
+            std::time::Duration::from_secs(60)
+        );
+        assert_eq!(
+            t.config.get_keepalives_interval(),
+            Some(KEEPALIVES_INTERVAL)
+        );
         let t = parsed("postgres://u@h/db?sslmode=verify-full&sslrootcert=system");
         assert_eq!(t.verify(), &Verify::ChainAndHost(Roots::System));
     }
