@@ -1402,12 +1402,15 @@ pub fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
             ),
         );
         if let Some(l) = &v.leadership {
-            // A follower sends this call to the leader: the answer is the leader's.
+            // A follower answers from its replica of the leader's state.
             let leader = l.leader.as_deref().unwrap_or("none at the moment");
-            let asked = if l.leader.as_deref() == Some(c.api.url()) {
+            let asked = if l.role == "leader" {
                 String::new()
             } else {
-                format!("; answered by the leader for {}", c.api.url())
+                format!(
+                    "; answered by {}, a follower, from its replica",
+                    c.api.url()
+                )
             };
             line(
                 "leader",

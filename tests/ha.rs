@@ -567,3 +567,86 @@ fn a_leader_cut_off_from_the_database_is_replaced() {
     trio.settle();
     trio.assert_hosts_match_the_database();
 }
+
+/// A follower answers reads of the scheduler's state itself, from its replica of the leader's
+/// (the journal replayed, and read again before each answer, so a client reads what it just
+/// wrote through it), the same as the leader answers them; writes it sends to the leader.
+#[test]
+fn a_follower_answers_reads_from_its_replica_and_sends_writes_to_the_leader() {
+    let Some(trio) = Trio::start("", |_, url| url.to_owned()) else {
+        return;
+    };
+    let leader = trio.leader(None, Duration::from_secs(30));
+    let follower = (leader + 1) % 3;
+    let ids = submit_and_settle(&trio, leader, 5);
+    let agent = ureq::AgentBuilder::new()
+        .redirects(0)
+        .timeout(Duration::from_secs(10))
+        .build();
+    let call = |i: usize, method: &str, path: &str| -> (u16, serde_json::Value) {
+        let req = agent
+            .request(method, &format!("{}{path}", trio.daemons[i].url))
+            .set("Authorization", &format!("Bearer {TOKEN}"));
+        let resp = if method == "POST" {
+            req.send_json(serde_json::json!({"template": "linux", "count": 1}))
+        } else {
+            req.call()
+        };
+        match resp {
+            Ok(r) => (r.status(), r.into_json().unwrap_or_default()),
+            Err(ureq::Error::Status(code, r)) => (code, r.into_json().unwrap_or_default()),
+            Err(e) => panic!("{method} {path}: {e}"),
+        }
+    };
+    // The follower builds its replica once the leader has pinned its settings.
+    let start = Instant::now();
+    while call(follower, "GET", "/v1/status").0 != 200 {
+        assert!(start.elapsed() < Duration::from_secs(30), "no replica");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (_, status) = call(follower, "GET", "/v1/status");
+    assert_eq!(status["leadership"]["role"], "follower", "{status}");
+    assert_eq!(
+        status["leadership"]["leader"],
+        trio.daemons[leader].url.as_str(),
+        "{status}"
+    );
+    let (_, at_leader) = call(leader, "GET", "/v1/status");
+    for key in ["live_requests", "queue_len", "live_vms", "hosts"] {
+        assert_eq!(
+            status[key], at_leader[key],
+            "{key}: {status} against {at_leader}"
+        );
+    }
+    let hosts = |i: usize| -> Vec<(String, String)> {
+        let (code, v) = call(i, "GET", "/v1/hosts");
+        assert_eq!(code, 200, "{v}");
+        v["hosts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|h| (h["name"].to_string(), h["state"].to_string()))
+            .collect()
+    };
+    assert_eq!(hosts(follower), hosts(leader));
+    assert_eq!(call(follower, "GET", "/v1/queue").0, 200);
+    let detail = |i: usize, id: u64| -> serde_json::Value {
+        let (code, v) = call(i, "GET", &format!("/v1/requests/{id}"));
+        assert_eq!(code, 200, "r{id} from daemon {i}: {v}");
+        serde_json::json!({"state": v["state"], "vms": v["vms"], "why": v["why"]})
+    };
+    for id in &ids {
+        assert_eq!(detail(follower, *id), detail(leader, *id));
+    }
+    // A write sent to the follower goes to the leader; what it made, the follower reads at
+    // once.
+    let (code, _) = call(follower, "POST", "/v1/requests");
+    assert_eq!(code, 307);
+    let row = trio.client(follower).submit(&one_request()).unwrap();
+    let (code, v) = call(follower, "GET", &format!("/v1/requests/{}", row.id));
+    assert_eq!(code, 200, "the follower does not know r{} yet: {v}", row.id);
+    // What needs the drivers (a VM's console) goes to the leader.
+    let vm = v["vms"][0]["id"].as_u64().unwrap();
+    let (code, _) = call(follower, "GET", &format!("/v1/vms/{vm}/screenshot"));
+    assert_eq!(code, 307);
+}

@@ -41,8 +41,9 @@ pub struct Status {
     /// Why changes are refused, when they are.
     pub degraded: Option<String>,
     /// Who leads, when several daemons share one PostgreSQL database; absent for a daemon that
-    /// is its database's only user (SQLite). A follower sends `GET /v1/status` to the leader,
-    /// so this is the leader's answer.
+    /// is its database's only user (SQLite). A follower answers from its replica of the
+    /// leader's state, brought up to date with the journal when asked: `role` is the
+    /// answering daemon's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub leadership: Option<Leadership>,
 }
@@ -51,7 +52,7 @@ pub struct Status {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Leadership {
-    /// `leader` or `follower`.
+    /// The answering daemon's: `leader` or `follower`.
     pub role: String,
     /// The leader's base URL, as it advertises it.
     pub leader: Option<String>,

@@ -375,8 +375,10 @@ async fn send_input(state: &AppState, input: WireInput, actor: Actor) -> Result<
     done.map_err(ApiError::from)
 }
 
+/// Asks the control loop; a follower's replica answers the reads it can (see
+/// `Query::replica_answers`), and the rest go to the leader.
 pub(crate) async fn query(state: &AppState, q: Query) -> Result<Answer, ApiError> {
-    if !state.lease.may_act() {
+    if !state.lease.may_act() && !q.replica_answers() {
         return Err(ApiError::not_leader(&state.lease));
     }
     let (reply, rx) = oneshot::channel();
@@ -385,8 +387,11 @@ pub(crate) async fn query(state: &AppState, q: Query) -> Result<Answer, ApiError
         .send(Msg::Query { query: q, reply })
         .await
         .map_err(|_| ApiError::new(503, "the daemon is shutting down"))?;
-    rx.await
-        .map_err(|_| ApiError::new(503, "the daemon is shutting down"))
+    match rx.await {
+        Ok(Answer::AskTheLeader) => Err(ApiError::not_leader(&state.lease)),
+        Ok(answer) => Ok(answer),
+        Err(_) => Err(ApiError::new(503, "the daemon is shutting down")),
+    }
 }
 
 /// About the JSON length of one listed VM, to size a page's buffer.

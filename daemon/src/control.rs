@@ -170,6 +170,24 @@ pub(crate) enum Query {
     Kick(u64),
 }
 
+impl Query {
+    /// Whether a follower's replica answers it: reads of the scheduler's state do; what needs
+    /// the drivers or the leader's observers goes to the leader.
+    pub(crate) fn replica_answers(&self) -> bool {
+        match self {
+            Query::Hosts
+            | Query::HostId(_)
+            | Query::Why(_)
+            | Query::Status
+            | Query::Queue(_)
+            | Query::Scheduler { .. }
+            | Query::Holds(_)
+            | Query::Accounts => true,
+            Query::VmDriver(_) | Query::SampleMetrics | Query::ImageHosts | Query::Kick(_) => false,
+        }
+    }
+}
+
 /// A host as the image routes see it.
 pub(crate) struct ImageHost {
     pub(crate) id: u64,
@@ -199,6 +217,9 @@ pub(crate) enum Answer {
     Sampled,
     Accounts(berth_api::AccountList),
     ImageHosts(Vec<ImageHost>),
+    /// A follower without a replica it can answer from (not built yet, or the database does
+    /// not answer): the API sends the caller to the leader.
+    AskTheLeader,
 }
 
 /// The scheduler's side of `GET /v1/status` (the API adds the database's counts and health).
@@ -367,6 +388,13 @@ pub(crate) struct SnapshotSide {
 }
 
 /// Where replay starts: a fresh scheduler, or the newest snapshot.
+/// Whom a replay is for: a leader about to act, or a follower's replica.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Replay {
+    Leader,
+    Replica,
+}
+
 struct ReplayStart {
     s: Scheduler,
     templates: BTreeMap<String, KnownTemplate>,
@@ -576,10 +604,67 @@ impl Control {
     /// whole journal (no snapshot, one that cannot be restored, or a `requests` table that lost
     /// rows, which only the whole journal can write again).
     pub(crate) fn recover(
+        store: Store,
+        config: berth_sched::Config,
+        workers: Workers,
+        feed: Arc<Feed>,
+    ) -> Result<Control, DaemonError> {
+        Control::replay(store, config, workers, feed, Replay::Leader)
+    }
+
+    /// A follower's replica of the leader's state: the newest snapshot and the journal after
+    /// it, replayed as a start does, then kept up with [`catch_up`](Self::catch_up). It
+    /// writes nothing and acts on nothing; it answers the reads of [`Query::replica_answers`].
+    pub(crate) fn replica(
+        store: Store,
+        config: berth_sched::Config,
+        workers: Workers,
+        feed: Arc<Feed>,
+    ) -> Result<Control, DaemonError> {
+        Control::replay(store, config, workers, feed, Replay::Replica)
+    }
+
+    /// Applies the journal's batches written since the replica's last one.
+    pub(crate) fn catch_up(&mut self) -> Result<(), DaemonError> {
+        let batches = self.store.journal_after(self.batch)?;
+        let Some((last, _, _)) = batches.last() else {
+            return Ok(());
+        };
+        let last = *last;
+        self.submits += count_submits(&batches);
+        for (batch, at_ms, inputs) in batches {
+            for input in &inputs {
+                if let Err(e) = apply_journaled(
+                    &mut self.s,
+                    at_ms,
+                    input,
+                    &mut self.templates,
+                    &mut self.hosts,
+                ) {
+                    tracing::warn!(batch, input = input.name(), error = %e.message, "journaled input refused by the replica");
+                }
+            }
+            drain(&mut self.s);
+            self.last_ms = self.last_ms.max(at_ms);
+        }
+        self.batch = last;
+        // The kept orphans are counted in the status (a short table). The host objects are
+        // not read again: only what a replica does not answer (a VM's console) needs them.
+        self.kept = self
+            .store
+            .orphans()?
+            .into_iter()
+            .map(|o| (o.vm, o))
+            .collect();
+        Ok(())
+    }
+
+    fn replay(
         mut store: Store,
         config: berth_sched::Config,
         workers: Workers,
         feed: Arc<Feed>,
+        mode: Replay,
     ) -> Result<Control, DaemonError> {
         let mut start = ReplayStart::from_snapshot(&mut store, &config)?;
         let mut batches = store.journal_after(start.as_ref().map_or(0, |s| s.after_batch))?;
@@ -597,6 +682,11 @@ impl Control {
             }
         }
         let from_snapshot = start.as_ref().map(|s| s.after_batch);
+        // The replica goes on from the last batch it replayed (the leader may have written
+        // more since it read the journal).
+        let replayed_batch = batches
+            .last()
+            .map_or(from_snapshot.unwrap_or(0), |(b, _, _)| *b);
         let ReplayStart {
             mut s,
             mut templates,
@@ -606,8 +696,9 @@ impl Control {
             submits,
         } = start.unwrap_or_else(|| ReplayStart::fresh(config));
         let submits = submits + count_submits(&batches);
-        // From a snapshot the counts agreed (checked above): no row is lost.
-        let mut lost = if from_snapshot.is_some() {
+        // From a snapshot the counts agreed (checked above): no row is lost. A replica
+        // repairs nothing: that is the leader's to do.
+        let mut lost = if from_snapshot.is_some() || mode == Replay::Replica {
             BTreeMap::new()
         } else {
             lost_request_rows(&mut store, &batches)?
@@ -636,7 +727,7 @@ impl Control {
         // a duplicate key.
         let table_vm = store.last_vm()?;
         let next_vm = s.next_vm_id().0;
-        if table_vm >= next_vm {
+        if table_vm >= next_vm && mode == Replay::Leader {
             return Err(DaemonError::JournalBehindState { table_vm, next_vm });
         }
         if !lost.is_empty() {
@@ -654,6 +745,10 @@ impl Control {
             store.repair_requests(&rows)?;
         }
         let (batch, last_request, last_host) = store.last_ids()?;
+        let batch = match mode {
+            Replay::Leader => batch,
+            Replay::Replica => replayed_batch,
+        };
         let kept = store.orphans()?.into_iter().map(|o| (o.vm, o)).collect();
         let objects = HostObjects::new(store.host_objects()?);
         tracing::info!(
@@ -1175,14 +1270,29 @@ impl Control {
         mut shutdown: tokio::sync::watch::Receiver<bool>,
     ) -> Result<(), DaemonError> {
         let gate = self.gate.clone();
+        // What came while the lease lapsed, other than reads: processed once it is renewed.
+        let mut held: Vec<Msg> = Vec::new();
         loop {
             if !gate.may_act() {
                 tracing::warn!("the lease lapsed: nothing is acted on until it is renewed");
-                tokio::select! {
-                    renewed = gate.reopened() => if !renewed {
-                        return Err(DaemonError::LeadershipLost);
-                    },
-                    _ = shutdown.changed() => return Ok(()),
+                loop {
+                    tokio::select! {
+                        renewed = gate.reopened() => if renewed {
+                            break;
+                        } else {
+                            return Err(DaemonError::LeadershipLost);
+                        },
+                        _ = shutdown.changed() => return Ok(()),
+                        // Reads are answered from memory meanwhile, as a follower's replica
+                        // answers them.
+                        m = rx.recv() => match m {
+                            Some(Msg::Query { query, reply }) if query.replica_answers() => {
+                                let _ = reply.send(self.answer(query));
+                            }
+                            Some(other) => held.push(other),
+                            None => return Ok(()),
+                        },
+                    }
                 }
                 tracing::info!("the lease is renewed: acting again");
             }
@@ -1194,6 +1304,9 @@ impl Control {
                 // Retry the unwritten batch at least this often.
                 let retry = Duration::from_millis(UNWRITTEN_RETRY_MS);
                 sleep = Some(sleep.map_or(retry, |d| d.min(retry)));
+            }
+            if !held.is_empty() {
+                sleep = Some(Duration::ZERO);
             }
             let first = tokio::select! {
                 m = rx.recv() => match m {
@@ -1213,7 +1326,8 @@ impl Control {
                 // more acting until it is renewed, or ever if another daemon took it.
                 () = gate.closed() => continue,
             };
-            let mut msgs: Vec<Msg> = first.into_iter().collect();
+            let mut msgs: Vec<Msg> = std::mem::take(&mut held);
+            msgs.extend(first);
             while msgs.len() < BATCH_MAX {
                 match rx.try_recv() {
                     Ok(m) => msgs.push(m),
@@ -1775,7 +1889,7 @@ impl Control {
             .collect()
     }
 
-    fn answer(&self, query: Query) -> Answer {
+    pub(crate) fn answer(&self, query: Query) -> Answer {
         match query {
             Query::Hosts => Answer::Hosts(
                 self.s

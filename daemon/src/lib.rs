@@ -617,14 +617,43 @@ impl Lead {
 /// A follower's control task: waits for the lease, then takes the lead and runs the loop.
 async fn follow(
     lead: Lead,
-    rx: mpsc::Receiver<control::Msg>,
+    mut rx: mpsc::Receiver<control::Msg>,
     reports: mpsc::Receiver<workers::Report>,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), DaemonError> {
     let gate = lead.gate.clone();
-    tokio::select! {
-        () = gate.won() => {}
-        _ = shutdown.changed() => return Ok(()),
+    // Until it leads, a follower answers reads from a replica of the leader's state, read
+    // from the database: built once the leader has pinned its settings, brought up to date
+    // with the journal before each answer.
+    let mut replica: Option<control::Control> = None;
+    let mut retry = tokio::time::interval(std::time::Duration::from_millis(REPLICA_RETRY_MS));
+    loop {
+        tokio::select! {
+            // First: once this daemon leads, what comes in is the leader's to take (a write
+            // taken here would be dropped).
+            biased;
+            () = gate.won() => break,
+            _ = shutdown.changed() => return Ok(()),
+            _ = retry.tick(), if replica.is_none() => {
+                // Replaying runs off the runtime's threads, as a start's does.
+                replica = db::blocking(|| build_replica(&lead))
+                    .map_err(|error| tracing::warn!(%error, "cannot build the replica to answer reads from"))
+                    .ok()
+                    .flatten();
+            }
+            msg = rx.recv() => {
+                let Some(first) = msg else { return Ok(()) };
+                let mut msgs = vec![first];
+                while let Ok(more) = rx.try_recv() {
+                    msgs.push(more);
+                }
+                db::blocking(|| answer_from_replica(replica.as_mut(), msgs));
+            }
+        }
+    }
+    // The replica's connection goes off the runtime's threads (see `db::blocking`).
+    if let Some(replica) = replica {
+        db::blocking(|| drop(replica));
     }
     tracing::info!(
         epoch = gate.epoch(),
@@ -633,6 +662,85 @@ async fn follow(
     let control = lead.take().await?;
     tracing::info!(epoch = gate.epoch(), "took over: leading");
     control.run(rx, reports, shutdown).await
+}
+
+/// How often a follower tries again to build its replica (the leader has not pinned its
+/// settings yet, or the database did not answer).
+const REPLICA_RETRY_MS: u64 = 1000;
+
+/// A follower's replica (see `Control::replica`), or `None` while the database holds no
+/// pinned settings yet (the leader is still starting).
+fn build_replica(lead: &Lead) -> Result<Option<control::Control>, DaemonError> {
+    let mut store = store::Store::open(&lead.opts.store)?;
+    let Some(config) = stored_settings(&mut store)? else {
+        return Ok(None);
+    };
+    let started = std::time::Instant::now();
+    let replica =
+        control::Control::replica(store, config, lead.workers.inert(), lead.feed.clone())?;
+    tracing::info!(
+        took_ms = started.elapsed().as_millis() as u64,
+        "replica built: this follower answers reads"
+    );
+    Ok(Some(replica))
+}
+
+/// Answers a follower's queries from its replica, after one catch-up with the journal; sends
+/// to the leader what it cannot answer, and when there is no replica (or the database did not
+/// answer the catch-up). Writes never come here: the API refuses them on a follower.
+fn answer_from_replica(replica: Option<&mut control::Control>, msgs: Vec<control::Msg>) {
+    let replica = replica.and_then(|r| match r.catch_up() {
+        Ok(()) => Some(r),
+        Err(error) => {
+            tracing::warn!(%error, "the replica cannot catch up: reads go to the leader");
+            None
+        }
+    });
+    for msg in msgs {
+        if let control::Msg::Query { query, reply } = msg {
+            let answer = match &replica {
+                Some(r) if query.replica_answers() => r.answer(query),
+                _ => control::Answer::AskTheLeader,
+            };
+            let _ = reply.send(answer);
+        }
+    }
+}
+
+/// The scheduler's settings as the database pins them, read without writing (a follower's):
+/// `None` while a database with an empty journal lacks any of them (its leader is pinning
+/// them now). A section missing beside a journal is one older than it: absent, as
+/// [`pinned`] takes it.
+fn stored_settings(store: &mut store::Store) -> Result<Option<berth_sched::Config>, DaemonError> {
+    fn read<T: serde::de::DeserializeOwned>(
+        store: &mut store::Store,
+        key: &str,
+    ) -> Result<Option<T>, DaemonError> {
+        store
+            .meta(key)?
+            .map(|text| stored_section(key, &text))
+            .transpose()
+    }
+    let has_journal = store.has_journal()?;
+    let Some(sched_section) = read(store, "scheduler")? else {
+        return Ok(None);
+    };
+    let fair_share: Option<Option<config::FairShareSection>> = read(store, META_FAIR_SHARE)?;
+    let quotas: Option<Vec<config::QuotaConfig>> = read(store, META_QUOTAS)?;
+    let images: Option<Option<config::ImagesSection>> = read(store, META_IMAGES)?;
+    let warm: Option<Vec<config::WarmConfig>> = read(store, META_WARM)?;
+    let all = fair_share.is_some() && quotas.is_some() && images.is_some() && warm.is_some();
+    if !all && !has_journal {
+        return Ok(None);
+    }
+    config::pinned_scheduler_config(
+        &sched_section,
+        fair_share.flatten().as_ref(),
+        &quotas.unwrap_or_default(),
+        images.flatten().as_ref(),
+        &warm.unwrap_or_default(),
+    )
+    .map(Some)
 }
 
 /// The scheduler's settings replay must use: the ones stored with the database (see

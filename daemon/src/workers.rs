@@ -98,6 +98,18 @@ impl Workers {
         }
     }
 
+    /// Workers with this one's settings that drive nothing: no host is ever added to them,
+    /// and their reports go nowhere. A follower's replica holds them (see `Control::replica`).
+    pub(crate) fn inert(&self) -> Workers {
+        Workers::new(
+            mpsc::channel(1).0,
+            self.probe.clone(),
+            self.calls_per_host_max,
+            self.sim.clone(),
+            self.defaults.clone(),
+        )
+    }
+
     /// Builds the host's driver and starts probing it.
     pub(crate) fn add_host(&mut self, host: &WireHost) {
         let id = HostId(host.id);
