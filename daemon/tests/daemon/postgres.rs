@@ -166,24 +166,32 @@ fn accepted_or_refused(status: u16, body: &Value) -> Option<u64> {
     }
 }
 
+/// A daemon on a database of a PostgreSQL cluster of the test's own, in a data directory
+/// that `TempDir` holds, with its first request's VM running (the request's id); `None` after
+/// the shared skip rule when there are no PostgreSQL programs to make a cluster with.
+fn daemon_on_a_cluster_of_its_own() -> Option<(Cluster, tempfile::TempDir, TestDaemon, u64)> {
+    let cluster = Cluster::start()?;
+    let url = cluster.create_database("berth");
+    let tmp = tempfile::tempdir().unwrap();
+    stores::pin_to_url(tmp.path(), &url);
+    let d = TestDaemon::start(tmp.path(), CONFIG);
+    let first = submit(&d, 1);
+    d.wait_for("the first request running", |d| {
+        d.running_vms(first).len() == 1
+    });
+    Some((cluster, tmp, d, first))
+}
+
 /// PostgreSQL stops and starts again under a running daemon: what was acknowledged before
 /// stays; a submit meanwhile is refused with a reason or accepted and kept; afterwards the
 /// daemon connects again by itself and takes requests, without a restart of its own.
 #[test]
 fn a_postgres_restart_under_a_running_daemon_loses_nothing_and_is_reconnected() {
-    let Some(mut cluster) = Cluster::start() else {
+    let Some((mut cluster, tmp, d, first)) = daemon_on_a_cluster_of_its_own() else {
         return;
     };
-    let url = cluster.create_database("berth");
-    let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    stores::pin_to_url(dir, &url);
-    let d = TestDaemon::start(dir, CONFIG);
-    let mut acknowledged: Vec<u64> = (0..3).map(|_| submit(&d, 1)).collect();
-    let first = acknowledged[0];
-    d.wait_for("the first request running", |d| {
-        d.running_vms(first).len() == 1
-    });
+    let mut acknowledged: Vec<u64> = vec![first, submit(&d, 1), submit(&d, 1)];
 
     cluster.stop();
     // Submits during the outage: each is answered one way or the other, not left hanging
@@ -330,18 +338,9 @@ impl Drop for Dropped {
 /// seconds, and says meanwhile what is wrong.
 #[test]
 fn a_daemon_cut_off_from_postgresql_by_the_network_is_back_within_seconds_of_its_return() {
-    let Some(cluster) = Cluster::start() else {
+    let Some((cluster, _tmp, d, first)) = daemon_on_a_cluster_of_its_own() else {
         return;
     };
-    let url = cluster.create_database("berth");
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path();
-    stores::pin_to_url(dir, &url);
-    let d = TestDaemon::start(dir, CONFIG);
-    let first = submit(&d, 1);
-    d.wait_for("the first request running", |d| {
-        d.running_vms(first).len() == 1
-    });
     let health = |d: &TestDaemon| {
         ureq::get(&format!("{}/healthz", d.url))
             .timeout(Duration::from_secs(1))
