@@ -632,6 +632,7 @@ impl Control {
         };
         let last = *last;
         self.submits += count_submits(&batches);
+        self.inputs_since_snapshot += batches.iter().map(|(_, _, i)| i.len() as u64).sum::<u64>();
         for (batch, at_ms, inputs) in batches {
             for input in &inputs {
                 if let Err(e) = apply_journaled(
@@ -657,6 +658,50 @@ impl Control {
             .map(|o| (o.vm, o))
             .collect();
         Ok(())
+    }
+
+    /// Whether this replica can become the leader's loop (see [`lead`](Self::lead)): caught up
+    /// with the journal, which is whole once this daemon holds the lease (the fence refuses the
+    /// old leader's commits), and the `requests` table holds a row for every journaled submit.
+    /// When it lost rows, only a whole replay writes them again.
+    pub(crate) fn can_lead(&mut self) -> Result<bool, DaemonError> {
+        self.catch_up()?;
+        let rows = self.store.n_requests()?;
+        if rows != self.submits {
+            tracing::warn!(
+                rows,
+                submits = self.submits,
+                "the requests table and the journal's submits differ: replaying the whole journal"
+            );
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    /// The leader's loop from this replica (see [`can_lead`](Self::can_lead)): it takes the
+    /// leader's store (fenced) and workers, and what a leader's replay reads besides the
+    /// scheduler: the last ids, the host objects and the kept orphans.
+    pub(crate) fn lead(mut self, store: Store, workers: Workers) -> Result<Control, DaemonError> {
+        let replica_store = std::mem::replace(&mut self.store, store);
+        crate::db::blocking(|| drop(replica_store));
+        self.workers = workers;
+        let table_vm = self.store.last_vm()?;
+        let next_vm = self.s.next_vm_id().0;
+        if table_vm >= next_vm {
+            return Err(DaemonError::JournalBehindState { table_vm, next_vm });
+        }
+        let (batch, last_request, last_host) = self.store.last_ids()?;
+        self.batch = self.batch.max(batch);
+        self.next_request = last_request + 1;
+        self.next_host = last_host + 1;
+        self.kept = self
+            .store
+            .orphans()?
+            .into_iter()
+            .map(|o| (o.vm, o))
+            .collect();
+        self.objects = HostObjects::new(self.store.host_objects()?);
+        Ok(self)
     }
 
     fn replay(

@@ -499,7 +499,7 @@ pub async fn start(opts: Options) -> Result<Daemon, DaemonError> {
     };
     // A leader is ready before it listens; a follower listens at once.
     let leading = if gate.may_act() {
-        Ok(lead.take().await?)
+        Ok(lead.take(None).await?)
     } else {
         tracing::info!(leader = ?gate.holder().map(|h| h.address), "following: another daemon holds the lease");
         Err(lead)
@@ -574,17 +574,39 @@ struct Lead {
 }
 
 impl Lead {
-    /// Replays the journal (from the newest snapshot), starts the drivers and reconciles with
-    /// the hosts: the control loop, ready to run. Every write from here on is fenced by the
-    /// lease's epoch (none on SQLite).
-    async fn take(mut self) -> Result<control::Control, DaemonError> {
+    /// Brings the scheduler to the journal's end, starts the drivers and reconciles with the
+    /// hosts: the control loop, ready to run. A follower's replica (kept with the same
+    /// settings) only reads the journal's last batches; otherwise the journal is replayed from
+    /// the newest snapshot. Every write from here on is fenced by the lease's epoch (none on
+    /// SQLite).
+    async fn take(
+        mut self,
+        replica: Option<control::Control>,
+    ) -> Result<control::Control, DaemonError> {
         if !self.gate.is_sole() {
             lease::session_settings(self.store.db(), &self.opts.config.ha)?;
             self.store.fence(self.gate.epoch());
         }
         let sched_config = pinned_settings(&mut self.store, &self.opts.config)?;
-        let mut control =
-            control::Control::recover(self.store, sched_config, self.workers, self.feed)?;
+        let replica = match replica {
+            Some(mut r) if r.s.config() == &sched_config => {
+                if db::blocking(|| r.can_lead())? {
+                    Some(r)
+                } else {
+                    db::blocking(|| drop(r));
+                    None
+                }
+            }
+            Some(r) => {
+                db::blocking(|| drop(r));
+                None
+            }
+            None => None,
+        };
+        let mut control = match replica {
+            Some(r) => db::blocking(|| r.lead(self.store, self.workers))?,
+            None => control::Control::recover(self.store, sched_config, self.workers, self.feed)?,
+        };
         control.orphan_start = self.opts.orphans;
         control.orphans_destroy_max = self.opts.config.recovery.orphans_destroy_max;
         control.snapshot_every_inputs = self.opts.config.recovery.snapshot_every_inputs;
@@ -624,9 +646,11 @@ async fn follow(
     let gate = lead.gate.clone();
     // Until it leads, a follower answers reads from a replica of the leader's state, read
     // from the database: built once the leader has pinned its settings, brought up to date
-    // with the journal before each answer.
+    // with the journal before each answer and every `REPLICA_CATCH_UP_MS`, so that a
+    // takeover starts from it with little left to read.
     let mut replica: Option<control::Control> = None;
     let mut retry = tokio::time::interval(std::time::Duration::from_millis(REPLICA_RETRY_MS));
+    let mut catch_up = tokio::time::interval(std::time::Duration::from_millis(REPLICA_CATCH_UP_MS));
     loop {
         tokio::select! {
             // First: once this daemon leads, what comes in is the leader's to take (a write
@@ -641,6 +665,13 @@ async fn follow(
                     .ok()
                     .flatten();
             }
+            _ = catch_up.tick(), if replica.is_some() => {
+                if let Some(r) = replica.as_mut()
+                    && let Err(error) = db::blocking(|| r.catch_up())
+                {
+                    tracing::warn!(%error, "the replica cannot catch up");
+                }
+            }
             msg = rx.recv() => {
                 let Some(first) = msg else { return Ok(()) };
                 let mut msgs = vec![first];
@@ -651,15 +682,12 @@ async fn follow(
             }
         }
     }
-    // The replica's connection goes off the runtime's threads (see `db::blocking`).
-    if let Some(replica) = replica {
-        db::blocking(|| drop(replica));
-    }
     tracing::info!(
         epoch = gate.epoch(),
-        "taking over: replaying the journal and reconciling with the hosts"
+        replica = replica.is_some(),
+        "taking over: bringing the state to the journal's end and reconciling with the hosts"
     );
-    let control = lead.take().await?;
+    let control = lead.take(replica).await?;
     tracing::info!(epoch = gate.epoch(), "took over: leading");
     control.run(rx, reports, shutdown).await
 }
@@ -667,6 +695,8 @@ async fn follow(
 /// How often a follower tries again to build its replica (the leader has not pinned its
 /// settings yet, or the database did not answer).
 const REPLICA_RETRY_MS: u64 = 1000;
+/// How often a follower's replica reads the journal's new batches when nobody asks.
+const REPLICA_CATCH_UP_MS: u64 = 500;
 
 /// A follower's replica (see `Control::replica`), or `None` while the database holds no
 /// pinned settings yet (the leader is still starting).
