@@ -115,6 +115,16 @@ pub struct PgTarget {
     config: postgres::Config,
     mode: SslMode,
     verify: Verify,
+    /// The client's certificate chain and its key (`sslcert`, `sslkey`), for a server that
+    /// authenticates clients by certificate.
+    client: Option<ClientCert>,
+}
+
+/// PEM files of a client certificate (its chain) and its private key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClientCert {
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 impl PgTarget {
@@ -127,6 +137,7 @@ impl PgTarget {
         };
         let mut mode = SslMode::Prefer;
         let mut root_cert: Option<String> = None;
+        let (mut client_cert, mut client_key): (Option<String>, Option<String>) = (None, None);
         let mut kept = Vec::new();
         for pair in query.split('&').filter(|p| !p.is_empty()) {
             let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
@@ -139,6 +150,8 @@ impl PgTarget {
                         .ok_or_else(|| unknown_mode(&value))?;
                 }
                 "sslrootcert" => root_cert = Some(percent_decode(value)?),
+                "sslcert" => client_cert = Some(percent_decode(value)?),
+                "sslkey" => client_key = Some(percent_decode(value)?),
                 _ => kept.push(pair),
             }
         }
@@ -179,6 +192,29 @@ impl PgTarget {
             Some("") => return Err("sslrootcert is empty: name a PEM file, or `system`".into()),
             Some(path) => Roots::File(PathBuf::from(path)),
         };
+        let client = match (client_cert, client_key) {
+            (None, None) => None,
+            (Some(cert), Some(key)) if !cert.is_empty() && !key.is_empty() => Some(ClientCert {
+                cert: PathBuf::from(cert),
+                key: PathBuf::from(key),
+            }),
+            (Some(_), None) => {
+                return Err(
+                    "sslcert needs sslkey too: name the file of the certificate's key".into(),
+                );
+            }
+            (None, Some(_)) => {
+                return Err("sslkey needs sslcert too: name the file of the certificate".into());
+            }
+            _ => return Err("sslcert and sslkey are empty: name PEM files".into()),
+        };
+        if client.is_some() && mode == SslMode::Disable {
+            return Err(
+                "sslcert with sslmode=disable: a client certificate needs TLS; use require or a \
+                 verifying mode"
+                    .into(),
+            );
+        }
         let verify = match mode {
             SslMode::Disable | SslMode::Prefer => Verify::Nothing,
             // libpq: "if a root CA file exists, sslmode=require behaves as verify-ca".
@@ -191,6 +227,7 @@ impl PgTarget {
             config,
             mode,
             verify,
+            client,
         })
     }
 
@@ -214,7 +251,7 @@ impl PgTarget {
                 .connect(postgres::NoTls)
                 .map_err(ConnectError::Postgres);
         }
-        let tls = MakeRustlsConnect::new(client_config(&self.verify)?);
+        let tls = MakeRustlsConnect::new(client_config(&self.verify, self.client.as_ref())?);
         self.config.connect(tls).map_err(ConnectError::Postgres)
     }
 
@@ -306,30 +343,49 @@ fn provider() -> Arc<CryptoProvider> {
     Arc::new(provider)
 }
 
-fn client_config(verify: &Verify) -> Result<rustls::ClientConfig, ConnectError> {
+fn client_config(
+    verify: &Verify,
+    client: Option<&ClientCert>,
+) -> Result<rustls::ClientConfig, ConnectError> {
     let provider = provider();
     let algorithms = provider.signature_verification_algorithms;
     let builder = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| ConnectError::Tls(format!("setting up TLS: {e}")))?;
-    Ok(match verify {
+    let builder = match verify {
         Verify::Nothing => builder
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(ChainOnly {
                 roots: None,
                 algorithms,
-            }))
-            .with_no_client_auth(),
+            })),
         Verify::Chain(roots) => builder
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(ChainOnly {
                 roots: Some(Arc::new(root_store(roots)?)),
                 algorithms,
-            }))
-            .with_no_client_auth(),
-        Verify::ChainAndHost(roots) => builder
-            .with_root_certificates(root_store(roots)?)
-            .with_no_client_auth(),
+            })),
+        Verify::ChainAndHost(roots) => builder.with_root_certificates(root_store(roots)?),
+    };
+    let Some(client) = client else {
+        return Ok(builder.with_no_client_auth());
+    };
+    // Read at each connection, as the roots are: a renewed certificate counts from the next.
+    let chain = read_pem(&client.cert, "sslcert")?;
+    let key = {
+        use rustls::pki_types::pem::PemObject;
+        let name = || format!("sslkey={}", client.key.display());
+        let text = std::fs::read(&client.key)
+            .map_err(|e| ConnectError::Tls(format!("{}: {e}", name())))?;
+        rustls::pki_types::PrivateKeyDer::from_pem_slice(&text)
+            .map_err(|e| ConnectError::Tls(format!("{}: {e}", name())))?
+    };
+    builder.with_client_auth_cert(chain, key).map_err(|e| {
+        ConnectError::Tls(format!(
+            "sslcert={} with sslkey={}: {e}",
+            client.cert.display(),
+            client.key.display()
+        ))
     })
 }
 
@@ -348,7 +404,7 @@ fn root_store(roots: &Roots) -> Result<RootCertStore, ConnectError> {
             }
         }
         Roots::File(path) => {
-            for cert in read_pem(path)? {
+            for cert in read_pem(path, "sslrootcert")? {
                 store
                     .add(cert)
                     .map_err(|e| ConnectError::Tls(format!("{roots}: {e}")))?;
@@ -358,10 +414,10 @@ fn root_store(roots: &Roots) -> Result<RootCertStore, ConnectError> {
     Ok(store)
 }
 
-/// The certificates of a PEM file; an error names the file.
-fn read_pem(path: &Path) -> Result<Vec<CertificateDer<'static>>, ConnectError> {
+/// The certificates of a PEM file; an error names the file as the URL's `param`.
+fn read_pem(path: &Path, param: &str) -> Result<Vec<CertificateDer<'static>>, ConnectError> {
     use rustls::pki_types::pem::PemObject;
-    let name = || format!("sslrootcert={}", path.display());
+    let name = || format!("{param}={}", path.display());
     let text = std::fs::read(path).map_err(|e| ConnectError::Tls(format!("{}: {e}", name())))?;
     let certs = CertificateDer::pem_slice_iter(&text)
         .collect::<Result<Vec<_>, _>>()
@@ -511,6 +567,12 @@ mod tests {
             ("sslcrl=/x", "sslcrl"),
             ("sslrootcert=", "sslrootcert is empty"),
             ("sslrootcert=%2", "`%2` is not a %XX escape"),
+            ("sslcert=/c.pem", "sslcert needs sslkey too"),
+            ("sslkey=/k.pem", "sslkey needs sslcert too"),
+            (
+                "sslmode=disable&sslcert=/c.pem&sslkey=/k.pem",
+                "a client certificate needs TLS",
+            ),
         ] {
             let e = PgTarget::parse(&format!("postgres://u:s3cret@h/db?{query}")).unwrap_err();
             assert!(e.contains(says), "{query}: {e}");

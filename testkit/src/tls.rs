@@ -79,6 +79,63 @@ pub fn private_ca(dir: &Path) -> Option<[PathBuf; 3]> {
     Some(["ca.pem", "cert.pem", "key.pem"].map(|f| dir.join(f)))
 }
 
+/// A client certificate for `user` (its common name), signed by the CA that [`private_ca`]
+/// made in `dir`: (certificate, key), or `None` when `openssl` is not installed.
+pub fn client_cert(dir: &Path, user: &str) -> Option<[PathBuf; 2]> {
+    let openssl = find_program("openssl")?;
+    let run = |args: &[&str]| {
+        let out = Command::new(&openssl)
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let subject = format!("/CN={user}");
+    run(&[
+        "req",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-subj",
+        &subject,
+        "-keyout",
+        "client.key",
+        "-out",
+        "client.csr",
+    ]);
+    // Extensions make it a version 3 certificate, which TLS libraries insist on.
+    std::fs::write(
+        dir.join("client.ext"),
+        "basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\n",
+    )
+    .unwrap();
+    run(&[
+        "x509",
+        "-req",
+        "-extfile",
+        "client.ext",
+        "-in",
+        "client.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-out",
+        "client.pem",
+    ]);
+    Some(["client.pem", "client.key"].map(|f| dir.join(f)))
+}
+
 /// An HTTPS server on 127.0.0.1 that serves the files of a directory (`GET` and `HEAD`, with
 /// `Content-Length`, one request per connection), presenting a given certificate. It stops when
 /// dropped.

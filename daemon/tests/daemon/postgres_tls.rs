@@ -1,6 +1,7 @@
 //! TLS to PostgreSQL as the store URL's `sslmode` asks: a cluster of the test's own with
 //! `ssl = on` and a certificate of a private CA (made with `openssl`), reached by the store's
-//! connections and by a whole daemon.
+//! connections and by a whole daemon, and one that authenticates clients by certificate
+//! (`sslcert`, `sslkey`).
 
 use std::path::{Path, PathBuf};
 
@@ -193,4 +194,65 @@ fn a_daemon_keeps_its_store_over_verified_tls() {
     assert_eq!(plain, "0", "connections in the clear");
     assert_ne!(all, "0", "the daemon holds no connection");
     d.stop();
+}
+
+/// A server that authenticates clients by certificate (`cert` in `pg_hba.conf`): the URL's
+/// `sslcert` and `sslkey` log in as the certificate's name; without them the server's refusal
+/// is the error; a certificate without its key, or a key that cannot be read, is refused
+/// before connecting, naming the parameter.
+#[test]
+fn a_client_certificate_logs_in_where_the_server_asks_for_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some([ca, cert, key]) = berth_testkit::tls::private_ca(dir.path()) else {
+        berth_testkit::skip_or_fail("openssl is not installed: no certificates");
+        return;
+    };
+    let [client, client_key] = berth_testkit::tls::client_cert(dir.path(), "berth").unwrap();
+    let Some(cluster) = Cluster::start_with(ClusterSetup {
+        settings: vec![
+            "ssl = on".into(),
+            "ssl_cert_file = 'server.crt'".into(),
+            "ssl_key_file = 'server.key'".into(),
+            "ssl_ca_file = 'root.crt'".into(),
+        ],
+        hba: Some(vec![
+            "local all all trust".into(),
+            "hostssl all postgres 127.0.0.1/32 trust".into(),
+            "hostssl all berth 127.0.0.1/32 cert".into(),
+        ]),
+        files: vec![
+            ("server.crt".into(), cert),
+            ("server.key".into(), key),
+            ("root.crt".into(), ca.clone()),
+        ],
+    }) else {
+        return;
+    };
+    psql(
+        &format!("{}?sslmode=require", cluster.url("postgres")),
+        "CREATE ROLE berth LOGIN",
+    );
+    let base = cluster.url("postgres").replacen("postgres@", "berth@", 1);
+    let verified = format!("{base}?sslmode=verify-full&sslrootcert={}", ca.display());
+    let mut db = connect(&format!(
+        "{verified}&sslcert={}&sslkey={}",
+        client.display(),
+        client_key.display()
+    ))
+    .unwrap();
+    assert!(over_tls(&mut db));
+    let me = db
+        .row("SELECT current_user", &[], |r| r.text(0))
+        .unwrap()
+        .unwrap();
+    assert_eq!(me, "berth");
+    let e = refused(&verified);
+    assert!(e.contains("certificate"), "{e}");
+    let e = refused(&format!("{verified}&sslcert={}", client.display()));
+    assert!(e.contains("sslcert needs sslkey"), "{e}");
+    let e = refused(&format!(
+        "{verified}&sslcert={}&sslkey=/nonexistent/client.key",
+        client.display()
+    ));
+    assert!(e.contains("sslkey=/nonexistent/client.key"), "{e}");
 }
