@@ -293,7 +293,7 @@ impl Metrics {
         );
         r.register(
             "berth_hook_events_dropped",
-            "Events not handed to hooks because the hook queue was full",
+            "Events not handed to hooks because the hook outbox was full",
             m.hooks_dropped.clone(),
         );
         r.register(
