@@ -1,7 +1,8 @@
 //! High availability on PostgreSQL, as operators run it: three `berth serve` processes on one
 //! database and one shared simulated inventory. The leader is killed (SIGKILL) in the middle of
 //! 2,000-VM bursts, paused past its lease (SIGSTOP, SIGCONT), and cut off from the database (a
-//! proxy that stops passing bytes). What the hosts say (the shared inventory, and its log of
+//! proxy that stops passing bytes); and a lone leader is cut off by the network (a firewall
+//! rule) for a minute. What the hosts say (the shared inventory, and its log of
 //! driver actions with the process that made each) is checked against what the database says.
 //!
 //! Skipped, saying why, without a PostgreSQL server (`BERTH_TEST_POSTGRES`).
@@ -649,4 +650,139 @@ fn a_follower_answers_reads_from_its_replica_and_sends_writes_to_the_leader() {
     let vm = v["vms"][0]["id"].as_u64().unwrap();
     let (code, _) = call(follower, "GET", &format!("/v1/vms/{vm}/screenshot"));
     assert_eq!(code, 307);
+}
+
+/// Firewall rules that drop every packet to and from a TCP port of this machine, removed
+/// when dropped (a failing test too).
+struct Dropped {
+    port: u16,
+}
+
+impl Dropped {
+    fn rules(&self, op: &str) -> Vec<Vec<String>> {
+        ["--dport", "--sport"]
+            .iter()
+            .map(|dir| {
+                let port = self.port.to_string();
+                ["-w", op, "INPUT", "-p", "tcp", dir, &port, "-j", "DROP"]
+                    .iter()
+                    .map(|s| s.to_string())
+                    .collect()
+            })
+            .collect()
+    }
+
+    /// Drops `port`'s packets; `None` after the shared skip rule when there is no `iptables`
+    /// that this process may use (it needs root).
+    fn start(port: u16) -> Option<Dropped> {
+        let usable = std::process::Command::new("iptables")
+            .args(["-w", "-L", "INPUT", "-n"])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !usable {
+            berth_testkit::skip_or_fail(
+                "iptables cannot be used here (not installed, or not root): a network that \
+                 drops packets cannot be made",
+            );
+            return None;
+        }
+        let dropped = Dropped { port };
+        for rule in dropped.rules("-I") {
+            let status = std::process::Command::new("iptables")
+                .args(&rule)
+                .status()
+                .unwrap();
+            assert!(status.success(), "iptables {rule:?}");
+        }
+        Some(dropped)
+    }
+}
+
+impl Drop for Dropped {
+    fn drop(&mut self) {
+        for rule in self.rules("-D") {
+            let _ = std::process::Command::new("iptables").args(&rule).status();
+        }
+    }
+}
+
+/// The network between a lone `berth serve` and its PostgreSQL drops every packet for a minute
+/// (a firewall rule on the port of a cluster of the test's own; nothing is refused, nothing
+/// answers). The daemon's connections give up on the server within their TCP timeouts rather
+/// than the system's retransmission backoff, so once the network is back it leads and takes
+/// writes again within seconds.
+#[test]
+fn a_leader_cut_off_by_the_network_leads_again_within_seconds_of_its_return() {
+    let Some(cluster) = berth_testkit::postgres::Cluster::start() else {
+        return;
+    };
+    let url = cluster.create_database("berth");
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!(
+        "store = \"{url}\"\n[[tokens]]\nname = \"ci\"\ntoken = \"{TOKEN}\"\nrole = \"operator\"\n\
+         [sim]\nlatency_scale = 0.02\n[[hosts]]\nname = \"kvm-1\"\ndriver = \"sim\"\nvcpus = 64\n\
+         memory_mib = 262144\nimages = [\"linux\"]\nlabels = {{ arch = \"x86_64\" }}\n"
+    );
+    let serve = Serve::start(Path::new(env!("CARGO_BIN_EXE_berth")), dir.path(), &config);
+    serve.wait_leading();
+    let client = Client::new(&serve.url, Some(TOKEN.to_owned()));
+    let first = client.submit(&one_request()).unwrap().id;
+    let health = || {
+        ureq::get(&format!("{}/healthz", serve.url))
+            .timeout(Duration::from_secs(1))
+            .call()
+            .ok()
+            .and_then(|r| r.into_string().ok())
+            .unwrap_or_default()
+    };
+    let Some(cut) = Dropped::start(cluster.port()) else {
+        return;
+    };
+    // Past the lease, past the keepalives' and the TCP timeouts' reach, and past the first
+    // minute of the system's retransmission backoff.
+    std::thread::sleep(Duration::from_secs(60));
+    assert!(
+        !health().contains("(leader,"),
+        "still leading while cut off"
+    );
+    drop(cut);
+    let back = Instant::now();
+    while !health().contains("(leader,") {
+        assert!(
+            back.elapsed() < Duration::from_secs(60),
+            "no lead 60 s after the network came back; it says {:?}; the lease: {}\n{}",
+            health(),
+            psql(&url, "SELECT holder, epoch, expires_ms FROM lease"),
+            serve.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let leads = back.elapsed();
+    let second = loop {
+        match client.submit(&one_request()) {
+            Ok(row) => break row.id,
+            Err(e) => {
+                assert!(
+                    back.elapsed() < Duration::from_secs(60),
+                    "no write taken: {e}"
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    };
+    let writes = back.elapsed();
+    eprintln!(
+        "after a minute cut off: leads again {leads:?}, a write taken {writes:?} after the network's return"
+    );
+    // The system's backoff alone would retry a minute's cut a further 40 s or so later.
+    assert!(
+        leads < Duration::from_secs(15) && writes < Duration::from_secs(20),
+        "back after {leads:?} (lead) and {writes:?} (write)"
+    );
+    assert!(second > first);
+    let known = psql(
+        &url,
+        &format!("SELECT count(*) FROM requests WHERE id IN ({first}, {second})"),
+    );
+    assert_eq!(known, "2");
 }

@@ -1,8 +1,7 @@
 //! What only a PostgreSQL store does, whatever the suite's store: a database that outlives
-//! its data directory (emptied under a directory that knew it, or found by a new one), a
-//! server that stops and starts again under a running daemon, and a network that drops its
-//! packets for a minute. They skip (by the shared rule) without a PostgreSQL server, or without
-//! PostgreSQL's programs for a cluster of their own (and the last without `iptables` as root).
+//! its data directory (emptied under a directory that knew it, or found by a new one), and a
+//! server that stops and starts again under a running daemon. They skip (by the shared rule)
+//! without a PostgreSQL server, or without PostgreSQL's programs for a cluster of their own.
 
 use std::time::Duration;
 
@@ -265,126 +264,5 @@ fn a_postgres_restart_under_a_running_daemon_loses_nothing_and_is_reconnected() 
             "r{id}"
         );
     }
-    d.stop();
-}
-
-/// Firewall rules that drop every packet to and from a TCP port of this machine, removed
-/// when dropped (a failing test too).
-struct Dropped {
-    port: u16,
-}
-
-impl Dropped {
-    fn rules(&self, op: &str) -> Vec<Vec<String>> {
-        ["--dport", "--sport"]
-            .iter()
-            .map(|dir| {
-                [
-                    "-w",
-                    op,
-                    "INPUT",
-                    "-p",
-                    "tcp",
-                    dir,
-                    &self.port.to_string(),
-                    "-j",
-                    "DROP",
-                ]
-                .iter()
-                .map(|s| s.to_string())
-                .collect()
-            })
-            .collect()
-    }
-
-    /// Drops `port`'s packets; `None` after the shared skip rule when there is no `iptables`
-    /// that this process may use (it needs root).
-    fn start(port: u16) -> Option<Dropped> {
-        let usable = std::process::Command::new("iptables")
-            .args(["-w", "-L", "INPUT", "-n"])
-            .output()
-            .is_ok_and(|o| o.status.success());
-        if !usable {
-            berth_testkit::skip_or_fail(
-                "iptables cannot be used here (not installed, or not root): a network that \
-                 drops packets cannot be made",
-            );
-            return None;
-        }
-        let dropped = Dropped { port };
-        for rule in dropped.rules("-I") {
-            let status = std::process::Command::new("iptables")
-                .args(&rule)
-                .status()
-                .unwrap();
-            assert!(status.success(), "iptables {rule:?}");
-        }
-        Some(dropped)
-    }
-}
-
-impl Drop for Dropped {
-    fn drop(&mut self) {
-        for rule in self.rules("-D") {
-            let _ = std::process::Command::new("iptables").args(&rule).status();
-        }
-    }
-}
-
-/// The network between the daemon and PostgreSQL drops every packet for a minute (a firewall
-/// rule on the cluster's port; nothing is refused, nothing answers). The daemon's connections
-/// give up on the server within their TCP timeouts rather than the system's retransmission
-/// backoff, so once the network is back the daemon leads and takes writes again within
-/// seconds, and says meanwhile what is wrong.
-#[test]
-fn a_daemon_cut_off_from_postgresql_by_the_network_is_back_within_seconds_of_its_return() {
-    let Some((cluster, _tmp, d, first)) = daemon_on_a_cluster_of_its_own() else {
-        return;
-    };
-    let health = |d: &TestDaemon| {
-        ureq::get(&format!("{}/healthz", d.url))
-            .timeout(Duration::from_secs(1))
-            .call()
-            .ok()
-            .and_then(|r| r.into_string().ok())
-            .unwrap_or_default()
-    };
-    assert!(health(&d).contains("(leader,"), "{}", health(&d));
-
-    let Some(cut) = Dropped::start(cluster.port()) else {
-        return;
-    };
-    // Past the lease, past the keepalives' and the TCP timeouts' reach, and past the first
-    // minute of the system's retransmission backoff.
-    std::thread::sleep(Duration::from_secs(60));
-    assert!(
-        !health(&d).contains("(leader,"),
-        "still leading while cut off"
-    );
-    drop(cut);
-    let back = std::time::Instant::now();
-    berth_testkit::wait_for("the daemon leads again", Duration::from_secs(60), || {
-        health(&d).contains("(leader,").then_some(())
-    });
-    let leads = back.elapsed();
-    let id = berth_testkit::wait_for("a write taken", Duration::from_secs(60), || {
-        let (status, body) = d.call(
-            "POST",
-            "/v1/requests",
-            Some(json!({"template": "linux", "count": 1})),
-        );
-        accepted_or_refused(status, &body)
-    });
-    let writes = back.elapsed();
-    println!(
-        "after a minute cut off: leads again {leads:?}, a write taken {writes:?} after the network's return"
-    );
-    // The system's backoff alone would retry a minute's cut a further 40 s or so later.
-    assert!(
-        leads < Duration::from_secs(15) && writes < Duration::from_secs(20),
-        "back after {leads:?} (lead) and {writes:?} (write)"
-    );
-    d.wait_for("the new request running", |d| d.running_vms(id).len() == 1);
-    assert_eq!(d.call("GET", &format!("/v1/requests/{first}"), None).0, 200);
     d.stop();
 }
