@@ -10,12 +10,11 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use crate::find_program;
 
-/// A private CA and a certificate it signed for 127.0.0.1 and `localhost`, made with `openssl`
-/// in `dir`: (CA certificate, server certificate, server key), or `None` when `openssl` is not
-/// installed (the caller skips with [`crate::skip_or_fail`]).
-pub fn private_ca(dir: &Path) -> Option<[PathBuf; 3]> {
+/// `openssl ARGS` run in `dir`, failing the test with its stderr when it fails; `None` when
+/// `openssl` is not installed.
+fn openssl_in(dir: &Path) -> Option<impl Fn(&[&str]) + '_> {
     let openssl = find_program("openssl")?;
-    let run = |args: &[&str]| {
+    Some(move |args: &[&str]| {
         let out = Command::new(&openssl)
             .args(args)
             .current_dir(dir)
@@ -26,7 +25,14 @@ pub fn private_ca(dir: &Path) -> Option<[PathBuf; 3]> {
             "openssl {args:?}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-    };
+    })
+}
+
+/// A private CA and a certificate it signed for 127.0.0.1 and `localhost`, made with `openssl`
+/// in `dir`: (CA certificate, server certificate, server key), or `None` when `openssl` is not
+/// installed (the caller skips with [`crate::skip_or_fail`]).
+pub fn private_ca(dir: &Path) -> Option<[PathBuf; 3]> {
+    let run = openssl_in(dir)?;
     let ec = [
         "-newkey",
         "ec",
@@ -82,19 +88,7 @@ pub fn private_ca(dir: &Path) -> Option<[PathBuf; 3]> {
 /// A client certificate for `user` (its common name), signed by the CA that [`private_ca`]
 /// made in `dir`: (certificate, key), or `None` when `openssl` is not installed.
 pub fn client_cert(dir: &Path, user: &str) -> Option<[PathBuf; 2]> {
-    let openssl = find_program("openssl")?;
-    let run = |args: &[&str]| {
-        let out = Command::new(&openssl)
-            .args(args)
-            .current_dir(dir)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "openssl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
+    let run = openssl_in(dir)?;
     let subject = format!("/CN={user}");
     run(&[
         "req",
