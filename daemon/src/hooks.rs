@@ -184,7 +184,8 @@ impl Hooks {
         }
         for (index, event) in events.iter().enumerate() {
             let name = event_name(event);
-            let event_id = format!("{batch}.{index}");
+            // Made for the first hook that matches: most events match none.
+            let mut event_id: Option<String> = None;
             let mut payload: Option<String> = None;
             for h in self.hooks.iter() {
                 if !matches(&h.config.on, &name) {
@@ -195,6 +196,9 @@ impl Hooks {
                     tracing::warn!(hook = %h.name, event = %name, "hook outbox full: event dropped");
                     continue;
                 }
+                let event_id = event_id
+                    .get_or_insert_with(|| format!("{batch}.{index}"))
+                    .clone();
                 let payload = payload
                     .get_or_insert_with(|| {
                         let body = HookPayload {
@@ -221,7 +225,7 @@ impl Hooks {
                 self.backlog.fetch_add(1, Ordering::Relaxed);
                 out.push(HookJob {
                     hook: h.name.clone(),
-                    event_id: event_id.clone(),
+                    event_id,
                     event: name.clone(),
                     payload,
                     vm,
