@@ -75,15 +75,44 @@ pub fn code_of(e: &anyhow::Error) -> u8 {
 pub fn report(e: &anyhow::Error) -> ExitCode {
     let code = code_of(e);
     if code != CLOSED_PIPE {
-        eprintln!("berth: {e:#}");
+        eprintln!("berth: {}", said(e));
     }
     ExitCode::from(code)
+}
+
+/// The error and its causes, `a: b: c`, each cause once: many errors write the one they wrap
+/// into their own message and also hand it out as their source, which `{e:#}` would print a
+/// second time.
+fn said(e: &anyhow::Error) -> String {
+    berth_daemon::pg_tls::with_causes(e.as_ref())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use anyhow::Context;
+
+    #[test]
+    fn a_cause_its_error_already_tells_is_said_once() {
+        #[derive(Debug)]
+        struct Wraps(std::io::Error);
+        impl std::fmt::Display for Wraps {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                write!(f, "reading the key: {}", self.0)
+            }
+        }
+        impl std::error::Error for Wraps {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                Some(&self.0)
+            }
+        }
+        let e = anyhow::Error::new(Wraps(std::io::Error::other("no such file")))
+            .context("starting the daemon");
+        assert_eq!(
+            said(&e),
+            "starting the daemon: reading the key: no such file"
+        );
+    }
 
     #[test]
     fn errors_map_to_their_codes_through_context() {
