@@ -24,7 +24,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use berth_sched::{Event, Scheduler};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::{Notify, Semaphore, mpsc};
+use tokio::sync::{Notify, Semaphore, mpsc, watch};
+use tokio::task::JoinHandle;
 
 use crate::DaemonError;
 use crate::cgroup::HookCgroups;
@@ -44,6 +45,9 @@ const IDLE_POLL_MS: u64 = 1000;
 pub const STDERR_TAIL_MAX_BYTES: usize = 4096;
 /// How long to wait for a killed hook's pipes to close.
 const PIPE_GRACE_MS: u64 = 1000;
+/// The longest a stopping daemon waits for its hook runs in flight to end, whatever their
+/// timeouts: past it they are left to the next leader, which records them `abandoned`.
+const STOP_WAIT_MAX_MS: u64 = 20_000;
 /// The most of a hook's standard error read at all: past it the pipe is closed, so a hook
 /// (or what it left running) that floods it costs no more CPU.
 pub const STDERR_READ_MAX_BYTES: usize = 1 << 20;
@@ -112,6 +116,44 @@ pub(crate) struct Hooks {
     me: Arc<str>,
     pulls_seen: Arc<AtomicU64>,
     metrics: Arc<Metrics>,
+    /// What a stop asks of the runner.
+    pub(crate) stop: HookStop,
+}
+
+/// A stop of the hook runner: it claims no more jobs, makes no more retries, gives back the
+/// jobs it claimed and did not start, and the stop waits for the runs in flight to end and be
+/// recorded (each ends within its hook's timeout), at most `STOP_WAIT_MAX_MS`.
+#[derive(Clone)]
+pub(crate) struct HookStop {
+    stopping: Arc<watch::Sender<bool>>,
+    permits: Arc<Semaphore>,
+    at_once_max: usize,
+    wait: Duration,
+    /// The dispatcher task, awaited by the stop.
+    dispatcher: Arc<Mutex<Option<JoinHandle<()>>>>,
+}
+
+impl HookStop {
+    /// Stops the runner; returns whether every run in flight ended within the wait.
+    pub(crate) async fn finish(&self) -> bool {
+        let deadline = tokio::time::Instant::now() + self.wait;
+        self.stopping.send_replace(true);
+        let dispatcher = self.dispatcher.lock().ok().and_then(|mut d| d.take());
+        if let Some(task) = dispatcher {
+            // It returns at once, once it has given back what it claimed and did not start.
+            let _ = tokio::time::timeout_at(deadline, task).await;
+        }
+        let all = u32::try_from(self.at_once_max).unwrap_or(u32::MAX);
+        let ended = tokio::time::timeout_at(deadline, self.permits.acquire_many(all)).await;
+        let ended = matches!(ended, Ok(Ok(_)));
+        if !ended {
+            tracing::warn!(
+                wait_ms = self.wait.as_millis() as u64,
+                "hook runs still in flight at the stop: the next leader records them abandoned"
+            );
+        }
+        ended
+    }
 }
 
 /// What the dispatcher works with.
@@ -126,6 +168,8 @@ struct Dispatch {
     wake: Arc<Notify>,
     backlog: Arc<AtomicUsize>,
     me: Arc<str>,
+    /// Turns true when the daemon stops.
+    stopping: watch::Receiver<bool>,
 }
 
 impl Hooks {
@@ -150,28 +194,49 @@ impl Hooks {
                 .collect(),
         );
         let (pulls, pulls_rx) = mpsc::channel::<HookJob>(PULLS_QUEUED_MAX);
+        let wake = Arc::new(Notify::new());
+        let at_once_max = at_once_max.max(1);
+        let longest = configs.iter().map(|c| c.timeout_ms).max().unwrap_or(0);
+        let (stopping, stopping_rx) = watch::channel(false);
+        let stop = HookStop {
+            stopping: Arc::new(stopping),
+            dispatcher: Arc::default(),
+            permits: Arc::new(Semaphore::new(at_once_max)),
+            at_once_max,
+            // A run in flight ends within its timeout, then its pipes' grace, then its row.
+            wait: Duration::from_millis(
+                longest
+                    .saturating_add(2 * PIPE_GRACE_MS)
+                    .min(STOP_WAIT_MAX_MS),
+            ),
+        };
         let handle = Hooks {
             hooks: hooks.clone(),
-            wake: Arc::new(Notify::new()),
+            wake: wake.clone(),
             pulls,
             backlog: Arc::new(AtomicUsize::new(0)),
             me: crate::lease::holder_name().into(),
             pulls_seen: Arc::new(AtomicU64::new(0)),
             metrics: metrics.clone(),
+            stop: stop.clone(),
         };
         let d = Dispatch {
             hooks,
             conn: Arc::new(Mutex::new(crate::db::Db::connect(store)?)),
-            permits: Arc::new(Semaphore::new(at_once_max.max(1))),
-            at_once_max: at_once_max.max(1),
+            permits: stop.permits.clone(),
+            at_once_max,
             cgroups,
             metrics,
             gate,
-            wake: handle.wake.clone(),
+            wake,
             backlog: handle.backlog.clone(),
             me: handle.me.clone(),
+            stopping: stopping_rx,
         };
-        tokio::spawn(d.run(pulls_rx));
+        let task = tokio::spawn(d.run(pulls_rx));
+        if let Ok(mut slot) = stop.dispatcher.lock() {
+            *slot = Some(task);
+        }
         Ok(handle)
     }
 
@@ -333,13 +398,15 @@ async fn on_db<T: Send + 'static>(
 impl Dispatch {
     /// Waits until this daemon leads, settles what an earlier leader left (`settle`), then
     /// claims and runs the outbox's jobs in order as permits free up. Ends when the daemon
-    /// drops its handles.
+    /// drops its handles or stops (see [`HookStop`]).
     async fn run(self, mut pulls: mpsc::Receiver<HookJob>) {
         let d = Arc::new(self);
+        let mut stopping = d.stopping.clone();
         while !d.gate.may_act() {
             tokio::select! {
                 () = tokio::time::sleep(Duration::from_millis(FOLLOWER_POLL_MS)) => {}
                 () = d.wake.notified() => {}
+                () = stopped(&mut stopping) => return,
             }
         }
         let names: Vec<String> = d.hooks.iter().map(|h| h.name.clone()).collect();
@@ -355,13 +422,19 @@ impl Dispatch {
             while let Ok(job) = pulls.try_recv() {
                 d.put(job).await;
             }
+            if *stopping.borrow() {
+                return;
+            }
             let free = d.permits.available_permits();
             if free == 0 {
                 // Wait for a run to end.
-                let Ok(permit) = d.permits.acquire().await else {
-                    return;
-                };
-                drop(permit);
+                tokio::select! {
+                    permit = d.permits.acquire() => match permit {
+                        Ok(permit) => drop(permit),
+                        Err(_) => return,
+                    },
+                    () = stopped(&mut stopping) => return,
+                }
                 continue;
             }
             let claimed = if d.gate.may_act() {
@@ -379,6 +452,7 @@ impl Dispatch {
                     tokio::select! {
                         () = d.wake.notified() => {}
                         () = tokio::time::sleep(Duration::from_millis(IDLE_POLL_MS)) => {}
+                        () = stopped(&mut stopping) => return,
                         job = pulls.recv() => match job {
                             Some(job) => d.put(job).await,
                             None => return,
@@ -386,8 +460,22 @@ impl Dispatch {
                     }
                 }
                 Ok(jobs) => {
-                    for (id, job) in jobs {
-                        let Ok(permit) = d.permits.clone().acquire_owned().await else {
+                    let mut jobs = jobs.into_iter();
+                    while let Some((id, job)) = jobs.next() {
+                        let permit = tokio::select! {
+                            permit = d.permits.clone().acquire_owned() => permit.ok(),
+                            () = stopped(&mut stopping) => None,
+                        };
+                        let Some(permit) = permit.filter(|_| !*stopping.borrow()) else {
+                            // Not started: the next daemon to lead runs them.
+                            let ids: Vec<u64> =
+                                std::iter::once(id).chain(jobs.map(|(id, _)| id)).collect();
+                            let me = d.me.clone();
+                            if let Err(error) =
+                                on_db(&d.conn, move |db| unclaim(db, &ids, &me)).await
+                            {
+                                tracing::error!(%error, "cannot give back claimed hook jobs");
+                            }
                             return;
                         };
                         let d = d.clone();
@@ -437,6 +525,7 @@ impl Dispatch {
                     &self.conn,
                     &self.metrics,
                     &self.gate,
+                    &self.stopping,
                 )
                 .await
             }
@@ -455,6 +544,12 @@ impl Dispatch {
             .backlog
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
     }
+}
+
+/// Returns once the daemon stops (at once if it has).
+async fn stopped(stopping: &mut watch::Receiver<bool>) {
+    // An error means the daemon dropped its handle: stopped too.
+    let _ = stopping.wait_for(|s| *s).await;
 }
 
 /// The fence of a write only the leader makes (none for the sole daemon), in its transaction.
@@ -582,8 +677,24 @@ fn claim(
     })
 }
 
+/// Gives back jobs this daemon claimed and did not start (it is stopping), so that the next
+/// daemon to lead runs them rather than recording them abandoned.
+fn unclaim(db: &mut crate::db::Db, ids: &[u64], me: &str) -> Result<(), DaemonError> {
+    db.transaction("giving back hook jobs", |db| {
+        for id in ids {
+            db.execute_later(
+                "UPDATE hook_outbox SET claimed_by = NULL, claimed_ms = NULL
+                 WHERE id = ?1 AND claimed_by = ?2",
+                crate::args![*id, me],
+            )
+            .map_err(crate::db::sql("giving back hook jobs"))?;
+        }
+        Ok(())
+    })
+}
+
 /// Runs one job with its retries, recording every attempt; a retry waits while this daemon
-/// does not lead, and is not made once another leads.
+/// does not lead, and is not made once another leads or the daemon stops.
 async fn run_job(
     hook: &Hook,
     job: &HookJob,
@@ -591,6 +702,7 @@ async fn run_job(
     conn: &Arc<Mutex<crate::db::Db>>,
     metrics: &Metrics,
     gate: &crate::lease::Gate,
+    stopping: &watch::Receiver<bool>,
 ) {
     let c = &hook.config;
     // A VM that took a warm VM runs in the warm VM's object on its host; its batch is
@@ -609,6 +721,10 @@ async fn run_job(
             tokio::time::sleep(Duration::from_millis(c.backoff_ms.saturating_mul(factor))).await;
             if !gate.may_act() {
                 tracing::warn!(hook = %hook.name, event_id = %job.event_id, "hook not retried: this daemon no longer leads");
+                return;
+            }
+            if *stopping.borrow() {
+                tracing::warn!(hook = %hook.name, event_id = %job.event_id, "hook not retried: the daemon is stopping");
                 return;
             }
         }

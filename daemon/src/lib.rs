@@ -224,6 +224,8 @@ pub struct Daemon {
     pulses: JoinHandle<()>,
     /// The leader lease (the sole daemon's gate on SQLite).
     gate: lease::Gate,
+    /// The hook runner, which a stop lets finish its runs in flight.
+    hooks: hooks::HookStop,
 }
 
 impl Daemon {
@@ -248,8 +250,9 @@ impl Daemon {
         &self.pulls
     }
 
-    /// Stops taking requests, lets the control loop finish its batch, and waits for both.
-    /// A leader gives its lease up once its loop has stopped, so a follower takes over at once.
+    /// Stops taking requests, lets the control loop finish its batch, and waits for both; then
+    /// lets the hook runs in flight end and be recorded (bounded, see `hooks::HookStop`). A
+    /// leader gives its lease up once all that is done, so a follower takes over at once.
     pub async fn stop(self) -> Result<(), DaemonError> {
         let _ = self.shutdown.send(true);
         let _ = self.http.await;
@@ -258,6 +261,7 @@ impl Daemon {
             Ok(r) => r,
             Err(_) => Err(DaemonError::LoopGone),
         };
+        self.hooks.finish().await;
         let gate = self.gate.clone();
         let _ = tokio::task::spawn_blocking(move || gate.release()).await;
         result
@@ -480,6 +484,7 @@ pub async fn start(opts: Options) -> Result<Daemon, DaemonError> {
         metrics.clone(),
         gate.clone(),
     )?;
+    let hook_stop = hooks.stop.clone();
     let (pull_metrics, pull_hooks) = (metrics.clone(), hooks.clone());
     pulls.observe(Arc::new(move |pull| {
         pull_metrics.image_pull(pull);
@@ -556,6 +561,7 @@ pub async fn start(opts: Options) -> Result<Daemon, DaemonError> {
         http,
         pulses,
         gate,
+        hooks: hook_stop,
     })
 }
 

@@ -1047,6 +1047,78 @@ fn vm_list_and_show_tell_warm_vms_and_handed_over_ones_apart() {
     assert!(shown.contains("warm vm handover (vm1)"), "{shown}");
 }
 
+/// A clean stop (SIGTERM) lets the hook run in flight end and records it; the jobs not started
+/// yet run after the next start. Nothing is abandoned, nothing runs twice.
+#[test]
+fn a_stop_lets_the_hook_run_in_flight_end_and_leaves_the_rest_to_the_next_start() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("hook.log");
+    let script = dir.path().join("log-event");
+    // A line when it starts and one when it ends, two seconds later.
+    std::fs::write(
+        &script,
+        "#!/bin/sh\necho \"start $BERTH_EVENT_ID\" >> \"$1\"\nsleep 2\necho \"end $BERTH_EVENT_ID\" >> \"$1\"\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let config = format!(
+        "{CONFIG}\n[workers]\nhooks_at_once_max = 1\n\n[[hooks]]\nname = \"log\"\n\
+         on = \"vm.running\"\ncommand = [\"{}\", \"{}\"]\n",
+        script.display(),
+        log.display()
+    );
+    let lines = || -> Vec<String> {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    };
+    let mut serve = serve_with(dir.path(), &config);
+    let out = cli(&serve, &["request", "--template", "linux", "--count", "4"]);
+    assert_eq!(code(&out), 0, "{}", text(&out.stderr));
+    berth_testkit::wait_for(
+        "the first hook run",
+        std::time::Duration::from_secs(60),
+        || (!lines().is_empty()).then_some(()),
+    );
+    assert!(serve.terminate(), "berth serve did not stop on SIGTERM");
+    let at_stop = lines();
+    let started = at_stop.iter().filter(|l| l.starts_with("start ")).count();
+    let ended = at_stop.iter().filter(|l| l.starts_with("end ")).count();
+    assert_eq!(
+        started, ended,
+        "a run was cut short by the stop: {at_stop:?}"
+    );
+    assert!(started < 4, "every hook ran before the stop: {at_stop:?}");
+    serve.restart();
+    let runs = berth_testkit::wait_for(
+        "a run for every VM's vm.running",
+        std::time::Duration::from_secs(60),
+        || {
+            let runs = serve.api().ok("GET", "/v1/hooks/runs?hook=log", None)["runs"].clone();
+            (runs.as_array().unwrap().len() >= 4).then_some(runs)
+        },
+    );
+    // Let anything that would run twice do so.
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    let runs = runs.as_array().unwrap();
+    let outcomes: Vec<&str> = runs
+        .iter()
+        .map(|r| r["outcome"].as_str().unwrap())
+        .collect();
+    assert_eq!(outcomes, ["ok"; 4], "{runs:?}");
+    let mut heard: Vec<String> = lines()
+        .iter()
+        .filter_map(|l| l.strip_prefix("start ").map(str::to_owned))
+        .collect();
+    heard.sort_unstable();
+    let n_heard = heard.len();
+    heard.dedup();
+    assert_eq!((heard.len(), n_heard), (4, 4), "{:?}", lines());
+}
+
 /// A hook runs once per event, across a crash: the jobs a batch's events owe are written with
 /// the batch, so a daemon killed while its hooks are behind runs the rest once it is back; the
 /// one it was running when killed is recorded as abandoned, not run again.
