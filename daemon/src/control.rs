@@ -1520,6 +1520,21 @@ impl Control {
         }
         let (actions, events) = drain(&mut self.s);
         commit.events = events;
+        for event in &commit.events {
+            if let Event::Vm {
+                request,
+                from: None,
+                ..
+            } = event
+                && *request != RequestId::WARM_POOL
+                && !commit.request_templates.contains_key(&request.0)
+                && let Some(r) = self.s.request(*request)
+            {
+                commit
+                    .request_templates
+                    .insert(request.0, r.spec.template.to_string());
+            }
+        }
         // The books of which object each VM runs in change with the batch (see `act`).
         for event in &commit.events {
             if let Event::Vm {

@@ -203,7 +203,16 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE hook_runs ADD COLUMN event_id TEXT;
     CREATE INDEX hook_runs_event ON hook_runs(event_id);
     ",
+    // 10: every VM's row names its template, written with the row, so that a list of VMs
+    // reads one table; the rows written before get their request's.
+    VM_TEMPLATES_BACKFILL,
 ];
+
+/// Fills `vms.template` from the VMs' requests where it is empty (SQLite's 10, PostgreSQL's 4).
+const VM_TEMPLATES_BACKFILL: &str = "
+    UPDATE vms SET template = (SELECT r.template FROM requests r WHERE r.id = vms.request)
+    WHERE template IS NULL;
+    ";
 
 /// PostgreSQL's migrations: each takes the schema from its index to the next version. The
 /// first is SQLite's eight at once (PostgreSQL came after them), with PostgreSQL's types and
@@ -382,6 +391,8 @@ const POSTGRES_MIGRATIONS: &[&str] = &[
     ALTER TABLE hook_runs ADD COLUMN event_id TEXT;
     CREATE INDEX hook_runs_event ON hook_runs(event_id);
     ",
+    // 4: SQLite's 10, every VM's template on its row.
+    VM_TEMPLATES_BACKFILL,
 ];
 
 /// The journal after a batch, in journal order (batch, then seq, as the batch index holds it).
@@ -433,6 +444,8 @@ pub struct Commit {
     pub host_objects: Vec<(u64, Option<String>)>,
     /// Warm VMs placed in this batch, with their pool's template.
     pub warm_templates: Vec<(u64, String)>,
+    /// The template of each request that has new VMs in this batch, written on their rows.
+    pub request_templates: BTreeMap<u64, String>,
     /// Hook runs the batch's events owe, run once it is written (see `hooks`).
     pub hook_jobs: Vec<HookJob>,
 }
@@ -762,10 +775,11 @@ fn write_commit(db: &mut Db, c: &Commit) -> Result<(), DaemonError> {
                 let host = host.map(|h| h.0);
                 let cause = cause.to_string();
                 if from.is_none() {
+                    let template = c.request_templates.get(&request.0);
                     db.execute_later(
-                        "INSERT INTO vms (id, request, host, state, cause, created_ms, updated_ms)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)",
-                        args![vm.0, request.0, host, to.name(), &cause, *at_ms],
+                        "INSERT INTO vms (id, request, host, state, cause, created_ms, updated_ms,
+                         template) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6, ?7)",
+                        args![vm.0, request.0, host, to.name(), &cause, *at_ms, template],
                     )
                     .map_err(sql("writing vms"))?;
                 } else {
@@ -1005,12 +1019,14 @@ pub struct VmFilter {
     pub live: bool,
     /// Only VMs numbered above this one (a page's cursor).
     pub after: Option<u64>,
+    /// Only VMs numbered up to this one (the first part of a page read in two, see
+    /// [`nth_vm_id`]).
+    pub through: Option<u64>,
     pub limit: Option<u64>,
 }
 
 const VM_COLUMNS: &str = "v.id, v.request, h.name, v.state, v.cause, v.created_ms, v.updated_ms,
-     coalesce(r.template, v.template), v.host_object
-     FROM vms v LEFT JOIN hosts h ON h.id = v.host LEFT JOIN requests r ON r.id = v.request";
+     v.template, v.host_object FROM vms v LEFT JOIN hosts h ON h.id = v.host";
 
 /// Column `i` as one of the API's named enums (a state): a name the API does not know is an
 /// error naming it, not a row shown with a state no client can read.
@@ -1073,6 +1089,10 @@ fn vm_query(columns: &str, f: &VmFilter) -> (String, Vec<Value>) {
         q.push_str(" AND v.id > ?");
         args.push(Value::capped(a));
     }
+    if let Some(t) = f.through {
+        q.push_str(" AND v.id <= ?");
+        args.push(Value::capped(t));
+    }
     q.push_str(" ORDER BY v.id");
     if let Some(l) = f.limit {
         q.push_str(" LIMIT ?");
@@ -1114,10 +1134,25 @@ impl serde::Serialize for VmName {
     }
 }
 
-/// Writes the filtered VMs as a JSON array of `VmRow`s straight from the rows into `out`, and
-/// returns how many, and the cursor of the next page when `shown_max` cut it: host names come
-/// from one small lookup, templates by the request's primary key, and no list of rows is
-/// kept. `holds` gives the breakpoints of held VMs (by VM id), which the scheduler knows.
+/// The id of the `n`th VM (from 1) the filter selects, in order, if it selects that many: where
+/// a long page is cut to be read in two parts at once.
+pub fn nth_vm_id(db: &mut Db, f: &VmFilter, n: u64) -> Result<Option<u64>, DaemonError> {
+    let f = VmFilter {
+        limit: None,
+        ..f.clone()
+    };
+    let (mut q, mut args) = vm_query("v.id FROM vms v", &f);
+    q.push_str(" LIMIT 1 OFFSET ?");
+    args.push(Value::capped(n.saturating_sub(1)));
+    db.row(&q, &args, |r| r.u64(0))
+        .map_err(sql("cutting a list of vms"))
+}
+
+/// Writes the filtered VMs as `VmRow` JSON objects, comma-separated (the caller writes the
+/// array's brackets), straight from the rows into `out`, and returns how many, and the cursor
+/// of the next page when `shown_max` cut it: host names come from one small lookup, templates
+/// from the VMs' own rows, and no list of rows is kept. `holds` gives the breakpoints of held
+/// VMs (by VM id), which the scheduler knows.
 pub fn write_vms_json(
     db: &mut Db,
     f: &VmFilter,
@@ -1134,15 +1169,13 @@ pub fn write_vms_json(
         .into_iter()
         .collect();
     let (q, args) = vm_query(
-        "v.id, v.request, v.host, v.state, v.cause, v.created_ms, v.updated_ms,
-         coalesce(r.template, v.template), v.host_object
-         FROM vms v LEFT JOIN requests r ON r.id = v.request",
+        "v.id, v.request, v.host, v.state, v.cause, v.created_ms, v.updated_ms, v.template,
+         v.host_object FROM vms v",
         f,
     );
     let mut n = 0;
     let mut last = None;
     let mut cut = false;
-    out.push(b'[');
     db.each(&q, &args, |r| {
         if cut {
             return Ok::<(), DaemonError>(());
@@ -1181,7 +1214,6 @@ pub fn write_vms_json(
         last = Some(id);
         Ok(())
     })?;
-    out.push(b']');
     Ok((n, if cut { last } else { None }))
 }
 
@@ -1718,6 +1750,51 @@ mod tests {
                 ("I42", 2, None)
             );
         }
+    }
+
+    /// A database from before VMs named their template gets each VM's from its request;
+    /// a warm VM keeps its pool's, and lists read it from the VM's row alone.
+    #[test]
+    fn migration_10_gives_every_vm_its_template() {
+        let dir = tempfile::tempdir().unwrap();
+        let at = StoreAt::Sqlite(dir.path().join("berth.db"));
+        {
+            let mut db = Db::connect(&at).unwrap();
+            for step in &MIGRATIONS[..9] {
+                db.batch(step).unwrap();
+            }
+            db.batch("PRAGMA user_version = 9").unwrap();
+            db.execute(
+                "INSERT INTO requests (id, template, count, spec, state, cause, submitted_ms,
+                 updated_ms) VALUES (1, 'windows', 2, '{}', 'active', 'submitted', 1, 1)",
+                &[],
+            )
+            .unwrap();
+            for (vm, request, template) in
+                [(1i64, 1i64, None), (2, 1, None), (3, -1, Some("linux"))]
+            {
+                db.execute(
+                    "INSERT INTO vms (id, request, state, cause, created_ms, updated_ms, template)
+                     VALUES (?1, ?2, 'queued', 'submitted', 1, 1, ?3)",
+                    args![vm, request, template],
+                )
+                .unwrap();
+            }
+        }
+        let mut store = Store::open(&at).unwrap();
+        let templates: Vec<Option<String>> = list_vms(store.db(), &VmFilter::default())
+            .unwrap()
+            .into_iter()
+            .map(|v| v.template)
+            .collect();
+        assert_eq!(
+            templates,
+            [
+                Some("windows".into()),
+                Some("windows".into()),
+                Some("linux".into())
+            ]
+        );
     }
 
     /// A database from before accounts gets its requests' change and account columns from

@@ -73,6 +73,45 @@ fn lists_are_capped_and_paged_with_a_cursor() {
     assert!(older["next_before"].is_null());
 }
 
+/// A long page of VMs is read in two parts at once: together they are the page, every VM once
+/// and in order, and its cursor goes on where it ends.
+#[test]
+fn a_long_page_of_vms_is_every_vm_once_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = TestDaemon::start(dir.path(), CONFIG);
+    for _ in 0..5 {
+        d.ok(
+            "POST",
+            "/v1/requests",
+            Some(json!({"template": "linux", "count": 5000})),
+        );
+    }
+    let ids = |page: &Value| -> Vec<u64> {
+        page["vms"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v["id"].as_u64().unwrap())
+            .collect()
+    };
+    let (status, first) = viewer(&d, "/v1/vms?limit=20001");
+    assert_eq!(status, 200);
+    let first_ids = ids(&first);
+    assert_eq!(first["count"], 20001);
+    assert_eq!(first_ids, (1..=20001).collect::<Vec<u64>>());
+    assert_eq!(first["next_after"], 20001);
+    let (_, rest) = viewer(&d, "/v1/vms?limit=20001&after=20001");
+    assert_eq!(ids(&rest), (20002..=25000).collect::<Vec<u64>>());
+    assert!(rest["next_after"].is_null(), "{}", rest["next_after"]);
+    // A cursor holds across the two parts, and so does a filter.
+    let (_, middle) = viewer(&d, "/v1/vms?limit=10000&after=7000");
+    assert_eq!(ids(&middle), (7001..=17000).collect::<Vec<u64>>());
+    assert_eq!(middle["next_after"], 17000);
+    let (_, two) = viewer(&d, "/v1/vms?limit=10000&request=2&after=5000");
+    assert_eq!(ids(&two), (5001..=10000).collect::<Vec<u64>>());
+    assert!(two["next_after"].is_null());
+}
+
 #[test]
 fn every_list_validates_its_state_filter() {
     let dir = tempfile::tempdir().unwrap();
