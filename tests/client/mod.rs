@@ -1047,42 +1047,50 @@ fn vm_list_and_show_tell_warm_vms_and_handed_over_ones_apart() {
     assert!(shown.contains("warm vm handover (vm1)"), "{shown}");
 }
 
-/// A clean stop (SIGTERM) lets the hook run in flight end and records it; the jobs not started
-/// yet run after the next start. Nothing is abandoned, nothing runs twice.
-#[test]
-fn a_stop_lets_the_hook_run_in_flight_end_and_leaves_the_rest_to_the_next_start() {
+/// A daemon whose `vm.running` hook runs `body` (a shell script; `$1` is the log file, read
+/// by [`hook_lines`]) one run at a time, with a request for four VMs submitted, once the first
+/// run has written to the log: the other three wait their turn.
+fn four_vms_behind_a_slow_hook(body: &str) -> (tempfile::TempDir, Serve) {
     use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().unwrap();
-    let log = dir.path().join("hook.log");
     let script = dir.path().join("log-event");
-    // A line when it starts and one when it ends, two seconds later.
-    std::fs::write(
-        &script,
-        "#!/bin/sh\necho \"start $BERTH_EVENT_ID\" >> \"$1\"\nsleep 2\necho \"end $BERTH_EVENT_ID\" >> \"$1\"\n",
-    )
-    .unwrap();
+    std::fs::write(&script, format!("#!/bin/sh\n{body}\n")).unwrap();
     std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
     let config = format!(
         "{CONFIG}\n[workers]\nhooks_at_once_max = 1\n\n[[hooks]]\nname = \"log\"\n\
          on = \"vm.running\"\ncommand = [\"{}\", \"{}\"]\n",
         script.display(),
-        log.display()
+        dir.path().join("hook.log").display()
     );
-    let lines = || -> Vec<String> {
-        std::fs::read_to_string(&log)
-            .unwrap_or_default()
-            .lines()
-            .map(str::to_owned)
-            .collect()
-    };
-    let mut serve = serve_with(dir.path(), &config);
+    let serve = serve_with(dir.path(), &config);
     let out = cli(&serve, &["request", "--template", "linux", "--count", "4"]);
     assert_eq!(code(&out), 0, "{}", text(&out.stderr));
     berth_testkit::wait_for(
         "the first hook run",
         std::time::Duration::from_secs(60),
-        || (!lines().is_empty()).then_some(()),
+        || (!hook_lines(dir.path()).is_empty()).then_some(()),
     );
+    (dir, serve)
+}
+
+/// The lines the hook of [`four_vms_behind_a_slow_hook`] has written.
+fn hook_lines(dir: &std::path::Path) -> Vec<String> {
+    std::fs::read_to_string(dir.join("hook.log"))
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// A clean stop (SIGTERM) lets the hook run in flight end and records it; the jobs not started
+/// yet run after the next start. Nothing is abandoned, nothing runs twice.
+#[test]
+fn a_stop_lets_the_hook_run_in_flight_end_and_leaves_the_rest_to_the_next_start() {
+    // A line when it starts and one when it ends, two seconds later.
+    let (dir, mut serve) = four_vms_behind_a_slow_hook(
+        "echo \"start $BERTH_EVENT_ID\" >> \"$1\"\nsleep 2\necho \"end $BERTH_EVENT_ID\" >> \"$1\"",
+    );
+    let lines = || hook_lines(dir.path());
     assert!(serve.terminate(), "berth serve did not stop on SIGTERM");
     let at_stop = lines();
     let started = at_stop.iter().filter(|l| l.starts_with("start ")).count();
@@ -1124,38 +1132,9 @@ fn a_stop_lets_the_hook_run_in_flight_end_and_leaves_the_rest_to_the_next_start(
 /// one it was running when killed is recorded as abandoned, not run again.
 #[test]
 fn a_hook_runs_once_per_event_across_a_crash() {
-    use std::os::unix::fs::PermissionsExt;
-    let dir = tempfile::tempdir().unwrap();
-    let log = dir.path().join("hook.log");
-    let script = dir.path().join("log-event");
-    std::fs::write(
-        &script,
-        "#!/bin/sh\necho \"$BERTH_EVENT_ID $BERTH_VM_ID\" >> \"$1\"\nsleep 1\n",
-    )
-    .unwrap();
-    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let config = format!(
-        "{CONFIG}\n[workers]\nhooks_at_once_max = 1\n\n[[hooks]]\nname = \"log\"\n\
-         on = \"vm.running\"\ncommand = [\"{}\", \"{}\"]\n",
-        script.display(),
-        log.display()
-    );
-    let lines = || -> Vec<String> {
-        std::fs::read_to_string(&log)
-            .unwrap_or_default()
-            .lines()
-            .map(str::to_owned)
-            .collect()
-    };
-    let mut serve = serve_with(dir.path(), &config);
-    let out = cli(&serve, &["request", "--template", "linux", "--count", "4"]);
-    assert_eq!(code(&out), 0, "{}", text(&out.stderr));
-    // The first hook has written its line and sleeps; the other three wait their turn.
-    berth_testkit::wait_for(
-        "the first hook run",
-        std::time::Duration::from_secs(60),
-        || (!lines().is_empty()).then_some(()),
-    );
+    let (dir, mut serve) =
+        four_vms_behind_a_slow_hook("echo \"$BERTH_EVENT_ID $BERTH_VM_ID\" >> \"$1\"\nsleep 1");
+    let lines = || hook_lines(dir.path());
     serve.kill();
     let first = lines();
     assert!(first.len() < 4, "every hook ran before the kill: {first:?}");
