@@ -397,8 +397,9 @@ pub(crate) async fn query(state: &AppState, q: Query) -> Result<Answer, ApiError
 /// About the JSON length of one listed VM, to size a page's buffer.
 const VM_ROW_BYTES_EST: usize = 192;
 /// A page of VMs at least this long is read in two parts at once, on two of the API's
-/// connections (fetching and writing its rows is nearly all of a long list's time); below it
-/// the second read would save about what it costs.
+/// connections: fetching and writing its rows is nearly all of a long list's time. The split
+/// costs a query that reads up to half the page's rows to find its middle. A round figure,
+/// not tuned: a page of 10,000 takes about a tenth of the 100,000-VM list's time either way.
 const VM_LIST_SPLIT_MIN: u64 = 10_000;
 
 /// A route's query parameters as axum hands them over: parsed after the token is checked, so

@@ -1521,31 +1521,32 @@ impl Control {
         let (actions, events) = drain(&mut self.s);
         commit.events = events;
         for event in &commit.events {
-            if let Event::Vm {
-                request,
-                from: None,
-                ..
-            } = event
-                && *request != RequestId::WARM_POOL
-                && !commit.request_templates.contains_key(&request.0)
-                && let Some(r) = self.s.request(*request)
-            {
-                commit
-                    .request_templates
-                    .insert(request.0, r.spec.template.to_string());
-            }
-        }
-        // The books of which object each VM runs in change with the batch (see `act`).
-        for event in &commit.events {
-            if let Event::Vm {
+            let Event::Vm {
                 vm,
-                to: VmState::Queued,
-                from: Some(_),
+                request,
+                from,
+                to,
                 ..
             } = event
-                && self.objects.name(vm.0) != vm_name(vm.0)
-            {
-                commit.host_objects.push((vm.0, None));
+            else {
+                continue;
+            };
+            match from {
+                // A new VM's row names its request's template (a warm VM's, its pool's: below).
+                None if *request != RequestId::WARM_POOL
+                    && !commit.request_templates.contains_key(&request.0) =>
+                {
+                    if let Some(r) = self.s.request(*request) {
+                        commit
+                            .request_templates
+                            .insert(request.0, r.spec.template.to_string());
+                    }
+                }
+                // The books of which object each VM runs in change with the batch (see `act`).
+                Some(_) if *to == VmState::Queued && self.objects.name(vm.0) != vm_name(vm.0) => {
+                    commit.host_objects.push((vm.0, None));
+                }
+                _ => {}
             }
         }
         for action in &actions {
