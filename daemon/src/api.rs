@@ -96,10 +96,13 @@ impl ReadPool {
             .map_err(|_| ApiError::new(503, "the daemon is shutting down"))
     }
 
-    /// Runs a read on a blocking thread.
+    /// Runs a read on a blocking thread. A read that meets a connection the server dropped
+    /// (a PostgreSQL restart ends every session, and a connection learns it at its next use)
+    /// runs once more on a new one: reads change nothing, and the caller should not see an
+    /// error for a server that is back.
     pub(crate) async fn read<T: Send + 'static>(
         self: &Arc<Self>,
-        f: impl FnOnce(&mut crate::db::Db) -> Result<T, DaemonError> + Send + 'static,
+        f: impl Fn(&mut crate::db::Db) -> Result<T, DaemonError> + Send + 'static,
     ) -> Result<T, ApiError> {
         let pool = self.clone();
         let joined = tokio::task::spawn_blocking(move || {
@@ -109,15 +112,20 @@ impl ReadPool {
             if conn.is_closed() {
                 conn.reconnect()?;
             }
-            f(&mut conn)
+            match f(&mut conn) {
+                Err(e) if is_unreachable(&e) => {
+                    conn.reconnect()?;
+                    f(&mut conn)
+                }
+                done => done,
+            }
         })
         .await;
         match joined {
             Ok(Ok(v)) => Ok(v),
             // A database that cannot be reached now (a PostgreSQL server restarting) is
             // worth another try; the connection is opened again on its next use.
-            Ok(Err(e @ DaemonError::Sql { .. })) if matches!(&e, DaemonError::Sql { source, .. } if source.is_unreachable()) =>
-            {
+            Ok(Err(e)) if is_unreachable(&e) => {
                 tracing::warn!(error = %e, "read failed: the database cannot be reached");
                 Err(ApiError::new(503, e.to_string()))
             }
@@ -128,6 +136,11 @@ impl ReadPool {
             Err(_) => Err(ApiError::new(500, "read task failed")),
         }
     }
+}
+
+/// A read that failed because the database could not be reached (worth another try).
+fn is_unreachable(e: &DaemonError) -> bool {
+    matches!(e, DaemonError::Sql { source, .. } if source.is_unreachable())
 }
 
 #[derive(Clone)]
@@ -356,6 +369,15 @@ fn parse<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
 }
 
 async fn send_input(state: &AppState, input: WireInput, actor: Actor) -> Result<u64, ApiError> {
+    apply_input(state, input, actor).await.map(|a| a.id)
+}
+
+/// As [`send_input`], with all the input's answer (a submit's request row).
+async fn apply_input(
+    state: &AppState,
+    input: WireInput,
+    actor: Actor,
+) -> Result<crate::control::Applied, ApiError> {
     if !state.lease.may_act() {
         return Err(ApiError::not_leader(&state.lease));
     }
@@ -679,14 +701,13 @@ async fn submit(
         change: b.change,
         account: b.account,
     };
-    let id = send_input(&state, WireInput::Submit { request }, actor)
+    // The row as committed comes with the answer: in a burst, reading it back would cost the
+    // store a query per request.
+    let row = apply_input(&state, WireInput::Submit { request }, actor)
         .await
-        .map_err(|e| with_known_templates(&state, e))?;
-    let row = state
-        .reads
-        .read(move |c| store::get_request(c, id))
-        .await?
-        .ok_or_else(|| ApiError::new(500, "request committed but not found"))?;
+        .map_err(|e| with_known_templates(&state, e))?
+        .request
+        .ok_or_else(|| ApiError::new(500, "request committed but its row was not written"))?;
     ok_json(StatusCode::CREATED, &row)
 }
 
@@ -886,18 +907,19 @@ async fn get_change(
 ) -> ApiResult {
     crate::wire::check_text("change", &id)?;
     let now_ms = wall_ms();
+    let asked = id.clone();
     let (mut row, mut requests) = state
         .reads
         .read(move |c| {
-            let row = store::get_change(c, &id, now_ms)?;
+            let row = store::get_change(c, &asked, now_ms)?;
             let requests = match &row {
-                Some(_) => store::change_requests(c, &id, CHANGE_REQUESTS_MAX)?,
+                Some(_) => store::change_requests(c, &asked, CHANGE_REQUESTS_MAX)?,
                 None => Vec::new(),
             };
-            Ok(row.map(|r| (r, requests)).ok_or(id))
+            Ok(row.map(|r| (r, requests)))
         })
         .await?
-        .map_err(|id| ApiError::field(404, "change", format!("no request names change `{id}`")))?;
+        .ok_or_else(|| ApiError::field(404, "change", format!("no request names change `{id}`")))?;
     state.eta.fill(&state, &mut requests).await;
     eta::EtaTable::change(&mut row, &requests);
     ok_json(

@@ -24,7 +24,7 @@ use crate::disk::DiskWatch;
 use crate::feed::Feed;
 use crate::host_objects::HostObjects;
 use crate::orphan_start::OrphanStart;
-use crate::store::{AuditRow, Commit, OrphanRow, RepairedRequest, Store};
+use crate::store::{AuditRow, Commit, OrphanRow, RepairedRequest, RequestRow, Store};
 use crate::wire::{FieldError, WireHost, WireInput, WireTemplate};
 use crate::workers::{Report, VmOp, Workers};
 
@@ -238,7 +238,7 @@ pub(crate) enum Msg {
     Apply {
         input: WireInput,
         actor: Option<Actor>,
-        reply: Option<oneshot::Sender<Result<u64, Refusal>>>,
+        reply: Option<oneshot::Sender<Result<Applied, Refusal>>>,
     },
     Query {
         query: Query,
@@ -269,7 +269,7 @@ pub(crate) enum Msg {
     DestroyOrphan {
         vm: u64,
         actor: Actor,
-        reply: oneshot::Sender<Result<u64, Refusal>>,
+        reply: oneshot::Sender<Result<Applied, Refusal>>,
     },
     /// A host answered its probe with what it said last time. Nothing changed, so nothing is
     /// journaled; the time is kept so that operators see the host is still being probed.
@@ -478,8 +478,23 @@ fn count_submits(batches: &[(u64, u64, Vec<WireInput>)]) -> u64 {
         .sum()
 }
 
+/// What an input the scheduler took answers once its batch is written.
+#[derive(Debug)]
+pub(crate) struct Applied {
+    /// The number it was given or names (a request's, a host's, a VM's).
+    pub(crate) id: u64,
+    /// A submit's request as the batch wrote it (`store::submitted_rows`), so that its caller
+    /// need not read it back; `None` for every other input.
+    pub(crate) request: Option<RequestRow>,
+}
+
 /// An API caller waiting for its input's outcome, and that outcome.
-type Reply = (oneshot::Sender<Result<u64, Refusal>>, Result<u64, Refusal>);
+struct Reply {
+    to: oneshot::Sender<Result<Applied, Refusal>>,
+    result: Result<u64, Refusal>,
+    /// The input was a submit: the answer carries the request's row.
+    submit: bool,
+}
 
 /// What a batch does once it is on disk: nothing of it happens before.
 struct Effects {
@@ -1431,6 +1446,7 @@ impl Control {
                 } => {
                     let action = input.name();
                     let target = target_of(&input);
+                    let submit = matches!(input, WireInput::Submit { .. });
                     let internal = actor.is_none() && reply.is_none();
                     let result = self.apply(now, input, &mut commit);
                     if let Err(e) = &result
@@ -1454,8 +1470,8 @@ impl Control {
                             },
                         });
                     }
-                    if let Some(reply) = reply {
-                        replies.push((reply, result));
+                    if let Some(to) = reply {
+                        replies.push(Reply { to, result, submit });
                     }
                 }
                 Msg::Query { query, reply } => queries.push((query, reply)),
@@ -1510,7 +1526,11 @@ impl Control {
                         commit.orphans_gone.push(vm);
                         orphan_destroys.push(*d);
                     }
-                    replies.push((reply, result.map(|(_, vm)| vm)));
+                    replies.push(Reply {
+                        to: reply,
+                        result: result.map(|(_, vm)| vm),
+                        submit: false,
+                    });
                 }
                 Msg::Audit(row) => commit.audits.push(row),
                 Msg::ProbeAnswered { host } => {
@@ -1840,8 +1860,16 @@ impl Control {
         for action in actions {
             self.dispatch(action);
         }
-        for (reply, result) in replies {
-            let _ = reply.send(result);
+        let mut rows = if replies.iter().any(|r| r.submit && r.result.is_ok()) {
+            crate::store::submitted_rows(&commit)
+        } else {
+            HashMap::new()
+        };
+        for Reply { to, result, submit } in replies {
+            let _ = to.send(result.map(|id| Applied {
+                id,
+                request: if submit { rows.remove(&id) } else { None },
+            }));
         }
         for (host, n) in orphan_destroys {
             self.orphans_destroying.insert(n);

@@ -361,7 +361,8 @@ impl Feeder {
             return false;
         }
         match answer.await {
-            Ok(Ok(daemon_id)) => {
+            Ok(Ok(applied)) => {
+                let daemon_id = applied.id;
                 self.stats.submitted.fetch_add(1, Ordering::Relaxed);
                 self.live.insert(r.id, daemon_id);
                 self.jobs.insert(

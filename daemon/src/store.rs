@@ -4,7 +4,7 @@
 //! migrations per engine (SQLite's `PRAGMA user_version`, PostgreSQL's `schema_version`
 //! table); see `SCHEMA.md` for the tables.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 pub use berth_api::{AuditRow, ChangeRow, HistoryRow, Hold, OrphanRow, RequestRow, VmRow};
 use berth_sched::{Event, VmState};
@@ -1305,6 +1305,69 @@ pub fn get_request(db: &mut Db, id: u64) -> Result<Option<RequestRow>, DaemonErr
     .map_err(sql("reading a request"))
 }
 
+/// The rows a commit leaves for the requests it submits, by request number: what
+/// [`get_request`] reads right after it, so that a submit is answered without reading its row
+/// back (a round trip to the server per request, in a burst of thousands). It follows
+/// `write_commit`: a request's row is written at its first event and updated at each later one
+/// in the batch; a cancel in the same batch is written before the row exists, so the row has
+/// no `ending`.
+pub fn submitted_rows(c: &Commit) -> HashMap<u64, RequestRow> {
+    let specs: HashMap<u64, &WireRequest> = c
+        .inputs
+        .iter()
+        .filter_map(|input| match input {
+            WireInput::Submit { request } => Some((request.id, request)),
+            _ => None,
+        })
+        .collect();
+    let mut rows: HashMap<u64, RequestRow> = HashMap::with_capacity(specs.len());
+    for event in &c.events {
+        let Event::Request {
+            at_ms,
+            request,
+            from,
+            to,
+            cause,
+        } = event
+        else {
+            continue;
+        };
+        let state = crate::answers::request_state(*to);
+        match (from, rows.get_mut(&request.0)) {
+            (None, _) => {
+                let Some(spec) = specs.get(&request.0) else {
+                    continue;
+                };
+                rows.insert(
+                    request.0,
+                    RequestRow {
+                        id: request.0,
+                        template: spec.template.clone(),
+                        count: spec.count,
+                        state,
+                        cause: cause.to_string(),
+                        submitted_ms: *at_ms,
+                        updated_ms: *at_ms,
+                        spec: spec.to_api(),
+                        ending: None,
+                        position: None,
+                        queue_len: None,
+                        eta_ms: None,
+                        eta_after_ms: None,
+                    },
+                );
+            }
+            (Some(_), Some(row)) => {
+                row.state = state;
+                row.cause = cause.to_string();
+                row.updated_ms = *at_ms;
+            }
+            (Some(_), None) => {}
+        }
+    }
+    rows
+}
+
 pub fn list_requests(
     db: &mut Db,
     state: Option<&str>,
@@ -1665,6 +1728,83 @@ mod tests {
             assert_eq!(n, Some(1), "older snapshots are deleted ({at:?})");
             // The journal a snapshot covers stays (export reads all of it).
             assert_eq!(store.journal().unwrap().len(), 4);
+        }
+    }
+
+    /// A submit is answered with the row its batch wrote, not read back: the two must agree,
+    /// for a request that waits, one placed in the same batch, one cancelled in it, one with
+    /// a change and an account, and not for a request the batch did not submit.
+    #[test]
+    fn a_submit_answers_the_row_a_read_gives() {
+        let spec = |id: u64, count: u32, change: Option<&str>| WireRequest {
+            id,
+            template: "linux".into(),
+            count,
+            vcpus: Some(4),
+            memory_mib: None,
+            labels: BTreeMap::from([("arch".to_owned(), "x86_64".to_owned())]),
+            priority: -3,
+            gang: id == 2,
+            hold: None,
+            pending_deadline_ms: Some(60_000),
+            expected_run_ms: None,
+            requester: "ci".into(),
+            change: change.map(str::to_owned),
+            account: change.map(|_| "qt-base".to_owned()),
+        };
+        let request = |at_ms: u64, id: u64, from, to, cause| Event::Request {
+            at_ms,
+            request: RequestId(id),
+            from,
+            to,
+            cause,
+        };
+        use berth_sched::{Cause, RequestId, RequestState as S};
+        for (_dir, _pg, at) in stores() {
+            let mut store = Store::open(&at).unwrap();
+            let first = Commit {
+                batch: 1,
+                at_ms: 1000,
+                inputs: vec![WireInput::Submit {
+                    request: spec(9, 1, None),
+                }],
+                events: vec![request(1000, 9, None, S::Waiting, Cause::Submitted)],
+                ..Commit::default()
+            };
+            store.commit(&first).unwrap();
+            let second = Commit {
+                batch: 2,
+                at_ms: 2000,
+                inputs: vec![
+                    WireInput::Submit {
+                        request: spec(10, 3, Some("I42")),
+                    },
+                    WireInput::Submit {
+                        request: spec(11, 2, None),
+                    },
+                    WireInput::Cancel { request: 11 },
+                    WireInput::Submit {
+                        request: spec(12, 1, None),
+                    },
+                ],
+                events: vec![
+                    request(2000, 10, None, S::Waiting, Cause::Submitted),
+                    request(2000, 11, None, S::Waiting, Cause::Submitted),
+                    request(2000, 9, Some(S::Waiting), S::Active, Cause::Placed),
+                    request(2001, 11, Some(S::Waiting), S::Active, Cause::AllPlaced),
+                    request(2002, 10, Some(S::Waiting), S::Cancelled, Cause::Released),
+                ],
+                ..Commit::default()
+            };
+            store.commit(&second).unwrap();
+            let rows = submitted_rows(&second);
+            let mut ids: Vec<u64> = rows.keys().copied().collect();
+            ids.sort_unstable();
+            assert_eq!(ids, [10, 11], "{at:?}");
+            for (id, row) in rows {
+                let read = get_request(store.db(), id).unwrap();
+                assert_eq!(Some(row), read, "request {id} ({at:?})");
+            }
         }
     }
 
