@@ -1892,6 +1892,17 @@ mod tests {
         }
     }
 
+    /// A SQLite database at `version`: the migrations up to it run, and none after.
+    fn sqlite_at_version(at: &StoreAt, version: usize) -> Db {
+        let mut db = Db::connect(at).unwrap();
+        for step in &MIGRATIONS[..version] {
+            db.batch(step).unwrap();
+        }
+        db.batch(&format!("PRAGMA user_version = {version}"))
+            .unwrap();
+        db
+    }
+
     /// A database from before VMs named their template gets each VM's from its request;
     /// a warm VM keeps its pool's, and lists read it from the VM's row alone.
     #[test]
@@ -1899,11 +1910,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let at = StoreAt::Sqlite(dir.path().join("berth.db"));
         {
-            let mut db = Db::connect(&at).unwrap();
-            for step in &MIGRATIONS[..9] {
-                db.batch(step).unwrap();
-            }
-            db.batch("PRAGMA user_version = 9").unwrap();
+            let mut db = sqlite_at_version(&at, 9);
             db.execute(
                 "INSERT INTO requests (id, template, count, spec, state, cause, submitted_ms,
                  updated_ms) VALUES (1, 'windows', 2, '{}', 'active', 'submitted', 1, 1)",
@@ -1944,11 +1951,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let at = StoreAt::Sqlite(dir.path().join("berth.db"));
         {
-            let mut db = Db::connect(&at).unwrap();
-            for step in &MIGRATIONS[..4] {
-                db.batch(step).unwrap();
-            }
-            db.batch("PRAGMA user_version = 4").unwrap();
+            let mut db = sqlite_at_version(&at, 4);
             let spec = |change: Option<&str>, account: Option<&str>| {
                 let mut v = serde_json::json!({
                     "id": 1, "template": "linux", "count": 1, "vcpus": null, "memory_mib": null,
