@@ -4,7 +4,7 @@
 //! `cargo bench -p berth-benches --bench daemon`.
 //!
 //! With a PostgreSQL server in `BERTH_TEST_POSTGRES` (a URL ending in `/postgres`, as for the
-//! tests), the burst and list benchmarks run again on it (`daemon/pg/…`), each daemon on a fresh
+//! tests), the burst, list and control-loop benchmarks run again on it (`daemon/pg/…`), each daemon on a fresh
 //! database of its own, dropped after it.
 //!
 //! Each timed run of the burst, control-loop and restart benchmarks has a fresh daemon and
@@ -73,10 +73,6 @@ struct Bench {
 }
 
 impl Bench {
-    fn start(config: &str) -> Bench {
-        Bench::start_on(Engine::Sqlite, config)
-    }
-
     fn start_on(engine: Engine, config: &str) -> Bench {
         let (database, config) = match engine {
             Engine::Sqlite => (None, config.to_owned()),
@@ -290,8 +286,8 @@ fn fleet_config() -> String {
 }
 
 /// A fleet of 200 instant simulated hosts, every one ready.
-fn ready_fleet() -> Bench {
-    let b = Bench::start(&fleet_config());
+fn ready_fleet(engine: Engine) -> Bench {
+    let b = Bench::start_on(engine, &fleet_config());
     berth_testkit::wait_for("every host ready", Duration::from_secs(30), || {
         (b.api.ok("GET", "/v1/status", None)["hosts"]["ready"] == N_HOSTS).then_some(())
     });
@@ -301,8 +297,8 @@ fn ready_fleet() -> Bench {
 /// 10,000 VMs submitted at once (five requests of 2,000) go from queued to running as fast as
 /// the control loop and its journal allow. Returns the daemon and the time from the first
 /// submit to the last VM's `running` event, as the event stream delivered it.
-fn run_fleet() -> (Bench, Duration) {
-    let b = ready_fleet();
+fn run_fleet(engine: Engine) -> (Bench, Duration) {
+    let b = ready_fleet(engine);
     let events = b.api.events();
     let reader = std::thread::spawn(move || {
         let (mut changes, mut running) = (0, 0);
@@ -338,20 +334,22 @@ fn run_fleet() -> (Bench, Duration) {
 }
 
 fn control_loop(c: &mut Criterion) {
-    let mut group = c.benchmark_group("daemon/control_loop");
-    one_run_per_sample(&mut group, Duration::from_millis(400));
-    group.throughput(Throughput::Elements((N_VMS * CHANGES_PER_VM) as u64));
-    group.bench_function("vm_state_changes_10000_vms_200_hosts", |b| {
-        b.iter_custom(|runs| (0..runs).map(|_| run_fleet().1).sum());
-    });
-    group.finish();
+    for engine in Engine::available() {
+        let mut group = c.benchmark_group(engine.group("control_loop"));
+        one_run_per_sample(&mut group, Duration::from_millis(400));
+        group.throughput(Throughput::Elements((N_VMS * CHANGES_PER_VM) as u64));
+        group.bench_function("vm_state_changes_10000_vms_200_hosts", |b| {
+            b.iter_custom(|runs| (0..runs).map(|_| run_fleet(engine).1).sum());
+        });
+        group.finish();
+    }
 }
 
 /// `POST /v1/predict/drain` of 20 of the 200 hosts, an hour ahead, on a daemon that holds
 /// 10,000 running VMs: with the last hour's requests (its five 2,000-VM requests) replayed as
 /// arrivals, and without arrivals.
 fn forecasts(c: &mut Criterion) {
-    let (b, _) = run_fleet();
+    let (b, _) = run_fleet(Engine::Sqlite);
     let hosts: Vec<String> = (0..20).map(|i| format!("h{i}")).collect();
     let mut group = c.benchmark_group("daemon/forecast");
     group
@@ -386,7 +384,7 @@ fn restart(c: &mut Criterion) {
         b.iter_custom(|runs| {
             (0..runs)
                 .map(|_| {
-                    let (mut bench, _) = run_fleet();
+                    let (mut bench, _) = run_fleet(Engine::Sqlite);
                     let (took, n) = bench.restart();
                     inputs = Some(n);
                     took
