@@ -476,10 +476,11 @@ pub struct Pg {
     /// literals, `;`-separated: sent together in one round trip.
     pending: String,
     n_pending: usize,
-    /// Rows of deferred `INSERT ... VALUES (...)` statements not yet in `pending`, one
-    /// multi-row insert per statement text, so that a batch's thousands of rows cost the
-    /// server a few statements rather than thousands.
-    inserts: Vec<InsertRows>,
+    /// Rows of deferred one-row statements (`INSERT ... VALUES (...)`, `UPDATE ... FROM
+    /// (VALUES (...))`, see [`Shape::Rows`]) not yet in `pending`, one multi-row statement
+    /// per statement text, so that a batch's thousands of rows cost the server a few
+    /// statements rather than thousands.
+    joined: Vec<JoinedRows>,
     statements: HashMap<String, postgres::Statement>,
 }
 
@@ -566,7 +567,7 @@ impl Db {
                     shown,
                     pending: String::new(),
                     n_pending: 0,
-                    inserts: Vec::new(),
+                    joined: Vec::new(),
                     statements: HashMap::new(),
                 })))
             }
@@ -610,7 +611,7 @@ impl Db {
     /// Sends the statements of [`Db::execute_later`] not sent yet.
     pub fn flush(&mut self) -> Result<(), DbError> {
         if let Db::Postgres(pg) = self {
-            pg.close_inserts(None);
+            pg.close_rows(None);
             if pg.pending.is_empty() {
                 return Ok(());
             }
@@ -625,7 +626,7 @@ impl Db {
     fn forget_pending(&mut self) {
         if let Db::Postgres(pg) = self {
             pg.pending.clear();
-            pg.inserts.clear();
+            pg.joined.clear();
             pg.n_pending = 0;
         }
     }
@@ -758,7 +759,7 @@ impl Db {
         match self {
             Db::Sqlite(_) => self.batch("COMMIT"),
             Db::Postgres(pg) => {
-                pg.close_inserts(None);
+                pg.close_rows(None);
                 pg.pending.push_str("COMMIT;\n");
                 self.flush()
             }
@@ -801,22 +802,28 @@ impl Db {
     }
 }
 
-/// The rows of deferred inserts of one statement text: `head` (`INSERT INTO t (...) VALUES`)
-/// and the rows so far, `(...), (...)`.
-struct InsertRows {
+/// The rows of deferred statements of one text: `head` (`INSERT INTO t (...) VALUES`, or an
+/// update's text up to its `(VALUES`), the rows so far, `(...), (...)`, and what follows them
+/// (an update's `) AS v WHERE ...`; nothing for an insert).
+struct JoinedRows {
     table: String,
     head: String,
     rows: String,
+    tail: String,
 }
 
 /// What a deferred statement is, for the order it must keep.
 #[derive(Debug, PartialEq, Eq)]
 enum Shape<'s> {
-    /// `INSERT INTO table (...) VALUES (...)`, one row and nothing after it.
-    Insert {
+    /// A statement of one row that joins the others of its text: `INSERT INTO table (...)
+    /// VALUES (...)` with nothing after the row, or `UPDATE table SET ... FROM (VALUES (...))
+    /// AS v WHERE ...`, which updates the rows the values name. Rows of one update joined in a
+    /// transaction must name different rows (PostgreSQL applies one of several that match).
+    Rows {
         table: &'s str,
         head: &'s str,
         row: &'s str,
+        tail: &'s str,
     },
     /// Another statement on one table (`UPDATE t`, `DELETE FROM t`, an insert with `ON
     /// CONFLICT`).
@@ -841,55 +848,101 @@ fn shape(sql_text: &str) -> Shape<'_> {
         let (head, row) = text.split_at(i + " VALUES".len());
         let row = row.trim();
         // One parenthesised row and nothing after it (no ON CONFLICT, no RETURNING).
-        let closes_at_end = row.starts_with('(')
-            && row.ends_with(')')
-            && row[1..row.len() - 1]
-                .chars()
-                .try_fold(0i32, |depth, c| match c {
-                    '(' => Some(depth + 1),
-                    ')' if depth == 0 => None,
-                    ')' => Some(depth - 1),
-                    _ => Some(depth),
-                })
-                == Some(0);
-        if closes_at_end && !row.contains('\'') {
-            return Shape::Insert { table, head, row };
+        if one_row_at_start(row) == Some(row.len()) {
+            return Shape::Rows {
+                table,
+                head,
+                row,
+                tail: "",
+            };
+        }
+    }
+    if text.starts_with("UPDATE")
+        && let Some(i) = text.find(" FROM (VALUES ")
+    {
+        let (head, rest) = text.split_at(i + " FROM (VALUES".len());
+        let rest = rest.trim_start();
+        // One parenthesised row, then the parenthesis that closes the values; no placeholder
+        // outside the row.
+        if let Some(end) = one_row_at_start(rest) {
+            let (row, tail) = rest.split_at(end);
+            if tail.starts_with(')') && !head.contains('?') && !tail.contains('?') {
+                return Shape::Rows {
+                    table,
+                    head,
+                    row,
+                    tail,
+                };
+            }
         }
     }
     Shape::Touches(table)
 }
 
+/// Where the parenthesised row that `text` starts with ends (the byte after its `)`), if it
+/// starts with one that holds no quote.
+fn one_row_at_start(text: &str) -> Option<usize> {
+    if !text.starts_with('(') {
+        return None;
+    }
+    let mut depth = 0i32;
+    for (i, c) in text.char_indices() {
+        match c {
+            '\'' => return None,
+            '(' => depth += 1,
+            ')' => {
+                depth -= 1;
+                if depth == 0 {
+                    return Some(i + 1);
+                }
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
 impl Pg {
-    /// Keeps a statement for the next [`Db::flush`]: a one-row insert joins the other rows of
-    /// its statement; any other statement goes after the rows inserted so far into its table
+    /// Keeps a statement for the next [`Db::flush`]: a one-row insert or update joins the other
+    /// rows of its statement; any other statement goes after the rows kept so far for its table
     /// (all tables when it names none), so that every statement still sees what was written
     /// before it. Inserts into different tables may reach the server in another order than
     /// they were made: the store's tables have no foreign keys or triggers between them.
     fn defer(&mut self, sql_text: &str, args: &[Value]) {
         self.n_pending += 1;
         match shape(sql_text) {
-            Shape::Insert { table, head, row } => {
-                if let Some(rows) = self.inserts.iter_mut().find(|r| r.head == head) {
+            Shape::Rows {
+                table,
+                head,
+                row,
+                tail,
+            } => {
+                if let Some(rows) = self
+                    .joined
+                    .iter_mut()
+                    .find(|r| r.head == head && r.tail == tail)
+                {
                     rows.rows.push_str(", ");
                     inline(row, args, &mut rows.rows);
                     return;
                 }
-                self.close_inserts(Some(table));
-                let mut rows = InsertRows {
+                self.close_rows(Some(table));
+                let mut rows = JoinedRows {
                     table: table.to_owned(),
                     head: head.to_owned(),
                     rows: String::new(),
+                    tail: tail.to_owned(),
                 };
                 inline(row, args, &mut rows.rows);
-                self.inserts.push(rows);
+                self.joined.push(rows);
             }
             Shape::Touches(table) => {
-                self.close_inserts(Some(table));
+                self.close_rows(Some(table));
                 inline(sql_text, args, &mut self.pending);
                 self.pending.push_str(";\n");
             }
             Shape::Other => {
-                self.close_inserts(None);
+                self.close_rows(None);
                 inline(sql_text, args, &mut self.pending);
                 self.pending.push_str(";\n");
             }
@@ -897,20 +950,21 @@ impl Pg {
     }
 
     /// Moves the rows kept for `table` (every table's for `None`) into `pending`, as one
-    /// multi-row insert per statement, in the order the statements came.
-    fn close_inserts(&mut self, table: Option<&str>) {
+    /// multi-row statement per statement text, in the order the statements came.
+    fn close_rows(&mut self, table: Option<&str>) {
         let mut kept = Vec::new();
-        for rows in std::mem::take(&mut self.inserts) {
+        for rows in std::mem::take(&mut self.joined) {
             if table.is_none_or(|t| t == rows.table) {
                 self.pending.push_str(&rows.head);
                 self.pending.push(' ');
                 self.pending.push_str(&rows.rows);
+                self.pending.push_str(&rows.tail);
                 self.pending.push_str(";\n");
             } else {
                 kept.push(rows);
             }
         }
-        self.inserts = kept;
+        self.joined = kept;
     }
 
     /// The prepared statement for `sql_text`, prepared once.
@@ -1068,18 +1122,31 @@ mod tests {
     fn deferred_statements_are_told_apart() {
         assert_eq!(
             shape("INSERT INTO vms (id, request) VALUES (?1, ?2)"),
-            Shape::Insert {
+            Shape::Rows {
                 table: "vms",
                 head: "INSERT INTO vms (id, request) VALUES",
-                row: "(?1, ?2)"
+                row: "(?1, ?2)",
+                tail: ""
             }
         );
         assert_eq!(
             shape("\n  INSERT INTO t(a) VALUES (?1, coalesce(?2, 0))\n"),
-            Shape::Insert {
+            Shape::Rows {
                 table: "t",
                 head: "INSERT INTO t(a) VALUES",
-                row: "(?1, coalesce(?2, 0))"
+                row: "(?1, coalesce(?2, 0))",
+                tail: ""
+            }
+        );
+        assert_eq!(
+            shape(
+                "UPDATE t SET a = v.column2 FROM (VALUES (?1, CAST(?2 AS BIGINT))) AS v WHERE t.id = v.column1"
+            ),
+            Shape::Rows {
+                table: "t",
+                head: "UPDATE t SET a = v.column2 FROM (VALUES",
+                row: "(?1, CAST(?2 AS BIGINT))",
+                tail: ") AS v WHERE t.id = v.column1"
             }
         );
         for touches in [
@@ -1088,6 +1155,9 @@ mod tests {
             "INSERT INTO t (a) VALUES (')')",
             "UPDATE t SET a = ?2 WHERE id = ?1",
             "DELETE FROM t WHERE id = ?1",
+            "UPDATE t SET a = v.column2 FROM (VALUES (?1, ?2), (?3, ?4)) AS v WHERE t.id = v.column1",
+            "UPDATE t SET a = ?2 FROM (VALUES (?1)) AS v WHERE t.id = v.column1",
+            "UPDATE t SET a = v.column2 FROM (VALUES (?1, 'x')) AS v WHERE t.id = v.column1",
         ] {
             assert_eq!(shape(touches), Shape::Touches("t"), "{touches}");
         }
