@@ -15,6 +15,7 @@ use berth_drivers::{DomainType, Driver, VmRecipe, parse_vm_name, vm_name};
 use berth_sched::{
     Action, Event, HostId, HostState, InputError, RequestId, Scheduler, Template, VmId, VmState,
 };
+use berth_sim::runtimes::{RunModel, RunTimes, job_run};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::DaemonError;
@@ -210,7 +211,8 @@ pub(crate) enum Answer {
     Status(LiveStatus),
     HostId(Option<u64>),
     VmDriver(Option<(Arc<dyn Driver>, String)>),
-    Scheduler(Box<Scheduler>),
+    /// A copy of the scheduler, with how long its jobs run against what is expected of them.
+    Scheduler(Box<Scheduler>, RunModel),
     /// More requests wait than a `Query::Scheduler` allowed: this many.
     TooManyWaiting(usize),
     Holds(BTreeMap<u64, (String, u64)>),
@@ -376,6 +378,9 @@ pub(crate) struct Control {
     submits: u64,
     /// This daemon's right to act (the leader lease; always open on SQLite; set by `start`).
     pub(crate) gate: crate::lease::Gate,
+    /// How long the jobs that finished since the replay's start ran against their expected
+    /// run time, for the estimated starts and the drain forecast (`berth_sim::runtimes`).
+    run_times: RunTimes,
 }
 
 /// What the control loop keeps beside the scheduler that replay rebuilds from the journal,
@@ -532,16 +537,25 @@ impl KnownTemplate {
     }
 }
 
-/// Applies one journaled input to the scheduler, keeping the daemon's side tables current.
+/// Applies one journaled input to the scheduler, keeping the daemon's side tables current
+/// and learning from each finished job how long jobs run (`run_times`, for the estimates).
 pub(crate) fn apply_journaled(
     s: &mut Scheduler,
     at_ms: u64,
     input: &WireInput,
     templates: &mut BTreeMap<String, KnownTemplate>,
     hosts: &mut BTreeMap<u64, WireHost>,
+    run_times: &mut RunTimes,
 ) -> Result<(), Refusal> {
     let sched_input = input.to_input()?;
+    let ran = match input {
+        WireInput::JobFinished { vm, .. } => job_run(s, VmId(*vm), at_ms),
+        _ => None,
+    };
     s.handle(at_ms, sched_input)?;
+    if let Some((ran_ms, expected_ms)) = ran {
+        run_times.ended(ran_ms, expected_ms);
+    }
     match input {
         WireInput::SetTemplate { template } => {
             if let Ok(t) = KnownTemplate::from_wire(template) {
@@ -656,6 +670,7 @@ impl Control {
                     input,
                     &mut self.templates,
                     &mut self.hosts,
+                    &mut self.run_times,
                 ) {
                     tracing::warn!(batch, input = input.name(), error = %e.message, "journaled input refused by the replica");
                 }
@@ -764,11 +779,19 @@ impl Control {
             lost_request_rows(&mut store, &batches)?
         };
         let mut diverged = 0u64;
+        let mut run_times = RunTimes::default();
         let n_batches = batches.len();
         let n_inputs: u64 = batches.iter().map(|(_, _, i)| i.len() as u64).sum();
         for (batch, at_ms, inputs) in batches {
             for input in &inputs {
-                if let Err(e) = apply_journaled(&mut s, at_ms, input, &mut templates, &mut hosts) {
+                if let Err(e) = apply_journaled(
+                    &mut s,
+                    at_ms,
+                    input,
+                    &mut templates,
+                    &mut hosts,
+                    &mut run_times,
+                ) {
                     diverged += 1;
                     tracing::warn!(batch, input = input.name(), error = %e.message, "journaled input refused on replay");
                 }
@@ -845,6 +868,7 @@ impl Control {
             inputs_since_snapshot: n_inputs,
             submits,
             gate: crate::lease::Gate::sole(),
+            run_times,
         })
     }
 
@@ -1929,6 +1953,7 @@ impl Control {
             &input,
             &mut self.templates,
             &mut self.hosts,
+            &mut self.run_times,
         )?;
         match &input {
             WireInput::Submit { .. } => self.next_request += 1,
@@ -2021,7 +2046,9 @@ impl Control {
             Query::Scheduler { waiting_max } if self.s.queue_len() > waiting_max => {
                 Answer::TooManyWaiting(self.s.queue_len())
             }
-            Query::Scheduler { .. } => Answer::Scheduler(Box::new(self.s.clone())),
+            Query::Scheduler { .. } => {
+                Answer::Scheduler(Box::new(self.s.clone()), self.run_times.model())
+            }
             Query::Accounts => Answer::Accounts(answers::accounts(&self.s, wall_ms())),
             Query::SampleMetrics => {
                 for o in &self.observers {

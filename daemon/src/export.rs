@@ -14,6 +14,7 @@
 use std::collections::BTreeMap;
 
 use berth_sched::{Event, HostState, Scheduler, VmState};
+use berth_sim::runtimes::RunTimes;
 use berth_traces::{
     Driver, HostEvent, HostRecord, HostSpec, Outcome, Record, RecordBody, RequestRecord,
     TraceHeader,
@@ -176,6 +177,8 @@ pub fn export(db: &crate::db::StoreAt, since_ms: Option<u64>) -> Result<Export, 
     let mut s = Scheduler::new(config);
     let mut templates_sched = BTreeMap::new();
     let mut hosts_by_id: BTreeMap<u64, WireHost> = BTreeMap::new();
+    // What the jobs' run times teach is for estimates, which an export does not make.
+    let mut run_times = RunTimes::default();
     let mut templates: BTreeMap<String, WireTemplate> = BTreeMap::new();
     let batches = store.journal()?;
     let first_ms = batches.first().map_or(0, |b| b.1);
@@ -201,8 +204,15 @@ pub fn export(db: &crate::db::StoreAt, since_ms: Option<u64>) -> Result<Export, 
                     host_names.insert(h.id, fleet_host_name(&h.name));
                 }
             }
-            if apply_journaled(&mut s, at_ms, input, &mut templates_sched, &mut hosts_by_id)
-                .is_err()
+            if apply_journaled(
+                &mut s,
+                at_ms,
+                input,
+                &mut templates_sched,
+                &mut hosts_by_id,
+                &mut run_times,
+            )
+            .is_err()
             {
                 continue;
             }

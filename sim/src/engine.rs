@@ -26,6 +26,7 @@ use crate::eta::EtaSampler;
 use crate::fleet::{Fleet, class_of};
 use crate::plot::Timeline;
 use crate::report::{Metrics, Report, RunInfo};
+use crate::runtimes::{RunModel, expected_run_ms};
 
 type Map<K, V> = HashMap<K, V, BuildHasherDefault<IdHasher>>;
 
@@ -58,6 +59,9 @@ pub struct SimConfig {
     /// this long are replayed, shifted forward by it, again and again up to the estimate's
     /// horizon (see `crate::eta::Replay`); `None`: no arrival is foreseen.
     pub eta_replay_window_ms: Option<u64>,
+    /// How long running jobs run against their expected run time, for a run from a copied
+    /// state ([`Simulation::from_scheduler`]); empty: each runs as expected.
+    pub run_model: RunModel,
 }
 
 impl Default for SimConfig {
@@ -72,6 +76,7 @@ impl Default for SimConfig {
             sched: Config::default(),
             eta_samples_max: ETA_SAMPLES_DEFAULT,
             eta_replay_window_ms: None,
+            run_model: RunModel::default(),
         }
     }
 }
@@ -348,11 +353,8 @@ impl Simulation {
             if let Some(t) = template {
                 sim.templates.insert(t.name.to_string(), t.guest_os);
             }
-            let duration_ms = r
-                .spec
-                .expected_run_ms
-                .or(template.map(|t| t.expected_run_ms))
-                .unwrap_or(0);
+            let expected_ms = expected_run_ms(&sim.sched, r.spec.id).unwrap_or(0);
+            let duration_ms = sim.config.run_model.run_ms(expected_ms, r.spec.id.0);
             let os = template.map_or(GuestOs::Linux, |t| t.guest_os);
             guest_os.insert(r.spec.id.0, (os, r.shape.vcpus));
             sim.metrics.submitted(r.submitted_ms, r.spec.count);
@@ -415,7 +417,15 @@ impl Simulation {
                 // A warm VM idles until a request takes it. (A handover in flight completes as
                 // a boot does: the scheduler takes either.)
                 VmState::Running if warm => continue,
-                VmState::Running => (v.expected_end_ms.max(now_ms), Ev::JobDone(v.id)),
+                VmState::Running => {
+                    let expected_ms = expected_run_ms(&sim.sched, v.request).unwrap_or(0);
+                    let start_ms = v.expected_end_ms.saturating_sub(expected_ms);
+                    let end_ms = sim
+                        .config
+                        .run_model
+                        .end_ms(start_ms, expected_ms, now_ms, v.id.0);
+                    (end_ms, Ev::JobDone(v.id))
+                }
                 VmState::Held => (
                     now_ms.saturating_add(sim.faults.exponential_ms(sim.config.dev_delay_ms)),
                     Ev::DevRelease(v.id),
@@ -787,6 +797,9 @@ impl Simulation {
             Ev::Provisioned(vm) => self.complete(Input::ProvisionDone { vm, result: Ok(()) }),
             Ev::Booted(vm) => self.complete(Input::BootDone { vm, result: Ok(()) }),
             Ev::JobDone(vm) => {
+                if let Some(eta) = self.eta.as_mut() {
+                    eta.job_finished(&self.sched, vm, self.now_ms);
+                }
                 let passed = self
                     .vms
                     .get(&vm)

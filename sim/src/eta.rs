@@ -18,6 +18,7 @@ use berth_sched::{RequestId, RequestState, Scheduler};
 use berth_traces::{Outcome, Record, RecordBody, RequestRecord};
 use serde::{Deserialize, Serialize};
 
+use crate::runtimes::{RunModel, RunTimes};
 use crate::{Profile, SimConfig, SimError, Simulation};
 
 /// The seed of the latency draws of every estimate, so that two estimates from the same state
@@ -83,8 +84,9 @@ pub fn estimate_starts(
     sched: Scheduler,
     watch: Option<&[RequestId]>,
     config: EtaConfig,
+    run_model: &RunModel,
 ) -> Result<Starts, SimError> {
-    estimate_starts_with_arrivals(sched, watch, config, &Replay::default())
+    estimate_starts_with_arrivals(sched, watch, config, &Replay::default(), run_model)
 }
 
 /// Like [`estimate_starts`], with the arrivals `replay` foresees submitted on the way.
@@ -93,6 +95,7 @@ pub fn estimate_starts_with_arrivals(
     watch: Option<&[RequestId]>,
     config: EtaConfig,
     replay: &Replay,
+    run_model: &RunModel,
 ) -> Result<Starts, SimError> {
     let from_ms = sched.now_ms();
     let watched: BTreeSet<u64> = match watch {
@@ -113,6 +116,7 @@ pub fn estimate_starts_with_arrivals(
             latency: config.latency,
             seed: ETA_SEED,
             mtbf_ms: None,
+            run_model: run_model.clone(),
             ..SimConfig::default()
         },
     );
@@ -301,6 +305,8 @@ pub(crate) struct EtaSampler {
     wall: std::time::Duration,
     /// The arrivals the estimates foresee (none with a window of 0).
     replay: Replay,
+    /// How long the jobs that ended so far ran against what was expected of them.
+    run_times: RunTimes,
 }
 
 impl EtaSampler {
@@ -322,7 +328,13 @@ impl EtaSampler {
             pending: BTreeMap::new(),
             wall: std::time::Duration::ZERO,
             replay: Replay::new(replay_window_ms.unwrap_or(0)),
+            run_times: RunTimes::default(),
         }
+    }
+
+    /// VM `vm`'s job finishes at `now_ms` (see [`RunTimes::job_finished`]).
+    pub(crate) fn job_finished(&mut self, sched: &Scheduler, vm: berth_sched::VmId, now_ms: u64) {
+        self.run_times.job_finished(sched, vm, now_ms);
     }
 
     /// A request arrived at `at_ms` (whether it then waits or not).
@@ -344,6 +356,7 @@ impl EtaSampler {
             Some(&[RequestId(id)]),
             self.config,
             &self.replay,
+            &self.run_times.model(),
         );
         self.wall += started.elapsed();
         let Some(predicted) = estimate.ok().and_then(|s| s.of(RequestId(id))) else {
@@ -556,7 +569,7 @@ mod tests {
             submit(&mut s, 0, id, 1, minutes * MINUTE_MS);
         }
         poll(&mut s);
-        let starts = estimate_starts(s, None, ZERO).unwrap();
+        let starts = estimate_starts(s, None, ZERO, &RunModel::default()).unwrap();
         assert_eq!(starts.len(), 2);
         assert_eq!(starts.of(RequestId(1)), None, "r1 runs, it does not wait");
         assert_eq!(starts.of(RequestId(3)), Some(Eta::At(10 * MINUTE_MS)));
@@ -575,9 +588,43 @@ mod tests {
         bring_up(&mut s, 5 * MINUTE_MS, 2);
         submit(&mut s, 6 * MINUTE_MS, 3, 2, MINUTE_MS);
         poll(&mut s);
-        let starts = estimate_starts(s, Some(&[RequestId(3), RequestId(2)]), ZERO).unwrap();
+        let starts = estimate_starts(
+            s,
+            Some(&[RequestId(3), RequestId(2)]),
+            ZERO,
+            &RunModel::default(),
+        )
+        .unwrap();
         assert_eq!(starts.of(RequestId(3)), Some(Eta::At(35 * MINUTE_MS)));
         assert_eq!(starts.of(RequestId(2)), None);
+    }
+
+    #[test]
+    fn overdue_jobs_end_as_the_past_jobs_that_ran_longer_did() {
+        // One vCPU: a job expected to run 10 minutes has run 15 when a request comes to wait
+        // for it.
+        let at = |model: &RunModel| {
+            let mut s = scheduler(Policy::Fcfs, 1);
+            submit(&mut s, 0, 1, 1, 10 * MINUTE_MS);
+            poll(&mut s);
+            bring_up(&mut s, 0, 1);
+            submit(&mut s, 15 * MINUTE_MS, 2, 1, 10 * MINUTE_MS);
+            poll(&mut s);
+            let starts = estimate_starts(s, None, ZERO, model).unwrap();
+            starts.of(RequestId(2))
+        };
+        // Knowing nothing of run times, an overdue job ends now.
+        assert_eq!(at(&RunModel::default()), Some(Eta::At(15 * MINUTE_MS)));
+        // Past jobs ran twice what was expected of them: so does this one.
+        let mut twice = RunTimes::default();
+        for _ in 0..10 {
+            twice.ended(2 * MINUTE_MS, MINUTE_MS);
+        }
+        assert_eq!(at(&twice.model()), Some(Eta::At(20 * MINUTE_MS)));
+        // They ran less than it already has: it ends now.
+        let mut short = RunTimes::default();
+        short.ended(MINUTE_MS, MINUTE_MS);
+        assert_eq!(at(&short.model()), Some(Eta::At(15 * MINUTE_MS)));
     }
 
     #[test]
@@ -642,16 +689,24 @@ mod tests {
         replay.arrived(20 * MINUTE_MS, &r3);
         let watch = [RequestId(2), RequestId(3)];
 
-        let blind = estimate_starts(s.clone(), Some(&watch), ZERO).unwrap();
+        let blind = estimate_starts(s.clone(), Some(&watch), ZERO, &RunModel::default()).unwrap();
         assert_eq!(blind.of(RequestId(3)), Some(Eta::At(30 * MINUTE_MS)));
         assert_eq!(blind.of(RequestId(2)), Some(Eta::At(40 * MINUTE_MS)));
 
-        let foreseen =
-            estimate_starts_with_arrivals(s.clone(), Some(&watch), ZERO, &replay).unwrap();
+        let foreseen = estimate_starts_with_arrivals(
+            s.clone(),
+            Some(&watch),
+            ZERO,
+            &replay,
+            &RunModel::default(),
+        )
+        .unwrap();
         assert_eq!(foreseen.of(RequestId(3)), Some(Eta::At(30 * MINUTE_MS)));
         assert_eq!(foreseen.of(RequestId(2)), Some(Eta::At(60 * MINUTE_MS)));
         // The same state and arrivals, the same estimate.
-        let again = estimate_starts_with_arrivals(s, Some(&watch), ZERO, &replay).unwrap();
+        let again =
+            estimate_starts_with_arrivals(s, Some(&watch), ZERO, &replay, &RunModel::default())
+                .unwrap();
         assert_eq!(again, foreseen);
     }
 
@@ -701,7 +756,7 @@ mod tests {
             horizon_ms: 15 * MINUTE_MS,
             ..ZERO
         };
-        let starts = estimate_starts(s.clone(), None, short).unwrap();
+        let starts = estimate_starts(s.clone(), None, short, &RunModel::default()).unwrap();
         assert_eq!(starts.of(RequestId(2)), Some(Eta::At(10 * MINUTE_MS)));
         assert_eq!(starts.of(RequestId(3)), Some(Eta::After(15 * MINUTE_MS)));
         assert_eq!(starts.of(RequestId(4)), Some(Eta::After(15 * MINUTE_MS)));
@@ -710,7 +765,7 @@ mod tests {
             steps_max: 1,
             ..ZERO
         };
-        let starts = estimate_starts(s, None, one_step).unwrap();
+        let starts = estimate_starts(s, None, one_step, &RunModel::default()).unwrap();
         assert!(starts.reached_ms < 10 * MINUTE_MS);
         assert_eq!(starts.of(RequestId(2)), Some(Eta::After(starts.reached_ms)));
         assert_eq!(starts.steps, 1);

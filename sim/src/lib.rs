@@ -16,6 +16,7 @@ pub mod load;
 pub mod plot;
 pub mod provenance;
 pub mod report;
+pub mod runtimes;
 pub mod series;
 pub mod stats;
 pub mod sweep;

@@ -158,6 +158,8 @@ pub fn settings_text(config: &SimConfig) -> String {
         // Measuring estimated starts changes nothing the run decides.
         eta_samples_max: _,
         eta_replay_window_ms: _,
+        // Read only by a run from a copied state, which replays no trace.
+        run_model: _,
     } = config;
     let Config {
         // The simulation's policy replaces the scheduler config's own.

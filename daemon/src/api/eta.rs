@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use berth_api as api;
 use berth_sched::{Positions, RequestId};
+use berth_sim::runtimes::RunModel;
 use berth_sim::{Eta, EtaConfig, Profile, Starts, estimate_starts};
 
 use super::{AppState, query};
@@ -26,10 +27,15 @@ pub(crate) struct EtaSnapshot {
 }
 
 impl EtaSnapshot {
-    /// Positions and estimates from a copy of the scheduler (a run of up to `config`'s bounds).
-    pub(crate) fn of(s: berth_sched::Scheduler, config: EtaConfig) -> EtaSnapshot {
+    /// Positions and estimates from a copy of the scheduler (a run of up to `config`'s bounds,
+    /// running jobs ending as `run_model` says such jobs do).
+    pub(crate) fn of(
+        s: berth_sched::Scheduler,
+        run_model: &RunModel,
+        config: EtaConfig,
+    ) -> EtaSnapshot {
         let positions = s.positions();
-        let starts = match estimate_starts(s, None, config) {
+        let starts = match estimate_starts(s, None, config, run_model) {
             Ok(starts) => starts,
             Err(error) => {
                 tracing::warn!(%error, "estimating when waiting requests start");
@@ -83,13 +89,15 @@ impl EtaTable {
         )
         .await
         {
-            Ok(Answer::Scheduler(s)) => {
+            Ok(Answer::Scheduler(s, run_model)) => {
                 let config = EtaConfig {
                     horizon_ms: ETA_HORIZON_MS,
                     steps_max: ETA_STEPS_MAX,
                     latency: Profile::Default,
                 };
-                let joined = tokio::task::spawn_blocking(move || EtaSnapshot::of(*s, config)).await;
+                let joined =
+                    tokio::task::spawn_blocking(move || EtaSnapshot::of(*s, &run_model, config))
+                        .await;
                 let table = joined.unwrap_or_default();
                 tracing::debug!(
                     took_ms = made.elapsed().as_millis() as u64,

@@ -15,6 +15,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use berth_api as api;
 use berth_sched::{HostId, Input, Scheduler};
+use berth_sim::runtimes::RunModel;
 use berth_sim::{Budget, Forecast, Profile, SimConfig, SimError, Simulation, WaitForecast};
 use berth_traces::Record;
 
@@ -67,8 +68,8 @@ pub(super) async fn drain(
     // Taken before the scheduler is copied: the copy is the expensive part of a deep queue.
     let slot = ForecastSlot::take(&state.forecasts, &actor.who)?;
     let waiting_max = FORECAST_REQUESTS_MAX;
-    let s = match query(&state, Query::Scheduler { waiting_max }).await? {
-        Answer::Scheduler(s) => s,
+    let (s, run_model) = match query(&state, Query::Scheduler { waiting_max }).await? {
+        Answer::Scheduler(s, run_model) => (s, run_model),
         Answer::TooManyWaiting(waiting) => return Err(too_many(waiting, 0)),
         _ => {
             return Err(ApiError::new(
@@ -109,9 +110,10 @@ pub(super) async fn drain(
         steps_max: Some(FORECAST_EVENTS_MAX),
         cancel: Some(slot.cancel.clone()),
     };
-    let joined =
-        tokio::task::spawn_blocking(move || forecast_drain(*s, &ids, horizon_ms, arrivals, budget))
-            .await;
+    let joined = tokio::task::spawn_blocking(move || {
+        forecast_drain(*s, run_model, &ids, horizon_ms, arrivals, budget)
+    })
+    .await;
     drop(slot);
     let (without, with) = match joined {
         Ok(Ok(both)) => both,
@@ -324,11 +326,13 @@ impl Drop for ForecastSlot {
 }
 
 /// Runs `s` ahead by `horizon_ms` twice, as is and with `hosts` drained, with the same
-/// `arrivals`, and returns both forecasts (without, with). A host that is draining already,
+/// `arrivals` and running jobs ending as `run_model` says, and returns both forecasts
+/// (without, with). A host that is draining already,
 /// or out of service, stays so. The two runs go one after the other, so a forecast holds one
 /// simulation at a time: on a deep queue each takes hundreds of MiB.
 pub(crate) fn forecast_drain(
     s: Scheduler,
+    run_model: RunModel,
     hosts: &[HostId],
     horizon_ms: u64,
     arrivals: Vec<Record>,
@@ -338,6 +342,7 @@ pub(crate) fn forecast_drain(
         latency: Profile::Default,
         seed: FORECAST_SEED,
         mtbf_ms: None,
+        run_model,
         ..SimConfig::default()
     };
     let mut as_is = Simulation::from_scheduler(s.clone(), config.clone());

@@ -102,3 +102,49 @@ fn waiting_requests_show_their_position_and_expected_start() {
     assert_eq!(c1["eta_ms"], etas[0], "{c1}");
     d.stop();
 }
+
+#[test]
+fn estimates_learn_how_long_jobs_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = TestDaemon::start(dir.path(), ONE_SLOT);
+    d.wait_for("the host to be ready", |d| d.host_state("sim-1") == "ready");
+    // Submits a one-VM request expected to run a second; returns its request and VM. (Its
+    // VM is watched through the VM route: a request's answer would make the table of
+    // estimates while it waits, and a later request would have none until the next.)
+    let submit = |d: &TestDaemon| {
+        let body = json!({"template": "linux", "count": 1, "expected_run_s": 1});
+        let id = d.ok("POST", "/v1/requests", Some(body))["id"].clone();
+        let vms = d.ok("GET", "/v1/vms", None);
+        let vm = vms["vms"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["request"] == id);
+        (id.as_u64().unwrap(), vm.unwrap()["id"].as_u64().unwrap())
+    };
+    // A job expected to run a second reports its result after eight: jobs here run about
+    // eight times what is expected of them.
+    let (_, first) = submit(&d);
+    d.wait_for("the first VM to run", |d| d.vm_state(first) == "running");
+    std::thread::sleep(std::time::Duration::from_secs(8));
+    d.ok(
+        "POST",
+        &format!("/v1/vms/{first}/result"),
+        Some(json!({"passed": true})),
+    );
+    // The next such job is expected to run about as long, so the request behind it is
+    // expected to start about eight seconds after it began, not one (when its expected run
+    // time is up), and the modelled destroy time after that (the estimate's latencies are
+    // the real drivers', a few seconds).
+    let (_, second) = submit(&d);
+    d.wait_for("the second VM to run", |d| d.vm_state(second) == "running");
+    let now_ms = d.ok("GET", "/v1/status", None)["now_ms"].as_u64().unwrap();
+    let (third, _) = submit(&d);
+    let row = request(&d, third);
+    let eta = row["eta_ms"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no eta: {row}"));
+    assert!(eta >= now_ms + 7_000, "eta {eta}, now {now_ms}: {row}");
+    assert!(eta <= now_ms + 15_000, "eta {eta}, now {now_ms}: {row}");
+    d.stop();
+}
