@@ -1,11 +1,12 @@
 //! Queue positions and estimated starts of waiting requests, for the request, change and queue
 //! answers. The control loop hands out a copy of its scheduler; off the loop, the positions are
-//! read from the copy and the simulator runs it forward with expected durations
-//! (`berth_sim::estimate_starts`), as the drain forecast does. The result is kept as a table
-//! for `ETA_REFRESH_MS` and made again only when someone asks after that, for a waiting request:
-//! at most one estimate runs at a time, and readers that come meanwhile wait for it and share
-//! it. Every position and estimate in an answer comes from the same table, so they agree with
-//! one another; a request that arrived since the table was made has none until the next.
+//! read from the copy and the simulator runs it forward (`berth_sim::estimate_starts`), as the
+//! drain forecast does, with running jobs ending as the jobs that finished say such jobs end
+//! (`berth_sim::runtimes`). The result is kept as a table for `ETA_REFRESH_MS` and made again
+//! only when someone asks after that, for a waiting request: at most one estimate runs at a
+//! time, and readers that come meanwhile wait for it and share it. Every position and estimate
+//! in an answer comes from the same table, so they agree with one another; a request that
+//! arrived since the table was made has none until the next.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
