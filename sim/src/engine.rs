@@ -293,9 +293,10 @@ impl Simulation {
 
     /// A simulation that starts from an existing scheduler's state (a copy of a live daemon's,
     /// say), at that scheduler's time, with no trace: waiting requests wait on, VMs in flight
-    /// finish provisioning and booting with modelled latency, running VMs end when the
-    /// scheduler expects them to, held VMs are released after the developer delay, and VMs
-    /// placed later run for their request's expected run time. Every job passes.
+    /// finish provisioning and booting with modelled latency, running VMs end as
+    /// `config.run_model` says such jobs end (when the scheduler expects, with an empty
+    /// model), held VMs are released after the developer delay, and VMs placed later run for
+    /// their request's expected run time, scaled by the same model. Every job passes.
     /// `config.sched` and `config.policy` are ignored: the scheduler keeps its own.
     pub fn from_scheduler(sched: Scheduler, config: SimConfig) -> Simulation {
         let now_ms = sched.now_ms();

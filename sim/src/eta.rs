@@ -1,8 +1,9 @@
 //! Estimated starts of waiting requests: a copy of the scheduler run forward with no new
 //! arrivals, as the daemon's drain forecast does ([`Simulation::from_scheduler`]). Running VMs
-//! end when the scheduler expects them to, VMs placed on the way run for their request's
-//! expected run time, provisioning and boot take the latency model's times, and the unchanged
-//! scheduler decides who starts when, under whatever policy and fair share it runs.
+//! end as the jobs that finished say such jobs end, VMs placed on the way run for their
+//! request's expected run time so adjusted (`crate::runtimes`; with nothing learned, both as
+//! the scheduler expects), provisioning and boot take the latency model's times, and the
+//! unchanged scheduler decides who starts when, under whatever policy and fair share it runs.
 //!
 //! The run is bounded: it stops at a horizon or after a number of simulated instants, whichever
 //! comes first, and a request that has not started by then gets "later than" the time the run
