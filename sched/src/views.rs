@@ -59,6 +59,9 @@ pub struct RequestView<'a> {
     pub shape: Shape,
     pub state: RequestState,
     pub submitted_ms: u64,
+    /// How long each of its VMs' jobs is expected to run: the request's estimate, else its
+    /// template's when it was submitted (what the VMs' expected ends are made of).
+    pub expected_run_ms: u64,
     /// VMs waiting to be placed.
     pub n_queued: usize,
     /// VMs not yet ended.
@@ -343,6 +346,7 @@ impl Scheduler {
             shape: r.vm_spec.shape,
             state: r.state,
             submitted_ms: r.submitted_ms,
+            expected_run_ms: r.expected_run_ms,
             n_queued: r.queued.len(),
             n_live: r.live,
         })

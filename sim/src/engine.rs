@@ -26,7 +26,7 @@ use crate::eta::EtaSampler;
 use crate::fleet::{Fleet, class_of};
 use crate::plot::Timeline;
 use crate::report::{Metrics, Report, RunInfo};
-use crate::runtimes::{RunModel, expected_run_ms};
+use crate::runtimes::RunModel;
 
 type Map<K, V> = HashMap<K, V, BuildHasherDefault<IdHasher>>;
 
@@ -354,8 +354,7 @@ impl Simulation {
             if let Some(t) = template {
                 sim.templates.insert(t.name.to_string(), t.guest_os);
             }
-            let expected_ms = expected_run_ms(&sim.sched, r.spec.id).unwrap_or(0);
-            let duration_ms = sim.config.run_model.run_ms(expected_ms, r.spec.id.0);
+            let duration_ms = sim.config.run_model.run_ms(r.expected_run_ms, r.spec.id.0);
             let os = template.map_or(GuestOs::Linux, |t| t.guest_os);
             guest_os.insert(r.spec.id.0, (os, r.shape.vcpus));
             sim.metrics.submitted(r.submitted_ms, r.spec.count);
@@ -419,7 +418,10 @@ impl Simulation {
                 // a boot does: the scheduler takes either.)
                 VmState::Running if warm => continue,
                 VmState::Running => {
-                    let expected_ms = expected_run_ms(&sim.sched, v.request).unwrap_or(0);
+                    let expected_ms = sim
+                        .sched
+                        .request(v.request)
+                        .map_or(0, |r| r.expected_run_ms);
                     let start_ms = v.expected_end_ms.saturating_sub(expected_ms);
                     let end_ms = sim
                         .config

@@ -19,7 +19,7 @@ use berth_sched::{RequestId, RequestState, Scheduler};
 use berth_traces::{Outcome, Record, RecordBody, RequestRecord};
 use serde::{Deserialize, Serialize};
 
-use crate::runtimes::{RunModel, RunTimes};
+use crate::runtimes::{RunModel, RunTimes, job_run};
 use crate::{Profile, SimConfig, SimError, Simulation};
 
 /// The seed of the latency draws of every estimate, so that two estimates from the same state
@@ -333,9 +333,12 @@ impl EtaSampler {
         }
     }
 
-    /// VM `vm`'s job finishes at `now_ms` (see [`RunTimes::job_finished`]).
+    /// VM `vm`'s job finishes at `now_ms`, and `sched` has not been told yet: how long it
+    /// ran teaches the estimates (see [`job_run`]).
     pub(crate) fn job_finished(&mut self, sched: &Scheduler, vm: berth_sched::VmId, now_ms: u64) {
-        self.run_times.job_finished(sched, vm, now_ms);
+        if let Some((ran_ms, expected_ms)) = job_run(sched, vm, now_ms) {
+            self.run_times.ended(ran_ms, expected_ms);
+        }
     }
 
     /// A request arrived at `at_ms` (whether it then waits or not).

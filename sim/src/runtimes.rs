@@ -46,14 +46,6 @@ impl RunTimes {
         self.ratios.push_back(ran_ms as f64 / expected_ms as f64);
     }
 
-    /// VM `vm`'s job finishes at `now_ms`, and `sched` has not been told yet (see
-    /// [`job_run`]).
-    pub fn job_finished(&mut self, sched: &Scheduler, vm: VmId, now_ms: u64) {
-        if let Some((ran_ms, expected_ms)) = job_run(sched, vm, now_ms) {
-            self.ended(ran_ms, expected_ms);
-        }
-    }
-
     /// The model the kept jobs give, to answer many questions at once.
     pub fn model(&self) -> RunModel {
         let mut sorted: Vec<f64> = self.ratios.iter().copied().collect();
@@ -100,18 +92,9 @@ impl RunModel {
 /// time): what to learn if it finishes then. `None` for a VM that is not running.
 pub fn job_run(sched: &Scheduler, vm: VmId, now_ms: u64) -> Option<(u64, u64)> {
     let v = sched.vm(vm).filter(|v| v.state == VmState::Running)?;
-    let expected_ms = expected_run_ms(sched, v.request)?;
+    let expected_ms = sched.request(v.request)?.expected_run_ms;
     let started_ms = v.expected_end_ms.saturating_sub(expected_ms);
     Some((now_ms.saturating_sub(started_ms), expected_ms))
-}
-
-/// How long each VM of `request` is expected to run: the request's own estimate, else its
-/// template's, as the scheduler takes it.
-pub fn expected_run_ms(sched: &Scheduler, request: berth_sched::RequestId) -> Option<u64> {
-    let r = sched.request(request)?;
-    r.spec
-        .expected_run_ms
-        .or_else(|| sched.template(&r.spec.template).map(|t| t.expected_run_ms))
 }
 
 /// A key's pick among past jobs: splitmix64's finaliser, so that neighbouring ids (VMs and
