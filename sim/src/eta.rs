@@ -632,6 +632,29 @@ mod tests {
     }
 
     #[test]
+    fn a_job_run_is_measured_against_what_the_scheduler_expected_at_submit() {
+        // A request with no estimate takes its template's 10 minutes; the template says 30
+        // by the time its job finishes, 15 minutes after it began running at 5.
+        let mut s = scheduler(Policy::Fcfs, 1);
+        s.handle(0, Input::Submit(RequestSpec::new(1, "linux", 1)))
+            .unwrap();
+        poll(&mut s);
+        bring_up(&mut s, 5 * MINUTE_MS, 1);
+        let mut t = s.template("linux").unwrap().clone();
+        t.expected_run_ms = 30 * MINUTE_MS;
+        s.handle(6 * MINUTE_MS, Input::SetTemplate(t)).unwrap();
+        let vm = berth_sched::VmId(1);
+        assert_eq!(
+            job_run(&s, vm, 20 * MINUTE_MS),
+            Some((15 * MINUTE_MS, 10 * MINUTE_MS))
+        );
+        // A VM that does not run has no run to learn from.
+        s.handle(20 * MINUTE_MS, Input::JobFinished { vm, passed: true })
+            .unwrap();
+        assert_eq!(job_run(&s, vm, 20 * MINUTE_MS), None);
+    }
+
+    #[test]
     fn the_sampler_keeps_at_most_its_cap_spread_over_the_run_and_scores_them() {
         // One vCPU, every request 10 minutes: the n-th waiting submit (all at 0) starts at
         // n × 10 min, as estimated.
