@@ -73,8 +73,15 @@ fn a_daemon_keeps_its_simulated_vms_in_the_shared_directory() {
 
     // Cancelled: the files go, and the log says who destroyed them.
     d.ok("DELETE", &format!("/v1/requests/{id}"), None);
+    // The driver removes a VM's file and then logs the destroy (under the host's lock, which
+    // this reader does not take): wait for both.
     d.wait_for("vms destroyed", |_| {
         sim_inventory(&shared).values().all(BTreeMap::is_empty)
+            && sim_actions(&shared)
+                .iter()
+                .filter(|a| a.op == SimActionOp::Destroy)
+                .count()
+                >= running.len()
     });
     let destroyed: BTreeMap<String, String> = sim_actions(&shared)
         .into_iter()
